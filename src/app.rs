@@ -1,0 +1,1 @@
+//! Wiring: spawn, channels, supervision, shutdown order. (to be written).

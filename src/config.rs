@@ -1,0 +1,1 @@
+//! TOML configuration. (to be written).

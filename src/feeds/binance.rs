@@ -1,0 +1,1 @@
+//! binance feed adapter (to be written).

@@ -1,0 +1,1 @@
+//! bybit feed adapter (to be written).

@@ -1,0 +1,1 @@
+//! deribit feed adapter (to be written).

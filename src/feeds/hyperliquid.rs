@@ -1,0 +1,1 @@
+//! hyperliquid feed adapter (to be written).

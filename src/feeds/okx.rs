@@ -1,0 +1,1 @@
+//! okx feed adapter (to be written).

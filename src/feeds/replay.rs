@@ -1,0 +1,1 @@
+//! replay feed adapter (to be written).

@@ -1,0 +1,1 @@
+//! Instrument preset and account snapshot files. (to be written).

@@ -1,0 +1,1 @@
+//! SQLite event journal. (to be written).

@@ -1,0 +1,319 @@
+//! The pure cross-margin model: exact `Decimal` maths, no I/O, no async.
+//!
+//! This file holds the building blocks every other part uses (tier selection, per-position and
+//! per-collateral contributions, from-scratch account totals). Per-account snapshots, the
+//! uniform-shock distance and liquidation prices build on them.
+//!
+//! # Exactness
+//! Every contribution (a position's uPnL and MM, a balance's haircut value) is normalised to
+//! [`ACCOUNTING_SCALE`] decimal places with half-up rounding before it is summed. Sums of
+//! fixed-scale decimals are exact (until overflow, which is an error), so an incremental update
+//! `total − old + new` equals a from-scratch sum bit for bit.
+
+use rust_decimal::{Decimal, RoundingStrategy};
+
+use crate::model::{HaircutTier, Instrument, InstrumentId, MarginTier};
+
+/// Decimal places every contribution is normalised to before summing.
+pub const ACCOUNTING_SCALE: u32 = 12;
+
+/// Errors of the margin model.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MarginError {
+    /// A computation overflowed `Decimal`'s range.
+    #[error("arithmetic overflow computing {context}")]
+    Overflow {
+        /// What was being computed.
+        context: &'static str,
+    },
+    /// No price is known for an instrument the account needs.
+    #[error("no price for {0}")]
+    MissingPrice(InstrumentId),
+    /// The account refers to an instrument that is not configured.
+    #[error("unknown instrument {0}")]
+    UnknownInstrument(InstrumentId),
+    /// A contract has no maintenance-margin tiers.
+    #[error("instrument {0} has no maintenance-margin tiers")]
+    NoTiers(InstrumentId),
+    /// A price is zero or negative where the formula divides by it.
+    #[error("price of {instrument} must be positive, got {price}")]
+    NonPositivePrice {
+        /// The instrument.
+        instrument: InstrumentId,
+        /// The offending price.
+        price: Decimal,
+    },
+}
+
+impl MarginError {
+    /// Margin errors come from data, never from transient conditions.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, MarginError::MissingPrice(_))
+    }
+}
+
+/// Checked multiply.
+pub fn mul(a: Decimal, b: Decimal, context: &'static str) -> Result<Decimal, MarginError> {
+    a.checked_mul(b).ok_or(MarginError::Overflow { context })
+}
+/// Checked add.
+pub fn add(a: Decimal, b: Decimal, context: &'static str) -> Result<Decimal, MarginError> {
+    a.checked_add(b).ok_or(MarginError::Overflow { context })
+}
+/// Checked subtract.
+pub fn sub(a: Decimal, b: Decimal, context: &'static str) -> Result<Decimal, MarginError> {
+    a.checked_sub(b).ok_or(MarginError::Overflow { context })
+}
+/// Checked divide (division by zero is reported as overflow of `context`).
+pub fn div(a: Decimal, b: Decimal, context: &'static str) -> Result<Decimal, MarginError> {
+    a.checked_div(b).ok_or(MarginError::Overflow { context })
+}
+
+/// Normalises a contribution to [`ACCOUNTING_SCALE`] places, half-up.
+pub fn normalise(d: Decimal) -> Decimal {
+    let mut r = d.round_dp_with_strategy(ACCOUNTING_SCALE, RoundingStrategy::MidpointAwayFromZero);
+    r.rescale(ACCOUNTING_SCALE);
+    r
+}
+
+/// Rounds half-up to 2 places, for display and comparisons "to the cent".
+pub fn to_cents(d: Decimal) -> Decimal {
+    d.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)
+}
+
+/// The bracket containing `notional`: the last tier whose floor is ≤ notional (the higher tier
+/// at an exact floor, as Binance clients do; MM is continuous there, so either gives the same
+/// MM). Notionals beyond the last cap use the last tier. Returns the 0-based index.
+pub fn select_tier(tiers: &[MarginTier], notional: Decimal) -> Option<(usize, &MarginTier)> {
+    let idx = tiers.partition_point(|t| t.notional_floor <= notional);
+    let i = idx.saturating_sub(1);
+    tiers.get(i).map(|t| (i, t))
+}
+
+/// The figures of one position at one price, in the account currency (USD).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PositionFigures {
+    /// Notional at the price (USD).
+    pub notional: Decimal,
+    /// Unrealised PnL (USD), normalised.
+    pub unrealized_pnl: Decimal,
+    /// Maintenance margin (USD), normalised.
+    pub maintenance_margin: Decimal,
+    /// 0-based tier index.
+    pub tier: usize,
+}
+
+/// uPnL and MM of `quantity` of `instrument` entered at `entry` and priced at `price`.
+///
+/// Linear: `N = |q|·cs·P`, `uPnL = q·cs·(P − EP)`, `MM = N·mmr − cum`.
+/// Inverse (`q` contracts of `cs` USD): the tier is chosen on the coin notional `|q|·cs/P`;
+/// in USD `uPnL = q·cs·(P/EP − 1)` and `MM = |q|·cs·mmr − cum·P`.
+pub fn position_figures(
+    instrument: &Instrument,
+    quantity: Decimal,
+    entry: Decimal,
+    price: Decimal,
+) -> Result<PositionFigures, MarginError> {
+    if instrument.tiers.is_empty() {
+        return Err(MarginError::NoTiers(instrument.id.clone()));
+    }
+    let cs = instrument.contract_size;
+    let abs_q = quantity.abs();
+    if instrument.kind.is_inverse() {
+        if price <= Decimal::ZERO || entry <= Decimal::ZERO {
+            return Err(MarginError::NonPositivePrice {
+                instrument: instrument.id.clone(),
+                price: if price <= Decimal::ZERO { price } else { entry },
+            });
+        }
+        let face = mul(abs_q, cs, "inverse face value")?;
+        let notional_coin = div(face, price, "inverse coin notional")?;
+        let (tier, t) = select_tier(&instrument.tiers, notional_coin)
+            .ok_or_else(|| MarginError::NoTiers(instrument.id.clone()))?;
+        let mm = sub(
+            mul(face, t.mmr, "inverse MM")?,
+            mul(t.cum, price, "inverse MM")?,
+            "inverse MM",
+        )?;
+        let signed_face = mul(quantity, cs, "inverse face value")?;
+        let ratio = sub(
+            div(price, entry, "inverse PnL")?,
+            Decimal::ONE,
+            "inverse PnL",
+        )?;
+        let upnl = mul(signed_face, ratio, "inverse PnL")?;
+        Ok(PositionFigures {
+            notional: normalise(face),
+            unrealized_pnl: normalise(upnl),
+            maintenance_margin: normalise(mm),
+            tier,
+        })
+    } else {
+        let base = mul(abs_q, cs, "linear size")?;
+        let notional = mul(base, price, "linear notional")?;
+        let (tier, t) = select_tier(&instrument.tiers, notional)
+            .ok_or_else(|| MarginError::NoTiers(instrument.id.clone()))?;
+        let mm = sub(mul(notional, t.mmr, "linear MM")?, t.cum, "linear MM")?;
+        let upnl = mul(
+            mul(quantity, cs, "linear PnL")?,
+            sub(price, entry, "linear PnL")?,
+            "linear PnL",
+        )?;
+        Ok(PositionFigures {
+            notional: normalise(notional),
+            unrealized_pnl: normalise(upnl),
+            maintenance_margin: normalise(mm),
+            tier,
+        })
+    }
+}
+
+/// Haircut value of a collateral balance at `price` (1 for stables), normalised.
+///
+/// Positive balances count at the flat `collateral_ratio`, or slice by slice through
+/// `haircut_tiers` when the instrument has them; negative (borrowed) balances count at 100 %.
+pub fn collateral_value(
+    instrument: &Instrument,
+    amount: Decimal,
+    price: Decimal,
+) -> Result<Decimal, MarginError> {
+    let price = if instrument.stable {
+        Decimal::ONE
+    } else {
+        price
+    };
+    if amount <= Decimal::ZERO {
+        return Ok(normalise(mul(amount, price, "collateral value")?));
+    }
+    let weighted = if instrument.haircut_tiers.is_empty() {
+        mul(amount, instrument.collateral_ratio, "collateral haircut")?
+    } else {
+        tiered_haircut(&instrument.haircut_tiers, amount)?
+    };
+    Ok(normalise(mul(weighted, price, "collateral value")?))
+}
+
+/// Σ over slices of `min(amount, next floor) − floor` × ratio.
+fn tiered_haircut(tiers: &[HaircutTier], amount: Decimal) -> Result<Decimal, MarginError> {
+    let mut total = Decimal::ZERO;
+    for (i, t) in tiers.iter().enumerate() {
+        if amount <= t.amount_floor {
+            break;
+        }
+        let top = tiers
+            .get(i + 1)
+            .map(|n| n.amount_floor.min(amount))
+            .unwrap_or(amount);
+        let slice = sub(top, t.amount_floor, "haircut slice")?;
+        total = add(
+            total,
+            mul(slice, t.ratio, "haircut slice")?,
+            "haircut total",
+        )?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::InstrumentKind;
+    use rust_decimal_macros::dec;
+
+    fn tier(floor: Decimal, cap: Decimal, mmr: Decimal, cum: Decimal) -> MarginTier {
+        MarginTier {
+            notional_floor: floor,
+            notional_cap: cap,
+            mmr,
+            cum,
+        }
+    }
+
+    fn btcusdt() -> Instrument {
+        Instrument {
+            id: "BTCUSDT-PERP".into(),
+            kind: InstrumentKind::LinearPerpetual,
+            underlying: "BTC".into(),
+            contract_size: Decimal::ONE,
+            tiers: vec![
+                tier(dec!(0), dec!(50000), dec!(0.004), dec!(0)),
+                tier(dec!(50000), dec!(600000), dec!(0.005), dec!(50)),
+                tier(dec!(600000), dec!(3000000), dec!(0.0065), dec!(950)),
+                tier(dec!(3000000), dec!(12000000), dec!(0.01), dec!(11450)),
+            ],
+            liquidation_fee_rate: dec!(0.005),
+            collateral_ratio: Decimal::ONE,
+            haircut_tiers: vec![],
+            stable: false,
+            sources: vec![],
+            source_note: None,
+        }
+    }
+
+    /// W2: MM exactly at and just past a tier floor, to the cent.
+    #[test]
+    fn w2_tier_boundaries() {
+        let i = btcusdt();
+        let cases = [
+            (dec!(10), dec!(60000), dec!(2950.00), 2),
+            (dec!(10), dec!(60100), dec!(2956.50), 2),
+            (dec!(50), dec!(60000), dec!(18550.00), 3),
+            (dec!(50), dec!(60010), dec!(18555.00), 3),
+        ];
+        for (q, p, mm, t) in cases {
+            let f = position_figures(&i, q, p, p).unwrap();
+            assert_eq!(f.maintenance_margin, mm, "q={q} p={p}");
+            assert_eq!(f.tier, t);
+        }
+    }
+
+    /// W6: inverse BTCUSD, 100 contracts of 100 USD at 25,000 → MM 0.0016 BTC = 40 USD.
+    #[test]
+    fn w6_inverse_mm_and_pnl() {
+        let mut i = btcusdt();
+        i.kind = InstrumentKind::InversePerpetual;
+        i.contract_size = dec!(100);
+        i.tiers = vec![tier(dec!(0), dec!(5), dec!(0.004), dec!(0))];
+        let f = position_figures(&i, dec!(100), dec!(30000), dec!(25000)).unwrap();
+        assert_eq!(f.maintenance_margin, dec!(40)); // 0.0016 BTC × 25,000
+        // uPnL = −1/15 BTC × 25,000 = −1,666.666… USD
+        assert_eq!(to_cents(f.unrealized_pnl), dec!(-1666.67));
+    }
+
+    /// Tiered haircut is applied slice by slice; borrowed balances count at 100 %.
+    #[test]
+    fn tiered_and_negative_collateral() {
+        let mut i = btcusdt();
+        i.kind = InstrumentKind::Collateral;
+        i.haircut_tiers = vec![
+            HaircutTier {
+                amount_floor: dec!(0),
+                ratio: dec!(0.98),
+            },
+            HaircutTier {
+                amount_floor: dec!(10),
+                ratio: dec!(0.95),
+            },
+            HaircutTier {
+                amount_floor: dec!(20),
+                ratio: dec!(0.90),
+            },
+        ];
+        assert_eq!(
+            collateral_value(&i, dec!(15), dec!(1)).unwrap(),
+            dec!(14.55)
+        );
+        assert_eq!(
+            collateral_value(&i, dec!(-2), dec!(100)).unwrap(),
+            dec!(-200)
+        );
+    }
+
+    /// Overflow is an error, not a panic.
+    #[test]
+    fn huge_quantities_overflow_cleanly() {
+        let i = btcusdt();
+        let r = position_figures(&i, Decimal::MAX, dec!(1), Decimal::MAX);
+        assert!(matches!(r, Err(MarginError::Overflow { .. })));
+    }
+}

@@ -1,0 +1,1 @@
+//! Threshold state machine and event creation. (to be written).

@@ -1,0 +1,1 @@
+//! Price board: latest price per instrument and venue, composite, staleness, sanity. (to be written).

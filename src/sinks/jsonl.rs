@@ -1,0 +1,1 @@
+//! jsonl sink (to be written).

@@ -1,0 +1,1 @@
+//! stdout sink (to be written).
