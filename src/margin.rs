@@ -12,7 +12,12 @@
 
 use rust_decimal::{Decimal, RoundingStrategy};
 
-use crate::model::{HaircutTier, Instrument, InstrumentId, MarginTier};
+use std::collections::HashMap;
+
+use crate::model::{
+    Account, CollateralRisk, HaircutTier, Instrument, InstrumentId, MarginRatio, MarginTier,
+    PositionRisk, RiskSnapshot, ShockDistance,
+};
 
 /// Decimal places every contribution is normalised to before summing.
 pub const ACCOUNTING_SCALE: u32 = 12;
@@ -212,6 +217,138 @@ fn tiered_haircut(tiers: &[HaircutTier], amount: Decimal) -> Result<Decimal, Mar
         )?;
     }
     Ok(total)
+}
+
+/// Looks up instruments by id.
+pub trait InstrumentLookup {
+    /// The instrument, if configured.
+    fn instrument(&self, id: &InstrumentId) -> Option<&Instrument>;
+}
+
+impl InstrumentLookup for HashMap<InstrumentId, Instrument> {
+    fn instrument(&self, id: &InstrumentId) -> Option<&Instrument> {
+        self.get(id)
+    }
+}
+
+/// Looks up the engine's current price of an instrument.
+pub trait PriceLookup {
+    /// The price, if known.
+    fn price(&self, id: &InstrumentId) -> Option<Decimal>;
+}
+
+impl PriceLookup for HashMap<InstrumentId, Decimal> {
+    fn price(&self, id: &InstrumentId) -> Option<Decimal> {
+        self.get(id).copied()
+    }
+}
+
+/// An account's aggregate figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AccountTotals {
+    /// Haircut collateral + Σ uPnL.
+    pub equity: Decimal,
+    /// Σ position MM.
+    pub maintenance_margin: Decimal,
+}
+
+fn price_of(instrument: &Instrument, prices: &dyn PriceLookup) -> Result<Decimal, MarginError> {
+    if instrument.stable {
+        return Ok(Decimal::ONE);
+    }
+    prices
+        .price(&instrument.id)
+        .ok_or_else(|| MarginError::MissingPrice(instrument.id.clone()))
+}
+
+fn lookup<'a>(
+    instruments: &'a dyn InstrumentLookup,
+    id: &InstrumentId,
+) -> Result<&'a Instrument, MarginError> {
+    instruments
+        .instrument(id)
+        .ok_or_else(|| MarginError::UnknownInstrument(id.clone()))
+}
+
+/// Equity and MM of an account recomputed from scratch: the oracle incremental caches are
+/// checked against.
+pub fn account_totals(
+    account: &Account,
+    instruments: &dyn InstrumentLookup,
+    prices: &dyn PriceLookup,
+) -> Result<AccountTotals, MarginError> {
+    let mut t = AccountTotals::default();
+    for (asset, amount) in &account.collateral {
+        let i = lookup(instruments, asset)?;
+        let v = collateral_value(i, *amount, price_of(i, prices)?)?;
+        t.equity = add(t.equity, v, "equity")?;
+    }
+    for p in &account.positions {
+        let i = lookup(instruments, &p.instrument)?;
+        let f = position_figures(i, p.quantity, p.entry_price, price_of(i, prices)?)?;
+        t.equity = add(t.equity, f.unrealized_pnl, "equity")?;
+        t.maintenance_margin = add(t.maintenance_margin, f.maintenance_margin, "MM")?;
+    }
+    Ok(t)
+}
+
+/// The account's full risk snapshot at the given prices. `trigger` is the margin-ratio level
+/// the distances are measured to (1.0 by default).
+///
+/// (Basic version: equity, MM, ratio, per-position and collateral figures and the penalty.
+/// The uniform-shock distance and liquidation prices are filled in by the engine issue.)
+pub fn account_snapshot(
+    account: &Account,
+    instruments: &dyn InstrumentLookup,
+    prices: &dyn PriceLookup,
+    _trigger: Decimal,
+) -> Result<RiskSnapshot, MarginError> {
+    let totals = account_totals(account, instruments, prices)?;
+    let mut positions = Vec::with_capacity(account.positions.len());
+    let mut penalty = Decimal::ZERO;
+    for p in &account.positions {
+        let i = lookup(instruments, &p.instrument)?;
+        let price = price_of(i, prices)?;
+        let f = position_figures(i, p.quantity, p.entry_price, price)?;
+        penalty = add(
+            penalty,
+            mul(f.notional, i.liquidation_fee_rate, "penalty")?,
+            "penalty",
+        )?;
+        positions.push(PositionRisk {
+            instrument: p.instrument.clone(),
+            side: p.side,
+            quantity: p.quantity,
+            entry_price: p.entry_price,
+            mark_price: price,
+            notional: f.notional,
+            unrealized_pnl: f.unrealized_pnl,
+            maintenance_margin: f.maintenance_margin,
+            tier: u32::try_from(f.tier + 1).unwrap_or(u32::MAX),
+            liquidation_price: None,
+        });
+    }
+    let mut collateral = Vec::with_capacity(account.collateral.len());
+    for (asset, amount) in &account.collateral {
+        let i = lookup(instruments, asset)?;
+        let price = price_of(i, prices)?;
+        collateral.push(CollateralRisk {
+            asset: asset.clone(),
+            amount: *amount,
+            price,
+            value: collateral_value(i, *amount, price)?,
+        });
+    }
+    Ok(RiskSnapshot {
+        equity: totals.equity,
+        maintenance_margin: totals.maintenance_margin,
+        margin_ratio: MarginRatio::compute(totals.maintenance_margin, totals.equity),
+        free_margin: sub(totals.equity, totals.maintenance_margin, "free margin")?,
+        shock_distance: ShockDistance::default(),
+        liquidation_penalty: normalise(penalty),
+        positions,
+        collateral,
+    })
 }
 
 #[cfg(test)]
