@@ -1,0 +1,1 @@
+//! `liqwatch demo` (to be written).

@@ -1,0 +1,1 @@
+//! Account sources (to be written).
