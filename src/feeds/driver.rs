@@ -596,9 +596,18 @@ async fn connection(
         .map(|(d, text)| (cfg.ping_interval.unwrap_or(d), text));
     let proto_ping = feed.protocol_ping_interval();
     let max_age = cfg.max_connection_age.or(feed.max_connection_age());
-    let tick_every = (dead_after / 10)
-        .clamp(Duration::from_millis(10), Duration::from_secs(1))
-        .min(cfg.first_data_timeout.max(Duration::from_millis(10)));
+    // Housekeeping resolution: fine enough for every timer of this connection.
+    let mut tick_every = (dead_after / 10).min(cfg.first_data_timeout / 2);
+    if let Some((every, _)) = &client_ping {
+        tick_every = tick_every.min(*every / 4);
+    }
+    if let Some(every) = proto_ping {
+        tick_every = tick_every.min(every / 4);
+    }
+    if let Some(age) = max_age {
+        tick_every = tick_every.min(age / 10);
+    }
+    let tick_every = tick_every.clamp(Duration::from_millis(10), Duration::from_secs(1));
     let mut housekeeping = tokio::time::interval(tick_every);
     housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
