@@ -311,10 +311,40 @@ async fn ack_then_silence_reports_unconfirmed_symbol() {
     run.stop().await;
 }
 
-/// At the maximum connection age the driver reconnects at once (no backoff, no error) and
-/// prices continue on the new connection.
+/// Before the maximum connection age the driver opens a replacement, waits for its first
+/// price, and only then closes the old connection (make-before-break: no gap in prices).
 #[tokio::test]
-async fn rotates_at_max_connection_age() {
+async fn rotates_make_before_break() {
+    let conn = |p: &str| {
+        vec![
+            Step::AwaitText("SUBSCRIBE".into()),
+            Step::Send(mark("BTCUSDT", p, 1)),
+        ]
+    };
+    let venue = MockVenue::start(binance_mock_cfg(), vec![conn("100"), conn("101")]).await;
+    let mut cfg = fast_cfg(
+        venue.url("market/stream"),
+        routes(&[("BTCUSDT", "BTCUSDT-PERP")]),
+    );
+    cfg.max_connection_age = Some(Duration::from_millis(1000));
+    let run = start(cfg, PriceBoardConfig::default());
+    assert!(until(WAIT, || run.price("BTCUSDT-PERP") == Some(dec!(100))).await);
+    assert!(until(WAIT, || run.price("BTCUSDT-PERP") == Some(dec!(101))).await);
+    assert!(until(WAIT, || venue.log(0).closed.is_some()).await);
+    let (old, new) = (venue.log(0), venue.log(1));
+    assert!(
+        new.opened.unwrap() < old.closed.unwrap(),
+        "replacement must open before the old connection closes"
+    );
+    assert!(new.texts[0].contains("btcusdt@markPrice@1s"));
+    assert_eq!(run.status.last_error(), None);
+    run.stop().await;
+}
+
+/// When the replacement delivers no price, the driver still rotates at the maximum age by
+/// reconnecting at once (no backoff, no error).
+#[tokio::test]
+async fn rotation_falls_back_to_reconnect() {
     let venue = MockVenue::start(binance_mock_cfg(), vec![]).await;
     let mut cfg = fast_cfg(
         venue.url("market/stream"),
@@ -324,11 +354,12 @@ async fn rotates_at_max_connection_age() {
     cfg.backoff_initial = Duration::from_secs(30);
     cfg.backoff_max = Duration::from_secs(30);
     let run = start(cfg, PriceBoardConfig::default());
-    // With a 30 s backoff, a second connection within WAIT proves rotation skipped it.
-    assert!(until(WAIT, || venue.connections() >= 2).await);
+    // First connection, its silent replacement, then the reconnect at the maximum age: with
+    // a 30 s backoff, a third connection within WAIT proves rotation skipped the backoff.
+    assert!(until(WAIT, || venue.connections() >= 3).await);
     assert!(
         until(WAIT, || venue
-            .texts(1)
+            .texts(2)
             .iter()
             .any(|t| t.contains("SUBSCRIBE")))
         .await

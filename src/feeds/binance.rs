@@ -94,6 +94,10 @@ impl Feed for BinanceUsdm {
         Some(Duration::from_secs(23 * 3600 + 30 * 60))
     }
 
+    fn fresh_instance(&self) -> Option<Box<dyn Feed>> {
+        Some(Box::new(BinanceUsdm::new()))
+    }
+
     fn reset(&mut self) {
         self.next_id = 0;
         self.requests.clear();

@@ -176,6 +176,13 @@ pub trait Feed: Send + 'static {
         None
     }
 
+    /// A fresh adapter of the same venue and settings, for a second, overlapping connection
+    /// (make-before-break rotation at [`Feed::max_connection_age`]). `None`: rotation closes
+    /// the old connection first and reconnects (a gap of one reconnect).
+    fn fresh_instance(&self) -> Option<Box<dyn Feed>> {
+        None
+    }
+
     /// Minimum gap between the subscribe messages sent on connect (venue inbound rate limits,
     /// e.g. Binance 10 messages/s).
     fn send_interval(&self) -> Duration {
