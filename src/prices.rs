@@ -689,7 +689,7 @@ impl PriceBoard {
                 .iter()
                 .filter_map(|s| s.accepted.as_ref().map(|a| (s.venue, a)))
                 .max_by_key(|(_, a)| a.at);
-            let venues: Vec<Venue> = st.slots.iter().map(|s| s.venue).collect();
+            let venues = || st.slots.iter().map(|s| s.venue).collect::<Vec<Venue>>();
             if st.restored_pending {
                 st.restored_pending = false;
                 st.feed_seq += 1;
@@ -698,7 +698,7 @@ impl PriceBoard {
                     seq: st.feed_seq,
                     info: FeedEventInfo {
                         instrument: id.clone(),
-                        venues: venues.clone(),
+                        venues: venues(),
                         last_price: newest.map(|(_, a)| a.price),
                         age_ms: newest.map(|(_, a)| ms(now.saturating_duration_since(a.at))),
                         stale_after_ms: ms(st.stale_after),
@@ -723,7 +723,7 @@ impl PriceBoard {
                     seq: st.feed_seq,
                     info: FeedEventInfo {
                         instrument: id.clone(),
-                        venues,
+                        venues: venues(),
                         last_price: newest.map(|(_, a)| a.price),
                         age_ms: newest.map(|(_, a)| ms(now.saturating_duration_since(a.at))),
                         stale_after_ms: ms(st.stale_after),
@@ -793,6 +793,31 @@ impl PriceBoard {
             .collect();
         out.sort_by(|a, b| a.instrument.cmp(&b.instrument));
         out
+    }
+}
+
+/// Runs [`PriceBoard::check_staleness`] every `every` and sends each transition to `tx`
+/// (bounded; transitions are rare) until `cancel` fires or the receiver is dropped. The daemon
+/// turns each into a `feed_stale` / `feed_restored` event with [`StaleTransition::to_event`].
+pub async fn watch_staleness(
+    board: std::sync::Arc<PriceBoard>,
+    every: Duration,
+    tx: tokio::sync::mpsc::Sender<StaleTransition>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for t in board.check_staleness(Instant::now()) {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = tx.send(t) => if r.is_err() { return },
+            }
+        }
     }
 }
 
@@ -980,6 +1005,27 @@ mod tests {
             b.composite(&InstrumentId::from("X")).unwrap().price,
             dec!(100)
         );
+    }
+
+    /// The watcher reports a stale instrument through its channel.
+    #[tokio::test(start_paused = true)]
+    async fn watcher_sends_transitions() {
+        let b = std::sync::Arc::new(board(CompositeMode::Median));
+        b.track(&InstrumentId::from("X"), &[B]);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let h = tokio::spawn(watch_staleness(
+            b.clone(),
+            Duration::from_millis(250),
+            tx,
+            cancel.clone(),
+        ));
+        let t = rx.recv().await.unwrap();
+        assert_eq!(t.kind, EventKind::FeedStale);
+        assert_eq!(t.info.instrument, InstrumentId::from("X"));
+        assert_eq!(t.info.venues, vec![B]);
+        cancel.cancel();
+        h.await.unwrap();
     }
 
     /// Config parses from TOML with durations, venue names and string decimals.
