@@ -691,16 +691,25 @@ fn handle_text(
             error!(symbol = %name, reason = %reason, "Subscription rejected by the venue; check the symbol in the instrument sources");
             let mut t = ctx.status.text.lock();
             t.last_error = Some(format!("subscription rejected: {name}: {reason}"));
+            let mut newly = false;
             if let Some(s) = symbol {
                 for one in s.split(',') {
                     st.unconfirmed.remove(one);
-                    rejected.insert(one.to_string());
+                    newly |= rejected.insert(one.to_string());
                     if !t.rejected.iter().any(|x| x == one) {
                         t.rejected.push(one.to_string());
                     }
                 }
             }
-            After::Nothing
+            if newly {
+                // A rejected topic can silence the others on the same connection (reported
+                // for Bybit): rebuild the connection without it, once per rejected symbol.
+                After::End(End::Rotate(
+                    "rebuilding the connection without the rejected symbol",
+                ))
+            } else {
+                After::Nothing
+            }
         }
         Ok(Frame::Pong) | Ok(Frame::Ignore) => After::Nothing,
         Ok(Frame::Reply(text)) => After::Reply(text),

@@ -14,8 +14,9 @@
 //!   symbols to canonical instruments through [`SymbolRoutes`] (built from the instruments'
 //!   `sources`) and published to the [`PriceBoard`] — never blocking on the engine. A symbol
 //!   with no route is counted (`liqwatch_feed_unknown_symbols_total`) and ignored;
-//! - a rejected subscription is logged at ERROR naming the symbol, counted, shown in the status
-//!   and left out of later connections; an ack proves nothing on Binance, so every subscribed
+//! - a rejected subscription is logged at ERROR naming the symbol, counted, shown in the status,
+//!   and the connection is rebuilt at once without it (a rejected topic may silence the others
+//!   on its connection); an ack proves nothing on Binance, so every subscribed
 //!   symbol must deliver a first data frame within `first_data_timeout`, else it is reported as
 //!   unconfirmed (ERROR log, counter, status) — without reconnecting;
 //! - keeps the transport alive: client text pings ([`Heartbeat::client_ping`]), protocol pings
