@@ -740,6 +740,10 @@ impl PriceBoard {
             if st.stale {
                 stale_count += 1;
             }
+            if let Some((_, a)) = newest {
+                gauge!("liqwatch_prices_price_age_seconds", "instrument" => id.to_string())
+                    .set(now.saturating_duration_since(a.at).as_secs_f64());
+            }
         }
         gauge!("liqwatch_prices_stale_instruments").set(stale_count as f64);
         let woke = !inner.dirty.is_empty();

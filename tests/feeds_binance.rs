@@ -456,3 +456,57 @@ async fn spike_held_until_confirmed() {
     assert!(until(WAIT, || run.price("BTCUSDT-PERP") == Some(dec!(1001))).await);
     run.stop().await;
 }
+
+/// `spawn_feeds` starts a driver per venue named in the instruments' sources, routing mark and
+/// index of one symbol to two instruments, and registers its status.
+#[tokio::test]
+async fn spawn_feeds_from_instrument_sources() {
+    let venue = MockVenue::start(binance_mock_cfg(), vec![]).await;
+    let instruments: Vec<liqwatch::model::Instrument> = serde_json::from_str(
+        r#"[{"id":"BTCUSDT-PERP","kind":"linear_perpetual","underlying":"BTC",
+             "sources":[{"venue":"binance-usdm","symbol":"BTCUSDT"}]},
+            {"id":"BTC","kind":"collateral","underlying":"BTC",
+             "sources":[{"venue":"binance-usdm","symbol":"BTCUSDT","field":"index"}]},
+            {"id":"USDT","kind":"collateral","underlying":"USDT","stable":true}]"#,
+    )
+    .unwrap();
+    let mut configs = std::collections::BTreeMap::new();
+    configs.insert(
+        liqwatch::model::Venue::BinanceUsdm,
+        fast_cfg(venue.url("market/stream"), SymbolRoutes::default()),
+    );
+    let board = Arc::new(PriceBoard::new(PriceBoardConfig::default()));
+    let registry = FeedRegistry::new();
+    let cancel = CancellationToken::new();
+    let handles = liqwatch::feeds::spawn_feeds(
+        &instruments,
+        &configs,
+        board.clone(),
+        &registry,
+        cancel.clone(),
+    )
+    .unwrap();
+    assert_eq!(handles.len(), 1);
+    assert!(
+        until(WAIT, || venue
+            .texts(0)
+            .iter()
+            .any(|t| t.contains("SUBSCRIBE")))
+        .await
+    );
+    venue.push(
+        r#"{"stream":"btcusdt@markPrice@1s","data":{"e":"markPriceUpdate","E":1,"s":"BTCUSDT","p":"60000.5","i":"60001.25"}}"#,
+    );
+    let price = |id: &str| board.composite(&InstrumentId::from(id)).map(|c| c.price);
+    assert!(until(WAIT, || price("BTC") == Some(dec!(60001.25))).await);
+    assert_eq!(price("BTCUSDT-PERP"), Some(dec!(60000.5)));
+    let st = registry.snapshot(&board);
+    assert_eq!(st.len(), 1);
+    assert_eq!(st[0].instruments.len(), 2);
+    assert_eq!(st[0].instruments[1].last_price, Some(dec!(60001.25)));
+    assert!(!st[0].instruments[1].stale);
+    cancel.cancel();
+    for h in handles {
+        h.await.unwrap();
+    }
+}

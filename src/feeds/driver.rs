@@ -426,6 +426,38 @@ pub fn spawn_feed(
     tokio::spawn(run_feed(feed, cfg, board, status, cancel))
 }
 
+/// Spawns one driver per venue that prices any of `instruments` (through their `sources`),
+/// with that venue's config from `configs` (defaults when absent). Fails before spawning
+/// anything when a venue has no adapter yet.
+pub fn spawn_feeds(
+    instruments: &[Instrument],
+    configs: &std::collections::BTreeMap<Venue, FeedConfig>,
+    board: Arc<PriceBoard>,
+    registry: &FeedRegistry,
+    cancel: CancellationToken,
+) -> Result<Vec<JoinHandle<()>>, FeedError> {
+    let mut venues: Vec<Venue> = instruments
+        .iter()
+        .flat_map(|i| i.sources.iter().map(|s| s.venue))
+        .collect();
+    venues.sort();
+    venues.dedup();
+    let mut feeds = Vec::with_capacity(venues.len());
+    for v in venues {
+        let feed = super::feed_for(v)?;
+        let cfg = configs
+            .get(&v)
+            .cloned()
+            .unwrap_or_default()
+            .with_instruments(v, instruments);
+        feeds.push((feed, cfg));
+    }
+    Ok(feeds
+        .into_iter()
+        .map(|(feed, cfg)| spawn_feed(feed, cfg, board.clone(), registry, cancel.clone()))
+        .collect())
+}
+
 /// Why one connection ended.
 enum End {
     Cancelled,
@@ -486,6 +518,7 @@ pub async fn run_feed(
         .instrument(span)
         .await;
         status.connected.store(false, Ordering::Relaxed);
+        metrics::gauge!("liqwatch_feed_connected", "venue" => venue.as_str()).set(0.0);
         let (end, healthy) = result;
         if healthy {
             attempt = 0;
@@ -622,6 +655,7 @@ fn mark_connected(status: &FeedStatusHandle, venue: Venue, symbols: usize) {
     status.connected.store(true, Ordering::Relaxed);
     status.connected_since.store(now_ms(), Ordering::Relaxed);
     status.text.lock().unconfirmed.clear();
+    metrics::gauge!("liqwatch_feed_connected", "venue" => venue.as_str()).set(1.0);
     counter!("liqwatch_feed_connections_total", "venue" => venue.as_str()).increment(1);
     info!(symbols, "Feed connected");
 }

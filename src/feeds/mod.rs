@@ -52,7 +52,7 @@ use crate::model::{TimestampMs, Venue};
 
 pub use driver::{
     FeedConfig, FeedError, FeedInstrumentStatus, FeedRegistry, FeedStatus, FeedStatusHandle,
-    SymbolRoutes, run_feed, spawn_feed,
+    SymbolRoutes, run_feed, spawn_feed, spawn_feeds,
 };
 
 /// The adapter for a venue, or an error for a venue without one yet.
