@@ -1263,7 +1263,7 @@ fn check_leg(side: PositionSide, q: Decimal) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::{InstrumentKind, MarginTier};
     use rust_decimal_macros::dec;

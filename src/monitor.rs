@@ -259,6 +259,9 @@ pub struct Monitor {
     fast_floor: Decimal,
     slots: Vec<Option<Slot>>,
     pending: HashMap<AccountId, MonitorState>,
+    /// Per key, the last `evaluate` call that saw it (dedup without hashing).
+    seen: Vec<u32>,
+    epoch: u32,
 }
 
 impl Monitor {
@@ -279,6 +282,8 @@ impl Monitor {
             fast_floor,
             slots: Vec::new(),
             pending: HashMap::new(),
+            seen: Vec::new(),
+            epoch: 0,
         })
     }
 
@@ -335,7 +340,13 @@ impl Monitor {
         self.pending.remove(id);
     }
 
-    /// Evaluates the accounts a tick touched; returns the events, in order.
+    /// Evaluates the accounts reported by one or more ticks (in the order the ticks were
+    /// applied). An account reported several times is evaluated once, on its latest report, so
+    /// a burst of prices applied together moves each account in one step. Returns the events.
+    ///
+    /// A report carries the figures as of its tick: evaluate it before the account changes
+    /// again through another path (an account update), or use [`Monitor::evaluate_account`],
+    /// which reads the current figures.
     pub fn evaluate(
         &mut self,
         map: &AccountMap,
@@ -343,10 +354,25 @@ impl Monitor {
         prices: &dyn PriceInfo,
         now_ms: TimestampMs,
     ) -> Vec<Emitted> {
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.seen.iter_mut().for_each(|e| *e = 0);
+            self.epoch = 1;
+        }
         let mut out = Vec::new();
-        for t in touched {
+        for t in touched.iter().rev() {
+            let i = t.key as usize;
+            if self.seen.len() <= i {
+                self.seen.resize(i + 1, 0);
+            }
+            match self.seen.get_mut(i) {
+                Some(e) if *e == self.epoch => continue,
+                Some(e) => *e = self.epoch,
+                None => continue,
+            }
             self.evaluate_one(map, t, prices, now_ms, &mut out);
         }
+        out.reverse();
         out
     }
 
@@ -816,6 +842,212 @@ mod tests {
         })
         .unwrap();
         assert_eq!(t, r#"{"state":"triggered","seq":9}"#);
+    }
+
+    mod with_map {
+        use super::*;
+        use crate::accounts::tests::{w3_account, w3_instruments};
+        use crate::model::{AccountUpdate, Venue};
+
+        const NOW: TimestampMs = 1_621_428_600_000;
+
+        fn setup() -> (AccountMap, Monitor) {
+            let m = AccountMap::new(w3_instruments());
+            m.apply_update(AccountUpdate::Replace {
+                account: w3_account("w3"),
+            })
+            .unwrap();
+            (m, Monitor::new(MonitorConfig::default()).unwrap())
+        }
+
+        /// Applies BTC/ETH/SOL prices (BTC collateral moves with BTC) and evaluates the touched.
+        fn move_to(
+            m: &AccountMap,
+            mon: &mut Monitor,
+            info: &HashMap<InstrumentId, PriceUsed>,
+            p: [Decimal; 3],
+        ) -> Vec<Emitted> {
+            let mut touched = Vec::new();
+            for (id, price) in [
+                ("BTCUSDT-PERP", p[0]),
+                ("BTC", p[0]),
+                ("ETHUSDT-PERP", p[1]),
+                ("SOLUSDT-PERP", p[2]),
+            ] {
+                m.apply_price(&id.into(), price, &mut touched).unwrap();
+            }
+            mon.evaluate(m, &touched, info, NOW)
+        }
+
+        pub(crate) const W3: [Decimal; 3] = [dec!(60000), dec!(3000), dec!(150)];
+        pub(crate) const WARN: [Decimal; 3] = [dec!(54360), dec!(2718), dec!(135.9)];
+        pub(crate) const W4: [Decimal; 3] = [dec!(54000), dec!(2700), dec!(135)];
+
+        /// W3 healthy → −9.4 % warning → W4 trigger → W3 recovered, one event each, seq 1, 2, 3.
+        #[test]
+        fn w3_warning_trigger_recovered() {
+            let (m, mut mon) = setup();
+            let info = HashMap::new();
+            assert!(move_to(&m, &mut mon, &info, W3).is_empty());
+            let e = move_to(&m, &mut mon, &info, WARN);
+            assert_eq!(e.len(), 1);
+            let w = &e[0].event;
+            assert_eq!(w.kind, EventKind::LiquidationWarning);
+            assert_eq!(w.level, Some(dec!(0.8)));
+            assert_eq!(w.seq, 1);
+            let snap = w.snapshot.as_ref().unwrap();
+            assert_eq!(snap.equity, dec!(8643));
+            assert_eq!(snap.maintenance_margin, dec!(7130.4));
+            assert_eq!(w.prices.len(), 5);
+            assert!(
+                w.prices
+                    .iter()
+                    .any(|p| p.source == "stable" && p.price == dec!(1))
+            );
+            assert_eq!(
+                e[0].state_json,
+                r#"{"state":"warning","level":"0.8","seq":1}"#
+            );
+            // Same prices again: nothing.
+            assert!(move_to(&m, &mut mon, &info, WARN).is_empty());
+            let e = move_to(&m, &mut mon, &info, W4);
+            assert_eq!(e.len(), 1);
+            let t = &e[0].event;
+            assert_eq!(t.kind, EventKind::LiquidationTrigger);
+            assert_eq!(t.crossed_levels, vec![dec!(1)]);
+            assert_eq!(t.seq, 2);
+            assert_eq!(t.snapshot.as_ref().unwrap().equity, dec!(3450));
+            assert_eq!(t.snapshot.as_ref().unwrap().maintenance_margin, dec!(7080));
+            let e = move_to(&m, &mut mon, &info, W3);
+            assert_eq!(e.len(), 1);
+            let r = &e[0].event;
+            assert_eq!(r.kind, EventKind::Recovered);
+            assert_eq!(r.level, Some(dec!(0.8)));
+            assert_eq!(r.crossed_levels, vec![dec!(0.8), dec!(1)]);
+            assert_eq!(r.state, Some(AccountState::Healthy));
+            assert_eq!(r.seq, 3);
+        }
+
+        /// A jump from healthy straight to W4 is one trigger listing both levels.
+        #[test]
+        fn jump_lists_every_level() {
+            let (m, mut mon) = setup();
+            let info = HashMap::new();
+            move_to(&m, &mut mon, &info, W3);
+            let mut touched = Vec::new();
+            // Move the collateral and the perps in one evaluation batch.
+            for (id, p) in [
+                ("BTCUSDT-PERP", W4[0]),
+                ("BTC", W4[0]),
+                ("ETHUSDT-PERP", W4[1]),
+                ("SOLUSDT-PERP", W4[2]),
+            ] {
+                m.apply_price(&id.into(), p, &mut touched).unwrap();
+            }
+            let e = mon.evaluate(&m, &touched, &info, NOW);
+            assert_eq!(e.len(), 1);
+            assert_eq!(e[0].event.kind, EventKind::LiquidationTrigger);
+            assert_eq!(e[0].event.crossed_levels, vec![dec!(0.8), dec!(1)]);
+            assert_eq!(e[0].event.previous_state, Some(AccountState::Healthy));
+            let key = m.key_of(&"w3".into()).unwrap();
+            assert!(mon.evaluate_account(&m, key, &info, NOW).is_empty());
+        }
+
+        /// Restored states are not re-emitted; a change while down is; seq continues.
+        #[test]
+        fn restore_then_reevaluate() {
+            let (m, mut mon) = setup();
+            let info = HashMap::new();
+            move_to(&m, &mut mon, &info, W3);
+            let e = move_to(&m, &mut mon, &info, W4);
+            let stored = vec![(e[0].account_id.clone(), e[0].state_json.clone())];
+            let mut fresh = Monitor::new(MonitorConfig::default()).unwrap();
+            let rep = fresh.restore(stored.clone());
+            assert_eq!(rep.restored, 1);
+            assert!(fresh.evaluate_all(&m, &info, NOW).is_empty());
+            let mut again = Monitor::new(MonitorConfig::default()).unwrap();
+            again.restore(stored);
+            move_to(&m, &mut mon, &info, W3); // the prices recover "while down"
+            let e = again.evaluate_all(&m, &info, NOW);
+            assert_eq!(e.len(), 1);
+            assert_eq!(e[0].event.kind, EventKind::Recovered);
+            assert_eq!(e[0].event.seq, 2);
+            let bad = Monitor::new(MonitorConfig::default())
+                .unwrap()
+                .restore(vec![("w3".into(), "{not json".into())]);
+            assert_eq!(bad.rejected.len(), 1);
+        }
+
+        /// `hold` keeps a stale trigger back as a warning and fires it once prices are fresh.
+        #[test]
+        fn stale_trigger_held_then_fired() {
+            let m = AccountMap::new(w3_instruments());
+            m.apply_update(AccountUpdate::Replace {
+                account: w3_account("w3"),
+            })
+            .unwrap();
+            let mut mon = Monitor::new(MonitorConfig {
+                trigger_on_stale: StalePolicy::Hold,
+                ..Default::default()
+            })
+            .unwrap();
+            let stale_btc = |stale: bool| {
+                let mut info = HashMap::new();
+                info.insert(
+                    InstrumentId::from("BTCUSDT-PERP"),
+                    PriceUsed {
+                        instrument: "BTCUSDT-PERP".into(),
+                        price: dec!(0),
+                        source: Venue::BinanceUsdm.to_string(),
+                        received_ts: NOW - 90_000,
+                        age_ms: 90_000,
+                        stale,
+                    },
+                );
+                info
+            };
+            move_to(&m, &mut mon, &stale_btc(true), W3);
+            let e = move_to(&m, &mut mon, &stale_btc(true), W4);
+            assert_eq!(e.len(), 1);
+            assert_eq!(e[0].event.kind, EventKind::LiquidationWarning);
+            assert!(e[0].event.stale_prices);
+            let btc = e[0]
+                .event
+                .prices
+                .iter()
+                .find(|p| p.instrument.as_str() == "BTCUSDT-PERP")
+                .unwrap();
+            assert_eq!(
+                (btc.price, btc.age_ms, btc.stale),
+                (dec!(54000), 90_000, true)
+            );
+            let e = mon.reevaluate_holders(&m, &"BTCUSDT-PERP".into(), &stale_btc(false), NOW);
+            assert_eq!(e.len(), 1);
+            assert_eq!(e[0].event.kind, EventKind::LiquidationTrigger);
+            assert!(!e[0].event.stale_prices);
+        }
+
+        /// Per-account thresholds override the defaults; incomplete accounts are not evaluated.
+        #[test]
+        fn overrides_and_incomplete() {
+            let m = AccountMap::new(w3_instruments());
+            let mut a = w3_account("tight");
+            a.thresholds = Some(th(&[dec!(0.05)], dec!(0.5), dec!(0.01)));
+            m.apply_update(AccountUpdate::Replace { account: a })
+                .unwrap();
+            let mut mon = Monitor::new(MonitorConfig::default()).unwrap();
+            let info = HashMap::new();
+            let mut touched = Vec::new();
+            m.apply_price(&"BTCUSDT-PERP".into(), W3[0], &mut touched)
+                .unwrap();
+            assert!(mon.evaluate(&m, &touched, &info, NOW).is_empty());
+            let e = move_to(&m, &mut mon, &info, W3);
+            assert_eq!(e.len(), 1);
+            assert_eq!(e[0].event.level, Some(dec!(0.05)));
+            let e = move_to(&m, &mut mon, &info, WARN);
+            assert_eq!(e[0].event.kind, EventKind::LiquidationTrigger);
+            assert_eq!(e[0].event.level, Some(dec!(0.5)));
+        }
     }
 
     mod props {
