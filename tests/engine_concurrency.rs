@@ -96,7 +96,11 @@ fn with_deadline(secs: u64, f: impl FnOnce() + Send + 'static) {
         let _ = tx.send(());
     });
     match rx.recv_timeout(Duration::from_secs(secs)) {
-        Ok(()) => h.join().unwrap(),
+        Ok(()) => {
+            if let Err(p) = h.join() {
+                std::panic::resume_unwind(p)
+            }
+        }
         Err(mpsc::RecvTimeoutError::Disconnected) => {
             // The worker panicked: surface its panic.
             if let Err(p) = h.join() {
