@@ -289,7 +289,7 @@ struct Envelope<'a> {
     #[serde(default, borrow)]
     method: Option<&'a str>,
     #[serde(default, borrow)]
-    params: Option<&'a RawValue>,
+    params: Option<Params<'a>>,
     #[serde(default, borrow)]
     result: Option<&'a RawValue>,
     #[serde(default, borrow)]
@@ -304,18 +304,16 @@ struct RpcError<'a> {
     message: Option<Cow<'a, str>>,
 }
 
+/// `params` of a notification (`channel`, `data`) or of a heartbeat (`type`), read in the same
+/// pass as the envelope; `data` stays raw until the channel says what it is.
 #[derive(Deserialize)]
-struct Notification<'a> {
-    #[serde(borrow)]
-    channel: &'a str,
-    #[serde(borrow)]
-    data: &'a RawValue,
-}
-
-#[derive(Deserialize)]
-struct HeartbeatParams<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: &'a str,
+struct Params<'a> {
+    #[serde(default, borrow)]
+    channel: Option<&'a str>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(default, rename = "type", borrow)]
+    kind: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -386,14 +384,17 @@ impl Feed for DeribitFeed {
         let env: Envelope<'a> = serde_json::from_str(frame).map_err(malformed)?;
         match env.method {
             Some("subscription") => {
-                let params = env.params.ok_or_else(|| {
-                    ParseError::Malformed("deribit notification without params".into())
-                })?;
-                let n: Notification<'a> = serde_json::from_str(params.get()).map_err(malformed)?;
-                if let Some(symbol) = n.channel.strip_prefix("ticker.") {
+                let (Some(channel), Some(data)) = (
+                    env.params.as_ref().and_then(|p| p.channel),
+                    env.params.as_ref().and_then(|p| p.data),
+                ) else {
+                    return Err(ParseError::Malformed(
+                        "deribit notification without params.channel and params.data".into(),
+                    ));
+                };
+                if let Some(symbol) = channel.strip_prefix("ticker.") {
                     let symbol = symbol.rsplit_once('.').map_or(symbol, |(s, _)| s);
-                    let d: TickerData<'a> =
-                        serde_json::from_str(n.data.get()).map_err(malformed)?;
+                    let d: TickerData<'a> = serde_json::from_str(data.get()).map_err(malformed)?;
                     let mark = decimal_from_raw("mark_price", d.mark_price)?;
                     let index = decimal_from_raw("index_price", d.index_price)?;
                     let exchange_ts = ts_from_raw(d.timestamp)?;
@@ -406,8 +407,8 @@ impl Feed for DeribitFeed {
                         });
                     }
                     Ok(Frame::Data)
-                } else if let Some(symbol) = n.channel.strip_prefix("deribit_price_index.") {
-                    let d: IndexData<'a> = serde_json::from_str(n.data.get()).map_err(malformed)?;
+                } else if let Some(symbol) = channel.strip_prefix("deribit_price_index.") {
+                    let d: IndexData<'a> = serde_json::from_str(data.get()).map_err(malformed)?;
                     let index = decimal_from_raw("price", d.price)?;
                     let exchange_ts = ts_from_raw(d.timestamp)?;
                     if index.is_some() {
@@ -421,18 +422,12 @@ impl Feed for DeribitFeed {
                     Ok(Frame::Data)
                 } else {
                     Err(ParseError::Unknown(format!(
-                        "deribit notification on channel {}",
-                        n.channel
+                        "deribit notification on channel {channel}"
                     )))
                 }
             }
             Some("heartbeat") => {
-                let params = env.params.ok_or_else(|| {
-                    ParseError::Malformed("deribit heartbeat without params".into())
-                })?;
-                let p: HeartbeatParams<'a> =
-                    serde_json::from_str(params.get()).map_err(malformed)?;
-                match p.kind {
+                match env.params.as_ref().and_then(|p| p.kind).unwrap_or_default() {
                     "test_request" => Ok(Frame::Reply(self.test_reply())),
                     "heartbeat" => Ok(Frame::Ignore),
                     other => Err(ParseError::Unknown(format!(
