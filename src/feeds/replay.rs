@@ -631,6 +631,41 @@ mod tests {
         assert!(stats.cancelled);
     }
 
+    /// The demo recording is well formed: 2304 Binance USD-M lines in time order, three symbols,
+    /// starting at the 2021-05-19 00:00 UTC opens.
+    #[test]
+    fn demo_recording_is_well_formed() {
+        let path = format!(
+            "{}/feeds/replay/crash-2021-05-19.jsonl",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut prev = i64::MIN;
+        let mut n = 0;
+        let mut per_symbol = std::collections::BTreeMap::new();
+        for (i, l) in text.lines().enumerate() {
+            let line = parse_line(l, i as u64 + 1).unwrap().unwrap();
+            assert_eq!(line.venue, Venue::BinanceUsdm);
+            assert!(line.received_ms >= prev, "line {}", i + 1);
+            prev = line.received_ms;
+            let v: serde_json::Value = serde_json::from_str(&line.frame).unwrap();
+            let sym = v["data"]["s"].as_str().unwrap().to_string();
+            assert_eq!(v["data"]["p"], v["data"]["i"]);
+            per_symbol
+                .entry(sym)
+                .or_insert_with(Vec::new)
+                .push(v["data"]["p"].as_str().unwrap().to_string());
+            n += 1;
+        }
+        assert_eq!(n, 2304);
+        assert_eq!(per_symbol.len(), 3);
+        assert_eq!(per_symbol["BTCUSDT"][0], "42849.78");
+        assert_eq!(per_symbol["ETHUSDT"][0], "3375.08");
+        assert_eq!(per_symbol["SOLUSDT"][0], "55.969");
+        assert!(per_symbol["BTCUSDT"].iter().any(|p| p == "30000.0"));
+        assert_eq!(prev, 1_621_382_400_000 + 16 * 3_600_000 - 75_000 + 200);
+    }
+
     /// A missing file is a clear error naming it.
     #[tokio::test]
     async fn missing_file_is_an_error() {
