@@ -9,8 +9,9 @@
 //!   `deribit_price_index.<name>` and yields ticks with `price` as index (no mark).
 //!
 //! Deribit silently drops channels it does not know: the ack's `result` lists only the accepted
-//! channels, so the adapter compares it with what it requested and reports the first missing one
-//! as [`Frame::SubscribeRejected`] (the reason lists every missing channel). The server's
+//! channels, so the adapter compares it with what it requested and reports the missing ones as
+//! one [`Frame::SubscribeRejected`] whose `symbol` lists them comma-separated (the driver splits
+//! the list and leaves each out of later connections). The server's
 //! `test_request` heartbeats are answered with `public/test` through [`Frame::Reply`]; the answer
 //! to that comes back as [`Frame::Pong`].
 //!
@@ -112,7 +113,8 @@ impl DeribitFeed {
         if let Some(err) = &env.error {
             let code = err.code.map(|c| c.get().to_string()).unwrap_or_default();
             let message = err.message.as_deref().unwrap_or_default().to_string();
-            if id == SUBSCRIBE_ID && !self.requested.is_empty() {
+            // 10028 too_many_requests is transient: not a verdict on the channels.
+            if id == SUBSCRIBE_ID && !self.requested.is_empty() && code != "10028" {
                 let symbol = match self.requested.as_slice() {
                     [one] => Self::symbol_of_channel(one).map(str::to_string),
                     _ => None,
@@ -142,9 +144,14 @@ impl DeribitFeed {
                     .map(String::as_str)
                     .filter(|r| !accepted.contains(r))
                     .collect();
-                if let Some(first) = missing.first() {
+                if !missing.is_empty() {
+                    // Comma-joined: the driver splits the list and leaves each one out.
+                    let symbols: Vec<&str> = missing
+                        .iter()
+                        .filter_map(|c| Self::symbol_of_channel(c))
+                        .collect();
                     return Ok(Frame::SubscribeRejected {
-                        symbol: Self::symbol_of_channel(first).map(str::to_string),
+                        symbol: (!symbols.is_empty()).then(|| symbols.join(",")),
                         reason: format!(
                             "deribit did not confirm channel(s) {} (unknown instrument or index?)",
                             missing.join(", ")
@@ -538,22 +545,27 @@ mod tests {
         }
     }
 
-    /// `subscribe_ack_partial.json`: one of three channels missing → rejected naming exactly it.
+    /// `subscribe_ack_partial.json`: two of four channels missing → one rejection naming both.
     #[test]
     fn fixture_subscribe_ack_partial() {
-        let mut f = subscribed(&["BTC-PERPETUAL", "NOPE-PERPETUAL", "btc_usd"]);
+        let mut f = subscribed(&["BTC-PERPETUAL", "NOPE-PERPETUAL", "btc_usd", "nope_usd"]);
         let text = fixture("subscribe_ack_partial.json");
         let mut out = Vec::new();
         match f.parse(&text, &mut out).unwrap() {
             Frame::SubscribeRejected { symbol, reason } => {
-                assert_eq!(symbol.as_deref(), Some("NOPE-PERPETUAL"));
+                assert_eq!(symbol.as_deref(), Some("NOPE-PERPETUAL,nope_usd"));
+                assert!(
+                    reason.contains("ticker.NOPE-PERPETUAL.100ms, deribit_price_index.nope_usd"),
+                    "{reason}"
+                );
                 assert!(!reason.contains("btc_usd"), "{reason}");
             }
             other => panic!("unexpected {other:?}"),
         }
     }
 
-    /// `subscribe_error.json`: an explicit error for the subscribe request → rejected.
+    /// `subscribe_error.json`: an explicit error for the subscribe request → rejected; the
+    /// transient 10028 `too_many_requests` is only a venue error.
     #[test]
     fn fixture_subscribe_error() {
         let mut f = subscribed(&["BTC-PERPETUAL"]);
@@ -569,6 +581,15 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+        let busy =
+            r#"{"jsonrpc":"2.0","id":2,"error":{"code":10028,"message":"too_many_requests"}}"#;
+        assert_eq!(
+            f.parse(busy, &mut out).unwrap(),
+            Frame::VenueError {
+                code: "10028".into(),
+                message: "too_many_requests".into()
+            }
+        );
     }
 
     /// `error_bad_request.json`: an error with no id → venue error with code and message.

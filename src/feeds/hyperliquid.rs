@@ -13,10 +13,12 @@
 //!   silence) answered by `{"channel":"pong"}`;
 //! - the ack `subscriptionResponse` names the coin; `{"channel":"error","data":"…"}` is a
 //!   [`Frame::VenueError`];
-//! - **an unknown coin closes the socket** without any reply: subscribe only coins from the
-//!   venue's `meta` universe. The driver sees the close and reconnects.
+//! - **an unknown coin closes the socket** without any reply: the driver sees the close and
+//!   reconnects, and the adapter works out which coin did it (see [`HyperliquidFeed`]), stops
+//!   subscribing it and reports it as rejected. Configure only coins from the venue's `meta`.
 
 use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -36,11 +38,34 @@ pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(20);
 /// The plain-text greeting some Hyperliquid servers send after the handshake.
 pub const WELCOME_TEXT: &str = "Websocket connection established.";
 
-/// Hyperliquid adapter configuration (it keeps no per-connection state).
+/// Consecutive connections that must die right at a coin's subscription, after other coins on
+/// the same connection were acknowledged, before the coin is declared unknown.
+pub const UNKNOWN_COIN_STRIKES: u32 = 2;
+
+/// Hyperliquid adapter: configuration plus the bookkeeping that recognises an unknown coin.
+///
+/// Hyperliquid answers a subscription to an unknown coin by dropping the socket, with no error
+/// frame. Subscriptions are processed in order, so when a connection ends with some coins
+/// acknowledged and the next one not, that next coin is the suspect: it is moved to the end of
+/// the subscription order, and after [`UNKNOWN_COIN_STRIKES`] such connections in a row it is
+/// no longer subscribed and reported once as [`Frame::SubscribeRejected`] (in place of the next
+/// connection's first control frame, e.g. the welcome text), so the driver shows it as rejected
+/// and leaves it out. A network drop at the same moment twice in a row is needed to reject a good
+/// coin, and an acknowledgement or price clears its strikes.
 #[derive(Debug, Clone)]
 pub struct HyperliquidFeed {
     ping_interval: Duration,
     all_mids: bool,
+    /// Coins subscribed on the current connection, in order.
+    requested: Vec<String>,
+    /// Coins acknowledged (or priced) on the current connection.
+    acked: HashSet<String>,
+    /// Suspects moved to the end of the order, with their strike count.
+    strikes: HashMap<String, u32>,
+    /// Coins declared unknown: never subscribed again.
+    unknown: HashSet<String>,
+    /// A rejection to report on the next control frame.
+    pending_report: Option<(String, String)>,
 }
 
 impl Default for HyperliquidFeed {
@@ -55,6 +80,11 @@ impl HyperliquidFeed {
         Self {
             ping_interval: DEFAULT_PING_INTERVAL,
             all_mids: false,
+            requested: Vec::new(),
+            acked: HashSet::new(),
+            strikes: HashMap::new(),
+            unknown: HashSet::new(),
+            pending_report: None,
         }
     }
 
@@ -68,6 +98,41 @@ impl HyperliquidFeed {
     pub fn with_all_mids(mut self) -> Self {
         self.all_mids = true;
         self
+    }
+
+    fn confirm(&mut self, coin: &str) {
+        if !self.acked.contains(coin) {
+            self.acked.insert(coin.to_string());
+        }
+        self.strikes.remove(coin);
+    }
+
+    /// Looks at how the previous connection ended (called when a new one starts).
+    fn judge_previous_connection(&mut self) {
+        let Some(suspect) = self
+            .requested
+            .iter()
+            .find(|c| !self.acked.contains(*c))
+            .cloned()
+        else {
+            return;
+        };
+        let others_acked = !self.acked.is_empty();
+        let strikes = self.strikes.entry(suspect.clone()).or_insert(0);
+        if others_acked {
+            *strikes += 1;
+        }
+        if *strikes >= UNKNOWN_COIN_STRIKES {
+            let n = *strikes;
+            self.strikes.remove(&suspect);
+            self.unknown.insert(suspect.clone());
+            self.pending_report = Some((
+                suspect,
+                format!(
+                    "hyperliquid dropped the connection right after this coin's subscription {n} times in a row, without an ack: unknown coin (use names from the venue's meta)"
+                ),
+            ));
+        }
     }
 }
 
@@ -174,7 +239,14 @@ impl Feed for HyperliquidFeed {
     }
 
     fn subscribe_messages(&mut self, symbols: &[String]) -> Vec<String> {
-        let mut msgs: Vec<String> = symbols
+        // Known-good coins first, suspects last, unknown coins never.
+        let mut order: Vec<&String> = symbols
+            .iter()
+            .filter(|c| !self.unknown.contains(*c))
+            .collect();
+        order.sort_by_key(|c| self.strikes.contains_key(*c));
+        self.requested = order.iter().map(|c| (*c).clone()).collect();
+        let mut msgs: Vec<String> = order
             .iter()
             .map(|coin| {
                 let coin = serde_json::to_string(coin).unwrap_or_else(|_| "\"\"".into());
@@ -189,6 +261,12 @@ impl Feed for HyperliquidFeed {
         msgs
     }
 
+    fn reset(&mut self) {
+        self.judge_previous_connection();
+        self.requested.clear();
+        self.acked.clear();
+    }
+
     fn heartbeat(&self) -> Heartbeat {
         Heartbeat {
             client_ping: Some((self.ping_interval, r#"{"method":"ping"}"#.to_string())),
@@ -197,6 +275,26 @@ impl Feed for HyperliquidFeed {
     }
 
     fn parse<'a>(
+        &mut self,
+        frame: &'a str,
+        out: &mut Vec<VenueTick<'a>>,
+    ) -> Result<Frame, ParseError> {
+        let parsed = self.parse_frame(frame, out);
+        if let Ok(f) = &parsed
+            && *f != Frame::Data
+            && let Some((symbol, reason)) = self.pending_report.take()
+        {
+            return Ok(Frame::SubscribeRejected {
+                symbol: Some(symbol),
+                reason,
+            });
+        }
+        parsed
+    }
+}
+
+impl HyperliquidFeed {
+    fn parse_frame<'a>(
         &mut self,
         frame: &'a str,
         out: &mut Vec<VenueTick<'a>>,
@@ -218,6 +316,7 @@ impl Feed for HyperliquidFeed {
                 let a: AssetCtx<'a> = serde_json::from_str(data.get()).map_err(malformed)?;
                 let mark = decimal_from_wire_str("markPx", a.ctx.mark_px)?;
                 let index = decimal_from_wire_str("oraclePx", a.ctx.oracle_px)?;
+                self.confirm(a.coin);
                 if mark.is_some() || index.is_some() {
                     out.push(VenueTick {
                         symbol: a.coin,
@@ -252,13 +351,12 @@ impl Feed for HyperliquidFeed {
                 if r.method == Some("unsubscribe") {
                     return Ok(Frame::Ignore);
                 }
+                let coin = r.subscription.and_then(|s| s.coin).map(Cow::into_owned);
+                if let Some(c) = &coin {
+                    self.confirm(c);
+                }
                 Ok(Frame::SubscribeAck {
-                    symbols: r
-                        .subscription
-                        .and_then(|s| s.coin)
-                        .map(Cow::into_owned)
-                        .into_iter()
-                        .collect(),
+                    symbols: coin.into_iter().collect(),
                 })
             }
             "pong" => Ok(Frame::Pong),
@@ -413,6 +511,87 @@ mod tests {
     fn fixture_pong_and_welcome() {
         assert_eq!(parse_one("pong.json").0.unwrap(), Frame::Pong);
         assert_eq!(parse_one("welcome.txt").0.unwrap(), Frame::Ignore);
+    }
+
+    fn ack(coin: &str) -> String {
+        format!(
+            r#"{{"channel":"subscriptionResponse","data":{{"method":"subscribe","subscription":{{"type":"activeAssetCtx","coin":"{coin}"}}}}}}"#
+        )
+    }
+
+    fn coins_of(msgs: &[String]) -> Vec<String> {
+        msgs.iter()
+            .map(|m| {
+                let v: serde_json::Value = serde_json::from_str(m).unwrap();
+                v["subscription"]["coin"].as_str().unwrap().to_string()
+            })
+            .collect()
+    }
+
+    /// A coin whose subscription kills the connection (after the others were acked) is moved
+    /// last, then, on the second such connection, dropped and reported once as rejected.
+    #[test]
+    fn unknown_coin_is_found_and_rejected() {
+        let mut f = HyperliquidFeed::new();
+        let syms: Vec<String> = vec!["NOPE".into(), "BTC".into()];
+        let mut out = Vec::new();
+        // Connection 1: NOPE first, nothing acked, dropped. No strike (could be an outage).
+        f.reset();
+        assert_eq!(coins_of(&f.subscribe_messages(&syms)), ["NOPE", "BTC"]);
+        assert_eq!(f.parse(WELCOME_TEXT, &mut out).unwrap(), Frame::Ignore);
+        // Connections 2 and 3: NOPE now last; BTC acked, then dropped.
+        for _ in 0..2 {
+            f.reset();
+            assert_eq!(coins_of(&f.subscribe_messages(&syms)), ["BTC", "NOPE"]);
+            let a = ack("BTC");
+            assert!(matches!(
+                f.parse(&a, &mut Vec::new()).unwrap(),
+                Frame::SubscribeAck { .. }
+            ));
+        }
+        // Connection 4: NOPE is no longer subscribed and is reported on the first control frame.
+        f.reset();
+        assert_eq!(coins_of(&f.subscribe_messages(&syms)), ["BTC"]);
+        match f.parse(WELCOME_TEXT, &mut out).unwrap() {
+            Frame::SubscribeRejected { symbol, reason } => {
+                assert_eq!(symbol.as_deref(), Some("NOPE"));
+                assert!(reason.contains("unknown coin"), "{reason}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let a = ack("BTC");
+        assert_eq!(
+            f.parse(&a, &mut Vec::new()).unwrap(),
+            Frame::SubscribeAck {
+                symbols: vec!["BTC".into()]
+            }
+        );
+        assert!(out.is_empty());
+    }
+
+    /// A good coin that happens to be unacked when a connection drops is never rejected once
+    /// its ack arrives on the next connection.
+    #[test]
+    fn a_drop_before_a_good_ack_clears_on_the_next_ack() {
+        let mut f = HyperliquidFeed::new();
+        let syms: Vec<String> = vec!["BTC".into(), "ETH".into()];
+        let mut out = Vec::new();
+        for _ in 0..5 {
+            f.reset();
+            assert_eq!(f.subscribe_messages(&syms).len(), 2);
+            let a = ack("BTC");
+            f.parse(&a, &mut Vec::new()).unwrap();
+            // dropped before ETH's ack
+            f.reset();
+            assert_eq!(coins_of(&f.subscribe_messages(&syms)), ["BTC", "ETH"]);
+            let a = ack("BTC");
+            f.parse(&a, &mut Vec::new()).unwrap();
+            let a = ack("ETH");
+            f.parse(&a, &mut Vec::new()).unwrap();
+        }
+        f.reset();
+        assert_eq!(coins_of(&f.subscribe_messages(&syms)), ["BTC", "ETH"]);
+        assert_eq!(f.parse(WELCOME_TEXT, &mut out).unwrap(), Frame::Ignore);
     }
 
     /// `malformed_truncated.txt`, `malformed_price.json`, `unknown_channel.json`: errors, no ticks.
