@@ -678,7 +678,9 @@ impl Journal {
         Ok(self.last_seq().saturating_sub(self.cursor(sink)?))
     }
 
-    /// Up to `limit` committed events with seq > `after`, in journal order.
+    /// Up to `limit` committed events with seq > `after`, in journal order. The batch stops
+    /// before an unreadable row; [`JournalError::CorruptRow`] is returned when the first row
+    /// is unreadable (the driver dead-letters it).
     pub fn read_after(&self, after: u64, limit: usize) -> Result<Vec<JournalEntry>, JournalError> {
         let r = self.reader.lock();
         let mut st =
@@ -691,9 +693,7 @@ impl Journal {
             .collect::<Result<_, _>>()?;
         drop(st);
         drop(r);
-        rows.into_iter()
-            .map(|(seq, json)| decode_entry(u64_of(seq), json))
-            .collect()
+        decode_rows(rows)
     }
 
     /// Up to `limit` committed events from `since`, in journal order (the API's history).
@@ -725,9 +725,7 @@ impl Journal {
             }
         };
         drop(r);
-        rows.into_iter()
-            .map(|(seq, json)| decode_entry(u64_of(seq), json))
-            .collect()
+        decode_rows(rows)
     }
 
     /// Records that `sink` gave up on event `seq` for `reason`, and moves its cursor past it,
@@ -827,6 +825,20 @@ impl Journal {
             }
         })
     }
+}
+
+/// Decodes rows in order. An unreadable row ends the batch before it, so every good row ahead
+/// of it is still returned; only when the first row is unreadable is it an error.
+fn decode_rows(rows: Vec<(i64, String)>) -> Result<Vec<JournalEntry>, JournalError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for (seq, json) in rows {
+        match decode_entry(u64_of(seq), json) {
+            Ok(e) => out.push(e),
+            Err(e) if out.is_empty() => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(out)
 }
 
 fn decode_entry(seq: u64, json: String) -> Result<JournalEntry, JournalError> {
