@@ -116,6 +116,9 @@ fn default_group_top() -> usize {
 fn default_rate_per() -> Duration {
     Duration::from_secs(60)
 }
+fn default_concurrency() -> usize {
+    1
+}
 fn default_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -151,6 +154,10 @@ pub struct WebhookConfig {
     /// PagerDuty `payload.source` (default `liqwatch`).
     #[serde(default)]
     pub source: Option<String>,
+    /// Generic format only: requests in flight at once (default 1). Events are spread over
+    /// this many lanes by account, so per-account order is kept.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
 }
 
 impl WebhookConfig {
@@ -166,6 +173,7 @@ impl WebhookConfig {
             group: None,
             rate_limit: None,
             source: None,
+            concurrency: 1,
         }
     }
 
@@ -229,6 +237,15 @@ impl WebhookConfig {
             ));
         }
         let chat = self.format != WebhookFormat::Generic;
+        if self.concurrency == 0 || self.concurrency > 256 {
+            errors.push(format!(
+                "concurrency {} must be between 1 and 256",
+                self.concurrency
+            ));
+        }
+        if chat && self.concurrency > 1 {
+            errors.push("concurrency applies to format generic only".to_string());
+        }
         if !chat && (self.group.is_some() || self.rate_limit.is_some()) {
             errors.push(
                 "group and rate_limit apply to slack, discord and pagerduty only".to_string(),
@@ -271,6 +288,7 @@ impl WebhookConfig {
                 messages: r.messages,
                 per: r.per,
             }),
+            concurrency: self.concurrency,
             source: self
                 .source
                 .clone()
@@ -308,6 +326,8 @@ pub struct WebhookSettings {
     pub rate_limit: Option<RateLimit>,
     /// PagerDuty `payload.source`.
     pub source: String,
+    /// Requests in flight at once (generic only).
+    pub concurrency: usize,
 }
 
 impl fmt::Debug for WebhookSettings {
@@ -335,6 +355,7 @@ impl fmt::Debug for WebhookSettings {
             .field("group", &self.group)
             .field("rate_limit", &self.rate_limit)
             .field("source", &self.source)
+            .field("concurrency", &self.concurrency)
             .finish()
     }
 }
@@ -1059,7 +1080,84 @@ impl WebhookSink {
         }
     }
 
+    /// Delivers over `concurrency` lanes keyed by account: each lane posts its events in order
+    /// and stops at its first failure; the result is the delivered prefix and the error of the
+    /// first entry not delivered.
+    async fn deliver_lanes(&self, batch: &[JournalEntry]) -> (usize, Option<SinkError>) {
+        use std::hash::{Hash, Hasher};
+        let n = self.settings.concurrency.max(1);
+        let mut lanes: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (i, e) in batch.iter().enumerate() {
+            let mut h = std::hash::DefaultHasher::new();
+            match (&e.event.account_id, &e.event.feed) {
+                (Some(a), _) => a.as_str().hash(&mut h),
+                (None, Some(f)) => f.instrument.as_str().hash(&mut h),
+                (None, None) => e.event.event_id.hash(&mut h),
+            }
+            let lane = usize::try_from(h.finish() % n as u64).unwrap_or(0);
+            if let Some(l) = lanes.get_mut(lane) {
+                l.push(i);
+            }
+        }
+        let runs = lanes
+            .into_iter()
+            .filter(|l| !l.is_empty())
+            .map(|lane| async move {
+                let mut done = Vec::with_capacity(lane.len());
+                for i in lane {
+                    let Some(e) = batch.get(i) else { continue };
+                    let res = match render_single(&self.settings, e) {
+                        Ok(reqs) => {
+                            let mut r = Ok(());
+                            for req in reqs {
+                                r = self.post(req).await;
+                                if r.is_err() {
+                                    break;
+                                }
+                            }
+                            r
+                        }
+                        Err(err) => Err(err),
+                    };
+                    let failed = res.is_err();
+                    done.push((i, res));
+                    if failed {
+                        break;
+                    }
+                }
+                done
+            });
+        let results = futures::future::join_all(runs).await;
+        let mut status: Vec<Option<Result<(), SinkError>>> = vec![None; batch.len()];
+        for (i, res) in results.into_iter().flatten() {
+            if let Some(s) = status.get_mut(i) {
+                *s = Some(res);
+            }
+        }
+        let mut delivered = 0;
+        for s in status {
+            match s {
+                Some(Ok(())) => delivered += 1,
+                Some(Err(e)) => return (delivered, Some(e)),
+                None => {
+                    return (
+                        delivered,
+                        Some(SinkError::Retriable {
+                            reason: "not attempted: an earlier request in its lane failed"
+                                .to_string(),
+                            retry_after: None,
+                        }),
+                    );
+                }
+            }
+        }
+        (delivered, None)
+    }
+
     async fn deliver_batch(&mut self, batch: &[JournalEntry]) -> (usize, Option<SinkError>) {
+        if self.settings.format == WebhookFormat::Generic && self.settings.concurrency > 1 {
+            return self.deliver_lanes(batch).await;
+        }
         let group = match self.settings.format {
             WebhookFormat::Generic => None,
             _ => self.settings.group.clone(),
@@ -1146,6 +1244,7 @@ mod tests {
             group: None,
             rate_limit: None,
             source: "liqwatch-test".to_string(),
+            concurrency: 1,
         }
     }
 
