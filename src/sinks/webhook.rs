@@ -524,8 +524,10 @@ fn account_of(ev: &RiskEvent) -> String {
 pub struct AlertText {
     /// E.g. `LIQUIDATION TRIGGER: acct-7`.
     pub title: String,
-    /// One line with every number that matters.
+    /// One line with every number that matters: `<kind> <account>: <details>`.
     pub summary: String,
+    /// The numbers alone (`margin ratio …, equity …, MM …, shock distance …`).
+    pub details: String,
     /// Labelled values for chat layouts.
     pub fields: Vec<(&'static str, String)>,
 }
@@ -566,7 +568,7 @@ pub fn alert_text(ev: &RiskEvent) -> AlertText {
         }
     };
     fields.push(("Kind", ev.kind.as_str().to_string()));
-    let summary = if let Some(s) = &ev.snapshot {
+    let details = if let Some(s) = &ev.snapshot {
         let ratio = fmt_ratio(&s.margin_ratio);
         let equity = fmt_money(s.equity);
         let mm = fmt_money(s.maintenance_margin);
@@ -578,9 +580,8 @@ pub fn alert_text(ev: &RiskEvent) -> AlertText {
         fields.push(("Maintenance margin", mm.clone()));
         fields.push(("Shock distance", shock.clone()));
         format!(
-            "{} {account}: margin ratio {ratio} (level {level}), equity {equity}, MM {mm}, \
-             shock distance {shock}{stale}",
-            ev.kind.as_str()
+            "margin ratio {ratio} (level {level}), equity {equity}, MM {mm}, \
+             shock distance {shock}{stale}"
         )
     } else if let Some(f) = &ev.feed {
         let last = f
@@ -594,24 +595,24 @@ pub fn alert_text(ev: &RiskEvent) -> AlertText {
         fields.push(("Last price", last.clone()));
         fields.push(("Age", age.clone()));
         format!(
-            "{} {}: last price {last}, age {age}, stale after {} ms",
-            ev.kind.as_str(),
-            f.instrument,
+            "last price {last}, age {age}, stale after {} ms",
             f.stale_after_ms
         )
     } else {
-        format!(
-            "{} {account} (level {})",
-            ev.kind.as_str(),
-            fmt_level(ev.level)
-        )
+        format!("level {}", fmt_level(ev.level))
     };
+    let subject = match &ev.feed {
+        Some(f) if ev.account_id.is_none() => f.instrument.to_string(),
+        _ => account.clone(),
+    };
+    let summary = format!("{} {subject}: {details}", ev.kind.as_str());
     if ev.stale_prices {
         fields.push(("Prices", "STALE".to_string()));
     }
     AlertText {
         title,
         summary,
+        details,
         fields,
     }
 }
@@ -673,6 +674,11 @@ pub fn group_text(entries: &[&JournalEntry], top: usize) -> GroupText {
         let rb = b.snapshot.as_ref().map(|s| s.margin_ratio);
         rb.cmp(&ra)
     });
+    let accounts = entries
+        .iter()
+        .map(|e| account_of(&e.event))
+        .collect::<std::collections::HashSet<_>>()
+        .len();
     let mut seen = std::collections::HashSet::new();
     let worst = ranked
         .into_iter()
@@ -680,12 +686,11 @@ pub fn group_text(entries: &[&JournalEntry], top: usize) -> GroupText {
         .take(top)
         .map(|e| alert_text(e).summary)
         .collect();
-    let accounts = seen.len();
     GroupText {
         title: format!("⚠️ {n} liquidation warnings in {secs} s"),
         worst,
         span: format!(
-            "{accounts}+ accounts, first {} · last {}",
+            "{accounts} accounts, first {} · last {}",
             crate::model::format_rfc3339_ms(first),
             crate::model::format_rfc3339_ms(last)
         ),
@@ -760,7 +765,7 @@ pub fn render_single(
                 .map(|(k, v)| json!({"type": "mrkdwn", "text": format!("*{k}*\n{}", slack_escape(v))}))
                 .collect();
             let v = json!({
-                "text": format!("{title}: {}", slack_escape(&t.summary)),
+                "text": format!("{title} — {}", slack_escape(&t.details)),
                 "blocks": [
                     {"type": "header", "text": {"type": "plain_text", "text": truncate(&title, 150), "emoji": true}},
                     {"type": "section", "text": {"type": "mrkdwn", "text": slack_escape(&t.summary)}, "fields": fields},
