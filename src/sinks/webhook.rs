@@ -1263,6 +1263,12 @@ mod tests {
         m.update(b"1700000000.{\"a\":1}");
         let want = hex::encode(m.finalize().into_bytes());
         assert_eq!(h, format!("t=1700000000,v1={want}"));
+        // The README's openssl recipe gives the same digest:
+        // printf '%s.%s' 1700000000 '{"a":1}' | openssl dgst -sha256 -hmac key -hex
+        assert_eq!(
+            want,
+            "a438e398bfafc57e4396bb7fc2304422f0f768e965d073ca313cb52e22e6ad03"
+        );
         let tol = Duration::from_secs(300);
         assert_eq!(verify(b"key", &h, body, 1_700_000_100, tol), Ok(()));
         assert_eq!(
