@@ -193,3 +193,20 @@ async fn missing_stream_is_retriable_with_advice() {
         other => panic!("expected retriable, got {other:?}"),
     }
 }
+
+/// An event larger than the server's max_payload is permanent (dead-lettered), and the events
+/// before it are delivered.
+#[tokio::test]
+async fn oversized_event_is_permanent() {
+    let Some(server) = NatsServer::start().await else {
+        return;
+    };
+    let (mut sink, _, stream) = sink(&server.url, Duration::from_secs(5));
+    let mut big = entry(2, EventKind::LiquidationWarning, "a");
+    big.json = format!("{{\"pad\":\"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    let batch = vec![entry(1, EventKind::LiquidationWarning, "a"), big];
+    let (n, err) = sink.deliver(&batch).await;
+    assert_eq!(n, 1);
+    assert!(matches!(err, Some(SinkError::Permanent { .. })), "{err:?}");
+    assert_eq!(stream_messages(&server.url, &stream).await.len(), 1);
+}
