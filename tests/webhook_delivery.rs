@@ -422,3 +422,43 @@ async fn concurrent_lanes_keep_per_account_order() {
     }
     assert_eq!(seen.len(), 200, "every event accepted");
 }
+
+/// When the rate limit holds a warning back, a later trigger of another account goes first,
+/// but never ahead of an earlier event of its own account; nothing is dropped.
+#[tokio::test]
+async fn triggers_overtake_rate_limited_warnings_of_other_accounts() {
+    let rx = Receiver::start(Some(SECRET)).await;
+    let mut s = settings(&rx.url, WebhookFormat::Slack);
+    s.rate_limit = Some(RateLimit {
+        messages: 1,
+        per: Duration::from_secs(1),
+    });
+    let mut sink = WebhookSink::new("slack", s).unwrap();
+    let batch = vec![
+        entry(1, EventKind::LiquidationWarning, "alice", dec!(0.85)),
+        entry(2, EventKind::LiquidationWarning, "bob", dec!(0.86)),
+        entry(3, EventKind::LiquidationTrigger, "bob", dec!(1.01)),
+        entry(4, EventKind::LiquidationTrigger, "carol", dec!(1.02)),
+    ];
+    let (n, err) = sink.deliver(&batch).await;
+    assert_eq!((n, err), (4, None));
+    let headers: Vec<String> = rx
+        .accepted()
+        .iter()
+        .map(|r| {
+            r.json()["blocks"][0]["text"]["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        headers,
+        vec![
+            "⚠️ Liquidation warning: alice",
+            "🚨 LIQUIDATION TRIGGER: carol",
+            "⚠️ Liquidation warning: bob",
+            "🚨 LIQUIDATION TRIGGER: bob",
+        ]
+    );
+}

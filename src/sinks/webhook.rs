@@ -23,7 +23,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::model::{EventKind, MarginRatio, RiskEvent};
+use std::collections::HashSet;
+
+use crate::model::{AccountId, EventKind, MarginRatio, RiskEvent};
 use crate::sinks::noise::{
     self, GroupConfig, PlannedMessage, PrefixTracker, RateLimit, RateLimiter,
 };
@@ -1159,6 +1161,82 @@ impl WebhookSink {
         (delivered, None)
     }
 
+    /// Renders and posts one planned message; `Ok` once the receiver accepted all of it.
+    async fn send_message(
+        &self,
+        batch: &[JournalEntry],
+        msg: &PlannedMessage,
+        top: usize,
+    ) -> Result<(), SinkError> {
+        let members: Vec<&JournalEntry> =
+            msg.members.iter().filter_map(|&i| batch.get(i)).collect();
+        let requests = if msg.is_group() {
+            vec![render_group(&self.settings, &members, top)?]
+        } else {
+            match members.first() {
+                Some(e) => render_single(&self.settings, e)?,
+                None => Vec::new(),
+            }
+        };
+        for req in requests {
+            self.post(req).await?;
+        }
+        if msg.is_group() {
+            metrics::counter!("liqwatch_webhook_grouped_events_total", "sink" => self.name.clone())
+                .increment(msg.members.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// While the rate limiter holds message `idx` back, sends the later trigger messages whose
+    /// accounts have nothing unsent before them (so per-account order holds). A failure here is
+    /// only logged: the trigger stays unsent and is retried in its turn, where its error is
+    /// reported against the right entry.
+    async fn send_triggers_ahead(
+        &self,
+        batch: &[JournalEntry],
+        planned: &[PlannedMessage],
+        idx: usize,
+        sent: &mut [bool],
+        tracker: &mut PrefixTracker,
+        top: usize,
+    ) {
+        let accounts = |m: &PlannedMessage| -> Vec<AccountId> {
+            m.members
+                .iter()
+                .filter_map(|&i| batch.get(i).and_then(|e| e.event.account_id.clone()))
+                .collect()
+        };
+        let mut blocked: HashSet<AccountId> = planned
+            .get(idx)
+            .map(|m| accounts(m).into_iter().collect())
+            .unwrap_or_default();
+        for j in idx + 1..planned.len() {
+            let (Some(m), Some(false)) = (planned.get(j), sent.get(j).copied()) else {
+                continue;
+            };
+            let accs = accounts(m);
+            let trigger = has_trigger(batch, m);
+            if trigger && !accs.is_empty() && accs.iter().all(|a| !blocked.contains(a)) {
+                match self.send_message(batch, m, top).await {
+                    Ok(()) => {
+                        if let Some(s) = sent.get_mut(j) {
+                            *s = true;
+                        }
+                        tracker.mark(&m.members);
+                        metrics::counter!("liqwatch_webhook_triggers_ahead_total", "sink" => self.name.clone())
+                            .increment(1);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(sink = %self.name, error = %e, "Trigger sent ahead of the rate limit failed; it will be retried in order");
+                    }
+                }
+            }
+            blocked.extend(accs);
+        }
+    }
+
     async fn deliver_batch(&mut self, batch: &[JournalEntry]) -> (usize, Option<SinkError>) {
         if self.settings.format == WebhookFormat::Generic && self.settings.concurrency > 1 {
             return self.deliver_lanes(batch).await;
@@ -1167,57 +1245,66 @@ impl WebhookSink {
             WebhookFormat::Generic => None,
             _ => self.settings.group.clone(),
         };
+        let top = group.as_ref().map(|g| g.top).unwrap_or(5);
         let planned: Vec<PlannedMessage> = noise::plan(batch, group.as_ref());
+        let mut sent = vec![false; planned.len()];
         let mut tracker = PrefixTracker::new(batch.len());
-        for msg in planned {
-            let members: Vec<&JournalEntry> =
-                msg.members.iter().filter_map(|&i| batch.get(i)).collect();
-            let has_trigger = members
-                .iter()
-                .any(|e| e.event.kind == EventKind::LiquidationTrigger);
-            if let Some(limiter) = self.limiter.as_mut() {
-                if has_trigger {
+        // Messages go in plan order (by first member), so when message `idx` fails every entry
+        // before its first member is delivered and the error applies to that first member.
+        for idx in 0..planned.len() {
+            let (Some(msg), Some(false)) = (planned.get(idx), sent.get(idx).copied()) else {
+                continue;
+            };
+            if self.limiter.is_some() {
+                if has_trigger(batch, msg) {
                     // Triggers never wait: take a token if there is one, go regardless.
-                    limiter.take_if_available();
+                    if let Some(l) = self.limiter.as_mut() {
+                        l.take_if_available();
+                    }
                 } else {
-                    let waited = limiter.acquire().await;
-                    if !waited.is_zero() {
-                        metrics::counter!("liqwatch_webhook_rate_limited_total", "sink" => self.name.clone())
-                            .increment(1);
-                        tracing::debug!(sink = %self.name, waited_ms = waited.as_millis() as u64, "Rate limit delayed a message");
+                    let must_wait = self
+                        .limiter
+                        .as_mut()
+                        .is_some_and(|l| !l.wait_time().is_zero());
+                    if must_wait {
+                        self.send_triggers_ahead(
+                            batch,
+                            &planned,
+                            idx,
+                            &mut sent,
+                            &mut tracker,
+                            top,
+                        )
+                        .await;
+                    }
+                    if let Some(l) = self.limiter.as_mut() {
+                        let waited = l.acquire().await;
+                        if !waited.is_zero() {
+                            metrics::counter!("liqwatch_webhook_rate_limited_total", "sink" => self.name.clone())
+                                .increment(1);
+                            tracing::debug!(sink = %self.name, waited_ms = waited.as_millis() as u64, "Rate limit delayed a message");
+                        }
                     }
                 }
             }
-            let requests = if msg.is_group() {
-                render_group(
-                    &self.settings,
-                    &members,
-                    group.as_ref().map(|g| g.top).unwrap_or(5),
-                )
-                .map(|r| vec![r])
-            } else {
-                match members.first() {
-                    Some(e) => render_single(&self.settings, e),
-                    None => Ok(Vec::new()),
-                }
-            };
-            let requests = match requests {
-                Ok(r) => r,
-                Err(e) => return (tracker.prefix(), Some(e)),
-            };
-            for req in requests {
-                if let Err(e) = self.post(req).await {
-                    return (tracker.prefix(), Some(e));
-                }
+            if let Err(e) = self.send_message(batch, msg, top).await {
+                return (tracker.prefix(), Some(e));
             }
-            if msg.is_group() {
-                metrics::counter!("liqwatch_webhook_grouped_events_total", "sink" => self.name.clone())
-                    .increment(msg.members.len() as u64);
+            if let Some(s) = sent.get_mut(idx) {
+                *s = true;
             }
             tracker.mark(&msg.members);
         }
         (tracker.prefix(), None)
     }
+}
+
+fn has_trigger(batch: &[JournalEntry], msg: &PlannedMessage) -> bool {
+    msg.members.iter().any(|&i| {
+        batch
+            .get(i)
+            .is_some_and(|e| e.event.kind == EventKind::LiquidationTrigger)
+    })
 }
 
 impl Sink for WebhookSink {
