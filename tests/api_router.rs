@@ -1,6 +1,8 @@
 //! The HTTP API router driven in-process with `tower::ServiceExt::oneshot` over an in-memory
 //! backend: every endpoint, auth, body limits and the JSON error shape.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "support/api_backend.rs"]
 mod api_backend;
 

@@ -1,6 +1,6 @@
 //! An in-memory [`ApiBackend`] for API and ingest tests: accounts in a map, a journal in a vector
 //! feeding a real broadcast channel, scripted readiness and feed status, and failure injection.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -207,7 +207,7 @@ impl ApiBackend for MemBackend {
     fn riskiest(&self, limit: usize) -> BoxFuture<'_, Result<Vec<AccountView>, BackendError>> {
         Box::pin(async move {
             let mut all: Vec<AccountView> = self.views.lock().unwrap().values().cloned().collect();
-            all.sort_by(|a, b| b.snapshot.margin_ratio.cmp(&a.snapshot.margin_ratio));
+            all.sort_by_key(|v| std::cmp::Reverse(v.snapshot.margin_ratio));
             all.truncate(limit);
             Ok(all)
         })
