@@ -678,9 +678,7 @@ async fn list_accounts(
     query: Result<Query<AccountsQuery>, QueryRejection>,
 ) -> Result<axum::Json<AccountsBody>, ApiError> {
     let Query(q) = query.map_err(query_error)?;
-    if let Some(order) = q.order.as_deref()
-        && order != "risk"
-    {
+    if let Some(order) = q.order.as_deref().filter(|o| *o != "risk") {
         return Err(ApiError::BadRequest {
             code: "invalid_query",
             field: Some("order".to_string()),

@@ -475,6 +475,34 @@ pub struct NatsIngestConfig {
     pub nak_delay: Duration,
     /// Timeout of connecting and of each request to the server.
     pub timeout: Duration,
+    /// This instance's shard; updates for accounts of other shards are terminated (counted as
+    /// `wrong_shard`), protecting against a publisher that routes by a different hash.
+    pub shard: Option<Shard>,
+}
+
+/// One shard of `count`: this instance owns the accounts with
+/// [`shard_of`]`(account_id, count) == index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// 0-based index of this instance.
+    pub index: u32,
+    /// Number of shards.
+    pub count: u32,
+}
+
+/// The shard owning `account_id` among `count` shards: FNV-1a 64 of the id's UTF-8 bytes,
+/// modulo `count` (0 when `count` is 0). Publishers put an update for account `A` on
+/// `liqwatch.accounts.shard-<shard_of(A, N)>.<A>`; see the README.
+pub fn shard_of(account_id: &str, count: u32) -> u32 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    if count == 0 {
+        return 0;
+    }
+    let hash = account_id
+        .bytes()
+        .fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME));
+    u32::try_from(hash % u64::from(count)).unwrap_or(0)
 }
 
 impl Default for NatsIngestConfig {
@@ -489,6 +517,7 @@ impl Default for NatsIngestConfig {
             ack_wait: Duration::from_secs(30),
             nak_delay: Duration::from_secs(5),
             timeout: Duration::from_secs(10),
+            shard: None,
         }
     }
 }
@@ -553,6 +582,8 @@ pub enum Outcome {
     Rejected,
     /// Transient failure; nak'ed with a delay.
     Retry,
+    /// The account belongs to another shard; terminated.
+    WrongShard,
 }
 
 impl Outcome {
@@ -564,6 +595,7 @@ impl Outcome {
             Outcome::Invalid => "invalid",
             Outcome::Rejected => "rejected",
             Outcome::Retry => "retry",
+            Outcome::WrongShard => "wrong_shard",
         }
     }
 }
@@ -703,6 +735,7 @@ impl NatsIngest {
         };
         let outcome = process(
             &msg.payload,
+            self.config.shard,
             UpdateOrigin::Nats {
                 stream: self.config.stream.clone(),
                 stream_sequence,
@@ -761,10 +794,25 @@ async fn sleep_or_cancel(
 /// (malformed, invalid, rejected, retry) and the reason.
 pub async fn process(
     payload: &[u8],
+    shard: Option<Shard>,
     origin: UpdateOrigin,
     writer: &dyn AccountWriter,
 ) -> Result<Applied, (Outcome, String)> {
     let update = parse_update(payload).map_err(|(_, _, message)| (Outcome::Malformed, message))?;
+    if let Some(shard) = shard {
+        let owner = shard_of(update.account_id().as_str(), shard.count);
+        if owner != shard.index {
+            return Err((
+                Outcome::WrongShard,
+                format!(
+                    "account {} belongs to shard {owner} of {}, this instance is shard {}",
+                    update.account_id(),
+                    shard.count,
+                    shard.index
+                ),
+            ));
+        }
+    }
     let errors = validate_update(&update, &|id| writer.instrument_kind(id));
     if !errors.is_empty() {
         let reason = errors
@@ -855,6 +903,25 @@ mod tests {
             want.sort();
             assert_eq!(got, want, "{json}");
         }
+    }
+
+    /// The shard function is FNV-1a 64 mod N, pinned by known values so publishers in other
+    /// languages can match it.
+    #[test]
+    fn shard_of_is_fnv1a_mod_n() {
+        // FNV-1a 64 of "" is the offset basis; of "a" is 0xaf63dc4c8601ec8c.
+        assert_eq!(shard_of("", 1000), (0xcbf2_9ce4_8422_2325u64 % 1000) as u32);
+        assert_eq!(
+            shard_of("a", 1_000_003),
+            (0xaf63_dc4c_8601_ec8cu64 % 1_000_003) as u32
+        );
+        assert_eq!(shard_of("anything", 1), 0);
+        assert_eq!(shard_of("anything", 0), 0);
+        let mut counts = [0u32; 4];
+        for i in 0..4000 {
+            counts[shard_of(&format!("acct-{i}"), 4) as usize] += 1;
+        }
+        assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
     }
 
     /// A JSON float where a decimal string is expected is explained with its path.

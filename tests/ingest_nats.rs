@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use api_backend::MemBackend;
 use async_nats::jetstream;
-use liqwatch::ingest::{ApplyError, NatsIngest, NatsIngestConfig, UpdateOrigin};
+use liqwatch::ingest::{ApplyError, NatsIngest, NatsIngestConfig, Shard, UpdateOrigin, shard_of};
 use liqwatch::model::AccountUpdate;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -243,4 +243,50 @@ async fn connect_failure_is_reported() {
         err.to_string().contains(&format!("127.0.0.1:{port}")),
         "{err}"
     );
+}
+
+/// A sharded instance applies its own accounts and terminates updates for another shard.
+#[tokio::test]
+async fn wrong_shard_is_terminated() {
+    let Some(server) = nats_ingest::start("wrong_shard_is_terminated") else {
+        return;
+    };
+    let backend = MemBackend::new(16);
+    let mine = shard_of("mine", 2);
+    let other = (0..100)
+        .map(|i| format!("other-{i}"))
+        .find(|id| shard_of(id, 2) != mine)
+        .unwrap();
+    let cfg = NatsIngestConfig {
+        shard: Some(Shard {
+            index: mine,
+            count: 2,
+        }),
+        ..config(&server.url, "t4")
+    };
+    let (cancel, task) = run(cfg.clone(), &backend).await;
+    let js = js(&server.url).await;
+    publish(
+        &js,
+        "t4.accounts.x",
+        &format!(r#"{{"type":"replace","account":{{"id":"{other}"}}}}"#),
+    )
+    .await;
+    publish(
+        &js,
+        "t4.accounts.x",
+        r#"{"type":"replace","account":{"id":"mine"}}"#,
+    )
+    .await;
+    drained(&js, &cfg).await;
+    let ids: Vec<String> = backend
+        .applied
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(u, _)| u.account_id().to_string())
+        .collect();
+    assert_eq!(ids, ["mine"]);
+    cancel.cancel();
+    tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap();
 }

@@ -71,10 +71,10 @@ fn spawn() -> NatsServer {
             if let Some(rest) = line.split("Listening for client connections on ").nth(1) {
                 port = rest.trim().rsplit(':').next().map(str::to_string);
             }
-            if line.contains("Server is ready")
-                && let Some(p) = port.take()
-            {
-                let _ = tx.send(p);
+            if line.contains("Server is ready") {
+                if let Some(p) = port.take() {
+                    let _ = tx.send(p);
+                }
             }
         }
     });
