@@ -466,9 +466,12 @@ pub struct NatsIngestConfig {
     pub subject: String,
     /// Durable consumer name (one per shard); JetStream keeps its position across restarts.
     pub durable: String,
-    /// Create the stream (file storage, the subject `liqwatch.accounts.>`-style subtree) when it
-    /// does not exist. Off when operators manage streams themselves.
+    /// Create the stream (file storage, [`NatsIngestConfig::stream_subjects`]) when it does not
+    /// exist. Off when operators manage streams themselves.
     pub create_stream: bool,
+    /// Subjects of the stream when it is created. `None`: `liqwatch.accounts.>` when `subject`
+    /// lies under it (so every shard's consumer shares one stream), else `subject` itself.
+    pub stream_subjects: Option<Vec<String>>,
     /// How long JetStream waits for an ack before redelivering.
     pub ack_wait: Duration,
     /// Delay asked for when nak'ing a transient failure.
@@ -514,10 +517,24 @@ impl Default for NatsIngestConfig {
             subject: DEFAULT_SUBJECT.to_string(),
             durable: "liqwatch".to_string(),
             create_stream: true,
+            stream_subjects: None,
             ack_wait: Duration::from_secs(30),
             nak_delay: Duration::from_secs(5),
             timeout: Duration::from_secs(10),
             shard: None,
+        }
+    }
+}
+
+impl NatsIngestConfig {
+    /// The subjects the stream is created with (see [`NatsIngestConfig::stream_subjects`]).
+    pub fn stream_subjects(&self) -> Vec<String> {
+        match &self.stream_subjects {
+            Some(s) => s.clone(),
+            None if self.subject.starts_with("liqwatch.accounts.") => {
+                vec![DEFAULT_SUBJECT.to_string()]
+            }
+            None => vec![self.subject.clone()],
         }
     }
 }
@@ -635,7 +652,7 @@ impl NatsIngest {
         let stream = if config.create_stream {
             js.get_or_create_stream(stream::Config {
                 name: config.stream.clone(),
-                subjects: vec![config.subject.clone()],
+                subjects: config.stream_subjects(),
                 storage: stream::StorageType::File,
                 ..Default::default()
             })

@@ -290,3 +290,52 @@ async fn wrong_shard_is_terminated() {
     cancel.cancel();
     tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap();
 }
+
+/// Two shards share one stream (`liqwatch.accounts.>`), each consuming only its own subtree
+/// through its own durable consumer.
+#[tokio::test]
+async fn shards_share_one_stream() {
+    let Some(server) = nats_ingest::start("shards_share_one_stream") else {
+        return;
+    };
+    let js = js(&server.url).await;
+    let mut running = Vec::new();
+    for i in 0..2u32 {
+        let backend = MemBackend::new(16);
+        let cfg = NatsIngestConfig {
+            url: server.url.clone(),
+            subject: format!("liqwatch.accounts.shard-{i}.>"),
+            durable: format!("liqwatch-shard-{i}"),
+            shard: Some(Shard { index: i, count: 2 }),
+            ..NatsIngestConfig::default()
+        };
+        assert_eq!(cfg.stream_subjects(), ["liqwatch.accounts.>"]);
+        let (cancel, task) = run(cfg.clone(), &backend).await;
+        running.push((backend, cfg, cancel, task));
+    }
+    let mut expected: [Vec<String>; 2] = [vec![], vec![]];
+    for n in 0..10 {
+        let id = format!("acct-{n}");
+        let shard = shard_of(&id, 2);
+        publish(
+            &js,
+            &format!("liqwatch.accounts.shard-{shard}.{id}"),
+            &format!(r#"{{"type":"replace","account":{{"id":"{id}"}}}}"#),
+        )
+        .await;
+        expected[shard as usize].push(id);
+    }
+    for (i, (backend, cfg, cancel, task)) in running.into_iter().enumerate() {
+        drained(&js, &cfg).await;
+        let ids: Vec<String> = backend
+            .applied
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(u, _)| u.account_id().to_string())
+            .collect();
+        assert_eq!(ids, expected[i], "shard {i}");
+        cancel.cancel();
+        tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap();
+    }
+}
