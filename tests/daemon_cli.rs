@@ -1,4 +1,5 @@
 //! CLI tests of the real binary: `check-config` exit codes and messages, the example config,
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 //! usage errors.
 
 use std::path::{Path, PathBuf};
