@@ -1071,6 +1071,43 @@ mod tests {
         h.await.unwrap();
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Over any sequence of ticks: non-positive prices are always rejected, the composite is
+        /// always positive and lies within the accepted prices of the venues, and a lone spike
+        /// from one venue never moves the composite by itself.
+        #[test]
+        fn board_invariants(ticks in proptest::collection::vec((0usize..3, -2i64..400), 1..60)) {
+            let b = board(CompositeMode::Median);
+            let venues = [B, Y, O];
+            let id = InstrumentId::from("X");
+            let mut last_accepted: [Option<Decimal>; 3] = [None; 3];
+            for (v, p) in ticks {
+                let price = Decimal::new(p, 0);
+                let before = b.composite(&id).map(|c| c.price);
+                let out = b.publish(tick("X", venues[v], price));
+                if p <= 0 {
+                    proptest::prop_assert_eq!(out, PublishOutcome::Rejected);
+                }
+                if out == PublishOutcome::Held {
+                    proptest::prop_assert_eq!(b.composite(&id).map(|c| c.price), before);
+                }
+                for s in b.status().iter().flat_map(|st| st.sources.iter()) {
+                    let k = venues.iter().position(|x| *x == s.venue).unwrap();
+                    last_accepted[k] = s.last_price;
+                }
+                if let Some(c) = b.composite(&id) {
+                    proptest::prop_assert!(c.price > Decimal::ZERO);
+                    let acc: Vec<Decimal> = last_accepted.iter().flatten().copied().collect();
+                    let lo = acc.iter().min().copied().unwrap();
+                    let hi = acc.iter().max().copied().unwrap();
+                    proptest::prop_assert!(c.price >= lo && c.price <= hi);
+                }
+            }
+        }
+    }
+
     /// Config parses from TOML with durations, venue names and string decimals.
     #[test]
     fn config_from_toml() {
