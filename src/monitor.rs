@@ -255,7 +255,7 @@ struct Slot {
 /// The monitor. Owned by the engine task (`&mut self`); states are indexed by account key.
 pub struct Monitor {
     cfg: MonitorConfig,
-    /// A ratio strictly below this (with a 1e-20 relative margin) cannot move a healthy account.
+    /// A ratio below this (0.1 % under the first level) cannot move a healthy account.
     fast_floor: Decimal,
     slots: Vec<Option<Slot>>,
     pending: HashMap<AccountId, MonitorState>,
@@ -274,8 +274,10 @@ impl Monitor {
             .first()
             .copied()
             .unwrap_or(cfg.thresholds.trigger);
+        // 0.1 % below the first level: short enough a number that `floor × equity` stays in
+        // rust_decimal's fast 96-bit path, far enough that rounding can never matter.
         let fast_floor = first
-            .checked_mul(Decimal::ONE - Decimal::new(1, 20))
+            .checked_mul(Decimal::new(999, 3))
             .unwrap_or(Decimal::ZERO);
         Ok(Monitor {
             cfg,
