@@ -38,6 +38,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
 use serde::Deserialize;
 use tokio::io::AsyncBufReadExt;
 use tokio::time::Instant;
@@ -65,6 +67,26 @@ pub enum ReplaySpeed {
 impl Default for ReplaySpeed {
     fn default() -> Self {
         ReplaySpeed::Factor(1.0)
+    }
+}
+
+impl ReplaySpeed {
+    /// From a config factor: `None` or `0` → [`ReplaySpeed::Max`], a positive number → that
+    /// factor (timing only, so `f64` is fine here), anything else an error saying what is
+    /// accepted.
+    pub fn from_factor(factor: Option<Decimal>) -> Result<ReplaySpeed, String> {
+        match factor {
+            None => Ok(ReplaySpeed::Max),
+            Some(d) if d.is_zero() => Ok(ReplaySpeed::Max),
+            Some(d) => match d.to_f64() {
+                Some(k) if d.is_sign_positive() && k.is_finite() && k > 0.0 => {
+                    Ok(ReplaySpeed::Factor(k))
+                }
+                _ => Err(format!(
+                    "replay speed {d}: expected a positive number (1 = real time) or 0 (as fast as possible)"
+                )),
+            },
+        }
     }
 }
 
@@ -571,6 +593,25 @@ mod tests {
             let e = bad.parse::<ReplaySpeed>().unwrap_err();
             assert!(e.contains("positive number"), "{bad}: {e}");
         }
+    }
+
+    /// Config factors (Decimal) map to speeds: none/0 = max, positive = factor, negative refused.
+    #[test]
+    fn speed_from_factor() {
+        assert_eq!(ReplaySpeed::from_factor(None), Ok(ReplaySpeed::Max));
+        assert_eq!(
+            ReplaySpeed::from_factor(Some(dec!(0))),
+            Ok(ReplaySpeed::Max)
+        );
+        assert_eq!(
+            ReplaySpeed::from_factor(Some(dec!(3000))),
+            Ok(ReplaySpeed::Factor(3000.0))
+        );
+        assert_eq!(
+            ReplaySpeed::from_factor(Some(dec!(0.5))),
+            Ok(ReplaySpeed::Factor(0.5))
+        );
+        assert!(ReplaySpeed::from_factor(Some(dec!(-1))).is_err());
     }
 
     /// Lines parse into records; blank and comment lines are skipped; bad ones say why.
