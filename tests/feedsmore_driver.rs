@@ -1,7 +1,8 @@
 //! OKX, Deribit and Hyperliquid through the generic driver over real loopback WebSockets, each
 //! mock venue enforcing its keepalive demand: the driver keeps the connection alive, and after a
 //! drop, an error close, a stall, an upgrade notice or a venue-side cut it reconnects,
-//! resubscribes and keeps every good price; rejected subscriptions are named and left out.
+//! resubscribes and keeps every good price; rejected subscriptions are named and left out; a
+//! spike on one venue is held until a second venue confirms it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
@@ -398,4 +399,100 @@ async fn hyperliquid_unknown_coin_is_isolated() {
     }
     assert_eq!(run.status.snapshot(&run.board).venue, Venue::Hyperliquid);
     run.stop().await;
+}
+
+// ------------------------------------------------------------------------------------------
+// Two venues, one board
+// ------------------------------------------------------------------------------------------
+
+/// A Deribit spike (beyond the 20 % limit) is held — the composite keeps the old price — until
+/// Hyperliquid, pricing the same instrument, confirms it; then the composite is the median of
+/// both venues.
+#[tokio::test]
+async fn spike_on_deribit_is_held_until_hyperliquid_confirms() {
+    let deribit = MockMore::start(MockConfig::new(Proto::Deribit)).await;
+    let hl = MockMore::start(MockConfig::new(Proto::Hyperliquid)).await;
+    let board = Arc::new(PriceBoard::new(PriceBoardConfig::default()));
+    let registry = FeedRegistry::new();
+    let cancel = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for (feed, url, sym) in [
+        (
+            Box::new(DeribitFeed::new()) as Box<dyn Feed>,
+            &deribit.url,
+            "BTC-PERPETUAL",
+        ),
+        (Box::new(HyperliquidFeed::new()), &hl.url, "BTC"),
+    ] {
+        let cfg = fast_cfg(url, routes(&[(sym, "BTC-PERP", PriceField::Mark)]));
+        let status = registry.register(feed.venue(), &cfg.routes);
+        tasks.push(tokio::spawn(run_feed(
+            feed,
+            cfg,
+            board.clone(),
+            status,
+            cancel.child_token(),
+        )));
+    }
+    let composite = || {
+        board
+            .composite(&InstrumentId::from("BTC-PERP"))
+            .map(|c| c.price)
+    };
+    wait_subscribed(&deribit, 1, "ticker.BTC-PERPETUAL.100ms").await;
+    wait_subscribed(&hl, 1, "BTC").await;
+    deribit.send(price("BTC-PERPETUAL", "60000")).await;
+    hl.send(price("BTC", "60000.0")).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let both_fresh = || {
+        board.status().iter().any(|s| {
+            s.instrument.as_str() == "BTC-PERP"
+                && s.sources.len() == 2
+                && s.sources.iter().all(|x| x.last_price.is_some())
+        })
+    };
+    while !both_fresh() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            board.status()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(composite(), Some("60000".parse().unwrap()));
+
+    // +50 % on Deribit: held, the composite does not move.
+    deribit.send(price("BTC-PERPETUAL", "9e4")).await;
+    let held = || {
+        board.status().iter().any(|s| {
+            s.instrument.as_str() == "BTC-PERP"
+                && s.sources.iter().any(|x| {
+                    x.venue == Venue::Deribit && x.held_price == Some("90000".parse().unwrap())
+                })
+        })
+    };
+    while !held() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            board.status()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(composite(), Some("60000".parse().unwrap()));
+
+    // Hyperliquid confirms: both accepted, composite = median(90000, 89000).
+    hl.send(price("BTC", "89000.0")).await;
+    while composite() != Some("89500".parse().unwrap()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            board.status()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cancel.cancel();
+    for t in tasks {
+        let _ = tokio::time::timeout(WAIT, t).await;
+    }
 }
