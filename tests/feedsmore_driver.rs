@@ -2,7 +2,8 @@
 //! mock venue enforcing its keepalive demand: the driver keeps the connection alive, and after a
 //! drop, an error close, a stall, an upgrade notice or a venue-side cut it reconnects,
 //! resubscribes and keeps every good price; rejected subscriptions are named and left out; a
-//! spike on one venue is held until a second venue confirms it.
+//! spike on one venue is held until a second venue confirms it; a socket alive but silent goes
+//! stale and is restored without a reconnect.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
@@ -16,7 +17,7 @@ use liqwatch::feeds::deribit::DeribitFeed;
 use liqwatch::feeds::hyperliquid::HyperliquidFeed;
 use liqwatch::feeds::okx::OkxFeed;
 use liqwatch::feeds::{Feed, FeedConfig, FeedRegistry, FeedStatusHandle, SymbolRoutes, run_feed};
-use liqwatch::model::{InstrumentId, PriceField, Venue};
+use liqwatch::model::{EventKind, InstrumentId, PriceField, Venue};
 use liqwatch::prices::{PriceBoard, PriceBoardConfig};
 use mock_more::{Cmd, Event, MockConfig, MockMore, Proto};
 use rust_decimal::Decimal;
@@ -495,4 +496,78 @@ async fn spike_on_deribit_is_held_until_hyperliquid_confirms() {
     for t in tasks {
         let _ = tokio::time::timeout(WAIT, t).await;
     }
+}
+
+/// Hyperliquid keeps the socket open and answers every ping but stops sending prices: the
+/// connection is not replaced (transport is alive), yet the instrument goes stale (`feed_stale`)
+/// and is restored (`feed_restored`) when prices return.
+#[tokio::test]
+async fn hyperliquid_alive_but_silent_goes_stale_then_restores() {
+    let mock = MockMore::start(MockConfig::new(Proto::Hyperliquid)).await;
+    let board = Arc::new(PriceBoard::new(PriceBoardConfig {
+        stale_after: Duration::from_millis(300),
+        ..PriceBoardConfig::default()
+    }));
+    let registry = FeedRegistry::new();
+    let cfg = fast_cfg(
+        &mock.url,
+        routes(&[("BTC", "BTCUSD-PERP", PriceField::Mark)]),
+    );
+    let status = registry.register(Venue::Hyperliquid, &cfg.routes);
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(run_feed(
+        Box::new(HyperliquidFeed::new()),
+        cfg,
+        board.clone(),
+        status.clone(),
+        cancel.clone(),
+    ));
+    let run = Running {
+        board: board.clone(),
+        status,
+        cancel,
+        task,
+    };
+    wait_subscribed(&mock, 1, "BTC").await;
+    mock.send(price("BTC", "84148.0")).await;
+    run.wait_price("BTCUSD-PERP", "84148.0").await;
+
+    // Only pongs from now on: poll the board's staleness check until it reports feed_stale.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut kinds = Vec::new();
+    while !kinds.contains(&EventKind::FeedStale) {
+        assert!(tokio::time::Instant::now() < deadline, "never went stale");
+        kinds.extend(
+            board
+                .check_staleness(tokio::time::Instant::now())
+                .into_iter()
+                .map(|t| t.kind),
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(board.is_stale(&InstrumentId::from("BTCUSD-PERP")));
+    // The transport stayed up the whole time (pings answered): still the first connection.
+    assert_eq!(mock.connections(), 1);
+    assert!(
+        mock.events()
+            .iter()
+            .any(|e| matches!(e, Event::Received(1, t) if t.contains("ping")))
+    );
+
+    mock.send(price("BTC", "84150.0")).await;
+    run.wait_price("BTCUSD-PERP", "84150.0").await;
+    let mut restored = Vec::new();
+    while !restored.contains(&EventKind::FeedRestored) {
+        assert!(tokio::time::Instant::now() < deadline, "never restored");
+        restored.extend(
+            board
+                .check_staleness(tokio::time::Instant::now())
+                .into_iter()
+                .map(|t| t.kind),
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!board.is_stale(&InstrumentId::from("BTCUSD-PERP")));
+    assert_eq!(mock.connections(), 1);
+    run.stop().await;
 }
