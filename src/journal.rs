@@ -1315,6 +1315,49 @@ mod tests {
         assert_eq!(all.last().unwrap().seq, 202);
     }
 
+    /// The flusher task commits the in-memory backlog on its own once writes work again, and
+    /// wakes sink drivers through the commit notification.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flusher_commits_backlog_when_space_returns() {
+        let (_dir, j) = open_tmp();
+        let j = Arc::new(j);
+        j.append(&[event("a", 1, 1)], &[]).unwrap();
+        let pages: i64 = j
+            .writer
+            .lock()
+            .conn
+            .pragma_query_value(None, "page_count", |r| r.get(0))
+            .unwrap();
+        j.writer
+            .lock()
+            .conn
+            .pragma_update(None, "max_page_count", pages)
+            .unwrap();
+        let burst: Vec<RiskEvent> = (0..300).map(|i| event("b", i, 2)).collect();
+        assert!(j.append(&burst, &[]).is_err());
+        assert!(j.is_write_failing());
+        let mut committed = j.subscribe();
+        let cancel = CancellationToken::new();
+        let flusher = j.spawn_flusher(cancel.clone());
+        j.writer
+            .lock()
+            .conn
+            .pragma_update(None, "max_page_count", 1_073_741_823i64)
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while *committed.borrow_and_update() < 301 {
+                committed.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("flusher committed the backlog");
+        assert!(!j.is_write_failing());
+        assert_eq!(j.buffered(), 0);
+        assert_eq!(j.read_after(1, 1000).unwrap().len(), 300);
+        cancel.cancel();
+        flusher.await.unwrap();
+    }
+
     /// Garbage, a newer schema and a missing directory are clear open errors.
     #[test]
     fn open_errors_are_clear() {
