@@ -265,7 +265,7 @@ mod tests {
             read(&path)
         );
         let got: Vec<&str> = kept.lines().collect();
-        // Each file holds 2 lines of 17 bytes (+ newline); the last 6 lines survive.
+        // Each file holds 2 lines of 17 bytes (newline included); the last 6 lines survive.
         assert_eq!(got, refs[4..].to_vec());
         for p in [&path, &rotated_path(&path, 1), &rotated_path(&path, 2)] {
             assert!(std::fs::metadata(p).unwrap().len() <= 40);
