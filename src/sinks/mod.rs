@@ -14,6 +14,7 @@
 
 pub mod jsonl;
 pub mod nats;
+pub mod noise;
 pub mod stdout;
 pub mod webhook;
 
