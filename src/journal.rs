@@ -190,49 +190,6 @@ impl Default for JournalOptions {
     }
 }
 
-fn default_retention() -> Duration {
-    Duration::from_secs(7 * 24 * 3600)
-}
-
-fn default_prune_every() -> Duration {
-    Duration::from_secs(3600)
-}
-
-fn default_true() -> bool {
-    true
-}
-
-/// The `[journal]` table of the config file.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct JournalConfig {
-    /// The SQLite file (created with its schema when missing; its directory must exist).
-    pub path: PathBuf,
-    /// `full` (default) or `normal`; see the module docs.
-    #[serde(default)]
-    pub synchronous: Synchronous,
-    /// Delivered events older than this are pruned (default `7d`).
-    #[serde(default = "default_retention", with = "humantime_serde")]
-    pub retention: Duration,
-    /// How often retention runs (default `1h`).
-    #[serde(default = "default_prune_every", with = "humantime_serde")]
-    pub prune_every: Duration,
-    /// Run `PRAGMA quick_check` at startup (default true).
-    #[serde(default = "default_true")]
-    pub verify_on_open: bool,
-}
-
-impl JournalConfig {
-    /// The open options this config asks for.
-    pub fn options(&self) -> JournalOptions {
-        JournalOptions {
-            synchronous: self.synchronous,
-            verify_on_open: self.verify_on_open,
-            ..JournalOptions::default()
-        }
-    }
-}
-
 /// Where [`Journal::events_since`] starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Since {

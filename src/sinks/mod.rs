@@ -103,6 +103,15 @@ pub enum Severity {
 }
 
 impl Severity {
+    /// The severity for a numeric level (0 info, 1 warning, 2 and above critical).
+    pub fn from_level(level: u8) -> Severity {
+        match level {
+            0 => Severity::Info,
+            1 => Severity::Warning,
+            _ => Severity::Critical,
+        }
+    }
+
     /// The numeric level compared with [`EventKind::severity`].
     pub fn level(self) -> u8 {
         match self {
@@ -151,6 +160,16 @@ impl SinkFilter {
         match &event.account_id {
             Some(a) if !self.accounts.is_empty() => self.accounts.contains(a),
             _ => true,
+        }
+    }
+}
+
+impl From<&crate::config::FilterConfig> for SinkFilter {
+    fn from(f: &crate::config::FilterConfig) -> Self {
+        SinkFilter {
+            kinds: f.kinds.iter().copied().collect(),
+            min_severity: Severity::from_level(f.min_severity),
+            accounts: f.accounts.iter().cloned().collect(),
         }
     }
 }
@@ -447,9 +466,7 @@ impl Driver {
                 deadline = Some(Instant::now() + self.options.drain_grace);
                 tracing::info!(sink = %name, cursor, "Sink draining before shutdown");
             }
-            if let Some(dl) = deadline
-                && Instant::now() >= dl
-            {
+            if deadline.is_some_and(|dl| Instant::now() >= dl) {
                 tracing::warn!(sink = %name, cursor, lag = self.journal.journal().last_seq().saturating_sub(cursor),
                     "Sink drain grace period over; the rest is delivered after restart");
                 break;
@@ -667,10 +684,20 @@ mod tests {
         assert_eq!(t.delivery.drain_grace, DriverOptions::default().drain_grace);
         assert!(toml::from_str::<SinkFilter>("kind = []").is_err());
         assert!(toml::from_str::<SinkFilter>("min_severity = \"loud\"").is_err());
-        let j: crate::journal::JournalConfig =
-            toml::from_str("path = \"/var/lib/liqwatch/journal.db\"\nretention = \"3d\"").unwrap();
-        assert_eq!(j.retention, Duration::from_secs(3 * 24 * 3600));
-        assert_eq!(j.synchronous, crate::journal::Synchronous::Full);
+    }
+
+    /// The daemon's parsed filter converts without losing anything.
+    #[test]
+    fn from_config_filter() {
+        let f = SinkFilter::from(&crate::config::FilterConfig {
+            kinds: vec![EventKind::LiquidationTrigger],
+            min_severity: 1,
+            accounts: vec![AccountId::from("a1")],
+        });
+        assert_eq!(f.kinds, BTreeSet::from([EventKind::LiquidationTrigger]));
+        assert_eq!(f.min_severity, Severity::Warning);
+        assert_eq!(f.accounts, BTreeSet::from([AccountId::from("a1")]));
+        assert_eq!(Severity::from_level(7), Severity::Critical);
     }
 
     /// The filter matches on kind, severity and account; feed events pass the account test.
