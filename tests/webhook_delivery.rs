@@ -528,3 +528,37 @@ async fn long_rate_limit_wait_becomes_retry_after() {
     }
     assert_eq!(rx.accepted().len(), 1);
 }
+
+/// A grouped message's events count as delivered only once the receiver accepts it: a 503 on
+/// the group delivers nothing, the retry delivers all of them.
+#[tokio::test]
+async fn grouped_events_delivered_only_when_accepted() {
+    let rx = Receiver::start(Some(SECRET)).await;
+    rx.script([Scripted::status(503)]);
+    let mut s = settings(&rx.url, WebhookFormat::Discord);
+    s.group = Some(GroupConfig::default());
+    let mut sink = WebhookSink::new("discord", s).unwrap();
+    let batch: Vec<JournalEntry> = (1..=6)
+        .map(|i| {
+            entry(
+                i,
+                EventKind::LiquidationWarning,
+                &format!("g{i}"),
+                dec!(0.9),
+            )
+        })
+        .collect();
+    let (n, err) = sink.deliver(&batch).await;
+    assert_eq!(n, 0);
+    assert!(err.as_ref().is_some_and(SinkError::is_retriable), "{err:?}");
+    assert!(rx.accepted().is_empty());
+    assert_eq!(sink.deliver(&batch).await, (6, None));
+    let got = rx.accepted();
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0].json()["content"]
+            .as_str()
+            .unwrap()
+            .contains("6 liquidation warnings")
+    );
+}
