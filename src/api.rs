@@ -7,6 +7,18 @@
 //! error is a JSON body `{"error":{"code":…,"message":…,"field":…}}` built by [`ApiError`].
 //! The OpenAPI 3.1 description lives in `src/api/openapi.json` and is served at
 //! `GET /openapi.json`; a test keeps it in sync with [`router`].
+//!
+//! Wiring, in the daemon:
+//!
+//! ```text
+//! let (events_tx, _) = tokio::sync::broadcast::channel(4096); // send each entry after commit
+//! let state = api::ApiState::new(backend.clone(), events_tx.clone())
+//!     .with_metrics(prometheus_handle)
+//!     .with_token(token.expose())            // omit: mutations answer 403
+//!     .with_body_limit(config.api.max_body_bytes)
+//!     .with_shutdown(cancel.clone());        // ends SSE streams on shutdown
+//! tracker.spawn(api::serve(config.api.bind, api::router(state), cancel.clone()));
+//! ```
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -53,6 +65,9 @@ pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 pub const DEFAULT_LIMIT: usize = 100;
 /// Largest accepted `limit`.
 pub const MAX_LIMIT: usize = 1000;
+
+/// Default cap on concurrent `/v1/events/stream` clients; more get 503.
+pub const DEFAULT_MAX_SSE_CLIENTS: usize = 256;
 
 // ---------------------------------------------------------------------------------------------
 // What the daemon provides
@@ -180,6 +195,8 @@ pub struct ApiState {
     token_digest: Option<[u8; 32]>,
     body_limit: usize,
     shutdown: CancellationToken,
+    sse_clients: Arc<std::sync::atomic::AtomicUsize>,
+    max_sse_clients: usize,
 }
 
 impl ApiState {
@@ -196,7 +213,15 @@ impl ApiState {
             token_digest: None,
             body_limit: DEFAULT_BODY_LIMIT,
             shutdown: CancellationToken::new(),
+            sse_clients: Arc::default(),
+            max_sse_clients: DEFAULT_MAX_SSE_CLIENTS,
         }
+    }
+
+    /// Cap on concurrent SSE clients (each holds a broadcast receiver and a connection).
+    pub fn with_max_sse_clients(mut self, max: usize) -> ApiState {
+        self.max_sse_clients = max;
+        self
     }
 
     /// Serve `GET /metrics` from this Prometheus handle.
@@ -938,17 +963,26 @@ pub struct ResyncBody {
     pub resync: String,
 }
 
-struct SseClientGauge;
+/// One open SSE client: counted in the gauge and against the cap until dropped.
+struct SseClientGauge(Arc<std::sync::atomic::AtomicUsize>);
 
 impl SseClientGauge {
-    fn new() -> Self {
+    /// Takes a slot, or `None` when `max` clients are already connected.
+    fn acquire(count: &Arc<std::sync::atomic::AtomicUsize>, max: usize) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
         metrics::gauge!("liqwatch_api_sse_clients").increment(1.0);
-        SseClientGauge
+        Some(SseClientGauge(count.clone()))
     }
 }
 
 impl Drop for SseClientGauge {
     fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         metrics::gauge!("liqwatch_api_sse_clients").decrement(1.0);
     }
 }
@@ -1061,6 +1095,13 @@ async fn events_stream(
         Some(s) => Some(parse_since(&s)?),
         None => None,
     };
+    let gauge =
+        SseClientGauge::acquire(&state.sse_clients, state.max_sse_clients).ok_or_else(|| {
+            ApiError::Unavailable(format!(
+                "too many event-stream clients (at most {}); poll /v1/events?since= instead",
+                state.max_sse_clients
+            ))
+        })?;
     // Subscribe before reading history so nothing committed in between is missed.
     let rx = state.events.subscribe();
     let st = SseState {
@@ -1074,7 +1115,7 @@ async fn events_stream(
             _ => None,
         },
         done: false,
-        _gauge: SseClientGauge::new(),
+        _gauge: gauge,
     };
     let stream = futures::stream::unfold(st, next_sse);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))

@@ -9,6 +9,16 @@
 //! writer as permanent — is counted, logged with its subject and stream sequence, and terminated
 //! (`+TERM`) so that JetStream does not redeliver it forever. A transient failure (store busy,
 //! shutting down) is nak'ed with a delay and comes back.
+//!
+//! Wiring, in the daemon (`backend` implements [`AccountWriter`]):
+//!
+//! ```text
+//! let ingest = ingest::NatsIngest::connect(ingest::NatsIngestConfig {
+//!     url, subject, stream, durable,          // from [accounts.nats]
+//!     ..Default::default()
+//! }).await?;                                  // fails fast: exit 1 if NATS is unreachable
+//! tracker.spawn(ingest.run(backend.clone(), cancel.clone()));
+//! ```
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
