@@ -1,20 +1,44 @@
 //! The `liqwatch` binary: parse the command line, set up logging, run a command, exit with a
 //! documented code (0 clean, 1 runtime failure, 2 bad config or usage).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use liqwatch::app;
+use liqwatch::config::{self, LogFormat};
 
 /// Cross-margin liquidation watcher.
 #[derive(Parser, Debug)]
 #[command(name = "liqwatch", version, about)]
 struct Cli {
+    /// Log line format: `text` (readable, default) or `json`. Overrides `[log] format`.
+    #[arg(long, global = true, value_parser = parse_log_format)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
 
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    LogFormat::parse(s).ok_or_else(|| format!("{s:?}: expected text or json"))
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the daemon: feeds → accounts → events → journal → sinks, plus the HTTP API.
+    Run {
+        /// The TOML config file (see deploy/liqwatch.example.toml).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Replay the 2021-05-19 crash against sample accounts, with no network and no config.
+    Demo(liqwatch::demo::DemoArgs),
+    /// Validate a config file and exit: 0 valid, 2 invalid (every problem is listed).
+    CheckConfig {
+        /// The TOML config file.
+        file: PathBuf,
+    },
     /// Apply price shocks to accounts from files and print their risk.
     Stress(liqwatch::stress::StressArgs),
 }
@@ -30,5 +54,50 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Stress(args) => liqwatch::stress::main(args),
+        Command::CheckConfig { file } => match app::check_config(&file) {
+            Ok(summary) => {
+                println!("{}: OK\n{summary}", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(e.exit_code())
+            }
+        },
+        Command::Run { config } => {
+            let cfg = match config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let format = cli.log_format.unwrap_or(cfg.log.format);
+            if let Err(e) = app::init_logging(format, &cfg.log.level) {
+                eprintln!("cannot set up logging: {e}");
+                return ExitCode::from(2);
+            }
+            exit(app::run_daemon(cfg))
+        }
+        Command::Demo(args) => {
+            let format = cli.log_format.unwrap_or(LogFormat::Text);
+            // The demo prints its own readable lines on stdout; logs stay quiet on stderr.
+            if let Err(e) = app::init_logging(format, "warn") {
+                eprintln!("cannot set up logging: {e}");
+                return ExitCode::from(2);
+            }
+            exit(liqwatch::demo::main(args))
+        }
+    }
+}
+
+fn exit(r: Result<(), app::AppError>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "liqwatch stopped");
+            eprintln!("liqwatch: {e}");
+            ExitCode::from(e.exit_code())
+        }
     }
 }
