@@ -29,6 +29,8 @@ fn config(url: &str, durable: &str) -> NatsIngestConfig {
         subject: format!("{durable}.accounts.>"),
         durable: durable.to_string(),
         nak_delay: Duration::from_millis(50),
+        // A message handed to a consumer that stops comes back after this (at least once).
+        ack_wait: Duration::from_secs(2),
         ..NatsIngestConfig::default()
     }
 }
