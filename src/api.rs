@@ -11,7 +11,8 @@
 //! Wiring, in the daemon:
 //!
 //! ```text
-//! let (events_tx, _) = tokio::sync::broadcast::channel(4096); // send each entry after commit
+//! let (events_tx, _) = tokio::sync::broadcast::channel(4096);
+//! tracker.spawn(api::forward_journal(journal_handle.clone(), events_tx.clone(), cancel.clone()));
 //! let state = api::ApiState::new(backend.clone(), events_tx.clone())
 //!     .with_metrics(prometheus_handle)
 //!     .with_token(token.expose())            // omit: mutations answer 403
@@ -1119,6 +1120,62 @@ async fn events_stream(
     };
     let stream = futures::stream::unfold(st, next_sse);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Journal → live stream
+// ---------------------------------------------------------------------------------------------
+
+/// Feeds the SSE broadcast from the journal: after each commit it reads the newly committed
+/// entries (off the async threads) and sends them in journal order. While no client is
+/// connected it reads nothing (clients catch up with `since=`). Returns when `cancel` fires or
+/// the journal is dropped.
+pub async fn forward_journal(
+    journal: crate::journal::JournalHandle,
+    events: broadcast::Sender<Arc<JournalEntry>>,
+    cancel: CancellationToken,
+) {
+    const BATCH: usize = 1000;
+    let mut committed = journal.journal().subscribe();
+    let mut last = *committed.borrow_and_update();
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            changed = committed.changed() => if changed.is_err() { break },
+        }
+        let target = *committed.borrow_and_update();
+        while last < target {
+            if events.receiver_count() == 0 {
+                last = target;
+                break;
+            }
+            match journal.read_after(last, BATCH).await {
+                Ok(batch) if batch.is_empty() => {
+                    last = target; // pruned under us: nothing left to send
+                }
+                Ok(batch) => {
+                    for entry in batch {
+                        last = entry.seq;
+                        // An error only means every client has gone; keep the cursor moving.
+                        let _ = events.send(Arc::new(entry));
+                    }
+                }
+                Err(crate::journal::JournalError::CorruptRow { seq, reason }) => {
+                    metrics::counter!("liqwatch_api_stream_skipped_total").increment(1);
+                    warn!(seq, %reason, "unreadable journal row not streamed");
+                    last = seq;
+                }
+                Err(error) => {
+                    warn!(%error, after = last, "journal read for the live stream failed; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
