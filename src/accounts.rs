@@ -1,1 +1,1655 @@
-//! Account map over DashMap with an instrument → holders index and incremental caches. (to be written).
+//! The account map: every watched account with cached equity and maintenance margin, an index
+//! from instrument to the accounts that hold it, and the engine's current price per instrument.
+//!
+//! # Incremental revaluation
+//! Each account keeps, per position and per collateral balance (a *slot*), that slot's last
+//! contribution to equity and to maintenance margin, plus the account totals. A price tick
+//! ([`AccountMap::apply_price`]) visits only the holders of that instrument and, for each slot
+//! on it, replaces the old contribution by the new one: `total − old + new`. Contributions come
+//! from [`margin::position_figures`] / [`margin::collateral_value`], which normalise them to
+//! [`margin::ACCOUNTING_SCALE`] places, so the sums are exact and equal
+//! [`margin::account_totals`] bit for bit (the property test `tests/engine_props.rs` checks this
+//! after every step). A sum that would leave that fixed scale (beyond ~7.9·10¹⁶) is treated as an
+//! overflow: the account is marked incomplete rather than rounded.
+//!
+//! # Incomplete accounts
+//! An account with a slot whose instrument has no price yet (or whose figures overflowed) is
+//! *incomplete*: its totals only cover the valued slots, [`Touched::complete`] and
+//! [`AccountView::complete`] are false, [`AccountView::ratio`] is `None`, and the monitor does not
+//! evaluate it until every price is known. Stablecoins are always priced at 1.
+//!
+//! # Layout and locking
+//! - `ids: DashMap<AccountId, AccountKey>` — the directory; an account keeps its small integer
+//!   key for as long as it exists (keys are never reused).
+//! - a slab of accounts indexed by key (chunks of 4,096 `Mutex<Option<Entry>>`, allocated on
+//!   demand): each entry holds the id, the slots (instrument interned to a `u32`) and caches.
+//!   Keys are handed out in order, so a bulk load lays accounts out in memory in key order.
+//! - per instrument, one `RwLock` over `{price, holders}` where `holders` is a
+//!   `BTreeSet<AccountKey>`: a tick walks its holders in key order, i.e. in memory order.
+//!   (A `DashMap<AccountKey, Entry>` with holders in a hash set was measured first: every
+//!   holder was a random memory access and a tick cost ~3× more.)
+//!
+//! Keys are not reused: a removed account leaves an empty 88-byte cell behind.
+//!
+//! Lock order, always: directory entry → instrument locks (ascending index) → one account entry
+//! at a time. A tick takes its instrument's lock, then each holder's entry in turn; an account
+//! update takes its directory entry (serialising updates of one account), the locks of every
+//! instrument the account holds before and after, then writes the entry. Nothing ever waits for
+//! a lock while holding an account entry, and no guard is ever returned: access is closure-style
+//! ([`AccountMap::read`]). Do not call the map from inside a `read` closure.
+//!
+//! # Account update rules
+//! - `replace`: the account is stored as given (zero-quantity positions and zero balances are
+//!   kept). Validation first: every instrument known, positions only on contracts and balances
+//!   only on collateral assets, at most one position per (instrument, side), hedge legs signed
+//!   consistently (`long` ≥ 0, `short` ≤ 0), entry price > 0 for open positions, thresholds
+//!   well-formed. Any error leaves the map unchanged.
+//! - `fill` (quantity `dq` at price `p`, fee `f`, on leg `(instrument, side)`):
+//!   - increase (no position, or same sign): the entry becomes the size-weighted average —
+//!     arithmetic for linear contracts `(|q|·EP + |dq|·p) / (|q| + |dq|)`, harmonic for inverse
+//!     ones `(|q| + |dq|) / (|q|/EP + |dq|/p)`, as the venues compute it;
+//!   - reduce (opposite sign): the closed part `c = min(|dq|, |q|)` realises
+//!     `c·cs·(p − EP)·sign(q)` (linear, in the quote asset) or `c·cs·(1/EP − 1/p)·sign(q)` (inverse,
+//!     in the coin), normalised to [`margin::ACCOUNTING_SCALE`], credited to the settle asset; the
+//!     entry of the remaining position is unchanged; a position brought to exactly 0 is removed;
+//!   - flip (one-way mode only, `|dq| > |q|`): realise on `|q|`, open the remainder at `p`; a
+//!     hedge leg may not flip (error);
+//!   - the fee is debited from the settle asset; the settle asset is `fill.settle_asset`, or
+//!     `USDT` for linear and the `underlying` coin for inverse contracts; it must be a configured
+//!     collateral asset. Balances at 0 are kept.
+//! - `collateral`: `balance += delta` (a negative result is a borrow, counted at 100 %).
+//! - `remove`: the account and its index entries go.
+//!
+//! Fills, collateral changes and removals of an unknown account are errors.
+//!
+//! # Metrics
+//! `liqwatch_accounts_updates_total{kind}`, `liqwatch_accounts_rejected_total{kind}`,
+//! `liqwatch_accounts_ticks_total{instrument}`, `liqwatch_accounts_rejected_prices_total{instrument}`,
+//! `liqwatch_accounts_revaluation_errors_total{instrument}`, gauge `liqwatch_accounts_loaded`.
+
+use std::cmp::Ordering as CmpOrdering;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry as DirEntry;
+use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
+use rust_decimal::Decimal;
+
+use crate::margin::{self, ACCOUNTING_SCALE, InstrumentLookup, MarginError, PriceLookup};
+use crate::model::{
+    Account, AccountId, AccountUpdate, Fill, Instrument, InstrumentId, MarginRatio, Position,
+    PositionSide, RiskSnapshot, Thresholds,
+};
+
+/// The small integer an account is known by inside the engine (stable while it exists).
+pub type AccountKey = u32;
+
+/// Index of an interned instrument.
+pub type InstrumentIdx = u32;
+
+const CHUNK_SHIFT: u32 = 12;
+const CHUNK_LEN: usize = 1 << CHUNK_SHIFT;
+const MAX_CHUNKS: usize = 1 << 16;
+
+type Cell = Mutex<Option<Entry>>;
+type Chunk = Box<[Cell]>;
+
+/// Accounts by key: lazily allocated fixed-size chunks, so cells never move.
+struct Slab {
+    chunks: Box<[OnceLock<Chunk>]>,
+    len: AtomicUsize,
+    next: AtomicU32,
+}
+
+impl Slab {
+    fn new() -> Self {
+        Slab {
+            chunks: (0..MAX_CHUNKS).map(|_| OnceLock::new()).collect(),
+            len: AtomicUsize::new(0),
+            next: AtomicU32::new(0),
+        }
+    }
+
+    fn cell(&self, key: AccountKey) -> Option<&Cell> {
+        self.chunks
+            .get((key >> CHUNK_SHIFT) as usize)?
+            .get()?
+            .get(key as usize & (CHUNK_LEN - 1))
+    }
+
+    fn cell_or_init(&self, key: AccountKey) -> Option<&Cell> {
+        self.chunks
+            .get((key >> CHUNK_SHIFT) as usize)?
+            .get_or_init(|| (0..CHUNK_LEN).map(|_| Mutex::new(None)).collect())
+            .get(key as usize & (CHUNK_LEN - 1))
+    }
+
+    fn alloc(&self) -> Option<AccountKey> {
+        let k = self.next.fetch_add(1, Ordering::Relaxed);
+        if (k as usize) >= MAX_CHUNKS * CHUNK_LEN {
+            self.next.store(u32::MAX, Ordering::Relaxed);
+            return None;
+        }
+        Some(k)
+    }
+
+    fn with<R>(&self, key: AccountKey, f: impl FnOnce(&Entry) -> R) -> Option<R> {
+        let g = self.cell(key)?.lock();
+        g.as_ref().map(f)
+    }
+
+    fn put(&self, key: AccountKey, e: Option<Entry>) {
+        let Some(cell) = self.cell_or_init(key) else {
+            return;
+        };
+        let mut g = cell.lock();
+        match (g.is_some(), e.is_some()) {
+            (false, true) => {
+                self.len.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.len.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        *g = e;
+    }
+
+    /// Calls `f` on every account, in key order, one lock at a time.
+    fn for_each(&self, mut f: impl FnMut(AccountKey, &Entry)) {
+        let end = self
+            .next
+            .load(Ordering::Relaxed)
+            .min((MAX_CHUNKS * CHUNK_LEN) as u32);
+        for (c, chunk) in self.chunks.iter().enumerate() {
+            if (c << CHUNK_SHIFT) as u64 >= u64::from(end) {
+                break;
+            }
+            let Some(chunk) = chunk.get() else { continue };
+            for (i, cell) in chunk.iter().enumerate() {
+                let g = cell.lock();
+                if let Some(e) = g.as_ref() {
+                    f(((c << CHUNK_SHIFT) + i) as AccountKey, e);
+                }
+            }
+        }
+    }
+}
+
+/// Errors of the account map. None of them changes the map.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccountError {
+    /// The update or tick names an instrument that is not configured.
+    #[error("unknown instrument {0:?}: add it to the instrument presets or fix the update")]
+    UnknownInstrument(InstrumentId),
+    /// The account does not exist (fills, collateral changes and removals need one).
+    #[error("unknown account {0:?}: send a full `replace` first")]
+    UnknownAccount(AccountId),
+    /// The update is malformed.
+    #[error("account {account:?}: {message}")]
+    Invalid {
+        /// The account.
+        account: AccountId,
+        /// What is wrong, for a person to fix.
+        message: String,
+    },
+    /// A price tick that cannot be a price.
+    #[error("price {price} for {instrument:?} rejected: prices must be positive")]
+    InvalidPrice {
+        /// The instrument.
+        instrument: InstrumentId,
+        /// The price.
+        price: Decimal,
+    },
+    /// The margin model failed for the account at the current prices (overflow, …).
+    #[error("account {account:?}: {source}")]
+    Margin {
+        /// The account.
+        account: AccountId,
+        /// The model error.
+        source: MarginError,
+    },
+    /// More than 2²⁸ accounts were created in this process.
+    #[error("account key space exhausted")]
+    Capacity,
+}
+
+impl AccountError {
+    /// Account errors come from data; retrying the same input fails the same way.
+    pub fn is_retriable(&self) -> bool {
+        false
+    }
+}
+
+/// What an account update did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateOutcome {
+    /// The account was created.
+    Created(AccountKey),
+    /// The account was changed.
+    Updated(AccountKey),
+    /// The account was removed.
+    Removed(AccountKey),
+}
+
+impl UpdateOutcome {
+    /// The key of the account concerned.
+    pub fn key(&self) -> AccountKey {
+        match self {
+            UpdateOutcome::Created(k) | UpdateOutcome::Updated(k) | UpdateOutcome::Removed(k) => *k,
+        }
+    }
+}
+
+/// An account revalued by a tick, with its new totals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Touched {
+    /// The account.
+    pub key: AccountKey,
+    /// Cached equity after the tick.
+    pub equity: Decimal,
+    /// Cached maintenance margin after the tick.
+    pub maintenance_margin: Decimal,
+    /// False while some price is missing or a figure overflowed (then do not evaluate).
+    pub complete: bool,
+    /// True when the account carries its own thresholds.
+    pub custom_thresholds: bool,
+}
+
+impl Touched {
+    /// `MM / equity`, or `None` for an incomplete account.
+    pub fn ratio(&self) -> Option<MarginRatio> {
+        self.complete
+            .then(|| MarginRatio::compute(self.maintenance_margin, self.equity))
+    }
+}
+
+/// Counts of one tick.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TickSummary {
+    /// Accounts revalued.
+    pub accounts: usize,
+    /// Slots (positions and balances) revalued.
+    pub slots: usize,
+    /// Slots whose figures failed (overflow) and were marked unvalued.
+    pub errors: usize,
+}
+
+/// One row of [`AccountMap::riskiest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RiskRow {
+    /// The account.
+    pub id: AccountId,
+    /// Its margin ratio.
+    pub ratio: MarginRatio,
+    /// Cached equity.
+    pub equity: Decimal,
+    /// Cached maintenance margin.
+    pub maintenance_margin: Decimal,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotKind {
+    Collateral,
+    Position(PositionSide),
+}
+
+/// One position or collateral balance with its cached contributions.
+#[derive(Clone, Debug)]
+struct Slot {
+    instr: InstrumentIdx,
+    kind: SlotKind,
+    valid: bool,
+    /// Position quantity or collateral amount.
+    quantity: Decimal,
+    /// Entry price (positions).
+    entry: Decimal,
+    /// Contribution to equity (uPnL or haircut value), normalised; zero when not valid.
+    equity: Decimal,
+    /// Contribution to MM, normalised; zero when not valid.
+    mm: Decimal,
+}
+
+struct Entry {
+    id: AccountId,
+    slots: Box<[Slot]>,
+    equity: Decimal,
+    mm: Decimal,
+    /// Slots without a value (missing price or failed figures).
+    invalid: u16,
+    /// False when the totals could not be summed exactly.
+    totals_ok: bool,
+    thresholds: Option<Box<Thresholds>>,
+}
+
+fn zero_scaled() -> Decimal {
+    let mut z = Decimal::ZERO;
+    z.rescale(ACCOUNTING_SCALE);
+    z
+}
+
+/// `a + b` only when exact (rust_decimal silently drops scale when the mantissa overflows).
+fn exact_add(a: Decimal, b: Decimal) -> Option<Decimal> {
+    a.checked_add(b)
+        .filter(|r| r.scale() >= a.scale().max(b.scale()))
+}
+
+/// `a − b` only when exact.
+fn exact_sub(a: Decimal, b: Decimal) -> Option<Decimal> {
+    a.checked_sub(b)
+        .filter(|r| r.scale() >= a.scale().max(b.scale()))
+}
+
+impl Entry {
+    fn complete(&self) -> bool {
+        self.invalid == 0 && self.totals_ok
+    }
+
+    fn recompute_totals(&mut self) {
+        let mut eq = zero_scaled();
+        let mut mm = zero_scaled();
+        let mut ok = true;
+        self.invalid = 0;
+        for s in self.slots.iter() {
+            if !s.valid {
+                self.invalid = self.invalid.saturating_add(1);
+                continue;
+            }
+            match (exact_add(eq, s.equity), exact_add(mm, s.mm)) {
+                (Some(e), Some(m)) => {
+                    eq = e;
+                    mm = m;
+                }
+                _ => ok = false,
+            }
+        }
+        self.totals_ok = ok;
+        if ok {
+            self.equity = eq;
+            self.mm = mm;
+        } else {
+            self.equity = zero_scaled();
+            self.mm = zero_scaled();
+        }
+    }
+
+    /// Replaces slot `i`'s contributions, updating the totals by the difference.
+    #[inline]
+    fn set_slot(&mut self, i: usize, new: Option<(Decimal, Decimal)>) {
+        let Some(s) = self.slots.get_mut(i) else {
+            return;
+        };
+        let (old_eq, old_mm, was_valid) = (s.equity, s.mm, s.valid);
+        let (new_eq, new_mm) = new.unwrap_or((zero_scaled(), zero_scaled()));
+        s.equity = new_eq;
+        s.mm = new_mm;
+        s.valid = new.is_some();
+        match (was_valid, s.valid) {
+            (true, false) => self.invalid = self.invalid.saturating_add(1),
+            (false, true) => self.invalid = self.invalid.saturating_sub(1),
+            _ => {}
+        }
+        if self.totals_ok {
+            let eq = exact_sub(self.equity, old_eq).and_then(|e| exact_add(e, new_eq));
+            let mm = exact_sub(self.mm, old_mm).and_then(|m| exact_add(m, new_mm));
+            if let (Some(e), Some(m)) = (eq, mm) {
+                self.equity = e;
+                self.mm = m;
+                return;
+            }
+        }
+        self.recompute_totals();
+    }
+
+    fn touched(&self, key: AccountKey) -> Touched {
+        Touched {
+            key,
+            equity: self.equity,
+            maintenance_margin: self.mm,
+            complete: self.complete(),
+            custom_thresholds: self.thresholds.is_some(),
+        }
+    }
+}
+
+/// The configured instruments, interned to small indices.
+#[derive(Debug, Clone, Default)]
+pub struct InstrumentTable {
+    list: Vec<Instrument>,
+    by_id: HashMap<InstrumentId, InstrumentIdx>,
+}
+
+impl InstrumentTable {
+    /// Builds the table; a later duplicate id replaces an earlier one.
+    pub fn new(instruments: impl IntoIterator<Item = Instrument>) -> Self {
+        let mut t = InstrumentTable::default();
+        for i in instruments {
+            if let Some(&idx) = t.by_id.get(&i.id) {
+                if let Some(slot) = t.list.get_mut(idx as usize) {
+                    *slot = i;
+                }
+                continue;
+            }
+            let idx = InstrumentIdx::try_from(t.list.len()).unwrap_or(InstrumentIdx::MAX);
+            t.by_id.insert(i.id.clone(), idx);
+            t.list.push(i);
+        }
+        t
+    }
+    /// The index of an instrument id.
+    pub fn index(&self, id: &InstrumentId) -> Option<InstrumentIdx> {
+        self.by_id.get(id).copied()
+    }
+    /// The instrument at an index.
+    pub fn get(&self, idx: InstrumentIdx) -> Option<&Instrument> {
+        self.list.get(idx as usize)
+    }
+    /// Number of instruments.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+    /// True when no instrument is configured.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+    /// All instruments, in index order.
+    pub fn iter(&self) -> impl Iterator<Item = &Instrument> {
+        self.list.iter()
+    }
+}
+
+impl InstrumentLookup for InstrumentTable {
+    fn instrument(&self, id: &InstrumentId) -> Option<&Instrument> {
+        self.index(id).and_then(|i| self.get(i))
+    }
+}
+
+struct InstrState {
+    price: Option<Decimal>,
+    holders: BTreeSet<AccountKey>,
+}
+
+/// Engine prices copied out of the map (for snapshots and oracles).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PriceSnapshot(pub HashMap<InstrumentId, Decimal>);
+
+impl PriceLookup for PriceSnapshot {
+    fn price(&self, id: &InstrumentId) -> Option<Decimal> {
+        self.0.get(id).copied()
+    }
+}
+
+/// Read-only view of one account handed to [`AccountMap::read`] closures.
+pub struct AccountView<'a> {
+    key: AccountKey,
+    entry: &'a Entry,
+    table: &'a InstrumentTable,
+}
+
+impl AccountView<'_> {
+    /// The account's engine key.
+    pub fn key(&self) -> AccountKey {
+        self.key
+    }
+    /// The account id.
+    pub fn id(&self) -> &AccountId {
+        &self.entry.id
+    }
+    /// Cached equity (covers only valued slots while incomplete).
+    pub fn equity(&self) -> Decimal {
+        self.entry.equity
+    }
+    /// Cached maintenance margin (covers only valued slots while incomplete).
+    pub fn maintenance_margin(&self) -> Decimal {
+        self.entry.mm
+    }
+    /// True when every slot is valued and the totals are exact.
+    pub fn complete(&self) -> bool {
+        self.entry.complete()
+    }
+    /// `MM / equity` from the caches, `None` while incomplete.
+    pub fn ratio(&self) -> Option<MarginRatio> {
+        self.complete()
+            .then(|| MarginRatio::compute(self.entry.mm, self.entry.equity))
+    }
+    /// The cached figures in the form a tick reports them.
+    pub fn as_touched(&self) -> Touched {
+        self.entry.touched(self.key)
+    }
+    /// The account's own thresholds, if any.
+    pub fn thresholds(&self) -> Option<&Thresholds> {
+        self.entry.thresholds.as_deref()
+    }
+    /// Ids of the instruments the account holds (positions and balances), in slot order.
+    pub fn instruments(&self) -> impl Iterator<Item = &InstrumentId> {
+        self.entry
+            .slots
+            .iter()
+            .filter_map(|s| self.table.get(s.instr).map(|i| &i.id))
+    }
+    /// The account as a model value (balances, positions, thresholds).
+    pub fn to_account(&self) -> Account {
+        let mut a = Account {
+            id: self.entry.id.clone(),
+            collateral: Default::default(),
+            positions: Vec::new(),
+            thresholds: self.entry.thresholds.as_deref().cloned(),
+        };
+        for s in self.entry.slots.iter() {
+            let Some(inst) = self.table.get(s.instr) else {
+                continue;
+            };
+            match s.kind {
+                SlotKind::Collateral => {
+                    a.collateral.insert(inst.id.clone(), s.quantity);
+                }
+                SlotKind::Position(side) => a.positions.push(Position {
+                    instrument: inst.id.clone(),
+                    side,
+                    quantity: s.quantity,
+                    entry_price: s.entry,
+                }),
+            }
+        }
+        a
+    }
+}
+
+/// The shared account map. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct AccountMap {
+    table: InstrumentTable,
+    instr: Vec<RwLock<InstrState>>,
+    ids: DashMap<AccountId, AccountKey>,
+    accounts: Slab,
+}
+
+type Guards<'a> = Vec<(InstrumentIdx, RwLockWriteGuard<'a, InstrState>)>;
+
+fn guard_of<'a, 'g>(guards: &'a Guards<'g>, idx: InstrumentIdx) -> Option<&'a InstrState> {
+    guards
+        .binary_search_by_key(&idx, |(i, _)| *i)
+        .ok()
+        .and_then(|p| guards.get(p))
+        .map(|(_, g)| &**g)
+}
+
+/// Values one slot at `price` (stables at 1). `Ok(None)` when the price is unknown.
+fn value_slot(
+    inst: &Instrument,
+    slot: &Slot,
+    price: Option<Decimal>,
+) -> Result<Option<(Decimal, Decimal)>, MarginError> {
+    let price = if inst.stable {
+        Decimal::ONE
+    } else {
+        match price {
+            Some(p) => p,
+            None => return Ok(None),
+        }
+    };
+    match slot.kind {
+        SlotKind::Collateral => {
+            let v = margin::collateral_value(inst, slot.quantity, price)?;
+            Ok(Some((v, zero_scaled())))
+        }
+        SlotKind::Position(_) => {
+            let f = margin::position_figures(inst, slot.quantity, slot.entry, price)?;
+            Ok(Some((f.unrealized_pnl, f.maintenance_margin)))
+        }
+    }
+}
+
+impl AccountMap {
+    /// An empty map over the given instruments. Instruments are fixed for the map's lifetime.
+    pub fn new(instruments: impl IntoIterator<Item = Instrument>) -> Self {
+        let table = InstrumentTable::new(instruments);
+        let instr = (0..table.len())
+            .map(|_| {
+                RwLock::new(InstrState {
+                    price: None,
+                    holders: BTreeSet::new(),
+                })
+            })
+            .collect();
+        AccountMap {
+            table,
+            instr,
+            ids: DashMap::new(),
+            accounts: Slab::new(),
+        }
+    }
+
+    /// The instrument table.
+    pub fn instruments(&self) -> &InstrumentTable {
+        &self.table
+    }
+
+    /// Number of accounts.
+    pub fn len(&self) -> usize {
+        self.accounts.len.load(Ordering::Relaxed)
+    }
+
+    /// True when there is no account.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The engine's current price of an instrument (stables: 1).
+    pub fn price(&self, id: &InstrumentId) -> Option<Decimal> {
+        let idx = self.table.index(id)?;
+        if self.table.get(idx).is_some_and(|i| i.stable) {
+            return Some(Decimal::ONE);
+        }
+        self.instr.get(idx as usize).and_then(|l| l.read().price)
+    }
+
+    /// Every known engine price (non-stable instruments that have one).
+    pub fn prices(&self) -> PriceSnapshot {
+        let mut m = HashMap::new();
+        for (i, inst) in self.table.iter().enumerate() {
+            if let Some(p) = self.instr.get(i).and_then(|l| l.read().price) {
+                m.insert(inst.id.clone(), p);
+            }
+        }
+        PriceSnapshot(m)
+    }
+
+    /// The key of an account id.
+    pub fn key_of(&self, id: &AccountId) -> Option<AccountKey> {
+        self.ids.get(id).map(|k| *k)
+    }
+
+    /// Runs `f` on the account, if it exists. `f` must not call the map.
+    pub fn read<R>(&self, id: &AccountId, f: impl FnOnce(&AccountView<'_>) -> R) -> Option<R> {
+        let key = self.key_of(id)?;
+        self.read_key(key, f)
+    }
+
+    /// Runs `f` on the account with this key, if it exists. `f` must not call the map.
+    pub fn read_key<R>(&self, key: AccountKey, f: impl FnOnce(&AccountView<'_>) -> R) -> Option<R> {
+        self.accounts.with(key, |e| {
+            f(&AccountView {
+                key,
+                entry: e,
+                table: &self.table,
+            })
+        })
+    }
+
+    /// The account as a model value.
+    pub fn account(&self, id: &AccountId) -> Option<Account> {
+        self.read(id, |v| v.to_account())
+    }
+
+    /// Ids of every account.
+    pub fn account_ids(&self) -> Vec<AccountId> {
+        self.ids.iter().map(|r| r.key().clone()).collect()
+    }
+
+    /// Keys of every account.
+    pub fn keys(&self) -> Vec<AccountKey> {
+        let mut keys = Vec::with_capacity(self.len());
+        self.accounts.for_each(|k, _| keys.push(k));
+        keys
+    }
+
+    /// Keys of the accounts holding an instrument (unordered).
+    pub fn holder_keys(&self, instrument: &InstrumentId) -> Vec<AccountKey> {
+        self.table
+            .index(instrument)
+            .and_then(|idx| self.instr.get(idx as usize))
+            .map(|l| l.read().holders.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The accounts holding an instrument (positions or balances), sorted by id.
+    pub fn holders(&self, instrument: &InstrumentId) -> Vec<AccountId> {
+        let Some(idx) = self.table.index(instrument) else {
+            return Vec::new();
+        };
+        let keys: Vec<AccountKey> = match self.instr.get(idx as usize) {
+            Some(l) => l.read().holders.iter().copied().collect(),
+            None => return Vec::new(),
+        };
+        let mut ids: Vec<AccountId> = keys
+            .into_iter()
+            .filter_map(|k| self.accounts.with(k, |e| e.id.clone()))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// The full risk snapshot of one account at the engine's prices, measured to `trigger`
+    /// (use the account's own trigger when it has one — see [`AccountMap::trigger_for`]).
+    pub fn snapshot(&self, id: &AccountId, trigger: Decimal) -> Result<RiskSnapshot, AccountError> {
+        let account = self
+            .account(id)
+            .ok_or_else(|| AccountError::UnknownAccount(id.clone()))?;
+        let prices = self.prices_for(&account);
+        margin::account_snapshot(&account, &self.table, &prices, trigger).map_err(|source| {
+            AccountError::Margin {
+                account: id.clone(),
+                source,
+            }
+        })
+    }
+
+    /// The account's trigger level: its own override, else `default`.
+    pub fn trigger_for(&self, id: &AccountId, default: Decimal) -> Decimal {
+        self.read(id, |v| v.thresholds().map(|t| t.trigger))
+            .flatten()
+            .unwrap_or(default)
+    }
+
+    /// The engine prices of the instruments an account uses.
+    pub fn prices_for(&self, account: &Account) -> PriceSnapshot {
+        let mut m = HashMap::new();
+        let ids = account
+            .collateral
+            .keys()
+            .chain(account.positions.iter().map(|p| &p.instrument));
+        for id in ids {
+            if let Some(p) = self.price(id) {
+                m.insert(id.clone(), p);
+            }
+        }
+        PriceSnapshot(m)
+    }
+
+    /// The `n` complete accounts with the highest margin ratio, riskiest first (ties by id).
+    /// Scans every account: O(accounts), meant for an API query, not the hot path.
+    pub fn riskiest(&self, n: usize) -> Vec<RiskRow> {
+        if n == 0 {
+            return Vec::new();
+        }
+        // Min-heap on (ratio, Reverse(id)) keeping the n largest.
+        struct Item(MarginRatio, AccountId, Decimal, Decimal);
+        impl PartialEq for Item {
+            fn eq(&self, o: &Self) -> bool {
+                self.cmp(o) == CmpOrdering::Equal
+            }
+        }
+        impl Eq for Item {}
+        impl PartialOrd for Item {
+            fn partial_cmp(&self, o: &Self) -> Option<CmpOrdering> {
+                Some(self.cmp(o))
+            }
+        }
+        impl Ord for Item {
+            fn cmp(&self, o: &Self) -> CmpOrdering {
+                // Reversed so the heap top is the least risky of the kept ones.
+                o.0.cmp(&self.0).then_with(|| self.1.cmp(&o.1))
+            }
+        }
+        let mut heap: BinaryHeap<Item> = BinaryHeap::with_capacity(n + 1);
+        self.accounts.for_each(|_, e| {
+            if !e.complete() {
+                return;
+            }
+            let ratio = MarginRatio::compute(e.mm, e.equity);
+            if heap.len() == n
+                && heap
+                    .peek()
+                    .is_some_and(|top| ratio < top.0 || ratio == top.0 && e.id > top.1)
+            {
+                return;
+            }
+            heap.push(Item(ratio, e.id.clone(), e.equity, e.mm));
+            if heap.len() > n {
+                heap.pop();
+            }
+        });
+        heap.into_sorted_vec()
+            .into_iter()
+            .map(|Item(ratio, id, equity, maintenance_margin)| RiskRow {
+                id,
+                ratio,
+                equity,
+                maintenance_margin,
+            })
+            .collect()
+    }
+
+    /// Sets the engine price of `instrument` and revalues its holders by the change of their
+    /// slots on it, appending each touched account to `out` (not cleared; reuse it across ticks
+    /// to avoid allocating). A price equal to the current one touches nothing.
+    pub fn apply_price(
+        &self,
+        instrument: &InstrumentId,
+        price: Decimal,
+        out: &mut Vec<Touched>,
+    ) -> Result<TickSummary, AccountError> {
+        self.apply_price_with(instrument, price, |t| out.push(t))
+    }
+
+    /// [`AccountMap::apply_price`] reporting each touched account to a callback instead.
+    /// The callback runs under the instrument's lock: keep it short and do not call the map.
+    pub fn apply_price_with(
+        &self,
+        instrument: &InstrumentId,
+        price: Decimal,
+        mut on_touched: impl FnMut(Touched),
+    ) -> Result<TickSummary, AccountError> {
+        let idx = self
+            .table
+            .index(instrument)
+            .ok_or_else(|| AccountError::UnknownInstrument(instrument.clone()))?;
+        let (Some(inst), Some(lock)) = (self.table.get(idx), self.instr.get(idx as usize)) else {
+            return Err(AccountError::UnknownInstrument(instrument.clone()));
+        };
+        if price <= Decimal::ZERO {
+            metrics::counter!("liqwatch_accounts_rejected_prices_total", "instrument" => instrument.to_string())
+                .increment(1);
+            tracing::warn!(%instrument, %price, "Rejected non-positive price");
+            return Err(AccountError::InvalidPrice {
+                instrument: instrument.clone(),
+                price,
+            });
+        }
+        let mut summary = TickSummary::default();
+        let mut state = lock.write();
+        if state.price == Some(price) {
+            return Ok(summary);
+        }
+        state.price = Some(price);
+        if inst.stable {
+            // Stables are valued at 1 whatever the feed says.
+            return Ok(summary);
+        }
+        for &key in state.holders.iter() {
+            let Some(cell) = self.accounts.cell(key) else {
+                continue;
+            };
+            let mut guard = cell.lock();
+            let Some(e) = guard.as_mut() else {
+                continue;
+            };
+            for i in 0..e.slots.len() {
+                let Some(slot) = e.slots.get(i) else { break };
+                if slot.instr != idx {
+                    continue;
+                }
+                summary.slots += 1;
+                let new = match value_slot(inst, slot, Some(price)) {
+                    Ok(v) => v,
+                    Err(error) => {
+                        summary.errors += 1;
+                        tracing::debug!(account = %e.id, %instrument, %error, "Slot not valued");
+                        None
+                    }
+                };
+                e.set_slot(i, new);
+            }
+            summary.accounts += 1;
+            on_touched(e.touched(key));
+        }
+        drop(state);
+        metrics::counter!("liqwatch_accounts_ticks_total", "instrument" => instrument.to_string())
+            .increment(1);
+        if summary.errors > 0 {
+            metrics::counter!("liqwatch_accounts_revaluation_errors_total", "instrument" => instrument.to_string())
+                .increment(summary.errors as u64);
+            tracing::warn!(%instrument, %price, errors = summary.errors, "Positions could not be valued at this price (overflow); their accounts are incomplete");
+        }
+        Ok(summary)
+    }
+
+    /// Applies an account update (see the module docs for the rules). On error nothing changes.
+    pub fn apply_update(&self, update: AccountUpdate) -> Result<UpdateOutcome, AccountError> {
+        let kind = match &update {
+            AccountUpdate::Replace { .. } => "replace",
+            AccountUpdate::Fill { .. } => "fill",
+            AccountUpdate::Collateral { .. } => "collateral",
+            AccountUpdate::Remove { .. } => "remove",
+        };
+        let account = update.account_id().clone();
+        let r = self.apply_update_inner(update);
+        match &r {
+            Ok(_) => {
+                metrics::counter!("liqwatch_accounts_updates_total", "kind" => kind).increment(1);
+                metrics::gauge!("liqwatch_accounts_loaded").set(self.len() as f64);
+            }
+            Err(error) => {
+                metrics::counter!("liqwatch_accounts_rejected_total", "kind" => kind).increment(1);
+                tracing::warn!(%account, kind, %error, "Account update rejected");
+            }
+        }
+        r
+    }
+
+    fn apply_update_inner(&self, update: AccountUpdate) -> Result<UpdateOutcome, AccountError> {
+        match update {
+            AccountUpdate::Replace { account } => {
+                let (slots, thresholds) = self.build_slots(&account)?;
+                let dir = self.ids.entry(account.id.clone());
+                let key = match &dir {
+                    DirEntry::Occupied(o) => Some(*o.get()),
+                    DirEntry::Vacant(_) => None,
+                };
+                let created = key.is_none();
+                let key = match key {
+                    Some(k) => k,
+                    None => self.alloc_key()?,
+                };
+                self.commit(&account.id, key, Some((slots, thresholds)))?;
+                if let DirEntry::Vacant(v) = dir {
+                    v.insert(key);
+                }
+                Ok(if created {
+                    UpdateOutcome::Created(key)
+                } else {
+                    UpdateOutcome::Updated(key)
+                })
+            }
+            AccountUpdate::Remove { account_id } => {
+                let DirEntry::Occupied(o) = self.ids.entry(account_id.clone()) else {
+                    return Err(AccountError::UnknownAccount(account_id));
+                };
+                let key = *o.get();
+                self.commit(&account_id, key, None)?;
+                o.remove();
+                Ok(UpdateOutcome::Removed(key))
+            }
+            AccountUpdate::Fill { account_id, fill } => {
+                let DirEntry::Occupied(o) = self.ids.entry(account_id.clone()) else {
+                    return Err(AccountError::UnknownAccount(account_id));
+                };
+                let key = *o.get();
+                let (slots, thresholds) = self.current(key, &account_id)?;
+                let slots = self.apply_fill(&account_id, slots, &fill)?;
+                self.commit(&account_id, key, Some((slots, thresholds)))?;
+                drop(o);
+                Ok(UpdateOutcome::Updated(key))
+            }
+            AccountUpdate::Collateral {
+                account_id,
+                asset,
+                delta,
+            } => {
+                let DirEntry::Occupied(o) = self.ids.entry(account_id.clone()) else {
+                    return Err(AccountError::UnknownAccount(account_id));
+                };
+                let key = *o.get();
+                let idx = self.collateral_idx(&account_id, &asset)?;
+                let (mut slots, thresholds) = self.current(key, &account_id)?;
+                credit(&mut slots, idx, delta).ok_or_else(|| AccountError::Margin {
+                    account: account_id.clone(),
+                    source: MarginError::Overflow {
+                        context: "collateral balance",
+                    },
+                })?;
+                self.commit(&account_id, key, Some((slots, thresholds)))?;
+                drop(o);
+                Ok(UpdateOutcome::Updated(key))
+            }
+        }
+    }
+
+    fn alloc_key(&self) -> Result<AccountKey, AccountError> {
+        self.accounts.alloc().ok_or(AccountError::Capacity)
+    }
+
+    fn current(
+        &self,
+        key: AccountKey,
+        id: &AccountId,
+    ) -> Result<(Vec<Slot>, Option<Box<Thresholds>>), AccountError> {
+        self.accounts
+            .with(key, |e| (e.slots.to_vec(), e.thresholds.clone()))
+            .ok_or_else(|| AccountError::UnknownAccount(id.clone()))
+    }
+
+    fn collateral_idx(
+        &self,
+        account: &AccountId,
+        asset: &InstrumentId,
+    ) -> Result<InstrumentIdx, AccountError> {
+        let idx = self
+            .table
+            .index(asset)
+            .ok_or_else(|| AccountError::UnknownInstrument(asset.clone()))?;
+        match self.table.get(idx) {
+            Some(i) if !i.kind.is_contract() => Ok(idx),
+            _ => Err(AccountError::Invalid {
+                account: account.clone(),
+                message: format!("{asset} is a contract, not a collateral asset"),
+            }),
+        }
+    }
+
+    fn contract_idx(
+        &self,
+        account: &AccountId,
+        id: &InstrumentId,
+    ) -> Result<(InstrumentIdx, &Instrument), AccountError> {
+        let idx = self
+            .table
+            .index(id)
+            .ok_or_else(|| AccountError::UnknownInstrument(id.clone()))?;
+        match self.table.get(idx) {
+            Some(i) if i.kind.is_contract() => Ok((idx, i)),
+            _ => Err(AccountError::Invalid {
+                account: account.clone(),
+                message: format!(
+                    "{id} is a collateral asset, not a contract: it cannot have a position"
+                ),
+            }),
+        }
+    }
+
+    /// Validates a full account and turns it into unvalued slots.
+    fn build_slots(
+        &self,
+        account: &Account,
+    ) -> Result<(Vec<Slot>, Option<Box<Thresholds>>), AccountError> {
+        let invalid = |message: String| AccountError::Invalid {
+            account: account.id.clone(),
+            message,
+        };
+        if let Some(t) = &account.thresholds {
+            crate::monitor::validate_thresholds(t)
+                .map_err(|m| invalid(format!("thresholds: {m}")))?;
+        }
+        let mut slots = Vec::with_capacity(account.collateral.len() + account.positions.len());
+        for (asset, amount) in &account.collateral {
+            let idx = self.collateral_idx(&account.id, asset)?;
+            slots.push(new_slot(idx, SlotKind::Collateral, *amount, Decimal::ZERO));
+        }
+        let mut seen = HashSet::new();
+        for p in &account.positions {
+            let (idx, _) = self.contract_idx(&account.id, &p.instrument)?;
+            if !seen.insert((idx, p.side)) {
+                return Err(invalid(format!(
+                    "two positions on {} side {:?}: merge them",
+                    p.instrument, p.side
+                )));
+            }
+            check_leg(p.side, p.quantity).map_err(|m| invalid(format!("{}: {m}", p.instrument)))?;
+            if !p.quantity.is_zero() && p.entry_price <= Decimal::ZERO {
+                return Err(invalid(format!(
+                    "{}: entry price must be positive, got {}",
+                    p.instrument, p.entry_price
+                )));
+            }
+            slots.push(new_slot(
+                idx,
+                SlotKind::Position(p.side),
+                p.quantity,
+                p.entry_price,
+            ));
+        }
+        if slots.len() > usize::from(u16::MAX) {
+            return Err(invalid(format!("{} slots is too many", slots.len())));
+        }
+        Ok((slots, account.thresholds.clone().map(Box::new)))
+    }
+
+    /// Applies a fill to a copy of the account's slots (rules in the module docs).
+    fn apply_fill(
+        &self,
+        account: &AccountId,
+        mut slots: Vec<Slot>,
+        fill: &Fill,
+    ) -> Result<Vec<Slot>, AccountError> {
+        let invalid = |message: String| AccountError::Invalid {
+            account: account.clone(),
+            message,
+        };
+        let overflow = |context: &'static str| AccountError::Margin {
+            account: account.clone(),
+            source: MarginError::Overflow { context },
+        };
+        let (idx, inst) = self.contract_idx(account, &fill.instrument)?;
+        if fill.quantity.is_zero() {
+            return Err(invalid("fill quantity must not be 0".into()));
+        }
+        if fill.price <= Decimal::ZERO {
+            return Err(invalid(format!(
+                "fill price must be positive, got {}",
+                fill.price
+            )));
+        }
+        let settle_id = match &fill.settle_asset {
+            Some(s) => s.clone(),
+            None if inst.kind.is_inverse() => InstrumentId::from(inst.underlying.as_str()),
+            None => InstrumentId::from("USDT"),
+        };
+        let settle = self.collateral_idx(account, &settle_id)?;
+        let kind = SlotKind::Position(fill.side);
+        let pos = slots.iter().position(|s| s.instr == idx && s.kind == kind);
+        let (q, ep) = pos
+            .and_then(|p| slots.get(p))
+            .map(|s| (s.quantity, s.entry))
+            .unwrap_or((Decimal::ZERO, Decimal::ZERO));
+        let dq = fill.quantity;
+        let p = fill.price;
+        let cs = inst.contract_size;
+        let new_q = q.checked_add(dq).ok_or_else(|| overflow("fill quantity"))?;
+        check_leg(fill.side, new_q).map_err(|m| {
+            invalid(format!(
+                "fill of {dq} on the {:?} leg of {} would leave {new_q}: {m}",
+                fill.side, fill.instrument
+            ))
+        })?;
+        let increase = q.is_zero() || q.is_sign_positive() == dq.is_sign_positive();
+        let mut realised = Decimal::ZERO;
+        let new_entry = if increase {
+            let (aq, adq) = (q.abs(), dq.abs());
+            if q.is_zero() {
+                p
+            } else if inst.kind.is_inverse() {
+                let denom = aq
+                    .checked_div(ep)
+                    .and_then(|a| adq.checked_div(p).and_then(|b| a.checked_add(b)))
+                    .ok_or_else(|| overflow("inverse entry price"))?;
+                aq.checked_add(adq)
+                    .and_then(|n| n.checked_div(denom))
+                    .ok_or_else(|| overflow("inverse entry price"))?
+            } else {
+                let num = aq
+                    .checked_mul(ep)
+                    .and_then(|a| adq.checked_mul(p).and_then(|b| a.checked_add(b)))
+                    .ok_or_else(|| overflow("entry price"))?;
+                aq.checked_add(adq)
+                    .and_then(|d| num.checked_div(d))
+                    .ok_or_else(|| overflow("entry price"))?
+            }
+        } else {
+            let closed = dq.abs().min(q.abs());
+            let signed = if q.is_sign_positive() {
+                closed
+            } else {
+                -closed
+            };
+            let face = signed
+                .checked_mul(cs)
+                .ok_or_else(|| overflow("realised PnL"))?;
+            realised = if inst.kind.is_inverse() {
+                Decimal::ONE
+                    .checked_div(ep)
+                    .and_then(|a| Decimal::ONE.checked_div(p).and_then(|b| a.checked_sub(b)))
+                    .and_then(|d| face.checked_mul(d))
+            } else {
+                p.checked_sub(ep).and_then(|d| face.checked_mul(d))
+            }
+            .map(margin::normalise)
+            .ok_or_else(|| overflow("realised PnL"))?;
+            if dq.abs() > q.abs() { p } else { ep }
+        };
+        let cash = realised
+            .checked_sub(fill.fee)
+            .ok_or_else(|| overflow("fill cash"))?;
+        match pos {
+            Some(i) if new_q.is_zero() => {
+                slots.remove(i);
+            }
+            Some(i) => {
+                if let Some(s) = slots.get_mut(i) {
+                    s.quantity = new_q;
+                    s.entry = new_entry;
+                }
+            }
+            None => slots.push(new_slot(idx, kind, new_q, new_entry)),
+        }
+        if !cash.is_zero() || !slots.iter().any(|s| s.instr == settle) {
+            credit(&mut slots, settle, cash).ok_or_else(|| overflow("settle balance"))?;
+        }
+        Ok(slots)
+    }
+
+    /// Values `slots` at the current prices and stores them (or removes the account when
+    /// `new` is `None`), keeping the holders index exact. Caller holds the directory entry.
+    fn commit(
+        &self,
+        id: &AccountId,
+        key: AccountKey,
+        new: Option<(Vec<Slot>, Option<Box<Thresholds>>)>,
+    ) -> Result<(), AccountError> {
+        let old_instrs: Vec<InstrumentIdx> = self
+            .accounts
+            .with(key, |e| e.slots.iter().map(|s| s.instr).collect())
+            .unwrap_or_default();
+        let mut new_instrs: Vec<InstrumentIdx> = new
+            .as_ref()
+            .map(|(s, _)| s.iter().map(|s| s.instr).collect())
+            .unwrap_or_default();
+        new_instrs.sort_unstable();
+        new_instrs.dedup();
+        let mut all: Vec<InstrumentIdx> = old_instrs.iter().chain(&new_instrs).copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        let mut guards: Guards<'_> = Vec::with_capacity(all.len());
+        for i in &all {
+            if let Some(l) = self.instr.get(*i as usize) {
+                guards.push((*i, l.write()));
+            }
+        }
+        let entry = match new {
+            Some((mut slots, thresholds)) => {
+                for s in slots.iter_mut() {
+                    let Some(inst) = self.table.get(s.instr) else {
+                        continue;
+                    };
+                    let price = guard_of(&guards, s.instr).and_then(|g| g.price);
+                    let v = value_slot(inst, s, price).map_err(|source| AccountError::Margin {
+                        account: id.clone(),
+                        source,
+                    })?;
+                    let (eq, mm) = v.unwrap_or((zero_scaled(), zero_scaled()));
+                    s.valid = v.is_some();
+                    s.equity = eq;
+                    s.mm = mm;
+                }
+                let mut e = Entry {
+                    id: id.clone(),
+                    slots: slots.into_boxed_slice(),
+                    equity: zero_scaled(),
+                    mm: zero_scaled(),
+                    invalid: 0,
+                    totals_ok: true,
+                    thresholds,
+                };
+                e.recompute_totals();
+                if !e.totals_ok {
+                    return Err(AccountError::Margin {
+                        account: id.clone(),
+                        source: MarginError::Overflow {
+                            context: "account totals",
+                        },
+                    });
+                }
+                Some(e)
+            }
+            None => None,
+        };
+        for (i, g) in guards.iter_mut() {
+            if new_instrs.binary_search(i).is_ok() {
+                g.holders.insert(key);
+            } else {
+                g.holders.remove(&key);
+            }
+        }
+        self.accounts.put(key, entry);
+        drop(guards);
+        Ok(())
+    }
+}
+
+fn new_slot(instr: InstrumentIdx, kind: SlotKind, quantity: Decimal, entry: Decimal) -> Slot {
+    Slot {
+        instr,
+        kind,
+        valid: false,
+        quantity,
+        entry,
+        equity: zero_scaled(),
+        mm: zero_scaled(),
+    }
+}
+
+/// Adds `delta` to the balance of `asset`, creating it. `None` on overflow.
+fn credit(slots: &mut Vec<Slot>, asset: InstrumentIdx, delta: Decimal) -> Option<()> {
+    match slots
+        .iter_mut()
+        .find(|s| s.instr == asset && s.kind == SlotKind::Collateral)
+    {
+        Some(s) => s.quantity = s.quantity.checked_add(delta)?,
+        None => {
+            // Balances come first, like the BTreeMap order of `Account::collateral` is kept
+            // when listing them.
+            let at = slots
+                .iter()
+                .position(|s| s.kind != SlotKind::Collateral)
+                .unwrap_or(slots.len());
+            slots.insert(
+                at,
+                new_slot(asset, SlotKind::Collateral, delta, Decimal::ZERO),
+            );
+        }
+    }
+    Some(())
+}
+
+fn check_leg(side: PositionSide, q: Decimal) -> Result<(), String> {
+    match side {
+        PositionSide::Long if q.is_sign_negative() && !q.is_zero() => {
+            Err("a hedge-mode long leg cannot be negative".into())
+        }
+        PositionSide::Short if q.is_sign_positive() && !q.is_zero() => {
+            Err("a hedge-mode short leg cannot be positive".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::model::{InstrumentKind, MarginTier};
+    use rust_decimal_macros::dec;
+
+    fn tier(floor: Decimal, cap: Decimal, mmr: Decimal, cum: Decimal) -> MarginTier {
+        MarginTier {
+            notional_floor: floor,
+            notional_cap: cap,
+            mmr,
+            cum,
+        }
+    }
+
+    fn contract(id: &str, underlying: &str, tiers: Vec<MarginTier>) -> Instrument {
+        Instrument {
+            id: id.into(),
+            kind: InstrumentKind::LinearPerpetual,
+            underlying: underlying.into(),
+            contract_size: Decimal::ONE,
+            tiers,
+            liquidation_fee_rate: dec!(0.005),
+            collateral_ratio: Decimal::ONE,
+            haircut_tiers: vec![],
+            stable: false,
+            sources: vec![],
+            source_note: None,
+        }
+    }
+
+    fn collateral(id: &str, ratio: Decimal, stable: bool) -> Instrument {
+        Instrument {
+            id: id.into(),
+            kind: InstrumentKind::Collateral,
+            underlying: id.into(),
+            contract_size: Decimal::ONE,
+            tiers: vec![],
+            liquidation_fee_rate: Decimal::ZERO,
+            collateral_ratio: ratio,
+            haircut_tiers: vec![],
+            stable,
+            sources: vec![],
+            source_note: None,
+        }
+    }
+
+    /// The W3 instruments (margin-math §2.1 tables, truncated to the tiers W3/W4 use).
+    pub(crate) fn w3_instruments() -> Vec<Instrument> {
+        vec![
+            contract(
+                "BTCUSDT-PERP",
+                "BTC",
+                vec![
+                    tier(dec!(0), dec!(50000), dec!(0.004), dec!(0)),
+                    tier(dec!(50000), dec!(600000), dec!(0.005), dec!(50)),
+                    tier(dec!(600000), dec!(3000000), dec!(0.0065), dec!(950)),
+                    tier(dec!(3000000), dec!(12000000), dec!(0.01), dec!(11450)),
+                ],
+            ),
+            contract(
+                "ETHUSDT-PERP",
+                "ETH",
+                vec![
+                    tier(dec!(0), dec!(50000), dec!(0.004), dec!(0)),
+                    tier(dec!(50000), dec!(600000), dec!(0.005), dec!(50)),
+                    tier(dec!(600000), dec!(3000000), dec!(0.0065), dec!(950)),
+                ],
+            ),
+            contract(
+                "SOLUSDT-PERP",
+                "SOL",
+                vec![
+                    tier(dec!(0), dec!(20000), dec!(0.005), dec!(0)),
+                    tier(dec!(20000), dec!(100000), dec!(0.0065), dec!(30)),
+                    tier(dec!(100000), dec!(800000), dec!(0.01), dec!(380)),
+                ],
+            ),
+            collateral("USDT", Decimal::ONE, true),
+            collateral("BTC", dec!(0.95), false),
+        ]
+    }
+
+    pub(crate) fn w3_account(id: &str) -> Account {
+        serde_json::from_str(&format!(
+            r#"{{"id":"{id}","collateral":{{"USDT":"60500","BTC":"1.5"}},"positions":[
+            {{"instrument":"BTCUSDT-PERP","quantity":"10.5","entry_price":"62000"}},
+            {{"instrument":"ETHUSDT-PERP","quantity":"150","entry_price":"3100"}},
+            {{"instrument":"SOLUSDT-PERP","quantity":"-2000","entry_price":"140"}}]}}"#
+        ))
+        .unwrap()
+    }
+
+    fn tick(m: &AccountMap, id: &str, p: Decimal) -> Vec<Touched> {
+        let mut out = Vec::new();
+        m.apply_price(&id.into(), p, &mut out).unwrap();
+        out
+    }
+
+    fn w3_prices(m: &AccountMap, btc: Decimal, eth: Decimal, sol: Decimal) {
+        tick(m, "BTCUSDT-PERP", btc);
+        tick(m, "BTC", btc);
+        tick(m, "ETHUSDT-PERP", eth);
+        tick(m, "SOLUSDT-PERP", sol);
+    }
+
+    fn assert_matches_oracle(m: &AccountMap, id: &str) {
+        let a = m.account(&id.into()).unwrap();
+        let t = margin::account_totals(&a, m.instruments(), &m.prices()).unwrap();
+        m.read(&id.into(), |v| {
+            assert!(v.complete());
+            assert_eq!(v.equity(), t.equity);
+            assert_eq!(v.maintenance_margin(), t.maintenance_margin);
+        })
+        .unwrap();
+    }
+
+    /// W3 → W4 through ticks: the cached figures are the worked example's, to the cent.
+    #[test]
+    fn w3_then_w4_incrementally() {
+        let m = AccountMap::new(w3_instruments());
+        m.apply_update(AccountUpdate::Replace {
+            account: w3_account("w3"),
+        })
+        .unwrap();
+        // Incomplete until every price is known.
+        assert_eq!(m.read(&"w3".into(), |v| v.complete()), Some(false));
+        w3_prices(&m, dec!(60000), dec!(3000), dec!(150));
+        m.read(&"w3".into(), |v| {
+            assert_eq!(v.equity(), dec!(90000));
+            assert_eq!(v.maintenance_margin(), dec!(7965));
+            assert_eq!(v.ratio(), Some(MarginRatio::Finite(dec!(0.0885))));
+        })
+        .unwrap();
+        w3_prices(&m, dec!(54000), dec!(2700), dec!(135));
+        m.read(&"w3".into(), |v| {
+            assert_eq!(v.equity(), dec!(3450));
+            assert_eq!(v.maintenance_margin(), dec!(7080));
+        })
+        .unwrap();
+        assert_matches_oracle(&m, "w3");
+    }
+
+    /// A tick touches only holders, reports each once with its totals, and skips unchanged prices.
+    #[test]
+    fn tick_touches_only_holders() {
+        let m = AccountMap::new(w3_instruments());
+        m.apply_update(AccountUpdate::Replace {
+            account: w3_account("a"),
+        })
+        .unwrap();
+        let b: Account = serde_json::from_str(
+            r#"{"id":"b","collateral":{"USDT":"1000"},"positions":[{"instrument":"ETHUSDT-PERP","quantity":"1","entry_price":"3000"}]}"#,
+        )
+        .unwrap();
+        m.apply_update(AccountUpdate::Replace { account: b })
+            .unwrap();
+        let t = tick(&m, "BTCUSDT-PERP", dec!(60000));
+        assert_eq!(t.len(), 1);
+        assert_eq!(Some(t[0].key), m.key_of(&"a".into()));
+        assert!(!t[0].complete);
+        assert!(tick(&m, "BTCUSDT-PERP", dec!(60000)).is_empty());
+        assert_eq!(tick(&m, "ETHUSDT-PERP", dec!(3100)).len(), 2);
+        assert_eq!(
+            m.holders(&"ETHUSDT-PERP".into()),
+            vec![AccountId::from("a"), "b".into()]
+        );
+        assert_eq!(
+            m.holders(&"USDT".into()),
+            vec![AccountId::from("a"), "b".into()]
+        );
+        assert_eq!(m.holders(&"BTC".into()), vec![AccountId::from("a")]);
+    }
+
+    /// Unknown instruments, wrong kinds and bad prices are rejected and change nothing.
+    #[test]
+    fn bad_input_is_rejected_without_change() {
+        let m = AccountMap::new(w3_instruments());
+        let mut a = w3_account("a");
+        a.positions[0].instrument = "DOGEUSDT-PERP".into();
+        assert!(matches!(
+            m.apply_update(AccountUpdate::Replace { account: a }),
+            Err(AccountError::UnknownInstrument(_))
+        ));
+        assert!(m.is_empty());
+        m.apply_update(AccountUpdate::Replace {
+            account: w3_account("a"),
+        })
+        .unwrap();
+        let before = m.account(&"a".into());
+        let bad = [
+            AccountUpdate::Collateral {
+                account_id: "a".into(),
+                asset: "BTCUSDT-PERP".into(),
+                delta: dec!(1),
+            },
+            AccountUpdate::Collateral {
+                account_id: "nobody".into(),
+                asset: "USDT".into(),
+                delta: dec!(1),
+            },
+            AccountUpdate::Fill {
+                account_id: "a".into(),
+                fill: Fill {
+                    instrument: "BTCUSDT-PERP".into(),
+                    side: PositionSide::Both,
+                    quantity: dec!(1),
+                    price: dec!(0),
+                    fee: dec!(0),
+                    settle_asset: None,
+                },
+            },
+            AccountUpdate::Fill {
+                account_id: "a".into(),
+                fill: Fill {
+                    instrument: "BTCUSDT-PERP".into(),
+                    side: PositionSide::Long,
+                    quantity: dec!(-1),
+                    price: dec!(1),
+                    fee: dec!(0),
+                    settle_asset: None,
+                },
+            },
+            AccountUpdate::Remove {
+                account_id: "nobody".into(),
+            },
+        ];
+        for u in bad {
+            assert!(m.apply_update(u.clone()).is_err(), "{u:?}");
+            assert_eq!(m.account(&"a".into()), before);
+        }
+        assert!(matches!(
+            m.apply_price(&"BTC".into(), dec!(-1), &mut Vec::new()),
+            Err(AccountError::InvalidPrice { .. })
+        ));
+        assert!(matches!(
+            m.apply_price(&"XRP".into(), dec!(1), &mut Vec::new()),
+            Err(AccountError::UnknownInstrument(_))
+        ));
+    }
+
+    /// Fill rules: weighted entry on increase, realised PnL and fee into USDT on reduce, flip.
+    #[test]
+    fn fills_follow_the_documented_rules() {
+        let m = AccountMap::new(w3_instruments());
+        let acc: Account =
+            serde_json::from_str(r#"{"id":"f","collateral":{"USDT":"10000"}}"#).unwrap();
+        m.apply_update(AccountUpdate::Replace { account: acc })
+            .unwrap();
+        let fill = |q: Decimal, p: Decimal, fee: Decimal| AccountUpdate::Fill {
+            account_id: "f".into(),
+            fill: Fill {
+                instrument: "BTCUSDT-PERP".into(),
+                side: PositionSide::Both,
+                quantity: q,
+                price: p,
+                fee,
+                settle_asset: None,
+            },
+        };
+        m.apply_update(fill(dec!(1), dec!(60000), dec!(6))).unwrap();
+        m.apply_update(fill(dec!(3), dec!(64000), dec!(0))).unwrap();
+        let a = m.account(&"f".into()).unwrap();
+        assert_eq!(a.positions[0].quantity, dec!(4));
+        assert_eq!(a.positions[0].entry_price, dec!(63000));
+        assert_eq!(a.collateral[&InstrumentId::from("USDT")], dec!(9994));
+        // Reduce 1 at 65,000: realise +2,000, fee 2.
+        m.apply_update(fill(dec!(-1), dec!(65000), dec!(2)))
+            .unwrap();
+        let a = m.account(&"f".into()).unwrap();
+        assert_eq!(a.positions[0].quantity, dec!(3));
+        assert_eq!(a.positions[0].entry_price, dec!(63000));
+        assert_eq!(a.collateral[&InstrumentId::from("USDT")], dec!(11992));
+        // Flip: sell 5 at 62,000 → realise 3 × −1,000, short 2 at 62,000.
+        m.apply_update(fill(dec!(-5), dec!(62000), dec!(0)))
+            .unwrap();
+        let a = m.account(&"f".into()).unwrap();
+        assert_eq!(a.positions[0].quantity, dec!(-2));
+        assert_eq!(a.positions[0].entry_price, dec!(62000));
+        assert_eq!(a.collateral[&InstrumentId::from("USDT")], dec!(8992));
+        // Close: the position disappears and the index follows.
+        m.apply_update(fill(dec!(2), dec!(61000), dec!(0))).unwrap();
+        let a = m.account(&"f".into()).unwrap();
+        assert!(a.positions.is_empty());
+        assert_eq!(a.collateral[&InstrumentId::from("USDT")], dec!(10992));
+        assert!(m.holders(&"BTCUSDT-PERP".into()).is_empty());
+    }
+
+    /// Removal drops the account from the map and from every holder list.
+    #[test]
+    fn remove_clears_index() {
+        let m = AccountMap::new(w3_instruments());
+        m.apply_update(AccountUpdate::Replace {
+            account: w3_account("a"),
+        })
+        .unwrap();
+        let out = m
+            .apply_update(AccountUpdate::Remove {
+                account_id: "a".into(),
+            })
+            .unwrap();
+        assert!(matches!(out, UpdateOutcome::Removed(_)));
+        assert!(m.is_empty());
+        for i in m.instruments().iter() {
+            assert!(m.holders(&i.id).is_empty());
+        }
+        assert!(tick(&m, "BTCUSDT-PERP", dec!(1)).is_empty());
+    }
+
+    /// `riskiest` orders complete accounts by ratio, highest first, and skips incomplete ones.
+    #[test]
+    fn riskiest_orders_by_ratio() {
+        let m = AccountMap::new(w3_instruments());
+        for (id, usdt) in [("low", "100000"), ("mid", "60500"), ("high", "40000")] {
+            let mut a = w3_account(id);
+            a.collateral.insert("USDT".into(), usdt.parse().unwrap());
+            m.apply_update(AccountUpdate::Replace { account: a })
+                .unwrap();
+        }
+        assert!(m.riskiest(5).is_empty());
+        w3_prices(&m, dec!(60000), dec!(3000), dec!(150));
+        let r = m.riskiest(2);
+        let ids: Vec<&str> = r.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["high", "mid"]);
+        assert_eq!(r[1].ratio, MarginRatio::Finite(dec!(0.0885)));
+        let snap = m.snapshot(&"mid".into(), Decimal::ONE).unwrap();
+        assert_eq!(snap.equity, dec!(90000));
+    }
+}

@@ -1,1 +1,1283 @@
-//! SQLite event journal. (to be written).
+//! SQLite event journal: the durable record every event is committed to before any sink sees it,
+//! plus the per-sink cursors, the dead-letter table, the monitor's per-account state and the
+//! accounts store.
+//!
+//! # Durability
+//!
+//! The database runs in WAL mode. By default (`synchronous = full`) every [`Journal::append`]
+//! commit is fsynced before it returns, so a committed event survives a process crash **and** a
+//! power loss. With [`Synchronous::Normal`] a commit survives a process crash (SIGKILL, panic,
+//! OOM kill) but a power loss or kernel crash may roll back the last few transactions; the
+//! database stays consistent, and because events and monitor states commit in one transaction
+//! they roll back together, so the restarted engine re-evaluates and re-emits what still holds
+//! (with new event ids). We pick FULL as the default because a lost liquidation alert is the
+//! worst failure of the product, and one fsync per *burst* (not per event) keeps it cheap.
+//!
+//! # Write failures
+//!
+//! A failing write at runtime (disk full, I/O error, file removed) never loses events: the burst
+//! stays in memory in order, `liqwatch_journal_write_failing` goes to 1, an ERROR is logged, and
+//! every later append (and [`Journal::spawn_flusher`]) retries the whole backlog first, so order
+//! is kept. Sinks only ever see committed rows.
+//!
+//! The core is synchronous (rusqlite); async code uses [`JournalHandle`], which runs each call
+//! on tokio's blocking pool.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{AccountId, RiskEvent, TimestampMs, now_ms};
+use crate::sinks::JournalEntry;
+
+/// The schema version this build writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq          INTEGER PRIMARY KEY,
+    event_id     TEXT NOT NULL UNIQUE,
+    kind         TEXT NOT NULL,
+    account_id   TEXT,
+    time_ms      INTEGER NOT NULL,
+    journaled_ms INTEGER NOT NULL,
+    json         TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_time ON events(time_ms);
+CREATE TABLE IF NOT EXISTS monitor_states (
+    account_id TEXT PRIMARY KEY,
+    state      TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS accounts (
+    account_id TEXT PRIMARY KEY,
+    json       TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    sink       TEXT PRIMARY KEY,
+    seq        INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    sink     TEXT NOT NULL,
+    seq      INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    reason   TEXT NOT NULL,
+    time_ms  INTEGER NOT NULL,
+    json     TEXT NOT NULL,
+    PRIMARY KEY (sink, seq)
+);
+";
+
+/// Everything that can go wrong in the journal.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The file could not be opened or created (missing directory, permissions).
+    #[error("cannot open journal {path}: {source} (check the directory exists and is writable)")]
+    Open {
+        /// The journal path.
+        path: PathBuf,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// The file is not an SQLite database, or fails its integrity check.
+    #[error(
+        "journal {path} is corrupt or not a liqwatch journal: {detail} (move it aside and restore from a backup, or start with a new path)"
+    )]
+    Corrupt {
+        /// The journal path.
+        path: PathBuf,
+        /// What SQLite reported.
+        detail: String,
+    },
+    /// The file opened but cannot be written (read-only file or file system).
+    #[error("journal {path} is not writable: {source}")]
+    Unwritable {
+        /// The journal path.
+        path: PathBuf,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// The file was written by a newer liqwatch.
+    #[error(
+        "journal {path} has schema version {found}; this liqwatch supports up to {supported} (upgrade liqwatch)"
+    )]
+    SchemaTooNew {
+        /// The journal path.
+        path: PathBuf,
+        /// Version found in the file.
+        found: i64,
+        /// Version this build writes.
+        supported: i64,
+    },
+    /// The write failed; the events are held in memory (in order) and retried.
+    #[error(
+        "journal write failed, {buffered} events held in memory until it can write again: {source}"
+    )]
+    Buffered {
+        /// Events now held in memory.
+        buffered: usize,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// An event could not be encoded as JSON.
+    #[error("cannot encode event {event_id}: {source}")]
+    Encode {
+        /// The event.
+        event_id: uuid::Uuid,
+        /// serde_json's error.
+        source: serde_json::Error,
+    },
+    /// A journal row could not be decoded.
+    #[error("journal row seq {seq} is unreadable: {reason}")]
+    CorruptRow {
+        /// The row.
+        seq: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Any other SQLite error.
+    #[error("journal database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A blocking task running a journal call panicked or was cancelled.
+    #[error("journal task failed: {0}")]
+    Task(String),
+}
+
+/// The SQLite `synchronous` setting (see the module docs for what each survives).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Synchronous {
+    /// fsync on every commit: survives process crash and power loss.
+    #[default]
+    Full,
+    /// fsync only at WAL checkpoints: survives process crash; power loss may lose the last
+    /// commits (consistently: events and monitor states together).
+    Normal,
+}
+
+/// How to open a journal.
+#[derive(Clone, Debug)]
+pub struct JournalOptions {
+    /// The SQLite `synchronous` setting.
+    pub synchronous: Synchronous,
+    /// Run `PRAGMA quick_check` on open (cost grows with the file; catches corruption early).
+    pub verify_on_open: bool,
+    /// How long a statement waits for a lock held by another connection.
+    pub busy_timeout: Duration,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::Full,
+            verify_on_open: true,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where [`Journal::events_since`] starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Since {
+    /// Events with a journal seq greater than this.
+    Seq(u64),
+    /// Events detected at or after this time (ms since the epoch).
+    TimeMs(TimestampMs),
+}
+
+/// A dead-lettered event: one sink gave up on it permanently.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetter {
+    /// The sink.
+    pub sink: String,
+    /// Journal seq of the event.
+    pub seq: u64,
+    /// The event id.
+    pub event_id: String,
+    /// Why the sink rejected it.
+    pub reason: String,
+    /// When it was dead-lettered (ms since the epoch).
+    pub time_ms: TimestampMs,
+    /// The event JSON, as journaled.
+    pub json: String,
+}
+
+struct PendingEvent {
+    event_id: String,
+    kind: &'static str,
+    account_id: Option<String>,
+    time_ms: TimestampMs,
+    json: String,
+}
+
+struct Writer {
+    conn: Connection,
+    last_seq: u64,
+    /// Events not yet committed (only non-empty while writes fail), in append order.
+    pending: VecDeque<PendingEvent>,
+    /// Monitor states not yet committed, in upsert order (later wins).
+    pending_states: Vec<(String, String)>,
+}
+
+/// The event journal. Share it as `Arc<Journal>`; every method is synchronous and short.
+pub struct Journal {
+    path: PathBuf,
+    writer: Mutex<Writer>,
+    reader: Mutex<Connection>,
+    committed: watch::Sender<u64>,
+    failing: AtomicBool,
+    failing_changed: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("path", &self.path)
+            .field("last_seq", &*self.committed.borrow())
+            .finish()
+    }
+}
+
+fn u64_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn classify_open_error(path: &Path, e: rusqlite::Error) -> JournalError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => JournalError::Corrupt {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        },
+        Some(ErrorCode::ReadOnly) | Some(ErrorCode::PermissionDenied) => JournalError::Unwritable {
+            path: path.to_path_buf(),
+            source: e,
+        },
+        _ => JournalError::Open {
+            path: path.to_path_buf(),
+            source: e,
+        },
+    }
+}
+
+impl Journal {
+    /// Opens (creating or migrating) the journal at `path` with default options.
+    pub fn open(path: impl AsRef<Path>) -> Result<Journal, JournalError> {
+        Self::open_with(path, JournalOptions::default())
+    }
+
+    /// Opens (creating or migrating) the journal at `path`. A corrupt, foreign, too-new or
+    /// unwritable file is an error here, never later.
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        options: JournalOptions,
+    ) -> Result<Journal, JournalError> {
+        let path = path.as_ref().to_path_buf();
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| classify_open_error(&path, e))?;
+        conn.busy_timeout(options.busy_timeout)
+            .map_err(|e| classify_open_error(&path, e))?;
+        // The first real read of the header happens here: a foreign file fails with NOTADB.
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(|e| classify_open_error(&path, e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(JournalError::Unwritable {
+                path: path.clone(),
+                source: rusqlite::Error::InvalidParameterName(format!(
+                    "journal_mode is {mode}, WAL could not be enabled"
+                )),
+            });
+        }
+        let sync = match options.synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync)
+            .map_err(|e| classify_open_error(&path, e))?;
+        if options.verify_on_open {
+            let result: String = conn
+                .pragma_query_value(None, "quick_check", |r| r.get(0))
+                .map_err(|e| classify_open_error(&path, e))?;
+            if result != "ok" {
+                return Err(JournalError::Corrupt {
+                    path: path.clone(),
+                    detail: result,
+                });
+            }
+        }
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| classify_open_error(&path, e))?;
+        if version > SCHEMA_VERSION {
+            return Err(JournalError::SchemaTooNew {
+                path,
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        // Creating the schema and stamping the open time proves the file is writable now.
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA_V1} PRAGMA user_version = {SCHEMA_VERSION};
+             INSERT INTO meta(key, value) VALUES ('opened_ms', '{}')
+               ON CONFLICT(key) DO UPDATE SET value = excluded.value;
+             COMMIT;",
+            now_ms()
+        ))
+        .map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            match classify_open_error(&path, e) {
+                JournalError::Open { path, source } => JournalError::Unwritable { path, source },
+                other => other,
+            }
+        })?;
+        let meta_seq: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let max_seq: Option<i64> =
+            conn.query_row("SELECT MAX(seq) FROM events", [], |r| r.get(0))?;
+        let last_seq = meta_seq
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
+            .max(u64_of(max_seq.unwrap_or(0)));
+
+        let reader = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| classify_open_error(&path, e))?;
+        reader
+            .busy_timeout(options.busy_timeout)
+            .map_err(|e| classify_open_error(&path, e))?;
+
+        metrics::gauge!("liqwatch_journal_write_failing").set(0.0);
+        metrics::gauge!("liqwatch_journal_buffered_events").set(0.0);
+        metrics::gauge!("liqwatch_journal_last_seq").set(last_seq as f64);
+        tracing::info!(path = %path.display(), last_seq, synchronous = sync, "Journal opened");
+        let (committed, _) = watch::channel(last_seq);
+        Ok(Journal {
+            path,
+            writer: Mutex::new(Writer {
+                conn,
+                last_seq,
+                pending: VecDeque::new(),
+                pending_states: Vec::new(),
+            }),
+            reader: Mutex::new(reader),
+            committed,
+            failing: AtomicBool::new(false),
+            failing_changed: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// The journal's file path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Commits a burst of events and the monitor states that go with them in one transaction.
+    /// Returns the journal seq of each event, in order (gap-free; an event id already in the
+    /// journal keeps its original seq).
+    ///
+    /// When the write fails, the events and states stay in memory behind any earlier backlog
+    /// and [`JournalError::Buffered`] is returned: nothing is lost, and the next append or
+    /// [`Journal::retry_pending`] writes them first, in order.
+    pub fn append(
+        &self,
+        events: &[RiskEvent],
+        monitor_states: &[(AccountId, String)],
+    ) -> Result<Vec<u64>, JournalError> {
+        let mut rows = Vec::with_capacity(events.len());
+        for e in events {
+            let json = serde_json::to_string(e).map_err(|source| {
+                metrics::counter!("liqwatch_journal_encode_errors_total").increment(1);
+                tracing::error!(event_id = %e.event_id, %source, "Cannot encode event");
+                JournalError::Encode {
+                    event_id: e.event_id,
+                    source,
+                }
+            })?;
+            rows.push(PendingEvent {
+                event_id: e.event_id.to_string(),
+                kind: e.kind.as_str(),
+                account_id: e.account_id.as_ref().map(|a| a.as_str().to_owned()),
+                time_ms: e.time_ms,
+                json,
+            });
+        }
+        let started = std::time::Instant::now();
+        let mut w = self.writer.lock();
+        w.pending.extend(rows);
+        w.pending_states.extend(
+            monitor_states
+                .iter()
+                .map(|(a, s)| (a.as_str().to_owned(), s.clone())),
+        );
+        match w.flush() {
+            Ok(seqs) => {
+                let last = w.last_seq;
+                drop(w);
+                self.after_commit(last, seqs.len(), started);
+                let skip = seqs.len().saturating_sub(events.len());
+                Ok(seqs.into_iter().skip(skip).collect())
+            }
+            Err(source) => {
+                let buffered = w.pending.len();
+                drop(w);
+                self.set_failing(true, buffered, &source);
+                Err(JournalError::Buffered { buffered, source })
+            }
+        }
+    }
+
+    /// Writes the in-memory backlog, if any. Returns how many events were committed.
+    pub fn retry_pending(&self) -> Result<usize, JournalError> {
+        let started = std::time::Instant::now();
+        let mut w = self.writer.lock();
+        if w.pending.is_empty() && w.pending_states.is_empty() {
+            return Ok(0);
+        }
+        match w.flush() {
+            Ok(seqs) => {
+                let last = w.last_seq;
+                drop(w);
+                self.after_commit(last, seqs.len(), started);
+                Ok(seqs.len())
+            }
+            Err(source) => {
+                let buffered = w.pending.len();
+                drop(w);
+                self.set_failing(true, buffered, &source);
+                Err(JournalError::Buffered { buffered, source })
+            }
+        }
+    }
+
+    fn after_commit(&self, last_seq: u64, n: usize, started: std::time::Instant) {
+        metrics::counter!("liqwatch_journal_appended_total").increment(n as u64);
+        metrics::histogram!("liqwatch_journal_append_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::gauge!("liqwatch_journal_last_seq").set(last_seq as f64);
+        if self.failing.swap(false, Ordering::SeqCst) {
+            metrics::gauge!("liqwatch_journal_write_failing").set(0.0);
+            metrics::gauge!("liqwatch_journal_buffered_events").set(0.0);
+            tracing::warn!(path = %self.path.display(), last_seq, "Journal writes recovered; in-memory backlog committed");
+            self.failing_changed.notify_waiters();
+        }
+        self.committed.send_replace(last_seq);
+    }
+
+    fn set_failing(&self, failing: bool, buffered: usize, error: &rusqlite::Error) {
+        metrics::counter!("liqwatch_journal_write_failures_total").increment(1);
+        metrics::gauge!("liqwatch_journal_buffered_events").set(buffered as f64);
+        let was = self.failing.swap(failing, Ordering::SeqCst);
+        metrics::gauge!("liqwatch_journal_write_failing").set(1.0);
+        if !was {
+            tracing::error!(path = %self.path.display(), buffered, %error,
+                "Journal write failing (disk full or I/O error?): events are held in memory and retried; free space or fix the file system");
+            self.failing_changed.notify_waiters();
+        } else {
+            tracing::warn!(path = %self.path.display(), buffered, %error, "Journal write still failing");
+        }
+    }
+
+    /// True while writes fail and events are held in memory.
+    pub fn is_write_failing(&self) -> bool {
+        self.failing.load(Ordering::SeqCst)
+    }
+
+    /// Events held in memory because writes fail.
+    pub fn buffered(&self) -> usize {
+        self.writer.lock().pending.len()
+    }
+
+    /// The seq of the last committed event (0 when empty).
+    pub fn last_seq(&self) -> u64 {
+        *self.committed.borrow()
+    }
+
+    /// A receiver that changes whenever events are committed (value: last committed seq).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.committed.subscribe()
+    }
+
+    /// Spawns the task that retries the in-memory backlog while writes fail (jittered
+    /// exponential backoff from 100 ms to 5 s). On cancel it makes one last attempt.
+    pub fn spawn_flusher(self: &Arc<Self>, cancel: CancellationToken) -> JoinHandle<()> {
+        let journal = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+            loop {
+                if !journal.is_write_failing() {
+                    backoff.reset();
+                    let changed = journal.failing_changed.notified();
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = changed => continue,
+                        // Safety net: a missed notification costs at most a second.
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(backoff.next_delay(None)) => {}
+                }
+                let j = Arc::clone(&journal);
+                let _ = tokio::task::spawn_blocking(move || j.retry_pending()).await;
+            }
+            let j = Arc::clone(&journal);
+            let left = tokio::task::spawn_blocking(move || {
+                let _ = j.retry_pending();
+                j.buffered()
+            })
+            .await
+            .unwrap_or(0);
+            if left > 0 {
+                tracing::error!(
+                    buffered = left,
+                    "Shutting down with journal writes failing: these events were never committed"
+                );
+            }
+        })
+    }
+
+    /// Loads the monitor's per-account states (committed plus any held in memory).
+    pub fn load_monitor_states(&self) -> Result<Vec<(AccountId, String)>, JournalError> {
+        let mut out: std::collections::BTreeMap<String, String> = {
+            let r = self.reader.lock();
+            let mut st = r.prepare_cached("SELECT account_id, state FROM monitor_states")?;
+            st.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<Result<_, _>>()?
+        };
+        for (a, s) in &self.writer.lock().pending_states {
+            out.insert(a.clone(), s.clone());
+        }
+        Ok(out
+            .into_iter()
+            .map(|(a, s)| (AccountId::from(a), s))
+            .collect())
+    }
+
+    /// Inserts or replaces accounts (opaque JSON), in one transaction.
+    pub fn upsert_accounts(&self, accounts: &[(AccountId, String)]) -> Result<(), JournalError> {
+        let mut w = self.writer.lock();
+        let tx = w.conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO accounts(account_id, json, updated_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(account_id) DO UPDATE SET json = excluded.json, updated_ms = excluded.updated_ms",
+            )?;
+            let now = now_ms();
+            for (id, json) in accounts {
+                st.execute(params![id.as_str(), json, now])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes an account (and its monitor state). Returns true when it existed.
+    pub fn delete_account(&self, account: &AccountId) -> Result<bool, JournalError> {
+        let mut w = self.writer.lock();
+        w.pending_states.retain(|(a, _)| a != account.as_str());
+        let tx = w.conn.transaction()?;
+        let n = tx.execute(
+            "DELETE FROM accounts WHERE account_id = ?1",
+            [account.as_str()],
+        )?;
+        tx.execute(
+            "DELETE FROM monitor_states WHERE account_id = ?1",
+            [account.as_str()],
+        )?;
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    /// Every stored account (opaque JSON), ordered by id.
+    pub fn load_accounts(&self) -> Result<Vec<(AccountId, String)>, JournalError> {
+        let r = self.reader.lock();
+        let mut st =
+            r.prepare_cached("SELECT account_id, json FROM accounts ORDER BY account_id")?;
+        let rows = st
+            .query_map([], |row| {
+                Ok((AccountId::from(row.get::<_, String>(0)?), row.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Makes sure `sink` has a cursor; a new sink starts at 0 (everything retained). Returns
+    /// the cursor.
+    pub fn register_sink(&self, sink: &str) -> Result<u64, JournalError> {
+        let w = self.writer.lock();
+        w.conn.execute(
+            "INSERT INTO cursors(sink, seq, updated_ms) VALUES (?1, 0, ?2) ON CONFLICT(sink) DO NOTHING",
+            params![sink, now_ms()],
+        )?;
+        drop(w);
+        self.cursor(sink)
+    }
+
+    /// Forgets a sink that is no longer configured, so it stops holding back retention.
+    pub fn remove_sink(&self, sink: &str) -> Result<bool, JournalError> {
+        let w = self.writer.lock();
+        let n = w
+            .conn
+            .execute("DELETE FROM cursors WHERE sink = ?1", [sink])?;
+        Ok(n > 0)
+    }
+
+    /// The sink's cursor: every event with seq ≤ cursor is done for it (0 when unknown).
+    pub fn cursor(&self, sink: &str) -> Result<u64, JournalError> {
+        let r = self.reader.lock();
+        let v: Option<i64> = r
+            .prepare_cached("SELECT seq FROM cursors WHERE sink = ?1")?
+            .query_row([sink], |row| row.get(0))
+            .optional()?;
+        Ok(u64_of(v.unwrap_or(0)))
+    }
+
+    /// Moves the sink's cursor forward to `seq` (never backwards).
+    pub fn advance(&self, sink: &str, seq: u64) -> Result<(), JournalError> {
+        let w = self.writer.lock();
+        w.conn
+            .prepare_cached(
+                "INSERT INTO cursors(sink, seq, updated_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(sink) DO UPDATE SET seq = MAX(seq, excluded.seq), updated_ms = excluded.updated_ms",
+            )?
+            .execute(params![sink, i64_of(seq), now_ms()])?;
+        Ok(())
+    }
+
+    /// How many committed events the sink has not finished.
+    pub fn lag(&self, sink: &str) -> Result<u64, JournalError> {
+        Ok(self.last_seq().saturating_sub(self.cursor(sink)?))
+    }
+
+    /// Up to `limit` committed events with seq > `after`, in journal order. The batch stops
+    /// before an unreadable row; [`JournalError::CorruptRow`] is returned when the first row
+    /// is unreadable (the driver dead-letters it).
+    pub fn read_after(&self, after: u64, limit: usize) -> Result<Vec<JournalEntry>, JournalError> {
+        let r = self.reader.lock();
+        let mut st =
+            r.prepare_cached("SELECT seq, json FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+        let rows: Vec<(i64, String)> = st
+            .query_map(
+                params![i64_of(after), i64::try_from(limit).unwrap_or(i64::MAX)],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?
+            .collect::<Result<_, _>>()?;
+        drop(st);
+        drop(r);
+        decode_rows(rows)
+    }
+
+    /// Up to `limit` committed events from `since`, in journal order (the API's history).
+    pub fn events_since(
+        &self,
+        since: Since,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, JournalError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let r = self.reader.lock();
+        let rows: Vec<(i64, String)> = match since {
+            Since::Seq(s) => {
+                let mut st = r.prepare_cached(
+                    "SELECT seq, json FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )?;
+                st.query_map(params![i64_of(s), limit], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?
+                .collect::<Result<_, _>>()?
+            }
+            Since::TimeMs(t) => {
+                let mut st = r.prepare_cached(
+                    "SELECT seq, json FROM events WHERE seq >= COALESCE(
+                        (SELECT MIN(seq) FROM events WHERE time_ms >= ?1), 9223372036854775807)
+                     ORDER BY seq LIMIT ?2",
+                )?;
+                st.query_map(params![t, limit], |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .collect::<Result<_, _>>()?
+            }
+        };
+        drop(r);
+        decode_rows(rows)
+    }
+
+    /// Records that `sink` gave up on event `seq` for `reason`, and moves its cursor past it,
+    /// in one transaction.
+    pub fn dead_letter(&self, sink: &str, seq: u64, reason: &str) -> Result<(), JournalError> {
+        let mut w = self.writer.lock();
+        let tx = w.conn.transaction()?;
+        let row: Option<(String, String)> = tx
+            .query_row(
+                "SELECT event_id, json FROM events WHERE seq = ?1",
+                [i64_of(seq)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let (event_id, json) = row.unwrap_or_else(|| (String::new(), String::new()));
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO dead_letters(sink, seq, event_id, reason, time_ms, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(sink, seq) DO UPDATE SET reason = excluded.reason, time_ms = excluded.time_ms",
+            params![sink, i64_of(seq), event_id, reason, now, json],
+        )?;
+        tx.execute(
+            "INSERT INTO cursors(sink, seq, updated_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT(sink) DO UPDATE SET seq = MAX(seq, excluded.seq), updated_ms = excluded.updated_ms",
+            params![sink, i64_of(seq), now],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The sink's dead letters, oldest first.
+    pub fn dead_letters(&self, sink: &str) -> Result<Vec<DeadLetter>, JournalError> {
+        let r = self.reader.lock();
+        let mut st = r.prepare_cached(
+            "SELECT sink, seq, event_id, reason, time_ms, json FROM dead_letters WHERE sink = ?1 ORDER BY seq",
+        )?;
+        let rows = st
+            .query_map([sink], |row| {
+                Ok(DeadLetter {
+                    sink: row.get(0)?,
+                    seq: u64_of(row.get(1)?),
+                    event_id: row.get(2)?,
+                    reason: row.get(3)?,
+                    time_ms: row.get(4)?,
+                    json: row.get(5)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Deletes events delivered by every registered sink (seq ≤ the lowest cursor) whose
+    /// detection time is older than `max_age`. Undelivered events are never pruned; with no
+    /// sink registered nothing is. Returns how many rows were deleted.
+    pub fn prune(&self, max_age: Duration) -> Result<usize, JournalError> {
+        let age_ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now_ms().saturating_sub(age_ms);
+        let w = self.writer.lock();
+        let min_cursor: Option<i64> =
+            w.conn
+                .query_row("SELECT MIN(seq) FROM cursors", [], |r| r.get(0))?;
+        let Some(min_cursor) = min_cursor else {
+            return Ok(0);
+        };
+        let n = w.conn.execute(
+            "DELETE FROM events WHERE seq <= ?1 AND time_ms < ?2",
+            params![min_cursor, cutoff],
+        )?;
+        drop(w);
+        if n > 0 {
+            metrics::counter!("liqwatch_journal_pruned_total").increment(n as u64);
+            tracing::info!(pruned = n, "Journal retention pruned delivered events");
+        }
+        Ok(n)
+    }
+
+    /// Spawns the retention task: prunes every `every` (and once at start).
+    pub fn spawn_retention(
+        self: &Arc<Self>,
+        max_age: Duration,
+        every: Duration,
+        cancel: CancellationToken,
+    ) -> JoinHandle<()> {
+        let journal = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                let j = Arc::clone(&journal);
+                match tokio::task::spawn_blocking(move || j.prune(max_age)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => tracing::warn!(%error, "Journal retention failed"),
+                    Err(error) => tracing::warn!(%error, "Journal retention task failed"),
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        })
+    }
+}
+
+/// Decodes rows in order. An unreadable row ends the batch before it, so every good row ahead
+/// of it is still returned; only when the first row is unreadable is it an error.
+fn decode_rows(rows: Vec<(i64, String)>) -> Result<Vec<JournalEntry>, JournalError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for (seq, json) in rows {
+        match decode_entry(u64_of(seq), json) {
+            Ok(e) => out.push(e),
+            Err(e) if out.is_empty() => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(out)
+}
+
+fn decode_entry(seq: u64, json: String) -> Result<JournalEntry, JournalError> {
+    match serde_json::from_str::<RiskEvent>(&json) {
+        Ok(event) => Ok(JournalEntry { seq, event, json }),
+        Err(e) => Err(JournalError::CorruptRow {
+            seq,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+impl Writer {
+    /// Commits every pending event and state in one transaction. On error nothing changes.
+    fn flush(&mut self) -> Result<Vec<u64>, rusqlite::Error> {
+        let mut seqs = Vec::with_capacity(self.pending.len());
+        let mut seq = self.last_seq;
+        let now = now_ms();
+        let tx = self.conn.transaction()?;
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO events(seq, event_id, kind, account_id, time_ms, journaled_ms, json)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(event_id) DO NOTHING",
+            )?;
+            for p in &self.pending {
+                let next = seq + 1;
+                let n = ins.execute(params![
+                    i64_of(next),
+                    p.event_id,
+                    p.kind,
+                    p.account_id,
+                    p.time_ms,
+                    now,
+                    p.json
+                ])?;
+                if n == 1 {
+                    seq = next;
+                    seqs.push(next);
+                } else {
+                    let existing: i64 = tx
+                        .prepare_cached("SELECT seq FROM events WHERE event_id = ?1")?
+                        .query_row([&p.event_id], |r| r.get(0))?;
+                    tracing::warn!(event_id = %p.event_id, seq = existing, "Event already journaled; kept its original seq");
+                    seqs.push(u64_of(existing));
+                }
+            }
+            let mut up = tx.prepare_cached(
+                "INSERT INTO monitor_states(account_id, state, updated_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(account_id) DO UPDATE SET state = excluded.state, updated_ms = excluded.updated_ms",
+            )?;
+            for (a, s) in &self.pending_states {
+                up.execute(params![a, s, now])?;
+            }
+            if seq != self.last_seq {
+                tx.prepare_cached(
+                    "INSERT INTO meta(key, value) VALUES ('last_seq', ?1)
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                )?
+                .execute([seq.to_string()])?;
+            }
+        }
+        tx.commit()?;
+        self.last_seq = seq;
+        self.pending.clear();
+        self.pending_states.clear();
+        Ok(seqs)
+    }
+}
+
+/// Jittered exponential backoff ("full jitter" over an exponentially growing cap).
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// A backoff from `initial` doubling up to `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max,
+            attempt: 0,
+        }
+    }
+
+    /// Starts over after a success.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// How many delays were handed out since the last reset.
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The next delay: uniform in [cap/2, cap] where cap doubles each attempt up to `max`;
+    /// a receiver's `retry_after` wins when longer (capped at `max`... unless longer is asked,
+    /// which is honoured up to 10 minutes).
+    pub fn next_delay(&mut self, retry_after: Option<Duration>) -> Duration {
+        let factor = 1u32.checked_shl(self.attempt.min(20)).unwrap_or(u32::MAX);
+        let cap = self.initial.saturating_mul(factor).min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let half = cap / 2;
+        let jitter_ms = u64::try_from((cap - half).as_millis()).unwrap_or(0);
+        let jitter = if jitter_ms > 0 {
+            Duration::from_millis(rand::random_range(0..=jitter_ms))
+        } else {
+            Duration::ZERO
+        };
+        let d = half + jitter;
+        match retry_after {
+            Some(ra) => d.max(ra.min(Duration::from_secs(600))),
+            None => d,
+        }
+    }
+}
+
+/// Async-friendly handle: runs journal calls on tokio's blocking pool.
+#[derive(Clone, Debug)]
+pub struct JournalHandle(pub Arc<Journal>);
+
+impl JournalHandle {
+    /// Wraps a shared journal.
+    pub fn new(journal: Arc<Journal>) -> Self {
+        Self(journal)
+    }
+
+    /// The shared journal (for the cheap, non-blocking calls such as `last_seq`).
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.0
+    }
+
+    /// Runs `f` on the blocking pool.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, JournalError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Journal) -> Result<T, JournalError> + Send + 'static,
+    {
+        let j = Arc::clone(&self.0);
+        tokio::task::spawn_blocking(move || f(&j))
+            .await
+            .map_err(|e| JournalError::Task(e.to_string()))?
+    }
+
+    /// [`Journal::append`] off the async threads.
+    pub async fn append(
+        &self,
+        events: Vec<RiskEvent>,
+        monitor_states: Vec<(AccountId, String)>,
+    ) -> Result<Vec<u64>, JournalError> {
+        self.run(move |j| j.append(&events, &monitor_states)).await
+    }
+
+    /// [`Journal::read_after`] off the async threads.
+    pub async fn read_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, JournalError> {
+        self.run(move |j| j.read_after(after, limit)).await
+    }
+
+    /// [`Journal::events_since`] off the async threads.
+    pub async fn events_since(
+        &self,
+        since: Since,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, JournalError> {
+        self.run(move |j| j.events_since(since, limit)).await
+    }
+
+    /// [`Journal::advance`] off the async threads.
+    pub async fn advance(&self, sink: String, seq: u64) -> Result<(), JournalError> {
+        self.run(move |j| j.advance(&sink, seq)).await
+    }
+
+    /// [`Journal::dead_letter`] off the async threads.
+    pub async fn dead_letter(
+        &self,
+        sink: String,
+        seq: u64,
+        reason: String,
+    ) -> Result<(), JournalError> {
+        self.run(move |j| j.dead_letter(&sink, seq, &reason)).await
+    }
+
+    /// [`Journal::upsert_accounts`] off the async threads.
+    pub async fn upsert_accounts(
+        &self,
+        accounts: Vec<(AccountId, String)>,
+    ) -> Result<(), JournalError> {
+        self.run(move |j| j.upsert_accounts(&accounts)).await
+    }
+
+    /// [`Journal::delete_account`] off the async threads.
+    pub async fn delete_account(&self, account: AccountId) -> Result<bool, JournalError> {
+        self.run(move |j| j.delete_account(&account)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::EventKind;
+
+    fn event(account: &str, seq: u64, time_ms: i64) -> RiskEvent {
+        RiskEvent {
+            event_id: RiskEvent::new_id(),
+            kind: EventKind::LiquidationWarning,
+            time: crate::model::format_rfc3339_ms(time_ms),
+            time_ms,
+            account_id: Some(AccountId::from(account)),
+            seq,
+            level: None,
+            crossed_levels: vec![],
+            previous_state: None,
+            state: None,
+            snapshot: None,
+            prices: vec![],
+            stale_prices: false,
+            feed: None,
+        }
+    }
+
+    fn open_tmp() -> (tempfile::TempDir, Journal) {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path().join("journal.db")).unwrap();
+        (dir, j)
+    }
+
+    /// Seqs are gap-free across bursts and reopen; a repeated event id keeps its first seq.
+    #[test]
+    fn seqs_gap_free_and_durable_across_reopen() {
+        let (dir, j) = open_tmp();
+        let a: Vec<RiskEvent> = (1..=3).map(|i| event("a", i, 1000 + i as i64)).collect();
+        assert_eq!(j.append(&a, &[]).unwrap(), vec![1, 2, 3]);
+        let b = vec![event("b", 1, 2000), a[1].clone()];
+        assert_eq!(j.append(&b, &[]).unwrap(), vec![4, 2]);
+        drop(j);
+        let j = Journal::open(dir.path().join("journal.db")).unwrap();
+        assert_eq!(j.last_seq(), 4);
+        let all = j.read_after(0, 100).unwrap();
+        let ids: Vec<_> = all.iter().map(|e| e.event.event_id).collect();
+        assert_eq!(
+            ids,
+            vec![a[0].event_id, a[1].event_id, a[2].event_id, b[0].event_id]
+        );
+        assert_eq!(all[0].json, serde_json::to_string(&a[0]).unwrap());
+        assert_eq!(j.append(&[event("c", 1, 3000)], &[]).unwrap(), vec![5]);
+    }
+
+    /// Monitor states commit with the events; later upserts win; accounts round-trip.
+    #[test]
+    fn monitor_states_and_accounts() {
+        let (_dir, j) = open_tmp();
+        let a = AccountId::from("a");
+        j.append(&[event("a", 1, 1)], &[(a.clone(), "{\"s\":1}".into())])
+            .unwrap();
+        j.append(&[], &[(a.clone(), "{\"s\":2}".into())]).unwrap();
+        assert_eq!(
+            j.load_monitor_states().unwrap(),
+            vec![(a.clone(), "{\"s\":2}".to_owned())]
+        );
+        j.upsert_accounts(&[(a.clone(), "{}".into()), ("b".into(), "{\"x\":1}".into())])
+            .unwrap();
+        j.upsert_accounts(&[("b".into(), "{\"x\":2}".into())])
+            .unwrap();
+        assert_eq!(
+            j.load_accounts().unwrap(),
+            vec![
+                (a.clone(), "{}".to_owned()),
+                ("b".into(), "{\"x\":2}".to_owned())
+            ]
+        );
+        assert!(j.delete_account(&a).unwrap());
+        assert!(!j.delete_account(&a).unwrap());
+        assert_eq!(j.load_accounts().unwrap().len(), 1);
+        assert!(j.load_monitor_states().unwrap().is_empty());
+    }
+
+    /// Cursors only move forward; lag, dead letters and history queries agree with them.
+    #[test]
+    fn cursors_lag_dead_letters_history() {
+        let (_dir, j) = open_tmp();
+        let evs: Vec<RiskEvent> = (1..=5).map(|i| event("a", i, i as i64 * 1000)).collect();
+        j.append(&evs, &[]).unwrap();
+        assert_eq!(j.register_sink("s").unwrap(), 0);
+        assert_eq!(j.lag("s").unwrap(), 5);
+        j.advance("s", 3).unwrap();
+        j.advance("s", 2).unwrap();
+        assert_eq!(j.cursor("s").unwrap(), 3);
+        j.dead_letter("s", 4, "HTTP 400: bad payload").unwrap();
+        assert_eq!(j.cursor("s").unwrap(), 4);
+        assert_eq!(j.lag("s").unwrap(), 1);
+        let dl = j.dead_letters("s").unwrap();
+        assert_eq!(dl.len(), 1);
+        assert_eq!(dl[0].seq, 4);
+        assert_eq!(dl[0].event_id, evs[3].event_id.to_string());
+        assert_eq!(dl[0].reason, "HTTP 400: bad payload");
+        let after = j.read_after(3, 10).unwrap();
+        assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4, 5]);
+        let since = j.events_since(Since::TimeMs(2500), 2).unwrap();
+        assert_eq!(since.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4]);
+        let since = j.events_since(Since::Seq(4), 10).unwrap();
+        assert_eq!(since.len(), 1);
+    }
+
+    /// Retention deletes only events every sink is past and that are old; seqs never reuse.
+    #[test]
+    fn retention_prunes_delivered_old_only() {
+        let (dir, j) = open_tmp();
+        let old = now_ms() - 3_600_000;
+        let evs: Vec<RiskEvent> = (1..=4).map(|i| event("a", i, old)).collect();
+        j.append(&evs, &[]).unwrap();
+        j.append(&[event("a", 5, now_ms())], &[]).unwrap();
+        // No sink registered: nothing counts as delivered.
+        assert_eq!(j.prune(Duration::from_secs(60)).unwrap(), 0);
+        j.register_sink("fast").unwrap();
+        j.register_sink("slow").unwrap();
+        j.advance("fast", 5).unwrap();
+        j.advance("slow", 2).unwrap();
+        assert_eq!(j.prune(Duration::from_secs(60)).unwrap(), 2);
+        assert_eq!(
+            j.read_after(0, 10)
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
+        j.advance("slow", 5).unwrap();
+        // Seq 5 is delivered but young: kept.
+        assert_eq!(j.prune(Duration::from_secs(60)).unwrap(), 2);
+        assert_eq!(j.read_after(0, 10).unwrap().len(), 1);
+        j.advance("slow", 5).unwrap();
+        drop(j);
+        let j = Journal::open(dir.path().join("journal.db")).unwrap();
+        assert_eq!(j.append(&[event("a", 6, now_ms())], &[]).unwrap(), vec![6]);
+    }
+
+    /// A full database holds the burst in memory (alarm on), keeps order, and commits it all
+    /// once space returns.
+    #[test]
+    fn full_disk_buffers_in_order_then_recovers() {
+        let (_dir, j) = open_tmp();
+        j.append(&[event("a", 1, 1)], &[]).unwrap();
+        let pages: i64 = {
+            let w = j.writer.lock();
+            w.conn
+                .pragma_query_value(None, "page_count", |r| r.get(0))
+                .unwrap()
+        };
+        j.writer
+            .lock()
+            .conn
+            .pragma_update(None, "max_page_count", pages)
+            .unwrap();
+        let big: Vec<RiskEvent> = (0..200).map(|i| event("b", i, 2)).collect();
+        let err = j
+            .append(&big, &[("b".into(), "{\"s\":1}".into())])
+            .unwrap_err();
+        assert!(
+            matches!(err, JournalError::Buffered { buffered: 200, .. }),
+            "{err}"
+        );
+        assert!(j.is_write_failing());
+        let more = vec![event("c", 1, 3)];
+        assert!(matches!(
+            j.append(&more, &[]),
+            Err(JournalError::Buffered { buffered: 201, .. })
+        ));
+        assert_eq!(j.last_seq(), 1);
+        assert_eq!(j.read_after(0, 1000).unwrap().len(), 1);
+        // Buffered monitor states are visible to a reload in this process.
+        assert_eq!(j.load_monitor_states().unwrap().len(), 1);
+        j.writer
+            .lock()
+            .conn
+            .pragma_update(None, "max_page_count", 1_073_741_823i64)
+            .unwrap();
+        assert_eq!(j.retry_pending().unwrap(), 201);
+        assert!(!j.is_write_failing());
+        let all = j.read_after(0, 1000).unwrap();
+        let want: Vec<_> = std::iter::once(all[0].event.event_id)
+            .chain(big.iter().map(|e| e.event_id))
+            .chain(more.iter().map(|e| e.event_id))
+            .collect();
+        assert_eq!(
+            all.iter().map(|e| e.event.event_id).collect::<Vec<_>>(),
+            want
+        );
+        assert_eq!(all.last().unwrap().seq, 202);
+    }
+
+    /// Garbage, a newer schema and a missing directory are clear open errors.
+    #[test]
+    fn open_errors_are_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.db");
+        std::fs::write(&garbage, vec![0x42u8; 8192]).unwrap();
+        let e = Journal::open(&garbage).unwrap_err();
+        assert!(matches!(e, JournalError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("garbage.db"));
+
+        let newer = dir.path().join("newer.db");
+        drop(Journal::open(&newer).unwrap());
+        let c = Connection::open(&newer).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+        drop(c);
+        let e = Journal::open(&newer).unwrap_err();
+        assert!(
+            matches!(e, JournalError::SchemaTooNew { found: 99, .. }),
+            "{e}"
+        );
+
+        let missing = dir.path().join("no/such/dir/journal.db");
+        let e = Journal::open(&missing).unwrap_err();
+        assert!(matches!(e, JournalError::Open { .. }), "{e}");
+    }
+
+    /// Backoff grows, stays jittered within [cap/2, cap], and honours a longer Retry-After.
+    #[test]
+    fn backoff_bounds() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let d0 = b.next_delay(None);
+        assert!(d0 >= Duration::from_millis(50) && d0 <= Duration::from_millis(100));
+        for _ in 0..10 {
+            let d = b.next_delay(None);
+            assert!(d <= Duration::from_secs(1));
+        }
+        let d = b.next_delay(None);
+        assert!(d >= Duration::from_millis(500));
+        assert_eq!(
+            b.next_delay(Some(Duration::from_secs(7))),
+            Duration::from_secs(7)
+        );
+        b.reset();
+        assert!(b.next_delay(None) <= Duration::from_millis(100));
+    }
+}

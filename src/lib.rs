@@ -20,7 +20,7 @@ pub mod app; // wiring only: spawn, channels, supervision, shutdown order
 pub mod config; // TOML config: raw serde structs → validated Config, all errors at once
 pub mod demo; // `liqwatch demo`: replayed crash, sample accounts, readable event lines
 pub mod feeds; // Feed trait, generic socket driver, one adapter per venue
-pub mod ingest;
+pub mod ingest; // account sources: update validation, AccountWriter, NATS JetStream consumer
 pub mod inputs; // instrument preset and account snapshot files, with file/line/field errors
 pub mod journal; // SQLite event journal, sink cursors, monitor state, accounts store
 pub mod margin; // pure Decimal margin model
@@ -28,4 +28,4 @@ pub mod model; // core types: Instrument, PriceTick, Account, RiskSnapshot, Risk
 pub mod monitor; // thresholds, hysteresis, event creation
 pub mod prices; // price board: latest per instrument and venue, composite, staleness, sanity
 pub mod sinks; // Sink trait, generic delivery driver, stdout/jsonl/webhook/nats
-pub mod stress; // `liqwatch stress`: scenario shocks over accounts from files // account sources: NATS JetStream consumer (HTTP handlers live in api)
+pub mod stress; // `liqwatch stress`: scenario shocks over accounts from files

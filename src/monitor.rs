@@ -1,1 +1,1105 @@
-//! Threshold state machine and event creation. (to be written).
+//! The threshold monitor: a per-account state machine over the margin ratio that turns
+//! crossings into [`RiskEvent`]s.
+//!
+//! # Levels
+//! Ordered warning levels `w₁ < … < w_k` (default `[0.8]`) and a trigger `T > w_k` (default
+//! 1.0) on `MM / equity`, with one hysteresis `h` (default 0.05); an account may override all
+//! three with `Account.thresholds`. The account's *rank* is 0 (healthy), `i` (warning at `wᵢ`) or
+//! `k+1` (triggered).
+//!
+//! # Transitions ([`transition`], pure)
+//! - **Up**: when the ratio is at or above a level above the current rank, the account moves to
+//!   the highest such level in one step and one event fires: `liquidation_trigger` (level `T`)
+//!   when that is the trigger, else `liquidation_warning` (level `wᵢ`). `crossed_levels` lists
+//!   every level passed by the move, ascending (healthy → trigger lists `[w₁, …, w_k, T]`).
+//! - **Down**: only when the ratio falls strictly below `level − h` of the current rank. The
+//!   account drops to the highest lower rank whose `level − h` the ratio still reaches (0 at the
+//!   bottom) and one `recovered` event fires with `level` = the lowest level recovered from (so
+//!   `recovered` at `w₁` means healthy again) and `crossed_levels` = every level recovered from.
+//! - Otherwise nothing: a ratio hovering on or just under a level does not flap.
+//! - An infinite ratio (equity ≤ 0) is at or above every level.
+//! - Incomplete accounts (a price missing) are not evaluated.
+//!
+//! # Stale prices (`trigger_on_stale`)
+//! `fire` (default): a trigger computed from a stale price fires, flagged `stale_prices: true`.
+//! `hold`: a trigger whose account uses any stale price is held back — the account moves at most
+//! to its highest warning level (emitting that warning if it is a crossing) and the trigger fires
+//! on the first evaluation with fresh prices (call [`Monitor::reevaluate_holders`] when an
+//! instrument's feed is restored). Warnings and recoveries always fire, flagged when stale.
+//!
+//! # Persistence
+//! The state per account ([`MonitorState`]: the state and the last `seq`) is serialisable; every
+//! [`Emitted`] event carries the account's new state as JSON so the journal can store both in one
+//! transaction. At start, [`Monitor::restore`] takes the stored states, then
+//! [`Monitor::evaluate_all`] emits only what changed while the process was down.
+//!
+//! # Metrics
+//! `liqwatch_monitor_events_total{kind}`, `liqwatch_monitor_held_triggers_total`,
+//! `liqwatch_monitor_restore_errors_total`, `liqwatch_monitor_snapshot_errors_total`.
+
+use std::collections::{BTreeSet, HashMap};
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::accounts::{AccountKey, AccountMap, Touched};
+use crate::margin;
+use crate::model::{
+    AccountId, AccountState, EventKind, FeedEventInfo, InstrumentId, MarginRatio, PriceUsed,
+    RiskEvent, Thresholds, TimestampMs, format_rfc3339_ms,
+};
+
+/// Checks that levels are usable: ascending positive warnings, trigger above them, hysteresis
+/// ≥ 0. The message says what to fix.
+pub fn validate_thresholds(t: &Thresholds) -> Result<(), String> {
+    if t.hysteresis < Decimal::ZERO {
+        return Err(format!("hysteresis must be ≥ 0, got {}", t.hysteresis));
+    }
+    if t.trigger <= Decimal::ZERO {
+        return Err(format!("trigger must be > 0, got {}", t.trigger));
+    }
+    let mut prev: Option<Decimal> = None;
+    for w in &t.warning_levels {
+        if *w <= Decimal::ZERO {
+            return Err(format!("warning level must be > 0, got {w}"));
+        }
+        if prev.is_some_and(|p| *w <= p) {
+            return Err(format!(
+                "warning levels must be strictly ascending: {:?}",
+                t.warning_levels
+            ));
+        }
+        prev = Some(*w);
+    }
+    if prev.is_some_and(|p| p >= t.trigger) {
+        return Err(format!(
+            "every warning level must be below the trigger {}",
+            t.trigger
+        ));
+    }
+    Ok(())
+}
+
+/// What to do with a trigger computed from a stale price.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StalePolicy {
+    /// Fire it, flagged `stale_prices: true`.
+    #[default]
+    Fire,
+    /// Hold it until the prices are fresh again.
+    Hold,
+}
+
+/// Monitor configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct MonitorConfig {
+    /// Default levels (overridden per account by `Account.thresholds`).
+    pub thresholds: Thresholds,
+    /// Policy for triggers computed from stale prices.
+    pub trigger_on_stale: StalePolicy,
+}
+
+/// The persisted state of one account's state machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorState {
+    /// Where the account stands.
+    #[serde(flatten)]
+    pub state: AccountState,
+    /// The `seq` of the last event emitted for the account (0: none yet).
+    pub seq: u64,
+}
+
+impl Default for MonitorState {
+    fn default() -> Self {
+        MonitorState {
+            state: AccountState::Healthy,
+            seq: 0,
+        }
+    }
+}
+
+/// The result of a state change found by [`transition`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Crossing {
+    /// `liquidation_warning`, `liquidation_trigger` or `recovered`.
+    pub kind: EventKind,
+    /// The level of the event (see the module docs).
+    pub level: Decimal,
+    /// Every level crossed by the move, ascending.
+    pub crossed_levels: Vec<Decimal>,
+}
+
+/// Every level in rank order: warnings then the trigger.
+fn levels(t: &Thresholds) -> impl Iterator<Item = Decimal> + '_ {
+    t.warning_levels
+        .iter()
+        .copied()
+        .chain(std::iter::once(t.trigger))
+}
+
+fn level_at(t: &Thresholds, rank: usize) -> Option<Decimal> {
+    rank.checked_sub(1).and_then(|i| levels(t).nth(i))
+}
+
+fn rank_of(state: &AccountState, t: &Thresholds) -> usize {
+    match state {
+        AccountState::Healthy => 0,
+        // Levels may have changed since the state was stored: count the warnings at or below.
+        AccountState::Warning { level } => t.warning_levels.iter().filter(|w| *w <= level).count(),
+        AccountState::Triggered => t.warning_levels.len() + 1,
+    }
+}
+
+fn state_of(rank: usize, t: &Thresholds) -> AccountState {
+    if rank == 0 {
+        AccountState::Healthy
+    } else if rank > t.warning_levels.len() {
+        AccountState::Triggered
+    } else {
+        match t.warning_levels.get(rank - 1) {
+            Some(level) => AccountState::Warning { level: *level },
+            None => AccountState::Triggered,
+        }
+    }
+}
+
+/// The pure state machine: the new state and the crossing, if any, for `ratio` under `t`.
+pub fn transition(
+    state: &AccountState,
+    ratio: MarginRatio,
+    t: &Thresholds,
+) -> (AccountState, Option<Crossing>) {
+    let r = rank_of(state, t);
+    let top = t.warning_levels.len() + 1;
+    let up = levels(t).filter(|l| ratio.at_or_above(*l)).count();
+    if up > r {
+        let crossed: Vec<Decimal> = levels(t).skip(r).take(up - r).collect();
+        let (kind, level) = if up == top {
+            (EventKind::LiquidationTrigger, t.trigger)
+        } else {
+            (
+                EventKind::LiquidationWarning,
+                level_at(t, up).unwrap_or(t.trigger),
+            )
+        };
+        let crossing = Crossing {
+            kind,
+            level,
+            crossed_levels: crossed,
+        };
+        return (state_of(up, t), Some(crossing));
+    }
+    if r > 0 {
+        let below = |rank: usize| {
+            level_at(t, rank).is_some_and(|l| ratio.below(l.checked_sub(t.hysteresis).unwrap_or(l)))
+        };
+        if below(r) {
+            let mut d = r - 1;
+            while d > 0 && below(d) {
+                d -= 1;
+            }
+            let crossed: Vec<Decimal> = levels(t).skip(d).take(r - d).collect();
+            let level = crossed.first().copied().unwrap_or(t.trigger);
+            return (
+                state_of(d, t),
+                Some(Crossing {
+                    kind: EventKind::Recovered,
+                    level,
+                    crossed_levels: crossed,
+                }),
+            );
+        }
+    }
+    (state_of(r, t), None)
+}
+
+/// Source, age and staleness of the prices the engine uses (the price board implements it).
+pub trait PriceInfo {
+    /// What is known about the instrument's current price, if anything.
+    fn price_info(&self, instrument: &InstrumentId) -> Option<PriceUsed>;
+}
+
+impl PriceInfo for HashMap<InstrumentId, PriceUsed> {
+    fn price_info(&self, instrument: &InstrumentId) -> Option<PriceUsed> {
+        self.get(instrument).cloned()
+    }
+}
+
+/// An event with the account's new monitor state, ready for the journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Emitted {
+    /// The event.
+    pub event: RiskEvent,
+    /// The account.
+    pub account_id: AccountId,
+    /// The account's [`MonitorState`] after the event, as JSON (store it with the event).
+    pub state_json: String,
+}
+
+/// Outcome of [`Monitor::restore`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// States accepted.
+    pub restored: usize,
+    /// States that could not be read (account id, reason); those accounts start healthy.
+    pub rejected: Vec<(AccountId, String)>,
+}
+
+#[derive(Clone, Debug)]
+struct Slot {
+    state: AccountState,
+    seq: u64,
+}
+
+/// The monitor. Owned by the engine task (`&mut self`); states are indexed by account key.
+pub struct Monitor {
+    cfg: MonitorConfig,
+    /// A ratio strictly below this (with a 1e-20 relative margin) cannot move a healthy account.
+    fast_floor: Decimal,
+    slots: Vec<Option<Slot>>,
+    pending: HashMap<AccountId, MonitorState>,
+    /// Per key, the last `evaluate` call that saw it (dedup without hashing).
+    seen: Vec<u32>,
+    epoch: u32,
+}
+
+impl Monitor {
+    /// A monitor with no account state. Errors when the default levels are malformed.
+    pub fn new(cfg: MonitorConfig) -> Result<Self, String> {
+        validate_thresholds(&cfg.thresholds)?;
+        let first = cfg
+            .thresholds
+            .warning_levels
+            .first()
+            .copied()
+            .unwrap_or(cfg.thresholds.trigger);
+        let fast_floor = first
+            .checked_mul(Decimal::ONE - Decimal::new(1, 20))
+            .unwrap_or(Decimal::ZERO);
+        Ok(Monitor {
+            cfg,
+            fast_floor,
+            slots: Vec::new(),
+            pending: HashMap::new(),
+            seen: Vec::new(),
+            epoch: 0,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MonitorConfig {
+        &self.cfg
+    }
+
+    /// Loads persisted states (account id, [`MonitorState`] JSON). They apply to the accounts
+    /// as soon as the monitor first sees them; unreadable ones are reported and counted.
+    pub fn restore(
+        &mut self,
+        states: impl IntoIterator<Item = (AccountId, String)>,
+    ) -> RestoreReport {
+        let mut report = RestoreReport::default();
+        for (id, json) in states {
+            match serde_json::from_str::<MonitorState>(&json) {
+                Ok(s) => {
+                    self.pending.insert(id, s);
+                    report.restored += 1;
+                }
+                Err(e) => {
+                    metrics::counter!("liqwatch_monitor_restore_errors_total").increment(1);
+                    tracing::warn!(account = %id, error = %e, "Unreadable monitor state; the account starts healthy");
+                    report.rejected.push((id, e.to_string()));
+                }
+            }
+        }
+        // States already attached to keys are replaced by the restored ones.
+        self.slots.clear();
+        report
+    }
+
+    /// The current state of an account, if the monitor has seen it (or has it restored).
+    pub fn state(&self, map: &AccountMap, id: &AccountId) -> Option<MonitorState> {
+        if let Some(s) = map
+            .key_of(id)
+            .and_then(|k| self.slots.get(k as usize))
+            .and_then(|s| s.as_ref())
+        {
+            return Some(MonitorState {
+                state: s.state.clone(),
+                seq: s.seq,
+            });
+        }
+        self.pending.get(id).cloned()
+    }
+
+    /// Drops an account's state (call after it was removed from the map).
+    pub fn forget(&mut self, key: AccountKey, id: &AccountId) {
+        if let Some(s) = self.slots.get_mut(key as usize) {
+            *s = None;
+        }
+        self.pending.remove(id);
+    }
+
+    /// Evaluates the accounts reported by one or more ticks (in the order the ticks were
+    /// applied). An account reported several times is evaluated once, on its latest report, so
+    /// a burst of prices applied together moves each account in one step. Returns the events.
+    ///
+    /// A report carries the figures as of its tick: evaluate it before the account changes
+    /// again through another path (an account update), or use [`Monitor::evaluate_account`],
+    /// which reads the current figures.
+    pub fn evaluate(
+        &mut self,
+        map: &AccountMap,
+        touched: &[Touched],
+        prices: &dyn PriceInfo,
+        now_ms: TimestampMs,
+    ) -> Vec<Emitted> {
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.seen.iter_mut().for_each(|e| *e = 0);
+            self.epoch = 1;
+        }
+        let mut out = Vec::new();
+        for t in touched.iter().rev() {
+            let i = t.key as usize;
+            if self.seen.len() <= i {
+                self.seen.resize(i + 1, 0);
+            }
+            match self.seen.get_mut(i) {
+                Some(e) if *e == self.epoch => continue,
+                Some(e) => *e = self.epoch,
+                None => continue,
+            }
+            self.evaluate_one(map, t, prices, now_ms, &mut out);
+        }
+        out.reverse();
+        out
+    }
+
+    /// Evaluates one account (after an account update).
+    pub fn evaluate_account(
+        &mut self,
+        map: &AccountMap,
+        key: AccountKey,
+        prices: &dyn PriceInfo,
+        now_ms: TimestampMs,
+    ) -> Vec<Emitted> {
+        let mut out = Vec::new();
+        if let Some(t) = map.read_key(key, |v| v.as_touched()) {
+            self.evaluate_one(map, &t, prices, now_ms, &mut out);
+        }
+        out
+    }
+
+    /// Evaluates every account (at start, after [`Monitor::restore`]).
+    pub fn evaluate_all(
+        &mut self,
+        map: &AccountMap,
+        prices: &dyn PriceInfo,
+        now_ms: TimestampMs,
+    ) -> Vec<Emitted> {
+        let mut keys = map.keys();
+        keys.sort_unstable();
+        let mut out = Vec::new();
+        for k in keys {
+            if let Some(t) = map.read_key(k, |v| v.as_touched()) {
+                self.evaluate_one(map, &t, prices, now_ms, &mut out);
+            }
+        }
+        out
+    }
+
+    /// Re-evaluates every holder of an instrument (e.g. when its feed is restored, so a held
+    /// trigger fires even if the price did not change).
+    pub fn reevaluate_holders(
+        &mut self,
+        map: &AccountMap,
+        instrument: &InstrumentId,
+        prices: &dyn PriceInfo,
+        now_ms: TimestampMs,
+    ) -> Vec<Emitted> {
+        let mut keys = map.holder_keys(instrument);
+        keys.sort_unstable();
+        let mut out = Vec::new();
+        for k in keys {
+            if let Some(t) = map.read_key(k, |v| v.as_touched()) {
+                self.evaluate_one(map, &t, prices, now_ms, &mut out);
+            }
+        }
+        out
+    }
+
+    fn slot_mut(&mut self, map: &AccountMap, key: AccountKey) -> Option<&mut Slot> {
+        let i = key as usize;
+        if self.slots.len() <= i {
+            self.slots.resize(i + 1, None);
+        }
+        let restored = match self.slots.get(i) {
+            Some(Some(_)) => None,
+            _ if self.pending.is_empty() => Some(MonitorState::default()),
+            _ => {
+                let id = map.read_key(key, |v| v.id().clone());
+                Some(
+                    id.and_then(|id| self.pending.remove(&id))
+                        .unwrap_or_default(),
+                )
+            }
+        };
+        let slot = self.slots.get_mut(i)?;
+        if let Some(s) = restored {
+            *slot = Some(Slot {
+                state: s.state,
+                seq: s.seq,
+            });
+        }
+        slot.as_mut()
+    }
+
+    fn evaluate_one(
+        &mut self,
+        map: &AccountMap,
+        t: &Touched,
+        prices: &dyn PriceInfo,
+        now_ms: TimestampMs,
+        out: &mut Vec<Emitted>,
+    ) {
+        if !t.complete {
+            return;
+        }
+        let custom: Option<Thresholds> = if t.custom_thresholds {
+            map.read_key(t.key, |v| v.thresholds().cloned()).flatten()
+        } else {
+            None
+        };
+        let fast_floor = self.fast_floor;
+        let slot_is_healthy = self
+            .slots
+            .get(t.key as usize)
+            .and_then(|s| s.as_ref())
+            .is_some_and(|s| s.state == AccountState::Healthy);
+        // Fast path: a healthy account far enough below the first level cannot change.
+        if custom.is_none()
+            && slot_is_healthy
+            && t.equity > Decimal::ZERO
+            && fast_floor
+                .checked_mul(t.equity)
+                .is_some_and(|limit| t.maintenance_margin < limit)
+        {
+            return;
+        }
+        let ratio = MarginRatio::compute(t.maintenance_margin, t.equity);
+        let th = custom.unwrap_or_else(|| self.cfg.thresholds.clone());
+        let policy = self.cfg.trigger_on_stale;
+        let Some(slot) = self.slot_mut(map, t.key) else {
+            return;
+        };
+        let previous = slot.state.clone();
+        let (mut new_state, crossing) = transition(&previous, ratio, &th);
+        let Some(mut crossing) = crossing else {
+            slot.state = new_state;
+            return;
+        };
+        // Everything needed for the event: the account and the prices it used.
+        let Some(account) = map.read_key(t.key, |v| v.to_account()) else {
+            return;
+        };
+        let engine_prices = map.prices_for(&account);
+        let used = prices_used(map, &account, &engine_prices, prices, now_ms);
+        let stale = used.iter().any(|p| p.stale);
+        if crossing.kind == EventKind::LiquidationTrigger && stale && policy == StalePolicy::Hold {
+            metrics::counter!("liqwatch_monitor_held_triggers_total").increment(1);
+            tracing::info!(account = %account.id, "Trigger held: a price it depends on is stale");
+            let k = th.warning_levels.len();
+            let r = rank_of(&previous, &th);
+            if k == 0 || r >= k {
+                slot.state = state_of(r, &th);
+                return;
+            }
+            crossing = Crossing {
+                kind: EventKind::LiquidationWarning,
+                level: level_at(&th, k).unwrap_or(th.trigger),
+                crossed_levels: levels(&th).skip(r).take(k - r).collect(),
+            };
+            new_state = state_of(k, &th);
+        }
+        slot.seq += 1;
+        slot.state = new_state.clone();
+        let seq = slot.seq;
+        let snapshot = match margin::account_snapshot(
+            &account,
+            map.instruments(),
+            &engine_prices,
+            th.trigger,
+        ) {
+            Ok(s) => Some(s),
+            Err(error) => {
+                metrics::counter!("liqwatch_monitor_snapshot_errors_total").increment(1);
+                tracing::error!(account = %account.id, %error, "Snapshot failed; the event goes out without it");
+                None
+            }
+        };
+        metrics::counter!("liqwatch_monitor_events_total", "kind" => crossing.kind.as_str())
+            .increment(1);
+        let state_json = serde_json::to_string(&MonitorState {
+            state: new_state.clone(),
+            seq,
+        })
+        .unwrap_or_default();
+        out.push(Emitted {
+            account_id: account.id.clone(),
+            state_json,
+            event: RiskEvent {
+                event_id: RiskEvent::new_id(),
+                kind: crossing.kind,
+                time: format_rfc3339_ms(now_ms),
+                time_ms: now_ms,
+                account_id: Some(account.id.clone()),
+                seq,
+                level: Some(crossing.level),
+                crossed_levels: crossing.crossed_levels,
+                previous_state: Some(previous),
+                state: Some(new_state),
+                snapshot,
+                prices: used,
+                stale_prices: stale,
+                feed: None,
+            },
+        });
+    }
+}
+
+/// Every price an account's figures use: the engine's price, with source/age/staleness from
+/// `info` (stables: source `stable`, never stale; no info: source `engine`, age 0).
+fn prices_used(
+    map: &AccountMap,
+    account: &crate::model::Account,
+    engine: &crate::accounts::PriceSnapshot,
+    info: &dyn PriceInfo,
+    now_ms: TimestampMs,
+) -> Vec<PriceUsed> {
+    let ids: BTreeSet<&InstrumentId> = account
+        .collateral
+        .keys()
+        .chain(account.positions.iter().map(|p| &p.instrument))
+        .collect();
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let stable = map
+            .instruments()
+            .index(id)
+            .and_then(|i| map.instruments().get(i))
+            .is_some_and(|i| i.stable);
+        if stable {
+            out.push(PriceUsed {
+                instrument: id.clone(),
+                price: Decimal::ONE,
+                source: "stable".into(),
+                received_ts: now_ms,
+                age_ms: 0,
+                stale: false,
+            });
+            continue;
+        }
+        let Some(price) = engine.0.get(id).copied() else {
+            continue;
+        };
+        let p = match info.price_info(id) {
+            Some(mut p) => {
+                p.price = price;
+                p
+            }
+            None => PriceUsed {
+                instrument: id.clone(),
+                price,
+                source: "engine".into(),
+                received_ts: now_ms,
+                age_ms: 0,
+                stale: false,
+            },
+        };
+        out.push(p);
+    }
+    out
+}
+
+/// Builds a `feed_stale` / `feed_restored` event (the daemon keeps `seq` per instrument).
+pub fn feed_event(
+    kind: EventKind,
+    info: FeedEventInfo,
+    seq: u64,
+    now_ms: TimestampMs,
+) -> RiskEvent {
+    RiskEvent {
+        event_id: RiskEvent::new_id(),
+        kind,
+        time: format_rfc3339_ms(now_ms),
+        time_ms: now_ms,
+        account_id: None,
+        seq,
+        level: None,
+        crossed_levels: Vec::new(),
+        previous_state: None,
+        state: None,
+        snapshot: None,
+        prices: Vec::new(),
+        stale_prices: false,
+        feed: Some(info),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal_macros::dec;
+
+    fn th(w: &[Decimal], trigger: Decimal, h: Decimal) -> Thresholds {
+        Thresholds {
+            warning_levels: w.to_vec(),
+            trigger,
+            hysteresis: h,
+        }
+    }
+
+    fn warn(l: Decimal) -> AccountState {
+        AccountState::Warning { level: l }
+    }
+
+    /// Table of transitions under the defaults and two warning levels.
+    #[test]
+    fn transition_table() {
+        use AccountState::{Healthy, Triggered};
+        use EventKind::{LiquidationTrigger as T, LiquidationWarning as W, Recovered as R};
+        let d = Thresholds::default();
+        let two = th(&[dec!(0.6), dec!(0.8)], dec!(1), dec!(0.05));
+        let f = MarginRatio::Finite;
+        #[allow(clippy::type_complexity)]
+        let cases: Vec<(
+            &Thresholds,
+            AccountState,
+            MarginRatio,
+            AccountState,
+            Option<(EventKind, Decimal, Vec<Decimal>)>,
+        )> = vec![
+            (&d, Healthy, f(dec!(0.5)), Healthy, None),
+            (
+                &d,
+                Healthy,
+                f(dec!(0.8)),
+                warn(dec!(0.8)),
+                Some((W, dec!(0.8), vec![dec!(0.8)])),
+            ),
+            (
+                &d,
+                Healthy,
+                f(dec!(0.9)),
+                warn(dec!(0.8)),
+                Some((W, dec!(0.8), vec![dec!(0.8)])),
+            ),
+            (
+                &d,
+                Healthy,
+                f(dec!(1)),
+                Triggered,
+                Some((T, dec!(1), vec![dec!(0.8), dec!(1)])),
+            ),
+            (
+                &d,
+                Healthy,
+                MarginRatio::Infinite,
+                Triggered,
+                Some((T, dec!(1), vec![dec!(0.8), dec!(1)])),
+            ),
+            (&d, warn(dec!(0.8)), f(dec!(0.79)), warn(dec!(0.8)), None),
+            (&d, warn(dec!(0.8)), f(dec!(0.75)), warn(dec!(0.8)), None),
+            (
+                &d,
+                warn(dec!(0.8)),
+                f(dec!(0.7499)),
+                Healthy,
+                Some((R, dec!(0.8), vec![dec!(0.8)])),
+            ),
+            (&d, warn(dec!(0.8)), f(dec!(0.99)), warn(dec!(0.8)), None),
+            (
+                &d,
+                warn(dec!(0.8)),
+                f(dec!(1)),
+                Triggered,
+                Some((T, dec!(1), vec![dec!(1)])),
+            ),
+            (&d, Triggered, f(dec!(0.96)), Triggered, None),
+            (&d, Triggered, f(dec!(0.95)), Triggered, None),
+            (
+                &d,
+                Triggered,
+                f(dec!(0.9)),
+                warn(dec!(0.8)),
+                Some((R, dec!(1), vec![dec!(1)])),
+            ),
+            (
+                &d,
+                Triggered,
+                f(dec!(0.76)),
+                warn(dec!(0.8)),
+                Some((R, dec!(1), vec![dec!(1)])),
+            ),
+            (
+                &d,
+                Triggered,
+                f(dec!(0.1)),
+                Healthy,
+                Some((R, dec!(0.8), vec![dec!(0.8), dec!(1)])),
+            ),
+            (&d, Triggered, MarginRatio::Infinite, Triggered, None),
+            (
+                &two,
+                Healthy,
+                f(dec!(0.7)),
+                warn(dec!(0.6)),
+                Some((W, dec!(0.6), vec![dec!(0.6)])),
+            ),
+            (
+                &two,
+                Healthy,
+                f(dec!(0.85)),
+                warn(dec!(0.8)),
+                Some((W, dec!(0.8), vec![dec!(0.6), dec!(0.8)])),
+            ),
+            (
+                &two,
+                warn(dec!(0.6)),
+                f(dec!(0.8)),
+                warn(dec!(0.8)),
+                Some((W, dec!(0.8), vec![dec!(0.8)])),
+            ),
+            (
+                &two,
+                warn(dec!(0.6)),
+                f(dec!(2)),
+                Triggered,
+                Some((T, dec!(1), vec![dec!(0.8), dec!(1)])),
+            ),
+            (
+                &two,
+                warn(dec!(0.8)),
+                f(dec!(0.6)),
+                warn(dec!(0.6)),
+                Some((R, dec!(0.8), vec![dec!(0.8)])),
+            ),
+            (
+                &two,
+                warn(dec!(0.8)),
+                f(dec!(0.5)),
+                Healthy,
+                Some((R, dec!(0.6), vec![dec!(0.6), dec!(0.8)])),
+            ),
+            (
+                &two,
+                Triggered,
+                f(dec!(0.56)),
+                warn(dec!(0.6)),
+                Some((R, dec!(0.8), vec![dec!(0.8), dec!(1)])),
+            ),
+            // A stored warning level that no longer exists maps to the highest level below it.
+            (&two, warn(dec!(0.7)), f(dec!(0.7)), warn(dec!(0.6)), None),
+            (&d, warn(dec!(0.5)), f(dec!(0.5)), Healthy, None),
+        ];
+        for (t, from, ratio, to, ev) in cases {
+            let (s, c) = transition(&from, ratio, t);
+            assert_eq!(s, to, "{from:?} at {ratio}");
+            let got = c.map(|c| (c.kind, c.level, c.crossed_levels));
+            assert_eq!(got, ev, "{from:?} at {ratio}");
+        }
+    }
+
+    /// Malformed thresholds are refused with a message.
+    #[test]
+    fn thresholds_validation() {
+        assert!(validate_thresholds(&Thresholds::default()).is_ok());
+        for bad in [
+            th(&[dec!(0.8), dec!(0.7)], dec!(1), dec!(0.05)),
+            th(&[dec!(0.8)], dec!(0.8), dec!(0.05)),
+            th(&[dec!(0.8)], dec!(1), dec!(-0.01)),
+            th(&[dec!(0)], dec!(1), dec!(0)),
+        ] {
+            assert!(validate_thresholds(&bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_thresholds(&th(&[], dec!(1), dec!(0))).is_ok());
+    }
+
+    /// The persisted state is flat JSON and round-trips.
+    #[test]
+    fn monitor_state_json() {
+        let s = MonitorState {
+            state: warn(dec!(0.8)),
+            seq: 3,
+        };
+        let j = serde_json::to_string(&s).unwrap();
+        assert_eq!(j, r#"{"state":"warning","level":"0.8","seq":3}"#);
+        assert_eq!(serde_json::from_str::<MonitorState>(&j).unwrap(), s);
+        let t = serde_json::to_string(&MonitorState {
+            state: AccountState::Triggered,
+            seq: 9,
+        })
+        .unwrap();
+        assert_eq!(t, r#"{"state":"triggered","seq":9}"#);
+    }
+
+    mod with_map {
+        use super::*;
+        use crate::accounts::tests::{w3_account, w3_instruments};
+        use crate::model::{AccountUpdate, Venue};
+
+        const NOW: TimestampMs = 1_621_428_600_000;
+
+        fn setup() -> (AccountMap, Monitor) {
+            let m = AccountMap::new(w3_instruments());
+            m.apply_update(AccountUpdate::Replace {
+                account: w3_account("w3"),
+            })
+            .unwrap();
+            (m, Monitor::new(MonitorConfig::default()).unwrap())
+        }
+
+        /// Applies BTC/ETH/SOL prices (BTC collateral moves with BTC) and evaluates the touched.
+        fn move_to(
+            m: &AccountMap,
+            mon: &mut Monitor,
+            info: &HashMap<InstrumentId, PriceUsed>,
+            p: [Decimal; 3],
+        ) -> Vec<Emitted> {
+            let mut touched = Vec::new();
+            for (id, price) in [
+                ("BTCUSDT-PERP", p[0]),
+                ("BTC", p[0]),
+                ("ETHUSDT-PERP", p[1]),
+                ("SOLUSDT-PERP", p[2]),
+            ] {
+                m.apply_price(&id.into(), price, &mut touched).unwrap();
+            }
+            mon.evaluate(m, &touched, info, NOW)
+        }
+
+        pub(crate) const W3: [Decimal; 3] = [dec!(60000), dec!(3000), dec!(150)];
+        pub(crate) const WARN: [Decimal; 3] = [dec!(54360), dec!(2718), dec!(135.9)];
+        pub(crate) const W4: [Decimal; 3] = [dec!(54000), dec!(2700), dec!(135)];
+
+        /// W3 healthy → −9.4 % warning → W4 trigger → W3 recovered, one event each, seq 1, 2, 3.
+        #[test]
+        fn w3_warning_trigger_recovered() {
+            let (m, mut mon) = setup();
+            let info = HashMap::new();
+            assert!(move_to(&m, &mut mon, &info, W3).is_empty());
+            let e = move_to(&m, &mut mon, &info, WARN);
+            assert_eq!(e.len(), 1);
+            let w = &e[0].event;
+            assert_eq!(w.kind, EventKind::LiquidationWarning);
+            assert_eq!(w.level, Some(dec!(0.8)));
+            assert_eq!(w.seq, 1);
+            let snap = w.snapshot.as_ref().unwrap();
+            assert_eq!(snap.equity, dec!(8643));
+            assert_eq!(snap.maintenance_margin, dec!(7130.4));
+            assert_eq!(w.prices.len(), 5);
+            assert!(
+                w.prices
+                    .iter()
+                    .any(|p| p.source == "stable" && p.price == dec!(1))
+            );
+            assert_eq!(
+                e[0].state_json,
+                r#"{"state":"warning","level":"0.8","seq":1}"#
+            );
+            // Same prices again: nothing.
+            assert!(move_to(&m, &mut mon, &info, WARN).is_empty());
+            let e = move_to(&m, &mut mon, &info, W4);
+            assert_eq!(e.len(), 1);
+            let t = &e[0].event;
+            assert_eq!(t.kind, EventKind::LiquidationTrigger);
+            assert_eq!(t.crossed_levels, vec![dec!(1)]);
+            assert_eq!(t.seq, 2);
+            assert_eq!(t.snapshot.as_ref().unwrap().equity, dec!(3450));
+            assert_eq!(t.snapshot.as_ref().unwrap().maintenance_margin, dec!(7080));
+            let e = move_to(&m, &mut mon, &info, W3);
+            assert_eq!(e.len(), 1);
+            let r = &e[0].event;
+            assert_eq!(r.kind, EventKind::Recovered);
+            assert_eq!(r.level, Some(dec!(0.8)));
+            assert_eq!(r.crossed_levels, vec![dec!(0.8), dec!(1)]);
+            assert_eq!(r.state, Some(AccountState::Healthy));
+            assert_eq!(r.seq, 3);
+        }
+
+        /// A jump from healthy straight to W4 is one trigger listing both levels.
+        #[test]
+        fn jump_lists_every_level() {
+            let (m, mut mon) = setup();
+            let info = HashMap::new();
+            move_to(&m, &mut mon, &info, W3);
+            let mut touched = Vec::new();
+            // Move the collateral and the perps in one evaluation batch.
+            for (id, p) in [
+                ("BTCUSDT-PERP", W4[0]),
+                ("BTC", W4[0]),
+                ("ETHUSDT-PERP", W4[1]),
+                ("SOLUSDT-PERP", W4[2]),
+            ] {
+                m.apply_price(&id.into(), p, &mut touched).unwrap();
+            }
+            let e = mon.evaluate(&m, &touched, &info, NOW);
+            assert_eq!(e.len(), 1);
+            assert_eq!(e[0].event.kind, EventKind::LiquidationTrigger);
+            assert_eq!(e[0].event.crossed_levels, vec![dec!(0.8), dec!(1)]);
+            assert_eq!(e[0].event.previous_state, Some(AccountState::Healthy));
+            let key = m.key_of(&"w3".into()).unwrap();
+            assert!(mon.evaluate_account(&m, key, &info, NOW).is_empty());
+        }
+
+        /// Restored states are not re-emitted; a change while down is; seq continues.
+        #[test]
+        fn restore_then_reevaluate() {
+            let (m, mut mon) = setup();
+            let info = HashMap::new();
+            move_to(&m, &mut mon, &info, W3);
+            let e = move_to(&m, &mut mon, &info, W4);
+            let stored = vec![(e[0].account_id.clone(), e[0].state_json.clone())];
+            let mut fresh = Monitor::new(MonitorConfig::default()).unwrap();
+            let rep = fresh.restore(stored.clone());
+            assert_eq!(rep.restored, 1);
+            assert!(fresh.evaluate_all(&m, &info, NOW).is_empty());
+            let mut again = Monitor::new(MonitorConfig::default()).unwrap();
+            again.restore(stored);
+            move_to(&m, &mut mon, &info, W3); // the prices recover "while down"
+            let e = again.evaluate_all(&m, &info, NOW);
+            assert_eq!(e.len(), 1);
+            assert_eq!(e[0].event.kind, EventKind::Recovered);
+            assert_eq!(e[0].event.seq, 2);
+            let bad = Monitor::new(MonitorConfig::default())
+                .unwrap()
+                .restore(vec![("w3".into(), "{not json".into())]);
+            assert_eq!(bad.rejected.len(), 1);
+        }
+
+        /// `hold` keeps a stale trigger back as a warning and fires it once prices are fresh.
+        #[test]
+        fn stale_trigger_held_then_fired() {
+            let m = AccountMap::new(w3_instruments());
+            m.apply_update(AccountUpdate::Replace {
+                account: w3_account("w3"),
+            })
+            .unwrap();
+            let mut mon = Monitor::new(MonitorConfig {
+                trigger_on_stale: StalePolicy::Hold,
+                ..Default::default()
+            })
+            .unwrap();
+            let stale_btc = |stale: bool| {
+                let mut info = HashMap::new();
+                info.insert(
+                    InstrumentId::from("BTCUSDT-PERP"),
+                    PriceUsed {
+                        instrument: "BTCUSDT-PERP".into(),
+                        price: dec!(0),
+                        source: Venue::BinanceUsdm.to_string(),
+                        received_ts: NOW - 90_000,
+                        age_ms: 90_000,
+                        stale,
+                    },
+                );
+                info
+            };
+            move_to(&m, &mut mon, &stale_btc(true), W3);
+            let e = move_to(&m, &mut mon, &stale_btc(true), W4);
+            assert_eq!(e.len(), 1);
+            assert_eq!(e[0].event.kind, EventKind::LiquidationWarning);
+            assert!(e[0].event.stale_prices);
+            let btc = e[0]
+                .event
+                .prices
+                .iter()
+                .find(|p| p.instrument.as_str() == "BTCUSDT-PERP")
+                .unwrap();
+            assert_eq!(
+                (btc.price, btc.age_ms, btc.stale),
+                (dec!(54000), 90_000, true)
+            );
+            let e = mon.reevaluate_holders(&m, &"BTCUSDT-PERP".into(), &stale_btc(false), NOW);
+            assert_eq!(e.len(), 1);
+            assert_eq!(e[0].event.kind, EventKind::LiquidationTrigger);
+            assert!(!e[0].event.stale_prices);
+        }
+
+        /// Per-account thresholds override the defaults; incomplete accounts are not evaluated.
+        #[test]
+        fn overrides_and_incomplete() {
+            let m = AccountMap::new(w3_instruments());
+            let mut a = w3_account("tight");
+            a.thresholds = Some(th(&[dec!(0.05)], dec!(0.5), dec!(0.01)));
+            m.apply_update(AccountUpdate::Replace { account: a })
+                .unwrap();
+            let mut mon = Monitor::new(MonitorConfig::default()).unwrap();
+            let info = HashMap::new();
+            let mut touched = Vec::new();
+            m.apply_price(&"BTCUSDT-PERP".into(), W3[0], &mut touched)
+                .unwrap();
+            assert!(mon.evaluate(&m, &touched, &info, NOW).is_empty());
+            let e = move_to(&m, &mut mon, &info, W3);
+            assert_eq!(e.len(), 1);
+            assert_eq!(e[0].event.level, Some(dec!(0.05)));
+            let e = move_to(&m, &mut mon, &info, WARN);
+            assert_eq!(e[0].event.kind, EventKind::LiquidationTrigger);
+            assert_eq!(e[0].event.level, Some(dec!(0.5)));
+        }
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn ratio() -> impl Strategy<Value = MarginRatio> {
+            prop_oneof![
+                9 => (0u32..1500).prop_map(|n| MarginRatio::Finite(Decimal::new(n.into(), 3))),
+                1 => Just(MarginRatio::Infinite),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+            /// Events fire exactly when a level is crossed (up at the level, down below level − h),
+            /// never twice in a row for the same crossing, and the state always agrees with the ratio.
+            #[test]
+            fn events_fire_exactly_on_crossings(ratios in proptest::collection::vec(ratio(), 1..60)) {
+                let t = th(&[dec!(0.6), dec!(0.8)], dec!(1), dec!(0.05));
+                let mut s = AccountState::Healthy;
+                for r in ratios {
+                    let before = rank_of(&s, &t);
+                    let (next, c) = transition(&s, r, &t);
+                    let after = rank_of(&next, &t);
+                    // The reference: up to the highest level reached; down only past level − h.
+                    let up = levels(&t).filter(|l| r.at_or_above(*l)).count();
+                    let expected = if up > before {
+                        up
+                    } else {
+                        let mut d = before;
+                        while d > 0 && level_at(&t, d).is_some_and(|l| r.below(l - t.hysteresis)) {
+                            d -= 1;
+                        }
+                        d
+                    };
+                    prop_assert_eq!(after, expected);
+                    prop_assert_eq!(c.is_some(), after != before);
+                    if let Some(c) = &c {
+                        prop_assert_eq!(c.crossed_levels.len(), after.abs_diff(before));
+                        let kind = if after < before { EventKind::Recovered }
+                            else if after == 3 { EventKind::LiquidationTrigger }
+                            else { EventKind::LiquidationWarning };
+                        prop_assert_eq!(c.kind, kind);
+                    }
+                    // Re-applying the same ratio never fires again.
+                    let (again, c2) = transition(&next, r, &t);
+                    prop_assert!(c2.is_none());
+                    prop_assert_eq!(&again, &next);
+                    s = next;
+                }
+            }
+        }
+    }
+}

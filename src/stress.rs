@@ -1,12 +1,473 @@
-//! The stress command (to be written).
+//! `liqwatch stress`: load instruments, accounts and prices from files, apply price-shock
+//! scenarios, and print every account's equity, maintenance margin, margin ratio, state and
+//! distances to liquidation — an aligned table, or JSON with `--format json`.
+//!
+//! Exit codes: 0 done; 2 a bad file, flag or scenario (the message names the file, line and
+//! field); 1 an account could not be valued (e.g. arithmetic overflow), after printing the
+//! others.
 
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use crate::inputs::{self, InputError, Scenario};
+use crate::margin::{self, to_cents};
+use crate::model::{
+    Account, AccountId, AccountState, Instrument, InstrumentId, MarginRatio, PositionSide,
+    RiskSnapshot, ShockDistance, Thresholds,
+};
+
+/// Output format.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Aligned, human-readable table.
+    Table,
+    /// One JSON document (`{"scenarios": […], "results": […]}`).
+    Json,
+}
 
 /// Arguments of `liqwatch stress`.
 #[derive(clap::Args, Debug)]
-pub struct StressArgs {}
+pub struct StressArgs {
+    /// Instrument presets (TOML, `[[instrument]]` tables and an `include` list).
+    #[arg(long, value_name = "FILE", default_value = "feeds/presets.toml")]
+    pub instruments: PathBuf,
+    /// Accounts: `{"accounts": […]}` JSON, or JSONL when the name ends in `.jsonl`.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "feeds/sample/accounts.json"
+    )]
+    pub accounts: PathBuf,
+    /// Prices (TOML `[prices]`, keys are underlyings or instrument ids).
+    #[arg(long, value_name = "FILE", default_value = "feeds/sample/prices.toml")]
+    pub prices: PathBuf,
+    /// A scenario such as `all=-10%` or `BTC=-20%,ETH=-25%`. Repeat the flag, or separate
+    /// scenarios with `;`, for several. The unshocked state (`none`) is always shown first.
+    #[arg(long = "shock", value_name = "SCENARIO", allow_hyphen_values = true)]
+    pub shocks: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// The nearest per-position liquidation price of an account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NearestLiquidation {
+    /// The position's instrument.
+    pub instrument: InstrumentId,
+    /// The position's leg.
+    pub side: PositionSide,
+    /// Its price now (under the scenario).
+    pub mark_price: Decimal,
+    /// The price at which the account reaches its trigger, others frozen (exact).
+    pub liquidation_price: Decimal,
+    /// `liquidation_price / mark_price − 1`.
+    pub relative_move: Decimal,
+}
+
+/// One account under one scenario.
+#[derive(Clone, Debug, Serialize)]
+pub struct StressRow {
+    /// The account.
+    pub account: AccountId,
+    /// The scenario (`none` for today's prices).
+    pub scenario: String,
+    /// Equity rounded half-up to the cent.
+    pub equity: Decimal,
+    /// Maintenance margin rounded to the cent.
+    pub maintenance_margin: Decimal,
+    /// MM / equity, exact (`"inf"` when equity ≤ 0).
+    pub margin_ratio: MarginRatio,
+    /// Margin ratio in percent, rounded to 0.01 (`"inf"`).
+    pub margin_ratio_pct: String,
+    /// Healthy / warning (with level) / triggered against the account's levels.
+    pub state: AccountState,
+    /// The trigger level the distances are measured to.
+    pub trigger: Decimal,
+    /// Uniform-shock distance from this scenario's prices, exact fractions.
+    pub shock_distance: ShockDistance,
+    /// The per-position liquidation price nearest to its mark, if any.
+    pub nearest_liquidation: Option<NearestLiquidation>,
+    /// The full snapshot, exact figures.
+    pub snapshot: RiskSnapshot,
+}
+
+#[derive(Serialize)]
+struct JsonOut<'a> {
+    scenarios: Vec<&'a str>,
+    results: &'a [StressRow],
+    errors: &'a [String],
+}
+
+/// The state of a margin ratio against levels.
+pub fn state_of(ratio: MarginRatio, levels: &Thresholds) -> AccountState {
+    if ratio.at_or_above(levels.trigger) {
+        return AccountState::Triggered;
+    }
+    match levels
+        .warning_levels
+        .iter()
+        .rev()
+        .find(|l| ratio.at_or_above(**l))
+    {
+        Some(l) => AccountState::Warning { level: *l },
+        None => AccountState::Healthy,
+    }
+}
+
+fn nearest_liquidation(s: &RiskSnapshot) -> Option<NearestLiquidation> {
+    s.positions
+        .iter()
+        .filter_map(|p| {
+            let lp = p.liquidation_price?;
+            if p.mark_price <= Decimal::ZERO {
+                return None;
+            }
+            let rel = lp.checked_div(p.mark_price)?.checked_sub(Decimal::ONE)?;
+            Some(NearestLiquidation {
+                instrument: p.instrument.clone(),
+                side: p.side,
+                mark_price: p.mark_price,
+                liquidation_price: lp,
+                relative_move: rel,
+            })
+        })
+        .min_by_key(|n| n.relative_move.abs())
+}
+
+/// Computes one row: the account's snapshot at `prices` against its levels.
+pub fn stress_row(
+    account: &Account,
+    instruments: &HashMap<InstrumentId, Instrument>,
+    prices: &HashMap<InstrumentId, Decimal>,
+    scenario: &str,
+) -> Result<StressRow, margin::MarginError> {
+    let levels = account.thresholds.clone().unwrap_or_default();
+    let snap = margin::account_snapshot(account, instruments, prices, levels.trigger)?;
+    let pct = match snap.margin_ratio {
+        MarginRatio::Finite(r) => to_cents(r * Decimal::ONE_HUNDRED).to_string(),
+        MarginRatio::Infinite => "inf".into(),
+    };
+    Ok(StressRow {
+        account: account.id.clone(),
+        scenario: scenario.to_string(),
+        equity: to_cents(snap.equity),
+        maintenance_margin: to_cents(snap.maintenance_margin),
+        margin_ratio: snap.margin_ratio,
+        margin_ratio_pct: pct,
+        state: state_of(snap.margin_ratio, &levels),
+        trigger: levels.trigger,
+        shock_distance: snap.shock_distance.clone(),
+        nearest_liquidation: nearest_liquidation(&snap),
+        snapshot: snap,
+    })
+}
+
+/// Everything the command needs, loaded and checked.
+pub struct StressInputs {
+    /// Instruments by id.
+    pub instruments: HashMap<InstrumentId, Instrument>,
+    /// Accounts in file order.
+    pub accounts: Vec<Account>,
+    /// Today's prices by instrument.
+    pub prices: HashMap<InstrumentId, Decimal>,
+    /// `none` first, then the scenarios asked for.
+    pub scenarios: Vec<Scenario>,
+    /// Warnings about the input files.
+    pub warnings: Vec<String>,
+}
+
+/// Loads and checks the files and scenarios named by `args`.
+pub fn load(args: &StressArgs) -> Result<StressInputs, InputError> {
+    let (instruments, warns) = inputs::load_instruments_with_warnings(&args.instruments)?;
+    let accounts = inputs::load_accounts_checked(&args.accounts, &instruments)?;
+    let prices = inputs::load_prices(&args.prices, &instruments)?;
+    check_prices_cover(&args.prices, &accounts, &instruments, &prices)?;
+    let known: HashSet<String> = instruments
+        .values()
+        .filter(|i| !i.stable)
+        .map(|i| i.underlying.clone())
+        .collect();
+    let mut scenarios = vec![Scenario::none()];
+    for arg in &args.shocks {
+        for part in arg.split(';').filter(|p| !p.trim().is_empty()) {
+            let sc = inputs::parse_scenario(part, Some(&known))?;
+            if sc.name != "none" {
+                scenarios.push(sc);
+            }
+        }
+    }
+    Ok(StressInputs {
+        instruments,
+        accounts,
+        prices,
+        scenarios,
+        warnings: warns.iter().map(|w| format!("warning: {w}")).collect(),
+    })
+}
+
+fn check_prices_cover(
+    path: &Path,
+    accounts: &[Account],
+    instruments: &HashMap<InstrumentId, Instrument>,
+    prices: &HashMap<InstrumentId, Decimal>,
+) -> Result<(), InputError> {
+    for a in accounts {
+        let ids = a
+            .collateral
+            .keys()
+            .chain(a.positions.iter().map(|p| &p.instrument));
+        for id in ids {
+            let Some(i) = instruments.get(id) else {
+                continue;
+            };
+            if i.stable || prices.contains_key(id) {
+                continue;
+            }
+            return Err(InputError::Invalid {
+                path: path.to_path_buf(),
+                line: None,
+                field: "prices".into(),
+                message: format!(
+                    "no price for {id} (underlying {u}), needed by account {acct}; add {u} = \"…\" under [prices]",
+                    u = i.underlying,
+                    acct = a.id
+                ),
+            });
+        }
+    }
+    Ok(())
+}
 
 /// Runs the command.
-pub fn main(_args: StressArgs) -> ExitCode {
-    ExitCode::from(1)
+pub fn main(args: StressArgs) -> ExitCode {
+    let inputs = match load(&args) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("liqwatch stress: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for w in &inputs.warnings {
+        eprintln!("{w}");
+    }
+    let mut rows = Vec::new();
+    let mut errors = Vec::new();
+    for a in &inputs.accounts {
+        for sc in &inputs.scenarios {
+            let Some(prices) = sc.apply(&inputs.instruments, &inputs.prices) else {
+                errors.push(format!(
+                    "account {}, scenario {}: prices overflow",
+                    a.id, sc.name
+                ));
+                continue;
+            };
+            match stress_row(a, &inputs.instruments, &prices, &sc.name) {
+                Ok(r) => rows.push(r),
+                Err(e) => errors.push(format!("account {}, scenario {}: {e}", a.id, sc.name)),
+            }
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    let written = match args.format {
+        Format::Json => {
+            let doc = JsonOut {
+                scenarios: inputs.scenarios.iter().map(|s| s.name.as_str()).collect(),
+                results: &rows,
+                errors: &errors,
+            };
+            serde_json::to_writer_pretty(&mut out, &doc)
+                .map_err(std::io::Error::other)
+                .and_then(|()| writeln!(out))
+        }
+        Format::Table => out.write_all(render_table(&rows).as_bytes()),
+    };
+    if let Err(e) = written {
+        eprintln!("liqwatch stress: cannot write output: {e}");
+        return ExitCode::from(1);
+    }
+    for e in &errors {
+        eprintln!("liqwatch stress: {e}");
+    }
+    if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `1234567.891` → `1,234,567.89` (half-up to the cent).
+pub fn money(d: Decimal) -> String {
+    let s = format!("{:.2}", to_cents(d));
+    let (sign, digits) = match s.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", s.as_str()),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, "00"));
+    let mut grouped = String::with_capacity(int.len() + int.len() / 3);
+    for (i, c) in int.chars().enumerate() {
+        if i > 0 && (int.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    format!("{sign}{grouped}.{frac}")
+}
+
+fn price(d: Decimal) -> String {
+    if d.abs() >= Decimal::ONE {
+        money(d)
+    } else {
+        d.round_dp(6).normalize().to_string()
+    }
+}
+
+fn percent(f: Decimal, dp: u32) -> String {
+    let p = (f * Decimal::ONE_HUNDRED)
+        .round_dp_with_strategy(dp, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+    if p > Decimal::ZERO {
+        format!("+{p:.dp$} %", dp = dp as usize)
+    } else {
+        format!("{p:.dp$} %", dp = dp as usize)
+    }
+}
+
+fn state_text(s: &AccountState) -> String {
+    match s {
+        AccountState::Healthy => "healthy".into(),
+        AccountState::Warning { level } => format!("warning {level}"),
+        AccountState::Triggered => "TRIGGERED".into(),
+    }
+}
+
+/// The aligned table printed by default.
+pub fn render_table(rows: &[StressRow]) -> String {
+    let header = [
+        "account",
+        "scenario",
+        "equity",
+        "maint. margin",
+        "ratio",
+        "state",
+        "shock to trigger",
+        "nearest liquidation price (others frozen)",
+    ];
+    let mut cells: Vec<[String; 8]> = Vec::with_capacity(rows.len());
+    for r in rows {
+        let ratio = match r.margin_ratio {
+            MarginRatio::Finite(_) => format!("{} %", r.margin_ratio_pct),
+            MarginRatio::Infinite => "inf".into(),
+        };
+        // For a triggered account the nearest crossing is the move that would end it.
+        let shock = match (r.shock_distance.nearest, &r.state) {
+            (Some(s), AccountState::Triggered) => format!("recovers {}", percent(s, 4)),
+            (Some(s), _) => percent(s, 4),
+            (None, _) => "unreachable".into(),
+        };
+        let lp = match &r.nearest_liquidation {
+            Some(n) => format!(
+                "{}{} {} ({})",
+                n.instrument,
+                match n.side {
+                    PositionSide::Both => "",
+                    PositionSide::Long => "/long",
+                    PositionSide::Short => "/short",
+                },
+                price(n.liquidation_price),
+                percent(n.relative_move, 2)
+            ),
+            None => "-".into(),
+        };
+        cells.push([
+            r.account.to_string(),
+            r.scenario.clone(),
+            money(r.equity),
+            money(r.maintenance_margin),
+            ratio,
+            state_text(&r.state),
+            shock,
+            lp,
+        ]);
+    }
+    let mut widths = header.map(str::len);
+    for c in &cells {
+        for (w, s) in widths.iter_mut().zip(c.iter()) {
+            *w = (*w).max(s.chars().count());
+        }
+    }
+    // Numbers right-aligned, text left-aligned.
+    let right = [false, false, true, true, true, false, true, false];
+    let line = |c: &[String]| {
+        let mut s = String::new();
+        for (k, cell) in c.iter().enumerate() {
+            let w = widths[k];
+            let pad = w.saturating_sub(cell.chars().count());
+            if k > 0 {
+                s.push_str("  ");
+            }
+            if right[k] {
+                s.push_str(&" ".repeat(pad));
+                s.push_str(cell);
+            } else {
+                s.push_str(cell);
+                if k + 1 < c.len() {
+                    s.push_str(&" ".repeat(pad));
+                }
+            }
+        }
+        s.push('\n');
+        s
+    };
+    let mut out = line(&header.map(String::from));
+    let mut prev_account: Option<&AccountId> = None;
+    for (r, c) in rows.iter().zip(&cells) {
+        if prev_account.is_some_and(|p| p != &r.account) {
+            out.push('\n');
+        }
+        prev_account = Some(&r.account);
+        out.push_str(&line(c));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal_macros::dec;
+
+    /// Money formatting groups thousands and rounds half-up to the cent.
+    #[test]
+    fn money_format() {
+        assert_eq!(money(dec!(1234567.895)), "1,234,567.90");
+        assert_eq!(money(dec!(-83100)), "-83,100.00");
+        assert_eq!(money(dec!(0.004)), "0.00");
+        assert_eq!(money(dec!(999)), "999.00");
+    }
+
+    /// States follow the highest level reached; infinite ratio is triggered.
+    #[test]
+    fn states() {
+        let t = Thresholds {
+            warning_levels: vec![dec!(0.5), dec!(0.8)],
+            ..Thresholds::default()
+        };
+        assert_eq!(
+            state_of(MarginRatio::Finite(dec!(0.49)), &t),
+            AccountState::Healthy
+        );
+        assert_eq!(
+            state_of(MarginRatio::Finite(dec!(0.85)), &t),
+            AccountState::Warning { level: dec!(0.8) }
+        );
+        assert_eq!(
+            state_of(MarginRatio::Finite(dec!(1)), &t),
+            AccountState::Triggered
+        );
+        assert_eq!(state_of(MarginRatio::Infinite, &t), AccountState::Triggered);
+    }
 }

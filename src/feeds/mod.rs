@@ -3,6 +3,36 @@
 //!
 //! Adding a venue = one file here implementing [`Feed`], fixtures in `feeds/<venue>/`, one match
 //! arm in [`feed_for`], one row in the README table.
+//!
+//! ## The driver
+//!
+//! [`spawn_feed`] runs one task per (venue, connection) that owns the socket:
+//!
+//! - connects with `connect_timeout`, calls [`Feed::reset`], sends
+//!   [`Feed::subscribe_messages`] (paced by [`Feed::send_interval`]);
+//! - reads frames and hands each text frame to [`Feed::parse`]; ticks are mapped from venue
+//!   symbols to canonical instruments through [`SymbolRoutes`] (built from the instruments'
+//!   `sources`) and published to the [`PriceBoard`] — never blocking on the engine. A symbol
+//!   with no route is counted (`liqwatch_feed_unknown_symbols_total`) and ignored;
+//! - a rejected subscription is logged at ERROR naming the symbol, counted, shown in the status
+//!   and left out of later connections; an ack proves nothing on Binance, so every subscribed
+//!   symbol must deliver a first data frame within `first_data_timeout`, else it is reported as
+//!   unconfirmed (ERROR log, counter, status) — without reconnecting;
+//! - keeps the transport alive: client text pings ([`Heartbeat::client_ping`]), protocol pings
+//!   ([`Feed::protocol_ping_interval`]), answers server pings, sends [`Frame::Reply`] texts;
+//! - transport liveness: any frame at all (data, pong, ping) proves the socket; none for
+//!   `dead_after` → reconnect. Data freshness is the price board's business, so a quiet
+//!   instrument never causes a reconnect;
+//! - rotates the connection at [`Feed::max_connection_age`] (Binance 24 h) and on
+//!   [`Frame::ReconnectSoon`], reconnecting at once (the gap is one reconnect);
+//! - reconnects after errors with jittered exponential backoff (`backoff_initial` doubling up
+//!   to `backoff_max`, each delay drawn from [½·d, d]); the backoff resets only after a
+//!   connection has delivered data for `healthy_after`;
+//! - runs each connection in a `feed_connection` tracing span and stops on the
+//!   [`CancellationToken`].
+//!
+//! Status per venue ([`FeedStatus`]: connected since, last frame, reconnects, errors, and per
+//! instrument the last price, its age and staleness) comes from [`FeedRegistry::snapshot`].
 
 pub mod binance;
 pub mod bybit;
@@ -11,11 +41,27 @@ pub mod hyperliquid;
 pub mod okx;
 pub mod replay;
 
+mod driver;
+
 use std::time::Duration;
 
 use rust_decimal::Decimal;
 
 use crate::model::{TimestampMs, Venue};
+
+pub use driver::{
+    FeedConfig, FeedError, FeedInstrumentStatus, FeedRegistry, FeedStatus, FeedStatusHandle,
+    SymbolRoutes, run_feed, spawn_feed,
+};
+
+/// The adapter for a venue, or an error for a venue without one yet.
+pub fn feed_for(venue: Venue) -> Result<Box<dyn Feed>, FeedError> {
+    match venue {
+        Venue::BinanceUsdm => Ok(Box::new(binance::BinanceUsdm::new())),
+        Venue::BybitLinear => Ok(Box::new(bybit::BybitLinear::new())),
+        other => Err(FeedError::NoAdapter(other)),
+    }
+}
 
 /// One price observation for one venue symbol, borrowed from the frame it was parsed from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,6 +169,18 @@ pub trait Feed: Send + 'static {
 
     /// Called on every new connection: clear per-connection state (Bybit delta merge).
     fn reset(&mut self) {}
+
+    /// Send a WebSocket protocol ping this often (Binance: the pong proves liveness between
+    /// the server's own 3-minute pings). `None`: no protocol pings from us.
+    fn protocol_ping_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Minimum gap between the subscribe messages sent on connect (venue inbound rate limits,
+    /// e.g. Binance 10 messages/s).
+    fn send_interval(&self) -> Duration {
+        Duration::ZERO
+    }
 
     /// Parses one text frame. Price observations are appended to `out`.
     fn parse<'a>(

@@ -1,18 +1,36 @@
 //! Event sinks: the [`Sink`] trait and the one generic driver that delivers journaled events
 //! from the sink's own cursor, in batches, with retry, backoff and metrics.
 //!
-//! Adding a sink = one file here implementing [`Sink`] that passes the shared sink contract test.
+//! Adding a sink = one file here implementing [`Sink`] that passes the shared sink contract test
+//! (`tests/support/sink_contract.rs`).
+//!
+//! The driver ([`spawn_sink`]) never sees an event before it is committed to the journal. It
+//! reads at the sink's cursor, drops what the sink's [`SinkFilter`] does not want (those just
+//! advance the cursor), calls [`Sink::deliver`], advances the cursor past what was delivered,
+//! retries [`SinkError::Retriable`] with jittered exponential backoff (honouring
+//! `retry_after`), dead-letters [`SinkError::Permanent`] and moves on. It sleeps on the
+//! journal's commit notification instead of polling. A failing sink raises its own alarm
+//! ([`SinkHealth`], metrics, an ERROR log) and stops nothing else.
 
 pub mod jsonl;
 pub mod nats;
+pub mod noise;
 pub mod stdout;
 pub mod webhook;
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use crate::model::RiskEvent;
+use crate::journal::{Backoff, Journal, JournalError, JournalHandle};
+use crate::model::{AccountId, EventKind, RiskEvent, TimestampMs, now_ms};
 
 /// One journaled event as a sink sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,4 +81,553 @@ pub trait Sink: Send + 'static {
         &'a mut self,
         batch: &'a [JournalEntry],
     ) -> BoxFuture<'a, (usize, Option<SinkError>)>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Filter
+// ---------------------------------------------------------------------------------------------
+
+/// Minimum event severity a sink wants (see [`EventKind::severity`]).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Everything: `recovered`, `feed_restored` and up (severity 0).
+    #[default]
+    Info,
+    /// `liquidation_warning`, `feed_stale` and up (severity 1).
+    Warning,
+    /// `liquidation_trigger` only (severity 2).
+    Critical,
+}
+
+impl Severity {
+    /// The numeric level compared with [`EventKind::severity`].
+    pub fn level(self) -> u8 {
+        match self {
+            Severity::Info => 0,
+            Severity::Warning => 1,
+            Severity::Critical => 2,
+        }
+    }
+}
+
+/// Which events a sink wants. Empty lists mean "all". An event passes when its kind is listed
+/// (or `kinds` is empty), its severity is at least `min_severity`, and — for account events —
+/// its account is listed (or `accounts` is empty). Feed events carry no account and pass the
+/// accounts test. Filtered-out events simply advance the sink's cursor.
+///
+/// Config form: `filter = { kinds = ["liquidation_trigger"], min_severity = "warning",
+/// accounts = ["acct-1"] }`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkFilter {
+    /// Event kinds to deliver; empty = every kind.
+    #[serde(default)]
+    pub kinds: BTreeSet<EventKind>,
+    /// Minimum severity to deliver.
+    #[serde(default)]
+    pub min_severity: Severity,
+    /// Accounts to deliver; empty = every account.
+    #[serde(default)]
+    pub accounts: BTreeSet<AccountId>,
+}
+
+impl SinkFilter {
+    /// A filter that lets everything through.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// True when the sink wants `event`.
+    pub fn matches(&self, event: &RiskEvent) -> bool {
+        if !self.kinds.is_empty() && !self.kinds.contains(&event.kind) {
+            return false;
+        }
+        if event.kind.severity() < self.min_severity.level() {
+            return false;
+        }
+        match &event.account_id {
+            Some(a) if !self.accounts.is_empty() => self.accounts.contains(a),
+            _ => true,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Driver
+// ---------------------------------------------------------------------------------------------
+
+/// Tuning of the delivery driver.
+#[derive(Clone, Debug)]
+pub struct DriverOptions {
+    /// Most entries read from the journal (and handed to the sink) at once.
+    pub batch_size: usize,
+    /// First retry delay (then doubling, jittered).
+    pub backoff_initial: Duration,
+    /// Longest retry delay (a receiver's `retry_after` may ask for more, up to 10 min).
+    pub backoff_max: Duration,
+    /// Upper bound on one `deliver` call; hitting it counts as a retriable failure.
+    pub deliver_timeout: Duration,
+    /// A sink failing continuously this long is reported stuck (ERROR log, gauge, health).
+    pub stuck_after: Duration,
+    /// After cancellation, how long the driver keeps delivering what is already journaled.
+    pub drain_grace: Duration,
+    /// Safety-net re-check of the journal when no commit notification arrives.
+    pub idle_recheck: Duration,
+}
+
+impl Default for DriverOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 256,
+            backoff_initial: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+            deliver_timeout: Duration::from_secs(30),
+            stuck_after: Duration::from_secs(60),
+            drain_grace: Duration::from_secs(10),
+            idle_recheck: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What a sink's driver is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkState {
+    /// Not started yet.
+    Starting,
+    /// Caught up with the journal, waiting for new events.
+    Idle,
+    /// Delivering a backlog.
+    Delivering,
+    /// The last attempt failed; retrying with backoff.
+    Retrying,
+    /// Failing continuously for longer than `stuck_after`.
+    Stuck,
+    /// The driver has stopped (shutdown).
+    Stopped,
+}
+
+/// A sink's health snapshot, for `/readyz` and logs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SinkHealth {
+    /// The sink's name.
+    pub sink: String,
+    /// What the driver is doing.
+    pub state: SinkState,
+    /// Every event with seq ≤ cursor is done for this sink.
+    pub cursor: u64,
+    /// The journal's last committed seq as last seen.
+    pub last_seq: u64,
+    /// `last_seq − cursor`.
+    pub lag: u64,
+    /// Events delivered since start.
+    pub delivered: u64,
+    /// Events skipped by the filter since start.
+    pub filtered: u64,
+    /// Retries since start.
+    pub retries: u64,
+    /// Events dead-lettered since start.
+    pub dead_letters: u64,
+    /// Failed attempts in a row.
+    pub consecutive_failures: u32,
+    /// The most recent error, if the sink is failing.
+    pub last_error: Option<String>,
+    /// When the current failure streak began (ms since the epoch).
+    pub failing_since_ms: Option<TimestampMs>,
+    /// When the sink last delivered something (ms since the epoch).
+    pub last_delivery_ms: Option<TimestampMs>,
+}
+
+impl SinkHealth {
+    fn new(sink: &str) -> Self {
+        Self {
+            sink: sink.to_owned(),
+            state: SinkState::Starting,
+            cursor: 0,
+            last_seq: 0,
+            lag: 0,
+            delivered: 0,
+            filtered: 0,
+            retries: 0,
+            dead_letters: 0,
+            consecutive_failures: 0,
+            last_error: None,
+            failing_since_ms: None,
+            last_delivery_ms: None,
+        }
+    }
+
+    /// False when the sink is stuck (the `/readyz` detail should name it).
+    pub fn is_healthy(&self) -> bool {
+        self.state != SinkState::Stuck
+    }
+}
+
+/// A running sink driver.
+#[derive(Debug)]
+pub struct SinkTask {
+    /// The sink's name.
+    pub name: String,
+    /// The driver task; it ends after cancellation once drained (or the grace period passed).
+    pub join: JoinHandle<()>,
+    /// Live health; `borrow()` for a snapshot.
+    pub health: watch::Receiver<SinkHealth>,
+}
+
+impl SinkTask {
+    /// A snapshot of the sink's health.
+    pub fn health(&self) -> SinkHealth {
+        self.health.borrow().clone()
+    }
+}
+
+/// Spawns the delivery driver for `sink` with default [`DriverOptions`].
+pub fn spawn_sink(
+    sink: Box<dyn Sink>,
+    filter: SinkFilter,
+    journal: Arc<Journal>,
+    cancel: CancellationToken,
+) -> SinkTask {
+    spawn_sink_with(sink, filter, journal, DriverOptions::default(), cancel)
+}
+
+/// Spawns the delivery driver for `sink`. On `cancel` it keeps delivering what is already
+/// journaled for up to `options.drain_grace`, then stops.
+pub fn spawn_sink_with(
+    sink: Box<dyn Sink>,
+    filter: SinkFilter,
+    journal: Arc<Journal>,
+    options: DriverOptions,
+    cancel: CancellationToken,
+) -> SinkTask {
+    let name = sink.name().to_owned();
+    let (health_tx, health) = watch::channel(SinkHealth::new(&name));
+    let driver = Driver {
+        name: name.clone(),
+        filter,
+        journal: JournalHandle::new(journal),
+        options,
+        cancel,
+        health: health_tx,
+        stuck: false,
+    };
+    let span = tracing::info_span!("sink", sink = %name);
+    let join = tokio::spawn(tracing::Instrument::instrument(driver.run(sink), span));
+    SinkTask { name, join, health }
+}
+
+struct Driver {
+    name: String,
+    filter: SinkFilter,
+    journal: JournalHandle,
+    options: DriverOptions,
+    cancel: CancellationToken,
+    health: watch::Sender<SinkHealth>,
+    stuck: bool,
+}
+
+enum Wait {
+    Done,
+    DeadlinePassed,
+}
+
+impl Driver {
+    /// Sleeps `d`, or less when draining and the deadline comes first.
+    async fn pause(&self, d: Duration, deadline: Option<Instant>) -> Wait {
+        match deadline {
+            Some(dl) => {
+                let until = (Instant::now() + d).min(dl);
+                tokio::time::sleep_until(until).await;
+                if Instant::now() >= dl {
+                    Wait::DeadlinePassed
+                } else {
+                    Wait::Done
+                }
+            }
+            None => {
+                tokio::select! {
+                    _ = self.cancel.cancelled() => {}
+                    _ = tokio::time::sleep(d) => {}
+                }
+                Wait::Done
+            }
+        }
+    }
+
+    fn set_state(&self, state: SinkState, cursor: u64) {
+        let last_seq = self.journal.journal().last_seq();
+        let lag = last_seq.saturating_sub(cursor);
+        metrics::gauge!("liqwatch_sink_lag_events", "sink" => self.name.clone()).set(lag as f64);
+        self.health.send_modify(|h| {
+            h.state = if self.stuck { SinkState::Stuck } else { state };
+            h.cursor = cursor;
+            h.last_seq = last_seq;
+            h.lag = lag;
+        });
+    }
+
+    fn record_failure(&mut self, error: &str, cursor: u64) {
+        let now = now_ms();
+        let stuck_ms = i64::try_from(self.options.stuck_after.as_millis()).unwrap_or(i64::MAX);
+        let mut became_stuck = false;
+        self.health.send_modify(|h| {
+            h.consecutive_failures = h.consecutive_failures.saturating_add(1);
+            h.last_error = Some(error.to_owned());
+            let since = *h.failing_since_ms.get_or_insert(now);
+            if !self.stuck && now.saturating_sub(since) >= stuck_ms {
+                became_stuck = true;
+            }
+        });
+        if became_stuck {
+            self.stuck = true;
+            metrics::gauge!("liqwatch_sink_stuck", "sink" => self.name.clone()).set(1.0);
+            tracing::error!(sink = %self.name, %error, cursor, lag = self.journal.journal().last_seq().saturating_sub(cursor),
+                "Sink stuck: failing for longer than stuck_after; events wait in the journal, detection and other sinks continue");
+        }
+        self.set_state(SinkState::Retrying, cursor);
+    }
+
+    fn record_success(&mut self, cursor: u64) {
+        let was_failing = self.health.borrow().consecutive_failures > 0;
+        if self.stuck {
+            self.stuck = false;
+            metrics::gauge!("liqwatch_sink_stuck", "sink" => self.name.clone()).set(0.0);
+        }
+        if was_failing {
+            tracing::warn!(sink = %self.name, cursor, "Sink recovered");
+        }
+        self.health.send_modify(|h| {
+            h.consecutive_failures = 0;
+            h.last_error = None;
+            h.failing_since_ms = None;
+            h.last_delivery_ms = Some(now_ms());
+        });
+    }
+
+    async fn run(mut self, mut sink: Box<dyn Sink>) {
+        let name = self.name.clone();
+        metrics::gauge!("liqwatch_sink_stuck", "sink" => name.clone()).set(0.0);
+        let mut backoff = Backoff::new(self.options.backoff_initial, self.options.backoff_max);
+        let mut deadline: Option<Instant> = None;
+        let mut committed = self.journal.journal().subscribe();
+
+        // The cursor: registered once, then kept in memory and persisted after each batch.
+        let mut cursor = loop {
+            let n = name.clone();
+            match self.journal.run(move |j| j.register_sink(&n)).await {
+                Ok(c) => break c,
+                Err(error) => {
+                    tracing::error!(sink = %name, %error, "Cannot read sink cursor; retrying");
+                    if self.cancel.is_cancelled() {
+                        self.set_state(SinkState::Stopped, 0);
+                        return;
+                    }
+                    let d = backoff.next_delay(None);
+                    self.pause(d, None).await;
+                }
+            }
+        };
+        backoff.reset();
+        tracing::info!(sink = %name, cursor, "Sink driver started");
+        self.set_state(SinkState::Delivering, cursor);
+
+        loop {
+            if deadline.is_none() && self.cancel.is_cancelled() {
+                deadline = Some(Instant::now() + self.options.drain_grace);
+                tracing::info!(sink = %name, cursor, "Sink draining before shutdown");
+            }
+            if let Some(dl) = deadline
+                && Instant::now() >= dl
+            {
+                tracing::warn!(sink = %name, cursor, lag = self.journal.journal().last_seq().saturating_sub(cursor),
+                    "Sink drain grace period over; the rest is delivered after restart");
+                break;
+            }
+            // Mark what we've seen before reading so a commit racing the read wakes us again.
+            committed.borrow_and_update();
+            let batch = match self
+                .journal
+                .read_after(cursor, self.options.batch_size)
+                .await
+            {
+                Ok(b) => b,
+                Err(JournalError::CorruptRow { seq, reason }) => {
+                    let why = format!("journal row unreadable: {reason}");
+                    tracing::error!(sink = %name, seq, %reason, "Dead-lettering unreadable journal row");
+                    metrics::counter!("liqwatch_sink_dead_letters_total", "sink" => name.clone())
+                        .increment(1);
+                    if self
+                        .journal
+                        .dead_letter(name.clone(), seq, why)
+                        .await
+                        .is_ok()
+                    {
+                        cursor = cursor.max(seq);
+                        self.health.send_modify(|h| h.dead_letters += 1);
+                    }
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(sink = %name, %error, "Cannot read the journal; retrying");
+                    let d = backoff.next_delay(None);
+                    if let Wait::DeadlinePassed = self.pause(d, deadline).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                self.set_state(SinkState::Idle, cursor);
+                if deadline.is_some() {
+                    break; // drained
+                }
+                tokio::select! {
+                    _ = self.cancel.cancelled() => {}
+                    _ = committed.changed() => {}
+                    _ = tokio::time::sleep(self.options.idle_recheck) => {}
+                }
+                continue;
+            }
+            self.set_state(SinkState::Delivering, cursor);
+            let raw_last = batch.last().map(|e| e.seq).unwrap_or(cursor);
+            let raw_len = batch.len();
+            let wanted: Vec<JournalEntry> = batch
+                .into_iter()
+                .filter(|e| self.filter.matches(&e.event))
+                .collect();
+            let skipped = raw_len - wanted.len();
+            if skipped > 0 {
+                metrics::counter!("liqwatch_sink_filtered_total", "sink" => name.clone())
+                    .increment(skipped as u64);
+                self.health.send_modify(|h| h.filtered += skipped as u64);
+            }
+            if wanted.is_empty() {
+                cursor = self.persist(cursor, raw_last).await;
+                continue;
+            }
+
+            let started = Instant::now();
+            let attempt = {
+                let fut = tokio::time::timeout(self.options.deliver_timeout, sink.deliver(&wanted));
+                match deadline {
+                    Some(dl) => tokio::select! {
+                        r = fut => Some(r),
+                        _ = tokio::time::sleep_until(dl) => None,
+                    },
+                    None => Some(fut.await),
+                }
+            };
+            let Some(attempt) = attempt else {
+                tracing::warn!(sink = %name, cursor, "Sink drain grace period over mid-batch; the batch is re-delivered after restart");
+                break;
+            };
+            let (n, error) = match attempt {
+                Ok((n, e)) => (n.min(wanted.len()), e),
+                Err(_) => (
+                    0,
+                    Some(SinkError::Retriable {
+                        reason: format!(
+                            "delivery timed out after {:?}",
+                            self.options.deliver_timeout
+                        ),
+                        retry_after: None,
+                    }),
+                ),
+            };
+            metrics::histogram!("liqwatch_sink_delivery_seconds", "sink" => name.clone())
+                .record(started.elapsed().as_secs_f64());
+            if n > 0 {
+                metrics::counter!("liqwatch_sink_delivered_total", "sink" => name.clone())
+                    .increment(n as u64);
+                self.health.send_modify(|h| h.delivered += n as u64);
+            }
+            let error = match (error, n < wanted.len()) {
+                (None, true) => Some(SinkError::Retriable {
+                    reason: format!(
+                        "sink delivered {n} of {} entries without an error",
+                        wanted.len()
+                    ),
+                    retry_after: None,
+                }),
+                (e, _) => e,
+            };
+            // Everything before the first undelivered wanted entry is done (delivered or
+            // filtered out).
+            let done_to = match wanted.get(n) {
+                Some(e) => e.seq.saturating_sub(1),
+                None => raw_last,
+            };
+            cursor = self.persist(cursor, done_to).await;
+
+            match error {
+                None => {
+                    backoff.reset();
+                    self.record_success(cursor);
+                }
+                Some(SinkError::Permanent { reason }) => {
+                    // n < wanted.len() here, so the entry exists.
+                    let Some(bad) = wanted.get(n) else { continue };
+                    tracing::warn!(sink = %name, seq = bad.seq, event_id = %bad.event.event_id, %reason,
+                        "Sink rejected event permanently; dead-lettered");
+                    metrics::counter!("liqwatch_sink_failures_total", "sink" => name.clone(), "kind" => "permanent").increment(1);
+                    metrics::counter!("liqwatch_sink_dead_letters_total", "sink" => name.clone())
+                        .increment(1);
+                    let seq = bad.seq;
+                    match self
+                        .journal
+                        .dead_letter(name.clone(), seq, reason.clone())
+                        .await
+                    {
+                        Ok(()) => {
+                            cursor = cursor.max(seq);
+                            self.health.send_modify(|h| h.dead_letters += 1);
+                            backoff.reset();
+                            self.record_success(cursor);
+                        }
+                        Err(error) => {
+                            tracing::error!(sink = %name, seq, %error, "Cannot record dead letter; will retry the event");
+                            self.record_failure(&error.to_string(), cursor);
+                            let d = backoff.next_delay(None);
+                            if let Wait::DeadlinePassed = self.pause(d, deadline).await {
+                                break;
+                            }
+                        }
+                    }
+                }
+                Some(SinkError::Retriable {
+                    reason,
+                    retry_after,
+                }) => {
+                    metrics::counter!("liqwatch_sink_failures_total", "sink" => name.clone(), "kind" => "retriable").increment(1);
+                    metrics::counter!("liqwatch_sink_retries_total", "sink" => name.clone())
+                        .increment(1);
+                    self.health.send_modify(|h| h.retries += 1);
+                    let d = backoff.next_delay(retry_after);
+                    tracing::warn!(sink = %name, cursor, %reason, retry_in = ?d, attempt = backoff.attempts(), "Sink delivery failed; retrying");
+                    self.record_failure(&reason, cursor);
+                    if let Wait::DeadlinePassed = self.pause(d, deadline).await {
+                        break;
+                    }
+                }
+            }
+        }
+        self.set_state(SinkState::Stopped, cursor);
+        tracing::info!(sink = %name, cursor, "Sink driver stopped");
+    }
+
+    /// Moves the cursor to `to` (when ahead) and persists it; a failed write is logged and
+    /// retried with the next batch (worst case a re-delivery after restart).
+    async fn persist(&self, cursor: u64, to: u64) -> u64 {
+        if to <= cursor {
+            return cursor;
+        }
+        if let Err(error) = self.journal.advance(self.name.clone(), to).await {
+            tracing::warn!(sink = %self.name, %error, seq = to, "Cannot persist sink cursor; events may be re-delivered after a restart");
+        }
+        self.set_state(SinkState::Delivering, to);
+        to
+    }
 }

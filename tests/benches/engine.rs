@@ -1,9 +1,285 @@
-//! Benchmark placeholder (to be written by its owner).
-#![allow(missing_docs)]
+//! Engine benchmarks: one price tick's cost with 10k, 100k and 1M accounts (4 positions each,
+//! most accounts holding BTC and ETH), the monitor's evaluation of a tick, account updates, and
+//! the resident memory per account at 1M accounts (printed, from /proc/self/status VmRSS).
+//!
+//! `cargo bench --bench engine` (all sizes) or `LIQWATCH_BENCH_MAX=100000 cargo bench --bench engine`.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::time::Duration;
 
-fn placeholder(_c: &mut Criterion) {}
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use liqwatch::accounts::AccountMap;
+use liqwatch::model::{
+    Account, AccountUpdate, Fill, Instrument, InstrumentId, InstrumentKind, MarginTier, Position,
+    PositionSide, PriceUsed,
+};
+use liqwatch::monitor::{Monitor, MonitorConfig};
+use rust_decimal::Decimal;
+use rust_decimal_macros::dec;
 
-criterion_group!(benches, placeholder);
+fn tiers(rows: &[(i64, i64, &str, i64)]) -> Vec<MarginTier> {
+    rows.iter()
+        .map(|(f, c, mmr, cum)| MarginTier {
+            notional_floor: Decimal::from(*f),
+            notional_cap: Decimal::from(*c),
+            mmr: mmr.parse().unwrap(),
+            cum: Decimal::from(*cum),
+        })
+        .collect()
+}
+
+fn perp(id: &str, t: Vec<MarginTier>) -> Instrument {
+    Instrument {
+        id: id.into(),
+        kind: InstrumentKind::LinearPerpetual,
+        underlying: id.trim_end_matches("USDT-PERP").into(),
+        contract_size: Decimal::ONE,
+        tiers: t,
+        liquidation_fee_rate: dec!(0.005),
+        collateral_ratio: Decimal::ONE,
+        haircut_tiers: vec![],
+        stable: false,
+        sources: vec![],
+        source_note: None,
+    }
+}
+
+/// (instrument, price) of the 10 perps; BTC/ETH/SOL with Binance's published tiers.
+const PERPS: [(&str, i64); 10] = [
+    ("BTCUSDT-PERP", 60000),
+    ("ETHUSDT-PERP", 3000),
+    ("SOLUSDT-PERP", 150),
+    ("BNBUSDT-PERP", 500),
+    ("XRPUSDT-PERP", 1),
+    ("ADAUSDT-PERP", 2),
+    ("DOGEUSDT-PERP", 1),
+    ("DOTUSDT-PERP", 30),
+    ("LTCUSDT-PERP", 200),
+    ("LINKUSDT-PERP", 30),
+];
+
+fn instruments() -> Vec<Instrument> {
+    let btc = tiers(&[
+        (0, 50_000, "0.004", 0),
+        (50_000, 600_000, "0.005", 50),
+        (600_000, 3_000_000, "0.0065", 950),
+        (3_000_000, 12_000_000, "0.01", 11_450),
+        (12_000_000, 70_000_000, "0.02", 131_450),
+    ]);
+    let sol = tiers(&[
+        (0, 20_000, "0.005", 0),
+        (20_000, 100_000, "0.0065", 30),
+        (100_000, 800_000, "0.01", 380),
+        (800_000, 4_000_000, "0.02", 8_380),
+    ]);
+    let mut v: Vec<Instrument> = PERPS
+        .iter()
+        .enumerate()
+        .map(|(i, (id, _))| perp(id, if i < 2 { btc.clone() } else { sol.clone() }))
+        .collect();
+    let mut usdt = perp("USDT", vec![]);
+    usdt.kind = InstrumentKind::Collateral;
+    usdt.stable = true;
+    v.push(usdt);
+    v
+}
+
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+}
+
+/// 4 positions per account: BTC for 90 %, ETH for 80 %, the rest from the other 8 perps.
+fn account(i: usize, rng: &mut Lcg) -> Account {
+    let mut picks: Vec<usize> = Vec::with_capacity(4);
+    if rng.next() % 10 < 9 {
+        picks.push(0);
+    }
+    if rng.next() % 10 < 8 {
+        picks.push(1);
+    }
+    while picks.len() < 4 {
+        let p = 2 + (rng.next() % 8) as usize;
+        if !picks.contains(&p) {
+            picks.push(p);
+        }
+    }
+    let positions = picks
+        .into_iter()
+        .map(|p| {
+            let (id, price) = PERPS[p];
+            // Notional between ~100 and ~100,000 USDT; entry within ±10 % of the price.
+            let notional = 100 + (rng.next() % 100_000) as i64;
+            let q = Decimal::new(notional * 1000 / price.max(1), 3);
+            let q = if rng.next() % 3 == 0 { -q } else { q };
+            let entry = Decimal::new(
+                price * 1000 + (rng.next() % 200) as i64 * price - 100 * price,
+                3,
+            );
+            Position {
+                instrument: id.into(),
+                side: PositionSide::Both,
+                quantity: q,
+                entry_price: entry,
+            }
+        })
+        .collect();
+    Account {
+        id: format!("acct-{i:08}").into(),
+        collateral: [(
+            InstrumentId::from("USDT"),
+            Decimal::from(20_000 + rng.next() % 200_000),
+        )]
+        .into_iter()
+        .collect(),
+        positions,
+        thresholds: None,
+    }
+}
+
+fn vm_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn build(n: usize) -> AccountMap {
+    let m = AccountMap::new(instruments());
+    let mut out = Vec::new();
+    for (id, p) in PERPS {
+        m.apply_price(&id.into(), Decimal::from(p), &mut out)
+            .unwrap();
+    }
+    let mut rng = Lcg(42);
+    for i in 0..n {
+        m.apply_update(AccountUpdate::Replace {
+            account: account(i, &mut rng),
+        })
+        .unwrap();
+    }
+    m
+}
+
+fn sizes() -> Vec<usize> {
+    let max: usize = std::env::var("LIQWATCH_BENCH_MAX")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
+    [10_000, 100_000, 1_000_000]
+        .into_iter()
+        .filter(|n| *n <= max)
+        .collect()
+}
+
+fn engine(c: &mut Criterion) {
+    let mut g = c.benchmark_group("tick");
+    g.warm_up_time(Duration::from_secs(1));
+    for n in sizes() {
+        let before = vm_rss_kib();
+        let t0 = std::time::Instant::now();
+        let m = build(n);
+        let built = t0.elapsed();
+        let after = vm_rss_kib();
+        let holders = m.holder_keys(&"BTCUSDT-PERP".into()).len();
+        let per_account = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
+        println!(
+            "engine: {n} accounts built in {built:.2?} ({:.2} µs/account); RSS +{} MiB = {per_account:.0} B/account = {:.0} B/position; BTC holders {holders}",
+            built.as_secs_f64() * 1e6 / n as f64,
+            after.saturating_sub(before) / 1024,
+            per_account / 4.0,
+        );
+        g.sample_size(if n >= 1_000_000 { 10 } else { 20 });
+        g.measurement_time(Duration::from_secs(if n >= 1_000_000 { 20 } else { 5 }));
+        g.throughput(Throughput::Elements(holders as u64));
+        let mut out = Vec::with_capacity(holders);
+        let mut flip = false;
+        g.bench_function(BenchmarkId::new("BTCUSDT-PERP", n), |b| {
+            b.iter(|| {
+                flip = !flip;
+                let p = if flip { dec!(60012.5) } else { dec!(59987.5) };
+                out.clear();
+                black_box(m.apply_price(&"BTCUSDT-PERP".into(), p, &mut out).unwrap())
+            })
+        });
+        // The monitor's pass over one tick's reports (all healthy: the common case).
+        let mut mon = Monitor::new(MonitorConfig::default()).unwrap();
+        let info: HashMap<InstrumentId, PriceUsed> = HashMap::new();
+        out.clear();
+        m.apply_price(&"BTCUSDT-PERP".into(), dec!(60000), &mut out)
+            .unwrap();
+        let _ = mon.evaluate(&m, &out, &info, 0);
+        g.bench_function(BenchmarkId::new("monitor-evaluate", n), |b| {
+            b.iter(|| black_box(mon.evaluate(&m, &out, &info, 0).len()))
+        });
+        if n == 100_000 || sizes().len() == 1 {
+            updates(&m, n);
+        }
+        drop(m);
+    }
+    g.finish();
+}
+
+fn updates(m: &AccountMap, n: usize) {
+    let mut c = Criterion::default()
+        .configure_from_args()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    let mut g = c.benchmark_group("update");
+    let mut k = 0usize;
+    g.bench_function(BenchmarkId::new("fill", n), |b| {
+        b.iter(|| {
+            k += 1;
+            let q = if k % 2 == 0 { dec!(0.01) } else { dec!(-0.01) };
+            m.apply_update(AccountUpdate::Fill {
+                account_id: format!("acct-{:08}", (k * 7919) % n).into(),
+                fill: Fill {
+                    instrument: "BTCUSDT-PERP".into(),
+                    side: PositionSide::Both,
+                    quantity: q,
+                    price: dec!(60000),
+                    fee: dec!(0.24),
+                    settle_asset: None,
+                },
+            })
+            .unwrap()
+        })
+    });
+    let mut rng = Lcg(7);
+    g.bench_function(BenchmarkId::new("replace", n), |b| {
+        b.iter(|| {
+            k += 1;
+            let a = account((k * 7919) % n, &mut rng);
+            m.apply_update(AccountUpdate::Replace { account: a })
+                .unwrap()
+        })
+    });
+    g.bench_function(BenchmarkId::new("collateral", n), |b| {
+        b.iter(|| {
+            k += 1;
+            m.apply_update(AccountUpdate::Collateral {
+                account_id: format!("acct-{:08}", (k * 7919) % n).into(),
+                asset: "USDT".into(),
+                delta: dec!(1),
+            })
+            .unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, engine);
 criterion_main!(benches);

@@ -1,0 +1,878 @@
+//! The one generic feed driver: owns a venue's WebSocket, subscribes, checks acks and first
+//! data, keeps the transport alive, reconnects with jittered backoff, publishes prices to the
+//! board, and keeps the per-venue status. See the module docs of [`crate::feeds`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use metrics::counter;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, debug, error, info, trace, warn};
+
+use super::{Feed, Frame, ParseError, VenueTick};
+use crate::model::{Instrument, InstrumentId, PriceField, PriceTick, TimestampMs, Venue, now_ms};
+use crate::prices::PriceBoard;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Errors of the feed layer.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// No adapter is written for this venue yet.
+    #[error("no feed adapter for venue {0}")]
+    NoAdapter(Venue),
+    /// Connecting failed (DNS, TCP, TLS, HTTP upgrade).
+    #[error("connect to {url}: {reason}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A network operation did not finish in time.
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+    /// The socket failed or closed.
+    #[error("connection lost: {0}")]
+    Lost(String),
+    /// The configuration cannot work (no symbols, bad URL).
+    #[error("feed config: {0}")]
+    Config(String),
+}
+
+impl FeedError {
+    /// Whether retrying (reconnecting) may help.
+    pub fn is_retriable(&self) -> bool {
+        !matches!(self, FeedError::NoAdapter(_) | FeedError::Config(_))
+    }
+}
+
+/// Venue symbol → the canonical instruments (and which price field) it prices.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SymbolRoutes {
+    symbols: Vec<String>,
+    map: HashMap<String, Vec<(InstrumentId, PriceField)>>,
+}
+
+impl SymbolRoutes {
+    /// Routes for one venue from the instruments' `sources`.
+    pub fn from_instruments(venue: Venue, instruments: &[Instrument]) -> SymbolRoutes {
+        let mut r = SymbolRoutes::default();
+        for inst in instruments {
+            for src in inst.sources.iter().filter(|s| s.venue == venue) {
+                r.add(&src.symbol, inst.id.clone(), src.field);
+            }
+        }
+        r
+    }
+
+    /// Adds one route.
+    pub fn add(&mut self, symbol: &str, instrument: InstrumentId, field: PriceField) {
+        let e = self.map.entry(symbol.to_string()).or_insert_with(|| {
+            self.symbols.push(symbol.to_string());
+            Vec::new()
+        });
+        if !e.iter().any(|(i, f)| *i == instrument && *f == field) {
+            e.push((instrument, field));
+        }
+    }
+
+    /// Venue symbols to subscribe, in insertion order.
+    pub fn symbols(&self) -> &[String] {
+        &self.symbols
+    }
+
+    /// Routes of one venue symbol.
+    pub fn get(&self, symbol: &str) -> Option<&[(InstrumentId, PriceField)]> {
+        self.map.get(symbol).map(Vec::as_slice)
+    }
+
+    /// Every (symbol, instrument, field).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &InstrumentId, PriceField)> {
+        self.symbols.iter().flat_map(move |s| {
+            self.map
+                .get(s)
+                .into_iter()
+                .flatten()
+                .map(move |(i, f)| (s.as_str(), i, *f))
+        })
+    }
+}
+
+fn d_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn d_backoff_initial() -> Duration {
+    Duration::from_millis(500)
+}
+fn d_backoff_max() -> Duration {
+    Duration::from_secs(30)
+}
+fn d_healthy_after() -> Duration {
+    Duration::from_secs(30)
+}
+fn d_first_data_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn d_write_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Per-venue feed configuration (TOML table `[feeds.<venue>]`). Every knob has a default.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FeedConfig {
+    /// URL override (tests point at loopback). Default: the venue's production URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Connect (TCP + TLS + upgrade) timeout. Default 10 s.
+    #[serde(default = "d_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Timeout of every send. Default 10 s.
+    #[serde(default = "d_write_timeout", with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// First reconnect delay. Default 500 ms.
+    #[serde(default = "d_backoff_initial", with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    /// Reconnect delay cap. Default 30 s.
+    #[serde(default = "d_backoff_max", with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// A connection that delivered data for this long resets the backoff. Default 30 s.
+    #[serde(default = "d_healthy_after", with = "humantime_serde")]
+    pub healthy_after: Duration,
+    /// Each subscribed symbol must deliver a first price within this, else it is reported as
+    /// unconfirmed (Binance acks unknown symbols). Default 30 s.
+    #[serde(default = "d_first_data_timeout", with = "humantime_serde")]
+    pub first_data_timeout: Duration,
+    /// Override of the venue's dead-peer limit (no frame at all for this long → reconnect).
+    #[serde(default, with = "humantime_serde")]
+    pub dead_after: Option<Duration>,
+    /// Override of the venue's client ping interval.
+    #[serde(default, with = "humantime_serde")]
+    pub ping_interval: Option<Duration>,
+    /// Override of the venue's maximum connection age (Binance 23 h 30 min).
+    #[serde(default, with = "humantime_serde")]
+    pub max_connection_age: Option<Duration>,
+    /// Venue symbols → instruments; filled from the instruments' `sources`, not from TOML.
+    #[serde(skip)]
+    pub routes: SymbolRoutes,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        FeedConfig {
+            url: None,
+            connect_timeout: d_connect_timeout(),
+            write_timeout: d_write_timeout(),
+            backoff_initial: d_backoff_initial(),
+            backoff_max: d_backoff_max(),
+            healthy_after: d_healthy_after(),
+            first_data_timeout: d_first_data_timeout(),
+            dead_after: None,
+            ping_interval: None,
+            max_connection_age: None,
+            routes: SymbolRoutes::default(),
+        }
+    }
+}
+
+impl FeedConfig {
+    /// This config with routes for `venue` taken from the instruments' sources.
+    pub fn with_instruments(mut self, venue: Venue, instruments: &[Instrument]) -> FeedConfig {
+        self.routes = SymbolRoutes::from_instruments(venue, instruments);
+        self
+    }
+
+    /// The reconnect delay before attempt `attempt` (0-based): `min(max, initial·2^attempt)`
+    /// jittered uniformly into [½·d, d].
+    pub fn backoff_delay(&self, attempt: u32) -> Duration {
+        let base = self
+            .backoff_initial
+            .saturating_mul(2u32.saturating_pow(attempt.min(30)))
+            .min(self.backoff_max);
+        let half = base / 2;
+        let jitter_ns = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+        let extra = if jitter_ns == 0 {
+            0
+        } else {
+            rand::random_range(0..=jitter_ns)
+        };
+        half + Duration::from_nanos(extra)
+    }
+}
+
+/// One instrument priced by a feed, as shown by the API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FeedInstrumentStatus {
+    /// The venue symbol.
+    pub symbol: String,
+    /// The canonical instrument.
+    pub instrument: InstrumentId,
+    /// Which price of the symbol.
+    pub field: PriceField,
+    /// Last accepted price from this venue.
+    pub last_price: Option<rust_decimal::Decimal>,
+    /// When it was received (ms since epoch).
+    pub last_price_ts: Option<TimestampMs>,
+    /// Its age, ms.
+    pub age_ms: Option<i64>,
+    /// True when this venue's price for the instrument is not fresh.
+    pub stale: bool,
+}
+
+/// A venue feed's state, as shown by the API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FeedStatus {
+    /// The venue.
+    pub venue: Venue,
+    /// The URL connected to.
+    pub url: String,
+    /// True while a connection is open.
+    pub connected: bool,
+    /// When the current connection opened (ms since epoch).
+    pub connected_since: Option<TimestampMs>,
+    /// When the last frame of any kind arrived (ms since epoch).
+    pub last_frame: Option<TimestampMs>,
+    /// Frames received since start.
+    pub frames: u64,
+    /// Reconnects since start (every connection after the first).
+    pub reconnects: u64,
+    /// Frames that could not be parsed.
+    pub parse_errors: u64,
+    /// Ticks for symbols with no route.
+    pub unknown_symbols: u64,
+    /// The last error (connect failure, close reason, rejection).
+    pub last_error: Option<String>,
+    /// Symbols the venue rejected (left out of later connections).
+    pub rejected_symbols: Vec<String>,
+    /// Symbols subscribed on the current connection that have not delivered a price within
+    /// `first_data_timeout`.
+    pub unconfirmed_symbols: Vec<String>,
+    /// Per instrument.
+    pub instruments: Vec<FeedInstrumentStatus>,
+}
+
+#[derive(Debug, Default)]
+struct StatusText {
+    last_error: Option<String>,
+    rejected: Vec<String>,
+    unconfirmed: Vec<String>,
+    url: String,
+}
+
+/// Live status of one feed, updated by its driver (atomics on the hot path).
+#[derive(Debug)]
+pub struct FeedStatusHandle {
+    venue: Venue,
+    routes: SymbolRoutes,
+    connected: AtomicBool,
+    connected_since: AtomicI64,
+    last_frame: AtomicI64,
+    frames: AtomicU64,
+    connections: AtomicU64,
+    parse_errors: AtomicU64,
+    unknown_symbols: AtomicU64,
+    text: Mutex<StatusText>,
+}
+
+impl FeedStatusHandle {
+    fn new(venue: Venue, routes: SymbolRoutes) -> FeedStatusHandle {
+        FeedStatusHandle {
+            venue,
+            routes,
+            connected: AtomicBool::new(false),
+            connected_since: AtomicI64::new(0),
+            last_frame: AtomicI64::new(0),
+            frames: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            parse_errors: AtomicU64::new(0),
+            unknown_symbols: AtomicU64::new(0),
+            text: Mutex::new(StatusText::default()),
+        }
+    }
+
+    /// Connections opened since start.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Frames that failed to parse since start.
+    pub fn parse_errors(&self) -> u64 {
+        self.parse_errors.load(Ordering::Relaxed)
+    }
+
+    /// Frames received since start.
+    pub fn frames(&self) -> u64 {
+        self.frames.load(Ordering::Relaxed)
+    }
+
+    /// Whether a connection is open now.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Symbols the venue rejected.
+    pub fn rejected_symbols(&self) -> Vec<String> {
+        self.text.lock().rejected.clone()
+    }
+
+    /// Symbols not yet confirmed by data past `first_data_timeout`.
+    pub fn unconfirmed_symbols(&self) -> Vec<String> {
+        self.text.lock().unconfirmed.clone()
+    }
+
+    /// The last error.
+    pub fn last_error(&self) -> Option<String> {
+        self.text.lock().last_error.clone()
+    }
+
+    fn set_error(&self, e: impl Into<String>) {
+        self.text.lock().last_error = Some(e.into());
+    }
+
+    /// A snapshot, with per-instrument prices from the board.
+    pub fn snapshot(&self, board: &PriceBoard) -> FeedStatus {
+        let opt = |v: i64| if v == 0 { None } else { Some(v) };
+        let text = self.text.lock();
+        let board_status = board.status();
+        let instruments = self
+            .routes
+            .iter()
+            .map(|(sym, inst, field)| {
+                let src = board_status
+                    .iter()
+                    .find(|s| s.instrument == *inst)
+                    .and_then(|s| s.sources.iter().find(|x| x.venue == self.venue));
+                FeedInstrumentStatus {
+                    symbol: sym.to_string(),
+                    instrument: inst.clone(),
+                    field,
+                    last_price: src.and_then(|s| s.last_price),
+                    last_price_ts: src.and_then(|s| s.received_ts),
+                    age_ms: src.and_then(|s| s.age_ms),
+                    stale: src.is_none_or(|s| s.stale),
+                }
+            })
+            .collect();
+        FeedStatus {
+            venue: self.venue,
+            url: text.url.clone(),
+            connected: self.connected.load(Ordering::Relaxed),
+            connected_since: opt(self.connected_since.load(Ordering::Relaxed)),
+            last_frame: opt(self.last_frame.load(Ordering::Relaxed)),
+            frames: self.frames.load(Ordering::Relaxed),
+            reconnects: self.connections.load(Ordering::Relaxed).saturating_sub(1),
+            parse_errors: self.parse_errors.load(Ordering::Relaxed),
+            unknown_symbols: self.unknown_symbols.load(Ordering::Relaxed),
+            last_error: text.last_error.clone(),
+            rejected_symbols: text.rejected.clone(),
+            unconfirmed_symbols: text.unconfirmed.clone(),
+            instruments,
+        }
+    }
+}
+
+/// Every feed's status handle, for the API (`GET /feeds`).
+#[derive(Debug, Default)]
+pub struct FeedRegistry {
+    feeds: Mutex<Vec<Arc<FeedStatusHandle>>>,
+}
+
+impl FeedRegistry {
+    /// An empty registry.
+    pub fn new() -> FeedRegistry {
+        FeedRegistry::default()
+    }
+
+    /// Registers a feed and returns its status handle.
+    pub fn register(&self, venue: Venue, routes: &SymbolRoutes) -> Arc<FeedStatusHandle> {
+        let h = Arc::new(FeedStatusHandle::new(venue, routes.clone()));
+        self.feeds.lock().push(h.clone());
+        h
+    }
+
+    /// The handle of a venue's feed, if registered.
+    pub fn get(&self, venue: Venue) -> Option<Arc<FeedStatusHandle>> {
+        self.feeds.lock().iter().find(|h| h.venue == venue).cloned()
+    }
+
+    /// Status of every feed.
+    pub fn snapshot(&self, board: &PriceBoard) -> Vec<FeedStatus> {
+        let feeds: Vec<Arc<FeedStatusHandle>> = self.feeds.lock().clone();
+        feeds.iter().map(|h| h.snapshot(board)).collect()
+    }
+}
+
+/// Spawns the driver of one feed; it runs until `cancel` fires. Registers the feed in
+/// `registry` first, so its status is visible at once.
+pub fn spawn_feed(
+    feed: Box<dyn Feed>,
+    cfg: FeedConfig,
+    board: Arc<PriceBoard>,
+    registry: &FeedRegistry,
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
+    let status = registry.register(feed.venue(), &cfg.routes);
+    tokio::spawn(run_feed(feed, cfg, board, status, cancel))
+}
+
+/// Why one connection ended.
+enum End {
+    Cancelled,
+    /// Reconnect at once (rotation, venue notice).
+    Rotate(&'static str),
+    /// Reconnect after backoff.
+    Failed(String),
+}
+
+/// Runs the driver of one feed in the current task until `cancel` fires.
+pub async fn run_feed(
+    mut feed: Box<dyn Feed>,
+    cfg: FeedConfig,
+    board: Arc<PriceBoard>,
+    status: Arc<FeedStatusHandle>,
+    cancel: CancellationToken,
+) {
+    let venue = feed.venue();
+    // Installing the TLS provider is idempotent; an error means one is already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let base = cfg
+        .url
+        .clone()
+        .unwrap_or_else(|| feed.default_url().to_string());
+    for (sym, inst, field) in cfg.routes.iter() {
+        trace!(venue = %venue, symbol = sym, instrument = %inst, ?field, "Route");
+        board.track(inst, &[venue]);
+    }
+    let mut rejected: HashSet<String> = HashSet::new();
+    let mut attempt: u32 = 0;
+    let mut conn_no: u64 = 0;
+    loop {
+        if cancel.is_cancelled() {
+            break;
+        }
+        let symbols: Vec<String> = cfg
+            .routes
+            .symbols()
+            .iter()
+            .filter(|s| !rejected.contains(*s))
+            .cloned()
+            .collect();
+        let url = feed.connect_url(&base, &symbols);
+        status.text.lock().url = url.clone();
+        conn_no += 1;
+        let span =
+            tracing::info_span!("feed_connection", venue = %venue, url = %url, conn = conn_no);
+        let result = connection(
+            &mut *feed,
+            &cfg,
+            &url,
+            &symbols,
+            &board,
+            &status,
+            &cancel,
+            &mut rejected,
+        )
+        .instrument(span)
+        .await;
+        status.connected.store(false, Ordering::Relaxed);
+        let (end, healthy) = result;
+        if healthy {
+            attempt = 0;
+        }
+        match end {
+            End::Cancelled => break,
+            End::Rotate(why) => {
+                info!(venue = %venue, reason = why, "Feed reconnecting at once");
+                counter!("liqwatch_feed_rotations_total", "venue" => venue.as_str()).increment(1);
+            }
+            End::Failed(reason) => {
+                let delay = cfg.backoff_delay(attempt);
+                attempt = attempt.saturating_add(1);
+                warn!(venue = %venue, error = %reason, delay_ms = delay.as_millis() as u64, attempt, "Feed disconnected; reconnecting after backoff");
+                status.set_error(reason);
+                counter!("liqwatch_feed_disconnects_total", "venue" => venue.as_str()).increment(1);
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    info!(venue = %venue, "Feed stopped");
+}
+
+/// Reuses a tick buffer's allocation for another frame's lifetime (the buffer is empty, so the
+/// in-place collect moves nothing).
+#[allow(clippy::unnecessary_filter_map)] // the map changes the element lifetime; no item exists
+fn recycle<'b>(mut v: Vec<VenueTick<'_>>) -> Vec<VenueTick<'b>> {
+    v.clear();
+    v.into_iter().filter_map(|_| None).collect()
+}
+
+fn short(s: &str) -> &str {
+    match s.char_indices().nth(200) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+async fn send(ws: &mut Ws, msg: Message, timeout: Duration) -> Result<(), String> {
+    match tokio::time::timeout(timeout, ws.send(msg)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("send: {e}")),
+        Err(_) => Err("send timed out".to_string()),
+    }
+}
+
+/// One connection: returns how it ended and whether it was healthy long enough to reset the
+/// backoff.
+#[allow(clippy::too_many_arguments)]
+async fn connection(
+    feed: &mut dyn Feed,
+    cfg: &FeedConfig,
+    url: &str,
+    symbols: &[String],
+    board: &PriceBoard,
+    status: &FeedStatusHandle,
+    cancel: &CancellationToken,
+    rejected: &mut HashSet<String>,
+) -> (End, bool) {
+    let venue = feed.venue();
+    let v = venue.as_str();
+    let connect = tokio_tungstenite::connect_async_with_config(url, None, true);
+    let mut ws = tokio::select! {
+        _ = cancel.cancelled() => return (End::Cancelled, false),
+        r = tokio::time::timeout(cfg.connect_timeout, connect) => match r {
+            Ok(Ok((ws, _resp))) => ws,
+            Ok(Err(e)) => {
+                counter!("liqwatch_feed_connect_errors_total", "venue" => v).increment(1);
+                return (End::Failed(format!("connect to {url}: {e}")), false);
+            }
+            Err(_) => {
+                counter!("liqwatch_feed_connect_errors_total", "venue" => v).increment(1);
+                return (End::Failed(format!("connect to {url}: timed out after {:?}", cfg.connect_timeout)), false);
+            }
+        }
+    };
+    let opened = Instant::now();
+    status.connections.fetch_add(1, Ordering::Relaxed);
+    status.connected.store(true, Ordering::Relaxed);
+    status.connected_since.store(now_ms(), Ordering::Relaxed);
+    status.text.lock().unconfirmed.clear();
+    counter!("liqwatch_feed_connections_total", "venue" => v).increment(1);
+    info!(symbols = symbols.len(), "Feed connected");
+
+    feed.reset();
+    let msgs = feed.subscribe_messages(symbols);
+    let pace = feed.send_interval();
+    for (n, m) in msgs.into_iter().enumerate() {
+        if n > 0 && !pace.is_zero() {
+            tokio::select! {
+                _ = cancel.cancelled() => return (End::Cancelled, false),
+                _ = tokio::time::sleep(pace) => {}
+            }
+        }
+        debug!(message = %short(&m), "Subscribing");
+        if let Err(e) = send(&mut ws, Message::text(m), cfg.write_timeout).await {
+            return (End::Failed(e), false);
+        }
+    }
+
+    let hb = feed.heartbeat();
+    let dead_after = cfg.dead_after.unwrap_or(hb.dead_after);
+    let client_ping = hb
+        .client_ping
+        .map(|(d, text)| (cfg.ping_interval.unwrap_or(d), text));
+    let proto_ping = feed.protocol_ping_interval();
+    let max_age = cfg.max_connection_age.or(feed.max_connection_age());
+    // Housekeeping resolution: fine enough for every timer of this connection.
+    let mut tick_every = (dead_after / 10).min(cfg.first_data_timeout / 2);
+    if let Some((every, _)) = &client_ping {
+        tick_every = tick_every.min(*every / 4);
+    }
+    if let Some(every) = proto_ping {
+        tick_every = tick_every.min(every / 4);
+    }
+    if let Some(age) = max_age {
+        tick_every = tick_every.min(age / 10);
+    }
+    let tick_every = tick_every.clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut housekeeping = tokio::time::interval(tick_every);
+    housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+    let mut last_frame = Instant::now();
+    let mut last_client_ping = Instant::now();
+    let mut last_proto_ping = Instant::now();
+    let mut first_data: Option<Instant> = None;
+    let mut acked = false;
+    let mut unconfirmed: HashSet<String> = symbols.iter().cloned().collect();
+    let mut unconfirmed_reported = false;
+
+    let frames_c = counter!("liqwatch_feed_frames_total", "venue" => v);
+    let ticks_c = counter!("liqwatch_feed_ticks_total", "venue" => v);
+    let unknown_c = counter!("liqwatch_feed_unknown_symbols_total", "venue" => v);
+    let parse_err_c = counter!("liqwatch_feed_parse_errors_total", "venue" => v);
+    let mut buf: Vec<VenueTick<'static>> = Vec::with_capacity(16);
+
+    let healthy = |first: Option<Instant>| {
+        first.is_some_and(|t| Instant::now().saturating_duration_since(t) >= cfg.healthy_after)
+    };
+
+    let end = loop {
+        let msg = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                break End::Cancelled;
+            }
+            m = ws.next() => m,
+            _ = housekeeping.tick() => {
+                let now = Instant::now();
+                if now.saturating_duration_since(last_frame) > dead_after {
+                    counter!("liqwatch_feed_dead_peer_total", "venue" => v).increment(1);
+                    break End::Failed(format!("no frame for {dead_after:?} (dead peer)"));
+                }
+                if let Some(age) = max_age && now.saturating_duration_since(opened) >= age {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                    break End::Rotate("maximum connection age reached");
+                }
+                if let Some((every, text)) = &client_ping
+                    && now.saturating_duration_since(last_client_ping) >= *every
+                {
+                    last_client_ping = now;
+                    trace!("Client ping");
+                    if let Err(e) = send(&mut ws, Message::text(text.clone()), cfg.write_timeout).await {
+                        break End::Failed(e);
+                    }
+                }
+                if let Some(every) = proto_ping
+                    && now.saturating_duration_since(last_proto_ping) >= every
+                {
+                    last_proto_ping = now;
+                    if let Err(e) = send(&mut ws, Message::Ping(Vec::new().into()), cfg.write_timeout).await {
+                        break End::Failed(e);
+                    }
+                }
+                if !unconfirmed_reported
+                    && !unconfirmed.is_empty()
+                    && now.saturating_duration_since(opened) >= cfg.first_data_timeout
+                {
+                    unconfirmed_reported = true;
+                    let mut list: Vec<String> = unconfirmed.iter().cloned().collect();
+                    list.sort();
+                    counter!("liqwatch_feed_unconfirmed_subscriptions_total", "venue" => v)
+                        .increment(list.len() as u64);
+                    error!(symbols = ?list, acked, timeout = ?cfg.first_data_timeout,
+                        "No price received for subscribed symbols (unknown symbol, wrong endpoint, or venue silent)");
+                    let mut t = status.text.lock();
+                    t.last_error = Some(format!("no data for {} within {:?} of subscribing", list.join(","), cfg.first_data_timeout));
+                    t.unconfirmed = list;
+                }
+                continue;
+            }
+        };
+        let msg = match msg {
+            None => break End::Failed("stream ended".to_string()),
+            Some(Err(e)) => break End::Failed(format!("read: {e}")),
+            Some(Ok(m)) => m,
+        };
+        let now = Instant::now();
+        last_frame = now;
+        let recv_ms = now_ms();
+        status.last_frame.store(recv_ms, Ordering::Relaxed);
+        status.frames.fetch_add(1, Ordering::Relaxed);
+        frames_c.increment(1);
+        let text = match &msg {
+            Message::Text(t) => t.as_str(),
+            Message::Binary(b) => match std::str::from_utf8(b) {
+                Ok(s) => s,
+                Err(_) => {
+                    parse_err_c.increment(1);
+                    status.parse_errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(len = b.len(), "Binary frame is not UTF-8; ignored");
+                    continue;
+                }
+            },
+            Message::Ping(_) => {
+                // tungstenite queued the pong; flush it now so a busy reader never delays it.
+                if let Err(e) = tokio::time::timeout(cfg.write_timeout, ws.flush())
+                    .await
+                    .map_err(|_| "flush timed out".to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+                {
+                    break End::Failed(format!("pong: {e}"));
+                }
+                continue;
+            }
+            Message::Pong(_) | Message::Frame(_) => continue,
+            Message::Close(frame) => {
+                let reason = match frame {
+                    Some(f) => format!("closed by venue: {} {}", u16::from(f.code), f.reason),
+                    None => "closed by venue".to_string(),
+                };
+                break End::Failed(reason);
+            }
+        };
+        let mut ticks: Vec<VenueTick<'_>> = recycle(std::mem::take(&mut buf));
+        match feed.parse(text, &mut ticks) {
+            Ok(Frame::Data) => {
+                for t in ticks.drain(..) {
+                    let Some(routes) = cfg.routes.get(t.symbol) else {
+                        unknown_c.increment(1);
+                        status.unknown_symbols.fetch_add(1, Ordering::Relaxed);
+                        trace!(symbol = t.symbol, "Tick for a symbol with no route");
+                        continue;
+                    };
+                    if !unconfirmed.is_empty() && unconfirmed.remove(t.symbol) {
+                        debug!(symbol = t.symbol, "First price: subscription confirmed");
+                        if unconfirmed_reported {
+                            status.text.lock().unconfirmed.retain(|s| s != t.symbol);
+                        }
+                    }
+                    if first_data.is_none() {
+                        first_data = Some(now);
+                    }
+                    for (inst, field) in routes {
+                        let price = match field {
+                            PriceField::Mark => t.mark,
+                            PriceField::Index => t.index,
+                        };
+                        if let Some(price) = price {
+                            ticks_c.increment(1);
+                            board.publish(PriceTick {
+                                instrument: inst.clone(),
+                                venue,
+                                price,
+                                index: t.index,
+                                exchange_ts: t.exchange_ts,
+                                received_ts: recv_ms,
+                            });
+                        }
+                    }
+                }
+            }
+            Ok(Frame::SubscribeAck { symbols }) => {
+                acked = true;
+                debug!(?symbols, "Subscription acknowledged");
+            }
+            Ok(Frame::SubscribeRejected { symbol, reason }) => {
+                counter!("liqwatch_feed_subscriptions_rejected_total", "venue" => v).increment(1);
+                let name = symbol
+                    .clone()
+                    .unwrap_or_else(|| "(not named by the venue)".to_string());
+                error!(symbol = %name, reason = %reason, "Subscription rejected by the venue; check the symbol in the instrument sources");
+                let mut t = status.text.lock();
+                t.last_error = Some(format!("subscription rejected: {name}: {reason}"));
+                if let Some(s) = symbol {
+                    for one in s.split(',') {
+                        unconfirmed.remove(one);
+                        rejected.insert(one.to_string());
+                        if !t.rejected.iter().any(|x| x == one) {
+                            t.rejected.push(one.to_string());
+                        }
+                    }
+                }
+            }
+            Ok(Frame::Pong) | Ok(Frame::Ignore) => {}
+            Ok(Frame::Reply(text)) => {
+                if let Err(e) = send(&mut ws, Message::text(text), cfg.write_timeout).await {
+                    break End::Failed(e);
+                }
+            }
+            Ok(Frame::ReconnectSoon) => {
+                break End::Rotate("venue announced a disconnect");
+            }
+            Ok(Frame::VenueError { code, message }) => {
+                counter!("liqwatch_feed_venue_errors_total", "venue" => v).increment(1);
+                warn!(code = %code, message = %message, "Venue error frame");
+                status.set_error(format!("venue error {code}: {message}"));
+            }
+            Err(e) => {
+                parse_err_c.increment(1);
+                status.parse_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, frame = %short(text), "Unparseable frame ignored");
+                if let ParseError::BadNumber { .. } = e {
+                    counter!("liqwatch_feed_bad_numbers_total", "venue" => v).increment(1);
+                }
+            }
+        }
+        buf = recycle(ticks);
+    };
+    (end, healthy(first_data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Backoff doubles from the initial delay up to the cap, jittered into [½·d, d].
+    #[test]
+    fn backoff_bounds() {
+        let cfg = FeedConfig {
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+            ..FeedConfig::default()
+        };
+        for (attempt, full) in [
+            (0, 100),
+            (1, 200),
+            (2, 400),
+            (3, 800),
+            (4, 1000),
+            (40, 1000),
+        ] {
+            for _ in 0..50 {
+                let d = cfg.backoff_delay(attempt);
+                assert!(d <= Duration::from_millis(full), "{attempt}: {d:?}");
+                assert!(d >= Duration::from_millis(full / 2), "{attempt}: {d:?}");
+            }
+        }
+    }
+
+    /// Routes come from the instruments' sources for the venue only.
+    #[test]
+    fn routes_from_sources() {
+        let inst: Vec<Instrument> = serde_json::from_str(
+            r#"[{"id":"BTCUSDT-PERP","kind":"linear_perpetual","underlying":"BTC",
+                 "sources":[{"venue":"binance-usdm","symbol":"BTCUSDT"},{"venue":"okx","symbol":"BTC-USDT-SWAP"}]},
+                {"id":"BTC","kind":"collateral","underlying":"BTC",
+                 "sources":[{"venue":"binance-usdm","symbol":"BTCUSDT","field":"index"}]}]"#,
+        )
+        .unwrap();
+        let r = SymbolRoutes::from_instruments(Venue::BinanceUsdm, &inst);
+        assert_eq!(r.symbols(), &["BTCUSDT".to_string()]);
+        assert_eq!(
+            r.get("BTCUSDT").unwrap(),
+            &[
+                (InstrumentId::from("BTCUSDT-PERP"), PriceField::Mark),
+                (InstrumentId::from("BTC"), PriceField::Index)
+            ]
+        );
+        assert!(r.get("BTC-USDT-SWAP").is_none());
+    }
+
+    /// Config knobs parse from TOML with humantime durations; unknown keys are errors.
+    #[test]
+    fn config_from_toml() {
+        let c: FeedConfig = toml::from_str(
+            "url = \"ws://127.0.0.1:9/x\"\nbackoff_max = \"5s\"\ndead_after = \"40s\"",
+        )
+        .unwrap();
+        assert_eq!(c.url.as_deref(), Some("ws://127.0.0.1:9/x"));
+        assert_eq!(c.backoff_max, Duration::from_secs(5));
+        assert_eq!(c.dead_after, Some(Duration::from_secs(40)));
+        assert_eq!(c.backoff_initial, Duration::from_millis(500));
+        assert!(toml::from_str::<FeedConfig>("urll = \"x\"").is_err());
+    }
+}
