@@ -60,6 +60,9 @@ pub fn feed_for(venue: Venue) -> Result<Box<dyn Feed>, FeedError> {
     match venue {
         Venue::BinanceUsdm => Ok(Box::new(binance::BinanceUsdm::new())),
         Venue::BybitLinear => Ok(Box::new(bybit::BybitLinear::new())),
+        Venue::Okx => Ok(Box::new(okx::OkxFeed::new())),
+        Venue::Deribit => Ok(Box::new(deribit::DeribitFeed::new())),
+        Venue::Hyperliquid => Ok(Box::new(hyperliquid::HyperliquidFeed::new())),
         other => Err(FeedError::NoAdapter(other)),
     }
 }

@@ -13,6 +13,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures::StreamExt;
 use liqwatch::feeds::binance::BinanceUsdm;
 use liqwatch::feeds::bybit::BybitLinear;
+use liqwatch::feeds::deribit::DeribitFeed;
+use liqwatch::feeds::hyperliquid::HyperliquidFeed;
+use liqwatch::feeds::okx::OkxFeed;
 use liqwatch::feeds::{Feed, FeedConfig, FeedRegistry, SymbolRoutes, VenueTick, run_feed};
 use liqwatch::model::{InstrumentId, PriceField, PriceTick, Venue};
 use liqwatch::prices::{PriceBoard, PriceBoardConfig};
@@ -22,6 +25,13 @@ use tokio_util::sync::CancellationToken;
 const BINANCE_ONE: &str = r#"{"stream":"btcusdt@markPrice@1s","data":{"e":"markPriceUpdate","E":1788936948001,"s":"BTCUSDT","p":"79107.36658171","ap":"79107.36658171","P":"79176.63756423","i":"79139.09565217","r":"0.00008359","T":1788940800000,"st":1}}"#;
 const BYBIT_DELTA: &str = r#"{"topic":"tickers.BTCUSDT","type":"delta","data":{"symbol":"BTCUSDT","markPrice":"79120.55","indexPrice":"79139.09","bid1Price":"79114.50","bid1Size":"1.496"},"cs":793092205004,"ts":1787590405983}"#;
 const BYBIT_SNAPSHOT: &str = r#"{"topic":"tickers.BTCUSDT","type":"snapshot","data":{"symbol":"BTCUSDT","tickDirection":"PlusTick","lastPrice":"17216.00","markPrice":"17217.33","indexPrice":"17227.36","nextFundingTime":"1673280000000","fundingRate":"-0.000212","bid1Price":"17215.50","bid1Size":"84.489","ask1Price":"17216.00","ask1Size":"83.020","fundingIntervalHour":"8"},"cs":24987956059,"ts":1673272861686}"#;
+
+const OKX_MARK: &str = r#"{"arg":{"channel":"mark-price","instId":"BTC-USDT-SWAP"},"data":[{"instType":"SWAP","instId":"BTC-USDT-SWAP","markPx":"84612.3","ts":"1740830316879"}]}"#;
+const OKX_INDEX: &str = r#"{"arg":{"channel":"index-tickers","instId":"BTC-USDT"},"data":[{"instId":"BTC-USDT","idxPx":"84631.5","open24h":"80469.1","high24h":"86556.5","low24h":"80079.3","sodUtc0":"84343.8","sodUtc8":"84008.9","ts":"1740830316879"}]}"#;
+const DERIBIT_TICKER: &str = r#"{"jsonrpc":"2.0","method":"subscription","params":{"channel":"ticker.BTC_USDC-PERPETUAL.100ms","data":{"timestamp":1790133840887,"state":"open","index_price":86744.11,"instrument_name":"BTC_USDC-PERPETUAL","last_price":86773.6,"mark_price":86778.14,"current_funding":1.423e-4,"funding_8h":5.149e-5,"best_ask_price":86778.0,"best_bid_price":86775.9}}}"#;
+const DERIBIT_INDEX: &str = r#"{"jsonrpc":"2.0","method":"subscription","params":{"channel":"deribit_price_index.btc_usd","data":{"timestamp":1535098298227,"price":6521.17,"index_name":"btc_usd"}}}"#;
+const HL_CTX: &str = r#"{"channel":"activeAssetCtx","data":{"coin":"BTC","ctx":{"funding":"0.0000018952","openInterest":"36585.31848","prevDayPx":"86627.0","dayNtlVlm":"4161029539.6949653625","premium":"-0.0006413454","oraclePx":"84198.0","markPx":"84148.0","midPx":"84143.5","impactPxs":["84143.0","84144.0"],"dayBaseVlm":"49116.08533"}}}"#;
+const HL_MIDS: &str = r#"{"channel":"allMids","data":{"mids":{"@142":"80907.5","BTC":"80868.5","ETH":"2296.45","PURR/USDC":"0.067131"}}}"#;
 
 fn binance_array(n: usize) -> String {
     let items: Vec<String> = (0..n)
@@ -73,7 +83,46 @@ fn parse_bench(c: &mut Criterion) {
             black_box(f.parse(black_box(BYBIT_SNAPSHOT), &mut out).unwrap());
         })
     });
-    // feeds-more: add `okx/mark-price`, `deribit/ticker`, `hyperliquid/activeAssetCtx` here.
+    // feeds-more: OKX, Deribit (JSON numbers, exponent forms) and Hyperliquid.
+    let more: [(&str, Box<dyn Feed>, &str, u64); 6] = [
+        ("okx/mark-price", Box::new(OkxFeed::new()), OKX_MARK, 1),
+        ("okx/index-tickers", Box::new(OkxFeed::new()), OKX_INDEX, 1),
+        (
+            "deribit/ticker",
+            Box::new(DeribitFeed::new()),
+            DERIBIT_TICKER,
+            1,
+        ),
+        (
+            "deribit/price-index",
+            Box::new(DeribitFeed::new()),
+            DERIBIT_INDEX,
+            1,
+        ),
+        (
+            "hyperliquid/activeAssetCtx",
+            Box::new(HyperliquidFeed::new()),
+            HL_CTX,
+            1,
+        ),
+        (
+            "hyperliquid/allMids(4 coins)",
+            Box::new(HyperliquidFeed::new()),
+            HL_MIDS,
+            4,
+        ),
+    ];
+    for (name, mut f, frame, n) in more {
+        g.throughput(Throughput::Elements(n));
+        let mut out: Vec<VenueTick<'_>> = Vec::with_capacity(8);
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                out.clear();
+                black_box(f.parse(black_box(frame), &mut out).unwrap());
+                black_box(out.len());
+            })
+        });
+    }
     g.finish();
 }
 
