@@ -222,101 +222,135 @@ fn encode(texts: &[String]) -> Vec<u8> {
 
 const E2E_FRAMES: usize = 200_000;
 
+/// CPU time (user + system) of this whole process, from `/proc/self/stat` (10 ms ticks).
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the `(comm)`: state is field 3; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+struct E2e {
+    body: Arc<Vec<u8>>,
+    tail: Arc<Vec<u8>>,
+    repeat: usize,
+    sentinel: Decimal,
+}
+
+impl E2e {
+    fn new() -> E2e {
+        let (distinct, sentinel, sentinel_price) = frames(1000);
+        E2e {
+            body: Arc::new(encode(&distinct)),
+            tail: Arc::new(encode(&[r#"{"result":null,"id":1}"#.to_string(), sentinel])),
+            repeat: E2E_FRAMES / distinct.len(),
+            sentinel: sentinel_price,
+        }
+    }
+
+    /// The full feed path: driver + Binance adapter + routing + price board.
+    async fn driver(&self) {
+        let url = raw_server(self.body.clone(), self.repeat, self.tail.clone()).await;
+        let mut routes = SymbolRoutes::default();
+        routes.add(
+            "BTCUSDT",
+            InstrumentId::from("BTCUSDT-PERP"),
+            PriceField::Mark,
+        );
+        let cfg = FeedConfig {
+            url: Some(url),
+            routes,
+            ..FeedConfig::default()
+        };
+        let board = Arc::new(PriceBoard::new(PriceBoardConfig::default()));
+        let reg = FeedRegistry::new();
+        let status = reg.register(Venue::BinanceUsdm, &cfg.routes);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run_feed(
+            Box::new(BinanceUsdm::new()),
+            cfg,
+            board.clone(),
+            status,
+            cancel.clone(),
+        ));
+        let id = InstrumentId::from("BTCUSDT-PERP");
+        // The engine side: drain changes as they come, stop at the sentinel price.
+        'outer: loop {
+            for (_, c) in board.changed().await {
+                if c.price == self.sentinel {
+                    break 'outer;
+                }
+            }
+        }
+        assert_eq!(board.composite(&id).unwrap().price, self.sentinel);
+        cancel.cancel();
+        let _ = task.await;
+    }
+
+    /// The baseline: a plain tokio-tungstenite client reading and parsing each frame.
+    async fn baseline(&self) {
+        let url = raw_server(self.body.clone(), self.repeat, self.tail.clone()).await;
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        use futures::SinkExt;
+        ws.send(tokio_tungstenite::tungstenite::Message::text(
+            r#"{"method":"SUBSCRIBE","params":["btcusdt@markPrice@1s"],"id":1}"#,
+        ))
+        .await
+        .unwrap();
+        let mut f = BinanceUsdm::new();
+        while let Some(Ok(m)) = ws.next().await {
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+                let mut out = Vec::with_capacity(4);
+                let _ = f.parse(t.as_str(), &mut out);
+                if out.first().and_then(|t| t.mark) == Some(self.sentinel) {
+                    break;
+                }
+            }
+        }
+    }
+}
+
 fn e2e_bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let (distinct, sentinel, sentinel_price) = frames(1000);
-    let mut g = c.benchmark_group("e2e");
-    g.sample_size(10);
-    g.measurement_time(Duration::from_secs(10));
-    g.throughput(Throughput::Elements(E2E_FRAMES as u64));
-
-    let body = Arc::new(encode(&distinct));
-    let tail = Arc::new(encode(&[
-        r#"{"result":null,"id":1}"#.to_string(),
-        sentinel.clone(),
-    ]));
-    let repeat = E2E_FRAMES / distinct.len();
-
-    g.bench_function("binance-usdm loopback ws -> driver -> price board", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let url = raw_server(body.clone(), repeat, tail.clone()).await;
-                    let mut routes = SymbolRoutes::default();
-                    routes.add(
-                        "BTCUSDT",
-                        InstrumentId::from("BTCUSDT-PERP"),
-                        PriceField::Mark,
-                    );
-                    let cfg = FeedConfig {
-                        url: Some(url),
-                        routes,
-                        ..FeedConfig::default()
-                    };
-                    let board = Arc::new(PriceBoard::new(PriceBoardConfig::default()));
-                    let reg = FeedRegistry::new();
-                    let status = reg.register(Venue::BinanceUsdm, &cfg.routes);
-                    let cancel = CancellationToken::new();
-                    let start = Instant::now();
-                    let task = tokio::spawn(run_feed(
-                        Box::new(BinanceUsdm::new()),
-                        cfg,
-                        board.clone(),
-                        status,
-                        cancel.clone(),
-                    ));
-                    let id = InstrumentId::from("BTCUSDT-PERP");
-                    loop {
-                        if board.composite(&id).map(|c| c.price) == Some(sentinel_price) {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_micros(200)).await;
+    let e2e = E2e::new();
+    for (group, cpu) in [("e2e", false), ("e2e_cpu", true)] {
+        let mut g = c.benchmark_group(group);
+        g.sample_size(10);
+        g.measurement_time(Duration::from_secs(10));
+        g.throughput(Throughput::Elements(E2E_FRAMES as u64));
+        // Wall clock (`e2e`), or CPU time of the whole process incl. the server (`e2e_cpu`):
+        // frames per CPU-second, less sensitive to other load on a shared machine.
+        let clock = move || if cpu { process_cpu() } else { Duration::ZERO };
+        g.bench_function("binance-usdm loopback ws -> driver -> price board", |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let (t0, c0) = (Instant::now(), clock());
+                    for _ in 0..iters {
+                        e2e.driver().await;
                     }
-                    total += start.elapsed();
-                    cancel.cancel();
-                    let _ = task.await;
-                }
-                total
+                    if cpu { clock() - c0 } else { t0.elapsed() }
+                })
             })
-        })
-    });
-
-    g.bench_function("baseline: plain tokio-tungstenite read + parse", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let url = raw_server(body.clone(), repeat, tail.clone()).await;
-                    let start = Instant::now();
-                    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-                    use futures::SinkExt;
-                    ws.send(tokio_tungstenite::tungstenite::Message::text(
-                        r#"{"method":"SUBSCRIBE","params":["btcusdt@markPrice@1s"],"id":1}"#,
-                    ))
-                    .await
-                    .unwrap();
-                    let mut f = BinanceUsdm::new();
-                    while let Some(Ok(m)) = ws.next().await {
-                        if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
-                            let mut out = Vec::with_capacity(4);
-                            let _ = f.parse(t.as_str(), &mut out);
-                            if out.first().and_then(|t| t.mark) == Some(sentinel_price) {
-                                break;
-                            }
-                        }
+        });
+        g.bench_function("baseline: plain tokio-tungstenite read + parse", |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let (t0, c0) = (Instant::now(), clock());
+                    for _ in 0..iters {
+                        e2e.baseline().await;
                     }
-                    total += start.elapsed();
-                }
-                total
+                    if cpu { clock() - c0 } else { t0.elapsed() }
+                })
             })
-        })
-    });
-    g.finish();
+        });
+        g.finish();
+    }
 }
 
 criterion_group!(benches, parse_bench, board_bench, e2e_bench);
