@@ -153,7 +153,7 @@ async fn serve_binance<S>(
                             subscribed = true;
                         }
                     }
-                    Message::Ping(p) if tx.send(Message::Pong(p)).await.is_err() => return,
+                    Message::Ping(p) if tx.send(Message::Pong(p.clone())).await.is_err() => return,
                     Message::Close(_) => return,
                     _ => {}
                 }
