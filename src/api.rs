@@ -7,6 +7,19 @@
 //! error is a JSON body `{"error":{"code":…,"message":…,"field":…}}` built by [`ApiError`].
 //! The OpenAPI 3.1 description lives in `src/api/openapi.json` and is served at
 //! `GET /openapi.json`; a test keeps it in sync with [`router`].
+//!
+//! Wiring, in the daemon:
+//!
+//! ```text
+//! let (events_tx, _) = tokio::sync::broadcast::channel(4096);
+//! tracker.spawn(api::forward_journal(journal_handle.clone(), events_tx.clone(), cancel.clone()));
+//! let state = api::ApiState::new(backend.clone(), events_tx.clone())
+//!     .with_metrics(prometheus_handle)
+//!     .with_token(token.expose())            // omit: mutations answer 403
+//!     .with_body_limit(config.api.max_body_bytes)
+//!     .with_shutdown(cancel.clone());        // ends SSE streams on shutdown
+//! tracker.spawn(api::serve(config.api.bind, api::router(state), cancel.clone()));
+//! ```
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -53,6 +66,9 @@ pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 pub const DEFAULT_LIMIT: usize = 100;
 /// Largest accepted `limit`.
 pub const MAX_LIMIT: usize = 1000;
+
+/// Default cap on concurrent `/v1/events/stream` clients; more get 503.
+pub const DEFAULT_MAX_SSE_CLIENTS: usize = 256;
 
 // ---------------------------------------------------------------------------------------------
 // What the daemon provides
@@ -180,6 +196,8 @@ pub struct ApiState {
     token_digest: Option<[u8; 32]>,
     body_limit: usize,
     shutdown: CancellationToken,
+    sse_clients: Arc<std::sync::atomic::AtomicUsize>,
+    max_sse_clients: usize,
 }
 
 impl ApiState {
@@ -196,7 +214,15 @@ impl ApiState {
             token_digest: None,
             body_limit: DEFAULT_BODY_LIMIT,
             shutdown: CancellationToken::new(),
+            sse_clients: Arc::default(),
+            max_sse_clients: DEFAULT_MAX_SSE_CLIENTS,
         }
+    }
+
+    /// Cap on concurrent SSE clients (each holds a broadcast receiver and a connection).
+    pub fn with_max_sse_clients(mut self, max: usize) -> ApiState {
+        self.max_sse_clients = max;
+        self
     }
 
     /// Serve `GET /metrics` from this Prometheus handle.
@@ -938,17 +964,26 @@ pub struct ResyncBody {
     pub resync: String,
 }
 
-struct SseClientGauge;
+/// One open SSE client: counted in the gauge and against the cap until dropped.
+struct SseClientGauge(Arc<std::sync::atomic::AtomicUsize>);
 
 impl SseClientGauge {
-    fn new() -> Self {
+    /// Takes a slot, or `None` when `max` clients are already connected.
+    fn acquire(count: &Arc<std::sync::atomic::AtomicUsize>, max: usize) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
         metrics::gauge!("liqwatch_api_sse_clients").increment(1.0);
-        SseClientGauge
+        Some(SseClientGauge(count.clone()))
     }
 }
 
 impl Drop for SseClientGauge {
     fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         metrics::gauge!("liqwatch_api_sse_clients").decrement(1.0);
     }
 }
@@ -1061,6 +1096,13 @@ async fn events_stream(
         Some(s) => Some(parse_since(&s)?),
         None => None,
     };
+    let gauge =
+        SseClientGauge::acquire(&state.sse_clients, state.max_sse_clients).ok_or_else(|| {
+            ApiError::Unavailable(format!(
+                "too many event-stream clients (at most {}); poll /v1/events?since= instead",
+                state.max_sse_clients
+            ))
+        })?;
     // Subscribe before reading history so nothing committed in between is missed.
     let rx = state.events.subscribe();
     let st = SseState {
@@ -1074,8 +1116,150 @@ async fn events_stream(
             _ => None,
         },
         done: false,
-        _gauge: SseClientGauge::new(),
+        _gauge: gauge,
     };
     let stream = futures::stream::unfold(st, next_sse);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Journal → live stream
+// ---------------------------------------------------------------------------------------------
+
+/// Feeds the SSE broadcast from the journal: after each commit it reads the newly committed
+/// entries (off the async threads) and sends them in journal order. While no client is
+/// connected it reads nothing (clients catch up with `since=`). Returns when `cancel` fires or
+/// the journal is dropped.
+pub async fn forward_journal(
+    journal: crate::journal::JournalHandle,
+    events: broadcast::Sender<Arc<JournalEntry>>,
+    cancel: CancellationToken,
+) {
+    const BATCH: usize = 1000;
+    let mut committed = journal.journal().subscribe();
+    let mut last = *committed.borrow_and_update();
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            changed = committed.changed() => if changed.is_err() { break },
+        }
+        let target = *committed.borrow_and_update();
+        while last < target {
+            if events.receiver_count() == 0 {
+                last = target;
+                break;
+            }
+            match journal.read_after(last, BATCH).await {
+                Ok(batch) if batch.is_empty() => {
+                    last = target; // pruned under us: nothing left to send
+                }
+                Ok(batch) => {
+                    for entry in batch {
+                        last = entry.seq;
+                        // An error only means every client has gone; keep the cursor moving.
+                        let _ = events.send(Arc::new(entry));
+                    }
+                }
+                Err(crate::journal::JournalError::CorruptRow { seq, reason }) => {
+                    metrics::counter!("liqwatch_api_stream_skipped_total").increment(1);
+                    warn!(seq, %reason, "unreadable journal row not streamed");
+                    last = seq;
+                }
+                Err(error) => {
+                    warn!(%error, after = last, "journal read for the live stream failed; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `since` is a sequence number when all digits, else an RFC 3339 UTC time; anything else
+    /// (negative, overflow, offsets, words) is refused.
+    #[test]
+    fn events_since_parsing() {
+        let cases: &[(&str, Option<EventsSince>)] = &[
+            ("0", Some(EventsSince::Seq(0))),
+            ("4711", Some(EventsSince::Seq(4711))),
+            (
+                "2021-05-19T12:40:04Z",
+                Some(EventsSince::Time(1_621_428_004_000)),
+            ),
+            (
+                "2021-05-19T12:40:04.250Z",
+                Some(EventsSince::Time(1_621_428_004_250)),
+            ),
+            ("99999999999999999999999", None),
+            ("-1", None),
+            ("", None),
+            ("yesterday", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(EventsSince::parse(input), *want, "{input:?}");
+        }
+    }
+
+    /// Each error maps to its documented status and code, and only server-side trouble is
+    /// retriable.
+    #[test]
+    fn error_status_and_code() {
+        let cases = [
+            (ApiError::Unauthorized, 401, "unauthorized", false),
+            (
+                ApiError::MutationsDisabled,
+                403,
+                "mutations_disabled",
+                false,
+            ),
+            (ApiError::NotFound("x".into()), 404, "not_found", false),
+            (
+                ApiError::PayloadTooLarge { limit: 1 },
+                413,
+                "payload_too_large",
+                false,
+            ),
+            (
+                ApiError::UnsupportedMediaType,
+                415,
+                "unsupported_media_type",
+                false,
+            ),
+            (ApiError::Unavailable("x".into()), 503, "unavailable", true),
+            (ApiError::Internal("x".into()), 500, "internal", true),
+            (
+                ApiError::from(ApplyError::Persist("locked".into())),
+                503,
+                "unavailable",
+                true,
+            ),
+            (
+                ApiError::from(ApplyError::NotFound(AccountId::from("a"))),
+                404,
+                "not_found",
+                false,
+            ),
+            (
+                ApiError::from(ApplyError::Invalid {
+                    field: "positions[0]".into(),
+                    message: "no".into(),
+                }),
+                422,
+                "invalid_value",
+                false,
+            ),
+        ];
+        for (error, status, code, retriable) in cases {
+            assert_eq!(error.status().as_u16(), status, "{error:?}");
+            assert_eq!(error.code(), code, "{error:?}");
+            assert_eq!(error.is_retriable(), retriable, "{error:?}");
+        }
+    }
 }

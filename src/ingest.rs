@@ -9,6 +9,16 @@
 //! writer as permanent — is counted, logged with its subject and stream sequence, and terminated
 //! (`+TERM`) so that JetStream does not redeliver it forever. A transient failure (store busy,
 //! shutting down) is nak'ed with a delay and comes back.
+//!
+//! Wiring, in the daemon (`backend` implements [`AccountWriter`]):
+//!
+//! ```text
+//! let ingest = ingest::NatsIngest::connect(ingest::NatsIngestConfig {
+//!     url, subject, stream, durable,          // from [accounts.nats]
+//!     ..Default::default()
+//! }).await?;                                  // fails fast: exit 1 if NATS is unreachable
+//! tracker.spawn(ingest.run(backend.clone(), cancel.clone()));
+//! ```
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -583,6 +593,7 @@ impl IngestError {
 /// A connected, bound JetStream consumer, ready to [`run`](NatsIngest::run).
 pub struct NatsIngest {
     config: NatsIngestConfig,
+    client: async_nats::Client,
     consumer: jetstream::consumer::Consumer<pull::Config>,
 }
 
@@ -644,7 +655,7 @@ impl NatsIngest {
                 url: config.url.clone(),
                 reason: e.to_string(),
             })?;
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         let stream_err = |reason: String| IngestError::Stream {
             stream: config.stream.clone(),
             reason,
@@ -681,7 +692,11 @@ impl NatsIngest {
                 reason: e.to_string(),
             })?;
         info!(stream = %config.stream, subject = %config.subject, durable = %config.durable, "NATS account ingest bound");
-        Ok(NatsIngest { config, consumer })
+        Ok(NatsIngest {
+            config,
+            client,
+            consumer,
+        })
     }
 
     /// Consumes until `cancel` fires: each message is parsed, validated, applied through
@@ -735,6 +750,14 @@ impl NatsIngest {
                     None => continue 'outer,
                 }
             }
+        }
+        // Close the connection now, so the server drops our outstanding pull request instead
+        // of handing new messages to a consumer that is going away (they would wait `ack_wait`
+        // before being redelivered).
+        match tokio::time::timeout(self.config.timeout, self.client.drain()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "NATS drain failed"),
+            Err(_) => warn!("NATS drain timed out"),
         }
         info!(durable = %self.config.durable, "NATS account ingest stopped");
     }

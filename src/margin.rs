@@ -76,7 +76,25 @@ pub fn div(a: Decimal, b: Decimal, context: &'static str) -> Result<Decimal, Mar
 
 /// Normalises a contribution to [`ACCOUNTING_SCALE`] places, half-up.
 pub fn normalise(d: Decimal) -> Decimal {
-    let mut r = d.round_dp_with_strategy(ACCOUNTING_SCALE, RoundingStrategy::MidpointAwayFromZero);
+    // Rounding is a no-op at or below the scale; skip it on the hot path.
+    let scale = d.scale();
+    if scale < ACCOUNTING_SCALE {
+        // Widen the mantissa in one i128 multiplication (`rescale` steps digit by digit).
+        let widened = 10i128
+            .checked_pow(ACCOUNTING_SCALE - scale)
+            .and_then(|p| d.mantissa().checked_mul(p))
+            .and_then(|m| Decimal::try_from_i128_with_scale(m, ACCOUNTING_SCALE).ok());
+        if let Some(w) = widened {
+            return w;
+        }
+    } else if scale == ACCOUNTING_SCALE {
+        return d;
+    }
+    let mut r = if scale > ACCOUNTING_SCALE {
+        d.round_dp_with_strategy(ACCOUNTING_SCALE, RoundingStrategy::MidpointAwayFromZero)
+    } else {
+        d
+    };
     r.rescale(ACCOUNTING_SCALE);
     r
 }
@@ -90,9 +108,32 @@ pub fn to_cents(d: Decimal) -> Decimal {
 /// at an exact floor, as Binance clients do; MM is continuous there, so either gives the same
 /// MM). Notionals beyond the last cap use the last tier. Returns the 0-based index.
 pub fn select_tier(tiers: &[MarginTier], notional: Decimal) -> Option<(usize, &MarginTier)> {
-    let idx = tiers.partition_point(|t| t.notional_floor <= notional);
+    // Venue floors are whole numbers. For an integer floor f, `f ≤ N ⇔ f ≤ ⌊N⌋`, so comparing
+    // integer mantissas is exact and avoids a Decimal rescale per comparison (the hot path).
+    let whole = whole_part(notional);
+    let idx = tiers.partition_point(|t| {
+        let f = t.notional_floor;
+        match whole {
+            Some(n) if f.scale() == 0 => f.mantissa() <= n,
+            _ => f <= notional,
+        }
+    });
     let i = idx.saturating_sub(1);
     tiers.get(i).map(|t| (i, t))
+}
+
+/// `⌊d⌋` as an integer for non-negative `d`; `None` for negatives (callers fall back to
+/// `Decimal` comparisons).
+fn whole_part(d: Decimal) -> Option<i128> {
+    if d.is_sign_negative() {
+        return None;
+    }
+    let m = d.mantissa();
+    let scale = d.scale();
+    if scale == 0 {
+        return Some(m);
+    }
+    10i128.checked_pow(scale).map(|p| m / p)
 }
 
 /// The figures of one position at one price, in the account currency (USD).
@@ -173,16 +214,23 @@ pub fn position_figures_exact(
             tier,
         })
     } else {
-        let base = mul(abs_q, cs, "linear size")?;
+        // Most contracts have size 1: skip two multiplications on the hot path.
+        let unit = cs == Decimal::ONE;
+        let base = if unit {
+            abs_q
+        } else {
+            mul(abs_q, cs, "linear size")?
+        };
         let notional = mul(base, price, "linear notional")?;
         let (tier, t) = select_tier(&instrument.tiers, notional)
             .ok_or_else(|| MarginError::NoTiers(instrument.id.clone()))?;
         let mm = sub(mul(notional, t.mmr, "linear MM")?, t.cum, "linear MM")?;
-        let upnl = mul(
-            mul(quantity, cs, "linear PnL")?,
-            sub(price, entry, "linear PnL")?,
-            "linear PnL",
-        )?;
+        let signed = if unit {
+            quantity
+        } else {
+            mul(quantity, cs, "linear PnL")?
+        };
+        let upnl = mul(signed, sub(price, entry, "linear PnL")?, "linear PnL")?;
         Ok(PositionFigures {
             notional,
             unrealized_pnl: upnl,

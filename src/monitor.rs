@@ -42,7 +42,7 @@ use std::collections::{BTreeSet, HashMap};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::accounts::{AccountKey, AccountMap, Touched};
+use crate::accounts::{AccountKey, AccountMap, Touched, UpdateOutcome};
 use crate::margin;
 use crate::model::{
     AccountId, AccountState, EventKind, FeedEventInfo, InstrumentId, MarginRatio, PriceUsed,
@@ -220,6 +220,12 @@ pub trait PriceInfo {
     fn price_info(&self, instrument: &InstrumentId) -> Option<PriceUsed>;
 }
 
+impl PriceInfo for crate::prices::PriceBoard {
+    fn price_info(&self, instrument: &InstrumentId) -> Option<PriceUsed> {
+        self.composite(instrument).map(|c| c.price_used(instrument))
+    }
+}
+
 impl PriceInfo for HashMap<InstrumentId, PriceUsed> {
     fn price_info(&self, instrument: &InstrumentId) -> Option<PriceUsed> {
         self.get(instrument).cloned()
@@ -255,7 +261,7 @@ struct Slot {
 /// The monitor. Owned by the engine task (`&mut self`); states are indexed by account key.
 pub struct Monitor {
     cfg: MonitorConfig,
-    /// A ratio strictly below this (with a 1e-20 relative margin) cannot move a healthy account.
+    /// A ratio below this (0.1 % under the first level) cannot move a healthy account.
     fast_floor: Decimal,
     slots: Vec<Option<Slot>>,
     pending: HashMap<AccountId, MonitorState>,
@@ -274,8 +280,10 @@ impl Monitor {
             .first()
             .copied()
             .unwrap_or(cfg.thresholds.trigger);
+        // 0.1 % below the first level: short enough a number that `floor × equity` stays in
+        // rust_decimal's fast 96-bit path, far enough that rounding can never matter.
         let fast_floor = first
-            .checked_mul(Decimal::ONE - Decimal::new(1, 20))
+            .checked_mul(Decimal::new(999, 3))
             .unwrap_or(Decimal::ZERO);
         Ok(Monitor {
             cfg,
@@ -374,6 +382,49 @@ impl Monitor {
         }
         out.reverse();
         out
+    }
+
+    /// One engine step for a burst of changed prices: applies each to the map (a price the map
+    /// refuses is logged, counted and skipped), then evaluates every touched account once on
+    /// its latest figures. `buf` is scratch space reused across calls.
+    pub fn on_prices(
+        &mut self,
+        map: &AccountMap,
+        changed: impl IntoIterator<Item = (InstrumentId, Decimal)>,
+        prices: &dyn PriceInfo,
+        now_ms: TimestampMs,
+        buf: &mut Vec<Touched>,
+    ) -> Vec<Emitted> {
+        buf.clear();
+        for (id, price) in changed {
+            if let Err(error) = map.apply_price(&id, price, buf) {
+                tracing::debug!(instrument = %id, %error, "Price not applied");
+            }
+        }
+        let out = self.evaluate(map, buf, prices, now_ms);
+        buf.clear();
+        out
+    }
+
+    /// After [`AccountMap::apply_update`] succeeded: evaluates the account, or forgets it when
+    /// it was removed.
+    pub fn on_update(
+        &mut self,
+        map: &AccountMap,
+        outcome: &UpdateOutcome,
+        id: &AccountId,
+        prices: &dyn PriceInfo,
+        now_ms: TimestampMs,
+    ) -> Vec<Emitted> {
+        match outcome {
+            UpdateOutcome::Removed(k) => {
+                self.forget(*k, id);
+                Vec::new()
+            }
+            UpdateOutcome::Created(k) | UpdateOutcome::Updated(k) => {
+                self.evaluate_account(map, *k, prices, now_ms)
+            }
+        }
     }
 
     /// Evaluates one account (after an account update).
@@ -926,6 +977,46 @@ mod tests {
             assert_eq!(r.crossed_levels, vec![dec!(0.8), dec!(1)]);
             assert_eq!(r.state, Some(AccountState::Healthy));
             assert_eq!(r.seq, 3);
+        }
+
+        /// `on_prices` applies a burst and evaluates once; `on_update` evaluates or forgets.
+        #[test]
+        fn engine_step_helpers() {
+            let (m, mut mon) = setup();
+            let info = HashMap::new();
+            let mut buf = Vec::new();
+            let burst = |p: [Decimal; 3]| {
+                vec![
+                    (InstrumentId::from("BTCUSDT-PERP"), p[0]),
+                    ("BTC".into(), p[0]),
+                    ("ETHUSDT-PERP".into(), p[1]),
+                    ("SOLUSDT-PERP".into(), p[2]),
+                    ("DOGE".into(), dec!(1)),
+                ]
+            };
+            assert!(
+                mon.on_prices(&m, burst(W3), &info, NOW, &mut buf)
+                    .is_empty()
+            );
+            let e = mon.on_prices(&m, burst(W4), &info, NOW, &mut buf);
+            assert_eq!(e.len(), 1);
+            assert_eq!(e[0].event.crossed_levels, vec![dec!(0.8), dec!(1)]);
+            let id = AccountId::from("w3");
+            let deposit = AccountUpdate::Collateral {
+                account_id: id.clone(),
+                asset: "USDT".into(),
+                delta: dec!(100000),
+            };
+            let out = m.apply_update(deposit).unwrap();
+            let e = mon.on_update(&m, &out, &id, &info, NOW);
+            assert_eq!(e[0].event.kind, EventKind::Recovered);
+            let out = m
+                .apply_update(AccountUpdate::Remove {
+                    account_id: id.clone(),
+                })
+                .unwrap();
+            assert!(mon.on_update(&m, &out, &id, &info, NOW).is_empty());
+            assert_eq!(mon.state(&m, &id), None);
         }
 
         /// A jump from healthy straight to W4 is one trigger listing both levels.

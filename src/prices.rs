@@ -31,8 +31,10 @@
 //! the old reference discards the held spike.
 //!
 //! **Staleness (data freshness).** Only accepted prices count: a source (instrument, venue) is
-//! fresh while its last accepted price is younger than the smaller of the instrument's
-//! `stale_after` and the venue's `stale_after`. An instrument with no fresh source is stale:
+//! fresh while its last accepted price is younger than its limit: the instrument's
+//! `instrument_stale_after` if set, else the venue's `venue_stale_after` (per feed), else the
+//! default `stale_after`. An instrument with no fresh source is stale (one never priced goes
+//! stale after the longest limit of its sources):
 //! [`check_staleness`](PriceBoard::check_staleness) reports the transition once
 //! (`feed_stale`), and `feed_restored` once a fresh price returns. Transport liveness (pings,
 //! pongs, dead peers) is the feed driver's business and never makes a price fresh. Time is
@@ -101,10 +103,11 @@ pub struct PriceBoardConfig {
     /// Default data-freshness limit per instrument (`"30s"`).
     #[serde(default = "default_stale_after", with = "humantime_serde")]
     pub stale_after: Duration,
-    /// Per-instrument overrides of `stale_after` (`{ "BTCUSDT-PERP" = "10s" }`).
+    /// Per-instrument freshness limits; they override the venue limits for that instrument
+    /// (`{ "BTCUSDT-PERP" = "10s" }`).
     #[serde(default)]
     pub instrument_stale_after: BTreeMap<InstrumentId, humantime_serde::Serde<Duration>>,
-    /// Per-venue freshness limits: a venue older than this no longer counts in the composite
+    /// Per-venue (per-feed) freshness limits, overriding `stale_after` for that venue's prices
     /// (`{ okx = "20s" }`).
     #[serde(default)]
     pub venue_stale_after: BTreeMap<Venue, humantime_serde::Serde<Duration>>,
@@ -265,7 +268,8 @@ struct Slot {
 #[derive(Debug)]
 struct InstState {
     slots: Vec<Slot>,
-    stale_after: Duration,
+    /// Per-instrument override of every source's freshness limit.
+    override_limit: Option<Duration>,
     tracked_at: Instant,
     stale: bool,
     restored_pending: bool,
@@ -356,25 +360,31 @@ impl PriceBoard {
         &self.cfg
     }
 
-    fn instrument_limit(&self, id: &InstrumentId) -> Duration {
-        self.cfg
-            .instrument_stale_after
-            .get(id)
-            .map(|d| **d)
+    /// Freshness limit of one source: the instrument's override, else the venue's, else the
+    /// default.
+    fn source_limit(&self, st: &InstState, venue: Venue) -> Duration {
+        st.override_limit
+            .or(self.venue_limits[venue_idx(venue)])
             .unwrap_or(self.cfg.stale_after)
     }
 
-    fn source_limit(&self, st: &InstState, venue: Venue) -> Duration {
-        match self.venue_limits[venue_idx(venue)] {
-            Some(v) => v.min(st.stale_after),
-            None => st.stale_after,
+    /// The instrument's limit: how long it may go without any fresh price (the longest of its
+    /// sources' limits).
+    fn inst_limit(&self, st: &InstState) -> Duration {
+        if let Some(d) = st.override_limit {
+            return d;
         }
+        st.slots
+            .iter()
+            .map(|s| self.source_limit(st, s.venue))
+            .max()
+            .unwrap_or(self.cfg.stale_after)
     }
 
     fn new_state(&self, id: &InstrumentId, now: Instant) -> InstState {
         InstState {
             slots: Vec::with_capacity(2),
-            stale_after: self.instrument_limit(id),
+            override_limit: self.cfg.instrument_stale_after.get(id).map(|d| **d),
             tracked_at: now,
             stale: false,
             restored_pending: false,
@@ -689,7 +699,7 @@ impl PriceBoard {
                 .iter()
                 .filter_map(|s| s.accepted.as_ref().map(|a| (s.venue, a)))
                 .max_by_key(|(_, a)| a.at);
-            let venues: Vec<Venue> = st.slots.iter().map(|s| s.venue).collect();
+            let venues = || st.slots.iter().map(|s| s.venue).collect::<Vec<Venue>>();
             if st.restored_pending {
                 st.restored_pending = false;
                 st.feed_seq += 1;
@@ -698,10 +708,10 @@ impl PriceBoard {
                     seq: st.feed_seq,
                     info: FeedEventInfo {
                         instrument: id.clone(),
-                        venues: venues.clone(),
+                        venues: venues(),
                         last_price: newest.map(|(_, a)| a.price),
                         age_ms: newest.map(|(_, a)| ms(now.saturating_duration_since(a.at))),
-                        stale_after_ms: ms(st.stale_after),
+                        stale_after_ms: ms(self.inst_limit(st)),
                     },
                 });
                 counter!("liqwatch_prices_feed_restored_total", "instrument" => id.to_string())
@@ -714,7 +724,8 @@ impl PriceBoard {
                 })
             });
             let since = newest.map(|(_, a)| a.at).unwrap_or(st.tracked_at);
-            let overdue = now.saturating_duration_since(since) > st.stale_after;
+            let limit = self.inst_limit(st);
+            let overdue = now.saturating_duration_since(since) > limit;
             if !any_fresh && (overdue || newest.is_some()) && !st.stale {
                 st.stale = true;
                 st.feed_seq += 1;
@@ -723,15 +734,15 @@ impl PriceBoard {
                     seq: st.feed_seq,
                     info: FeedEventInfo {
                         instrument: id.clone(),
-                        venues,
+                        venues: venues(),
                         last_price: newest.map(|(_, a)| a.price),
                         age_ms: newest.map(|(_, a)| ms(now.saturating_duration_since(a.at))),
-                        stale_after_ms: ms(st.stale_after),
+                        stale_after_ms: ms(limit),
                     },
                 });
                 counter!("liqwatch_prices_feed_stale_total", "instrument" => id.to_string())
                     .increment(1);
-                tracing::warn!(instrument = %id, stale_after = ?st.stale_after, last_price = ?newest.map(|(_, a)| a.price), "Feed stale: no fresh price from any source");
+                tracing::warn!(instrument = %id, stale_after = ?limit, last_price = ?newest.map(|(_, a)| a.price), "Feed stale: no fresh price from any source");
                 if !st.dirty && newest.is_some() {
                     st.dirty = true;
                     inner.dirty.push(id.clone());
@@ -739,6 +750,10 @@ impl PriceBoard {
             }
             if st.stale {
                 stale_count += 1;
+            }
+            if let Some((_, a)) = newest {
+                gauge!("liqwatch_prices_price_age_seconds", "instrument" => id.to_string())
+                    .set(now.saturating_duration_since(a.at).as_secs_f64());
             }
         }
         gauge!("liqwatch_prices_stale_instruments").set(stale_count as f64);
@@ -770,7 +785,7 @@ impl PriceBoard {
                 instrument: id.clone(),
                 composite: self.build_composite(st, now),
                 stale: st.stale,
-                stale_after_ms: ms(st.stale_after),
+                stale_after_ms: ms(self.inst_limit(st)),
                 sources: st
                     .slots
                     .iter()
@@ -793,6 +808,31 @@ impl PriceBoard {
             .collect();
         out.sort_by(|a, b| a.instrument.cmp(&b.instrument));
         out
+    }
+}
+
+/// Runs [`PriceBoard::check_staleness`] every `every` and sends each transition to `tx`
+/// (bounded; transitions are rare) until `cancel` fires or the receiver is dropped. The daemon
+/// turns each into a `feed_stale` / `feed_restored` event with [`StaleTransition::to_event`].
+pub async fn watch_staleness(
+    board: std::sync::Arc<PriceBoard>,
+    every: Duration,
+    tx: tokio::sync::mpsc::Sender<StaleTransition>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for t in board.check_staleness(Instant::now()) {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = tx.send(t) => if r.is_err() { return },
+            }
+        }
     }
 }
 
@@ -980,6 +1020,92 @@ mod tests {
             b.composite(&InstrumentId::from("X")).unwrap().price,
             dec!(100)
         );
+    }
+
+    /// Limits: the venue limit applies per source, the instrument override wins over it.
+    #[tokio::test(start_paused = true)]
+    async fn limit_precedence() {
+        let mut cfg = PriceBoardConfig {
+            stale_after: Duration::from_secs(10),
+            ..PriceBoardConfig::default()
+        };
+        cfg.venue_stale_after
+            .insert(O, humantime_serde::Serde::from(Duration::from_secs(60)));
+        cfg.instrument_stale_after.insert(
+            InstrumentId::from("FAST"),
+            humantime_serde::Serde::from(Duration::from_secs(2)),
+        );
+        let b = PriceBoard::new(cfg);
+        b.publish(tick("X", O, dec!(1)));
+        b.publish(tick("FAST", O, dec!(1)));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let t = b.check_staleness(Instant::now());
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].info.instrument, InstrumentId::from("FAST"));
+        assert_eq!(t[0].info.stale_after_ms, 2_000);
+        assert!(!b.composite(&InstrumentId::from("X")).unwrap().stale);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let t = b.check_staleness(Instant::now());
+        assert_eq!(t[0].info.instrument, InstrumentId::from("X"));
+        assert_eq!(t[0].info.stale_after_ms, 60_000);
+    }
+
+    /// The watcher reports a stale instrument through its channel.
+    #[tokio::test(start_paused = true)]
+    async fn watcher_sends_transitions() {
+        let b = std::sync::Arc::new(board(CompositeMode::Median));
+        b.track(&InstrumentId::from("X"), &[B]);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let h = tokio::spawn(watch_staleness(
+            b.clone(),
+            Duration::from_millis(250),
+            tx,
+            cancel.clone(),
+        ));
+        let t = rx.recv().await.unwrap();
+        assert_eq!(t.kind, EventKind::FeedStale);
+        assert_eq!(t.info.instrument, InstrumentId::from("X"));
+        assert_eq!(t.info.venues, vec![B]);
+        cancel.cancel();
+        h.await.unwrap();
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Over any sequence of ticks: non-positive prices are always rejected, the composite is
+        /// always positive and lies within the accepted prices of the venues, and a lone spike
+        /// from one venue never moves the composite by itself.
+        #[test]
+        fn board_invariants(ticks in proptest::collection::vec((0usize..3, -2i64..400), 1..60)) {
+            let b = board(CompositeMode::Median);
+            let venues = [B, Y, O];
+            let id = InstrumentId::from("X");
+            let mut last_accepted: [Option<Decimal>; 3] = [None; 3];
+            for (v, p) in ticks {
+                let price = Decimal::new(p, 0);
+                let before = b.composite(&id).map(|c| c.price);
+                let out = b.publish(tick("X", venues[v], price));
+                if p <= 0 {
+                    proptest::prop_assert_eq!(out, PublishOutcome::Rejected);
+                }
+                if out == PublishOutcome::Held {
+                    proptest::prop_assert_eq!(b.composite(&id).map(|c| c.price), before);
+                }
+                for s in b.status().iter().flat_map(|st| st.sources.iter()) {
+                    let k = venues.iter().position(|x| *x == s.venue).unwrap();
+                    last_accepted[k] = s.last_price;
+                }
+                if let Some(c) = b.composite(&id) {
+                    proptest::prop_assert!(c.price > Decimal::ZERO);
+                    let acc: Vec<Decimal> = last_accepted.iter().flatten().copied().collect();
+                    let lo = acc.iter().min().copied().unwrap();
+                    let hi = acc.iter().max().copied().unwrap();
+                    proptest::prop_assert!(c.price >= lo && c.price <= hi);
+                }
+            }
+        }
     }
 
     /// Config parses from TOML with durations, venue names and string decimals.

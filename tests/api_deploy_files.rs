@@ -1,5 +1,5 @@
 //! Keeps the deploy files honest: probes hit real API routes, stop timeouts cover the drain grace
-//! period, the Kubernetes configs are valid daemon configs, and the systemd unit keeps its
+//! period, the Kubernetes configs pass the daemon's config validation, and the systemd unit keeps its
 //! hardening (and passes `systemd-analyze verify` where systemd is installed). The alert rules
 //! and the README metrics table are checked in `tests/api_metrics_doc.rs`.
 
@@ -117,8 +117,9 @@ fn stop_timeouts_cover_the_drain_grace() {
     }
 }
 
-/// Each shard's config in the ConfigMap is valid TOML, binds the API where the probes look, keeps
-/// its journal on the persistent volume and consumes its own shard's NATS subject.
+/// Each shard's config in the ConfigMap passes the daemon's own config validation, binds the API
+/// where the probes look, keeps its journal on the persistent volume and consumes its own
+/// shard's NATS subject.
 #[test]
 fn configmap_has_one_valid_config_per_shard() {
     let configs = configmap_configs();
@@ -136,6 +137,11 @@ fn configmap_has_one_valid_config_per_shard() {
     );
     for (i, (name, text)) in configs.iter().enumerate() {
         assert_eq!(name, &format!("liqwatch-{i}.toml"));
+        let path = PathBuf::from("/etc/liqwatch").join(name);
+        let env = |var: &str| Some(format!("test-value-of-{var}"));
+        if let Err(e) = liqwatch::config::parse(text, &path, &env) {
+            panic!("{name} is not a valid liqwatch config:\n{e}");
+        }
         let v: toml::Value = toml::from_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(v["api"]["bind"].as_str(), Some("0.0.0.0:9477"), "{name}");
         assert!(

@@ -573,3 +573,31 @@ async fn unknown_route_and_method() {
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(body["error"]["code"], "method_not_allowed");
 }
+
+/// Event-stream clients are capped: past the cap a client gets 503, and a closed stream frees
+/// its slot.
+#[tokio::test]
+async fn sse_clients_are_capped() {
+    let backend = MemBackend::new(16);
+    let app = api::router(
+        ApiState::new(backend.clone(), backend.events_tx.clone()).with_max_sse_clients(1),
+    );
+    let stream = || {
+        Request::get("/v1/events/stream")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let first = app.clone().oneshot(stream()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let (status, body) = call(&app, stream()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("too many")
+    );
+    drop(first);
+    let again = app.clone().oneshot(stream()).await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+}

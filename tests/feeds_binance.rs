@@ -311,10 +311,40 @@ async fn ack_then_silence_reports_unconfirmed_symbol() {
     run.stop().await;
 }
 
-/// At the maximum connection age the driver reconnects at once (no backoff, no error) and
-/// prices continue on the new connection.
+/// Before the maximum connection age the driver opens a replacement, waits for its first
+/// price, and only then closes the old connection (make-before-break: no gap in prices).
 #[tokio::test]
-async fn rotates_at_max_connection_age() {
+async fn rotates_make_before_break() {
+    let conn = |p: &str| {
+        vec![
+            Step::AwaitText("SUBSCRIBE".into()),
+            Step::Send(mark("BTCUSDT", p, 1)),
+        ]
+    };
+    let venue = MockVenue::start(binance_mock_cfg(), vec![conn("100"), conn("101")]).await;
+    let mut cfg = fast_cfg(
+        venue.url("market/stream"),
+        routes(&[("BTCUSDT", "BTCUSDT-PERP")]),
+    );
+    cfg.max_connection_age = Some(Duration::from_millis(1000));
+    let run = start(cfg, PriceBoardConfig::default());
+    assert!(until(WAIT, || run.price("BTCUSDT-PERP") == Some(dec!(100))).await);
+    assert!(until(WAIT, || run.price("BTCUSDT-PERP") == Some(dec!(101))).await);
+    assert!(until(WAIT, || venue.log(0).closed.is_some()).await);
+    let (old, new) = (venue.log(0), venue.log(1));
+    assert!(
+        new.opened.unwrap() < old.closed.unwrap(),
+        "replacement must open before the old connection closes"
+    );
+    assert!(new.texts[0].contains("btcusdt@markPrice@1s"));
+    assert_eq!(run.status.last_error(), None);
+    run.stop().await;
+}
+
+/// When the replacement delivers no price, the driver still rotates at the maximum age by
+/// reconnecting at once (no backoff, no error).
+#[tokio::test]
+async fn rotation_falls_back_to_reconnect() {
     let venue = MockVenue::start(binance_mock_cfg(), vec![]).await;
     let mut cfg = fast_cfg(
         venue.url("market/stream"),
@@ -324,11 +354,12 @@ async fn rotates_at_max_connection_age() {
     cfg.backoff_initial = Duration::from_secs(30);
     cfg.backoff_max = Duration::from_secs(30);
     let run = start(cfg, PriceBoardConfig::default());
-    // With a 30 s backoff, a second connection within WAIT proves rotation skipped it.
-    assert!(until(WAIT, || venue.connections() >= 2).await);
+    // First connection, its silent replacement, then the reconnect at the maximum age: with
+    // a 30 s backoff, a third connection within WAIT proves rotation skipped the backoff.
+    assert!(until(WAIT, || venue.connections() >= 3).await);
     assert!(
         until(WAIT, || venue
-            .texts(1)
+            .texts(2)
             .iter()
             .any(|t| t.contains("SUBSCRIBE")))
         .await
@@ -424,4 +455,58 @@ async fn spike_held_until_confirmed() {
     venue.push(mark("BTCUSDT", "1001", 3));
     assert!(until(WAIT, || run.price("BTCUSDT-PERP") == Some(dec!(1001))).await);
     run.stop().await;
+}
+
+/// `spawn_feeds` starts a driver per venue named in the instruments' sources, routing mark and
+/// index of one symbol to two instruments, and registers its status.
+#[tokio::test]
+async fn spawn_feeds_from_instrument_sources() {
+    let venue = MockVenue::start(binance_mock_cfg(), vec![]).await;
+    let instruments: Vec<liqwatch::model::Instrument> = serde_json::from_str(
+        r#"[{"id":"BTCUSDT-PERP","kind":"linear_perpetual","underlying":"BTC",
+             "sources":[{"venue":"binance-usdm","symbol":"BTCUSDT"}]},
+            {"id":"BTC","kind":"collateral","underlying":"BTC",
+             "sources":[{"venue":"binance-usdm","symbol":"BTCUSDT","field":"index"}]},
+            {"id":"USDT","kind":"collateral","underlying":"USDT","stable":true}]"#,
+    )
+    .unwrap();
+    let mut configs = std::collections::BTreeMap::new();
+    configs.insert(
+        liqwatch::model::Venue::BinanceUsdm,
+        fast_cfg(venue.url("market/stream"), SymbolRoutes::default()),
+    );
+    let board = Arc::new(PriceBoard::new(PriceBoardConfig::default()));
+    let registry = FeedRegistry::new();
+    let cancel = CancellationToken::new();
+    let handles = liqwatch::feeds::spawn_feeds(
+        &instruments,
+        &configs,
+        board.clone(),
+        &registry,
+        cancel.clone(),
+    )
+    .unwrap();
+    assert_eq!(handles.len(), 1);
+    assert!(
+        until(WAIT, || venue
+            .texts(0)
+            .iter()
+            .any(|t| t.contains("SUBSCRIBE")))
+        .await
+    );
+    venue.push(
+        r#"{"stream":"btcusdt@markPrice@1s","data":{"e":"markPriceUpdate","E":1,"s":"BTCUSDT","p":"60000.5","i":"60001.25"}}"#,
+    );
+    let price = |id: &str| board.composite(&InstrumentId::from(id)).map(|c| c.price);
+    assert!(until(WAIT, || price("BTC") == Some(dec!(60001.25))).await);
+    assert_eq!(price("BTCUSDT-PERP"), Some(dec!(60000.5)));
+    let st = registry.snapshot(&board);
+    assert_eq!(st.len(), 1);
+    assert_eq!(st[0].instruments.len(), 2);
+    assert_eq!(st[0].instruments[1].last_price, Some(dec!(60001.25)));
+    assert!(!st[0].instruments[1].stale);
+    cancel.cancel();
+    for h in handles {
+        h.await.unwrap();
+    }
 }

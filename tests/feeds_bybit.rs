@@ -180,18 +180,29 @@ async fn snapshot_and_deltas_merge() {
     run.stop().await;
 }
 
-/// A rejected topic is a clear error naming the symbol; the next connection leaves it out and
-/// starts from a fresh snapshot (deltas before it are dropped).
+/// A rejected topic is a clear error naming the symbol; the connection is rebuilt at once
+/// without it, and the new connection starts from clean state (a delta before its snapshot is
+/// dropped even though the old connection had one).
 #[tokio::test]
 async fn rejected_symbol_is_named_and_left_out() {
+    let mut cfg = bybit_cfg();
+    cfg.replies.retain(|r| r.when != "NOPEUSDT");
     let venue = MockVenue::start(
-        bybit_cfg(),
-        vec![vec![
-            Step::AwaitText("tickers.NOPEUSDT".into()),
-            Step::Send(snapshot("BTCUSDT", "100", "100", 1)),
-            Step::Pause(Duration::from_millis(100)),
-            Step::Drop,
-        ]],
+        cfg,
+        vec![
+            vec![
+                Step::AwaitText("tickers.NOPEUSDT".into()),
+                Step::Send(snapshot("BTCUSDT", "99", "99", 1)),
+                Step::Pause(Duration::from_millis(50)),
+                Step::Send(REJECT.into()),
+            ],
+            vec![
+                Step::AwaitText("tickers.BTCUSDT".into()),
+                Step::Send(delta("BTCUSDT", r#","markPrice":"101""#, 2)),
+                // A frame behind it (unrouted symbol) marks that the delta was read.
+                Step::Send(snapshot("ETHUSDT", "3000", "3000", 2)),
+            ],
+        ],
     )
     .await;
     let mut routes = btc_routes();
@@ -205,16 +216,15 @@ async fn rejected_symbol_is_named_and_left_out() {
         routes,
         Duration::from_millis(100),
     );
+    assert!(until(WAIT, || run.price("BTCUSDT-PERP") == Some(dec!(99))).await);
     assert!(until(WAIT, || !run.status.rejected_symbols().is_empty()).await);
     assert_eq!(run.status.rejected_symbols(), vec!["NOPEUSDT".to_string()]);
-    assert!(until(WAIT, || venue.connections() >= 2).await);
     assert!(
-        until(WAIT, || venue
-            .texts(1)
-            .iter()
-            .any(|t| t.contains("subscribe")))
-        .await
+        run.status
+            .last_error()
+            .is_some_and(|e| e.contains("NOPEUSDT") && e.contains("handler not found"))
     );
+    assert!(until(WAIT, || venue.connections() >= 2).await);
     let sub = venue
         .texts(1)
         .into_iter()
@@ -224,24 +234,18 @@ async fn rejected_symbol_is_named_and_left_out() {
         sub,
         r#"{"args":["tickers.BTCUSDT"],"op":"subscribe","req_id":"sub-1"}"#
     );
-    assert_eq!(run.price("BTCUSDT-PERP"), Some(dec!(100)));
-    // New connection: a delta before its snapshot is dropped, then the snapshot applies.
-    venue.push(delta("BTCUSDT", r#","markPrice":"101""#, 5));
-    // A frame behind it on the same socket (unrouted symbol) marks that the delta was read.
-    venue.push(snapshot("ETHUSDT", "3000", "3000", 5));
     assert!(
         until(WAIT, || run.status.snapshot(&run.board).unknown_symbols
             >= 1)
         .await
     );
-    assert_eq!(run.price("BTCUSDT-PERP"), Some(dec!(100)));
-    venue.push(snapshot("BTCUSDT", "102", "102", 6));
-    assert!(until(WAIT, || run.price("BTCUSDT-PERP") == Some(dec!(102))).await);
-    let st = run.status.snapshot(&run.board);
-    assert!(
-        st.last_error.is_some(),
-        "last error should show the drop or rejection"
+    assert_eq!(
+        run.price("BTCUSDT-PERP"),
+        Some(dec!(99)),
+        "delta before snapshot applied"
     );
-    assert_eq!(st.rejected_symbols, vec!["NOPEUSDT".to_string()]);
+    venue.push(snapshot("BTCUSDT", "100", "100", 3));
+    assert!(until(WAIT, || run.price("BTCUSDT-PERP") == Some(dec!(100))).await);
+    assert_eq!(venue.connections(), 2, "one rebuild, no storm");
     run.stop().await;
 }

@@ -7,8 +7,8 @@
 
 #[path = "support/api_backend.rs"]
 mod api_backend;
-#[path = "support/nats_ingest.rs"]
-mod nats_ingest;
+#[path = "support/nats_server.rs"]
+mod nats_server;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +29,8 @@ fn config(url: &str, durable: &str) -> NatsIngestConfig {
         subject: format!("{durable}.accounts.>"),
         durable: durable.to_string(),
         nak_delay: Duration::from_millis(50),
+        // A message handed to a consumer that stops comes back after this (at least once).
+        ack_wait: Duration::from_secs(2),
         ..NatsIngestConfig::default()
     }
 }
@@ -91,7 +93,7 @@ async fn js(url: &str) -> jetstream::Context {
 /// blocking the messages behind them.
 #[tokio::test]
 async fn applies_good_and_terminates_bad() {
-    let Some(server) = nats_ingest::start("applies_good_and_terminates_bad") else {
+    let Some(server) = nats_server::NatsServer::start().await else {
         return;
     };
     let backend = MemBackend::new(16);
@@ -139,7 +141,7 @@ async fn applies_good_and_terminates_bad() {
 /// permanent rejection (unknown account) is terminated.
 #[tokio::test]
 async fn transient_failure_is_redelivered() {
-    let Some(server) = nats_ingest::start("transient_failure_is_redelivered") else {
+    let Some(server) = nats_server::NatsServer::start().await else {
         return;
     };
     let backend = MemBackend::new(16);
@@ -185,7 +187,7 @@ async fn transient_failure_is_redelivered() {
 /// consumed by the next run.
 #[tokio::test]
 async fn durable_consumer_resumes_after_restart() {
-    let Some(server) = nats_ingest::start("durable_consumer_resumes_after_restart") else {
+    let Some(server) = nats_server::NatsServer::start().await else {
         return;
     };
     let backend = MemBackend::new(16);
@@ -248,7 +250,7 @@ async fn connect_failure_is_reported() {
 /// A sharded instance applies its own accounts and terminates updates for another shard.
 #[tokio::test]
 async fn wrong_shard_is_terminated() {
-    let Some(server) = nats_ingest::start("wrong_shard_is_terminated") else {
+    let Some(server) = nats_server::NatsServer::start().await else {
         return;
     };
     let backend = MemBackend::new(16);
@@ -295,7 +297,7 @@ async fn wrong_shard_is_terminated() {
 /// through its own durable consumer.
 #[tokio::test]
 async fn shards_share_one_stream() {
-    let Some(server) = nats_ingest::start("shards_share_one_stream") else {
+    let Some(server) = nats_server::NatsServer::start().await else {
         return;
     };
     let js = js(&server.url).await;
@@ -338,4 +340,49 @@ async fn shards_share_one_stream() {
         cancel.cancel();
         tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap();
     }
+}
+
+/// The consumer survives a NATS server restart: the client reconnects, the durable consumer
+/// (file store) keeps its position, and updates published after the restart are applied.
+#[tokio::test]
+async fn survives_server_restart() {
+    let Some(mut server) = nats_server::NatsServer::start().await else {
+        return;
+    };
+    if !server.can_restart() {
+        eprintln!("external NATS server: restart not exercised");
+        return;
+    }
+    let backend = MemBackend::new(16);
+    let cfg = config(&server.url, "t5");
+    let (cancel, task) = run(cfg.clone(), &backend).await;
+    publish(
+        &js(&server.url).await,
+        "t5.accounts.a",
+        r#"{"type":"replace","account":{"id":"before"}}"#,
+    )
+    .await;
+    drained(&js(&server.url).await, &cfg).await;
+
+    server.restart().await;
+    publish(
+        &js(&server.url).await,
+        "t5.accounts.b",
+        r#"{"type":"replace","account":{"id":"after"}}"#,
+    )
+    .await;
+    eventually("the update published after the restart", async || {
+        backend.applied.lock().unwrap().len() == 2
+    })
+    .await;
+    let ids: Vec<String> = backend
+        .applied
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(u, _)| u.account_id().to_string())
+        .collect();
+    assert_eq!(ids, ["before", "after"]);
+    cancel.cancel();
+    tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap();
 }

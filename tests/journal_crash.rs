@@ -1,5 +1,5 @@
-//! Crash test: a child process journals events and delivers them over HTTP to a receiver that
-//! is failing; it is SIGKILLed mid-run, restarted with the receiver healthy, and every journaled
+//! Crash test: a child process journals events and delivers them with the real webhook sink
+//! (generic format, HMAC-signed) to a receiver that is failing; it is SIGKILLed mid-run, restarted with the receiver healthy, and every journaled
 //! event must arrive exactly as journaled (same id and body, journal order, duplicates only as
 //! re-deliveries).
 //!
@@ -20,9 +20,11 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use futures::future::BoxFuture;
 use liqwatch::journal::Journal;
-use liqwatch::sinks::{JournalEntry, Sink, SinkError, SinkFilter, spawn_sink_with};
+use liqwatch::sinks::webhook::{
+    IDEMPOTENCY_HEADER, SIGNATURE_HEADER, WebhookConfig, WebhookSink, verify,
+};
+use liqwatch::sinks::{SinkFilter, spawn_sink_with};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -32,76 +34,18 @@ const ENV_JOURNAL: &str = "LIQWATCH_CRASH_JOURNAL";
 const ENV_URL: &str = "LIQWATCH_CRASH_URL";
 const SINK: &str = "webhook";
 
-/// A minimal webhook-like sink: one POST per event, `Idempotency-Key` = event id; 5xx/429 and
-/// network errors are retriable, other 4xx permanent.
-struct HttpSink {
-    client: reqwest::Client,
-    url: String,
-}
+const SECRET: &str = "crash-test-secret";
+const ENV_SECRET: &str = "LIQWATCH_CRASH_SECRET";
 
-impl Sink for HttpSink {
-    fn name(&self) -> &str {
-        SINK
-    }
-    fn deliver<'a>(
-        &'a mut self,
-        batch: &'a [JournalEntry],
-    ) -> BoxFuture<'a, (usize, Option<SinkError>)> {
-        Box::pin(async move {
-            for (i, e) in batch.iter().enumerate() {
-                let r = self
-                    .client
-                    .post(&self.url)
-                    .header("content-type", "application/json")
-                    .header("idempotency-key", e.event.event_id.to_string())
-                    .body(e.json.clone())
-                    .send()
-                    .await;
-                match r {
-                    Ok(resp) if resp.status().is_success() => {}
-                    Ok(resp)
-                        if resp.status().is_server_error()
-                            || resp.status() == StatusCode::TOO_MANY_REQUESTS =>
-                    {
-                        return (
-                            i,
-                            Some(SinkError::Retriable {
-                                reason: format!("HTTP {}", resp.status()),
-                                retry_after: None,
-                            }),
-                        );
-                    }
-                    Ok(resp) => {
-                        return (
-                            i,
-                            Some(SinkError::Permanent {
-                                reason: format!("HTTP {}", resp.status()),
-                            }),
-                        );
-                    }
-                    Err(err) => {
-                        return (
-                            i,
-                            Some(SinkError::Retriable {
-                                reason: err.to_string(),
-                                retry_after: None,
-                            }),
-                        );
-                    }
-                }
-            }
-            (batch.len(), None)
-        })
-    }
-}
-
-fn http_sink(url: String) -> HttpSink {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    HttpSink { client, url }
+/// The real webhook sink (generic body = the event JSON as journaled, signed).
+fn webhook_sink(url: String) -> WebhookSink {
+    let mut config = WebhookConfig::generic(url);
+    config.secret_env = Some(ENV_SECRET.to_owned());
+    config.timeout = Duration::from_secs(5);
+    let settings = config
+        .resolve(&|k| std::env::var(k).ok())
+        .expect("valid webhook config");
+    WebhookSink::new(SINK, settings).expect("webhook sink")
 }
 
 /// Child role: `produce` journals bursts forever (until killed) while delivering;
@@ -117,7 +61,7 @@ fn child(role: &str) {
         let url = std::env::var(ENV_URL).unwrap();
         let cancel = CancellationToken::new();
         let task = spawn_sink_with(
-            Box::new(http_sink(url)),
+            Box::new(webhook_sink(url)),
             SinkFilter::all(),
             Arc::clone(&journal),
             sink_contract::test_options(),
@@ -156,6 +100,7 @@ struct Receiver {
     /// Accept this many requests, then fail with 503 (usize::MAX = always accept).
     accept_budget: AtomicUsize,
     failed: AtomicUsize,
+    bad_signatures: AtomicUsize,
 }
 
 async fn receive(State(rx): State<Arc<Receiver>>, headers: HeaderMap, body: String) -> StatusCode {
@@ -167,8 +112,25 @@ async fn receive(State(rx): State<Arc<Receiver>>, headers: HeaderMap, body: Stri
     if budget != usize::MAX {
         rx.accept_budget.fetch_sub(1, Ordering::SeqCst);
     }
+    let signature = headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let now = liqwatch::model::now_ms() / 1000;
+    if verify(
+        SECRET.as_bytes(),
+        signature,
+        body.as_bytes(),
+        now,
+        Duration::from_secs(300),
+    )
+    .is_err()
+    {
+        rx.bad_signatures.fetch_add(1, Ordering::SeqCst);
+        return StatusCode::UNAUTHORIZED;
+    }
     let key = headers
-        .get("idempotency-key")
+        .get(IDEMPOTENCY_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
@@ -182,6 +144,7 @@ fn spawn_child(role: &str, journal: &std::path::Path, url: &str) -> Child {
         .env(ENV_ROLE, role)
         .env(ENV_JOURNAL, journal)
         .env(ENV_URL, url)
+        .env(ENV_SECRET, SECRET)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -257,6 +220,11 @@ fn sigkill_while_receiver_fails_then_restart_delivers_everything() {
 
         let after = journaled(&path);
         assert_eq!(after, before, "the journal is unchanged by delivery");
+        assert_eq!(
+            rx.bad_signatures.load(Ordering::SeqCst),
+            0,
+            "every request verifies"
+        );
         let accepted = rx.accepted.lock().clone();
         let by_id: HashMap<&str, &str> = before
             .iter()

@@ -190,6 +190,26 @@ proptest! {
         }
     }
 
+    /// The hot-path `normalise` (one i128 widening) and `select_tier` (integer floor
+    /// comparisons) agree with the plain `Decimal` definitions.
+    #[test]
+    fn fast_paths_match_definitions(m in any::<i64>(), hi in any::<u32>(), sc in 0u32..29, k in 0..LINEAR.len()) {
+        let d = Decimal::from_i128_with_scale((i128::from(hi) << 64) | i128::from(m as u64), sc);
+        let d = if m < 0 { -d } else { d };
+        let mut want = d.round_dp_with_strategy(12, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+        want.rescale(12);
+        let got = normalise(d);
+        prop_assert_eq!(got, want);
+        prop_assert_eq!(got.scale(), want.scale());
+        let m_ = presets();
+        let tiers = &m_[LINEAR[k]].tiers;
+        let n = d.abs() / Decimal::new(1, 0).max(Decimal::from(1u64 << (hi % 40)));
+        for n in [n, d] {
+            let want = tiers.partition_point(|t| t.notional_floor <= n).saturating_sub(1);
+            prop_assert_eq!(margin::select_tier(tiers, n).map(|x| x.0), Some(want), "{}", n);
+        }
+    }
+
     /// Arbitrary (also absurd) quantities, prices and entries never panic: the model answers
     /// or returns an error.
     #[test]

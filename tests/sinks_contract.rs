@@ -81,6 +81,7 @@ impl SinkFixture for StdoutFixture {
     async fn make_sink(&mut self, name: &str) -> Box<dyn Sink> {
         let config = StdoutSinkConfig {
             max_line_bytes: Some(16 * 1024),
+            ..StdoutSinkConfig::default()
         };
         Box::new(StdoutSink::with_writer(name, &config, self.out.clone()))
     }

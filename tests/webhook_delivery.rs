@@ -462,3 +462,103 @@ async fn triggers_overtake_rate_limited_warnings_of_other_accounts() {
         ]
     );
 }
+
+/// A slow receiver: one delivery call stops starting requests after `max_batch_time` and
+/// reports its progress (retriable, retry at once), so the driver's own timeout never throws
+/// delivered work away; driving on delivers each event exactly once.
+#[tokio::test]
+async fn batch_time_budget_reports_progress() {
+    let rx = Receiver::start(Some(SECRET)).await;
+    rx.script((0..10).map(|_| Scripted::status(200).delay(Duration::from_millis(150))));
+    let mut s = settings(&rx.url, WebhookFormat::Generic);
+    s.max_batch_time = Duration::from_millis(300);
+    let mut sink = WebhookSink::new("hook", s).unwrap();
+    let batch: Vec<JournalEntry> = (1..=10)
+        .map(|i| entry(i, EventKind::LiquidationWarning, "slow", dec!(0.9)))
+        .collect();
+    let (n, err) = sink.deliver(&batch).await;
+    assert!((1..10).contains(&n), "partial progress, got {n}");
+    match &err {
+        Some(SinkError::Retriable {
+            reason,
+            retry_after,
+        }) => {
+            assert!(reason.contains("budget"), "{reason}");
+            assert_eq!(*retry_after, Some(Duration::ZERO));
+        }
+        other => panic!("expected retriable, got {other:?}"),
+    }
+    let errors = drive(&mut sink, &batch[n..], 50).await;
+    assert!(errors.iter().all(SinkError::is_retriable), "{errors:?}");
+    let keys: Vec<String> = rx
+        .accepted()
+        .iter()
+        .map(|r| r.idempotency_key.clone().unwrap())
+        .collect();
+    let want: Vec<String> = batch.iter().map(|e| e.event.event_id.to_string()).collect();
+    assert_eq!(keys, want, "each event exactly once, in order");
+}
+
+/// A rate limit that would outlast the batch budget returns at once with the wait as
+/// `retry_after`, instead of sleeping inside the delivery call.
+#[tokio::test]
+async fn long_rate_limit_wait_becomes_retry_after() {
+    let rx = Receiver::start(Some(SECRET)).await;
+    let mut s = settings(&rx.url, WebhookFormat::Slack);
+    s.rate_limit = Some(RateLimit {
+        messages: 1,
+        per: Duration::from_secs(60),
+    });
+    let mut sink = WebhookSink::new("slack", s).unwrap();
+    let batch = vec![
+        entry(1, EventKind::LiquidationWarning, "a", dec!(0.85)),
+        entry(2, EventKind::LiquidationWarning, "b", dec!(0.85)),
+    ];
+    let (n, err) = sink.deliver(&batch).await;
+    assert_eq!(n, 1);
+    match err {
+        Some(SinkError::Retriable {
+            retry_after: Some(d),
+            reason,
+        }) => {
+            assert!(d > Duration::from_secs(15), "{d:?}");
+            assert!(reason.contains("rate limit"), "{reason}");
+        }
+        other => panic!("expected retriable with retry_after, got {other:?}"),
+    }
+    assert_eq!(rx.accepted().len(), 1);
+}
+
+/// A grouped message's events count as delivered only once the receiver accepts it: a 503 on
+/// the group delivers nothing, the retry delivers all of them.
+#[tokio::test]
+async fn grouped_events_delivered_only_when_accepted() {
+    let rx = Receiver::start(Some(SECRET)).await;
+    rx.script([Scripted::status(503)]);
+    let mut s = settings(&rx.url, WebhookFormat::Discord);
+    s.group = Some(GroupConfig::default());
+    let mut sink = WebhookSink::new("discord", s).unwrap();
+    let batch: Vec<JournalEntry> = (1..=6)
+        .map(|i| {
+            entry(
+                i,
+                EventKind::LiquidationWarning,
+                &format!("g{i}"),
+                dec!(0.9),
+            )
+        })
+        .collect();
+    let (n, err) = sink.deliver(&batch).await;
+    assert_eq!(n, 0);
+    assert!(err.as_ref().is_some_and(SinkError::is_retriable), "{err:?}");
+    assert!(rx.accepted().is_empty());
+    assert_eq!(sink.deliver(&batch).await, (6, None));
+    let got = rx.accepted();
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0].json()["content"]
+            .as_str()
+            .unwrap()
+            .contains("6 liquidation warnings")
+    );
+}

@@ -94,6 +94,10 @@ impl Feed for BinanceUsdm {
         Some(Duration::from_secs(23 * 3600 + 30 * 60))
     }
 
+    fn fresh_instance(&self) -> Option<Box<dyn Feed>> {
+        Some(Box::new(BinanceUsdm::new()))
+    }
+
     fn reset(&mut self) {
         self.next_id = 0;
         self.requests.clear();
@@ -128,9 +132,15 @@ impl Feed for BinanceUsdm {
             Top::Error { code, msg, id } => {
                 let req = id.and_then(|id| self.requests.iter().find(|(rid, _)| *rid == id));
                 match req {
-                    Some((_, syms)) => Ok(Frame::SubscribeRejected {
-                        symbol: Some(syms.join(",")),
+                    // Name the symbol when the request carried one; a multi-symbol request's
+                    // error is about the request, so list them without excluding any.
+                    Some((_, syms)) if syms.len() == 1 => Ok(Frame::SubscribeRejected {
+                        symbol: syms.first().cloned(),
                         reason: format!("code {code}: {msg}"),
+                    }),
+                    Some((_, syms)) => Ok(Frame::SubscribeRejected {
+                        symbol: None,
+                        reason: format!("code {code}: {msg} (request for {})", syms.join(",")),
                     }),
                     None => Ok(Frame::VenueError {
                         code: code.to_string(),
@@ -447,6 +457,35 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(out[1].symbol, "SOLUSDT");
         assert_eq!(out[1].mark, Some(dec!(146.01000000)));
+    }
+
+    /// `subscribe_request.json`: what we send equals the documented request (as JSON).
+    #[test]
+    fn fixture_subscribe_request() {
+        let mut f = BinanceUsdm::new();
+        let ours = f.subscribe_messages(&["BTCUSDT".into(), "ETHUSDT".into()]);
+        let ours: serde_json::Value = serde_json::from_str(&ours[0]).unwrap();
+        let want: serde_json::Value =
+            serde_json::from_str(&fixture("subscribe_request.json")).unwrap();
+        assert_eq!(ours, want);
+    }
+
+    /// An error for a multi-symbol request lists the symbols but names none as rejected.
+    #[test]
+    fn multi_symbol_error_names_request() {
+        let mut f = BinanceUsdm::new();
+        f.subscribe_messages(&["AUSDT".into(), "BUSDT".into()]);
+        let (r, _) = parse_one(
+            &mut f,
+            r#"{"error":{"code":4,"msg":"Too many subscriptions"},"id":1}"#,
+        );
+        assert_eq!(
+            r,
+            Ok(Frame::SubscribeRejected {
+                symbol: None,
+                reason: "code 4: Too many subscriptions (request for AUSDT,BUSDT)".into()
+            })
+        );
     }
 
     /// `subscribe_ack.json` and `list_subscriptions.json`: acks, never data.

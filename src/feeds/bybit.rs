@@ -304,6 +304,20 @@ mod tests {
         assert_eq!(r, Ok(Frame::Ignore));
     }
 
+    /// `subscribe_request.json` and `ping.json`: what we send equals the documented shapes.
+    #[test]
+    fn fixture_requests() {
+        let mut f = BybitLinear::new();
+        let ours = f.subscribe_messages(&["BTCUSDT".into(), "ETHUSDT".into()]);
+        let ours: serde_json::Value = serde_json::from_str(&ours[0]).unwrap();
+        let want: serde_json::Value =
+            serde_json::from_str(&fixture("subscribe_request.json")).unwrap();
+        assert_eq!(ours, want);
+        let ping: serde_json::Value = serde_json::from_str(PING).unwrap();
+        let want: serde_json::Value = serde_json::from_str(&fixture("ping.json")).unwrap();
+        assert_eq!(ping, want);
+    }
+
     /// `subscribe_ack.json`, `pong.json`, `pong_option.json`: control frames, no data.
     #[test]
     fn fixture_control() {

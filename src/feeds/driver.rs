@@ -426,6 +426,38 @@ pub fn spawn_feed(
     tokio::spawn(run_feed(feed, cfg, board, status, cancel))
 }
 
+/// Spawns one driver per venue that prices any of `instruments` (through their `sources`),
+/// with that venue's config from `configs` (defaults when absent). Fails before spawning
+/// anything when a venue has no adapter yet.
+pub fn spawn_feeds(
+    instruments: &[Instrument],
+    configs: &std::collections::BTreeMap<Venue, FeedConfig>,
+    board: Arc<PriceBoard>,
+    registry: &FeedRegistry,
+    cancel: CancellationToken,
+) -> Result<Vec<JoinHandle<()>>, FeedError> {
+    let mut venues: Vec<Venue> = instruments
+        .iter()
+        .flat_map(|i| i.sources.iter().map(|s| s.venue))
+        .collect();
+    venues.sort();
+    venues.dedup();
+    let mut feeds = Vec::with_capacity(venues.len());
+    for v in venues {
+        let feed = super::feed_for(v)?;
+        let cfg = configs
+            .get(&v)
+            .cloned()
+            .unwrap_or_default()
+            .with_instruments(v, instruments);
+        feeds.push((feed, cfg));
+    }
+    Ok(feeds
+        .into_iter()
+        .map(|(feed, cfg)| spawn_feed(feed, cfg, board.clone(), registry, cancel.clone()))
+        .collect())
+}
+
 /// Why one connection ended.
 enum End {
     Cancelled,
@@ -474,7 +506,7 @@ pub async fn run_feed(
         let span =
             tracing::info_span!("feed_connection", venue = %venue, url = %url, conn = conn_no);
         let result = connection(
-            &mut *feed,
+            &mut feed,
             &cfg,
             &url,
             &symbols,
@@ -486,6 +518,7 @@ pub async fn run_feed(
         .instrument(span)
         .await;
         status.connected.store(false, Ordering::Relaxed);
+        metrics::gauge!("liqwatch_feed_connected", "venue" => venue.as_str()).set(0.0);
         let (end, healthy) = result;
         if healthy {
             attempt = 0;
@@ -535,11 +568,256 @@ async fn send(ws: &mut Ws, msg: Message, timeout: Duration) -> Result<(), String
     }
 }
 
-/// One connection: returns how it ended and whether it was healthy long enough to reset the
-/// backoff.
+/// Shared context of one feed's connections.
+struct Ctx<'c> {
+    venue: Venue,
+    cfg: &'c FeedConfig,
+    board: &'c PriceBoard,
+    status: &'c FeedStatusHandle,
+    frames: metrics::Counter,
+    ticks: metrics::Counter,
+    unknown: metrics::Counter,
+    parse_errors: metrics::Counter,
+}
+
+/// Per-connection state.
+struct ConnState {
+    opened: Instant,
+    last_frame: Instant,
+    last_client_ping: Instant,
+    last_proto_ping: Instant,
+    first_data: Option<Instant>,
+    acked: bool,
+    unconfirmed: HashSet<String>,
+    unconfirmed_reported: bool,
+}
+
+impl ConnState {
+    fn new(symbols: &[String]) -> ConnState {
+        let now = Instant::now();
+        ConnState {
+            opened: now,
+            last_frame: now,
+            last_client_ping: now,
+            last_proto_ping: now,
+            first_data: None,
+            acked: false,
+            unconfirmed: symbols.iter().cloned().collect(),
+            unconfirmed_reported: false,
+        }
+    }
+}
+
+/// What the connection loop must do after a text frame.
+enum After {
+    Nothing,
+    Reply(String),
+    End(End),
+}
+
+/// Connects, resets the adapter and sends its subscribe messages (paced).
+async fn open(
+    url: &str,
+    connect_timeout: Duration,
+    write_timeout: Duration,
+    feed: &mut dyn Feed,
+    symbols: &[String],
+) -> Result<Ws, String> {
+    let v = feed.venue().as_str();
+    let connect = tokio_tungstenite::connect_async_with_config(url, None, true);
+    let mut ws = match tokio::time::timeout(connect_timeout, connect).await {
+        Ok(Ok((ws, _resp))) => ws,
+        Ok(Err(e)) => {
+            counter!("liqwatch_feed_connect_errors_total", "venue" => v).increment(1);
+            return Err(format!("connect to {url}: {e}"));
+        }
+        Err(_) => {
+            counter!("liqwatch_feed_connect_errors_total", "venue" => v).increment(1);
+            return Err(format!(
+                "connect to {url}: timed out after {connect_timeout:?}"
+            ));
+        }
+    };
+    feed.reset();
+    let pace = feed.send_interval();
+    for (n, m) in feed.subscribe_messages(symbols).into_iter().enumerate() {
+        if n > 0 && !pace.is_zero() {
+            tokio::time::sleep(pace).await;
+        }
+        debug!(message = %short(&m), "Subscribing");
+        send(&mut ws, Message::text(m), write_timeout).await?;
+    }
+    Ok(ws)
+}
+
+fn mark_connected(status: &FeedStatusHandle, venue: Venue, symbols: usize) {
+    status.connections.fetch_add(1, Ordering::Relaxed);
+    status.connected.store(true, Ordering::Relaxed);
+    status.connected_since.store(now_ms(), Ordering::Relaxed);
+    status.text.lock().unconfirmed.clear();
+    metrics::gauge!("liqwatch_feed_connected", "venue" => venue.as_str()).set(1.0);
+    counter!("liqwatch_feed_connections_total", "venue" => venue.as_str()).increment(1);
+    info!(symbols, "Feed connected");
+}
+
+/// Handles one text frame: parse, route, publish, acks, rejections, control frames.
+#[allow(clippy::too_many_arguments)]
+fn handle_text(
+    ctx: &Ctx<'_>,
+    feed: &mut dyn Feed,
+    text: &str,
+    st: &mut ConnState,
+    now: Instant,
+    recv_ms: TimestampMs,
+    rejected: &mut HashSet<String>,
+    buf: &mut Vec<VenueTick<'static>>,
+) -> After {
+    let v = ctx.venue.as_str();
+    let mut ticks: Vec<VenueTick<'_>> = recycle(std::mem::take(buf));
+    let after = match feed.parse(text, &mut ticks) {
+        Ok(Frame::Data) => {
+            for t in ticks.drain(..) {
+                let Some(routes) = ctx.cfg.routes.get(t.symbol) else {
+                    ctx.unknown.increment(1);
+                    ctx.status.unknown_symbols.fetch_add(1, Ordering::Relaxed);
+                    trace!(symbol = t.symbol, "Tick for a symbol with no route");
+                    continue;
+                };
+                if !st.unconfirmed.is_empty() && st.unconfirmed.remove(t.symbol) {
+                    debug!(symbol = t.symbol, "First price: subscription confirmed");
+                    if st.unconfirmed_reported {
+                        ctx.status.text.lock().unconfirmed.retain(|s| s != t.symbol);
+                    }
+                }
+                if st.first_data.is_none() {
+                    st.first_data = Some(now);
+                }
+                for (inst, field) in routes {
+                    let price = match field {
+                        PriceField::Mark => t.mark,
+                        PriceField::Index => t.index,
+                    };
+                    if let Some(price) = price {
+                        ctx.ticks.increment(1);
+                        ctx.board.publish(PriceTick {
+                            instrument: inst.clone(),
+                            venue: ctx.venue,
+                            price,
+                            index: t.index,
+                            exchange_ts: t.exchange_ts,
+                            received_ts: recv_ms,
+                        });
+                    }
+                }
+            }
+            After::Nothing
+        }
+        Ok(Frame::SubscribeAck { symbols }) => {
+            st.acked = true;
+            debug!(?symbols, "Subscription acknowledged");
+            After::Nothing
+        }
+        Ok(Frame::SubscribeRejected { symbol, reason }) => {
+            counter!("liqwatch_feed_subscriptions_rejected_total", "venue" => v).increment(1);
+            let name = symbol
+                .clone()
+                .unwrap_or_else(|| "(not named by the venue)".to_string());
+            error!(symbol = %name, reason = %reason, "Subscription rejected by the venue; check the symbol in the instrument sources");
+            let mut t = ctx.status.text.lock();
+            t.last_error = Some(format!("subscription rejected: {name}: {reason}"));
+            let mut newly = false;
+            if let Some(s) = symbol {
+                for one in s.split(',') {
+                    st.unconfirmed.remove(one);
+                    newly |= rejected.insert(one.to_string());
+                    if !t.rejected.iter().any(|x| x == one) {
+                        t.rejected.push(one.to_string());
+                    }
+                }
+            }
+            if newly {
+                // A rejected topic can silence the others on the same connection (reported
+                // for Bybit): rebuild the connection without it, once per rejected symbol.
+                After::End(End::Rotate(
+                    "rebuilding the connection without the rejected symbol",
+                ))
+            } else {
+                After::Nothing
+            }
+        }
+        Ok(Frame::Pong) | Ok(Frame::Ignore) => After::Nothing,
+        Ok(Frame::Reply(text)) => After::Reply(text),
+        Ok(Frame::ReconnectSoon) => After::End(End::Rotate("venue announced a disconnect")),
+        Ok(Frame::VenueError { code, message }) => {
+            counter!("liqwatch_feed_venue_errors_total", "venue" => v).increment(1);
+            warn!(code = %code, message = %message, "Venue error frame");
+            ctx.status
+                .set_error(format!("venue error {code}: {message}"));
+            After::Nothing
+        }
+        Err(e) => {
+            ctx.parse_errors.increment(1);
+            ctx.status.parse_errors.fetch_add(1, Ordering::Relaxed);
+            warn!(error = %e, frame = %short(text), "Unparseable frame ignored");
+            if let ParseError::BadNumber { .. } = e {
+                counter!("liqwatch_feed_bad_numbers_total", "venue" => v).increment(1);
+            }
+            After::Nothing
+        }
+    };
+    *buf = recycle(ticks);
+    after
+}
+
+/// What to do with one WebSocket message before parsing.
+enum Raw {
+    Text(tokio_tungstenite::tungstenite::Utf8Bytes),
+    Binary(bytes::Bytes),
+    Flush,
+    Skip,
+    Closed(String),
+}
+
+fn classify(m: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -> Raw {
+    match m {
+        None => Raw::Closed("stream ended".to_string()),
+        Some(Err(e)) => Raw::Closed(format!("read: {e}")),
+        Some(Ok(Message::Text(t))) => Raw::Text(t),
+        Some(Ok(Message::Binary(b))) => Raw::Binary(b),
+        // tungstenite queued the pong; flush it now so a busy reader never delays it.
+        Some(Ok(Message::Ping(_))) => Raw::Flush,
+        Some(Ok(Message::Pong(_))) | Some(Ok(Message::Frame(_))) => Raw::Skip,
+        Some(Ok(Message::Close(frame))) => Raw::Closed(match frame {
+            Some(f) => format!("closed by venue: {} {}", u16::from(f.code), f.reason),
+            None => "closed by venue".to_string(),
+        }),
+    }
+}
+
+async fn next_of(ws: &mut Option<(Ws, Box<dyn Feed>, ConnState)>) -> Raw {
+    match ws {
+        Some((w, _, _)) => classify(w.next().await),
+        None => std::future::pending().await,
+    }
+}
+
+type Standby = JoinHandle<Result<(Ws, Box<dyn Feed>), String>>;
+
+async fn join_standby(h: &mut Option<Standby>) -> Result<(Ws, Box<dyn Feed>), String> {
+    match h {
+        Some(h) => match h.await {
+            Ok(r) => r,
+            Err(e) => Err(format!("standby task: {e}")),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// One connection (and, at rotation, its make-before-break successors): returns how it
+/// ended and whether it was healthy long enough to reset the backoff.
 #[allow(clippy::too_many_arguments)]
 async fn connection(
-    feed: &mut dyn Feed,
+    feed: &mut Box<dyn Feed>,
     cfg: &FeedConfig,
     url: &str,
     symbols: &[String],
@@ -550,44 +828,25 @@ async fn connection(
 ) -> (End, bool) {
     let venue = feed.venue();
     let v = venue.as_str();
-    let connect = tokio_tungstenite::connect_async_with_config(url, None, true);
-    let mut ws = tokio::select! {
+    let opened = tokio::select! {
         _ = cancel.cancelled() => return (End::Cancelled, false),
-        r = tokio::time::timeout(cfg.connect_timeout, connect) => match r {
-            Ok(Ok((ws, _resp))) => ws,
-            Ok(Err(e)) => {
-                counter!("liqwatch_feed_connect_errors_total", "venue" => v).increment(1);
-                return (End::Failed(format!("connect to {url}: {e}")), false);
-            }
-            Err(_) => {
-                counter!("liqwatch_feed_connect_errors_total", "venue" => v).increment(1);
-                return (End::Failed(format!("connect to {url}: timed out after {:?}", cfg.connect_timeout)), false);
-            }
-        }
+        r = open(url, cfg.connect_timeout, cfg.write_timeout, &mut **feed, symbols) => r,
     };
-    let opened = Instant::now();
-    status.connections.fetch_add(1, Ordering::Relaxed);
-    status.connected.store(true, Ordering::Relaxed);
-    status.connected_since.store(now_ms(), Ordering::Relaxed);
-    status.text.lock().unconfirmed.clear();
-    counter!("liqwatch_feed_connections_total", "venue" => v).increment(1);
-    info!(symbols = symbols.len(), "Feed connected");
-
-    feed.reset();
-    let msgs = feed.subscribe_messages(symbols);
-    let pace = feed.send_interval();
-    for (n, m) in msgs.into_iter().enumerate() {
-        if n > 0 && !pace.is_zero() {
-            tokio::select! {
-                _ = cancel.cancelled() => return (End::Cancelled, false),
-                _ = tokio::time::sleep(pace) => {}
-            }
-        }
-        debug!(message = %short(&m), "Subscribing");
-        if let Err(e) = send(&mut ws, Message::text(m), cfg.write_timeout).await {
-            return (End::Failed(e), false);
-        }
-    }
+    let mut ws = match opened {
+        Ok(ws) => ws,
+        Err(e) => return (End::Failed(e), false),
+    };
+    mark_connected(status, venue, symbols.len());
+    let ctx = Ctx {
+        venue,
+        cfg,
+        board,
+        status,
+        frames: counter!("liqwatch_feed_frames_total", "venue" => v),
+        ticks: counter!("liqwatch_feed_ticks_total", "venue" => v),
+        unknown: counter!("liqwatch_feed_unknown_symbols_total", "venue" => v),
+        parse_errors: counter!("liqwatch_feed_parse_errors_total", "venue" => v),
+    };
 
     let hb = feed.heartbeat();
     let dead_after = cfg.dead_after.unwrap_or(hb.dead_after);
@@ -596,6 +855,8 @@ async fn connection(
         .map(|(d, text)| (cfg.ping_interval.unwrap_or(d), text));
     let proto_ping = feed.protocol_ping_interval();
     let max_age = cfg.max_connection_age.or(feed.max_connection_age());
+    // Start the replacement this long before the maximum age.
+    let rotate_lead = max_age.map(|a| (a / 5).min(Duration::from_secs(300)));
     // Housekeeping resolution: fine enough for every timer of this connection.
     let mut tick_every = (dead_after / 10).min(cfg.first_data_timeout / 2);
     if let Some((every, _)) = &client_ping {
@@ -604,212 +865,191 @@ async fn connection(
     if let Some(every) = proto_ping {
         tick_every = tick_every.min(every / 4);
     }
-    if let Some(age) = max_age {
-        tick_every = tick_every.min(age / 10);
+    if let Some(lead) = rotate_lead {
+        tick_every = tick_every.min(lead / 4);
     }
     let tick_every = tick_every.clamp(Duration::from_millis(10), Duration::from_secs(1));
     let mut housekeeping = tokio::time::interval(tick_every);
     housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
-    let mut last_frame = Instant::now();
-    let mut last_client_ping = Instant::now();
-    let mut last_proto_ping = Instant::now();
-    let mut first_data: Option<Instant> = None;
-    let mut acked = false;
-    let mut unconfirmed: HashSet<String> = symbols.iter().cloned().collect();
-    let mut unconfirmed_reported = false;
-
-    let frames_c = counter!("liqwatch_feed_frames_total", "venue" => v);
-    let ticks_c = counter!("liqwatch_feed_ticks_total", "venue" => v);
-    let unknown_c = counter!("liqwatch_feed_unknown_symbols_total", "venue" => v);
-    let parse_err_c = counter!("liqwatch_feed_parse_errors_total", "venue" => v);
+    let mut st = ConnState::new(symbols);
+    let mut standby_task: Option<Standby> = None;
+    let mut standby: Option<(Ws, Box<dyn Feed>, ConnState)> = None;
+    let mut standby_tried = false;
     let mut buf: Vec<VenueTick<'static>> = Vec::with_capacity(16);
-
     let healthy = |first: Option<Instant>| {
         first.is_some_and(|t| Instant::now().saturating_duration_since(t) >= cfg.healthy_after)
     };
 
     let end = loop {
-        let msg = tokio::select! {
+        tokio::select! {
             biased;
             _ = cancel.cancelled() => {
                 let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                if let Some((mut w, _, _)) = standby.take() {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), w.close(None)).await;
+                }
                 break End::Cancelled;
             }
-            m = ws.next() => m,
+            m = ws.next() => {
+                let now = Instant::now();
+                st.last_frame = now;
+                let recv_ms = now_ms();
+                status.last_frame.store(recv_ms, Ordering::Relaxed);
+                status.frames.fetch_add(1, Ordering::Relaxed);
+                ctx.frames.increment(1);
+                let raw = classify(m);
+                let after = match &raw {
+                    Raw::Text(t) => handle_text(&ctx, &mut **feed, t.as_str(), &mut st, now, recv_ms, rejected, &mut buf),
+                    Raw::Binary(b) => match std::str::from_utf8(b) {
+                        Ok(text) => handle_text(&ctx, &mut **feed, text, &mut st, now, recv_ms, rejected, &mut buf),
+                        Err(_) => {
+                            ctx.parse_errors.increment(1);
+                            status.parse_errors.fetch_add(1, Ordering::Relaxed);
+                            warn!(len = b.len(), "Binary frame is not UTF-8; ignored");
+                            After::Nothing
+                        }
+                    },
+                    Raw::Flush => match tokio::time::timeout(cfg.write_timeout, ws.flush()).await {
+                        Ok(Ok(())) => After::Nothing,
+                        Ok(Err(e)) => After::End(End::Failed(format!("pong: {e}"))),
+                        Err(_) => After::End(End::Failed("pong: flush timed out".to_string())),
+                    },
+                    Raw::Skip => After::Nothing,
+                    Raw::Closed(reason) => After::End(End::Failed(reason.clone())),
+                };
+                match after {
+                    After::Nothing => {}
+                    After::Reply(text) => {
+                        if let Err(e) = send(&mut ws, Message::text(text), cfg.write_timeout).await {
+                            break End::Failed(e);
+                        }
+                    }
+                    After::End(end) => break end,
+                }
+            }
+            r = join_standby(&mut standby_task) => {
+                standby_task = None;
+                match r {
+                    Ok((w, f)) => {
+                        debug!("Replacement connection subscribed; waiting for its first price");
+                        standby = Some((w, f, ConnState::new(symbols)));
+                    }
+                    Err(e) => warn!(error = %e, "Replacement connection failed; will reconnect at the maximum age"),
+                }
+            }
+            raw = next_of(&mut standby) => {
+                let now = Instant::now();
+                let recv_ms = now_ms();
+                let Some((w, f, s2)) = standby.as_mut() else { continue };
+                s2.last_frame = now;
+                let after = match &raw {
+                    Raw::Text(t) => handle_text(&ctx, &mut **f, t.as_str(), s2, now, recv_ms, rejected, &mut buf),
+                    Raw::Flush => {
+                        let _ = tokio::time::timeout(cfg.write_timeout, w.flush()).await;
+                        After::Nothing
+                    }
+                    Raw::Binary(_) | Raw::Skip => After::Nothing,
+                    Raw::Closed(reason) => After::End(End::Failed(reason.clone())),
+                };
+                match after {
+                    After::End(_) => {
+                        warn!("Replacement connection lost before its first price");
+                        standby = None;
+                    }
+                    After::Reply(text) => {
+                        let _ = send(w, Message::text(text), cfg.write_timeout).await;
+                    }
+                    After::Nothing => {}
+                }
+                if standby.as_ref().is_some_and(|(_, _, s2)| s2.first_data.is_some())
+                    && let Some((w2, f2, s2)) = standby.take()
+                {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                    ws = w2;
+                    *feed = f2;
+                    st = s2;
+                    standby_tried = false;
+                    mark_connected(status, venue, symbols.len());
+                    counter!("liqwatch_feed_rotations_total", "venue" => v).increment(1);
+                    info!("Connection rotated make-before-break: replacement delivered prices, old one closed");
+                }
+            }
             _ = housekeeping.tick() => {
                 let now = Instant::now();
-                if now.saturating_duration_since(last_frame) > dead_after {
+                if now.saturating_duration_since(st.last_frame) > dead_after {
                     counter!("liqwatch_feed_dead_peer_total", "venue" => v).increment(1);
                     break End::Failed(format!("no frame for {dead_after:?} (dead peer)"));
                 }
-                if let Some(age) = max_age && now.saturating_duration_since(opened) >= age {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
-                    break End::Rotate("maximum connection age reached");
+                if let (Some(age), Some(lead)) = (max_age, rotate_lead) {
+                    let alive = now.saturating_duration_since(st.opened);
+                    if alive >= age {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                        break End::Rotate("maximum connection age reached");
+                    }
+                    if alive + lead >= age
+                        && !standby_tried
+                        && let Some(mut fresh) = feed.fresh_instance()
+                    {
+                        standby_tried = true;
+                        info!(age = ?age, "Opening the replacement connection before the maximum age");
+                        let (url, syms) = (url.to_string(), symbols.to_vec());
+                        let (ct, wt) = (cfg.connect_timeout, cfg.write_timeout);
+                        standby_task = Some(tokio::spawn(async move {
+                            let w = open(&url, ct, wt, &mut *fresh, &syms).await?;
+                            Ok((w, fresh))
+                        }));
+                    }
                 }
-                if let Some((every, text)) = &client_ping
-                    && now.saturating_duration_since(last_client_ping) >= *every
-                {
-                    last_client_ping = now;
-                    trace!("Client ping");
-                    if let Err(e) = send(&mut ws, Message::text(text.clone()), cfg.write_timeout).await {
-                        break End::Failed(e);
+                if let Some((every, text)) = &client_ping {
+                    if now.saturating_duration_since(st.last_client_ping) >= *every {
+                        st.last_client_ping = now;
+                        trace!("Client ping");
+                        if let Err(e) = send(&mut ws, Message::text(text.clone()), cfg.write_timeout).await {
+                            break End::Failed(e);
+                        }
+                    }
+                    if let Some((w, _, s2)) = standby.as_mut()
+                        && now.saturating_duration_since(s2.last_client_ping) >= *every
+                    {
+                        s2.last_client_ping = now;
+                        let _ = send(w, Message::text(text.clone()), cfg.write_timeout).await;
                     }
                 }
                 if let Some(every) = proto_ping
-                    && now.saturating_duration_since(last_proto_ping) >= every
+                    && now.saturating_duration_since(st.last_proto_ping) >= every
                 {
-                    last_proto_ping = now;
+                    st.last_proto_ping = now;
                     if let Err(e) = send(&mut ws, Message::Ping(Vec::new().into()), cfg.write_timeout).await {
                         break End::Failed(e);
                     }
                 }
-                if !unconfirmed_reported
-                    && !unconfirmed.is_empty()
-                    && now.saturating_duration_since(opened) >= cfg.first_data_timeout
+                if !st.unconfirmed_reported
+                    && !st.unconfirmed.is_empty()
+                    && now.saturating_duration_since(st.opened) >= cfg.first_data_timeout
                 {
-                    unconfirmed_reported = true;
-                    let mut list: Vec<String> = unconfirmed.iter().cloned().collect();
+                    st.unconfirmed_reported = true;
+                    let mut list: Vec<String> = st.unconfirmed.iter().cloned().collect();
                     list.sort();
                     counter!("liqwatch_feed_unconfirmed_subscriptions_total", "venue" => v)
                         .increment(list.len() as u64);
-                    error!(symbols = ?list, acked, timeout = ?cfg.first_data_timeout,
+                    error!(symbols = ?list, acked = st.acked, timeout = ?cfg.first_data_timeout,
                         "No price received for subscribed symbols (unknown symbol, wrong endpoint, or venue silent)");
                     let mut t = status.text.lock();
-                    t.last_error = Some(format!("no data for {} within {:?} of subscribing", list.join(","), cfg.first_data_timeout));
+                    t.last_error = Some(format!(
+                        "no data for {} within {:?} of subscribing",
+                        list.join(","),
+                        cfg.first_data_timeout
+                    ));
                     t.unconfirmed = list;
-                }
-                continue;
-            }
-        };
-        let msg = match msg {
-            None => break End::Failed("stream ended".to_string()),
-            Some(Err(e)) => break End::Failed(format!("read: {e}")),
-            Some(Ok(m)) => m,
-        };
-        let now = Instant::now();
-        last_frame = now;
-        let recv_ms = now_ms();
-        status.last_frame.store(recv_ms, Ordering::Relaxed);
-        status.frames.fetch_add(1, Ordering::Relaxed);
-        frames_c.increment(1);
-        let text = match &msg {
-            Message::Text(t) => t.as_str(),
-            Message::Binary(b) => match std::str::from_utf8(b) {
-                Ok(s) => s,
-                Err(_) => {
-                    parse_err_c.increment(1);
-                    status.parse_errors.fetch_add(1, Ordering::Relaxed);
-                    warn!(len = b.len(), "Binary frame is not UTF-8; ignored");
-                    continue;
-                }
-            },
-            Message::Ping(_) => {
-                // tungstenite queued the pong; flush it now so a busy reader never delays it.
-                if let Err(e) = tokio::time::timeout(cfg.write_timeout, ws.flush())
-                    .await
-                    .map_err(|_| "flush timed out".to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()))
-                {
-                    break End::Failed(format!("pong: {e}"));
-                }
-                continue;
-            }
-            Message::Pong(_) | Message::Frame(_) => continue,
-            Message::Close(frame) => {
-                let reason = match frame {
-                    Some(f) => format!("closed by venue: {} {}", u16::from(f.code), f.reason),
-                    None => "closed by venue".to_string(),
-                };
-                break End::Failed(reason);
-            }
-        };
-        let mut ticks: Vec<VenueTick<'_>> = recycle(std::mem::take(&mut buf));
-        match feed.parse(text, &mut ticks) {
-            Ok(Frame::Data) => {
-                for t in ticks.drain(..) {
-                    let Some(routes) = cfg.routes.get(t.symbol) else {
-                        unknown_c.increment(1);
-                        status.unknown_symbols.fetch_add(1, Ordering::Relaxed);
-                        trace!(symbol = t.symbol, "Tick for a symbol with no route");
-                        continue;
-                    };
-                    if !unconfirmed.is_empty() && unconfirmed.remove(t.symbol) {
-                        debug!(symbol = t.symbol, "First price: subscription confirmed");
-                        if unconfirmed_reported {
-                            status.text.lock().unconfirmed.retain(|s| s != t.symbol);
-                        }
-                    }
-                    if first_data.is_none() {
-                        first_data = Some(now);
-                    }
-                    for (inst, field) in routes {
-                        let price = match field {
-                            PriceField::Mark => t.mark,
-                            PriceField::Index => t.index,
-                        };
-                        if let Some(price) = price {
-                            ticks_c.increment(1);
-                            board.publish(PriceTick {
-                                instrument: inst.clone(),
-                                venue,
-                                price,
-                                index: t.index,
-                                exchange_ts: t.exchange_ts,
-                                received_ts: recv_ms,
-                            });
-                        }
-                    }
-                }
-            }
-            Ok(Frame::SubscribeAck { symbols }) => {
-                acked = true;
-                debug!(?symbols, "Subscription acknowledged");
-            }
-            Ok(Frame::SubscribeRejected { symbol, reason }) => {
-                counter!("liqwatch_feed_subscriptions_rejected_total", "venue" => v).increment(1);
-                let name = symbol
-                    .clone()
-                    .unwrap_or_else(|| "(not named by the venue)".to_string());
-                error!(symbol = %name, reason = %reason, "Subscription rejected by the venue; check the symbol in the instrument sources");
-                let mut t = status.text.lock();
-                t.last_error = Some(format!("subscription rejected: {name}: {reason}"));
-                if let Some(s) = symbol {
-                    for one in s.split(',') {
-                        unconfirmed.remove(one);
-                        rejected.insert(one.to_string());
-                        if !t.rejected.iter().any(|x| x == one) {
-                            t.rejected.push(one.to_string());
-                        }
-                    }
-                }
-            }
-            Ok(Frame::Pong) | Ok(Frame::Ignore) => {}
-            Ok(Frame::Reply(text)) => {
-                if let Err(e) = send(&mut ws, Message::text(text), cfg.write_timeout).await {
-                    break End::Failed(e);
-                }
-            }
-            Ok(Frame::ReconnectSoon) => {
-                break End::Rotate("venue announced a disconnect");
-            }
-            Ok(Frame::VenueError { code, message }) => {
-                counter!("liqwatch_feed_venue_errors_total", "venue" => v).increment(1);
-                warn!(code = %code, message = %message, "Venue error frame");
-                status.set_error(format!("venue error {code}: {message}"));
-            }
-            Err(e) => {
-                parse_err_c.increment(1);
-                status.parse_errors.fetch_add(1, Ordering::Relaxed);
-                warn!(error = %e, frame = %short(text), "Unparseable frame ignored");
-                if let ParseError::BadNumber { .. } = e {
-                    counter!("liqwatch_feed_bad_numbers_total", "venue" => v).increment(1);
                 }
             }
         }
-        buf = recycle(ticks);
     };
-    (end, healthy(first_data))
+    if let Some(h) = standby_task.take() {
+        h.abort();
+    }
+    (end, healthy(st.first_data))
 }
 
 #[cfg(test)]

@@ -14,8 +14,9 @@
 //!   symbols to canonical instruments through [`SymbolRoutes`] (built from the instruments'
 //!   `sources`) and published to the [`PriceBoard`] — never blocking on the engine. A symbol
 //!   with no route is counted (`liqwatch_feed_unknown_symbols_total`) and ignored;
-//! - a rejected subscription is logged at ERROR naming the symbol, counted, shown in the status
-//!   and left out of later connections; an ack proves nothing on Binance, so every subscribed
+//! - a rejected subscription is logged at ERROR naming the symbol, counted, shown in the status,
+//!   and the connection is rebuilt at once without it (a rejected topic may silence the others
+//!   on its connection); an ack proves nothing on Binance, so every subscribed
 //!   symbol must deliver a first data frame within `first_data_timeout`, else it is reported as
 //!   unconfirmed (ERROR log, counter, status) — without reconnecting;
 //! - keeps the transport alive: client text pings ([`Heartbeat::client_ping`]), protocol pings
@@ -51,7 +52,7 @@ use crate::model::{TimestampMs, Venue};
 
 pub use driver::{
     FeedConfig, FeedError, FeedInstrumentStatus, FeedRegistry, FeedStatus, FeedStatusHandle,
-    SymbolRoutes, run_feed, spawn_feed,
+    SymbolRoutes, run_feed, spawn_feed, spawn_feeds,
 };
 
 /// The adapter for a venue, or an error for a venue without one yet.
@@ -59,6 +60,9 @@ pub fn feed_for(venue: Venue) -> Result<Box<dyn Feed>, FeedError> {
     match venue {
         Venue::BinanceUsdm => Ok(Box::new(binance::BinanceUsdm::new())),
         Venue::BybitLinear => Ok(Box::new(bybit::BybitLinear::new())),
+        Venue::Okx => Ok(Box::new(okx::OkxFeed::new())),
+        Venue::Deribit => Ok(Box::new(deribit::DeribitFeed::new())),
+        Venue::Hyperliquid => Ok(Box::new(hyperliquid::HyperliquidFeed::new())),
         other => Err(FeedError::NoAdapter(other)),
     }
 }
@@ -173,6 +177,13 @@ pub trait Feed: Send + 'static {
     /// Send a WebSocket protocol ping this often (Binance: the pong proves liveness between
     /// the server's own 3-minute pings). `None`: no protocol pings from us.
     fn protocol_ping_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// A fresh adapter of the same venue and settings, for a second, overlapping connection
+    /// (make-before-break rotation at [`Feed::max_connection_age`]). `None`: rotation closes
+    /// the old connection first and reconnects (a gap of one reconnect).
+    fn fresh_instance(&self) -> Option<Box<dyn Feed>> {
         None
     }
 

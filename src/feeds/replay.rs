@@ -38,13 +38,21 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
 use serde::Deserialize;
 use tokio::io::AsyncBufReadExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Feed, Frame, VenueTick};
-use crate::model::{TimestampMs, Venue, now_ms};
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use tracing::Instrument as _;
+
+use super::{Feed, FeedRegistry, Frame, SymbolRoutes, VenueTick};
+use crate::model::{Instrument, PriceField, PriceTick, TimestampMs, Venue, now_ms};
+use crate::prices::PriceBoard;
 
 /// How fast to play a recording.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -59,6 +67,26 @@ pub enum ReplaySpeed {
 impl Default for ReplaySpeed {
     fn default() -> Self {
         ReplaySpeed::Factor(1.0)
+    }
+}
+
+impl ReplaySpeed {
+    /// From a config factor: `None` or `0` → [`ReplaySpeed::Max`], a positive number → that
+    /// factor (timing only, so `f64` is fine here), anything else an error saying what is
+    /// accepted.
+    pub fn from_factor(factor: Option<Decimal>) -> Result<ReplaySpeed, String> {
+        match factor {
+            None => Ok(ReplaySpeed::Max),
+            Some(d) if d.is_zero() => Ok(ReplaySpeed::Max),
+            Some(d) => match d.to_f64() {
+                Some(k) if d.is_sign_positive() && k.is_finite() && k > 0.0 => {
+                    Ok(ReplaySpeed::Factor(k))
+                }
+                _ => Err(format!(
+                    "replay speed {d}: expected a positive number (1 = real time) or 0 (as fast as possible)"
+                )),
+            },
+        }
     }
 }
 
@@ -435,6 +463,115 @@ where
     Ok(stats)
 }
 
+// ---------------------------------------------------------------------------------------------
+// Running a replay like a feed: routes, price board, status registry
+// ---------------------------------------------------------------------------------------------
+
+/// Symbol routes for every venue priced by `instruments` (from their `sources`).
+pub fn routes_for(instruments: &[Instrument]) -> HashMap<Venue, SymbolRoutes> {
+    Venue::ALL
+        .into_iter()
+        .map(|v| (v, SymbolRoutes::from_instruments(v, instruments)))
+        .filter(|(_, r)| !r.symbols().is_empty())
+        .collect()
+}
+
+/// Tracks every routed instrument on the board and registers each venue of the replay in
+/// `registry` (so `GET /feeds` lists its instruments, prices, ages and staleness at once).
+fn prepare(
+    instruments: &[Instrument],
+    board: &PriceBoard,
+    registry: &FeedRegistry,
+) -> HashMap<Venue, SymbolRoutes> {
+    let routes = routes_for(instruments);
+    for (venue, r) in &routes {
+        for (_, inst, _) in r.iter() {
+            board.track(inst, &[*venue]);
+        }
+        registry.register(*venue, r);
+    }
+    routes
+}
+
+/// Plays a recording into the price board exactly as the live feeds do: each venue tick is
+/// routed by the instruments' `sources` to canonical instruments (mark or index field) and
+/// published with [`PriceBoard::publish`]; every routed instrument is tracked on the board and
+/// each venue registered in `registry`. A symbol without a route is counted
+/// (`liqwatch_replay_unknown_symbols_total{venue}`) and ignored. Adapters come from
+/// [`super::feed_for`]. Returns at the end of the file or on `cancel`.
+pub async fn run_replay(
+    path: &Path,
+    opts: &ReplayOptions,
+    instruments: &[Instrument],
+    board: Arc<PriceBoard>,
+    registry: &FeedRegistry,
+    cancel: CancellationToken,
+) -> Result<ReplayStats, ReplayError> {
+    let routes = prepare(instruments, &board, registry);
+    play_routed(path, opts, routes, board, cancel).await
+}
+
+/// Spawns a replay as a task, like [`super::spawn_feed`] spawns a live feed: the venues are
+/// registered in `registry` before this returns. The demo awaits the handle to know when the
+/// recording has ended.
+pub fn spawn_replay(
+    path: PathBuf,
+    opts: ReplayOptions,
+    instruments: &[Instrument],
+    board: Arc<PriceBoard>,
+    registry: &FeedRegistry,
+    cancel: CancellationToken,
+) -> JoinHandle<Result<ReplayStats, ReplayError>> {
+    let routes = prepare(instruments, &board, registry);
+    let span = tracing::info_span!("replay", file = %path.display());
+    tokio::spawn(
+        async move { play_routed(&path, &opts, routes, board, cancel).await }.instrument(span),
+    )
+}
+
+async fn play_routed(
+    path: &Path,
+    opts: &ReplayOptions,
+    routes: HashMap<Venue, SymbolRoutes>,
+    board: Arc<PriceBoard>,
+    cancel: CancellationToken,
+) -> Result<ReplayStats, ReplayError> {
+    tracing::info!(file = %path.display(), speed = %opts.speed, venues = routes.len(), "Replay starting");
+    play(
+        path,
+        opts,
+        |v| super::feed_for(v).ok(),
+        &cancel,
+        |venue, tick, received_ts| {
+            let Some(targets) = routes.get(&venue).and_then(|r| r.get(tick.symbol)) else {
+                metrics::counter!("liqwatch_replay_unknown_symbols_total", "venue" => venue.as_str())
+                    .increment(1);
+                tracing::trace!(%venue, symbol = tick.symbol, "Replayed tick for a symbol with no route");
+                return;
+            };
+            for (inst, field) in targets {
+                let price = match field {
+                    PriceField::Mark => tick.mark,
+                    PriceField::Index => tick.index,
+                };
+                if let Some(price) = price {
+                    metrics::counter!("liqwatch_replay_ticks_total", "venue" => venue.as_str())
+                        .increment(1);
+                    board.publish(PriceTick {
+                        instrument: inst.clone(),
+                        venue,
+                        price,
+                        index: tick.index,
+                        exchange_ts: tick.exchange_ts,
+                        received_ts,
+                    });
+                }
+            }
+        },
+    )
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,6 +593,25 @@ mod tests {
             let e = bad.parse::<ReplaySpeed>().unwrap_err();
             assert!(e.contains("positive number"), "{bad}: {e}");
         }
+    }
+
+    /// Config factors (Decimal) map to speeds: none/0 = max, positive = factor, negative refused.
+    #[test]
+    fn speed_from_factor() {
+        assert_eq!(ReplaySpeed::from_factor(None), Ok(ReplaySpeed::Max));
+        assert_eq!(
+            ReplaySpeed::from_factor(Some(dec!(0))),
+            Ok(ReplaySpeed::Max)
+        );
+        assert_eq!(
+            ReplaySpeed::from_factor(Some(dec!(3000))),
+            Ok(ReplaySpeed::Factor(3000.0))
+        );
+        assert_eq!(
+            ReplaySpeed::from_factor(Some(dec!(0.5))),
+            Ok(ReplaySpeed::Factor(0.5))
+        );
+        assert!(ReplaySpeed::from_factor(Some(dec!(-1))).is_err());
     }
 
     /// Lines parse into records; blank and comment lines are skipped; bad ones say why.

@@ -99,9 +99,8 @@ fn open_for_append(path: &Path) -> std::io::Result<(File, u64)> {
 }
 
 fn sync_dir(path: &Path) {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && let Ok(d) = File::open(dir)
-    {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(Ok(d)) = dir.map(File::open) {
         let _ = d.sync_all();
     }
 }
@@ -179,9 +178,7 @@ impl JsonlSink {
         let mut lines: Vec<String> = Vec::with_capacity(batch.len());
         let mut rejected = None;
         for e in batch {
-            if let Some(max) = self.config.max_line_bytes
-                && e.json.len() > max
-            {
+            if let Some(max) = self.config.max_line_bytes.filter(|max| e.json.len() > *max) {
                 rejected = Some(SinkError::Permanent {
                     reason: format!(
                         "event line is {} bytes, over max_line_bytes = {max}",
@@ -265,7 +262,7 @@ mod tests {
             read(&path)
         );
         let got: Vec<&str> = kept.lines().collect();
-        // Each file holds 2 lines of 17 bytes (+ newline); the last 6 lines survive.
+        // Each file holds 2 lines of 17 bytes (newline included); the last 6 lines survive.
         assert_eq!(got, refs[4..].to_vec());
         for p in [&path, &rotated_path(&path, 1), &rotated_path(&path, 2)] {
             assert!(std::fs::metadata(p).unwrap().len() <= 40);

@@ -103,6 +103,15 @@ pub enum Severity {
 }
 
 impl Severity {
+    /// The severity for a numeric level (0 info, 1 warning, 2 and above critical).
+    pub fn from_level(level: u8) -> Severity {
+        match level {
+            0 => Severity::Info,
+            1 => Severity::Warning,
+            _ => Severity::Critical,
+        }
+    }
+
     /// The numeric level compared with [`EventKind::severity`].
     pub fn level(self) -> u8 {
         match self {
@@ -155,26 +164,44 @@ impl SinkFilter {
     }
 }
 
+impl From<&crate::config::FilterConfig> for SinkFilter {
+    fn from(f: &crate::config::FilterConfig) -> Self {
+        SinkFilter {
+            kinds: f.kinds.iter().copied().collect(),
+            min_severity: Severity::from_level(f.min_severity),
+            accounts: f.accounts.iter().cloned().collect(),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Driver
 // ---------------------------------------------------------------------------------------------
 
-/// Tuning of the delivery driver.
-#[derive(Clone, Debug)]
+/// Tuning of the delivery driver (config: a sink's `delivery = { … }` table; every key is
+/// optional, durations in humantime form such as `"200ms"`, `"30s"`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DriverOptions {
     /// Most entries read from the journal (and handed to the sink) at once.
     pub batch_size: usize,
     /// First retry delay (then doubling, jittered).
+    #[serde(with = "humantime_serde")]
     pub backoff_initial: Duration,
     /// Longest retry delay (a receiver's `retry_after` may ask for more, up to 10 min).
+    #[serde(with = "humantime_serde")]
     pub backoff_max: Duration,
     /// Upper bound on one `deliver` call; hitting it counts as a retriable failure.
+    #[serde(with = "humantime_serde")]
     pub deliver_timeout: Duration,
     /// A sink failing continuously this long is reported stuck (ERROR log, gauge, health).
+    #[serde(with = "humantime_serde")]
     pub stuck_after: Duration,
     /// After cancellation, how long the driver keeps delivering what is already journaled.
+    #[serde(with = "humantime_serde")]
     pub drain_grace: Duration,
     /// Safety-net re-check of the journal when no commit notification arrives.
+    #[serde(with = "humantime_serde")]
     pub idle_recheck: Duration,
 }
 
@@ -439,9 +466,7 @@ impl Driver {
                 deadline = Some(Instant::now() + self.options.drain_grace);
                 tracing::info!(sink = %name, cursor, "Sink draining before shutdown");
             }
-            if let Some(dl) = deadline
-                && Instant::now() >= dl
-            {
+            if deadline.is_some_and(|dl| Instant::now() >= dl) {
                 tracing::warn!(sink = %name, cursor, lag = self.journal.journal().last_seq().saturating_sub(cursor),
                     "Sink drain grace period over; the rest is delivered after restart");
                 break;
@@ -629,5 +654,87 @@ impl Driver {
         }
         self.set_state(SinkState::Delivering, to);
         to
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Filter and delivery tables parse from TOML with defaults, and unknown keys are errors.
+    #[test]
+    fn filter_and_options_parse() {
+        #[derive(Deserialize)]
+        struct T {
+            filter: SinkFilter,
+            delivery: DriverOptions,
+        }
+        let t: T = toml::from_str(
+            r#"
+            filter = { kinds = ["liquidation_trigger", "liquidation_warning"], min_severity = "warning", accounts = ["a1"] }
+            delivery = { batch_size = 10, backoff_max = "5s" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(t.filter.kinds.len(), 2);
+        assert_eq!(t.filter.min_severity, Severity::Warning);
+        assert!(t.filter.accounts.contains("a1"));
+        assert_eq!(t.delivery.batch_size, 10);
+        assert_eq!(t.delivery.backoff_max, Duration::from_secs(5));
+        assert_eq!(t.delivery.drain_grace, DriverOptions::default().drain_grace);
+        assert!(toml::from_str::<SinkFilter>("kind = []").is_err());
+        assert!(toml::from_str::<SinkFilter>("min_severity = \"loud\"").is_err());
+    }
+
+    /// The daemon's parsed filter converts without losing anything.
+    #[test]
+    fn from_config_filter() {
+        let f = SinkFilter::from(&crate::config::FilterConfig {
+            kinds: vec![EventKind::LiquidationTrigger],
+            min_severity: 1,
+            accounts: vec![AccountId::from("a1")],
+        });
+        assert_eq!(f.kinds, BTreeSet::from([EventKind::LiquidationTrigger]));
+        assert_eq!(f.min_severity, Severity::Warning);
+        assert_eq!(f.accounts, BTreeSet::from([AccountId::from("a1")]));
+        assert_eq!(Severity::from_level(7), Severity::Critical);
+    }
+
+    /// The filter matches on kind, severity and account; feed events pass the account test.
+    #[test]
+    fn filter_matches() {
+        let mut e = RiskEvent {
+            event_id: RiskEvent::new_id(),
+            kind: EventKind::LiquidationWarning,
+            time: String::new(),
+            time_ms: 0,
+            account_id: Some(AccountId::from("a1")),
+            seq: 1,
+            level: None,
+            crossed_levels: vec![],
+            previous_state: None,
+            state: None,
+            snapshot: None,
+            prices: vec![],
+            stale_prices: false,
+            feed: None,
+        };
+        let only_a2 = SinkFilter {
+            accounts: BTreeSet::from([AccountId::from("a2")]),
+            ..SinkFilter::default()
+        };
+        let critical = SinkFilter {
+            min_severity: Severity::Critical,
+            ..SinkFilter::default()
+        };
+        assert!(SinkFilter::all().matches(&e));
+        assert!(!only_a2.matches(&e));
+        assert!(!critical.matches(&e));
+        e.kind = EventKind::LiquidationTrigger;
+        assert!(critical.matches(&e));
+        e.kind = EventKind::FeedStale;
+        e.account_id = None;
+        assert!(only_a2.matches(&e));
+        assert!(!critical.matches(&e));
     }
 }

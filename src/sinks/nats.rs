@@ -144,6 +144,19 @@ impl NatsConfig {
             if s.subjects.is_empty() {
                 errors.push("stream.subjects must not be empty".to_string());
             }
+            if check_template(&self.subject).is_ok()
+                && !s.subjects.is_empty()
+                && !s
+                    .subjects
+                    .iter()
+                    .any(|pat| subject_matches(pat, &self.subject))
+            {
+                errors.push(format!(
+                    "subject {:?} is not captured by stream.subjects {:?}: every publish would \
+                     fail with \"no stream\"",
+                    self.subject, s.subjects
+                ));
+            }
             if s.duplicate_window.is_zero() {
                 errors.push("stream.duplicate_window must be positive".to_string());
             }
@@ -236,6 +249,24 @@ fn check_template(t: &str) -> Result<(), String> {
         return Err("not a valid publish subject (empty token, wildcard or space)".to_string());
     }
     Ok(())
+}
+
+/// True when NATS subject pattern `pattern` (`*` = one token, `>` = one or more trailing
+/// tokens) captures every subject `template` can produce (`{kind}`/`{account}` are one token).
+pub fn subject_matches(pattern: &str, template: &str) -> bool {
+    let pat: Vec<&str> = pattern.split('.').collect();
+    let sub: Vec<&str> = template.split('.').collect();
+    for (i, p) in pat.iter().enumerate() {
+        if *p == ">" {
+            return sub.len() > i;
+        }
+        let Some(t) = sub.get(i) else { return false };
+        let placeholder = t.starts_with('{') && t.ends_with('}');
+        if *p != "*" && (placeholder || p != t) {
+            return false;
+        }
+    }
+    pat.len() == sub.len()
 }
 
 /// Makes any account id a single valid subject token: characters other than ASCII letters,
@@ -504,6 +535,35 @@ mod tests {
             subject_for("risk.{account}.{kind}", &e.event),
             "risk.desk_7__x_.liquidation_trigger"
         );
+    }
+
+    /// Stream subject patterns are matched with NATS wildcard rules.
+    #[test]
+    fn subject_patterns() {
+        for (pat, tpl, want) in [
+            ("liqwatch.events.>", "liqwatch.events.{kind}", true),
+            ("liqwatch.events.*", "liqwatch.events.{kind}", true),
+            (
+                "liqwatch.events.*",
+                "liqwatch.events.{account}.{kind}",
+                false,
+            ),
+            ("liqwatch.>", "liqwatch.events.{account}.{kind}", true),
+            (
+                "liqwatch.events.liquidation_trigger",
+                "liqwatch.events.{kind}",
+                false,
+            ),
+            ("risk.>", "liqwatch.events.{kind}", false),
+            ("liqwatch.events.>", "liqwatch.events", false),
+        ] {
+            assert_eq!(subject_matches(pat, tpl), want, "{pat} vs {tpl}");
+        }
+        let mut cfg = NatsConfig::new("nats://x");
+        cfg.subject = "risk.{kind}".into();
+        cfg.stream = Some(StreamConfig::default());
+        let errs = cfg.resolve(&|_| None).unwrap_err();
+        assert!(errs[0].contains("not captured"), "{errs:?}");
     }
 
     /// Config validation reports every problem at once and redacts secrets.

@@ -424,6 +424,45 @@ pub(crate) mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+        /// On any batch: every entry is in exactly one message, only warnings are ever grouped,
+        /// groups meet the minimum, and each account's entries go out in journal order.
+        #[test]
+        fn plan_invariants(spec in proptest::collection::vec((0u8..4, 0u8..5, 0i64..4000), 0..60)) {
+            let cfg = GroupConfig { window: Duration::from_secs(5), min_events: 3, top: 5 };
+            let mut t = 0i64;
+            let batch: Vec<JournalEntry> = spec.iter().enumerate().map(|(i, (k, a, dt))| {
+                t += dt;
+                let kind = match k { 0 | 1 => W, 2 => T, _ => R };
+                entry(i as u64, kind, &format!("a{a}"), t, dec!(0.9))
+            }).collect();
+            let planned = plan(&batch, Some(&cfg));
+            let mut owner = vec![usize::MAX; batch.len()];
+            for (m, msg) in planned.iter().enumerate() {
+                proptest::prop_assert!(!msg.members.is_empty());
+                if msg.is_group() {
+                    proptest::prop_assert!(msg.members.len() >= 3);
+                    for &i in &msg.members {
+                        proptest::prop_assert_eq!(batch[i].event.kind, W);
+                    }
+                }
+                for &i in &msg.members {
+                    proptest::prop_assert_eq!(owner[i], usize::MAX, "entry in two messages");
+                    owner[i] = m;
+                }
+            }
+            proptest::prop_assert!(owner.iter().all(|&o| o != usize::MAX), "entry lost");
+            for i in 0..batch.len() {
+                for j in i + 1..batch.len() {
+                    if batch[i].event.account_id == batch[j].event.account_id {
+                        proptest::prop_assert!(owner[i] <= owner[j], "order of {} and {}", i, j);
+                    }
+                }
+            }
+        }
+    }
+
     /// Without grouping every entry is its own message.
     #[test]
     fn no_group_config_means_singles() {

@@ -1,19 +1,75 @@
-//! `stdout` sink: one JSON object per line (the event exactly as journaled), flushed per batch.
+//! `stdout` sink: one line per event, flushed per batch. `json` (default): the event JSON
+//! exactly as journaled. `text`: one readable line (time, kind, account, ratio, level,
+//! equity, maintenance margin, seq, event id).
 //!
-//! Config (`[[sinks]] type = "stdout"`): `max_line_bytes` (optional). An event whose line is
-//! longer is dead-lettered instead of written: log shippers such as Docker's `json-file`
-//! driver split lines over 16 KiB, which would break a line-per-event consumer.
+//! Option `max_line_bytes`: a longer line is dead-lettered instead of written (log shippers
+//! such as Docker's `json-file` driver split lines over 16 KiB, which would break a
+//! line-per-event consumer).
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::{JournalEntry, Sink, SinkError};
+use crate::model::RiskEvent;
+
+/// Line format of the stdout sink.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineFormat {
+    /// The event JSON as journaled.
+    #[default]
+    Json,
+    /// One readable line.
+    Text,
+}
+
+impl From<crate::config::StdoutFormat> for LineFormat {
+    fn from(f: crate::config::StdoutFormat) -> Self {
+        match f {
+            crate::config::StdoutFormat::Json => LineFormat::Json,
+            crate::config::StdoutFormat::Text => LineFormat::Text,
+        }
+    }
+}
+
+/// One readable line for `event` (no newline).
+pub fn text_line(event: &RiskEvent) -> String {
+    use std::fmt::Write as _;
+    let mut line = format!("{} {}", event.time, event.kind);
+    if let Some(a) = &event.account_id {
+        let _ = write!(line, " account={a}");
+    }
+    if let Some(snap) = &event.snapshot {
+        let _ = write!(
+            line,
+            " ratio={} equity={} mm={}",
+            snap.margin_ratio, snap.equity, snap.maintenance_margin
+        );
+    }
+    if let Some(level) = &event.level {
+        let _ = write!(line, " level={level}");
+    }
+    if let Some(feed) = &event.feed {
+        let _ = write!(line, " instrument={}", feed.instrument);
+        if let Some(age) = feed.age_ms {
+            let _ = write!(line, " age_ms={age}");
+        }
+    }
+    if event.stale_prices {
+        line.push_str(" STALE_PRICES");
+    }
+    let _ = write!(line, " seq={} event_id={}", event.seq, event.event_id);
+    line
+}
 
 /// Settings of a stdout sink.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StdoutSinkConfig {
+    /// `json` (default) or `text`.
+    #[serde(default)]
+    pub format: LineFormat,
     /// Longest line (bytes, without the newline) written; longer events are dead-lettered.
     #[serde(default)]
     pub max_line_bytes: Option<usize>,
@@ -24,6 +80,7 @@ pub struct StdoutSink {
     name: String,
     out: Box<dyn AsyncWrite + Send + Unpin>,
     max_line_bytes: Option<usize>,
+    format: LineFormat,
     buf: Vec<u8>,
 }
 
@@ -52,6 +109,7 @@ impl StdoutSink {
             name: name.into(),
             out: Box::new(out),
             max_line_bytes: config.max_line_bytes,
+            format: config.format,
             buf: Vec::new(),
         }
     }
@@ -61,18 +119,24 @@ impl StdoutSink {
         let mut count = 0;
         let mut rejected = None;
         for e in batch {
-            if let Some(max) = self.max_line_bytes
-                && e.json.len() > max
-            {
+            let text;
+            let line = match self.format {
+                LineFormat::Json => e.json.as_str(),
+                LineFormat::Text => {
+                    text = text_line(&e.event);
+                    text.as_str()
+                }
+            };
+            if let Some(max) = self.max_line_bytes.filter(|max| line.len() > *max) {
                 rejected = Some(SinkError::Permanent {
                     reason: format!(
                         "event line is {} bytes, over max_line_bytes = {max}",
-                        e.json.len()
+                        line.len()
                     ),
                 });
                 break;
             }
-            self.buf.extend_from_slice(e.json.as_bytes());
+            self.buf.extend_from_slice(line.as_bytes());
             self.buf.push(b'\n');
             count += 1;
         }
@@ -106,5 +170,53 @@ impl Sink for StdoutSink {
         batch: &'a [JournalEntry],
     ) -> BoxFuture<'a, (usize, Option<SinkError>)> {
         Box::pin(self.write_lines(batch))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The text format is one readable line with the numbers a person needs.
+    #[tokio::test]
+    async fn text_format_line() {
+        let event: RiskEvent = serde_json::from_value(serde_json::json!({
+            "event_id": "01890a5d-ac96-774b-bcce-b302099a8057",
+            "kind": "liquidation_trigger",
+            "time": "2021-05-19T12:50:00.000Z",
+            "time_ms": 1621428600000i64,
+            "account_id": "acct-7",
+            "seq": 3,
+            "level": "1.0",
+            "previous_state": null,
+            "state": null,
+            "snapshot": null,
+            "stale_prices": true,
+            "feed": null
+        }))
+        .unwrap();
+        let json = serde_json::to_string(&event).unwrap();
+        let (w, mut r) = tokio::io::duplex(4096);
+        let config = StdoutSinkConfig {
+            format: LineFormat::Text,
+            max_line_bytes: None,
+        };
+        let mut sink = StdoutSink::with_writer("text", &config, w);
+        let entry = JournalEntry {
+            seq: 1,
+            event,
+            json,
+        };
+        let (n, err) = sink.deliver(std::slice::from_ref(&entry)).await;
+        assert_eq!((n, err), (1, None));
+        drop(sink);
+        let mut out = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut r, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            "2021-05-19T12:50:00.000Z liquidation_trigger account=acct-7 level=1.0 STALE_PRICES seq=3 event_id=01890a5d-ac96-774b-bcce-b302099a8057\n"
+        );
     }
 }

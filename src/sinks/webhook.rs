@@ -118,6 +118,9 @@ fn default_group_top() -> usize {
 fn default_rate_per() -> Duration {
     Duration::from_secs(60)
 }
+fn default_batch_time() -> Duration {
+    Duration::from_secs(15)
+}
 fn default_concurrency() -> usize {
     1
 }
@@ -160,6 +163,11 @@ pub struct WebhookConfig {
     /// this many lanes by account, so per-account order is kept.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Time budget of one delivery call (default `15s`): no new request starts after it, and
+    /// the sink reports its progress so far. Keep `max_batch_time + timeout` below the
+    /// driver's delivery timeout (30 s) so progress is never thrown away.
+    #[serde(default = "default_batch_time", with = "humantime_serde")]
+    pub max_batch_time: Duration,
 }
 
 impl WebhookConfig {
@@ -176,6 +184,7 @@ impl WebhookConfig {
             rate_limit: None,
             source: None,
             concurrency: 1,
+            max_batch_time: default_batch_time(),
         }
     }
 
@@ -245,6 +254,9 @@ impl WebhookConfig {
                 self.concurrency
             ));
         }
+        if self.max_batch_time.is_zero() || self.max_batch_time > Duration::from_secs(600) {
+            errors.push("max_batch_time must be between 1ms and 10m".to_string());
+        }
         if chat && self.concurrency > 1 {
             errors.push("concurrency applies to format generic only".to_string());
         }
@@ -291,6 +303,7 @@ impl WebhookConfig {
                 per: r.per,
             }),
             concurrency: self.concurrency,
+            max_batch_time: self.max_batch_time,
             source: self
                 .source
                 .clone()
@@ -330,6 +343,27 @@ pub struct WebhookSettings {
     pub source: String,
     /// Requests in flight at once (generic only).
     pub concurrency: usize,
+    /// Time budget of one delivery call.
+    pub max_batch_time: Duration,
+}
+
+impl WebhookSettings {
+    /// Settings for `url` in `format` with every default: unsigned, 10 s timeout, no grouping,
+    /// no rate limit, concurrency 1, 15 s batch budget, source `liqwatch`.
+    pub fn new(url: impl Into<String>, format: WebhookFormat) -> Self {
+        WebhookSettings {
+            url: url.into(),
+            format,
+            secret: None,
+            routing_key: None,
+            timeout: default_timeout(),
+            group: None,
+            rate_limit: None,
+            source: "liqwatch".to_string(),
+            concurrency: 1,
+            max_batch_time: default_batch_time(),
+        }
+    }
 }
 
 impl fmt::Debug for WebhookSettings {
@@ -358,6 +392,7 @@ impl fmt::Debug for WebhookSettings {
             .field("rate_limit", &self.rate_limit)
             .field("source", &self.source)
             .field("concurrency", &self.concurrency)
+            .field("max_batch_time", &self.max_batch_time)
             .finish()
     }
 }
@@ -949,6 +984,45 @@ pub struct WebhookSink {
     settings: WebhookSettings,
     client: reqwest::Client,
     limiter: Option<RateLimiter>,
+    recent: parking_lot::Mutex<RecentKeys>,
+}
+
+/// Idempotency keys the receiver accepted recently, so a batch retried after partial progress
+/// does not post them again (bounded; oldest forgotten first).
+#[derive(Debug, Default)]
+struct RecentKeys {
+    order: std::collections::VecDeque<String>,
+    set: HashSet<String>,
+}
+
+impl RecentKeys {
+    const CAPACITY: usize = 4096;
+
+    fn contains(&self, key: &str) -> bool {
+        self.set.contains(key)
+    }
+
+    fn insert(&mut self, key: String) {
+        if self.set.insert(key.clone()) {
+            self.order.push_back(key);
+            while self.order.len() > Self::CAPACITY {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+fn budget_used(done: usize, total: usize, budget: Duration) -> SinkError {
+    SinkError::Retriable {
+        reason: format!(
+            "batch time budget of {} used after {done} of {total} events (slow receiver or \
+             rate limit); continuing",
+            humantime::format_duration(budget)
+        ),
+        retry_after: Some(Duration::ZERO),
+    }
 }
 
 impl fmt::Debug for WebhookSink {
@@ -985,6 +1059,7 @@ impl WebhookSink {
             settings,
             client,
             limiter,
+            recent: parking_lot::Mutex::new(RecentKeys::default()),
         })
     }
 
@@ -994,8 +1069,16 @@ impl WebhookSink {
     }
 
     async fn post(&self, req: OutgoingRequest) -> Result<(), SinkError> {
+        if self.recent.lock().contains(&req.idempotency_key) {
+            // Accepted earlier in this process (a batch retried after partial progress).
+            return Ok(());
+        }
+        let key = req.idempotency_key.clone();
         let started = tokio::time::Instant::now();
         let result = self.post_inner(req).await;
+        if result.is_ok() {
+            self.recent.lock().insert(key);
+        }
         let outcome = match &result {
             Ok(()) => "ok",
             Err(SinkError::Retriable { .. }) => "retriable",
@@ -1092,6 +1175,7 @@ impl WebhookSink {
     /// first entry not delivered.
     async fn deliver_lanes(&self, batch: &[JournalEntry]) -> (usize, Option<SinkError>) {
         use std::hash::{Hash, Hasher};
+        let deadline = tokio::time::Instant::now() + self.settings.max_batch_time;
         let n = self.settings.concurrency.max(1);
         let mut lanes: Vec<Vec<usize>> = vec![Vec::new(); n];
         for (i, e) in batch.iter().enumerate() {
@@ -1112,6 +1196,9 @@ impl WebhookSink {
             .map(|lane| async move {
                 let mut done = Vec::with_capacity(lane.len());
                 for i in lane {
+                    if tokio::time::Instant::now() >= deadline {
+                        break;
+                    }
                     let Some(e) = batch.get(i) else { continue };
                     let res = match render_single(&self.settings, e) {
                         Ok(reqs) => {
@@ -1147,13 +1234,15 @@ impl WebhookSink {
                 Some(Ok(())) => delivered += 1,
                 Some(Err(e)) => return (delivered, Some(e)),
                 None => {
+                    // Not attempted: the budget ran out (an earlier failure in its lane would
+                    // have ended the prefix before this entry).
                     return (
                         delivered,
-                        Some(SinkError::Retriable {
-                            reason: "not attempted: an earlier request in its lane failed"
-                                .to_string(),
-                            retry_after: None,
-                        }),
+                        Some(budget_used(
+                            delivered,
+                            batch.len(),
+                            self.settings.max_batch_time,
+                        )),
                     );
                 }
             }
@@ -1249,12 +1338,20 @@ impl WebhookSink {
         let planned: Vec<PlannedMessage> = noise::plan(batch, group.as_ref());
         let mut sent = vec![false; planned.len()];
         let mut tracker = PrefixTracker::new(batch.len());
+        let deadline = tokio::time::Instant::now() + self.settings.max_batch_time;
         // Messages go in plan order (by first member), so when message `idx` fails every entry
         // before its first member is delivered and the error applies to that first member.
         for idx in 0..planned.len() {
             let (Some(msg), Some(false)) = (planned.get(idx), sent.get(idx).copied()) else {
                 continue;
             };
+            if tokio::time::Instant::now() >= deadline {
+                let done = tracker.prefix();
+                return (
+                    done,
+                    Some(budget_used(done, batch.len(), self.settings.max_batch_time)),
+                );
+            }
             if self.limiter.is_some() {
                 if has_trigger(batch, msg) {
                     // Triggers never wait: take a token if there is one, go regardless.
@@ -1276,6 +1373,27 @@ impl WebhookSink {
                             top,
                         )
                         .await;
+                        // Do not sleep past the budget: report progress and ask the driver to
+                        // come back when the next token is due.
+                        let wait = self
+                            .limiter
+                            .as_mut()
+                            .map(|l| l.wait_time())
+                            .unwrap_or_default();
+                        if tokio::time::Instant::now() + wait > deadline {
+                            metrics::counter!("liqwatch_webhook_rate_limited_total", "sink" => self.name.clone())
+                                .increment(1);
+                            return (
+                                tracker.prefix(),
+                                Some(SinkError::Retriable {
+                                    reason: format!(
+                                        "rate limit: next message allowed in {}",
+                                        humantime::format_duration(wait)
+                                    ),
+                                    retry_after: Some(wait),
+                                }),
+                            );
+                        }
                     }
                     if let Some(l) = self.limiter.as_mut() {
                         let waited = l.acquire().await;
@@ -1337,6 +1455,7 @@ mod tests {
             rate_limit: None,
             source: "liqwatch-test".to_string(),
             concurrency: 1,
+            max_batch_time: Duration::from_secs(15),
         }
     }
 

@@ -83,6 +83,8 @@ struct Inner {
     secret: Option<Vec<u8>>,
     script: Mutex<VecDeque<Scripted>>,
     received: Mutex<Vec<Recorded>>,
+    failing: std::sync::atomic::AtomicBool,
+    poisoned: Mutex<std::collections::HashSet<String>>,
 }
 
 /// The running receiver; stops when dropped.
@@ -155,6 +157,12 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
         {
             Scripted::status(401).body("bad signature")
         }
+        _ if inner.failing.load(std::sync::atomic::Ordering::SeqCst) => {
+            Scripted::status(503).body("failing on purpose")
+        }
+        _ if h("idempotency-key").is_some_and(|k| inner.poisoned.lock().unwrap().contains(&k)) => {
+            Scripted::status(400).body("poisoned event")
+        }
         _ => next.unwrap_or_else(|| Scripted::status(200).body("ok")),
     };
     if let Some(d) = scripted.delay {
@@ -186,6 +194,8 @@ impl Receiver {
             secret: secret.map(<[u8]>::to_vec),
             script: Mutex::new(VecDeque::new()),
             received: Mutex::new(Vec::new()),
+            failing: std::sync::atomic::AtomicBool::new(false),
+            poisoned: Mutex::new(std::collections::HashSet::new()),
         });
         let app = Router::new()
             .route("/hook", post(handle))
@@ -209,6 +219,22 @@ impl Receiver {
     /// Queues answers for the next requests (then 200 again).
     pub fn script(&self, answers: impl IntoIterator<Item = Scripted>) {
         self.inner.script.lock().unwrap().extend(answers);
+    }
+
+    /// While set, every request is answered 503.
+    pub fn set_failing(&self, failing: bool) {
+        self.inner
+            .failing
+            .store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Requests with this `Idempotency-Key` are answered 400.
+    pub fn poison(&self, idempotency_key: &str) {
+        self.inner
+            .poisoned
+            .lock()
+            .unwrap()
+            .insert(idempotency_key.to_string());
     }
 
     /// Every request received so far.
