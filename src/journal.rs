@@ -1199,10 +1199,11 @@ mod tests {
         assert_eq!(j.append(&[event("c", 1, 3000)], &[]).unwrap(), vec![5]);
     }
 
-    /// Monitor states commit with the events; later upserts win; accounts round-trip.
+    /// Monitor states commit with the events; later upserts win; accounts, states and
+    /// cursors survive a reopen.
     #[test]
     fn monitor_states_and_accounts() {
-        let (_dir, j) = open_tmp();
+        let (dir, j) = open_tmp();
         let a = AccountId::from("a");
         j.append(&[event("a", 1, 1)], &[(a.clone(), "{\"s\":1}".into())])
             .unwrap();
@@ -1222,6 +1223,16 @@ mod tests {
                 ("b".into(), "{\"x\":2}".to_owned())
             ]
         );
+        j.register_sink("s").unwrap();
+        j.advance("s", 1).unwrap();
+        drop(j);
+        let j = Journal::open(dir.path().join("journal.db")).unwrap();
+        assert_eq!(j.load_accounts().unwrap().len(), 2);
+        assert_eq!(
+            j.load_monitor_states().unwrap(),
+            vec![(a.clone(), "{\"s\":2}".to_owned())]
+        );
+        assert_eq!(j.cursor("s").unwrap(), 1);
         assert!(j.delete_account(&a).unwrap());
         assert!(!j.delete_account(&a).unwrap());
         assert_eq!(j.load_accounts().unwrap().len(), 1);

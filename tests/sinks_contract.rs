@@ -1,6 +1,6 @@
-//! The shared sink contract run against the stdout sink (with an injected writer), the jsonl
-//! sink (a real file in a temp dir, rotating often) and the webhook sink (generic format, a
-//! real axum receiver on 127.0.0.1:0).
+//! The shared sink contract run against the stdout sink (with an injected writer) and the
+//! jsonl sink (a real file in a temp dir, rotating often). The webhook sink runs it in
+//! `tests/webhook_contract.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,7 +8,6 @@
 #[path = "support/sink_contract.rs"]
 mod sink_contract;
 
-use std::collections::HashSet;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -20,7 +19,6 @@ use liqwatch::model::{InstrumentId, PriceUsed, RiskEvent};
 use liqwatch::sinks::Sink;
 use liqwatch::sinks::jsonl::{JsonlSink, JsonlSinkConfig, rotated_path};
 use liqwatch::sinks::stdout::{StdoutSink, StdoutSinkConfig};
-use liqwatch::sinks::webhook::{WebhookConfig, WebhookSink};
 use parking_lot::Mutex;
 use sink_contract::SinkFixture;
 use tokio::io::AsyncWrite;
@@ -115,11 +113,13 @@ struct JsonlFixture {
 }
 
 impl JsonlFixture {
-    fn path(&self) -> PathBuf {
-        self.dir.path().join("events.jsonl")
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("out")).unwrap();
+        JsonlFixture { dir }
     }
-    fn held(&self) -> PathBuf {
-        self.dir.path().join("held-aside.jsonl")
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("out").join("events.jsonl")
     }
 }
 
@@ -151,115 +151,16 @@ impl SinkFixture for JsonlFixture {
         ids_of_lines(&text)
     }
     async fn fail(&mut self) {
-        // A directory where the file should be: every append fails until it is removed.
-        if self.path().exists() {
-            std::fs::rename(self.path(), self.held()).unwrap();
-        }
-        std::fs::create_dir(self.path()).unwrap();
+        // The file's directory disappears: every append fails (the sink never creates
+        // directories) until it is renamed back, atomically.
+        std::fs::rename(self.dir.path().join("out"), self.dir.path().join("held")).unwrap();
     }
     async fn heal(&mut self) {
-        std::fs::remove_dir(self.path()).unwrap();
-        if self.held().exists() {
-            std::fs::rename(self.held(), self.path()).unwrap();
-        }
+        std::fs::rename(self.dir.path().join("held"), self.dir.path().join("out")).unwrap();
     }
     fn poison(&mut self, event: &mut RiskEvent) {
         bloat(event);
     }
 }
 
-contract_tests!(
-    jsonl,
-    JsonlFixture {
-        dir: tempfile::tempdir().unwrap()
-    }
-);
-
-/// A real HTTP receiver for the webhook fixture: answers 503 while failing, 400 to poisoned
-/// event ids, 200 otherwise, and records accepted `Idempotency-Key`s in order.
-#[derive(Default)]
-struct HookState {
-    failing: AtomicBool,
-    poisoned: Mutex<HashSet<String>>,
-    accepted: Mutex<Vec<Uuid>>,
-}
-
-async fn hook(
-    axum::extract::State(st): axum::extract::State<Arc<HookState>>,
-    headers: axum::http::HeaderMap,
-    body: String,
-) -> axum::http::StatusCode {
-    use axum::http::StatusCode;
-    if st.failing.load(Ordering::SeqCst) {
-        return StatusCode::SERVICE_UNAVAILABLE;
-    }
-    let key = headers
-        .get(liqwatch::sinks::webhook::IDEMPOTENCY_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    if st.poisoned.lock().contains(&key) {
-        return StatusCode::BAD_REQUEST;
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(
-        v["event_id"].as_str(),
-        Some(key.as_str()),
-        "key is the event id"
-    );
-    st.accepted.lock().push(key.parse().unwrap());
-    StatusCode::OK
-}
-
-struct WebhookFixture {
-    url: String,
-    state: Arc<HookState>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl WebhookFixture {
-    async fn start() -> Self {
-        let state = Arc::new(HookState::default());
-        let app = axum::Router::new()
-            .route("/hook", axum::routing::post(hook))
-            .with_state(Arc::clone(&state));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        WebhookFixture { url, state, server }
-    }
-}
-
-impl Drop for WebhookFixture {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-impl SinkFixture for WebhookFixture {
-    async fn make_sink(&mut self, name: &str) -> Box<dyn Sink> {
-        let mut config = WebhookConfig::generic(self.url.clone());
-        config.timeout = std::time::Duration::from_secs(5);
-        let settings = config.resolve(&|_| None).unwrap();
-        Box::new(WebhookSink::new(name, settings).unwrap())
-    }
-    async fn received(&mut self) -> Vec<Uuid> {
-        self.state.accepted.lock().clone()
-    }
-    async fn fail(&mut self) {
-        self.state.failing.store(true, Ordering::SeqCst);
-    }
-    async fn heal(&mut self) {
-        self.state.failing.store(false, Ordering::SeqCst);
-    }
-    fn poison(&mut self, event: &mut RiskEvent) {
-        self.state
-            .poisoned
-            .lock()
-            .insert(event.event_id.to_string());
-    }
-}
-
-contract_tests!(webhook, WebhookFixture::start().await);
+contract_tests!(jsonl, JsonlFixture::new());
