@@ -564,7 +564,10 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
             sink,
             entry.filter.clone(),
             Arc::clone(&journal),
-            driver_options.clone(),
+            entry
+                .delivery
+                .clone()
+                .unwrap_or_else(|| driver_options.clone()),
             sinks_stop.clone(),
         ));
     }

@@ -282,6 +282,9 @@ pub struct SinkEntry {
     pub name: String,
     /// Which events it receives.
     pub filter: SinkFilter,
+    /// Delivery tuning (`delivery = { batch_size = …, backoff_max = "30s", … }`); `None` =
+    /// defaults, with the drain grace taken from `[shutdown] grace`.
+    pub delivery: Option<crate::sinks::DriverOptions>,
     /// What it is.
     pub kind: SinkKind,
 }
@@ -334,6 +337,27 @@ pub struct LogConfig {
 pub struct ShutdownConfig {
     /// How long sinks may drain after a signal before the daemon exits anyway.
     pub grace: Duration,
+}
+
+/// Line format of the stdout sink in plain terms (`sinks::stdout::LineFormat` converts from it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StdoutFormat {
+    /// One JSON object per line.
+    Json,
+    /// One readable line per event.
+    Text,
+}
+
+/// A sink filter in plain terms (`sinks::SinkFilter` converts from it); the file uses
+/// `filter = { kinds = [...], min_severity = "warning", accounts = [...] }`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FilterConfig {
+    /// Only these kinds (empty = all).
+    pub kinds: Vec<crate::model::EventKind>,
+    /// Minimum severity (0 recovered/restored, 1 warning/stale, 2 trigger).
+    pub min_severity: u8,
+    /// Only these accounts (empty = all; feed events always pass).
+    pub accounts: Vec<crate::model::AccountId>,
 }
 
 /// Default API listen address.
@@ -412,7 +436,7 @@ struct RawJournal {
 }
 
 /// The keys of a `[[sinks]]` entry the daemon reads itself; the rest go to the sink type.
-const SINK_KEYS: &[&str] = &["type", "name", "filter"];
+const SINK_KEYS: &[&str] = &["type", "name", "filter", "delivery"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -422,6 +446,7 @@ struct RawSink {
     name: Option<String>,
     #[serde(default)]
     filter: SinkFilter,
+    delivery: Option<crate::sinks::DriverOptions>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1214,6 +1239,7 @@ impl<'a> Cx<'a, '_> {
                 out.push(SinkEntry {
                     name,
                     filter: raw.filter,
+                    delivery: raw.delivery,
                     kind,
                 });
             }
