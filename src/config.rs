@@ -11,6 +11,14 @@
 //!
 //! Sections: `[engine]`, `[accounts]`, `[[feeds]]`, `[prices]`, `[journal]`, `[[sinks]]`,
 //! `[api]`, `[log]`, `[shutdown]`. `deploy/liqwatch.example.toml` documents every key.
+//!
+//! The knobs of each component are the component's own config types, read straight from the
+//! file: `[prices]` is [`crate::prices::PriceBoardConfig`]; a `[[feeds]]` entry is `venue` /
+//! `enabled` / `instruments` / `stale_after` (and `file` / `speed` for a replay) plus
+//! [`crate::feeds::FeedConfig`]; a `[[sinks]]` entry is `type` / `name` / `filter`
+//! ([`crate::sinks::SinkFilter`]) plus the sink type's config
+//! ([`crate::sinks::stdout::StdoutSinkConfig`], [`crate::sinks::jsonl::JsonlSinkConfig`],
+//! [`crate::sinks::webhook::WebhookConfig`], [`crate::sinks::nats::NatsConfig`]).
 
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
@@ -23,9 +31,19 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use toml::Spanned;
-use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::de::{DeString, DeTable, DeValue, ValueDeserializer};
 
-use crate::model::{AccountId, EventKind, Thresholds, Venue};
+use crate::feeds::replay::ReplaySpeed;
+use crate::ingest::{NatsIngestConfig, Shard};
+use crate::journal::Synchronous;
+use crate::model::{Thresholds, Venue};
+use crate::monitor::StalePolicy;
+use crate::prices::PriceBoardConfig;
+use crate::sinks::SinkFilter;
+use crate::sinks::jsonl::JsonlSinkConfig;
+use crate::sinks::nats::{NatsConfig, NatsSettings};
+use crate::sinks::stdout::StdoutSinkConfig;
+use crate::sinks::webhook::{WebhookConfig, WebhookSettings};
 
 // ---------------------------------------------------------------------------------------------
 // Errors
@@ -34,7 +52,7 @@ use crate::model::{AccountId, EventKind, Thresholds, Venue};
 /// One problem found in a config file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
-    /// 1-based line of the key or value concerned (0 when unknown).
+    /// 1-based line of the key or value concerned.
     pub line: usize,
     /// 1-based column.
     pub column: usize,
@@ -151,13 +169,13 @@ pub struct Config {
     /// `[accounts]`.
     pub accounts: AccountsConfig,
     /// `[[feeds]]`, enabled ones only.
-    pub feeds: Vec<FeedConfig>,
-    /// `[prices]`.
-    pub prices: PricesConfig,
+    pub feeds: Vec<FeedEntry>,
+    /// `[prices]`, with each venue feed's `stale_after` folded into `venue_stale_after`.
+    pub prices: PriceBoardConfig,
     /// `[journal]`.
     pub journal: JournalConfig,
     /// `[[sinks]]`.
-    pub sinks: Vec<SinkConfig>,
+    pub sinks: Vec<SinkEntry>,
     /// `[api]`.
     pub api: ApiConfig,
     /// `[log]`.
@@ -166,109 +184,59 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
 }
 
-/// What to do when an account reaches the trigger level on a stale price.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StalePolicy {
-    /// Emit the trigger anyway (flagged `stale_prices: true`).
-    Fire,
-    /// Hold the trigger until a fresh price confirms it (warnings still fire, flagged).
-    Hold,
-}
-
 /// `[engine]`: instruments and levels.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
-    /// Instrument preset files (TOML, `[[instrument]]`), resolved.
+    /// Instrument preset files (TOML, `[[instrument]]` and `include`), resolved.
     pub instruments: Vec<PathBuf>,
     /// Default levels (accounts may override their own).
     pub thresholds: Thresholds,
-    /// Trigger policy on stale prices.
+    /// Trigger policy on stale prices (default `fire`).
     pub trigger_on_stale: StalePolicy,
 }
 
 /// `[accounts]`: where accounts come from.
 #[derive(Clone, Debug, Default)]
 pub struct AccountsConfig {
-    /// A JSON snapshot loaded at start (optional: the journal's accounts store survives
-    /// restarts on its own).
+    /// A JSON snapshot that seeds the account store when it is empty (first start).
     pub snapshot: Option<PathBuf>,
     /// `[accounts.nats]`: a JetStream durable consumer of account updates.
-    pub nats: Option<NatsAccountsConfig>,
+    pub nats: Option<NatsIngestConfig>,
 }
 
-/// `[accounts.nats]`.
-#[derive(Clone, Debug)]
-pub struct NatsAccountsConfig {
-    /// Server URL (`nats://127.0.0.1:4222`).
-    pub url: String,
-    /// Subject filter (default `liqwatch.accounts.>`).
-    pub subject: String,
-    /// Stream name (default `LIQWATCH_ACCOUNTS`).
-    pub stream: String,
-    /// Durable consumer name (default `liqwatch`).
-    pub durable: String,
-}
-
-/// A `[[feeds]]` source kind.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where a `[[feeds]]` entry gets its prices.
+#[derive(Clone, Debug, PartialEq)]
 pub enum FeedSource {
     /// A live venue WebSocket.
-    Venue {
-        /// The venue.
-        venue: Venue,
-        /// URL override (tests point at loopback); `None` = the venue's production URL.
-        url: Option<String>,
-    },
+    Venue(Venue),
     /// A recorded JSONL file replayed through the venue parsers.
     Replay {
         /// The recording.
         file: PathBuf,
-        /// Speed factor; `None` = as fast as possible.
-        speed: Option<Decimal>,
+        /// Playback speed.
+        speed: ReplaySpeed,
     },
 }
 
 /// One enabled `[[feeds]]` entry.
 #[derive(Clone, Debug)]
-pub struct FeedConfig {
+pub struct FeedEntry {
     /// Where prices come from.
     pub source: FeedSource,
     /// Only these canonical instruments (empty = every instrument the venue prices).
     pub instruments: Vec<String>,
-    /// An instrument with no fresh price for this long is stale.
-    pub stale_after: Duration,
-    /// First reconnect delay.
-    pub backoff_initial: Duration,
-    /// Reconnect delay cap.
-    pub backoff_max: Duration,
+    /// The driver's knobs (url override, timeouts, backoff, …); unused by replay feeds.
+    pub driver: crate::feeds::FeedConfig,
 }
 
-impl FeedConfig {
+impl FeedEntry {
     /// A short name for logs (`binance-usdm`, `replay`).
     pub fn name(&self) -> String {
         match &self.source {
-            FeedSource::Venue { venue, .. } => venue.to_string(),
+            FeedSource::Venue(venue) => venue.to_string(),
             FeedSource::Replay { .. } => "replay".to_string(),
         }
     }
-}
-
-/// How the engine price of an instrument is chosen among venues.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CompositeMode {
-    /// Median of the fresh venues.
-    Median,
-    /// One venue only.
-    Venue(Venue),
-}
-
-/// `[prices]`.
-#[derive(Clone, Debug)]
-pub struct PricesConfig {
-    /// Composite mode.
-    pub composite: CompositeMode,
-    /// A jump larger than this fraction of the last accepted price is held until confirmed.
-    pub spike_fraction: Decimal,
 }
 
 /// `[journal]`.
@@ -278,101 +246,45 @@ pub struct JournalConfig {
     pub path: PathBuf,
     /// Delivered events older than this are pruned (never undelivered ones).
     pub retention: Duration,
+    /// SQLite `synchronous`: `full` (default) or `normal`.
+    pub synchronous: Synchronous,
 }
 
-/// Which events a sink receives.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FilterConfig {
-    /// Only these kinds (empty = all).
-    pub kinds: Vec<EventKind>,
-    /// Only events of at least this severity (0 recovered/restored, 1 warning/stale, 2 trigger).
-    pub min_severity: u8,
-    /// Only these accounts (empty = all; feed events always pass).
-    pub accounts: Vec<AccountId>,
-}
-
-/// Line format of the stdout sink.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StdoutFormat {
-    /// One JSON object per line.
-    Json,
-    /// One readable line per event.
-    Text,
-}
-
-/// Body format of a webhook.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WebhookFormat {
-    /// The event JSON as journaled.
-    Generic,
-    /// Slack incoming webhook.
-    Slack,
-    /// Discord webhook.
-    Discord,
-    /// PagerDuty Events API v2.
-    Pagerduty,
-}
-
-/// What a sink is.
+/// What a sink is, with its settings validated and secrets resolved.
 #[derive(Clone, Debug)]
 pub enum SinkKind {
-    /// Standard output.
-    Stdout {
-        /// Line format.
-        format: StdoutFormat,
-    },
-    /// Append-only JSON lines file.
-    Jsonl {
-        /// The file.
-        path: PathBuf,
-        /// Rotate when the file exceeds this size.
-        rotate_bytes: u64,
-        /// Rotated files kept.
-        keep: u32,
-    },
-    /// Signed HTTP POST.
-    Webhook {
-        /// Receiver URL.
-        url: String,
-        /// Body format.
-        format: WebhookFormat,
-        /// HMAC secret (from `secret_env`); `None` = unsigned.
-        secret: Option<Secret>,
-        /// PagerDuty routing key (from `routing_key_env`).
-        routing_key: Option<Secret>,
-        /// Per-request timeout.
-        timeout: Duration,
-    },
+    /// One JSON line per event on stdout.
+    Stdout(StdoutSinkConfig),
+    /// Append-only JSON lines file with rotation.
+    Jsonl(JsonlSinkConfig),
+    /// Signed HTTP POST (generic, slack, discord, pagerduty).
+    Webhook(WebhookSettings),
     /// NATS JetStream publish.
-    Nats {
-        /// Server URL.
-        url: String,
-        /// Subject template (`liqwatch.events.{kind}`).
-        subject: String,
-        /// Stream to create/ensure, if any.
-        stream: Option<String>,
-    },
+    Nats(NatsSettings),
 }
 
 impl SinkKind {
     /// The type name as written in the file.
     pub fn type_name(&self) -> &'static str {
         match self {
-            SinkKind::Stdout { .. } => "stdout",
-            SinkKind::Jsonl { .. } => "jsonl",
-            SinkKind::Webhook { .. } => "webhook",
-            SinkKind::Nats { .. } => "nats",
+            SinkKind::Stdout(_) => "stdout",
+            SinkKind::Jsonl(_) => "jsonl",
+            SinkKind::Webhook(_) => "webhook",
+            SinkKind::Nats(_) => "nats",
         }
     }
 }
 
 /// One `[[sinks]]` entry.
 #[derive(Clone, Debug)]
-pub struct SinkConfig {
+pub struct SinkEntry {
     /// Unique name (cursor, metrics label, logs).
     pub name: String,
     /// Which events it receives.
-    pub filter: FilterConfig,
+    pub filter: SinkFilter,
+    /// Delivery tuning (`delivery = { batch_size = …, backoff_max = "30s", … }`); `None` =
+    /// defaults, with the drain grace taken from `[shutdown] grace`.
+    pub delivery: Option<crate::sinks::DriverOptions>,
     /// What it is.
     pub kind: SinkKind,
 }
@@ -427,6 +339,27 @@ pub struct ShutdownConfig {
     pub grace: Duration,
 }
 
+/// Line format of the stdout sink in plain terms (`sinks::stdout::LineFormat` converts from it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StdoutFormat {
+    /// One JSON object per line.
+    Json,
+    /// One readable line per event.
+    Text,
+}
+
+/// A sink filter in plain terms (`sinks::SinkFilter` converts from it); the file uses
+/// `filter = { kinds = [...], min_severity = "warning", accounts = [...] }`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FilterConfig {
+    /// Only these kinds (empty = all).
+    pub kinds: Vec<crate::model::EventKind>,
+    /// Minimum severity (0 recovered/restored, 1 warning/stale, 2 trigger).
+    pub min_severity: u8,
+    /// Only these accounts (empty = all; feed events always pass).
+    pub accounts: Vec<crate::model::AccountId>,
+}
+
 /// Default API listen address.
 pub const DEFAULT_API_BIND: &str = "127.0.0.1:9477";
 
@@ -458,35 +391,52 @@ struct RawAccountsNats {
     subject: Option<String>,
     stream: Option<String>,
     durable: Option<String>,
+    token_env: Option<String>,
+    create_stream: Option<bool>,
+    stream_subjects: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    ack_wait: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    nak_delay: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+    shard_index: Option<u32>,
+    shard_count: Option<u32>,
 }
+
+/// The keys of a `[[feeds]]` entry the daemon reads itself; the rest go to the driver.
+const FEED_KEYS: &[&str] = &[
+    "venue",
+    "enabled",
+    "instruments",
+    "stale_after",
+    "file",
+    "speed",
+];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFeed {
     venue: String,
-    url: Option<String>,
     enabled: Option<bool>,
     instruments: Option<Vec<String>>,
-    stale_after: Option<String>,
-    backoff_initial: Option<String>,
-    backoff_max: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    stale_after: Option<Duration>,
     file: Option<String>,
     speed: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RawPrices {
-    composite: Option<String>,
-    spike_fraction: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 struct RawJournal {
     path: Option<String>,
-    retention: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    retention: Option<Duration>,
+    synchronous: Option<Synchronous>,
 }
+
+/// The keys of a `[[sinks]]` entry the daemon reads itself; the rest go to the sink type.
+const SINK_KEYS: &[&str] = &["type", "name", "filter", "delivery"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -494,23 +444,9 @@ struct RawSink {
     #[serde(rename = "type")]
     kind: String,
     name: Option<String>,
-    // filter
-    kinds: Option<Vec<String>>,
-    min_severity: Option<String>,
-    accounts: Option<Vec<String>>,
-    // stdout / webhook
-    format: Option<String>,
-    // jsonl
-    path: Option<String>,
-    rotate_bytes: Option<u64>,
-    keep: Option<u32>,
-    // webhook / nats
-    url: Option<String>,
-    secret_env: Option<String>,
-    routing_key_env: Option<String>,
-    timeout: Option<String>,
-    subject: Option<String>,
-    stream: Option<String>,
+    #[serde(default)]
+    filter: SinkFilter,
+    delivery: Option<crate::sinks::DriverOptions>,
 }
 
 #[derive(Deserialize, Default)]
@@ -532,12 +468,18 @@ struct RawLog {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawShutdown {
-    grace: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    grace: Option<Duration>,
 }
 
 const SECTIONS: &[&str] = &[
     "engine", "accounts", "feeds", "prices", "journal", "sinks", "api", "log", "shutdown",
 ];
+
+/// Every top-level section the file accepts (the example config documents each).
+pub fn known_sections() -> BTreeSet<&'static str> {
+    SECTIONS.iter().copied().collect()
+}
 
 // ---------------------------------------------------------------------------------------------
 // Loading
@@ -563,17 +505,10 @@ pub fn parse(
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    let mut cx = Cx {
-        text,
-        root: None,
-        problems: Vec::new(),
-        base,
-        env,
-    };
     let root = match DeTable::parse(text) {
-        Ok(t) => t,
+        Ok(t) => t.into_inner(),
         Err(e) => {
-            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
                 problems: vec![Problem {
@@ -585,9 +520,26 @@ pub fn parse(
             });
         }
     };
-    let root = root.into_inner();
-    cx.root = Some(&root);
-    for (k, v) in root.iter() {
+    let mut cx = Cx {
+        text,
+        root: Some(&root),
+        problems: Vec::new(),
+        base,
+        env,
+    };
+    // No value in this file is a binary float: money, levels and fractions are decimal strings.
+    let mut floats = Vec::new();
+    find_floats(&root, "", &mut floats);
+    for (key, span) in floats {
+        let (line, column) = line_col(text, span.start);
+        cx.problems.push(Problem {
+            line,
+            column,
+            key,
+            message: "a TOML float is not accepted: write money, levels and fractions as decimal strings (\"0.2\") and durations as \"10s\"".into(),
+        });
+    }
+    for (k, _) in root.iter() {
         if !SECTIONS.contains(&k.get_ref().as_ref()) {
             let (line, column) = line_col(text, k.span().start);
             cx.problems.push(Problem {
@@ -596,66 +548,42 @@ pub fn parse(
                 key: k.get_ref().to_string(),
                 message: format!("unknown section, expected one of: {}", SECTIONS.join(", ")),
             });
-            let _ = v;
         }
     }
 
-    let engine: Option<RawEngine> = cx.section("engine");
-    let accounts: Option<RawAccounts> = cx.section("accounts");
-    let feeds: Vec<Option<RawFeed>> = cx.array_section("feeds");
-    let prices: Option<RawPrices> = cx.section("prices");
-    let journal: Option<RawJournal> = cx.section("journal");
-    let sinks: Vec<Option<RawSink>> = cx.array_section("sinks");
-    let api: Option<RawApi> = cx.section("api");
-    let log: Option<RawLog> = cx.section("log");
-    let shutdown: Option<RawShutdown> = cx.section("shutdown");
-
-    let engine = engine.and_then(|r| cx.engine(r));
-    let accounts = accounts.map(|r| cx.accounts(r)).unwrap_or_default();
-    let mut feed_cfgs = Vec::new();
-    let mut any_feed = false;
-    for (i, f) in feeds.into_iter().enumerate() {
-        if let Some(f) = f {
-            any_feed = true;
-            if let Some(fc) = cx.feed(i, f) {
-                feed_cfgs.push(fc);
-            }
-        }
-    }
-    if !any_feed && cx.problems.iter().all(|p| !p.key.starts_with("feeds")) {
+    let engine = cx.section::<RawEngine>("engine").and_then(|r| cx.engine(r));
+    let accounts = cx
+        .section::<RawAccounts>("accounts")
+        .map(|r| cx.accounts(r))
+        .unwrap_or_default();
+    let mut prices = cx.section::<PriceBoardConfig>("prices");
+    if prices
+        .as_ref()
+        .is_some_and(|p| p.spike_fraction <= Decimal::ZERO)
+    {
         cx.problem(
-            &[],
-            "no [[feeds]]: add at least one price feed (a venue or a replay file)",
+            &[P::K("prices"), P::K("spike_fraction")],
+            "must be above 0 (\"0.2\" = a 20 % jump is held until confirmed)",
         );
     }
-    let prices = prices.and_then(|r| cx.prices(r));
-    let journal = journal.and_then(|r| cx.journal(r));
-    let mut sink_cfgs: Vec<SinkConfig> = Vec::new();
-    let mut names = HashSet::new();
-    for (i, s) in sinks.into_iter().enumerate() {
-        if let Some(s) = s
-            && let Some(sc) = cx.sink(i, s)
-        {
-            if !names.insert(sc.name.clone()) {
-                cx.problem(
-                    &[P::K("sinks"), P::I(i), P::K("name")],
-                    format!(
-                        "duplicate sink name {:?}: each sink needs its own name (it keys its delivery cursor)",
-                        sc.name
-                    ),
-                );
-            }
-            sink_cfgs.push(sc);
-        }
-    }
-    let api = api.and_then(|r| cx.api(r));
-    let log = log.and_then(|r| cx.log(r));
-    let shutdown = shutdown.and_then(|r| cx.shutdown(r));
+    let feeds = cx.feeds(prices.as_mut());
+    let journal = cx
+        .section::<RawJournal>("journal")
+        .and_then(|r| cx.journal(r));
+    let sinks = cx.sinks();
+    let api = cx.section::<RawApi>("api").and_then(|r| cx.api(r));
+    let log = cx.section::<RawLog>("log").and_then(|r| cx.log(r));
+    let shutdown = cx
+        .section::<RawShutdown>("shutdown")
+        .map(|r| ShutdownConfig {
+            grace: r.grace.unwrap_or(Duration::from_secs(10)),
+        });
 
     let mut problems = cx.problems;
     if !problems.is_empty() {
         problems.sort_by_key(|p| (p.line, p.column));
-        problems.dedup();
+        // One problem per key and line (a float is reported once, not also by serde).
+        problems.dedup_by(|a, b| a.line == b.line && a.key == b.key);
         return Err(ConfigError::Invalid {
             path: path.to_path_buf(),
             problems,
@@ -667,27 +595,75 @@ pub fn parse(
                 path: path.to_path_buf(),
                 engine,
                 accounts,
-                feeds: feed_cfgs,
+                feeds,
                 prices,
                 journal,
-                sinks: sink_cfgs,
+                sinks,
                 api,
                 log,
                 shutdown,
             })
         }
-        // Every `None` above recorded a problem, so this is unreachable in practice; report it
-        // rather than panic.
+        // Every `None` above recorded a problem; report rather than panic if one did not.
         _ => Err(ConfigError::Invalid {
             path: path.to_path_buf(),
             problems: vec![Problem {
-                line: 0,
-                column: 0,
+                line: 1,
+                column: 1,
                 key: String::new(),
                 message: "invalid configuration".into(),
             }],
         }),
     }
+}
+
+/// Every float value in the document, with its dotted key path and span.
+fn find_floats(table: &DeTable<'_>, prefix: &str, out: &mut Vec<(String, Range<usize>)>) {
+    for (k, v) in table.iter() {
+        let key = if prefix.is_empty() {
+            k.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", k.get_ref())
+        };
+        find_floats_value(v, &key, out);
+    }
+}
+
+fn find_floats_value(v: &Spanned<DeValue<'_>>, key: &str, out: &mut Vec<(String, Range<usize>)>) {
+    match v.get_ref() {
+        DeValue::Float(_) => out.push((key.to_string(), v.span())),
+        DeValue::Table(t) => find_floats(t, key, out),
+        DeValue::Array(a) => {
+            for (i, e) in a.iter().enumerate() {
+                find_floats_value(e, &format!("{key}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Splits a table value into (the keys in `mine`, every other key), keeping spans.
+fn split_table<'i>(
+    v: &Spanned<DeValue<'i>>,
+    mine: &[&str],
+) -> Option<(Spanned<DeValue<'i>>, Spanned<DeValue<'i>>)> {
+    let DeValue::Table(t) = v.get_ref() else {
+        return None;
+    };
+    let mut a: DeTable<'i> = DeTable::new();
+    let mut b: DeTable<'i> = DeTable::new();
+    for (k, val) in t.iter() {
+        let key: Spanned<DeString<'i>> = k.clone();
+        if mine.contains(&k.get_ref().as_ref()) {
+            a.insert(key, val.clone());
+        } else {
+            b.insert(key, val.clone());
+        }
+    }
+    Some((
+        Spanned::new(v.span(), DeValue::Table(a)),
+        Spanned::new(v.span(), DeValue::Table(b)),
+    ))
 }
 
 /// A key path segment.
@@ -862,7 +838,7 @@ impl<'a> Cx<'a, '_> {
         }
     }
 
-    fn array_section<T: DeserializeOwned>(&mut self, name: &str) -> Vec<Option<T>> {
+    fn entries(&mut self, name: &str) -> Vec<Spanned<DeValue<'a>>> {
         let Some(v) = self.root.and_then(|r| {
             r.iter()
                 .find(|(k, _)| k.get_ref() == name)
@@ -870,24 +846,28 @@ impl<'a> Cx<'a, '_> {
         }) else {
             return Vec::new();
         };
-        let DeValue::Array(items) = v.get_ref() else {
-            self.problem(
-                &[P::K(name)],
-                format!("must be an array of tables: write each entry as [[{name}]]"),
-            );
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            match T::deserialize(ValueDeserializer::from(item.clone())) {
-                Ok(t) => out.push(Some(t)),
-                Err(e) => {
-                    self.de_error(e, &[P::K(name), P::I(i)]);
-                    out.push(None);
-                }
+        match v.get_ref() {
+            DeValue::Array(items) if items.iter().all(|i| i.get_ref().is_table()) => {
+                items.iter().cloned().collect()
+            }
+            _ => {
+                self.problem(
+                    &[P::K(name)],
+                    format!("must be an array of tables: write each entry as [[{name}]]"),
+                );
+                Vec::new()
             }
         }
-        out
+    }
+
+    fn de<T: DeserializeOwned>(&mut self, v: Spanned<DeValue<'a>>, at: &[P<'_>]) -> Option<T> {
+        match T::deserialize(ValueDeserializer::from(v)) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.de_error(e, at);
+                None
+            }
+        }
     }
 
     fn decimal(&mut self, path: &[P<'_>], s: &str) -> Option<Decimal> {
@@ -896,24 +876,6 @@ impl<'a> Cx<'a, '_> {
             Err(e) => {
                 self.problem(path, format!("{s:?} is not a decimal number ({e})"));
                 None
-            }
-        }
-    }
-
-    fn duration(&mut self, path: &[P<'_>], s: Option<&str>, default: Duration) -> Duration {
-        let Some(s) = s else { return default };
-        match humantime::parse_duration(s) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
-                self.problem(path, "must be longer than zero");
-                default
-            }
-            Err(e) => {
-                self.problem(
-                    path,
-                    format!("{s:?} is not a duration ({e}); write e.g. \"500ms\", \"10s\", \"7d\""),
-                );
-                default
             }
         }
     }
@@ -941,7 +903,9 @@ impl<'a> Cx<'a, '_> {
             _ => {
                 self.problem(
                     path,
-                    format!("environment variable {name} is not set (or empty): set it before starting liqwatch"),
+                    format!(
+                        "environment variable {name} is not set (or empty): set it before starting liqwatch"
+                    ),
                 );
                 None
             }
@@ -962,14 +926,15 @@ impl<'a> Cx<'a, '_> {
         };
         let d = Thresholds::default();
         let mut warning_levels = Vec::new();
-        if let Some(levels) = &raw.warning_levels {
-            for (i, s) in levels.iter().enumerate() {
-                if let Some(v) = self.decimal(&[e, P::K("warning_levels"), P::I(i)], s) {
-                    warning_levels.push(v);
+        match &raw.warning_levels {
+            Some(levels) => {
+                for (i, s) in levels.iter().enumerate() {
+                    if let Some(v) = self.decimal(&[e, P::K("warning_levels"), P::I(i)], s) {
+                        warning_levels.push(v);
+                    }
                 }
             }
-        } else {
-            warning_levels = d.warning_levels.clone();
+            None => warning_levels = d.warning_levels.clone(),
         }
         let trigger = match &raw.trigger {
             Some(s) => self.decimal(&[e, P::K("trigger")], s).unwrap_or(d.trigger),
@@ -981,189 +946,178 @@ impl<'a> Cx<'a, '_> {
                 .unwrap_or(d.hysteresis),
             None => d.hysteresis,
         };
-        if trigger <= Decimal::ZERO {
-            self.problem(
-                &[e, P::K("trigger")],
-                "must be above 0 (1.0 = MM equals equity)",
-            );
-        }
-        if warning_levels.windows(2).any(|w| w[0] >= w[1]) {
-            self.problem(&[e, P::K("warning_levels")], "must be strictly ascending");
-        }
-        if warning_levels
-            .iter()
-            .any(|l| *l <= Decimal::ZERO || *l >= trigger)
-        {
-            self.problem(
-                &[e, P::K("warning_levels")],
-                format!("every warning level must be above 0 and below the trigger ({trigger})"),
-            );
-        }
-        let lowest = warning_levels.first().copied().unwrap_or(trigger);
-        if hysteresis < Decimal::ZERO || hysteresis >= lowest {
-            self.problem(
-                &[e, P::K("hysteresis")],
-                format!("must be at least 0 and below the lowest level ({lowest})"),
-            );
+        let thresholds = Thresholds {
+            warning_levels,
+            trigger,
+            hysteresis,
+        };
+        if let Err(msg) = crate::monitor::validate_thresholds(&thresholds) {
+            let key = if msg.contains("hysteresis") {
+                "hysteresis"
+            } else if msg.contains("trigger") && !msg.contains("warning") {
+                "trigger"
+            } else {
+                "warning_levels"
+            };
+            self.problem(&[e, P::K(key)], msg);
         }
         let trigger_on_stale = match raw.trigger_on_stale.as_deref() {
-            None | Some("hold") => StalePolicy::Hold,
-            Some("fire") => StalePolicy::Fire,
+            None | Some("fire") => StalePolicy::Fire,
+            Some("hold") => StalePolicy::Hold,
             Some(o) => {
                 self.problem(
                     &[e, P::K("trigger_on_stale")],
-                    format!("{o:?}: expected \"hold\" or \"fire\""),
+                    format!("{o:?}: expected \"fire\" or \"hold\""),
                 );
-                StalePolicy::Hold
+                StalePolicy::Fire
             }
         };
         Some(EngineConfig {
             instruments,
-            thresholds: Thresholds {
-                warning_levels,
-                trigger,
-                hysteresis,
-            },
+            thresholds,
             trigger_on_stale,
         })
     }
 
     fn accounts(&mut self, raw: RawAccounts) -> AccountsConfig {
-        AccountsConfig {
-            snapshot: raw.snapshot.as_deref().map(|s| self.path(s)),
-            nats: raw.nats.map(|n| {
-                if !n.url.starts_with("nats://") && !n.url.starts_with("tls://") {
+        let snapshot = raw.snapshot.as_deref().map(|s| self.path(s));
+        let nats = raw.nats.map(|n| {
+            let at = |k: &'static str| [P::K("accounts"), P::K("nats"), P::K(k)];
+            let d = NatsIngestConfig::default();
+            if !n.url.starts_with("nats://") && !n.url.starts_with("tls://") {
+                self.problem(
+                    &at("url"),
+                    format!("{:?}: expected a nats:// or tls:// URL", n.url),
+                );
+            }
+            let token = self
+                .secret(&at("token_env"), n.token_env.as_deref())
+                .map(|s| s.expose().to_string());
+            let shard = match (n.shard_index, n.shard_count) {
+                (None, None) => None,
+                (Some(index), Some(count)) if count > 0 && index < count => {
+                    Some(Shard { index, count })
+                }
+                _ => {
                     self.problem(
-                        &[P::K("accounts"), P::K("nats"), P::K("url")],
-                        format!("{:?}: expected a nats:// or tls:// URL", n.url),
+                        &at("shard_index"),
+                        "set both shard_index and shard_count, with shard_index < shard_count",
                     );
+                    None
                 }
-                NatsAccountsConfig {
-                    url: n.url,
-                    subject: n.subject.unwrap_or_else(|| "liqwatch.accounts.>".into()),
-                    stream: n.stream.unwrap_or_else(|| "LIQWATCH_ACCOUNTS".into()),
-                    durable: n.durable.unwrap_or_else(|| "liqwatch".into()),
-                }
-            }),
-        }
+            };
+            NatsIngestConfig {
+                url: n.url,
+                token,
+                stream: n.stream.unwrap_or(d.stream),
+                subject: n.subject.unwrap_or(d.subject),
+                durable: n.durable.unwrap_or(d.durable),
+                create_stream: n.create_stream.unwrap_or(d.create_stream),
+                stream_subjects: n.stream_subjects,
+                ack_wait: n.ack_wait.unwrap_or(d.ack_wait),
+                nak_delay: n.nak_delay.unwrap_or(d.nak_delay),
+                timeout: n.timeout.unwrap_or(d.timeout),
+                shard,
+            }
+        });
+        AccountsConfig { snapshot, nats }
     }
 
-    fn feed(&mut self, i: usize, raw: RawFeed) -> Option<FeedConfig> {
-        let at = |k: &'static str| [P::K("feeds"), P::I(i), P::K(k)];
-        let source = if raw.venue == "replay" {
-            if raw.url.is_some() {
-                self.problem(&at("url"), "a replay feed has no url; use file = \"…\"");
-            }
-            let file = match raw.file.as_deref() {
-                Some(f) => self.path(f),
-                None => {
+    /// Reads every `[[feeds]]` entry; each venue feed's `stale_after` goes into the price
+    /// board's per-venue limits.
+    fn feeds(&mut self, mut prices: Option<&mut PriceBoardConfig>) -> Vec<FeedEntry> {
+        let items = self.entries("feeds");
+        if items.is_empty() && !self.problems.iter().any(|p| p.key.starts_with("feeds")) {
+            self.problem(
+                &[],
+                "no [[feeds]]: add at least one price feed (a venue, or venue = \"replay\" with a file)",
+            );
+        }
+        let mut out = Vec::new();
+        let mut venues = HashSet::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let at = |k: &'static str| [P::K("feeds"), P::I(i), P::K(k)];
+            let Some((mine, rest)) = split_table(&item, FEED_KEYS) else {
+                continue;
+            };
+            let Some(raw) = self.de::<RawFeed>(mine, &[P::K("feeds"), P::I(i)]) else {
+                continue;
+            };
+            let driver = self
+                .de::<crate::feeds::FeedConfig>(rest, &[P::K("feeds"), P::I(i)])
+                .unwrap_or_default();
+            let source = if raw.venue == "replay" {
+                let file = match raw.file.as_deref() {
+                    Some(f) => self.path(f),
+                    None => {
+                        self.problem(
+                            &at("venue"),
+                            "a replay feed needs file = \"<recording.jsonl>\"",
+                        );
+                        PathBuf::new()
+                    }
+                };
+                let speed = match raw.speed.as_deref() {
+                    None => ReplaySpeed::Factor(1.0),
+                    Some(s) => match s.parse::<ReplaySpeed>() {
+                        Ok(sp) => sp,
+                        Err(e) => {
+                            self.problem(&at("speed"), e);
+                            ReplaySpeed::Max
+                        }
+                    },
+                };
+                FeedSource::Replay { file, speed }
+            } else {
+                if raw.file.is_some() || raw.speed.is_some() {
+                    let k = if raw.file.is_some() { "file" } else { "speed" };
+                    self.problem(&at(k), "file and speed are for venue = \"replay\" only");
+                }
+                let Some(venue) = Venue::parse(&raw.venue) else {
+                    let names: Vec<&str> = Venue::ALL.iter().map(|v| v.as_str()).collect();
                     self.problem(
                         &at("venue"),
-                        "a replay feed needs file = \"<recording.jsonl>\"",
+                        format!(
+                            "unknown venue {:?}, expected one of: {}, replay",
+                            raw.venue,
+                            names.join(", ")
+                        ),
                     );
-                    PathBuf::new()
-                }
-            };
-            let speed = match raw.speed.as_deref() {
-                None | Some("max") | Some("0") => None,
-                Some(s) => match self.decimal(&at("speed"), s) {
-                    Some(d) if d > Decimal::ZERO => Some(d),
-                    Some(_) => {
-                        self.problem(&at("speed"), "must be above 0, or \"max\"");
-                        None
+                    continue;
+                };
+                if let Some(u) = &driver.url {
+                    if !(u.starts_with("ws://") || u.starts_with("wss://")) {
+                        self.problem(&at("url"), format!("{u:?}: expected a ws:// or wss:// URL"));
                     }
-                    None => None,
-                },
-            };
-            FeedSource::Replay { file, speed }
-        } else {
-            if raw.file.is_some() || raw.speed.is_some() {
-                self.problem(&at("file"), "file/speed are for venue = \"replay\" only");
-            }
-            let Some(venue) = Venue::parse(&raw.venue) else {
-                let names: Vec<&str> = Venue::ALL.iter().map(|v| v.as_str()).collect();
-                self.problem(
-                    &at("venue"),
-                    format!(
-                        "unknown venue {:?}, expected one of: {}, replay",
-                        raw.venue,
-                        names.join(", ")
-                    ),
-                );
-                return None;
-            };
-            if let Some(u) = &raw.url
-                && !(u.starts_with("ws://") || u.starts_with("wss://"))
-            {
-                self.problem(&at("url"), format!("{u:?}: expected a ws:// or wss:// URL"));
-            }
-            FeedSource::Venue {
-                venue,
-                url: raw.url,
-            }
-        };
-        let stale_after = self.duration(
-            &at("stale_after"),
-            raw.stale_after.as_deref(),
-            Duration::from_secs(10),
-        );
-        let backoff_initial = self.duration(
-            &at("backoff_initial"),
-            raw.backoff_initial.as_deref(),
-            Duration::from_millis(500),
-        );
-        let backoff_max = self.duration(
-            &at("backoff_max"),
-            raw.backoff_max.as_deref(),
-            Duration::from_secs(30),
-        );
-        if backoff_max < backoff_initial {
-            self.problem(&at("backoff_max"), "must be at least backoff_initial");
-        }
-        if raw.enabled == Some(false) {
-            return None;
-        }
-        Some(FeedConfig {
-            source,
-            instruments: raw.instruments.unwrap_or_default(),
-            stale_after,
-            backoff_initial,
-            backoff_max,
-        })
-    }
-
-    fn prices(&mut self, raw: RawPrices) -> Option<PricesConfig> {
-        let composite = match raw.composite.as_deref() {
-            None | Some("median") => CompositeMode::Median,
-            Some(v) => match Venue::parse(v) {
-                Some(v) => CompositeMode::Venue(v),
-                None => {
+                }
+                if raw.enabled != Some(false) && !venues.insert(venue) {
                     self.problem(
-                        &[P::K("prices"), P::K("composite")],
-                        format!("{v:?}: expected \"median\" or a venue name"),
+                        &at("venue"),
+                        format!("{venue} is configured twice; use one [[feeds]] entry per venue"),
                     );
-                    CompositeMode::Median
                 }
-            },
-        };
-        let spike_fraction = match raw.spike_fraction.as_deref() {
-            None => Decimal::new(2, 1),
-            Some(s) => {
-                let p = [P::K("prices"), P::K("spike_fraction")];
-                match self.decimal(&p, s) {
-                    Some(d) if d > Decimal::ZERO => d,
-                    Some(_) => {
-                        self.problem(&p, "must be above 0 (0.2 = a 20 % jump is held)");
-                        Decimal::new(2, 1)
-                    }
-                    None => Decimal::new(2, 1),
+                if let (Some(sa), Some(p)) = (raw.stale_after, prices.as_deref_mut()) {
+                    p.venue_stale_after
+                        .insert(venue, humantime_serde::Serde::from(sa));
                 }
+                FeedSource::Venue(venue)
+            };
+            if raw.stale_after.is_some_and(|d| d.is_zero()) {
+                self.problem(&at("stale_after"), "must be longer than zero");
             }
-        };
-        Some(PricesConfig {
-            composite,
-            spike_fraction,
-        })
+            if driver.backoff_max < driver.backoff_initial {
+                self.problem(&at("backoff_max"), "must be at least backoff_initial");
+            }
+            if raw.enabled == Some(false) {
+                continue;
+            }
+            out.push(FeedEntry {
+                source,
+                instruments: raw.instruments.unwrap_or_default(),
+                driver,
+            });
+        }
+        out
     }
 
     fn journal(&mut self, raw: RawJournal) -> Option<JournalConfig> {
@@ -1177,196 +1131,120 @@ impl<'a> Cx<'a, '_> {
                 PathBuf::new()
             }
         };
-        let retention = self.duration(
-            &[P::K("journal"), P::K("retention")],
-            raw.retention.as_deref(),
-            Duration::from_secs(7 * 86_400),
-        );
-        Some(JournalConfig { path, retention })
+        Some(JournalConfig {
+            path,
+            retention: raw.retention.unwrap_or(Duration::from_secs(7 * 86_400)),
+            synchronous: raw.synchronous.unwrap_or_default(),
+        })
     }
 
-    fn sink(&mut self, i: usize, raw: RawSink) -> Option<SinkConfig> {
-        let at = |k: &'static str| [P::K("sinks"), P::I(i), P::K(k)];
-        let name = raw.name.clone().unwrap_or_else(|| raw.kind.clone());
-        if name.is_empty() {
-            self.problem(&at("name"), "must not be empty");
+    /// Reports a component's validation messages (`"secret_env: …"`) under the key they name.
+    fn component_problems(&mut self, i: usize, errors: Vec<String>, keys: &[&'static str]) {
+        for e in errors {
+            let k = problem_key(&e, keys).unwrap_or("type");
+            self.problem(&[P::K("sinks"), P::I(i), P::K(k)], e);
         }
-        let mut kinds = Vec::new();
-        for (j, k) in raw.kinds.iter().flatten().enumerate() {
-            match parse_kind(k) {
-                Some(k) => kinds.push(k),
-                None => self.problem(
-                    &[P::K("sinks"), P::I(i), P::K("kinds"), P::I(j)],
-                    format!("unknown event kind {k:?}, expected one of: liquidation_warning, liquidation_trigger, recovered, feed_stale, feed_restored"),
-                ),
-            }
-        }
-        let min_severity = match raw.min_severity.as_deref() {
-            None | Some("info") => 0,
-            Some("warning") => 1,
-            Some("critical") => 2,
-            Some(o) => {
+    }
+
+    fn sinks(&mut self) -> Vec<SinkEntry> {
+        let items = self.entries("sinks");
+        let mut out: Vec<SinkEntry> = Vec::new();
+        let mut names = HashSet::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let here = [P::K("sinks"), P::I(i)];
+            let at = |k: &'static str| [P::K("sinks"), P::I(i), P::K(k)];
+            let Some((mine, rest)) = split_table(&item, SINK_KEYS) else {
+                continue;
+            };
+            let Some(raw) = self.de::<RawSink>(mine, &here) else {
+                continue;
+            };
+            let name = raw.name.clone().unwrap_or_else(|| raw.kind.clone());
+            if name.is_empty() {
+                self.problem(&at("name"), "must not be empty");
+            } else if !names.insert(name.clone()) {
                 self.problem(
-                    &at("min_severity"),
-                    format!("{o:?}: expected \"info\" (all), \"warning\" (warnings, stale feeds, triggers) or \"critical\" (triggers)"),
+                    &at("name"),
+                    format!(
+                        "duplicate sink name {name:?}: each sink needs its own name (it keys its delivery cursor)"
+                    ),
                 );
-                0
             }
-        };
-        let filter = FilterConfig {
-            kinds,
-            min_severity,
-            accounts: raw.accounts.iter().flatten().map(AccountId::new).collect(),
-        };
-        let mut unused: Vec<&'static str> = Vec::new();
-        let kind = match raw.kind.as_str() {
-            "stdout" => {
-                for (k, set) in [
-                    ("path", raw.path.is_some()),
-                    ("url", raw.url.is_some()),
-                    ("secret_env", raw.secret_env.is_some()),
-                    ("subject", raw.subject.is_some()),
-                ] {
-                    if set {
-                        unused.push(k);
-                    }
-                }
-                let format = match raw.format.as_deref() {
-                    None | Some("json") => StdoutFormat::Json,
-                    Some("text") => StdoutFormat::Text,
-                    Some(o) => {
-                        self.problem(
-                            &at("format"),
-                            format!("{o:?}: expected \"json\" or \"text\""),
+            let env = self.env;
+            let kind = match raw.kind.as_str() {
+                "stdout" => self
+                    .de::<StdoutSinkConfig>(rest, &here)
+                    .map(SinkKind::Stdout),
+                "jsonl" => self.de::<JsonlSinkConfig>(rest, &here).map(|mut c| {
+                    c.path = self.path(&c.path.to_string_lossy());
+                    SinkKind::Jsonl(c)
+                }),
+                "webhook" => match self
+                    .de::<WebhookConfig>(rest, &here)
+                    .map(|c| c.resolve(env))
+                {
+                    Some(Ok(s)) => Some(SinkKind::Webhook(s)),
+                    Some(Err(errors)) => {
+                        self.component_problems(
+                            i,
+                            errors,
+                            &[
+                                "url",
+                                "url_env",
+                                "secret_env",
+                                "routing_key_env",
+                                "timeout",
+                                "concurrency",
+                                "group",
+                                "rate_limit",
+                                "format",
+                            ],
                         );
-                        StdoutFormat::Json
+                        None
                     }
-                };
-                SinkKind::Stdout { format }
-            }
-            "jsonl" => {
-                for (k, set) in [
-                    ("url", raw.url.is_some()),
-                    ("secret_env", raw.secret_env.is_some()),
-                    ("format", raw.format.is_some()),
-                ] {
-                    if set {
-                        unused.push(k);
-                    }
-                }
-                let path = match raw.path.as_deref() {
-                    Some(p) => self.path(p),
-                    None => {
-                        self.problem(&at("type"), "a jsonl sink needs path = \"events.jsonl\"");
-                        PathBuf::new()
-                    }
-                };
-                SinkKind::Jsonl {
-                    path,
-                    rotate_bytes: raw.rotate_bytes.unwrap_or(100 * 1024 * 1024),
-                    keep: raw.keep.unwrap_or(5),
-                }
-            }
-            "webhook" => {
-                for (k, set) in [
-                    ("path", raw.path.is_some()),
-                    ("subject", raw.subject.is_some()),
-                ] {
-                    if set {
-                        unused.push(k);
-                    }
-                }
-                let url = raw.url.clone().unwrap_or_default();
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    self.problem(
-                        &if raw.url.is_some() {
-                            at("url")
-                        } else {
-                            at("type")
-                        },
-                        format!("a webhook needs url = \"https://…\" (got {url:?})"),
-                    );
-                }
-                let format = match raw.format.as_deref() {
-                    None | Some("generic") => WebhookFormat::Generic,
-                    Some("slack") => WebhookFormat::Slack,
-                    Some("discord") => WebhookFormat::Discord,
-                    Some("pagerduty") => WebhookFormat::Pagerduty,
-                    Some(o) => {
-                        self.problem(
-                            &at("format"),
-                            format!("{o:?}: expected generic, slack, discord or pagerduty"),
+                    None => None,
+                },
+                "nats" => match self.de::<NatsConfig>(rest, &here).map(|c| c.resolve(env)) {
+                    Some(Ok(s)) => Some(SinkKind::Nats(s)),
+                    Some(Err(errors)) => {
+                        self.component_problems(
+                            i,
+                            errors,
+                            &[
+                                "url",
+                                "subject",
+                                "timeout",
+                                "max_in_flight",
+                                "stream",
+                                "token_env",
+                                "password_env",
+                                "user",
+                            ],
                         );
-                        WebhookFormat::Generic
+                        None
                     }
-                };
-                let secret = self.secret(&at("secret_env"), raw.secret_env.as_deref());
-                let routing_key =
-                    self.secret(&at("routing_key_env"), raw.routing_key_env.as_deref());
-                if format == WebhookFormat::Pagerduty && raw.routing_key_env.is_none() {
+                    None => None,
+                },
+                other => {
                     self.problem(
-                        &at("format"),
-                        "a pagerduty webhook needs routing_key_env = \"<ENV VAR with the integration key>\"",
+                        &at("type"),
+                        format!(
+                            "unknown sink type {other:?}, expected stdout, jsonl, webhook or nats"
+                        ),
                     );
+                    None
                 }
-                let timeout = self.duration(
-                    &at("timeout"),
-                    raw.timeout.as_deref(),
-                    Duration::from_secs(10),
-                );
-                SinkKind::Webhook {
-                    url,
-                    format,
-                    secret,
-                    routing_key,
-                    timeout,
-                }
+            };
+            if let Some(kind) = kind {
+                out.push(SinkEntry {
+                    name,
+                    filter: raw.filter,
+                    delivery: raw.delivery,
+                    kind,
+                });
             }
-            "nats" => {
-                for (k, set) in [
-                    ("path", raw.path.is_some()),
-                    ("secret_env", raw.secret_env.is_some()),
-                    ("format", raw.format.is_some()),
-                ] {
-                    if set {
-                        unused.push(k);
-                    }
-                }
-                let url = raw.url.clone().unwrap_or_default();
-                if !(url.starts_with("nats://") || url.starts_with("tls://")) {
-                    self.problem(
-                        &if raw.url.is_some() {
-                            at("url")
-                        } else {
-                            at("type")
-                        },
-                        format!("a nats sink needs url = \"nats://host:4222\" (got {url:?})"),
-                    );
-                }
-                SinkKind::Nats {
-                    url,
-                    subject: raw
-                        .subject
-                        .clone()
-                        .unwrap_or_else(|| "liqwatch.events.{kind}".into()),
-                    stream: raw.stream.clone(),
-                }
-            }
-            other => {
-                self.problem(
-                    &at("type"),
-                    format!("unknown sink type {other:?}, expected stdout, jsonl, webhook or nats"),
-                );
-                return None;
-            }
-        };
-        for k in unused {
-            self.problem(
-                &at(k),
-                format!("not used by a {} sink; remove it", kind.type_name()),
-            );
         }
-        Some(SinkConfig { name, filter, kind })
+        out
     }
 
     fn api(&mut self, raw: RawApi) -> Option<ApiConfig> {
@@ -1386,7 +1264,7 @@ impl<'a> Cx<'a, '_> {
             enabled: raw.enabled.unwrap_or(true),
             bind,
             token,
-            max_body_bytes: raw.max_body_bytes.unwrap_or(1024 * 1024),
+            max_body_bytes: raw.max_body_bytes.unwrap_or(crate::api::DEFAULT_BODY_LIMIT),
         })
     }
 
@@ -1412,53 +1290,32 @@ impl<'a> Cx<'a, '_> {
         }
         Some(LogConfig { format, level })
     }
-
-    fn shutdown(&mut self, raw: RawShutdown) -> Option<ShutdownConfig> {
-        Some(ShutdownConfig {
-            grace: self.duration(
-                &[P::K("shutdown"), P::K("grace")],
-                raw.grace.as_deref(),
-                Duration::from_secs(10),
-            ),
-        })
-    }
 }
 
-fn parse_kind(s: &str) -> Option<EventKind> {
-    [
-        EventKind::LiquidationWarning,
-        EventKind::LiquidationTrigger,
-        EventKind::Recovered,
-        EventKind::FeedStale,
-        EventKind::FeedRestored,
-    ]
-    .into_iter()
-    .find(|k| k.as_str() == s)
+/// The key a component's validation message is about (`"secret_env: …"` → `secret_env`).
+fn problem_key(message: &str, keys: &[&'static str]) -> Option<&'static str> {
+    keys.iter()
+        .copied()
+        .filter(|k| message.starts_with(k) || message.contains(&format!(" {k}")))
+        .max_by_key(|k| k.len())
 }
 
 /// Makes serde's messages say what to write: decimals and durations are strings.
 fn friendly(msg: &str) -> String {
     let msg = msg.trim();
-    if (msg.starts_with("invalid type: floating point") || msg.starts_with("invalid type: integer"))
-        && msg.contains("expected a string")
-    {
-        {
-            return format!(
-                "{msg}; write numbers that are money, levels or durations as strings, e.g. \"0.8\" or \"10s\""
-            );
-        }
+    if msg.starts_with("invalid type: floating point") || msg.starts_with("invalid type: integer") {
+        return format!(
+            "{msg}; write money, levels, fractions and durations as strings, e.g. \"0.8\" or \"10s\""
+        );
     }
     msg.to_string()
-}
-
-/// Every key the raw structs accept, for documentation tests.
-pub fn known_sections() -> BTreeSet<&'static str> {
-    SECTIONS.iter().copied().collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::prices::CompositeMode;
+    use rust_decimal_macros::dec;
 
     fn env(name: &str) -> Option<String> {
         match name {
@@ -1482,6 +1339,10 @@ mod tests {
         }
     }
 
+    fn keys(p: &[Problem]) -> Vec<(usize, &str)> {
+        p.iter().map(|p| (p.line, p.key.as_str())).collect()
+    }
+
     const MIN: &str = r#"
 [engine]
 instruments = ["presets.toml"]
@@ -1502,23 +1363,24 @@ path = "journal.db"
             vec![PathBuf::from("/etc/liqwatch/presets.toml")]
         );
         assert_eq!(c.engine.thresholds, Thresholds::default());
-        assert_eq!(c.engine.trigger_on_stale, StalePolicy::Hold);
+        assert_eq!(c.engine.trigger_on_stale, StalePolicy::Fire);
         assert_eq!(c.journal.path, PathBuf::from("/etc/liqwatch/journal.db"));
+        assert_eq!(c.journal.synchronous, Synchronous::Full);
         assert_eq!(c.api.bind.to_string(), DEFAULT_API_BIND);
-        assert!(c.api.token.is_none());
+        assert!(c.api.enabled && c.api.token.is_none());
         assert_eq!(c.feeds.len(), 1);
-        assert_eq!(c.feeds[0].stale_after, Duration::from_secs(10));
+        assert_eq!(c.feeds[0].source, FeedSource::Venue(Venue::BinanceUsdm));
         assert_eq!(c.shutdown.grace, Duration::from_secs(10));
         assert_eq!(c.prices.composite, CompositeMode::Median);
+        assert!(c.sinks.is_empty());
     }
 
-    /// Several problems in different sections are all reported, each with line and key.
+    /// Problems in different sections are all reported, each with its line and key.
     #[test]
     fn every_problem_at_once() {
         let text = r#"
 [engine]
 instruments = ["presets.toml"]
-trigger = "abc"
 colour = "red"
 
 [[feeds]]
@@ -1539,30 +1401,19 @@ secret_env = "MISSING_SECRET"
 bind = "localhost"
 "#;
         let p = problems(text);
-        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
-        // The unknown key in [engine] stops serde for that section; the others are independent.
-        assert!(keys.contains(&"engine.colour"), "{p:?}");
-        assert!(keys.contains(&"feeds[1].venue"), "{p:?}");
-        assert!(keys.contains(&"sinks[0].secret_env"), "{p:?}");
-        assert!(keys.contains(&"api.bind"), "{p:?}");
-        let colour = p.iter().find(|p| p.key == "engine.colour").unwrap();
-        assert_eq!(colour.line, 5);
-        assert!(
-            colour.message.contains("unknown field"),
-            "{}",
-            colour.message
-        );
-        let venue = p.iter().find(|p| p.key == "feeds[1].venue").unwrap();
-        assert_eq!(venue.line, 11);
-        assert!(venue.message.contains("kraken"));
-        let secret = p.iter().find(|p| p.key == "sinks[0].secret_env").unwrap();
-        assert_eq!(secret.line, 19);
-        assert!(secret.message.contains("MISSING_SECRET is not set"));
-        let bind = p.iter().find(|p| p.key == "api.bind").unwrap();
-        assert_eq!(bind.line, 22);
+        let k = keys(&p);
+        assert!(k.contains(&(4, "engine.colour")), "{p:?}");
+        assert!(k.contains(&(10, "feeds[1].venue")), "{p:?}");
+        assert!(k.contains(&(18, "sinks[0].secret_env")), "{p:?}");
+        assert!(k.contains(&(21, "api.bind")), "{p:?}");
+        assert_eq!(p.len(), 4, "{p:?}");
+        let colour = &p[0];
+        assert!(colour.message.contains("unknown field"), "{colour:?}");
+        assert!(p[1].message.contains("kraken"));
+        assert!(p[2].message.contains("MISSING_SECRET"), "{:?}", p[2]);
     }
 
-    /// Semantic problems inside one section are all reported too.
+    /// Semantic problems inside one section are reported together.
     #[test]
     fn semantic_problems_in_one_section() {
         let text = r#"
@@ -1580,11 +1431,11 @@ stale_after = "soon"
 path = "j.db"
 "#;
         let p = problems(text);
-        let lines: Vec<(usize, &str)> = p.iter().map(|p| (p.line, p.key.as_str())).collect();
-        assert!(lines.contains(&(4, "engine.trigger")), "{lines:?}");
-        assert!(lines.contains(&(5, "engine.warning_levels")), "{lines:?}");
-        assert!(lines.contains(&(6, "engine.trigger_on_stale")), "{lines:?}");
-        assert!(lines.contains(&(10, "feeds[0].stale_after")), "{lines:?}");
+        let k = keys(&p);
+        assert!(k.contains(&(4, "engine.trigger")), "{k:?}");
+        assert!(k.contains(&(5, "engine.warning_levels")), "{k:?}");
+        assert!(k.contains(&(6, "engine.trigger_on_stale")), "{k:?}");
+        assert!(k.contains(&(10, "feeds[0].stale_after")), "{k:?}");
     }
 
     /// A float where a decimal string is expected is rejected with a hint to quote it.
@@ -1594,7 +1445,7 @@ path = "j.db"
         let p = problems(&text);
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].key, "prices.spike_fraction");
-        assert!(p[0].message.contains("as strings"), "{}", p[0].message);
+        assert!(p[0].message.contains("decimal strings"), "{}", p[0].message);
     }
 
     /// Syntax errors name the line.
@@ -1610,10 +1461,10 @@ path = "j.db"
     #[test]
     fn unknown_section_and_required() {
         let p = problems("[engines]\nx = 1\n");
-        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
-        assert!(keys.contains(&"engines"));
-        assert!(keys.contains(&"engine.instruments"));
-        assert!(keys.contains(&"journal.path"));
+        let k: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert!(k.contains(&"engines"), "{k:?}");
+        assert!(k.contains(&"engine.instruments"), "{k:?}");
+        assert!(k.contains(&"journal.path"), "{k:?}");
         assert!(p.iter().any(|p| p.message.contains("no [[feeds]]")));
     }
 
@@ -1624,49 +1475,95 @@ path = "j.db"
             "{MIN}\n[api]\ntoken_env = \"API_TOKEN\"\n\n[[sinks]]\ntype = \"webhook\"\nname = \"desk\"\nurl = \"http://127.0.0.1:1/h\"\nsecret_env = \"HOOK_SECRET\"\n"
         );
         let c = ok(&text);
-        let tok = c.api.token.as_ref().unwrap();
-        assert_eq!(tok.expose(), "tok-value");
+        assert_eq!(c.api.token.as_ref().map(|t| t.expose()), Some("tok-value"));
         let dbg = format!("{c:?}");
         assert!(
             !dbg.contains("tok-value") && !dbg.contains("s3cret-value"),
             "{dbg}"
         );
         match &c.sinks[0].kind {
-            SinkKind::Webhook { secret, .. } => {
-                assert_eq!(secret.as_ref().unwrap().expose(), "s3cret-value")
+            SinkKind::Webhook(s) => {
+                assert_eq!(
+                    s.secret.as_ref().map(|s| s.0.clone()),
+                    Some(b"s3cret-value".to_vec())
+                )
             }
             k => panic!("{k:?}"),
         }
     }
 
-    /// Duplicate sink names and misplaced keys are rejected.
+    /// Sink entries: component keys go to the sink's own config, filters parse, duplicate
+    /// names, unknown keys and unknown types are rejected.
     #[test]
     fn sink_validation() {
-        let text = format!(
+        let good = format!(
+            "{MIN}\n[[sinks]]\ntype = \"jsonl\"\nname = \"archive\"\npath = \"events.jsonl\"\nkeep = 3\nfilter = {{ kinds = [\"liquidation_trigger\"], min_severity = \"critical\" }}\n"
+        );
+        let c = ok(&good);
+        match &c.sinks[0].kind {
+            SinkKind::Jsonl(j) => {
+                assert_eq!(j.path, PathBuf::from("/etc/liqwatch/events.jsonl"));
+                assert_eq!(j.keep, 3);
+            }
+            k => panic!("{k:?}"),
+        }
+        assert_eq!(c.sinks[0].filter.kinds.len(), 1);
+        let bad = format!(
             "{MIN}\n[[sinks]]\ntype = \"stdout\"\nurl = \"x\"\n\n[[sinks]]\ntype = \"stdout\"\n\n[[sinks]]\ntype = \"carrier-pigeon\"\n"
         );
-        let p = problems(&text);
-        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
-        assert!(keys.contains(&"sinks[0].url"), "{keys:?}");
-        assert!(keys.contains(&"sinks[1].name"), "{keys:?}");
-        assert!(keys.contains(&"sinks[2].type"), "{keys:?}");
+        let p = problems(&bad);
+        let k: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert!(k.contains(&"sinks[0].url"), "{p:?}");
+        assert!(k.contains(&"sinks[1].name"), "{p:?}");
+        assert!(k.contains(&"sinks[2].type"), "{p:?}");
     }
 
-    /// A disabled feed is dropped; replay feeds take a file and a speed.
+    /// A disabled feed is dropped; replay feeds take a file and a speed; a venue feed's
+    /// stale_after becomes the board's per-venue limit; driver knobs reach the driver config.
     #[test]
-    fn replay_and_disabled_feeds() {
+    fn feeds_replay_disabled_and_knobs() {
         let text = MIN.replace(
             "venue = \"binance-usdm\"",
-            "venue = \"binance-usdm\"\nenabled = false\n\n[[feeds]]\nvenue = \"replay\"\nfile = \"r.jsonl\"\nspeed = \"60\"",
+            "venue = \"binance-usdm\"\nenabled = false\n\n[[feeds]]\nvenue = \"replay\"\nfile = \"r.jsonl\"\nspeed = \"60\"\n\n[[feeds]]\nvenue = \"okx\"\nurl = \"ws://127.0.0.1:9/ws\"\nstale_after = \"3s\"\nbackoff_max = \"2s\"",
         );
         let c = ok(&text);
-        assert_eq!(c.feeds.len(), 1);
+        assert_eq!(c.feeds.len(), 2);
         assert_eq!(
             c.feeds[0].source,
             FeedSource::Replay {
                 file: PathBuf::from("/etc/liqwatch/r.jsonl"),
-                speed: Some(Decimal::new(60, 0))
+                speed: ReplaySpeed::Factor(60.0)
             }
         );
+        assert_eq!(
+            c.feeds[1].driver.url.as_deref(),
+            Some("ws://127.0.0.1:9/ws")
+        );
+        assert_eq!(c.feeds[1].driver.backoff_max, Duration::from_secs(2));
+        assert_eq!(
+            c.prices.venue_stale_after.get(&Venue::Okx).map(|d| **d),
+            Some(Duration::from_secs(3))
+        );
+    }
+
+    /// Levels parse exactly and bad levels are refused with the monitor's own rule.
+    #[test]
+    fn levels() {
+        let c = ok(&MIN.replace(
+            "instruments = [\"presets.toml\"]",
+            "instruments = [\"presets.toml\"]\nwarning_levels = [\"0.3\", \"0.6\"]\nhysteresis = \"0.2\"\ntrigger_on_stale = \"hold\"",
+        ));
+        assert_eq!(
+            c.engine.thresholds.warning_levels,
+            vec![dec!(0.3), dec!(0.6)]
+        );
+        assert_eq!(c.engine.thresholds.hysteresis, dec!(0.2));
+        assert_eq!(c.engine.trigger_on_stale, StalePolicy::Hold);
+        let p = problems(&MIN.replace(
+            "instruments = [\"presets.toml\"]",
+            "instruments = [\"presets.toml\"]\nwarning_levels = [\"1.2\"]",
+        ));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].line, 4);
     }
 }

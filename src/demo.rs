@@ -9,15 +9,19 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use rust_decimal::{Decimal, RoundingStrategy};
+use tokio_util::sync::CancellationToken;
 
-use crate::app::AppError;
-use crate::model::{AccountState, EventKind, MarginRatio, RiskEvent, TimestampMs};
-use crate::sinks::{JournalEntry, Sink, SinkError};
+use crate::app::{AppError, RunOptions};
+use crate::config::{self, Config, FeedSource};
+use crate::feeds::replay::{ReplayClock, ReplaySpeed};
+use crate::model::{Account, AccountState, EventKind, MarginRatio, RiskEvent, TimestampMs};
+use crate::sinks::{JournalEntry, Sink, SinkError, SinkFilter};
 
 /// Arguments of `liqwatch demo`.
 #[derive(clap::Args, Debug)]
@@ -31,46 +35,226 @@ pub struct DemoArgs {
     pub no_color: bool,
 }
 
-/// Runs the demo.
-pub fn main(_args: DemoArgs) -> Result<(), AppError> {
-    Err(AppError::Runtime(
-        "the demo needs the replay feed and the engine, which are not wired yet".into(),
-    ))
+/// The files the demo needs, compiled in: (path under the temporary directory, contents).
+const FILES: &[(&str, &str)] = &[
+    ("feeds/presets.toml", include_str!("../feeds/presets.toml")),
+    (
+        "feeds/binance-usdm/instruments.toml",
+        include_str!("../feeds/binance-usdm/instruments.toml"),
+    ),
+    (
+        "feeds/binance-coinm/instruments.toml",
+        include_str!("../feeds/binance-coinm/instruments.toml"),
+    ),
+    (
+        "feeds/bybit-linear/instruments.toml",
+        include_str!("../feeds/bybit-linear/instruments.toml"),
+    ),
+    (
+        "feeds/hyperliquid/instruments.toml",
+        include_str!("../feeds/hyperliquid/instruments.toml"),
+    ),
+    (
+        "feeds/demo/accounts.json",
+        include_str!("../feeds/demo/accounts.json"),
+    ),
+    (
+        "feeds/replay/crash-2021-05-19.jsonl",
+        include_str!("../feeds/replay/crash-2021-05-19.jsonl"),
+    ),
+];
+
+/// The demo's config (also usable as `liqwatch run --config feeds/demo/liqwatch.toml`).
+const CONFIG: &str = include_str!("../feeds/demo/liqwatch.toml");
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> std::io::Result<TempDir> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let p = std::env::temp_dir().join(format!("liqwatch-demo-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p)?;
+        Ok(TempDir(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the demo: writes the compiled-in files to a temporary directory, runs the daemon on
+/// them with the replay feed until the recording ends, prints every event and a summary.
+pub fn main(args: DemoArgs) -> Result<(), AppError> {
+    let speed: ReplaySpeed = args
+        .speed
+        .parse()
+        .map_err(|e: String| AppError::Startup(format!("--speed: {e}")))?;
+    let style = style_for_stdout(args.no_color);
+    let dir = TempDir::new()
+        .map_err(|e| AppError::Startup(format!("cannot create a temporary directory: {e}")))?;
+    for (rel, text) in FILES {
+        let p = dir.0.join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| AppError::Startup(format!("{}: {e}", parent.display())))?;
+        }
+        std::fs::write(&p, text).map_err(|e| AppError::Startup(format!("{}: {e}", p.display())))?;
+    }
+    let config_path = dir.0.join("feeds/demo/liqwatch.toml");
+    let mut cfg = config::parse(CONFIG, &config_path, &|_| None)?;
+    for f in &mut cfg.feeds {
+        if let FeedSource::Replay { speed: s, .. } = &mut f.source {
+            *s = speed;
+        }
+    }
+    let accounts: Vec<Account> = serde_json::from_str::<AccountsFile>(
+        FILES
+            .iter()
+            .find(|(p, _)| p.ends_with("accounts.json"))
+            .map(|(_, t)| *t)
+            .unwrap_or("{\"accounts\":[]}"),
+    )
+    .map(|f| f.accounts)
+    .map_err(|e| AppError::Startup(format!("demo accounts: {e}")))?;
+
+    print_intro(&cfg, &accounts, speed, &style);
+    let summary = Arc::new(Mutex::new(Summary::default()));
+    let sink = DemoSink::new(Style { ..style }, Arc::clone(&summary));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| AppError::Runtime(format!("cannot start the tokio runtime: {e}")))?;
+    let started = std::time::Instant::now();
+    let report = rt.block_on(async move {
+        let cancel = CancellationToken::new();
+        crate::app::spawn_signal_watcher(cancel.clone())?;
+        crate::app::run(
+            cfg,
+            RunOptions {
+                cancel,
+                stop_after_replay: true,
+                extra_sinks: vec![(Box::new(sink), SinkFilter::all())],
+                replay_clock: ReplayClock::Recorded,
+                ..RunOptions::default()
+            },
+        )
+        .await
+    })?;
+    let elapsed = started.elapsed();
+    println!();
+    print!("{}", summary.lock().render(&style));
+    println!(
+        "\n{} price ticks replayed in {:.1} s; {} events journaled (SQLite, in a temporary directory now removed).",
+        report.replay_ticks,
+        elapsed.as_secs_f64(),
+        report.events
+    );
+    println!(
+        "Next: `liqwatch stress` for what-if shocks, `liqwatch run --config deploy/liqwatch.example.toml` for live feeds."
+    );
+    Ok(())
+}
+
+#[derive(serde::Deserialize)]
+struct AccountsFile {
+    accounts: Vec<Account>,
+}
+
+fn print_intro(cfg: &Config, accounts: &[Account], speed: ReplaySpeed, style: &Style) {
+    let levels: Vec<String> = cfg
+        .engine
+        .thresholds
+        .warning_levels
+        .iter()
+        .map(|l| level_pct(*l))
+        .collect();
+    println!(
+        "{}",
+        style.paint(
+            "1",
+            "liqwatch demo — the 2021-05-19 crypto sell-off, replayed against three cross-margin accounts"
+        )
+    );
+    println!(
+        "Binance BTC/ETH/SOL prices 00:00–16:00 UTC (feeds/replay/crash-2021-05-19.jsonl), speed {}.",
+        match speed {
+            ReplaySpeed::Max => "max".to_string(),
+            ReplaySpeed::Factor(k) => format!("×{k}"),
+        }
+    );
+    println!(
+        "Margin ratio = maintenance margin ÷ equity. Warnings at {}, liquidation trigger at {} (hysteresis {}).",
+        levels.join(" and "),
+        level_pct(cfg.engine.thresholds.trigger),
+        level_pct(cfg.engine.thresholds.hysteresis)
+    );
+    println!();
+    for a in accounts {
+        let mut parts: Vec<String> = a
+            .positions
+            .iter()
+            .map(|p| {
+                let side = if p.quantity.is_sign_negative() {
+                    "short"
+                } else {
+                    "long"
+                };
+                let sym = p.instrument.as_str();
+                let coin = sym.strip_suffix("USDT-PERP").unwrap_or(sym);
+                format!(
+                    "{side} {} {coin} @ {}",
+                    money(p.quantity.abs(), 0),
+                    money(p.entry_price, 0)
+                )
+            })
+            .collect();
+        let coll: Vec<String> = a
+            .collateral
+            .iter()
+            .map(|(k, v)| format!("{} {}", money(*v, 0), k.as_str()))
+            .collect();
+        parts.push(format!("collateral {}", coll.join(" + ")));
+        println!(
+            "  {:<12} {}",
+            style.paint("1", a.id.as_str()),
+            parts.join(" · ")
+        );
+    }
+    println!();
+    println!(
+        "{}",
+        style.paint(
+            "2",
+            "market time  account        event                ratio        equity           MM  distance / prices"
+        )
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
 // Readable event lines
 // ---------------------------------------------------------------------------------------------
 
-/// How event times are shown: as market time of the recording (replay at a known speed) or as
-/// wall-clock time.
-#[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    /// Wall-clock ms when the replay started.
-    pub wall_start: TimestampMs,
-    /// Recording time (ms) that corresponds to `wall_start`.
-    pub market_start: TimestampMs,
-    /// Replay speed; `None` = as fast as possible (market time unknown: wall time is shown).
-    pub speed: Option<Decimal>,
+/// The market time of an event: when the newest price it used was received. With the demo's
+/// recorded replay clock that is the recording's time (2021-05-19), not the wall clock.
+pub fn market_time(ev: &RiskEvent) -> TimestampMs {
+    ev.prices
+        .iter()
+        .filter(|p| p.source != "stable" && p.source != "engine")
+        .map(|p| p.received_ts)
+        .max()
+        .unwrap_or(ev.time_ms)
 }
 
-impl Clock {
-    /// The time to show for an event detected at wall time `ts`, `HH:MM:SS` UTC.
-    pub fn show(&self, ts: TimestampMs) -> String {
-        let t = match self.speed {
-            Some(speed) => {
-                let elapsed = Decimal::from(ts.saturating_sub(self.wall_start));
-                let market = elapsed
-                    .checked_mul(speed)
-                    .and_then(|d| i64::try_from(d.trunc()).ok())
-                    .unwrap_or(0);
-                self.market_start.saturating_add(market)
-            }
-            None => ts,
-        };
-        let rfc = crate::model::format_rfc3339_ms(t);
-        rfc.get(11..19).unwrap_or(&rfc).to_string()
-    }
+/// `HH:MM:SS` UTC of a timestamp.
+pub fn hms(ts: TimestampMs) -> String {
+    let rfc = crate::model::format_rfc3339_ms(ts);
+    rfc.get(11..19).unwrap_or(&rfc).to_string()
 }
 
 /// ANSI styling, or none.
@@ -149,8 +333,8 @@ fn level_pct(d: Decimal) -> String {
 }
 
 /// One readable line for an event.
-pub fn format_event(ev: &RiskEvent, clock: &Clock, style: &Style) -> String {
-    let time = clock.show(ev.time_ms);
+pub fn format_event(ev: &RiskEvent, style: &Style) -> String {
+    let time = hms(market_time(ev));
     let (label, code) = match ev.kind {
         EventKind::LiquidationWarning => ("WARNING  ", "1;33"),
         EventKind::LiquidationTrigger => ("TRIGGER  ", "1;31"),
@@ -321,7 +505,6 @@ fn compress(items: &[&str]) -> String {
 
 /// A sink that prints each event as a readable line on stdout and keeps a [`Summary`].
 pub struct DemoSink {
-    clock: Clock,
     style: Style,
     summary: Arc<Mutex<Summary>>,
     /// Accounts the demo shows (the rest are counted only); empty = all.
@@ -330,9 +513,8 @@ pub struct DemoSink {
 
 impl DemoSink {
     /// A printer writing to stdout.
-    pub fn new(clock: Clock, style: Style, summary: Arc<Mutex<Summary>>) -> Self {
+    pub fn new(style: Style, summary: Arc<Mutex<Summary>>) -> Self {
         DemoSink {
-            clock,
             style,
             summary,
             only: Vec::new(),
@@ -353,7 +535,7 @@ impl Sink for DemoSink {
             let mut out = std::io::stdout().lock();
             for (i, e) in batch.iter().enumerate() {
                 self.summary.lock().record(&e.event);
-                let line = format_event(&e.event, &self.clock, &self.style);
+                let line = format_event(&e.event, &self.style);
                 if let Err(err) = writeln!(out, "{line}") {
                     return (
                         i,
@@ -398,22 +580,46 @@ mod tests {
         assert_eq!(fraction_pct(dec!(-0.09576479)), "-9.58%");
     }
 
-    /// The market clock maps wall time back to the recording's time at the replay speed.
+    /// An event's market time is the receive time of the newest price it used.
     #[test]
-    fn market_clock() {
-        let c = Clock {
-            wall_start: 1_000_000,
-            market_start: 1_621_382_400_000, // 2021-05-19T00:00:00Z
-            speed: Some(dec!(3000)),
-        };
-        // 15.6 s of wall time at ×3000 = 13 h.
-        assert_eq!(c.show(1_015_600), "13:00:00");
+    fn market_time_from_prices() {
+        let mut ev = sample_event();
+        assert_eq!(hms(market_time(&ev)), "13:00:00");
+        ev.prices.push(crate::model::PriceUsed {
+            instrument: "BTCUSDT-PERP".into(),
+            price: dec!(30000),
+            source: "binance-usdm".into(),
+            received_ts: 1_621_429_500_000, // 2021-05-19T13:05:00Z
+            age_ms: 0,
+            stale: false,
+        });
+        assert_eq!(hms(market_time(&ev)), "13:05:00");
+        let line = format_event(&ev, &Style { color: false });
+        assert!(line.contains("[BTC 30,000]"), "{line}");
     }
 
     /// A trigger line names the account, level, ratio, equity, MM and shock distance.
     #[test]
     fn trigger_line() {
-        let ev = RiskEvent {
+        let ev = sample_event();
+        let line = format_event(&ev, &Style { color: false });
+        assert!(line.starts_with("13:00:00  desk-alpha"), "{line}");
+        for part in ["TRIGGER", "≥ 100%", "205.2%", "3,450.00", "7,080.00"] {
+            assert!(line.contains(part), "{part} in {line}");
+        }
+        let mut s = Summary::default();
+        s.record(&ev);
+        s.record(&ev);
+        let table = s.render(&Style { color: false });
+        assert!(
+            table.contains("desk-alpha") && table.contains("TRIGGER ×2"),
+            "{table}"
+        );
+        assert!(table.contains("TRIGGERED"), "{table}");
+    }
+
+    fn sample_event() -> RiskEvent {
+        RiskEvent {
             event_id: RiskEvent::new_id(),
             kind: EventKind::LiquidationTrigger,
             time: String::new(),
@@ -441,25 +647,6 @@ mod tests {
             prices: vec![],
             stale_prices: false,
             feed: None,
-        };
-        let clock = Clock {
-            wall_start: 0,
-            market_start: 0,
-            speed: None,
-        };
-        let line = format_event(&ev, &clock, &Style { color: false });
-        assert!(line.starts_with("13:00:00  desk-alpha"), "{line}");
-        for part in ["TRIGGER", "≥ 100%", "205.2%", "3,450.00", "7,080.00"] {
-            assert!(line.contains(part), "{part} in {line}");
         }
-        let mut s = Summary::default();
-        s.record(&ev);
-        s.record(&ev);
-        let table = s.render(&Style { color: false });
-        assert!(
-            table.contains("desk-alpha") && table.contains("TRIGGER ×2"),
-            "{table}"
-        );
-        assert!(table.contains("TRIGGERED"), "{table}");
     }
 }

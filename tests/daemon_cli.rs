@@ -157,3 +157,72 @@ fn usage_errors_exit_2() {
         assert!(help.contains(cmd), "{help}");
     }
 }
+
+/// `liqwatch demo` runs to completion with no network and no config, and the story account
+/// warns before it is liquidated, while the pair trade never alerts.
+#[test]
+fn demo_warns_then_triggers_the_story_account() {
+    // 16 market hours in about 3 s; at `max` the board coalesces prices (latest value wins),
+    // so the engine would see too few of them to show every step of the story.
+    let out = bin()
+        .args(["demo", "--speed", "20000", "--no-color"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    let pos = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains("desk-alpha") && l.contains(needle))
+            .unwrap_or_else(|| panic!("no desk-alpha {needle} line in:\n{stdout}"))
+    };
+    let warning = pos("WARNING");
+    let trigger = pos("TRIGGER ");
+    assert!(warning < trigger, "warning must come first:\n{stdout}");
+    assert!(lines[warning].contains("ratio") && lines[warning].contains("equity"));
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("mm-gamma") && l.contains("WARNING"))
+    );
+    assert!(stdout.contains("Summary"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("desk-alpha") && l.contains("TRIGGERED")),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("\x1b["),
+        "--no-color output has escape codes"
+    );
+}
+
+/// `check-config` on the shipped example (with its secrets in the environment) exits 0: the
+/// presets and the sample snapshot it names load too.
+#[test]
+fn check_config_example_exits_0() {
+    let out = bin()
+        .arg("check-config")
+        .arg(example())
+        .env("LIQWATCH_WEBHOOK_SECRET", "s")
+        .env("LIQWATCH_PAGERDUTY_KEY", "k")
+        .env("LIQWATCH_API_TOKEN", "t")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("feeds: binance-usdm, okx"), "{stdout}");
+    assert!(stdout.contains("snapshot accounts: 5"), "{stdout}");
+}

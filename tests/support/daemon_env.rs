@@ -153,11 +153,7 @@ async fn serve_binance<S>(
                             subscribed = true;
                         }
                     }
-                    Message::Ping(p) => {
-                        if tx.send(Message::Pong(p)).await.is_err() {
-                            return;
-                        }
-                    }
+                    Message::Ping(p) if tx.send(Message::Pong(p.clone())).await.is_err() => return,
                     Message::Close(_) => return,
                     _ => {}
                 }
@@ -292,7 +288,11 @@ impl WebhookReceiver {
 
     /// Accepted bodies so far.
     pub fn bodies(&self) -> Vec<serde_json::Value> {
-        self.received.lock().iter().map(|r| r.body.clone()).collect()
+        self.received
+            .lock()
+            .iter()
+            .map(|r| r.body.clone())
+            .collect()
     }
 }
 
