@@ -288,8 +288,14 @@ async fn api_against_the_real_daemon() {
 
     // Restart: the account comes back from the store with the fill applied.
     assert_eq!(daemon.terminate(DEADLINE), Some(0), "{}", daemon.log_text());
+    let subscribed_before = venue.subscribes.load(Ordering::SeqCst);
     let mut daemon = start(&cfg, dir.path(), 2);
     wait_healthy(&client, &api).await;
+    // A price pushed before the new connection subscribes would be lost: wait for it.
+    poll_until("the restarted daemon to subscribe", DEADLINE, || {
+        (venue.subscribes.load(Ordering::SeqCst) > subscribed_before).then_some(())
+    })
+    .await;
     venue.push_mark("BTCUSDT", "45100");
     let back = wait_json(
         &client,
