@@ -31,12 +31,14 @@
 //!
 //! Keys are not reused: a removed account leaves an empty 88-byte cell behind.
 //!
-//! Lock order, always: directory entry → instrument locks (ascending index) → one account entry
-//! at a time. A tick takes its instrument's lock, then each holder's entry in turn; an account
-//! update takes its directory entry (serialising updates of one account), the locks of every
-//! instrument the account holds before and after, then writes the entry. Nothing ever waits for
-//! a lock while holding an account entry, and no guard is ever returned: access is closure-style
-//! ([`AccountMap::read`]). Do not call the map from inside a `read` closure.
+//! Lock order, always: update stripe → instrument locks (ascending index) → one account cell at
+//! a time. A tick takes its instrument's lock, then each holder's cell in turn; an account
+//! update takes its account's update stripe (one of 64 mutexes chosen by key: this serialises
+//! updates of one account), the locks of every instrument the account holds before and after,
+//! then writes the cell. The directory is locked only for a lookup or insert, never while
+//! waiting for anything, so reads stay fast while an update waits for a long tick. Nothing ever
+//! waits for a lock while holding an account cell, and no guard is ever returned: access is
+//! closure-style ([`AccountMap::read`]). Do not call the map from inside a `read` closure.
 //!
 //! # Account update rules
 //! - `replace`: the account is stored as given (zero-quantity positions and zero balances are
@@ -74,7 +76,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as DirEntry;
-use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
+use parking_lot::{Mutex, MutexGuard, RwLock, RwLockWriteGuard};
 use rust_decimal::Decimal;
 
 use crate::margin::{self, ACCOUNTING_SCALE, InstrumentLookup, MarginError, PriceLookup};
@@ -89,6 +91,7 @@ pub type AccountKey = u32;
 /// Index of an interned instrument.
 pub type InstrumentIdx = u32;
 
+const UPDATE_STRIPES: usize = 64;
 const CHUNK_SHIFT: u32 = 12;
 const CHUNK_LEN: usize = 1 << CHUNK_SHIFT;
 const MAX_CHUNKS: usize = 1 << 16;
@@ -563,6 +566,9 @@ pub struct AccountMap {
     instr: Vec<RwLock<InstrState>>,
     ids: DashMap<AccountId, AccountKey>,
     accounts: Slab,
+    /// Per-account update serialisation (striped by key).
+    stripes: Box<[Mutex<()>]>,
+    fallback_stripe: Mutex<()>,
 }
 
 type Guards<'a> = Vec<(InstrumentIdx, RwLockWriteGuard<'a, InstrState>)>;
@@ -618,6 +624,8 @@ impl AccountMap {
             instr,
             ids: DashMap::new(),
             accounts: Slab::new(),
+            stripes: (0..UPDATE_STRIPES).map(|_| Mutex::new(())).collect(),
+            fallback_stripe: Mutex::new(()),
         }
     }
 
@@ -923,44 +931,41 @@ impl AccountMap {
         match update {
             AccountUpdate::Replace { account } => {
                 let (slots, thresholds) = self.build_slots(&account)?;
-                let dir = self.ids.entry(account.id.clone());
-                let key = match &dir {
-                    DirEntry::Occupied(o) => Some(*o.get()),
-                    DirEntry::Vacant(_) => None,
-                };
-                let created = key.is_none();
-                let key = match key {
-                    Some(k) => k,
-                    None => self.alloc_key()?,
-                };
-                self.commit(&account.id, key, Some((slots, thresholds)))?;
-                if let DirEntry::Vacant(v) = dir {
-                    v.insert(key);
+                let id = &account.id;
+                loop {
+                    // The directory is locked only for this lookup/insert, never while waiting.
+                    let key = match self.ids.entry(id.clone()) {
+                        DirEntry::Occupied(o) => *o.get(),
+                        DirEntry::Vacant(v) => *v.insert(self.alloc_key()?),
+                    };
+                    let _stripe = self.stripe(key);
+                    if self.key_of(id) != Some(key) {
+                        continue; // removed meanwhile: start again
+                    }
+                    let existed = self.accounts.with(key, |_| ()).is_some();
+                    return match self.commit(id, key, Some((slots, thresholds))) {
+                        Ok(()) if existed => Ok(UpdateOutcome::Updated(key)),
+                        Ok(()) => Ok(UpdateOutcome::Created(key)),
+                        Err(e) => {
+                            if !existed {
+                                self.ids.remove_if(id, |_, k| *k == key);
+                            }
+                            Err(e)
+                        }
+                    };
                 }
-                Ok(if created {
-                    UpdateOutcome::Created(key)
-                } else {
-                    UpdateOutcome::Updated(key)
-                })
             }
             AccountUpdate::Remove { account_id } => {
-                let DirEntry::Occupied(o) = self.ids.entry(account_id.clone()) else {
-                    return Err(AccountError::UnknownAccount(account_id));
-                };
-                let key = *o.get();
+                let (key, _stripe) = self.lock_existing(&account_id)?;
                 self.commit(&account_id, key, None)?;
-                o.remove();
+                self.ids.remove_if(&account_id, |_, k| *k == key);
                 Ok(UpdateOutcome::Removed(key))
             }
             AccountUpdate::Fill { account_id, fill } => {
-                let DirEntry::Occupied(o) = self.ids.entry(account_id.clone()) else {
-                    return Err(AccountError::UnknownAccount(account_id));
-                };
-                let key = *o.get();
+                let (key, _stripe) = self.lock_existing(&account_id)?;
                 let (slots, thresholds) = self.current(key, &account_id)?;
                 let slots = self.apply_fill(&account_id, slots, &fill)?;
                 self.commit(&account_id, key, Some((slots, thresholds)))?;
-                drop(o);
                 Ok(UpdateOutcome::Updated(key))
             }
             AccountUpdate::Collateral {
@@ -968,11 +973,8 @@ impl AccountMap {
                 asset,
                 delta,
             } => {
-                let DirEntry::Occupied(o) = self.ids.entry(account_id.clone()) else {
-                    return Err(AccountError::UnknownAccount(account_id));
-                };
-                let key = *o.get();
                 let idx = self.collateral_idx(&account_id, &asset)?;
+                let (key, _stripe) = self.lock_existing(&account_id)?;
                 let (mut slots, thresholds) = self.current(key, &account_id)?;
                 credit(&mut slots, idx, delta).ok_or_else(|| AccountError::Margin {
                     account: account_id.clone(),
@@ -981,8 +983,33 @@ impl AccountMap {
                     },
                 })?;
                 self.commit(&account_id, key, Some((slots, thresholds)))?;
-                drop(o);
                 Ok(UpdateOutcome::Updated(key))
+            }
+        }
+    }
+
+    /// The update lock of an account key (striped: unrelated accounts may share one).
+    fn stripe(&self, key: AccountKey) -> MutexGuard<'_, ()> {
+        let i = key as usize % UPDATE_STRIPES;
+        match self.stripes.get(i) {
+            Some(m) => m.lock(),
+            None => self.fallback_stripe.lock(),
+        }
+    }
+
+    /// The key of an existing account with its update lock held, the directory still
+    /// mapping the id to that key.
+    fn lock_existing(
+        &self,
+        id: &AccountId,
+    ) -> Result<(AccountKey, MutexGuard<'_, ()>), AccountError> {
+        loop {
+            let key = self
+                .key_of(id)
+                .ok_or_else(|| AccountError::UnknownAccount(id.clone()))?;
+            let g = self.stripe(key);
+            if self.key_of(id) == Some(key) {
+                return Ok((key, g));
             }
         }
     }
@@ -1200,7 +1227,7 @@ impl AccountMap {
     }
 
     /// Values `slots` at the current prices and stores them (or removes the account when
-    /// `new` is `None`), keeping the holders index exact. Caller holds the directory entry.
+    /// `new` is `None`), keeping the holders index exact. Caller holds the account's stripe.
     fn commit(
         &self,
         id: &AccountId,

@@ -529,29 +529,41 @@ fn boundary_eps(z: Decimal) -> Decimal {
 }
 
 impl<'a> PriceMove<'a> {
+    /// The tier index of one leg when `z` is the price variable.
+    fn tier_of(leg: &MovingLeg<'_>, z: Decimal) -> Result<usize, MarginError> {
+        let tiers = &leg.instrument.tiers;
+        if tiers.is_empty() {
+            return Err(MarginError::NoTiers(leg.instrument.id.clone()));
+        }
+        let size = mul(leg.quantity.abs(), leg.instrument.contract_size, "leg size")?;
+        let price = mul(leg.price_factor, z, "leg price")?;
+        let notional = if leg.instrument.kind.is_inverse() {
+            if price <= Decimal::ZERO {
+                // Coin notional grows without bound as the price falls to 0.
+                return Ok(tiers.len() - 1);
+            }
+            div(size, price, "inverse coin notional")?
+        } else {
+            mul(size, price, "linear notional")?
+        };
+        Ok(select_tier(tiers, notional).map(|(i, _)| i).unwrap_or(0))
+    }
+
     /// The tier index of every leg when `z` is the price variable.
     fn tiers_at(&self, z: Decimal) -> Result<Vec<usize>, MarginError> {
-        let mut out = Vec::with_capacity(self.legs.len());
-        for leg in &self.legs {
-            let tiers = &leg.instrument.tiers;
-            if tiers.is_empty() {
-                return Err(MarginError::NoTiers(leg.instrument.id.clone()));
-            }
-            let size = mul(leg.quantity.abs(), leg.instrument.contract_size, "leg size")?;
-            let price = mul(leg.price_factor, z, "leg price")?;
-            let notional = if leg.instrument.kind.is_inverse() {
-                if price <= Decimal::ZERO {
-                    // Coin notional grows without bound as the price falls to 0.
-                    out.push(tiers.len() - 1);
-                    continue;
-                }
-                div(size, price, "inverse coin notional")?
-            } else {
-                mul(size, price, "linear notional")?
-            };
-            out.push(select_tier(tiers, notional).map(|(i, _)| i).unwrap_or(0));
+        self.legs.iter().map(|l| Self::tier_of(l, z)).collect()
+    }
+
+    /// The linear piece of `g` that holds at `z` (no allocation: the interval walk's path).
+    fn line_at(&self, z: Decimal) -> Result<Line, MarginError> {
+        let mut tiers = [0usize; 16];
+        if self.legs.len() > tiers.len() {
+            return self.line(&self.tiers_at(z)?);
         }
-        Ok(out)
+        for (slot, leg) in tiers.iter_mut().zip(&self.legs) {
+            *slot = Self::tier_of(leg, z)?;
+        }
+        self.line(&tiers[..self.legs.len()])
     }
 
     /// `g(z) = MM(z) − trigger·equity(z)` with every leg in the given tier.
@@ -680,7 +692,7 @@ impl<'a> PriceMove<'a> {
             if !upwards && mid <= Decimal::ZERO {
                 return Ok(None);
             }
-            let line = self.line(&self.tiers_at(mid)?)?;
+            let line = self.line_at(mid)?;
             if let Some(p) = prev {
                 let before = p.at(near)?;
                 let after = line.at(near)?;
@@ -1309,6 +1321,35 @@ mod tests {
             // Long legs liquidate on a fall, the SOL short on a rise.
             assert_eq!(lp < p0, p.quantity > Decimal::ZERO);
         }
+    }
+
+    /// When the perp's mark and the collateral's index differ, the liquidation price moves
+    /// them in proportion and still re-prices to the trigger; other underlyings stay frozen.
+    #[test]
+    fn liquidation_price_with_basis_between_mark_and_index() {
+        let u = universe();
+        let a = w3_account();
+        let mut prices = w3_prices(dec!(1), dec!(1), dec!(1));
+        prices.insert("BTC".into(), dec!(59950)); // index 50 below the mark
+        let p = &a.positions[0];
+        let (pm, p0) = liquidation_problem(&a, &u, &prices, p, dec!(1))
+            .unwrap()
+            .unwrap();
+        assert_eq!(p0, dec!(60000));
+        assert_eq!(pm.legs.len(), 1, "only BTC legs move");
+        assert_eq!(pm.collateral.len(), 1, "BTC collateral moves with it");
+        assert_eq!(pm.collateral[0].price_factor, dec!(59950) / dec!(60000));
+        let lp = pm.liquidation_price(p0).unwrap().unwrap();
+        let t = pm.reprice(lp).unwrap();
+        assert!(
+            (t.maintenance_margin - t.equity).abs() < dec!(1e-18),
+            "{t:?}"
+        );
+        // Frozen ETH and SOL figures are in the fixed part: equity(60,000) is today's.
+        let today = pm.reprice(p0).unwrap();
+        let s = account_snapshot(&a, &u, &prices, dec!(1)).unwrap();
+        assert_eq!(normalise(today.equity), s.equity);
+        assert_eq!(normalise(today.maintenance_margin), s.maintenance_margin);
     }
 
     /// W6: inverse BTCUSD, 100 contracts of 100 USD at 25,000 → MM 0.0016 BTC = 40 USD.

@@ -302,6 +302,7 @@ impl Monitor {
 
     /// Loads persisted states (account id, [`MonitorState`] JSON). They apply to the accounts
     /// as soon as the monitor first sees them; unreadable ones are reported and counted.
+    /// Call it once at start, before the first evaluation: it resets any state already held.
     pub fn restore(
         &mut self,
         states: impl IntoIterator<Item = (AccountId, String)>,

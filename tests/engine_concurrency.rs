@@ -262,3 +262,93 @@ fn no_lost_updates_under_contention() {
         }
     });
 }
+
+/// Replace and remove racing on the same ids never leave an orphan: every listed id has an
+/// account, the count matches, fills never hit a half-created account, and the index is exact.
+#[test]
+fn replace_remove_races_stay_consistent() {
+    with_deadline(120, || {
+        let m = Arc::new(map());
+        let mut touched = Vec::new();
+        for (id, p) in [
+            ("BTCUSDT-PERP", dec!(60000)),
+            ("ETHUSDT-PERP", dec!(3000)),
+            ("BTC", dec!(60000)),
+        ] {
+            m.apply_price(&id.into(), p, &mut touched).unwrap();
+        }
+        std::thread::scope(|s| {
+            for t in 0..4usize {
+                let m = &m;
+                s.spawn(move || {
+                    for k in 0..400usize {
+                        let i = (k * 7 + t) % 8;
+                        let id: AccountId = format!("r{i}").into();
+                        let r = match (k + t) % 4 {
+                            0 | 1 => m
+                                .apply_update(AccountUpdate::Replace {
+                                    account: {
+                                        let mut a = account(i);
+                                        a.id = id.clone();
+                                        a
+                                    },
+                                })
+                                .map(|_| ()),
+                            2 => m
+                                .apply_update(AccountUpdate::Remove { account_id: id })
+                                .map(|_| ()),
+                            _ => m
+                                .apply_update(AccountUpdate::Collateral {
+                                    account_id: id,
+                                    asset: "USDT".into(),
+                                    delta: dec!(1),
+                                })
+                                .map(|_| ()),
+                        };
+                        // Only "unknown account" may fail here (removed by another thread).
+                        if let Err(e) = r {
+                            assert!(
+                                matches!(e, liqwatch::accounts::AccountError::UnknownAccount(_)),
+                                "{e}"
+                            );
+                        }
+                    }
+                });
+            }
+            let m = &m;
+            s.spawn(move || {
+                let mut out = Vec::new();
+                for k in 0..300i64 {
+                    out.clear();
+                    m.apply_price(
+                        &"BTCUSDT-PERP".into(),
+                        Decimal::new(6_000_000 + k, 2),
+                        &mut out,
+                    )
+                    .unwrap();
+                }
+            });
+        });
+        let ids = m.account_ids();
+        assert_eq!(ids.len(), m.len());
+        let prices = m.prices();
+        for id in &ids {
+            let a = m.account(id).expect("listed id has an account");
+            let t = margin::account_totals(&a, m.instruments(), &prices).unwrap();
+            assert_eq!(m.read(id, |v| v.equity()), Some(t.equity));
+        }
+        for inst in m.instruments().iter() {
+            let mut want: Vec<AccountId> = ids
+                .iter()
+                .filter(|id| {
+                    let a = m.account(id).unwrap();
+                    a.collateral.contains_key(&inst.id)
+                        || a.positions.iter().any(|p| p.instrument == inst.id)
+                })
+                .cloned()
+                .collect();
+            want.sort();
+            assert_eq!(m.holders(&inst.id), want, "{}", inst.id);
+        }
+    });
+}

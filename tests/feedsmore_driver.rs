@@ -218,6 +218,13 @@ async fn okx_rejection_drop_garbage_and_notice() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // The driver rebuilds the connection without the rejected symbol.
+    wait_subscribed(&mock, 2, "BTC-USDT\"").await;
+    assert!(
+        mock.received(2).iter().all(|t| !t.contains("NOPE")),
+        "{:?}",
+        mock.received(2)
+    );
     mock.send(price("BTC-USDT-SWAP", "1.5")).await;
     run.wait_price("BTCUSDT-PERP", "1.5").await;
 
@@ -231,22 +238,22 @@ async fn okx_rejection_drop_garbage_and_notice() {
     mock.send(price("BTC-USDT-SWAP", "1.6")).await;
     run.wait_price("BTCUSDT-PERP", "1.6").await;
     assert_eq!(run.status.parse_errors(), errors_before + 2);
-    assert_eq!(mock.connections(), 1);
+    assert_eq!(mock.connections(), 2);
 
-    // Drop without a close frame: reconnect, resubscribe without the rejected symbol.
+    // Drop without a close frame: reconnect, resubscribe, still without the rejected symbol.
     mock.send(Cmd::Drop).await;
-    wait_subscribed(&mock, 2, "BTC-USDT-SWAP").await;
+    wait_subscribed(&mock, 3, "BTC-USDT\"").await;
     assert!(
-        mock.received(2).iter().all(|t| !t.contains("NOPE")),
+        mock.received(3).iter().all(|t| !t.contains("NOPE")),
         "{:?}",
-        mock.received(2)
+        mock.received(3)
     );
     mock.send(price("BTC-USDT-SWAP", "1.7")).await;
     run.wait_price("BTCUSDT-PERP", "1.7").await;
 
     // 64008: reconnect at once, and prices continue on the new connection.
     mock.send(Cmd::Raw(r#"{"event":"notice","code":"64008","msg":"The connection will soon be closed for a service upgrade. Please reconnect.","connId":"a4d3ae55"}"#.into())).await;
-    wait_subscribed(&mock, 3, "BTC-USDT-SWAP").await;
+    wait_subscribed(&mock, 4, "BTC-USDT\"").await;
     mock.send(price("BTC-USDT-SWAP", "1.8")).await;
     run.wait_price("BTCUSDT-PERP", "1.8").await;
     run.stop().await;
@@ -280,18 +287,27 @@ async fn deribit_answers_test_requests_and_names_dropped_channels() {
     let run = start(Box::new(DeribitFeed::new()), cfg);
     wait_subscribed(&mock, 1, "ticker.BTC-PERPETUAL.100ms").await;
     assert!(mock.received(1)[0].contains("public/set_heartbeat"));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while run.status.rejected_symbols() != vec!["NOPE-PERPETUAL".to_string()] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            run.status.rejected_symbols()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Rebuilt without the dropped channel; heartbeat set up again on the new connection.
+    wait_subscribed(&mock, 2, "ticker.BTC-PERPETUAL.100ms").await;
+    assert!(mock.received(2)[0].contains("public/set_heartbeat"));
+    assert!(mock.received(2).iter().all(|t| !t.contains("NOPE")));
     mock.wait_for("5 public/test answers", WAIT, |ev| {
         ev.iter()
-            .filter(|e| matches!(e, Event::Received(1, t) if t.contains("public/test")))
+            .filter(|e| matches!(e, Event::Received(2, t) if t.contains("public/test")))
             .count()
             >= 5
     })
     .await;
-    assert_eq!(mock.connections(), 1);
-    assert_eq!(
-        run.status.rejected_symbols(),
-        vec!["NOPE-PERPETUAL".to_string()]
-    );
+    assert_eq!(mock.connections(), 2);
     mock.send(price("BTC-PERPETUAL", "8.677814e4")).await;
     run.wait_price("BTCUSD-PERP", "86778.14").await;
     mock.send(price("btc_usd", "86744.11")).await;
@@ -382,21 +398,42 @@ async fn hyperliquid_unknown_coin_is_isolated() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let n = mock.connections();
-    mock.send(price("BTC", "84148.0")).await;
-    run.wait_price("BTCUSD-PERP", "84148.0").await;
+    // The connection that reported the rejection is being rebuilt without NOPE: resend the
+    // price until it lands on the connection that stays.
+    let want: Decimal = "84148.0".parse().unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    'sent: loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "BTC never priced; events {:#?}",
+            mock.events()
+        );
+        mock.send(price("BTC", "84148.0")).await;
+        for _ in 0..20 {
+            if run.price("BTCUSD-PERP") == Some(want) {
+                break 'sent;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let newest = mock.connections();
+    assert!(newest >= 3, "{newest}");
     assert!(
-        mock.received(n).iter().all(|t| !t.contains("NOPE")),
+        mock.received(newest).iter().all(|t| !t.contains("NOPE")),
         "{:?}",
-        mock.received(n)
+        mock.received(newest)
     );
-    // The venue dropped every earlier connection right at NOPE's subscription.
-    for c in 1..n {
+    // Two strikes: the venue dropped connections 1 and 2 right at NOPE's subscription, and
+    // NOPE was never sent again after that.
+    for c in 1..=2 {
         assert!(
             closed(&mock.events(), c).is_some_and(|w| w.contains("unknown coin NOPE")),
             "connection {c}: {:?}",
             closed(&mock.events(), c)
         );
+    }
+    for c in 3..=newest {
+        assert!(mock.received(c).iter().all(|t| !t.contains("NOPE")));
     }
     assert_eq!(run.status.snapshot(&run.board).venue, Venue::Hyperliquid);
     run.stop().await;

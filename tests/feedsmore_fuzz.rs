@@ -1,13 +1,15 @@
-//! Fuzz-style property tests for the OKX, Deribit and Hyperliquid parsers: arbitrary bytes,
-//! arbitrary JSON, venue-shaped JSON and mangled fixtures never panic, and a frame that fails to
-//! parse never leaves ticks behind.
+//! Fuzz-style property tests for the OKX, Deribit and Hyperliquid parsers and the replay line
+//! parser: arbitrary bytes, arbitrary JSON, venue-shaped JSON and mangled fixtures never panic,
+//! and a frame that fails to parse never leaves ticks behind.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 use liqwatch::feeds::deribit::DeribitFeed;
 use liqwatch::feeds::hyperliquid::HyperliquidFeed;
 use liqwatch::feeds::okx::OkxFeed;
+use liqwatch::feeds::replay::parse_line;
 use liqwatch::feeds::{Feed, VenueTick};
+use liqwatch::model::Venue;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
@@ -143,6 +145,22 @@ proptest! {
     #[test]
     fn shaped_json_never_panics(v in shaped()) {
         parse_all(&v.to_string());
+    }
+
+    /// Arbitrary replay lines, and replay-shaped lines with arbitrary values, never panic the
+    /// replay line parser; an accepted line always names a known venue.
+    #[test]
+    fn replay_lines_never_panic(
+        bytes in prop::collection::vec(any::<u8>(), 0..200),
+        venue in arb_json(),
+        ms in arb_json(),
+        frame in arb_json(),
+    ) {
+        let _ = parse_line(&String::from_utf8_lossy(&bytes), 1);
+        let shaped = json!({"venue": venue, "received_ms": ms, "frame": frame}).to_string();
+        if let Ok(Some(line)) = parse_line(&shaped, 2) {
+            prop_assert!(Venue::ALL.contains(&line.venue));
+        }
     }
 
     /// Every fixture cut at any point or with one byte replaced never panics a parser.

@@ -1,5 +1,6 @@
 //! The shared sink contract run against the stdout sink (with an injected writer) and the
-//! jsonl sink (a real file in a temp dir, rotating often).
+//! jsonl sink (a real file in a temp dir, rotating often). The webhook sink runs it in
+//! `tests/webhook_contract.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -112,11 +113,13 @@ struct JsonlFixture {
 }
 
 impl JsonlFixture {
-    fn path(&self) -> PathBuf {
-        self.dir.path().join("events.jsonl")
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("out")).unwrap();
+        JsonlFixture { dir }
     }
-    fn held(&self) -> PathBuf {
-        self.dir.path().join("held-aside.jsonl")
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("out").join("events.jsonl")
     }
 }
 
@@ -148,26 +151,16 @@ impl SinkFixture for JsonlFixture {
         ids_of_lines(&text)
     }
     async fn fail(&mut self) {
-        // A directory where the file should be: every append fails until it is removed.
-        if self.path().exists() {
-            std::fs::rename(self.path(), self.held()).unwrap();
-        }
-        std::fs::create_dir(self.path()).unwrap();
+        // The file's directory disappears: every append fails (the sink never creates
+        // directories) until it is renamed back, atomically.
+        std::fs::rename(self.dir.path().join("out"), self.dir.path().join("held")).unwrap();
     }
     async fn heal(&mut self) {
-        std::fs::remove_dir(self.path()).unwrap();
-        if self.held().exists() {
-            std::fs::rename(self.held(), self.path()).unwrap();
-        }
+        std::fs::rename(self.dir.path().join("held"), self.dir.path().join("out")).unwrap();
     }
     fn poison(&mut self, event: &mut RiskEvent) {
         bloat(event);
     }
 }
 
-contract_tests!(
-    jsonl,
-    JsonlFixture {
-        dir: tempfile::tempdir().unwrap()
-    }
-);
+contract_tests!(jsonl, JsonlFixture::new());

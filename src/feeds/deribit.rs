@@ -369,6 +369,12 @@ impl Feed for DeribitFeed {
         msgs
     }
 
+    fn fresh_instance(&self) -> Option<Box<dyn Feed>> {
+        Some(Box::new(
+            DeribitFeed::new().with_heartbeat_interval(self.heartbeat_interval_secs),
+        ))
+    }
+
     fn heartbeat(&self) -> Heartbeat {
         // The server sends `heartbeat`/`test_request` every interval on an idle socket and
         // ticker data every 100 ms on a busy one: two and a half intervals without any frame
@@ -511,6 +517,9 @@ mod tests {
         );
         assert_eq!(f.heartbeat().client_ping, None);
         assert_eq!(f.heartbeat().dead_after, Duration::from_secs(25));
+        let mut fresh = f.fresh_instance().unwrap();
+        assert_eq!(fresh.heartbeat(), f.heartbeat());
+        assert!(fresh.subscribe_messages(&[])[0].contains(r#""interval":10"#));
     }
 
     /// `subscribe_ack.json`: every requested channel confirmed (in another order) → ack naming

@@ -735,7 +735,7 @@ fn handle_text(
                     }
                 }
             }
-            if newly {
+            if newly && feed.rebuild_on_rejection() {
                 // A rejected topic can silence the others on the same connection (reported
                 // for Bybit): rebuild the connection without it, once per rejected symbol.
                 After::End(End::Rotate(
@@ -881,10 +881,13 @@ async fn connection(
         first.is_some_and(|t| Instant::now().saturating_duration_since(t) >= cfg.healthy_after)
     };
 
+    // Pinned once: a fresh `cancelled()` per frame would register and drop a waiter each time.
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
     let end = loop {
         tokio::select! {
             biased;
-            _ = cancel.cancelled() => {
+            _ = &mut cancelled => {
                 let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
                 if let Some((mut w, _, _)) = standby.take() {
                     let _ = tokio::time::timeout(Duration::from_secs(1), w.close(None)).await;

@@ -267,6 +267,14 @@ impl Feed for HyperliquidFeed {
         self.acked.clear();
     }
 
+    fn fresh_instance(&self) -> Option<Box<dyn Feed>> {
+        // Same settings; coins found unknown stay unknown.
+        let mut f = HyperliquidFeed::new().with_ping_interval(self.ping_interval);
+        f.all_mids = self.all_mids;
+        f.unknown = self.unknown.clone();
+        Some(Box::new(f))
+    }
+
     fn heartbeat(&self) -> Heartbeat {
         Heartbeat {
             client_ping: Some((self.ping_interval, r#"{"method":"ping"}"#.to_string())),
@@ -567,6 +575,11 @@ mod tests {
             }
         );
         assert!(out.is_empty());
+        // A make-before-break replacement keeps the verdict.
+        let mut fresh = f.fresh_instance().unwrap();
+        fresh.reset();
+        assert_eq!(coins_of(&fresh.subscribe_messages(&syms)), ["BTC"]);
+        assert_eq!(fresh.heartbeat(), f.heartbeat());
     }
 
     /// A good coin that happens to be unacked when a connection drops is never rejected once

@@ -263,6 +263,12 @@ impl Feed for OkxFeed {
             .collect()
     }
 
+    fn fresh_instance(&self) -> Option<Box<dyn Feed>> {
+        Some(Box::new(
+            OkxFeed::new().with_ping_interval(self.ping_interval),
+        ))
+    }
+
     fn heartbeat(&self) -> Heartbeat {
         // A ping every interval is answered within milliseconds; two intervals without any
         // frame means the peer is gone (OKX itself cuts after 30 s).
@@ -366,6 +372,8 @@ mod tests {
             Some((Duration::from_secs(20), "ping".to_string()))
         );
         assert_eq!(hb.dead_after, Duration::from_secs(40));
+        let f = OkxFeed::new().with_ping_interval(Duration::from_secs(5));
+        assert_eq!(f.fresh_instance().unwrap().heartbeat(), f.heartbeat());
     }
 
     /// `subscribe_ack.json`: the per-argument ack names the instId.

@@ -252,7 +252,7 @@ pub struct ReplayStats {
     pub lines: u64,
     /// Frames handed to a venue parser.
     pub frames: u64,
-    /// Price ticks published.
+    /// Price observations handed on (one per venue tick; routing may fan out or drop them).
     pub ticks: u64,
     /// Lines skipped as bad.
     pub bad_lines: u64,

@@ -491,12 +491,20 @@ pub fn verify(
     Err(VerifyError::Mismatch)
 }
 
-/// Parses `Retry-After`: delta seconds or an HTTP date (relative to `now`), capped at
+/// Parses `Retry-After`: delta seconds (fractional accepted) or an HTTP date (relative to `now`), capped at
 /// [`MAX_RETRY_AFTER`]. A date in the past is zero.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let v = value.trim();
     let d = if let Ok(secs) = v.parse::<u64>() {
         Duration::from_secs(secs)
+    } else if let Some(d) = v
+        .parse::<f64>()
+        .ok()
+        .filter(|f| f.is_finite() && *f >= 0.0)
+        .and_then(|f| Duration::try_from_secs_f64(f.min(MAX_RETRY_AFTER.as_secs_f64())).ok())
+    {
+        // Some receivers (Discord) send fractional seconds.
+        d
     } else {
         let at = httpdate::parse_http_date(v).ok()?;
         at.duration_since(now).unwrap_or(Duration::ZERO)
@@ -1500,6 +1508,11 @@ mod tests {
     fn retry_after_forms() {
         let now = UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
         assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("0.25", now),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(parse_retry_after("-3", now), None);
         assert_eq!(
             parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
             Some(Duration::from_secs(30))

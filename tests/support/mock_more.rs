@@ -262,6 +262,7 @@ impl Conn {
                 .await;
         }
         let mut last_client = tokio::time::Instant::now();
+        let mut commands_open = true;
         let mut test_timer = tokio::time::interval(self.cfg.test_every);
         test_timer.tick().await;
         let why = loop {
@@ -282,12 +283,13 @@ impl Conn {
                     Some(Ok(_)) => last_client = tokio::time::Instant::now(),
                     Some(Err(e)) => break format!("read error: {e}"),
                 },
-                cmd = rx.recv() => match cmd {
+                cmd = rx.recv(), if commands_open => match cmd {
                     Some(cmd) => match self.on_cmd(&mut ws, cmd).await {
                         Outcome::Continue => {}
                         Outcome::End(why) => break why,
                     },
-                    None => break "commands closed".to_string(),
+                    // A newer connection took over the commands; this one lives on.
+                    None => commands_open = false,
                 },
                 () = tokio::time::sleep_until(idle_deadline), if self.cfg.proto != Proto::Deribit => {
                     match self.cfg.proto {
