@@ -103,6 +103,9 @@ impl MockBinance {
     }
 }
 
+/// Frames the mock dropped because a client fell behind the broadcast buffer.
+pub static LAGGED: AtomicU64 = AtomicU64::new(0);
+
 /// A combined-stream `markPriceUpdate` frame.
 pub fn mark_frame(symbol: &str, price: &str, event_ms: i64) -> String {
     format!(
@@ -161,11 +164,35 @@ async fn serve_binance<S>(
             frame = rx.recv() => {
                 match frame {
                     Ok(f) => {
-                        if subscribed && tx.send(Message::text(f.to_string())).await.is_err() {
+                        if !subscribed {
+                            continue;
+                        }
+                        // Batch whatever is queued into one flush (the load generator pushes
+                        // 100k frames/s).
+                        if tx.feed(Message::text(f.to_string())).await.is_err() {
+                            return;
+                        }
+                        let mut n = 0;
+                        while n < 1024 {
+                            match rx.try_recv() {
+                                Ok(f) => {
+                                    if tx.feed(Message::text(f.to_string())).await.is_err() {
+                                        return;
+                                    }
+                                    n += 1;
+                                }
+                                Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                                Err(_) => break,
+                            }
+                        }
+                        if tx.flush().await.is_err() {
                             return;
                         }
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Lagged(k)) => {
+                        LAGGED.fetch_add(k, Ordering::Relaxed);
+                        continue;
+                    }
                     Err(broadcast::error::RecvError::Closed) => return,
                 }
             }
