@@ -253,11 +253,21 @@ async fn run(o: Opts) {
     );
     let pid = daemon.child.id();
     let want = (o.accounts + PROBES) as f64;
-    wait_for("accounts loaded", Duration::from_secs(120), async || {
+    let mut last = 0.0;
+    let end = Instant::now() + Duration::from_secs(300);
+    loop {
         let m = scrape(&client, &api).await;
-        (metric(&m, "liqwatch_accounts_loaded") >= want).then_some(())
-    })
-    .await;
+        last = metric(&m, "liqwatch_accounts_loaded").max(last);
+        if last >= want {
+            break;
+        }
+        if Instant::now() > end || !daemon.alive() {
+            let log = daemon.log_text();
+            let tail = &log[log.len().saturating_sub(3000)..];
+            panic!("accounts not loaded ({last} of {want}); daemon log tail:\n{tail}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     wait_for("subscription", Duration::from_secs(30), async || {
         (venue.subscribes.load(Ordering::SeqCst) > 0).then_some(())
     })
