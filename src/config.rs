@@ -436,7 +436,17 @@ struct RawJournal {
 }
 
 /// The keys of a `[[sinks]]` entry the daemon reads itself; the rest go to the sink type.
-const SINK_KEYS: &[&str] = &["type", "name", "filter", "delivery"];
+/// `kinds` / `min_severity` / `accounts` are also accepted at the top of the entry, as a
+/// shorthand for the same keys in `filter`.
+const SINK_KEYS: &[&str] = &[
+    "type",
+    "name",
+    "filter",
+    "delivery",
+    "kinds",
+    "min_severity",
+    "accounts",
+];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -444,9 +454,11 @@ struct RawSink {
     #[serde(rename = "type")]
     kind: String,
     name: Option<String>,
-    #[serde(default)]
-    filter: SinkFilter,
+    filter: Option<SinkFilter>,
     delivery: Option<crate::sinks::DriverOptions>,
+    kinds: Option<std::collections::BTreeSet<crate::model::EventKind>>,
+    min_severity: Option<crate::sinks::Severity>,
+    accounts: Option<std::collections::BTreeSet<crate::model::AccountId>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -640,6 +652,29 @@ fn find_floats_value(v: &Spanned<DeValue<'_>>, key: &str, out: &mut Vec<(String,
         }
         _ => {}
     }
+}
+
+/// Rewrites `stream = "NAME"` into `stream = { name = "NAME" }`, keeping spans.
+fn stream_shorthand<'i>(v: Spanned<DeValue<'i>>) -> Spanned<DeValue<'i>> {
+    let span = v.span();
+    let DeValue::Table(t) = v.get_ref() else {
+        return v;
+    };
+    let mut out: DeTable<'i> = DeTable::new();
+    for (k, val) in t.iter() {
+        let is_stream_name = k.get_ref() == "stream" && val.get_ref().is_str();
+        if is_stream_name {
+            let mut inner: DeTable<'i> = DeTable::new();
+            inner.insert(
+                Spanned::new(k.span(), std::borrow::Cow::Borrowed("name")),
+                val.clone(),
+            );
+            out.insert(k.clone(), Spanned::new(val.span(), DeValue::Table(inner)));
+        } else {
+            out.insert(k.clone(), val.clone());
+        }
+    }
+    Spanned::new(span, DeValue::Table(out))
 }
 
 /// Splits a table value into (the keys in `mine`, every other key), keeping spans.
@@ -1159,6 +1194,21 @@ impl<'a> Cx<'a, '_> {
             let Some(raw) = self.de::<RawSink>(mine, &here) else {
                 continue;
             };
+            let shorthand =
+                raw.kinds.is_some() || raw.min_severity.is_some() || raw.accounts.is_some();
+            if shorthand && raw.filter.is_some() {
+                self.problem(
+                    &at("filter"),
+                    "set kinds / min_severity / accounts either in filter = { … } or at the top of the sink, not both",
+                );
+            }
+            let filter = raw.filter.clone().unwrap_or_else(|| SinkFilter {
+                kinds: raw.kinds.clone().unwrap_or_default(),
+                min_severity: raw.min_severity.unwrap_or_default(),
+                accounts: raw.accounts.clone().unwrap_or_default(),
+            });
+            // `stream = "NAME"` is shorthand for `stream = { name = "NAME" }` (NATS sinks).
+            let rest = stream_shorthand(rest);
             let name = raw.name.clone().unwrap_or_else(|| raw.kind.clone());
             if name.is_empty() {
                 self.problem(&at("name"), "must not be empty");
@@ -1238,7 +1288,7 @@ impl<'a> Cx<'a, '_> {
             if let Some(kind) = kind {
                 out.push(SinkEntry {
                     name,
-                    filter: raw.filter,
+                    filter,
                     delivery: raw.delivery,
                     kind,
                 });
@@ -1544,6 +1594,23 @@ path = "j.db"
             c.prices.venue_stale_after.get(&Venue::Okx).map(|d| **d),
             Some(Duration::from_secs(3))
         );
+    }
+
+    /// Shorthands: filter keys at the top of a sink, and `stream = "NAME"` for NATS.
+    #[test]
+    fn sink_shorthands() {
+        let text = format!(
+            "{MIN}\n[[sinks]]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nstream = \"EV\"\nmin_severity = \"warning\"\n"
+        );
+        let c = ok(&text);
+        assert_eq!(
+            c.sinks[0].filter.min_severity,
+            crate::sinks::Severity::Warning
+        );
+        match &c.sinks[0].kind {
+            SinkKind::Nats(n) => assert_eq!(n.stream.as_ref().map(|s| s.name.as_str()), Some("EV")),
+            k => panic!("{k:?}"),
+        }
     }
 
     /// Levels parse exactly and bad levels are refused with the monitor's own rule.

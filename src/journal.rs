@@ -389,6 +389,9 @@ impl Journal {
         // checkpoint stays on as a backstop at 64k pages (256 MiB of WAL).
         conn.pragma_update(None, "wal_autocheckpoint", 65_536)
             .map_err(|e| classify_open_error(&path, e))?;
+        // After a crash burst the WAL file is cut back to 64 MiB once it is reset.
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+            .map_err(|e| classify_open_error(&path, e))?;
         let checkpointer = Checkpointer::spawn(&path, options.busy_timeout)
             .map_err(|e| classify_open_error(&path, e))?;
 

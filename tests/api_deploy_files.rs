@@ -160,6 +160,16 @@ fn configmap_has_one_valid_config_per_shard() {
             v["accounts"]["nats"]["durable"].as_str(),
             Some(format!("liqwatch-shard-{i}").as_str())
         );
+        assert_eq!(
+            v["accounts"]["nats"]["shard_index"].as_integer(),
+            Some(i as i64),
+            "{name}"
+        );
+        assert_eq!(
+            v["accounts"]["nats"]["shard_count"].as_integer(),
+            Some(replicas as i64),
+            "{name}"
+        );
         for (key, _) in v.as_table().unwrap() {
             assert!(
                 !key.to_lowercase().contains("secret") && !key.to_lowercase().contains("password"),

@@ -128,6 +128,10 @@ impl Feed for BybitLinear {
         }
     }
 
+    fn rebuild_on_rejection(&self) -> bool {
+        true
+    }
+
     fn reset(&mut self) {
         self.state.clear();
         self.next_req = 0;

@@ -735,7 +735,7 @@ fn handle_text(
                     }
                 }
             }
-            if newly {
+            if newly && feed.rebuild_on_rejection() {
                 // A rejected topic can silence the others on the same connection (reported
                 // for Bybit): rebuild the connection without it, once per rejected symbol.
                 After::End(End::Rotate(

@@ -14,9 +14,10 @@
 //!   symbols to canonical instruments through [`SymbolRoutes`] (built from the instruments'
 //!   `sources`) and published to the [`PriceBoard`] — never blocking on the engine. A symbol
 //!   with no route is counted (`liqwatch_feed_unknown_symbols_total`) and ignored;
-//! - a rejected subscription is logged at ERROR naming the symbol, counted, shown in the status,
-//!   and the connection is rebuilt at once without it (a rejected topic may silence the others
-//!   on its connection); an ack proves nothing on Binance, so every subscribed
+//! - a rejected subscription is logged at ERROR naming the symbol, counted, shown in the status
+//!   and left out of later connections; venues whose rejected topic may silence the others
+//!   ([`Feed::rebuild_on_rejection`], Bybit) get the connection rebuilt at once without it; an
+//!   ack proves nothing on Binance, so every subscribed
 //!   symbol must deliver a first data frame within `first_data_timeout`, else it is reported as
 //!   unconfirmed (ERROR log, counter, status) — without reconnecting;
 //! - keeps the transport alive: client text pings ([`Heartbeat::client_ping`]), protocol pings
@@ -178,6 +179,13 @@ pub trait Feed: Send + 'static {
     /// the server's own 3-minute pings). `None`: no protocol pings from us.
     fn protocol_ping_interval(&self) -> Option<Duration> {
         None
+    }
+
+    /// Rebuild the connection at once without a symbol the venue rejected (Bybit: a rejected
+    /// topic is reported to silence the other topics on its connection). Default `false`: the
+    /// connection is kept and the symbol is left out of later connections.
+    fn rebuild_on_rejection(&self) -> bool {
+        false
     }
 
     /// A fresh adapter of the same venue and settings, for a second, overlapping connection
