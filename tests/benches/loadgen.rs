@@ -1,331 +1,400 @@
-//! End-to-end load generator: the real `liqwatch` binary with many accounts against a loopback
-//! mock of Binance USD-M and a loopback signed-webhook receiver.
+//! End-to-end load generator: runs the real `liqwatch` binary with N accounts against a loopback
+//! mock of Binance USD-M and a real signed-webhook receiver, then reports
 //!
-//! `cargo bench --bench loadgen` runs a small default (10,000 accounts, 20,000 frames/s for
-//! 3 s). The full run:
+//! - frames/s the daemon sustained (`liqwatch_feed_frames_total` delta over the load phase),
+//! - tick-to-event latency p50/p99 (bucket upper bounds of `liqwatch_engine_tick_to_event_seconds`
+//!   scraped from `/metrics`) and the largest bucket hit,
+//! - the time for a correlated crash that moves every account into warning or trigger to be fully
+//!   delivered to the webhook receiver,
+//! - the daemon's RSS at the end.
 //!
-//! ```sh
-//! LOADGEN_ACCOUNTS=100000 LOADGEN_RATE=100000 LOADGEN_SECS=10 cargo bench --bench loadgen
-//! ```
-//!
-//! Phases: (1) sustained — mark-price frames for BTC/ETH/SOL at the chosen rate, prices jittering
-//! ±0.05 % (no account moves), reporting frames/s sent and frames/s the daemon counted
-//! (`liqwatch_feed_frames_total`); (2) crash — BTC, ETH and SOL −12 % at once, which takes every
-//! account past the trigger; reports the time until every account's event was delivered to the
-//! webhook, and the engine latency histograms scraped from `/metrics`
-//! (`liqwatch_engine_tick_to_event_seconds`, `liqwatch_engine_wake_to_commit_seconds`);
-//! finally the daemon's RSS.
-#![allow(
-    missing_docs,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::print_stdout
-)]
+//! `cargo bench --bench loadgen` runs a small default (10,000 accounts, 10,000 frames/s, 3 s).
+//! The full run: `cargo bench --bench loadgen -- --accounts 100000 --rate 100000 --secs 10`
+//! (or `LOADGEN_ACCOUNTS`, `LOADGEN_RATE`, `LOADGEN_SECS`).
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../support/daemon_env.rs"]
 mod daemon_env;
 
 use std::collections::HashSet;
-use std::io::Write;
-use std::sync::atomic::Ordering;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use daemon_env::{Daemon, MockBinance, WebhookReceiver, free_port, http_client, mark_frame};
+use daemon_env::{
+    Daemon, MockBinance, WebhookReceiver, free_port, http_client, mark_frame, now_ms,
+};
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+const SECRET: &str = "loadgen-webhook-secret";
+const TOKEN: &str = "loadgen-api-token";
+/// Accounts on SOL whose state flips with every probe frame (latency samples during load).
+const PROBES: usize = 10;
+
+struct Opts {
+    accounts: usize,
+    rate: u64,
+    secs: u64,
 }
 
-const BASE: [(&str, f64); 3] = [("BTCUSDT", 40000.0), ("ETHUSDT", 3000.0), ("SOLUSDT", 50.0)];
-
-fn price_text(p: f64, dp: usize) -> String {
-    // Frames carry decimal text; the daemon parses it exactly.
-    format!("{p:.dp$}")
-}
-
-/// Scrapes a histogram from Prometheus text: (count, sum, [(le, cumulative)]).
-fn histogram(text: &str, name: &str) -> (f64, f64, Vec<(f64, f64)>) {
-    let mut buckets = Vec::new();
-    let (mut count, mut sum) = (0.0, 0.0);
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix(&format!("{name}_bucket{{le=\"")) {
-            if let Some((le, v)) = rest.split_once("\"} ") {
-                let le = if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    le.parse().unwrap_or(0.0)
-                };
-                buckets.push((le, v.trim().parse().unwrap_or(0.0)));
-            }
-        } else if let Some(v) = line.strip_prefix(&format!("{name}_count ")) {
-            count = v.trim().parse().unwrap_or(0.0);
-        } else if let Some(v) = line.strip_prefix(&format!("{name}_sum ")) {
-            sum = v.trim().parse().unwrap_or(0.0);
+fn opts() -> Opts {
+    let env = |k: &str, d: u64| -> u64 {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let mut o = Opts {
+        accounts: env("LOADGEN_ACCOUNTS", 10_000) as usize,
+        rate: env("LOADGEN_RATE", 10_000),
+        secs: env("LOADGEN_SECS", 3),
+    };
+    let args: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < args.len() {
+        let next = args.get(i + 1).and_then(|v| v.parse::<u64>().ok());
+        match (args[i].as_str(), next) {
+            ("--accounts", Some(v)) => o.accounts = v as usize,
+            ("--rate", Some(v)) => o.rate = v,
+            ("--secs", Some(v)) => o.secs = v,
+            _ => {} // `--bench` and other cargo flags
         }
+        i += 1;
     }
-    (count, sum, buckets)
+    o
 }
 
-/// The smallest bucket bound holding quantile `q` (an upper bound of the true quantile).
-fn quantile(buckets: &[(f64, f64)], count: f64, q: f64) -> f64 {
-    buckets
-        .iter()
-        .find(|(_, c)| *c >= q * count)
-        .map(|(le, _)| *le)
-        .unwrap_or(f64::NAN)
+/// Account `i`: long 0.5 BTC from 60,000 with 10,040–10,099 USDT. At 60,000 the ratio is ~1.2 %;
+/// at 40,000 equity is 40–99 against maintenance margin 80, so every account is in warning
+/// (ratio ≥ 0.8) or trigger (≥ 1).
+fn write_accounts(dir: &Path, n: usize) {
+    let mut s = String::with_capacity(n * 160);
+    s.push_str("{\"accounts\": [\n");
+    for i in 0..n {
+        let c = 10_040 + (i % 60);
+        s.push_str(&format!(
+            "{{\"id\":\"acct-{i}\",\"collateral\":{{\"USDT\":\"{c}\"}},\"positions\":[{{\"instrument\":\"BTCUSDT-PERP\",\"quantity\":\"0.5\",\"entry_price\":\"60000\"}}]}},\n"
+        ));
+    }
+    // Probes: short-lived warnings on SOL. 100 SOL from 150 with 100 USDT: at 149.9 the ratio
+    // is 74.95 / 90 = 0.83 (warning), at 151 it is 75.5 / 200 = 0.38 (recovered).
+    for p in 0..PROBES {
+        s.push_str(&format!(
+            "{{\"id\":\"probe-{p}\",\"collateral\":{{\"USDT\":\"100\"}},\"positions\":[{{\"instrument\":\"SOLUSDT-PERP\",\"quantity\":\"100\",\"entry_price\":\"150\"}}]}}{}\n",
+            if p + 1 < PROBES { "," } else { "" }
+        ));
+    }
+    s.push_str("]}\n");
+    std::fs::write(dir.join("accounts.json"), s).unwrap();
 }
 
-fn counter(text: &str, name: &str) -> f64 {
+fn write_config(dir: &Path, venue_url: &str, hook_url: &str, api_port: u16) -> std::path::PathBuf {
+    let presets = Path::new(env!("CARGO_MANIFEST_DIR")).join("feeds/presets.toml");
+    let cfg = format!(
+        r#"
+[engine]
+instruments = ["{presets}"]
+
+[accounts]
+snapshot = "accounts.json"
+
+[[feeds]]
+venue = "binance-usdm"
+url = "{venue_url}"
+backoff_initial = "50ms"
+backoff_max = "200ms"
+
+[prices]
+composite = "binance-usdm"
+stale_after = "1h"
+
+[journal]
+path = "journal.sqlite"
+
+[[sinks]]
+type = "webhook"
+name = "hook"
+url = "{hook_url}"
+secret_env = "LOADGEN_WEBHOOK_SECRET"
+timeout = "5s"
+concurrency = 32
+
+[api]
+bind = "127.0.0.1:{api_port}"
+token_env = "LOADGEN_API_TOKEN"
+
+[log]
+level = "warn"
+
+[shutdown]
+grace = "5s"
+"#,
+        presets = presets.display()
+    );
+    let p = dir.join("liqwatch.toml");
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
+
+async fn scrape(client: &reqwest::Client, api: &str) -> String {
+    let r = client
+        .get(format!("{api}/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await;
+    match r {
+        Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+/// Sum of every sample of `name` (all label sets).
+fn metric(text: &str, name: &str) -> f64 {
     text.lines()
-        .filter(|l| l.starts_with(name))
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
 
+/// `(le, cumulative count)` of histogram `name`.
+fn buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{");
+    let mut v: Vec<(f64, f64)> = text
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    v
+}
+
+/// Upper bound of the bucket holding quantile `q`.
+fn quantile(b: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = b.last()?.1;
+    if total == 0.0 {
+        return None;
+    }
+    b.iter().find(|(_, c)| *c >= q * total).map(|(le, _)| *le)
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
 
+async fn wait_for<T>(what: &str, deadline: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(t) = f().await {
+            return t;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn fmt_s(v: Option<f64>) -> String {
+    match v {
+        Some(s) if s.is_infinite() => "> 10 s".into(),
+        Some(s) => format!("≤ {:.3} ms", s * 1000.0),
+        None => "no samples".into(),
+    }
+}
+
 fn main() {
-    let accounts = env_or("LOADGEN_ACCOUNTS", 10_000);
-    let rate = env_or("LOADGEN_RATE", 20_000);
-    let secs = env_or("LOADGEN_SECS", 3);
+    let o = opts();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(run(accounts, rate, secs));
+    rt.block_on(run(o));
 }
 
-async fn run(n_accounts: u64, rate: u64, secs: u64) {
-    println!("loadgen: {n_accounts} accounts, {rate} frames/s for {secs} s");
+async fn run(o: Opts) {
     let dir = tempfile::tempdir().unwrap();
-    let venue = MockBinance::start().await;
-    let secret = "loadgen-secret";
-    let hook = WebhookReceiver::start(secret).await;
+    let venue = Arc::new(MockBinance::start().await);
+    let hook = WebhookReceiver::start(SECRET).await;
     let port = free_port();
     let api = format!("http://127.0.0.1:{port}");
-
-    // Accounts: long 0.5 BTC, 5 ETH, 100 SOL (40,000 USDT notional, tier 1), collateral
-    // 4,200–4,900 USDT: ratio ≈ 3.5 % at the base prices, past the trigger after −12 %.
-    let accounts_path = dir.path().join("accounts.jsonl");
-    {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&accounts_path).unwrap());
-        for i in 0..n_accounts {
-            let usdt = 4200 + (i * 7) % 700;
-            writeln!(
-                f,
-                r#"{{"id":"acct-{i}","collateral":{{"USDT":"{usdt}"}},"positions":[{{"instrument":"BTCUSDT-PERP","quantity":"0.5","entry_price":"40000"}},{{"instrument":"ETHUSDT-PERP","quantity":"5","entry_price":"3000"}},{{"instrument":"SOLUSDT-PERP","quantity":"100","entry_price":"50"}}]}}"#
-            )
-            .unwrap();
-        }
-    }
-    let presets = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("feeds/presets.toml");
-    let cfg = dir.path().join("liqwatch.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[engine]
-instruments = ["{}"]
-[accounts]
-snapshot = "accounts.jsonl"
-[[feeds]]
-venue = "binance-usdm"
-url = "{}"
-[prices]
-composite = "binance-usdm"
-stale_after = "1h"
-[journal]
-path = "journal.sqlite"
-[[sinks]]
-type = "webhook"
-name = "desk"
-url = "{}"
-secret_env = "LOADGEN_SECRET"
-concurrency = 64
-delivery = {{ batch_size = 1024 }}
-[api]
-bind = "127.0.0.1:{port}"
-[log]
-level = "warn"
-[shutdown]
-grace = "30s"
-"#,
-            presets.display(),
-            venue.url,
-            hook.url
-        ),
-    )
-    .unwrap();
+    write_accounts(dir.path(), o.accounts);
+    let cfg = write_config(dir.path(), &venue.url, &hook.url, port);
+    let client = http_client();
+    println!(
+        "loadgen: {} accounts (+{PROBES} probes), {} frames/s offered for {} s",
+        o.accounts, o.rate, o.secs
+    );
 
     let started = Instant::now();
     let mut daemon = Daemon::start(
         env!("CARGO_BIN_EXE_liqwatch"),
         &cfg,
-        &[("LOADGEN_SECRET", secret)],
+        &[
+            ("LOADGEN_WEBHOOK_SECRET", SECRET),
+            ("LOADGEN_API_TOKEN", TOKEN),
+        ],
         dir.path().join("daemon.log"),
     );
-    let client = http_client();
-    while venue.subscribes.load(Ordering::SeqCst) == 0 {
-        assert!(daemon.alive(), "daemon died:\n{}", daemon.log_text());
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "no subscription"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    println!(
-        "startup (load {n_accounts} accounts, subscribe): {:.2} s, RSS {} MiB",
-        started.elapsed().as_secs_f64(),
-        rss_kib(daemon.child.id()) / 1024
-    );
-    // Base prices, then wait until the engine has them (an account view exists).
-    for (s, p) in BASE {
-        venue.push_mark(s, &price_text(p, 2));
-    }
+    let pid = daemon.child.id();
+    let want = (o.accounts + PROBES) as f64;
+    let mut last = 0.0;
+    let end = Instant::now() + Duration::from_secs(300);
     loop {
-        if let Ok(r) = client.get(format!("{api}/v1/accounts/acct-0")).send().await
-            && r.status().is_success()
-        {
+        let m = scrape(&client, &api).await;
+        last = metric(&m, "liqwatch_accounts_loaded").max(last);
+        if last >= want {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
-    // Phase 1: sustained frames.
-    let metrics_url = format!("{api}/metrics");
-    let before = client
-        .get(&metrics_url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let frames_before = counter(&before, "liqwatch_feed_frames_total");
-    let total = rate * secs;
-    let t0 = Instant::now();
-    let mut sent = 0u64;
-    let mut k = 0u64;
-    while sent < total {
-        let due = (t0.elapsed().as_secs_f64() * rate as f64) as u64;
-        let target = due.min(total);
-        while sent < target {
-            let (sym, base) = BASE[(k % 3) as usize];
-            let jitter = 1.0 + (((k * 7919) % 1000) as f64 - 500.0) * 1e-6;
-            venue.push_raw(mark_frame(
-                sym,
-                &price_text(base * jitter, 2),
-                daemon_env::now_ms(),
-            ));
-            sent += 1;
-            k += 1;
-        }
-        tokio::time::sleep(Duration::from_micros(500)).await;
-    }
-    let send_secs = t0.elapsed().as_secs_f64();
-    // Let the daemon catch up, then count.
-    let mut frames_after = frames_before;
-    let catch_up = Instant::now();
-    while catch_up.elapsed() < Duration::from_secs(10) {
-        let m = client
-            .get(&metrics_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        frames_after = counter(&m, "liqwatch_feed_frames_total");
-        if frames_after - frames_before >= total as f64 {
-            break;
+        if Instant::now() > end || !daemon.alive() {
+            let log = daemon.log_text();
+            let tail = &log[log.len().saturating_sub(3000)..];
+            panic!("accounts not loaded ({last} of {want}); daemon log tail:\n{tail}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let received = frames_after - frames_before;
-    let recv_secs = catch_up.elapsed().as_secs_f64() + send_secs;
+    wait_for("subscription", Duration::from_secs(30), async || {
+        (venue.subscribes.load(Ordering::SeqCst) > 0).then_some(())
+    })
+    .await;
     println!(
-        "sustained: sent {total} frames in {send_secs:.2} s ({:.0}/s); daemon counted {received:.0} ({:.0}/s over {recv_secs:.2} s); mock dropped {}",
-        total as f64 / send_secs,
-        received / recv_secs,
-        daemon_env::LAGGED.load(Ordering::Relaxed)
+        "  startup (load {} accounts, subscribe): {:.2} s, RSS {} MiB",
+        o.accounts + PROBES,
+        started.elapsed().as_secs_f64(),
+        rss_kib(pid) / 1024
     );
+    // Base prices; wait until the probes are priced (their state is known: healthy).
+    venue.push_mark("BTCUSDT", "60000");
+    venue.push_mark("SOLUSDT", "151");
 
-    // Phase 2: correlated crash, every account past the trigger.
-    let crash = Instant::now();
-    for (s, p) in BASE {
-        venue.push_mark(s, &price_text(p * 0.88, 2));
-    }
-    let mut delivered = HashSet::new();
-    loop {
-        {
-            let got = hook.received.lock();
-            for r in got
-                .iter()
-                .skip(delivered.len().saturating_sub(0).min(got.len()))
-            {
-                if let Some(a) = r.body["account_id"].as_str() {
-                    delivered.insert(a.to_string());
+    // Load phase: BTC frames alternating around 60,000 (revalue every account, no level crossed)
+    // at the offered rate, plus 20 SOL probe frames/s flipping the probes warning/recovered.
+    let before = scrape(&client, &api).await;
+    let frames0 = metric(&before, "liqwatch_feed_frames_total");
+    let stop = Arc::new(AtomicBool::new(false));
+    let generator = {
+        let (venue, stop, rate, secs) = (venue.clone(), stop.clone(), o.rate, o.secs);
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            let mut sent: u64 = 0;
+            let mut probes: u64 = 0;
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            while t0.elapsed() < Duration::from_secs(secs) && !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let due = (t0.elapsed().as_secs_f64() * rate as f64) as u64;
+                let ms = now_ms();
+                while sent < due {
+                    let p = if sent % 2 == 0 { "59990.5" } else { "60010.5" };
+                    venue.push_raw(mark_frame("BTCUSDT", p, ms));
+                    sent += 1;
+                }
+                let due_probes = (t0.elapsed().as_secs_f64() * 20.0) as u64;
+                while probes < due_probes {
+                    let p = if probes % 2 == 0 { "149.9" } else { "151" };
+                    venue.push_raw(mark_frame("SOLUSDT", p, ms));
+                    probes += 1;
                 }
             }
+            (sent, probes, t0.elapsed())
+        })
+    };
+    let (sent, probes, took) = generator.await.unwrap();
+    // Let the daemon drain what is in its sockets, then read the counters.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = scrape(&client, &api).await;
+    let frames = metric(&after, "liqwatch_feed_frames_total") - frames0;
+    let lat = buckets(&after, "liqwatch_engine_tick_to_event_seconds");
+    let max_bucket = {
+        let mut prev = 0.0;
+        let mut top = None;
+        for (le, c) in &lat {
+            if *c > prev {
+                top = Some(*le);
+            }
+            prev = *c;
         }
-        if delivered.len() as u64 >= n_accounts {
-            break;
-        }
-        if crash.elapsed() > Duration::from_secs(300) {
-            println!(
-                "crash: only {} of {n_accounts} delivered after 300 s",
-                delivered.len()
-            );
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let cascade = crash.elapsed().as_secs_f64();
+        top
+    };
     println!(
-        "cascade: {} accounts' events delivered to the webhook in {cascade:.2} s ({:.0} events/s), bad signatures {}",
-        delivered.len(),
-        delivered.len() as f64 / cascade,
+        "  load: offered {} frames ({:.0}/s) + {probes} probe frames in {:.2} s; daemon received {frames:.0} frames = {:.0} frames/s sustained",
+        sent,
+        sent as f64 / took.as_secs_f64(),
+        took.as_secs_f64(),
+        frames / took.as_secs_f64()
+    );
+    println!(
+        "  tick-to-event (frame receive → journal commit), {} commits: p50 {}, p99 {}, max bucket {}",
+        lat.last().map(|b| b.1).unwrap_or(0.0),
+        fmt_s(quantile(&lat, 0.5)),
+        fmt_s(quantile(&lat, 0.99)),
+        fmt_s(max_bucket)
+    );
+    println!("  RSS after load: {} MiB", rss_kib(pid) / 1024);
+
+    // Cascade: put the probes back to healthy, note the events so far, then crash BTC by a third
+    // in four steps (each pushed a few times so a held jump is confirmed).
+    venue.push_mark("SOLUSDT", "151");
+    let base_events = wait_for(
+        "probe events delivered",
+        Duration::from_secs(60),
+        async || {
+            let m = scrape(&client, &api).await;
+            let appended = metric(&m, "liqwatch_journal_appended_total");
+            let delivered = metric(&m, "liqwatch_sink_delivered_total");
+            (appended > 0.0 && delivered >= appended).then_some(appended)
+        },
+    )
+    .await;
+    let hook_before = hook.received.lock().len();
+    let crash = Instant::now();
+    for p in ["55000", "50000", "45000", "40000"] {
+        for _ in 0..3 {
+            venue.push_mark("BTCUSDT", p);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let accounts = o.accounts;
+    let delivered_at = wait_for(
+        "the cascade delivered",
+        Duration::from_secs(600),
+        async || {
+            let seen: HashSet<String> = hook.received.lock()[hook_before..]
+                .iter()
+                .filter_map(|r| r.body["account_id"].as_str().map(str::to_string))
+                .filter(|a| a.starts_with("acct-"))
+                .collect();
+            (seen.len() >= accounts).then(|| crash.elapsed())
+        },
+    )
+    .await;
+    let m = scrape(&client, &api).await;
+    let cascade_events = metric(&m, "liqwatch_journal_appended_total") - base_events;
+    let received = hook.received.lock().len() - hook_before;
+    println!(
+        "  cascade: {accounts} accounts into warning/trigger, {cascade_events:.0} events journaled, {received} webhook requests; fully delivered {:.2} s after the crash",
+        delivered_at.as_secs_f64()
+    );
+    println!(
+        "  bad signatures at the receiver: {}",
         hook.bad_signatures.load(Ordering::SeqCst)
     );
-    let m = client
-        .get(&metrics_url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for name in [
-        "liqwatch_engine_tick_to_event_seconds",
-        "liqwatch_engine_wake_to_commit_seconds",
-    ] {
-        let (count, sum, b) = histogram(&m, name);
-        println!(
-            "{name}: n={count} mean={:.3} ms p50≤{} ms p99≤{} ms max≤{} ms",
-            if count > 0.0 {
-                sum / count * 1e3
-            } else {
-                f64::NAN
-            },
-            quantile(&b, count, 0.5) * 1e3,
-            quantile(&b, count, 0.99) * 1e3,
-            quantile(&b, count, 1.0) * 1e3,
-        );
-    }
-    println!("RSS at the end: {} MiB", rss_kib(daemon.child.id()) / 1024);
-    let code = daemon.terminate(Duration::from_secs(60));
-    println!("daemon exit code after SIGTERM: {code:?}");
+    println!("  RSS at the end: {} MiB", rss_kib(pid) / 1024);
+    let code = daemon.terminate(Duration::from_secs(30));
+    println!("  daemon exit on SIGTERM: {code:?}");
 }
