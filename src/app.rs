@@ -603,7 +603,7 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
         events: Arc::clone(&events_count),
         feed_seq: HashMap::new(),
         nats_seen: HashMap::new(),
-        default_trigger: cfg.engine.thresholds.trigger,
+        state_counts: StateCounts::from_states(&states),
     };
     let engine_task = tokio::spawn(
         engine
@@ -948,7 +948,45 @@ struct Engine {
     feed_seq: HashMap<InstrumentId, u64>,
     /// Highest NATS stream sequence applied, per stream (redeliveries in this process).
     nats_seen: HashMap<String, u64>,
-    default_trigger: Decimal,
+    /// Accounts per monitor state, for `liqwatch_accounts_by_state`.
+    state_counts: StateCounts,
+}
+
+/// Counts of accounts in warning and triggered state (healthy = loaded − both), kept
+/// incrementally as the engine changes the shared state view.
+#[derive(Default)]
+struct StateCounts {
+    warning: i64,
+    triggered: i64,
+}
+
+impl StateCounts {
+    fn from_states(states: &DashMap<AccountId, AccountState>) -> Self {
+        let mut c = StateCounts::default();
+        for s in states.iter() {
+            c.adjust(s.value(), 1);
+        }
+        c
+    }
+
+    fn adjust(&mut self, state: &AccountState, by: i64) {
+        match state {
+            AccountState::Healthy => {}
+            AccountState::Warning { .. } => self.warning += by,
+            AccountState::Triggered => self.triggered += by,
+        }
+    }
+
+    /// Sets `liqwatch_accounts_by_state{state}` for `loaded` accounts in the map.
+    fn publish(&self, loaded: usize) {
+        let loaded = i64::try_from(loaded).unwrap_or(i64::MAX);
+        let healthy = (loaded - self.warning - self.triggered).max(0);
+        metrics::gauge!("liqwatch_accounts_by_state", "state" => "healthy").set(healthy as f64);
+        metrics::gauge!("liqwatch_accounts_by_state", "state" => "warning")
+            .set(self.warning.max(0) as f64);
+        metrics::gauge!("liqwatch_accounts_by_state", "state" => "triggered")
+            .set(self.triggered.max(0) as f64);
+    }
 }
 
 impl Engine {
@@ -965,7 +1003,10 @@ impl Engine {
                     self.on_prices(changed, &mut touched, woke).await;
                 }
                 Some(req) = requests.recv() => self.on_request(req).await,
-                _ = stale_tick.tick() => self.on_staleness().await,
+                _ = stale_tick.tick() => {
+                    self.on_staleness().await;
+                    self.state_counts.publish(self.map.len());
+                }
                 _ = stop.cancelled() => break,
             }
         }
@@ -1150,7 +1191,9 @@ impl Engine {
             }
             UpdateOutcome::Removed(key) => {
                 self.monitor.forget(key, &id);
-                self.states.remove(&id);
+                if let Some((_, old)) = self.states.remove(&id) {
+                    self.state_counts.adjust(&old, -1);
+                }
                 Applied::Removed
             }
         };
@@ -1167,7 +1210,10 @@ impl Engine {
         let mut states: Vec<(AccountId, String)> = Vec::with_capacity(emitted.len());
         for e in emitted {
             if let Some(s) = &e.event.state {
-                self.states.insert(e.account_id.clone(), s.clone());
+                if let Some(old) = self.states.insert(e.account_id.clone(), s.clone()) {
+                    self.state_counts.adjust(&old, -1);
+                }
+                self.state_counts.adjust(s, 1);
             }
             states.push((e.account_id, e.state_json));
             events.push(e.event);
@@ -1202,7 +1248,7 @@ impl Engine {
                 tracing::error!(%error, "Journal append task failed");
             }
         }
-        let _ = self.default_trigger;
+        self.state_counts.publish(self.map.len());
     }
 }
 

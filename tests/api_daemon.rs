@@ -285,6 +285,19 @@ async fn api_against_the_real_daemon() {
         metrics.contains("liqwatch_ingest_updates_total"),
         "{metrics}"
     );
+    // Accounts per state: one gauge per state, summing to the accounts loaded.
+    let gauge = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    let by_state: f64 = ["healthy", "warning", "triggered"]
+        .iter()
+        .map(|s| gauge(&format!("liqwatch_accounts_by_state{{state=\"{s}\"}}")))
+        .sum();
+    assert_eq!(by_state, gauge("liqwatch_accounts_loaded"), "{metrics}");
+    assert!(by_state >= 1.0, "{metrics}");
 
     // Restart: the account comes back from the store with the fill applied.
     assert_eq!(daemon.terminate(DEADLINE), Some(0), "{}", daemon.log_text());
