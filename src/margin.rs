@@ -1230,8 +1230,6 @@ mod tests {
         }
     }
 
-    /// W1 (Binance's own cross example): LP 1,153.26 from the published inputs, exact to the
-    /// Decimal precision of the published formula.
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
         /// The fixed-point tick path gives exactly `position_figures`' uPnL and MM, bit for bit,
@@ -1249,7 +1247,7 @@ mod tests {
             }
             let mut q = Decimal::new(qm, qs);
             if big {
-                q = q * Decimal::from(1_000_000_000_000i64);
+                q *= Decimal::from(1_000_000_000_000i64);
             }
             let (p, e) = (Decimal::new(pm, ps), Decimal::new(em, es));
             let slow = position_figures(&i, q, e, p).map(|f| (f.unrealized_pnl, f.maintenance_margin));
@@ -1261,6 +1259,8 @@ mod tests {
         }
     }
 
+    /// W1 (Binance's own cross example): LP 1,153.26 from the published inputs, exact to the
+    /// Decimal precision of the published formula.
     #[test]
     fn w1_binance_cross_liquidation_price() {
         let eth = contract(
