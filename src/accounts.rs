@@ -345,6 +345,31 @@ fn exact_sub(a: Decimal, b: Decimal) -> Option<Decimal> {
         .filter(|r| r.scale() >= a.scale().max(b.scale()))
 }
 
+/// `total − old + new` on the mantissas when all three are at [`ACCOUNTING_SCALE`] (always, for
+/// cached values): exactly what [`exact_sub`] then [`exact_add`] give, without `Decimal`'s
+/// general alignment. `None` (use the `Decimal` path) when a step leaves the 96-bit mantissa
+/// or is zero (whose `Decimal` sign could differ).
+#[inline]
+fn fast_delta(total: Decimal, old: Decimal, new: Decimal) -> Option<Decimal> {
+    const MAX: u128 = (1u128 << 96) - 1;
+    if total.scale() != ACCOUNTING_SCALE
+        || old.scale() != ACCOUNTING_SCALE
+        || new.scale() != ACCOUNTING_SCALE
+    {
+        return None;
+    }
+    // Mantissas are < 2^96, so neither step overflows an i128.
+    let mid = total.mantissa() - old.mantissa();
+    if mid == 0 || mid.unsigned_abs() > MAX {
+        return None;
+    }
+    let r = mid + new.mantissa();
+    if r == 0 || r.unsigned_abs() > MAX {
+        return None;
+    }
+    Decimal::try_from_i128_with_scale(r, ACCOUNTING_SCALE).ok()
+}
+
 impl Entry {
     fn complete(&self) -> bool {
         self.invalid == 0 && self.totals_ok
@@ -385,7 +410,7 @@ impl Entry {
             return;
         };
         let (old_eq, old_mm, was_valid) = (s.equity, s.mm, s.valid);
-        let (new_eq, new_mm) = new.unwrap_or((zero_scaled(), zero_scaled()));
+        let (new_eq, new_mm) = new.unwrap_or_else(|| (zero_scaled(), zero_scaled()));
         s.equity = new_eq;
         s.mm = new_mm;
         s.valid = new.is_some();
@@ -395,6 +420,14 @@ impl Entry {
             _ => {}
         }
         if self.totals_ok {
+            if let (Some(e), Some(m)) = (
+                fast_delta(self.equity, old_eq, new_eq),
+                fast_delta(self.mm, old_mm, new_mm),
+            ) {
+                self.equity = e;
+                self.mm = m;
+                return;
+            }
             let eq = exact_sub(self.equity, old_eq).and_then(|e| exact_add(e, new_eq));
             let mm = exact_sub(self.mm, old_mm).and_then(|m| exact_add(m, new_mm));
             if let (Some(e), Some(m)) = (eq, mm) {
@@ -601,8 +634,7 @@ fn value_slot(
             Ok(Some((v, zero_scaled())))
         }
         SlotKind::Position(_) => {
-            let f = margin::position_figures(inst, slot.quantity, slot.entry, price)?;
-            Ok(Some((f.unrealized_pnl, f.maintenance_margin)))
+            margin::position_pnl_mm(inst, slot.quantity, slot.entry, price).map(Some)
         }
     }
 }

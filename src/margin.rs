@@ -170,6 +170,143 @@ pub fn position_figures(
     })
 }
 
+/// `(uPnL, MM)` of one position, normalised: exactly `position_figures(..)`'s
+/// `(unrealized_pnl, maintenance_margin)`, bit for bit, computed faster. This is the account
+/// map's tick path: linear contracts of size 1 are valued in `i128` fixed point whenever every
+/// intermediate fits `Decimal`'s 96-bit mantissa at its natural scale (the only regime in which
+/// `Decimal` itself is exact); anything else (inverse, other sizes, overflow, a zero
+/// intermediate whose `Decimal` sign could differ) takes the `Decimal` path.
+pub fn position_pnl_mm(
+    instrument: &Instrument,
+    quantity: Decimal,
+    entry: Decimal,
+    price: Decimal,
+) -> Result<(Decimal, Decimal), MarginError> {
+    if !instrument.kind.is_inverse()
+        && instrument.contract_size == Decimal::ONE
+        && let Some(v) = linear_unit_fast(&instrument.tiers, quantity, entry, price)
+    {
+        return Ok(v);
+    }
+    let f = position_figures_exact(instrument, quantity, entry, price)?;
+    Ok((normalise(f.unrealized_pnl), normalise(f.maintenance_margin)))
+}
+
+/// `10^k` for `k ≤ 38`.
+const POW10: [i128; 39] = {
+    let mut t = [1i128; 39];
+    let mut k = 1;
+    while k < 39 {
+        t[k] = t[k - 1] * 10;
+        k += 1;
+    }
+    t
+};
+
+/// Largest `Decimal` mantissa magnitude (96 bits).
+const MANTISSA_MAX: u128 = (1u128 << 96) - 1;
+
+/// `Decimal`'s maximum scale.
+const SCALE_MAX: u32 = 28;
+
+fn pow10(k: u32) -> Option<i128> {
+    POW10.get(k as usize).copied()
+}
+
+/// `m` when it is non-zero and fits a `Decimal` mantissa.
+fn fits(m: i128) -> Option<i128> {
+    (m != 0 && m.unsigned_abs() <= MANTISSA_MAX).then_some(m)
+}
+
+/// Exact `a + b` of two fixed-point values (mantissa, scale) at the larger scale, as `Decimal`
+/// computes it when exact; `None` outside that regime.
+fn fixed_add(a: (i128, u32), b: (i128, u32)) -> Option<(i128, u32)> {
+    let s = a.1.max(b.1);
+    // Both aligned operands must fit (then `Decimal` aligns them exactly); zero is fine here.
+    let am = mul_i(a.0, pow10(s - a.1)?)?;
+    let bm = mul_i(b.0, pow10(s - b.1)?)?;
+    if am.unsigned_abs() > MANTISSA_MAX || bm.unsigned_abs() > MANTISSA_MAX {
+        return None;
+    }
+    Some((fits(am.checked_add(bm)?)?, s))
+}
+
+/// `a × b` of magnitudes; one machine multiplication when both fit 64 bits (the usual case),
+/// where `i128::checked_mul` would call a slow runtime helper.
+#[inline]
+fn mul_mag(a: u128, b: u128) -> Option<u128> {
+    match (u64::try_from(a), u64::try_from(b)) {
+        (Ok(x), Ok(y)) => Some(u128::from(x) * u128::from(y)),
+        _ => a.checked_mul(b),
+    }
+}
+
+/// `a × b` of signed values (`None` on overflow).
+#[inline]
+fn mul_i(a: i128, b: i128) -> Option<i128> {
+    let m = i128::try_from(mul_mag(a.unsigned_abs(), b.unsigned_abs())?).ok()?;
+    Some(if (a < 0) != (b < 0) { -m } else { m })
+}
+
+/// Exact `a × b` as `Decimal` computes it when exact (mantissa product, scale sum).
+fn fixed_mul(a: (i128, u32), b: (i128, u32)) -> Option<(i128, u32)> {
+    let s = a.1 + b.1;
+    if s > SCALE_MAX {
+        return None;
+    }
+    Some((fits(mul_i(a.0, b.0)?)?, s))
+}
+
+/// [`normalise`] of a non-zero exact fixed-point value: half away from zero to
+/// [`ACCOUNTING_SCALE`] places, or widened to it.
+fn fixed_normalise(v: (i128, u32)) -> Option<Decimal> {
+    let (m, s) = v;
+    let r = if s <= ACCOUNTING_SCALE {
+        mul_i(m, pow10(ACCOUNTING_SCALE - s)?)?
+    } else {
+        let d = pow10(s - ACCOUNTING_SCALE)?;
+        let (q, rem) = (m / d, m % d);
+        if rem.unsigned_abs() * 2 >= d.unsigned_abs() {
+            q + m.signum()
+        } else {
+            q
+        }
+    };
+    fits(r)?;
+    Decimal::try_from_i128_with_scale(r, ACCOUNTING_SCALE).ok()
+}
+
+/// The linear, contract-size-1 figures in fixed point; `None` to fall back to `Decimal`.
+fn linear_unit_fast(
+    tiers: &[MarginTier],
+    quantity: Decimal,
+    entry: Decimal,
+    price: Decimal,
+) -> Option<(Decimal, Decimal)> {
+    let q = (fits(quantity.mantissa())?, quantity.scale());
+    let p = (fits(price.mantissa())?, price.scale());
+    let e = (entry.mantissa(), entry.scale());
+    let notional = fixed_mul((q.0.abs(), q.1), p)?;
+    // The tier: the last whose (whole) floor is ≤ the notional, as `select_tier`.
+    let scale_n = pow10(notional.1)?;
+    let idx = tiers.partition_point(|t| {
+        let f = t.notional_floor;
+        if f.scale() == 0 {
+            // `f·10^s ≤ n`; an overflowing product is beyond any notional, on its sign's side.
+            let fm = f.mantissa();
+            mul_i(fm, scale_n).map_or(fm < 0, |scaled| scaled <= notional.0)
+        } else {
+            Decimal::try_from_i128_with_scale(notional.0, notional.1).is_ok_and(|n| f <= n)
+        }
+    });
+    let t = tiers.get(idx.saturating_sub(1))?;
+    let gross = fixed_mul(notional, (t.mmr.mantissa(), t.mmr.scale()))?;
+    let mm = fixed_add(gross, (-t.cum.mantissa(), t.cum.scale()))?;
+    let diff = fixed_add(p, (-e.0, e.1))?;
+    let upnl = fixed_mul(q, diff)?;
+    Some((fixed_normalise(upnl)?, fixed_normalise(mm)?))
+}
+
 /// The same figures as [`position_figures`] without normalisation: exact up to `Decimal`'s 28
 /// significant digits. Used where a root is re-priced (distances, tests), never for the cached
 /// totals.
@@ -1090,6 +1227,35 @@ mod tests {
         match r {
             MarginRatio::Finite(d) => Some(to_cents(d * dec!(100))),
             MarginRatio::Infinite => None,
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// The fixed-point tick path gives exactly `position_figures`' uPnL and MM, bit for bit,
+        /// over wide mantissas and scales (overflow and rounding edges included).
+        #[test]
+        fn pnl_mm_fast_path_matches_decimal(
+            qm in -10_000_000_000i64..10_000_000_000, qs in 0u32..12,
+            pm in 1i64..1_000_000_000_000, ps in 0u32..16,
+            em in 0i64..1_000_000_000_000, es in 0u32..16,
+            big in proptest::bool::ANY, size_one in proptest::bool::ANY,
+        ) {
+            let mut i = btcusdt();
+            if !size_one {
+                i.contract_size = dec!(0.001);
+            }
+            let mut q = Decimal::new(qm, qs);
+            if big {
+                q *= Decimal::from(1_000_000_000_000i64);
+            }
+            let (p, e) = (Decimal::new(pm, ps), Decimal::new(em, es));
+            let slow = position_figures(&i, q, e, p).map(|f| (f.unrealized_pnl, f.maintenance_margin));
+            let fast = position_pnl_mm(&i, q, e, p);
+            proptest::prop_assert_eq!(format!("{slow:?}"), format!("{fast:?}"));
+            if let (Ok(a), Ok(b)) = (slow, fast) {
+                proptest::prop_assert_eq!((a.0.serialize(), a.1.serialize()), (b.0.serialize(), b.1.serialize()));
+            }
         }
     }
 

@@ -14,7 +14,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use liqwatch::accounts::AccountMap;
 use liqwatch::model::{
     Account, AccountUpdate, Fill, Instrument, InstrumentId, InstrumentKind, MarginTier, Position,
@@ -344,5 +344,39 @@ fn updates(m: &AccountMap, n: usize) {
     g.finish();
 }
 
+/// `LIQWATCH_COUNT_TICKS=N` builds 10,000 accounts, applies N BTC ticks and exits: a fixed
+/// workload for `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*apply_price*'`
+/// (instruction counts do not depend on machine load).
+fn count_ticks() -> bool {
+    let Some(n) = std::env::var("LIQWATCH_COUNT_TICKS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return false;
+    };
+    let m = build(10_000);
+    let mut out = Vec::with_capacity(10_000);
+    let mut touched = 0usize;
+    for k in 0..n {
+        let p = if k % 2 == 0 {
+            dec!(60012.5)
+        } else {
+            dec!(59987.5)
+        };
+        out.clear();
+        let s = m.apply_price(&"BTCUSDT-PERP".into(), p, &mut out).unwrap();
+        touched += s.slots;
+    }
+    println!("count_ticks: {n} ticks, {touched} positions revalued");
+    true
+}
+
 criterion_group!(benches, engine);
-criterion_main!(benches);
+
+fn main() {
+    if count_ticks() {
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
