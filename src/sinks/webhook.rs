@@ -124,6 +124,11 @@ fn default_batch_time() -> Duration {
 fn default_concurrency() -> usize {
     1
 }
+fn default_batch_max() -> usize {
+    1
+}
+/// The largest `batch_max` accepted.
+pub const MAX_BATCH_MAX: usize = 1000;
 fn default_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -168,6 +173,11 @@ pub struct WebhookConfig {
     /// driver's delivery timeout (30 s) so progress is never thrown away.
     #[serde(default = "default_batch_time", with = "humantime_serde")]
     pub max_batch_time: Duration,
+    /// Generic format only: events per request (default 1: one event per POST). Above 1, a
+    /// lane posts up to this many of its events at once as `{"events":[…]}` (see
+    /// [`render_batch`]). The driver's batch size (256) also bounds it.
+    #[serde(default = "default_batch_max")]
+    pub batch_max: usize,
 }
 
 impl WebhookConfig {
@@ -185,6 +195,7 @@ impl WebhookConfig {
             source: None,
             concurrency: 1,
             max_batch_time: default_batch_time(),
+            batch_max: default_batch_max(),
         }
     }
 
@@ -257,6 +268,15 @@ impl WebhookConfig {
         if self.max_batch_time.is_zero() || self.max_batch_time > Duration::from_secs(600) {
             errors.push("max_batch_time must be between 1ms and 10m".to_string());
         }
+        if self.batch_max == 0 || self.batch_max > MAX_BATCH_MAX {
+            errors.push(format!(
+                "batch_max {} must be between 1 and {MAX_BATCH_MAX}",
+                self.batch_max
+            ));
+        }
+        if chat && self.batch_max > 1 {
+            errors.push("batch_max applies to format generic only".to_string());
+        }
         if chat && self.concurrency > 1 {
             errors.push("concurrency applies to format generic only".to_string());
         }
@@ -304,6 +324,7 @@ impl WebhookConfig {
             }),
             concurrency: self.concurrency,
             max_batch_time: self.max_batch_time,
+            batch_max: self.batch_max,
             source: self
                 .source
                 .clone()
@@ -345,6 +366,8 @@ pub struct WebhookSettings {
     pub concurrency: usize,
     /// Time budget of one delivery call.
     pub max_batch_time: Duration,
+    /// Events per request (generic only; 1 = one event per request).
+    pub batch_max: usize,
 }
 
 impl WebhookSettings {
@@ -362,6 +385,7 @@ impl WebhookSettings {
             source: "liqwatch".to_string(),
             concurrency: 1,
             max_batch_time: default_batch_time(),
+            batch_max: default_batch_max(),
         }
     }
 }
@@ -393,6 +417,7 @@ impl fmt::Debug for WebhookSettings {
             .field("source", &self.source)
             .field("concurrency", &self.concurrency)
             .field("max_batch_time", &self.max_batch_time)
+            .field("batch_max", &self.batch_max)
             .finish()
     }
 }
@@ -782,6 +807,35 @@ fn custom_details(ev: &RiskEvent) -> Value {
         "feed": ev.feed,
         "time": ev.time,
     })
+}
+
+/// Renders one batched request (generic format, `batch_max > 1`): the body is
+/// `{"events":[<event JSON>,…]}` with each event's JSON byte for byte as journaled, in the
+/// given (journal) order; the `Idempotency-Key` is `batch:<first event_id>:<last event_id>:<count>`,
+/// the same on every retry of the same events.
+pub fn render_batch(entries: &[&JournalEntry]) -> OutgoingRequest {
+    let len: usize = entries.iter().map(|e| e.json.len() + 1).sum();
+    let mut body = Vec::with_capacity(len + 16);
+    body.extend_from_slice(b"{\"events\":[");
+    for (i, e) in entries.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(e.json.as_bytes());
+    }
+    body.extend_from_slice(b"]}");
+    let first = entries
+        .first()
+        .map(|e| e.event.event_id.to_string())
+        .unwrap_or_default();
+    let last = entries
+        .last()
+        .map(|e| e.event.event_id.to_string())
+        .unwrap_or_default();
+    OutgoingRequest {
+        idempotency_key: format!("batch:{first}:{last}:{}", entries.len()),
+        body,
+    }
 }
 
 /// Renders the request(s) for one event. Most events are one request; a PagerDuty recovery
@@ -1178,6 +1232,64 @@ impl WebhookSink {
         }
     }
 
+    /// Renders and posts one event (every request it needs, in order).
+    async fn post_one(&self, batch: &[JournalEntry], i: usize) -> Result<(), SinkError> {
+        let Some(e) = batch.get(i) else {
+            return Ok(());
+        };
+        for req in render_single(&self.settings, e)? {
+            self.post(req).await?;
+        }
+        Ok(())
+    }
+
+    /// Posts the events at `chunk` (indices into `batch`, journal order) as one batched
+    /// request and records each event's outcome in `done`; returns true when the lane must
+    /// stop. A retriable failure fails the whole chunk (retried as a whole). A permanent one
+    /// (the receiver rejected the body) splits the chunk: its events are posted one by one, so
+    /// only the events the receiver rejects on their own are dead-lettered.
+    async fn post_chunk(
+        &self,
+        batch: &[JournalEntry],
+        chunk: &[usize],
+        done: &mut Vec<(usize, Result<(), SinkError>)>,
+    ) -> bool {
+        let entries: Vec<&JournalEntry> = chunk.iter().filter_map(|&i| batch.get(i)).collect();
+        match self.post(render_batch(&entries)).await {
+            Ok(()) => {
+                metrics::counter!("liqwatch_webhook_batched_events_total", "sink" => self.name.clone())
+                    .increment(entries.len() as u64);
+                done.extend(chunk.iter().map(|&i| (i, Ok(()))));
+                false
+            }
+            Err(e @ SinkError::Retriable { .. }) => {
+                if let Some(&first) = chunk.first() {
+                    done.push((first, Err(e)));
+                }
+                true
+            }
+            Err(SinkError::Permanent { reason }) => {
+                metrics::counter!("liqwatch_webhook_batch_splits_total", "sink" => self.name.clone())
+                    .increment(1);
+                tracing::warn!(
+                    sink = %self.name,
+                    events = chunk.len(),
+                    %reason,
+                    "Webhook receiver rejected a batch; posting its events one by one"
+                );
+                for &i in chunk {
+                    let res = self.post_one(batch, i).await;
+                    let failed = res.is_err();
+                    done.push((i, res));
+                    if failed {
+                        return true;
+                    }
+                }
+                false
+            }
+        }
+    }
+
     /// Delivers over `concurrency` lanes keyed by account: each lane posts its events in order
     /// and stops at its first failure; the result is the delivered prefix and the error of the
     /// first entry not delivered.
@@ -1198,31 +1310,27 @@ impl WebhookSink {
                 l.push(i);
             }
         }
+        let per_request = self.settings.batch_max.max(1);
         let runs = lanes
             .into_iter()
             .filter(|l| !l.is_empty())
             .map(|lane| async move {
                 let mut done = Vec::with_capacity(lane.len());
-                for i in lane {
+                for chunk in lane.chunks(per_request) {
                     if tokio::time::Instant::now() >= deadline {
                         break;
                     }
-                    let Some(e) = batch.get(i) else { continue };
-                    let res = match render_single(&self.settings, e) {
-                        Ok(reqs) => {
-                            let mut r = Ok(());
-                            for req in reqs {
-                                r = self.post(req).await;
-                                if r.is_err() {
-                                    break;
-                                }
-                            }
-                            r
+                    let failed = if chunk.len() > 1 {
+                        self.post_chunk(batch, chunk, &mut done).await
+                    } else {
+                        let mut failed = false;
+                        for &i in chunk {
+                            let res = self.post_one(batch, i).await;
+                            failed = res.is_err();
+                            done.push((i, res));
                         }
-                        Err(err) => Err(err),
+                        failed
                     };
-                    let failed = res.is_err();
-                    done.push((i, res));
                     if failed {
                         break;
                     }
@@ -1335,7 +1443,9 @@ impl WebhookSink {
     }
 
     async fn deliver_batch(&mut self, batch: &[JournalEntry]) -> (usize, Option<SinkError>) {
-        if self.settings.format == WebhookFormat::Generic && self.settings.concurrency > 1 {
+        if self.settings.format == WebhookFormat::Generic
+            && (self.settings.concurrency > 1 || self.settings.batch_max > 1)
+        {
             return self.deliver_lanes(batch).await;
         }
         let group = match self.settings.format {
@@ -1464,6 +1574,7 @@ mod tests {
             source: "liqwatch-test".to_string(),
             concurrency: 1,
             max_batch_time: Duration::from_secs(15),
+            batch_max: 1,
         }
     }
 
@@ -1591,6 +1702,25 @@ mod tests {
             "liquidation_trigger acct-7: margin ratio 1.0123 (level 1), equity 10000.00, \
              MM 10123.45, shock distance -5.12 %"
         );
+    }
+
+    /// A batched body is `{"events":[…]}` of the journaled JSON in order, parses back to the
+    /// same events, and its key names the first and last event and the count.
+    #[test]
+    fn batch_body_and_key() {
+        let a = entry(1, EventKind::LiquidationWarning, "acct-1", 0, dec!(0.85));
+        let b = entry(2, EventKind::LiquidationTrigger, "acct-2", 0, dec!(1.2));
+        let req = render_batch(&[&a, &b]);
+        let want = format!("{{\"events\":[{},{}]}}", a.json, b.json);
+        assert_eq!(req.body, want.as_bytes());
+        let v: Value = serde_json::from_slice(&req.body).unwrap();
+        let a_json: Value = serde_json::from_str(&a.json).unwrap();
+        assert_eq!(v["events"][0], a_json);
+        assert_eq!(
+            req.idempotency_key,
+            format!("batch:{}:{}:2", a.event.event_id, b.event.event_id)
+        );
+        assert_eq!(render_batch(&[&a, &b]), req, "deterministic across retries");
     }
 
     /// Each format's body has the shape its receiver expects.

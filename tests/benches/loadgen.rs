@@ -10,7 +10,8 @@
 //!
 //! `cargo bench --bench loadgen` runs a small default (10,000 accounts, 10,000 frames/s, 3 s).
 //! The full run: `cargo bench --bench loadgen -- --accounts 100000 --rate 100000 --secs 10`
-//! (or `LOADGEN_ACCOUNTS`, `LOADGEN_RATE`, `LOADGEN_SECS`).
+//! (or `LOADGEN_ACCOUNTS`, `LOADGEN_RATE`, `LOADGEN_SECS`). `--batch-max N` (or
+//! `LOADGEN_BATCH_MAX`) sets the webhook sink's `batch_max` (default 1: one event per request).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../support/daemon_env.rs"]
@@ -35,6 +36,7 @@ struct Opts {
     accounts: usize,
     rate: u64,
     secs: u64,
+    batch_max: u64,
 }
 
 fn opts() -> Opts {
@@ -48,6 +50,7 @@ fn opts() -> Opts {
         accounts: env("LOADGEN_ACCOUNTS", 10_000) as usize,
         rate: env("LOADGEN_RATE", 10_000),
         secs: env("LOADGEN_SECS", 3),
+        batch_max: env("LOADGEN_BATCH_MAX", 1),
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -57,6 +60,7 @@ fn opts() -> Opts {
             ("--accounts", Some(v)) => o.accounts = v as usize,
             ("--rate", Some(v)) => o.rate = v,
             ("--secs", Some(v)) => o.secs = v,
+            ("--batch-max", Some(v)) => o.batch_max = v,
             _ => {} // `--bench` and other cargo flags
         }
         i += 1;
@@ -88,7 +92,13 @@ fn write_accounts(dir: &Path, n: usize) {
     std::fs::write(dir.join("accounts.json"), s).unwrap();
 }
 
-fn write_config(dir: &Path, venue_url: &str, hook_url: &str, api_port: u16) -> std::path::PathBuf {
+fn write_config(
+    dir: &Path,
+    venue_url: &str,
+    hook_url: &str,
+    api_port: u16,
+    batch_max: u64,
+) -> std::path::PathBuf {
     let presets = Path::new(env!("CARGO_MANIFEST_DIR")).join("feeds/presets.toml");
     let cfg = format!(
         r#"
@@ -118,6 +128,7 @@ url = "{hook_url}"
 secret_env = "LOADGEN_WEBHOOK_SECRET"
 timeout = "5s"
 concurrency = 32
+batch_max = {batch_max}
 
 [api]
 bind = "127.0.0.1:{api_port}"
@@ -234,11 +245,11 @@ async fn run(o: Opts) {
     let port = free_port();
     let api = format!("http://127.0.0.1:{port}");
     write_accounts(dir.path(), o.accounts);
-    let cfg = write_config(dir.path(), &venue.url, &hook.url, port);
+    let cfg = write_config(dir.path(), &venue.url, &hook.url, port, o.batch_max);
     let client = http_client();
     println!(
-        "loadgen: {} accounts (+{PROBES} probes), {} frames/s offered for {} s",
-        o.accounts, o.rate, o.secs
+        "loadgen: {} accounts (+{PROBES} probes), {} frames/s offered for {} s, webhook batch_max {}",
+        o.accounts, o.rate, o.secs, o.batch_max
     );
 
     let started = Instant::now();
@@ -376,7 +387,8 @@ async fn run(o: Opts) {
         async || {
             let seen: HashSet<String> = hook.received.lock()[hook_before..]
                 .iter()
-                .filter_map(|r| r.body["account_id"].as_str().map(str::to_string))
+                .flat_map(|r| r.events())
+                .filter_map(|e| e["account_id"].as_str().map(str::to_string))
                 .filter(|a| a.starts_with("acct-"))
                 .collect();
             (seen.len() >= accounts).then(|| crash.elapsed())
@@ -385,9 +397,16 @@ async fn run(o: Opts) {
     .await;
     let m = scrape(&client, &api).await;
     let cascade_events = metric(&m, "liqwatch_journal_appended_total") - base_events;
-    let received = hook.received.lock().len() - hook_before;
+    let (received, received_events) = {
+        let got = hook.received.lock();
+        let after = &got[hook_before..];
+        (
+            after.len(),
+            after.iter().map(|r| r.events().len()).sum::<usize>(),
+        )
+    };
     println!(
-        "  cascade: {accounts} accounts into warning/trigger, {cascade_events:.0} events journaled, {received} webhook requests; fully delivered {:.2} s after the crash",
+        "  cascade: {accounts} accounts into warning/trigger, {cascade_events:.0} events journaled, {received} webhook requests carrying {received_events} events; fully delivered {:.2} s after the crash",
         delivered_at.as_secs_f64()
     );
     println!(

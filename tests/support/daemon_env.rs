@@ -213,6 +213,17 @@ pub struct Received {
     pub idempotency_key: Option<String>,
 }
 
+impl Received {
+    /// The events this request carried: the `events` array of a batched body
+    /// (`{"events":[…]}`, webhook `batch_max > 1`), else the body itself as one event.
+    pub fn events(&self) -> Vec<&serde_json::Value> {
+        match self.body.get("events").and_then(|e| e.as_array()) {
+            Some(list) => list.iter().collect(),
+            None => vec![&self.body],
+        }
+    }
+}
+
 /// A loopback HTTP receiver that checks `X-Liqwatch-Signature` (`t=<unix>,v1=<hex>` with
 /// `v1 = HMAC-SHA256(secret, "<t>.<body>")`), answers 503 while `down`, and records what it
 /// accepted.

@@ -77,6 +77,38 @@ impl Recorded {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).expect("body is JSON")
     }
+
+    /// The events this request carried: the `events` array of a batched body
+    /// (`{"events":[…]}`), else the body itself as one event.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        let v = self.json();
+        match v.get("events").and_then(|e| e.as_array()) {
+            Some(list) => list.clone(),
+            None => vec![v],
+        }
+    }
+
+    /// The `event_id`s this request carried, in body order.
+    pub fn event_ids(&self) -> Vec<String> {
+        self.events()
+            .iter()
+            .filter_map(|e| e["event_id"].as_str().map(str::to_string))
+            .collect()
+    }
+}
+
+/// The `event_id`s of a raw body (single event or `{"events":[…]}`); empty if not JSON.
+fn body_event_ids(body: &[u8]) -> Vec<String> {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Vec::new();
+    };
+    let list = match v.get("events").and_then(|e| e.as_array()) {
+        Some(list) => list.clone(),
+        None => vec![v],
+    };
+    list.iter()
+        .filter_map(|e| e["event_id"].as_str().map(str::to_string))
+        .collect()
 }
 
 struct Inner {
@@ -160,7 +192,12 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
         _ if inner.failing.load(std::sync::atomic::Ordering::SeqCst) => {
             Scripted::status(503).body("failing on purpose")
         }
-        _ if h("idempotency-key").is_some_and(|k| inner.poisoned.lock().unwrap().contains(&k)) => {
+        _ if h("idempotency-key").is_some_and(|k| inner.poisoned.lock().unwrap().contains(&k))
+            || {
+                let poisoned = inner.poisoned.lock().unwrap();
+                body_event_ids(&body).iter().any(|id| poisoned.contains(id))
+            } =>
+        {
             Scripted::status(400).body("poisoned event")
         }
         _ => next.unwrap_or_else(|| Scripted::status(200).body("ok")),
@@ -228,7 +265,8 @@ impl Receiver {
             .store(failing, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Requests with this `Idempotency-Key` are answered 400.
+    /// Requests with this `Idempotency-Key`, or whose body carries an event with this
+    /// `event_id` (batched bodies included), are answered 400.
     pub fn poison(&self, idempotency_key: &str) {
         self.inner
             .poisoned
