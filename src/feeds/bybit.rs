@@ -230,8 +230,7 @@ mod tests {
     use rust_decimal_macros::dec;
 
     fn fixture(name: &str) -> String {
-        let path = format!("{}/feeds/bybit-linear/{name}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+        crate::feeds::read_fixture("bybit-linear", name)
     }
 
     fn parse_one(

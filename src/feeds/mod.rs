@@ -208,3 +208,11 @@ pub trait Feed: Send + 'static {
         out: &mut Vec<VenueTick<'a>>,
     ) -> Result<Frame, ParseError>;
 }
+
+/// Reads a fixture file `feeds/<dir>/<name>` for the adapters' unit tests, naming the path
+/// on failure.
+#[cfg(test)]
+pub(crate) fn read_fixture(dir: &str, name: &str) -> String {
+    let path = format!("{}/feeds/{dir}/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
