@@ -225,6 +225,14 @@ async fn rejected_symbol_is_named_and_left_out() {
             .is_some_and(|e| e.contains("NOPEUSDT") && e.contains("handler not found"))
     );
     assert!(until(WAIT, || venue.connections() >= 2).await);
+    // The second connection is counted when accepted; its subscribe arrives a moment later.
+    assert!(
+        until(WAIT, || venue
+            .texts(1)
+            .iter()
+            .any(|t| t.contains("subscribe")))
+        .await
+    );
     let sub = venue
         .texts(1)
         .into_iter()
