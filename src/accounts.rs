@@ -12,6 +12,15 @@
 //! after every step). A sum that would leave that fixed scale (beyond ~7.9·10¹⁶) is treated as an
 //! overflow: the account is marked incomplete rather than rounded.
 //!
+//! # Lazy valuation (the distance index)
+//! Each slot remembers the price its contributions were computed at. [`AccountMap::set_price`]
+//! only records a new engine price; [`AccountMap::materialise`] revalues the slots of one
+//! account whose price moved since (exactly as a tick would have), so an account's caches
+//! always equal a recomputation at the prices its slots were valued at, and at the current
+//! prices once materialised. The distance index ([`crate::distance`]) uses this to revalue only
+//! the accounts a tick can move across a level; [`AccountMap::riskiest`] materialises every
+//! account before it ranks them. [`AccountMap::apply_price`] still revalues every holder.
+//!
 //! # Incomplete accounts
 //! An account with a slot whose instrument has no price yet (or whose figures overflowed) is
 //! *incomplete*: its totals only cover the valued slots, [`Touched::complete`] and
@@ -76,7 +85,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as DirEntry;
-use parking_lot::{Mutex, MutexGuard, RwLock, RwLockWriteGuard};
+use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use rust_decimal::Decimal;
 
 use crate::margin::{self, ACCOUNTING_SCALE, InstrumentLookup, MarginError, PriceLookup};
@@ -309,6 +318,8 @@ struct Slot {
     quantity: Decimal,
     /// Entry price (positions).
     entry: Decimal,
+    /// The price the contributions below were computed at (1 for stables); zero when not valid.
+    at: Decimal,
     /// Contribution to equity (uPnL or haircut value), normalised; zero when not valid.
     equity: Decimal,
     /// Contribution to MM, normalised; zero when not valid.
@@ -405,7 +416,7 @@ impl Entry {
 
     /// Replaces slot `i`'s contributions, updating the totals by the difference.
     #[inline]
-    fn set_slot(&mut self, i: usize, new: Option<(Decimal, Decimal)>) {
+    fn set_slot(&mut self, i: usize, new: Option<(Decimal, Decimal)>, at: Decimal) {
         let Some(s) = self.slots.get_mut(i) else {
             return;
         };
@@ -414,6 +425,7 @@ impl Entry {
         s.equity = new_eq;
         s.mm = new_mm;
         s.valid = new.is_some();
+        s.at = if s.valid { at } else { Decimal::ZERO };
         match (was_valid, s.valid) {
             (true, false) => self.invalid = self.invalid.saturating_add(1),
             (false, true) => self.invalid = self.invalid.saturating_sub(1),
@@ -565,6 +577,22 @@ impl AccountView<'_> {
             .iter()
             .filter_map(|s| self.table.get(s.instr).map(|i| &i.id))
     }
+    /// The map's instrument table (to resolve [`SlotValuation::instrument`]).
+    pub fn instruments_table(&self) -> &InstrumentTable {
+        self.table
+    }
+    /// Every position and balance as it is valued in the caches, in slot order.
+    pub fn valuation(&self) -> impl Iterator<Item = SlotValuation> + '_ {
+        self.entry.slots.iter().map(|s| SlotValuation {
+            instrument: s.instr,
+            collateral: s.kind == SlotKind::Collateral,
+            quantity: s.quantity,
+            entry: s.entry,
+            at: s.valid.then_some(s.at),
+            equity: s.equity,
+            maintenance_margin: s.mm,
+        })
+    }
     /// The account as a model value (balances, positions, thresholds).
     pub fn to_account(&self) -> Account {
         let mut a = Account {
@@ -591,6 +619,25 @@ impl AccountView<'_> {
         }
         a
     }
+}
+
+/// One position or balance as the account map has valued it (see [`AccountView::valuation`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotValuation {
+    /// The instrument.
+    pub instrument: InstrumentIdx,
+    /// A collateral balance (else a position).
+    pub collateral: bool,
+    /// Position quantity or balance.
+    pub quantity: Decimal,
+    /// Entry price (positions).
+    pub entry: Decimal,
+    /// The price the cached figures were computed at (1 for stables); `None` when not valued.
+    pub at: Option<Decimal>,
+    /// Cached contribution to equity.
+    pub equity: Decimal,
+    /// Cached contribution to maintenance margin.
+    pub maintenance_margin: Decimal,
 }
 
 /// The shared account map. Cheap to share behind an `Arc`; every method takes `&self`.
@@ -823,6 +870,7 @@ impl AccountMap {
                 o.0.cmp(&self.0).then_with(|| self.1.cmp(&o.1))
             }
         }
+        self.materialise_all();
         let mut heap: BinaryHeap<Item> = BinaryHeap::with_capacity(n + 1);
         self.accounts.for_each(|_, e| {
             if !e.complete() {
@@ -872,22 +920,7 @@ impl AccountMap {
         price: Decimal,
         mut on_touched: impl FnMut(Touched),
     ) -> Result<TickSummary, AccountError> {
-        let idx = self
-            .table
-            .index(instrument)
-            .ok_or_else(|| AccountError::UnknownInstrument(instrument.clone()))?;
-        let (Some(inst), Some(lock)) = (self.table.get(idx), self.instr.get(idx as usize)) else {
-            return Err(AccountError::UnknownInstrument(instrument.clone()));
-        };
-        if price <= Decimal::ZERO {
-            metrics::counter!("liqwatch_accounts_rejected_prices_total", "instrument" => instrument.to_string())
-                .increment(1);
-            tracing::warn!(%instrument, %price, "Rejected non-positive price");
-            return Err(AccountError::InvalidPrice {
-                instrument: instrument.clone(),
-                price,
-            });
-        }
+        let (idx, inst, lock) = self.checked_price(instrument, price)?;
         let mut summary = TickSummary::default();
         let mut state = lock.write();
         if state.price == Some(price) {
@@ -920,7 +953,7 @@ impl AccountMap {
                         None
                     }
                 };
-                e.set_slot(i, new);
+                e.set_slot(i, new, price);
             }
             summary.accounts += 1;
             on_touched(e.touched(key));
@@ -934,6 +967,125 @@ impl AccountMap {
             tracing::warn!(%instrument, %price, errors = summary.errors, "Positions could not be valued at this price (overflow); their accounts are incomplete");
         }
         Ok(summary)
+    }
+
+    /// The instrument's index, definition and lock, once `price` is known to be usable.
+    fn checked_price(
+        &self,
+        instrument: &InstrumentId,
+        price: Decimal,
+    ) -> Result<(InstrumentIdx, &Instrument, &RwLock<InstrState>), AccountError> {
+        let idx = self
+            .table
+            .index(instrument)
+            .ok_or_else(|| AccountError::UnknownInstrument(instrument.clone()))?;
+        let (Some(inst), Some(lock)) = (self.table.get(idx), self.instr.get(idx as usize)) else {
+            return Err(AccountError::UnknownInstrument(instrument.clone()));
+        };
+        if price <= Decimal::ZERO {
+            metrics::counter!("liqwatch_accounts_rejected_prices_total", "instrument" => instrument.to_string())
+                .increment(1);
+            tracing::warn!(%instrument, %price, "Rejected non-positive price");
+            return Err(AccountError::InvalidPrice {
+                instrument: instrument.clone(),
+                price,
+            });
+        }
+        Ok((idx, inst, lock))
+    }
+
+    /// Sets the engine price of `instrument` without revaluing anyone: the holders' cached
+    /// figures stay at the prices they were valued at until [`AccountMap::materialise`] (or an
+    /// [`AccountMap::apply_price`]) brings them forward. This is the tick of the distance index
+    /// ([`crate::distance`]), which wakes only the accounts the move can change. Returns
+    /// whether the price changed.
+    pub fn set_price(
+        &self,
+        instrument: &InstrumentId,
+        price: Decimal,
+    ) -> Result<bool, AccountError> {
+        let (_, inst, lock) = self.checked_price(instrument, price)?;
+        let mut state = lock.write();
+        if state.price == Some(price) {
+            return Ok(false);
+        }
+        state.price = Some(price);
+        drop(state);
+        if !inst.stable {
+            metrics::counter!("liqwatch_accounts_ticks_total", "instrument" => instrument.to_string())
+                .increment(1);
+        }
+        Ok(true)
+    }
+
+    /// Revalues the slots of one account whose instrument's price moved since they were valued
+    /// (exactly as [`AccountMap::apply_price`] would have, so the caches again equal a
+    /// from-scratch recomputation at the current prices) and reports its figures. `None` when
+    /// the account does not exist.
+    pub fn materialise(&self, key: AccountKey) -> Option<Touched> {
+        let cell = self.accounts.cell(key)?;
+        loop {
+            let mut instrs: Vec<InstrumentIdx> = {
+                let g = cell.lock();
+                g.as_ref()?.slots.iter().map(|s| s.instr).collect()
+            };
+            instrs.sort_unstable();
+            instrs.dedup();
+            // Lock order: instrument locks (ascending), then the account cell.
+            let guards: Vec<(InstrumentIdx, RwLockReadGuard<'_, InstrState>)> = instrs
+                .iter()
+                .filter_map(|i| self.instr.get(*i as usize).map(|l| (*i, l.read())))
+                .collect();
+            let price_of = |idx: InstrumentIdx| {
+                guards
+                    .binary_search_by_key(&idx, |(i, _)| *i)
+                    .ok()
+                    .and_then(|p| guards.get(p))
+                    .and_then(|(_, g)| g.price)
+            };
+            let mut g = cell.lock();
+            let e = g.as_mut()?;
+            if e.slots
+                .iter()
+                .any(|s| instrs.binary_search(&s.instr).is_err())
+            {
+                continue; // the account changed between the two looks: look again
+            }
+            for i in 0..e.slots.len() {
+                let Some(slot) = e.slots.get(i) else { break };
+                let Some(inst) = self.table.get(slot.instr) else {
+                    continue;
+                };
+                let price = if inst.stable {
+                    Some(Decimal::ONE)
+                } else {
+                    price_of(slot.instr)
+                };
+                let Some(price) = price else {
+                    continue; // still unpriced: stays invalid
+                };
+                if slot.valid && slot.at == price {
+                    continue;
+                }
+                let new = match value_slot(inst, slot, Some(price)) {
+                    Ok(v) => v,
+                    Err(error) => {
+                        tracing::debug!(account = %e.id, instrument = %inst.id, %error, "Slot not valued");
+                        None
+                    }
+                };
+                e.set_slot(i, new, price);
+            }
+            return Some(e.touched(key));
+        }
+    }
+
+    /// [`AccountMap::materialise`] for every account (an O(accounts) pass for queries that
+    /// rank all of them).
+    pub fn materialise_all(&self) {
+        for key in self.keys() {
+            let _ = self.materialise(key);
+        }
     }
 
     /// Applies an account update (see the module docs for the rules). On error nothing changes.
@@ -1300,6 +1452,11 @@ impl AccountMap {
                     s.valid = v.is_some();
                     s.equity = eq;
                     s.mm = mm;
+                    s.at = match (s.valid, inst.stable) {
+                        (false, _) => Decimal::ZERO,
+                        (true, true) => Decimal::ONE,
+                        (true, false) => price.unwrap_or(Decimal::ZERO),
+                    };
                 }
                 let mut e = Entry {
                     id: id.clone(),
@@ -1343,6 +1500,7 @@ fn new_slot(instr: InstrumentIdx, kind: SlotKind, quantity: Decimal, entry: Deci
         valid: false,
         quantity,
         entry,
+        at: Decimal::ZERO,
         equity: zero_scaled(),
         mm: zero_scaled(),
     }

@@ -593,7 +593,13 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
     // The engine.
     let engine_stop = CancellationToken::new();
     let events_count = Arc::new(AtomicU64::new(0));
+    let index = cfg
+        .engine
+        .distance_index
+        .then(|| crate::distance::DistanceIndex::for_map(&map));
     let engine = Engine {
+        index,
+        wake: Vec::new(),
         map: Arc::clone(&map),
         board: Arc::clone(&board),
         journal: Arc::clone(&journal),
@@ -937,6 +943,10 @@ impl PriceInfo for BoardPrices<'_> {
 }
 
 struct Engine {
+    /// Which accounts a tick may change (`engine.distance_index`); `None` revalues every holder.
+    index: Option<crate::distance::DistanceIndex>,
+    /// Scratch space for the index's wake-up list.
+    wake: Vec<crate::accounts::AccountKey>,
     map: Arc<AccountMap>,
     board: Arc<PriceBoard>,
     journal: Arc<Journal>,
@@ -1030,31 +1040,45 @@ impl Engine {
         woke: std::time::Instant,
     ) {
         touched.clear();
-        let mut oldest_rx = i64::MAX;
-        for (inst, c) in &changed {
-            oldest_rx = oldest_rx.min(c.received_ts);
-            if let Err(error) = self.map.apply_price(inst, c.price, touched) {
-                tracing::warn!(instrument = %inst, %error, "Price not applied");
+        let oldest_rx = changed.iter().map(|(_, c)| c.received_at).min();
+        if let Some(index) = self.index.as_mut() {
+            crate::distance::wake_and_value(
+                &self.map,
+                index,
+                changed.iter().map(|(i, c)| (i, c.price)),
+                &mut self.wake,
+                touched,
+            );
+        } else {
+            for (inst, c) in &changed {
+                if let Err(error) = self.map.apply_price(inst, c.price, touched) {
+                    tracing::warn!(instrument = %inst, %error, "Price not applied");
+                }
             }
+            // An account holding two changed instruments is evaluated once, on its final
+            // totals (the last report of each key: reverse, then a stable sort keeps it first).
+            touched.reverse();
+            touched.sort_by_key(|t| t.key);
+            touched.dedup_by_key(|t| t.key);
         }
         if touched.is_empty() {
             return;
         }
-        // An account holding two changed instruments is evaluated once, on its final totals
-        // (the last report of each key: reverse, then a stable sort keeps it first).
-        touched.reverse();
-        touched.sort_by_key(|t| t.key);
-        touched.dedup_by_key(|t| t.key);
         let now = now_ms();
         let emitted = self
             .monitor
             .evaluate(&self.map, touched, &BoardPrices(&self.board), now);
+        if let Some(index) = self.index.as_mut() {
+            crate::distance::rebuild_touched(&self.map, &self.monitor, index, touched);
+        }
         if emitted.is_empty() {
             return;
         }
         self.commit(emitted, Vec::new()).await;
-        let lat = now_ms().saturating_sub(oldest_rx).max(0) as f64 / 1000.0;
-        metrics::histogram!("liqwatch_engine_tick_to_event_seconds").record(lat);
+        if let Some(rx) = oldest_rx {
+            metrics::histogram!("liqwatch_engine_tick_to_event_seconds")
+                .record(rx.elapsed().as_secs_f64());
+        }
         metrics::histogram!("liqwatch_engine_wake_to_commit_seconds")
             .record(woke.elapsed().as_secs_f64());
     }
@@ -1080,6 +1104,11 @@ impl Engine {
                     &BoardPrices(&self.board),
                     now,
                 ));
+                if let Some(index) = self.index.as_mut() {
+                    for key in self.map.holder_keys(&t.info.instrument) {
+                        index.rebuild(&self.map, &self.monitor, key);
+                    }
+                }
             }
             feed_events.push(ev);
         }
@@ -1157,8 +1186,15 @@ impl Engine {
                     account_id: id.clone(),
                 },
             };
-            if let Err(e) = self.map.apply_update(undo) {
-                tracing::error!(account = %id, error = %e, "Could not undo an update that failed to persist");
+            match self.map.apply_update(undo) {
+                Ok(o) => {
+                    if let Some(index) = self.index.as_mut() {
+                        index.track(&self.map, o.key());
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(account = %id, error = %e, "Could not undo an update that failed to persist");
+                }
             }
             tracing::error!(account = %id, %reason, "Account update not persisted; undone");
             return Err(ApplyError::Persist(reason));
@@ -1174,12 +1210,18 @@ impl Engine {
         }
         let applied = match outcome {
             UpdateOutcome::Created(key) | UpdateOutcome::Updated(key) => {
+                if let Some(index) = self.index.as_mut() {
+                    index.track(&self.map, key);
+                }
                 let emitted = self.monitor.evaluate_account(
                     &self.map,
                     key,
                     &BoardPrices(&self.board),
                     now_ms(),
                 );
+                if let Some(index) = self.index.as_mut() {
+                    index.rebuild(&self.map, &self.monitor, key);
+                }
                 if !emitted.is_empty() {
                     self.commit(emitted, Vec::new()).await;
                 }
@@ -1191,6 +1233,9 @@ impl Engine {
             }
             UpdateOutcome::Removed(key) => {
                 self.monitor.forget(key, &id);
+                if let Some(index) = self.index.as_mut() {
+                    index.forget(key);
+                }
                 if let Some((_, old)) = self.states.remove(&id) {
                     self.state_counts.adjust(&old, -1);
                 }

@@ -193,6 +193,9 @@ pub struct EngineConfig {
     pub thresholds: Thresholds,
     /// Trigger policy on stale prices (default `fire`).
     pub trigger_on_stale: StalePolicy,
+    /// Wake only the accounts a tick can move across a level (`distance_index`, default
+    /// true); false revalues every holder on every tick.
+    pub distance_index: bool,
 }
 
 /// `[accounts]`: where accounts come from.
@@ -375,6 +378,7 @@ struct RawEngine {
     trigger: Option<String>,
     hysteresis: Option<String>,
     trigger_on_stale: Option<String>,
+    distance_index: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1011,6 +1015,7 @@ impl<'a> Cx<'a, '_> {
             instruments,
             thresholds,
             trigger_on_stale,
+            distance_index: raw.distance_index.unwrap_or(true),
         })
     }
 

@@ -19,6 +19,7 @@ pub mod api; // axum router: health, readiness, metrics, accounts, feeds, events
 pub mod app; // wiring only: spawn, channels, supervision, shutdown order
 pub mod config; // TOML config: raw serde structs → validated Config, all errors at once
 pub mod demo; // `liqwatch demo`: replayed crash, sample accounts, readable event lines
+pub mod distance; // distance index: wakes only the accounts a price move can change
 pub mod feeds; // Feed trait, generic socket driver, one adapter per venue
 pub mod ingest; // account sources: update validation, AccountWriter, NATS JetStream consumer
 pub mod inputs; // instrument preset and account snapshot files, with file/line/field errors

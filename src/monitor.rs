@@ -232,6 +232,16 @@ impl PriceInfo for HashMap<InstrumentId, PriceUsed> {
     }
 }
 
+/// Margin ratios between which an account's monitor state stays put (see
+/// [`Monitor::quiet_range`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuietRange {
+    /// The state holds while `ratio ≥ floor` (`None`: no lower bound).
+    pub floor: Option<Decimal>,
+    /// The state holds while `ratio < ceiling` (`None`: no upper bound).
+    pub ceiling: Option<Decimal>,
+}
+
 /// An event with the account's new monitor state, ready for the journal.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Emitted {
@@ -437,7 +447,7 @@ impl Monitor {
         now_ms: TimestampMs,
     ) -> Vec<Emitted> {
         let mut out = Vec::new();
-        if let Some(t) = map.read_key(key, |v| v.as_touched()) {
+        if let Some(t) = map.materialise(key) {
             self.evaluate_one(map, &t, prices, now_ms, &mut out);
         }
         out
@@ -454,7 +464,7 @@ impl Monitor {
         keys.sort_unstable();
         let mut out = Vec::new();
         for k in keys {
-            if let Some(t) = map.read_key(k, |v| v.as_touched()) {
+            if let Some(t) = map.materialise(k) {
                 self.evaluate_one(map, &t, prices, now_ms, &mut out);
             }
         }
@@ -474,11 +484,32 @@ impl Monitor {
         keys.sort_unstable();
         let mut out = Vec::new();
         for k in keys {
-            if let Some(t) = map.read_key(k, |v| v.as_touched()) {
+            if let Some(t) = map.materialise(k) {
                 self.evaluate_one(map, &t, prices, now_ms, &mut out);
             }
         }
         out
+    }
+
+    /// The range of margin ratios in which the account's state cannot change: `ratio ≥ floor`
+    /// (recovery needs strictly below `level − hysteresis` of its rank; `None` when healthy) and
+    /// `ratio < ceiling` (the next level up; `None` when triggered). `None` when the monitor has
+    /// not evaluated the account yet (incomplete, or restored but not seen), so nothing is
+    /// known. The distance index ([`crate::distance`]) turns it into price bands.
+    pub fn quiet_range(&self, map: &AccountMap, key: AccountKey) -> Option<QuietRange> {
+        let slot = self.slots.get(key as usize)?.as_ref()?;
+        let custom = map.read_key(key, |v| v.thresholds().cloned())?;
+        let th = custom.as_ref().unwrap_or(&self.cfg.thresholds);
+        let r = rank_of(&slot.state, th);
+        let floor = if r == 0 {
+            None
+        } else {
+            level_at(th, r).map(|l| l.checked_sub(th.hysteresis).unwrap_or(l))
+        };
+        Some(QuietRange {
+            floor,
+            ceiling: level_at(th, r + 1),
+        })
     }
 
     fn slot_mut(&mut self, map: &AccountMap, key: AccountKey) -> Option<&mut Slot> {

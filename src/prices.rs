@@ -157,6 +157,10 @@ pub struct Composite {
     pub age_ms: i64,
     /// True when no source of the instrument is fresh (the price is the last one known).
     pub stale: bool,
+    /// When the board accepted the newest contributing price (monotonic, µs resolution: the
+    /// start of the engine's tick-to-event latency).
+    #[serde(skip)]
+    pub received_at: Instant,
 }
 
 impl Composite {
@@ -645,6 +649,7 @@ impl PriceBoard {
             received_ts: a.received_ts,
             age_ms: ms(now.saturating_duration_since(a.at)),
             stale,
+            received_at: a.at,
         })
     }
 

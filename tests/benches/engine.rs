@@ -16,6 +16,7 @@ use std::time::Duration;
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use liqwatch::accounts::AccountMap;
+use liqwatch::distance::{self, DistanceIndex};
 use liqwatch::model::{
     Account, AccountUpdate, Fill, Instrument, InstrumentId, InstrumentKind, MarginTier, Position,
     PositionSide, PriceUsed,
@@ -266,6 +267,7 @@ fn engine(c: &mut Criterion) {
             b.iter(|| black_box(mon.evaluate(&m, &out, &info, 0).len()))
         });
         tick_cpu(&m, n, holders);
+        indexed(&m, n);
         if n == 100_000 || sizes().len() == 1 {
             updates(&m, n);
         }
@@ -293,6 +295,98 @@ fn tick_cpu(m: &AccountMap, n: usize, holders: usize) {
             black_box(m.apply_price(&"BTCUSDT-PERP".into(), p, &mut out).unwrap())
         })
     });
+    g.finish();
+}
+
+/// The distance index: build it over the map (monitor evaluation of every account, then a band
+/// each), then ticks through `distance::on_prices` — set the price, wake, value, evaluate and
+/// re-band the woken. Two workloads: a random walk of 0.05 % steps (a busy but normal market:
+/// bands are crossed now and then and rebuilt) and alternating ±1 % jumps.
+fn indexed(m: &AccountMap, n: usize) {
+    let info: HashMap<InstrumentId, PriceUsed> = HashMap::new();
+    let mut mon = Monitor::new(MonitorConfig::default()).unwrap();
+    let mut out = Vec::new();
+    m.apply_price(&"BTCUSDT-PERP".into(), dec!(60000), &mut out)
+        .unwrap();
+    let before = vm_rss_kib();
+    let t0 = std::time::Instant::now();
+    let mut index = DistanceIndex::for_map(m);
+    let _ = mon.evaluate_all(m, &info, 0);
+    for k in m.keys() {
+        index.rebuild(m, &mon, k);
+    }
+    let (tracked, banded) = index.counts();
+    println!(
+        "engine: distance index over {n} accounts built in {:.2?}; {banded} of {tracked} banded; RSS +{} MiB = {:.0} B/account",
+        t0.elapsed(),
+        vm_rss_kib().saturating_sub(before) / 1024,
+        vm_rss_kib().saturating_sub(before) as f64 * 1024.0 / n as f64,
+    );
+    let mut c = Criterion::default()
+        .with_measurement(CpuTime)
+        .configure_from_args()
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
+    let mut g = c.benchmark_group("tick-indexed-cpu");
+    let btc = InstrumentId::from("BTCUSDT-PERP");
+    let (mut wake, mut touched) = (Vec::new(), Vec::new());
+    let mut rng = Lcg(99);
+    let mut price = dec!(60000);
+    let (mut ticks, mut woken, mut events) = (0u64, 0u64, 0u64);
+    g.bench_function(BenchmarkId::new("walk-0.05%", n), |b| {
+        b.iter(|| {
+            let step = if rng.next() % 2 == 0 {
+                dec!(1.0005)
+            } else {
+                dec!(0.9995)
+            };
+            price = (price * step).round_dp(1);
+            let e = distance::on_prices(
+                m,
+                &mut mon,
+                &mut index,
+                [(&btc, price)],
+                &info,
+                0,
+                &mut wake,
+                &mut touched,
+            );
+            ticks += 1;
+            woken += touched.len() as u64;
+            events += e.len() as u64;
+            black_box(e.len())
+        })
+    });
+    println!(
+        "engine: indexed walk over {n} accounts: {ticks} ticks, {:.1} accounts woken per tick, {events} events, final BTC {price}",
+        woken as f64 / ticks.max(1) as f64
+    );
+    let (mut ticks, mut woken) = (0u64, 0u64);
+    let mut flip = false;
+    g.bench_function(BenchmarkId::new("jump-1%", n), |b| {
+        b.iter(|| {
+            flip = !flip;
+            let p = if flip { price * dec!(1.01) } else { price };
+            let e = distance::on_prices(
+                m,
+                &mut mon,
+                &mut index,
+                [(&btc, p.round_dp(1))],
+                &info,
+                0,
+                &mut wake,
+                &mut touched,
+            );
+            ticks += 1;
+            woken += touched.len() as u64;
+            black_box(e.len())
+        })
+    });
+    println!(
+        "engine: indexed ±1 % jumps over {n} accounts: {:.1} accounts woken per tick",
+        woken as f64 / ticks.max(1) as f64
+    );
     g.finish();
 }
 
