@@ -11,38 +11,17 @@ use liqwatch::accounts::{AccountMap, Touched};
 use liqwatch::distance::{self, DistanceIndex};
 use liqwatch::margin;
 use liqwatch::model::{
-    Account, AccountId, AccountUpdate, Fill, Instrument, InstrumentId, InstrumentKind, MarginTier,
-    Position, PositionSide, PriceUsed, RiskEvent, Thresholds,
+    Account, AccountId, AccountUpdate, Fill, Instrument, InstrumentId, InstrumentKind, Position,
+    PositionSide, PriceUsed, RiskEvent, Thresholds,
 };
 use liqwatch::monitor::{Emitted, Monitor, MonitorConfig};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 
-fn tier(floor: Decimal, cap: Decimal, mmr: Decimal, cum: Decimal) -> MarginTier {
-    MarginTier {
-        notional_floor: floor,
-        notional_cap: cap,
-        mmr,
-        cum,
-    }
-}
-
-fn instrument(id: &str, kind: InstrumentKind, underlying: &str) -> Instrument {
-    Instrument {
-        id: id.into(),
-        kind,
-        underlying: underlying.into(),
-        contract_size: Decimal::ONE,
-        tiers: vec![],
-        liquidation_fee_rate: dec!(0.005),
-        collateral_ratio: Decimal::ONE,
-        haircut_tiers: vec![],
-        stable: false,
-        sources: vec![],
-        source_note: None,
-    }
-}
+#[path = "support/engine_fixtures.rs"]
+mod engine_fixtures;
+use engine_fixtures::{instrument, tier};
 
 fn instruments() -> Vec<Instrument> {
     let mut btc = instrument("BTCUSDT-PERP", InstrumentKind::LinearPerpetual, "BTC");
@@ -247,6 +226,15 @@ fn comparable(e: &Emitted) -> (AccountId, String, RiskEvent) {
     (e.account_id.clone(), e.state_json.clone(), ev)
 }
 
+/// One step's events in the order the contract fixes: per account, in emission order. Across
+/// accounts a step's order is not part of the contract (the eager engine emits in touch order,
+/// the index in key order), so a stable sort by account id keeps exactly what must agree.
+fn per_account(events: &[Emitted]) -> Vec<(AccountId, String, RiskEvent)> {
+    let mut v: Vec<_> = events.iter().map(comparable).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
 struct Pair {
     eager_map: AccountMap,
     eager: Monitor,
@@ -299,8 +287,7 @@ impl Pair {
             &mut self.buf,
         );
         self.events += a.len();
-        let a: Vec<_> = a.iter().map(comparable).collect();
-        let b: Vec<_> = b.iter().map(comparable).collect();
+        let (a, b) = (per_account(&a), per_account(&b));
         prop_assert_eq!(a, b, "events after {:?}", changed);
         Ok(())
     }
@@ -320,8 +307,7 @@ impl Pair {
                 .on_update(&self.lazy_map, &ob, &id, &self.info, self.now);
             distance::on_update(&self.lazy_map, &self.lazy, &mut self.index, ob.key());
             self.events += a.len();
-            let a: Vec<_> = a.iter().map(comparable).collect();
-            let b: Vec<_> = b.iter().map(comparable).collect();
+            let (a, b) = (per_account(&a), per_account(&b));
             prop_assert_eq!(a, b, "events after an update of {}", id);
         }
         Ok(())
@@ -381,8 +367,16 @@ impl Pair {
     }
 }
 
+/// 128 cases by default; `PROPTEST_CASES=5000` soaks it.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(128)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     /// Waking only the accounts the index names emits exactly the events of revaluing every
     /// holder on every tick, leaves the same monitor states after every step, and the lazy

@@ -9,36 +9,15 @@ use liqwatch::accounts::AccountMap;
 use liqwatch::margin;
 use liqwatch::model::{
     Account, AccountId, AccountUpdate, Fill, HaircutTier, Instrument, InstrumentId, InstrumentKind,
-    MarginTier, Position, PositionSide,
+    Position, PositionSide,
 };
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 
-fn tier(floor: Decimal, cap: Decimal, mmr: Decimal, cum: Decimal) -> MarginTier {
-    MarginTier {
-        notional_floor: floor,
-        notional_cap: cap,
-        mmr,
-        cum,
-    }
-}
-
-fn instrument(id: &str, kind: InstrumentKind, underlying: &str) -> Instrument {
-    Instrument {
-        id: id.into(),
-        kind,
-        underlying: underlying.into(),
-        contract_size: Decimal::ONE,
-        tiers: vec![],
-        liquidation_fee_rate: dec!(0.005),
-        collateral_ratio: Decimal::ONE,
-        haircut_tiers: vec![],
-        stable: false,
-        sources: vec![],
-        source_note: None,
-    }
-}
+#[path = "support/engine_fixtures.rs"]
+mod engine_fixtures;
+use engine_fixtures::{instrument, tier};
 
 fn instruments() -> Vec<Instrument> {
     let mut btc = instrument("BTCUSDT-PERP", InstrumentKind::LinearPerpetual, "BTC");
