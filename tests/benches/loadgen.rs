@@ -12,6 +12,8 @@
 //! The full run: `cargo bench --bench loadgen -- --accounts 100000 --rate 100000 --secs 10`
 //! (or `LOADGEN_ACCOUNTS`, `LOADGEN_RATE`, `LOADGEN_SECS`). `--batch-max N` (or
 //! `LOADGEN_BATCH_MAX`) sets the webhook sink's `batch_max` (default 1: one event per request).
+//! `--eager` (or `LOADGEN_EAGER=1`) turns the distance index off; `--sync normal` (or
+//! `LOADGEN_SYNC=normal`) sets the journal's SQLite `synchronous` (default `full`).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../support/daemon_env.rs"]
@@ -37,6 +39,10 @@ struct Opts {
     rate: u64,
     secs: u64,
     batch_max: u64,
+    /// `[engine] distance_index` (`--eager` turns it off).
+    index: bool,
+    /// `[journal] synchronous` (`--sync normal`; default `full`).
+    sync: String,
 }
 
 fn opts() -> Opts {
@@ -51,6 +57,8 @@ fn opts() -> Opts {
         rate: env("LOADGEN_RATE", 10_000),
         secs: env("LOADGEN_SECS", 3),
         batch_max: env("LOADGEN_BATCH_MAX", 1),
+        index: std::env::var("LOADGEN_EAGER").is_err(),
+        sync: std::env::var("LOADGEN_SYNC").unwrap_or_else(|_| "full".into()),
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -61,6 +69,12 @@ fn opts() -> Opts {
             ("--rate", Some(v)) => o.rate = v,
             ("--secs", Some(v)) => o.secs = v,
             ("--batch-max", Some(v)) => o.batch_max = v,
+            ("--eager", _) => o.index = false,
+            ("--sync", _) => {
+                if let Some(v) = args.get(i + 1) {
+                    o.sync = v.clone();
+                }
+            }
             _ => {} // `--bench` and other cargo flags
         }
         i += 1;
@@ -97,13 +111,15 @@ fn write_config(
     venue_url: &str,
     hook_url: &str,
     api_port: u16,
-    batch_max: u64,
+    o: &Opts,
 ) -> std::path::PathBuf {
+    let (batch_max, index, sync) = (o.batch_max, o.index, &o.sync);
     let presets = Path::new(env!("CARGO_MANIFEST_DIR")).join("feeds/presets.toml");
     let cfg = format!(
         r#"
 [engine]
 instruments = ["{presets}"]
+distance_index = {index}
 
 [accounts]
 snapshot = "accounts.json"
@@ -120,6 +136,7 @@ stale_after = "1h"
 
 [journal]
 path = "journal.sqlite"
+synchronous = "{sync}"
 
 [[sinks]]
 type = "webhook"
@@ -245,11 +262,11 @@ async fn run(o: Opts) {
     let port = free_port();
     let api = format!("http://127.0.0.1:{port}");
     write_accounts(dir.path(), o.accounts);
-    let cfg = write_config(dir.path(), &venue.url, &hook.url, port, o.batch_max);
+    let cfg = write_config(dir.path(), &venue.url, &hook.url, port, &o);
     let client = http_client();
     println!(
-        "loadgen: {} accounts (+{PROBES} probes), {} frames/s offered for {} s, webhook batch_max {}",
-        o.accounts, o.rate, o.secs, o.batch_max
+        "loadgen: {} accounts (+{PROBES} probes), {} frames/s offered for {} s, webhook batch_max {}, distance index {}, journal synchronous {}",
+        o.accounts, o.rate, o.secs, o.batch_max, o.index, o.sync
     );
 
     let started = Instant::now();
