@@ -12,42 +12,16 @@ use std::collections::HashMap;
 use liqwatch::accounts::AccountMap;
 use liqwatch::model::{
     Account, AccountUpdate, EventKind, FeedEventInfo, Instrument, InstrumentId, InstrumentKind,
-    MarginTier, PriceUsed, RiskEvent, Venue,
+    PriceUsed, RiskEvent, Venue,
 };
 use liqwatch::monitor::{Monitor, MonitorConfig, feed_event};
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 use uuid::Uuid;
 
-fn tier(floor: Decimal, cap: Decimal, mmr: Decimal, cum: Decimal) -> MarginTier {
-    MarginTier {
-        notional_floor: floor,
-        notional_cap: cap,
-        mmr,
-        cum,
-    }
-}
-
-fn instrument(
-    id: &str,
-    kind: InstrumentKind,
-    underlying: &str,
-    tiers: Vec<MarginTier>,
-) -> Instrument {
-    Instrument {
-        id: id.into(),
-        kind,
-        underlying: underlying.into(),
-        contract_size: Decimal::ONE,
-        tiers,
-        liquidation_fee_rate: dec!(0.005),
-        collateral_ratio: Decimal::ONE,
-        haircut_tiers: vec![],
-        stable: false,
-        sources: vec![],
-        source_note: None,
-    }
-}
+#[path = "support/engine_fixtures.rs"]
+mod engine_fixtures;
+use engine_fixtures::{tier, tiered as instrument};
 
 /// Binance BTC/ETH/SOL USDT-perpetual tiers of margin-math §2.1 (the rows W3–W4 use), USDT and
 /// BTC collateral at 0.95.

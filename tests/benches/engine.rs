@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
+#[path = "../support/engine_fixtures.rs"]
+mod engine_fixtures;
+
 use liqwatch::accounts::AccountMap;
 use liqwatch::distance::{self, DistanceIndex};
 use liqwatch::model::{
@@ -37,19 +40,8 @@ fn tiers(rows: &[(i64, i64, &str, i64)]) -> Vec<MarginTier> {
 }
 
 fn perp(id: &str, t: Vec<MarginTier>) -> Instrument {
-    Instrument {
-        id: id.into(),
-        kind: InstrumentKind::LinearPerpetual,
-        underlying: id.trim_end_matches("USDT-PERP").into(),
-        contract_size: Decimal::ONE,
-        tiers: t,
-        liquidation_fee_rate: dec!(0.005),
-        collateral_ratio: Decimal::ONE,
-        haircut_tiers: vec![],
-        stable: false,
-        sources: vec![],
-        source_note: None,
-    }
+    let underlying = id.trim_end_matches("USDT-PERP");
+    engine_fixtures::tiered(id, InstrumentKind::LinearPerpetual, underlying, t)
 }
 
 /// (instrument, price) of the 10 perps; BTC/ETH/SOL with Binance's published tiers.

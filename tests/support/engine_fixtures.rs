@@ -31,3 +31,16 @@ pub fn instrument(id: &str, kind: InstrumentKind, underlying: &str) -> Instrumen
         source_note: None,
     }
 }
+
+/// [`instrument`] with maintenance-margin brackets.
+pub fn tiered(
+    id: &str,
+    kind: InstrumentKind,
+    underlying: &str,
+    tiers: Vec<MarginTier>,
+) -> Instrument {
+    Instrument {
+        tiers,
+        ..instrument(id, kind, underlying)
+    }
+}
