@@ -1,32 +1,43 @@
 //! liqwatch — a daemon that watches cross-margin accounts and warns before the whole portfolio
 //! is liquidated.
 //!
+//! The modules are named after the stages of the pipeline, and imports follow the data:
+//!
 //! ```text
-//!  exchange WebSockets ──PriceTick──▶ price board ──latest price──▶ account map (DashMap)
-//!  (feeds::*)                         (prices)                      incremental revaluation
-//!                                                                   (accounts, margin)
-//!  account sources ──AccountUpdate──────────────────────────────▶  threshold monitor (monitor)
-//!                                                                        │ RiskEvent
-//!                                                                        ▼
-//!                                                    event journal, SQLite WAL (journal)
-//!                                                                        │ one cursor per sink
-//!                                                     stdout · jsonl · webhook · NATS (sinks)
+//!  exchange WebSockets                          account sources (sources)
+//!  (feeds: binance-usdm, bybit, okx,            snapshot file · HTTP API · NATS JetStream
+//!   deribit, hyperliquid, replay)                       │ AccountUpdate (validated once)
+//!        │ PriceTick                                    ▼
+//!        ▼                                 ┌─────────────────────────────────────────┐
+//!  ┌──────────────┐  latest price per      │ engine::Engine — one synchronous step    │
+//!  │ price board  │──instrument, coalesced─▶│  map: accounts + instrument → holders    │
+//!  │ (prices)     │  never blocks a feed   │  index: wakes only accounts a move can   │
+//!  │ staleness,   │                        │         carry across a level             │
+//!  │ sanity holds │                        │  monitor: levels, hysteresis, events     │
+//!  └──────────────┘                        │  margin: exact Decimal (+ i128 fast path)│
+//!                                          └───────────────────┬─────────────────────┘
+//!                                                              │ RiskEvent
+//!                                                              ▼
+//!                                          journal: SQLite WAL, durable before anyone is told
+//!                                                              │ one cursor per sink
+//!                                 sinks: stdout · jsonl · webhook (generic, Slack, Discord,
+//!                                        PagerDuty) · NATS JetStream
 //! ```
 //!
-//! One line per module:
-pub mod accounts; // account map over DashMap + instrument → holders index, incremental caches
+//! Beside the pipeline: `api` (HTTP: health, readiness, metrics, accounts, feeds, events),
+//! `config` (composes each component's own config type), `cli` (run, demo, stress,
+//! check-config), `runtime` (backoff, task tracking, telemetry) and `app` (wiring only).
+
 pub mod api; // axum router: health, readiness, metrics, accounts, feeds, events
 pub mod app; // wiring only: spawn, channels, supervision, shutdown order
+pub mod cli; // commands other than the daemon: demo, stress, check-config
 pub mod config; // TOML config: raw serde structs → validated Config, all errors at once
-pub mod demo; // `liqwatch demo`: replayed crash, sample accounts, readable event lines
-pub mod distance; // distance index: wakes only the accounts a price move can change
-pub mod feeds; // Feed trait, generic socket driver, one adapter per venue
-pub mod ingest; // account sources: update validation, AccountWriter, NATS JetStream consumer
-pub mod inputs; // instrument preset and account snapshot files, with file/line/field errors
+pub mod engine; // the one synchronous engine: account map, monitor, distance index
+pub mod feeds; // Feed trait, generic socket driver, one adapter per venue, replay
 pub mod journal; // SQLite event journal, sink cursors, monitor state, accounts store
 pub mod margin; // pure Decimal margin model
 pub mod model; // core types: Instrument, PriceTick, Account, RiskSnapshot, RiskEvent
-pub mod monitor; // thresholds, hysteresis, event creation
 pub mod prices; // price board: latest per instrument and venue, composite, staleness, sanity
+pub mod runtime; // backoff, task tracking, signals, logging and metrics set-up
 pub mod sinks; // Sink trait, generic delivery driver, stdout/jsonl/webhook/nats
-pub mod stress; // `liqwatch stress`: scenario shocks over accounts from files
+pub mod sources; // account input: validation, files, the HTTP/NATS writer contract

@@ -33,14 +33,14 @@ enum Command {
         config: PathBuf,
     },
     /// Replay the 2021-05-19 crash against sample accounts, with no network and no config.
-    Demo(liqwatch::demo::DemoArgs),
+    Demo(liqwatch::cli::demo::DemoArgs),
     /// Validate a config file and exit: 0 valid, 2 invalid (every problem is listed).
     CheckConfig {
         /// The TOML config file.
         file: PathBuf,
     },
     /// Apply price shocks to accounts from files and print their risk.
-    Stress(liqwatch::stress::StressArgs),
+    Stress(liqwatch::cli::stress::StressArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,8 +53,8 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Stress(args) => liqwatch::stress::main(args),
-        Command::CheckConfig { file } => match app::check_config(&file) {
+        Command::Stress(args) => liqwatch::cli::stress::main(args),
+        Command::CheckConfig { file } => match liqwatch::cli::check::check_config(&file) {
             Ok(summary) => {
                 println!("{}: OK\n{summary}", file.display());
                 ExitCode::SUCCESS
@@ -86,7 +86,7 @@ fn main() -> ExitCode {
                 eprintln!("cannot set up logging: {e}");
                 return ExitCode::from(2);
             }
-            exit(liqwatch::demo::main(args))
+            exit(liqwatch::cli::demo::main(args))
         }
     }
 }

@@ -387,6 +387,80 @@ impl Default for Thresholds {
     }
 }
 
+/// A rule an account or its levels break: the field (a path relative to the object checked,
+/// e.g. `positions[1].entry_price`) and what to fix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The field, relative to the object checked.
+    pub field: String,
+    /// What is wrong, in words a person can act on.
+    pub message: String,
+}
+
+impl Problem {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl Thresholds {
+    /// Every rule the levels break: trigger > 0, hysteresis ≥ 0, warning levels > 0, strictly
+    /// ascending and below the trigger. The one set of rules for the config, account files, the
+    /// HTTP API, NATS and the account map.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if self.trigger <= Decimal::ZERO {
+            out.push(Problem::new(
+                "trigger",
+                format!("the trigger level must be > 0, got {}", self.trigger),
+            ));
+        }
+        if self.hysteresis < Decimal::ZERO {
+            out.push(Problem::new(
+                "hysteresis",
+                format!("hysteresis must be ≥ 0, got {}", self.hysteresis),
+            ));
+        }
+        let mut previous: Option<Decimal> = None;
+        for (i, level) in self.warning_levels.iter().enumerate() {
+            let field = format!("warning_levels[{i}]");
+            if *level <= Decimal::ZERO || *level >= self.trigger {
+                out.push(Problem::new(
+                    field,
+                    format!(
+                        "warning level {level} must be > 0 and below the trigger {}",
+                        self.trigger
+                    ),
+                ));
+            } else if previous.is_some_and(|p| *level <= p) {
+                out.push(Problem::new(
+                    field,
+                    "warning levels must be strictly ascending",
+                ));
+            }
+            previous = Some(*level);
+        }
+        out
+    }
+
+    /// `Ok` when [`Thresholds::problems`] finds none; otherwise the first, as text.
+    pub fn validate(&self) -> Result<(), String> {
+        match self.problems().into_iter().next() {
+            None => Ok(()),
+            Some(p) => Err(p.to_string()),
+        }
+    }
+}
+
 /// A cross-margin account.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -402,6 +476,57 @@ pub struct Account {
     /// Optional per-account levels overriding the configured defaults.
     #[serde(default)]
     pub thresholds: Option<Thresholds>,
+}
+
+impl Account {
+    /// Every rule the account breaks that needs no instrument table: a hedge-mode long leg has
+    /// quantity ≥ 0 and a short leg ≤ 0; an open leg has an entry price > 0 (a flat one ≥ 0);
+    /// at most one position per instrument and side; its own levels follow
+    /// [`Thresholds::problems`]. The one set of rules for account files, the HTTP API, NATS and
+    /// the account map.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, p) in self.positions.iter().enumerate() {
+            let at = format!("positions[{i}]");
+            match p.side {
+                PositionSide::Long if p.quantity < Decimal::ZERO => out.push(Problem::new(
+                    format!("{at}.quantity"),
+                    format!("a hedge-mode long leg has quantity ≥ 0, got {}", p.quantity),
+                )),
+                PositionSide::Short if p.quantity > Decimal::ZERO => out.push(Problem::new(
+                    format!("{at}.quantity"),
+                    format!(
+                        "a hedge-mode short leg has quantity ≤ 0, got {}",
+                        p.quantity
+                    ),
+                )),
+                _ => {}
+            }
+            if p.entry_price < Decimal::ZERO || (!p.quantity.is_zero() && p.entry_price.is_zero()) {
+                out.push(Problem::new(
+                    format!("{at}.entry_price"),
+                    format!("entry price must be positive, got {}", p.entry_price),
+                ));
+            }
+            if !seen.insert((p.instrument.clone(), p.side)) {
+                out.push(Problem::new(
+                    format!("{at}.instrument"),
+                    format!(
+                        "duplicate position for {:?} side {:?}: at most one per instrument and side",
+                        p.instrument, p.side
+                    ),
+                ));
+            }
+        }
+        if let Some(t) = &self.thresholds {
+            out.extend(t.problems().into_iter().map(|p| Problem {
+                field: format!("thresholds.{}", p.field),
+                message: p.message,
+            }));
+        }
+        out
+    }
 }
 
 /// A trade that changes one position (and the settlement balance by realised PnL and fee).

@@ -478,7 +478,7 @@ pub fn routes_for(instruments: &[Instrument]) -> HashMap<Venue, SymbolRoutes> {
 
 /// Tracks every routed instrument on the board and registers each venue of the replay in
 /// `registry` (so `GET /feeds` lists its instruments, prices, ages and staleness at once).
-fn prepare(
+pub fn prepare(
     instruments: &[Instrument],
     board: &PriceBoard,
     registry: &FeedRegistry,
@@ -529,7 +529,8 @@ pub fn spawn_replay(
     )
 }
 
-async fn play_routed(
+/// Plays `path` into the board through routes from [`prepare`].
+pub async fn play_routed(
     path: &Path,
     opts: &ReplayOptions,
     routes: HashMap<Venue, SymbolRoutes>,

@@ -29,19 +29,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::journal::{Backoff, Journal, JournalError, JournalHandle};
+use crate::journal::{Journal, JournalError, JournalHandle};
 use crate::model::{AccountId, EventKind, RiskEvent, TimestampMs, now_ms};
+use crate::runtime::Backoff;
 
-/// One journaled event as a sink sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JournalEntry {
-    /// Position in the journal (monotonic, gap-free per journal).
-    pub seq: u64,
-    /// The event.
-    pub event: RiskEvent,
-    /// The event's canonical JSON, exactly as journaled.
-    pub json: String,
-}
+pub use crate::journal::JournalEntry;
 
 /// Why a delivery failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -103,15 +95,6 @@ pub enum Severity {
 }
 
 impl Severity {
-    /// The severity for a numeric level (0 info, 1 warning, 2 and above critical).
-    pub fn from_level(level: u8) -> Severity {
-        match level {
-            0 => Severity::Info,
-            1 => Severity::Warning,
-            _ => Severity::Critical,
-        }
-    }
-
     /// The numeric level compared with [`EventKind::severity`].
     pub fn level(self) -> u8 {
         match self {
@@ -160,16 +143,6 @@ impl SinkFilter {
         match &event.account_id {
             Some(a) if !self.accounts.is_empty() => self.accounts.contains(a),
             _ => true,
-        }
-    }
-}
-
-impl From<&crate::config::FilterConfig> for SinkFilter {
-    fn from(f: &crate::config::FilterConfig) -> Self {
-        SinkFilter {
-            kinds: f.kinds.iter().copied().collect(),
-            min_severity: Severity::from_level(f.min_severity),
-            accounts: f.accounts.iter().cloned().collect(),
         }
     }
 }
@@ -684,20 +657,6 @@ mod tests {
         assert_eq!(t.delivery.drain_grace, DriverOptions::default().drain_grace);
         assert!(toml::from_str::<SinkFilter>("kind = []").is_err());
         assert!(toml::from_str::<SinkFilter>("min_severity = \"loud\"").is_err());
-    }
-
-    /// The daemon's parsed filter converts without losing anything.
-    #[test]
-    fn from_config_filter() {
-        let f = SinkFilter::from(&crate::config::FilterConfig {
-            kinds: vec![EventKind::LiquidationTrigger],
-            min_severity: 1,
-            accounts: vec![AccountId::from("a1")],
-        });
-        assert_eq!(f.kinds, BTreeSet::from([EventKind::LiquidationTrigger]));
-        assert_eq!(f.min_severity, Severity::Warning);
-        assert_eq!(f.accounts, BTreeSet::from([AccountId::from("a1")]));
-        assert_eq!(Severity::from_level(7), Severity::Critical);
     }
 
     /// The filter matches on kind, severity and account; feed events pass the account test.

@@ -24,15 +24,6 @@ pub enum LineFormat {
     Text,
 }
 
-impl From<crate::config::StdoutFormat> for LineFormat {
-    fn from(f: crate::config::StdoutFormat) -> Self {
-        match f {
-            crate::config::StdoutFormat::Json => LineFormat::Json,
-            crate::config::StdoutFormat::Text => LineFormat::Text,
-        }
-    }
-}
-
 /// One readable line for `event` (no newline).
 pub fn text_line(event: &RiskEvent) -> String {
     use std::fmt::Write as _;

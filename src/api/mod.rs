@@ -46,18 +46,18 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::ingest::{
-    AccountWriter, Applied, ApplyError, FieldError, UpdateOrigin, count_update, parse_json,
-    validate_account, validate_fill,
-};
+use crate::journal::JournalEntry;
 use crate::model::{
     Account, AccountId, AccountState, AccountUpdate, Fill, InstrumentId, PriceUsed, RiskSnapshot,
     TimestampMs, Venue,
 };
-use crate::sinks::JournalEntry;
+use crate::sources::{
+    AccountWriter, Applied, ApplyError, FieldError, UpdateOrigin, count_update, parse_json,
+    validate_account, validate_fill,
+};
 
 /// The OpenAPI 3.1 description served at `GET /openapi.json`.
-pub const OPENAPI_JSON: &str = include_str!("api/openapi.json");
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
 
 /// Default request body limit (1 MiB); larger bodies get 413.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;

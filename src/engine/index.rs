@@ -19,7 +19,7 @@
 //! - collateral: `|ΔE| ≤ |haircut amount|·|Δp|`; stablecoins never move.
 //!
 //! The monitor's state holds while the ratio stays in its quiet range `[floor, ceiling)`
-//! ([`crate::monitor::Monitor::quiet_range`]). For the ceiling `U` the state is safe while
+//! ([`crate::engine::monitor::Monitor::quiet_range`]). For the ceiling `U` the state is safe while
 //! `U·E − MM > 0`; that slack shrinks by at most `Σᵢ (U·aᵢ + bᵢ)·|Δpᵢ| + Σ J`. For the floor `D`
 //! the slack is `MM − D·E`. Sharing the slack as one fractional move `δ` for every price,
 //! `δ = slack / Σᵢ (L·aᵢ + bᵢ)·pᵢ` (the smaller over both sides), no state change is possible
@@ -48,12 +48,12 @@ use std::collections::BTreeSet;
 
 use rust_decimal::{Decimal, RoundingStrategy};
 
-use crate::accounts::{
+use crate::engine::map::{
     AccountKey, AccountMap, AccountView, InstrumentIdx, InstrumentTable, SlotValuation, Touched,
 };
+use crate::engine::monitor::{Emitted, Monitor, PriceInfo, QuietRange};
 use crate::margin;
 use crate::model::{Instrument, InstrumentId, MarginTier, TimestampMs};
-use crate::monitor::{Emitted, Monitor, PriceInfo, QuietRange};
 
 /// The largest fractional move a band allows, whatever the slack.
 pub const MAX_MOVE: Decimal = Decimal::from_parts(5, 0, 0, false, 1);

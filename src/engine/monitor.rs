@@ -42,43 +42,12 @@ use std::collections::{BTreeSet, HashMap};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::accounts::{AccountKey, AccountMap, Touched, UpdateOutcome};
+use crate::engine::map::{AccountKey, AccountMap, Touched, UpdateOutcome};
 use crate::margin;
 use crate::model::{
     AccountId, AccountState, EventKind, FeedEventInfo, InstrumentId, MarginRatio, PriceUsed,
     RiskEvent, Thresholds, TimestampMs, format_rfc3339_ms,
 };
-
-/// Checks that levels are usable: ascending positive warnings, trigger above them, hysteresis
-/// ≥ 0. The message says what to fix.
-pub fn validate_thresholds(t: &Thresholds) -> Result<(), String> {
-    if t.hysteresis < Decimal::ZERO {
-        return Err(format!("hysteresis must be ≥ 0, got {}", t.hysteresis));
-    }
-    if t.trigger <= Decimal::ZERO {
-        return Err(format!("trigger must be > 0, got {}", t.trigger));
-    }
-    let mut prev: Option<Decimal> = None;
-    for w in &t.warning_levels {
-        if *w <= Decimal::ZERO {
-            return Err(format!("warning level must be > 0, got {w}"));
-        }
-        if prev.is_some_and(|p| *w <= p) {
-            return Err(format!(
-                "warning levels must be strictly ascending: {:?}",
-                t.warning_levels
-            ));
-        }
-        prev = Some(*w);
-    }
-    if prev.is_some_and(|p| p >= t.trigger) {
-        return Err(format!(
-            "every warning level must be below the trigger {}",
-            t.trigger
-        ));
-    }
-    Ok(())
-}
 
 /// What to do with a trigger computed from a stale price.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -283,7 +252,7 @@ pub struct Monitor {
 impl Monitor {
     /// A monitor with no account state. Errors when the default levels are malformed.
     pub fn new(cfg: MonitorConfig) -> Result<Self, String> {
-        validate_thresholds(&cfg.thresholds)?;
+        cfg.thresholds.validate()?;
         let first = cfg
             .thresholds
             .warning_levels
@@ -495,7 +464,7 @@ impl Monitor {
     /// (recovery needs strictly below `level − hysteresis` of its rank; `None` when healthy) and
     /// `ratio < ceiling` (the next level up; `None` when triggered). `None` when the monitor has
     /// not evaluated the account yet (incomplete, or restored but not seen), so nothing is
-    /// known. The distance index ([`crate::distance`]) turns it into price bands.
+    /// known. The distance index ([`crate::engine::index`]) turns it into price bands.
     pub fn quiet_range(&self, map: &AccountMap, key: AccountKey) -> Option<QuietRange> {
         let slot = self.slots.get(key as usize)?.as_ref()?;
         let custom = map.read_key(key, |v| v.thresholds().cloned())?;
@@ -656,7 +625,7 @@ impl Monitor {
 fn prices_used(
     map: &AccountMap,
     account: &crate::model::Account,
-    engine: &crate::accounts::PriceSnapshot,
+    engine: &crate::engine::map::PriceSnapshot,
     info: &dyn PriceInfo,
     now_ms: TimestampMs,
 ) -> Vec<PriceUsed> {
@@ -897,16 +866,16 @@ mod tests {
     /// Malformed thresholds are refused with a message.
     #[test]
     fn thresholds_validation() {
-        assert!(validate_thresholds(&Thresholds::default()).is_ok());
+        assert!(Thresholds::default().validate().is_ok());
         for bad in [
             th(&[dec!(0.8), dec!(0.7)], dec!(1), dec!(0.05)),
             th(&[dec!(0.8)], dec!(0.8), dec!(0.05)),
             th(&[dec!(0.8)], dec!(1), dec!(-0.01)),
             th(&[dec!(0)], dec!(1), dec!(0)),
         ] {
-            assert!(validate_thresholds(&bad).is_err(), "{bad:?}");
+            assert!(bad.validate().is_err(), "{bad:?}");
         }
-        assert!(validate_thresholds(&th(&[], dec!(1), dec!(0))).is_ok());
+        assert!(th(&[], dec!(1), dec!(0)).validate().is_ok());
     }
 
     /// The persisted state is flat JSON and round-trips.
@@ -929,7 +898,7 @@ mod tests {
 
     mod with_map {
         use super::*;
-        use crate::accounts::tests::{w3_account, w3_instruments};
+        use crate::engine::map::tests::{w3_account, w3_instruments};
         use crate::model::{AccountUpdate, Venue};
 
         const NOW: TimestampMs = 1_621_428_600_000;

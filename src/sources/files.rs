@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use crate::model::{Account, Instrument, InstrumentId, InstrumentKind, PositionSide};
+use crate::model::{Account, Instrument, InstrumentId, InstrumentKind};
 
 /// An input file that cannot be used, with where and why.
 #[derive(Debug, thiserror::Error)]
@@ -707,59 +707,9 @@ fn check_accounts(path: &Path, accounts: &[LocatedAccount]) -> Result<(), InputE
                 ),
             ));
         }
-        let mut legs = HashSet::new();
-        for (k, p) in a.positions.iter().enumerate() {
-            let f = format!("accounts[{n}].positions[{k}]");
-            if !legs.insert((p.instrument.clone(), p.side)) {
-                return Err(here(
-                    f,
-                    format!(
-                        "a second {:?} position on {} (at most one per instrument and side)",
-                        p.side, p.instrument
-                    ),
-                ));
-            }
-            match p.side {
-                PositionSide::Long if p.quantity < Decimal::ZERO => {
-                    return Err(here(
-                        format!("{f}.quantity"),
-                        format!(
-                            "a hedge-mode long leg needs quantity >= 0, got {}",
-                            p.quantity
-                        ),
-                    ));
-                }
-                PositionSide::Short if p.quantity > Decimal::ZERO => {
-                    return Err(here(
-                        format!("{f}.quantity"),
-                        format!(
-                            "a hedge-mode short leg needs quantity <= 0, got {}",
-                            p.quantity
-                        ),
-                    ));
-                }
-                _ => {}
-            }
-            if p.entry_price < Decimal::ZERO {
-                return Err(here(
-                    format!("{f}.entry_price"),
-                    format!("must not be negative, got {}", p.entry_price),
-                ));
-            }
-        }
-        if let Some(t) = &a.thresholds {
-            let sorted = t.warning_levels.windows(2).all(|w| w[0] < w[1]);
-            let below = t
-                .warning_levels
-                .iter()
-                .all(|l| *l > Decimal::ZERO && *l < t.trigger);
-            if !sorted || !below || t.hysteresis < Decimal::ZERO {
-                return Err(here(
-                    format!("accounts[{n}].thresholds"),
-                    "warning levels must be ascending, positive and below the trigger; hysteresis >= 0"
-                        .into(),
-                ));
-            }
+        // The rules every path shares (files, HTTP, NATS, the map): `Account::problems`.
+        if let Some(p) = a.problems().into_iter().next() {
+            return Err(here(format!("accounts[{n}].{}", p.field), p.message));
         }
     }
     Ok(())

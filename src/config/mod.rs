@@ -33,17 +33,18 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeString, DeTable, DeValue, ValueDeserializer};
 
+use crate::engine::monitor::StalePolicy;
 use crate::feeds::replay::ReplaySpeed;
-use crate::ingest::{NatsIngestConfig, Shard};
 use crate::journal::Synchronous;
 use crate::model::{Thresholds, Venue};
-use crate::monitor::StalePolicy;
 use crate::prices::PriceBoardConfig;
+pub use crate::runtime::telemetry::LogFormat;
 use crate::sinks::SinkFilter;
 use crate::sinks::jsonl::JsonlSinkConfig;
 use crate::sinks::nats::{NatsConfig, NatsSettings};
 use crate::sinks::stdout::StdoutSinkConfig;
 use crate::sinks::webhook::{WebhookConfig, WebhookSettings};
+use crate::sources::{NatsIngestConfig, Shard};
 
 // ---------------------------------------------------------------------------------------------
 // Errors
@@ -305,27 +306,6 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
 }
 
-/// Log line format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum LogFormat {
-    /// Human-readable (default).
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-impl LogFormat {
-    /// Parses `text` / `json`.
-    pub fn parse(s: &str) -> Option<LogFormat> {
-        match s {
-            "text" => Some(LogFormat::Text),
-            "json" => Some(LogFormat::Json),
-            _ => None,
-        }
-    }
-}
-
 /// `[log]`.
 #[derive(Clone, Debug)]
 pub struct LogConfig {
@@ -340,27 +320,6 @@ pub struct LogConfig {
 pub struct ShutdownConfig {
     /// How long sinks may drain after a signal before the daemon exits anyway.
     pub grace: Duration,
-}
-
-/// Line format of the stdout sink in plain terms (`sinks::stdout::LineFormat` converts from it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StdoutFormat {
-    /// One JSON object per line.
-    Json,
-    /// One readable line per event.
-    Text,
-}
-
-/// A sink filter in plain terms (`sinks::SinkFilter` converts from it); the file uses
-/// `filter = { kinds = [...], min_severity = "warning", accounts = [...] }`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FilterConfig {
-    /// Only these kinds (empty = all).
-    pub kinds: Vec<crate::model::EventKind>,
-    /// Minimum severity (0 recovered/restored, 1 warning/stale, 2 trigger).
-    pub min_severity: u8,
-    /// Only these accounts (empty = all; feed events always pass).
-    pub accounts: Vec<crate::model::AccountId>,
 }
 
 /// Default API listen address.
@@ -990,7 +949,7 @@ impl<'a> Cx<'a, '_> {
             trigger,
             hysteresis,
         };
-        if let Err(msg) = crate::monitor::validate_thresholds(&thresholds) {
+        if let Err(msg) = thresholds.validate() {
             let key = if msg.contains("hysteresis") {
                 "hysteresis"
             } else if msg.contains("trigger") && !msg.contains("warning") {

@@ -20,7 +20,8 @@
 //! tracker.spawn(ingest.run(backend.clone(), cancel.clone()));
 //! ```
 
-use std::collections::BTreeSet;
+pub mod files; // instrument presets, account snapshots, price sets, scenarios
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,9 +33,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::model::{
-    Account, AccountId, AccountUpdate, Fill, InstrumentId, InstrumentKind, PositionSide, Thresholds,
-};
+use crate::model::{Account, AccountId, AccountUpdate, Fill, InstrumentId, InstrumentKind};
 
 /// Where an update came from; lets the writer de-duplicate redeliveries (a NATS message is
 /// redelivered if the process dies between applying it and acking it).
@@ -250,73 +249,13 @@ fn validate_account_into(
         let field = format!("{}.{}", join(prefix, "collateral"), asset);
         check_collateral_asset(asset, field, kind_of, errors);
     }
-    let mut seen = BTreeSet::new();
     for (i, p) in account.positions.iter().enumerate() {
         let at = join(prefix, &format!("positions[{i}]"));
         check_contract(&p.instrument, join(&at, "instrument"), kind_of, errors);
-        if p.entry_price <= Decimal::ZERO {
-            errors.push(FieldError::invalid(
-                join(&at, "entry_price"),
-                format!("entry price must be positive, got {}", p.entry_price),
-            ));
-        }
-        match p.side {
-            PositionSide::Long if p.quantity < Decimal::ZERO => errors.push(FieldError::invalid(
-                join(&at, "quantity"),
-                "a hedge-mode long leg has quantity ≥ 0",
-            )),
-            PositionSide::Short if p.quantity > Decimal::ZERO => errors.push(FieldError::invalid(
-                join(&at, "quantity"),
-                "a hedge-mode short leg has quantity ≤ 0",
-            )),
-            _ => {}
-        }
-        if !seen.insert((p.instrument.clone(), p.side)) {
-            errors.push(FieldError::invalid(
-                join(&at, "instrument"),
-                format!(
-                    "duplicate position for {:?} side {:?}: at most one per instrument and side",
-                    p.instrument, p.side
-                ),
-            ));
-        }
     }
-    if let Some(t) = &account.thresholds {
-        validate_thresholds(t, &join(prefix, "thresholds"), errors);
-    }
-}
-
-fn validate_thresholds(t: &Thresholds, prefix: &str, errors: &mut Vec<FieldError>) {
-    if t.trigger <= Decimal::ZERO {
-        errors.push(FieldError::invalid(
-            join(prefix, "trigger"),
-            "the trigger level must be positive",
-        ));
-    }
-    if t.hysteresis < Decimal::ZERO {
-        errors.push(FieldError::invalid(
-            join(prefix, "hysteresis"),
-            "hysteresis must be ≥ 0",
-        ));
-    }
-    let mut previous: Option<Decimal> = None;
-    for (i, level) in t.warning_levels.iter().enumerate() {
-        let field = join(prefix, &format!("warning_levels[{i}]"));
-        if *level <= Decimal::ZERO || *level >= t.trigger {
-            errors.push(FieldError::invalid(
-                field,
-                format!(
-                    "warning level {level} must be > 0 and below the trigger {}",
-                    t.trigger
-                ),
-            ));
-        } else if previous.is_some_and(|p| *level <= p) {
-            errors.push(FieldError::invalid(
-                field,
-                "warning levels must be strictly ascending",
-            ));
-        }
-        previous = Some(*level);
+    // The rules every path shares (files, HTTP, NATS, the map): `Account::problems`.
+    for p in account.problems() {
+        errors.push(FieldError::invalid(join(prefix, &p.field), p.message));
     }
 }
 

@@ -37,35 +37,38 @@ pub struct DemoArgs {
 
 /// The files the demo needs, compiled in: (path under the temporary directory, contents).
 const FILES: &[(&str, &str)] = &[
-    ("feeds/presets.toml", include_str!("../feeds/presets.toml")),
+    (
+        "feeds/presets.toml",
+        include_str!("../../feeds/presets.toml"),
+    ),
     (
         "feeds/binance-usdm/instruments.toml",
-        include_str!("../feeds/binance-usdm/instruments.toml"),
+        include_str!("../../feeds/binance-usdm/instruments.toml"),
     ),
     (
         "feeds/binance-coinm/instruments.toml",
-        include_str!("../feeds/binance-coinm/instruments.toml"),
+        include_str!("../../feeds/binance-coinm/instruments.toml"),
     ),
     (
         "feeds/bybit-linear/instruments.toml",
-        include_str!("../feeds/bybit-linear/instruments.toml"),
+        include_str!("../../feeds/bybit-linear/instruments.toml"),
     ),
     (
         "feeds/hyperliquid/instruments.toml",
-        include_str!("../feeds/hyperliquid/instruments.toml"),
+        include_str!("../../feeds/hyperliquid/instruments.toml"),
     ),
     (
         "feeds/demo/accounts.json",
-        include_str!("../feeds/demo/accounts.json"),
+        include_str!("../../feeds/demo/accounts.json"),
     ),
     (
         "feeds/replay/crash-2021-05-19.jsonl",
-        include_str!("../feeds/replay/crash-2021-05-19.jsonl"),
+        include_str!("../../feeds/replay/crash-2021-05-19.jsonl"),
     ),
 ];
 
 /// The demo's config (also usable as `liqwatch run --config feeds/demo/liqwatch.toml`).
-const CONFIG: &str = include_str!("../feeds/demo/liqwatch.toml");
+const CONFIG: &str = include_str!("../../feeds/demo/liqwatch.toml");
 
 /// A temporary directory removed on drop.
 struct TempDir(PathBuf);
@@ -133,7 +136,8 @@ pub fn main(args: DemoArgs) -> Result<(), AppError> {
     let started = std::time::Instant::now();
     let report = rt.block_on(async move {
         let cancel = CancellationToken::new();
-        crate::app::spawn_signal_watcher(cancel.clone())?;
+        crate::runtime::telemetry::spawn_signal_watcher(cancel.clone())
+            .map_err(AppError::Startup)?;
         crate::app::run(
             cfg,
             RunOptions {

@@ -17,7 +17,7 @@
 //! only records a new engine price; [`AccountMap::materialise`] revalues the slots of one
 //! account whose price moved since (exactly as a tick would have), so an account's caches
 //! always equal a recomputation at the prices its slots were valued at, and at the current
-//! prices once materialised. The distance index ([`crate::distance`]) uses this to revalue only
+//! prices once materialised. The distance index ([`crate::engine::index`]) uses this to revalue only
 //! the accounts a tick can move across a level; [`AccountMap::riskiest`] materialises every
 //! account before it ranks them. [`AccountMap::apply_price`] still revalues every holder.
 //!
@@ -997,7 +997,7 @@ impl AccountMap {
     /// Sets the engine price of `instrument` without revaluing anyone: the holders' cached
     /// figures stay at the prices they were valued at until [`AccountMap::materialise`] (or an
     /// [`AccountMap::apply_price`]) brings them forward. This is the tick of the distance index
-    /// ([`crate::distance`]), which wakes only the accounts the move can change. Returns
+    /// ([`crate::engine::index`]), which wakes only the accounts the move can change. Returns
     /// whether the price changed.
     pub fn set_price(
         &self,
@@ -1259,9 +1259,8 @@ impl AccountMap {
             account: account.id.clone(),
             message,
         };
-        if let Some(t) = &account.thresholds {
-            crate::monitor::validate_thresholds(t)
-                .map_err(|m| invalid(format!("thresholds: {m}")))?;
+        if let Some(p) = account.problems().into_iter().next() {
+            return Err(invalid(p.to_string()));
         }
         let mut slots = Vec::with_capacity(account.collateral.len() + account.positions.len());
         for (asset, amount) in &account.collateral {
@@ -1271,17 +1270,11 @@ impl AccountMap {
         let mut seen = HashSet::new();
         for p in &account.positions {
             let (idx, _) = self.contract_idx(&account.id, &p.instrument)?;
+            // Two ids naming one instrument (aliases) are one leg.
             if !seen.insert((idx, p.side)) {
                 return Err(invalid(format!(
                     "two positions on {} side {:?}: merge them",
                     p.instrument, p.side
-                )));
-            }
-            check_leg(p.side, p.quantity).map_err(|m| invalid(format!("{}: {m}", p.instrument)))?;
-            if !p.quantity.is_zero() && p.entry_price <= Decimal::ZERO {
-                return Err(invalid(format!(
-                    "{}: entry price must be positive, got {}",
-                    p.instrument, p.entry_price
                 )));
             }
             slots.push(new_slot(

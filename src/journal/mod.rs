@@ -36,7 +36,17 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{AccountId, RiskEvent, TimestampMs, now_ms};
-use crate::sinks::JournalEntry;
+
+/// One journaled event as a sink sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalEntry {
+    /// Position in the journal (monotonic, gap-free per journal).
+    pub seq: u64,
+    /// The event.
+    pub event: RiskEvent,
+    /// The event's canonical JSON, exactly as journaled.
+    pub json: String,
+}
 
 /// The schema version this build writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 1;
@@ -564,7 +574,8 @@ impl Journal {
     pub fn spawn_flusher(self: &Arc<Self>, cancel: CancellationToken) -> JoinHandle<()> {
         let journal = Arc::clone(self);
         tokio::spawn(async move {
-            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+            let mut backoff =
+                crate::runtime::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
             loop {
                 if !journal.is_write_failing() {
                     backoff.reset();
@@ -1018,56 +1029,6 @@ impl Writer {
     }
 }
 
-/// Jittered exponential backoff ("full jitter" over an exponentially growing cap).
-#[derive(Clone, Debug)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    /// A backoff from `initial` doubling up to `max`.
-    pub fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max,
-            attempt: 0,
-        }
-    }
-
-    /// Starts over after a success.
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    /// How many delays were handed out since the last reset.
-    pub fn attempts(&self) -> u32 {
-        self.attempt
-    }
-
-    /// The next delay: uniform in [cap/2, cap] where cap doubles each attempt up to `max`;
-    /// a receiver's `retry_after` wins when longer (capped at `max`... unless longer is asked,
-    /// which is honoured up to 10 minutes).
-    pub fn next_delay(&mut self, retry_after: Option<Duration>) -> Duration {
-        let factor = 1u32.checked_shl(self.attempt.min(20)).unwrap_or(u32::MAX);
-        let cap = self.initial.saturating_mul(factor).min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        let half = cap / 2;
-        let jitter_ms = u64::try_from((cap - half).as_millis()).unwrap_or(0);
-        let jitter = if jitter_ms > 0 {
-            Duration::from_millis(rand::random_range(0..=jitter_ms))
-        } else {
-            Duration::ZERO
-        };
-        let d = half + jitter;
-        match retry_after {
-            Some(ra) => d.max(ra.min(Duration::from_secs(600))),
-            None => d,
-        }
-    }
-}
-
 /// Async-friendly handle: runs journal calls on tokio's blocking pool.
 #[derive(Clone, Debug)]
 pub struct JournalHandle(pub Arc<Journal>);
@@ -1431,25 +1392,5 @@ mod tests {
         let missing = dir.path().join("no/such/dir/journal.db");
         let e = Journal::open(&missing).unwrap_err();
         assert!(matches!(e, JournalError::Open { .. }), "{e}");
-    }
-
-    /// Backoff grows, stays jittered within [cap/2, cap], and honours a longer Retry-After.
-    #[test]
-    fn backoff_bounds() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        let d0 = b.next_delay(None);
-        assert!(d0 >= Duration::from_millis(50) && d0 <= Duration::from_millis(100));
-        for _ in 0..10 {
-            let d = b.next_delay(None);
-            assert!(d <= Duration::from_secs(1));
-        }
-        let d = b.next_delay(None);
-        assert!(d >= Duration::from_millis(500));
-        assert_eq!(
-            b.next_delay(Some(Duration::from_secs(7))),
-            Duration::from_secs(7)
-        );
-        b.reset();
-        assert!(b.next_delay(None) <= Duration::from_millis(100));
     }
 }

@@ -14,12 +14,12 @@ use std::process::ExitCode;
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::inputs::{self, InputError, Scenario};
 use crate::margin::{self, to_cents};
 use crate::model::{
     Account, AccountId, AccountState, Instrument, InstrumentId, MarginRatio, PositionSide,
     RiskSnapshot, ShockDistance, Thresholds,
 };
+use crate::sources::files::{self as inputs, InputError, Scenario};
 
 /// Output format.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,651 @@
+//! Wiring only: loading the startup inputs, spawning every task into one tracker, and the
+//! shutdown order. The engine loop is [`runner`], the API's view of the daemon is [`backend`].
+//!
+//! ```text
+//!  feeds / replay ──publish──▶ PriceBoard ──changed()──┐
+//!  HTTP API, NATS ──EngineRequest (bounded mpsc)───────┤
+//!  staleness tick (250 ms) ────────────────────────────┤
+//!                                                      ▼
+//!                     engine task: AccountMap + Monitor (owned, &mut)
+//!                                                      │ one journal transaction per burst
+//!                                                      ▼ (events + monitor states + accounts)
+//!                         Journal (SQLite) ──commit notification──▶ sink drivers, SSE
+//! ```
+//!
+//! **One writer.** Every change to the account map goes through the engine task: price bursts,
+//! account updates from the API and NATS (each answered only after it is applied *and*
+//! persisted), and staleness transitions. So the monitor needs no locks and events of one
+//! account are journaled in order.
+//!
+//! **Shutdown order.** One [`CancellationToken`] (cancelled on SIGINT/SIGTERM, or by the demo
+//! when its replay ends) is watched only by the sources: feeds, the API, the NATS consumer.
+//! When they have stopped, the engine's inputs are closed: it evaluates what is left, journals
+//! it and returns. The sink drivers are then told to stop; each keeps delivering what is
+//! journaled for up to `[shutdown] grace`. Tasks still running after that are named in a WARN
+//! and abandoned (their events stay in the journal for the next start). A second signal exits at
+//! once with code 1.
+//!
+//! **Reload.** SIGHUP is not handled (the default action would terminate the process, so it is
+//! ignored with a log line): thresholds live in the monitor's per-account state machines and
+//! sinks own cursors, and changing either safely needs a restart, which loses nothing (the
+//! journal keeps accounts, monitor states and cursors).
+
+mod backend;
+mod runner;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use futures::FutureExt as _;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::api::{self, ApiState};
+use crate::config::{Config, ConfigError, FeedSource, SinkKind};
+use crate::engine::{AccountMap, Engine, EngineConfig, MonitorConfig, MonitorState};
+use crate::feeds::{self, FeedRegistry, replay};
+use crate::journal::{Journal, JournalHandle, JournalOptions};
+use crate::model::{
+    Account, AccountId, AccountState, AccountUpdate, Instrument, InstrumentId, now_ms,
+};
+use crate::prices::PriceBoard;
+use crate::runtime::tasks::join_all;
+use crate::runtime::{Backoff, Tasks, telemetry};
+use crate::sinks::{self, DriverOptions, JournalEntry, Sink, SinkFilter, SinkHealth};
+use crate::sources::NatsIngest;
+use backend::Backend;
+use runner::{EngineRequest, Runner, StateCounts};
+
+pub use crate::runtime::telemetry::init_logging;
+
+/// Why the daemon stopped with an error, and the exit code that goes with it.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Bad configuration (exit 2).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A startup input is unusable: instrument or account file, corrupt journal, bind address
+    /// (exit 2).
+    #[error("startup: {0}")]
+    Startup(String),
+    /// A failure while running (exit 1).
+    #[error("runtime failure: {0}")]
+    Runtime(String),
+}
+
+impl AppError {
+    /// The process exit code: 2 for config/startup problems a person must fix, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AppError::Config(_) | AppError::Startup(_) => 2,
+            AppError::Runtime(_) => 1,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Checks that every file the config names exists.
+pub(crate) fn check_files(cfg: &Config) -> Result<(), AppError> {
+    let mut missing = Vec::new();
+    let mut need = |what: &str, p: &Path| {
+        if let Err(e) = std::fs::metadata(p) {
+            missing.push(format!("{what} {}: {e}", p.display()));
+        }
+    };
+    for p in &cfg.engine.instruments {
+        need("engine.instruments", p);
+    }
+    if let Some(p) = &cfg.accounts.snapshot {
+        need("accounts.snapshot", p);
+    }
+    for f in &cfg.feeds {
+        if let FeedSource::Replay { file, .. } = &f.source {
+            need("feeds.file", file);
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(AppError::Startup(format!(
+            "files named in {} are missing:\n  {}",
+            cfg.path.display(),
+            missing.join("\n  ")
+        )))
+    }
+}
+
+/// Loads and merges every instrument preset file; an id defined in two files is an error.
+pub(crate) fn load_instruments(
+    cfg: &Config,
+) -> Result<HashMap<InstrumentId, Instrument>, AppError> {
+    let mut all: HashMap<InstrumentId, Instrument> = HashMap::new();
+    let mut from: HashMap<InstrumentId, String> = HashMap::new();
+    for path in &cfg.engine.instruments {
+        let map = crate::sources::files::load_instruments(path)
+            .map_err(|e| AppError::Startup(e.to_string()))?;
+        for (id, inst) in map {
+            if let Some(first) = from.get(&id) {
+                return Err(AppError::Startup(format!(
+                    "instrument {id} is defined in both {first} and {}",
+                    path.display()
+                )));
+            }
+            from.insert(id.clone(), path.display().to_string());
+            all.insert(id, inst);
+        }
+    }
+    Ok(all)
+}
+
+/// Builds the runtime, installs the Prometheus recorder and runs the daemon until a signal.
+pub fn run_daemon(cfg: Config) -> Result<(), AppError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("liqwatch")
+        .build()
+        .map_err(|e| AppError::Runtime(format!("cannot start the tokio runtime: {e}")))?;
+    rt.block_on(async move {
+        let prometheus = telemetry::install_prometheus().map_err(AppError::Startup)?;
+        let token = CancellationToken::new();
+        telemetry::spawn_signal_watcher(token.clone()).map_err(AppError::Startup)?;
+        run(
+            cfg,
+            RunOptions {
+                cancel: token,
+                prometheus: Some(prometheus),
+                ..RunOptions::default()
+            },
+        )
+        .await
+        .map(|_| ())
+    })
+}
+
+/// How [`run`] is driven: by the daemon (signals, API) or by the demo (extra sinks, stop when
+/// the replay ends).
+pub struct RunOptions {
+    /// Cancelled to stop the sources (signals, or [`RunOptions::stop_after_replay`]).
+    pub cancel: CancellationToken,
+    /// The Prometheus handle for `/metrics`.
+    pub prometheus: Option<PrometheusHandle>,
+    /// Stop (as on SIGTERM) once every replay feed has played its file to the end.
+    pub stop_after_replay: bool,
+    /// Sinks added to the configured ones (the demo's printer).
+    pub extra_sinks: Vec<(Box<dyn Sink>, SinkFilter)>,
+    /// Receives the wall-clock ms at which replay feeds started, once they do.
+    pub replay_started: Option<oneshot::Sender<i64>>,
+    /// Times carried by replayed ticks: shifted to now (the daemon) or as recorded (the demo
+    /// shows the market time of each event).
+    pub replay_clock: replay::ReplayClock,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            cancel: CancellationToken::new(),
+            prometheus: None,
+            stop_after_replay: false,
+            extra_sinks: Vec::new(),
+            replay_started: None,
+            replay_clock: replay::ReplayClock::Shifted,
+        }
+    }
+}
+
+/// What a run did, for the demo's summary and tests.
+#[derive(Clone, Debug, Default)]
+pub struct RunReport {
+    /// Accounts in the map at the end.
+    pub accounts: usize,
+    /// Events journaled by this run.
+    pub events: u64,
+    /// Price ticks replayed by replay feeds.
+    pub replay_ticks: u64,
+    /// Sinks that had not drained when the grace period ended.
+    pub undrained_sinks: Vec<String>,
+}
+
+/// Runs the daemon with a validated config until `opts.cancel` fires (or the replay ends with
+/// `stop_after_replay`), then shuts down in order.
+pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppError> {
+    check_files(&cfg)?;
+    let instruments = load_instruments(&cfg)?;
+    let instrument_list: Vec<Instrument> = instruments.values().cloned().collect();
+
+    // Journal first: a corrupt or unwritable journal is a startup error (exit 2).
+    if let Some(dir) = cfg
+        .journal
+        .path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            AppError::Startup(format!(
+                "cannot create the journal directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+    }
+    let journal = Journal::open_with(
+        &cfg.journal.path,
+        JournalOptions {
+            synchronous: cfg.journal.synchronous,
+            ..JournalOptions::default()
+        },
+    )
+    .map_err(|e| AppError::Startup(e.to_string()))?;
+    let journal = Arc::new(journal);
+
+    // Accounts: the store, or the snapshot on the first start.
+    let map = Arc::new(AccountMap::new(instrument_list.clone()));
+    load_accounts(&cfg, &journal, &map, &instruments)?;
+
+    // Monitor with its restored states; the shared view of states for the API.
+    let mut engine = Engine::new(
+        Arc::clone(&map),
+        EngineConfig {
+            monitor: MonitorConfig {
+                thresholds: cfg.engine.thresholds.clone(),
+                trigger_on_stale: cfg.engine.trigger_on_stale,
+            },
+            distance_index: cfg.engine.distance_index,
+        },
+    )
+    .map_err(|e| AppError::Startup(format!("engine levels: {e}")))?;
+    let stored_states = journal
+        .load_monitor_states()
+        .map_err(|e| AppError::Startup(e.to_string()))?;
+    let states: Arc<DashMap<AccountId, AccountState>> = Arc::new(DashMap::new());
+    for (id, json) in &stored_states {
+        if let Ok(s) = serde_json::from_str::<MonitorState>(json) {
+            states.insert(id.clone(), s.state);
+        }
+    }
+    let report = engine.restore(stored_states);
+    tracing::info!(
+        accounts = map.len(),
+        monitor_states = report.restored,
+        rejected = report.rejected.len(),
+        "Accounts loaded"
+    );
+
+    let board = Arc::new(PriceBoard::new(cfg.prices.clone()));
+    let registry = Arc::new(FeedRegistry::new());
+    let tasks = Tasks::new();
+    let sources = opts.cancel.clone();
+    // The live event stream reads what the journal committed (whoever wrote it, whenever the
+    // write succeeded), so SSE clients see exactly what sinks see.
+    let (events_tx, _) = broadcast::channel::<Arc<JournalEntry>>(1024);
+    tasks.spawn(
+        "events-forwarder",
+        api::forward_journal(
+            JournalHandle(Arc::clone(&journal)),
+            events_tx.clone(),
+            sources.clone(),
+        )
+        .map(Ok::<(), String>),
+    );
+    let (engine_tx, engine_rx) = mpsc::channel::<EngineRequest>(1024);
+
+    // The API binds now so a bad address is a startup error.
+    let listener = if cfg.api.enabled {
+        Some(
+            tokio::net::TcpListener::bind(cfg.api.bind)
+                .await
+                .map_err(|e| {
+                    AppError::Startup(format!("cannot bind the API to {}: {e}", cfg.api.bind))
+                })?,
+        )
+    } else {
+        None
+    };
+
+    // Sinks (their own stop token: they stop after the engine has journaled everything).
+    let sinks_stop = CancellationToken::new();
+    let mut sink_tasks = Vec::new();
+    let driver_options = DriverOptions {
+        drain_grace: cfg.shutdown.grace,
+        ..DriverOptions::default()
+    };
+    for entry in &cfg.sinks {
+        let sink: Box<dyn Sink> = match &entry.kind {
+            SinkKind::Stdout(c) => Box::new(sinks::stdout::StdoutSink::new(&entry.name, c)),
+            SinkKind::Jsonl(c) => Box::new(sinks::jsonl::JsonlSink::new(&entry.name, c.clone())),
+            SinkKind::Webhook(s) => Box::new(
+                sinks::webhook::WebhookSink::new(&entry.name, s.clone())
+                    .map_err(|e| AppError::Startup(e.to_string()))?,
+            ),
+            SinkKind::Nats(s) => Box::new(sinks::nats::NatsSink::new(&entry.name, s.clone())),
+        };
+        if matches!(&entry.kind, SinkKind::Webhook(s) if s.secret.is_none()) {
+            tracing::warn!(sink = %entry.name, "Webhook sink has no secret_env: its requests are not signed");
+        }
+        sink_tasks.push(sinks::spawn_sink_with(
+            sink,
+            entry.filter.clone(),
+            Arc::clone(&journal),
+            entry
+                .delivery
+                .clone()
+                .unwrap_or_else(|| driver_options.clone()),
+            sinks_stop.clone(),
+        ));
+    }
+    for (sink, filter) in std::mem::take(&mut opts.extra_sinks) {
+        sink_tasks.push(sinks::spawn_sink_with(
+            sink,
+            filter,
+            Arc::clone(&journal),
+            driver_options.clone(),
+            sinks_stop.clone(),
+        ));
+    }
+    let sink_health: Vec<watch::Receiver<SinkHealth>> =
+        sink_tasks.iter().map(|t| t.health.clone()).collect();
+    let journal_stop = CancellationToken::new();
+    let flusher = journal.spawn_flusher(journal_stop.clone());
+    let retention = journal.spawn_retention(
+        cfg.journal.retention,
+        Duration::from_secs(3600),
+        journal_stop.clone(),
+    );
+
+    // The engine.
+    let engine_stop = CancellationToken::new();
+    let events_count = Arc::new(AtomicU64::new(0));
+    let runner = Runner {
+        engine,
+        board: Arc::clone(&board),
+        journal: Arc::clone(&journal),
+        states: Arc::clone(&states),
+        events: Arc::clone(&events_count),
+        nats_seen: HashMap::new(),
+        state_counts: StateCounts::from_states(&states),
+    };
+    let engine_task = tokio::spawn(
+        runner
+            .run(engine_rx, engine_stop.clone())
+            .instrument(tracing::info_span!("engine")),
+    );
+
+    // Feeds (sources).
+    let mut replays = Vec::new();
+    let replay_ticks = Arc::new(AtomicU64::new(0));
+    let mut replay_started = opts.replay_started.take();
+    for entry in &cfg.feeds {
+        let wanted: Vec<Instrument> = if entry.instruments.is_empty() {
+            instrument_list.clone()
+        } else {
+            instrument_list
+                .iter()
+                .filter(|i| entry.instruments.iter().any(|w| w == i.id.as_str()))
+                .cloned()
+                .collect()
+        };
+        match &entry.source {
+            FeedSource::Venue(venue) => {
+                let feed = feeds::feed_for(*venue).map_err(|e| AppError::Startup(e.to_string()))?;
+                let fcfg = entry.driver.clone().with_instruments(*venue, &wanted);
+                if fcfg.routes.symbols().is_empty() {
+                    tracing::warn!(%venue, "No instrument is priced by this venue: the feed is not started");
+                    continue;
+                }
+                let status = registry.register(*venue, &fcfg.routes);
+                let (board, cancel) = (Arc::clone(&board), sources.clone());
+                tasks.spawn(format!("feed {venue}"), async move {
+                    feeds::run_feed(feed, fcfg, board, status, cancel).await;
+                    Ok::<(), String>(())
+                });
+            }
+            FeedSource::Replay { file, speed } => {
+                // Registered now, so `/v1/feeds` lists the replayed venues from the start.
+                let routes = replay::prepare(&wanted, &board, &registry);
+                if let Some(tx) = replay_started.take() {
+                    let _ = tx.send(now_ms());
+                }
+                let (board, cancel, file, speed) =
+                    (Arc::clone(&board), sources.clone(), file.clone(), *speed);
+                let ticks = Arc::clone(&replay_ticks);
+                let clock = opts.replay_clock;
+                let done = CancellationToken::new();
+                replays.push(done.clone());
+                tasks.spawn("feed replay", async move {
+                    let opts = replay::ReplayOptions { speed, clock };
+                    let r = replay::play_routed(&file, &opts, routes, board, cancel).await;
+                    done.cancel();
+                    match r {
+                        Ok(stats) => {
+                            ticks.fetch_add(stats.ticks, Ordering::Relaxed);
+                            Ok(())
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
+                });
+            }
+        }
+    }
+
+    // Account sources: the API and NATS.
+    let backend = Arc::new(Backend {
+        map: Arc::clone(&map),
+        board: Arc::clone(&board),
+        registry: Arc::clone(&registry),
+        journal: Arc::clone(&journal),
+        states: Arc::clone(&states),
+        sinks: sink_health,
+        engine: engine_tx.clone(),
+        kinds: instruments
+            .iter()
+            .map(|(k, v)| (k.clone(), v.kind))
+            .collect(),
+        default_trigger: cfg.engine.thresholds.trigger,
+        accounts_loaded: AtomicBool::new(true),
+    });
+    if let Some(listener) = listener {
+        let mut state = ApiState::new(backend.clone(), events_tx.clone())
+            .with_body_limit(cfg.api.max_body_bytes)
+            .with_shutdown(sources.clone());
+        if let Some(h) = &opts.prometheus {
+            state = state.with_metrics(h.clone());
+        }
+        if let Some(t) = &cfg.api.token {
+            state = state.with_token(t.expose());
+        }
+        let router = api::router(state);
+        let cancel = sources.clone();
+        tasks.spawn("api", async move {
+            api::serve_on(listener, router, cancel).await
+        });
+    }
+    if let Some(ncfg) = cfg.accounts.nats.clone() {
+        let writer: Arc<dyn crate::sources::AccountWriter> = backend.clone();
+        let cancel = sources.clone();
+        tasks.spawn("nats-ingest", async move {
+            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+            let ingest = loop {
+                let attempt = tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    r = NatsIngest::connect(ncfg.clone()) => r,
+                };
+                match attempt {
+                    Ok(i) => break i,
+                    Err(e) => {
+                        let delay = backoff.next_delay(None);
+                        tracing::warn!(error = %e, retry_in = ?delay, "NATS account ingest cannot connect; retrying");
+                        tokio::select! {
+                            _ = cancel.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                }
+            };
+            ingest.run(writer, cancel).await;
+            Ok::<(), String>(())
+        });
+    }
+    drop(engine_tx);
+    tracing::info!(
+        config = %cfg.path.display(),
+        feeds = cfg.feeds.len(),
+        sinks = sink_tasks.len(),
+        accounts = map.len(),
+        "liqwatch running"
+    );
+
+    // Wait for the stop signal (or the end of every replay).
+    let all_replays_done = async {
+        for r in &replays {
+            r.cancelled().await;
+        }
+    };
+    tokio::select! {
+        _ = sources.cancelled() => {}
+        _ = all_replays_done, if opts.stop_after_replay && !replays.is_empty() => {
+            tracing::info!("Replay finished: shutting down");
+            sources.cancel();
+        }
+        r = wait_engine_death(&engine_task) => {
+            sources.cancel();
+            return Err(AppError::Runtime(format!("the engine stopped unexpectedly: {r}")));
+        }
+    }
+
+    // 1. Sources stop.
+    let grace = cfg.shutdown.grace;
+    let laggards = tasks.wait(grace).await;
+    if !laggards.is_empty() {
+        tracing::warn!(tasks = ?laggards, "Sources still running after the grace period");
+    }
+    // 2. The engine evaluates what is left and journals it.
+    engine_stop.cancel();
+    drop(backend);
+    let engine_ok = match tokio::time::timeout(grace, engine_task).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "Engine task failed");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("Engine did not finish within the grace period");
+            false
+        }
+    };
+    // 3. Sinks drain what is journaled, within the grace period.
+    sinks_stop.cancel();
+    let mut undrained = Vec::new();
+    let names: Vec<String> = sink_tasks.iter().map(|t| t.name.clone()).collect();
+    let healths: Vec<watch::Receiver<SinkHealth>> =
+        sink_tasks.iter().map(|t| t.health.clone()).collect();
+    let joins: Vec<_> = sink_tasks.into_iter().map(|t| t.join).collect();
+    if !join_all(joins, grace + Duration::from_secs(1)).await {
+        tracing::warn!("Sinks did not stop within the grace period");
+    }
+    for (name, h) in names.iter().zip(healths) {
+        let h = h.borrow().clone();
+        if h.lag > 0 {
+            tracing::warn!(sink = %name, lag = h.lag, "Sink stopped with undelivered events; it resumes from its cursor on the next start");
+            undrained.push(name.clone());
+        }
+    }
+    // 4. The journal's background tasks.
+    journal_stop.cancel();
+    let _ = join_all(vec![flusher, retention], Duration::from_secs(2)).await;
+    if !engine_ok {
+        return Err(AppError::Runtime(
+            "the engine did not finish cleanly; undelivered events stay in the journal".into(),
+        ));
+    }
+    tracing::info!(
+        events = events_count.load(Ordering::Relaxed),
+        "liqwatch stopped"
+    );
+    Ok(RunReport {
+        accounts: map.len(),
+        events: events_count.load(Ordering::Relaxed),
+        replay_ticks: replay_ticks.load(Ordering::Relaxed),
+        undrained_sinks: undrained,
+    })
+}
+
+/// Resolves only if the engine task has ended (it never should before shutdown).
+async fn wait_engine_death(task: &tokio::task::JoinHandle<()>) -> String {
+    loop {
+        if task.is_finished() {
+            return "engine task ended".to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Seeds the map from the journal's accounts store, or from the snapshot file when the store
+/// is empty (first start), persisting the snapshot into the store.
+fn load_accounts(
+    cfg: &Config,
+    journal: &Journal,
+    map: &AccountMap,
+    instruments: &HashMap<InstrumentId, Instrument>,
+) -> Result<(), AppError> {
+    let stored = journal
+        .load_accounts()
+        .map_err(|e| AppError::Startup(e.to_string()))?;
+    if !stored.is_empty() {
+        let mut bad = 0usize;
+        for (id, json) in stored {
+            let applied = serde_json::from_str::<Account>(&json)
+                .map_err(|e| e.to_string())
+                .and_then(|account| {
+                    map.apply_update(AccountUpdate::Replace { account })
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(error) = applied {
+                bad += 1;
+                metrics::counter!("liqwatch_daemon_store_accounts_rejected_total").increment(1);
+                tracing::error!(account = %id, %error, "Stored account cannot be loaded (kept in the store, not watched): fix the instrument presets or replace it");
+            }
+        }
+        if let Some(p) = &cfg.accounts.snapshot {
+            tracing::info!(snapshot = %p.display(), accounts = map.len(), rejected = bad, "Accounts restored from the journal's store; the snapshot file only seeds an empty store");
+        }
+        return Ok(());
+    }
+    let Some(path) = &cfg.accounts.snapshot else {
+        return Ok(());
+    };
+    let accounts = crate::sources::files::load_accounts_checked(path, instruments)
+        .map_err(|e| AppError::Startup(e.to_string()))?;
+    let mut rows = Vec::with_capacity(accounts.len());
+    for account in accounts {
+        let id = account.id.clone();
+        let json = serde_json::to_string(&account)
+            .map_err(|e| AppError::Startup(format!("account {id}: {e}")))?;
+        map.apply_update(AccountUpdate::Replace { account })
+            .map_err(|e| AppError::Startup(format!("{}: {e}", path.display())))?;
+        rows.push((id, json));
+    }
+    for chunk in rows.chunks(10_000) {
+        journal
+            .upsert_accounts(chunk)
+            .map_err(|e| AppError::Startup(e.to_string()))?;
+    }
+    tracing::info!(snapshot = %path.display(), accounts = rows.len(), "Accounts seeded from the snapshot");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Exit codes follow the documented table.
+    #[test]
+    fn exit_codes() {
+        assert_eq!(AppError::Startup("x".into()).exit_code(), 2);
+        assert_eq!(AppError::Runtime("x".into()).exit_code(), 1);
+    }
+}

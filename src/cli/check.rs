@@ -1,0 +1,70 @@
+//! `liqwatch check-config FILE`: validates a config file and every file it names, without
+//! starting anything.
+
+use std::path::Path;
+
+use crate::app::{AppError, check_files, load_instruments};
+use crate::config::{self, Config};
+
+/// `liqwatch check-config FILE`: validates the file, the instrument presets and the account
+/// snapshot it names. Returns a short summary of what would run.
+pub fn check_config(path: &Path) -> Result<String, AppError> {
+    let cfg = config::load(path)?;
+    check_files(&cfg)?;
+    let instruments = load_instruments(&cfg)?;
+    let accounts = match &cfg.accounts.snapshot {
+        Some(p) => crate::sources::files::load_accounts_checked(p, &instruments)
+            .map_err(|e| AppError::Startup(e.to_string()))?
+            .len(),
+        None => 0,
+    };
+    Ok(format!(
+        "{}\n  instruments: {} · snapshot accounts: {}",
+        summary(&cfg),
+        instruments.len(),
+        accounts
+    ))
+}
+
+/// A short description of what the config would run.
+fn summary(cfg: &Config) -> String {
+    let feeds: Vec<String> = cfg.feeds.iter().map(|f| f.name()).collect();
+    let sinks: Vec<String> = cfg
+        .sinks
+        .iter()
+        .map(|s| format!("{} ({})", s.name, s.kind.type_name()))
+        .collect();
+    let levels: Vec<String> = cfg
+        .engine
+        .thresholds
+        .warning_levels
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    format!(
+        "  feeds: {}\n  sinks: {}\n  levels: warning {} · trigger {} · hysteresis {}\n  journal: {}\n  api: {}",
+        feeds.join(", "),
+        if sinks.is_empty() {
+            "none (events are journaled only)".to_string()
+        } else {
+            sinks.join(", ")
+        },
+        levels.join(", "),
+        cfg.engine.thresholds.trigger,
+        cfg.engine.thresholds.hysteresis,
+        cfg.journal.path.display(),
+        if cfg.api.enabled {
+            format!(
+                "http://{} (mutations {})",
+                cfg.api.bind,
+                if cfg.api.token.is_some() {
+                    "need the bearer token"
+                } else {
+                    "disabled: no token_env"
+                }
+            )
+        } else {
+            "disabled".to_string()
+        }
+    )
+}

@@ -1,0 +1,287 @@
+//! The one engine: the account map ([`map`]), the threshold monitor ([`monitor`]) and the
+//! distance index ([`index`]) behind a single synchronous [`Engine`]. No I/O, no async.
+//!
+//! Everything that evaluates accounts drives this type: the daemon's runner (`app::runner`, a
+//! thin async loop that feeds it board changes and account requests and journals what it
+//! returns), `stress`, the property tests and the benchmarks. The eager engine is the same
+//! `Engine` with the index off ([`EngineConfig::distance_index`] `= false`): every holder of a
+//! changed instrument is revalued. With the index on, a step values only the accounts the move
+//! can carry across a level; the property tests prove both emit the same events and leave the
+//! same figures after every step.
+//!
+//! ```text
+//!  on_prices(burst) ─▶ set prices ─▶ index: wake the accounts whose band a price leaves
+//!                                     (or, eager: every holder)
+//!                                   ─▶ map: bring them to current prices (exact, Decimal)
+//!                                   ─▶ monitor: levels, hysteresis → Emitted events
+//!                                   ─▶ index: re-band what was evaluated
+//!  begin_update ─▶ map changed ─▶ (caller persists) ─▶ settle: evaluate + re-band
+//!                                                   └▶ revert: the map as it was
+//!  on_feed(stale/restored) ─▶ feed events; a restored feed re-evaluates its holders
+//! ```
+//!
+//! Events of one account come out in the order they happened; across accounts within one step
+//! the order is by account key (deterministic for a given book).
+
+pub mod index;
+pub mod map;
+pub mod monitor;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rust_decimal::Decimal;
+
+use crate::model::TimestampMs;
+use crate::model::{Account, AccountId, AccountUpdate, EventKind, InstrumentId, RiskEvent};
+use crate::prices::StaleTransition;
+
+pub use index::DistanceIndex;
+pub use map::{AccountError, AccountKey, AccountMap, Touched, UpdateOutcome};
+pub use monitor::{
+    Emitted, Monitor, MonitorConfig, MonitorState, PriceInfo, RestoreReport, StalePolicy,
+};
+
+/// How the engine is built.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Default levels and the stale-price policy.
+    pub monitor: MonitorConfig,
+    /// Wake only the accounts a move can carry across a level (default). `false`: revalue every
+    /// holder of a changed instrument (the eager engine).
+    pub distance_index: bool,
+}
+
+/// An account update applied to the map and not yet settled: the caller persists the new
+/// account, then calls [`Engine::settle`] (evaluate it) or, when persisting failed,
+/// [`Engine::revert`] (the map as it was before).
+#[derive(Debug)]
+#[must_use = "settle or revert the update"]
+pub struct PendingUpdate {
+    id: AccountId,
+    outcome: UpdateOutcome,
+    before: Option<Account>,
+}
+
+impl PendingUpdate {
+    /// The account the update was for.
+    pub fn account_id(&self) -> &AccountId {
+        &self.id
+    }
+
+    /// What the update did to the map.
+    pub fn outcome(&self) -> &UpdateOutcome {
+        &self.outcome
+    }
+}
+
+/// What a feed staleness step produced.
+#[derive(Debug, Default)]
+pub struct FeedStep {
+    /// `feed_stale` / `feed_restored` events, with the engine's per-instrument sequence.
+    pub feed_events: Vec<RiskEvent>,
+    /// Account events from re-evaluating the holders of restored instruments.
+    pub emitted: Vec<Emitted>,
+}
+
+/// The engine. Owned by one task (`&mut self`); the map is shared (`Arc`) so that readers (the
+/// API) can read accounts concurrently through [`AccountMap::read`] and friends.
+pub struct Engine {
+    map: Arc<AccountMap>,
+    monitor: Monitor,
+    index: Option<DistanceIndex>,
+    /// Scratch space for the index's wake-up list.
+    wake: Vec<AccountKey>,
+    /// Scratch space for the accounts a step valued.
+    touched: Vec<Touched>,
+    /// Per-instrument sequence of feed events.
+    feed_seq: HashMap<InstrumentId, u64>,
+}
+
+impl Engine {
+    /// An engine over `map` (which may already hold accounts: they are tracked, and valued on
+    /// their first step). Errors when the default levels are malformed.
+    pub fn new(map: Arc<AccountMap>, cfg: EngineConfig) -> Result<Self, String> {
+        let monitor = Monitor::new(cfg.monitor)?;
+        let index = cfg.distance_index.then(|| DistanceIndex::for_map(&map));
+        Ok(Engine {
+            map,
+            monitor,
+            index,
+            wake: Vec::new(),
+            touched: Vec::with_capacity(1024),
+            feed_seq: HashMap::new(),
+        })
+    }
+
+    /// The account map (shared with readers).
+    pub fn map(&self) -> &Arc<AccountMap> {
+        &self.map
+    }
+
+    /// The monitor (account states).
+    pub fn monitor(&self) -> &Monitor {
+        &self.monitor
+    }
+
+    /// The distance index, when on.
+    pub fn index(&self) -> Option<&DistanceIndex> {
+        self.index.as_ref()
+    }
+
+    /// Loads persisted monitor states (account id, [`MonitorState`] JSON) at start, before the
+    /// first step. See [`Monitor::restore`].
+    pub fn restore(
+        &mut self,
+        states: impl IntoIterator<Item = (AccountId, String)>,
+    ) -> RestoreReport {
+        self.monitor.restore(states)
+    }
+
+    /// One step for a burst of changed prices (each instrument once, latest price): sets them,
+    /// values the accounts they may change on their final figures (each once), evaluates them
+    /// and re-bands them. A price the map refuses is logged, counted and skipped.
+    pub fn on_prices<'a>(
+        &mut self,
+        changed: impl IntoIterator<Item = (&'a InstrumentId, Decimal)>,
+        prices: &dyn PriceInfo,
+        now_ms: TimestampMs,
+    ) -> Vec<Emitted> {
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.clear();
+        match self.index.as_mut() {
+            Some(index) => {
+                index::wake_and_value(&self.map, index, changed, &mut self.wake, &mut touched)
+            }
+            None => {
+                for (inst, price) in changed {
+                    if let Err(error) = self.map.apply_price(inst, price, &mut touched) {
+                        tracing::warn!(instrument = %inst, %error, "Price not applied");
+                    }
+                }
+                // An account holding two changed instruments is evaluated once, on its final
+                // figures, in key order (the last report of each key: reverse, then a stable
+                // sort keeps it first).
+                touched.reverse();
+                touched.sort_by_key(|t| t.key);
+                touched.dedup_by_key(|t| t.key);
+            }
+        }
+        let out = if touched.is_empty() {
+            Vec::new()
+        } else {
+            // The monitor evaluates an account reported twice once, on its latest report.
+            let out = self.monitor.evaluate(&self.map, &touched, prices, now_ms);
+            if let Some(index) = self.index.as_mut() {
+                index::rebuild_touched(&self.map, &self.monitor, index, &touched);
+            }
+            out
+        };
+        touched.clear();
+        self.touched = touched;
+        out
+    }
+
+    /// Applies an account update to the map. Nothing is evaluated until [`Engine::settle`].
+    pub fn begin_update(&mut self, update: AccountUpdate) -> Result<PendingUpdate, AccountError> {
+        let id = update.account_id().clone();
+        let before = self.map.account(&id);
+        let outcome = self.map.apply_update(update)?;
+        Ok(PendingUpdate {
+            id,
+            outcome,
+            before,
+        })
+    }
+
+    /// Puts the map back as it was before `pending` (its new state could not be persisted).
+    pub fn revert(&mut self, pending: PendingUpdate) -> Result<(), AccountError> {
+        let undo = match pending.before {
+            Some(account) => AccountUpdate::Replace { account },
+            None => AccountUpdate::Remove {
+                account_id: pending.id,
+            },
+        };
+        let outcome = self.map.apply_update(undo)?;
+        if let Some(index) = self.index.as_mut() {
+            index.track(&self.map, outcome.key());
+            index.rebuild(&self.map, &self.monitor, outcome.key());
+        }
+        Ok(())
+    }
+
+    /// Evaluates an applied update (or forgets a removed account) and re-bands it.
+    pub fn settle(
+        &mut self,
+        pending: PendingUpdate,
+        prices: &dyn PriceInfo,
+        now_ms: TimestampMs,
+    ) -> Vec<Emitted> {
+        match pending.outcome {
+            UpdateOutcome::Created(key) | UpdateOutcome::Updated(key) => {
+                if let Some(index) = self.index.as_mut() {
+                    index.track(&self.map, key);
+                }
+                let emitted = self
+                    .monitor
+                    .evaluate_account(&self.map, key, prices, now_ms);
+                if let Some(index) = self.index.as_mut() {
+                    index.rebuild(&self.map, &self.monitor, key);
+                }
+                emitted
+            }
+            UpdateOutcome::Removed(key) => {
+                self.monitor.forget(key, &pending.id);
+                if let Some(index) = self.index.as_mut() {
+                    index.forget(key);
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    /// [`Engine::begin_update`] then [`Engine::settle`], for callers with nothing to persist.
+    pub fn on_update(
+        &mut self,
+        update: AccountUpdate,
+        prices: &dyn PriceInfo,
+        now_ms: TimestampMs,
+    ) -> Result<(UpdateOutcome, Vec<Emitted>), AccountError> {
+        let pending = self.begin_update(update)?;
+        let outcome = pending.outcome.clone();
+        Ok((outcome, self.settle(pending, prices, now_ms)))
+    }
+
+    /// Feed staleness transitions from the price board: one `feed_stale` / `feed_restored`
+    /// event each, numbered per instrument; a restored instrument re-evaluates its holders, so
+    /// a trigger held back by a stale price fires even if the price did not move.
+    pub fn on_feed(
+        &mut self,
+        transitions: &[StaleTransition],
+        prices: &dyn PriceInfo,
+        now_ms: TimestampMs,
+    ) -> FeedStep {
+        let mut step = FeedStep::default();
+        for t in transitions {
+            let seq = self.feed_seq.entry(t.info.instrument.clone()).or_insert(0);
+            *seq += 1;
+            let mut ev = t.to_event(now_ms);
+            ev.seq = *seq;
+            if t.kind == EventKind::FeedRestored {
+                step.emitted.extend(self.monitor.reevaluate_holders(
+                    &self.map,
+                    &t.info.instrument,
+                    prices,
+                    now_ms,
+                ));
+                if let Some(index) = self.index.as_mut() {
+                    for key in self.map.holder_keys(&t.info.instrument) {
+                        index.rebuild(&self.map, &self.monitor, key);
+                    }
+                }
+            }
+            step.feed_events.push(ev);
+        }
+        step
+    }
+}
