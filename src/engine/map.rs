@@ -88,6 +88,7 @@ use dashmap::mapref::entry::Entry as DirEntry;
 use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use rust_decimal::Decimal;
 
+use crate::margin::fixed::{exact_add, exact_sub, fast_delta};
 use crate::margin::{self, ACCOUNTING_SCALE, InstrumentLookup, MarginError, PriceLookup};
 use crate::model::{
     Account, AccountId, AccountUpdate, Fill, Instrument, InstrumentId, MarginRatio, Position,
@@ -342,43 +343,6 @@ fn zero_scaled() -> Decimal {
     let mut z = Decimal::ZERO;
     z.rescale(ACCOUNTING_SCALE);
     z
-}
-
-/// `a + b` only when exact (rust_decimal silently drops scale when the mantissa overflows).
-fn exact_add(a: Decimal, b: Decimal) -> Option<Decimal> {
-    a.checked_add(b)
-        .filter(|r| r.scale() >= a.scale().max(b.scale()))
-}
-
-/// `a − b` only when exact.
-fn exact_sub(a: Decimal, b: Decimal) -> Option<Decimal> {
-    a.checked_sub(b)
-        .filter(|r| r.scale() >= a.scale().max(b.scale()))
-}
-
-/// `total − old + new` on the mantissas when all three are at [`ACCOUNTING_SCALE`] (always, for
-/// cached values): exactly what [`exact_sub`] then [`exact_add`] give, without `Decimal`'s
-/// general alignment. `None` (use the `Decimal` path) when a step leaves the 96-bit mantissa
-/// or is zero (whose `Decimal` sign could differ).
-#[inline]
-fn fast_delta(total: Decimal, old: Decimal, new: Decimal) -> Option<Decimal> {
-    const MAX: u128 = (1u128 << 96) - 1;
-    if total.scale() != ACCOUNTING_SCALE
-        || old.scale() != ACCOUNTING_SCALE
-        || new.scale() != ACCOUNTING_SCALE
-    {
-        return None;
-    }
-    // Mantissas are < 2^96, so neither step overflows an i128.
-    let mid = total.mantissa() - old.mantissa();
-    if mid == 0 || mid.unsigned_abs() > MAX {
-        return None;
-    }
-    let r = mid + new.mantissa();
-    if r == 0 || r.unsigned_abs() > MAX {
-        return None;
-    }
-    Decimal::try_from_i128_with_scale(r, ACCOUNTING_SCALE).ok()
 }
 
 impl Entry {

@@ -1,0 +1,486 @@
+//! Distances on one price variable: equity and MM are piecewise linear in a uniform move `z`
+//! (every moving leg's price is `factor · z`), so the shock to the trigger and each position's
+//! liquidation price are roots of a line on a tier segment, re-checked as tiers change.
+
+use rust_decimal::Decimal;
+
+use super::*;
+
+/// A contract position that moves with the price variable `z`: its price is
+/// `price_factor · z`.
+#[derive(Clone, Copy, Debug)]
+pub struct MovingLeg<'a> {
+    /// The contract (its kind, contract size and tiers are used).
+    pub instrument: &'a Instrument,
+    /// Signed quantity (one leg: hedge-mode legs are separate entries, each in its own bracket).
+    pub quantity: Decimal,
+    /// Entry price.
+    pub entry_price: Decimal,
+    /// The leg's price per unit of `z` (1 when `z` is this leg's own price).
+    pub price_factor: Decimal,
+}
+
+/// A collateral balance that moves with the price variable `z` (price `price_factor · z`).
+#[derive(Clone, Copy, Debug)]
+pub struct MovingCollateral<'a> {
+    /// The asset (its haircut is used).
+    pub instrument: &'a Instrument,
+    /// Balance in units of the asset.
+    pub amount: Decimal,
+    /// The asset's price per unit of `z`.
+    pub price_factor: Decimal,
+}
+
+/// An account seen as a function of one price variable `z`: fixed parts plus legs and
+/// collateral whose prices are proportional to `z`.
+///
+/// With every leg's tier fixed, `equity(z) = a + b·z` and `MM(z) = c·z − d` (inverse
+/// contracts included, see margin-math §1.9), so `g(z) = MM(z) − trigger·equity(z)` is linear
+/// between tier breakpoints and the trigger is reached exactly where `g` crosses 0.
+/// `g ≥ 0` ⇔ ratio ≥ trigger (equity ≤ 0 counts as an infinite ratio).
+#[derive(Clone, Debug, Default)]
+pub struct PriceMove<'a> {
+    /// Equity of everything that does not move (stable collateral, other assets).
+    pub fixed_equity: Decimal,
+    /// MM of every position that does not move.
+    pub fixed_mm: Decimal,
+    /// Positions that move with `z`.
+    pub legs: Vec<MovingLeg<'a>>,
+    /// Collateral that moves with `z`.
+    pub collateral: Vec<MovingCollateral<'a>>,
+    /// The margin-ratio level to reach.
+    pub trigger: Decimal,
+}
+
+/// The two crossings of the trigger found by [`PriceMove::crossings`], as offsets `z − start`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Crossings {
+    /// The nearest crossing below `start` (offset ≤ 0), keeping `z > 0`.
+    pub down: Option<Decimal>,
+    /// The nearest crossing above `start` (offset ≥ 0).
+    pub up: Option<Decimal>,
+}
+
+impl Crossings {
+    /// The crossing nearer to `start` (the fall wins a tie).
+    pub fn nearest(&self) -> Option<Decimal> {
+        match (self.down, self.up) {
+            (Some(d), Some(u)) => Some(if u.abs() < d.abs() { u } else { d }),
+            (d, u) => d.or(u),
+        }
+    }
+}
+
+/// `g(z) = k·z − l` on one linear piece.
+#[derive(Clone, Copy, Debug)]
+struct Line {
+    k: Decimal,
+    l: Decimal,
+}
+
+impl Line {
+    fn at(&self, z: Decimal) -> Result<Decimal, MarginError> {
+        sub(mul(self.k, z, "g(z)")?, self.l, "g(z)")
+    }
+}
+
+/// Relative tolerance for accepting a root that lies on an interval's (rounded) boundary.
+fn boundary_eps(z: Decimal) -> Decimal {
+    z.abs().max(Decimal::ONE) * Decimal::new(1, 22)
+}
+
+impl<'a> PriceMove<'a> {
+    /// The tier index of one leg when `z` is the price variable.
+    fn tier_of(leg: &MovingLeg<'_>, z: Decimal) -> Result<usize, MarginError> {
+        let tiers = &leg.instrument.tiers;
+        if tiers.is_empty() {
+            return Err(MarginError::NoTiers(leg.instrument.id.clone()));
+        }
+        let size = mul(leg.quantity.abs(), leg.instrument.contract_size, "leg size")?;
+        let price = mul(leg.price_factor, z, "leg price")?;
+        let notional = if leg.instrument.kind.is_inverse() {
+            if price <= Decimal::ZERO {
+                // Coin notional grows without bound as the price falls to 0.
+                return Ok(tiers.len() - 1);
+            }
+            div(size, price, "inverse coin notional")?
+        } else {
+            mul(size, price, "linear notional")?
+        };
+        Ok(select_tier(tiers, notional).map(|(i, _)| i).unwrap_or(0))
+    }
+
+    /// The tier index of every leg when `z` is the price variable.
+    fn tiers_at(&self, z: Decimal) -> Result<Vec<usize>, MarginError> {
+        self.legs.iter().map(|l| Self::tier_of(l, z)).collect()
+    }
+
+    /// The linear piece of `g` that holds at `z` (no allocation: the interval walk's path).
+    fn line_at(&self, z: Decimal) -> Result<Line, MarginError> {
+        let mut tiers = [0usize; 16];
+        if self.legs.len() > tiers.len() {
+            return self.line(&self.tiers_at(z)?);
+        }
+        for (slot, leg) in tiers.iter_mut().zip(&self.legs) {
+            *slot = Self::tier_of(leg, z)?;
+        }
+        self.line(&tiers[..self.legs.len()])
+    }
+
+    /// `g(z) = MM(z) − trigger·equity(z)` with every leg in the given tier.
+    fn line(&self, tiers: &[usize]) -> Result<Line, MarginError> {
+        let mut a = self.fixed_equity;
+        let mut b = Decimal::ZERO;
+        let mut c = Decimal::ZERO;
+        let mut d = -self.fixed_mm;
+        for (leg, &ti) in self.legs.iter().zip(tiers) {
+            let t = leg
+                .instrument
+                .tiers
+                .get(ti)
+                .ok_or_else(|| MarginError::NoTiers(leg.instrument.id.clone()))?;
+            let signed = mul(leg.quantity, leg.instrument.contract_size, "leg size")?;
+            let size = signed.abs();
+            let k = leg.price_factor;
+            if leg.instrument.kind.is_inverse() {
+                if leg.entry_price <= Decimal::ZERO {
+                    return Err(MarginError::NonPositivePrice {
+                        instrument: leg.instrument.id.clone(),
+                        price: leg.entry_price,
+                    });
+                }
+                // uPnL(USD) = n·cs·(k·z/EP − 1); MM(USD) = |n|·cs·mmr − cum·k·z.
+                a = sub(a, signed, "shock A")?;
+                b = add(
+                    b,
+                    div(mul(signed, k, "shock B")?, leg.entry_price, "shock B")?,
+                    "shock B",
+                )?;
+                c = sub(c, mul(t.cum, k, "shock C")?, "shock C")?;
+                d = sub(d, mul(size, t.mmr, "shock D")?, "shock D")?;
+            } else {
+                // uPnL = q·cs·(k·z − EP); MM = |q|·cs·k·z·mmr − cum.
+                a = sub(a, mul(signed, leg.entry_price, "shock A")?, "shock A")?;
+                b = add(b, mul(signed, k, "shock B")?, "shock B")?;
+                c = add(
+                    c,
+                    mul(mul(size, k, "shock C")?, t.mmr, "shock C")?,
+                    "shock C",
+                )?;
+                d = add(d, t.cum, "shock D")?;
+            }
+        }
+        for col in &self.collateral {
+            let w = haircut_weighted_amount(col.instrument, col.amount)?;
+            b = add(b, mul(w, col.price_factor, "shock B")?, "shock B")?;
+        }
+        let t = self.trigger;
+        Ok(Line {
+            k: sub(c, mul(t, b, "shock K")?, "shock K")?,
+            l: add(d, mul(t, a, "shock L")?, "shock L")?,
+        })
+    }
+
+    /// Every `z > 0` at which some leg changes tier, ascending, without duplicates.
+    fn breakpoints(&self) -> Result<Vec<Decimal>, MarginError> {
+        let mut out = Vec::new();
+        for leg in &self.legs {
+            let size = mul(leg.quantity.abs(), leg.instrument.contract_size, "leg size")?;
+            let k = leg.price_factor;
+            if size.is_zero() || k <= Decimal::ZERO {
+                continue;
+            }
+            for t in leg.instrument.tiers.iter().skip(1) {
+                if t.notional_floor <= Decimal::ZERO {
+                    continue;
+                }
+                let z = if leg.instrument.kind.is_inverse() {
+                    div(size, mul(k, t.notional_floor, "breakpoint")?, "breakpoint")?
+                } else {
+                    div(t.notional_floor, mul(size, k, "breakpoint")?, "breakpoint")?
+                };
+                out.push(z);
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// The exact crossings of the trigger nearest to `start` in both directions (margin-math
+    /// §1.9): walk the intervals between tier breakpoints outwards from `start`, take each
+    /// interval's tiers at its midpoint, solve the linear piece, accept the first root inside
+    /// its interval. A jump of `g` across 0 at a breakpoint (a table whose `cum` breaks
+    /// continuity) counts as a crossing at that breakpoint. For an account already at or past
+    /// the trigger the crossings are where it would stop being triggered.
+    pub fn crossings(&self, start: Decimal) -> Result<Crossings, MarginError> {
+        let bps = self.breakpoints()?;
+        Ok(Crossings {
+            down: self.walk(start, &bps, false)?,
+            up: self.walk(start, &bps, true)?,
+        })
+    }
+
+    fn walk(
+        &self,
+        start: Decimal,
+        bps: &[Decimal],
+        upwards: bool,
+    ) -> Result<Option<Decimal>, MarginError> {
+        let two = Decimal::TWO;
+        // Interval ends beyond `start` in walking order; `None` = unbounded (up) or 0 (down).
+        let mut ends: Vec<Option<Decimal>> = if upwards {
+            bps.iter()
+                .filter(|&&b| b > start)
+                .map(|&b| Some(b))
+                .collect()
+        } else {
+            bps.iter()
+                .rev()
+                .filter(|&&b| b < start && b > Decimal::ZERO)
+                .map(|&b| Some(b))
+                .collect()
+        };
+        ends.push(None);
+        let mut near = start;
+        let mut prev: Option<Line> = None;
+        for far in ends {
+            let mid = match far {
+                Some(f) => div(add(near, f, "midpoint")?, two, "midpoint")?,
+                None if upwards => mul(near.max(Decimal::ONE), two, "midpoint")?,
+                None => div(near, two, "midpoint")?,
+            };
+            if !upwards && mid <= Decimal::ZERO {
+                return Ok(None);
+            }
+            let line = self.line_at(mid)?;
+            if let Some(p) = prev {
+                let before = p.at(near)?;
+                let after = line.at(near)?;
+                if (before < Decimal::ZERO) != (after < Decimal::ZERO) {
+                    return Ok(Some(sub(near, start, "crossing")?));
+                }
+            }
+            // k = 0: g is constant on the interval (0 for an empty account), so no move
+            // inside it changes the state; only a jump at a breakpoint (above) can.
+            if !line.k.is_zero() {
+                // δ = (l − k·start)/k, so that start + δ is the root; for start = 1 this is
+                // the shock s* in a single division (W5: 82,080 / −857,100 = −1,368/14,285).
+                let delta = div(
+                    sub(line.l, mul(line.k, start, "root")?, "root")?,
+                    line.k,
+                    "root",
+                )?;
+                let z = add(start, delta, "root")?;
+                let eps = boundary_eps(z);
+                let inside = if upwards {
+                    delta >= Decimal::ZERO && z >= near - eps && far.is_none_or(|f| z <= f + eps)
+                } else {
+                    delta <= Decimal::ZERO
+                        && z > Decimal::ZERO
+                        && z <= near + eps
+                        && far.is_none_or(|f| z >= f - eps)
+                };
+                if inside {
+                    return Ok(Some(delta));
+                }
+            }
+            prev = Some(line);
+            match far {
+                Some(f) => near = f,
+                None => break,
+            }
+        }
+        Ok(None)
+    }
+
+    /// The liquidation price of margin-math §1.7: solve with the tiers at `start`, re-check the
+    /// tier of every leg at the result and re-solve until no tier changes (a loop, not
+    /// unrolled: a large position can need three or more steps). Returns the value of `z`;
+    /// `None` when no positive price reaches the trigger.
+    ///
+    /// If the loop does not settle on a positive fixed point (a negative first answer, or
+    /// tiers that alternate), the exact interval walk of [`PriceMove::crossings`] decides.
+    pub fn liquidation_price(&self, start: Decimal) -> Result<Option<Decimal>, MarginError> {
+        if start <= Decimal::ZERO {
+            return Ok(None);
+        }
+        let mut tiers = self.tiers_at(start)?;
+        let bound = self
+            .legs
+            .iter()
+            .map(|l| l.instrument.tiers.len())
+            .sum::<usize>()
+            + 2;
+        for _ in 0..bound {
+            let line = self.line(&tiers)?;
+            if line.k.is_zero() {
+                break;
+            }
+            let z = div(line.l, line.k, "liquidation price")?;
+            if z <= Decimal::ZERO {
+                break;
+            }
+            let next = self.tiers_at(z)?;
+            if next == tiers {
+                return Ok(Some(z));
+            }
+            tiers = next;
+        }
+        let c = self.crossings(start)?;
+        match c.nearest() {
+            Some(d) => Ok(Some(add(start, d, "liquidation price")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// `MM(z)` and `equity(z)` re-priced from the exact per-position formulas (not the linear
+    /// form), for checking a root.
+    pub fn reprice(&self, z: Decimal) -> Result<AccountTotals, MarginError> {
+        let mut t = AccountTotals {
+            equity: self.fixed_equity,
+            maintenance_margin: self.fixed_mm,
+        };
+        for leg in &self.legs {
+            let price = mul(leg.price_factor, z, "reprice")?;
+            let f = position_figures_exact(leg.instrument, leg.quantity, leg.entry_price, price)?;
+            t.equity = add(t.equity, f.unrealized_pnl, "reprice")?;
+            t.maintenance_margin = add(t.maintenance_margin, f.maintenance_margin, "reprice")?;
+        }
+        for col in &self.collateral {
+            let price = mul(col.price_factor, z, "reprice")?;
+            let v = collateral_value_exact(col.instrument, col.amount, price)?;
+            t.equity = add(t.equity, v, "reprice")?;
+        }
+        Ok(t)
+    }
+}
+
+/// The uniform-shock problem of an account: `z = 1 + s` multiplies every non-stable price.
+pub fn shock_problem<'a>(
+    account: &Account,
+    instruments: &'a dyn InstrumentLookup,
+    prices: &dyn PriceLookup,
+    trigger: Decimal,
+) -> Result<PriceMove<'a>, MarginError> {
+    let mut pm = PriceMove {
+        trigger,
+        ..PriceMove::default()
+    };
+    for (asset, amount) in &account.collateral {
+        let i = lookup(instruments, asset)?;
+        if i.stable {
+            let v = collateral_value_exact(i, *amount, Decimal::ONE)?;
+            pm.fixed_equity = add(pm.fixed_equity, v, "fixed equity")?;
+        } else {
+            pm.collateral.push(MovingCollateral {
+                instrument: i,
+                amount: *amount,
+                price_factor: price_of(i, prices)?,
+            });
+        }
+    }
+    for p in &account.positions {
+        let i = lookup(instruments, &p.instrument)?;
+        pm.legs.push(MovingLeg {
+            instrument: i,
+            quantity: p.quantity,
+            entry_price: p.entry_price,
+            price_factor: price_of(i, prices)?,
+        });
+    }
+    Ok(pm)
+}
+
+/// The uniform-shock distance (margin-math §1.9): the fractional move `s` of all non-stable
+/// prices together at which the margin ratio reaches `trigger`, down and up, exact.
+pub fn shock_distance(
+    account: &Account,
+    instruments: &dyn InstrumentLookup,
+    prices: &dyn PriceLookup,
+    trigger: Decimal,
+) -> Result<ShockDistance, MarginError> {
+    let pm = shock_problem(account, instruments, prices, trigger)?;
+    let c = pm.crossings(Decimal::ONE)?;
+    Ok(ShockDistance {
+        down: c.down,
+        up: c.up,
+        nearest: c.nearest(),
+    })
+}
+
+/// The liquidation-price problem of one position: `z` is the price of that position's
+/// instrument; every contract and non-stable collateral with the same `underlying` moves in
+/// proportion (factor `P_j / P_i`, exactly 1 when they share one price); everything else is
+/// fixed at its current figures. `None` when the position's own price is not positive.
+pub fn liquidation_problem<'a>(
+    account: &Account,
+    instruments: &'a dyn InstrumentLookup,
+    prices: &dyn PriceLookup,
+    position: &crate::model::Position,
+    trigger: Decimal,
+) -> Result<Option<(PriceMove<'a>, Decimal)>, MarginError> {
+    let own = lookup(instruments, &position.instrument)?;
+    let p0 = price_of(own, prices)?;
+    if p0 <= Decimal::ZERO {
+        return Ok(None);
+    }
+    let factor = |pj: Decimal| -> Result<Decimal, MarginError> {
+        if pj == p0 {
+            Ok(Decimal::ONE)
+        } else {
+            div(pj, p0, "price factor")
+        }
+    };
+    let mut pm = PriceMove {
+        trigger,
+        ..PriceMove::default()
+    };
+    for (asset, amount) in &account.collateral {
+        let i = lookup(instruments, asset)?;
+        let price = price_of(i, prices)?;
+        if !i.stable && i.underlying == own.underlying {
+            pm.collateral.push(MovingCollateral {
+                instrument: i,
+                amount: *amount,
+                price_factor: factor(price)?,
+            });
+        } else {
+            let v = collateral_value_exact(i, *amount, price)?;
+            pm.fixed_equity = add(pm.fixed_equity, v, "fixed equity")?;
+        }
+    }
+    for p in &account.positions {
+        let i = lookup(instruments, &p.instrument)?;
+        let price = price_of(i, prices)?;
+        if i.underlying == own.underlying {
+            pm.legs.push(MovingLeg {
+                instrument: i,
+                quantity: p.quantity,
+                entry_price: p.entry_price,
+                price_factor: factor(price)?,
+            });
+        } else {
+            let f = position_figures_exact(i, p.quantity, p.entry_price, price)?;
+            pm.fixed_equity = add(pm.fixed_equity, f.unrealized_pnl, "fixed equity")?;
+            pm.fixed_mm = add(pm.fixed_mm, f.maintenance_margin, "fixed MM")?;
+        }
+    }
+    Ok(Some((pm, p0)))
+}
+
+/// The liquidation price of one position of the account (margin-math §1.7, cross): the price
+/// of its instrument at which the ratio reaches `trigger`, its underlying's other instruments
+/// moving with it and every other price fixed. `None` when not reachable.
+pub fn liquidation_price_of(
+    account: &Account,
+    instruments: &dyn InstrumentLookup,
+    prices: &dyn PriceLookup,
+    position: &crate::model::Position,
+    trigger: Decimal,
+) -> Result<Option<Decimal>, MarginError> {
+    match liquidation_problem(account, instruments, prices, position, trigger)? {
+        Some((pm, p0)) => pm.liquidation_price(p0),
+        None => Ok(None),
+    }
+}
