@@ -48,9 +48,9 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 
 /// Metric names in the README metrics table (rows starting with `` | `liqwatch_ ``).
 fn readme_metrics() -> BTreeSet<String> {
-    let readme = read("README.md");
+    let readme = read("docs/metrics.md");
     let section = readme
-        .split("<!-- section: HTTP API, metrics and deployment (owner: api-deploy) -->")
+        .split("| Metric | Type | Labels | Meaning |")
         .nth(1)
         .expect("README section marker")
         .split("<!-- section:")

@@ -170,9 +170,9 @@ fn without_distances(mut v: serde_json::Value) -> serde_json::Value {
 /// The JSON blocks of the README section, in order.
 fn readme_blocks() -> Vec<serde_json::Value> {
     let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/events.md")).unwrap();
     let start = readme
-        .find("<!-- section: monitor and events (owner: engine-map) -->")
+        .find("## Examples: the W3 account from healthy to liquidation and back")
         .expect("README section marker");
     let rest = &readme[start..];
     let end = rest[10..]
