@@ -1,0 +1,327 @@
+//! Unit tests of the account map: worked examples, incremental equals from-scratch, updates and fills.
+
+use super::*;
+use crate::model::{InstrumentKind, MarginTier};
+use rust_decimal_macros::dec;
+
+fn tier(floor: Decimal, cap: Decimal, mmr: Decimal, cum: Decimal) -> MarginTier {
+    MarginTier {
+        notional_floor: floor,
+        notional_cap: cap,
+        mmr,
+        cum,
+    }
+}
+
+fn contract(id: &str, underlying: &str, tiers: Vec<MarginTier>) -> Instrument {
+    Instrument {
+        id: id.into(),
+        kind: InstrumentKind::LinearPerpetual,
+        underlying: underlying.into(),
+        contract_size: Decimal::ONE,
+        tiers,
+        liquidation_fee_rate: dec!(0.005),
+        collateral_ratio: Decimal::ONE,
+        haircut_tiers: vec![],
+        stable: false,
+        sources: vec![],
+        source_note: None,
+    }
+}
+
+fn collateral(id: &str, ratio: Decimal, stable: bool) -> Instrument {
+    Instrument {
+        id: id.into(),
+        kind: InstrumentKind::Collateral,
+        underlying: id.into(),
+        contract_size: Decimal::ONE,
+        tiers: vec![],
+        liquidation_fee_rate: Decimal::ZERO,
+        collateral_ratio: ratio,
+        haircut_tiers: vec![],
+        stable,
+        sources: vec![],
+        source_note: None,
+    }
+}
+
+/// The W3 instruments (margin-math §2.1 tables, truncated to the tiers W3/W4 use).
+pub(crate) fn w3_instruments() -> Vec<Instrument> {
+    vec![
+        contract(
+            "BTCUSDT-PERP",
+            "BTC",
+            vec![
+                tier(dec!(0), dec!(50000), dec!(0.004), dec!(0)),
+                tier(dec!(50000), dec!(600000), dec!(0.005), dec!(50)),
+                tier(dec!(600000), dec!(3000000), dec!(0.0065), dec!(950)),
+                tier(dec!(3000000), dec!(12000000), dec!(0.01), dec!(11450)),
+            ],
+        ),
+        contract(
+            "ETHUSDT-PERP",
+            "ETH",
+            vec![
+                tier(dec!(0), dec!(50000), dec!(0.004), dec!(0)),
+                tier(dec!(50000), dec!(600000), dec!(0.005), dec!(50)),
+                tier(dec!(600000), dec!(3000000), dec!(0.0065), dec!(950)),
+            ],
+        ),
+        contract(
+            "SOLUSDT-PERP",
+            "SOL",
+            vec![
+                tier(dec!(0), dec!(20000), dec!(0.005), dec!(0)),
+                tier(dec!(20000), dec!(100000), dec!(0.0065), dec!(30)),
+                tier(dec!(100000), dec!(800000), dec!(0.01), dec!(380)),
+            ],
+        ),
+        collateral("USDT", Decimal::ONE, true),
+        collateral("BTC", dec!(0.95), false),
+    ]
+}
+
+pub(crate) fn w3_account(id: &str) -> Account {
+    serde_json::from_str(&format!(
+        r#"{{"id":"{id}","collateral":{{"USDT":"60500","BTC":"1.5"}},"positions":[
+        {{"instrument":"BTCUSDT-PERP","quantity":"10.5","entry_price":"62000"}},
+        {{"instrument":"ETHUSDT-PERP","quantity":"150","entry_price":"3100"}},
+        {{"instrument":"SOLUSDT-PERP","quantity":"-2000","entry_price":"140"}}]}}"#
+    ))
+    .unwrap()
+}
+
+fn tick(m: &AccountMap, id: &str, p: Decimal) -> Vec<Touched> {
+    let mut out = Vec::new();
+    m.apply_price(&id.into(), p, &mut out).unwrap();
+    out
+}
+
+fn w3_prices(m: &AccountMap, btc: Decimal, eth: Decimal, sol: Decimal) {
+    tick(m, "BTCUSDT-PERP", btc);
+    tick(m, "BTC", btc);
+    tick(m, "ETHUSDT-PERP", eth);
+    tick(m, "SOLUSDT-PERP", sol);
+}
+
+fn assert_matches_oracle(m: &AccountMap, id: &str) {
+    let a = m.account(&id.into()).unwrap();
+    let t = margin::account_totals(&a, m.instruments(), &m.prices()).unwrap();
+    m.read(&id.into(), |v| {
+        assert!(v.complete());
+        assert_eq!(v.equity(), t.equity);
+        assert_eq!(v.maintenance_margin(), t.maintenance_margin);
+    })
+    .unwrap();
+}
+
+/// W3 → W4 through ticks: the cached figures are the worked example's, to the cent.
+#[test]
+fn w3_then_w4_incrementally() {
+    let m = AccountMap::new(w3_instruments());
+    m.apply_update(AccountUpdate::Replace {
+        account: w3_account("w3"),
+    })
+    .unwrap();
+    // Incomplete until every price is known.
+    assert_eq!(m.read(&"w3".into(), |v| v.complete()), Some(false));
+    w3_prices(&m, dec!(60000), dec!(3000), dec!(150));
+    m.read(&"w3".into(), |v| {
+        assert_eq!(v.equity(), dec!(90000));
+        assert_eq!(v.maintenance_margin(), dec!(7965));
+        assert_eq!(v.ratio(), Some(MarginRatio::Finite(dec!(0.0885))));
+    })
+    .unwrap();
+    w3_prices(&m, dec!(54000), dec!(2700), dec!(135));
+    m.read(&"w3".into(), |v| {
+        assert_eq!(v.equity(), dec!(3450));
+        assert_eq!(v.maintenance_margin(), dec!(7080));
+    })
+    .unwrap();
+    assert_matches_oracle(&m, "w3");
+}
+
+/// A tick touches only holders, reports each once with its totals, and skips unchanged prices.
+#[test]
+fn tick_touches_only_holders() {
+    let m = AccountMap::new(w3_instruments());
+    m.apply_update(AccountUpdate::Replace {
+        account: w3_account("a"),
+    })
+    .unwrap();
+    let b: Account = serde_json::from_str(
+        r#"{"id":"b","collateral":{"USDT":"1000"},"positions":[{"instrument":"ETHUSDT-PERP","quantity":"1","entry_price":"3000"}]}"#,
+    )
+    .unwrap();
+    m.apply_update(AccountUpdate::Replace { account: b })
+        .unwrap();
+    let t = tick(&m, "BTCUSDT-PERP", dec!(60000));
+    assert_eq!(t.len(), 1);
+    assert_eq!(Some(t[0].key), m.key_of(&"a".into()));
+    assert!(!t[0].complete);
+    assert!(tick(&m, "BTCUSDT-PERP", dec!(60000)).is_empty());
+    assert_eq!(tick(&m, "ETHUSDT-PERP", dec!(3100)).len(), 2);
+    assert_eq!(
+        m.holders(&"ETHUSDT-PERP".into()),
+        vec![AccountId::from("a"), "b".into()]
+    );
+    assert_eq!(
+        m.holders(&"USDT".into()),
+        vec![AccountId::from("a"), "b".into()]
+    );
+    assert_eq!(m.holders(&"BTC".into()), vec![AccountId::from("a")]);
+}
+
+/// Unknown instruments, wrong kinds and bad prices are rejected and change nothing.
+#[test]
+fn bad_input_is_rejected_without_change() {
+    let m = AccountMap::new(w3_instruments());
+    let mut a = w3_account("a");
+    a.positions[0].instrument = "DOGEUSDT-PERP".into();
+    assert!(matches!(
+        m.apply_update(AccountUpdate::Replace { account: a }),
+        Err(AccountError::UnknownInstrument(_))
+    ));
+    assert!(m.is_empty());
+    m.apply_update(AccountUpdate::Replace {
+        account: w3_account("a"),
+    })
+    .unwrap();
+    let before = m.account(&"a".into());
+    let bad = [
+        AccountUpdate::Collateral {
+            account_id: "a".into(),
+            asset: "BTCUSDT-PERP".into(),
+            delta: dec!(1),
+        },
+        AccountUpdate::Collateral {
+            account_id: "nobody".into(),
+            asset: "USDT".into(),
+            delta: dec!(1),
+        },
+        AccountUpdate::Fill {
+            account_id: "a".into(),
+            fill: Fill {
+                instrument: "BTCUSDT-PERP".into(),
+                side: PositionSide::Both,
+                quantity: dec!(1),
+                price: dec!(0),
+                fee: dec!(0),
+                settle_asset: None,
+            },
+        },
+        AccountUpdate::Fill {
+            account_id: "a".into(),
+            fill: Fill {
+                instrument: "BTCUSDT-PERP".into(),
+                side: PositionSide::Long,
+                quantity: dec!(-1),
+                price: dec!(1),
+                fee: dec!(0),
+                settle_asset: None,
+            },
+        },
+        AccountUpdate::Remove {
+            account_id: "nobody".into(),
+        },
+    ];
+    for u in bad {
+        assert!(m.apply_update(u.clone()).is_err(), "{u:?}");
+        assert_eq!(m.account(&"a".into()), before);
+    }
+    assert!(matches!(
+        m.apply_price(&"BTC".into(), dec!(-1), &mut Vec::new()),
+        Err(AccountError::InvalidPrice { .. })
+    ));
+    assert!(matches!(
+        m.apply_price(&"XRP".into(), dec!(1), &mut Vec::new()),
+        Err(AccountError::UnknownInstrument(_))
+    ));
+}
+
+/// Fill rules: weighted entry on increase, realised PnL and fee into USDT on reduce, flip.
+#[test]
+fn fills_follow_the_documented_rules() {
+    let m = AccountMap::new(w3_instruments());
+    let acc: Account = serde_json::from_str(r#"{"id":"f","collateral":{"USDT":"10000"}}"#).unwrap();
+    m.apply_update(AccountUpdate::Replace { account: acc })
+        .unwrap();
+    let fill = |q: Decimal, p: Decimal, fee: Decimal| AccountUpdate::Fill {
+        account_id: "f".into(),
+        fill: Fill {
+            instrument: "BTCUSDT-PERP".into(),
+            side: PositionSide::Both,
+            quantity: q,
+            price: p,
+            fee,
+            settle_asset: None,
+        },
+    };
+    m.apply_update(fill(dec!(1), dec!(60000), dec!(6))).unwrap();
+    m.apply_update(fill(dec!(3), dec!(64000), dec!(0))).unwrap();
+    let a = m.account(&"f".into()).unwrap();
+    assert_eq!(a.positions[0].quantity, dec!(4));
+    assert_eq!(a.positions[0].entry_price, dec!(63000));
+    assert_eq!(a.collateral[&InstrumentId::from("USDT")], dec!(9994));
+    // Reduce 1 at 65,000: realise +2,000, fee 2.
+    m.apply_update(fill(dec!(-1), dec!(65000), dec!(2)))
+        .unwrap();
+    let a = m.account(&"f".into()).unwrap();
+    assert_eq!(a.positions[0].quantity, dec!(3));
+    assert_eq!(a.positions[0].entry_price, dec!(63000));
+    assert_eq!(a.collateral[&InstrumentId::from("USDT")], dec!(11992));
+    // Flip: sell 5 at 62,000 → realise 3 × −1,000, short 2 at 62,000.
+    m.apply_update(fill(dec!(-5), dec!(62000), dec!(0)))
+        .unwrap();
+    let a = m.account(&"f".into()).unwrap();
+    assert_eq!(a.positions[0].quantity, dec!(-2));
+    assert_eq!(a.positions[0].entry_price, dec!(62000));
+    assert_eq!(a.collateral[&InstrumentId::from("USDT")], dec!(8992));
+    // Close: the position disappears and the index follows.
+    m.apply_update(fill(dec!(2), dec!(61000), dec!(0))).unwrap();
+    let a = m.account(&"f".into()).unwrap();
+    assert!(a.positions.is_empty());
+    assert_eq!(a.collateral[&InstrumentId::from("USDT")], dec!(10992));
+    assert!(m.holders(&"BTCUSDT-PERP".into()).is_empty());
+}
+
+/// Removal drops the account from the map and from every holder list.
+#[test]
+fn remove_clears_index() {
+    let m = AccountMap::new(w3_instruments());
+    m.apply_update(AccountUpdate::Replace {
+        account: w3_account("a"),
+    })
+    .unwrap();
+    let out = m
+        .apply_update(AccountUpdate::Remove {
+            account_id: "a".into(),
+        })
+        .unwrap();
+    assert!(matches!(out, UpdateOutcome::Removed(_)));
+    assert!(m.is_empty());
+    for i in m.instruments().iter() {
+        assert!(m.holders(&i.id).is_empty());
+    }
+    assert!(tick(&m, "BTCUSDT-PERP", dec!(1)).is_empty());
+}
+
+/// `riskiest` orders complete accounts by ratio, highest first, and skips incomplete ones.
+#[test]
+fn riskiest_orders_by_ratio() {
+    let m = AccountMap::new(w3_instruments());
+    for (id, usdt) in [("low", "100000"), ("mid", "60500"), ("high", "40000")] {
+        let mut a = w3_account(id);
+        a.collateral.insert("USDT".into(), usdt.parse().unwrap());
+        m.apply_update(AccountUpdate::Replace { account: a })
+            .unwrap();
+    }
+    assert!(m.riskiest(5).is_empty());
+    w3_prices(&m, dec!(60000), dec!(3000), dec!(150));
+    let r = m.riskiest(2);
+    let ids: Vec<&str> = r.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["high", "mid"]);
+    assert_eq!(r[1].ratio, MarginRatio::Finite(dec!(0.0885)));
+    let snap = m.snapshot(&"mid".into(), Decimal::ONE).unwrap();
+    assert_eq!(snap.equity, dec!(90000));
+}

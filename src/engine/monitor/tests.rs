@@ -1,0 +1,495 @@
+//! Unit tests of the monitor: the level state machine, hysteresis, restore, stale policies and events.
+
+use super::*;
+use rust_decimal_macros::dec;
+
+fn th(w: &[Decimal], trigger: Decimal, h: Decimal) -> Thresholds {
+    Thresholds {
+        warning_levels: w.to_vec(),
+        trigger,
+        hysteresis: h,
+    }
+}
+
+fn warn(l: Decimal) -> AccountState {
+    AccountState::Warning { level: l }
+}
+
+/// Table of transitions under the defaults and two warning levels.
+#[test]
+fn transition_table() {
+    use AccountState::{Healthy, Triggered};
+    use EventKind::{LiquidationTrigger as T, LiquidationWarning as W, Recovered as R};
+    let d = Thresholds::default();
+    let two = th(&[dec!(0.6), dec!(0.8)], dec!(1), dec!(0.05));
+    let f = MarginRatio::Finite;
+    #[allow(clippy::type_complexity)]
+    let cases: Vec<(
+        &Thresholds,
+        AccountState,
+        MarginRatio,
+        AccountState,
+        Option<(EventKind, Decimal, Vec<Decimal>)>,
+    )> = vec![
+        (&d, Healthy, f(dec!(0.5)), Healthy, None),
+        (
+            &d,
+            Healthy,
+            f(dec!(0.8)),
+            warn(dec!(0.8)),
+            Some((W, dec!(0.8), vec![dec!(0.8)])),
+        ),
+        (
+            &d,
+            Healthy,
+            f(dec!(0.9)),
+            warn(dec!(0.8)),
+            Some((W, dec!(0.8), vec![dec!(0.8)])),
+        ),
+        (
+            &d,
+            Healthy,
+            f(dec!(1)),
+            Triggered,
+            Some((T, dec!(1), vec![dec!(0.8), dec!(1)])),
+        ),
+        (
+            &d,
+            Healthy,
+            MarginRatio::Infinite,
+            Triggered,
+            Some((T, dec!(1), vec![dec!(0.8), dec!(1)])),
+        ),
+        (&d, warn(dec!(0.8)), f(dec!(0.79)), warn(dec!(0.8)), None),
+        (&d, warn(dec!(0.8)), f(dec!(0.75)), warn(dec!(0.8)), None),
+        (
+            &d,
+            warn(dec!(0.8)),
+            f(dec!(0.7499)),
+            Healthy,
+            Some((R, dec!(0.8), vec![dec!(0.8)])),
+        ),
+        (&d, warn(dec!(0.8)), f(dec!(0.99)), warn(dec!(0.8)), None),
+        (
+            &d,
+            warn(dec!(0.8)),
+            f(dec!(1)),
+            Triggered,
+            Some((T, dec!(1), vec![dec!(1)])),
+        ),
+        (&d, Triggered, f(dec!(0.96)), Triggered, None),
+        (&d, Triggered, f(dec!(0.95)), Triggered, None),
+        (
+            &d,
+            Triggered,
+            f(dec!(0.9)),
+            warn(dec!(0.8)),
+            Some((R, dec!(1), vec![dec!(1)])),
+        ),
+        (
+            &d,
+            Triggered,
+            f(dec!(0.76)),
+            warn(dec!(0.8)),
+            Some((R, dec!(1), vec![dec!(1)])),
+        ),
+        (
+            &d,
+            Triggered,
+            f(dec!(0.1)),
+            Healthy,
+            Some((R, dec!(0.8), vec![dec!(0.8), dec!(1)])),
+        ),
+        (&d, Triggered, MarginRatio::Infinite, Triggered, None),
+        (
+            &two,
+            Healthy,
+            f(dec!(0.7)),
+            warn(dec!(0.6)),
+            Some((W, dec!(0.6), vec![dec!(0.6)])),
+        ),
+        (
+            &two,
+            Healthy,
+            f(dec!(0.85)),
+            warn(dec!(0.8)),
+            Some((W, dec!(0.8), vec![dec!(0.6), dec!(0.8)])),
+        ),
+        (
+            &two,
+            warn(dec!(0.6)),
+            f(dec!(0.8)),
+            warn(dec!(0.8)),
+            Some((W, dec!(0.8), vec![dec!(0.8)])),
+        ),
+        (
+            &two,
+            warn(dec!(0.6)),
+            f(dec!(2)),
+            Triggered,
+            Some((T, dec!(1), vec![dec!(0.8), dec!(1)])),
+        ),
+        (
+            &two,
+            warn(dec!(0.8)),
+            f(dec!(0.6)),
+            warn(dec!(0.6)),
+            Some((R, dec!(0.8), vec![dec!(0.8)])),
+        ),
+        (
+            &two,
+            warn(dec!(0.8)),
+            f(dec!(0.5)),
+            Healthy,
+            Some((R, dec!(0.6), vec![dec!(0.6), dec!(0.8)])),
+        ),
+        (
+            &two,
+            Triggered,
+            f(dec!(0.56)),
+            warn(dec!(0.6)),
+            Some((R, dec!(0.8), vec![dec!(0.8), dec!(1)])),
+        ),
+        // A stored warning level that no longer exists maps to the highest level below it.
+        (&two, warn(dec!(0.7)), f(dec!(0.7)), warn(dec!(0.6)), None),
+        (&d, warn(dec!(0.5)), f(dec!(0.5)), Healthy, None),
+    ];
+    for (t, from, ratio, to, ev) in cases {
+        let (s, c) = transition(&from, ratio, t);
+        assert_eq!(s, to, "{from:?} at {ratio}");
+        let got = c.map(|c| (c.kind, c.level, c.crossed_levels));
+        assert_eq!(got, ev, "{from:?} at {ratio}");
+    }
+}
+
+/// Malformed thresholds are refused with a message.
+#[test]
+fn thresholds_validation() {
+    assert!(Thresholds::default().validate().is_ok());
+    for bad in [
+        th(&[dec!(0.8), dec!(0.7)], dec!(1), dec!(0.05)),
+        th(&[dec!(0.8)], dec!(0.8), dec!(0.05)),
+        th(&[dec!(0.8)], dec!(1), dec!(-0.01)),
+        th(&[dec!(0)], dec!(1), dec!(0)),
+    ] {
+        assert!(bad.validate().is_err(), "{bad:?}");
+    }
+    assert!(th(&[], dec!(1), dec!(0)).validate().is_ok());
+}
+
+/// The persisted state is flat JSON and round-trips.
+#[test]
+fn monitor_state_json() {
+    let s = MonitorState {
+        state: warn(dec!(0.8)),
+        seq: 3,
+    };
+    let j = serde_json::to_string(&s).unwrap();
+    assert_eq!(j, r#"{"state":"warning","level":"0.8","seq":3}"#);
+    assert_eq!(serde_json::from_str::<MonitorState>(&j).unwrap(), s);
+    let t = serde_json::to_string(&MonitorState {
+        state: AccountState::Triggered,
+        seq: 9,
+    })
+    .unwrap();
+    assert_eq!(t, r#"{"state":"triggered","seq":9}"#);
+}
+
+mod with_map {
+    use super::*;
+    use crate::engine::map::tests::{w3_account, w3_instruments};
+    use crate::model::{AccountUpdate, Venue};
+
+    const NOW: TimestampMs = 1_621_428_600_000;
+
+    fn setup() -> (AccountMap, Monitor) {
+        let m = AccountMap::new(w3_instruments());
+        m.apply_update(AccountUpdate::Replace {
+            account: w3_account("w3"),
+        })
+        .unwrap();
+        (m, Monitor::new(MonitorConfig::default()).unwrap())
+    }
+
+    /// Applies BTC/ETH/SOL prices (BTC collateral moves with BTC) and evaluates the touched.
+    fn move_to(
+        m: &AccountMap,
+        mon: &mut Monitor,
+        info: &HashMap<InstrumentId, PriceUsed>,
+        p: [Decimal; 3],
+    ) -> Vec<Emitted> {
+        let mut touched = Vec::new();
+        for (id, price) in [
+            ("BTCUSDT-PERP", p[0]),
+            ("BTC", p[0]),
+            ("ETHUSDT-PERP", p[1]),
+            ("SOLUSDT-PERP", p[2]),
+        ] {
+            m.apply_price(&id.into(), price, &mut touched).unwrap();
+        }
+        mon.evaluate(m, &touched, info, NOW)
+    }
+
+    pub(crate) const W3: [Decimal; 3] = [dec!(60000), dec!(3000), dec!(150)];
+    pub(crate) const WARN: [Decimal; 3] = [dec!(54360), dec!(2718), dec!(135.9)];
+    pub(crate) const W4: [Decimal; 3] = [dec!(54000), dec!(2700), dec!(135)];
+
+    /// W3 healthy → −9.4 % warning → W4 trigger → W3 recovered, one event each, seq 1, 2, 3.
+    #[test]
+    fn w3_warning_trigger_recovered() {
+        let (m, mut mon) = setup();
+        let info = HashMap::new();
+        assert!(move_to(&m, &mut mon, &info, W3).is_empty());
+        let e = move_to(&m, &mut mon, &info, WARN);
+        assert_eq!(e.len(), 1);
+        let w = &e[0].event;
+        assert_eq!(w.kind, EventKind::LiquidationWarning);
+        assert_eq!(w.level, Some(dec!(0.8)));
+        assert_eq!(w.seq, 1);
+        let snap = w.snapshot.as_ref().unwrap();
+        assert_eq!(snap.equity, dec!(8643));
+        assert_eq!(snap.maintenance_margin, dec!(7130.4));
+        assert_eq!(w.prices.len(), 5);
+        assert!(
+            w.prices
+                .iter()
+                .any(|p| p.source == "stable" && p.price == dec!(1))
+        );
+        assert_eq!(
+            e[0].state_json,
+            r#"{"state":"warning","level":"0.8","seq":1}"#
+        );
+        // Same prices again: nothing.
+        assert!(move_to(&m, &mut mon, &info, WARN).is_empty());
+        let e = move_to(&m, &mut mon, &info, W4);
+        assert_eq!(e.len(), 1);
+        let t = &e[0].event;
+        assert_eq!(t.kind, EventKind::LiquidationTrigger);
+        assert_eq!(t.crossed_levels, vec![dec!(1)]);
+        assert_eq!(t.seq, 2);
+        assert_eq!(t.snapshot.as_ref().unwrap().equity, dec!(3450));
+        assert_eq!(t.snapshot.as_ref().unwrap().maintenance_margin, dec!(7080));
+        let e = move_to(&m, &mut mon, &info, W3);
+        assert_eq!(e.len(), 1);
+        let r = &e[0].event;
+        assert_eq!(r.kind, EventKind::Recovered);
+        assert_eq!(r.level, Some(dec!(0.8)));
+        assert_eq!(r.crossed_levels, vec![dec!(0.8), dec!(1)]);
+        assert_eq!(r.state, Some(AccountState::Healthy));
+        assert_eq!(r.seq, 3);
+    }
+
+    /// `on_prices` applies a burst and evaluates once; `on_update` evaluates or forgets.
+    #[test]
+    fn engine_step_helpers() {
+        let (m, mut mon) = setup();
+        let info = HashMap::new();
+        let mut buf = Vec::new();
+        let burst = |p: [Decimal; 3]| {
+            vec![
+                (InstrumentId::from("BTCUSDT-PERP"), p[0]),
+                ("BTC".into(), p[0]),
+                ("ETHUSDT-PERP".into(), p[1]),
+                ("SOLUSDT-PERP".into(), p[2]),
+                ("DOGE".into(), dec!(1)),
+            ]
+        };
+        assert!(
+            mon.on_prices(&m, burst(W3), &info, NOW, &mut buf)
+                .is_empty()
+        );
+        let e = mon.on_prices(&m, burst(W4), &info, NOW, &mut buf);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].event.crossed_levels, vec![dec!(0.8), dec!(1)]);
+        let id = AccountId::from("w3");
+        let deposit = AccountUpdate::Collateral {
+            account_id: id.clone(),
+            asset: "USDT".into(),
+            delta: dec!(100000),
+        };
+        let out = m.apply_update(deposit).unwrap();
+        let e = mon.on_update(&m, &out, &id, &info, NOW);
+        assert_eq!(e[0].event.kind, EventKind::Recovered);
+        let out = m
+            .apply_update(AccountUpdate::Remove {
+                account_id: id.clone(),
+            })
+            .unwrap();
+        assert!(mon.on_update(&m, &out, &id, &info, NOW).is_empty());
+        assert_eq!(mon.state(&m, &id), None);
+    }
+
+    /// A jump from healthy straight to W4 is one trigger listing both levels.
+    #[test]
+    fn jump_lists_every_level() {
+        let (m, mut mon) = setup();
+        let info = HashMap::new();
+        move_to(&m, &mut mon, &info, W3);
+        let mut touched = Vec::new();
+        // Move the collateral and the perps in one evaluation batch.
+        for (id, p) in [
+            ("BTCUSDT-PERP", W4[0]),
+            ("BTC", W4[0]),
+            ("ETHUSDT-PERP", W4[1]),
+            ("SOLUSDT-PERP", W4[2]),
+        ] {
+            m.apply_price(&id.into(), p, &mut touched).unwrap();
+        }
+        let e = mon.evaluate(&m, &touched, &info, NOW);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].event.kind, EventKind::LiquidationTrigger);
+        assert_eq!(e[0].event.crossed_levels, vec![dec!(0.8), dec!(1)]);
+        assert_eq!(e[0].event.previous_state, Some(AccountState::Healthy));
+        let key = m.key_of(&"w3".into()).unwrap();
+        assert!(mon.evaluate_account(&m, key, &info, NOW).is_empty());
+    }
+
+    /// Restored states are not re-emitted; a change while down is; seq continues.
+    #[test]
+    fn restore_then_reevaluate() {
+        let (m, mut mon) = setup();
+        let info = HashMap::new();
+        move_to(&m, &mut mon, &info, W3);
+        let e = move_to(&m, &mut mon, &info, W4);
+        let stored = vec![(e[0].account_id.clone(), e[0].state_json.clone())];
+        let mut fresh = Monitor::new(MonitorConfig::default()).unwrap();
+        let rep = fresh.restore(stored.clone());
+        assert_eq!(rep.restored, 1);
+        assert!(fresh.evaluate_all(&m, &info, NOW).is_empty());
+        let mut again = Monitor::new(MonitorConfig::default()).unwrap();
+        again.restore(stored);
+        move_to(&m, &mut mon, &info, W3); // the prices recover "while down"
+        let e = again.evaluate_all(&m, &info, NOW);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].event.kind, EventKind::Recovered);
+        assert_eq!(e[0].event.seq, 2);
+        let bad = Monitor::new(MonitorConfig::default())
+            .unwrap()
+            .restore(vec![("w3".into(), "{not json".into())]);
+        assert_eq!(bad.rejected.len(), 1);
+    }
+
+    /// `hold` keeps a stale trigger back as a warning and fires it once prices are fresh.
+    #[test]
+    fn stale_trigger_held_then_fired() {
+        let m = AccountMap::new(w3_instruments());
+        m.apply_update(AccountUpdate::Replace {
+            account: w3_account("w3"),
+        })
+        .unwrap();
+        let mut mon = Monitor::new(MonitorConfig {
+            trigger_on_stale: StalePolicy::Hold,
+            ..Default::default()
+        })
+        .unwrap();
+        let stale_btc = |stale: bool| {
+            let mut info = HashMap::new();
+            info.insert(
+                InstrumentId::from("BTCUSDT-PERP"),
+                PriceUsed {
+                    instrument: "BTCUSDT-PERP".into(),
+                    price: dec!(0),
+                    source: Venue::BinanceUsdm.to_string(),
+                    received_ts: NOW - 90_000,
+                    age_ms: 90_000,
+                    stale,
+                },
+            );
+            info
+        };
+        move_to(&m, &mut mon, &stale_btc(true), W3);
+        let e = move_to(&m, &mut mon, &stale_btc(true), W4);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].event.kind, EventKind::LiquidationWarning);
+        assert!(e[0].event.stale_prices);
+        let btc = e[0]
+            .event
+            .prices
+            .iter()
+            .find(|p| p.instrument.as_str() == "BTCUSDT-PERP")
+            .unwrap();
+        assert_eq!(
+            (btc.price, btc.age_ms, btc.stale),
+            (dec!(54000), 90_000, true)
+        );
+        let e = mon.reevaluate_holders(&m, &"BTCUSDT-PERP".into(), &stale_btc(false), NOW);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].event.kind, EventKind::LiquidationTrigger);
+        assert!(!e[0].event.stale_prices);
+    }
+
+    /// Per-account thresholds override the defaults; incomplete accounts are not evaluated.
+    #[test]
+    fn overrides_and_incomplete() {
+        let m = AccountMap::new(w3_instruments());
+        let mut a = w3_account("tight");
+        a.thresholds = Some(th(&[dec!(0.05)], dec!(0.5), dec!(0.01)));
+        m.apply_update(AccountUpdate::Replace { account: a })
+            .unwrap();
+        let mut mon = Monitor::new(MonitorConfig::default()).unwrap();
+        let info = HashMap::new();
+        let mut touched = Vec::new();
+        m.apply_price(&"BTCUSDT-PERP".into(), W3[0], &mut touched)
+            .unwrap();
+        assert!(mon.evaluate(&m, &touched, &info, NOW).is_empty());
+        let e = move_to(&m, &mut mon, &info, W3);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].event.level, Some(dec!(0.05)));
+        let e = move_to(&m, &mut mon, &info, WARN);
+        assert_eq!(e[0].event.kind, EventKind::LiquidationTrigger);
+        assert_eq!(e[0].event.level, Some(dec!(0.5)));
+    }
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ratio() -> impl Strategy<Value = MarginRatio> {
+        prop_oneof![
+            9 => (0u32..1500).prop_map(|n| MarginRatio::Finite(Decimal::new(n.into(), 3))),
+            1 => Just(MarginRatio::Infinite),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Events fire exactly when a level is crossed (up at the level, down below level − h),
+        /// never twice in a row for the same crossing, and the state always agrees with the ratio.
+        #[test]
+        fn events_fire_exactly_on_crossings(ratios in proptest::collection::vec(ratio(), 1..60)) {
+            let t = th(&[dec!(0.6), dec!(0.8)], dec!(1), dec!(0.05));
+            let mut s = AccountState::Healthy;
+            for r in ratios {
+                let before = rank_of(&s, &t);
+                let (next, c) = transition(&s, r, &t);
+                let after = rank_of(&next, &t);
+                // The reference: up to the highest level reached; down only past level − h.
+                let up = levels(&t).filter(|l| r.at_or_above(*l)).count();
+                let expected = if up > before {
+                    up
+                } else {
+                    let mut d = before;
+                    while d > 0 && level_at(&t, d).is_some_and(|l| r.below(l - t.hysteresis)) {
+                        d -= 1;
+                    }
+                    d
+                };
+                prop_assert_eq!(after, expected);
+                prop_assert_eq!(c.is_some(), after != before);
+                if let Some(c) = &c {
+                    prop_assert_eq!(c.crossed_levels.len(), after.abs_diff(before));
+                    let kind = if after < before { EventKind::Recovered }
+                        else if after == 3 { EventKind::LiquidationTrigger }
+                        else { EventKind::LiquidationWarning };
+                    prop_assert_eq!(c.kind, kind);
+                }
+                // Re-applying the same ratio never fires again.
+                let (again, c2) = transition(&next, r, &t);
+                prop_assert!(c2.is_none());
+                prop_assert_eq!(&again, &next);
+                s = next;
+            }
+        }
+    }
+}

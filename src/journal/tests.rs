@@ -1,0 +1,281 @@
+//! Unit tests of the journal: gap-free sequence numbers, durability across reopen, cursors, dead letters, retention, a full disk.
+
+use super::*;
+use crate::model::EventKind;
+
+fn event(account: &str, seq: u64, time_ms: i64) -> RiskEvent {
+    RiskEvent {
+        event_id: RiskEvent::new_id(),
+        kind: EventKind::LiquidationWarning,
+        time: crate::model::format_rfc3339_ms(time_ms),
+        time_ms,
+        account_id: Some(AccountId::from(account)),
+        seq,
+        level: None,
+        crossed_levels: vec![],
+        previous_state: None,
+        state: None,
+        snapshot: None,
+        prices: vec![],
+        stale_prices: false,
+        feed: None,
+    }
+}
+
+fn open_tmp() -> (tempfile::TempDir, Journal) {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path().join("journal.db")).unwrap();
+    (dir, j)
+}
+
+/// Seqs are gap-free across bursts and reopen; a repeated event id keeps its first seq.
+#[test]
+fn seqs_gap_free_and_durable_across_reopen() {
+    let (dir, j) = open_tmp();
+    let a: Vec<RiskEvent> = (1..=3).map(|i| event("a", i, 1000 + i as i64)).collect();
+    assert_eq!(j.append(&a, &[]).unwrap(), vec![1, 2, 3]);
+    let b = vec![event("b", 1, 2000), a[1].clone()];
+    assert_eq!(j.append(&b, &[]).unwrap(), vec![4, 2]);
+    drop(j);
+    let j = Journal::open(dir.path().join("journal.db")).unwrap();
+    assert_eq!(j.last_seq(), 4);
+    let all = j.read_after(0, 100).unwrap();
+    let ids: Vec<_> = all.iter().map(|e| e.event.event_id).collect();
+    assert_eq!(
+        ids,
+        vec![a[0].event_id, a[1].event_id, a[2].event_id, b[0].event_id]
+    );
+    assert_eq!(all[0].json, serde_json::to_string(&a[0]).unwrap());
+    assert_eq!(j.append(&[event("c", 1, 3000)], &[]).unwrap(), vec![5]);
+}
+
+/// Monitor states commit with the events; later upserts win; accounts, states and
+/// cursors survive a reopen.
+#[test]
+fn monitor_states_and_accounts() {
+    let (dir, j) = open_tmp();
+    let a = AccountId::from("a");
+    j.append(&[event("a", 1, 1)], &[(a.clone(), "{\"s\":1}".into())])
+        .unwrap();
+    j.append(&[], &[(a.clone(), "{\"s\":2}".into())]).unwrap();
+    assert_eq!(
+        j.load_monitor_states().unwrap(),
+        vec![(a.clone(), "{\"s\":2}".to_owned())]
+    );
+    j.upsert_accounts(&[(a.clone(), "{}".into()), ("b".into(), "{\"x\":1}".into())])
+        .unwrap();
+    j.upsert_accounts(&[("b".into(), "{\"x\":2}".into())])
+        .unwrap();
+    assert_eq!(
+        j.load_accounts().unwrap(),
+        vec![
+            (a.clone(), "{}".to_owned()),
+            ("b".into(), "{\"x\":2}".to_owned())
+        ]
+    );
+    j.register_sink("s").unwrap();
+    j.advance("s", 1).unwrap();
+    drop(j);
+    let j = Journal::open(dir.path().join("journal.db")).unwrap();
+    assert_eq!(j.load_accounts().unwrap().len(), 2);
+    assert_eq!(
+        j.load_monitor_states().unwrap(),
+        vec![(a.clone(), "{\"s\":2}".to_owned())]
+    );
+    assert_eq!(j.cursor("s").unwrap(), 1);
+    assert!(j.delete_account(&a).unwrap());
+    assert!(!j.delete_account(&a).unwrap());
+    assert_eq!(j.load_accounts().unwrap().len(), 1);
+    assert!(j.load_monitor_states().unwrap().is_empty());
+}
+
+/// Cursors only move forward; lag, dead letters and history queries agree with them.
+#[test]
+fn cursors_lag_dead_letters_history() {
+    let (_dir, j) = open_tmp();
+    let evs: Vec<RiskEvent> = (1..=5).map(|i| event("a", i, i as i64 * 1000)).collect();
+    j.append(&evs, &[]).unwrap();
+    assert_eq!(j.register_sink("s").unwrap(), 0);
+    assert_eq!(j.lag("s").unwrap(), 5);
+    j.advance("s", 3).unwrap();
+    j.advance("s", 2).unwrap();
+    assert_eq!(j.cursor("s").unwrap(), 3);
+    // The relaxed cursor commit leaves the connection at synchronous = FULL (2).
+    let sync: i64 = j
+        .writer
+        .lock()
+        .conn
+        .pragma_query_value(None, "synchronous", |r| r.get(0))
+        .unwrap();
+    assert_eq!(sync, 2);
+    j.dead_letter("s", 4, "HTTP 400: bad payload").unwrap();
+    assert_eq!(j.cursor("s").unwrap(), 4);
+    assert_eq!(j.lag("s").unwrap(), 1);
+    let dl = j.dead_letters("s").unwrap();
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0].seq, 4);
+    assert_eq!(dl[0].event_id, evs[3].event_id.to_string());
+    assert_eq!(dl[0].reason, "HTTP 400: bad payload");
+    let after = j.read_after(3, 10).unwrap();
+    assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4, 5]);
+    let since = j.events_since(Since::TimeMs(2500), 2).unwrap();
+    assert_eq!(since.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4]);
+    let since = j.events_since(Since::Seq(4), 10).unwrap();
+    assert_eq!(since.len(), 1);
+}
+
+/// Retention deletes only events every sink is past and that are old; seqs never reuse.
+#[test]
+fn retention_prunes_delivered_old_only() {
+    let (dir, j) = open_tmp();
+    let old = now_ms() - 3_600_000;
+    let evs: Vec<RiskEvent> = (1..=4).map(|i| event("a", i, old)).collect();
+    j.append(&evs, &[]).unwrap();
+    j.append(&[event("a", 5, now_ms())], &[]).unwrap();
+    // No sink registered: nothing counts as delivered.
+    assert_eq!(j.prune(Duration::from_secs(60)).unwrap(), 0);
+    j.register_sink("fast").unwrap();
+    j.register_sink("slow").unwrap();
+    j.advance("fast", 5).unwrap();
+    j.advance("slow", 2).unwrap();
+    assert_eq!(j.prune(Duration::from_secs(60)).unwrap(), 2);
+    assert_eq!(
+        j.read_after(0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
+    j.advance("slow", 5).unwrap();
+    // Seq 5 is delivered but young: kept.
+    assert_eq!(j.prune(Duration::from_secs(60)).unwrap(), 2);
+    assert_eq!(j.read_after(0, 10).unwrap().len(), 1);
+    j.advance("slow", 5).unwrap();
+    drop(j);
+    let j = Journal::open(dir.path().join("journal.db")).unwrap();
+    assert_eq!(j.append(&[event("a", 6, now_ms())], &[]).unwrap(), vec![6]);
+}
+
+/// A full database holds the burst in memory (alarm on), keeps order, and commits it all
+/// once space returns.
+#[test]
+fn full_disk_buffers_in_order_then_recovers() {
+    let (_dir, j) = open_tmp();
+    j.append(&[event("a", 1, 1)], &[]).unwrap();
+    let pages: i64 = {
+        let w = j.writer.lock();
+        w.conn
+            .pragma_query_value(None, "page_count", |r| r.get(0))
+            .unwrap()
+    };
+    j.writer
+        .lock()
+        .conn
+        .pragma_update(None, "max_page_count", pages)
+        .unwrap();
+    let big: Vec<RiskEvent> = (0..200).map(|i| event("b", i, 2)).collect();
+    let err = j
+        .append(&big, &[("b".into(), "{\"s\":1}".into())])
+        .unwrap_err();
+    assert!(
+        matches!(err, JournalError::Buffered { buffered: 200, .. }),
+        "{err}"
+    );
+    assert!(j.is_write_failing());
+    let more = vec![event("c", 1, 3)];
+    assert!(matches!(
+        j.append(&more, &[]),
+        Err(JournalError::Buffered { buffered: 201, .. })
+    ));
+    assert_eq!(j.last_seq(), 1);
+    assert_eq!(j.read_after(0, 1000).unwrap().len(), 1);
+    // Buffered monitor states are visible to a reload in this process.
+    assert_eq!(j.load_monitor_states().unwrap().len(), 1);
+    j.writer
+        .lock()
+        .conn
+        .pragma_update(None, "max_page_count", 1_073_741_823i64)
+        .unwrap();
+    assert_eq!(j.retry_pending().unwrap(), 201);
+    assert!(!j.is_write_failing());
+    let all = j.read_after(0, 1000).unwrap();
+    let want: Vec<_> = std::iter::once(all[0].event.event_id)
+        .chain(big.iter().map(|e| e.event_id))
+        .chain(more.iter().map(|e| e.event_id))
+        .collect();
+    assert_eq!(
+        all.iter().map(|e| e.event.event_id).collect::<Vec<_>>(),
+        want
+    );
+    assert_eq!(all.last().unwrap().seq, 202);
+}
+
+/// The flusher task commits the in-memory backlog on its own once writes work again, and
+/// wakes sink drivers through the commit notification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flusher_commits_backlog_when_space_returns() {
+    let (_dir, j) = open_tmp();
+    let j = Arc::new(j);
+    j.append(&[event("a", 1, 1)], &[]).unwrap();
+    let pages: i64 = j
+        .writer
+        .lock()
+        .conn
+        .pragma_query_value(None, "page_count", |r| r.get(0))
+        .unwrap();
+    j.writer
+        .lock()
+        .conn
+        .pragma_update(None, "max_page_count", pages)
+        .unwrap();
+    let burst: Vec<RiskEvent> = (0..300).map(|i| event("b", i, 2)).collect();
+    assert!(j.append(&burst, &[]).is_err());
+    assert!(j.is_write_failing());
+    let mut committed = j.subscribe();
+    let cancel = CancellationToken::new();
+    let flusher = j.spawn_flusher(cancel.clone());
+    j.writer
+        .lock()
+        .conn
+        .pragma_update(None, "max_page_count", 1_073_741_823i64)
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while *committed.borrow_and_update() < 301 {
+            committed.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("flusher committed the backlog");
+    assert!(!j.is_write_failing());
+    assert_eq!(j.buffered(), 0);
+    assert_eq!(j.read_after(1, 1000).unwrap().len(), 300);
+    cancel.cancel();
+    flusher.await.unwrap();
+}
+
+/// Garbage, a newer schema and a missing directory are clear open errors.
+#[test]
+fn open_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.db");
+    std::fs::write(&garbage, vec![0x42u8; 8192]).unwrap();
+    let e = Journal::open(&garbage).unwrap_err();
+    assert!(matches!(e, JournalError::Corrupt { .. }), "{e}");
+    assert!(e.to_string().contains("garbage.db"));
+
+    let newer = dir.path().join("newer.db");
+    drop(Journal::open(&newer).unwrap());
+    let c = Connection::open(&newer).unwrap();
+    c.pragma_update(None, "user_version", 99).unwrap();
+    drop(c);
+    let e = Journal::open(&newer).unwrap_err();
+    assert!(
+        matches!(e, JournalError::SchemaTooNew { found: 99, .. }),
+        "{e}"
+    );
+
+    let missing = dir.path().join("no/such/dir/journal.db");
+    let e = Journal::open(&missing).unwrap_err();
+    assert!(matches!(e, JournalError::Open { .. }), "{e}");
+}
