@@ -10,14 +10,16 @@ use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::margin::{self, to_cents};
+use crate::engine::{AccountError, AccountMap, Engine, EngineConfig, MonitorConfig};
+use crate::margin::to_cents;
 use crate::model::{
-    Account, AccountId, AccountState, Instrument, InstrumentId, MarginRatio, PositionSide,
-    RiskSnapshot, ShockDistance, Thresholds,
+    Account, AccountId, AccountState, AccountUpdate, Instrument, InstrumentId, MarginRatio,
+    PositionSide, PriceUsed, RiskSnapshot, ShockDistance,
 };
 use crate::sources::files::{self as inputs, InputError, Scenario};
 
@@ -104,22 +106,6 @@ struct JsonOut<'a> {
     errors: &'a [String],
 }
 
-/// The state of a margin ratio against levels.
-pub fn state_of(ratio: MarginRatio, levels: &Thresholds) -> AccountState {
-    if ratio.at_or_above(levels.trigger) {
-        return AccountState::Triggered;
-    }
-    match levels
-        .warning_levels
-        .iter()
-        .rev()
-        .find(|l| ratio.at_or_above(**l))
-    {
-        Some(l) => AccountState::Warning { level: *l },
-        None => AccountState::Healthy,
-    }
-}
-
 fn nearest_liquidation(s: &RiskSnapshot) -> Option<NearestLiquidation> {
     s.positions
         .iter()
@@ -140,32 +126,62 @@ fn nearest_liquidation(s: &RiskSnapshot) -> Option<NearestLiquidation> {
         .min_by_key(|n| n.relative_move.abs())
 }
 
-/// Computes one row: the account's snapshot at `prices` against its levels.
-pub fn stress_row(
-    account: &Account,
-    instruments: &HashMap<InstrumentId, Instrument>,
-    prices: &HashMap<InstrumentId, Decimal>,
-    scenario: &str,
-) -> Result<StressRow, margin::MarginError> {
-    let levels = account.thresholds.clone().unwrap_or_default();
-    let snap = margin::account_snapshot(account, instruments, prices, levels.trigger)?;
+/// One row from the engine: the account's snapshot at the engine's prices and the state the
+/// monitor put it in.
+fn stress_row(engine: &Engine, id: &AccountId, scenario: &str) -> Result<StressRow, AccountError> {
+    let map = engine.map();
+    let levels = map
+        .read(id, |v| v.thresholds().cloned())
+        .ok_or_else(|| AccountError::UnknownAccount(id.clone()))?
+        .unwrap_or_else(|| engine.monitor().config().thresholds.clone());
+    let snap = map.snapshot(id, levels.trigger)?;
     let pct = match snap.margin_ratio {
         MarginRatio::Finite(r) => to_cents(r * Decimal::ONE_HUNDRED).to_string(),
         MarginRatio::Infinite => "inf".into(),
     };
+    let state = engine
+        .monitor()
+        .state(map, id)
+        .map(|s| s.state)
+        .unwrap_or(AccountState::Healthy);
     Ok(StressRow {
-        account: account.id.clone(),
+        account: id.clone(),
         scenario: scenario.to_string(),
         equity: to_cents(snap.equity),
         maintenance_margin: to_cents(snap.maintenance_margin),
         margin_ratio: snap.margin_ratio,
         margin_ratio_pct: pct,
-        state: state_of(snap.margin_ratio, &levels),
+        state,
         trigger: levels.trigger,
         shock_distance: snap.shock_distance.clone(),
         nearest_liquidation: nearest_liquidation(&snap),
         snapshot: snap,
     })
+}
+
+/// The book under one scenario, in the one [`Engine`]: every account loaded, the scenario's
+/// prices applied as one step (so the monitor classifies each account from healthy, exactly as
+/// the daemon would on its first tick).
+fn engine_at(
+    inputs: &StressInputs,
+    prices: &HashMap<InstrumentId, Decimal>,
+) -> Result<Engine, String> {
+    let map = Arc::new(AccountMap::new(inputs.instruments.values().cloned()));
+    let mut engine = Engine::new(
+        map,
+        EngineConfig {
+            monitor: MonitorConfig::default(),
+            distance_index: false,
+        },
+    )?;
+    let no_info: HashMap<InstrumentId, PriceUsed> = HashMap::new();
+    for a in &inputs.accounts {
+        engine
+            .on_update(AccountUpdate::Replace { account: a.clone() }, &no_info, 0)
+            .map_err(|e| e.to_string())?;
+    }
+    engine.on_prices(prices.iter().map(|(i, p)| (i, *p)), &no_info, 0);
+    Ok(engine)
 }
 
 /// Everything the command needs, loaded and checked.
@@ -258,16 +274,26 @@ pub fn main(args: StressArgs) -> ExitCode {
     }
     let mut rows = Vec::new();
     let mut errors = Vec::new();
+    let mut engines = Vec::with_capacity(inputs.scenarios.len());
+    for sc in &inputs.scenarios {
+        let engine = match sc.apply(&inputs.instruments, &inputs.prices) {
+            Some(prices) => {
+                engine_at(&inputs, &prices).map_err(|e| format!("scenario {}: {e}", sc.name))
+            }
+            None => Err(format!("scenario {}: prices overflow", sc.name)),
+        };
+        engines.push(engine);
+    }
     for a in &inputs.accounts {
-        for sc in &inputs.scenarios {
-            let Some(prices) = sc.apply(&inputs.instruments, &inputs.prices) else {
-                errors.push(format!(
-                    "account {}, scenario {}: prices overflow",
-                    a.id, sc.name
-                ));
-                continue;
+        for (sc, engine) in inputs.scenarios.iter().zip(&engines) {
+            let engine = match engine {
+                Ok(e) => e,
+                Err(e) => {
+                    errors.push(format!("account {}, {e}", a.id));
+                    continue;
+                }
             };
-            match stress_row(a, &inputs.instruments, &prices, &sc.name) {
+            match stress_row(engine, &a.id, &sc.name) {
                 Ok(r) => rows.push(r),
                 Err(e) => errors.push(format!("account {}, scenario {}: {e}", a.id, sc.name)),
             }
@@ -447,27 +473,5 @@ mod tests {
         assert_eq!(money(dec!(-83100)), "-83,100.00");
         assert_eq!(money(dec!(0.004)), "0.00");
         assert_eq!(money(dec!(999)), "999.00");
-    }
-
-    /// States follow the highest level reached; infinite ratio is triggered.
-    #[test]
-    fn states() {
-        let t = Thresholds {
-            warning_levels: vec![dec!(0.5), dec!(0.8)],
-            ..Thresholds::default()
-        };
-        assert_eq!(
-            state_of(MarginRatio::Finite(dec!(0.49)), &t),
-            AccountState::Healthy
-        );
-        assert_eq!(
-            state_of(MarginRatio::Finite(dec!(0.85)), &t),
-            AccountState::Warning { level: dec!(0.8) }
-        );
-        assert_eq!(
-            state_of(MarginRatio::Finite(dec!(1)), &t),
-            AccountState::Triggered
-        );
-        assert_eq!(state_of(MarginRatio::Infinite, &t), AccountState::Triggered);
     }
 }

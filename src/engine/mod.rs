@@ -96,6 +96,8 @@ pub struct Engine {
     touched: Vec<Touched>,
     /// Per-instrument sequence of feed events.
     feed_seq: HashMap<InstrumentId, u64>,
+    /// Accounts valued by the last [`Engine::on_prices`].
+    last_valued: usize,
 }
 
 impl Engine {
@@ -111,6 +113,7 @@ impl Engine {
             wake: Vec::new(),
             touched: Vec::with_capacity(1024),
             feed_seq: HashMap::new(),
+            last_valued: 0,
         })
     }
 
@@ -127,6 +130,12 @@ impl Engine {
     /// The distance index, when on.
     pub fn index(&self) -> Option<&DistanceIndex> {
         self.index.as_ref()
+    }
+
+    /// How many accounts the last [`Engine::on_prices`] valued (woken by the index, or every
+    /// holder of a changed instrument when eager).
+    pub fn last_valued(&self) -> usize {
+        self.last_valued
     }
 
     /// Loads persisted monitor states (account id, [`MonitorState`] JSON) at start, before the
@@ -167,6 +176,7 @@ impl Engine {
                 touched.dedup_by_key(|t| t.key);
             }
         }
+        self.last_valued = touched.len();
         let out = if touched.is_empty() {
             Vec::new()
         } else {
