@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -35,7 +34,6 @@ pub(crate) struct Backend {
     pub engine: mpsc::Sender<EngineRequest>,
     pub kinds: HashMap<InstrumentId, InstrumentKind>,
     pub default_trigger: Decimal,
-    pub accounts_loaded: AtomicBool,
 }
 
 impl Backend {
@@ -130,10 +128,20 @@ impl ApiBackend for Backend {
                 problems.join("; ")
             },
         });
+        // Accounts are loaded before the API starts; what can fail later is the engine task
+        // that applies their updates.
+        let engine_up = !self.engine.is_closed();
         out.push(ReadinessCheck {
             name: "accounts".into(),
-            ok: self.accounts_loaded.load(Ordering::Relaxed),
-            detail: format!("{} accounts loaded", self.map.len()),
+            ok: engine_up,
+            detail: if engine_up {
+                format!("{} accounts loaded; engine running", self.map.len())
+            } else {
+                format!(
+                    "{} accounts loaded; engine stopped: updates cannot be applied",
+                    self.map.len()
+                )
+            },
         });
         let stuck: Vec<String> = self
             .sinks

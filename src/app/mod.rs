@@ -36,7 +36,7 @@ mod runner;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -446,7 +446,6 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
             .map(|(k, v)| (k.clone(), v.kind))
             .collect(),
         default_trigger: cfg.engine.thresholds.trigger,
-        accounts_loaded: AtomicBool::new(true),
     });
     if let Some(listener) = listener {
         let mut state = ApiState::new(backend.clone(), events_tx.clone())
