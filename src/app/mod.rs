@@ -32,14 +32,13 @@
 
 mod backend;
 mod runner;
+mod startup;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use dashmap::DashMap;
 use futures::FutureExt as _;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -48,12 +47,10 @@ use tracing::Instrument as _;
 
 use crate::api::{self, ApiState};
 use crate::config::{Config, ConfigError, FeedSource, SinkKind};
-use crate::engine::{AccountMap, Engine, EngineConfig, MonitorConfig, MonitorState};
+use crate::engine::AccountMap;
 use crate::feeds::{self, FeedRegistry, replay};
-use crate::journal::{Journal, JournalHandle, JournalOptions};
-use crate::model::{
-    Account, AccountId, AccountState, AccountUpdate, Instrument, InstrumentId, now_ms,
-};
+use crate::journal::JournalHandle;
+use crate::model::{Instrument, now_ms};
 use crate::prices::PriceBoard;
 use crate::runtime::tasks::join_all;
 use crate::runtime::{Backoff, Tasks, telemetry};
@@ -63,6 +60,8 @@ use backend::Backend;
 use runner::{EngineRequest, Runner, StateCounts};
 
 pub use crate::runtime::telemetry::init_logging;
+use startup::load_accounts;
+pub(crate) use startup::{check_files, load_instruments};
 
 /// Why the daemon stopped with an error, and the exit code that goes with it.
 #[derive(Debug, thiserror::Error)]
@@ -90,59 +89,6 @@ impl AppError {
 }
 
 // ---------------------------------------------------------------------------------------------
-
-/// Checks that every file the config names exists.
-pub(crate) fn check_files(cfg: &Config) -> Result<(), AppError> {
-    let mut missing = Vec::new();
-    let mut need = |what: &str, p: &Path| {
-        if let Err(e) = std::fs::metadata(p) {
-            missing.push(format!("{what} {}: {e}", p.display()));
-        }
-    };
-    for p in &cfg.engine.instruments {
-        need("engine.instruments", p);
-    }
-    if let Some(p) = &cfg.accounts.snapshot {
-        need("accounts.snapshot", p);
-    }
-    for f in &cfg.feeds {
-        if let FeedSource::Replay { file, .. } = &f.source {
-            need("feeds.file", file);
-        }
-    }
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(AppError::Startup(format!(
-            "files named in {} are missing:\n  {}",
-            cfg.path.display(),
-            missing.join("\n  ")
-        )))
-    }
-}
-
-/// Loads and merges every instrument preset file; an id defined in two files is an error.
-pub(crate) fn load_instruments(
-    cfg: &Config,
-) -> Result<HashMap<InstrumentId, Instrument>, AppError> {
-    let mut all: HashMap<InstrumentId, Instrument> = HashMap::new();
-    let mut from: HashMap<InstrumentId, String> = HashMap::new();
-    for path in &cfg.engine.instruments {
-        let map = crate::sources::files::load_instruments(path)
-            .map_err(|e| AppError::Startup(e.to_string()))?;
-        for (id, inst) in map {
-            if let Some(first) = from.get(&id) {
-                return Err(AppError::Startup(format!(
-                    "instrument {id} is defined in both {first} and {}",
-                    path.display()
-                )));
-            }
-            from.insert(id.clone(), path.display().to_string());
-            all.insert(id, inst);
-        }
-    }
-    Ok(all)
-}
 
 /// Builds the runtime, installs the Prometheus recorder and runs the daemon until a signal.
 pub fn run_daemon(cfg: Config) -> Result<(), AppError> {
@@ -220,55 +166,14 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
     let instrument_list: Vec<Instrument> = instruments.values().cloned().collect();
 
     // Journal first: a corrupt or unwritable journal is a startup error (exit 2).
-    if let Some(dir) = cfg
-        .journal
-        .path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-    {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            AppError::Startup(format!(
-                "cannot create the journal directory {}: {e}",
-                dir.display()
-            ))
-        })?;
-    }
-    let journal = Journal::open_with(
-        &cfg.journal.path,
-        JournalOptions {
-            synchronous: cfg.journal.synchronous,
-            ..JournalOptions::default()
-        },
-    )
-    .map_err(|e| AppError::Startup(e.to_string()))?;
-    let journal = Arc::new(journal);
+    let journal = Arc::new(startup::open_journal(&cfg)?);
 
     // Accounts: the store, or the snapshot on the first start.
     let map = Arc::new(AccountMap::new(instrument_list.clone()));
     load_accounts(&cfg, &journal, &map, &instruments)?;
 
-    // Monitor with its restored states; the shared view of states for the API.
-    let mut engine = Engine::new(
-        Arc::clone(&map),
-        EngineConfig {
-            monitor: MonitorConfig {
-                thresholds: cfg.engine.thresholds.clone(),
-                trigger_on_stale: cfg.engine.trigger_on_stale,
-            },
-            distance_index: cfg.engine.distance_index,
-        },
-    )
-    .map_err(|e| AppError::Startup(format!("engine levels: {e}")))?;
-    let stored_states = journal
-        .load_monitor_states()
-        .map_err(|e| AppError::Startup(e.to_string()))?;
-    let states: Arc<DashMap<AccountId, AccountState>> = Arc::new(DashMap::new());
-    for (id, json) in &stored_states {
-        if let Ok(s) = serde_json::from_str::<MonitorState>(json) {
-            states.insert(id.clone(), s.state);
-        }
-    }
-    let report = engine.restore(stored_states);
+    // The engine with its restored monitor states; the shared view of states for the API.
+    let (engine, states, report) = startup::engine(&cfg, &map, &journal)?;
     tracing::info!(
         accounts = map.len(),
         monitor_states = report.restored,
@@ -581,60 +486,6 @@ async fn wait_engine_death(task: &tokio::task::JoinHandle<()>) -> String {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-/// Seeds the map from the journal's accounts store, or from the snapshot file when the store
-/// is empty (first start), persisting the snapshot into the store.
-fn load_accounts(
-    cfg: &Config,
-    journal: &Journal,
-    map: &AccountMap,
-    instruments: &HashMap<InstrumentId, Instrument>,
-) -> Result<(), AppError> {
-    let stored = journal
-        .load_accounts()
-        .map_err(|e| AppError::Startup(e.to_string()))?;
-    if !stored.is_empty() {
-        let mut bad = 0usize;
-        for (id, json) in stored {
-            let applied = serde_json::from_str::<Account>(&json)
-                .map_err(|e| e.to_string())
-                .and_then(|account| {
-                    map.apply_update(AccountUpdate::Replace { account })
-                        .map_err(|e| e.to_string())
-                });
-            if let Err(error) = applied {
-                bad += 1;
-                metrics::counter!("liqwatch_daemon_store_accounts_rejected_total").increment(1);
-                tracing::error!(account = %id, %error, "Stored account cannot be loaded (kept in the store, not watched): fix the instrument presets or replace it");
-            }
-        }
-        if let Some(p) = &cfg.accounts.snapshot {
-            tracing::info!(snapshot = %p.display(), accounts = map.len(), rejected = bad, "Accounts restored from the journal's store; the snapshot file only seeds an empty store");
-        }
-        return Ok(());
-    }
-    let Some(path) = &cfg.accounts.snapshot else {
-        return Ok(());
-    };
-    let accounts = crate::sources::files::load_accounts_checked(path, instruments)
-        .map_err(|e| AppError::Startup(e.to_string()))?;
-    let mut rows = Vec::with_capacity(accounts.len());
-    for account in accounts {
-        let id = account.id.clone();
-        let json = serde_json::to_string(&account)
-            .map_err(|e| AppError::Startup(format!("account {id}: {e}")))?;
-        map.apply_update(AccountUpdate::Replace { account })
-            .map_err(|e| AppError::Startup(format!("{}: {e}", path.display())))?;
-        rows.push((id, json));
-    }
-    for chunk in rows.chunks(10_000) {
-        journal
-            .upsert_accounts(chunk)
-            .map_err(|e| AppError::Startup(e.to_string()))?;
-    }
-    tracing::info!(snapshot = %path.display(), accounts = rows.len(), "Accounts seeded from the snapshot");
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,179 @@
+//! Start-up inputs: the files a config names, the instrument presets, the journal, the accounts
+//! (from the journal's store, or the snapshot on a first start) and the engine with its
+//! restored monitor states. Every failure here is a startup error (exit 2).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use super::AppError;
+use crate::config::{Config, FeedSource};
+use crate::engine::{AccountMap, Engine, EngineConfig, MonitorConfig, MonitorState, RestoreReport};
+use crate::journal::{Journal, JournalOptions};
+use crate::model::{Account, AccountId, AccountState, AccountUpdate, Instrument, InstrumentId};
+
+/// Checks that every file the config names exists.
+pub(crate) fn check_files(cfg: &Config) -> Result<(), AppError> {
+    let mut missing = Vec::new();
+    let mut need = |what: &str, p: &Path| {
+        if let Err(e) = std::fs::metadata(p) {
+            missing.push(format!("{what} {}: {e}", p.display()));
+        }
+    };
+    for p in &cfg.engine.instruments {
+        need("engine.instruments", p);
+    }
+    if let Some(p) = &cfg.accounts.snapshot {
+        need("accounts.snapshot", p);
+    }
+    for f in &cfg.feeds {
+        if let FeedSource::Replay { file, .. } = &f.source {
+            need("feeds.file", file);
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(AppError::Startup(format!(
+            "files named in {} are missing:\n  {}",
+            cfg.path.display(),
+            missing.join("\n  ")
+        )))
+    }
+}
+
+/// Loads and merges every instrument preset file; an id defined in two files is an error.
+pub(crate) fn load_instruments(
+    cfg: &Config,
+) -> Result<HashMap<InstrumentId, Instrument>, AppError> {
+    let mut all: HashMap<InstrumentId, Instrument> = HashMap::new();
+    let mut from: HashMap<InstrumentId, String> = HashMap::new();
+    for path in &cfg.engine.instruments {
+        let map = crate::sources::files::load_instruments(path)
+            .map_err(|e| AppError::Startup(e.to_string()))?;
+        for (id, inst) in map {
+            if let Some(first) = from.get(&id) {
+                return Err(AppError::Startup(format!(
+                    "instrument {id} is defined in both {first} and {}",
+                    path.display()
+                )));
+            }
+            from.insert(id.clone(), path.display().to_string());
+            all.insert(id, inst);
+        }
+    }
+    Ok(all)
+}
+
+/// Opens (or creates) the journal the config names, creating its directory.
+pub(crate) fn open_journal(cfg: &Config) -> Result<Journal, AppError> {
+    if let Some(dir) = cfg
+        .journal
+        .path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            AppError::Startup(format!(
+                "cannot create the journal directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+    }
+    Journal::open_with(
+        &cfg.journal.path,
+        JournalOptions {
+            synchronous: cfg.journal.synchronous,
+            ..JournalOptions::default()
+        },
+    )
+    .map_err(|e| AppError::Startup(e.to_string()))
+}
+
+/// The engine over `map` with the monitor states the journal kept, and the shared view of
+/// those states for the API.
+#[allow(clippy::type_complexity)]
+pub(crate) fn engine(
+    cfg: &Config,
+    map: &Arc<AccountMap>,
+    journal: &Journal,
+) -> Result<(Engine, Arc<DashMap<AccountId, AccountState>>, RestoreReport), AppError> {
+    let mut engine = Engine::new(
+        Arc::clone(map),
+        EngineConfig {
+            monitor: MonitorConfig {
+                thresholds: cfg.engine.thresholds.clone(),
+                trigger_on_stale: cfg.engine.trigger_on_stale,
+            },
+            distance_index: cfg.engine.distance_index,
+        },
+    )
+    .map_err(|e| AppError::Startup(format!("engine levels: {e}")))?;
+    let stored_states = journal
+        .load_monitor_states()
+        .map_err(|e| AppError::Startup(e.to_string()))?;
+    let states: Arc<DashMap<AccountId, AccountState>> = Arc::new(DashMap::new());
+    for (id, json) in &stored_states {
+        if let Ok(s) = serde_json::from_str::<MonitorState>(json) {
+            states.insert(id.clone(), s.state);
+        }
+    }
+    let report = engine.restore(stored_states);
+    Ok((engine, states, report))
+}
+
+/// Seeds the map from the journal's accounts store, or from the snapshot file when the store
+/// is empty (first start), persisting the snapshot into the store.
+pub(crate) fn load_accounts(
+    cfg: &Config,
+    journal: &Journal,
+    map: &AccountMap,
+    instruments: &HashMap<InstrumentId, Instrument>,
+) -> Result<(), AppError> {
+    let stored = journal
+        .load_accounts()
+        .map_err(|e| AppError::Startup(e.to_string()))?;
+    if !stored.is_empty() {
+        let mut bad = 0usize;
+        for (id, json) in stored {
+            let applied = serde_json::from_str::<Account>(&json)
+                .map_err(|e| e.to_string())
+                .and_then(|account| {
+                    map.apply_update(AccountUpdate::Replace { account })
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(error) = applied {
+                bad += 1;
+                metrics::counter!("liqwatch_daemon_store_accounts_rejected_total").increment(1);
+                tracing::error!(account = %id, %error, "Stored account cannot be loaded (kept in the store, not watched): fix the instrument presets or replace it");
+            }
+        }
+        if let Some(p) = &cfg.accounts.snapshot {
+            tracing::info!(snapshot = %p.display(), accounts = map.len(), rejected = bad, "Accounts restored from the journal's store; the snapshot file only seeds an empty store");
+        }
+        return Ok(());
+    }
+    let Some(path) = &cfg.accounts.snapshot else {
+        return Ok(());
+    };
+    let accounts = crate::sources::files::load_accounts_checked(path, instruments)
+        .map_err(|e| AppError::Startup(e.to_string()))?;
+    let mut rows = Vec::with_capacity(accounts.len());
+    for account in accounts {
+        let id = account.id.clone();
+        let json = serde_json::to_string(&account)
+            .map_err(|e| AppError::Startup(format!("account {id}: {e}")))?;
+        map.apply_update(AccountUpdate::Replace { account })
+            .map_err(|e| AppError::Startup(format!("{}: {e}", path.display())))?;
+        rows.push((id, json));
+    }
+    for chunk in rows.chunks(10_000) {
+        journal
+            .upsert_accounts(chunk)
+            .map_err(|e| AppError::Startup(e.to_string()))?;
+    }
+    tracing::info!(snapshot = %path.display(), accounts = rows.len(), "Accounts seeded from the snapshot");
+    Ok(())
+}
