@@ -45,8 +45,8 @@ use serde::{Deserialize, Serialize};
 use crate::engine::map::{AccountKey, AccountMap, Touched, UpdateOutcome};
 use crate::margin;
 use crate::model::{
-    AccountId, AccountState, EventKind, FeedEventInfo, InstrumentId, MarginRatio, PriceUsed,
-    RiskEvent, Thresholds, TimestampMs, format_rfc3339_ms,
+    AccountId, AccountState, EventKind, InstrumentId, MarginRatio, PriceUsed, RiskEvent,
+    Thresholds, TimestampMs, format_rfc3339_ms,
 };
 
 /// What to do with a trigger computed from a stale price.
@@ -672,31 +672,6 @@ fn prices_used(
         out.push(p);
     }
     out
-}
-
-/// Builds a `feed_stale` / `feed_restored` event (the daemon keeps `seq` per instrument).
-pub fn feed_event(
-    kind: EventKind,
-    info: FeedEventInfo,
-    seq: u64,
-    now_ms: TimestampMs,
-) -> RiskEvent {
-    RiskEvent {
-        event_id: RiskEvent::new_id(),
-        kind,
-        time: format_rfc3339_ms(now_ms),
-        time_ms: now_ms,
-        account_id: None,
-        seq,
-        level: None,
-        crossed_levels: Vec::new(),
-        previous_state: None,
-        state: None,
-        snapshot: None,
-        prices: Vec::new(),
-        stale_prices: false,
-        feed: Some(info),
-    }
 }
 
 #[cfg(test)]
