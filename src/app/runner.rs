@@ -23,11 +23,9 @@ use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Emitted, Engine, PendingUpdate, PriceInfo, UpdateOutcome};
+use crate::engine::{Emitted, Engine, PendingUpdate, UpdateOutcome};
 use crate::journal::Journal;
-use crate::model::{
-    AccountId, AccountState, AccountUpdate, InstrumentId, PriceUsed, RiskEvent, now_ms,
-};
+use crate::model::{AccountId, AccountState, AccountUpdate, InstrumentId, RiskEvent, now_ms};
 use crate::prices::{Composite, PriceBoard};
 use crate::sources::{Applied, ApplyError, UpdateOrigin};
 
@@ -39,17 +37,6 @@ pub(crate) enum EngineRequest {
         origin: UpdateOrigin,
         reply: oneshot::Sender<Result<Applied, ApplyError>>,
     },
-}
-
-/// The price board as the monitor's source of price details (source, age, stale flag).
-pub(crate) struct BoardPrices<'a>(pub &'a PriceBoard);
-
-impl PriceInfo for BoardPrices<'_> {
-    fn price_info(&self, instrument: &InstrumentId) -> Option<PriceUsed> {
-        self.0
-            .composite(instrument)
-            .map(|c| c.price_used(instrument))
-    }
 }
 
 /// The engine task.
@@ -149,7 +136,7 @@ impl Runner {
         let oldest_rx = changed.iter().map(|(_, c)| c.received_at).min();
         let emitted = self.engine.on_prices(
             changed.iter().map(|(i, c)| (i, c.price)),
-            &BoardPrices(&self.board),
+            &*self.board,
             now_ms(),
         );
         if emitted.is_empty() {
@@ -172,9 +159,7 @@ impl Runner {
         for t in &transitions {
             tracing::warn!(instrument = %t.info.instrument, kind = %t.kind, "Feed staleness changed");
         }
-        let step = self
-            .engine
-            .on_feed(&transitions, &BoardPrices(&self.board), now_ms());
+        let step = self.engine.on_feed(&transitions, &*self.board, now_ms());
         self.commit(step.emitted, step.feed_events).await;
     }
 
@@ -239,9 +224,7 @@ impl Runner {
             UpdateOutcome::Removed(_) => Applied::Removed,
         };
         let id = pending.account_id().clone();
-        let emitted = self
-            .engine
-            .settle(pending, &BoardPrices(&self.board), now_ms());
+        let emitted = self.engine.settle(pending, &*self.board, now_ms());
         if applied == Applied::Removed
             && let Some((_, old)) = self.states.remove(&id)
         {

@@ -213,6 +213,14 @@ impl Engine {
             },
         };
         let outcome = self.map.apply_update(undo)?;
+        // A removal undone re-creates the account under a new key (keys are never reused): it
+        // keeps its monitor state, so it does not fire its events again.
+        if let UpdateOutcome::Removed(old) = pending.outcome {
+            self.monitor.rekey(old, outcome.key());
+            if let Some(index) = self.index.as_mut() {
+                index.forget(old);
+            }
+        }
         if let Some(index) = self.index.as_mut() {
             index.track(&self.map, outcome.key());
             index.rebuild(&self.map, &self.monitor, outcome.key());

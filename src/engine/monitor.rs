@@ -320,6 +320,21 @@ impl Monitor {
         self.pending.get(id).cloned()
     }
 
+    /// Moves an account's state to a new key (a removal that was undone re-creates the account
+    /// under a new key).
+    pub fn rekey(&mut self, from: AccountKey, to: AccountKey) {
+        let Some(slot) = self.slots.get_mut(from as usize).and_then(Option::take) else {
+            return;
+        };
+        let i = to as usize;
+        if self.slots.len() <= i {
+            self.slots.resize(i + 1, None);
+        }
+        if let Some(s) = self.slots.get_mut(i) {
+            *s = Some(slot);
+        }
+    }
+
     /// Drops an account's state (call after it was removed from the map).
     pub fn forget(&mut self, key: AccountKey, id: &AccountId) {
         if let Some(s) = self.slots.get_mut(key as usize) {
