@@ -16,15 +16,17 @@
 //! file: `[prices]` is [`crate::prices::PriceBoardConfig`]; a `[[feeds]]` entry is `venue` /
 //! `enabled` / `instruments` / `stale_after` (and `file` / `speed` for a replay) plus
 //! [`crate::feeds::FeedConfig`]; a `[[sinks]]` entry is `type` / `name` / `filter`
-//! ([`crate::sinks::SinkFilter`]) plus the sink type's config
-//! ([`crate::sinks::stdout::StdoutSinkConfig`], [`crate::sinks::jsonl::JsonlSinkConfig`],
-//! [`crate::sinks::webhook::WebhookConfig`], [`crate::sinks::nats::NatsConfig`]).
+//! ([`crate::sinks::SinkFilter`]) / `delivery` plus the keys of the sink type's own config,
+//! the [`crate::sinks::SinkConfig`] registered under that `type`
+//! ([`crate::sinks::register_all`]); this module knows no sink type by name.
 
+use std::any::Any;
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rust_decimal::Decimal;
@@ -39,11 +41,7 @@ use crate::journal::Synchronous;
 use crate::model::{Thresholds, Venue};
 use crate::prices::PriceBoardConfig;
 pub use crate::runtime::telemetry::LogFormat;
-use crate::sinks::SinkFilter;
-use crate::sinks::jsonl::JsonlSinkConfig;
-use crate::sinks::nats::{NatsConfig, NatsSettings};
-use crate::sinks::stdout::StdoutSinkConfig;
-use crate::sinks::webhook::{WebhookConfig, WebhookSettings};
+use crate::sinks::{SinkConfig, SinkContext, SinkFilter, SinkSettings, SinkTypes};
 use crate::sources::{NatsIngestConfig, Shard};
 
 // ---------------------------------------------------------------------------------------------
@@ -254,31 +252,6 @@ pub struct JournalConfig {
     pub synchronous: Synchronous,
 }
 
-/// What a sink is, with its settings validated and secrets resolved.
-#[derive(Clone, Debug)]
-pub enum SinkKind {
-    /// One JSON line per event on stdout.
-    Stdout(StdoutSinkConfig),
-    /// Append-only JSON lines file with rotation.
-    Jsonl(JsonlSinkConfig),
-    /// Signed HTTP POST (generic, slack, discord, pagerduty).
-    Webhook(WebhookSettings),
-    /// NATS JetStream publish.
-    Nats(NatsSettings),
-}
-
-impl SinkKind {
-    /// The type name as written in the file.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            SinkKind::Stdout(_) => "stdout",
-            SinkKind::Jsonl(_) => "jsonl",
-            SinkKind::Webhook(_) => "webhook",
-            SinkKind::Nats(_) => "nats",
-        }
-    }
-}
-
 /// One `[[sinks]]` entry.
 #[derive(Clone, Debug)]
 pub struct SinkEntry {
@@ -289,8 +262,22 @@ pub struct SinkEntry {
     /// Delivery tuning (`delivery = { batch_size = …, backoff_max = "30s", … }`); `None` =
     /// defaults, with the drain grace taken from `[shutdown] grace`.
     pub delivery: Option<crate::sinks::DriverOptions>,
-    /// What it is.
-    pub kind: SinkKind,
+    /// The `type` as written in the file (a name in [`crate::sinks::type_names`]).
+    pub type_name: &'static str,
+    /// The sink type's validated settings (secrets resolved); they build the sink.
+    pub settings: Arc<dyn SinkSettings>,
+}
+
+impl SinkEntry {
+    /// The settings as the sink type's own settings type, if that is `T`.
+    pub fn settings_as<T: SinkSettings>(&self) -> Option<&T> {
+        (self.settings.as_ref() as &dyn Any).downcast_ref::<T>()
+    }
+
+    /// Builds the sink.
+    pub fn build(&self) -> Result<Box<dyn crate::sinks::Sink>, crate::sinks::SinkBuildError> {
+        self.settings.build(&self.name)
+    }
 }
 
 /// `[api]`.
@@ -398,19 +385,9 @@ struct RawJournal {
     synchronous: Option<Synchronous>,
 }
 
-/// The keys of a `[[sinks]]` entry the daemon reads itself; the rest go to the sink type.
-/// `kinds` / `min_severity` / `accounts` are also accepted at the top of the entry, as a
-/// shorthand for the same keys in `filter`.
-const SINK_KEYS: &[&str] = &[
-    "type",
-    "name",
-    "filter",
-    "delivery",
-    "kinds",
-    "min_severity",
-    "accounts",
-];
-
+/// The keys of a `[[sinks]]` entry the daemon reads itself (the fields of [`RawSink`]); the
+/// rest go to the sink type's own config. `kinds` / `min_severity` / `accounts` are also
+/// accepted at the top of the entry, as a shorthand for the same keys in `filter`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSink {
@@ -615,29 +592,6 @@ fn find_floats_value(v: &Spanned<DeValue<'_>>, key: &str, out: &mut Vec<(String,
         }
         _ => {}
     }
-}
-
-/// Rewrites `stream = "NAME"` into `stream = { name = "NAME" }`, keeping spans.
-fn stream_shorthand<'i>(v: Spanned<DeValue<'i>>) -> Spanned<DeValue<'i>> {
-    let span = v.span();
-    let DeValue::Table(t) = v.get_ref() else {
-        return v;
-    };
-    let mut out: DeTable<'i> = DeTable::new();
-    for (k, val) in t.iter() {
-        let is_stream_name = k.get_ref() == "stream" && val.get_ref().is_str();
-        if is_stream_name {
-            let mut inner: DeTable<'i> = DeTable::new();
-            inner.insert(
-                Spanned::new(k.span(), std::borrow::Cow::Borrowed("name")),
-                val.clone(),
-            );
-            out.insert(k.clone(), Spanned::new(val.span(), DeValue::Table(inner)));
-        } else {
-            out.insert(k.clone(), val.clone());
-        }
-    }
-    Spanned::new(span, DeValue::Table(out))
 }
 
 /// Splits a table value into (the keys in `mine`, every other key), keeping spans.
@@ -1138,7 +1092,7 @@ impl<'a> Cx<'a, '_> {
     }
 
     /// Reports a component's validation messages (`"secret_env: …"`) under the key they name.
-    fn component_problems(&mut self, i: usize, errors: Vec<String>, keys: &[&'static str]) {
+    fn component_problems(&mut self, i: usize, errors: Vec<String>, keys: &[&str]) {
         for e in errors {
             let k = problem_key(&e, keys).unwrap_or("type");
             self.problem(&[P::K("sinks"), P::I(i), P::K(k)], e);
@@ -1152,7 +1106,7 @@ impl<'a> Cx<'a, '_> {
         for (i, item) in items.into_iter().enumerate() {
             let here = [P::K("sinks"), P::I(i)];
             let at = |k: &'static str| [P::K("sinks"), P::I(i), P::K(k)];
-            let Some((mine, rest)) = split_table(&item, SINK_KEYS) else {
+            let Some((mine, rest)) = split_table(&item, struct_fields::<RawSink>()) else {
                 continue;
             };
             let Some(raw) = self.de::<RawSink>(mine, &here) else {
@@ -1171,8 +1125,6 @@ impl<'a> Cx<'a, '_> {
                 min_severity: raw.min_severity.unwrap_or_default(),
                 accounts: raw.accounts.clone().unwrap_or_default(),
             });
-            // `stream = "NAME"` is shorthand for `stream = { name = "NAME" }` (NATS sinks).
-            let rest = stream_shorthand(rest);
             let name = raw.name.clone().unwrap_or_else(|| raw.kind.clone());
             if name.is_empty() {
                 self.problem(&at("name"), "must not be empty");
@@ -1184,78 +1136,31 @@ impl<'a> Cx<'a, '_> {
                     ),
                 );
             }
-            let env = self.env;
-            let kind = match raw.kind.as_str() {
-                "stdout" => self
-                    .de::<StdoutSinkConfig>(rest, &here)
-                    .map(SinkKind::Stdout),
-                "jsonl" => self.de::<JsonlSinkConfig>(rest, &here).map(|mut c| {
-                    c.path = self.path(&c.path.to_string_lossy());
-                    SinkKind::Jsonl(c)
-                }),
-                "webhook" => match self
-                    .de::<WebhookConfig>(rest, &here)
-                    .map(|c| c.resolve(env))
-                {
-                    Some(Ok(s)) => Some(SinkKind::Webhook(s)),
-                    Some(Err(errors)) => {
-                        self.component_problems(
-                            i,
-                            errors,
-                            &[
-                                "url",
-                                "url_env",
-                                "secret_env",
-                                "routing_key_env",
-                                "timeout",
-                                "concurrency",
-                                "group",
-                                "rate_limit",
-                                "format",
-                            ],
-                        );
-                        None
-                    }
-                    None => None,
-                },
-                "nats" => match self.de::<NatsConfig>(rest, &here).map(|c| c.resolve(env)) {
-                    Some(Ok(s)) => Some(SinkKind::Nats(s)),
-                    Some(Err(errors)) => {
-                        self.component_problems(
-                            i,
-                            errors,
-                            &[
-                                "url",
-                                "subject",
-                                "timeout",
-                                "max_in_flight",
-                                "stream",
-                                "token_env",
-                                "password_env",
-                                "user",
-                            ],
-                        );
-                        None
-                    }
-                    None => None,
-                },
-                other => {
-                    self.problem(
-                        &at("type"),
-                        format!(
-                            "unknown sink type {other:?}, expected stdout, jsonl, webhook or nats"
-                        ),
-                    );
-                    None
-                }
+            let mut reader = SinkReader {
+                cx: self,
+                index: i,
+                type_name: &raw.kind,
+                value: Some(rest),
+                found: None,
             };
-            if let Some(kind) = kind {
-                out.push(SinkEntry {
+            crate::sinks::register_all(&mut reader);
+            match reader.found {
+                Some(Some((type_name, settings))) => out.push(SinkEntry {
                     name,
                     filter,
                     delivery: raw.delivery,
-                    kind,
-                });
+                    type_name,
+                    settings,
+                }),
+                Some(None) => {}
+                None => self.problem(
+                    &at("type"),
+                    format!(
+                        "unknown sink type {:?}, expected one of: {}",
+                        raw.kind,
+                        crate::sinks::type_names().join(", ")
+                    ),
+                ),
             }
         }
         out
@@ -1306,8 +1211,85 @@ impl<'a> Cx<'a, '_> {
     }
 }
 
+/// Reads a `[[sinks]]` entry's own keys with the config type its `type` names, visiting the
+/// registered sink types ([`crate::sinks::register_all`]).
+struct SinkReader<'c, 'a, 'r, 't> {
+    cx: &'c mut Cx<'a, 'r>,
+    /// The entry's index in `[[sinks]]`.
+    index: usize,
+    /// The entry's `type`.
+    type_name: &'t str,
+    /// The entry's keys other than the common ones; taken by the matching type.
+    value: Option<Spanned<DeValue<'a>>>,
+    /// `None`: no registered type has this name. `Some(None)`: it has, and the entry's problems
+    /// are recorded. `Some(Some(_))`: the validated settings.
+    found: Option<Option<(&'static str, Arc<dyn SinkSettings>)>>,
+}
+
+impl SinkTypes for SinkReader<'_, '_, '_, '_> {
+    fn register<C: SinkConfig>(&mut self) {
+        if C::TYPE != self.type_name {
+            return;
+        }
+        let Some(value) = self.value.take() else {
+            return;
+        };
+        let i = self.index;
+        let settings = match self.cx.de::<C>(value, &[P::K("sinks"), P::I(i)]) {
+            None => None,
+            Some(config) => {
+                let resolved = config.resolve(&SinkContext {
+                    env: self.cx.env,
+                    base_dir: &self.cx.base,
+                });
+                match resolved {
+                    Ok(settings) => Some((C::TYPE, Arc::new(settings) as Arc<dyn SinkSettings>)),
+                    Err(errors) => {
+                        self.cx.component_problems(i, errors, struct_fields::<C>());
+                        None
+                    }
+                }
+            }
+        };
+        self.found = Some(settings);
+    }
+}
+
+/// The field names of a serde struct (`#[derive(Deserialize)]`, no `flatten`): the keys its
+/// table accepts. Asks the type to deserialise itself from a deserializer that only records
+/// the fields it is offered.
+fn struct_fields<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    struct Fields<'f>(&'f mut &'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for Fields<'_> {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(
+            self,
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            Err(serde::de::Error::custom("only records struct fields"))
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(serde::de::Error::custom("only records struct fields"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Fields(&mut fields));
+    fields
+}
+
 /// The key a component's validation message is about (`"secret_env: …"` → `secret_env`).
-fn problem_key(message: &str, keys: &[&'static str]) -> Option<&'static str> {
+fn problem_key<'k>(message: &str, keys: &[&'k str]) -> Option<&'k str> {
     keys.iter()
         .copied()
         .filter(|k| message.starts_with(k) || message.contains(&format!(" {k}")))
@@ -1495,14 +1477,14 @@ path = "j.db"
             !dbg.contains("tok-value") && !dbg.contains("s3cret-value"),
             "{dbg}"
         );
-        match &c.sinks[0].kind {
-            SinkKind::Webhook(s) => {
+        match c.sinks[0].settings_as::<crate::sinks::webhook::WebhookSettings>() {
+            Some(s) => {
                 assert_eq!(
                     s.secret.as_ref().map(|s| s.0.clone()),
                     Some(b"s3cret-value".to_vec())
                 )
             }
-            k => panic!("{k:?}"),
+            None => panic!("{:?}", c.sinks[0]),
         }
     }
 
@@ -1514,12 +1496,13 @@ path = "j.db"
             "{MIN}\n[[sinks]]\ntype = \"jsonl\"\nname = \"archive\"\npath = \"events.jsonl\"\nkeep = 3\nfilter = {{ kinds = [\"liquidation_trigger\"], min_severity = \"critical\" }}\n"
         );
         let c = ok(&good);
-        match &c.sinks[0].kind {
-            SinkKind::Jsonl(j) => {
+        assert_eq!(c.sinks[0].type_name, "jsonl");
+        match c.sinks[0].settings_as::<crate::sinks::jsonl::JsonlSinkConfig>() {
+            Some(j) => {
                 assert_eq!(j.path, PathBuf::from("/etc/liqwatch/events.jsonl"));
                 assert_eq!(j.keep, 3);
             }
-            k => panic!("{k:?}"),
+            None => panic!("{:?}", c.sinks[0]),
         }
         assert_eq!(c.sinks[0].filter.kinds.len(), 1);
         let bad = format!(
@@ -1530,6 +1513,11 @@ path = "j.db"
         assert!(k.contains(&"sinks[0].url"), "{p:?}");
         assert!(k.contains(&"sinks[1].name"), "{p:?}");
         assert!(k.contains(&"sinks[2].type"), "{p:?}");
+        let unknown = p.iter().find(|p| p.key == "sinks[2].type");
+        assert!(
+            unknown.is_some_and(|p| p.message.contains("stdout, jsonl, webhook, nats")),
+            "the registered types are listed: {p:?}"
+        );
     }
 
     /// A disabled feed is dropped; replay feeds take a file and a speed; a venue feed's
@@ -1571,10 +1559,37 @@ path = "j.db"
             c.sinks[0].filter.min_severity,
             crate::sinks::Severity::Warning
         );
-        match &c.sinks[0].kind {
-            SinkKind::Nats(n) => assert_eq!(n.stream.as_ref().map(|s| s.name.as_str()), Some("EV")),
-            k => panic!("{k:?}"),
+        match c.sinks[0].settings_as::<crate::sinks::nats::NatsSettings>() {
+            Some(n) => assert_eq!(n.stream.as_ref().map(|s| s.name.as_str()), Some("EV")),
+            None => panic!("{:?}", c.sinks[0]),
         }
+    }
+
+    /// A sink type's keys are its serde type's fields, so validation messages find their key.
+    #[test]
+    fn sink_fields_come_from_serde() {
+        let fields = struct_fields::<crate::sinks::webhook::WebhookConfig>();
+        assert!(
+            fields.contains(&"secret_env") && fields.contains(&"batch_max"),
+            "{fields:?}"
+        );
+        assert_eq!(
+            struct_fields::<RawSink>(),
+            [
+                "type",
+                "name",
+                "filter",
+                "delivery",
+                "kinds",
+                "min_severity",
+                "accounts"
+            ]
+        );
+        let text = format!(
+            "{MIN}\n[[sinks]]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:1/h\"\nmax_batch_time = \"0s\"\n"
+        );
+        let p = problems(&text);
+        assert_eq!(keys(&p), vec![(14, "sinks[0].max_batch_time")], "{p:?}");
     }
 
     /// Levels parse exactly and bad levels are refused with the monitor's own rule.

@@ -333,6 +333,26 @@ impl WebhookConfig {
     }
 }
 
+impl crate::sinks::SinkConfig for WebhookConfig {
+    const TYPE: &'static str = "webhook";
+    type Settings = WebhookSettings;
+
+    fn resolve(self, cx: &crate::sinks::SinkContext<'_>) -> Result<WebhookSettings, Vec<String>> {
+        WebhookConfig::resolve(&self, cx.env)
+    }
+}
+
+impl crate::sinks::SinkSettings for WebhookSettings {
+    fn build(&self, name: &str) -> Result<Box<dyn Sink>, crate::sinks::SinkBuildError> {
+        if self.secret.is_none() {
+            tracing::warn!(sink = %name, "Webhook sink has no secret_env: its requests are not signed");
+        }
+        WebhookSink::new(name, self.clone())
+            .map(|s| Box::new(s) as Box<dyn Sink>)
+            .map_err(|e| crate::sinks::SinkBuildError(e.to_string()))
+    }
+}
+
 /// A secret that never prints.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub Vec<u8>);
