@@ -22,7 +22,6 @@
 
 use std::any::Any;
 use std::collections::{BTreeSet, HashSet};
-use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -40,6 +39,7 @@ use crate::feeds::replay::ReplaySpeed;
 use crate::journal::Synchronous;
 use crate::model::{Thresholds, Venue};
 use crate::prices::PriceBoardConfig;
+pub use crate::runtime::secret::Secret;
 pub use crate::runtime::telemetry::LogFormat;
 use crate::sinks::{SinkConfig, SinkContext, SinkFilter, SinkSettings, SinkTypes};
 use crate::sources::{NatsIngestConfig, Shard};
@@ -111,47 +111,6 @@ fn render_problems(path: &Path, problems: &[Problem]) -> String {
         ));
     }
     s
-}
-
-// ---------------------------------------------------------------------------------------------
-// Secrets
-// ---------------------------------------------------------------------------------------------
-
-/// A secret read from the environment. Its `Debug`/`Display` never show the value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret {
-    env: String,
-    value: String,
-}
-
-impl Secret {
-    /// Wraps a value read from environment variable `env`.
-    pub fn new(env: impl Into<String>, value: impl Into<String>) -> Self {
-        Secret {
-            env: env.into(),
-            value: value.into(),
-        }
-    }
-    /// The secret value. Never log it.
-    pub fn expose(&self) -> &str {
-        &self.value
-    }
-    /// The environment variable it came from.
-    pub fn env_name(&self) -> &str {
-        &self.env
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Secret(${}, redacted)", self.env)
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "${} (redacted)", self.env)
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -851,7 +810,7 @@ impl<'a> Cx<'a, '_> {
             return None;
         }
         match (self.env)(name) {
-            Some(v) if !v.is_empty() => Some(Secret::new(name, v)),
+            Some(v) if !v.is_empty() => Some(Secret::from_env(name, v)),
             _ => {
                 self.problem(
                     path,
@@ -1238,7 +1197,7 @@ impl SinkTypes for SinkReader<'_, '_, '_, '_> {
         let settings = match self.cx.de::<C>(value, &[P::K("sinks"), P::I(i)]) {
             None => None,
             Some(config) => {
-                let resolved = config.resolve(&SinkContext {
+                let resolved = config.into_settings(&SinkContext {
                     env: self.cx.env,
                     base_dir: &self.cx.base,
                 });
@@ -1479,10 +1438,7 @@ path = "j.db"
         );
         match c.sinks[0].settings_as::<crate::sinks::webhook::WebhookSettings>() {
             Some(s) => {
-                assert_eq!(
-                    s.secret.as_ref().map(|s| s.0.clone()),
-                    Some(b"s3cret-value".to_vec())
-                )
+                assert_eq!(s.secret.as_ref().map(|s| s.expose()), Some("s3cret-value"))
             }
             None => panic!("{:?}", c.sinks[0]),
         }

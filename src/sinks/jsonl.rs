@@ -59,7 +59,7 @@ impl super::SinkConfig for JsonlSinkConfig {
     type Settings = JsonlSinkConfig;
 
     /// Resolves `path` against the config file's directory.
-    fn resolve(mut self, cx: &super::SinkContext<'_>) -> Result<Self, Vec<String>> {
+    fn into_settings(mut self, cx: &super::SinkContext<'_>) -> Result<Self, Vec<String>> {
         self.path = cx.path(&self.path);
         Ok(self)
     }

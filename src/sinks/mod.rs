@@ -8,11 +8,11 @@
 //!    - its config type: `#[derive(Deserialize)] #[serde(deny_unknown_fields)]`, holding only
 //!      the sink's own keys of a `[[sinks]]` entry (the common `type`, `name`, `filter`,
 //!      `delivery` are the config module's). It implements [`SinkConfig`]: `TYPE` is the
-//!      `type = "…"` name, and `resolve` checks what serde cannot, reads secrets from the
+//!      `type = "…"` name, and `into_settings` checks what serde cannot, reads secrets from the
 //!      environment (`*_env` keys name variables, never values) and returns every problem at
 //!      once, each message starting with the key it is about (`"secret_env: …"`) so the
 //!      config module can point at its file, line and key;
-//!    - its settings type (what `resolve` returns; it may be the config type itself),
+//!    - its settings type (what `into_settings` returns; it may be the config type itself),
 //!      implementing [`SinkSettings::build`], which the daemon calls at startup.
 //! 2. One line in [`register_all`]: `r.register::<<name>::<Name>Config>();` plus `pub mod
 //!    <name>;` above it. Config parsing, `check-config` and the daemon's startup pick it up.
@@ -160,7 +160,7 @@ pub trait SinkConfig: DeserializeOwned + Send + Sync + 'static {
     /// Checks what serde cannot and reads the named environment variables. Returns every
     /// problem at once; a message that starts with (or mentions) one of the type's keys is
     /// reported at that key.
-    fn resolve(self, cx: &SinkContext<'_>) -> Result<Self::Settings, Vec<String>>;
+    fn into_settings(self, cx: &SinkContext<'_>) -> Result<Self::Settings, Vec<String>>;
 }
 
 /// A sink type's validated settings (secrets resolved), ready to build the sink at startup.

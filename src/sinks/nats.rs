@@ -226,7 +226,10 @@ impl crate::sinks::SinkConfig for NatsConfig {
     const TYPE: &'static str = "nats";
     type Settings = NatsSettings;
 
-    fn resolve(self, cx: &crate::sinks::SinkContext<'_>) -> Result<NatsSettings, Vec<String>> {
+    fn into_settings(
+        self,
+        cx: &crate::sinks::SinkContext<'_>,
+    ) -> Result<NatsSettings, Vec<String>> {
         NatsConfig::resolve(&self, cx.env)
     }
 }

@@ -70,7 +70,7 @@ impl super::SinkConfig for StdoutSinkConfig {
     const TYPE: &'static str = "stdout";
     type Settings = StdoutSinkConfig;
 
-    fn resolve(self, _cx: &super::SinkContext<'_>) -> Result<Self, Vec<String>> {
+    fn into_settings(self, _cx: &super::SinkContext<'_>) -> Result<Self, Vec<String>> {
         Ok(self)
     }
 }
