@@ -40,7 +40,7 @@ fn named_sink(name: &str, url: &str, batch_max: usize, concurrency: usize) -> We
     cfg.batch_max = batch_max;
     cfg.concurrency = concurrency;
     let mut settings = cfg.resolve(&|_| None).unwrap();
-    settings.secret = Some(Secret(SECRET.to_vec()));
+    settings.secret = Some(Secret::new(String::from_utf8_lossy(SECRET)));
     WebhookSink::new(name, settings).unwrap()
 }
 

@@ -39,7 +39,7 @@ impl SinkFixture for WebhookFixture {
         cfg.timeout = Duration::from_secs(5);
         cfg.concurrency = self.concurrency;
         let mut settings = cfg.resolve(&|_| None).unwrap();
-        settings.secret = Some(Secret(SECRET.to_vec()));
+        settings.secret = Some(Secret::new(String::from_utf8_lossy(SECRET)));
         Box::new(WebhookSink::new(name, settings).unwrap())
     }
 

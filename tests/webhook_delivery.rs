@@ -141,7 +141,7 @@ async fn generic_bodies_signed_and_keyed() {
 async fn wrong_secret_is_rejected() {
     let rx = Receiver::start(Some(SECRET)).await;
     let mut s = settings(&rx.url, WebhookFormat::Generic);
-    s.secret = Some(Secret(b"not-the-secret".to_vec()));
+    s.secret = Some(Secret::new("not-the-secret"));
     let mut sink = WebhookSink::new("hook", s).unwrap();
     let batch = vec![entry(1, EventKind::LiquidationTrigger, "a", dec!(1.1))];
     let (n, err) = sink.deliver(&batch).await;

@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::api::{self, ApiState};
-use crate::config::{Config, ConfigError, FeedSource, SinkKind};
+use crate::config::{Config, ConfigError, FeedSource};
 use crate::engine::AccountMap;
 use crate::feeds::{self, FeedRegistry, replay};
 use crate::journal::JournalHandle;
@@ -220,18 +220,9 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
         ..DriverOptions::default()
     };
     for entry in &cfg.sinks {
-        let sink: Box<dyn Sink> = match &entry.kind {
-            SinkKind::Stdout(c) => Box::new(sinks::stdout::StdoutSink::new(&entry.name, c)),
-            SinkKind::Jsonl(c) => Box::new(sinks::jsonl::JsonlSink::new(&entry.name, c.clone())),
-            SinkKind::Webhook(s) => Box::new(
-                sinks::webhook::WebhookSink::new(&entry.name, s.clone())
-                    .map_err(|e| AppError::Startup(e.to_string()))?,
-            ),
-            SinkKind::Nats(s) => Box::new(sinks::nats::NatsSink::new(&entry.name, s.clone())),
-        };
-        if matches!(&entry.kind, SinkKind::Webhook(s) if s.secret.is_none()) {
-            tracing::warn!(sink = %entry.name, "Webhook sink has no secret_env: its requests are not signed");
-        }
+        let sink = entry
+            .build()
+            .map_err(|e| AppError::Startup(e.to_string()))?;
         sink_tasks.push(sinks::spawn_sink_with(
             sink,
             entry.filter.clone(),

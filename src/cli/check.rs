@@ -32,7 +32,7 @@ fn summary(cfg: &Config) -> String {
     let sinks: Vec<String> = cfg
         .sinks
         .iter()
-        .map(|s| format!("{} ({})", s.name, s.kind.type_name()))
+        .map(|s| format!("{} ({})", s.name, s.type_name))
         .collect();
     let levels: Vec<String> = cfg
         .engine

@@ -16,52 +16,42 @@
 //! file: `[prices]` is [`crate::prices::PriceBoardConfig`]; a `[[feeds]]` entry is `venue` /
 //! `enabled` / `instruments` / `stale_after` (and `file` / `speed` for a replay) plus
 //! [`crate::feeds::FeedConfig`]; a `[[sinks]]` entry is `type` / `name` / `filter`
-//! ([`crate::sinks::SinkFilter`]) plus the sink type's config
-//! ([`crate::sinks::stdout::StdoutSinkConfig`], [`crate::sinks::jsonl::JsonlSinkConfig`],
-//! [`crate::sinks::webhook::WebhookConfig`], [`crate::sinks::nats::NatsConfig`]).
+//! ([`crate::sinks::SinkFilter`]) / `delivery` plus the keys of the sink type's own config,
+//! the [`crate::sinks::SinkConfig`] registered under that `type`
+//! ([`crate::sinks::register_all`]); this module knows no sink type by name.
 
+mod diagnostics;
+
+use std::any::Any;
 use std::collections::{BTreeSet, HashSet};
-use std::fmt;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rust_decimal::Decimal;
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use toml::Spanned;
-use toml::de::{DeString, DeTable, DeValue, ValueDeserializer};
+use toml::de::{DeTable, DeValue};
+
+pub use self::diagnostics::Problem;
+use self::diagnostics::{
+    Cx, P, find_floats, line_col, problem_key, render_problems, split_table, struct_fields,
+};
 
 use crate::engine::monitor::StalePolicy;
 use crate::feeds::replay::ReplaySpeed;
 use crate::journal::Synchronous;
 use crate::model::{Thresholds, Venue};
 use crate::prices::PriceBoardConfig;
+pub use crate::runtime::secret::Secret;
 pub use crate::runtime::telemetry::LogFormat;
-use crate::sinks::SinkFilter;
-use crate::sinks::jsonl::JsonlSinkConfig;
-use crate::sinks::nats::{NatsConfig, NatsSettings};
-use crate::sinks::stdout::StdoutSinkConfig;
-use crate::sinks::webhook::{WebhookConfig, WebhookSettings};
+use crate::sinks::{SinkConfig, SinkContext, SinkFilter, SinkSettings, SinkTypes};
 use crate::sources::{NatsIngestConfig, Shard};
 
 // ---------------------------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------------------------
-
-/// One problem found in a config file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    /// 1-based line of the key or value concerned.
-    pub line: usize,
-    /// 1-based column.
-    pub column: usize,
-    /// Dotted key path (`sinks[1].secret_env`); empty for the whole file.
-    pub key: String,
-    /// What is wrong and how to fix it.
-    pub message: String,
-}
 
 /// Why a config file could not be used. Every variant means exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -91,68 +81,6 @@ impl ConfigError {
             ConfigError::Read { .. } => &[],
             ConfigError::Invalid { problems, .. } => problems,
         }
-    }
-}
-
-fn render_problems(path: &Path, problems: &[Problem]) -> String {
-    let mut s = format!(
-        "invalid config file {} ({} problem{}):",
-        path.display(),
-        problems.len(),
-        if problems.len() == 1 { "" } else { "s" }
-    );
-    for p in problems {
-        s.push_str(&format!(
-            "\n  {}:{}:{}: {}{}{}",
-            path.display(),
-            p.line,
-            p.column,
-            p.key,
-            if p.key.is_empty() { "" } else { ": " },
-            p.message
-        ));
-    }
-    s
-}
-
-// ---------------------------------------------------------------------------------------------
-// Secrets
-// ---------------------------------------------------------------------------------------------
-
-/// A secret read from the environment. Its `Debug`/`Display` never show the value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret {
-    env: String,
-    value: String,
-}
-
-impl Secret {
-    /// Wraps a value read from environment variable `env`.
-    pub fn new(env: impl Into<String>, value: impl Into<String>) -> Self {
-        Secret {
-            env: env.into(),
-            value: value.into(),
-        }
-    }
-    /// The secret value. Never log it.
-    pub fn expose(&self) -> &str {
-        &self.value
-    }
-    /// The environment variable it came from.
-    pub fn env_name(&self) -> &str {
-        &self.env
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Secret(${}, redacted)", self.env)
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "${} (redacted)", self.env)
     }
 }
 
@@ -254,31 +182,6 @@ pub struct JournalConfig {
     pub synchronous: Synchronous,
 }
 
-/// What a sink is, with its settings validated and secrets resolved.
-#[derive(Clone, Debug)]
-pub enum SinkKind {
-    /// One JSON line per event on stdout.
-    Stdout(StdoutSinkConfig),
-    /// Append-only JSON lines file with rotation.
-    Jsonl(JsonlSinkConfig),
-    /// Signed HTTP POST (generic, slack, discord, pagerduty).
-    Webhook(WebhookSettings),
-    /// NATS JetStream publish.
-    Nats(NatsSettings),
-}
-
-impl SinkKind {
-    /// The type name as written in the file.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            SinkKind::Stdout(_) => "stdout",
-            SinkKind::Jsonl(_) => "jsonl",
-            SinkKind::Webhook(_) => "webhook",
-            SinkKind::Nats(_) => "nats",
-        }
-    }
-}
-
 /// One `[[sinks]]` entry.
 #[derive(Clone, Debug)]
 pub struct SinkEntry {
@@ -289,8 +192,22 @@ pub struct SinkEntry {
     /// Delivery tuning (`delivery = { batch_size = …, backoff_max = "30s", … }`); `None` =
     /// defaults, with the drain grace taken from `[shutdown] grace`.
     pub delivery: Option<crate::sinks::DriverOptions>,
-    /// What it is.
-    pub kind: SinkKind,
+    /// The `type` as written in the file (a name in [`crate::sinks::type_names`]).
+    pub type_name: &'static str,
+    /// The sink type's validated settings (secrets resolved); they build the sink.
+    pub settings: Arc<dyn SinkSettings>,
+}
+
+impl SinkEntry {
+    /// The settings as the sink type's own settings type, if that is `T`.
+    pub fn settings_as<T: SinkSettings>(&self) -> Option<&T> {
+        (self.settings.as_ref() as &dyn Any).downcast_ref::<T>()
+    }
+
+    /// Builds the sink.
+    pub fn build(&self) -> Result<Box<dyn crate::sinks::Sink>, crate::sinks::SinkBuildError> {
+        self.settings.build(&self.name)
+    }
 }
 
 /// `[api]`.
@@ -398,19 +315,9 @@ struct RawJournal {
     synchronous: Option<Synchronous>,
 }
 
-/// The keys of a `[[sinks]]` entry the daemon reads itself; the rest go to the sink type.
-/// `kinds` / `min_severity` / `accounts` are also accepted at the top of the entry, as a
-/// shorthand for the same keys in `filter`.
-const SINK_KEYS: &[&str] = &[
-    "type",
-    "name",
-    "filter",
-    "delivery",
-    "kinds",
-    "min_severity",
-    "accounts",
-];
-
+/// The keys of a `[[sinks]]` entry the daemon reads itself (the fields of [`RawSink`]); the
+/// rest go to the sink type's own config. `kinds` / `min_severity` / `accounts` are also
+/// accepted at the top of the entry, as a shorthand for the same keys in `filter`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSink {
@@ -592,282 +499,7 @@ pub fn parse(
     }
 }
 
-/// Every float value in the document, with its dotted key path and span.
-fn find_floats(table: &DeTable<'_>, prefix: &str, out: &mut Vec<(String, Range<usize>)>) {
-    for (k, v) in table.iter() {
-        let key = if prefix.is_empty() {
-            k.get_ref().to_string()
-        } else {
-            format!("{prefix}.{}", k.get_ref())
-        };
-        find_floats_value(v, &key, out);
-    }
-}
-
-fn find_floats_value(v: &Spanned<DeValue<'_>>, key: &str, out: &mut Vec<(String, Range<usize>)>) {
-    match v.get_ref() {
-        DeValue::Float(_) => out.push((key.to_string(), v.span())),
-        DeValue::Table(t) => find_floats(t, key, out),
-        DeValue::Array(a) => {
-            for (i, e) in a.iter().enumerate() {
-                find_floats_value(e, &format!("{key}[{i}]"), out);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Rewrites `stream = "NAME"` into `stream = { name = "NAME" }`, keeping spans.
-fn stream_shorthand<'i>(v: Spanned<DeValue<'i>>) -> Spanned<DeValue<'i>> {
-    let span = v.span();
-    let DeValue::Table(t) = v.get_ref() else {
-        return v;
-    };
-    let mut out: DeTable<'i> = DeTable::new();
-    for (k, val) in t.iter() {
-        let is_stream_name = k.get_ref() == "stream" && val.get_ref().is_str();
-        if is_stream_name {
-            let mut inner: DeTable<'i> = DeTable::new();
-            inner.insert(
-                Spanned::new(k.span(), std::borrow::Cow::Borrowed("name")),
-                val.clone(),
-            );
-            out.insert(k.clone(), Spanned::new(val.span(), DeValue::Table(inner)));
-        } else {
-            out.insert(k.clone(), val.clone());
-        }
-    }
-    Spanned::new(span, DeValue::Table(out))
-}
-
-/// Splits a table value into (the keys in `mine`, every other key), keeping spans.
-fn split_table<'i>(
-    v: &Spanned<DeValue<'i>>,
-    mine: &[&str],
-) -> Option<(Spanned<DeValue<'i>>, Spanned<DeValue<'i>>)> {
-    let DeValue::Table(t) = v.get_ref() else {
-        return None;
-    };
-    let mut a: DeTable<'i> = DeTable::new();
-    let mut b: DeTable<'i> = DeTable::new();
-    for (k, val) in t.iter() {
-        let key: Spanned<DeString<'i>> = k.clone();
-        if mine.contains(&k.get_ref().as_ref()) {
-            a.insert(key, val.clone());
-        } else {
-            b.insert(key, val.clone());
-        }
-    }
-    Some((
-        Spanned::new(v.span(), DeValue::Table(a)),
-        Spanned::new(v.span(), DeValue::Table(b)),
-    ))
-}
-
-/// A key path segment.
-#[derive(Clone, Copy, Debug)]
-enum P<'a> {
-    K(&'a str),
-    I(usize),
-}
-
-fn render_path(path: &[P<'_>]) -> String {
-    let mut s = String::new();
-    for seg in path {
-        match seg {
-            P::K(k) => {
-                if !s.is_empty() {
-                    s.push('.');
-                }
-                s.push_str(k);
-            }
-            P::I(i) => s.push_str(&format!("[{i}]")),
-        }
-    }
-    s
-}
-
-/// 1-based line and column of a byte offset.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = text.get(..offset).unwrap_or("");
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let column = before
-        .get(line_start..)
-        .map_or(1, |l| l.chars().count() + 1);
-    (line, column)
-}
-
-/// The dotted path of the deepest key whose key or value contains `offset`. Standard tables'
-/// spans cover only their `[header]`, so tables and arrays are always searched.
-fn path_at(table: &DeTable<'_>, offset: usize) -> Option<String> {
-    for (k, v) in table.iter() {
-        if k.span().contains(&offset) {
-            return Some(k.get_ref().to_string());
-        }
-        let inner = match v.get_ref() {
-            DeValue::Table(t) => path_at(t, offset).map(|p| format!(".{p}")),
-            DeValue::Array(a) => a.iter().enumerate().find_map(|(i, e)| match e.get_ref() {
-                DeValue::Table(t) => path_at(t, offset)
-                    .map(|p| format!("[{i}].{p}"))
-                    .or_else(|| e.span().contains(&offset).then(|| format!("[{i}]"))),
-                _ => e.span().contains(&offset).then(|| format!("[{i}]")),
-            }),
-            _ => None,
-        };
-        if let Some(inner) = inner {
-            return Some(format!("{}{inner}", k.get_ref()));
-        }
-        if v.span().contains(&offset) {
-            return Some(k.get_ref().to_string());
-        }
-    }
-    None
-}
-
-/// The span of the key (or, failing that, the value) at `path`.
-fn span_of(root: &DeTable<'_>, path: &[P<'_>]) -> Option<Range<usize>> {
-    let mut table = root;
-    let mut best: Option<Range<usize>> = None;
-    let mut cur: Option<&Spanned<DeValue<'_>>> = None;
-    for seg in path {
-        match seg {
-            P::K(k) => {
-                if let Some(v) = cur {
-                    match v.get_ref() {
-                        DeValue::Table(t) => table = t,
-                        _ => return best,
-                    }
-                }
-                let Some((key, val)) = table.iter().find(|(key, _)| key.get_ref() == k) else {
-                    return best;
-                };
-                best = Some(key.span());
-                cur = Some(val);
-            }
-            P::I(i) => {
-                let Some(v) = cur else { return best };
-                let DeValue::Array(a) = v.get_ref() else {
-                    return best;
-                };
-                let Some(e) = a.get(*i) else { return best };
-                best = Some(e.span());
-                cur = Some(e);
-            }
-        }
-    }
-    best
-}
-
-struct Cx<'a, 'r> {
-    text: &'a str,
-    root: Option<&'r DeTable<'a>>,
-    problems: Vec<Problem>,
-    base: PathBuf,
-    env: &'a dyn Fn(&str) -> Option<String>,
-}
-
-impl<'a> Cx<'a, '_> {
-    fn problem(&mut self, path: &[P<'_>], message: impl Into<String>) {
-        let (line, column) = self
-            .root
-            .and_then(|r| span_of(r, path))
-            .map(|s| line_col(self.text, s.start))
-            .unwrap_or((1, 1));
-        self.problems.push(Problem {
-            line,
-            column,
-            key: render_path(path),
-            message: message.into(),
-        });
-    }
-
-    fn de_error(&mut self, e: toml::de::Error, fallback: &[P<'_>]) {
-        let (line, column, key) = match e.span() {
-            Some(s) => {
-                let (l, c) = line_col(self.text, s.start);
-                let key = self
-                    .root
-                    .and_then(|r| path_at(r, s.start))
-                    .unwrap_or_else(|| render_path(fallback));
-                (l, c, key)
-            }
-            None => {
-                let (l, c) = self
-                    .root
-                    .and_then(|r| span_of(r, fallback))
-                    .map(|s| line_col(self.text, s.start))
-                    .unwrap_or((1, 1));
-                (l, c, render_path(fallback))
-            }
-        };
-        self.problems.push(Problem {
-            line,
-            column,
-            key,
-            message: friendly(e.message()),
-        });
-    }
-
-    /// Reads one `[section]`: `Some(default)` when absent, `None` when it failed to
-    /// deserialise (the problem is recorded and its semantic checks are skipped).
-    fn section<T: DeserializeOwned + Default>(&mut self, name: &str) -> Option<T> {
-        let Some(v) = self.root.and_then(|r| {
-            r.iter()
-                .find(|(k, _)| k.get_ref() == name)
-                .map(|(_, v)| v.clone())
-        }) else {
-            return Some(T::default());
-        };
-        if !v.get_ref().is_table() {
-            self.problem(
-                &[P::K(name)],
-                format!("must be a table: write it as [{name}]"),
-            );
-            return None;
-        }
-        match T::deserialize(ValueDeserializer::from(v)) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                self.de_error(e, &[P::K(name)]);
-                None
-            }
-        }
-    }
-
-    fn entries(&mut self, name: &str) -> Vec<Spanned<DeValue<'a>>> {
-        let Some(v) = self.root.and_then(|r| {
-            r.iter()
-                .find(|(k, _)| k.get_ref() == name)
-                .map(|(_, v)| v.clone())
-        }) else {
-            return Vec::new();
-        };
-        match v.get_ref() {
-            DeValue::Array(items) if items.iter().all(|i| i.get_ref().is_table()) => {
-                items.iter().cloned().collect()
-            }
-            _ => {
-                self.problem(
-                    &[P::K(name)],
-                    format!("must be an array of tables: write each entry as [[{name}]]"),
-                );
-                Vec::new()
-            }
-        }
-    }
-
-    fn de<T: DeserializeOwned>(&mut self, v: Spanned<DeValue<'a>>, at: &[P<'_>]) -> Option<T> {
-        match T::deserialize(ValueDeserializer::from(v)) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                self.de_error(e, at);
-                None
-            }
-        }
-    }
-
+impl Cx<'_, '_> {
     fn decimal(&mut self, path: &[P<'_>], s: &str) -> Option<Decimal> {
         match s.trim().parse::<Decimal>() {
             Ok(d) => Some(d),
@@ -897,7 +529,7 @@ impl<'a> Cx<'a, '_> {
             return None;
         }
         match (self.env)(name) {
-            Some(v) if !v.is_empty() => Some(Secret::new(name, v)),
+            Some(v) if !v.is_empty() => Some(Secret::from_env(name, v)),
             _ => {
                 self.problem(
                     path,
@@ -1138,7 +770,7 @@ impl<'a> Cx<'a, '_> {
     }
 
     /// Reports a component's validation messages (`"secret_env: …"`) under the key they name.
-    fn component_problems(&mut self, i: usize, errors: Vec<String>, keys: &[&'static str]) {
+    fn component_problems(&mut self, i: usize, errors: Vec<String>, keys: &[&str]) {
         for e in errors {
             let k = problem_key(&e, keys).unwrap_or("type");
             self.problem(&[P::K("sinks"), P::I(i), P::K(k)], e);
@@ -1152,7 +784,7 @@ impl<'a> Cx<'a, '_> {
         for (i, item) in items.into_iter().enumerate() {
             let here = [P::K("sinks"), P::I(i)];
             let at = |k: &'static str| [P::K("sinks"), P::I(i), P::K(k)];
-            let Some((mine, rest)) = split_table(&item, SINK_KEYS) else {
+            let Some((mine, rest)) = split_table(&item, struct_fields::<RawSink>()) else {
                 continue;
             };
             let Some(raw) = self.de::<RawSink>(mine, &here) else {
@@ -1171,8 +803,6 @@ impl<'a> Cx<'a, '_> {
                 min_severity: raw.min_severity.unwrap_or_default(),
                 accounts: raw.accounts.clone().unwrap_or_default(),
             });
-            // `stream = "NAME"` is shorthand for `stream = { name = "NAME" }` (NATS sinks).
-            let rest = stream_shorthand(rest);
             let name = raw.name.clone().unwrap_or_else(|| raw.kind.clone());
             if name.is_empty() {
                 self.problem(&at("name"), "must not be empty");
@@ -1184,78 +814,31 @@ impl<'a> Cx<'a, '_> {
                     ),
                 );
             }
-            let env = self.env;
-            let kind = match raw.kind.as_str() {
-                "stdout" => self
-                    .de::<StdoutSinkConfig>(rest, &here)
-                    .map(SinkKind::Stdout),
-                "jsonl" => self.de::<JsonlSinkConfig>(rest, &here).map(|mut c| {
-                    c.path = self.path(&c.path.to_string_lossy());
-                    SinkKind::Jsonl(c)
-                }),
-                "webhook" => match self
-                    .de::<WebhookConfig>(rest, &here)
-                    .map(|c| c.resolve(env))
-                {
-                    Some(Ok(s)) => Some(SinkKind::Webhook(s)),
-                    Some(Err(errors)) => {
-                        self.component_problems(
-                            i,
-                            errors,
-                            &[
-                                "url",
-                                "url_env",
-                                "secret_env",
-                                "routing_key_env",
-                                "timeout",
-                                "concurrency",
-                                "group",
-                                "rate_limit",
-                                "format",
-                            ],
-                        );
-                        None
-                    }
-                    None => None,
-                },
-                "nats" => match self.de::<NatsConfig>(rest, &here).map(|c| c.resolve(env)) {
-                    Some(Ok(s)) => Some(SinkKind::Nats(s)),
-                    Some(Err(errors)) => {
-                        self.component_problems(
-                            i,
-                            errors,
-                            &[
-                                "url",
-                                "subject",
-                                "timeout",
-                                "max_in_flight",
-                                "stream",
-                                "token_env",
-                                "password_env",
-                                "user",
-                            ],
-                        );
-                        None
-                    }
-                    None => None,
-                },
-                other => {
-                    self.problem(
-                        &at("type"),
-                        format!(
-                            "unknown sink type {other:?}, expected stdout, jsonl, webhook or nats"
-                        ),
-                    );
-                    None
-                }
+            let mut reader = SinkReader {
+                cx: self,
+                index: i,
+                type_name: &raw.kind,
+                value: Some(rest),
+                found: None,
             };
-            if let Some(kind) = kind {
-                out.push(SinkEntry {
+            crate::sinks::register_all(&mut reader);
+            match reader.found {
+                Some(Some((type_name, settings))) => out.push(SinkEntry {
                     name,
                     filter,
                     delivery: raw.delivery,
-                    kind,
-                });
+                    type_name,
+                    settings,
+                }),
+                Some(None) => {}
+                None => self.problem(
+                    &at("type"),
+                    format!(
+                        "unknown sink type {:?}, expected one of: {}",
+                        raw.kind,
+                        crate::sinks::type_names().join(", ")
+                    ),
+                ),
             }
         }
         out
@@ -1306,23 +889,48 @@ impl<'a> Cx<'a, '_> {
     }
 }
 
-/// The key a component's validation message is about (`"secret_env: …"` → `secret_env`).
-fn problem_key(message: &str, keys: &[&'static str]) -> Option<&'static str> {
-    keys.iter()
-        .copied()
-        .filter(|k| message.starts_with(k) || message.contains(&format!(" {k}")))
-        .max_by_key(|k| k.len())
+/// Reads a `[[sinks]]` entry's own keys with the config type its `type` names, visiting the
+/// registered sink types ([`crate::sinks::register_all`]).
+struct SinkReader<'c, 'a, 'r, 't> {
+    cx: &'c mut Cx<'a, 'r>,
+    /// The entry's index in `[[sinks]]`.
+    index: usize,
+    /// The entry's `type`.
+    type_name: &'t str,
+    /// The entry's keys other than the common ones; taken by the matching type.
+    value: Option<Spanned<DeValue<'a>>>,
+    /// `None`: no registered type has this name. `Some(None)`: it has, and the entry's problems
+    /// are recorded. `Some(Some(_))`: the validated settings.
+    found: Option<Option<(&'static str, Arc<dyn SinkSettings>)>>,
 }
 
-/// Makes serde's messages say what to write: decimals and durations are strings.
-fn friendly(msg: &str) -> String {
-    let msg = msg.trim();
-    if msg.starts_with("invalid type: floating point") || msg.starts_with("invalid type: integer") {
-        return format!(
-            "{msg}; write money, levels, fractions and durations as strings, e.g. \"0.8\" or \"10s\""
-        );
+impl SinkTypes for SinkReader<'_, '_, '_, '_> {
+    fn register<C: SinkConfig>(&mut self) {
+        if C::TYPE != self.type_name {
+            return;
+        }
+        let Some(value) = self.value.take() else {
+            return;
+        };
+        let i = self.index;
+        let settings = match self.cx.de::<C>(value, &[P::K("sinks"), P::I(i)]) {
+            None => None,
+            Some(config) => {
+                let resolved = config.into_settings(&SinkContext {
+                    env: self.cx.env,
+                    base_dir: &self.cx.base,
+                });
+                match resolved {
+                    Ok(settings) => Some((C::TYPE, Arc::new(settings) as Arc<dyn SinkSettings>)),
+                    Err(errors) => {
+                        self.cx.component_problems(i, errors, struct_fields::<C>());
+                        None
+                    }
+                }
+            }
+        };
+        self.found = Some(settings);
     }
-    msg.to_string()
 }
 
 #[cfg(test)]
@@ -1495,14 +1103,11 @@ path = "j.db"
             !dbg.contains("tok-value") && !dbg.contains("s3cret-value"),
             "{dbg}"
         );
-        match &c.sinks[0].kind {
-            SinkKind::Webhook(s) => {
-                assert_eq!(
-                    s.secret.as_ref().map(|s| s.0.clone()),
-                    Some(b"s3cret-value".to_vec())
-                )
+        match c.sinks[0].settings_as::<crate::sinks::webhook::WebhookSettings>() {
+            Some(s) => {
+                assert_eq!(s.secret.as_ref().map(|s| s.expose()), Some("s3cret-value"))
             }
-            k => panic!("{k:?}"),
+            None => panic!("{:?}", c.sinks[0]),
         }
     }
 
@@ -1514,12 +1119,13 @@ path = "j.db"
             "{MIN}\n[[sinks]]\ntype = \"jsonl\"\nname = \"archive\"\npath = \"events.jsonl\"\nkeep = 3\nfilter = {{ kinds = [\"liquidation_trigger\"], min_severity = \"critical\" }}\n"
         );
         let c = ok(&good);
-        match &c.sinks[0].kind {
-            SinkKind::Jsonl(j) => {
+        assert_eq!(c.sinks[0].type_name, "jsonl");
+        match c.sinks[0].settings_as::<crate::sinks::jsonl::JsonlSinkConfig>() {
+            Some(j) => {
                 assert_eq!(j.path, PathBuf::from("/etc/liqwatch/events.jsonl"));
                 assert_eq!(j.keep, 3);
             }
-            k => panic!("{k:?}"),
+            None => panic!("{:?}", c.sinks[0]),
         }
         assert_eq!(c.sinks[0].filter.kinds.len(), 1);
         let bad = format!(
@@ -1530,6 +1136,11 @@ path = "j.db"
         assert!(k.contains(&"sinks[0].url"), "{p:?}");
         assert!(k.contains(&"sinks[1].name"), "{p:?}");
         assert!(k.contains(&"sinks[2].type"), "{p:?}");
+        let unknown = p.iter().find(|p| p.key == "sinks[2].type");
+        assert!(
+            unknown.is_some_and(|p| p.message.contains("stdout, jsonl, webhook, nats")),
+            "the registered types are listed: {p:?}"
+        );
     }
 
     /// A disabled feed is dropped; replay feeds take a file and a speed; a venue feed's
@@ -1571,10 +1182,37 @@ path = "j.db"
             c.sinks[0].filter.min_severity,
             crate::sinks::Severity::Warning
         );
-        match &c.sinks[0].kind {
-            SinkKind::Nats(n) => assert_eq!(n.stream.as_ref().map(|s| s.name.as_str()), Some("EV")),
-            k => panic!("{k:?}"),
+        match c.sinks[0].settings_as::<crate::sinks::nats::NatsSettings>() {
+            Some(n) => assert_eq!(n.stream.as_ref().map(|s| s.name.as_str()), Some("EV")),
+            None => panic!("{:?}", c.sinks[0]),
         }
+    }
+
+    /// A sink type's keys are its serde type's fields, so validation messages find their key.
+    #[test]
+    fn sink_fields_come_from_serde() {
+        let fields = struct_fields::<crate::sinks::webhook::WebhookConfig>();
+        assert!(
+            fields.contains(&"secret_env") && fields.contains(&"batch_max"),
+            "{fields:?}"
+        );
+        assert_eq!(
+            struct_fields::<RawSink>(),
+            [
+                "type",
+                "name",
+                "filter",
+                "delivery",
+                "kinds",
+                "min_severity",
+                "accounts"
+            ]
+        );
+        let text = format!(
+            "{MIN}\n[[sinks]]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:1/h\"\nmax_batch_time = \"0s\"\n"
+        );
+        let p = problems(&text);
+        assert_eq!(keys(&p), vec![(14, "sinks[0].max_batch_time")], "{p:?}");
     }
 
     /// Levels parse exactly and bad levels are refused with the monitor's own rule.

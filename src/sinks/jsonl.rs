@@ -54,6 +54,23 @@ impl JsonlSinkConfig {
     }
 }
 
+impl super::SinkConfig for JsonlSinkConfig {
+    const TYPE: &'static str = "jsonl";
+    type Settings = JsonlSinkConfig;
+
+    /// Resolves `path` against the config file's directory.
+    fn into_settings(mut self, cx: &super::SinkContext<'_>) -> Result<Self, Vec<String>> {
+        self.path = cx.path(&self.path);
+        Ok(self)
+    }
+}
+
+impl super::SinkSettings for JsonlSinkConfig {
+    fn build(&self, name: &str) -> Result<Box<dyn Sink>, super::SinkBuildError> {
+        Ok(Box::new(JsonlSink::new(name, self.clone())))
+    }
+}
+
 /// Appends events to a JSON-lines file.
 #[derive(Debug)]
 pub struct JsonlSink {

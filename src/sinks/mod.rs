@@ -1,8 +1,24 @@
 //! Event sinks: the [`Sink`] trait and the one generic driver that delivers journaled events
 //! from the sink's own cursor, in batches, with retry, backoff and metrics.
 //!
-//! Adding a sink = one file here implementing [`Sink`] that passes the shared sink contract test
-//! (`tests/support/sink_contract.rs`).
+//! ## Adding a sink
+//!
+//! 1. One file, `src/sinks/<name>.rs` (or a `src/sinks/<name>/` directory when it grows), with
+//!    - the sink, implementing [`Sink`];
+//!    - its config type: `#[derive(Deserialize)] #[serde(deny_unknown_fields)]`, holding only
+//!      the sink's own keys of a `[[sinks]]` entry (the common `type`, `name`, `filter`,
+//!      `delivery` are the config module's). It implements [`SinkConfig`]: `TYPE` is the
+//!      `type = "…"` name, and `into_settings` checks what serde cannot, reads secrets from the
+//!      environment (`*_env` keys name variables, never values) and returns every problem at
+//!      once, each message starting with the key it is about (`"secret_env: …"`) so the
+//!      config module can point at its file, line and key;
+//!    - its settings type (what `into_settings` returns; it may be the config type itself),
+//!      implementing [`SinkSettings::build`], which the daemon calls at startup.
+//! 2. One line in [`register_all`]: `r.register::<<name>::<Name>Config>();` plus `pub mod
+//!    <name>;` above it. Config parsing, `check-config` and the daemon's startup pick it up.
+//! 3. A test file that runs the shared sink contract (`tests/support/sink_contract.rs`:
+//!    delivery, retriable vs permanent errors, resume after restart) against it, and the
+//!    sink's keys documented in `deploy/liqwatch.example.toml`.
 //!
 //! The driver ([`spawn_sink`]) never sees an event before it is committed to the journal. It
 //! reads at the sink's cursor, drops what the sink's [`SinkFilter`] does not want (those just
@@ -18,11 +34,15 @@ pub mod noise;
 pub mod stdout;
 pub mod webhook;
 
+use std::any::Any;
 use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -74,6 +94,85 @@ pub trait Sink: Send + 'static {
         batch: &'a [JournalEntry],
     ) -> BoxFuture<'a, (usize, Option<SinkError>)>;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Registry
+// ---------------------------------------------------------------------------------------------
+
+/// Every sink type the daemon knows, one line each: `type = "…"` in a `[[sinks]]` entry is
+/// looked up here. Adding a sink type adds one line.
+pub fn register_all(r: &mut impl SinkTypes) {
+    r.register::<stdout::StdoutSinkConfig>();
+    r.register::<jsonl::JsonlSinkConfig>();
+    r.register::<webhook::WebhookConfig>();
+    r.register::<nats::NatsConfig>();
+}
+
+/// The registered sink type names, in registry order (`stdout`, `jsonl`, …).
+pub fn type_names() -> Vec<&'static str> {
+    struct Names(Vec<&'static str>);
+    impl SinkTypes for Names {
+        fn register<C: SinkConfig>(&mut self) {
+            self.0.push(C::TYPE);
+        }
+    }
+    let mut names = Names(Vec::new());
+    register_all(&mut names);
+    names.0
+}
+
+/// A visitor over the registered sink types (see [`register_all`]). The config module
+/// implements it to read a `[[sinks]]` entry with the config type its `type` names.
+pub trait SinkTypes {
+    /// Called once per registered sink type.
+    fn register<C: SinkConfig>(&mut self);
+}
+
+/// What a sink type's config is resolved against: the environment (secrets are only ever
+/// named in the file) and the config file's directory (relative paths).
+pub struct SinkContext<'a> {
+    /// Looks up an environment variable (`std::env::var(k).ok()` in the daemon).
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// The directory of the config file.
+    pub base_dir: &'a Path,
+}
+
+impl SinkContext<'_> {
+    /// `path` resolved against the config file's directory (absolute paths are kept).
+    pub fn path(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+}
+
+/// A sink type's own keys of a `[[sinks]]` entry (everything except the common `type`, `name`,
+/// `filter`, `delivery`), read with serde (`deny_unknown_fields`) and then resolved.
+pub trait SinkConfig: DeserializeOwned + Send + Sync + 'static {
+    /// The `type = "…"` name in `[[sinks]]`.
+    const TYPE: &'static str;
+
+    /// The validated form, with secrets read and paths resolved; it builds the sink.
+    type Settings: SinkSettings;
+
+    /// Checks what serde cannot and reads the named environment variables. Returns every
+    /// problem at once; a message that starts with (or mentions) one of the type's keys is
+    /// reported at that key.
+    fn into_settings(self, cx: &SinkContext<'_>) -> Result<Self::Settings, Vec<String>>;
+}
+
+/// A sink type's validated settings (secrets resolved), ready to build the sink at startup.
+pub trait SinkSettings: Any + fmt::Debug + Send + Sync {
+    /// Builds the sink named `name`.
+    fn build(&self, name: &str) -> Result<Box<dyn Sink>, SinkBuildError>;
+}
+
+/// Why a configured sink could not be built at startup.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SinkBuildError(pub String);
 
 // ---------------------------------------------------------------------------------------------
 // Filter

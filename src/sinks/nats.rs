@@ -74,6 +74,29 @@ impl Default for StreamConfig {
     }
 }
 
+/// Reads `stream` as a table or, as a shorthand, a stream name with defaults elsewhere.
+fn stream_or_name<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<StreamConfig>, D::Error> {
+    struct NameOrTable;
+    impl<'de> serde::de::Visitor<'de> for NameOrTable {
+        type Value = StreamConfig;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a stream name or a table { name, subjects, duplicate_window, create }")
+        }
+        fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<StreamConfig, E> {
+            Ok(StreamConfig {
+                name: name.to_string(),
+                ..StreamConfig::default()
+            })
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<StreamConfig, A::Error> {
+            StreamConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_any(NameOrTable).map(Some)
+}
+
 /// A NATS sink as written in the config file.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,7 +108,8 @@ pub struct NatsConfig {
     #[serde(default = "default_subject")]
     pub subject: String,
     /// Stream to ensure at connect time (none: the stream is managed elsewhere).
-    #[serde(default)]
+    /// `stream = "NAME"` is shorthand for `stream = { name = "NAME" }`.
+    #[serde(default, deserialize_with = "stream_or_name")]
     pub stream: Option<StreamConfig>,
     /// Timeout for connect, stream management and each publish ack (default `5s`).
     #[serde(default = "default_timeout", with = "humantime_serde")]
@@ -195,6 +219,24 @@ impl NatsConfig {
             max_in_flight: self.max_in_flight,
             auth,
         })
+    }
+}
+
+impl crate::sinks::SinkConfig for NatsConfig {
+    const TYPE: &'static str = "nats";
+    type Settings = NatsSettings;
+
+    fn into_settings(
+        self,
+        cx: &crate::sinks::SinkContext<'_>,
+    ) -> Result<NatsSettings, Vec<String>> {
+        NatsConfig::resolve(&self, cx.env)
+    }
+}
+
+impl crate::sinks::SinkSettings for NatsSettings {
+    fn build(&self, name: &str) -> Result<Box<dyn Sink>, crate::sinks::SinkBuildError> {
+        Ok(Box::new(NatsSink::new(name, self.clone())))
     }
 }
 

@@ -66,6 +66,21 @@ pub struct StdoutSinkConfig {
     pub max_line_bytes: Option<usize>,
 }
 
+impl super::SinkConfig for StdoutSinkConfig {
+    const TYPE: &'static str = "stdout";
+    type Settings = StdoutSinkConfig;
+
+    fn into_settings(self, _cx: &super::SinkContext<'_>) -> Result<Self, Vec<String>> {
+        Ok(self)
+    }
+}
+
+impl super::SinkSettings for StdoutSinkConfig {
+    fn build(&self, name: &str) -> Result<Box<dyn Sink>, super::SinkBuildError> {
+        Ok(Box::new(StdoutSink::new(name, self)))
+    }
+}
+
 /// Writes each event as one JSON line to stdout (or any injected writer).
 pub struct StdoutSink {
     name: String,

@@ -100,7 +100,7 @@ fn bench_webhook(c: &mut Criterion) {
     let mut cfg = WebhookConfig::generic(url.clone());
     cfg.timeout = Duration::from_secs(5);
     let mut settings = cfg.resolve(&|_| None).unwrap();
-    settings.secret = Some(Secret(b"bench-secret".to_vec()));
+    settings.secret = Some(Secret::new("bench-secret"));
     let mut generic = WebhookSink::new("bench", settings.clone()).unwrap();
 
     let batch: Vec<JournalEntry> = (0..100)
