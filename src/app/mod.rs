@@ -32,6 +32,7 @@
 
 mod backend;
 mod runner;
+mod spawn;
 mod startup;
 
 use std::collections::HashMap;
@@ -46,16 +47,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::api::{self, ApiState};
-use crate::config::{Config, ConfigError, FeedSource};
+use crate::config::{Config, ConfigError};
 use crate::engine::AccountMap;
-use crate::feeds::{self, FeedRegistry, replay};
+use crate::feeds::{FeedRegistry, replay};
 use crate::journal::JournalHandle;
-use crate::model::{Instrument, now_ms};
+use crate::model::Instrument;
 use crate::prices::PriceBoard;
 use crate::runtime::tasks::join_all;
-use crate::runtime::{Backoff, Tasks, telemetry};
-use crate::sinks::{self, DriverOptions, JournalEntry, Sink, SinkFilter, SinkHealth};
-use crate::sources::NatsIngest;
+use crate::runtime::{Tasks, telemetry};
+use crate::sinks::{JournalEntry, Sink, SinkFilter, SinkHealth};
 use backend::Backend;
 use runner::{EngineRequest, Runner, StateCounts};
 
@@ -214,35 +214,8 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
 
     // Sinks (their own stop token: they stop after the engine has journaled everything).
     let sinks_stop = CancellationToken::new();
-    let mut sink_tasks = Vec::new();
-    let driver_options = DriverOptions {
-        drain_grace: cfg.shutdown.grace,
-        ..DriverOptions::default()
-    };
-    for entry in &cfg.sinks {
-        let sink = entry
-            .build()
-            .map_err(|e| AppError::Startup(e.to_string()))?;
-        sink_tasks.push(sinks::spawn_sink_with(
-            sink,
-            entry.filter.clone(),
-            Arc::clone(&journal),
-            entry
-                .delivery
-                .clone()
-                .unwrap_or_else(|| driver_options.clone()),
-            sinks_stop.clone(),
-        ));
-    }
-    for (sink, filter) in std::mem::take(&mut opts.extra_sinks) {
-        sink_tasks.push(sinks::spawn_sink_with(
-            sink,
-            filter,
-            Arc::clone(&journal),
-            driver_options.clone(),
-            sinks_stop.clone(),
-        ));
-    }
+    let extra = std::mem::take(&mut opts.extra_sinks);
+    let sink_tasks = spawn::sinks(&cfg, &journal, extra, &sinks_stop)?;
     let sink_health: Vec<watch::Receiver<SinkHealth>> =
         sink_tasks.iter().map(|t| t.health.clone()).collect();
     let journal_stop = CancellationToken::new();
@@ -272,62 +245,16 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
     );
 
     // Feeds (sources).
-    let mut replays = Vec::new();
-    let replay_ticks = Arc::new(AtomicU64::new(0));
-    let mut replay_started = opts.replay_started.take();
-    for entry in &cfg.feeds {
-        let wanted: Vec<Instrument> = if entry.instruments.is_empty() {
-            instrument_list.clone()
-        } else {
-            instrument_list
-                .iter()
-                .filter(|i| entry.instruments.iter().any(|w| w == i.id.as_str()))
-                .cloned()
-                .collect()
-        };
-        match &entry.source {
-            FeedSource::Venue(venue) => {
-                let feed = feeds::feed_for(*venue).map_err(|e| AppError::Startup(e.to_string()))?;
-                let fcfg = entry.driver.clone().with_instruments(*venue, &wanted);
-                if fcfg.routes.symbols().is_empty() {
-                    tracing::warn!(%venue, "No instrument is priced by this venue: the feed is not started");
-                    continue;
-                }
-                let status = registry.register(*venue, &fcfg.routes);
-                let (board, cancel) = (Arc::clone(&board), sources.clone());
-                tasks.spawn(format!("feed {venue}"), async move {
-                    feeds::run_feed(feed, fcfg, board, status, cancel).await;
-                    Ok::<(), String>(())
-                });
-            }
-            FeedSource::Replay { file, speed } => {
-                // Registered now, so `/v1/feeds` lists the replayed venues from the start.
-                let routes = replay::prepare(&wanted, &board, &registry);
-                if let Some(tx) = replay_started.take() {
-                    let _ = tx.send(now_ms());
-                }
-                let (board, cancel, file, speed) =
-                    (Arc::clone(&board), sources.clone(), file.clone(), *speed);
-                let ticks = Arc::clone(&replay_ticks);
-                let clock = opts.replay_clock;
-                let done = CancellationToken::new();
-                replays.push(done.clone());
-                tasks.spawn("feed replay", async move {
-                    let opts = replay::ReplayOptions { speed, clock };
-                    let r = replay::play_routed(&file, &opts, routes, board, cancel).await;
-                    done.cancel();
-                    match r {
-                        Ok(stats) => {
-                            ticks.fetch_add(stats.ticks, Ordering::Relaxed);
-                            Ok(())
-                        }
-                        Err(e) => Err(e.to_string()),
-                    }
-                });
-            }
-        }
-    }
-
+    let replays = spawn::feeds(
+        &cfg,
+        &instrument_list,
+        &board,
+        &registry,
+        &tasks,
+        &sources,
+        opts.replay_started.take(),
+        opts.replay_clock,
+    )?;
     // Account sources: the API and NATS.
     let backend = Arc::new(Backend {
         map: Arc::clone(&map),
@@ -361,29 +288,10 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
     }
     if let Some(ncfg) = cfg.accounts.nats.clone() {
         let writer: Arc<dyn crate::sources::AccountWriter> = backend.clone();
-        let cancel = sources.clone();
-        tasks.spawn("nats-ingest", async move {
-            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-            let ingest = loop {
-                let attempt = tokio::select! {
-                    _ = cancel.cancelled() => return Ok(()),
-                    r = NatsIngest::connect(ncfg.clone()) => r,
-                };
-                match attempt {
-                    Ok(i) => break i,
-                    Err(e) => {
-                        let delay = backoff.next_delay(None);
-                        tracing::warn!(error = %e, retry_in = ?delay, "NATS account ingest cannot connect; retrying");
-                        tokio::select! {
-                            _ = cancel.cancelled() => return Ok(()),
-                            _ = tokio::time::sleep(delay) => {}
-                        }
-                    }
-                }
-            };
-            ingest.run(writer, cancel).await;
-            Ok::<(), String>(())
-        });
+        tasks.spawn(
+            "nats-ingest",
+            spawn::nats_ingest(ncfg, writer, sources.clone()),
+        );
     }
     drop(engine_tx);
     tracing::info!(
@@ -396,13 +304,13 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
 
     // Wait for the stop signal (or the end of every replay).
     let all_replays_done = async {
-        for r in &replays {
+        for r in &replays.done {
             r.cancelled().await;
         }
     };
     tokio::select! {
         _ = sources.cancelled() => {}
-        _ = all_replays_done, if opts.stop_after_replay && !replays.is_empty() => {
+        _ = all_replays_done, if opts.stop_after_replay && !replays.done.is_empty() => {
             tracing::info!("Replay finished: shutting down");
             sources.cancel();
         }
@@ -464,7 +372,7 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
     Ok(RunReport {
         accounts: map.len(),
         events: events_count.load(Ordering::Relaxed),
-        replay_ticks: replay_ticks.load(Ordering::Relaxed),
+        replay_ticks: replays.ticks.load(Ordering::Relaxed),
         undrained_sinks: undrained,
     })
 }

@@ -1,0 +1,165 @@
+//! Spawning the sources and the sinks: one feed task per configured venue or replay, one
+//! delivery driver per sink, and the NATS account consumer (reconnecting with the one
+//! [`Backoff`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::AppError;
+use crate::config::{Config, FeedSource};
+use crate::feeds::{self, FeedRegistry, replay};
+use crate::journal::Journal;
+use crate::model::{Instrument, now_ms};
+use crate::prices::PriceBoard;
+use crate::runtime::{Backoff, Tasks};
+use crate::sinks::{self, DriverOptions, Sink, SinkFilter, SinkTask};
+use crate::sources::{AccountWriter, NatsIngest, NatsIngestConfig};
+
+/// The replay feeds started: one token each, cancelled when its file has been played, and the
+/// ticks they replayed.
+pub(super) struct Replays {
+    pub done: Vec<CancellationToken>,
+    pub ticks: Arc<AtomicU64>,
+}
+
+/// Spawns a delivery driver for every configured sink and every extra one (the demo's printer).
+/// They stop on `stop`, after draining what is journaled for up to the grace period.
+pub(super) fn sinks(
+    cfg: &Config,
+    journal: &Arc<Journal>,
+    extra: Vec<(Box<dyn Sink>, SinkFilter)>,
+    stop: &CancellationToken,
+) -> Result<Vec<SinkTask>, AppError> {
+    let driver_options = DriverOptions {
+        drain_grace: cfg.shutdown.grace,
+        ..DriverOptions::default()
+    };
+    let mut tasks = Vec::new();
+    for entry in &cfg.sinks {
+        let sink = entry
+            .build()
+            .map_err(|e| AppError::Startup(e.to_string()))?;
+        let options = entry
+            .delivery
+            .clone()
+            .unwrap_or_else(|| driver_options.clone());
+        tasks.push(sinks::spawn_sink_with(
+            sink,
+            entry.filter.clone(),
+            Arc::clone(journal),
+            options,
+            stop.clone(),
+        ));
+    }
+    for (sink, filter) in extra {
+        tasks.push(sinks::spawn_sink_with(
+            sink,
+            filter,
+            Arc::clone(journal),
+            driver_options.clone(),
+            stop.clone(),
+        ));
+    }
+    Ok(tasks)
+}
+
+/// Spawns one task per configured feed into `tasks`, each registered in `registry` before this
+/// returns (so `/v1/feeds` lists them at once). Replay feeds play their file into the board;
+/// `replay_started` receives the wall-clock ms when the first one starts.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn feeds(
+    cfg: &Config,
+    instruments: &[Instrument],
+    board: &Arc<PriceBoard>,
+    registry: &FeedRegistry,
+    tasks: &Tasks,
+    cancel: &CancellationToken,
+    mut replay_started: Option<oneshot::Sender<i64>>,
+    clock: replay::ReplayClock,
+) -> Result<Replays, AppError> {
+    let mut replays = Replays {
+        done: Vec::new(),
+        ticks: Arc::new(AtomicU64::new(0)),
+    };
+    for entry in &cfg.feeds {
+        let wanted: Vec<Instrument> = if entry.instruments.is_empty() {
+            instruments.to_vec()
+        } else {
+            instruments
+                .iter()
+                .filter(|i| entry.instruments.iter().any(|w| w == i.id.as_str()))
+                .cloned()
+                .collect()
+        };
+        match &entry.source {
+            FeedSource::Venue(venue) => {
+                let feed = feeds::feed_for(*venue).map_err(|e| AppError::Startup(e.to_string()))?;
+                let fcfg = entry.driver.clone().with_instruments(*venue, &wanted);
+                if fcfg.routes.symbols().is_empty() {
+                    tracing::warn!(%venue, "No instrument is priced by this venue: the feed is not started");
+                    continue;
+                }
+                let status = registry.register(*venue, &fcfg.routes);
+                let (board, cancel) = (Arc::clone(board), cancel.clone());
+                tasks.spawn(format!("feed {venue}"), async move {
+                    feeds::run_feed(feed, fcfg, board, status, cancel).await;
+                    Ok::<(), String>(())
+                });
+            }
+            FeedSource::Replay { file, speed } => {
+                // Registered now, so `/v1/feeds` lists the replayed venues from the start.
+                let routes = replay::prepare(&wanted, board, registry);
+                if let Some(tx) = replay_started.take() {
+                    let _ = tx.send(now_ms());
+                }
+                let (board, cancel, file, speed) =
+                    (Arc::clone(board), cancel.clone(), file.clone(), *speed);
+                let ticks = Arc::clone(&replays.ticks);
+                let done = CancellationToken::new();
+                replays.done.push(done.clone());
+                tasks.spawn("feed replay", async move {
+                    let opts = replay::ReplayOptions { speed, clock };
+                    let r = replay::play_routed(&file, &opts, routes, board, cancel).await;
+                    done.cancel();
+                    let stats = r.map_err(|e| e.to_string())?;
+                    ticks.fetch_add(stats.ticks, Ordering::Relaxed);
+                    Ok::<(), String>(())
+                });
+            }
+        }
+    }
+    Ok(replays)
+}
+
+/// The NATS account consumer: connects (retrying with backoff until `cancel`), then consumes
+/// until `cancel`.
+pub(super) async fn nats_ingest(
+    cfg: NatsIngestConfig,
+    writer: Arc<dyn AccountWriter>,
+    cancel: CancellationToken,
+) -> Result<(), String> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let ingest = loop {
+        let attempt = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            r = NatsIngest::connect(cfg.clone()) => r,
+        };
+        match attempt {
+            Ok(i) => break i,
+            Err(e) => {
+                let delay = backoff.next_delay(None);
+                tracing::warn!(error = %e, retry_in = ?delay, "NATS account ingest cannot connect; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    };
+    ingest.run(writer, cancel).await;
+    Ok(())
+}
