@@ -444,15 +444,7 @@ impl Monitor {
         prices: &dyn PriceInfo,
         now_ms: TimestampMs,
     ) -> Vec<Emitted> {
-        let mut keys = map.keys();
-        keys.sort_unstable();
-        let mut out = Vec::new();
-        for k in keys {
-            if let Some(t) = map.materialise(k) {
-                self.evaluate_one(map, &t, prices, now_ms, &mut out);
-            }
-        }
-        out
+        self.evaluate_keys(map, map.keys(), prices, now_ms)
     }
 
     /// Re-evaluates every holder of an instrument (e.g. when its feed is restored, so a held
@@ -464,7 +456,17 @@ impl Monitor {
         prices: &dyn PriceInfo,
         now_ms: TimestampMs,
     ) -> Vec<Emitted> {
-        let mut keys = map.holder_keys(instrument);
+        self.evaluate_keys(map, map.holder_keys(instrument), prices, now_ms)
+    }
+
+    /// Brings `keys` to the current prices and evaluates them, in key order.
+    fn evaluate_keys(
+        &mut self,
+        map: &AccountMap,
+        mut keys: Vec<AccountKey>,
+        prices: &dyn PriceInfo,
+        now_ms: TimestampMs,
+    ) -> Vec<Emitted> {
         keys.sort_unstable();
         let mut out = Vec::new();
         for k in keys {
