@@ -79,7 +79,8 @@ impl<'de> Deserialize<'de> for CompositeMode {
         }
         Venue::parse(&s).map(CompositeMode::Venue).ok_or_else(|| {
             serde::de::Error::custom(format!(
-                "composite {s:?}: expected \"median\" or a venue name (binance-usdm, bybit-linear, okx, deribit, hyperliquid)"
+                "composite {s:?}: expected \"median\" or a venue name ({})",
+                Venue::NAMES.join(", ")
             ))
         })
     }
