@@ -22,7 +22,8 @@
 //!
 //! ## Adding a venue
 //!
-//! 1. Write `src/feeds/<venue>.rs`: wire types, a borrowing [`Feed::parse`], the subscribe messages, the
+//! 1. Write `src/feeds/<venue>.rs`: wire types, a borrowing [`Feed::parse`] that reads every
+//!    number through [`wire`] (the one decimal policy), the subscribe messages, the
 //!    heartbeat rules, and a unit test per fixture file. Declare it with `pub mod <venue>;`
 //!    below (written out, not generated, so that `cargo fmt` and IDEs see the file).
 //! 2. Add one row to the `venues!` table below:
@@ -75,6 +76,7 @@ pub mod okx;
 pub mod replay;
 
 mod driver;
+pub mod wire;
 
 use std::time::Duration;
 
@@ -199,13 +201,15 @@ pub enum ParseError {
     /// Not valid JSON, or not the shape the venue documents.
     #[error("malformed frame: {0}")]
     Malformed(String),
-    /// A price field that is not a decimal number.
-    #[error("bad number in field {field}: {value:?}")]
+    /// A number field that is not what the one wire policy accepts ([`wire`]).
+    #[error("bad number in field {field}: {value:?} ({reason})")]
     BadNumber {
         /// The field name.
         field: &'static str,
-        /// The raw text.
+        /// The raw text (at most 64 characters of it).
         value: String,
+        /// Why it was refused.
+        reason: wire::NumberError,
     },
     /// Valid JSON of a kind the adapter does not know.
     #[error("unknown frame type: {0}")]
