@@ -22,6 +22,7 @@ use tracing::{Instrument as _, debug, error, info, trace, warn};
 use super::{Feed, Frame, ParseError, VenueTick};
 use crate::model::{Instrument, InstrumentId, PriceField, PriceTick, TimestampMs, Venue, now_ms};
 use crate::prices::PriceBoard;
+use crate::runtime::Backoff;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -193,21 +194,10 @@ impl FeedConfig {
         self
     }
 
-    /// The reconnect delay before attempt `attempt` (0-based): `min(max, initial·2^attempt)`
-    /// jittered uniformly into [½·d, d].
-    pub fn backoff_delay(&self, attempt: u32) -> Duration {
-        let base = self
-            .backoff_initial
-            .saturating_mul(2u32.saturating_pow(attempt.min(30)))
-            .min(self.backoff_max);
-        let half = base / 2;
-        let jitter_ns = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-        let extra = if jitter_ns == 0 {
-            0
-        } else {
-            rand::random_range(0..=jitter_ns)
-        };
-        half + Duration::from_nanos(extra)
+    /// The reconnect backoff of this feed: the one [`Backoff`] policy, from `backoff_initial`
+    /// doubling up to `backoff_max`, each delay drawn from [½·d, d].
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.backoff_initial, self.backoff_max)
     }
 }
 
@@ -487,7 +477,7 @@ pub async fn run_feed(
         board.track(inst, &[venue]);
     }
     let mut rejected: HashSet<String> = HashSet::new();
-    let mut attempt: u32 = 0;
+    let mut backoff = cfg.backoff();
     let mut conn_no: u64 = 0;
     loop {
         if cancel.is_cancelled() {
@@ -521,7 +511,7 @@ pub async fn run_feed(
         metrics::gauge!("liqwatch_feed_connected", "venue" => venue.as_str()).set(0.0);
         let (end, healthy) = result;
         if healthy {
-            attempt = 0;
+            backoff.reset();
         }
         match end {
             End::Cancelled => break,
@@ -530,8 +520,8 @@ pub async fn run_feed(
                 counter!("liqwatch_feed_rotations_total", "venue" => venue.as_str()).increment(1);
             }
             End::Failed(reason) => {
-                let delay = cfg.backoff_delay(attempt);
-                attempt = attempt.saturating_add(1);
+                let delay = backoff.next_delay(None);
+                let attempt = backoff.attempts();
                 warn!(venue = %venue, error = %reason, delay_ms = delay.as_millis() as u64, attempt, "Feed disconnected; reconnecting after backoff");
                 status.set_error(reason);
                 counter!("liqwatch_feed_disconnects_total", "venue" => venue.as_str()).increment(1);
@@ -1059,7 +1049,8 @@ async fn connection(
 mod tests {
     use super::*;
 
-    /// Backoff doubles from the initial delay up to the cap, jittered into [½·d, d].
+    /// The feed's backoff (the one `Backoff`, from `backoff_initial` and `backoff_max`) doubles
+    /// from the initial delay up to the cap, jittered into [½·d, d], and starts over on reset.
     #[test]
     fn backoff_bounds() {
         let cfg = FeedConfig {
@@ -1067,18 +1058,20 @@ mod tests {
             backoff_max: Duration::from_secs(1),
             ..FeedConfig::default()
         };
-        for (attempt, full) in [
-            (0, 100),
-            (1, 200),
-            (2, 400),
-            (3, 800),
-            (4, 1000),
-            (40, 1000),
-        ] {
-            for _ in 0..50 {
-                let d = cfg.backoff_delay(attempt);
-                assert!(d <= Duration::from_millis(full), "{attempt}: {d:?}");
-                assert!(d >= Duration::from_millis(full / 2), "{attempt}: {d:?}");
+        let mut want: Vec<u64> = vec![100, 200, 400, 800, 1000];
+        want.resize(41, 1000);
+        for _ in 0..50 {
+            let mut b = cfg.backoff();
+            for round in 0..2 {
+                for (attempt, full) in want.iter().copied().enumerate() {
+                    let d = b.next_delay(None);
+                    assert!(d <= Duration::from_millis(full), "{round}/{attempt}: {d:?}");
+                    assert!(
+                        d >= Duration::from_millis(full / 2),
+                        "{round}/{attempt}: {d:?}"
+                    );
+                }
+                b.reset();
             }
         }
     }

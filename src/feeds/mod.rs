@@ -59,8 +59,9 @@
 //!   instrument never causes a reconnect;
 //! - rotates the connection at [`Feed::max_connection_age`] (Binance 24 h) and on
 //!   [`Frame::ReconnectSoon`], reconnecting at once (the gap is one reconnect);
-//! - reconnects after errors with jittered exponential backoff (`backoff_initial` doubling up
-//!   to `backoff_max`, each delay drawn from [½·d, d]); the backoff resets only after a
+//! - reconnects after errors with the one jittered exponential
+//!   [`Backoff`](crate::runtime::Backoff) ([`FeedConfig::backoff`]: `backoff_initial` doubling
+//!   up to `backoff_max`, each delay drawn from [½·d, d]); the backoff resets only after a
 //!   connection has delivered data for `healthy_after`;
 //! - runs each connection in a `feed_connection` tracing span and stops on the
 //!   [`CancellationToken`](tokio_util::sync::CancellationToken).

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::model::{Account, AccountId, AccountUpdate, Fill, InstrumentId, InstrumentKind};
+use crate::runtime::Backoff;
 
 /// Where an update came from; lets the writer de-duplicate redeliveries (a NATS message is
 /// redelivered if the process dies between applying it and acking it).
@@ -641,10 +642,10 @@ impl NatsIngest {
     /// Consumes until `cancel` fires: each message is parsed, validated, applied through
     /// `writer`, and then acked / terminated / nak'ed. The message in hand when `cancel` fires is
     /// finished first. Pull errors (server gone, missed heartbeats) are logged and retried with
-    /// backoff; this only returns on cancellation.
+    /// the one jittered [`Backoff`] (100 ms doubling to 10 s, reset by a message); this only
+    /// returns on cancellation.
     pub async fn run(self, writer: Arc<dyn AccountWriter>, cancel: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
-        let max_backoff = Duration::from_secs(10);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         'outer: loop {
             let messages = tokio::select! {
                 biased;
@@ -655,14 +656,14 @@ impl NatsIngest {
                 Ok(Ok(m)) => m,
                 Ok(Err(e)) => {
                     self.pull_failed(&e.to_string());
-                    if !sleep_or_cancel(&mut backoff, max_backoff, &cancel).await {
+                    if !sleep_or_cancel(&mut backoff, &cancel).await {
                         break;
                     }
                     continue;
                 }
                 Err(_) => {
                     self.pull_failed("timed out starting the pull");
-                    if !sleep_or_cancel(&mut backoff, max_backoff, &cancel).await {
+                    if !sleep_or_cancel(&mut backoff, &cancel).await {
                         break;
                     }
                     continue;
@@ -676,12 +677,12 @@ impl NatsIngest {
                 };
                 match next {
                     Some(Ok(msg)) => {
-                        backoff = Duration::from_millis(100);
+                        backoff.reset();
                         self.handle(&msg, writer.as_ref()).await;
                     }
                     Some(Err(e)) => {
                         self.pull_failed(&e.to_string());
-                        if !sleep_or_cancel(&mut backoff, max_backoff, &cancel).await {
+                        if !sleep_or_cancel(&mut backoff, &cancel).await {
                             break 'outer;
                         }
                         continue 'outer;
@@ -755,14 +756,9 @@ impl NatsIngest {
     }
 }
 
-/// Sleeps for `backoff` (doubling it up to `max`) unless cancelled; false when cancelled.
-async fn sleep_or_cancel(
-    backoff: &mut Duration,
-    max: Duration,
-    cancel: &CancellationToken,
-) -> bool {
-    let wait = *backoff;
-    *backoff = (*backoff * 2).min(max);
+/// Sleeps for the backoff's next delay unless cancelled; false when cancelled.
+async fn sleep_or_cancel(backoff: &mut Backoff, cancel: &CancellationToken) -> bool {
+    let wait = backoff.next_delay(None);
     tokio::select! {
         _ = cancel.cancelled() => false,
         _ = tokio::time::sleep(wait) => true,
