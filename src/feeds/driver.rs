@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use metrics::counter;
 use parking_lot::Mutex;
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -201,55 +202,40 @@ impl FeedConfig {
     }
 }
 
-/// One instrument priced by a feed, as shown by the API.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct FeedInstrumentStatus {
-    /// The venue symbol.
-    pub symbol: String,
-    /// The canonical instrument.
+/// Price status of one instrument on one venue: an entry of [`FeedStatus::instruments`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstrumentFeedStatus {
+    /// Canonical instrument.
     pub instrument: InstrumentId,
-    /// Which price of the symbol.
-    pub field: PriceField,
-    /// Last accepted price from this venue.
-    pub last_price: Option<rust_decimal::Decimal>,
-    /// When it was received (ms since epoch).
-    pub last_price_ts: Option<TimestampMs>,
-    /// Its age, ms.
+    /// The venue's symbol.
+    pub symbol: String,
+    /// True while connected and the venue's subscription for the symbol is neither rejected
+    /// nor unconfirmed (no first price within `first_data_timeout`).
+    pub subscribed: bool,
+    /// The last accepted price from this venue.
+    pub last_price: Option<Decimal>,
+    /// When it was received, ms since the epoch.
+    pub received_ts: Option<TimestampMs>,
+    /// Its age now, ms.
     pub age_ms: Option<i64>,
-    /// True when this venue's price for the instrument is not fresh.
+    /// True when older than `stale_after` (or never received).
     pub stale: bool,
 }
 
-/// A venue feed's state, as shown by the API.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// Status of one venue feed: what [`FeedRegistry::snapshot`] returns and `GET /v1/feeds` serves
+/// (the `FeedList` schema of `src/api/openapi.json`). The driver's own counters and texts
+/// (frames, parse errors, unknown symbols, rejected and unconfirmed symbols, last error, URL)
+/// are read from the [`FeedStatusHandle`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedStatus {
     /// The venue.
     pub venue: Venue,
-    /// The URL connected to.
-    pub url: String,
-    /// True while a connection is open.
+    /// True while the socket is up.
     pub connected: bool,
-    /// When the current connection opened (ms since epoch).
-    pub connected_since: Option<TimestampMs>,
-    /// When the last frame of any kind arrived (ms since epoch).
-    pub last_frame: Option<TimestampMs>,
-    /// Frames received since start.
-    pub frames: u64,
     /// Reconnects since start (every connection after the first).
     pub reconnects: u64,
-    /// Frames that could not be parsed.
-    pub parse_errors: u64,
-    /// Ticks for symbols with no route.
-    pub unknown_symbols: u64,
-    /// The last error (connect failure, close reason, rejection).
-    pub last_error: Option<String>,
-    /// Symbols the venue rejected (left out of later connections).
-    pub rejected_symbols: Vec<String>,
-    /// Symbols subscribed on the current connection that have not delivered a price within
-    /// `first_data_timeout`.
-    pub unconfirmed_symbols: Vec<String>,
-    /// Per instrument.
-    pub instruments: Vec<FeedInstrumentStatus>,
+    /// Per-instrument prices.
+    pub instruments: Vec<InstrumentFeedStatus>,
 }
 
 #[derive(Debug, Default)]
@@ -321,9 +307,29 @@ impl FeedStatusHandle {
         self.text.lock().unconfirmed.clone()
     }
 
-    /// The last error.
+    /// The last error (connect failure, close reason, rejection).
     pub fn last_error(&self) -> Option<String> {
         self.text.lock().last_error.clone()
+    }
+
+    /// Ticks for symbols with no route since start.
+    pub fn unknown_symbols(&self) -> u64 {
+        self.unknown_symbols.load(Ordering::Relaxed)
+    }
+
+    /// The URL of the current (or last) connection.
+    pub fn url(&self) -> String {
+        self.text.lock().url.clone()
+    }
+
+    /// When the current connection opened (ms since epoch), if one ever did.
+    pub fn connected_since(&self) -> Option<TimestampMs> {
+        Some(self.connected_since.load(Ordering::Relaxed)).filter(|t| *t != 0)
+    }
+
+    /// When the last frame of any kind arrived (ms since epoch), if one ever did.
+    pub fn last_frame(&self) -> Option<TimestampMs> {
+        Some(self.last_frame.load(Ordering::Relaxed)).filter(|t| *t != 0)
     }
 
     fn set_error(&self, e: impl Into<String>) {
@@ -332,23 +338,25 @@ impl FeedStatusHandle {
 
     /// A snapshot, with per-instrument prices from the board.
     pub fn snapshot(&self, board: &PriceBoard) -> FeedStatus {
-        let opt = |v: i64| if v == 0 { None } else { Some(v) };
+        let connected = self.connected.load(Ordering::Relaxed);
         let text = self.text.lock();
         let board_status = board.status();
         let instruments = self
             .routes
             .iter()
-            .map(|(sym, inst, field)| {
+            .map(|(sym, inst, _field)| {
                 let src = board_status
                     .iter()
                     .find(|s| s.instrument == *inst)
                     .and_then(|s| s.sources.iter().find(|x| x.venue == self.venue));
-                FeedInstrumentStatus {
-                    symbol: sym.to_string(),
+                InstrumentFeedStatus {
                     instrument: inst.clone(),
-                    field,
+                    symbol: sym.to_string(),
+                    subscribed: connected
+                        && !text.rejected.iter().any(|s| s == sym)
+                        && !text.unconfirmed.iter().any(|s| s == sym),
                     last_price: src.and_then(|s| s.last_price),
-                    last_price_ts: src.and_then(|s| s.received_ts),
+                    received_ts: src.and_then(|s| s.received_ts),
                     age_ms: src.and_then(|s| s.age_ms),
                     stale: src.is_none_or(|s| s.stale),
                 }
@@ -356,17 +364,8 @@ impl FeedStatusHandle {
             .collect();
         FeedStatus {
             venue: self.venue,
-            url: text.url.clone(),
-            connected: self.connected.load(Ordering::Relaxed),
-            connected_since: opt(self.connected_since.load(Ordering::Relaxed)),
-            last_frame: opt(self.last_frame.load(Ordering::Relaxed)),
-            frames: self.frames.load(Ordering::Relaxed),
+            connected,
             reconnects: self.connections.load(Ordering::Relaxed).saturating_sub(1),
-            parse_errors: self.parse_errors.load(Ordering::Relaxed),
-            unknown_symbols: self.unknown_symbols.load(Ordering::Relaxed),
-            last_error: text.last_error.clone(),
-            rejected_symbols: text.rejected.clone(),
-            unconfirmed_symbols: text.unconfirmed.clone(),
             instruments,
         }
     }

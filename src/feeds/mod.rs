@@ -66,8 +66,11 @@
 //! - runs each connection in a `feed_connection` tracing span and stops on the
 //!   [`CancellationToken`](tokio_util::sync::CancellationToken).
 //!
-//! Status per venue ([`FeedStatus`]: connected since, last frame, reconnects, errors, and per
-//! instrument the last price, its age and staleness) comes from [`FeedRegistry::snapshot`].
+//! Status per venue ([`FeedStatus`]: connected, reconnects, and per instrument whether it is
+//! subscribed, the last price, its age and staleness) comes from [`FeedRegistry::snapshot`]; it
+//! is the one status type, served as is by `GET /v1/feeds`. The driver's own counters and texts
+//! (frames, parse errors, unknown symbols, rejected and unconfirmed symbols, last error, URL)
+//! are read from the [`FeedStatusHandle`].
 
 pub mod binance;
 pub mod bybit;
@@ -86,7 +89,7 @@ use rust_decimal::Decimal;
 use crate::model::{TimestampMs, Venue};
 
 pub use driver::{
-    FeedConfig, FeedError, FeedInstrumentStatus, FeedRegistry, FeedStatus, FeedStatusHandle,
+    FeedConfig, FeedError, FeedRegistry, FeedStatus, FeedStatusHandle, InstrumentFeedStatus,
     SymbolRoutes, run_feed, spawn_feed, spawn_feeds,
 };
 
@@ -384,6 +387,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The one status type serialises to exactly the documented `/v1/feeds` shape: the
+    /// OpenAPI example read into `FeedStatus` and written back is the example, key for key.
+    #[test]
+    fn feed_status_is_the_documented_shape() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../api/openapi.json")).unwrap();
+        let example = &doc["paths"]["/v1/feeds"]["get"]["responses"]["200"]["content"]
+            ["application/json"]["example"]["feeds"];
+        let feeds: Vec<FeedStatus> = serde_json::from_value(example.clone()).unwrap();
+        assert_eq!(feeds.len(), 1);
+        assert_eq!(&serde_json::to_value(&feeds).unwrap(), example);
     }
 
     /// The OpenAPI document lists exactly the venues of the table (step 4 of "Adding a venue").
