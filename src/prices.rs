@@ -817,31 +817,6 @@ impl PriceBoard {
     }
 }
 
-/// Runs [`PriceBoard::check_staleness`] every `every` and sends each transition to `tx`
-/// (bounded; transitions are rare) until `cancel` fires or the receiver is dropped. The daemon
-/// turns each into a `feed_stale` / `feed_restored` event with [`StaleTransition::to_event`].
-pub async fn watch_staleness(
-    board: std::sync::Arc<PriceBoard>,
-    every: Duration,
-    tx: tokio::sync::mpsc::Sender<StaleTransition>,
-    cancel: tokio_util::sync::CancellationToken,
-) {
-    let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        for t in board.check_staleness(Instant::now()) {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = tx.send(t) => if r.is_err() { return },
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1054,27 +1029,6 @@ mod tests {
         let t = b.check_staleness(Instant::now());
         assert_eq!(t[0].info.instrument, InstrumentId::from("X"));
         assert_eq!(t[0].info.stale_after_ms, 60_000);
-    }
-
-    /// The watcher reports a stale instrument through its channel.
-    #[tokio::test(start_paused = true)]
-    async fn watcher_sends_transitions() {
-        let b = std::sync::Arc::new(board(CompositeMode::Median));
-        b.track(&InstrumentId::from("X"), &[B]);
-        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let h = tokio::spawn(watch_staleness(
-            b.clone(),
-            Duration::from_millis(250),
-            tx,
-            cancel.clone(),
-        ));
-        let t = rx.recv().await.unwrap();
-        assert_eq!(t.kind, EventKind::FeedStale);
-        assert_eq!(t.info.instrument, InstrumentId::from("X"));
-        assert_eq!(t.info.venues, vec![B]);
-        cancel.cancel();
-        h.await.unwrap();
     }
 
     proptest::proptest! {

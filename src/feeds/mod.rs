@@ -395,8 +395,8 @@ mod tests {
     fn feed_status_is_the_documented_shape() {
         let doc: serde_json::Value =
             serde_json::from_str(include_str!("../api/openapi.json")).unwrap();
-        let example = &doc["paths"]["/v1/feeds"]["get"]["responses"]["200"]["content"]
-            ["application/json"]["example"]["feeds"];
+        let example = &doc["paths"]["/v1/feeds"]["get"]["responses"]["200"]["content"]["application/json"]
+            ["example"]["feeds"];
         let feeds: Vec<FeedStatus> = serde_json::from_value(example.clone()).unwrap();
         assert_eq!(feeds.len(), 1);
         assert_eq!(&serde_json::to_value(&feeds).unwrap(), example);
