@@ -80,6 +80,7 @@ pub mod okx;
 pub mod replay;
 
 mod driver;
+mod status;
 pub mod wire;
 
 use std::time::Duration;
@@ -88,10 +89,8 @@ use rust_decimal::Decimal;
 
 use crate::model::{TimestampMs, Venue};
 
-pub use driver::{
-    FeedConfig, FeedError, FeedRegistry, FeedStatus, FeedStatusHandle, InstrumentFeedStatus,
-    SymbolRoutes, run_feed, spawn_feed, spawn_feeds,
-};
+pub use driver::{FeedConfig, FeedError, run_feed, spawn_feed, spawn_feeds};
+pub use status::{FeedRegistry, FeedStatus, FeedStatusHandle, InstrumentFeedStatus, SymbolRoutes};
 
 /// The venue table: one row per venue — its docs, the [`Venue`] variant, its config/wire name
 /// and, when an adapter is written, `=> module::Adapter` (constructed with `Adapter::new()`).
