@@ -98,47 +98,42 @@ string_id!(
     AccountId
 );
 
-/// A price venue. Adding a venue is one variant here, one file in `src/feeds/`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Venue {
-    /// Binance USD-M futures (`fstream.binance.com/market`).
-    BinanceUsdm,
-    /// Bybit v5 public linear.
-    BybitLinear,
-    /// Bybit v5 public inverse.
-    BybitInverse,
-    /// OKX v5 public.
-    Okx,
-    /// Deribit JSON-RPC v2.
-    Deribit,
-    /// Hyperliquid.
-    Hyperliquid,
+/// Generates [`Venue`] from the venue table, `venues!` in [`crate::feeds`], which is the one
+/// list of venues (see "Adding a venue" there).
+///
+/// The enum is generated *here*, in the leaf module, so that `model` stays the module everyone
+/// imports and imports nothing of the crate: the table is only tokens, and this expansion keeps
+/// the variant, its name and its docs and drops the adapter paths, which only
+/// [`crate::feeds`]'s own expansion (the adapter lookup) reads.
+macro_rules! venue_enum {
+    ($( $(#[$doc:meta])* $variant:ident $name:literal $(=> $module:ident :: $adapter:ident)? ; )*) => {
+        /// A price venue. The variants, their names and their adapters come from one table,
+        /// `venues!` in [`crate::feeds`] ("Adding a venue" there).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub enum Venue {
+            $( $(#[$doc])* #[serde(rename = $name)] $variant, )*
+        }
+
+        impl Venue {
+            /// All venues, in display (table) order.
+            pub const ALL: [Venue; [$($name),*].len()] = [$(Venue::$variant),*];
+
+            /// Every venue's config/wire name, in the order of [`Venue::ALL`].
+            pub const NAMES: [&'static str; [$($name),*].len()] = [$($name),*];
+
+            /// The venue's config/wire name (`binance-usdm`, …).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( Venue::$variant => $name, )*
+                }
+            }
+        }
+    };
 }
 
+crate::feeds::venues!(venue_enum);
+
 impl Venue {
-    /// All venues, in display order.
-    pub const ALL: [Venue; 6] = [
-        Venue::BinanceUsdm,
-        Venue::BybitLinear,
-        Venue::BybitInverse,
-        Venue::Okx,
-        Venue::Deribit,
-        Venue::Hyperliquid,
-    ];
-
-    /// The venue's config/wire name (`binance-usdm`, …).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Venue::BinanceUsdm => "binance-usdm",
-            Venue::BybitLinear => "bybit-linear",
-            Venue::BybitInverse => "bybit-inverse",
-            Venue::Okx => "okx",
-            Venue::Deribit => "deribit",
-            Venue::Hyperliquid => "hyperliquid",
-        }
-    }
-
     /// Parses a venue name as written in config files.
     pub fn parse(s: &str) -> Option<Venue> {
         Venue::ALL.into_iter().find(|v| v.as_str() == s)
@@ -148,6 +143,19 @@ impl Venue {
 impl fmt::Display for Venue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// A venue name that is not in the venue table.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown venue {0:?} (known: {known})", known = Venue::NAMES.join(", "))]
+pub struct UnknownVenue(pub String);
+
+impl std::str::FromStr for Venue {
+    type Err = UnknownVenue;
+
+    fn from_str(s: &str) -> Result<Venue, UnknownVenue> {
+        Venue::parse(s).ok_or_else(|| UnknownVenue(s.to_string()))
     }
 }
 
@@ -958,13 +966,27 @@ mod tests {
         assert_eq!(back, MarginRatio::Finite(dec!(0.0885)));
     }
 
-    /// Venue names round-trip.
+    /// Venue names round-trip through `parse`, `FromStr`, `Display` and serde, are kebab-case,
+    /// and unknown names are refused with the list of known ones.
     #[test]
     fn venue_names() {
-        for v in Venue::ALL {
+        assert_eq!(Venue::ALL.len(), Venue::NAMES.len());
+        for (v, name) in Venue::ALL.into_iter().zip(Venue::NAMES) {
+            assert_eq!(v.as_str(), name);
+            assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+                "{name} is not kebab-case"
+            );
             assert_eq!(Venue::parse(v.as_str()), Some(v));
+            assert_eq!(name.parse::<Venue>(), Ok(v));
+            assert_eq!(v.to_string(), name);
             let j = serde_json::to_string(&v).unwrap();
             assert_eq!(j, format!("\"{}\"", v.as_str()));
+            assert_eq!(serde_json::from_str::<Venue>(&j).unwrap(), v);
         }
+        let e = "binance".parse::<Venue>().unwrap_err();
+        assert!(e.to_string().contains("binance-usdm, bybit-linear"), "{e}");
+        assert!(serde_json::from_str::<Venue>("\"binance\"").is_err());
     }
 }

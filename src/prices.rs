@@ -79,7 +79,8 @@ impl<'de> Deserialize<'de> for CompositeMode {
         }
         Venue::parse(&s).map(CompositeMode::Venue).ok_or_else(|| {
             serde::de::Error::custom(format!(
-                "composite {s:?}: expected \"median\" or a venue name (binance-usdm, bybit-linear, okx, deribit, hyperliquid)"
+                "composite {s:?}: expected \"median\" or a venue name ({})",
+                Venue::NAMES.join(", ")
             ))
         })
     }
@@ -813,31 +814,6 @@ impl PriceBoard {
             .collect();
         out.sort_by(|a, b| a.instrument.cmp(&b.instrument));
         out
-    }
-}
-
-/// Runs [`PriceBoard::check_staleness`] every `every` and sends each transition to `tx`
-/// (bounded; transitions are rare) until `cancel` fires or the receiver is dropped. The daemon
-/// turns each into a `feed_stale` / `feed_restored` event with [`StaleTransition::to_event`].
-pub async fn watch_staleness(
-    board: std::sync::Arc<PriceBoard>,
-    every: Duration,
-    tx: tokio::sync::mpsc::Sender<StaleTransition>,
-    cancel: tokio_util::sync::CancellationToken,
-) {
-    let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        for t in board.check_staleness(Instant::now()) {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = tx.send(t) => if r.is_err() { return },
-            }
-        }
     }
 }
 

@@ -145,7 +145,7 @@ async fn subscribes_pongs_and_delivers_every_price() {
     assert!(until(WAIT, || venue.log(0).pongs >= 3).await);
     assert_eq!(venue.connections(), 1);
     assert!(run.status.is_connected());
-    assert_eq!(run.status.snapshot(&run.board).unknown_symbols, 1);
+    assert_eq!(run.status.unknown_symbols(), 1);
     run.stop().await;
 }
 

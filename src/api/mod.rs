@@ -38,7 +38,6 @@ use axum::routing::get;
 use futures::future::BoxFuture;
 use futures::stream::Stream;
 use metrics_exporter_prometheus::PrometheusHandle;
-use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -46,10 +45,12 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+/// The status of one venue feed and of its instruments, as `GET /v1/feeds` serves it: the
+/// feeds' own status type ([`crate::feeds::FeedStatus`]), serialised as is.
+pub use crate::feeds::{FeedStatus, InstrumentFeedStatus};
 use crate::journal::JournalEntry;
 use crate::model::{
-    Account, AccountId, AccountState, AccountUpdate, Fill, InstrumentId, PriceUsed, RiskSnapshot,
-    TimestampMs, Venue,
+    Account, AccountId, AccountState, AccountUpdate, Fill, PriceUsed, RiskSnapshot, TimestampMs,
 };
 use crate::sources::{
     AccountWriter, Applied, ApplyError, FieldError, UpdateOrigin, count_update, parse_json,
@@ -103,38 +104,6 @@ pub struct AccountView {
     pub stale_prices: bool,
     /// When the snapshot was computed, ms since the epoch.
     pub as_of_ms: TimestampMs,
-}
-
-/// Price status of one instrument on one venue.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InstrumentFeedStatus {
-    /// Canonical instrument.
-    pub instrument: InstrumentId,
-    /// The venue's symbol.
-    pub symbol: String,
-    /// True when the venue confirmed the subscription.
-    pub subscribed: bool,
-    /// The last accepted price.
-    pub last_price: Option<Decimal>,
-    /// When it was received, ms since the epoch.
-    pub received_ts: Option<TimestampMs>,
-    /// Its age now, ms.
-    pub age_ms: Option<i64>,
-    /// True when older than `stale_after` (or never received).
-    pub stale: bool,
-}
-
-/// Status of one venue connection.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FeedStatus {
-    /// The venue.
-    pub venue: Venue,
-    /// True while the socket is up.
-    pub connected: bool,
-    /// Reconnects since start.
-    pub reconnects: u64,
-    /// Per-instrument prices.
-    pub instruments: Vec<InstrumentFeedStatus>,
 }
 
 /// Where `/v1/events` starts.

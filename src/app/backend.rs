@@ -197,34 +197,7 @@ impl ApiBackend for Backend {
     }
 
     fn feeds(&self) -> Vec<api::FeedStatus> {
-        self.registry
-            .snapshot(&self.board)
-            .into_iter()
-            .map(|f| {
-                let rejected = f.rejected_symbols.clone();
-                let unconfirmed = f.unconfirmed_symbols.clone();
-                api::FeedStatus {
-                    venue: f.venue,
-                    connected: f.connected,
-                    reconnects: f.reconnects,
-                    instruments: f
-                        .instruments
-                        .into_iter()
-                        .map(|i| api::InstrumentFeedStatus {
-                            subscribed: f.connected
-                                && !rejected.contains(&i.symbol)
-                                && !unconfirmed.contains(&i.symbol),
-                            instrument: i.instrument,
-                            symbol: i.symbol,
-                            last_price: i.last_price,
-                            received_ts: i.last_price_ts,
-                            age_ms: i.age_ms,
-                            stale: i.stale,
-                        })
-                        .collect(),
-                }
-            })
-            .collect()
+        self.registry.snapshot(&self.board)
     }
 
     fn events(

@@ -12,10 +12,10 @@
 
 use std::time::Duration;
 
-use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+use super::wire::decimal_str;
 use super::{Feed, Frame, Heartbeat, ParseError, VenueTick};
 use crate::model::Venue;
 
@@ -175,27 +175,14 @@ struct MarkPrice<'a> {
     i: Option<&'a str>,
 }
 
-/// Parses a decimal string; `""` is absent.
-pub(crate) fn dec(field: &'static str, s: Option<&str>) -> Result<Option<Decimal>, ParseError> {
-    match s {
-        None | Some("") => Ok(None),
-        Some(v) => Decimal::from_str_exact(v)
-            .map(Some)
-            .map_err(|_| ParseError::BadNumber {
-                field,
-                value: v.chars().take(64).collect(),
-            }),
-    }
-}
-
 fn to_tick<'a>(m: MarkPrice<'a>) -> Result<Option<VenueTick<'a>>, ParseError> {
     if m.e.is_some_and(|e| e != "markPriceUpdate") {
         return Ok(None);
     }
     Ok(Some(VenueTick {
         symbol: m.s,
-        mark: dec("p", m.p)?,
-        index: dec("i", m.i)?,
+        mark: decimal_str("p", m.p)?,
+        index: decimal_str("i", m.i)?,
         exchange_ts: m.event_time,
     }))
 }
@@ -365,6 +352,8 @@ impl<'de, 'o> Visitor<'de> for DataSeed<'o, 'de> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::feeds::wire::NumberError;
+    use rust_decimal::Decimal;
     use rust_decimal_macros::dec;
 
     fn fixture(name: &str) -> String {
@@ -545,9 +534,24 @@ mod tests {
             r,
             Err(ParseError::BadNumber {
                 field: "p",
-                value: "1.2.3".into()
+                value: "1.2.3".into(),
+                reason: NumberError::Malformed,
             })
         );
+    }
+
+    /// Prices follow the one wire policy: scientific notation is read exactly (it used to be
+    /// refused here while OKX, Hyperliquid and Deribit accepted it).
+    #[test]
+    fn exponent_price_exact() {
+        let mut f = BinanceUsdm::new();
+        let (r, out) = parse_one(
+            &mut f,
+            r#"{"e":"markPriceUpdate","s":"PEPEUSDT","p":"1.0235e-5","i":"1e-5"}"#,
+        );
+        assert_eq!(r, Ok(Frame::Data));
+        assert_eq!(out[0].mark, Some(dec!(0.000010235)));
+        assert_eq!(out[0].index, Some(dec!(0.00001)));
     }
 
     /// Other event types on the same socket produce no ticks.

@@ -16,7 +16,7 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use super::binance::dec;
+use super::wire::decimal_str;
 use super::{Feed, Frame, Heartbeat, ParseError, VenueTick};
 use crate::model::Venue;
 
@@ -178,8 +178,8 @@ impl Feed for BybitLinear {
             .data
             .ok_or_else(|| ParseError::Malformed(format!("{topic}: no data")))?;
         let symbol = data.symbol.unwrap_or(topic_sym);
-        let mark = dec("markPrice", data.mark_price)?;
-        let index = dec("indexPrice", data.index_price)?;
+        let mark = decimal_str("markPrice", data.mark_price)?;
+        let index = decimal_str("indexPrice", data.index_price)?;
         let merged = match env.kind {
             Some("snapshot") => {
                 let st = TickerState { mark, index };

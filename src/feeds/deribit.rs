@@ -16,20 +16,19 @@
 //! to that comes back as [`Frame::Pong`].
 //!
 //! Deribit sends prices as JSON **numbers**, sometimes in exponent form (`1.423e-4`). They are
-//! read as raw number text ([`serde_json::value::RawValue`]) and converted straight to
-//! [`Decimal`], never through `f64`. The decimal helpers here are shared by the other adapters of
-//! this area.
+//! read as raw number text ([`serde_json::value::RawValue`]) and converted exactly by
+//! [`wire::decimal_raw`](super::wire::decimal_raw) — the one wire-decimal policy — never
+//! through `f64`.
 
 use std::borrow::Cow;
-use std::str::FromStr;
 use std::time::Duration;
 
-use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::wire::{decimal_raw, integer_raw};
 use super::{Feed, Frame, Heartbeat, ParseError, VenueTick};
-use crate::model::{TimestampMs, Venue};
+use crate::model::Venue;
 
 /// Deribit's production JSON-RPC WebSocket endpoint.
 pub const DEFAULT_URL: &str = "wss://www.deribit.com/ws/api/v2";
@@ -183,109 +182,6 @@ fn is_index_name(symbol: &str) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Exact decimal helpers shared by the adapters of this area
-// ---------------------------------------------------------------------------------------------
-
-/// True when `s` has the grammar of a JSON number: `-?digits(.digits)?([eE][+-]?digits)?`.
-fn is_json_number(s: &str) -> bool {
-    let b = s.as_bytes();
-    let mut i = 0;
-    if b.first() == Some(&b'-') {
-        i += 1;
-    }
-    let int_start = i;
-    while i < b.len() && b[i].is_ascii_digit() {
-        i += 1;
-    }
-    if i == int_start {
-        return false;
-    }
-    if i < b.len() && b[i] == b'.' {
-        i += 1;
-        let frac_start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        if i == frac_start {
-            return false;
-        }
-    }
-    if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
-        i += 1;
-        if i < b.len() && (b[i] == b'+' || b[i] == b'-') {
-            i += 1;
-        }
-        let exp_start = i;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        if i == exp_start {
-            return false;
-        }
-    }
-    i == b.len()
-}
-
-/// Converts decimal number text (`"86778.14"`, `"1.423e-4"`, `"-2.2E3"`) to an exact
-/// [`Decimal`] without going through `f64`. `None` when the text is not a number or does not fit.
-pub fn decimal_from_number_text(text: &str) -> Option<Decimal> {
-    if !is_json_number(text) {
-        return None;
-    }
-    if text.bytes().any(|b| b == b'e' || b == b'E') {
-        Decimal::from_scientific(text).ok()
-    } else {
-        Decimal::from_str_exact(text).ok()
-    }
-}
-
-/// A decimal price sent as a JSON string (OKX, Hyperliquid): `""` means absent (`Ok(None)`),
-/// anything else must be number text.
-pub fn decimal_from_wire_str(
-    field: &'static str,
-    text: Option<&str>,
-) -> Result<Option<Decimal>, ParseError> {
-    match text {
-        None | Some("") => Ok(None),
-        Some(t) => decimal_from_number_text(t)
-            .map(Some)
-            .ok_or_else(|| ParseError::BadNumber {
-                field,
-                value: t.to_string(),
-            }),
-    }
-}
-
-/// A decimal price sent as a raw JSON number (Deribit): `null`/absent is `Ok(None)`.
-fn decimal_from_raw(
-    field: &'static str,
-    raw: Option<&RawValue>,
-) -> Result<Option<Decimal>, ParseError> {
-    match raw.map(RawValue::get) {
-        None | Some("null") => Ok(None),
-        Some(t) => decimal_from_number_text(t)
-            .map(Some)
-            .ok_or_else(|| ParseError::BadNumber {
-                field,
-                value: t.to_string(),
-            }),
-    }
-}
-
-/// An integer millisecond timestamp from raw JSON number text.
-fn ts_from_raw(raw: Option<&RawValue>) -> Result<Option<TimestampMs>, ParseError> {
-    match raw.map(RawValue::get) {
-        None | Some("null") => Ok(None),
-        Some(t) => i64::from_str(t)
-            .map(Some)
-            .map_err(|_| ParseError::BadNumber {
-                field: "timestamp",
-                value: t.to_string(),
-            }),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Wire types (borrowed from the frame)
 // ---------------------------------------------------------------------------------------------
 
@@ -408,9 +304,9 @@ impl Feed for DeribitFeed {
                 if let Some(symbol) = channel.strip_prefix("ticker.") {
                     let symbol = symbol.rsplit_once('.').map_or(symbol, |(s, _)| s);
                     let d: TickerData<'a> = serde_json::from_str(data.get()).map_err(malformed)?;
-                    let mark = decimal_from_raw("mark_price", d.mark_price)?;
-                    let index = decimal_from_raw("index_price", d.index_price)?;
-                    let exchange_ts = ts_from_raw(d.timestamp)?;
+                    let mark = decimal_raw("mark_price", d.mark_price)?;
+                    let index = decimal_raw("index_price", d.index_price)?;
+                    let exchange_ts = integer_raw("timestamp", d.timestamp)?;
                     if mark.is_some() || index.is_some() {
                         out.push(VenueTick {
                             symbol,
@@ -422,8 +318,8 @@ impl Feed for DeribitFeed {
                     Ok(Frame::Data)
                 } else if let Some(symbol) = channel.strip_prefix("deribit_price_index.") {
                     let d: IndexData<'a> = serde_json::from_str(data.get()).map_err(malformed)?;
-                    let index = decimal_from_raw("price", d.price)?;
-                    let exchange_ts = ts_from_raw(d.timestamp)?;
+                    let index = decimal_raw("price", d.price)?;
+                    let exchange_ts = integer_raw("timestamp", d.timestamp)?;
                     if index.is_some() {
                         out.push(VenueTick {
                             symbol,
@@ -457,6 +353,7 @@ impl Feed for DeribitFeed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::feeds::wire::NumberError;
     use rust_decimal_macros::dec;
 
     fn fixture(name: &str) -> String {
@@ -470,32 +367,6 @@ mod tests {
         let syms: Vec<String> = symbols.iter().map(|s| s.to_string()).collect();
         f.subscribe_messages(&syms);
         f
-    }
-
-    /// Number text converts exactly, exponent forms included, and non-numbers are refused.
-    #[test]
-    fn number_text_to_decimal() {
-        let cases = [
-            ("86778.14", Some(dec!(86778.14))),
-            ("1.423e-4", Some(dec!(0.0001423))),
-            ("5.149e-5", Some(dec!(0.00005149))),
-            ("2.2e3", Some(dec!(2200))),
-            ("-2.2E+3", Some(dec!(-2200))),
-            ("6521.17", Some(dec!(6521.17))),
-            ("0", Some(dec!(0))),
-            ("1_000", None),
-            ("+1", None),
-            (".5", None),
-            ("1.", None),
-            ("1e", None),
-            ("NaN", None),
-            ("", None),
-            ("1e99", None),
-            ("0.00000000000000000000000000001", None),
-        ];
-        for (text, want) in cases {
-            assert_eq!(decimal_from_number_text(text), want, "{text}");
-        }
     }
 
     /// The subscribe messages set the heartbeat first, then one batch subscribe with both kinds
@@ -708,7 +579,8 @@ mod tests {
             f.parse(&text, &mut out),
             Err(ParseError::BadNumber {
                 field: "mark_price",
-                value: "\"86778.14\"".into()
+                value: "\"86778.14\"".into(),
+                reason: NumberError::Malformed,
             })
         );
         assert!(out.is_empty());

@@ -1,16 +1,16 @@
 //! The one generic feed driver: owns a venue's WebSocket, subscribes, checks acks and first
 //! data, keeps the transport alive, reconnects with jittered backoff, publishes prices to the
-//! board, and keeps the per-venue status. See the module docs of [`crate::feeds`].
+//! board, and writes the per-venue status (kept in `status`). See the module docs of
+//! [`crate::feeds`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use metrics::counter;
-use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -19,9 +19,11 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, error, info, trace, warn};
 
+use super::status::{FeedRegistry, FeedStatusHandle, SymbolRoutes};
 use super::{Feed, Frame, ParseError, VenueTick};
-use crate::model::{Instrument, InstrumentId, PriceField, PriceTick, TimestampMs, Venue, now_ms};
+use crate::model::{Instrument, PriceField, PriceTick, TimestampMs, Venue, now_ms};
 use crate::prices::PriceBoard;
+use crate::runtime::Backoff;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -54,58 +56,6 @@ impl FeedError {
     /// Whether retrying (reconnecting) may help.
     pub fn is_retriable(&self) -> bool {
         !matches!(self, FeedError::NoAdapter(_) | FeedError::Config(_))
-    }
-}
-
-/// Venue symbol → the canonical instruments (and which price field) it prices.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SymbolRoutes {
-    symbols: Vec<String>,
-    map: HashMap<String, Vec<(InstrumentId, PriceField)>>,
-}
-
-impl SymbolRoutes {
-    /// Routes for one venue from the instruments' `sources`.
-    pub fn from_instruments(venue: Venue, instruments: &[Instrument]) -> SymbolRoutes {
-        let mut r = SymbolRoutes::default();
-        for inst in instruments {
-            for src in inst.sources.iter().filter(|s| s.venue == venue) {
-                r.add(&src.symbol, inst.id.clone(), src.field);
-            }
-        }
-        r
-    }
-
-    /// Adds one route.
-    pub fn add(&mut self, symbol: &str, instrument: InstrumentId, field: PriceField) {
-        let e = self.map.entry(symbol.to_string()).or_insert_with(|| {
-            self.symbols.push(symbol.to_string());
-            Vec::new()
-        });
-        if !e.iter().any(|(i, f)| *i == instrument && *f == field) {
-            e.push((instrument, field));
-        }
-    }
-
-    /// Venue symbols to subscribe, in insertion order.
-    pub fn symbols(&self) -> &[String] {
-        &self.symbols
-    }
-
-    /// Routes of one venue symbol.
-    pub fn get(&self, symbol: &str) -> Option<&[(InstrumentId, PriceField)]> {
-        self.map.get(symbol).map(Vec::as_slice)
-    }
-
-    /// Every (symbol, instrument, field).
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &InstrumentId, PriceField)> {
-        self.symbols.iter().flat_map(move |s| {
-            self.map
-                .get(s)
-                .into_iter()
-                .flatten()
-                .map(move |(i, f)| (s.as_str(), i, *f))
-        })
     }
 }
 
@@ -193,223 +143,10 @@ impl FeedConfig {
         self
     }
 
-    /// The reconnect delay before attempt `attempt` (0-based): `min(max, initial·2^attempt)`
-    /// jittered uniformly into [½·d, d].
-    pub fn backoff_delay(&self, attempt: u32) -> Duration {
-        let base = self
-            .backoff_initial
-            .saturating_mul(2u32.saturating_pow(attempt.min(30)))
-            .min(self.backoff_max);
-        let half = base / 2;
-        let jitter_ns = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-        let extra = if jitter_ns == 0 {
-            0
-        } else {
-            rand::random_range(0..=jitter_ns)
-        };
-        half + Duration::from_nanos(extra)
-    }
-}
-
-/// One instrument priced by a feed, as shown by the API.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct FeedInstrumentStatus {
-    /// The venue symbol.
-    pub symbol: String,
-    /// The canonical instrument.
-    pub instrument: InstrumentId,
-    /// Which price of the symbol.
-    pub field: PriceField,
-    /// Last accepted price from this venue.
-    pub last_price: Option<rust_decimal::Decimal>,
-    /// When it was received (ms since epoch).
-    pub last_price_ts: Option<TimestampMs>,
-    /// Its age, ms.
-    pub age_ms: Option<i64>,
-    /// True when this venue's price for the instrument is not fresh.
-    pub stale: bool,
-}
-
-/// A venue feed's state, as shown by the API.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct FeedStatus {
-    /// The venue.
-    pub venue: Venue,
-    /// The URL connected to.
-    pub url: String,
-    /// True while a connection is open.
-    pub connected: bool,
-    /// When the current connection opened (ms since epoch).
-    pub connected_since: Option<TimestampMs>,
-    /// When the last frame of any kind arrived (ms since epoch).
-    pub last_frame: Option<TimestampMs>,
-    /// Frames received since start.
-    pub frames: u64,
-    /// Reconnects since start (every connection after the first).
-    pub reconnects: u64,
-    /// Frames that could not be parsed.
-    pub parse_errors: u64,
-    /// Ticks for symbols with no route.
-    pub unknown_symbols: u64,
-    /// The last error (connect failure, close reason, rejection).
-    pub last_error: Option<String>,
-    /// Symbols the venue rejected (left out of later connections).
-    pub rejected_symbols: Vec<String>,
-    /// Symbols subscribed on the current connection that have not delivered a price within
-    /// `first_data_timeout`.
-    pub unconfirmed_symbols: Vec<String>,
-    /// Per instrument.
-    pub instruments: Vec<FeedInstrumentStatus>,
-}
-
-#[derive(Debug, Default)]
-struct StatusText {
-    last_error: Option<String>,
-    rejected: Vec<String>,
-    unconfirmed: Vec<String>,
-    url: String,
-}
-
-/// Live status of one feed, updated by its driver (atomics on the hot path).
-#[derive(Debug)]
-pub struct FeedStatusHandle {
-    venue: Venue,
-    routes: SymbolRoutes,
-    connected: AtomicBool,
-    connected_since: AtomicI64,
-    last_frame: AtomicI64,
-    frames: AtomicU64,
-    connections: AtomicU64,
-    parse_errors: AtomicU64,
-    unknown_symbols: AtomicU64,
-    text: Mutex<StatusText>,
-}
-
-impl FeedStatusHandle {
-    fn new(venue: Venue, routes: SymbolRoutes) -> FeedStatusHandle {
-        FeedStatusHandle {
-            venue,
-            routes,
-            connected: AtomicBool::new(false),
-            connected_since: AtomicI64::new(0),
-            last_frame: AtomicI64::new(0),
-            frames: AtomicU64::new(0),
-            connections: AtomicU64::new(0),
-            parse_errors: AtomicU64::new(0),
-            unknown_symbols: AtomicU64::new(0),
-            text: Mutex::new(StatusText::default()),
-        }
-    }
-
-    /// Connections opened since start.
-    pub fn connections(&self) -> u64 {
-        self.connections.load(Ordering::Relaxed)
-    }
-
-    /// Frames that failed to parse since start.
-    pub fn parse_errors(&self) -> u64 {
-        self.parse_errors.load(Ordering::Relaxed)
-    }
-
-    /// Frames received since start.
-    pub fn frames(&self) -> u64 {
-        self.frames.load(Ordering::Relaxed)
-    }
-
-    /// Whether a connection is open now.
-    pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
-    }
-
-    /// Symbols the venue rejected.
-    pub fn rejected_symbols(&self) -> Vec<String> {
-        self.text.lock().rejected.clone()
-    }
-
-    /// Symbols not yet confirmed by data past `first_data_timeout`.
-    pub fn unconfirmed_symbols(&self) -> Vec<String> {
-        self.text.lock().unconfirmed.clone()
-    }
-
-    /// The last error.
-    pub fn last_error(&self) -> Option<String> {
-        self.text.lock().last_error.clone()
-    }
-
-    fn set_error(&self, e: impl Into<String>) {
-        self.text.lock().last_error = Some(e.into());
-    }
-
-    /// A snapshot, with per-instrument prices from the board.
-    pub fn snapshot(&self, board: &PriceBoard) -> FeedStatus {
-        let opt = |v: i64| if v == 0 { None } else { Some(v) };
-        let text = self.text.lock();
-        let board_status = board.status();
-        let instruments = self
-            .routes
-            .iter()
-            .map(|(sym, inst, field)| {
-                let src = board_status
-                    .iter()
-                    .find(|s| s.instrument == *inst)
-                    .and_then(|s| s.sources.iter().find(|x| x.venue == self.venue));
-                FeedInstrumentStatus {
-                    symbol: sym.to_string(),
-                    instrument: inst.clone(),
-                    field,
-                    last_price: src.and_then(|s| s.last_price),
-                    last_price_ts: src.and_then(|s| s.received_ts),
-                    age_ms: src.and_then(|s| s.age_ms),
-                    stale: src.is_none_or(|s| s.stale),
-                }
-            })
-            .collect();
-        FeedStatus {
-            venue: self.venue,
-            url: text.url.clone(),
-            connected: self.connected.load(Ordering::Relaxed),
-            connected_since: opt(self.connected_since.load(Ordering::Relaxed)),
-            last_frame: opt(self.last_frame.load(Ordering::Relaxed)),
-            frames: self.frames.load(Ordering::Relaxed),
-            reconnects: self.connections.load(Ordering::Relaxed).saturating_sub(1),
-            parse_errors: self.parse_errors.load(Ordering::Relaxed),
-            unknown_symbols: self.unknown_symbols.load(Ordering::Relaxed),
-            last_error: text.last_error.clone(),
-            rejected_symbols: text.rejected.clone(),
-            unconfirmed_symbols: text.unconfirmed.clone(),
-            instruments,
-        }
-    }
-}
-
-/// Every feed's status handle, for the API (`GET /feeds`).
-#[derive(Debug, Default)]
-pub struct FeedRegistry {
-    feeds: Mutex<Vec<Arc<FeedStatusHandle>>>,
-}
-
-impl FeedRegistry {
-    /// An empty registry.
-    pub fn new() -> FeedRegistry {
-        FeedRegistry::default()
-    }
-
-    /// Registers a feed and returns its status handle.
-    pub fn register(&self, venue: Venue, routes: &SymbolRoutes) -> Arc<FeedStatusHandle> {
-        let h = Arc::new(FeedStatusHandle::new(venue, routes.clone()));
-        self.feeds.lock().push(h.clone());
-        h
-    }
-
-    /// The handle of a venue's feed, if registered.
-    pub fn get(&self, venue: Venue) -> Option<Arc<FeedStatusHandle>> {
-        self.feeds.lock().iter().find(|h| h.venue == venue).cloned()
-    }
-
-    /// Status of every feed.
-    pub fn snapshot(&self, board: &PriceBoard) -> Vec<FeedStatus> {
-        let feeds: Vec<Arc<FeedStatusHandle>> = self.feeds.lock().clone();
-        feeds.iter().map(|h| h.snapshot(board)).collect()
+    /// The reconnect backoff of this feed: the one [`Backoff`] policy, from `backoff_initial`
+    /// doubling up to `backoff_max`, each delay drawn from [½·d, d].
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.backoff_initial, self.backoff_max)
     }
 }
 
@@ -487,7 +224,7 @@ pub async fn run_feed(
         board.track(inst, &[venue]);
     }
     let mut rejected: HashSet<String> = HashSet::new();
-    let mut attempt: u32 = 0;
+    let mut backoff = cfg.backoff();
     let mut conn_no: u64 = 0;
     loop {
         if cancel.is_cancelled() {
@@ -521,7 +258,7 @@ pub async fn run_feed(
         metrics::gauge!("liqwatch_feed_connected", "venue" => venue.as_str()).set(0.0);
         let (end, healthy) = result;
         if healthy {
-            attempt = 0;
+            backoff.reset();
         }
         match end {
             End::Cancelled => break,
@@ -530,8 +267,8 @@ pub async fn run_feed(
                 counter!("liqwatch_feed_rotations_total", "venue" => venue.as_str()).increment(1);
             }
             End::Failed(reason) => {
-                let delay = cfg.backoff_delay(attempt);
-                attempt = attempt.saturating_add(1);
+                let delay = backoff.next_delay(None);
+                let attempt = backoff.attempts();
                 warn!(venue = %venue, error = %reason, delay_ms = delay.as_millis() as u64, attempt, "Feed disconnected; reconnecting after backoff");
                 status.set_error(reason);
                 counter!("liqwatch_feed_disconnects_total", "venue" => venue.as_str()).increment(1);
@@ -1059,7 +796,8 @@ async fn connection(
 mod tests {
     use super::*;
 
-    /// Backoff doubles from the initial delay up to the cap, jittered into [½·d, d].
+    /// The feed's backoff (the one `Backoff`, from `backoff_initial` and `backoff_max`) doubles
+    /// from the initial delay up to the cap, jittered into [½·d, d], and starts over on reset.
     #[test]
     fn backoff_bounds() {
         let cfg = FeedConfig {
@@ -1067,42 +805,22 @@ mod tests {
             backoff_max: Duration::from_secs(1),
             ..FeedConfig::default()
         };
-        for (attempt, full) in [
-            (0, 100),
-            (1, 200),
-            (2, 400),
-            (3, 800),
-            (4, 1000),
-            (40, 1000),
-        ] {
-            for _ in 0..50 {
-                let d = cfg.backoff_delay(attempt);
-                assert!(d <= Duration::from_millis(full), "{attempt}: {d:?}");
-                assert!(d >= Duration::from_millis(full / 2), "{attempt}: {d:?}");
+        let mut want: Vec<u64> = vec![100, 200, 400, 800, 1000];
+        want.resize(41, 1000);
+        for _ in 0..50 {
+            let mut b = cfg.backoff();
+            for round in 0..2 {
+                for (attempt, full) in want.iter().copied().enumerate() {
+                    let d = b.next_delay(None);
+                    assert!(d <= Duration::from_millis(full), "{round}/{attempt}: {d:?}");
+                    assert!(
+                        d >= Duration::from_millis(full / 2),
+                        "{round}/{attempt}: {d:?}"
+                    );
+                }
+                b.reset();
             }
         }
-    }
-
-    /// Routes come from the instruments' sources for the venue only.
-    #[test]
-    fn routes_from_sources() {
-        let inst: Vec<Instrument> = serde_json::from_str(
-            r#"[{"id":"BTCUSDT-PERP","kind":"linear_perpetual","underlying":"BTC",
-                 "sources":[{"venue":"binance-usdm","symbol":"BTCUSDT"},{"venue":"okx","symbol":"BTC-USDT-SWAP"}]},
-                {"id":"BTC","kind":"collateral","underlying":"BTC",
-                 "sources":[{"venue":"binance-usdm","symbol":"BTCUSDT","field":"index"}]}]"#,
-        )
-        .unwrap();
-        let r = SymbolRoutes::from_instruments(Venue::BinanceUsdm, &inst);
-        assert_eq!(r.symbols(), &["BTCUSDT".to_string()]);
-        assert_eq!(
-            r.get("BTCUSDT").unwrap(),
-            &[
-                (InstrumentId::from("BTCUSDT-PERP"), PriceField::Mark),
-                (InstrumentId::from("BTC"), PriceField::Index)
-            ]
-        );
-        assert!(r.get("BTC-USDT-SWAP").is_none());
     }
 
     /// Config knobs parse from TOML with humantime durations; unknown keys are errors.

@@ -25,7 +25,7 @@ use serde::Deserialize;
 use serde::de::{DeserializeSeed, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::deribit::decimal_from_wire_str;
+use super::wire::decimal_str;
 use super::{Feed, Frame, Heartbeat, ParseError, VenueTick};
 use crate::model::Venue;
 
@@ -206,7 +206,7 @@ impl<'de, 'o> Visitor<'de> for PushMids<'o, 'de> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         while let Some((coin, mid)) = map.next_entry::<&'de str, &'de str>()? {
-            match decimal_from_wire_str("mids", Some(mid)) {
+            match decimal_str("mids", Some(mid)) {
                 Ok(Some(mark)) => self.out.push(VenueTick {
                     symbol: coin,
                     mark: Some(mark),
@@ -322,8 +322,8 @@ impl HyperliquidFeed {
             "activeAssetCtx" => {
                 let data = need_data(env.data, env.channel)?;
                 let a: AssetCtx<'a> = serde_json::from_str(data.get()).map_err(malformed)?;
-                let mark = decimal_from_wire_str("markPx", a.ctx.mark_px)?;
-                let index = decimal_from_wire_str("oraclePx", a.ctx.oracle_px)?;
+                let mark = decimal_str("markPx", a.ctx.mark_px)?;
+                let index = decimal_str("oraclePx", a.ctx.oracle_px)?;
                 self.confirm(a.coin);
                 if mark.is_some() || index.is_some() {
                     out.push(VenueTick {
@@ -388,6 +388,7 @@ impl HyperliquidFeed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::feeds::wire::NumberError;
     use rust_decimal_macros::dec;
 
     fn fixture(name: &str) -> String {
@@ -616,7 +617,8 @@ mod tests {
             r,
             Err(ParseError::BadNumber {
                 field: "markPx",
-                value: "84148.0.1".into()
+                value: "84148.0.1".into(),
+                reason: NumberError::Malformed,
             })
         );
         assert!(out.is_empty());

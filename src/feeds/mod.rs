@@ -1,8 +1,39 @@
 //! Exchange price feeds: the [`Feed`] trait (wire types, subscribe messages, heartbeat rules and
-//! a pure parse of one frame) and the one generic driver that owns the socket.
+//! a pure parse of one frame), the venue table, and the one generic driver that owns the socket.
 //!
-//! Adding a venue = one file here implementing [`Feed`], fixtures in `feeds/<venue>/`, one match
-//! arm in [`feed_for`], one row in the README table.
+//! ## The venue table
+//!
+//! `venues!` (below) is the one list of venues. Each row is a variant of
+//! [`Venue`], its config/wire name, and (when one is written) its adapter. Two expansions read
+//! it:
+//!
+//! - `crate::model` generates the [`Venue`] enum from it (variants with their docs and serde
+//!   names, [`Venue::ALL`], [`Venue::NAMES`], [`Venue::as_str`]; `parse`, `Display` and `FromStr`
+//!   are written once on top);
+//! - this module generates the adapter lookup [`feed_for`] from it ([`all_adapters`] iterates it
+//!   for tests and tools).
+//!
+//! Why the enum is generated in `model` and not here: `model` is the leaf every stage imports
+//! (prices, engine, config, journal and the API all name venues), and the adapters import
+//! `model` for [`TimestampMs`] and [`Venue`]. Defining `Venue` here and re-exporting it from
+//! `model` would make `model` import `feeds` — a circle. A macro is only tokens: `model` expands
+//! the table with its own generator and drops the adapter paths, so it imports nothing of
+//! `feeds`; the adapter paths are resolved only in this module's expansion.
+//!
+//! ## Adding a venue
+//!
+//! 1. Write `src/feeds/<venue>.rs`: wire types, a borrowing [`Feed::parse`] that reads every
+//!    number through [`wire`] (the one decimal policy), the subscribe messages, the
+//!    heartbeat rules, and a unit test per fixture file. Declare it with `pub mod <venue>;`
+//!    below (written out, not generated, so that `cargo fmt` and IDEs see the file).
+//! 2. Add one row to the `venues!` table below:
+//!    `/// docs` `MyVenue "my-venue" => my_venue::MyVenueFeed;` (the adapter needs a `new()`).
+//!    This gives the [`Venue`] variant, its name in config files, replay recordings and the
+//!    API, [`Venue::ALL`], and the [`feed_for`] arm.
+//! 3. Record fixtures in `feeds/<venue name>/` (the directory is named like the venue): the unit
+//!    tests here feed every fixture of every adapter, cut and mangled, to its parser.
+//! 4. Add the name to the `Venue` enum of `src/api/openapi.json` and a row to the README table
+//!    (a unit test here checks the OpenAPI list against [`Venue::NAMES`]).
 //!
 //! ## The driver
 //!
@@ -12,8 +43,9 @@
 //!   [`Feed::subscribe_messages`] (paced by [`Feed::send_interval`]);
 //! - reads frames and hands each text frame to [`Feed::parse`]; ticks are mapped from venue
 //!   symbols to canonical instruments through [`SymbolRoutes`] (built from the instruments'
-//!   `sources`) and published to the [`PriceBoard`] — never blocking on the engine. A symbol
-//!   with no route is counted (`liqwatch_feed_unknown_symbols_total`) and ignored;
+//!   `sources`) and published to the [`PriceBoard`](crate::prices::PriceBoard) — never blocking
+//!   on the engine. A symbol with no route is counted (`liqwatch_feed_unknown_symbols_total`)
+//!   and ignored;
 //! - a rejected subscription is logged at ERROR naming the symbol, counted, shown in the status
 //!   and left out of later connections; venues whose rejected topic may silence the others
 //!   ([`Feed::rebuild_on_rejection`], Bybit) get the connection rebuilt at once without it; an
@@ -27,14 +59,18 @@
 //!   instrument never causes a reconnect;
 //! - rotates the connection at [`Feed::max_connection_age`] (Binance 24 h) and on
 //!   [`Frame::ReconnectSoon`], reconnecting at once (the gap is one reconnect);
-//! - reconnects after errors with jittered exponential backoff (`backoff_initial` doubling up
-//!   to `backoff_max`, each delay drawn from [½·d, d]); the backoff resets only after a
+//! - reconnects after errors with the one jittered exponential
+//!   [`Backoff`](crate::runtime::Backoff) ([`FeedConfig::backoff`]: `backoff_initial` doubling
+//!   up to `backoff_max`, each delay drawn from [½·d, d]); the backoff resets only after a
 //!   connection has delivered data for `healthy_after`;
 //! - runs each connection in a `feed_connection` tracing span and stops on the
-//!   [`CancellationToken`].
+//!   [`CancellationToken`](tokio_util::sync::CancellationToken).
 //!
-//! Status per venue ([`FeedStatus`]: connected since, last frame, reconnects, errors, and per
-//! instrument the last price, its age and staleness) comes from [`FeedRegistry::snapshot`].
+//! Status per venue ([`FeedStatus`]: connected, reconnects, and per instrument whether it is
+//! subscribed, the last price, its age and staleness) comes from [`FeedRegistry::snapshot`]; it
+//! is the one status type, served as is by `GET /v1/feeds`. The driver's own counters and texts
+//! (frames, parse errors, unknown symbols, rejected and unconfirmed symbols, last error, URL)
+//! are read from the [`FeedStatusHandle`].
 
 pub mod binance;
 pub mod bybit;
@@ -44,6 +80,8 @@ pub mod okx;
 pub mod replay;
 
 mod driver;
+mod status;
+pub mod wire;
 
 use std::time::Duration;
 
@@ -51,21 +89,64 @@ use rust_decimal::Decimal;
 
 use crate::model::{TimestampMs, Venue};
 
-pub use driver::{
-    FeedConfig, FeedError, FeedInstrumentStatus, FeedRegistry, FeedStatus, FeedStatusHandle,
-    SymbolRoutes, run_feed, spawn_feed, spawn_feeds,
-};
+pub use driver::{FeedConfig, FeedError, run_feed, spawn_feed, spawn_feeds};
+pub use status::{FeedRegistry, FeedStatus, FeedStatusHandle, InstrumentFeedStatus, SymbolRoutes};
 
-/// The adapter for a venue, or an error for a venue without one yet.
-pub fn feed_for(venue: Venue) -> Result<Box<dyn Feed>, FeedError> {
-    match venue {
-        Venue::BinanceUsdm => Ok(Box::new(binance::BinanceUsdm::new())),
-        Venue::BybitLinear => Ok(Box::new(bybit::BybitLinear::new())),
-        Venue::Okx => Ok(Box::new(okx::OkxFeed::new())),
-        Venue::Deribit => Ok(Box::new(deribit::DeribitFeed::new())),
-        Venue::Hyperliquid => Ok(Box::new(hyperliquid::HyperliquidFeed::new())),
-        other => Err(FeedError::NoAdapter(other)),
-    }
+/// The venue table: one row per venue — its docs, the [`Venue`] variant, its config/wire name
+/// and, when an adapter is written, `=> module::Adapter` (constructed with `Adapter::new()`).
+/// A venue without an adapter (Bybit inverse) is listed without one, and [`feed_for`] answers
+/// [`FeedError::NoAdapter`] for it. The order is [`Venue::ALL`]'s order.
+///
+/// Invoked as `venues!(generator)`: it hands the rows to `generator!`, a `macro_rules!` of the
+/// invoking module (`crate::model` builds the enum, this module the adapter lookup).
+macro_rules! venues {
+    ($generator:ident) => {
+        $generator! {
+            /// Binance USD-M futures (`fstream.binance.com/market`).
+            BinanceUsdm "binance-usdm" => binance::BinanceUsdm;
+            /// Bybit v5 public linear.
+            BybitLinear "bybit-linear" => bybit::BybitLinear;
+            /// Bybit v5 public inverse (no adapter yet).
+            BybitInverse "bybit-inverse";
+            /// OKX v5 public.
+            Okx "okx" => okx::OkxFeed;
+            /// Deribit JSON-RPC v2.
+            Deribit "deribit" => deribit::DeribitFeed;
+            /// Hyperliquid.
+            Hyperliquid "hyperliquid" => hyperliquid::HyperliquidFeed;
+        }
+    };
+}
+pub(crate) use venues;
+
+/// Generates [`feed_for`] from the venue table.
+macro_rules! adapter_lookup {
+    ($( $(#[$doc:meta])* $variant:ident $name:literal $(=> $module:ident :: $adapter:ident)? ; )*) => {
+        /// The adapter for a venue (a fresh one on every call), or
+        /// [`FeedError::NoAdapter`] for a venue without one yet.
+        pub fn feed_for(venue: Venue) -> Result<Box<dyn Feed>, FeedError> {
+            match venue {
+                $( Venue::$variant => adapter_lookup!(@new venue $($module::$adapter)?), )*
+            }
+        }
+    };
+    (@new $venue:ident $module:ident :: $adapter:ident) => {
+        Ok(Box::new($module::$adapter::new()))
+    };
+    (@new $venue:ident) => {
+        Err(FeedError::NoAdapter($venue))
+    };
+}
+
+venues!(adapter_lookup);
+
+/// A fresh adapter for every venue that has one, in [`Venue::ALL`] order (what tests and tools
+/// iterate to cover every venue).
+pub fn all_adapters() -> Vec<Box<dyn Feed>> {
+    Venue::ALL
+        .into_iter()
+        .filter_map(|v| feed_for(v).ok())
+        .collect()
 }
 
 /// One price observation for one venue symbol, borrowed from the frame it was parsed from.
@@ -123,13 +204,15 @@ pub enum ParseError {
     /// Not valid JSON, or not the shape the venue documents.
     #[error("malformed frame: {0}")]
     Malformed(String),
-    /// A price field that is not a decimal number.
-    #[error("bad number in field {field}: {value:?}")]
+    /// A number field that is not what the one wire policy accepts ([`wire`]).
+    #[error("bad number in field {field}: {value:?} ({reason})")]
     BadNumber {
         /// The field name.
         field: &'static str,
-        /// The raw text.
+        /// The raw text (at most 64 characters of it).
         value: String,
+        /// Why it was refused.
+        reason: wire::NumberError,
     },
     /// Valid JSON of a kind the adapter does not know.
     #[error("unknown frame type: {0}")]
@@ -215,4 +298,122 @@ pub trait Feed: Send + 'static {
 pub(crate) fn read_fixture(dir: &str, name: &str) -> String {
     let path = format!("{}/feeds/{dir}/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fixture files (`.json`, `.txt`) recorded for a venue, by name.
+    fn fixtures(venue: Venue) -> Vec<(String, String)> {
+        let dir = format!("{}/feeds/{venue}", env!("CARGO_MANIFEST_DIR"));
+        let entries =
+            std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{venue}: fixtures in {dir}: {e}"));
+        let mut files: Vec<_> = entries
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json" || x == "txt"))
+            .collect();
+        files.sort();
+        files
+            .into_iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(&p).unwrap();
+                (p.display().to_string(), text)
+            })
+            .collect()
+    }
+
+    /// Parses `text` with a fresh adapter of `venue`; an error must leave no ticks behind.
+    fn parse_fresh(venue: Venue, text: &str) {
+        let mut feed = feed_for(venue).unwrap();
+        let mut out = Vec::new();
+        if feed.parse(text, &mut out).is_err() {
+            assert!(
+                out.is_empty(),
+                "{venue}: ticks left after an error: {text:?}"
+            );
+        }
+    }
+
+    /// Every row of the venue table with an adapter yields an adapter of that very venue, and
+    /// only Bybit inverse has none (it answers `NoAdapter`, as before the table).
+    #[test]
+    fn table_maps_each_venue_to_its_adapter() {
+        let mut without = Vec::new();
+        for v in Venue::ALL {
+            match feed_for(v) {
+                Ok(feed) => assert_eq!(feed.venue(), v, "table row {v} names another adapter"),
+                Err(FeedError::NoAdapter(x)) => {
+                    assert_eq!(x, v);
+                    without.push(v);
+                }
+                Err(e) => panic!("{v}: {e}"),
+            }
+        }
+        assert_eq!(without, vec![Venue::BybitInverse]);
+        let listed: Vec<Venue> = all_adapters().iter().map(|f| f.venue()).collect();
+        let want: Vec<Venue> = Venue::ALL
+            .into_iter()
+            .filter(|v| *v != Venue::BybitInverse)
+            .collect();
+        assert_eq!(listed, want);
+    }
+
+    /// Every adapter in the table has recorded fixtures in `feeds/<venue>/`, and each fixture —
+    /// whole, line by line, cut short or with a byte replaced — never panics the parser nor
+    /// leaves ticks behind on an error. A new venue is covered by adding its table row.
+    #[test]
+    fn every_adapter_survives_its_mangled_fixtures() {
+        for feed in all_adapters() {
+            let venue = feed.venue();
+            let files = fixtures(venue);
+            assert!(!files.is_empty(), "{venue}: no fixtures in feeds/{venue}/");
+            for (_name, text) in &files {
+                let mut pieces: Vec<&str> = vec![text.as_str()];
+                pieces.extend(text.lines().filter(|l| !l.trim().is_empty()));
+                for piece in pieces {
+                    parse_fresh(venue, piece);
+                    let bytes = piece.as_bytes();
+                    let step = (bytes.len() / 48).max(1);
+                    for at in (0..bytes.len()).step_by(step) {
+                        parse_fresh(venue, &String::from_utf8_lossy(&bytes[..at]));
+                        for replacement in [b'"', b'}', b'e', b'-', b'9', 0xff] {
+                            let mut mangled = bytes.to_vec();
+                            mangled[at] = replacement;
+                            parse_fresh(venue, &String::from_utf8_lossy(&mangled));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The one status type serialises to exactly the documented `/v1/feeds` shape: the
+    /// OpenAPI example read into `FeedStatus` and written back is the example, key for key.
+    #[test]
+    fn feed_status_is_the_documented_shape() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../api/openapi.json")).unwrap();
+        let example = &doc["paths"]["/v1/feeds"]["get"]["responses"]["200"]["content"]["application/json"]
+            ["example"]["feeds"];
+        let feeds: Vec<FeedStatus> = serde_json::from_value(example.clone()).unwrap();
+        assert_eq!(feeds.len(), 1);
+        assert_eq!(&serde_json::to_value(&feeds).unwrap(), example);
+    }
+
+    /// The OpenAPI document lists exactly the venues of the table (step 4 of "Adding a venue").
+    #[test]
+    fn openapi_lists_every_venue() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../api/openapi.json")).unwrap();
+        let listed: Vec<&str> =
+            doc["components"]["schemas"]["FeedList"]["properties"]["feeds"]["items"]["properties"]
+                ["venue"]["enum"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+        assert_eq!(listed, Venue::NAMES);
+    }
 }

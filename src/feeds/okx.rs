@@ -25,7 +25,7 @@ use serde::Deserialize;
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::deribit::decimal_from_wire_str;
+use super::wire::{decimal_str, integer_str};
 use super::{Feed, Frame, Heartbeat, ParseError, VenueTick};
 use crate::model::{TimestampMs, Venue};
 
@@ -182,16 +182,10 @@ impl<'de, 'o> Visitor<'de> for PushItems<'o, 'de> {
 }
 
 fn to_tick(channel: Channel, item: Item<'_>) -> Result<Option<VenueTick<'_>>, ParseError> {
-    let exchange_ts: Option<TimestampMs> = match item.ts {
-        None | Some("") => None,
-        Some(t) => Some(t.parse().map_err(|_| ParseError::BadNumber {
-            field: "ts",
-            value: t.to_string(),
-        })?),
-    };
+    let exchange_ts: Option<TimestampMs> = integer_str("ts", item.ts)?;
     let (mark, index) = match channel {
-        Channel::Mark => (decimal_from_wire_str("markPx", item.mark_px)?, None),
-        Channel::Index => (None, decimal_from_wire_str("idxPx", item.idx_px)?),
+        Channel::Mark => (decimal_str("markPx", item.mark_px)?, None),
+        Channel::Index => (None, decimal_str("idxPx", item.idx_px)?),
     };
     if mark.is_none() && index.is_none() {
         return Ok(None);
@@ -337,6 +331,7 @@ impl Feed for OkxFeed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::feeds::wire::NumberError;
     use rust_decimal_macros::dec;
 
     fn fixture(name: &str) -> String {
@@ -520,7 +515,8 @@ mod tests {
             f.parse(&text, &mut out),
             Err(ParseError::BadNumber {
                 field: "markPx",
-                value: "84,612.3".into()
+                value: "84,612.3".into(),
+                reason: NumberError::Malformed,
             })
         );
         let text = fixture("malformed_text.txt");

@@ -167,7 +167,8 @@ pub enum BadLine {
     },
     /// The venue name is not one liqwatch knows.
     #[error(
-        "line {line_no}: unknown venue {venue:?} (known: binance-usdm, bybit-linear, bybit-inverse, okx, deribit, hyperliquid)"
+        "line {line_no}: unknown venue {venue:?} (known: {known})",
+        known = Venue::NAMES.join(", ")
     )]
     UnknownVenue {
         /// 1-based line number.

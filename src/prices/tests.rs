@@ -212,27 +212,6 @@ async fn limit_precedence() {
     assert_eq!(t[0].info.stale_after_ms, 60_000);
 }
 
-/// The watcher reports a stale instrument through its channel.
-#[tokio::test(start_paused = true)]
-async fn watcher_sends_transitions() {
-    let b = std::sync::Arc::new(board(CompositeMode::Median));
-    b.track(&InstrumentId::from("X"), &[B]);
-    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let h = tokio::spawn(watch_staleness(
-        b.clone(),
-        Duration::from_millis(250),
-        tx,
-        cancel.clone(),
-    ));
-    let t = rx.recv().await.unwrap();
-    assert_eq!(t.kind, EventKind::FeedStale);
-    assert_eq!(t.info.instrument, InstrumentId::from("X"));
-    assert_eq!(t.info.venues, vec![B]);
-    cancel.cancel();
-    h.await.unwrap();
-}
-
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
 

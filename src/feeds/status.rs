@@ -1,0 +1,300 @@
+//! What each feed prices and how it is doing: [`SymbolRoutes`] (venue symbol → canonical
+//! instruments), the live [`FeedStatusHandle`] its driver updates (atomics on the hot path), the
+//! [`FeedStatus`] snapshot that `GET /v1/feeds` serves, and the [`FeedRegistry`] of every feed.
+//! The connection loop that writes these lives in `driver`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Instrument, InstrumentId, PriceField, TimestampMs, Venue};
+use crate::prices::PriceBoard;
+
+/// Venue symbol → the canonical instruments (and which price field) it prices.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SymbolRoutes {
+    symbols: Vec<String>,
+    map: HashMap<String, Vec<(InstrumentId, PriceField)>>,
+}
+
+impl SymbolRoutes {
+    /// Routes for one venue from the instruments' `sources`.
+    pub fn from_instruments(venue: Venue, instruments: &[Instrument]) -> SymbolRoutes {
+        let mut r = SymbolRoutes::default();
+        for inst in instruments {
+            for src in inst.sources.iter().filter(|s| s.venue == venue) {
+                r.add(&src.symbol, inst.id.clone(), src.field);
+            }
+        }
+        r
+    }
+
+    /// Adds one route.
+    pub fn add(&mut self, symbol: &str, instrument: InstrumentId, field: PriceField) {
+        let e = self.map.entry(symbol.to_string()).or_insert_with(|| {
+            self.symbols.push(symbol.to_string());
+            Vec::new()
+        });
+        if !e.iter().any(|(i, f)| *i == instrument && *f == field) {
+            e.push((instrument, field));
+        }
+    }
+
+    /// Venue symbols to subscribe, in insertion order.
+    pub fn symbols(&self) -> &[String] {
+        &self.symbols
+    }
+
+    /// Routes of one venue symbol.
+    pub fn get(&self, symbol: &str) -> Option<&[(InstrumentId, PriceField)]> {
+        self.map.get(symbol).map(Vec::as_slice)
+    }
+
+    /// Every (symbol, instrument, field).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &InstrumentId, PriceField)> {
+        self.symbols.iter().flat_map(move |s| {
+            self.map
+                .get(s)
+                .into_iter()
+                .flatten()
+                .map(move |(i, f)| (s.as_str(), i, *f))
+        })
+    }
+}
+
+/// Price status of one instrument on one venue: an entry of [`FeedStatus::instruments`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstrumentFeedStatus {
+    /// Canonical instrument.
+    pub instrument: InstrumentId,
+    /// The venue's symbol.
+    pub symbol: String,
+    /// True while connected and the venue's subscription for the symbol is neither rejected
+    /// nor unconfirmed (no first price within `first_data_timeout`).
+    pub subscribed: bool,
+    /// The last accepted price from this venue.
+    pub last_price: Option<Decimal>,
+    /// When it was received, ms since the epoch.
+    pub received_ts: Option<TimestampMs>,
+    /// Its age now, ms.
+    pub age_ms: Option<i64>,
+    /// True when older than `stale_after` (or never received).
+    pub stale: bool,
+}
+
+/// Status of one venue feed: what [`FeedRegistry::snapshot`] returns and `GET /v1/feeds` serves
+/// (the `FeedList` schema of `src/api/openapi.json`). The driver's own counters and texts
+/// (frames, parse errors, unknown symbols, rejected and unconfirmed symbols, last error, URL)
+/// are read from the [`FeedStatusHandle`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedStatus {
+    /// The venue.
+    pub venue: Venue,
+    /// True while the socket is up.
+    pub connected: bool,
+    /// Reconnects since start (every connection after the first).
+    pub reconnects: u64,
+    /// Per-instrument prices.
+    pub instruments: Vec<InstrumentFeedStatus>,
+}
+
+/// The texts of a feed's status, behind one lock (written rarely: connect, errors, rejections).
+#[derive(Debug, Default)]
+pub(super) struct StatusText {
+    /// The last error.
+    pub(super) last_error: Option<String>,
+    /// Symbols the venue rejected.
+    pub(super) rejected: Vec<String>,
+    /// Symbols with no first price within `first_data_timeout`.
+    pub(super) unconfirmed: Vec<String>,
+    /// The URL of the current connection.
+    pub(super) url: String,
+}
+
+/// Live status of one feed, updated by its driver (atomics on the hot path).
+#[derive(Debug)]
+pub struct FeedStatusHandle {
+    venue: Venue,
+    routes: SymbolRoutes,
+    pub(super) connected: AtomicBool,
+    pub(super) connected_since: AtomicI64,
+    pub(super) last_frame: AtomicI64,
+    pub(super) frames: AtomicU64,
+    pub(super) connections: AtomicU64,
+    pub(super) parse_errors: AtomicU64,
+    pub(super) unknown_symbols: AtomicU64,
+    pub(super) text: Mutex<StatusText>,
+}
+
+impl FeedStatusHandle {
+    fn new(venue: Venue, routes: SymbolRoutes) -> FeedStatusHandle {
+        FeedStatusHandle {
+            venue,
+            routes,
+            connected: AtomicBool::new(false),
+            connected_since: AtomicI64::new(0),
+            last_frame: AtomicI64::new(0),
+            frames: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            parse_errors: AtomicU64::new(0),
+            unknown_symbols: AtomicU64::new(0),
+            text: Mutex::new(StatusText::default()),
+        }
+    }
+
+    /// Connections opened since start.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Frames that failed to parse since start.
+    pub fn parse_errors(&self) -> u64 {
+        self.parse_errors.load(Ordering::Relaxed)
+    }
+
+    /// Frames received since start.
+    pub fn frames(&self) -> u64 {
+        self.frames.load(Ordering::Relaxed)
+    }
+
+    /// Whether a connection is open now.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Symbols the venue rejected.
+    pub fn rejected_symbols(&self) -> Vec<String> {
+        self.text.lock().rejected.clone()
+    }
+
+    /// Symbols not yet confirmed by data past `first_data_timeout`.
+    pub fn unconfirmed_symbols(&self) -> Vec<String> {
+        self.text.lock().unconfirmed.clone()
+    }
+
+    /// The last error (connect failure, close reason, rejection).
+    pub fn last_error(&self) -> Option<String> {
+        self.text.lock().last_error.clone()
+    }
+
+    /// Ticks for symbols with no route since start.
+    pub fn unknown_symbols(&self) -> u64 {
+        self.unknown_symbols.load(Ordering::Relaxed)
+    }
+
+    /// The URL of the current (or last) connection.
+    pub fn url(&self) -> String {
+        self.text.lock().url.clone()
+    }
+
+    /// When the current connection opened (ms since epoch), if one ever did.
+    pub fn connected_since(&self) -> Option<TimestampMs> {
+        Some(self.connected_since.load(Ordering::Relaxed)).filter(|t| *t != 0)
+    }
+
+    /// When the last frame of any kind arrived (ms since epoch), if one ever did.
+    pub fn last_frame(&self) -> Option<TimestampMs> {
+        Some(self.last_frame.load(Ordering::Relaxed)).filter(|t| *t != 0)
+    }
+
+    /// Records the last error.
+    pub(super) fn set_error(&self, e: impl Into<String>) {
+        self.text.lock().last_error = Some(e.into());
+    }
+
+    /// A snapshot, with per-instrument prices from the board.
+    pub fn snapshot(&self, board: &PriceBoard) -> FeedStatus {
+        let connected = self.connected.load(Ordering::Relaxed);
+        let text = self.text.lock();
+        let board_status = board.status();
+        let instruments = self
+            .routes
+            .iter()
+            .map(|(sym, inst, _field)| {
+                let src = board_status
+                    .iter()
+                    .find(|s| s.instrument == *inst)
+                    .and_then(|s| s.sources.iter().find(|x| x.venue == self.venue));
+                InstrumentFeedStatus {
+                    instrument: inst.clone(),
+                    symbol: sym.to_string(),
+                    subscribed: connected
+                        && !text.rejected.iter().any(|s| s == sym)
+                        && !text.unconfirmed.iter().any(|s| s == sym),
+                    last_price: src.and_then(|s| s.last_price),
+                    received_ts: src.and_then(|s| s.received_ts),
+                    age_ms: src.and_then(|s| s.age_ms),
+                    stale: src.is_none_or(|s| s.stale),
+                }
+            })
+            .collect();
+        FeedStatus {
+            venue: self.venue,
+            connected,
+            reconnects: self.connections.load(Ordering::Relaxed).saturating_sub(1),
+            instruments,
+        }
+    }
+}
+
+/// Every feed's status handle, for the API (`GET /feeds`).
+#[derive(Debug, Default)]
+pub struct FeedRegistry {
+    feeds: Mutex<Vec<Arc<FeedStatusHandle>>>,
+}
+
+impl FeedRegistry {
+    /// An empty registry.
+    pub fn new() -> FeedRegistry {
+        FeedRegistry::default()
+    }
+
+    /// Registers a feed and returns its status handle.
+    pub fn register(&self, venue: Venue, routes: &SymbolRoutes) -> Arc<FeedStatusHandle> {
+        let h = Arc::new(FeedStatusHandle::new(venue, routes.clone()));
+        self.feeds.lock().push(h.clone());
+        h
+    }
+
+    /// The handle of a venue's feed, if registered.
+    pub fn get(&self, venue: Venue) -> Option<Arc<FeedStatusHandle>> {
+        self.feeds.lock().iter().find(|h| h.venue == venue).cloned()
+    }
+
+    /// Status of every feed.
+    pub fn snapshot(&self, board: &PriceBoard) -> Vec<FeedStatus> {
+        let feeds: Vec<Arc<FeedStatusHandle>> = self.feeds.lock().clone();
+        feeds.iter().map(|h| h.snapshot(board)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Routes come from the instruments' sources for the venue only.
+    #[test]
+    fn routes_from_sources() {
+        let inst: Vec<Instrument> = serde_json::from_str(
+            r#"[{"id":"BTCUSDT-PERP","kind":"linear_perpetual","underlying":"BTC",
+                 "sources":[{"venue":"binance-usdm","symbol":"BTCUSDT"},{"venue":"okx","symbol":"BTC-USDT-SWAP"}]},
+                {"id":"BTC","kind":"collateral","underlying":"BTC",
+                 "sources":[{"venue":"binance-usdm","symbol":"BTCUSDT","field":"index"}]}]"#,
+        )
+        .unwrap();
+        let r = SymbolRoutes::from_instruments(Venue::BinanceUsdm, &inst);
+        assert_eq!(r.symbols(), &["BTCUSDT".to_string()]);
+        assert_eq!(
+            r.get("BTCUSDT").unwrap(),
+            &[
+                (InstrumentId::from("BTCUSDT-PERP"), PriceField::Mark),
+                (InstrumentId::from("BTC"), PriceField::Index)
+            ]
+        );
+        assert!(r.get("BTC-USDT-SWAP").is_none());
+    }
+}
