@@ -1,18 +1,15 @@
 //! The HTTP API of the real `liqwatch` binary (loopback mock Binance feed, temp journal): every
 //! endpoint answers with the real engine behind it, mutations are validated, applied and
 //! persisted across a restart, and the SSE stream carries the warning a price drop causes.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support/daemon_env.rs"]
-mod daemon_env;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use daemon_env::{Daemon, MockBinance, free_port, http_client, poll_until};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
+
+use crate::support::daemon_env::{Daemon, MockBinance, free_port, http_client, poll_until};
 
 fn dec(v: &Value) -> Option<Decimal> {
     v.as_str()?.parse().ok()

@@ -1,15 +1,9 @@
 //! The API over a real SQLite journal: `/v1/events` history by sequence and by time, and the
 //! live SSE stream fed by `api::forward_journal` from journal commits, over real TCP.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support/api_backend.rs"]
-mod api_backend;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use api_backend::MemBackend;
 use futures::future::BoxFuture;
 use liqwatch::api::{
     self, AccountView, ApiBackend, ApiState, BackendError, EventsSince, FeedStatus, ReadinessCheck,
@@ -24,6 +18,8 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+
+use crate::support::api_backend::MemBackend;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 

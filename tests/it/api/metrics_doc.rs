@@ -2,8 +2,6 @@
 //! `deploy/prometheus/alerts.yml` uses is in the README metrics table, and every metric in that
 //! table is emitted somewhere in `src/`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 

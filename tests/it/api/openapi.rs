@@ -2,14 +2,8 @@
 //! answered by the router, and every example body in the document deserialising into the Rust
 //! type it describes.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support/api_backend.rs"]
-mod api_backend;
-
 use std::collections::BTreeSet;
 
-use api_backend::MemBackend;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use liqwatch::api::{
@@ -20,6 +14,8 @@ use liqwatch::ingest::parse_update;
 use liqwatch::model::{Account, Fill, RiskEvent};
 use serde_json::Value;
 use tower::ServiceExt;
+
+use crate::support::api_backend::MemBackend;
 
 fn doc() -> Value {
     serde_json::from_str(api::OPENAPI_JSON).expect("openapi.json is not valid JSON")

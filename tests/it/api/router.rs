@@ -1,14 +1,8 @@
 //! The HTTP API router driven in-process with `tower::ServiceExt::oneshot` over an in-memory
 //! backend: every endpoint, auth, body limits and the JSON error shape.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support/api_backend.rs"]
-mod api_backend;
-
 use std::sync::{Arc, OnceLock};
 
-use api_backend::MemBackend;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use liqwatch::api::{self, ApiState, ReadinessCheck};
@@ -18,6 +12,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use rust_decimal_macros::dec;
 use serde_json::{Value, json};
 use tower::ServiceExt;
+
+use crate::support::api_backend::MemBackend;
 
 const TOKEN: &str = "s3cret-token";
 

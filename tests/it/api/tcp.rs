@@ -2,21 +2,17 @@
 //! end to end, and the Server-Sent Events stream (live events, replay from `since` /
 //! `Last-Event-ID` without duplicates, the resync event for a lagging client, shutdown).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support/api_backend.rs"]
-mod api_backend;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use api_backend::MemBackend;
 use liqwatch::api::{self, ApiState, ResyncBody};
 use liqwatch::model::EventKind;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::support::api_backend::MemBackend;
 
 const TOKEN: &str = "tcp-token";
 /// Upper bound for anything to happen; a hang fails the test instead of blocking CI.

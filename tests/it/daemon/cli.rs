@@ -1,6 +1,5 @@
 //! CLI tests of the real binary: `check-config` exit codes and messages, the example config,
 //! usage errors.
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

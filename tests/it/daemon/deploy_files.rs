@@ -3,8 +3,6 @@
 //! hardening (and passes `systemd-analyze verify` where systemd is installed). The alert rules
 //! and the README metrics table are checked in `tests/api_metrics_doc.rs`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;

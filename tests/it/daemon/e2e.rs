@@ -2,19 +2,18 @@
 //! signed-webhook receiver. A correlated drop produces a warning and then a trigger, delivered
 //! signed with the right figures; the daemon is SIGKILLed during a webhook outage, restarted,
 //! and every journaled event is delivered with no account lost.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support/daemon_env.rs"]
-mod daemon_env;
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use daemon_env::{Daemon, MockBinance, WebhookReceiver, free_port, http_client, poll_until};
 use rust_decimal::Decimal;
 use serde_json::Value;
+
+use crate::support::daemon_env::{
+    Daemon, MockBinance, WebhookReceiver, free_port, http_client, poll_until,
+};
 
 const SECRET: &str = "e2e-webhook-secret";
 const TOKEN: &str = "e2e-api-token";
@@ -290,6 +289,7 @@ async fn warning_trigger_crash_restart() {
             .any(|e| e["event"]["kind"] == "recovered"),
         "{journaled}"
     );
+    let subscribed_before = venue.subscribes.load(Ordering::SeqCst);
     daemon.kill9();
 
     // Restart with the receiver healthy: everything journaled is delivered, nothing is lost.
@@ -309,8 +309,10 @@ async fn warning_trigger_crash_restart() {
     )
     .await;
     assert!(delivered.len() >= 3, "{delivered:?}");
+    // A price pushed before the new connection subscribes is lost, and the killed daemon's
+    // connection may still count as connected: wait for a new SUBSCRIBE.
     poll_until("resubscribe after restart", Duration::from_secs(20), || {
-        (venue.connected.load(Ordering::SeqCst) > 0).then_some(())
+        (venue.subscribes.load(Ordering::SeqCst) > subscribed_before).then_some(())
     })
     .await;
     push(

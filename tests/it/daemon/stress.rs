@@ -1,8 +1,6 @@
 //! `liqwatch stress` run as a real binary on the shipped sample files and on broken files:
 //! exit codes, error messages naming file/line/field, and W3/W4 figures to the cent.
 
-#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers outside #[test] fns
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -5,8 +5,6 @@
 //! To regenerate the examples: `LIQWATCH_PRINT_EVENTS=1 cargo test --test engine_events_doc -- --nocapture`
 //! and paste the printed blocks into README.md.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::HashMap;
 
 use liqwatch::accounts::AccountMap;
@@ -19,9 +17,7 @@ use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 use uuid::Uuid;
 
-#[path = "support/engine_fixtures.rs"]
-mod engine_fixtures;
-use engine_fixtures::{tier, tiered as instrument};
+use crate::support::engine_fixtures::{tier, tiered as instrument};
 
 /// Binance BTC/ETH/SOL USDT-perpetual tiers of margin-math §2.1 (the rows W3–W4 use), USDT and
 /// BTC collateral at 0.95.

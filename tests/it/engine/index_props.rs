@@ -19,9 +19,7 @@ use proptest::prelude::*;
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 
-#[path = "support/engine_fixtures.rs"]
-mod engine_fixtures;
-use engine_fixtures::{instrument, tier};
+use crate::support::engine_fixtures::{instrument, tier};
 
 fn instruments() -> Vec<Instrument> {
     let mut btc = instrument("BTCUSDT-PERP", InstrumentKind::LinearPerpetual, "BTC");

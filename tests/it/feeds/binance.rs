@@ -2,9 +2,6 @@
 //! delivered, faults (drop, close with error, dead peer, garbage), ack-then-silence, rotation,
 //! staleness with an open socket, and spike holding.
 
-#[path = "support/mock_venue.rs"]
-mod mock_venue;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,11 +9,12 @@ use liqwatch::feeds::binance::BinanceUsdm;
 use liqwatch::feeds::{FeedConfig, FeedRegistry, FeedStatusHandle, SymbolRoutes, run_feed};
 use liqwatch::model::{EventKind, InstrumentId, PriceField};
 use liqwatch::prices::{PriceBoard, PriceBoardConfig};
-use mock_venue::{MockConfig, MockVenue, Reply, Step, until};
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::support::mock_venue::{MockConfig, MockVenue, Reply, Step, until};
 
 const WAIT: Duration = Duration::from_secs(5);
 const ACK: &str = r#"{"result":null,"id":{id}}"#;

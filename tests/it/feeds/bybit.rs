@@ -1,9 +1,6 @@
 //! Bybit linear feed over a real loopback WebSocket: the client-ping demand, snapshot/delta
 //! merge, rejected subscriptions naming the symbol, and state cleared on reconnect.
 
-#[path = "support/mock_venue.rs"]
-mod mock_venue;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,10 +8,11 @@ use liqwatch::feeds::bybit::BybitLinear;
 use liqwatch::feeds::{FeedConfig, FeedRegistry, FeedStatusHandle, SymbolRoutes, run_feed};
 use liqwatch::model::{InstrumentId, PriceField, Venue};
 use liqwatch::prices::{PriceBoard, PriceBoardConfig};
-use mock_venue::{MockConfig, MockVenue, Reply, Step, until};
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 use tokio_util::sync::CancellationToken;
+
+use crate::support::mock_venue::{MockConfig, MockVenue, Reply, Step, until};
 
 const WAIT: Duration = Duration::from_secs(5);
 const ACK: &str = r#"{"success":true,"ret_msg":"","conn_id":"c1","req_id":"","op":"subscribe"}"#;

@@ -5,11 +5,6 @@
 //! spike on one venue is held until a second venue confirms it; a socket alive but silent goes
 //! stale and is restored without a reconnect.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
-
-#[path = "support/mock_more.rs"]
-mod mock_more;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,9 +14,10 @@ use liqwatch::feeds::okx::OkxFeed;
 use liqwatch::feeds::{Feed, FeedConfig, FeedRegistry, FeedStatusHandle, SymbolRoutes, run_feed};
 use liqwatch::model::{EventKind, InstrumentId, PriceField, Venue};
 use liqwatch::prices::{PriceBoard, PriceBoardConfig};
-use mock_more::{Cmd, Event, MockConfig, MockMore, Proto};
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
+
+use crate::support::mock_more::{Cmd, Event, MockConfig, MockMore, Proto};
 
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -3,11 +3,6 @@
 //! the venues expect, their acks and rejections parse, and a client that ignores a venue's
 //! keepalive demand is cut off the way the real venue does it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
-
-#[path = "support/mock_more.rs"]
-mod mock_more;
-
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -15,9 +10,10 @@ use liqwatch::feeds::deribit::DeribitFeed;
 use liqwatch::feeds::hyperliquid::HyperliquidFeed;
 use liqwatch::feeds::okx::OkxFeed;
 use liqwatch::feeds::{Feed, Frame};
-use mock_more::{Cmd, Event, MockConfig, MockMore, Proto};
 use rust_decimal::Decimal;
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::mock_more::{Cmd, Event, MockConfig, MockMore, Proto};
 
 /// What the minimal client saw: parsed frames, ticks (symbol, mark, index) and how it ended.
 #[derive(Debug, Default)]

@@ -3,8 +3,6 @@
 //! instruments' sources (mark and index fields), bad lines are skipped, and the venues show up in
 //! the feed registry.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -6,11 +6,6 @@
 //! The child is this test binary re-executed with `LIQWATCH_CRASH_CHILD` set, which makes the
 //! same test function run the child role instead of the parent.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support/sink_contract.rs"]
-mod sink_contract;
-
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -28,7 +23,14 @@ use liqwatch::sinks::{SinkFilter, spawn_sink_with};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
-const TEST_NAME: &str = "sigkill_while_receiver_fails_then_restart_delivers_everything";
+use crate::support::sink_contract;
+
+/// The parent test's name as the test harness knows it (module path without the crate name),
+/// so the re-executed binary runs exactly this test wherever the module lives.
+fn test_name() -> String {
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    format!("{module}::sigkill_while_receiver_fails_then_restart_delivers_everything")
+}
 const ENV_ROLE: &str = "LIQWATCH_CRASH_CHILD";
 const ENV_JOURNAL: &str = "LIQWATCH_CRASH_JOURNAL";
 const ENV_URL: &str = "LIQWATCH_CRASH_URL";
@@ -140,7 +142,12 @@ async fn receive(State(rx): State<Arc<Receiver>>, headers: HeaderMap, body: Stri
 
 fn spawn_child(role: &str, journal: &std::path::Path, url: &str) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            test_name().as_str(),
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(ENV_ROLE, role)
         .env(ENV_JOURNAL, journal)
         .env(ENV_URL, url)

@@ -2,8 +2,6 @@
 //! `max_k(N·mmr_k − cum_k)` oracle, the uniform-shock roots and the per-position liquidation
 //! prices re-price exactly to the trigger, and no input makes the model panic.
 
-#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers outside #[test] fns
-
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 

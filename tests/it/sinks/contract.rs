@@ -2,12 +2,6 @@
 //! jsonl sink (a real file in a temp dir, rotating often). The webhook sink runs it in
 //! `tests/webhook_contract.rs`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[macro_use]
-#[path = "support/sink_contract.rs"]
-mod sink_contract;
-
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -20,9 +14,10 @@ use liqwatch::sinks::Sink;
 use liqwatch::sinks::jsonl::{JsonlSink, JsonlSinkConfig, rotated_path};
 use liqwatch::sinks::stdout::{StdoutSink, StdoutSinkConfig};
 use parking_lot::Mutex;
-use sink_contract::SinkFixture;
 use tokio::io::AsyncWrite;
 use uuid::Uuid;
+
+use crate::support::sink_contract::{SinkFixture, contract_tests};
 
 /// Makes an event's JSON line far longer than 16 KiB.
 fn bloat(event: &mut RiskEvent) {

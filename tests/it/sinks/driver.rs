@@ -1,11 +1,6 @@
 //! The generic delivery driver: filters, stuck-sink alarm and isolation, `retry_after`,
 //! unreadable journal rows, and draining on shutdown.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support/sink_contract.rs"]
-mod sink_contract;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,9 +11,10 @@ use liqwatch::sinks::{
     JournalEntry, Severity, Sink, SinkError, SinkFilter, SinkState, spawn_sink_with,
 };
 use parking_lot::Mutex;
-use sink_contract::{burst, sample_event, temp_journal, test_options, wait_for};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::support::sink_contract::{burst, sample_event, temp_journal, test_options, wait_for};
 
 /// What the scripted sink does on each call.
 #[derive(Clone)]

@@ -1,22 +1,16 @@
 //! The shared sink contract (`tests/support/sink_contract.rs`) run against the NATS sink and a
 //! real `nats-server -js` (stopped to fail, restarted on the same store to heal), through the
 //! real journal and driver.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[macro_use]
-#[path = "support/sink_contract.rs"]
-mod sink_contract;
-#[path = "support/nats_server.rs"]
-mod nats_server;
 
 use std::time::Duration;
 
 use liqwatch::model::{InstrumentId, PriceUsed, RiskEvent};
 use liqwatch::sinks::Sink;
 use liqwatch::sinks::nats::{NatsConfig, NatsSink, StreamConfig};
-use nats_server::NatsServer;
-use sink_contract::SinkFixture;
 use uuid::Uuid;
+
+use crate::support::nats_server::NatsServer;
+use crate::support::sink_contract::{SinkFixture, contract_tests};
 
 struct NatsFixture {
     server: NatsServer,

@@ -1,16 +1,13 @@
 //! NATS sink against a real `nats-server -js`: subjects and `Nats-Msg-Id`, JetStream
 //! de-duplication, and a broker restart mid-stream with nothing lost.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support/nats_server.rs"]
-mod nats_server;
 
 use std::time::Duration;
 
 use liqwatch::model::{AccountId, EventKind, RiskEvent};
 use liqwatch::sinks::nats::{NatsConfig, NatsSink, StreamConfig};
 use liqwatch::sinks::{JournalEntry, Sink, SinkError};
-use nats_server::NatsServer;
+
+use crate::support::nats_server::NatsServer;
 
 fn entry(seq: u64, kind: EventKind, account: &str) -> JournalEntry {
     let time_ms = 1_621_428_600_000 + seq as i64;

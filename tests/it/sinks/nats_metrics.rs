@@ -1,9 +1,5 @@
 //! The NATS sink emits the metrics its README section documents (rendered through a real
 //! Prometheus recorder), including JetStream's duplicate acks.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support/nats_server.rs"]
-mod nats_server;
 
 use std::time::Duration;
 
@@ -11,7 +7,8 @@ use liqwatch::model::{AccountId, EventKind, RiskEvent};
 use liqwatch::sinks::nats::{NatsConfig, NatsSink, StreamConfig};
 use liqwatch::sinks::{JournalEntry, Sink};
 use metrics_exporter_prometheus::PrometheusBuilder;
-use nats_server::NatsServer;
+
+use crate::support::nats_server::NatsServer;
 
 fn entry(seq: u64) -> JournalEntry {
     let event = RiskEvent {

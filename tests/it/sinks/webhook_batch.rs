@@ -2,13 +2,6 @@
 //! receiver on 127.0.0.1: body shape, signature over the whole body, deterministic batch keys,
 //! per-account order over lanes, whole-batch retry, poison isolation, and the shared sink
 //! contract through the real journal and driver.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[macro_use]
-#[path = "support/sink_contract.rs"]
-mod sink_contract;
-#[path = "support/webhook_receiver.rs"]
-mod webhook_receiver;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -16,9 +9,10 @@ use std::time::Duration;
 use liqwatch::model::{EventKind, RiskEvent};
 use liqwatch::sinks::webhook::{Secret, WebhookConfig, WebhookFormat, WebhookSink};
 use liqwatch::sinks::{JournalEntry, Sink, SinkError};
-use sink_contract::SinkFixture;
 use uuid::Uuid;
-use webhook_receiver::{Receiver, Scripted};
+
+use crate::support::sink_contract::{self, SinkFixture, contract_tests};
+use crate::support::webhook_receiver::{Receiver, Scripted};
 
 const SECRET: &[u8] = b"whsec_batch_0123456789";
 

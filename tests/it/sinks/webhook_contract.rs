@@ -1,21 +1,15 @@
 //! The shared sink contract (`tests/support/sink_contract.rs`) run against the webhook sink and
 //! a real signing-verifying HTTP receiver on 127.0.0.1, through the real journal and driver.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[macro_use]
-#[path = "support/sink_contract.rs"]
-mod sink_contract;
-#[path = "support/webhook_receiver.rs"]
-mod webhook_receiver;
 
 use std::time::Duration;
 
 use liqwatch::model::RiskEvent;
 use liqwatch::sinks::Sink;
 use liqwatch::sinks::webhook::{Secret, WebhookConfig, WebhookSink};
-use sink_contract::SinkFixture;
 use uuid::Uuid;
-use webhook_receiver::Receiver;
+
+use crate::support::sink_contract::{SinkFixture, contract_tests};
+use crate::support::webhook_receiver::Receiver;
 
 const SECRET: &[u8] = b"contract-secret";
 

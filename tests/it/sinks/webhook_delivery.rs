@@ -1,9 +1,5 @@
 //! Webhook sink against a real HTTP receiver on 127.0.0.1: signatures verified with the
 //! documented procedure, body formats, retry classification, grouping and rate limiting.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support/webhook_receiver.rs"]
-mod webhook_receiver;
 
 use std::time::Duration;
 
@@ -17,7 +13,8 @@ use liqwatch::sinks::webhook::{
 use liqwatch::sinks::{JournalEntry, Sink, SinkError};
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
-use webhook_receiver::{Receiver, Scripted};
+
+use crate::support::webhook_receiver::{Receiver, Scripted};
 
 const SECRET: &[u8] = b"whsec_test_0123456789";
 

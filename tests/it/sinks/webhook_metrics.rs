@@ -1,9 +1,5 @@
 //! The webhook sink emits the metrics its README section documents, with the documented
 //! names and labels (rendered through a real Prometheus recorder).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support/webhook_receiver.rs"]
-mod webhook_receiver;
 
 use std::time::Duration;
 
@@ -12,7 +8,8 @@ use liqwatch::sinks::noise::{GroupConfig, RateLimit};
 use liqwatch::sinks::webhook::{WebhookFormat, WebhookSettings, WebhookSink};
 use liqwatch::sinks::{JournalEntry, Sink};
 use metrics_exporter_prometheus::PrometheusBuilder;
-use webhook_receiver::{Receiver, Scripted};
+
+use crate::support::webhook_receiver::{Receiver, Scripted};
 
 fn entry(seq: u64, kind: EventKind, account: &str) -> JournalEntry {
     let event = RiskEvent {

@@ -3,22 +3,17 @@
 //! transient failures are nak'ed and come back, the durable consumer resumes after a restart, and
 //! cancellation stops it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "support/api_backend.rs"]
-mod api_backend;
-#[path = "support/nats_server.rs"]
-mod nats_server;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use api_backend::MemBackend;
 use async_nats::jetstream;
 use liqwatch::ingest::{ApplyError, NatsIngest, NatsIngestConfig, Shard, UpdateOrigin, shard_of};
 use liqwatch::model::AccountUpdate;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::support::api_backend::MemBackend;
+use crate::support::nats_server;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 

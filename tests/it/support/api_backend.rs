@@ -1,6 +1,5 @@
 //! An in-memory [`ApiBackend`] for API and ingest tests: accounts in a map, a journal in a vector
 //! feeding a real broadcast channel, scripted readiness and feed status, and failure injection.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

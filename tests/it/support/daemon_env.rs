@@ -1,7 +1,6 @@
 //! Test environment for the daemon's end-to-end test and load generator: a loopback mock of
 //! Binance USD-M's mark-price WebSocket, a signed-webhook receiver that verifies the HMAC the
 //! way the README documents, and a helper that runs the real `liqwatch` binary.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,4 @@
 //! Instrument builders shared by the engine's property tests.
-#![allow(dead_code)]
 
 use liqwatch::model::{Instrument, InstrumentKind, MarginTier};
 use rust_decimal::Decimal;

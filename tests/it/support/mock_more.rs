@@ -13,7 +13,6 @@
 //!
 //! Commands ([`Cmd`]) go to the newest connection. Everything the server saw is kept in an event
 //! log that tests poll with a deadline ([`MockMore::wait_for`]).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // shared test helper
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

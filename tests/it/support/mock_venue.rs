@@ -2,7 +2,7 @@
 //! scripted conversation per connection, answers client messages with canned replies, enforces
 //! the venue's heartbeat demands, and injects faults.
 //!
-//! Use from any test with `#[path = "support/mock_venue.rs"] mod mock_venue;`.
+//! Use from any test with `use crate::support::mock_venue::{MockConfig, MockVenue, …};`.
 //!
 //! ```ignore
 //! let venue = MockVenue::start(MockConfig {
@@ -20,7 +20,6 @@
 //! Connection `n` (0-based) plays `scripts[n]`; connections past the end play nothing (they
 //! stay open, answer replies and pushes). After its script a connection stays open until the
 //! client closes it or a fault step ends it.
-#![allow(dead_code, clippy::expect_used)] // test support: a failed bind should fail the test
 
 use std::sync::Arc;
 use std::time::Duration;

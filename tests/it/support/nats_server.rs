@@ -5,7 +5,6 @@
 //! starts it again on the same port and store. Otherwise uses `LIQWATCH_NATS_URL` (which cannot
 //! be restarted). With neither, [`NatsServer::start`] prints why and returns `None` — unless
 //! `LIQWATCH_REQUIRE_NATS=1` (CI), where it panics so the suite fails instead of skipping.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

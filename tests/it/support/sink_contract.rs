@@ -7,10 +7,7 @@
 //! generate the four contract tests with the macro:
 //!
 //! ```ignore
-//! #[macro_use]
-//! #[path = "support/sink_contract.rs"]
-//! mod sink_contract;
-//! use sink_contract::SinkFixture;
+//! use crate::support::sink_contract::{SinkFixture, contract_tests};
 //!
 //! struct WebhookFixture { /* a real axum receiver on 127.0.0.1:0 */ }
 //! impl SinkFixture for WebhookFixture {
@@ -36,7 +33,6 @@
 //! 4. `resumes_after_drop_mid_batch` — the sink is dropped after delivering part of a batch and
 //!    a new instance resumes from the journal cursor: nothing lost, duplicates only as
 //!    re-deliveries of already-received ids, first arrivals in journal order.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -462,7 +458,6 @@ pub async fn resumes_after_drop_mid_batch<F: SinkFixture>(fx: &mut F) {
 
 /// Generates the four contract tests in a module named `$name`, building a fresh fixture
 /// with `$make` (an expression, may use `.await`) for each.
-#[macro_export]
 macro_rules! contract_tests {
     ($name:ident, $make:expr) => {
         mod $name {
@@ -473,29 +468,30 @@ macro_rules! contract_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn delivers_everything_in_order() {
                 let mut fx = $make;
-                $crate::sink_contract::delivers_everything_in_order(&mut fx).await;
+                $crate::support::sink_contract::delivers_everything_in_order(&mut fx).await;
             }
 
             /// Contract: retriable failures are retried until the receiver heals.
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn retries_retriable_errors() {
                 let mut fx = $make;
-                $crate::sink_contract::retries_retriable_errors(&mut fx).await;
+                $crate::support::sink_contract::retries_retriable_errors(&mut fx).await;
             }
 
             /// Contract: a permanent failure is dead-lettered and delivery moves on.
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn dead_letters_permanent_errors() {
                 let mut fx = $make;
-                $crate::sink_contract::dead_letters_permanent_errors(&mut fx).await;
+                $crate::support::sink_contract::dead_letters_permanent_errors(&mut fx).await;
             }
 
             /// Contract: dropped mid-batch and restarted, nothing is lost.
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn resumes_after_drop_mid_batch() {
                 let mut fx = $make;
-                $crate::sink_contract::resumes_after_drop_mid_batch(&mut fx).await;
+                $crate::support::sink_contract::resumes_after_drop_mid_batch(&mut fx).await;
             }
         }
     };
 }
+pub(crate) use contract_tests;

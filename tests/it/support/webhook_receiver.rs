@@ -1,7 +1,6 @@
 //! A real HTTP webhook receiver for tests: axum on 127.0.0.1:0, scriptable responses (status
 //! sequences, `Retry-After`, delays), records every request, and verifies the
 //! `X-Liqwatch-Signature` header exactly as the README tells receivers to.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
