@@ -3,6 +3,10 @@
 //! receiver, a NATS server, the sink contract, the daemon environment.
 //!
 //! Run one stage with a filter: `cargo test --test it feeds::` (or `sinks::webhook_`).
+//!
+//! Proptest keeps failing seeds for `tests/it/<stage>/<file>.rs` in
+//! `tests/proptest-regressions/<stage>/<file>.txt` and replays them first: its default
+//! `SourceParallel` persistence, which mirrors the tree below the directory holding `main.rs`.
 // Helpers outside `#[test]` fns unwrap too: a failure there should fail the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
