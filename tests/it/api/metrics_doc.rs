@@ -5,6 +5,8 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use crate::support::tools;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -121,9 +123,9 @@ fn metric_scanner_finds_names() {
     assert_eq!(got, want);
 }
 
-/// With promtool installed, the rules load and their unit tests (`alerts.test.yml`) pass; without
-/// it, the rules file is at least structurally what Prometheus expects (groups of named alerts
-/// with an expression and a severity).
+/// The rules file is structurally what Prometheus expects (groups of named alerts with an
+/// expression and a severity), and promtool loads the rules and passes their unit tests
+/// (`alerts.test.yml`).
 #[test]
 fn alert_rules_are_valid() {
     let rules = read("deploy/prometheus/alerts.yml");
@@ -143,18 +145,13 @@ fn alert_rules_are_valid() {
     assert!(alerts >= 10);
     assert_eq!(alerts, exprs, "every alert has one expr");
     assert_eq!(alerts, severities, "every alert has a severity");
-    let on_path = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("promtool").is_file()));
-    if !on_path {
-        eprintln!("promtool not installed: structural checks only");
-        return;
-    }
+    let promtool = tools::require("promtool", "prometheus");
     let dir = root().join("deploy/prometheus");
     for args in [
         &["check", "rules", "alerts.yml"][..],
         &["test", "rules", "alerts.test.yml"][..],
     ] {
-        let out = std::process::Command::new("promtool")
+        let out = std::process::Command::new(&promtool)
             .args(args)
             .current_dir(&dir)
             .output()

@@ -52,7 +52,7 @@ async fn router_serves_every_declared_route() {
         api::router(ApiState::new(backend.clone(), backend.events_tx.clone()).with_token("t"));
     for (method, path) in api::ROUTES {
         if *path == "/v1/events/stream" {
-            continue; // an endless stream; covered by tests/api_tcp.rs
+            continue; // an endless stream; covered by api::tcp
         }
         let uri = path.replace("{id}", "some-id");
         let req = Request::builder()

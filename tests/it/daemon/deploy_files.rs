@@ -1,11 +1,13 @@
 //! Keeps the deploy files honest: probes hit real API routes, stop timeouts cover the drain grace
 //! period, the Kubernetes configs pass the daemon's config validation, and the systemd unit keeps its
-//! hardening (and passes `systemd-analyze verify` where systemd is installed). The alert rules
-//! and the README metrics table are checked in `tests/api_metrics_doc.rs`.
+//! hardening and passes `systemd-analyze verify`. The alert rules and the README metrics table
+//! are checked in `api::metrics_doc`.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::support::tools;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -177,7 +179,7 @@ fn configmap_has_one_valid_config_per_shard() {
     }
 }
 
-/// The unit keeps the hardening and restart policy the README promises; with systemd installed,
+/// The unit keeps the hardening and restart policy the README promises, and
 /// `systemd-analyze verify` accepts it (pointed at the built binary).
 #[test]
 fn systemd_unit_is_hardened_and_verifies() {
@@ -197,12 +199,7 @@ fn systemd_unit_is_hardened_and_verifies() {
     ] {
         assert!(unit.contains(directive), "unit lacks {directive:?}");
     }
-    let on_path = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("systemd-analyze").is_file()));
-    if !on_path {
-        eprintln!("systemd-analyze not installed: directive checks only");
-        return;
-    }
+    let systemd_analyze = tools::require("systemd-analyze", "systemd");
     let dir = tempfile::tempdir().unwrap();
     let bin = env!("CARGO_BIN_EXE_liqwatch");
     let patched = unit
@@ -210,7 +207,7 @@ fn systemd_unit_is_hardened_and_verifies() {
         .replace("EnvironmentFile=/", "EnvironmentFile=-/");
     let path = dir.path().join("liqwatch.service");
     std::fs::write(&path, patched).unwrap();
-    let out = std::process::Command::new("systemd-analyze")
+    let out = std::process::Command::new(&systemd_analyze)
         .arg("verify")
         .arg(&path)
         .output()

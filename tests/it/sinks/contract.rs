@@ -1,6 +1,6 @@
 //! The shared sink contract run against the stdout sink (with an injected writer) and the
 //! jsonl sink (a real file in a temp dir, rotating often). The webhook sink runs it in
-//! `tests/webhook_contract.rs`.
+//! `sinks::webhook_contract`.
 
 use std::io;
 use std::path::PathBuf;

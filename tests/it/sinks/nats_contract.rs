@@ -1,4 +1,4 @@
-//! The shared sink contract (`tests/support/sink_contract.rs`) run against the NATS sink and a
+//! The shared sink contract (`support::sink_contract`) run against the NATS sink and a
 //! real `nats-server -js` (stopped to fail, restarted on the same store to heal), through the
 //! real journal and driver.
 
@@ -19,22 +19,14 @@ struct NatsFixture {
 }
 
 impl NatsFixture {
-    /// `None` (with the reason printed) when no restartable server is available.
-    async fn start() -> Option<Self> {
-        let server = NatsServer::start().await?;
-        if !server.can_restart() {
-            eprintln!(
-                "SKIPPED: the contract stops and restarts the broker; an external \
-                 LIQWATCH_NATS_URL server cannot be restarted by the test"
-            );
-            return None;
-        }
+    async fn start() -> Self {
+        let server = NatsServer::start().await;
         let tag = Uuid::now_v7().simple().to_string();
-        Some(NatsFixture {
+        NatsFixture {
             server,
             prefix: format!("lwcontract{tag}"),
             stream: format!("LWCONTRACT_{tag}"),
-        })
+        }
     }
 }
 
@@ -98,14 +90,4 @@ impl SinkFixture for NatsFixture {
     }
 }
 
-/// Builds the fixture or returns from the test (skip reason already printed).
-macro_rules! nats_fixture {
-    () => {
-        match NatsFixture::start().await {
-            Some(fx) => fx,
-            None => return,
-        }
-    };
-}
-
-contract_tests!(nats, nats_fixture!());
+contract_tests!(nats, NatsFixture::start().await);

@@ -1,4 +1,4 @@
-//! The shared sink contract (`tests/support/sink_contract.rs`) run against the webhook sink and
+//! The shared sink contract (`support::sink_contract`) run against the webhook sink and
 //! a real signing-verifying HTTP receiver on 127.0.0.1, through the real journal and driver.
 
 use std::time::Duration;

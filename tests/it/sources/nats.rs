@@ -88,9 +88,7 @@ async fn js(url: &str) -> jetstream::Context {
 /// blocking the messages behind them.
 #[tokio::test]
 async fn applies_good_and_terminates_bad() {
-    let Some(server) = nats_server::NatsServer::start().await else {
-        return;
-    };
+    let server = nats_server::NatsServer::start().await;
     let backend = MemBackend::new(16);
     let cfg = config(&server.url, "t1");
     let (cancel, task) = run(cfg.clone(), &backend).await;
@@ -136,9 +134,7 @@ async fn applies_good_and_terminates_bad() {
 /// permanent rejection (unknown account) is terminated.
 #[tokio::test]
 async fn transient_failure_is_redelivered() {
-    let Some(server) = nats_server::NatsServer::start().await else {
-        return;
-    };
+    let server = nats_server::NatsServer::start().await;
     let backend = MemBackend::new(16);
     backend
         .fail_next
@@ -182,9 +178,7 @@ async fn transient_failure_is_redelivered() {
 /// consumed by the next run.
 #[tokio::test]
 async fn durable_consumer_resumes_after_restart() {
-    let Some(server) = nats_server::NatsServer::start().await else {
-        return;
-    };
+    let server = nats_server::NatsServer::start().await;
     let backend = MemBackend::new(16);
     let cfg = config(&server.url, "t3");
     let js = js(&server.url).await;
@@ -245,9 +239,7 @@ async fn connect_failure_is_reported() {
 /// A sharded instance applies its own accounts and terminates updates for another shard.
 #[tokio::test]
 async fn wrong_shard_is_terminated() {
-    let Some(server) = nats_server::NatsServer::start().await else {
-        return;
-    };
+    let server = nats_server::NatsServer::start().await;
     let backend = MemBackend::new(16);
     let mine = shard_of("mine", 2);
     let other = (0..100)
@@ -292,9 +284,7 @@ async fn wrong_shard_is_terminated() {
 /// through its own durable consumer.
 #[tokio::test]
 async fn shards_share_one_stream() {
-    let Some(server) = nats_server::NatsServer::start().await else {
-        return;
-    };
+    let server = nats_server::NatsServer::start().await;
     let js = js(&server.url).await;
     let mut running = Vec::new();
     for i in 0..2u32 {
@@ -341,13 +331,7 @@ async fn shards_share_one_stream() {
 /// (file store) keeps its position, and updates published after the restart are applied.
 #[tokio::test]
 async fn survives_server_restart() {
-    let Some(mut server) = nats_server::NatsServer::start().await else {
-        return;
-    };
-    if !server.can_restart() {
-        eprintln!("external NATS server: restart not exercised");
-        return;
-    }
+    let mut server = nats_server::NatsServer::start().await;
     let backend = MemBackend::new(16);
     let cfg = config(&server.url, "t5");
     let (cancel, task) = run(cfg.clone(), &backend).await;

@@ -9,4 +9,5 @@ pub mod mock_more;
 pub mod mock_venue;
 pub mod nats_server;
 pub mod sink_contract;
+pub mod tools;
 pub mod webhook_receiver;

@@ -1,20 +1,23 @@
 //! A real `nats-server -js` for tests.
 //!
-//! With `nats-server` on `PATH`: starts `nats-server -js -a 127.0.0.1 -p <free port> -sd <tempdir>`
-//! and waits until JetStream answers; [`NatsServer::stop`] kills it and [`NatsServer::restart`]
-//! starts it again on the same port and store. Otherwise uses `LIQWATCH_NATS_URL` (which cannot
-//! be restarted). With neither, [`NatsServer::start`] prints why and returns `None` — unless
-//! `LIQWATCH_REQUIRE_NATS=1` (CI), where it panics so the suite fails instead of skipping.
+//! [`NatsServer::start`] runs `nats-server -js -a 127.0.0.1 -p <free port> -sd <tempdir>` and
+//! waits until JetStream answers; [`NatsServer::stop`] kills it and [`NatsServer::restart`]
+//! starts it again on the same port and store. Without `nats-server` (Debian package
+//! `nats-server`) the test fails, saying so.
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use super::tools;
 
 /// A NATS server for one test.
 pub struct NatsServer {
     /// `nats://127.0.0.1:<port>`.
     pub url: String,
     port: u16,
-    store: Option<tempfile::TempDir>,
+    bin: PathBuf,
+    store: tempfile::TempDir,
     child: Option<Child>,
 }
 
@@ -22,11 +25,6 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn on_path(bin: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
 }
 
 /// Waits until a JetStream request succeeds at `url`, or panics after `within`.
@@ -63,54 +61,32 @@ pub async fn wait_ready(url: &str, within: Duration) {
 }
 
 impl NatsServer {
-    /// Starts a local server, or uses `LIQWATCH_NATS_URL`, or returns `None` with a reason
-    /// printed (panics instead when `LIQWATCH_REQUIRE_NATS=1`).
-    pub async fn start() -> Option<NatsServer> {
-        if on_path("nats-server") {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let mut s = NatsServer {
-                url: format!("nats://127.0.0.1:{port}"),
-                port,
-                store: Some(tempfile::tempdir().unwrap()),
-                child: None,
-            };
-            s.spawn().await;
-            return Some(s);
-        }
-        if let Ok(url) = std::env::var("LIQWATCH_NATS_URL") {
-            wait_ready(&url, Duration::from_secs(10)).await;
-            return Some(NatsServer {
-                url,
-                port: 0,
-                store: None,
-                child: None,
-            });
-        }
-        let reason = "SKIPPED: no nats-server on PATH and LIQWATCH_NATS_URL is not set \
-                      (install nats-server or point LIQWATCH_NATS_URL at a JetStream server)";
-        if std::env::var("LIQWATCH_REQUIRE_NATS").as_deref() == Ok("1") {
-            panic!("LIQWATCH_REQUIRE_NATS=1 but {reason}");
-        }
-        eprintln!("{reason}");
-        None
-    }
-
-    /// True when this harness owns the server process (so it can stop and restart it).
-    pub fn can_restart(&self) -> bool {
-        self.store.is_some()
+    /// Starts a local server on a free port with a fresh store and waits until it is ready;
+    /// panics when `nats-server` is not installed.
+    pub async fn start() -> NatsServer {
+        let bin = tools::require("nats-server", "nats-server");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut s = NatsServer {
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            bin,
+            store: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        s.spawn().await;
+        s
     }
 
     async fn spawn(&mut self) {
-        let store = self.store.as_ref().unwrap().path().to_path_buf();
-        let child = Command::new("nats-server")
+        let child = Command::new(&self.bin)
             .args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
             .arg("-sd")
-            .arg(&store)
+            .arg(self.store.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -128,13 +104,11 @@ impl NatsServer {
 
     /// Kills the server (the store stays).
     pub fn stop(&mut self) {
-        assert!(self.can_restart(), "cannot stop an external server");
         self.kill();
     }
 
     /// Starts the server again on the same port and store and waits until it is ready.
     pub async fn restart(&mut self) {
-        assert!(self.can_restart(), "cannot restart an external server");
         self.kill();
         self.spawn().await;
     }
