@@ -14,6 +14,7 @@ use liqwatch::sinks::{JournalEntry, Sink, SinkError};
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 
+use crate::support;
 use crate::support::webhook_receiver::{Receiver, Scripted};
 
 const SECRET: &[u8] = b"whsec_test_0123456789";
@@ -231,9 +232,7 @@ async fn timeouts_and_refused_connections_are_retriable() {
     assert_eq!(n, 0);
     assert!(err.as_ref().is_some_and(SinkError::is_retriable), "{err:?}");
 
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
+    let (_reserved, addr) = support::refused_addr();
     s.url = format!("http://{addr}/hook");
     let mut sink = WebhookSink::new("hook", s).unwrap();
     let (n, err) = sink.deliver(&batch).await;

@@ -12,6 +12,7 @@ use liqwatch::model::AccountUpdate;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::support;
 use crate::support::api_backend::MemBackend;
 use crate::support::nats_server;
 
@@ -217,9 +218,8 @@ async fn durable_consumer_resumes_after_restart() {
 /// Connecting to a server that is not there fails with a clear, retriable error.
 #[tokio::test]
 async fn connect_failure_is_reported() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
+    let (_reserved, addr) = support::refused_addr();
+    let port = addr.port();
     let cfg = NatsIngestConfig {
         url: format!("nats://127.0.0.1:{port}"),
         timeout: Duration::from_secs(2),
