@@ -17,7 +17,7 @@ use liqwatch::prices::{PriceBoard, PriceBoardConfig};
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::mock_more::{Cmd, Event, MockConfig, MockMore, Proto};
+use crate::support::protocol_venue::{Cmd, Event, Proto, ProtocolConfig, ProtocolVenue};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -108,7 +108,7 @@ fn price(symbol: &str, p: &str) -> Cmd {
 }
 
 /// Waits until connection `n` has received a subscription naming `needle`.
-async fn wait_subscribed(mock: &MockMore, n: usize, needle: &str) {
+async fn wait_subscribed(mock: &ProtocolVenue, n: usize, needle: &str) {
     let needle = needle.to_string();
     mock.wait_for(
         &format!("connection {n} subscribing {needle}"),
@@ -145,7 +145,8 @@ fn okx_routes() -> SymbolRoutes {
 #[tokio::test]
 async fn okx_pings_keep_the_connection_and_prices_flow() {
     let mock =
-        MockMore::start(MockConfig::new(Proto::Okx).idle_cut(Duration::from_millis(300))).await;
+        ProtocolVenue::start(ProtocolConfig::new(Proto::Okx).idle_cut(Duration::from_millis(300)))
+            .await;
     let run = start(Box::new(OkxFeed::new()), fast_cfg(&mock.url, okx_routes()));
     wait_subscribed(&mock, 1, "BTC-USDT-SWAP").await;
     for p in ["84612.3", "84613.1", "84600.05"] {
@@ -172,7 +173,8 @@ async fn okx_pings_keep_the_connection_and_prices_flow() {
 #[tokio::test]
 async fn okx_idle_cut_reconnects_and_resubscribes() {
     let mock =
-        MockMore::start(MockConfig::new(Proto::Okx).idle_cut(Duration::from_millis(200))).await;
+        ProtocolVenue::start(ProtocolConfig::new(Proto::Okx).idle_cut(Duration::from_millis(200)))
+            .await;
     let mut cfg = fast_cfg(&mock.url, okx_routes());
     cfg.ping_interval = Some(Duration::from_secs(5));
     cfg.dead_after = Some(Duration::from_secs(10));
@@ -196,7 +198,8 @@ async fn okx_idle_cut_reconnects_and_resubscribes() {
 /// connection; a mid-stream drop, garbage, truncated JSON and the 64008 notice lose no good price.
 #[tokio::test]
 async fn okx_rejection_drop_garbage_and_notice() {
-    let mock = MockMore::start(MockConfig::new(Proto::Okx).unknown("NOPE-USDT-SWAP")).await;
+    let mock =
+        ProtocolVenue::start(ProtocolConfig::new(Proto::Okx).unknown("NOPE-USDT-SWAP")).await;
     let mut r = okx_routes();
     r.add(
         "NOPE-USDT-SWAP",
@@ -267,7 +270,8 @@ fn deribit_routes() -> SymbolRoutes {
 /// exponent-form prices arrive exactly.
 #[tokio::test]
 async fn deribit_answers_test_requests_and_names_dropped_channels() {
-    let mock = MockMore::start(MockConfig::new(Proto::Deribit).unknown("NOPE-PERPETUAL")).await;
+    let mock =
+        ProtocolVenue::start(ProtocolConfig::new(Proto::Deribit).unknown("NOPE-PERPETUAL")).await;
     let mut r = deribit_routes();
     r.add(
         "NOPE-PERPETUAL",
@@ -310,7 +314,7 @@ async fn deribit_answers_test_requests_and_names_dropped_channels() {
 /// good price is kept.
 #[tokio::test]
 async fn deribit_stall_and_error_close_reconnect_and_resubscribe() {
-    let mock = MockMore::start(MockConfig::new(Proto::Deribit)).await;
+    let mock = ProtocolVenue::start(ProtocolConfig::new(Proto::Deribit)).await;
     let run = start(
         Box::new(DeribitFeed::new()),
         fast_cfg(&mock.url, deribit_routes()),
@@ -345,9 +349,10 @@ async fn deribit_stall_and_error_close_reconnect_and_resubscribe() {
 /// arrive; the welcome text is not an error.
 #[tokio::test]
 async fn hyperliquid_pings_and_prices() {
-    let mock =
-        MockMore::start(MockConfig::new(Proto::Hyperliquid).idle_cut(Duration::from_millis(300)))
-            .await;
+    let mock = ProtocolVenue::start(
+        ProtocolConfig::new(Proto::Hyperliquid).idle_cut(Duration::from_millis(300)),
+    )
+    .await;
     let r = routes(&[
         ("BTC", "BTCUSD-PERP", PriceField::Mark),
         ("ETH", "ETHUSD-PERP", PriceField::Mark),
@@ -373,7 +378,7 @@ async fn hyperliquid_pings_and_prices() {
 /// keep their prices.
 #[tokio::test]
 async fn hyperliquid_unknown_coin_is_isolated() {
-    let mock = MockMore::start(MockConfig::new(Proto::Hyperliquid).unknown("NOPE")).await;
+    let mock = ProtocolVenue::start(ProtocolConfig::new(Proto::Hyperliquid).unknown("NOPE")).await;
     let r = routes(&[
         ("BTC", "BTCUSD-PERP", PriceField::Mark),
         ("NOPE", "NOPE-PERP", PriceField::Mark),
@@ -438,8 +443,8 @@ async fn hyperliquid_unknown_coin_is_isolated() {
 /// both venues.
 #[tokio::test]
 async fn spike_on_deribit_is_held_until_hyperliquid_confirms() {
-    let deribit = MockMore::start(MockConfig::new(Proto::Deribit)).await;
-    let hl = MockMore::start(MockConfig::new(Proto::Hyperliquid)).await;
+    let deribit = ProtocolVenue::start(ProtocolConfig::new(Proto::Deribit)).await;
+    let hl = ProtocolVenue::start(ProtocolConfig::new(Proto::Hyperliquid)).await;
     let board = Arc::new(PriceBoard::new(PriceBoardConfig::default()));
     let registry = FeedRegistry::new();
     let cancel = CancellationToken::new();
@@ -530,7 +535,7 @@ async fn spike_on_deribit_is_held_until_hyperliquid_confirms() {
 /// and is restored (`feed_restored`) when prices return.
 #[tokio::test]
 async fn hyperliquid_alive_but_silent_goes_stale_then_restores() {
-    let mock = MockMore::start(MockConfig::new(Proto::Hyperliquid)).await;
+    let mock = ProtocolVenue::start(ProtocolConfig::new(Proto::Hyperliquid)).await;
     let board = Arc::new(PriceBoard::new(PriceBoardConfig {
         stale_after: Duration::from_millis(300),
         ..PriceBoardConfig::default()

@@ -13,7 +13,7 @@ use liqwatch::feeds::{Feed, Frame};
 use rust_decimal::Decimal;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::mock_more::{Cmd, Event, MockConfig, MockMore, Proto};
+use crate::support::protocol_venue::{Cmd, Event, Proto, ProtocolConfig, ProtocolVenue};
 
 /// What the minimal client saw: parsed frames, ticks (symbol, mark, index) and how it ended.
 #[derive(Debug, Default)]
@@ -104,7 +104,8 @@ fn d(s: &str) -> Decimal {
 /// OKX: per-argument acks, a 60018 rejection naming the instrument, text ping/pong, and prices.
 #[tokio::test]
 async fn okx_subscribe_reject_ping_and_prices() {
-    let mock = MockMore::start(MockConfig::new(Proto::Okx).unknown("NOPE-USDT-SWAP")).await;
+    let mock =
+        ProtocolVenue::start(ProtocolConfig::new(Proto::Okx).unknown("NOPE-USDT-SWAP")).await;
     let url = mock.url.clone();
     let client = tokio::spawn(async move {
         let mut feed = OkxFeed::new().with_ping_interval(Duration::from_millis(100));
@@ -159,7 +160,8 @@ async fn okx_subscribe_reject_ping_and_prices() {
 #[tokio::test]
 async fn okx_closes_a_client_that_does_not_ping() {
     let mock =
-        MockMore::start(MockConfig::new(Proto::Okx).idle_cut(Duration::from_millis(300))).await;
+        ProtocolVenue::start(ProtocolConfig::new(Proto::Okx).idle_cut(Duration::from_millis(300)))
+            .await;
     let mut feed = OkxFeed::new();
     let seen = run_client(
         &mut feed,
@@ -177,7 +179,8 @@ async fn okx_closes_a_client_that_does_not_ping() {
 /// (the socket stays open across several of them), exponent-form prices exact.
 #[tokio::test]
 async fn deribit_subset_ack_test_request_and_prices() {
-    let mock = MockMore::start(MockConfig::new(Proto::Deribit).unknown("NOPE-PERPETUAL")).await;
+    let mock =
+        ProtocolVenue::start(ProtocolConfig::new(Proto::Deribit).unknown("NOPE-PERPETUAL")).await;
     let url = mock.url.clone();
     let client = tokio::spawn(async move {
         let mut feed = DeribitFeed::new();
@@ -232,7 +235,7 @@ async fn deribit_subset_ack_test_request_and_prices() {
 /// Deribit: a client that does not answer `test_request` is closed with 4000 `heartbeat close`.
 #[tokio::test]
 async fn deribit_closes_a_client_that_ignores_test_request() {
-    let mock = MockMore::start(MockConfig::new(Proto::Deribit)).await;
+    let mock = ProtocolVenue::start(ProtocolConfig::new(Proto::Deribit)).await;
     let url = mock.url.clone();
     // A client that parses but never sends the Reply.
     let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
@@ -265,7 +268,7 @@ async fn deribit_closes_a_client_that_ignores_test_request() {
 /// Hyperliquid: the welcome text is ignored, acks name the coin, ping/pong, prices exact.
 #[tokio::test]
 async fn hyperliquid_welcome_ack_ping_and_prices() {
-    let mock = MockMore::start(MockConfig::new(Proto::Hyperliquid)).await;
+    let mock = ProtocolVenue::start(ProtocolConfig::new(Proto::Hyperliquid)).await;
     let url = mock.url.clone();
     let client = tokio::spawn(async move {
         let mut feed = HyperliquidFeed::new().with_ping_interval(Duration::from_millis(100));
@@ -304,7 +307,7 @@ async fn hyperliquid_welcome_ack_ping_and_prices() {
 /// Hyperliquid: subscribing an unknown coin gets the socket dropped with no close frame.
 #[tokio::test]
 async fn hyperliquid_drops_the_socket_on_an_unknown_coin() {
-    let mock = MockMore::start(MockConfig::new(Proto::Hyperliquid).unknown("NOPE")).await;
+    let mock = ProtocolVenue::start(ProtocolConfig::new(Proto::Hyperliquid).unknown("NOPE")).await;
     let mut feed = HyperliquidFeed::new();
     let seen = run_client(
         &mut feed,

@@ -5,9 +5,9 @@
 pub mod api_backend;
 pub mod daemon_env;
 pub mod engine_fixtures;
-pub mod mock_more;
 pub mod mock_venue;
 pub mod nats_server;
+pub mod protocol_venue;
 pub mod sink_contract;
 pub mod tools;
 pub mod webhook_receiver;

@@ -12,7 +12,10 @@
 //!   `{"method":"ping"}` with `{"channel":"pong"}` and drops a client silent for `idle_cut`.
 //!
 //! Commands ([`Cmd`]) go to the newest connection. Everything the server saw is kept in an event
-//! log that tests poll with a deadline ([`MockMore::wait_for`]).
+//! log that tests poll with a deadline ([`ProtocolVenue::wait_for`]).
+//!
+//! Binance and Bybit, whose tests script each connection's conversation instead, use
+//! [`super::mock_venue`].
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -41,7 +44,7 @@ pub enum Proto {
 
 /// Keepalive demands and rejections of a mock venue.
 #[derive(Clone, Debug)]
-pub struct MockConfig {
+pub struct ProtocolConfig {
     /// The protocol.
     pub proto: Proto,
     /// OKX/Hyperliquid: close a client that sent nothing for this long.
@@ -52,7 +55,7 @@ pub struct MockConfig {
     pub unknown: HashSet<String>,
 }
 
-impl MockConfig {
+impl ProtocolConfig {
     /// Defaults for a protocol: 1 s idle cut, 300 ms test requests, nothing unknown.
     pub fn new(proto: Proto) -> Self {
         Self {
@@ -109,7 +112,7 @@ pub enum Event {
 }
 
 /// A running mock venue on 127.0.0.1.
-pub struct MockMore {
+pub struct ProtocolVenue {
     /// `ws://127.0.0.1:port`.
     pub url: String,
     /// The bound address.
@@ -119,15 +122,15 @@ pub struct MockMore {
     cancel: CancellationToken,
 }
 
-impl Drop for MockMore {
+impl Drop for ProtocolVenue {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
 }
 
-impl MockMore {
+impl ProtocolVenue {
     /// Starts a mock venue.
-    pub async fn start(cfg: MockConfig) -> MockMore {
+    pub async fn start(cfg: ProtocolConfig) -> ProtocolVenue {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let events = Arc::new(Mutex::new(Vec::new()));
@@ -160,7 +163,7 @@ impl MockMore {
                 }
             });
         }
-        MockMore {
+        ProtocolVenue {
             url: format!("ws://{addr}"),
             addr,
             events,
@@ -230,7 +233,7 @@ impl MockMore {
 
 struct Conn {
     n: usize,
-    cfg: Arc<MockConfig>,
+    cfg: Arc<ProtocolConfig>,
     events: Arc<Mutex<Vec<Event>>>,
     cancel: CancellationToken,
     subscribed: HashSet<String>,
