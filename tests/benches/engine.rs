@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
-#[path = "../support/engine_fixtures.rs"]
+#[allow(dead_code)] // the bench uses only some of the shared helpers
+#[path = "../it/support/engine_fixtures.rs"]
 mod engine_fixtures;
 
 use liqwatch::accounts::AccountMap;

@@ -83,7 +83,7 @@ fn parse_bench(c: &mut Criterion) {
             black_box(f.parse(black_box(BYBIT_SNAPSHOT), &mut out).unwrap());
         })
     });
-    // feeds-more: OKX, Deribit (JSON numbers, exponent forms) and Hyperliquid.
+    // OKX, Deribit (JSON numbers, exponent forms) and Hyperliquid.
     let more: [(&str, Box<dyn Feed>, &str, u64); 6] = [
         ("okx/mark-price", Box::new(OkxFeed::new()), OKX_MARK, 1),
         ("okx/index-tickers", Box::new(OkxFeed::new()), OKX_INDEX, 1),

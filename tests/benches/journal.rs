@@ -5,7 +5,8 @@
 //! Run: `cargo bench --bench journal`
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../support/sink_contract.rs"]
+#[allow(dead_code, unused_macros, unused_imports)] // the bench uses only its event builders
+#[path = "../it/support/sink_contract.rs"]
 mod sink_contract;
 
 use std::time::Duration;

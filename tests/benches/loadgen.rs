@@ -16,7 +16,8 @@
 //! `LOADGEN_SYNC=normal`) sets the journal's SQLite `synchronous` (default `full`).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../support/daemon_env.rs"]
+#[allow(dead_code)] // the bench uses only some of the shared helpers
+#[path = "../it/support/daemon_env.rs"]
 mod daemon_env;
 
 use std::collections::HashSet;

@@ -1,0 +1,6 @@
+//! The real `liqwatch` binary: CLI, stress command, end to end, and the deploy files.
+
+mod cli;
+mod deploy_files;
+mod e2e;
+mod stress;

@@ -1,0 +1,7 @@
+//! The engine: account map, monitor and distance index under property tests and real threads,
+//! and the README's event examples.
+
+mod concurrency;
+mod events_doc;
+mod index_props;
+mod props;

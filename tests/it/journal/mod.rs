@@ -1,0 +1,3 @@
+//! The event journal: durability across a crash.
+
+mod crash;

@@ -1,0 +1,3 @@
+//! The margin model.
+
+mod props;

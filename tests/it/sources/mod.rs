@@ -1,0 +1,3 @@
+//! Account sources.
+
+mod nats;
