@@ -51,9 +51,9 @@ use rust_decimal::{Decimal, RoundingStrategy};
 use crate::engine::map::{
     AccountKey, AccountMap, AccountView, InstrumentIdx, InstrumentTable, SlotValuation, Touched,
 };
-use crate::engine::monitor::{Emitted, Monitor, PriceInfo, QuietRange};
+use crate::engine::monitor::{Monitor, QuietRange};
 use crate::margin;
-use crate::model::{Instrument, InstrumentId, MarginTier, TimestampMs};
+use crate::model::{Instrument, InstrumentId, MarginTier};
 
 /// The largest fractional move a band allows, whatever the slack.
 pub const MAX_MOVE: Decimal = Decimal::from_parts(5, 0, 0, false, 1);
@@ -518,33 +518,6 @@ pub fn rebuild_touched(
         index.rebuild(map, monitor, t.key);
     }
     metrics::gauge!("liqwatch_engine_banded_accounts").set(index.banded as f64);
-}
-
-/// One engine step for a burst of changed prices with the index: set the prices, wake and
-/// value the accounts they may change, evaluate them, re-band them. Returns the events —
-/// exactly those [`Monitor::on_prices`] would return revaluing every holder.
-#[allow(clippy::too_many_arguments)]
-pub fn on_prices<'a>(
-    map: &AccountMap,
-    monitor: &mut Monitor,
-    index: &mut DistanceIndex,
-    changed: impl IntoIterator<Item = (&'a InstrumentId, Decimal)>,
-    prices: &dyn PriceInfo,
-    now_ms: TimestampMs,
-    wake: &mut Vec<AccountKey>,
-    touched: &mut Vec<Touched>,
-) -> Vec<Emitted> {
-    wake_and_value(map, index, changed, wake, touched);
-    let out = monitor.evaluate(map, touched, prices, now_ms);
-    rebuild_touched(map, monitor, index, touched);
-    out
-}
-
-/// After an account update: re-tracks the account and, once the monitor evaluated it,
-/// re-bands it (removals are forgotten).
-pub fn on_update(map: &AccountMap, monitor: &Monitor, index: &mut DistanceIndex, key: AccountKey) {
-    index.track(map, key);
-    index.rebuild(map, monitor, key);
 }
 
 #[cfg(test)]

@@ -147,6 +147,19 @@ impl Engine {
         self.monitor.restore(states)
     }
 
+    /// Values and evaluates every account at the current prices and bands each (the daemon's
+    /// first step, and the benches' set-up). Accounts the monitor already knows are evaluated
+    /// from their state, as on any other step.
+    pub fn evaluate_all(&mut self, prices: &dyn PriceInfo, now_ms: TimestampMs) -> Vec<Emitted> {
+        let out = self.monitor.evaluate_all(&self.map, prices, now_ms);
+        if let Some(index) = self.index.as_mut() {
+            for key in self.map.keys() {
+                index.rebuild(&self.map, &self.monitor, key);
+            }
+        }
+        out
+    }
+
     /// One step for a burst of changed prices (each instrument once, latest price): sets them,
     /// values the accounts they may change on their final figures (each once), evaluates them
     /// and re-bands them. A price the map refuses is logged, counted and skipped.
@@ -301,5 +314,104 @@ impl Engine {
             step.feed_events.push(ev);
         }
         step
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::map::tests::{w3_account, w3_instruments};
+    use crate::model::PriceUsed;
+    use rust_decimal_macros::dec;
+
+    const NOW: TimestampMs = 1_621_428_600_000;
+
+    fn engine(distance_index: bool) -> Engine {
+        let map = Arc::new(AccountMap::new(w3_instruments()));
+        let mut e = Engine::new(
+            map,
+            EngineConfig {
+                monitor: MonitorConfig::default(),
+                distance_index,
+            },
+        )
+        .unwrap();
+        let info = HashMap::<InstrumentId, PriceUsed>::new();
+        e.on_update(
+            AccountUpdate::Replace {
+                account: w3_account("w3"),
+            },
+            &info,
+            NOW,
+        )
+        .unwrap();
+        e
+    }
+
+    fn burst(p: [Decimal; 3]) -> Vec<(InstrumentId, Decimal)> {
+        vec![
+            (InstrumentId::from("BTCUSDT-PERP"), p[0]),
+            ("BTC".into(), p[0]),
+            ("ETHUSDT-PERP".into(), p[1]),
+            ("SOLUSDT-PERP".into(), p[2]),
+            // Not held by anyone, and not even an instrument: refused, nothing else changes.
+            ("DOGE".into(), dec!(1)),
+        ]
+    }
+
+    /// Eager and indexed alike: a burst is applied and evaluated once (one trigger listing both
+    /// levels); an update evaluates the account (a deposit recovers it); a removal forgets it;
+    /// a failed update reverted leaves the account and its state as they were.
+    #[test]
+    fn steps() {
+        let info = HashMap::<InstrumentId, PriceUsed>::new();
+        for indexed in [false, true] {
+            let mut e = engine(indexed);
+            let w3 = burst([dec!(60000), dec!(3000), dec!(150)]);
+            assert!(
+                e.on_prices(w3.iter().map(|(i, p)| (i, *p)), &info, NOW)
+                    .is_empty()
+            );
+            let w4 = burst([dec!(54000), dec!(2700), dec!(135)]);
+            let ev = e.on_prices(w4.iter().map(|(i, p)| (i, *p)), &info, NOW);
+            assert_eq!(ev.len(), 1, "indexed {indexed}");
+            assert_eq!(ev[0].event.kind, EventKind::LiquidationTrigger);
+            assert_eq!(ev[0].event.crossed_levels, vec![dec!(0.8), dec!(1)]);
+            let id = AccountId::from("w3");
+            let triggered = e.monitor().state(e.map(), &id);
+
+            // Persisting a removal failed: the account comes back with its state (no re-fire).
+            let pending = e
+                .begin_update(AccountUpdate::Remove {
+                    account_id: id.clone(),
+                })
+                .unwrap();
+            assert!(e.map().account(&id).is_none());
+            e.revert(pending).unwrap();
+            assert!(e.map().account(&id).is_some());
+            assert_eq!(e.monitor().state(e.map(), &id), triggered);
+            let again = e.on_prices(w4.iter().map(|(i, p)| (i, p - dec!(1))), &info, NOW);
+            assert!(again.is_empty(), "indexed {indexed}: {again:?}");
+
+            let deposit = AccountUpdate::Collateral {
+                account_id: id.clone(),
+                asset: "USDT".into(),
+                delta: dec!(100000),
+            };
+            let (_, ev) = e.on_update(deposit, &info, NOW).unwrap();
+            assert_eq!(ev[0].event.kind, EventKind::Recovered);
+            let (outcome, ev) = e
+                .on_update(
+                    AccountUpdate::Remove {
+                        account_id: id.clone(),
+                    },
+                    &info,
+                    NOW,
+                )
+                .unwrap();
+            assert!(matches!(outcome, UpdateOutcome::Removed(_)));
+            assert!(ev.is_empty());
+            assert_eq!(e.monitor().state(e.map(), &id), None);
+        }
     }
 }

@@ -42,7 +42,7 @@ use std::collections::{BTreeSet, HashMap};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::map::{AccountKey, AccountMap, Touched, UpdateOutcome};
+use crate::engine::map::{AccountKey, AccountMap, Touched};
 use crate::margin;
 use crate::model::{
     AccountId, AccountState, EventKind, InstrumentId, MarginRatio, PriceUsed, RiskEvent,
@@ -377,49 +377,6 @@ impl Monitor {
         }
         out.reverse();
         out
-    }
-
-    /// One engine step for a burst of changed prices: applies each to the map (a price the map
-    /// refuses is logged, counted and skipped), then evaluates every touched account once on
-    /// its latest figures. `buf` is scratch space reused across calls.
-    pub fn on_prices(
-        &mut self,
-        map: &AccountMap,
-        changed: impl IntoIterator<Item = (InstrumentId, Decimal)>,
-        prices: &dyn PriceInfo,
-        now_ms: TimestampMs,
-        buf: &mut Vec<Touched>,
-    ) -> Vec<Emitted> {
-        buf.clear();
-        for (id, price) in changed {
-            if let Err(error) = map.apply_price(&id, price, buf) {
-                tracing::debug!(instrument = %id, %error, "Price not applied");
-            }
-        }
-        let out = self.evaluate(map, buf, prices, now_ms);
-        buf.clear();
-        out
-    }
-
-    /// After [`AccountMap::apply_update`] succeeded: evaluates the account, or forgets it when
-    /// it was removed.
-    pub fn on_update(
-        &mut self,
-        map: &AccountMap,
-        outcome: &UpdateOutcome,
-        id: &AccountId,
-        prices: &dyn PriceInfo,
-        now_ms: TimestampMs,
-    ) -> Vec<Emitted> {
-        match outcome {
-            UpdateOutcome::Removed(k) => {
-                self.forget(*k, id);
-                Vec::new()
-            }
-            UpdateOutcome::Created(k) | UpdateOutcome::Updated(k) => {
-                self.evaluate_account(map, *k, prices, now_ms)
-            }
-        }
     }
 
     /// Evaluates one account (after an account update).

@@ -19,13 +19,13 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 #[path = "../it/support/engine_fixtures.rs"]
 mod engine_fixtures;
 
-use liqwatch::accounts::AccountMap;
-use liqwatch::distance::{self, DistanceIndex};
+use std::sync::Arc;
+
+use liqwatch::engine::{AccountMap, Engine, EngineConfig, Monitor, MonitorConfig};
 use liqwatch::model::{
     Account, AccountUpdate, Fill, Instrument, InstrumentId, InstrumentKind, MarginTier, Position,
     PositionSide, PriceUsed,
 };
-use liqwatch::monitor::{Monitor, MonitorConfig};
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 
@@ -225,7 +225,7 @@ fn engine(c: &mut Criterion) {
     for n in sizes() {
         let before = vm_rss_kib();
         let t0 = std::time::Instant::now();
-        let m = build(n);
+        let m = Arc::new(build(n));
         let built = t0.elapsed();
         let after = vm_rss_kib();
         let holders = m.holder_keys(&"BTCUSDT-PERP".into()).len();
@@ -291,24 +291,28 @@ fn tick_cpu(m: &AccountMap, n: usize, holders: usize) {
     g.finish();
 }
 
-/// The distance index: build it over the map (monitor evaluation of every account, then a band
-/// each), then ticks through `distance::on_prices` — set the price, wake, value, evaluate and
-/// re-band the woken. Two workloads: a random walk of 0.05 % steps (a busy but normal market:
-/// bands are crossed now and then and rebuilt) and alternating ±1 % jumps.
-fn indexed(m: &AccountMap, n: usize) {
+/// The distance index, through the one `Engine` the daemon runs: build it over the map (every
+/// account evaluated, then banded), then ticks through `Engine::on_prices` — set the price,
+/// wake, value, evaluate and re-band the woken. Two workloads: a random walk of 0.05 % steps (a
+/// busy but normal market: bands are crossed now and then and rebuilt) and alternating ±1 %
+/// jumps.
+fn indexed(m: &Arc<AccountMap>, n: usize) {
     let info: HashMap<InstrumentId, PriceUsed> = HashMap::new();
-    let mut mon = Monitor::new(MonitorConfig::default()).unwrap();
     let mut out = Vec::new();
     m.apply_price(&"BTCUSDT-PERP".into(), dec!(60000), &mut out)
         .unwrap();
     let before = vm_rss_kib();
     let t0 = std::time::Instant::now();
-    let mut index = DistanceIndex::for_map(m);
-    let _ = mon.evaluate_all(m, &info, 0);
-    for k in m.keys() {
-        index.rebuild(m, &mon, k);
-    }
-    let (tracked, banded) = index.counts();
+    let mut engine = Engine::new(
+        Arc::clone(m),
+        EngineConfig {
+            monitor: MonitorConfig::default(),
+            distance_index: true,
+        },
+    )
+    .unwrap();
+    let _ = engine.evaluate_all(&info, 0);
+    let (tracked, banded) = engine.index().map(|i| i.counts()).unwrap_or_default();
     println!(
         "engine: distance index over {n} accounts built in {:.2?}; {banded} of {tracked} banded; RSS +{} MiB = {:.0} B/account",
         t0.elapsed(),
@@ -323,7 +327,6 @@ fn indexed(m: &AccountMap, n: usize) {
         .measurement_time(Duration::from_secs(5));
     let mut g = c.benchmark_group("tick-indexed-cpu");
     let btc = InstrumentId::from("BTCUSDT-PERP");
-    let (mut wake, mut touched) = (Vec::new(), Vec::new());
     let mut rng = Lcg(99);
     let mut price = dec!(60000);
     let (mut ticks, mut woken, mut events) = (0u64, 0u64, 0u64);
@@ -335,18 +338,9 @@ fn indexed(m: &AccountMap, n: usize) {
                 dec!(0.9995)
             };
             price = (price * step).round_dp(1);
-            let e = distance::on_prices(
-                m,
-                &mut mon,
-                &mut index,
-                [(&btc, price)],
-                &info,
-                0,
-                &mut wake,
-                &mut touched,
-            );
+            let e = engine.on_prices([(&btc, price)], &info, 0);
             ticks += 1;
-            woken += touched.len() as u64;
+            woken += engine.last_valued() as u64;
             events += e.len() as u64;
             black_box(e.len())
         })
@@ -361,18 +355,9 @@ fn indexed(m: &AccountMap, n: usize) {
         b.iter(|| {
             flip = !flip;
             let p = if flip { price * dec!(1.01) } else { price };
-            let e = distance::on_prices(
-                m,
-                &mut mon,
-                &mut index,
-                [(&btc, p.round_dp(1))],
-                &info,
-                0,
-                &mut wake,
-                &mut touched,
-            );
+            let e = engine.on_prices([(&btc, p.round_dp(1))], &info, 0);
             ticks += 1;
-            woken += touched.len() as u64;
+            woken += engine.last_valued() as u64;
             black_box(e.len())
         })
     });

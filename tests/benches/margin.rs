@@ -7,9 +7,9 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{Criterion, criterion_group};
-use liqwatch::inputs::{load_accounts, load_instruments, load_prices};
 use liqwatch::margin::{account_snapshot, position_figures, shock_distance};
 use liqwatch::model::{Instrument, InstrumentId};
+use liqwatch::sources::files::{load_accounts, load_instruments, load_prices};
 use rust_decimal_macros::dec;
 
 fn root() -> &'static Path {

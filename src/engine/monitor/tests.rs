@@ -279,46 +279,6 @@ mod with_map {
         assert_eq!(r.seq, 3);
     }
 
-    /// `on_prices` applies a burst and evaluates once; `on_update` evaluates or forgets.
-    #[test]
-    fn engine_step_helpers() {
-        let (m, mut mon) = setup();
-        let info = HashMap::new();
-        let mut buf = Vec::new();
-        let burst = |p: [Decimal; 3]| {
-            vec![
-                (InstrumentId::from("BTCUSDT-PERP"), p[0]),
-                ("BTC".into(), p[0]),
-                ("ETHUSDT-PERP".into(), p[1]),
-                ("SOLUSDT-PERP".into(), p[2]),
-                ("DOGE".into(), dec!(1)),
-            ]
-        };
-        assert!(
-            mon.on_prices(&m, burst(W3), &info, NOW, &mut buf)
-                .is_empty()
-        );
-        let e = mon.on_prices(&m, burst(W4), &info, NOW, &mut buf);
-        assert_eq!(e.len(), 1);
-        assert_eq!(e[0].event.crossed_levels, vec![dec!(0.8), dec!(1)]);
-        let id = AccountId::from("w3");
-        let deposit = AccountUpdate::Collateral {
-            account_id: id.clone(),
-            asset: "USDT".into(),
-            delta: dec!(100000),
-        };
-        let out = m.apply_update(deposit).unwrap();
-        let e = mon.on_update(&m, &out, &id, &info, NOW);
-        assert_eq!(e[0].event.kind, EventKind::Recovered);
-        let out = m
-            .apply_update(AccountUpdate::Remove {
-                account_id: id.clone(),
-            })
-            .unwrap();
-        assert!(mon.on_update(&m, &out, &id, &info, NOW).is_empty());
-        assert_eq!(mon.state(&m, &id), None);
-    }
-
     /// A jump from healthy straight to W4 is one trigger listing both levels.
     #[test]
     fn jump_lists_every_level() {

@@ -8,12 +8,12 @@ use futures::future::BoxFuture;
 use liqwatch::api::{
     self, AccountView, ApiBackend, ApiState, BackendError, EventsSince, FeedStatus, ReadinessCheck,
 };
-use liqwatch::ingest::{AccountWriter, Applied, ApplyError, UpdateOrigin};
 use liqwatch::journal::{Journal, JournalHandle, Since};
 use liqwatch::model::{
     AccountId, AccountState, AccountUpdate, EventKind, InstrumentId, InstrumentKind, RiskEvent,
 };
 use liqwatch::sinks::JournalEntry;
+use liqwatch::sources::{AccountWriter, Applied, ApplyError, UpdateOrigin};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use tokio::sync::broadcast;

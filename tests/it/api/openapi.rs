@@ -10,8 +10,8 @@ use liqwatch::api::{
     self, AccountView, AccountsBody, ApiState, ErrorBody, EventsBody, FeedsBody, MutationBody,
     ReadyBody, ResyncBody,
 };
-use liqwatch::ingest::parse_update;
 use liqwatch::model::{Account, Fill, RiskEvent};
+use liqwatch::sources::parse_update;
 use serde_json::Value;
 use tower::ServiceExt;
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use liqwatch::accounts::AccountMap;
+use liqwatch::engine::map::AccountMap;
 use liqwatch::margin;
 use liqwatch::model::{
     Account, AccountId, AccountUpdate, Fill, Instrument, InstrumentId, InstrumentKind, MarginTier,
@@ -308,7 +308,7 @@ fn replace_remove_races_stay_consistent() {
                         // Only "unknown account" may fail here (removed by another thread).
                         if let Err(e) = r {
                             assert!(
-                                matches!(e, liqwatch::accounts::AccountError::UnknownAccount(_)),
+                                matches!(e, liqwatch::engine::map::AccountError::UnknownAccount(_)),
                                 "{e}"
                             );
                         }

@@ -1,20 +1,22 @@
-//! Keeps the README's event examples true: builds the margin-math W3 account, drives it through
-//! warning (−9.4 %), trigger (W4, −10 %) and recovery with the real map and monitor, and checks
-//! that every JSON example in the README section "monitor and events" is what the code emits.
+//! Keeps the event examples of `docs/events.md` true: builds the margin-math W3 account, drives
+//! it through warning (−9.4 %), trigger (W4, −10 %) and recovery with the one `Engine`, and
+//! checks that every JSON example on that page is what the code emits.
 //!
-//! To regenerate the examples: `LIQWATCH_PRINT_EVENTS=1 cargo test --test engine_events_doc -- --nocapture`
-//! and paste the printed blocks into README.md.
+//! To regenerate the examples: `LIQWATCH_PRINT_EVENTS=1 cargo test --test it engine::events_doc
+//! -- --nocapture` and paste the printed blocks into docs/events.md.
 
 use std::collections::HashMap;
 
-use liqwatch::accounts::AccountMap;
+use liqwatch::engine::map::AccountMap;
+use liqwatch::engine::{Engine, EngineConfig, MonitorConfig};
 use liqwatch::model::{
     Account, AccountUpdate, EventKind, FeedEventInfo, Instrument, InstrumentId, InstrumentKind,
     PriceUsed, RiskEvent, Venue,
 };
-use liqwatch::monitor::{Monitor, MonitorConfig, feed_event};
+use liqwatch::prices::StaleTransition;
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
+use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::support::engine_fixtures::{tier, tiered as instrument};
@@ -95,14 +97,32 @@ fn info(prices: [Decimal; 3], now: i64) -> HashMap<InstrumentId, PriceUsed> {
     m
 }
 
-/// Drives W3 → warning → W4 trigger → recovered; fixes ids so the output is reproducible.
+/// The one engine (eager; the index emits the same, see `index_props`) over the W3 account.
+fn engine() -> Engine {
+    Engine::new(
+        Arc::new(AccountMap::new(instruments())),
+        EngineConfig {
+            monitor: MonitorConfig::default(),
+            distance_index: false,
+        },
+    )
+    .unwrap()
+}
+
+/// Drives W3 → warning → W4 trigger → recovered through `Engine::on_prices` (each step one
+/// burst of four prices, as the runner takes them from the board); fixes ids so the output is
+/// reproducible.
 fn story() -> Vec<RiskEvent> {
-    let map = AccountMap::new(instruments());
-    map.apply_update(AccountUpdate::Replace {
-        account: w3_account(),
-    })
-    .unwrap();
-    let mut mon = Monitor::new(MonitorConfig::default()).unwrap();
+    let mut engine = engine();
+    engine
+        .on_update(
+            AccountUpdate::Replace {
+                account: w3_account(),
+            },
+            &HashMap::<InstrumentId, PriceUsed>::new(),
+            T0,
+        )
+        .unwrap();
     let mut events = Vec::new();
     let steps = [
         [dec!(60000), dec!(3000), dec!(150)],
@@ -112,16 +132,16 @@ fn story() -> Vec<RiskEvent> {
     ];
     for (n, p) in steps.into_iter().enumerate() {
         let now = T0 + 60_000 * n as i64;
-        let mut touched = Vec::new();
-        for (id, price) in [
+        let burst: Vec<(InstrumentId, Decimal)> = [
             ("BTCUSDT-PERP", p[0]),
             ("BTC", p[0]),
             ("ETHUSDT-PERP", p[1]),
             ("SOLUSDT-PERP", p[2]),
-        ] {
-            map.apply_price(&id.into(), price, &mut touched).unwrap();
-        }
-        for e in mon.evaluate(&map, &touched, &info(p, now), now) {
+        ]
+        .into_iter()
+        .map(|(i, p)| (InstrumentId::from(i), p))
+        .collect();
+        for e in engine.on_prices(burst.iter().map(|(i, p)| (i, *p)), &info(p, now), now) {
             let mut ev = e.event;
             ev.event_id =
                 Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0000 + ev.seq as u128);
@@ -131,19 +151,26 @@ fn story() -> Vec<RiskEvent> {
     events
 }
 
+/// A `feed_stale` event as the engine makes it from the price board's transition.
 fn feed_stale_example() -> RiskEvent {
-    let mut e = feed_event(
-        EventKind::FeedStale,
-        FeedEventInfo {
+    let transition = StaleTransition {
+        kind: EventKind::FeedStale,
+        seq: 1,
+        info: FeedEventInfo {
             instrument: "BTCUSDT-PERP".into(),
             venues: vec![Venue::BinanceUsdm, Venue::Okx],
             last_price: Some(dec!(54000)),
             age_ms: Some(30_250),
             stale_after_ms: 30_000,
         },
-        1,
+    };
+    let step = engine().on_feed(
+        &[transition],
+        &HashMap::<InstrumentId, PriceUsed>::new(),
         T0 + 300_000,
     );
+    assert!(step.emitted.is_empty(), "a stale feed changes no account");
+    let mut e = step.feed_events.into_iter().next().unwrap();
     e.event_id = Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_00ff);
     e
 }

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use liqwatch::accounts::AccountMap;
+use liqwatch::engine::map::AccountMap;
 use liqwatch::margin;
 use liqwatch::model::{
     Account, AccountId, AccountUpdate, Fill, HaircutTier, Instrument, InstrumentId, InstrumentKind,

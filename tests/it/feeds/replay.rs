@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use liqwatch::feeds::FeedRegistry;
 use liqwatch::feeds::replay::{ReplayClock, ReplayOptions, ReplaySpeed, spawn_replay};
-use liqwatch::inputs::load_instruments;
 use liqwatch::model::{Instrument, InstrumentId, Venue};
 use liqwatch::prices::{PriceBoard, PriceBoardConfig};
+use liqwatch::sources::files::load_instruments;
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 use tokio_util::sync::CancellationToken;

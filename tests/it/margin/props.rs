@@ -5,12 +5,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use liqwatch::inputs::load_instruments;
 use liqwatch::margin::{
     self, PriceMove, account_snapshot, liquidation_problem, normalise, position_figures,
     shock_problem,
 };
 use liqwatch::model::{Account, Instrument, InstrumentId, MarginRatio, Position, PositionSide};
+use liqwatch::sources::files::load_instruments;
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;

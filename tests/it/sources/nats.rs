@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use liqwatch::ingest::{ApplyError, NatsIngest, NatsIngestConfig, Shard, UpdateOrigin, shard_of};
 use liqwatch::model::AccountUpdate;
+use liqwatch::sources::{ApplyError, NatsIngest, NatsIngestConfig, Shard, UpdateOrigin, shard_of};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

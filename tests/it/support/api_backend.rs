@@ -9,12 +9,12 @@ use liqwatch::api::{
     AccountView, ApiBackend, BackendError, EventsSince, FeedStatus, InstrumentFeedStatus,
     ReadinessCheck,
 };
-use liqwatch::ingest::{AccountWriter, Applied, ApplyError, UpdateOrigin};
 use liqwatch::model::{
     Account, AccountId, AccountState, AccountUpdate, EventKind, InstrumentId, InstrumentKind,
     MarginRatio, RiskEvent, RiskSnapshot, ShockDistance, Venue,
 };
 use liqwatch::sinks::JournalEntry;
+use liqwatch::sources::{AccountWriter, Applied, ApplyError, UpdateOrigin};
 use rust_decimal::Decimal;
 use tokio::sync::broadcast;
 
