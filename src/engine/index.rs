@@ -34,7 +34,7 @@
 //!   account's caches stay at the prices they were valued at, slot by slot, and still equal a
 //!   from-scratch recomputation at *those* prices; reads that rank accounts materialise first.
 //! - The monitor sees exactly the crossings it would see if every holder were revalued on every
-//!   tick: the property test `tests/distance_props.rs` runs both engines side by side on random
+//!   tick: the property test `tests/it/engine/index_props.rs` runs both engines side by side on random
 //!   ticks and account updates and compares every event.
 //! - The index is owned by the engine task (`&mut self`, no locks). Call [`DistanceIndex::track`]
 //!   after every account update and [`DistanceIndex::forget`] after a removal.

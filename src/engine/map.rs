@@ -8,7 +8,7 @@
 //! on it, replaces the old contribution by the new one: `total − old + new`. Contributions come
 //! from [`margin::position_figures`] / [`margin::collateral_value`], which normalise them to
 //! [`margin::ACCOUNTING_SCALE`] places, so the sums are exact and equal
-//! [`margin::account_totals`] bit for bit (the property test `tests/engine_props.rs` checks this
+//! [`margin::account_totals`] bit for bit (the property test `tests/it/engine/props.rs` checks this
 //! after every step). A sum that would leave that fixed scale (beyond ~7.9·10¹⁶) is treated as an
 //! overflow: the account is marked incomplete rather than rounded.
 //!

@@ -32,7 +32,7 @@
 //!    API, [`Venue::ALL`], and the [`feed_for`] arm.
 //! 3. Record fixtures in `feeds/<venue name>/` (the directory is named like the venue): the unit
 //!    tests here feed every fixture of every adapter, cut and mangled, to its parser.
-//! 4. Add the name to the `Venue` enum of `src/api/openapi.json` and a row to the README table
+//! 4. Add the name to the `Venue` enum of `src/api/openapi.json` and a row to the venue tables of README.md and docs/feeds.md
 //!    (a unit test here checks the OpenAPI list against [`Venue::NAMES`]).
 //!
 //! ## The driver

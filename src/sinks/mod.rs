@@ -16,7 +16,7 @@
 //!      implementing [`SinkSettings::build`], which the daemon calls at startup.
 //! 2. One line in [`register_all`]: `r.register::<<name>::<Name>Config>();` plus `pub mod
 //!    <name>;` above it. Config parsing, `check-config` and the daemon's startup pick it up.
-//! 3. A test file that runs the shared sink contract (`tests/support/sink_contract.rs`:
+//! 3. A test file that runs the shared sink contract (`tests/it/support/sink_contract.rs`:
 //!    delivery, retriable vs permanent errors, resume after restart) against it, and the
 //!    sink's keys documented in `deploy/liqwatch.example.toml`.
 //!

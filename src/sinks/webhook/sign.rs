@@ -97,7 +97,7 @@ mod tests {
         m.update(b"1700000000.{\"a\":1}");
         let want = hex::encode(m.finalize().into_bytes());
         assert_eq!(h, format!("t=1700000000,v1={want}"));
-        // The README's openssl recipe gives the same digest:
+        // The openssl recipe of docs/webhooks.md gives the same digest:
         // printf '%s.%s' 1700000000 '{"a":1}' | openssl dgst -sha256 -hmac key -hex
         assert_eq!(
             want,

@@ -1,5 +1,5 @@
 //! Keeps the metrics documentation true: every metric an alert rule in
-//! `deploy/prometheus/alerts.yml` uses is in the README metrics table, and every metric in that
+//! `deploy/prometheus/alerts.yml` uses is in the metrics table of docs/metrics.md, and every metric in that
 //! table is emitted somewhere in `src/`.
 
 use std::collections::BTreeSet;
@@ -46,13 +46,13 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     out
 }
 
-/// Metric names in the README metrics table (rows starting with `` | `liqwatch_ ``).
+/// Metric names in the docs/metrics.md table (rows starting with `` | `liqwatch_ ``).
 fn readme_metrics() -> BTreeSet<String> {
     let readme = read("docs/metrics.md");
     let section = readme
         .split("| Metric | Type | Labels | Meaning |")
         .nth(1)
-        .expect("README section marker")
+        .expect("docs/metrics.md table marker")
         .split("<!-- section:")
         .next()
         .unwrap_or_default()
@@ -90,7 +90,7 @@ fn code_metrics() -> BTreeSet<String> {
     out
 }
 
-/// Every metric an alert rule uses is in the README metrics table, and every metric in the table
+/// Every metric an alert rule uses is in the docs/metrics.md table, and every metric in the table
 /// is emitted somewhere in the code.
 #[test]
 fn alert_metrics_are_documented_and_emitted() {
@@ -100,13 +100,13 @@ fn alert_metrics_are_documented_and_emitted() {
     let undocumented: Vec<_> = alerts.difference(&documented).collect();
     assert!(
         undocumented.is_empty(),
-        "alert rules use metrics missing from the README table: {undocumented:?}"
+        "alert rules use metrics missing from docs/metrics.md: {undocumented:?}"
     );
     let emitted = code_metrics();
     let phantom: Vec<_> = documented.difference(&emitted).collect();
     assert!(
         phantom.is_empty(),
-        "README documents metrics no code emits: {phantom:?}"
+        "docs/metrics.md documents metrics no code emits: {phantom:?}"
     );
 }
 

@@ -1,6 +1,6 @@
 //! Keeps the deploy files honest: probes hit real API routes, stop timeouts cover the drain grace
 //! period, the Kubernetes configs pass the daemon's config validation, and the systemd unit keeps its
-//! hardening and passes `systemd-analyze verify`. The alert rules and the README metrics table
+//! hardening and passes `systemd-analyze verify`. The alert rules and the metrics table (docs/metrics.md)
 //! are checked in `api::metrics_doc`.
 
 use std::collections::BTreeSet;
@@ -179,7 +179,7 @@ fn configmap_has_one_valid_config_per_shard() {
     }
 }
 
-/// The unit keeps the hardening and restart policy the README promises, and
+/// The unit keeps the hardening and restart policy docs/operations.md promises (docs/operations.md), and
 /// `systemd-analyze verify` accepts it (pointed at the built binary).
 #[test]
 fn systemd_unit_is_hardened_and_verifies() {

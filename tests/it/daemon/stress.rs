@@ -46,7 +46,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
-/// The README command works on the shipped files: a table with W3 healthy at 0 and
+/// The documented command (docs/stress.md) works on the shipped files: a table with W3 healthy at 0 and
 /// triggered at −10 %.
 #[test]
 fn readme_command_prints_table() {

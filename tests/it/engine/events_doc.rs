@@ -190,13 +190,13 @@ fn without_distances(mut v: serde_json::Value) -> serde_json::Value {
     v
 }
 
-/// The JSON blocks of the README section, in order.
+/// The JSON blocks of the docs/events.md examples section, in order.
 fn readme_blocks() -> Vec<serde_json::Value> {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/events.md")).unwrap();
     let start = readme
         .find("## Examples: the W3 account from healthy to liquidation and back")
-        .expect("README section marker");
+        .expect("docs/events.md section marker");
     let rest = &readme[start..];
     let end = rest[10..]
         .find("<!-- section:")
@@ -207,12 +207,12 @@ fn readme_blocks() -> Vec<serde_json::Value> {
     let mut it = section.split("```json\n").skip(1);
     for b in it.by_ref() {
         let body = b.split("\n```").next().unwrap();
-        blocks.push(serde_json::from_str(body).expect("README JSON block parses"));
+        blocks.push(serde_json::from_str(body).expect("docs/events.md JSON block parses"));
     }
     blocks
 }
 
-/// The README's warning, trigger, recovered and feed_stale examples are exactly what the code
+/// docs/events.md's warning, trigger, recovered and feed_stale examples are exactly what the code
 /// emits for the W3 story (apart from the margin model's distance fields).
 #[test]
 fn readme_event_examples_are_true() {
@@ -226,7 +226,7 @@ fn readme_event_examples_are_true() {
         ]
     );
     events.push(feed_stale_example());
-    // The README shows the trigger first, then warning, recovered and feed_stale.
+    // The page shows the trigger first, then warning, recovered and feed_stale.
     events.swap(0, 1);
     let generated: Vec<serde_json::Value> = events
         .iter()
@@ -245,14 +245,14 @@ fn readme_event_examples_are_true() {
     assert_eq!(
         documented.len(),
         generated.len(),
-        "README section \"monitor and events\" must hold {} JSON examples; regenerate with LIQWATCH_PRINT_EVENTS=1",
+        "docs/events.md must hold {} JSON examples; regenerate with LIQWATCH_PRINT_EVENTS=1",
         generated.len()
     );
     for (d, g) in documented.into_iter().zip(generated) {
         assert_eq!(
             without_distances(d),
             without_distances(g),
-            "README example out of date; regenerate with LIQWATCH_PRINT_EVENTS=1 cargo test --test engine_events_doc -- --nocapture"
+            "docs/events.md example out of date; regenerate with LIQWATCH_PRINT_EVENTS=1 cargo test --test it engine::events_doc -- --nocapture"
         );
     }
 }

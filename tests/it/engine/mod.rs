@@ -1,5 +1,5 @@
 //! The engine: account map, monitor and distance index under property tests and real threads,
-//! and the README's event examples.
+//! and the event examples of docs/events.md.
 
 mod concurrency;
 mod events_doc;

@@ -1,4 +1,4 @@
-//! The NATS sink emits the metrics its README section documents (rendered through a real
+//! The NATS sink emits the metrics docs/metrics.md documents (rendered through a real
 //! Prometheus recorder), including JetStream's duplicate acks.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! The webhook sink emits the metrics its README section documents, with the documented
+//! The webhook sink emits the metrics docs/metrics.md documents, with the documented
 //! names and labels (rendered through a real Prometheus recorder).
 
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! Test environment for the daemon's end-to-end test and load generator: a loopback mock of
 //! Binance USD-M's mark-price WebSocket, a signed-webhook receiver that verifies the HMAC the
-//! way the README documents, and a helper that runs the real `liqwatch` binary.
+//! way docs/configuration.md documents, and a helper that runs the real `liqwatch` binary.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

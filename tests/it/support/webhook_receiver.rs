@@ -1,6 +1,6 @@
 //! A real HTTP webhook receiver for tests: axum on 127.0.0.1:0, scriptable responses (status
 //! sequences, `Retry-After`, delays), records every request, and verifies the
-//! `X-Liqwatch-Signature` header exactly as the README tells receivers to.
+//! `X-Liqwatch-Signature` header exactly as docs/webhooks.md tells receivers to.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
