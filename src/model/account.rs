@@ -1,0 +1,278 @@
+//! Accounts, positions, levels, fills and account updates, with the one set of validation rules
+//! every input path shares ([`Account::problems`], [`Thresholds::problems`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// Position side. `Both` is one-way mode; `Long`/`Short` are the legs of hedge mode, each
+/// margined in its own bracket.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum PositionSide {
+    /// One-way mode: quantity is signed.
+    #[default]
+    Both,
+    /// Hedge-mode long leg: quantity ≥ 0.
+    Long,
+    /// Hedge-mode short leg: quantity ≤ 0.
+    Short,
+}
+
+/// An open position.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Position {
+    /// The contract.
+    pub instrument: InstrumentId,
+    /// One-way (`both`) or a hedge-mode leg.
+    #[serde(default)]
+    pub side: PositionSide,
+    /// Signed quantity: long > 0, short < 0. Linear: base units; inverse: contracts.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub quantity: Decimal,
+    /// Average entry price.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub entry_price: Decimal,
+}
+
+/// Per-account override of the monitor's levels.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    /// Ascending warning levels on the margin ratio MM / equity (default `[0.8]`).
+    #[serde(with = "decimal_vec_str")]
+    pub warning_levels: Vec<Decimal>,
+    /// Trigger level (default 1.0).
+    #[serde(with = "rust_decimal::serde::str")]
+    pub trigger: Decimal,
+    /// Recovery hysteresis: a level is recovered below `level − hysteresis` (default 0.05).
+    #[serde(with = "rust_decimal::serde::str")]
+    pub hysteresis: Decimal,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            warning_levels: vec![Decimal::new(8, 1)],
+            trigger: Decimal::ONE,
+            hysteresis: Decimal::new(5, 2),
+        }
+    }
+}
+
+/// A rule an account or its levels break: the field (a path relative to the object checked,
+/// e.g. `positions[1].entry_price`) and what to fix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The field, relative to the object checked.
+    pub field: String,
+    /// What is wrong, in words a person can act on.
+    pub message: String,
+}
+
+impl Problem {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl Thresholds {
+    /// Every rule the levels break: trigger > 0, hysteresis ≥ 0, warning levels > 0, strictly
+    /// ascending and below the trigger. The one set of rules for the config, account files, the
+    /// HTTP API, NATS and the account map.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if self.trigger <= Decimal::ZERO {
+            out.push(Problem::new(
+                "trigger",
+                format!("the trigger level must be > 0, got {}", self.trigger),
+            ));
+        }
+        if self.hysteresis < Decimal::ZERO {
+            out.push(Problem::new(
+                "hysteresis",
+                format!("hysteresis must be ≥ 0, got {}", self.hysteresis),
+            ));
+        }
+        let mut previous: Option<Decimal> = None;
+        for (i, level) in self.warning_levels.iter().enumerate() {
+            let field = format!("warning_levels[{i}]");
+            if *level <= Decimal::ZERO || *level >= self.trigger {
+                out.push(Problem::new(
+                    field,
+                    format!(
+                        "warning level {level} must be > 0 and below the trigger {}",
+                        self.trigger
+                    ),
+                ));
+            } else if previous.is_some_and(|p| *level <= p) {
+                out.push(Problem::new(
+                    field,
+                    "warning levels must be strictly ascending",
+                ));
+            }
+            previous = Some(*level);
+        }
+        out
+    }
+
+    /// `Ok` when [`Thresholds::problems`] finds none; otherwise the first, as text.
+    pub fn validate(&self) -> Result<(), String> {
+        match self.problems().into_iter().next() {
+            None => Ok(()),
+            Some(p) => Err(p.to_string()),
+        }
+    }
+}
+
+/// A cross-margin account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Account {
+    /// The account id.
+    pub id: AccountId,
+    /// Wallet balances per collateral asset (negative = borrowed, counted at 100 %).
+    #[serde(default, with = "decimal_map_str")]
+    pub collateral: BTreeMap<InstrumentId, Decimal>,
+    /// Open positions; at most one per (instrument, side).
+    #[serde(default)]
+    pub positions: Vec<Position>,
+    /// Optional per-account levels overriding the configured defaults.
+    #[serde(default)]
+    pub thresholds: Option<Thresholds>,
+}
+
+impl Account {
+    /// Every rule the account breaks that needs no instrument table: a hedge-mode long leg has
+    /// quantity ≥ 0 and a short leg ≤ 0; an open leg has an entry price > 0 (a flat one ≥ 0);
+    /// at most one position per instrument and side; its own levels follow
+    /// [`Thresholds::problems`]. The one set of rules for account files, the HTTP API, NATS and
+    /// the account map.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, p) in self.positions.iter().enumerate() {
+            let at = format!("positions[{i}]");
+            match p.side {
+                PositionSide::Long if p.quantity < Decimal::ZERO => out.push(Problem::new(
+                    format!("{at}.quantity"),
+                    format!("a hedge-mode long leg has quantity ≥ 0, got {}", p.quantity),
+                )),
+                PositionSide::Short if p.quantity > Decimal::ZERO => out.push(Problem::new(
+                    format!("{at}.quantity"),
+                    format!(
+                        "a hedge-mode short leg has quantity ≤ 0, got {}",
+                        p.quantity
+                    ),
+                )),
+                _ => {}
+            }
+            if p.entry_price < Decimal::ZERO || (!p.quantity.is_zero() && p.entry_price.is_zero()) {
+                out.push(Problem::new(
+                    format!("{at}.entry_price"),
+                    format!("entry price must be positive, got {}", p.entry_price),
+                ));
+            }
+            if !seen.insert((p.instrument.clone(), p.side)) {
+                out.push(Problem::new(
+                    format!("{at}.instrument"),
+                    format!(
+                        "duplicate position for {:?} side {:?}: at most one per instrument and side",
+                        p.instrument, p.side
+                    ),
+                ));
+            }
+        }
+        if let Some(t) = &self.thresholds {
+            out.extend(t.problems().into_iter().map(|p| Problem {
+                field: format!("thresholds.{}", p.field),
+                message: p.message,
+            }));
+        }
+        out
+    }
+}
+
+/// A trade that changes one position (and the settlement balance by realised PnL and fee).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fill {
+    /// The contract traded.
+    pub instrument: InstrumentId,
+    /// The position leg the fill applies to.
+    #[serde(default)]
+    pub side: PositionSide,
+    /// Signed quantity: buy > 0, sell < 0.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub quantity: Decimal,
+    /// Fill price.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub price: Decimal,
+    /// Fee paid, in the settlement asset (positive = paid).
+    #[serde(default, with = "rust_decimal::serde::str")]
+    pub fee: Decimal,
+    /// The collateral asset that settles PnL and fees (default `USDT`).
+    #[serde(default)]
+    pub settle_asset: Option<InstrumentId>,
+}
+
+/// A change to the account map.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AccountUpdate {
+    /// Full replacement (or creation).
+    Replace {
+        /// The new account.
+        account: Account,
+    },
+    /// A fill on one position.
+    Fill {
+        /// The account.
+        account_id: AccountId,
+        /// The fill.
+        fill: Fill,
+    },
+    /// A deposit (positive) or withdrawal (negative) of collateral.
+    Collateral {
+        /// The account.
+        account_id: AccountId,
+        /// The asset.
+        asset: InstrumentId,
+        /// Signed change of the balance.
+        #[serde(with = "rust_decimal::serde::str")]
+        delta: Decimal,
+    },
+    /// Remove the account.
+    Remove {
+        /// The account.
+        account_id: AccountId,
+    },
+}
+
+impl AccountUpdate {
+    /// The account the update applies to.
+    pub fn account_id(&self) -> &AccountId {
+        match self {
+            AccountUpdate::Replace { account } => &account.id,
+            AccountUpdate::Fill { account_id, .. }
+            | AccountUpdate::Collateral { account_id, .. }
+            | AccountUpdate::Remove { account_id } => account_id,
+        }
+    }
+}

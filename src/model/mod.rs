@@ -1,0 +1,339 @@
+//! Core domain types shared by every stage of the pipeline: instruments, price ticks, accounts,
+//! account updates, risk snapshots and risk events.
+//!
+//! Everything that is money is a [`Decimal`] parsed from a string. Input types deserialise
+//! decimals from JSON/TOML **strings only** (a JSON float is rejected) so that no value ever
+//! passes through `f64`. Output types serialise decimals as strings.
+
+use std::fmt;
+use std::sync::Arc;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use uuid::Uuid;
+
+mod account; // accounts, positions, levels, fills, updates, validation
+mod instrument; // instruments, tiers, haircuts, price sources
+mod risk; // ratios, snapshots, states, events
+
+pub use account::*;
+pub use instrument::*;
+pub use risk::*;
+
+/// Milliseconds since the Unix epoch, UTC.
+pub type TimestampMs = i64;
+
+/// The current wall-clock time in milliseconds since the Unix epoch.
+pub fn now_ms() -> TimestampMs {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Formats a millisecond timestamp as RFC 3339 UTC with milliseconds (`2021-05-19T12:50:00.000Z`).
+pub fn format_rfc3339_ms(ts: TimestampMs) -> String {
+    let t =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ts).unwrap_or(0));
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            /// Creates the id from any string.
+            pub fn new(s: impl AsRef<str>) -> Self {
+                Self(Arc::from(s.as_ref()))
+            }
+            /// The id as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{:?}", &*self.0)
+            }
+        }
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                Self::new(s)
+            }
+        }
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                Self(Arc::from(s))
+            }
+        }
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                if s.is_empty() {
+                    return Err(serde::de::Error::custom(concat!(stringify!($name), " must not be empty")));
+                }
+                Ok(Self::new(s))
+            }
+        }
+    };
+}
+
+string_id!(
+    /// Canonical instrument id, e.g. `BTCUSDT-PERP`, or a collateral asset such as `BTC`, `USDT`.
+    InstrumentId
+);
+string_id!(
+    /// Account id as given by the account source (exchange sub-account, client id, …).
+    AccountId
+);
+
+/// Generates [`Venue`] from the venue table, `venues!` in [`crate::feeds`], which is the one
+/// list of venues (see "Adding a venue" there).
+///
+/// The enum is generated *here*, in the leaf module, so that `model` stays the module everyone
+/// imports and imports nothing of the crate: the table is only tokens, and this expansion keeps
+/// the variant, its name and its docs and drops the adapter paths, which only
+/// [`crate::feeds`]'s own expansion (the adapter lookup) reads.
+macro_rules! venue_enum {
+    ($( $(#[$doc:meta])* $variant:ident $name:literal $(=> $module:ident :: $adapter:ident)? ; )*) => {
+        /// A price venue. The variants, their names and their adapters come from one table,
+        /// `venues!` in [`crate::feeds`] ("Adding a venue" there).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub enum Venue {
+            $( $(#[$doc])* #[serde(rename = $name)] $variant, )*
+        }
+
+        impl Venue {
+            /// All venues, in display (table) order.
+            pub const ALL: [Venue; [$($name),*].len()] = [$(Venue::$variant),*];
+
+            /// Every venue's config/wire name, in the order of [`Venue::ALL`].
+            pub const NAMES: [&'static str; [$($name),*].len()] = [$($name),*];
+
+            /// The venue's config/wire name (`binance-usdm`, …).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( Venue::$variant => $name, )*
+                }
+            }
+        }
+    };
+}
+
+crate::feeds::venues!(venue_enum);
+
+impl Venue {
+    /// Parses a venue name as written in config files.
+    pub fn parse(s: &str) -> Option<Venue> {
+        Venue::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+impl fmt::Display for Venue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A venue name that is not in the venue table.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown venue {0:?} (known: {known})", known = Venue::NAMES.join(", "))]
+pub struct UnknownVenue(pub String);
+
+impl std::str::FromStr for Venue {
+    type Err = UnknownVenue;
+
+    fn from_str(s: &str) -> Result<Venue, UnknownVenue> {
+        Venue::parse(s).ok_or_else(|| UnknownVenue(s.to_string()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prices
+// ---------------------------------------------------------------------------------------------
+
+/// One price observation for one canonical instrument from one venue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriceTick {
+    /// The canonical instrument priced.
+    pub instrument: InstrumentId,
+    /// The venue that sent it.
+    pub venue: Venue,
+    /// The price the engine uses for this instrument: the venue's mark price for contracts,
+    /// its index price for collateral (see [`PriceSource::field`]).
+    pub price: Decimal,
+    /// The venue's index price, when the frame carried one (informational).
+    pub index: Option<Decimal>,
+    /// The venue's own timestamp of the observation, if it sends one.
+    pub exchange_ts: Option<TimestampMs>,
+    /// When liqwatch received the frame.
+    pub received_ts: TimestampMs,
+}
+
+/// A price as used to compute a snapshot, carried in every event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriceUsed {
+    /// The instrument.
+    pub instrument: InstrumentId,
+    /// The price.
+    pub price: Decimal,
+    /// Where it came from: a venue name, `median(binance-usdm,okx)`, `scenario`, `stable`.
+    pub source: String,
+    /// When it was received (ms since epoch).
+    pub received_ts: TimestampMs,
+    /// Its age when the snapshot was taken, in milliseconds.
+    pub age_ms: i64,
+    /// True when every source of the instrument is stale.
+    pub stale: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Serde helpers for decimals that must come from strings
+// ---------------------------------------------------------------------------------------------
+
+/// `Vec<Decimal>` from/to a list of strings.
+pub mod decimal_vec_str {
+    use rust_decimal::Decimal;
+    use serde::{Deserialize, Deserializer, Serializer, ser::SerializeSeq};
+
+    /// Serialises as strings.
+    pub fn serialize<S: Serializer>(v: &[Decimal], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(v.len()))?;
+        for d in v {
+            seq.serialize_element(&d.to_string())?;
+        }
+        seq.end()
+    }
+    /// Deserialises from strings only.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Decimal>, D::Error> {
+        let raw = Vec::<std::borrow::Cow<'de, str>>::deserialize(d)?;
+        raw.iter()
+            .map(|s| {
+                s.parse::<Decimal>()
+                    .map_err(|e| serde::de::Error::custom(format!("decimal {s:?}: {e}")))
+            })
+            .collect()
+    }
+}
+
+/// `BTreeMap<InstrumentId, Decimal>` with string values.
+pub mod decimal_map_str {
+    use std::collections::BTreeMap;
+
+    use rust_decimal::Decimal;
+    use serde::{Deserialize, Deserializer, Serializer, ser::SerializeMap};
+
+    use super::InstrumentId;
+
+    /// Serialises values as strings.
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<InstrumentId, Decimal>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(m.len()))?;
+        for (k, v) in m {
+            map.serialize_entry(k.as_str(), &v.to_string())?;
+        }
+        map.end()
+    }
+    /// Deserialises from string values only.
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<InstrumentId, Decimal>, D::Error> {
+        let raw = BTreeMap::<String, String>::deserialize(d)?;
+        raw.into_iter()
+            .map(|(k, v)| {
+                let d = v.parse::<Decimal>().map_err(|e| {
+                    serde::de::Error::custom(format!("collateral {k:?}: decimal {v:?}: {e}"))
+                })?;
+                Ok((InstrumentId::from(k), d))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rust_decimal_macros::dec;
+
+    /// Decimals in accounts are read from strings and a JSON float is rejected.
+    #[test]
+    fn account_rejects_float_quantities() {
+        let ok = r#"{"id":"a1","collateral":{"USDT":"100.5"},"positions":[{"instrument":"BTCUSDT-PERP","quantity":"-0.5","entry_price":"60000"}]}"#;
+        let a: Account = serde_json::from_str(ok).unwrap();
+        assert_eq!(a.collateral[&InstrumentId::from("USDT")], dec!(100.5));
+        assert_eq!(a.positions[0].quantity, dec!(-0.5));
+        assert_eq!(a.positions[0].side, PositionSide::Both);
+        let bad =
+            r#"{"id":"a1","positions":[{"instrument":"X","quantity":0.1,"entry_price":"1"}]}"#;
+        assert!(serde_json::from_str::<Account>(bad).is_err());
+        let unknown = r#"{"id":"a1","colateral":{}}"#;
+        assert!(serde_json::from_str::<Account>(unknown).is_err());
+    }
+
+    /// The margin ratio is infinite at non-positive equity and round-trips through JSON.
+    #[test]
+    fn margin_ratio_infinite_and_serde() {
+        assert_eq!(
+            MarginRatio::compute(dec!(1), dec!(0)),
+            MarginRatio::Infinite
+        );
+        assert_eq!(
+            MarginRatio::compute(dec!(1), dec!(-5)),
+            MarginRatio::Infinite
+        );
+        assert_eq!(
+            MarginRatio::compute(dec!(7965), dec!(90000)),
+            MarginRatio::Finite(dec!(0.0885))
+        );
+        assert!(MarginRatio::Infinite > MarginRatio::Finite(dec!(1000000)));
+        assert!(MarginRatio::Infinite.at_or_above(dec!(1)));
+        let s = serde_json::to_string(&MarginRatio::Infinite).unwrap();
+        assert_eq!(s, "\"inf\"");
+        let back: MarginRatio = serde_json::from_str("\"0.0885\"").unwrap();
+        assert_eq!(back, MarginRatio::Finite(dec!(0.0885)));
+    }
+
+    /// Venue names round-trip through `parse`, `FromStr`, `Display` and serde, are kebab-case,
+    /// and unknown names are refused with the list of known ones.
+    #[test]
+    fn venue_names() {
+        assert_eq!(Venue::ALL.len(), Venue::NAMES.len());
+        for (v, name) in Venue::ALL.into_iter().zip(Venue::NAMES) {
+            assert_eq!(v.as_str(), name);
+            assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+                "{name} is not kebab-case"
+            );
+            assert_eq!(Venue::parse(v.as_str()), Some(v));
+            assert_eq!(name.parse::<Venue>(), Ok(v));
+            assert_eq!(v.to_string(), name);
+            let j = serde_json::to_string(&v).unwrap();
+            assert_eq!(j, format!("\"{}\"", v.as_str()));
+            assert_eq!(serde_json::from_str::<Venue>(&j).unwrap(), v);
+        }
+        let e = "binance".parse::<Venue>().unwrap_err();
+        assert!(e.to_string().contains("binance-usdm, bybit-linear"), "{e}");
+        assert!(serde_json::from_str::<Venue>("\"binance\"").is_err());
+    }
+}

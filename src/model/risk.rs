@@ -1,0 +1,257 @@
+//! Risk figures and events: margin ratio, snapshots, distances, monitor states, `RiskEvent`.
+
+use std::fmt;
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::*;
+
+/// Margin ratio `MM / equity`; equity ≤ 0 is infinitely risky. Serialises as a decimal string
+/// or `"inf"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MarginRatio {
+    /// A finite ratio.
+    Finite(Decimal),
+    /// Equity ≤ 0.
+    Infinite,
+}
+
+impl MarginRatio {
+    /// `MM / equity`, infinite when equity ≤ 0. MM = 0 with positive equity is 0.
+    pub fn compute(maintenance_margin: Decimal, equity: Decimal) -> MarginRatio {
+        if equity <= Decimal::ZERO {
+            return MarginRatio::Infinite;
+        }
+        match maintenance_margin.checked_div(equity) {
+            Some(r) => MarginRatio::Finite(r),
+            None => MarginRatio::Infinite,
+        }
+    }
+    /// True when the ratio is at or above `level`.
+    pub fn at_or_above(self, level: Decimal) -> bool {
+        match self {
+            MarginRatio::Finite(r) => r >= level,
+            MarginRatio::Infinite => true,
+        }
+    }
+    /// True when the ratio is strictly below `level`.
+    pub fn below(self, level: Decimal) -> bool {
+        !self.at_or_above(level)
+    }
+}
+
+impl fmt::Display for MarginRatio {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MarginRatio::Finite(d) => write!(f, "{d}"),
+            MarginRatio::Infinite => f.write_str("inf"),
+        }
+    }
+}
+
+impl Serialize for MarginRatio {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MarginRatio {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        if s == "inf" {
+            return Ok(MarginRatio::Infinite);
+        }
+        s.parse::<Decimal>()
+            .map(MarginRatio::Finite)
+            .map_err(|e| serde::de::Error::custom(format!("margin ratio {s:?}: {e}")))
+    }
+}
+
+/// Risk of one position inside a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PositionRisk {
+    /// The contract.
+    pub instrument: InstrumentId,
+    /// The leg.
+    pub side: PositionSide,
+    /// Signed quantity.
+    pub quantity: Decimal,
+    /// Entry price.
+    pub entry_price: Decimal,
+    /// Price used.
+    pub mark_price: Decimal,
+    /// Notional at mark in the account currency (USD).
+    pub notional: Decimal,
+    /// Unrealised PnL in the account currency.
+    pub unrealized_pnl: Decimal,
+    /// Maintenance margin in the account currency.
+    pub maintenance_margin: Decimal,
+    /// 1-based bracket index in use.
+    pub tier: u32,
+    /// Mark price of this instrument at which the account reaches the trigger, every other
+    /// price held fixed; `None` when its own price alone cannot liquidate the account.
+    pub liquidation_price: Option<Decimal>,
+}
+
+/// A collateral balance inside a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollateralRisk {
+    /// The asset.
+    pub asset: InstrumentId,
+    /// Balance in units of the asset.
+    pub amount: Decimal,
+    /// Price used (1 for stables).
+    pub price: Decimal,
+    /// Value after haircut, in the account currency.
+    pub value: Decimal,
+}
+
+/// The uniform-shock distance to the trigger: the single fractional move of all non-stable
+/// prices together at which the margin ratio reaches the trigger (−0.0957 = a 9.57 % fall).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ShockDistance {
+    /// The fall (negative fraction) that reaches the trigger, if any.
+    pub down: Option<Decimal>,
+    /// The rise (positive fraction) that reaches the trigger, if any.
+    pub up: Option<Decimal>,
+    /// Whichever of the two is nearer to 0.
+    pub nearest: Option<Decimal>,
+}
+
+/// An account's risk at one moment, computed at the engine's prices.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RiskSnapshot {
+    /// Margin balance: haircut collateral + unrealised PnL (USD).
+    pub equity: Decimal,
+    /// Total maintenance margin (USD).
+    pub maintenance_margin: Decimal,
+    /// MM / equity.
+    pub margin_ratio: MarginRatio,
+    /// equity − MM.
+    pub free_margin: Decimal,
+    /// Uniform-shock distance to the trigger level.
+    pub shock_distance: ShockDistance,
+    /// Estimated liquidation penalty if liquidated now: Σ notional × fee rate.
+    pub liquidation_penalty: Decimal,
+    /// Per-position risk.
+    pub positions: Vec<PositionRisk>,
+    /// Per-asset collateral.
+    pub collateral: Vec<CollateralRisk>,
+}
+
+/// Where an account stands against its levels.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum AccountState {
+    /// Below every warning level.
+    Healthy,
+    /// At or above a warning level (the highest one reached).
+    Warning {
+        /// The warning level in force.
+        level: Decimal,
+    },
+    /// At or above the trigger level.
+    Triggered,
+}
+
+/// The kind of a [`RiskEvent`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// The margin ratio crossed a warning level upwards.
+    LiquidationWarning,
+    /// The margin ratio reached the trigger level.
+    LiquidationTrigger,
+    /// The margin ratio fell below a level minus its hysteresis.
+    Recovered,
+    /// An instrument has had no fresh price from any source for `stale_after`.
+    FeedStale,
+    /// Fresh prices returned for a stale instrument.
+    FeedRestored,
+}
+
+impl EventKind {
+    /// The wire name (`liquidation_warning`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::LiquidationWarning => "liquidation_warning",
+            EventKind::LiquidationTrigger => "liquidation_trigger",
+            EventKind::Recovered => "recovered",
+            EventKind::FeedStale => "feed_stale",
+            EventKind::FeedRestored => "feed_restored",
+        }
+    }
+    /// Severity used by sink filters: recovered/feed_restored 0, warning/feed_stale 1, trigger 2.
+    pub fn severity(self) -> u8 {
+        match self {
+            EventKind::Recovered | EventKind::FeedRestored => 0,
+            EventKind::LiquidationWarning | EventKind::FeedStale => 1,
+            EventKind::LiquidationTrigger => 2,
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Details of a `feed_stale` / `feed_restored` event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedEventInfo {
+    /// The instrument whose price went stale or came back.
+    pub instrument: InstrumentId,
+    /// The venues that price it.
+    pub venues: Vec<Venue>,
+    /// The last accepted price, if any.
+    pub last_price: Option<Decimal>,
+    /// Age of that price when the event was raised, ms.
+    pub age_ms: Option<i64>,
+    /// The configured `stale_after`, ms.
+    pub stale_after_ms: i64,
+}
+
+/// An event for the journal and the sinks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RiskEvent {
+    /// Unique id (UUID v7, time-ordered). Receivers de-duplicate on it.
+    pub event_id: Uuid,
+    /// What happened.
+    pub kind: EventKind,
+    /// When it was detected, RFC 3339 UTC.
+    pub time: String,
+    /// The same instant in ms since the epoch.
+    pub time_ms: TimestampMs,
+    /// The account (account events only).
+    pub account_id: Option<AccountId>,
+    /// Per-account sequence number, 1, 2, 3, … (per instrument for feed events).
+    pub seq: u64,
+    /// The level crossed: the warning level, the trigger level, or the level recovered from.
+    pub level: Option<Decimal>,
+    /// Every level crossed by this move, ascending (a jump from healthy to trigger lists all).
+    #[serde(default)]
+    pub crossed_levels: Vec<Decimal>,
+    /// The account's state before the event.
+    pub previous_state: Option<AccountState>,
+    /// The account's state after the event.
+    pub state: Option<AccountState>,
+    /// The account's snapshot at detection.
+    pub snapshot: Option<RiskSnapshot>,
+    /// Every price used, with its source and age.
+    #[serde(default)]
+    pub prices: Vec<PriceUsed>,
+    /// True when any price used was stale.
+    #[serde(default)]
+    pub stale_prices: bool,
+    /// Feed events only.
+    pub feed: Option<FeedEventInfo>,
+}
+
+impl RiskEvent {
+    /// A fresh time-ordered event id.
+    pub fn new_id() -> Uuid {
+        Uuid::now_v7()
+    }
+}
