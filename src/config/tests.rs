@@ -1,0 +1,302 @@
+//! Unit tests of the config: every problem at once, with file, line and field.
+
+use super::*;
+use crate::prices::CompositeMode;
+use rust_decimal_macros::dec;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "HOOK_SECRET" => Some("s3cret-value".into()),
+        "API_TOKEN" => Some("tok-value".into()),
+        _ => None,
+    }
+}
+
+fn ok(text: &str) -> Config {
+    match parse(text, Path::new("/etc/liqwatch/l.toml"), &env) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn problems(text: &str) -> Vec<Problem> {
+    match parse(text, Path::new("/etc/liqwatch/l.toml"), &env) {
+        Ok(_) => panic!("expected errors"),
+        Err(e) => e.problems().to_vec(),
+    }
+}
+
+fn keys(p: &[Problem]) -> Vec<(usize, &str)> {
+    p.iter().map(|p| (p.line, p.key.as_str())).collect()
+}
+
+const MIN: &str = r#"
+[engine]
+instruments = ["presets.toml"]
+
+[[feeds]]
+venue = "binance-usdm"
+
+[journal]
+path = "journal.db"
+"#;
+
+/// A minimal file gets the documented defaults and paths resolve against the file's dir.
+#[test]
+fn minimal_defaults() {
+    let c = ok(MIN);
+    assert_eq!(
+        c.engine.instruments,
+        vec![PathBuf::from("/etc/liqwatch/presets.toml")]
+    );
+    assert_eq!(c.engine.thresholds, Thresholds::default());
+    assert_eq!(c.engine.trigger_on_stale, StalePolicy::Fire);
+    assert_eq!(c.journal.path, PathBuf::from("/etc/liqwatch/journal.db"));
+    assert_eq!(c.journal.synchronous, Synchronous::Full);
+    assert_eq!(c.api.bind.to_string(), DEFAULT_API_BIND);
+    assert!(c.api.enabled && c.api.token.is_none());
+    assert_eq!(c.feeds.len(), 1);
+    assert_eq!(c.feeds[0].source, FeedSource::Venue(Venue::BinanceUsdm));
+    assert_eq!(c.shutdown.grace, Duration::from_secs(10));
+    assert_eq!(c.prices.composite, CompositeMode::Median);
+    assert!(c.sinks.is_empty());
+}
+
+/// Problems in different sections are all reported, each with its line and key.
+#[test]
+fn every_problem_at_once() {
+    let text = r#"
+[engine]
+instruments = ["presets.toml"]
+colour = "red"
+
+[[feeds]]
+venue = "binance-usdm"
+
+[[feeds]]
+venue = "kraken"
+
+[journal]
+path = "j.db"
+
+[[sinks]]
+type = "webhook"
+url = "https://example.com/hook"
+secret_env = "MISSING_SECRET"
+
+[api]
+bind = "localhost"
+"#;
+    let p = problems(text);
+    let k = keys(&p);
+    assert!(k.contains(&(4, "engine.colour")), "{p:?}");
+    assert!(k.contains(&(10, "feeds[1].venue")), "{p:?}");
+    assert!(k.contains(&(18, "sinks[0].secret_env")), "{p:?}");
+    assert!(k.contains(&(21, "api.bind")), "{p:?}");
+    assert_eq!(p.len(), 4, "{p:?}");
+    let colour = &p[0];
+    assert!(colour.message.contains("unknown field"), "{colour:?}");
+    assert!(p[1].message.contains("kraken"));
+    assert!(p[2].message.contains("MISSING_SECRET"), "{:?}", p[2]);
+}
+
+/// Semantic problems inside one section are reported together.
+#[test]
+fn semantic_problems_in_one_section() {
+    let text = r#"
+[engine]
+instruments = ["presets.toml"]
+trigger = "abc"
+warning_levels = ["0.9", "0.7"]
+trigger_on_stale = "maybe"
+
+[[feeds]]
+venue = "okx"
+stale_after = "soon"
+
+[journal]
+path = "j.db"
+"#;
+    let p = problems(text);
+    let k = keys(&p);
+    assert!(k.contains(&(4, "engine.trigger")), "{k:?}");
+    assert!(k.contains(&(5, "engine.warning_levels")), "{k:?}");
+    assert!(k.contains(&(6, "engine.trigger_on_stale")), "{k:?}");
+    assert!(k.contains(&(10, "feeds[0].stale_after")), "{k:?}");
+}
+
+/// A float where a decimal string is expected is rejected with a hint to quote it.
+#[test]
+fn floats_rejected_with_hint() {
+    let text = MIN.replace("[journal]", "[prices]\nspike_fraction = 0.2\n\n[journal]");
+    let p = problems(&text);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "prices.spike_fraction");
+    assert!(p[0].message.contains("decimal strings"), "{}", p[0].message);
+}
+
+/// Syntax errors name the line.
+#[test]
+fn syntax_error_line() {
+    let p = problems("[engine]\ninstruments = [\"a\"\n\n[journal]\n");
+    assert_eq!(p.len(), 1);
+    assert!(p[0].line >= 2, "{p:?}");
+    assert!(p[0].message.starts_with("TOML syntax"));
+}
+
+/// Unknown top-level sections and missing required keys are reported.
+#[test]
+fn unknown_section_and_required() {
+    let p = problems("[engines]\nx = 1\n");
+    let k: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    assert!(k.contains(&"engines"), "{k:?}");
+    assert!(k.contains(&"engine.instruments"), "{k:?}");
+    assert!(k.contains(&"journal.path"), "{k:?}");
+    assert!(p.iter().any(|p| p.message.contains("no [[feeds]]")));
+}
+
+/// Secrets are read from the environment and never printed.
+#[test]
+fn secrets_from_env_redacted() {
+    let text = format!(
+        "{MIN}\n[api]\ntoken_env = \"API_TOKEN\"\n\n[[sinks]]\ntype = \"webhook\"\nname = \"desk\"\nurl = \"http://127.0.0.1:1/h\"\nsecret_env = \"HOOK_SECRET\"\n"
+    );
+    let c = ok(&text);
+    assert_eq!(c.api.token.as_ref().map(|t| t.expose()), Some("tok-value"));
+    let dbg = format!("{c:?}");
+    assert!(
+        !dbg.contains("tok-value") && !dbg.contains("s3cret-value"),
+        "{dbg}"
+    );
+    match c.sinks[0].settings_as::<crate::sinks::webhook::WebhookSettings>() {
+        Some(s) => {
+            assert_eq!(s.secret.as_ref().map(|s| s.expose()), Some("s3cret-value"))
+        }
+        None => panic!("{:?}", c.sinks[0]),
+    }
+}
+
+/// Sink entries: component keys go to the sink's own config, filters parse, duplicate
+/// names, unknown keys and unknown types are rejected.
+#[test]
+fn sink_validation() {
+    let good = format!(
+        "{MIN}\n[[sinks]]\ntype = \"jsonl\"\nname = \"archive\"\npath = \"events.jsonl\"\nkeep = 3\nfilter = {{ kinds = [\"liquidation_trigger\"], min_severity = \"critical\" }}\n"
+    );
+    let c = ok(&good);
+    assert_eq!(c.sinks[0].type_name, "jsonl");
+    match c.sinks[0].settings_as::<crate::sinks::jsonl::JsonlSinkConfig>() {
+        Some(j) => {
+            assert_eq!(j.path, PathBuf::from("/etc/liqwatch/events.jsonl"));
+            assert_eq!(j.keep, 3);
+        }
+        None => panic!("{:?}", c.sinks[0]),
+    }
+    assert_eq!(c.sinks[0].filter.kinds.len(), 1);
+    let bad = format!(
+        "{MIN}\n[[sinks]]\ntype = \"stdout\"\nurl = \"x\"\n\n[[sinks]]\ntype = \"stdout\"\n\n[[sinks]]\ntype = \"carrier-pigeon\"\n"
+    );
+    let p = problems(&bad);
+    let k: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    assert!(k.contains(&"sinks[0].url"), "{p:?}");
+    assert!(k.contains(&"sinks[1].name"), "{p:?}");
+    assert!(k.contains(&"sinks[2].type"), "{p:?}");
+    let unknown = p.iter().find(|p| p.key == "sinks[2].type");
+    assert!(
+        unknown.is_some_and(|p| p.message.contains("stdout, jsonl, webhook, nats")),
+        "the registered types are listed: {p:?}"
+    );
+}
+
+/// A disabled feed is dropped; replay feeds take a file and a speed; a venue feed's
+/// stale_after becomes the board's per-venue limit; driver knobs reach the driver config.
+#[test]
+fn feeds_replay_disabled_and_knobs() {
+    let text = MIN.replace(
+        "venue = \"binance-usdm\"",
+        "venue = \"binance-usdm\"\nenabled = false\n\n[[feeds]]\nvenue = \"replay\"\nfile = \"r.jsonl\"\nspeed = \"60\"\n\n[[feeds]]\nvenue = \"okx\"\nurl = \"ws://127.0.0.1:9/ws\"\nstale_after = \"3s\"\nbackoff_max = \"2s\"",
+    );
+    let c = ok(&text);
+    assert_eq!(c.feeds.len(), 2);
+    assert_eq!(
+        c.feeds[0].source,
+        FeedSource::Replay {
+            file: PathBuf::from("/etc/liqwatch/r.jsonl"),
+            speed: ReplaySpeed::Factor(60.0)
+        }
+    );
+    assert_eq!(
+        c.feeds[1].driver.url.as_deref(),
+        Some("ws://127.0.0.1:9/ws")
+    );
+    assert_eq!(c.feeds[1].driver.backoff_max, Duration::from_secs(2));
+    assert_eq!(
+        c.prices.venue_stale_after.get(&Venue::Okx).map(|d| **d),
+        Some(Duration::from_secs(3))
+    );
+}
+
+/// Shorthands: filter keys at the top of a sink, and `stream = "NAME"` for NATS.
+#[test]
+fn sink_shorthands() {
+    let text = format!(
+        "{MIN}\n[[sinks]]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nstream = \"EV\"\nmin_severity = \"warning\"\n"
+    );
+    let c = ok(&text);
+    assert_eq!(
+        c.sinks[0].filter.min_severity,
+        crate::sinks::Severity::Warning
+    );
+    match c.sinks[0].settings_as::<crate::sinks::nats::NatsSettings>() {
+        Some(n) => assert_eq!(n.stream.as_ref().map(|s| s.name.as_str()), Some("EV")),
+        None => panic!("{:?}", c.sinks[0]),
+    }
+}
+
+/// A sink type's keys are its serde type's fields, so validation messages find their key.
+#[test]
+fn sink_fields_come_from_serde() {
+    let fields = struct_fields::<crate::sinks::webhook::WebhookConfig>();
+    assert!(
+        fields.contains(&"secret_env") && fields.contains(&"batch_max"),
+        "{fields:?}"
+    );
+    assert_eq!(
+        struct_fields::<RawSink>(),
+        [
+            "type",
+            "name",
+            "filter",
+            "delivery",
+            "kinds",
+            "min_severity",
+            "accounts"
+        ]
+    );
+    let text = format!(
+        "{MIN}\n[[sinks]]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:1/h\"\nmax_batch_time = \"0s\"\n"
+    );
+    let p = problems(&text);
+    assert_eq!(keys(&p), vec![(14, "sinks[0].max_batch_time")], "{p:?}");
+}
+
+/// Levels parse exactly and bad levels are refused with the monitor's own rule.
+#[test]
+fn levels() {
+    let c = ok(&MIN.replace(
+        "instruments = [\"presets.toml\"]",
+        "instruments = [\"presets.toml\"]\nwarning_levels = [\"0.3\", \"0.6\"]\nhysteresis = \"0.2\"\ntrigger_on_stale = \"hold\"",
+    ));
+    assert_eq!(
+        c.engine.thresholds.warning_levels,
+        vec![dec!(0.3), dec!(0.6)]
+    );
+    assert_eq!(c.engine.thresholds.hysteresis, dec!(0.2));
+    assert_eq!(c.engine.trigger_on_stale, StalePolicy::Hold);
+    let p = problems(&MIN.replace(
+        "instruments = [\"presets.toml\"]",
+        "instruments = [\"presets.toml\"]\nwarning_levels = [\"1.2\"]",
+    ));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].line, 4);
+}
