@@ -127,7 +127,10 @@ pub fn main(args: DemoArgs) -> Result<(), AppError> {
     .map_err(|e| AppError::Startup(format!("demo accounts: {e}")))?;
 
     print_intro(&cfg, &accounts, speed, &style);
-    let summary = Arc::new(Mutex::new(Summary::default()));
+    // Every account is in the summary, also those that stay quiet.
+    let summary = Arc::new(Mutex::new(Summary::for_accounts(
+        accounts.iter().map(|a| a.id.to_string()),
+    )));
     let sink = DemoSink::new(Style { ..style }, Arc::clone(&summary));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -430,6 +433,17 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// A summary listing `accounts` before any event.
+    pub fn for_accounts(accounts: impl IntoIterator<Item = String>) -> Self {
+        Summary {
+            accounts: accounts
+                .into_iter()
+                .map(|id| (id, AccountSummary::default()))
+                .collect(),
+            feed_events: 0,
+        }
+    }
+
     /// Records an event.
     pub fn record(&mut self, ev: &RiskEvent) {
         let Some(id) = &ev.account_id else {
@@ -478,7 +492,11 @@ impl Summary {
                 id,
                 a.worst_ratio.map(ratio_pct).unwrap_or_else(|| "-".into()),
                 state,
-                compress(&events)
+                if events.is_empty() {
+                    "none (never near a level)".to_string()
+                } else {
+                    compress(&events)
+                }
             ));
         }
         if self.feed_events > 0 {

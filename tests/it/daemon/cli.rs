@@ -191,6 +191,13 @@ fn demo_warns_then_triggers_the_story_account() {
             .any(|l| l.contains("mm-gamma") && l.contains("WARNING"))
     );
     assert!(stdout.contains("Summary"), "{stdout}");
+    // Quiet accounts are in the summary too.
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("mm-gamma") && l.contains("none (never near a level)")),
+        "{stdout}"
+    );
     assert!(
         stdout
             .lines()
