@@ -15,142 +15,16 @@ use std::time::Duration;
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
-#[allow(dead_code)] // the bench uses only some of the shared helpers
-#[path = "../it/support/engine_fixtures.rs"]
-mod engine_fixtures;
+#[allow(dead_code)] // each bench uses only some of the book's helpers
+#[path = "support/book.rs"]
+mod book;
+use book::{Lcg, account, build, thread_cpu_ns, vm_rss_kib};
 
 use std::sync::Arc;
 
 use liqwatch::engine::{AccountMap, Engine, EngineConfig, Monitor, MonitorConfig};
-use liqwatch::model::{
-    Account, AccountUpdate, Fill, Instrument, InstrumentId, InstrumentKind, MarginTier, Position,
-    PositionSide, PriceUsed,
-};
-use rust_decimal::Decimal;
+use liqwatch::model::{AccountUpdate, Fill, InstrumentId, PositionSide, PriceUsed};
 use rust_decimal_macros::dec;
-
-fn tiers(rows: &[(i64, i64, &str, i64)]) -> Vec<MarginTier> {
-    rows.iter()
-        .map(|(f, c, mmr, cum)| MarginTier {
-            notional_floor: Decimal::from(*f),
-            notional_cap: Decimal::from(*c),
-            mmr: mmr.parse().unwrap(),
-            cum: Decimal::from(*cum),
-        })
-        .collect()
-}
-
-fn perp(id: &str, t: Vec<MarginTier>) -> Instrument {
-    let underlying = id.trim_end_matches("USDT-PERP");
-    engine_fixtures::tiered(id, InstrumentKind::LinearPerpetual, underlying, t)
-}
-
-/// (instrument, price) of the 10 perps; BTC/ETH/SOL with Binance's published tiers.
-const PERPS: [(&str, i64); 10] = [
-    ("BTCUSDT-PERP", 60000),
-    ("ETHUSDT-PERP", 3000),
-    ("SOLUSDT-PERP", 150),
-    ("BNBUSDT-PERP", 500),
-    ("XRPUSDT-PERP", 1),
-    ("ADAUSDT-PERP", 2),
-    ("DOGEUSDT-PERP", 1),
-    ("DOTUSDT-PERP", 30),
-    ("LTCUSDT-PERP", 200),
-    ("LINKUSDT-PERP", 30),
-];
-
-fn instruments() -> Vec<Instrument> {
-    let btc = tiers(&[
-        (0, 50_000, "0.004", 0),
-        (50_000, 600_000, "0.005", 50),
-        (600_000, 3_000_000, "0.0065", 950),
-        (3_000_000, 12_000_000, "0.01", 11_450),
-        (12_000_000, 70_000_000, "0.02", 131_450),
-    ]);
-    let sol = tiers(&[
-        (0, 20_000, "0.005", 0),
-        (20_000, 100_000, "0.0065", 30),
-        (100_000, 800_000, "0.01", 380),
-        (800_000, 4_000_000, "0.02", 8_380),
-    ]);
-    let mut v: Vec<Instrument> = PERPS
-        .iter()
-        .enumerate()
-        .map(|(i, (id, _))| perp(id, if i < 2 { btc.clone() } else { sol.clone() }))
-        .collect();
-    let mut usdt = perp("USDT", vec![]);
-    usdt.kind = InstrumentKind::Collateral;
-    usdt.stable = true;
-    v.push(usdt);
-    v
-}
-
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        self.0 >> 33
-    }
-}
-
-/// 4 positions per account: BTC for 90 %, ETH for 80 %, the rest from the other 8 perps.
-fn account(i: usize, rng: &mut Lcg) -> Account {
-    let mut picks: Vec<usize> = Vec::with_capacity(4);
-    if rng.next() % 10 < 9 {
-        picks.push(0);
-    }
-    if rng.next() % 10 < 8 {
-        picks.push(1);
-    }
-    while picks.len() < 4 {
-        let p = 2 + (rng.next() % 8) as usize;
-        if !picks.contains(&p) {
-            picks.push(p);
-        }
-    }
-    let positions = picks
-        .into_iter()
-        .map(|p| {
-            let (id, price) = PERPS[p];
-            // Notional between ~100 and ~100,000 USDT; entry within ±10 % of the price.
-            let notional = 100 + (rng.next() % 100_000) as i64;
-            let q = Decimal::new(notional * 1000 / price.max(1), 3);
-            let q = if rng.next() % 3 == 0 { -q } else { q };
-            let entry = Decimal::new(
-                price * 1000 + (rng.next() % 200) as i64 * price - 100 * price,
-                3,
-            );
-            Position {
-                instrument: id.into(),
-                side: PositionSide::Both,
-                quantity: q,
-                entry_price: entry,
-            }
-        })
-        .collect();
-    Account {
-        id: format!("acct-{i:08}").into(),
-        collateral: [(
-            InstrumentId::from("USDT"),
-            Decimal::from(20_000 + rng.next() % 200_000),
-        )]
-        .into_iter()
-        .collect(),
-        positions,
-        thresholds: None,
-    }
-}
-
-/// Nanoseconds this thread has spent on a CPU.
-fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()))
-        .unwrap_or(0)
-}
 
 /// Criterion measurement of on-CPU time of the benchmark thread.
 struct CpuTime;
@@ -177,35 +51,6 @@ impl Measurement for CpuTime {
     fn formatter(&self) -> &dyn ValueFormatter {
         WALL.formatter()
     }
-}
-
-fn vm_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn build(n: usize) -> AccountMap {
-    let m = AccountMap::new(instruments());
-    let mut out = Vec::new();
-    for (id, p) in PERPS {
-        m.apply_price(&id.into(), Decimal::from(p), &mut out)
-            .unwrap();
-    }
-    let mut rng = Lcg(42);
-    for i in 0..n {
-        m.apply_update(AccountUpdate::Replace {
-            account: account(i, &mut rng),
-        })
-        .unwrap();
-    }
-    m
 }
 
 fn sizes() -> Vec<usize> {

@@ -1,0 +1,226 @@
+//! The crash path, side by side in one run on one book: a correlated move of **every** price
+//! (−10 % together), then the bounce back, through
+//!
+//! - an **exact from-scratch rescan** — what a watcher without incremental state does (the peers'
+//!   method, written plainly): `margin::account_totals` for every account at the new prices,
+//!   the ratio against the levels, an event where the level changed; on 1 core and split
+//!   over 2 cores;
+//! - the one `Engine` with the index off (**eager**: every holder of a changed instrument is
+//!   revalued incrementally);
+//! - the one `Engine` with the distance index on (**indexed**, the default).
+//!
+//! Every path sees the same prices and must reach the same states: the bench checks that the
+//! three agree on the number of accounts in each state after every step (and panics if not).
+//! Times are on-CPU time of the thread(s) doing the work (`/proc/thread-self/schedstat`; for the
+//! 2-core rescan, the wall time of the two threads), so they depend little on other load.
+//!
+//! `cargo bench --bench crash` (100k accounts) or `LIQWATCH_CRASH_ACCOUNTS=1000000 cargo bench
+//! --bench crash`; `LIQWATCH_CRASH_ROUNDS` (default 3) crash-and-bounce rounds.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use liqwatch::engine::monitor::transition;
+use liqwatch::engine::{AccountMap, Engine, EngineConfig, MonitorConfig};
+use liqwatch::margin;
+use liqwatch::model::{
+    Account, AccountState, Instrument, InstrumentId, MarginRatio, PriceUsed, Thresholds,
+};
+use rust_decimal::Decimal;
+use rust_decimal_macros::dec;
+
+#[allow(dead_code)] // each bench uses only some of the book's helpers
+#[path = "support/book.rs"]
+mod book;
+use book::{PERPS, accounts, build, instruments, thread_cpu_ns, vm_rss_kib};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Accounts per state: (healthy, warning, triggered).
+type Census = (usize, usize, usize);
+
+fn census<'a>(states: impl Iterator<Item = &'a AccountState>) -> Census {
+    let mut c = (0, 0, 0);
+    for s in states {
+        match s {
+            AccountState::Healthy => c.0 += 1,
+            AccountState::Warning { .. } => c.1 += 1,
+            AccountState::Triggered => c.2 += 1,
+        }
+    }
+    c
+}
+
+/// The rescan: every account from scratch at `prices`, its new state from its old one.
+/// Returns the number of level changes (events).
+fn rescan(
+    accounts: &[Account],
+    states: &mut [AccountState],
+    table: &HashMap<InstrumentId, Instrument>,
+    prices: &HashMap<InstrumentId, Decimal>,
+    levels: &Thresholds,
+) -> usize {
+    let mut events = 0;
+    for (a, s) in accounts.iter().zip(states.iter_mut()) {
+        let Ok(t) = margin::account_totals(a, table, prices) else {
+            continue;
+        };
+        let ratio = MarginRatio::compute(t.maintenance_margin, t.equity);
+        let (next, crossing) = transition(s, ratio, levels);
+        if crossing.is_some() {
+            events += 1;
+        }
+        *s = next;
+    }
+    events
+}
+
+/// The same rescan split over two threads; wall time of the pair.
+fn rescan_2(
+    accounts: &[Account],
+    states: &mut [AccountState],
+    table: &HashMap<InstrumentId, Instrument>,
+    prices: &HashMap<InstrumentId, Decimal>,
+    levels: &Thresholds,
+) -> (usize, Duration) {
+    let mid = accounts.len() / 2;
+    let (a1, a2) = accounts.split_at(mid);
+    let (s1, s2) = states.split_at_mut(mid);
+    let t0 = Instant::now();
+    let (e1, e2) = std::thread::scope(|sc| {
+        let h = sc.spawn(|| rescan(a2, s2, table, prices, levels));
+        let e1 = rescan(a1, s1, table, prices, levels);
+        (e1, h.join().unwrap())
+    });
+    (e1 + e2, t0.elapsed())
+}
+
+fn cpu<R>(f: impl FnOnce() -> R) -> (R, Duration) {
+    let t0 = thread_cpu_ns();
+    let r = f();
+    (r, Duration::from_nanos(thread_cpu_ns().saturating_sub(t0)))
+}
+
+fn engine_states(e: &Engine, ids: &[liqwatch::model::AccountId]) -> Census {
+    let states: Vec<AccountState> = ids
+        .iter()
+        .map(|id| {
+            e.monitor()
+                .state(e.map(), id)
+                .map(|s| s.state)
+                .unwrap_or(AccountState::Healthy)
+        })
+        .collect();
+    census(states.iter())
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test --benches` lists; nothing to list here
+    }
+    let n = env_usize("LIQWATCH_CRASH_ACCOUNTS", 100_000);
+    let rounds = env_usize("LIQWATCH_CRASH_ROUNDS", 3);
+    let levels = Thresholds::default();
+    let table: HashMap<InstrumentId, Instrument> = instruments()
+        .into_iter()
+        .map(|i| (i.id.clone(), i))
+        .collect();
+    let base: Vec<(InstrumentId, Decimal)> = PERPS
+        .iter()
+        .map(|(id, p)| (InstrumentId::from(*id), Decimal::from(*p)))
+        .collect();
+    let crashed: Vec<(InstrumentId, Decimal)> = base
+        .iter()
+        .map(|(i, p)| (i.clone(), (p * dec!(0.9)).round_dp(4)))
+        .collect();
+    let as_map = |v: &[(InstrumentId, Decimal)]| -> HashMap<InstrumentId, Decimal> {
+        let mut m: HashMap<InstrumentId, Decimal> = v.iter().cloned().collect();
+        m.insert("USDT".into(), Decimal::ONE);
+        m
+    };
+    let info: HashMap<InstrumentId, PriceUsed> = HashMap::new();
+
+    println!("crash: building the book of {n} accounts (4 positions each, 10 perps)");
+    let plain = accounts(n);
+    let ids: Vec<_> = plain.iter().map(|a| a.id.clone()).collect();
+    let rss0 = vm_rss_kib();
+    let eager_map: Arc<AccountMap> = Arc::new(build(n));
+    let rss_map = vm_rss_kib().saturating_sub(rss0);
+    let lazy_map: Arc<AccountMap> = Arc::new(build(n));
+    let cfg = |distance_index| EngineConfig {
+        monitor: MonitorConfig {
+            thresholds: levels.clone(),
+            ..MonitorConfig::default()
+        },
+        distance_index,
+    };
+    let mut eager = Engine::new(eager_map, cfg(false)).unwrap();
+    let _ = eager.evaluate_all(&info, 0);
+    let rss1 = vm_rss_kib();
+    let (mut lazy, built) = cpu(|| {
+        let mut lazy = Engine::new(lazy_map, cfg(true)).unwrap();
+        let _ = lazy.evaluate_all(&info, 0);
+        lazy
+    });
+    let rss_index = vm_rss_kib().saturating_sub(rss1);
+    let positions = (n * 4) as f64;
+    println!(
+        "crash: map {:.0} B/position; index + monitor state {:.0} B/position (index built in {} on-CPU)",
+        rss_map as f64 * 1024.0 / positions,
+        rss_index as f64 * 1024.0 / positions,
+        ms(built)
+    );
+
+    let mut states1 = vec![AccountState::Healthy; n];
+    let mut states2 = vec![AccountState::Healthy; n];
+    let p0 = as_map(&base);
+    rescan(&plain, &mut states1, &table, &p0, &levels);
+    rescan(&plain, &mut states2, &table, &p0, &levels);
+    let start = census(states1.iter());
+    assert_eq!(start, engine_states(&eager, &ids), "eager at start");
+    assert_eq!(start, engine_states(&lazy, &ids), "indexed at start");
+    println!("crash: at start (healthy, warning, triggered) = {start:?}");
+
+    println!(
+        "\n| step | rescan, 1 core | rescan, 2 cores | eager Engine | indexed Engine | valued (eager / indexed) | events |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for round in 0..rounds {
+        for (name, step) in [("crash −10 %", &crashed), ("bounce +11.1 %", &base)] {
+            let prices = as_map(step);
+            let (ev1, t1) = cpu(|| rescan(&plain, &mut states1, &table, &prices, &levels));
+            let (ev2, t2) = rescan_2(&plain, &mut states2, &table, &prices, &levels);
+            let (ee, te) = cpu(|| eager.on_prices(step.iter().map(|(i, p)| (i, *p)), &info, 1));
+            let valued_e = eager.last_valued();
+            let (el, tl) = cpu(|| lazy.on_prices(step.iter().map(|(i, p)| (i, *p)), &info, 1));
+            let valued_l = lazy.last_valued();
+            let c = census(states1.iter());
+            assert_eq!(c, census(states2.iter()), "2-core rescan");
+            assert_eq!(c, engine_states(&eager, &ids), "eager after {name}");
+            assert_eq!(c, engine_states(&lazy, &ids), "indexed after {name}");
+            assert_eq!((ev1, ev2, ee.len()), (ev1, ev1, el.len()), "event counts");
+            println!(
+                "| {name} (round {}) | {} | {} | {} | {} | {valued_e} / {valued_l} | {ev1} |",
+                round + 1,
+                ms(t1),
+                ms(t2),
+                ms(te),
+                ms(tl),
+            );
+        }
+    }
+    println!(
+        "\ncrash: {n} accounts; per valued account, indexed: see the table (time ÷ valued); states agree after every step"
+    );
+}
