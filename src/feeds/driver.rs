@@ -163,38 +163,6 @@ pub fn spawn_feed(
     tokio::spawn(run_feed(feed, cfg, board, status, cancel))
 }
 
-/// Spawns one driver per venue that prices any of `instruments` (through their `sources`),
-/// with that venue's config from `configs` (defaults when absent). Fails before spawning
-/// anything when a venue has no adapter yet.
-pub fn spawn_feeds(
-    instruments: &[Instrument],
-    configs: &std::collections::BTreeMap<Venue, FeedConfig>,
-    board: Arc<PriceBoard>,
-    registry: &FeedRegistry,
-    cancel: CancellationToken,
-) -> Result<Vec<JoinHandle<()>>, FeedError> {
-    let mut venues: Vec<Venue> = instruments
-        .iter()
-        .flat_map(|i| i.sources.iter().map(|s| s.venue))
-        .collect();
-    venues.sort();
-    venues.dedup();
-    let mut feeds = Vec::with_capacity(venues.len());
-    for v in venues {
-        let feed = super::feed_for(v)?;
-        let cfg = configs
-            .get(&v)
-            .cloned()
-            .unwrap_or_default()
-            .with_instruments(v, instruments);
-        feeds.push((feed, cfg));
-    }
-    Ok(feeds
-        .into_iter()
-        .map(|(feed, cfg)| spawn_feed(feed, cfg, board.clone(), registry, cancel.clone()))
-        .collect())
-}
-
 /// Why one connection ended.
 enum End {
     Cancelled,

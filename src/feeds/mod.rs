@@ -89,7 +89,7 @@ use rust_decimal::Decimal;
 
 use crate::model::{TimestampMs, Venue};
 
-pub use driver::{FeedConfig, FeedError, run_feed, spawn_feed, spawn_feeds};
+pub use driver::{FeedConfig, FeedError, run_feed, spawn_feed};
 pub use status::{FeedRegistry, FeedStatus, FeedStatusHandle, InstrumentFeedStatus, SymbolRoutes};
 
 /// The venue table: one row per venue — its docs, the [`Venue`] variant, its config/wire name

@@ -26,9 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use daemon_env::{
-    Daemon, MockBinance, WebhookReceiver, free_port, http_client, mark_frame, now_ms,
-};
+use daemon_env::{Daemon, MockBinance, WebhookReceiver, http_client, mark_frame, now_ms};
 
 const SECRET: &str = "loadgen-webhook-secret";
 const TOKEN: &str = "loadgen-api-token";
@@ -107,13 +105,7 @@ fn write_accounts(dir: &Path, n: usize) {
     std::fs::write(dir.join("accounts.json"), s).unwrap();
 }
 
-fn write_config(
-    dir: &Path,
-    venue_url: &str,
-    hook_url: &str,
-    api_port: u16,
-    o: &Opts,
-) -> std::path::PathBuf {
+fn write_config(dir: &Path, venue_url: &str, hook_url: &str, o: &Opts) -> std::path::PathBuf {
     let (batch_max, index, sync) = (o.batch_max, o.index, &o.sync);
     let presets = Path::new(env!("CARGO_MANIFEST_DIR")).join("feeds/presets.toml");
     let cfg = format!(
@@ -149,11 +141,12 @@ concurrency = 32
 batch_max = {batch_max}
 
 [api]
-bind = "127.0.0.1:{api_port}"
+bind = "127.0.0.1:0"
 token_env = "LOADGEN_API_TOKEN"
 
 [log]
-level = "warn"
+# `liqwatch::api` at INFO for its `HTTP API listening addr=…` line (the port is picked at bind).
+level = "warn,liqwatch::api=info"
 
 [shutdown]
 grace = "5s"
@@ -260,10 +253,8 @@ async fn run(o: Opts) {
     let dir = tempfile::tempdir().unwrap();
     let venue = Arc::new(MockBinance::start().await);
     let hook = WebhookReceiver::start(SECRET).await;
-    let port = free_port();
-    let api = format!("http://127.0.0.1:{port}");
     write_accounts(dir.path(), o.accounts);
-    let cfg = write_config(dir.path(), &venue.url, &hook.url, port, &o);
+    let cfg = write_config(dir.path(), &venue.url, &hook.url, &o);
     let client = http_client();
     println!(
         "loadgen: {} accounts (+{PROBES} probes), {} frames/s offered for {} s, webhook batch_max {}, distance index {}, journal synchronous {}",
@@ -281,6 +272,8 @@ async fn run(o: Opts) {
         dir.path().join("daemon.log"),
     );
     let pid = daemon.child.id();
+    // The API binds after the accounts are loaded: allow the same 300 s as below.
+    let api = format!("http://{}", daemon.api_addr(Duration::from_secs(300)).await);
     let want = (o.accounts + PROBES) as f64;
     let mut last = 0.0;
     let end = Instant::now() + Duration::from_secs(300);

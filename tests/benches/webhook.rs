@@ -4,6 +4,12 @@
 //! acks) when `nats-server` is on `PATH`.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+#[allow(dead_code)] // the bench uses only some of the shared helpers
+#[path = "../it/support/nats_server.rs"]
+mod nats_server;
+#[path = "../it/support/tools.rs"]
+mod tools;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -168,21 +174,9 @@ fn bench_nats(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let store = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = std::process::Command::new("nats-server")
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(store.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("nats://127.0.0.1:{port}");
-    let mut cfg = NatsConfig::new(url);
+    // The server picks its port (`-p -1`) and reports it; waits until JetStream answers.
+    let server = rt.block_on(nats_server::NatsServer::start());
+    let mut cfg = NatsConfig::new(server.url.clone());
     cfg.stream = Some(StreamConfig::default());
     let settings = cfg.resolve(&|_| None).unwrap();
     let mut g = c.benchmark_group("nats");
@@ -230,8 +224,7 @@ fn bench_nats(c: &mut Criterion) {
         );
     }
     g.finish();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server); // kills nats-server
 }
 
 criterion_group!(benches, bench_webhook, bench_nats);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-use crate::support::daemon_env::{Daemon, MockBinance, free_port, http_client, poll_until};
+use crate::support::daemon_env::{Daemon, MockBinance, http_client, poll_until};
 
 fn dec(v: &Value) -> Option<Decimal> {
     v.as_str()?.parse().ok()
@@ -18,7 +18,7 @@ fn dec(v: &Value) -> Option<Decimal> {
 const TOKEN: &str = "api-daemon-token";
 const DEADLINE: Duration = Duration::from_secs(20);
 
-fn write_config(dir: &Path, venue_url: &str, api_port: u16) -> PathBuf {
+fn write_config(dir: &Path, venue_url: &str) -> PathBuf {
     let presets = Path::new(env!("CARGO_MANIFEST_DIR")).join("feeds/presets.toml");
     let cfg = format!(
         r#"
@@ -47,7 +47,7 @@ name = "archive"
 path = "events.jsonl"
 
 [api]
-bind = "127.0.0.1:{api_port}"
+bind = "127.0.0.1:0"
 token_env = "API_DAEMON_TOKEN"
 
 [shutdown]
@@ -118,11 +118,10 @@ async fn wait_json(
 async fn api_against_the_real_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let venue = MockBinance::start().await;
-    let port = free_port();
-    let api = format!("http://127.0.0.1:{port}");
-    let cfg = write_config(dir.path(), &venue.url, port);
+    let cfg = write_config(dir.path(), &venue.url);
     let client = http_client();
     let mut daemon = start(&cfg, dir.path(), 1);
+    let api = format!("http://{}", daemon.api_addr(DEADLINE).await);
     wait_healthy(&client, &api).await;
     poll_until("the daemon to subscribe", DEADLINE, || {
         (venue.subscribes.load(Ordering::SeqCst) > 0).then_some(())
@@ -300,6 +299,8 @@ async fn api_against_the_real_daemon() {
     assert_eq!(daemon.terminate(DEADLINE), Some(0), "{}", daemon.log_text());
     let subscribed_before = venue.subscribes.load(Ordering::SeqCst);
     let mut daemon = start(&cfg, dir.path(), 2);
+    // The restarted daemon binds a new port.
+    let api = format!("http://{}", daemon.api_addr(DEADLINE).await);
     wait_healthy(&client, &api).await;
     // A price pushed before the new connection subscribes would be lost: wait for it.
     poll_until("the restarted daemon to subscribe", DEADLINE, || {

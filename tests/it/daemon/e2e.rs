@@ -11,9 +11,7 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use serde_json::Value;
 
-use crate::support::daemon_env::{
-    Daemon, MockBinance, WebhookReceiver, free_port, http_client, poll_until,
-};
+use crate::support::daemon_env::{Daemon, MockBinance, WebhookReceiver, http_client, poll_until};
 
 const SECRET: &str = "e2e-webhook-secret";
 const TOKEN: &str = "e2e-api-token";
@@ -41,7 +39,7 @@ const ACCOUNTS: &str = r#"{"accounts": [
    "positions": [{"instrument": "BTCUSDT-PERP", "quantity": "1", "entry_price": "60000"}]}
 ]}"#;
 
-fn write_config(dir: &Path, venue_url: &str, hook_url: &str, api_port: u16) -> std::path::PathBuf {
+fn write_config(dir: &Path, venue_url: &str, hook_url: &str) -> std::path::PathBuf {
     let presets = Path::new(env!("CARGO_MANIFEST_DIR")).join("feeds/presets.toml");
     std::fs::write(dir.join("accounts.json"), ACCOUNTS).unwrap();
     let cfg = format!(
@@ -73,7 +71,7 @@ secret_env = "E2E_WEBHOOK_SECRET"
 timeout = "2s"
 
 [api]
-bind = "127.0.0.1:{api_port}"
+bind = "127.0.0.1:0"
 token_env = "E2E_API_TOKEN"
 
 [log]
@@ -139,12 +137,11 @@ async fn warning_trigger_crash_restart() {
     let dir = tempfile::tempdir().unwrap();
     let venue = MockBinance::start().await;
     let hook = WebhookReceiver::start(SECRET).await;
-    let port = free_port();
-    let api = format!("http://127.0.0.1:{port}");
-    let cfg = write_config(dir.path(), &venue.url, &hook.url, port);
+    let cfg = write_config(dir.path(), &venue.url, &hook.url);
     let client = http_client();
 
     let mut daemon = start(&cfg, dir.path(), 1);
+    let api = format!("http://{}", daemon.api_addr(Duration::from_secs(20)).await);
     poll_until("the daemon to subscribe", Duration::from_secs(20), || {
         (venue.subscribes.load(Ordering::SeqCst) > 0).then_some(())
     })
@@ -295,6 +292,8 @@ async fn warning_trigger_crash_restart() {
     // Restart with the receiver healthy: everything journaled is delivered, nothing is lost.
     hook.down.store(false, Ordering::SeqCst);
     let mut daemon = start(&cfg, dir.path(), 2);
+    // The restarted daemon binds a new port.
+    let api = format!("http://{}", daemon.api_addr(Duration::from_secs(20)).await);
     let delivered = poll_until(
         "every journaled event delivered",
         Duration::from_secs(20),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use liqwatch::feeds::binance::BinanceUsdm;
 use liqwatch::feeds::{FeedConfig, FeedRegistry, FeedStatusHandle, SymbolRoutes, run_feed};
-use liqwatch::model::{EventKind, InstrumentId, PriceField};
+use liqwatch::model::{EventKind, InstrumentId, PriceField, Venue};
 use liqwatch::prices::{PriceBoard, PriceBoardConfig};
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
@@ -76,7 +76,7 @@ fn fast_cfg(url: String, routes: SymbolRoutes) -> FeedConfig {
 fn start(cfg: FeedConfig, board_cfg: PriceBoardConfig) -> Running {
     let board = Arc::new(PriceBoard::new(board_cfg));
     let registry = FeedRegistry::new();
-    let status = registry.register(liqwatch::model::Venue::BinanceUsdm, &cfg.routes);
+    let status = registry.register(Venue::BinanceUsdm, &cfg.routes);
     let cancel = CancellationToken::new();
     let task = tokio::spawn(run_feed(
         Box::new(BinanceUsdm::new()),
@@ -455,10 +455,11 @@ async fn spike_held_until_confirmed() {
     run.stop().await;
 }
 
-/// `spawn_feeds` starts a driver per venue named in the instruments' sources, routing mark and
-/// index of one symbol to two instruments, and registers its status.
+/// The daemon's path (`app::spawn`): `FeedConfig::with_instruments` routes mark and index of one
+/// Binance symbol to the two instruments whose sources name them, and no other venue gets a
+/// route; `feed_for` + `run_feed` then price both and report them in the registry.
 #[tokio::test]
-async fn spawn_feeds_from_instrument_sources() {
+async fn feed_routes_from_instrument_sources() {
     let venue = MockVenue::start(binance_mock_cfg(), vec![]).await;
     let instruments: Vec<liqwatch::model::Instrument> = serde_json::from_str(
         r#"[{"id":"BTCUSDT-PERP","kind":"linear_perpetual","underlying":"BTC",
@@ -468,23 +469,25 @@ async fn spawn_feeds_from_instrument_sources() {
             {"id":"USDT","kind":"collateral","underlying":"USDT","stable":true}]"#,
     )
     .unwrap();
-    let mut configs = std::collections::BTreeMap::new();
-    configs.insert(
-        liqwatch::model::Venue::BinanceUsdm,
-        fast_cfg(venue.url("market/stream"), SymbolRoutes::default()),
-    );
+    // Only the venue the sources name gets routes (the daemon starts no feed without any).
+    for other in Venue::ALL.into_iter().filter(|v| *v != Venue::BinanceUsdm) {
+        let cfg = FeedConfig::default().with_instruments(other, &instruments);
+        assert!(cfg.routes.symbols().is_empty(), "{other}");
+    }
+    let cfg = fast_cfg(venue.url("market/stream"), SymbolRoutes::default())
+        .with_instruments(Venue::BinanceUsdm, &instruments);
+    assert_eq!(cfg.routes.symbols(), ["BTCUSDT".to_string()]);
     let board = Arc::new(PriceBoard::new(PriceBoardConfig::default()));
     let registry = FeedRegistry::new();
     let cancel = CancellationToken::new();
-    let handles = liqwatch::feeds::spawn_feeds(
-        &instruments,
-        &configs,
+    let status = registry.register(Venue::BinanceUsdm, &cfg.routes);
+    let task = tokio::spawn(run_feed(
+        liqwatch::feeds::feed_for(Venue::BinanceUsdm).unwrap(),
+        cfg,
         board.clone(),
-        &registry,
+        status,
         cancel.clone(),
-    )
-    .unwrap();
-    assert_eq!(handles.len(), 1);
+    ));
     assert!(
         until(WAIT, || venue
             .texts(0)
@@ -504,7 +507,5 @@ async fn spawn_feeds_from_instrument_sources() {
     assert_eq!(st[0].instruments[1].last_price, Some(dec!(60001.25)));
     assert!(!st[0].instruments[1].stale);
     cancel.cancel();
-    for h in handles {
-        h.await.unwrap();
-    }
+    task.await.unwrap();
 }

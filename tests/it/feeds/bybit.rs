@@ -12,7 +12,7 @@ use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::mock_venue::{MockConfig, MockVenue, Reply, Step, until};
+use crate::support::mock_venue::{Idle, MockConfig, MockVenue, Reply, Step, until};
 
 const WAIT: Duration = Duration::from_secs(5);
 const ACK: &str = r#"{"success":true,"ret_msg":"","conn_id":"c1","req_id":"","op":"subscribe"}"#;
@@ -86,7 +86,7 @@ fn bybit_cfg() -> MockConfig {
             Reply::new("NOPEUSDT", [REJECT]),
             Reply::new(r#""op":"subscribe""#, [ACK]),
         ],
-        require_client_text: Some((r#""op":"ping""#.into(), Duration::from_millis(300))),
+        idle: Some(Idle::text(r#""op":"ping""#, Duration::from_millis(300))),
         ..MockConfig::default()
     }
 }

@@ -17,7 +17,9 @@ use liqwatch::prices::{PriceBoard, PriceBoardConfig};
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::protocol_venue::{Cmd, Event, Proto, ProtocolConfig, ProtocolVenue};
+use crate::support::mock_venue::{
+    ConnLog, MockConfig, MockVenue, Step, deribit_price, hyperliquid_price, okx_price,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -100,33 +102,27 @@ fn start(feed: Box<dyn Feed>, cfg: FeedConfig) -> Running {
     }
 }
 
-fn price(symbol: &str, p: &str) -> Cmd {
-    Cmd::Price {
-        symbol: symbol.into(),
-        price: p.into(),
-    }
-}
-
-/// Waits until connection `n` has received a subscription naming `needle`.
-async fn wait_subscribed(mock: &ProtocolVenue, n: usize, needle: &str) {
-    let needle = needle.to_string();
+/// Waits until connection `n` (0-based) has received a subscription naming `needle`.
+async fn wait_subscribed(mock: &MockVenue, n: usize, needle: &str) {
     mock.wait_for(
         &format!("connection {n} subscribing {needle}"),
         WAIT,
-        move |ev| {
-            ev.iter().any(
-                |e| matches!(e, Event::Received(c, t) if *c == n && t.contains("subscribe") && t.contains(&needle)),
-            )
+        |conns| {
+            conns.get(n).is_some_and(|c| {
+                c.texts
+                    .iter()
+                    .any(|t| t.contains("subscribe") && t.contains(needle))
+            })
         },
     )
     .await;
 }
 
-fn closed(ev: &[Event], n: usize) -> Option<String> {
-    ev.iter().find_map(|e| match e {
-        Event::Closed(c, w) if *c == n => Some(w.clone()),
-        _ => None,
-    })
+/// Texts equal to `text` received on connection `n`.
+fn count_texts(conns: &[ConnLog], n: usize, text: &str) -> usize {
+    conns
+        .get(n)
+        .map_or(0, |c| c.texts.iter().filter(|t| *t == text).count())
 }
 
 // ------------------------------------------------------------------------------------------
@@ -144,27 +140,30 @@ fn okx_routes() -> SymbolRoutes {
 /// every pushed mark and index price reaches the board exactly.
 #[tokio::test]
 async fn okx_pings_keep_the_connection_and_prices_flow() {
-    let mock =
-        ProtocolVenue::start(ProtocolConfig::new(Proto::Okx).idle_cut(Duration::from_millis(300)))
-            .await;
-    let run = start(Box::new(OkxFeed::new()), fast_cfg(&mock.url, okx_routes()));
-    wait_subscribed(&mock, 1, "BTC-USDT-SWAP").await;
+    let mock = MockVenue::start(
+        MockConfig::okx().idle_cut(Duration::from_millis(300)),
+        vec![],
+    )
+    .await;
+    let run = start(
+        Box::new(OkxFeed::new()),
+        fast_cfg(&mock.url(""), okx_routes()),
+    );
+    wait_subscribed(&mock, 0, "BTC-USDT-SWAP").await;
     for p in ["84612.3", "84613.1", "84600.05"] {
-        mock.send(price("BTC-USDT-SWAP", p)).await;
+        mock.send(Step::Send(okx_price("BTC-USDT-SWAP", p))).await;
         run.wait_price("BTCUSDT-PERP", p).await;
     }
-    mock.send(price("BTC-USDT", "84631.5")).await;
+    mock.send(Step::Send(okx_price("BTC-USDT", "84631.5")))
+        .await;
     run.wait_price("BTC", "84631.5").await;
     // 10 pings at 100 ms span 3× the 300 ms idle cut: the connection is still the first one.
-    mock.wait_for("10 pings", WAIT, |ev| {
-        ev.iter()
-            .filter(|e| matches!(e, Event::Received(1, t) if t == "ping"))
-            .count()
-            >= 10
+    mock.wait_for("10 pings", WAIT, |conns| {
+        count_texts(conns, 0, "ping") >= 10
     })
     .await;
     assert_eq!(mock.connections(), 1);
-    assert_eq!(closed(&mock.events(), 1), None);
+    assert_eq!(mock.log(0).closed, None);
     run.stop().await;
 }
 
@@ -172,23 +171,30 @@ async fn okx_pings_keep_the_connection_and_prices_flow() {
 /// reconnects, resubscribes and keeps every good price.
 #[tokio::test]
 async fn okx_idle_cut_reconnects_and_resubscribes() {
-    let mock =
-        ProtocolVenue::start(ProtocolConfig::new(Proto::Okx).idle_cut(Duration::from_millis(200)))
-            .await;
-    let mut cfg = fast_cfg(&mock.url, okx_routes());
+    let mock = MockVenue::start(
+        MockConfig::okx().idle_cut(Duration::from_millis(200)),
+        vec![],
+    )
+    .await;
+    let mut cfg = fast_cfg(&mock.url(""), okx_routes());
     cfg.ping_interval = Some(Duration::from_secs(5));
     cfg.dead_after = Some(Duration::from_secs(10));
     let run = start(Box::new(OkxFeed::new()), cfg);
-    wait_subscribed(&mock, 1, "BTC-USDT-SWAP").await;
-    mock.send(price("BTC-USDT-SWAP", "84000.1")).await;
+    wait_subscribed(&mock, 0, "BTC-USDT-SWAP").await;
+    mock.send(Step::Send(okx_price("BTC-USDT-SWAP", "84000.1")))
+        .await;
     run.wait_price("BTCUSDT-PERP", "84000.1").await;
-    mock.wait_for("4004 cut", WAIT, |ev| {
-        closed(ev, 1).is_some_and(|w| w.contains("4004"))
+    mock.wait_for("4004 cut", WAIT, |conns| {
+        conns[0]
+            .ended_by_server
+            .as_deref()
+            .is_some_and(|w| w.contains("4004"))
     })
     .await;
-    wait_subscribed(&mock, 2, "BTC-USDT-SWAP").await;
-    wait_subscribed(&mock, 2, "BTC-USDT\"").await;
-    mock.send(price("BTC-USDT-SWAP", "84000.2")).await;
+    wait_subscribed(&mock, 1, "BTC-USDT-SWAP").await;
+    wait_subscribed(&mock, 1, "BTC-USDT\"").await;
+    mock.send(Step::Send(okx_price("BTC-USDT-SWAP", "84000.2")))
+        .await;
     run.wait_price("BTCUSDT-PERP", "84000.2").await;
     assert!(run.status.connections() >= 2);
     run.stop().await;
@@ -198,16 +204,15 @@ async fn okx_idle_cut_reconnects_and_resubscribes() {
 /// connection; a mid-stream drop, garbage, truncated JSON and the 64008 notice lose no good price.
 #[tokio::test]
 async fn okx_rejection_drop_garbage_and_notice() {
-    let mock =
-        ProtocolVenue::start(ProtocolConfig::new(Proto::Okx).unknown("NOPE-USDT-SWAP")).await;
+    let mock = MockVenue::start(MockConfig::okx().unknown("NOPE-USDT-SWAP"), vec![]).await;
     let mut r = okx_routes();
     r.add(
         "NOPE-USDT-SWAP",
         InstrumentId::from("NOPE-PERP"),
         PriceField::Mark,
     );
-    let run = start(Box::new(OkxFeed::new()), fast_cfg(&mock.url, r));
-    wait_subscribed(&mock, 1, "NOPE-USDT-SWAP").await;
+    let run = start(Box::new(OkxFeed::new()), fast_cfg(&mock.url(""), r));
+    wait_subscribed(&mock, 0, "NOPE-USDT-SWAP").await;
     let deadline = tokio::time::Instant::now() + WAIT;
     while run.status.rejected_symbols() != vec!["NOPE-USDT-SWAP".to_string()] {
         assert!(
@@ -219,37 +224,41 @@ async fn okx_rejection_drop_garbage_and_notice() {
     }
     // OKX rejects one argument without touching the others: the connection is kept (only
     // Bybit opts into a rebuild), and prices keep flowing on it.
-    mock.send(price("BTC-USDT-SWAP", "1.5")).await;
+    mock.send(Step::Send(okx_price("BTC-USDT-SWAP", "1.5")))
+        .await;
     run.wait_price("BTCUSDT-PERP", "1.5").await;
     assert_eq!(mock.connections(), 1);
 
     // Garbage and truncated JSON: counted, connection kept, next price arrives.
     let errors_before = run.status.parse_errors();
-    mock.send(Cmd::Raw("Bad Gateway".into())).await;
-    mock.send(Cmd::Raw(
+    mock.send(Step::Send("Bad Gateway".into())).await;
+    mock.send(Step::Send(
         r#"{"arg":{"channel":"mark-price","instId":"BTC-USDT-SWAP"},"data":[{"markPx":"8"#.into(),
     ))
     .await;
-    mock.send(price("BTC-USDT-SWAP", "1.6")).await;
+    mock.send(Step::Send(okx_price("BTC-USDT-SWAP", "1.6")))
+        .await;
     run.wait_price("BTCUSDT-PERP", "1.6").await;
     assert_eq!(run.status.parse_errors(), errors_before + 2);
     assert_eq!(mock.connections(), 1);
 
     // Drop without a close frame: reconnect, resubscribe, without the rejected symbol.
-    mock.send(Cmd::Drop).await;
-    wait_subscribed(&mock, 2, "BTC-USDT\"").await;
+    mock.send(Step::Drop).await;
+    wait_subscribed(&mock, 1, "BTC-USDT\"").await;
     assert!(
-        mock.received(2).iter().all(|t| !t.contains("NOPE")),
+        mock.texts(1).iter().all(|t| !t.contains("NOPE")),
         "{:?}",
-        mock.received(2)
+        mock.texts(1)
     );
-    mock.send(price("BTC-USDT-SWAP", "1.7")).await;
+    mock.send(Step::Send(okx_price("BTC-USDT-SWAP", "1.7")))
+        .await;
     run.wait_price("BTCUSDT-PERP", "1.7").await;
 
     // 64008: reconnect at once, and prices continue on the new connection.
-    mock.send(Cmd::Raw(r#"{"event":"notice","code":"64008","msg":"The connection will soon be closed for a service upgrade. Please reconnect.","connId":"a4d3ae55"}"#.into())).await;
-    wait_subscribed(&mock, 3, "BTC-USDT\"").await;
-    mock.send(price("BTC-USDT-SWAP", "1.8")).await;
+    mock.send(Step::Send(r#"{"event":"notice","code":"64008","msg":"The connection will soon be closed for a service upgrade. Please reconnect.","connId":"a4d3ae55"}"#.into())).await;
+    wait_subscribed(&mock, 2, "BTC-USDT\"").await;
+    mock.send(Step::Send(okx_price("BTC-USDT-SWAP", "1.8")))
+        .await;
     run.wait_price("BTCUSDT-PERP", "1.8").await;
     run.stop().await;
 }
@@ -270,19 +279,18 @@ fn deribit_routes() -> SymbolRoutes {
 /// exponent-form prices arrive exactly.
 #[tokio::test]
 async fn deribit_answers_test_requests_and_names_dropped_channels() {
-    let mock =
-        ProtocolVenue::start(ProtocolConfig::new(Proto::Deribit).unknown("NOPE-PERPETUAL")).await;
+    let mock = MockVenue::start(MockConfig::deribit().unknown("NOPE-PERPETUAL"), vec![]).await;
     let mut r = deribit_routes();
     r.add(
         "NOPE-PERPETUAL",
         InstrumentId::from("NOPE-PERP"),
         PriceField::Mark,
     );
-    let mut cfg = fast_cfg(&mock.url, r);
+    let mut cfg = fast_cfg(&mock.url(""), r);
     cfg.dead_after = Some(Duration::from_secs(5));
     let run = start(Box::new(DeribitFeed::new()), cfg);
-    wait_subscribed(&mock, 1, "ticker.BTC-PERPETUAL.100ms").await;
-    assert!(mock.received(1)[0].contains("public/set_heartbeat"));
+    wait_subscribed(&mock, 0, "ticker.BTC-PERPETUAL.100ms").await;
+    assert!(mock.texts(0)[0].contains("public/set_heartbeat"));
     let deadline = tokio::time::Instant::now() + WAIT;
     while run.status.rejected_symbols() != vec!["NOPE-PERPETUAL".to_string()] {
         assert!(
@@ -294,17 +302,21 @@ async fn deribit_answers_test_requests_and_names_dropped_channels() {
     }
     // Deribit drops the unknown channel silently and keeps the others: the connection is kept
     // and every test_request on it is answered.
-    mock.wait_for("5 public/test answers", WAIT, |ev| {
-        ev.iter()
-            .filter(|e| matches!(e, Event::Received(1, t) if t.contains("public/test")))
+    mock.wait_for("5 public/test answers", WAIT, |conns| {
+        conns[0]
+            .texts
+            .iter()
+            .filter(|t| t.contains("public/test"))
             .count()
             >= 5
     })
     .await;
     assert_eq!(mock.connections(), 1);
-    mock.send(price("BTC-PERPETUAL", "8.677814e4")).await;
+    mock.send(Step::Send(deribit_price("BTC-PERPETUAL", "8.677814e4")))
+        .await;
     run.wait_price("BTCUSD-PERP", "86778.14").await;
-    mock.send(price("btc_usd", "86744.11")).await;
+    mock.send(Step::Send(deribit_price("btc_usd", "86744.11")))
+        .await;
     run.wait_price("BTC", "86744.11").await;
     run.stop().await;
 }
@@ -314,24 +326,27 @@ async fn deribit_answers_test_requests_and_names_dropped_channels() {
 /// good price is kept.
 #[tokio::test]
 async fn deribit_stall_and_error_close_reconnect_and_resubscribe() {
-    let mock = ProtocolVenue::start(ProtocolConfig::new(Proto::Deribit)).await;
+    let mock = MockVenue::start(MockConfig::deribit(), vec![]).await;
     let run = start(
         Box::new(DeribitFeed::new()),
-        fast_cfg(&mock.url, deribit_routes()),
+        fast_cfg(&mock.url(""), deribit_routes()),
     );
-    wait_subscribed(&mock, 1, "ticker.BTC-PERPETUAL.100ms").await;
-    mock.send(price("BTC-PERPETUAL", "60000.5")).await;
+    wait_subscribed(&mock, 0, "ticker.BTC-PERPETUAL.100ms").await;
+    mock.send(Step::Send(deribit_price("BTC-PERPETUAL", "60000.5")))
+        .await;
     run.wait_price("BTCUSD-PERP", "60000.5").await;
 
-    mock.send(Cmd::Stall).await;
-    wait_subscribed(&mock, 2, "ticker.BTC-PERPETUAL.100ms").await;
-    assert!(mock.received(2)[0].contains("public/set_heartbeat"));
-    mock.send(price("BTC-PERPETUAL", "60001.5")).await;
+    mock.send(Step::Freeze).await;
+    wait_subscribed(&mock, 1, "ticker.BTC-PERPETUAL.100ms").await;
+    assert!(mock.texts(1)[0].contains("public/set_heartbeat"));
+    mock.send(Step::Send(deribit_price("BTC-PERPETUAL", "60001.5")))
+        .await;
     run.wait_price("BTCUSD-PERP", "60001.5").await;
 
-    mock.send(Cmd::Close(4000, "heartbeat close".into())).await;
-    wait_subscribed(&mock, 3, "deribit_price_index.btc_usd").await;
-    mock.send(price("BTC-PERPETUAL", "60002.5")).await;
+    mock.send(Step::Close(4000, "heartbeat close".into())).await;
+    wait_subscribed(&mock, 2, "deribit_price_index.btc_usd").await;
+    mock.send(Step::Send(deribit_price("BTC-PERPETUAL", "60002.5")))
+        .await;
     run.wait_price("BTCUSD-PERP", "60002.5").await;
     assert!(
         run.status.last_error().is_some_and(|e| e.contains("4000")),
@@ -349,23 +364,22 @@ async fn deribit_stall_and_error_close_reconnect_and_resubscribe() {
 /// arrive; the welcome text is not an error.
 #[tokio::test]
 async fn hyperliquid_pings_and_prices() {
-    let mock = ProtocolVenue::start(
-        ProtocolConfig::new(Proto::Hyperliquid).idle_cut(Duration::from_millis(300)),
+    let mock = MockVenue::start(
+        MockConfig::hyperliquid().idle_cut(Duration::from_millis(300)),
+        vec![],
     )
     .await;
     let r = routes(&[
         ("BTC", "BTCUSD-PERP", PriceField::Mark),
         ("ETH", "ETHUSD-PERP", PriceField::Mark),
     ]);
-    let run = start(Box::new(HyperliquidFeed::new()), fast_cfg(&mock.url, r));
-    wait_subscribed(&mock, 1, "ETH").await;
-    mock.send(price("ETH", "2296.45")).await;
+    let run = start(Box::new(HyperliquidFeed::new()), fast_cfg(&mock.url(""), r));
+    wait_subscribed(&mock, 0, "ETH").await;
+    mock.send(Step::Send(hyperliquid_price("ETH", "2296.45")))
+        .await;
     run.wait_price("ETHUSD-PERP", "2296.45").await;
-    mock.wait_for("10 pings", WAIT, |ev| {
-        ev.iter()
-            .filter(|e| matches!(e, Event::Received(1, t) if t == r#"{"method":"ping"}"#))
-            .count()
-            >= 10
+    mock.wait_for("10 pings", WAIT, |conns| {
+        count_texts(conns, 0, r#"{"method":"ping"}"#) >= 10
     })
     .await;
     assert_eq!(mock.connections(), 1);
@@ -378,18 +392,18 @@ async fn hyperliquid_pings_and_prices() {
 /// keep their prices.
 #[tokio::test]
 async fn hyperliquid_unknown_coin_is_isolated() {
-    let mock = ProtocolVenue::start(ProtocolConfig::new(Proto::Hyperliquid).unknown("NOPE")).await;
+    let mock = MockVenue::start(MockConfig::hyperliquid().unknown("NOPE"), vec![]).await;
     let r = routes(&[
         ("BTC", "BTCUSD-PERP", PriceField::Mark),
         ("NOPE", "NOPE-PERP", PriceField::Mark),
     ]);
-    let run = start(Box::new(HyperliquidFeed::new()), fast_cfg(&mock.url, r));
+    let run = start(Box::new(HyperliquidFeed::new()), fast_cfg(&mock.url(""), r));
     let deadline = tokio::time::Instant::now() + WAIT;
     while run.status.rejected_symbols() != vec!["NOPE".to_string()] {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "NOPE never rejected; events {:#?}",
-            mock.events()
+            "NOPE never rejected; connections {:#?}",
+            mock.logs()
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -400,10 +414,11 @@ async fn hyperliquid_unknown_coin_is_isolated() {
     'sent: loop {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "BTC never priced; events {:#?}",
-            mock.events()
+            "BTC never priced; connections {:#?}",
+            mock.logs()
         );
-        mock.send(price("BTC", "84148.0")).await;
+        mock.send(Step::Send(hyperliquid_price("BTC", "84148.0")))
+            .await;
         for _ in 0..20 {
             if run.price("BTCUSD-PERP") == Some(want) {
                 break 'sent;
@@ -411,24 +426,25 @@ async fn hyperliquid_unknown_coin_is_isolated() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    let newest = mock.connections();
-    assert!(newest >= 3, "{newest}");
+    let newest = mock.connections() - 1;
+    assert!(newest >= 2, "{newest}");
     assert!(
-        mock.received(newest).iter().all(|t| !t.contains("NOPE")),
+        mock.texts(newest).iter().all(|t| !t.contains("NOPE")),
         "{:?}",
-        mock.received(newest)
+        mock.texts(newest)
     );
-    // Two strikes: the venue dropped connections 1 and 2 right at NOPE's subscription, and
+    // Two strikes: the venue dropped connections 0 and 1 right at NOPE's subscription, and
     // NOPE was never sent again after that.
-    for c in 1..=2 {
+    for c in 0..=1 {
+        let why = mock.log(c).ended_by_server;
         assert!(
-            closed(&mock.events(), c).is_some_and(|w| w.contains("unknown coin NOPE")),
-            "connection {c}: {:?}",
-            closed(&mock.events(), c)
+            why.as_deref()
+                .is_some_and(|w| w.contains("unknown coin NOPE")),
+            "connection {c}: {why:?}"
         );
     }
-    for c in 3..=newest {
-        assert!(mock.received(c).iter().all(|t| !t.contains("NOPE")));
+    for c in 2..=newest {
+        assert!(mock.texts(c).iter().all(|t| !t.contains("NOPE")));
     }
     assert_eq!(run.status.snapshot(&run.board).venue, Venue::Hyperliquid);
     run.stop().await;
@@ -443,8 +459,8 @@ async fn hyperliquid_unknown_coin_is_isolated() {
 /// both venues.
 #[tokio::test]
 async fn spike_on_deribit_is_held_until_hyperliquid_confirms() {
-    let deribit = ProtocolVenue::start(ProtocolConfig::new(Proto::Deribit)).await;
-    let hl = ProtocolVenue::start(ProtocolConfig::new(Proto::Hyperliquid)).await;
+    let deribit = MockVenue::start(MockConfig::deribit(), vec![]).await;
+    let hl = MockVenue::start(MockConfig::hyperliquid(), vec![]).await;
     let board = Arc::new(PriceBoard::new(PriceBoardConfig::default()));
     let registry = FeedRegistry::new();
     let cancel = CancellationToken::new();
@@ -452,12 +468,12 @@ async fn spike_on_deribit_is_held_until_hyperliquid_confirms() {
     for (feed, url, sym) in [
         (
             Box::new(DeribitFeed::new()) as Box<dyn Feed>,
-            &deribit.url,
+            deribit.url(""),
             "BTC-PERPETUAL",
         ),
-        (Box::new(HyperliquidFeed::new()), &hl.url, "BTC"),
+        (Box::new(HyperliquidFeed::new()), hl.url(""), "BTC"),
     ] {
-        let cfg = fast_cfg(url, routes(&[(sym, "BTC-PERP", PriceField::Mark)]));
+        let cfg = fast_cfg(&url, routes(&[(sym, "BTC-PERP", PriceField::Mark)]));
         let status = registry.register(feed.venue(), &cfg.routes);
         tasks.push(tokio::spawn(run_feed(
             feed,
@@ -472,10 +488,13 @@ async fn spike_on_deribit_is_held_until_hyperliquid_confirms() {
             .composite(&InstrumentId::from("BTC-PERP"))
             .map(|c| c.price)
     };
-    wait_subscribed(&deribit, 1, "ticker.BTC-PERPETUAL.100ms").await;
-    wait_subscribed(&hl, 1, "BTC").await;
-    deribit.send(price("BTC-PERPETUAL", "60000")).await;
-    hl.send(price("BTC", "60000.0")).await;
+    wait_subscribed(&deribit, 0, "ticker.BTC-PERPETUAL.100ms").await;
+    wait_subscribed(&hl, 0, "BTC").await;
+    deribit
+        .send(Step::Send(deribit_price("BTC-PERPETUAL", "60000")))
+        .await;
+    hl.send(Step::Send(hyperliquid_price("BTC", "60000.0")))
+        .await;
     let deadline = tokio::time::Instant::now() + WAIT;
     let both_fresh = || {
         board.status().iter().any(|s| {
@@ -495,7 +514,9 @@ async fn spike_on_deribit_is_held_until_hyperliquid_confirms() {
     assert_eq!(composite(), Some("60000".parse().unwrap()));
 
     // +50 % on Deribit: held, the composite does not move.
-    deribit.send(price("BTC-PERPETUAL", "9e4")).await;
+    deribit
+        .send(Step::Send(deribit_price("BTC-PERPETUAL", "9e4")))
+        .await;
     let held = || {
         board.status().iter().any(|s| {
             s.instrument.as_str() == "BTC-PERP"
@@ -515,7 +536,8 @@ async fn spike_on_deribit_is_held_until_hyperliquid_confirms() {
     assert_eq!(composite(), Some("60000".parse().unwrap()));
 
     // Hyperliquid confirms: both accepted, composite = median(90000, 89000).
-    hl.send(price("BTC", "89000.0")).await;
+    hl.send(Step::Send(hyperliquid_price("BTC", "89000.0")))
+        .await;
     while composite() != Some("89500".parse().unwrap()) {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -535,14 +557,14 @@ async fn spike_on_deribit_is_held_until_hyperliquid_confirms() {
 /// and is restored (`feed_restored`) when prices return.
 #[tokio::test]
 async fn hyperliquid_alive_but_silent_goes_stale_then_restores() {
-    let mock = ProtocolVenue::start(ProtocolConfig::new(Proto::Hyperliquid)).await;
+    let mock = MockVenue::start(MockConfig::hyperliquid(), vec![]).await;
     let board = Arc::new(PriceBoard::new(PriceBoardConfig {
         stale_after: Duration::from_millis(300),
         ..PriceBoardConfig::default()
     }));
     let registry = FeedRegistry::new();
     let cfg = fast_cfg(
-        &mock.url,
+        &mock.url(""),
         routes(&[("BTC", "BTCUSD-PERP", PriceField::Mark)]),
     );
     let status = registry.register(Venue::Hyperliquid, &cfg.routes);
@@ -560,8 +582,9 @@ async fn hyperliquid_alive_but_silent_goes_stale_then_restores() {
         cancel,
         task,
     };
-    wait_subscribed(&mock, 1, "BTC").await;
-    mock.send(price("BTC", "84148.0")).await;
+    wait_subscribed(&mock, 0, "BTC").await;
+    mock.send(Step::Send(hyperliquid_price("BTC", "84148.0")))
+        .await;
     run.wait_price("BTCUSD-PERP", "84148.0").await;
 
     // Only pongs from now on: poll the board's staleness check until it reports feed_stale.
@@ -580,13 +603,10 @@ async fn hyperliquid_alive_but_silent_goes_stale_then_restores() {
     assert!(board.is_stale(&InstrumentId::from("BTCUSD-PERP")));
     // The transport stayed up the whole time (pings answered): still the first connection.
     assert_eq!(mock.connections(), 1);
-    assert!(
-        mock.events()
-            .iter()
-            .any(|e| matches!(e, Event::Received(1, t) if t.contains("ping")))
-    );
+    assert!(mock.texts(0).iter().any(|t| t.contains("ping")));
 
-    mock.send(price("BTC", "84150.0")).await;
+    mock.send(Step::Send(hyperliquid_price("BTC", "84150.0")))
+        .await;
     run.wait_price("BTCUSD-PERP", "84150.0").await;
     let mut restored = Vec::new();
     while !restored.contains(&EventKind::FeedRestored) {

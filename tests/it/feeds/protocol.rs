@@ -13,7 +13,9 @@ use liqwatch::feeds::{Feed, Frame};
 use rust_decimal::Decimal;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::protocol_venue::{Cmd, Event, Proto, ProtocolConfig, ProtocolVenue};
+use crate::support::mock_venue::{
+    MockConfig, MockVenue, Step, deribit_price, hyperliquid_price, okx_price,
+};
 
 /// What the minimal client saw: parsed frames, ticks (symbol, mark, index) and how it ended.
 #[derive(Debug, Default)]
@@ -104,9 +106,8 @@ fn d(s: &str) -> Decimal {
 /// OKX: per-argument acks, a 60018 rejection naming the instrument, text ping/pong, and prices.
 #[tokio::test]
 async fn okx_subscribe_reject_ping_and_prices() {
-    let mock =
-        ProtocolVenue::start(ProtocolConfig::new(Proto::Okx).unknown("NOPE-USDT-SWAP")).await;
-    let url = mock.url.clone();
+    let mock = MockVenue::start(MockConfig::okx().unknown("NOPE-USDT-SWAP"), vec![]).await;
+    let url = mock.url("");
     let client = tokio::spawn(async move {
         let mut feed = OkxFeed::new().with_ping_interval(Duration::from_millis(100));
         run_client(
@@ -119,23 +120,14 @@ async fn okx_subscribe_reject_ping_and_prices() {
         )
         .await
     });
-    mock.wait_for("subscribe and a ping", Duration::from_secs(5), |ev| {
-        ev.iter()
-            .filter(|e| matches!(e, Event::Received(1, _)))
-            .count()
-            >= 4
+    mock.wait_for("subscribe and a ping", Duration::from_secs(5), |conns| {
+        conns.first().is_some_and(|c| c.texts.len() >= 4)
     })
     .await;
-    mock.send(Cmd::Price {
-        symbol: "BTC-USDT-SWAP".into(),
-        price: "84612.3".into(),
-    })
-    .await;
-    mock.send(Cmd::Price {
-        symbol: "BTC-USDT".into(),
-        price: "84631.5".into(),
-    })
-    .await;
+    mock.send(Step::Send(okx_price("BTC-USDT-SWAP", "84612.3")))
+        .await;
+    mock.send(Step::Send(okx_price("BTC-USDT", "84631.5")))
+        .await;
     let seen = client.await.unwrap();
     assert!(seen.frames.contains(&Frame::SubscribeAck {
         symbols: vec!["BTC-USDT-SWAP".into()]
@@ -153,19 +145,21 @@ async fn okx_subscribe_reject_ping_and_prices() {
             ("BTC-USDT".into(), None, Some(d("84631.5"))),
         ]
     );
-    assert!(mock.received(1).iter().any(|t| t == "ping"));
+    assert!(mock.texts(0).iter().any(|t| t == "ping"));
 }
 
 /// OKX: a client that never pings is closed with 4004 once the idle cut passes.
 #[tokio::test]
 async fn okx_closes_a_client_that_does_not_ping() {
-    let mock =
-        ProtocolVenue::start(ProtocolConfig::new(Proto::Okx).idle_cut(Duration::from_millis(300)))
-            .await;
+    let mock = MockVenue::start(
+        MockConfig::okx().idle_cut(Duration::from_millis(300)),
+        vec![],
+    )
+    .await;
     let mut feed = OkxFeed::new();
     let seen = run_client(
         &mut feed,
-        &mock.url,
+        &mock.url(""),
         &["BTC-USDT-SWAP"],
         false,
         usize::MAX,
@@ -179,9 +173,8 @@ async fn okx_closes_a_client_that_does_not_ping() {
 /// (the socket stays open across several of them), exponent-form prices exact.
 #[tokio::test]
 async fn deribit_subset_ack_test_request_and_prices() {
-    let mock =
-        ProtocolVenue::start(ProtocolConfig::new(Proto::Deribit).unknown("NOPE-PERPETUAL")).await;
-    let url = mock.url.clone();
+    let mock = MockVenue::start(MockConfig::deribit().unknown("NOPE-PERPETUAL"), vec![]).await;
+    let url = mock.url("");
     let client = tokio::spawn(async move {
         let mut feed = DeribitFeed::new();
         run_client(
@@ -195,23 +188,20 @@ async fn deribit_subset_ack_test_request_and_prices() {
         .await
     });
     // Three test_requests answered with public/test (300 ms apart) prove the heartbeat works.
-    mock.wait_for("three public/test answers", Duration::from_secs(5), |ev| {
-        ev.iter()
-            .filter(|e| matches!(e, Event::Received(1, t) if t.contains("public/test")))
-            .count()
-            >= 3
-    })
+    mock.wait_for(
+        "three public/test answers",
+        Duration::from_secs(5),
+        |conns| {
+            conns
+                .first()
+                .is_some_and(|c| c.texts.iter().filter(|t| t.contains("public/test")).count() >= 3)
+        },
+    )
     .await;
-    mock.send(Cmd::Price {
-        symbol: "BTC-PERPETUAL".into(),
-        price: "8.677814e4".into(),
-    })
-    .await;
-    mock.send(Cmd::Price {
-        symbol: "btc_usd".into(),
-        price: "86744.11".into(),
-    })
-    .await;
+    mock.send(Step::Send(deribit_price("BTC-PERPETUAL", "8.677814e4")))
+        .await;
+    mock.send(Step::Send(deribit_price("btc_usd", "86744.11")))
+        .await;
     let seen = client.await.unwrap();
     assert!(seen.close.is_none(), "closed: {:?}", seen.close);
     assert!(seen.frames.iter().any(|f| matches!(f,
@@ -228,15 +218,15 @@ async fn deribit_subset_ack_test_request_and_prices() {
             ("btc_usd".into(), None, Some(d("86744.11"))),
         ]
     );
-    let first = &mock.received(1)[0];
+    let first = &mock.texts(0)[0];
     assert!(first.contains("public/set_heartbeat"), "{first}");
 }
 
 /// Deribit: a client that does not answer `test_request` is closed with 4000 `heartbeat close`.
 #[tokio::test]
 async fn deribit_closes_a_client_that_ignores_test_request() {
-    let mock = ProtocolVenue::start(ProtocolConfig::new(Proto::Deribit)).await;
-    let url = mock.url.clone();
+    let mock = MockVenue::start(MockConfig::deribit(), vec![]).await;
+    let url = mock.url("");
     // A client that parses but never sends the Reply.
     let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
     let mut feed = DeribitFeed::new();
@@ -268,8 +258,8 @@ async fn deribit_closes_a_client_that_ignores_test_request() {
 /// Hyperliquid: the welcome text is ignored, acks name the coin, ping/pong, prices exact.
 #[tokio::test]
 async fn hyperliquid_welcome_ack_ping_and_prices() {
-    let mock = ProtocolVenue::start(ProtocolConfig::new(Proto::Hyperliquid)).await;
-    let url = mock.url.clone();
+    let mock = MockVenue::start(MockConfig::hyperliquid(), vec![]).await;
+    let url = mock.url("");
     let client = tokio::spawn(async move {
         let mut feed = HyperliquidFeed::new().with_ping_interval(Duration::from_millis(100));
         run_client(
@@ -282,16 +272,14 @@ async fn hyperliquid_welcome_ack_ping_and_prices() {
         )
         .await
     });
-    mock.wait_for("a ping", Duration::from_secs(5), |ev| {
-        ev.iter()
-            .any(|e| matches!(e, Event::Received(1, t) if t == r#"{"method":"ping"}"#))
+    mock.wait_for("a ping", Duration::from_secs(5), |conns| {
+        conns
+            .first()
+            .is_some_and(|c| c.texts.iter().any(|t| t == r#"{"method":"ping"}"#))
     })
     .await;
-    mock.send(Cmd::Price {
-        symbol: "ETH".into(),
-        price: "2296.45".into(),
-    })
-    .await;
+    mock.send(Step::Send(hyperliquid_price("ETH", "2296.45")))
+        .await;
     let seen = client.await.unwrap();
     assert_eq!(seen.frames[0], Frame::Ignore, "welcome text first");
     assert!(seen.frames.contains(&Frame::SubscribeAck {
@@ -307,11 +295,11 @@ async fn hyperliquid_welcome_ack_ping_and_prices() {
 /// Hyperliquid: subscribing an unknown coin gets the socket dropped with no close frame.
 #[tokio::test]
 async fn hyperliquid_drops_the_socket_on_an_unknown_coin() {
-    let mock = ProtocolVenue::start(ProtocolConfig::new(Proto::Hyperliquid).unknown("NOPE")).await;
+    let mock = MockVenue::start(MockConfig::hyperliquid().unknown("NOPE"), vec![]).await;
     let mut feed = HyperliquidFeed::new();
     let seen = run_client(
         &mut feed,
-        &mock.url,
+        &mock.url(""),
         &["BTC", "NOPE"],
         true,
         usize::MAX,
@@ -323,9 +311,13 @@ async fn hyperliquid_drops_the_socket_on_an_unknown_coin() {
         close.starts_with("error:") || close == "eof",
         "expected an abrupt drop, got {close}"
     );
-    mock.wait_for("server drop", Duration::from_secs(5), |ev| {
-        ev.iter()
-            .any(|e| matches!(e, Event::Closed(1, w) if w.contains("unknown coin NOPE")))
+    mock.wait_for("server drop", Duration::from_secs(5), |conns| {
+        conns.first().is_some_and(|c| {
+            c.closed.is_some()
+                && c.ended_by_server
+                    .as_deref()
+                    .is_some_and(|w| w.contains("unknown coin NOPE"))
+        })
     })
     .await;
 }

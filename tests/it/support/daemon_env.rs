@@ -369,6 +369,37 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The address the HTTP API bound, read from the daemon's `HTTP API listening addr=…` log
+    /// line (configure `[api] bind = "127.0.0.1:0"`: the kernel picks a free port, so no other
+    /// test can take it in between; the line is INFO from `liqwatch::api`, so a quieter `[log]
+    /// level` must let that target through). Polls the log until `deadline`, panicking with the
+    /// log then or as soon as the daemon exits. Each start binds anew: ask a restarted daemon
+    /// again.
+    pub async fn api_addr(&mut self, deadline: Duration) -> SocketAddr {
+        let end = Instant::now() + deadline;
+        loop {
+            let exited = !self.alive();
+            let log = strip_ansi(&self.log_text());
+            let addr = log
+                .lines()
+                .filter(|l| l.contains("HTTP API listening"))
+                .find_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("addr=")))
+                .and_then(|a| a.parse().ok());
+            if let Some(addr) = addr {
+                return addr;
+            }
+            assert!(
+                !exited,
+                "the daemon exited before its API listened; log:\n{log}"
+            );
+            assert!(
+                Instant::now() < end,
+                "no `HTTP API listening addr=` line within {deadline:?}; log:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGKILL and reap.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -416,11 +447,23 @@ pub fn http_client() -> reqwest::Client {
         .unwrap()
 }
 
-/// A free loopback port (bound then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `text` without ANSI escape sequences (the text log colours its levels and field names).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters… final byte in '@'..='~'.
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }

@@ -7,7 +7,6 @@ pub mod daemon_env;
 pub mod engine_fixtures;
 pub mod mock_venue;
 pub mod nats_server;
-pub mod protocol_venue;
 pub mod sink_contract;
 pub mod tools;
 pub mod webhook_receiver;

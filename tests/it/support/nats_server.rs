@@ -1,11 +1,14 @@
 //! A real `nats-server -js` for tests.
 //!
-//! [`NatsServer::start`] runs `nats-server -js -a 127.0.0.1 -p <free port> -sd <tempdir>` and
-//! waits until JetStream answers; [`NatsServer::stop`] kills it and [`NatsServer::restart`]
-//! starts it again on the same port and store. Without `nats-server` (Debian package
-//! `nats-server`) the test fails, saying so.
+//! [`NatsServer::start`] runs `nats-server -js -a 127.0.0.1 -p -1 --ports_file_dir <dir> -sd
+//! <tempdir>`: the server picks a free port itself and writes it to its ports file, so no other
+//! test can take the port between choosing and binding it. It then waits until JetStream
+//! answers. [`NatsServer::stop`] kills it and [`NatsServer::restart`] starts it again on the
+//! port it reported and the same store (a restart must come back where clients reconnect).
+//! Without `nats-server` (Debian package `nats-server`) the test fails, saying so.
 
-use std::path::PathBuf;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -60,39 +63,92 @@ pub async fn wait_ready(url: &str, within: Duration) {
     }
 }
 
+/// Runs `nats-server -js -a 127.0.0.1 -p <port> -sd <store>` with extra arguments.
+fn spawn(bin: &Path, port: &str, store: &Path, extra: &[&OsStr]) -> Child {
+    Command::new(bin)
+        .args(["-js", "-a", "127.0.0.1", "-p", port, "-sd"])
+        .arg(store)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn nats-server")
+}
+
+/// Starts `nats-server -js` on a port it picks itself (`-p -1`) and returns the child and that
+/// port, read from the ports file it writes into `ports_dir` once it listens. Panics if the
+/// server exits or writes no ports file within `within`.
+pub async fn spawn_on_free_port(
+    bin: &Path,
+    store: &Path,
+    ports_dir: &Path,
+    within: Duration,
+) -> (Child, u16) {
+    std::fs::create_dir_all(ports_dir).unwrap();
+    let mut child = spawn(
+        bin,
+        "-1",
+        store,
+        &[OsStr::new("--ports_file_dir"), ports_dir.as_os_str()],
+    );
+    // `<executable name>_<pid>.ports`: `{"nats":["nats://127.0.0.1:PORT"], …}`.
+    let file = ports_dir.join(format!(
+        "{}_{}.ports",
+        bin.file_name().unwrap().to_string_lossy(),
+        child.id()
+    ));
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let port = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| {
+                let url = v["nats"][0].as_str()?.to_string();
+                url.rsplit(':').next()?.parse::<u16>().ok()
+            });
+        if let Some(port) = port {
+            return (child, port);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "nats-server exited ({status}) before writing {}",
+                file.display()
+            );
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "nats-server wrote no ports file {} within {within:?}",
+                file.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 impl NatsServer {
-    /// Starts a local server on a free port with a fresh store and waits until it is ready;
-    /// panics when `nats-server` is not installed.
+    /// Starts a local server on a port it picks, with a fresh store, and waits until it is
+    /// ready; panics when `nats-server` is not installed.
     pub async fn start() -> NatsServer {
         let bin = tools::require("nats-server", "nats-server");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut s = NatsServer {
+        let store = tempfile::tempdir().unwrap();
+        let (child, port) = spawn_on_free_port(
+            &bin,
+            store.path(),
+            &store.path().join("ports"),
+            Duration::from_secs(15),
+        )
+        .await;
+        let s = NatsServer {
             url: format!("nats://127.0.0.1:{port}"),
             port,
             bin,
-            store: tempfile::tempdir().unwrap(),
-            child: None,
+            store,
+            child: Some(child),
         };
-        s.spawn().await;
+        wait_ready(&s.url, Duration::from_secs(15)).await;
         s
-    }
-
-    async fn spawn(&mut self) {
-        let child = Command::new(&self.bin)
-            .args(["-js", "-a", "127.0.0.1", "-p"])
-            .arg(self.port.to_string())
-            .arg("-sd")
-            .arg(self.store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nats-server");
-        self.child = Some(child);
-        wait_ready(&self.url, Duration::from_secs(15)).await;
     }
 
     fn kill(&mut self) {
@@ -107,9 +163,16 @@ impl NatsServer {
         self.kill();
     }
 
-    /// Starts the server again on the same port and store and waits until it is ready.
+    /// Starts the server again on the port it reported at the first start and the same store,
+    /// and waits until it is ready.
     pub async fn restart(&mut self) {
         self.kill();
-        self.spawn().await;
+        self.child = Some(spawn(
+            &self.bin,
+            &self.port.to_string(),
+            self.store.path(),
+            &[],
+        ));
+        wait_ready(&self.url, Duration::from_secs(15)).await;
     }
 }
