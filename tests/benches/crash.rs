@@ -14,8 +14,9 @@
 //! Times are on-CPU time of the thread(s) doing the work (`/proc/thread-self/schedstat`; for the
 //! 2-core rescan, the wall time of the two threads), so they depend little on other load.
 //!
-//! `cargo bench --bench crash` (100k accounts) or `LIQWATCH_CRASH_ACCOUNTS=1000000 cargo bench
-//! --bench crash`; `LIQWATCH_CRASH_ROUNDS` (default 3) crash-and-bounce rounds.
+//! `cargo bench --bench crash` (100k accounts, the leveraged all-long book) or
+//! `LIQWATCH_CRASH_ACCOUNTS=1000000 cargo bench --bench crash`; `LIQWATCH_CRASH_ROUNDS` (default
+//! 3) crash-and-bounce rounds; `LIQWATCH_CRASH_BOOK=calm` for the engine bench's calmer book.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -34,7 +35,10 @@ use rust_decimal_macros::dec;
 #[allow(dead_code)] // each bench uses only some of the book's helpers
 #[path = "support/book.rs"]
 mod book;
-use book::{PERPS, accounts, build, instruments, thread_cpu_ns, vm_rss_kib};
+use book::{
+    Lcg, PERPS, account, accounts_with, build_with, instruments, leveraged_account, thread_cpu_ns,
+    vm_rss_kib,
+};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -130,6 +134,11 @@ fn main() {
         return; // `cargo test --benches` lists; nothing to list here
     }
     let n = env_usize("LIQWATCH_CRASH_ACCOUNTS", 100_000);
+    // `LIQWATCH_CRASH_BOOK=calm` uses the engine bench's book (mixed long/short, well
+    // collateralised: a −10 % move takes few accounts across a level).
+    let calm = std::env::var("LIQWATCH_CRASH_BOOK").as_deref() == Ok("calm");
+    let gen_account: fn(usize, &mut Lcg) -> liqwatch::model::Account =
+        if calm { account } else { leveraged_account };
     let rounds = env_usize("LIQWATCH_CRASH_ROUNDS", 3);
     let levels = Thresholds::default();
     let table: HashMap<InstrumentId, Instrument> = instruments()
@@ -151,13 +160,16 @@ fn main() {
     };
     let info: HashMap<InstrumentId, PriceUsed> = HashMap::new();
 
-    println!("crash: building the book of {n} accounts (4 positions each, 10 perps)");
-    let plain = accounts(n);
+    println!(
+        "crash: building the {} book of {n} accounts (4 positions each, 10 perps)",
+        if calm { "calm" } else { "leveraged, all-long" }
+    );
+    let plain = accounts_with(n, gen_account);
     let ids: Vec<_> = plain.iter().map(|a| a.id.clone()).collect();
     let rss0 = vm_rss_kib();
-    let eager_map: Arc<AccountMap> = Arc::new(build(n));
+    let eager_map: Arc<AccountMap> = Arc::new(build_with(n, gen_account));
     let rss_map = vm_rss_kib().saturating_sub(rss0);
-    let lazy_map: Arc<AccountMap> = Arc::new(build(n));
+    let lazy_map: Arc<AccountMap> = Arc::new(build_with(n, gen_account));
     let cfg = |distance_index| EngineConfig {
         monitor: MonitorConfig {
             thresholds: levels.clone(),
