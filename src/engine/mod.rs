@@ -414,4 +414,54 @@ mod tests {
             assert_eq!(e.monitor().state(e.map(), &id), None);
         }
     }
+
+    /// A step with many events (a correlated move) builds their snapshots on several cores:
+    /// every event carries exactly the snapshot a from-scratch `margin::account_snapshot` gives,
+    /// and the events come out in account-key order.
+    #[test]
+    fn many_events_in_one_step() {
+        let info = HashMap::<InstrumentId, PriceUsed>::new();
+        let map = Arc::new(AccountMap::new(w3_instruments()));
+        let mut e = Engine::new(
+            Arc::clone(&map),
+            EngineConfig {
+                monitor: MonitorConfig::default(),
+                distance_index: true,
+            },
+        )
+        .unwrap();
+        let n = 300;
+        for i in 0..n {
+            e.on_update(
+                AccountUpdate::Replace {
+                    account: w3_account(&format!("w3-{i:03}")),
+                },
+                &info,
+                NOW,
+            )
+            .unwrap();
+        }
+        let w3 = burst([dec!(60000), dec!(3000), dec!(150)]);
+        assert!(
+            e.on_prices(w3.iter().map(|(i, p)| (i, *p)), &info, NOW)
+                .is_empty()
+        );
+        let w4 = burst([dec!(54000), dec!(2700), dec!(135)]);
+        let ev = e.on_prices(w4.iter().map(|(i, p)| (i, *p)), &info, NOW);
+        assert_eq!(ev.len(), n);
+        let prices = map.prices();
+        for (i, em) in ev.iter().enumerate() {
+            assert_eq!(em.account_id, AccountId::from(format!("w3-{i:03}")));
+            let account = map.account(&em.account_id).unwrap();
+            let expected =
+                crate::margin::account_snapshot(&account, map.instruments(), &prices, dec!(1))
+                    .unwrap();
+            assert_eq!(
+                em.event.snapshot.as_ref(),
+                Some(&expected),
+                "{}",
+                em.account_id
+            );
+        }
+    }
 }

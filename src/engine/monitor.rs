@@ -363,6 +363,7 @@ impl Monitor {
             self.epoch = 1;
         }
         let mut out = Vec::new();
+        let mut jobs = Vec::new();
         for t in touched.iter().rev() {
             let i = t.key as usize;
             if self.seen.len() <= i {
@@ -373,8 +374,9 @@ impl Monitor {
                 Some(e) => *e = self.epoch,
                 None => continue,
             }
-            self.evaluate_one(map, t, prices, now_ms, &mut out);
+            self.evaluate_one(map, t, prices, now_ms, &mut out, &mut jobs);
         }
+        fill_snapshots(map, &mut out, jobs);
         out.reverse();
         out
     }
@@ -388,9 +390,11 @@ impl Monitor {
         now_ms: TimestampMs,
     ) -> Vec<Emitted> {
         let mut out = Vec::new();
+        let mut jobs = Vec::new();
         if let Some(t) = map.materialise(key) {
-            self.evaluate_one(map, &t, prices, now_ms, &mut out);
+            self.evaluate_one(map, &t, prices, now_ms, &mut out, &mut jobs);
         }
+        fill_snapshots(map, &mut out, jobs);
         out
     }
 
@@ -426,11 +430,13 @@ impl Monitor {
     ) -> Vec<Emitted> {
         keys.sort_unstable();
         let mut out = Vec::new();
+        let mut jobs = Vec::new();
         for k in keys {
             if let Some(t) = map.materialise(k) {
-                self.evaluate_one(map, &t, prices, now_ms, &mut out);
+                self.evaluate_one(map, &t, prices, now_ms, &mut out, &mut jobs);
             }
         }
+        fill_snapshots(map, &mut out, jobs);
         out
     }
 
@@ -488,6 +494,7 @@ impl Monitor {
         prices: &dyn PriceInfo,
         now_ms: TimestampMs,
         out: &mut Vec<Emitted>,
+        jobs: &mut Vec<SnapshotJob>,
     ) {
         if !t.complete {
             return;
@@ -551,19 +558,9 @@ impl Monitor {
         slot.seq += 1;
         slot.state = new_state.clone();
         let seq = slot.seq;
-        let snapshot = match margin::account_snapshot(
-            &account,
-            map.instruments(),
-            &engine_prices,
-            th.trigger,
-        ) {
-            Ok(s) => Some(s),
-            Err(error) => {
-                metrics::counter!("liqwatch_monitor_snapshot_errors_total").increment(1);
-                tracing::error!(account = %account.id, %error, "Snapshot failed; the event goes out without it");
-                None
-            }
-        };
+        // The snapshot (figures, shock distance, liquidation prices) is what an event costs:
+        // it is computed after the state pass, for every event of the step at once, on all cores.
+        let snapshot = None;
         metrics::counter!("liqwatch_monitor_events_total", "kind" => crossing.kind.as_str())
             .increment(1);
         let state_json = serde_json::to_string(&MonitorState {
@@ -571,6 +568,12 @@ impl Monitor {
             seq,
         })
         .unwrap_or_default();
+        jobs.push(SnapshotJob {
+            at: out.len(),
+            trigger: th.trigger,
+            prices: engine_prices,
+            account: account.clone(),
+        });
         out.push(Emitted {
             account_id: account.id.clone(),
             state_json,
@@ -591,6 +594,64 @@ impl Monitor {
                 feed: None,
             },
         });
+    }
+}
+
+/// An event whose snapshot is still to be computed: the account and the prices it was valued at.
+struct SnapshotJob {
+    /// Index of the event in the step's output.
+    at: usize,
+    trigger: Decimal,
+    prices: crate::engine::map::PriceSnapshot,
+    account: crate::model::Account,
+}
+
+/// Events in one step from which snapshots are built on more than one core.
+const PARALLEL_SNAPSHOTS: usize = 64;
+
+/// Computes each job's snapshot (pure: the account at the prices it was valued at) into its
+/// event. Large batches — a correlated move — are split over the available cores; each
+/// snapshot lands in its own event, so the order of events does not depend on the split.
+fn fill_snapshots(map: &AccountMap, out: &mut [Emitted], jobs: Vec<SnapshotJob>) {
+    let one = |job: &SnapshotJob| -> Option<crate::model::RiskSnapshot> {
+        match margin::account_snapshot(&job.account, map.instruments(), &job.prices, job.trigger) {
+            Ok(s) => Some(s),
+            Err(error) => {
+                metrics::counter!("liqwatch_monitor_snapshot_errors_total").increment(1);
+                tracing::error!(account = %job.account.id, %error, "Snapshot failed; the event goes out without it");
+                None
+            }
+        }
+    };
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(8);
+    let snapshots: Vec<Option<crate::model::RiskSnapshot>> =
+        if jobs.len() < PARALLEL_SNAPSHOTS || threads < 2 {
+            jobs.iter().map(one).collect()
+        } else {
+            let chunk = jobs.len().div_ceil(threads);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = jobs
+                    .chunks(chunk)
+                    .map(|c| scope.spawn(move || c.iter().map(one).collect::<Vec<_>>()))
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| match h.join() {
+                        Ok(v) => v,
+                        // A panic in the margin model is a bug; keep the events, without
+                        // snapshots, rather than lose them.
+                        Err(_) => vec![None; chunk],
+                    })
+                    .collect()
+            })
+        };
+    for (job, snapshot) in jobs.iter().zip(snapshots) {
+        if let Some(e) = out.get_mut(job.at) {
+            e.event.snapshot = snapshot;
+        }
     }
 }
 

@@ -11,8 +11,9 @@
 //!
 //! Every path sees the same prices and must reach the same states: the bench checks that the
 //! three agree on the number of accounts in each state after every step (and panics if not).
-//! Times are on-CPU time of the thread(s) doing the work (`/proc/thread-self/schedstat`; for the
-//! 2-core rescan, the wall time of the two threads), so they depend little on other load.
+//! The 1-core rescan is on-CPU time of its thread (`/proc/thread-self/schedstat`); the 2-core
+//! rescan and the engine steps are wall time (the engine builds event snapshots on every core),
+//! with the engine's whole-process CPU time beside it (10 ms resolution).
 //!
 //! `cargo bench --bench crash` (100k accounts, the leveraged all-long book) or
 //! `LIQWATCH_CRASH_ACCOUNTS=1000000 cargo bench --bench crash`; `LIQWATCH_CRASH_ROUNDS` (default
@@ -110,6 +111,28 @@ fn cpu<R>(f: impl FnOnce() -> R) -> (R, Duration) {
     let t0 = thread_cpu_ns();
     let r = f();
     (r, Duration::from_nanos(thread_cpu_ns().saturating_sub(t0)))
+}
+
+/// CPU time of the whole process, threads that have ended included (`/proc/self/stat` utime +
+/// stime, in clock ticks of 10 ms).
+fn process_cpu() -> Duration {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // After the command name: state is field 3, utime 14 and stime 15 (1-based).
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+/// Wall time and whole-process CPU time of `f` (the engine may use every core).
+fn wall<R>(f: impl FnOnce() -> R) -> (R, Duration, Duration) {
+    let (c0, t0) = (process_cpu(), Instant::now());
+    let r = f();
+    (r, t0.elapsed(), process_cpu().saturating_sub(c0))
 }
 
 fn engine_states(e: &Engine, ids: &[liqwatch::model::AccountId]) -> Census {
@@ -213,9 +236,10 @@ fn main() {
             let prices = as_map(step);
             let (ev1, t1) = cpu(|| rescan(&plain, &mut states1, &table, &prices, &levels));
             let (ev2, t2) = rescan_2(&plain, &mut states2, &table, &prices, &levels);
-            let (ee, te) = cpu(|| eager.on_prices(step.iter().map(|(i, p)| (i, *p)), &info, 1));
+            let (ee, te, ce) =
+                wall(|| eager.on_prices(step.iter().map(|(i, p)| (i, *p)), &info, 1));
             let valued_e = eager.last_valued();
-            let (el, tl) = cpu(|| lazy.on_prices(step.iter().map(|(i, p)| (i, *p)), &info, 1));
+            let (el, tl, cl) = wall(|| lazy.on_prices(step.iter().map(|(i, p)| (i, *p)), &info, 1));
             let valued_l = lazy.last_valued();
             let c = census(states1.iter());
             assert_eq!(c, census(states2.iter()), "2-core rescan");
@@ -223,12 +247,14 @@ fn main() {
             assert_eq!(c, engine_states(&lazy, &ids), "indexed after {name}");
             assert_eq!((ev1, ev2, ee.len()), (ev1, ev1, el.len()), "event counts");
             println!(
-                "| {name} (round {}) | {} | {} | {} | {} | {valued_e} / {valued_l} | {ev1} |",
+                "| {name} (round {}) | {} | {} | {} (CPU {}) | {} (CPU {}) | {valued_e} / {valued_l} | {ev1} |",
                 round + 1,
                 ms(t1),
                 ms(t2),
                 ms(te),
+                ms(ce),
                 ms(tl),
+                ms(cl),
             );
         }
     }
