@@ -39,6 +39,10 @@
 //! Connection `n` (0-based) plays `scripts[n]`, then whatever [`MockVenue::send`] gives it while
 //! it is the newest connection; connections past the end of `scripts` play only those. A
 //! connection stays open until the client closes it or a fault ends it.
+//!
+//! Why it is long (about 970 lines): it is the one mock venue for every venue the tests speak —
+//! the server, its fault injection, and the OKX, Deribit and Hyperliquid protocol hooks — kept
+//! together so that a new venue's tests add a hook here rather than a second server.
 
 use std::collections::HashSet;
 use std::sync::Arc;
