@@ -313,6 +313,36 @@ mod tests {
         assert_eq!(back, MarginRatio::Finite(dec!(0.0885)));
     }
 
+    /// Issue 11 item 5: the one ratio rule — no exposure (MM = 0) is ratio 0 whatever the
+    /// equity; with exposure, equity ≤ 0 is infinite; otherwise MM / equity.
+    #[test]
+    fn margin_ratio_rule_issue_11_item_5() {
+        let f = MarginRatio::Finite;
+        let table = [
+            // (MM, equity, ratio)
+            (dec!(0), dec!(0), f(dec!(0))),
+            (dec!(0), dec!(-1000), f(dec!(0))),
+            (dec!(0), dec!(-0.000000000001), f(dec!(0))),
+            (dec!(0), dec!(500), f(dec!(0))),
+            (dec!(0.000000000001), dec!(0), MarginRatio::Infinite),
+            (dec!(10), dec!(-1), MarginRatio::Infinite),
+            (dec!(10), dec!(20), f(dec!(0.5))),
+            (
+                Decimal::MAX,
+                dec!(0.0000000000000000000000000001),
+                MarginRatio::Infinite,
+            ),
+        ];
+        for (mm, equity, want) in table {
+            assert_eq!(
+                MarginRatio::compute(mm, equity),
+                want,
+                "MM {mm}, equity {equity}"
+            );
+        }
+        assert!(MarginRatio::compute(dec!(0), dec!(-5)).below(dec!(0.8)));
+    }
+
     /// Venue names round-trip through `parse`, `FromStr`, `Display` and serde, are kebab-case,
     /// and unknown names are refused with the list of known ones.
     #[test]

@@ -3,4 +3,5 @@
 mod cli;
 mod deploy_files;
 mod e2e;
+mod empty_account;
 mod stress;

@@ -3,5 +3,6 @@
 
 mod concurrency;
 mod events_doc;
+mod exposure;
 mod index_props;
 mod props;
