@@ -64,7 +64,7 @@ fn engines() -> Vec<(&'static str, Engine)> {
         .collect()
 }
 
-fn kinds_for<'a>(events: &'a [Emitted], id: &str) -> Vec<EventKind> {
+fn kinds_for(events: &[Emitted], id: &str) -> Vec<EventKind> {
     events
         .iter()
         .filter(|e| e.account_id.as_str() == id)
