@@ -13,10 +13,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
 mod account; // accounts, positions, levels, fills, updates, validation
+mod exact; // decimal strings read exactly, never rounded
 mod instrument; // instruments, tiers, haircuts, price sources
 mod risk; // ratios, snapshots, states, events
 
 pub use account::*;
+pub use exact::*;
 pub use instrument::*;
 pub use risk::*;
 
@@ -227,7 +229,7 @@ pub mod decimal_vec_str {
         let raw = Vec::<std::borrow::Cow<'de, str>>::deserialize(d)?;
         raw.iter()
             .map(|s| {
-                s.parse::<Decimal>()
+                super::parse_exact(s)
                     .map_err(|e| serde::de::Error::custom(format!("decimal {s:?}: {e}")))
             })
             .collect()
@@ -261,7 +263,7 @@ pub mod decimal_map_str {
         let raw = BTreeMap::<String, String>::deserialize(d)?;
         raw.into_iter()
             .map(|(k, v)| {
-                let d = v.parse::<Decimal>().map_err(|e| {
+                let d = super::parse_exact(&v).map_err(|e| {
                     serde::de::Error::custom(format!("collateral {k:?}: decimal {v:?}: {e}"))
                 })?;
                 Ok((InstrumentId::from(k), d))
@@ -288,6 +290,39 @@ mod tests {
         assert!(serde_json::from_str::<Account>(bad).is_err());
         let unknown = r#"{"id":"a1","colateral":{}}"#;
         assert!(serde_json::from_str::<Account>(unknown).is_err());
+    }
+
+    /// Issue 12 item 3: a quantity, price or balance with more digits than a decimal holds is
+    /// refused with the reason, not rounded (to 0).
+    #[test]
+    fn account_refuses_rounded_decimals() {
+        let tiny = "0.00000000000000000000000000001";
+        for body in [
+            format!(
+                r#"{{"id":"a","positions":[{{"instrument":"X","quantity":"{tiny}","entry_price":"1"}}]}}"#
+            ),
+            format!(
+                r#"{{"id":"a","positions":[{{"instrument":"X","quantity":"1","entry_price":"{tiny}"}}]}}"#
+            ),
+            format!(r#"{{"id":"a","collateral":{{"USDT":"{tiny}"}}}}"#),
+            r#"{"id":"a","collateral":{"USDT":"79228162514264337593543950336"}}"#.to_string(),
+        ] {
+            let e = serde_json::from_str::<Account>(&body)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("rounded") || e.contains("out of range"),
+                "{body}: {e}"
+            );
+        }
+        let a: Account = serde_json::from_str(
+            r#"{"id":"a","collateral":{"USDT":"0.0000000000000000000000000001"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            a.collateral[&InstrumentId::from("USDT")],
+            dec!(0.0000000000000000000000000001)
+        );
     }
 
     /// The margin ratio is infinite at non-positive equity and round-trips through JSON.
