@@ -5,3 +5,4 @@ mod deploy_files;
 mod e2e;
 mod empty_account;
 mod stress;
+mod stress_extremes;

@@ -4,5 +4,6 @@
 mod concurrency;
 mod events_doc;
 mod exposure;
+mod extremes;
 mod index_props;
 mod props;
