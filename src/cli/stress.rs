@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use rust_decimal::Decimal;
+use rust_decimal::{Decimal, RoundingStrategy};
 use serde::Serialize;
 
 use crate::engine::{AccountError, AccountMap, Engine, EngineConfig, MonitorConfig};
@@ -136,7 +136,13 @@ fn stress_row(engine: &Engine, id: &AccountId, scenario: &str) -> Result<StressR
         .unwrap_or_else(|| engine.monitor().config().thresholds.clone());
     let snap = map.snapshot(id, levels.trigger)?;
     let pct = match snap.margin_ratio {
-        MarginRatio::Finite(r) => to_cents(r * Decimal::ONE_HUNDRED).to_string(),
+        MarginRatio::Finite(r) => match r.checked_mul(Decimal::ONE_HUNDRED) {
+            Some(p) => to_cents(p).to_string(),
+            // Beyond Decimal's range in percent (ratio > 7.9e26): shift the digits instead.
+            None => {
+                times_100_text(r.round_dp_with_strategy(4, RoundingStrategy::MidpointAwayFromZero))
+            }
+        },
         MarginRatio::Infinite => "inf".into(),
     };
     let state = engine
@@ -329,7 +335,7 @@ pub fn main(args: StressArgs) -> ExitCode {
 
 /// `1234567.891` → `1,234,567.89` (half-up to the cent).
 pub fn money(d: Decimal) -> String {
-    let s = format!("{:.2}", to_cents(d));
+    let s = with_places(to_cents(d).to_string(), 2);
     let (sign, digits) = match s.strip_prefix('-') {
         Some(rest) => ("-", rest),
         None => ("", s.as_str()),
@@ -353,13 +359,54 @@ fn price(d: Decimal) -> String {
     }
 }
 
-fn percent(f: Decimal, dp: u32) -> String {
-    let p = (f * Decimal::ONE_HUNDRED)
-        .round_dp_with_strategy(dp, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
-    if p > Decimal::ZERO {
-        format!("+{p:.dp$} %", dp = dp as usize)
+/// `d × 100` written out exactly, for any `d`: the decimal point is moved on the digits, so
+/// it cannot overflow (a ratio or a shock beyond 7.9e26 has no `Decimal` percent).
+pub fn times_100_text(d: Decimal) -> String {
+    let text = d.to_string();
+    let (sign, digits) = match text.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", text.as_str()),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let frac = format!("{frac:0<2}");
+    let (moved, rest) = frac.split_at(2);
+    let int = format!("{int}{moved}");
+    let int = match int.trim_start_matches('0') {
+        "" => "0",
+        t => t,
+    };
+    if rest.is_empty() {
+        format!("{sign}{int}")
     } else {
-        format!("{p:.dp$} %", dp = dp as usize)
+        format!("{sign}{int}.{rest}")
+    }
+}
+
+/// A number already rounded to at most `dp` places, padded with zeros to exactly `dp`.
+/// (`format!("{:.2}", decimal)` panics past 29 significant digits: rust_decimal formats into
+/// a 32-byte buffer.)
+fn with_places(text: String, dp: usize) -> String {
+    let places = text.split_once('.').map_or(0, |(_, r)| r.len());
+    let pad = dp.saturating_sub(places);
+    match (places, pad) {
+        (_, 0) => text,
+        (0, _) => format!("{text}.{}", "0".repeat(pad)),
+        _ => format!("{text}{}", "0".repeat(pad)),
+    }
+}
+
+fn percent(f: Decimal, dp: u32) -> String {
+    let half_up = RoundingStrategy::MidpointAwayFromZero;
+    let digits = match f.checked_mul(Decimal::ONE_HUNDRED) {
+        Some(p) => p.round_dp_with_strategy(dp, half_up).to_string(),
+        // Beyond Decimal's range in percent: round the fraction, then shift its digits.
+        None => times_100_text(f.round_dp_with_strategy(dp.saturating_add(2), half_up)),
+    };
+    let text = with_places(digits, dp as usize);
+    if f > Decimal::ZERO {
+        format!("+{text} %")
+    } else {
+        format!("{text} %")
     }
 }
 
@@ -465,6 +512,30 @@ pub fn render_table(rows: &[StressRow]) -> String {
 mod tests {
     use super::*;
     use rust_decimal_macros::dec;
+
+    /// Issue 12 item 3: percentages of figures beyond `Decimal`'s range in percent are written
+    /// from the digits, exactly, instead of panicking on `× 100`.
+    #[test]
+    fn percent_never_overflows() {
+        assert_eq!(times_100_text(dec!(0.0885)), "8.85");
+        assert_eq!(times_100_text(dec!(-0.5)), "-50");
+        assert_eq!(times_100_text(dec!(3)), "300");
+        assert_eq!(times_100_text(dec!(0.001)), "0.1");
+        assert_eq!(
+            times_100_text(Decimal::MAX),
+            "7922816251426433759354395033500"
+        );
+        assert_eq!(percent(dec!(-0.095765), 4), "-9.5765 %");
+        assert_eq!(percent(dec!(0.5), 2), "+50.00 %");
+        assert_eq!(
+            percent(dec!(670000000000000000000000000.5), 2),
+            "+67000000000000000000000000050.00 %"
+        );
+        assert_eq!(
+            percent(Decimal::MIN, 4),
+            "-7922816251426433759354395033500.0000 %"
+        );
+    }
 
     /// Money formatting groups thousands and rounds half-up to the cent.
     #[test]

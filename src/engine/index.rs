@@ -193,6 +193,12 @@ pub fn allowed_move(
         delta = delta.min(side(u, slack)?);
     }
     if let Some(d) = range.floor.filter(|d| *d > Decimal::ZERO) {
+        // `MM − D·E > 0` implies `ratio ≥ D` only while there is exposure: with `MM = 0` the
+        // ratio is 0 whatever the equity (`MarginRatio::compute`). A band keeps every price
+        // positive, so a positive MM stays positive inside it; with no MM, no band.
+        if mm <= Decimal::ZERO {
+            return None;
+        }
         let slack = mm.checked_sub(d.checked_mul(equity)?)?;
         delta = delta.min(side(d, slack)?);
     }

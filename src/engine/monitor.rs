@@ -17,7 +17,8 @@
 //!   bottom) and one `recovered` event fires with `level` = the lowest level recovered from (so
 //!   `recovered` at `w₁` means healthy again) and `crossed_levels` = every level recovered from.
 //! - Otherwise nothing: a ratio hovering on or just under a level does not flap.
-//! - An infinite ratio (equity ≤ 0) is at or above every level.
+//! - An infinite ratio (equity ≤ 0 with MM ≠ 0) is at or above every level; an account with no
+//!   exposure (MM = 0) has ratio 0 ([`MarginRatio::compute`]).
 //! - Incomplete accounts (a price missing) are not evaluated.
 //!
 //! # Stale prices (`trigger_on_stale`)

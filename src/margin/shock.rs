@@ -86,7 +86,21 @@ impl Line {
 
 /// Relative tolerance for accepting a root that lies on an interval's (rounded) boundary.
 fn boundary_eps(z: Decimal) -> Decimal {
-    z.abs().max(Decimal::ONE) * Decimal::new(1, 22)
+    // A product with a factor below 1 cannot overflow; checked all the same (no `*` on input).
+    z.abs()
+        .max(Decimal::ONE)
+        .checked_mul(Decimal::new(1, 22))
+        .unwrap_or(Decimal::ONE)
+}
+
+/// `z ≥ bound − eps`; a bound whose tolerance overflows `Decimal` is no bound at all.
+fn at_least(z: Decimal, bound: Decimal, eps: Decimal) -> bool {
+    bound.checked_sub(eps).is_none_or(|b| z >= b)
+}
+
+/// `z ≤ bound + eps`; a bound whose tolerance overflows `Decimal` is no bound at all.
+fn at_most(z: Decimal, bound: Decimal, eps: Decimal) -> bool {
+    bound.checked_add(eps).is_none_or(|b| z <= b)
 }
 
 impl<'a> PriceMove<'a> {
@@ -274,12 +288,14 @@ impl<'a> PriceMove<'a> {
                 let z = add(start, delta, "root")?;
                 let eps = boundary_eps(z);
                 let inside = if upwards {
-                    delta >= Decimal::ZERO && z >= near - eps && far.is_none_or(|f| z <= f + eps)
+                    delta >= Decimal::ZERO
+                        && at_least(z, near, eps)
+                        && far.is_none_or(|f| at_most(z, f, eps))
                 } else {
                     delta <= Decimal::ZERO
                         && z > Decimal::ZERO
-                        && z <= near + eps
-                        && far.is_none_or(|f| z >= f - eps)
+                        && at_most(z, near, eps)
+                        && far.is_none_or(|f| at_least(z, f, eps))
                 };
                 if inside {
                     return Ok(Some(delta));

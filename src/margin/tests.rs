@@ -703,8 +703,9 @@ fn hedge_mode_legs() {
     }
 }
 
-/// Edge cases: an empty account is infinitely risky with no distance; collateral alone is
-/// ratio 0 with no distance; negative equity is infinite and reports where it would stop
+/// Edge cases: an empty account has no exposure, so ratio 0 and no distance (issue 11 item 5:
+/// it used to be infinite); collateral alone is ratio 0 with no distance, even when the balance
+/// is negative; negative equity with positions is infinite and reports where it would stop
 /// being triggered.
 #[test]
 fn empty_no_positions_negative_equity() {
@@ -718,7 +719,7 @@ fn empty_no_positions_negative_equity() {
     };
     let s = account_snapshot(&empty, &u, &prices, dec!(1)).unwrap();
     assert_eq!(s.equity, Decimal::ZERO);
-    assert_eq!(s.margin_ratio, MarginRatio::Infinite);
+    assert_eq!(s.margin_ratio, MarginRatio::Finite(Decimal::ZERO));
     assert_eq!(s.shock_distance, ShockDistance::default());
     assert!(s.positions.is_empty());
 
@@ -728,6 +729,14 @@ fn empty_no_positions_negative_equity() {
     assert_eq!(s.equity, dec!(57000));
     assert_eq!(s.margin_ratio, MarginRatio::Finite(Decimal::ZERO));
     assert_eq!(s.shock_distance.nearest, None);
+
+    let mut owing = empty.clone();
+    owing.collateral.insert("USDT".into(), dec!(-250));
+    let s = account_snapshot(&owing, &u, &prices, dec!(1)).unwrap();
+    assert_eq!(s.equity, dec!(-250));
+    assert_eq!(s.maintenance_margin, Decimal::ZERO);
+    assert_eq!(s.margin_ratio, MarginRatio::Finite(Decimal::ZERO));
+    assert_eq!(s.shock_distance, ShockDistance::default());
 
     // W3 at −20 %: bankrupt; a rise back of the root's size un-triggers it.
     let p = w3_prices(dec!(0.8), dec!(0.8), dec!(0.8));

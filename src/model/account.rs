@@ -35,10 +35,10 @@ pub struct Position {
     #[serde(default)]
     pub side: PositionSide,
     /// Signed quantity: long > 0, short < 0. Linear: base units; inverse: contracts.
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "crate::model::exact_str")]
     pub quantity: Decimal,
     /// Average entry price.
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "crate::model::exact_str")]
     pub entry_price: Decimal,
 }
 
@@ -50,10 +50,10 @@ pub struct Thresholds {
     #[serde(with = "decimal_vec_str")]
     pub warning_levels: Vec<Decimal>,
     /// Trigger level (default 1.0).
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "crate::model::exact_str")]
     pub trigger: Decimal,
     /// Recovery hysteresis: a level is recovered below `level − hysteresis` (default 0.05).
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "crate::model::exact_str")]
     pub hysteresis: Decimal,
 }
 
@@ -219,13 +219,13 @@ pub struct Fill {
     #[serde(default)]
     pub side: PositionSide,
     /// Signed quantity: buy > 0, sell < 0.
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "crate::model::exact_str")]
     pub quantity: Decimal,
     /// Fill price.
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "crate::model::exact_str")]
     pub price: Decimal,
     /// Fee paid, in the settlement asset (positive = paid).
-    #[serde(default, with = "rust_decimal::serde::str")]
+    #[serde(default, with = "crate::model::exact_str")]
     pub fee: Decimal,
     /// The collateral asset that settles PnL and fees (default `USDT`).
     #[serde(default)]
@@ -255,7 +255,7 @@ pub enum AccountUpdate {
         /// The asset.
         asset: InstrumentId,
         /// Signed change of the balance.
-        #[serde(with = "rust_decimal::serde::str")]
+        #[serde(with = "crate::model::exact_str")]
         delta: Decimal,
     },
     /// Remove the account.

@@ -43,16 +43,16 @@ impl InstrumentKind {
 #[serde(deny_unknown_fields)]
 pub struct MarginTier {
     /// Lower bound of the bracket's notional (inclusive).
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "crate::model::exact_str")]
     pub notional_floor: Decimal,
     /// Upper bound of the bracket's notional.
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "crate::model::exact_str")]
     pub notional_cap: Decimal,
     /// Maintenance-margin rate of the bracket (0.004 = 0.4 %).
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "crate::model::exact_str")]
     pub mmr: Decimal,
     /// Maintenance amount ("cum", "mmDeduction") of the bracket.
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "crate::model::exact_str")]
     pub cum: Decimal,
 }
 
@@ -62,10 +62,10 @@ pub struct MarginTier {
 #[serde(deny_unknown_fields)]
 pub struct HaircutTier {
     /// Lower bound of the slice, in units of the asset (inclusive).
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "crate::model::exact_str")]
     pub amount_floor: Decimal,
     /// Collateral value ratio for the slice (0.95 = counts at 95 %).
-    #[serde(with = "rust_decimal::serde::str")]
+    #[serde(with = "crate::model::exact_str")]
     pub ratio: Decimal,
 }
 
@@ -107,16 +107,16 @@ pub struct Instrument {
     pub underlying: String,
     /// Linear: base units per unit of quantity (usually 1). Inverse: USD face value of one
     /// contract (100 for Binance COIN-M BTCUSD). Collateral: unused (1).
-    #[serde(default = "one", with = "rust_decimal::serde::str")]
+    #[serde(default = "one", with = "crate::model::exact_str")]
     pub contract_size: Decimal,
     /// Maintenance-margin brackets, sorted by floor, first floor 0. Empty for collateral.
     #[serde(default)]
     pub tiers: Vec<MarginTier>,
     /// Liquidation (clearance) fee rate on liquidated notional.
-    #[serde(default, with = "rust_decimal::serde::str")]
+    #[serde(default, with = "crate::model::exact_str")]
     pub liquidation_fee_rate: Decimal,
     /// Collateral only: flat haircut ratio, used when `haircut_tiers` is empty.
-    #[serde(default = "one", with = "rust_decimal::serde::str")]
+    #[serde(default = "one", with = "crate::model::exact_str")]
     pub collateral_ratio: Decimal,
     /// Collateral only: tiered haircut slices (Bybit UTA style), sorted by floor.
     #[serde(default)]

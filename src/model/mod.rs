@@ -13,10 +13,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
 mod account; // accounts, positions, levels, fills, updates, validation
+mod exact; // decimal strings read exactly, never rounded
 mod instrument; // instruments, tiers, haircuts, price sources
 mod risk; // ratios, snapshots, states, events
 
 pub use account::*;
+pub use exact::*;
 pub use instrument::*;
 pub use risk::*;
 
@@ -227,7 +229,7 @@ pub mod decimal_vec_str {
         let raw = Vec::<std::borrow::Cow<'de, str>>::deserialize(d)?;
         raw.iter()
             .map(|s| {
-                s.parse::<Decimal>()
+                super::parse_exact(s)
                     .map_err(|e| serde::de::Error::custom(format!("decimal {s:?}: {e}")))
             })
             .collect()
@@ -261,7 +263,7 @@ pub mod decimal_map_str {
         let raw = BTreeMap::<String, String>::deserialize(d)?;
         raw.into_iter()
             .map(|(k, v)| {
-                let d = v.parse::<Decimal>().map_err(|e| {
+                let d = super::parse_exact(&v).map_err(|e| {
                     serde::de::Error::custom(format!("collateral {k:?}: decimal {v:?}: {e}"))
                 })?;
                 Ok((InstrumentId::from(k), d))
@@ -290,6 +292,39 @@ mod tests {
         assert!(serde_json::from_str::<Account>(unknown).is_err());
     }
 
+    /// Issue 12 item 3: a quantity, price or balance with more digits than a decimal holds is
+    /// refused with the reason, not rounded (to 0).
+    #[test]
+    fn account_refuses_rounded_decimals() {
+        let tiny = "0.00000000000000000000000000001";
+        for body in [
+            format!(
+                r#"{{"id":"a","positions":[{{"instrument":"X","quantity":"{tiny}","entry_price":"1"}}]}}"#
+            ),
+            format!(
+                r#"{{"id":"a","positions":[{{"instrument":"X","quantity":"1","entry_price":"{tiny}"}}]}}"#
+            ),
+            format!(r#"{{"id":"a","collateral":{{"USDT":"{tiny}"}}}}"#),
+            r#"{"id":"a","collateral":{"USDT":"79228162514264337593543950336"}}"#.to_string(),
+        ] {
+            let e = serde_json::from_str::<Account>(&body)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("rounded") || e.contains("out of range"),
+                "{body}: {e}"
+            );
+        }
+        let a: Account = serde_json::from_str(
+            r#"{"id":"a","collateral":{"USDT":"0.0000000000000000000000000001"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            a.collateral[&InstrumentId::from("USDT")],
+            dec!(0.0000000000000000000000000001)
+        );
+    }
+
     /// The margin ratio is infinite at non-positive equity and round-trips through JSON.
     #[test]
     fn margin_ratio_infinite_and_serde() {
@@ -311,6 +346,36 @@ mod tests {
         assert_eq!(s, "\"inf\"");
         let back: MarginRatio = serde_json::from_str("\"0.0885\"").unwrap();
         assert_eq!(back, MarginRatio::Finite(dec!(0.0885)));
+    }
+
+    /// Issue 11 item 5: the one ratio rule — no exposure (MM = 0) is ratio 0 whatever the
+    /// equity; with exposure, equity ≤ 0 is infinite; otherwise MM / equity.
+    #[test]
+    fn margin_ratio_rule_issue_11_item_5() {
+        let f = MarginRatio::Finite;
+        let table = [
+            // (MM, equity, ratio)
+            (dec!(0), dec!(0), f(dec!(0))),
+            (dec!(0), dec!(-1000), f(dec!(0))),
+            (dec!(0), dec!(-0.000000000001), f(dec!(0))),
+            (dec!(0), dec!(500), f(dec!(0))),
+            (dec!(0.000000000001), dec!(0), MarginRatio::Infinite),
+            (dec!(10), dec!(-1), MarginRatio::Infinite),
+            (dec!(10), dec!(20), f(dec!(0.5))),
+            (
+                Decimal::MAX,
+                dec!(0.0000000000000000000000000001),
+                MarginRatio::Infinite,
+            ),
+        ];
+        for (mm, equity, want) in table {
+            assert_eq!(
+                MarginRatio::compute(mm, equity),
+                want,
+                "MM {mm}, equity {equity}"
+            );
+        }
+        assert!(MarginRatio::compute(dec!(0), dec!(-5)).below(dec!(0.8)));
     }
 
     /// Venue names round-trip through `parse`, `FromStr`, `Display` and serde, are kebab-case,

@@ -7,19 +7,30 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::*;
 
-/// Margin ratio `MM / equity`; equity ≤ 0 is infinitely risky. Serialises as a decimal string
-/// or `"inf"`.
+/// Margin ratio. The one rule, used everywhere a ratio is computed ([`MarginRatio::compute`]):
+///
+/// - `MM = 0` (no exposure: no positions, or none with a maintenance requirement) → `0`,
+///   whatever the equity — collateral alone, even a negative balance, cannot be liquidated;
+/// - otherwise equity ≤ 0 → infinite;
+/// - otherwise `MM / equity`.
+///
+/// Serialises as a decimal string or `"inf"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum MarginRatio {
     /// A finite ratio.
     Finite(Decimal),
-    /// Equity ≤ 0.
+    /// Equity ≤ 0 with a maintenance requirement (MM ≠ 0).
     Infinite,
 }
 
 impl MarginRatio {
-    /// `MM / equity`, infinite when equity ≤ 0. MM = 0 with positive equity is 0.
+    /// `0` when `MM = 0` (no exposure, whatever the equity; regression for issue 11 item 5:
+    /// an empty account used to count as infinitely risky and fire a trigger); otherwise
+    /// infinite when equity ≤ 0, else `MM / equity` (infinite if the division overflows).
     pub fn compute(maintenance_margin: Decimal, equity: Decimal) -> MarginRatio {
+        if maintenance_margin.is_zero() {
+            return MarginRatio::Finite(Decimal::ZERO);
+        }
         if equity <= Decimal::ZERO {
             return MarginRatio::Infinite;
         }

@@ -24,8 +24,10 @@
 //! reads at the sink's cursor, drops what the sink's [`SinkFilter`] does not want (those just
 //! advance the cursor), calls [`Sink::deliver`], advances the cursor past what was delivered,
 //! retries [`SinkError::Retriable`] with jittered exponential backoff (honouring
-//! `retry_after`), dead-letters [`SinkError::Permanent`] and moves on. It sleeps on the
-//! journal's commit notification instead of polling. A failing sink raises its own alarm
+//! `retry_after`; the backoff starts over after any attempt that delivered at least one event),
+//! dead-letters [`SinkError::Permanent`] and moves on. It sleeps on the journal's commit
+//! notification instead of polling, and on every commit — even mid-delivery or mid-backoff —
+//! republishes the sink's lag (`journal head − cursor`). A failing sink raises its own alarm
 //! ([`SinkHealth`], metrics, an ERROR log) and stops nothing else.
 
 pub mod jsonl;
@@ -468,6 +470,44 @@ impl Driver {
         });
     }
 
+    /// Re-reads the journal head and publishes `head − cursor` (gauge and health), state
+    /// unchanged. Called on every journal commit, whatever the driver is doing.
+    fn refresh_lag(&self, cursor: u64) {
+        let last_seq = self.journal.journal().last_seq();
+        let lag = last_seq.saturating_sub(cursor);
+        metrics::gauge!("liqwatch_sink_lag_events", "sink" => self.name.clone()).set(lag as f64);
+        self.health.send_if_modified(|h| {
+            let changed = h.last_seq != last_seq || h.lag != lag;
+            h.last_seq = last_seq;
+            h.lag = lag;
+            changed
+        });
+    }
+
+    /// Awaits `fut` while refreshing the lag on every journal commit, so
+    /// `liqwatch_sink_lag_events` follows the journal head during a long delivery or a backoff
+    /// sleep (issue 11 item 12: it used to move only on delivery attempts). The notifications
+    /// it consumes are harmless: the main loop always re-reads the journal before it idles.
+    async fn refreshing<F: std::future::Future>(
+        &self,
+        committed: &mut watch::Receiver<u64>,
+        cursor: u64,
+        fut: F,
+    ) -> F::Output {
+        let mut fut = std::pin::pin!(fut);
+        let mut open = true;
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut fut => return out,
+                changed = committed.changed(), if open => match changed {
+                    Ok(()) => self.refresh_lag(cursor),
+                    Err(_) => open = false, // the journal is gone; just wait
+                },
+            }
+        }
+    }
+
     fn record_failure(&mut self, error: &str, cursor: u64) {
         let now = now_ms();
         let stuck_ms = i64::try_from(self.options.stuck_after.as_millis()).unwrap_or(i64::MAX);
@@ -570,7 +610,10 @@ impl Driver {
                 Err(error) => {
                     tracing::warn!(sink = %name, %error, "Cannot read the journal; retrying");
                     let d = backoff.next_delay(None);
-                    if let Wait::DeadlinePassed = self.pause(d, deadline).await {
+                    let wait = self.pause(d, deadline);
+                    if let Wait::DeadlinePassed =
+                        self.refreshing(&mut committed, cursor, wait).await
+                    {
                         break;
                     }
                     continue;
@@ -609,13 +652,16 @@ impl Driver {
             let started = Instant::now();
             let attempt = {
                 let fut = tokio::time::timeout(self.options.deliver_timeout, sink.deliver(&wanted));
-                match deadline {
-                    Some(dl) => tokio::select! {
-                        r = fut => Some(r),
-                        _ = tokio::time::sleep_until(dl) => None,
-                    },
-                    None => Some(fut.await),
-                }
+                let fut = async {
+                    match deadline {
+                        Some(dl) => tokio::select! {
+                            r = fut => Some(r),
+                            _ = tokio::time::sleep_until(dl) => None,
+                        },
+                        None => Some(fut.await),
+                    }
+                };
+                self.refreshing(&mut committed, cursor, fut).await
             };
             let Some(attempt) = attempt else {
                 tracing::warn!(sink = %name, cursor, "Sink drain grace period over mid-batch; the batch is re-delivered after restart");
@@ -688,7 +734,10 @@ impl Driver {
                             tracing::error!(sink = %name, seq, %error, "Cannot record dead letter; will retry the event");
                             self.record_failure(&error.to_string(), cursor);
                             let d = backoff.next_delay(None);
-                            if let Wait::DeadlinePassed = self.pause(d, deadline).await {
+                            let wait = self.pause(d, deadline);
+                            if let Wait::DeadlinePassed =
+                                self.refreshing(&mut committed, cursor, wait).await
+                            {
                                 break;
                             }
                         }
@@ -702,10 +751,19 @@ impl Driver {
                     metrics::counter!("liqwatch_sink_retries_total", "sink" => name.clone())
                         .increment(1);
                     self.health.send_modify(|h| h.retries += 1);
+                    // Progress (≥ 1 event delivered) means the receiver is back: start the
+                    // backoff over, or a short outage leaves a long delay behind it (issue 11
+                    // item 12: a 2 s outage took 29 s to drain).
+                    if n > 0 {
+                        backoff.reset();
+                    }
                     let d = backoff.next_delay(retry_after);
                     tracing::warn!(sink = %name, cursor, %reason, retry_in = ?d, attempt = backoff.attempts(), "Sink delivery failed; retrying");
                     self.record_failure(&reason, cursor);
-                    if let Wait::DeadlinePassed = self.pause(d, deadline).await {
+                    let wait = self.pause(d, deadline);
+                    if let Wait::DeadlinePassed =
+                        self.refreshing(&mut committed, cursor, wait).await
+                    {
                         break;
                     }
                 }

@@ -471,8 +471,9 @@ pub fn check_instrument(i: &Instrument) -> (Findings, Findings) {
                 ));
             }
             let expected = t
-                .notional_floor
-                .checked_mul(t.mmr - prev.mmr)
+                .mmr
+                .checked_sub(prev.mmr)
+                .and_then(|r| t.notional_floor.checked_mul(r))
                 .and_then(|d| d.checked_add(prev.cum));
             if expected != Some(t.cum) {
                 warns.push((
@@ -814,11 +815,8 @@ pub fn parse_prices(
     for (key, v) in &file.prices {
         let line = Some(line_col(text, v.span().start).0);
         let field = format!("prices.{key}");
-        let value: Decimal = v
-            .get_ref()
-            .trim()
-            .parse()
-            .map_err(|e| InputError::Invalid {
+        let value: Decimal =
+            crate::model::parse_exact(v.get_ref().trim()).map_err(|e| InputError::Invalid {
                 path: path.to_path_buf(),
                 line,
                 field: field.clone(),
@@ -839,6 +837,22 @@ pub fn parse_prices(
                 field,
                 message: format!(
                     "{key:?} is neither an instrument id nor an underlying in the presets"
+                ),
+            });
+        }
+        // A stablecoin is valued at exactly 1 whatever the file says: a price for one would be
+        // silently ignored, so it is refused (issue 12 item 3).
+        let priced: Vec<&Instrument> = instruments
+            .values()
+            .filter(|i| i.id.as_str() == key || i.underlying == *key)
+            .collect();
+        if !priced.is_empty() && priced.iter().all(|i| i.stable) {
+            return Err(InputError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                field,
+                message: format!(
+                    "{key} is a stablecoin (stable = true in the presets), always valued at exactly 1; remove its price"
                 ),
             });
         }

@@ -330,7 +330,7 @@ pub fn parse_update(bytes: &[u8]) -> Result<AccountUpdate, (String, &'static str
         _type: String,
         account_id: AccountId,
         asset: InstrumentId,
-        #[serde(with = "rust_decimal::serde::str")]
+        #[serde(with = "crate::model::exact_str")]
         delta: Decimal,
     }
     #[derive(serde::Deserialize)]

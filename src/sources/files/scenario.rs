@@ -88,8 +88,7 @@ pub fn parse_scenario(
             return Err(err(format!("{v:?} needs a % sign (e.g. -20%)")));
         };
         let num = num.trim().trim_start_matches('+');
-        let pct: Decimal = num
-            .parse()
+        let pct: Decimal = crate::model::parse_exact(num)
             .map_err(|e| err(format!("{v:?} is not a percentage: {e}")))?;
         if pct <= -Decimal::ONE_HUNDRED {
             return Err(err(format!(

@@ -173,6 +173,31 @@ fn prices_file() {
     assert!(e.to_string().starts_with("p.toml:2:"), "{e}");
 }
 
+/// Issue 12 item 3: a price with more digits than a decimal holds is refused, not rounded
+/// (to 0 here); a price for a stablecoin is refused, not silently ignored.
+#[test]
+fn prices_file_refuses_rounding_and_stablecoins() {
+    let m = presets();
+    let p = Path::new("p.toml");
+    let e = parse_prices(
+        p,
+        "[prices]\nBTC = \"0.00000000000000000000000000001\"\n",
+        &m,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().starts_with("p.toml:2: field `prices.BTC`")
+            && e.to_string().contains("rounded"),
+        "{e}"
+    );
+    let e = parse_prices(p, "[prices]\nBTC = \"60000\"\nUSDT = \"2\"\n", &m).unwrap_err();
+    assert!(
+        e.to_string().starts_with("p.toml:3: field `prices.USDT`")
+            && e.to_string().contains("stablecoin"),
+        "{e}"
+    );
+}
+
 /// Scenario syntax: per underlying, `all`, overrides, and clear errors.
 #[test]
 fn scenarios() {

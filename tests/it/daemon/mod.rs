@@ -3,4 +3,6 @@
 mod cli;
 mod deploy_files;
 mod e2e;
+mod empty_account;
 mod stress;
+mod stress_extremes;

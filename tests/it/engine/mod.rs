@@ -3,5 +3,7 @@
 
 mod concurrency;
 mod events_doc;
+mod exposure;
+mod extremes;
 mod index_props;
 mod props;

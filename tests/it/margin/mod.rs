@@ -1,3 +1,4 @@
 //! The margin model.
 
+mod extremes;
 mod props;

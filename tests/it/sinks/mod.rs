@@ -3,6 +3,7 @@
 
 mod contract;
 mod driver;
+mod lag;
 mod nats_contract;
 mod nats_jetstream;
 mod nats_metrics;
