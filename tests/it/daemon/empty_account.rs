@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::daemon_env::{Daemon, MockBinance, free_port, http_client, poll_until};
+use crate::support::daemon_env::{Daemon, MockBinance, http_client, poll_until};
 
 const TOKEN: &str = "empty-account-token";
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -62,9 +62,8 @@ async fn get_json(client: &reqwest::Client, url: &str) -> Option<Value> {
 async fn empty_account_does_not_trigger_issue_11_item_5() {
     let dir = tempfile::tempdir().unwrap();
     let venue = MockBinance::start().await;
-    let port = free_port();
-    let api = format!("http://127.0.0.1:{port}");
-    let cfg = write_config(dir.path(), &venue.url, port);
+    // Port 0: the daemon binds a free port and logs it.
+    let cfg = write_config(dir.path(), &venue.url, 0);
     let client = http_client();
     let mut daemon = Daemon::start(
         env!("CARGO_BIN_EXE_liqwatch"),
@@ -72,6 +71,7 @@ async fn empty_account_does_not_trigger_issue_11_item_5() {
         &[("EMPTY_ACCOUNT_TOKEN", TOKEN)],
         dir.path().join("daemon.log"),
     );
+    let api = format!("http://{}", daemon.api_addr(DEADLINE).await);
     let end = std::time::Instant::now() + DEADLINE;
     while !matches!(client.get(format!("{api}/healthz")).send().await, Ok(r) if r.status() == 200) {
         assert!(std::time::Instant::now() < end, "API never became healthy");
