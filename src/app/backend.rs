@@ -104,28 +104,36 @@ impl AccountWriter for Backend {
     }
 }
 
+/// The first few problems and how many more, so one bad venue with hundreds of symbols does
+/// not make a `/readyz` body of megabytes.
+fn summarise(problems: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let mut s = problems
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if problems.len() > SHOWN {
+        s.push_str(&format!("; and {} more", problems.len() - SHOWN));
+    }
+    s
+}
+
 impl ApiBackend for Backend {
     fn readiness(&self) -> Vec<ReadinessCheck> {
         let mut out = Vec::new();
-        let feeds = self.registry.snapshot(&self.board);
-        let mut problems = Vec::new();
-        for f in &feeds {
-            if !f.connected {
-                problems.push(format!("{} not connected", f.venue));
-            }
-            for i in &f.instruments {
-                if i.stale {
-                    problems.push(format!("{} {} stale", f.venue, i.symbol));
-                }
-            }
+        let (feeds, mut problems) = self.registry.readiness(&self.board);
+        if feeds == 0 {
+            problems.push("no feed is running: no instrument is priced".to_string());
         }
         out.push(ReadinessCheck {
             name: "feeds".into(),
             ok: problems.is_empty(),
             detail: if problems.is_empty() {
-                format!("{} feed(s) connected and fresh", feeds.len())
+                format!("{feeds} feed(s) serving a fresh price for every instrument")
             } else {
-                problems.join("; ")
+                summarise(&problems)
             },
         });
         // Accounts are loaded before the API starts; what can fail later is the engine task
