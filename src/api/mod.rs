@@ -18,11 +18,16 @@
 //!     .with_token(token.expose())            // omit: mutations answer 403
 //!     .with_body_limit(config.api.max_body_bytes)
 //!     .with_shutdown(cancel.clone());        // ends SSE streams on shutdown
-//! tracker.spawn(api::serve(config.api.bind, api::router(state), cancel.clone()));
+//! let listener = tokio::net::TcpListener::bind(config.api.bind).await?;
+//! let (limits, _note) = config.api.limits.within_fd_budget(api::open_files_soft_limit());
+//! tracker.spawn(api::serve_on_with(listener, api::router(state), limits, cancel.clone()));
 //! ```
+//!
+//! Limits: [`serve`] holds the header-read and idle timeouts and the connection cap;
+//! [`rejected`] counts every 4xx answer and logs them aggregated; account ids in paths and
+//! bodies pass [`crate::sources::check_account_id`].
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,15 +58,18 @@ use crate::model::{
     Account, AccountId, AccountState, AccountUpdate, Fill, PriceUsed, RiskSnapshot, TimestampMs,
 };
 use crate::sources::{
-    AccountWriter, Applied, ApplyError, FieldError, UpdateOrigin, count_update, parse_json,
-    validate_account, validate_fill,
+    AccountWriter, Applied, ApplyError, FieldError, UpdateOrigin, check_account_id, count_update,
+    parse_json, validate_account, validate_fill,
 };
 
-/// The OpenAPI 3.1 description served at `GET /openapi.json`.
 mod error; // ApiError → clear JSON responses
+pub mod rejected; // 4xx answers counted per reason and logged aggregated
+pub mod serve; // the accept loop: header-read and idle timeouts, connection cap
 mod sse; // the live event stream (Server-Sent Events) fed from the journal
 
 pub use error::{ApiError, ErrorBody, ErrorDetail, FieldErrorBody};
+use rejected::RejectedLog;
+pub use serve::{ServeLimits, open_files_soft_limit, serve, serve_on, serve_on_with};
 use sse::events_stream;
 pub use sse::{ResyncBody, forward_journal};
 
@@ -175,6 +183,7 @@ pub struct ApiState {
     shutdown: CancellationToken,
     sse_clients: Arc<std::sync::atomic::AtomicUsize>,
     max_sse_clients: usize,
+    rejected: Arc<RejectedLog>,
 }
 
 impl ApiState {
@@ -193,7 +202,14 @@ impl ApiState {
             shutdown: CancellationToken::new(),
             sse_clients: Arc::default(),
             max_sse_clients: DEFAULT_MAX_SSE_CLIENTS,
+            rejected: Arc::new(RejectedLog::new(rejected::DEFAULT_REJECTED_LOG_INTERVAL)),
         }
+    }
+
+    /// Interval of the aggregated rejected-request log lines (default 10 s; tests shorten it).
+    pub fn with_rejected_log_interval(mut self, interval: Duration) -> ApiState {
+        self.rejected = Arc::new(RejectedLog::new(interval));
+        self
     }
 
     /// Cap on concurrent SSE clients (each holds a broadcast receiver and a connection).
@@ -270,44 +286,29 @@ pub fn router(state: ApiState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn(count_requests))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
         .with_state(state)
 }
 
-/// Binds `addr` and serves `router` until `shutdown` is cancelled, then finishes in-flight
-/// requests (SSE streams end when the [`ApiState`] shutdown token fires: pass the same token).
-pub async fn serve(
-    addr: SocketAddr,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    serve_on(listener, router, shutdown).await
-}
-
-/// Like [`serve`] on an already bound listener (tests bind `127.0.0.1:0`).
-pub async fn serve_on(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "HTTP API listening");
-    }
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-}
-
-async fn count_requests(request: Request, next: Next) -> Response {
+/// Counts every request by route, method and status; answers with a 4xx status are also
+/// counted and logged per reason by the [`RejectedLog`] (aggregated, path truncated and escaped).
+async fn count_requests(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let uri = request.uri().clone();
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let method = request.method().as_str().to_string();
+    let method = request.method().clone();
     let start = tokio::time::Instant::now();
     let response = next.run(request).await;
+    if let Some(reason) = rejected::rejection_reason(response.status()) {
+        state.rejected.record(reason, &method, uri.path());
+    }
+    let method = method.as_str().to_string();
     let status = response.status().as_u16().to_string();
     metrics::counter!("liqwatch_api_requests_total", "route" => route.clone(), "method" => method, "status" => status).increment(1);
     metrics::histogram!("liqwatch_api_request_duration_seconds", "route" => route)
@@ -332,16 +333,35 @@ async fn authorize(State(state): State<ApiState>, request: Request, next: Next) 
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| Sha256::digest(t.trim().as_bytes()));
+        .and_then(bearer_token)
+        .map(|t| Sha256::digest(t.as_bytes()));
     // Compare digests in constant time: neither the token nor its length leaks through timing.
     let ok = presented.is_some_and(|p| bool::from(p.as_slice().ct_eq(&expected)));
     if !ok {
+        // Logged (aggregated) by `count_requests` as a rejection, not once per request.
         count_update("http", "unauthorized");
-        warn!(method = %request.method(), path = %request.uri().path(), "API mutation refused: missing or invalid bearer token");
         return ApiError::Unauthorized.into_response();
     }
     next.run(request).await
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is matched
+/// case-insensitively (RFC 7235: `bearer`, `BEARER` …), one or more spaces may follow it.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim_start_matches(' ').trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The account id of a `/v1/accounts/{id}` path, checked like every id from every source
+/// ([`check_account_id`]): 400 when too long or carrying control characters.
+fn path_account_id(id: &str) -> Result<AccountId, ApiError> {
+    check_account_id(id).map_err(|message| ApiError::BadRequest {
+        code: "invalid_account_id",
+        field: Some("id".to_string()),
+        message: format!("account id in the path: {message}"),
+    })?;
+    Ok(AccountId::from(id))
 }
 
 async fn not_found() -> ApiError {
@@ -484,7 +504,7 @@ async fn get_account(
 ) -> Result<axum::Json<AccountView>, ApiError> {
     state
         .backend
-        .account(&AccountId::from(id.as_str()))
+        .account(&path_account_id(&id)?)
         .map(axum::Json)
         .ok_or_else(|| ApiError::NotFound(format!("account {id} not found")))
 }
@@ -557,7 +577,13 @@ async fn apply(
                     "rejected"
                 },
             );
-            warn!(account = %account_id, error = %e, "account update over HTTP not applied");
+            // A refused update is a 4xx answer, logged aggregated by `count_requests`; only
+            // the daemon's own trouble is worth a line each.
+            if e.is_retriable() {
+                warn!(account = %account_id, error = %e, "account update over HTTP not applied");
+            } else {
+                debug!(account = %account_id, error = %e, "account update over HTTP refused");
+            }
             Err(e.into())
         }
     }
@@ -569,9 +595,10 @@ async fn put_account(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<MutationBody>, ApiError> {
+    let id = path_account_id(&id).inspect_err(|_| count_update("http", "invalid"))?;
     let bytes = body_bytes(&state, &headers, body)?;
     let account: Account = parse_body(&bytes)?;
-    if account.id.as_str() != id {
+    if account.id != id {
         count_update("http", "invalid");
         return Err(ApiError::Unprocessable {
             code: "id_mismatch",
@@ -597,6 +624,7 @@ async fn post_fill(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<MutationBody>, ApiError> {
+    let account_id = path_account_id(&id).inspect_err(|_| count_update("http", "invalid"))?;
     let bytes = body_bytes(&state, &headers, body)?;
     let fill: Fill = parse_body(&bytes)?;
     let errors = validate_fill(&fill, "", &|i| state.backend.instrument_kind(i));
@@ -604,27 +632,15 @@ async fn post_fill(
         count_update("http", "invalid");
         return Err(ApiError::invalid(errors));
     }
-    apply(
-        &state,
-        AccountUpdate::Fill {
-            account_id: AccountId::from(id),
-            fill,
-        },
-    )
-    .await
+    apply(&state, AccountUpdate::Fill { account_id, fill }).await
 }
 
 async fn delete_account(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<MutationBody>, ApiError> {
-    apply(
-        &state,
-        AccountUpdate::Remove {
-            account_id: AccountId::from(id),
-        },
-    )
-    .await
+    let account_id = path_account_id(&id).inspect_err(|_| count_update("http", "invalid"))?;
+    apply(&state, AccountUpdate::Remove { account_id }).await
 }
 
 /// Body of `GET /v1/feeds`.

@@ -104,28 +104,36 @@ impl AccountWriter for Backend {
     }
 }
 
+/// The first few problems and how many more, so one bad venue with hundreds of symbols does
+/// not make a `/readyz` body of megabytes.
+fn summarise(problems: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let mut s = problems
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if problems.len() > SHOWN {
+        s.push_str(&format!("; and {} more", problems.len() - SHOWN));
+    }
+    s
+}
+
 impl ApiBackend for Backend {
     fn readiness(&self) -> Vec<ReadinessCheck> {
         let mut out = Vec::new();
-        let feeds = self.registry.snapshot(&self.board);
-        let mut problems = Vec::new();
-        for f in &feeds {
-            if !f.connected {
-                problems.push(format!("{} not connected", f.venue));
-            }
-            for i in &f.instruments {
-                if i.stale {
-                    problems.push(format!("{} {} stale", f.venue, i.symbol));
-                }
-            }
+        let (feeds, mut problems) = self.registry.readiness(&self.board);
+        if feeds == 0 {
+            problems.push("no feed is running: no instrument is priced".to_string());
         }
         out.push(ReadinessCheck {
             name: "feeds".into(),
             ok: problems.is_empty(),
             detail: if problems.is_empty() {
-                format!("{} feed(s) connected and fresh", feeds.len())
+                format!("{feeds} feed(s) serving a fresh price for every instrument")
             } else {
-                problems.join("; ")
+                summarise(&problems)
             },
         });
         // Accounts are loaded before the API starts; what can fail later is the engine task
@@ -216,5 +224,161 @@ impl ApiBackend for Backend {
                 .map_err(|e| BackendError(e.to_string()))?
                 .map_err(|e| BackendError(e.to_string()))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each readiness check of the real [`Backend`] failing, seen through the real router's
+    //! `/readyz` (issue 11 item 10: checks that can fail, tested failing).
+
+    use std::str::FromStr;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::feeds::SymbolRoutes;
+    use crate::model::{Instrument, PriceField, PriceTick, Venue};
+    use crate::prices::PriceBoardConfig;
+    use crate::sinks::SinkState;
+
+    fn instrument() -> Instrument {
+        match serde_json::from_str(
+            r#"{"id":"BTCUSDT-PERP","kind":"linear_perpetual","underlying":"BTC",
+                "sources":[{"venue":"binance-usdm","symbol":"BTCUSDT"}]}"#,
+        ) {
+            Ok(i) => i,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    struct Fixture {
+        backend: Arc<Backend>,
+        engine_rx: mpsc::Receiver<EngineRequest>,
+        sink_tx: watch::Sender<SinkHealth>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let journal =
+            Journal::open(dir.path().join("journal.sqlite")).unwrap_or_else(|e| panic!("{e}"));
+        let board = Arc::new(PriceBoard::new(PriceBoardConfig::default()));
+        let registry = Arc::new(FeedRegistry::new());
+        let inst = instrument();
+        let mut routes = SymbolRoutes::default();
+        routes.add("BTCUSDT", inst.id.clone(), PriceField::Mark);
+        board.track(&inst.id, &[Venue::BinanceUsdm]);
+        registry.register_replay(Venue::BinanceUsdm, &routes);
+        let health = SinkHealth {
+            sink: "archive".into(),
+            state: SinkState::Idle,
+            cursor: 0,
+            last_seq: 0,
+            lag: 0,
+            delivered: 0,
+            filtered: 0,
+            retries: 0,
+            dead_letters: 0,
+            consecutive_failures: 0,
+            last_error: None,
+            failing_since_ms: None,
+            last_delivery_ms: None,
+        };
+        let (sink_tx, sink_rx) = watch::channel(health);
+        let (engine_tx, engine_rx) = mpsc::channel(4);
+        let backend = Arc::new(Backend {
+            map: Arc::new(AccountMap::new([inst])),
+            board,
+            registry,
+            journal: Arc::new(journal),
+            states: Arc::new(DashMap::new()),
+            sinks: vec![sink_rx],
+            engine: engine_tx,
+            kinds: HashMap::new(),
+            default_trigger: Decimal::ONE,
+        });
+        Fixture {
+            backend,
+            engine_rx,
+            sink_tx,
+            _dir: dir,
+        }
+    }
+
+    async fn readyz(backend: &Arc<Backend>) -> (u16, serde_json::Value) {
+        let (events, _) = tokio::sync::broadcast::channel(4);
+        let router = api::router(api::ApiState::new(backend.clone(), events));
+        let request = Request::get("/readyz")
+            .body(Body::empty())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let response = router.oneshot(request).await.unwrap_or_else(|e| match e {});
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let body = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        (status, body)
+    }
+
+    fn failing(body: &serde_json::Value) -> Vec<String> {
+        body["checks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["ok"] == false)
+            .map(|c| format!("{}: {}", c["name"], c["detail"]))
+            .collect()
+    }
+
+    /// Not ready until the replayed instrument has a price; then ready; then each of "engine
+    /// stopped" and "sink stuck" makes `/readyz` answer 503 naming that check alone.
+    #[tokio::test]
+    async fn each_readiness_check_can_fail() {
+        let mut f = fixture();
+
+        let (status, body) = readyz(&f.backend).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(failing(&body).len(), 1, "{body}");
+        assert!(
+            failing(&body)[0]
+                .contains("replay binance-usdm BTCUSDT (BTCUSDT-PERP) has no price yet"),
+            "{body}"
+        );
+
+        f.backend.board.publish(PriceTick {
+            instrument: "BTCUSDT-PERP".into(),
+            venue: Venue::BinanceUsdm,
+            price: Decimal::from_str("42000").unwrap_or_default(),
+            index: None,
+            exchange_ts: None,
+            received_ts: now_ms(),
+        });
+        let (status, body) = readyz(&f.backend).await;
+        assert_eq!(status, 200, "{body}");
+
+        f.sink_tx.send_modify(|h| {
+            h.state = SinkState::Stuck;
+            h.lag = 7;
+            h.last_error = Some("connection refused".into());
+        });
+        let (status, body) = readyz(&f.backend).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(
+            failing(&body),
+            vec![r#""sinks": "archive stuck (7 behind): connection refused""#.to_string()],
+            "{body}"
+        );
+        f.sink_tx.send_modify(|h| h.state = SinkState::Idle);
+
+        f.engine_rx.close();
+        drop(f.engine_rx);
+        let (status, body) = readyz(&f.backend).await;
+        assert_eq!(status, 503, "{body}");
+        let failed = failing(&body);
+        assert_eq!(failed.len(), 1, "{body}");
+        assert!(failed[0].contains("engine stopped"), "{body}");
     }
 }

@@ -282,8 +282,15 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
         }
         let router = api::router(state);
         let cancel = sources.clone();
+        let (limits, lowered) = cfg
+            .api
+            .limits
+            .within_fd_budget(api::open_files_soft_limit());
+        if let Some(note) = lowered {
+            tracing::warn!("{note}");
+        }
         tasks.spawn("api", async move {
-            api::serve_on(listener, router, cancel).await
+            api::serve_on_with(listener, router, limits, cancel).await
         });
     }
     if let Some(ncfg) = cfg.accounts.nats.clone() {

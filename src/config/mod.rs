@@ -225,6 +225,9 @@ pub struct ApiConfig {
     pub token: Option<Secret>,
     /// Maximum request body size.
     pub max_body_bytes: usize,
+    /// Header-read and idle timeouts, connection cap (`header_read_timeout`, `idle_timeout`,
+    /// `max_connections`); the cap is lowered to the descriptor budget at start.
+    pub limits: crate::api::ServeLimits,
 }
 
 /// `[log]`.
@@ -342,6 +345,11 @@ struct RawApi {
     bind: Option<String>,
     token_env: Option<String>,
     max_body_bytes: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    header_read_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    idle_timeout: Option<Duration>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -861,11 +869,39 @@ impl Cx<'_, '_> {
             }
         };
         let token = self.secret(&[P::K("api"), P::K("token_env")], raw.token_env.as_deref());
+        let defaults = crate::api::ServeLimits::default();
+        let mut limits = defaults;
+        for (key, value, slot) in [
+            (
+                "header_read_timeout",
+                raw.header_read_timeout,
+                &mut limits.header_read_timeout,
+            ),
+            ("idle_timeout", raw.idle_timeout, &mut limits.idle_timeout),
+        ] {
+            match value {
+                Some(d) if d.is_zero() => self.problem(
+                    &[P::K("api"), P::K(key)],
+                    format!("{key} must be longer than 0 (e.g. \"10s\")"),
+                ),
+                Some(d) => *slot = d,
+                None => {}
+            }
+        }
+        match raw.max_connections {
+            Some(0) => self.problem(
+                &[P::K("api"), P::K("max_connections")],
+                "max_connections must be at least 1",
+            ),
+            Some(n) => limits.max_connections = n,
+            None => {}
+        }
         Some(ApiConfig {
             enabled: raw.enabled.unwrap_or(true),
             bind,
             token,
             max_body_bytes: raw.max_body_bytes.unwrap_or(crate::api::DEFAULT_BODY_LIMIT),
+            limits,
         })
     }
 

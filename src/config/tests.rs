@@ -300,3 +300,30 @@ fn levels() {
     assert_eq!(p.len(), 1, "{p:?}");
     assert_eq!(p[0].line, 4);
 }
+
+/// `[api]` connection limits: humantime durations and a count, defaults when absent; zero
+/// timeouts and a zero cap are reported together, each on its own key (issue 11 item 2).
+#[test]
+fn api_connection_limits() {
+    assert_eq!(ok(MIN).api.limits, crate::api::ServeLimits::default());
+    let c = ok(&format!(
+        "{MIN}\n[api]\nheader_read_timeout = \"2s\"\nidle_timeout = \"90s\"\nmax_connections = 100\n"
+    ));
+    assert_eq!(c.api.limits.header_read_timeout, Duration::from_secs(2));
+    assert_eq!(c.api.limits.idle_timeout, Duration::from_secs(90));
+    assert_eq!(c.api.limits.max_connections, 100);
+    let p = problems(&format!(
+        "{MIN}\n[api]\nheader_read_timeout = \"0s\"\nidle_timeout = \"0s\"\nmax_connections = 0\n"
+    ));
+    let mut k: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    k.sort();
+    assert_eq!(
+        k,
+        [
+            "api.header_read_timeout",
+            "api.idle_timeout",
+            "api.max_connections"
+        ],
+        "{p:?}"
+    );
+}

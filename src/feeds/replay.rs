@@ -489,7 +489,7 @@ pub fn prepare(
         for (_, inst, _) in r.iter() {
             board.track(inst, &[*venue]);
         }
-        registry.register(*venue, r);
+        registry.register_replay(*venue, r);
     }
     routes
 }

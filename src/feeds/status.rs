@@ -120,6 +120,8 @@ pub(super) struct StatusText {
 pub struct FeedStatusHandle {
     venue: Venue,
     routes: SymbolRoutes,
+    /// A replay of a recording: it has no connection, only prices.
+    replay: bool,
     pub(super) connected: AtomicBool,
     pub(super) connected_since: AtomicI64,
     pub(super) last_frame: AtomicI64,
@@ -131,10 +133,11 @@ pub struct FeedStatusHandle {
 }
 
 impl FeedStatusHandle {
-    fn new(venue: Venue, routes: SymbolRoutes) -> FeedStatusHandle {
+    fn new(venue: Venue, routes: SymbolRoutes, replay: bool) -> FeedStatusHandle {
         FeedStatusHandle {
             venue,
             routes,
+            replay,
             connected: AtomicBool::new(false),
             connected_since: AtomicI64::new(0),
             last_frame: AtomicI64::new(0),
@@ -255,9 +258,48 @@ impl FeedRegistry {
 
     /// Registers a feed and returns its status handle.
     pub fn register(&self, venue: Venue, routes: &SymbolRoutes) -> Arc<FeedStatusHandle> {
-        let h = Arc::new(FeedStatusHandle::new(venue, routes.clone()));
+        let h = Arc::new(FeedStatusHandle::new(venue, routes.clone(), false));
         self.feeds.lock().push(h.clone());
         h
+    }
+
+    /// Registers the venue of a replay: it serves its instruments like a feed but has no
+    /// connection, so readiness judges it by its prices only.
+    pub fn register_replay(&self, venue: Venue, routes: &SymbolRoutes) -> Arc<FeedStatusHandle> {
+        let h = Arc::new(FeedStatusHandle::new(venue, routes.clone(), true));
+        self.feeds.lock().push(h.clone());
+        h
+    }
+
+    /// Why the feeds are not ready, empty when they are: a live feed that is not connected,
+    /// and for every feed (live or replay, whether its replay has started, is playing or has
+    /// ended) each instrument it serves that has no price yet or only a stale one. Returns the
+    /// number of feeds too. The `/readyz` "feeds" check.
+    pub fn readiness(&self, board: &PriceBoard) -> (usize, Vec<String>) {
+        let feeds: Vec<Arc<FeedStatusHandle>> = self.feeds.lock().clone();
+        let mut problems = Vec::new();
+        for h in &feeds {
+            let status = h.snapshot(board);
+            let name = if h.replay {
+                format!("replay {}", status.venue.as_str())
+            } else {
+                status.venue.as_str().to_string()
+            };
+            if !h.replay && !status.connected {
+                problems.push(format!("{name} not connected"));
+            }
+            for i in &status.instruments {
+                if i.last_price.is_none() {
+                    problems.push(format!(
+                        "{name} {} ({}) has no price yet",
+                        i.symbol, i.instrument
+                    ));
+                } else if i.stale {
+                    problems.push(format!("{name} {} ({}) stale", i.symbol, i.instrument));
+                }
+            }
+        }
+        (feeds.len(), problems)
     }
 
     /// The handle of a venue's feed, if registered.

@@ -158,14 +158,42 @@ pub struct Account {
     pub thresholds: Option<Thresholds>,
 }
 
+/// Longest account id accepted, in bytes.
+pub const MAX_ACCOUNT_ID_BYTES: usize = 256;
+
+/// The rule for an account id from any source (files, HTTP paths and bodies, NATS): not empty,
+/// at most [`MAX_ACCOUNT_ID_BYTES`] bytes, no control characters — so an id can neither forge a
+/// log line nor bloat every event, metric-free log and journal row that carries it.
+pub fn check_account_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("an account id must not be empty".to_string());
+    }
+    if id.len() > MAX_ACCOUNT_ID_BYTES {
+        return Err(format!(
+            "an account id is at most {MAX_ACCOUNT_ID_BYTES} bytes, this one has {}",
+            id.len()
+        ));
+    }
+    if let Some(c) = id.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "an account id must not contain control characters (found {:?})",
+            c
+        ));
+    }
+    Ok(())
+}
+
 impl Account {
     /// Every rule the account breaks that needs no instrument table: a hedge-mode long leg has
     /// quantity ≥ 0 and a short leg ≤ 0; an open leg has an entry price > 0 (a flat one ≥ 0);
     /// at most one position per instrument and side; its own levels follow
-    /// [`Thresholds::problems`]. The one set of rules for account files, the HTTP API, NATS and
-    /// the account map.
+    /// [`Thresholds::problems`]; its id follows [`check_account_id`]. The one set of rules for
+    /// account files, the HTTP API, NATS and the account map.
     pub fn problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();
+        if let Err(message) = check_account_id(self.id.as_str()) {
+            out.push(Problem::new("id", message));
+        }
         let mut seen = std::collections::BTreeSet::new();
         for (i, p) in self.positions.iter().enumerate() {
             let at = format!("positions[{i}]");

@@ -13,6 +13,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::model::{Account, AccountId, AccountUpdate, Fill, InstrumentId, InstrumentKind};
+pub use crate::model::{MAX_ACCOUNT_ID_BYTES, check_account_id};
 
 /// Where an update came from; lets the writer de-duplicate redeliveries (a NATS message is
 /// redelivered if the process dies between applying it and acking it).
@@ -145,12 +146,25 @@ fn join(prefix: &str, field: &str) -> String {
 
 /// Checks an update against the configured instruments and the model's rules, returning every
 /// problem at once (empty = valid). Field paths are those of the `AccountUpdate` JSON
-/// (`account.positions[0].instrument`).
+/// (`account.positions[0].instrument`). Every update's account id follows
+/// [`check_account_id`] (≤ [`MAX_ACCOUNT_ID_BYTES`] bytes, no control characters); the HTTP API
+/// applies the same rule to ids in its paths.
 pub fn validate_update(
     update: &AccountUpdate,
     kind_of: &dyn Fn(&InstrumentId) -> Option<InstrumentKind>,
 ) -> Vec<FieldError> {
     let mut errors = Vec::new();
+    match update {
+        // A full account's id is checked with the account (`Account::problems`).
+        AccountUpdate::Replace { .. } => {}
+        AccountUpdate::Fill { account_id, .. }
+        | AccountUpdate::Collateral { account_id, .. }
+        | AccountUpdate::Remove { account_id } => {
+            if let Err(message) = check_account_id(account_id.as_str()) {
+                errors.push(FieldError::invalid("account_id".to_string(), message));
+            }
+        }
+    }
     match update {
         AccountUpdate::Replace { account } => {
             validate_account_into(account, "account", kind_of, &mut errors)
@@ -476,6 +490,23 @@ mod tests {
                 &[("invalid_value", "asset")],
             ),
             (r#"{"type":"remove","account_id":"a"}"#, &[]),
+            // Account ids: ≤ 256 bytes, no control characters, on every kind of update.
+            (
+                r#"{"type":"remove","account_id":"a\nFAKE LOG LINE"}"#,
+                &[("invalid_value", "account_id")],
+            ),
+            (
+                r#"{"type":"fill","account_id":"a\u0000","fill":{"instrument":"BTCUSDT-PERP","quantity":"1","price":"1"}}"#,
+                &[("invalid_value", "account_id")],
+            ),
+            (
+                r#"{"type":"collateral","account_id":"\u001b[31m","asset":"USDT","delta":"5"}"#,
+                &[("invalid_value", "account_id")],
+            ),
+            (
+                r#"{"type":"replace","account":{"id":"a\tb"}}"#,
+                &[("invalid_value", "account.id")],
+            ),
         ];
         for (json, want) in cases {
             let got = validate_update(&update(json), &kinds);
@@ -486,6 +517,28 @@ mod tests {
             want.sort();
             assert_eq!(got, want, "{json}");
         }
+    }
+
+    /// An id of 256 bytes passes, 257 does not, whichever update carries it; unicode is fine.
+    #[test]
+    fn account_id_length_limit() {
+        let ok = "x".repeat(MAX_ACCOUNT_ID_BYTES);
+        let long = "x".repeat(MAX_ACCOUNT_ID_BYTES + 1);
+        assert_eq!(check_account_id(&ok), Ok(()));
+        assert!(check_account_id(&long).is_err());
+        assert_eq!(check_account_id("sub-account/äöü"), Ok(()));
+        assert!(check_account_id("").is_err());
+        let remove = |id: &str| AccountUpdate::Remove {
+            account_id: AccountId::from(id),
+        };
+        assert!(validate_update(&remove(&ok), &kinds).is_empty());
+        assert_eq!(validate_update(&remove(&long), &kinds).len(), 1);
+        let replace = update(&format!(
+            r#"{{"type":"replace","account":{{"id":"{long}"}}}}"#
+        ));
+        let errors = validate_update(&replace, &kinds);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].field, "account.id");
     }
 
     /// The shard function is FNV-1a 64 mod N, pinned by known values so publishers in other

@@ -1,8 +1,9 @@
-//! The HTTP API: in-process router, real TCP, the journal-backed event routes, the OpenAPI
+//! The HTTP API: in-process router, real TCP, connection limits and request hardening, the journal-backed event routes, the OpenAPI
 //! document, the metrics documentation, and the API of the real binary.
 
 mod daemon;
 mod events;
+mod hardening;
 mod metrics_doc;
 mod openapi;
 mod router;
