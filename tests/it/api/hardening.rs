@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::api_backend::MemBackend;
-use crate::support::daemon_env::{Daemon, free_port, http_client};
+use crate::support::daemon_env::{Daemon, http_client};
 
 const TOKEN: &str = "hardening-token";
 /// Upper bound for anything to happen; a hang fails the test instead of blocking CI.
@@ -416,7 +416,7 @@ fn mark_line(symbol: &str, ms: i64, price: &str) -> String {
 }
 
 /// A replay-only daemon: BTC is priced at once, ETH only `eth_after_ms` later (recorded time).
-fn replay_daemon(dir: &Path, eth_after_ms: i64, speed: &str) -> (Daemon, String) {
+async fn replay_daemon(dir: &Path, eth_after_ms: i64, speed: &str) -> (Daemon, String) {
     std::fs::write(dir.join("instruments.toml"), INSTRUMENTS).unwrap();
     let t0 = 1_621_382_400_000;
     let recording = [
@@ -425,7 +425,6 @@ fn replay_daemon(dir: &Path, eth_after_ms: i64, speed: &str) -> (Daemon, String)
     ]
     .join("\n");
     std::fs::write(dir.join("recording.jsonl"), recording + "\n").unwrap();
-    let port = free_port();
     let cfg = format!(
         r#"
 [engine]
@@ -444,7 +443,7 @@ stale_after = "1h"
 path = "journal.sqlite"
 
 [api]
-bind = "127.0.0.1:{port}"
+bind = "127.0.0.1:0"
 
 [shutdown]
 grace = "3s"
@@ -452,13 +451,15 @@ grace = "3s"
     );
     let path = dir.join("liqwatch.toml");
     std::fs::write(&path, cfg).unwrap();
-    let daemon = Daemon::start(
+    let mut daemon = Daemon::start(
         env!("CARGO_BIN_EXE_liqwatch"),
         &path,
         &[],
         dir.join("daemon.log"),
     );
-    (daemon, format!("http://127.0.0.1:{port}"))
+    // Port 0: the daemon binds a free port and logs it.
+    let addr = daemon.api_addr(DEADLINE).await;
+    (daemon, format!("http://{addr}"))
 }
 
 /// Polls `/readyz` until `f` accepts (status, body).
@@ -500,7 +501,7 @@ async fn replay_daemon_is_ready_only_when_every_instrument_is_priced() {
 
     // ETH's first price comes an hour later: not ready, naming ETH and only ETH.
     let dir = tempfile::tempdir().unwrap();
-    let (mut daemon, api) = replay_daemon(dir.path(), 3_600_000, "1");
+    let (mut daemon, api) = replay_daemon(dir.path(), 3_600_000, "1").await;
     let body = wait_readyz(&client, &api, "ETH unpriced", &daemon, |status, body| {
         let reasons = body["reasons"].to_string();
         status == 503 && reasons.contains("ETHUSDT") && !reasons.contains("BTCUSDT")
@@ -525,7 +526,7 @@ async fn replay_daemon_is_ready_only_when_every_instrument_is_priced() {
 
     // Both priced at once: ready, every check ok.
     let dir = tempfile::tempdir().unwrap();
-    let (mut daemon, api) = replay_daemon(dir.path(), 100, "max");
+    let (mut daemon, api) = replay_daemon(dir.path(), 100, "max").await;
     let body = wait_readyz(&client, &api, "all priced", &daemon, |status, _| {
         status == 200
     })
