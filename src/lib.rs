@@ -41,3 +41,4 @@ pub mod prices; // price board: latest per instrument and venue, composite, stal
 pub mod runtime; // backoff, task tracking, signals, logging and metrics set-up
 pub mod sinks; // Sink trait, generic delivery driver, stdout/jsonl/webhook/nats
 pub mod sources; // account input: validation, files, the HTTP/NATS writer contract
+mod venues; // the venue table, read by `model` (the Venue enum) and `feeds` (the adapters)

@@ -23,7 +23,7 @@
 //! tracker.spawn(api::serve_on_with(listener, api::router(state), limits, cancel.clone()));
 //! ```
 //!
-//! Limits: [`serve`] holds the header-read and idle timeouts and the connection cap;
+//! Limits: [`serve`](mod@serve) holds the header-read and idle timeouts and the connection cap;
 //! [`rejected`] counts every 4xx answer and logs them aggregated; account ids in paths and
 //! bodies pass [`crate::sources::check_account_id`].
 

@@ -1,5 +1,5 @@
 //! Wiring only: loading the startup inputs, spawning every task into one tracker, and the
-//! shutdown order. The engine loop is [`runner`], the API's view of the daemon is [`backend`].
+//! shutdown order. The engine loop is `app/runner.rs`, the API's view of the daemon `app/backend.rs`.
 //!
 //! ```text
 //!  feeds / replay ──publish──▶ PriceBoard ──changed()──┐

@@ -28,7 +28,7 @@
 //! rounded inwards, so every approximation errs towards waking an account.
 //!
 //! # What this changes and what it keeps
-//! - A tick ([`on_prices`]) only sets the engine price ([`AccountMap::set_price`]); the woken
+//! - A tick ([`Engine::on_prices`](crate::engine::Engine::on_prices)) only sets the engine price ([`AccountMap::set_price`]); the woken
 //!   accounts — out of band, or *eager* (no band: incomplete, zero slack, no known bound) — are
 //!   brought to the current prices with [`AccountMap::materialise`] and evaluated. Every other
 //!   account's caches stay at the prices they were valued at, slot by slot, and still equal a

@@ -3,7 +3,7 @@
 //!
 //! ## The venue table
 //!
-//! `venues!` (below) is the one list of venues. Each row is a variant of
+//! `venues!` (in `src/venues.rs`) is the one list of venues. Each row is a variant of
 //! [`Venue`], its config/wire name, and (when one is written) its adapter. Two expansions read
 //! it:
 //!
@@ -13,12 +13,11 @@
 //! - this module generates the adapter lookup [`feed_for`] from it ([`all_adapters`] iterates it
 //!   for tests and tools).
 //!
-//! Why the enum is generated in `model` and not here: `model` is the leaf every stage imports
-//! (prices, engine, config, journal and the API all name venues), and the adapters import
-//! `model` for [`TimestampMs`] and [`Venue`]. Defining `Venue` here and re-exporting it from
-//! `model` would make `model` import `feeds` — a circle. A macro is only tokens: `model` expands
-//! the table with its own generator and drops the adapter paths, so it imports nothing of
-//! `feeds`; the adapter paths are resolved only in this module's expansion.
+//! Why the table has a module of its own: `model` is the leaf every stage imports (prices,
+//! engine, config, journal and the API all name venues), and the adapters import `model` for
+//! [`TimestampMs`] and [`Venue`]. With the table here, `model` would import `feeds` — a circle.
+//! In `crate::venues` it imports nothing and both read it; `model` expands it with its own
+//! generator and drops the adapter paths, which are resolved only in this module's expansion.
 //!
 //! ## Adding a venue
 //!
@@ -26,14 +25,15 @@
 //!    number through [`wire`] (the one decimal policy), the subscribe messages, the
 //!    heartbeat rules, and a unit test per fixture file. Declare it with `pub mod <venue>;`
 //!    below (written out, not generated, so that `cargo fmt` and IDEs see the file).
-//! 2. Add one row to the `venues!` table below:
+//! 2. Add one row to the `venues!` table in `src/venues.rs`:
 //!    `/// docs` `MyVenue "my-venue" => my_venue::MyVenueFeed;` (the adapter needs a `new()`).
 //!    This gives the [`Venue`] variant, its name in config files, replay recordings and the
 //!    API, [`Venue::ALL`], and the [`feed_for`] arm.
 //! 3. Record fixtures in `feeds/<venue name>/` (the directory is named like the venue): the unit
 //!    tests here feed every fixture of every adapter, cut and mangled, to its parser.
-//! 4. Add the name to the `Venue` enum of `src/api/openapi.json` and a row to the venue tables of README.md and docs/feeds.md
-//!    (a unit test here checks the OpenAPI list against [`Venue::NAMES`]).
+//! 4. Add the name to the `Venue` enum of `src/api/openapi.json` and a row to the venue tables
+//!    of README.md and docs/feeds.md (a unit test here checks the OpenAPI list against
+//!    [`Venue::NAMES`]).
 //!
 //! ## The driver
 //!
@@ -92,33 +92,6 @@ use crate::model::{TimestampMs, Venue};
 pub use driver::{FeedConfig, FeedError, run_feed, spawn_feed};
 pub use status::{FeedRegistry, FeedStatus, FeedStatusHandle, InstrumentFeedStatus, SymbolRoutes};
 
-/// The venue table: one row per venue — its docs, the [`Venue`] variant, its config/wire name
-/// and, when an adapter is written, `=> module::Adapter` (constructed with `Adapter::new()`).
-/// A venue without an adapter (Bybit inverse) is listed without one, and [`feed_for`] answers
-/// [`FeedError::NoAdapter`] for it. The order is [`Venue::ALL`]'s order.
-///
-/// Invoked as `venues!(generator)`: it hands the rows to `generator!`, a `macro_rules!` of the
-/// invoking module (`crate::model` builds the enum, this module the adapter lookup).
-macro_rules! venues {
-    ($generator:ident) => {
-        $generator! {
-            /// Binance USD-M futures (`fstream.binance.com/market`).
-            BinanceUsdm "binance-usdm" => binance::BinanceUsdm;
-            /// Bybit v5 public linear.
-            BybitLinear "bybit-linear" => bybit::BybitLinear;
-            /// Bybit v5 public inverse (no adapter yet).
-            BybitInverse "bybit-inverse";
-            /// OKX v5 public.
-            Okx "okx" => okx::OkxFeed;
-            /// Deribit JSON-RPC v2.
-            Deribit "deribit" => deribit::DeribitFeed;
-            /// Hyperliquid.
-            Hyperliquid "hyperliquid" => hyperliquid::HyperliquidFeed;
-        }
-    };
-}
-pub(crate) use venues;
-
 /// Generates [`feed_for`] from the venue table.
 macro_rules! adapter_lookup {
     ($( $(#[$doc:meta])* $variant:ident $name:literal $(=> $module:ident :: $adapter:ident)? ; )*) => {
@@ -138,7 +111,7 @@ macro_rules! adapter_lookup {
     };
 }
 
-venues!(adapter_lookup);
+crate::venues::venues!(adapter_lookup);
 
 /// A fresh adapter for every venue that has one, in [`Venue::ALL`] order (what tests and tools
 /// iterate to cover every venue).

@@ -107,7 +107,7 @@ string_id!(
     AccountId
 );
 
-/// Generates [`Venue`] from the venue table, `venues!` in [`crate::feeds`], which is the one
+/// Generates [`Venue`] from the venue table, `venues!` in `crate::venues`, which is the one
 /// list of venues (see "Adding a venue" there).
 ///
 /// The enum is generated *here*, in the leaf module, so that `model` stays the module everyone
@@ -117,7 +117,7 @@ string_id!(
 macro_rules! venue_enum {
     ($( $(#[$doc:meta])* $variant:ident $name:literal $(=> $module:ident :: $adapter:ident)? ; )*) => {
         /// A price venue. The variants, their names and their adapters come from one table,
-        /// `venues!` in [`crate::feeds`] ("Adding a venue" there).
+        /// `venues!` in `crate::venues` ("Adding a venue" there).
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         pub enum Venue {
             $( $(#[$doc])* #[serde(rename = $name)] $variant, )*
@@ -140,7 +140,7 @@ macro_rules! venue_enum {
     };
 }
 
-crate::feeds::venues!(venue_enum);
+crate::venues::venues!(venue_enum);
 
 impl Venue {
     /// Parses a venue name as written in config files.

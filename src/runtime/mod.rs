@@ -1,4 +1,4 @@
-//! What every long-lived part of the daemon shares: one [`Backoff`](backoff::Backoff) policy,
+//! What every long-lived part of the daemon shares: one [`Backoff`] policy,
 //! task ownership ([`tasks::Tasks`]), secrets ([`secret::Secret`]) and telemetry (logging, signals,
 //! the metrics recorder).
 
