@@ -20,7 +20,7 @@
 //! the [`crate::sinks::SinkConfig`] registered under that `type`
 //! ([`crate::sinks::register_all`]); this module knows no sink type by name.
 //!
-//! Why the file is long (about 930 lines): it is the schema of every section and the
+//! Why the file is long (about 980 lines): it is the schema of every section and the
 //! cross-section checks, in the order of the example file; the span diagnostics live in
 //! `config/diagnostics.rs` and the tests in `config/tests.rs`.
 
