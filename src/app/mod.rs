@@ -31,6 +31,7 @@
 //! journal keeps accounts, monitor states and cursors).
 
 mod backend;
+mod metrics;
 mod runner;
 mod spawn;
 mod startup;
@@ -57,7 +58,7 @@ use crate::runtime::tasks::join_all;
 use crate::runtime::{Tasks, telemetry};
 use crate::sinks::{JournalEntry, Sink, SinkFilter, SinkHealth};
 use backend::Backend;
-use runner::{EngineRequest, Runner, StateCounts};
+use runner::{EngineRequest, Runner, StateCounts, wait_engine_death};
 
 pub use crate::runtime::telemetry::init_logging;
 use startup::load_accounts;
@@ -216,6 +217,7 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
     let sinks_stop = CancellationToken::new();
     let extra = std::mem::take(&mut opts.extra_sinks);
     let sink_tasks = spawn::sinks(&cfg, &journal, extra, &sinks_stop)?;
+    metrics::register_zeros(&cfg, &instrument_list, &sink_tasks);
     let sink_health: Vec<watch::Receiver<SinkHealth>> =
         sink_tasks.iter().map(|t| t.health.clone()).collect();
     let journal_stop = CancellationToken::new();
@@ -382,16 +384,6 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
         replay_ticks: replays.ticks.load(Ordering::Relaxed),
         undrained_sinks: undrained,
     })
-}
-
-/// Resolves only if the engine task has ended (it never should before shutdown).
-async fn wait_engine_death(task: &tokio::task::JoinHandle<()>) -> String {
-    loop {
-        if task.is_finished() {
-            return "engine task ended".to_string();
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 #[cfg(test)]

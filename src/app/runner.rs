@@ -301,3 +301,13 @@ impl Runner {
         self.state_counts.publish(self.engine.map().len());
     }
 }
+
+/// Resolves only if the engine task has ended (it never should before shutdown).
+pub(super) async fn wait_engine_death(task: &tokio::task::JoinHandle<()>) -> String {
+    loop {
+        if task.is_finished() {
+            return "engine task ended".to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -183,6 +183,15 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind, in declaration order (the daemon registers each at zero).
+    pub const ALL: [EventKind; 5] = [
+        EventKind::LiquidationWarning,
+        EventKind::LiquidationTrigger,
+        EventKind::Recovered,
+        EventKind::FeedStale,
+        EventKind::FeedRestored,
+    ];
+
     /// The wire name (`liquidation_warning`, …).
     pub fn as_str(self) -> &'static str {
         match self {

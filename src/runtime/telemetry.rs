@@ -1,5 +1,9 @@
 //! Telemetry set-up: `tracing` on stderr (text or JSON lines), signals, and the Prometheus
-//! recorder behind `/metrics`.
+//! recorder behind `/metrics` with the `# HELP` text of every metric family.
+//!
+//! The metrics table of `docs/metrics.md` is compiled in and is the one catalog of metrics:
+//! [`catalog`] parses it and [`describe_all`] gives every family its type, unit and `# HELP`
+//! text (the table's meaning column), so the documentation and the exposition cannot disagree.
 
 use std::time::Duration;
 
@@ -87,13 +91,15 @@ const LATENCY_BUCKETS: &[f64] = &[
     1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Installs the global Prometheus recorder (once per process) and spawns its upkeep.
+/// Installs the global Prometheus recorder (once per process), describes every metric family
+/// ([`describe_all`]) and spawns the recorder's upkeep.
 pub fn install_prometheus() -> Result<PrometheusHandle, String> {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(LATENCY_BUCKETS)
         .map_err(|e| format!("metrics buckets: {e}"))?
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    describe_all();
     let h = handle.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(5));
@@ -103,4 +109,137 @@ pub fn install_prometheus() -> Result<PrometheusHandle, String> {
         }
     });
     Ok(handle)
+}
+
+/// `docs/metrics.md`, whose table is the catalog of metrics.
+const METRICS_DOC: &str = include_str!("../../docs/metrics.md");
+
+/// The Prometheus type of a metric family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricType {
+    /// A monotonic counter (`_total`).
+    Counter,
+    /// A value that goes up and down.
+    Gauge,
+    /// A histogram (`_seconds`).
+    Histogram,
+}
+
+/// One row of the metrics table in `docs/metrics.md`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricDoc {
+    /// `liqwatch_…`.
+    pub name: &'static str,
+    /// Counter, gauge or histogram.
+    pub kind: MetricType,
+    /// Label names (none for `–`).
+    pub labels: Vec<&'static str>,
+    /// The meaning column, Markdown as written.
+    pub meaning: &'static str,
+}
+
+impl MetricDoc {
+    /// The `# HELP` text: the meaning without Markdown code marks.
+    pub fn help(&self) -> String {
+        self.meaning.replace('`', "")
+    }
+}
+
+/// Every row of the metrics table (lines starting with `` | `liqwatch_ ``), in table order. A
+/// row that does not parse (unknown type, missing column) is left out; a unit test proves none
+/// is.
+pub fn catalog() -> Vec<MetricDoc> {
+    METRICS_DOC
+        .lines()
+        .filter(|l| l.starts_with("| `liqwatch_"))
+        .filter_map(parse_row)
+        .collect()
+}
+
+/// `| `name` | type | `a`, `b` | meaning |` → a [`MetricDoc`].
+fn parse_row(line: &'static str) -> Option<MetricDoc> {
+    let inner = line.strip_prefix("| ")?.strip_suffix(" |")?;
+    let mut cols = inner.splitn(4, " | ");
+    let name = cols.next()?.trim().strip_prefix('`')?.strip_suffix('`')?;
+    let kind = match cols.next()?.trim() {
+        "counter" => MetricType::Counter,
+        "gauge" => MetricType::Gauge,
+        "histogram" => MetricType::Histogram,
+        _ => return None,
+    };
+    let labels = match cols.next()?.trim() {
+        "–" | "-" | "" => Vec::new(),
+        list => list
+            .split(',')
+            .map(|l| l.trim().trim_matches('`'))
+            .collect(),
+    };
+    let meaning = cols.next()?.trim();
+    Some(MetricDoc {
+        name,
+        kind,
+        labels,
+        meaning,
+    })
+}
+
+/// Gives every metric of [`catalog`] its `# HELP` text and unit (seconds for `_seconds`) in the
+/// installed recorder. Called by [`install_prometheus`].
+pub fn describe_all() {
+    use metrics::Unit;
+    for m in catalog() {
+        let help = m.help();
+        let seconds = m.name.ends_with("_seconds");
+        match (m.kind, seconds) {
+            (MetricType::Counter, _) => metrics::describe_counter!(m.name, Unit::Count, help),
+            (MetricType::Gauge, true) => metrics::describe_gauge!(m.name, Unit::Seconds, help),
+            (MetricType::Gauge, false) => metrics::describe_gauge!(m.name, help),
+            (MetricType::Histogram, _) => {
+                metrics::describe_histogram!(m.name, Unit::Seconds, help)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every table row parses, names are unique, and the types agree with the naming rule.
+    #[test]
+    fn every_table_row_is_in_the_catalog() {
+        let rows = METRICS_DOC
+            .lines()
+            .filter(|l| l.starts_with("| `liqwatch_"))
+            .count();
+        let cat = catalog();
+        assert!(rows > 50, "{rows}");
+        assert_eq!(cat.len(), rows, "a row of docs/metrics.md does not parse");
+        let names: std::collections::BTreeSet<_> = cat.iter().map(|m| m.name).collect();
+        assert_eq!(names.len(), cat.len(), "duplicate rows");
+        for m in &cat {
+            assert_eq!(
+                m.name.ends_with("_total"),
+                m.kind == MetricType::Counter,
+                "{m:?}"
+            );
+            if m.kind == MetricType::Histogram {
+                assert!(m.name.ends_with("_seconds"), "{m:?}");
+            }
+            assert!(!m.help().is_empty() && !m.help().contains('`'), "{m:?}");
+        }
+    }
+
+    /// Columns split the way the table writes them.
+    #[test]
+    fn rows_parse() {
+        let m = parse_row("| `liqwatch_x_total` | counter | `kind`, `sink` | a `b` c |").unwrap();
+        assert_eq!(m.name, "liqwatch_x_total");
+        assert_eq!(m.kind, MetricType::Counter);
+        assert_eq!(m.labels, ["kind", "sink"]);
+        assert_eq!(m.help(), "a b c");
+        let m = parse_row("| `liqwatch_y` | gauge | – | y |").unwrap();
+        assert!(m.labels.is_empty());
+        assert_eq!(parse_row("| `liqwatch_z` | summary | – | z |"), None);
+    }
 }

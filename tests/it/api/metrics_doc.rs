@@ -2,7 +2,7 @@
 //! `deploy/prometheus/alerts.yml` uses is in the metrics table of docs/metrics.md, and every metric in that
 //! table is emitted somewhere in `src/`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::support::tools;
@@ -64,30 +64,77 @@ fn readme_metrics() -> BTreeSet<String> {
         .collect()
 }
 
-/// String literals naming metrics anywhere in `src/`.
-fn code_metrics() -> BTreeSet<String> {
-    fn walk(dir: &Path, out: &mut BTreeSet<String>) {
+/// Metric names emitted in `src/`: the string literal a `counter!`, `gauge!` or `histogram!`
+/// invocation starts with, with the type that macro makes (`counter`, `gauge`, `histogram`).
+/// Other literals naming metrics (docs, the zero registration in `src/app/metrics.rs`) do not
+/// count, so a documented metric no code emits is found.
+fn code_metrics() -> BTreeMap<String, BTreeSet<&'static str>> {
+    fn walk(dir: &Path, out: &mut BTreeMap<String, BTreeSet<&'static str>>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 walk(&path, out);
             } else if path.extension().is_some_and(|e| e == "rs") {
                 let text = std::fs::read_to_string(&path).unwrap();
-                for piece in text.split('"').skip(1).step_by(2) {
-                    if piece.starts_with("liqwatch_")
-                        && piece
-                            .bytes()
-                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-                    {
-                        out.insert(piece.to_string());
-                    }
+                for (name, kind) in emitted(&text) {
+                    out.entry(name).or_default().insert(kind);
                 }
             }
         }
     }
-    let mut out = BTreeSet::new();
+    let mut out = BTreeMap::new();
     walk(&root().join("src"), &mut out);
     out
+}
+
+/// `(name, type)` of every `counter!("liqwatch_…"`, `gauge!(…` and `histogram!(…` in `text`
+/// (not `describe_*!`).
+fn emitted(text: &str) -> Vec<(String, &'static str)> {
+    let mut out = Vec::new();
+    for kind in ["counter", "gauge", "histogram"] {
+        let pat = format!("{kind}!(");
+        let mut i = 0;
+        while let Some(pos) = text[i..].find(&pat) {
+            let start = i + pos;
+            i = start + pat.len();
+            if text[..start].ends_with("describe_") {
+                continue;
+            }
+            let rest = text[i..].trim_start();
+            let Some(lit) = rest.strip_prefix('"') else {
+                continue;
+            };
+            let name: String = lit.chars().take_while(|c| *c != '"').collect();
+            if name.starts_with("liqwatch_") {
+                out.push((name, kind));
+            }
+        }
+    }
+    out
+}
+
+/// The docs/metrics.md table: name → (type, meaning).
+fn doc_rows() -> BTreeMap<String, (String, String)> {
+    let doc = read("docs/metrics.md");
+    doc.lines()
+        .filter(|l| l.starts_with("| `liqwatch_"))
+        .map(|l| {
+            let cols: Vec<&str> = l
+                .trim_matches('|')
+                .splitn(4, " | ")
+                .map(str::trim)
+                .collect();
+            assert_eq!(cols.len(), 4, "{l}");
+            let name = cols[0].trim_matches('`').to_string();
+            (
+                name,
+                (
+                    cols[1].to_string(),
+                    cols[3].trim_end_matches(" |").to_string(),
+                ),
+            )
+        })
+        .collect()
 }
 
 /// Every metric an alert rule uses is in the docs/metrics.md table, and every metric in the table
@@ -102,12 +149,47 @@ fn alert_metrics_are_documented_and_emitted() {
         undocumented.is_empty(),
         "alert rules use metrics missing from docs/metrics.md: {undocumented:?}"
     );
-    let emitted = code_metrics();
+    let emitted: BTreeSet<String> = code_metrics().into_keys().collect();
     let phantom: Vec<_> = documented.difference(&emitted).collect();
     assert!(
         phantom.is_empty(),
         "docs/metrics.md documents metrics no code emits: {phantom:?}"
     );
+}
+
+/// Issue 11 item 1: every metric the code emits is a row of docs/metrics.md (whose meaning
+/// column the daemon serves as its `# HELP` text, `telemetry::describe_all`), with the type of the
+/// macro that emits it.
+#[test]
+fn every_emitted_metric_is_described_with_its_type() {
+    let rows = doc_rows();
+    let emitted = code_metrics();
+    assert!(emitted.len() > 50, "{emitted:?}");
+    for (name, kinds) in &emitted {
+        let (kind, meaning) = rows.get(name).unwrap_or_else(|| {
+            panic!("{name} is emitted in src/ but has no row (no HELP text) in docs/metrics.md")
+        });
+        assert!(!meaning.is_empty(), "{name}: empty meaning");
+        assert_eq!(
+            kinds.iter().copied().collect::<Vec<_>>(),
+            [kind.as_str()],
+            "{name}: emitted as {kinds:?}, documented as {kind}"
+        );
+    }
+}
+
+/// The emission scanner reads the macro's first literal and ignores descriptions.
+#[test]
+fn emission_scanner_finds_macros() {
+    let got = emitted(
+        "metrics::counter!(\n    \"liqwatch_a_total\", \"k\" => v)\n gauge!(\"liqwatch_g\")\n \
+         describe_counter!(\"liqwatch_d_total\") histogram!(name) let s = \"liqwatch_s\";",
+    );
+    let want = [
+        ("liqwatch_a_total".to_string(), "counter"),
+        ("liqwatch_g".to_string(), "gauge"),
+    ];
+    assert_eq!(got, want);
 }
 
 /// The scanner finds metric names (and strips histogram suffixes) the way the test relies on.

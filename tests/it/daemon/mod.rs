@@ -1,8 +1,10 @@
-//! The real `liqwatch` binary: CLI, stress command, end to end, and the deploy files.
+//! The real `liqwatch` binary: CLI, stress command, end to end, its `/metrics`, and the deploy
+//! files.
 
 mod cli;
 mod deploy_files;
 mod e2e;
 mod empty_account;
+mod metrics_exposition;
 mod stress;
 mod stress_extremes;
