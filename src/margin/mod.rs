@@ -427,6 +427,7 @@ pub fn account_snapshot(
         let i = lookup(instruments, &p.instrument)?;
         let price = price_of(i, prices)?;
         let f = position_figures(i, p.quantity, p.entry_price, price)?;
+        let lp = liquidation_prices_of(account, instruments, prices, p, trigger)?;
         penalty = add(
             penalty,
             mul(f.notional, i.liquidation_fee_rate, "penalty")?,
@@ -442,7 +443,9 @@ pub fn account_snapshot(
             unrealized_pnl: f.unrealized_pnl,
             maintenance_margin: f.maintenance_margin,
             tier: u32::try_from(f.tier + 1).unwrap_or(u32::MAX),
-            liquidation_price: liquidation_price_of(account, instruments, prices, p, trigger)?,
+            liquidation_price: lp.nearest,
+            liquidation_price_down: lp.down,
+            liquidation_price_up: lp.up,
         });
     }
     let mut collateral = Vec::with_capacity(account.collateral.len());

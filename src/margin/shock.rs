@@ -1,6 +1,7 @@
 //! Distances on one price variable: equity and MM are piecewise linear in a uniform move `z`
 //! (every moving leg's price is `factor · z`), so the shock to the trigger and each position's
-//! liquidation price are roots of a line on a tier segment, re-checked as tiers change.
+//! liquidation prices are roots of a line on a tier segment, found by walking the tier
+//! intervals outwards in both directions.
 
 use rust_decimal::Decimal;
 
@@ -69,6 +70,18 @@ impl Crossings {
             (d, u) => d.or(u),
         }
     }
+}
+
+/// The liquidation prices of one position found by [`PriceMove::liquidation_prices`], as
+/// values of the price variable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LiquidationPrices {
+    /// The nearest price below the current one at which the trigger is reached (`> 0`).
+    pub down: Option<Decimal>,
+    /// The nearest price above the current one at which the trigger is reached.
+    pub up: Option<Decimal>,
+    /// The nearer of the two (the fall wins a tie).
+    pub nearest: Option<Decimal>,
 }
 
 /// `g(z) = k·z − l` on one linear piece.
@@ -310,44 +323,35 @@ impl<'a> PriceMove<'a> {
         Ok(None)
     }
 
-    /// The liquidation price of margin-math §1.7: solve with the tiers at `start`, re-check the
-    /// tier of every leg at the result and re-solve until no tier changes (a loop, not
-    /// unrolled: a large position can need three or more steps). Returns the value of `z`;
-    /// `None` when no positive price reaches the trigger.
+    /// The liquidation prices of margin-math §1.7 as values of `z`: the nearest crossing of
+    /// the trigger below and above `start`, from the exact interval walk of
+    /// [`PriceMove::crossings`], and the nearer of the two.
     ///
-    /// If the loop does not settle on a positive fixed point (a negative first answer, or
-    /// tiers that alternate), the exact interval walk of [`PriceMove::crossings`] decides.
-    pub fn liquidation_price(&self, start: Decimal) -> Result<Option<Decimal>, MarginError> {
+    /// Both directions are solved because both can reach the trigger (near-hedged books,
+    /// hedge-mode legs near a bracket floor, linear against inverse on one underlying); the
+    /// §1.7 tier re-check loop, started from today's tiers, can settle on the far root
+    /// (regression for issue 12 item 2). The walk settles every tier change on the way, so
+    /// no re-check is needed.
+    pub fn liquidation_prices(&self, start: Decimal) -> Result<LiquidationPrices, MarginError> {
         if start <= Decimal::ZERO {
-            return Ok(None);
-        }
-        let mut tiers = self.tiers_at(start)?;
-        let bound = self
-            .legs
-            .iter()
-            .map(|l| l.instrument.tiers.len())
-            .sum::<usize>()
-            + 2;
-        for _ in 0..bound {
-            let line = self.line(&tiers)?;
-            if line.k.is_zero() {
-                break;
-            }
-            let z = div(line.l, line.k, "liquidation price")?;
-            if z <= Decimal::ZERO {
-                break;
-            }
-            let next = self.tiers_at(z)?;
-            if next == tiers {
-                return Ok(Some(z));
-            }
-            tiers = next;
+            return Ok(LiquidationPrices::default());
         }
         let c = self.crossings(start)?;
-        match c.nearest() {
-            Some(d) => Ok(Some(add(start, d, "liquidation price")?)),
-            None => Ok(None),
-        }
+        let at = |d: Option<Decimal>| -> Result<Option<Decimal>, MarginError> {
+            d.map(|d| add(start, d, "liquidation price")).transpose()
+        };
+        Ok(LiquidationPrices {
+            down: at(c.down)?,
+            up: at(c.up)?,
+            nearest: at(c.nearest())?,
+        })
+    }
+
+    /// The nearest liquidation price (a value of `z`, either direction, the fall winning a
+    /// tie): [`PriceMove::liquidation_prices`]`.nearest`. `None` when no positive price
+    /// reaches the trigger.
+    pub fn liquidation_price(&self, start: Decimal) -> Result<Option<Decimal>, MarginError> {
+        Ok(self.liquidation_prices(start)?.nearest)
     }
 
     /// `MM(z)` and `equity(z)` re-priced from the exact per-position formulas (not the linear
@@ -485,9 +489,24 @@ pub fn liquidation_problem<'a>(
     Ok(Some((pm, p0)))
 }
 
-/// The liquidation price of one position of the account (margin-math §1.7, cross): the price
-/// of its instrument at which the ratio reaches `trigger`, its underlying's other instruments
-/// moving with it and every other price fixed. `None` when not reachable.
+/// The liquidation prices of one position of the account (margin-math §1.7, cross): the
+/// prices of its instrument, nearest below and above its mark, at which the ratio reaches
+/// `trigger`, its underlying's other instruments moving with it and every other price fixed.
+/// Each is `None` when not reachable in that direction.
+pub fn liquidation_prices_of(
+    account: &Account,
+    instruments: &dyn InstrumentLookup,
+    prices: &dyn PriceLookup,
+    position: &crate::model::Position,
+    trigger: Decimal,
+) -> Result<LiquidationPrices, MarginError> {
+    match liquidation_problem(account, instruments, prices, position, trigger)? {
+        Some((pm, p0)) => pm.liquidation_prices(p0),
+        None => Ok(LiquidationPrices::default()),
+    }
+}
+
+/// The nearest liquidation price of one position ([`liquidation_prices_of`]`.nearest`).
 pub fn liquidation_price_of(
     account: &Account,
     instruments: &dyn InstrumentLookup,
@@ -495,8 +514,5 @@ pub fn liquidation_price_of(
     position: &crate::model::Position,
     trigger: Decimal,
 ) -> Result<Option<Decimal>, MarginError> {
-    match liquidation_problem(account, instruments, prices, position, trigger)? {
-        Some((pm, p0)) => pm.liquidation_price(p0),
-        None => Ok(None),
-    }
+    Ok(liquidation_prices_of(account, instruments, prices, position, trigger)?.nearest)
 }

@@ -288,7 +288,7 @@ fn lp_three_step_recheck() {
     };
     let lp = pm.liquidation_price(dec!(95000)).unwrap().unwrap();
     assert_eq!(to_cents(lp), dec!(40849.92));
-    // The exact walk agrees with the loop.
+    // The crossing below is the same point (the walk settles every tier on the way).
     let c = pm.crossings(dec!(95000)).unwrap();
     assert_eq!(to_cents(dec!(95000) + c.down.unwrap()), dec!(40849.92));
 }

@@ -100,9 +100,17 @@ pub struct PositionRisk {
     pub maintenance_margin: Decimal,
     /// 1-based bracket index in use.
     pub tier: u32,
-    /// Mark price of this instrument at which the account reaches the trigger, every other
-    /// price held fixed; `None` when its own price alone cannot liquidate the account.
+    /// Mark price of this instrument at which the account reaches the trigger, its
+    /// underlying's other instruments moving with it and every other price held fixed: the
+    /// nearer of [`Self::liquidation_price_down`] and [`Self::liquidation_price_up`] (the fall
+    /// wins a tie); `None` when its own price alone cannot liquidate the account.
     pub liquidation_price: Option<Decimal>,
+    /// The nearest such price below the mark (a fall), `None` when no fall reaches the trigger.
+    #[serde(default)]
+    pub liquidation_price_down: Option<Decimal>,
+    /// The nearest such price above the mark (a rise), `None` when no rise reaches the trigger.
+    #[serde(default)]
+    pub liquidation_price_up: Option<Decimal>,
 }
 
 /// A collateral balance inside a snapshot.

@@ -182,7 +182,13 @@ fn without_distances(mut v: serde_json::Value) -> serde_json::Value {
         if let Some(ps) = s.get_mut("positions").and_then(|p| p.as_array_mut()) {
             for p in ps {
                 if let Some(o) = p.as_object_mut() {
-                    o.insert("liquidation_price".into(), serde_json::Value::Null);
+                    for k in [
+                        "liquidation_price",
+                        "liquidation_price_down",
+                        "liquidation_price_up",
+                    ] {
+                        o.insert(k.into(), serde_json::Value::Null);
+                    }
                 }
             }
         }

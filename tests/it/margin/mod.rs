@@ -1,4 +1,5 @@
 //! The margin model.
 
 mod extremes;
+mod nearest;
 mod props;

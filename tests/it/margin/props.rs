@@ -15,12 +15,12 @@ use proptest::prelude::*;
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 
-fn presets() -> HashMap<InstrumentId, Instrument> {
+pub(super) fn presets() -> HashMap<InstrumentId, Instrument> {
     load_instruments(&Path::new(env!("CARGO_MANIFEST_DIR")).join("feeds/presets.toml"))
         .expect("presets load")
 }
 
-const LINEAR: [&str; 6] = [
+pub(super) const LINEAR: [&str; 6] = [
     "BTCUSDT-PERP",
     "ETHUSDT-PERP",
     "SOLUSDT-PERP",
@@ -29,7 +29,7 @@ const LINEAR: [&str; 6] = [
     "HL-ETH-PERP",
 ];
 
-fn base_price(underlying: &str) -> Decimal {
+pub(super) fn base_price(underlying: &str) -> Decimal {
     match underlying {
         "BTC" => dec!(60000),
         "ETH" => dec!(3000),
@@ -38,7 +38,7 @@ fn base_price(underlying: &str) -> Decimal {
 }
 
 /// Decimal in [0, max) with `scale` places.
-fn dec_in(max: i64, scale: u32) -> impl Strategy<Value = Decimal> {
+pub(super) fn dec_in(max: i64, scale: u32) -> impl Strategy<Value = Decimal> {
     (0..max * 10i64.pow(scale)).prop_map(move |m| Decimal::new(m, scale))
 }
 
@@ -52,7 +52,7 @@ fn position_strategy() -> impl Strategy<Value = (usize, Decimal, bool, Decimal)>
     )
 }
 
-fn account_strategy() -> impl Strategy<Value = Account> {
+pub(super) fn account_strategy() -> impl Strategy<Value = Account> {
     (
         dec_in(300_000, 2),
         dec_in(20, 4),
@@ -121,7 +121,9 @@ fn account_strategy() -> impl Strategy<Value = Account> {
         })
 }
 
-fn prices(instruments: &HashMap<InstrumentId, Instrument>) -> HashMap<InstrumentId, Decimal> {
+pub(super) fn prices(
+    instruments: &HashMap<InstrumentId, Instrument>,
+) -> HashMap<InstrumentId, Decimal> {
     instruments
         .values()
         .filter(|i| !i.stable)

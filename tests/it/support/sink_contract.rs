@@ -103,6 +103,8 @@ pub fn sample_event(account: &str, account_seq: u64, kind: EventKind) -> RiskEve
         maintenance_margin: d(mm),
         tier: 1,
         liquidation_price: Some(d(mark) * d("0.93")),
+        liquidation_price_down: Some(d(mark) * d("0.93")),
+        liquidation_price_up: None,
     };
     let price = |inst: &str, p: &str| PriceUsed {
         instrument: InstrumentId::from(inst),
