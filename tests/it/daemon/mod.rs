@@ -4,5 +4,6 @@ mod cli;
 mod deploy_files;
 mod e2e;
 mod empty_account;
+mod journal_init;
 mod stress;
 mod stress_extremes;
