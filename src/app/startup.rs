@@ -85,7 +85,7 @@ pub(crate) fn open_journal(cfg: &Config) -> Result<Journal, AppError> {
 /// Creates the journal the config names: `liqwatch journal init`, `liqwatch run
 /// --init-journal` (with `if_absent`) and the demo's temporary journal. Never touches an
 /// existing file: without `if_absent` one is an error, with it the file is left for
-/// [`open_journal`] to judge. The directory must exist. Returns whether a journal was created.
+/// `open_journal` to judge. The directory must exist. Returns whether a journal was created.
 pub fn init_journal(cfg: &Config, if_absent: bool) -> Result<bool, AppError> {
     let path = &cfg.journal.path;
     if if_absent && std::fs::symlink_metadata(path).is_ok() {

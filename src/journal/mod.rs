@@ -20,6 +20,15 @@
 //! every later append (and [`Journal::spawn_flusher`]) retries the whole backlog first, so order
 //! is kept. Sinks only ever see committed rows.
 //!
+//! # Never started afresh silently
+//!
+//! The journal holds accounts, monitor states and cursors, so losing it must never look like a
+//! first start (design invariant 9). [`Journal::open_with`] only opens: a missing directory or
+//! file, an empty file, another program's SQLite database (checked with `PRAGMA
+//! application_id`, [`APPLICATION_ID`]) or a non-SQLite file is an error before anything
+//! writes to it. [`Journal::create_with`] only creates, never over an existing file; the
+//! binary calls it for `liqwatch journal init`, `run --init-journal` and the demo.
+//!
 //! The core is synchronous (rusqlite); async code uses [`JournalHandle`], which runs each call
 //! on tokio's blocking pool.
 
