@@ -12,8 +12,8 @@ use liqwatch::config::{self, LogFormat};
 /// `liqwatch journal …`.
 #[derive(Subcommand, Debug)]
 enum JournalCommand {
-    /// Create a new, empty journal at the config's `[journal] path`: exit 0 created, 2 if the
-    /// file already exists (it is left unchanged) or its directory is missing.
+    /// Create a new, empty journal at the config's `[journal] path` (no secrets needed): exit 0
+    /// created, 2 if the file already exists (it is left unchanged) or its directory is missing.
     Init {
         /// The TOML config file naming the journal.
         #[arg(long, short)]
@@ -90,7 +90,8 @@ fn main() -> ExitCode {
             }
         }
         Command::Journal(JournalCommand::Init { config }) => {
-            let created = config::load(&config)
+            // Only `[journal]` matters here: creating a journal needs no secrets.
+            let created = config::load_without_env(&config)
                 .map_err(app::AppError::from)
                 .and_then(|cfg| app::init_journal(&cfg, false).map(|_| cfg));
             match created {

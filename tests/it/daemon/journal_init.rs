@@ -196,3 +196,27 @@ async fn run_init_journal_creates_an_absent_journal() {
     assert!(daemon.log_text().contains("New journal created"));
     assert_eq!(daemon.terminate(DEADLINE), Some(0), "{}", daemon.log_text());
 }
+
+/// `journal init` reads only `[journal]`: the secrets the config names need not be set.
+#[test]
+fn journal_init_needs_no_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "journal.sqlite");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "bind = \"127.0.0.1:0\"",
+        "bind = \"127.0.0.1:0\"\ntoken_env = \"LIQWATCH_TEST_UNSET_INIT_TOKEN\"",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["journal", "init", "--config"])
+        .arg(&cfg)
+        .env_remove("LIQWATCH_TEST_UNSET_INIT_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(dir.path().join("journal.sqlite").exists());
+    // `run` still needs it.
+    let out = liqwatch(&["run"], &cfg);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("LIQWATCH_TEST_UNSET_INIT_TOKEN"));
+}
