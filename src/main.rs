@@ -9,6 +9,18 @@ use clap::{Parser, Subcommand};
 use liqwatch::app;
 use liqwatch::config::{self, LogFormat};
 
+/// `liqwatch journal …`.
+#[derive(Subcommand, Debug)]
+enum JournalCommand {
+    /// Create a new, empty journal at the config's `[journal] path` (no secrets needed): exit 0
+    /// created, 2 if the file already exists (it is left unchanged) or its directory is missing.
+    Init {
+        /// The TOML config file naming the journal.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
 /// Cross-margin liquidation watcher.
 #[derive(Parser, Debug)]
 #[command(name = "liqwatch", version, about)]
@@ -31,11 +43,22 @@ enum Command {
         /// The TOML config file (see deploy/liqwatch.example.toml).
         #[arg(long, short)]
         config: PathBuf,
+        /// Create the journal first if its file does not exist (for container entrypoints and
+        /// first starts). An existing file is never touched; the directory must exist.
+        #[arg(long)]
+        init_journal: bool,
     },
+    /// Manage the event journal.
+    #[command(subcommand)]
+    Journal(JournalCommand),
     /// Replay the 2021-05-19 crash against sample accounts, with no network and no config.
     Demo(liqwatch::cli::demo::DemoArgs),
     /// Validate a config file and exit: 0 valid, 2 invalid (every problem is listed).
     CheckConfig {
+        /// Read no environment variable and do not look for the journal: secrets must be
+        /// named, not set (for CI, cf. Vector's `validate --no-environment`).
+        #[arg(long)]
+        no_env: bool,
         /// The TOML config file.
         file: PathBuf,
     },
@@ -54,17 +77,38 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Stress(args) => liqwatch::cli::stress::main(args),
-        Command::CheckConfig { file } => match liqwatch::cli::check::check_config(&file) {
-            Ok(summary) => {
-                println!("{}: OK\n{summary}", file.display());
-                ExitCode::SUCCESS
+        Command::CheckConfig { file, no_env } => {
+            match liqwatch::cli::check::check_config(&file, no_env) {
+                Ok(summary) => {
+                    println!("{}: OK\n{summary}", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(e.exit_code())
+                }
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(e.exit_code())
+        }
+        Command::Journal(JournalCommand::Init { config }) => {
+            // Only `[journal]` matters here: creating a journal needs no secrets.
+            let created = config::load_without_env(&config)
+                .map_err(app::AppError::from)
+                .and_then(|cfg| app::init_journal(&cfg, false).map(|_| cfg));
+            match created {
+                Ok(cfg) => {
+                    println!("created journal {}", cfg.journal.path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("liqwatch: {e}");
+                    ExitCode::from(e.exit_code())
+                }
             }
-        },
-        Command::Run { config } => {
+        }
+        Command::Run {
+            config,
+            init_journal,
+        } => {
             let cfg = match config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -76,6 +120,9 @@ fn main() -> ExitCode {
             if let Err(e) = app::init_logging(format, &cfg.log.level) {
                 eprintln!("cannot set up logging: {e}");
                 return ExitCode::from(2);
+            }
+            if init_journal && let Err(e) = app::init_journal(&cfg, true) {
+                return exit(Err(e));
             }
             exit(app::run_daemon(cfg))
         }

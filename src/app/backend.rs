@@ -264,7 +264,7 @@ mod tests {
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let journal =
-            Journal::open(dir.path().join("journal.sqlite")).unwrap_or_else(|e| panic!("{e}"));
+            Journal::create(dir.path().join("journal.sqlite")).unwrap_or_else(|e| panic!("{e}"));
         let board = Arc::new(PriceBoard::new(PriceBoardConfig::default()));
         let registry = Arc::new(FeedRegistry::new());
         let inst = instrument();

@@ -31,6 +31,7 @@
 //! journal keeps accounts, monitor states and cursors).
 
 mod backend;
+mod error;
 mod metrics;
 mod runner;
 mod spawn;
@@ -48,7 +49,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::api::{self, ApiState};
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 use crate::engine::AccountMap;
 use crate::feeds::{FeedRegistry, replay};
 use crate::journal::JournalHandle;
@@ -61,33 +62,10 @@ use backend::Backend;
 use runner::{EngineRequest, Runner, StateCounts, wait_engine_death};
 
 pub use crate::runtime::telemetry::init_logging;
+pub use error::AppError;
+pub use startup::init_journal;
 use startup::load_accounts;
-pub(crate) use startup::{check_files, load_instruments};
-
-/// Why the daemon stopped with an error, and the exit code that goes with it.
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    /// Bad configuration (exit 2).
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// A startup input is unusable: instrument or account file, corrupt journal, bind address
-    /// (exit 2).
-    #[error("startup: {0}")]
-    Startup(String),
-    /// A failure while running (exit 1).
-    #[error("runtime failure: {0}")]
-    Runtime(String),
-}
-
-impl AppError {
-    /// The process exit code: 2 for config/startup problems a person must fix, 1 otherwise.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            AppError::Config(_) | AppError::Startup(_) => 2,
-            AppError::Runtime(_) => 1,
-        }
-    }
-}
+pub(crate) use startup::{check_files, journal_problem, load_instruments};
 
 // ---------------------------------------------------------------------------------------------
 
@@ -166,7 +144,8 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
     let instruments = load_instruments(&cfg)?;
     let instrument_list: Vec<Instrument> = instruments.values().cloned().collect();
 
-    // Journal first: a corrupt or unwritable journal is a startup error (exit 2).
+    // Journal first: a missing, empty, foreign, corrupt or unwritable journal is a startup
+    // error (exit 2); it is never created here.
     let journal = Arc::new(startup::open_journal(&cfg)?);
 
     // Accounts: the store, or the snapshot on the first start.
@@ -384,16 +363,4 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
         replay_ticks: replays.ticks.load(Ordering::Relaxed),
         undrained_sinks: undrained,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Exit codes follow the documented table.
-    #[test]
-    fn exit_codes() {
-        assert_eq!(AppError::Startup("x".into()).exit_code(), 2);
-        assert_eq!(AppError::Runtime("x".into()).exit_code(), 1);
-    }
 }

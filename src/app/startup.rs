@@ -1,4 +1,5 @@
-//! Start-up inputs: the files a config names, the instrument presets, the journal, the accounts
+//! Start-up inputs: the files a config names, the instrument presets, the journal (opened, or
+//! created only when asked), the accounts
 //! (from the journal's store, or the snapshot on a first start) and the engine with its
 //! restored monitor states. Every failure here is a startup error (exit 2).
 
@@ -67,29 +68,57 @@ pub(crate) fn load_instruments(
     Ok(all)
 }
 
-/// Opens (or creates) the journal the config names, creating its directory.
-pub(crate) fn open_journal(cfg: &Config) -> Result<Journal, AppError> {
-    if let Some(dir) = cfg
-        .journal
-        .path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-    {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            AppError::Startup(format!(
-                "cannot create the journal directory {}: {e}",
-                dir.display()
-            ))
-        })?;
+fn journal_options(cfg: &Config) -> JournalOptions {
+    JournalOptions {
+        synchronous: cfg.journal.synchronous,
+        ..JournalOptions::default()
     }
-    Journal::open_with(
-        &cfg.journal.path,
-        JournalOptions {
-            synchronous: cfg.journal.synchronous,
-            ..JournalOptions::default()
-        },
-    )
-    .map_err(|e| AppError::Startup(e.to_string()))
+}
+
+/// Opens the existing journal the config names. It is never created here (design invariant 9):
+/// a missing directory or file, an empty or foreign file is a startup error saying what to do.
+pub(crate) fn open_journal(cfg: &Config) -> Result<Journal, AppError> {
+    Journal::open_with(&cfg.journal.path, journal_options(cfg))
+        .map_err(|e| AppError::Startup(e.to_string()))
+}
+
+/// Creates the journal the config names: `liqwatch journal init`, `liqwatch run
+/// --init-journal` (with `if_absent`) and the demo's temporary journal. Never touches an
+/// existing file: without `if_absent` one is an error, with it the file is left for
+/// `open_journal` to judge. The directory must exist. Returns whether a journal was created.
+pub fn init_journal(cfg: &Config, if_absent: bool) -> Result<bool, AppError> {
+    let path = &cfg.journal.path;
+    if if_absent && std::fs::symlink_metadata(path).is_ok() {
+        return Ok(false);
+    }
+    Journal::create_with(path, journal_options(cfg))
+        .map(|_| true)
+        .map_err(|e| AppError::Startup(e.to_string()))
+}
+
+/// What `check-config` says about the journal's directory and file, without opening it (no
+/// write happens): `None` if both are there and the file is not empty.
+pub(crate) fn journal_problem(cfg: &Config) -> Option<String> {
+    let path = &cfg.journal.path;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        return Some(format!(
+            "journal.path: the directory {} does not exist (create it on persistent storage, then run `liqwatch journal init --config FILE`)",
+            dir.display()
+        ));
+    }
+    match std::fs::metadata(path) {
+        Err(_) => Some(format!(
+            "journal.path: {} does not exist: create it with `liqwatch journal init --config FILE` (first start only; otherwise restore it from a backup)",
+            path.display()
+        )),
+        Ok(m) if m.len() == 0 => Some(format!(
+            "journal.path: {} is empty (0 bytes): the daemon refuses it; restore it from a backup",
+            path.display()
+        )),
+        Ok(_) => None,
+    }
 }
 
 /// The engine over `map` with the monitor states the journal kept, and the shared view of

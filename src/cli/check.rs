@@ -1,16 +1,33 @@
-//! `liqwatch check-config FILE`: validates a config file and every file it names, without
-//! starting anything.
+//! `liqwatch check-config FILE`: validates a config file, every file it names and that its
+//! journal exists (it never creates or opens it), without starting anything.
 
 use std::path::Path;
 
-use crate::app::{AppError, check_files, load_instruments};
+use crate::app::{AppError, check_files, journal_problem, load_instruments};
 use crate::config::{self, Config};
 
-/// `liqwatch check-config FILE`: validates the file, the instrument presets and the account
-/// snapshot it names. Returns a short summary of what would run.
-pub fn check_config(path: &Path) -> Result<String, AppError> {
-    let cfg = config::load(path)?;
-    check_files(&cfg)?;
+/// `liqwatch check-config [--no-env] FILE`: validates the file, the instrument presets and
+/// the account snapshot it names, and that the journal exists. With `no_env` (CI, no secrets
+/// and no journal on this machine) it reads no environment variable — the variables a key
+/// names must be valid names but need not be set — and does not look for the journal.
+/// Returns a short summary of what would run.
+pub fn check_config(path: &Path, no_env: bool) -> Result<String, AppError> {
+    let cfg = if no_env {
+        config::load_without_env(path)?
+    } else {
+        config::load(path)?
+    };
+    let mut problems: Vec<String> = match check_files(&cfg) {
+        Err(AppError::Startup(m)) => vec![m],
+        Err(e) => return Err(e),
+        Ok(()) => Vec::new(),
+    };
+    if !no_env {
+        problems.extend(journal_problem(&cfg));
+    }
+    if !problems.is_empty() {
+        return Err(AppError::Startup(problems.join("\n")));
+    }
     let instruments = load_instruments(&cfg)?;
     let accounts = match &cfg.accounts.snapshot {
         Some(p) => crate::sources::files::load_accounts_checked(p, &instruments)

@@ -126,6 +126,8 @@ pub fn main(args: DemoArgs) -> Result<(), AppError> {
     .map(|f| f.accounts)
     .map_err(|e| AppError::Startup(format!("demo accounts: {e}")))?;
 
+    // A new journal in the temporary directory, created explicitly like any other.
+    crate::app::init_journal(&cfg, false)?;
     print_intro(&cfg, &accounts, speed, &style);
     // Every account is in the summary, also those that stay quiet.
     let summary = Arc::new(Mutex::new(Summary::for_accounts(

@@ -307,18 +307,63 @@ impl<'a> Cx<'a, '_> {
         }
     }
 
-    /// Deserialises `v`, recording the error at its key.
+    /// Deserialises `v`, recording every error at its key: `None` if there was any.
     pub(super) fn de<T: DeserializeOwned>(
         &mut self,
         v: Spanned<DeValue<'a>>,
         at: &[P<'_>],
     ) -> Option<T> {
-        match T::deserialize(ValueDeserializer::from(v)) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                self.de_error(e, at);
-                None
+        match self.de_partial(v, at) {
+            Some((t, bad)) if bad.is_empty() => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Deserialises the table `v` as far as it can, so one pass reports every mistake in it:
+    /// serde stops at the first error, so each error is recorded and the key it is about is
+    /// left out before trying again. Returns what the remaining keys made (if anything) and the
+    /// keys left out; a required key reported missing only because it was left out is not
+    /// reported twice.
+    pub(super) fn de_partial<T: DeserializeOwned>(
+        &mut self,
+        v: Spanned<DeValue<'a>>,
+        at: &[P<'_>],
+    ) -> Option<(T, Vec<String>)> {
+        let span = v.span();
+        let DeValue::Table(mut table) = v.into_inner() else {
+            return None;
+        };
+        let mut bad: Vec<String> = Vec::new();
+        // Each round removes a key, so this ends.
+        loop {
+            let value = Spanned::new(span.clone(), DeValue::Table(table.clone()));
+            let e = match T::deserialize(ValueDeserializer::from(value)) {
+                Ok(t) => return Some((t, bad)),
+                Err(e) => e,
+            };
+            if bad
+                .iter()
+                .any(|k| e.message().contains(&format!("missing field `{k}`")))
+            {
+                return None;
             }
+            let key = e
+                .span()
+                .and_then(|s| path_at(&table, s.start))
+                .map(|p| p.split(['.', '[']).next().unwrap_or_default().to_string());
+            self.de_error(e, at);
+            let key = key.filter(|k| !k.is_empty())?;
+            let mut kept: DeTable<'a> = DeTable::new();
+            for (k, val) in table.iter() {
+                if k.get_ref().as_ref() != key.as_str() {
+                    kept.insert(k.clone(), val.clone());
+                }
+            }
+            if kept.len() == table.len() {
+                return None;
+            }
+            table = kept;
+            bad.push(key);
         }
     }
 }

@@ -327,3 +327,45 @@ fn api_connection_limits() {
         "{p:?}"
     );
 }
+
+/// Issue 11 item 9: every mistake in one `[[sinks]]` table is reported in one pass — a common
+/// key, an unknown key of its type and its type's own check — and a key reported once is not
+/// reported again as missing.
+#[test]
+fn every_mistake_in_a_sink_table_at_once() {
+    let p = problems(&format!(
+        "{MIN}\n[[sinks]]\ntype = \"webhook\"\nkinds = [\"no_such_kind\"]\nurl = \"ftp://x.example/h\"\nbogus = 1\n"
+    ));
+    assert_eq!(p.len(), 3, "{p:?}");
+    for (line, key) in [
+        (13, "sinks[0].kinds"),
+        (14, "sinks[0].url"),
+        (15, "sinks[0].bogus"),
+    ] {
+        assert!(
+            p.iter().any(|p| p.line == line && p.key.starts_with(key)),
+            "{key} on line {line}: {p:?}"
+        );
+    }
+
+    // A required key of the wrong type is reported once, not again as missing.
+    let p = problems(&format!(
+        "{MIN}\n[[sinks]]\ntype = \"jsonl\"\npath = 5\nkeep = \"x\"\n"
+    ));
+    assert_eq!(p.len(), 2, "{p:?}");
+}
+
+/// Without the environment every named variable reads as the placeholder, which passes the
+/// checks of a secret and of a URL; a name that is not a variable name is still a problem.
+#[test]
+fn no_env_placeholder_passes_every_env_check() {
+    let text = format!(
+        "{MIN}\n[api]\ntoken_env = \"UNSET_A\"\n\n[[sinks]]\ntype = \"webhook\"\nurl_env = \"UNSET_B\"\nsecret_env = \"UNSET_C\"\n\n[[sinks]]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nstream = \"EV\"\ntoken_env = \"UNSET_D\"\n"
+    );
+    let placeholder = |_: &str| Some(NO_ENV_PLACEHOLDER.to_string());
+    if let Err(e) = parse(&text, Path::new("/etc/liqwatch/l.toml"), &placeholder) {
+        panic!("{e}");
+    }
+    let bad = text.replace("UNSET_A", "not a name");
+    assert!(parse(&bad, Path::new("/etc/liqwatch/l.toml"), &placeholder).is_err());
+}

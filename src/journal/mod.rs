@@ -20,6 +20,15 @@
 //! every later append (and [`Journal::spawn_flusher`]) retries the whole backlog first, so order
 //! is kept. Sinks only ever see committed rows.
 //!
+//! # Never started afresh silently
+//!
+//! The journal holds accounts, monitor states and cursors, so losing it must never look like a
+//! first start (design invariant 9). [`Journal::open_with`] only opens: a missing directory or
+//! file, an empty file, another program's SQLite database (checked with `PRAGMA
+//! application_id`, [`APPLICATION_ID`]) or a non-SQLite file is an error before anything
+//! writes to it. [`Journal::create_with`] only creates, never over an existing file; the
+//! binary calls it for `liqwatch journal init`, `run --init-journal` and the demo.
+//!
 //! The core is synchronous (rusqlite); async code uses [`JournalHandle`], which runs each call
 //! on tokio's blocking pool.
 
@@ -50,6 +59,11 @@ pub struct JournalEntry {
 
 /// The schema version this build writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 1;
+
+/// `PRAGMA application_id` of a liqwatch journal (`LQWJ`): it tells a journal from any other
+/// SQLite file. Journals created before it was stamped (id 0, our schema version and tables) are
+/// recognised and stamped on their next open.
+pub const APPLICATION_ID: i32 = 0x4c51_574a;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -95,7 +109,58 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 /// Everything that can go wrong in the journal.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    /// The file could not be opened or created (missing directory, permissions).
+    /// The journal's directory does not exist. It is never created: a missing directory
+    /// usually means a volume that is not mounted.
+    #[error(
+        "journal directory {dir} does not exist: create it (it should be persistent storage), then create the journal with `liqwatch journal init --config FILE`"
+    )]
+    MissingDir {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// There is no journal file. A new one is only ever created on request.
+    #[error(
+        "journal {path} does not exist: if this is the first start, create it with `liqwatch journal init --config FILE` (or `liqwatch run --init-journal`); otherwise restore it from a backup — starting afresh would lose accounts, monitor states and sink cursors"
+    )]
+    Missing {
+        /// The journal path.
+        path: PathBuf,
+    },
+    /// The journal file is empty (zero bytes): left untouched, never re-initialised.
+    #[error(
+        "journal {path} is empty (0 bytes), so its accounts, monitor states and sink cursors are gone: restore it from a backup, or remove it and run `liqwatch journal init --config FILE` to start afresh on purpose"
+    )]
+    Empty {
+        /// The journal path.
+        path: PathBuf,
+    },
+    /// `create` was asked for a file that already exists.
+    #[error("journal {path} already exists; it was left unchanged")]
+    Exists {
+        /// The journal path.
+        path: PathBuf,
+    },
+    /// An SQLite database that is not a liqwatch journal.
+    #[error(
+        "{path} is an SQLite database but not a liqwatch journal (application_id {application_id:#x}, user_version {user_version}): check `[journal] path`"
+    )]
+    Foreign {
+        /// The file.
+        path: PathBuf,
+        /// Its `PRAGMA application_id`.
+        application_id: i32,
+        /// Its `PRAGMA user_version`.
+        user_version: i64,
+    },
+    /// The file could not be inspected or created (permissions, I/O).
+    #[error("cannot access journal {path}: {source}")]
+    Io {
+        /// The journal path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file could not be opened (permissions, I/O).
     #[error("cannot open journal {path}: {source} (check the directory exists and is writable)")]
     Open {
         /// The journal path.
@@ -289,26 +354,137 @@ fn classify_open_error(path: &Path, e: rusqlite::Error) -> JournalError {
     }
 }
 
+/// Refuses a path whose directory is missing (never created here).
+fn check_dir(path: &Path) -> Result<(), JournalError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => return Ok(()),
+    };
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(JournalError::MissingDir {
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+/// Whether the database `conn` opened is a liqwatch journal: ours by `application_id`, or a
+/// journal from before the id was stamped (id 0, a known schema version and our tables).
+/// Reads only; a file that is not SQLite at all fails here with [`JournalError::Corrupt`].
+fn check_ours(conn: &Connection, path: &Path) -> Result<(), JournalError> {
+    let application_id: i32 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(|e| classify_open_error(path, e))?;
+    let user_version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(|e| classify_open_error(path, e))?;
+    if application_id == APPLICATION_ID {
+        return Ok(());
+    }
+    let legacy = application_id == 0 && (1..=SCHEMA_VERSION).contains(&user_version) && {
+        let tables: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'
+                   AND name IN ('meta', 'events', 'cursors', 'accounts', 'monitor_states')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| classify_open_error(path, e))?;
+        tables == 5
+    };
+    if legacy {
+        return Ok(());
+    }
+    Err(JournalError::Foreign {
+        path: path.to_path_buf(),
+        application_id,
+        user_version,
+    })
+}
+
 impl Journal {
-    /// Opens (creating or migrating) the journal at `path` with default options.
+    /// Opens the existing journal at `path` with default options (see [`Journal::open_with`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Journal, JournalError> {
         Self::open_with(path, JournalOptions::default())
     }
 
-    /// Opens (creating or migrating) the journal at `path`. A corrupt, foreign, too-new or
-    /// unwritable file is an error here, never later.
+    /// Opens (and migrates) the existing journal at `path`. It never creates one: a missing
+    /// directory or file, an empty file, a foreign SQLite file, a corrupt, too-new or
+    /// unwritable file is an error here, never later, and the file is left as it was.
     pub fn open_with(
         path: impl AsRef<Path>,
         options: JournalOptions,
     ) -> Result<Journal, JournalError> {
         let path = path.as_ref().to_path_buf();
+        check_dir(&path)?;
+        match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(JournalError::Missing { path });
+            }
+            Err(e) => {
+                return Err(JournalError::Io { path, source: e });
+            }
+            Ok(m) if m.len() == 0 => return Err(JournalError::Empty { path }),
+            Ok(_) => {}
+        }
+        Self::open_inner(path, options, false)
+    }
+
+    /// Creates a new journal at `path` with default options (see [`Journal::create_with`]).
+    pub fn create(path: impl AsRef<Path>) -> Result<Journal, JournalError> {
+        Self::create_with(path, JournalOptions::default())
+    }
+
+    /// Creates a new, empty journal at `path` and opens it. The directory must exist; an
+    /// existing file (even an empty one) is an error and is left unchanged.
+    pub fn create_with(
+        path: impl AsRef<Path>,
+        options: JournalOptions,
+    ) -> Result<Journal, JournalError> {
+        let path = path.as_ref().to_path_buf();
+        check_dir(&path)?;
+        // `create_new` is atomic: of two racing creators exactly one wins.
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(JournalError::Exists { path });
+            }
+            Err(e) => {
+                return Err(JournalError::Io { path, source: e });
+            }
+        }
+        let journal = Self::open_inner(path.clone(), options, true).inspect_err(|_| {
+            // Leave nothing half-made behind: the next attempt can create it again.
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = path.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::remove_file(p);
+            }
+        })?;
+        tracing::info!(path = %path.display(), "New journal created");
+        Ok(journal)
+    }
+
+    /// Opens the file at `path`; `fresh` when [`Journal::create_with`] has just made it.
+    fn open_inner(
+        path: PathBuf,
+        options: JournalOptions,
+        fresh: bool,
+    ) -> Result<Journal, JournalError> {
         let conn = Connection::open_with_flags(
             &path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| classify_open_error(&path, e))?;
+        // Before anything writes to it: is this file ours?
+        if !fresh {
+            check_ours(&conn, &path)?;
+        }
         conn.busy_timeout(options.busy_timeout)
             .map_err(|e| classify_open_error(&path, e))?;
         // Bigger pages: a ~2 KB event JSON per row means fewer WAL frames per burst. Only
@@ -361,6 +537,7 @@ impl Journal {
         // Creating the schema and stamping the open time proves the file is writable now.
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE; {SCHEMA_V1} PRAGMA user_version = {SCHEMA_VERSION};
+             PRAGMA application_id = {APPLICATION_ID};
              INSERT INTO meta(key, value) VALUES ('opened_ms', '{}')
                ON CONFLICT(key) DO UPDATE SET value = excluded.value;
              COMMIT;",

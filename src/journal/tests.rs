@@ -24,7 +24,7 @@ fn event(account: &str, seq: u64, time_ms: i64) -> RiskEvent {
 
 fn open_tmp() -> (tempfile::TempDir, Journal) {
     let dir = tempfile::tempdir().unwrap();
-    let j = Journal::open(dir.path().join("journal.db")).unwrap();
+    let j = Journal::create(dir.path().join("journal.db")).unwrap();
     (dir, j)
 }
 
@@ -265,7 +265,7 @@ fn open_errors_are_clear() {
     assert!(e.to_string().contains("garbage.db"));
 
     let newer = dir.path().join("newer.db");
-    drop(Journal::open(&newer).unwrap());
+    drop(Journal::create(&newer).unwrap());
     let c = Connection::open(&newer).unwrap();
     c.pragma_update(None, "user_version", 99).unwrap();
     drop(c);
@@ -277,5 +277,62 @@ fn open_errors_are_clear() {
 
     let missing = dir.path().join("no/such/dir/journal.db");
     let e = Journal::open(&missing).unwrap_err();
-    assert!(matches!(e, JournalError::Open { .. }), "{e}");
+    assert!(matches!(e, JournalError::MissingDir { .. }), "{e}");
+    let e = Journal::create(&missing).unwrap_err();
+    assert!(matches!(e, JournalError::MissingDir { .. }), "{e}");
+    assert!(!dir.path().join("no").exists(), "no directory is created");
+}
+
+/// Issue 11 item 4: a journal is never created or re-initialised by `open`; `create` never
+/// overwrites; a foreign SQLite file is refused before anything writes to it.
+#[test]
+fn never_started_afresh_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.db");
+    let e = Journal::open(&missing).unwrap_err();
+    assert!(matches!(e, JournalError::Missing { .. }), "{e}");
+    assert!(!missing.exists());
+
+    let empty = dir.path().join("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    let e = Journal::open(&empty).unwrap_err();
+    assert!(matches!(e, JournalError::Empty { .. }), "{e}");
+    let e = Journal::create(&empty).unwrap_err();
+    assert!(matches!(e, JournalError::Exists { .. }), "{e}");
+    assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
+
+    let foreign = dir.path().join("foreign.db");
+    let c = Connection::open(&foreign).unwrap();
+    c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    drop(c);
+    let before = std::fs::read(&foreign).unwrap();
+    let e = Journal::open(&foreign).unwrap_err();
+    assert!(matches!(e, JournalError::Foreign { .. }), "{e}");
+    assert_eq!(std::fs::read(&foreign).unwrap(), before, "left untouched");
+
+    let path = dir.path().join("journal.db");
+    let j = Journal::create(&path).unwrap();
+    let a = AccountId::from("a");
+    j.upsert_accounts(&[(a.clone(), "{}".into())]).unwrap();
+    drop(j);
+    let e = Journal::create(&path).unwrap_err();
+    assert!(matches!(e, JournalError::Exists { .. }), "{e}");
+    let j = Journal::open(&path).unwrap();
+    assert_eq!(j.load_accounts().unwrap().len(), 1);
+    drop(j);
+    let c = Connection::open(&path).unwrap();
+    let id: i32 = c
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .unwrap();
+    assert_eq!(id, APPLICATION_ID);
+    // A journal from before the id was stamped is still recognised, and stamped.
+    c.pragma_update(None, "application_id", 0).unwrap();
+    drop(c);
+    drop(Journal::open(&path).unwrap());
+    let c = Connection::open(&path).unwrap();
+    let id: i32 = c
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .unwrap();
+    assert_eq!(id, APPLICATION_ID);
 }

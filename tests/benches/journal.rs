@@ -44,7 +44,7 @@ fn append(c: &mut Criterion) {
             Some(d) => tempfile::tempdir_in(d).unwrap(),
             None => tempfile::tempdir().unwrap(),
         };
-        let journal = Journal::open_with(
+        let journal = Journal::create_with(
             dir.path().join("bench.db"),
             JournalOptions {
                 synchronous: sync,
@@ -83,7 +83,7 @@ fn cpu_cost_report(_c: &mut Criterion) {
     }
     for (label, sync) in [("full", Synchronous::Full), ("normal", Synchronous::Normal)] {
         let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::open_with(
+        let journal = Journal::create_with(
             dir.path().join("cpu.db"),
             JournalOptions {
                 synchronous: sync,

@@ -261,14 +261,16 @@ async fn run(o: Opts) {
         o.accounts, o.rate, o.secs, o.batch_max, o.index, o.sync
     );
 
+    let env = [
+        ("LOADGEN_WEBHOOK_SECRET", SECRET),
+        ("LOADGEN_API_TOKEN", TOKEN),
+    ];
+    Daemon::init_journal(env!("CARGO_BIN_EXE_liqwatch"), &cfg, &env);
     let started = Instant::now();
     let mut daemon = Daemon::start(
         env!("CARGO_BIN_EXE_liqwatch"),
         &cfg,
-        &[
-            ("LOADGEN_WEBHOOK_SECRET", SECRET),
-            ("LOADGEN_API_TOKEN", TOKEN),
-        ],
+        &env,
         dir.path().join("daemon.log"),
     );
     let pid = daemon.child.id();

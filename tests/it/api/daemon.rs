@@ -60,9 +60,17 @@ grace = "3s"
     p
 }
 
+/// Start `n`. The first (1) runs on a new journal created as an operator would; later ones
+/// pass `--init-journal`, as a container entrypoint does, which must leave the existing journal
+/// (and the accounts added over HTTP) alone.
 fn start(cfg: &Path, dir: &Path, n: u32) -> Daemon {
-    Daemon::start(
-        env!("CARGO_BIN_EXE_liqwatch"),
+    let bin = env!("CARGO_BIN_EXE_liqwatch");
+    if n == 1 {
+        Daemon::init_journal(bin, cfg, &[("API_DAEMON_TOKEN", TOKEN)]);
+    }
+    Daemon::start_args(
+        bin,
+        if n == 1 { &[] } else { &["--init-journal"] },
         cfg,
         &[("API_DAEMON_TOKEN", TOKEN)],
         dir.join(format!("daemon-{n}.log")),

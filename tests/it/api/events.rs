@@ -126,7 +126,7 @@ async fn next_frame(resp: &mut reqwest::Response, buf: &mut String) -> (String, 
 async fn history_and_live_stream_from_a_real_journal() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
-    let journal = Arc::new(Journal::open(dir.path().join("journal.db")).unwrap());
+    let journal = Arc::new(Journal::create(dir.path().join("journal.db")).unwrap());
     let handle = JournalHandle::new(journal.clone());
     let t0 = 1_621_428_000_000;
     journal

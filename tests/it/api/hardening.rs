@@ -451,6 +451,7 @@ grace = "3s"
     );
     let path = dir.join("liqwatch.toml");
     std::fs::write(&path, cfg).unwrap();
+    Daemon::init_journal(env!("CARGO_BIN_EXE_liqwatch"), &path, &[]);
     let mut daemon = Daemon::start(
         env!("CARGO_BIN_EXE_liqwatch"),
         &path,

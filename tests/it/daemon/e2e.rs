@@ -87,7 +87,15 @@ grace = "3s"
     p
 }
 
+/// Start `n` (the first is 1, on a new journal created as an operator would).
 fn start(cfg: &Path, dir: &Path, n: u32) -> Daemon {
+    if n == 1 {
+        Daemon::init_journal(
+            env!("CARGO_BIN_EXE_liqwatch"),
+            cfg,
+            &[("E2E_WEBHOOK_SECRET", SECRET), ("E2E_API_TOKEN", TOKEN)],
+        );
+    }
     Daemon::start(
         env!("CARGO_BIN_EXE_liqwatch"),
         cfg,

@@ -65,6 +65,11 @@ async fn empty_account_does_not_trigger_issue_11_item_5() {
     // Port 0: the daemon binds a free port and logs it.
     let cfg = write_config(dir.path(), &venue.url, 0);
     let client = http_client();
+    Daemon::init_journal(
+        env!("CARGO_BIN_EXE_liqwatch"),
+        &cfg,
+        &[("EMPTY_ACCOUNT_TOKEN", TOKEN)],
+    );
     let mut daemon = Daemon::start(
         env!("CARGO_BIN_EXE_liqwatch"),
         &cfg,

@@ -94,6 +94,12 @@ async fn live_metrics_pass_promtool_with_zero_series_issue_11_item_1() {
     let venue = MockBinance::start().await;
     let cfg = write_config(dir.path(), &venue.url);
     let client = http_client();
+    // The journal is created explicitly, as an operator does once (`liqwatch journal init`).
+    Daemon::init_journal(
+        env!("CARGO_BIN_EXE_liqwatch"),
+        &cfg,
+        &[("METRICS_EXPOSITION_TOKEN", TOKEN)],
+    );
     let mut daemon = Daemon::start(
         env!("CARGO_BIN_EXE_liqwatch"),
         &cfg,

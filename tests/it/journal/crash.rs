@@ -188,6 +188,8 @@ fn sigkill_while_receiver_fails_then_restart_delivers_everything() {
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.db");
+        // Created once, as an operator would; the children only ever open it.
+        drop(Journal::create(&path).unwrap());
         let rx = Arc::new(Receiver::default());
         rx.accept_budget.store(40, Ordering::SeqCst);
         let app = axum::Router::new()

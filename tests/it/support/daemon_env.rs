@@ -349,9 +349,21 @@ impl Daemon {
     /// Starts `liqwatch run --config <config>` with extra environment variables, logging to
     /// `<dir>/<name>.log`.
     pub fn start(bin: &str, config: &Path, env: &[(&str, &str)], log: PathBuf) -> Daemon {
+        Self::start_args(bin, &[], config, env, log)
+    }
+
+    /// [`Daemon::start`] with extra `run` arguments (`--init-journal`).
+    pub fn start_args(
+        bin: &str,
+        args: &[&str],
+        config: &Path,
+        env: &[(&str, &str)],
+        log: PathBuf,
+    ) -> Daemon {
         let file = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(bin);
         cmd.arg("run")
+            .args(args)
             .arg("--config")
             .arg(config)
             .stdin(Stdio::null())
@@ -362,6 +374,24 @@ impl Daemon {
         }
         let child = cmd.spawn().unwrap();
         Daemon { child, log }
+    }
+
+    /// Creates the journal `config` names the way an operator does before the first start:
+    /// `liqwatch journal init --config <config>` (with `env`, as the service would have it).
+    /// Panics with its output unless it exits 0.
+    pub fn init_journal(bin: &str, config: &Path, env: &[(&str, &str)]) {
+        let mut cmd = Command::new(bin);
+        cmd.args(["journal", "init", "--config"]).arg(config);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "liqwatch journal init failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// The log so far.

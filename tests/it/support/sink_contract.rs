@@ -235,7 +235,7 @@ pub fn assert_delivered(expected: &[Uuid], received: &[Uuid]) {
 /// A fresh journal in a temp dir.
 pub fn temp_journal() -> (tempfile::TempDir, Arc<Journal>) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let journal = Journal::open(dir.path().join("journal.db")).expect("open journal");
+    let journal = Journal::create(dir.path().join("journal.db")).expect("create journal");
     (dir, Arc::new(journal))
 }
 
