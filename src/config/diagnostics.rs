@@ -35,6 +35,15 @@ pub(super) fn render_problems(path: &Path, problems: &[Problem]) -> String {
         if problems.len() == 1 { "" } else { "s" }
     );
     for p in problems {
+        // A component's message starts with the key it is about (`secret_env: …`), which the
+        // key path already says: say it once.
+        let last = p.key.rsplit(['.', ']']).next().unwrap_or_default();
+        let message = p
+            .message
+            .strip_prefix(last)
+            .and_then(|m| m.strip_prefix(": "))
+            .filter(|_| !last.is_empty())
+            .unwrap_or(&p.message);
         s.push_str(&format!(
             "\n  {}:{}:{}: {}{}{}",
             path.display(),
@@ -42,7 +51,7 @@ pub(super) fn render_problems(path: &Path, problems: &[Problem]) -> String {
             p.column,
             p.key,
             if p.key.is_empty() { "" } else { ": " },
-            p.message
+            message
         ));
     }
     s
@@ -423,6 +432,37 @@ pub(super) fn friendly(msg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A message that starts with its own key says the key once; others are left whole.
+    #[test]
+    fn key_said_once() {
+        let p = |key: &str, message: &str| Problem {
+            line: 3,
+            column: 1,
+            key: key.into(),
+            message: message.into(),
+        };
+        let out = render_problems(
+            Path::new("c.toml"),
+            &[
+                p("sinks[2].secret_env", "secret_env: variable X is not set"),
+                p("api.token_env", "variable Y is not set"),
+                p("", "secret_env: whole-file message"),
+            ],
+        );
+        assert!(
+            out.contains("c.toml:3:1: sinks[2].secret_env: variable X is not set\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("c.toml:3:1: api.token_env: variable Y is not set\n"),
+            "{out}"
+        );
+        assert!(
+            out.ends_with("c.toml:3:1: secret_env: whole-file message"),
+            "{out}"
+        );
+    }
 
     /// Lines and columns are 1-based and columns count characters, not bytes.
     #[test]
