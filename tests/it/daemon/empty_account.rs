@@ -2,55 +2,15 @@
 //! collateral used to journal a `liquidation_trigger` with ratio ∞. An account with no exposure
 //! (MM = 0) is healthy whatever its equity; one with a position and negative equity triggers.
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::daemon_env::{Daemon, MockBinance, http_client, poll_until};
+use crate::support::daemon_env::{Daemon, MockBinance, binance_config, http_client, poll_until};
 
 const TOKEN: &str = "empty-account-token";
 const DEADLINE: Duration = Duration::from_secs(20);
-
-fn write_config(dir: &Path, venue_url: &str, api_port: u16) -> PathBuf {
-    let presets = Path::new(env!("CARGO_MANIFEST_DIR")).join("feeds/presets.toml");
-    let cfg = format!(
-        r#"
-[engine]
-instruments = ["{presets}"]
-
-[[feeds]]
-venue = "binance-usdm"
-url = "{venue_url}"
-backoff_initial = "50ms"
-backoff_max = "200ms"
-
-[prices]
-composite = "binance-usdm"
-stale_after = "1h"
-
-[journal]
-path = "journal.sqlite"
-
-[[sinks]]
-type = "jsonl"
-name = "archive"
-path = "events.jsonl"
-
-[api]
-bind = "127.0.0.1:{api_port}"
-token_env = "EMPTY_ACCOUNT_TOKEN"
-
-[shutdown]
-grace = "3s"
-"#,
-        presets = presets.display()
-    );
-    let p = dir.join("liqwatch.toml");
-    std::fs::write(&p, cfg).unwrap();
-    p
-}
 
 async fn get_json(client: &reqwest::Client, url: &str) -> Option<Value> {
     client.get(url).send().await.ok()?.json().await.ok()
@@ -63,7 +23,7 @@ async fn empty_account_does_not_trigger_issue_11_item_5() {
     let dir = tempfile::tempdir().unwrap();
     let venue = MockBinance::start().await;
     // Port 0: the daemon binds a free port and logs it.
-    let cfg = write_config(dir.path(), &venue.url, 0);
+    let cfg = binance_config(dir.path(), &venue.url, "EMPTY_ACCOUNT_TOKEN");
     let client = http_client();
     Daemon::init_journal(
         env!("CARGO_BIN_EXE_liqwatch"),

@@ -4,54 +4,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::daemon_env::{Daemon, MockBinance, http_client};
+use crate::support::daemon_env::{Daemon, MockBinance, binance_config, http_client};
 use crate::support::tools;
 
 const TOKEN: &str = "metrics-exposition-token";
 const DEADLINE: Duration = Duration::from_secs(20);
-
-fn write_config(dir: &Path, venue_url: &str) -> PathBuf {
-    let presets = Path::new(env!("CARGO_MANIFEST_DIR")).join("feeds/presets.toml");
-    let cfg = format!(
-        r#"
-[engine]
-instruments = ["{presets}"]
-
-[[feeds]]
-venue = "binance-usdm"
-url = "{venue_url}"
-backoff_initial = "50ms"
-backoff_max = "200ms"
-
-[prices]
-composite = "binance-usdm"
-stale_after = "1h"
-
-[journal]
-path = "journal.sqlite"
-
-[[sinks]]
-type = "jsonl"
-name = "archive"
-path = "events.jsonl"
-
-[api]
-bind = "127.0.0.1:0"
-token_env = "METRICS_EXPOSITION_TOKEN"
-
-[shutdown]
-grace = "3s"
-"#,
-        presets = presets.display()
-    );
-    let p = dir.join("liqwatch.toml");
-    std::fs::write(&p, cfg).unwrap();
-    p
-}
 
 /// `# HELP` text by family, from the exposition.
 fn help_lines(text: &str) -> BTreeMap<String, String> {
@@ -92,7 +53,7 @@ async fn live_metrics_pass_promtool_with_zero_series_issue_11_item_1() {
     let promtool = tools::require("promtool", "prometheus");
     let dir = tempfile::tempdir().unwrap();
     let venue = MockBinance::start().await;
-    let cfg = write_config(dir.path(), &venue.url);
+    let cfg = binance_config(dir.path(), &venue.url, "METRICS_EXPOSITION_TOKEN");
     let client = http_client();
     // The journal is created explicitly, as an operator does once (`liqwatch journal init`).
     Daemon::init_journal(

@@ -497,3 +497,46 @@ fn strip_ansi(text: &str) -> String {
     }
     out
 }
+
+/// A daemon config on the shipped presets: one Binance feed at `venue_url` (a [`MockBinance`]),
+/// a JSONL sink, the API on `127.0.0.1:0` with its token read from `token_env`. Written to
+/// `<dir>/liqwatch.toml`; the journal is `<dir>/journal.sqlite` (create it with
+/// [`Daemon::init_journal`]).
+pub fn binance_config(dir: &Path, venue_url: &str, token_env: &str) -> PathBuf {
+    let presets = Path::new(env!("CARGO_MANIFEST_DIR")).join("feeds/presets.toml");
+    let cfg = format!(
+        r#"
+[engine]
+instruments = ["{presets}"]
+
+[[feeds]]
+venue = "binance-usdm"
+url = "{venue_url}"
+backoff_initial = "50ms"
+backoff_max = "200ms"
+
+[prices]
+composite = "binance-usdm"
+stale_after = "1h"
+
+[journal]
+path = "journal.sqlite"
+
+[[sinks]]
+type = "jsonl"
+name = "archive"
+path = "events.jsonl"
+
+[api]
+bind = "127.0.0.1:0"
+token_env = "{token_env}"
+
+[shutdown]
+grace = "3s"
+"#,
+        presets = presets.display()
+    );
+    let p = dir.join("liqwatch.toml");
+    std::fs::write(&p, cfg).unwrap();
+    p
+}
