@@ -420,14 +420,22 @@ pub fn account_snapshot(
     prices: &dyn PriceLookup,
     trigger: Decimal,
 ) -> Result<RiskSnapshot, MarginError> {
-    let totals = account_totals(account, instruments, prices)?;
+    // Look up, price and value everything once; the distances reuse it.
+    let r = ResolvedAccount::new(account, instruments, prices)?;
+    let totals = r.totals()?;
     let mut positions = Vec::with_capacity(account.positions.len());
     let mut penalty = Decimal::ZERO;
-    for p in &account.positions {
-        let i = lookup(instruments, &p.instrument)?;
-        let price = price_of(i, prices)?;
-        let f = position_figures(i, p.quantity, p.entry_price, price)?;
-        let lp = liquidation_prices_of(account, instruments, prices, p, trigger)?;
+    for (index, (p, &(i, price, exact))) in account.positions.iter().zip(&r.positions).enumerate() {
+        let f = PositionFigures {
+            notional: normalise(exact.notional),
+            unrealized_pnl: normalise(exact.unrealized_pnl),
+            maintenance_margin: normalise(exact.maintenance_margin),
+            tier: exact.tier,
+        };
+        let lp = match r.liquidation_problem(account, index, trigger)? {
+            Some((pm, p0)) => pm.liquidation_prices(p0)?,
+            None => LiquidationPrices::default(),
+        };
         penalty = add(
             penalty,
             mul(f.notional, i.liquidation_fee_rate, "penalty")?,
@@ -449,22 +457,21 @@ pub fn account_snapshot(
         });
     }
     let mut collateral = Vec::with_capacity(account.collateral.len());
-    for (asset, amount) in &account.collateral {
-        let i = lookup(instruments, asset)?;
-        let price = price_of(i, prices)?;
+    for ((asset, amount), &(_, _, price, v)) in account.collateral.iter().zip(&r.collateral) {
         collateral.push(CollateralRisk {
             asset: asset.clone(),
             amount: *amount,
             price,
-            value: collateral_value(i, *amount, price)?,
+            value: normalise(v),
         });
     }
+    let shock = shock_distance_of(&r.shock_problem(account, trigger)?)?;
     Ok(RiskSnapshot {
         equity: totals.equity,
         maintenance_margin: totals.maintenance_margin,
         margin_ratio: MarginRatio::compute(totals.maintenance_margin, totals.equity),
         free_margin: sub(totals.equity, totals.maintenance_margin, "free margin")?,
-        shock_distance: shock_distance(account, instruments, prices, trigger)?,
+        shock_distance: shock,
         liquidation_penalty: normalise(penalty),
         positions,
         collateral,

@@ -7,6 +7,8 @@ use rust_decimal::Decimal;
 
 use super::*;
 
+mod filter;
+
 /// A contract position that moves with the price variable `z`: its price is
 /// `price_factor · z`.
 #[derive(Clone, Copy, Debug)]
@@ -241,6 +243,20 @@ impl<'a> PriceMove<'a> {
     /// continuity) counts as a crossing at that breakpoint. For an account already at or past
     /// the trigger the crossings are where it would stop being triggered.
     pub fn crossings(&self, start: Decimal) -> Result<Crossings, MarginError> {
+        // The filter proves most intervals quiet in `f64` and runs the exact step on the
+        // rest; where it declines, the plain walk below runs (the same result either way).
+        if let Some(fl) = filter::Filter::new(self)? {
+            let down = fl.walk(start, false)?;
+            let up = fl.walk(start, true)?;
+            if let (Some(down), Some(up)) = (down, up) {
+                return Ok(Crossings { down, up });
+            }
+        }
+        self.crossings_exact(start)
+    }
+
+    /// [`PriceMove::crossings`] without the filter: every interval solved in `Decimal`.
+    pub fn crossings_exact(&self, start: Decimal) -> Result<Crossings, MarginError> {
         let bps = self.breakpoints()?;
         Ok(Crossings {
             down: self.walk(start, &bps, false)?,
@@ -281,38 +297,8 @@ impl<'a> PriceMove<'a> {
                 return Ok(None);
             }
             let line = self.line_at(mid)?;
-            if let Some(p) = prev {
-                let before = p.at(near)?;
-                let after = line.at(near)?;
-                if (before < Decimal::ZERO) != (after < Decimal::ZERO) {
-                    return Ok(Some(sub(near, start, "crossing")?));
-                }
-            }
-            // k = 0: g is constant on the interval (0 for an empty account), so no move
-            // inside it changes the state; only a jump at a breakpoint (above) can.
-            if !line.k.is_zero() {
-                // δ = (l − k·start)/k, so that start + δ is the root; for start = 1 this is
-                // the shock s* in a single division (W5: 82,080 / −857,100 = −1,368/14,285).
-                let delta = div(
-                    sub(line.l, mul(line.k, start, "root")?, "root")?,
-                    line.k,
-                    "root",
-                )?;
-                let z = add(start, delta, "root")?;
-                let eps = boundary_eps(z);
-                let inside = if upwards {
-                    delta >= Decimal::ZERO
-                        && at_least(z, near, eps)
-                        && far.is_none_or(|f| at_most(z, f, eps))
-                } else {
-                    delta <= Decimal::ZERO
-                        && z > Decimal::ZERO
-                        && at_most(z, near, eps)
-                        && far.is_none_or(|f| at_least(z, f, eps))
-                };
-                if inside {
-                    return Ok(Some(delta));
-                }
+            if let Some(root) = self.exact_step(start, near, far, line, prev, upwards)? {
+                return Ok(Some(root));
             }
             prev = Some(line);
             match far {
@@ -321,6 +307,53 @@ impl<'a> PriceMove<'a> {
             }
         }
         Ok(None)
+    }
+
+    /// One interval `[near, far]` of the walk (`far = None`: unbounded up, or down to 0) with
+    /// its line and the previous interval's: a jump of `g` across 0 at `near` is a crossing at
+    /// `near`; otherwise the line's root, when it lies inside the interval. Offsets from
+    /// `start`.
+    fn exact_step(
+        &self,
+        start: Decimal,
+        near: Decimal,
+        far: Option<Decimal>,
+        line: Line,
+        prev: Option<Line>,
+        upwards: bool,
+    ) -> Result<Option<Decimal>, MarginError> {
+        if let Some(p) = prev {
+            let before = p.at(near)?;
+            let after = line.at(near)?;
+            if (before < Decimal::ZERO) != (after < Decimal::ZERO) {
+                return Ok(Some(sub(near, start, "crossing")?));
+            }
+        }
+        // k = 0: g is constant on the interval (0 for an empty account), so no move
+        // inside it changes the state; only a jump at a breakpoint (above) can.
+        if line.k.is_zero() {
+            return Ok(None);
+        }
+        // δ = (l − k·start)/k, so that start + δ is the root; for start = 1 this is
+        // the shock s* in a single division (W5: 82,080 / −857,100 = −1,368/14,285).
+        let delta = div(
+            sub(line.l, mul(line.k, start, "root")?, "root")?,
+            line.k,
+            "root",
+        )?;
+        let z = add(start, delta, "root")?;
+        let eps = boundary_eps(z);
+        let inside = if upwards {
+            delta >= Decimal::ZERO
+                && at_least(z, near, eps)
+                && far.is_none_or(|f| at_most(z, f, eps))
+        } else {
+            delta <= Decimal::ZERO
+                && z > Decimal::ZERO
+                && at_most(z, near, eps)
+                && far.is_none_or(|f| at_least(z, f, eps))
+        };
+        Ok(inside.then_some(delta))
     }
 
     /// The liquidation prices of margin-math §1.7 as values of `z`: the nearest crossing of
@@ -376,6 +409,142 @@ impl<'a> PriceMove<'a> {
     }
 }
 
+/// An account with every instrument looked up, every price read and every position and
+/// collateral balance valued once (exact): the shock problem and each position's
+/// liquidation-price problem are built from it without valuing anything again (an event's
+/// snapshot needs all of them).
+pub struct ResolvedAccount<'a> {
+    /// Per position: instrument, price, exact figures.
+    pub positions: Vec<(&'a Instrument, Decimal, PositionFigures)>,
+    /// Per collateral balance: instrument, amount, price, exact value.
+    pub collateral: Vec<(&'a Instrument, Decimal, Decimal, Decimal)>,
+}
+
+impl<'a> ResolvedAccount<'a> {
+    /// Looks up, prices and values `account` (collateral first, then positions, in order).
+    pub fn new(
+        account: &Account,
+        instruments: &'a dyn InstrumentLookup,
+        prices: &dyn PriceLookup,
+    ) -> Result<Self, MarginError> {
+        let mut collateral = Vec::with_capacity(account.collateral.len());
+        for (asset, amount) in &account.collateral {
+            let i = lookup(instruments, asset)?;
+            let price = price_of(i, prices)?;
+            let v = collateral_value_exact(i, *amount, price)?;
+            collateral.push((i, *amount, price, v));
+        }
+        let mut positions = Vec::with_capacity(account.positions.len());
+        for p in &account.positions {
+            let i = lookup(instruments, &p.instrument)?;
+            let price = price_of(i, prices)?;
+            let f = position_figures_exact(i, p.quantity, p.entry_price, price)?;
+            positions.push((i, price, f));
+        }
+        Ok(Self {
+            positions,
+            collateral,
+        })
+    }
+
+    /// Equity and MM as [`account_totals`] computes them (normalised parts, same order).
+    pub fn totals(&self) -> Result<AccountTotals, MarginError> {
+        let mut t = AccountTotals::default();
+        for &(_, _, _, v) in &self.collateral {
+            t.equity = add(t.equity, normalise(v), "equity")?;
+        }
+        for (_, _, f) in &self.positions {
+            t.equity = add(t.equity, normalise(f.unrealized_pnl), "equity")?;
+            t.maintenance_margin =
+                add(t.maintenance_margin, normalise(f.maintenance_margin), "MM")?;
+        }
+        Ok(t)
+    }
+
+    /// The uniform-shock problem ([`shock_problem`]).
+    pub fn shock_problem(
+        &self,
+        account: &Account,
+        trigger: Decimal,
+    ) -> Result<PriceMove<'a>, MarginError> {
+        let mut pm = PriceMove {
+            trigger,
+            ..PriceMove::default()
+        };
+        for &(i, amount, price, v) in &self.collateral {
+            if i.stable {
+                pm.fixed_equity = add(pm.fixed_equity, v, "fixed equity")?;
+            } else {
+                pm.collateral.push(MovingCollateral {
+                    instrument: i,
+                    amount,
+                    price_factor: price,
+                });
+            }
+        }
+        for (p, &(i, price, _)) in account.positions.iter().zip(&self.positions) {
+            pm.legs.push(MovingLeg {
+                instrument: i,
+                quantity: p.quantity,
+                entry_price: p.entry_price,
+                price_factor: price,
+            });
+        }
+        Ok(pm)
+    }
+
+    /// The liquidation-price problem of position `index` ([`liquidation_problem`]).
+    pub fn liquidation_problem(
+        &self,
+        account: &Account,
+        index: usize,
+        trigger: Decimal,
+    ) -> Result<Option<(PriceMove<'a>, Decimal)>, MarginError> {
+        let Some(&(own, p0, _)) = self.positions.get(index) else {
+            return Ok(None);
+        };
+        if p0 <= Decimal::ZERO {
+            return Ok(None);
+        }
+        let factor = |pj: Decimal| -> Result<Decimal, MarginError> {
+            if pj == p0 {
+                Ok(Decimal::ONE)
+            } else {
+                div(pj, p0, "price factor")
+            }
+        };
+        let mut pm = PriceMove {
+            trigger,
+            ..PriceMove::default()
+        };
+        for &(i, amount, price, v) in &self.collateral {
+            if !i.stable && i.underlying == own.underlying {
+                pm.collateral.push(MovingCollateral {
+                    instrument: i,
+                    amount,
+                    price_factor: factor(price)?,
+                });
+            } else {
+                pm.fixed_equity = add(pm.fixed_equity, v, "fixed equity")?;
+            }
+        }
+        for (p, (i, price, f)) in account.positions.iter().zip(&self.positions) {
+            if i.underlying == own.underlying {
+                pm.legs.push(MovingLeg {
+                    instrument: i,
+                    quantity: p.quantity,
+                    entry_price: p.entry_price,
+                    price_factor: factor(*price)?,
+                });
+            } else {
+                pm.fixed_equity = add(pm.fixed_equity, f.unrealized_pnl, "fixed equity")?;
+                pm.fixed_mm = add(pm.fixed_mm, f.maintenance_margin, "fixed MM")?;
+            }
+        }
+        Ok(Some((pm, p0)))
+    }
+}
+
 /// The uniform-shock problem of an account: `z = 1 + s` multiplies every non-stable price.
 pub fn shock_problem<'a>(
     account: &Account,
@@ -383,33 +552,7 @@ pub fn shock_problem<'a>(
     prices: &dyn PriceLookup,
     trigger: Decimal,
 ) -> Result<PriceMove<'a>, MarginError> {
-    let mut pm = PriceMove {
-        trigger,
-        ..PriceMove::default()
-    };
-    for (asset, amount) in &account.collateral {
-        let i = lookup(instruments, asset)?;
-        if i.stable {
-            let v = collateral_value_exact(i, *amount, Decimal::ONE)?;
-            pm.fixed_equity = add(pm.fixed_equity, v, "fixed equity")?;
-        } else {
-            pm.collateral.push(MovingCollateral {
-                instrument: i,
-                amount: *amount,
-                price_factor: price_of(i, prices)?,
-            });
-        }
-    }
-    for p in &account.positions {
-        let i = lookup(instruments, &p.instrument)?;
-        pm.legs.push(MovingLeg {
-            instrument: i,
-            quantity: p.quantity,
-            entry_price: p.entry_price,
-            price_factor: price_of(i, prices)?,
-        });
-    }
-    Ok(pm)
+    ResolvedAccount::new(account, instruments, prices)?.shock_problem(account, trigger)
 }
 
 /// The uniform-shock distance (margin-math §1.9): the fractional move `s` of all non-stable
@@ -421,6 +564,11 @@ pub fn shock_distance(
     trigger: Decimal,
 ) -> Result<ShockDistance, MarginError> {
     let pm = shock_problem(account, instruments, prices, trigger)?;
+    shock_distance_of(&pm)
+}
+
+/// The uniform-shock distance of a built shock problem (start `z = 1`).
+pub fn shock_distance_of(pm: &PriceMove<'_>) -> Result<ShockDistance, MarginError> {
     let c = pm.crossings(Decimal::ONE)?;
     Ok(ShockDistance {
         down: c.down,
@@ -440,53 +588,22 @@ pub fn liquidation_problem<'a>(
     position: &crate::model::Position,
     trigger: Decimal,
 ) -> Result<Option<(PriceMove<'a>, Decimal)>, MarginError> {
-    let own = lookup(instruments, &position.instrument)?;
-    let p0 = price_of(own, prices)?;
-    if p0 <= Decimal::ZERO {
-        return Ok(None);
-    }
-    let factor = |pj: Decimal| -> Result<Decimal, MarginError> {
-        if pj == p0 {
-            Ok(Decimal::ONE)
-        } else {
-            div(pj, p0, "price factor")
-        }
-    };
-    let mut pm = PriceMove {
-        trigger,
-        ..PriceMove::default()
-    };
-    for (asset, amount) in &account.collateral {
-        let i = lookup(instruments, asset)?;
-        let price = price_of(i, prices)?;
-        if !i.stable && i.underlying == own.underlying {
-            pm.collateral.push(MovingCollateral {
-                instrument: i,
-                amount: *amount,
-                price_factor: factor(price)?,
-            });
-        } else {
-            let v = collateral_value_exact(i, *amount, price)?;
-            pm.fixed_equity = add(pm.fixed_equity, v, "fixed equity")?;
+    let resolved = ResolvedAccount::new(account, instruments, prices)?;
+    let index = account
+        .positions
+        .iter()
+        .position(|p| std::ptr::eq(p, position))
+        .or_else(|| account.positions.iter().position(|p| p == position));
+    match index {
+        Some(i) => resolved.liquidation_problem(account, i, trigger),
+        None => {
+            // A position not in the account: value it beside the account's own.
+            let mut with = account.clone();
+            with.positions.push(position.clone());
+            let resolved = ResolvedAccount::new(&with, instruments, prices)?;
+            resolved.liquidation_problem(&with, with.positions.len() - 1, trigger)
         }
     }
-    for p in &account.positions {
-        let i = lookup(instruments, &p.instrument)?;
-        let price = price_of(i, prices)?;
-        if i.underlying == own.underlying {
-            pm.legs.push(MovingLeg {
-                instrument: i,
-                quantity: p.quantity,
-                entry_price: p.entry_price,
-                price_factor: factor(price)?,
-            });
-        } else {
-            let f = position_figures_exact(i, p.quantity, p.entry_price, price)?;
-            pm.fixed_equity = add(pm.fixed_equity, f.unrealized_pnl, "fixed equity")?;
-            pm.fixed_mm = add(pm.fixed_mm, f.maintenance_margin, "fixed MM")?;
-        }
-    }
-    Ok(Some((pm, p0)))
 }
 
 /// The liquidation prices of one position of the account (margin-math §1.7, cross): the

@@ -1,0 +1,354 @@
+//! A floating-point filter in front of the exact interval walk (the crash path's event cost).
+//!
+//! The exact walk of [`PriceMove::crossings`] solves `g(z) = MM(z) − trigger·equity(z)` piece
+//! by piece in `Decimal`: every interval between tier breakpoints costs a line of `Decimal`
+//! products, and most intervals hold no crossing. This filter walks the same intervals with
+//! `f64` lines that carry an error bound, and proves an interval *quiet* — `g` keeps one sign
+//! across it and does not jump across 0 at its near end — only when that sign is certain: the
+//! value's magnitude exceeds a bound (1e-9 of the sum of the magnitudes of every term) that is
+//! about six orders of magnitude wider than `f64`'s accumulated rounding. Every interval it
+//! cannot prove quiet goes through the exact step of the plain walk, with the same tiers and
+//! `Decimal` arithmetic, so the result is the exact walk's, bit for bit (the property test
+//! `filtered_walk_equals_exact_walk` in `margin/tests.rs` checks it on random books).
+//!
+//! The filter declines (and the caller runs the plain walk) whenever its premises are not
+//! certain: two breakpoints, or a breakpoint and the start, within 1e-9 of each other (their
+//! order or a leg's tier could differ from `Decimal`'s), a leg with a non-positive price factor
+//! or entry, a value that does not convert to a finite `f64`, or more than 64 legs.
+
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+
+use super::PriceMove;
+use crate::margin::{MarginError, haircut_weighted_amount};
+
+/// Relative width of "uncertain" around 0, and the minimum relative gap between breakpoints.
+const REL: f64 = 1e-9;
+
+fn f(d: Decimal) -> Option<f64> {
+    d.to_f64().filter(|v| v.is_finite())
+}
+
+/// One leg in `f64`: its size and factor, and its tiers' floors.
+struct FLeg {
+    inverse: bool,
+    signed: f64,
+    size: f64,
+    k: f64,
+    entry: f64,
+    floors: Vec<f64>,
+}
+
+/// `g(z) = kk·z − ll` in `f64` with the magnitudes of everything summed into each coefficient.
+#[derive(Clone, Copy)]
+struct FLine {
+    kk: f64,
+    ll: f64,
+    mk: f64,
+    ml: f64,
+}
+
+impl FLine {
+    /// The sign of `g(z)` when certain (`±1`), `0` when not.
+    fn sign_at(&self, z: f64) -> i8 {
+        let g = self.kk * z - self.ll;
+        let tol = REL * (self.mk * z.abs() + self.ml);
+        certain_sign(g, tol)
+    }
+}
+
+fn certain_sign(v: f64, tol: f64) -> i8 {
+    if !v.is_finite() || !tol.is_finite() {
+        0
+    } else if v > tol {
+        1
+    } else if v < -tol {
+        -1
+    } else {
+        0
+    }
+}
+
+/// A breakpoint: where `leg` enters `tier`.
+#[derive(Clone, Copy)]
+struct Bp {
+    z: f64,
+    leg: usize,
+    tier: usize,
+}
+
+/// The filter's view of one [`PriceMove`].
+pub(super) struct Filter<'p, 'a> {
+    pm: &'p PriceMove<'a>,
+    legs: Vec<FLeg>,
+    fixed_a: f64,
+    fixed_d: f64,
+    coll_b: f64,
+    coll_mb: f64,
+    trigger: f64,
+    bps: Vec<Bp>,
+}
+
+impl<'p, 'a> Filter<'p, 'a> {
+    /// The filter for `pm`, or `None` when it cannot certify anything (the caller walks
+    /// exactly).
+    pub(super) fn new(pm: &'p PriceMove<'a>) -> Result<Option<Self>, MarginError> {
+        if pm.legs.len() > 64 {
+            return Ok(None);
+        }
+        let mut legs = Vec::with_capacity(pm.legs.len());
+        let mut bps = Vec::new();
+        for (li, leg) in pm.legs.iter().enumerate() {
+            let inst = leg.instrument;
+            if inst.tiers.is_empty() {
+                return Ok(None);
+            }
+            let (Some(q), Some(cs), Some(k), Some(entry)) = (
+                f(leg.quantity),
+                f(inst.contract_size),
+                f(leg.price_factor),
+                f(leg.entry_price),
+            ) else {
+                return Ok(None);
+            };
+            if k <= 0.0 || (inst.kind.is_inverse() && entry <= 0.0) {
+                return Ok(None);
+            }
+            let signed = q * cs;
+            let size = signed.abs();
+            let mut floors = Vec::with_capacity(inst.tiers.len());
+            for (ti, t) in inst.tiers.iter().enumerate() {
+                let Some(fl) = f(t.notional_floor) else {
+                    return Ok(None);
+                };
+                floors.push(fl);
+                if ti == 0 || size == 0.0 || t.notional_floor <= Decimal::ZERO {
+                    continue;
+                }
+                let z = if inst.kind.is_inverse() {
+                    size / (k * fl)
+                } else {
+                    fl / (size * k)
+                };
+                if !z.is_finite() || z <= 0.0 {
+                    return Ok(None);
+                }
+                bps.push(Bp {
+                    z,
+                    leg: li,
+                    tier: ti,
+                });
+            }
+            legs.push(FLeg {
+                inverse: inst.kind.is_inverse(),
+                signed,
+                size,
+                k,
+                entry,
+                floors,
+            });
+        }
+        let (Some(fixed_a), Some(fixed_d), Some(trigger)) =
+            (f(pm.fixed_equity), f(pm.fixed_mm), f(pm.trigger))
+        else {
+            return Ok(None);
+        };
+        let (mut coll_b, mut coll_mb) = (0.0, 0.0);
+        for col in &pm.collateral {
+            let w = haircut_weighted_amount(col.instrument, col.amount)?;
+            let (Some(w), Some(k)) = (f(w), f(col.price_factor)) else {
+                return Ok(None);
+            };
+            coll_b += w * k;
+            coll_mb += (w * k).abs();
+        }
+        bps.sort_unstable_by(|x, y| x.z.total_cmp(&y.z));
+        for pair in bps.windows(2) {
+            if let [x, y] = pair
+                && y.z - x.z <= REL * y.z
+            {
+                return Ok(None);
+            }
+        }
+        Ok(Some(Self {
+            pm,
+            legs,
+            fixed_a,
+            fixed_d: -fixed_d,
+            coll_b,
+            coll_mb,
+            trigger,
+            bps,
+        }))
+    }
+
+    /// Each leg's tier at `z` (strictly inside an interval, so certain).
+    fn tiers_at(&self, z: f64, out: &mut Vec<usize>) {
+        out.clear();
+        for leg in &self.legs {
+            let notional = if leg.inverse {
+                leg.size / (leg.k * z)
+            } else {
+                leg.size * leg.k * z
+            };
+            let idx = leg.floors.partition_point(|&fl| fl <= notional);
+            out.push(idx.saturating_sub(1));
+        }
+    }
+
+    /// The `f64` line with every leg in `tiers`, or `None` when a value does not convert.
+    fn line(&self, tiers: &[usize]) -> Option<FLine> {
+        let (mut a, mut b, mut c, mut d) = (self.fixed_a, self.coll_b, 0.0, self.fixed_d);
+        let (mut ma, mut mb, mut mc, mut md) = (self.fixed_a.abs(), self.coll_mb, 0.0, d.abs());
+        for ((leg, &ti), exact) in self.legs.iter().zip(tiers).zip(&self.pm.legs) {
+            let t = exact.instrument.tiers.get(ti)?;
+            let (mmr, cum) = (f(t.mmr)?, f(t.cum)?);
+            if leg.inverse {
+                let bb = leg.signed * leg.k / leg.entry;
+                let cc = cum * leg.k;
+                let dd = leg.size * mmr;
+                a -= leg.signed;
+                b += bb;
+                c -= cc;
+                d -= dd;
+                ma += leg.signed.abs();
+                mb += bb.abs();
+                mc += cc.abs();
+                md += dd.abs();
+            } else {
+                let aa = leg.signed * leg.entry;
+                let bb = leg.signed * leg.k;
+                let cc = leg.size * leg.k * mmr;
+                a -= aa;
+                b += bb;
+                c += cc;
+                d += cum;
+                ma += aa.abs();
+                mb += bb.abs();
+                mc += cc.abs();
+                md += cum.abs();
+            }
+        }
+        let t = self.trigger;
+        Some(FLine {
+            kk: c - t * b,
+            ll: d + t * a,
+            mk: mc + t.abs() * mb,
+            ml: md + t.abs() * ma,
+        })
+    }
+
+    /// The exact breakpoint `bp` (the formula of [`PriceMove::breakpoints`]).
+    fn exact_bp(&self, bp: &Bp) -> Result<Decimal, MarginError> {
+        use crate::margin::{div, mul};
+        let leg = self.pm.legs.get(bp.leg).ok_or(MarginError::Overflow {
+            context: "breakpoint",
+        })?;
+        let t = leg
+            .instrument
+            .tiers
+            .get(bp.tier)
+            .ok_or(MarginError::Overflow {
+                context: "breakpoint",
+            })?;
+        let size = mul(leg.quantity.abs(), leg.instrument.contract_size, "leg size")?;
+        if leg.instrument.kind.is_inverse() {
+            div(
+                size,
+                mul(leg.price_factor, t.notional_floor, "breakpoint")?,
+                "breakpoint",
+            )
+        } else {
+            div(
+                t.notional_floor,
+                mul(size, leg.price_factor, "breakpoint")?,
+                "breakpoint",
+            )
+        }
+    }
+
+    /// The walk of [`PriceMove::walk`] from `start` in one direction, with quiet intervals
+    /// skipped; `None` when the filter declines (start too near a breakpoint).
+    pub(super) fn walk(
+        &self,
+        start: Decimal,
+        upwards: bool,
+    ) -> Result<Option<Option<Decimal>>, MarginError> {
+        let Some(s) = f(start) else {
+            return Ok(None);
+        };
+        if s <= 0.0 {
+            return Ok(None);
+        }
+        if self.bps.iter().any(|b| (b.z - s).abs() <= REL * b.z.max(s)) {
+            return Ok(None);
+        }
+        // Interval ends beyond `start` in walking order; `None` = unbounded (up) or 0 (down).
+        let ends: Vec<&Bp> = if upwards {
+            self.bps.iter().filter(|b| b.z > s).collect()
+        } else {
+            self.bps.iter().rev().filter(|b| b.z < s).collect()
+        };
+        let mut tiers = Vec::with_capacity(self.legs.len());
+        let mut prev_far_sign = 0i8; // sign of the previous line at this interval's near end
+        let mut prev_tiers: Vec<usize> = Vec::new();
+        let mut near_f = s;
+        let mut near_exact: Option<Decimal> = Some(start);
+        for j in 0..=ends.len() {
+            let far = ends.get(j).copied();
+            let mid = match far {
+                Some(b) => 0.5 * (near_f + b.z),
+                None if upwards => 2.0 * near_f.max(1.0),
+                None => 0.5 * near_f,
+            };
+            self.tiers_at(mid, &mut tiers);
+            let Some(line) = self.line(&tiers) else {
+                return Ok(None);
+            };
+            let s_near = line.sign_at(near_f);
+            let s_far = match far {
+                Some(b) => line.sign_at(b.z),
+                None if upwards => certain_sign(line.kk, REL * line.mk),
+                None => certain_sign(-line.ll, REL * line.ml),
+            };
+            let quiet = s_near != 0 && s_near == s_far && (j == 0 || prev_far_sign == s_near);
+            if !quiet {
+                let near = match near_exact {
+                    Some(n) => n,
+                    None => match ends.get(j.wrapping_sub(1)) {
+                        Some(b) => self.exact_bp(b)?,
+                        None => return Ok(None),
+                    },
+                };
+                let far_exact = far.map(|b| self.exact_bp(b)).transpose()?;
+                let line_exact = self.pm.line(&tiers)?;
+                let prev = if j == 0 {
+                    None
+                } else {
+                    Some(self.pm.line(&prev_tiers)?)
+                };
+                if let Some(root) = self
+                    .pm
+                    .exact_step(start, near, far_exact, line_exact, prev, upwards)?
+                {
+                    return Ok(Some(Some(root)));
+                }
+                near_exact = far_exact;
+            } else {
+                near_exact = None;
+            }
+            prev_far_sign = s_far;
+            if far.is_none() {
+                break;
+            }
+            prev_tiers.clone_from(&tiers);
+            if let Some(b) = far {
+                near_f = b.z;
+            }
+        }
+        Ok(Some(None))
+    }
+}
+
+#[cfg(test)]
+mod tests;

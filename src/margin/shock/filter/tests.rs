@@ -1,0 +1,183 @@
+//! The filtered walk equals the plain exact walk, bit for bit, on random books.
+
+use super::super::{MovingCollateral, MovingLeg, PriceMove};
+use super::Filter;
+use crate::model::{Instrument, InstrumentKind, MarginTier};
+use proptest::prelude::*;
+use rust_decimal::Decimal;
+use rust_decimal_macros::dec;
+
+fn tiers(rows: &[(Decimal, Decimal, Decimal)]) -> Vec<MarginTier> {
+    rows.iter()
+        .enumerate()
+        .map(|(i, &(floor, mmr, cum))| MarginTier {
+            notional_floor: floor,
+            notional_cap: rows
+                .get(i + 1)
+                .map(|r| r.0)
+                .unwrap_or(floor * dec!(10) + dec!(1)),
+            mmr,
+            cum,
+        })
+        .collect()
+}
+
+fn instrument(id: &str, kind: InstrumentKind, cs: Decimal, t: Vec<MarginTier>) -> Instrument {
+    Instrument {
+        id: id.into(),
+        kind,
+        underlying: "BTC".into(),
+        contract_size: cs,
+        tiers: t,
+        liquidation_fee_rate: dec!(0.005),
+        collateral_ratio: dec!(0.95),
+        haircut_tiers: vec![],
+        stable: false,
+        sources: vec![],
+        source_note: None,
+    }
+}
+
+/// A linear USDT perp (Binance's BTC brackets), a linear one of contract size 0.001, an inverse
+/// one (coin tiers), and a collateral coin.
+fn universe() -> Vec<Instrument> {
+    let btc = tiers(&[
+        (dec!(0), dec!(0.004), dec!(0)),
+        (dec!(50000), dec!(0.005), dec!(50)),
+        (dec!(600000), dec!(0.0065), dec!(950)),
+        (dec!(3000000), dec!(0.01), dec!(11450)),
+        (dec!(12000000), dec!(0.02), dec!(131450)),
+        (dec!(70000000), dec!(0.025), dec!(481450)),
+        (dec!(100000000), dec!(0.05), dec!(2981450)),
+    ]);
+    // A table whose `cum` breaks continuity at its second floor (a jump of g).
+    let jumpy = tiers(&[
+        (dec!(0), dec!(0.01), dec!(0)),
+        (dec!(20000), dec!(0.02), dec!(150)),
+        (dec!(250000), dec!(0.05), dec!(7650)),
+    ]);
+    let coin = tiers(&[
+        (dec!(0), dec!(0.004), dec!(0)),
+        (dec!(5), dec!(0.005), dec!(0.005)),
+        (dec!(50), dec!(0.01), dec!(0.255)),
+    ]);
+    let mut c = instrument("BTC", InstrumentKind::Collateral, Decimal::ONE, vec![]);
+    c.tiers.clear();
+    vec![
+        instrument("A", InstrumentKind::LinearPerpetual, Decimal::ONE, btc),
+        instrument("B", InstrumentKind::LinearPerpetual, dec!(0.001), jumpy),
+        instrument("C", InstrumentKind::InversePerpetual, dec!(100), coin),
+        c,
+    ]
+}
+
+fn leg_strategy() -> impl Strategy<Value = (usize, i64, u32, i64, i64)> {
+    (
+        0usize..3,
+        -5_000_000i64..5_000_000,
+        0u32..4,
+        1_000i64..10_000_000,
+        50i64..200,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+    /// `crossings` (filtered) returns exactly `crossings_exact` whenever the latter succeeds,
+    /// for the uniform shock (start 1) and for a price variable (start = the leg's price).
+    #[test]
+    fn filtered_walk_equals_exact_walk(
+        legs in proptest::collection::vec(leg_strategy(), 1..5),
+        fixed in -2_000_000i64..20_000_000,
+        fixed_mm in 0i64..200_000,
+        coll in 0i64..500,
+        trigger_pct in 50i64..120,
+        price_start in proptest::bool::ANY,
+    ) {
+        let u = universe();
+        let start = if price_start { dec!(60000) } else { Decimal::ONE };
+        let mut pm = PriceMove {
+            fixed_equity: Decimal::from(fixed),
+            fixed_mm: Decimal::from(fixed_mm),
+            trigger: Decimal::new(trigger_pct, 2),
+            ..PriceMove::default()
+        };
+        for &(which, q, qs, entry, pct) in &legs {
+            let i = &u[which];
+            // The leg's price today: 60,000 × pct % (so factors differ between legs).
+            let price = Decimal::new(60000 * pct, 2);
+            pm.legs.push(MovingLeg {
+                instrument: i,
+                quantity: Decimal::new(q, qs + 2),
+                entry_price: Decimal::new(entry, 2),
+                price_factor: price / start,
+            });
+        }
+        if coll > 0 {
+            pm.collateral.push(MovingCollateral {
+                instrument: &u[3],
+                amount: Decimal::new(coll, 1),
+                price_factor: dec!(60000) / start,
+            });
+        }
+        if let Ok(exact) = pm.crossings_exact(start) {
+            prop_assert_eq!(pm.crossings(start).ok(), Some(exact));
+        }
+    }
+}
+
+/// The filter takes the usual case (one leg, no ties): it does not decline, and it finds the
+/// crossing the exact walk finds.
+#[test]
+fn filter_takes_the_usual_case() {
+    let u = universe();
+    let pm = PriceMove {
+        fixed_equity: dec!(5000),
+        legs: vec![MovingLeg {
+            instrument: &u[0],
+            quantity: dec!(1),
+            entry_price: dec!(60000),
+            price_factor: Decimal::ONE,
+        }],
+        trigger: Decimal::ONE,
+        ..PriceMove::default()
+    };
+    let f = Filter::new(&pm)
+        .unwrap()
+        .expect("the filter takes a one-leg book");
+    let down = f.walk(dec!(60000), false).unwrap().expect("not declined");
+    let up = f.walk(dec!(60000), true).unwrap().expect("not declined");
+    let exact = pm.crossings_exact(dec!(60000)).unwrap();
+    assert_eq!((down, up), (exact.down, exact.up));
+    assert!(
+        down.is_some(),
+        "a long with 5,000 of equity reaches the trigger below"
+    );
+    assert_eq!(up, None);
+}
+
+/// A start within 1e-9 of a breakpoint, or two legs with equal breakpoints, make it decline.
+#[test]
+fn filter_declines_ties() {
+    let u = universe();
+    let leg = MovingLeg {
+        instrument: &u[0],
+        quantity: dec!(1),
+        entry_price: dec!(60000),
+        price_factor: Decimal::ONE,
+    };
+    let pm = PriceMove {
+        fixed_equity: dec!(5000),
+        legs: vec![leg, leg],
+        trigger: Decimal::ONE,
+        ..PriceMove::default()
+    };
+    assert!(Filter::new(&pm).unwrap().is_none());
+    let one = PriceMove {
+        legs: vec![leg],
+        ..pm.clone()
+    };
+    let f = Filter::new(&one).unwrap().expect("one leg");
+    // 50,000 is the tier-2 floor of a 1-BTC position: a start on it is declined.
+    assert_eq!(f.walk(dec!(50000), true).unwrap(), None);
+}
