@@ -569,21 +569,22 @@ impl Monitor {
             seq,
         })
         .unwrap_or_default();
+        let account_id = account.id.clone();
         jobs.push(SnapshotJob {
             at: out.len(),
             trigger: th.trigger,
             prices: engine_prices,
-            account: account.clone(),
+            account,
         });
         out.push(Emitted {
-            account_id: account.id.clone(),
+            account_id: account_id.clone(),
             state_json,
             event: RiskEvent {
                 event_id: RiskEvent::new_id(),
                 kind: crossing.kind,
                 time: format_rfc3339_ms(now_ms),
                 time_ms: now_ms,
-                account_id: Some(account.id.clone()),
+                account_id: Some(account_id),
                 seq,
                 level: Some(crossing.level),
                 crossed_levels: crossing.crossed_levels,

@@ -17,7 +17,6 @@
 //! or entry, a value that does not convert to a finite `f64`, or more than 64 legs.
 
 use rust_decimal::Decimal;
-use rust_decimal::prelude::ToPrimitive;
 
 use super::PriceMove;
 use crate::margin::{MarginError, haircut_weighted_amount};
@@ -25,8 +24,20 @@ use crate::margin::{MarginError, haircut_weighted_amount};
 /// Relative width of "uncertain" around 0, and the minimum relative gap between breakpoints.
 const REL: f64 = 1e-9;
 
+/// `d` as `f64`, to within a few ulps (the filter's tolerance is ~10⁷ ulps): the mantissa
+/// over a power of ten, cheaper than a correctly rounded conversion.
 fn f(d: Decimal) -> Option<f64> {
-    d.to_f64().filter(|v| v.is_finite())
+    const POW10: [f64; 29] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+        1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22, 1e23, 1e24, 1e25, 1e26, 1e27, 1e28,
+    ];
+    let m = d.mantissa();
+    let mf = match i64::try_from(m) {
+        Ok(small) => small as f64,
+        Err(_) => m as f64,
+    };
+    let v = mf / POW10.get(d.scale() as usize)?;
+    v.is_finite().then_some(v)
 }
 
 /// One leg in `f64`: its size and factor, and its tiers' floors.
@@ -36,7 +47,8 @@ struct FLeg {
     size: f64,
     k: f64,
     entry: f64,
-    floors: Vec<f64>,
+    /// This leg's tier floors in [`Filter::floors`].
+    floors: std::ops::Range<usize>,
 }
 
 /// `g(z) = kk·z − ll` in `f64` with the magnitudes of everything summed into each coefficient.
@@ -87,6 +99,7 @@ pub(super) struct Filter<'p, 'a> {
     coll_mb: f64,
     trigger: f64,
     bps: Vec<Bp>,
+    floors: Vec<f64>,
 }
 
 impl<'p, 'a> Filter<'p, 'a> {
@@ -98,6 +111,7 @@ impl<'p, 'a> Filter<'p, 'a> {
         }
         let mut legs = Vec::with_capacity(pm.legs.len());
         let mut bps = Vec::new();
+        let mut floors = Vec::new();
         for (li, leg) in pm.legs.iter().enumerate() {
             let inst = leg.instrument;
             if inst.tiers.is_empty() {
@@ -116,7 +130,7 @@ impl<'p, 'a> Filter<'p, 'a> {
             }
             let signed = q * cs;
             let size = signed.abs();
-            let mut floors = Vec::with_capacity(inst.tiers.len());
+            let first = floors.len();
             for (ti, t) in inst.tiers.iter().enumerate() {
                 let Some(fl) = f(t.notional_floor) else {
                     return Ok(None);
@@ -145,7 +159,7 @@ impl<'p, 'a> Filter<'p, 'a> {
                 size,
                 k,
                 entry,
-                floors,
+                floors: first..floors.len(),
             });
         }
         let (Some(fixed_a), Some(fixed_d), Some(trigger)) =
@@ -179,6 +193,7 @@ impl<'p, 'a> Filter<'p, 'a> {
             coll_mb,
             trigger,
             bps,
+            floors,
         }))
     }
 
@@ -191,7 +206,8 @@ impl<'p, 'a> Filter<'p, 'a> {
             } else {
                 leg.size * leg.k * z
             };
-            let idx = leg.floors.partition_point(|&fl| fl <= notional);
+            let floors = self.floors.get(leg.floors.clone()).unwrap_or_default();
+            let idx = floors.partition_point(|&fl| fl <= notional);
             out.push(idx.saturating_sub(1));
         }
     }
