@@ -22,6 +22,7 @@
 
 pub mod binance;
 pub mod hyperliquid;
+pub mod refresh;
 pub mod write;
 
 use std::path::{Path, PathBuf};
