@@ -212,6 +212,40 @@ impl Refresher {
     }
 }
 
+/// Refreshes now and then every `interval` until `cancel`, publishing each good set that
+/// differs from the last on `tx` (a failure publishes nothing: subscribers keep the last good
+/// set). Returns the refresher for its final status.
+pub async fn run(
+    mut refresher: Refresher,
+    interval: Duration,
+    cancel: tokio_util::sync::CancellationToken,
+    tx: tokio::sync::watch::Sender<Option<Arc<InstrumentSet>>>,
+) -> Refresher {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return refresher,
+            _ = tick.tick() => {}
+        }
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return refresher,
+            r = refresher.refresh_once() => r,
+        };
+        if let Ok(set) = result {
+            tx.send_if_modified(|cur| {
+                let changed = cur
+                    .as_ref()
+                    .is_none_or(|c| c.instruments != set.instruments);
+                if changed {
+                    *cur = Some(set.clone());
+                }
+                changed
+            });
+        }
+    }
+}
+
 /// Ids whose definition differs between `old` and `new` (added, removed or changed), sorted.
 pub fn changed_ids(old: &InstrumentSet, new: &InstrumentSet) -> Vec<InstrumentId> {
     let mut out: Vec<InstrumentId> = new

@@ -29,6 +29,11 @@ fn fixture(rel: &str) -> String {
 
 /// Serves `/brackets` in the mode set in `mode`, and `/info` (POST) with the Hyperliquid meta.
 async fn server(mode: Arc<AtomicUsize>) -> String {
+    server_counting(mode, Arc::new(AtomicUsize::new(0))).await
+}
+
+/// [`server`], counting the failures it served in `fails`.
+async fn server_counting(mode: Arc<AtomicUsize>, fails: Arc<AtomicUsize>) -> String {
     let small = fixture("binance-usdm/rest/leverage_bracket_docs_example.json");
     let full = fixture("binance-usdm/rest/leverage_tiers_freqtrade_2024-10-24.json");
     let meta = fixture("hyperliquid/rest/meta_nautilus_sample.json");
@@ -37,10 +42,14 @@ async fn server(mode: Arc<AtomicUsize>) -> String {
             "/brackets",
             get(move || {
                 let (small, full, mode) = (small.clone(), full.clone(), mode.clone());
+                let fails = fails.clone();
                 async move {
                     match mode.load(Ordering::SeqCst) {
                         OK_SMALL => (StatusCode::OK, small),
-                        FAIL => (StatusCode::SERVICE_UNAVAILABLE, "busy".to_string()),
+                        FAIL => {
+                            fails.fetch_add(1, Ordering::SeqCst);
+                            (StatusCode::SERVICE_UNAVAILABLE, "busy".to_string())
+                        }
                         SLOW => {
                             tokio::time::sleep(Duration::from_secs(30)).await;
                             (StatusCode::OK, small)
@@ -166,4 +175,45 @@ async fn unreachable_url_keeps_the_seeded_set() {
     assert!(matches!(e, RefreshError::Fetch { .. }), "{e}");
     assert!(r.ready());
     assert_eq!(r.current().unwrap().fetched_ts, 7);
+}
+
+/// The loop publishes the first good set, publishes a changed set after a failure in between,
+/// and stops on cancel.
+#[tokio::test]
+async fn run_publishes_good_sets_only() {
+    let mode = Arc::new(AtomicUsize::new(OK_SMALL));
+    let fails = Arc::new(AtomicUsize::new(0));
+    let base = server_counting(mode.clone(), fails.clone()).await;
+    let r = Refresher::new(
+        ImportVenue::BinanceUsdm,
+        vec![RefreshUrl {
+            url: format!("{base}/brackets"),
+            post_json: None,
+        }],
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let (tx, mut rx) = tokio::sync::watch::channel(None);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(run(r, Duration::from_millis(20), cancel.clone(), tx));
+    rx.changed().await.unwrap();
+    assert_eq!(
+        rx.borrow_and_update().as_ref().unwrap().instruments.len(),
+        1
+    );
+    mode.store(FAIL, Ordering::SeqCst);
+    // Wait for two failing refreshes: nothing is published for them.
+    while fails.load(Ordering::SeqCst) < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!rx.has_changed().unwrap());
+    mode.store(OK_FULL, Ordering::SeqCst);
+    rx.changed().await.unwrap();
+    assert_eq!(
+        rx.borrow_and_update().as_ref().unwrap().instruments.len(),
+        349
+    );
+    cancel.cancel();
+    let r = task.await.unwrap();
+    assert_eq!(r.status().consecutive_failures, 0);
 }
