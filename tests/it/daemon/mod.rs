@@ -10,3 +10,4 @@ mod journal_init;
 mod metrics_exposition;
 mod stress;
 mod stress_extremes;
+mod stress_funding;
