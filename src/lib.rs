@@ -34,6 +34,7 @@ pub mod cli; // commands other than the daemon: demo, stress, check-config
 pub mod config; // TOML config: raw serde structs → validated Config, all errors at once
 pub mod engine; // the one synchronous engine: account map, monitor, distance index
 pub mod feeds; // Feed trait, generic socket driver, one adapter per venue, replay
+pub mod instruments; // venue REST responses (brackets, margin tables) → instrument presets
 pub mod journal; // SQLite event journal, sink cursors, monitor state, accounts store
 pub mod margin; // pure Decimal margin model
 pub mod model; // core types: Instrument, PriceTick, Account, RiskSnapshot, RiskEvent

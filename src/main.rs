@@ -64,6 +64,9 @@ enum Command {
     },
     /// Apply price shocks to accounts from files and print their risk.
     Stress(liqwatch::cli::stress::StressArgs),
+    /// Instrument presets from the venues' own REST responses.
+    #[command(subcommand)]
+    Instruments(liqwatch::cli::instruments::InstrumentsCommand),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Stress(args) => liqwatch::cli::stress::main(args),
+        Command::Instruments(cmd) => liqwatch::cli::instruments::main(cmd),
         Command::CheckConfig { file, no_env } => {
             match liqwatch::cli::check::check_config(&file, no_env) {
                 Ok(summary) => {

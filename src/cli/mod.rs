@@ -3,4 +3,6 @@
 
 pub mod check; // `liqwatch check-config`: validate a config and the files it names
 pub mod demo; // `liqwatch demo`: replayed crash, sample accounts, readable event lines
+pub mod instruments; // `liqwatch instruments import`: venue REST responses → presets TOML
 pub mod stress; // `liqwatch stress`: scenario shocks over accounts from files
+pub mod stress_funding; // `liqwatch stress --funding`: next funding payment and ratio after it

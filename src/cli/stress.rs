@@ -55,6 +55,10 @@ pub struct StressArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// Funding rates (TOML `[funding]`, instrument id → rate): also show each account's next
+    /// funding payment and its margin ratio once paid.
+    #[arg(long, value_name = "FILE")]
+    pub funding: Option<PathBuf>,
 }
 
 /// The nearest per-position liquidation price of an account.
@@ -97,6 +101,9 @@ pub struct StressRow {
     pub nearest_liquidation: Option<NearestLiquidation>,
     /// The full snapshot, exact figures.
     pub snapshot: RiskSnapshot,
+    /// The next funding payment and the ratio after it (with `--funding`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub funding: Option<super::stress_funding::FundingColumns>,
 }
 
 #[derive(Serialize)]
@@ -162,6 +169,7 @@ fn stress_row(engine: &Engine, id: &AccountId, scenario: &str) -> Result<StressR
         shock_distance: snap.shock_distance.clone(),
         nearest_liquidation: nearest_liquidation(&snap),
         snapshot: snap,
+        funding: None,
     })
 }
 
@@ -202,6 +210,8 @@ pub struct StressInputs {
     pub scenarios: Vec<Scenario>,
     /// Warnings about the input files.
     pub warnings: Vec<String>,
+    /// Funding rates, with `--funding`.
+    pub funding: Option<HashMap<InstrumentId, crate::margin::funding::FundingRate>>,
 }
 
 /// Loads and checks the files and scenarios named by `args`.
@@ -215,6 +225,10 @@ pub fn load(args: &StressArgs) -> Result<StressInputs, InputError> {
         .filter(|i| !i.stable)
         .map(|i| i.underlying.clone())
         .collect();
+    let funding = match &args.funding {
+        Some(p) => Some(super::stress_funding::load_rates(p, &instruments)?),
+        None => None,
+    };
     let mut scenarios = vec![Scenario::none()];
     for arg in &args.shocks {
         for part in arg.split(';').filter(|p| !p.trim().is_empty()) {
@@ -230,6 +244,7 @@ pub fn load(args: &StressArgs) -> Result<StressInputs, InputError> {
         prices,
         scenarios,
         warnings: warns.iter().map(|w| format!("warning: {w}")).collect(),
+        funding,
     })
 }
 
@@ -281,17 +296,21 @@ pub fn main(args: StressArgs) -> ExitCode {
     let mut rows = Vec::new();
     let mut errors = Vec::new();
     let mut engines = Vec::with_capacity(inputs.scenarios.len());
+    let mut scenario_prices = Vec::with_capacity(inputs.scenarios.len());
     for sc in &inputs.scenarios {
-        let engine = match sc.apply(&inputs.instruments, &inputs.prices) {
+        let prices = sc.apply(&inputs.instruments, &inputs.prices);
+        let engine = match &prices {
             Some(prices) => {
-                engine_at(&inputs, &prices).map_err(|e| format!("scenario {}: {e}", sc.name))
+                engine_at(&inputs, prices).map_err(|e| format!("scenario {}: {e}", sc.name))
             }
             None => Err(format!("scenario {}: prices overflow", sc.name)),
         };
         engines.push(engine);
+        scenario_prices.push(prices.unwrap_or_default());
     }
+    let mut funding_rows = Vec::new();
     for a in &inputs.accounts {
-        for (sc, engine) in inputs.scenarios.iter().zip(&engines) {
+        for ((sc, engine), prices) in inputs.scenarios.iter().zip(&engines).zip(&scenario_prices) {
             let engine = match engine {
                 Ok(e) => e,
                 Err(e) => {
@@ -300,7 +319,22 @@ pub fn main(args: StressArgs) -> ExitCode {
                 }
             };
             match stress_row(engine, &a.id, &sc.name) {
-                Ok(r) => rows.push(r),
+                Ok(mut r) => {
+                    if let Some(rates) = &inputs.funding {
+                        match super::stress_funding::columns(a, &inputs.instruments, prices, rates)
+                        {
+                            Ok(c) => {
+                                funding_rows.push((a.id.to_string(), sc.name.clone(), c.clone()));
+                                r.funding = Some(c);
+                            }
+                            Err(e) => errors.push(format!(
+                                "account {}, scenario {}, funding: {e}",
+                                a.id, sc.name
+                            )),
+                        }
+                    }
+                    rows.push(r)
+                }
                 Err(e) => errors.push(format!("account {}, scenario {}: {e}", a.id, sc.name)),
             }
         }
@@ -317,7 +351,13 @@ pub fn main(args: StressArgs) -> ExitCode {
                 .map_err(std::io::Error::other)
                 .and_then(|()| writeln!(out))
         }
-        Format::Table => out.write_all(render_table(&rows).as_bytes()),
+        Format::Table => {
+            let mut text = render_table(&rows);
+            if inputs.funding.is_some() {
+                text.push_str(&super::stress_funding::render(&funding_rows));
+            }
+            out.write_all(text.as_bytes())
+        }
     };
     if let Err(e) = written {
         eprintln!("liqwatch stress: cannot write output: {e}");

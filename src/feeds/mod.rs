@@ -75,6 +75,7 @@
 pub mod binance;
 pub mod bybit;
 pub mod deribit;
+pub mod funding; // funding rate and next funding time from the frames the feeds receive
 pub mod hyperliquid;
 pub mod okx;
 pub mod replay;

@@ -15,6 +15,7 @@ use rust_decimal::{Decimal, RoundingStrategy};
 use std::collections::HashMap;
 
 pub mod fixed; // the one i128 fast path, bit-for-bit equal to Decimal
+pub mod funding; // next funding payments and the margin ratio after them
 mod shock; // uniform-shock distance and liquidation prices
 
 pub use shock::*;

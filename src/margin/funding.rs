@@ -1,0 +1,345 @@
+//! Funding: the next funding payment of each perpetual position, their total, and the
+//! account's margin ratio once they are paid — pure `Decimal`, no I/O.
+//!
+//! Funding is not part of maintenance margin (margin-math §5 pitfall 4): it moves the wallet
+//! balance at each settlement. So the payment changes equity and leaves MM as it is:
+//!
+//! ```text
+//! linear   payment = −q·cs·P·rate        (quote currency; q signed, long > 0)
+//! inverse  payment = −q·cs·rate          (USD: q contracts of cs USD; valued in USD like uPnL)
+//! equity_after = equity + Σ payment      ratio_after = MM / equity_after (∞ when ≤ 0)
+//! ```
+//!
+//! A positive rate makes longs pay shorts. `P` is the price the account is valued at (the
+//! mark); venues that settle on another price (Hyperliquid uses the oracle) differ by the
+//! basis times the rate, a fraction of a cent per thousand of notional. Every payment is
+//! normalised to [`super::ACCOUNTING_SCALE`] places before summing, like every contribution.
+
+use std::collections::HashMap;
+
+use rust_decimal::Decimal;
+
+use super::{
+    AccountTotals, InstrumentLookup, MarginError, PriceLookup, account_totals, add, mul, normalise,
+};
+use crate::model::{Account, InstrumentId, InstrumentKind, MarginRatio, PositionSide, TimestampMs};
+
+/// The funding a venue announced for a perpetual: the rate of the next settlement and when it
+/// is (when the venue says; Hyperliquid and Deribit do not send the time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FundingRate {
+    /// Rate of the next settlement (0.0001 = 0.01 % of notional).
+    pub rate: Decimal,
+    /// When it settles, ms since epoch, if known.
+    pub next_funding_ts: Option<TimestampMs>,
+}
+
+/// One position's next funding payment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PositionFunding {
+    /// The contract.
+    pub instrument: InstrumentId,
+    /// The position's side (one-way or a hedge leg).
+    pub side: PositionSide,
+    /// The rate used.
+    pub rate: Decimal,
+    /// Signed payment to the account (negative = the account pays).
+    pub payment: Decimal,
+    /// When it settles, if known.
+    pub next_funding_ts: Option<TimestampMs>,
+}
+
+/// The account's next funding payments and the margin ratio after them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FundingOutlook {
+    /// Per perpetual position with a known rate (and, when `due_by` is given, due by then).
+    pub positions: Vec<PositionFunding>,
+    /// Σ payments.
+    pub total: Decimal,
+    /// Equity and MM before funding.
+    pub before: AccountTotals,
+    /// Equity once the payments are made.
+    pub equity_after: Decimal,
+    /// `MM / equity_after`.
+    pub margin_ratio_after: MarginRatio,
+    /// The earliest settlement time among the payments counted.
+    pub next_funding_ts: Option<TimestampMs>,
+    /// Perpetual positions whose rate is unknown (not counted: say so, never guess 0).
+    pub missing_rate: Vec<InstrumentId>,
+}
+
+/// The signed funding payment of one position (negative = the account pays). Dated futures
+/// and collateral pay no funding (0).
+pub fn position_funding(
+    kind: InstrumentKind,
+    contract_size: Decimal,
+    quantity: Decimal,
+    price: Decimal,
+    rate: Decimal,
+) -> Result<Decimal, MarginError> {
+    let face = mul(quantity, contract_size, "funding")?;
+    let paid = match kind {
+        InstrumentKind::LinearPerpetual => mul(mul(face, price, "funding")?, rate, "funding")?,
+        InstrumentKind::InversePerpetual => mul(face, rate, "funding")?,
+        _ => return Ok(Decimal::ZERO),
+    };
+    Ok(normalise(-paid))
+}
+
+/// The account's next funding payments at the given prices and rates, the total and the
+/// margin ratio after them. With `due_by`, only payments known to settle at or before it
+/// count (the window a "warn before funding" check looks at); payments with no known time
+/// count only when `due_by` is `None`.
+pub fn funding_outlook(
+    account: &Account,
+    instruments: &dyn InstrumentLookup,
+    prices: &dyn PriceLookup,
+    funding: &HashMap<InstrumentId, FundingRate>,
+    due_by: Option<TimestampMs>,
+) -> Result<FundingOutlook, MarginError> {
+    let before = account_totals(account, instruments, prices)?;
+    let mut positions = Vec::new();
+    let mut missing_rate = Vec::new();
+    let mut total = Decimal::ZERO;
+    let mut next: Option<TimestampMs> = None;
+    for p in &account.positions {
+        let i = instruments
+            .instrument(&p.instrument)
+            .ok_or_else(|| MarginError::UnknownInstrument(p.instrument.clone()))?;
+        if !matches!(
+            i.kind,
+            InstrumentKind::LinearPerpetual | InstrumentKind::InversePerpetual
+        ) {
+            continue;
+        }
+        let Some(f) = funding.get(&p.instrument) else {
+            missing_rate.push(p.instrument.clone());
+            continue;
+        };
+        let due = match (due_by, f.next_funding_ts) {
+            (None, _) => true,
+            (Some(limit), Some(ts)) => ts <= limit,
+            (Some(_), None) => false,
+        };
+        if !due {
+            continue;
+        }
+        let price = prices
+            .price(&p.instrument)
+            .ok_or_else(|| MarginError::MissingPrice(p.instrument.clone()))?;
+        let payment = position_funding(i.kind, i.contract_size, p.quantity, price, f.rate)?;
+        total = add(total, payment, "funding total")?;
+        if let Some(ts) = f.next_funding_ts {
+            next = Some(next.map_or(ts, |n| n.min(ts)));
+        }
+        positions.push(PositionFunding {
+            instrument: p.instrument.clone(),
+            side: p.side,
+            rate: f.rate,
+            payment,
+            next_funding_ts: f.next_funding_ts,
+        });
+    }
+    let equity_after = add(before.equity, total, "equity after funding")?;
+    Ok(FundingOutlook {
+        positions,
+        total,
+        before,
+        equity_after,
+        margin_ratio_after: MarginRatio::compute(before.maintenance_margin, equity_after),
+        next_funding_ts: next,
+        missing_rate,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use rust_decimal_macros::dec;
+
+    use super::*;
+    use crate::model::{AccountId, Instrument, Position};
+
+    fn presets() -> HashMap<InstrumentId, Instrument> {
+        crate::sources::files::load_instruments(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("feeds/presets.toml"),
+        )
+        .unwrap()
+    }
+
+    fn pos(id: &str, q: Decimal, ep: Decimal) -> Position {
+        Position {
+            instrument: InstrumentId::new(id),
+            side: PositionSide::default(),
+            quantity: q,
+            entry_price: ep,
+        }
+    }
+
+    fn account(collateral: &[(&str, Decimal)], positions: Vec<Position>) -> Account {
+        Account {
+            id: AccountId::new("a"),
+            collateral: collateral
+                .iter()
+                .map(|(k, v)| (InstrumentId::new(k), *v))
+                .collect(),
+            positions,
+            thresholds: None,
+        }
+    }
+
+    fn prices(p: &[(&str, Decimal)]) -> HashMap<InstrumentId, Decimal> {
+        p.iter().map(|(k, v)| (InstrumentId::new(k), *v)).collect()
+    }
+
+    fn rates(r: &[(&str, Decimal, Option<i64>)]) -> HashMap<InstrumentId, FundingRate> {
+        r.iter()
+            .map(|(k, rate, ts)| {
+                (
+                    InstrumentId::new(k),
+                    FundingRate {
+                        rate: *rate,
+                        next_funding_ts: *ts,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The W3 account of margin-math (equity 90,000, MM 7,965) at 0.01 % funding on every
+    /// perpetual: BTC long pays 10.5·60,000·0.0001 = 63, ETH long pays 150·3,000·0.0001 = 45,
+    /// the SOL short receives 2,000·150·0.0001 = 30; total −78, equity 89,922, ratio
+    /// 7,965 / 89,922 = 0.088576766530…
+    #[test]
+    fn w3_account_at_one_basis_point() {
+        let inst = presets();
+        let a = account(
+            &[("USDT", dec!(60500)), ("BTC", dec!(1.5))],
+            vec![
+                pos("BTCUSDT-PERP", dec!(10.5), dec!(62000)),
+                pos("ETHUSDT-PERP", dec!(150), dec!(3100)),
+                pos("SOLUSDT-PERP", dec!(-2000), dec!(140)),
+            ],
+        );
+        let px = prices(&[
+            ("BTCUSDT-PERP", dec!(60000)),
+            ("ETHUSDT-PERP", dec!(3000)),
+            ("SOLUSDT-PERP", dec!(150)),
+            ("BTC", dec!(60000)),
+        ]);
+        let r = rates(&[
+            ("BTCUSDT-PERP", dec!(0.0001), Some(1_000)),
+            ("ETHUSDT-PERP", dec!(0.0001), Some(1_000)),
+            ("SOLUSDT-PERP", dec!(0.0001), Some(500)),
+        ]);
+        let o = funding_outlook(&a, &inst, &px, &r, None).unwrap();
+        let pay: Vec<Decimal> = o.positions.iter().map(|p| p.payment).collect();
+        assert_eq!(pay, [dec!(-63), dec!(-45), dec!(30)]);
+        assert_eq!(o.total, dec!(-78));
+        assert_eq!(o.before.equity, dec!(90000));
+        assert_eq!(o.before.maintenance_margin, dec!(7965));
+        assert_eq!(o.equity_after, dec!(89922));
+        let MarginRatio::Finite(ratio) = o.margin_ratio_after else {
+            panic!("finite expected")
+        };
+        assert_eq!(ratio.round_dp(12), dec!(0.088576766531));
+        assert_eq!(o.next_funding_ts, Some(500));
+        assert!(o.missing_rate.is_empty());
+    }
+
+    /// A negative rate makes shorts pay: −2,000 SOL at 150 and −0.05 % pays 150.
+    #[test]
+    fn negative_rate_shorts_pay() {
+        let inst = presets();
+        let a = account(
+            &[("USDT", dec!(10000))],
+            vec![pos("SOLUSDT-PERP", dec!(-2000), dec!(150))],
+        );
+        let px = prices(&[("SOLUSDT-PERP", dec!(150))]);
+        let r = rates(&[("SOLUSDT-PERP", dec!(-0.0005), None)]);
+        let o = funding_outlook(&a, &inst, &px, &r, None).unwrap();
+        assert_eq!(o.total, dec!(-150));
+        assert_eq!(o.equity_after, dec!(9850));
+    }
+
+    /// Funding alone can cross the trigger: equity 3,000 against MM 2,950 (10 BTC at 60,000,
+    /// tier 3: 600,000·0.0065 − 950), 0.01 % funding costs 60 → equity 2,940 < MM, ratio
+    /// 2,950 / 2,940 ≥ 1.
+    #[test]
+    fn funding_can_cross_the_trigger() {
+        let inst = presets();
+        let a = account(
+            &[("USDT", dec!(3000))],
+            vec![pos("BTCUSDT-PERP", dec!(10), dec!(60000))],
+        );
+        let px = prices(&[("BTCUSDT-PERP", dec!(60000))]);
+        let r = rates(&[("BTCUSDT-PERP", dec!(0.0001), Some(10))]);
+        let o = funding_outlook(&a, &inst, &px, &r, None).unwrap();
+        assert_eq!(o.before.maintenance_margin, dec!(2950));
+        assert_eq!(o.equity_after, dec!(2940));
+        assert_eq!(
+            o.margin_ratio_after,
+            MarginRatio::compute(dec!(2950), dec!(2940))
+        );
+        assert!(matches!(o.margin_ratio_after, MarginRatio::Finite(r) if r > Decimal::ONE));
+    }
+
+    /// Inverse perpetuals pay on their USD face value: 100 contracts of 100 USD long at 0.01 %
+    /// pay 1 USD, whatever the price.
+    #[test]
+    fn inverse_pays_on_face_value() {
+        assert_eq!(
+            position_funding(
+                InstrumentKind::InversePerpetual,
+                dec!(100),
+                dec!(100),
+                dec!(25000),
+                dec!(0.0001)
+            )
+            .unwrap(),
+            dec!(-1)
+        );
+        assert_eq!(
+            position_funding(
+                InstrumentKind::LinearFuture,
+                dec!(1),
+                dec!(5),
+                dec!(100),
+                dec!(0.01)
+            )
+            .unwrap(),
+            Decimal::ZERO
+        );
+    }
+
+    /// Unknown rates are listed, not counted as 0; `due_by` keeps only payments known to
+    /// settle by then.
+    #[test]
+    fn missing_rates_and_due_by_window() {
+        let inst = presets();
+        let a = account(
+            &[("USDT", dec!(100000))],
+            vec![
+                pos("BTCUSDT-PERP", dec!(1), dec!(60000)),
+                pos("ETHUSDT-PERP", dec!(10), dec!(3000)),
+                pos("SOLUSDT-PERP", dec!(100), dec!(150)),
+            ],
+        );
+        let px = prices(&[
+            ("BTCUSDT-PERP", dec!(60000)),
+            ("ETHUSDT-PERP", dec!(3000)),
+            ("SOLUSDT-PERP", dec!(150)),
+        ]);
+        let r = rates(&[
+            ("BTCUSDT-PERP", dec!(0.0001), Some(1_000)),
+            ("ETHUSDT-PERP", dec!(0.0001), Some(5_000)),
+        ]);
+        let o = funding_outlook(&a, &inst, &px, &r, Some(2_000)).unwrap();
+        assert_eq!(o.positions.len(), 1);
+        assert_eq!(o.total, dec!(-6));
+        assert_eq!(o.missing_rate, vec![InstrumentId::new("SOLUSDT-PERP")]);
+        let all = funding_outlook(&a, &inst, &px, &r, None).unwrap();
+        assert_eq!(all.total, dec!(-9));
+    }
+}
