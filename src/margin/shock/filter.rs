@@ -81,6 +81,19 @@ fn certain_sign(v: f64, tol: f64) -> i8 {
     }
 }
 
+/// The parts of an `f64` line (see [`Filter::parts`]).
+#[derive(Clone, Copy)]
+struct Parts {
+    a: f64,
+    b: f64,
+    c: f64,
+    d: f64,
+    ma: f64,
+    mb: f64,
+    mc: f64,
+    md: f64,
+}
+
 /// A breakpoint: where `leg` enters `tier`.
 #[derive(Clone, Copy)]
 struct Bp {
@@ -197,61 +210,87 @@ impl<'p, 'a> Filter<'p, 'a> {
         }))
     }
 
-    /// Each leg's tier at `z` (strictly inside an interval, so certain).
-    fn tiers_at(&self, z: f64, out: &mut Vec<usize>) {
-        out.clear();
-        for leg in &self.legs {
-            let notional = if leg.inverse {
-                leg.size / (leg.k * z)
-            } else {
-                leg.size * leg.k * z
-            };
-            let floors = self.floors.get(leg.floors.clone()).unwrap_or_default();
-            let idx = floors.partition_point(|&fl| fl <= notional);
-            out.push(idx.saturating_sub(1));
-        }
+    /// Leg `li`'s tier at `z` (strictly inside an interval, so certain).
+    fn leg_tier(&self, li: usize, z: f64) -> usize {
+        let Some(leg) = self.legs.get(li) else {
+            return 0;
+        };
+        let notional = if leg.inverse {
+            leg.size / (leg.k * z)
+        } else {
+            leg.size * leg.k * z
+        };
+        let floors = self.floors.get(leg.floors.clone()).unwrap_or_default();
+        floors
+            .partition_point(|&fl| fl <= notional)
+            .saturating_sub(1)
     }
 
-    /// The `f64` line with every leg in `tiers`, or `None` when a value does not convert.
-    fn line(&self, tiers: &[usize]) -> Option<FLine> {
-        let (mut a, mut b, mut c, mut d) = (self.fixed_a, self.coll_b, 0.0, self.fixed_d);
-        let (mut ma, mut mb, mut mc, mut md) = (self.fixed_a.abs(), self.coll_mb, 0.0, d.abs());
-        for ((leg, &ti), exact) in self.legs.iter().zip(tiers).zip(&self.pm.legs) {
-            let t = exact.instrument.tiers.get(ti)?;
-            let (mmr, cum) = (f(t.mmr)?, f(t.cum)?);
+    /// Each leg's tier at `z`.
+    fn tiers_at(&self, z: f64, out: &mut Vec<usize>) {
+        out.clear();
+        out.extend((0..self.legs.len()).map(|li| self.leg_tier(li, z)));
+    }
+
+    /// Leg `li`'s tier-dependent terms `(c, d)` of the line, or `None` when a value does not
+    /// convert. Linear: `c = size·k·mmr`, `d = cum`; inverse: `c = −cum·k`, `d = −size·mmr`.
+    fn tier_terms(&self, li: usize, ti: usize) -> Option<(f64, f64)> {
+        let leg = self.legs.get(li)?;
+        let t = self.pm.legs.get(li)?.instrument.tiers.get(ti)?;
+        let (mmr, cum) = (f(t.mmr)?, f(t.cum)?);
+        Some(if leg.inverse {
+            (-cum * leg.k, -leg.size * mmr)
+        } else {
+            (leg.size * leg.k * mmr, cum)
+        })
+    }
+
+    /// The `f64` line's parts with every leg in `tiers`: the tier-independent `(a, b)` and the
+    /// tier-dependent `(c, d)`, each with the sum of its terms' magnitudes.
+    fn parts(&self, tiers: &[usize]) -> Option<Parts> {
+        let mut p = Parts {
+            a: self.fixed_a,
+            b: self.coll_b,
+            c: 0.0,
+            d: self.fixed_d,
+            ma: self.fixed_a.abs(),
+            mb: self.coll_mb,
+            mc: 0.0,
+            md: self.fixed_d.abs(),
+        };
+        for (li, (leg, &ti)) in self.legs.iter().zip(tiers).enumerate() {
             if leg.inverse {
                 let bb = leg.signed * leg.k / leg.entry;
-                let cc = cum * leg.k;
-                let dd = leg.size * mmr;
-                a -= leg.signed;
-                b += bb;
-                c -= cc;
-                d -= dd;
-                ma += leg.signed.abs();
-                mb += bb.abs();
-                mc += cc.abs();
-                md += dd.abs();
+                p.a -= leg.signed;
+                p.b += bb;
+                p.ma += leg.signed.abs();
+                p.mb += bb.abs();
             } else {
                 let aa = leg.signed * leg.entry;
                 let bb = leg.signed * leg.k;
-                let cc = leg.size * leg.k * mmr;
-                a -= aa;
-                b += bb;
-                c += cc;
-                d += cum;
-                ma += aa.abs();
-                mb += bb.abs();
-                mc += cc.abs();
-                md += cum.abs();
+                p.a -= aa;
+                p.b += bb;
+                p.ma += aa.abs();
+                p.mb += bb.abs();
             }
+            let (cc, dd) = self.tier_terms(li, ti)?;
+            p.c += cc;
+            p.d += dd;
+            p.mc += cc.abs();
+            p.md += dd.abs();
         }
+        Some(p)
+    }
+
+    /// The line of `parts` (`g = kk·z − ll`, `kk = c − t·b`, `ll = d + t·a`).
+    fn line(&self, p: &Parts) -> FLine {
         let t = self.trigger;
-        Some(FLine {
-            kk: c - t * b,
-            ll: d + t * a,
-            mk: mc + t.abs() * mb,
-            ml: md + t.abs() * ma,
-        })
+        FLine {
+            kk: p.c - t * p.b,
+            ll: p.d + t * p.a,
+            mk: p.mc + t.abs() * p.mb,
+            ml: p.md + t.abs() * p.ma,
+        }
     }
 
     /// The exact breakpoint `bp` (the formula of [`PriceMove::breakpoints`]).
@@ -306,6 +345,7 @@ impl<'p, 'a> Filter<'p, 'a> {
             self.bps.iter().rev().filter(|b| b.z < s).collect()
         };
         let mut tiers = Vec::with_capacity(self.legs.len());
+        let mut parts: Option<Parts> = None;
         let mut prev_far_sign = 0i8; // sign of the previous line at this interval's near end
         let mut prev_tiers: Vec<usize> = Vec::new();
         let mut near_f = s;
@@ -317,10 +357,39 @@ impl<'p, 'a> Filter<'p, 'a> {
                 None if upwards => 2.0 * near_f.max(1.0),
                 None => 0.5 * near_f,
             };
-            self.tiers_at(mid, &mut tiers);
-            let Some(line) = self.line(&tiers) else {
+            // Across a breakpoint only its leg changes tier: update that leg's terms (the
+            // magnitudes keep both the removed and the added term, so the bound stays sound).
+            let crossed = j.checked_sub(1).and_then(|i| ends.get(i));
+            match (parts.as_mut(), crossed) {
+                (Some(p), Some(b)) => {
+                    let li = b.leg;
+                    let (Some(&old), new) = (tiers.get(li), self.leg_tier(li, mid)) else {
+                        return Ok(None);
+                    };
+                    if new != old {
+                        let (Some((c0, d0)), Some((c1, d1))) =
+                            (self.tier_terms(li, old), self.tier_terms(li, new))
+                        else {
+                            return Ok(None);
+                        };
+                        p.c += c1 - c0;
+                        p.d += d1 - d0;
+                        p.mc += c0.abs() + c1.abs();
+                        p.md += d0.abs() + d1.abs();
+                        if let Some(slot) = tiers.get_mut(li) {
+                            *slot = new;
+                        }
+                    }
+                }
+                _ => {
+                    self.tiers_at(mid, &mut tiers);
+                    parts = self.parts(&tiers);
+                }
+            }
+            let Some(p) = parts.as_ref() else {
                 return Ok(None);
             };
+            let line = self.line(p);
             let s_near = line.sign_at(near_f);
             let s_far = match far {
                 Some(b) => line.sign_at(b.z),
