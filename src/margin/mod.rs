@@ -15,8 +15,10 @@ use rust_decimal::{Decimal, RoundingStrategy};
 use std::collections::HashMap;
 
 pub mod fixed; // the one i128 fast path, bit-for-bit equal to Decimal
+mod liquidation; // what a liquidation costs: penalty, surplus or shortfall, venue procedure
 mod shock; // uniform-shock distance and liquidation prices
 
+pub use liquidation::*;
 pub use shock::*;
 
 use crate::model::{
@@ -468,6 +470,7 @@ pub fn account_snapshot(
         liquidation_penalty: normalise(penalty),
         positions,
         collateral,
+        liquidation_cost: None,
     })
 }
 
