@@ -30,6 +30,7 @@
 
 pub mod api; // axum router: health, readiness, metrics, accounts, feeds, events
 pub mod app; // wiring only: spawn, channels, supervision, shutdown order
+pub mod backtest; // deterministic backtests: replay → engine in recorded time → report, SVG charts
 pub mod cli; // commands other than the daemon: demo, stress, check-config
 pub mod config; // TOML config: raw serde structs → validated Config, all errors at once
 pub mod engine; // the one synchronous engine: account map, monitor, distance index

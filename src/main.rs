@@ -64,6 +64,8 @@ enum Command {
     },
     /// Apply price shocks to accounts from files and print their risk.
     Stress(liqwatch::cli::stress::StressArgs),
+    /// Replay a recording against accounts in recorded time and write a report and charts.
+    Backtest(liqwatch::cli::backtest::BacktestArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Stress(args) => liqwatch::cli::stress::main(args),
+        Command::Backtest(args) => liqwatch::cli::backtest::main(args),
         Command::CheckConfig { file, no_env } => {
             match liqwatch::cli::check::check_config(&file, no_env) {
                 Ok(summary) => {
