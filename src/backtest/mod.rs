@@ -265,3 +265,96 @@ fn sample(map: &AccountMap, series: &mut [(AccountId, Vec<Point>)], at: Timestam
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::map::tests::{w3_account, w3_instruments};
+    use crate::model::{EventKind, PriceSource};
+    use rust_decimal_macros::dec;
+
+    fn setup() -> Setup {
+        let mut instruments = w3_instruments();
+        for i in &mut instruments {
+            let (symbol, field) = match i.id.as_str() {
+                "BTCUSDT-PERP" => ("BTCUSDT", PriceField::Mark),
+                "BTC" => ("BTCUSDT", PriceField::Index),
+                "ETHUSDT-PERP" => ("ETHUSDT", PriceField::Mark),
+                "SOLUSDT-PERP" => ("SOLUSDT", PriceField::Mark),
+                _ => continue,
+            };
+            i.sources = vec![PriceSource {
+                venue: Venue::BinanceUsdm,
+                symbol: symbol.into(),
+                field,
+            }];
+        }
+        Setup {
+            instruments,
+            accounts: vec![w3_account("w3")],
+            monitor: MonitorConfig::default(),
+            after_trigger: AfterTrigger::KeepWatching,
+            distance_index: true,
+        }
+    }
+
+    fn frame(t: i64, symbol: &str, price: &str) -> String {
+        let inner = format!(
+            r#"{{"stream":"{}@markPrice@1s","data":{{"e":"markPriceUpdate","E":{t},"s":"{symbol}","p":"{price}","i":"{price}","P":"{price}","r":"0","T":0}}}}"#,
+            symbol.to_lowercase()
+        );
+        serde_json::json!({"venue": "binance-usdm", "received_ms": t, "frame": inner}).to_string()
+    }
+
+    fn w(t: i64, p: [&str; 3]) -> Vec<String> {
+        vec![
+            frame(t, "BTCUSDT", p[0]),
+            frame(t, "ETHUSDT", p[1]),
+            frame(t, "SOLUSDT", p[2]),
+        ]
+    }
+
+    /// Every frame is its own step at its recorded time, even several at the same millisecond:
+    /// W3 → W4 one coin at a time (the trigger fires mid-millisecond) → W3 (recovered). A wick that lasts
+    /// one frame still fires. Bad lines, lines back in time and unrouted symbols are counted
+    /// and skipped; event ids are the run's numbers.
+    #[test]
+    fn every_price_applied_in_recorded_time() {
+        let mut lines = vec!["# the W3 story".to_string()];
+        lines.extend(w(1_000, ["60000", "3000", "150"]));
+        lines.extend(w(2_000, ["54000", "2700", "135"]));
+        lines.push("not json".into());
+        lines.push(frame(1_500, "BTCUSDT", "1"));
+        lines.push(frame(2_000, "DOGEUSDT", "0.1"));
+        lines.extend(w(3_000, ["60000", "3000", "150"]));
+        // A one-frame BTC wick deep enough to trigger alone, then back.
+        lines.push(frame(4_000, "BTCUSDT", "40000"));
+        lines.push(frame(4_001, "BTCUSDT", "60000"));
+        let text = lines.join("\n");
+        let run = run(&setup(), text.as_bytes()).unwrap();
+        let c = &run.counts;
+        assert_eq!((c.lines, c.bad_lines, c.unrouted_ticks), (15, 2, 1));
+        assert_eq!((c.frames, c.steps), (12, 11));
+        assert_eq!((c.first_ms, c.last_ms), (Some(1_000), Some(4_001)));
+        let kinds: Vec<(EventKind, i64)> = run.events.iter().map(|e| (e.kind, e.time_ms)).collect();
+        use EventKind::{LiquidationTrigger as T, Recovered as R};
+        assert_eq!(kinds, [(T, 2_000), (R, 3_000), (T, 4_000), (R, 4_001)]);
+        // BTC −10 % alone is ratio 41.22 % (§4.1); ETH's fall then takes equity below zero:
+        // the trigger fires on the ETH frame, before SOL's frame of the same millisecond.
+        let first = run.events[0].snapshot.as_ref().unwrap();
+        let marks: Vec<Decimal> = first.positions.iter().map(|p| p.mark_price).collect();
+        assert_eq!(marks, [dec!(54000), dec!(2700), dec!(150)]);
+        for (n, e) in run.events.iter().enumerate() {
+            assert_eq!(e.event_id, Uuid::from_u128(n as u128 + 1));
+        }
+        let (id, points) = &run.series[0];
+        assert_eq!(id.as_str(), "w3");
+        // Complete from the third frame (SOL priced): W3, then each change.
+        assert_eq!(points[0].time_ms, 1_000);
+        assert_eq!(points[0].equity, dec!(90000));
+        assert_eq!(points[0].maintenance_margin, dec!(7965));
+        let w4 = points.iter().find(|p| p.equity == dec!(3450)).unwrap();
+        assert_eq!((w4.time_ms, w4.maintenance_margin), (2_000, dec!(7080)));
+        assert!(points.windows(2).all(|p| p[0] != p[1]));
+    }
+}

@@ -343,6 +343,86 @@ mod tests {
         assert_eq!(duration_text(-5), "0s");
     }
 
+    fn ev(kind: EventKind, t: i64, prev: AccountState, next: AccountState) -> RiskEvent {
+        RiskEvent {
+            event_id: RiskEvent::new_id(),
+            kind,
+            time: format_rfc3339_ms(t),
+            time_ms: t,
+            account_id: Some("a".into()),
+            seq: 0,
+            level: None,
+            crossed_levels: vec![],
+            previous_state: Some(prev),
+            state: Some(next),
+            snapshot: None,
+            prices: vec![],
+            stale_prices: false,
+            feed: None,
+        }
+    }
+
+    fn lead(events: &[RiskEvent]) -> (Option<i64>, Option<i64>, Option<i64>) {
+        let refs: Vec<&RiskEvent> = events.iter().collect();
+        let r = account_report(
+            &"a".into(),
+            &Thresholds::default(),
+            &[],
+            &refs,
+            String::new(),
+        );
+        (
+            r.lead_time_ms,
+            r.first_warning.map(|m| m.time_ms),
+            r.episode_warning.map(|m| m.time_ms),
+        )
+    }
+
+    /// Lead time runs from the warning that opened the episode: an episode that recovered to
+    /// healthy does not count, a second warning level does not restart it, a jump straight to
+    /// the trigger has lead time 0, and no trigger means no lead time.
+    #[test]
+    fn lead_times() {
+        use AccountState::{Healthy, Triggered};
+        let w = |l: &str| AccountState::Warning {
+            level: l.parse().unwrap(),
+        };
+        use EventKind::{LiquidationTrigger as T, LiquidationWarning as W, Recovered as R};
+        // Warn at 10, recover at 20, warn at 30, higher warning at 40, trigger at 100.
+        let story = [
+            ev(W, 10, Healthy, w("0.8")),
+            ev(R, 20, w("0.8"), Healthy),
+            ev(W, 30, Healthy, w("0.8")),
+            ev(W, 40, w("0.8"), w("0.9")),
+            ev(T, 100, w("0.9"), Triggered),
+            // After the first trigger nothing changes the answer.
+            ev(R, 200, Triggered, Healthy),
+            ev(W, 210, Healthy, w("0.8")),
+            ev(T, 220, w("0.8"), Triggered),
+        ];
+        assert_eq!(lead(&story), (Some(70), Some(10), Some(30)));
+        // Straight from healthy to the trigger.
+        assert_eq!(
+            lead(&[ev(T, 50, Healthy, Triggered)]),
+            (Some(0), None, None)
+        );
+        // A warning that recovered, then a jump: still 0.
+        let jump = [
+            ev(W, 10, Healthy, w("0.8")),
+            ev(R, 20, w("0.8"), Healthy),
+            ev(T, 50, Healthy, Triggered),
+        ];
+        assert_eq!(lead(&jump), (Some(0), Some(10), None));
+        // A partial recovery (trigger → warning) keeps the episode open.
+        let partial = [
+            ev(W, 10, Healthy, w("0.8")),
+            ev(R, 20, w("0.9"), w("0.8")),
+            ev(T, 50, w("0.8"), Triggered),
+        ];
+        assert_eq!(lead(&partial), (Some(40), Some(10), Some(10)));
+        assert_eq!(lead(&story[..2]), (None, Some(10), None));
+    }
+
     /// Clock text is UTC from the recorded instant.
     #[test]
     fn clocks() {
