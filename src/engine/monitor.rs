@@ -475,6 +475,13 @@ impl Monitor {
     /// known. The distance index ([`crate::engine::index`]) turns it into price bands.
     pub fn quiet_range(&self, map: &AccountMap, key: AccountKey) -> Option<QuietRange> {
         let slot = self.slots.get(key as usize)?.as_ref()?;
+        if slot.liquidated {
+            // Silent until its next update, whatever the ratio: no bound to wake it for.
+            return Some(QuietRange {
+                floor: None,
+                ceiling: None,
+            });
+        }
         let custom = map.read_key(key, |v| v.thresholds().cloned())?;
         let th = custom.as_ref().unwrap_or(&self.cfg.thresholds);
         let r = rank_of(&slot.state, th);
