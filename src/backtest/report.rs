@@ -326,6 +326,71 @@ pub fn render_table(report: &Report) -> String {
     for r in &rows {
         out.push_str(&line(r));
     }
+    out.push('\n');
+    out.push_str(&events_table(report));
+    out
+}
+
+/// Every event of every account, one line each, in account order.
+fn events_table(report: &Report) -> String {
+    let header = [
+        "account",
+        "time (UTC)",
+        "event",
+        "level",
+        "ratio",
+        "equity",
+        "maint. margin",
+    ];
+    let mut rows: Vec<[String; 7]> = Vec::new();
+    for a in &report.accounts {
+        for e in &a.events {
+            rows.push([
+                a.account.to_string(),
+                e.time.replace('T', " ").trim_end_matches('Z').to_string(),
+                e.kind.to_string(),
+                e.level.map_or("-".into(), |l| l.to_string()),
+                e.margin_ratio.map_or("-".into(), ratio_text),
+                e.equity.map_or("-".into(), money),
+                e.maintenance_margin.map_or("-".into(), money),
+            ]);
+        }
+    }
+    if rows.is_empty() {
+        return "no events\n".into();
+    }
+    let mut widths = header.map(|h| h.chars().count());
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    // Numbers right-aligned.
+    let right = [false, false, false, true, true, true, true];
+    let line = |cells: &[String]| {
+        let mut s = String::new();
+        for (k, c) in cells.iter().enumerate() {
+            if k > 0 {
+                s.push_str("  ");
+            }
+            let pad = " ".repeat(widths[k].saturating_sub(c.chars().count()));
+            if right[k] {
+                s.push_str(&pad);
+                s.push_str(c);
+            } else {
+                s.push_str(c);
+                if k + 1 < cells.len() {
+                    s.push_str(&pad);
+                }
+            }
+        }
+        s.push('\n');
+        s
+    };
+    let mut out = line(&header.map(String::from));
+    for r in &rows {
+        out.push_str(&line(r));
+    }
     out
 }
 

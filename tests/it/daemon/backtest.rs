@@ -138,6 +138,12 @@ fn crash_report() {
         table.contains("desk-alpha  2021-05-19 10:47:30  2021-05-19 11:17:30  30m 00s"),
         "{table}"
     );
+    assert!(
+        table.contains(
+            "desk-alpha  2021-05-19 11:17:30.100  liquidation_trigger    1.0      inf  -23,794.95"
+        ),
+        "{table}"
+    );
 }
 
 /// Two runs of the same inputs write the same files, byte for byte; the eager engine (no
