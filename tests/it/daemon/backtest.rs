@@ -363,3 +363,24 @@ fn bad_input_exit_2() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("missing.json"));
 }
+
+/// Without `--config` (default levels: warning 0.8, trigger 1.0, presets from
+/// `feeds/presets.toml`) desk-alpha goes from 65.90 % straight past the trigger in one
+/// 5-minute candle: no warning at all, lead time 0 — what a ratio-only warning misses.
+#[test]
+fn default_levels_no_warning_lead_time_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(&DEMO[..4], dir.path());
+    let r = report(dir.path());
+    assert_eq!(r["config"], Value::Null);
+    assert_eq!(r["after_trigger"], "keep_watching");
+    let a = account(&r, "desk-alpha");
+    assert_eq!(a["levels"]["warning_levels"], serde_json::json!(["0.8"]));
+    assert_eq!(a["first_warning"], Value::Null);
+    assert_eq!(a["episode_warning"], Value::Null);
+    assert_eq!(a["first_trigger"]["time"], "2021-05-19T11:17:30.100Z");
+    assert_eq!(a["lead_time_ms"], 0);
+    assert_eq!(a["lead_time"], "0s");
+    let crossed = &a["events"][0]["crossed_levels"];
+    assert_eq!(crossed, &serde_json::json!(["0.8", "1"]), "{a}");
+}
