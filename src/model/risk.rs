@@ -255,13 +255,15 @@ pub struct PartialLiquidation {
 /// One partial-liquidation step.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartialStep {
-    /// Notional closed by this step (USD, at these prices).
+    /// Notional closed from the current position to reach this step (cumulative: the steps of
+    /// a ladder are alternatives the venue tries in order, each from the full position; USD at
+    /// these prices).
     pub close_notional: Decimal,
     /// Notional left after it.
     pub remaining_notional: Decimal,
     /// The tier (1-based) the position is in after the step, where the step is a tier.
     pub to_tier: Option<u32>,
-    /// Penalty on the closed notional at the instrument's fee rate (USD).
+    /// Fee on `close_notional` at the instrument's fee rate (USD).
     pub penalty: Decimal,
 }
 
