@@ -83,6 +83,24 @@ fn level_equity(mm: Decimal, level: Decimal) -> Option<Decimal> {
     mm.checked_div(level)
 }
 
+/// Round UTC instants between `t0` and `t1` (at most 9): multiples of the smallest of 1 min …
+/// 1 day that keeps them few.
+fn time_ticks(t0: i64, t1: i64) -> Vec<i64> {
+    const MIN: i64 = 60_000;
+    let span = t1.saturating_sub(t0);
+    let step = [1, 5, 15, 30, 60, 120, 180, 360, 720, 1440]
+        .into_iter()
+        .map(|m| m * MIN)
+        .find(|s| span / s <= 8)
+        .unwrap_or(span.max(1));
+    let first = t0.div_euclid(step) * step + if t0.rem_euclid(step) == 0 { 0 } else { step };
+    (0..)
+        .map(|k| first + k * step)
+        .take_while(|t| *t <= t1)
+        .take(9)
+        .collect()
+}
+
 /// The chart of one account.
 pub fn chart(a: &AccountReport, points: &[Point]) -> String {
     let mut s = String::new();
@@ -176,9 +194,7 @@ pub fn chart(a: &AccountReport, points: &[Point]) -> String {
         }
     }
     s.push_str("</g>\n<g fill=\"#555555\" text-anchor=\"middle\">\n");
-    let xt = 6i64;
-    for k in 0..=xt {
-        let t = first.time_ms + (last.time_ms - first.time_ms) * k / xt;
+    for t in time_ticks(first.time_ms, last.time_ms) {
         if let Some(xx) = x(t) {
             let _ = writeln!(
                 s,
@@ -385,6 +401,22 @@ mod tests {
             "a&lt;b &amp; &quot;c&quot;&gt;&#39;"
         );
         assert_eq!(chart_file(0, "desk-7/w3 ü"), "charts/001-desk-7_w3__.svg");
+    }
+
+    /// Time ticks fall on round UTC minutes and hours.
+    #[test]
+    fn round_time_ticks() {
+        let h = 3_600_000;
+        let t0 = 1_621_382_400_000; // 2021-05-19 00:00
+        assert_eq!(
+            time_ticks(t0, t0 + 16 * h - 75_000),
+            (0..8).map(|k| t0 + 2 * h * k).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            time_ticks(t0 + 1, t0 + 10 * 60_000),
+            vec![t0 + 5 * 60_000, t0 + 10 * 60_000]
+        );
+        assert_eq!(time_ticks(t0, t0), vec![t0]);
     }
 
     /// Values map linearly onto pixels, a flat range onto its first pixel.
