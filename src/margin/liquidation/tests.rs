@@ -240,6 +240,65 @@ fn bybit_ladder_down_one_tier() {
     assert_eq!(to_cents(ladder.steps[0].penalty), dec!(1500.00));
 }
 
+/// A Bybit position two tiers up (28 BTC at 100,000 = 2,800,000, tier 3 of a table with caps
+/// 2,000,000 / 2,600,000 / 3,200,000): the ladder's steps are the nearest lower tier first,
+/// each counted from the full position — 200,000.00 to tier 2, 800,000.00 to tier 1.
+#[test]
+fn bybit_ladder_two_tiers_cumulative() {
+    let mut btc = w3_instruments()
+        .into_iter()
+        .find(|i| i.id.as_str() == "BTCUSDT-PERP")
+        .unwrap();
+    let t = |floor, cap, mmr, cum| MarginTier {
+        notional_floor: floor,
+        notional_cap: cap,
+        mmr,
+        cum,
+    };
+    btc.tiers = vec![
+        t(dec!(0), dec!(2000000), dec!(0.005), dec!(0)),
+        t(dec!(2000000), dec!(2600000), dec!(0.0056), dec!(1200)),
+        t(dec!(2600000), dec!(3200000), dec!(0.0062), dec!(2760)),
+    ];
+    let usdt = w3_instruments()
+        .into_iter()
+        .find(|i| i.id.as_str() == "USDT")
+        .unwrap();
+    let u = with_venue(vec![btc, usdt], Venue::BybitLinear);
+    let a: Account = serde_json::from_str(
+        r#"{"id":"b","collateral":{"USDT":"20000"},"positions":[
+        {"instrument":"BTCUSDT-PERP","quantity":"28","entry_price":"100000"}]}"#,
+    )
+    .unwrap();
+    let p = [(InstrumentId::from("BTCUSDT-PERP"), dec!(100000))]
+        .into_iter()
+        .collect();
+    let c = cost(&a, &u, &p);
+    // MM = 2,800,000 × 0.0062 − 2,760 = 14,600.00; penalty 0.5 % = 14,000.00 < equity 20,000.
+    assert_eq!(to_cents(c.maintenance_margin), dec!(14600.00));
+    assert_eq!(to_cents(c.penalty), dec!(14000.00));
+    assert_eq!(to_cents(c.surplus), dec!(6000.00));
+    let steps: Vec<(Option<u32>, Decimal, Decimal, Decimal)> = c.order.unwrap().partial[0]
+        .steps
+        .iter()
+        .map(|s| {
+            (
+                s.to_tier,
+                to_cents(s.close_notional),
+                to_cents(s.remaining_notional),
+                to_cents(s.penalty),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            (Some(2), dec!(200000.00), dec!(2600000.00), dec!(1000.00)),
+            (Some(1), dec!(800000.00), dec!(2000000.00), dec!(4000.00)),
+        ]
+    );
+}
+
 /// Undocumented or ambiguous venues: `order` is null and says why.
 #[test]
 fn order_null_with_reason() {
