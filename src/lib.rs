@@ -25,12 +25,14 @@
 //! ```
 //!
 //! Beside the pipeline: `api` (HTTP: health, readiness, metrics, accounts, feeds, events),
-//! `config` (composes each component's own config type), `cli` (run, demo, stress,
+//! `config` (composes each component's own config type), `backtest` (replay → engine in recorded
+//! time → report and charts), `cli` (run, demo, stress, backtest,
 //! check-config), `runtime` (backoff, task tracking, telemetry) and `app` (wiring only).
 
 pub mod api; // axum router: health, readiness, metrics, accounts, feeds, events
 pub mod app; // wiring only: spawn, channels, supervision, shutdown order
-pub mod cli; // commands other than the daemon: demo, stress, check-config
+pub mod backtest; // deterministic backtests: replay → engine in recorded time → report, SVG charts
+pub mod cli; // commands other than the daemon: demo, stress, backtest, check-config
 pub mod config; // TOML config: raw serde structs → validated Config, all errors at once
 pub mod engine; // the one synchronous engine: account map, monitor, distance index
 pub mod feeds; // Feed trait, generic socket driver, one adapter per venue, replay

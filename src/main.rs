@@ -67,6 +67,8 @@ enum Command {
     /// Instrument presets from the venues' own REST responses.
     #[command(subcommand)]
     Instruments(liqwatch::cli::instruments::InstrumentsCommand),
+    /// Replay a recording against accounts in recorded time and write a report and charts.
+    Backtest(liqwatch::cli::backtest::BacktestArgs),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +83,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Stress(args) => liqwatch::cli::stress::main(args),
         Command::Instruments(cmd) => liqwatch::cli::instruments::main(cmd),
+        Command::Backtest(args) => liqwatch::cli::backtest::main(args),
         Command::CheckConfig { file, no_env } => {
             match liqwatch::cli::check::check_config(&file, no_env) {
                 Ok(summary) => {

@@ -667,6 +667,7 @@ mod tests {
                 liquidation_penalty: dec!(0),
                 positions: vec![],
                 collateral: vec![],
+                liquidation_cost: None,
             }),
             prices: vec![],
             stale_prices: false,

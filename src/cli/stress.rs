@@ -18,8 +18,8 @@ use serde::Serialize;
 use crate::engine::{AccountError, AccountMap, Engine, EngineConfig, MonitorConfig};
 use crate::margin::to_cents;
 use crate::model::{
-    Account, AccountId, AccountState, AccountUpdate, Instrument, InstrumentId, MarginRatio,
-    PositionSide, PriceUsed, RiskSnapshot, ShockDistance,
+    Account, AccountId, AccountState, AccountUpdate, Instrument, InstrumentId, LiquidationCost,
+    MarginRatio, PositionSide, PriceUsed, RiskSnapshot, ShockDistance,
 };
 use crate::sources::files::{self as inputs, InputError, Scenario};
 
@@ -99,11 +99,72 @@ pub struct StressRow {
     pub shock_distance: ShockDistance,
     /// The per-position liquidation price nearest to its mark, if any.
     pub nearest_liquidation: Option<NearestLiquidation>,
+    /// What a liquidation would cost: at this scenario's prices when the account is
+    /// triggered, else at the uniform shock to its trigger; `null` when no shock reaches it.
+    pub liquidation_cost: Option<StressLiquidationCost>,
     /// The full snapshot, exact figures.
     pub snapshot: RiskSnapshot,
     /// The next funding payment and the ratio after it (with `--funding`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub funding: Option<super::stress_funding::FundingColumns>,
+}
+
+/// Where a stress row's liquidation cost was computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CostAt {
+    /// At the scenario's prices (the account is triggered there).
+    Scenario,
+    /// At the scenario's prices moved by the uniform shock to the trigger (`shock`).
+    ShockToTrigger,
+}
+
+/// A [`LiquidationCost`] and the prices it was computed at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StressLiquidationCost {
+    /// Which prices.
+    pub at: CostAt,
+    /// The uniform shock applied on top of the scenario (`shock_to_trigger` only), exact.
+    pub shock: Option<Decimal>,
+    /// The cost.
+    #[serde(flatten)]
+    pub cost: LiquidationCost,
+}
+
+/// The liquidation cost of a row: at its prices when triggered, else at the nearest uniform
+/// shock to the trigger (every non-stable price × (1 + s)). `None` when unreachable or when
+/// the figures overflow (the row itself is still shown).
+fn cost_of_row(
+    engine: &Engine,
+    id: &AccountId,
+    snap: &RiskSnapshot,
+    state: &AccountState,
+    trigger: Decimal,
+) -> Option<StressLiquidationCost> {
+    let map = engine.map();
+    if *state == AccountState::Triggered {
+        let cost = crate::margin::liquidation_cost(snap, map.instruments()).ok()?;
+        return Some(StressLiquidationCost {
+            at: CostAt::Scenario,
+            shock: None,
+            cost,
+        });
+    }
+    let s = snap.shock_distance.nearest?;
+    let x = Decimal::ONE.checked_add(s)?;
+    let account = map.account(id)?;
+    let mut prices = map.prices_for(&account);
+    for p in prices.0.values_mut() {
+        *p = p.checked_mul(x)?;
+    }
+    let at_root: RiskSnapshot =
+        crate::margin::account_snapshot(&account, map.instruments(), &prices, trigger).ok()?;
+    let cost = crate::margin::liquidation_cost(&at_root, map.instruments()).ok()?;
+    Some(StressLiquidationCost {
+        at: CostAt::ShockToTrigger,
+        shock: Some(s),
+        cost,
+    })
 }
 
 #[derive(Serialize)]
@@ -157,6 +218,7 @@ fn stress_row(engine: &Engine, id: &AccountId, scenario: &str) -> Result<StressR
         .state(map, id)
         .map(|s| s.state)
         .unwrap_or(AccountState::Healthy);
+    let liquidation_cost = cost_of_row(engine, id, &snap, &state, levels.trigger);
     Ok(StressRow {
         account: id.clone(),
         scenario: scenario.to_string(),
@@ -168,6 +230,7 @@ fn stress_row(engine: &Engine, id: &AccountId, scenario: &str) -> Result<StressR
         trigger: levels.trigger,
         shock_distance: snap.shock_distance.clone(),
         nearest_liquidation: nearest_liquidation(&snap),
+        liquidation_cost,
         snapshot: snap,
         funding: None,
     })
@@ -458,6 +521,28 @@ fn state_text(s: &AccountState) -> String {
     }
 }
 
+/// `penalty 6,210.00 (180.00 %), shortfall 2,760.00`, prefixed `at -9.5765 %: ` when the
+/// cost is at the shock to the trigger; `-` when there is none.
+fn cost_text(c: Option<&StressLiquidationCost>) -> String {
+    let Some(c) = c else {
+        return "-".into();
+    };
+    let rate = match c.cost.penalty_rate {
+        MarginRatio::Finite(r) => percent(r, 2).trim_start_matches('+').to_string(),
+        MarginRatio::Infinite => "inf".into(),
+    };
+    let rest = if c.cost.shortfall > Decimal::ZERO {
+        format!("shortfall {}", money(c.cost.shortfall))
+    } else {
+        format!("surplus {}", money(c.cost.surplus))
+    };
+    let at = match c.shock {
+        Some(s) => format!("at {}: ", percent(s, 4)),
+        None => String::new(),
+    };
+    format!("{at}penalty {} ({rate}), {rest}", money(c.cost.penalty))
+}
+
 /// The aligned table printed by default.
 pub fn render_table(rows: &[StressRow]) -> String {
     let header = [
@@ -469,8 +554,9 @@ pub fn render_table(rows: &[StressRow]) -> String {
         "state",
         "shock to trigger",
         "nearest liquidation price (others frozen)",
+        "liquidation cost",
     ];
-    let mut cells: Vec<[String; 8]> = Vec::with_capacity(rows.len());
+    let mut cells: Vec<[String; 9]> = Vec::with_capacity(rows.len());
     for r in rows {
         let ratio = match r.margin_ratio {
             MarginRatio::Finite(_) => format!("{} %", r.margin_ratio_pct),
@@ -505,6 +591,7 @@ pub fn render_table(rows: &[StressRow]) -> String {
             state_text(&r.state),
             shock,
             lp,
+            cost_text(r.liquidation_cost.as_ref()),
         ]);
     }
     let mut widths = header.map(str::len);
@@ -514,7 +601,7 @@ pub fn render_table(rows: &[StressRow]) -> String {
         }
     }
     // Numbers right-aligned, text left-aligned.
-    let right = [false, false, true, true, true, false, true, false];
+    let right = [false, false, true, true, true, false, true, false, false];
     let line = |c: &[String]| {
         let mut s = String::new();
         for (k, cell) in c.iter().enumerate() {

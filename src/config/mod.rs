@@ -43,7 +43,7 @@ use self::diagnostics::{
     Cx, P, find_floats, line_col, problem_key, render_problems, split_table, struct_fields,
 };
 
-use crate::engine::monitor::StalePolicy;
+use crate::engine::monitor::{AfterTrigger, StalePolicy};
 use crate::feeds::replay::ReplaySpeed;
 use crate::journal::Synchronous;
 use crate::model::{Thresholds, Venue};
@@ -126,6 +126,9 @@ pub struct EngineConfig {
     pub thresholds: Thresholds,
     /// Trigger policy on stale prices (default `fire`).
     pub trigger_on_stale: StalePolicy,
+    /// After a trigger: keep watching the account (default) or mark it liquidated until its
+    /// next account update (`after_trigger`).
+    pub after_trigger: AfterTrigger,
     /// Wake only the accounts a tick can move across a level (`distance_index`, default
     /// true); false revalues every holder on every tick.
     pub distance_index: bool,
@@ -262,6 +265,7 @@ struct RawEngine {
     hysteresis: Option<String>,
     trigger_on_stale: Option<String>,
     distance_index: Option<bool>,
+    after_trigger: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -630,10 +634,22 @@ impl Cx<'_, '_> {
                 StalePolicy::Fire
             }
         };
+        let after_trigger = match raw.after_trigger.as_deref() {
+            None | Some("keep_watching") => AfterTrigger::KeepWatching,
+            Some("mark_liquidated") => AfterTrigger::MarkLiquidated,
+            Some(o) => {
+                self.problem(
+                    &[e, P::K("after_trigger")],
+                    format!("{o:?}: expected \"keep_watching\" or \"mark_liquidated\""),
+                );
+                AfterTrigger::KeepWatching
+            }
+        };
         Some(EngineConfig {
             instruments,
             thresholds,
             trigger_on_stale,
+            after_trigger,
             distance_index: raw.distance_index.unwrap_or(true),
         })
     }

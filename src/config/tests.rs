@@ -369,3 +369,24 @@ fn no_env_placeholder_passes_every_env_check() {
     let bad = text.replace("UNSET_A", "not a name");
     assert!(parse(&bad, Path::new("/etc/liqwatch/l.toml"), &placeholder).is_err());
 }
+
+/// `[engine] after_trigger`: `keep_watching` by default, `mark_liquidated` when asked, and
+/// anything else is a problem naming the key.
+#[test]
+fn after_trigger() {
+    use crate::engine::AfterTrigger;
+    assert_eq!(ok(MIN).engine.after_trigger, AfterTrigger::KeepWatching);
+    let with = |v: &str| {
+        MIN.replace(
+            "instruments = [\"presets.toml\"]",
+            &format!("instruments = [\"presets.toml\"]\nafter_trigger = \"{v}\""),
+        )
+    };
+    assert_eq!(
+        ok(&with("mark_liquidated")).engine.after_trigger,
+        AfterTrigger::MarkLiquidated
+    );
+    let p = problems(&with("close"));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(keys(&p)[0].1.ends_with("engine.after_trigger"), "{p:?}");
+}

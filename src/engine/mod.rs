@@ -39,7 +39,8 @@ use crate::prices::StaleTransition;
 pub use index::DistanceIndex;
 pub use map::{AccountError, AccountKey, AccountMap, Touched, UpdateOutcome};
 pub use monitor::{
-    Emitted, Monitor, MonitorConfig, MonitorState, PriceInfo, RestoreReport, StalePolicy,
+    AfterTrigger, Emitted, Monitor, MonitorConfig, MonitorState, PriceInfo, RestoreReport,
+    StalePolicy,
 };
 
 /// How the engine is built.
@@ -125,6 +126,11 @@ impl Engine {
     /// The monitor (account states).
     pub fn monitor(&self) -> &Monitor {
         &self.monitor
+    }
+
+    /// What happens to an account after its trigger ([`Monitor::set_after_trigger`]).
+    pub fn set_after_trigger(&mut self, mode: AfterTrigger) {
+        self.monitor.set_after_trigger(mode);
     }
 
     /// The distance index, when on.
@@ -453,9 +459,12 @@ mod tests {
         for (i, em) in ev.iter().enumerate() {
             assert_eq!(em.account_id, AccountId::from(format!("w3-{i:03}")));
             let account = map.account(&em.account_id).unwrap();
-            let expected =
+            let mut expected =
                 crate::margin::account_snapshot(&account, map.instruments(), &prices, dec!(1))
                     .unwrap();
+            // A trigger carries what the liquidation would cost.
+            expected.liquidation_cost =
+                Some(crate::margin::liquidation_cost(&expected, map.instruments()).unwrap());
             assert_eq!(
                 em.event.snapshot.as_ref(),
                 Some(&expected),

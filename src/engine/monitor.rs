@@ -61,6 +61,18 @@ pub enum StalePolicy {
     Hold,
 }
 
+/// What the monitor does with an account after its `liquidation_trigger`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AfterTrigger {
+    /// Keep evaluating it: a bounce recovers it and a new fall triggers again.
+    #[default]
+    KeepWatching,
+    /// Treat it as liquidated: no event for it until its next account update, so a bouncing
+    /// price does not recover and re-trigger a book the venue has already closed.
+    MarkLiquidated,
+}
+
 /// Monitor configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct MonitorConfig {
@@ -236,6 +248,9 @@ pub struct RestoreReport {
 struct Slot {
     state: AccountState,
     seq: u64,
+    /// Marked liquidated by its trigger ([`AfterTrigger::MarkLiquidated`]): silent until the
+    /// account's next update.
+    liquidated: bool,
 }
 
 /// The monitor. Owned by the engine task (`&mut self`); states are indexed by account key.
@@ -248,6 +263,7 @@ pub struct Monitor {
     /// Per key, the last `evaluate` call that saw it (dedup without hashing).
     seen: Vec<u32>,
     epoch: u32,
+    after_trigger: AfterTrigger,
 }
 
 impl Monitor {
@@ -272,12 +288,19 @@ impl Monitor {
             pending: HashMap::new(),
             seen: Vec::new(),
             epoch: 0,
+            after_trigger: AfterTrigger::default(),
         })
     }
 
     /// The configuration.
     pub fn config(&self) -> &MonitorConfig {
         &self.cfg
+    }
+
+    /// Sets what happens to an account after its trigger (default: keep watching). Marks
+    /// are held in memory: after a restart a marked account is watched again.
+    pub fn set_after_trigger(&mut self, mode: AfterTrigger) {
+        self.after_trigger = mode;
     }
 
     /// Loads persisted states (account id, [`MonitorState`] JSON). They apply to the accounts
@@ -392,6 +415,10 @@ impl Monitor {
     ) -> Vec<Emitted> {
         let mut out = Vec::new();
         let mut jobs = Vec::new();
+        // An account update ends a liquidated mark.
+        if let Some(Some(slot)) = self.slots.get_mut(key as usize) {
+            slot.liquidated = false;
+        }
         if let Some(t) = map.materialise(key) {
             self.evaluate_one(map, &t, prices, now_ms, &mut out, &mut jobs);
         }
@@ -448,6 +475,13 @@ impl Monitor {
     /// known. The distance index ([`crate::engine::index`]) turns it into price bands.
     pub fn quiet_range(&self, map: &AccountMap, key: AccountKey) -> Option<QuietRange> {
         let slot = self.slots.get(key as usize)?.as_ref()?;
+        if slot.liquidated {
+            // Silent until its next update, whatever the ratio: no bound to wake it for.
+            return Some(QuietRange {
+                floor: None,
+                ceiling: None,
+            });
+        }
         let custom = map.read_key(key, |v| v.thresholds().cloned())?;
         let th = custom.as_ref().unwrap_or(&self.cfg.thresholds);
         let r = rank_of(&slot.state, th);
@@ -483,6 +517,7 @@ impl Monitor {
             *slot = Some(Slot {
                 state: s.state,
                 seq: s.seq,
+                liquidated: false,
             });
         }
         slot.as_mut()
@@ -524,9 +559,13 @@ impl Monitor {
         let ratio = MarginRatio::compute(t.maintenance_margin, t.equity);
         let th = custom.unwrap_or_else(|| self.cfg.thresholds.clone());
         let policy = self.cfg.trigger_on_stale;
+        let mark = self.after_trigger == AfterTrigger::MarkLiquidated;
         let Some(slot) = self.slot_mut(map, t.key) else {
             return;
         };
+        if slot.liquidated {
+            return;
+        }
         let previous = slot.state.clone();
         let (mut new_state, crossing) = transition(&previous, ratio, &th);
         let Some(mut crossing) = crossing else {
@@ -558,6 +597,7 @@ impl Monitor {
         }
         slot.seq += 1;
         slot.state = new_state.clone();
+        slot.liquidated = mark && crossing.kind == EventKind::LiquidationTrigger;
         let seq = slot.seq;
         // The snapshot (figures, shock distance, liquidation prices) is what an event costs:
         // it is computed after the state pass, for every event of the step at once, on all cores.
@@ -653,6 +693,7 @@ fn fill_snapshots(map: &AccountMap, out: &mut [Emitted], jobs: Vec<SnapshotJob>)
     for (job, snapshot) in jobs.iter().zip(snapshots) {
         if let Some(e) = out.get_mut(job.at) {
             e.event.snapshot = snapshot;
+            margin::attach_liquidation_cost(&mut e.event, map.instruments());
         }
     }
 }

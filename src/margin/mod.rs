@@ -16,8 +16,10 @@ use std::collections::HashMap;
 
 pub mod fixed; // the one i128 fast path, bit-for-bit equal to Decimal
 pub mod funding; // next funding payments and the margin ratio after them
+mod liquidation; // what a liquidation costs: penalty, surplus or shortfall, venue procedure
 mod shock; // uniform-shock distance and liquidation prices
 
+pub use liquidation::*;
 pub use shock::*;
 
 use crate::model::{
@@ -476,6 +478,7 @@ pub fn account_snapshot(
         liquidation_penalty: normalise(penalty),
         positions,
         collateral,
+        liquidation_cost: None,
     })
 }
 

@@ -157,6 +157,114 @@ pub struct RiskSnapshot {
     pub positions: Vec<PositionRisk>,
     /// Per-asset collateral.
     pub collateral: Vec<CollateralRisk>,
+    /// What liquidating the account at these prices would cost (`liquidation_trigger` events
+    /// and `stress`; absent elsewhere). See [`LiquidationCost`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liquidation_cost: Option<LiquidationCost>,
+}
+
+/// What a liquidation costs at one set of prices (`crate::margin::liquidation_cost`): the
+/// penalty, the penalty rate (`penalty / equity`), and what is left (`surplus`, returned to the
+/// account) or missing (`shortfall`, absorbed by an insurance fund or ADL). Exactly
+/// `surplus − shortfall = equity − penalty`, and at most one of the two is non-zero.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiquidationCost {
+    /// Equity at these prices (USD).
+    pub equity: Decimal,
+    /// Maintenance margin at these prices (USD).
+    pub maintenance_margin: Decimal,
+    /// Σ of the positions' penalties (USD), as if every position were liquidated in full.
+    pub penalty: Decimal,
+    /// `penalty / equity`: `0` without a penalty, `"inf"` when equity ≤ 0.
+    pub penalty_rate: MarginRatio,
+    /// `max(equity − penalty, 0)`: what the account keeps.
+    pub surplus: Decimal,
+    /// `max(penalty − equity, 0)`: what the account cannot pay (the insurance fund, then ADL).
+    pub shortfall: Decimal,
+    /// The venue whose rules were applied: the first price source of every position's
+    /// instrument, when they agree; `null` otherwise.
+    pub venue: Option<Venue>,
+    /// Per position, in the snapshot's order.
+    pub positions: Vec<PositionPenalty>,
+    /// The venue's documented liquidation procedure; `null` when it is not documented (or the
+    /// positions span several venues), with the reason in `order_reason`.
+    pub order: Option<LiquidationOrder>,
+    /// Why `order` is `null`.
+    pub order_reason: Option<String>,
+}
+
+/// How a position's penalty was computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PenaltyBasis {
+    /// `notional × liquidation_fee_rate` (the clearance fee on the liquidated notional).
+    FeeRate,
+    /// The venue keeps the position's maintenance margin (Hyperliquid backstop liquidation,
+    /// when equity < 2/3 of MM).
+    BackstopKeepsMaintenanceMargin,
+}
+
+/// One position's share of a [`LiquidationCost`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PositionPenalty {
+    /// The contract.
+    pub instrument: InstrumentId,
+    /// The leg.
+    pub side: PositionSide,
+    /// Notional at these prices (USD).
+    pub notional: Decimal,
+    /// The instrument's `liquidation_fee_rate`.
+    pub fee_rate: Decimal,
+    /// The penalty (USD).
+    pub penalty: Decimal,
+    /// How it was computed.
+    pub basis: PenaltyBasis,
+}
+
+/// A venue's documented liquidation procedure, applied to the account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiquidationOrder {
+    /// The venue.
+    pub venue: Venue,
+    /// Where the procedure is documented.
+    pub source: String,
+    /// The procedure, step by step, as the venue documents it.
+    pub procedure: Vec<String>,
+    /// Which position goes first. `null`: the venue does not document it (see
+    /// `positions_first_reason`); liqwatch does not guess.
+    pub positions_first: Option<String>,
+    /// Why `positions_first` is `null`.
+    pub positions_first_reason: Option<String>,
+    /// Partial-liquidation steps, per position the venue reduces step by step.
+    pub partial: Vec<PartialLiquidation>,
+}
+
+/// How one position is reduced step by step before (or instead of) a full liquidation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialLiquidation {
+    /// The contract.
+    pub instrument: InstrumentId,
+    /// The leg.
+    pub side: PositionSide,
+    /// The venue's rule, in words.
+    pub rule: String,
+    /// The steps, first first (may be empty when the venue does not publish the sizes).
+    pub steps: Vec<PartialStep>,
+}
+
+/// One partial-liquidation step.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialStep {
+    /// Notional closed from the current position to reach this step (cumulative: the steps of
+    /// a ladder are alternatives the venue tries in order, each from the full position; USD at
+    /// these prices).
+    pub close_notional: Decimal,
+    /// Notional left after it.
+    pub remaining_notional: Decimal,
+    /// The tier (1-based) the position is in after the step, where the step is a tier.
+    pub to_tier: Option<u32>,
+    /// Fee on `close_notional` at the instrument's fee rate (USD).
+    pub penalty: Decimal,
 }
 
 /// Where an account stands against its levels.

@@ -309,6 +309,7 @@ pub(crate) mod tests {
                 liquidation_penalty: dec!(12.5),
                 positions: vec![],
                 collateral: vec![],
+                liquidation_cost: None,
             }),
             prices: vec![],
             stale_prices: false,

@@ -54,6 +54,7 @@ fn entry(seq: u64, kind: EventKind) -> JournalEntry {
             liquidation_penalty: dec!(50),
             positions: vec![],
             collateral: vec![],
+            liquidation_cost: None,
         }),
         prices: vec![],
         stale_prices: false,

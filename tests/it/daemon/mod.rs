@@ -1,6 +1,7 @@
 //! The real `liqwatch` binary: CLI, stress command, end to end, its `/metrics`, and the deploy
 //! files.
 
+mod backtest;
 mod cli;
 mod deploy_files;
 mod e2e;

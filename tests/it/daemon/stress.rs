@@ -255,3 +255,51 @@ fn bad_prices_scenarios_and_missing_files_exit_2() {
     let out = stress(&["--format", "yaml"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+fn cents(v: &Value) -> String {
+    let d: rust_decimal::Decimal = v
+        .as_str()
+        .expect("decimal string")
+        .parse()
+        .expect("decimal");
+    liqwatch::margin::to_cents(d).to_string()
+}
+
+/// Issue 13 part 5: every row says what a liquidation would cost. W3 (preset fees 0.3 % BTC,
+/// 0.5 % ETH and SOL) at −10 % is triggered: penalty 567,000·0.003 + 405,000·0.005 +
+/// 270,000·0.005 = 5,076.00 against equity 3,450.00, a shortfall of 1,626.00. Healthy W3 is
+/// costed at its shock to the trigger x* = 12,917/14,285: penalty 5,640·x* = 5,099.89 against
+/// equity = MM = 7,115.58 (W5), a surplus of 2,015.69. Binance's procedure is attached.
+#[test]
+fn liquidation_cost_to_the_cent() {
+    let doc = json(&["--shock", "all=-10%"]);
+    let t = &row(&doc, "w3-cross-desk", "all=-10%")["liquidation_cost"];
+    assert_eq!(t["at"], "scenario");
+    assert_eq!(t["shock"], Value::Null);
+    assert_eq!(cents(&t["penalty"]), "5076.00");
+    assert_eq!(cents(&t["equity"]), "3450.00");
+    assert_eq!(t["surplus"], "0");
+    assert_eq!(cents(&t["shortfall"]), "1626.00");
+    assert_eq!(t["venue"], "binance-usdm");
+    assert_eq!(t["order"]["venue"], "binance-usdm");
+    assert_eq!(t["order"]["positions_first"], Value::Null);
+
+    let h = &row(&doc, "w3-cross-desk", "none")["liquidation_cost"];
+    assert_eq!(h["at"], "shock_to_trigger");
+    assert!(h["shock"].as_str().unwrap().starts_with("-0.0957647882"));
+    assert_eq!(cents(&h["penalty"]), "5099.89");
+    assert_eq!(cents(&h["equity"]), "7115.58");
+    assert_eq!(cents(&h["surplus"]), "2015.69");
+    assert_eq!(h["shortfall"], "0");
+
+    let out = stress(&["--shock", "all=-10%"]);
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    assert!(
+        text.contains("penalty 5,076.00 (147.13 %), shortfall 1,626.00"),
+        "{text}"
+    );
+    assert!(
+        text.contains("at -9.5765 %: penalty 5,099.89 (71.67 %), surplus 2,015.69"),
+        "{text}"
+    );
+}

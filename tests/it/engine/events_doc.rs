@@ -11,7 +11,7 @@ use liqwatch::engine::map::AccountMap;
 use liqwatch::engine::{Engine, EngineConfig, MonitorConfig};
 use liqwatch::model::{
     Account, AccountUpdate, EventKind, FeedEventInfo, Instrument, InstrumentId, InstrumentKind,
-    PriceUsed, RiskEvent, Venue,
+    PriceField, PriceSource, PriceUsed, RiskEvent, Venue,
 };
 use liqwatch::prices::StaleTransition;
 use rust_decimal::Decimal;
@@ -42,20 +42,38 @@ fn instruments() -> Vec<Instrument> {
     let mut btc = instrument("BTC", InstrumentKind::Collateral, "BTC", vec![]);
     btc.collateral_ratio = dec!(0.95);
     btc.liquidation_fee_rate = Decimal::ZERO;
+    // Priced (and margined) on Binance USD-M: the trigger's liquidation cost names the venue.
+    let binance = |mut i: Instrument, symbol: &str| {
+        i.sources = vec![PriceSource {
+            venue: Venue::BinanceUsdm,
+            symbol: symbol.into(),
+            field: PriceField::Mark,
+        }];
+        i
+    };
     vec![
-        instrument(
-            "BTCUSDT-PERP",
-            InstrumentKind::LinearPerpetual,
-            "BTC",
-            btc_eth.clone(),
+        binance(
+            instrument(
+                "BTCUSDT-PERP",
+                InstrumentKind::LinearPerpetual,
+                "BTC",
+                btc_eth.clone(),
+            ),
+            "BTCUSDT",
         ),
-        instrument(
-            "ETHUSDT-PERP",
-            InstrumentKind::LinearPerpetual,
-            "ETH",
-            btc_eth,
+        binance(
+            instrument(
+                "ETHUSDT-PERP",
+                InstrumentKind::LinearPerpetual,
+                "ETH",
+                btc_eth,
+            ),
+            "ETHUSDT",
         ),
-        instrument("SOLUSDT-PERP", InstrumentKind::LinearPerpetual, "SOL", sol),
+        binance(
+            instrument("SOLUSDT-PERP", InstrumentKind::LinearPerpetual, "SOL", sol),
+            "SOLUSDT",
+        ),
         usdt,
         btc,
     ]

@@ -1,6 +1,7 @@
 //! The engine: account map, monitor and distance index under property tests and real threads,
 //! and the event examples of docs/events.md.
 
+mod after_trigger;
 mod concurrency;
 mod events_doc;
 mod exposure;

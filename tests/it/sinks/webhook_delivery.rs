@@ -49,6 +49,7 @@ fn entry(seq: u64, kind: EventKind, account: &str, ratio: Decimal) -> JournalEnt
             liquidation_penalty: dec!(50),
             positions: vec![],
             collateral: vec![],
+            liquidation_cost: None,
         }),
         prices: vec![],
         stale_prices: false,

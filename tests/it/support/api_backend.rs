@@ -120,6 +120,7 @@ pub fn view(id: &str, ratio: Decimal) -> AccountView {
             liquidation_penalty: Decimal::ZERO,
             positions: vec![],
             collateral: vec![],
+            liquidation_cost: None,
         },
         prices: vec![],
         stale_prices: false,

@@ -160,6 +160,7 @@ pub fn sample_event(account: &str, account_seq: u64, kind: EventKind) -> RiskEve
                     value: d("3535.45"),
                 },
             ],
+            liquidation_cost: None,
         }),
         prices: vec![
             price("BTCUSDT-PERP", "37215.32"),

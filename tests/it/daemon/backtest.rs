@@ -1,0 +1,386 @@
+//! `liqwatch backtest` as a real binary on the shipped 2021-05-19 recording and demo accounts:
+//! the report's figures, byte-identical reruns, eager = indexed, well-formed SVG charts and an
+//! index page that links them, and exit code 2 on bad input.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn backtest(args: &[&str], out: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_liqwatch"))
+        .current_dir(repo())
+        .arg("backtest")
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("run liqwatch")
+}
+
+const DEMO: [&str; 6] = [
+    "--replay",
+    "feeds/replay/crash-2021-05-19.jsonl",
+    "--accounts",
+    "feeds/demo/accounts.json",
+    "--config",
+    "feeds/demo/liqwatch.toml",
+];
+
+fn ok(args: &[&str], out: &Path) -> Output {
+    let o = backtest(args, out);
+    assert!(
+        o.status.success(),
+        "exit {:?}, stderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// Every file under `dir`, by relative path.
+fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().to_string();
+                out.insert(rel, std::fs::read(&p).expect("read"));
+            }
+        }
+    }
+    out
+}
+
+fn report(dir: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join("report.json")).expect("report.json"))
+        .expect("report.json parses")
+}
+
+fn account<'a>(r: &'a Value, id: &str) -> &'a Value {
+    r["accounts"]
+        .as_array()
+        .expect("accounts")
+        .iter()
+        .find(|a| a["account"] == id)
+        .unwrap_or_else(|| panic!("no account {id}"))
+}
+
+/// The 2021-05-19 crash against the demo accounts (levels 0.3 / 0.6 / 1.0, hysteresis 0.2):
+/// every one of the 2,304 frames is a step (no coalescing); desk-alpha warns at 10:47:30.1,
+/// triggers at 11:17:30.1 (lead time 30 minutes) with negative equity, so the liquidation's
+/// penalty is all shortfall plus the deficit; fund-beta warns and recovers near the lows
+/// without a trigger; mm-gamma stays quiet. The table is printed and written.
+#[test]
+fn crash_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(&DEMO, dir.path());
+    let r = report(dir.path());
+    assert_eq!(r["counts"]["frames"], 2304);
+    assert_eq!(r["counts"]["steps"], 2304);
+    assert_eq!(r["counts"]["bad_lines"], 0);
+
+    let a = account(&r, "desk-alpha");
+    assert_eq!(a["first_warning"]["time"], "2021-05-19T10:47:30.100Z");
+    assert_eq!(a["first_trigger"]["time"], "2021-05-19T11:17:30.100Z");
+    assert_eq!(a["lead_time_ms"], 1_800_000);
+    assert_eq!(a["lead_time"], "30m 00s");
+    assert_eq!(a["worst_ratio"]["margin_ratio"], "inf");
+    let cost = &a["liquidation_cost"];
+    let d = |v: &Value| -> rust_decimal::Decimal { v.as_str().unwrap().parse().unwrap() };
+    assert!(d(&cost["equity"]) < rust_decimal::Decimal::ZERO);
+    assert_eq!(d(&cost["surplus"]), rust_decimal::Decimal::ZERO);
+    assert_eq!(
+        d(&cost["shortfall"]),
+        d(&cost["penalty"]) - d(&cost["equity"])
+    );
+    assert_eq!(cost["venue"], "binance-usdm");
+    let kinds: Vec<&str> = a["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.last(), Some(&"liquidation_trigger"), "{kinds:?}");
+
+    let b = account(&r, "fund-beta");
+    assert_eq!(b["first_trigger"], Value::Null);
+    assert_eq!(b["lead_time_ms"], Value::Null);
+    assert!(b["first_warning"]["time"].is_string());
+    let g = account(&r, "mm-gamma");
+    assert_eq!(g["events"].as_array().unwrap().len(), 0);
+
+    // events.jsonl holds every account event, numbered in order.
+    let lines = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+    let total: usize = r["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["events"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(lines.lines().count(), total);
+    let first: Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    assert_eq!(first["event_id"], "00000000-0000-0000-0000-000000000001");
+
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let table = std::fs::read_to_string(dir.path().join("report.txt")).unwrap();
+    assert!(stdout.starts_with(&table), "{stdout}");
+    assert!(
+        table.contains("desk-alpha  2021-05-19 10:47:30  2021-05-19 11:17:30  30m 00s"),
+        "{table}"
+    );
+    assert!(
+        table.contains(
+            "desk-alpha  2021-05-19 11:17:30.100  liquidation_trigger    1.0      inf  -23,794.95"
+        ),
+        "{table}"
+    );
+}
+
+/// Two runs of the same inputs write the same files, byte for byte; the eager engine (no
+/// distance index) reports exactly what the indexed one does.
+#[test]
+fn reruns_are_byte_identical_and_eager_equals_indexed() {
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    ok(&DEMO, one.path());
+    ok(&DEMO, two.path());
+    let (a, b) = (files(one.path()), files(two.path()));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    assert!(a.len() >= 7, "{:?}", a.keys());
+    for (name, bytes) in &a {
+        assert!(b[name] == *bytes, "{name} differs between two runs");
+    }
+
+    // The demo config with the index off (its preset path made absolute).
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let eager_cfg = cfg_dir.path().join("eager.toml");
+    let presets = repo().join("feeds/presets.toml");
+    let text = std::fs::read_to_string(repo().join("feeds/demo/liqwatch.toml")).unwrap();
+    let text = text
+        .replace("[engine]\n", "[engine]\ndistance_index = false\n")
+        .replace(
+            "\"../presets.toml\"",
+            &format!("{:?}", presets.display().to_string()),
+        );
+    assert!(text.contains("distance_index = false") && text.contains(&*presets.to_string_lossy()));
+    std::fs::write(&eager_cfg, text).unwrap();
+    let eager = tempfile::tempdir().unwrap();
+    let mut args = DEMO;
+    let eager_arg = eager_cfg.display().to_string();
+    args[5] = &eager_arg;
+    ok(&args, eager.path());
+    let (x, y) = (report(one.path()), report(eager.path()));
+    assert_eq!(x["accounts"], y["accounts"]);
+    assert_eq!(x["counts"], y["counts"]);
+    assert_eq!(
+        std::fs::read(one.path().join("events.jsonl")).unwrap(),
+        std::fs::read(eager.path().join("events.jsonl")).unwrap()
+    );
+}
+
+/// A minimal XML well-formedness check: balanced, properly nested tags; quoted attributes;
+/// entities only `&name;` / `&#n;`; one root. Returns the element names in document order.
+fn well_formed(xml: &str) -> Result<Vec<String>, String> {
+    let mut stack: Vec<String> = Vec::new();
+    let mut names = Vec::new();
+    let mut roots = 0;
+    let mut rest = xml;
+    let check_text = |t: &str| -> Result<(), String> {
+        let mut it = t.split('&').skip(1);
+        for part in it.by_ref() {
+            let end = part.find(';').ok_or_else(|| format!("bare & in {t:?}"))?;
+            let ent = &part[..end];
+            let ok = matches!(ent, "amp" | "lt" | "gt" | "quot" | "apos")
+                || (ent.starts_with('#') && ent[1..].chars().all(|c| c.is_ascii_digit()));
+            if !ok {
+                return Err(format!("bad entity &{ent};"));
+            }
+        }
+        if t.contains('>') && !t.trim().is_empty() {
+            // '>' in text is legal XML, but we never write it: flag it as unescaped.
+            return Err(format!("unescaped > in {t:?}"));
+        }
+        Ok(())
+    };
+    while let Some(i) = rest.find('<') {
+        check_text(&rest[..i])?;
+        rest = &rest[i..];
+        if rest.starts_with("<?") {
+            let e = rest.find("?>").ok_or("unterminated <?")?;
+            rest = &rest[e + 2..];
+            continue;
+        }
+        if rest.starts_with("<!--") {
+            let e = rest.find("-->").ok_or("unterminated comment")?;
+            rest = &rest[e + 3..];
+            continue;
+        }
+        let e = rest.find('>').ok_or("unterminated tag")?;
+        let tag = &rest[1..e];
+        rest = &rest[e + 1..];
+        if let Some(name) = tag.strip_prefix('/') {
+            let open = stack
+                .pop()
+                .ok_or(format!("</{name}> without an open tag"))?;
+            if open != name.trim() {
+                return Err(format!("</{name}> closes <{open}>"));
+            }
+            continue;
+        }
+        let self_closing = tag.ends_with('/');
+        let body = tag.trim_end_matches('/');
+        let name: String = body.chars().take_while(|c| !c.is_whitespace()).collect();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == ':')
+        {
+            return Err(format!("bad element name in <{tag}>"));
+        }
+        // Attributes: name="value" pairs.
+        let mut attrs = body[name.len()..].trim();
+        while !attrs.is_empty() {
+            let eq = attrs
+                .find('=')
+                .ok_or(format!("attribute without value in <{tag}>"))?;
+            let after = &attrs[eq + 1..];
+            if !after.starts_with('"') {
+                return Err(format!("unquoted attribute in <{tag}>"));
+            }
+            let close = after[1..]
+                .find('"')
+                .ok_or(format!("unterminated attribute in <{tag}>"))?;
+            check_text(&after[1..1 + close])?;
+            if after[1..1 + close].contains('<') {
+                return Err(format!("< in an attribute of <{tag}>"));
+            }
+            attrs = after[close + 2..].trim_start();
+        }
+        if stack.is_empty() {
+            roots += 1;
+        }
+        names.push(name.clone());
+        if !self_closing {
+            stack.push(name);
+        }
+    }
+    check_text(rest)?;
+    if !stack.is_empty() {
+        return Err(format!("unclosed {stack:?}"));
+    }
+    if roots != 1 {
+        return Err(format!("{roots} root elements"));
+    }
+    Ok(names)
+}
+
+/// The checker itself rejects what it must.
+#[test]
+fn xml_checker_catches_bad_documents() {
+    assert!(well_formed("<svg><g></g><path d=\"M1,2\"/></svg>").is_ok());
+    for bad in [
+        "<svg><g></svg>",
+        "<svg>a & b</svg>",
+        "<svg x=1/>",
+        "<svg></svg><svg></svg>",
+        "<svg><text>a<b</text></svg>",
+        "<svg><text>&nbsp;</text></svg>",
+    ] {
+        assert!(well_formed(bad).is_err(), "{bad}");
+    }
+}
+
+/// Each account's chart is well-formed SVG with the equity and MM paths, one dashed path per
+/// level, and one marker per event; index.html links every chart, and each link exists.
+#[test]
+fn charts_are_well_formed_and_linked() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(&DEMO, dir.path());
+    let r = report(dir.path());
+    let index = std::fs::read_to_string(dir.path().join("index.html")).unwrap();
+    for a in r["accounts"].as_array().unwrap() {
+        let chart = a["chart"].as_str().unwrap();
+        assert!(index.contains(&format!("href=\"{chart}\"")), "{chart}");
+        let svg = std::fs::read_to_string(dir.path().join(chart)).unwrap();
+        let names = well_formed(&svg).unwrap_or_else(|e| panic!("{chart}: {e}"));
+        assert_eq!(names.first().map(String::as_str), Some("svg"), "{chart}");
+        let levels = a["levels"]["warning_levels"].as_array().unwrap().len() + 1;
+        let paths = names.iter().filter(|n| *n == "path").count();
+        assert_eq!(
+            paths,
+            levels + 2,
+            "{chart}: equity, MM and one path per level"
+        );
+        let events = a["events"].as_array().unwrap().len();
+        let circles = names.iter().filter(|n| *n == "circle").count();
+        assert_eq!(circles, events, "{chart}: one marker per event");
+        assert!(svg.contains(a["account"].as_str().unwrap()));
+        // Every point of the series is drawn: the equity path has one vertex per point.
+        let eq = svg
+            .lines()
+            .find(|l| l.contains("<title>equity</title>"))
+            .unwrap();
+        let vertices = eq.matches(" L").count() + 1;
+        assert_eq!(vertices as u64, a["points"].as_u64().unwrap(), "{chart}");
+    }
+}
+
+/// A missing replay file or accounts file is exit 2 with the file named; nothing is written.
+#[test]
+fn bad_input_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let o = backtest(
+        &[
+            "--replay",
+            "feeds/replay/nope.jsonl",
+            "--accounts",
+            "feeds/demo/accounts.json",
+        ],
+        &out,
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nope.jsonl"));
+    assert!(!out.exists());
+    let o = backtest(
+        &[
+            "--replay",
+            "feeds/replay/crash-2021-05-19.jsonl",
+            "--accounts",
+            "feeds/demo/missing.json",
+        ],
+        &out,
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("missing.json"));
+}
+
+/// Without `--config` (default levels: warning 0.8, trigger 1.0, presets from
+/// `feeds/presets.toml`) desk-alpha goes from 65.90 % straight past the trigger in one
+/// 5-minute candle: no warning at all, lead time 0 — what a ratio-only warning misses.
+#[test]
+fn default_levels_no_warning_lead_time_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(&DEMO[..4], dir.path());
+    let r = report(dir.path());
+    assert_eq!(r["config"], Value::Null);
+    assert_eq!(r["after_trigger"], "keep_watching");
+    let a = account(&r, "desk-alpha");
+    assert_eq!(a["levels"]["warning_levels"], serde_json::json!(["0.8"]));
+    assert_eq!(a["first_warning"], Value::Null);
+    assert_eq!(a["episode_warning"], Value::Null);
+    assert_eq!(a["first_trigger"]["time"], "2021-05-19T11:17:30.100Z");
+    assert_eq!(a["lead_time_ms"], 0);
+    assert_eq!(a["lead_time"], "0s");
+    let crossed = &a["events"][0]["crossed_levels"];
+    assert_eq!(crossed, &serde_json::json!(["0.8", "1"]), "{a}");
+}
