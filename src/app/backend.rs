@@ -20,7 +20,7 @@ use crate::model::{
 };
 use crate::prices::PriceBoard;
 use crate::sinks::{JournalEntry, SinkHealth};
-use crate::sources::{AccountWriter, Applied, ApplyError, UpdateOrigin};
+use crate::sources::{AccountWriter, Applied, ApplyError, UpdateKey, UpdateOrigin};
 
 /// The API's view of the running daemon: reads go straight to the shared map, board, registry
 /// and journal; account updates go to the engine runner and are answered once persisted.
@@ -80,12 +80,14 @@ impl AccountWriter for Backend {
         &self,
         update: AccountUpdate,
         origin: UpdateOrigin,
+        key: Option<UpdateKey>,
     ) -> BoxFuture<'_, Result<Applied, ApplyError>> {
         Box::pin(async move {
             let (reply, rx) = oneshot::channel();
             let req = EngineRequest::Update {
                 update,
                 origin,
+                key,
                 reply,
             };
             match tokio::time::timeout(Duration::from_secs(10), self.engine.send(req)).await {

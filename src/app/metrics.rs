@@ -32,8 +32,9 @@ const UPDATE_KINDS: [&str; 4] = ["replace", "fill", "collateral", "remove"];
 /// Delivery outcomes of the webhook and NATS request counters.
 const OUTCOMES: [&str; 3] = ["ok", "retriable", "permanent"];
 /// `liqwatch_ingest_updates_total{outcome}`.
-const INGEST_OUTCOMES: [&str; 7] = [
+const INGEST_OUTCOMES: [&str; 8] = [
     "applied",
+    "duplicate",
     "malformed",
     "invalid",
     "rejected",

@@ -37,7 +37,6 @@ mod runner;
 mod spawn;
 mod startup;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -216,7 +215,7 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
         journal: Arc::clone(&journal),
         states: Arc::clone(&states),
         events: Arc::clone(&events_count),
-        nats_seen: HashMap::new(),
+        update_ids: cfg.accounts.update_ids,
         state_counts: StateCounts::from_states(&states),
     };
     let engine_task = tokio::spawn(

@@ -14,7 +14,6 @@
 //! An account update is answered only after it is applied **and** persisted; when persisting
 //! fails the engine reverts the map, so memory and store agree.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -24,10 +23,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Emitted, Engine, PendingUpdate, UpdateOutcome};
-use crate::journal::Journal;
+use crate::journal::{AccountWrite, Journal, UpdateIdRecord, UpdateIdWindow};
 use crate::model::{AccountId, AccountState, AccountUpdate, InstrumentId, RiskEvent, now_ms};
 use crate::prices::{Composite, PriceBoard};
-use crate::sources::{Applied, ApplyError, UpdateOrigin};
+use crate::sources::{Applied, ApplyError, UpdateKey, UpdateOrigin, update_digest};
 
 /// A request to the engine task.
 pub(crate) enum EngineRequest {
@@ -35,6 +34,8 @@ pub(crate) enum EngineRequest {
     Update {
         update: AccountUpdate,
         origin: UpdateOrigin,
+        /// The update's id: applied once within the window ([`UpdateIdWindow`]).
+        key: Option<UpdateKey>,
         reply: oneshot::Sender<Result<Applied, ApplyError>>,
     },
 }
@@ -48,8 +49,9 @@ pub(crate) struct Runner {
     pub states: Arc<DashMap<AccountId, AccountState>>,
     /// Events journaled since start.
     pub events: Arc<AtomicU64>,
-    /// Highest NATS stream sequence applied, per stream (redeliveries in this process).
-    pub nats_seen: HashMap<String, u64>,
+    /// How long applied update ids are remembered (a NATS redelivery is keyed by its stream
+    /// sequence, so it is recognised across restarts too).
+    pub update_ids: UpdateIdWindow,
     /// Accounts per monitor state, for `liqwatch_accounts_by_state`.
     pub state_counts: StateCounts,
 }
@@ -168,9 +170,10 @@ impl Runner {
             EngineRequest::Update {
                 update,
                 origin,
+                key,
                 reply,
             } => {
-                let r = self.apply_update(update, &origin).await;
+                let r = self.apply_update(update, &origin, key).await;
                 let _ = reply.send(r);
             }
         }
@@ -180,19 +183,21 @@ impl Runner {
         &mut self,
         update: AccountUpdate,
         origin: &UpdateOrigin,
+        key: Option<UpdateKey>,
     ) -> Result<Applied, ApplyError> {
-        if let UpdateOrigin::Nats {
-            stream,
-            stream_sequence,
-            ..
-        } = origin
-            && self
-                .nats_seen
-                .get(stream)
-                .is_some_and(|s| *stream_sequence <= *s)
-        {
-            return Ok(Applied::Duplicate);
-        }
+        // An id seen before: a repeat is acknowledged without applying, a reuse for another
+        // update refused. Updates are applied one at a time here, so nothing can record the
+        // same id between this look-up and the write below.
+        let id = match key {
+            None => None,
+            Some(key) => {
+                let digest = update_digest(&update);
+                if let Some(answer) = self.seen(&key, &digest, origin).await? {
+                    return answer;
+                }
+                Some((key, digest))
+            }
+        };
         let pending = self.engine.begin_update(update).map_err(|e| match e {
             crate::engine::AccountError::UnknownAccount(id) => ApplyError::NotFound(id),
             other => ApplyError::Invalid {
@@ -200,8 +205,19 @@ impl Runner {
                 message: other.to_string(),
             },
         })?;
-        // Persist before answering; revert on failure so memory and store agree.
-        if let Err(reason) = self.persist(&pending).await {
+        let applied = match pending.outcome() {
+            UpdateOutcome::Created(_) => Applied::Created,
+            UpdateOutcome::Updated(_) => Applied::Updated,
+            UpdateOutcome::Removed(_) => Applied::Removed,
+        };
+        let record = id.map(|(key, digest)| UpdateIdRecord {
+            key: key.as_stored().to_string(),
+            digest,
+            result: applied_str(applied).to_string(),
+        });
+        // Persist (with the update's id, in one transaction) before answering; revert on
+        // failure so memory and store agree.
+        if let Err(reason) = self.persist(&pending, record).await {
             let id = pending.account_id().clone();
             if let Err(e) = self.engine.revert(pending) {
                 tracing::error!(account = %id, error = %e, "Could not undo an update that failed to persist");
@@ -209,20 +225,6 @@ impl Runner {
             tracing::error!(account = %id, %reason, "Account update not persisted; undone");
             return Err(ApplyError::Persist(reason));
         }
-        if let UpdateOrigin::Nats {
-            stream,
-            stream_sequence,
-            ..
-        } = origin
-        {
-            let e = self.nats_seen.entry(stream.clone()).or_insert(0);
-            *e = (*e).max(*stream_sequence);
-        }
-        let applied = match pending.outcome() {
-            UpdateOutcome::Created(_) => Applied::Created,
-            UpdateOutcome::Updated(_) => Applied::Updated,
-            UpdateOutcome::Removed(_) => Applied::Removed,
-        };
         let id = pending.account_id().clone();
         let emitted = self.engine.settle(pending, &*self.board, now_ms());
         if applied == Applied::Removed
@@ -236,31 +238,66 @@ impl Runner {
         Ok(applied)
     }
 
-    /// Writes the account as the map now has it (or deletes it) to the journal's store.
-    async fn persist(&self, pending: &PendingUpdate) -> Result<(), String> {
+    /// `Some(answer)` when `key` was already applied (within the window): a duplicate when it
+    /// came with the same update, a conflict otherwise.
+    async fn seen(
+        &self,
+        key: &UpdateKey,
+        digest: &str,
+        origin: &UpdateOrigin,
+    ) -> Result<Option<Result<Applied, ApplyError>>, ApplyError> {
         let j = Arc::clone(&self.journal);
-        let id = pending.account_id().clone();
+        let stored = key.as_stored().to_string();
+        let window = self.update_ids;
+        let seen = tokio::task::spawn_blocking(move || j.seen_update(&stored, &window))
+            .await
+            .map_err(|e| ApplyError::Unavailable(e.to_string()))?
+            .map_err(|e| ApplyError::Unavailable(format!("cannot read update ids: {e}")))?;
+        let Some(seen) = seen else { return Ok(None) };
+        if seen.digest == digest {
+            tracing::info!(update_id = %key, source = origin.label(), account = %seen.account_id, "Update already applied; acknowledged without applying it again");
+            return Ok(Some(Ok(Applied::Duplicate)));
+        }
+        Ok(Some(Err(ApplyError::Conflict {
+            id: key.shown().to_string(),
+            detail: format!(
+                "it {} account {} at {} ms since the epoch",
+                seen.result, seen.account_id, seen.recorded_ms
+            ),
+        })))
+    }
+
+    /// Writes the account as the map now has it (or deletes it) to the journal's store, with
+    /// the update's id in the same transaction.
+    async fn persist(
+        &self,
+        pending: &PendingUpdate,
+        record: Option<UpdateIdRecord>,
+    ) -> Result<(), String> {
+        let j = Arc::clone(&self.journal);
+        let account_id = pending.account_id().clone();
         let write = match pending.outcome() {
-            UpdateOutcome::Removed(_) => tokio::task::spawn_blocking(move || {
-                j.delete_account(&id).map(|_| ()).map_err(|e| e.to_string())
-            }),
-            _ => {
-                let json = match self
-                    .engine
-                    .map()
-                    .account(&id)
-                    .map(|a| serde_json::to_string(&a))
-                {
-                    Some(Ok(json)) => json,
-                    Some(Err(e)) => return Err(e.to_string()),
-                    None => return Err("account vanished".into()),
-                };
-                tokio::task::spawn_blocking(move || {
-                    j.upsert_accounts(&[(id, json)]).map_err(|e| e.to_string())
-                })
-            }
+            UpdateOutcome::Removed(_) => AccountWrite::Delete { account_id },
+            _ => match self
+                .engine
+                .map()
+                .account(&account_id)
+                .map(|a| serde_json::to_string(&a))
+            {
+                Some(Ok(json)) => AccountWrite::Upsert { account_id, json },
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("account vanished".into()),
+            },
         };
-        write.await.map_err(|e| e.to_string()).and_then(|r| r)
+        let window = self.update_ids;
+        tokio::task::spawn_blocking(move || {
+            j.store_account_update(&write, record.as_ref(), &window)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
     }
 
     /// Journals account events (with their monitor states) and feed events in one transaction.
@@ -299,6 +336,16 @@ impl Runner {
             }
         }
         self.state_counts.publish(self.engine.map().len());
+    }
+}
+
+/// What an update did, as recorded with its id.
+fn applied_str(applied: Applied) -> &'static str {
+    match applied {
+        Applied::Created => "created",
+        Applied::Updated => "updated",
+        Applied::Removed => "removed",
+        Applied::Duplicate => "duplicate",
     }
 }
 

@@ -138,6 +138,8 @@ pub struct AccountsConfig {
     pub snapshot: Option<PathBuf>,
     /// `[accounts.nats]`: a JetStream durable consumer of account updates.
     pub nats: Option<NatsIngestConfig>,
+    /// `update_id_window` / `update_id_limit`: how long applied update ids are remembered.
+    pub update_ids: crate::journal::UpdateIdWindow,
 }
 
 /// Where a `[[feeds]]` entry gets its prices.
@@ -269,6 +271,9 @@ struct RawEngine {
 struct RawAccounts {
     snapshot: Option<String>,
     nats: Option<RawAccountsNats>,
+    #[serde(default, with = "humantime_serde")]
+    update_id_window: Option<Duration>,
+    update_id_limit: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -679,7 +684,28 @@ impl Cx<'_, '_> {
                 shard,
             }
         });
-        AccountsConfig { snapshot, nats }
+        let d = crate::journal::UpdateIdWindow::default();
+        let update_ids = crate::journal::UpdateIdWindow {
+            max_ids: raw.update_id_limit.unwrap_or(d.max_ids),
+            max_age: raw.update_id_window.unwrap_or(d.max_age),
+        };
+        if update_ids.max_ids == 0 {
+            self.problem(
+                &[P::K("accounts"), P::K("update_id_limit")],
+                "must be at least 1 (a window that keeps no id would apply every retry again)",
+            );
+        }
+        if update_ids.max_age.is_zero() {
+            self.problem(
+                &[P::K("accounts"), P::K("update_id_window")],
+                "must be longer than 0s (a window that keeps no id would apply every retry again)",
+            );
+        }
+        AccountsConfig {
+            snapshot,
+            nats,
+            update_ids,
+        }
     }
 
     /// Reads every `[[feeds]]` entry; each venue feed's `stale_after` goes into the price

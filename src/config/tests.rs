@@ -369,3 +369,28 @@ fn no_env_placeholder_passes_every_env_check() {
     let bad = text.replace("UNSET_A", "not a name");
     assert!(parse(&bad, Path::new("/etc/liqwatch/l.toml"), &placeholder).is_err());
 }
+
+/// `[accounts] update_id_window` / `update_id_limit` default to 24 h / 100,000, are read, and a
+/// window that would keep no id is refused naming its key.
+#[test]
+fn update_id_window_keys() {
+    let c = ok(MIN);
+    assert_eq!(
+        c.accounts.update_ids,
+        crate::journal::UpdateIdWindow::default()
+    );
+    let c = ok(&format!(
+        "{MIN}\n[accounts]\nupdate_id_window = \"2h\"\nupdate_id_limit = 7\n"
+    ));
+    assert_eq!(c.accounts.update_ids.max_ids, 7);
+    assert_eq!(c.accounts.update_ids.max_age, Duration::from_secs(2 * 3600));
+    let p = problems(&format!(
+        "{MIN}\n[accounts]\nupdate_id_window = \"0s\"\nupdate_id_limit = 0\n"
+    ));
+    let k: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        k,
+        vec!["accounts.update_id_window", "accounts.update_id_limit"],
+        "{p:?}"
+    );
+}

@@ -57,8 +57,9 @@ pub struct JournalEntry {
     pub json: String,
 }
 
-/// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+/// The schema version this build writes (`PRAGMA user_version`). Version 2 added the
+/// `update_ids` table ([`update_ids`]); older journals are migrated on open.
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// `PRAGMA application_id` of a liqwatch journal (`LQWJ`): it tells a journal from any other
 /// SQLite file. Journals created before it was stamped (id 0, our schema version and tables) are
@@ -536,7 +537,7 @@ impl Journal {
         }
         // Creating the schema and stamping the open time proves the file is writable now.
         conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {SCHEMA_V1} PRAGMA user_version = {SCHEMA_VERSION};
+            "BEGIN IMMEDIATE; {SCHEMA_V1} {SCHEMA_V2} PRAGMA user_version = {SCHEMA_VERSION};
              PRAGMA application_id = {APPLICATION_ID};
              INSERT INTO meta(key, value) VALUES ('opened_ms', '{}')
                ON CONFLICT(key) DO UPDATE SET value = excluded.value;
@@ -1044,7 +1045,10 @@ impl Writer {
 
 mod cursors; // per-sink cursors, history reads and dead letters
 mod handle; // the async handle: journal calls on tokio's blocking pool
+pub mod update_ids; // ids of applied account updates, committed with the account write
 pub use handle::JournalHandle;
+use update_ids::SCHEMA_V2;
+pub use update_ids::{AccountWrite, SeenUpdate, UpdateIdRecord, UpdateIdWindow};
 
 #[cfg(test)]
 mod tests;
