@@ -173,13 +173,41 @@ pub trait ApiBackend: AccountWriter {
     ) -> BoxFuture<'_, Result<Vec<JournalEntry>, BackendError>>;
 }
 
+/// The bearer token mutations need, kept only as its SHA-256 digest, shared by every clone of
+/// an [`ApiState`] so it can be replaced while the API serves.
+#[derive(Clone, Default)]
+pub struct ApiToken(Arc<parking_lot::RwLock<Option<[u8; 32]>>>);
+
+impl ApiToken {
+    /// Sets the token; `None` or an empty token refuses every mutation (403).
+    pub fn set(&self, token: Option<&str>) {
+        *self.0.write() = token
+            .filter(|t| !t.is_empty())
+            .map(|t| Sha256::digest(t.as_bytes()).into());
+    }
+
+    fn digest(&self) -> Option<[u8; 32]> {
+        *self.0.read()
+    }
+}
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.digest().is_some() {
+            "ApiToken(set)"
+        } else {
+            "ApiToken(none)"
+        })
+    }
+}
+
 /// Everything the router needs.
 #[derive(Clone)]
 pub struct ApiState {
     backend: Arc<dyn ApiBackend>,
     events: broadcast::Sender<Arc<JournalEntry>>,
     metrics: Option<PrometheusHandle>,
-    token_digest: Option<[u8; 32]>,
+    token: ApiToken,
     body_limit: usize,
     shutdown: CancellationToken,
     sse_clients: Arc<std::sync::atomic::AtomicUsize>,
@@ -198,7 +226,7 @@ impl ApiState {
             backend,
             events,
             metrics: None,
-            token_digest: None,
+            token: ApiToken::default(),
             body_limit: DEFAULT_BODY_LIMIT,
             shutdown: CancellationToken::new(),
             sse_clients: Arc::default(),
@@ -227,9 +255,15 @@ impl ApiState {
 
     /// Require `Authorization: Bearer <token>` on mutations. The token (read by the daemon from
     /// the environment) is kept only as its SHA-256 digest. An empty token disables mutations.
-    pub fn with_token(mut self, token: &str) -> ApiState {
-        self.token_digest = (!token.is_empty()).then(|| Sha256::digest(token.as_bytes()).into());
+    pub fn with_token(self, token: &str) -> ApiState {
+        self.token.set(Some(token));
         self
+    }
+
+    /// The handle that changes the token of this state (and of every clone of it) while the
+    /// router serves: a SIGHUP reload sets the re-read token here.
+    pub fn token_handle(&self) -> ApiToken {
+        self.token.clone()
     }
 
     /// Request body limit in bytes.
@@ -326,7 +360,7 @@ async fn authorize(State(state): State<ApiState>, request: Request, next: Next) 
     ) {
         return next.run(request).await;
     }
-    let Some(expected) = state.token_digest else {
+    let Some(expected) = state.token.digest() else {
         count_update("http", "unauthorized");
         return ApiError::MutationsDisabled.into_response();
     };

@@ -33,12 +33,13 @@ pub(crate) struct Backend {
     pub sinks: Vec<watch::Receiver<SinkHealth>>,
     pub engine: mpsc::Sender<EngineRequest>,
     pub kinds: HashMap<InstrumentId, InstrumentKind>,
-    pub default_trigger: Decimal,
+    /// The configured trigger level (changes on a SIGHUP reload).
+    pub default_trigger: Arc<parking_lot::RwLock<Decimal>>,
 }
 
 impl Backend {
     fn view(&self, id: &AccountId) -> Option<api::AccountView> {
-        let trigger = self.map.trigger_for(id, self.default_trigger);
+        let trigger = self.map.trigger_for(id, *self.default_trigger.read());
         let snapshot = self.map.snapshot(id, trigger).ok()?;
         let account = self.map.account(id)?;
         let mut prices: Vec<PriceUsed> = Vec::new();
@@ -300,7 +301,7 @@ mod tests {
             sinks: vec![sink_rx],
             engine: engine_tx,
             kinds: HashMap::new(),
-            default_trigger: Decimal::ONE,
+            default_trigger: Arc::new(parking_lot::RwLock::new(Decimal::ONE)),
         });
         Fixture {
             backend,

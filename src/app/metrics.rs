@@ -205,6 +205,9 @@ pub(super) fn register_zeros(cfg: &Config, instruments: &[Instrument], sinks: &[
     if cfg.accounts.nats.is_some() {
         sources.push("nats");
     }
+    for o in ["success", "failure"] {
+        z.zero("liqwatch_config_reloads_total", &[("outcome", o)]);
+    }
     for source in sources {
         for o in INGEST_OUTCOMES {
             z.zero(
@@ -252,6 +255,7 @@ mod tests {
             ("liqwatch_api_connections_closed_total", &["reason"]),
             ("liqwatch_replay_bad_lines_total", &["reason"]),
             ("liqwatch_ingest_updates_total", &["outcome", "source"]),
+            ("liqwatch_config_reloads_total", &["outcome"]),
         ] {
             assert_eq!(labels(name), want, "{name}");
         }

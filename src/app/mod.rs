@@ -25,14 +25,15 @@
 //! and abandoned (their events stay in the journal for the next start). A second signal exits at
 //! once with code 1.
 //!
-//! **Reload.** SIGHUP is not handled (the default action would terminate the process, so it is
-//! ignored with a log line): thresholds live in the monitor's per-account state machines and
-//! sinks own cursors, and changing either safely needs a restart, which loses nothing (the
-//! journal keeps accounts, monitor states and cursors).
+//! **Reload.** SIGHUP re-reads and validates the config ([`reload`](mod@reload)): levels (the
+//! engine is rebuilt over the same map, as at start), the update-id window and the API token
+//! apply live; other changed keys are named as needing a restart; any error keeps the running
+//! config.
 
 mod backend;
 mod error;
 mod metrics;
+mod reload;
 mod runner;
 mod spawn;
 mod startup;
@@ -64,7 +65,7 @@ pub use crate::runtime::telemetry::init_logging;
 pub use error::AppError;
 pub use startup::init_journal;
 use startup::load_accounts;
-pub(crate) use startup::{check_files, journal_problem, load_instruments};
+pub(crate) use startup::{api_token, check_files, journal_problem, load_instruments};
 
 // ---------------------------------------------------------------------------------------------
 
@@ -78,12 +79,15 @@ pub fn run_daemon(cfg: Config) -> Result<(), AppError> {
     rt.block_on(async move {
         let prometheus = telemetry::install_prometheus().map_err(AppError::Startup)?;
         let token = CancellationToken::new();
-        telemetry::spawn_signal_watcher(token.clone()).map_err(AppError::Startup)?;
+        let reload = Arc::new(tokio::sync::Notify::new());
+        telemetry::spawn_signal_watcher(token.clone(), Some(Arc::clone(&reload)))
+            .map_err(AppError::Startup)?;
         run(
             cfg,
             RunOptions {
                 cancel: token,
                 prometheus: Some(prometheus),
+                reload: Some(reload),
                 ..RunOptions::default()
             },
         )
@@ -108,6 +112,8 @@ pub struct RunOptions {
     /// Times carried by replayed ticks: shifted to now (the daemon) or as recorded (the demo
     /// shows the market time of each event).
     pub replay_clock: replay::ReplayClock,
+    /// Notified on SIGHUP: reload the config ([`reload`](mod@reload)).
+    pub reload: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Default for RunOptions {
@@ -119,6 +125,7 @@ impl Default for RunOptions {
             extra_sinks: Vec::new(),
             replay_started: None,
             replay_clock: replay::ReplayClock::Shifted,
+            reload: None,
         }
     }
 }
@@ -248,8 +255,10 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
             .iter()
             .map(|(k, v)| (k.clone(), v.kind))
             .collect(),
-        default_trigger: cfg.engine.thresholds.trigger,
+        default_trigger: Arc::new(parking_lot::RwLock::new(cfg.engine.thresholds.trigger)),
     });
+    let token = api_token(&cfg)?;
+    let mut api_token_handle = None;
     if let Some(listener) = listener {
         let mut state = ApiState::new(backend.clone(), events_tx.clone())
             .with_body_limit(cfg.api.max_body_bytes)
@@ -257,9 +266,10 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
         if let Some(h) = &opts.prometheus {
             state = state.with_metrics(h.clone());
         }
-        if let Some(t) = &cfg.api.token {
-            state = state.with_token(t.expose());
+        if let Some(t) = &token {
+            state = state.with_token(t);
         }
+        api_token_handle = Some(state.token_handle());
         let router = api::router(state);
         let cancel = sources.clone();
         let (limits, lowered) = cfg
@@ -278,6 +288,20 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
         tasks.spawn(
             "nats-ingest",
             spawn::nats_ingest(ncfg, writer, sources.clone()),
+        );
+    }
+    if let Some(signal) = opts.reload.take() {
+        let reloader = reload::Reloader {
+            current: cfg.clone(),
+            instruments: instruments.clone(),
+            token,
+            engine: engine_tx.clone(),
+            api_token: api_token_handle,
+            default_trigger: Arc::clone(&backend.default_trigger),
+        };
+        tasks.spawn(
+            "reload",
+            reloader.run(signal, sources.clone()).map(Ok::<(), String>),
         );
     }
     drop(engine_tx);

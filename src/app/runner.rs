@@ -22,7 +22,7 @@ use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Emitted, Engine, PendingUpdate, UpdateOutcome};
+use crate::engine::{Emitted, Engine, EngineConfig, PendingUpdate, UpdateOutcome};
 use crate::journal::{AccountWrite, Journal, UpdateIdRecord, UpdateIdWindow};
 use crate::model::{AccountId, AccountState, AccountUpdate, InstrumentId, RiskEvent, now_ms};
 use crate::prices::{Composite, PriceBoard};
@@ -37,6 +37,13 @@ pub(crate) enum EngineRequest {
         /// The update's id: applied once within the window ([`UpdateIdWindow`]).
         key: Option<UpdateKey>,
         reply: oneshot::Sender<Result<Applied, ApplyError>>,
+    },
+    /// A SIGHUP reload: new levels (the engine is rebuilt over the same map and re-evaluates
+    /// every account) and a new update-id window. Answered with what changed.
+    Reload {
+        engine: EngineConfig,
+        update_ids: UpdateIdWindow,
+        reply: oneshot::Sender<Result<Vec<String>, String>>,
     },
 }
 
@@ -176,7 +183,54 @@ impl Runner {
                 let r = self.apply_update(update, &origin, key).await;
                 let _ = reply.send(r);
             }
+            EngineRequest::Reload {
+                engine,
+                update_ids,
+                reply,
+            } => {
+                let r = self.reload(engine, update_ids).await;
+                let _ = reply.send(r);
+            }
         }
+    }
+
+    /// Applies reloaded engine settings. New levels (or stale policy, or index mode) rebuild
+    /// the engine over the same account map with the monitor states the journal holds — the
+    /// path a restart takes — and evaluate every account at the current prices at once, so
+    /// an account the new levels put across a level fires now (a restart would do the same on
+    /// its next tick). Unchanged settings leave the engine alone.
+    async fn reload(
+        &mut self,
+        cfg: EngineConfig,
+        update_ids: UpdateIdWindow,
+    ) -> Result<Vec<String>, String> {
+        let mut changed = Vec::new();
+        if update_ids != self.update_ids {
+            self.update_ids = update_ids;
+            changed.push("accounts.update_id_window / update_id_limit".to_string());
+        }
+        let same_levels = *self.engine.monitor().config() == cfg.monitor
+            && self.engine.index().is_some() == cfg.distance_index;
+        if same_levels {
+            return Ok(changed);
+        }
+        let j = Arc::clone(&self.journal);
+        let states = tokio::task::spawn_blocking(move || j.load_monitor_states())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot read monitor states: {e}"))?;
+        let mut engine = Engine::new(Arc::clone(self.engine.map()), cfg)
+            .map_err(|e| format!("engine levels: {e}"))?;
+        engine.restore(states);
+        let emitted = engine.evaluate_all(&*self.board, now_ms());
+        self.engine = engine;
+        let fired = emitted.len();
+        self.commit(emitted, Vec::new()).await;
+        changed.push(format!(
+            "engine levels ({} accounts re-evaluated, {fired} events)",
+            self.engine.map().len()
+        ));
+        Ok(changed)
     }
 
     async fn apply_update(

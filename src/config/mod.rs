@@ -225,6 +225,10 @@ pub struct ApiConfig {
     pub bind: SocketAddr,
     /// Bearer token for mutating endpoints (from `token_env`); `None` = mutations refused.
     pub token: Option<Secret>,
+    /// A file holding the bearer token instead (`token_file`), read at start and again on
+    /// SIGHUP, so a rotated token (a Kubernetes Secret volume, systemd credentials) takes
+    /// effect without a restart.
+    pub token_file: Option<PathBuf>,
     /// Maximum request body size.
     pub max_body_bytes: usize,
     /// Header-read and idle timeouts, connection cap (`header_read_timeout`, `idle_timeout`,
@@ -349,6 +353,7 @@ struct RawApi {
     enabled: Option<bool>,
     bind: Option<String>,
     token_env: Option<String>,
+    token_file: Option<String>,
     max_body_bytes: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     header_read_timeout: Option<Duration>,
@@ -914,6 +919,13 @@ impl Cx<'_, '_> {
             }
         };
         let token = self.secret(&[P::K("api"), P::K("token_env")], raw.token_env.as_deref());
+        let token_file = raw.token_file.as_deref().map(|s| self.path(s));
+        if raw.token_env.is_some() && token_file.is_some() {
+            self.problem(
+                &[P::K("api"), P::K("token_file")],
+                "set token_env or token_file, not both",
+            );
+        }
         let defaults = crate::api::ServeLimits::default();
         let mut limits = defaults;
         for (key, value, slot) in [
@@ -945,6 +957,7 @@ impl Cx<'_, '_> {
             enabled: raw.enabled.unwrap_or(true),
             bind,
             token,
+            token_file,
             max_body_bytes: raw.max_body_bytes.unwrap_or(crate::api::DEFAULT_BODY_LIMIT),
             limits,
         })

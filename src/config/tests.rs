@@ -394,3 +394,19 @@ fn update_id_window_keys() {
         "{p:?}"
     );
 }
+
+/// `[api] token_file` resolves against the config's directory and excludes `token_env`.
+#[test]
+fn api_token_file() {
+    let c = ok(&format!("{MIN}\n[api]\ntoken_file = \"secrets/token\"\n"));
+    assert_eq!(
+        c.api.token_file.as_deref(),
+        Some(Path::new("/etc/liqwatch/secrets/token"))
+    );
+    assert!(c.api.token.is_none());
+    let p = problems(&format!(
+        "{MIN}\n[api]\ntoken_env = \"API_TOKEN\"\ntoken_file = \"t\"\n"
+    ));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "api.token_file");
+}

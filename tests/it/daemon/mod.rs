@@ -8,5 +8,6 @@ mod empty_account;
 mod idempotent_updates;
 mod journal_init;
 mod metrics_exposition;
+mod reload;
 mod stress;
 mod stress_extremes;
