@@ -181,7 +181,13 @@ impl ApiBackend for Backend {
         out.push(ReadinessCheck {
             name: "journal".into(),
             ok: !failing,
-            detail: if failing {
+            detail: if failing && self.journal.over_buffer_limit() {
+                format!(
+                    "writes failing (disk full?), {} events held in memory, the limit ([journal] max_buffered_events = {}): the engine has stopped taking prices until the journal writes again; nothing is dropped",
+                    self.journal.buffered(),
+                    self.journal.buffer_limit()
+                )
+            } else if failing {
                 format!(
                     "writes failing, {} events held in memory",
                     self.journal.buffered()

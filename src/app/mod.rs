@@ -31,6 +31,8 @@
 //! config.
 
 mod backend;
+#[cfg(test)]
+mod backpressure_tests; // issue 11 item 7: a full disk pauses prices at a bound
 mod error;
 mod metrics;
 mod reload;
@@ -153,6 +155,7 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
     // Journal first: a missing, empty, foreign, corrupt or unwritable journal is a startup
     // error (exit 2); it is never created here.
     let journal = Arc::new(startup::open_journal(&cfg)?);
+    journal.set_buffer_limit(cfg.journal.max_buffered_events);
 
     // Accounts: the store, or the snapshot on the first start.
     let map = Arc::new(AccountMap::new(instrument_list.clone()));
@@ -224,6 +227,7 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
         events: Arc::clone(&events_count),
         update_ids: cfg.accounts.update_ids,
         state_counts: StateCounts::from_states(&states),
+        paused: false,
     };
     let engine_task = tokio::spawn(
         runner

@@ -61,6 +61,9 @@ pub(crate) struct Runner {
     pub update_ids: UpdateIdWindow,
     /// Accounts per monitor state, for `liqwatch_accounts_by_state`.
     pub state_counts: StateCounts,
+    /// True while prices are not taken because the journal holds its limit of unwritten
+    /// events (disk full): the board coalesces them meanwhile, nothing queues.
+    pub paused: bool,
 }
 
 /// Counts of accounts in warning and triggered state (healthy = loaded − both), kept
@@ -111,15 +114,23 @@ impl Runner {
         stale_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let board = Arc::clone(&self.board);
         loop {
+            // Backpressure (issue 11 item 7): while the journal cannot write and already holds
+            // its limit of events, take no prices and check staleness no more — each could add
+            // events to memory. The board keeps only the latest price per instrument, so
+            // memory stays flat; the tick re-checks every 250 ms and resumes once it writes.
+            let paused = self.journal.over_buffer_limit();
+            self.note_pause(paused);
             tokio::select! {
                 biased;
-                changed = board.changed() => {
+                changed = board.changed(), if !paused => {
                     let woke = std::time::Instant::now();
                     self.on_prices(changed, woke).await;
                 }
                 Some(req) = requests.recv() => self.on_request(req).await,
                 _ = stale_tick.tick() => {
-                    self.on_staleness().await;
+                    if !paused {
+                        self.on_staleness().await;
+                    }
                     self.state_counts.publish(self.engine.map().len());
                 }
                 _ = stop.cancelled() => break,
@@ -135,6 +146,24 @@ impl Runner {
             self.on_request(req).await;
         }
         tracing::info!("Engine finished");
+    }
+
+    /// Logs and exports a change of the backpressure pause.
+    fn note_pause(&mut self, paused: bool) {
+        if paused == self.paused {
+            return;
+        }
+        self.paused = paused;
+        metrics::gauge!("liqwatch_engine_paused").set(if paused { 1.0 } else { 0.0 });
+        if paused {
+            tracing::error!(
+                buffered = self.journal.buffered(),
+                limit = self.journal.buffer_limit(),
+                "Journal cannot write and holds its limit of events in memory: prices are not evaluated until it writes again (free disk space)"
+            );
+        } else {
+            tracing::warn!("Journal writes again: taking prices");
+        }
     }
 
     async fn on_prices(

@@ -186,6 +186,9 @@ pub struct JournalConfig {
     pub retention: Duration,
     /// SQLite `synchronous`: `full` (default) or `normal`.
     pub synchronous: Synchronous,
+    /// While writes fail, at most about this many events wait in memory: past it the engine
+    /// stops taking prices until the journal writes again (`max_buffered_events`).
+    pub max_buffered_events: usize,
 }
 
 /// One `[[sinks]]` entry.
@@ -329,6 +332,7 @@ struct RawJournal {
     #[serde(default, with = "humantime_serde")]
     retention: Option<Duration>,
     synchronous: Option<Synchronous>,
+    max_buffered_events: Option<usize>,
 }
 
 /// The keys of a `[[sinks]]` entry the daemon reads itself (the fields of [`RawSink`]); the
@@ -821,10 +825,19 @@ impl Cx<'_, '_> {
                 PathBuf::new()
             }
         };
+        if raw.max_buffered_events == Some(0) {
+            self.problem(
+                &[P::K("journal"), P::K("max_buffered_events")],
+                "must be at least 1",
+            );
+        }
         Some(JournalConfig {
             path,
             retention: raw.retention.unwrap_or(Duration::from_secs(7 * 86_400)),
             synchronous: raw.synchronous.unwrap_or_default(),
+            max_buffered_events: raw
+                .max_buffered_events
+                .unwrap_or(crate::journal::DEFAULT_BUFFER_LIMIT),
         })
     }
 
