@@ -3,6 +3,7 @@
 
 mod cli;
 mod deploy_files;
+mod docker_image;
 mod e2e;
 mod empty_account;
 mod idempotent_updates;
