@@ -8,7 +8,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use futures::future::BoxFuture;
 use rust_decimal::Decimal;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use super::runner::EngineRequest;
 use crate::api::{self, ApiBackend, BackendError, EventsSince, ReadinessCheck};
@@ -19,7 +19,7 @@ use crate::model::{
     AccountId, AccountState, AccountUpdate, InstrumentId, InstrumentKind, PriceUsed, now_ms,
 };
 use crate::prices::PriceBoard;
-use crate::sinks::{JournalEntry, SinkHealth};
+use crate::sinks::JournalEntry;
 use crate::sources::{AccountWriter, Applied, ApplyError, UpdateKey, UpdateOrigin};
 
 /// The API's view of the running daemon: reads go straight to the shared map, board, registry
@@ -30,7 +30,7 @@ pub(crate) struct Backend {
     pub registry: Arc<FeedRegistry>,
     pub journal: Arc<Journal>,
     pub states: Arc<DashMap<AccountId, AccountState>>,
-    pub sinks: Vec<watch::Receiver<SinkHealth>>,
+    pub sinks: super::sinkset::SinkSet,
     pub engine: mpsc::Sender<EngineRequest>,
     pub kinds: HashMap<InstrumentId, InstrumentKind>,
     /// The configured trigger level (changes on a SIGHUP reload).
@@ -154,8 +154,8 @@ impl ApiBackend for Backend {
                 )
             },
         });
-        let stuck: Vec<String> = self
-            .sinks
+        let healths = self.sinks.healths();
+        let stuck: Vec<String> = healths
             .iter()
             .map(|h| h.borrow().clone())
             .filter(|h| !h.is_healthy())
@@ -172,7 +172,7 @@ impl ApiBackend for Backend {
             name: "sinks".into(),
             ok: stuck.is_empty(),
             detail: if stuck.is_empty() {
-                format!("{} sink(s) delivering", self.sinks.len())
+                format!("{} sink(s) delivering", healths.len())
             } else {
                 stuck.join("; ")
             },
@@ -251,7 +251,8 @@ mod tests {
     use crate::feeds::SymbolRoutes;
     use crate::model::{Instrument, PriceField, PriceTick, Venue};
     use crate::prices::PriceBoardConfig;
-    use crate::sinks::SinkState;
+    use crate::sinks::{SinkHealth, SinkState};
+    use tokio::sync::watch;
 
     fn instrument() -> Instrument {
         match serde_json::from_str(
@@ -304,7 +305,7 @@ mod tests {
             registry,
             journal: Arc::new(journal),
             states: Arc::new(DashMap::new()),
-            sinks: vec![sink_rx],
+            sinks: super::super::sinkset::SinkSet::with_health("archive", sink_rx),
             engine: engine_tx,
             kinds: HashMap::new(),
             default_trigger: Arc::new(parking_lot::RwLock::new(Decimal::ONE)),

@@ -151,7 +151,7 @@ async fn disk_full_stops_prices_at_the_limit_issue_11_item_7() {
         registry: Arc::new(FeedRegistry::new()),
         journal: Arc::clone(&journal),
         states,
-        sinks: Vec::new(),
+        sinks: super::sinkset::SinkSet::default(),
         engine: engine_tx.clone(),
         kinds: HashMap::new(),
         default_trigger: Arc::new(parking_lot::RwLock::new(Decimal::ONE)),

@@ -25,7 +25,6 @@ use metrics::Label;
 use crate::config::{Config, FeedSource};
 use crate::model::{EventKind, Instrument, Venue};
 use crate::runtime::telemetry::{self, MetricDoc, MetricType};
-use crate::sinks::SinkTask;
 
 /// Account update kinds counted by `liqwatch_accounts_{updates,rejected}_total`.
 const UPDATE_KINDS: [&str; 4] = ["replace", "fill", "collateral", "remove"];
@@ -99,7 +98,7 @@ impl Zeros {
 /// Registers at zero every series of the daemon's start whose labels are known now (see the
 /// module docs). `sinks` are every running sink: the configured ones (whose type is in `cfg`)
 /// and the demo's extra ones.
-pub(super) fn register_zeros(cfg: &Config, instruments: &[Instrument], sinks: &[SinkTask]) {
+pub(super) fn register_zeros(cfg: &Config, instruments: &[Instrument], sinks: &[String]) {
     let z = Zeros {
         catalog: telemetry::catalog(),
     };
@@ -167,8 +166,8 @@ pub(super) fn register_zeros(cfg: &Config, instruments: &[Instrument], sinks: &[
         }
     }
 
-    for task in sinks {
-        let sink = task.name.as_str();
+    for sink in sinks {
+        let sink = sink.as_str();
         let type_name = cfg
             .sinks
             .iter()

@@ -26,8 +26,8 @@
 //! once with code 1.
 //!
 //! **Reload.** SIGHUP re-reads and validates the config ([`reload`](mod@reload)): levels (the
-//! engine is rebuilt over the same map, as at start), the update-id window and the API token
-//! apply live; other changed keys are named as needing a restart; any error keeps the running
+//! engine is rebuilt over the same map, as at start), sinks (each driver has its own stop
+//! token), the update-id window and the API token apply live; other changed keys are named as needing a restart; any error keeps the running
 //! config.
 
 mod backend;
@@ -37,6 +37,7 @@ mod error;
 mod metrics;
 mod reload;
 mod runner;
+mod sinkset; // the running sink drivers, swappable on reload
 mod spawn;
 mod startup;
 
@@ -204,10 +205,8 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
     // Sinks (their own stop token: they stop after the engine has journaled everything).
     let sinks_stop = CancellationToken::new();
     let extra = std::mem::take(&mut opts.extra_sinks);
-    let sink_tasks = spawn::sinks(&cfg, &journal, extra, &sinks_stop)?;
-    metrics::register_zeros(&cfg, &instrument_list, &sink_tasks);
-    let sink_health: Vec<watch::Receiver<SinkHealth>> =
-        sink_tasks.iter().map(|t| t.health.clone()).collect();
+    let sink_set = spawn::sinks(&cfg, &journal, extra, &sinks_stop)?;
+    metrics::register_zeros(&cfg, &instrument_list, &sink_set.names());
     let journal_stop = CancellationToken::new();
     let flusher = journal.spawn_flusher(journal_stop.clone());
     let retention = journal.spawn_retention(
@@ -253,7 +252,7 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
         registry: Arc::clone(&registry),
         journal: Arc::clone(&journal),
         states: Arc::clone(&states),
-        sinks: sink_health,
+        sinks: sink_set.clone(),
         engine: engine_tx.clone(),
         kinds: instruments
             .iter()
@@ -302,6 +301,10 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
             engine: engine_tx.clone(),
             api_token: api_token_handle,
             default_trigger: Arc::clone(&backend.default_trigger),
+            sinks: sink_set.clone(),
+            sinks_stop: sinks_stop.clone(),
+            journal: Arc::clone(&journal),
+            instrument_list: instrument_list.clone(),
         };
         tasks.spawn(
             "reload",
@@ -312,7 +315,7 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
     tracing::info!(
         config = %cfg.path.display(),
         feeds = cfg.feeds.len(),
-        sinks = sink_tasks.len(),
+        sinks = sink_set.len(),
         accounts = map.len(),
         "liqwatch running"
     );
@@ -357,6 +360,7 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
     };
     // 3. Sinks drain what is journaled, within the grace period.
     sinks_stop.cancel();
+    let sink_tasks = sink_set.take_all();
     let mut undrained = Vec::new();
     let names: Vec<String> = sink_tasks.iter().map(|t| t.name.clone()).collect();
     let healths: Vec<watch::Receiver<SinkHealth>> =

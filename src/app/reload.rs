@@ -5,8 +5,10 @@
 //! Applied live: the engine's default levels (`[engine] warning_levels`, `trigger`,
 //! `hysteresis`, `trigger_on_stale`, `distance_index` — the engine is rebuilt over the same
 //! accounts with the journal's monitor states and re-evaluates every account), the update-id
-//! window (`[accounts] update_id_window`, `update_id_limit`) and the API token (`[api]
-//! token_env` / `token_file`: a token file is read again). Every other change is validated,
+//! window (`[accounts] update_id_window`, `update_id_limit`), the API token (`[api]
+//! token_env` / `token_file`: a token file is read again) and `[[sinks]]` (a new sink starts
+//! from its cursor, a removed one drains and stops, a changed one does both; the others are
+//! not touched). Every other change is validated,
 //! named in a WARN as needing a restart, and not applied: the running value stays, so the next
 //! reload names it again. Outcomes are counted in `liqwatch_config_reloads_total{outcome}` and
 //! `liqwatch_config_last_reload_successful`.
@@ -19,6 +21,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::runner::EngineRequest;
+use super::sinkset::SinkSet;
 use super::startup::{api_token, check_files, load_instruments};
 use crate::api::ApiToken;
 use crate::config::{self, Config};
@@ -48,6 +51,14 @@ pub(crate) struct Reloader {
     pub api_token: Option<ApiToken>,
     /// The trigger level the API's account views use.
     pub default_trigger: Arc<parking_lot::RwLock<Decimal>>,
+    /// The running sink drivers.
+    pub sinks: SinkSet,
+    /// The sinks' shared stop token (a new driver runs under a child of it).
+    pub sinks_stop: CancellationToken,
+    /// The journal the sinks deliver from.
+    pub journal: Arc<crate::journal::Journal>,
+    /// The instruments, for registering a new sink's metrics at zero.
+    pub instrument_list: Vec<Instrument>,
 }
 
 impl Reloader {
@@ -115,6 +126,16 @@ impl Reloader {
             applied: Vec::new(),
             restart_needed,
         };
+        // Build the sinks that are new or changed now: a sink that cannot be built (bad URL,
+        // …) fails the reload before anything is applied.
+        let (to_stop, to_start) = self.sinks.plan(&new);
+        let mut built = Vec::new();
+        for name in &to_start {
+            if let Some(entry) = new.sinks.iter().find(|e| &e.name == name) {
+                let sink = entry.build().map_err(|e| format!("sinks {name}: {e}"))?;
+                built.push((entry.clone(), sink));
+            }
+        }
 
         // The engine first: the one step that can still fail.
         let (reply, rx) = oneshot::channel();
@@ -160,6 +181,29 @@ impl Reloader {
             self.current.api.token = new.api.token.clone();
             self.current.api.token_file = new.api.token_file.clone();
         }
+
+        // Sinks: stop the removed and changed ones (each drains for its grace period), then
+        // start the new and changed ones on their cursors.
+        if !to_stop.is_empty() || !built.is_empty() {
+            self.sinks.stop(&to_stop, new.shutdown.grace).await;
+            let started: Vec<String> = built.iter().map(|(e, _)| e.name.clone()).collect();
+            for (entry, sink) in built {
+                self.sinks.start(
+                    sink,
+                    Some(&entry),
+                    &new,
+                    &self.journal,
+                    &self.sinks_stop,
+                    entry.filter.clone(),
+                );
+            }
+            super::metrics::register_zeros(&new, &self.instrument_list, &started);
+            let removed: Vec<&String> = to_stop.iter().filter(|n| !started.contains(n)).collect();
+            report.applied.push(format!(
+                "sinks: started {started:?}, stopped {removed:?} (a changed sink restarts on its cursor)"
+            ));
+            self.current.sinks = new.sinks.clone();
+        }
         Ok(report)
     }
 }
@@ -197,7 +241,6 @@ fn restart_needed(
     check("feeds", differ(&old.feeds, &new.feeds));
     check("prices", differ(&old.prices, &new.prices));
     check("journal", differ(&old.journal, &new.journal));
-    check("sinks", differ(&old.sinks, &new.sinks));
     check(
         "api.enabled / bind / max_body_bytes / limits",
         old.api.enabled != new.api.enabled

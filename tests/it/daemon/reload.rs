@@ -1,5 +1,6 @@
 //! Issue 11 item 8 against the real daemon and `kill -HUP`: a reload applies new levels (an
-//! account the lower warning level crosses fires at once) and a rotated token file; a broken
+//! account the lower warning level crosses fires at once), a rotated token file and a new sink
+//! (which delivers from the journal's start); a broken
 //! config is refused, the running configuration kept, the failure counted and logged; a key
 //! that needs a restart is named.
 
@@ -83,7 +84,7 @@ async fn state(client: &reqwest::Client, api: &str) -> Value {
         .clone()
 }
 
-/// SIGHUP applies new levels and a rotated token file; a broken file changes nothing and is
+/// SIGHUP applies new levels, a rotated token file and a new sink; a broken file changes nothing and is
 /// counted as a failure; a changed `[journal]` is named as needing a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_levels_and_token_issue_11_item_8() {
@@ -124,8 +125,9 @@ async fn sighup_reloads_levels_and_token_issue_11_item_8() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    // Reload: warning at 0.4, a new token.
-    std::fs::write(&cfg, with_levels("\"0.4\"", "")).unwrap();
+    // Reload: warning at 0.4, a new token, a second sink.
+    let second = "\n[[sinks]]\ntype = \"jsonl\"\nname = \"second\"\npath = \"second.jsonl\"\n";
+    std::fs::write(&cfg, with_levels("\"0.4\"", second)).unwrap();
     std::fs::write(dir.path().join("token"), "new-token\n").unwrap();
     hup(&daemon);
     wait_metric(
@@ -158,12 +160,19 @@ async fn sighup_reloads_levels_and_token_issue_11_item_8() {
     );
     assert_eq!(put(&client, &api, "old-token").await, 401);
     assert_eq!(put(&client, &api, "new-token").await, 200);
+    // The new sink delivers from the start of the journal, the warning included.
+    poll_until("the new sink to deliver the warning", DEADLINE, || {
+        std::fs::read_to_string(dir.path().join("second.jsonl"))
+            .ok()
+            .filter(|t| t.contains("liquidation_warning"))
+    })
+    .await;
 
     // A broken file (warning level above the trigger) and a changed journal: refused, nothing
     // changes, the failure is counted and logged.
     std::fs::write(
         &cfg,
-        with_levels("\"2\"", "").replace("[journal]\n", "[journal]\nretention = \"1d\"\n"),
+        with_levels("\"2\"", second).replace("[journal]\n", "[journal]\nretention = \"1d\"\n"),
     )
     .unwrap();
     std::fs::write(dir.path().join("token"), "third-token\n").unwrap();
@@ -191,7 +200,7 @@ async fn sighup_reloads_levels_and_token_issue_11_item_8() {
     // Valid again, with the journal change: applied but named as needing a restart.
     std::fs::write(
         &cfg,
-        with_levels("\"0.4\"", "").replace("[journal]\n", "[journal]\nretention = \"1d\"\n"),
+        with_levels("\"0.4\"", second).replace("[journal]\n", "[journal]\nretention = \"1d\"\n"),
     )
     .unwrap();
     hup(&daemon);
