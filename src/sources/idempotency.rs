@@ -48,10 +48,12 @@ impl UpdateKey {
         })
     }
 
-    /// A JetStream message without a sender's id, identified by its place in the stream.
-    pub fn jetstream(stream: &str, stream_sequence: u64) -> UpdateKey {
+    /// A JetStream message without a sender's id, identified by its place in the stream and
+    /// the time the server stored it (a stream deleted and recreated reuses sequences; its new
+    /// messages must not pass for redeliveries of the old ones).
+    pub fn jetstream(stream: &str, stream_sequence: u64, published: &str) -> UpdateKey {
         UpdateKey {
-            key: format!("jetstream:{stream}:{stream_sequence}"),
+            key: format!("jetstream:{stream}:{stream_sequence}:{published}"),
             shown: format!("{stream} #{stream_sequence}"),
         }
     }
@@ -219,7 +221,7 @@ mod tests {
         // A sender's id can never collide with a stream position.
         assert_ne!(
             k("jetstream:S:1").map(|k| k.as_stored().to_string()),
-            Some(UpdateKey::jetstream("S", 1).as_stored().to_string())
+            Some(UpdateKey::jetstream("S", 1, "t").as_stored().to_string())
         );
     }
 }

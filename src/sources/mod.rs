@@ -31,6 +31,9 @@ pub enum UpdateOrigin {
         stream_sequence: u64,
         /// The subject it was published on.
         subject: String,
+        /// When the server stored it (with the sequence, it tells a redelivery from a new
+        /// message that took the same sequence in a recreated stream).
+        published: String,
     },
 }
 

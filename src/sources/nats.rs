@@ -302,9 +302,9 @@ impl NatsIngest {
 
     async fn handle(&self, msg: &jetstream::Message, writer: &dyn AccountWriter) {
         let subject = msg.subject.to_string();
-        let (stream_sequence, delivered) = match msg.info() {
-            Ok(i) => (i.stream_sequence, i.delivered),
-            Err(_) => (0, 0),
+        let (stream_sequence, delivered, published) = match msg.info() {
+            Ok(i) => (i.stream_sequence, i.delivered, i.published.to_string()),
+            Err(_) => (0, 0, String::new()),
         };
         let msg_id = msg
             .headers
@@ -319,6 +319,7 @@ impl NatsIngest {
                 stream: self.config.stream.clone(),
                 stream_sequence,
                 subject: subject.clone(),
+                published,
             },
             writer,
         )
@@ -387,8 +388,11 @@ pub async fn process(
             UpdateOrigin::Nats {
                 stream,
                 stream_sequence,
+                published,
                 ..
-            } if *stream_sequence > 0 => Some(UpdateKey::jetstream(stream, *stream_sequence)),
+            } if *stream_sequence > 0 => {
+                Some(UpdateKey::jetstream(stream, *stream_sequence, published))
+            }
             _ => None,
         });
     if let Some(shard) = shard {
