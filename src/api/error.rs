@@ -50,6 +50,9 @@ pub enum ApiError {
         /// Every problem found.
         details: Vec<FieldError>,
     },
+    /// 409: the update id was already used for a different update.
+    #[error("{0}")]
+    Conflict(String),
     /// 503: the daemon cannot serve this now (not stored, shutting down, no metrics recorder).
     #[error("{0}")]
     Unavailable(String),
@@ -70,6 +73,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -85,6 +89,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::Conflict(_) => "update_id_conflict",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -204,6 +209,7 @@ impl From<ApplyError> for ApiError {
             ApplyError::Persist(reason) => {
                 ApiError::Unavailable(format!("the update was not stored: {reason}; retry"))
             }
+            e @ ApplyError::Conflict { .. } => ApiError::Conflict(e.to_string()),
         }
     }
 }

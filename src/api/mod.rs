@@ -58,8 +58,9 @@ use crate::model::{
     Account, AccountId, AccountState, AccountUpdate, Fill, PriceUsed, RiskSnapshot, TimestampMs,
 };
 use crate::sources::{
-    AccountWriter, Applied, ApplyError, FieldError, UpdateOrigin, check_account_id, count_update,
-    parse_json, validate_account, validate_fill,
+    AccountWriter, Applied, ApplyError, FieldError, UpdateKey, UpdateOrigin, check_account_id,
+    count_update, explain_json_error, merge_ids, parse_json, take_update_id, validate_account,
+    validate_fill,
 };
 
 mod error; // ApiError → clear JSON responses
@@ -172,13 +173,41 @@ pub trait ApiBackend: AccountWriter {
     ) -> BoxFuture<'_, Result<Vec<JournalEntry>, BackendError>>;
 }
 
+/// The bearer token mutations need, kept only as its SHA-256 digest, shared by every clone of
+/// an [`ApiState`] so it can be replaced while the API serves.
+#[derive(Clone, Default)]
+pub struct ApiToken(Arc<parking_lot::RwLock<Option<[u8; 32]>>>);
+
+impl ApiToken {
+    /// Sets the token; `None` or an empty token refuses every mutation (403).
+    pub fn set(&self, token: Option<&str>) {
+        *self.0.write() = token
+            .filter(|t| !t.is_empty())
+            .map(|t| Sha256::digest(t.as_bytes()).into());
+    }
+
+    fn digest(&self) -> Option<[u8; 32]> {
+        *self.0.read()
+    }
+}
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.digest().is_some() {
+            "ApiToken(set)"
+        } else {
+            "ApiToken(none)"
+        })
+    }
+}
+
 /// Everything the router needs.
 #[derive(Clone)]
 pub struct ApiState {
     backend: Arc<dyn ApiBackend>,
     events: broadcast::Sender<Arc<JournalEntry>>,
     metrics: Option<PrometheusHandle>,
-    token_digest: Option<[u8; 32]>,
+    token: ApiToken,
     body_limit: usize,
     shutdown: CancellationToken,
     sse_clients: Arc<std::sync::atomic::AtomicUsize>,
@@ -197,7 +226,7 @@ impl ApiState {
             backend,
             events,
             metrics: None,
-            token_digest: None,
+            token: ApiToken::default(),
             body_limit: DEFAULT_BODY_LIMIT,
             shutdown: CancellationToken::new(),
             sse_clients: Arc::default(),
@@ -226,9 +255,15 @@ impl ApiState {
 
     /// Require `Authorization: Bearer <token>` on mutations. The token (read by the daemon from
     /// the environment) is kept only as its SHA-256 digest. An empty token disables mutations.
-    pub fn with_token(mut self, token: &str) -> ApiState {
-        self.token_digest = (!token.is_empty()).then(|| Sha256::digest(token.as_bytes()).into());
+    pub fn with_token(self, token: &str) -> ApiState {
+        self.token.set(Some(token));
         self
+    }
+
+    /// The handle that changes the token of this state (and of every clone of it) while the
+    /// router serves: a SIGHUP reload sets the re-read token here.
+    pub fn token_handle(&self) -> ApiToken {
+        self.token.clone()
     }
 
     /// Request body limit in bytes.
@@ -325,7 +360,7 @@ async fn authorize(State(state): State<ApiState>, request: Request, next: Next) 
     ) {
         return next.run(request).await;
     }
-    let Some(expected) = state.token_digest else {
+    let Some(expected) = state.token.digest() else {
         count_update("http", "unauthorized");
         return ApiError::MutationsDisabled.into_response();
     };
@@ -514,8 +549,59 @@ async fn get_account(
 pub struct MutationBody {
     /// The account changed.
     pub account_id: AccountId,
-    /// `created`, `updated`, `removed` or `duplicate`.
+    /// `created`, `updated`, `removed` or `duplicate` (the update id was already applied:
+    /// nothing changed now).
     pub result: Applied,
+    /// The update id the request carried (`Idempotency-Key`, `update_id` or `fill_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_id: Option<String>,
+}
+
+/// The `Idempotency-Key` header.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// A bad update id as a 422 naming where it was.
+fn id_error(e: FieldError) -> ApiError {
+    count_update("http", "invalid");
+    ApiError::Unprocessable {
+        code: e.code,
+        field: Some(e.field.clone()),
+        message: e.to_string(),
+        details: vec![e],
+    }
+}
+
+/// The request's update id: the `Idempotency-Key` header and/or the id `body_id` taken from the
+/// body; both given must agree.
+fn request_key(
+    headers: &HeaderMap,
+    body_id: Option<UpdateKey>,
+) -> Result<Option<UpdateKey>, ApiError> {
+    let header = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| {
+            id_error(FieldError {
+                code: "invalid_update_id",
+                field: "Idempotency-Key".to_string(),
+                message: "the Idempotency-Key header must be visible ASCII".to_string(),
+            })
+        })?),
+    };
+    merge_ids("Idempotency-Key", header, body_id).map_err(id_error)
+}
+
+/// Reads `T` from a JSON value, reporting the serde path of the first bad field.
+fn parse_value<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
+        count_update("http", "malformed");
+        let path = e.path().to_string();
+        let (code, message) = explain_json_error(&path, e.inner());
+        ApiError::BadRequest {
+            code,
+            field: (!path.is_empty() && path != ".").then_some(path),
+            message,
+        }
+    })
 }
 
 fn body_bytes(
@@ -560,13 +646,26 @@ fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
 async fn apply(
     state: &ApiState,
     update: AccountUpdate,
+    key: Option<UpdateKey>,
 ) -> Result<axum::Json<MutationBody>, ApiError> {
     let account_id = update.account_id().clone();
-    match state.backend.apply(update, UpdateOrigin::Http).await {
+    let update_id = key.as_ref().map(|k| k.shown().to_string());
+    match state.backend.apply(update, UpdateOrigin::Http, key).await {
         Ok(result) => {
-            count_update("http", "applied");
+            count_update(
+                "http",
+                if result == Applied::Duplicate {
+                    "duplicate"
+                } else {
+                    "applied"
+                },
+            );
             debug!(account = %account_id, ?result, "account update applied over HTTP");
-            Ok(axum::Json(MutationBody { account_id, result }))
+            Ok(axum::Json(MutationBody {
+                account_id,
+                result,
+                update_id,
+            }))
         }
         Err(e) => {
             count_update(
@@ -597,7 +696,15 @@ async fn put_account(
 ) -> Result<axum::Json<MutationBody>, ApiError> {
     let id = path_account_id(&id).inspect_err(|_| count_update("http", "invalid"))?;
     let bytes = body_bytes(&state, &headers, body)?;
-    let account: Account = parse_body(&bytes)?;
+    let mut value: serde_json::Value = parse_body(&bytes)?;
+    let key = request_key(
+        &headers,
+        take_update_id(&mut value, None).map_err(id_error)?,
+    )?;
+    // A PUT replaces the whole account: a body without `positions` would silently close every
+    // position, so the field is required (`[]` clears them).
+    let has_positions = value.get("positions").is_some();
+    let account: Account = parse_value(value)?;
     if account.id != id {
         count_update("http", "invalid");
         return Err(ApiError::Unprocessable {
@@ -610,12 +717,21 @@ async fn put_account(
             details: Vec::new(),
         });
     }
+    if !has_positions {
+        count_update("http", "invalid");
+        return Err(ApiError::Unprocessable {
+            code: "missing_field",
+            field: Some("positions".to_string()),
+            message: "positions: required in a PUT, which replaces the whole account; send \"positions\": [] to clear every position".to_string(),
+            details: Vec::new(),
+        });
+    }
     let errors = validate_account(&account, "", &|i| state.backend.instrument_kind(i));
     if !errors.is_empty() {
         count_update("http", "invalid");
         return Err(ApiError::invalid(errors));
     }
-    apply(&state, AccountUpdate::Replace { account }).await
+    apply(&state, AccountUpdate::Replace { account }, key).await
 }
 
 async fn post_fill(
@@ -626,21 +742,28 @@ async fn post_fill(
 ) -> Result<axum::Json<MutationBody>, ApiError> {
     let account_id = path_account_id(&id).inspect_err(|_| count_update("http", "invalid"))?;
     let bytes = body_bytes(&state, &headers, body)?;
-    let fill: Fill = parse_body(&bytes)?;
+    let mut value: serde_json::Value = parse_body(&bytes)?;
+    let key = request_key(
+        &headers,
+        take_update_id(&mut value, Some("")).map_err(id_error)?,
+    )?;
+    let fill: Fill = parse_value(value)?;
     let errors = validate_fill(&fill, "", &|i| state.backend.instrument_kind(i));
     if !errors.is_empty() {
         count_update("http", "invalid");
         return Err(ApiError::invalid(errors));
     }
-    apply(&state, AccountUpdate::Fill { account_id, fill }).await
+    apply(&state, AccountUpdate::Fill { account_id, fill }, key).await
 }
 
 async fn delete_account(
     State(state): State<ApiState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<axum::Json<MutationBody>, ApiError> {
     let account_id = path_account_id(&id).inspect_err(|_| count_update("http", "invalid"))?;
-    apply(&state, AccountUpdate::Remove { account_id }).await
+    let key = request_key(&headers, None)?;
+    apply(&state, AccountUpdate::Remove { account_id }, key).await
 }
 
 /// Body of `GET /v1/feeds`.

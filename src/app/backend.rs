@@ -8,7 +8,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use futures::future::BoxFuture;
 use rust_decimal::Decimal;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use super::runner::EngineRequest;
 use crate::api::{self, ApiBackend, BackendError, EventsSince, ReadinessCheck};
@@ -19,8 +19,8 @@ use crate::model::{
     AccountId, AccountState, AccountUpdate, InstrumentId, InstrumentKind, PriceUsed, now_ms,
 };
 use crate::prices::PriceBoard;
-use crate::sinks::{JournalEntry, SinkHealth};
-use crate::sources::{AccountWriter, Applied, ApplyError, UpdateOrigin};
+use crate::sinks::JournalEntry;
+use crate::sources::{AccountWriter, Applied, ApplyError, UpdateKey, UpdateOrigin};
 
 /// The API's view of the running daemon: reads go straight to the shared map, board, registry
 /// and journal; account updates go to the engine runner and are answered once persisted.
@@ -30,15 +30,16 @@ pub(crate) struct Backend {
     pub registry: Arc<FeedRegistry>,
     pub journal: Arc<Journal>,
     pub states: Arc<DashMap<AccountId, AccountState>>,
-    pub sinks: Vec<watch::Receiver<SinkHealth>>,
+    pub sinks: super::sinkset::SinkSet,
     pub engine: mpsc::Sender<EngineRequest>,
     pub kinds: HashMap<InstrumentId, InstrumentKind>,
-    pub default_trigger: Decimal,
+    /// The configured trigger level (changes on a SIGHUP reload).
+    pub default_trigger: Arc<parking_lot::RwLock<Decimal>>,
 }
 
 impl Backend {
     fn view(&self, id: &AccountId) -> Option<api::AccountView> {
-        let trigger = self.map.trigger_for(id, self.default_trigger);
+        let trigger = self.map.trigger_for(id, *self.default_trigger.read());
         let snapshot = self.map.snapshot(id, trigger).ok()?;
         let account = self.map.account(id)?;
         let mut prices: Vec<PriceUsed> = Vec::new();
@@ -80,12 +81,14 @@ impl AccountWriter for Backend {
         &self,
         update: AccountUpdate,
         origin: UpdateOrigin,
+        key: Option<UpdateKey>,
     ) -> BoxFuture<'_, Result<Applied, ApplyError>> {
         Box::pin(async move {
             let (reply, rx) = oneshot::channel();
             let req = EngineRequest::Update {
                 update,
                 origin,
+                key,
                 reply,
             };
             match tokio::time::timeout(Duration::from_secs(10), self.engine.send(req)).await {
@@ -151,8 +154,8 @@ impl ApiBackend for Backend {
                 )
             },
         });
-        let stuck: Vec<String> = self
-            .sinks
+        let healths = self.sinks.healths();
+        let stuck: Vec<String> = healths
             .iter()
             .map(|h| h.borrow().clone())
             .filter(|h| !h.is_healthy())
@@ -169,7 +172,7 @@ impl ApiBackend for Backend {
             name: "sinks".into(),
             ok: stuck.is_empty(),
             detail: if stuck.is_empty() {
-                format!("{} sink(s) delivering", self.sinks.len())
+                format!("{} sink(s) delivering", healths.len())
             } else {
                 stuck.join("; ")
             },
@@ -178,7 +181,13 @@ impl ApiBackend for Backend {
         out.push(ReadinessCheck {
             name: "journal".into(),
             ok: !failing,
-            detail: if failing {
+            detail: if failing && self.journal.over_buffer_limit() {
+                format!(
+                    "writes failing (disk full?), {} events held in memory, the limit ([journal] max_buffered_events = {}): the engine has stopped taking prices until the journal writes again; nothing is dropped",
+                    self.journal.buffered(),
+                    self.journal.buffer_limit()
+                )
+            } else if failing {
                 format!(
                     "writes failing, {} events held in memory",
                     self.journal.buffered()
@@ -242,7 +251,8 @@ mod tests {
     use crate::feeds::SymbolRoutes;
     use crate::model::{Instrument, PriceField, PriceTick, Venue};
     use crate::prices::PriceBoardConfig;
-    use crate::sinks::SinkState;
+    use crate::sinks::{SinkHealth, SinkState};
+    use tokio::sync::watch;
 
     fn instrument() -> Instrument {
         match serde_json::from_str(
@@ -295,10 +305,10 @@ mod tests {
             registry,
             journal: Arc::new(journal),
             states: Arc::new(DashMap::new()),
-            sinks: vec![sink_rx],
+            sinks: super::super::sinkset::SinkSet::with_health("archive", sink_rx),
             engine: engine_tx,
             kinds: HashMap::new(),
-            default_trigger: Decimal::ONE,
+            default_trigger: Arc::new(parking_lot::RwLock::new(Decimal::ONE)),
         });
         Fixture {
             backend,

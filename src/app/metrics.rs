@@ -25,15 +25,15 @@ use metrics::Label;
 use crate::config::{Config, FeedSource};
 use crate::model::{EventKind, Instrument, Venue};
 use crate::runtime::telemetry::{self, MetricDoc, MetricType};
-use crate::sinks::SinkTask;
 
 /// Account update kinds counted by `liqwatch_accounts_{updates,rejected}_total`.
 const UPDATE_KINDS: [&str; 4] = ["replace", "fill", "collateral", "remove"];
 /// Delivery outcomes of the webhook and NATS request counters.
 const OUTCOMES: [&str; 3] = ["ok", "retriable", "permanent"];
 /// `liqwatch_ingest_updates_total{outcome}`.
-const INGEST_OUTCOMES: [&str; 7] = [
+const INGEST_OUTCOMES: [&str; 8] = [
     "applied",
+    "duplicate",
     "malformed",
     "invalid",
     "rejected",
@@ -98,7 +98,7 @@ impl Zeros {
 /// Registers at zero every series of the daemon's start whose labels are known now (see the
 /// module docs). `sinks` are every running sink: the configured ones (whose type is in `cfg`)
 /// and the demo's extra ones.
-pub(super) fn register_zeros(cfg: &Config, instruments: &[Instrument], sinks: &[SinkTask]) {
+pub(super) fn register_zeros(cfg: &Config, instruments: &[Instrument], sinks: &[String]) {
     let z = Zeros {
         catalog: telemetry::catalog(),
     };
@@ -166,8 +166,8 @@ pub(super) fn register_zeros(cfg: &Config, instruments: &[Instrument], sinks: &[
         }
     }
 
-    for task in sinks {
-        let sink = task.name.as_str();
+    for sink in sinks {
+        let sink = sink.as_str();
         let type_name = cfg
             .sinks
             .iter()
@@ -203,6 +203,9 @@ pub(super) fn register_zeros(cfg: &Config, instruments: &[Instrument], sinks: &[
     }
     if cfg.accounts.nats.is_some() {
         sources.push("nats");
+    }
+    for o in ["success", "failure"] {
+        z.zero("liqwatch_config_reloads_total", &[("outcome", o)]);
     }
     for source in sources {
         for o in INGEST_OUTCOMES {
@@ -251,6 +254,7 @@ mod tests {
             ("liqwatch_api_connections_closed_total", &["reason"]),
             ("liqwatch_replay_bad_lines_total", &["reason"]),
             ("liqwatch_ingest_updates_total", &["outcome", "source"]),
+            ("liqwatch_config_reloads_total", &["outcome"]),
         ] {
             assert_eq!(labels(name), want, "{name}");
         }

@@ -25,19 +25,22 @@
 //! and abandoned (their events stay in the journal for the next start). A second signal exits at
 //! once with code 1.
 //!
-//! **Reload.** SIGHUP is not handled (the default action would terminate the process, so it is
-//! ignored with a log line): thresholds live in the monitor's per-account state machines and
-//! sinks own cursors, and changing either safely needs a restart, which loses nothing (the
-//! journal keeps accounts, monitor states and cursors).
+//! **Reload.** SIGHUP re-reads and validates the config ([`reload`](mod@reload)): levels (the
+//! engine is rebuilt over the same map, as at start), sinks (each driver has its own stop
+//! token), the update-id window and the API token apply live; other changed keys are named as needing a restart; any error keeps the running
+//! config.
 
 mod backend;
+#[cfg(test)]
+mod backpressure_tests; // issue 11 item 7: a full disk pauses prices at a bound
 mod error;
 mod metrics;
+mod reload;
 mod runner;
+mod sinkset; // the running sink drivers, swappable on reload
 mod spawn;
 mod startup;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -65,7 +68,7 @@ pub use crate::runtime::telemetry::init_logging;
 pub use error::AppError;
 pub use startup::init_journal;
 use startup::load_accounts;
-pub(crate) use startup::{check_files, journal_problem, load_instruments};
+pub(crate) use startup::{api_token, check_files, journal_problem, load_instruments};
 
 // ---------------------------------------------------------------------------------------------
 
@@ -79,12 +82,15 @@ pub fn run_daemon(cfg: Config) -> Result<(), AppError> {
     rt.block_on(async move {
         let prometheus = telemetry::install_prometheus().map_err(AppError::Startup)?;
         let token = CancellationToken::new();
-        telemetry::spawn_signal_watcher(token.clone()).map_err(AppError::Startup)?;
+        let reload = Arc::new(tokio::sync::Notify::new());
+        telemetry::spawn_signal_watcher(token.clone(), Some(Arc::clone(&reload)))
+            .map_err(AppError::Startup)?;
         run(
             cfg,
             RunOptions {
                 cancel: token,
                 prometheus: Some(prometheus),
+                reload: Some(reload),
                 ..RunOptions::default()
             },
         )
@@ -109,6 +115,8 @@ pub struct RunOptions {
     /// Times carried by replayed ticks: shifted to now (the daemon) or as recorded (the demo
     /// shows the market time of each event).
     pub replay_clock: replay::ReplayClock,
+    /// Notified on SIGHUP: reload the config ([`reload`](mod@reload)).
+    pub reload: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Default for RunOptions {
@@ -120,6 +128,7 @@ impl Default for RunOptions {
             extra_sinks: Vec::new(),
             replay_started: None,
             replay_clock: replay::ReplayClock::Shifted,
+            reload: None,
         }
     }
 }
@@ -147,6 +156,7 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
     // Journal first: a missing, empty, foreign, corrupt or unwritable journal is a startup
     // error (exit 2); it is never created here.
     let journal = Arc::new(startup::open_journal(&cfg)?);
+    journal.set_buffer_limit(cfg.journal.max_buffered_events);
 
     // Accounts: the store, or the snapshot on the first start.
     let map = Arc::new(AccountMap::new(instrument_list.clone()));
@@ -195,10 +205,8 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
     // Sinks (their own stop token: they stop after the engine has journaled everything).
     let sinks_stop = CancellationToken::new();
     let extra = std::mem::take(&mut opts.extra_sinks);
-    let sink_tasks = spawn::sinks(&cfg, &journal, extra, &sinks_stop)?;
-    metrics::register_zeros(&cfg, &instrument_list, &sink_tasks);
-    let sink_health: Vec<watch::Receiver<SinkHealth>> =
-        sink_tasks.iter().map(|t| t.health.clone()).collect();
+    let sink_set = spawn::sinks(&cfg, &journal, extra, &sinks_stop)?;
+    metrics::register_zeros(&cfg, &instrument_list, &sink_set.names());
     let journal_stop = CancellationToken::new();
     let flusher = journal.spawn_flusher(journal_stop.clone());
     let retention = journal.spawn_retention(
@@ -216,8 +224,9 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
         journal: Arc::clone(&journal),
         states: Arc::clone(&states),
         events: Arc::clone(&events_count),
-        nats_seen: HashMap::new(),
+        update_ids: cfg.accounts.update_ids,
         state_counts: StateCounts::from_states(&states),
+        paused: false,
     };
     let engine_task = tokio::spawn(
         runner
@@ -243,14 +252,16 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
         registry: Arc::clone(&registry),
         journal: Arc::clone(&journal),
         states: Arc::clone(&states),
-        sinks: sink_health,
+        sinks: sink_set.clone(),
         engine: engine_tx.clone(),
         kinds: instruments
             .iter()
             .map(|(k, v)| (k.clone(), v.kind))
             .collect(),
-        default_trigger: cfg.engine.thresholds.trigger,
+        default_trigger: Arc::new(parking_lot::RwLock::new(cfg.engine.thresholds.trigger)),
     });
+    let token = api_token(&cfg)?;
+    let mut api_token_handle = None;
     if let Some(listener) = listener {
         let mut state = ApiState::new(backend.clone(), events_tx.clone())
             .with_body_limit(cfg.api.max_body_bytes)
@@ -258,9 +269,10 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
         if let Some(h) = &opts.prometheus {
             state = state.with_metrics(h.clone());
         }
-        if let Some(t) = &cfg.api.token {
-            state = state.with_token(t.expose());
+        if let Some(t) = &token {
+            state = state.with_token(t);
         }
+        api_token_handle = Some(state.token_handle());
         let router = api::router(state);
         let cancel = sources.clone();
         let (limits, lowered) = cfg
@@ -281,11 +293,29 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
             spawn::nats_ingest(ncfg, writer, sources.clone()),
         );
     }
+    if let Some(signal) = opts.reload.take() {
+        let reloader = reload::Reloader {
+            current: cfg.clone(),
+            instruments: instruments.clone(),
+            token,
+            engine: engine_tx.clone(),
+            api_token: api_token_handle,
+            default_trigger: Arc::clone(&backend.default_trigger),
+            sinks: sink_set.clone(),
+            sinks_stop: sinks_stop.clone(),
+            journal: Arc::clone(&journal),
+            instrument_list: instrument_list.clone(),
+        };
+        tasks.spawn(
+            "reload",
+            reloader.run(signal, sources.clone()).map(Ok::<(), String>),
+        );
+    }
     drop(engine_tx);
     tracing::info!(
         config = %cfg.path.display(),
         feeds = cfg.feeds.len(),
-        sinks = sink_tasks.len(),
+        sinks = sink_set.len(),
         accounts = map.len(),
         "liqwatch running"
     );
@@ -330,6 +360,7 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
     };
     // 3. Sinks drain what is journaled, within the grace period.
     sinks_stop.cancel();
+    let sink_tasks = sink_set.take_all();
     let mut undrained = Vec::new();
     let names: Vec<String> = sink_tasks.iter().map(|t| t.name.clone()).collect();
     let healths: Vec<watch::Receiver<SinkHealth>> =

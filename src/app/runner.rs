@@ -14,7 +14,6 @@
 //! An account update is answered only after it is applied **and** persisted; when persisting
 //! fails the engine reverts the map, so memory and store agree.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -23,11 +22,11 @@ use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Emitted, Engine, PendingUpdate, UpdateOutcome};
-use crate::journal::Journal;
+use crate::engine::{Emitted, Engine, EngineConfig, PendingUpdate, UpdateOutcome};
+use crate::journal::{AccountWrite, Journal, UpdateIdRecord, UpdateIdWindow};
 use crate::model::{AccountId, AccountState, AccountUpdate, InstrumentId, RiskEvent, now_ms};
 use crate::prices::{Composite, PriceBoard};
-use crate::sources::{Applied, ApplyError, UpdateOrigin};
+use crate::sources::{Applied, ApplyError, UpdateKey, UpdateOrigin, update_digest};
 
 /// A request to the engine task.
 pub(crate) enum EngineRequest {
@@ -35,7 +34,16 @@ pub(crate) enum EngineRequest {
     Update {
         update: AccountUpdate,
         origin: UpdateOrigin,
+        /// The update's id: applied once within the window ([`UpdateIdWindow`]).
+        key: Option<UpdateKey>,
         reply: oneshot::Sender<Result<Applied, ApplyError>>,
+    },
+    /// A SIGHUP reload: new levels (the engine is rebuilt over the same map and re-evaluates
+    /// every account) and a new update-id window. Answered with what changed.
+    Reload {
+        engine: EngineConfig,
+        update_ids: UpdateIdWindow,
+        reply: oneshot::Sender<Result<Vec<String>, String>>,
     },
 }
 
@@ -48,10 +56,14 @@ pub(crate) struct Runner {
     pub states: Arc<DashMap<AccountId, AccountState>>,
     /// Events journaled since start.
     pub events: Arc<AtomicU64>,
-    /// Highest NATS stream sequence applied, per stream (redeliveries in this process).
-    pub nats_seen: HashMap<String, u64>,
+    /// How long applied update ids are remembered (a NATS redelivery is keyed by its stream
+    /// sequence, so it is recognised across restarts too).
+    pub update_ids: UpdateIdWindow,
     /// Accounts per monitor state, for `liqwatch_accounts_by_state`.
     pub state_counts: StateCounts,
+    /// True while prices are not taken because the journal holds its limit of unwritten
+    /// events (disk full): the board coalesces them meanwhile, nothing queues.
+    pub paused: bool,
 }
 
 /// Counts of accounts in warning and triggered state (healthy = loaded − both), kept
@@ -102,15 +114,23 @@ impl Runner {
         stale_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let board = Arc::clone(&self.board);
         loop {
+            // Backpressure (issue 11 item 7): while the journal cannot write and already holds
+            // its limit of events, take no prices and check staleness no more — each could add
+            // events to memory. The board keeps only the latest price per instrument, so
+            // memory stays flat; the tick re-checks every 250 ms and resumes once it writes.
+            let paused = self.journal.over_buffer_limit();
+            self.note_pause(paused);
             tokio::select! {
                 biased;
-                changed = board.changed() => {
+                changed = board.changed(), if !paused => {
                     let woke = std::time::Instant::now();
                     self.on_prices(changed, woke).await;
                 }
                 Some(req) = requests.recv() => self.on_request(req).await,
                 _ = stale_tick.tick() => {
-                    self.on_staleness().await;
+                    if !paused {
+                        self.on_staleness().await;
+                    }
                     self.state_counts.publish(self.engine.map().len());
                 }
                 _ = stop.cancelled() => break,
@@ -126,6 +146,24 @@ impl Runner {
             self.on_request(req).await;
         }
         tracing::info!("Engine finished");
+    }
+
+    /// Logs and exports a change of the backpressure pause.
+    fn note_pause(&mut self, paused: bool) {
+        if paused == self.paused {
+            return;
+        }
+        self.paused = paused;
+        metrics::gauge!("liqwatch_engine_paused").set(if paused { 1.0 } else { 0.0 });
+        if paused {
+            tracing::error!(
+                buffered = self.journal.buffered(),
+                limit = self.journal.buffer_limit(),
+                "Journal cannot write and holds its limit of events in memory: prices are not evaluated until it writes again (free disk space)"
+            );
+        } else {
+            tracing::warn!("Journal writes again: taking prices");
+        }
     }
 
     async fn on_prices(
@@ -168,31 +206,83 @@ impl Runner {
             EngineRequest::Update {
                 update,
                 origin,
+                key,
                 reply,
             } => {
-                let r = self.apply_update(update, &origin).await;
+                let r = self.apply_update(update, &origin, key).await;
+                let _ = reply.send(r);
+            }
+            EngineRequest::Reload {
+                engine,
+                update_ids,
+                reply,
+            } => {
+                let r = self.reload(engine, update_ids).await;
                 let _ = reply.send(r);
             }
         }
+    }
+
+    /// Applies reloaded engine settings. New levels (or stale policy, or index mode) rebuild
+    /// the engine over the same account map with the monitor states the journal holds — the
+    /// path a restart takes — and evaluate every account at the current prices at once, so
+    /// an account the new levels put across a level fires now (a restart would do the same on
+    /// its next tick). Unchanged settings leave the engine alone.
+    async fn reload(
+        &mut self,
+        cfg: EngineConfig,
+        update_ids: UpdateIdWindow,
+    ) -> Result<Vec<String>, String> {
+        let mut changed = Vec::new();
+        if update_ids != self.update_ids {
+            self.update_ids = update_ids;
+            changed.push("accounts.update_id_window / update_id_limit".to_string());
+        }
+        let same_levels = *self.engine.monitor().config() == cfg.monitor
+            && self.engine.index().is_some() == cfg.distance_index;
+        if same_levels {
+            return Ok(changed);
+        }
+        let j = Arc::clone(&self.journal);
+        let states = tokio::task::spawn_blocking(move || j.load_monitor_states())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot read monitor states: {e}"))?;
+        let mut engine = Engine::new(Arc::clone(self.engine.map()), cfg)
+            .map_err(|e| format!("engine levels: {e}"))?;
+        // `after_trigger` needs a restart (its marks live in the monitor); keep the mode.
+        engine.set_after_trigger(self.engine.after_trigger());
+        engine.restore(states);
+        let emitted = engine.evaluate_all(&*self.board, now_ms());
+        self.engine = engine;
+        let fired = emitted.len();
+        self.commit(emitted, Vec::new()).await;
+        changed.push(format!(
+            "engine levels ({} accounts re-evaluated, {fired} events)",
+            self.engine.map().len()
+        ));
+        Ok(changed)
     }
 
     async fn apply_update(
         &mut self,
         update: AccountUpdate,
         origin: &UpdateOrigin,
+        key: Option<UpdateKey>,
     ) -> Result<Applied, ApplyError> {
-        if let UpdateOrigin::Nats {
-            stream,
-            stream_sequence,
-            ..
-        } = origin
-            && self
-                .nats_seen
-                .get(stream)
-                .is_some_and(|s| *stream_sequence <= *s)
-        {
-            return Ok(Applied::Duplicate);
-        }
+        // An id seen before: a repeat is acknowledged without applying, a reuse for another
+        // update refused. Updates are applied one at a time here, so nothing can record the
+        // same id between this look-up and the write below.
+        let id = match key {
+            None => None,
+            Some(key) => {
+                let digest = update_digest(&update);
+                if let Some(answer) = self.seen(&key, &digest, origin).await? {
+                    return answer;
+                }
+                Some((key, digest))
+            }
+        };
         let pending = self.engine.begin_update(update).map_err(|e| match e {
             crate::engine::AccountError::UnknownAccount(id) => ApplyError::NotFound(id),
             other => ApplyError::Invalid {
@@ -200,8 +290,19 @@ impl Runner {
                 message: other.to_string(),
             },
         })?;
-        // Persist before answering; revert on failure so memory and store agree.
-        if let Err(reason) = self.persist(&pending).await {
+        let applied = match pending.outcome() {
+            UpdateOutcome::Created(_) => Applied::Created,
+            UpdateOutcome::Updated(_) => Applied::Updated,
+            UpdateOutcome::Removed(_) => Applied::Removed,
+        };
+        let record = id.map(|(key, digest)| UpdateIdRecord {
+            key: key.as_stored().to_string(),
+            digest,
+            result: applied_str(applied).to_string(),
+        });
+        // Persist (with the update's id, in one transaction) before answering; revert on
+        // failure so memory and store agree.
+        if let Err(reason) = self.persist(&pending, record).await {
             let id = pending.account_id().clone();
             if let Err(e) = self.engine.revert(pending) {
                 tracing::error!(account = %id, error = %e, "Could not undo an update that failed to persist");
@@ -209,20 +310,6 @@ impl Runner {
             tracing::error!(account = %id, %reason, "Account update not persisted; undone");
             return Err(ApplyError::Persist(reason));
         }
-        if let UpdateOrigin::Nats {
-            stream,
-            stream_sequence,
-            ..
-        } = origin
-        {
-            let e = self.nats_seen.entry(stream.clone()).or_insert(0);
-            *e = (*e).max(*stream_sequence);
-        }
-        let applied = match pending.outcome() {
-            UpdateOutcome::Created(_) => Applied::Created,
-            UpdateOutcome::Updated(_) => Applied::Updated,
-            UpdateOutcome::Removed(_) => Applied::Removed,
-        };
         let id = pending.account_id().clone();
         let emitted = self.engine.settle(pending, &*self.board, now_ms());
         if applied == Applied::Removed
@@ -236,31 +323,66 @@ impl Runner {
         Ok(applied)
     }
 
-    /// Writes the account as the map now has it (or deletes it) to the journal's store.
-    async fn persist(&self, pending: &PendingUpdate) -> Result<(), String> {
+    /// `Some(answer)` when `key` was already applied (within the window): a duplicate when it
+    /// came with the same update, a conflict otherwise.
+    async fn seen(
+        &self,
+        key: &UpdateKey,
+        digest: &str,
+        origin: &UpdateOrigin,
+    ) -> Result<Option<Result<Applied, ApplyError>>, ApplyError> {
         let j = Arc::clone(&self.journal);
-        let id = pending.account_id().clone();
+        let stored = key.as_stored().to_string();
+        let window = self.update_ids;
+        let seen = tokio::task::spawn_blocking(move || j.seen_update(&stored, &window))
+            .await
+            .map_err(|e| ApplyError::Unavailable(e.to_string()))?
+            .map_err(|e| ApplyError::Unavailable(format!("cannot read update ids: {e}")))?;
+        let Some(seen) = seen else { return Ok(None) };
+        if seen.digest == digest {
+            tracing::info!(update_id = %key, source = origin.label(), account = %seen.account_id, "Update already applied; acknowledged without applying it again");
+            return Ok(Some(Ok(Applied::Duplicate)));
+        }
+        Ok(Some(Err(ApplyError::Conflict {
+            id: key.shown().to_string(),
+            detail: format!(
+                "it {} account {} at {} ms since the epoch",
+                seen.result, seen.account_id, seen.recorded_ms
+            ),
+        })))
+    }
+
+    /// Writes the account as the map now has it (or deletes it) to the journal's store, with
+    /// the update's id in the same transaction.
+    async fn persist(
+        &self,
+        pending: &PendingUpdate,
+        record: Option<UpdateIdRecord>,
+    ) -> Result<(), String> {
+        let j = Arc::clone(&self.journal);
+        let account_id = pending.account_id().clone();
         let write = match pending.outcome() {
-            UpdateOutcome::Removed(_) => tokio::task::spawn_blocking(move || {
-                j.delete_account(&id).map(|_| ()).map_err(|e| e.to_string())
-            }),
-            _ => {
-                let json = match self
-                    .engine
-                    .map()
-                    .account(&id)
-                    .map(|a| serde_json::to_string(&a))
-                {
-                    Some(Ok(json)) => json,
-                    Some(Err(e)) => return Err(e.to_string()),
-                    None => return Err("account vanished".into()),
-                };
-                tokio::task::spawn_blocking(move || {
-                    j.upsert_accounts(&[(id, json)]).map_err(|e| e.to_string())
-                })
-            }
+            UpdateOutcome::Removed(_) => AccountWrite::Delete { account_id },
+            _ => match self
+                .engine
+                .map()
+                .account(&account_id)
+                .map(|a| serde_json::to_string(&a))
+            {
+                Some(Ok(json)) => AccountWrite::Upsert { account_id, json },
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("account vanished".into()),
+            },
         };
-        write.await.map_err(|e| e.to_string()).and_then(|r| r)
+        let window = self.update_ids;
+        tokio::task::spawn_blocking(move || {
+            j.store_account_update(&write, record.as_ref(), &window)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
     }
 
     /// Journals account events (with their monitor states) and feed events in one transaction.
@@ -299,6 +421,16 @@ impl Runner {
             }
         }
         self.state_counts.publish(self.engine.map().len());
+    }
+}
+
+/// What an update did, as recorded with its id.
+fn applied_str(applied: Applied) -> &'static str {
+    match applied {
+        Applied::Created => "created",
+        Applied::Updated => "updated",
+        Applied::Removed => "removed",
+        Applied::Duplicate => "duplicate",
     }
 }
 

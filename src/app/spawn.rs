@@ -10,13 +10,14 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::AppError;
+use super::sinkset::SinkSet;
 use crate::config::{Config, FeedSource};
 use crate::feeds::{self, FeedRegistry, replay};
 use crate::journal::Journal;
 use crate::model::{Instrument, now_ms};
 use crate::prices::PriceBoard;
 use crate::runtime::{Backoff, Tasks};
-use crate::sinks::{self, DriverOptions, Sink, SinkFilter, SinkTask};
+use crate::sinks::{Sink, SinkFilter};
 use crate::sources::{AccountWriter, NatsIngest, NatsIngestConfig};
 
 /// The replay feeds started: one token each, cancelled when its file has been played, and the
@@ -26,45 +27,26 @@ pub(super) struct Replays {
     pub ticks: Arc<AtomicU64>,
 }
 
-/// Spawns a delivery driver for every configured sink and every extra one (the demo's printer).
-/// They stop on `stop`, after draining what is journaled for up to the grace period.
+/// Spawns a delivery driver for every configured sink and every extra one (the demo's printer),
+/// each under its own child of `stop`. They stop on `stop`, after draining what is journaled
+/// for up to the grace period.
 pub(super) fn sinks(
     cfg: &Config,
     journal: &Arc<Journal>,
     extra: Vec<(Box<dyn Sink>, SinkFilter)>,
     stop: &CancellationToken,
-) -> Result<Vec<SinkTask>, AppError> {
-    let driver_options = DriverOptions {
-        drain_grace: cfg.shutdown.grace,
-        ..DriverOptions::default()
-    };
-    let mut tasks = Vec::new();
+) -> Result<SinkSet, AppError> {
+    let set = SinkSet::default();
     for entry in &cfg.sinks {
         let sink = entry
             .build()
             .map_err(|e| AppError::Startup(e.to_string()))?;
-        let options = entry
-            .delivery
-            .clone()
-            .unwrap_or_else(|| driver_options.clone());
-        tasks.push(sinks::spawn_sink_with(
-            sink,
-            entry.filter.clone(),
-            Arc::clone(journal),
-            options,
-            stop.clone(),
-        ));
+        set.start(sink, Some(entry), cfg, journal, stop, entry.filter.clone());
     }
     for (sink, filter) in extra {
-        tasks.push(sinks::spawn_sink_with(
-            sink,
-            filter,
-            Arc::clone(journal),
-            driver_options.clone(),
-            stop.clone(),
-        ));
+        set.start(sink, None, cfg, journal, stop, filter);
     }
-    Ok(tasks)
+    Ok(set)
 }
 
 /// Spawns one task per configured feed into `tasks`, each registered in `registry` before this

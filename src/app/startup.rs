@@ -45,6 +45,28 @@ pub(crate) fn check_files(cfg: &Config) -> Result<(), AppError> {
     }
 }
 
+/// The API's bearer token: `token_env`'s value (read with the config), or the contents of
+/// `token_file` (trimmed; read now, so a rotated file is picked up by a reload). `None`:
+/// mutations are refused.
+pub(crate) fn api_token(cfg: &Config) -> Result<Option<String>, AppError> {
+    if let Some(t) = &cfg.api.token {
+        return Ok(Some(t.expose().to_string()));
+    }
+    let Some(path) = &cfg.api.token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| AppError::Startup(format!("api.token_file {}: {e}", path.display())))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(AppError::Startup(format!(
+            "api.token_file {} is empty: put the bearer token in it",
+            path.display()
+        )));
+    }
+    Ok(Some(token.to_string()))
+}
+
 /// Loads and merges every instrument preset file; an id defined in two files is an error.
 pub(crate) fn load_instruments(
     cfg: &Config,

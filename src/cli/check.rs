@@ -24,6 +24,9 @@ pub fn check_config(path: &Path, no_env: bool) -> Result<String, AppError> {
     };
     if !no_env {
         problems.extend(journal_problem(&cfg));
+        if let Err(AppError::Startup(m)) = crate::app::api_token(&cfg) {
+            problems.push(m);
+        }
     }
     if !problems.is_empty() {
         return Err(AppError::Startup(problems.join("\n")));
@@ -74,10 +77,10 @@ fn summary(cfg: &Config) -> String {
             format!(
                 "http://{} (mutations {})",
                 cfg.api.bind,
-                if cfg.api.token.is_some() {
+                if cfg.api.token.is_some() || cfg.api.token_file.is_some() {
                     "need the bearer token"
                 } else {
-                    "disabled: no token_env"
+                    "disabled: no token_env or token_file"
                 }
             )
         } else {

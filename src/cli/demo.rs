@@ -141,7 +141,7 @@ pub fn main(args: DemoArgs) -> Result<(), AppError> {
     let started = std::time::Instant::now();
     let report = rt.block_on(async move {
         let cancel = CancellationToken::new();
-        crate::runtime::telemetry::spawn_signal_watcher(cancel.clone())
+        crate::runtime::telemetry::spawn_signal_watcher(cancel.clone(), None)
             .map_err(AppError::Startup)?;
         crate::app::run(
             cfg,

@@ -141,6 +141,8 @@ pub struct AccountsConfig {
     pub snapshot: Option<PathBuf>,
     /// `[accounts.nats]`: a JetStream durable consumer of account updates.
     pub nats: Option<NatsIngestConfig>,
+    /// `update_id_window` / `update_id_limit`: how long applied update ids are remembered.
+    pub update_ids: crate::journal::UpdateIdWindow,
 }
 
 /// Where a `[[feeds]]` entry gets its prices.
@@ -187,6 +189,9 @@ pub struct JournalConfig {
     pub retention: Duration,
     /// SQLite `synchronous`: `full` (default) or `normal`.
     pub synchronous: Synchronous,
+    /// While writes fail, at most about this many events wait in memory: past it the engine
+    /// stops taking prices until the journal writes again (`max_buffered_events`).
+    pub max_buffered_events: usize,
 }
 
 /// One `[[sinks]]` entry.
@@ -226,6 +231,10 @@ pub struct ApiConfig {
     pub bind: SocketAddr,
     /// Bearer token for mutating endpoints (from `token_env`); `None` = mutations refused.
     pub token: Option<Secret>,
+    /// A file holding the bearer token instead (`token_file`), read at start and again on
+    /// SIGHUP, so a rotated token (a Kubernetes Secret volume, systemd credentials) takes
+    /// effect without a restart.
+    pub token_file: Option<PathBuf>,
     /// Maximum request body size.
     pub max_body_bytes: usize,
     /// Header-read and idle timeouts, connection cap (`header_read_timeout`, `idle_timeout`,
@@ -273,6 +282,9 @@ struct RawEngine {
 struct RawAccounts {
     snapshot: Option<String>,
     nats: Option<RawAccountsNats>,
+    #[serde(default, with = "humantime_serde")]
+    update_id_window: Option<Duration>,
+    update_id_limit: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -324,6 +336,7 @@ struct RawJournal {
     #[serde(default, with = "humantime_serde")]
     retention: Option<Duration>,
     synchronous: Option<Synchronous>,
+    max_buffered_events: Option<usize>,
 }
 
 /// The keys of a `[[sinks]]` entry the daemon reads itself (the fields of [`RawSink`]); the
@@ -348,6 +361,7 @@ struct RawApi {
     enabled: Option<bool>,
     bind: Option<String>,
     token_env: Option<String>,
+    token_file: Option<String>,
     max_body_bytes: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     header_read_timeout: Option<Duration>,
@@ -695,7 +709,28 @@ impl Cx<'_, '_> {
                 shard,
             }
         });
-        AccountsConfig { snapshot, nats }
+        let d = crate::journal::UpdateIdWindow::default();
+        let update_ids = crate::journal::UpdateIdWindow {
+            max_ids: raw.update_id_limit.unwrap_or(d.max_ids),
+            max_age: raw.update_id_window.unwrap_or(d.max_age),
+        };
+        if update_ids.max_ids == 0 {
+            self.problem(
+                &[P::K("accounts"), P::K("update_id_limit")],
+                "must be at least 1 (a window that keeps no id would apply every retry again)",
+            );
+        }
+        if update_ids.max_age.is_zero() {
+            self.problem(
+                &[P::K("accounts"), P::K("update_id_window")],
+                "must be longer than 0s (a window that keeps no id would apply every retry again)",
+            );
+        }
+        AccountsConfig {
+            snapshot,
+            nats,
+            update_ids,
+        }
     }
 
     /// Reads every `[[feeds]]` entry; each venue feed's `stale_after` goes into the price
@@ -806,10 +841,19 @@ impl Cx<'_, '_> {
                 PathBuf::new()
             }
         };
+        if raw.max_buffered_events == Some(0) {
+            self.problem(
+                &[P::K("journal"), P::K("max_buffered_events")],
+                "must be at least 1",
+            );
+        }
         Some(JournalConfig {
             path,
             retention: raw.retention.unwrap_or(Duration::from_secs(7 * 86_400)),
             synchronous: raw.synchronous.unwrap_or_default(),
+            max_buffered_events: raw
+                .max_buffered_events
+                .unwrap_or(crate::journal::DEFAULT_BUFFER_LIMIT),
         })
     }
 
@@ -904,6 +948,13 @@ impl Cx<'_, '_> {
             }
         };
         let token = self.secret(&[P::K("api"), P::K("token_env")], raw.token_env.as_deref());
+        let token_file = raw.token_file.as_deref().map(|s| self.path(s));
+        if raw.token_env.is_some() && token_file.is_some() {
+            self.problem(
+                &[P::K("api"), P::K("token_file")],
+                "set token_env or token_file, not both",
+            );
+        }
         let defaults = crate::api::ServeLimits::default();
         let mut limits = defaults;
         for (key, value, slot) in [
@@ -935,6 +986,7 @@ impl Cx<'_, '_> {
             enabled: raw.enabled.unwrap_or(true),
             bind,
             token,
+            token_file,
             max_body_bytes: raw.max_body_bytes.unwrap_or(crate::api::DEFAULT_BODY_LIMIT),
             limits,
         })

@@ -390,3 +390,44 @@ fn after_trigger() {
     assert_eq!(p.len(), 1, "{p:?}");
     assert!(keys(&p)[0].1.ends_with("engine.after_trigger"), "{p:?}");
 }
+
+/// `[accounts] update_id_window` / `update_id_limit` default to 24 h / 100,000, are read, and a
+/// window that would keep no id is refused naming its key.
+#[test]
+fn update_id_window_keys() {
+    let c = ok(MIN);
+    assert_eq!(
+        c.accounts.update_ids,
+        crate::journal::UpdateIdWindow::default()
+    );
+    let c = ok(&format!(
+        "{MIN}\n[accounts]\nupdate_id_window = \"2h\"\nupdate_id_limit = 7\n"
+    ));
+    assert_eq!(c.accounts.update_ids.max_ids, 7);
+    assert_eq!(c.accounts.update_ids.max_age, Duration::from_secs(2 * 3600));
+    let p = problems(&format!(
+        "{MIN}\n[accounts]\nupdate_id_window = \"0s\"\nupdate_id_limit = 0\n"
+    ));
+    let k: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        k,
+        vec!["accounts.update_id_window", "accounts.update_id_limit"],
+        "{p:?}"
+    );
+}
+
+/// `[api] token_file` resolves against the config's directory and excludes `token_env`.
+#[test]
+fn api_token_file() {
+    let c = ok(&format!("{MIN}\n[api]\ntoken_file = \"secrets/token\"\n"));
+    assert_eq!(
+        c.api.token_file.as_deref(),
+        Some(Path::new("/etc/liqwatch/secrets/token"))
+    );
+    assert!(c.api.token.is_none());
+    let p = problems(&format!(
+        "{MIN}\n[api]\ntoken_env = \"API_TOKEN\"\ntoken_file = \"t\"\n"
+    ));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "api.token_file");
+}

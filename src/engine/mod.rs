@@ -133,6 +133,11 @@ impl Engine {
         self.monitor.set_after_trigger(mode);
     }
 
+    /// What happens to an account after its trigger.
+    pub fn after_trigger(&self) -> AfterTrigger {
+        self.monitor.after_trigger()
+    }
+
     /// The distance index, when on.
     pub fn index(&self) -> Option<&DistanceIndex> {
         self.index.as_ref()

@@ -303,6 +303,11 @@ impl Monitor {
         self.after_trigger = mode;
     }
 
+    /// What happens to an account after its trigger.
+    pub fn after_trigger(&self) -> AfterTrigger {
+        self.after_trigger
+    }
+
     /// Loads persisted states (account id, [`MonitorState`] JSON). They apply to the accounts
     /// as soon as the monitor first sees them; unreadable ones are reported and counted.
     /// Call it once at start, before the first evaluation: it resets any state already held.

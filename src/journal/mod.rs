@@ -35,7 +35,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -57,8 +57,9 @@ pub struct JournalEntry {
     pub json: String,
 }
 
-/// The schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+/// The schema version this build writes (`PRAGMA user_version`). Version 2 added the
+/// `update_ids` table ([`update_ids`]); older journals are migrated on open.
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// `PRAGMA application_id` of a liqwatch journal (`LQWJ`): it tells a journal from any other
 /// SQLite file. Journals created before it was stamped (id 0, our schema version and tables) are
@@ -318,7 +319,14 @@ pub struct Journal {
     committed: watch::Sender<u64>,
     failing: AtomicBool,
     failing_changed: tokio::sync::Notify,
+    /// Events held in memory now (mirrors `writer.pending.len()` without its lock).
+    buffered_now: AtomicUsize,
+    /// Past this many held events the daemon stops taking prices ([`Journal::over_buffer_limit`]).
+    buffer_limit: AtomicUsize,
 }
+
+/// Default of [`Journal::set_buffer_limit`]: about 200 MB of held events (~2 KB each).
+pub const DEFAULT_BUFFER_LIMIT: usize = 100_000;
 
 impl std::fmt::Debug for Journal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -536,7 +544,7 @@ impl Journal {
         }
         // Creating the schema and stamping the open time proves the file is writable now.
         conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {SCHEMA_V1} PRAGMA user_version = {SCHEMA_VERSION};
+            "BEGIN IMMEDIATE; {SCHEMA_V1} {SCHEMA_V2} PRAGMA user_version = {SCHEMA_VERSION};
              PRAGMA application_id = {APPLICATION_ID};
              INSERT INTO meta(key, value) VALUES ('opened_ms', '{}')
                ON CONFLICT(key) DO UPDATE SET value = excluded.value;
@@ -601,6 +609,8 @@ impl Journal {
             committed,
             failing: AtomicBool::new(false),
             failing_changed: tokio::sync::Notify::new(),
+            buffered_now: AtomicUsize::new(0),
+            buffer_limit: AtomicUsize::new(DEFAULT_BUFFER_LIMIT),
         })
     }
 
@@ -695,6 +705,7 @@ impl Journal {
         metrics::histogram!("liqwatch_journal_append_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::gauge!("liqwatch_journal_last_seq").set(last_seq as f64);
+        self.buffered_now.store(0, Ordering::SeqCst);
         if self.failing.swap(false, Ordering::SeqCst) {
             metrics::gauge!("liqwatch_journal_write_failing").set(0.0);
             metrics::gauge!("liqwatch_journal_buffered_events").set(0.0);
@@ -713,6 +724,7 @@ impl Journal {
     }
 
     fn set_failing(&self, failing: bool, buffered: usize, error: &rusqlite::Error) {
+        self.buffered_now.store(buffered, Ordering::SeqCst);
         metrics::counter!("liqwatch_journal_write_failures_total").increment(1);
         metrics::gauge!("liqwatch_journal_buffered_events").set(buffered as f64);
         let was = self.failing.swap(failing, Ordering::SeqCst);
@@ -734,6 +746,42 @@ impl Journal {
     /// Events held in memory because writes fail.
     pub fn buffered(&self) -> usize {
         self.writer.lock().pending.len()
+    }
+
+    /// Sets the bound on events held in memory while writes fail (`[journal]
+    /// max_buffered_events`). The journal itself never drops one: the bound is for the caller
+    /// that produces events, which stops taking new work while [`Journal::over_buffer_limit`].
+    pub fn set_buffer_limit(&self, limit: usize) {
+        self.buffer_limit.store(limit.max(1), Ordering::SeqCst);
+    }
+
+    /// The bound set by [`Journal::set_buffer_limit`].
+    pub fn buffer_limit(&self) -> usize {
+        self.buffer_limit.load(Ordering::SeqCst)
+    }
+
+    /// True while at least [`Journal::buffer_limit`] events wait in memory for a write that
+    /// fails (lock-free: the engine asks before every price burst).
+    pub fn over_buffer_limit(&self) -> bool {
+        self.buffered_now.load(Ordering::SeqCst) >= self.buffer_limit()
+    }
+
+    /// Fault injection for tests: `true` caps the database at its current size (`PRAGMA
+    /// max_page_count`), so every write that needs a new page fails with SQLite's real
+    /// "database or disk is full" error, exactly as on a full disk; `false` lifts the cap.
+    #[doc(hidden)]
+    pub fn simulate_disk_full(&self, full: bool) -> Result<(), JournalError> {
+        let w = self.writer.lock();
+        let pages: i64 = if full {
+            w.conn
+                .pragma_query_value(None, "page_count", |r| r.get(0))?
+        } else {
+            1_073_741_823
+        };
+        let _: i64 = w
+            .conn
+            .pragma_update_and_check(None, "max_page_count", pages, |r| r.get(0))?;
+        Ok(())
     }
 
     /// The seq of the last committed event (0 when empty).
@@ -1044,7 +1092,10 @@ impl Writer {
 
 mod cursors; // per-sink cursors, history reads and dead letters
 mod handle; // the async handle: journal calls on tokio's blocking pool
+pub mod update_ids; // ids of applied account updates, committed with the account write
 pub use handle::JournalHandle;
+use update_ids::SCHEMA_V2;
+pub use update_ids::{AccountWrite, SeenUpdate, UpdateIdRecord, UpdateIdWindow};
 
 #[cfg(test)]
 mod tests;

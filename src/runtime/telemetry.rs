@@ -52,8 +52,12 @@ pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
 }
 
 /// Cancels `token` on the first SIGINT/SIGTERM; exits the process with code 1 on the second.
-/// SIGHUP is logged and ignored (see the module docs).
-pub fn spawn_signal_watcher(token: CancellationToken) -> Result<(), String> {
+/// SIGHUP notifies `reload` (the daemon reloads its config); without one (the demo) it is
+/// logged and ignored.
+pub fn spawn_signal_watcher(
+    token: CancellationToken,
+    reload: Option<std::sync::Arc<tokio::sync::Notify>>,
+) -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
     let watch = |kind: SignalKind, name: &str| {
         signal(kind).map_err(|e| format!("cannot watch {name}: {e}"))
@@ -67,7 +71,11 @@ pub fn spawn_signal_watcher(token: CancellationToken) -> Result<(), String> {
             tokio::select! {
                 _ = term.recv() => break "SIGTERM",
                 _ = int.recv() => break "SIGINT",
-                _ = hup.recv() => tracing::warn!("SIGHUP ignored: liqwatch does not reload its config; restart it (nothing is lost: accounts, monitor states and sink cursors are in the journal)"),
+                _ = hup.recv() => match &reload {
+                    // One stored permit: signals that arrive during a reload coalesce into one.
+                    Some(r) => r.notify_one(),
+                    None => tracing::warn!("SIGHUP ignored: this command does not reload"),
+                },
             }
         };
         tracing::info!(

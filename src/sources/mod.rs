@@ -4,8 +4,10 @@
 //! daemon implements [`AccountWriter`] to apply **and persist** an update.
 
 pub mod files; // instrument presets, account snapshots, price sets, scenarios
+pub mod idempotency; // update ids: one delivery of an update, applied once
 pub mod nats; // the JetStream durable pull consumer of account updates, sharding
 
+pub use idempotency::{UpdateKey, merge_ids, take_update_id, update_digest};
 pub use nats::{IngestError, NatsIngest, NatsIngestConfig, Shard, shard_of};
 
 use futures::future::BoxFuture;
@@ -29,6 +31,9 @@ pub enum UpdateOrigin {
         stream_sequence: u64,
         /// The subject it was published on.
         subject: String,
+        /// When the server stored it (with the sequence, it tells a redelivery from a new
+        /// message that took the same sequence in a recreated stream).
+        published: String,
     },
 }
 
@@ -76,6 +81,16 @@ pub enum ApplyError {
     /// Applying worked but persisting failed (store error); nothing was kept, try again later.
     #[error("persist failed: {0}")]
     Persist(String),
+    /// The update id was already used for a different update (within the id window).
+    #[error(
+        "update id {id:?} was already used for a different update ({detail}); use a new id for a new update"
+    )]
+    Conflict {
+        /// The id, as the sender gave it.
+        id: String,
+        /// What the id was first used for.
+        detail: String,
+    },
 }
 
 impl ApplyError {
@@ -92,11 +107,15 @@ pub trait AccountWriter: Send + Sync + 'static {
     fn instrument_kind(&self, id: &InstrumentId) -> Option<InstrumentKind>;
 
     /// Applies one (already validated) update to the engine **and persists it**; resolves only
-    /// when the account store holds the result.
+    /// when the account store holds the result. With a `key`, an update whose key was already
+    /// applied (within the id window) answers [`Applied::Duplicate`] without applying, or
+    /// [`ApplyError::Conflict`] when the key came with a different update; the key is stored
+    /// in the same transaction as the account.
     fn apply(
         &self,
         update: AccountUpdate,
         origin: UpdateOrigin,
+        key: Option<UpdateKey>,
     ) -> BoxFuture<'_, Result<Applied, ApplyError>>;
 }
 
@@ -321,7 +340,27 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(
 
 /// Parses an `AccountUpdate` message, naming the serde path of the first bad field (the
 /// internally tagged enum alone would lose the path, so each variant is read on its own).
+/// An `update_id` (or a fill's `fill_id`) is refused here; see [`parse_update_with_id`].
 pub fn parse_update(bytes: &[u8]) -> Result<AccountUpdate, (String, &'static str, String)> {
+    let value: serde_json::Value = parse_json(bytes)?;
+    parse_update_value(value)
+}
+
+/// [`parse_update`] for a message that may carry its id: `update_id` at the top, or a fill's
+/// `fill_id` (see [`take_update_id`]).
+pub fn parse_update_with_id(
+    bytes: &[u8],
+) -> Result<(AccountUpdate, Option<UpdateKey>), (String, &'static str, String)> {
+    let mut value: serde_json::Value = parse_json(bytes)?;
+    let fill =
+        (value.get("type").and_then(serde_json::Value::as_str) == Some("fill")).then_some("fill");
+    let key = take_update_id(&mut value, fill).map_err(|e| (e.field, e.code, e.message))?;
+    Ok((parse_update_value(value)?, key))
+}
+
+fn parse_update_value(
+    value: serde_json::Value,
+) -> Result<AccountUpdate, (String, &'static str, String)> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct ReplaceMsg {
@@ -363,7 +402,6 @@ pub fn parse_update(bytes: &[u8]) -> Result<AccountUpdate, (String, &'static str
             (path, code, message)
         })
     }
-    let value: serde_json::Value = parse_json(bytes)?;
     let kind = value.get("type").and_then(serde_json::Value::as_str);
     match kind {
         Some("replace") => {
@@ -398,6 +436,8 @@ pub fn parse_update(bytes: &[u8]) -> Result<AccountUpdate, (String, &'static str
 pub enum Outcome {
     /// Applied and persisted; acked.
     Applied,
+    /// Its id was already applied (a retry or redelivery); acked without applying.
+    Duplicate,
     /// Not JSON or not an `AccountUpdate`; terminated.
     Malformed,
     /// Failed validation; terminated.
@@ -415,6 +455,7 @@ impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Applied => "applied",
+            Outcome::Duplicate => "duplicate",
             Outcome::Malformed => "malformed",
             Outcome::Invalid => "invalid",
             Outcome::Rejected => "rejected",

@@ -27,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{
-    AccountWriter, Applied, Outcome, UpdateOrigin, count_update, parse_update, validate_update,
+    AccountWriter, Applied, Outcome, UpdateKey, UpdateOrigin, count_update, merge_ids,
+    parse_update_with_id, validate_update,
 };
 use crate::runtime::Backoff;
 
@@ -301,22 +302,33 @@ impl NatsIngest {
 
     async fn handle(&self, msg: &jetstream::Message, writer: &dyn AccountWriter) {
         let subject = msg.subject.to_string();
-        let (stream_sequence, delivered) = match msg.info() {
-            Ok(i) => (i.stream_sequence, i.delivered),
-            Err(_) => (0, 0),
+        let (stream_sequence, delivered, published) = match msg.info() {
+            Ok(i) => (i.stream_sequence, i.delivered, i.published.to_string()),
+            Err(_) => (0, 0, String::new()),
         };
+        let msg_id = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            .map(|v| v.as_str().to_string());
         let outcome = process(
             &msg.payload,
+            msg_id.as_deref(),
             self.config.shard,
             UpdateOrigin::Nats {
                 stream: self.config.stream.clone(),
                 stream_sequence,
                 subject: subject.clone(),
+                published,
             },
             writer,
         )
         .await;
         let (outcome, ack) = match outcome {
+            Ok(Applied::Duplicate) => {
+                debug!(%subject, stream_sequence, "account update already applied; acked");
+                (Outcome::Duplicate, AckKind::Ack)
+            }
             Ok(applied) => {
                 debug!(%subject, stream_sequence, ?applied, "account update applied");
                 (Outcome::Applied, AckKind::Ack)
@@ -357,15 +369,32 @@ async fn sleep_or_cancel(backoff: &mut Backoff, cancel: &CancellationToken) -> b
     }
 }
 
-/// Parses, validates and applies one `AccountUpdate` JSON message. `Err` carries the outcome
+/// Parses, validates and applies one `AccountUpdate` JSON message. Its id is the
+/// `Nats-Msg-Id` header (`msg_id`), else its `update_id` / `fill.fill_id`, else its place in the
+/// stream (so a redelivery is applied once even across a restart). `Err` carries the outcome
 /// (malformed, invalid, rejected, retry) and the reason.
 pub async fn process(
     payload: &[u8],
+    msg_id: Option<&str>,
     shard: Option<Shard>,
     origin: UpdateOrigin,
     writer: &dyn AccountWriter,
 ) -> Result<Applied, (Outcome, String)> {
-    let update = parse_update(payload).map_err(|(_, _, message)| (Outcome::Malformed, message))?;
+    let (update, body_id) =
+        parse_update_with_id(payload).map_err(|(_, _, message)| (Outcome::Malformed, message))?;
+    let key = merge_ids("Nats-Msg-Id", msg_id, body_id)
+        .map_err(|e| (Outcome::Invalid, e.to_string()))?
+        .or(match &origin {
+            UpdateOrigin::Nats {
+                stream,
+                stream_sequence,
+                published,
+                ..
+            } if *stream_sequence > 0 => {
+                Some(UpdateKey::jetstream(stream, *stream_sequence, published))
+            }
+            _ => None,
+        });
     if let Some(shard) = shard {
         let owner = shard_of(update.account_id().as_str(), shard.count);
         if owner != shard.index {
@@ -390,7 +419,7 @@ pub async fn process(
         return Err((Outcome::Invalid, reason));
     }
     let account = update.account_id().clone();
-    writer.apply(update, origin).await.map_err(|e| {
+    writer.apply(update, origin, key).await.map_err(|e| {
         let outcome = if e.is_retriable() {
             Outcome::Retry
         } else {

@@ -13,7 +13,7 @@ use liqwatch::model::{
     AccountId, AccountState, AccountUpdate, EventKind, InstrumentId, InstrumentKind, RiskEvent,
 };
 use liqwatch::sinks::JournalEntry;
-use liqwatch::sources::{AccountWriter, Applied, ApplyError, UpdateOrigin};
+use liqwatch::sources::{AccountWriter, Applied, ApplyError, UpdateKey, UpdateOrigin};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -37,8 +37,9 @@ impl AccountWriter for JournalBackend {
         &self,
         update: AccountUpdate,
         origin: UpdateOrigin,
+        key: Option<UpdateKey>,
     ) -> BoxFuture<'_, Result<Applied, ApplyError>> {
-        self.mem.apply(update, origin)
+        self.mem.apply(update, origin, key)
     }
 }
 

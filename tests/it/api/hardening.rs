@@ -304,7 +304,7 @@ async fn put(client: &reqwest::Client, url: String, auth: &str, id: &str) -> req
         .put(url)
         .header("authorization", auth)
         .header("content-type", "application/json")
-        .body(serde_json::json!({ "id": id }).to_string())
+        .body(serde_json::json!({ "id": id, "positions": [] }).to_string())
         .send()
         .await
         .unwrap()

@@ -139,7 +139,7 @@ async fn mutations_and_reads_over_tcp() {
         .put(format!("{base}/v1/accounts/acct-9"))
         .bearer_auth(TOKEN)
         .header("content-type", "application/json")
-        .body(r#"{"id":"acct-9","collateral":{"USDT":"5000"}}"#)
+        .body(r#"{"id":"acct-9","collateral":{"USDT":"5000"},"positions":[]}"#)
         .send()
         .await
         .unwrap();

@@ -4,11 +4,14 @@
 mod backtest;
 mod cli;
 mod deploy_files;
+mod docker_image;
 mod e2e;
 mod empty_account;
 mod instruments_import;
+mod idempotent_updates;
 mod journal_init;
 mod metrics_exposition;
+mod reload;
 mod stress;
 mod stress_extremes;
 mod stress_funding;

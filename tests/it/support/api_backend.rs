@@ -14,7 +14,7 @@ use liqwatch::model::{
     MarginRatio, RiskEvent, RiskSnapshot, ShockDistance, Venue,
 };
 use liqwatch::sinks::JournalEntry;
-use liqwatch::sources::{AccountWriter, Applied, ApplyError, UpdateOrigin};
+use liqwatch::sources::{AccountWriter, Applied, ApplyError, UpdateKey, UpdateOrigin};
 use rust_decimal::Decimal;
 use tokio::sync::broadcast;
 
@@ -24,6 +24,8 @@ pub struct MemBackend {
     pub views: Mutex<BTreeMap<AccountId, AccountView>>,
     pub applied: Mutex<Vec<(AccountUpdate, UpdateOrigin)>>,
     pub seen_nats: Mutex<Vec<u64>>,
+    /// The update id each `apply` call carried (as the sender gave it), in call order.
+    pub keys: Mutex<Vec<Option<String>>>,
     pub fail_next: Mutex<Vec<ApplyError>>,
     pub readiness: Mutex<Vec<ReadinessCheck>>,
     pub journal: Mutex<Vec<JournalEntry>>,
@@ -39,6 +41,7 @@ impl MemBackend {
             views: Mutex::default(),
             applied: Mutex::default(),
             seen_nats: Mutex::default(),
+            keys: Mutex::default(),
             fail_next: Mutex::default(),
             readiness: Mutex::new(vec![
                 ReadinessCheck {
@@ -143,8 +146,13 @@ impl AccountWriter for MemBackend {
         &self,
         update: AccountUpdate,
         origin: UpdateOrigin,
+        key: Option<UpdateKey>,
     ) -> BoxFuture<'_, Result<Applied, ApplyError>> {
         Box::pin(async move {
+            self.keys
+                .lock()
+                .unwrap()
+                .push(key.map(|k| k.shown().to_string()));
             if let Some(e) = self.fail_next.lock().unwrap().pop() {
                 return Err(e);
             }
