@@ -38,6 +38,7 @@ pub mod journal; // SQLite event journal, sink cursors, monitor state, accounts 
 pub mod margin; // pure Decimal margin model
 pub mod model; // core types: Instrument, PriceTick, Account, RiskSnapshot, RiskEvent
 pub mod prices; // price board: latest per instrument and venue, composite, staleness, sanity
+pub mod risk; // historical scenarios, VaR/ES, P(liquidation), component ES; shipped episodes
 pub mod runtime; // backoff, task tracking, signals, logging and metrics set-up
 pub mod sinks; // Sink trait, generic delivery driver, stdout/jsonl/webhook/nats
 pub mod sources; // account input: validation, files, the HTTP/NATS writer contract
