@@ -64,6 +64,8 @@ enum Command {
     },
     /// Apply price shocks to accounts from files and print their risk.
     Stress(liqwatch::cli::stress::StressArgs),
+    /// Historical VaR, expected shortfall, P(liquidation) and component ES from price history.
+    Risk(liqwatch::cli::risk::RiskArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Stress(args) => liqwatch::cli::stress::main(args),
+        Command::Risk(args) => liqwatch::cli::risk::main(args),
         Command::CheckConfig { file, no_env } => {
             match liqwatch::cli::check::check_config(&file, no_env) {
                 Ok(summary) => {

@@ -3,4 +3,5 @@
 
 pub mod check; // `liqwatch check-config`: validate a config and the files it names
 pub mod demo; // `liqwatch demo`: replayed crash, sample accounts, readable event lines
+pub mod risk; // `liqwatch risk`: historical VaR, ES, P(liquidation), component ES
 pub mod stress; // `liqwatch stress`: scenario shocks over accounts from files

@@ -40,7 +40,11 @@ pub fn find(name: &str) -> Option<&'static Episode> {
 }
 
 fn names() -> String {
-    EPISODES.iter().map(|e| e.name).collect::<Vec<_>>().join(", ")
+    EPISODES
+        .iter()
+        .map(|e| e.name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Episode {
@@ -93,9 +97,14 @@ pub fn worst_window(spec: &str) -> Result<ScenarioSet, String> {
             names()
         )
     })?;
-    let e = find(name)
-        .ok_or_else(|| format!("scenario {spec:?}: unknown episode {name:?} (episodes: {})", names()))?;
-    e.worst(horizon).map_err(|err| format!("scenario {spec:?}: {err}"))
+    let e = find(name).ok_or_else(|| {
+        format!(
+            "scenario {spec:?}: unknown episode {name:?} (episodes: {})",
+            names()
+        )
+    })?;
+    e.worst(horizon)
+        .map_err(|err| format!("scenario {spec:?}: {err}"))
 }
 
 /// The returns of a one-window set, by underlying (for `stress`).
@@ -122,9 +131,24 @@ mod tests {
             ["ADA", "BTC", "DOT", "ETH", "SOL", "XRP"]
         );
         let want = [
-            ("1h", "2021-05-19T12:10:00.000Z", dec!(-0.22379252), dec!(-0.27421213)),
-            ("4h", "2021-05-19T09:10:00.000Z", dec!(-0.25868662), dec!(-0.35897697)),
-            ("1d", "2021-05-18T13:10:00.000Z", dec!(-0.31563657), dec!(-0.40306567)),
+            (
+                "1h",
+                "2021-05-19T12:10:00.000Z",
+                dec!(-0.22379252),
+                dec!(-0.27421213),
+            ),
+            (
+                "4h",
+                "2021-05-19T09:10:00.000Z",
+                dec!(-0.25868662),
+                dec!(-0.35897697),
+            ),
+            (
+                "1d",
+                "2021-05-18T13:10:00.000Z",
+                dec!(-0.31563657),
+                dec!(-0.40306567),
+            ),
         ];
         for (h, start, btc, sol) in want {
             let w = e.worst(h).unwrap();
@@ -136,6 +160,10 @@ mod tests {
         }
         assert_eq!(HORIZONS.len(), want.len());
         assert!(worst_window("crash-2021-05-19").is_err());
-        assert!(worst_window("nope:4h").unwrap_err().contains("unknown episode"));
+        assert!(
+            worst_window("nope:4h")
+                .unwrap_err()
+                .contains("unknown episode")
+        );
     }
 }

@@ -76,10 +76,13 @@ pub(super) struct Compiled {
     rhs: i128,
 }
 
+/// A reachable tier of a position: `(floor, N₀·mmr, cum)`.
+type DraftTier = (Decimal, Decimal, Decimal);
+
 struct Draft {
     consts: Vec<Decimal>,
     slopes: Vec<(usize, Decimal)>,
-    mm: Vec<(usize, Decimal, Vec<(Decimal, Decimal, Decimal)>)>,
+    mm: Vec<(usize, Decimal, Vec<DraftTier>)>,
     parts: Vec<Part>,
 }
 
@@ -172,7 +175,8 @@ fn finish(book: &RiskBook<'_>, dr: Draft, trigger: Decimal) -> Option<Compiled> 
     let mut eq_bound = c.unsigned_abs();
     for (j, v) in &d {
         // Each partial sum is bounded by the sum of magnitudes.
-        eq_bound = eq_bound.checked_add(v.unsigned_abs().checked_mul(max_m(*j)?.unsigned_abs())?)?;
+        eq_bound =
+            eq_bound.checked_add(v.unsigned_abs().checked_mul(max_m(*j)?.unsigned_abs())?)?;
     }
     // MM terms and their bound.
     let mut mm = Vec::with_capacity(dr.mm.len());
@@ -205,7 +209,11 @@ fn finish(book: &RiskBook<'_>, dr: Draft, trigger: Decimal) -> Option<Compiled> 
             tiers.push(line);
         }
         mm_bound = mm_bound.checked_add(worst)?;
-        mm.push(MmTerm { col: j, n0: n0m, tiers });
+        mm.push(MmTerm {
+            col: j,
+            n0: n0m,
+            tiers,
+        });
     }
     if eq_bound >= BOUND || mm_bound >= BOUND {
         return None;
@@ -317,19 +325,22 @@ impl Compiled {
             .iter()
             .map(|p| match p.col {
                 None => Ok(Decimal::ZERO),
-                Some(j) => p
-                    .a
-                    .mantissa()
-                    .checked_mul(moved.get(j).copied().unwrap_or(0))
-                    .ok_or(RiskError::Inexact("component"))
-                    .and_then(|v| Self::dec(v, p.a.scale() + RETURN_SCALE)),
+                Some(j) => {
+                    p.a.mantissa()
+                        .checked_mul(moved.get(j).copied().unwrap_or(0))
+                        .ok_or(RiskError::Inexact("component"))
+                        .and_then(|v| Self::dec(v, p.a.scale() + RETURN_SCALE))
+                }
             })
             .collect::<Result<Vec<_>, _>>()?;
         let kth = buf.last().map(|p| p.0).unwrap_or(0);
         book.finish(
             a,
             "linear",
-            (Self::dec(eq0, self.e_scale)?, Self::dec(mm0, self.mm_scale)?),
+            (
+                Self::dec(eq0, self.e_scale)?,
+                Self::dec(mm0, self.mm_scale)?,
+            ),
             book.trigger_of(a),
             Self::dec(kth, self.e_scale)?,
             Self::dec(tail_sum, self.e_scale)?,

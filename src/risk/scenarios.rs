@@ -96,7 +96,8 @@ fn line_err(path: &Path, line: usize, message: impl Into<String>) -> HistoryErro
 }
 
 fn parse_price(text: &str) -> Result<Decimal, String> {
-    let p = parse_exact(text.trim()).map_err(|e| format!("price {text:?} is not a decimal: {e}"))?;
+    let p =
+        parse_exact(text.trim()).map_err(|e| format!("price {text:?} is not a decimal: {e}"))?;
     if p <= Decimal::ZERO {
         return Err(format!("price must be positive, got {p}"));
     }
@@ -111,7 +112,9 @@ fn parse_ts(text: &str) -> Result<TimestampMs, String> {
             .map_err(|e| format!("timestamp {t:?}: {e}"));
     }
     let st = humantime::parse_rfc3339_weak(t).map_err(|e| {
-        format!("timestamp {t:?} is neither ms since the epoch nor RFC 3339 (2021-05-19T12:00:00Z): {e}")
+        format!(
+            "timestamp {t:?} is neither ms since the epoch nor RFC 3339 (2021-05-19T12:00:00Z): {e}"
+        )
     })?;
     let d = st
         .duration_since(std::time::UNIX_EPOCH)
@@ -171,7 +174,12 @@ impl History {
                 line,
                 format!(
                     "{symbol} at {ts} is {price} here but {old} earlier (from {}); one price per symbol and time",
-                    series.sources.iter().cloned().collect::<Vec<_>>().join(", ")
+                    series
+                        .sources
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         }
@@ -225,11 +233,18 @@ impl History {
     }
 
     /// Adds a freqtrade candle file of `symbol` (open price at open time).
-    pub fn add_candles(&mut self, path: &Path, text: &str, symbol: &str) -> Result<(), HistoryError> {
+    pub fn add_candles(
+        &mut self,
+        path: &Path,
+        text: &str,
+        symbol: &str,
+    ) -> Result<(), HistoryError> {
         if symbol.is_empty() {
             return Err(HistoryError::File {
                 path: path.to_path_buf(),
-                message: "cannot tell the symbol from the file name (expected e.g. BTC_USDT-5m.json)".into(),
+                message:
+                    "cannot tell the symbol from the file name (expected e.g. BTC_USDT-5m.json)"
+                        .into(),
             });
         }
         let rows: Vec<Vec<&RawValue>> =
@@ -477,10 +492,11 @@ impl ScenarioSet {
                 ));
             }
             for r in row {
-                let m = (Decimal::ONE + r.round_dp_with_strategy(
-                    RETURN_SCALE,
-                    rust_decimal::RoundingStrategy::MidpointAwayFromZero,
-                ))
+                let m = (Decimal::ONE
+                    + r.round_dp_with_strategy(
+                        RETURN_SCALE,
+                        rust_decimal::RoundingStrategy::MidpointAwayFromZero,
+                    ))
                 .checked_mul(Decimal::from(ONE_M))
                 .and_then(|d| i64::try_from(d).ok())
                 .filter(|m| *m > 0)
@@ -547,8 +563,12 @@ impl ScenarioSet {
 /// `round_half_up(b / a · 10^RETURN_SCALE)` for positive `a`, `b`, in exact integer arithmetic.
 fn multiplier(a: Decimal, b: Decimal) -> Option<i64> {
     let s = a.scale().max(b.scale());
-    let am = a.mantissa().checked_mul(10i128.checked_pow(s - a.scale())?)?;
-    let bm = b.mantissa().checked_mul(10i128.checked_pow(s - b.scale())?)?;
+    let am = a
+        .mantissa()
+        .checked_mul(10i128.checked_pow(s - a.scale())?)?;
+    let bm = b
+        .mantissa()
+        .checked_mul(10i128.checked_pow(s - b.scale())?)?;
     if am <= 0 || bm <= 0 {
         return None;
     }
@@ -571,9 +591,10 @@ pub fn build(
     }
     let mut cols: Vec<(&String, &String, &Series)> = Vec::with_capacity(chosen.len());
     for (u, sym) in chosen {
-        let s = history.series.get(sym).ok_or_else(|| {
-            HistoryError::Mapping(format!("no history series {sym:?} for {u}"))
-        })?;
+        let s = history
+            .series
+            .get(sym)
+            .ok_or_else(|| HistoryError::Mapping(format!("no history series {sym:?} for {u}")))?;
         cols.push((u, sym, s));
     }
     let mut set = ScenarioSet {
@@ -654,7 +675,10 @@ mod tests {
             ("0,BTC,0\n", "h.csv:1: price must be positive"),
             ("0,BTC,-1\n", "h.csv:1: price must be positive"),
             ("yesterday,BTC,1\n", "h.csv:1: timestamp \"yesterday\""),
-            ("0,BTC,1\n0,BTC,2\n", "h.csv:2: BTC at 0 is 2 here but 1 earlier"),
+            (
+                "0,BTC,1\n0,BTC,2\n",
+                "h.csv:2: BTC at 0 is 2 here but 1 earlier",
+            ),
             ("0,,1\n", "h.csv:1: symbol \"\""),
         ];
         for (text, want) in cases {
@@ -683,7 +707,10 @@ mod tests {
             .add_candles(Path::new("x.json"), "[[1,2],\n[2,", "X")
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("x.json:2: not a freqtrade candle file"), "{e}");
+        assert!(
+            e.starts_with("x.json:2: not a freqtrade candle file"),
+            "{e}"
+        );
     }
 
     /// Symbols map by themselves after separators and a quote are removed; a missing or
@@ -697,14 +724,18 @@ mod tests {
         h.add_csv(&p(), "0,BTC_USDT,1\n0,BTCUSDT,1\n0,ETH,1\n")
             .unwrap();
         let need: BTreeSet<String> = ["BTC".to_string(), "ETH".to_string()].into();
-        let e = resolve(&h, &need, &BTreeMap::new()).unwrap_err().to_string();
+        let e = resolve(&h, &need, &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("several history series"), "{e}");
         let explicit = [("BTCUSDT".to_string(), "BTC".to_string())].into();
         let m = resolve(&h, &need, &explicit).unwrap();
         assert_eq!(m["BTC"], "BTCUSDT");
         assert_eq!(m["ETH"], "ETH");
         let need: BTreeSet<String> = ["SOL".to_string()].into();
-        let e = resolve(&h, &need, &BTreeMap::new()).unwrap_err().to_string();
+        let e = resolve(&h, &need, &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("no price history for SOL"), "{e}");
     }
 
@@ -712,12 +743,13 @@ mod tests {
     #[test]
     fn windows_skip_gaps_and_round_half_up() {
         let mut h = History::new();
-        h.add_csv(
-            &p(),
-            "0,A,3\n1,A,2\n2,A,1\n3,A,3\n0,B,1\n1,B,1\n3,B,2\n",
-        )
-        .unwrap();
-        let chosen = [("A".to_string(), "A".to_string()), ("B".to_string(), "B".to_string())].into();
+        h.add_csv(&p(), "0,A,3\n1,A,2\n2,A,1\n3,A,3\n0,B,1\n1,B,1\n3,B,2\n")
+            .unwrap();
+        let chosen = [
+            ("A".to_string(), "A".to_string()),
+            ("B".to_string(), "B".to_string()),
+        ]
+        .into();
         let set = build("t", &h, &chosen, 1).unwrap();
         // t=0 (0→1) only: t=1 needs B at 2, t=2 needs B at 2.
         assert_eq!(set.len(), 1);

@@ -118,7 +118,12 @@ fn margin_math_4_2_table() {
     assert_eq!(book.revalue(&a, None).unwrap().equity, dec!(90000));
     for (s, (eq, pnl, ratio)) in want.iter().enumerate() {
         let r = book.revalue(&a, Some(s)).unwrap();
-        assert_eq!(to_cents(r.equity), eq.parse::<Decimal>().unwrap(), "#{}", s + 1);
+        assert_eq!(
+            to_cents(r.equity),
+            eq.parse::<Decimal>().unwrap(),
+            "#{}",
+            s + 1
+        );
         assert_eq!(
             to_cents(r.equity - dec!(90000)),
             pnl.parse::<Decimal>().unwrap()
@@ -144,7 +149,13 @@ fn margin_math_4_2_table() {
         let sum: Decimal = r.components.iter().map(|c| c.es).sum();
         assert_eq!(sum, r.es);
     }
-    assert_eq!(fast, AccountRisk { method: fast.method, ..full });
+    assert_eq!(
+        fast,
+        AccountRisk {
+            method: fast.method,
+            ..full
+        }
+    );
     // Component ES by hand: over #8 and #3 the BTC long loses 10.5·60,000·(7.4 % + 4.8 %)/2.
     let btc = fast
         .components
@@ -180,7 +191,13 @@ fn margin_math_4_1_rows() {
         let book = RiskBook::new(&inst, &px, &set, dec!(0.5)).unwrap();
         let r = book.account(&w3()).unwrap();
         let f = book.account_full(&w3()).unwrap();
-        assert_eq!(r, AccountRisk { method: r.method, ..f });
+        assert_eq!(
+            r,
+            AccountRisk {
+                method: r.method,
+                ..f
+            }
+        );
         assert_eq!(to_cents(r.worst[0].equity), eq.parse::<Decimal>().unwrap());
         assert_eq!(
             to_cents(r.worst[0].maintenance_margin),

@@ -200,10 +200,7 @@ fn div_round(x: Decimal, k: usize, dp: u32) -> Option<Decimal> {
     let k = i128::try_from(k).ok()?;
     let exact = (|| {
         let (num, den) = if dp >= t {
-            (
-                x.mantissa().checked_mul(10i128.checked_pow(dp - t)?)?,
-                k,
-            )
+            (x.mantissa().checked_mul(10i128.checked_pow(dp - t)?)?, k)
         } else {
             (x.mantissa(), k.checked_mul(10i128.checked_pow(t - dp)?)?)
         };
@@ -301,7 +298,12 @@ impl<'a> RiskBook<'a> {
         }
         let (p, j) = self.base(i)?;
         let Some(s) = s else { return Ok(p) };
-        let m = self.set.row(s).get(j).copied().unwrap_or(super::scenarios::ONE_M);
+        let m = self
+            .set
+            .row(s)
+            .get(j)
+            .copied()
+            .unwrap_or(super::scenarios::ONE_M);
         margin::mul(p, m_decimal(m), "scenario price").map_err(Into::into)
     }
 
@@ -431,7 +433,8 @@ impl<'a> RiskBook<'a> {
         details: Vec<(usize, Decimal, Decimal, Decimal)>,
     ) -> Result<AccountRisk, RiskError> {
         let k = self.k;
-        let es = div_round(-tail_sum, k, margin::ACCOUNTING_SCALE).ok_or(RiskError::Inexact("ES"))?;
+        let es =
+            div_round(-tail_sum, k, margin::ACCOUNTING_SCALE).ok_or(RiskError::Inexact("ES"))?;
         let mut comps = Vec::with_capacity(comp_tail.len());
         let mut total = Decimal::ZERO;
         for ((kind, instrument, side), t) in Self::components_of(a).into_iter().zip(&comp_tail) {
