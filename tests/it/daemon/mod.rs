@@ -7,5 +7,6 @@ mod e2e;
 mod empty_account;
 mod journal_init;
 mod metrics_exposition;
+mod risk_cli;
 mod stress;
 mod stress_extremes;
