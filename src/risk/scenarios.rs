@@ -286,7 +286,8 @@ impl History {
     /// Adds a liqwatch replay recording: the last mark (else index) of each symbol in each
     /// whole second, at the second's start.
     pub fn add_replay(&mut self, path: &Path, text: &str) -> Result<(), HistoryError> {
-        let mut feeds: BTreeMap<&'static str, Box<dyn crate::feeds::Feed>> = BTreeMap::new();
+        let mut feeds: std::collections::HashMap<Venue, Box<dyn crate::feeds::Feed>> =
+            std::collections::HashMap::new();
         let mut previous: Option<TimestampMs> = None;
         for (i, raw) in text.lines().enumerate() {
             let line_no = i + 1;
@@ -302,9 +303,9 @@ impl History {
             }
             previous = Some(line.received_ms);
             let venue: Venue = line.venue;
-            let feed = match feeds.entry(venue.as_str()) {
-                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::btree_map::Entry::Vacant(v) => {
+            let feed = match feeds.entry(venue) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
                     v.insert(feed_for(venue).map_err(|e| line_err(path, line_no, e.to_string()))?)
                 }
             };
@@ -737,6 +738,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("no price history for SOL"), "{e}");
+    }
+
+    /// A replay recording is history too: the shipped demo crash gives BTCUSDT, ETHUSDT and
+    /// SOLUSDT per second, which map to BTC, ETH and SOL and make 1-hour windows; a broken line
+    /// is named.
+    #[test]
+    fn replay_recording_as_history() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("feeds/replay/crash-2021-05-19.jsonl");
+        let mut h = History::new();
+        h.load(&path).unwrap();
+        assert_eq!(h.symbols(), ["BTCUSDT", "ETHUSDT", "SOLUSDT"]);
+        assert_eq!(h.series["BTCUSDT"].points[&1621382400000], dec!(42849.78));
+        let need: BTreeSet<String> = ["BTC", "ETH", "SOL"].map(String::from).into();
+        let chosen = resolve(&h, &need, &BTreeMap::new()).unwrap();
+        let set = build("r", &h, &chosen, 3_600_000).unwrap();
+        assert!(set.len() > 100, "{}", set.len());
+        assert_eq!(set.underlyings, ["BTC", "ETH", "SOL"]);
+        let e = History::new()
+            .add_replay(
+                Path::new("r.jsonl"),
+                "# c\n{\"venue\":\"nowhere\",\"received_ms\":1,\"frame\":\"{}\"}\n",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("r.jsonl:2: "), "{e}");
     }
 
     /// Overlapping windows need both ends in every series; multipliers are rounded half-up.

@@ -490,7 +490,7 @@ impl<'a> RiskBook<'a> {
                         .underlyings
                         .iter()
                         .enumerate()
-                        .map(|(j, u)| (u.clone(), self.set.return_of(s, j)))
+                        .map(|(j, u)| (u.clone(), self.set.return_of(s, j).normalize()))
                         .collect(),
                     pnl: pnl.normalize(),
                     equity: equity.normalize(),
