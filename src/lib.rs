@@ -25,8 +25,9 @@
 //! ```
 //!
 //! Beside the pipeline: `api` (HTTP: health, readiness, metrics, accounts, feeds, events),
-//! `config` (composes each component's own config type), `cli` (run, demo, stress,
-//! check-config), `runtime` (backoff, task tracking, telemetry) and `app` (wiring only).
+//! `config` (composes each component's own config type), `cli` (run, demo, stress, risk,
+//! check-config), `risk` (historical scenarios, VaR/ES, P(liquidation) on the margin model),
+//! `runtime` (backoff, task tracking, telemetry) and `app` (wiring only).
 
 pub mod api; // axum router: health, readiness, metrics, accounts, feeds, events
 pub mod app; // wiring only: spawn, channels, supervision, shutdown order

@@ -1,5 +1,5 @@
 //! Commands other than the daemon itself (`liqwatch run` lives in [`crate::app`]): the demo,
-//! `stress`, and `check-config`.
+//! `stress`, `risk`, and `check-config`.
 
 pub mod check; // `liqwatch check-config`: validate a config and the files it names
 pub mod demo; // `liqwatch demo`: replayed crash, sample accounts, readable event lines
