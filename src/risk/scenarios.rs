@@ -740,6 +740,23 @@ mod tests {
         assert!(e.starts_with("no price history for SOL"), "{e}");
     }
 
+    proptest::proptest! {
+        /// Any text fed to the three readers is read or refused with the file's name; none
+        /// panics.
+        #[test]
+        fn readers_never_panic(text in "[0-9a-zA-Z,.:\\-\"\\[\\]{}#\n ]{0,200}") {
+            for r in [
+                History::new().add_csv(Path::new("f.csv"), &text),
+                History::new().add_candles(Path::new("f.json"), &text, "X"),
+                History::new().add_replay(Path::new("f.jsonl"), &text),
+            ] {
+                if let Err(e) = r {
+                    proptest::prop_assert!(e.to_string().starts_with("f."), "{}", e);
+                }
+            }
+        }
+    }
+
     /// A replay recording is history too: the shipped demo crash gives BTCUSDT, ETHUSDT and
     /// SOLUSDT per second, which map to BTC, ETH and SOL and make 1-hour windows; a broken line
     /// is named.
