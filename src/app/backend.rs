@@ -34,6 +34,8 @@ pub(crate) struct Backend {
     pub engine: mpsc::Sender<EngineRequest>,
     pub kinds: HashMap<InstrumentId, InstrumentKind>,
     pub default_trigger: Decimal,
+    /// `[risk]`, when configured.
+    pub risk: Option<Arc<super::risk::RiskSettings>>,
 }
 
 impl Backend {
@@ -194,6 +196,23 @@ impl ApiBackend for Backend {
         self.view(id)
     }
 
+    fn risk(&self, id: &AccountId) -> Result<crate::risk::AccountRisk, api::ApiError> {
+        use super::risk::{RiskAnswerError, account_risk};
+        let Some(s) = &self.risk else {
+            return Err(api::risk_not_configured());
+        };
+        let trigger = self.map.trigger_for(id, self.default_trigger);
+        account_risk(s, &self.map, id, trigger).map_err(|e| match e {
+            RiskAnswerError::Unknown => api::ApiError::NotFound(format!("account {id} not found")),
+            RiskAnswerError::Failed(message) => api::ApiError::Unprocessable {
+                code: "risk_unavailable",
+                field: None,
+                message,
+                details: Vec::new(),
+            },
+        })
+    }
+
     fn riskiest(&self, limit: usize) -> BoxFuture<'_, Result<Vec<api::AccountView>, BackendError>> {
         Box::pin(async move {
             let map = Arc::clone(&self.map);
@@ -299,6 +318,7 @@ mod tests {
             engine: engine_tx,
             kinds: HashMap::new(),
             default_trigger: Decimal::ONE,
+            risk: None,
         });
         Fixture {
             backend,

@@ -33,6 +33,7 @@
 mod backend;
 mod error;
 mod metrics;
+mod risk;
 mod runner;
 mod spawn;
 mod startup;
@@ -143,6 +144,10 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
     check_files(&cfg)?;
     let instruments = load_instruments(&cfg)?;
     let instrument_list: Vec<Instrument> = instruments.values().cloned().collect();
+    let risk = match &cfg.risk {
+        Some(r) => Some(Arc::new(risk::settings(r, &instruments)?)),
+        None => None,
+    };
 
     // Journal first: a missing, empty, foreign, corrupt or unwritable journal is a startup
     // error (exit 2); it is never created here.
@@ -250,6 +255,7 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
             .map(|(k, v)| (k.clone(), v.kind))
             .collect(),
         default_trigger: cfg.engine.thresholds.trigger,
+        risk,
     });
     if let Some(listener) = listener {
         let mut state = ApiState::new(backend.clone(), events_tx.clone())
