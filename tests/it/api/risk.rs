@@ -150,3 +150,30 @@ async fn risk_endpoint_not_configured() {
         "{v}"
     );
 }
+
+/// `check-config` names a missing `[risk]` history file (exit 2) like any other file.
+#[test]
+fn check_config_names_a_missing_history_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let presets = Path::new(env!("CARGO_MANIFEST_DIR")).join("feeds/presets.toml");
+    let cfg = dir.path().join("l.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[engine]\ninstruments = [\"{}\"]\n\n[[feeds]]\nvenue = \"binance-usdm\"\n\n[journal]\npath = \"j.sqlite\"\n\n[risk]\nhistory = [\"gone.csv\"]\n",
+            presets.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_liqwatch"))
+        .args(["check-config", "--no-env"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("risk.history") && err.contains("gone.csv"),
+        "{err}"
+    );
+}
