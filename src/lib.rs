@@ -26,8 +26,9 @@
 //!
 //! Beside the pipeline: `api` (HTTP: health, readiness, metrics, accounts, feeds, events),
 //! `config` (composes each component's own config type), `backtest` (replay → engine in recorded
-//! time → report and charts), `cli` (run, demo, stress, backtest,
-//! check-config), `runtime` (backoff, task tracking, telemetry) and `app` (wiring only).
+//! time → report and charts), `cli` (run, demo, stress, risk, backtest, instruments,
+//! check-config), `risk` (historical scenarios, VaR/ES, P(liquidation) on the margin model),
+//! `runtime` (backoff, task tracking, telemetry) and `app` (wiring only).
 
 pub mod api; // axum router: health, readiness, metrics, accounts, feeds, events
 pub mod app; // wiring only: spawn, channels, supervision, shutdown order
@@ -41,6 +42,7 @@ pub mod journal; // SQLite event journal, sink cursors, monitor state, accounts 
 pub mod margin; // pure Decimal margin model
 pub mod model; // core types: Instrument, PriceTick, Account, RiskSnapshot, RiskEvent
 pub mod prices; // price board: latest per instrument and venue, composite, staleness, sanity
+pub mod risk; // historical scenarios, VaR/ES, P(liquidation), component ES; shipped episodes
 pub mod runtime; // backoff, task tracking, signals, logging and metrics set-up
 pub mod sinks; // Sink trait, generic delivery driver, stdout/jsonl/webhook/nats
 pub mod sources; // account input: validation, files, the HTTP/NATS writer contract

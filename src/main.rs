@@ -69,6 +69,8 @@ enum Command {
     Instruments(liqwatch::cli::instruments::InstrumentsCommand),
     /// Replay a recording against accounts in recorded time and write a report and charts.
     Backtest(liqwatch::cli::backtest::BacktestArgs),
+    /// Historical VaR, expected shortfall, P(liquidation) and component ES from price history.
+    Risk(liqwatch::cli::risk::RiskArgs),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +86,7 @@ fn main() -> ExitCode {
         Command::Stress(args) => liqwatch::cli::stress::main(args),
         Command::Instruments(cmd) => liqwatch::cli::instruments::main(cmd),
         Command::Backtest(args) => liqwatch::cli::backtest::main(args),
+        Command::Risk(args) => liqwatch::cli::risk::main(args),
         Command::CheckConfig { file, no_env } => {
             match liqwatch::cli::check::check_config(&file, no_env) {
                 Ok(summary) => {

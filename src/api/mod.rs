@@ -159,6 +159,12 @@ pub trait ApiBackend: AccountWriter {
     /// The current view of one account, `None` when unknown.
     fn account(&self, id: &AccountId) -> Option<AccountView>;
 
+    /// `GET /v1/accounts/{id}/risk`: historical VaR, ES, P(liquidation) and component ES at
+    /// the current prices (`docs/risk.md`). The default answers 404: `[risk]` not configured.
+    fn risk(&self, _id: &AccountId) -> Result<crate::risk::AccountRisk, ApiError> {
+        Err(risk_not_configured())
+    }
+
     /// The `limit` riskiest accounts, highest margin ratio first.
     fn riskiest(&self, limit: usize) -> BoxFuture<'_, Result<Vec<AccountView>, BackendError>>;
 
@@ -295,6 +301,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("put", "/v1/accounts/{id}"),
     ("delete", "/v1/accounts/{id}"),
     ("post", "/v1/accounts/{id}/fills"),
+    ("get", "/v1/accounts/{id}/risk"),
     ("get", "/v1/feeds"),
     ("get", "/v1/events"),
     ("get", "/v1/events/stream"),
@@ -314,6 +321,7 @@ pub fn router(state: ApiState) -> Router {
             get(get_account).put(put_account).delete(delete_account),
         )
         .route("/v1/accounts/{id}/fills", axum::routing::post(post_fill))
+        .route("/v1/accounts/{id}/risk", get(get_risk))
         .route("/v1/feeds", get(feeds))
         .route("/v1/events", get(events))
         .route("/v1/events/stream", get(events_stream))
@@ -542,6 +550,27 @@ async fn get_account(
         .account(&path_account_id(&id)?)
         .map(axum::Json)
         .ok_or_else(|| ApiError::NotFound(format!("account {id} not found")))
+}
+
+/// The 404 of `GET /v1/accounts/{id}/risk` when the daemon has no `[risk]` section.
+pub fn risk_not_configured() -> ApiError {
+    ApiError::NotFound(
+        "risk is not configured: add a [risk] section (history, horizon, alpha) to the config"
+            .into(),
+    )
+}
+
+async fn get_risk(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<crate::risk::AccountRisk>, ApiError> {
+    let id = path_account_id(&id)?;
+    let backend = Arc::clone(&state.backend);
+    // Thousands of scenarios: off the async workers.
+    tokio::task::spawn_blocking(move || backend.risk(&id))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map(axum::Json)
 }
 
 /// Body of a successful mutation.

@@ -35,6 +35,8 @@ pub(crate) struct Backend {
     pub kinds: HashMap<InstrumentId, InstrumentKind>,
     /// The configured trigger level (changes on a SIGHUP reload).
     pub default_trigger: Arc<parking_lot::RwLock<Decimal>>,
+    /// `[risk]`, when configured.
+    pub risk: Option<Arc<super::risk::RiskSettings>>,
 }
 
 impl Backend {
@@ -203,6 +205,23 @@ impl ApiBackend for Backend {
         self.view(id)
     }
 
+    fn risk(&self, id: &AccountId) -> Result<crate::risk::AccountRisk, api::ApiError> {
+        use super::risk::{RiskAnswerError, account_risk};
+        let Some(s) = &self.risk else {
+            return Err(api::risk_not_configured());
+        };
+        let trigger = self.map.trigger_for(id, *self.default_trigger.read());
+        account_risk(s, &self.map, id, trigger).map_err(|e| match e {
+            RiskAnswerError::Unknown => api::ApiError::NotFound(format!("account {id} not found")),
+            RiskAnswerError::Failed(message) => api::ApiError::Unprocessable {
+                code: "risk_unavailable",
+                field: None,
+                message,
+                details: Vec::new(),
+            },
+        })
+    }
+
     fn riskiest(&self, limit: usize) -> BoxFuture<'_, Result<Vec<api::AccountView>, BackendError>> {
         Box::pin(async move {
             let map = Arc::clone(&self.map);
@@ -309,6 +328,7 @@ mod tests {
             engine: engine_tx,
             kinds: HashMap::new(),
             default_trigger: Arc::new(parking_lot::RwLock::new(Decimal::ONE)),
+            risk: None,
         });
         Fixture {
             backend,

@@ -36,6 +36,7 @@ mod backpressure_tests; // issue 11 item 7: a full disk pauses prices at a bound
 mod error;
 mod metrics;
 mod reload;
+mod risk;
 mod runner;
 mod sinkset; // the running sink drivers, swappable on reload
 mod spawn;
@@ -152,6 +153,10 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
     check_files(&cfg)?;
     let instruments = load_instruments(&cfg)?;
     let instrument_list: Vec<Instrument> = instruments.values().cloned().collect();
+    let risk = match &cfg.risk {
+        Some(r) => Some(Arc::new(risk::settings(r, &instruments)?)),
+        None => None,
+    };
 
     // Journal first: a missing, empty, foreign, corrupt or unwritable journal is a startup
     // error (exit 2); it is never created here.
@@ -259,6 +264,7 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
             .map(|(k, v)| (k.clone(), v.kind))
             .collect(),
         default_trigger: Arc::new(parking_lot::RwLock::new(cfg.engine.thresholds.trigger)),
+        risk,
     });
     let token = api_token(&cfg)?;
     let mut api_token_handle = None;

@@ -252,6 +252,7 @@ fn restart_needed(
             || old.api.max_body_bytes != new.api.max_body_bytes
             || differ(&old.api.limits, &new.api.limits),
     );
+    check("risk", differ(&old.risk, &new.risk));
     check("log", differ(&old.log, &new.log));
     check("shutdown", differ(&old.shutdown, &new.shutdown));
     out

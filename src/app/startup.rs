@@ -34,6 +34,11 @@ pub(crate) fn check_files(cfg: &Config) -> Result<(), AppError> {
             need("feeds.file", file);
         }
     }
+    for h in cfg.risk.iter().flat_map(|r| &r.history) {
+        if !h.starts_with("episode:") {
+            need("risk.history", Path::new(h));
+        }
+    }
     if missing.is_empty() {
         Ok(())
     } else {

@@ -52,6 +52,10 @@ pub struct StressArgs {
     /// scenarios with `;`, for several. The unshocked state (`none`) is always shown first.
     #[arg(long = "shock", value_name = "SCENARIO", allow_hyphen_values = true)]
     pub shocks: Vec<String>,
+    /// A shipped episode's worst joint window, e.g. `crash-2021-05-19:4h` (horizons 1h, 4h,
+    /// 1d; docs/risk.md). Repeat for several. Every underlying the accounts hold must be in it.
+    #[arg(long = "scenario", value_name = "EPISODE:HORIZON")]
+    pub episodes: Vec<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
@@ -301,17 +305,77 @@ pub fn load(args: &StressArgs) -> Result<StressInputs, InputError> {
             }
         }
     }
+    let mut warnings: Vec<String> = warns.iter().map(|w| format!("warning: {w}")).collect();
+    for spec in &args.episodes {
+        let (sc, note) = episode_scenario(spec, &accounts, &instruments)?;
+        warnings.push(note);
+        scenarios.push(sc);
+    }
     Ok(StressInputs {
         instruments,
         accounts,
         prices,
         scenarios,
-        warnings: warns.iter().map(|w| format!("warning: {w}")).collect(),
+        warnings,
         funding,
     })
 }
 
-fn check_prices_cover(
+/// An episode's worst window as a scenario (`crash-2021-05-19:4h`), refusing a book that holds
+/// an underlying the episode does not cover; with a note saying which window it is.
+fn episode_scenario(
+    spec: &str,
+    accounts: &[Account],
+    instruments: &HashMap<InstrumentId, Instrument>,
+) -> Result<(Scenario, String), InputError> {
+    let err = |message: String| InputError::Scenario {
+        scenario: spec.to_string(),
+        message,
+    };
+    let set = crate::risk::episodes::worst_window(spec).map_err(err)?;
+    let moves = crate::risk::episodes::moves(&set);
+    for a in accounts {
+        for id in a
+            .collateral
+            .keys()
+            .chain(a.positions.iter().map(|p| &p.instrument))
+        {
+            if let Some(i) = instruments.get(id)
+                && !i.stable
+                && !moves.contains_key(&i.underlying)
+            {
+                return Err(err(format!(
+                    "account {} holds {} but the episode has no prices for it (it covers {})",
+                    a.id,
+                    i.underlying,
+                    moves.keys().cloned().collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+    }
+    let w = &set.windows[0];
+    let note = format!(
+        "note: scenario {spec} = {} → {}: {}",
+        crate::model::format_rfc3339_ms(w.start_ms),
+        crate::model::format_rfc3339_ms(w.end_ms),
+        moves
+            .iter()
+            .map(|(u, r)| format!("{u} {}", percent(*r, 2)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok((
+        Scenario {
+            name: spec.to_string(),
+            all: None,
+            moves,
+        },
+        note,
+    ))
+}
+
+/// An error naming the first account asset without a price in `path`.
+pub fn check_prices_cover(
     path: &Path,
     accounts: &[Account],
     instruments: &HashMap<InstrumentId, Instrument>,

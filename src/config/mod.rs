@@ -27,7 +27,7 @@
 mod diagnostics;
 
 use std::any::Any;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -115,6 +115,21 @@ pub struct Config {
     pub log: LogConfig,
     /// `[shutdown]`.
     pub shutdown: ShutdownConfig,
+    /// `[risk]`: historical VaR/ES for `GET /v1/accounts/{id}/risk`; `None` when absent.
+    pub risk: Option<RiskConfig>,
+}
+
+/// `[risk]`: the price history the daemon's risk endpoint uses (`docs/risk.md`).
+#[derive(Clone, Debug)]
+pub struct RiskConfig {
+    /// History files (`*.csv`, `*.json` candles, `*.jsonl` replay) or `episode:NAME`.
+    pub history: Vec<String>,
+    /// Horizon text (`4h`) and its milliseconds.
+    pub horizon: (String, i64),
+    /// Confidence level α.
+    pub alpha: Decimal,
+    /// Explicit history symbol → underlying maps.
+    pub map: BTreeMap<String, String>,
 }
 
 /// `[engine]`: instruments and levels.
@@ -379,13 +394,22 @@ struct RawLog {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct RawRisk {
+    history: Option<Vec<String>>,
+    horizon: Option<String>,
+    alpha: Option<String>,
+    map: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RawShutdown {
     #[serde(default, with = "humantime_serde")]
     grace: Option<Duration>,
 }
 
 const SECTIONS: &[&str] = &[
-    "engine", "accounts", "feeds", "prices", "journal", "sinks", "api", "log", "shutdown",
+    "engine", "accounts", "feeds", "prices", "journal", "sinks", "api", "log", "shutdown", "risk",
 ];
 
 /// Every top-level section the file accepts (the example config documents each).
@@ -507,6 +531,8 @@ pub fn parse(
             grace: r.grace.unwrap_or(Duration::from_secs(10)),
         });
 
+    let risk = cx.section::<RawRisk>("risk").and_then(|r| cx.risk(r));
+
     let mut problems = cx.problems;
     if !problems.is_empty() {
         problems.sort_by_key(|p| (p.line, p.column));
@@ -530,6 +556,7 @@ pub fn parse(
                 api,
                 log,
                 shutdown,
+                risk,
             })
         }
         // Every `None` above recorded a problem; report rather than panic if one did not.
@@ -933,6 +960,60 @@ impl Cx<'_, '_> {
             }
         }
         out
+    }
+
+    /// `[risk]`: `None` when the section is absent or has no key.
+    fn risk(&mut self, raw: RawRisk) -> Option<RiskConfig> {
+        if raw.history.is_none()
+            && raw.horizon.is_none()
+            && raw.alpha.is_none()
+            && raw.map.is_none()
+        {
+            return None;
+        }
+        let history: Vec<String> = raw
+            .history
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| {
+                if h.starts_with("episode:") {
+                    h
+                } else {
+                    self.path(&h).display().to_string()
+                }
+            })
+            .collect();
+        if history.is_empty() {
+            self.problem(
+                &[P::K("risk"), P::K("history")],
+                "list at least one history file (e.g. [\"history/BTC_USDT-5m.json\"]) or \"episode:crash-2021-05-19\"",
+            );
+        }
+        let horizon_text = raw.horizon.unwrap_or_else(|| "1d".into());
+        let horizon = match crate::risk::scenarios::parse_horizon(&horizon_text) {
+            Ok(ms) => ms,
+            Err(e) => {
+                self.problem(&[P::K("risk"), P::K("horizon")], e);
+                0
+            }
+        };
+        let alpha_text = raw.alpha.unwrap_or_else(|| "0.99".into());
+        let alpha = match crate::model::parse_exact(alpha_text.trim()) {
+            Ok(a) if a > Decimal::ZERO && a < Decimal::ONE => a,
+            _ => {
+                self.problem(
+                    &[P::K("risk"), P::K("alpha")],
+                    format!("{alpha_text:?} must be a decimal between 0 and 1 (e.g. \"0.99\")"),
+                );
+                Decimal::ZERO
+            }
+        };
+        Some(RiskConfig {
+            history,
+            horizon: (horizon_text, horizon),
+            alpha,
+            map: raw.map.unwrap_or_default(),
+        })
     }
 
     fn api(&mut self, raw: RawApi) -> Option<ApiConfig> {

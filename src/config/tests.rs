@@ -431,3 +431,29 @@ fn api_token_file() {
     assert_eq!(p.len(), 1, "{p:?}");
     assert_eq!(p[0].key, "api.token_file");
 }
+
+/// `[risk]`: absent means off; paths resolve against the file's directory, episodes stay as
+/// named, defaults are 1d and 0.99; a bad horizon, alpha or an empty history are problems on
+/// their keys.
+#[test]
+fn risk_section() {
+    assert!(ok(MIN).risk.is_none());
+    let c = ok(&format!(
+        "{MIN}\n[risk]\nhistory = [\"h/BTC_USDT-5m.json\", \"episode:crash-2021-05-19\"]\n"
+    ));
+    let r = c.risk.unwrap();
+    assert_eq!(
+        r.history,
+        [
+            "/etc/liqwatch/h/BTC_USDT-5m.json",
+            "episode:crash-2021-05-19"
+        ]
+    );
+    assert_eq!(r.horizon, ("1d".to_string(), 86_400_000));
+    assert_eq!(r.alpha, dec!(0.99));
+    let p = problems(&format!(
+        "{MIN}\n[risk]\nhistory = []\nhorizon = \"soon\"\nalpha = \"1.5\"\n"
+    ));
+    let k: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(k, ["risk.history", "risk.horizon", "risk.alpha"], "{p:?}");
+}
