@@ -33,6 +33,7 @@
 mod backend;
 mod error;
 mod metrics;
+mod risk_queries;
 mod runner;
 mod spawn;
 mod startup;
@@ -236,6 +237,33 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
         opts.replay_started.take(),
         opts.replay_clock,
     )?;
+    // The risk page's bounded history: committed events and periodic samples.
+    let history = Arc::new(api::HistoryStore::default());
+    if cfg.api.enabled {
+        tasks.spawn("history-events", {
+            let f = risk_queries::record_events(
+                events_tx.subscribe(),
+                history.clone(),
+                sources.clone(),
+            );
+            async move {
+                f.await;
+                Ok::<(), std::convert::Infallible>(())
+            }
+        });
+        tasks.spawn("history-sampler", {
+            let f = risk_queries::sample_history(
+                Arc::clone(&map),
+                Arc::clone(&states),
+                history.clone(),
+                sources.clone(),
+            );
+            async move {
+                f.await;
+                Ok::<(), std::convert::Infallible>(())
+            }
+        });
+    }
     // Account sources: the API and NATS.
     let backend = Arc::new(Backend {
         map: Arc::clone(&map),
@@ -250,6 +278,8 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
             .map(|(k, v)| (k.clone(), v.kind))
             .collect(),
         default_trigger: cfg.engine.thresholds.trigger,
+        default_levels: cfg.engine.thresholds.clone(),
+        history: Arc::clone(&history),
     });
     if let Some(listener) = listener {
         let mut state = ApiState::new(backend.clone(), events_tx.clone())

@@ -6,5 +6,6 @@ mod events;
 mod hardening;
 mod metrics_doc;
 mod openapi;
+mod page_routes;
 mod router;
 mod tcp;

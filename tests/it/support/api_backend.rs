@@ -124,6 +124,8 @@ pub fn view(id: &str, ratio: Decimal) -> AccountView {
         prices: vec![],
         stale_prices: false,
         as_of_ms: 1_621_428_000_000,
+        levels: None,
+        last_event: None,
     }
 }
 
