@@ -24,11 +24,11 @@
 //!                                        PagerDuty) · NATS JetStream
 //! ```
 //!
-//! Beside the pipeline: `api` (HTTP: health, readiness, metrics, accounts, feeds, events),
-//! `config` (composes each component's own config type), `cli` (run, demo, stress,
-//! check-config), `runtime` (backoff, task tracking, telemetry) and `app` (wiring only).
+//! Beside the pipeline: `api` (HTTP: health, readiness, metrics, accounts, feeds, events, the
+//! live risk page), `config` (composes each component's own config type), `cli` (run, demo,
+//! stress, check-config), `runtime` (backoff, task tracking, telemetry) and `app` (wiring only).
 
-pub mod api; // axum router: health, readiness, metrics, accounts, feeds, events
+pub mod api; // axum router: health, readiness, metrics, accounts, feeds, events, risk page
 pub mod app; // wiring only: spawn, channels, supervision, shutdown order
 pub mod cli; // commands other than the daemon: demo, stress, check-config
 pub mod config; // TOML config: raw serde structs → validated Config, all errors at once

@@ -25,6 +25,7 @@ use crate::model::{
 use crate::sinks::JournalEntry;
 use crate::sources::files::Scenario;
 
+#[derive(Clone)]
 struct Row {
     id: AccountId,
     ratio: MarginRatio,
@@ -51,45 +52,130 @@ pub(super) fn page_ids(
     states: &DashMap<AccountId, AccountState>,
     q: &AccountsPageQuery,
 ) -> (Vec<AccountId>, usize) {
-    map.materialise_all();
-    let mut rows: Vec<Row> = Vec::new();
-    for key in map.keys() {
-        let row = map.read_key(key, |v| {
-            if !q.id_matches(v.id().as_str()) {
-                return None;
-            }
-            Some(Row {
-                id: v.id().clone(),
-                ratio: v.ratio()?,
-                equity: v.equity(),
-                mm: v.maintenance_margin(),
-            })
-        });
-        let Some(Some(row)) = row else { continue };
-        if !q.states.all() {
-            let state = states
-                .get(&row.id)
-                .map(|s| s.clone())
-                .unwrap_or(AccountState::Healthy);
-            if !q.states.keeps(&state) {
-                continue;
+    let keep = q.offset.saturating_add(q.limit);
+    let mut top = TopRows::new(q, keep);
+    if q.states.healthy {
+        // Healthy accounts are the book: rank all of it.
+        map.materialise_all();
+        for key in map.keys() {
+            map.read_key(key, |v| {
+                let Some(ratio) = v.ratio() else { return };
+                if !q.id_matches(v.id().as_str()) {
+                    return;
+                }
+                if !q.states.all() {
+                    let state = states
+                        .get(v.id())
+                        .map(|s| s.clone())
+                        .unwrap_or(AccountState::Healthy);
+                    if !q.states.keeps(&state) {
+                        return;
+                    }
+                }
+                top.offer(SortFields {
+                    id: v.id(),
+                    ratio,
+                    equity: v.equity(),
+                    maintenance_margin: v.maintenance_margin(),
+                });
+            });
+            top.prune_if_full();
+        }
+    } else {
+        // Only warning or triggered accounts: those are in the state map (accounts that had an
+        // event), so the book is not scanned — the page's "how many are triggered" poll stays
+        // cheap at a million accounts.
+        let ids: Vec<AccountId> = states
+            .iter()
+            .filter(|s| q.states.keeps(s.value()))
+            .map(|s| s.key().clone())
+            .collect();
+        for id in ids {
+            let Some(key) = map.key_of(&id) else { continue };
+            map.materialise(key);
+            map.read_key(key, |v| {
+                let Some(ratio) = v.ratio() else { return };
+                if q.id_matches(v.id().as_str()) {
+                    top.offer(SortFields {
+                        id: v.id(),
+                        ratio,
+                        equity: v.equity(),
+                        maintenance_margin: v.maintenance_margin(),
+                    });
+                }
+            });
+            top.prune_if_full();
+        }
+    }
+    top.page()
+}
+
+/// The best `keep` rows of a stream in a query's order, without cloning the id of a row that
+/// cannot make the page: candidates collect in a buffer that is cut back to `keep` (a linear
+/// selection) whenever it doubles, and the worst row kept then is the bar later rows must beat.
+struct TopRows<'q> {
+    q: &'q AccountsPageQuery,
+    keep: usize,
+    rows: Vec<Row>,
+    bar: Option<Row>,
+    total: usize,
+}
+
+impl<'q> TopRows<'q> {
+    fn new(q: &'q AccountsPageQuery, keep: usize) -> TopRows<'q> {
+        TopRows {
+            q,
+            keep,
+            rows: Vec::new(),
+            bar: None,
+            total: 0,
+        }
+    }
+
+    fn offer(&mut self, f: SortFields<'_>) {
+        self.total += 1;
+        if self.keep == 0 {
+            return;
+        }
+        if let Some(bar) = &self.bar {
+            if self.q.compare(&f, &bar.fields()) != std::cmp::Ordering::Less {
+                return;
             }
         }
-        rows.push(row);
+        self.rows.push(Row {
+            id: f.id.clone(),
+            ratio: f.ratio,
+            equity: f.equity,
+            mm: f.maintenance_margin,
+        });
     }
-    let total = rows.len();
-    let end = q.offset.saturating_add(q.limit).min(total);
-    if q.offset >= end {
-        return (Vec::new(), total);
+
+    fn prune_if_full(&mut self) {
+        if self.rows.len() >= self.keep.saturating_mul(2).max(1024) {
+            self.prune();
+        }
     }
-    let cmp = |a: &Row, b: &Row| q.compare(&a.fields(), &b.fields());
-    if end < total {
-        rows.select_nth_unstable_by(end - 1, cmp);
-        rows.truncate(end);
+
+    fn prune(&mut self) {
+        let q = self.q;
+        if self.keep == 0 || self.rows.len() <= self.keep {
+            return;
+        }
+        self.rows
+            .select_nth_unstable_by(self.keep - 1, |a, b| q.compare(&a.fields(), &b.fields()));
+        self.rows.truncate(self.keep);
+        self.bar = self.rows.last().cloned();
     }
-    rows.sort_by(cmp);
-    let ids = rows.drain(q.offset..).map(|r| r.id).collect();
-    (ids, total)
+
+    /// The ids of rows `offset..offset+limit` in order, and the number of rows offered.
+    fn page(mut self) -> (Vec<AccountId>, usize) {
+        self.prune();
+        let q = self.q;
+        self.rows
+            .sort_by(|a, b| q.compare(&a.fields(), &b.fields()));
+        let ids = self.rows.into_iter().skip(q.offset).map(|r| r.id).collect();
+        (ids, self.total)
+    }
 }
 
 fn unprocessable(code: &'static str, field: &str, message: String) -> ApiError {
@@ -288,5 +374,135 @@ pub(super) async fn record_events(
             .as_ref()
             .map(|s| HistoryPoint::of(s, ev.time_ms));
         history.record_event(id, last, point);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use rust_decimal_macros::dec;
+
+    use super::*;
+    use crate::api::StateFilter;
+    use crate::model::{Account, AccountUpdate};
+
+    /// A map on the shipped presets with BTC at 50000 and 1-BTC-long accounts whose USDT
+    /// cushions are given (MM = 0.4 % × 50000 = 200).
+    fn book(accounts: &[(&str, &str)]) -> AccountMap {
+        let presets = Path::new(env!("CARGO_MANIFEST_DIR")).join("feeds/presets.toml");
+        let instruments = match crate::sources::files::load_instruments(&presets) {
+            Ok(i) => i,
+            Err(e) => panic!("{e}"),
+        };
+        let map = AccountMap::new(instruments.into_values());
+        for (id, usdt) in accounts {
+            let account: Account = match serde_json::from_str(&format!(
+                r#"{{"id":"{id}","collateral":{{"USDT":"{usdt}"}},"positions":[
+                {{"instrument":"BTCUSDT-PERP","quantity":"1","entry_price":"50000"}}]}}"#
+            )) {
+                Ok(a) => a,
+                Err(e) => panic!("{e}"),
+            };
+            if let Err(e) = map.apply_update(AccountUpdate::Replace { account }) {
+                panic!("{e}");
+            }
+        }
+        let mut out = Vec::new();
+        for i in ["BTCUSDT-PERP", "BTC"] {
+            if let Err(e) = map.apply_price(&InstrumentId::from(i), dec!(50000), &mut out) {
+                panic!("{e}");
+            }
+        }
+        map
+    }
+
+    fn query(states: StateFilter, filter: &str, offset: usize, limit: usize) -> AccountsPageQuery {
+        AccountsPageQuery {
+            sort: crate::api::AccountSort::Ratio,
+            descending: true,
+            filter: filter.into(),
+            states,
+            offset,
+            limit,
+        }
+    }
+
+    /// The whole book ranked by ratio and paged; a warning/triggered filter reads only the
+    /// state map and still ranks; the id filter applies to both paths.
+    #[test]
+    fn pages_of_the_book() {
+        let map = book(&[("a", "400"), ("b", "1000"), ("c", "10000"), ("d", "250")]);
+        let states = DashMap::new();
+        states.insert(AccountId::from("d"), AccountState::Triggered);
+        states.insert(AccountId::from("b"), AccountState::Healthy);
+        let all = StateFilter::default();
+        let at_risk = StateFilter {
+            healthy: false,
+            warning: true,
+            triggered: true,
+        };
+        let cases = [
+            (query(all, "", 0, 10), vec!["d", "a", "b", "c"], 4),
+            (query(all, "", 1, 2), vec!["a", "b"], 4),
+            (query(all, "", 4, 2), vec![], 4),
+            (query(at_risk, "", 0, 10), vec!["d"], 1),
+            (query(at_risk, "x", 0, 10), vec![], 0),
+            (
+                query(
+                    StateFilter {
+                        healthy: true,
+                        warning: false,
+                        triggered: false,
+                    },
+                    "",
+                    0,
+                    10,
+                ),
+                vec!["a", "b", "c"],
+                3,
+            ),
+        ];
+        for (q, want, total) in cases {
+            let (ids, n) = page_ids(&map, &states, &q);
+            let got: Vec<&str> = ids.iter().map(|i| i.as_str()).collect();
+            assert_eq!((got, n), (want, total), "{q:?}");
+        }
+    }
+
+    /// A uniform −10 % by hand; one underlying named by an instrument id; an asset the account
+    /// does not hold is refused; an unknown account is a 404.
+    #[test]
+    fn what_if() {
+        let map = book(&[("a", "10000")]);
+        let levels = Thresholds::default();
+        let id = AccountId::from("a");
+        let q = |shock: Decimal, u: Option<&str>| StressQuery {
+            shock,
+            underlying: u.map(str::to_string),
+        };
+        let body = match stress(&map, &levels, &id, &q(dec!(-0.1), None)) {
+            Ok(b) => b,
+            Err(e) => panic!("{e:?}"),
+        };
+        // BTC at 45000: equity 10000 − 5000 = 5000; MM 0.4 % × 45000 = 180.
+        assert_eq!(body.snapshot.equity, dec!(5000));
+        assert_eq!(body.snapshot.maintenance_margin, dec!(180));
+        assert_eq!(body.scenario, "all=-10%");
+        assert_eq!(body.underlyings, vec!["BTC".to_string()]);
+        assert_eq!(body.state, AccountState::Healthy);
+        let by_instrument = match stress(&map, &levels, &id, &q(dec!(-0.1), Some("BTCUSDT-PERP"))) {
+            Ok(b) => b,
+            Err(e) => panic!("{e:?}"),
+        };
+        assert_eq!(by_instrument.underlying.as_deref(), Some("BTC"));
+        assert_eq!(by_instrument.snapshot, body.snapshot);
+        let refused = stress(&map, &levels, &id, &q(dec!(-0.1), Some("ETH")));
+        assert!(
+            matches!(refused, Err(ApiError::BadRequest { .. })),
+            "{refused:?}"
+        );
+        let unknown = stress(&map, &levels, &AccountId::from("zz"), &q(dec!(0), None));
+        assert!(matches!(unknown, Err(ApiError::NotFound(_))), "{unknown:?}");
     }
 }

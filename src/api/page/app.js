@@ -364,8 +364,16 @@ async function refreshFeeds() {
     const sorted = [...f.instruments].sort((a, b) => (a.instrument < b.instrument ? -1 : a.instrument > b.instrument ? 1 : 0));
     const insts = sorted.length ? sorted : [null];
     for (const i of insts) {
-      const status = !i ? "–" : !i.subscribed ? "not subscribed (rejected or unconfirmed)" : i.stale ? (i.last_price ? "STALE" : "STALE (no price yet)") : "fresh";
-      const cls = !i ? "" : !i.subscribed || i.stale ? "stale" : "fresh";
+      let status = "–";
+      let cls = "";
+      if (i) {
+        status = !i.subscribed ? "not subscribed (rejected or unconfirmed)" : i.stale ? (i.last_price ? "STALE" : "STALE (no price yet)") : "fresh";
+        cls = !i.subscribed || i.stale ? "stale" : "fresh";
+        if (i.held_price) {
+          status += ", HELD " + price(i.held_price) + " (possible spike, awaiting confirmation)";
+          cls = "stale";
+        }
+      }
       frag.append(el("tr", { class: "feed " + cls, "data-venue": f.venue, "data-instrument": i ? i.instrument : "" },
         el("th", { scope: "row", "data-label": "Venue" }, f.venue),
         el("td", { "data-label": "Connection" }, f.connected ? "connected" : "DISCONNECTED"),
@@ -378,6 +386,15 @@ async function refreshFeeds() {
     }
   }
   $("#feeds-body").replaceChildren(frag);
+  const notes = document.createDocumentFragment();
+  for (const f of body.feeds) {
+    const rej = f.rejected_symbols || [];
+    const unc = f.unconfirmed_symbols || [];
+    if (rej.length) notes.append(el("li", { class: "rejected", text: `${f.venue}: rejected symbols ${rej.join(", ")}` }));
+    if (unc.length) notes.append(el("li", { class: "rejected", text: `${f.venue}: no first price (unconfirmed) ${unc.join(", ")}` }));
+  }
+  if (!notes.childNodes.length) notes.append(el("li", { text: "No rejected or unconfirmed symbols." }));
+  $("#feeds-notes").replaceChildren(notes);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -692,6 +709,17 @@ async function streamLoop() {
 // Wiring
 // ------------------------------------------------------------------------------------------
 
+// The table refreshes every second, or less often when a page takes the daemon long to rank
+// (a very large book): the next refresh waits at least four times the last one's duration.
+async function accountsLoop() {
+  for (;;) {
+    const t0 = performance.now();
+    if (!document.hidden) await refreshAccounts();
+    const took = performance.now() - t0;
+    await new Promise((r) => setTimeout(r, Math.max(1000, 4 * took)));
+  }
+}
+
 function every(ms, f) {
   f();
   setInterval(() => {
@@ -748,7 +776,7 @@ function init() {
     ui.acked = true;
     $("#alarm").hidden = true;
   });
-  every(1000, refreshAccounts);
+  accountsLoop();
   every(2000, refreshTriggered);
   every(2000, refreshFeeds);
   every(3000, refreshDetail);

@@ -227,7 +227,10 @@ impl ApiBackend for MemBackend {
                 received_ts: Some(1_621_428_000_000),
                 age_ms: Some(120),
                 stale: false,
+                held_price: None,
             }],
+            rejected_symbols: vec![],
+            unconfirmed_symbols: vec![],
         }]
     }
 
