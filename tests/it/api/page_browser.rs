@@ -196,6 +196,19 @@ async fn risk_page_in_a_real_browser() {
         )
         .await;
     assert_eq!(order, json!(["hot", "warm", "calm", "flat"]));
+    // The page asks for pages, never the whole book.
+    let limits = browser
+        .js("return performance.getEntriesByType('resource').map(e=>new URL(e.name))
+                .filter(u=>u.pathname==='/v1/accounts').map(u=>Number(u.searchParams.get('limit')));")
+        .await;
+    let limits = limits.as_array().unwrap();
+    assert!(!limits.is_empty());
+    assert!(
+        limits
+            .iter()
+            .all(|l| (1..=250).contains(&l.as_u64().unwrap_or(0))),
+        "{limits:?}"
+    );
     // Sorting by id on the server (a click on the header), then back to the ratio.
     browser
         .client
