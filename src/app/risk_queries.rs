@@ -428,6 +428,68 @@ mod tests {
         }
     }
 
+    /// At scale (ignored; run in release, see BENCHMARKS.md): the first page of the whole book
+    /// is exactly the map's own `riskiest`, a deep page and a filtered page are consistent with
+    /// it, and the warning/triggered filter finds every at-risk account. Prints the times.
+    #[test]
+    #[ignore = "scale: N=1000000 cargo test --release --lib page_scale -- --ignored --nocapture"]
+    fn page_scale() {
+        let n: usize = std::env::var("N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100_000);
+        let names: Vec<(String, String)> = (0..n)
+            .map(|i| {
+                (
+                    format!("acct-{i:07}"),
+                    format!("{}", 300 + (i * 7919) % 20000),
+                )
+            })
+            .collect();
+        let refs: Vec<(&str, &str)> = names
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        let map = book(&refs);
+        let states = DashMap::new();
+        for i in (0..n).step_by(1000) {
+            states.insert(
+                AccountId::from(format!("acct-{i:07}").as_str()),
+                AccountState::Triggered,
+            );
+        }
+        let timed = |name: &str, q: &AccountsPageQuery| {
+            let t = std::time::Instant::now();
+            let out = page_ids(&map, &states, q);
+            eprintln!(
+                "{name}: {:?} ({} rows of {})",
+                t.elapsed(),
+                out.0.len(),
+                out.1
+            );
+            out
+        };
+        let t = std::time::Instant::now();
+        let riskiest: Vec<AccountId> = map.riskiest(50).into_iter().map(|r| r.id).collect();
+        eprintln!("AccountMap::riskiest(50): {:?}", t.elapsed());
+        let all = StateFilter::default();
+        let (first, total) = timed("first page", &query(all, "", 0, 50));
+        assert_eq!((first, total), (riskiest.clone(), n));
+        let (deep, _) = timed("page at n/2", &query(all, "", n / 2, 50));
+        assert_eq!(deep.len(), 50.min(n - n / 2));
+        assert!(deep.iter().all(|id| !riskiest.contains(id)) || n < 100);
+        let (filtered, matched) = timed("id filter", &query(all, "99", 0, 50));
+        assert!(filtered.iter().all(|id| id.as_str().contains("99")));
+        assert!(matched >= filtered.len());
+        let at_risk = StateFilter {
+            healthy: false,
+            warning: true,
+            triggered: true,
+        };
+        let (_, triggered) = timed("triggered only", &query(at_risk, "", 0, 1));
+        assert_eq!(triggered, n.div_ceil(1000));
+    }
+
     /// The whole book ranked by ratio and paged; a warning/triggered filter reads only the
     /// state map and still ranks; the id filter applies to both paths.
     #[test]
