@@ -6,6 +6,7 @@ mod events;
 mod hardening;
 mod metrics_doc;
 mod openapi;
+mod page_auth;
 mod page_browser;
 mod page_routes;
 mod router;

@@ -67,7 +67,7 @@ impl Browser {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", driver_bin.display()));
         let url = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
+        let http = super::daemon_env::http_client();
         let end = Instant::now() + Duration::from_secs(30);
         loop {
             let ready = match http.get(format!("{url}/status")).send().await {
