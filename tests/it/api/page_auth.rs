@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use fantoccini::Locator;
 use liqwatch::api::{self, ApiState};
 use liqwatch::model::EventKind;
