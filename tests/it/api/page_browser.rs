@@ -406,6 +406,11 @@ async fn risk_page_in_a_real_browser() {
     assert!(alarm.as_str().unwrap().contains("account hot"), "{alarm}");
     browser.js("window.scrollTo(0,0); return true;").await;
     shoot(&browser, &shots, "page-trigger.png").await;
+    // Contrast: every visible piece of text, in every state shown now (warning, trigger,
+    // stale, drill-down), is at least WCAG AA (4.5:1) against its effective background.
+    let contrast = browser.js(CONTRAST_JS).await;
+    assert_eq!(contrast["low"], json!([]), "text below 4.5:1 contrast");
+    assert!(contrast["checked"].as_u64() > Some(100), "{contrast}");
 
     // A stalled feed: ETHUSDT stops; after stale_after (3 s) the panel says STALE.
     pusher.eth_stalled.store(true, Ordering::SeqCst);
@@ -451,6 +456,35 @@ async fn risk_page_in_a_real_browser() {
         .await;
     browser.close().await;
 }
+
+/// Lists visible text elements whose colour has less than 4.5:1 contrast with the first
+/// opaque background behind them.
+const CONTRAST_JS: &str = r#"
+const rgb = (c) => (c.match(/[\d.]+/g) || []).map(Number);
+const lum = ([r, g, b]) => {
+  const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+  return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+};
+const bg = (el) => {
+  for (let e = el; e; e = e.parentElement) {
+    const c = rgb(getComputedStyle(e).backgroundColor);
+    if (c.length === 3 || (c.length === 4 && c[3] > 0.99)) return c.slice(0, 3);
+  }
+  return [255, 255, 255];
+};
+const out = [];
+let checked = 0;
+for (const el of document.querySelectorAll('body *')) {
+  if (!el.offsetParent && getComputedStyle(el).position !== 'fixed') continue;
+  const text = [...el.childNodes].filter((n) => n.nodeType === 3).map((n) => n.textContent.trim()).join('');
+  if (!text || el.closest('.vh') || el.closest('svg')) continue;
+  checked++;
+  const a = lum(rgb(getComputedStyle(el).color).slice(0, 3)), b = lum(bg(el));
+  const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+  if (ratio < 4.5) out.push(`${el.tagName}.${el.className} "${text.slice(0, 30)}" ${ratio.toFixed(2)}`);
+}
+return {checked, low: out};
+"#;
 
 /// `liqwatch stress --format json` for one 1-BTC-long account with 400 USDT at `btc`, under
 /// `shock`: the row of that scenario.
