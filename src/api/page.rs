@@ -1,4 +1,4 @@
-//! The live risk page: `GET /` and `GET /assets/{file}`, three static files embedded in the
+//! The live risk page: `GET /` and `GET /assets/{file}`, four static files embedded in the
 //! binary at build time (plain HTML, CSS and JavaScript with inline SVG — no Node toolchain).
 //! The page reads the same API as everyone else (`/v1/accounts`, `/v1/feeds`, the event
 //! stream, the what-if stress), so it needs nothing the API does not already offer.
@@ -7,6 +7,7 @@ use super::*;
 
 const INDEX_HTML: &str = include_str!("page/index.html");
 const APP_JS: &str = include_str!("page/app.js");
+const DETAIL_JS: &str = include_str!("page/detail.js");
 const APP_CSS: &str = include_str!("page/app.css");
 
 /// Only our own origin; no inline script, no framing.
@@ -42,9 +43,10 @@ pub(super) async fn index() -> Response {
 pub(super) async fn asset(Path(file): Path<String>) -> Result<Response, ApiError> {
     match file.as_str() {
         "app.js" => Ok(asset_response("text/javascript; charset=utf-8", APP_JS)),
+        "detail.js" => Ok(asset_response("text/javascript; charset=utf-8", DETAIL_JS)),
         "app.css" => Ok(asset_response("text/css; charset=utf-8", APP_CSS)),
         _ => Err(ApiError::NotFound(format!(
-            "no asset {file:?}; the page has app.js and app.css"
+            "no asset {file:?}; the page has app.js, detail.js and app.css"
         ))),
     }
 }

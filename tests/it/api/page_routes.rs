@@ -45,6 +45,7 @@ async fn page_and_assets_are_served() {
     for (uri, ty, needle) in [
         ("/", "text/html", "/assets/app.js"),
         ("/assets/app.js", "text/javascript", "/v1/events/stream"),
+        ("/assets/detail.js", "text/javascript", "/stress?"),
         ("/assets/app.css", "text/css", "@media (max-width"),
     ] {
         let (status, headers, body) = get_raw(&app, uri).await;
