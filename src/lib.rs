@@ -24,13 +24,13 @@
 //!                                        PagerDuty) · NATS JetStream
 //! ```
 //!
-//! Beside the pipeline: `api` (HTTP: health, readiness, metrics, accounts, feeds, events),
-//! `config` (composes each component's own config type), `backtest` (replay → engine in recorded
-//! time → report and charts), `cli` (run, demo, stress, risk, backtest, instruments,
-//! check-config), `risk` (historical scenarios, VaR/ES, P(liquidation) on the margin model),
-//! `runtime` (backoff, task tracking, telemetry) and `app` (wiring only).
+//! Beside the pipeline: `api` (HTTP: health, readiness, metrics, accounts, feeds, events, the
+//! live risk page), `config` (composes each component's own config type), `backtest` (replay →
+//! engine in recorded time → report and charts), `cli` (run, demo, stress, risk, backtest,
+//! instruments, check-config), `risk` (historical scenarios, VaR/ES, P(liquidation) on the
+//! margin model), `runtime` (backoff, task tracking, telemetry) and `app` (wiring only).
 
-pub mod api; // axum router: health, readiness, metrics, accounts, feeds, events
+pub mod api; // axum router: health, readiness, metrics, accounts, feeds, events, risk page
 pub mod app; // wiring only: spawn, channels, supervision, shutdown order
 pub mod backtest; // deterministic backtests: replay → engine in recorded time → report, SVG charts
 pub mod cli; // commands other than the daemon: demo, stress, backtest, check-config

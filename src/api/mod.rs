@@ -64,12 +64,20 @@ use crate::sources::{
 };
 
 mod error; // ApiError → clear JSON responses
+pub mod history; // bounded per-account history for the risk page
+mod page; // the risk page: static assets embedded in the binary
 pub mod rejected; // 4xx answers counted per reason and logged aggregated
+pub mod risk; // accounts listing (sort, filter, paging), what-if stress, history
 pub mod serve; // the accept loop: header-read and idle timeouts, connection cap
 mod sse; // the live event stream (Server-Sent Events) fed from the journal
 
 pub use error::{ApiError, ErrorBody, ErrorDetail, FieldErrorBody};
+pub use history::{HistoryPoint, HistoryStore, LastEvent};
 use rejected::RejectedLog;
+pub use risk::{
+    AccountSort, AccountsBody, AccountsPage, AccountsPageQuery, HistoryBody, SortFields,
+    StateFilter, StressBody, StressPrice, StressQuery, page_views,
+};
 pub use serve::{ServeLimits, open_files_soft_limit, serve, serve_on, serve_on_with};
 use sse::events_stream;
 pub use sse::{ResyncBody, forward_journal};
@@ -121,6 +129,12 @@ pub struct AccountView {
     pub stale_prices: bool,
     /// When the snapshot was computed, ms since the epoch.
     pub as_of_ms: TimestampMs,
+    /// The levels the account is measured against (its own, else the daemon's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub levels: Option<crate::model::Thresholds>,
+    /// The account's last journaled event since the daemon started, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event: Option<LastEvent>,
 }
 
 /// Where `/v1/events` starts.
@@ -177,6 +191,31 @@ pub trait ApiBackend: AccountWriter {
         since: EventsSince,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<JournalEntry>, BackendError>>;
+
+    /// One page of the accounts listing. The default ranks the [`MAX_DEFAULT_PAGE_SCAN`]
+    /// riskiest in memory ([`page_views`]); the daemon ranks its whole book.
+    fn accounts_page(
+        &self,
+        query: AccountsPageQuery,
+    ) -> BoxFuture<'_, Result<AccountsPage, BackendError>> {
+        Box::pin(async move {
+            let views = self.riskiest(MAX_DEFAULT_PAGE_SCAN).await?;
+            Ok(page_views(views, &query))
+        })
+    }
+
+    /// The account under a what-if move (`404` unknown account, `400` unknown underlying).
+    fn stress(&self, id: &AccountId, query: &StressQuery) -> Result<StressBody, ApiError> {
+        let _ = (id, query);
+        Err(ApiError::Unavailable(
+            "what-if stress is not available here".to_string(),
+        ))
+    }
+
+    /// The account's bounded history, oldest first; `None` when the account is unknown.
+    fn history(&self, id: &AccountId) -> Option<Vec<HistoryPoint>> {
+        self.account(id).map(|_| Vec::new())
+    }
 }
 
 /// The bearer token mutations need, kept only as its SHA-256 digest, shared by every clone of
@@ -206,6 +245,9 @@ impl std::fmt::Debug for ApiToken {
         })
     }
 }
+
+/// How many accounts the default [`ApiBackend::accounts_page`] ranks.
+pub const MAX_DEFAULT_PAGE_SCAN: usize = 10_000;
 
 /// Everything the router needs.
 #[derive(Clone)]
@@ -298,6 +340,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/openapi.json"),
     ("get", "/v1/accounts"),
     ("get", "/v1/accounts/{id}"),
+    ("get", "/v1/accounts/{id}/stress"),
+    ("get", "/v1/accounts/{id}/history"),
     ("put", "/v1/accounts/{id}"),
     ("delete", "/v1/accounts/{id}"),
     ("post", "/v1/accounts/{id}/fills"),
@@ -305,6 +349,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/feeds"),
     ("get", "/v1/events"),
     ("get", "/v1/events/stream"),
+    ("get", "/"),
+    ("get", "/assets/{file}"),
 ];
 
 /// The API router over `state`.
@@ -315,7 +361,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi))
-        .route("/v1/accounts", get(list_accounts))
+        .route("/", get(page::index))
+        .route("/assets/{file}", get(page::asset))
+        .route("/v1/accounts", get(risk::list_accounts))
+        .route("/v1/accounts/{id}/stress", get(risk::account_stress))
+        .route("/v1/accounts/{id}/history", get(risk::account_history))
         .route(
             "/v1/accounts/{id}",
             get(get_account).put(put_account).delete(delete_account),
@@ -507,38 +557,6 @@ fn check_limit(limit: Option<usize>) -> Result<usize, ApiError> {
         }),
         n => Ok(n),
     }
-}
-
-/// Query of `GET /v1/accounts`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AccountsQuery {
-    order: Option<String>,
-    limit: Option<usize>,
-}
-
-/// Body of `GET /v1/accounts`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct AccountsBody {
-    /// Riskiest first.
-    pub accounts: Vec<AccountView>,
-}
-
-async fn list_accounts(
-    State(state): State<ApiState>,
-    query: Result<Query<AccountsQuery>, QueryRejection>,
-) -> Result<axum::Json<AccountsBody>, ApiError> {
-    let Query(q) = query.map_err(query_error)?;
-    if let Some(order) = q.order.as_deref().filter(|o| *o != "risk") {
-        return Err(ApiError::BadRequest {
-            code: "invalid_query",
-            field: Some("order".to_string()),
-            message: format!("order={order:?} is not supported; use order=risk"),
-        });
-    }
-    let limit = check_limit(q.limit)?;
-    let accounts = state.backend.riskiest(limit).await?;
-    Ok(axum::Json(AccountsBody { accounts }))
 }
 
 async fn get_account(

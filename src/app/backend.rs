@@ -11,12 +11,16 @@ use rust_decimal::Decimal;
 use tokio::sync::{mpsc, oneshot};
 
 use super::runner::EngineRequest;
-use crate::api::{self, ApiBackend, BackendError, EventsSince, ReadinessCheck};
+use crate::api::{
+    self, AccountsPage, AccountsPageQuery, ApiBackend, ApiError, BackendError, EventsSince,
+    HistoryPoint, HistoryStore, ReadinessCheck, StressBody, StressQuery,
+};
 use crate::engine::AccountMap;
 use crate::feeds::FeedRegistry;
 use crate::journal::{Journal, Since};
 use crate::model::{
-    AccountId, AccountState, AccountUpdate, InstrumentId, InstrumentKind, PriceUsed, now_ms,
+    AccountId, AccountState, AccountUpdate, InstrumentId, InstrumentKind, PriceUsed, Thresholds,
+    now_ms,
 };
 use crate::prices::PriceBoard;
 use crate::sinks::JournalEntry;
@@ -35,8 +39,12 @@ pub(crate) struct Backend {
     pub kinds: HashMap<InstrumentId, InstrumentKind>,
     /// The configured trigger level (changes on a SIGHUP reload).
     pub default_trigger: Arc<parking_lot::RwLock<Decimal>>,
+    /// The daemon's levels, for accounts without their own (changes on a SIGHUP reload).
+    pub default_levels: Arc<parking_lot::RwLock<Thresholds>>,
     /// `[risk]`, when configured.
     pub risk: Option<Arc<super::risk::RiskSettings>>,
+    /// The risk page's bounded per-account history.
+    pub history: Arc<HistoryStore>,
 }
 
 impl Backend {
@@ -59,6 +67,14 @@ impl Backend {
             }
         }
         let stale_prices = prices.iter().any(|p| p.stale);
+        let as_of_ms = now_ms();
+        self.history
+            .record(id, HistoryPoint::of(&snapshot, as_of_ms));
+        let levels = self
+            .map
+            .read(id, |v| v.thresholds().cloned())
+            .flatten()
+            .unwrap_or_else(|| self.default_levels.read().clone());
         Some(api::AccountView {
             account_id: id.clone(),
             state: self
@@ -69,7 +85,9 @@ impl Backend {
             snapshot,
             prices,
             stale_prices,
-            as_of_ms: now_ms(),
+            as_of_ms,
+            levels: Some(levels),
+            last_event: self.history.last_event(id),
         })
     }
 }
@@ -202,7 +220,35 @@ impl ApiBackend for Backend {
     }
 
     fn account(&self, id: &AccountId) -> Option<api::AccountView> {
-        self.view(id)
+        let view = self.view(id)?;
+        self.history.watch(id, view.as_of_ms);
+        Some(view)
+    }
+
+    fn accounts_page(
+        &self,
+        query: AccountsPageQuery,
+    ) -> BoxFuture<'_, Result<AccountsPage, BackendError>> {
+        Box::pin(async move {
+            let (map, states) = (Arc::clone(&self.map), Arc::clone(&self.states));
+            let (ids, total) = tokio::task::spawn_blocking(move || {
+                super::risk_queries::page_ids(&map, &states, &query)
+            })
+            .await
+            .map_err(|e| BackendError(e.to_string()))?;
+            let accounts = ids.iter().filter_map(|id| self.view(id)).collect();
+            Ok(AccountsPage { accounts, total })
+        })
+    }
+
+    fn stress(&self, id: &AccountId, query: &StressQuery) -> Result<StressBody, ApiError> {
+        super::risk_queries::stress(&self.map, &self.default_levels.read(), id, query)
+    }
+
+    fn history(&self, id: &AccountId) -> Option<Vec<HistoryPoint>> {
+        self.map.key_of(id)?;
+        self.history.watch(id, now_ms());
+        Some(self.history.points(id))
     }
 
     fn risk(&self, id: &AccountId) -> Result<crate::risk::AccountRisk, api::ApiError> {
@@ -328,7 +374,9 @@ mod tests {
             engine: engine_tx,
             kinds: HashMap::new(),
             default_trigger: Arc::new(parking_lot::RwLock::new(Decimal::ONE)),
+            default_levels: Arc::default(),
             risk: None,
+            history: Arc::default(),
         });
         Fixture {
             backend,

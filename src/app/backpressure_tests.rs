@@ -155,7 +155,9 @@ async fn disk_full_stops_prices_at_the_limit_issue_11_item_7() {
         engine: engine_tx.clone(),
         kinds: HashMap::new(),
         default_trigger: Arc::new(parking_lot::RwLock::new(Decimal::ONE)),
+        default_levels: Arc::default(),
         risk: None,
+        history: Arc::default(),
     };
     let check = backend
         .readiness()

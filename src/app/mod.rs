@@ -37,6 +37,7 @@ mod error;
 mod metrics;
 mod reload;
 mod risk;
+mod risk_queries;
 mod runner;
 mod sinkset; // the running sink drivers, swappable on reload
 mod spawn;
@@ -250,6 +251,33 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
         opts.replay_started.take(),
         opts.replay_clock,
     )?;
+    // The risk page's bounded history: committed events and periodic samples.
+    let history = Arc::new(api::HistoryStore::default());
+    if cfg.api.enabled {
+        tasks.spawn("history-events", {
+            let f = risk_queries::record_events(
+                events_tx.subscribe(),
+                history.clone(),
+                sources.clone(),
+            );
+            async move {
+                f.await;
+                Ok::<(), std::convert::Infallible>(())
+            }
+        });
+        tasks.spawn("history-sampler", {
+            let f = risk_queries::sample_history(
+                Arc::clone(&map),
+                Arc::clone(&states),
+                history.clone(),
+                sources.clone(),
+            );
+            async move {
+                f.await;
+                Ok::<(), std::convert::Infallible>(())
+            }
+        });
+    }
     // Account sources: the API and NATS.
     let backend = Arc::new(Backend {
         map: Arc::clone(&map),
@@ -264,7 +292,9 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
             .map(|(k, v)| (k.clone(), v.kind))
             .collect(),
         default_trigger: Arc::new(parking_lot::RwLock::new(cfg.engine.thresholds.trigger)),
+        default_levels: Arc::new(parking_lot::RwLock::new(cfg.engine.thresholds.clone())),
         risk,
+        history: Arc::clone(&history),
     });
     let token = api_token(&cfg)?;
     let mut api_token_handle = None;
@@ -307,6 +337,7 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
             engine: engine_tx.clone(),
             api_token: api_token_handle,
             default_trigger: Arc::clone(&backend.default_trigger),
+            default_levels: Arc::clone(&backend.default_levels),
             sinks: sink_set.clone(),
             sinks_stop: sinks_stop.clone(),
             journal: Arc::clone(&journal),

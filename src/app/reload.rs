@@ -51,6 +51,8 @@ pub(crate) struct Reloader {
     pub api_token: Option<ApiToken>,
     /// The trigger level the API's account views use.
     pub default_trigger: Arc<parking_lot::RwLock<Decimal>>,
+    /// The levels the API's account views and what-ifs use.
+    pub default_levels: Arc<parking_lot::RwLock<crate::model::Thresholds>>,
     /// The running sink drivers.
     pub sinks: SinkSet,
     /// The sinks' shared stop token (a new driver runs under a child of it).
@@ -162,6 +164,7 @@ impl Reloader {
         self.current.engine.distance_index = new.engine.distance_index;
         self.current.accounts.update_ids = new.accounts.update_ids;
         *self.default_trigger.write() = new.engine.thresholds.trigger;
+        *self.default_levels.write() = new.engine.thresholds.clone();
 
         if token != self.token {
             match &self.api_token {

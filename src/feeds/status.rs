@@ -84,6 +84,10 @@ pub struct InstrumentFeedStatus {
     pub age_ms: Option<i64>,
     /// True when older than `stale_after` (or never received).
     pub stale: bool,
+    /// A price from this venue held by the price board as a possible spike, awaiting
+    /// confirmation (`spike_fraction`); absent when none is held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_price: Option<Decimal>,
 }
 
 /// Status of one venue feed: what [`FeedRegistry::snapshot`] returns and `GET /v1/feeds` serves
@@ -100,6 +104,12 @@ pub struct FeedStatus {
     pub reconnects: u64,
     /// Per-instrument prices.
     pub instruments: Vec<InstrumentFeedStatus>,
+    /// Symbols the venue rejected on subscription.
+    #[serde(default)]
+    pub rejected_symbols: Vec<String>,
+    /// Symbols with no first price within `first_data_timeout`.
+    #[serde(default)]
+    pub unconfirmed_symbols: Vec<String>,
 }
 
 /// The texts of a feed's status, behind one lock (written rarely: connect, errors, rejections).
@@ -232,6 +242,7 @@ impl FeedStatusHandle {
                     received_ts: src.and_then(|s| s.received_ts),
                     age_ms: src.and_then(|s| s.age_ms),
                     stale: src.is_none_or(|s| s.stale),
+                    held_price: src.and_then(|s| s.held_price),
                 }
             })
             .collect();
@@ -240,6 +251,8 @@ impl FeedStatusHandle {
             connected,
             reconnects: self.connections.load(Ordering::Relaxed).saturating_sub(1),
             instruments,
+            rejected_symbols: text.rejected.clone(),
+            unconfirmed_symbols: text.unconfirmed.clone(),
         }
     }
 }

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use liqwatch::api::{
-    self, AccountView, AccountsBody, ApiState, ErrorBody, EventsBody, FeedsBody, MutationBody,
-    ReadyBody, ResyncBody,
+    self, AccountView, AccountsBody, ApiState, ErrorBody, EventsBody, FeedsBody, HistoryBody,
+    MutationBody, ReadyBody, ResyncBody, StressBody,
 };
 use liqwatch::model::{Account, Fill, RiskEvent};
 use liqwatch::sources::parse_update;
@@ -114,6 +114,8 @@ fn check_example(schema: &str, example: &Value) -> bool {
         "Readiness" => ok(de::<ReadyBody>(example)),
         "MutationResult" => ok(de::<MutationBody>(example)),
         "Resync" => ok(de::<ResyncBody>(example)),
+        "Stress" => ok(de::<StressBody>(example)),
+        "History" => ok(de::<HistoryBody>(example)),
         "Error" => ok(de::<ErrorBody>(example)),
         "Health" => example == &serde_json::json!({"status":"ok"}),
         "AccountUpdate" => ok(parse_update(text.as_bytes())

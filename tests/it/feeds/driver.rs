@@ -222,6 +222,11 @@ async fn okx_rejection_drop_garbage_and_notice() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // The feed status the API serves (`GET /v1/feeds`) lists it too.
+    assert_eq!(
+        run.status.snapshot(&run.board).rejected_symbols,
+        vec!["NOPE-USDT-SWAP".to_string()]
+    );
     // OKX rejects one argument without touching the others: the connection is kept (only
     // Bybit opts into a rebuild), and prices keep flowing on it.
     mock.send(Step::Send(okx_price("BTC-USDT-SWAP", "1.5")))

@@ -128,6 +128,8 @@ pub fn view(id: &str, ratio: Decimal) -> AccountView {
         prices: vec![],
         stale_prices: false,
         as_of_ms: 1_621_428_000_000,
+        levels: None,
+        last_event: None,
     }
 }
 
@@ -234,7 +236,10 @@ impl ApiBackend for MemBackend {
                 received_ts: Some(1_621_428_000_000),
                 age_ms: Some(120),
                 stale: false,
+                held_price: None,
             }],
+            rejected_symbols: vec![],
+            unconfirmed_symbols: vec![],
         }]
     }
 

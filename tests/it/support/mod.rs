@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod api_backend;
+pub mod browser;
 pub mod daemon_env;
 pub mod engine_fixtures;
 pub mod mock_venue;
