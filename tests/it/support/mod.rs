@@ -6,6 +6,7 @@ pub mod api_backend;
 pub mod daemon_env;
 pub mod engine_fixtures;
 pub mod mock_venue;
+pub mod mock_venue_subs;
 pub mod nats_server;
 pub mod sink_contract;
 pub mod tools;
