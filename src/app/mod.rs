@@ -236,6 +236,9 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
         opts.replay_started.take(),
         opts.replay_clock,
     )?;
+    // Held instruments no feed prices: reported once, loudly, now (and in readiness).
+    board.set_held(map.held_instruments());
+    board.report_unserved();
     // Account sources: the API and NATS.
     let backend = Arc::new(Backend {
         map: Arc::clone(&map),

@@ -184,6 +184,9 @@ pub fn spawn_feed(
     cancel: CancellationToken,
 ) -> JoinHandle<()> {
     let status = registry.register(feed.venue(), &cfg.routes);
+    for (_, inst, _) in cfg.routes.iter() {
+        board.track(inst, &[feed.venue()]);
+    }
     tokio::spawn(run_feed(feed, cfg, board, status, cancel))
 }
 

@@ -299,7 +299,8 @@ impl FeedRegistry {
 
     /// Why the feeds are not ready, empty when they are: a live feed that is not connected,
     /// and for every feed (live or replay, whether its replay has started, is playing or has
-    /// ended) each instrument it serves that has no price yet or only a stale one. Returns the
+    /// ended) each watched instrument it serves ([`PriceBoard::is_watched`]: held by an account
+    /// or listed in `[prices] watch`) that has no price yet or only a stale one. Returns the
     /// number of feeds too. The `/readyz` "feeds" check.
     pub fn readiness(&self, board: &PriceBoard) -> (usize, Vec<String>) {
         let feeds: Vec<Arc<FeedStatusHandle>> = self.feeds.lock().clone();
@@ -314,7 +315,11 @@ impl FeedRegistry {
             if !h.replay && !status.connected {
                 problems.push(format!("{name} not connected"));
             }
-            for i in &status.instruments {
+            for i in status
+                .instruments
+                .iter()
+                .filter(|i| board.is_watched(&i.instrument))
+            {
                 if i.last_price.is_none() {
                     problems.push(format!(
                         "{name} {} ({}) has no price yet",

@@ -5,6 +5,7 @@ mod cli;
 mod deploy_files;
 mod e2e;
 mod empty_account;
+mod held_staleness;
 mod journal_init;
 mod metrics_exposition;
 mod stress;
