@@ -24,10 +24,11 @@
 //! - [`PriceBoard::status`]` -> Vec<InstrumentStatus>` for the API.
 //!
 //! **Sanity.** A price that is zero or negative is rejected (never accepted). A price that moves
-//! more than `spike_fraction` away from the reference (this venue's last accepted price, else
-//! the instrument's current composite) is *held* and counted; it is accepted only when confirmed
-//! by a second tick from the same venue within `spike_fraction` of the held price, or by another
-//! venue whose price (accepted or held) is within `spike_fraction` of it. A later tick close to
+//! more than its spike fraction (the instrument's, else the venue's, else `spike_fraction`) away
+//! from the reference (this venue's last accepted price, else the instrument's current
+//! composite) is *held* and counted; it is accepted when another venue's price (accepted or
+//! held) confirms it, or when the same venue keeps quoting it for `spike_confirm_frames` ticks
+//! or for `spike_confirm_after` — the rule is written out in [`spike`]. A later tick close to
 //! the old reference discards the held spike.
 //!
 //! **Staleness (data freshness).** Only accepted prices count: a source (instrument, venue) is
@@ -116,6 +117,26 @@ pub struct PriceBoardConfig {
     /// (`"0.2"` = 20 %).
     #[serde(default = "default_spike_fraction", with = "rust_decimal::serde::str")]
     pub spike_fraction: Decimal,
+    /// Per-instrument spike fractions, winning over the venue's and the global one
+    /// (`{ "DOGEUSDT-PERP" = "0.8" }`). See [`spike`] for the rule.
+    #[serde(default)]
+    pub instrument_spike_fraction: BTreeMap<InstrumentId, spike::Fraction>,
+    /// Per-venue spike fractions, winning over the global one (`{ hyperliquid = "0.5" }`).
+    #[serde(default)]
+    pub venue_spike_fraction: BTreeMap<Venue, spike::Fraction>,
+    /// Consecutive ticks of one venue near a held price that accept it (the held one
+    /// included). Default 2; 1 accepts every jump at once.
+    #[serde(default = "spike::default_confirm_frames")]
+    pub spike_confirm_frames: u32,
+    /// A held price the same venue still quotes this long after it was first held is accepted,
+    /// however few frames came. Default: off.
+    #[serde(default, with = "humantime_serde")]
+    pub spike_confirm_after: Option<Duration>,
+    /// Instruments whose staleness is watched even when no account holds them
+    /// (`["BTCUSDT-PERP"]`). Held instruments are always watched; others are not (no
+    /// `feed_stale` noise for instruments nobody holds).
+    #[serde(default)]
+    pub watch: Vec<InstrumentId>,
 }
 
 impl Default for PriceBoardConfig {
@@ -126,6 +147,11 @@ impl Default for PriceBoardConfig {
             instrument_stale_after: BTreeMap::new(),
             venue_stale_after: BTreeMap::new(),
             spike_fraction: default_spike_fraction(),
+            instrument_spike_fraction: BTreeMap::new(),
+            venue_spike_fraction: BTreeMap::new(),
+            spike_confirm_frames: spike::default_confirm_frames(),
+            spike_confirm_after: None,
+            watch: Vec::new(),
         }
     }
 }
@@ -261,6 +287,10 @@ struct Held {
     exchange_ts: Option<TimestampMs>,
     received_ts: TimestampMs,
     at: Instant,
+    /// Ticks of this venue near the held price so far (the first included).
+    count: u32,
+    /// When the jump was first held.
+    since: Instant,
 }
 
 #[derive(Clone, Debug)]
@@ -275,6 +305,8 @@ struct InstState {
     slots: Vec<Slot>,
     /// Per-instrument override of every source's freshness limit.
     override_limit: Option<Duration>,
+    /// Per-instrument spike fraction (`instrument_spike_fraction`).
+    spike_override: Option<Decimal>,
     tracked_at: Instant,
     stale: bool,
     restored_pending: bool,
@@ -294,8 +326,11 @@ struct Inner {
 pub struct PriceBoard {
     cfg: PriceBoardConfig,
     venue_limits: [Option<Duration>; MAX_VENUES],
+    venue_spikes: [Option<Decimal>; MAX_VENUES],
     inner: Mutex<Inner>,
     notify: Notify,
+    /// Which instruments are watched for staleness (`watch`).
+    watch: Mutex<watch::WatchState>,
 }
 
 impl fmt::Debug for PriceBoard {
@@ -352,11 +387,17 @@ impl PriceBoard {
         for (v, d) in &cfg.venue_stale_after {
             venue_limits[venue_idx(*v)] = Some(**d);
         }
+        let mut venue_spikes = [None; MAX_VENUES];
+        for (v, f) in &cfg.venue_spike_fraction {
+            venue_spikes[venue_idx(*v)] = Some(f.0);
+        }
         PriceBoard {
             cfg,
             venue_limits,
+            venue_spikes,
             inner: Mutex::new(Inner::default()),
             notify: Notify::new(),
+            watch: Mutex::new(watch::WatchState::default()),
         }
     }
 
@@ -390,6 +431,7 @@ impl PriceBoard {
         InstState {
             slots: Vec::with_capacity(2),
             override_limit: self.cfg.instrument_stale_after.get(id).map(|d| **d),
+            spike_override: self.cfg.instrument_spike_fraction.get(id).map(|f| f.0),
             tracked_at: now,
             stale: false,
             restored_pending: false,
@@ -431,7 +473,6 @@ impl PriceBoard {
             tracing::warn!(venue = %tick.venue, instrument = %tick.instrument, price = %tick.price, "Price rejected: not positive");
             return PublishOutcome::Rejected;
         }
-        let spike = self.cfg.spike_fraction;
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
         let st = match inner.instruments.get_mut(&tick.instrument) {
@@ -456,6 +497,10 @@ impl PriceBoard {
             }
         };
 
+        let spike = st
+            .spike_override
+            .or(self.venue_spikes[venue_idx(tick.venue)])
+            .unwrap_or(self.cfg.spike_fraction);
         // Drop ticks that go back in time on this venue.
         if let (Some(acc), Some(ts)) = (&st.slots[si].accepted, tick.exchange_ts)
             && acc.exchange_ts.is_some_and(|prev| ts < prev)
@@ -476,11 +521,14 @@ impl PriceBoard {
         };
         let outcome = match reference {
             Some(r) if jumps(tick.price, r, spike) => {
-                // Confirmed by a second tick of the same venue near the held price?
-                let same_venue = st.slots[si]
-                    .held
-                    .as_ref()
-                    .is_some_and(|h| !jumps(tick.price, h.price, spike));
+                // The same venue persisting near its held price (N frames or T; see `spike`)?
+                let (count, since) = match &st.slots[si].held {
+                    Some(h) if !jumps(tick.price, h.price, spike) => {
+                        (h.count.saturating_add(1), h.since)
+                    }
+                    _ => (1, now),
+                };
+                let same_venue = spike::persists(&self.cfg, count, since, now);
                 // Or by another venue's accepted (fresh) or held price near this one?
                 let mut other_confirms = false;
                 for (j, s) in st.slots.iter().enumerate() {
@@ -531,6 +579,8 @@ impl PriceBoard {
                         exchange_ts: tick.exchange_ts,
                         received_ts: tick.received_ts,
                         at: now,
+                        count,
+                        since,
                     });
                     counter!("liqwatch_prices_spikes_held_total", "venue" => tick.venue.as_str(), "instrument" => tick.instrument.to_string()).increment(1);
                     tracing::warn!(venue = %tick.venue, instrument = %tick.instrument, price = %tick.price, reference = %r, fraction = %spike, "Price jump held until confirmed");
@@ -693,13 +743,19 @@ impl PriceBoard {
 
     /// Finds instruments that became stale or were restored since the last call. Call it
     /// periodically (every ~250 ms) with `Instant::now()`. Stale instruments are also marked
-    /// changed so the engine sees their stale flag.
+    /// changed so the engine sees their stale flag. Only watched instruments are checked
+    /// ([`PriceBoard::is_watched`]: held by an account or listed in `watch`).
     pub fn check_staleness(&self, now: Instant) -> Vec<StaleTransition> {
         let mut out = Vec::new();
         let mut guard = self.inner.lock();
         let inner = &mut *guard;
         let mut stale_count: usize = 0;
+        let watching = self.watch.lock();
         for (id, st) in inner.instruments.iter_mut() {
+            if !watching.watched(id, &self.cfg.watch) {
+                // Held by no account and not listed in `watch`: no staleness noise.
+                continue;
+            }
             let newest = st
                 .slots
                 .iter()
@@ -762,6 +818,7 @@ impl PriceBoard {
                     .set(now.saturating_duration_since(a.at).as_secs_f64());
             }
         }
+        drop(watching);
         gauge!("liqwatch_prices_stale_instruments").set(stale_count as f64);
         let woke = !inner.dirty.is_empty();
         drop(guard);
@@ -817,5 +874,9 @@ impl PriceBoard {
     }
 }
 
+mod spike;
 #[cfg(test)]
 mod tests;
+mod watch;
+
+pub use spike::Fraction;

@@ -147,6 +147,9 @@ impl ApiBackend for Backend {
     fn readiness(&self) -> Vec<ReadinessCheck> {
         let mut out = Vec::new();
         let (feeds, mut problems) = self.registry.readiness(&self.board);
+        for id in self.board.unserved() {
+            problems.push(format!("{id} is held (or watched) but no feed prices it"));
+        }
         if feeds == 0 {
             problems.push("no feed is running: no instrument is priced".to_string());
         }

@@ -278,6 +278,9 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
             }
         });
     }
+    // Held instruments no feed prices: reported once, loudly, now (and in readiness).
+    board.set_held(map.held_instruments());
+    board.report_unserved();
     // Account sources: the API and NATS.
     let backend = Arc::new(Backend {
         map: Arc::clone(&map),

@@ -190,6 +190,8 @@ impl Runner {
     }
 
     async fn on_staleness(&mut self) {
+        // Staleness is watched only for held (or explicitly watched) instruments.
+        self.board.set_held(self.engine.map().held_instruments());
         let transitions = self.board.check_staleness(tokio::time::Instant::now());
         if transitions.is_empty() {
             return;

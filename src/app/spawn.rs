@@ -86,6 +86,11 @@ pub(super) fn feeds(
                     continue;
                 }
                 let status = registry.register(*venue, &fcfg.routes);
+                // Tracked now (the driver tracks them again), so the start-up report of
+                // unserved held instruments sees what this feed will price.
+                for (_, inst, _) in fcfg.routes.iter() {
+                    board.track(inst, &[*venue]);
+                }
                 let (board, cancel) = (Arc::clone(board), cancel.clone());
                 tasks.spawn(format!("feed {venue}"), async move {
                     feeds::run_feed(feed, fcfg, board, status, cancel).await;

@@ -58,6 +58,14 @@ const FILES: &[(&str, &str)] = &[
         include_str!("../../feeds/hyperliquid/instruments.toml"),
     ),
     (
+        "feeds/okx/instruments.toml",
+        include_str!("../../feeds/okx/instruments.toml"),
+    ),
+    (
+        "feeds/deribit/instruments.toml",
+        include_str!("../../feeds/deribit/instruments.toml"),
+    ),
+    (
         "feeds/demo/accounts.json",
         include_str!("../../feeds/demo/accounts.json"),
     ),

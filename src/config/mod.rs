@@ -518,6 +518,13 @@ pub fn parse(
             "must be above 0 (\"0.2\" = a 20 % jump is held until confirmed)",
         );
     }
+    for (key, message) in prices
+        .as_ref()
+        .map(|p| p.spike_problems())
+        .unwrap_or_default()
+    {
+        cx.problem(&[P::K("prices"), P::K(key)], message);
+    }
     let feeds = cx.feeds(prices.as_mut());
     let journal = cx
         .section::<RawJournal>("journal")

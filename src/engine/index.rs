@@ -100,7 +100,8 @@ fn sensitivity(inst: &Instrument) -> Sensitivity {
     if !inst.kind.is_contract() {
         return Sensitivity::Collateral;
     }
-    if inst.tiers.is_empty() {
+    if inst.tiers.is_empty() || !inst.margin.is_plain() {
+        // Venue-specific MM shapes (`MarginOptions`) have no bound here: revalue on every tick.
         return Sensitivity::Unbounded;
     }
     let max_mmr = inst.tiers.iter().map(|t| t.mmr).max().unwrap_or_default();

@@ -760,6 +760,17 @@ impl AccountMap {
             .unwrap_or_default()
     }
 
+    /// The non-stable instruments some account holds (positions or balances), in table
+    /// order: the ones whose prices matter (the price board watches their staleness).
+    pub fn held_instruments(&self) -> Vec<InstrumentId> {
+        self.table
+            .iter()
+            .zip(self.instr.iter())
+            .filter(|(inst, l)| !inst.stable && !l.read().holders.is_empty())
+            .map(|(inst, _)| inst.id.clone())
+            .collect()
+    }
+
     /// The accounts holding an instrument (positions or balances), sorted by id.
     pub fn holders(&self, instrument: &InstrumentId) -> Vec<AccountId> {
         let Some(idx) = self.table.index(instrument) else {

@@ -94,6 +94,10 @@ impl Feed for BinanceUsdm {
         Some(Duration::from_secs(23 * 3600 + 30 * 60))
     }
 
+    fn resubscribe_messages(&mut self, symbols: &[String]) -> Option<Vec<String>> {
+        Some(self.subscribe_messages(symbols))
+    }
+
     fn fresh_instance(&self) -> Option<Box<dyn Feed>> {
         Some(Box::new(BinanceUsdm::new()))
     }
@@ -132,15 +136,13 @@ impl Feed for BinanceUsdm {
             Top::Error { code, msg, id } => {
                 let req = id.and_then(|id| self.requests.iter().find(|(rid, _)| *rid == id));
                 match req {
-                    // Name the symbol when the request carried one; a multi-symbol request's
-                    // error is about the request, so list them without excluding any.
-                    Some((_, syms)) if syms.len() == 1 => Ok(Frame::SubscribeRejected {
-                        symbol: syms.first().cloned(),
+                    // Binance never calls a symbol unknown (it acks those and stays silent), so
+                    // an error for one of our requests is a refusal of the request (code 4 "Too
+                    // many subscriptions", usually transient): every symbol it carried is
+                    // retried, the batch split to find the one at fault.
+                    Some((_, syms)) => Ok(Frame::SubscribeRefused {
+                        symbols: syms.clone(),
                         reason: format!("code {code}: {msg}"),
-                    }),
-                    Some((_, syms)) => Ok(Frame::SubscribeRejected {
-                        symbol: None,
-                        reason: format!("code {code}: {msg} (request for {})", syms.join(",")),
                     }),
                     None => Ok(Frame::VenueError {
                         code: code.to_string(),
@@ -458,7 +460,8 @@ mod tests {
         assert_eq!(ours, want);
     }
 
-    /// An error for a multi-symbol request lists the symbols but names none as rejected.
+    /// An error for a multi-symbol request is a refusal of every symbol it carried (the
+    /// driver splits the batch to find the one at fault).
     #[test]
     fn multi_symbol_error_names_request() {
         let mut f = BinanceUsdm::new();
@@ -469,9 +472,9 @@ mod tests {
         );
         assert_eq!(
             r,
-            Ok(Frame::SubscribeRejected {
-                symbol: None,
-                reason: "code 4: Too many subscriptions (request for AUSDT,BUSDT)".into()
+            Ok(Frame::SubscribeRefused {
+                symbols: vec!["AUSDT".into(), "BUSDT".into()],
+                reason: "code 4: Too many subscriptions".into()
             })
         );
     }
@@ -498,8 +501,8 @@ mod tests {
         let (r, _) = parse_one(&mut f, &fixture("subscribe_error.json"));
         assert_eq!(
             r,
-            Ok(Frame::SubscribeRejected {
-                symbol: Some("NOPEUSDT".into()),
+            Ok(Frame::SubscribeRefused {
+                symbols: vec!["NOPEUSDT".into()],
                 reason: "code 2: Invalid request: request ID must be an unsigned integer".into()
             })
         );

@@ -112,8 +112,20 @@ impl DeribitFeed {
         if let Some(err) = &env.error {
             let code = err.code.map(|c| c.get().to_string()).unwrap_or_default();
             let message = err.message.as_deref().unwrap_or_default().to_string();
-            // 10028 too_many_requests is transient: not a verdict on the channels.
-            if id == SUBSCRIBE_ID && !self.requested.is_empty() && code != "10028" {
+            // 10028 too_many_requests is transient: not a verdict on the channels, a refusal
+            // of the request (the driver retries after backoff).
+            if id == SUBSCRIBE_ID && code == "10028" {
+                return Ok(Frame::SubscribeRefused {
+                    symbols: self
+                        .requested
+                        .iter()
+                        .filter_map(|c| Self::symbol_of_channel(c))
+                        .map(str::to_string)
+                        .collect(),
+                    reason: format!("deribit error {code} {message}"),
+                });
+            }
+            if id == SUBSCRIBE_ID && !self.requested.is_empty() {
                 let symbol = match self.requested.as_slice() {
                     [one] => Self::symbol_of_channel(one).map(str::to_string),
                     _ => None,
@@ -443,7 +455,7 @@ mod tests {
     }
 
     /// `subscribe_error.json`: an explicit error for the subscribe request → rejected; the
-    /// transient 10028 `too_many_requests` is only a venue error.
+    /// transient 10028 `too_many_requests` is a refusal of every requested symbol (retried).
     #[test]
     fn fixture_subscribe_error() {
         let mut f = subscribed(&["BTC-PERPETUAL"]);
@@ -463,9 +475,9 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":2,"error":{"code":10028,"message":"too_many_requests"}}"#;
         assert_eq!(
             f.parse(busy, &mut out).unwrap(),
-            Frame::VenueError {
-                code: "10028".into(),
-                message: "too_many_requests".into()
+            Frame::SubscribeRefused {
+                symbols: vec!["BTC-PERPETUAL".into()],
+                reason: "deribit error 10028 too_many_requests".into()
             }
         );
     }

@@ -3,7 +3,7 @@
 //! board, and writes the per-venue status (kept in `status`). See the module docs of
 //! [`crate::feeds`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, error, info, trace, warn};
 
 use super::status::{FeedRegistry, FeedStatusHandle, SymbolRoutes};
+use super::subscriptions::{Retry, Subscriptions};
 use super::{Feed, Frame, ParseError, VenueTick};
 use crate::model::{Instrument, PriceField, PriceTick, TimestampMs, Venue, now_ms};
 use crate::prices::PriceBoard;
@@ -77,6 +78,15 @@ fn d_first_data_timeout() -> Duration {
 fn d_write_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn d_resubscribe_initial() -> Duration {
+    Duration::from_secs(1)
+}
+fn d_resubscribe_max() -> Duration {
+    Duration::from_secs(60)
+}
+fn d_unknown_retry() -> Duration {
+    Duration::from_secs(600)
+}
 
 /// Per-venue feed configuration (TOML table `[feeds.<venue>]`). Every knob has a default.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -104,6 +114,17 @@ pub struct FeedConfig {
     /// unconfirmed (Binance acks unknown symbols). Default 30 s.
     #[serde(default = "d_first_data_timeout", with = "humantime_serde")]
     pub first_data_timeout: Duration,
+    /// First delay before a refused subscription is retried (per symbol, doubling per refusal
+    /// up to `resubscribe_max`, jittered into [½·d, d]). Default 1 s.
+    #[serde(default = "d_resubscribe_initial", with = "humantime_serde")]
+    pub resubscribe_initial: Duration,
+    /// Cap of the refused-subscription retry delay. Default 60 s.
+    #[serde(default = "d_resubscribe_max", with = "humantime_serde")]
+    pub resubscribe_max: Duration,
+    /// A symbol the venue calls unknown (or that stays silent after its ack) is retried this
+    /// often, and reported meanwhile. Default 10 min.
+    #[serde(default = "d_unknown_retry", with = "humantime_serde")]
+    pub unknown_retry: Duration,
     /// Override of the venue's dead-peer limit (no frame at all for this long → reconnect).
     #[serde(default, with = "humantime_serde")]
     pub dead_after: Option<Duration>,
@@ -128,6 +149,9 @@ impl Default for FeedConfig {
             backoff_max: d_backoff_max(),
             healthy_after: d_healthy_after(),
             first_data_timeout: d_first_data_timeout(),
+            resubscribe_initial: d_resubscribe_initial(),
+            resubscribe_max: d_resubscribe_max(),
+            unknown_retry: d_unknown_retry(),
             dead_after: None,
             ping_interval: None,
             max_connection_age: None,
@@ -160,6 +184,9 @@ pub fn spawn_feed(
     cancel: CancellationToken,
 ) -> JoinHandle<()> {
     let status = registry.register(feed.venue(), &cfg.routes);
+    for (_, inst, _) in cfg.routes.iter() {
+        board.track(inst, &[feed.venue()]);
+    }
     tokio::spawn(run_feed(feed, cfg, board, status, cancel))
 }
 
@@ -191,34 +218,42 @@ pub async fn run_feed(
         trace!(venue = %venue, symbol = sym, instrument = %inst, ?field, "Route");
         board.track(inst, &[venue]);
     }
-    let mut rejected: HashSet<String> = HashSet::new();
+    let mut subs = Subscriptions::new(
+        cfg.resubscribe_initial,
+        cfg.resubscribe_max,
+        cfg.unknown_retry,
+    );
     let mut backoff = cfg.backoff();
     let mut conn_no: u64 = 0;
     loop {
         if cancel.is_cancelled() {
             break;
         }
-        let symbols: Vec<String> = cfg
-            .routes
-            .symbols()
-            .iter()
-            .filter(|s| !rejected.contains(*s))
-            .cloned()
-            .collect();
+        let symbols = subs.for_new_connection(cfg.routes.symbols(), Instant::now());
+        if symbols.is_empty()
+            && !cfg.routes.symbols().is_empty()
+            && let Some(due) = subs.next_unknown_due()
+        {
+            // Every symbol was called unknown: nothing to connect for until one is due again.
+            let wait = due.saturating_duration_since(Instant::now());
+            error!(venue = %venue, retry_in = ?wait, "Every symbol of this feed was rejected by the venue; retrying them later");
+            status.set_error(format!(
+                "every symbol rejected by the venue; retrying in {}s",
+                wait.as_secs()
+            ));
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep_until(due) => {}
+            }
+            continue;
+        }
         let url = feed.connect_url(&base, &symbols);
         status.text.lock().url = url.clone();
         conn_no += 1;
         let span =
             tracing::info_span!("feed_connection", venue = %venue, url = %url, conn = conn_no);
         let result = connection(
-            &mut feed,
-            &cfg,
-            &url,
-            &symbols,
-            &board,
-            &status,
-            &cancel,
-            &mut rejected,
+            &mut feed, &cfg, &url, &symbols, &board, &status, &cancel, &mut subs,
         )
         .instrument(span)
         .await;
@@ -287,28 +322,37 @@ struct Ctx<'c> {
 
 /// Per-connection state.
 struct ConnState {
+    /// The connection the status describes (a make-before-break replacement is not, until
+    /// it takes over).
+    primary: bool,
     opened: Instant,
     last_frame: Instant,
     last_client_ping: Instant,
     last_proto_ping: Instant,
     first_data: Option<Instant>,
     acked: bool,
-    unconfirmed: HashSet<String>,
-    unconfirmed_reported: bool,
+    /// Symbols subscribed on this connection with no price yet, and when they were sent.
+    unconfirmed: HashMap<String, Instant>,
+    /// Symbols that delivered a price on this connection.
+    confirmed: HashSet<String>,
+    /// Unconfirmed symbols already reported (until resent).
+    reported: HashSet<String>,
 }
 
 impl ConnState {
-    fn new(symbols: &[String]) -> ConnState {
+    fn new(symbols: &[String], primary: bool) -> ConnState {
         let now = Instant::now();
         ConnState {
+            primary,
             opened: now,
             last_frame: now,
             last_client_ping: now,
             last_proto_ping: now,
             first_data: None,
             acked: false,
-            unconfirmed: symbols.iter().cloned().collect(),
-            unconfirmed_reported: false,
+            unconfirmed: symbols.iter().map(|s| (s.clone(), now)).collect(),
+            confirmed: HashSet::new(),
+            reported: HashSet::new(),
         }
     }
 }
@@ -359,7 +403,8 @@ fn mark_connected(status: &FeedStatusHandle, venue: Venue, symbols: usize) {
     status.connections.fetch_add(1, Ordering::Relaxed);
     status.connected.store(true, Ordering::Relaxed);
     status.connected_since.store(now_ms(), Ordering::Relaxed);
-    status.text.lock().unconfirmed.clear();
+    // Unconfirmed symbols stay listed until they deliver (or are reported again).
+    status.text.lock().confirmed.clear();
     metrics::gauge!("liqwatch_feed_connected", "venue" => venue.as_str()).set(1.0);
     counter!("liqwatch_feed_connections_total", "venue" => venue.as_str()).increment(1);
     info!(symbols, "Feed connected");
@@ -374,7 +419,7 @@ fn handle_text(
     st: &mut ConnState,
     now: Instant,
     recv_ms: TimestampMs,
-    rejected: &mut HashSet<String>,
+    subs: &mut Subscriptions,
     buf: &mut Vec<VenueTick<'static>>,
 ) -> After {
     let v = ctx.venue.as_str();
@@ -388,11 +433,11 @@ fn handle_text(
                     trace!(symbol = t.symbol, "Tick for a symbol with no route");
                     continue;
                 };
-                if !st.unconfirmed.is_empty() && st.unconfirmed.remove(t.symbol) {
-                    debug!(symbol = t.symbol, "First price: subscription confirmed");
-                    if st.unconfirmed_reported {
-                        ctx.status.text.lock().unconfirmed.retain(|s| s != t.symbol);
-                    }
+                if !st.unconfirmed.is_empty()
+                    && st.unconfirmed.remove(t.symbol).is_some()
+                    && st.confirmed.insert(t.symbol.to_string())
+                {
+                    first_price(ctx, st, subs, t.symbol);
                 }
                 if st.first_data.is_none() {
                     st.first_data = Some(now);
@@ -422,19 +467,36 @@ fn handle_text(
             debug!(?symbols, "Subscription acknowledged");
             After::Nothing
         }
+        Ok(Frame::SubscribeRefused { symbols, reason }) => {
+            counter!("liqwatch_feed_subscriptions_refused_total", "venue" => v).increment(1);
+            let batches = subs.refused(&symbols, now);
+            for (delay, batch) in &batches {
+                warn!(symbols = ?batch, reason = %reason, retry_in = ?delay, "Subscription refused by the venue; retrying");
+            }
+            let mut t = ctx.status.text.lock();
+            t.last_error = Some(format!(
+                "subscription refused: {}: {reason}",
+                symbols.join(",")
+            ));
+            for one in symbols {
+                if !t.rejected.contains(&one) {
+                    t.rejected.push(one);
+                }
+            }
+            After::Nothing
+        }
         Ok(Frame::SubscribeRejected { symbol, reason }) => {
             counter!("liqwatch_feed_subscriptions_rejected_total", "venue" => v).increment(1);
             let name = symbol
                 .clone()
                 .unwrap_or_else(|| "(not named by the venue)".to_string());
-            error!(symbol = %name, reason = %reason, "Subscription rejected by the venue; check the symbol in the instrument sources");
+            error!(symbol = %name, reason = %reason, retry_in = ?ctx.cfg.unknown_retry, "Subscription rejected by the venue; check the symbol in the instrument sources");
             let mut t = ctx.status.text.lock();
             t.last_error = Some(format!("subscription rejected: {name}: {reason}"));
             let mut newly = false;
             if let Some(s) = symbol {
                 for one in s.split(',') {
-                    st.unconfirmed.remove(one);
-                    newly |= rejected.insert(one.to_string());
+                    newly |= subs.unknown(one, now);
                     if !t.rejected.iter().any(|x| x == one) {
                         t.rejected.push(one.to_string());
                     }
@@ -472,6 +534,103 @@ fn handle_text(
     };
     *buf = recycle(ticks);
     after
+}
+
+/// A symbol's first price on a connection: its subscription is confirmed, its refusals and
+/// rejections are forgotten, and (on the primary connection) the status says so.
+fn first_price(ctx: &Ctx<'_>, st: &ConnState, subs: &mut Subscriptions, symbol: &str) {
+    debug!(symbol, "First price: subscription confirmed");
+    let recovered = subs.confirmed(symbol);
+    if recovered {
+        info!(
+            symbol,
+            "Subscription recovered: the symbol delivers prices again"
+        );
+    }
+    if st.primary || recovered {
+        let mut t = ctx.status.text.lock();
+        t.unconfirmed.retain(|s| s != symbol);
+        t.rejected.retain(|s| s != symbol);
+        if st.primary {
+            t.confirmed.insert(symbol.to_string());
+        }
+    }
+}
+
+/// Reports symbols with no price within `timeout` of their subscription (ERROR log, counter,
+/// status). When others on the connection deliver, the venue works and these are treated as
+/// unknown (Binance acks unknown symbols): retried rarely. When none does, the connection is
+/// rebuilt instead (the caller's "nothing subscribed" rule).
+fn report_unconfirmed(
+    status: &FeedStatusHandle,
+    st: &mut ConnState,
+    subs: &mut Subscriptions,
+    mut late: Vec<String>,
+    timeout: Duration,
+    v: &'static str,
+) {
+    late.sort();
+    st.reported.extend(late.iter().cloned());
+    counter!("liqwatch_feed_unconfirmed_subscriptions_total", "venue" => v)
+        .increment(late.len() as u64);
+    error!(symbols = ?late, acked = st.acked, timeout = ?timeout,
+        "No price received for subscribed symbols (unknown symbol, wrong endpoint, or venue silent)");
+    if st.first_data.is_some() {
+        let now = Instant::now();
+        for s in &late {
+            subs.unknown(s, now);
+        }
+    }
+    if !st.primary {
+        return;
+    }
+    let mut t = status.text.lock();
+    t.last_error = Some(format!(
+        "no data for {} within {timeout:?} of subscribing",
+        late.join(",")
+    ));
+    for s in late {
+        if !t.unconfirmed.contains(&s) {
+            t.unconfirmed.push(s);
+        }
+    }
+    t.unconfirmed.sort();
+}
+
+/// Sends the due retries on the live connection (paced like the first subscriptions). Returns
+/// `true` when the adapter cannot add subscriptions to a live connection and a refused one is
+/// due: the caller rebuilds the connection (which subscribes it again). Unknown symbols on
+/// such venues wait for the next connection instead.
+async fn resend(
+    ws: &mut Ws,
+    feed: &mut dyn Feed,
+    st: &mut ConnState,
+    due: Vec<Retry>,
+    write_timeout: Duration,
+) -> Result<bool, String> {
+    let pace = feed.send_interval();
+    let mut rebuild = false;
+    let mut sent = 0usize;
+    for r in due {
+        let Some(msgs) = feed.resubscribe_messages(&r.symbols) else {
+            rebuild |= !r.unknown;
+            continue;
+        };
+        for m in msgs {
+            if sent > 0 && !pace.is_zero() {
+                tokio::time::sleep(pace).await;
+            }
+            debug!(message = %short(&m), "Subscribing again");
+            send(ws, Message::text(m), write_timeout).await?;
+            sent += 1;
+        }
+        let now = Instant::now();
+        for s in r.symbols {
+            st.reported.remove(&s);
+            st.unconfirmed.insert(s, now);
+        }
+    }
+    Ok(rebuild)
 }
 
 /// What to do with one WebSocket message before parsing.
@@ -529,7 +688,7 @@ async fn connection(
     board: &PriceBoard,
     status: &FeedStatusHandle,
     cancel: &CancellationToken,
-    rejected: &mut HashSet<String>,
+    subs: &mut Subscriptions,
 ) -> (End, bool) {
     let venue = feed.venue();
     let v = venue.as_str();
@@ -577,7 +736,7 @@ async fn connection(
     let mut housekeeping = tokio::time::interval(tick_every);
     housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
-    let mut st = ConnState::new(symbols);
+    let mut st = ConnState::new(symbols, true);
     let mut standby_task: Option<Standby> = None;
     let mut standby: Option<(Ws, Box<dyn Feed>, ConnState)> = None;
     let mut standby_tried = false;
@@ -608,9 +767,9 @@ async fn connection(
                 ctx.frames.increment(1);
                 let raw = classify(m);
                 let after = match &raw {
-                    Raw::Text(t) => handle_text(&ctx, &mut **feed, t.as_str(), &mut st, now, recv_ms, rejected, &mut buf),
+                    Raw::Text(t) => handle_text(&ctx, &mut **feed, t.as_str(), &mut st, now, recv_ms, subs, &mut buf),
                     Raw::Binary(b) => match std::str::from_utf8(b) {
-                        Ok(text) => handle_text(&ctx, &mut **feed, text, &mut st, now, recv_ms, rejected, &mut buf),
+                        Ok(text) => handle_text(&ctx, &mut **feed, text, &mut st, now, recv_ms, subs, &mut buf),
                         Err(_) => {
                             ctx.parse_errors.increment(1);
                             status.parse_errors.fetch_add(1, Ordering::Relaxed);
@@ -641,7 +800,7 @@ async fn connection(
                 match r {
                     Ok((w, f)) => {
                         debug!("Replacement connection subscribed; waiting for its first price");
-                        standby = Some((w, f, ConnState::new(symbols)));
+                        standby = Some((w, f, ConnState::new(symbols, false)));
                     }
                     Err(e) => warn!(error = %e, "Replacement connection failed; will reconnect at the maximum age"),
                 }
@@ -652,7 +811,7 @@ async fn connection(
                 let Some((w, f, s2)) = standby.as_mut() else { continue };
                 s2.last_frame = now;
                 let after = match &raw {
-                    Raw::Text(t) => handle_text(&ctx, &mut **f, t.as_str(), s2, now, recv_ms, rejected, &mut buf),
+                    Raw::Text(t) => handle_text(&ctx, &mut **f, t.as_str(), s2, now, recv_ms, subs, &mut buf),
                     Raw::Flush => {
                         let _ = tokio::time::timeout(cfg.write_timeout, w.flush()).await;
                         After::Nothing
@@ -677,8 +836,10 @@ async fn connection(
                     ws = w2;
                     *feed = f2;
                     st = s2;
+                    st.primary = true;
                     standby_tried = false;
                     mark_connected(status, venue, symbols.len());
+                    status.text.lock().confirmed = st.confirmed.clone();
                     counter!("liqwatch_feed_rotations_total", "venue" => v).increment(1);
                     info!("Connection rotated make-before-break: replacement delivered prices, old one closed");
                 }
@@ -732,24 +893,38 @@ async fn connection(
                         break End::Failed(e);
                     }
                 }
-                if !st.unconfirmed_reported
-                    && !st.unconfirmed.is_empty()
+                let late: Vec<String> = st
+                    .unconfirmed
+                    .iter()
+                    .filter(|(s, sent)| {
+                        now.saturating_duration_since(**sent) >= cfg.first_data_timeout
+                            && !st.reported.contains(*s)
+                            && !subs.troubled(s)
+                    })
+                    .map(|(s, _)| s.clone())
+                    .collect();
+                if !late.is_empty() {
+                    report_unconfirmed(status, &mut st, subs, late, cfg.first_data_timeout, v);
+                }
+                if st.first_data.is_none()
+                    && !symbols.is_empty()
                     && now.saturating_duration_since(st.opened) >= cfg.first_data_timeout
                 {
-                    st.unconfirmed_reported = true;
-                    let mut list: Vec<String> = st.unconfirmed.iter().cloned().collect();
-                    list.sort();
-                    counter!("liqwatch_feed_unconfirmed_subscriptions_total", "venue" => v)
-                        .increment(list.len() as u64);
-                    error!(symbols = ?list, acked = st.acked, timeout = ?cfg.first_data_timeout,
-                        "No price received for subscribed symbols (unknown symbol, wrong endpoint, or venue silent)");
-                    let mut t = status.text.lock();
-                    t.last_error = Some(format!(
-                        "no data for {} within {:?} of subscribing",
-                        list.join(","),
+                    // Nothing subscribed (every request refused, acked and silent, or the
+                    // venue mute): a connection without a single price is rebuilt.
+                    counter!("liqwatch_feed_empty_connections_total", "venue" => v).increment(1);
+                    break End::Failed(format!(
+                        "nothing subscribed: no symbol delivered a price within {:?}; rebuilding the connection",
                         cfg.first_data_timeout
                     ));
-                    t.unconfirmed = list;
+                }
+                let due = subs.take_due(now);
+                if !due.is_empty() {
+                    match resend(&mut ws, &mut **feed, &mut st, due, cfg.write_timeout).await {
+                        Ok(false) => {}
+                        Ok(true) => break End::Rotate("retrying refused subscriptions on a new connection"),
+                        Err(e) => break End::Failed(e),
+                    }
                 }
             }
         }

@@ -46,12 +46,17 @@
 //!   `sources`) and published to the [`PriceBoard`](crate::prices::PriceBoard) — never blocking
 //!   on the engine. A symbol with no route is counted (`liqwatch_feed_unknown_symbols_total`)
 //!   and ignored;
-//! - a rejected subscription is logged at ERROR naming the symbol, counted, shown in the status
-//!   and left out of later connections; venues whose rejected topic may silence the others
+//! - a refused subscription request ([`Frame::SubscribeRefused`]) is retried per symbol with
+//!   backoff, a refused batch split in halves to find the symbol at fault — on the live
+//!   connection when the adapter can ([`Feed::resubscribe_messages`]), else by rebuilding it;
+//!   a symbol the venue calls unknown ([`Frame::SubscribeRejected`]) is logged at ERROR,
+//!   counted, shown in the status, left out of new connections and retried every
+//!   `unknown_retry`; venues whose rejected topic may silence the others
 //!   ([`Feed::rebuild_on_rejection`], Bybit) get the connection rebuilt at once without it; an
-//!   ack proves nothing on Binance, so every subscribed
-//!   symbol must deliver a first data frame within `first_data_timeout`, else it is reported as
-//!   unconfirmed (ERROR log, counter, status) — without reconnecting;
+//!   ack proves nothing on Binance, so every subscribed symbol must deliver a first data frame
+//!   within `first_data_timeout`, else it is reported as unconfirmed (ERROR log, counter,
+//!   status) and retried like an unknown one — and a connection on which no symbol delivered
+//!   is rebuilt (the state across connections lives in `subscriptions`);
 //! - keeps the transport alive: client text pings ([`Heartbeat::client_ping`]), protocol pings
 //!   ([`Feed::protocol_ping_interval`]), answers server pings, sends [`Frame::Reply`] texts;
 //! - transport liveness: any frame at all (data, pong, ping) proves the socket; none for
@@ -82,6 +87,7 @@ pub mod replay;
 
 mod driver;
 mod status;
+mod subscriptions;
 pub mod wire;
 
 use std::time::Duration;
@@ -148,7 +154,18 @@ pub enum Frame {
         /// Confirmed venue symbols, when the ack names them.
         symbols: Vec<String>,
     },
-    /// The venue rejected a subscription.
+    /// The venue refused a subscription request without a verdict on its symbols (Binance
+    /// code 4 "Too many subscriptions", OKX 60012–60014, Deribit 10028): the driver retries
+    /// them per symbol with backoff, splitting a refused batch to find the symbol at fault.
+    SubscribeRefused {
+        /// Every venue symbol of the refused request.
+        symbols: Vec<String>,
+        /// The venue's reason, verbatim.
+        reason: String,
+    },
+    /// The venue rejected a subscription as unknown or invalid (OKX 60018, Bybit "handler not
+    /// found", a Deribit channel dropped from the ack): the driver reports it and retries it
+    /// only rarely (`unknown_retry`).
     SubscribeRejected {
         /// The symbol or topic rejected, when the venue names it.
         symbol: Option<String>,
@@ -243,6 +260,14 @@ pub trait Feed: Send + 'static {
     /// connection is kept and the symbol is left out of later connections.
     fn rebuild_on_rejection(&self) -> bool {
         false
+    }
+
+    /// Subscribe messages adding `symbols` to the live connection (a retry of refused or
+    /// unconfirmed subscriptions), continuing this connection's request ids so that a refusal
+    /// still names its symbols. `None` (the default): this adapter cannot, and the driver
+    /// rebuilds the connection to retry instead.
+    fn resubscribe_messages(&mut self, _symbols: &[String]) -> Option<Vec<String>> {
+        None
     }
 
     /// A fresh adapter of the same venue and settings, for a second, overlapping connection

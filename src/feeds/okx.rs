@@ -9,9 +9,11 @@
 //! Each symbol goes in its own `subscribe` request with an `id` (`lw1`, `lw2`, …) so that an
 //! error frame, which echoes the `id`, names the symbol it rejects. OKX acks every argument
 //! separately (`{"event":"subscribe","arg":{…}}` → [`Frame::SubscribeAck`] naming the `instId`).
-//! Error frames carry a **string** `code`: subscription errors (60008, 60012, 60013, 60018,
-//! 64000–64002) become [`Frame::SubscribeRejected`] when the symbol is known from the `id` or the
-//! message, anything else [`Frame::VenueError`]. `notice` 64008 (service upgrade within 60 s)
+//! Error frames carry a **string** `code`: "unknown here" errors (60008, 60018, 64000–64002)
+//! become [`Frame::SubscribeRejected`] and refusals (60012, 60013, 60014 too frequent)
+//! [`Frame::SubscribeRefused`] when the symbol is known from the `id` or the message, anything
+//! else [`Frame::VenueError`]. Ids continue over a connection, so a retry sent on it
+//! ([`Feed::resubscribe_messages`]) is still named by its error. `notice` 64008 (service upgrade within 60 s)
 //! becomes [`Frame::ReconnectSoon`].
 //!
 //! Keepalive: OKX cuts a connection after 30 s without traffic; the client sends the plain text
@@ -35,10 +37,14 @@ pub const DEFAULT_URL: &str = "wss://ws.okx.com:8443/ws/v5/public";
 /// Default interval of the text `ping` (OKX cuts after 30 s of silence).
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(20);
 
-/// Subscription-related error codes that reject one subscription rather than the connection.
-const SUBSCRIBE_ERROR_CODES: [&str; 7] = [
-    "60008", "60012", "60013", "60018", "64000", "64001", "64002",
-];
+/// Subscription error codes that say the instrument or channel is unknown here (60018 does not
+/// exist; 60008, 64000–64002 wrong endpoint or parameter): retried only rarely.
+const SUBSCRIBE_ERROR_CODES: [&str; 5] = ["60008", "60018", "64000", "64001", "64002"];
+
+/// Subscription error codes that refuse the request without a verdict on the instrument
+/// (60012 invalid request, 60013 invalid args, 60014 requests too frequent): retried with
+/// backoff.
+const SUBSCRIBE_REFUSED_CODES: [&str; 3] = ["60012", "60013", "60014"];
 
 /// OKX adapter state: the ping interval and the symbols sent on this connection, in `id` order.
 #[derive(Debug, Clone)]
@@ -212,13 +218,20 @@ impl OkxFeed {
             "error" | "notice" => {
                 let code = env.code.unwrap_or_default().to_string();
                 let message = env.msg.as_deref().unwrap_or_default().to_string();
-                if SUBSCRIBE_ERROR_CODES.contains(&code.as_str()) {
+                let refused = SUBSCRIBE_REFUSED_CODES.contains(&code.as_str());
+                if refused || SUBSCRIBE_ERROR_CODES.contains(&code.as_str()) {
                     let symbol = env
                         .id
                         .and_then(|id| self.symbol_for_id(id))
                         .or_else(|| env.arg.as_ref().and_then(|a| a.inst_id))
                         .or_else(|| inst_id_in_message(&message));
                     if let Some(symbol) = symbol {
+                        if refused {
+                            return Ok(Frame::SubscribeRefused {
+                                symbols: vec![symbol.to_string()],
+                                reason: format!("okx {code}: {message}"),
+                            });
+                        }
                         return Ok(Frame::SubscribeRejected {
                             symbol: Some(symbol.to_string()),
                             reason: format!("okx {code}: {message}"),
@@ -242,7 +255,10 @@ impl Feed for OkxFeed {
     }
 
     fn subscribe_messages(&mut self, symbols: &[String]) -> Vec<String> {
-        self.requested = symbols.to_vec();
+        // Ids continue over the connection (`reset` starts them over), so a retry sent later
+        // on the same connection still names its symbol.
+        let first = self.requested.len();
+        self.requested.extend(symbols.iter().cloned());
         symbols
             .iter()
             .enumerate()
@@ -250,11 +266,15 @@ impl Feed for OkxFeed {
                 let inst = serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
                 format!(
                     r#"{{"id":"lw{}","op":"subscribe","args":[{{"channel":"{}","instId":{inst}}}]}}"#,
-                    n + 1,
+                    first + n + 1,
                     Self::channel_for(s)
                 )
             })
             .collect()
+    }
+
+    fn resubscribe_messages(&mut self, symbols: &[String]) -> Option<Vec<String>> {
+        Some(self.subscribe_messages(symbols))
     }
 
     fn fresh_instance(&self) -> Option<Box<dyn Feed>> {
@@ -383,15 +403,16 @@ mod tests {
         );
     }
 
-    /// `error_60012.json`: the error echoes our id, so it names the symbol we sent with it.
+    /// `error_60012.json`: the error echoes our id, so it names the symbol we sent with it; an
+    /// invalid request is a refusal (retried with backoff), not a verdict on the instrument.
     #[test]
     fn fixture_error_60012() {
         let mut f = subscribed(&["BTC-USDT-SWAP", "LTC-USD-190628"]);
         let text = fixture("error_60012.json");
         let mut out = Vec::new();
         match f.parse(&text, &mut out).unwrap() {
-            Frame::SubscribeRejected { symbol, reason } => {
-                assert_eq!(symbol.as_deref(), Some("LTC-USD-190628"));
+            Frame::SubscribeRefused { symbols, reason } => {
+                assert_eq!(symbols, vec!["LTC-USD-190628".to_string()]);
                 assert!(reason.starts_with("okx 60012: Invalid request"), "{reason}");
             }
             other => panic!("unexpected {other:?}"),

@@ -3,7 +3,7 @@
 //! [`FeedStatus`] snapshot that `GET /v1/feeds` serves, and the [`FeedRegistry`] of every feed.
 //! The connection loop that writes these lives in `driver`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
@@ -73,8 +73,8 @@ pub struct InstrumentFeedStatus {
     pub instrument: InstrumentId,
     /// The venue's symbol.
     pub symbol: String,
-    /// True while connected and the venue's subscription for the symbol is neither rejected
-    /// nor unconfirmed (no first price within `first_data_timeout`).
+    /// True only while connected and the subscription is confirmed: the symbol delivered a
+    /// price on the current connection (an ack proves nothing on Binance).
     pub subscribed: bool,
     /// The last accepted price from this venue.
     pub last_price: Option<Decimal>,
@@ -91,25 +91,37 @@ pub struct InstrumentFeedStatus {
 }
 
 /// Status of one venue feed: what [`FeedRegistry::snapshot`] returns and `GET /v1/feeds` serves
-/// (the `FeedList` schema of `src/api/openapi.json`). The driver's own counters and texts
-/// (frames, parse errors, unknown symbols, rejected and unconfirmed symbols, last error, URL)
-/// are read from the [`FeedStatusHandle`].
+/// (the `FeedList` schema of `src/api/openapi.json`): the connection, the driver's counters,
+/// the symbols in trouble and per-instrument prices.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedStatus {
     /// The venue.
     pub venue: Venue,
     /// True while the socket is up.
     pub connected: bool,
+    /// When the current (or last) connection opened, ms since the epoch; `null` before the
+    /// first.
+    pub connected_since: Option<TimestampMs>,
+    /// When the last frame of any kind arrived, ms since the epoch.
+    pub last_frame: Option<TimestampMs>,
+    /// Frames received since start.
+    pub frames: u64,
     /// Reconnects since start (every connection after the first).
     pub reconnects: u64,
+    /// Frames that could not be parsed since start (ignored).
+    pub parse_errors: u64,
+    /// Ticks for venue symbols no instrument maps, since start (ignored).
+    pub unknown_symbols: u64,
+    /// The last error: connect failure, close reason, refusal, rejection, silence.
+    pub last_error: Option<String>,
+    /// Symbols the venue refused (being retried with backoff) or called unknown (retried every
+    /// `unknown_retry`), until they deliver a price.
+    pub rejected_symbols: Vec<String>,
+    /// Symbols acknowledged (or at least sent) but with no price within
+    /// `first_data_timeout`, until they deliver one.
+    pub unconfirmed_symbols: Vec<String>,
     /// Per-instrument prices.
     pub instruments: Vec<InstrumentFeedStatus>,
-    /// Symbols the venue rejected on subscription.
-    #[serde(default)]
-    pub rejected_symbols: Vec<String>,
-    /// Symbols with no first price within `first_data_timeout`.
-    #[serde(default)]
-    pub unconfirmed_symbols: Vec<String>,
 }
 
 /// The texts of a feed's status, behind one lock (written rarely: connect, errors, rejections).
@@ -121,6 +133,8 @@ pub(super) struct StatusText {
     pub(super) rejected: Vec<String>,
     /// Symbols with no first price within `first_data_timeout`.
     pub(super) unconfirmed: Vec<String>,
+    /// Symbols that delivered a price on the current connection.
+    pub(super) confirmed: HashSet<String>,
     /// The URL of the current connection.
     pub(super) url: String,
 }
@@ -235,9 +249,7 @@ impl FeedStatusHandle {
                 InstrumentFeedStatus {
                     instrument: inst.clone(),
                     symbol: sym.to_string(),
-                    subscribed: connected
-                        && !text.rejected.iter().any(|s| s == sym)
-                        && !text.unconfirmed.iter().any(|s| s == sym),
+                    subscribed: connected && text.confirmed.contains(sym),
                     last_price: src.and_then(|s| s.last_price),
                     received_ts: src.and_then(|s| s.received_ts),
                     age_ms: src.and_then(|s| s.age_ms),
@@ -249,10 +261,16 @@ impl FeedStatusHandle {
         FeedStatus {
             venue: self.venue,
             connected,
+            connected_since: self.connected_since(),
+            last_frame: self.last_frame(),
+            frames: self.frames(),
             reconnects: self.connections.load(Ordering::Relaxed).saturating_sub(1),
-            instruments,
+            parse_errors: self.parse_errors(),
+            unknown_symbols: self.unknown_symbols(),
+            last_error: text.last_error.clone(),
             rejected_symbols: text.rejected.clone(),
             unconfirmed_symbols: text.unconfirmed.clone(),
+            instruments,
         }
     }
 }
@@ -286,7 +304,8 @@ impl FeedRegistry {
 
     /// Why the feeds are not ready, empty when they are: a live feed that is not connected,
     /// and for every feed (live or replay, whether its replay has started, is playing or has
-    /// ended) each instrument it serves that has no price yet or only a stale one. Returns the
+    /// ended) each watched instrument it serves ([`PriceBoard::is_watched`]: held by an account
+    /// or listed in `[prices] watch`) that has no price yet or only a stale one. Returns the
     /// number of feeds too. The `/readyz` "feeds" check.
     pub fn readiness(&self, board: &PriceBoard) -> (usize, Vec<String>) {
         let feeds: Vec<Arc<FeedStatusHandle>> = self.feeds.lock().clone();
@@ -301,7 +320,11 @@ impl FeedRegistry {
             if !h.replay && !status.connected {
                 problems.push(format!("{name} not connected"));
             }
-            for i in &status.instruments {
+            for i in status
+                .instruments
+                .iter()
+                .filter(|i| board.is_watched(&i.instrument))
+            {
                 if i.last_price.is_none() {
                     problems.push(format!(
                         "{name} {} ({}) has no price yet",

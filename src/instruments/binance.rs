@@ -362,6 +362,7 @@ pub fn import(files: &[Input]) -> Result<Imported, ImportError> {
                 symbol: r.symbol.clone(),
                 field: PriceField::Mark,
             }],
+            margin: Default::default(),
             source_note: Some(format!(
                 "Binance USD-M {}: leverage brackets from {}; {note_info}{coef_note}.",
                 r.symbol,

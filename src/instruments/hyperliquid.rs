@@ -198,6 +198,7 @@ pub fn import(files: &[Input]) -> Result<Imported, ImportError> {
                     symbol: a.name.clone(),
                     field: PriceField::Mark,
                 }],
+                margin: Default::default(),
                 source_note: Some(format!(
                     "Hyperliquid {} from {file}: maxLeverage {}, {desc}; mmr = 1/(2*max leverage) \
                      per tier; liquidation_fee_rate = first-tier mmr (a backstop liquidation keeps \

@@ -24,7 +24,7 @@ pub use shock::*;
 
 use crate::model::{
     Account, CollateralRisk, HaircutTier, Instrument, InstrumentId, MarginRatio, MarginTier,
-    PositionRisk, RiskSnapshot, ShockDistance,
+    PositionRisk, RiskSnapshot, ShockDistance, TierBasis,
 };
 
 /// Decimal places every contribution is normalised to before summing.
@@ -130,6 +130,47 @@ pub fn select_tier(tiers: &[MarginTier], notional: Decimal) -> Option<(usize, &M
     tiers.get(i).map(|t| (i, t))
 }
 
+/// The bracket of a position of `abs_q` contracts with this notional: by notional, or by
+/// contract count for `tier_basis = "contracts"` (OKX).
+pub fn select_tier_of(
+    instrument: &Instrument,
+    abs_q: Decimal,
+    notional: Decimal,
+) -> Result<(usize, &MarginTier), MarginError> {
+    let basis = match instrument.margin.tier_basis {
+        TierBasis::Notional => notional,
+        TierBasis::Contracts => abs_q,
+    };
+    select_tier(&instrument.tiers, basis).ok_or_else(|| MarginError::NoTiers(instrument.id.clone()))
+}
+
+/// The maintenance rate applied to a position's whole notional in bracket `t`:
+/// `mmr + mmr_size_slope·|q|·cs (+ liquidation_fee_rate when it is inside MM)`.
+pub fn mm_rate(
+    instrument: &Instrument,
+    t: &MarginTier,
+    abs_q: Decimal,
+) -> Result<Decimal, MarginError> {
+    let o = &instrument.margin;
+    let mut rate = t.mmr;
+    if !o.mmr_size_slope.is_zero() {
+        let size = mul(abs_q, instrument.contract_size, "size-linear MM rate")?;
+        rate = add(
+            rate,
+            mul(size, o.mmr_size_slope, "size-linear MM rate")?,
+            "size-linear MM rate",
+        )?;
+    }
+    if o.liquidation_fee_in_mm {
+        rate = add(
+            rate,
+            instrument.liquidation_fee_rate,
+            "MM with liquidation fee",
+        )?;
+    }
+    Ok(rate)
+}
+
 /// `⌊d⌋` as an integer for non-negative `d`; `None` for negatives (callers fall back to
 /// `Decimal` comparisons).
 fn whole_part(d: Decimal) -> Option<i128> {
@@ -190,8 +231,11 @@ pub fn position_pnl_mm(
     entry: Decimal,
     price: Decimal,
 ) -> Result<(Decimal, Decimal), MarginError> {
+    // The `MarginOptions` (OKX contract tiers, Deribit's size-linear rate, fee in MM) take the
+    // `Decimal` path explicitly: the fast path knows only the plain bracket model.
     if !instrument.kind.is_inverse()
         && instrument.contract_size == Decimal::ONE
+        && instrument.margin.is_plain()
         && let Some(v) = fixed::linear_unit_fast(&instrument.tiers, quantity, entry, price)
     {
         return Ok(v);
@@ -223,10 +267,10 @@ pub fn position_figures_exact(
         }
         let face = mul(abs_q, cs, "inverse face value")?;
         let notional_coin = div(face, price, "inverse coin notional")?;
-        let (tier, t) = select_tier(&instrument.tiers, notional_coin)
-            .ok_or_else(|| MarginError::NoTiers(instrument.id.clone()))?;
+        let (tier, t) = select_tier_of(instrument, abs_q, notional_coin)?;
+        let rate = mm_rate(instrument, t, abs_q)?;
         let mm = sub(
-            mul(face, t.mmr, "inverse MM")?,
+            mul(face, rate, "inverse MM")?,
             mul(t.cum, price, "inverse MM")?,
             "inverse MM",
         )?;
@@ -252,9 +296,13 @@ pub fn position_figures_exact(
             mul(abs_q, cs, "linear size")?
         };
         let notional = mul(base, price, "linear notional")?;
-        let (tier, t) = select_tier(&instrument.tiers, notional)
-            .ok_or_else(|| MarginError::NoTiers(instrument.id.clone()))?;
-        let mm = sub(mul(notional, t.mmr, "linear MM")?, t.cum, "linear MM")?;
+        let (tier, t) = select_tier_of(instrument, abs_q, notional)?;
+        let rate = if instrument.margin.is_plain() {
+            t.mmr
+        } else {
+            mm_rate(instrument, t, abs_q)?
+        };
+        let mm = sub(mul(notional, rate, "linear MM")?, t.cum, "linear MM")?;
         let signed = if unit {
             quantity
         } else {
@@ -482,5 +530,7 @@ pub fn account_snapshot(
     })
 }
 
+#[cfg(test)]
+mod options_tests;
 #[cfg(test)]
 mod tests;

@@ -125,6 +125,12 @@ impl<'a> PriceMove<'a> {
         if tiers.is_empty() {
             return Err(MarginError::NoTiers(leg.instrument.id.clone()));
         }
+        if leg.instrument.margin.tier_basis == TierBasis::Contracts {
+            // By contract count: the tier does not move with the price.
+            return Ok(select_tier(tiers, leg.quantity.abs())
+                .map(|(i, _)| i)
+                .unwrap_or(0));
+        }
         let size = mul(leg.quantity.abs(), leg.instrument.contract_size, "leg size")?;
         let price = mul(leg.price_factor, z, "leg price")?;
         let notional = if leg.instrument.kind.is_inverse() {
@@ -171,6 +177,8 @@ impl<'a> PriceMove<'a> {
             let signed = mul(leg.quantity, leg.instrument.contract_size, "leg size")?;
             let size = signed.abs();
             let k = leg.price_factor;
+            // The whole-notional rate (options included) is fixed for a fixed quantity.
+            let rate = mm_rate(leg.instrument, t, leg.quantity.abs())?;
             if leg.instrument.kind.is_inverse() {
                 if leg.entry_price <= Decimal::ZERO {
                     return Err(MarginError::NonPositivePrice {
@@ -186,14 +194,14 @@ impl<'a> PriceMove<'a> {
                     "shock B",
                 )?;
                 c = sub(c, mul(t.cum, k, "shock C")?, "shock C")?;
-                d = sub(d, mul(size, t.mmr, "shock D")?, "shock D")?;
+                d = sub(d, mul(size, rate, "shock D")?, "shock D")?;
             } else {
                 // uPnL = q·cs·(k·z − EP); MM = |q|·cs·k·z·mmr − cum.
                 a = sub(a, mul(signed, leg.entry_price, "shock A")?, "shock A")?;
                 b = add(b, mul(signed, k, "shock B")?, "shock B")?;
                 c = add(
                     c,
-                    mul(mul(size, k, "shock C")?, t.mmr, "shock C")?,
+                    mul(mul(size, k, "shock C")?, rate, "shock C")?,
                     "shock C",
                 )?;
                 d = add(d, t.cum, "shock D")?;
@@ -216,7 +224,10 @@ impl<'a> PriceMove<'a> {
         for leg in &self.legs {
             let size = mul(leg.quantity.abs(), leg.instrument.contract_size, "leg size")?;
             let k = leg.price_factor;
-            if size.is_zero() || k <= Decimal::ZERO {
+            if size.is_zero()
+                || k <= Decimal::ZERO
+                || leg.instrument.margin.tier_basis == TierBasis::Contracts
+            {
                 continue;
             }
             for t in leg.instrument.tiers.iter().skip(1) {

@@ -115,6 +115,10 @@ pub struct Instrument {
     /// Liquidation (clearance) fee rate on liquidated notional.
     #[serde(default, with = "crate::model::exact_str")]
     pub liquidation_fee_rate: Decimal,
+    /// Venue-specific shapes of the maintenance requirement (OKX step tiers by contract count,
+    /// Deribit's size-linear rate, the liquidation fee inside MM). Default: none.
+    #[serde(default, skip_serializing_if = "MarginOptions::is_plain")]
+    pub margin: MarginOptions,
     /// Collateral only: flat haircut ratio, used when `haircut_tiers` is empty.
     #[serde(default = "one", with = "crate::model::exact_str")]
     pub collateral_ratio: Decimal,
@@ -134,4 +138,48 @@ pub struct Instrument {
 
 fn one() -> Decimal {
     Decimal::ONE
+}
+
+/// What a contract's tier floors and caps count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TierBasis {
+    /// Notional (quote currency; coin for inverse contracts), as Binance, Bybit and Hyperliquid
+    /// publish them.
+    #[default]
+    Notional,
+    /// Whole contracts, `|quantity|` (OKX `minSz`/`maxSz`, both ends inclusive: write floors
+    /// 0, 5001, 7501, …). The tier does not move with the price.
+    Contracts,
+}
+
+/// Venue-specific shapes of the maintenance requirement of a contract (preset key `margin`,
+/// e.g. `margin = { tier_basis = "contracts", liquidation_fee_in_mm = true }`). With every
+/// leg's quantity fixed, each keeps MM linear in the price, so the shock and
+/// liquidation-price solvers stay exact:
+///
+/// `MM = N·(mmr_tier + mmr_size_slope·|q|·cs + fee) − cum_tier`, where `fee` is
+/// `liquidation_fee_rate` when `liquidation_fee_in_mm`, else 0 (inverse contracts: `N` is the
+/// USD face value and `cum` is multiplied by the price, as before).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarginOptions {
+    /// What the tier floors count (OKX: `contracts`; a step function with no deduction).
+    #[serde(default)]
+    pub tier_basis: TierBasis,
+    /// Deribit standard margin: the rate grows by this per unit of position size (base units,
+    /// `|q|·contract_size`): BTC_USDC `0.00005` (0.005 % per BTC). Linear contracts only.
+    #[serde(default, with = "crate::model::exact_str")]
+    pub mmr_size_slope: Decimal,
+    /// OKX: the liquidation fee (`liquidation_fee_rate` × notional) is part of the maintenance
+    /// requirement (the denominator of OKX's margin ratio).
+    #[serde(default)]
+    pub liquidation_fee_in_mm: bool,
+}
+
+impl MarginOptions {
+    /// True when no option is set (the plain bracket model and its `i128` fast path).
+    pub fn is_plain(&self) -> bool {
+        *self == MarginOptions::default()
+    }
 }

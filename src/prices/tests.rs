@@ -272,3 +272,129 @@ venue_stale_after = { okx = "20s" }
     assert!(toml::from_str::<PriceBoardConfig>("composite = \"nyse\"").is_err());
     assert!(toml::from_str::<PriceBoardConfig>("stal_after = \"1s\"").is_err());
 }
+
+fn spike_board(cfg: PriceBoardConfig) -> PriceBoard {
+    PriceBoard::new(PriceBoardConfig {
+        stale_after: Duration::from_secs(600),
+        spike_fraction: dec!(0.2),
+        ..cfg
+    })
+}
+
+/// Issue 12 item 4: the instrument's spike fraction wins over the venue's, which wins over the
+/// global one: a −51 % wick is accepted at once where the band is wide, held where it is not.
+#[tokio::test(start_paused = true)]
+async fn spike_fraction_precedence() {
+    let mut cfg = PriceBoardConfig::default();
+    cfg.instrument_spike_fraction
+        .insert(InstrumentId::from("ALT"), Fraction(dec!(0.8)));
+    cfg.instrument_spike_fraction
+        .insert(InstrumentId::from("ALT2"), Fraction(dec!(0.8)));
+    cfg.venue_spike_fraction.insert(O, Fraction(dec!(0.6)));
+    cfg.venue_spike_fraction.insert(Y, Fraction(dec!(0.3)));
+    let b = spike_board(cfg);
+    for (inst, venue, want) in [
+        // Instrument 0.8 beats OKX's 0.6 and Bybit's 0.3.
+        ("ALT", O, PublishOutcome::Accepted),
+        ("ALT2", Y, PublishOutcome::Accepted),
+        // OKX's 0.6 beats the global 0.2.
+        ("BTC", O, PublishOutcome::Accepted),
+        // Bybit's 0.3 and the global 0.2 hold it.
+        ("ETH", Y, PublishOutcome::Held),
+        ("SOL", B, PublishOutcome::Held),
+    ] {
+        assert_eq!(
+            b.publish(tick(inst, venue, dec!(100))),
+            PublishOutcome::Accepted
+        );
+        assert_eq!(
+            b.publish(tick(inst, venue, dec!(49))),
+            want,
+            "{inst} {venue}"
+        );
+    }
+}
+
+/// Issue 12 item 4: with `spike_confirm_frames = 3` a held price needs two more ticks near it;
+/// a tick elsewhere starts the count again; a tick back near the old price discards it.
+#[tokio::test(start_paused = true)]
+async fn held_price_accepted_after_n_frames() {
+    let b = spike_board(PriceBoardConfig {
+        spike_confirm_frames: 3,
+        ..PriceBoardConfig::default()
+    });
+    let id = InstrumentId::from("X");
+    let price = |b: &PriceBoard| b.composite(&id).unwrap().price;
+    assert_eq!(b.publish(tick("X", B, dec!(100))), PublishOutcome::Accepted);
+    assert_eq!(b.publish(tick("X", B, dec!(50))), PublishOutcome::Held);
+    assert_eq!(b.publish(tick("X", B, dec!(51))), PublishOutcome::Held);
+    assert_eq!(price(&b), dec!(100));
+    assert_eq!(
+        b.publish(tick("X", B, dec!(50.5))),
+        PublishOutcome::Confirmed
+    );
+    assert_eq!(price(&b), dec!(50.5));
+    // A new jump; one tick elsewhere restarts the count; back near the reference discards it.
+    assert_eq!(b.publish(tick("X", B, dec!(200))), PublishOutcome::Held);
+    assert_eq!(b.publish(tick("X", B, dec!(400))), PublishOutcome::Held);
+    assert_eq!(b.publish(tick("X", B, dec!(400))), PublishOutcome::Held);
+    assert_eq!(b.publish(tick("X", B, dec!(51))), PublishOutcome::Accepted);
+    assert_eq!(b.publish(tick("X", B, dec!(400))), PublishOutcome::Held);
+    assert_eq!(price(&b), dec!(51));
+    // 1 frame: no holding at all.
+    let b = spike_board(PriceBoardConfig {
+        spike_confirm_frames: 1,
+        ..PriceBoardConfig::default()
+    });
+    b.publish(tick("X", B, dec!(100)));
+    assert_eq!(b.publish(tick("X", B, dec!(28))), PublishOutcome::Confirmed);
+}
+
+/// Issue 12 item 4: with `spike_confirm_after`, a held price the venue still quotes that long
+/// after the jump is accepted even before the frame count is reached.
+#[tokio::test(start_paused = true)]
+async fn held_price_accepted_after_persisting() {
+    let b = spike_board(PriceBoardConfig {
+        spike_confirm_frames: 100,
+        spike_confirm_after: Some(Duration::from_secs(5)),
+        ..PriceBoardConfig::default()
+    });
+    b.publish(tick("X", B, dec!(100)));
+    assert_eq!(b.publish(tick("X", B, dec!(30))), PublishOutcome::Held);
+    tokio::time::advance(Duration::from_secs(4)).await;
+    assert_eq!(b.publish(tick("X", B, dec!(30))), PublishOutcome::Held);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(b.publish(tick("X", B, dec!(31))), PublishOutcome::Confirmed);
+    assert_eq!(
+        b.composite(&InstrumentId::from("X")).unwrap().price,
+        dec!(31)
+    );
+}
+
+/// The spike knobs parse from TOML as string decimals; bad values are reported.
+#[test]
+fn spike_config_from_toml() {
+    let c: PriceBoardConfig = toml::from_str(
+        r#"
+instrument_spike_fraction = { "DOGEUSDT-PERP" = "0.8" }
+venue_spike_fraction = { hyperliquid = "0.5" }
+spike_confirm_frames = 3
+spike_confirm_after = "10s"
+"#,
+    )
+    .unwrap();
+    assert_eq!(
+        c.instrument_spike_fraction[&InstrumentId::from("DOGEUSDT-PERP")],
+        Fraction(dec!(0.8))
+    );
+    assert_eq!(
+        c.venue_spike_fraction[&Venue::Hyperliquid],
+        Fraction(dec!(0.5))
+    );
+    assert_eq!(c.spike_confirm_after, Some(Duration::from_secs(10)));
+    assert!(c.spike_problems().is_empty());
+    let bad: PriceBoardConfig =
+        toml::from_str("venue_spike_fraction = { okx = \"0\" }\nspike_confirm_frames = 0").unwrap();
+    let keys: Vec<&str> = bad.spike_problems().iter().map(|p| p.0).collect();
+    assert_eq!(keys, vec!["venue_spike_fraction", "spike_confirm_frames"]);
+}

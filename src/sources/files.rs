@@ -388,6 +388,25 @@ pub fn check_instrument(i: &Instrument) -> (Findings, Findings) {
             format!("must be in [0, 1], got {}", i.liquidation_fee_rate),
         ));
     }
+    let o = &i.margin;
+    if o.mmr_size_slope < zero || o.mmr_size_slope > one {
+        errs.push((
+            ".margin.mmr_size_slope".into(),
+            format!("must be in [0, 1], got {}", o.mmr_size_slope),
+        ));
+    }
+    if !o.is_plain() && !i.kind.is_contract() {
+        errs.push((
+            ".margin".into(),
+            "only contracts have a maintenance requirement".into(),
+        ));
+    }
+    if !o.mmr_size_slope.is_zero() && i.kind.is_inverse() {
+        errs.push((
+            ".margin.mmr_size_slope".into(),
+            "a size-linear rate is modelled for linear contracts only".into(),
+        ));
+    }
     if i.kind.is_contract() {
         if i.stable {
             errs.push((".stable".into(), "a contract cannot be a stablecoin".into()));
@@ -469,6 +488,10 @@ pub fn check_instrument(i: &Instrument) -> (Findings, Findings) {
                         t.mmr, prev.mmr
                     ),
                 ));
+            }
+            if i.margin.tier_basis == crate::model::TierBasis::Contracts {
+                // OKX: step tiers by contract count, no deduction by design.
+                continue;
             }
             let expected = t
                 .mmr

@@ -123,6 +123,7 @@ fn hl_instruments() -> HashMap<InstrumentId, Instrument> {
         haircut_tiers: vec![],
         stable: false,
         sources: vec![],
+        margin: Default::default(),
         source_note: None,
     };
     let usdc = Instrument {

@@ -14,7 +14,8 @@
 //! The filter declines (and the caller runs the plain walk) whenever its premises are not
 //! certain: two breakpoints, or a breakpoint and the start, within 1e-9 of each other (their
 //! order or a leg's tier could differ from `Decimal`'s), a leg with a non-positive price factor
-//! or entry, a value that does not convert to a finite `f64`, or more than 64 legs.
+//! or entry, a value that does not convert to a finite `f64`, more than 64 legs, or an instrument
+//! with `margin` options (their line has other terms).
 
 use rust_decimal::Decimal;
 
@@ -127,7 +128,9 @@ impl<'p, 'a> Filter<'p, 'a> {
         let mut floors = Vec::new();
         for (li, leg) in pm.legs.iter().enumerate() {
             let inst = leg.instrument;
-            if inst.tiers.is_empty() {
+            // The filter mirrors the plain bracket line only: margin options (contract tiers,
+            // a size-linear rate, a fee in MM) take the plain exact walk.
+            if inst.tiers.is_empty() || !inst.margin.is_plain() {
                 return Ok(None);
             }
             let (Some(q), Some(cs), Some(k), Some(entry)) = (

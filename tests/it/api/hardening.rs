@@ -438,6 +438,9 @@ speed = "{speed}"
 [prices]
 composite = "binance-usdm"
 stale_after = "1h"
+# No account holds them: watched explicitly, so readiness waits for their prices (issue 12
+# item 5 watches only held or listed instruments).
+watch = ["BTCUSDT-PERP", "ETHUSDT-PERP"]
 
 [journal]
 path = "journal.sqlite"

@@ -40,6 +40,7 @@ fn instrument(id: &str, kind: InstrumentKind) -> Instrument {
             vec![]
         },
         liquidation_fee_rate: dec!(0.005),
+        margin: Default::default(),
         collateral_ratio: if kind.is_contract() {
             Decimal::ONE
         } else {

@@ -7,3 +7,4 @@ mod driver;
 mod fuzz;
 mod protocol;
 mod replay;
+mod subscriptions;

@@ -227,7 +227,15 @@ impl ApiBackend for MemBackend {
         vec![FeedStatus {
             venue: Venue::BinanceUsdm,
             connected: true,
+            connected_since: Some(1_621_427_000_000),
+            last_frame: Some(1_621_428_000_000),
+            frames: 4711,
             reconnects: 1,
+            parse_errors: 0,
+            unknown_symbols: 0,
+            last_error: Some("closed by venue: 1001 going away".into()),
+            rejected_symbols: vec!["NOPEUSDT".into()],
+            unconfirmed_symbols: vec![],
             instruments: vec![InstrumentFeedStatus {
                 instrument: InstrumentId::from("BTCUSDT-PERP"),
                 symbol: "BTCUSDT".into(),
@@ -238,8 +246,6 @@ impl ApiBackend for MemBackend {
                 stale: false,
                 held_price: None,
             }],
-            rejected_symbols: vec![],
-            unconfirmed_symbols: vec![],
         }]
     }
 

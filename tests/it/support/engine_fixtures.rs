@@ -23,6 +23,7 @@ pub fn instrument(id: &str, kind: InstrumentKind, underlying: &str) -> Instrumen
         contract_size: Decimal::ONE,
         tiers: vec![],
         liquidation_fee_rate: dec!(0.005),
+        margin: Default::default(),
         collateral_ratio: Decimal::ONE,
         haircut_tiers: vec![],
         stable: false,

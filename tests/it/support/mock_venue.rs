@@ -10,7 +10,8 @@
 //! [`MockConfig::hyperliquid`]):
 //!
 //! - **OKX**: acks each subscribe argument, rejects [unknown](MockConfig::unknown) instIds with
-//!   60018, answers the text `ping` with `pong`, closes with 4004 a client silent for the idle cut.
+//!   60018, refuses [refused](MockConfig::refuse) ones with 60014, pushes the
+//!   [set prices](MockVenue::set_price) of subscribed instIds every 50 ms, answers the text `ping` with `pong`, closes with 4004 a client silent for the idle cut.
 //! - **Deribit**: answers `public/set_heartbeat`, acks `public/subscribe` listing only known
 //!   channels (unknown ones silently dropped, as Deribit does), sends a `test_request` every
 //!   300 ms once the heartbeat is set and closes with 4000 `heartbeat close` when the previous
@@ -58,6 +59,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
+
+use super::mock_venue_subs::{PRICE_EVERY, VenueSubs};
 
 /// One action of the server on one connection, from its script or from [`MockVenue::send`].
 #[derive(Clone, Debug)]
@@ -193,6 +196,8 @@ pub struct MockConfig {
     /// Symbols the venue does not know (OKX instId, Deribit instrument, Hyperliquid coin); the
     /// protocol hook rejects them the venue's way.
     pub unknown: HashSet<String>,
+    /// Refusals and subscribed prices, shared by every connection (`mock_venue_subs`).
+    pub subs: VenueSubs,
 }
 
 impl MockConfig {
@@ -203,6 +208,8 @@ impl MockConfig {
             protocol: Some(|cfg| {
                 Box::new(Okx {
                     unknown: cfg.unknown.clone(),
+                    subs: cfg.subs.clone(),
+                    subscribed: Vec::new(),
                 })
             }),
             idle: Some(Idle::any(Duration::from_secs(1)).close(4004, "No data received in 30s.")),
@@ -370,6 +377,11 @@ impl MockVenue {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// The venue's config (its [`VenueSubs`] are shared with the running connections).
+    pub fn config(&self) -> &MockConfig {
+        &self.shared.cfg
     }
 
     /// Connections accepted so far.
@@ -794,6 +806,8 @@ async fn serve(ws: WebSocketStream<TcpStream>, shared: Arc<Shared>, cancel: Canc
 
 struct Okx {
     unknown: HashSet<String>,
+    subs: VenueSubs,
+    subscribed: Vec<String>,
 }
 
 impl Protocol for Okx {
@@ -812,13 +826,27 @@ impl Protocol for Okx {
         args.into_iter()
             .map(|arg| {
                 let inst = arg["instId"].as_str().unwrap_or_default();
-                let reply = if self.unknown.contains(inst) {
+                let reply = if self.subs.take_refusal(&[inst.to_string()]) {
+                    serde_json::json!({"id": id, "event":"error","code":"60014","msg":"Requests too frequent.","connId":"mock"})
+                } else if self.unknown.contains(inst) {
                     serde_json::json!({"id": id, "event":"error","code":"60018","msg": format!("Subscribe failed, wrong URL or channel:{},instId:{inst} doesn't exist. Please use the correct URL, channel and parameters referring to API document.", arg["channel"].as_str().unwrap_or_default()),"connId":"mock"})
                 } else {
+                    self.subscribed.push(inst.to_string());
                     serde_json::json!({"id": id, "event":"subscribe","arg": arg,"connId":"mock"})
                 };
                 Act::Send(reply.to_string())
             })
+            .collect()
+    }
+
+    fn timer(&self) -> Option<Duration> {
+        Some(PRICE_EVERY)
+    }
+
+    fn on_timer(&mut self) -> Vec<Act> {
+        self.subscribed
+            .iter()
+            .filter_map(|s| self.subs.price(s).map(|p| Act::Send(okx_price(s, &p))))
             .collect()
     }
 }

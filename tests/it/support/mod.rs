@@ -7,6 +7,7 @@ pub mod browser;
 pub mod daemon_env;
 pub mod engine_fixtures;
 pub mod mock_venue;
+pub mod mock_venue_subs;
 pub mod nats_server;
 pub mod sink_contract;
 pub mod tools;

@@ -35,6 +35,7 @@ fn instrument(id: &str, kind: InstrumentKind, cs: Decimal, t: Vec<MarginTier>) -
         stable: false,
         sources: vec![],
         source_note: None,
+        margin: Default::default(),
     }
 }
 
