@@ -21,3 +21,16 @@ pub fn require(tool: &str, package: &str) -> PathBuf {
             )
         })
 }
+
+/// Like [`require`], for a tool that comes from PyPI (`how` says how `.ci/run` installs it).
+#[allow(dead_code)] // benches include this file for `require` only
+pub fn require_from(tool: &str, how: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/bin".into(), "/usr/bin".into()])
+        .map(|dir| dir.join(tool))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("`{tool}` is needed by this test but is not on PATH: {how} (.ci/run does it)")
+        })
+}
