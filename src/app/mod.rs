@@ -34,6 +34,7 @@ mod backend;
 #[cfg(test)]
 mod backpressure_tests; // issue 11 item 7: a full disk pauses prices at a bound
 mod error;
+mod feedset;
 mod metrics;
 mod reload;
 mod risk;
@@ -241,6 +242,12 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
     );
 
     // Feeds (sources).
+    let feed_set = feedset::FeedSet::new(
+        Arc::clone(&board),
+        Arc::clone(&registry),
+        tasks.clone(),
+        sources.clone(),
+    );
     let replays = spawn::feeds(
         &cfg,
         &instrument_list,
@@ -248,6 +255,7 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
         &registry,
         &tasks,
         &sources,
+        &feed_set,
         opts.replay_started.take(),
         opts.replay_clock,
     )?;
@@ -341,6 +349,7 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
             api_token: api_token_handle,
             default_trigger: Arc::clone(&backend.default_trigger),
             default_levels: Arc::clone(&backend.default_levels),
+            feeds: feed_set.clone(),
             sinks: sink_set.clone(),
             sinks_stop: sinks_stop.clone(),
             journal: Arc::clone(&journal),

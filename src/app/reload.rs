@@ -8,7 +8,8 @@
 //! window (`[accounts] update_id_window`, `update_id_limit`), the API token (`[api]
 //! token_env` / `token_file`: a token file is read again) and `[[sinks]]` (a new sink starts
 //! from its cursor, a removed one drains and stops, a changed one does both; the others are
-//! not touched). Every other change is validated,
+//! not touched) and venue `[[feeds]]` (likewise, through [`super::feedset::FeedSet`]). Every
+//! other change is validated,
 //! named in a WARN as needing a restart, and not applied: the running value stays, so the next
 //! reload names it again. Outcomes are counted in `liqwatch_config_reloads_total{outcome}` and
 //! `liqwatch_config_last_reload_successful`.
@@ -53,6 +54,8 @@ pub(crate) struct Reloader {
     pub default_trigger: Arc<parking_lot::RwLock<Decimal>>,
     /// The levels the API's account views and what-ifs use.
     pub default_levels: Arc<parking_lot::RwLock<crate::model::Thresholds>>,
+    /// The running venue feeds.
+    pub feeds: super::feedset::FeedSet,
     /// The running sink drivers.
     pub sinks: SinkSet,
     /// The sinks' shared stop token (a new driver runs under a child of it).
@@ -185,6 +188,12 @@ impl Reloader {
             self.current.api.token_file = new.api.token_file.clone();
         }
 
+        // Venue feeds: stop the removed and changed ones, start the new and changed ones.
+        if let Some(change) = self.feeds.reload(&new, &self.instrument_list) {
+            report.applied.push(change);
+        }
+        self.current.feeds = new.feeds.clone();
+
         // Sinks: stop the removed and changed ones (each drains for its grace period), then
         // start the new and changed ones on their cursors.
         if !to_stop.is_empty() || !built.is_empty() {
@@ -245,7 +254,16 @@ fn restart_needed(
         "accounts.nats",
         differ(&old.accounts.nats, &new.accounts.nats),
     );
-    check("feeds", differ(&old.feeds, &new.feeds));
+    // Venue feeds reload live; a replay plays its file once.
+    let replays = |c: &Config| -> String {
+        let r: Vec<_> = c
+            .feeds
+            .iter()
+            .filter(|e| !matches!(e.source, crate::config::FeedSource::Venue(_)))
+            .collect();
+        format!("{r:?}")
+    };
+    check("feeds (replay)", replays(old) != replays(new));
     check("prices", differ(&old.prices, &new.prices));
     check("journal", differ(&old.journal, &new.journal));
     check(

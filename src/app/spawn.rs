@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::AppError;
 use super::sinkset::SinkSet;
 use crate::config::{Config, FeedSource};
-use crate::feeds::{self, FeedRegistry, replay};
+use crate::feeds::{FeedRegistry, replay};
 use crate::journal::Journal;
 use crate::model::{Instrument, now_ms};
 use crate::prices::PriceBoard;
@@ -60,6 +60,7 @@ pub(super) fn feeds(
     registry: &FeedRegistry,
     tasks: &Tasks,
     cancel: &CancellationToken,
+    feeds_set: &super::feedset::FeedSet,
     mut replay_started: Option<oneshot::Sender<i64>>,
     clock: replay::ReplayClock,
 ) -> Result<Replays, AppError> {
@@ -78,24 +79,10 @@ pub(super) fn feeds(
                 .collect()
         };
         match &entry.source {
-            FeedSource::Venue(venue) => {
-                let feed = feeds::feed_for(*venue).map_err(|e| AppError::Startup(e.to_string()))?;
-                let fcfg = entry.driver.clone().with_instruments(*venue, &wanted);
-                if fcfg.routes.symbols().is_empty() {
-                    tracing::warn!(%venue, "No instrument is priced by this venue: the feed is not started");
-                    continue;
-                }
-                let status = registry.register(*venue, &fcfg.routes);
-                // Tracked now (the driver tracks them again), so the start-up report of
-                // unserved held instruments sees what this feed will price.
-                for (_, inst, _) in fcfg.routes.iter() {
-                    board.track(inst, &[*venue]);
-                }
-                let (board, cancel) = (Arc::clone(board), cancel.clone());
-                tasks.spawn(format!("feed {venue}"), async move {
-                    feeds::run_feed(feed, fcfg, board, status, cancel).await;
-                    Ok::<(), String>(())
-                });
+            FeedSource::Venue(_) => {
+                feeds_set
+                    .start(entry, instruments)
+                    .map_err(AppError::Startup)?;
             }
             FeedSource::Replay { file, speed } => {
                 // Registered now, so `/v1/feeds` lists the replayed venues from the start.

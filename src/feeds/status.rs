@@ -294,6 +294,11 @@ impl FeedRegistry {
         h
     }
 
+    /// Removes a feed's status (a feed stopped by a reload).
+    pub fn unregister(&self, handle: &Arc<FeedStatusHandle>) {
+        self.feeds.lock().retain(|h| !Arc::ptr_eq(h, handle));
+    }
+
     /// Registers the venue of a replay: it serves its instruments like a feed but has no
     /// connection, so readiness judges it by its prices only.
     pub fn register_replay(&self, venue: Venue, routes: &SymbolRoutes) -> Arc<FeedStatusHandle> {

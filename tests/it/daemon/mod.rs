@@ -13,6 +13,7 @@ mod instruments_import;
 mod journal_init;
 mod metrics_exposition;
 mod reload;
+mod reload_feeds;
 mod risk_cli;
 mod stress;
 mod stress_extremes;
