@@ -40,7 +40,7 @@ fn entry_text(entry: &FeedEntry) -> String {
 }
 
 /// The instruments an entry prices (all, or those it lists).
-fn wanted(entry: &FeedEntry, instruments: &[Instrument]) -> Vec<Instrument> {
+pub(super) fn wanted(entry: &FeedEntry, instruments: &[Instrument]) -> Vec<Instrument> {
     if entry.instruments.is_empty() {
         instruments.to_vec()
     } else {

@@ -69,15 +69,7 @@ pub(super) fn feeds(
         ticks: Arc::new(AtomicU64::new(0)),
     };
     for entry in &cfg.feeds {
-        let wanted: Vec<Instrument> = if entry.instruments.is_empty() {
-            instruments.to_vec()
-        } else {
-            instruments
-                .iter()
-                .filter(|i| entry.instruments.iter().any(|w| w == i.id.as_str()))
-                .cloned()
-                .collect()
-        };
+        let wanted = super::feedset::wanted(entry, instruments);
         match &entry.source {
             FeedSource::Venue(_) => {
                 feeds_set

@@ -14,7 +14,7 @@ use crate::support::daemon_env::{Daemon, MockBinance, binance_config, http_clien
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
-fn hup(daemon: &Daemon) {
+pub(super) fn hup(daemon: &Daemon) {
     let st = Command::new("kill")
         .arg("-HUP")
         .arg(daemon.child.id().to_string())

@@ -2,7 +2,6 @@
 //! closes, the new one subscribes and prices, `/v1/feeds` lists the venue once, and the
 //! engine reacts to the new feed's prices — without a restart.
 
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -64,12 +63,7 @@ async fn sighup_moves_a_feed_to_a_new_url() {
         .unwrap()
         .replace(&a.url, &b.url);
     std::fs::write(&cfg, text).unwrap();
-    let st = Command::new("kill")
-        .arg("-HUP")
-        .arg(daemon.child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    super::reload::hup(&daemon);
     poll_until("the daemon to subscribe at B", DEADLINE, || {
         (b.subscribes.load(Ordering::SeqCst) > 0).then_some(())
     })

@@ -8,29 +8,28 @@ use std::path::PathBuf;
 /// as `nats-server` in `/usr/sbin`, which a non-root `PATH` often lacks). Panics naming the
 /// Debian `package` that provides it.
 pub fn require(tool: &str, package: &str) -> PathBuf {
+    find(tool).unwrap_or_else(|| {
+        panic!(
+            "`{tool}` is needed by this test but is not on PATH nor in /usr/sbin or /usr/bin: \
+             install the Debian package `{package}` (`apt-get install {package}`; .ci/run \
+             installs it)"
+        )
+    })
+}
+
+/// `tool` on PATH, in /usr/sbin or in /usr/bin.
+fn find(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin".into(), "/usr/bin".into()])
         .map(|dir| dir.join(tool))
         .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`{tool}` is needed by this test but is not on PATH nor in /usr/sbin or /usr/bin: \
-                 install the Debian package `{package}` (`apt-get install {package}`; .ci/run \
-                 installs it)"
-            )
-        })
 }
 
 /// Like [`require`], for a tool that comes from PyPI (`how` says how `.ci/run` installs it).
 #[allow(dead_code)] // benches include this file for `require` only
 pub fn require_from(tool: &str, how: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/local/bin".into(), "/usr/bin".into()])
-        .map(|dir| dir.join(tool))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("`{tool}` is needed by this test but is not on PATH: {how} (.ci/run does it)")
-        })
+    find(tool).unwrap_or_else(|| {
+        panic!("`{tool}` is needed by this test but is not on PATH: {how} (.ci/run does it)")
+    })
 }
