@@ -227,6 +227,7 @@ impl StaleTransition {
             seq: self.seq,
             level: None,
             crossed_levels: Vec::new(),
+            level_type: None,
             previous_state: None,
             state: None,
             snapshot: None,

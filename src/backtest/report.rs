@@ -418,6 +418,7 @@ mod tests {
             seq: 0,
             level: None,
             crossed_levels: vec![],
+            level_type: None,
             previous_state: Some(prev),
             state: Some(next),
             snapshot: None,

@@ -660,6 +660,7 @@ mod tests {
             seq: 2,
             level: Some(dec!(1)),
             crossed_levels: vec![dec!(1)],
+            level_type: None,
             previous_state: Some(AccountState::Warning { level: dec!(0.8) }),
             state: Some(AccountState::Triggered),
             snapshot: Some(RiskSnapshot {

@@ -633,6 +633,7 @@ impl Monitor {
                 seq,
                 level: Some(crossing.level),
                 crossed_levels: crossing.crossed_levels,
+                level_type: Some(crate::model::LevelType::MarginRatio),
                 previous_state: Some(previous),
                 state: Some(new_state),
                 snapshot,

@@ -13,6 +13,7 @@ fn event(account: &str, seq: u64, time_ms: i64) -> RiskEvent {
         seq,
         level: None,
         crossed_levels: vec![],
+        level_type: None,
         previous_state: None,
         state: None,
         snapshot: None,

@@ -282,6 +282,29 @@ pub enum AccountState {
     Triggered,
 }
 
+/// Which kind of level an account event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LevelType {
+    /// The margin ratio `MM / equity` (`[levels] warnings` / `trigger`).
+    MarginRatio,
+    /// The uniform move of every price to the trigger (`[levels] warn_within_shock`).
+    ShockDistance,
+    /// The margin ratio after the next funding payment (`[levels] warn_before_funding`).
+    Funding,
+}
+
+impl LevelType {
+    /// The wire name (`margin_ratio`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LevelType::MarginRatio => "margin_ratio",
+            LevelType::ShockDistance => "shock_distance",
+            LevelType::Funding => "funding",
+        }
+    }
+}
+
 /// The kind of a [`RiskEvent`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -369,6 +392,10 @@ pub struct RiskEvent {
     /// Every level crossed by this move, ascending (a jump from healthy to trigger lists all).
     #[serde(default)]
     pub crossed_levels: Vec<Decimal>,
+    /// Which kind of level `level` is (account events only; absent on feed events and in
+    /// events journaled before the field existed, which are all `margin_ratio`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level_type: Option<LevelType>,
     /// The account's state before the event.
     pub previous_state: Option<AccountState>,
     /// The account's state after the event.

@@ -828,6 +828,7 @@ mod tests {
             seq: 1,
             level: None,
             crossed_levels: vec![],
+            level_type: None,
             previous_state: None,
             state: None,
             snapshot: None,

@@ -294,6 +294,7 @@ pub(crate) mod tests {
             seq,
             level: Some(level),
             crossed_levels: vec![level],
+            level_type: None,
             previous_state: Some(AccountState::Healthy),
             state: Some(AccountState::Warning { level }),
             snapshot: Some(RiskSnapshot {

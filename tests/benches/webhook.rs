@@ -39,6 +39,7 @@ fn entry(seq: u64, kind: EventKind) -> JournalEntry {
         seq,
         level: Some(dec!(0.8)),
         crossed_levels: vec![dec!(0.8)],
+        level_type: None,
         previous_state: Some(AccountState::Healthy),
         state: Some(AccountState::Warning { level: dec!(0.8) }),
         snapshot: Some(RiskSnapshot {

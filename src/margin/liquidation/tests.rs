@@ -359,6 +359,7 @@ fn attached_to_triggers_only() {
         seq: 1,
         level: None,
         crossed_levels: vec![],
+        level_type: None,
         previous_state: None,
         state: None,
         snapshot: Some(s),

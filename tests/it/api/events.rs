@@ -84,6 +84,7 @@ fn event(kind: EventKind, account: &str, time_ms: i64) -> RiskEvent {
         seq: 1,
         level: Some(Decimal::ONE),
         crossed_levels: vec![Decimal::ONE],
+        level_type: None,
         previous_state: Some(AccountState::Healthy),
         state: Some(AccountState::Triggered),
         snapshot: None,

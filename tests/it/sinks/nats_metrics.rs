@@ -20,6 +20,7 @@ fn entry(seq: u64) -> JournalEntry {
         seq,
         level: Some(rust_decimal::Decimal::ONE),
         crossed_levels: vec![],
+        level_type: None,
         previous_state: None,
         state: None,
         snapshot: None,

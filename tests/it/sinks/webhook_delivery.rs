@@ -34,6 +34,7 @@ fn entry(seq: u64, kind: EventKind, account: &str, ratio: Decimal) -> JournalEnt
         seq,
         level: Some(level),
         crossed_levels: vec![level],
+        level_type: None,
         previous_state: Some(AccountState::Healthy),
         state: Some(AccountState::Warning { level }),
         snapshot: Some(RiskSnapshot {

@@ -21,6 +21,7 @@ fn entry(seq: u64, kind: EventKind, account: &str) -> JournalEntry {
         seq,
         level: Some(rust_decimal::Decimal::ONE),
         crossed_levels: vec![],
+        level_type: None,
         previous_state: None,
         state: None,
         snapshot: None,

@@ -74,6 +74,7 @@ impl MemBackend {
             seq,
             level: Some(Decimal::new(8, 1)),
             crossed_levels: vec![Decimal::new(8, 1)],
+            level_type: None,
             previous_state: Some(AccountState::Healthy),
             state: Some(AccountState::Warning {
                 level: Decimal::new(8, 1),

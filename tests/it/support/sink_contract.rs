@@ -128,6 +128,7 @@ pub fn sample_event(account: &str, account_seq: u64, kind: EventKind) -> RiskEve
         seq: account_seq,
         level: Some(level),
         crossed_levels: vec![level],
+        level_type: None,
         previous_state: Some(AccountState::Healthy),
         state: Some(state),
         snapshot: Some(RiskSnapshot {
