@@ -601,22 +601,10 @@ impl Cx<'_, '_> {
 
     fn secret(&mut self, path: &[P<'_>], env_name: Option<&str>) -> Option<Secret> {
         let name = env_name?;
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            self.problem(
-                path,
-                format!("{name:?} is not an environment variable name (letters, digits, _)"),
-            );
-            return None;
-        }
-        match (self.env)(name) {
-            Some(v) if !v.is_empty() => Some(Secret::from_env(name, v)),
-            _ => {
-                self.problem(
-                    path,
-                    format!(
-                        "environment variable {name} is not set (or empty): set it before starting liqwatch"
-                    ),
-                );
+        match crate::runtime::secret::read_named_env(self.env, name) {
+            Ok(v) => Some(Secret::from_env(name, v)),
+            Err(e) => {
+                self.problem(path, e);
                 None
             }
         }
