@@ -4,7 +4,8 @@
 //!
 //! Kept in memory, filled from the committed events, the daemon's periodic sampling of accounts
 //! at risk or being watched, and every account view the API serves. When persistence is on
-//! ([`HistoryStore::persist`]), every point kept is also queued for the journal
+//! ([`HistoryStore::persist`]), kept points are also queued for the journal, downsampled more
+//! coarsely (one per account per persist spacing, plus every event's point)
 //! ([`HistoryStore::take_unsaved`]; the daemon writes the queue in batches off the engine's
 //! path, `crate::journal::history`) and the store is refilled from the journal at start
 //! ([`HistoryStore::restore`]), so the chart survives a restart. Downsampling: points closer than `min_spacing_ms` replace
@@ -12,7 +13,7 @@
 //! dropped, so the recent past stays at full resolution and the distant past thins out.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use parking_lot::Mutex;
 use rust_decimal::Decimal;
@@ -67,6 +68,8 @@ struct Entry {
     watched_ms: TimestampMs,
     /// Last write or read, for eviction.
     used_ms: TimestampMs,
+    /// Time of the last point queued for (or restored from) the journal; 0 = none.
+    saved_ms: TimestampMs,
 }
 
 /// The store (one per daemon, shared by the API backend and the sampler).
@@ -75,8 +78,8 @@ pub struct HistoryStore {
     max_accounts: usize,
     max_points: usize,
     min_spacing_ms: i64,
-    /// Whether kept points are queued for the journal.
-    persist: AtomicBool,
+    /// Spacing of the points queued for the journal per account, ms; negative: not queued.
+    persist_spacing_ms: AtomicI64,
     /// Points kept since the last [`HistoryStore::take_unsaved`], oldest first (bounded).
     unsaved: Mutex<VecDeque<(AccountId, HistoryPoint)>>,
 }
@@ -110,14 +113,29 @@ impl HistoryStore {
             max_accounts: max_accounts.max(1),
             max_points: max_points.max(4),
             min_spacing_ms,
-            persist: AtomicBool::new(false),
+            persist_spacing_ms: AtomicI64::new(-1),
             unsaved: Mutex::new(VecDeque::new()),
         }
     }
 
-    /// Queues every point kept from now on for the journal ([`HistoryStore::take_unsaved`]).
-    pub fn persist(&self) {
-        self.persist.store(true, Ordering::SeqCst);
+    /// From now on queues kept points for the journal ([`HistoryStore::take_unsaved`]): an
+    /// account's point when at least `spacing_ms` has passed since its last queued one, and
+    /// every point an event carried.
+    pub fn persist(&self, spacing_ms: i64) {
+        self.persist_spacing_ms
+            .store(spacing_ms.max(0), Ordering::SeqCst);
+    }
+
+    /// Whether `point`, just kept for `e`, goes to the journal (`event`: an event's point);
+    /// marks it queued.
+    fn to_save(&self, e: &mut Entry, t_ms: TimestampMs, event: bool) -> bool {
+        let spacing = self.persist_spacing_ms.load(Ordering::Relaxed);
+        if spacing < 0 || !(event || e.saved_ms == 0 || t_ms.saturating_sub(e.saved_ms) >= spacing)
+        {
+            return false;
+        }
+        e.saved_ms = e.saved_ms.max(t_ms);
+        true
     }
 
     /// The points kept since the last call, oldest first, for the journal.
@@ -139,9 +157,6 @@ impl HistoryStore {
     }
 
     fn queue(&self, id: &AccountId, point: HistoryPoint) {
-        if !self.persist.load(Ordering::Relaxed) {
-            return;
-        }
         let mut q = self.unsaved.lock();
         if q.len() >= MAX_UNSAVED_POINTS {
             q.pop_front();
@@ -157,6 +172,7 @@ impl HistoryStore {
         let (max, spacing) = (self.max_points, self.min_spacing_ms);
         let e = self.entry(&mut map, id);
         e.used_ms = e.used_ms.max(point.t_ms);
+        e.saved_ms = e.saved_ms.max(point.t_ms);
         push_point(&mut e.points, point, max, spacing);
     }
 
@@ -181,9 +197,11 @@ impl HistoryStore {
         let spacing = self.min_spacing_ms;
         let e = self.entry(&mut map, id);
         e.used_ms = e.used_ms.max(point.t_ms);
-        let kept = push_point(&mut e.points, point.clone(), max, spacing);
+        let t = point.t_ms;
+        let save =
+            push_point(&mut e.points, point.clone(), max, spacing) && self.to_save(e, t, false);
         drop(map);
-        if kept {
+        if save {
             self.queue(id, point);
         }
     }
@@ -199,9 +217,11 @@ impl HistoryStore {
             e.last_event = Some(event);
         }
         if let Some(p) = point {
-            let kept = push_point(&mut e.points, p.clone(), max, spacing);
+            let t = p.t_ms;
+            let save =
+                push_point(&mut e.points, p.clone(), max, spacing) && self.to_save(e, t, true);
             drop(map);
-            if kept {
+            if save {
                 self.queue(id, p);
             }
         }
@@ -359,16 +379,16 @@ mod tests {
         assert!(s.watched_since(60).is_empty());
     }
 
-    /// With persistence on, kept points (appended or replacing) are queued in order, late ones
-    /// are not; restored points are not queued again; a failed batch goes back ahead of newer
-    /// points.
+    /// With persistence on, kept points (appended or replacing) are queued in order when the
+    /// persist spacing has passed, event points always, late ones never; restored points are
+    /// not queued again; a failed batch goes back ahead of newer points.
     #[test]
     fn unsaved_queue() {
         let s = HistoryStore::new(10, 16, 1_000);
         let id = AccountId::from("a");
         s.record(&id, pt(0));
         assert!(s.take_unsaved().is_empty(), "off by default");
-        s.persist();
+        s.persist(0);
         s.restore(&id, pt(1_000));
         for t in [2_000, 2_500, 1_500, 4_000] {
             s.record(&id, pt(t));
@@ -382,5 +402,20 @@ mod tests {
         s.record(&id, pt(9_000));
         s.requeue(batch);
         assert_eq!(ts(&s.take_unsaved()), vec![2_000, 2_500, 4_000, 9_000]);
+
+        // Coarser for the journal: one point per 10 s, plus every event's.
+        s.persist(10_000);
+        for t in [10_000, 15_000, 19_500, 20_000] {
+            s.record(&id, pt(t));
+        }
+        let ev = LastEvent {
+            seq: 1,
+            kind: EventKind::LiquidationWarning,
+            time_ms: 21_000,
+            level: None,
+        };
+        s.record_event(&id, ev, Some(pt(21_000)));
+        // The last queued point was at 9 s: 19.5 s is the first 10 s after it.
+        assert_eq!(ts(&s.take_unsaved()), vec![19_500, 21_000]);
     }
 }

@@ -15,6 +15,9 @@ use crate::journal::history::{HistoryBounds, HistoryRow};
 
 /// How often kept points are written to the journal (a kill -9 loses at most this much).
 pub(super) const HISTORY_WRITE_EVERY: Duration = Duration::from_secs(2);
+/// One point per account per this long goes to the journal (plus every event's point): with
+/// [`HistoryBounds`]' 2880 points per account, a day of history survives a restart.
+pub(super) const HISTORY_PERSIST_SPACING_MS: i64 = 30_000;
 /// How often the table is pruned to its bounds.
 const HISTORY_PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// Most rows written in one transaction (the journal's writer lock is held that long).
@@ -24,7 +27,7 @@ const MAX_BATCH: usize = 5_000;
 /// queue for the journal. Returns how many points were read back; an unreadable point is
 /// skipped with a warning (it is derived data, never worth refusing to start over).
 pub(super) fn restore(journal: &Journal, history: &HistoryStore, bounds: &HistoryBounds) -> usize {
-    history.persist();
+    history.persist(HISTORY_PERSIST_SPACING_MS);
     let rows = match journal.load_history(bounds.max_total) {
         Ok(rows) => rows,
         Err(error) => {

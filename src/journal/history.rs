@@ -166,15 +166,6 @@ impl Journal {
         Ok(rows)
     }
 
-    /// Deletes every stored point of `account` (it was removed).
-    pub fn forget_history(&self, account: &AccountId) -> Result<usize, JournalError> {
-        let w = self.writer.lock();
-        Ok(w.conn.execute(
-            "DELETE FROM history_points WHERE account_id = ?1",
-            [account.as_str()],
-        )?)
-    }
-
     /// Up to `limit` committed events of `account` with seq < `before_seq` (all when `None`),
     /// newest first. Served by the `events_account` index. Unreadable rows end the batch as in
     /// [`Journal::read_after`].
@@ -220,7 +211,7 @@ mod tests {
     }
 
     /// A batch is written and trimmed per account to its newest points; a rewrite at the same
-    /// time replaces; the points survive a reopen; forget removes one account's points.
+    /// time replaces; the points survive a reopen; a load takes the newest.
     #[test]
     fn write_trim_reload() {
         let (dir, j) = open();
@@ -259,8 +250,6 @@ mod tests {
         );
         // The newest `max_total` only.
         assert_eq!(j.load_history(2).unwrap_or_default().len(), 2);
-        assert_eq!(j.forget_history(&AccountId::from("a")).unwrap_or(0), 4);
-        assert_eq!(j.load_history(100).unwrap_or_default().len(), 1);
     }
 
     /// Pruning drops points past the age and, past the total, the oldest.
