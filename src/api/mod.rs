@@ -134,7 +134,8 @@ pub struct AccountView {
     /// The levels the account is measured against (its own, else the daemon's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub levels: Option<crate::model::Thresholds>,
-    /// The account's last journaled event since the daemon started, if any.
+    /// The account's last journaled event, if any (kept by the history store; restored from the
+    /// journal at start for the accounts with a stored history).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_event: Option<LastEvent>,
 }

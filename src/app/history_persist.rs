@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{HistoryPoint, HistoryStore};
+use crate::api::{HistoryPoint, HistoryStore, LastEvent};
 use crate::journal::Journal;
 use crate::journal::history::{HistoryBounds, HistoryRow};
+use crate::model::AccountId;
 
 /// How often kept points are written to the journal (a kill -9 loses at most this much).
 pub(super) const HISTORY_WRITE_EVERY: Duration = Duration::from_secs(2);
@@ -23,8 +24,8 @@ const HISTORY_PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// Most rows written in one transaction (the journal's writer lock is held that long).
 const MAX_BATCH: usize = 5_000;
 
-/// Refills `history` from the journal (the newest points within the bounds) and turns on its
-/// queue for the journal. Returns how many points were read back; an unreadable point is
+/// Refills `history` from the journal (the newest points within the bounds, and each of those
+/// accounts' last event) and turns on its queue for the journal. Returns how many points were read back; an unreadable point is
 /// skipped with a warning (it is derived data, never worth refusing to start over).
 pub(super) fn restore(journal: &Journal, history: &HistoryStore, bounds: &HistoryBounds) -> usize {
     history.persist(HISTORY_PERSIST_SPACING_MS);
@@ -36,9 +37,13 @@ pub(super) fn restore(journal: &Journal, history: &HistoryStore, bounds: &Histor
         }
     };
     let mut restored = 0;
+    let mut accounts: Vec<AccountId> = Vec::new();
     for r in rows {
         match serde_json::from_str::<HistoryPoint>(&r.json) {
             Ok(p) => {
+                if accounts.last() != Some(&r.account_id) {
+                    accounts.push(r.account_id.clone());
+                }
                 history.restore(&r.account_id, p);
                 restored += 1;
             }
@@ -47,7 +52,31 @@ pub(super) fn restore(journal: &Journal, history: &HistoryStore, bounds: &Histor
             }
         }
     }
-    tracing::info!(points = restored, "Page history restored from the journal");
+    // The accounts table's "last event": every event point is in the history, so the accounts
+    // with a history are the ones that can have one (one indexed read each).
+    for id in &accounts {
+        match journal.account_events(id, None, 1) {
+            Ok(last) => {
+                if let Some(e) = last.first() {
+                    let event = LastEvent {
+                        seq: e.seq,
+                        kind: e.event.kind,
+                        time_ms: e.event.time_ms,
+                        level: e.event.level,
+                    };
+                    history.record_event(id, event, None);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(account = %id, %error, "Cannot read the account's last event back from the journal");
+            }
+        }
+    }
+    tracing::info!(
+        points = restored,
+        accounts = accounts.len(),
+        "Page history restored from the journal"
+    );
     restored
 }
 

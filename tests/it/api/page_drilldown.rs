@@ -366,6 +366,19 @@ async fn drilldown_risk_events_and_history_survive_restart() {
         times.iter().filter(|t| **t <= killed_at).count() >= 2,
         "{times:?} vs {stored:?}"
     );
+    // The accounts table's "last event" of hot is still the warning.
+    let listed = poll_until_json(&client, format!("{api}/v1/accounts?limit=10"), |b| {
+        b["total"] == 3
+    })
+    .await;
+    let hot = listed["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["account_id"] == "hot")
+        .unwrap();
+    assert_eq!(hot["last_event"]["seq"], json!(warning_seq), "{hot}");
+    assert_eq!(hot["last_event"]["kind"], "liquidation_warning", "{hot}");
     // The page on the restarted daemon: the chart spans from the first stored point, and the
     // journal's events are still listed.
     browser.client.goto(&format!("{api}/")).await.unwrap();
