@@ -2,8 +2,8 @@
 //! headless Chromium against the real `liqwatch` binary (issue 14): the riskiest table sorted by
 //! shock distance (an order the ratio does not give), VaR/ES/P(liquidation) and component ES
 //! equal to `GET /v1/accounts/{id}/risk`, the event list served from the journal
-//! (`GET /v1/accounts/{id}/events`, paged), and the history chart surviving a kill -9 and
-//! restart. Saves `page-risk.png` (and to `$LIQWATCH_PAGE_SCREENSHOTS` when set).
+//! (`GET /v1/accounts/{id}/events`, paged), the drill-down on a phone, and the history chart
+//! and last event surviving a kill -9 and restart. Saves `page-risk.png` (and to `$LIQWATCH_PAGE_SCREENSHOTS` when set).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -275,6 +275,21 @@ async fn drilldown_risk_events_and_history_survive_restart() {
         );
         assert_eq!(shown["comps"][&key], c["es"], "{key}: {shown} vs {risk}");
     }
+
+    // On a phone the drill-down with its VaR table still does not scroll sideways.
+    browser.client.set_window_size(390, 844).await.unwrap();
+    let overflow = browser
+        .wait_js(
+            "the phone layout",
+            DEADLINE,
+            "return window.innerWidth < 500 ? {page: document.documentElement.scrollWidth, view: window.innerWidth} : null;",
+        )
+        .await;
+    assert!(
+        overflow["page"].as_u64() <= overflow["view"].as_u64(),
+        "the drill-down scrolls sideways on a phone: {overflow}"
+    );
+    browser.client.set_window_size(1280, 800).await.unwrap();
 
     // A warning for hot and pair: the drill-down's list is the journal's, for hot only.
     *btc.lock() = "49840".to_string();
