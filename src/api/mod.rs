@@ -63,6 +63,7 @@ use crate::sources::{
     validate_fill,
 };
 
+mod account_events; // one account's journaled events, newest first
 mod error; // ApiError → clear JSON responses
 pub mod history; // bounded per-account history for the risk page
 mod page; // the risk page: static assets embedded in the binary
@@ -71,12 +72,13 @@ pub mod risk; // accounts listing (sort, filter, paging), what-if stress, histor
 pub mod serve; // the accept loop: header-read and idle timeouts, connection cap
 mod sse; // the live event stream (Server-Sent Events) fed from the journal
 
+pub use account_events::AccountEventsBody;
 pub use error::{ApiError, ErrorBody, ErrorDetail, FieldErrorBody};
 pub use history::{HistoryPoint, HistoryStore, LastEvent};
 use rejected::RejectedLog;
 pub use risk::{
     AccountSort, AccountsBody, AccountsPage, AccountsPageQuery, HistoryBody, SortFields,
-    StateFilter, StressBody, StressPrice, StressQuery, page_views,
+    StateFilter, StressBody, StressPrice, StressQuery, compare_distance, distance_rank, page_views,
 };
 pub use serve::{ServeLimits, open_files_soft_limit, serve, serve_on, serve_on_with};
 use sse::events_stream;
@@ -132,7 +134,8 @@ pub struct AccountView {
     /// The levels the account is measured against (its own, else the daemon's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub levels: Option<crate::model::Thresholds>,
-    /// The account's last journaled event since the daemon started, if any.
+    /// The account's last journaled event, if any (kept by the history store; restored from the
+    /// journal at start for the accounts with a stored history).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_event: Option<LastEvent>,
 }
@@ -215,6 +218,21 @@ pub trait ApiBackend: AccountWriter {
     /// The account's bounded history, oldest first; `None` when the account is unknown.
     fn history(&self, id: &AccountId) -> Option<Vec<HistoryPoint>> {
         self.account(id).map(|_| Vec::new())
+    }
+
+    /// Up to `limit` journaled events of account `id` with seq < `before_seq` (all when
+    /// `None`), newest first. The default scans [`ApiBackend::events`]; the daemon reads its
+    /// journal's per-account index.
+    fn account_events(
+        &self,
+        id: &AccountId,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<JournalEntry>, BackendError>> {
+        let id = id.clone();
+        Box::pin(
+            async move { account_events::scan_account_events(self, &id, before_seq, limit).await },
+        )
     }
 }
 
@@ -342,6 +360,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/accounts/{id}"),
     ("get", "/v1/accounts/{id}/stress"),
     ("get", "/v1/accounts/{id}/history"),
+    ("get", "/v1/accounts/{id}/events"),
     ("put", "/v1/accounts/{id}"),
     ("delete", "/v1/accounts/{id}"),
     ("post", "/v1/accounts/{id}/fills"),
@@ -366,6 +385,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/accounts", get(risk::list_accounts))
         .route("/v1/accounts/{id}/stress", get(risk::account_stress))
         .route("/v1/accounts/{id}/history", get(risk::account_history))
+        .route(
+            "/v1/accounts/{id}/events",
+            get(account_events::account_events),
+        )
         .route(
             "/v1/accounts/{id}",
             get(get_account).put(put_account).delete(delete_account),

@@ -234,8 +234,13 @@ impl ApiBackend for Backend {
     ) -> BoxFuture<'_, Result<AccountsPage, BackendError>> {
         Box::pin(async move {
             let (map, states) = (Arc::clone(&self.map), Arc::clone(&self.states));
+            let trigger = *self.default_trigger.read();
             let (ids, total) = tokio::task::spawn_blocking(move || {
-                super::risk_queries::page_ids(&map, &states, &query)
+                if query.sort == api::AccountSort::Distance {
+                    super::distance_sort::distance_page_ids(&map, &states, &query, trigger)
+                } else {
+                    super::risk_queries::page_ids(&map, &states, &query)
+                }
             })
             .await
             .map_err(|e| BackendError(e.to_string()))?;
@@ -252,6 +257,21 @@ impl ApiBackend for Backend {
         self.map.key_of(id)?;
         self.history.watch(id, now_ms());
         Some(self.history.points(id))
+    }
+
+    fn account_events(
+        &self,
+        id: &AccountId,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<JournalEntry>, BackendError>> {
+        let (j, id) = (Arc::clone(&self.journal), id.clone());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || j.account_events(&id, before_seq, limit))
+                .await
+                .map_err(|e| BackendError(e.to_string()))?
+                .map_err(|e| BackendError(e.to_string()))
+        })
     }
 
     fn risk(&self, id: &AccountId) -> Result<crate::risk::AccountRisk, api::ApiError> {

@@ -33,8 +33,10 @@
 mod backend;
 #[cfg(test)]
 mod backpressure_tests; // issue 11 item 7: a full disk pauses prices at a bound
+mod distance_sort; // sort=distance: exact shock distance among the riskiest by ratio
 mod error;
 mod feedset;
+mod history_persist; // the page's history in the journal: restore at start, batched writes
 mod metrics;
 mod reload;
 mod risk;
@@ -262,6 +264,20 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
     // The risk page's bounded history: committed events and periodic samples.
     let history = Arc::new(api::HistoryStore::default());
     if cfg.api.enabled {
+        let bounds = crate::journal::history::HistoryBounds::default();
+        history_persist::restore(&journal, &history, &bounds);
+        tasks.spawn("history-persist", {
+            let f = history_persist::persist_history(
+                Arc::clone(&journal),
+                history.clone(),
+                bounds,
+                sources.clone(),
+            );
+            async move {
+                f.await;
+                Ok::<(), std::convert::Infallible>(())
+            }
+        });
         tasks.spawn("history-events", {
             let f = risk_queries::record_events(
                 events_tx.subscribe(),

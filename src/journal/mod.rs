@@ -58,8 +58,9 @@ pub struct JournalEntry {
 }
 
 /// The schema version this build writes (`PRAGMA user_version`). Version 2 added the
-/// `update_ids` table ([`update_ids`]); older journals are migrated on open.
-pub const SCHEMA_VERSION: i64 = 2;
+/// `update_ids` table ([`update_ids`]), version 3 the risk page's history ([`history`]); older
+/// journals are migrated on open.
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// `PRAGMA application_id` of a liqwatch journal (`LQWJ`): it tells a journal from any other
 /// SQLite file. Journals created before it was stamped (id 0, our schema version and tables) are
@@ -544,7 +545,7 @@ impl Journal {
         }
         // Creating the schema and stamping the open time proves the file is writable now.
         conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {SCHEMA_V1} {SCHEMA_V2} PRAGMA user_version = {SCHEMA_VERSION};
+            "BEGIN IMMEDIATE; {SCHEMA_V1} {SCHEMA_V2} {SCHEMA_V3_HISTORY} PRAGMA user_version = {SCHEMA_VERSION};
              PRAGMA application_id = {APPLICATION_ID};
              INSERT INTO meta(key, value) VALUES ('opened_ms', '{}')
                ON CONFLICT(key) DO UPDATE SET value = excluded.value;
@@ -1091,6 +1092,8 @@ impl Writer {
 }
 
 mod cursors; // per-sink cursors, history reads and dead letters
+pub mod history; // v3: the risk page's per-account history and per-account event reads
+use history::SCHEMA_V3_HISTORY;
 mod handle; // the async handle: journal calls on tokio's blocking pool
 pub mod update_ids; // ids of applied account updates, committed with the account write
 pub use handle::JournalHandle;

@@ -8,6 +8,7 @@ mod metrics_doc;
 mod openapi;
 mod page_auth;
 mod page_browser;
+mod page_drilldown;
 mod page_routes;
 mod risk;
 mod router;

@@ -306,7 +306,7 @@ async fn risk_page_in_a_real_browser() {
     eprintln!(
         "warning row shown {:?} after its journal commit (seq {}) was seen",
         journaled_at.elapsed(),
-        committed.unwrap()
+        committed.as_ref().unwrap()
     );
     browser
         .wait_js(
@@ -333,6 +333,27 @@ async fn risk_page_in_a_real_browser() {
             DEADLINE,
             "const d=document.querySelector('#detail');
              return !d.hidden && document.querySelector('#positions tbody').textContent.includes('BTCUSDT-PERP');",
+        )
+        .await;
+
+    // Without `[risk]` the drill-down says VaR is not configured (the figures are tested in
+    // `page_drilldown`); its events come from the journal, the warning among them.
+    browser
+        .wait_js(
+            "VaR shown as not configured",
+            DEADLINE,
+            "const d=document.querySelector('#risk-result');
+             return d.dataset.state==='not-configured' && d.textContent.includes('not configured');",
+        )
+        .await;
+    browser
+        .wait_js(
+            "the journaled warning in the drill-down",
+            DEADLINE,
+            &format!(
+                "return !!document.querySelector('#detail-events li[data-seq=\"{}\"]');",
+                committed.as_ref().unwrap()
+            ),
         )
         .await;
 
