@@ -376,7 +376,13 @@ async function refreshFeeds() {
       let status = "–";
       let cls = "";
       if (i) {
-        status = !i.subscribed ? "not subscribed (rejected or unconfirmed)" : i.stale ? (i.last_price ? "STALE" : "STALE (no price yet)") : "fresh";
+        const rejected = (f.rejected_symbols || []).includes(i.symbol);
+        const unconfirmed = (f.unconfirmed_symbols || []).includes(i.symbol);
+        const waiting = !f.connected ? "not subscribed (feed disconnected)"
+          : rejected ? "REJECTED by the venue (retried)"
+          : unconfirmed ? "not subscribed (no first price; retried)"
+          : "subscribing (waiting for a first price)";
+        status = !i.subscribed ? waiting : i.stale ? (i.last_price ? "STALE" : "STALE (no price yet)") : "fresh";
         cls = !i.subscribed || i.stale ? "stale" : "fresh";
         if (i.held_price) {
           status += ", HELD " + price(i.held_price) + " (possible spike, awaiting confirmation)";
