@@ -35,6 +35,7 @@ mod backend;
 mod backpressure_tests; // issue 11 item 7: a full disk pauses prices at a bound
 mod error;
 mod feedset;
+mod instruments; // the instrument refresh tasks ([[instruments.sources]] urls)
 mod metrics;
 mod reload;
 mod risk;
@@ -286,6 +287,24 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
             }
         });
     }
+    // Instrument sources with URLs: refreshed live, each change applied by the engine task.
+    let instrument_health =
+        crate::instruments::source::InstrumentHealth::new(&cfg.instruments, crate::model::now_ms());
+    instruments::register(&cfg.instruments);
+    for (i, s) in cfg.instruments.iter().enumerate() {
+        if !s.urls.is_empty() {
+            tasks.spawn(
+                format!("instrument-refresh-{}", s.name()),
+                instruments::refresh_source(
+                    i,
+                    s.clone(),
+                    engine_tx.clone(),
+                    instrument_health.clone(),
+                    sources.clone(),
+                ),
+            );
+        }
+    }
     // Held instruments no feed prices: reported once, loudly, now (and in readiness).
     board.set_held(map.held_instruments());
     board.report_unserved();
@@ -306,6 +325,7 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
         default_levels: Arc::new(parking_lot::RwLock::new(cfg.engine.thresholds.clone())),
         risk,
         history: Arc::clone(&history),
+        instruments: instrument_health,
     });
     let token = api_token(&cfg)?;
     let mut api_token_handle = None;

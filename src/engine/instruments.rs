@@ -14,7 +14,7 @@
 //! Ids the map does not know are not added (instruments are fixed for the map's lifetime, and
 //! no account can hold one): they are counted in [`InstrumentStep::not_configured`].
 
-use crate::engine::map::{TermsError, identity_change};
+use crate::engine::map::{TermsError, identity_change, with_terms_of};
 use crate::engine::{AccountKey, Emitted, Engine, PriceInfo, Touched, index};
 use crate::model::{
     EventKind, Instrument, InstrumentChangeInfo, InstrumentTerms, RiskEvent, TimestampMs,
@@ -38,7 +38,8 @@ pub struct InstrumentStep {
 
 impl Engine {
     /// Replaces the margin terms of the configured instruments among `defs` whose terms
-    /// differ (tiers, liquidation fee, margin options, haircut), revalues and re-evaluates
+    /// differ (tiers, liquidation fee, margin options, haircut; merged as
+    /// [`with_terms_of`] says), revalues and re-evaluates
     /// every holder at the current prices and re-bands them, and returns one
     /// `instrument_changed` event per changed instrument (its `source` says where the terms
     /// came from). A definition that changes kind, underlying, contract size or the stable
@@ -63,13 +64,14 @@ impl Engine {
                 step.refused.push(e);
                 continue;
             }
-            let (before, after) = (InstrumentTerms::of(cur), InstrumentTerms::of(d));
+            let merged = with_terms_of(cur, d);
+            let (before, after) = (InstrumentTerms::of(cur), InstrumentTerms::of(&merged));
             let fields = before.changed_fields(&after);
             if fields.is_empty() {
                 step.unchanged += 1;
                 continue;
             }
-            changed.push((d.clone(), before, after, fields));
+            changed.push((merged, before, after, fields));
         }
         if changed.is_empty() {
             return step;

@@ -23,6 +23,7 @@
 pub mod binance;
 pub mod hyperliquid;
 pub mod refresh;
+pub mod source;
 pub mod write;
 
 use std::path::{Path, PathBuf};

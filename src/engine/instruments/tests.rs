@@ -115,7 +115,7 @@ fn a_bracket_change_revalues_holders_and_fires_crossings() {
         assert_exact(&e);
 
         // The same terms again: nothing to do.
-        let again = e.replace_instruments(&[harsh.clone()], "again", &info, NOW);
+        let again = e.replace_instruments(std::slice::from_ref(&harsh), "again", &info, NOW);
         assert!(again.events.is_empty() && again.emitted.is_empty());
         assert_eq!(again.unchanged, 1);
 
@@ -125,7 +125,7 @@ fn a_bracket_change_revalues_holders_and_fires_crossings() {
         assert_exact(&e);
 
         // Back to the published table: the account recovers.
-        let back = e.replace_instruments(&[original.clone()], "back", &info, NOW);
+        let back = e.replace_instruments(std::slice::from_ref(&original), "back", &info, NOW);
         assert_eq!(back.events.len(), 1);
         assert_eq!(back.events[0].seq, 2);
         assert_eq!(back.emitted.len(), 1);

@@ -62,14 +62,29 @@ pub fn identity_change(old: &Instrument, new: &Instrument) -> Option<TermsError>
 }
 
 /// `old` with the margin terms of `new` (id, kind, underlying, contract size, stable and the
-/// price sources stay `old`'s).
+/// price sources stay `old`'s). A liquidation fee of 0 in `new` means the source does not
+/// publish one (Binance brackets without `exchangeInfo`): `old`'s is kept. The haircut is
+/// taken only for collateral (the importers read contracts, whose haircut fields are unused).
 pub fn with_terms_of(old: &Instrument, new: &Instrument) -> Instrument {
+    let collateral = !old.kind.is_contract();
     Instrument {
         tiers: new.tiers.clone(),
-        liquidation_fee_rate: new.liquidation_fee_rate,
+        liquidation_fee_rate: if new.liquidation_fee_rate.is_zero() {
+            old.liquidation_fee_rate
+        } else {
+            new.liquidation_fee_rate
+        },
         margin: new.margin.clone(),
-        collateral_ratio: new.collateral_ratio,
-        haircut_tiers: new.haircut_tiers.clone(),
+        collateral_ratio: if collateral {
+            new.collateral_ratio
+        } else {
+            old.collateral_ratio
+        },
+        haircut_tiers: if collateral {
+            new.haircut_tiers.clone()
+        } else {
+            old.haircut_tiers.clone()
+        },
         source_note: new.source_note.clone(),
         ..old.clone()
     }
