@@ -40,7 +40,18 @@ impl Cx<'_, '_> {
         for (i, s) in raw.sources.unwrap_or_default().into_iter().enumerate() {
             let at = |k: &'static str| [P::K("instruments"), P::K("sources"), P::I(i), P::K(k)];
             let venue = match ImportVenue::from_str(&s.venue, false) {
-                Ok(v) => Some(v),
+                Ok(v) if v.has_reader() => Some(v),
+                Ok(v) => {
+                    let why = crate::instruments::import(v, &[])
+                        .err()
+                        .map(|e| e.to_string())
+                        .unwrap_or_default();
+                    self.problem(
+                        &at("venue"),
+                        format!("no importer for this venue yet ({why})"),
+                    );
+                    None
+                }
                 Err(_) => {
                     let names: Vec<String> = ImportVenue::value_variants()
                         .iter()
@@ -127,3 +138,6 @@ impl Cx<'_, '_> {
         out
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -57,6 +57,11 @@ pub enum ImportVenue {
 }
 
 impl ImportVenue {
+    /// True when [`import`] has a reader for the venue (the others are refused with why).
+    pub fn has_reader(self) -> bool {
+        matches!(self, ImportVenue::BinanceUsdm | ImportVenue::Hyperliquid)
+    }
+
     /// The command-line spelling.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -207,3 +207,75 @@ impl InstrumentHealth {
         Some((ok, parts.join("; ")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const META: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/feeds/hyperliquid/rest/meta_nautilus_sample.json"
+    );
+
+    fn source(only: &[&str]) -> InstrumentSourceConfig {
+        InstrumentSourceConfig {
+            venue: ImportVenue::Hyperliquid,
+            files: vec![PathBuf::from(META)],
+            urls: Vec::new(),
+            only: only.iter().map(|s| InstrumentId::from(*s)).collect(),
+            every: DEFAULT_EVERY,
+            timeout: DEFAULT_TIMEOUT,
+            max_age: DEFAULT_EVERY * 3,
+        }
+    }
+
+    fn presets() -> HashMap<InstrumentId, Instrument> {
+        crate::sources::files::load_instruments(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/feeds/hyperliquid/instruments.toml"
+        )))
+        .unwrap()
+    }
+
+    use std::path::Path;
+
+    /// A preset instrument keeps its identity and price sources and takes the file's tiers;
+    /// an instrument the presets lack is added; `instruments` restricts the set.
+    #[test]
+    fn files_merge_into_the_presets() {
+        let mut all = presets();
+        let btc_before = all[&InstrumentId::from("HL-BTC-PERP")].clone();
+        load_sources(&[source(&["HL-BTC-PERP", "HL-ATOM-PERP"])], &mut all).unwrap();
+        let btc = &all[&InstrumentId::from("HL-BTC-PERP")];
+        assert_eq!(btc.sources, btc_before.sources);
+        assert_eq!(btc.kind, btc_before.kind);
+        let imported = crate::instruments::import(
+            ImportVenue::Hyperliquid,
+            &[Input::read(Path::new(META)).unwrap()],
+        )
+        .unwrap();
+        let file_btc = imported
+            .instruments
+            .iter()
+            .find(|i| i.id.as_str() == "HL-BTC-PERP")
+            .unwrap();
+        assert_eq!(btc.tiers, file_btc.tiers);
+        assert!(all.contains_key(&InstrumentId::from("HL-ATOM-PERP")));
+    }
+
+    /// Refused at start: an `instruments` id the files do not list, two sources defining one
+    /// instrument, a file that changes a preset's identity.
+    #[test]
+    fn conflicts_are_refused() {
+        let e = load_sources(&[source(&["HL-DOGE-PERP"])], &mut presets()).unwrap_err();
+        assert!(e.contains("HL-DOGE-PERP"), "{e}");
+        let e = load_sources(&[source(&[]), source(&[])], &mut presets()).unwrap_err();
+        assert!(e.contains("two instrument sources"), "{e}");
+        let mut changed = presets();
+        if let Some(b) = changed.get_mut(&InstrumentId::from("HL-BTC-PERP")) {
+            b.underlying = "XBT".into();
+        }
+        let e = load_sources(&[source(&[])], &mut changed).unwrap_err();
+        assert!(e.contains("underlying"), "{e}");
+    }
+}
