@@ -233,6 +233,7 @@ impl StaleTransition {
             snapshot: None,
             prices: Vec::new(),
             stale_prices: self.kind == EventKind::FeedStale,
+            instrument_change: None,
             feed: Some(self.info.clone()),
         }
     }

@@ -45,6 +45,8 @@ pub(crate) struct Backend {
     pub risk: Option<Arc<super::risk::RiskSettings>>,
     /// The risk page's bounded per-account history.
     pub history: Arc<HistoryStore>,
+    /// The instrument sources' refresh state, for `/readyz`.
+    pub instruments: crate::instruments::source::InstrumentHealth,
 }
 
 impl Backend {
@@ -200,6 +202,14 @@ impl ApiBackend for Backend {
                 stuck.join("; ")
             },
         });
+        // Instrument sources (only when configured): the terms in force and their refreshes.
+        if let Some((ok, detail)) = self.instruments.readiness(crate::model::now_ms()) {
+            out.push(ReadinessCheck {
+                name: "instruments".into(),
+                ok,
+                detail,
+            });
+        }
         let failing = self.journal.is_write_failing();
         out.push(ReadinessCheck {
             name: "journal".into(),
@@ -400,6 +410,7 @@ mod tests {
             default_levels: Arc::default(),
             risk: None,
             history: Arc::default(),
+            instruments: Default::default(),
         });
         Fixture {
             backend,

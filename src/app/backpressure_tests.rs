@@ -158,6 +158,7 @@ async fn disk_full_stops_prices_at_the_limit_issue_11_item_7() {
         default_levels: Arc::default(),
         risk: None,
         history: Arc::default(),
+        instruments: Default::default(),
     };
     let check = backend
         .readiness()

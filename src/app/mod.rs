@@ -37,6 +37,7 @@ mod distance_sort; // sort=distance: exact shock distance among the riskiest by 
 mod error;
 mod feedset;
 mod history_persist; // the page's history in the journal: restore at start, batched writes
+mod instruments; // the instrument refresh tasks ([[instruments.sources]] urls)
 mod metrics;
 mod reload;
 mod risk;
@@ -302,6 +303,24 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
             }
         });
     }
+    // Instrument sources with URLs: refreshed live, each change applied by the engine task.
+    let instrument_health =
+        crate::instruments::source::InstrumentHealth::new(&cfg.instruments, crate::model::now_ms());
+    instruments::register(&cfg.instruments);
+    for (i, s) in cfg.instruments.iter().enumerate() {
+        if !s.urls.is_empty() {
+            tasks.spawn(
+                format!("instrument-refresh-{}", s.name()),
+                instruments::refresh_source(
+                    i,
+                    s.clone(),
+                    engine_tx.clone(),
+                    instrument_health.clone(),
+                    sources.clone(),
+                ),
+            );
+        }
+    }
     // Held instruments no feed prices: reported once, loudly, now (and in readiness).
     board.set_held(map.held_instruments());
     board.report_unserved();
@@ -322,6 +341,7 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
         default_levels: Arc::new(parking_lot::RwLock::new(cfg.engine.thresholds.clone())),
         risk,
         history: Arc::clone(&history),
+        instruments: instrument_health,
     });
     let token = api_token(&cfg)?;
     let mut api_token_handle = None;

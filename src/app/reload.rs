@@ -274,6 +274,7 @@ fn restart_needed(
             || differ(&old.api.limits, &new.api.limits),
     );
     check("risk", differ(&old.risk, &new.risk));
+    check("instruments", differ(&old.instruments, &new.instruments));
     check("log", differ(&old.log, &new.log));
     check("shutdown", differ(&old.shutdown, &new.shutdown));
     out

@@ -45,6 +45,13 @@ pub(crate) enum EngineRequest {
         update_ids: UpdateIdWindow,
         reply: oneshot::Sender<Result<Vec<String>, String>>,
     },
+    /// A refreshed instrument set from `source`: the changed terms are replaced, the holders
+    /// revalued and re-evaluated, and the events journaled before the answer.
+    Instruments {
+        source: String,
+        defs: Vec<crate::model::Instrument>,
+        reply: oneshot::Sender<super::instruments::InstrumentsApplied>,
+    },
 }
 
 /// The engine task.
@@ -221,6 +228,26 @@ impl Runner {
             } => {
                 let r = self.reload(engine, update_ids).await;
                 let _ = reply.send(r);
+            }
+            EngineRequest::Instruments {
+                source,
+                defs,
+                reply,
+            } => {
+                let step = self
+                    .engine
+                    .replace_instruments(&defs, &source, &*self.board, now_ms());
+                for e in &step.refused {
+                    tracing::warn!(%source, error = %e, "Instrument definition refused; the terms in force stay");
+                }
+                let applied = super::instruments::InstrumentsApplied {
+                    changed: step.events.len(),
+                    account_events: step.emitted.len(),
+                    refused: step.refused.iter().map(|e| e.to_string()).collect(),
+                    not_configured: step.not_configured,
+                };
+                self.commit(step.emitted, step.events).await;
+                let _ = reply.send(applied);
             }
         }
     }

@@ -26,6 +26,9 @@ pub(crate) fn check_files(cfg: &Config) -> Result<(), AppError> {
     for p in &cfg.engine.instruments {
         need("engine.instruments", p);
     }
+    for p in cfg.instruments.iter().flat_map(|s| &s.files) {
+        need("instruments.sources.files", p);
+    }
     if let Some(p) = &cfg.accounts.snapshot {
         need("accounts.snapshot", p);
     }
@@ -92,6 +95,8 @@ pub(crate) fn load_instruments(
             all.insert(id, inst);
         }
     }
+    crate::instruments::source::load_sources(&cfg.instruments, &mut all)
+        .map_err(AppError::Startup)?;
     Ok(all)
 }
 

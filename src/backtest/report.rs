@@ -424,6 +424,7 @@ mod tests {
             snapshot: None,
             prices: vec![],
             stale_prices: false,
+            instrument_change: None,
             feed: None,
         }
     }

@@ -25,6 +25,7 @@
 //! `config/diagnostics.rs` and the tests in `config/tests.rs`.
 
 mod diagnostics;
+mod instruments; // [instruments]: venue responses as an instrument source, refreshed live
 
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -117,6 +118,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// `[risk]`: historical VaR/ES for `GET /v1/accounts/{id}/risk`; `None` when absent.
     pub risk: Option<RiskConfig>,
+    /// `[[instruments.sources]]`: venue responses read at start-up and refreshed live.
+    pub instruments: Vec<crate::instruments::source::InstrumentSourceConfig>,
 }
 
 /// `[risk]`: the price history the daemon's risk endpoint uses (`docs/risk.md`).
@@ -409,7 +412,17 @@ struct RawShutdown {
 }
 
 const SECTIONS: &[&str] = &[
-    "engine", "accounts", "feeds", "prices", "journal", "sinks", "api", "log", "shutdown", "risk",
+    "engine",
+    "accounts",
+    "feeds",
+    "prices",
+    "journal",
+    "sinks",
+    "api",
+    "log",
+    "shutdown",
+    "risk",
+    "instruments",
 ];
 
 /// Every top-level section the file accepts (the example config documents each).
@@ -539,6 +552,10 @@ pub fn parse(
         });
 
     let risk = cx.section::<RawRisk>("risk").and_then(|r| cx.risk(r));
+    let instrument_sources = cx
+        .section::<instruments::RawInstruments>("instruments")
+        .map(|r| cx.instruments(r))
+        .unwrap_or_default();
 
     let mut problems = cx.problems;
     if !problems.is_empty() {
@@ -564,6 +581,7 @@ pub fn parse(
                 log,
                 shutdown,
                 risk,
+                instruments: instrument_sources,
             })
         }
         // Every `None` above recorded a problem; report rather than panic if one did not.

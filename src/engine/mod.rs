@@ -24,6 +24,7 @@
 //! the order is by account key (deterministic for a given book).
 
 pub mod index;
+pub mod instruments; // replacing instrument terms live (Engine::replace_instruments)
 pub mod map;
 pub mod monitor;
 
@@ -37,6 +38,7 @@ use crate::model::{Account, AccountId, AccountUpdate, EventKind, InstrumentId, R
 use crate::prices::StaleTransition;
 
 pub use index::DistanceIndex;
+pub use instruments::InstrumentStep;
 pub use map::{AccountError, AccountKey, AccountMap, Touched, UpdateOutcome};
 pub use monitor::{
     AfterTrigger, Emitted, Monitor, MonitorConfig, MonitorState, PriceInfo, RestoreReport,
@@ -95,7 +97,7 @@ pub struct Engine {
     wake: Vec<AccountKey>,
     /// Scratch space for the accounts a step valued.
     touched: Vec<Touched>,
-    /// Per-instrument sequence of feed events.
+    /// Per-instrument sequence of feed and instrument events.
     feed_seq: HashMap<InstrumentId, u64>,
     /// Accounts valued by the last [`Engine::on_prices`].
     last_valued: usize,
@@ -465,11 +467,11 @@ mod tests {
             assert_eq!(em.account_id, AccountId::from(format!("w3-{i:03}")));
             let account = map.account(&em.account_id).unwrap();
             let mut expected =
-                crate::margin::account_snapshot(&account, map.instruments(), &prices, dec!(1))
+                crate::margin::account_snapshot(&account, &*map.instruments(), &prices, dec!(1))
                     .unwrap();
             // A trigger carries what the liquidation would cost.
             expected.liquidation_cost =
-                Some(crate::margin::liquidation_cost(&expected, map.instruments()).unwrap());
+                Some(crate::margin::liquidation_cost(&expected, &*map.instruments()).unwrap());
             assert_eq!(
                 em.event.snapshot.as_ref(),
                 Some(&expected),

@@ -639,6 +639,7 @@ impl Monitor {
                 snapshot,
                 prices: used,
                 stale_prices: stale,
+                instrument_change: None,
                 feed: None,
             },
         });
@@ -662,7 +663,8 @@ const PARALLEL_SNAPSHOTS: usize = 64;
 /// snapshot lands in its own event, so the order of events does not depend on the split.
 fn fill_snapshots(map: &AccountMap, out: &mut [Emitted], jobs: Vec<SnapshotJob>) {
     let one = |job: &SnapshotJob| -> Option<crate::model::RiskSnapshot> {
-        match margin::account_snapshot(&job.account, map.instruments(), &job.prices, job.trigger) {
+        match margin::account_snapshot(&job.account, &*map.instruments(), &job.prices, job.trigger)
+        {
             Ok(s) => Some(s),
             Err(error) => {
                 metrics::counter!("liqwatch_monitor_snapshot_errors_total").increment(1);
@@ -699,7 +701,7 @@ fn fill_snapshots(map: &AccountMap, out: &mut [Emitted], jobs: Vec<SnapshotJob>)
     for (job, snapshot) in jobs.iter().zip(snapshots) {
         if let Some(e) = out.get_mut(job.at) {
             e.event.snapshot = snapshot;
-            margin::attach_liquidation_cost(&mut e.event, map.instruments());
+            margin::attach_liquidation_cost(&mut e.event, &*map.instruments());
         }
     }
 }
@@ -723,8 +725,8 @@ fn prices_used(
         let stable = map
             .instruments()
             .index(id)
-            .and_then(|i| map.instruments().get(i))
-            .is_some_and(|i| i.stable);
+            .and_then(|i| map.instruments().get(i).map(|i| i.stable))
+            == Some(true);
         if stable {
             out.push(PriceUsed {
                 instrument: id.clone(),

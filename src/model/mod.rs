@@ -15,11 +15,13 @@ use uuid::Uuid;
 mod account; // accounts, positions, levels, fills, updates, validation
 mod exact; // decimal strings read exactly, never rounded
 mod instrument; // instruments, tiers, haircuts, price sources
+mod instrument_event; // what an instrument_changed event carries
 mod risk; // ratios, snapshots, states, events
 
 pub use account::*;
 pub use exact::*;
 pub use instrument::*;
+pub use instrument_event::*;
 pub use risk::*;
 
 /// Milliseconds since the Unix epoch, UTC.

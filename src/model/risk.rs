@@ -319,16 +319,20 @@ pub enum EventKind {
     FeedStale,
     /// Fresh prices returned for a stale instrument.
     FeedRestored,
+    /// An instrument's margin terms were replaced (a venue changed its brackets); its holders
+    /// were revalued on the new terms.
+    InstrumentChanged,
 }
 
 impl EventKind {
     /// Every kind, in declaration order (the daemon registers each at zero).
-    pub const ALL: [EventKind; 5] = [
+    pub const ALL: [EventKind; 6] = [
         EventKind::LiquidationWarning,
         EventKind::LiquidationTrigger,
         EventKind::Recovered,
         EventKind::FeedStale,
         EventKind::FeedRestored,
+        EventKind::InstrumentChanged,
     ];
 
     /// The wire name (`liquidation_warning`, …).
@@ -339,12 +343,14 @@ impl EventKind {
             EventKind::Recovered => "recovered",
             EventKind::FeedStale => "feed_stale",
             EventKind::FeedRestored => "feed_restored",
+            EventKind::InstrumentChanged => "instrument_changed",
         }
     }
-    /// Severity used by sink filters: recovered/feed_restored 0, warning/feed_stale 1, trigger 2.
+    /// Severity used by sink filters: recovered/feed_restored/instrument_changed 0,
+    /// warning/feed_stale 1, trigger 2.
     pub fn severity(self) -> u8 {
         match self {
-            EventKind::Recovered | EventKind::FeedRestored => 0,
+            EventKind::Recovered | EventKind::FeedRestored | EventKind::InstrumentChanged => 0,
             EventKind::LiquidationWarning | EventKind::FeedStale => 1,
             EventKind::LiquidationTrigger => 2,
         }
@@ -410,6 +416,9 @@ pub struct RiskEvent {
     pub stale_prices: bool,
     /// Feed events only.
     pub feed: Option<FeedEventInfo>,
+    /// `instrument_changed` events only (absent on every other kind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instrument_change: Option<InstrumentChangeInfo>,
 }
 
 impl RiskEvent {

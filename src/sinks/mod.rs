@@ -834,6 +834,7 @@ mod tests {
             snapshot: None,
             prices: vec![],
             stale_prices: false,
+            instrument_change: None,
             feed: None,
         };
         let only_a2 = SinkFilter {

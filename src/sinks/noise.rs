@@ -314,6 +314,7 @@ pub(crate) mod tests {
             }),
             prices: vec![],
             stale_prices: false,
+            instrument_change: None,
             feed: None,
         };
         let json = serde_json::to_string(&event).unwrap();

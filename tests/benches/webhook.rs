@@ -59,6 +59,7 @@ fn entry(seq: u64, kind: EventKind) -> JournalEntry {
         }),
         prices: vec![],
         stale_prices: false,
+        instrument_change: None,
         feed: None,
     };
     let json = serde_json::to_string(&event).unwrap();

@@ -365,6 +365,7 @@ fn attached_to_triggers_only() {
         snapshot: Some(s),
         prices: vec![],
         stale_prices: false,
+        instrument_change: None,
         feed: None,
     };
     attach_liquidation_cost(&mut ev, &u);

@@ -105,6 +105,17 @@ pub fn alert_text(ev: &RiskEvent) -> AlertText {
             };
             (format!("{what}: {inst}"), vec![("Instrument", inst)])
         }
+        EventKind::InstrumentChanged => {
+            let inst = ev
+                .instrument_change
+                .as_ref()
+                .map(|c| c.instrument.to_string())
+                .unwrap_or_else(|| "-".to_string());
+            (
+                format!("Instrument terms changed: {inst}"),
+                vec![("Instrument", inst)],
+            )
+        }
     };
     fields.push(("Kind", ev.kind.as_str().to_string()));
     let details = if let Some(s) = &ev.snapshot {
@@ -137,11 +148,21 @@ pub fn alert_text(ev: &RiskEvent) -> AlertText {
             "last price {last}, age {age}, stale after {} ms",
             f.stale_after_ms
         )
+    } else if let Some(c) = &ev.instrument_change {
+        fields.push(("Changed", c.changed.join(", ")));
+        fields.push(("Holders revalued", c.holders_revalued.to_string()));
+        format!(
+            "{} changed ({}), {} holders revalued",
+            c.changed.join(", "),
+            c.source,
+            c.holders_revalued
+        )
     } else {
         format!("level {}", fmt_level(ev.level))
     };
-    let subject = match &ev.feed {
-        Some(f) if ev.account_id.is_none() => f.instrument.to_string(),
+    let subject = match (&ev.feed, &ev.instrument_change) {
+        (Some(f), _) if ev.account_id.is_none() => f.instrument.to_string(),
+        (_, Some(c)) if ev.account_id.is_none() => c.instrument.to_string(),
         _ => account.clone(),
     };
     let summary = format!("{} {subject}: {details}", ev.kind.as_str());
@@ -162,6 +183,7 @@ fn emoji(kind: EventKind) -> &'static str {
         EventKind::LiquidationWarning => "⚠️",
         EventKind::Recovered | EventKind::FeedRestored => "✅",
         EventKind::FeedStale => "📉",
+        EventKind::InstrumentChanged => "📋",
     }
 }
 
@@ -170,6 +192,7 @@ fn discord_color(kind: EventKind) -> u32 {
         EventKind::LiquidationTrigger => 0xE0_1E_5A,
         EventKind::LiquidationWarning | EventKind::FeedStale => 0xEC_B2_2E,
         EventKind::Recovered | EventKind::FeedRestored => 0x2E_B6_7D,
+        EventKind::InstrumentChanged => 0x3B_82_F6,
     }
 }
 
@@ -256,7 +279,7 @@ fn pd_severity(kind: EventKind) -> &'static str {
         EventKind::LiquidationTrigger => "critical",
         EventKind::LiquidationWarning => "warning",
         EventKind::FeedStale => "error",
-        EventKind::Recovered | EventKind::FeedRestored => "info",
+        EventKind::Recovered | EventKind::FeedRestored | EventKind::InstrumentChanged => "info",
     }
 }
 
@@ -392,6 +415,8 @@ pub fn render_single(
                     }
                     Ok(out)
                 }
+                // A change of terms is not an incident: nothing to open or resolve.
+                EventKind::InstrumentChanged => Ok(Vec::new()),
                 EventKind::FeedRestored => {
                     let inst = feed_inst.unwrap_or_default();
                     let v = json!({

@@ -10,6 +10,7 @@ mod empty_account;
 mod held_staleness;
 mod idempotent_updates;
 mod instruments_import;
+mod instruments_refresh;
 mod journal_init;
 mod metrics_exposition;
 mod reload;

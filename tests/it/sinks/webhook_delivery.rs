@@ -54,6 +54,7 @@ fn entry(seq: u64, kind: EventKind, account: &str, ratio: Decimal) -> JournalEnt
         }),
         prices: vec![],
         stale_prices: false,
+        instrument_change: None,
         feed: None,
     };
     let json = serde_json::to_string(&event).unwrap();

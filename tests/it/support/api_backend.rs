@@ -82,6 +82,7 @@ impl MemBackend {
             snapshot: None,
             prices: vec![],
             stale_prices: false,
+            instrument_change: None,
             feed: None,
         };
         let json = serde_json::to_string(&event).unwrap();
