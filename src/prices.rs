@@ -234,6 +234,7 @@ impl StaleTransition {
             prices: Vec::new(),
             stale_prices: self.kind == EventKind::FeedStale,
             feed: Some(self.info.clone()),
+            risk: None,
         }
     }
 }

@@ -425,6 +425,7 @@ mod tests {
             prices: vec![],
             stale_prices: false,
             feed: None,
+            risk: None,
         }
     }
 

@@ -358,6 +358,7 @@ pub fn format_event(ev: &RiskEvent, style: &Style) -> String {
         EventKind::Recovered => ("recovered", "32"),
         EventKind::FeedStale => ("feed stale", "35"),
         EventKind::FeedRestored => ("feed back", "36"),
+        EventKind::RiskWarning => ("RISK     ", "1;33"),
     };
     let label = style.paint(code, label);
     if let Some(feed) = &ev.feed {
@@ -495,6 +496,7 @@ impl Summary {
                     EventKind::Recovered => "recovered",
                     EventKind::FeedStale => "feed_stale",
                     EventKind::FeedRestored => "feed_restored",
+                    EventKind::RiskWarning => "risk_warning",
                 })
                 .collect();
             out.push_str(&format!(
@@ -681,6 +683,7 @@ mod tests {
             prices: vec![],
             stale_prices: false,
             feed: None,
+            risk: None,
         }
     }
 }

@@ -640,6 +640,7 @@ impl Monitor {
                 prices: used,
                 stale_prices: stale,
                 feed: None,
+                risk: None,
             },
         });
     }

@@ -20,6 +20,7 @@ fn event(account: &str, seq: u64, time_ms: i64) -> RiskEvent {
         prices: vec![],
         stale_prices: false,
         feed: None,
+        risk: None,
     }
 }
 

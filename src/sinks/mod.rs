@@ -835,6 +835,7 @@ mod tests {
             prices: vec![],
             stale_prices: false,
             feed: None,
+            risk: None,
         };
         let only_a2 = SinkFilter {
             accounts: BTreeSet::from([AccountId::from("a2")]),

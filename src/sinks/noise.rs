@@ -315,6 +315,7 @@ pub(crate) mod tests {
             prices: vec![],
             stale_prices: false,
             feed: None,
+            risk: None,
         };
         let json = serde_json::to_string(&event).unwrap();
         JournalEntry { seq, event, json }

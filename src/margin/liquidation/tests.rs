@@ -366,6 +366,7 @@ fn attached_to_triggers_only() {
         prices: vec![],
         stale_prices: false,
         feed: None,
+        risk: None,
     };
     attach_liquidation_cost(&mut ev, &u);
     assert_eq!(ev.snapshot.as_ref().unwrap().liquidation_cost, None);

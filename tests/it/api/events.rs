@@ -91,6 +91,7 @@ fn event(kind: EventKind, account: &str, time_ms: i64) -> RiskEvent {
         prices: vec![],
         stale_prices: false,
         feed: None,
+        risk: None,
     }
 }
 

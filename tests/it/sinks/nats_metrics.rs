@@ -27,6 +27,7 @@ fn entry(seq: u64) -> JournalEntry {
         prices: vec![],
         stale_prices: false,
         feed: None,
+        risk: None,
     };
     let json = serde_json::to_string(&event).unwrap();
     JournalEntry { seq, event, json }

@@ -55,6 +55,7 @@ fn entry(seq: u64, kind: EventKind, account: &str, ratio: Decimal) -> JournalEnt
         prices: vec![],
         stale_prices: false,
         feed: None,
+        risk: None,
     };
     let json = serde_json::to_string(&event).unwrap();
     JournalEntry { seq, event, json }

@@ -83,6 +83,7 @@ impl MemBackend {
             prices: vec![],
             stale_prices: false,
             feed: None,
+            risk: None,
         };
         let json = serde_json::to_string(&event).unwrap();
         let entry = JournalEntry { seq, event, json };
