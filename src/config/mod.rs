@@ -122,7 +122,8 @@ pub struct Config {
 /// `[risk]`: the price history the daemon's risk endpoint uses (`docs/risk.md`).
 #[derive(Clone, Debug)]
 pub struct RiskConfig {
-    /// History files (`*.csv`, `*.json` candles, `*.jsonl` replay) or `episode:NAME`.
+    /// History files (`*.csv`, `*.json` candles, `*.jsonl` replay), `episode:NAME`, or
+    /// `recorded` (the prices the daemon records into its journal).
     pub history: Vec<String>,
     /// Horizon text (`4h`) and its milliseconds.
     pub horizon: (String, i64),

@@ -10,5 +10,6 @@ mod page_auth;
 mod page_browser;
 mod page_routes;
 mod risk;
+mod risk_daemon;
 mod router;
 mod tcp;
