@@ -261,7 +261,7 @@ impl RiskTask {
             }
         };
         let label = if full { "schedule" } else { "change" };
-        metrics::histogram!("liqwatch_risk_recompute_seconds", "trigger" => label)
+        metrics::histogram!("liqwatch_risk_recompute_seconds", "source" => label)
             .record(started.elapsed().as_secs_f64());
         self.absorb(computed, full, states).await;
     }
@@ -309,30 +309,28 @@ impl RiskTask {
             }
         }
         metrics::gauge!("liqwatch_risk_accounts").set(self.store.len() as f64);
-        for (levels, name, figure) in [
-            (
-                &sched.warn_p_liquidation,
-                "liqwatch_risk_accounts_p_liquidation_above",
-                (|s: &StoredRisk| Some(s.risk.p_liquidation)) as fn(&StoredRisk) -> Option<Decimal>,
-            ),
-            (
-                &sched.warn_es_to_equity,
-                "liqwatch_risk_accounts_es_to_equity_above",
-                |s: &StoredRisk| s.es_to_equity(),
-            ),
-        ] {
-            for (l, n) in levels
-                .iter()
-                .zip(self.store.count_at_or_above(levels, figure))
-            {
-                metrics::gauge!(name, "level" => l.to_string()).set(n as f64);
-            }
+        let p = &sched.warn_p_liquidation;
+        for (l, n) in p.iter().zip(
+            self.store
+                .count_at_or_above(p, |s| Some(s.risk.p_liquidation)),
+        ) {
+            metrics::gauge!("liqwatch_risk_accounts_p_liquidation_above", "level" => l.to_string())
+                .set(n as f64);
+        }
+        let es = &sched.warn_es_to_equity;
+        for (l, n) in es
+            .iter()
+            .zip(self.store.count_at_or_above(es, StoredRisk::es_to_equity))
+        {
+            metrics::gauge!("liqwatch_risk_accounts_es_to_equity_above", "level" => l.to_string())
+                .set(n as f64);
         }
         if events.is_empty() && persist.is_empty() {
             return;
         }
         for e in &events {
-            metrics::counter!("liqwatch_risk_events_total", "kind" => e.kind.as_str()).increment(1);
+            metrics::counter!("liqwatch_monitor_events_total", "kind" => e.kind.as_str())
+                .increment(1);
             tracing::info!(
                 account_id = %e.account_id.as_ref().map(|a| a.as_str()).unwrap_or(""),
                 kind = e.kind.as_str(),

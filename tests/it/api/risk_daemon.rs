@@ -134,6 +134,42 @@ fn of<'a>(events: &'a [Value], kind: &str, account: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+/// Every field path of a JSON value (array elements merged as `[]`).
+fn shape(v: &Value, at: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                let p = format!("{at}.{k}");
+                out.insert(p.clone());
+                out.extend(shape(x, &p));
+            }
+        }
+        Value::Array(a) => {
+            for x in a {
+                out.extend(shape(x, &format!("{at}[]")));
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// The JSON block after the `<!-- section: risk_warning -->` marker of docs/events.md.
+fn documented_risk_warning() -> Value {
+    let page =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/events.md")).unwrap();
+    let at = page
+        .find("<!-- section: risk_warning -->")
+        .expect("docs/events.md risk_warning marker");
+    let block = page[at..]
+        .split("```json\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .expect("a JSON block after the marker");
+    serde_json::from_str(block).expect("the docs/events.md risk_warning example parses")
+}
+
 fn ids(body: &Value) -> Vec<String> {
     body["accounts"]
         .as_array()
@@ -235,6 +271,22 @@ warn_es_to_equity = ["50%"]"#,
     assert_eq!(dec(&p["risk"]["p_liquidation"]), Decimal::new(1, 1), "{p}");
     assert_eq!(p["risk"]["horizon"], "1h");
     assert!(of(&jsonl(dir.path()), "risk_warning", "big").is_empty());
+    if std::env::var_os("LIQWATCH_PRINT_EVENTS").is_some() {
+        // In wire order (the event's field order), as the sinks send it.
+        let e: liqwatch::model::RiskEvent = serde_json::from_value(p.clone()).unwrap();
+        println!(
+            "```json\n{}\n```",
+            serde_json::to_string_pretty(&e).unwrap()
+        );
+    }
+    // docs/events.md shows a real one: the same fields, all the way down.
+    let documented = documented_risk_warning();
+    assert_eq!(documented["kind"], "risk_warning");
+    assert_eq!(
+        shape(&documented, ""),
+        shape(p, ""),
+        "docs/events.md risk_warning example"
+    );
 
     // The gauges.
     let text = http_client()
