@@ -29,27 +29,49 @@ use crate::risk::store::{RiskStore, StoredRisk};
 use crate::risk::warnings::{WarnState, step};
 use crate::risk::{AccountRisk, RiskBook};
 
-/// Accounts changed since the last recompute (filled by the API and NATS writers).
+/// Accounts changed since their last recompute (filled by the API and NATS writers). Each
+/// change gets a generation, so a change that arrives while its account is being recomputed
+/// stays pending for the next pass.
 #[derive(Default)]
 pub(crate) struct RiskChanges {
-    ids: Mutex<HashSet<AccountId>>,
+    ids: Mutex<(u64, HashMap<AccountId, u64>)>,
     notify: Notify,
 }
 
 impl RiskChanges {
     /// Notes that an account changed (created, updated or removed).
     pub fn changed(&self, id: &AccountId) {
-        self.ids.lock().insert(id.clone());
+        let mut g = self.ids.lock();
+        g.0 += 1;
+        let generation = g.0;
+        g.1.insert(id.clone(), generation);
+        drop(g);
         self.notify.notify_one();
     }
 
     /// True when the account changed after its last recompute (its stored result is old).
     pub fn pending(&self, id: &AccountId) -> bool {
-        self.ids.lock().contains(id)
+        self.ids.lock().1.contains_key(id)
     }
 
-    fn take(&self) -> Vec<AccountId> {
-        self.ids.lock().drain().collect()
+    /// The pending changes, left pending until [`RiskChanges::done`].
+    fn snapshot(&self) -> Vec<(AccountId, u64)> {
+        self.ids
+            .lock()
+            .1
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    /// Clears the changes a recompute has absorbed (unless they changed again since).
+    fn done(&self, taken: &[(AccountId, u64)]) {
+        let mut g = self.ids.lock();
+        for (id, generation) in taken {
+            if g.1.get(id) == Some(generation) {
+                g.1.remove(id);
+            }
+        }
     }
 }
 
@@ -74,6 +96,8 @@ struct Computed {
     /// Ids asked for that are no longer in the map.
     gone: Vec<AccountId>,
     at_ms: i64,
+    /// False when shutdown cut the pass short (then nothing is inferred from what is missing).
+    complete: bool,
 }
 
 fn ms_of(d: Duration) -> i64 {
@@ -112,9 +136,11 @@ impl RiskTask {
                         _ = cancel.cancelled() => break,
                         _ = tokio::time::sleep(DEBOUNCE) => {}
                     }
-                    let ids = self.changes.take();
-                    if !ids.is_empty() {
+                    let taken = self.changes.snapshot();
+                    if !taken.is_empty() {
+                        let ids = taken.iter().map(|(id, _)| id.clone()).collect();
                         self.recompute(ids, false, &mut states, &cancel).await;
+                        self.changes.done(&taken);
                     }
                 }
             }
@@ -224,6 +250,7 @@ impl RiskTask {
                 results: Vec::with_capacity(ids.len()),
                 gone: Vec::new(),
                 at_ms,
+                complete: false,
             };
             let mut book = match RiskBook::new(&settings.instruments, &prices, &set, settings.alpha)
             {
@@ -236,7 +263,7 @@ impl RiskTask {
             book.default_trigger = trigger;
             for chunk in ids.chunks(CHUNK) {
                 if stop.is_cancelled() {
-                    break;
+                    return out;
                 }
                 let mut accounts = Vec::with_capacity(chunk.len());
                 for id in chunk {
@@ -295,7 +322,7 @@ impl RiskTask {
             }
         }
         let mut gone = c.gone;
-        if full {
+        if full && c.complete {
             // Entries of accounts removed between recomputes.
             gone.extend(self.store.ids().into_iter().filter(|id| !seen.contains(id)));
             metrics::gauge!("liqwatch_risk_accounts_failed").set(failed as f64);

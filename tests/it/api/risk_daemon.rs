@@ -396,3 +396,38 @@ record_keep = "1h""#,
     );
     assert_eq!(run.daemon.terminate(DEADLINE), Some(0));
 }
+
+/// Without `[risk]` the riskiest list answers 404 naming the section; a bad `by` is 400.
+#[tokio::test]
+async fn riskiest_not_configured() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use liqwatch::api::{self, ApiState};
+    use tower::ServiceExt as _;
+
+    let backend = crate::support::api_backend::MemBackend::new(4);
+    let app = api::router(ApiState::new(backend.clone(), backend.events_tx.clone()));
+    for (uri, status) in [
+        ("/v1/risk/riskiest", 404),
+        ("/v1/risk/riskiest?by=p_liquidation&limit=5", 404),
+        ("/v1/risk/riskiest?by=var", 400),
+        ("/v1/risk/riskiest?limit=0", 400),
+    ] {
+        let resp = app
+            .clone()
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{uri}");
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        if status == 404 {
+            assert!(
+                v["error"]["message"].as_str().unwrap().contains("[risk]"),
+                "{v}"
+            );
+        }
+    }
+}
