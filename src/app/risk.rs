@@ -227,3 +227,76 @@ pub(crate) fn account_risk(
     book.account(&account)
         .map_err(|e| RiskAnswerError::Failed(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::prices::RecordedPrice;
+    use crate::risk::schedule::RiskSchedule;
+
+    fn presets() -> HashMap<InstrumentId, Instrument> {
+        crate::sources::files::load_instruments(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("feeds/presets.toml"),
+        )
+        .unwrap()
+    }
+
+    fn cfg(history: &[&str]) -> RiskConfig {
+        RiskConfig {
+            history: history.iter().map(|h| h.to_string()).collect(),
+            horizon: ("1h".into(), 3_600_000),
+            alpha: Decimal::new(99, 2),
+            map: BTreeMap::new(),
+            schedule: RiskSchedule::default(),
+        }
+    }
+
+    fn sample(instrument: &str, hour: i64, price: i64) -> RecordedPrice {
+        RecordedPrice {
+            instrument: instrument.into(),
+            time_ms: 2_000_000_000_000 + hour * 3_600_000,
+            price: Decimal::from(price),
+        }
+    }
+
+    /// With only `recorded`, the daemon starts without scenarios; recorded samples then build
+    /// the windows (the instrument with most samples speaks for its underlying), and with an
+    /// episode they join the episode's series for the same underlying instead of competing.
+    #[test]
+    fn recorded_samples_build_and_join_the_set() {
+        let instruments = presets();
+        let s = settings(&cfg(&["recorded"]), &instruments).unwrap();
+        assert!(s.set().is_none() && s.uses_recorded());
+        let rows = [
+            sample("BTCUSDT-PERP", 0, 100),
+            sample("BTCUSDT-PERP", 1, 90),
+            sample("BTCUSDT-PERP", 2, 99),
+            sample("BTC", 0, 100),
+        ];
+        assert_eq!(s.rebuild(&rows).unwrap(), 2);
+        let set = s.set().unwrap();
+        assert_eq!(set.underlyings, ["BTC"]);
+        assert_eq!(set.return_of(0, 0), Decimal::new(-1, 1));
+
+        let with_episode = settings(
+            &cfg(&["episode:crash-2021-05-19", "recorded"]),
+            &instruments,
+        )
+        .unwrap();
+        let before = with_episode.set().unwrap().len();
+        let underlyings = with_episode.set().unwrap().underlyings.clone();
+        // Every underlying of the set recorded for three hours: two more joint windows on top of
+        // the episode's, in the same columns (no second BTC series).
+        let mut rows = Vec::new();
+        for u in &underlyings {
+            let inst = format!("{u}USDT-PERP");
+            for h in 0..3 {
+                rows.push(sample(&inst, h, 100 + h));
+            }
+        }
+        with_episode.rebuild(&rows).unwrap();
+        let set = with_episode.set().unwrap();
+        assert_eq!(set.underlyings, underlyings);
+        assert_eq!(set.len(), before + 2);
+    }
+}
