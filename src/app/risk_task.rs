@@ -107,6 +107,10 @@ fn ms_of(d: Duration) -> i64 {
 impl RiskTask {
     /// Runs until `cancel`.
     pub async fn run(self, cancel: CancellationToken) {
+        Arc::new(self).run_shared(cancel).await;
+    }
+
+    async fn run_shared(self: Arc<Self>, cancel: CancellationToken) {
         let mut states = self.load_states().await;
         let sched = self.settings.cfg.schedule.clone();
         let record_ms = ms_of(sched.record_every);
@@ -229,7 +233,7 @@ impl RiskTask {
     }
 
     async fn recompute(
-        &self,
+        self: &Arc<Self>,
         ids: Vec<AccountId>,
         full: bool,
         states: &mut HashMap<AccountId, WarnState>,
@@ -290,11 +294,25 @@ impl RiskTask {
         let label = if full { "schedule" } else { "change" };
         metrics::histogram!("liqwatch_risk_recompute_seconds", "source" => label)
             .record(started.elapsed().as_secs_f64());
-        self.absorb(computed, full, states).await;
+        // Storing, warnings and gauges walk every result: on the blocking pool too.
+        let this = Arc::clone(self);
+        let mut moved = std::mem::take(states);
+        match tokio::task::spawn_blocking(move || {
+            this.absorb(computed, full, &mut moved);
+            moved
+        })
+        .await
+        {
+            Ok(back) => *states = back,
+            Err(error) => {
+                tracing::error!(%error, "Risk results not absorbed; warning states reloaded");
+                *states = self.load_states().await;
+            }
+        }
     }
 
     /// Stores the results, journals the warnings they cause and updates the gauges.
-    async fn absorb(&self, c: Computed, full: bool, states: &mut HashMap<AccountId, WarnState>) {
+    fn absorb(&self, c: Computed, full: bool, states: &mut HashMap<AccountId, WarnState>) {
         let sched = &self.settings.cfg.schedule;
         let mut events = Vec::new();
         let mut persist: Vec<(AccountId, Option<String>)> = Vec::new();
@@ -366,13 +384,12 @@ impl RiskTask {
                 "Risk level crossed"
             );
         }
-        let j = Arc::clone(&self.journal);
-        match tokio::task::spawn_blocking(move || j.append_risk(&events, &persist)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => {
+        match self.journal.append_risk(&events, &persist) {
+            Ok(_) => {}
+            Err(error @ crate::journal::JournalError::Buffered { .. }) => {
                 tracing::warn!(%error, "Risk events held in memory until the journal writes again")
             }
-            Err(error) => tracing::error!(%error, "Risk events not journaled"),
+            Err(error) => tracing::error!(%error, "Risk events could not be journaled"),
         }
     }
 
