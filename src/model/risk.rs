@@ -352,7 +352,8 @@ impl EventKind {
             EventKind::RiskWarning => "risk_warning",
         }
     }
-    /// Severity used by sink filters: recovered/feed_restored 0, warning/feed_stale 1, trigger 2.
+    /// Severity used by sink filters: recovered/feed_restored 0, warning/feed_stale/risk_warning
+    /// 1, trigger 2.
     pub fn severity(self) -> u8 {
         match self {
             EventKind::Recovered | EventKind::FeedRestored => 0,
