@@ -689,4 +689,47 @@ mod tests {
         );
         assert!(render_group(&settings(WebhookFormat::Generic), &refs, 2).is_err());
     }
+
+    /// A `risk_warning` reads as scenario risk (P(liquidation), ES) and opens one PagerDuty
+    /// incident per account and level type, which its `recovered` resolves.
+    #[test]
+    fn risk_warning_texts_and_incident() {
+        let mut w = entry(1, EventKind::RiskWarning, "acct-9", 0, dec!(0.02));
+        w.event.level = Some(dec!(0.05));
+        w.event.level_type = Some(LevelType::PLiquidation);
+        w.event.risk = Some(crate::model::RiskFigures {
+            equity: dec!(10000),
+            var: dec!(10000),
+            es: dec!(10000),
+            es_to_equity: Some(dec!(1)),
+            p_liquidation: dec!(0.1),
+            liquidating_scenarios: 1,
+            scenarios: 10,
+            alpha: dec!(0.9),
+            horizon: "1h".into(),
+            computed_at: "2026-12-05T21:40:51.352Z".into(),
+        });
+        let t = alert_text(&w.event);
+        assert_eq!(t.title, "Risk warning: acct-9");
+        assert_eq!(
+            t.summary,
+            "risk_warning acct-9: p_liquidation level 0.05: P(liquidation) 10.0 %, \
+             ES 10000.00 (100 % of equity) over 1h"
+        );
+        let p: Value = serde_json::from_slice(
+            &render_single(&settings(WebhookFormat::Pagerduty), &w).unwrap()[0].body,
+        )
+        .unwrap();
+        assert_eq!(p["event_action"], "trigger");
+        assert_eq!(p["dedup_key"], "liqwatch:acct-9:p_liquidation");
+        let mut r = w.clone();
+        r.event.kind = EventKind::Recovered;
+        let reqs = render_single(&settings(WebhookFormat::Pagerduty), &r).unwrap();
+        assert_eq!(reqs.len(), 1);
+        let v: Value = serde_json::from_slice(&reqs[0].body).unwrap();
+        assert_eq!(
+            (v["event_action"].as_str(), v["dedup_key"].as_str()),
+            (Some("resolve"), Some("liqwatch:acct-9:p_liquidation"))
+        );
+    }
 }
