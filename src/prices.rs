@@ -235,6 +235,7 @@ impl StaleTransition {
             stale_prices: self.kind == EventKind::FeedStale,
             instrument_change: None,
             feed: Some(self.info.clone()),
+            risk: None,
         }
     }
 }

@@ -69,6 +69,7 @@ pub mod history; // bounded per-account history for the risk page
 mod page; // the risk page: static assets embedded in the binary
 pub mod rejected; // 4xx answers counted per reason and logged aggregated
 pub mod risk; // accounts listing (sort, filter, paging), what-if stress, history
+pub mod riskiest; // GET /v1/risk/riskiest: ranked by the scheduled scenario risk
 pub mod serve; // the accept loop: header-read and idle timeouts, connection cap
 mod sse; // the live event stream (Server-Sent Events) fed from the journal
 
@@ -178,7 +179,18 @@ pub trait ApiBackend: AccountWriter {
 
     /// `GET /v1/accounts/{id}/risk`: historical VaR, ES, P(liquidation) and component ES at
     /// the current prices (`docs/risk.md`). The default answers 404: `[risk]` not configured.
-    fn risk(&self, _id: &AccountId) -> Result<crate::risk::AccountRisk, ApiError> {
+    fn risk(&self, _id: &AccountId) -> Result<crate::risk::store::StoredRisk, ApiError> {
+        Err(risk_not_configured())
+    }
+
+    /// `GET /v1/risk/riskiest`: a page of the stored scenario risk, riskiest first. The
+    /// default answers 404: `[risk]` not configured.
+    fn risk_riskiest(
+        &self,
+        _by: crate::risk::store::RiskRank,
+        _offset: usize,
+        _limit: usize,
+    ) -> Result<riskiest::RiskiestBody, ApiError> {
         Err(risk_not_configured())
     }
 
@@ -365,6 +377,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/accounts/{id}"),
     ("post", "/v1/accounts/{id}/fills"),
     ("get", "/v1/accounts/{id}/risk"),
+    ("get", "/v1/risk/riskiest"),
     ("get", "/v1/feeds"),
     ("get", "/v1/events"),
     ("get", "/v1/events/stream"),
@@ -395,6 +408,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/accounts/{id}/fills", axum::routing::post(post_fill))
         .route("/v1/accounts/{id}/risk", get(get_risk))
+        .route("/v1/risk/riskiest", get(riskiest::riskiest))
         .route("/v1/feeds", get(feeds))
         .route("/v1/events", get(events))
         .route("/v1/events/stream", get(events_stream))
@@ -604,7 +618,7 @@ pub fn risk_not_configured() -> ApiError {
 async fn get_risk(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<axum::Json<crate::risk::AccountRisk>, ApiError> {
+) -> Result<axum::Json<crate::risk::store::StoredRisk>, ApiError> {
     let id = path_account_id(&id)?;
     let backend = Arc::clone(&state.backend);
     // Thousands of scenarios: off the async workers.

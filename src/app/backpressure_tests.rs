@@ -157,6 +157,8 @@ async fn disk_full_stops_prices_at_the_limit_issue_11_item_7() {
         default_trigger: Arc::new(parking_lot::RwLock::new(Decimal::ONE)),
         default_levels: Arc::default(),
         risk: None,
+        risk_store: Arc::default(),
+        risk_changes: None,
         history: Arc::default(),
         instruments: Default::default(),
     };

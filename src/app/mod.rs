@@ -42,6 +42,7 @@ mod metrics;
 mod reload;
 mod risk;
 mod risk_queries;
+mod risk_task; // [risk] in the daemon: recorded prices, scheduled recompute, risk_warning
 mod runner;
 mod sinkset; // the running sink drivers, swappable on reload
 mod spawn;
@@ -324,6 +325,28 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
     // Held instruments no feed prices: reported once, loudly, now (and in readiness).
     board.set_held(map.held_instruments());
     board.report_unserved();
+    // [risk]: the scheduled recompute, its store, and the account changes that wake it.
+    let default_trigger = Arc::new(parking_lot::RwLock::new(cfg.engine.thresholds.trigger));
+    let risk_store = Arc::new(crate::risk::store::RiskStore::default());
+    let risk_changes = risk
+        .as_ref()
+        .map(|_| Arc::new(risk_task::RiskChanges::default()));
+    if let (Some(settings), Some(changes)) = (&risk, &risk_changes) {
+        let task = risk_task::RiskTask {
+            settings: Arc::clone(settings),
+            map: Arc::clone(&map),
+            board: Arc::clone(&board),
+            journal: Arc::clone(&journal),
+            store: Arc::clone(&risk_store),
+            changes: Arc::clone(changes),
+            default_trigger: Arc::clone(&default_trigger),
+        };
+        tasks.spawn(
+            "risk",
+            task.run(sources.clone())
+                .map(Ok::<(), std::convert::Infallible>),
+        );
+    }
     // Account sources: the API and NATS.
     let backend = Arc::new(Backend {
         map: Arc::clone(&map),
@@ -337,9 +360,11 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
             .iter()
             .map(|(k, v)| (k.clone(), v.kind))
             .collect(),
-        default_trigger: Arc::new(parking_lot::RwLock::new(cfg.engine.thresholds.trigger)),
+        default_trigger,
         default_levels: Arc::new(parking_lot::RwLock::new(cfg.engine.thresholds.clone())),
         risk,
+        risk_store,
+        risk_changes,
         history: Arc::clone(&history),
         instruments: instrument_health,
     });

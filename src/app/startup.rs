@@ -38,7 +38,7 @@ pub(crate) fn check_files(cfg: &Config) -> Result<(), AppError> {
         }
     }
     for h in cfg.risk.iter().flat_map(|r| &r.history) {
-        if !h.starts_with("episode:") {
+        if !h.starts_with("episode:") && h != crate::risk::schedule::RECORDED {
             need("risk.history", Path::new(h));
         }
     }

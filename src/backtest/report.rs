@@ -426,6 +426,7 @@ mod tests {
             stale_prices: false,
             instrument_change: None,
             feed: None,
+            risk: None,
         }
     }
 

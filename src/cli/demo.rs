@@ -359,6 +359,7 @@ pub fn format_event(ev: &RiskEvent, style: &Style) -> String {
         EventKind::FeedStale => ("feed stale", "35"),
         EventKind::FeedRestored => ("feed back", "36"),
         EventKind::InstrumentChanged => ("instrument", "34"),
+        EventKind::RiskWarning => ("RISK     ", "1;33"),
     };
     let label = style.paint(code, label);
     if let Some(feed) = &ev.feed {
@@ -497,6 +498,7 @@ impl Summary {
                     EventKind::FeedStale => "feed_stale",
                     EventKind::FeedRestored => "feed_restored",
                     EventKind::InstrumentChanged => "instrument_changed",
+                    EventKind::RiskWarning => "risk_warning",
                 })
                 .collect();
             out.push_str(&format!(
@@ -684,6 +686,7 @@ mod tests {
             stale_prices: false,
             instrument_change: None,
             feed: None,
+            risk: None,
         }
     }
 }

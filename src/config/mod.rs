@@ -125,7 +125,8 @@ pub struct Config {
 /// `[risk]`: the price history the daemon's risk endpoint uses (`docs/risk.md`).
 #[derive(Clone, Debug)]
 pub struct RiskConfig {
-    /// History files (`*.csv`, `*.json` candles, `*.jsonl` replay) or `episode:NAME`.
+    /// History files (`*.csv`, `*.json` candles, `*.jsonl` replay), `episode:NAME`, or
+    /// `recorded` (the prices the daemon records into its journal).
     pub history: Vec<String>,
     /// Horizon text (`4h`) and its milliseconds.
     pub horizon: (String, i64),
@@ -133,6 +134,8 @@ pub struct RiskConfig {
     pub alpha: Decimal,
     /// Explicit history symbol → underlying maps.
     pub map: BTreeMap<String, String>,
+    /// The daemon's scheduled recompute, recorded prices and warnings (`docs/risk.md`).
+    pub schedule: crate::risk::schedule::RiskSchedule,
 }
 
 /// `[engine]`: instruments and levels.
@@ -402,6 +405,12 @@ struct RawRisk {
     horizon: Option<String>,
     alpha: Option<String>,
     map: Option<BTreeMap<String, String>>,
+    every: Option<String>,
+    record_every: Option<String>,
+    record_keep: Option<String>,
+    warn_p_liquidation: Option<Vec<String>>,
+    warn_es_to_equity: Option<Vec<String>>,
+    warn_hysteresis: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -981,6 +990,12 @@ impl Cx<'_, '_> {
             && raw.horizon.is_none()
             && raw.alpha.is_none()
             && raw.map.is_none()
+            && raw.every.is_none()
+            && raw.record_every.is_none()
+            && raw.record_keep.is_none()
+            && raw.warn_p_liquidation.is_none()
+            && raw.warn_es_to_equity.is_none()
+            && raw.warn_hysteresis.is_none()
         {
             return None;
         }
@@ -989,7 +1004,7 @@ impl Cx<'_, '_> {
             .unwrap_or_default()
             .into_iter()
             .map(|h| {
-                if h.starts_with("episode:") {
+                if h.starts_with("episode:") || h == crate::risk::schedule::RECORDED {
                     h
                 } else {
                     self.path(&h).display().to_string()
@@ -1021,11 +1036,29 @@ impl Cx<'_, '_> {
                 Decimal::ZERO
             }
         };
+        let schedule = crate::risk::schedule::RawRiskSchedule {
+            every: raw.every,
+            record_every: raw.record_every,
+            record_keep: raw.record_keep,
+            warn_p_liquidation: raw.warn_p_liquidation,
+            warn_es_to_equity: raw.warn_es_to_equity,
+            warn_hysteresis: raw.warn_hysteresis,
+        };
+        let schedule = match schedule.check() {
+            Ok(s) => s,
+            Err(problems) => {
+                for (key, message) in problems {
+                    self.problem(&[P::K("risk"), P::K(key)], message);
+                }
+                crate::risk::schedule::RiskSchedule::default()
+            }
+        };
         Some(RiskConfig {
             history,
             horizon: (horizon_text, horizon),
             alpha,
             map: raw.map.unwrap_or_default(),
+            schedule,
         })
     }
 

@@ -132,6 +132,7 @@ impl Engine {
                 prices: Vec::new(),
                 stale_prices: false,
                 feed: None,
+                risk: None,
                 instrument_change: Some(InstrumentChangeInfo {
                     instrument: def.id,
                     source: source.to_string(),

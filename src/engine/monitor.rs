@@ -641,6 +641,7 @@ impl Monitor {
                 stale_prices: stale,
                 instrument_change: None,
                 feed: None,
+                risk: None,
             },
         });
     }

@@ -21,6 +21,7 @@ fn event(account: &str, seq: u64, time_ms: i64) -> RiskEvent {
         stale_prices: false,
         instrument_change: None,
         feed: None,
+        risk: None,
     }
 }
 

@@ -316,6 +316,7 @@ pub(crate) mod tests {
             stale_prices: false,
             instrument_change: None,
             feed: None,
+            risk: None,
         };
         let json = serde_json::to_string(&event).unwrap();
         JournalEntry { seq, event, json }

@@ -41,6 +41,14 @@ pub fn text_line(event: &RiskEvent) -> String {
     if let Some(level) = &event.level {
         let _ = write!(line, " level={level}");
     }
+    if let Some(r) = &event.risk {
+        let lt = event.level_type.map(|t| t.as_str()).unwrap_or("-");
+        let _ = write!(
+            line,
+            " level_type={lt} p_liquidation={} es={} var={}",
+            r.p_liquidation, r.es, r.var
+        );
+    }
     if let Some(feed) = &event.feed {
         let _ = write!(line, " instrument={}", feed.instrument);
         if let Some(age) = feed.age_ms {

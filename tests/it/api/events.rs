@@ -92,6 +92,7 @@ fn event(kind: EventKind, account: &str, time_ms: i64) -> RiskEvent {
         stale_prices: false,
         instrument_change: None,
         feed: None,
+        risk: None,
     }
 }
 

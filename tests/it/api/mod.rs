@@ -11,5 +11,6 @@ mod page_browser;
 mod page_drilldown;
 mod page_routes;
 mod risk;
+mod risk_daemon;
 mod router;
 mod tcp;

@@ -115,6 +115,7 @@ fn check_example(schema: &str, example: &Value) -> bool {
         "MutationResult" => ok(de::<MutationBody>(example)),
         "Resync" => ok(de::<ResyncBody>(example)),
         "Stress" => ok(de::<StressBody>(example)),
+        "RiskiestList" => ok(de::<api::riskiest::RiskiestBody>(example)),
         "History" => ok(de::<HistoryBody>(example)),
         "AccountEventPage" => {
             ok(de::<AccountEventsBody>(example));

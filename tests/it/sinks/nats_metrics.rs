@@ -28,6 +28,7 @@ fn entry(seq: u64) -> JournalEntry {
         stale_prices: false,
         instrument_change: None,
         feed: None,
+        risk: None,
     };
     let json = serde_json::to_string(&event).unwrap();
     JournalEntry { seq, event, json }

@@ -84,6 +84,7 @@ impl MemBackend {
             stale_prices: false,
             instrument_change: None,
             feed: None,
+            risk: None,
         };
         let json = serde_json::to_string(&event).unwrap();
         let entry = JournalEntry { seq, event, json };

@@ -171,6 +171,7 @@ pub fn sample_event(account: &str, account_seq: u64, kind: EventKind) -> RiskEve
         stale_prices: false,
         feed: None,
         instrument_change: None,
+        risk: None,
     }
 }
 
