@@ -130,6 +130,7 @@ impl Runner {
                 _ = stale_tick.tick() => {
                     if !paused {
                         self.on_staleness().await;
+                        self.on_funding().await;
                     }
                     self.state_counts.publish(self.engine.map().len());
                 }
@@ -203,6 +204,14 @@ impl Runner {
         self.commit(step.emitted, step.feed_events).await;
     }
 
+    /// The funding step on the engine's clock (`warn_before_funding`).
+    async fn on_funding(&mut self) {
+        let emitted = self.engine.on_funding_clock(&*self.board, now_ms());
+        if !emitted.is_empty() {
+            self.commit(emitted, Vec::new()).await;
+        }
+    }
+
     async fn on_request(&mut self, req: EngineRequest) {
         match req {
             EngineRequest::Update {
@@ -254,6 +263,7 @@ impl Runner {
             .map_err(|e| format!("engine levels: {e}"))?;
         // `after_trigger` needs a restart (its marks live in the monitor); keep the mode.
         engine.set_after_trigger(self.engine.after_trigger());
+        engine.set_warn_before_funding(self.engine.warn_before_funding());
         engine.restore(states);
         let emitted = engine.evaluate_all(&*self.board, now_ms());
         self.engine = engine;

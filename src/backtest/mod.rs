@@ -42,6 +42,9 @@ pub struct Setup {
     pub after_trigger: AfterTrigger,
     /// The distance index on (the daemon's default) or off (eager): same events.
     pub distance_index: bool,
+    /// `warn_before_funding` (config `[engine]`); funding is read from the replay's frames and
+    /// checked at each recorded time, so the result is deterministic.
+    pub warn_before_funding: Option<std::time::Duration>,
 }
 
 /// One point of an account's series: its figures after a step that changed them.
@@ -108,6 +111,8 @@ pub enum BacktestError {
 struct Recorded {
     last: HashMap<InstrumentId, (Venue, TimestampMs)>,
     now: TimestampMs,
+    /// Latest funding per instrument, read from the replayed frames.
+    funding: crate::prices::funding::FundingBoard,
 }
 
 impl PriceInfo for Recorded {
@@ -122,6 +127,10 @@ impl PriceInfo for Recorded {
             age_ms: self.now.saturating_sub(*at),
             stale: false,
         })
+    }
+
+    fn funding(&self, instrument: &InstrumentId) -> Option<crate::margin::funding::FundingRate> {
+        self.funding.get(instrument).map(|e| e.rate)
     }
 }
 
@@ -138,9 +147,11 @@ pub fn run(setup: &Setup, replay: impl BufRead) -> Result<Run, BacktestError> {
     )
     .map_err(BacktestError::Engine)?;
     engine.set_after_trigger(setup.after_trigger);
+    engine.set_warn_before_funding(setup.warn_before_funding);
     let mut info = Recorded {
         last: HashMap::new(),
         now: 0,
+        funding: Default::default(),
     };
     let mut events = Vec::new();
     let mut rejected = Vec::new();
@@ -194,6 +205,18 @@ pub fn run(setup: &Setup, replay: impl BufRead) -> Result<Run, BacktestError> {
             continue;
         };
         counts.frames += 1;
+        // Recorded times, unchanged: a frame's funding is known from its receive time on.
+        let funded = routes.get(&rec.venue).is_some_and(|r| {
+            crate::feeds::funding::publish_funding(
+                rec.venue,
+                &rec.frame,
+                r,
+                &info.funding,
+                rec.received_ms,
+                |t| t,
+            )
+            .is_ok_and(|n| n > 0)
+        });
         // Ticks borrow the frame: parse into a local vector tied to `rec.frame`.
         let mut parsed: Vec<VenueTick<'_>> = Vec::new();
         if feed.parse(&rec.frame, &mut parsed).is_err() {
@@ -220,6 +243,11 @@ pub fn run(setup: &Setup, replay: impl BufRead) -> Result<Run, BacktestError> {
             }
         }
         if changed.is_empty() {
+            if funded {
+                info.now = rec.received_ms;
+                let emitted = engine.on_funding_clock(&info, info.now);
+                events.extend(emitted.into_iter().map(|e| e.event));
+            }
             continue;
         }
         counts.steps += 1;
@@ -228,6 +256,8 @@ pub fn run(setup: &Setup, replay: impl BufRead) -> Result<Run, BacktestError> {
         counts.last_ms = Some(rec.received_ms);
         info.now = rec.received_ms;
         let emitted = engine.on_prices(changed.iter().map(|(i, p)| (i, *p)), &info, info.now);
+        events.extend(emitted.into_iter().map(|e| e.event));
+        let emitted = engine.on_funding_clock(&info, info.now);
         events.extend(emitted.into_iter().map(|e| e.event));
         sample(&map, &mut series, rec.received_ms);
     }
@@ -294,6 +324,7 @@ mod tests {
             accounts: vec![w3_account("w3")],
             monitor: MonitorConfig::default(),
             after_trigger: AfterTrigger::KeepWatching,
+            warn_before_funding: None,
             distance_index: true,
         }
     }

@@ -147,6 +147,9 @@ pub struct EngineConfig {
     /// Wake only the accounts a tick can move across a level (`distance_index`, default
     /// true); false revalues every holder on every tick.
     pub distance_index: bool,
+    /// Warn this long before a funding time about accounts whose margin ratio after the
+    /// payment would cross a level (`warn_before_funding`, e.g. `"10m"`; unset: off).
+    pub warn_before_funding: Option<Duration>,
 }
 
 /// `[accounts]`: where accounts come from.
@@ -290,6 +293,8 @@ struct RawEngine {
     trigger_on_stale: Option<String>,
     distance_index: Option<bool>,
     after_trigger: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    warn_before_funding: Option<Duration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -699,6 +704,7 @@ impl Cx<'_, '_> {
             trigger_on_stale,
             after_trigger,
             distance_index: raw.distance_index.unwrap_or(true),
+            warn_before_funding: raw.warn_before_funding.filter(|d| !d.is_zero()),
         })
     }
 

@@ -266,6 +266,51 @@ fn hyperliquid(frame: &str) -> Result<Vec<FundingObs>, ParseError> {
     }])
 }
 
+/// Parses the funding `frame` carries and publishes it to `board` for every instrument its
+/// symbol prices the mark of (funding belongs to the perpetual, not to an index). Hyperliquid
+/// does not send the settlement time: it is the next whole hour after `received_ts`. `map_ts`
+/// moves venue times the way the caller moves its price times (a replay shifts them; live
+/// feeds pass the identity). Returns how many instruments were updated; a frame without
+/// funding updates none. Never blocks: one short lock per instrument.
+pub fn publish_funding(
+    venue: Venue,
+    frame: &str,
+    routes: &super::SymbolRoutes,
+    board: &crate::prices::funding::FundingBoard,
+    received_ts: TimestampMs,
+    mut map_ts: impl FnMut(TimestampMs) -> TimestampMs,
+) -> Result<usize, ParseError> {
+    let mut n = 0;
+    for obs in parse_funding(venue, frame)? {
+        let Some(targets) = routes.get(&obs.symbol) else {
+            continue;
+        };
+        let next = match (venue, obs.next_funding_ts) {
+            (_, Some(t)) => Some(map_ts(t)),
+            (Venue::Hyperliquid, None) => Some(next_hour(received_ts)),
+            (_, None) => None,
+        };
+        for (inst, field) in targets {
+            if *field != crate::model::PriceField::Mark {
+                continue;
+            }
+            board.publish(
+                inst,
+                crate::prices::funding::FundingEntry {
+                    rate: crate::margin::funding::FundingRate {
+                        rate: obs.rate,
+                        next_funding_ts: next,
+                    },
+                    venue,
+                    received_ts,
+                },
+            );
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;

@@ -333,13 +333,32 @@ impl Clock {
 pub async fn play<F, T>(
     path: &Path,
     opts: &ReplayOptions,
-    mut feed_for: F,
+    feed_for: F,
     cancel: &CancellationToken,
-    mut on_tick: T,
+    on_tick: T,
 ) -> Result<ReplayStats, ReplayError>
 where
     F: FnMut(Venue) -> Option<Box<dyn Feed>>,
     T: FnMut(Venue, &VenueTick<'_>, TimestampMs),
+{
+    play_with(path, opts, feed_for, cancel, on_tick, |_, _, _, _| {}).await
+}
+
+/// [`play`], also handing every frame to `on_frame(venue, frame, received_ts, map_ts)` before
+/// its prices (`received_ts` mapped, `map_ts` maps a venue time the same way): the daemon's
+/// replay reads funding from it.
+pub async fn play_with<F, T, R>(
+    path: &Path,
+    opts: &ReplayOptions,
+    mut feed_for: F,
+    cancel: &CancellationToken,
+    mut on_tick: T,
+    mut on_frame: R,
+) -> Result<ReplayStats, ReplayError>
+where
+    F: FnMut(Venue) -> Option<Box<dyn Feed>>,
+    T: FnMut(Venue, &VenueTick<'_>, TimestampMs),
+    R: FnMut(Venue, &str, TimestampMs, &mut dyn FnMut(TimestampMs) -> TimestampMs),
 {
     let io_err = |source| ReplayError::Io {
         path: path.to_path_buf(),
@@ -430,6 +449,13 @@ where
         let venue = line.venue;
         metrics::counter!("liqwatch_replay_frames_total", "venue" => venue.as_str()).increment(1);
 
+        {
+            let received_ts = clock.map(line.received_ms, line.received_ms);
+            let recorded = line.received_ms;
+            on_frame(venue, &line.frame, received_ts, &mut |t| {
+                clock.map(t, recorded)
+            });
+        }
         let mut out: Vec<VenueTick<'_>> = Vec::new();
         match feed.parse(&line.frame, &mut out) {
             Ok(Frame::Data) => {
@@ -539,7 +565,9 @@ pub async fn play_routed(
     cancel: CancellationToken,
 ) -> Result<ReplayStats, ReplayError> {
     tracing::info!(file = %path.display(), speed = %opts.speed, venues = routes.len(), "Replay starting");
-    play(
+    let funding_board = Arc::clone(&board);
+    let funding_routes = routes.clone();
+    play_with(
         path,
         opts,
         |v| super::feed_for(v).ok(),
@@ -568,6 +596,23 @@ pub async fn play_routed(
                         received_ts,
                     });
                 }
+            }
+        },
+        |venue, frame, received_ts, map_ts| {
+            let Some(r) = funding_routes.get(&venue) else {
+                return;
+            };
+            if let Err(e) = super::funding::publish_funding(
+                venue,
+                frame,
+                r,
+                funding_board.funding(),
+                received_ts,
+                map_ts,
+            ) {
+                metrics::counter!("liqwatch_replay_funding_errors_total", "venue" => venue.as_str())
+                    .increment(1);
+                tracing::debug!(%venue, error = %e, "Replayed funding fields not read");
             }
         },
     )

@@ -22,7 +22,10 @@ use rust_decimal::Decimal;
 use super::{
     AccountTotals, InstrumentLookup, MarginError, PriceLookup, account_totals, add, mul, normalise,
 };
-use crate::model::{Account, InstrumentId, InstrumentKind, MarginRatio, PositionSide, TimestampMs};
+use crate::model::{
+    Account, FundingSnapshot, InstrumentId, InstrumentKind, MarginRatio, PositionFundingRisk,
+    PositionSide, RiskSnapshot, TimestampMs,
+};
 
 /// The funding a venue announced for a perpetual: the rate of the next settlement and when it
 /// is (when the venue says; Hyperliquid and Deribit do not send the time).
@@ -150,6 +153,63 @@ pub fn funding_outlook(
         next_funding_ts: next,
         missing_rate,
     })
+}
+
+/// The next funding of an account from its snapshot (the figures at the prices it was valued
+/// at): each perpetual position's payment at its mark, the total, and `MM / (equity + total)`.
+/// `None` when no perpetual held has a known rate (no funding source: nothing to show). Costs
+/// one multiplication per position: it runs only for snapshots that are built (events and
+/// account reads), never while the engine bands accounts.
+pub fn funding_snapshot(
+    snapshot: &RiskSnapshot,
+    instruments: &dyn InstrumentLookup,
+    rate_of: &dyn Fn(&InstrumentId) -> Option<FundingRate>,
+) -> Result<Option<FundingSnapshot>, MarginError> {
+    let mut positions = Vec::new();
+    let mut missing_rate = Vec::new();
+    let mut total = Decimal::ZERO;
+    let mut next: Option<TimestampMs> = None;
+    for p in &snapshot.positions {
+        let i = instruments
+            .instrument(&p.instrument)
+            .ok_or_else(|| MarginError::UnknownInstrument(p.instrument.clone()))?;
+        if !matches!(
+            i.kind,
+            InstrumentKind::LinearPerpetual | InstrumentKind::InversePerpetual
+        ) {
+            continue;
+        }
+        let Some(f) = rate_of(&p.instrument) else {
+            if !missing_rate.contains(&p.instrument) {
+                missing_rate.push(p.instrument.clone());
+            }
+            continue;
+        };
+        let payment = position_funding(i.kind, i.contract_size, p.quantity, p.mark_price, f.rate)?;
+        total = add(total, payment, "funding total")?;
+        if let Some(ts) = f.next_funding_ts {
+            next = Some(next.map_or(ts, |n| n.min(ts)));
+        }
+        positions.push(PositionFundingRisk {
+            instrument: p.instrument.clone(),
+            side: p.side,
+            rate: f.rate,
+            payment,
+            next_funding_ms: f.next_funding_ts,
+        });
+    }
+    if positions.is_empty() {
+        return Ok(None);
+    }
+    let equity_after = add(snapshot.equity, total, "equity after funding")?;
+    Ok(Some(FundingSnapshot {
+        positions,
+        total,
+        equity_after,
+        margin_ratio_after: MarginRatio::compute(snapshot.maintenance_margin, equity_after),
+        next_funding_ms: next,
+        missing_rate,
+    }))
 }
 
 #[cfg(test)]

@@ -125,6 +125,7 @@ pub fn view(id: &str, ratio: Decimal) -> AccountView {
             positions: vec![],
             collateral: vec![],
             liquidation_cost: None,
+            funding: None,
         },
         prices: vec![],
         stale_prices: false,
