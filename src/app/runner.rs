@@ -64,6 +64,8 @@ pub(crate) struct Runner {
     /// True while prices are not taken because the journal holds its limit of unwritten
     /// events (disk full): the board coalesces them meanwhile, nothing queues.
     pub paused: bool,
+    /// `[accounts] apply_funding`: the funding settlements applied so far (`None`: off).
+    pub settlements: Option<crate::engine::settlement::SettlementTracker>,
 }
 
 /// Counts of accounts in warning and triggered state (healthy = loaded − both), kept
@@ -206,9 +208,50 @@ impl Runner {
 
     /// The funding step on the engine's clock (`warn_before_funding`).
     async fn on_funding(&mut self) {
-        let emitted = self.engine.on_funding_clock(&*self.board, now_ms());
+        let now = now_ms();
+        let emitted = self.engine.on_funding_clock(&*self.board, now);
         if !emitted.is_empty() {
             self.commit(emitted, Vec::new()).await;
+        }
+        self.settle_funding(now).await;
+    }
+
+    /// `apply_funding`: every settlement due applied to its holders' collateral through the
+    /// idempotent update path, each with its `funding:…` update id (once per account, also
+    /// across restarts: a repeat is a duplicate, never a second payment).
+    async fn settle_funding(&mut self, now: crate::model::TimestampMs) {
+        let Some(tracker) = self.settlements.as_mut() else {
+            return;
+        };
+        let observed = self
+            .board
+            .funding()
+            .all()
+            .into_iter()
+            .map(|(i, e)| (i, e.rate));
+        let due = tracker.due(observed, now);
+        for s in due {
+            let updates = crate::engine::settlement::settlement_updates(self.engine.map(), &s);
+            tracing::info!(instrument = %s.instrument, funding_ms = s.funding_ms, rate = %s.rate, accounts = updates.len(), "Applying a funding settlement");
+            for (id, update) in updates {
+                let key = UpdateKey::funding(id);
+                match self
+                    .apply_update(update, &UpdateOrigin::Funding, Some(key.clone()))
+                    .await
+                {
+                    Ok(Applied::Duplicate) | Err(ApplyError::Conflict { .. }) => {
+                        metrics::counter!("liqwatch_engine_funding_duplicates_total").increment(1);
+                        tracing::info!(update_id = %key, "Funding already applied; not applied again");
+                    }
+                    Ok(_) => {
+                        metrics::counter!("liqwatch_engine_funding_applied_total").increment(1);
+                    }
+                    Err(error) => {
+                        metrics::counter!("liqwatch_engine_funding_failed_total").increment(1);
+                        tracing::warn!(update_id = %key, %error, "Funding settlement not applied");
+                    }
+                }
+            }
         }
     }
 

@@ -161,6 +161,9 @@ pub struct AccountsConfig {
     pub nats: Option<NatsIngestConfig>,
     /// `update_id_window` / `update_id_limit`: how long applied update ids are remembered.
     pub update_ids: crate::journal::UpdateIdWindow,
+    /// `apply_funding`: apply each funding settlement to the accounts' collateral (for account
+    /// sources that do not report balances; see `engine::settlement`). Default false.
+    pub apply_funding: bool,
 }
 
 /// Where a `[[feeds]]` entry gets its prices.
@@ -305,6 +308,7 @@ struct RawAccounts {
     #[serde(default, with = "humantime_serde")]
     update_id_window: Option<Duration>,
     update_id_limit: Option<u64>,
+    apply_funding: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -770,6 +774,7 @@ impl Cx<'_, '_> {
             snapshot,
             nats,
             update_ids,
+            apply_funding: raw.apply_funding.unwrap_or(false),
         }
     }
 

@@ -26,6 +26,7 @@
 pub mod index;
 pub mod map;
 pub mod monitor;
+pub mod settlement;
 
 use std::collections::HashMap;
 use std::sync::Arc;
