@@ -388,4 +388,49 @@ mod tests {
         assert_eq!((w4.time_ms, w4.maintenance_margin), (2_000, dec!(7080)));
         assert!(points.windows(2).all(|p| p[0] != p[1]));
     }
+
+    /// `warn_before_funding` in a backtest reads funding from the replayed frames and runs on
+    /// the recorded clock: the funding warning fires at the first frame inside the window
+    /// (exactly 10 minutes before), once, with the payment in its snapshot — the same on every
+    /// run.
+    #[test]
+    fn funding_warning_on_recorded_time() {
+        let mut s = setup();
+        s.warn_before_funding = Some(std::time::Duration::from_secs(600));
+        s.accounts = vec![
+            serde_json::from_str(
+                r#"{"id":"f","collateral":{"USDT":"3700"},"positions":[
+                {"instrument":"BTCUSDT-PERP","quantity":"10","entry_price":"60000"}]}"#,
+            )
+            .unwrap(),
+        ];
+        let funded = |t: i64, next: i64| {
+            let inner = format!(
+                r#"{{"stream":"btcusdt@markPrice@1s","data":{{"e":"markPriceUpdate","E":{t},"s":"BTCUSDT","p":"60000","i":"60000","P":"60000","r":"0.00010000","T":{next}}}}}"#
+            );
+            serde_json::json!({"venue": "binance-usdm", "received_ms": t, "frame": inner})
+                .to_string()
+        };
+        let t = 1_000_000;
+        let text = [
+            funded(1_000, t),
+            funded(399_999, t),
+            funded(400_000, t),
+            funded(500_000, t),
+            funded(t + 1, t + 28_800_000),
+        ]
+        .join("\n");
+        let runs: Vec<Vec<crate::model::RiskEvent>> = (0..2)
+            .map(|_| run(&s, text.as_bytes()).unwrap().events)
+            .collect();
+        assert_eq!(runs[0], runs[1], "deterministic");
+        let ev = &runs[0];
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(ev[0].kind, EventKind::LiquidationWarning);
+        assert_eq!(ev[0].level_type, Some(crate::model::LevelType::Funding));
+        assert_eq!(ev[0].time_ms, 400_000);
+        let f = ev[0].snapshot.as_ref().unwrap().funding.as_ref().unwrap();
+        assert_eq!((f.total, f.equity_after), (dec!(-60), dec!(3640)));
+        assert_eq!(f.next_funding_ms, Some(t));
+    }
 }

@@ -104,6 +104,8 @@ pub struct Engine {
     funding_window_ms: Option<i64>,
     /// When the last funding check ran (at most one per [`FUNDING_CHECK_EVERY_MS`]).
     funding_checked_ms: Option<TimestampMs>,
+    /// The settlements in the window at the last funding check.
+    funding_due: Vec<(InstrumentId, TimestampMs)>,
 }
 
 /// How often the funding step re-checks the holders of a perpetual in its window (engine
@@ -126,6 +128,7 @@ impl Engine {
             last_valued: 0,
             funding_window_ms: None,
             funding_checked_ms: None,
+            funding_due: Vec::new(),
         })
     }
 
@@ -166,7 +169,8 @@ impl Engine {
     /// funding time is within `warn_before_funding` after `now_ms`, its holders are checked
     /// and those whose margin ratio after the payment would cross a level get one
     /// `liquidation_warning` with `level_type: "funding"` per funding time
-    /// (`monitor::funding`), at most once per [`FUNDING_CHECK_EVERY_MS`]. Nothing to do when `warn_before_funding` is off or nothing is due:
+    /// (`monitor::funding`): at once when a settlement enters the window, then at most once per
+    /// [`FUNDING_CHECK_EVERY_MS`]. Nothing to do when `warn_before_funding` is off or nothing is due:
     /// it never runs inside a price step, so it cannot slow the crash path.
     pub fn on_funding_clock(
         &mut self,
@@ -176,24 +180,31 @@ impl Engine {
         let Some(window) = self.funding_window_ms else {
             return Vec::new();
         };
-        if self
+        let due_by = now_ms.saturating_add(window);
+        let due: Vec<(InstrumentId, TimestampMs)> = self
+            .map
+            .held_instruments()
+            .into_iter()
+            .filter_map(|inst| {
+                let t = prices.funding(&inst)?.next_funding_ts?;
+                (t > now_ms && t <= due_by).then_some((inst, t))
+            })
+            .collect();
+        // A settlement entering the window is checked at once; the same ones again at most
+        // once per FUNDING_CHECK_EVERY_MS.
+        let throttled = self
             .funding_checked_ms
-            .is_some_and(|t| now_ms >= t && now_ms - t < FUNDING_CHECK_EVERY_MS)
-        {
+            .is_some_and(|t| now_ms >= t && now_ms - t < FUNDING_CHECK_EVERY_MS);
+        if due.is_empty() || (throttled && due == self.funding_due) {
+            self.funding_due = due;
             return Vec::new();
         }
         self.funding_checked_ms = Some(now_ms);
-        let due_by = now_ms.saturating_add(window);
         let mut keys = Vec::new();
-        for inst in self.map.held_instruments() {
-            let due = prices
-                .funding(&inst)
-                .and_then(|f| f.next_funding_ts)
-                .is_some_and(|t| t > now_ms && t <= due_by);
-            if due {
-                keys.extend(self.map.holder_keys(&inst));
-            }
+        for (inst, _) in &due {
+            keys.extend(self.map.holder_keys(inst));
         }
+        self.funding_due = due;
         if keys.is_empty() {
             return Vec::new();
         }

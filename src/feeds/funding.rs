@@ -420,3 +420,55 @@ mod tests {
         assert_eq!(next_hour(46_800_000), 50_400_000);
     }
 }
+
+#[cfg(test)]
+mod publish_tests {
+    use rust_decimal_macros::dec;
+
+    use super::*;
+    use crate::feeds::SymbolRoutes;
+    use crate::model::{InstrumentId, PriceField};
+    use crate::prices::funding::FundingBoard;
+
+    /// A frame's funding reaches every instrument its symbol prices the mark of (not an index
+    /// route), with the time moved by `map_ts`; Hyperliquid's settles on the next whole hour.
+    #[test]
+    fn routes_marks_and_times() {
+        let mut routes = SymbolRoutes::default();
+        routes.add(
+            "BTCUSDT",
+            InstrumentId::from("BTCUSDT-PERP"),
+            PriceField::Mark,
+        );
+        routes.add("BTCUSDT", InstrumentId::from("BTC"), PriceField::Index);
+        let board = FundingBoard::default();
+        let frame = r#"{"stream":"btcusdt@markPrice@1s","data":{"e":"markPriceUpdate","E":1,"s":"BTCUSDT","p":"60000","i":"60000","P":"60000","r":"0.00010000","T":28800000}}"#;
+        let n = publish_funding(Venue::BinanceUsdm, frame, &routes, &board, 5, |t| t + 7).unwrap();
+        assert_eq!(n, 1);
+        let e = board.get(&InstrumentId::from("BTCUSDT-PERP")).unwrap();
+        assert_eq!(e.rate.rate, dec!(0.0001));
+        assert_eq!(e.rate.next_funding_ts, Some(28_800_007));
+        assert_eq!(e.venue, Venue::BinanceUsdm);
+        assert!(board.get(&InstrumentId::from("BTC")).is_none());
+        // No funding in the frame: nothing published.
+        assert_eq!(
+            publish_funding(
+                Venue::BinanceUsdm,
+                "{\"result\":null,\"id\":1}",
+                &routes,
+                &board,
+                5,
+                |t| t
+            )
+            .unwrap(),
+            0
+        );
+
+        let mut hl = SymbolRoutes::default();
+        hl.add("BTC", InstrumentId::from("HL-BTC-PERP"), PriceField::Mark);
+        let frame = r#"{"channel":"activeAssetCtx","data":{"coin":"BTC","ctx":{"funding":"0.0000125","markPx":"60000"}}}"#;
+        publish_funding(Venue::Hyperliquid, frame, &hl, &board, 3_600_001, |t| t).unwrap();
+        let e = board.get(&InstrumentId::from("HL-BTC-PERP")).unwrap();
+        assert_eq!(e.rate.next_funding_ts, Some(7_200_000));
+    }
+}

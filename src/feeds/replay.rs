@@ -708,6 +708,54 @@ mod tests {
 
     /// Good frames become ticks in order; bad lines, back-in-time lines, unparsable frames and
     /// venues without an adapter are counted and skipped without stopping the replay.
+    /// The daemon's replay publishes the funding of its frames to the board, the settlement
+    /// time moved by the replay clock like the prices (`Recorded`: unchanged; `Shifted` at
+    /// `Max`: by how far the line's receive time is from now).
+    #[tokio::test]
+    async fn replay_publishes_funding() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.jsonl");
+        let inner = r#"{"stream":"btcusdt@markPrice@1s","data":{"e":"markPriceUpdate","E":1000,"s":"BTCUSDT","p":"60000","i":"60000","P":"60000","r":"-0.00020000","T":28800000}}"#;
+        let line = serde_json::json!({"venue":"binance-usdm","received_ms":1000,"frame":inner});
+        std::fs::write(&path, line.to_string()).unwrap();
+        let mut routes = HashMap::new();
+        let mut r = SymbolRoutes::default();
+        r.add(
+            "BTCUSDT",
+            "BTCUSDT-PERP".into(),
+            crate::model::PriceField::Mark,
+        );
+        routes.insert(Venue::BinanceUsdm, r);
+        for clock in [ReplayClock::Recorded, ReplayClock::Shifted] {
+            let board = Arc::new(PriceBoard::new(Default::default()));
+            let opts = ReplayOptions {
+                speed: ReplaySpeed::Max,
+                clock,
+            };
+            let before = now_ms();
+            play_routed(
+                &path,
+                &opts,
+                routes.clone(),
+                Arc::clone(&board),
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+            let after = now_ms();
+            let e = board.funding().get(&"BTCUSDT-PERP".into()).unwrap();
+            assert_eq!(e.rate.rate, dec!(-0.0002));
+            let t = e.rate.next_funding_ts.unwrap();
+            match clock {
+                ReplayClock::Recorded => assert_eq!(t, 28_800_000),
+                ReplayClock::Shifted => {
+                    assert!(t >= before + 28_799_000 && t <= after + 28_799_000, "{t}")
+                }
+            }
+            assert!(board.composite(&"BTCUSDT-PERP".into()).is_some());
+        }
+    }
+
     #[tokio::test]
     async fn plays_good_lines_and_skips_bad_ones() {
         let dir = tempfile::tempdir().unwrap();

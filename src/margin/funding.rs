@@ -402,4 +402,65 @@ mod tests {
         let all = funding_outlook(&a, &inst, &px, &r, None).unwrap();
         assert_eq!(all.total, dec!(-9));
     }
+
+    proptest::proptest! {
+        /// For any linear or inverse position, price and rate: the long pays exactly what the
+        /// same short receives; the payment is linear in the rate (twice the rate, twice the
+        /// payment, to the accounting scale); a positive rate never pays a long; and the
+        /// snapshot's `equity_after` is its equity plus the sum of the payments, with MM unchanged
+        /// in `margin_ratio_after`.
+        #[test]
+        fn payment_relations(
+            q in 1i64..1_000_000,
+            p in 1i64..10_000_000,
+            r in -100_000i64..100_000,
+            inverse in proptest::bool::ANY,
+        ) {
+            let q = Decimal::new(q, 3);
+            let price = Decimal::new(p, 2);
+            let rate = Decimal::new(r, 8);
+            let (kind, cs) = if inverse {
+                (InstrumentKind::InversePerpetual, dec!(100))
+            } else {
+                (InstrumentKind::LinearPerpetual, Decimal::ONE)
+            };
+            let long = position_funding(kind, cs, q, price, rate).unwrap();
+            let short = position_funding(kind, cs, -q, price, rate).unwrap();
+            proptest::prop_assert_eq!(long, -short);
+            let double = position_funding(kind, cs, q, price, rate * Decimal::TWO).unwrap();
+            proptest::prop_assert!((double - long * Decimal::TWO).abs() <= Decimal::new(1, 12));
+            if rate > Decimal::ZERO {
+                proptest::prop_assert!(long <= Decimal::ZERO);
+            }
+
+            let inst = presets();
+            let inst_id = if inverse {
+                inst.values()
+                    .filter(|i| i.kind == InstrumentKind::InversePerpetual)
+                    .map(|i| i.id.clone())
+                    .min()
+                    .unwrap()
+            } else {
+                InstrumentId::new("BTCUSDT-PERP")
+            };
+            let a = account(&[("USDT", dec!(1000000))], vec![pos(inst_id.as_str(), q, price)]);
+            let px = prices(&[(inst_id.as_str(), price)]);
+            let snap = crate::margin::account_snapshot(&a, &inst, &px, Decimal::ONE).unwrap();
+            let rates = rates(&[(inst_id.as_str(), rate, Some(1))]);
+            let f = funding_snapshot(&snap, &inst, &|i| rates.get(i).copied())
+                .unwrap()
+                .unwrap();
+            let sum = f.positions.iter().fold(Decimal::ZERO, |s, p| s + p.payment);
+            proptest::prop_assert_eq!(f.total, sum);
+            proptest::prop_assert_eq!(f.equity_after, snap.equity + sum);
+            proptest::prop_assert_eq!(
+                f.margin_ratio_after,
+                MarginRatio::compute(snap.maintenance_margin, f.equity_after)
+            );
+            // The outlook from the account agrees with the one from its snapshot.
+            let o = funding_outlook(&a, &inst, &px, &rates, None).unwrap();
+            proptest::prop_assert_eq!(o.total, f.total);
+            proptest::prop_assert_eq!(o.equity_after, f.equity_after);
+        }
+    }
 }

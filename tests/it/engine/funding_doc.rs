@@ -13,8 +13,7 @@ use liqwatch::engine::map::AccountMap;
 use liqwatch::engine::{Engine, EngineConfig, MonitorConfig, PriceInfo};
 use liqwatch::margin::funding::FundingRate;
 use liqwatch::model::{
-    Account, AccountUpdate, InstrumentId, InstrumentKind, PriceField, PriceSource, PriceUsed,
-    Venue,
+    Account, AccountUpdate, InstrumentId, InstrumentKind, PriceField, PriceSource, PriceUsed, Venue,
 };
 use rust_decimal_macros::dec;
 use uuid::Uuid;
@@ -105,7 +104,10 @@ fn example() -> liqwatch::model::RiskEvent {
 fn funding_example_is_true() {
     let ev = example();
     if std::env::var_os("LIQWATCH_PRINT_EVENTS").is_some() {
-        println!("```json\n{}\n```", serde_json::to_string_pretty(&ev).unwrap());
+        println!(
+            "```json\n{}\n```",
+            serde_json::to_string_pretty(&ev).unwrap()
+        );
     }
     let doc =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/events.md")).unwrap();

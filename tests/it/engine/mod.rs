@@ -5,7 +5,7 @@ mod after_trigger;
 mod concurrency;
 mod events_doc;
 mod exposure;
-mod funding_doc;
 mod extremes;
+mod funding_doc;
 mod index_props;
 mod props;
