@@ -640,7 +640,7 @@ impl Monitor {
             at: out.len(),
             trigger: th.trigger,
             prices: engine_prices,
-            funding: funding::rates_for(&account, prices),
+            funding: funding::rates_for(&account, prices, now_ms),
             account,
         });
         out.push(Emitted {

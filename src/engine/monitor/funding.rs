@@ -36,14 +36,22 @@ use crate::model::{
     RiskEvent, RiskSnapshot, Thresholds, TimestampMs, format_rfc3339_ms,
 };
 
-/// The known funding rates of an account's perpetual positions (each instrument once).
-pub fn rates_for(account: &Account, prices: &dyn PriceInfo) -> Vec<(InstrumentId, FundingRate)> {
+/// The known funding rates of an account's perpetual positions (each instrument once). A rate
+/// whose funding time is at or before `now_ms` is over (paid, or applied by `apply_funding`):
+/// it is left out until the feed announces the next one, so a payment is never shown twice.
+pub fn rates_for(
+    account: &Account,
+    prices: &dyn PriceInfo,
+    now_ms: TimestampMs,
+) -> Vec<(InstrumentId, FundingRate)> {
     let mut out: Vec<(InstrumentId, FundingRate)> = Vec::new();
     for p in &account.positions {
         if out.iter().any(|(i, _)| *i == p.instrument) {
             continue;
         }
-        if let Some(f) = prices.funding(&p.instrument) {
+        if let Some(f) = prices.funding(&p.instrument)
+            && !f.next_funding_ts.is_some_and(|t| t <= now_ms)
+        {
             out.push((p.instrument.clone(), f));
         }
     }
@@ -179,7 +187,7 @@ impl Monitor {
                 at: out.len(),
                 trigger: th.trigger,
                 prices: engine_prices,
-                funding: rates_for(&account, prices),
+                funding: rates_for(&account, prices, now_ms),
                 account,
             });
             out.push(Emitted {
@@ -345,6 +353,17 @@ mod tests {
         let ev2 = again.on_funding_clock(&next, T + 475 * MIN);
         assert_eq!(ev2.len(), 1);
         assert_eq!(ev2[0].event.seq, w.seq + 1);
+    }
+
+    /// A rate whose funding time has come is over: left out of snapshots until the next one
+    /// is announced (a payment applied by `apply_funding` is not shown again).
+    #[test]
+    fn past_funding_time_is_not_shown() {
+        let e = engine();
+        let account = e.map().account(&AccountId::from("f")).unwrap();
+        let i = info(dec!(0.0001), T);
+        assert_eq!(rates_for(&account, &i, T - 1).len(), 1);
+        assert!(rates_for(&account, &i, T).is_empty());
     }
 
     /// A payment that would bankrupt the account reaches the trigger level (still a
