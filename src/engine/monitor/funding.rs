@@ -50,7 +50,7 @@ pub fn rates_for(
             continue;
         }
         if let Some(f) = prices.funding(&p.instrument)
-            && !f.next_funding_ts.is_some_and(|t| t <= now_ms)
+            && f.next_funding_ts.is_none_or(|t| t > now_ms)
         {
             out.push((p.instrument.clone(), f));
         }
