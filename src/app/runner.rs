@@ -13,6 +13,10 @@
 //!
 //! An account update is answered only after it is applied **and** persisted; when persisting
 //! fails the engine reverts the map, so memory and store agree.
+//!
+//! The same tick drives funding on the wall clock: `Engine::on_funding_clock`
+//! (`warn_before_funding`) and, with `[accounts] apply_funding`, the settlements due
+//! (`engine::settlement`), applied through the same idempotent update path as any update.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
