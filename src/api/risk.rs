@@ -478,6 +478,7 @@ mod tests {
                 shock_distance: ShockDistance::default(),
                 liquidation_penalty: Decimal::ZERO,
                 liquidation_cost: None,
+                funding: None,
                 positions: vec![],
                 collateral: vec![],
             },

@@ -56,8 +56,10 @@ pub(crate) struct Backend {
 impl Backend {
     fn view(&self, id: &AccountId) -> Option<api::AccountView> {
         let trigger = self.map.trigger_for(id, *self.default_trigger.read());
-        let snapshot = self.map.snapshot(id, trigger).ok()?;
+        let mut snapshot = self.map.snapshot(id, trigger).ok()?;
         let account = self.map.account(id)?;
+        let rates = crate::engine::monitor::funding::rates_for(&account, &*self.board, now_ms());
+        crate::engine::monitor::funding::attach(&mut snapshot, &*self.map.instruments(), &rates);
         let mut prices: Vec<PriceUsed> = Vec::new();
         let ids = account
             .positions

@@ -97,6 +97,7 @@ async fn disk_full_stops_prices_at_the_limit_issue_11_item_7() {
         update_ids: UpdateIdWindow::default(),
         state_counts: StateCounts::default(),
         paused: false,
+        settlements: None,
     };
     let (engine_tx, engine_rx) = mpsc::channel(4);
     let stop = CancellationToken::new();

@@ -238,6 +238,10 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
         update_ids: cfg.accounts.update_ids,
         state_counts: StateCounts::from_states(&states),
         paused: false,
+        settlements: cfg
+            .accounts
+            .apply_funding
+            .then(crate::engine::settlement::SettlementTracker::default),
     };
     let engine_task = tokio::spawn(
         runner

@@ -251,6 +251,10 @@ fn restart_needed(
         old.engine.after_trigger != new.engine.after_trigger,
     );
     check(
+        "engine.warn_before_funding",
+        old.engine.warn_before_funding != new.engine.warn_before_funding,
+    );
+    check(
         "accounts.nats",
         differ(&old.accounts.nats, &new.accounts.nats),
     );

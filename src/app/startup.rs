@@ -173,6 +173,7 @@ pub(crate) fn engine(
     )
     .map_err(|e| AppError::Startup(format!("engine levels: {e}")))?;
     engine.set_after_trigger(cfg.engine.after_trigger);
+    engine.set_warn_before_funding(cfg.engine.warn_before_funding);
     let stored_states = journal
         .load_monitor_states()
         .map_err(|e| AppError::Startup(e.to_string()))?;

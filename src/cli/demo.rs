@@ -681,6 +681,7 @@ mod tests {
                 positions: vec![],
                 collateral: vec![],
                 liquidation_cost: None,
+                funding: None,
             }),
             prices: vec![],
             stale_prices: false,

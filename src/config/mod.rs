@@ -153,6 +153,9 @@ pub struct EngineConfig {
     /// Wake only the accounts a tick can move across a level (`distance_index`, default
     /// true); false revalues every holder on every tick.
     pub distance_index: bool,
+    /// Warn this long before a funding time about accounts whose margin ratio after the
+    /// payment would cross a level (`warn_before_funding`, e.g. `"10m"`; unset: off).
+    pub warn_before_funding: Option<Duration>,
 }
 
 /// `[accounts]`: where accounts come from.
@@ -164,6 +167,9 @@ pub struct AccountsConfig {
     pub nats: Option<NatsIngestConfig>,
     /// `update_id_window` / `update_id_limit`: how long applied update ids are remembered.
     pub update_ids: crate::journal::UpdateIdWindow,
+    /// `apply_funding`: apply each funding settlement to the accounts' collateral (for account
+    /// sources that do not report balances; see `engine::settlement`). Default false.
+    pub apply_funding: bool,
 }
 
 /// Where a `[[feeds]]` entry gets its prices.
@@ -296,6 +302,8 @@ struct RawEngine {
     trigger_on_stale: Option<String>,
     distance_index: Option<bool>,
     after_trigger: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    warn_before_funding: Option<Duration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -306,6 +314,7 @@ struct RawAccounts {
     #[serde(default, with = "humantime_serde")]
     update_id_window: Option<Duration>,
     update_id_limit: Option<u64>,
+    apply_funding: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -714,6 +723,7 @@ impl Cx<'_, '_> {
             trigger_on_stale,
             after_trigger,
             distance_index: raw.distance_index.unwrap_or(true),
+            warn_before_funding: raw.warn_before_funding.filter(|d| !d.is_zero()),
         })
     }
 
@@ -779,6 +789,7 @@ impl Cx<'_, '_> {
             snapshot,
             nats,
             update_ids,
+            apply_funding: raw.apply_funding.unwrap_or(false),
         }
     }
 

@@ -496,3 +496,35 @@ fn risk_schedule_keys() {
     ));
     assert!(!p.is_empty(), "unknown keys are errors");
 }
+
+/// Funding (issue 15 part 3): `warn_before_funding` and `apply_funding` are off by default,
+/// read when given ("0s" is off), and a bad duration names its key.
+#[test]
+fn funding_keys() {
+    let c = ok(MIN);
+    assert_eq!(c.engine.warn_before_funding, None);
+    assert!(!c.accounts.apply_funding);
+    let text = MIN.replace(
+        "instruments = [\"presets.toml\"]",
+        "instruments = [\"presets.toml\"]\nwarn_before_funding = \"10m\"",
+    ) + "\n[accounts]\napply_funding = true\n";
+    let c = ok(&text);
+    assert_eq!(c.engine.warn_before_funding, Some(Duration::from_secs(600)));
+    assert!(c.accounts.apply_funding);
+    let off = MIN.replace(
+        "instruments = [\"presets.toml\"]",
+        "instruments = [\"presets.toml\"]\nwarn_before_funding = \"0s\"",
+    );
+    assert_eq!(ok(&off).engine.warn_before_funding, None);
+    let bad = MIN.replace(
+        "instruments = [\"presets.toml\"]",
+        "instruments = [\"presets.toml\"]\nwarn_before_funding = \"soon\"",
+    );
+    let p = problems(&bad);
+    assert!(
+        p.iter()
+            .any(|p| p.key.contains("warn_before_funding")
+                || p.message.contains("warn_before_funding")),
+        "{p:?}"
+    );
+}

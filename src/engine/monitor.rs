@@ -90,6 +90,10 @@ pub struct MonitorState {
     pub state: AccountState,
     /// The `seq` of the last event emitted for the account (0: none yet).
     pub seq: u64,
+    /// The funding time (ms) the account was last warned about (`warn_before_funding`), so a
+    /// restart does not warn about the same settlement again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub funding_warned: Option<TimestampMs>,
 }
 
 impl Default for MonitorState {
@@ -97,6 +101,7 @@ impl Default for MonitorState {
         MonitorState {
             state: AccountState::Healthy,
             seq: 0,
+            funding_warned: None,
         }
     }
 }
@@ -200,11 +205,21 @@ pub fn transition(
 pub trait PriceInfo {
     /// What is known about the instrument's current price, if anything.
     fn price_info(&self, instrument: &InstrumentId) -> Option<PriceUsed>;
+
+    /// The latest funding rate and next funding time of a perpetual, if known (none by
+    /// default: sources without funding show no payment and never warn before funding).
+    fn funding(&self, _instrument: &InstrumentId) -> Option<margin::funding::FundingRate> {
+        None
+    }
 }
 
 impl PriceInfo for crate::prices::PriceBoard {
     fn price_info(&self, instrument: &InstrumentId) -> Option<PriceUsed> {
         self.composite(instrument).map(|c| c.price_used(instrument))
+    }
+
+    fn funding(&self, instrument: &InstrumentId) -> Option<margin::funding::FundingRate> {
+        self.funding().get(instrument).map(|e| e.rate)
     }
 }
 
@@ -251,6 +266,8 @@ struct Slot {
     /// Marked liquidated by its trigger ([`AfterTrigger::MarkLiquidated`]): silent until the
     /// account's next update.
     liquidated: bool,
+    /// The funding time last warned about ([`MonitorState::funding_warned`]).
+    funding_warned: Option<TimestampMs>,
 }
 
 /// The monitor. Owned by the engine task (`&mut self`); states are indexed by account key.
@@ -344,6 +361,7 @@ impl Monitor {
             return Some(MonitorState {
                 state: s.state.clone(),
                 seq: s.seq,
+                funding_warned: s.funding_warned,
             });
         }
         self.pending.get(id).cloned()
@@ -523,6 +541,7 @@ impl Monitor {
                 state: s.state,
                 seq: s.seq,
                 liquidated: false,
+                funding_warned: s.funding_warned,
             });
         }
         slot.as_mut()
@@ -604,6 +623,7 @@ impl Monitor {
         slot.state = new_state.clone();
         slot.liquidated = mark && crossing.kind == EventKind::LiquidationTrigger;
         let seq = slot.seq;
+        let funding_warned = slot.funding_warned;
         // The snapshot (figures, shock distance, liquidation prices) is what an event costs:
         // it is computed after the state pass, for every event of the step at once, on all cores.
         let snapshot = None;
@@ -612,6 +632,7 @@ impl Monitor {
         let state_json = serde_json::to_string(&MonitorState {
             state: new_state.clone(),
             seq,
+            funding_warned,
         })
         .unwrap_or_default();
         let account_id = account.id.clone();
@@ -619,6 +640,7 @@ impl Monitor {
             at: out.len(),
             trigger: th.trigger,
             prices: engine_prices,
+            funding: funding::rates_for(&account, prices, now_ms),
             account,
         });
         out.push(Emitted {
@@ -653,6 +675,8 @@ struct SnapshotJob {
     at: usize,
     trigger: Decimal,
     prices: crate::engine::map::PriceSnapshot,
+    /// The funding rates of the account's perpetuals, when known.
+    funding: Vec<(InstrumentId, margin::funding::FundingRate)>,
     account: crate::model::Account,
 }
 
@@ -664,9 +688,12 @@ const PARALLEL_SNAPSHOTS: usize = 64;
 /// snapshot lands in its own event, so the order of events does not depend on the split.
 fn fill_snapshots(map: &AccountMap, out: &mut [Emitted], jobs: Vec<SnapshotJob>) {
     let one = |job: &SnapshotJob| -> Option<crate::model::RiskSnapshot> {
-        match margin::account_snapshot(&job.account, &*map.instruments(), &job.prices, job.trigger)
-        {
-            Ok(s) => Some(s),
+        let table = map.instruments();
+        match margin::account_snapshot(&job.account, &*table, &job.prices, job.trigger) {
+            Ok(mut s) => {
+                funding::attach(&mut s, &*table, &job.funding);
+                Some(s)
+            }
             Err(error) => {
                 metrics::counter!("liqwatch_monitor_snapshot_errors_total").increment(1);
                 tracing::error!(account = %job.account.id, %error, "Snapshot failed; the event goes out without it");
@@ -761,5 +788,6 @@ fn prices_used(
     out
 }
 
+pub mod funding;
 #[cfg(test)]
 mod tests;

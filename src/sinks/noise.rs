@@ -311,6 +311,7 @@ pub(crate) mod tests {
                 positions: vec![],
                 collateral: vec![],
                 liquidation_cost: None,
+                funding: None,
             }),
             prices: vec![],
             stale_prices: false,

@@ -56,6 +56,7 @@ fn entry(seq: u64, kind: EventKind) -> JournalEntry {
             positions: vec![],
             collateral: vec![],
             liquidation_cost: None,
+            funding: None,
         }),
         prices: vec![],
         stale_prices: false,

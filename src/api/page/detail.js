@@ -69,6 +69,8 @@ async function refreshDetail() {
     ["Margin ratio", ratioPct(s.margin_ratio), s.margin_ratio],
     ["Free margin", money(s.free_margin), s.free_margin],
     ["Shock to trigger (down / up)", `${sd.down ? pct(sd.down) : "–"} / ${sd.up ? pct(sd.up) : "–"}`, sd.nearest || ""],
+    // The next funding payment and the ratio once paid (only when a funding rate is known).
+    ...(s.funding ? [["Next funding → ratio after", `${money(s.funding.total)} → ${ratioPct(s.funding.margin_ratio_after)}`, s.funding.total]] : []),
     ["Prices", v.stale_prices ? "some STALE" : "all fresh", String(v.stale_prices)],
   ]);
   const pos = document.createDocumentFragment();

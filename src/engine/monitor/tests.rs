@@ -183,6 +183,7 @@ fn monitor_state_json() {
     let s = MonitorState {
         state: warn(dec!(0.8)),
         seq: 3,
+        funding_warned: None,
     };
     let j = serde_json::to_string(&s).unwrap();
     assert_eq!(j, r#"{"state":"warning","level":"0.8","seq":3}"#);
@@ -190,6 +191,7 @@ fn monitor_state_json() {
     let t = serde_json::to_string(&MonitorState {
         state: AccountState::Triggered,
         seq: 9,
+        funding_warned: None,
     })
     .unwrap();
     assert_eq!(t, r#"{"state":"triggered","seq":9}"#);

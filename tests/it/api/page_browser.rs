@@ -335,6 +335,21 @@ async fn risk_page_in_a_real_browser() {
              return !d.hidden && document.querySelector('#positions tbody').textContent.includes('BTCUSDT-PERP');",
         )
         .await;
+    // The mock's mark frames carry a funding rate (r = 0.01 %): the summary shows the next
+    // payment and the ratio after it (issue 15 part 3), a negative total for hot's long.
+    let funding = browser
+        .wait_js(
+            "the next funding row",
+            DEADLINE,
+            "const dt=[...document.querySelectorAll('#detail-summary dt')]
+               .find(d => d.textContent === 'Next funding → ratio after');
+             return dt ? dt.nextElementSibling.dataset.exact : null;",
+        )
+        .await;
+    assert!(
+        funding.as_str().is_some_and(|t| t.starts_with('-')),
+        "{funding}"
+    );
 
     // Without `[risk]` the drill-down says VaR is not configured (the figures are tested in
     // `page_drilldown`); its events come from the journal, the warning among them.

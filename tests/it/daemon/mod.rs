@@ -7,6 +7,7 @@ mod deploy_files;
 mod docker_image;
 mod e2e;
 mod empty_account;
+mod funding;
 mod held_staleness;
 mod idempotent_updates;
 mod instruments_import;

@@ -6,5 +6,6 @@ mod concurrency;
 mod events_doc;
 mod exposure;
 mod extremes;
+mod funding_doc;
 mod index_props;
 mod props;

@@ -51,6 +51,7 @@ fn entry(seq: u64, kind: EventKind, account: &str, ratio: Decimal) -> JournalEnt
             positions: vec![],
             collateral: vec![],
             liquidation_cost: None,
+            funding: None,
         }),
         prices: vec![],
         stale_prices: false,

@@ -127,6 +127,7 @@ pub fn view(id: &str, ratio: Decimal) -> AccountView {
             positions: vec![],
             collateral: vec![],
             liquidation_cost: None,
+            funding: None,
         },
         prices: vec![],
         stale_prices: false,
