@@ -98,6 +98,7 @@ async fn disk_full_stops_prices_at_the_limit_issue_11_item_7() {
         state_counts: StateCounts::default(),
         paused: false,
         settlements: None,
+        funding_sources: Default::default(),
     };
     let (engine_tx, engine_rx) = mpsc::channel(4);
     let stop = CancellationToken::new();

@@ -238,10 +238,11 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
         update_ids: cfg.accounts.update_ids,
         state_counts: StateCounts::from_states(&states),
         paused: false,
-        settlements: cfg
-            .accounts
-            .apply_funding
-            .then(crate::engine::settlement::SettlementTracker::default),
+        settlements: Some(crate::engine::settlement::SettlementTracker::default()),
+        funding_sources: runner::FundingSources {
+            http: cfg.accounts.apply_funding,
+            nats: cfg.accounts.apply_funding_nats,
+        },
     };
     let engine_task = tokio::spawn(
         runner

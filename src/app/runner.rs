@@ -75,8 +75,33 @@ pub(crate) struct Runner {
     /// True while prices are not taken because the journal holds its limit of unwritten
     /// events (disk full): the board coalesces them meanwhile, nothing queues.
     pub paused: bool,
-    /// `[accounts] apply_funding`: the funding settlements applied so far (`None`: off).
+    /// The funding settlements applied so far to accounts with `apply_funding` (`None`: off,
+    /// in tests that do not exercise it).
     pub settlements: Option<crate::engine::settlement::SettlementTracker>,
+    /// `[accounts] apply_funding` / `[accounts.nats] apply_funding`: a full account from that
+    /// source gets `apply_funding` (its balances do not include funding).
+    pub funding_sources: FundingSources,
+}
+
+/// Which account sources do not report balances, so the daemon applies funding to their
+/// accounts (`Account::apply_funding`).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct FundingSources {
+    /// The snapshot file and the HTTP API (`[accounts] apply_funding`).
+    pub http: bool,
+    /// NATS (`[accounts.nats] apply_funding`).
+    pub nats: bool,
+}
+
+impl FundingSources {
+    /// Whether updates from `origin` mark their accounts `apply_funding`.
+    pub fn applies(&self, origin: &UpdateOrigin) -> bool {
+        match origin {
+            UpdateOrigin::Http => self.http,
+            UpdateOrigin::Nats { .. } => self.nats,
+            UpdateOrigin::Funding => false,
+        }
+    }
 }
 
 /// Counts of accounts in warning and triggered state (healthy = loaded − both), kept
@@ -243,6 +268,9 @@ impl Runner {
         let due = tracker.due(observed, now);
         for s in due {
             let updates = crate::engine::settlement::settlement_updates(self.engine.map(), &s);
+            if updates.is_empty() {
+                continue;
+            }
             tracing::info!(instrument = %s.instrument, funding_ms = s.funding_ms, rate = %s.rate, accounts = updates.len(), "Applying a funding settlement");
             for (id, update) in updates {
                 let key = UpdateKey::funding(id);
@@ -356,6 +384,10 @@ impl Runner {
         origin: &UpdateOrigin,
         key: Option<UpdateKey>,
     ) -> Result<Applied, ApplyError> {
+        let mut update = update;
+        if let AccountUpdate::Replace { account } = &mut update {
+            account.apply_funding |= self.funding_sources.applies(origin);
+        }
         // An id seen before: a repeat is acknowledged without applying, a reuse for another
         // update refused. Updates are applied one at a time here, so nothing can record the
         // same id between this look-up and the write below.
@@ -527,5 +559,36 @@ pub(super) async fn wait_engine_death(task: &tokio::task::JoinHandle<()>) -> Str
             return "engine task ended".to_string();
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod funding_sources_tests {
+    use super::*;
+
+    /// Each source's `apply_funding` switch marks only its own updates; the daemon's own
+    /// settlements never mark anything.
+    #[test]
+    fn each_source_marks_only_its_own_updates() {
+        let nats = UpdateOrigin::Nats {
+            stream: "s".into(),
+            stream_sequence: 1,
+            subject: "x".into(),
+            published: "t".into(),
+        };
+        let http_only = FundingSources {
+            http: true,
+            nats: false,
+        };
+        assert!(http_only.applies(&UpdateOrigin::Http));
+        assert!(!http_only.applies(&nats));
+        assert!(!http_only.applies(&UpdateOrigin::Funding));
+        let nats_only = FundingSources {
+            http: false,
+            nats: true,
+        };
+        assert!(!nats_only.applies(&UpdateOrigin::Http));
+        assert!(nats_only.applies(&nats));
+        assert!(!FundingSources::default().applies(&UpdateOrigin::Http));
     }
 }

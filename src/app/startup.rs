@@ -224,7 +224,9 @@ pub(crate) fn load_accounts(
     let accounts = crate::sources::files::load_accounts_checked(path, instruments)
         .map_err(|e| AppError::Startup(e.to_string()))?;
     let mut rows = Vec::with_capacity(accounts.len());
-    for account in accounts {
+    for mut account in accounts {
+        // The snapshot file is an `[accounts]` source like the HTTP API.
+        account.apply_funding |= cfg.accounts.apply_funding;
         let id = account.id.clone();
         let json = serde_json::to_string(&account)
             .map_err(|e| AppError::Startup(format!("account {id}: {e}")))?;

@@ -167,9 +167,12 @@ pub struct AccountsConfig {
     pub nats: Option<NatsIngestConfig>,
     /// `update_id_window` / `update_id_limit`: how long applied update ids are remembered.
     pub update_ids: crate::journal::UpdateIdWindow,
-    /// `apply_funding`: apply each funding settlement to the accounts' collateral (for account
-    /// sources that do not report balances; see `engine::settlement`). Default false.
+    /// `apply_funding`: the daemon applies each funding settlement to the collateral of the
+    /// accounts from the snapshot file and the HTTP API (for sources that do not report
+    /// balances; see `engine::settlement`). Default false.
     pub apply_funding: bool,
+    /// `[accounts.nats] apply_funding`: the same for accounts from NATS. Default false.
+    pub apply_funding_nats: bool,
 }
 
 /// Where a `[[feeds]]` entry gets its prices.
@@ -335,6 +338,7 @@ struct RawAccountsNats {
     timeout: Option<Duration>,
     shard_index: Option<u32>,
     shard_count: Option<u32>,
+    apply_funding: Option<bool>,
 }
 
 /// The keys of a `[[feeds]]` entry the daemon reads itself; the rest go to the driver.
@@ -729,6 +733,11 @@ impl Cx<'_, '_> {
 
     fn accounts(&mut self, raw: RawAccounts) -> AccountsConfig {
         let snapshot = raw.snapshot.as_deref().map(|s| self.path(s));
+        let apply_funding_nats = raw
+            .nats
+            .as_ref()
+            .and_then(|n| n.apply_funding)
+            .unwrap_or(false);
         let nats = raw.nats.map(|n| {
             let at = |k: &'static str| [P::K("accounts"), P::K("nats"), P::K(k)];
             let d = NatsIngestConfig::default();
@@ -790,6 +799,7 @@ impl Cx<'_, '_> {
             nats,
             update_ids,
             apply_funding: raw.apply_funding.unwrap_or(false),
+            apply_funding_nats,
         }
     }
 

@@ -497,7 +497,8 @@ fn risk_schedule_keys() {
     assert!(!p.is_empty(), "unknown keys are errors");
 }
 
-/// Funding (issue 15 part 3): `warn_before_funding` and `apply_funding` are off by default,
+/// Funding (issue 15 part 3): `warn_before_funding` and `apply_funding` (per source: `[accounts]`,
+/// `[accounts.nats]`) are off by default,
 /// read when given ("0s" is off), and a bad duration names its key.
 #[test]
 fn funding_keys() {
@@ -511,6 +512,14 @@ fn funding_keys() {
     let c = ok(&text);
     assert_eq!(c.engine.warn_before_funding, Some(Duration::from_secs(600)));
     assert!(c.accounts.apply_funding);
+    assert!(
+        !c.accounts.apply_funding_nats,
+        "each source has its own switch"
+    );
+    let c = ok(&format!(
+        "{MIN}\n[accounts.nats]\nurl = \"nats://127.0.0.1:4222\"\napply_funding = true\n"
+    ));
+    assert!(c.accounts.apply_funding_nats && !c.accounts.apply_funding);
     let off = MIN.replace(
         "instruments = [\"presets.toml\"]",
         "instruments = [\"presets.toml\"]\nwarn_before_funding = \"0s\"",

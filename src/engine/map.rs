@@ -342,6 +342,8 @@ struct Entry {
     /// False when the totals could not be summed exactly.
     totals_ok: bool,
     thresholds: Option<Box<Thresholds>>,
+    /// `Account::apply_funding` (fits in the padding beside `invalid` and `totals_ok`).
+    apply_funding: bool,
 }
 
 fn zero_scaled() -> Decimal {
@@ -539,6 +541,11 @@ impl AccountView<'_> {
     pub fn thresholds(&self) -> Option<&Thresholds> {
         self.entry.thresholds.as_deref()
     }
+
+    /// Whether the daemon applies funding settlements to this account (`Account::apply_funding`).
+    pub fn apply_funding(&self) -> bool {
+        self.entry.apply_funding
+    }
     /// Ids of the instruments the account holds (positions and balances), in slot order.
     pub fn instruments(&self) -> impl Iterator<Item = &InstrumentId> {
         self.entry
@@ -569,6 +576,7 @@ impl AccountView<'_> {
             collateral: Default::default(),
             positions: Vec::new(),
             thresholds: self.entry.thresholds.as_deref().cloned(),
+            apply_funding: self.entry.apply_funding,
         };
         for s in self.entry.slots.iter() {
             let Some(inst) = self.table.get(s.instr) else {

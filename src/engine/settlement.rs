@@ -14,6 +14,11 @@
 //! most of, else the first stable instrument configured); an inverse perpetual in its coin
 //! (`payment / price` of the underlying collateral).
 //!
+//! **Whom.** Only accounts with `apply_funding` (`Account::apply_funding`: set in the account's
+//! JSON, or by its source's `apply_funding` switch — `[accounts]` for the snapshot file and the
+//! HTTP API, `[accounts.nats]` for NATS), so one daemon can mix balance-reporting sources with
+//! position-only ones.
+//!
 //! **Never double-counted.** An account update that reports balances (a full replacement)
 //! replaces the applied payment with what the source reports: sources that report balances
 //! already include funding and should not set `apply_funding`.
@@ -113,6 +118,12 @@ pub fn settlement_updates(map: &AccountMap, s: &DueSettlement) -> Vec<(String, A
     stables.sort();
     let mut out = Vec::new();
     for id in map.holders(&s.instrument) {
+        // Only accounts whose balances do not include funding (set by the account or its
+        // source): a balance-reporting account would count it twice. Checked before the
+        // account is materialised, so a book of balance-reporting accounts costs a look-up each.
+        if map.read(&id, |v| v.apply_funding()) != Some(true) {
+            continue;
+        }
         let Some(account) = map.account(&id) else {
             continue;
         };
@@ -215,13 +226,18 @@ mod tests {
     }
 
     /// Longs pay and shorts receive at a positive rate, in the stable they hold; the id names
-    /// the instrument, the time and the account.
+    /// the instrument, the time and the account; an account without `apply_funding` (its
+    /// source reports balances) gets nothing.
     #[test]
     fn updates_for_holders() {
         let map = Arc::new(AccountMap::new(w3_instruments()));
-        for (id, q) in [("long", "2"), ("short", "-1")] {
+        for (id, q, apply) in [
+            ("long", "2", true),
+            ("reports-balances", "3", false),
+            ("short", "-1", true),
+        ] {
             let a: crate::model::Account = serde_json::from_str(&format!(
-                r#"{{"id":"{id}","collateral":{{"USDT":"10000"}},"positions":[
+                r#"{{"id":"{id}","collateral":{{"USDT":"10000"}},"apply_funding":{apply},"positions":[
                 {{"instrument":"BTCUSDT-PERP","quantity":"{q}","entry_price":"60000"}}]}}"#
             ))
             .unwrap();

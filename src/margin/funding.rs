@@ -246,6 +246,7 @@ mod tests {
                 .collect(),
             positions,
             thresholds: None,
+            apply_funding: false,
         }
     }
 

@@ -246,6 +246,7 @@ fn options_keep_liquidation_prices_exact() {
                 entry_price: p,
             }],
             thresholds: None,
+            apply_funding: false,
         };
         let mut prices = HashMap::new();
         prices.insert(InstrumentId::from(id), p);

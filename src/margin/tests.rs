@@ -150,6 +150,7 @@ fn w3_account() -> Account {
             pos("SOLUSDT-PERP", dec!(-2000), dec!(140)),
         ],
         thresholds: None,
+        apply_funding: false,
     }
 }
 
@@ -493,6 +494,7 @@ fn w6_setup(
         collateral,
         positions: vec![pos("BTCUSD-INV-PERP", q, dec!(30000))],
         thresholds: None,
+        apply_funding: false,
     };
     let mut p = HashMap::new();
     p.insert("BTCUSD-INV-PERP".into(), dec!(25000));
@@ -547,6 +549,7 @@ fn w8_bybit_cross() {
         collateral,
         positions: vec![pos("BYBIT-BTCUSDT-PERP", dec!(23), dec!(98000))],
         thresholds: None,
+        apply_funding: false,
     };
     let mut p = HashMap::new();
     p.insert("BYBIT-BTCUSDT-PERP".into(), dec!(100000));
@@ -591,6 +594,7 @@ fn w10_hyperliquid() {
         collateral,
         positions: vec![pos("HL-BTC-PERP", dec!(1), dec!(95000))],
         thresholds: None,
+        apply_funding: false,
     };
     let mut p = HashMap::new();
     p.insert("HL-BTC-PERP".into(), dec!(100000));
@@ -631,6 +635,7 @@ fn w11_flat_fraction_shock() {
             pos("LINK-USD", dec!(1000), dec!(15)),
         ],
         thresholds: None,
+        apply_funding: false,
     };
     let p: HashMap<InstrumentId, Decimal> = [
         ("BTC-USD".into(), dec!(58000)),
@@ -686,6 +691,7 @@ fn hedge_mode_legs() {
             },
         ],
         thresholds: None,
+        apply_funding: false,
     };
     let prices = w3_prices(dec!(1), dec!(1), dec!(1));
     let s = account_snapshot(&a, &u, &prices, dec!(1)).unwrap();
@@ -718,6 +724,7 @@ fn empty_no_positions_negative_equity() {
         collateral: BTreeMap::new(),
         positions: vec![],
         thresholds: None,
+        apply_funding: false,
     };
     let s = account_snapshot(&empty, &u, &prices, dec!(1)).unwrap();
     assert_eq!(s.equity, Decimal::ZERO);

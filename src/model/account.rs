@@ -156,6 +156,13 @@ pub struct Account {
     /// Optional per-account levels overriding the configured defaults.
     #[serde(default)]
     pub thresholds: Option<Thresholds>,
+    /// The daemon applies each funding settlement of this account's perpetuals to its
+    /// collateral (`engine::settlement`): for accounts whose source does not report balances.
+    /// Set in the account's JSON, or by its source's `apply_funding` (`[accounts]` for the
+    /// snapshot file and the HTTP API, `[accounts.nats]` for NATS). Left out of the JSON when
+    /// false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub apply_funding: bool,
 }
 
 /// Longest account id accepted, in bytes.

@@ -58,6 +58,7 @@ fn w3() -> Account {
             pos("SOLUSDT-PERP", dec!(-2000), dec!(140)),
         ],
         thresholds: None,
+        apply_funding: false,
     }
 }
 
@@ -237,6 +238,7 @@ fn inverse_and_missing_returns() {
         collateral,
         positions: vec![pos("BTCUSD-INV-PERP", dec!(2500), dec!(62000))],
         thresholds: None,
+        apply_funding: false,
     };
     let r = book.account(&a).unwrap();
     assert_eq!(r.method, "full_revaluation");
@@ -273,6 +275,7 @@ fn arb_account() -> impl Strategy<Value = Account> {
                 collateral,
                 positions: [a, b, c].into_iter().flatten().collect(),
                 thresholds: None,
+                apply_funding: false,
             }
         })
 }

@@ -105,6 +105,7 @@ fn book(n: usize) -> Vec<Account> {
                 collateral,
                 positions,
                 thresholds: None,
+                apply_funding: false,
             }
         })
         .collect()

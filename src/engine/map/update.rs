@@ -122,13 +122,17 @@ impl AccountMap {
         self.accounts.alloc().ok_or(AccountError::Capacity)
     }
 
-    fn current(
-        &self,
-        key: AccountKey,
-        id: &AccountId,
-    ) -> Result<(Vec<Slot>, Option<Box<Thresholds>>), AccountError> {
+    fn current(&self, key: AccountKey, id: &AccountId) -> Result<(Vec<Slot>, Meta), AccountError> {
         self.accounts
-            .with(key, |e| (e.slots.to_vec(), e.thresholds.clone()))
+            .with(key, |e| {
+                (
+                    e.slots.to_vec(),
+                    Meta {
+                        thresholds: e.thresholds.clone(),
+                        apply_funding: e.apply_funding,
+                    },
+                )
+            })
             .ok_or_else(|| AccountError::UnknownAccount(id.clone()))
     }
 
@@ -173,10 +177,7 @@ impl AccountMap {
     }
 
     /// Validates a full account and turns it into unvalued slots.
-    fn build_slots(
-        &self,
-        account: &Account,
-    ) -> Result<(Vec<Slot>, Option<Box<Thresholds>>), AccountError> {
+    fn build_slots(&self, account: &Account) -> Result<(Vec<Slot>, Meta), AccountError> {
         let invalid = |message: String| AccountError::Invalid {
             account: account.id.clone(),
             message,
@@ -209,7 +210,13 @@ impl AccountMap {
         if slots.len() > usize::from(u16::MAX) {
             return Err(invalid(format!("{} slots is too many", slots.len())));
         }
-        Ok((slots, account.thresholds.clone().map(Box::new)))
+        Ok((
+            slots,
+            Meta {
+                thresholds: account.thresholds.clone().map(Box::new),
+                apply_funding: account.apply_funding,
+            },
+        ))
     }
 
     /// Applies a fill to a copy of the account's slots (rules in the module docs).
@@ -334,7 +341,7 @@ impl AccountMap {
         &self,
         id: &AccountId,
         key: AccountKey,
-        new: Option<(Vec<Slot>, Option<Box<Thresholds>>)>,
+        new: Option<(Vec<Slot>, Meta)>,
     ) -> Result<(), AccountError> {
         let old_instrs: Vec<InstrumentIdx> = self
             .accounts
@@ -358,7 +365,7 @@ impl AccountMap {
         // Loaded under the instrument locks (see `AccountMap::table`).
         let table = self.table();
         let entry = match new {
-            Some((mut slots, thresholds)) => {
+            Some((mut slots, meta)) => {
                 for s in slots.iter_mut() {
                     let Some(inst) = table.get(s.instr) else {
                         continue;
@@ -385,7 +392,8 @@ impl AccountMap {
                     mm: zero_scaled(),
                     invalid: 0,
                     totals_ok: true,
-                    thresholds,
+                    thresholds: meta.thresholds,
+                    apply_funding: meta.apply_funding,
                 };
                 e.recompute_totals();
                 if !e.totals_ok {
@@ -459,4 +467,10 @@ fn check_leg(side: PositionSide, q: Decimal) -> Result<(), String> {
         }
         _ => Ok(()),
     }
+}
+
+/// What an entry carries besides its slots: its own levels and its funding switch.
+pub(super) struct Meta {
+    thresholds: Option<Box<Thresholds>>,
+    apply_funding: bool,
 }

@@ -125,6 +125,7 @@ pub fn account(i: usize, rng: &mut Lcg) -> Account {
         .collect(),
         positions,
         thresholds: None,
+        apply_funding: false,
     }
 }
 

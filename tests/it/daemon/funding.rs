@@ -56,9 +56,14 @@ async fn start(
     (daemon, api)
 }
 
-/// The account's USDT balance as the API reports it.
+/// Account `f`'s USDT balance as the API reports it.
 async fn usdt(client: &reqwest::Client, api: &str) -> Option<Decimal> {
-    let v = get_json(client, &format!("{api}/v1/accounts/f")).await?;
+    usdt_of(client, api, "f").await
+}
+
+/// An account's USDT balance as the API reports it.
+async fn usdt_of(client: &reqwest::Client, api: &str, id: &str) -> Option<Decimal> {
+    let v = get_json(client, &format!("{api}/v1/accounts/{id}")).await?;
     v["snapshot"]["collateral"]
         .as_array()?
         .iter()
@@ -68,16 +73,17 @@ async fn usdt(client: &reqwest::Client, api: &str) -> Option<Decimal> {
 
 /// 3,700 USDT and 10 BTCUSDT-PERP long at 60,000 (MM 2,950, ratio 0.797); 0.01 % funding costs
 /// 60: equity 3,640, ratio 0.8104, across the 0.8 warning. The snapshot shows the payment, a
-/// funding warning is journaled before the funding time, the payment is applied once at it,
-/// and a restart that hears the same funding time again does not apply it twice.
+/// funding warning is journaled before the funding time, the payment is applied once at it —
+/// only to the account that asks for it (`"apply_funding": true`; the same book without it, as a
+/// balance-reporting source sends it, keeps its balance) — and a restart that hears the same
+/// funding time again does not apply it twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn funding_payment_warning_and_apply_once() {
     let dir = tempfile::tempdir().unwrap();
     let venue = MockBinance::start().await;
     let cfg = binance_config(dir.path(), &venue.url, TOKEN_ENV);
     let text = std::fs::read_to_string(&cfg).unwrap();
-    let text = text.replacen("[[feeds]]", "warn_before_funding = \"10m\"\n\n[[feeds]]", 1)
-        + "\n[accounts]\napply_funding = true\n";
+    let text = text.replacen("[[feeds]]", "warn_before_funding = \"10m\"\n\n[[feeds]]", 1);
     std::fs::write(&cfg, text).unwrap();
     Daemon::init_journal(env!("CARGO_BIN_EXE_liqwatch"), &cfg, &[(TOKEN_ENV, TOKEN)]);
     let client = http_client();
@@ -86,8 +92,21 @@ async fn funding_payment_warning_and_apply_once() {
     let r = client
         .put(format!("{api}/v1/accounts/f"))
         .bearer_auth(TOKEN)
-        .json(&json!({"id":"f","collateral":{"USDT":"3700"},
-            "positions":[{"instrument":"BTCUSDT-PERP","quantity":"10","entry_price":"60000"}]}))
+        .json(
+            &json!({"id":"f","collateral":{"USDT":"3700"},"apply_funding":true,
+            "positions":[{"instrument":"BTCUSDT-PERP","quantity":"10","entry_price":"60000"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let r = client
+        .put(format!("{api}/v1/accounts/reports-balances"))
+        .bearer_auth(TOKEN)
+        .json(
+            &json!({"id":"reports-balances","collateral":{"USDT":"3700"},
+            "positions":[{"instrument":"BTCUSDT-PERP","quantity":"10","entry_price":"60000"}]}),
+        )
         .send()
         .await
         .unwrap();
@@ -173,6 +192,11 @@ async fn funding_payment_warning_and_apply_once() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(
+        usdt_of(&client, &api, "reports-balances").await,
+        Some(dec!(3700)),
+        "an account without apply_funding keeps the balance its source reports"
+    );
     assert_eq!(daemon.terminate(DEADLINE), Some(0), "{}", daemon.log_text());
 
     // A restart hears the same (now past) funding time again: a duplicate, not a payment.

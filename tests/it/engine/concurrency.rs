@@ -86,6 +86,7 @@ fn account(i: usize) -> Account {
             },
         ],
         thresholds: None,
+        apply_funding: false,
     }
 }
 

@@ -47,6 +47,7 @@ fn account(id: &str, collateral: &[(&str, Decimal)], positions: &[(Decimal, Deci
             })
             .collect(),
         thresholds: None,
+        apply_funding: false,
     }
 }
 

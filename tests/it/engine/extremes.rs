@@ -131,6 +131,7 @@ fn update(s: &Step) -> Option<AccountUpdate> {
                     ]),
                     positions,
                     thresholds: None,
+                    apply_funding: false,
                 },
             }
         }

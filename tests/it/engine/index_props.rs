@@ -178,6 +178,7 @@ fn account(i: usize) -> impl Strategy<Value = Account> {
                 .collect::<BTreeMap<_, _>>(),
             positions,
             thresholds,
+            apply_funding: false,
         }
     })
 }
@@ -565,6 +566,7 @@ fn calm_book(n: usize) -> Pair {
                 },
             ],
             thresholds: None,
+            apply_funding: false,
         };
         pair.update(AccountUpdate::Replace { account })
             .unwrap_or_else(|e| panic!("{e}"));

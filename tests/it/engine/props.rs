@@ -121,6 +121,7 @@ fn account(i: usize) -> impl Strategy<Value = Account> {
                 .collect::<BTreeMap<_, _>>(),
             positions,
             thresholds: None,
+            apply_funding: false,
         }
     })
 }

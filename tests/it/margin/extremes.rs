@@ -77,6 +77,7 @@ proptest! {
                 })
                 .collect(),
             thresholds: None,
+            apply_funding: false,
         };
         let mut px: HashMap<InstrumentId, Decimal> = HashMap::new();
         for i in m.values() {

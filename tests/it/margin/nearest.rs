@@ -36,6 +36,7 @@ fn f1() -> Account {
             },
         ],
         thresholds: None,
+        apply_funding: false,
     }
 }
 
@@ -176,6 +177,7 @@ fn near_hedged_strategy() -> impl Strategy<Value = Account> {
                 collateral: BTreeMap::from([(InstrumentId::from("USDT"), dec!(1))]),
                 positions,
                 thresholds: None,
+                apply_funding: false,
             };
             // Collateral a little above today's MM (ratio just below 1).
             let mm = account_snapshot(&a, &m, &prices(&m), Decimal::ONE)

@@ -117,6 +117,7 @@ pub(super) fn account_strategy() -> impl Strategy<Value = Account> {
                 collateral,
                 positions,
                 thresholds: None,
+                apply_funding: false,
             }
         })
 }
@@ -226,6 +227,7 @@ proptest! {
                 entry_price: Decimal::new(e, 2),
             }],
             thresholds: None,
+            apply_funding: false,
         };
         let mut px = prices(&m);
         for v in px.values_mut() {
