@@ -8,9 +8,12 @@
 //! included), hold the same monitor states after every step, and — once the lazy map is
 //! brought to the current prices — the same figures, equal to the from-scratch recomputation.
 //!
+//! Distance levels (`warn_within_shock`, issue 13) are drawn both as defaults and as an
+//! account's own: their bands must be as sound as the ratio's.
+//!
 //! Mutations this catches (each tried by hand): a band δ three times too wide; δ × 1.2;
 //! dropping the MM sensitivity from the band; not re-banding after a revert; not
-//! re-evaluating holders when a held feed is restored.
+//! re-evaluating holders when a held feed is restored; ignoring the distance levels' band.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -137,11 +140,26 @@ fn thresholds() -> impl Strategy<Value = Option<Thresholds>> {
             warning_levels: vec![dec!(0.3)],
             trigger: dec!(0.9),
             hysteresis: dec!(0.1),
+            ..Thresholds::default()
         })),
         1 => Just(Some(Thresholds {
             warning_levels: vec![],
             trigger: dec!(0.6),
             hysteresis: dec!(0),
+            ..Thresholds::default()
+        })),
+        // The account's own distance levels (issue 13), with and without hysteresis.
+        1 => Just(Some(Thresholds {
+            warning_levels: vec![dec!(0.3)],
+            trigger: dec!(0.9),
+            hysteresis: dec!(0.1),
+            warn_within_shock: vec![dec!(0.2), dec!(0.05)],
+            shock_hysteresis: dec!(0.01),
+        })),
+        1 => Just(Some(Thresholds {
+            warn_within_shock: vec![dec!(0.5), dec!(0.1), dec!(0.01)],
+            shock_hysteresis: dec!(0),
+            ..Thresholds::default()
         })),
     ]
 }
@@ -222,7 +240,8 @@ fn id(i: usize) -> AccountId {
     format!("acct-{i}").into()
 }
 
-fn engine(distance_index: bool, policy: StalePolicy) -> Engine {
+/// Distance levels in the defaults (`shock`), or none (the default of the product).
+fn engine(distance_index: bool, policy: StalePolicy, shock: bool) -> Engine {
     let map = Arc::new(AccountMap::new(instruments()));
     Engine::new(
         map,
@@ -232,6 +251,12 @@ fn engine(distance_index: bool, policy: StalePolicy) -> Engine {
                     warning_levels: vec![dec!(0.5), dec!(0.8)],
                     trigger: dec!(1.0),
                     hysteresis: dec!(0.05),
+                    warn_within_shock: if shock {
+                        vec![dec!(0.15), dec!(0.08), dec!(0.02)]
+                    } else {
+                        Vec::new()
+                    },
+                    shock_hysteresis: dec!(0.01),
                 },
                 trigger_on_stale: policy,
             },
@@ -267,10 +292,10 @@ struct Pair {
 }
 
 impl Pair {
-    fn new(policy: StalePolicy) -> Pair {
+    fn new(policy: StalePolicy, shock: bool) -> Pair {
         Pair {
-            eager: engine(false, policy),
-            lazy: engine(true, policy),
+            eager: engine(false, policy, shock),
+            lazy: engine(true, policy, shock),
             info: HashMap::new(),
             now: 1_700_000_000_000,
             events: 0,
@@ -502,8 +527,9 @@ proptest! {
         seed in proptest::collection::vec((0usize..ACCOUNTS).prop_flat_map(|a| account(a).prop_map(move |acc| Op::Replace(a, acc))), 3..10),
         more in proptest::collection::vec(op(), 1..80),
         hold in any::<bool>(),
+        shock in any::<bool>(),
     ) {
-        let mut pair = Pair::new(if hold { StalePolicy::Hold } else { StalePolicy::Fire });
+        let mut pair = Pair::new(if hold { StalePolicy::Hold } else { StalePolicy::Fire }, shock);
         // Every instrument starts priced, so accounts are complete and get bands.
         let start: Vec<(InstrumentId, Decimal)> = PRICED.iter().map(|(i, p)| (InstrumentId::from(*i), Decimal::from(*p))).collect();
         pair.prices(start)?;
@@ -536,7 +562,7 @@ proptest! {
 }
 
 fn calm_book(n: usize) -> Pair {
-    let mut pair = Pair::new(StalePolicy::Fire);
+    let mut pair = Pair::new(StalePolicy::Fire, false);
     let start: Vec<(InstrumentId, Decimal)> = PRICED
         .iter()
         .map(|(i, p)| (InstrumentId::from(*i), Decimal::from(*p)))
