@@ -703,15 +703,16 @@ impl Monitor {
                 stored,
             ));
         }
-        let mut account = Some(account);
+        // One event (the usual case) takes the account and prices; a second gets copies.
+        let mut parts = Some((account, engine_prices, used));
         let n = steps.len();
         for (i, (crossing, level_type, previous, state, stored)) in steps.into_iter().enumerate() {
-            let account = if i + 1 == n {
-                account.take()
+            let taken = if i + 1 == n {
+                parts.take()
             } else {
-                account.clone()
+                parts.clone()
             };
-            let Some(account) = account else {
+            let Some((account, engine_prices, used)) = taken else {
                 return;
             };
             // The snapshot (figures, shock distance, liquidation prices) is what an event costs:
@@ -724,7 +725,7 @@ impl Monitor {
             jobs.push(SnapshotJob {
                 at: out.len(),
                 trigger: th.trigger,
-                prices: engine_prices.clone(),
+                prices: engine_prices,
                 account,
             });
             out.push(Emitted {
@@ -743,7 +744,7 @@ impl Monitor {
                     previous_state: Some(previous),
                     state: Some(state),
                     snapshot: None,
-                    prices: used.clone(),
+                    prices: used,
                     stale_prices: stale,
                     feed: None,
                 },

@@ -92,7 +92,9 @@ pub fn parse_fraction(s: &str) -> Result<Decimal, String> {
     match t.strip_suffix('%') {
         Some(pct) => {
             let v = super::parse_exact(pct.trim()).map_err(|e| format!("{s:?}: {e}"))?;
+            // `10%` is written back as `0.1`, not `0.10`.
             v.checked_div(Decimal::ONE_HUNDRED)
+                .map(|d| d.normalize())
                 .ok_or_else(|| format!("{s:?}: out of range"))
         }
         None => super::parse_exact(t).map_err(|e| format!("{s:?}: {e}")),
