@@ -3,6 +3,7 @@
 
 mod after_trigger;
 mod concurrency;
+mod distance_doc;
 mod events_doc;
 mod exposure;
 mod extremes;

@@ -197,3 +197,55 @@ fn per_account_override() {
     let plain = m.key_of(&"w3".into()).unwrap();
     assert_eq!(mon.shock_quiet(&m, plain), None);
 }
+
+/// The worked example of docs/engine.md ("Distance levels"), row by row: long 10 BTC from
+/// 50,000 with 60,000 USDT at 0.4 %, levels [10 %, 5 %], hysteresis 1 %.
+#[test]
+fn docs_worked_example() {
+    use crate::engine::map::tests::{collateral, contract, tier};
+    let m = AccountMap::new(vec![
+        contract(
+            "BTCUSDT-PERP",
+            "BTC",
+            vec![tier(dec!(0), dec!(1000000000), dec!(0.004), dec!(0))],
+        ),
+        collateral("USDT", Decimal::ONE, true),
+    ]);
+    m.apply_update(AccountUpdate::Replace {
+        account: serde_json::from_str(
+            r#"{"id":"desk-1","collateral":{"USDT":"60000"},
+            "positions":[{"instrument":"BTCUSDT-PERP","quantity":"10","entry_price":"50000"}]}"#,
+        )
+        .unwrap(),
+    })
+    .unwrap();
+    let mut mon = Monitor::new(shock_cfg(&[dec!(0.10), dec!(0.05)])).unwrap();
+    let info = HashMap::new();
+    let rows = [
+        (dec!(50000), None),
+        (
+            dec!(48000),
+            Some((EventKind::LiquidationWarning, dec!(0.10))),
+        ),
+        (
+            dec!(46500),
+            Some((EventKind::LiquidationWarning, dec!(0.05))),
+        ),
+        (dec!(47000), Some((EventKind::Recovered, dec!(0.05)))),
+        (dec!(49700), Some((EventKind::Recovered, dec!(0.10)))),
+    ];
+    for (price, expected) in rows {
+        let mut touched = Vec::new();
+        m.apply_price(&"BTCUSDT-PERP".into(), price, &mut touched)
+            .unwrap();
+        let e = mon.evaluate(&m, &touched, &info, NOW);
+        let got: Vec<_> = e
+            .iter()
+            .map(|e| {
+                assert_eq!(e.event.level_type, Some(LevelType::ShockDistance));
+                (e.event.kind, e.event.level.unwrap())
+            })
+            .collect();
+        assert_eq!(got, expected.into_iter().collect::<Vec<_>>(), "at {price}");
+    }
+}
