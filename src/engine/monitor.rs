@@ -21,6 +21,12 @@
 //!   exposure (MM = 0) has ratio 0 ([`MarginRatio::compute`]).
 //! - Incomplete accounts (a price missing) are not evaluated.
 //!
+//! # Distance levels (`warn_within_shock`)
+//! A second state machine per account, on the shock distance to the trigger, with its own
+//! state and hysteresis ([`distance`]); its events carry `level_type: shock_distance`. It runs
+//! only for accounts with distance levels, after the ratio's, and one evaluation may emit one
+//! event of each (the ratio's first). With none configured, the fast path below is unchanged.
+//!
 //! # Stale prices (`trigger_on_stale`)
 //! `fire` (default): a trigger computed from a stale price fires, flagged `stale_prices: true`.
 //! `hold`: a trigger whose account uses any stale price is held back — the account moves at most
@@ -29,14 +35,15 @@
 //! instrument's feed is restored). Warnings and recoveries always fire, flagged when stale.
 //!
 //! # Persistence
-//! The state per account ([`MonitorState`]: the state and the last `seq`) is serialisable; every
-//! [`Emitted`] event carries the account's new state as JSON so the journal can store both in one
-//! transaction. At start, [`Monitor::restore`] takes the stored states, then
+//! The state per account ([`MonitorState`]: the state, the distance state and the last `seq`)
+//! is serialisable; every [`Emitted`] event carries the account's new state as JSON so the
+//! journal can store both in one transaction. At start, [`Monitor::restore`] takes the stored states, then
 //! [`Monitor::evaluate_all`] emits only what changed while the process was down.
 //!
 //! # Metrics
 //! `liqwatch_monitor_events_total{kind}`, `liqwatch_monitor_held_triggers_total`,
-//! `liqwatch_monitor_restore_errors_total`, `liqwatch_monitor_snapshot_errors_total`.
+//! `liqwatch_monitor_restore_errors_total`, `liqwatch_monitor_snapshot_errors_total`,
+//! `liqwatch_monitor_shock_errors_total`.
 
 pub mod distance;
 
