@@ -13,7 +13,8 @@
 //!
 //! Mutations this catches (each tried by hand): a band δ three times too wide; δ × 1.2;
 //! dropping the MM sensitivity from the band; not re-banding after a revert; not
-//! re-evaluating holders when a held feed is restored; ignoring the distance levels' band.
+//! re-evaluating holders when a held feed is restored; ignoring the distance levels' band;
+//! dropping the `1 + L` scale of the distance band (shocked prices move further).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
