@@ -25,9 +25,8 @@ use std::sync::Arc;
 use liqwatch::engine::{AccountMap, Emitted, Engine, EngineConfig, MonitorConfig, StalePolicy};
 use liqwatch::margin;
 use liqwatch::model::{
-    Account, AccountId, AccountState, AccountUpdate, EventKind, FeedEventInfo, Fill, Instrument,
-    InstrumentId, InstrumentKind, MarginRatio, Position, PositionSide, PriceUsed, RiskEvent,
-    Thresholds,
+    Account, AccountId, AccountUpdate, EventKind, FeedEventInfo, Fill, Instrument, InstrumentId,
+    InstrumentKind, Position, PositionSide, PriceUsed, RiskEvent, Thresholds,
 };
 use liqwatch::prices::StaleTransition;
 use proptest::prelude::*;
@@ -482,77 +481,10 @@ impl Pair {
                 id(i)
             );
         }
-        self.distance_states_agree_with_scratch()
-    }
-
-    /// The from-scratch oracle for the distance levels: each account's distance state agrees
-    /// with its shock distance recomputed by `margin::shock_distance` from the account and the
-    /// prices — no level further in is within reach (it would have moved in) and the current
-    /// level plus the hysteresis still holds it (it would have recovered).
-    fn distance_states_agree_with_scratch(&self) -> Result<(), TestCaseError> {
-        let map = self.eager.map();
-        let prices = map.prices();
-        for i in 0..ACCOUNTS {
-            let Some(account) = map.account(&id(i)) else {
-                continue;
-            };
-            let Some(state) = self.eager.monitor().state(map, &id(i)) else {
-                continue;
-            };
-            let th = account
-                .thresholds
-                .clone()
-                .unwrap_or_else(|| self.eager.monitor().config().thresholds.clone());
-            if th.warn_within_shock.is_empty() {
-                continue;
-            }
-            let Ok(t) = margin::account_totals(&account, map.instruments(), &prices) else {
-                continue;
-            };
-            let ratio = MarginRatio::compute(t.maintenance_margin, t.equity);
-            // d: 0 at the trigger, None (∞) without exposure or when no move reaches it.
-            let d = if t.maintenance_margin <= Decimal::ZERO {
-                None
-            } else if ratio.at_or_above(th.trigger) {
-                Some(Decimal::ZERO)
-            } else {
-                match margin::shock_distance(&account, map.instruments(), &prices, th.trigger) {
-                    Ok(s) => s.nearest.map(|n| n.abs()),
-                    Err(_) => continue,
-                }
-            };
-            let rank = match &state.shock_state {
-                AccountState::Warning { level } => {
-                    th.warn_within_shock.iter().filter(|l| *l >= level).count()
-                }
-                _ => 0,
-            };
-            if let (Some(next), Some(d)) = (th.warn_within_shock.get(rank), d) {
-                prop_assert!(
-                    d > *next,
-                    "{}: distance {} within {} at rank {}",
-                    id(i),
-                    d,
-                    next,
-                    rank
-                );
-            }
-            if let Some(current) = rank
-                .checked_sub(1)
-                .and_then(|r| th.warn_within_shock.get(r))
-            {
-                let limit = *current + th.shock_hysteresis;
-                prop_assert!(
-                    d.is_some_and(|d| d <= limit),
-                    "{}: distance {:?} past {} + h at rank {}",
-                    id(i),
-                    d,
-                    current,
-                    rank
-                );
-            }
-        }
-        Ok(())
+        crate::engine::distance_oracle::distance_states_agree_with_scratch(
+            &self.eager,
+            (0..ACCOUNTS).map(id),
+        )
     }
 
     /// Brings the lazy map forward and compares every figure with the eager map and the

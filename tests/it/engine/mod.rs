@@ -4,6 +4,7 @@
 mod after_trigger;
 mod concurrency;
 mod distance_doc;
+pub mod distance_oracle;
 mod events_doc;
 mod exposure;
 mod extremes;
