@@ -567,8 +567,8 @@ proptest! {
     }
 }
 
-fn calm_book(n: usize) -> Pair {
-    let mut pair = Pair::new(StalePolicy::Fire, false);
+fn calm_book(n: usize, shock: bool) -> Pair {
+    let mut pair = Pair::new(StalePolicy::Fire, shock);
     let start: Vec<(InstrumentId, Decimal)> = PRICED
         .iter()
         .map(|(i, p)| (InstrumentId::from(*i), Decimal::from(*p)))
@@ -608,7 +608,7 @@ fn calm_book(n: usize) -> Pair {
 /// takes them into warning wakes them and the events still match the eager engine's.
 #[test]
 fn small_moves_wake_nobody_and_a_crash_wakes_the_crossers() {
-    let mut pair = calm_book(500);
+    let mut pair = calm_book(500, false);
     let (tracked, banded) = pair.lazy.index().map(|i| i.counts()).unwrap_or_default();
     assert_eq!(
         (tracked, banded),
@@ -636,6 +636,28 @@ fn small_moves_wake_nobody_and_a_crash_wakes_the_crossers() {
         pair.events, 500,
         "and each emits its event, as the eager engine does"
     );
+    pair.same_states().unwrap_or_else(|e| panic!("{e}"));
+    pair.same_figures().unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// With distance levels in the defaults the calm book is still banded (each account within 2 %
+/// of its trigger sits at the innermost distance level, banded against recovery), a 0.1 % move
+/// still wakes nobody, and the crash's events match the eager engine's.
+#[test]
+fn distance_levels_keep_calm_accounts_banded() {
+    let mut pair = calm_book(200, true);
+    let (tracked, banded) = pair.lazy.index().map(|i| i.counts()).unwrap_or_default();
+    assert_eq!(
+        (tracked, banded),
+        (200, 200),
+        "every calm account is banded"
+    );
+    let m = pair.moved(0, -10);
+    pair.prices(vec![m]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(pair.lazy.last_valued(), 0, "accounts woken by a 0.1 % move");
+    let m = pair.moved(0, -300);
+    pair.prices(vec![m]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(pair.lazy.last_valued(), 200);
     pair.same_states().unwrap_or_else(|e| panic!("{e}"));
     pair.same_figures().unwrap_or_else(|e| panic!("{e}"));
 }
