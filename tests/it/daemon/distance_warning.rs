@@ -99,9 +99,10 @@ fn jsonl(dir: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// Runs the daemon until `desk-1` reads back at the replayed price, then stops it gracefully
-/// (the engine finishes and the sinks drain).
-async fn run_once(dir: &Path, cfg: &Path, log: &str) {
+/// Runs the daemon until `desk-1` reads back at the replayed price (and, with `event`, shows
+/// its last event), then stops it gracefully (the engine finishes and the sinks drain).
+/// Returns the account as the API showed it.
+async fn run_once(dir: &Path, cfg: &Path, log: &str, event: bool) -> Value {
     let bin = env!("CARGO_BIN_EXE_liqwatch");
     let mut daemon = Daemon::start(bin, cfg, &[], dir.join(log));
     let api = format!("http://{}", daemon.api_addr(DEADLINE).await);
@@ -120,9 +121,13 @@ async fn run_once(dir: &Path, cfg: &Path, log: &str) {
             Ok(r) => r.json().await.ok(),
             Err(_) => None,
         };
-        seen = view.filter(|v| v["snapshot"]["positions"][0]["mark_price"] == "48000");
+        seen = view.filter(|v| {
+            v["snapshot"]["positions"][0]["mark_price"] == "48000"
+                && (!event || !v["last_event"].is_null())
+        });
     }
     assert_eq!(daemon.terminate(DEADLINE), Some(0), "{}", daemon.log_text());
+    seen.unwrap_or_default()
 }
 
 /// The distance warning is journaled and delivered once, with the distance in its snapshot;
@@ -132,7 +137,18 @@ async fn replay_emits_a_shock_distance_warning_once_across_restart() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
     Daemon::init_journal(env!("CARGO_BIN_EXE_liqwatch"), &cfg, &[]);
-    run_once(dir.path(), &cfg, "first.log").await;
+    let view = run_once(dir.path(), &cfg, "first.log", true).await;
+    // The API's state is the ratio's: the distance warning does not make the account `warning`.
+    assert_eq!(
+        view["state"],
+        serde_json::json!({"state":"healthy"}),
+        "{view:#}"
+    );
+    assert_eq!(view["last_event"]["level"], "0.1", "{view:#}");
+    assert_eq!(
+        view["levels"]["warn_within_shock"],
+        serde_json::json!(["0.1", "0.05"])
+    );
     let events = poll_until("the JSONL sink to deliver", DEADLINE, || {
         let e = jsonl(dir.path());
         (!e.is_empty()).then_some(e)
@@ -162,7 +178,12 @@ async fn replay_emits_a_shock_distance_warning_once_across_restart() {
     );
     assert_eq!(w["snapshot"]["margin_ratio"], "0.048", "{w:#}");
 
-    run_once(dir.path(), &cfg, "second.log").await;
+    let view = run_once(dir.path(), &cfg, "second.log", false).await;
+    assert_eq!(
+        view["state"],
+        serde_json::json!({"state":"healthy"}),
+        "{view:#}"
+    );
     let again = jsonl(dir.path());
     assert_eq!(again.len(), 1, "repeated after restart: {again:#?}");
 }
