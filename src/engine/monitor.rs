@@ -291,6 +291,8 @@ pub struct Monitor {
     /// Per key, the last `evaluate` call that saw it (dedup without hashing).
     seen: Vec<u32>,
     epoch: u32,
+    /// Scratch space for [`Monitor::evaluate`]: the latest report of each key.
+    latest: Vec<usize>,
     after_trigger: AfterTrigger,
 }
 
@@ -318,6 +320,7 @@ impl Monitor {
             pending: HashMap::new(),
             seen: Vec::new(),
             epoch: 0,
+            latest: Vec::new(),
             after_trigger: AfterTrigger::default(),
         })
     }
@@ -426,7 +429,8 @@ impl Monitor {
         let mut jobs = Vec::new();
         // The latest report of each key (walking backwards), then evaluated in report order, so
         // the events of one account (ratio, then distance) keep their order.
-        let mut latest = Vec::with_capacity(touched.len());
+        let mut latest = std::mem::take(&mut self.latest);
+        latest.clear();
         for (at, t) in touched.iter().enumerate().rev() {
             let i = t.key as usize;
             if self.seen.len() <= i {
@@ -439,11 +443,12 @@ impl Monitor {
             }
             latest.push(at);
         }
-        for at in latest.into_iter().rev() {
+        for &at in latest.iter().rev() {
             if let Some(t) = touched.get(at) {
                 self.evaluate_one(map, t, prices, now_ms, &mut out, &mut jobs);
             }
         }
+        self.latest = latest;
         fill_snapshots(map, &mut out, jobs);
         out
     }
@@ -614,16 +619,17 @@ impl Monitor {
         }
         let previous = slot.state.clone();
         let (mut new_state, mut crossing) = transition(&previous, ratio, &th);
-        // The distance machine, only for accounts with distance levels (none by default).
-        let shock_previous = slot.shock.clone();
-        let mut shock_state = shock_previous.clone();
+        // The distance machine, only for accounts with distance levels (none by default: then
+        // nothing is computed or copied).
+        let mut shock_next: Option<AccountState> = None;
         let mut shock_crossing = None;
         slot.has_shock = !th.warn_within_shock.is_empty();
         if slot.has_shock {
             match distance::seen(map, t.key, t.maintenance_margin, ratio, th.trigger) {
                 Ok(Some(seen)) => {
-                    (shock_state, shock_crossing) =
-                        distance::transition(&shock_previous, seen, &th);
+                    let (next, c) = distance::transition(&slot.shock, seen, &th);
+                    shock_next = Some(next);
+                    shock_crossing = c;
                 }
                 // Not valued (cannot happen for a complete account): the state stays.
                 Ok(None) => {}
@@ -632,14 +638,19 @@ impl Monitor {
                     tracing::warn!(key = t.key, %error, "Shock distance failed; the distance state stays");
                 }
             }
-        } else {
-            shock_state = AccountState::Healthy;
+        } else if slot.shock != AccountState::Healthy {
+            // Its distance levels were removed: clear, silently.
+            shock_next = Some(AccountState::Healthy);
         }
         if crossing.is_none() && shock_crossing.is_none() {
             slot.state = new_state;
-            slot.shock = shock_state;
+            if let Some(s) = shock_next {
+                slot.shock = s;
+            }
             return;
         }
+        let shock_previous = slot.shock.clone();
+        let shock_state = shock_next.unwrap_or_else(|| shock_previous.clone());
         // Everything needed for the event: the account and the prices it used.
         let Some(account) = map.read_key(t.key, |v| v.to_account()) else {
             return;
