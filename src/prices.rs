@@ -233,7 +233,9 @@ impl StaleTransition {
             snapshot: None,
             prices: Vec::new(),
             stale_prices: self.kind == EventKind::FeedStale,
+            instrument_change: None,
             feed: Some(self.info.clone()),
+            risk: None,
         }
     }
 }
@@ -332,6 +334,8 @@ pub struct PriceBoard {
     notify: Notify,
     /// Which instruments are watched for staleness (`watch`).
     watch: Mutex<watch::WatchState>,
+    /// Latest funding per instrument ([`funding`]).
+    funding: funding::FundingBoard,
 }
 
 impl fmt::Debug for PriceBoard {
@@ -399,7 +403,13 @@ impl PriceBoard {
             inner: Mutex::new(Inner::default()),
             notify: Notify::new(),
             watch: Mutex::new(watch::WatchState::default()),
+            funding: funding::FundingBoard::default(),
         }
+    }
+
+    /// The latest funding rate and next funding time per instrument (the feeds publish to it).
+    pub fn funding(&self) -> &funding::FundingBoard {
+        &self.funding
     }
 
     /// The configuration.
@@ -875,6 +885,7 @@ impl PriceBoard {
     }
 }
 
+pub mod funding;
 mod spike;
 #[cfg(test)]
 mod tests;

@@ -2,13 +2,18 @@
 //! column: for at most `max_accounts` accounts, up to `max_points` downsampled snapshots
 //! (equity, maintenance margin, ratio) and the last journaled event.
 //!
-//! Kept in memory only (not in the journal): it starts empty on each start and fills from the
-//! committed events, the daemon's periodic sampling of accounts at risk or being watched, and
-//! every account view the API serves. Downsampling: points closer than `min_spacing_ms` replace
+//! Kept in memory, filled from the committed events, the daemon's periodic sampling of accounts
+//! at risk or being watched, and every account view the API serves. When persistence is on
+//! ([`HistoryStore::persist`]), kept points are also queued for the journal, downsampled more
+//! coarsely (one per account per persist spacing, plus every event's point)
+//! ([`HistoryStore::take_unsaved`]; the daemon writes the queue in batches off the engine's
+//! path, `crate::journal::history`) and the store is refilled from the journal at start
+//! ([`HistoryStore::restore`]), so the chart survives a restart. Downsampling: points closer than `min_spacing_ms` replace
 //! the previous one; when an account's ring is full, every other point of its older half is
 //! dropped, so the recent past stays at full resolution and the distant past thins out.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use parking_lot::Mutex;
 use rust_decimal::Decimal;
@@ -63,6 +68,8 @@ struct Entry {
     watched_ms: TimestampMs,
     /// Last write or read, for eviction.
     used_ms: TimestampMs,
+    /// Time of the last point queued for (or restored from) the journal; 0 = none.
+    saved_ms: TimestampMs,
 }
 
 /// The store (one per daemon, shared by the API backend and the sampler).
@@ -71,7 +78,15 @@ pub struct HistoryStore {
     max_accounts: usize,
     max_points: usize,
     min_spacing_ms: i64,
+    /// Spacing of the points queued for the journal per account, ms; negative: not queued.
+    persist_spacing_ms: AtomicI64,
+    /// Points kept since the last [`HistoryStore::take_unsaved`], oldest first (bounded).
+    unsaved: Mutex<VecDeque<(AccountId, HistoryPoint)>>,
 }
+
+/// Most points queued for the journal; past it the oldest queued point is dropped (and
+/// counted in `liqwatch_history_unsaved_dropped_total`): only when the journal cannot keep up.
+pub const MAX_UNSAVED_POINTS: usize = 100_000;
 
 /// Default number of accounts with a history.
 pub const DEFAULT_HISTORY_ACCOUNTS: usize = 2_000;
@@ -98,7 +113,67 @@ impl HistoryStore {
             max_accounts: max_accounts.max(1),
             max_points: max_points.max(4),
             min_spacing_ms,
+            persist_spacing_ms: AtomicI64::new(-1),
+            unsaved: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// From now on queues kept points for the journal ([`HistoryStore::take_unsaved`]): an
+    /// account's point when at least `spacing_ms` has passed since its last queued one, and
+    /// every point an event carried.
+    pub fn persist(&self, spacing_ms: i64) {
+        self.persist_spacing_ms
+            .store(spacing_ms.max(0), Ordering::SeqCst);
+    }
+
+    /// Whether `point`, just kept for `e`, goes to the journal (`event`: an event's point);
+    /// marks it queued.
+    fn to_save(&self, e: &mut Entry, t_ms: TimestampMs, event: bool) -> bool {
+        let spacing = self.persist_spacing_ms.load(Ordering::Relaxed);
+        if spacing < 0 || !(event || e.saved_ms == 0 || t_ms.saturating_sub(e.saved_ms) >= spacing)
+        {
+            return false;
+        }
+        e.saved_ms = e.saved_ms.max(t_ms);
+        true
+    }
+
+    /// The points kept since the last call, oldest first, for the journal.
+    pub fn take_unsaved(&self) -> Vec<(AccountId, HistoryPoint)> {
+        self.unsaved.lock().drain(..).collect()
+    }
+
+    /// Puts back a batch the journal could not write (ahead of newer points, within the bound).
+    pub fn requeue(&self, batch: Vec<(AccountId, HistoryPoint)>) {
+        let mut q = self.unsaved.lock();
+        let room = MAX_UNSAVED_POINTS.saturating_sub(q.len());
+        let skip = batch.len().saturating_sub(room);
+        if skip > 0 {
+            metrics::counter!("liqwatch_history_unsaved_dropped_total").increment(skip as u64);
+        }
+        for p in batch.into_iter().skip(skip).rev() {
+            q.push_front(p);
+        }
+    }
+
+    fn queue(&self, id: &AccountId, point: HistoryPoint) {
+        let mut q = self.unsaved.lock();
+        if q.len() >= MAX_UNSAVED_POINTS {
+            q.pop_front();
+            metrics::counter!("liqwatch_history_unsaved_dropped_total").increment(1);
+        }
+        q.push_back((id.clone(), point));
+    }
+
+    /// Refills the store from points read back from the journal (oldest first per account);
+    /// they are not queued again.
+    pub fn restore(&self, id: &AccountId, point: HistoryPoint) {
+        let mut map = self.inner.lock();
+        let (max, spacing) = (self.max_points, self.min_spacing_ms);
+        let e = self.entry(&mut map, id);
+        e.used_ms = e.used_ms.max(point.t_ms);
+        e.saved_ms = e.saved_ms.max(point.t_ms);
+        push_point(&mut e.points, point, max, spacing);
     }
 
     /// The entry of `id`, evicting the least recently used account when full.
@@ -122,7 +197,13 @@ impl HistoryStore {
         let spacing = self.min_spacing_ms;
         let e = self.entry(&mut map, id);
         e.used_ms = e.used_ms.max(point.t_ms);
-        push_point(&mut e.points, point, max, spacing);
+        let t = point.t_ms;
+        let save =
+            push_point(&mut e.points, point.clone(), max, spacing) && self.to_save(e, t, false);
+        drop(map);
+        if save {
+            self.queue(id, point);
+        }
     }
 
     /// Records a journaled event (and the snapshot it carried, as a point).
@@ -136,7 +217,13 @@ impl HistoryStore {
             e.last_event = Some(event);
         }
         if let Some(p) = point {
-            push_point(&mut e.points, p, max, spacing);
+            let t = p.t_ms;
+            let save =
+                push_point(&mut e.points, p.clone(), max, spacing) && self.to_save(e, t, true);
+            drop(map);
+            if save {
+                self.queue(id, p);
+            }
         }
     }
 
@@ -188,16 +275,22 @@ impl HistoryStore {
     }
 }
 
-fn push_point(points: &mut VecDeque<HistoryPoint>, p: HistoryPoint, max: usize, spacing: i64) {
+/// Adds `p` to the ring; false when it was dropped (older than the last point).
+fn push_point(
+    points: &mut VecDeque<HistoryPoint>,
+    p: HistoryPoint,
+    max: usize,
+    spacing: i64,
+) -> bool {
     let len = points.len();
     if let Some(last) = points.back_mut() {
         if p.t_ms < last.t_ms {
-            return; // late sample: the chart is in time order
+            return false; // late sample: the chart is in time order
         }
         // Replace a close last point, but never the first (the chart's start).
         if p.t_ms.saturating_sub(last.t_ms) < spacing && len > 1 {
             *last = p;
-            return;
+            return true;
         }
     }
     if points.len() >= max {
@@ -211,6 +304,7 @@ fn push_point(points: &mut VecDeque<HistoryPoint>, p: HistoryPoint, max: usize, 
         });
     }
     points.push_back(p);
+    true
 }
 
 #[cfg(test)]
@@ -283,5 +377,45 @@ mod tests {
         s.watch(&c, 50);
         assert_eq!(s.watched_since(40), vec![c.clone()]);
         assert!(s.watched_since(60).is_empty());
+    }
+
+    /// With persistence on, kept points (appended or replacing) are queued in order when the
+    /// persist spacing has passed, event points always, late ones never; restored points are
+    /// not queued again; a failed batch goes back ahead of newer points.
+    #[test]
+    fn unsaved_queue() {
+        let s = HistoryStore::new(10, 16, 1_000);
+        let id = AccountId::from("a");
+        s.record(&id, pt(0));
+        assert!(s.take_unsaved().is_empty(), "off by default");
+        s.persist(0);
+        s.restore(&id, pt(1_000));
+        for t in [2_000, 2_500, 1_500, 4_000] {
+            s.record(&id, pt(t));
+        }
+        let ts =
+            |v: &[(AccountId, HistoryPoint)]| v.iter().map(|(_, p)| p.t_ms).collect::<Vec<_>>();
+        let batch = s.take_unsaved();
+        assert_eq!(ts(&batch), vec![2_000, 2_500, 4_000]);
+        let pts: Vec<i64> = s.points(&id).iter().map(|p| p.t_ms).collect();
+        assert_eq!(pts, vec![0, 1_000, 2_500, 4_000]);
+        s.record(&id, pt(9_000));
+        s.requeue(batch);
+        assert_eq!(ts(&s.take_unsaved()), vec![2_000, 2_500, 4_000, 9_000]);
+
+        // Coarser for the journal: one point per 10 s, plus every event's.
+        s.persist(10_000);
+        for t in [10_000, 15_000, 19_500, 20_000] {
+            s.record(&id, pt(t));
+        }
+        let ev = LastEvent {
+            seq: 1,
+            kind: EventKind::LiquidationWarning,
+            time_ms: 21_000,
+            level: None,
+        };
+        s.record_event(&id, ev, Some(pt(21_000)));
+        // The last queued point was at 9 s: 19.5 s is the first 10 s after it.
+        assert_eq!(ts(&s.take_unsaved()), vec![19_500, 21_000]);
     }
 }

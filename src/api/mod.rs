@@ -63,20 +63,23 @@ use crate::sources::{
     validate_fill,
 };
 
+mod account_events; // one account's journaled events, newest first
 mod error; // ApiError → clear JSON responses
 pub mod history; // bounded per-account history for the risk page
 mod page; // the risk page: static assets embedded in the binary
 pub mod rejected; // 4xx answers counted per reason and logged aggregated
 pub mod risk; // accounts listing (sort, filter, paging), what-if stress, history
+pub mod riskiest; // GET /v1/risk/riskiest: ranked by the scheduled scenario risk
 pub mod serve; // the accept loop: header-read and idle timeouts, connection cap
 mod sse; // the live event stream (Server-Sent Events) fed from the journal
 
+pub use account_events::AccountEventsBody;
 pub use error::{ApiError, ErrorBody, ErrorDetail, FieldErrorBody};
 pub use history::{HistoryPoint, HistoryStore, LastEvent};
 use rejected::RejectedLog;
 pub use risk::{
     AccountSort, AccountsBody, AccountsPage, AccountsPageQuery, HistoryBody, SortFields,
-    StateFilter, StressBody, StressPrice, StressQuery, page_views,
+    StateFilter, StressBody, StressPrice, StressQuery, compare_distance, distance_rank, page_views,
 };
 pub use serve::{ServeLimits, open_files_soft_limit, serve, serve_on, serve_on_with};
 use sse::events_stream;
@@ -132,7 +135,8 @@ pub struct AccountView {
     /// The levels the account is measured against (its own, else the daemon's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub levels: Option<crate::model::Thresholds>,
-    /// The account's last journaled event since the daemon started, if any.
+    /// The account's last journaled event, if any (kept by the history store; restored from the
+    /// journal at start for the accounts with a stored history).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_event: Option<LastEvent>,
 }
@@ -175,7 +179,18 @@ pub trait ApiBackend: AccountWriter {
 
     /// `GET /v1/accounts/{id}/risk`: historical VaR, ES, P(liquidation) and component ES at
     /// the current prices (`docs/risk.md`). The default answers 404: `[risk]` not configured.
-    fn risk(&self, _id: &AccountId) -> Result<crate::risk::AccountRisk, ApiError> {
+    fn risk(&self, _id: &AccountId) -> Result<crate::risk::store::StoredRisk, ApiError> {
+        Err(risk_not_configured())
+    }
+
+    /// `GET /v1/risk/riskiest`: a page of the stored scenario risk, riskiest first. The
+    /// default answers 404: `[risk]` not configured.
+    fn risk_riskiest(
+        &self,
+        _by: crate::risk::store::RiskRank,
+        _offset: usize,
+        _limit: usize,
+    ) -> Result<riskiest::RiskiestBody, ApiError> {
         Err(risk_not_configured())
     }
 
@@ -215,6 +230,21 @@ pub trait ApiBackend: AccountWriter {
     /// The account's bounded history, oldest first; `None` when the account is unknown.
     fn history(&self, id: &AccountId) -> Option<Vec<HistoryPoint>> {
         self.account(id).map(|_| Vec::new())
+    }
+
+    /// Up to `limit` journaled events of account `id` with seq < `before_seq` (all when
+    /// `None`), newest first. The default scans [`ApiBackend::events`]; the daemon reads its
+    /// journal's per-account index.
+    fn account_events(
+        &self,
+        id: &AccountId,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<JournalEntry>, BackendError>> {
+        let id = id.clone();
+        Box::pin(
+            async move { account_events::scan_account_events(self, &id, before_seq, limit).await },
+        )
     }
 }
 
@@ -342,10 +372,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/accounts/{id}"),
     ("get", "/v1/accounts/{id}/stress"),
     ("get", "/v1/accounts/{id}/history"),
+    ("get", "/v1/accounts/{id}/events"),
     ("put", "/v1/accounts/{id}"),
     ("delete", "/v1/accounts/{id}"),
     ("post", "/v1/accounts/{id}/fills"),
     ("get", "/v1/accounts/{id}/risk"),
+    ("get", "/v1/risk/riskiest"),
     ("get", "/v1/feeds"),
     ("get", "/v1/events"),
     ("get", "/v1/events/stream"),
@@ -367,11 +399,16 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/accounts/{id}/stress", get(risk::account_stress))
         .route("/v1/accounts/{id}/history", get(risk::account_history))
         .route(
+            "/v1/accounts/{id}/events",
+            get(account_events::account_events),
+        )
+        .route(
             "/v1/accounts/{id}",
             get(get_account).put(put_account).delete(delete_account),
         )
         .route("/v1/accounts/{id}/fills", axum::routing::post(post_fill))
         .route("/v1/accounts/{id}/risk", get(get_risk))
+        .route("/v1/risk/riskiest", get(riskiest::riskiest))
         .route("/v1/feeds", get(feeds))
         .route("/v1/events", get(events))
         .route("/v1/events/stream", get(events_stream))
@@ -581,7 +618,7 @@ pub fn risk_not_configured() -> ApiError {
 async fn get_risk(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-) -> Result<axum::Json<crate::risk::AccountRisk>, ApiError> {
+) -> Result<axum::Json<crate::risk::store::StoredRisk>, ApiError> {
     let id = path_account_id(&id)?;
     let backend = Arc::clone(&state.backend);
     // Thousands of scenarios: off the async workers.

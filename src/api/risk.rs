@@ -22,6 +22,9 @@ pub enum AccountSort {
     MaintenanceMargin,
     /// Account id.
     Id,
+    /// Closeness to the trigger under a uniform move (`shock_distance.nearest`, 0 when
+    /// triggered); with `order=desc`, the closest first. See [`distance_rank`].
+    Distance,
 }
 
 impl AccountSort {
@@ -31,6 +34,7 @@ impl AccountSort {
             "equity" => AccountSort::Equity,
             "mm" => AccountSort::MaintenanceMargin,
             "id" => AccountSort::Id,
+            "distance" => AccountSort::Distance,
             _ => return None,
         })
     }
@@ -107,7 +111,8 @@ impl AccountsPageQuery {
             AccountSort::Ratio => a.ratio.cmp(&b.ratio),
             AccountSort::Equity => a.equity.cmp(&b.equity),
             AccountSort::MaintenanceMargin => a.maintenance_margin.cmp(&b.maintenance_margin),
-            AccountSort::Id => Ordering::Equal,
+            // Ranked by the caller ([`distance_rank`]); here only the tie-break applies.
+            AccountSort::Id | AccountSort::Distance => Ordering::Equal,
         };
         let by = if self.descending { by.reverse() } else { by };
         by.then_with(|| {
@@ -155,11 +160,45 @@ pub struct AccountsPage {
     pub total: usize,
 }
 
+/// How close an account is to its trigger under a uniform move of every non-stable price: 0
+/// when it is triggered, else the size of `shock_distance.nearest`; `None` when no move reaches
+/// the trigger. The smaller, the riskier.
+pub fn distance_rank(state: &AccountState, nearest: Option<Decimal>) -> Option<Decimal> {
+    match state {
+        AccountState::Triggered => Some(Decimal::ZERO),
+        _ => nearest.map(|d| d.abs()),
+    }
+}
+
+/// Orders two distance ranks riskiest first (`descending`, the default) or the reverse;
+/// unreachable (`None`) counts as the farthest.
+pub fn compare_distance(a: Option<Decimal>, b: Option<Decimal>, descending: bool) -> Ordering {
+    let risk_first = match (a, b) {
+        (None, None) => Ordering::Equal,
+        (None, Some(_)) => Ordering::Greater,
+        (Some(_), None) => Ordering::Less,
+        (Some(x), Some(y)) => x.cmp(&y),
+    };
+    if descending {
+        risk_first
+    } else {
+        risk_first.reverse()
+    }
+}
+
 /// Filters, sorts and pages a list of views in memory (backends whose book is small; the
 /// daemon ranks its whole map without building a view per account).
 pub fn page_views(mut views: Vec<AccountView>, q: &AccountsPageQuery) -> AccountsPage {
     views.retain(|v| q.states.keeps(&v.state) && q.id_matches(v.account_id.as_str()));
-    views.sort_by(|a, b| q.compare(&SortFields::of(a), &SortFields::of(b)));
+    views.sort_by(|a, b| {
+        let by = if q.sort == AccountSort::Distance {
+            let rank = |v: &AccountView| distance_rank(&v.state, v.snapshot.shock_distance.nearest);
+            compare_distance(rank(a), rank(b), q.descending)
+        } else {
+            Ordering::Equal
+        };
+        by.then_with(|| q.compare(&SortFields::of(a), &SortFields::of(b)))
+    });
     let total = views.len();
     let accounts = views.into_iter().skip(q.offset).take(q.limit).collect();
     AccountsPage { accounts, total }
@@ -195,7 +234,7 @@ impl AccountsQuery {
             Some(s) => AccountSort::parse(s).ok_or_else(|| {
                 bad(
                     "sort",
-                    format!("sort={s:?} is not supported; use ratio, equity, mm or id"),
+                    format!("sort={s:?} is not supported; use ratio, equity, mm, id or distance"),
                 )
             })?,
         };
@@ -401,7 +440,7 @@ pub(super) async fn account_stress(
 pub struct HistoryBody {
     /// The account.
     pub account_id: AccountId,
-    /// Downsampled snapshots, oldest first (bounded; kept in memory since the daemon started).
+    /// Downsampled snapshots, oldest first (bounded; kept in memory and in the journal).
     pub points: Vec<HistoryPoint>,
 }
 
@@ -439,6 +478,7 @@ mod tests {
                 shock_distance: ShockDistance::default(),
                 liquidation_penalty: Decimal::ZERO,
                 liquidation_cost: None,
+                funding: None,
                 positions: vec![],
                 collateral: vec![],
             },
@@ -510,6 +550,37 @@ mod tests {
             "offset=99999999999",
         ] {
             assert!(query(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// `sort=distance` in memory: triggered first (rank 0), then the smallest |nearest|,
+    /// unreachable last; `asc` reverses it.
+    #[test]
+    fn distance_order() {
+        let with = |id: &str, nearest: Option<Decimal>, state: AccountState| {
+            let mut v = view(id, 100, state);
+            v.snapshot.shock_distance.nearest = nearest;
+            v
+        };
+        let views = || {
+            vec![
+                with("far", Some(Decimal::new(-30, 2)), AccountState::Healthy),
+                with("none", None, AccountState::Healthy),
+                with("near", Some(Decimal::new(2, 2)), AccountState::Healthy),
+                with("trig", Some(Decimal::new(5, 2)), AccountState::Triggered),
+            ]
+        };
+        for (q, want) in [
+            ("sort=distance", ["trig", "near", "far", "none"]),
+            ("sort=distance&order=asc", ["none", "far", "near", "trig"]),
+        ] {
+            let page = page_views(views(), &query(q).unwrap_or_else(|e| panic!("{e:?}")));
+            let got: Vec<&str> = page
+                .accounts
+                .iter()
+                .map(|v| v.account_id.as_str())
+                .collect();
+            assert_eq!(got, want, "{q}");
         }
     }
 

@@ -43,15 +43,23 @@ pub(crate) struct Backend {
     pub default_levels: Arc<parking_lot::RwLock<Thresholds>>,
     /// `[risk]`, when configured.
     pub risk: Option<Arc<super::risk::RiskSettings>>,
+    /// The scheduled recompute's results (empty without `[risk]`).
+    pub risk_store: Arc<crate::risk::store::RiskStore>,
+    /// Accounts changed since the last recompute (`None` without `[risk]`).
+    pub risk_changes: Option<Arc<super::risk_task::RiskChanges>>,
     /// The risk page's bounded per-account history.
     pub history: Arc<HistoryStore>,
+    /// The instrument sources' refresh state, for `/readyz`.
+    pub instruments: crate::instruments::source::InstrumentHealth,
 }
 
 impl Backend {
     fn view(&self, id: &AccountId) -> Option<api::AccountView> {
         let trigger = self.map.trigger_for(id, *self.default_trigger.read());
-        let snapshot = self.map.snapshot(id, trigger).ok()?;
+        let mut snapshot = self.map.snapshot(id, trigger).ok()?;
         let account = self.map.account(id)?;
+        let rates = crate::engine::monitor::funding::rates_for(&account, &*self.board, now_ms());
+        crate::engine::monitor::funding::attach(&mut snapshot, &*self.map.instruments(), &rates);
         let mut prices: Vec<PriceUsed> = Vec::new();
         let ids = account
             .positions
@@ -104,6 +112,26 @@ impl AccountWriter for Backend {
         key: Option<UpdateKey>,
     ) -> BoxFuture<'_, Result<Applied, ApplyError>> {
         Box::pin(async move {
+            let id = update.account_id().clone();
+            let r = self.apply_inner(update, origin, key).await;
+            if r.is_ok()
+                && let Some(c) = &self.risk_changes
+            {
+                c.changed(&id);
+            }
+            r
+        })
+    }
+}
+
+impl Backend {
+    async fn apply_inner(
+        &self,
+        update: AccountUpdate,
+        origin: UpdateOrigin,
+        key: Option<UpdateKey>,
+    ) -> Result<Applied, ApplyError> {
+        {
             let (reply, rx) = oneshot::channel();
             let req = EngineRequest::Update {
                 update,
@@ -123,7 +151,7 @@ impl AccountWriter for Backend {
                     "engine did not answer in 30 s".into(),
                 )),
             }
-        })
+        }
     }
 }
 
@@ -200,6 +228,14 @@ impl ApiBackend for Backend {
                 stuck.join("; ")
             },
         });
+        // Instrument sources (only when configured): the terms in force and their refreshes.
+        if let Some((ok, detail)) = self.instruments.readiness(crate::model::now_ms()) {
+            out.push(ReadinessCheck {
+                name: "instruments".into(),
+                ok,
+                detail,
+            });
+        }
         let failing = self.journal.is_write_failing();
         out.push(ReadinessCheck {
             name: "journal".into(),
@@ -234,8 +270,13 @@ impl ApiBackend for Backend {
     ) -> BoxFuture<'_, Result<AccountsPage, BackendError>> {
         Box::pin(async move {
             let (map, states) = (Arc::clone(&self.map), Arc::clone(&self.states));
+            let trigger = *self.default_trigger.read();
             let (ids, total) = tokio::task::spawn_blocking(move || {
-                super::risk_queries::page_ids(&map, &states, &query)
+                if query.sort == api::AccountSort::Distance {
+                    super::distance_sort::distance_page_ids(&map, &states, &query, trigger)
+                } else {
+                    super::risk_queries::page_ids(&map, &states, &query)
+                }
             })
             .await
             .map_err(|e| BackendError(e.to_string()))?;
@@ -254,20 +295,69 @@ impl ApiBackend for Backend {
         Some(self.history.points(id))
     }
 
-    fn risk(&self, id: &AccountId) -> Result<crate::risk::AccountRisk, api::ApiError> {
+    fn account_events(
+        &self,
+        id: &AccountId,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<JournalEntry>, BackendError>> {
+        let (j, id) = (Arc::clone(&self.journal), id.clone());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || j.account_events(&id, before_seq, limit))
+                .await
+                .map_err(|e| BackendError(e.to_string()))?
+                .map_err(|e| BackendError(e.to_string()))
+        })
+    }
+
+    fn risk(&self, id: &AccountId) -> Result<crate::risk::store::StoredRisk, api::ApiError> {
         use super::risk::{RiskAnswerError, account_risk};
         let Some(s) = &self.risk else {
             return Err(api::risk_not_configured());
         };
+        if self.map.key_of(id).is_none() {
+            return Err(api::ApiError::NotFound(format!("account {id} not found")));
+        }
+        // The scheduled result when there is one; else computed now, as before the schedule.
+        let changed = self.risk_changes.as_ref().is_some_and(|c| c.pending(id));
+        if let Some(stored) = self.risk_store.get(id).filter(|_| !changed) {
+            return Ok((*stored).clone());
+        }
         let trigger = self.map.trigger_for(id, *self.default_trigger.read());
-        account_risk(s, &self.map, id, trigger).map_err(|e| match e {
-            RiskAnswerError::Unknown => api::ApiError::NotFound(format!("account {id} not found")),
-            RiskAnswerError::Failed(message) => api::ApiError::Unprocessable {
-                code: "risk_unavailable",
-                field: None,
-                message,
-                details: Vec::new(),
-            },
+        let at = now_ms();
+        account_risk(s, &self.map, id, trigger)
+            .map(|r| crate::risk::store::StoredRisk::new(r, at, "on_demand"))
+            .map_err(|e| match e {
+                RiskAnswerError::Unknown => {
+                    api::ApiError::NotFound(format!("account {id} not found"))
+                }
+                RiskAnswerError::Failed(message) => api::ApiError::Unprocessable {
+                    code: "risk_unavailable",
+                    field: None,
+                    message,
+                    details: Vec::new(),
+                },
+            })
+    }
+
+    fn risk_riskiest(
+        &self,
+        by: crate::risk::store::RiskRank,
+        offset: usize,
+        limit: usize,
+    ) -> Result<api::riskiest::RiskiestBody, api::ApiError> {
+        if self.risk.is_none() {
+            return Err(api::risk_not_configured());
+        }
+        let (total, page) = self.risk_store.rank(by, offset, limit);
+        Ok(api::riskiest::RiskiestBody {
+            by: by.as_str().to_string(),
+            accounts: page
+                .iter()
+                .map(|s| api::riskiest::RiskiestRow::of(s))
+                .collect(),
+            total: total as u64,
+            offset: offset as u64,
         })
     }
 
@@ -379,7 +469,10 @@ mod tests {
             default_trigger: Arc::new(parking_lot::RwLock::new(Decimal::ONE)),
             default_levels: Arc::default(),
             risk: None,
+            risk_store: Arc::default(),
+            risk_changes: None,
             history: Arc::default(),
+            instruments: Default::default(),
         });
         Fixture {
             backend,

@@ -97,6 +97,7 @@ async fn disk_full_stops_prices_at_the_limit_issue_11_item_7() {
         update_ids: UpdateIdWindow::default(),
         state_counts: StateCounts::default(),
         paused: false,
+        settlements: None,
     };
     let (engine_tx, engine_rx) = mpsc::channel(4);
     let stop = CancellationToken::new();
@@ -157,7 +158,10 @@ async fn disk_full_stops_prices_at_the_limit_issue_11_item_7() {
         default_trigger: Arc::new(parking_lot::RwLock::new(Decimal::ONE)),
         default_levels: Arc::default(),
         risk: None,
+        risk_store: Arc::default(),
+        risk_changes: None,
         history: Arc::default(),
+        instruments: Default::default(),
     };
     let check = backend
         .readiness()

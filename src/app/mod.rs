@@ -33,12 +33,16 @@
 mod backend;
 #[cfg(test)]
 mod backpressure_tests; // issue 11 item 7: a full disk pauses prices at a bound
+mod distance_sort; // sort=distance: exact shock distance among the riskiest by ratio
 mod error;
 mod feedset;
+mod history_persist; // the page's history in the journal: restore at start, batched writes
+mod instruments; // the instrument refresh tasks ([[instruments.sources]] urls)
 mod metrics;
 mod reload;
 mod risk;
 mod risk_queries;
+mod risk_task; // [risk] in the daemon: recorded prices, scheduled recompute, risk_warning
 mod runner;
 mod sinkset; // the running sink drivers, swappable on reload
 mod spawn;
@@ -234,6 +238,10 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
         update_ids: cfg.accounts.update_ids,
         state_counts: StateCounts::from_states(&states),
         paused: false,
+        settlements: cfg
+            .accounts
+            .apply_funding
+            .then(crate::engine::settlement::SettlementTracker::default),
     };
     let engine_task = tokio::spawn(
         runner
@@ -262,6 +270,20 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
     // The risk page's bounded history: committed events and periodic samples.
     let history = Arc::new(api::HistoryStore::default());
     if cfg.api.enabled {
+        let bounds = crate::journal::history::HistoryBounds::default();
+        history_persist::restore(&journal, &history, &bounds);
+        tasks.spawn("history-persist", {
+            let f = history_persist::persist_history(
+                Arc::clone(&journal),
+                history.clone(),
+                bounds,
+                sources.clone(),
+            );
+            async move {
+                f.await;
+                Ok::<(), std::convert::Infallible>(())
+            }
+        });
         tasks.spawn("history-events", {
             let f = risk_queries::record_events(
                 events_tx.subscribe(),
@@ -286,9 +308,49 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
             }
         });
     }
+    // Instrument sources with URLs: refreshed live, each change applied by the engine task.
+    let instrument_health =
+        crate::instruments::source::InstrumentHealth::new(&cfg.instruments, crate::model::now_ms());
+    instruments::register(&cfg.instruments);
+    for (i, s) in cfg.instruments.iter().enumerate() {
+        if !s.urls.is_empty() {
+            tasks.spawn(
+                format!("instrument-refresh-{}", s.name()),
+                instruments::refresh_source(
+                    i,
+                    s.clone(),
+                    engine_tx.clone(),
+                    instrument_health.clone(),
+                    sources.clone(),
+                ),
+            );
+        }
+    }
     // Held instruments no feed prices: reported once, loudly, now (and in readiness).
     board.set_held(map.held_instruments());
     board.report_unserved();
+    // [risk]: the scheduled recompute, its store, and the account changes that wake it.
+    let default_trigger = Arc::new(parking_lot::RwLock::new(cfg.engine.thresholds.trigger));
+    let risk_store = Arc::new(crate::risk::store::RiskStore::default());
+    let risk_changes = risk
+        .as_ref()
+        .map(|_| Arc::new(risk_task::RiskChanges::default()));
+    if let (Some(settings), Some(changes)) = (&risk, &risk_changes) {
+        let task = risk_task::RiskTask {
+            settings: Arc::clone(settings),
+            map: Arc::clone(&map),
+            board: Arc::clone(&board),
+            journal: Arc::clone(&journal),
+            store: Arc::clone(&risk_store),
+            changes: Arc::clone(changes),
+            default_trigger: Arc::clone(&default_trigger),
+        };
+        tasks.spawn(
+            "risk",
+            task.run(sources.clone())
+                .map(Ok::<(), std::convert::Infallible>),
+        );
+    }
     // Account sources: the API and NATS.
     let backend = Arc::new(Backend {
         map: Arc::clone(&map),
@@ -302,10 +364,13 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
             .iter()
             .map(|(k, v)| (k.clone(), v.kind))
             .collect(),
-        default_trigger: Arc::new(parking_lot::RwLock::new(cfg.engine.thresholds.trigger)),
+        default_trigger,
         default_levels: Arc::new(parking_lot::RwLock::new(cfg.engine.thresholds.clone())),
         risk,
+        risk_store,
+        risk_changes,
         history: Arc::clone(&history),
+        instruments: instrument_health,
     });
     let token = api_token(&cfg)?;
     let mut api_token_handle = None;

@@ -251,6 +251,10 @@ fn restart_needed(
         old.engine.after_trigger != new.engine.after_trigger,
     );
     check(
+        "engine.warn_before_funding",
+        old.engine.warn_before_funding != new.engine.warn_before_funding,
+    );
+    check(
         "accounts.nats",
         differ(&old.accounts.nats, &new.accounts.nats),
     );
@@ -274,6 +278,7 @@ fn restart_needed(
             || differ(&old.api.limits, &new.api.limits),
     );
     check("risk", differ(&old.risk, &new.risk));
+    check("instruments", differ(&old.instruments, &new.instruments));
     check("log", differ(&old.log, &new.log));
     check("shutdown", differ(&old.shutdown, &new.shutdown));
     out

@@ -261,7 +261,7 @@ pub(super) fn stress(
     })?;
     let snapshot = crate::margin::account_snapshot(
         &account,
-        table,
+        &*table,
         &PriceSnapshot(shocked.clone()),
         levels.trigger,
     )

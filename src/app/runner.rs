@@ -13,6 +13,10 @@
 //!
 //! An account update is answered only after it is applied **and** persisted; when persisting
 //! fails the engine reverts the map, so memory and store agree.
+//!
+//! The same tick drives funding on the wall clock: `Engine::on_funding_clock`
+//! (`warn_before_funding`) and, with `[accounts] apply_funding`, the settlements due
+//! (`engine::settlement`), applied through the same idempotent update path as any update.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +49,13 @@ pub(crate) enum EngineRequest {
         update_ids: UpdateIdWindow,
         reply: oneshot::Sender<Result<Vec<String>, String>>,
     },
+    /// A refreshed instrument set from `source`: the changed terms are replaced, the holders
+    /// revalued and re-evaluated, and the events journaled before the answer.
+    Instruments {
+        source: String,
+        defs: Vec<crate::model::Instrument>,
+        reply: oneshot::Sender<super::instruments::InstrumentsApplied>,
+    },
 }
 
 /// The engine task.
@@ -64,6 +75,8 @@ pub(crate) struct Runner {
     /// True while prices are not taken because the journal holds its limit of unwritten
     /// events (disk full): the board coalesces them meanwhile, nothing queues.
     pub paused: bool,
+    /// `[accounts] apply_funding`: the funding settlements applied so far (`None`: off).
+    pub settlements: Option<crate::engine::settlement::SettlementTracker>,
 }
 
 /// Counts of accounts in warning and triggered state (healthy = loaded − both), kept
@@ -130,6 +143,7 @@ impl Runner {
                 _ = stale_tick.tick() => {
                     if !paused {
                         self.on_staleness().await;
+                        self.on_funding().await;
                     }
                     self.state_counts.publish(self.engine.map().len());
                 }
@@ -203,6 +217,55 @@ impl Runner {
         self.commit(step.emitted, step.feed_events).await;
     }
 
+    /// The funding step on the engine's clock (`warn_before_funding`).
+    async fn on_funding(&mut self) {
+        let now = now_ms();
+        let emitted = self.engine.on_funding_clock(&*self.board, now);
+        if !emitted.is_empty() {
+            self.commit(emitted, Vec::new()).await;
+        }
+        self.settle_funding(now).await;
+    }
+
+    /// `apply_funding`: every settlement due applied to its holders' collateral through the
+    /// idempotent update path, each with its `funding:…` update id (once per account, also
+    /// across restarts: a repeat is a duplicate, never a second payment).
+    async fn settle_funding(&mut self, now: crate::model::TimestampMs) {
+        let Some(tracker) = self.settlements.as_mut() else {
+            return;
+        };
+        let observed = self
+            .board
+            .funding()
+            .all()
+            .into_iter()
+            .map(|(i, e)| (i, e.rate));
+        let due = tracker.due(observed, now);
+        for s in due {
+            let updates = crate::engine::settlement::settlement_updates(self.engine.map(), &s);
+            tracing::info!(instrument = %s.instrument, funding_ms = s.funding_ms, rate = %s.rate, accounts = updates.len(), "Applying a funding settlement");
+            for (id, update) in updates {
+                let key = UpdateKey::funding(id);
+                match self
+                    .apply_update(update, &UpdateOrigin::Funding, Some(key.clone()))
+                    .await
+                {
+                    Ok(Applied::Duplicate) | Err(ApplyError::Conflict { .. }) => {
+                        metrics::counter!("liqwatch_engine_funding_duplicates_total").increment(1);
+                        tracing::info!(update_id = %key, "Funding already applied; not applied again");
+                    }
+                    Ok(_) => {
+                        metrics::counter!("liqwatch_engine_funding_applied_total").increment(1);
+                    }
+                    Err(error) => {
+                        metrics::counter!("liqwatch_engine_funding_failed_total").increment(1);
+                        tracing::warn!(update_id = %key, %error, "Funding settlement not applied");
+                    }
+                }
+            }
+        }
+    }
+
     async fn on_request(&mut self, req: EngineRequest) {
         match req {
             EngineRequest::Update {
@@ -221,6 +284,26 @@ impl Runner {
             } => {
                 let r = self.reload(engine, update_ids).await;
                 let _ = reply.send(r);
+            }
+            EngineRequest::Instruments {
+                source,
+                defs,
+                reply,
+            } => {
+                let step = self
+                    .engine
+                    .replace_instruments(&defs, &source, &*self.board, now_ms());
+                for e in &step.refused {
+                    tracing::warn!(%source, error = %e, "Instrument definition refused; the terms in force stay");
+                }
+                let applied = super::instruments::InstrumentsApplied {
+                    changed: step.events.len(),
+                    account_events: step.emitted.len(),
+                    refused: step.refused.iter().map(|e| e.to_string()).collect(),
+                    not_configured: step.not_configured,
+                };
+                self.commit(step.emitted, step.events).await;
+                let _ = reply.send(applied);
             }
         }
     }
@@ -254,6 +337,7 @@ impl Runner {
             .map_err(|e| format!("engine levels: {e}"))?;
         // `after_trigger` needs a restart (its marks live in the monitor); keep the mode.
         engine.set_after_trigger(self.engine.after_trigger());
+        engine.set_warn_before_funding(self.engine.warn_before_funding());
         engine.restore(states);
         let emitted = engine.evaluate_all(&*self.board, now_ms());
         self.engine = engine;

@@ -26,6 +26,9 @@ pub(crate) fn check_files(cfg: &Config) -> Result<(), AppError> {
     for p in &cfg.engine.instruments {
         need("engine.instruments", p);
     }
+    for p in cfg.instruments.iter().flat_map(|s| &s.files) {
+        need("instruments.sources.files", p);
+    }
     if let Some(p) = &cfg.accounts.snapshot {
         need("accounts.snapshot", p);
     }
@@ -35,7 +38,7 @@ pub(crate) fn check_files(cfg: &Config) -> Result<(), AppError> {
         }
     }
     for h in cfg.risk.iter().flat_map(|r| &r.history) {
-        if !h.starts_with("episode:") {
+        if !h.starts_with("episode:") && h != crate::risk::schedule::RECORDED {
             need("risk.history", Path::new(h));
         }
     }
@@ -92,6 +95,8 @@ pub(crate) fn load_instruments(
             all.insert(id, inst);
         }
     }
+    crate::instruments::source::load_sources(&cfg.instruments, &mut all)
+        .map_err(AppError::Startup)?;
     Ok(all)
 }
 
@@ -168,6 +173,7 @@ pub(crate) fn engine(
     )
     .map_err(|e| AppError::Startup(format!("engine levels: {e}")))?;
     engine.set_after_trigger(cfg.engine.after_trigger);
+    engine.set_warn_before_funding(cfg.engine.warn_before_funding);
     let stored_states = journal
         .load_monitor_states()
         .map_err(|e| AppError::Startup(e.to_string()))?;

@@ -42,6 +42,9 @@ pub struct Setup {
     pub after_trigger: AfterTrigger,
     /// The distance index on (the daemon's default) or off (eager): same events.
     pub distance_index: bool,
+    /// `warn_before_funding` (config `[engine]`); funding is read from the replay's frames and
+    /// checked at each recorded time, so the result is deterministic.
+    pub warn_before_funding: Option<std::time::Duration>,
 }
 
 /// One point of an account's series: its figures after a step that changed them.
@@ -108,6 +111,8 @@ pub enum BacktestError {
 struct Recorded {
     last: HashMap<InstrumentId, (Venue, TimestampMs)>,
     now: TimestampMs,
+    /// Latest funding per instrument, read from the replayed frames.
+    funding: crate::prices::funding::FundingBoard,
 }
 
 impl PriceInfo for Recorded {
@@ -122,6 +127,10 @@ impl PriceInfo for Recorded {
             age_ms: self.now.saturating_sub(*at),
             stale: false,
         })
+    }
+
+    fn funding(&self, instrument: &InstrumentId) -> Option<crate::margin::funding::FundingRate> {
+        self.funding.get(instrument).map(|e| e.rate)
     }
 }
 
@@ -138,9 +147,11 @@ pub fn run(setup: &Setup, replay: impl BufRead) -> Result<Run, BacktestError> {
     )
     .map_err(BacktestError::Engine)?;
     engine.set_after_trigger(setup.after_trigger);
+    engine.set_warn_before_funding(setup.warn_before_funding);
     let mut info = Recorded {
         last: HashMap::new(),
         now: 0,
+        funding: Default::default(),
     };
     let mut events = Vec::new();
     let mut rejected = Vec::new();
@@ -194,6 +205,18 @@ pub fn run(setup: &Setup, replay: impl BufRead) -> Result<Run, BacktestError> {
             continue;
         };
         counts.frames += 1;
+        // Recorded times, unchanged: a frame's funding is known from its receive time on.
+        let funded = routes.get(&rec.venue).is_some_and(|r| {
+            crate::feeds::funding::publish_funding(
+                rec.venue,
+                &rec.frame,
+                r,
+                &info.funding,
+                rec.received_ms,
+                |t| t,
+            )
+            .is_ok_and(|n| n > 0)
+        });
         // Ticks borrow the frame: parse into a local vector tied to `rec.frame`.
         let mut parsed: Vec<VenueTick<'_>> = Vec::new();
         if feed.parse(&rec.frame, &mut parsed).is_err() {
@@ -220,6 +243,11 @@ pub fn run(setup: &Setup, replay: impl BufRead) -> Result<Run, BacktestError> {
             }
         }
         if changed.is_empty() {
+            if funded {
+                info.now = rec.received_ms;
+                let emitted = engine.on_funding_clock(&info, info.now);
+                events.extend(emitted.into_iter().map(|e| e.event));
+            }
             continue;
         }
         counts.steps += 1;
@@ -228,6 +256,8 @@ pub fn run(setup: &Setup, replay: impl BufRead) -> Result<Run, BacktestError> {
         counts.last_ms = Some(rec.received_ms);
         info.now = rec.received_ms;
         let emitted = engine.on_prices(changed.iter().map(|(i, p)| (i, *p)), &info, info.now);
+        events.extend(emitted.into_iter().map(|e| e.event));
+        let emitted = engine.on_funding_clock(&info, info.now);
         events.extend(emitted.into_iter().map(|e| e.event));
         sample(&map, &mut series, rec.received_ms);
     }
@@ -294,6 +324,7 @@ mod tests {
             accounts: vec![w3_account("w3")],
             monitor: MonitorConfig::default(),
             after_trigger: AfterTrigger::KeepWatching,
+            warn_before_funding: None,
             distance_index: true,
         }
     }
@@ -389,5 +420,50 @@ mod tests {
             lead(vec![dec!(0.1)]),
             (Some(1_000), Some(61_000), Some(60_000))
         );
+    }
+
+    /// `warn_before_funding` in a backtest reads funding from the replayed frames and runs on
+    /// the recorded clock: the funding warning fires at the first frame inside the window
+    /// (exactly 10 minutes before), once, with the payment in its snapshot — the same on every
+    /// run.
+    #[test]
+    fn funding_warning_on_recorded_time() {
+        let mut s = setup();
+        s.warn_before_funding = Some(std::time::Duration::from_secs(600));
+        s.accounts = vec![
+            serde_json::from_str(
+                r#"{"id":"f","collateral":{"USDT":"3700"},"positions":[
+                {"instrument":"BTCUSDT-PERP","quantity":"10","entry_price":"60000"}]}"#,
+            )
+            .unwrap(),
+        ];
+        let funded = |t: i64, next: i64| {
+            let inner = format!(
+                r#"{{"stream":"btcusdt@markPrice@1s","data":{{"e":"markPriceUpdate","E":{t},"s":"BTCUSDT","p":"60000","i":"60000","P":"60000","r":"0.00010000","T":{next}}}}}"#
+            );
+            serde_json::json!({"venue": "binance-usdm", "received_ms": t, "frame": inner})
+                .to_string()
+        };
+        let t = 1_000_000;
+        let text = [
+            funded(1_000, t),
+            funded(399_999, t),
+            funded(400_000, t),
+            funded(500_000, t),
+            funded(t + 1, t + 28_800_000),
+        ]
+        .join("\n");
+        let runs: Vec<Vec<crate::model::RiskEvent>> = (0..2)
+            .map(|_| run(&s, text.as_bytes()).unwrap().events)
+            .collect();
+        assert_eq!(runs[0], runs[1], "deterministic");
+        let ev = &runs[0];
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(ev[0].kind, EventKind::LiquidationWarning);
+        assert_eq!(ev[0].level_type, Some(crate::model::LevelType::Funding));
+        assert_eq!(ev[0].time_ms, 400_000);
+        let f = ev[0].snapshot.as_ref().unwrap().funding.as_ref().unwrap();
+        assert_eq!((f.total, f.equity_after), (dec!(-60), dec!(3640)));
+        assert_eq!(f.next_funding_ms, Some(t));
     }
 }

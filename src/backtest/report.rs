@@ -442,7 +442,9 @@ mod tests {
             snapshot: None,
             prices: vec![],
             stale_prices: false,
+            instrument_change: None,
             feed: None,
+            risk: None,
         }
     }
 

@@ -40,27 +40,30 @@ pub struct BacktestArgs {
 
 /// Builds the setup from the flags, or a message for exit code 2.
 fn setup(args: &BacktestArgs) -> Result<Setup, String> {
-    let (instruments, monitor, after_trigger, distance_index) = match &args.config {
-        Some(path) => {
-            let cfg = crate::config::load_without_env(path).map_err(|e| e.to_string())?;
-            let instruments = crate::app::load_instruments(&cfg).map_err(|e| e.to_string())?;
-            (
-                instruments,
-                MonitorConfig {
-                    thresholds: cfg.engine.thresholds.clone(),
-                    trigger_on_stale: cfg.engine.trigger_on_stale,
-                },
-                cfg.engine.after_trigger,
-                cfg.engine.distance_index,
-            )
-        }
-        None => (
-            inputs::load_instruments(&args.instruments).map_err(|e| e.to_string())?,
-            MonitorConfig::default(),
-            AfterTrigger::default(),
-            true,
-        ),
-    };
+    let (instruments, monitor, after_trigger, distance_index, warn_before_funding) =
+        match &args.config {
+            Some(path) => {
+                let cfg = crate::config::load_without_env(path).map_err(|e| e.to_string())?;
+                let instruments = crate::app::load_instruments(&cfg).map_err(|e| e.to_string())?;
+                (
+                    instruments,
+                    MonitorConfig {
+                        thresholds: cfg.engine.thresholds.clone(),
+                        trigger_on_stale: cfg.engine.trigger_on_stale,
+                    },
+                    cfg.engine.after_trigger,
+                    cfg.engine.distance_index,
+                    cfg.engine.warn_before_funding,
+                )
+            }
+            None => (
+                inputs::load_instruments(&args.instruments).map_err(|e| e.to_string())?,
+                MonitorConfig::default(),
+                AfterTrigger::default(),
+                true,
+                None,
+            ),
+        };
     let accounts =
         inputs::load_accounts_checked(&args.accounts, &instruments).map_err(|e| e.to_string())?;
     // A stable order for the engine's instrument table.
@@ -72,6 +75,7 @@ fn setup(args: &BacktestArgs) -> Result<Setup, String> {
         monitor,
         after_trigger,
         distance_index,
+        warn_before_funding,
     })
 }
 

@@ -358,6 +358,8 @@ pub fn format_event(ev: &RiskEvent, style: &Style) -> String {
         EventKind::Recovered => ("recovered", "32"),
         EventKind::FeedStale => ("feed stale", "35"),
         EventKind::FeedRestored => ("feed back", "36"),
+        EventKind::InstrumentChanged => ("instrument", "34"),
+        EventKind::RiskWarning => ("RISK     ", "1;33"),
     };
     let label = style.paint(code, label);
     if let Some(feed) = &ev.feed {
@@ -495,6 +497,8 @@ impl Summary {
                     EventKind::Recovered => "recovered",
                     EventKind::FeedStale => "feed_stale",
                     EventKind::FeedRestored => "feed_restored",
+                    EventKind::InstrumentChanged => "instrument_changed",
+                    EventKind::RiskWarning => "risk_warning",
                 })
                 .collect();
             out.push_str(&format!(
@@ -677,10 +681,13 @@ mod tests {
                 positions: vec![],
                 collateral: vec![],
                 liquidation_cost: None,
+                funding: None,
             }),
             prices: vec![],
             stale_prices: false,
+            instrument_change: None,
             feed: None,
+            risk: None,
         }
     }
 }

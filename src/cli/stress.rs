@@ -155,7 +155,7 @@ fn cost_of_row(
 ) -> Option<StressLiquidationCost> {
     let map = engine.map();
     if *state == AccountState::Triggered {
-        let cost = crate::margin::liquidation_cost(snap, map.instruments()).ok()?;
+        let cost = crate::margin::liquidation_cost(snap, &*map.instruments()).ok()?;
         return Some(StressLiquidationCost {
             at: CostAt::Scenario,
             shock: None,
@@ -170,8 +170,8 @@ fn cost_of_row(
         *p = p.checked_mul(x)?;
     }
     let at_root: RiskSnapshot =
-        crate::margin::account_snapshot(&account, map.instruments(), &prices, trigger).ok()?;
-    let cost = crate::margin::liquidation_cost(&at_root, map.instruments()).ok()?;
+        crate::margin::account_snapshot(&account, &*map.instruments(), &prices, trigger).ok()?;
+    let cost = crate::margin::liquidation_cost(&at_root, &*map.instruments()).ok()?;
     Some(StressLiquidationCost {
         at: CostAt::ShockToTrigger,
         shock: Some(s),

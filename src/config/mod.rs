@@ -25,6 +25,7 @@
 //! `config/diagnostics.rs` and the tests in `config/tests.rs`.
 
 mod diagnostics;
+mod instruments; // [instruments]: venue responses as an instrument source, refreshed live
 
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -117,12 +118,15 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// `[risk]`: historical VaR/ES for `GET /v1/accounts/{id}/risk`; `None` when absent.
     pub risk: Option<RiskConfig>,
+    /// `[[instruments.sources]]`: venue responses read at start-up and refreshed live.
+    pub instruments: Vec<crate::instruments::source::InstrumentSourceConfig>,
 }
 
 /// `[risk]`: the price history the daemon's risk endpoint uses (`docs/risk.md`).
 #[derive(Clone, Debug)]
 pub struct RiskConfig {
-    /// History files (`*.csv`, `*.json` candles, `*.jsonl` replay) or `episode:NAME`.
+    /// History files (`*.csv`, `*.json` candles, `*.jsonl` replay), `episode:NAME`, or
+    /// `recorded` (the prices the daemon records into its journal).
     pub history: Vec<String>,
     /// Horizon text (`4h`) and its milliseconds.
     pub horizon: (String, i64),
@@ -130,6 +134,8 @@ pub struct RiskConfig {
     pub alpha: Decimal,
     /// Explicit history symbol → underlying maps.
     pub map: BTreeMap<String, String>,
+    /// The daemon's scheduled recompute, recorded prices and warnings (`docs/risk.md`).
+    pub schedule: crate::risk::schedule::RiskSchedule,
 }
 
 /// `[engine]`: instruments and levels.
@@ -147,6 +153,9 @@ pub struct EngineConfig {
     /// Wake only the accounts a tick can move across a level (`distance_index`, default
     /// true); false revalues every holder on every tick.
     pub distance_index: bool,
+    /// Warn this long before a funding time about accounts whose margin ratio after the
+    /// payment would cross a level (`warn_before_funding`, e.g. `"10m"`; unset: off).
+    pub warn_before_funding: Option<Duration>,
 }
 
 /// `[accounts]`: where accounts come from.
@@ -158,6 +167,9 @@ pub struct AccountsConfig {
     pub nats: Option<NatsIngestConfig>,
     /// `update_id_window` / `update_id_limit`: how long applied update ids are remembered.
     pub update_ids: crate::journal::UpdateIdWindow,
+    /// `apply_funding`: apply each funding settlement to the accounts' collateral (for account
+    /// sources that do not report balances; see `engine::settlement`). Default false.
+    pub apply_funding: bool,
 }
 
 /// Where a `[[feeds]]` entry gets its prices.
@@ -292,6 +304,8 @@ struct RawEngine {
     trigger_on_stale: Option<String>,
     distance_index: Option<bool>,
     after_trigger: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    warn_before_funding: Option<Duration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -302,6 +316,7 @@ struct RawAccounts {
     #[serde(default, with = "humantime_serde")]
     update_id_window: Option<Duration>,
     update_id_limit: Option<u64>,
+    apply_funding: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -401,6 +416,12 @@ struct RawRisk {
     horizon: Option<String>,
     alpha: Option<String>,
     map: Option<BTreeMap<String, String>>,
+    every: Option<String>,
+    record_every: Option<String>,
+    record_keep: Option<String>,
+    warn_p_liquidation: Option<Vec<String>>,
+    warn_es_to_equity: Option<Vec<String>>,
+    warn_hysteresis: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -411,7 +432,17 @@ struct RawShutdown {
 }
 
 const SECTIONS: &[&str] = &[
-    "engine", "accounts", "feeds", "prices", "journal", "sinks", "api", "log", "shutdown", "risk",
+    "engine",
+    "accounts",
+    "feeds",
+    "prices",
+    "journal",
+    "sinks",
+    "api",
+    "log",
+    "shutdown",
+    "risk",
+    "instruments",
 ];
 
 /// Every top-level section the file accepts (the example config documents each).
@@ -541,6 +572,10 @@ pub fn parse(
         });
 
     let risk = cx.section::<RawRisk>("risk").and_then(|r| cx.risk(r));
+    let instrument_sources = cx
+        .section::<instruments::RawInstruments>("instruments")
+        .map(|r| cx.instruments(r))
+        .unwrap_or_default();
 
     let mut problems = cx.problems;
     if !problems.is_empty() {
@@ -566,6 +601,7 @@ pub fn parse(
                 log,
                 shutdown,
                 risk,
+                instruments: instrument_sources,
             })
         }
         // Every `None` above recorded a problem; report rather than panic if one did not.
@@ -603,22 +639,10 @@ impl Cx<'_, '_> {
 
     fn secret(&mut self, path: &[P<'_>], env_name: Option<&str>) -> Option<Secret> {
         let name = env_name?;
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            self.problem(
-                path,
-                format!("{name:?} is not an environment variable name (letters, digits, _)"),
-            );
-            return None;
-        }
-        match (self.env)(name) {
-            Some(v) if !v.is_empty() => Some(Secret::from_env(name, v)),
-            _ => {
-                self.problem(
-                    path,
-                    format!(
-                        "environment variable {name} is not set (or empty): set it before starting liqwatch"
-                    ),
-                );
+        match crate::runtime::secret::read_named_env(self.env, name) {
+            Ok(v) => Some(Secret::from_env(name, v)),
+            Err(e) => {
+                self.problem(path, e);
                 None
             }
         }
@@ -727,6 +751,7 @@ impl Cx<'_, '_> {
             trigger_on_stale,
             after_trigger,
             distance_index: raw.distance_index.unwrap_or(true),
+            warn_before_funding: raw.warn_before_funding.filter(|d| !d.is_zero()),
         })
     }
 
@@ -792,6 +817,7 @@ impl Cx<'_, '_> {
             snapshot,
             nats,
             update_ids,
+            apply_funding: raw.apply_funding.unwrap_or(false),
         }
     }
 
@@ -1003,6 +1029,12 @@ impl Cx<'_, '_> {
             && raw.horizon.is_none()
             && raw.alpha.is_none()
             && raw.map.is_none()
+            && raw.every.is_none()
+            && raw.record_every.is_none()
+            && raw.record_keep.is_none()
+            && raw.warn_p_liquidation.is_none()
+            && raw.warn_es_to_equity.is_none()
+            && raw.warn_hysteresis.is_none()
         {
             return None;
         }
@@ -1011,7 +1043,7 @@ impl Cx<'_, '_> {
             .unwrap_or_default()
             .into_iter()
             .map(|h| {
-                if h.starts_with("episode:") {
+                if h.starts_with("episode:") || h == crate::risk::schedule::RECORDED {
                     h
                 } else {
                     self.path(&h).display().to_string()
@@ -1043,11 +1075,29 @@ impl Cx<'_, '_> {
                 Decimal::ZERO
             }
         };
+        let schedule = crate::risk::schedule::RawRiskSchedule {
+            every: raw.every,
+            record_every: raw.record_every,
+            record_keep: raw.record_keep,
+            warn_p_liquidation: raw.warn_p_liquidation,
+            warn_es_to_equity: raw.warn_es_to_equity,
+            warn_hysteresis: raw.warn_hysteresis,
+        };
+        let schedule = match schedule.check() {
+            Ok(s) => s,
+            Err(problems) => {
+                for (key, message) in problems {
+                    self.problem(&[P::K("risk"), P::K(key)], message);
+                }
+                crate::risk::schedule::RiskSchedule::default()
+            }
+        };
         Some(RiskConfig {
             history,
             horizon: (horizon_text, horizon),
             alpha,
             map: raw.map.unwrap_or_default(),
+            schedule,
         })
     }
 

@@ -499,3 +499,74 @@ fn distance_levels() {
         assert_eq!(p[0].line, 4, "{lines}: {p:?}");
     }
 }
+
+/// `[risk]` schedule keys (issue 13 part 3): `recorded` is kept as named, the defaults are 5m /
+/// 5m / 30d / no levels / 1 %, levels parse from percentages, and bad values are problems on
+/// their own keys.
+#[test]
+fn risk_schedule_keys() {
+    let c = ok(&format!(
+        "{MIN}\n[risk]\nhistory = [\"recorded\"]\nevery = \"1m\"\nwarn_p_liquidation = [\"20%\", \"5%\"]\nwarn_es_to_equity = [\"0.5\"]\n"
+    ));
+    let r = c.risk.unwrap();
+    assert_eq!(r.history, ["recorded"]);
+    assert_eq!(r.schedule.every, std::time::Duration::from_secs(60));
+    assert_eq!(r.schedule.record_every, std::time::Duration::from_secs(300));
+    assert_eq!(
+        r.schedule.record_keep,
+        std::time::Duration::from_secs(30 * 86_400)
+    );
+    assert_eq!(r.schedule.warn_p_liquidation, [dec!(0.05), dec!(0.2)]);
+    assert_eq!(r.schedule.warn_es_to_equity, [dec!(0.5)]);
+    assert_eq!(r.schedule.warn_hysteresis, dec!(0.01));
+    let p = problems(&format!(
+        "{MIN}\n[risk]\nhistory = [\"recorded\"]\nrecord_every = \"often\"\nwarn_es_to_equity = [\"-5%\"]\nwarn_p_liquidation = [\"150%\"]\n"
+    ));
+    let mut k: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    k.sort();
+    assert_eq!(
+        k,
+        [
+            "risk.record_every",
+            "risk.warn_es_to_equity",
+            "risk.warn_p_liquidation"
+        ],
+        "{p:?}"
+    );
+    let p = problems(&format!(
+        "{MIN}\n[risk]\nhistory = [\"recorded\"]\nwarn_at = 1\n"
+    ));
+    assert!(!p.is_empty(), "unknown keys are errors");
+}
+
+/// Funding (issue 15 part 3): `warn_before_funding` and `apply_funding` are off by default,
+/// read when given ("0s" is off), and a bad duration names its key.
+#[test]
+fn funding_keys() {
+    let c = ok(MIN);
+    assert_eq!(c.engine.warn_before_funding, None);
+    assert!(!c.accounts.apply_funding);
+    let text = MIN.replace(
+        "instruments = [\"presets.toml\"]",
+        "instruments = [\"presets.toml\"]\nwarn_before_funding = \"10m\"",
+    ) + "\n[accounts]\napply_funding = true\n";
+    let c = ok(&text);
+    assert_eq!(c.engine.warn_before_funding, Some(Duration::from_secs(600)));
+    assert!(c.accounts.apply_funding);
+    let off = MIN.replace(
+        "instruments = [\"presets.toml\"]",
+        "instruments = [\"presets.toml\"]\nwarn_before_funding = \"0s\"",
+    );
+    assert_eq!(ok(&off).engine.warn_before_funding, None);
+    let bad = MIN.replace(
+        "instruments = [\"presets.toml\"]",
+        "instruments = [\"presets.toml\"]\nwarn_before_funding = \"soon\"",
+    );
+    let p = problems(&bad);
+    assert!(
+        p.iter()
+            .any(|p| p.key.contains("warn_before_funding")
+                || p.message.contains("warn_before_funding")),
+        "{p:?}"
+    );
+}

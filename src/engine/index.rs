@@ -262,11 +262,19 @@ impl DistanceIndex {
 
     /// An index tracking every account of the map (all eager until evaluated and re-banded).
     pub fn for_map(map: &AccountMap) -> Self {
-        let mut index = DistanceIndex::new(map.instruments());
+        let mut index = DistanceIndex::new(&map.instruments());
         for key in map.keys() {
             index.track(map, key);
         }
         index
+    }
+
+    /// Takes the new terms of the instrument at `idx` (its tiers set the bound; see
+    /// [`crate::engine::Engine::replace_instruments`]). Re-band its holders afterwards.
+    pub fn set_terms(&mut self, idx: InstrumentIdx, inst: &Instrument) {
+        if let Some(s) = self.sens.get_mut(idx as usize) {
+            *s = sensitivity(inst);
+        }
     }
 
     /// Accounts tracked, and of those, banded.

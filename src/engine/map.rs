@@ -85,8 +85,8 @@
 
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as DirEntry;
@@ -611,7 +611,11 @@ pub struct SlotValuation {
 
 /// The shared account map. Cheap to share behind an `Arc`; every method takes `&self`.
 pub struct AccountMap {
-    table: InstrumentTable,
+    /// The instrument definitions. Ids and indices are fixed for the map's lifetime; the
+    /// margin terms of an instrument can be replaced ([`AccountMap::replace_definitions`]),
+    /// always while holding that instrument's write lock, so whoever values a slot loads the
+    /// table *after* taking the slot's instrument lock and sees the terms its slot caches use.
+    table: RwLock<Arc<InstrumentTable>>,
     instr: Vec<RwLock<InstrState>>,
     ids: DashMap<AccountId, AccountKey>,
     accounts: Slab,
@@ -668,7 +672,7 @@ impl AccountMap {
             })
             .collect();
         AccountMap {
-            table,
+            table: RwLock::new(Arc::new(table)),
             instr,
             ids: DashMap::new(),
             accounts: Slab::new(),
@@ -677,9 +681,14 @@ impl AccountMap {
         }
     }
 
-    /// The instrument table.
-    pub fn instruments(&self) -> &InstrumentTable {
-        &self.table
+    /// The instrument table in force (a cheap shared copy: terms replaced later are not seen
+    /// through it).
+    pub fn instruments(&self) -> Arc<InstrumentTable> {
+        self.table()
+    }
+
+    fn table(&self) -> Arc<InstrumentTable> {
+        Arc::clone(&self.table.read())
     }
 
     /// Number of accounts.
@@ -694,8 +703,9 @@ impl AccountMap {
 
     /// The engine's current price of an instrument (stables: 1).
     pub fn price(&self, id: &InstrumentId) -> Option<Decimal> {
-        let idx = self.table.index(id)?;
-        if self.table.get(idx).is_some_and(|i| i.stable) {
+        let table = self.table();
+        let idx = table.index(id)?;
+        if table.get(idx).is_some_and(|i| i.stable) {
             return Some(Decimal::ONE);
         }
         self.instr.get(idx as usize).and_then(|l| l.read().price)
@@ -704,7 +714,7 @@ impl AccountMap {
     /// Every known engine price (non-stable instruments that have one).
     pub fn prices(&self) -> PriceSnapshot {
         let mut m = HashMap::new();
-        for (i, inst) in self.table.iter().enumerate() {
+        for (i, inst) in self.table().iter().enumerate() {
             if let Some(p) = self.instr.get(i).and_then(|l| l.read().price) {
                 m.insert(inst.id.clone(), p);
             }
@@ -725,11 +735,12 @@ impl AccountMap {
 
     /// Runs `f` on the account with this key, if it exists. `f` must not call the map.
     pub fn read_key<R>(&self, key: AccountKey, f: impl FnOnce(&AccountView<'_>) -> R) -> Option<R> {
+        let table = self.table();
         self.accounts.with(key, |e| {
             f(&AccountView {
                 key,
                 entry: e,
-                table: &self.table,
+                table: &table,
             })
         })
     }
@@ -753,7 +764,7 @@ impl AccountMap {
 
     /// Keys of the accounts holding an instrument (unordered).
     pub fn holder_keys(&self, instrument: &InstrumentId) -> Vec<AccountKey> {
-        self.table
+        self.table()
             .index(instrument)
             .and_then(|idx| self.instr.get(idx as usize))
             .map(|l| l.read().holders.iter().copied().collect())
@@ -763,7 +774,7 @@ impl AccountMap {
     /// The non-stable instruments some account holds (positions or balances), in table
     /// order: the ones whose prices matter (the price board watches their staleness).
     pub fn held_instruments(&self) -> Vec<InstrumentId> {
-        self.table
+        self.table()
             .iter()
             .zip(self.instr.iter())
             .filter(|(inst, l)| !inst.stable && !l.read().holders.is_empty())
@@ -773,7 +784,7 @@ impl AccountMap {
 
     /// The accounts holding an instrument (positions or balances), sorted by id.
     pub fn holders(&self, instrument: &InstrumentId) -> Vec<AccountId> {
-        let Some(idx) = self.table.index(instrument) else {
+        let Some(idx) = self.table().index(instrument) else {
             return Vec::new();
         };
         let keys: Vec<AccountKey> = match self.instr.get(idx as usize) {
@@ -795,7 +806,7 @@ impl AccountMap {
             .account(id)
             .ok_or_else(|| AccountError::UnknownAccount(id.clone()))?;
         let prices = self.prices_for(&account);
-        margin::account_snapshot(&account, &self.table, &prices, trigger).map_err(|source| {
+        margin::account_snapshot(&account, &*self.table(), &prices, trigger).map_err(|source| {
             AccountError::Margin {
                 account: id.clone(),
                 source,
@@ -900,13 +911,18 @@ impl AccountMap {
         price: Decimal,
         mut on_touched: impl FnMut(Touched),
     ) -> Result<TickSummary, AccountError> {
-        let (idx, inst, lock) = self.checked_price(instrument, price)?;
+        let (idx, lock) = self.checked_price(instrument, price)?;
         let mut summary = TickSummary::default();
         let mut state = lock.write();
         if state.price == Some(price) {
             return Ok(summary);
         }
         state.price = Some(price);
+        // Loaded under the instrument's lock: the terms the holders' caches are built on.
+        let table = self.table();
+        let Some(inst) = table.get(idx) else {
+            return Err(AccountError::UnknownInstrument(instrument.clone()));
+        };
         if inst.stable {
             // Stables are valued at 1 whatever the feed says.
             return Ok(summary);
@@ -949,17 +965,17 @@ impl AccountMap {
         Ok(summary)
     }
 
-    /// The instrument's index, definition and lock, once `price` is known to be usable.
+    /// The instrument's index and lock, once `price` is known to be usable.
     fn checked_price(
         &self,
         instrument: &InstrumentId,
         price: Decimal,
-    ) -> Result<(InstrumentIdx, &Instrument, &RwLock<InstrState>), AccountError> {
+    ) -> Result<(InstrumentIdx, &RwLock<InstrState>), AccountError> {
         let idx = self
-            .table
+            .table()
             .index(instrument)
             .ok_or_else(|| AccountError::UnknownInstrument(instrument.clone()))?;
-        let (Some(inst), Some(lock)) = (self.table.get(idx), self.instr.get(idx as usize)) else {
+        let Some(lock) = self.instr.get(idx as usize) else {
             return Err(AccountError::UnknownInstrument(instrument.clone()));
         };
         if price <= Decimal::ZERO {
@@ -971,7 +987,7 @@ impl AccountMap {
                 price,
             });
         }
-        Ok((idx, inst, lock))
+        Ok((idx, lock))
     }
 
     /// Sets the engine price of `instrument` without revaluing anyone: the holders' cached
@@ -984,14 +1000,15 @@ impl AccountMap {
         instrument: &InstrumentId,
         price: Decimal,
     ) -> Result<bool, AccountError> {
-        let (_, inst, lock) = self.checked_price(instrument, price)?;
+        let (idx, lock) = self.checked_price(instrument, price)?;
         let mut state = lock.write();
         if state.price == Some(price) {
             return Ok(false);
         }
         state.price = Some(price);
         drop(state);
-        if !inst.stable {
+        // `stable` never changes (a replacement may not change it), so no lock is needed.
+        if !self.table().get(idx).is_some_and(|i| i.stable) {
             metrics::counter!("liqwatch_accounts_ticks_total", "instrument" => instrument.to_string())
                 .increment(1);
         }
@@ -1023,6 +1040,8 @@ impl AccountMap {
                     .and_then(|p| guards.get(p))
                     .and_then(|(_, g)| g.price)
             };
+            // Loaded under the instrument locks (see `table`).
+            let table = self.table();
             let mut g = cell.lock();
             let e = g.as_mut()?;
             if e.slots
@@ -1033,7 +1052,7 @@ impl AccountMap {
             }
             for i in 0..e.slots.len() {
                 let Some(slot) = e.slots.get(i) else { break };
-                let Some(inst) = self.table.get(slot.instr) else {
+                let Some(inst) = table.get(slot.instr) else {
                     continue;
                 };
                 let price = if inst.stable {
@@ -1069,7 +1088,10 @@ impl AccountMap {
     }
 }
 
+mod terms; // replacing instruments' margin terms live
 mod update; // account updates and fills: validation, slots, the commit under locks
+
+pub use terms::{TermsError, identity_change, with_terms_of};
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -24,8 +24,10 @@
 //! the order is by account key (deterministic for a given book).
 
 pub mod index;
+pub mod instruments; // replacing instrument terms live (Engine::replace_instruments)
 pub mod map;
 pub mod monitor;
+pub mod settlement;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +39,7 @@ use crate::model::{Account, AccountId, AccountUpdate, EventKind, InstrumentId, R
 use crate::prices::StaleTransition;
 
 pub use index::DistanceIndex;
+pub use instruments::InstrumentStep;
 pub use map::{AccountError, AccountKey, AccountMap, Touched, UpdateOutcome};
 pub use monitor::{
     AfterTrigger, Emitted, Monitor, MonitorConfig, MonitorState, PriceInfo, RestoreReport,
@@ -95,11 +98,21 @@ pub struct Engine {
     wake: Vec<AccountKey>,
     /// Scratch space for the accounts a step valued.
     touched: Vec<Touched>,
-    /// Per-instrument sequence of feed events.
+    /// Per-instrument sequence of feed and instrument events.
     feed_seq: HashMap<InstrumentId, u64>,
     /// Accounts valued by the last [`Engine::on_prices`].
     last_valued: usize,
+    /// `warn_before_funding` in ms ([`Engine::on_funding_clock`]); `None`: off.
+    funding_window_ms: Option<i64>,
+    /// When the last funding check ran (at most one per [`FUNDING_CHECK_EVERY_MS`]).
+    funding_checked_ms: Option<TimestampMs>,
+    /// The settlements in the window at the last funding check.
+    funding_due: Vec<(InstrumentId, TimestampMs)>,
 }
+
+/// How often the funding step re-checks the holders of a perpetual in its window (engine
+/// clock): each check values every holder, so it is paced rather than run on every tick.
+pub const FUNDING_CHECK_EVERY_MS: i64 = 1_000;
 
 impl Engine {
     /// An engine over `map` (which may already hold accounts: they are tracked, and valued on
@@ -115,6 +128,9 @@ impl Engine {
             touched: Vec::with_capacity(1024),
             feed_seq: HashMap::new(),
             last_valued: 0,
+            funding_window_ms: None,
+            funding_checked_ms: None,
+            funding_due: Vec::new(),
         })
     }
 
@@ -136,6 +152,66 @@ impl Engine {
     /// What happens to an account after its trigger.
     pub fn after_trigger(&self) -> AfterTrigger {
         self.monitor.after_trigger()
+    }
+
+    /// Sets `warn_before_funding` (`None`: no funding warnings). See [`Engine::on_funding_clock`].
+    pub fn set_warn_before_funding(&mut self, window: Option<std::time::Duration>) {
+        self.funding_window_ms = window.map(|w| i64::try_from(w.as_millis()).unwrap_or(i64::MAX));
+    }
+
+    /// `warn_before_funding`, when set.
+    pub fn warn_before_funding(&self) -> Option<std::time::Duration> {
+        self.funding_window_ms
+            .and_then(|ms| u64::try_from(ms).ok())
+            .map(std::time::Duration::from_millis)
+    }
+
+    /// The funding step, driven by the caller's clock (`now_ms`; the daemon calls it every
+    /// staleness tick, a backtest at each recorded time): for every held perpetual whose next
+    /// funding time is within `warn_before_funding` after `now_ms`, its holders are checked
+    /// and those whose margin ratio after the payment would cross a level get one
+    /// `liquidation_warning` with `level_type: "funding"` per funding time
+    /// (`monitor::funding`): at once when a settlement enters the window, then at most once per
+    /// [`FUNDING_CHECK_EVERY_MS`]. Nothing to do when `warn_before_funding` is off or nothing is due:
+    /// it never runs inside a price step, so it cannot slow the crash path.
+    pub fn on_funding_clock(
+        &mut self,
+        prices: &dyn PriceInfo,
+        now_ms: TimestampMs,
+    ) -> Vec<Emitted> {
+        let Some(window) = self.funding_window_ms else {
+            return Vec::new();
+        };
+        let due_by = now_ms.saturating_add(window);
+        let due: Vec<(InstrumentId, TimestampMs)> = self
+            .map
+            .held_instruments()
+            .into_iter()
+            .filter_map(|inst| {
+                let t = prices.funding(&inst)?.next_funding_ts?;
+                (t > now_ms && t <= due_by).then_some((inst, t))
+            })
+            .collect();
+        // A settlement entering the window is checked at once; the same ones again at most
+        // once per FUNDING_CHECK_EVERY_MS.
+        let throttled = self
+            .funding_checked_ms
+            .is_some_and(|t| now_ms >= t && now_ms - t < FUNDING_CHECK_EVERY_MS);
+        if due.is_empty() || (throttled && due == self.funding_due) {
+            self.funding_due = due;
+            return Vec::new();
+        }
+        self.funding_checked_ms = Some(now_ms);
+        let mut keys = Vec::new();
+        for (inst, _) in &due {
+            keys.extend(self.map.holder_keys(inst));
+        }
+        self.funding_due = due;
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        self.monitor
+            .evaluate_funding(&self.map, keys, prices, now_ms, window)
     }
 
     /// The distance index, when on.
@@ -465,11 +541,11 @@ mod tests {
             assert_eq!(em.account_id, AccountId::from(format!("w3-{i:03}")));
             let account = map.account(&em.account_id).unwrap();
             let mut expected =
-                crate::margin::account_snapshot(&account, map.instruments(), &prices, dec!(1))
+                crate::margin::account_snapshot(&account, &*map.instruments(), &prices, dec!(1))
                     .unwrap();
             // A trigger carries what the liquidation would cost.
             expected.liquidation_cost =
-                Some(crate::margin::liquidation_cost(&expected, map.instruments()).unwrap());
+                Some(crate::margin::liquidation_cost(&expected, &*map.instruments()).unwrap());
             assert_eq!(
                 em.event.snapshot.as_ref(),
                 Some(&expected),

@@ -103,6 +103,10 @@ pub struct MonitorState {
     /// JSON while healthy, so states stored before distance levels existed read back as they are.
     #[serde(default = "healthy", skip_serializing_if = "is_healthy")]
     pub shock_state: AccountState,
+    /// The funding time (ms) the account was last warned about (`warn_before_funding`), so a
+    /// restart does not warn about the same settlement again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub funding_warned: Option<TimestampMs>,
 }
 
 fn healthy() -> AccountState {
@@ -119,6 +123,7 @@ impl Default for MonitorState {
             state: AccountState::Healthy,
             seq: 0,
             shock_state: AccountState::Healthy,
+            funding_warned: None,
         }
     }
 }
@@ -222,11 +227,21 @@ pub fn transition(
 pub trait PriceInfo {
     /// What is known about the instrument's current price, if anything.
     fn price_info(&self, instrument: &InstrumentId) -> Option<PriceUsed>;
+
+    /// The latest funding rate and next funding time of a perpetual, if known (none by
+    /// default: sources without funding show no payment and never warn before funding).
+    fn funding(&self, _instrument: &InstrumentId) -> Option<margin::funding::FundingRate> {
+        None
+    }
 }
 
 impl PriceInfo for crate::prices::PriceBoard {
     fn price_info(&self, instrument: &InstrumentId) -> Option<PriceUsed> {
         self.composite(instrument).map(|c| c.price_used(instrument))
+    }
+
+    fn funding(&self, instrument: &InstrumentId) -> Option<margin::funding::FundingRate> {
+        self.funding().get(instrument).map(|e| e.rate)
     }
 }
 
@@ -277,6 +292,8 @@ struct Slot {
     /// Marked liquidated by its trigger ([`AfterTrigger::MarkLiquidated`]): silent until the
     /// account's next update.
     liquidated: bool,
+    /// The funding time last warned about ([`MonitorState::funding_warned`]).
+    funding_warned: Option<TimestampMs>,
 }
 
 /// The monitor. Owned by the engine task (`&mut self`); states are indexed by account key.
@@ -378,6 +395,7 @@ impl Monitor {
                 state: s.state.clone(),
                 seq: s.seq,
                 shock_state: s.shock.clone(),
+                funding_warned: s.funding_warned,
             });
         }
         self.pending.get(id).cloned()
@@ -568,6 +586,7 @@ impl Monitor {
                 shock: s.shock_state,
                 has_shock: false,
                 liquidated: false,
+                funding_warned: s.funding_warned,
             });
         }
         slot.as_mut()
@@ -697,6 +716,7 @@ impl Monitor {
                 state: new_state.clone(),
                 seq: slot.seq,
                 shock_state: shock_previous.clone(),
+                funding_warned: slot.funding_warned,
             };
             steps.push((
                 c,
@@ -712,6 +732,7 @@ impl Monitor {
                 state: new_state.clone(),
                 seq: slot.seq,
                 shock_state: shock_state.clone(),
+                funding_warned: slot.funding_warned,
             };
             steps.push((
                 c,
@@ -722,7 +743,8 @@ impl Monitor {
             ));
         }
         // One event (the usual case) takes the account and prices; a second gets copies.
-        let mut parts = Some((account, engine_prices, used));
+        let funding = funding::rates_for(&account, prices, now_ms);
+        let mut parts = Some((account, engine_prices, used, funding));
         let n = steps.len();
         for (i, (crossing, level_type, previous, state, stored)) in steps.into_iter().enumerate() {
             let taken = if i + 1 == n {
@@ -730,7 +752,7 @@ impl Monitor {
             } else {
                 parts.clone()
             };
-            let Some((account, engine_prices, used)) = taken else {
+            let Some((account, engine_prices, used, funding)) = taken else {
                 return;
             };
             // The snapshot (figures, shock distance, liquidation prices) is what an event costs:
@@ -744,6 +766,7 @@ impl Monitor {
                 at: out.len(),
                 trigger: th.trigger,
                 prices: engine_prices,
+                funding,
                 account,
             });
             out.push(Emitted {
@@ -764,7 +787,9 @@ impl Monitor {
                     snapshot: None,
                     prices: used,
                     stale_prices: stale,
+                    instrument_change: None,
                     feed: None,
+                    risk: None,
                 },
             });
         }
@@ -791,6 +816,8 @@ struct SnapshotJob {
     at: usize,
     trigger: Decimal,
     prices: crate::engine::map::PriceSnapshot,
+    /// The funding rates of the account's perpetuals, when known.
+    funding: Vec<(InstrumentId, margin::funding::FundingRate)>,
     account: crate::model::Account,
 }
 
@@ -802,8 +829,12 @@ const PARALLEL_SNAPSHOTS: usize = 64;
 /// snapshot lands in its own event, so the order of events does not depend on the split.
 fn fill_snapshots(map: &AccountMap, out: &mut [Emitted], jobs: Vec<SnapshotJob>) {
     let one = |job: &SnapshotJob| -> Option<crate::model::RiskSnapshot> {
-        match margin::account_snapshot(&job.account, map.instruments(), &job.prices, job.trigger) {
-            Ok(s) => Some(s),
+        let table = map.instruments();
+        match margin::account_snapshot(&job.account, &*table, &job.prices, job.trigger) {
+            Ok(mut s) => {
+                funding::attach(&mut s, &*table, &job.funding);
+                Some(s)
+            }
             Err(error) => {
                 metrics::counter!("liqwatch_monitor_snapshot_errors_total").increment(1);
                 tracing::error!(account = %job.account.id, %error, "Snapshot failed; the event goes out without it");
@@ -839,7 +870,7 @@ fn fill_snapshots(map: &AccountMap, out: &mut [Emitted], jobs: Vec<SnapshotJob>)
     for (job, snapshot) in jobs.iter().zip(snapshots) {
         if let Some(e) = out.get_mut(job.at) {
             e.event.snapshot = snapshot;
-            margin::attach_liquidation_cost(&mut e.event, map.instruments());
+            margin::attach_liquidation_cost(&mut e.event, &*map.instruments());
         }
     }
 }
@@ -863,8 +894,8 @@ fn prices_used(
         let stable = map
             .instruments()
             .index(id)
-            .and_then(|i| map.instruments().get(i))
-            .is_some_and(|i| i.stable);
+            .and_then(|i| map.instruments().get(i).map(|i| i.stable))
+            == Some(true);
         if stable {
             out.push(PriceUsed {
                 instrument: id.clone(),
@@ -898,5 +929,6 @@ fn prices_used(
     out
 }
 
+pub mod funding;
 #[cfg(test)]
 mod tests;

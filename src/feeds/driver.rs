@@ -424,6 +424,19 @@ fn handle_text(
 ) -> After {
     let v = ctx.venue.as_str();
     let mut ticks: Vec<VenueTick<'_>> = recycle(std::mem::take(buf));
+    // Funding rides on the price frames (and OKX's funding-rate channel): latest wins on the
+    // board, beside the prices; a frame whose funding fields are bad keeps its prices.
+    if let Err(e) = super::funding::publish_funding(
+        ctx.venue,
+        text,
+        &ctx.cfg.routes,
+        ctx.board.funding(),
+        recv_ms,
+        |t| t,
+    ) {
+        counter!("liqwatch_feed_funding_errors_total", "venue" => v).increment(1);
+        debug!(error = %e, frame = %short(text), "Funding fields not read");
+    }
     let after = match feed.parse(text, &mut ticks) {
         Ok(Frame::Data) => {
             for t in ticks.drain(..) {

@@ -266,6 +266,51 @@ fn hyperliquid(frame: &str) -> Result<Vec<FundingObs>, ParseError> {
     }])
 }
 
+/// Parses the funding `frame` carries and publishes it to `board` for every instrument its
+/// symbol prices the mark of (funding belongs to the perpetual, not to an index). Hyperliquid
+/// does not send the settlement time: it is the next whole hour after `received_ts`. `map_ts`
+/// moves venue times the way the caller moves its price times (a replay shifts them; live
+/// feeds pass the identity). Returns how many instruments were updated; a frame without
+/// funding updates none. Never blocks: one short lock per instrument.
+pub fn publish_funding(
+    venue: Venue,
+    frame: &str,
+    routes: &super::SymbolRoutes,
+    board: &crate::prices::funding::FundingBoard,
+    received_ts: TimestampMs,
+    mut map_ts: impl FnMut(TimestampMs) -> TimestampMs,
+) -> Result<usize, ParseError> {
+    let mut n = 0;
+    for obs in parse_funding(venue, frame)? {
+        let Some(targets) = routes.get(&obs.symbol) else {
+            continue;
+        };
+        let next = match (venue, obs.next_funding_ts) {
+            (_, Some(t)) => Some(map_ts(t)),
+            (Venue::Hyperliquid, None) => Some(next_hour(received_ts)),
+            (_, None) => None,
+        };
+        for (inst, field) in targets {
+            if *field != crate::model::PriceField::Mark {
+                continue;
+            }
+            board.publish(
+                inst,
+                crate::prices::funding::FundingEntry {
+                    rate: crate::margin::funding::FundingRate {
+                        rate: obs.rate,
+                        next_funding_ts: next,
+                    },
+                    venue,
+                    received_ts,
+                },
+            );
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -373,5 +418,57 @@ mod tests {
     fn next_hour_rounds_up() {
         assert_eq!(next_hour(45_296_789), 46_800_000);
         assert_eq!(next_hour(46_800_000), 50_400_000);
+    }
+}
+
+#[cfg(test)]
+mod publish_tests {
+    use rust_decimal_macros::dec;
+
+    use super::*;
+    use crate::feeds::SymbolRoutes;
+    use crate::model::{InstrumentId, PriceField};
+    use crate::prices::funding::FundingBoard;
+
+    /// A frame's funding reaches every instrument its symbol prices the mark of (not an index
+    /// route), with the time moved by `map_ts`; Hyperliquid's settles on the next whole hour.
+    #[test]
+    fn routes_marks_and_times() {
+        let mut routes = SymbolRoutes::default();
+        routes.add(
+            "BTCUSDT",
+            InstrumentId::from("BTCUSDT-PERP"),
+            PriceField::Mark,
+        );
+        routes.add("BTCUSDT", InstrumentId::from("BTC"), PriceField::Index);
+        let board = FundingBoard::default();
+        let frame = r#"{"stream":"btcusdt@markPrice@1s","data":{"e":"markPriceUpdate","E":1,"s":"BTCUSDT","p":"60000","i":"60000","P":"60000","r":"0.00010000","T":28800000}}"#;
+        let n = publish_funding(Venue::BinanceUsdm, frame, &routes, &board, 5, |t| t + 7).unwrap();
+        assert_eq!(n, 1);
+        let e = board.get(&InstrumentId::from("BTCUSDT-PERP")).unwrap();
+        assert_eq!(e.rate.rate, dec!(0.0001));
+        assert_eq!(e.rate.next_funding_ts, Some(28_800_007));
+        assert_eq!(e.venue, Venue::BinanceUsdm);
+        assert!(board.get(&InstrumentId::from("BTC")).is_none());
+        // No funding in the frame: nothing published.
+        assert_eq!(
+            publish_funding(
+                Venue::BinanceUsdm,
+                "{\"result\":null,\"id\":1}",
+                &routes,
+                &board,
+                5,
+                |t| t
+            )
+            .unwrap(),
+            0
+        );
+
+        let mut hl = SymbolRoutes::default();
+        hl.add("BTC", InstrumentId::from("HL-BTC-PERP"), PriceField::Mark);
+        let frame = r#"{"channel":"activeAssetCtx","data":{"coin":"BTC","ctx":{"funding":"0.0000125","markPx":"60000"}}}"#;
+        publish_funding(Venue::Hyperliquid, frame, &hl, &board, 3_600_001, |t| t).unwrap();
+        let e = board.get(&InstrumentId::from("HL-BTC-PERP")).unwrap();
+        assert_eq!(e.rate.next_funding_ts, Some(7_200_000));
     }
 }

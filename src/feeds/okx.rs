@@ -1,7 +1,9 @@
 //! OKX v5 public adapter (`wss://ws.okx.com:8443/ws/v5/public`).
 //!
 //! - A contract symbol (`BTC-USDT-SWAP`, `BTC-USD-261225`: three or more dash-separated parts)
-//!   subscribes the `mark-price` channel and yields ticks with `markPx` as mark.
+//!   subscribes the `mark-price` channel and yields ticks with `markPx` as mark; a perpetual
+//!   swap (`…-SWAP`) also subscribes `funding-rate` (id `lwf<n>`), whose frames the price parse
+//!   ignores and `feeds::funding` reads.
 //! - An index symbol (`BTC-USDT`, `ETH-USD`: exactly two parts) subscribes `index-tickers` and
 //!   yields ticks with `idxPx` as index (no mark). OKX pushes an unchanged index only once a
 //!   minute, so configure its `stale_after` above 60 s.
@@ -259,18 +261,24 @@ impl Feed for OkxFeed {
         // on the same connection still names its symbol.
         let first = self.requested.len();
         self.requested.extend(symbols.iter().cloned());
-        symbols
-            .iter()
-            .enumerate()
-            .map(|(n, s)| {
-                let inst = serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
-                format!(
-                    r#"{{"id":"lw{}","op":"subscribe","args":[{{"channel":"{}","instId":{inst}}}]}}"#,
-                    first + n + 1,
-                    Self::channel_for(s)
-                )
-            })
-            .collect()
+        let mut out = Vec::with_capacity(symbols.len());
+        for (n, s) in symbols.iter().enumerate() {
+            let inst = serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into());
+            out.push(format!(
+                r#"{{"id":"lw{}","op":"subscribe","args":[{{"channel":"{}","instId":{inst}}}]}}"#,
+                first + n + 1,
+                Self::channel_for(s)
+            ));
+            // Perpetual swaps also announce their funding (read by `feeds::funding`; the
+            // frames carry no price). Its own id prefix, so an error names the symbol by `arg`.
+            if s.ends_with("-SWAP") {
+                out.push(format!(
+                    r#"{{"id":"lwf{}","op":"subscribe","args":[{{"channel":"funding-rate","instId":{inst}}}]}}"#,
+                    first + n + 1
+                ));
+            }
+        }
+        out
     }
 
     fn resubscribe_messages(&mut self, symbols: &[String]) -> Option<Vec<String>> {
@@ -324,6 +332,8 @@ impl Feed for OkxFeed {
         let channel = match arg.channel {
             Some("mark-price") => Channel::Mark,
             Some("index-tickers") => Channel::Index,
+            // Funding is read from the raw frame by the driver (`feeds::funding`).
+            Some("funding-rate") => return Ok(Frame::Ignore),
             other => {
                 return Err(ParseError::Unknown(format!(
                     "okx data on channel {}",
@@ -367,7 +377,8 @@ mod tests {
         f
     }
 
-    /// One request per symbol, with an id, on the right channel; text ping every 20 s.
+    /// One request per symbol, with an id, on the right channel (swaps also on `funding-rate`,
+    /// whose frames are ignored by the price parse); text ping every 20 s.
     #[test]
     fn subscribe_messages_shape() {
         let mut f = OkxFeed::new();
@@ -376,6 +387,7 @@ mod tests {
             msgs,
             vec![
                 r#"{"id":"lw1","op":"subscribe","args":[{"channel":"mark-price","instId":"BTC-USDT-SWAP"}]}"#.to_string(),
+                r#"{"id":"lwf1","op":"subscribe","args":[{"channel":"funding-rate","instId":"BTC-USDT-SWAP"}]}"#.to_string(),
                 r#"{"id":"lw2","op":"subscribe","args":[{"channel":"index-tickers","instId":"BTC-USDT"}]}"#.to_string(),
             ]
         );
@@ -387,6 +399,16 @@ mod tests {
         assert_eq!(hb.dead_after, Duration::from_secs(40));
         let f = OkxFeed::new().with_ping_interval(Duration::from_secs(5));
         assert_eq!(f.fresh_instance().unwrap().heartbeat(), f.heartbeat());
+    }
+
+    /// `funding_rate.json`: a funding-rate push yields no price (the driver reads its funding).
+    #[test]
+    fn fixture_funding_rate_is_not_a_price() {
+        let mut f = subscribed(&["BTC-USDT-SWAP"]);
+        let frame = fixture("funding_rate.json");
+        let mut out = Vec::new();
+        assert_eq!(f.parse(&frame, &mut out), Ok(Frame::Ignore));
+        assert!(out.is_empty());
     }
 
     /// `subscribe_ack.json`: the per-argument ack names the instId.

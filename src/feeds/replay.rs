@@ -333,13 +333,32 @@ impl Clock {
 pub async fn play<F, T>(
     path: &Path,
     opts: &ReplayOptions,
-    mut feed_for: F,
+    feed_for: F,
     cancel: &CancellationToken,
-    mut on_tick: T,
+    on_tick: T,
 ) -> Result<ReplayStats, ReplayError>
 where
     F: FnMut(Venue) -> Option<Box<dyn Feed>>,
     T: FnMut(Venue, &VenueTick<'_>, TimestampMs),
+{
+    play_with(path, opts, feed_for, cancel, on_tick, |_, _, _, _| {}).await
+}
+
+/// [`play`], also handing every frame to `on_frame(venue, frame, received_ts, map_ts)` before
+/// its prices (`received_ts` mapped, `map_ts` maps a venue time the same way): the daemon's
+/// replay reads funding from it.
+pub async fn play_with<F, T, R>(
+    path: &Path,
+    opts: &ReplayOptions,
+    mut feed_for: F,
+    cancel: &CancellationToken,
+    mut on_tick: T,
+    mut on_frame: R,
+) -> Result<ReplayStats, ReplayError>
+where
+    F: FnMut(Venue) -> Option<Box<dyn Feed>>,
+    T: FnMut(Venue, &VenueTick<'_>, TimestampMs),
+    R: FnMut(Venue, &str, TimestampMs, &mut dyn FnMut(TimestampMs) -> TimestampMs),
 {
     let io_err = |source| ReplayError::Io {
         path: path.to_path_buf(),
@@ -430,6 +449,13 @@ where
         let venue = line.venue;
         metrics::counter!("liqwatch_replay_frames_total", "venue" => venue.as_str()).increment(1);
 
+        {
+            let received_ts = clock.map(line.received_ms, line.received_ms);
+            let recorded = line.received_ms;
+            on_frame(venue, &line.frame, received_ts, &mut |t| {
+                clock.map(t, recorded)
+            });
+        }
         let mut out: Vec<VenueTick<'_>> = Vec::new();
         match feed.parse(&line.frame, &mut out) {
             Ok(Frame::Data) => {
@@ -539,7 +565,9 @@ pub async fn play_routed(
     cancel: CancellationToken,
 ) -> Result<ReplayStats, ReplayError> {
     tracing::info!(file = %path.display(), speed = %opts.speed, venues = routes.len(), "Replay starting");
-    play(
+    let funding_board = Arc::clone(&board);
+    let funding_routes = routes.clone();
+    play_with(
         path,
         opts,
         |v| super::feed_for(v).ok(),
@@ -568,6 +596,23 @@ pub async fn play_routed(
                         received_ts,
                     });
                 }
+            }
+        },
+        |venue, frame, received_ts, map_ts| {
+            let Some(r) = funding_routes.get(&venue) else {
+                return;
+            };
+            if let Err(e) = super::funding::publish_funding(
+                venue,
+                frame,
+                r,
+                funding_board.funding(),
+                received_ts,
+                map_ts,
+            ) {
+                metrics::counter!("liqwatch_replay_funding_errors_total", "venue" => venue.as_str())
+                    .increment(1);
+                tracing::debug!(%venue, error = %e, "Replayed funding fields not read");
             }
         },
     )
@@ -663,6 +708,54 @@ mod tests {
 
     /// Good frames become ticks in order; bad lines, back-in-time lines, unparsable frames and
     /// venues without an adapter are counted and skipped without stopping the replay.
+    /// The daemon's replay publishes the funding of its frames to the board, the settlement
+    /// time moved by the replay clock like the prices (`Recorded`: unchanged; `Shifted` at
+    /// `Max`: by how far the line's receive time is from now).
+    #[tokio::test]
+    async fn replay_publishes_funding() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.jsonl");
+        let inner = r#"{"stream":"btcusdt@markPrice@1s","data":{"e":"markPriceUpdate","E":1000,"s":"BTCUSDT","p":"60000","i":"60000","P":"60000","r":"-0.00020000","T":28800000}}"#;
+        let line = serde_json::json!({"venue":"binance-usdm","received_ms":1000,"frame":inner});
+        std::fs::write(&path, line.to_string()).unwrap();
+        let mut routes = HashMap::new();
+        let mut r = SymbolRoutes::default();
+        r.add(
+            "BTCUSDT",
+            "BTCUSDT-PERP".into(),
+            crate::model::PriceField::Mark,
+        );
+        routes.insert(Venue::BinanceUsdm, r);
+        for clock in [ReplayClock::Recorded, ReplayClock::Shifted] {
+            let board = Arc::new(PriceBoard::new(Default::default()));
+            let opts = ReplayOptions {
+                speed: ReplaySpeed::Max,
+                clock,
+            };
+            let before = now_ms();
+            play_routed(
+                &path,
+                &opts,
+                routes.clone(),
+                Arc::clone(&board),
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+            let after = now_ms();
+            let e = board.funding().get(&"BTCUSDT-PERP".into()).unwrap();
+            assert_eq!(e.rate.rate, dec!(-0.0002));
+            let t = e.rate.next_funding_ts.unwrap();
+            match clock {
+                ReplayClock::Recorded => assert_eq!(t, 28_800_000),
+                ReplayClock::Shifted => {
+                    assert!(t >= before + 28_799_000 && t <= after + 28_799_000, "{t}")
+                }
+            }
+            assert!(board.composite(&"BTCUSDT-PERP".into()).is_some());
+        }
+    }
+
     #[tokio::test]
     async fn plays_good_lines_and_skips_bad_ones() {
         let dir = tempfile::tempdir().unwrap();

@@ -23,6 +23,7 @@
 pub mod binance;
 pub mod hyperliquid;
 pub mod refresh;
+pub mod source;
 pub mod write;
 
 use std::path::{Path, PathBuf};
@@ -56,6 +57,11 @@ pub enum ImportVenue {
 }
 
 impl ImportVenue {
+    /// True when [`import`] has a reader for the venue (the others are refused with why).
+    pub fn has_reader(self) -> bool {
+        matches!(self, ImportVenue::BinanceUsdm | ImportVenue::Hyperliquid)
+    }
+
     /// The command-line spelling.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -276,14 +282,16 @@ pub fn import(venue: ImportVenue, files: &[Input]) -> Result<Imported, ImportErr
         }),
         ImportVenue::Okx => Err(ImportError::Unsupported {
             venue: venue.as_str(),
-            reason: "OKX position tiers are step tiers in contracts (no deduction, MM jumps at a \
-                     boundary) and the instrument model holds notional tiers with a deduction; \
-                     importing them would misstate MM",
+            reason: "no real SWAP GET /api/v5/public/position-tiers response was found to test a \
+                     reader against (the only saved one, in nautilus_trader, is a one-tier \
+                     MARGIN example); the model can hold OKX's contract step tiers \
+                     (margin.tier_basis = \"contracts\"), so the OKX presets stay hand-written",
         }),
         ImportVenue::Deribit => Err(ImportError::Unsupported {
             venue: venue.as_str(),
-            reason: "public/get_instruments publishes no maintenance-margin tiers (Deribit's MM \
-                     rate grows linearly with size), so no preset can be built from it",
+            reason: "public/get_instruments publishes no maintenance-margin parameters: Deribit's \
+                     size-linear rate (margin.mmr_size_slope) is documented on its pages, not in \
+                     the response, so no preset can be built from it",
         }),
     }
 }

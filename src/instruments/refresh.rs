@@ -8,8 +8,8 @@
 //! `liqwatch_instruments_refresh_total{venue, outcome}` count it. [`changed_ids`] names the
 //! instruments whose definition changed between two sets (what a holder revaluation needs).
 //!
-//! Not wired into the daemon yet: the engine revaluation, the journaled instrument event and
-//! the `/readyz` detail are left to the engine's owner (see docs/instruments.md).
+//! The daemon runs one per `[[instruments.sources]]` entry with URLs (`app/instruments.rs`),
+//! and the engine applies each changed set (`Engine::replace_instruments`).
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -58,8 +58,9 @@ pub struct JournalEntry {
 }
 
 /// The schema version this build writes (`PRAGMA user_version`). Version 2 added the
-/// `update_ids` table ([`update_ids`]); older journals are migrated on open.
-pub const SCHEMA_VERSION: i64 = 2;
+/// `update_ids` table ([`update_ids`]), version 3 the risk page's history ([`history`]), the
+/// recorded prices and the risk-warning states ([`prices`]); older journals are migrated on open.
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// `PRAGMA application_id` of a liqwatch journal (`LQWJ`): it tells a journal from any other
 /// SQLite file. Journals created before it was stamped (id 0, our schema version and tables) are
@@ -307,6 +308,8 @@ struct Writer {
     pending: VecDeque<PendingEvent>,
     /// Monitor states not yet committed, in upsert order (later wins).
     pending_states: Vec<(String, String)>,
+    /// Risk-warning states not yet committed (`None` deletes), in order ([`prices`]).
+    pending_risk: Vec<(String, Option<String>)>,
 }
 
 /// The event journal. Share it as `Arc<Journal>`; every method is synchronous and short.
@@ -544,7 +547,7 @@ impl Journal {
         }
         // Creating the schema and stamping the open time proves the file is writable now.
         conn.execute_batch(&format!(
-            "BEGIN IMMEDIATE; {SCHEMA_V1} {SCHEMA_V2} PRAGMA user_version = {SCHEMA_VERSION};
+            "BEGIN IMMEDIATE; {SCHEMA_V1} {SCHEMA_V2} {SCHEMA_V3_HISTORY} {SCHEMA_V3_PRICES} PRAGMA user_version = {SCHEMA_VERSION};
              PRAGMA application_id = {APPLICATION_ID};
              INSERT INTO meta(key, value) VALUES ('opened_ms', '{}')
                ON CONFLICT(key) DO UPDATE SET value = excluded.value;
@@ -604,6 +607,7 @@ impl Journal {
                 last_seq,
                 pending: VecDeque::new(),
                 pending_states: Vec::new(),
+                pending_risk: Vec::new(),
             }),
             reader: Mutex::new(reader),
             committed,
@@ -651,7 +655,11 @@ impl Journal {
         }
         let started = std::time::Instant::now();
         let mut w = self.writer.lock();
-        if rows.is_empty() && monitor_states.is_empty() && w.pending.is_empty() {
+        if rows.is_empty()
+            && monitor_states.is_empty()
+            && w.pending.is_empty()
+            && w.pending_risk.is_empty()
+        {
             return Ok(Vec::new());
         }
         w.pending.extend(rows);
@@ -681,7 +689,7 @@ impl Journal {
     pub fn retry_pending(&self) -> Result<usize, JournalError> {
         let started = std::time::Instant::now();
         let mut w = self.writer.lock();
-        if w.pending.is_empty() && w.pending_states.is_empty() {
+        if w.pending.is_empty() && w.pending_states.is_empty() && w.pending_risk.is_empty() {
             return Ok(0);
         }
         match w.flush() {
@@ -1074,6 +1082,7 @@ impl Writer {
             for (a, s) in &self.pending_states {
                 up.execute(params![a, s, now])?;
             }
+            prices::write_risk_states(&tx, &self.pending_risk, now)?;
             if seq != self.last_seq {
                 tx.prepare_cached(
                     "INSERT INTO meta(key, value) VALUES ('last_seq', ?1)
@@ -1086,14 +1095,19 @@ impl Writer {
         self.last_seq = seq;
         self.pending.clear();
         self.pending_states.clear();
+        self.pending_risk.clear();
         Ok(seqs)
     }
 }
 
 mod cursors; // per-sink cursors, history reads and dead letters
+pub mod history; // v3: the risk page's per-account history and per-account event reads
+use history::SCHEMA_V3_HISTORY;
 mod handle; // the async handle: journal calls on tokio's blocking pool
+pub mod prices; // schema 3: recorded price samples and risk-warning states
 pub mod update_ids; // ids of applied account updates, committed with the account write
 pub use handle::JournalHandle;
+use prices::SCHEMA_V3_PRICES;
 use update_ids::SCHEMA_V2;
 pub use update_ids::{AccountWrite, SeenUpdate, UpdateIdRecord, UpdateIdWindow};
 

@@ -19,7 +19,9 @@ fn event(account: &str, seq: u64, time_ms: i64) -> RiskEvent {
         snapshot: None,
         prices: vec![],
         stale_prices: false,
+        instrument_change: None,
         feed: None,
+        risk: None,
     }
 }
 

@@ -527,6 +527,7 @@ pub fn account_snapshot(
         positions,
         collateral,
         liquidation_cost: None,
+        funding: None,
     })
 }
 

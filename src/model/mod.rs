@@ -14,12 +14,16 @@ use uuid::Uuid;
 
 mod account; // accounts, positions, levels, fills, updates, validation
 mod exact; // decimal strings read exactly, never rounded
+mod funding; // the next funding payment inside a snapshot
 mod instrument; // instruments, tiers, haircuts, price sources
+mod instrument_event; // what an instrument_changed event carries
 mod risk; // ratios, snapshots, states, events
 
 pub use account::*;
 pub use exact::*;
+pub use funding::*;
 pub use instrument::*;
+pub use instrument_event::*;
 pub use risk::*;
 
 /// Milliseconds since the Unix epoch, UTC.

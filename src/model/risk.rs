@@ -161,6 +161,10 @@ pub struct RiskSnapshot {
     /// and `stress`; absent elsewhere). See [`LiquidationCost`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub liquidation_cost: Option<LiquidationCost>,
+    /// The next funding payment per perpetual position, in total, and the margin ratio after
+    /// it (events and account reads, when a funding rate is known; absent elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub funding: Option<FundingSnapshot>,
 }
 
 /// What a liquidation costs at one set of prices (`crate::margin::liquidation_cost`): the
@@ -292,6 +296,10 @@ pub enum LevelType {
     ShockDistance,
     /// The margin ratio after the next funding payment (`[levels] warn_before_funding`).
     Funding,
+    /// The historical probability of liquidation (`[risk] warn_p_liquidation`).
+    PLiquidation,
+    /// Expected shortfall over equity (`[risk] warn_es_to_equity`).
+    EsToEquity,
 }
 
 impl LevelType {
@@ -301,6 +309,8 @@ impl LevelType {
             LevelType::MarginRatio => "margin_ratio",
             LevelType::ShockDistance => "shock_distance",
             LevelType::Funding => "funding",
+            LevelType::PLiquidation => "p_liquidation",
+            LevelType::EsToEquity => "es_to_equity",
         }
     }
 }
@@ -319,16 +329,24 @@ pub enum EventKind {
     FeedStale,
     /// Fresh prices returned for a stale instrument.
     FeedRestored,
+    /// An instrument's margin terms were replaced (a venue changed its brackets); its holders
+    /// were revalued on the new terms.
+    InstrumentChanged,
+    /// The account's P(liquidation) or ES/equity from historical scenarios crossed a
+    /// `[risk]` warning level upwards (its recovery is a `recovered` with the same level type).
+    RiskWarning,
 }
 
 impl EventKind {
     /// Every kind, in declaration order (the daemon registers each at zero).
-    pub const ALL: [EventKind; 5] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::LiquidationWarning,
         EventKind::LiquidationTrigger,
         EventKind::Recovered,
         EventKind::FeedStale,
         EventKind::FeedRestored,
+        EventKind::InstrumentChanged,
+        EventKind::RiskWarning,
     ];
 
     /// The wire name (`liquidation_warning`, …).
@@ -339,13 +357,16 @@ impl EventKind {
             EventKind::Recovered => "recovered",
             EventKind::FeedStale => "feed_stale",
             EventKind::FeedRestored => "feed_restored",
+            EventKind::InstrumentChanged => "instrument_changed",
+            EventKind::RiskWarning => "risk_warning",
         }
     }
-    /// Severity used by sink filters: recovered/feed_restored 0, warning/feed_stale 1, trigger 2.
+    /// Severity used by sink filters: recovered/feed_restored/instrument_changed 0,
+    /// warning/feed_stale/risk_warning 1, trigger 2.
     pub fn severity(self) -> u8 {
         match self {
-            EventKind::Recovered | EventKind::FeedRestored => 0,
-            EventKind::LiquidationWarning | EventKind::FeedStale => 1,
+            EventKind::Recovered | EventKind::FeedRestored | EventKind::InstrumentChanged => 0,
+            EventKind::LiquidationWarning | EventKind::FeedStale | EventKind::RiskWarning => 1,
             EventKind::LiquidationTrigger => 2,
         }
     }
@@ -410,6 +431,37 @@ pub struct RiskEvent {
     pub stale_prices: bool,
     /// Feed events only.
     pub feed: Option<FeedEventInfo>,
+    /// `instrument_changed` events only (absent on every other kind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instrument_change: Option<InstrumentChangeInfo>,
+    /// `risk_warning` and its `recovered` only: the scenario risk figures that crossed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk: Option<RiskFigures>,
+}
+
+/// The scenario risk figures a `risk_warning` (or its `recovered`) carries (`docs/risk.md`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RiskFigures {
+    /// Equity at the prices of the recompute.
+    pub equity: Decimal,
+    /// VaR of equity over the horizon at α.
+    pub var: Decimal,
+    /// Expected shortfall of equity.
+    pub es: Decimal,
+    /// `es / equity` (12 places); `null` when equity ≤ 0 (counted as above every level).
+    pub es_to_equity: Option<Decimal>,
+    /// Fraction of scenarios that reach the trigger.
+    pub p_liquidation: Decimal,
+    /// Scenarios that reach the trigger.
+    pub liquidating_scenarios: usize,
+    /// Scenarios in the set.
+    pub scenarios: usize,
+    /// Confidence level α.
+    pub alpha: Decimal,
+    /// The scenario horizon (`4h`).
+    pub horizon: String,
+    /// When the figures were computed, RFC 3339 UTC.
+    pub computed_at: String,
 }
 
 impl RiskEvent {

@@ -20,7 +20,10 @@
 pub mod episodes; // named episodes shipped in the binary (crash-2021-05-19:1h/4h/1d)
 mod linear; // the exact i128 fast path: one line per underlying, tier walks for MM
 pub mod scenarios; // history files → joint return windows over a horizon
+pub mod schedule; // the daemon's [risk] schedule keys: recompute, recording, warning levels
+pub mod store; // the daemon's latest result per account, ranked for the riskiest list
 pub mod var; // VaR, ES, P(liquidation), component ES by full revaluation
+pub mod warnings; // risk_warning levels: edge-triggered with hysteresis
 
 pub use scenarios::{History, HistoryError, RETURN_SCALE, ScenarioSet, Window};
 pub use var::{AccountRisk, Component, ComponentKind, RiskBook, RiskError, TailScenario};

@@ -6,6 +6,32 @@ use std::fmt;
 
 use subtle::ConstantTimeEq;
 
+/// Reads the environment variable a `*_env` config key names, through `env`
+/// (`|k| std::env::var(k).ok()` in the daemon). A name that is not an environment variable name
+/// (letters, digits and `_`, not starting with a digit) is refused without echoing it — it is
+/// most often the secret itself pasted in place of the variable's name. A blank value counts as
+/// unset.
+pub fn read_named_env(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Result<String, String> {
+    let valid = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(
+            "is not an environment variable name (letters, digits and _, not starting \
+             with a digit): put the name of the variable that holds the value here, not the value"
+                .to_string(),
+        );
+    }
+    match env(name) {
+        Some(v) if !v.trim().is_empty() => Ok(v),
+        _ => Err(format!(
+            "environment variable {name} is not set (or empty): set it before starting liqwatch"
+        )),
+    }
+}
+
 /// A secret value. `Debug`/`Display` show the environment variable it came from, never the
 /// value; `==` compares the values in constant time (the variable name is not compared).
 #[derive(Clone)]
@@ -76,6 +102,30 @@ impl fmt::Display for Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `*_env` key must name a variable: a pasted value is refused without being echoed, an
+    /// unset or blank variable is named, a set one is read.
+    #[test]
+    fn read_named_env_checks_the_name_and_never_echoes_a_bad_one() {
+        let env = |k: &str| match k {
+            "HOOK_SECRET" => Some("s3cret".to_string()),
+            "_BLANK" => Some("  ".to_string()),
+            _ => None,
+        };
+        assert_eq!(read_named_env(&env, "HOOK_SECRET").unwrap(), "s3cret");
+        for bad in ["", "1ABC", "xoxb-1234-abcd", "MY SECRET", "A=B"] {
+            let e = read_named_env(&env, bad).unwrap_err();
+            assert!(
+                e.starts_with("is not an environment variable name"),
+                "{bad}: {e}"
+            );
+            assert!(bad.is_empty() || !e.contains(bad), "{bad} echoed: {e}");
+        }
+        let e = read_named_env(&env, "_BLANK").unwrap_err();
+        assert!(e.contains("environment variable _BLANK is not set"), "{e}");
+        let e = read_named_env(&env, "NOPE").unwrap_err();
+        assert!(e.contains("environment variable NOPE is not set"), "{e}");
+    }
 
     /// Neither Debug nor Display shows the value; equality is by value only.
     #[test]

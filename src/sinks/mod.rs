@@ -189,7 +189,7 @@ pub enum Severity {
     /// Everything: `recovered`, `feed_restored` and up (severity 0).
     #[default]
     Info,
-    /// `liquidation_warning`, `feed_stale` and up (severity 1).
+    /// `liquidation_warning`, `feed_stale`, `risk_warning` and up (severity 1).
     Warning,
     /// `liquidation_trigger` only (severity 2).
     Critical,
@@ -834,7 +834,9 @@ mod tests {
             snapshot: None,
             prices: vec![],
             stale_prices: false,
+            instrument_change: None,
             feed: None,
+            risk: None,
         };
         let only_a2 = SinkFilter {
             accounts: BTreeSet::from([AccountId::from("a2")]),

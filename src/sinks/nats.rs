@@ -185,14 +185,10 @@ impl NatsConfig {
                 errors.push("stream.duplicate_window must be positive".to_string());
             }
         }
-        let mut read = |key: &str, what: &str| match env(key) {
-            Some(v) if !v.is_empty() => Some(v),
-            _ => {
-                errors.push(format!(
-                    "{what}: environment variable {key} is not set or empty"
-                ));
-                None
-            }
+        let mut read = |key: &str, what: &str| {
+            crate::runtime::secret::read_named_env(env, key)
+                .map_err(|e| errors.push(format!("{what}: {e}")))
+                .ok()
         };
         let token = self.token_env.as_deref().and_then(|k| read(k, "token_env"));
         let password = self

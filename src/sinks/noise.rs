@@ -311,10 +311,13 @@ pub(crate) mod tests {
                 positions: vec![],
                 collateral: vec![],
                 liquidation_cost: None,
+                funding: None,
             }),
             prices: vec![],
             stale_prices: false,
+            instrument_change: None,
             feed: None,
+            risk: None,
         };
         let json = serde_json::to_string(&event).unwrap();
         JournalEntry { seq, event, json }

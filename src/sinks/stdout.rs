@@ -41,11 +41,18 @@ pub fn text_line(event: &RiskEvent) -> String {
     if let Some(level) = &event.level {
         let _ = write!(line, " level={level}");
     }
-    // Levels other than the ratio's say which (`level_type=shock_distance`).
-    if let Some(t) = event
+    if let Some(r) = &event.risk {
+        let lt = event.level_type.map(|t| t.as_str()).unwrap_or("-");
+        let _ = write!(
+            line,
+            " level_type={lt} p_liquidation={} es={} var={}",
+            r.p_liquidation, r.es, r.var
+        );
+    } else if let Some(t) = event
         .level_type
         .filter(|t| *t != crate::model::LevelType::MarginRatio)
     {
+        // Levels other than the ratio's say which (`level_type=shock_distance`).
         let _ = write!(line, " level_type={}", t.as_str());
     }
     if let Some(feed) = &event.feed {

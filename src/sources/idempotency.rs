@@ -58,6 +58,16 @@ impl UpdateKey {
         }
     }
 
+    /// A funding settlement the daemon applies (`apply_funding`), named
+    /// `funding:<instrument>:<funding_time>:<account>` (its own namespace: a sender's ids are
+    /// stored as `id:…`, so they can never collide with it).
+    pub fn funding(id: String) -> UpdateKey {
+        UpdateKey {
+            shown: id.clone(),
+            key: id,
+        }
+    }
+
     /// The key as stored (namespaced: `id:…` for a sender's id, `jetstream:…` otherwise).
     pub fn as_stored(&self) -> &str {
         &self.key

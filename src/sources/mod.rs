@@ -23,6 +23,8 @@ pub use crate::model::{MAX_ACCOUNT_ID_BYTES, check_account_id};
 pub enum UpdateOrigin {
     /// `PUT`/`POST`/`DELETE` on the HTTP API.
     Http,
+    /// A funding settlement the daemon applied itself (`[accounts] apply_funding`).
+    Funding,
     /// A JetStream message.
     Nats {
         /// The stream the message is stored in.
@@ -43,6 +45,7 @@ impl UpdateOrigin {
         match self {
             UpdateOrigin::Http => "http",
             UpdateOrigin::Nats { .. } => "nats",
+            UpdateOrigin::Funding => "funding",
         }
     }
 }

@@ -56,10 +56,13 @@ fn entry(seq: u64, kind: EventKind) -> JournalEntry {
             positions: vec![],
             collateral: vec![],
             liquidation_cost: None,
+            funding: None,
         }),
         prices: vec![],
         stale_prices: false,
+        instrument_change: None,
         feed: None,
+        risk: None,
     };
     let json = serde_json::to_string(&event).unwrap();
     JournalEntry { seq, event, json }

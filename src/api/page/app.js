@@ -23,6 +23,10 @@ const ui = {
   alarmAccount: null,
   acked: false,
   streamUp: false,
+  detailEvents: [], // the drill-down's events from the journal, newest first
+  detailNext: null, // before_seq of the next older page, null when none
+  detailPaged: false, // older pages were opened
+  riskAt: 0, // when the drill-down's VaR was last asked for
 };
 
 // ------------------------------------------------------------------------------------------
@@ -59,7 +63,9 @@ async function api(path) {
     const body = await r.json().catch(() => null);
     if (!r.ok) {
       const msg = body && body.error ? body.error.message : r.statusText;
-      throw new Error(r.status + ": " + msg);
+      const err = new Error(r.status + ": " + msg);
+      err.status = r.status;
+      throw err;
     }
     return body;
   }
@@ -289,12 +295,15 @@ function setSort(key) {
   if (ui.sort === key) ui.order = ui.order === "desc" ? "asc" : "desc";
   else {
     ui.sort = key;
+    // Ids read A→Z; every other key starts riskiest first (for distance: closest first).
     ui.order = key === "id" ? "asc" : "desc";
   }
   ui.offset = 0;
   for (const b of document.querySelectorAll("button.sort")) {
     const th = b.closest("th");
-    th.setAttribute("aria-sort", b.dataset.sort === ui.sort ? (ui.order === "desc" ? "descending" : "ascending") : "none");
+    // Riskiest first is descending for every key but the distance, where it is the smallest.
+    const down = (ui.order === "desc") !== (ui.sort === "distance");
+    th.setAttribute("aria-sort", b.dataset.sort === ui.sort ? (down ? "descending" : "ascending") : "none");
   }
   refreshAccounts();
 }
@@ -367,7 +376,13 @@ async function refreshFeeds() {
       let status = "–";
       let cls = "";
       if (i) {
-        status = !i.subscribed ? "not subscribed (rejected or unconfirmed)" : i.stale ? (i.last_price ? "STALE" : "STALE (no price yet)") : "fresh";
+        const rejected = (f.rejected_symbols || []).includes(i.symbol);
+        const unconfirmed = (f.unconfirmed_symbols || []).includes(i.symbol);
+        const waiting = !f.connected ? "not subscribed (feed disconnected)"
+          : rejected ? "REJECTED by the venue (retried)"
+          : unconfirmed ? "not subscribed (no first price; retried)"
+          : "subscribing (waiting for a first price)";
+        status = !i.subscribed ? waiting : i.stale ? (i.last_price ? "STALE" : "STALE (no price yet)") : "fresh";
         cls = !i.subscribed || i.stale ? "stale" : "fresh";
         if (i.held_price) {
           status += ", HELD " + price(i.held_price) + " (possible spike, awaiting confirmation)";
@@ -568,6 +583,7 @@ function init() {
   document.addEventListener("keydown", (e) => {
     if (e.key === "Escape" && ui.selected) closeDetail();
   });
+  $("#detail-events-more").addEventListener("click", olderDetailEvents);
   $("#whatif-shock").addEventListener("input", scheduleWhatIf);
   $("#whatif-underlying").addEventListener("change", whatIf);
   $("#whatif").addEventListener("submit", (e) => e.preventDefault());

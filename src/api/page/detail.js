@@ -14,10 +14,16 @@ function select(id) {
   $("#whatif-shock").value = "0";
   $("#whatif-underlying").replaceChildren(el("option", { value: "all", text: "every asset" }));
   $("#whatif-result").replaceChildren();
+  $("#detail-events").replaceChildren();
+  $("#detail-events-more").hidden = true;
+  ui.detailEvents = [];
+  ui.detailNext = null;
+  ui.detailPaged = false;
   for (const tr of document.querySelectorAll("#accounts-body tr")) {
     tr.classList.toggle("selected", tr.dataset.account === id);
   }
   refreshDetail();
+  refreshRisk();
   whatIf();
   $("#detail-h").scrollIntoView({ block: "start" });
   $("#detail-close").focus();
@@ -42,11 +48,12 @@ function kv(dl, pairs) {
 async function refreshDetail() {
   const id = ui.selected;
   if (!id) return;
-  let v, h;
+  let v, h, evs;
   try {
-    [v, h] = await Promise.all([
+    [v, h, evs] = await Promise.all([
       api("/v1/accounts/" + encodeURIComponent(id)),
       api("/v1/accounts/" + encodeURIComponent(id) + "/history"),
+      api("/v1/accounts/" + encodeURIComponent(id) + "/events?limit=" + DETAIL_EVENTS),
     ]);
   } catch (e) {
     $("#detail-summary").replaceChildren(el("dd", { text: e.message }));
@@ -62,6 +69,8 @@ async function refreshDetail() {
     ["Margin ratio", ratioPct(s.margin_ratio), s.margin_ratio],
     ["Free margin", money(s.free_margin), s.free_margin],
     ["Shock to trigger (down / up)", `${sd.down ? pct(sd.down) : "–"} / ${sd.up ? pct(sd.up) : "–"}`, sd.nearest || ""],
+    // The next funding payment and the ratio once paid (only when a funding rate is known).
+    ...(s.funding ? [["Next funding → ratio after", `${money(s.funding.total)} → ${ratioPct(s.funding.margin_ratio_after)}`, s.funding.total]] : []),
     ["Prices", v.stale_prices ? "some STALE" : "all fresh", String(v.stale_prices)],
   ]);
   const pos = document.createDocumentFragment();
@@ -92,16 +101,95 @@ async function refreshDetail() {
   if (!s.collateral.length) col.append(el("tr", {}, el("td", { colspan: "5", text: "No collateral." })));
   $("#collateral tbody").replaceChildren(col);
   renderHistory(h.points, v);
+  // The newest page replaces what was shown, unless older pages were opened: then only the
+  // events newer than the shown ones go on top.
+  const fresh = evs.events.map((x) => Object.assign({}, x.event, { seq: x.seq }));
+  if (ui.detailPaged) {
+    const top = ui.detailEvents.length ? ui.detailEvents[0].seq : -1;
+    ui.detailEvents = fresh.filter((e) => e.seq > top).concat(ui.detailEvents);
+  } else {
+    ui.detailEvents = fresh;
+    ui.detailNext = evs.next_before_seq;
+  }
+  renderDetailEvents();
+  if (Date.now() - (ui.riskAt || 0) > RISK_EVERY_MS) refreshRisk();
+}
+
+// The drill-down's events come from the journal (GET /v1/accounts/{id}/events), newest first,
+// so they reach back past the page's own stream and past restarts of the daemon.
+const DETAIL_EVENTS = 50;
+
+function renderDetailEvents() {
+  const frag = document.createDocumentFragment();
+  for (const e of ui.detailEvents) frag.append(eventItem(e));
+  if (!ui.detailEvents.length) frag.append(el("li", { text: "No event journaled for this account." }));
+  $("#detail-events").replaceChildren(frag);
+  $("#detail-events-more").hidden = ui.detailNext === null || ui.detailNext === undefined;
+}
+
+async function olderDetailEvents() {
+  const id = ui.selected;
+  if (!id || ui.detailNext === null || ui.detailNext === undefined) return;
+  let evs;
+  try {
+    evs = await api(`/v1/accounts/${encodeURIComponent(id)}/events?limit=${DETAIL_EVENTS}&before_seq=${ui.detailNext}`);
+  } catch (e) {
+    $("#detail-events").append(el("li", { text: "older events unavailable: " + e.message }));
+    return;
+  }
+  if (ui.selected !== id) return;
+  ui.detailPaged = true;
+  ui.detailEvents = ui.detailEvents.concat(evs.events.map((x) => Object.assign({}, x.event, { seq: x.seq })));
+  ui.detailNext = evs.next_before_seq;
   renderDetailEvents();
 }
 
-function renderDetailEvents() {
+// ------------------------------------------------------------------------------------------
+// VaR, ES and P(liquidation) (GET /v1/accounts/{id}/risk, when [risk] is configured)
+// ------------------------------------------------------------------------------------------
+
+// Thousands of scenarios per call: refreshed on opening and at most this often after.
+const RISK_EVERY_MS = 15000;
+
+async function refreshRisk() {
   const id = ui.selected;
-  const list = ui.events.filter((e) => e.account_id === id).slice(-50).reverse();
-  const frag = document.createDocumentFragment();
-  for (const e of list) frag.append(eventItem(e));
-  if (!list.length) frag.append(el("li", { text: "No event for this account since the page opened (last 6 hours)." }));
-  $("#detail-events").replaceChildren(frag);
+  if (!id) return;
+  ui.riskAt = Date.now();
+  const dl = $("#risk-result");
+  const table = $("#risk-components");
+  let r;
+  try {
+    r = await api(`/v1/accounts/${encodeURIComponent(id)}/risk`);
+  } catch (e) {
+    if (ui.selected !== id) return;
+    const notConfigured = e.status === 404 && /not configured/.test(e.message);
+    dl.dataset.state = notConfigured ? "not-configured" : "error";
+    kv(dl, [["VaR, ES, P(liquidation)", notConfigured
+      ? "not configured: the daemon has no [risk] section (see the risk docs)"
+      : "unavailable: " + e.message, "", "risk-status"]]);
+    table.hidden = true;
+    $("#risk-note").textContent = "";
+    return;
+  }
+  if (ui.selected !== id) return;
+  dl.dataset.state = "ready";
+  dl.dataset.account = id;
+  const conf = (num(r.alpha) * 100).toFixed(2).replace(/\.?0+$/, "") + " %";
+  kv(dl, [
+    [`VaR (${conf})`, money(r.var), r.var, "risk-var"],
+    [`Expected shortfall (${conf})`, money(r.es), r.es, "risk-es"],
+    ["P(liquidation)", `${(num(r.p_liquidation) * 100).toFixed(2)} % (${r.liquidating_scenarios} of ${r.scenarios} scenarios)`, r.p_liquidation, "risk-pliq"],
+  ]);
+  const rows = document.createDocumentFragment();
+  for (const c of r.components || []) {
+    const name = c.instrument + (c.side && c.side !== "both" ? " / " + c.side : "") + (c.kind === "collateral" ? " (collateral)" : "");
+    rows.append(el("tr", { "data-instrument": c.instrument, "data-kind": c.kind },
+      el("th", { scope: "row", "data-label": "Component" }, name),
+      exactCell("Component ES", money(c.es), c.es, "num")));
+  }
+  $("#risk-components tbody").replaceChildren(rows);
+  table.hidden = !(r.components || []).length;
+  $("#risk-note").textContent = `Historical, over ${r.scenarios} scenarios of the configured price history at today's prices (${r.method}); losses in USD, positive = a loss.`;
 }
 
 function renderHistory(points, view) {
@@ -113,7 +201,7 @@ function renderHistory(points, view) {
   if (points.length < 2) {
     desc.textContent = "Not enough history yet.";
     box.replaceChildren(s);
-    $("#history-note").textContent = `${points.length} point(s) so far; the daemon samples accounts at risk and accounts being viewed (kept in memory, bounded).`;
+    $("#history-note").textContent = `${points.length} point(s) so far; the daemon samples accounts at risk and accounts being viewed (bounded, kept in the journal across restarts).`;
     return;
   }
   const t0 = points[0].t_ms, t1 = points[points.length - 1].t_ms;
@@ -144,7 +232,7 @@ function renderHistory(points, view) {
   const last = points[points.length - 1];
   desc.textContent = `${points.length} points from ${timeText(t0)} to ${timeText(t1)}; margin ratio now ${ratioPct(last.margin_ratio)}, equity ${money(last.equity)}.`;
   box.replaceChildren(s);
-  $("#history-note").textContent = desc.textContent + " Downsampled and bounded, kept in the daemon's memory since it started.";
+  $("#history-note").textContent = desc.textContent + " Downsampled and bounded, kept in the journal across restarts.";
 }
 
 // ------------------------------------------------------------------------------------------

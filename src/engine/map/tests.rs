@@ -108,7 +108,7 @@ fn w3_prices(m: &AccountMap, btc: Decimal, eth: Decimal, sol: Decimal) {
 
 fn assert_matches_oracle(m: &AccountMap, id: &str) {
     let a = m.account(&id.into()).unwrap();
-    let t = margin::account_totals(&a, m.instruments(), &m.prices()).unwrap();
+    let t = margin::account_totals(&a, &*m.instruments(), &m.prices()).unwrap();
     m.read(&id.into(), |v| {
         assert!(v.complete());
         assert_eq!(v.equity(), t.equity);

@@ -137,11 +137,11 @@ impl AccountMap {
         account: &AccountId,
         asset: &InstrumentId,
     ) -> Result<InstrumentIdx, AccountError> {
-        let idx = self
-            .table
+        let table = self.table();
+        let idx = table
             .index(asset)
             .ok_or_else(|| AccountError::UnknownInstrument(asset.clone()))?;
-        match self.table.get(idx) {
+        match table.get(idx) {
             Some(i) if !i.kind.is_contract() => Ok(idx),
             _ => Err(AccountError::Invalid {
                 account: account.clone(),
@@ -154,13 +154,15 @@ impl AccountMap {
         &self,
         account: &AccountId,
         id: &InstrumentId,
-    ) -> Result<(InstrumentIdx, &Instrument), AccountError> {
-        let idx = self
-            .table
+    ) -> Result<(InstrumentIdx, Arc<InstrumentTable>), AccountError> {
+        // Kind, underlying and contract size never change (a replacement of the terms may not
+        // change them), so the table may be loaded here, before any instrument lock.
+        let table = self.table();
+        let idx = table
             .index(id)
             .ok_or_else(|| AccountError::UnknownInstrument(id.clone()))?;
-        match self.table.get(idx) {
-            Some(i) if i.kind.is_contract() => Ok((idx, i)),
+        match table.get(idx) {
+            Some(i) if i.kind.is_contract() => Ok((idx, Arc::clone(&table))),
             _ => Err(AccountError::Invalid {
                 account: account.clone(),
                 message: format!(
@@ -225,7 +227,10 @@ impl AccountMap {
             account: account.clone(),
             source: MarginError::Overflow { context },
         };
-        let (idx, inst) = self.contract_idx(account, &fill.instrument)?;
+        let (idx, table) = self.contract_idx(account, &fill.instrument)?;
+        let inst = table
+            .get(idx)
+            .ok_or_else(|| AccountError::UnknownInstrument(fill.instrument.clone()))?;
         if fill.quantity.is_zero() {
             return Err(invalid("fill quantity must not be 0".into()));
         }
@@ -350,10 +355,12 @@ impl AccountMap {
                 guards.push((*i, l.write()));
             }
         }
+        // Loaded under the instrument locks (see `AccountMap::table`).
+        let table = self.table();
         let entry = match new {
             Some((mut slots, thresholds)) => {
                 for s in slots.iter_mut() {
-                    let Some(inst) = self.table.get(s.instr) else {
+                    let Some(inst) = table.get(s.instr) else {
                         continue;
                     };
                     let price = guard_of(&guards, s.instr).and_then(|g| g.price);

@@ -185,6 +185,7 @@ fn monitor_state_json() {
         state: warn(dec!(0.8)),
         seq: 3,
         shock_state: AccountState::Healthy,
+        funding_warned: None,
     };
     let j = serde_json::to_string(&s).unwrap();
     assert_eq!(j, r#"{"state":"warning","level":"0.8","seq":3}"#);
@@ -193,6 +194,7 @@ fn monitor_state_json() {
         state: AccountState::Triggered,
         seq: 9,
         shock_state: AccountState::Healthy,
+        funding_warned: None,
     })
     .unwrap();
     assert_eq!(t, r#"{"state":"triggered","seq":9}"#);

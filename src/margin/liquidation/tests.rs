@@ -365,7 +365,9 @@ fn attached_to_triggers_only() {
         snapshot: Some(s),
         prices: vec![],
         stale_prices: false,
+        instrument_change: None,
         feed: None,
+        risk: None,
     };
     attach_liquidation_cost(&mut ev, &u);
     assert_eq!(ev.snapshot.as_ref().unwrap().liquidation_cost, None);

@@ -7,7 +7,7 @@ use rust_decimal::{Decimal, RoundingStrategy};
 use serde_json::{Value, json};
 
 use super::{WebhookFormat, WebhookSettings};
-use crate::model::{EventKind, MarginRatio, RiskEvent};
+use crate::model::{EventKind, LevelType, MarginRatio, RiskEvent};
 use crate::sinks::{JournalEntry, SinkError};
 
 /// One HTTP request to send.
@@ -102,6 +102,10 @@ pub fn alert_text(ev: &RiskEvent) -> AlertText {
             format!("Recovered: {account}"),
             vec![("Account", account.clone())],
         ),
+        EventKind::RiskWarning => (
+            format!("Risk warning: {account}"),
+            vec![("Account", account.clone())],
+        ),
         EventKind::FeedStale | EventKind::FeedRestored => {
             let inst = ev
                 .feed
@@ -115,9 +119,35 @@ pub fn alert_text(ev: &RiskEvent) -> AlertText {
             };
             (format!("{what}: {inst}"), vec![("Instrument", inst)])
         }
+        EventKind::InstrumentChanged => {
+            let inst = ev
+                .instrument_change
+                .as_ref()
+                .map(|c| c.instrument.to_string())
+                .unwrap_or_else(|| "-".to_string());
+            (
+                format!("Instrument terms changed: {inst}"),
+                vec![("Instrument", inst)],
+            )
+        }
     };
     fields.push(("Kind", ev.kind.as_str().to_string()));
-    let details = if let Some(s) = &ev.snapshot {
+    let details = if let Some(r) = &ev.risk {
+        // Scenario risk (`risk_warning` and its `recovered`): the figures that crossed.
+        let level_type = ev.level_type.map(|t| t.as_str()).unwrap_or("-");
+        let level = fmt_level(ev.level);
+        let p = fmt_pct(Some(r.p_liquidation));
+        let es = fmt_money(r.es);
+        let ratio = fmt_pct(r.es_to_equity);
+        fields.push(("Level", format!("{level_type} {level}")));
+        fields.push(("P(liquidation)", p.clone()));
+        fields.push(("ES", es.clone()));
+        fields.push(("ES / equity", ratio.clone()));
+        format!(
+            "{level_type} level {level}: P(liquidation) {p}, ES {es} ({ratio} of equity) over {}{stale}",
+            r.horizon
+        )
+    } else if let Some(s) = &ev.snapshot {
         let ratio = fmt_ratio(&s.margin_ratio);
         let equity = fmt_money(s.equity);
         let mm = fmt_money(s.maintenance_margin);
@@ -156,11 +186,21 @@ pub fn alert_text(ev: &RiskEvent) -> AlertText {
             "last price {last}, age {age}, stale after {} ms",
             f.stale_after_ms
         )
+    } else if let Some(c) = &ev.instrument_change {
+        fields.push(("Changed", c.changed.join(", ")));
+        fields.push(("Holders revalued", c.holders_revalued.to_string()));
+        format!(
+            "{} changed ({}), {} holders revalued",
+            c.changed.join(", "),
+            c.source,
+            c.holders_revalued
+        )
     } else {
         format!("level {}", fmt_level(ev.level))
     };
-    let subject = match &ev.feed {
-        Some(f) if ev.account_id.is_none() => f.instrument.to_string(),
+    let subject = match (&ev.feed, &ev.instrument_change) {
+        (Some(f), _) if ev.account_id.is_none() => f.instrument.to_string(),
+        (_, Some(c)) if ev.account_id.is_none() => c.instrument.to_string(),
         _ => account.clone(),
     };
     let summary = format!("{} {subject}: {details}", ev.kind.as_str());
@@ -178,17 +218,19 @@ pub fn alert_text(ev: &RiskEvent) -> AlertText {
 fn emoji(kind: EventKind) -> &'static str {
     match kind {
         EventKind::LiquidationTrigger => "🚨",
-        EventKind::LiquidationWarning => "⚠️",
+        EventKind::LiquidationWarning | EventKind::RiskWarning => "⚠️",
         EventKind::Recovered | EventKind::FeedRestored => "✅",
         EventKind::FeedStale => "📉",
+        EventKind::InstrumentChanged => "📋",
     }
 }
 
 fn discord_color(kind: EventKind) -> u32 {
     match kind {
         EventKind::LiquidationTrigger => 0xE0_1E_5A,
-        EventKind::LiquidationWarning | EventKind::FeedStale => 0xEC_B2_2E,
+        EventKind::LiquidationWarning | EventKind::FeedStale | EventKind::RiskWarning => 0xEC_B2_2E,
         EventKind::Recovered | EventKind::FeedRestored => 0x2E_B6_7D,
+        EventKind::InstrumentChanged => 0x3B_82_F6,
     }
 }
 
@@ -273,9 +315,9 @@ fn pd_key(parts: &[&str]) -> String {
 fn pd_severity(kind: EventKind) -> &'static str {
     match kind {
         EventKind::LiquidationTrigger => "critical",
-        EventKind::LiquidationWarning => "warning",
+        EventKind::LiquidationWarning | EventKind::RiskWarning => "warning",
         EventKind::FeedStale => "error",
-        EventKind::Recovered | EventKind::FeedRestored => "info",
+        EventKind::Recovered | EventKind::FeedRestored | EventKind::InstrumentChanged => "info",
     }
 }
 
@@ -387,7 +429,22 @@ pub fn render_single(
             let rk = settings.routing_key.clone().unwrap_or_default();
             let account = account_of(ev);
             let feed_inst = ev.feed.as_ref().map(|f| f.instrument.to_string());
+            // Scenario-risk events: one incident per account and level type.
+            let risk_key = match ev.level_type {
+                Some(t @ (LevelType::PLiquidation | LevelType::EsToEquity)) => {
+                    Some(pd_key(&[&account, t.as_str()]))
+                }
+                _ => None,
+            };
             match ev.kind {
+                EventKind::Recovered if risk_key.is_some() => {
+                    let v = json!({
+                        "routing_key": rk,
+                        "event_action": "resolve",
+                        "dedup_key": risk_key,
+                    });
+                    Ok(one(body(&v)?))
+                }
                 EventKind::Recovered => {
                     let mut levels: Vec<Decimal> =
                         ev.crossed_levels.iter().map(|d| d.normalize()).collect();
@@ -411,6 +468,8 @@ pub fn render_single(
                     }
                     Ok(out)
                 }
+                // A change of terms is not an incident: nothing to open or resolve.
+                EventKind::InstrumentChanged => Ok(Vec::new()),
                 EventKind::FeedRestored => {
                     let inst = feed_inst.unwrap_or_default();
                     let v = json!({
@@ -422,9 +481,12 @@ pub fn render_single(
                 }
                 EventKind::LiquidationWarning
                 | EventKind::LiquidationTrigger
-                | EventKind::FeedStale => {
+                | EventKind::FeedStale
+                | EventKind::RiskWarning => {
                     let dedup = if ev.kind == EventKind::FeedStale {
                         pd_key(&["feed", &feed_inst.unwrap_or_default()])
+                    } else if let Some(k) = risk_key.clone() {
+                        k
                     } else {
                         pd_key(&[&account, &level_key(ev, &fmt_level(ev.level))])
                     };
@@ -698,5 +760,48 @@ mod tests {
                 .contains("a3")
         );
         assert!(render_group(&settings(WebhookFormat::Generic), &refs, 2).is_err());
+    }
+
+    /// A `risk_warning` reads as scenario risk (P(liquidation), ES) and opens one PagerDuty
+    /// incident per account and level type, which its `recovered` resolves.
+    #[test]
+    fn risk_warning_texts_and_incident() {
+        let mut w = entry(1, EventKind::RiskWarning, "acct-9", 0, dec!(0.02));
+        w.event.level = Some(dec!(0.05));
+        w.event.level_type = Some(LevelType::PLiquidation);
+        w.event.risk = Some(crate::model::RiskFigures {
+            equity: dec!(10000),
+            var: dec!(10000),
+            es: dec!(10000),
+            es_to_equity: Some(dec!(1)),
+            p_liquidation: dec!(0.1),
+            liquidating_scenarios: 1,
+            scenarios: 10,
+            alpha: dec!(0.9),
+            horizon: "1h".into(),
+            computed_at: "2026-12-05T21:40:51.352Z".into(),
+        });
+        let t = alert_text(&w.event);
+        assert_eq!(t.title, "Risk warning: acct-9");
+        assert_eq!(
+            t.summary,
+            "risk_warning acct-9: p_liquidation level 0.05: P(liquidation) 10.0 %, \
+             ES 10000.00 (100 % of equity) over 1h"
+        );
+        let p: Value = serde_json::from_slice(
+            &render_single(&settings(WebhookFormat::Pagerduty), &w).unwrap()[0].body,
+        )
+        .unwrap();
+        assert_eq!(p["event_action"], "trigger");
+        assert_eq!(p["dedup_key"], "liqwatch:acct-9:p_liquidation");
+        let mut r = w.clone();
+        r.event.kind = EventKind::Recovered;
+        let reqs = render_single(&settings(WebhookFormat::Pagerduty), &r).unwrap();
+        assert_eq!(reqs.len(), 1);
+        let v: Value = serde_json::from_slice(&reqs[0].body).unwrap();
+        assert_eq!(
+            (v["event_action"].as_str(), v["dedup_key"].as_str()),
+            (Some("resolve"), Some("liqwatch:acct-9:p_liquidation"))
+        );
     }
 }

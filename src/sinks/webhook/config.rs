@@ -168,15 +168,9 @@ impl WebhookConfig {
     ) -> Result<WebhookSettings, Vec<String>> {
         let mut errors = Vec::new();
         let read_env = |key: &str, what: &str, errors: &mut Vec<String>| -> Option<String> {
-            match env(key) {
-                Some(v) if !v.trim().is_empty() => Some(v),
-                _ => {
-                    errors.push(format!(
-                        "{what}: environment variable {key} is not set or empty"
-                    ));
-                    None
-                }
-            }
+            crate::runtime::secret::read_named_env(env, key)
+                .map_err(|e| errors.push(format!("{what}: {e}")))
+                .ok()
         };
         let url = match (&self.url, &self.url_env) {
             (Some(u), None) => Some(u.clone()),

@@ -90,7 +90,9 @@ fn event(kind: EventKind, account: &str, time_ms: i64) -> RiskEvent {
         snapshot: None,
         prices: vec![],
         stale_prices: false,
+        instrument_change: None,
         feed: None,
+        risk: None,
     }
 }
 

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use liqwatch::api::{
-    self, AccountView, AccountsBody, ApiState, ErrorBody, EventsBody, FeedsBody, HistoryBody,
-    MutationBody, ReadyBody, ResyncBody, StressBody,
+    self, AccountEventsBody, AccountView, AccountsBody, ApiState, ErrorBody, EventsBody, FeedsBody,
+    HistoryBody, MutationBody, ReadyBody, ResyncBody, StressBody,
 };
 use liqwatch::model::{Account, Fill, RiskEvent};
 use liqwatch::sources::parse_update;
@@ -115,7 +115,15 @@ fn check_example(schema: &str, example: &Value) -> bool {
         "MutationResult" => ok(de::<MutationBody>(example)),
         "Resync" => ok(de::<ResyncBody>(example)),
         "Stress" => ok(de::<StressBody>(example)),
+        "RiskiestList" => ok(de::<api::riskiest::RiskiestBody>(example)),
         "History" => ok(de::<HistoryBody>(example)),
+        "AccountEventPage" => {
+            ok(de::<AccountEventsBody>(example));
+            for e in example["events"].as_array().unwrap() {
+                ok(de::<RiskEvent>(&e["event"]));
+            }
+            true
+        }
         "Error" => ok(de::<ErrorBody>(example)),
         "Health" => example == &serde_json::json!({"status":"ok"}),
         "AccountUpdate" => ok(parse_update(text.as_bytes())

@@ -306,7 +306,7 @@ async fn risk_page_in_a_real_browser() {
     eprintln!(
         "warning row shown {:?} after its journal commit (seq {}) was seen",
         journaled_at.elapsed(),
-        committed.unwrap()
+        committed.as_ref().unwrap()
     );
     browser
         .wait_js(
@@ -333,6 +333,42 @@ async fn risk_page_in_a_real_browser() {
             DEADLINE,
             "const d=document.querySelector('#detail');
              return !d.hidden && document.querySelector('#positions tbody').textContent.includes('BTCUSDT-PERP');",
+        )
+        .await;
+    // The mock's mark frames carry a funding rate (r = 0.01 %): the summary shows the next
+    // payment and the ratio after it (issue 15 part 3), a negative total for hot's long.
+    let funding = browser
+        .wait_js(
+            "the next funding row",
+            DEADLINE,
+            "const dt=[...document.querySelectorAll('#detail-summary dt')]
+               .find(d => d.textContent === 'Next funding → ratio after');
+             return dt ? dt.nextElementSibling.dataset.exact : null;",
+        )
+        .await;
+    assert!(
+        funding.as_str().is_some_and(|t| t.starts_with('-')),
+        "{funding}"
+    );
+
+    // Without `[risk]` the drill-down says VaR is not configured (the figures are tested in
+    // `page_drilldown`); its events come from the journal, the warning among them.
+    browser
+        .wait_js(
+            "VaR shown as not configured",
+            DEADLINE,
+            "const d=document.querySelector('#risk-result');
+             return d.dataset.state==='not-configured' && d.textContent.includes('not configured');",
+        )
+        .await;
+    browser
+        .wait_js(
+            "the journaled warning in the drill-down",
+            DEADLINE,
+            &format!(
+                "return !!document.querySelector('#detail-events li[data-seq=\"{}\"]');",
+                committed.as_ref().unwrap()
+            ),
         )
         .await;
 

@@ -141,3 +141,53 @@ async fn stress_and_history_refusals() {
     let (status, body) = get(&app, "/v1/accounts/nobody/history").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
+
+/// `GET /v1/accounts/{id}/events` through the router (the default scan of a backend's events):
+/// only that account's events, newest first, paged backwards with `next_before_seq` across
+/// more than one page of the underlying event reads; bad queries are 400s naming the field.
+#[tokio::test]
+async fn account_events_newest_first_and_paged() {
+    let backend = MemBackend::new(4096);
+    let mut mine = Vec::new();
+    for i in 0..1_500u64 {
+        let account = if i % 3 == 0 { "a-1" } else { "b-2" };
+        let e = backend.publish(liqwatch::model::EventKind::LiquidationWarning, account);
+        if account == "a-1" {
+            mine.push(e.seq);
+        }
+    }
+    mine.reverse();
+    let app = app(&backend);
+    let mut got = Vec::new();
+    let mut uri = "/v1/accounts/a-1/events?limit=300".to_string();
+    loop {
+        let (status, body) = get(&app, &uri).await;
+        assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+        assert_eq!(body["account_id"], "a-1");
+        for e in body["events"].as_array().unwrap() {
+            assert_eq!(e["event"]["account_id"], "a-1", "{e}");
+            got.push(e["seq"].as_u64().unwrap());
+        }
+        match body["next_before_seq"].as_u64() {
+            Some(s) => uri = format!("/v1/accounts/a-1/events?limit=300&before_seq={s}"),
+            None => break,
+        }
+    }
+    assert_eq!(got, mine);
+    let (status, body) = get(&app, "/v1/accounts/nobody/events").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["events"], serde_json::json!([]));
+    assert_eq!(body["next_before_seq"], Value::Null);
+    for (uri, field) in [
+        ("/v1/accounts/a-1/events?limit=0", Some("limit")),
+        ("/v1/accounts/a-1/events?limit=5000", Some("limit")),
+        ("/v1/accounts/a-1/events?before_seq=x", None),
+        ("/v1/accounts/a-1/events?since=3", None),
+    ] {
+        let (status, body) = get(&app, uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        if let Some(f) = field {
+            assert_eq!(body["error"]["field"], f, "{uri}: {body}");
+        }
+    }
+}

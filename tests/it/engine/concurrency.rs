@@ -240,7 +240,7 @@ fn no_lost_updates_under_contention() {
                     "{id}: the hedge leg was closed each time"
                 );
             }
-            let t = margin::account_totals(&a, m.instruments(), &prices).unwrap();
+            let t = margin::account_totals(&a, &*m.instruments(), &prices).unwrap();
             m.read(id, |v| {
                 assert!(v.complete());
                 assert_eq!(v.equity(), t.equity, "{id}");
@@ -335,7 +335,7 @@ fn replace_remove_races_stay_consistent() {
         let prices = m.prices();
         for id in &ids {
             let a = m.account(id).expect("listed id has an account");
-            let t = margin::account_totals(&a, m.instruments(), &prices).unwrap();
+            let t = margin::account_totals(&a, &*m.instruments(), &prices).unwrap();
             assert_eq!(m.read(id, |v| v.equity()), Some(t.equity));
         }
         for inst in m.instruments().iter() {

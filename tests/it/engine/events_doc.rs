@@ -280,3 +280,78 @@ fn readme_event_examples_are_true() {
         );
     }
 }
+
+/// The `instrument_changed` example of docs/events.md (the section after the marker
+/// `<!-- section: instrument_changed -->`) is what `Engine::replace_instruments` emits when
+/// Binance raises BTCUSDT's 600k–3M bracket from 0.65 % to 0.75 % under the W3 account.
+#[test]
+fn instrument_changed_example_is_true() {
+    let mut engine = engine();
+    let none = HashMap::<InstrumentId, PriceUsed>::new();
+    engine
+        .on_update(
+            AccountUpdate::Replace {
+                account: w3_account(),
+            },
+            &none,
+            T0,
+        )
+        .unwrap();
+    let p = [dec!(60000), dec!(3000), dec!(150)];
+    let burst: Vec<(InstrumentId, Decimal)> = [
+        ("BTCUSDT-PERP", p[0]),
+        ("BTC", p[0]),
+        ("ETHUSDT-PERP", p[1]),
+        ("SOLUSDT-PERP", p[2]),
+    ]
+    .into_iter()
+    .map(|(i, p)| (InstrumentId::from(i), p))
+    .collect();
+    assert!(
+        engine
+            .on_prices(burst.iter().map(|(i, p)| (i, *p)), &info(p, T0), T0)
+            .is_empty()
+    );
+    let mut btc = instruments().into_iter().next().unwrap();
+    btc.tiers[2].mmr = dec!(0.0075);
+    btc.tiers[2].cum = dec!(1550);
+    btc.tiers[3].cum = dec!(9050);
+    btc.source_note = Some("binance-usdm refresh".into());
+    let now = T0 + 3_600_000;
+    let step = engine.replace_instruments(
+        &[btc],
+        "binance-usdm refresh from https://fapi.binance.com/fapi/v1/leverageBracket",
+        &info(p, now),
+        now,
+    );
+    assert!(
+        step.emitted.is_empty(),
+        "W3 stays healthy: {:?}",
+        step.emitted
+    );
+    let mut ev = step.events.into_iter().next().unwrap();
+    ev.event_id = Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0100);
+    let generated = serde_json::to_value(&ev).unwrap();
+    if std::env::var_os("LIQWATCH_PRINT_EVENTS").is_some() {
+        println!(
+            "```json\n{}\n```\n",
+            serde_json::to_string_pretty(&ev).unwrap()
+        );
+    }
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/events.md")).unwrap();
+    let section = doc
+        .split("<!-- section: instrument_changed -->")
+        .nth(1)
+        .expect("docs/events.md: the instrument_changed section marker");
+    let block = section
+        .split("```json\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .expect("docs/events.md: the instrument_changed example");
+    let documented: serde_json::Value = serde_json::from_str(block).unwrap();
+    assert_eq!(
+        documented, generated,
+        "docs/events.md instrument_changed example out of date; regenerate with LIQWATCH_PRINT_EVENTS=1 cargo test --test it engine::events_doc -- --nocapture"
+    );
+}

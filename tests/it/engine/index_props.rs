@@ -503,7 +503,7 @@ impl Pair {
             prop_assert_eq!(lazy, eager, "figures of {}", id(i));
             let account = lazy_map.account(&id(i)).unwrap_or_else(|| unreachable!());
             if let (Ok(t), Some(l)) = (
-                margin::account_totals(&account, lazy_map.instruments(), &prices),
+                margin::account_totals(&account, &*lazy_map.instruments(), &prices),
                 lazy,
             ) {
                 prop_assert_eq!(l.equity, t.equity);

@@ -8,5 +8,6 @@ pub mod distance_oracle;
 mod events_doc;
 mod exposure;
 mod extremes;
+mod funding_doc;
 mod index_props;
 mod props;

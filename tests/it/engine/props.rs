@@ -166,7 +166,7 @@ fn check(m: &AccountMap, ids: &BTreeSet<usize>) -> Result<(), TestCaseError> {
                 h.push(a.id.clone());
             }
         }
-        let oracle = margin::account_totals(&a, m.instruments(), &prices);
+        let oracle = margin::account_totals(&a, &*m.instruments(), &prices);
         let cached = m
             .read(&id(i), |v| {
                 (v.complete(), v.equity(), v.maintenance_margin())

@@ -121,7 +121,10 @@ async fn okx_subscribe_reject_ping_and_prices() {
         .await
     });
     mock.wait_for("subscribe and a ping", Duration::from_secs(5), |conns| {
-        conns.first().is_some_and(|c| c.texts.len() >= 4)
+        // Three price subscriptions, two funding-rate ones (the swaps) and a ping.
+        conns
+            .first()
+            .is_some_and(|c| c.texts.len() >= 6 && c.texts.iter().any(|t| t == "ping"))
     })
     .await;
     mock.send(Step::Send(okx_price("BTC-USDT-SWAP", "84612.3")))

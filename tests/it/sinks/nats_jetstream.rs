@@ -26,7 +26,9 @@ fn entry(seq: u64, kind: EventKind, account: &str) -> JournalEntry {
         snapshot: None,
         prices: vec![],
         stale_prices: false,
+        instrument_change: None,
         feed: None,
+        risk: None,
     };
     let json = serde_json::to_string(&event).unwrap();
     JournalEntry { seq, event, json }

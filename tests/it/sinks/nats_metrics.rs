@@ -26,7 +26,9 @@ fn entry(seq: u64) -> JournalEntry {
         snapshot: None,
         prices: vec![],
         stale_prices: false,
+        instrument_change: None,
         feed: None,
+        risk: None,
     };
     let json = serde_json::to_string(&event).unwrap();
     JournalEntry { seq, event, json }

@@ -82,7 +82,9 @@ impl MemBackend {
             snapshot: None,
             prices: vec![],
             stale_prices: false,
+            instrument_change: None,
             feed: None,
+            risk: None,
         };
         let json = serde_json::to_string(&event).unwrap();
         let entry = JournalEntry { seq, event, json };
@@ -125,6 +127,7 @@ pub fn view(id: &str, ratio: Decimal) -> AccountView {
             positions: vec![],
             collateral: vec![],
             liquidation_cost: None,
+            funding: None,
         },
         prices: vec![],
         stale_prices: false,

@@ -162,6 +162,7 @@ pub fn sample_event(account: &str, account_seq: u64, kind: EventKind) -> RiskEve
                 },
             ],
             liquidation_cost: None,
+            funding: None,
         }),
         prices: vec![
             price("BTCUSDT-PERP", "37215.32"),
@@ -170,6 +171,8 @@ pub fn sample_event(account: &str, account_seq: u64, kind: EventKind) -> RiskEve
         ],
         stale_prices: false,
         feed: None,
+        instrument_change: None,
+        risk: None,
     }
 }
 

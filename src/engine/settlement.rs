@@ -1,0 +1,262 @@
+//! `apply_funding`: which funding settlements are due on the engine's clock, and the collateral
+//! update each holder gets. Pure (no I/O); the daemon's runner applies the updates through the
+//! ordinary idempotent account-update path, each with the update id
+//! `funding:<instrument>:<funding_time>:<account>`, journaled with the account write, so a
+//! settlement is applied once per account however often the runner sees it, across restarts.
+//!
+//! **When.** The tracker remembers the last funding time announced for each instrument; a time
+//! at or before `now` is due once (the feeds announce the next time right after a settlement,
+//! so a time is settled even when the announcement moved on before the runner looked).
+//!
+//! **How much.** The payment of [`crate::margin::funding::position_funding`] at the engine's
+//! price of the instrument at settlement, with the rate announced for that time:
+//! a linear perpetual pays in the account's stable collateral (the stable balance it holds
+//! most of, else the first stable instrument configured); an inverse perpetual in its coin
+//! (`payment / price` of the underlying collateral).
+//!
+//! **Never double-counted.** An account update that reports balances (a full replacement)
+//! replaces the applied payment with what the source reports: sources that report balances
+//! already include funding and should not set `apply_funding`.
+
+use std::collections::{HashMap, HashSet};
+
+use rust_decimal::Decimal;
+
+use crate::engine::map::AccountMap;
+use crate::margin::funding::{FundingRate, position_funding};
+use crate::model::{AccountId, AccountUpdate, InstrumentId, InstrumentKind, TimestampMs};
+
+/// How long settled times are remembered in memory (the journal's update ids remember them
+/// for `update_id_window` as well).
+const REMEMBER_MS: i64 = 24 * 3_600_000;
+
+/// One settlement that is due: the instrument, its rate and its time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DueSettlement {
+    /// The perpetual.
+    pub instrument: InstrumentId,
+    /// The rate announced for this settlement.
+    pub rate: Decimal,
+    /// The funding time, ms since the epoch.
+    pub funding_ms: TimestampMs,
+}
+
+/// Tracks announced funding times and says which are due.
+#[derive(Debug, Default)]
+pub struct SettlementTracker {
+    last_seen: HashMap<InstrumentId, FundingRate>,
+    settled: HashSet<(InstrumentId, TimestampMs)>,
+}
+
+impl SettlementTracker {
+    /// Takes the latest announcements and returns the settlements due at `now_ms` that were
+    /// not returned before (each once), sorted by time then instrument.
+    pub fn due(
+        &mut self,
+        observed: impl IntoIterator<Item = (InstrumentId, FundingRate)>,
+        now_ms: TimestampMs,
+    ) -> Vec<DueSettlement> {
+        let mut candidates: Vec<(InstrumentId, FundingRate)> = Vec::new();
+        for (inst, f) in observed {
+            if let Some(prev) = self.last_seen.insert(inst.clone(), f)
+                && prev.next_funding_ts != f.next_funding_ts
+            {
+                candidates.push((inst.clone(), prev));
+            }
+            candidates.push((inst, f));
+        }
+        let mut out = Vec::new();
+        for (inst, f) in candidates {
+            let Some(t) = f.next_funding_ts.filter(|t| *t <= now_ms) else {
+                continue;
+            };
+            if self.settled.insert((inst.clone(), t)) {
+                out.push(DueSettlement {
+                    instrument: inst,
+                    rate: f.rate,
+                    funding_ms: t,
+                });
+            }
+        }
+        let horizon = now_ms.saturating_sub(REMEMBER_MS);
+        self.settled.retain(|(_, t)| *t >= horizon);
+        out.sort_by(|a, b| (a.funding_ms, &a.instrument).cmp(&(b.funding_ms, &b.instrument)));
+        out
+    }
+}
+
+/// The update id of one account's payment for one settlement.
+pub fn settlement_id(s: &DueSettlement, account: &AccountId) -> String {
+    format!("funding:{}:{}:{}", s.instrument, s.funding_ms, account)
+}
+
+/// The collateral update of every holder of `s.instrument` (positions only), in account order,
+/// with its update id. Holders whose price or payment cannot be computed, and zero payments,
+/// are skipped (and logged).
+pub fn settlement_updates(map: &AccountMap, s: &DueSettlement) -> Vec<(String, AccountUpdate)> {
+    let table = map.instruments();
+    let Some(inst) = table.index(&s.instrument).and_then(|i| table.get(i)) else {
+        return Vec::new();
+    };
+    if !matches!(
+        inst.kind,
+        InstrumentKind::LinearPerpetual | InstrumentKind::InversePerpetual
+    ) {
+        return Vec::new();
+    }
+    let Some(price) = map.price(&s.instrument) else {
+        tracing::warn!(instrument = %s.instrument, "Funding not applied: no price");
+        return Vec::new();
+    };
+    let mut stables: Vec<&InstrumentId> =
+        table.iter().filter(|i| i.stable).map(|i| &i.id).collect();
+    stables.sort();
+    let mut out = Vec::new();
+    for id in map.holders(&s.instrument) {
+        let Some(account) = map.account(&id) else {
+            continue;
+        };
+        let mut payment = Decimal::ZERO;
+        for p in account
+            .positions
+            .iter()
+            .filter(|p| p.instrument == s.instrument)
+        {
+            match position_funding(inst.kind, inst.contract_size, p.quantity, price, s.rate) {
+                Ok(v) => payment = payment.checked_add(v).unwrap_or(payment),
+                Err(error) => {
+                    tracing::warn!(account = %id, instrument = %s.instrument, %error, "Funding not applied");
+                }
+            }
+        }
+        if payment.is_zero() {
+            continue;
+        }
+        let (asset, delta) = if inst.kind == InstrumentKind::InversePerpetual {
+            let Some(coin) = payment.checked_div(price) else {
+                continue;
+            };
+            (
+                InstrumentId::from(inst.underlying.as_str()),
+                crate::margin::normalise(coin),
+            )
+        } else {
+            let held = account
+                .collateral
+                .iter()
+                .filter(|(a, _)| stables.contains(a))
+                .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+                .map(|(a, _)| a.clone());
+            let Some(asset) = held.or_else(|| stables.first().map(|a| (*a).clone())) else {
+                tracing::warn!(account = %id, instrument = %s.instrument, "Funding not applied: no stable asset configured");
+                continue;
+            };
+            (asset, payment)
+        };
+        out.push((
+            settlement_id(s, &id),
+            AccountUpdate::Collateral {
+                account_id: id,
+                asset,
+                delta,
+            },
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rust_decimal_macros::dec;
+
+    use super::*;
+    use crate::engine::map::tests::w3_instruments;
+
+    fn rate(r: Decimal, t: i64) -> FundingRate {
+        FundingRate {
+            rate: r,
+            next_funding_ts: Some(t),
+        }
+    }
+
+    /// A time is due once, at or after it; a time the feed already moved past is still
+    /// settled (with the rate announced for it); a repeat announcement is not due again.
+    #[test]
+    fn due_once() {
+        let btc = InstrumentId::from("BTCUSDT-PERP");
+        let mut t = SettlementTracker::default();
+        assert!(
+            t.due([(btc.clone(), rate(dec!(0.0001), 1000))], 999)
+                .is_empty()
+        );
+        let d = t.due([(btc.clone(), rate(dec!(0.0001), 1000))], 1000);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].funding_ms, 1000);
+        assert!(
+            t.due([(btc.clone(), rate(dec!(0.0001), 1000))], 1500)
+                .is_empty()
+        );
+        // Announced 2000 at 0.0002, then moved to 3000 before the runner looked.
+        assert!(
+            t.due([(btc.clone(), rate(dec!(0.0002), 2000))], 1900)
+                .is_empty()
+        );
+        let d = t.due([(btc.clone(), rate(dec!(0.0003), 3000))], 2100);
+        assert_eq!(
+            d,
+            vec![DueSettlement {
+                instrument: btc,
+                rate: dec!(0.0002),
+                funding_ms: 2000
+            }]
+        );
+    }
+
+    /// Longs pay and shorts receive at a positive rate, in the stable they hold; the id names
+    /// the instrument, the time and the account.
+    #[test]
+    fn updates_for_holders() {
+        let map = Arc::new(AccountMap::new(w3_instruments()));
+        for (id, q) in [("long", "2"), ("short", "-1")] {
+            let a: crate::model::Account = serde_json::from_str(&format!(
+                r#"{{"id":"{id}","collateral":{{"USDT":"10000"}},"positions":[
+                {{"instrument":"BTCUSDT-PERP","quantity":"{q}","entry_price":"60000"}}]}}"#
+            ))
+            .unwrap();
+            map.apply_update(AccountUpdate::Replace { account: a })
+                .unwrap();
+        }
+        let mut touched = Vec::new();
+        map.apply_price(&"BTCUSDT-PERP".into(), dec!(50000), &mut touched)
+            .unwrap();
+        let s = DueSettlement {
+            instrument: "BTCUSDT-PERP".into(),
+            rate: dec!(0.0001),
+            funding_ms: 1000,
+        };
+        let u = settlement_updates(&map, &s);
+        assert_eq!(
+            u,
+            vec![
+                (
+                    "funding:BTCUSDT-PERP:1000:long".to_string(),
+                    AccountUpdate::Collateral {
+                        account_id: "long".into(),
+                        asset: "USDT".into(),
+                        delta: dec!(-10)
+                    }
+                ),
+                (
+                    "funding:BTCUSDT-PERP:1000:short".to_string(),
+                    AccountUpdate::Collateral {
+                        account_id: "short".into(),
+                        asset: "USDT".into(),
+                        delta: dec!(5)
+                    }
+                ),
+            ]
+        );
+    }
+}
