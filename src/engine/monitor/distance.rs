@@ -241,7 +241,8 @@ pub fn seen(
     let Some(slots) = map.read_key(key, |v| v.valuation().collect::<Vec<_>>()) else {
         return Ok(None);
     };
-    let Some(pm) = shock_move(map.instruments(), &slots, trigger)? else {
+    let table = map.instruments();
+    let Some(pm) = shock_move(&table, &slots, trigger)? else {
         return Ok(None);
     };
     let nearest = crate::margin::shock_distance_of(&pm)?.nearest;

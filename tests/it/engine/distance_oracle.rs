@@ -31,7 +31,7 @@ pub fn distance_states_agree_with_scratch(
         if th.warn_within_shock.is_empty() {
             continue;
         }
-        let Ok(t) = margin::account_totals(&account, map.instruments(), &prices) else {
+        let Ok(t) = margin::account_totals(&account, &*map.instruments(), &prices) else {
             continue;
         };
         let ratio = MarginRatio::compute(t.maintenance_margin, t.equity);
@@ -41,7 +41,7 @@ pub fn distance_states_agree_with_scratch(
         } else if ratio.at_or_above(th.trigger) {
             Some(Decimal::ZERO)
         } else {
-            match margin::shock_distance(&account, map.instruments(), &prices, th.trigger) {
+            match margin::shock_distance(&account, &*map.instruments(), &prices, th.trigger) {
                 Ok(s) => s.nearest.map(|n| n.abs()),
                 Err(_) => continue,
             }
