@@ -512,7 +512,13 @@ impl Runner {
         let mut events: Vec<RiskEvent> = Vec::with_capacity(emitted.len() + feed_events.len());
         let mut states: Vec<(AccountId, String)> = Vec::with_capacity(emitted.len());
         for e in emitted {
-            if let Some(s) = &e.event.state {
+            // The shared view holds the ratio's state; a distance event's `state` is the
+            // distance state (its own machine), which the view does not show.
+            let ratio_event = e
+                .event
+                .level_type
+                .is_none_or(|t| t == crate::model::LevelType::MarginRatio);
+            if let Some(s) = e.event.state.as_ref().filter(|_| ratio_event) {
                 if let Some(old) = self.states.insert(e.account_id.clone(), s.clone()) {
                     self.state_counts.adjust(&old, -1);
                 }

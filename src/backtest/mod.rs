@@ -389,6 +389,39 @@ mod tests {
         assert!(points.windows(2).all(|p| p[0] != p[1]));
     }
 
+    /// Issue 13's story in small: W3 → W4 jumps straight to the trigger (lead time 0 on the
+    /// ratio alone), while W3 already sat within 10 % of it: with `warn_within_shock = ["10%"]`
+    /// the distance warning at W3 is the first warning and the lead time is W3 → W4.
+    #[test]
+    fn distance_warning_gives_the_lead_time() {
+        let mut lines = w(1_000, ["60000", "3000", "150"]);
+        lines.extend(w(61_000, ["54000", "2700", "135"]));
+        let text = lines.join("\n");
+        let lead = |levels: Vec<Decimal>| {
+            let mut s = setup();
+            s.monitor.thresholds.warn_within_shock = levels;
+            let run = run(&s, text.as_bytes()).unwrap();
+            let id = AccountId::from("w3");
+            let r = report::account_report(
+                &id,
+                &s.monitor.thresholds,
+                &run.series[0].1,
+                &report::events_of(&run, &id),
+                String::new(),
+            );
+            (
+                r.first_warning.map(|m| m.time_ms),
+                r.first_trigger.map(|m| m.time_ms),
+                r.lead_time_ms,
+            )
+        };
+        assert_eq!(lead(vec![]), (None, Some(61_000), Some(0)));
+        assert_eq!(
+            lead(vec![dec!(0.1)]),
+            (Some(1_000), Some(61_000), Some(60_000))
+        );
+    }
+
     /// `warn_before_funding` in a backtest reads funding from the replayed frames and runs on
     /// the recorded clock: the funding warning fires at the first frame inside the window
     /// (exactly 10 minutes before), once, with the payment in its snapshot — the same on every

@@ -13,8 +13,8 @@ use super::{Point, ReplayCounts, Run};
 use crate::cli::stress::money;
 use crate::engine::AfterTrigger;
 use crate::model::{
-    AccountId, AccountState, EventKind, LiquidationCost, MarginRatio, RiskEvent, Thresholds,
-    TimestampMs, format_rfc3339_ms,
+    AccountId, AccountState, EventKind, LevelType, LiquidationCost, MarginRatio, RiskEvent,
+    Thresholds, TimestampMs, format_rfc3339_ms,
 };
 
 /// A moment in an account's run.
@@ -62,6 +62,9 @@ pub struct EventLine {
     pub level: Option<Decimal>,
     /// Every level crossed.
     pub crossed_levels: Vec<Decimal>,
+    /// Which kind of level, when not the margin ratio (`shock_distance`, `funding`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level_type: Option<LevelType>,
     /// MM / equity.
     pub margin_ratio: Option<MarginRatio>,
     /// Equity.
@@ -161,19 +164,24 @@ pub fn account_report(
         .iter()
         .find(|e| e.kind == EventKind::LiquidationWarning)
         .map(|e| mark(e));
-    let mut episode: Option<&RiskEvent> = None;
+    // One episode per level type (ratio, shock distance, funding): each opens on its warning
+    // from healthy and closes on its recovery to healthy; the trigger's lead time runs from
+    // the earliest episode still open (a distance warning counts, issue 13).
+    let mut episodes: Vec<(LevelType, &RiskEvent)> = Vec::new();
     let mut first_trigger: Option<&RiskEvent> = None;
     for e in events {
+        let lt = e.level_type.unwrap_or(LevelType::MarginRatio);
         match e.kind {
             EventKind::LiquidationWarning
                 if e.previous_state == Some(AccountState::Healthy) && first_trigger.is_none() =>
             {
-                episode = Some(e);
+                episodes.retain(|(t, _)| *t != lt);
+                episodes.push((lt, e));
             }
             EventKind::Recovered
                 if e.state == Some(AccountState::Healthy) && first_trigger.is_none() =>
             {
-                episode = None;
+                episodes.retain(|(t, _)| *t != lt);
             }
             EventKind::LiquidationTrigger if first_trigger.is_none() => {
                 first_trigger = Some(e);
@@ -181,6 +189,7 @@ pub fn account_report(
             _ => {}
         }
     }
+    let episode = episodes.iter().map(|(_, e)| *e).min_by_key(|e| e.time_ms);
     let lead_time_ms = first_trigger.map(|t| episode.map_or(0, |w| t.time_ms - w.time_ms));
     let worst = points
         .iter()
@@ -222,6 +231,7 @@ pub fn account_report(
                 seq: e.seq,
                 level: e.level,
                 crossed_levels: e.crossed_levels.clone(),
+                level_type: e.level_type.filter(|t| *t != LevelType::MarginRatio),
                 margin_ratio: e.snapshot.as_ref().map(|s| s.margin_ratio),
                 equity: e.snapshot.as_ref().map(|s| s.equity),
                 maintenance_margin: e.snapshot.as_ref().map(|s| s.maintenance_margin),
@@ -349,7 +359,15 @@ fn events_table(report: &Report) -> String {
                 a.account.to_string(),
                 e.time.replace('T', " ").trim_end_matches('Z').to_string(),
                 e.kind.to_string(),
-                e.level.map_or("-".into(), |l| l.to_string()),
+                match (e.level, e.level_type) {
+                    (None, _) => "-".into(),
+                    (Some(l), None) => l.to_string(),
+                    // A distance level reads as a move: `10% move`.
+                    (Some(l), Some(LevelType::ShockDistance)) => {
+                        format!("{}% move", (l * Decimal::ONE_HUNDRED).normalize())
+                    }
+                    (Some(l), Some(t)) => format!("{l} {}", t.as_str()),
+                },
                 e.margin_ratio.map_or("-".into(), ratio_text),
                 e.equity.map_or("-".into(), money),
                 e.maintenance_margin.map_or("-".into(), money),
@@ -489,6 +507,46 @@ mod tests {
         ];
         assert_eq!(lead(&partial), (Some(40), Some(10), Some(10)));
         assert_eq!(lead(&story[..2]), (None, Some(10), None));
+    }
+
+    /// Issue 13: a distance warning opens its own episode, so a ratio that jumps straight to
+    /// the trigger still has the distance warning's lead time; a distance recovery closes only
+    /// the distance episode, a ratio recovery only the ratio's.
+    #[test]
+    fn distance_warnings_count_for_lead_time() {
+        use AccountState::{Healthy, Triggered};
+        use EventKind::{LiquidationTrigger as T, LiquidationWarning as W, Recovered as R};
+        let w = |l: &str| AccountState::Warning {
+            level: l.parse().unwrap(),
+        };
+        let shock = |mut e: RiskEvent| {
+            e.level_type = Some(LevelType::ShockDistance);
+            e
+        };
+        // 6 % from liquidation at 10 while the ratio is calm; the ratio jumps at 25.
+        let story = [
+            shock(ev(W, 10, Healthy, w("0.1"))),
+            ev(T, 25, Healthy, Triggered),
+        ];
+        assert_eq!(lead(&story), (Some(15), Some(10), Some(10)));
+        // A ratio warning at 5 closed by its recovery at 8: the distance episode (from 10) is
+        // what leads to the trigger.
+        let two = [
+            ev(W, 5, Healthy, w("0.8")),
+            ev(R, 8, w("0.8"), Healthy),
+            shock(ev(W, 10, Healthy, w("0.1"))),
+            ev(W, 20, Healthy, w("0.8")),
+            ev(T, 25, w("0.8"), Triggered),
+        ];
+        assert_eq!(lead(&two), (Some(15), Some(5), Some(10)));
+        // The distance recovered before the trigger: only the ratio's episode is left.
+        let recovered = [
+            shock(ev(W, 10, Healthy, w("0.1"))),
+            ev(W, 12, Healthy, w("0.8")),
+            shock(ev(R, 14, w("0.1"), Healthy)),
+            ev(T, 25, w("0.8"), Triggered),
+        ];
+        assert_eq!(lead(&recovered), (Some(13), Some(10), Some(12)));
     }
 
     /// Clock text is UTC from the recorded instant.

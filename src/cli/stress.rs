@@ -63,6 +63,10 @@ pub struct StressArgs {
     /// funding payment and its margin ratio once paid.
     #[arg(long, value_name = "FILE")]
     pub funding: Option<PathBuf>,
+    /// Distance levels for accounts without their own, outermost first (`10%,5%`): a row
+    /// within one says so in its state (`shock_state`), as the daemon's `warn_within_shock`.
+    #[arg(long, value_name = "LEVELS", value_delimiter = ',', value_parser = crate::model::parse_fraction)]
+    pub warn_within_shock: Vec<Decimal>,
 }
 
 /// The nearest per-position liquidation price of an account.
@@ -97,6 +101,10 @@ pub struct StressRow {
     pub margin_ratio_pct: String,
     /// Healthy / warning (with level) / triggered against the account's levels.
     pub state: AccountState,
+    /// Against the account's distance levels (`warn_within_shock`): `warning` at the innermost
+    /// level the shock distance is within; left out while healthy.
+    #[serde(skip_serializing_if = "is_healthy")]
+    pub shock_state: AccountState,
     /// The trigger level the distances are measured to.
     pub trigger: Decimal,
     /// Uniform-shock distance from this scenario's prices, exact fractions.
@@ -217,11 +225,8 @@ fn stress_row(engine: &Engine, id: &AccountId, scenario: &str) -> Result<StressR
         },
         MarginRatio::Infinite => "inf".into(),
     };
-    let state = engine
-        .monitor()
-        .state(map, id)
-        .map(|s| s.state)
-        .unwrap_or(AccountState::Healthy);
+    let monitored = engine.monitor().state(map, id).unwrap_or_default();
+    let (state, shock_state) = (monitored.state, monitored.shock_state);
     let liquidation_cost = cost_of_row(engine, id, &snap, &state, levels.trigger);
     Ok(StressRow {
         account: id.clone(),
@@ -231,6 +236,7 @@ fn stress_row(engine: &Engine, id: &AccountId, scenario: &str) -> Result<StressR
         margin_ratio: snap.margin_ratio,
         margin_ratio_pct: pct,
         state,
+        shock_state,
         trigger: levels.trigger,
         shock_distance: snap.shock_distance.clone(),
         nearest_liquidation: nearest_liquidation(&snap),
@@ -251,7 +257,13 @@ fn engine_at(
     let mut engine = Engine::new(
         map,
         EngineConfig {
-            monitor: MonitorConfig::default(),
+            monitor: MonitorConfig {
+                thresholds: crate::model::Thresholds {
+                    warn_within_shock: inputs.warn_within_shock.clone(),
+                    ..Default::default()
+                },
+                ..MonitorConfig::default()
+            },
             distance_index: false,
         },
     )?;
@@ -279,6 +291,8 @@ pub struct StressInputs {
     pub warnings: Vec<String>,
     /// Funding rates, with `--funding`.
     pub funding: Option<HashMap<InstrumentId, crate::margin::funding::FundingRate>>,
+    /// `--warn-within-shock`: distance levels for accounts without their own.
+    pub warn_within_shock: Vec<Decimal>,
 }
 
 /// Loads and checks the files and scenarios named by `args`.
@@ -296,6 +310,18 @@ pub fn load(args: &StressArgs) -> Result<StressInputs, InputError> {
         Some(p) => Some(super::stress_funding::load_rates(p, &instruments)?),
         None => None,
     };
+    let levels = crate::model::Thresholds {
+        warn_within_shock: args.warn_within_shock.clone(),
+        ..Default::default()
+    };
+    if let Some(p) = levels.problems().into_iter().next() {
+        return Err(InputError::Invalid {
+            path: PathBuf::from("--warn-within-shock"),
+            line: None,
+            field: p.field,
+            message: p.message,
+        });
+    }
     let mut scenarios = vec![Scenario::none()];
     for arg in &args.shocks {
         for part in arg.split(';').filter(|p| !p.trim().is_empty()) {
@@ -318,6 +344,7 @@ pub fn load(args: &StressArgs) -> Result<StressInputs, InputError> {
         scenarios,
         warnings,
         funding,
+        warn_within_shock: args.warn_within_shock.clone(),
     })
 }
 
@@ -577,6 +604,25 @@ fn percent(f: Decimal, dp: u32) -> String {
     }
 }
 
+fn is_healthy(s: &AccountState) -> bool {
+    *s == AccountState::Healthy
+}
+
+/// The state, and the distance level the account is within (`healthy, within 10% move`).
+fn states_text(r: &StressRow) -> String {
+    match &r.shock_state {
+        AccountState::Warning { level } => format!(
+            "{}, within {}% move",
+            state_text(&r.state),
+            level
+                .checked_mul(Decimal::ONE_HUNDRED)
+                .unwrap_or(*level)
+                .normalize()
+        ),
+        _ => state_text(&r.state),
+    }
+}
+
 fn state_text(s: &AccountState) -> String {
     match s {
         AccountState::Healthy => "healthy".into(),
@@ -652,7 +698,7 @@ pub fn render_table(rows: &[StressRow]) -> String {
             money(r.equity),
             money(r.maintenance_margin),
             ratio,
-            state_text(&r.state),
+            states_text(r),
             shock,
             lp,
             cost_text(r.liquidation_cost.as_ref()),

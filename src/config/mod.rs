@@ -302,6 +302,8 @@ struct RawEngine {
     warning_levels: Option<Vec<String>>,
     trigger: Option<String>,
     hysteresis: Option<String>,
+    warn_within_shock: Option<Vec<String>>,
+    shock_hysteresis: Option<String>,
     trigger_on_stale: Option<String>,
     distance_index: Option<bool>,
     after_trigger: Option<String>,
@@ -684,13 +686,39 @@ impl Cx<'_, '_> {
                 .unwrap_or(d.hysteresis),
             None => d.hysteresis,
         };
+        let mut warn_within_shock = Vec::new();
+        for (i, s) in raw.warn_within_shock.iter().flatten().enumerate() {
+            match crate::model::parse_fraction(s) {
+                Ok(v) => warn_within_shock.push(v),
+                Err(msg) => self.problem(
+                    &[e, P::K("warn_within_shock"), P::I(i)],
+                    format!("{msg} (write a fraction: \"10%\" or \"0.1\")"),
+                ),
+            }
+        }
+        let shock_hysteresis = match &raw.shock_hysteresis {
+            Some(s) => crate::model::parse_fraction(s).unwrap_or_else(|msg| {
+                self.problem(
+                    &[e, P::K("shock_hysteresis")],
+                    format!("{msg} (write a fraction: \"1%\" or \"0.01\")"),
+                );
+                d.shock_hysteresis
+            }),
+            None => d.shock_hysteresis,
+        };
         let thresholds = Thresholds {
             warning_levels,
             trigger,
             hysteresis,
+            warn_within_shock,
+            shock_hysteresis,
         };
         if let Err(msg) = thresholds.validate() {
-            let key = if msg.contains("hysteresis") {
+            let key = if msg.contains("shock_hysteresis") {
+                "shock_hysteresis"
+            } else if msg.contains("distance level") {
+                "warn_within_shock"
+            } else if msg.contains("hysteresis") {
                 "hysteresis"
             } else if msg.contains("trigger") && !msg.contains("warning") {
                 "trigger"

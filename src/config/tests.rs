@@ -458,6 +458,48 @@ fn risk_section() {
     assert_eq!(k, ["risk.history", "risk.horizon", "risk.alpha"], "{p:?}");
 }
 
+/// Distance levels (issue 13): percentages or decimals, outermost first, with their own
+/// hysteresis (1 % by default); a level out of (0, 1), a wrong order and an unreadable fraction
+/// are each reported on their key.
+#[test]
+fn distance_levels() {
+    let with = |lines: &str| {
+        MIN.replace(
+            "instruments = [\"presets.toml\"]",
+            &format!("instruments = [\"presets.toml\"]\n{lines}"),
+        )
+    };
+    let c = ok(&with("warn_within_shock = [\"10%\", \"0.05\"]"));
+    assert_eq!(
+        c.engine.thresholds.warn_within_shock,
+        vec![dec!(0.1), dec!(0.05)]
+    );
+    assert_eq!(c.engine.thresholds.shock_hysteresis, dec!(0.01));
+    let c = ok(&with(
+        "warn_within_shock = [\"7.5 %\"]\nshock_hysteresis = \"0.5%\"",
+    ));
+    assert_eq!(c.engine.thresholds.warn_within_shock, vec![dec!(0.075)]);
+    assert_eq!(c.engine.thresholds.shock_hysteresis, dec!(0.005));
+    assert!(ok(MIN).engine.thresholds.warn_within_shock.is_empty());
+    for (lines, key) in [
+        (
+            "warn_within_shock = [\"5%\", \"10%\"]",
+            "engine.warn_within_shock",
+        ),
+        ("warn_within_shock = [\"100%\"]", "engine.warn_within_shock"),
+        (
+            "warn_within_shock = [\"ten\"]",
+            "engine.warn_within_shock[0]",
+        ),
+        ("shock_hysteresis = \"-1%\"", "engine.shock_hysteresis"),
+    ] {
+        let p = problems(&with(lines));
+        assert_eq!(p.len(), 1, "{lines}: {p:?}");
+        assert_eq!(p[0].key, key, "{lines}: {p:?}");
+        assert_eq!(p[0].line, 4, "{lines}: {p:?}");
+    }
+}
+
 /// `[risk]` schedule keys (issue 13 part 3): `recorded` is kept as named, the defaults are 5m /
 /// 5m / 30d / no levels / 1 %, levels parse from percentages, and bad values are problems on
 /// their own keys.

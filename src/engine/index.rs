@@ -51,7 +51,10 @@ use rust_decimal::{Decimal, RoundingStrategy};
 use crate::engine::map::{
     AccountKey, AccountMap, AccountView, InstrumentIdx, InstrumentTable, SlotValuation, Touched,
 };
+use crate::engine::monitor::distance::ShockQuiet;
 use crate::engine::monitor::{Monitor, QuietRange};
+
+pub mod distance; // bands for the distance levels (`warn_within_shock`)
 use crate::margin;
 use crate::model::{Instrument, InstrumentId, MarginTier};
 
@@ -388,9 +391,10 @@ impl DistanceIndex {
     /// eager when none is safe. Call it after the monitor evaluated the account.
     pub fn rebuild(&mut self, map: &AccountMap, monitor: &Monitor, key: AccountKey) {
         let range = monitor.quiet_range(map, key);
+        let shock = monitor.shock_quiet(map, key);
         let Some(found) = map.read_key(key, |v| {
             let instrs = self.moving_instruments(v);
-            let bands = range.and_then(|r| self.bands_for(v, &instrs, r));
+            let bands = range.and_then(|r| self.bands_for(v, &instrs, r, shock));
             (instrs, bands)
         }) else {
             self.forget(key);
@@ -430,6 +434,7 @@ impl DistanceIndex {
         v: &AccountView<'_>,
         instrs: &[InstrumentIdx],
         range: QuietRange,
+        shock: Option<ShockQuiet>,
     ) -> Option<Box<[(Decimal, Decimal)]>> {
         if !v.complete() {
             return None;
@@ -450,7 +455,10 @@ impl DistanceIndex {
             }
             terms.push(term(sens, table.get(s.instrument)?, &s, price)?);
         }
-        let delta = allowed_move(v.equity(), v.maintenance_margin(), &terms, range)?;
+        let mut delta = allowed_move(v.equity(), v.maintenance_margin(), &terms, range)?;
+        if let Some(q) = shock {
+            delta = delta.min(distance::allowed_move(v, &terms, q)?);
+        }
         at.into_iter()
             .map(|p| band(p?, delta))
             .collect::<Option<Vec<_>>>()

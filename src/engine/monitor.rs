@@ -21,6 +21,12 @@
 //!   exposure (MM = 0) has ratio 0 ([`MarginRatio::compute`]).
 //! - Incomplete accounts (a price missing) are not evaluated.
 //!
+//! # Distance levels (`warn_within_shock`)
+//! A second state machine per account, on the shock distance to the trigger, with its own
+//! state and hysteresis ([`distance`]); its events carry `level_type: shock_distance`. It runs
+//! only for accounts with distance levels, after the ratio's, and one evaluation may emit one
+//! event of each (the ratio's first). With none configured, the fast path below is unchanged.
+//!
 //! # Stale prices (`trigger_on_stale`)
 //! `fire` (default): a trigger computed from a stale price fires, flagged `stale_prices: true`.
 //! `hold`: a trigger whose account uses any stale price is held back — the account moves at most
@@ -29,14 +35,17 @@
 //! instrument's feed is restored). Warnings and recoveries always fire, flagged when stale.
 //!
 //! # Persistence
-//! The state per account ([`MonitorState`]: the state and the last `seq`) is serialisable; every
-//! [`Emitted`] event carries the account's new state as JSON so the journal can store both in one
-//! transaction. At start, [`Monitor::restore`] takes the stored states, then
+//! The state per account ([`MonitorState`]: the state, the distance state and the last `seq`)
+//! is serialisable; every [`Emitted`] event carries the account's new state as JSON so the
+//! journal can store both in one transaction. At start, [`Monitor::restore`] takes the stored states, then
 //! [`Monitor::evaluate_all`] emits only what changed while the process was down.
 //!
 //! # Metrics
 //! `liqwatch_monitor_events_total{kind}`, `liqwatch_monitor_held_triggers_total`,
-//! `liqwatch_monitor_restore_errors_total`, `liqwatch_monitor_snapshot_errors_total`.
+//! `liqwatch_monitor_restore_errors_total`, `liqwatch_monitor_snapshot_errors_total`,
+//! `liqwatch_monitor_shock_errors_total`.
+
+pub mod distance;
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -90,10 +99,22 @@ pub struct MonitorState {
     pub state: AccountState,
     /// The `seq` of the last event emitted for the account (0: none yet).
     pub seq: u64,
+    /// Where the account stands against its distance levels ([`distance`]); left out of the
+    /// JSON while healthy, so states stored before distance levels existed read back as they are.
+    #[serde(default = "healthy", skip_serializing_if = "is_healthy")]
+    pub shock_state: AccountState,
     /// The funding time (ms) the account was last warned about (`warn_before_funding`), so a
     /// restart does not warn about the same settlement again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub funding_warned: Option<TimestampMs>,
+}
+
+fn healthy() -> AccountState {
+    AccountState::Healthy
+}
+
+fn is_healthy(s: &AccountState) -> bool {
+    *s == AccountState::Healthy
 }
 
 impl Default for MonitorState {
@@ -101,6 +122,7 @@ impl Default for MonitorState {
         MonitorState {
             state: AccountState::Healthy,
             seq: 0,
+            shock_state: AccountState::Healthy,
             funding_warned: None,
         }
     }
@@ -263,6 +285,10 @@ pub struct RestoreReport {
 struct Slot {
     state: AccountState,
     seq: u64,
+    /// The distance state ([`distance`]).
+    shock: AccountState,
+    /// The account had distance levels when last evaluated (the index asks for its bounds).
+    has_shock: bool,
     /// Marked liquidated by its trigger ([`AfterTrigger::MarkLiquidated`]): silent until the
     /// account's next update.
     liquidated: bool,
@@ -275,11 +301,15 @@ pub struct Monitor {
     cfg: MonitorConfig,
     /// A ratio below this (0.1 % under the first level) cannot move a healthy account.
     fast_floor: Decimal,
+    /// The default levels have no distance levels, so the fast path above may skip an account.
+    fast_path: bool,
     slots: Vec<Option<Slot>>,
     pending: HashMap<AccountId, MonitorState>,
     /// Per key, the last `evaluate` call that saw it (dedup without hashing).
     seen: Vec<u32>,
     epoch: u32,
+    /// Scratch space for [`Monitor::evaluate`]: the latest report of each key.
+    latest: Vec<usize>,
     after_trigger: AfterTrigger,
 }
 
@@ -298,13 +328,16 @@ impl Monitor {
         let fast_floor = first
             .checked_mul(Decimal::new(999, 3))
             .unwrap_or(Decimal::ZERO);
+        let fast_path = cfg.thresholds.warn_within_shock.is_empty();
         Ok(Monitor {
             cfg,
             fast_floor,
+            fast_path,
             slots: Vec::new(),
             pending: HashMap::new(),
             seen: Vec::new(),
             epoch: 0,
+            latest: Vec::new(),
             after_trigger: AfterTrigger::default(),
         })
     }
@@ -361,6 +394,7 @@ impl Monitor {
             return Some(MonitorState {
                 state: s.state.clone(),
                 seq: s.seq,
+                shock_state: s.shock.clone(),
                 funding_warned: s.funding_warned,
             });
         }
@@ -411,7 +445,11 @@ impl Monitor {
         }
         let mut out = Vec::new();
         let mut jobs = Vec::new();
-        for t in touched.iter().rev() {
+        // The latest report of each key (walking backwards), then evaluated in report order, so
+        // the events of one account (ratio, then distance) keep their order.
+        let mut latest = std::mem::take(&mut self.latest);
+        latest.clear();
+        for (at, t) in touched.iter().enumerate().rev() {
             let i = t.key as usize;
             if self.seen.len() <= i {
                 self.seen.resize(i + 1, 0);
@@ -421,10 +459,15 @@ impl Monitor {
                 Some(e) => *e = self.epoch,
                 None => continue,
             }
-            self.evaluate_one(map, t, prices, now_ms, &mut out, &mut jobs);
+            latest.push(at);
         }
+        for &at in latest.iter().rev() {
+            if let Some(t) = touched.get(at) {
+                self.evaluate_one(map, t, prices, now_ms, &mut out, &mut jobs);
+            }
+        }
+        self.latest = latest;
         fill_snapshots(map, &mut out, jobs);
-        out.reverse();
         out
     }
 
@@ -540,6 +583,8 @@ impl Monitor {
             *slot = Some(Slot {
                 state: s.state,
                 seq: s.seq,
+                shock: s.shock_state,
+                has_shock: false,
                 liquidated: false,
                 funding_warned: s.funding_warned,
             });
@@ -572,6 +617,7 @@ impl Monitor {
             .is_some_and(|s| s.state == AccountState::Healthy);
         // Fast path: a healthy account far enough below the first level cannot change.
         if custom.is_none()
+            && self.fast_path
             && slot_is_healthy
             && t.equity > Decimal::ZERO
             && fast_floor
@@ -591,11 +637,39 @@ impl Monitor {
             return;
         }
         let previous = slot.state.clone();
-        let (mut new_state, crossing) = transition(&previous, ratio, &th);
-        let Some(mut crossing) = crossing else {
+        let (mut new_state, mut crossing) = transition(&previous, ratio, &th);
+        // The distance machine, only for accounts with distance levels (none by default: then
+        // nothing is computed or copied).
+        let mut shock_next: Option<AccountState> = None;
+        let mut shock_crossing = None;
+        slot.has_shock = !th.warn_within_shock.is_empty();
+        if slot.has_shock {
+            match distance::seen(map, t.key, t.maintenance_margin, ratio, th.trigger) {
+                Ok(Some(seen)) => {
+                    let (next, c) = distance::transition(&slot.shock, seen, &th);
+                    shock_next = Some(next);
+                    shock_crossing = c;
+                }
+                // Not valued (cannot happen for a complete account): the state stays.
+                Ok(None) => {}
+                Err(error) => {
+                    metrics::counter!("liqwatch_monitor_shock_errors_total").increment(1);
+                    tracing::warn!(key = t.key, %error, "Shock distance failed; the distance state stays");
+                }
+            }
+        } else if slot.shock != AccountState::Healthy {
+            // Its distance levels were removed: clear, silently.
+            shock_next = Some(AccountState::Healthy);
+        }
+        if crossing.is_none() && shock_crossing.is_none() {
             slot.state = new_state;
+            if let Some(s) = shock_next {
+                slot.shock = s;
+            }
             return;
-        };
+        }
+        let shock_previous = slot.shock.clone();
+        let shock_state = shock_next.unwrap_or_else(|| shock_previous.clone());
         // Everything needed for the event: the account and the prices it used.
         let Some(account) = map.read_key(t.key, |v| v.to_account()) else {
             return;
@@ -603,69 +677,136 @@ impl Monitor {
         let engine_prices = map.prices_for(&account);
         let used = prices_used(map, &account, &engine_prices, prices, now_ms);
         let stale = used.iter().any(|p| p.stale);
-        if crossing.kind == EventKind::LiquidationTrigger && stale && policy == StalePolicy::Hold {
+        if crossing
+            .as_ref()
+            .is_some_and(|c| c.kind == EventKind::LiquidationTrigger)
+            && stale
+            && policy == StalePolicy::Hold
+        {
             metrics::counter!("liqwatch_monitor_held_triggers_total").increment(1);
             tracing::info!(account = %account.id, "Trigger held: a price it depends on is stale");
             let k = th.warning_levels.len();
             let r = rank_of(&previous, &th);
             if k == 0 || r >= k {
-                slot.state = state_of(r, &th);
-                return;
+                new_state = state_of(r, &th);
+                crossing = None;
+            } else {
+                crossing = Some(Crossing {
+                    kind: EventKind::LiquidationWarning,
+                    level: level_at(&th, k).unwrap_or(th.trigger),
+                    crossed_levels: levels(&th).skip(r).take(k - r).collect(),
+                });
+                new_state = state_of(k, &th);
             }
-            crossing = Crossing {
-                kind: EventKind::LiquidationWarning,
-                level: level_at(&th, k).unwrap_or(th.trigger),
-                crossed_levels: levels(&th).skip(r).take(k - r).collect(),
-            };
-            new_state = state_of(k, &th);
         }
-        slot.seq += 1;
         slot.state = new_state.clone();
-        slot.liquidated = mark && crossing.kind == EventKind::LiquidationTrigger;
-        let seq = slot.seq;
-        let funding_warned = slot.funding_warned;
-        // The snapshot (figures, shock distance, liquidation prices) is what an event costs:
-        // it is computed after the state pass, for every event of the step at once, on all cores.
-        let snapshot = None;
-        metrics::counter!("liqwatch_monitor_events_total", "kind" => crossing.kind.as_str())
-            .increment(1);
-        let state_json = serde_json::to_string(&MonitorState {
-            state: new_state.clone(),
-            seq,
-            funding_warned,
-        })
-        .unwrap_or_default();
-        let account_id = account.id.clone();
-        jobs.push(SnapshotJob {
-            at: out.len(),
-            trigger: th.trigger,
-            prices: engine_prices,
-            funding: funding::rates_for(&account, prices, now_ms),
-            account,
-        });
-        out.push(Emitted {
-            account_id: account_id.clone(),
-            state_json,
-            event: RiskEvent {
-                event_id: RiskEvent::new_id(),
-                kind: crossing.kind,
-                time: format_rfc3339_ms(now_ms),
-                time_ms: now_ms,
-                account_id: Some(account_id),
-                seq,
-                level: Some(crossing.level),
-                crossed_levels: crossing.crossed_levels,
-                level_type: Some(crate::model::LevelType::MarginRatio),
-                previous_state: Some(previous),
-                state: Some(new_state),
-                snapshot,
-                prices: used,
-                stale_prices: stale,
-                instrument_change: None,
-                feed: None,
-                risk: None,
-            },
-        });
+        slot.shock = shock_state.clone();
+        if crossing
+            .as_ref()
+            .is_some_and(|c| c.kind == EventKind::LiquidationTrigger)
+        {
+            slot.liquidated = mark;
+        }
+        // The ratio's event first (its stored state still has the old distance state), then the
+        // distance's: a crash between the two journal writes loses neither.
+        let mut steps = Vec::with_capacity(2);
+        if let Some(c) = crossing {
+            slot.seq += 1;
+            let stored = MonitorState {
+                state: new_state.clone(),
+                seq: slot.seq,
+                shock_state: shock_previous.clone(),
+                funding_warned: slot.funding_warned,
+            };
+            steps.push((
+                c,
+                crate::model::LevelType::MarginRatio,
+                previous,
+                new_state.clone(),
+                stored,
+            ));
+        }
+        if let Some(c) = shock_crossing {
+            slot.seq += 1;
+            let stored = MonitorState {
+                state: new_state.clone(),
+                seq: slot.seq,
+                shock_state: shock_state.clone(),
+                funding_warned: slot.funding_warned,
+            };
+            steps.push((
+                c,
+                crate::model::LevelType::ShockDistance,
+                shock_previous,
+                shock_state,
+                stored,
+            ));
+        }
+        // One event (the usual case) takes the account and prices; a second gets copies.
+        let funding = funding::rates_for(&account, prices, now_ms);
+        let mut parts = Some((account, engine_prices, used, funding));
+        let n = steps.len();
+        for (i, (crossing, level_type, previous, state, stored)) in steps.into_iter().enumerate() {
+            let taken = if i + 1 == n {
+                parts.take()
+            } else {
+                parts.clone()
+            };
+            let Some((account, engine_prices, used, funding)) = taken else {
+                return;
+            };
+            // The snapshot (figures, shock distance, liquidation prices) is what an event costs:
+            // it is computed after the state pass, for every event of the step at once, on all
+            // cores.
+            metrics::counter!("liqwatch_monitor_events_total", "kind" => crossing.kind.as_str())
+                .increment(1);
+            let state_json = serde_json::to_string(&stored).unwrap_or_default();
+            let account_id = account.id.clone();
+            jobs.push(SnapshotJob {
+                at: out.len(),
+                trigger: th.trigger,
+                prices: engine_prices,
+                funding,
+                account,
+            });
+            out.push(Emitted {
+                account_id: account_id.clone(),
+                state_json,
+                event: RiskEvent {
+                    event_id: RiskEvent::new_id(),
+                    kind: crossing.kind,
+                    time: format_rfc3339_ms(now_ms),
+                    time_ms: now_ms,
+                    account_id: Some(account_id),
+                    seq: stored.seq,
+                    level: Some(crossing.level),
+                    crossed_levels: crossing.crossed_levels,
+                    level_type: Some(level_type),
+                    previous_state: Some(previous),
+                    state: Some(state),
+                    snapshot: None,
+                    prices: used,
+                    stale_prices: stale,
+                    instrument_change: None,
+                    feed: None,
+                    risk: None,
+                },
+            });
+        }
+    }
+
+    /// The distance levels that bound the account's distance state where it stands, for the
+    /// distance index ([`distance::ShockQuiet`]); `None` when the account has no distance
+    /// levels (or is marked liquidated, or was not evaluated yet: [`Monitor::quiet_range`] is
+    /// `None` then, and the account gets no band anyway).
+    pub fn shock_quiet(&self, map: &AccountMap, key: AccountKey) -> Option<distance::ShockQuiet> {
+        let slot = self.slots.get(key as usize)?.as_ref()?;
+        if !slot.has_shock || slot.liquidated {
+            return None;
+        }
+        let custom = map.read_key(key, |v| v.thresholds().cloned())?;
+        let th = custom.as_ref().unwrap_or(&self.cfg.thresholds);
+        distance::quiet(&slot.shock, th)
     }
 }
 

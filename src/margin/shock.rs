@@ -8,6 +8,7 @@ use rust_decimal::Decimal;
 use super::*;
 
 mod filter;
+mod peak; // the highest g(z) over an interval (banding the distance levels)
 
 /// A contract position that moves with the price variable `z`: its price is
 /// `price_factor · z`.

@@ -55,6 +55,86 @@ pub struct Thresholds {
     /// Recovery hysteresis: a level is recovered below `level − hysteresis` (default 0.05).
     #[serde(with = "crate::model::exact_str")]
     pub hysteresis: Decimal,
+    /// Warning levels on the shock distance (the uniform move of every price that brings the
+    /// ratio to the trigger), outermost first, as fractions (`"10%"` or `"0.1"`); empty: none
+    /// (default). See `engine::monitor::distance`.
+    #[serde(
+        default,
+        with = "fraction_vec_str",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub warn_within_shock: Vec<Decimal>,
+    /// Recovery hysteresis of the distance levels: a level is recovered when the distance grows
+    /// strictly past `level + shock_hysteresis` (default 0.01).
+    #[serde(
+        default = "default_shock_hysteresis",
+        with = "fraction_str",
+        skip_serializing_if = "is_default_shock_hysteresis"
+    )]
+    pub shock_hysteresis: Decimal,
+}
+
+/// The default `shock_hysteresis`: 1 %.
+pub const DEFAULT_SHOCK_HYSTERESIS: Decimal = Decimal::from_parts(1, 0, 0, false, 2);
+
+fn default_shock_hysteresis() -> Decimal {
+    DEFAULT_SHOCK_HYSTERESIS
+}
+
+fn is_default_shock_hysteresis(d: &Decimal) -> bool {
+    *d == DEFAULT_SHOCK_HYSTERESIS
+}
+
+/// Parses a fraction written as a percentage (`"10%"`, `"2.5 %"`) or a decimal (`"0.1"`),
+/// exactly.
+pub fn parse_fraction(s: &str) -> Result<Decimal, String> {
+    let t = s.trim();
+    match t.strip_suffix('%') {
+        Some(pct) => {
+            let v = super::parse_exact(pct.trim()).map_err(|e| format!("{s:?}: {e}"))?;
+            // `10%` is written back as `0.1`, not `0.10`.
+            v.checked_div(Decimal::ONE_HUNDRED)
+                .map(|d| d.normalize())
+                .ok_or_else(|| format!("{s:?}: out of range"))
+        }
+        None => super::parse_exact(t).map_err(|e| format!("{s:?}: {e}")),
+    }
+}
+
+/// A fraction: written as a decimal string, read from `"10%"` or `"0.1"`.
+mod fraction_str {
+    use rust_decimal::Decimal;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+        let raw = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        super::parse_fraction(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A list of fractions: written as decimal strings, read from `"10%"` or `"0.1"`.
+mod fraction_vec_str {
+    use rust_decimal::Decimal;
+    use serde::{Deserialize, Deserializer, Serializer, ser::SerializeSeq};
+
+    pub fn serialize<S: Serializer>(v: &[Decimal], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(v.len()))?;
+        for d in v {
+            seq.serialize_element(&d.to_string())?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Decimal>, D::Error> {
+        let raw = Vec::<std::borrow::Cow<'de, str>>::deserialize(d)?;
+        raw.iter()
+            .map(|s| super::parse_fraction(s).map_err(serde::de::Error::custom))
+            .collect()
+    }
 }
 
 impl Default for Thresholds {
@@ -63,6 +143,8 @@ impl Default for Thresholds {
             warning_levels: vec![Decimal::new(8, 1)],
             trigger: Decimal::ONE,
             hysteresis: Decimal::new(5, 2),
+            warn_within_shock: Vec::new(),
+            shock_hysteresis: DEFAULT_SHOCK_HYSTERESIS,
         }
     }
 }
@@ -125,6 +207,31 @@ impl Thresholds {
                 out.push(Problem::new(
                     field,
                     "warning levels must be strictly ascending",
+                ));
+            }
+            previous = Some(*level);
+        }
+        if self.shock_hysteresis < Decimal::ZERO {
+            out.push(Problem::new(
+                "shock_hysteresis",
+                format!(
+                    "shock_hysteresis must be ≥ 0, got {}",
+                    self.shock_hysteresis
+                ),
+            ));
+        }
+        let mut previous: Option<Decimal> = None;
+        for (i, level) in self.warn_within_shock.iter().enumerate() {
+            let field = format!("warn_within_shock[{i}]");
+            if *level <= Decimal::ZERO || *level >= Decimal::ONE {
+                out.push(Problem::new(
+                    field,
+                    format!("a distance level is a fraction above 0 and below 1 (\"10%\" or \"0.1\"), got {level}"),
+                ));
+            } else if previous.is_some_and(|p| *level >= p) {
+                out.push(Problem::new(
+                    field,
+                    "distance levels must be strictly descending, outermost first (e.g. [\"10%\", \"5%\"])",
                 ));
             }
             previous = Some(*level);

@@ -48,6 +48,12 @@ pub fn text_line(event: &RiskEvent) -> String {
             " level_type={lt} p_liquidation={} es={} var={}",
             r.p_liquidation, r.es, r.var
         );
+    } else if let Some(t) = event
+        .level_type
+        .filter(|t| *t != crate::model::LevelType::MarginRatio)
+    {
+        // Levels other than the ratio's say which (`level_type=shock_distance`).
+        let _ = write!(line, " level_type={}", t.as_str());
     }
     if let Some(feed) = &event.feed {
         let _ = write!(line, " instrument={}", feed.instrument);
@@ -232,5 +238,32 @@ mod tests {
             out,
             "2021-05-19T12:50:00.000Z liquidation_trigger account=acct-7 level=1.0 STALE_PRICES seq=3 event_id=01890a5d-ac96-774b-bcce-b302099a8057\n"
         );
+    }
+
+    /// A distance event says which level it is about; a ratio event's line is unchanged.
+    #[test]
+    fn text_line_names_distance_levels() {
+        let mut event: RiskEvent = serde_json::from_value(serde_json::json!({
+            "event_id": "01890a5d-ac96-774b-bcce-b302099a8057",
+            "kind": "liquidation_warning",
+            "time": "2024-08-05T00:15:00.000Z",
+            "time_ms": 1722816900000i64,
+            "account_id": "desk-1",
+            "seq": 1,
+            "level": "0.1",
+            "level_type": "shock_distance",
+            "previous_state": null,
+            "state": null,
+            "snapshot": null,
+            "stale_prices": false,
+            "feed": null
+        }))
+        .unwrap();
+        assert_eq!(
+            text_line(&event),
+            "2024-08-05T00:15:00.000Z liquidation_warning account=desk-1 level=0.1 level_type=shock_distance seq=1 event_id=01890a5d-ac96-774b-bcce-b302099a8057"
+        );
+        event.level_type = Some(crate::model::LevelType::MarginRatio);
+        assert!(!text_line(&event).contains("level_type"));
     }
 }

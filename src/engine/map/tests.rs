@@ -4,7 +4,7 @@ use super::*;
 use crate::model::{InstrumentKind, MarginTier};
 use rust_decimal_macros::dec;
 
-fn tier(floor: Decimal, cap: Decimal, mmr: Decimal, cum: Decimal) -> MarginTier {
+pub(crate) fn tier(floor: Decimal, cap: Decimal, mmr: Decimal, cum: Decimal) -> MarginTier {
     MarginTier {
         notional_floor: floor,
         notional_cap: cap,
@@ -13,7 +13,7 @@ fn tier(floor: Decimal, cap: Decimal, mmr: Decimal, cum: Decimal) -> MarginTier 
     }
 }
 
-fn contract(id: &str, underlying: &str, tiers: Vec<MarginTier>) -> Instrument {
+pub(crate) fn contract(id: &str, underlying: &str, tiers: Vec<MarginTier>) -> Instrument {
     Instrument {
         id: id.into(),
         kind: InstrumentKind::LinearPerpetual,
@@ -30,7 +30,7 @@ fn contract(id: &str, underlying: &str, tiers: Vec<MarginTier>) -> Instrument {
     }
 }
 
-fn collateral(id: &str, ratio: Decimal, stable: bool) -> Instrument {
+pub(crate) fn collateral(id: &str, ratio: Decimal, stable: bool) -> Instrument {
     Instrument {
         id: id.into(),
         kind: InstrumentKind::Collateral,

@@ -174,6 +174,7 @@ impl Monitor {
             let state_json = serde_json::to_string(&MonitorState {
                 state: state.clone(),
                 seq,
+                shock_state: slot.shock.clone(),
                 funding_warned: Some(funding_ts),
             })
             .unwrap_or_default();

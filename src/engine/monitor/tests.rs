@@ -8,6 +8,7 @@ fn th(w: &[Decimal], trigger: Decimal, h: Decimal) -> Thresholds {
         warning_levels: w.to_vec(),
         trigger,
         hysteresis: h,
+        ..Thresholds::default()
     }
 }
 
@@ -183,6 +184,7 @@ fn monitor_state_json() {
     let s = MonitorState {
         state: warn(dec!(0.8)),
         seq: 3,
+        shock_state: AccountState::Healthy,
         funding_warned: None,
     };
     let j = serde_json::to_string(&s).unwrap();
@@ -191,20 +193,23 @@ fn monitor_state_json() {
     let t = serde_json::to_string(&MonitorState {
         state: AccountState::Triggered,
         seq: 9,
+        shock_state: AccountState::Healthy,
         funding_warned: None,
     })
     .unwrap();
     assert_eq!(t, r#"{"state":"triggered","seq":9}"#);
 }
 
+mod distance_map; // the distance levels on the W3 account
+
 mod with_map {
     use super::*;
     use crate::engine::map::tests::{w3_account, w3_instruments};
     use crate::model::{AccountUpdate, Venue};
 
-    const NOW: TimestampMs = 1_621_428_600_000;
+    pub(super) const NOW: TimestampMs = 1_621_428_600_000;
 
-    fn setup() -> (AccountMap, Monitor) {
+    pub(super) fn setup() -> (AccountMap, Monitor) {
         let m = AccountMap::new(w3_instruments());
         m.apply_update(AccountUpdate::Replace {
             account: w3_account("w3"),
@@ -214,7 +219,7 @@ mod with_map {
     }
 
     /// Applies BTC/ETH/SOL prices (BTC collateral moves with BTC) and evaluates the touched.
-    fn move_to(
+    pub(super) fn move_to(
         m: &AccountMap,
         mon: &mut Monitor,
         info: &HashMap<InstrumentId, PriceUsed>,

@@ -51,6 +51,16 @@ fn fmt_level(d: Option<Decimal>) -> String {
         .unwrap_or_else(|| "-".to_string())
 }
 
+/// The level as a key part: the bare level for the margin ratio (as before distance levels),
+/// prefixed by the level type otherwise, so a distance level never shares an incident with a
+/// ratio level of the same number.
+fn level_key(ev: &RiskEvent, level: &str) -> String {
+    match ev.level_type {
+        Some(t) if t != crate::model::LevelType::MarginRatio => format!("{}:{level}", t.as_str()),
+        _ => level.to_string(),
+    }
+}
+
 pub(super) fn account_of(ev: &RiskEvent) -> String {
     ev.account_id
         .as_ref()
@@ -148,10 +158,19 @@ pub fn alert_text(ev: &RiskEvent) -> AlertText {
         fields.push(("Equity", equity.clone()));
         fields.push(("Maintenance margin", mm.clone()));
         fields.push(("Shock distance", shock.clone()));
-        format!(
-            "margin ratio {ratio} (level {level}), equity {equity}, MM {mm}, \
-             shock distance {shock}{stale}"
-        )
+        if ev.level_type == Some(crate::model::LevelType::ShockDistance) {
+            // A distance level: the move to the trigger is what crossed it.
+            format!(
+                "shock distance {shock} (level {} move), margin ratio {ratio}, \
+                 equity {equity}, MM {mm}{stale}",
+                fmt_pct(ev.level)
+            )
+        } else {
+            format!(
+                "margin ratio {ratio} (level {level}), equity {equity}, MM {mm}, \
+                 shock distance {shock}{stale}"
+            )
+        }
     } else if let Some(f) = &ev.feed {
         let last = f
             .last_price
@@ -440,7 +459,7 @@ pub fn render_single(
                         let v = json!({
                             "routing_key": rk,
                             "event_action": "resolve",
-                            "dedup_key": pd_key(&[&account, &lvl]),
+                            "dedup_key": pd_key(&[&account, &level_key(ev, &lvl)]),
                         });
                         out.push(OutgoingRequest {
                             idempotency_key: format!("{key}/{lvl}"),
@@ -469,7 +488,7 @@ pub fn render_single(
                     } else if let Some(k) = risk_key.clone() {
                         k
                     } else {
-                        pd_key(&[&account, &fmt_level(ev.level)])
+                        pd_key(&[&account, &level_key(ev, &fmt_level(ev.level))])
                     };
                     let t = alert_text(ev);
                     let v = json!({
@@ -677,6 +696,34 @@ mod tests {
             })
             .collect();
         assert_eq!(keys, vec!["liqwatch:acct-1:0.8", "liqwatch:acct-1:1"]);
+    }
+
+    /// Issue 13: a distance warning reads as a move to the trigger, and its PagerDuty incident
+    /// (opened and resolved) is keyed by level type, apart from a ratio level of equal number.
+    #[test]
+    fn shock_distance_events_text_and_keys() {
+        let mut w = entry(1, EventKind::LiquidationWarning, "acct-1", 0, dec!(0.05));
+        w.event.level = Some(dec!(0.1));
+        w.event.crossed_levels = vec![dec!(0.1)];
+        w.event.level_type = Some(crate::model::LevelType::ShockDistance);
+        let t = alert_text(&w.event);
+        assert!(
+            t.summary.starts_with(
+                "liquidation_warning acct-1: shock distance -5.12 % (level 10.0 % move)"
+            ),
+            "{}",
+            t.summary
+        );
+        let p: Value = serde_json::from_slice(
+            &render_single(&settings(WebhookFormat::Pagerduty), &w).unwrap()[0].body,
+        )
+        .unwrap();
+        assert_eq!(p["dedup_key"], "liqwatch:acct-1:shock_distance:0.1");
+        let mut r = w.clone();
+        r.event.kind = EventKind::Recovered;
+        let reqs = render_single(&settings(WebhookFormat::Pagerduty), &r).unwrap();
+        let v: Value = serde_json::from_slice(&reqs[0].body).unwrap();
+        assert_eq!(v["dedup_key"], "liqwatch:acct-1:shock_distance:0.1");
     }
 
     /// A grouped message counts every warning and lists the worst accounts first.

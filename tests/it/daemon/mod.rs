@@ -4,6 +4,7 @@
 mod backtest;
 mod cli;
 mod deploy_files;
+mod distance_warning;
 mod docker_image;
 mod e2e;
 mod empty_account;

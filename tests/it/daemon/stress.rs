@@ -303,3 +303,32 @@ fn liquidation_cost_to_the_cent() {
         "{text}"
     );
 }
+
+/// Issue 13 part 1: `--warn-within-shock` reports, per row, the distance level the uniform move
+/// to the trigger is within (W3: −9.58 %, within 10 %; after −5 %: −4.82 %, within 5 %); a
+/// row clear of every level leaves `shock_state` out; misordered levels exit 2.
+#[test]
+fn warn_within_shock_marks_the_rows() {
+    let doc = json(&["--warn-within-shock", "10%,5%", "--shock", "all=-5%"]);
+    let w3 = row(&doc, "w3-cross-desk", "none");
+    assert_eq!(
+        w3["shock_state"],
+        serde_json::json!({"state":"warning","level":"0.1"}),
+        "{w3:#}"
+    );
+    assert_eq!(w3["state"]["state"], "healthy");
+    let w3_down = row(&doc, "w3-cross-desk", "all=-5%");
+    assert_eq!(w3_down["shock_state"]["level"], "0.05", "{w3_down:#}");
+    let hedge = row(&doc, "hedge-mode-btc", "none");
+    assert!(hedge.get("shock_state").is_none(), "{hedge:#}");
+    let table = stress(&["--warn-within-shock", "10%,5%"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("healthy, within 10% move"), "{text}");
+    let bad = stress(&["--warn-within-shock", "5%,10%"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("strictly descending"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

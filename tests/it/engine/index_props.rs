@@ -8,9 +8,15 @@
 //! included), hold the same monitor states after every step, and — once the lazy map is
 //! brought to the current prices — the same figures, equal to the from-scratch recomputation.
 //!
+//! Distance levels (`warn_within_shock`, issue 13) are drawn both as defaults and as an
+//! account's own: their bands must be as sound as the ratio's, and after every step each
+//! account's distance state must agree with its shock distance recomputed from scratch.
+//!
 //! Mutations this catches (each tried by hand): a band δ three times too wide; δ × 1.2;
 //! dropping the MM sensitivity from the band; not re-banding after a revert; not
-//! re-evaluating holders when a held feed is restored.
+//! re-evaluating holders when a held feed is restored; ignoring the distance levels' band;
+//! dropping the `1 + L` scale of the distance band (shocked prices move further); the
+//! monitor's shock problem leaving out moving collateral (the from-scratch distance oracle).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -137,11 +143,26 @@ fn thresholds() -> impl Strategy<Value = Option<Thresholds>> {
             warning_levels: vec![dec!(0.3)],
             trigger: dec!(0.9),
             hysteresis: dec!(0.1),
+            ..Thresholds::default()
         })),
         1 => Just(Some(Thresholds {
             warning_levels: vec![],
             trigger: dec!(0.6),
             hysteresis: dec!(0),
+            ..Thresholds::default()
+        })),
+        // The account's own distance levels (issue 13), with and without hysteresis.
+        1 => Just(Some(Thresholds {
+            warning_levels: vec![dec!(0.3)],
+            trigger: dec!(0.9),
+            hysteresis: dec!(0.1),
+            warn_within_shock: vec![dec!(0.2), dec!(0.05)],
+            shock_hysteresis: dec!(0.01),
+        })),
+        1 => Just(Some(Thresholds {
+            warn_within_shock: vec![dec!(0.5), dec!(0.1), dec!(0.01)],
+            shock_hysteresis: dec!(0),
+            ..Thresholds::default()
         })),
     ]
 }
@@ -223,7 +244,8 @@ fn id(i: usize) -> AccountId {
     format!("acct-{i}").into()
 }
 
-fn engine(distance_index: bool, policy: StalePolicy) -> Engine {
+/// Distance levels in the defaults (`shock`), or none (the default of the product).
+fn engine(distance_index: bool, policy: StalePolicy, shock: bool) -> Engine {
     let map = Arc::new(AccountMap::new(instruments()));
     Engine::new(
         map,
@@ -233,6 +255,12 @@ fn engine(distance_index: bool, policy: StalePolicy) -> Engine {
                     warning_levels: vec![dec!(0.5), dec!(0.8)],
                     trigger: dec!(1.0),
                     hysteresis: dec!(0.05),
+                    warn_within_shock: if shock {
+                        vec![dec!(0.15), dec!(0.08), dec!(0.02)]
+                    } else {
+                        Vec::new()
+                    },
+                    shock_hysteresis: dec!(0.01),
                 },
                 trigger_on_stale: policy,
             },
@@ -268,10 +296,10 @@ struct Pair {
 }
 
 impl Pair {
-    fn new(policy: StalePolicy) -> Pair {
+    fn new(policy: StalePolicy, shock: bool) -> Pair {
         Pair {
-            eager: engine(false, policy),
-            lazy: engine(true, policy),
+            eager: engine(false, policy, shock),
+            lazy: engine(true, policy, shock),
             info: HashMap::new(),
             now: 1_700_000_000_000,
             events: 0,
@@ -454,7 +482,10 @@ impl Pair {
                 id(i)
             );
         }
-        Ok(())
+        crate::engine::distance_oracle::distance_states_agree_with_scratch(
+            &self.eager,
+            (0..ACCOUNTS).map(id),
+        )
     }
 
     /// Brings the lazy map forward and compares every figure with the eager map and the
@@ -503,8 +534,9 @@ proptest! {
         seed in proptest::collection::vec((0usize..ACCOUNTS).prop_flat_map(|a| account(a).prop_map(move |acc| Op::Replace(a, acc))), 3..10),
         more in proptest::collection::vec(op(), 1..80),
         hold in any::<bool>(),
+        shock in any::<bool>(),
     ) {
-        let mut pair = Pair::new(if hold { StalePolicy::Hold } else { StalePolicy::Fire });
+        let mut pair = Pair::new(if hold { StalePolicy::Hold } else { StalePolicy::Fire }, shock);
         // Every instrument starts priced, so accounts are complete and get bands.
         let start: Vec<(InstrumentId, Decimal)> = PRICED.iter().map(|(i, p)| (InstrumentId::from(*i), Decimal::from(*p))).collect();
         pair.prices(start)?;
@@ -536,8 +568,8 @@ proptest! {
     }
 }
 
-fn calm_book(n: usize) -> Pair {
-    let mut pair = Pair::new(StalePolicy::Fire);
+fn calm_book(n: usize, shock: bool) -> Pair {
+    let mut pair = Pair::new(StalePolicy::Fire, shock);
     let start: Vec<(InstrumentId, Decimal)> = PRICED
         .iter()
         .map(|(i, p)| (InstrumentId::from(*i), Decimal::from(*p)))
@@ -578,7 +610,7 @@ fn calm_book(n: usize) -> Pair {
 /// takes them into warning wakes them and the events still match the eager engine's.
 #[test]
 fn small_moves_wake_nobody_and_a_crash_wakes_the_crossers() {
-    let mut pair = calm_book(500);
+    let mut pair = calm_book(500, false);
     let (tracked, banded) = pair.lazy.index().map(|i| i.counts()).unwrap_or_default();
     assert_eq!(
         (tracked, banded),
@@ -606,6 +638,28 @@ fn small_moves_wake_nobody_and_a_crash_wakes_the_crossers() {
         pair.events, 500,
         "and each emits its event, as the eager engine does"
     );
+    pair.same_states().unwrap_or_else(|e| panic!("{e}"));
+    pair.same_figures().unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// With distance levels in the defaults the calm book is still banded (each account within 2 %
+/// of its trigger sits at the innermost distance level, banded against recovery), a 0.1 % move
+/// still wakes nobody, and the crash's events match the eager engine's.
+#[test]
+fn distance_levels_keep_calm_accounts_banded() {
+    let mut pair = calm_book(200, true);
+    let (tracked, banded) = pair.lazy.index().map(|i| i.counts()).unwrap_or_default();
+    assert_eq!(
+        (tracked, banded),
+        (200, 200),
+        "every calm account is banded"
+    );
+    let m = pair.moved(0, -10);
+    pair.prices(vec![m]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(pair.lazy.last_valued(), 0, "accounts woken by a 0.1 % move");
+    let m = pair.moved(0, -300);
+    pair.prices(vec![m]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(pair.lazy.last_valued(), 200);
     pair.same_states().unwrap_or_else(|e| panic!("{e}"));
     pair.same_figures().unwrap_or_else(|e| panic!("{e}"));
 }

@@ -3,6 +3,8 @@
 
 mod after_trigger;
 mod concurrency;
+mod distance_doc;
+pub mod distance_oracle;
 mod events_doc;
 mod exposure;
 mod extremes;
