@@ -39,11 +39,12 @@
 //! `liqwatch_monitor_restore_errors_total`, `liqwatch_monitor_snapshot_errors_total`.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::map::{AccountKey, AccountMap, Touched};
+use crate::engine::map::{AccountKey, AccountMap, PriceSnapshot, Touched};
 use crate::margin;
 use crate::model::{
     AccountId, AccountState, EventKind, InstrumentId, MarginRatio, PriceUsed, RiskEvent,
@@ -90,6 +91,24 @@ pub struct MonitorState {
     pub state: AccountState,
     /// The `seq` of the last event emitted for the account (0: none yet).
     pub seq: u64,
+}
+
+impl MonitorState {
+    /// The state as JSON, exactly as `serde_json::to_string` writes it (the journal's format),
+    /// without going through serde: every event carries one.
+    pub fn to_json(&self) -> String {
+        match &self.state {
+            AccountState::Healthy => format!(r#"{{"state":"healthy","seq":{}}}"#, self.seq),
+            // A Decimal's text is digits, a sign and a point: nothing to escape.
+            AccountState::Warning { level } => {
+                format!(
+                    r#"{{"state":"warning","level":"{level}","seq":{}}}"#,
+                    self.seq
+                )
+            }
+            AccountState::Triggered => format!(r#"{{"state":"triggered","seq":{}}}"#, self.seq),
+        }
+    }
 }
 
 impl Default for MonitorState {
@@ -264,6 +283,11 @@ pub struct Monitor {
     seen: Vec<u32>,
     epoch: u32,
     after_trigger: AfterTrigger,
+    /// The event time of the last step, formatted once (every event of a step shares it).
+    time: (TimestampMs, String),
+    /// The engine prices of the current step, taken once at its first event: every account a
+    /// step evaluates is valued at the current prices, so its events share one copy.
+    step_prices: Option<Arc<PriceSnapshot>>,
 }
 
 impl Monitor {
@@ -289,6 +313,8 @@ impl Monitor {
             seen: Vec::new(),
             epoch: 0,
             after_trigger: AfterTrigger::default(),
+            time: (0, format_rfc3339_ms(0)),
+            step_prices: None,
         })
     }
 
@@ -386,6 +412,7 @@ impl Monitor {
         prices: &dyn PriceInfo,
         now_ms: TimestampMs,
     ) -> Vec<Emitted> {
+        self.step_prices = None;
         self.epoch = self.epoch.wrapping_add(1);
         if self.epoch == 0 {
             self.seen.iter_mut().for_each(|e| *e = 0);
@@ -418,6 +445,7 @@ impl Monitor {
         prices: &dyn PriceInfo,
         now_ms: TimestampMs,
     ) -> Vec<Emitted> {
+        self.step_prices = None;
         let mut out = Vec::new();
         let mut jobs = Vec::new();
         // An account update ends a liquidated mark.
@@ -462,6 +490,7 @@ impl Monitor {
         now_ms: TimestampMs,
     ) -> Vec<Emitted> {
         keys.sort_unstable();
+        self.step_prices = None;
         let mut out = Vec::new();
         let mut jobs = Vec::new();
         for k in keys {
@@ -562,17 +591,21 @@ impl Monitor {
             return;
         }
         let ratio = MarginRatio::compute(t.maintenance_margin, t.equity);
-        let th = custom.unwrap_or_else(|| self.cfg.thresholds.clone());
         let policy = self.cfg.trigger_on_stale;
         let mark = self.after_trigger == AfterTrigger::MarkLiquidated;
-        let Some(slot) = self.slot_mut(map, t.key) else {
+        if self.slot_mut(map, t.key).is_none() {
+            return;
+        }
+        // Disjoint fields: the levels are borrowed, not cloned, while the slot changes.
+        let th = custom.as_ref().unwrap_or(&self.cfg.thresholds);
+        let Some(Some(slot)) = self.slots.get_mut(t.key as usize) else {
             return;
         };
         if slot.liquidated {
             return;
         }
         let previous = slot.state.clone();
-        let (mut new_state, crossing) = transition(&previous, ratio, &th);
+        let (mut new_state, crossing) = transition(&previous, ratio, th);
         let Some(mut crossing) = crossing else {
             slot.state = new_state;
             return;
@@ -581,24 +614,27 @@ impl Monitor {
         let Some(account) = map.read_key(t.key, |v| v.to_account()) else {
             return;
         };
-        let engine_prices = map.prices_for(&account);
+        let engine_prices = Arc::clone(
+            self.step_prices
+                .get_or_insert_with(|| Arc::new(map.prices())),
+        );
         let used = prices_used(map, &account, &engine_prices, prices, now_ms);
         let stale = used.iter().any(|p| p.stale);
         if crossing.kind == EventKind::LiquidationTrigger && stale && policy == StalePolicy::Hold {
             metrics::counter!("liqwatch_monitor_held_triggers_total").increment(1);
             tracing::info!(account = %account.id, "Trigger held: a price it depends on is stale");
             let k = th.warning_levels.len();
-            let r = rank_of(&previous, &th);
+            let r = rank_of(&previous, th);
             if k == 0 || r >= k {
-                slot.state = state_of(r, &th);
+                slot.state = state_of(r, th);
                 return;
             }
             crossing = Crossing {
                 kind: EventKind::LiquidationWarning,
-                level: level_at(&th, k).unwrap_or(th.trigger),
-                crossed_levels: levels(&th).skip(r).take(k - r).collect(),
+                level: level_at(th, k).unwrap_or(th.trigger),
+                crossed_levels: levels(th).skip(r).take(k - r).collect(),
             };
-            new_state = state_of(k, &th);
+            new_state = state_of(k, th);
         }
         slot.seq += 1;
         slot.state = new_state.clone();
@@ -607,13 +643,14 @@ impl Monitor {
         // The snapshot (figures, shock distance, liquidation prices) is what an event costs:
         // it is computed after the state pass, for every event of the step at once, on all cores.
         let snapshot = None;
-        metrics::counter!("liqwatch_monitor_events_total", "kind" => crossing.kind.as_str())
-            .increment(1);
-        let state_json = serde_json::to_string(&MonitorState {
+        let state_json = MonitorState {
             state: new_state.clone(),
             seq,
-        })
-        .unwrap_or_default();
+        }
+        .to_json();
+        if self.time.0 != now_ms {
+            self.time = (now_ms, format_rfc3339_ms(now_ms));
+        }
         let account_id = account.id.clone();
         jobs.push(SnapshotJob {
             at: out.len(),
@@ -627,7 +664,7 @@ impl Monitor {
             event: RiskEvent {
                 event_id: RiskEvent::new_id(),
                 kind: crossing.kind,
-                time: format_rfc3339_ms(now_ms),
+                time: self.time.1.clone(),
                 time_ms: now_ms,
                 account_id: Some(account_id),
                 seq,
@@ -650,7 +687,7 @@ struct SnapshotJob {
     /// Index of the event in the step's output.
     at: usize,
     trigger: Decimal,
-    prices: crate::engine::map::PriceSnapshot,
+    prices: Arc<PriceSnapshot>,
     account: crate::model::Account,
 }
 
@@ -662,7 +699,7 @@ const PARALLEL_SNAPSHOTS: usize = 64;
 /// snapshot lands in its own event, so the order of events does not depend on the split.
 fn fill_snapshots(map: &AccountMap, out: &mut [Emitted], jobs: Vec<SnapshotJob>) {
     let one = |job: &SnapshotJob| -> Option<crate::model::RiskSnapshot> {
-        match margin::account_snapshot(&job.account, map.instruments(), &job.prices, job.trigger) {
+        match margin::account_snapshot(&job.account, map.instruments(), &*job.prices, job.trigger) {
             Ok(s) => Some(s),
             Err(error) => {
                 metrics::counter!("liqwatch_monitor_snapshot_errors_total").increment(1);
@@ -696,11 +733,20 @@ fn fill_snapshots(map: &AccountMap, out: &mut [Emitted], jobs: Vec<SnapshotJob>)
                     .collect()
             })
         };
+    // Events per kind, counted once per step rather than once per event.
+    let mut counts: Vec<(EventKind, u64)> = Vec::new();
     for (job, snapshot) in jobs.iter().zip(snapshots) {
         if let Some(e) = out.get_mut(job.at) {
             e.event.snapshot = snapshot;
             margin::attach_liquidation_cost(&mut e.event, map.instruments());
+            match counts.iter_mut().find(|(k, _)| *k == e.event.kind) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((e.event.kind, 1)),
+            }
         }
+    }
+    for (kind, n) in counts {
+        metrics::counter!("liqwatch_monitor_events_total", "kind" => kind.as_str()).increment(n);
     }
 }
 
@@ -709,7 +755,7 @@ fn fill_snapshots(map: &AccountMap, out: &mut [Emitted], jobs: Vec<SnapshotJob>)
 fn prices_used(
     map: &AccountMap,
     account: &crate::model::Account,
-    engine: &crate::engine::map::PriceSnapshot,
+    engine: &PriceSnapshot,
     info: &dyn PriceInfo,
     now_ms: TimestampMs,
 ) -> Vec<PriceUsed> {

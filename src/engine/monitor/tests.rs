@@ -195,6 +195,33 @@ fn monitor_state_json() {
     assert_eq!(t, r#"{"state":"triggered","seq":9}"#);
 }
 
+/// The hand-written state JSON every event carries is exactly what serde writes (the journal's
+/// format), and reads back.
+#[test]
+fn monitor_state_to_json_equals_serde() {
+    let levels = [
+        dec!(0.8),
+        dec!(1),
+        dec!(0.0000000000000000000000000001),
+        dec!(123456789.123456789),
+        dec!(-0.5),
+        dec!(0.80),
+    ];
+    let mut states = vec![AccountState::Healthy, AccountState::Triggered];
+    states.extend(levels.iter().map(|l| warn(*l)));
+    for state in states {
+        for seq in [0, 1, 42, u64::MAX] {
+            let s = MonitorState {
+                state: state.clone(),
+                seq,
+            };
+            let j = s.to_json();
+            assert_eq!(j, serde_json::to_string(&s).unwrap());
+            assert_eq!(serde_json::from_str::<MonitorState>(&j).unwrap(), s);
+        }
+    }
+}
+
 mod with_map {
     use super::*;
     use crate::engine::map::tests::{w3_account, w3_instruments};
