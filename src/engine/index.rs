@@ -415,13 +415,17 @@ impl DistanceIndex {
         self.store.flush();
         keys.sort_unstable();
         keys.dedup();
-        for key in keys {
-            let range = monitor.quiet_range(map, key);
-            let found = map.read_key(key, |v| {
+        // The new bands are computed on every core when there are many (reads only), then
+        // stored in key order.
+        let found = crate::engine::par::map_in_order(&keys, |key| {
+            let range = monitor.quiet_range(map, *key);
+            map.read_key(*key, |v| {
                 let instrs = self.moving_instruments(v);
                 let bands = range.and_then(|r| self.bands_for(v, &instrs, r));
                 Tracked { instrs, bands }
-            });
+            })
+        });
+        for (key, found) in keys.into_iter().zip(found) {
             self.replace(key, found);
         }
         self.store.flush();
@@ -522,7 +526,9 @@ pub fn wake_and_value<'a>(
     index.flush();
     wake.sort_unstable();
     wake.dedup();
-    touched.extend(wake.iter().filter_map(|k| map.materialise(*k)));
+    // Valued on every core when many are woken (a correlated move), in key order.
+    let valued = crate::engine::par::map_in_order(wake, |k| map.materialise(*k));
+    touched.extend(valued.into_iter().flatten());
     metrics::counter!("liqwatch_engine_woken_accounts_total").increment(touched.len() as u64);
 }
 

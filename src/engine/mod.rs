@@ -26,6 +26,7 @@
 pub mod index;
 pub mod map;
 pub mod monitor;
+mod par;
 
 use std::collections::HashMap;
 use std::sync::Arc;
