@@ -37,6 +37,9 @@ const BULK_MIN: usize = 256;
 /// See [`BULK_MIN`]: one change in 32 entries (~3 %).
 const BULK_SHARE: usize = 32;
 
+/// Queued changes kept allocated between flushes, per set and direction.
+const OPS_KEEP: usize = 4_096;
+
 /// A band as fixed-point ends (`10⁻¹⁶` units), never wider than the exact band.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FixedBand {
@@ -158,8 +161,14 @@ impl<T: Ord + Copy> Ops<T> {
                 set.insert(*a);
             }
         }
-        self.rm.clear();
-        self.add.clear();
+        // A bulk step (a crash, the first build) queues up to every holder: do not keep that
+        // much capacity around for the small steps that follow.
+        for v in [&mut self.rm, &mut self.add] {
+            v.clear();
+            if v.capacity() > OPS_KEEP {
+                *v = Vec::new();
+            }
+        }
     }
 
     fn is_empty(&self) -> bool {
