@@ -41,7 +41,7 @@
 //!
 //! # Storage
 //! Per instrument, the eager holders and the banded holders ordered by their band ends as
-//! fixed-point integers, never wider than the exact band ([`store`]). A step's changes are
+//! fixed-point integers, never wider than the exact band (`index/store.rs`). A step's changes are
 //! queued and applied at once: when they touch a large share of an instrument's holders (a
 //! correlated move, the first build), its ordered sets are rebuilt from sorted input rather than
 //! edited key by key.
