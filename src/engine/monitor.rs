@@ -708,10 +708,12 @@ fn fill_snapshots(map: &AccountMap, out: &mut [Emitted], jobs: Vec<SnapshotJob>)
             }
         }
     };
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(8);
+    // The core count is asked once per process (`par::threads`), not once per step.
+    let threads = if jobs.len() < PARALLEL_SNAPSHOTS {
+        1
+    } else {
+        crate::engine::par::threads()
+    };
     let snapshots: Vec<Option<crate::model::RiskSnapshot>> =
         if jobs.len() < PARALLEL_SNAPSHOTS || threads < 2 {
             jobs.iter().map(one).collect()

@@ -6,19 +6,34 @@
 //! in the order of the input, so what a step does next — and the journal order — does not
 //! depend on the split.
 
+use std::sync::OnceLock;
+
 /// Items below which the work stays on the calling thread (spawning costs more than it saves).
 pub const PARALLEL_MIN: usize = 2_048;
 
 /// Threads at most, whatever the machine.
 const MAX_THREADS: usize = 8;
 
+/// The threads to split work over: the available cores (at most [`MAX_THREADS`]), asked once —
+/// `available_parallelism` reads the cgroup quota files on Linux, tens of µs per call, which a
+/// quiet tick cannot afford.
+pub fn threads() -> usize {
+    static THREADS: OnceLock<usize> = OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(MAX_THREADS)
+    })
+}
+
 /// `f` over `items`, in order; split over the available cores when there are many items.
 pub fn map_in_order<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(MAX_THREADS);
-    if items.len() < PARALLEL_MIN || threads < 2 {
+    if items.len() < PARALLEL_MIN {
+        return items.iter().map(f).collect();
+    }
+    let threads = threads();
+    if threads < 2 {
         return items.iter().map(f).collect();
     }
     let chunk = items.len().div_ceil(threads);
