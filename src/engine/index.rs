@@ -39,14 +39,23 @@
 //! - The index is owned by the engine task (`&mut self`, no locks). Call [`DistanceIndex::track`]
 //!   after every account update and [`DistanceIndex::forget`] after a removal.
 //!
+//! # Storage
+//! Per instrument, the eager holders and the banded holders ordered by their band ends as
+//! fixed-point integers, never wider than the exact band (`index/store.rs`). A step's changes are
+//! queued and applied at once: when they touch a large share of an instrument's holders (a
+//! correlated move, the first build), its ordered sets are rebuilt from sorted input rather than
+//! edited key by key.
+//!
 //! # Metrics
 //! `liqwatch_engine_woken_accounts_total` (accounts revalued by ticks), gauge
 //! `liqwatch_engine_banded_accounts` (accounts with a band; the rest are revalued on every tick
 //! of their instruments).
 
-use std::collections::BTreeSet;
+mod store;
 
 use rust_decimal::{Decimal, RoundingStrategy};
+
+use store::{FixedBand, PriceKey, Store};
 
 use crate::engine::map::{
     AccountKey, AccountMap, AccountView, InstrumentIdx, InstrumentTable, SlotValuation, Touched,
@@ -61,8 +70,8 @@ use crate::model::{Instrument, InstrumentId, MarginTier};
 /// The largest fractional move a band allows, whatever the slack.
 pub const MAX_MOVE: Decimal = Decimal::from_parts(5, 0, 0, false, 1);
 
-/// Places the band ends are rounded to (inwards).
-const BAND_SCALE: u32 = 16;
+/// Places the band ends are rounded to (inwards); the fixed-point storage keeps them exactly.
+const BAND_SCALE: u32 = store::FIXED_SCALE;
 
 /// How an instrument's price moves an account's figures.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -221,27 +230,26 @@ pub fn band(price: Decimal, delta: Decimal) -> Option<(Decimal, Decimal)> {
     (lo < price && price < hi).then_some((lo, hi))
 }
 
-#[derive(Default)]
-struct InstrBands {
-    /// Holders without a band: woken by every tick.
-    eager: BTreeSet<AccountKey>,
-    /// Banded holders by the low end of their band.
-    lo: BTreeSet<(Decimal, AccountKey)>,
-    /// Banded holders by the high end of their band.
-    hi: BTreeSet<(Decimal, AccountKey)>,
-}
-
 struct Tracked {
     /// The moving instruments the account holds, ascending.
     instrs: Box<[InstrumentIdx]>,
     /// Per instrument (same order), the band; `None` while eager.
-    bands: Option<Box<[(Decimal, Decimal)]>>,
+    bands: Option<Box<[FixedBand]>>,
+}
+
+impl Tracked {
+    fn eager(instrs: Box<[InstrumentIdx]>) -> Self {
+        Tracked {
+            instrs,
+            bands: None,
+        }
+    }
 }
 
 /// Per instrument, the accounts a tick must wake. Owned by the engine task.
 pub struct DistanceIndex {
     sens: Vec<Sensitivity>,
-    instr: Vec<InstrBands>,
+    store: Store,
     accounts: Vec<Option<Tracked>>,
     banded: usize,
     /// Scratch space for [`DistanceIndex::wake`].
@@ -253,7 +261,7 @@ impl DistanceIndex {
     pub fn new(table: &InstrumentTable) -> Self {
         DistanceIndex {
             sens: table.iter().map(sensitivity).collect(),
-            instr: (0..table.len()).map(|_| InstrBands::default()).collect(),
+            store: Store::new(table.len()),
             accounts: Vec::new(),
             banded: 0,
             scratch: Vec::new(),
@@ -264,8 +272,10 @@ impl DistanceIndex {
     pub fn for_map(map: &AccountMap) -> Self {
         let mut index = DistanceIndex::new(&map.instruments());
         for key in map.keys() {
-            index.track(map, key);
+            let instrs = map.read_key(key, |v| index.moving_instruments(v));
+            index.replace(key, instrs.map(Tracked::eager));
         }
+        index.store.flush();
         index
     }
 
@@ -291,31 +301,23 @@ impl DistanceIndex {
     ) -> Option<(Decimal, Decimal)> {
         let t = self.accounts.get(key as usize)?.as_ref()?;
         let i = t.instrs.binary_search(&instrument).ok()?;
-        t.bands.as_ref()?.get(i).copied()
+        t.bands.as_ref()?.get(i).map(|b| b.to_decimal())
     }
 
     /// (Re)registers an account after it was created or changed: it becomes eager on the
     /// moving instruments it now holds until it is re-banded. Forgets it when it is gone.
     pub fn track(&mut self, map: &AccountMap, key: AccountKey) {
-        let Some(instrs) = map.read_key(key, |v| self.moving_instruments(v)) else {
-            self.forget(key);
-            return;
-        };
-        self.set_instruments(key, instrs);
+        self.store.flush();
+        let instrs = map.read_key(key, |v| self.moving_instruments(v));
+        self.replace(key, instrs.map(Tracked::eager));
+        self.store.flush();
     }
 
     /// Drops an account (after it was removed from the map).
     pub fn forget(&mut self, key: AccountKey) {
-        self.unband(key);
-        if let Some(slot) = self.accounts.get_mut(key as usize)
-            && let Some(t) = slot.take()
-        {
-            for i in t.instrs.iter() {
-                if let Some(ib) = self.instr.get_mut(*i as usize) {
-                    ib.eager.remove(&key);
-                }
-            }
-        }
+        self.store.flush();
+        self.replace(key, None);
+        self.store.flush();
     }
 
     fn moving_instruments(&self, v: &AccountView<'_>) -> Box<[InstrumentIdx]> {
@@ -329,55 +331,59 @@ impl DistanceIndex {
         instrs.into_boxed_slice()
     }
 
-    fn set_instruments(&mut self, key: AccountKey, instrs: Box<[InstrumentIdx]>) {
-        self.forget(key);
+    /// Queues the account's entries out and its new ones (`None`: forgotten) in. Between two
+    /// flushes of the store, call it at most once per account (the store queues net changes).
+    fn replace(&mut self, key: AccountKey, new: Option<Tracked>) {
         let i = key as usize;
-        if self.accounts.len() <= i {
+        if new.is_some() && self.accounts.len() <= i {
             self.accounts.resize_with(i + 1, || None);
         }
-        for idx in instrs.iter() {
-            if let Some(ib) = self.instr.get_mut(*idx as usize) {
-                ib.eager.insert(key);
-            }
-        }
-        if let Some(slot) = self.accounts.get_mut(i) {
-            *slot = Some(Tracked {
-                instrs,
-                bands: None,
-            });
-        }
-    }
-
-    /// Makes a banded account eager again.
-    fn unband(&mut self, key: AccountKey) {
-        let Some(Some(t)) = self.accounts.get_mut(key as usize) else {
+        let Some(slot) = self.accounts.get_mut(i) else {
             return;
         };
-        let Some(bands) = t.bands.take() else {
-            return;
-        };
-        self.banded = self.banded.saturating_sub(1);
-        for (idx, (lo, hi)) in t.instrs.iter().zip(bands.iter()) {
-            if let Some(ib) = self.instr.get_mut(*idx as usize) {
-                ib.lo.remove(&(*lo, key));
-                ib.hi.remove(&(*hi, key));
-                ib.eager.insert(key);
+        if let Some(old) = slot.take() {
+            match &old.bands {
+                Some(bands) => {
+                    self.banded = self.banded.saturating_sub(1);
+                    for (idx, band) in old.instrs.iter().zip(bands.iter()) {
+                        self.store.band(*idx, key, *band, false);
+                    }
+                }
+                None => {
+                    for idx in old.instrs.iter() {
+                        self.store.eager(*idx, key, false);
+                    }
+                }
             }
         }
+        let Some(new) = new else {
+            return;
+        };
+        match &new.bands {
+            Some(b) => {
+                self.banded += 1;
+                for (idx, band) in new.instrs.iter().zip(b.iter()) {
+                    self.store.band(*idx, key, *band, true);
+                }
+            }
+            None => {
+                for idx in new.instrs.iter() {
+                    self.store.eager(*idx, key, true);
+                }
+            }
+        }
+        *slot = Some(new);
     }
 
     /// The accounts a new `price` of `instrument` may change: every eager holder and every
     /// banded holder whose band the price leaves (those become eager). Appends to `out`
-    /// (unsorted; an account may appear once per instrument woken).
+    /// (unsorted; an account may appear more than once). The changes are queued: call
+    /// [`DistanceIndex::flush`] after the step's last `wake`, before anything else.
     pub fn wake(&mut self, instrument: InstrumentIdx, price: Decimal, out: &mut Vec<AccountKey>) {
-        let Some(ib) = self.instr.get(instrument as usize) else {
-            return;
-        };
-        out.extend(ib.eager.iter().copied());
         let mut leaving = std::mem::take(&mut self.scratch);
         leaving.clear();
-        leaving.extend(ib.lo.range((price, AccountKey::MIN)..).map(|(_, k)| *k));
-        leaving.extend(ib.hi.range(..=(price, AccountKey::MAX)).map(|(_, k)| *k));
+        self.store
+            .wake(instrument, PriceKey::new(price), out, &mut leaving);
         leaving.sort_unstable();
         leaving.dedup();
         for key in &leaving {
@@ -387,45 +393,54 @@ impl DistanceIndex {
         self.scratch = leaving;
     }
 
-    /// Gives the account a band from its current figures and monitor state, or leaves it
-    /// eager when none is safe. Call it after the monitor evaluated the account.
-    pub fn rebuild(&mut self, map: &AccountMap, monitor: &Monitor, key: AccountKey) {
-        let range = monitor.quiet_range(map, key);
-        let shock = monitor.shock_quiet(map, key);
-        let Some(found) = map.read_key(key, |v| {
-            let instrs = self.moving_instruments(v);
-            let bands = range.and_then(|r| self.bands_for(v, &instrs, r, shock));
-            (instrs, bands)
-        }) else {
-            self.forget(key);
-            return;
-        };
-        let (instrs, bands) = found;
-        let same = self
-            .accounts
-            .get(key as usize)
-            .and_then(|t| t.as_ref())
-            .is_some_and(|t| t.instrs == instrs);
-        if same {
-            self.unband(key);
-        } else {
-            self.set_instruments(key, instrs);
-        }
-        let Some(bands) = bands else {
-            return;
-        };
+    /// Queues a banded account's band out and makes it eager; nothing when it is not banded
+    /// (an earlier `wake` of the step already did it).
+    fn unband(&mut self, key: AccountKey) {
         let Some(Some(t)) = self.accounts.get_mut(key as usize) else {
             return;
         };
-        for (idx, (lo, hi)) in t.instrs.iter().zip(bands.iter()) {
-            if let Some(ib) = self.instr.get_mut(*idx as usize) {
-                ib.eager.remove(&key);
-                ib.lo.insert((*lo, key));
-                ib.hi.insert((*hi, key));
-            }
+        let Some(bands) = t.bands.take() else {
+            return;
+        };
+        self.banded = self.banded.saturating_sub(1);
+        for (idx, band) in t.instrs.iter().zip(bands.iter()) {
+            self.store.band(*idx, key, *band, false);
+            self.store.eager(*idx, key, true);
         }
-        t.bands = Some(bands);
-        self.banded += 1;
+    }
+
+    /// Applies the changes queued by [`DistanceIndex::wake`].
+    pub fn flush(&mut self) {
+        self.store.flush();
+    }
+
+    /// Gives the account a band from its current figures and monitor state, or leaves it
+    /// eager when none is safe. Call it after the monitor evaluated the account.
+    pub fn rebuild(&mut self, map: &AccountMap, monitor: &Monitor, key: AccountKey) {
+        self.rebuild_many(map, monitor, vec![key]);
+    }
+
+    /// [`DistanceIndex::rebuild`] for many accounts at once: their sets are edited once, in
+    /// bulk when the accounts are a large share of an instrument's holders.
+    pub fn rebuild_many(&mut self, map: &AccountMap, monitor: &Monitor, mut keys: Vec<AccountKey>) {
+        self.store.flush();
+        keys.sort_unstable();
+        keys.dedup();
+        // The new bands are computed on every core when there are many (reads only), then
+        // stored in key order.
+        let found = crate::engine::par::map_in_order(&keys, |key| {
+            let range = monitor.quiet_range(map, *key);
+            let shock = monitor.shock_quiet(map, *key);
+            map.read_key(*key, |v| {
+                let instrs = self.moving_instruments(v);
+                let bands = range.and_then(|r| self.bands_for(v, &instrs, r, shock));
+                Tracked { instrs, bands }
+            })
+        });
+        for (key, found) in keys.into_iter().zip(found) {
+            self.replace(key, found);
+        }
+        self.store.flush();
     }
 
     /// The bands of a complete account, one per moving instrument (`instrs` order).
@@ -435,7 +450,7 @@ impl DistanceIndex {
         instrs: &[InstrumentIdx],
         range: QuietRange,
         shock: Option<ShockQuiet>,
-    ) -> Option<Box<[(Decimal, Decimal)]>> {
+    ) -> Option<Box<[FixedBand]>> {
         if !v.complete() {
             return None;
         }
@@ -460,7 +475,7 @@ impl DistanceIndex {
             delta = delta.min(distance::allowed_move(v, &terms, q)?);
         }
         at.into_iter()
-            .map(|p| band(p?, delta))
+            .map(|p| band(p?, delta).and_then(|(lo, hi)| FixedBand::new(lo, hi)))
             .collect::<Option<Vec<_>>>()
             .map(Vec::into_boxed_slice)
     }
@@ -524,9 +539,12 @@ pub fn wake_and_value<'a>(
             Err(error) => tracing::warn!(instrument = %id, %error, "Price not applied"),
         }
     }
+    index.flush();
     wake.sort_unstable();
     wake.dedup();
-    touched.extend(wake.iter().filter_map(|k| map.materialise(*k)));
+    // Valued on every core when many are woken (a correlated move), in key order.
+    let valued = crate::engine::par::map_in_order(wake, |k| map.materialise(*k));
+    touched.extend(valued.into_iter().flatten());
     metrics::counter!("liqwatch_engine_woken_accounts_total").increment(touched.len() as u64);
 }
 
@@ -537,9 +555,7 @@ pub fn rebuild_touched(
     index: &mut DistanceIndex,
     touched: &[Touched],
 ) {
-    for t in touched {
-        index.rebuild(map, monitor, t.key);
-    }
+    index.rebuild_many(map, monitor, touched.iter().map(|t| t.key).collect());
     metrics::gauge!("liqwatch_engine_banded_accounts").set(index.banded as f64);
 }
 

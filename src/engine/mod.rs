@@ -27,6 +27,7 @@ pub mod index;
 pub mod instruments; // replacing instrument terms live (Engine::replace_instruments)
 pub mod map;
 pub mod monitor;
+mod par; // a large step's woken accounts on every core, output in key order
 pub mod settlement;
 
 use std::collections::HashMap;
@@ -240,9 +241,7 @@ impl Engine {
     pub fn evaluate_all(&mut self, prices: &dyn PriceInfo, now_ms: TimestampMs) -> Vec<Emitted> {
         let out = self.monitor.evaluate_all(&self.map, prices, now_ms);
         if let Some(index) = self.index.as_mut() {
-            for key in self.map.keys() {
-                index.rebuild(&self.map, &self.monitor, key);
-            }
+            index.rebuild_many(&self.map, &self.monitor, self.map.keys());
         }
         out
     }
@@ -393,9 +392,8 @@ impl Engine {
                     now_ms,
                 ));
                 if let Some(index) = self.index.as_mut() {
-                    for key in self.map.holder_keys(&t.info.instrument) {
-                        index.rebuild(&self.map, &self.monitor, key);
-                    }
+                    let holders = self.map.holder_keys(&t.info.instrument);
+                    index.rebuild_many(&self.map, &self.monitor, holders);
                 }
             }
             step.feed_events.push(ev);

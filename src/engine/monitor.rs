@@ -48,11 +48,12 @@
 pub mod distance;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::map::{AccountKey, AccountMap, Touched};
+use crate::engine::map::{AccountKey, AccountMap, PriceSnapshot, Touched};
 use crate::margin;
 use crate::model::{
     AccountId, AccountState, EventKind, InstrumentId, MarginRatio, PriceUsed, RiskEvent,
@@ -115,6 +116,28 @@ fn healthy() -> AccountState {
 
 fn is_healthy(s: &AccountState) -> bool {
     *s == AccountState::Healthy
+}
+
+impl MonitorState {
+    /// The state as JSON, exactly as `serde_json::to_string` writes it (the journal's format),
+    /// without going through serde: every event carries one.
+    pub fn to_json(&self) -> String {
+        // The distance state and the funding warning are rare: serde writes those.
+        if self.shock_state != AccountState::Healthy || self.funding_warned.is_some() {
+            return serde_json::to_string(self).unwrap_or_default();
+        }
+        match &self.state {
+            AccountState::Healthy => format!(r#"{{"state":"healthy","seq":{}}}"#, self.seq),
+            // A Decimal's text is digits, a sign and a point: nothing to escape.
+            AccountState::Warning { level } => {
+                format!(
+                    r#"{{"state":"warning","level":"{level}","seq":{}}}"#,
+                    self.seq
+                )
+            }
+            AccountState::Triggered => format!(r#"{{"state":"triggered","seq":{}}}"#, self.seq),
+        }
+    }
 }
 
 impl Default for MonitorState {
@@ -311,6 +334,11 @@ pub struct Monitor {
     /// Scratch space for [`Monitor::evaluate`]: the latest report of each key.
     latest: Vec<usize>,
     after_trigger: AfterTrigger,
+    /// The event time of the last step, formatted once (every event of a step shares it).
+    time: (TimestampMs, String),
+    /// The engine prices of the current step, taken once at its first event: every account a
+    /// step evaluates is valued at the current prices, so its events share one copy.
+    step_prices: Option<Arc<PriceSnapshot>>,
 }
 
 impl Monitor {
@@ -339,6 +367,8 @@ impl Monitor {
             epoch: 0,
             latest: Vec::new(),
             after_trigger: AfterTrigger::default(),
+            time: (0, format_rfc3339_ms(0)),
+            step_prices: None,
         })
     }
 
@@ -438,6 +468,7 @@ impl Monitor {
         prices: &dyn PriceInfo,
         now_ms: TimestampMs,
     ) -> Vec<Emitted> {
+        self.step_prices = None;
         self.epoch = self.epoch.wrapping_add(1);
         if self.epoch == 0 {
             self.seen.iter_mut().for_each(|e| *e = 0);
@@ -479,6 +510,7 @@ impl Monitor {
         prices: &dyn PriceInfo,
         now_ms: TimestampMs,
     ) -> Vec<Emitted> {
+        self.step_prices = None;
         let mut out = Vec::new();
         let mut jobs = Vec::new();
         // An account update ends a liquidated mark.
@@ -523,6 +555,7 @@ impl Monitor {
         now_ms: TimestampMs,
     ) -> Vec<Emitted> {
         keys.sort_unstable();
+        self.step_prices = None;
         let mut out = Vec::new();
         let mut jobs = Vec::new();
         for k in keys {
@@ -627,17 +660,21 @@ impl Monitor {
             return;
         }
         let ratio = MarginRatio::compute(t.maintenance_margin, t.equity);
-        let th = custom.unwrap_or_else(|| self.cfg.thresholds.clone());
         let policy = self.cfg.trigger_on_stale;
         let mark = self.after_trigger == AfterTrigger::MarkLiquidated;
-        let Some(slot) = self.slot_mut(map, t.key) else {
+        if self.slot_mut(map, t.key).is_none() {
+            return;
+        }
+        // Disjoint fields: the levels are borrowed, not cloned, while the slot changes.
+        let th = custom.as_ref().unwrap_or(&self.cfg.thresholds);
+        let Some(Some(slot)) = self.slots.get_mut(t.key as usize) else {
             return;
         };
         if slot.liquidated {
             return;
         }
         let previous = slot.state.clone();
-        let (mut new_state, mut crossing) = transition(&previous, ratio, &th);
+        let (mut new_state, mut crossing) = transition(&previous, ratio, th);
         // The distance machine, only for accounts with distance levels (none by default: then
         // nothing is computed or copied).
         let mut shock_next: Option<AccountState> = None;
@@ -646,7 +683,7 @@ impl Monitor {
         if slot.has_shock {
             match distance::seen(map, t.key, t.maintenance_margin, ratio, th.trigger) {
                 Ok(Some(seen)) => {
-                    let (next, c) = distance::transition(&slot.shock, seen, &th);
+                    let (next, c) = distance::transition(&slot.shock, seen, th);
                     shock_next = Some(next);
                     shock_crossing = c;
                 }
@@ -674,7 +711,10 @@ impl Monitor {
         let Some(account) = map.read_key(t.key, |v| v.to_account()) else {
             return;
         };
-        let engine_prices = map.prices_for(&account);
+        let engine_prices = Arc::clone(
+            self.step_prices
+                .get_or_insert_with(|| Arc::new(map.prices())),
+        );
         let used = prices_used(map, &account, &engine_prices, prices, now_ms);
         let stale = used.iter().any(|p| p.stale);
         if crossing
@@ -686,17 +726,17 @@ impl Monitor {
             metrics::counter!("liqwatch_monitor_held_triggers_total").increment(1);
             tracing::info!(account = %account.id, "Trigger held: a price it depends on is stale");
             let k = th.warning_levels.len();
-            let r = rank_of(&previous, &th);
+            let r = rank_of(&previous, th);
             if k == 0 || r >= k {
-                new_state = state_of(r, &th);
+                new_state = state_of(r, th);
                 crossing = None;
             } else {
                 crossing = Some(Crossing {
                     kind: EventKind::LiquidationWarning,
-                    level: level_at(&th, k).unwrap_or(th.trigger),
-                    crossed_levels: levels(&th).skip(r).take(k - r).collect(),
+                    level: level_at(th, k).unwrap_or(th.trigger),
+                    crossed_levels: levels(th).skip(r).take(k - r).collect(),
                 });
-                new_state = state_of(k, &th);
+                new_state = state_of(k, th);
             }
         }
         slot.state = new_state.clone();
@@ -742,6 +782,9 @@ impl Monitor {
                 stored,
             ));
         }
+        if self.time.0 != now_ms {
+            self.time = (now_ms, format_rfc3339_ms(now_ms));
+        }
         // One event (the usual case) takes the account and prices; a second gets copies.
         let funding = funding::rates_for(&account, prices, now_ms);
         let mut parts = Some((account, engine_prices, used, funding));
@@ -758,9 +801,7 @@ impl Monitor {
             // The snapshot (figures, shock distance, liquidation prices) is what an event costs:
             // it is computed after the state pass, for every event of the step at once, on all
             // cores.
-            metrics::counter!("liqwatch_monitor_events_total", "kind" => crossing.kind.as_str())
-                .increment(1);
-            let state_json = serde_json::to_string(&stored).unwrap_or_default();
+            let state_json = stored.to_json();
             let account_id = account.id.clone();
             jobs.push(SnapshotJob {
                 at: out.len(),
@@ -775,7 +816,7 @@ impl Monitor {
                 event: RiskEvent {
                     event_id: RiskEvent::new_id(),
                     kind: crossing.kind,
-                    time: format_rfc3339_ms(now_ms),
+                    time: self.time.1.clone(),
                     time_ms: now_ms,
                     account_id: Some(account_id),
                     seq: stored.seq,
@@ -815,7 +856,7 @@ struct SnapshotJob {
     /// Index of the event in the step's output.
     at: usize,
     trigger: Decimal,
-    prices: crate::engine::map::PriceSnapshot,
+    prices: Arc<PriceSnapshot>,
     /// The funding rates of the account's perpetuals, when known.
     funding: Vec<(InstrumentId, margin::funding::FundingRate)>,
     account: crate::model::Account,
@@ -830,7 +871,7 @@ const PARALLEL_SNAPSHOTS: usize = 64;
 fn fill_snapshots(map: &AccountMap, out: &mut [Emitted], jobs: Vec<SnapshotJob>) {
     let one = |job: &SnapshotJob| -> Option<crate::model::RiskSnapshot> {
         let table = map.instruments();
-        match margin::account_snapshot(&job.account, &*table, &job.prices, job.trigger) {
+        match margin::account_snapshot(&job.account, &*table, &*job.prices, job.trigger) {
             Ok(mut s) => {
                 funding::attach(&mut s, &*table, &job.funding);
                 Some(s)
@@ -842,10 +883,12 @@ fn fill_snapshots(map: &AccountMap, out: &mut [Emitted], jobs: Vec<SnapshotJob>)
             }
         }
     };
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(8);
+    // The core count is asked once per process (`par::threads`), not once per step.
+    let threads = if jobs.len() < PARALLEL_SNAPSHOTS {
+        1
+    } else {
+        crate::engine::par::threads()
+    };
     let snapshots: Vec<Option<crate::model::RiskSnapshot>> =
         if jobs.len() < PARALLEL_SNAPSHOTS || threads < 2 {
             jobs.iter().map(one).collect()
@@ -867,11 +910,20 @@ fn fill_snapshots(map: &AccountMap, out: &mut [Emitted], jobs: Vec<SnapshotJob>)
                     .collect()
             })
         };
+    // Events per kind, counted once per step rather than once per event.
+    let mut counts: Vec<(EventKind, u64)> = Vec::new();
     for (job, snapshot) in jobs.iter().zip(snapshots) {
         if let Some(e) = out.get_mut(job.at) {
             e.event.snapshot = snapshot;
             margin::attach_liquidation_cost(&mut e.event, &*map.instruments());
+            match counts.iter_mut().find(|(k, _)| *k == e.event.kind) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((e.event.kind, 1)),
+            }
         }
+    }
+    for (kind, n) in counts {
+        metrics::counter!("liqwatch_monitor_events_total", "kind" => kind.as_str()).increment(n);
     }
 }
 
@@ -880,7 +932,7 @@ fn fill_snapshots(map: &AccountMap, out: &mut [Emitted], jobs: Vec<SnapshotJob>)
 fn prices_used(
     map: &AccountMap,
     account: &crate::model::Account,
-    engine: &crate::engine::map::PriceSnapshot,
+    engine: &PriceSnapshot,
     info: &dyn PriceInfo,
     now_ms: TimestampMs,
 ) -> Vec<PriceUsed> {

@@ -187,7 +187,7 @@ impl Monitor {
             jobs.push(SnapshotJob {
                 at: out.len(),
                 trigger: th.trigger,
-                prices: engine_prices,
+                prices: std::sync::Arc::new(engine_prices),
                 funding: rates_for(&account, prices, now_ms),
                 account,
             });

@@ -201,6 +201,42 @@ fn monitor_state_json() {
 }
 
 mod distance_map; // the distance levels on the W3 account
+/// The hand-written state JSON every event carries is exactly what serde writes (the journal's
+/// format), and reads back — also with a distance state and a funding warning (serde writes those).
+#[test]
+fn monitor_state_to_json_equals_serde() {
+    let levels = [
+        dec!(0.8),
+        dec!(1),
+        dec!(0.0000000000000000000000000001),
+        dec!(123456789.123456789),
+        dec!(-0.5),
+        dec!(0.80),
+    ];
+    let mut states = vec![AccountState::Healthy, AccountState::Triggered];
+    states.extend(levels.iter().map(|l| warn(*l)));
+    let shocks = [AccountState::Healthy, warn(dec!(0.05))];
+    for (state, shock_state, funding_warned) in states.iter().flat_map(|s| {
+        shocks.iter().flat_map(move |k| {
+            [
+                (s.clone(), k.clone(), None),
+                (s.clone(), k.clone(), Some(7)),
+            ]
+        })
+    }) {
+        for seq in [0, 1, 42, u64::MAX] {
+            let s = MonitorState {
+                state: state.clone(),
+                seq,
+                shock_state: shock_state.clone(),
+                funding_warned,
+            };
+            let j = s.to_json();
+            assert_eq!(j, serde_json::to_string(&s).unwrap());
+            assert_eq!(serde_json::from_str::<MonitorState>(&j).unwrap(), s);
+        }
+    }
+}
 
 mod with_map {
     use super::*;

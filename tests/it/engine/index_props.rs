@@ -663,3 +663,55 @@ fn distance_levels_keep_calm_accounts_banded() {
     pair.same_states().unwrap_or_else(|e| panic!("{e}"));
     pair.same_figures().unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// Issue 10: a book large enough that a correlated move re-bands most holders in bulk (sorted
+/// rebuilds of the fixed-point band sets) and values and re-bands the woken accounts on every
+/// core — the events, states and figures still equal the eager engine's, step after step.
+#[test]
+fn bulk_rebanding_and_parallel_valuation_match_the_eager_engine() {
+    let n = 5_000;
+    let mut pair = calm_book(n, false);
+    let (tracked, banded) = pair.lazy.index().map(|i| i.counts()).unwrap_or_default();
+    assert_eq!((tracked, banded), (n, n), "every calm account is banded");
+    let mut woken = Vec::new();
+    // Both instruments down together, then back, then further down, then a small move.
+    for (btc, eth) in [(-300, -300), (250, 150), (-600, -400), (-5, 3), (900, 800)] {
+        let (a, b) = (pair.moved(0, btc), pair.moved(1, eth));
+        pair.prices(vec![a, b]).unwrap_or_else(|e| panic!("{e}"));
+        woken.push(pair.lazy.last_valued());
+        for i in 0..n {
+            let id = AccountId::from(format!("calm-{i}"));
+            assert_eq!(
+                pair.eager.monitor().state(pair.eager.map(), &id),
+                pair.lazy.monitor().state(pair.lazy.map(), &id),
+                "monitor state of {id}"
+            );
+        }
+    }
+    assert!(
+        pair.events > 1_000,
+        "the moves cross levels: {} events",
+        pair.events
+    );
+    assert!(
+        woken.iter().any(|w| *w > 2_048),
+        "a move woke enough accounts to split the work: {woken:?}"
+    );
+    // The lazy figures catch up to the eager ones and to a from-scratch recomputation.
+    let (eager_map, lazy_map) = (pair.eager.map(), pair.lazy.map());
+    let prices = eager_map.prices();
+    for i in 0..n {
+        let id = AccountId::from(format!("calm-{i}"));
+        let key = lazy_map.key_of(&id).unwrap_or_else(|| panic!("{id}"));
+        let lazy = lazy_map.materialise(key).unwrap_or_else(|| panic!("{id}"));
+        let eager = eager_map.read_key(key, |v| v.as_touched());
+        assert_eq!(Some(&lazy), eager.as_ref(), "figures of {id}");
+        let account = lazy_map.account(&id).unwrap_or_else(|| panic!("{id}"));
+        let t = margin::account_totals(&account, &*lazy_map.instruments(), &prices)
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(
+            (lazy.equity, lazy.maintenance_margin),
+            (t.equity, t.maintenance_margin)
+        );
+    }
+}

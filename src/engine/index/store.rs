@@ -1,0 +1,291 @@
+//! The distance index's storage: per instrument, the eager holders and the banded holders
+//! ordered by the ends of their bands, as fixed-point integers.
+//!
+//! # Fixed-point band ends
+//! A band end is stored as an integer count of `10⁻¹⁶` ([`FIXED_SCALE`]) packed with the account
+//! key into one `u128` (`end << 32 | key`), so ordering and range queries are plain integer
+//! compares instead of mixed-scale `Decimal` compares. The ends are converted *inwards* (the low
+//! end rounded up, the high end down), so the stored band is never wider than the exact one;
+//! [`super::band`] already rounds to 16 places, so today the conversion is exact. A price is
+//! queried through two keys: `p ≤ lo ⇔ ⌈p·10¹⁶⌉ ≤ lo·10¹⁶` and `p ≥ hi ⇔ ⌊p·10¹⁶⌋ ≥ hi·10¹⁶`
+//! (both ends are integers at that scale), so a tick wakes exactly the accounts the `Decimal`
+//! tests would wake. Ends must lie in `[0, 2⁹⁶)` (prices below ~7.9·10¹²); an account with a
+//! band end outside stays eager, and a price outside saturates (see [`PriceKey`]).
+//!
+//! # Bulk changes
+//! Changes are queued per instrument ([`Store::flush`] applies them: removals, then
+//! insertions). When one flush changes a large share of an instrument's entries — a correlated
+//! move re-bands most of the book, or the index is built — the ordered set is rebuilt from
+//! sorted input (O(n), nodes filled) instead of O(k log n) node-by-node edits.
+
+use std::collections::BTreeSet;
+
+use rust_decimal::{Decimal, RoundingStrategy};
+
+use crate::engine::map::{AccountKey, InstrumentIdx};
+
+/// Decimal places of the fixed-point band ends.
+pub const FIXED_SCALE: u32 = 16;
+
+/// Band ends are below this in fixed point, so that `end << 32 | key` fits a `u128`.
+const FIXED_LIMIT: u128 = 1 << 96;
+
+/// A flush with at least this many changes to a set, and at least one per
+/// [`BULK_SHARE`] of its entries, rebuilds it instead of editing it.
+const BULK_MIN: usize = 256;
+
+/// See [`BULK_MIN`]: one change in 32 entries (~3 %).
+const BULK_SHARE: usize = 32;
+
+/// Queued changes kept allocated between flushes, per set and direction.
+const OPS_KEEP: usize = 4_096;
+
+/// A band as fixed-point ends (`10⁻¹⁶` units), never wider than the exact band.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FixedBand {
+    /// Low end, rounded up.
+    pub lo: u128,
+    /// High end, rounded down.
+    pub hi: u128,
+}
+
+impl FixedBand {
+    /// The fixed-point band of `(lo, hi)`, rounded inwards; `None` when an end is outside the
+    /// representable range or the rounded band is empty.
+    pub fn new(lo: Decimal, hi: Decimal) -> Option<Self> {
+        let lo = fixed(lo, RoundingStrategy::ToPositiveInfinity)?;
+        let hi = fixed(hi, RoundingStrategy::ToNegativeInfinity)?;
+        (lo < hi).then_some(FixedBand { lo, hi })
+    }
+
+    /// The band back as `Decimal`s (exact: the ends are integers at [`FIXED_SCALE`]).
+    pub fn to_decimal(self) -> (Decimal, Decimal) {
+        let d = |v: u128| {
+            // `v < 2⁹⁶` fits `Decimal`'s mantissa.
+            Decimal::try_from_i128_with_scale(v as i128, FIXED_SCALE).unwrap_or(Decimal::MAX)
+        };
+        (d(self.lo), d(self.hi))
+    }
+
+    /// Whether a price is strictly inside the band (what keeps its holder asleep; the store
+    /// answers the same question with range queries).
+    #[cfg(test)]
+    pub fn holds(self, price: PriceKey) -> bool {
+        price.ceil > self.lo && price.floor < self.hi
+    }
+}
+
+/// `d` as a count of `10⁻¹⁶`, rounded with `strategy`; `None` when negative or ≥ 2⁹⁶.
+fn fixed(d: Decimal, strategy: RoundingStrategy) -> Option<u128> {
+    let r = d.round_dp_with_strategy(FIXED_SCALE, strategy);
+    let m = u128::try_from(r.mantissa()).ok()?;
+    let v = m.checked_mul(10u128.checked_pow(FIXED_SCALE.checked_sub(r.scale())?)?)?;
+    (v < FIXED_LIMIT).then_some(v)
+}
+
+/// `d` as a count of `10⁻¹⁶` rounded with `strategy`, saturated to `[0, 2⁹⁶]`.
+fn fixed_saturating(d: Decimal, strategy: RoundingStrategy) -> u128 {
+    // At or below zero both keys are 0: below every low end (> 0), not above any high end.
+    if d <= Decimal::ZERO {
+        return 0;
+    }
+    fixed(d, strategy).unwrap_or(FIXED_LIMIT)
+}
+
+/// A price as the two fixed-point keys the band tests use. Saturated: a price at or above 2⁹⁶
+/// units leaves every band upwards and none downwards; a price at or below zero the reverse —
+/// exactly what the `Decimal` tests give, since every stored end lies in `(0, 2⁹⁶)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PriceKey {
+    /// `⌈p·10¹⁶⌉`, saturated.
+    pub ceil: u128,
+    /// `⌊p·10¹⁶⌋`, saturated.
+    pub floor: u128,
+}
+
+impl PriceKey {
+    /// The keys of a price.
+    pub fn new(price: Decimal) -> Self {
+        PriceKey {
+            ceil: fixed_saturating(price, RoundingStrategy::ToPositiveInfinity),
+            floor: fixed_saturating(price, RoundingStrategy::ToNegativeInfinity),
+        }
+    }
+}
+
+fn pack(end: u128, key: AccountKey) -> u128 {
+    end << 32 | u128::from(key)
+}
+
+fn key_of(packed: u128) -> AccountKey {
+    // The low 32 bits are the key.
+    (packed & u128::from(u32::MAX)) as AccountKey
+}
+
+/// Queued changes to one ordered set.
+struct Ops<T> {
+    rm: Vec<T>,
+    add: Vec<T>,
+}
+
+impl<T> Default for Ops<T> {
+    fn default() -> Self {
+        Ops {
+            rm: Vec::new(),
+            add: Vec::new(),
+        }
+    }
+}
+
+impl<T: Ord + Copy> Ops<T> {
+    /// Applies the removals, then the insertions; rebuilds the set when they are many.
+    fn apply(&mut self, set: &mut BTreeSet<T>) {
+        let k = self.rm.len() + self.add.len();
+        if k >= BULK_MIN && k.saturating_mul(BULK_SHARE) >= set.len() {
+            self.rm.sort_unstable();
+            let old = std::mem::take(set);
+            let mut rm = self.rm.iter().copied().peekable();
+            let kept = old.into_iter().filter(|x| {
+                while rm.next_if(|r| r < x).is_some() {}
+                rm.next_if(|r| r == x).is_none()
+            });
+            // Two sorted runs (`kept`, then `add` sorted): `collect` sorts them with a stable
+            // sort, which merges runs in linear time, and bulk-builds full nodes.
+            self.add.sort_unstable();
+            *set = kept.chain(self.add.iter().copied()).collect();
+        } else {
+            for r in &self.rm {
+                set.remove(r);
+            }
+            for a in &self.add {
+                set.insert(*a);
+            }
+        }
+        // A bulk step (a crash, the first build) queues up to every holder: do not keep that
+        // much capacity around for the small steps that follow.
+        for v in [&mut self.rm, &mut self.add] {
+            v.clear();
+            if v.capacity() > OPS_KEEP {
+                *v = Vec::new();
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rm.is_empty() && self.add.is_empty()
+    }
+}
+
+/// One instrument's holders.
+#[derive(Default)]
+struct InstrBands {
+    /// Holders without a band: woken by every tick.
+    eager: BTreeSet<AccountKey>,
+    /// Banded holders by the low end of their band (`lo << 32 | key`).
+    lo: BTreeSet<u128>,
+    /// Banded holders by the high end of their band (`hi << 32 | key`).
+    hi: BTreeSet<u128>,
+    eager_ops: Ops<AccountKey>,
+    lo_ops: Ops<u128>,
+    hi_ops: Ops<u128>,
+}
+
+/// Every instrument's holders, with the changes queued since the last [`Store::flush`].
+///
+/// Queued changes must be net changes per account: between two flushes, each account changes
+/// at most once (its old entries out, its new entries in), which the index guarantees.
+pub struct Store {
+    instr: Vec<InstrBands>,
+    /// Instruments with queued changes.
+    dirty: Vec<InstrumentIdx>,
+}
+
+impl Store {
+    /// Empty sets for `n` instruments.
+    pub fn new(n: usize) -> Self {
+        Store {
+            instr: (0..n).map(|_| InstrBands::default()).collect(),
+            dirty: Vec::new(),
+        }
+    }
+
+    fn queue(&mut self, idx: InstrumentIdx) -> Option<&mut InstrBands> {
+        let ib = self.instr.get_mut(idx as usize)?;
+        if ib.eager_ops.is_empty() && ib.lo_ops.is_empty() && ib.hi_ops.is_empty() {
+            self.dirty.push(idx);
+        }
+        Some(ib)
+    }
+
+    /// Queues the account as an eager holder of `idx` (`add`) or no longer one.
+    pub fn eager(&mut self, idx: InstrumentIdx, key: AccountKey, add: bool) {
+        if let Some(ib) = self.queue(idx) {
+            if add {
+                ib.eager_ops.add.push(key);
+            } else {
+                ib.eager_ops.rm.push(key);
+            }
+        }
+    }
+
+    /// Queues the account's band on `idx` in (`add`) or out.
+    pub fn band(&mut self, idx: InstrumentIdx, key: AccountKey, band: FixedBand, add: bool) {
+        if let Some(ib) = self.queue(idx) {
+            let (lo, hi) = (pack(band.lo, key), pack(band.hi, key));
+            if add {
+                ib.lo_ops.add.push(lo);
+                ib.hi_ops.add.push(hi);
+            } else {
+                ib.lo_ops.rm.push(lo);
+                ib.hi_ops.rm.push(hi);
+            }
+        }
+    }
+
+    /// Applies every queued change.
+    pub fn flush(&mut self) {
+        for idx in self.dirty.drain(..) {
+            if let Some(ib) = self.instr.get_mut(idx as usize) {
+                ib.eager_ops.apply(&mut ib.eager);
+                ib.lo_ops.apply(&mut ib.lo);
+                ib.hi_ops.apply(&mut ib.hi);
+            }
+        }
+    }
+
+    /// Appends the eager holders of `idx` to `eager` and the banded holders whose band `price`
+    /// is not strictly inside to `leaving` (as of the last flush).
+    pub fn wake(
+        &self,
+        idx: InstrumentIdx,
+        price: PriceKey,
+        eager: &mut Vec<AccountKey>,
+        leaving: &mut Vec<AccountKey>,
+    ) {
+        let Some(ib) = self.instr.get(idx as usize) else {
+            return;
+        };
+        eager.extend(ib.eager.iter().copied());
+        // `p ≤ lo`: every entry with `lo ≥ ⌈p⌉` (none when `⌈p⌉` saturated above every end).
+        if price.ceil < FIXED_LIMIT {
+            leaving.extend(ib.lo.range(pack(price.ceil, 0)..).map(|e| key_of(*e)));
+        }
+        // `p ≥ hi`: every entry with `hi ≤ ⌊p⌋`.
+        let to = if price.floor < FIXED_LIMIT {
+            pack(price.floor, AccountKey::MAX)
+        } else {
+            u128::MAX
+        };
+        leaving.extend(ib.hi.range(..=to).map(|e| key_of(*e)));
+    }
+
+    /// Entries per instrument (eager, lo, hi), as of the last flush.
+    #[cfg(test)]
+    pub fn sizes(&self, idx: InstrumentIdx) -> Option<(usize, usize, usize)> {
+        let ib = self.instr.get(idx as usize)?;
+        Some((ib.eager.len(), ib.lo.len(), ib.hi.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests;
