@@ -17,7 +17,8 @@
 //!
 //! `cargo bench --bench crash` (100k accounts, the leveraged all-long book) or
 //! `LIQWATCH_CRASH_ACCOUNTS=1000000 cargo bench --bench crash`; `LIQWATCH_CRASH_ROUNDS` (default
-//! 3) crash-and-bounce rounds; `LIQWATCH_CRASH_BOOK=calm` for the engine bench's calmer book.
+//! 3) crash-and-bounce rounds; `LIQWATCH_CRASH_BOOK=calm` for the engine bench's calmer book;
+//! `LIQWATCH_CRASH_SHOCK_LEVELS="10%,5%"` adds distance levels (`warn_within_shock`).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -163,7 +164,16 @@ fn main() {
     let gen_account: fn(usize, &mut Lcg) -> liqwatch::model::Account =
         if calm { account } else { leveraged_account };
     let rounds = env_usize("LIQWATCH_CRASH_ROUNDS", 3);
-    let levels = Thresholds::default();
+    // `LIQWATCH_CRASH_SHOCK_LEVELS="10%,5%"` adds distance levels (`warn_within_shock`) to the
+    // engines' levels: what the distance machine and its bands cost in a crash.
+    let mut levels = Thresholds::default();
+    if let Ok(v) = std::env::var("LIQWATCH_CRASH_SHOCK_LEVELS") {
+        levels.warn_within_shock = v
+            .split(',')
+            .map(|l| liqwatch::model::parse_fraction(l).expect("a distance level"))
+            .collect();
+        println!("crash: distance levels {:?}", levels.warn_within_shock);
+    }
     let table: HashMap<InstrumentId, Instrument> = instruments()
         .into_iter()
         .map(|i| (i.id.clone(), i))
