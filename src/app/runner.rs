@@ -211,15 +211,58 @@ impl Runner {
         woke: std::time::Instant,
     ) {
         let oldest_rx = changed.iter().map(|(_, c)| c.received_at).min();
-        let emitted = self.engine.on_prices(
-            changed.iter().map(|(i, c)| (i, c.price)),
-            &*self.board,
-            now_ms(),
-        );
-        if emitted.is_empty() {
-            return;
+        // A step that wakes much of the book (a correlated move) hands its events over in
+        // chunks; one blocking writer journals them in order while the engine computes the
+        // next, so the first triggers are durable (and on their way to the sinks) long before
+        // the last account of the step is evaluated.
+        // The writer is started by the step's first events (a step without any costs nothing).
+        type Batch = (Vec<RiskEvent>, Vec<(AccountId, String)>);
+        let mut pipe: Option<(std::sync::mpsc::Sender<Batch>, tokio::task::JoinHandle<u64>)> = None;
+        {
+            let states = &*self.states;
+            let counts = &mut self.state_counts;
+            let journal = &self.journal;
+            self.engine.on_prices_chunked(
+                changed.iter().map(|(i, c)| (i, c.price)),
+                &*self.board,
+                now_ms(),
+                COMMIT_CHUNK,
+                &mut |emitted| {
+                    let batch = journal_batch(states, counts, emitted, Vec::new());
+                    let (tx, _) = pipe.get_or_insert_with(|| {
+                        let (tx, rx) = std::sync::mpsc::channel::<Batch>();
+                        let journal = Arc::clone(journal);
+                        let writer = tokio::task::spawn_blocking(move || {
+                            let mut written = 0u64;
+                            for (events, states) in rx {
+                                if let Err(error) = journal.append(&events, &states) {
+                                    // Buffered in memory by the journal and retried; nothing
+                                    // is lost.
+                                    tracing::error!(%error, "Journal append failed; events held in memory and retried");
+                                }
+                                written += events.len() as u64;
+                            }
+                            written
+                        });
+                        (tx, writer)
+                    });
+                    // The writer ends only when the sender is dropped (after the step), so
+                    // this cannot fail.
+                    let _ = tx.send(batch);
+                },
+            );
         }
-        self.commit(emitted, Vec::new()).await;
+        let Some((tx, writer)) = pipe else {
+            return;
+        };
+        drop(tx);
+        match writer.await {
+            Ok(n) => {
+                self.events.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(error) => tracing::error!(%error, "Journal append task failed"),
+        }
+        self.state_counts.publish(self.engine.map().len());
         if let Some(rx) = oldest_rx {
             metrics::histogram!("liqwatch_engine_tick_to_event_seconds")
                 .record(rx.elapsed().as_secs_f64());
@@ -509,25 +552,8 @@ impl Runner {
         if emitted.is_empty() && feed_events.is_empty() {
             return;
         }
-        let mut events: Vec<RiskEvent> = Vec::with_capacity(emitted.len() + feed_events.len());
-        let mut states: Vec<(AccountId, String)> = Vec::with_capacity(emitted.len());
-        for e in emitted {
-            // The shared view holds the ratio's state; a distance event's `state` is the
-            // distance state (its own machine), which the view does not show.
-            let ratio_event = e
-                .event
-                .level_type
-                .is_none_or(|t| t == crate::model::LevelType::MarginRatio);
-            if let Some(s) = e.event.state.as_ref().filter(|_| ratio_event) {
-                if let Some(old) = self.states.insert(e.account_id.clone(), s.clone()) {
-                    self.state_counts.adjust(&old, -1);
-                }
-                self.state_counts.adjust(s, 1);
-            }
-            states.push((e.account_id, e.state_json));
-            events.push(e.event);
-        }
-        events.extend(feed_events);
+        let (events, states) =
+            journal_batch(&self.states, &mut self.state_counts, emitted, feed_events);
         let n = events.len() as u64;
         let j = Arc::clone(&self.journal);
         let result = tokio::task::spawn_blocking(move || j.append(&events, &states)).await;
@@ -546,6 +572,41 @@ impl Runner {
         }
         self.state_counts.publish(self.engine.map().len());
     }
+}
+
+/// Accounts evaluated in the first chunk of a large price step (each next chunk twice as
+/// many): each chunk's events are journaled while the engine evaluates the next
+/// ([`Engine::on_prices_chunked`]).
+const COMMIT_CHUNK: usize = 4_096;
+
+/// One journal transaction: account events with their monitor states (the shared state view
+/// and its counts follow the ratio's state), then feed events.
+fn journal_batch(
+    view: &DashMap<AccountId, AccountState>,
+    counts: &mut StateCounts,
+    emitted: Vec<Emitted>,
+    feed_events: Vec<RiskEvent>,
+) -> (Vec<RiskEvent>, Vec<(AccountId, String)>) {
+    let mut events: Vec<RiskEvent> = Vec::with_capacity(emitted.len() + feed_events.len());
+    let mut states: Vec<(AccountId, String)> = Vec::with_capacity(emitted.len());
+    for e in emitted {
+        // The shared view holds the ratio's state; a distance event's `state` is the
+        // distance state (its own machine), which the view does not show.
+        let ratio_event = e
+            .event
+            .level_type
+            .is_none_or(|t| t == crate::model::LevelType::MarginRatio);
+        if let Some(s) = e.event.state.as_ref().filter(|_| ratio_event) {
+            if let Some(old) = view.insert(e.account_id.clone(), s.clone()) {
+                counts.adjust(&old, -1);
+            }
+            counts.adjust(s, 1);
+        }
+        states.push((e.account_id, e.state_json));
+        events.push(e.event);
+    }
+    events.extend(feed_events);
+    (events, states)
 }
 
 /// What an update did, as recorded with its id.

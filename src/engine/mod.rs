@@ -255,6 +255,29 @@ impl Engine {
         prices: &dyn PriceInfo,
         now_ms: TimestampMs,
     ) -> Vec<Emitted> {
+        let mut out = Vec::new();
+        self.on_prices_chunked(changed, prices, now_ms, usize::MAX, &mut |mut events| {
+            out.append(&mut events)
+        });
+        out
+    }
+
+    /// [`Engine::on_prices`] for a step that may wake much of the book (a correlated move):
+    /// every woken account is valued first, then the accounts are evaluated in chunks (in key
+    /// order: `chunk` accounts, then twice as many each time, so the first events come early
+    /// and a large step still makes few chunks) and each chunk's events — snapshots included —
+    /// go to `emit` at once, so a caller can journal the first events while the rest are
+    /// computed. The events, their
+    /// order and the states are exactly those of `on_prices` (one account is in one chunk);
+    /// the index re-bands every evaluated account after the last chunk.
+    pub fn on_prices_chunked<'a>(
+        &mut self,
+        changed: impl IntoIterator<Item = (&'a InstrumentId, Decimal)>,
+        prices: &dyn PriceInfo,
+        now_ms: TimestampMs,
+        chunk: usize,
+        emit: &mut dyn FnMut(Vec<Emitted>),
+    ) {
         let mut touched = std::mem::take(&mut self.touched);
         touched.clear();
         match self.index.as_mut() {
@@ -267,28 +290,33 @@ impl Engine {
                         tracing::warn!(instrument = %inst, %error, "Price not applied");
                     }
                 }
-                // An account holding two changed instruments is evaluated once, on its final
-                // figures, in key order (the last report of each key: reverse, then a stable
-                // sort keeps it first).
-                touched.reverse();
-                touched.sort_by_key(|t| t.key);
-                touched.dedup_by_key(|t| t.key);
             }
         }
+        // An account holding two changed instruments is evaluated once, on its final figures,
+        // in key order (the last report of each key: reverse, then a stable sort keeps it
+        // first) — so no account spans two chunks.
+        touched.reverse();
+        touched.sort_by_key(|t| t.key);
+        touched.dedup_by_key(|t| t.key);
         self.last_valued = touched.len();
-        let out = if touched.is_empty() {
-            Vec::new()
-        } else {
-            // The monitor evaluates an account reported twice once, on its latest report.
-            let out = self.monitor.evaluate(&self.map, &touched, prices, now_ms);
+        if !touched.is_empty() {
+            let mut rest: &[crate::engine::map::Touched] = &touched;
+            let mut size = chunk.max(1);
+            while !rest.is_empty() {
+                let (part, tail) = rest.split_at(size.min(rest.len()));
+                rest = tail;
+                size = size.saturating_mul(2);
+                let out = self.monitor.evaluate(&self.map, part, prices, now_ms);
+                if !out.is_empty() {
+                    emit(out);
+                }
+            }
             if let Some(index) = self.index.as_mut() {
                 index::rebuild_touched(&self.map, &self.monitor, index, &touched);
             }
-            out
-        };
+        }
         touched.clear();
         self.touched = touched;
-        out
     }
 
     /// Applies an account update to the map. Nothing is evaluated until [`Engine::settle`].
