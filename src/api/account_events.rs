@@ -41,15 +41,7 @@ pub(super) async fn account_events(
     } else {
         None
     };
-    let events = entries
-        .iter()
-        .map(|e| {
-            Ok(EventEntry {
-                seq: e.seq,
-                event: raw_event(e)?,
-            })
-        })
-        .collect::<Result<Vec<_>, ApiError>>()?;
+    let events = event_entries(&entries)?;
     Ok(axum::Json(AccountEventsBody {
         account_id: id,
         events,

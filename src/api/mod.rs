@@ -899,6 +899,19 @@ pub struct EventsBody {
     pub next_since: Option<u64>,
 }
 
+/// Journal rows as the API's event entries (each event's JSON passed through as stored).
+fn event_entries(entries: &[JournalEntry]) -> Result<Vec<EventEntry>, ApiError> {
+    entries
+        .iter()
+        .map(|e| {
+            Ok(EventEntry {
+                seq: e.seq,
+                event: raw_event(e)?,
+            })
+        })
+        .collect()
+}
+
 fn raw_event(entry: &JournalEntry) -> Result<Box<serde_json::value::RawValue>, ApiError> {
     serde_json::value::RawValue::from_string(entry.json.clone())
         .map_err(|e| ApiError::Internal(format!("journal entry {} is not JSON: {e}", entry.seq)))
@@ -919,15 +932,7 @@ async fn events(
         EventsSince::Seq(s) => Some(s),
         EventsSince::Time(_) => None,
     });
-    let events = entries
-        .iter()
-        .map(|e| {
-            Ok(EventEntry {
-                seq: e.seq,
-                event: raw_event(e)?,
-            })
-        })
-        .collect::<Result<Vec<_>, ApiError>>()?;
+    let events = event_entries(&entries)?;
     Ok(axum::Json(EventsBody { events, next_since }))
 }
 

@@ -23,8 +23,8 @@ use super::{
     AccountTotals, InstrumentLookup, MarginError, PriceLookup, account_totals, add, mul, normalise,
 };
 use crate::model::{
-    Account, FundingSnapshot, InstrumentId, InstrumentKind, MarginRatio, PositionFundingRisk,
-    PositionSide, RiskSnapshot, TimestampMs,
+    Account, FundingSnapshot, Instrument, InstrumentId, InstrumentKind, MarginRatio,
+    PositionFundingRisk, PositionSide, RiskSnapshot, TimestampMs,
 };
 
 /// The funding a venue announced for a perpetual: the rate of the next settlement and when it
@@ -102,21 +102,13 @@ pub fn funding_outlook(
 ) -> Result<FundingOutlook, MarginError> {
     let before = account_totals(account, instruments, prices)?;
     let mut positions = Vec::new();
-    let mut missing_rate = Vec::new();
-    let mut total = Decimal::ZERO;
-    let mut next: Option<TimestampMs> = None;
+    let mut tally = Tally::default();
     for p in &account.positions {
-        let i = instruments
-            .instrument(&p.instrument)
-            .ok_or_else(|| MarginError::UnknownInstrument(p.instrument.clone()))?;
-        if !matches!(
-            i.kind,
-            InstrumentKind::LinearPerpetual | InstrumentKind::InversePerpetual
-        ) {
+        let Some(i) = perpetual(instruments, &p.instrument)? else {
             continue;
-        }
+        };
         let Some(f) = funding.get(&p.instrument) else {
-            missing_rate.push(p.instrument.clone());
+            tally.missing(&p.instrument);
             continue;
         };
         let due = match (due_by, f.next_funding_ts) {
@@ -130,11 +122,7 @@ pub fn funding_outlook(
         let price = prices
             .price(&p.instrument)
             .ok_or_else(|| MarginError::MissingPrice(p.instrument.clone()))?;
-        let payment = position_funding(i.kind, i.contract_size, p.quantity, price, f.rate)?;
-        total = add(total, payment, "funding total")?;
-        if let Some(ts) = f.next_funding_ts {
-            next = Some(next.map_or(ts, |n| n.min(ts)));
-        }
+        let payment = tally.pay(i, p.quantity, price, f)?;
         positions.push(PositionFunding {
             instrument: p.instrument.clone(),
             side: p.side,
@@ -143,15 +131,15 @@ pub fn funding_outlook(
             next_funding_ts: f.next_funding_ts,
         });
     }
-    let equity_after = add(before.equity, total, "equity after funding")?;
+    let equity_after = add(before.equity, tally.total, "equity after funding")?;
     Ok(FundingOutlook {
         positions,
-        total,
+        total: tally.total,
         before,
         equity_after,
         margin_ratio_after: MarginRatio::compute(before.maintenance_margin, equity_after),
-        next_funding_ts: next,
-        missing_rate,
+        next_funding_ts: tally.next,
+        missing_rate: tally.missing_rate,
     })
 }
 
@@ -166,30 +154,16 @@ pub fn funding_snapshot(
     rate_of: &dyn Fn(&InstrumentId) -> Option<FundingRate>,
 ) -> Result<Option<FundingSnapshot>, MarginError> {
     let mut positions = Vec::new();
-    let mut missing_rate = Vec::new();
-    let mut total = Decimal::ZERO;
-    let mut next: Option<TimestampMs> = None;
+    let mut tally = Tally::default();
     for p in &snapshot.positions {
-        let i = instruments
-            .instrument(&p.instrument)
-            .ok_or_else(|| MarginError::UnknownInstrument(p.instrument.clone()))?;
-        if !matches!(
-            i.kind,
-            InstrumentKind::LinearPerpetual | InstrumentKind::InversePerpetual
-        ) {
-            continue;
-        }
-        let Some(f) = rate_of(&p.instrument) else {
-            if !missing_rate.contains(&p.instrument) {
-                missing_rate.push(p.instrument.clone());
-            }
+        let Some(i) = perpetual(instruments, &p.instrument)? else {
             continue;
         };
-        let payment = position_funding(i.kind, i.contract_size, p.quantity, p.mark_price, f.rate)?;
-        total = add(total, payment, "funding total")?;
-        if let Some(ts) = f.next_funding_ts {
-            next = Some(next.map_or(ts, |n| n.min(ts)));
-        }
+        let Some(f) = rate_of(&p.instrument) else {
+            tally.missing(&p.instrument);
+            continue;
+        };
+        let payment = tally.pay(i, p.quantity, p.mark_price, &f)?;
         positions.push(PositionFundingRisk {
             instrument: p.instrument.clone(),
             side: p.side,
@@ -201,15 +175,64 @@ pub fn funding_snapshot(
     if positions.is_empty() {
         return Ok(None);
     }
-    let equity_after = add(snapshot.equity, total, "equity after funding")?;
+    let equity_after = add(snapshot.equity, tally.total, "equity after funding")?;
     Ok(Some(FundingSnapshot {
         positions,
-        total,
+        total: tally.total,
         equity_after,
         margin_ratio_after: MarginRatio::compute(snapshot.maintenance_margin, equity_after),
-        next_funding_ms: next,
-        missing_rate,
+        next_funding_ms: tally.next,
+        missing_rate: tally.missing_rate,
     }))
+}
+
+/// The instrument of a position if it pays funding (a perpetual); `None` for futures and
+/// collateral. The first step shared by [`funding_outlook`] and [`funding_snapshot`].
+fn perpetual<'a>(
+    instruments: &'a dyn InstrumentLookup,
+    id: &InstrumentId,
+) -> Result<Option<&'a Instrument>, MarginError> {
+    let i = instruments
+        .instrument(id)
+        .ok_or_else(|| MarginError::UnknownInstrument(id.clone()))?;
+    Ok(matches!(
+        i.kind,
+        InstrumentKind::LinearPerpetual | InstrumentKind::InversePerpetual
+    )
+    .then_some(i))
+}
+
+/// The running total, earliest settlement and unknown rates of an account's payments.
+#[derive(Default)]
+struct Tally {
+    total: Decimal,
+    next: Option<TimestampMs>,
+    missing_rate: Vec<InstrumentId>,
+}
+
+impl Tally {
+    /// Counts one position's payment at `price` and returns it.
+    fn pay(
+        &mut self,
+        i: &Instrument,
+        quantity: Decimal,
+        price: Decimal,
+        f: &FundingRate,
+    ) -> Result<Decimal, MarginError> {
+        let payment = position_funding(i.kind, i.contract_size, quantity, price, f.rate)?;
+        self.total = add(self.total, payment, "funding total")?;
+        if let Some(ts) = f.next_funding_ts {
+            self.next = Some(self.next.map_or(ts, |n| n.min(ts)));
+        }
+        Ok(payment)
+    }
+
+    /// A perpetual held whose rate is not known (listed once; never guessed as 0).
+    fn missing(&mut self, id: &InstrumentId) {
+        if !self.missing_rate.contains(id) {
+            self.missing_rate.push(id.clone());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -119,15 +119,10 @@ mod fraction_str {
 /// A list of fractions: written as decimal strings, read from `"10%"` or `"0.1"`.
 mod fraction_vec_str {
     use rust_decimal::Decimal;
-    use serde::{Deserialize, Deserializer, Serializer, ser::SerializeSeq};
+    use serde::{Deserialize, Deserializer};
 
-    pub fn serialize<S: Serializer>(v: &[Decimal], s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(v.len()))?;
-        for d in v {
-            seq.serialize_element(&d.to_string())?;
-        }
-        seq.end()
-    }
+    /// Written like any decimal list.
+    pub use crate::model::decimal_vec_str::serialize;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Decimal>, D::Error> {
         let raw = Vec::<std::borrow::Cow<'de, str>>::deserialize(d)?;

@@ -16,51 +16,18 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
 use crate::support::browser::Browser;
-use crate::support::daemon_env::{Daemon, MockBinance, http_client, poll_until};
+use crate::support::daemon_env::{Daemon, MockBinance, binance_config, http_client, poll_until};
 
 const TOKEN: &str = "drilldown-test-token";
 const DEADLINE: Duration = Duration::from_secs(30);
 
+/// The shared Binance daemon config with a `[risk]` section over the shipped 2021-05-19 episode.
 fn write_config(dir: &Path, venue_url: &str) -> PathBuf {
-    let presets = Path::new(env!("CARGO_MANIFEST_DIR")).join("feeds/presets.toml");
-    let cfg = format!(
-        r#"
-[engine]
-instruments = ["{presets}"]
-warning_levels = ["0.8"]
-trigger = "1.0"
-hysteresis = "0.05"
-
-[[feeds]]
-venue = "binance-usdm"
-url = "{venue_url}"
-backoff_initial = "50ms"
-backoff_max = "200ms"
-
-[prices]
-composite = "binance-usdm"
-stale_after = "1h"
-
-[journal]
-path = "journal.sqlite"
-
-[api]
-bind = "127.0.0.1:0"
-token_env = "DRILLDOWN_TOKEN"
-
-[risk]
-history = ["episode:crash-2021-05-19"]
-horizon = "1h"
-alpha = "0.99"
-
-[shutdown]
-grace = "3s"
-"#,
-        presets = presets.display()
-    );
-    let p = dir.join("liqwatch.toml");
-    std::fs::write(&p, cfg).unwrap();
-    p
+    let cfg = binance_config(dir, venue_url, "DRILLDOWN_TOKEN");
+    let text = std::fs::read_to_string(&cfg).unwrap()
+        + "\n[risk]\nhistory = [\"episode:crash-2021-05-19\"]\nhorizon = \"1h\"\nalpha = \"0.99\"\n";
+    std::fs::write(&cfg, text).unwrap();
+    cfg
 }
 
 async fn get(client: &reqwest::Client, url: String) -> Value {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-use crate::support::daemon_env::{Daemon, MockBinance, http_client, poll_until};
+use crate::support::daemon_env::{Daemon, MockBinance, binance_config, http_client, poll_until};
 
 const TOKEN: &str = "risk-daemon-token";
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -22,48 +22,11 @@ fn dec(v: &Value) -> Decimal {
         .unwrap_or_else(|| panic!("decimal string: {v}"))
 }
 
+/// The shared Binance daemon config with a `[risk]` section.
 fn config(dir: &Path, venue_url: &str, risk: &str) -> PathBuf {
-    let presets = Path::new(env!("CARGO_MANIFEST_DIR")).join("feeds/presets.toml");
-    let cfg = dir.join("liqwatch.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[engine]
-instruments = ["{presets}"]
-
-[[feeds]]
-venue = "binance-usdm"
-url = "{venue_url}"
-backoff_initial = "50ms"
-backoff_max = "200ms"
-
-[prices]
-composite = "binance-usdm"
-stale_after = "1h"
-
-[journal]
-path = "journal.sqlite"
-
-[[sinks]]
-type = "jsonl"
-name = "archive"
-path = "events.jsonl"
-
-[api]
-bind = "127.0.0.1:0"
-token_env = "RISK_DAEMON_TOKEN"
-
-[shutdown]
-grace = "3s"
-
-[risk]
-{risk}
-"#,
-            presets = presets.display(),
-        ),
-    )
-    .unwrap();
+    let cfg = binance_config(dir, venue_url, "RISK_DAEMON_TOKEN");
+    let text = std::fs::read_to_string(&cfg).unwrap() + &format!("\n[risk]\n{risk}\n");
+    std::fs::write(&cfg, text).unwrap();
     cfg
 }
 
