@@ -114,6 +114,8 @@ pub(super) struct Filter<'p, 'a> {
     trigger: f64,
     bps: Vec<Bp>,
     floors: Vec<f64>,
+    /// Per tier in [`Filter::floors`] order: its `(mmr, cum)` in `f64`, converted once.
+    rates: Vec<(f64, f64)>,
 }
 
 impl<'p, 'a> Filter<'p, 'a> {
@@ -126,6 +128,7 @@ impl<'p, 'a> Filter<'p, 'a> {
         let mut legs = Vec::with_capacity(pm.legs.len());
         let mut bps = Vec::new();
         let mut floors = Vec::new();
+        let mut rates = Vec::new();
         for (li, leg) in pm.legs.iter().enumerate() {
             let inst = leg.instrument;
             // The filter mirrors the plain bracket line only: margin options (contract tiers,
@@ -148,10 +151,12 @@ impl<'p, 'a> Filter<'p, 'a> {
             let size = signed.abs();
             let first = floors.len();
             for (ti, t) in inst.tiers.iter().enumerate() {
-                let Some(fl) = f(t.notional_floor) else {
+                let (Some(fl), Some(mmr), Some(cum)) = (f(t.notional_floor), f(t.mmr), f(t.cum))
+                else {
                     return Ok(None);
                 };
                 floors.push(fl);
+                rates.push((mmr, cum));
                 if ti == 0 || size == 0.0 || t.notional_floor <= Decimal::ZERO {
                     continue;
                 }
@@ -210,6 +215,7 @@ impl<'p, 'a> Filter<'p, 'a> {
             trigger,
             bps,
             floors,
+            rates,
         }))
     }
 
@@ -239,8 +245,10 @@ impl<'p, 'a> Filter<'p, 'a> {
     /// convert. Linear: `c = size·k·mmr`, `d = cum`; inverse: `c = −cum·k`, `d = −size·mmr`.
     fn tier_terms(&self, li: usize, ti: usize) -> Option<(f64, f64)> {
         let leg = self.legs.get(li)?;
-        let t = self.pm.legs.get(li)?.instrument.tiers.get(ti)?;
-        let (mmr, cum) = (f(t.mmr)?, f(t.cum)?);
+        if ti >= leg.floors.len() {
+            return None;
+        }
+        let &(mmr, cum) = self.rates.get(leg.floors.start + ti)?;
         Some(if leg.inverse {
             (-cum * leg.k, -leg.size * mmr)
         } else {
@@ -410,7 +418,9 @@ impl<'p, 'a> Filter<'p, 'a> {
                 };
                 let far_exact = far.map(|b| self.exact_bp(b)).transpose()?;
                 let line_exact = self.pm.line(&tiers)?;
-                let prev = if j == 0 {
+                // The previous line is needed only to find a jump of `g` across 0 at `near`;
+                // when both sides' signs there are certain and equal, there is none.
+                let prev = if j == 0 || (s_near != 0 && s_near == prev_far_sign) {
                     None
                 } else {
                     Some(self.pm.line(&prev_tiers)?)
