@@ -134,7 +134,7 @@ pub mod exact_str {
 
     /// Writes the decimal as a string.
     pub fn serialize<S: Serializer>(v: &Decimal, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(v)
+        crate::model::dec_json::decimal(v, s)
     }
 }
 

@@ -13,8 +13,10 @@ pub struct PositionFundingRisk {
     /// The leg.
     pub side: PositionSide,
     /// The rate of the next settlement (0.0001 = 0.01 % of notional; > 0: longs pay).
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub rate: Decimal,
     /// Signed payment to the account in the account currency (USD; negative = it pays).
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub payment: Decimal,
     /// When it settles, ms since the epoch (`null`: the venue does not say, e.g. Deribit).
     pub next_funding_ms: Option<TimestampMs>,
@@ -27,8 +29,10 @@ pub struct FundingSnapshot {
     /// Per perpetual position with a known rate.
     pub positions: Vec<PositionFundingRisk>,
     /// Σ payments (USD; negative = the account pays).
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub total: Decimal,
     /// Equity once paid: `equity + total`.
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub equity_after: Decimal,
     /// `MM / equity_after` ([`MarginRatio::compute`]).
     pub margin_ratio_after: MarginRatio,

@@ -13,11 +13,13 @@ pub struct InstrumentTerms {
     /// Maintenance-margin brackets.
     pub tiers: Vec<MarginTier>,
     /// Liquidation (clearance) fee rate.
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub liquidation_fee_rate: Decimal,
     /// Venue-specific margin options (absent when none is set).
     #[serde(default, skip_serializing_if = "MarginOptions::is_plain")]
     pub margin: MarginOptions,
     /// Collateral: flat haircut ratio.
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub collateral_ratio: Decimal,
     /// Collateral: tiered haircut slices (absent when none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -13,6 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
 mod account; // accounts, positions, levels, fills, updates, validation
+pub mod dec_json; // decimals written as JSON strings, fast and exactly as `Display`
 mod exact; // decimal strings read exactly, never rounded
 mod funding; // the next funding payment inside a snapshot
 mod instrument; // instruments, tiers, haircuts, price sources

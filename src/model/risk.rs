@@ -63,7 +63,10 @@ impl fmt::Display for MarginRatio {
 
 impl Serialize for MarginRatio {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        match self {
+            MarginRatio::Finite(d) => crate::model::dec_json::decimal(d, s),
+            MarginRatio::Infinite => s.serialize_str("inf"),
+        }
     }
 }
 
@@ -87,16 +90,22 @@ pub struct PositionRisk {
     /// The leg.
     pub side: PositionSide,
     /// Signed quantity.
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub quantity: Decimal,
     /// Entry price.
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub entry_price: Decimal,
     /// Price used.
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub mark_price: Decimal,
     /// Notional at mark in the account currency (USD).
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub notional: Decimal,
     /// Unrealised PnL in the account currency.
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub unrealized_pnl: Decimal,
     /// Maintenance margin in the account currency.
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub maintenance_margin: Decimal,
     /// 1-based bracket index in use.
     pub tier: u32,
@@ -104,12 +113,15 @@ pub struct PositionRisk {
     /// underlying's other instruments moving with it and every other price held fixed: the
     /// nearer of [`Self::liquidation_price_down`] and [`Self::liquidation_price_up`] (the fall
     /// wins a tie); `None` when its own price alone cannot liquidate the account.
+    #[serde(serialize_with = "crate::model::dec_json::opt")]
     pub liquidation_price: Option<Decimal>,
     /// The nearest such price below the mark (a fall), `None` when no fall reaches the trigger.
     #[serde(default)]
+    #[serde(serialize_with = "crate::model::dec_json::opt")]
     pub liquidation_price_down: Option<Decimal>,
     /// The nearest such price above the mark (a rise), `None` when no rise reaches the trigger.
     #[serde(default)]
+    #[serde(serialize_with = "crate::model::dec_json::opt")]
     pub liquidation_price_up: Option<Decimal>,
 }
 
@@ -119,10 +131,13 @@ pub struct CollateralRisk {
     /// The asset.
     pub asset: InstrumentId,
     /// Balance in units of the asset.
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub amount: Decimal,
     /// Price used (1 for stables).
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub price: Decimal,
     /// Value after haircut, in the account currency.
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub value: Decimal,
 }
 
@@ -131,10 +146,13 @@ pub struct CollateralRisk {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ShockDistance {
     /// The fall (negative fraction) that reaches the trigger, if any.
+    #[serde(serialize_with = "crate::model::dec_json::opt")]
     pub down: Option<Decimal>,
     /// The rise (positive fraction) that reaches the trigger, if any.
+    #[serde(serialize_with = "crate::model::dec_json::opt")]
     pub up: Option<Decimal>,
     /// Whichever of the two is nearer to 0.
+    #[serde(serialize_with = "crate::model::dec_json::opt")]
     pub nearest: Option<Decimal>,
 }
 
@@ -142,16 +160,20 @@ pub struct ShockDistance {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RiskSnapshot {
     /// Margin balance: haircut collateral + unrealised PnL (USD).
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub equity: Decimal,
     /// Total maintenance margin (USD).
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub maintenance_margin: Decimal,
     /// MM / equity.
     pub margin_ratio: MarginRatio,
     /// equity − MM.
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub free_margin: Decimal,
     /// Uniform-shock distance to the trigger level.
     pub shock_distance: ShockDistance,
     /// Estimated liquidation penalty if liquidated now: Σ notional × fee rate.
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub liquidation_penalty: Decimal,
     /// Per-position risk.
     pub positions: Vec<PositionRisk>,
@@ -174,16 +196,21 @@ pub struct RiskSnapshot {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiquidationCost {
     /// Equity at these prices (USD).
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub equity: Decimal,
     /// Maintenance margin at these prices (USD).
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub maintenance_margin: Decimal,
     /// Σ of the positions' penalties (USD), as if every position were liquidated in full.
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub penalty: Decimal,
     /// `penalty / equity`: `0` without a penalty, `"inf"` when equity ≤ 0.
     pub penalty_rate: MarginRatio,
     /// `max(equity − penalty, 0)`: what the account keeps.
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub surplus: Decimal,
     /// `max(penalty − equity, 0)`: what the account cannot pay (the insurance fund, then ADL).
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub shortfall: Decimal,
     /// The venue whose rules were applied: the first price source of every position's
     /// instrument, when they agree; `null` otherwise.
@@ -216,10 +243,13 @@ pub struct PositionPenalty {
     /// The leg.
     pub side: PositionSide,
     /// Notional at these prices (USD).
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub notional: Decimal,
     /// The instrument's `liquidation_fee_rate`.
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub fee_rate: Decimal,
     /// The penalty (USD).
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub penalty: Decimal,
     /// How it was computed.
     pub basis: PenaltyBasis,
@@ -262,12 +292,15 @@ pub struct PartialStep {
     /// Notional closed from the current position to reach this step (cumulative: the steps of
     /// a ladder are alternatives the venue tries in order, each from the full position; USD at
     /// these prices).
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub close_notional: Decimal,
     /// Notional left after it.
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub remaining_notional: Decimal,
     /// The tier (1-based) the position is in after the step, where the step is a tier.
     pub to_tier: Option<u32>,
     /// Fee on `close_notional` at the instrument's fee rate (USD).
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub penalty: Decimal,
 }
 
@@ -280,6 +313,7 @@ pub enum AccountState {
     /// At or above a warning level (the highest one reached).
     Warning {
         /// The warning level in force.
+        #[serde(serialize_with = "crate::model::dec_json::decimal")]
         level: Decimal,
     },
     /// At or above the trigger level.
@@ -386,6 +420,7 @@ pub struct FeedEventInfo {
     /// The venues that price it.
     pub venues: Vec<Venue>,
     /// The last accepted price, if any.
+    #[serde(serialize_with = "crate::model::dec_json::opt")]
     pub last_price: Option<Decimal>,
     /// Age of that price when the event was raised, ms.
     pub age_ms: Option<i64>,
@@ -409,9 +444,11 @@ pub struct RiskEvent {
     /// Per-account sequence number, 1, 2, 3, … (per instrument for feed events).
     pub seq: u64,
     /// The level crossed: the warning level, the trigger level, or the level recovered from.
+    #[serde(serialize_with = "crate::model::dec_json::opt")]
     pub level: Option<Decimal>,
     /// Every level crossed by this move, ascending (a jump from healthy to trigger lists all).
     #[serde(default)]
+    #[serde(serialize_with = "crate::model::dec_json::list")]
     pub crossed_levels: Vec<Decimal>,
     /// Which kind of level `level` is (account events only; absent on feed events and in
     /// events journaled before the field existed, which are all `margin_ratio`).
@@ -443,20 +480,26 @@ pub struct RiskEvent {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RiskFigures {
     /// Equity at the prices of the recompute.
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub equity: Decimal,
     /// VaR of equity over the horizon at α.
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub var: Decimal,
     /// Expected shortfall of equity.
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub es: Decimal,
     /// `es / equity` (12 places); `null` when equity ≤ 0 (counted as above every level).
+    #[serde(serialize_with = "crate::model::dec_json::opt")]
     pub es_to_equity: Option<Decimal>,
     /// Fraction of scenarios that reach the trigger.
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub p_liquidation: Decimal,
     /// Scenarios that reach the trigger.
     pub liquidating_scenarios: usize,
     /// Scenarios in the set.
     pub scenarios: usize,
     /// Confidence level α.
+    #[serde(serialize_with = "crate::model::dec_json::decimal")]
     pub alpha: Decimal,
     /// The scenario horizon (`4h`).
     pub horizon: String,
