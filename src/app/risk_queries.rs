@@ -17,7 +17,6 @@ use crate::api::{
     StressPrice, StressQuery,
 };
 use crate::engine::AccountMap;
-use crate::engine::map::PriceSnapshot;
 use crate::engine::monitor::transition;
 use crate::model::{
     AccountId, AccountState, Instrument, InstrumentId, MarginRatio, Thresholds, now_ms,
@@ -205,7 +204,7 @@ pub(super) fn stress(
         .flatten()
         .unwrap_or_else(|| default_levels.clone());
     let table = map.instruments();
-    let prices = map.prices_for(&account).0;
+    let prices = map.prices_for(&account).to_std();
     let instruments: HashMap<InstrumentId, Instrument> = account
         .collateral
         .keys()
@@ -259,13 +258,8 @@ pub(super) fn stress(
     let shocked = scenario.apply(&instruments, &prices).ok_or_else(|| {
         unprocessable("overflow", "shock", "the moved prices overflow".to_string())
     })?;
-    let snapshot = crate::margin::account_snapshot(
-        &account,
-        &*table,
-        &PriceSnapshot(shocked.clone()),
-        levels.trigger,
-    )
-    .map_err(|e| unprocessable("margin_error", "shock", e.to_string()))?;
+    let snapshot = crate::margin::account_snapshot(&account, &*table, &shocked, levels.trigger)
+        .map_err(|e| unprocessable("margin_error", "shock", e.to_string()))?;
     let (state, _) = transition(&AccountState::Healthy, snapshot.margin_ratio, &levels);
     let mut moved: Vec<StressPrice> = prices
         .iter()

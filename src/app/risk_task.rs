@@ -248,7 +248,7 @@ impl RiskTask {
         let trigger = *self.default_trigger.read();
         let stop = cancel.clone();
         let computed = tokio::task::spawn_blocking(move || {
-            let prices = map.prices().0;
+            let prices = map.prices().to_std();
             let at_ms = now_ms();
             let mut out = Computed {
                 results: Vec::with_capacity(ids.len()),

@@ -437,7 +437,8 @@ impl Entry {
 #[derive(Debug, Clone, Default)]
 pub struct InstrumentTable {
     list: Vec<Instrument>,
-    by_id: HashMap<InstrumentId, InstrumentIdx>,
+    /// Looked up for every position of every event: a fast hasher (ids come from the config).
+    by_id: HashMap<InstrumentId, InstrumentIdx, foldhash::fast::RandomState>,
 }
 
 impl InstrumentTable {
@@ -492,7 +493,14 @@ struct InstrState {
 
 /// Engine prices copied out of the map (for snapshots and oracles).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PriceSnapshot(pub HashMap<InstrumentId, Decimal>);
+pub struct PriceSnapshot(pub HashMap<InstrumentId, Decimal, foldhash::fast::RandomState>);
+
+impl PriceSnapshot {
+    /// The prices in a map with the standard hasher (for the APIs that take one).
+    pub fn to_std(&self) -> HashMap<InstrumentId, Decimal> {
+        self.0.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
 
 impl PriceLookup for PriceSnapshot {
     fn price(&self, id: &InstrumentId) -> Option<Decimal> {
@@ -721,7 +729,7 @@ impl AccountMap {
 
     /// Every known engine price (non-stable instruments that have one).
     pub fn prices(&self) -> PriceSnapshot {
-        let mut m = HashMap::new();
+        let mut m = HashMap::default();
         for (i, inst) in self.table().iter().enumerate() {
             if let Some(p) = self.instr.get(i).and_then(|l| l.read().price) {
                 m.insert(inst.id.clone(), p);
@@ -831,7 +839,7 @@ impl AccountMap {
 
     /// The engine prices of the instruments an account uses.
     pub fn prices_for(&self, account: &Account) -> PriceSnapshot {
-        let mut m = HashMap::new();
+        let mut m = HashMap::default();
         let ids = account
             .collateral
             .keys()

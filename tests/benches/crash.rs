@@ -42,6 +42,10 @@ use book::{
     vm_rss_kib,
 };
 
+/// The daemon's allocator (`src/main.rs`), so what is timed here is what runs there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()

@@ -26,6 +26,10 @@ use liqwatch::engine::{AccountMap, Engine, EngineConfig, Monitor, MonitorConfig}
 use liqwatch::model::{AccountUpdate, Fill, InstrumentId, PositionSide, PriceUsed};
 use rust_decimal_macros::dec;
 
+/// The daemon's allocator (`src/main.rs`), so what is timed here is what runs there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Criterion measurement of on-CPU time of the benchmark thread.
 struct CpuTime;
 static WALL: WallTime = WallTime;
@@ -138,9 +142,9 @@ fn tick_cpu(m: &AccountMap, n: usize, holders: usize) {
 
 /// The distance index, through the one `Engine` the daemon runs: build it over the map (every
 /// account evaluated, then banded), then ticks through `Engine::on_prices` — set the price,
-/// wake, value, evaluate and re-band the woken. Two workloads: a random walk of 0.05 % steps (a
-/// busy but normal market: bands are crossed now and then and rebuilt) and alternating ±1 %
-/// jumps.
+/// wake, value, evaluate and re-band the woken. Three workloads: a random walk of 0.05 % steps
+/// (a busy but normal market: bands are crossed now and then and rebuilt), a quiet tick (one
+/// price step back and forth: crosses nobody) and alternating ±1 % jumps.
 fn indexed(m: &Arc<AccountMap>, n: usize) {
     let info: HashMap<InstrumentId, PriceUsed> = HashMap::new();
     let mut out = Vec::new();
@@ -192,6 +196,25 @@ fn indexed(m: &Arc<AccountMap>, n: usize) {
     });
     println!(
         "engine: indexed walk over {n} accounts: {ticks} ticks, {:.1} accounts woken per tick, {events} events, final BTC {price}",
+        woken as f64 / ticks.max(1) as f64
+    );
+    // A tick that crosses nobody: BTC one price step (0.1) up and back where the walk ended —
+    // the common tick of a quiet market; what it costs is waking (almost) no one.
+    let (mut ticks, mut woken, mut events) = (0u64, 0u64, 0u64);
+    let mut flip = false;
+    g.bench_function(BenchmarkId::new("quiet-0.1", n), |b| {
+        b.iter(|| {
+            flip = !flip;
+            let p = if flip { price + dec!(0.1) } else { price };
+            let e = engine.on_prices([(&btc, p)], &info, 0);
+            ticks += 1;
+            woken += engine.last_valued() as u64;
+            events += e.len() as u64;
+            black_box(e.len())
+        })
+    });
+    println!(
+        "engine: indexed quiet ticks (BTC {price} ± 0.1) over {n} accounts: {ticks} ticks, {:.3} accounts woken per tick, {events} events",
         woken as f64 / ticks.max(1) as f64
     );
     let (mut ticks, mut woken) = (0u64, 0u64);

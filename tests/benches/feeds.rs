@@ -22,6 +22,10 @@ use liqwatch::prices::{PriceBoard, PriceBoardConfig};
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 
+/// The daemon's allocator (`src/main.rs`), so what is timed here is what runs there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BINANCE_ONE: &str = r#"{"stream":"btcusdt@markPrice@1s","data":{"e":"markPriceUpdate","E":1788936948001,"s":"BTCUSDT","p":"79107.36658171","ap":"79107.36658171","P":"79176.63756423","i":"79139.09565217","r":"0.00008359","T":1788940800000,"st":1}}"#;
 const BYBIT_DELTA: &str = r#"{"topic":"tickers.BTCUSDT","type":"delta","data":{"symbol":"BTCUSDT","markPrice":"79120.55","indexPrice":"79139.09","bid1Price":"79114.50","bid1Size":"1.496"},"cs":793092205004,"ts":1787590405983}"#;
 const BYBIT_SNAPSHOT: &str = r#"{"topic":"tickers.BTCUSDT","type":"snapshot","data":{"symbol":"BTCUSDT","tickDirection":"PlusTick","lastPrice":"17216.00","markPrice":"17217.33","indexPrice":"17227.36","nextFundingTime":"1673280000000","fundingRate":"-0.000212","bid1Price":"17215.50","bid1Size":"84.489","ask1Price":"17216.00","ask1Size":"83.020","fundingIntervalHour":"8"},"cs":24987956059,"ts":1673272861686}"#;

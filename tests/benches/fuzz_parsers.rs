@@ -25,6 +25,10 @@ use std::time::Instant;
 use liqwatch::feeds::{Feed, VenueTick, feed_for, replay::parse_line};
 use liqwatch::model::Venue;
 
+/// The daemon's allocator (`src/main.rs`), so what is timed here is what runs there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A small, fast, deterministic PRNG (xorshift64*), so a run can be repeated with its seed.
 struct Rng(u64);
 

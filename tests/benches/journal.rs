@@ -15,6 +15,10 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use liqwatch::journal::{Journal, JournalOptions, Synchronous};
 use liqwatch::model::{AccountId, RiskEvent};
 
+/// The daemon's allocator (`src/main.rs`), so what is timed here is what runs there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn fresh(template: &[RiskEvent]) -> (Vec<RiskEvent>, Vec<(AccountId, String)>) {
     let events: Vec<RiskEvent> = template
         .iter()

@@ -32,6 +32,10 @@ use std::time::{Duration, Instant};
 
 use daemon_env::{Daemon, MockBinance, WebhookReceiver, http_client, mark_frame, now_ms};
 
+/// The daemon's allocator (`src/main.rs`), so what is timed here is what runs there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SECRET: &str = "loadgen-webhook-secret";
 const TOKEN: &str = "loadgen-api-token";
 /// Accounts on SOL whose state flips with every probe frame (latency samples during load).

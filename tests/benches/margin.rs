@@ -12,6 +12,10 @@ use liqwatch::model::{Instrument, InstrumentId};
 use liqwatch::sources::files::{load_accounts, load_instruments, load_prices};
 use rust_decimal_macros::dec;
 
+/// The daemon's allocator (`src/main.rs`), so what is timed here is what runs there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }

@@ -23,6 +23,10 @@ use liqwatch::sources::files::load_instruments;
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 
+/// The daemon's allocator (`src/main.rs`), so what is timed here is what runs there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SCENARIOS: usize = 1000;
 
 struct Rng(u64);

@@ -27,6 +27,10 @@ use liqwatch::sinks::{JournalEntry, Sink};
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 
+/// The daemon's allocator (`src/main.rs`), so what is timed here is what runs there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn entry(seq: u64, kind: EventKind) -> JournalEntry {
     let ratio = dec!(0.8) + Decimal::new((seq % 200) as i64, 3);
     let time_ms = 1_621_428_600_000 + seq as i64;
