@@ -451,12 +451,12 @@ impl RiskTask {
             level_type: Some(lt),
             previous_state: None,
             state: None,
-            snapshot: self.map.snapshot(&id, r.trigger).ok(),
+            snapshot: self.map.snapshot(&id, r.trigger).ok().map(Box::new),
             stale_prices: prices.iter().any(|p| p.stale),
             prices,
             feed: None,
             instrument_change: None,
-            risk: Some(RiskFigures {
+            risk: Some(Box::new(RiskFigures {
                 equity: r.equity,
                 var: r.var,
                 es: r.es,
@@ -467,7 +467,7 @@ impl RiskTask {
                 alpha: r.alpha,
                 horizon: self.settings.cfg.horizon.0.clone(),
                 computed_at: s.computed_at.clone(),
-            }),
+            })),
         }
     }
 }

@@ -667,7 +667,7 @@ mod tests {
             level_type: None,
             previous_state: Some(AccountState::Warning { level: dec!(0.8) }),
             state: Some(AccountState::Triggered),
-            snapshot: Some(RiskSnapshot {
+            snapshot: Some(Box::new(RiskSnapshot {
                 equity: dec!(3450),
                 maintenance_margin: dec!(7080),
                 margin_ratio: MarginRatio::Finite(dec!(2.052173913)),
@@ -682,7 +682,7 @@ mod tests {
                 collateral: vec![],
                 liquidation_cost: None,
                 funding: None,
-            }),
+            })),
             prices: vec![],
             stale_prices: false,
             instrument_change: None,

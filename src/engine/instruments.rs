@@ -133,14 +133,14 @@ impl Engine {
                 stale_prices: false,
                 feed: None,
                 risk: None,
-                instrument_change: Some(InstrumentChangeInfo {
+                instrument_change: Some(Box::new(InstrumentChangeInfo {
                     instrument: def.id,
                     source: source.to_string(),
                     changed: fields,
                     holders_revalued: keys.len() as u64,
                     before,
                     after,
-                }),
+                })),
             });
         }
         step

@@ -573,7 +573,7 @@ mod tests {
             expected.liquidation_cost =
                 Some(crate::margin::liquidation_cost(&expected, &*map.instruments()).unwrap());
             assert_eq!(
-                em.event.snapshot.as_ref(),
+                em.event.snapshot.as_deref(),
                 Some(&expected),
                 "{}",
                 em.account_id

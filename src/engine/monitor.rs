@@ -914,7 +914,7 @@ fn fill_snapshots(map: &AccountMap, out: &mut [Emitted], jobs: Vec<SnapshotJob>)
     let mut counts: Vec<(EventKind, u64)> = Vec::new();
     for (job, snapshot) in jobs.iter().zip(snapshots) {
         if let Some(e) = out.get_mut(job.at) {
-            e.event.snapshot = snapshot;
+            e.event.snapshot = snapshot.map(Box::new);
             margin::attach_liquidation_cost(&mut e.event, &*map.instruments());
             match counts.iter_mut().find(|(k, _)| *k == e.event.kind) {
                 Some((_, n)) => *n += 1,

@@ -458,8 +458,10 @@ pub struct RiskEvent {
     pub previous_state: Option<AccountState>,
     /// The account's state after the event.
     pub state: Option<AccountState>,
-    /// The account's snapshot at detection.
-    pub snapshot: Option<RiskSnapshot>,
+    /// The account's snapshot at detection. (Boxed, as are the other large optional parts, so
+    /// an event is a few hundred bytes to move: a correlated move makes one per crossing
+    /// account and hands them through several queues.)
+    pub snapshot: Option<Box<RiskSnapshot>>,
     /// Every price used, with its source and age.
     #[serde(default)]
     pub prices: Vec<PriceUsed>,
@@ -470,10 +472,10 @@ pub struct RiskEvent {
     pub feed: Option<FeedEventInfo>,
     /// `instrument_changed` events only (absent on every other kind).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instrument_change: Option<InstrumentChangeInfo>,
+    pub instrument_change: Option<Box<InstrumentChangeInfo>>,
     /// `risk_warning` and its `recovered` only: the scenario risk figures that crossed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub risk: Option<RiskFigures>,
+    pub risk: Option<Box<RiskFigures>>,
 }
 
 /// The scenario risk figures a `risk_warning` (or its `recovered`) carries (`docs/risk.md`).

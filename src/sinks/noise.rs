@@ -297,7 +297,7 @@ pub(crate) mod tests {
             level_type: None,
             previous_state: Some(AccountState::Healthy),
             state: Some(AccountState::Warning { level }),
-            snapshot: Some(RiskSnapshot {
+            snapshot: Some(Box::new(RiskSnapshot {
                 equity: dec!(10000),
                 maintenance_margin: dec!(10000) * ratio,
                 margin_ratio: MarginRatio::Finite(ratio),
@@ -312,7 +312,7 @@ pub(crate) mod tests {
                 collateral: vec![],
                 liquidation_cost: None,
                 funding: None,
-            }),
+            })),
             prices: vec![],
             stale_prices: false,
             instrument_change: None,

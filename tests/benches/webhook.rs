@@ -46,7 +46,7 @@ fn entry(seq: u64, kind: EventKind) -> JournalEntry {
         level_type: None,
         previous_state: Some(AccountState::Healthy),
         state: Some(AccountState::Warning { level: dec!(0.8) }),
-        snapshot: Some(RiskSnapshot {
+        snapshot: Some(Box::new(RiskSnapshot {
             equity: dec!(25000),
             maintenance_margin: dec!(25000) * ratio,
             margin_ratio: MarginRatio::Finite(ratio),
@@ -61,7 +61,7 @@ fn entry(seq: u64, kind: EventKind) -> JournalEntry {
             collateral: vec![],
             liquidation_cost: None,
             funding: None,
-        }),
+        })),
         prices: vec![],
         stale_prices: false,
         instrument_change: None,

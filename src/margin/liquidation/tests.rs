@@ -362,7 +362,7 @@ fn attached_to_triggers_only() {
         level_type: None,
         previous_state: None,
         state: None,
-        snapshot: Some(s),
+        snapshot: Some(Box::new(s)),
         prices: vec![],
         stale_prices: false,
         instrument_change: None,

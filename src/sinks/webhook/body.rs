@@ -769,7 +769,7 @@ mod tests {
         let mut w = entry(1, EventKind::RiskWarning, "acct-9", 0, dec!(0.02));
         w.event.level = Some(dec!(0.05));
         w.event.level_type = Some(LevelType::PLiquidation);
-        w.event.risk = Some(crate::model::RiskFigures {
+        w.event.risk = Some(Box::new(crate::model::RiskFigures {
             equity: dec!(10000),
             var: dec!(10000),
             es: dec!(10000),
@@ -780,7 +780,7 @@ mod tests {
             alpha: dec!(0.9),
             horizon: "1h".into(),
             computed_at: "2026-12-05T21:40:51.352Z".into(),
-        });
+        }));
         let t = alert_text(&w.event);
         assert_eq!(t.title, "Risk warning: acct-9");
         assert_eq!(

@@ -37,7 +37,7 @@ fn entry(seq: u64, kind: EventKind, account: &str, ratio: Decimal) -> JournalEnt
         level_type: None,
         previous_state: Some(AccountState::Healthy),
         state: Some(AccountState::Warning { level }),
-        snapshot: Some(RiskSnapshot {
+        snapshot: Some(Box::new(RiskSnapshot {
             equity: dec!(25000),
             maintenance_margin: dec!(25000) * ratio,
             margin_ratio: MarginRatio::Finite(ratio),
@@ -52,7 +52,7 @@ fn entry(seq: u64, kind: EventKind, account: &str, ratio: Decimal) -> JournalEnt
             collateral: vec![],
             liquidation_cost: None,
             funding: None,
-        }),
+        })),
         prices: vec![],
         stale_prices: false,
         instrument_change: None,

@@ -131,7 +131,7 @@ pub fn sample_event(account: &str, account_seq: u64, kind: EventKind) -> RiskEve
         level_type: None,
         previous_state: Some(AccountState::Healthy),
         state: Some(state),
-        snapshot: Some(RiskSnapshot {
+        snapshot: Some(Box::new(RiskSnapshot {
             equity: d("9134.52"),
             maintenance_margin: d("7552.18"),
             margin_ratio: MarginRatio::Finite(d("0.8267")),
@@ -163,7 +163,7 @@ pub fn sample_event(account: &str, account_seq: u64, kind: EventKind) -> RiskEve
             ],
             liquidation_cost: None,
             funding: None,
-        }),
+        })),
         prices: vec![
             price("BTCUSDT-PERP", "37215.32"),
             price("ETHUSDT-PERP", "2476.18"),
