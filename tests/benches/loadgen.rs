@@ -3,7 +3,9 @@
 //!
 //! - frames/s the daemon sustained (`liqwatch_feed_frames_total` delta over the load phase),
 //! - tick-to-event latency p50/p99 (bucket upper bounds of `liqwatch_engine_tick_to_event_seconds`
-//!   scraped from `/metrics`) and the largest bucket hit,
+//!   scraped from `/metrics`) and the largest bucket hit, and beside it the journal commits' own
+//!   distribution in the same phase (`liqwatch_journal_append_seconds`: with `synchronous = full`
+//!   each ends in an fsync, so the disk's share is visible),
 //! - the time for a correlated crash that moves every account into warning or trigger to be fully
 //!   delivered to the webhook receiver,
 //! - the daemon's RSS at the end.
@@ -223,6 +225,34 @@ fn buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
     v
 }
 
+/// The cumulative buckets of what was recorded between two scrapes of one histogram.
+fn bucket_delta(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    after
+        .iter()
+        .map(|(le, c)| {
+            let b = before
+                .iter()
+                .find(|(l, _)| l == le)
+                .map(|(_, c)| *c)
+                .unwrap_or(0.0);
+            (*le, c - b)
+        })
+        .collect()
+}
+
+/// The upper bound of the highest bucket that holds a sample.
+fn top_bucket(b: &[(f64, f64)]) -> Option<f64> {
+    let mut prev = 0.0;
+    let mut top = None;
+    for (le, c) in b {
+        if *c > prev {
+            top = Some(*le);
+        }
+        prev = *c;
+    }
+    top
+}
+
 /// Upper bound of the bucket holding quantile `q`.
 fn quantile(b: &[(f64, f64)], q: f64) -> Option<f64> {
     let total = b.last()?.1;
@@ -365,17 +395,7 @@ async fn run(o: Opts) {
     let after = scrape(&client, &api).await;
     let frames = metric(&after, "liqwatch_feed_frames_total") - frames0;
     let lat = buckets(&after, "liqwatch_engine_tick_to_event_seconds");
-    let max_bucket = {
-        let mut prev = 0.0;
-        let mut top = None;
-        for (le, c) in &lat {
-            if *c > prev {
-                top = Some(*le);
-            }
-            prev = *c;
-        }
-        top
-    };
+    let max_bucket = top_bucket(&lat);
     println!(
         "  load: offered {} frames ({:.0}/s) + {probes} probe frames in {:.2} s; daemon received {frames:.0} frames = {:.0} frames/s sustained",
         sent,
@@ -389,6 +409,24 @@ async fn run(o: Opts) {
         fmt_s(quantile(&lat, 0.5)),
         fmt_s(quantile(&lat, 0.99)),
         fmt_s(max_bucket)
+    );
+    // The disk's share: the journal commits of the load phase (under `synchronous = full` each
+    // one ends in an fsync), from the same scrapes.
+    let commits = bucket_delta(
+        &buckets(&before, "liqwatch_journal_append_seconds"),
+        &buckets(&after, "liqwatch_journal_append_seconds"),
+    );
+    println!(
+        "  journal commit ({}), {} commits in the load phase: p50 {}, p99 {}, max bucket {}",
+        if o.sync == "normal" {
+            "synchronous = normal: no fsync per commit"
+        } else {
+            "synchronous = full: fsync per commit"
+        },
+        commits.last().map(|b| b.1).unwrap_or(0.0),
+        fmt_s(quantile(&commits, 0.5)),
+        fmt_s(quantile(&commits, 0.99)),
+        fmt_s(top_bucket(&commits))
     );
     println!("  RSS after load: {} MiB", rss_kib(pid) / 1024);
 
