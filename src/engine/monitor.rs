@@ -46,8 +46,11 @@
 //! `liqwatch_monitor_shock_errors_total`.
 
 pub mod distance;
+mod machine; // the pure ratio state machine: levels, ranks, `transition`
+pub use machine::{Crossing, transition};
+use machine::{level_at, levels, rank_of, state_of};
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rust_decimal::Decimal;
@@ -149,101 +152,6 @@ impl Default for MonitorState {
             funding_warned: None,
         }
     }
-}
-
-/// The result of a state change found by [`transition`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Crossing {
-    /// `liquidation_warning`, `liquidation_trigger` or `recovered`.
-    pub kind: EventKind,
-    /// The level of the event (see the module docs).
-    pub level: Decimal,
-    /// Every level crossed by the move, ascending.
-    pub crossed_levels: Vec<Decimal>,
-}
-
-/// Every level in rank order: warnings then the trigger.
-fn levels(t: &Thresholds) -> impl Iterator<Item = Decimal> + '_ {
-    t.warning_levels
-        .iter()
-        .copied()
-        .chain(std::iter::once(t.trigger))
-}
-
-fn level_at(t: &Thresholds, rank: usize) -> Option<Decimal> {
-    rank.checked_sub(1).and_then(|i| levels(t).nth(i))
-}
-
-fn rank_of(state: &AccountState, t: &Thresholds) -> usize {
-    match state {
-        AccountState::Healthy => 0,
-        // Levels may have changed since the state was stored: count the warnings at or below.
-        AccountState::Warning { level } => t.warning_levels.iter().filter(|w| *w <= level).count(),
-        AccountState::Triggered => t.warning_levels.len() + 1,
-    }
-}
-
-fn state_of(rank: usize, t: &Thresholds) -> AccountState {
-    if rank == 0 {
-        AccountState::Healthy
-    } else if rank > t.warning_levels.len() {
-        AccountState::Triggered
-    } else {
-        match t.warning_levels.get(rank - 1) {
-            Some(level) => AccountState::Warning { level: *level },
-            None => AccountState::Triggered,
-        }
-    }
-}
-
-/// The pure state machine: the new state and the crossing, if any, for `ratio` under `t`.
-pub fn transition(
-    state: &AccountState,
-    ratio: MarginRatio,
-    t: &Thresholds,
-) -> (AccountState, Option<Crossing>) {
-    let r = rank_of(state, t);
-    let top = t.warning_levels.len() + 1;
-    let up = levels(t).filter(|l| ratio.at_or_above(*l)).count();
-    if up > r {
-        let crossed: Vec<Decimal> = levels(t).skip(r).take(up - r).collect();
-        let (kind, level) = if up == top {
-            (EventKind::LiquidationTrigger, t.trigger)
-        } else {
-            (
-                EventKind::LiquidationWarning,
-                level_at(t, up).unwrap_or(t.trigger),
-            )
-        };
-        let crossing = Crossing {
-            kind,
-            level,
-            crossed_levels: crossed,
-        };
-        return (state_of(up, t), Some(crossing));
-    }
-    if r > 0 {
-        let below = |rank: usize| {
-            level_at(t, rank).is_some_and(|l| ratio.below(l.checked_sub(t.hysteresis).unwrap_or(l)))
-        };
-        if below(r) {
-            let mut d = r - 1;
-            while d > 0 && below(d) {
-                d -= 1;
-            }
-            let crossed: Vec<Decimal> = levels(t).skip(d).take(r - d).collect();
-            let level = crossed.first().copied().unwrap_or(t.trigger);
-            return (
-                state_of(d, t),
-                Some(Crossing {
-                    kind: EventKind::Recovered,
-                    level,
-                    crossed_levels: crossed,
-                }),
-            );
-        }
-    }
-    (state_of(r, t), None)
 }
 
 /// Source, age and staleness of the prices the engine uses (the price board implements it).
@@ -851,136 +759,8 @@ impl Monitor {
     }
 }
 
-/// An event whose snapshot is still to be computed: the account and the prices it was valued at.
-struct SnapshotJob {
-    /// Index of the event in the step's output.
-    at: usize,
-    trigger: Decimal,
-    prices: Arc<PriceSnapshot>,
-    /// The funding rates of the account's perpetuals, when known.
-    funding: Vec<(InstrumentId, margin::funding::FundingRate)>,
-    account: crate::model::Account,
-}
-
-/// Events in one step from which snapshots are built on more than one core.
-const PARALLEL_SNAPSHOTS: usize = 64;
-
-/// Computes each job's snapshot (pure: the account at the prices it was valued at) into its
-/// event. Large batches — a correlated move — are split over the available cores; each
-/// snapshot lands in its own event, so the order of events does not depend on the split.
-fn fill_snapshots(map: &AccountMap, out: &mut [Emitted], jobs: Vec<SnapshotJob>) {
-    let one = |job: &SnapshotJob| -> Option<crate::model::RiskSnapshot> {
-        let table = map.instruments();
-        match margin::account_snapshot(&job.account, &*table, &*job.prices, job.trigger) {
-            Ok(mut s) => {
-                funding::attach(&mut s, &*table, &job.funding);
-                Some(s)
-            }
-            Err(error) => {
-                metrics::counter!("liqwatch_monitor_snapshot_errors_total").increment(1);
-                tracing::error!(account = %job.account.id, %error, "Snapshot failed; the event goes out without it");
-                None
-            }
-        }
-    };
-    // The core count is asked once per process (`par::threads`), not once per step.
-    let threads = if jobs.len() < PARALLEL_SNAPSHOTS {
-        1
-    } else {
-        crate::engine::par::threads()
-    };
-    let snapshots: Vec<Option<crate::model::RiskSnapshot>> =
-        if jobs.len() < PARALLEL_SNAPSHOTS || threads < 2 {
-            jobs.iter().map(one).collect()
-        } else {
-            let chunk = jobs.len().div_ceil(threads);
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = jobs
-                    .chunks(chunk)
-                    .map(|c| scope.spawn(move || c.iter().map(one).collect::<Vec<_>>()))
-                    .collect();
-                handles
-                    .into_iter()
-                    .flat_map(|h| match h.join() {
-                        Ok(v) => v,
-                        // A panic in the margin model is a bug; keep the events, without
-                        // snapshots, rather than lose them.
-                        Err(_) => vec![None; chunk],
-                    })
-                    .collect()
-            })
-        };
-    // Events per kind, counted once per step rather than once per event.
-    let mut counts: Vec<(EventKind, u64)> = Vec::new();
-    for (job, snapshot) in jobs.iter().zip(snapshots) {
-        if let Some(e) = out.get_mut(job.at) {
-            e.event.snapshot = snapshot.map(Box::new);
-            margin::attach_liquidation_cost(&mut e.event, &*map.instruments());
-            match counts.iter_mut().find(|(k, _)| *k == e.event.kind) {
-                Some((_, n)) => *n += 1,
-                None => counts.push((e.event.kind, 1)),
-            }
-        }
-    }
-    for (kind, n) in counts {
-        metrics::counter!("liqwatch_monitor_events_total", "kind" => kind.as_str()).increment(n);
-    }
-}
-
-/// Every price an account's figures use: the engine's price, with source/age/staleness from
-/// `info` (stables: source `stable`, never stale; no info: source `engine`, age 0).
-fn prices_used(
-    map: &AccountMap,
-    account: &crate::model::Account,
-    engine: &PriceSnapshot,
-    info: &dyn PriceInfo,
-    now_ms: TimestampMs,
-) -> Vec<PriceUsed> {
-    let ids: BTreeSet<&InstrumentId> = account
-        .collateral
-        .keys()
-        .chain(account.positions.iter().map(|p| &p.instrument))
-        .collect();
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        let stable = map
-            .instruments()
-            .index(id)
-            .and_then(|i| map.instruments().get(i).map(|i| i.stable))
-            == Some(true);
-        if stable {
-            out.push(PriceUsed {
-                instrument: id.clone(),
-                price: Decimal::ONE,
-                source: "stable".into(),
-                received_ts: now_ms,
-                age_ms: 0,
-                stale: false,
-            });
-            continue;
-        }
-        let Some(price) = engine.0.get(id).copied() else {
-            continue;
-        };
-        let p = match info.price_info(id) {
-            Some(mut p) => {
-                p.price = price;
-                p
-            }
-            None => PriceUsed {
-                instrument: id.clone(),
-                price,
-                source: "engine".into(),
-                received_ts: now_ms,
-                age_ms: 0,
-                stale: false,
-            },
-        };
-        out.push(p);
-    }
-    out
-}
-
 pub mod funding;
+mod snapshots; // what an event carries: its snapshot (on every core) and the prices it used
+use snapshots::{SnapshotJob, fill_snapshots, prices_used};
 #[cfg(test)]
 mod tests;

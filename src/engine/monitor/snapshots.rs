@@ -1,0 +1,143 @@
+//! What an account event carries besides its state change: the account's full snapshot
+//! (figures, shock distance, liquidation prices — what an event costs, built after the step's
+//! state pass, on every core for large steps) and every price it used.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use rust_decimal::Decimal;
+
+use super::{Emitted, PriceInfo, funding};
+use crate::engine::map::{AccountMap, PriceSnapshot};
+use crate::margin;
+use crate::model::{EventKind, InstrumentId, PriceUsed, TimestampMs};
+
+/// An event whose snapshot is still to be computed: the account and the prices it was valued at.
+pub(super) struct SnapshotJob {
+    /// Index of the event in the step's output.
+    pub(super) at: usize,
+    pub(super) trigger: Decimal,
+    pub(super) prices: Arc<PriceSnapshot>,
+    /// The funding rates of the account's perpetuals, when known.
+    pub(super) funding: Vec<(InstrumentId, margin::funding::FundingRate)>,
+    pub(super) account: crate::model::Account,
+}
+
+/// Events in one step from which snapshots are built on more than one core.
+const PARALLEL_SNAPSHOTS: usize = 64;
+
+/// Computes each job's snapshot (pure: the account at the prices it was valued at) into its
+/// event. Large batches — a correlated move — are split over the available cores; each
+/// snapshot lands in its own event, so the order of events does not depend on the split.
+pub(super) fn fill_snapshots(map: &AccountMap, out: &mut [Emitted], jobs: Vec<SnapshotJob>) {
+    let one = |job: &SnapshotJob| -> Option<crate::model::RiskSnapshot> {
+        let table = map.instruments();
+        match margin::account_snapshot(&job.account, &*table, &*job.prices, job.trigger) {
+            Ok(mut s) => {
+                funding::attach(&mut s, &*table, &job.funding);
+                Some(s)
+            }
+            Err(error) => {
+                metrics::counter!("liqwatch_monitor_snapshot_errors_total").increment(1);
+                tracing::error!(account = %job.account.id, %error, "Snapshot failed; the event goes out without it");
+                None
+            }
+        }
+    };
+    // The core count is asked once per process (`par::threads`), not once per step.
+    let threads = if jobs.len() < PARALLEL_SNAPSHOTS {
+        1
+    } else {
+        crate::engine::par::threads()
+    };
+    let snapshots: Vec<Option<crate::model::RiskSnapshot>> =
+        if jobs.len() < PARALLEL_SNAPSHOTS || threads < 2 {
+            jobs.iter().map(one).collect()
+        } else {
+            let chunk = jobs.len().div_ceil(threads);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = jobs
+                    .chunks(chunk)
+                    .map(|c| scope.spawn(move || c.iter().map(one).collect::<Vec<_>>()))
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| match h.join() {
+                        Ok(v) => v,
+                        // A panic in the margin model is a bug; keep the events, without
+                        // snapshots, rather than lose them.
+                        Err(_) => vec![None; chunk],
+                    })
+                    .collect()
+            })
+        };
+    // Events per kind, counted once per step rather than once per event.
+    let mut counts: Vec<(EventKind, u64)> = Vec::new();
+    for (job, snapshot) in jobs.iter().zip(snapshots) {
+        if let Some(e) = out.get_mut(job.at) {
+            e.event.snapshot = snapshot.map(Box::new);
+            margin::attach_liquidation_cost(&mut e.event, &*map.instruments());
+            match counts.iter_mut().find(|(k, _)| *k == e.event.kind) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((e.event.kind, 1)),
+            }
+        }
+    }
+    for (kind, n) in counts {
+        metrics::counter!("liqwatch_monitor_events_total", "kind" => kind.as_str()).increment(n);
+    }
+}
+
+/// Every price an account's figures use: the engine's price, with source/age/staleness from
+/// `info` (stables: source `stable`, never stale; no info: source `engine`, age 0).
+pub(super) fn prices_used(
+    map: &AccountMap,
+    account: &crate::model::Account,
+    engine: &PriceSnapshot,
+    info: &dyn PriceInfo,
+    now_ms: TimestampMs,
+) -> Vec<PriceUsed> {
+    let ids: BTreeSet<&InstrumentId> = account
+        .collateral
+        .keys()
+        .chain(account.positions.iter().map(|p| &p.instrument))
+        .collect();
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let stable = map
+            .instruments()
+            .index(id)
+            .and_then(|i| map.instruments().get(i).map(|i| i.stable))
+            == Some(true);
+        if stable {
+            out.push(PriceUsed {
+                instrument: id.clone(),
+                price: Decimal::ONE,
+                source: "stable".into(),
+                received_ts: now_ms,
+                age_ms: 0,
+                stale: false,
+            });
+            continue;
+        }
+        let Some(price) = engine.0.get(id).copied() else {
+            continue;
+        };
+        let p = match info.price_info(id) {
+            Some(mut p) => {
+                p.price = price;
+                p
+            }
+            None => PriceUsed {
+                instrument: id.clone(),
+                price,
+                source: "engine".into(),
+                received_ts: now_ms,
+                age_ms: 0,
+                stale: false,
+            },
+        };
+        out.push(p);
+    }
+    out
+}
