@@ -77,15 +77,11 @@ async fn open_row(browser: &Browser, account: &str) {
         )
         .await;
     browser
-        .client
-        .find(Locator::Css(&format!(
-            "#accounts-body tr[data-account='{account}']"
-        )))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+        .click(
+            &format!("#accounts-body tr[data-account='{account}']"),
+            DEADLINE,
+        )
+        .await;
 }
 
 /// Distance sort on the page equals the API's and differs from the ratio order; the VaR panel

@@ -143,6 +143,28 @@ impl Browser {
         }
     }
 
+    /// Clicks the element `css` selects, as a user would (WebDriver), retrying until
+    /// `deadline` while the element is missing or was replaced between finding and clicking it
+    /// (the page re-renders its table on every refresh: a row found just before a refresh is
+    /// stale by the click).
+    pub async fn click(&self, css: &str, deadline: Duration) {
+        let end = Instant::now() + deadline;
+        loop {
+            let outcome = match self.client.find(fantoccini::Locator::Css(css)).await {
+                Ok(element) => element.click().await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(()) => return,
+                Err(e) => assert!(
+                    Instant::now() < end,
+                    "could not click {css} within {deadline:?}: {e}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Saves a PNG screenshot of the viewport to `path` and returns its bytes.
     pub async fn screenshot(&self, path: &Path) -> Vec<u8> {
         let png = self.client.screenshot().await.unwrap();
