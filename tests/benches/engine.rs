@@ -178,7 +178,7 @@ fn indexed(m: &Arc<AccountMap>, n: usize) {
     let btc = InstrumentId::from("BTCUSDT-PERP");
     let mut rng = Lcg(99);
     let mut price = dec!(60000);
-    let (mut ticks, mut woken, mut events) = (0u64, 0u64, 0u64);
+    let mut walk = Counted::default();
     g.bench_function(BenchmarkId::new("walk-0.05%", n), |b| {
         b.iter(|| {
             let step = if rng.next() % 2 == 0 {
@@ -187,53 +187,75 @@ fn indexed(m: &Arc<AccountMap>, n: usize) {
                 dec!(0.9995)
             };
             price = (price * step).round_dp(1);
-            let e = engine.on_prices([(&btc, price)], &info, 0);
-            ticks += 1;
-            woken += engine.last_valued() as u64;
-            events += e.len() as u64;
-            black_box(e.len())
+            walk.tick(&mut engine, &btc, price)
         })
     });
     println!(
-        "engine: indexed walk over {n} accounts: {ticks} ticks, {:.1} accounts woken per tick, {events} events, final BTC {price}",
-        woken as f64 / ticks.max(1) as f64
+        "engine: indexed walk over {n} accounts: {} ticks, {:.1} accounts woken per tick, {} events, final BTC {price}",
+        walk.ticks,
+        walk.woken_per_tick(),
+        walk.events
     );
     // A tick that crosses nobody: BTC one price step (0.1) up and back where the walk ended —
     // the common tick of a quiet market; what it costs is waking (almost) no one.
-    let (mut ticks, mut woken, mut events) = (0u64, 0u64, 0u64);
+    let mut quiet = Counted::default();
     let mut flip = false;
     g.bench_function(BenchmarkId::new("quiet-0.1", n), |b| {
         b.iter(|| {
             flip = !flip;
             let p = if flip { price + dec!(0.1) } else { price };
-            let e = engine.on_prices([(&btc, p)], &info, 0);
-            ticks += 1;
-            woken += engine.last_valued() as u64;
-            events += e.len() as u64;
-            black_box(e.len())
+            quiet.tick(&mut engine, &btc, p)
         })
     });
     println!(
-        "engine: indexed quiet ticks (BTC {price} ± 0.1) over {n} accounts: {ticks} ticks, {:.3} accounts woken per tick, {events} events",
-        woken as f64 / ticks.max(1) as f64
+        "engine: indexed quiet ticks (BTC {price} ± 0.1) over {n} accounts: {} ticks, {:.3} accounts woken per tick, {} events",
+        quiet.ticks,
+        quiet.woken_per_tick(),
+        quiet.events
     );
-    let (mut ticks, mut woken) = (0u64, 0u64);
+    let mut jumps = Counted::default();
     let mut flip = false;
     g.bench_function(BenchmarkId::new("jump-1%", n), |b| {
         b.iter(|| {
             flip = !flip;
             let p = if flip { price * dec!(1.01) } else { price };
-            let e = engine.on_prices([(&btc, p.round_dp(1))], &info, 0);
-            ticks += 1;
-            woken += engine.last_valued() as u64;
-            black_box(e.len())
+            jumps.tick(&mut engine, &btc, p.round_dp(1))
         })
     });
     println!(
         "engine: indexed ±1 % jumps over {n} accounts: {:.1} accounts woken per tick",
-        woken as f64 / ticks.max(1) as f64
+        jumps.woken_per_tick()
     );
     g.finish();
+}
+
+/// Ticks through the engine, counting the accounts each woke and the events it made.
+#[derive(Default)]
+struct Counted {
+    ticks: u64,
+    woken: u64,
+    events: u64,
+}
+
+impl Counted {
+    /// One BTC tick at `price`; returns the number of events (for `black_box`).
+    fn tick(
+        &mut self,
+        engine: &mut Engine,
+        btc: &InstrumentId,
+        price: rust_decimal::Decimal,
+    ) -> usize {
+        let info: HashMap<InstrumentId, PriceUsed> = HashMap::new();
+        let e = engine.on_prices([(btc, price)], &info, 0);
+        self.ticks += 1;
+        self.woken += engine.last_valued() as u64;
+        self.events += e.len() as u64;
+        black_box(e.len())
+    }
+
+    fn woken_per_tick(&self) -> f64 {
+        self.woken as f64 / self.ticks.max(1) as f64
+    }
 }
 
 fn updates(m: &AccountMap, n: usize) {
