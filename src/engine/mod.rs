@@ -431,15 +431,16 @@ impl Engine {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::engine::map::tests::{w3_account, w3_instruments};
     use crate::model::PriceUsed;
     use rust_decimal_macros::dec;
 
-    const NOW: TimestampMs = 1_621_428_600_000;
+    pub(crate) const NOW: TimestampMs = 1_621_428_600_000;
 
-    fn engine(distance_index: bool) -> Engine {
+    /// An engine over the W3 instruments holding the W3 account (no prices yet).
+    pub(crate) fn engine(distance_index: bool) -> Engine {
         let map = Arc::new(AccountMap::new(w3_instruments()));
         let mut e = Engine::new(
             map,

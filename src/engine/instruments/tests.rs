@@ -2,39 +2,20 @@
 //! crossings it causes, journals one event per instrument, and refuses identity changes.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 
-use crate::engine::map::tests::{w3_account, w3_instruments};
-use crate::engine::{AccountMap, Engine, EngineConfig, MonitorConfig};
-use crate::model::{
-    AccountId, AccountUpdate, EventKind, Instrument, InstrumentId, MarginTier, PriceUsed,
-    TimestampMs,
-};
+use crate::engine::Engine;
+use crate::engine::map::tests::w3_instruments;
+use crate::model::{AccountId, EventKind, Instrument, InstrumentId, MarginTier, PriceUsed};
 
-const NOW: TimestampMs = 1_621_428_600_000;
+use crate::engine::tests::NOW;
 
+/// The shared W3 engine ([`crate::engine::tests::engine`]) with its prices set.
 fn engine(distance_index: bool) -> Engine {
-    let map = Arc::new(AccountMap::new(w3_instruments()));
-    let mut e = Engine::new(
-        map,
-        EngineConfig {
-            monitor: MonitorConfig::default(),
-            distance_index,
-        },
-    )
-    .unwrap();
+    let mut e = crate::engine::tests::engine(distance_index);
     let info = HashMap::<InstrumentId, PriceUsed>::new();
-    e.on_update(
-        AccountUpdate::Replace {
-            account: w3_account("w3"),
-        },
-        &info,
-        NOW,
-    )
-    .unwrap();
     let w3: Vec<(InstrumentId, Decimal)> = vec![
         ("BTCUSDT-PERP".into(), dec!(60000)),
         ("BTC".into(), dec!(60000)),
