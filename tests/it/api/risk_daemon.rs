@@ -5,7 +5,6 @@
 //! scenario set.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
@@ -41,12 +40,14 @@ async fn start(cfg: &Path, dir: &Path, venue: &MockBinance, n: u32) -> Running {
     if n == 1 {
         Daemon::init_journal(bin, cfg, &env);
     }
-    let before = venue.subscribes.load(Ordering::SeqCst);
-    let mut daemon = Daemon::start_args(bin, &[], cfg, &env, dir.join(format!("daemon-{n}.log")));
-    let api = format!("http://{}", daemon.api_addr(DEADLINE).await);
-    poll_until("the daemon to subscribe", DEADLINE, || {
-        (venue.subscribes.load(Ordering::SeqCst) > before).then_some(())
-    })
+    let (daemon, api) = Daemon::start_subscribed(
+        bin,
+        cfg,
+        &env,
+        dir.join(format!("daemon-{n}.log")),
+        venue,
+        DEADLINE,
+    )
     .await;
     Running { daemon, api }
 }

@@ -4,16 +4,13 @@
 //! journals a `liquidation_warning` with `level_type: "funding"` before the funding time;
 //! `apply_funding` applies the payment once, and not again after a restart.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 use serde_json::{Value, json};
 
-use crate::support::daemon_env::{
-    Daemon, MockBinance, binance_config, http_client, now_ms, poll_until,
-};
+use crate::support::daemon_env::{Daemon, MockBinance, binance_config, http_client, now_ms};
 
 const TOKEN: &str = "funding-token";
 const TOKEN_ENV: &str = "FUNDING_TOKEN";
@@ -41,19 +38,15 @@ async fn start(
     venue: &MockBinance,
     n: u32,
 ) -> (Daemon, String) {
-    let before = venue.subscribes.load(Ordering::SeqCst);
-    let mut daemon = Daemon::start(
+    Daemon::start_subscribed(
         env!("CARGO_BIN_EXE_liqwatch"),
         cfg,
         &[(TOKEN_ENV, TOKEN)],
         dir.join(format!("daemon-{n}.log")),
-    );
-    let api = format!("http://{}", daemon.api_addr(DEADLINE).await);
-    poll_until("the daemon to subscribe", DEADLINE, || {
-        (venue.subscribes.load(Ordering::SeqCst) > before).then_some(())
-    })
-    .await;
-    (daemon, api)
+        venue,
+        DEADLINE,
+    )
+    .await
 }
 
 /// Account `f`'s USDT balance as the API reports it.

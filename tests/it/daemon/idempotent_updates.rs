@@ -3,7 +3,6 @@
 //! applied once however often it is delivered, across a kill -9 and restart too; an id reused
 //! for another update is refused with 409; a `PUT` without `positions` is refused with 422.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -11,7 +10,7 @@ use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 use serde_json::{Value, json};
 
-use crate::support::daemon_env::{Daemon, MockBinance, binance_config, http_client, poll_until};
+use crate::support::daemon_env::{Daemon, MockBinance, binance_config, http_client};
 use crate::support::nats_server::NatsServer;
 
 const TOKEN: &str = "idempotency-token";
@@ -26,17 +25,14 @@ async fn start(
     venue: &MockBinance,
     n: u32,
 ) -> (Daemon, String) {
-    let before = venue.subscribes.load(Ordering::SeqCst);
-    let mut daemon = Daemon::start(
+    let (daemon, api) = Daemon::start_subscribed(
         env!("CARGO_BIN_EXE_liqwatch"),
         cfg,
         &[(TOKEN_ENV, TOKEN)],
         dir.join(format!("daemon-{n}.log")),
-    );
-    let api = format!("http://{}", daemon.api_addr(DEADLINE).await);
-    poll_until("the daemon to subscribe", DEADLINE, || {
-        (venue.subscribes.load(Ordering::SeqCst) > before).then_some(())
-    })
+        venue,
+        DEADLINE,
+    )
     .await;
     venue.push_mark("BTCUSDT", "50000");
     (daemon, api)

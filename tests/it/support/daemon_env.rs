@@ -352,6 +352,26 @@ impl Daemon {
         Self::start_args(bin, &[], config, env, log)
     }
 
+    /// [`Daemon::start`], then waits (up to `deadline` each) for its API and for its feed to
+    /// subscribe at `venue`; returns the daemon and its API base URL (`http://…`).
+    pub async fn start_subscribed(
+        bin: &str,
+        config: &Path,
+        env: &[(&str, &str)],
+        log: PathBuf,
+        venue: &MockBinance,
+        deadline: Duration,
+    ) -> (Daemon, String) {
+        let before = venue.subscribes.load(Ordering::SeqCst);
+        let mut daemon = Self::start(bin, config, env, log);
+        let api = format!("http://{}", daemon.api_addr(deadline).await);
+        poll_until("the daemon to subscribe", deadline, || {
+            (venue.subscribes.load(Ordering::SeqCst) > before).then_some(())
+        })
+        .await;
+        (daemon, api)
+    }
+
     /// [`Daemon::start`] with extra `run` arguments (`--init-journal`).
     pub fn start_args(
         bin: &str,
