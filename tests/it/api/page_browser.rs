@@ -16,7 +16,7 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
 use crate::support::browser::Browser;
-use crate::support::daemon_env::{Daemon, MockBinance, http_client, poll_until};
+use crate::support::daemon_env::{Daemon, MockBinance, http_client};
 
 const TOKEN: &str = "page-test-token";
 /// Generous: the page polls once a second and reacts to the event stream at once.
@@ -128,13 +128,16 @@ async fn risk_page_in_a_real_browser() {
     let bin = env!("CARGO_BIN_EXE_liqwatch");
     let env = [("PAGE_TEST_TOKEN", TOKEN)];
     Daemon::init_journal(bin, &cfg, &env);
-    let mut daemon = Daemon::start(bin, &cfg, &env, dir.path().join("daemon.log"));
-    let api = format!("http://{}", daemon.api_addr(DEADLINE).await);
-    let client = http_client();
-    poll_until("the daemon to subscribe", DEADLINE, || {
-        (venue.subscribes.load(Ordering::SeqCst) > 0).then_some(())
-    })
+    let (mut daemon, api) = Daemon::start_subscribed(
+        bin,
+        &cfg,
+        &env,
+        dir.path().join("daemon.log"),
+        &venue,
+        DEADLINE,
+    )
     .await;
+    let client = http_client();
     let pusher = Pusher::start(venue.clone());
 
     // 1 BTC long from 50000 with different cushions (MM at 50000 = 0.4 % × 50000 = 200):

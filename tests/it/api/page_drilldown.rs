@@ -7,7 +7,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fantoccini::Locator;
@@ -95,13 +94,16 @@ async fn drilldown_risk_events_and_history_survive_restart() {
     let bin = env!("CARGO_BIN_EXE_liqwatch");
     let env = [("DRILLDOWN_TOKEN", TOKEN)];
     Daemon::init_journal(bin, &cfg, &env);
-    let mut daemon = Daemon::start(bin, &cfg, &env, dir.path().join("daemon-1.log"));
-    let api = format!("http://{}", daemon.api_addr(DEADLINE).await);
-    let client = http_client();
-    poll_until("the daemon to subscribe", DEADLINE, || {
-        (venue.subscribes.load(Ordering::SeqCst) > 0).then_some(())
-    })
+    let (mut daemon, api) = Daemon::start_subscribed(
+        bin,
+        &cfg,
+        &env,
+        dir.path().join("daemon-1.log"),
+        &venue,
+        DEADLINE,
+    )
     .await;
+    let client = http_client();
     // BTC and ETH marks every 200 ms (the venue keeps them for the restarted daemon too).
     let btc = Arc::new(Mutex::new("50000".to_string()));
     {

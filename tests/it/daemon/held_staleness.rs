@@ -4,12 +4,11 @@
 //! once, loudly, at start and in `/readyz`.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::daemon_env::{Daemon, MockBinance, http_client, poll_until};
+use crate::support::daemon_env::{Daemon, MockBinance, http_client};
 
 const TOKEN: &str = "held-staleness-token";
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -79,13 +78,16 @@ async fn only_held_instruments_go_stale_and_unserved_ones_are_reported() {
     let env = [("HELD_STALENESS_TOKEN", TOKEN)];
     let bin = env!("CARGO_BIN_EXE_liqwatch");
     Daemon::init_journal(bin, &cfg, &env);
-    let mut daemon = Daemon::start(bin, &cfg, &env, dir.path().join("daemon.log"));
-    let api = format!("http://{}", daemon.api_addr(DEADLINE).await);
-    let client = http_client();
-    poll_until("the daemon to subscribe", DEADLINE, || {
-        (venue.subscribes.load(Ordering::SeqCst) > 0).then_some(())
-    })
+    let (mut daemon, api) = Daemon::start_subscribed(
+        bin,
+        &cfg,
+        &env,
+        dir.path().join("daemon.log"),
+        &venue,
+        DEADLINE,
+    )
     .await;
+    let client = http_client();
     venue.push_mark("BTCUSDT", "60000");
 
     // BTCUSDT-PERP had a price and lost it: stale. Every other instrument of the feed never had

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
 use serde_json::Value;
 
-use crate::support::daemon_env::{Daemon, MockBinance, http_client, poll_until};
+use crate::support::daemon_env::{Daemon, MockBinance, http_client};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const FIXTURE: &str = "feeds/binance-usdm/rest/leverage_tiers_freqtrade_2024-10-24.json";
@@ -191,13 +191,16 @@ async fn refresh_keeps_the_last_good_set_and_applies_a_changed_bracket() {
     let cfg = config(dir.path(), &feed.url, &refresh_url);
     let bin = env!("CARGO_BIN_EXE_liqwatch");
     Daemon::init_journal(bin, &cfg, &[]);
-    let mut daemon = Daemon::start(bin, &cfg, &[], dir.path().join("daemon.log"));
-    let api = format!("http://{}", daemon.api_addr(DEADLINE).await);
-    let client = http_client();
-    poll_until("the daemon to subscribe", DEADLINE, || {
-        (feed.subscribes.load(Ordering::SeqCst) > 0).then_some(())
-    })
+    let (mut daemon, api) = Daemon::start_subscribed(
+        bin,
+        &cfg,
+        &[],
+        dir.path().join("daemon.log"),
+        &feed,
+        DEADLINE,
+    )
     .await;
+    let client = http_client();
     feed.push_mark("BTCUSDT", "60000");
     let ok_series = r#"liqwatch_instruments_refresh_total{venue="binance-usdm",outcome="ok"}"#;
     until("a good refresh", &daemon, || async {

@@ -5,7 +5,6 @@
 //! that needs a restart is named.
 
 use std::process::Command;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -103,18 +102,16 @@ async fn sighup_reloads_levels_and_token_issue_11_item_8() {
     std::fs::write(&cfg, with_levels("\"0.8\"", "")).unwrap();
     std::fs::write(dir.path().join("token"), "old-token\n").unwrap();
     Daemon::init_journal(env!("CARGO_BIN_EXE_liqwatch"), &cfg, &[]);
-    let mut daemon = Daemon::start(
+    let (mut daemon, api) = Daemon::start_subscribed(
         env!("CARGO_BIN_EXE_liqwatch"),
         &cfg,
         &[],
         dir.path().join("daemon.log"),
-    );
-    let api = format!("http://{}", daemon.api_addr(DEADLINE).await);
-    let client = http_client();
-    poll_until("the daemon to subscribe", DEADLINE, || {
-        (venue.subscribes.load(Ordering::SeqCst) > 0).then_some(())
-    })
+        &venue,
+        DEADLINE,
+    )
     .await;
+    let client = http_client();
     venue.push_mark("BTCUSDT", "50000");
 
     // MM 200 (0.4 % of 50,000), equity 400: ratio 0.5, healthy under 0.8.
