@@ -11,8 +11,11 @@
 //! Between two valuations, the account's equity `E` and maintenance margin `MM` move by at most
 //! a sum of per-slot terms, each linear in its price move `|Δpᵢ|`:
 //! - linear contract (quantity `q`, contract size `cs`): `|ΔuPnL| ≤ |q|·cs·|Δp|` and
-//!   `|ΔMM| ≤ |q|·cs·max(mmr)·|Δp| + J`, where `J` is the sum of the tier table's jumps (zero for
-//!   the venues' continuous tables, whose `cum` is built to make `MM` continuous);
+//!   `|ΔMM| ≤ |q|·cs·mmr*·|Δp| + J`, where `mmr*` is the largest rate of the tiers a move of
+//!   less than [`MAX_MOVE`] reaches from the position's notional (not the table's last: 50 % on
+//!   Binance's BTCUSDT, against 0.4–0.5 % for most positions) and `J` the sum of the tier
+//!   table's jumps (zero for the venues' continuous tables, whose `cum` is built to make `MM`
+//!   continuous);
 //! - inverse contract (entry `EP`): `uPnL = q·cs·(p/EP − 1)` gives `|ΔuPnL| ≤ |q|·cs/EP·|Δp|`, and
 //!   `MM = face·mmr − cum·p` has slope `−cum` on each tier, so `|ΔMM| ≤ max|cum|·|Δp|` when the
 //!   coin-notional tiers are continuous (otherwise its holders are always revalued);
@@ -25,7 +28,23 @@
 //! `δ = slack / Σᵢ (L·aᵢ + bᵢ)·pᵢ` (the smaller over both sides), no state change is possible
 //! while every price stays strictly inside `pᵢ·(1 ± δ)`. `δ` is shrunk by a relative `10⁻⁶` and
 //! the slack by a margin for the 12-place rounding of the cached figures, and the band ends are
-//! rounded inwards, so every approximation errs towards waking an account.
+//! built inwards (in `f64`, shrunk by a relative `10⁻¹²`, far past its rounding; a property
+//! test checks each lies inside the exact `Decimal` band), so every approximation errs towards
+//! waking an account.
+//!
+//! # Re-spreading the budget
+//! The uniform `δ` is one way of spending the slack. In general, with `cᵢ = max over sides of
+//! wᵢ / slack` (`wᵢ` the instrument's term above, rounded up), any prices with
+//! `Σᵢ cᵢ·|Δpᵢ|/pᵢ < 1` keep the state. So when a price leaves its band, the account is not
+//! valued at once: if the current deviations `dᵢ` from the prices it was valued at (its
+//! *anchors*) use only part of that budget, it gets new bands `anchorᵢ·(1 ± hᵢ)` with
+//! `hᵢ ≥ dᵢ` and `Σ cᵢ·hᵢ ≤ 1 − 10⁻⁹` — what is left goes three parts to the instruments that
+//! left their band for one to the others ([`respread`]) — and only a spent budget (or a price
+//! outside the widest band) wakes it. A market where one price walks while the others sit,
+//! the common case, no longer wakes an account for a quarter of its slack: in the engine
+//! bench's random walk, 3.4 accounts are valued per tick at 100k instead of 18.8, for 1.6
+//! events. Each re-spread costs a few `f64` operations and its band moves in the store; none
+//! reads the account. Counted by `liqwatch_engine_respread_accounts_total`.
 //!
 //! # What this changes and what it keeps
 //! - A tick ([`Engine::on_prices`](crate::engine::Engine::on_prices)) only sets the engine price ([`AccountMap::set_price`]); the woken
@@ -40,20 +59,24 @@
 //!   after every account update and [`DistanceIndex::forget`] after a removal.
 //!
 //! # Storage
-//! Per instrument, the eager holders and the banded holders ordered by their band ends as
-//! fixed-point integers, never wider than the exact band (`index/store.rs`). A step's changes are
+//! Per account and instrument, 24 bytes: the anchor, the half-width and the budget coefficient
+//! (`f64`; the band's fixed-point ends are recomputed from them, the same every time). Per
+//! instrument, the eager holders and the banded holders ordered by their band ends as
+//! fixed-point integers (`index/store.rs`). A step's changes are
 //! queued and applied at once: when they touch a large share of an instrument's holders (a
 //! correlated move, the first build), its ordered sets are rebuilt from sorted input rather than
 //! edited key by key.
 //!
 //! # Metrics
-//! `liqwatch_engine_woken_accounts_total` (accounts revalued by ticks), gauge
+//! `liqwatch_engine_woken_accounts_total` (accounts revalued by ticks),
+//! `liqwatch_engine_respread_accounts_total` (accounts given new bands without a valuation), gauge
 //! `liqwatch_engine_banded_accounts` (accounts with a band; the rest are revalued on every tick
 //! of their instruments).
 
 mod store;
 
-use rust_decimal::{Decimal, RoundingStrategy};
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
 
 use store::{FixedBand, PriceKey, Store};
 
@@ -148,8 +171,12 @@ fn sensitivity(inst: &Instrument) -> Sensitivity {
 pub struct Term {
     /// Equity per unit of price move.
     pub a: Decimal,
-    /// Maintenance margin per unit of price move.
+    /// Maintenance margin per unit of price move, for moves of at most [`MAX_MOVE`] (the
+    /// steepest tier such a move can reach).
     pub b: Decimal,
+    /// Maintenance margin per unit of price move, for a move of any size (the steepest tier):
+    /// the distance bound's shocks reach beyond [`MAX_MOVE`].
+    pub b_any: Decimal,
     /// Maintenance-margin jumps the move may cross, whatever its size.
     pub c: Decimal,
     /// The price the slot was valued at.
@@ -167,6 +194,19 @@ pub fn allowed_move(
     terms: &[Term],
     range: QuietRange,
 ) -> Option<Decimal> {
+    allowed_move_with(equity, mm, terms, range, &mut vec![0.0; terms.len()])
+}
+
+/// [`allowed_move`], also raising `coef[j]` (one per term) to at least `wⱼ / slack` on every
+/// side, rounded up, so that **any** moves with `Σⱼ coefⱼ·|Δpⱼ|/pⱼ < 1` keep the ratio in
+/// `range` — the budget [`respread`] shares out again when one price used part of it.
+pub fn allowed_move_with(
+    equity: Decimal,
+    mm: Decimal,
+    terms: &[Term],
+    range: QuietRange,
+    coef: &mut [f64],
+) -> Option<Decimal> {
     let mut magnitude = equity.abs().checked_add(mm.abs())?;
     let mut jumps = Decimal::ZERO;
     for t in terms {
@@ -174,7 +214,7 @@ pub fn allowed_move(
         jumps = jumps.checked_add(t.c)?;
     }
     let n = Decimal::from(terms.len() as u64 + 1);
-    let side = |level: Decimal, slack: Decimal| -> Option<Decimal> {
+    let mut side = |level: Decimal, slack: Decimal| -> Option<Decimal> {
         // The cached figures are rounded to 12 places (at most 10⁻¹² per slot and figure,
         // before and after); Decimal's own rounding is ~10⁻²⁸ relative. Both are far inside
         // this margin.
@@ -188,12 +228,13 @@ pub fn allowed_move(
             return None;
         }
         let mut weight = Decimal::ZERO;
-        for t in terms {
+        for (j, t) in terms.iter().enumerate() {
             let w = level
                 .checked_mul(t.a)?
                 .checked_add(t.b)?
                 .checked_mul(t.price)?;
             weight = weight.checked_add(w)?;
+            raise(coef, j, w, slack);
         }
         if weight <= Decimal::ZERO {
             return Some(MAX_MOVE);
@@ -219,22 +260,140 @@ pub fn allowed_move(
     (delta > Decimal::ZERO).then_some(delta)
 }
 
-/// The band `(lo, hi)` of a price for a move `δ`, rounded inwards; `None` when empty.
+/// The exact band `(lo, hi)` of a price for a move `δ`, rounded inwards; `None` when empty.
+/// The index builds its bands in `f64` ([`band_around`]); tests check those lie inside this.
+#[cfg(test)]
 pub fn band(price: Decimal, delta: Decimal) -> Option<(Decimal, Decimal)> {
     let lo = price
         .checked_mul(Decimal::ONE.checked_sub(delta)?)?
-        .round_dp_with_strategy(BAND_SCALE, RoundingStrategy::ToPositiveInfinity);
+        .round_dp_with_strategy(
+            BAND_SCALE,
+            rust_decimal::RoundingStrategy::ToPositiveInfinity,
+        );
     let hi = price
         .checked_mul(Decimal::ONE.checked_add(delta)?)?
-        .round_dp_with_strategy(BAND_SCALE, RoundingStrategy::ToNegativeInfinity);
+        .round_dp_with_strategy(
+            BAND_SCALE,
+            rust_decimal::RoundingStrategy::ToNegativeInfinity,
+        );
     (lo < price && price < hi).then_some((lo, hi))
+}
+
+/// Raises `coef[j]` to `w / slack` rounded up (infinite when a figure has no `f64`).
+pub(crate) fn raise(coef: &mut [f64], j: usize, w: Decimal, slack: Decimal) {
+    let Some(c) = coef.get_mut(j) else { return };
+    let q = match (w.to_f64(), slack.to_f64()) {
+        // Each conversion and the division err by ≤ 2⁻⁵³ relative: 10⁻⁹ covers them.
+        (Some(w), Some(s)) if s > 0.0 && w.is_finite() => w / s * (1.0 + 1e-9),
+        _ => f64::INFINITY,
+    };
+    let q = if q.is_nan() { f64::INFINITY } else { q };
+    if q > *c {
+        *c = q;
+    }
+}
+
+/// The widest half-width (a fraction of the anchor) a band may have.
+const MAX_HALF: f64 = 0.499_999;
+
+/// One instrument of a banded account, as [`respread`] sees it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Budgeted {
+    /// The price the account was valued at (`f64`: within 2⁻⁵³ of it).
+    pub anchor: f64,
+    /// The instrument's share of the budget per unit of relative move ([`allowed_move_with`]).
+    pub coef: f64,
+    /// The current price (`f64`).
+    pub price: f64,
+    /// Whether the current price left the instrument's band (it gets more of what is left).
+    pub left: bool,
+}
+
+/// New half-widths `hⱼ` (fractions of each anchor) for an account whose band a price left,
+/// when its prices used only part of the budget: every `hⱼ` covers the current deviation
+/// `dⱼ = |pⱼ − anchorⱼ| / anchorⱼ` and `Σ coefⱼ·hⱼ ≤ 1 − 10⁻⁹`, so a band of `anchorⱼ·(1 ± hⱼ)`
+/// keeps the account's state exactly as its first band did (module docs) — without valuing
+/// it. What is left of the budget goes three parts to the instruments that left their band
+/// for one to the others, as the same relative move. `None` when the budget is spent (the
+/// account must be valued). Pure.
+pub fn respread(slots: &[Budgeted]) -> Option<Vec<f64>> {
+    let mut used = 0.0f64;
+    let mut dev = Vec::with_capacity(slots.len());
+    for s in slots {
+        if !(s.anchor > 0.0 && s.coef >= 0.0 && s.coef.is_finite() && s.price.is_finite()) {
+            return None;
+        }
+        // Rounded up well past the few ulps of error of the `f64` figures.
+        let d = (s.price - s.anchor).abs() / s.anchor * (1.0 + 1e-12) + 1e-14;
+        if d >= MAX_HALF {
+            return None;
+        }
+        used += s.coef * d;
+        dev.push(d);
+    }
+    let room = 1.0 - 1e-9 - used * (1.0 + 1e-12);
+    if room.is_nan() || room <= 0.0 {
+        return None;
+    }
+    let weight = |s: &Budgeted| if s.left { 3.0 } else { 1.0 };
+    let denom: f64 = slots.iter().map(|s| weight(s) * s.coef).sum();
+    let h: Vec<f64> = slots
+        .iter()
+        .zip(dev)
+        .map(|(s, d)| {
+            let r = if denom > 0.0 {
+                room * weight(s) / denom * (1.0 - 1e-12)
+            } else {
+                MAX_HALF
+            };
+            (d + r).min(MAX_HALF)
+        })
+        .collect();
+    Some(h)
+}
+
+/// The fixed-point band `anchor·(1 ± h)`, shrunk inwards past the `f64` rounding; `None` when
+/// it does not fit or is empty.
+fn band_around(anchor: f64, h: f64) -> Option<FixedBand> {
+    let scale = 10f64.powi(BAND_SCALE as i32);
+    let lo = anchor * (1.0 - h) * (1.0 + 1e-12) * scale;
+    let hi = anchor * (1.0 + h) * (1.0 - 1e-12) * scale;
+    if !(lo > 0.0 && hi.is_finite()) {
+        return None;
+    }
+    FixedBand::from_units(lo.ceil(), hi.floor())
+}
+
+/// One instrument's band, `anchor·(1 ± half)` (through [`band_around`], so the same fixed-point
+/// ends every time: the store's entries are found again from these 24 bytes), and its share of
+/// the account's budget.
+#[derive(Clone, Copy, Debug)]
+struct Banded {
+    /// The price the account was valued at (`f64`: within 2⁻⁵³ of it).
+    anchor: f64,
+    /// The band's half-width, a fraction of `anchor`.
+    half: f64,
+    /// See [`Budgeted::coef`].
+    coef: f64,
+}
+
+impl Banded {
+    /// A band for `price` strictly inside it; `None` when there is none.
+    fn new(anchor: f64, half: f64, coef: f64, price: PriceKey) -> Option<Self> {
+        let b = Banded { anchor, half, coef };
+        b.band().filter(|band| band.holds(price)).map(|_| b)
+    }
+
+    fn band(&self) -> Option<FixedBand> {
+        band_around(self.anchor, self.half)
+    }
 }
 
 struct Tracked {
     /// The moving instruments the account holds, ascending.
     instrs: Box<[InstrumentIdx]>,
-    /// Per instrument (same order), the band; `None` while eager.
-    bands: Option<Box<[FixedBand]>>,
+    /// Per instrument (same order), the band and its budget; `None` while eager.
+    bands: Option<Box<[Banded]>>,
 }
 
 impl Tracked {
@@ -252,8 +411,10 @@ pub struct DistanceIndex {
     store: Store,
     accounts: Vec<Option<Tracked>>,
     banded: usize,
-    /// Scratch space for [`DistanceIndex::wake`].
-    scratch: Vec<AccountKey>,
+    /// The accounts whose band a price of this step left, until [`DistanceIndex::settle`].
+    leaving: Vec<AccountKey>,
+    /// Accounts re-spread (given new bands without a valuation) by the last settle.
+    last_respread: usize,
 }
 
 impl DistanceIndex {
@@ -264,7 +425,8 @@ impl DistanceIndex {
             store: Store::new(table.len()),
             accounts: Vec::new(),
             banded: 0,
-            scratch: Vec::new(),
+            leaving: Vec::new(),
+            last_respread: 0,
         }
     }
 
@@ -301,7 +463,7 @@ impl DistanceIndex {
     ) -> Option<(Decimal, Decimal)> {
         let t = self.accounts.get(key as usize)?.as_ref()?;
         let i = t.instrs.binary_search(&instrument).ok()?;
-        t.bands.as_ref()?.get(i).map(|b| b.to_decimal())
+        t.bands.as_ref()?.get(i)?.band().map(FixedBand::to_decimal)
     }
 
     /// (Re)registers an account after it was created or changed: it becomes eager on the
@@ -345,8 +507,10 @@ impl DistanceIndex {
             match &old.bands {
                 Some(bands) => {
                     self.banded = self.banded.saturating_sub(1);
-                    for (idx, band) in old.instrs.iter().zip(bands.iter()) {
-                        self.store.band(*idx, key, *band, false);
+                    for (idx, b) in old.instrs.iter().zip(bands.iter()) {
+                        if let Some(band) = b.band() {
+                            self.store.band(*idx, key, band, false);
+                        }
                     }
                 }
                 None => {
@@ -362,8 +526,10 @@ impl DistanceIndex {
         match &new.bands {
             Some(b) => {
                 self.banded += 1;
-                for (idx, band) in new.instrs.iter().zip(b.iter()) {
-                    self.store.band(*idx, key, *band, true);
+                for (idx, b) in new.instrs.iter().zip(b.iter()) {
+                    if let Some(band) = b.band() {
+                        self.store.band(*idx, key, band, true);
+                    }
                 }
             }
             None => {
@@ -375,26 +541,94 @@ impl DistanceIndex {
         *slot = Some(new);
     }
 
-    /// The accounts a new `price` of `instrument` may change: every eager holder and every
-    /// banded holder whose band the price leaves (those become eager). Appends to `out`
-    /// (unsorted; an account may appear more than once). The changes are queued: call
-    /// [`DistanceIndex::flush`] after the step's last `wake`, before anything else.
+    /// The accounts a new `price` of `instrument` may change: every eager holder is appended
+    /// to `out` (unsorted; an account may appear more than once); the banded holders whose
+    /// band the price leaves are kept for [`DistanceIndex::settle`], which must follow the
+    /// step's last `wake`, before anything else.
     pub fn wake(&mut self, instrument: InstrumentIdx, price: Decimal, out: &mut Vec<AccountKey>) {
-        let mut leaving = std::mem::take(&mut self.scratch);
-        leaving.clear();
         self.store
-            .wake(instrument, PriceKey::new(price), out, &mut leaving);
-        leaving.sort_unstable();
-        leaving.dedup();
-        for key in &leaving {
-            self.unband(*key);
-        }
-        out.extend(leaving.iter().copied());
-        self.scratch = leaving;
+            .wake(instrument, PriceKey::new(price), out, &mut self.leaving);
     }
 
-    /// Queues a banded account's band out and makes it eager; nothing when it is not banded
-    /// (an earlier `wake` of the step already did it).
+    /// After the step's last [`DistanceIndex::wake`], with every price of the step set in the
+    /// map: decides each account whose band a price left. When its prices used only part of
+    /// its budget ([`respread`]), it gets new bands around the same anchors and is not
+    /// valued; otherwise it becomes eager and is appended to `out`. Then applies the queued
+    /// changes. Returns the number re-spread.
+    pub fn settle(&mut self, map: &AccountMap, out: &mut Vec<AccountKey>) -> usize {
+        let mut leaving = std::mem::take(&mut self.leaving);
+        leaving.sort_unstable();
+        leaving.dedup();
+        let mut prices = Prices::default();
+        let mut respread = 0;
+        for key in &leaving {
+            if self.respread(map, &mut prices, *key) {
+                respread += 1;
+            } else {
+                self.unband(*key);
+                out.push(*key);
+            }
+        }
+        leaving.clear();
+        self.leaving = leaving;
+        self.store.flush();
+        self.last_respread = respread;
+        respread
+    }
+
+    /// Accounts re-spread by the last [`DistanceIndex::settle`].
+    pub fn last_respread(&self) -> usize {
+        self.last_respread
+    }
+
+    /// Queues new bands for a banded account whose prices used only part of its budget;
+    /// `false` (nothing queued) when it must be valued.
+    fn respread(&mut self, map: &AccountMap, prices: &mut Prices, key: AccountKey) -> bool {
+        let Some(Some(t)) = self.accounts.get(key as usize) else {
+            return false;
+        };
+        let Some(bands) = t.bands.as_ref() else {
+            return false; // eager already (cannot happen: only banded accounts leave)
+        };
+        let mut slots = Vec::with_capacity(bands.len());
+        for (idx, b) in t.instrs.iter().zip(bands.iter()) {
+            let Some((key, price)) = prices.get(map, *idx) else {
+                return false;
+            };
+            slots.push(Budgeted {
+                anchor: b.anchor,
+                coef: b.coef,
+                price,
+                left: !b.band().is_some_and(|band| band.holds(key)),
+            });
+        }
+        let Some(h) = respread(&slots) else {
+            return false;
+        };
+        let mut new = Vec::with_capacity(bands.len());
+        for ((idx, b), h) in t.instrs.iter().zip(bands.iter()).zip(h) {
+            // The current price must be strictly inside its new band, exactly.
+            let Some((price, _)) = prices.get(map, *idx) else {
+                return false;
+            };
+            match Banded::new(b.anchor, h, b.coef, price) {
+                Some(n) => new.push(n),
+                None => return false,
+            }
+        }
+        for ((idx, old), new) in t.instrs.iter().zip(bands.iter()).zip(new.iter()) {
+            if let (Some(old), Some(new)) = (old.band(), new.band()) {
+                self.store.band(*idx, key, old, false);
+                self.store.band(*idx, key, new, true);
+            }
+        }
+        if let Some(Some(t)) = self.accounts.get_mut(key as usize) {
+            t.bands = Some(new.into_boxed_slice());
+        }
+        true
+    }
+
+    /// Queues a banded account's band out and makes it eager; nothing when it is not banded.
     fn unband(&mut self, key: AccountKey) {
         let Some(Some(t)) = self.accounts.get_mut(key as usize) else {
             return;
@@ -403,15 +637,12 @@ impl DistanceIndex {
             return;
         };
         self.banded = self.banded.saturating_sub(1);
-        for (idx, band) in t.instrs.iter().zip(bands.iter()) {
-            self.store.band(*idx, key, *band, false);
+        for (idx, b) in t.instrs.iter().zip(bands.iter()) {
+            if let Some(band) = b.band() {
+                self.store.band(*idx, key, band, false);
+            }
             self.store.eager(*idx, key, true);
         }
-    }
-
-    /// Applies the changes queued by [`DistanceIndex::wake`].
-    pub fn flush(&mut self) {
-        self.store.flush();
     }
 
     /// Gives the account a band from its current figures and monitor state, or leaves it
@@ -450,12 +681,14 @@ impl DistanceIndex {
         instrs: &[InstrumentIdx],
         range: QuietRange,
         shock: Option<ShockQuiet>,
-    ) -> Option<Box<[FixedBand]>> {
+    ) -> Option<Box<[Banded]>> {
         if !v.complete() {
             return None;
         }
         let table = v.instruments_table();
         let mut terms: Vec<Term> = Vec::with_capacity(instrs.len() + 2);
+        // Per term, its instrument's position in `instrs`.
+        let mut of: Vec<usize> = Vec::with_capacity(instrs.len() + 2);
         let mut at: Vec<Option<Decimal>> = vec![None; instrs.len()];
         for s in v.valuation() {
             let sens = self.sens.get(s.instrument as usize)?;
@@ -469,31 +702,84 @@ impl DistanceIndex {
                 slot => *slot = Some(price),
             }
             terms.push(term(sens, table.get(s.instrument)?, &s, price)?);
+            of.push(i);
         }
-        let mut delta = allowed_move(v.equity(), v.maintenance_margin(), &terms, range)?;
+        let mut coef = vec![0.0; terms.len()];
+        let mut delta =
+            allowed_move_with(v.equity(), v.maintenance_margin(), &terms, range, &mut coef)?;
         if let Some(q) = shock {
-            delta = delta.min(distance::allowed_move(v, &terms, q)?);
+            delta = delta.min(distance::allowed_move(v, &terms, q, &mut coef)?);
         }
+        let mut per = vec![0.0f64; instrs.len()];
+        for (i, c) in of.into_iter().zip(coef) {
+            if let Some(p) = per.get_mut(i) {
+                *p += c;
+            }
+        }
+        let half = delta.to_f64()?.min(MAX_HALF);
         at.into_iter()
-            .map(|p| band(p?, delta).and_then(|(lo, hi)| FixedBand::new(lo, hi)))
+            .zip(per)
+            .map(|(p, coef)| {
+                let p = p?;
+                // The sum of rounded-up terms, rounded up once more.
+                Banded::new(p.to_f64()?, half, coef * (1.0 + 1e-12), PriceKey::new(p))
+            })
             .collect::<Option<Vec<_>>>()
             .map(Vec::into_boxed_slice)
     }
 }
 
+/// The step's current prices, read from the map once per instrument.
+#[derive(Default)]
+struct Prices(Vec<Option<Option<(PriceKey, f64)>>>);
+
+impl Prices {
+    fn get(&mut self, map: &AccountMap, idx: InstrumentIdx) -> Option<(PriceKey, f64)> {
+        let i = idx as usize;
+        if self.0.len() <= i {
+            self.0.resize(i + 1, None);
+        }
+        let slot = self.0.get_mut(i)?;
+        if slot.is_none() {
+            *slot = Some(map.price_at(idx).and_then(|p| {
+                let f = p.to_f64()?;
+                Some((PriceKey::new(p), f))
+            }));
+        }
+        (*slot)?
+    }
+}
+
+/// The largest maintenance rate of the tiers a linear position of `notional` reaches while its
+/// price moves by less than [`MAX_MOVE`] either way (`MM` is continuous across the venues' tier
+/// boundaries, so its slope there is at most that rate times the size; jumps are paid apart).
+fn reachable_mmr(tiers: &[MarginTier], notional: Decimal) -> Option<Decimal> {
+    let lo = notional.checked_mul(Decimal::ONE.checked_sub(MAX_MOVE)?)?;
+    let hi = notional.checked_mul(Decimal::ONE.checked_add(MAX_MOVE)?)?;
+    let (i, _) = margin::select_tier(tiers, lo)?;
+    let (j, _) = margin::select_tier(tiers, hi)?;
+    tiers.get(i..=j)?.iter().map(|t| t.mmr).max()
+}
+
 fn term(sens: &Sensitivity, inst: &Instrument, s: &SlotValuation, price: Decimal) -> Option<Term> {
     let q = s.quantity.abs();
-    let (a, b, c) = match sens {
-        Sensitivity::Fixed => (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO),
+    let (a, b, b_any, c) = match sens {
+        Sensitivity::Fixed => (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO, Decimal::ZERO),
         Sensitivity::Unbounded => return None,
         Sensitivity::Collateral => {
             let hw = margin::haircut_weighted_amount(inst, s.quantity).ok()?;
-            (hw.abs(), Decimal::ZERO, Decimal::ZERO)
+            (hw.abs(), Decimal::ZERO, Decimal::ZERO, Decimal::ZERO)
         }
         Sensitivity::Linear { cs, max_mmr, jumps } => {
             let size = q.checked_mul(*cs)?;
             let c = if q.is_zero() { Decimal::ZERO } else { *jumps };
-            (size, size.checked_mul(*max_mmr)?, c)
+            let near = reachable_mmr(&inst.tiers, size.checked_mul(price)?).unwrap_or(*max_mmr);
+            (
+                size,
+                size.checked_mul(near)?,
+                size.checked_mul(*max_mmr)?,
+                c,
+            )
         }
         Sensitivity::Inverse { cs, max_cum } => {
             let a = if q.is_zero() {
@@ -504,12 +790,13 @@ fn term(sens: &Sensitivity, inst: &Instrument, s: &SlotValuation, price: Decimal
                 }
                 q.checked_mul(*cs)?.checked_div(s.entry)?
             };
-            (a, *max_cum, Decimal::ZERO)
+            (a, *max_cum, *max_cum, Decimal::ZERO)
         }
     };
     Some(Term {
         a,
         b,
+        b_any,
         c,
         price,
         magnitude: s.equity.abs().checked_add(s.maintenance_margin.abs())?,
@@ -539,7 +826,8 @@ pub fn wake_and_value<'a>(
             Err(error) => tracing::warn!(instrument = %id, %error, "Price not applied"),
         }
     }
-    index.flush();
+    let respread = index.settle(map, wake);
+    metrics::counter!("liqwatch_engine_respread_accounts_total").increment(respread as u64);
     wake.sort_unstable();
     wake.dedup();
     // Valued on every core when many are woken (a correlated move), in key order.
@@ -568,6 +856,7 @@ mod tests {
         Term {
             a: q,
             b: q * mmr,
+            b_any: q * mmr,
             c: Decimal::ZERO,
             price: p,
             magnitude: Decimal::ZERO,
@@ -655,6 +944,98 @@ mod tests {
         assert!(hi <= dec!(3) * (dec!(1) + dec!(0.1234567890123456789)));
         assert!(lo.scale() <= BAND_SCALE && hi.scale() <= BAND_SCALE);
         assert_eq!(band(dec!(1), dec!(0.00000000000000000001)), None);
+    }
+
+    fn slot(anchor: f64, coef: f64, price: f64, left: bool) -> Budgeted {
+        Budgeted {
+            anchor,
+            coef,
+            price,
+            left,
+        }
+    }
+
+    /// A re-spread covers every current deviation, stays within the budget, gives the
+    /// instrument that left its band three times the others' share of what is left, and
+    /// refuses a spent budget.
+    #[test]
+    fn respread_shares_what_is_left_of_the_budget() {
+        // Two instruments, 10 budget units per 1 % each: 1 % on the first used 0.1 of 1.
+        let slots = [
+            slot(100.0, 10.0, 101.0, true),
+            slot(50.0, 10.0, 50.0, false),
+        ];
+        let h = respread(&slots).unwrap();
+        let budget: f64 = slots.iter().zip(&h).map(|(s, h)| s.coef * h).sum();
+        assert!(budget <= 1.0 - 1e-9 && budget > 0.999_999, "{budget}");
+        assert!(h[0] > 0.01 && h[1] > 0.0, "{h:?}");
+        // Room 0.9: the first gets 3/4 of it on top of its 1 %, the second 1/4.
+        assert!((h[0] - (0.01 + 0.0675)).abs() < 1e-9, "{h:?}");
+        assert!((h[1] - 0.0225).abs() < 1e-9, "{h:?}");
+        // Spent: 10 % on a coefficient of 10.
+        assert_eq!(respread(&[slot(100.0, 10.0, 110.0, true)]), None);
+        // A move the widest band cannot hold, whatever the budget.
+        assert_eq!(respread(&[slot(100.0, 0.0, 151.0, true)]), None);
+        // No sensitivity: the widest band.
+        assert_eq!(
+            respread(&[slot(100.0, 0.0, 101.0, true)]),
+            Some(vec![MAX_HALF])
+        );
+        // Figures a band cannot be built on.
+        assert_eq!(respread(&[slot(0.0, 1.0, 1.0, true)]), None);
+        assert_eq!(respread(&[slot(1.0, f64::INFINITY, 1.0, true)]), None);
+        assert_eq!(respread(&[slot(1.0, f64::NAN, 1.0, true)]), None);
+    }
+
+    proptest::proptest! {
+        /// Every `f64` band lies inside the exact band of the same half-width around the
+        /// exact anchor (so the bound holds for every price that keeps the account asleep), and
+        /// holds the anchor.
+        #[test]
+        fn f64_bands_lie_inside_the_exact_band(
+            m in 1i64..=999_999_999_999_999,
+            scale in 0u32..=12,
+            half_ppm in 1u32..=499_999,
+        ) {
+            let anchor = Decimal::new(m, scale);
+            let half = Decimal::new(i64::from(half_ppm), 6);
+            let Some(fixed) = band_around(anchor.to_f64().unwrap(), half.to_f64().unwrap()) else {
+                return Ok(());
+            };
+            let (lo, hi) = fixed.to_decimal();
+            let exact_lo = anchor * (Decimal::ONE - half);
+            let exact_hi = anchor * (Decimal::ONE + half);
+            proptest::prop_assert!(lo >= exact_lo, "{lo} < {exact_lo}");
+            proptest::prop_assert!(hi <= exact_hi, "{hi} > {exact_hi}");
+            proptest::prop_assert!(fixed.holds(PriceKey::new(anchor)));
+            // And it gives away next to nothing: within 10⁻¹¹ of the exact width.
+            let lost = (lo - exact_lo) + (exact_hi - hi);
+            proptest::prop_assert!(lost <= anchor * Decimal::new(1, 11) + Decimal::new(2, 16));
+        }
+    }
+
+    /// The MM slope a band pays for is the steepest tier a move of less than [`MAX_MOVE`]
+    /// reaches from the position's notional, not the table's last (50 % on Binance's BTCUSDT).
+    #[test]
+    fn mm_slope_is_the_steepest_reachable_tier() {
+        let t = |floor: Decimal, cap: Decimal, mmr: Decimal, cum: Decimal| MarginTier {
+            notional_floor: floor,
+            notional_cap: cap,
+            mmr,
+            cum,
+        };
+        let tiers = [
+            t(dec!(0), dec!(50000), dec!(0.004), dec!(0)),
+            t(dec!(50000), dec!(500000), dec!(0.005), dec!(50)),
+            t(dec!(500000), dec!(1000000), dec!(0.5), dec!(247550)),
+        ];
+        // 30k: 15k–45k, the first tier only.
+        assert_eq!(reachable_mmr(&tiers, dec!(30000)), Some(dec!(0.004)));
+        // 40k: 20k–60k crosses into the second.
+        assert_eq!(reachable_mmr(&tiers, dec!(40000)), Some(dec!(0.005)));
+        // 400k: up to 600k, the last.
+        assert_eq!(reachable_mmr(&tiers, dec!(400000)), Some(dec!(0.5)));
+        assert_eq!(reachable_mmr(&[], dec!(1)), None);
     }
 
     /// Venue tier tables are continuous (no jumps); a table with a gap is measured.

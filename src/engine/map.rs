@@ -727,6 +727,12 @@ impl AccountMap {
         self.instr.get(idx as usize).and_then(|l| l.read().price)
     }
 
+    /// The engine's current price of the instrument at `idx` (not 1 for stables: the price
+    /// the feed last set, if any).
+    pub fn price_at(&self, idx: InstrumentIdx) -> Option<Decimal> {
+        self.instr.get(idx as usize).and_then(|l| l.read().price)
+    }
+
     /// Every known engine price (non-stable instruments that have one).
     pub fn prices(&self) -> PriceSnapshot {
         let mut m = HashMap::default();

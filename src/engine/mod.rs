@@ -226,6 +226,13 @@ impl Engine {
         self.last_valued
     }
 
+    /// How many accounts the last [`Engine::on_prices`] re-spread: a price left their band
+    /// but used only part of their budget, so the index gave them new bands without valuing
+    /// them (0 when eager). See [`index::respread`].
+    pub fn last_respread(&self) -> usize {
+        self.index.as_ref().map_or(0, DistanceIndex::last_respread)
+    }
+
     /// Loads persisted monitor states (account id, [`MonitorState`] JSON) at start, before the
     /// first step. See [`Monitor::restore`].
     pub fn restore(

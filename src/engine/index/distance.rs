@@ -27,7 +27,13 @@ use crate::engine::monitor::distance::{ShockQuiet, shock_move};
 
 /// The fractional move `δ` every price may make without the distance state leaving `quiet`;
 /// `None` when no positive move is safe or a figure overflows.
-pub fn allowed_move(v: &AccountView<'_>, terms: &[Term], quiet: ShockQuiet) -> Option<Decimal> {
+/// Raises `coef` (one per term) like [`super::allowed_move_with`].
+pub fn allowed_move(
+    v: &AccountView<'_>,
+    terms: &[Term],
+    quiet: ShockQuiet,
+    coef: &mut [f64],
+) -> Option<Decimal> {
     let equity = v.equity();
     let mm = v.maintenance_margin();
     let slots: Vec<_> = v.valuation().collect();
@@ -36,14 +42,17 @@ pub fn allowed_move(v: &AccountView<'_>, terms: &[Term], quiet: ShockQuiet) -> O
     let mut magnitude = equity.abs().checked_add(mm.abs())?;
     let mut jumps = Decimal::ZERO;
     let mut weight = Decimal::ZERO;
+    let mut weights = Vec::with_capacity(terms.len());
     for term in terms {
         magnitude = magnitude.checked_add(term.magnitude)?;
         jumps = jumps.checked_add(term.c)?;
+        // `b_any`: the shocks move prices by more than a band's largest move.
         let w = t
             .checked_mul(term.a)?
-            .checked_add(term.b)?
+            .checked_add(term.b_any)?
             .checked_mul(term.price)?;
         weight = weight.checked_add(w)?;
+        weights.push(w);
     }
     let n = Decimal::from(terms.len() as u64 + 1);
     let margin = magnitude
@@ -51,12 +60,16 @@ pub fn allowed_move(v: &AccountView<'_>, terms: &[Term], quiet: ShockQuiet) -> O
         .checked_add(n.checked_mul(Decimal::new(1, 10))?)?
         .checked_mul(t.checked_add(Decimal::ONE)?)?;
     // The move allowed for `slack` with every price scaled by up to `1 + reach`.
-    let side = |slack: Decimal, reach: Decimal| -> Option<Decimal> {
+    let mut side = |slack: Decimal, reach: Decimal| -> Option<Decimal> {
         let slack = slack.checked_sub(jumps)?.checked_sub(margin)?;
         if slack <= Decimal::ZERO {
             return None;
         }
-        let w = weight.checked_mul(Decimal::ONE.checked_add(reach)?)?;
+        let grow = Decimal::ONE.checked_add(reach)?;
+        for (j, w) in weights.iter().enumerate() {
+            super::raise(coef, j, w.checked_mul(grow)?, slack);
+        }
+        let w = weight.checked_mul(grow)?;
         if w <= Decimal::ZERO {
             return Some(MAX_MOVE);
         }

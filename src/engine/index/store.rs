@@ -50,12 +50,34 @@ pub struct FixedBand {
 }
 
 impl FixedBand {
-    /// The fixed-point band of `(lo, hi)`, rounded inwards; `None` when an end is outside the
+    /// The fixed-point band of `(lo, hi)`, rounded inwards (tests: the index builds its bands
+    /// in `f64`, [`FixedBand::from_units`]); `None` when an end is outside the
     /// representable range or the rounded band is empty.
+    #[cfg(test)]
     pub fn new(lo: Decimal, hi: Decimal) -> Option<Self> {
         let lo = fixed(lo, RoundingStrategy::ToPositiveInfinity)?;
         let hi = fixed(hi, RoundingStrategy::ToNegativeInfinity)?;
         (lo < hi).then_some(FixedBand { lo, hi })
+    }
+
+    /// The band of two fixed-point ends already rounded inwards (integral `f64` counts of
+    /// `10⁻¹⁶`); `None` when an end is outside the representable range or the band is empty.
+    pub fn from_units(lo: f64, hi: f64) -> Option<Self> {
+        // 2⁹⁶ is exact in `f64`, and so is the cast of an integral value below it.
+        let limit = FIXED_LIMIT as f64;
+        if !(lo > 0.0 && lo < hi && hi < limit && lo.fract() == 0.0 && hi.fract() == 0.0) {
+            return None;
+        }
+        Some(FixedBand {
+            lo: lo as u128,
+            hi: hi as u128,
+        })
+    }
+
+    /// Whether a price is strictly inside the band (what keeps its holder asleep; the store
+    /// answers the same question with range queries).
+    pub fn holds(self, price: PriceKey) -> bool {
+        price.ceil > self.lo && price.floor < self.hi
     }
 
     /// The band back as `Decimal`s (exact: the ends are integers at [`FIXED_SCALE`]).
@@ -65,13 +87,6 @@ impl FixedBand {
             Decimal::try_from_i128_with_scale(v as i128, FIXED_SCALE).unwrap_or(Decimal::MAX)
         };
         (d(self.lo), d(self.hi))
-    }
-
-    /// Whether a price is strictly inside the band (what keeps its holder asleep; the store
-    /// answers the same question with range queries).
-    #[cfg(test)]
-    pub fn holds(self, price: PriceKey) -> bool {
-        price.ceil > self.lo && price.floor < self.hi
     }
 }
 

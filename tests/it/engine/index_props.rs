@@ -660,6 +660,35 @@ fn small_moves_wake_nobody_and_a_crash_wakes_the_crossers() {
     pair.same_figures().unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// A price that leaves an account's band having used only part of the account's budget
+/// re-spreads the budget (new bands around the same anchors, no valuation); once the budget is
+/// spent the account is valued. Through a slow BTC climb both engines keep the same states and
+/// events, and the lazy map's figures equal a from-scratch recomputation at the end.
+#[test]
+fn a_partly_used_budget_is_respread_without_valuing() {
+    let mut pair = calm_book(500, false);
+    let (mut respread, mut valued) = (0, 0);
+    for _ in 0..60 {
+        let m = pair.moved(0, 10);
+        pair.prices(vec![m]).unwrap_or_else(|e| panic!("{e}"));
+        respread += pair.lazy.last_respread();
+        valued += pair.lazy.last_valued();
+        assert_eq!(
+            pair.eager.last_respread(),
+            0,
+            "the eager engine has no bands"
+        );
+        pair.same_states().unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert!(respread > 0, "no account was re-spread");
+    assert!(valued > 0, "no account spent its budget and was valued");
+    assert!(
+        valued < 60 * 500,
+        "the index valued {valued}: every account on every tick"
+    );
+    pair.same_figures().unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// With distance levels in the defaults the calm book is still banded (each account within 2 %
 /// of its trigger sits at the innermost distance level, banded against recovery), a 0.1 % move
 /// still wakes nobody, and the crash's events match the eager engine's.
