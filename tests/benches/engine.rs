@@ -191,10 +191,13 @@ fn indexed(m: &Arc<AccountMap>, n: usize) {
         })
     });
     println!(
-        "engine: indexed walk over {n} accounts: {} ticks, {:.1} accounts woken per tick, {} events, final BTC {price}",
+        "engine: indexed walk over {n} accounts: {} ticks, {:.1} accounts woken (valued) per tick, {:.1} re-spread without valuing, {} events ({:.2} per tick, {:.1} woken per event), final BTC {price}",
         walk.ticks,
         walk.woken_per_tick(),
-        walk.events
+        walk.respread_per_tick(),
+        walk.events,
+        walk.events as f64 / walk.ticks.max(1) as f64,
+        walk.woken_per_event(),
     );
     // A tick that crosses nobody: BTC one price step (0.1) up and back where the walk ended —
     // the common tick of a quiet market; what it costs is waking (almost) no one.
@@ -223,8 +226,9 @@ fn indexed(m: &Arc<AccountMap>, n: usize) {
         })
     });
     println!(
-        "engine: indexed ±1 % jumps over {n} accounts: {:.1} accounts woken per tick",
-        jumps.woken_per_tick()
+        "engine: indexed ±1 % jumps over {n} accounts: {:.1} accounts woken per tick, {:.1} re-spread",
+        jumps.woken_per_tick(),
+        jumps.respread_per_tick()
     );
     g.finish();
 }
@@ -234,6 +238,7 @@ fn indexed(m: &Arc<AccountMap>, n: usize) {
 struct Counted {
     ticks: u64,
     woken: u64,
+    respread: u64,
     events: u64,
 }
 
@@ -249,12 +254,22 @@ impl Counted {
         let e = engine.on_prices([(btc, price)], &info, 0);
         self.ticks += 1;
         self.woken += engine.last_valued() as u64;
+        self.respread += engine.last_respread() as u64;
         self.events += e.len() as u64;
         black_box(e.len())
     }
 
     fn woken_per_tick(&self) -> f64 {
         self.woken as f64 / self.ticks.max(1) as f64
+    }
+
+    fn respread_per_tick(&self) -> f64 {
+        self.respread as f64 / self.ticks.max(1) as f64
+    }
+
+    /// Accounts valued per event.
+    fn woken_per_event(&self) -> f64 {
+        self.woken as f64 / self.events.max(1) as f64
     }
 }
 
