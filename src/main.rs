@@ -81,6 +81,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before anything large is allocated (see the function's docs).
+    if let Err(e) = liqwatch::runtime::memory::disable_transparent_huge_pages() {
+        eprintln!(
+            "liqwatch: transparent huge pages stay on ({e}); crash steps fault in more memory"
+        );
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -3,6 +3,7 @@
 //! the metrics recorder).
 
 pub mod backoff; // jittered exponential backoff, used by every retry loop
+pub mod memory; // process memory settings (transparent huge pages off)
 pub mod secret; // secrets from the environment: redacted, compared in constant time
 pub mod tasks; // one tracker for every task, named laggards on shutdown
 pub mod telemetry; // tracing, signals, Prometheus recorder

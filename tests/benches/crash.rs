@@ -158,6 +158,8 @@ fn ms(d: Duration) -> String {
 }
 
 fn main() {
+    // As the daemon runs (src/main.rs).
+    let _ = liqwatch::runtime::memory::disable_transparent_huge_pages();
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` lists; nothing to list here
     }

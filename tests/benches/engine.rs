@@ -351,6 +351,8 @@ fn count_ticks() -> bool {
 criterion_group!(benches, engine);
 
 fn main() {
+    // As the daemon runs (src/main.rs).
+    let _ = liqwatch::runtime::memory::disable_transparent_huge_pages();
     if count_ticks() {
         return;
     }
