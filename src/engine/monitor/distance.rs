@@ -115,21 +115,10 @@ pub fn transition(
                 ShockSeen::Distance(d) => l.checked_add(t.shock_hysteresis).is_some_and(|x| d > x),
             }
         };
-        if beyond(r) {
-            let mut d = r - 1;
-            while d > 0 && beyond(d) {
-                d -= 1;
-            }
-            let crossed: Vec<Decimal> = ls.iter().skip(d).take(r - d).copied().collect();
-            let level = crossed.first().copied().unwrap_or_default();
-            return (
-                state_of(d, t),
-                Some(Crossing {
-                    kind: EventKind::Recovered,
-                    level,
-                    crossed_levels: crossed,
-                }),
-            );
+        if let Some((d, crossing)) =
+            super::machine::recovery(r, beyond, ls.iter().copied(), Decimal::ZERO)
+        {
+            return (state_of(d, t), Some(crossing));
         }
     }
     (state_of(r, t), None)

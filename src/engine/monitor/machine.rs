@@ -81,22 +81,38 @@ pub fn transition(
         let below = |rank: usize| {
             level_at(t, rank).is_some_and(|l| ratio.below(l.checked_sub(t.hysteresis).unwrap_or(l)))
         };
-        if below(r) {
-            let mut d = r - 1;
-            while d > 0 && below(d) {
-                d -= 1;
-            }
-            let crossed: Vec<Decimal> = levels(t).skip(d).take(r - d).collect();
-            let level = crossed.first().copied().unwrap_or(t.trigger);
-            return (
-                state_of(d, t),
-                Some(Crossing {
-                    kind: EventKind::Recovered,
-                    level,
-                    crossed_levels: crossed,
-                }),
-            );
+        if let Some((d, crossing)) = recovery(r, below, levels(t), t.trigger) {
+            return (state_of(d, t), Some(crossing));
         }
     }
     (state_of(r, t), None)
+}
+
+/// The recovery both state machines make (this one and the distance machine's): from rank `r`,
+/// fall while `past(rank)` holds (past the rank's level by its hysteresis). The rank fallen to
+/// and the `Recovered` crossing over `levels[d..r]` (its level the lowest of them, `fallback`
+/// when there is none); `None` when `past(r)` does not hold.
+pub(super) fn recovery(
+    r: usize,
+    past: impl Fn(usize) -> bool,
+    levels: impl Iterator<Item = Decimal>,
+    fallback: Decimal,
+) -> Option<(usize, Crossing)> {
+    if r == 0 || !past(r) {
+        return None;
+    }
+    let mut d = r - 1;
+    while d > 0 && past(d) {
+        d -= 1;
+    }
+    let crossed: Vec<Decimal> = levels.skip(d).take(r - d).collect();
+    let level = crossed.first().copied().unwrap_or(fallback);
+    Some((
+        d,
+        Crossing {
+            kind: EventKind::Recovered,
+            level,
+            crossed_levels: crossed,
+        },
+    ))
 }
