@@ -946,6 +946,15 @@ mod tests {
         assert_eq!(band(dec!(1), dec!(0.00000000000000000001)), None);
     }
 
+    fn t(floor: Decimal, cap: Decimal, mmr: Decimal, cum: Decimal) -> MarginTier {
+        MarginTier {
+            notional_floor: floor,
+            notional_cap: cap,
+            mmr,
+            cum,
+        }
+    }
+
     fn slot(anchor: f64, coef: f64, price: f64, left: bool) -> Budgeted {
         Budgeted {
             anchor,
@@ -1018,12 +1027,6 @@ mod tests {
     /// reaches from the position's notional, not the table's last (50 % on Binance's BTCUSDT).
     #[test]
     fn mm_slope_is_the_steepest_reachable_tier() {
-        let t = |floor: Decimal, cap: Decimal, mmr: Decimal, cum: Decimal| MarginTier {
-            notional_floor: floor,
-            notional_cap: cap,
-            mmr,
-            cum,
-        };
         let tiers = [
             t(dec!(0), dec!(50000), dec!(0.004), dec!(0)),
             t(dec!(50000), dec!(500000), dec!(0.005), dec!(50)),
@@ -1041,12 +1044,6 @@ mod tests {
     /// Venue tier tables are continuous (no jumps); a table with a gap is measured.
     #[test]
     fn tier_jumps_measure_discontinuities() {
-        let t = |floor: Decimal, cap: Decimal, mmr: Decimal, cum: Decimal| MarginTier {
-            notional_floor: floor,
-            notional_cap: cap,
-            mmr,
-            cum,
-        };
         // Binance BTCUSDT's first brackets: cum makes MM continuous.
         let cont = [
             t(dec!(0), dec!(50000), dec!(0.004), dec!(0)),
