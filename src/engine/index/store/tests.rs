@@ -100,6 +100,24 @@ proptest! {
     }
 }
 
+/// Ends built in `f64` are taken only when they are whole counts inside `(0, 2⁹⁶)` and make a
+/// non-empty band; everything else is refused (the account stays eager or is valued).
+#[test]
+fn f64_ends_outside_the_range_are_refused() {
+    let limit = (1u128 << 96) as f64;
+    assert_eq!(
+        FixedBand::from_units(1.0, 3.0),
+        Some(FixedBand { lo: 1, hi: 3 })
+    );
+    assert_eq!(FixedBand::from_units(0.0, 3.0), None);
+    assert_eq!(FixedBand::from_units(3.0, 3.0), None);
+    assert_eq!(FixedBand::from_units(4.0, 3.0), None);
+    assert_eq!(FixedBand::from_units(1.5, 3.0), None);
+    assert_eq!(FixedBand::from_units(1.0, limit), None);
+    assert_eq!(FixedBand::from_units(1.0, f64::INFINITY), None);
+    assert_eq!(FixedBand::from_units(f64::NAN, 3.0), None);
+}
+
 /// Prices out of range saturate to what the `Decimal` tests give: a huge price leaves every
 /// band upwards, a zero or negative one every band downwards.
 #[test]
