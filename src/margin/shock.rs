@@ -346,13 +346,7 @@ impl<'a> PriceMove<'a> {
         if line.k.is_zero() {
             return Ok(None);
         }
-        // δ = (l − k·start)/k, so that start + δ is the root; for start = 1 this is
-        // the shock s* in a single division (W5: 82,080 / −857,100 = −1,368/14,285).
-        let delta = div(
-            sub(line.l, mul(line.k, start, "root")?, "root")?,
-            line.k,
-            "root",
-        )?;
+        let delta = Self::root_offset(start, line)?;
         let z = add(start, delta, "root")?;
         let eps = boundary_eps(z);
         let inside = if upwards {
@@ -366,6 +360,28 @@ impl<'a> PriceMove<'a> {
                 && far.is_none_or(|f| at_least(z, f, eps))
         };
         Ok(inside.then_some(delta))
+    }
+
+    /// The root of `line` as an offset from `start`: δ = (l − k·start)/k, so that start + δ is
+    /// the root; for start = 1 this is the shock s* in a single division (W5: 82,080 /
+    /// −857,100 = −1,368/14,285). `k ≠ 0`.
+    fn root_offset(start: Decimal, line: Line) -> Result<Decimal, MarginError> {
+        div(
+            sub(line.l, mul(line.k, start, "root")?, "root")?,
+            line.k,
+            "root",
+        )
+    }
+
+    /// The root of `line` where the filter has proved it lies strictly inside the interval
+    /// (certain, opposite signs of `g` at both ends): what [`PriceMove::exact_step`] returns
+    /// there, without the interval's ends.
+    fn exact_root(&self, start: Decimal, line: Line) -> Result<Option<Decimal>, MarginError> {
+        if line.k.is_zero() {
+            // Cannot happen with opposite signs at two points; the step's answer all the same.
+            return Ok(None);
+        }
+        Self::root_offset(start, line).map(Some)
     }
 
     /// The liquidation prices of margin-math §1.7 as values of `z`: the nearest crossing of

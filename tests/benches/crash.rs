@@ -18,7 +18,11 @@
 //! `cargo bench --bench crash` (100k accounts, the leveraged all-long book) or
 //! `LIQWATCH_CRASH_ACCOUNTS=1000000 cargo bench --bench crash`; `LIQWATCH_CRASH_ROUNDS` (default
 //! 3) crash-and-bounce rounds; `LIQWATCH_CRASH_BOOK=calm` for the engine bench's calmer book;
-//! `LIQWATCH_CRASH_SHOCK_LEVELS="10%,5%"` adds distance levels (`warn_within_shock`).
+//! `LIQWATCH_CRASH_SHOCK_LEVELS="10%,5%"` adds distance levels (`warn_within_shock`);
+//! `LIQWATCH_CRASH_PATHS=indexed` (a comma list of `rescan`, `eager`, `indexed`; default all)
+//! runs only some paths — to profile one (`perf record`), or to save the eager map's memory.
+//! The states are checked among the paths that ran. `LIQWATCH_CRASH_EVENT_COST_RUNS` (default 1)
+//! repeats the closing per-event cost breakdown (to profile it).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -198,6 +202,14 @@ fn main() {
         m
     };
     let info: HashMap<InstrumentId, PriceUsed> = HashMap::new();
+    let paths =
+        std::env::var("LIQWATCH_CRASH_PATHS").unwrap_or_else(|_| "rescan,eager,indexed".into());
+    let run = |name: &str| paths.split(',').any(|p| p.trim() == name);
+    let (run_rescan, run_eager) = (run("rescan"), run("eager"));
+    assert!(
+        run("indexed"),
+        "LIQWATCH_CRASH_PATHS must include `indexed` (the default engine)"
+    );
 
     println!(
         "crash: building the {} book of {n} accounts (4 positions each, 10 perps)",
@@ -206,7 +218,8 @@ fn main() {
     let plain = accounts_with(n, gen_account);
     let ids: Vec<_> = plain.iter().map(|a| a.id.clone()).collect();
     let rss0 = vm_rss_kib();
-    let eager_map: Arc<AccountMap> = Arc::new(build_with(n, gen_account));
+    let eager_map: Arc<AccountMap> =
+        Arc::new(build_with(if run_eager { n } else { 0 }, gen_account));
     let rss_map = vm_rss_kib().saturating_sub(rss0);
     let lazy_map: Arc<AccountMap> = Arc::new(build_with(n, gen_account));
     let cfg = |distance_index| EngineConfig {
@@ -241,7 +254,9 @@ fn main() {
     rescan(&plain, &mut states1, &table, &p0, &levels);
     rescan(&plain, &mut states2, &table, &p0, &levels);
     let start = census(states1.iter());
-    assert_eq!(start, engine_states(&eager, &ids), "eager at start");
+    if run_eager {
+        assert_eq!(start, engine_states(&eager, &ids), "eager at start");
+    }
     assert_eq!(start, engine_states(&lazy, &ids), "indexed at start");
     println!("crash: at start (healthy, warning, triggered) = {start:?}");
 
@@ -252,25 +267,46 @@ fn main() {
     for round in 0..rounds {
         for (name, step) in [("crash −10 %", &crashed), ("bounce +11.1 %", &base)] {
             let prices = as_map(step);
-            let (ev1, t1) = cpu(|| rescan(&plain, &mut states1, &table, &prices, &levels));
-            let (ev2, t2) = rescan_2(&plain, &mut states2, &table, &prices, &levels);
-            let (ee, te, ce) =
-                wall(|| eager.on_prices(step.iter().map(|(i, p)| (i, *p)), &info, 1));
+            let (ev1, t1, ev2, t2) = if run_rescan {
+                let (ev1, t1) = cpu(|| rescan(&plain, &mut states1, &table, &prices, &levels));
+                let (ev2, t2) = rescan_2(&plain, &mut states2, &table, &prices, &levels);
+                assert_eq!(
+                    census(states1.iter()),
+                    census(states2.iter()),
+                    "2-core rescan"
+                );
+                (Some(ev1), Some(t1), Some(ev2), Some(t2))
+            } else {
+                (None, None, None, None)
+            };
+            let (ee, te, ce) = if run_eager {
+                let (ee, te, ce) =
+                    wall(|| eager.on_prices(step.iter().map(|(i, p)| (i, *p)), &info, 1));
+                (Some(ee.len()), Some(te), Some(ce))
+            } else {
+                (None, None, None)
+            };
             let valued_e = eager.last_valued();
             let (el, tl, cl) = wall(|| lazy.on_prices(step.iter().map(|(i, p)| (i, *p)), &info, 1));
             let valued_l = lazy.last_valued();
-            let c = census(states1.iter());
-            assert_eq!(c, census(states2.iter()), "2-core rescan");
-            assert_eq!(c, engine_states(&eager, &ids), "eager after {name}");
-            assert_eq!(c, engine_states(&lazy, &ids), "indexed after {name}");
-            assert_eq!((ev1, ev2, ee.len()), (ev1, ev1, el.len()), "event counts");
+            let cl_census = engine_states(&lazy, &ids);
+            if run_rescan {
+                assert_eq!(census(states1.iter()), cl_census, "indexed after {name}");
+                assert_eq!((ev1, ev2), (Some(el.len()), Some(el.len())), "event counts");
+            }
+            if run_eager {
+                assert_eq!(engine_states(&eager, &ids), cl_census, "eager after {name}");
+                assert_eq!(ee, Some(el.len()), "event counts");
+            }
+            let opt = |d: Option<Duration>| d.map_or_else(|| "–".to_string(), ms);
+            let ev1 = el.len();
             println!(
                 "| {name} (round {}) | {} | {} | {} (CPU {}) | {} (CPU {}) | {valued_e} / {valued_l} | {ev1} |",
                 round + 1,
-                ms(t1),
-                ms(t2),
-                ms(te),
-                ms(ce),
+                opt(t1),
+                opt(t2),
+                opt(te),
+                opt(ce),
                 ms(tl),
                 ms(cl),
             );
@@ -278,5 +314,68 @@ fn main() {
     }
     println!(
         "\ncrash: {n} accounts; per valued account, indexed: see the table (time ÷ valued); states agree after every step"
+    );
+    for _ in 0..env_usize("LIQWATCH_CRASH_EVENT_COST_RUNS", 1) {
+        event_costs(&plain, &table, &as_map(&crashed), &levels);
+    }
+}
+
+/// What one event's snapshot costs, on one thread, for the accounts the crash takes across a
+/// level (those that emit), at the crash's prices: one valuation from scratch
+/// (`margin::account_totals`, what the rescan pays per account) beside the uniform-shock solve,
+/// the liquidation prices of every position and the whole `margin::account_snapshot`.
+fn event_costs(
+    accounts: &[Account],
+    table: &HashMap<InstrumentId, Instrument>,
+    prices: &HashMap<InstrumentId, Decimal>,
+    levels: &Thresholds,
+) {
+    let emitting: Vec<&Account> = accounts
+        .iter()
+        .filter(|a| {
+            margin::account_totals(a, table, prices).is_ok_and(|t| {
+                let r = MarginRatio::compute(t.maintenance_margin, t.equity);
+                transition(&AccountState::Healthy, r, levels).1.is_some()
+            })
+        })
+        .collect();
+    if emitting.is_empty() {
+        return;
+    }
+    let n = emitting.len() as f64;
+    let per = |d: Duration| format!("{:.2} µs", d.as_secs_f64() * 1e6 / n);
+    let trigger = levels.trigger;
+    let (_, valuation) = cpu(|| {
+        for a in &emitting {
+            std::hint::black_box(margin::account_totals(a, table, prices).unwrap());
+        }
+    });
+    let (_, shock) = cpu(|| {
+        for a in &emitting {
+            std::hint::black_box(margin::shock_distance(a, table, prices, trigger).unwrap());
+        }
+    });
+    let (_, liq) = cpu(|| {
+        for a in &emitting {
+            let r = margin::ResolvedAccount::new(a, table, prices).unwrap();
+            for i in 0..a.positions.len() {
+                if let Some((pm, p0)) = r.liquidation_problem(a, i, trigger).unwrap() {
+                    std::hint::black_box(pm.liquidation_prices(p0).unwrap());
+                }
+            }
+        }
+    });
+    let (_, snapshot) = cpu(|| {
+        for a in &emitting {
+            std::hint::black_box(margin::account_snapshot(a, table, prices, trigger).unwrap());
+        }
+    });
+    println!(
+        "crash: per emitting account at the crash prices ({} accounts, 1 thread, CPU): valuation {}; shock distance {}; liquidation prices of every position {}; whole snapshot {}",
+        emitting.len(),
+        per(valuation),
+        per(shock),
+        per(liq),
+        per(snapshot)
     );
 }

@@ -182,3 +182,22 @@ fn filter_declines_ties() {
     // 50,000 is the tier-2 floor of a 1-BTC position: a start on it is declined.
     assert_eq!(f.walk(dec!(50000), true).unwrap(), None);
 }
+
+proptest! {
+    /// The filter's fast conversion is within a few ulps of the correctly rounded one, over
+    /// the whole 96-bit mantissa, both signs and every scale (the filter's tolerance is 1e-9).
+    #[test]
+    fn fast_conversion_is_within_ulps(
+        lo in any::<u32>(),
+        mid in any::<u32>(),
+        hi in any::<u32>(),
+        negative in any::<bool>(),
+        scale in 0u32..=28,
+    ) {
+        let d = Decimal::from_parts(lo, mid, hi, negative, scale);
+        let exact = rust_decimal::prelude::ToPrimitive::to_f64(&d).expect("a finite f64");
+        let fast = super::f(d).expect("a finite f64");
+        let tol = exact.abs() * 8.0 * f64::EPSILON;
+        prop_assert!((fast - exact).abs() <= tol, "{d}: {fast} vs {exact}");
+    }
+}
