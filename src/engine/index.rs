@@ -559,14 +559,31 @@ impl DistanceIndex {
         let mut leaving = std::mem::take(&mut self.leaving);
         leaving.sort_unstable();
         leaving.dedup();
-        let mut prices = Prices::default();
+        // The new bands are computed first (reads only; on every core when many accounts
+        // leave, as in a correlated move), then stored in key order.
+        let found: Vec<Option<Vec<Banded>>> = if leaving.len() >= crate::engine::par::PARALLEL_MIN {
+            let prices = Prices::all(map);
+            let this = &*self;
+            crate::engine::par::map_in_order(&leaving, |key| {
+                this.respread_bands(|idx| prices.peek(idx), *key)
+            })
+        } else {
+            let mut prices = Prices::default();
+            (leaving.iter())
+                .map(|key| self.respread_bands(|idx| prices.get(map, idx), *key))
+                .collect()
+        };
         let mut respread = 0;
-        for key in &leaving {
-            if self.respread(map, &mut prices, *key) {
-                respread += 1;
-            } else {
-                self.unband(*key);
-                out.push(*key);
+        for (key, new) in leaving.iter().zip(found) {
+            match new {
+                Some(new) => {
+                    self.rebanded(*key, new);
+                    respread += 1;
+                }
+                None => {
+                    self.unband(*key);
+                    out.push(*key);
+                }
             }
         }
         leaving.clear();
@@ -581,20 +598,20 @@ impl DistanceIndex {
         self.last_respread
     }
 
-    /// Queues new bands for a banded account whose prices used only part of its budget;
-    /// `false` (nothing queued) when it must be valued.
-    fn respread(&mut self, map: &AccountMap, prices: &mut Prices, key: AccountKey) -> bool {
-        let Some(Some(t)) = self.accounts.get(key as usize) else {
-            return false;
-        };
-        let Some(bands) = t.bands.as_ref() else {
-            return false; // eager already (cannot happen: only banded accounts leave)
-        };
+    /// New bands for a banded account whose prices used only part of its budget (the same
+    /// anchors, the budget left shared out again, [`respread`]); `None` when it must be
+    /// valued.
+    fn respread_bands(
+        &self,
+        mut price: impl FnMut(InstrumentIdx) -> Option<(PriceKey, f64)>,
+        key: AccountKey,
+    ) -> Option<Vec<Banded>> {
+        let t = self.accounts.get(key as usize)?.as_ref()?;
+        // Only banded accounts leave; an eager one cannot get here.
+        let bands = t.bands.as_ref()?;
         let mut slots = Vec::with_capacity(bands.len());
         for (idx, b) in t.instrs.iter().zip(bands.iter()) {
-            let Some((key, price)) = prices.get(map, *idx) else {
-                return false;
-            };
+            let (key, price) = price(*idx)?;
             slots.push(Budgeted {
                 anchor: b.anchor,
                 coef: b.coef,
@@ -602,30 +619,30 @@ impl DistanceIndex {
                 left: !b.band().is_some_and(|band| band.holds(key)),
             });
         }
-        let Some(h) = respread(&slots) else {
-            return false;
-        };
+        let h = respread(&slots)?;
         let mut new = Vec::with_capacity(bands.len());
         for ((idx, b), h) in t.instrs.iter().zip(bands.iter()).zip(h) {
             // The current price must be strictly inside its new band, exactly.
-            let Some((price, _)) = prices.get(map, *idx) else {
-                return false;
-            };
-            match Banded::new(b.anchor, h, b.coef, price) {
-                Some(n) => new.push(n),
-                None => return false,
+            let (price, _) = price(*idx)?;
+            new.push(Banded::new(b.anchor, h, b.coef, price)?);
+        }
+        Some(new)
+    }
+
+    /// Queues the re-spread bands of [`DistanceIndex::respread_bands`] in place of the old.
+    fn rebanded(&mut self, key: AccountKey, new: Vec<Banded>) {
+        let Some(Some(t)) = self.accounts.get_mut(key as usize) else {
+            return;
+        };
+        if let Some(bands) = t.bands.as_ref() {
+            for ((idx, old), new) in t.instrs.iter().zip(bands.iter()).zip(new.iter()) {
+                if let (Some(old), Some(new)) = (old.band(), new.band()) {
+                    self.store.band(*idx, key, old, false);
+                    self.store.band(*idx, key, new, true);
+                }
             }
         }
-        for ((idx, old), new) in t.instrs.iter().zip(bands.iter()).zip(new.iter()) {
-            if let (Some(old), Some(new)) = (old.band(), new.band()) {
-                self.store.band(*idx, key, old, false);
-                self.store.band(*idx, key, new, true);
-            }
-        }
-        if let Some(Some(t)) = self.accounts.get_mut(key as usize) {
-            t.bands = Some(new.into_boxed_slice());
-        }
-        true
+        t.bands = Some(new.into_boxed_slice());
     }
 
     /// Queues a banded account's band out and makes it eager; nothing when it is not banded.
@@ -734,6 +751,22 @@ impl DistanceIndex {
 struct Prices(Vec<Option<Option<(PriceKey, f64)>>>);
 
 impl Prices {
+    /// Every instrument's price, read at once (for reads shared between threads).
+    fn all(map: &AccountMap) -> Self {
+        let mut p = Prices::default();
+        for idx in 0..map.instruments().len() {
+            if let Ok(idx) = InstrumentIdx::try_from(idx) {
+                p.get(map, idx);
+            }
+        }
+        p
+    }
+
+    /// A price read by [`Prices::all`] (or an earlier [`Prices::get`]).
+    fn peek(&self, idx: InstrumentIdx) -> Option<(PriceKey, f64)> {
+        (*self.0.get(idx as usize)?)?
+    }
+
     fn get(&mut self, map: &AccountMap, idx: InstrumentIdx) -> Option<(PriceKey, f64)> {
         let i = idx as usize;
         if self.0.len() <= i {

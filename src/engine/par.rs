@@ -59,6 +59,44 @@ pub fn map_in_order<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -
     })
 }
 
+/// Runs `f` on every item, split over the available cores when the items' total `cost` is at
+/// least `min`: the dearest items first, each thread taking the next one left (a few unequal
+/// jobs — one ordered set per instrument — spread evenly). Nothing is returned, so the order
+/// of the work does not matter.
+pub fn for_each_balanced<T: Send>(
+    mut items: Vec<T>,
+    cost: impl Fn(&T) -> usize,
+    min: usize,
+    f: impl Fn(T) + Sync,
+) {
+    let total: usize = items.iter().map(&cost).sum();
+    let threads = threads().min(items.len());
+    if total < min || threads < 2 {
+        items.into_iter().for_each(f);
+        return;
+    }
+    // Cheapest first, so that `pop` takes the dearest left.
+    items.sort_by_key(|i| cost(i));
+    let queue = std::sync::Mutex::new(items);
+    let next = || queue.lock().ok().and_then(|mut q| q.pop());
+    let work = || {
+        while let Some(item) = next() {
+            f(item);
+        }
+    };
+    std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        work();
+        for h in helpers {
+            // A panic in `f` is a bug: surface it where it would have been raised without
+            // the split.
+            if let Err(panic) = h.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +109,30 @@ mod tests {
             let out = map_in_order(&items, |x| x * 3 + 1);
             let expected: Vec<u64> = items.iter().map(|x| x * 3 + 1).collect();
             assert_eq!(out, expected, "n = {n}");
+        }
+    }
+
+    /// Split or not, every item is worked on exactly once.
+    #[test]
+    fn balanced_work_covers_every_item_once() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        for (n, min) in [(0, 0), (1, 0), (7, 0), (7, usize::MAX), (100, 10)] {
+            let hits: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+            let items: Vec<usize> = (0..n).collect();
+            for_each_balanced(
+                items,
+                |&i| i % 5,
+                min,
+                |i| {
+                    if let Some(h) = hits.get(i) {
+                        h.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+            );
+            assert!(
+                hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                "n = {n}, min = {min}"
+            );
         }
     }
 }

@@ -191,6 +191,37 @@ impl<T: Ord + Copy> Ops<T> {
     }
 }
 
+/// Queued changes at which [`Store::flush`] splits its sets over the cores.
+const PARALLEL_FLUSH: usize = 16_384;
+
+/// One set and its queued changes, for [`Store::flush`].
+enum Flush<'a> {
+    Keys(&'a mut Ops<AccountKey>, &'a mut BTreeSet<AccountKey>),
+    Ends(&'a mut Ops<u128>, &'a mut BTreeSet<u128>),
+}
+
+impl Flush<'_> {
+    /// What applying costs, roughly: the changes, or the set's size when it is rebuilt.
+    fn cost(&self) -> usize {
+        let (k, n) = match self {
+            Flush::Keys(ops, set) => (ops.rm.len() + ops.add.len(), set.len()),
+            Flush::Ends(ops, set) => (ops.rm.len() + ops.add.len(), set.len()),
+        };
+        if k >= BULK_MIN && k.saturating_mul(BULK_SHARE) >= n {
+            k + n
+        } else {
+            k
+        }
+    }
+
+    fn run(self) {
+        match self {
+            Flush::Keys(ops, set) => ops.apply(set),
+            Flush::Ends(ops, set) => ops.apply(set),
+        }
+    }
+}
+
 /// One instrument's holders.
 #[derive(Default)]
 struct InstrBands {
@@ -203,6 +234,18 @@ struct InstrBands {
     eager_ops: Ops<AccountKey>,
     lo_ops: Ops<u128>,
     hi_ops: Ops<u128>,
+}
+
+impl InstrBands {
+    /// Changes queued for this instrument's sets.
+    fn queued(&self) -> usize {
+        self.eager_ops.rm.len()
+            + self.eager_ops.add.len()
+            + self.lo_ops.rm.len()
+            + self.lo_ops.add.len()
+            + self.hi_ops.rm.len()
+            + self.hi_ops.add.len()
+    }
 }
 
 /// Every instrument's holders, with the changes queued since the last [`Store::flush`].
@@ -257,15 +300,36 @@ impl Store {
         }
     }
 
-    /// Applies every queued change.
+    /// Applies every queued change. A large batch (a correlated move re-bands much of the
+    /// book) rebuilds its sets on every core: the sets are independent (three per instrument).
     pub fn flush(&mut self) {
+        let queued: usize = (self.dirty.iter())
+            .filter_map(|&idx| self.instr.get(idx as usize))
+            .map(|ib| ib.queued())
+            .sum();
+        if queued < PARALLEL_FLUSH {
+            for idx in self.dirty.drain(..) {
+                if let Some(ib) = self.instr.get_mut(idx as usize) {
+                    ib.eager_ops.apply(&mut ib.eager);
+                    ib.lo_ops.apply(&mut ib.lo);
+                    ib.hi_ops.apply(&mut ib.hi);
+                }
+            }
+            return;
+        }
+        let mut dirty = vec![false; self.instr.len()];
         for idx in self.dirty.drain(..) {
-            if let Some(ib) = self.instr.get_mut(idx as usize) {
-                ib.eager_ops.apply(&mut ib.eager);
-                ib.lo_ops.apply(&mut ib.lo);
-                ib.hi_ops.apply(&mut ib.hi);
+            if let Some(d) = dirty.get_mut(idx as usize) {
+                *d = true;
             }
         }
+        let mut jobs: Vec<Flush<'_>> = Vec::new();
+        for (ib, _) in self.instr.iter_mut().zip(&dirty).filter(|(_, d)| **d) {
+            jobs.push(Flush::Keys(&mut ib.eager_ops, &mut ib.eager));
+            jobs.push(Flush::Ends(&mut ib.lo_ops, &mut ib.lo));
+            jobs.push(Flush::Ends(&mut ib.hi_ops, &mut ib.hi));
+        }
+        crate::engine::par::for_each_balanced(jobs, Flush::cost, PARALLEL_FLUSH, Flush::run);
     }
 
     /// Appends the eager holders of `idx` to `eager` and the banded holders whose band `price`

@@ -758,12 +758,16 @@ fn bulk_rebanding_and_parallel_valuation_match_the_eager_engine() {
     let mut pair = calm_book(n, false);
     let (tracked, banded) = pair.lazy.index().map(|i| i.counts()).unwrap_or_default();
     assert_eq!((tracked, banded), (n, n), "every calm account is banded");
-    let mut woken = Vec::new();
-    // Both instruments down together, then back, then further down, then a small move.
-    for (btc, eth) in [(-300, -300), (250, 150), (-600, -400), (-5, 3), (900, 800)] {
+    let (mut woken, mut respread) = (Vec::new(), Vec::new());
+    // Both instruments down together, then back, then further down, then a small move; then
+    // BTC alone, in steps that take accounts out of their BTC band with budget left.
+    let steps = [(-300, -300), (250, 150), (-600, -400), (-5, 3), (900, 800)];
+    let btc_alone = [(-80, 0), (-80, 0), (-80, 0), (-80, 0), (-80, 0), (-80, 0)];
+    for (btc, eth) in steps.into_iter().chain(btc_alone) {
         let (a, b) = (pair.moved(0, btc), pair.moved(1, eth));
         pair.prices(vec![a, b]).unwrap_or_else(|e| panic!("{e}"));
         woken.push(pair.lazy.last_valued());
+        respread.push(pair.lazy.last_respread());
         for i in 0..n {
             let id = AccountId::from(format!("calm-{i}"));
             assert_eq!(
@@ -781,6 +785,15 @@ fn bulk_rebanding_and_parallel_valuation_match_the_eager_engine() {
     assert!(
         woken.iter().any(|w| *w > 2_048),
         "a move woke enough accounts to split the work: {woken:?}"
+    );
+    // The accounts a price leaves are woken or re-spread; enough of them split the index's
+    // settling over the cores, and some of those keep budget to re-spread.
+    assert!(
+        woken
+            .iter()
+            .zip(&respread)
+            .any(|(w, r)| w + r > 2_048 && *r > 0),
+        "a move re-spread accounts in a split settle: woken {woken:?}, re-spread {respread:?}"
     );
     // The lazy figures catch up to the eager ones and to a from-scratch recomputation.
     let (eager_map, lazy_map) = (pair.eager.map(), pair.lazy.map());

@@ -144,7 +144,8 @@ fn price_keys_saturate() {
 /// whether the flush edits the sets or rebuilds them.
 #[test]
 fn store_wakes_what_leaves() {
-    for n in [10u32, 5_000] {
+    // 20,000 queues 40,000 changes: the flush splits its sets over the cores.
+    for n in [10u32, 5_000, 20_000] {
         let mut store = Store::new(2);
         for key in 0..n {
             let lo = Decimal::from(1_000 - key % 100);
