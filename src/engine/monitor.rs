@@ -155,7 +155,8 @@ impl Default for MonitorState {
 }
 
 /// Source, age and staleness of the prices the engine uses (the price board implements it).
-pub trait PriceInfo {
+/// `Sync`: a large step reads it from every core while building its events' snapshots.
+pub trait PriceInfo: Sync {
     /// What is known about the instrument's current price, if anything.
     fn price_info(&self, instrument: &InstrumentId) -> Option<PriceUsed>;
 
@@ -406,7 +407,7 @@ impl Monitor {
             }
         }
         self.latest = latest;
-        fill_snapshots(map, &mut out, jobs);
+        fill_snapshots(map, &mut out, jobs, prices);
         out
     }
 
@@ -428,7 +429,7 @@ impl Monitor {
         if let Some(t) = map.materialise(key) {
             self.evaluate_one(map, &t, prices, now_ms, &mut out, &mut jobs);
         }
-        fill_snapshots(map, &mut out, jobs);
+        fill_snapshots(map, &mut out, jobs, prices);
         out
     }
 
@@ -471,7 +472,7 @@ impl Monitor {
                 self.evaluate_one(map, &t, prices, now_ms, &mut out, &mut jobs);
             }
         }
-        fill_snapshots(map, &mut out, jobs);
+        fill_snapshots(map, &mut out, jobs, prices);
         out
     }
 
@@ -615,24 +616,34 @@ impl Monitor {
         }
         let shock_previous = slot.shock.clone();
         let shock_state = shock_next.unwrap_or_else(|| shock_previous.clone());
-        // Everything needed for the event: the account and the prices it used.
-        let Some(account) = map.read_key(t.key, |v| v.to_account()) else {
+        let Some(account_id) = map.read_key(t.key, |v| v.id().clone()) else {
             return;
         };
         let engine_prices = Arc::clone(
             self.step_prices
                 .get_or_insert_with(|| Arc::new(map.prices())),
         );
-        let used = prices_used(map, &account, &engine_prices, prices, now_ms);
-        let stale = used.iter().any(|p| p.stale);
-        if crossing
+        // The account and the prices it used are read with its snapshot, after this pass (on
+        // every core in a large step) — except for a trigger that stale prices may hold,
+        // which needs them now.
+        let hold_check = policy == StalePolicy::Hold
+            && crossing
+                .as_ref()
+                .is_some_and(|c| c.kind == EventKind::LiquidationTrigger);
+        let mut read: Option<(crate::model::Account, Vec<PriceUsed>)> = None;
+        if hold_check {
+            let Some(account) = map.read_key(t.key, |v| v.to_account()) else {
+                return;
+            };
+            let used = prices_used(map, &account, &engine_prices, prices, now_ms);
+            read = Some((account, used));
+        }
+        let stale = read
             .as_ref()
-            .is_some_and(|c| c.kind == EventKind::LiquidationTrigger)
-            && stale
-            && policy == StalePolicy::Hold
-        {
+            .is_some_and(|(_, used)| used.iter().any(|p| p.stale));
+        if hold_check && stale {
             metrics::counter!("liqwatch_monitor_held_triggers_total").increment(1);
-            tracing::info!(account = %account.id, "Trigger held: a price it depends on is stale");
+            tracing::info!(account = %account_id, "Trigger held: a price it depends on is stale");
             let k = th.warning_levels.len();
             let r = rank_of(&previous, th);
             if k == 0 || r >= k {
@@ -693,30 +704,33 @@ impl Monitor {
         if self.time.0 != now_ms {
             self.time = (now_ms, format_rfc3339_ms(now_ms));
         }
-        // One event (the usual case) takes the account and prices; a second gets copies.
-        let funding = funding::rates_for(&account, prices, now_ms);
-        let mut parts = Some((account, engine_prices, used, funding));
         let n = steps.len();
         for (i, (crossing, level_type, previous, state, stored)) in steps.into_iter().enumerate() {
+            // One event (the usual case) takes what was read; a second gets a copy.
             let taken = if i + 1 == n {
-                parts.take()
+                read.take()
             } else {
-                parts.clone()
+                read.clone()
             };
-            let Some((account, engine_prices, used, funding)) = taken else {
-                return;
+            let (account, used) = match taken {
+                Some((account, used)) => (Some(account), used),
+                None => (None, Vec::new()),
             };
             // The snapshot (figures, shock distance, liquidation prices) is what an event costs:
             // it is computed after the state pass, for every event of the step at once, on all
-            // cores.
+            // cores; the prices the account used are read with it when not read here.
             let state_json = stored.to_json();
-            let account_id = account.id.clone();
             jobs.push(SnapshotJob {
                 at: out.len(),
+                key: t.key,
+                kind: crossing.kind,
                 trigger: th.trigger,
-                prices: engine_prices,
-                funding,
-                account,
+                prices: Arc::clone(&engine_prices),
+                now_ms,
+                read: account.map(|account| Read {
+                    funding: funding::rates_for(&account, prices, now_ms),
+                    account,
+                }),
             });
             out.push(Emitted {
                 account_id: account_id.clone(),
@@ -726,7 +740,7 @@ impl Monitor {
                     kind: crossing.kind,
                     time: self.time.1.clone(),
                     time_ms: now_ms,
-                    account_id: Some(account_id),
+                    account_id: Some(account_id.clone()),
                     seq: stored.seq,
                     level: Some(crossing.level),
                     crossed_levels: crossing.crossed_levels,
@@ -734,8 +748,8 @@ impl Monitor {
                     previous_state: Some(previous),
                     state: Some(state),
                     snapshot: None,
+                    stale_prices: used.iter().any(|p| p.stale),
                     prices: used,
-                    stale_prices: stale,
                     instrument_change: None,
                     feed: None,
                     risk: None,
@@ -761,6 +775,6 @@ impl Monitor {
 
 pub mod funding;
 mod snapshots; // what an event carries: its snapshot (on every core) and the prices it used
-use snapshots::{SnapshotJob, fill_snapshots, prices_used};
+use snapshots::{Read, SnapshotJob, fill_snapshots, prices_used};
 #[cfg(test)]
 mod tests;

@@ -126,6 +126,21 @@ pub fn attach_liquidation_cost(event: &mut RiskEvent, instruments: &dyn Instrume
     }
 }
 
+/// [`attach_liquidation_cost`] for the snapshot of a trigger of `account` (the caller knows
+/// the event is a trigger).
+pub fn attach_liquidation_cost_to(
+    snapshot: &mut RiskSnapshot,
+    instruments: &dyn InstrumentLookup,
+    account: &crate::model::AccountId,
+) {
+    match liquidation_cost(snapshot, instruments) {
+        Ok(cost) => snapshot.liquidation_cost = Some(cost),
+        Err(error) => {
+            tracing::warn!(%account, %error, "Liquidation cost not computed")
+        }
+    }
+}
+
 /// The venue of every position (first price source of its instrument), or why there is none.
 fn account_venue(
     snapshot: &RiskSnapshot,

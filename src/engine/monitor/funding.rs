@@ -25,7 +25,7 @@
 use rust_decimal::Decimal;
 
 use super::{
-    Emitted, Monitor, MonitorState, PriceInfo, SnapshotJob, fill_snapshots, level_at, levels,
+    Emitted, Monitor, MonitorState, PriceInfo, Read, SnapshotJob, fill_snapshots, level_at, levels,
     prices_used, rank_of,
 };
 use crate::engine::map::{AccountKey, AccountMap};
@@ -186,10 +186,15 @@ impl Monitor {
             let account_id = account.id.clone();
             jobs.push(SnapshotJob {
                 at: out.len(),
+                key,
+                kind: EventKind::LiquidationWarning,
                 trigger: th.trigger,
                 prices: std::sync::Arc::new(engine_prices),
-                funding: rates_for(&account, prices, now_ms),
-                account,
+                now_ms,
+                read: Some(Read {
+                    funding: rates_for(&account, prices, now_ms),
+                    account,
+                }),
             });
             out.push(Emitted {
                 account_id: account_id.clone(),
@@ -215,7 +220,7 @@ impl Monitor {
                 },
             });
         }
-        fill_snapshots(map, &mut out, jobs);
+        fill_snapshots(map, &mut out, jobs, prices);
         out
     }
 }

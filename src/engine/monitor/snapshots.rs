@@ -8,41 +8,93 @@ use std::sync::Arc;
 use rust_decimal::Decimal;
 
 use super::{Emitted, PriceInfo, funding};
-use crate::engine::map::{AccountMap, PriceSnapshot};
+use crate::engine::map::{AccountKey, AccountMap, PriceSnapshot};
 use crate::margin;
 use crate::model::{EventKind, InstrumentId, PriceUsed, TimestampMs};
+
+/// An account as the state pass read it, for its snapshot.
+#[derive(Clone)]
+pub(super) struct Read {
+    /// The funding rates of the account's perpetuals, when known.
+    pub(super) funding: Vec<(InstrumentId, margin::funding::FundingRate)>,
+    pub(super) account: crate::model::Account,
+}
 
 /// An event whose snapshot is still to be computed: the account and the prices it was valued at.
 pub(super) struct SnapshotJob {
     /// Index of the event in the step's output.
     pub(super) at: usize,
+    /// The account (its figures do not change until the step's snapshots are built).
+    pub(super) key: AccountKey,
+    pub(super) kind: EventKind,
     pub(super) trigger: Decimal,
     pub(super) prices: Arc<PriceSnapshot>,
-    /// The funding rates of the account's perpetuals, when known.
-    pub(super) funding: Vec<(InstrumentId, margin::funding::FundingRate)>,
-    pub(super) account: crate::model::Account,
+    pub(super) now_ms: TimestampMs,
+    /// The account and its funding rates when the state pass read them (its event then
+    /// carries the prices it used already); else they are read with the snapshot, and the
+    /// prices used with them.
+    pub(super) read: Option<Read>,
+}
+
+/// What the snapshot stage adds to one event.
+struct Built {
+    snapshot: Option<crate::model::RiskSnapshot>,
+    /// The prices the account used, when read here.
+    used: Option<Vec<PriceUsed>>,
 }
 
 /// Events in one step from which snapshots are built on more than one core.
 const PARALLEL_SNAPSHOTS: usize = 64;
 
 /// Computes each job's snapshot (pure: the account at the prices it was valued at) into its
-/// event. Large batches — a correlated move — are split over the available cores; each
-/// snapshot lands in its own event, so the order of events does not depend on the split.
-pub(super) fn fill_snapshots(map: &AccountMap, out: &mut [Emitted], jobs: Vec<SnapshotJob>) {
-    let one = |job: &SnapshotJob| -> Option<crate::model::RiskSnapshot> {
+/// event, with what only the snapshot needs (the account, the prices it used, its funding
+/// rates, a trigger's liquidation cost). Large batches — a correlated move — are split over
+/// the available cores; each result lands in its own event, so the order of events does not
+/// depend on the split.
+pub(super) fn fill_snapshots(
+    map: &AccountMap,
+    out: &mut [Emitted],
+    jobs: Vec<SnapshotJob>,
+    info: &dyn PriceInfo,
+) {
+    let one = |job: &SnapshotJob| -> Built {
         let table = map.instruments();
-        match margin::account_snapshot(&job.account, &*table, &*job.prices, job.trigger) {
+        let fresh;
+        let (account, funding, used) = match &job.read {
+            Some(r) => (&r.account, &r.funding, None),
+            None => {
+                let Some(account) = map.read_key(job.key, |v| v.to_account()) else {
+                    metrics::counter!("liqwatch_monitor_snapshot_errors_total").increment(1);
+                    tracing::error!(
+                        key = job.key,
+                        "Snapshot failed: the account is gone; the event goes out without it"
+                    );
+                    return Built {
+                        snapshot: None,
+                        used: None,
+                    };
+                };
+                let used = prices_used(map, &account, &job.prices, info, job.now_ms);
+                let funding = funding::rates_for(&account, info, job.now_ms);
+                fresh = (account, funding);
+                (&fresh.0, &fresh.1, Some(used))
+            }
+        };
+        let snapshot = match margin::account_snapshot(account, &*table, &*job.prices, job.trigger) {
             Ok(mut s) => {
-                funding::attach(&mut s, &*table, &job.funding);
+                funding::attach(&mut s, &*table, funding);
+                if job.kind == EventKind::LiquidationTrigger {
+                    margin::attach_liquidation_cost_to(&mut s, &*table, &account.id);
+                }
                 Some(s)
             }
             Err(error) => {
                 metrics::counter!("liqwatch_monitor_snapshot_errors_total").increment(1);
-                tracing::error!(account = %job.account.id, %error, "Snapshot failed; the event goes out without it");
+                tracing::error!(account = %account.id, %error, "Snapshot failed; the event goes out without it");
                 None
             }
-        }
+        };
+        Built { snapshot, used }
     };
     // The core count is asked once per process (`par::threads`), not once per step.
     let threads = if jobs.len() < PARALLEL_SNAPSHOTS {
@@ -50,33 +102,42 @@ pub(super) fn fill_snapshots(map: &AccountMap, out: &mut [Emitted], jobs: Vec<Sn
     } else {
         crate::engine::par::threads()
     };
-    let snapshots: Vec<Option<crate::model::RiskSnapshot>> =
-        if jobs.len() < PARALLEL_SNAPSHOTS || threads < 2 {
-            jobs.iter().map(one).collect()
-        } else {
-            let chunk = jobs.len().div_ceil(threads);
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = jobs
-                    .chunks(chunk)
-                    .map(|c| scope.spawn(move || c.iter().map(one).collect::<Vec<_>>()))
-                    .collect();
-                handles
-                    .into_iter()
-                    .flat_map(|h| match h.join() {
-                        Ok(v) => v,
-                        // A panic in the margin model is a bug; keep the events, without
-                        // snapshots, rather than lose them.
-                        Err(_) => vec![None; chunk],
-                    })
-                    .collect()
-            })
-        };
+    let built: Vec<Built> = if jobs.len() < PARALLEL_SNAPSHOTS || threads < 2 {
+        jobs.iter().map(one).collect()
+    } else {
+        let chunk = jobs.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = jobs
+                .chunks(chunk)
+                .map(|c| scope.spawn(move || c.iter().map(one).collect::<Vec<_>>()))
+                .collect();
+            handles
+                .into_iter()
+                .zip(jobs.chunks(chunk))
+                .flat_map(|(h, c)| match h.join() {
+                    Ok(v) => v,
+                    // A panic in the margin model is a bug; keep the events, without
+                    // snapshots, rather than lose them.
+                    Err(_) => c
+                        .iter()
+                        .map(|_| Built {
+                            snapshot: None,
+                            used: None,
+                        })
+                        .collect(),
+                })
+                .collect()
+        })
+    };
     // Events per kind, counted once per step rather than once per event.
     let mut counts: Vec<(EventKind, u64)> = Vec::new();
-    for (job, snapshot) in jobs.iter().zip(snapshots) {
+    for (job, b) in jobs.iter().zip(built) {
         if let Some(e) = out.get_mut(job.at) {
-            e.event.snapshot = snapshot.map(Box::new);
-            margin::attach_liquidation_cost(&mut e.event, &*map.instruments());
+            e.event.snapshot = b.snapshot.map(Box::new);
+            if let Some(used) = b.used {
+                e.event.stale_prices = used.iter().any(|p| p.stale);
+                e.event.prices = used;
+            }
             match counts.iter_mut().find(|(k, _)| *k == e.event.kind) {
                 Some((_, n)) => *n += 1,
                 None => counts.push((e.event.kind, 1)),

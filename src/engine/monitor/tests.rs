@@ -372,6 +372,54 @@ mod with_map {
         assert_eq!(bad.rejected.len(), 1);
     }
 
+    /// `fire` (the default) fires a trigger computed from a stale price, flagged: its prices —
+    /// read with its snapshot, after the state pass — carry the stale one with its age, and
+    /// the snapshot (with the liquidation cost a trigger carries) is there.
+    #[test]
+    fn stale_trigger_fires_flagged_by_default() {
+        let m = AccountMap::new(w3_instruments());
+        m.apply_update(AccountUpdate::Replace {
+            account: w3_account("w3"),
+        })
+        .unwrap();
+        let mut mon = Monitor::new(MonitorConfig::default()).unwrap();
+        let mut info = HashMap::new();
+        info.insert(
+            InstrumentId::from("BTCUSDT-PERP"),
+            PriceUsed {
+                instrument: "BTCUSDT-PERP".into(),
+                price: dec!(0),
+                source: Venue::BinanceUsdm.to_string(),
+                received_ts: NOW - 90_000,
+                age_ms: 90_000,
+                stale: true,
+            },
+        );
+        assert!(move_to(&m, &mut mon, &info, W3).is_empty());
+        let e = move_to(&m, &mut mon, &info, W4);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].event.kind, EventKind::LiquidationTrigger);
+        assert!(e[0].event.stale_prices);
+        let btc = e[0]
+            .event
+            .prices
+            .iter()
+            .find(|p| p.instrument.as_str() == "BTCUSDT-PERP")
+            .unwrap();
+        assert_eq!(
+            (btc.price, btc.age_ms, btc.stale),
+            (dec!(54000), 90_000, true)
+        );
+        assert_eq!(e[0].event.prices.len(), 5, "{:?}", e[0].event.prices);
+        let snapshot = e[0].event.snapshot.as_deref().expect("a snapshot");
+        assert!(snapshot.liquidation_cost.is_some());
+        // Fresh again: the next event's prices are not flagged.
+        let e = move_to(&m, &mut mon, &HashMap::new(), W3);
+        assert_eq!(e.len(), 1);
+        assert!(!e[0].event.stale_prices);
+        assert!(e[0].event.prices.iter().all(|p| !p.stale));
+    }
+
     /// `hold` keeps a stale trigger back as a warning and fires it once prices are fresh.
     #[test]
     fn stale_trigger_held_then_fired() {
