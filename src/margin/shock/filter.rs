@@ -9,7 +9,10 @@
 //! about six orders of magnitude wider than `f64`'s accumulated rounding. Every interval it
 //! cannot prove quiet goes through the exact step of the plain walk, with the same tiers and
 //! `Decimal` arithmetic, so the result is the exact walk's, bit for bit (the property test
-//! `filtered_walk_equals_exact_walk` in `margin/tests.rs` checks it on random books).
+//! `filtered_walk_equals_exact_walk` in `margin/shock/filter/tests.rs` checks it on random
+//! books). Where the signs at both ends of an interval are certain and opposite (and none can
+//! jump at its near end), the root is strictly inside: the exact line's root is taken at once,
+//! computed as the exact step computes it, without the interval's ends in `Decimal`.
 //!
 //! The filter declines (and the caller runs the plain walk) whenever its premises are not
 //! certain: two breakpoints, or a breakpoint and the start, within 1e-9 of each other (their
