@@ -675,11 +675,13 @@ impl DistanceIndex {
         keys.sort_unstable();
         keys.dedup();
         // The new bands are computed on every core when there are many (reads only), then
-        // stored in key order.
+        // stored in key order. The instrument table is loaded once, not per account (see
+        // `AccountMap::read_key_in`).
+        let table = map.instruments();
         let found = crate::engine::par::map_in_order(&keys, |key| {
             let range = monitor.quiet_range(map, *key);
             let shock = monitor.shock_quiet(map, *key);
-            map.read_key(*key, |v| {
+            map.read_key_in(&table, *key, |v| {
                 let instrs = self.moving_instruments(v);
                 let bands = range.and_then(|r| self.bands_for(v, &instrs, r, shock));
                 Tracked { instrs, bands }

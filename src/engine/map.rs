@@ -767,6 +767,34 @@ impl AccountMap {
         })
     }
 
+    /// [`AccountMap::read_key`] with an instrument table the caller loaded
+    /// ([`AccountMap::instruments`]) — for work over many accounts on several threads, where
+    /// loading the table per account makes every thread write the same lock and reference
+    /// count. Ids and indices are fixed for the map's lifetime; the margin terms are those of
+    /// when the caller loaded it (they change only through
+    /// [`crate::engine::Engine::replace_instruments`], never during a step).
+    pub fn read_key_in<R>(
+        &self,
+        table: &InstrumentTable,
+        key: AccountKey,
+        f: impl FnOnce(&AccountView<'_>) -> R,
+    ) -> Option<R> {
+        self.accounts.with(key, |e| {
+            f(&AccountView {
+                key,
+                entry: e,
+                table,
+            })
+        })
+    }
+
+    /// The account's own levels (`None` inside: the defaults); `None` when there is no such
+    /// account. Reads no instrument table (see [`AccountMap::read_key_in`]).
+    pub fn thresholds_of(&self, key: AccountKey) -> Option<Option<Thresholds>> {
+        self.accounts
+            .with(key, |e| e.thresholds.as_deref().cloned())
+    }
+
     /// The account as a model value.
     pub fn account(&self, id: &AccountId) -> Option<Account> {
         self.read(id, |v| v.to_account())

@@ -490,7 +490,7 @@ impl Monitor {
                 ceiling: None,
             });
         }
-        let custom = map.read_key(key, |v| v.thresholds().cloned())?;
+        let custom = map.thresholds_of(key)?;
         let th = custom.as_ref().unwrap_or(&self.cfg.thresholds);
         let r = rank_of(&slot.state, th);
         let floor = if r == 0 {
@@ -635,7 +635,7 @@ impl Monitor {
             let Some(account) = map.read_key(t.key, |v| v.to_account()) else {
                 return;
             };
-            let used = prices_used(map, &account, &engine_prices, prices, now_ms);
+            let used = prices_used(&map.instruments(), &account, &engine_prices, prices, now_ms);
             read = Some((account, used));
         }
         let stale = read
@@ -767,7 +767,7 @@ impl Monitor {
         if !slot.has_shock || slot.liquidated {
             return None;
         }
-        let custom = map.read_key(key, |v| v.thresholds().cloned())?;
+        let custom = map.thresholds_of(key)?;
         let th = custom.as_ref().unwrap_or(&self.cfg.thresholds);
         distance::quiet(&slot.shock, th)
     }

@@ -181,7 +181,7 @@ impl Monitor {
             metrics::counter!("liqwatch_monitor_funding_warnings_total").increment(1);
             tracing::info!(account = %account.id, funding_ms = funding_ts, ratio_after = %after, "Funding payment would cross a level");
             let engine_prices = map.prices_for(&account);
-            let used = prices_used(map, &account, &engine_prices, prices, now_ms);
+            let used = prices_used(&map.instruments(), &account, &engine_prices, prices, now_ms);
             let stale = used.iter().any(|p| p.stale);
             let account_id = account.id.clone();
             jobs.push(SnapshotJob {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rust_decimal::Decimal;
 
 use super::{Emitted, PriceInfo, funding};
-use crate::engine::map::{AccountKey, AccountMap, PriceSnapshot};
+use crate::engine::map::{AccountKey, AccountMap, InstrumentTable, PriceSnapshot};
 use crate::margin;
 use crate::model::{EventKind, InstrumentId, PriceUsed, TimestampMs};
 
@@ -57,13 +57,16 @@ pub(super) fn fill_snapshots(
     jobs: Vec<SnapshotJob>,
     info: &dyn PriceInfo,
 ) {
+    // Loaded once for the whole batch: per job, both threads would write the table's lock and
+    // reference count (terms change only between steps).
+    let table = map.instruments();
+    let table = &*table;
     let one = |job: &SnapshotJob| -> Built {
-        let table = map.instruments();
         let fresh;
         let (account, funding, used) = match &job.read {
             Some(r) => (&r.account, &r.funding, None),
             None => {
-                let Some(account) = map.read_key(job.key, |v| v.to_account()) else {
+                let Some(account) = map.read_key_in(table, job.key, |v| v.to_account()) else {
                     metrics::counter!("liqwatch_monitor_snapshot_errors_total").increment(1);
                     tracing::error!(
                         key = job.key,
@@ -74,7 +77,7 @@ pub(super) fn fill_snapshots(
                         used: None,
                     };
                 };
-                let used = prices_used(map, &account, &job.prices, info, job.now_ms);
+                let used = prices_used(table, &account, &job.prices, info, job.now_ms);
                 let funding = funding::rates_for(&account, info, job.now_ms);
                 fresh = (account, funding);
                 (&fresh.0, &fresh.1, Some(used))
@@ -152,7 +155,7 @@ pub(super) fn fill_snapshots(
 /// Every price an account's figures use: the engine's price, with source/age/staleness from
 /// `info` (stables: source `stable`, never stale; no info: source `engine`, age 0).
 pub(super) fn prices_used(
-    map: &AccountMap,
+    table: &InstrumentTable,
     account: &crate::model::Account,
     engine: &PriceSnapshot,
     info: &dyn PriceInfo,
@@ -165,11 +168,7 @@ pub(super) fn prices_used(
         .collect();
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
-        let stable = map
-            .instruments()
-            .index(id)
-            .and_then(|i| map.instruments().get(i).map(|i| i.stable))
-            == Some(true);
+        let stable = table.index(id).and_then(|i| table.get(i).map(|i| i.stable)) == Some(true);
         if stable {
             out.push(PriceUsed {
                 instrument: id.clone(),
