@@ -383,6 +383,23 @@ mod with_map {
         })
         .unwrap();
         let mut mon = Monitor::new(MonitorConfig::default()).unwrap();
+        assert!(move_to(&m, &mut mon, &stale_btc(true), W3).is_empty());
+        let e = move_to(&m, &mut mon, &stale_btc(true), W4);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].event.kind, EventKind::LiquidationTrigger);
+        assert_stale_btc_used(&e[0]);
+        assert_eq!(e[0].event.prices.len(), 5, "{:?}", e[0].event.prices);
+        let snapshot = e[0].event.snapshot.as_deref().expect("a snapshot");
+        assert!(snapshot.liquidation_cost.is_some());
+        // Fresh again: the next event's prices are not flagged.
+        let e = move_to(&m, &mut mon, &HashMap::new(), W3);
+        assert_eq!(e.len(), 1);
+        assert!(!e[0].event.stale_prices);
+        assert!(e[0].event.prices.iter().all(|p| !p.stale));
+    }
+
+    /// Price info with BTCUSDT-PERP 90 s old, `stale` or not.
+    fn stale_btc(stale: bool) -> HashMap<InstrumentId, PriceUsed> {
         let mut info = HashMap::new();
         info.insert(
             InstrumentId::from("BTCUSDT-PERP"),
@@ -392,15 +409,16 @@ mod with_map {
                 source: Venue::BinanceUsdm.to_string(),
                 received_ts: NOW - 90_000,
                 age_ms: 90_000,
-                stale: true,
+                stale,
             },
         );
-        assert!(move_to(&m, &mut mon, &info, W3).is_empty());
-        let e = move_to(&m, &mut mon, &info, W4);
-        assert_eq!(e.len(), 1);
-        assert_eq!(e[0].event.kind, EventKind::LiquidationTrigger);
-        assert!(e[0].event.stale_prices);
-        let btc = e[0]
+        info
+    }
+
+    /// The event is flagged and carries the stale BTC price at the engine's W4 price, with its age.
+    fn assert_stale_btc_used(e: &Emitted) {
+        assert!(e.event.stale_prices);
+        let btc = e
             .event
             .prices
             .iter()
@@ -410,14 +428,6 @@ mod with_map {
             (btc.price, btc.age_ms, btc.stale),
             (dec!(54000), 90_000, true)
         );
-        assert_eq!(e[0].event.prices.len(), 5, "{:?}", e[0].event.prices);
-        let snapshot = e[0].event.snapshot.as_deref().expect("a snapshot");
-        assert!(snapshot.liquidation_cost.is_some());
-        // Fresh again: the next event's prices are not flagged.
-        let e = move_to(&m, &mut mon, &HashMap::new(), W3);
-        assert_eq!(e.len(), 1);
-        assert!(!e[0].event.stale_prices);
-        assert!(e[0].event.prices.iter().all(|p| !p.stale));
     }
 
     /// `hold` keeps a stale trigger back as a warning and fires it once prices are fresh.
@@ -433,36 +443,11 @@ mod with_map {
             ..Default::default()
         })
         .unwrap();
-        let stale_btc = |stale: bool| {
-            let mut info = HashMap::new();
-            info.insert(
-                InstrumentId::from("BTCUSDT-PERP"),
-                PriceUsed {
-                    instrument: "BTCUSDT-PERP".into(),
-                    price: dec!(0),
-                    source: Venue::BinanceUsdm.to_string(),
-                    received_ts: NOW - 90_000,
-                    age_ms: 90_000,
-                    stale,
-                },
-            );
-            info
-        };
         move_to(&m, &mut mon, &stale_btc(true), W3);
         let e = move_to(&m, &mut mon, &stale_btc(true), W4);
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].event.kind, EventKind::LiquidationWarning);
-        assert!(e[0].event.stale_prices);
-        let btc = e[0]
-            .event
-            .prices
-            .iter()
-            .find(|p| p.instrument.as_str() == "BTCUSDT-PERP")
-            .unwrap();
-        assert_eq!(
-            (btc.price, btc.age_ms, btc.stale),
-            (dec!(54000), 90_000, true)
-        );
+        assert_stale_btc_used(&e[0]);
         let e = mon.reevaluate_holders(&m, &"BTCUSDT-PERP".into(), &stale_btc(false), NOW);
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].event.kind, EventKind::LiquidationTrigger);
