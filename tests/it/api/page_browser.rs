@@ -127,8 +127,7 @@ async fn risk_page_in_a_real_browser() {
     let cfg = write_config(dir.path(), &venue.url);
     let bin = env!("CARGO_BIN_EXE_liqwatch");
     let env = [("PAGE_TEST_TOKEN", TOKEN)];
-    Daemon::init_journal(bin, &cfg, &env);
-    let (mut daemon, api) = Daemon::start_subscribed(
+    let (mut daemon, api) = Daemon::init_and_start_subscribed(
         bin,
         &cfg,
         &env,

@@ -93,8 +93,7 @@ async fn drilldown_risk_events_and_history_survive_restart() {
     let cfg = write_config(dir.path(), &venue.url);
     let bin = env!("CARGO_BIN_EXE_liqwatch");
     let env = [("DRILLDOWN_TOKEN", TOKEN)];
-    Daemon::init_journal(bin, &cfg, &env);
-    let (mut daemon, api) = Daemon::start_subscribed(
+    let (mut daemon, api) = Daemon::init_and_start_subscribed(
         bin,
         &cfg,
         &env,

@@ -77,8 +77,7 @@ async fn only_held_instruments_go_stale_and_unserved_ones_are_reported() {
     let cfg = config(dir.path(), &venue.url);
     let env = [("HELD_STALENESS_TOKEN", TOKEN)];
     let bin = env!("CARGO_BIN_EXE_liqwatch");
-    Daemon::init_journal(bin, &cfg, &env);
-    let (mut daemon, api) = Daemon::start_subscribed(
+    let (mut daemon, api) = Daemon::init_and_start_subscribed(
         bin,
         &cfg,
         &env,

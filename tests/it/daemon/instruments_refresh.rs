@@ -190,8 +190,7 @@ async fn refresh_keeps_the_last_good_set_and_applies_a_changed_bracket() {
     let feed = MockBinance::start().await;
     let cfg = config(dir.path(), &feed.url, &refresh_url);
     let bin = env!("CARGO_BIN_EXE_liqwatch");
-    Daemon::init_journal(bin, &cfg, &[]);
-    let (mut daemon, api) = Daemon::start_subscribed(
+    let (mut daemon, api) = Daemon::init_and_start_subscribed(
         bin,
         &cfg,
         &[],

@@ -101,8 +101,7 @@ async fn sighup_reloads_levels_and_token_issue_11_item_8() {
     };
     std::fs::write(&cfg, with_levels("\"0.8\"", "")).unwrap();
     std::fs::write(dir.path().join("token"), "old-token\n").unwrap();
-    Daemon::init_journal(env!("CARGO_BIN_EXE_liqwatch"), &cfg, &[]);
-    let (mut daemon, api) = Daemon::start_subscribed(
+    let (mut daemon, api) = Daemon::init_and_start_subscribed(
         env!("CARGO_BIN_EXE_liqwatch"),
         &cfg,
         &[],

@@ -372,6 +372,19 @@ impl Daemon {
         (daemon, api)
     }
 
+    /// A first start: `liqwatch journal init`, then [`Daemon::start_subscribed`].
+    pub async fn init_and_start_subscribed(
+        bin: &str,
+        config: &Path,
+        env: &[(&str, &str)],
+        log: PathBuf,
+        venue: &MockBinance,
+        deadline: Duration,
+    ) -> (Daemon, String) {
+        Self::init_journal(bin, config, env);
+        Self::start_subscribed(bin, config, env, log, venue, deadline).await
+    }
+
     /// [`Daemon::start`] with extra `run` arguments (`--init-journal`).
     pub fn start_args(
         bin: &str,
