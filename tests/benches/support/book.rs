@@ -129,12 +129,11 @@ pub fn account(i: usize, rng: &mut Lcg) -> Account {
     }
 }
 
-/// Nanoseconds this thread has spent on a CPU.
+/// Nanoseconds this thread has spent on a CPU (`CLOCK_THREAD_CPUTIME_ID`, which brings the
+/// running thread's time up to date: `/proc/thread-self/schedstat` does not, and advances only
+/// at scheduler ticks — 10 ms here).
 pub fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()))
-        .unwrap_or(0)
+    u64::try_from(cpu_time::ThreadTime::now().as_duration().as_nanos()).unwrap_or(u64::MAX)
 }
 
 pub fn vm_rss_kib() -> u64 {
