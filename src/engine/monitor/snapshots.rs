@@ -83,17 +83,29 @@ pub(super) fn fill_snapshots(
                 (&fresh.0, &fresh.1, Some(used))
             }
         };
-        let snapshot = match margin::account_snapshot(account, &*table, &*job.prices, job.trigger) {
-            Ok(mut s) => {
-                funding::attach(&mut s, &*table, funding);
+        // A panic in the margin model is a bug; it costs this event its snapshot, never the
+        // event, its prices or another account's snapshot.
+        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            #[cfg(test)]
+            inject::maybe_panic(&account.id);
+            margin::account_snapshot(account, table, &*job.prices, job.trigger).map(|mut s| {
+                funding::attach(&mut s, table, funding);
                 if job.kind == EventKind::LiquidationTrigger {
-                    margin::attach_liquidation_cost_to(&mut s, &*table, &account.id);
+                    margin::attach_liquidation_cost_to(&mut s, table, &account.id);
                 }
-                Some(s)
-            }
-            Err(error) => {
+                s
+            })
+        }));
+        let snapshot = match built {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(error)) => {
                 metrics::counter!("liqwatch_monitor_snapshot_errors_total").increment(1);
                 tracing::error!(account = %account.id, %error, "Snapshot failed; the event goes out without it");
+                None
+            }
+            Err(_) => {
+                metrics::counter!("liqwatch_monitor_snapshot_errors_total").increment(1);
+                tracing::error!(account = %account.id, "Snapshot panicked (a bug in the margin model); the event goes out without it");
                 None
             }
         };
@@ -119,8 +131,9 @@ pub(super) fn fill_snapshots(
                 .zip(jobs.chunks(chunk))
                 .flat_map(|(h, c)| match h.join() {
                     Ok(v) => v,
-                    // A panic in the margin model is a bug; keep the events, without
-                    // snapshots, rather than lose them.
+                    // Each snapshot is guarded on its own (above); a panic outside one (in
+                    // reading an account back) keeps the chunk's events, without snapshots,
+                    // rather than lose them.
                     Err(_) => c
                         .iter()
                         .map(|_| Built {
@@ -200,4 +213,32 @@ pub(super) fn prices_used(
         out.push(p);
     }
     out
+}
+
+/// Fault injection for the tests: a panic inside the margin model for one account id.
+#[cfg(test)]
+pub(super) mod inject {
+    use std::sync::Mutex;
+
+    use crate::model::AccountId;
+
+    /// Ids whose snapshot panics (tests use ids of their own, so parallel tests are unaffected).
+    static PANICS_FOR: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    /// Makes the snapshot of `id` panic from now on.
+    pub(in crate::engine) fn panic_for(id: &str) {
+        PANICS_FOR
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(id.to_owned());
+    }
+
+    pub(super) fn maybe_panic(id: &AccountId) {
+        let hit = PANICS_FOR
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|p| p == id.as_str());
+        assert!(!hit, "injected panic in the snapshot of {id}");
+    }
 }
