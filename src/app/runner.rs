@@ -242,6 +242,15 @@ impl Runner {
                                 }
                                 written += events.len() as u64;
                             }
+                            // Timed here, at the step's last commit: the events are durable
+                            // and the sinks woken. The engine task's own wake-up after this
+                            // (behind the feed tasks on a busy runtime) delays no event.
+                            if let Some(rx) = oldest_rx {
+                                metrics::histogram!("liqwatch_engine_tick_to_event_seconds")
+                                    .record(rx.elapsed().as_secs_f64());
+                            }
+                            metrics::histogram!("liqwatch_engine_wake_to_commit_seconds")
+                                .record(woke.elapsed().as_secs_f64());
                             written
                         });
                         (tx, writer)
@@ -263,12 +272,6 @@ impl Runner {
             Err(error) => tracing::error!(%error, "Journal append task failed"),
         }
         self.state_counts.publish(self.engine.map().len());
-        if let Some(rx) = oldest_rx {
-            metrics::histogram!("liqwatch_engine_tick_to_event_seconds")
-                .record(rx.elapsed().as_secs_f64());
-        }
-        metrics::histogram!("liqwatch_engine_wake_to_commit_seconds")
-            .record(woke.elapsed().as_secs_f64());
     }
 
     async fn on_staleness(&mut self) {

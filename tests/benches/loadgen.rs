@@ -3,9 +3,10 @@
 //!
 //! - frames/s the daemon sustained (`liqwatch_feed_frames_total` delta over the load phase),
 //! - tick-to-event latency p50/p99 (bucket upper bounds of `liqwatch_engine_tick_to_event_seconds`
-//!   scraped from `/metrics`) and the largest bucket hit, and beside it the journal commits' own
-//!   distribution in the same phase (`liqwatch_journal_append_seconds`: with `synchronous = full`
-//!   each ends in an fsync, so the disk's share is visible),
+//!   scraped from `/metrics`) and the largest bucket hit, and beside it the engine's share (from
+//!   the board waking the engine to the commit, `liqwatch_engine_wake_to_commit_seconds`) and the
+//!   journal commits' own distribution in the same phase (`liqwatch_journal_append_seconds`: with
+//!   `synchronous = full` each ends in an fsync, so the disk's share is visible),
 //! - the time for a correlated crash that moves every account into warning or trigger to be fully
 //!   delivered to the webhook receiver,
 //! - the daemon's RSS at the end.
@@ -409,6 +410,19 @@ async fn run(o: Opts) {
         fmt_s(quantile(&lat, 0.5)),
         fmt_s(quantile(&lat, 0.99)),
         fmt_s(max_bucket)
+    );
+    // The engine's share: from the board waking the engine to the commit (the rest of
+    // tick-to-event is the frame's wait for the engine: parsing, the board, the scheduler).
+    let wake = bucket_delta(
+        &buckets(&before, "liqwatch_engine_wake_to_commit_seconds"),
+        &buckets(&after, "liqwatch_engine_wake_to_commit_seconds"),
+    );
+    println!(
+        "  engine wake → journal commit, {} steps with events in the load phase: p50 {}, p99 {}, max bucket {}",
+        wake.last().map(|b| b.1).unwrap_or(0.0),
+        fmt_s(quantile(&wake, 0.5)),
+        fmt_s(quantile(&wake, 0.99)),
+        fmt_s(top_bucket(&wake))
     );
     // The disk's share: the journal commits of the load phase (under `synchronous = full` each
     // one ends in an fsync), from the same scrapes.
