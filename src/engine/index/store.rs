@@ -1,16 +1,22 @@
 //! The distance index's storage: per instrument, the eager holders and the banded holders
 //! ordered by the ends of their bands, as fixed-point integers.
 //!
-//! # Fixed-point band ends
-//! A band end is stored as an integer count of `10⁻¹⁶` ([`FIXED_SCALE`]) packed with the account
-//! key into one `u128` (`end << 32 | key`), so ordering and range queries are plain integer
-//! compares instead of mixed-scale `Decimal` compares. The ends are converted *inwards* (the low
-//! end rounded up, the high end down), so the stored band is never wider than the exact one;
-//! [`super::band`] already rounds to 16 places, so today the conversion is exact. A price is
-//! queried through two keys: `p ≤ lo ⇔ ⌈p·10¹⁶⌉ ≤ lo·10¹⁶` and `p ≥ hi ⇔ ⌊p·10¹⁶⌋ ≥ hi·10¹⁶`
-//! (both ends are integers at that scale), so a tick wakes exactly the accounts the `Decimal`
-//! tests would wake. Ends must lie in `[0, 2⁹⁶)` (prices below ~7.9·10¹²); an account with a
-//! band end outside stays eager, and a price outside saturates (see [`PriceKey`]).
+//! # Fixed-point band ends, compact keys
+//! A band end is an integer count of `10⁻¹⁶` ([`FIXED_SCALE`]), so ordering and range queries
+//! are plain integer compares instead of mixed-scale `Decimal` compares. The ends are converted
+//! *inwards* (the low end rounded up, the high end down), so the stored band is never wider
+//! than the exact one, and then rounded inwards once more to 26 significant bits
+//! ([`Code`]: the bit length and the 25 bits below the leading one, relative step ≤ 2⁻²⁵ ≈
+//! 3·10⁻⁸ of the price — a band narrower by that wakes its account a hair earlier, never
+//! later). The 32-bit code of an end packed with the 32-bit account key is one `u64`
+//! (`code << 32 | key`) — half the bytes of the `u128` it was, per entry of two ordered sets
+//! per holding. A price is queried through two keys: `p ≤ lo ⇔ ⌈p·10¹⁶⌉ ≤ lo` and
+//! `p ≥ hi ⇔ ⌊p·10¹⁶⌋ ≥ hi` (both ends are integers at that scale), and in codes
+//! `lo ≥ P ⇔ code(lo) ≥ code⌈P⌉`, `hi ≤ F ⇔ code(hi) ≤ code⌊F⌋` (codes keep order, and every
+//! stored end is exactly representable), so a tick wakes exactly the accounts whose stored band
+//! [`FixedBand::holds`] says the price left. Ends must lie in `[1, 2⁹⁶)` (prices below
+//! ~7.9·10¹²); an account with a band end outside stays eager, and a price outside saturates
+//! (see [`PriceKey`]).
 //!
 //! # Bulk changes
 //! Changes are queued per instrument ([`Store::flush`] applies them: removals, then
@@ -27,8 +33,68 @@ use crate::engine::map::{AccountKey, InstrumentIdx};
 /// Decimal places of the fixed-point band ends.
 pub const FIXED_SCALE: u32 = 16;
 
-/// Band ends are below this in fixed point, so that `end << 32 | key` fits a `u128`.
+/// Band ends are below this in fixed point (codes stay within 32 bits).
 const FIXED_LIMIT: u128 = 1 << 96;
+
+/// Bits kept below the leading one of a band end ([`Code`]).
+const CODE_BITS: u32 = 25;
+
+/// An order-preserving 32-bit code of a fixed-point value in `[1, 2⁹⁶]`: its bit length − 1
+/// above the [`CODE_BITS`] bits below its leading one. Values of at most 26 significant bits
+/// are coded exactly; others are rounded down ([`Code::down`]) or up ([`Code::up`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Code(u32);
+
+impl Code {
+    /// The largest code whose value is ≤ `v` (`v ≥ 1`).
+    fn down(v: u128) -> Self {
+        Self::of(v, false)
+    }
+
+    /// The smallest code whose value is ≥ `v` (`v ≥ 1`; `v = 0` gives the smallest code).
+    fn up(v: u128) -> Self {
+        Self::of(v, true)
+    }
+
+    fn of(v: u128, up: bool) -> Self {
+        if v == 0 {
+            return Code(0);
+        }
+        let exp = 127 - v.leading_zeros();
+        let code = if exp <= CODE_BITS {
+            // Exact: the bits below the leading one, shifted up into place.
+            let m = (v ^ (1u128 << exp)) << (CODE_BITS - exp);
+            (exp << CODE_BITS) | m as u32
+        } else {
+            let shift = exp - CODE_BITS;
+            let m = ((v >> shift) & ((1u128 << CODE_BITS) - 1)) as u32;
+            let rest = v & ((1u128 << shift) - 1);
+            // A carry out of the mantissa moves to the next power of two: still in order.
+            ((exp << CODE_BITS) | m) + u32::from(up && rest != 0)
+        };
+        Code(code)
+    }
+
+    /// The value of the code (exact for every code [`Code::of`] gives).
+    fn value(self) -> u128 {
+        let exp = self.0 >> CODE_BITS;
+        let m = u128::from(self.0 & ((1 << CODE_BITS) - 1)) | (1u128 << CODE_BITS);
+        if exp >= CODE_BITS {
+            m << (exp - CODE_BITS)
+        } else {
+            m >> (CODE_BITS - exp)
+        }
+    }
+}
+
+/// The band `(lo, hi)` (fixed-point, inwards) rounded inwards to codes; `None` when empty.
+fn coded(lo: u128, hi: u128) -> Option<FixedBand> {
+    if lo == 0 || hi >= FIXED_LIMIT {
+        return None;
+    }
+    let (lo, hi) = (Code::up(lo).value(), Code::down(hi).value());
+    (lo < hi).then_some(FixedBand { lo, hi })
+}
 
 /// A flush with at least this many changes to a set, and at least one per
 /// [`BULK_SHARE`] of its entries, rebuilds it instead of editing it.
@@ -40,7 +106,8 @@ const BULK_SHARE: usize = 32;
 /// Queued changes kept allocated between flushes, per set and direction.
 const OPS_KEEP: usize = 4_096;
 
-/// A band as fixed-point ends (`10⁻¹⁶` units), never wider than the exact band.
+/// A band as fixed-point ends (`10⁻¹⁶` units, each exactly a [`Code`]), never wider than the
+/// exact band.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FixedBand {
     /// Low end, rounded up.
@@ -57,7 +124,7 @@ impl FixedBand {
     pub fn new(lo: Decimal, hi: Decimal) -> Option<Self> {
         let lo = fixed(lo, RoundingStrategy::ToPositiveInfinity)?;
         let hi = fixed(hi, RoundingStrategy::ToNegativeInfinity)?;
-        (lo < hi).then_some(FixedBand { lo, hi })
+        coded(lo, hi)
     }
 
     /// The band of two fixed-point ends already rounded inwards (integral `f64` counts of
@@ -68,10 +135,7 @@ impl FixedBand {
         if !(lo > 0.0 && lo < hi && hi < limit && lo.fract() == 0.0 && hi.fract() == 0.0) {
             return None;
         }
-        Some(FixedBand {
-            lo: lo as u128,
-            hi: hi as u128,
-        })
+        coded(lo as u128, hi as u128)
     }
 
     /// Whether a price is strictly inside the band (what keeps its holder asleep; the store
@@ -128,13 +192,13 @@ impl PriceKey {
     }
 }
 
-fn pack(end: u128, key: AccountKey) -> u128 {
-    end << 32 | u128::from(key)
+fn pack(code: Code, key: AccountKey) -> u64 {
+    u64::from(code.0) << 32 | u64::from(key)
 }
 
-fn key_of(packed: u128) -> AccountKey {
+fn key_of(packed: u64) -> AccountKey {
     // The low 32 bits are the key.
-    (packed & u128::from(u32::MAX)) as AccountKey
+    (packed & u64::from(u32::MAX)) as AccountKey
 }
 
 /// Queued changes to one ordered set.
@@ -197,7 +261,7 @@ const PARALLEL_FLUSH: usize = 16_384;
 /// One set and its queued changes, for [`Store::flush`].
 enum Flush<'a> {
     Keys(&'a mut Ops<AccountKey>, &'a mut BTreeSet<AccountKey>),
-    Ends(&'a mut Ops<u128>, &'a mut BTreeSet<u128>),
+    Ends(&'a mut Ops<u64>, &'a mut BTreeSet<u64>),
 }
 
 impl Flush<'_> {
@@ -227,13 +291,13 @@ impl Flush<'_> {
 struct InstrBands {
     /// Holders without a band: woken by every tick.
     eager: BTreeSet<AccountKey>,
-    /// Banded holders by the low end of their band (`lo << 32 | key`).
-    lo: BTreeSet<u128>,
-    /// Banded holders by the high end of their band (`hi << 32 | key`).
-    hi: BTreeSet<u128>,
+    /// Banded holders by the low end of their band (`code(lo) << 32 | key`).
+    lo: BTreeSet<u64>,
+    /// Banded holders by the high end of their band (`code(hi) << 32 | key`).
+    hi: BTreeSet<u64>,
     eager_ops: Ops<AccountKey>,
-    lo_ops: Ops<u128>,
-    hi_ops: Ops<u128>,
+    lo_ops: Ops<u64>,
+    hi_ops: Ops<u64>,
 }
 
 impl InstrBands {
@@ -289,7 +353,8 @@ impl Store {
     /// Queues the account's band on `idx` in (`add`) or out.
     pub fn band(&mut self, idx: InstrumentIdx, key: AccountKey, band: FixedBand, add: bool) {
         if let Some(ib) = self.queue(idx) {
-            let (lo, hi) = (pack(band.lo, key), pack(band.hi, key));
+            // The ends are codes' values, so either rounding gives their code.
+            let (lo, hi) = (pack(Code::up(band.lo), key), pack(Code::down(band.hi), key));
             if add {
                 ib.lo_ops.add.push(lo);
                 ib.hi_ops.add.push(hi);
@@ -345,17 +410,24 @@ impl Store {
             return;
         };
         eager.extend(ib.eager.iter().copied());
-        // `p ≤ lo`: every entry with `lo ≥ ⌈p⌉` (none when `⌈p⌉` saturated above every end).
+        // `p ≤ lo`: every entry with `lo ≥ ⌈p⌉`, i.e. `code(lo) ≥ code⌈p⌉` rounded up (none
+        // when `⌈p⌉` saturated above every end).
         if price.ceil < FIXED_LIMIT {
-            leaving.extend(ib.lo.range(pack(price.ceil, 0)..).map(|e| key_of(*e)));
+            let from = pack(Code::up(price.ceil), 0);
+            leaving.extend(ib.lo.range(from..).map(|e| key_of(*e)));
         }
-        // `p ≥ hi`: every entry with `hi ≤ ⌊p⌋`.
-        let to = if price.floor < FIXED_LIMIT {
-            pack(price.floor, AccountKey::MAX)
+        // `p ≥ hi`: every entry with `hi ≤ ⌊p⌋`, i.e. `code(hi) ≤ code⌊p⌋` rounded down (none
+        // when `⌊p⌋` is 0: every end is ≥ 1).
+        let to = if price.floor >= FIXED_LIMIT {
+            Some(u64::MAX)
+        } else if price.floor == 0 {
+            None
         } else {
-            u128::MAX
+            Some(pack(Code::down(price.floor), AccountKey::MAX))
         };
-        leaving.extend(ib.hi.range(..=to).map(|e| key_of(*e)));
+        if let Some(to) = to {
+            leaving.extend(ib.hi.range(..=to).map(|e| key_of(*e)));
+        }
     }
 
     /// Entries per instrument (eager, lo, hi), as of the last flush.

@@ -14,9 +14,9 @@ fn price() -> impl Strategy<Value = Decimal> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(4_000))]
 
-    /// Fixed-point bands wake exactly the accounts the `Decimal` band test wakes: for the
-    /// bands `band()` makes, a price is strictly inside the fixed band iff it is strictly
-    /// inside the exact one, and the ends convert back unchanged.
+    /// Fixed-point bands are the `Decimal` bands of `band()` narrowed by at most one code step
+    /// (2⁻²⁵ of the end) at each end, and `holds` is exactly the `Decimal` test against the
+    /// stored ends: a price strictly inside the stored band is strictly inside the exact one.
     #[test]
     fn fixed_band_tests_equal_decimal_tests(
         p in price(),
@@ -29,24 +29,90 @@ proptest! {
             return Ok(());
         };
         let Some(fixed) = FixedBand::new(lo, hi) else {
-            // Only ends beyond 2⁹⁶ units are refused (prices above ~7.9·10¹²).
-            prop_assert!(hi > dec!(7_000_000_000_000));
+            // Ends beyond 2⁹⁶ units (prices above ~7.9·10¹²), or a band so narrow in units
+            // that nothing is left of it once its ends are rounded inwards.
+            prop_assert!(
+                hi > dec!(7_000_000_000_000) || hi - lo <= hi * Decimal::new(1, 7) + Decimal::new(2, 16),
+                "({}, {}) refused", lo, hi
+            );
             return Ok(());
         };
-        prop_assert_eq!(fixed.to_decimal(), (lo, hi));
-        // A random price, and prices a few units of 10⁻²⁰ around each end.
-        let mut probes = vec![q, lo, hi];
-        for end in [lo, hi] {
+        let (flo, fhi) = fixed.to_decimal();
+        let step = Decimal::new(1, 7); // > 2⁻²⁵ ≈ 2.98·10⁻⁸
+        prop_assert!(lo <= flo && flo - lo <= lo * step, "({}, {}) → ({}, {})", lo, hi, flo, fhi);
+        prop_assert!(fhi <= hi && hi - fhi <= hi * step, "({}, {}) → ({}, {})", lo, hi, flo, fhi);
+        // A random price, and prices a few units of 10⁻²⁰ and 10⁻¹⁶ around each end.
+        let mut probes = vec![q, lo, hi, flo, fhi];
+        for end in [lo, hi, flo, fhi] {
             probes.push(end + Decimal::new(near, 20));
             probes.push(end + Decimal::new(near, 16));
         }
         for x in probes {
-            prop_assert_eq!(
-                fixed.holds(PriceKey::new(x)),
-                lo < x && x < hi,
-                "price {} band ({}, {})", x, lo, hi
-            );
+            let inside = fixed.holds(PriceKey::new(x));
+            prop_assert_eq!(inside, flo < x && x < fhi, "price {} band ({}, {})", x, flo, fhi);
+            prop_assert!(!inside || (lo < x && x < hi));
         }
+    }
+
+    /// Codes keep order and round the way they say: `down(v) ≤ v ≤ up(v)` with both within one
+    /// step of `v`, equal exactly when `v` has at most 26 significant bits, and a code's value
+    /// codes back to itself.
+    #[test]
+    fn codes_keep_order_and_round_as_named(
+        a in 1u128..(1u128 << 96),
+        b in 1u128..(1u128 << 96),
+        small in 1u128..(1u128 << 26),
+    ) {
+        for v in [a, b, small, a >> 40, (a >> 70).max(1)] {
+            let (d, u) = (Code::down(v), Code::up(v));
+            prop_assert!(d.value() <= v && v <= u.value(), "{}", v);
+            prop_assert!(u.0 - d.0 <= 1);
+            prop_assert_eq!(d == u, d.value() == v);
+            prop_assert_eq!(Code::down(d.value()), d);
+            prop_assert_eq!(Code::up(u.value()), u);
+            // One step: below 2⁻²⁵ of the value.
+            prop_assert!((u.value() - d.value()) as f64 <= v as f64 / (1u64 << 25) as f64 + 1.0);
+        }
+        prop_assert_eq!(Code::down(small).value(), small);
+        let (lo, hi) = (a.min(b), a.max(b));
+        prop_assert!(Code::down(lo) <= Code::down(hi) && Code::up(lo) <= Code::up(hi));
+    }
+
+    /// The store's range queries wake exactly the holders whose stored band the price is not
+    /// strictly inside (`FixedBand::holds`), for bands and prices across the whole range.
+    #[test]
+    fn store_wakes_exactly_what_holds_refuses(
+        bands in proptest::collection::vec((1.0f64..1e12, 1e-9f64..0.5), 1..200),
+        p in 1e-3f64..2e12,
+        at_end in proptest::option::of((any::<prop::sample::Index>(), any::<bool>(), -2i64..=2)),
+    ) {
+        let scale = 1e16;
+        let mut store = Store::new(1);
+        let mut stored = Vec::new();
+        for (key, (anchor, h)) in bands.iter().enumerate() {
+            let lo = (anchor * (1.0 - h) * scale).ceil();
+            let hi = (anchor * (1.0 + h) * scale).floor();
+            if let Some(b) = FixedBand::from_units(lo, hi) {
+                store.band(0, key as u32, b, true);
+                stored.push((key as u32, b));
+            }
+        }
+        store.flush();
+        // A price, or one a few units from a stored end.
+        let mut price = PriceKey::new(Decimal::from_f64_retain(p).unwrap_or(Decimal::ONE));
+        if let (Some((i, low, d)), false) = (at_end, stored.is_empty()) {
+            let b = i.get(&stored).1;
+            let end = if low { b.lo } else { b.hi };
+            let v = end.saturating_add_signed(i128::from(d));
+            price = PriceKey { ceil: v, floor: v };
+        }
+        let (mut eager, mut leaving) = (Vec::new(), Vec::new());
+        store.wake(0, price, &mut eager, &mut leaving);
+        leaving.sort_unstable();
+        leaving.dedup();
+        let expected: Vec<u32> = stored.iter().filter(|(_, b)| !b.holds(price)).map(|(k, _)| *k).collect();
+        prop_assert_eq!(leaving, expected);
+        prop_assert!(eager.is_empty());
     }
 
     /// Soundness for ends finer than the fixed scale: the fixed band is never wider than the
@@ -127,9 +193,15 @@ fn price_keys_saturate() {
         assert!(!band.holds(PriceKey::new(p)), "{p}");
     }
     assert!(band.holds(PriceKey::new(dec!(100))));
-    assert!(band.holds(PriceKey::new(dec!(99.00000000000000000001))));
-    assert!(!band.holds(PriceKey::new(dec!(99))));
-    assert!(band.holds(PriceKey::new(dec!(100.99999999999999999999))));
+    // The stored ends: (99, 101) rounded inwards to codes, by less than 2⁻²⁵ of each.
+    let (lo, hi) = band.to_decimal();
+    assert!(lo > dec!(99) && lo < dec!(99.000003), "{lo}");
+    assert!(hi < dec!(101) && hi > dec!(100.999997), "{hi}");
+    assert!(band.holds(PriceKey::new(lo + dec!(0.00000000000000000001))));
+    assert!(!band.holds(PriceKey::new(lo)));
+    assert!(!band.holds(PriceKey::new(dec!(99.000000000000000001))));
+    assert!(band.holds(PriceKey::new(hi - dec!(0.00000000000000000001))));
+    assert!(!band.holds(PriceKey::new(hi)));
     assert!(!band.holds(PriceKey::new(dec!(101))));
     // Ends out of range, negative or an empty rounded band: no fixed band.
     assert_eq!(FixedBand::new(dec!(1), dec!(1e13)), None);
