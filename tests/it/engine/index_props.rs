@@ -51,10 +51,15 @@ fn instruments() -> Vec<Instrument> {
         tier(dec!(2000), dec!(10000), dec!(0.1), dec!(100)),
     ];
     // A table with a gap at 1,000 (MM jumps by 10): banded with the jump paid from the slack.
+    // Then steep tiers where SOL positions' notionals lie (1.5k–150k): 3 → 10 → 25 %, so a
+    // band that paid for a flatter slope than the tiers a move reaches would be too wide and
+    // miss a crossing (a `.min()` for `.max()` of the reachable rate fails these tests).
     let mut sol = instrument("SOLUSDT-PERP", InstrumentKind::LinearPerpetual, "SOL");
     sol.tiers = vec![
         tier(dec!(0), dec!(1000), dec!(0.01), dec!(0)),
-        tier(dec!(1000), dec!(100000), dec!(0.03), dec!(10)),
+        tier(dec!(1000), dec!(5000), dec!(0.03), dec!(10)),
+        tier(dec!(5000), dec!(20000), dec!(0.10), dec!(360)),
+        tier(dec!(20000), dec!(1000000), dec!(0.25), dec!(3360)),
     ];
     let mut inv = instrument("BTCUSD-PERP", InstrumentKind::InversePerpetual, "BTC");
     inv.contract_size = dec!(100);
@@ -660,6 +665,65 @@ fn calm_book(n: usize, shock: bool) -> Pair {
             .unwrap_or_else(|e| panic!("{e}"));
     }
     pair
+}
+
+/// A band pays for the steepest tier a move can reach, not the one the position is in: short
+/// 45 SOL from 100 (notional 4,500, the 3 % tier; 10 % from 5,000, i.e. SOL ≥ 111.11) with
+/// 990 USDT reaches the first level (0.5) at SOL 115 only because of the 10 % tier. Paying for
+/// 3 % would give a band up to ~115.09; the jump to 115.05 must wake the account and warn, as
+/// the eager engine does (a `.min()` for `.max()` of the reachable rate fails here).
+#[test]
+fn a_move_into_a_steeper_tier_wakes_the_account() {
+    let mut pair = Pair::new(StalePolicy::Fire, false);
+    let start: Vec<(InstrumentId, Decimal)> = PRICED
+        .iter()
+        .map(|(i, p)| (InstrumentId::from(*i), Decimal::from(*p)))
+        .collect();
+    pair.prices(start).unwrap_or_else(|e| panic!("{e}"));
+    let account = Account {
+        id: "steep-short".into(),
+        collateral: [(InstrumentId::from("USDT"), dec!(990))]
+            .into_iter()
+            .collect(),
+        positions: vec![Position {
+            instrument: "SOLUSDT-PERP".into(),
+            side: PositionSide::Both,
+            quantity: dec!(-45),
+            entry_price: dec!(100),
+        }],
+        thresholds: None,
+        apply_funding: false,
+    };
+    pair.update(AccountUpdate::Replace { account })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (tracked, banded) = pair.lazy.index().map(|i| i.counts()).unwrap_or_default();
+    assert_eq!((tracked, banded), (1, 1), "the account is banded");
+    // Its band paid for the 10 % tier: it ends below 115, where the warning is.
+    let m = pair.lazy.map();
+    let key = m.key_of(&"steep-short".into()).unwrap_or(u32::MAX);
+    let sol = m
+        .instruments()
+        .index(&"SOLUSDT-PERP".into())
+        .unwrap_or(u32::MAX);
+    let band = pair.lazy.index().and_then(|i| i.band_of(key, sol));
+    assert!(
+        band.is_some_and(|(lo, hi)| lo < dec!(100) && hi > dec!(110) && hi < dec!(115)),
+        "{band:?}"
+    );
+    // SOL 110: still the 3 % tier, ratio (148.5 − 10) / 540 ≈ 0.26: nothing.
+    pair.prices(vec![("SOLUSDT-PERP".into(), dec!(110))])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(pair.events, 0);
+    // SOL 115.05: MM 0.10 · 5,177.25 − 360 = 157.725, equity 990 − 677.25 = 312.75, ratio
+    // 0.5043.
+    pair.prices(vec![("SOLUSDT-PERP".into(), dec!(115.05))])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        pair.events, 1,
+        "the warning at 0.5 (both engines agree: checked per step)"
+    );
+    pair.same_states().unwrap_or_else(|e| panic!("{e}"));
+    pair.same_figures().unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// The index does skip work: a 0.1 % move wakes none of 500 calm accounts, while a crash that
