@@ -320,15 +320,15 @@ async fn risk_page_in_a_real_browser() {
     shoot(&browser, &shots, "page-overview.png").await;
 
     // Drill-down with the keyboard: focus hot's row, press Enter.
-    let row = browser
-        .client
-        .find(Locator::Css("#accounts-body tr[data-account='hot']"))
-        .await
-        .unwrap();
+    // The table re-renders on every refresh: a row found just before one is stale by the
+    // key press, so `press` finds it again until the Enter lands.
     browser
-        .js("document.querySelector('#accounts-body tr[data-account=\"hot\"]').focus(); return true;")
+        .press(
+            "#accounts-body tr[data-account='hot']",
+            "\u{e007}",
+            DEADLINE,
+        )
         .await;
-    row.send_keys("\u{e007}").await.unwrap();
     browser
         .wait_js(
             "the drill-down",

@@ -629,13 +629,19 @@ proptest! {
     }
 }
 
-fn calm_book(n: usize, shock: bool) -> Pair {
+/// Both engines, every instrument at its base price (`PRICED`), no accounts yet.
+fn priced_pair(shock: bool) -> Pair {
     let mut pair = Pair::new(StalePolicy::Fire, shock);
     let start: Vec<(InstrumentId, Decimal)> = PRICED
         .iter()
         .map(|(i, p)| (InstrumentId::from(*i), Decimal::from(*p)))
         .collect();
     pair.prices(start).unwrap_or_else(|e| panic!("{e}"));
+    pair
+}
+
+fn calm_book(n: usize, shock: bool) -> Pair {
+    let mut pair = priced_pair(shock);
     for i in 0..n {
         // Long 1 BTC from 50,000 and long 10 ETH (0.1 size) from 3,000 with 1,000 + i USDT:
         // ratio ≈ 0.4 at the start (healthy), warning at 0.5 after a few percent down.
@@ -674,12 +680,7 @@ fn calm_book(n: usize, shock: bool) -> Pair {
 /// the eager engine does (a `.min()` for `.max()` of the reachable rate fails here).
 #[test]
 fn a_move_into_a_steeper_tier_wakes_the_account() {
-    let mut pair = Pair::new(StalePolicy::Fire, false);
-    let start: Vec<(InstrumentId, Decimal)> = PRICED
-        .iter()
-        .map(|(i, p)| (InstrumentId::from(*i), Decimal::from(*p)))
-        .collect();
-    pair.prices(start).unwrap_or_else(|e| panic!("{e}"));
+    let mut pair = priced_pair(false);
     let account = Account {
         id: "steep-short".into(),
         collateral: [(InstrumentId::from("USDT"), dec!(990))]

@@ -165,6 +165,27 @@ impl Browser {
         }
     }
 
+    /// Types `keys` into the element `css` selects, as a user would (WebDriver focuses it
+    /// first), retrying until `deadline` like [`Browser::click`]: the page may replace the
+    /// element between finding it and typing.
+    pub async fn press(&self, css: &str, keys: &str, deadline: Duration) {
+        let end = Instant::now() + deadline;
+        loop {
+            let outcome = match self.client.find(fantoccini::Locator::Css(css)).await {
+                Ok(element) => element.send_keys(keys).await,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(()) => return,
+                Err(e) => assert!(
+                    Instant::now() < end,
+                    "could not type into {css} within {deadline:?}: {e}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Saves a PNG screenshot of the viewport to `path` and returns its bytes.
     pub async fn screenshot(&self, path: &Path) -> Vec<u8> {
         let png = self.client.screenshot().await.unwrap();
