@@ -2,6 +2,7 @@
 //! (package `chromium-driver`) started on a free loopback port, a fresh profile directory, and a
 //! `fantoccini` client. Missing programs fail the test (`tools::require`), they never skip it.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -58,12 +59,15 @@ impl Browser {
         let profile = tempfile::tempdir().unwrap();
         let log = log_dir.join("chromedriver.log");
         let port = free_port();
+        // Its own process group: Chromium's processes join it, so dropping the driver kills
+        // them too, also when a test panics before it can close the session.
         let driver = Command::new(&driver_bin)
             .arg(format!("--port={port}"))
             .arg(format!("--log-path={}", log.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", driver_bin.display()));
         let url = format!("http://127.0.0.1:{port}");
@@ -202,6 +206,12 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // The whole group (chromedriver and the Chromium it started), then the driver itself.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
