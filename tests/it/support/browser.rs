@@ -152,38 +152,41 @@ impl Browser {
     /// (the page re-renders its table on every refresh: a row found just before a refresh is
     /// stale by the click).
     pub async fn click(&self, css: &str, deadline: Duration) {
-        let end = Instant::now() + deadline;
-        loop {
-            let outcome = match self.client.find(fantoccini::Locator::Css(css)).await {
-                Ok(element) => element.click().await.map(|_| ()),
-                Err(e) => Err(e),
-            };
-            match outcome {
-                Ok(()) => return,
-                Err(e) => assert!(
-                    Instant::now() < end,
-                    "could not click {css} within {deadline:?}: {e}"
-                ),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.on_element(css, "click", deadline, async |e| {
+            e.click().await.map(|_| ())
+        })
+        .await;
     }
 
     /// Types `keys` into the element `css` selects, as a user would (WebDriver focuses it
-    /// first), retrying until `deadline` like [`Browser::click`]: the page may replace the
-    /// element between finding it and typing.
+    /// first), retrying like [`Browser::click`].
     pub async fn press(&self, css: &str, keys: &str, deadline: Duration) {
+        self.on_element(css, "type into", deadline, async |e| {
+            e.send_keys(keys).await
+        })
+        .await;
+    }
+
+    /// Finds the element `css` selects and runs `action` on it, finding it again until
+    /// `deadline` while it is missing or goes stale before the action lands.
+    async fn on_element(
+        &self,
+        css: &str,
+        what: &str,
+        deadline: Duration,
+        action: impl AsyncFn(fantoccini::elements::Element) -> Result<(), fantoccini::error::CmdError>,
+    ) {
         let end = Instant::now() + deadline;
         loop {
             let outcome = match self.client.find(fantoccini::Locator::Css(css)).await {
-                Ok(element) => element.send_keys(keys).await,
+                Ok(element) => action(element).await,
                 Err(e) => Err(e),
             };
             match outcome {
                 Ok(()) => return,
                 Err(e) => assert!(
                     Instant::now() < end,
-                    "could not type into {css} within {deadline:?}: {e}"
+                    "could not {what} {css} within {deadline:?}: {e}"
                 ),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
