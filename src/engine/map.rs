@@ -94,7 +94,9 @@ use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use rust_decimal::Decimal;
 
 use crate::margin::fixed::{exact_add, exact_sub, fast_delta};
-use crate::margin::{self, ACCOUNTING_SCALE, InstrumentLookup, MarginError, PriceLookup};
+use crate::margin::{
+    self, ACCOUNTING_SCALE, InstrumentLookup, MarginError, PriceLookup, TierFloats,
+};
 use crate::model::{
     Account, AccountId, AccountUpdate, Fill, Instrument, InstrumentId, MarginRatio, Position,
     PositionSide, RiskSnapshot, Thresholds,
@@ -437,6 +439,9 @@ impl Entry {
 #[derive(Debug, Clone, Default)]
 pub struct InstrumentTable {
     list: Vec<Instrument>,
+    /// Per instrument in `list` order: its tiers in `f64` for the shock filter, converted when
+    /// the instrument is set (every event's snapshot and every band would convert them again).
+    floats: Vec<Option<TierFloats>>,
     /// Looked up for every position of every event: a fast hasher (ids come from the config).
     by_id: HashMap<InstrumentId, InstrumentIdx, foldhash::fast::RandomState>,
 }
@@ -447,16 +452,30 @@ impl InstrumentTable {
         let mut t = InstrumentTable::default();
         for i in instruments {
             if let Some(&idx) = t.by_id.get(&i.id) {
-                if let Some(slot) = t.list.get_mut(idx as usize) {
-                    *slot = i;
-                }
+                t.set(idx, i);
                 continue;
             }
             let idx = InstrumentIdx::try_from(t.list.len()).unwrap_or(InstrumentIdx::MAX);
             t.by_id.insert(i.id.clone(), idx);
+            t.floats.push(TierFloats::new(&i));
             t.list.push(i);
         }
         t
+    }
+    /// Replaces the instrument at `idx` (same id), with its tiers in `f64`: the only way the
+    /// list changes after it is built, so the two never disagree.
+    pub(super) fn set(&mut self, idx: InstrumentIdx, instrument: Instrument) {
+        if let (Some(slot), Some(floats)) = (
+            self.list.get_mut(idx as usize),
+            self.floats.get_mut(idx as usize),
+        ) {
+            *floats = TierFloats::new(&instrument);
+            *slot = instrument;
+        }
+    }
+    /// The tiers in `f64` of the instrument at an index, when the shock filter can use them.
+    pub fn floats(&self, idx: InstrumentIdx) -> Option<&TierFloats> {
+        self.floats.get(idx as usize).and_then(Option::as_ref)
     }
     /// The index of an instrument id.
     pub fn index(&self, id: &InstrumentId) -> Option<InstrumentIdx> {
@@ -483,6 +502,10 @@ impl InstrumentTable {
 impl InstrumentLookup for InstrumentTable {
     fn instrument(&self, id: &InstrumentId) -> Option<&Instrument> {
         self.index(id).and_then(|i| self.get(i))
+    }
+    fn instrument_floats(&self, id: &InstrumentId) -> Option<(&Instrument, Option<&TierFloats>)> {
+        let i = self.index(id)?;
+        Some((self.get(i)?, self.floats(i)))
     }
 }
 

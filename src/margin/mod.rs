@@ -390,6 +390,13 @@ fn tiered_haircut(tiers: &[HaircutTier], amount: Decimal) -> Result<Decimal, Mar
 pub trait InstrumentLookup {
     /// The instrument, if configured.
     fn instrument(&self, id: &InstrumentId) -> Option<&Instrument>;
+
+    /// The instrument with its tiers in `f64` for the shock filter ([`TierFloats`]), when
+    /// the lookup keeps them converted (the engine's instrument table does; the default
+    /// converts nothing and the filter converts them itself — the same values either way).
+    fn instrument_floats(&self, id: &InstrumentId) -> Option<(&Instrument, Option<&TierFloats>)> {
+        self.instrument(id).map(|i| (i, None))
+    }
 }
 
 impl InstrumentLookup for HashMap<InstrumentId, Instrument> {

@@ -8,6 +8,7 @@ use rust_decimal::Decimal;
 use super::*;
 
 mod filter;
+pub use filter::TierFloats;
 mod peak; // the highest g(z) over an interval (banding the distance levels)
 
 /// A contract position that moves with the price variable `z`: its price is
@@ -22,6 +23,9 @@ pub struct MovingLeg<'a> {
     pub entry_price: Decimal,
     /// The leg's price per unit of `z` (1 when `z` is this leg's own price).
     pub price_factor: Decimal,
+    /// The instrument's tiers in `f64` when the lookup keeps them
+    /// ([`InstrumentLookup::instrument_floats`]); `None`: the filter converts them.
+    pub floats: Option<&'a TierFloats>,
 }
 
 /// A collateral balance that moves with the price variable `z` (price `price_factor · z`).
@@ -446,6 +450,8 @@ pub struct ResolvedAccount<'a> {
     pub positions: Vec<(&'a Instrument, Decimal, PositionFigures)>,
     /// Per collateral balance: instrument, amount, price, exact value.
     pub collateral: Vec<(&'a Instrument, Decimal, Decimal, Decimal)>,
+    /// Per position: its instrument's tiers in `f64`, when the lookup keeps them.
+    floats: Vec<Option<&'a TierFloats>>,
 }
 
 impl<'a> ResolvedAccount<'a> {
@@ -463,15 +469,20 @@ impl<'a> ResolvedAccount<'a> {
             collateral.push((i, *amount, price, v));
         }
         let mut positions = Vec::with_capacity(account.positions.len());
+        let mut floats = Vec::with_capacity(account.positions.len());
         for p in &account.positions {
-            let i = lookup(instruments, &p.instrument)?;
+            let (i, fl) = instruments
+                .instrument_floats(&p.instrument)
+                .ok_or_else(|| MarginError::UnknownInstrument(p.instrument.clone()))?;
             let price = price_of(i, prices)?;
             let f = position_figures_exact(i, p.quantity, p.entry_price, price)?;
             positions.push((i, price, f));
+            floats.push(fl);
         }
         Ok(Self {
             positions,
             collateral,
+            floats,
         })
     }
 
@@ -510,12 +521,18 @@ impl<'a> ResolvedAccount<'a> {
                 });
             }
         }
-        for (p, &(i, price, _)) in account.positions.iter().zip(&self.positions) {
+        for ((p, &(i, price, _)), &floats) in account
+            .positions
+            .iter()
+            .zip(&self.positions)
+            .zip(&self.floats)
+        {
             pm.legs.push(MovingLeg {
                 instrument: i,
                 quantity: p.quantity,
                 entry_price: p.entry_price,
                 price_factor: price,
+                floats,
             });
         }
         Ok(pm)
@@ -556,13 +573,19 @@ impl<'a> ResolvedAccount<'a> {
                 pm.fixed_equity = add(pm.fixed_equity, v, "fixed equity")?;
             }
         }
-        for (p, (i, price, f)) in account.positions.iter().zip(&self.positions) {
+        for ((p, (i, price, f)), &floats) in account
+            .positions
+            .iter()
+            .zip(&self.positions)
+            .zip(&self.floats)
+        {
             if i.underlying == own.underlying {
                 pm.legs.push(MovingLeg {
                     instrument: i,
                     quantity: p.quantity,
                     entry_price: p.entry_price,
                     price_factor: factor(*price)?,
+                    floats,
                 });
             } else {
                 pm.fixed_equity = add(pm.fixed_equity, f.unrealized_pnl, "fixed equity")?;

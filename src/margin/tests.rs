@@ -217,6 +217,7 @@ fn w1_binance_cross_liquidation_price() {
             quantity: dec!(3683.979),
             entry_price: dec!(1456.84),
             price_factor: Decimal::ONE,
+            floats: None,
         }],
         collateral: vec![],
         trigger: Decimal::ONE,
@@ -262,6 +263,7 @@ fn w2_isolated_lp_recheck() {
             quantity: dec!(10),
             entry_price: dec!(60000),
             price_factor: Decimal::ONE,
+            floats: None,
         }],
         trigger: Decimal::ONE,
         ..PriceMove::default()
@@ -285,6 +287,7 @@ fn lp_three_step_recheck() {
             quantity: dec!(2500),
             entry_price: dec!(60000),
             price_factor: Decimal::ONE,
+            floats: None,
         }],
         trigger: Decimal::ONE,
         ..PriceMove::default()

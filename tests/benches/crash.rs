@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use liqwatch::engine::map::InstrumentTable;
 use liqwatch::engine::monitor::transition;
 use liqwatch::engine::{AccountMap, Engine, EngineConfig, MonitorConfig};
 use liqwatch::margin;
@@ -343,6 +344,9 @@ fn event_costs(
     if emitting.is_empty() {
         return;
     }
+    // Looked up as the engine looks them up: its instrument table (a fast hasher, each
+    // contract's tiers kept in `f64` for the shock filter).
+    let table = &InstrumentTable::new(table.values().cloned());
     let n = emitting.len() as f64;
     let per = |d: Duration| format!("{:.2} µs", d.as_secs_f64() * 1e6 / n);
     let trigger = levels.trigger;

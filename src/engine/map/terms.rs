@@ -127,8 +127,9 @@ impl AccountMap {
         // The new table: loaded again under the locks, so a concurrent swap is not undone.
         let mut table = (*self.table()).clone();
         for (d, idx) in defs.iter().zip(&idxs) {
-            if let Some(slot) = table.list.get_mut(*idx as usize) {
-                *slot = with_terms_of(slot, d);
+            if let Some(slot) = table.get(*idx) {
+                let next = with_terms_of(slot, d);
+                table.set(*idx, next);
             }
         }
         let table = Arc::new(table);

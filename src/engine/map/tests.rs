@@ -327,3 +327,41 @@ fn riskiest_orders_by_ratio() {
     let snap = m.snapshot(&"mid".into(), Decimal::ONE).unwrap();
     assert_eq!(snap.equity, dec!(90000));
 }
+
+/// The instrument table keeps each contract's tiers in `f64` for the shock filter, and they are
+/// always those of the instrument it holds now: after a later duplicate id replaced an earlier
+/// one, and after new terms. Collateral has none.
+#[test]
+fn table_floats_follow_the_instruments() {
+    let btc_id: InstrumentId = "BTCUSDT-PERP".into();
+    let mut defs = w3_instruments();
+    let mut dup = defs[0].clone();
+    dup.tiers.truncate(2);
+    defs.push(dup.clone());
+    let t = InstrumentTable::new(defs);
+    let btc = t.index(&btc_id).unwrap();
+    assert!(t.floats(btc).is_some());
+    assert_eq!(t.floats(btc), TierFloats::new(&dup).as_ref());
+    assert_ne!(TierFloats::new(&dup), TierFloats::new(&w3_instruments()[0]));
+    assert_eq!(t.floats(t.index(&"USDT".into()).unwrap()), None);
+    let (inst, floats) = t.instrument_floats(&btc_id).unwrap();
+    assert!(std::ptr::eq(inst, t.get(btc).unwrap()));
+    assert_eq!(floats, t.floats(btc));
+
+    let m = AccountMap::new(w3_instruments());
+    let mut next = w3_instruments()[0].clone();
+    next.tiers[1].mmr = dec!(0.006);
+    next.tiers[1].cum = dec!(100);
+    m.replace_terms(&[next]).unwrap();
+    let table = m.instruments();
+    let i = table.index(&btc_id).unwrap();
+    assert_eq!(table.get(i).unwrap().tiers[1].mmr, dec!(0.006));
+    assert_eq!(
+        table.floats(i),
+        TierFloats::new(table.get(i).unwrap()).as_ref()
+    );
+    assert_ne!(
+        table.floats(i),
+        TierFloats::new(&w3_instruments()[0]).as_ref()
+    );
+}

@@ -207,6 +207,7 @@ pub fn shock_move<'a>(
             quantity: s.quantity,
             entry_price: s.entry,
             price_factor: s.at.unwrap_or_default(),
+            floats: table.floats(s.instrument),
         });
     }
     Ok(Some(pm))

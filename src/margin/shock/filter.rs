@@ -20,10 +20,13 @@
 //! or entry, a value that does not convert to a finite `f64`, more than 64 legs, or an instrument
 //! with `margin` options (their line has other terms).
 
+use std::borrow::Cow;
+
 use rust_decimal::Decimal;
 
 use super::PriceMove;
 use crate::margin::{MarginError, haircut_weighted_amount};
+use crate::model::Instrument;
 
 /// Relative width of "uncertain" around 0, and the minimum relative gap between breakpoints.
 const REL: f64 = 1e-9;
@@ -47,15 +50,45 @@ fn f(d: Decimal) -> Option<f64> {
     v.is_finite().then_some(v)
 }
 
-/// One leg in `f64`: its size and factor, and its tiers' floors.
-struct FLeg {
+/// An instrument's tiers in `f64`, as the filter reads them: each floor, and each tier's
+/// `(mmr, cum)`. Converting them is most of what building a filter costs, so a lookup that
+/// keeps its instruments for long (the engine's instrument table) converts them once per
+/// instrument ([`crate::margin::InstrumentLookup::instrument_floats`]); the values are the
+/// ones a filter would convert itself, so its results do not depend on where they came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TierFloats {
+    floors: Vec<f64>,
+    rates: Vec<(f64, f64)>,
+}
+
+impl TierFloats {
+    /// The tiers of `instrument` in `f64`; `None` when the filter cannot use them (no tiers,
+    /// `margin` options, a value that does not convert to a finite `f64`).
+    pub fn new(instrument: &Instrument) -> Option<Self> {
+        // The filter mirrors the plain bracket line only: margin options (contract tiers,
+        // a size-linear rate, a fee in MM) take the plain exact walk.
+        if instrument.tiers.is_empty() || !instrument.margin.is_plain() {
+            return None;
+        }
+        let mut floors = Vec::with_capacity(instrument.tiers.len());
+        let mut rates = Vec::with_capacity(instrument.tiers.len());
+        for t in &instrument.tiers {
+            floors.push(f(t.notional_floor)?);
+            rates.push((f(t.mmr)?, f(t.cum)?));
+        }
+        Some(TierFloats { floors, rates })
+    }
+}
+
+/// One leg in `f64`: its size and factor, and its tiers.
+struct FLeg<'p> {
     inverse: bool,
     signed: f64,
     size: f64,
     k: f64,
     entry: f64,
-    /// This leg's tier floors in [`Filter::floors`].
-    floors: std::ops::Range<usize>,
+    /// Borrowed from the lookup's cache, or converted for this filter.
+    tiers: Cow<'p, TierFloats>,
 }
 
 /// `g(z) = kk·z − ll` in `f64` with the magnitudes of everything summed into each coefficient.
@@ -112,16 +145,50 @@ struct Bp {
 /// The filter's view of one [`PriceMove`].
 pub(super) struct Filter<'p, 'a> {
     pm: &'p PriceMove<'a>,
-    legs: Vec<FLeg>,
+    legs: Vec<FLeg<'p>>,
     fixed_a: f64,
     fixed_d: f64,
     coll_b: f64,
     coll_mb: f64,
     trigger: f64,
     bps: Vec<Bp>,
-    floors: Vec<f64>,
-    /// Per tier in [`Filter::floors`] order: its `(mmr, cum)` in `f64`, converted once.
-    rates: Vec<(f64, f64)>,
+}
+
+/// The breakpoints beyond a walk's start, in walking order: `bps[from..]` upwards (every `z`
+/// above the start), `bps[..to]` reversed downwards (every `z` below it).
+struct Ends<'b> {
+    bps: &'b [Bp],
+    upwards: bool,
+    /// Upwards: the first breakpoint above the start; downwards: how many lie below it.
+    at: usize,
+}
+
+impl<'b> Ends<'b> {
+    fn new(bps: &'b [Bp], s: f64, upwards: bool) -> Self {
+        let at = if upwards {
+            bps.partition_point(|b| b.z <= s)
+        } else {
+            bps.partition_point(|b| b.z < s)
+        };
+        Ends { bps, upwards, at }
+    }
+
+    fn len(&self) -> usize {
+        if self.upwards {
+            self.bps.len().saturating_sub(self.at)
+        } else {
+            self.at
+        }
+    }
+
+    /// The `j`-th end in walking order.
+    fn get(&self, j: usize) -> Option<&'b Bp> {
+        if self.upwards {
+            self.bps.get(self.at.checked_add(j)?)
+        } else {
+            self.bps.get(self.at.checked_sub(j.checked_add(1)?)?)
+        }
+    }
 }
 
 impl<'p, 'a> Filter<'p, 'a> {
@@ -132,16 +199,17 @@ impl<'p, 'a> Filter<'p, 'a> {
             return Ok(None);
         }
         let mut legs = Vec::with_capacity(pm.legs.len());
-        let mut bps = Vec::new();
-        let mut floors = Vec::new();
-        let mut rates = Vec::new();
+        // Sized once: a breakpoint per tier but each leg's first.
+        let mut bps = Vec::with_capacity(pm.legs.iter().map(|l| l.instrument.tiers.len()).sum());
         for (li, leg) in pm.legs.iter().enumerate() {
             let inst = leg.instrument;
-            // The filter mirrors the plain bracket line only: margin options (contract tiers,
-            // a size-linear rate, a fee in MM) take the plain exact walk.
-            if inst.tiers.is_empty() || !inst.margin.is_plain() {
-                return Ok(None);
-            }
+            let tiers = match leg.floats {
+                Some(t) => Cow::Borrowed(t),
+                None => match TierFloats::new(inst) {
+                    Some(t) => Cow::Owned(t),
+                    None => return Ok(None),
+                },
+            };
             let (Some(q), Some(cs), Some(k), Some(entry)) = (
                 f(leg.quantity),
                 f(inst.contract_size),
@@ -155,30 +223,27 @@ impl<'p, 'a> Filter<'p, 'a> {
             }
             let signed = q * cs;
             let size = signed.abs();
-            let first = floors.len();
-            for (ti, t) in inst.tiers.iter().enumerate() {
-                let (Some(fl), Some(mmr), Some(cum)) = (f(t.notional_floor), f(t.mmr), f(t.cum))
-                else {
-                    return Ok(None);
-                };
-                floors.push(fl);
-                rates.push((mmr, cum));
-                if ti == 0 || size == 0.0 || t.notional_floor <= Decimal::ZERO {
-                    continue;
+            if size != 0.0 {
+                // `f` keeps the sign and maps only 0 to 0.0, so `fl > 0` is the exact
+                // `notional_floor > 0` of `PriceMove::breakpoints`.
+                for (ti, &fl) in tiers.floors.iter().enumerate().skip(1) {
+                    if fl <= 0.0 {
+                        continue;
+                    }
+                    let z = if inst.kind.is_inverse() {
+                        size / (k * fl)
+                    } else {
+                        fl / (size * k)
+                    };
+                    if !z.is_finite() || z <= 0.0 {
+                        return Ok(None);
+                    }
+                    bps.push(Bp {
+                        z,
+                        leg: li,
+                        tier: ti,
+                    });
                 }
-                let z = if inst.kind.is_inverse() {
-                    size / (k * fl)
-                } else {
-                    fl / (size * k)
-                };
-                if !z.is_finite() || z <= 0.0 {
-                    return Ok(None);
-                }
-                bps.push(Bp {
-                    z,
-                    leg: li,
-                    tier: ti,
-                });
             }
             legs.push(FLeg {
                 inverse: inst.kind.is_inverse(),
@@ -186,7 +251,7 @@ impl<'p, 'a> Filter<'p, 'a> {
                 size,
                 k,
                 entry,
-                floors: first..floors.len(),
+                tiers,
             });
         }
         let (Some(fixed_a), Some(fixed_d), Some(trigger)) =
@@ -220,8 +285,6 @@ impl<'p, 'a> Filter<'p, 'a> {
             coll_mb,
             trigger,
             bps,
-            floors,
-            rates,
         }))
     }
 
@@ -235,8 +298,8 @@ impl<'p, 'a> Filter<'p, 'a> {
         } else {
             leg.size * leg.k * z
         };
-        let floors = self.floors.get(leg.floors.clone()).unwrap_or_default();
-        floors
+        leg.tiers
+            .floors
             .partition_point(|&fl| fl <= notional)
             .saturating_sub(1)
     }
@@ -251,10 +314,7 @@ impl<'p, 'a> Filter<'p, 'a> {
     /// convert. Linear: `c = size·k·mmr`, `d = cum`; inverse: `c = −cum·k`, `d = −size·mmr`.
     fn tier_terms(&self, li: usize, ti: usize) -> Option<(f64, f64)> {
         let leg = self.legs.get(li)?;
-        if ti >= leg.floors.len() {
-            return None;
-        }
-        let &(mmr, cum) = self.rates.get(leg.floors.start + ti)?;
+        let &(mmr, cum) = leg.tiers.rates.get(ti)?;
         Some(if leg.inverse {
             (-cum * leg.k, -leg.size * mmr)
         } else {
@@ -356,11 +416,9 @@ impl<'p, 'a> Filter<'p, 'a> {
             return Ok(None);
         }
         // Interval ends beyond `start` in walking order; `None` = unbounded (up) or 0 (down).
-        let ends: Vec<&Bp> = if upwards {
-            self.bps.iter().filter(|b| b.z > s).collect()
-        } else {
-            self.bps.iter().rev().filter(|b| b.z < s).collect()
-        };
+        // The breakpoints are sorted, so those beyond `start` are one run of them: indexed in
+        // place rather than collected.
+        let ends = Ends::new(&self.bps, s, upwards);
         let mut tiers = Vec::with_capacity(self.legs.len());
         let mut parts: Option<Parts> = None;
         let mut prev_far_sign = 0i8; // sign of the previous line at this interval's near end
@@ -368,7 +426,7 @@ impl<'p, 'a> Filter<'p, 'a> {
         let mut near_f = s;
         let mut near_exact: Option<Decimal> = Some(start);
         for j in 0..=ends.len() {
-            let far = ends.get(j).copied();
+            let far = ends.get(j);
             let mid = match far {
                 Some(b) => 0.5 * (near_f + b.z),
                 None if upwards => 2.0 * near_f.max(1.0),

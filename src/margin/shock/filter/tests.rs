@@ -1,7 +1,7 @@
 //! The filtered walk equals the plain exact walk, bit for bit, on random books.
 
 use super::super::{MovingCollateral, MovingLeg, PriceMove};
-use super::Filter;
+use super::{Filter, TierFloats};
 use crate::model::{Instrument, InstrumentKind, MarginTier};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
@@ -85,7 +85,9 @@ fn leg_strategy() -> impl Strategy<Value = (usize, i64, u32, i64, i64)> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(3000))]
     /// `crossings` (filtered) returns exactly `crossings_exact` whenever the latter succeeds,
-    /// for the uniform shock (start 1) and for a price variable (start = the leg's price).
+    /// for the uniform shock (start 1) and for a price variable (start = the leg's price);
+    /// and exactly the same with each leg's tiers converted beforehand (as the engine's
+    /// instrument table keeps them) as with the filter converting them itself.
     #[test]
     fn filtered_walk_equals_exact_walk(
         legs in proptest::collection::vec(leg_strategy(), 1..5),
@@ -112,6 +114,7 @@ proptest! {
                 quantity: Decimal::new(q, qs + 2),
                 entry_price: Decimal::new(entry, 2),
                 price_factor: price / start,
+                floats: None,
             });
         }
         if coll > 0 {
@@ -124,7 +127,38 @@ proptest! {
         if let Ok(exact) = pm.crossings_exact(start) {
             prop_assert_eq!(pm.crossings(start).ok(), Some(exact));
         }
+        let cached: Vec<Option<TierFloats>> = u.iter().map(TierFloats::new).collect();
+        let mut with = pm.clone();
+        for leg in &mut with.legs {
+            let at = u.iter().position(|i| std::ptr::eq(i, leg.instrument));
+            leg.floats = at.and_then(|at| cached.get(at)).and_then(Option::as_ref);
+        }
+        prop_assert!(with.legs.iter().all(|l| l.floats.is_some()));
+        prop_assert_eq!(with.crossings(start), pm.crossings(start));
     }
+}
+
+/// An instrument's tiers in `f64` are what the filter would convert: each floor, `mmr` and
+/// `cum` within a few ulps of the `Decimal` (the filter's own conversion), and none for an
+/// instrument the filter does not take (no tiers, `margin` options).
+#[test]
+fn tier_floats_convert_every_tier() {
+    let u = universe();
+    let i = &u[0];
+    let t = TierFloats::new(i).expect("a plain contract");
+    assert_eq!(t.floors.len(), i.tiers.len());
+    for (tier, (&fl, &(mmr, cum))) in i.tiers.iter().zip(t.floors.iter().zip(&t.rates)) {
+        for (got, want) in [(fl, tier.notional_floor), (mmr, tier.mmr), (cum, tier.cum)] {
+            let want: f64 = want.to_string().parse().expect("a number");
+            assert!((got - want).abs() <= want.abs() * 1e-15, "{got} vs {want}");
+        }
+    }
+    let mut no_tiers = i.clone();
+    no_tiers.tiers.clear();
+    assert_eq!(TierFloats::new(&no_tiers), None);
+    let mut options = i.clone();
+    options.margin.liquidation_fee_in_mm = true;
+    assert_eq!(TierFloats::new(&options), None);
 }
 
 /// The filter takes the usual case (one leg, no ties): it does not decline, and it finds the
@@ -139,6 +173,7 @@ fn filter_takes_the_usual_case() {
             quantity: dec!(1),
             entry_price: dec!(60000),
             price_factor: Decimal::ONE,
+            floats: None,
         }],
         trigger: Decimal::ONE,
         ..PriceMove::default()
@@ -166,6 +201,7 @@ fn filter_declines_ties() {
         quantity: dec!(1),
         entry_price: dec!(60000),
         price_factor: Decimal::ONE,
+        floats: None,
     };
     let pm = PriceMove {
         fixed_equity: dec!(5000),
