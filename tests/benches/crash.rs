@@ -13,7 +13,9 @@
 //! three agree on the number of accounts in each state after every step (and panics if not).
 //! The 1-core rescan is on-CPU time of its thread (`/proc/thread-self/schedstat`); the 2-core
 //! rescan and the engine steps are wall time (the engine builds event snapshots on every core),
-//! with the engine's whole-process CPU time beside it (10 ms resolution).
+//! with the engine's whole-process CPU time beside it (10 ms resolution). The engines read the
+//! source, age and staleness of the prices their events used from a real `PriceBoard`, fed the
+//! step's prices before each step, as the daemon's are.
 //!
 //! `cargo bench --bench crash` (100k accounts, the leveraged all-long book) or
 //! `LIQWATCH_CRASH_ACCOUNTS=1000000 cargo bench --bench crash`; `LIQWATCH_CRASH_ROUNDS` (default
@@ -34,8 +36,9 @@ use liqwatch::engine::monitor::transition;
 use liqwatch::engine::{AccountMap, Engine, EngineConfig, MonitorConfig};
 use liqwatch::margin;
 use liqwatch::model::{
-    Account, AccountState, Instrument, InstrumentId, MarginRatio, PriceUsed, Thresholds,
+    Account, AccountState, Instrument, InstrumentId, MarginRatio, PriceTick, Thresholds, Venue,
 };
+use liqwatch::prices::{PriceBoard, PriceBoardConfig, PublishOutcome};
 use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 
@@ -202,7 +205,26 @@ fn main() {
         m.insert("USDT".into(), Decimal::ONE);
         m
     };
-    let info: HashMap<InstrumentId, PriceUsed> = HashMap::new();
+    // The daemon's price board: every event reads the source, age and staleness of the prices
+    // it used from it (and the funding rates), so the steps below pay what the daemon pays.
+    let info = PriceBoard::new(PriceBoardConfig::default());
+    let publish = |step: &[(InstrumentId, Decimal)]| {
+        for (instrument, price) in step {
+            let tick = PriceTick {
+                instrument: instrument.clone(),
+                venue: Venue::BinanceUsdm,
+                price: *price,
+                index: None,
+                exchange_ts: None,
+                received_ts: 0,
+            };
+            assert!(
+                info.publish(tick) == PublishOutcome::Accepted,
+                "the board takes {instrument} at {price}"
+            );
+        }
+    };
+    publish(&base);
     let paths =
         std::env::var("LIQWATCH_CRASH_PATHS").unwrap_or_else(|_| "rescan,eager,indexed".into());
     let run = |name: &str| paths.split(',').any(|p| p.trim() == name);
@@ -268,6 +290,7 @@ fn main() {
     println!("|---|---|---|---|---|---|---|");
     for round in 0..rounds {
         for (name, step) in [("crash −10 %", &crashed), ("bounce +11.1 %", &base)] {
+            publish(step);
             let prices = as_map(step);
             let (ev1, t1, ev2, t2) = if run_rescan {
                 let (ev1, t1) = cpu(|| rescan(&plain, &mut states1, &table, &prices, &levels));

@@ -2,7 +2,7 @@
 //! (figures, shock distance, liquidation prices — what an event costs, built after the step's
 //! state pass, on every core for large steps) and every price it used.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use rust_decimal::Decimal;
@@ -61,6 +61,16 @@ pub(super) fn fill_snapshots(
     // reference count (terms change only between steps).
     let table = map.instruments();
     let table = &*table;
+    // A large batch reads what the board says of each priced instrument once, not once per
+    // event and price (see `StepInfo`).
+    let step_info;
+    let info: &dyn PriceInfo = match jobs.first() {
+        Some(first) if jobs.len() >= PARALLEL_SNAPSHOTS => {
+            step_info = StepInfo::read(info, &first.prices);
+            &step_info
+        }
+        _ => info,
+    };
     let one = |job: &SnapshotJob| -> Built {
         let fresh;
         let (account, funding, used) = match &job.read {
@@ -162,6 +172,51 @@ pub(super) fn fill_snapshots(
     }
     for (kind, n) in counts {
         metrics::counter!("liqwatch_monitor_events_total", "kind" => kind.as_str()).increment(n);
+    }
+}
+
+/// What the board says of every instrument a step priced — source, age and staleness, funding
+/// rate — read once when the step's snapshots start. A correlated move's events would otherwise
+/// each read it for every price they used: hundreds of thousands of events, each locking the
+/// board (which the feed tasks lock for every frame) from every core, and each seeing the board
+/// at a slightly different moment. Read here, every event of the step describes the board at
+/// one moment. Instruments outside the step's prices are asked of the board directly.
+struct StepInfo<'a> {
+    board: &'a dyn PriceInfo,
+    prices: HashMap<InstrumentId, Option<PriceUsed>, foldhash::fast::RandomState>,
+    funding:
+        HashMap<InstrumentId, Option<margin::funding::FundingRate>, foldhash::fast::RandomState>,
+}
+
+impl<'a> StepInfo<'a> {
+    fn read(board: &'a dyn PriceInfo, step: &PriceSnapshot) -> Self {
+        let mut prices = HashMap::with_capacity_and_hasher(step.0.len(), Default::default());
+        let mut funding = HashMap::with_capacity_and_hasher(step.0.len(), Default::default());
+        for id in step.0.keys() {
+            prices.insert(id.clone(), board.price_info(id));
+            funding.insert(id.clone(), board.funding(id));
+        }
+        StepInfo {
+            board,
+            prices,
+            funding,
+        }
+    }
+}
+
+impl PriceInfo for StepInfo<'_> {
+    fn price_info(&self, instrument: &InstrumentId) -> Option<PriceUsed> {
+        match self.prices.get(instrument) {
+            Some(p) => p.clone(),
+            None => self.board.price_info(instrument),
+        }
+    }
+
+    fn funding(&self, instrument: &InstrumentId) -> Option<margin::funding::FundingRate> {
+        match self.funding.get(instrument) {
+            Some(f) => *f,
+            None => self.board.funding(instrument),
+        }
     }
 }
 

@@ -429,6 +429,75 @@ mod with_map {
         }
     }
 
+    /// Price info that counts how often it is asked.
+    struct Counting {
+        inner: HashMap<InstrumentId, PriceUsed>,
+        prices: std::sync::atomic::AtomicUsize,
+        funding: std::sync::atomic::AtomicUsize,
+    }
+
+    impl PriceInfo for Counting {
+        fn price_info(&self, instrument: &InstrumentId) -> Option<PriceUsed> {
+            self.prices
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.price_info(instrument)
+        }
+        fn funding(&self, _: &InstrumentId) -> Option<crate::margin::funding::FundingRate> {
+            self.funding
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            None
+        }
+    }
+
+    /// A step with many events reads what the board says of each priced instrument once (not
+    /// once per event and price), and every event still carries it: the BTC price 90 s old,
+    /// flagged stale, at the engine's price. A small step asks per event, as before.
+    #[test]
+    fn a_large_step_reads_the_board_once_per_instrument() {
+        for n in [3usize, 70] {
+            let m = AccountMap::new(w3_instruments());
+            for i in 0..n {
+                m.apply_update(AccountUpdate::Replace {
+                    account: w3_account(&format!("board-{n}-{i}")),
+                })
+                .unwrap();
+            }
+            let mut mon = Monitor::new(MonitorConfig::default()).unwrap();
+            assert!(move_to(&m, &mut mon, &HashMap::new(), W3).is_empty());
+            let info = Counting {
+                inner: stale_btc(true),
+                prices: Default::default(),
+                funding: Default::default(),
+            };
+            let mut touched = Vec::new();
+            for (id, price) in [
+                ("BTCUSDT-PERP", W4[0]),
+                ("BTC", W4[0]),
+                ("ETHUSDT-PERP", W4[1]),
+                ("SOLUSDT-PERP", W4[2]),
+            ] {
+                m.apply_price(&id.into(), price, &mut touched).unwrap();
+            }
+            let e = mon.evaluate(&m, &touched, &info, NOW);
+            assert_eq!(e.len(), n, "every account emits its trigger");
+            for em in &e {
+                assert_stale_btc_used(em);
+                assert_eq!(em.event.prices.len(), 5, "{:?}", em.event.prices);
+            }
+            let (asked, funding) = (
+                info.prices.load(std::sync::atomic::Ordering::Relaxed),
+                info.funding.load(std::sync::atomic::Ordering::Relaxed),
+            );
+            if n < 64 {
+                // Per event: its four priced, non-stable instruments; funding per perpetual.
+                assert_eq!((asked, funding), (4 * n, 3 * n));
+            } else {
+                // Once per instrument the step priced (USDT included: stables are priced too).
+                assert!(asked <= 5 && funding <= 5, "{asked} / {funding}");
+            }
+        }
+    }
+
     /// Price info with BTCUSDT-PERP 90 s old, `stale` or not.
     fn stale_btc(stale: bool) -> HashMap<InstrumentId, PriceUsed> {
         let mut info = HashMap::new();
