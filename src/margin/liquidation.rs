@@ -27,6 +27,8 @@
 //! always `null`, with the reason. OKX and Deribit document none of it in our references:
 //! `order` is `null`, with the reason.
 
+use std::borrow::Cow;
+
 use rust_decimal::Decimal;
 
 use super::{InstrumentLookup, MarginError, add, lookup, mul, normalise, sub};
@@ -178,8 +180,8 @@ fn account_venue(
     })
 }
 
-fn texts(lines: &[&str]) -> Vec<String> {
-    lines.iter().map(|s| (*s).to_string()).collect()
+fn texts(lines: &[&'static str]) -> Vec<Cow<'static, str>> {
+    lines.iter().map(|s| Cow::Borrowed(*s)).collect()
 }
 
 /// The venue's documented procedure applied to the snapshot's positions; `None` when the venue
@@ -253,7 +255,7 @@ fn venue_order(
     };
     Ok(Some(LiquidationOrder {
         venue,
-        source: source.to_string(),
+        source: Cow::Borrowed(source),
         procedure,
         positions_first: None,
         positions_first_reason: Some(FIRST_UNDOCUMENTED.into()),
@@ -289,9 +291,11 @@ fn bybit_ladder(p: &PositionRisk, inst: &Instrument) -> Result<PartialLiquidatio
         instrument: p.instrument.clone(),
         side: p.side,
         rule: if inst.kind.is_inverse() {
-            format!("{rule} (inverse: tiers are in the coin, steps not computed)")
+            Cow::Owned(format!(
+                "{rule} (inverse: tiers are in the coin, steps not computed)"
+            ))
         } else {
-            rule.into()
+            Cow::Borrowed(rule)
         },
         steps,
     })

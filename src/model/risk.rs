@@ -1,5 +1,6 @@
 //! Risk figures and events: margin ratio, snapshots, distances, monitor states, `RiskEvent`.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use rust_decimal::Decimal;
@@ -255,20 +256,22 @@ pub struct PositionPenalty {
     pub basis: PenaltyBasis,
 }
 
-/// A venue's documented liquidation procedure, applied to the account.
+/// A venue's documented liquidation procedure, applied to the account. The texts are the same
+/// for every trigger on a venue: they are borrowed from the binary rather than allocated for
+/// each event (a crash's triggers carry hundreds of thousands of copies).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiquidationOrder {
     /// The venue.
     pub venue: Venue,
     /// Where the procedure is documented.
-    pub source: String,
+    pub source: Cow<'static, str>,
     /// The procedure, step by step, as the venue documents it.
-    pub procedure: Vec<String>,
+    pub procedure: Vec<Cow<'static, str>>,
     /// Which position goes first. `null`: the venue does not document it (see
     /// `positions_first_reason`); liqwatch does not guess.
     pub positions_first: Option<String>,
     /// Why `positions_first` is `null`.
-    pub positions_first_reason: Option<String>,
+    pub positions_first_reason: Option<Cow<'static, str>>,
     /// Partial-liquidation steps, per position the venue reduces step by step.
     pub partial: Vec<PartialLiquidation>,
 }
@@ -281,7 +284,7 @@ pub struct PartialLiquidation {
     /// The leg.
     pub side: PositionSide,
     /// The venue's rule, in words.
-    pub rule: String,
+    pub rule: Cow<'static, str>,
     /// The steps, first first (may be empty when the venue does not publish the sizes).
     pub steps: Vec<PartialStep>,
 }

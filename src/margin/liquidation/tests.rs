@@ -70,7 +70,13 @@ fn w4_penalty_exceeds_equity() {
     assert_eq!(c.surplus, Decimal::ZERO);
     assert_eq!(to_cents(c.shortfall), dec!(2760.00));
     assert_eq!(c.venue, Some(Venue::BinanceUsdm));
+    // The procedure's texts are borrowed, not allocated per event; the journal reads them
+    // back as owned strings, equal to them.
+    let json = serde_json::to_string(&c).expect("a cost serialises");
+    let back: crate::model::LiquidationCost = serde_json::from_str(&json).expect("and reads back");
+    assert_eq!(back, c);
     let order = c.order.expect("Binance documents its procedure");
+    assert!(matches!(order.source, std::borrow::Cow::Borrowed(_)));
     assert_eq!(order.positions_first, None);
     assert!(order.positions_first_reason.is_some());
     assert_eq!(order.procedure.len(), 3);
