@@ -2,7 +2,7 @@
 //! (figures, shock distance, liquidation prices — what an event costs, built after the step's
 //! state pass, on every core for large steps) and every price it used.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rust_decimal::Decimal;
@@ -229,11 +229,14 @@ pub(super) fn prices_used(
     info: &dyn PriceInfo,
     now_ms: TimestampMs,
 ) -> Vec<PriceUsed> {
-    let ids: BTreeSet<&InstrumentId> = account
+    // Sorted and unique, as a set would give them, without a tree per event.
+    let mut ids: Vec<&InstrumentId> = account
         .collateral
         .keys()
         .chain(account.positions.iter().map(|p| &p.instrument))
         .collect();
+    ids.sort_unstable();
+    ids.dedup();
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         let stable = table.index(id).and_then(|i| table.get(i).map(|i| i.stable)) == Some(true);

@@ -498,6 +498,50 @@ mod with_map {
         }
     }
 
+    /// The prices an event carries: each instrument the account uses once (hedge-mode legs
+    /// share one), sorted by id, stables at 1 from `stable`, the rest at the engine's price.
+    #[test]
+    fn prices_used_lists_each_instrument_once_in_order() {
+        let account: crate::model::Account = serde_json::from_str(
+            r#"{"id":"hedged","collateral":{"USDT":"60500","BTC":"1.5"},"positions":[
+            {"instrument":"SOLUSDT-PERP","quantity":"-2000","entry_price":"140"},
+            {"instrument":"BTCUSDT-PERP","side":"long","quantity":"10.5","entry_price":"62000"},
+            {"instrument":"BTCUSDT-PERP","side":"short","quantity":"-4","entry_price":"61000"}]}"#,
+        )
+        .unwrap();
+        let table = crate::engine::map::InstrumentTable::new(w3_instruments());
+        let engine = PriceSnapshot(
+            [
+                ("BTCUSDT-PERP", dec!(60000)),
+                ("BTC", dec!(60010)),
+                ("SOLUSDT-PERP", dec!(150)),
+            ]
+            .into_iter()
+            .map(|(i, p)| (InstrumentId::from(i), p))
+            .collect(),
+        );
+        let used = super::super::snapshots::prices_used(
+            &table,
+            &account,
+            &engine,
+            &HashMap::<InstrumentId, PriceUsed>::new(),
+            NOW,
+        );
+        let got: Vec<(&str, Decimal, &str)> = used
+            .iter()
+            .map(|p| (p.instrument.as_str(), p.price, p.source.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("BTC", dec!(60010), "engine"),
+                ("BTCUSDT-PERP", dec!(60000), "engine"),
+                ("SOLUSDT-PERP", dec!(150), "engine"),
+                ("USDT", Decimal::ONE, "stable"),
+            ]
+        );
+    }
+
     /// Price info with BTCUSDT-PERP 90 s old, `stale` or not.
     fn stale_btc(stale: bool) -> HashMap<InstrumentId, PriceUsed> {
         let mut info = HashMap::new();
