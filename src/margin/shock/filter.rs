@@ -154,8 +154,8 @@ pub(super) struct Filter<'p, 'a> {
     bps: Vec<Bp>,
 }
 
-/// The breakpoints beyond a walk's start, in walking order: `bps[from..]` upwards (every `z`
-/// above the start), `bps[..to]` reversed downwards (every `z` below it).
+/// The breakpoints beyond a walk's start, in walking order: `bps[at..]` upwards (every `z`
+/// above the start), `bps[..at]` reversed downwards (every `z` below it).
 struct Ends<'b> {
     bps: &'b [Bp],
     upwards: bool,
@@ -203,7 +203,15 @@ impl<'p, 'a> Filter<'p, 'a> {
         let mut bps = Vec::with_capacity(pm.legs.iter().map(|l| l.instrument.tiers.len()).sum());
         for (li, leg) in pm.legs.iter().enumerate() {
             let inst = leg.instrument;
-            let tiers = match leg.floats {
+            // Cached tiers must be this instrument's (every test run checks it); a cache that
+            // does not even have its tier count is not used.
+            debug_assert!(
+                leg.floats
+                    .is_none_or(|t| Some(t) == TierFloats::new(inst).as_ref()),
+                "cached tiers of another instrument for {}",
+                inst.id
+            );
+            let tiers = match leg.floats.filter(|t| t.floors.len() == inst.tiers.len()) {
                 Some(t) => Cow::Borrowed(t),
                 None => match TierFloats::new(inst) {
                     Some(t) => Cow::Owned(t),
