@@ -258,7 +258,7 @@ mod with_map {
     pub(super) fn move_to(
         m: &AccountMap,
         mon: &mut Monitor,
-        info: &HashMap<InstrumentId, PriceUsed>,
+        info: &dyn PriceInfo,
         p: [Decimal; 3],
     ) -> Vec<Emitted> {
         let mut touched = Vec::new();
@@ -328,17 +328,8 @@ mod with_map {
         let (m, mut mon) = setup();
         let info = HashMap::new();
         move_to(&m, &mut mon, &info, W3);
-        let mut touched = Vec::new();
-        // Move the collateral and the perps in one evaluation batch.
-        for (id, p) in [
-            ("BTCUSDT-PERP", W4[0]),
-            ("BTC", W4[0]),
-            ("ETHUSDT-PERP", W4[1]),
-            ("SOLUSDT-PERP", W4[2]),
-        ] {
-            m.apply_price(&id.into(), p, &mut touched).unwrap();
-        }
-        let e = mon.evaluate(&m, &touched, &info, NOW);
+        // The collateral and the perps move in one evaluation batch.
+        let e = move_to(&m, &mut mon, &info, W4);
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].event.kind, EventKind::LiquidationTrigger);
         assert_eq!(e[0].event.crossed_levels, vec![dec!(0.8), dec!(1)]);
@@ -469,16 +460,7 @@ mod with_map {
                 prices: Default::default(),
                 funding: Default::default(),
             };
-            let mut touched = Vec::new();
-            for (id, price) in [
-                ("BTCUSDT-PERP", W4[0]),
-                ("BTC", W4[0]),
-                ("ETHUSDT-PERP", W4[1]),
-                ("SOLUSDT-PERP", W4[2]),
-            ] {
-                m.apply_price(&id.into(), price, &mut touched).unwrap();
-            }
-            let e = mon.evaluate(&m, &touched, &info, NOW);
+            let e = move_to(&m, &mut mon, &info, W4);
             assert_eq!(e.len(), n, "every account emits its trigger");
             for em in &e {
                 assert_stale_btc_used(em);
