@@ -48,15 +48,16 @@
 pub mod distance;
 mod machine; // the pure ratio state machine: levels, ranks, `transition`
 pub use machine::{Crossing, transition};
-use machine::{level_at, levels, rank_of, state_of};
+use machine::{level_at, levels, rank_of};
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::map::{AccountKey, AccountMap, PriceSnapshot, Touched};
+use crate::engine::map::{AccountKey, AccountMap, Touched};
+use crate::engine::par;
 use crate::margin;
 use crate::model::{
     AccountId, AccountState, EventKind, InstrumentId, MarginRatio, PriceUsed, RiskEvent,
@@ -245,9 +246,6 @@ pub struct Monitor {
     after_trigger: AfterTrigger,
     /// The event time of the last step, formatted once (every event of a step shares it).
     time: (TimestampMs, String),
-    /// The engine prices of the current step, taken once at its first event: every account a
-    /// step evaluates is valued at the current prices, so its events share one copy.
-    step_prices: Option<Arc<PriceSnapshot>>,
 }
 
 impl Monitor {
@@ -277,7 +275,6 @@ impl Monitor {
             latest: Vec::new(),
             after_trigger: AfterTrigger::default(),
             time: (0, format_rfc3339_ms(0)),
-            step_prices: None,
         })
     }
 
@@ -377,14 +374,11 @@ impl Monitor {
         prices: &dyn PriceInfo,
         now_ms: TimestampMs,
     ) -> Vec<Emitted> {
-        self.step_prices = None;
         self.epoch = self.epoch.wrapping_add(1);
         if self.epoch == 0 {
             self.seen.iter_mut().for_each(|e| *e = 0);
             self.epoch = 1;
         }
-        let mut out = Vec::new();
-        let mut jobs = Vec::new();
         // The latest report of each key (walking backwards), then evaluated in report order, so
         // the events of one account (ratio, then distance) keep their order.
         let mut latest = std::mem::take(&mut self.latest);
@@ -401,14 +395,13 @@ impl Monitor {
             }
             latest.push(at);
         }
-        for &at in latest.iter().rev() {
-            if let Some(t) = touched.get(at) {
-                self.evaluate_one(map, t, prices, now_ms, &mut out, &mut jobs);
-            }
-        }
+        let reports: Vec<&Touched> = latest
+            .iter()
+            .rev()
+            .filter_map(|&at| touched.get(at))
+            .collect();
         self.latest = latest;
-        fill_snapshots(map, &mut out, jobs, prices);
-        out
+        self.run(map, &reports, prices, now_ms)
     }
 
     /// Evaluates one account (after an account update).
@@ -419,18 +412,14 @@ impl Monitor {
         prices: &dyn PriceInfo,
         now_ms: TimestampMs,
     ) -> Vec<Emitted> {
-        self.step_prices = None;
-        let mut out = Vec::new();
-        let mut jobs = Vec::new();
         // An account update ends a liquidated mark.
         if let Some(Some(slot)) = self.slots.get_mut(key as usize) {
             slot.liquidated = false;
         }
-        if let Some(t) = map.materialise(key) {
-            self.evaluate_one(map, &t, prices, now_ms, &mut out, &mut jobs);
+        match map.materialise(key) {
+            Some(t) => self.run(map, &[&t], prices, now_ms),
+            None => Vec::new(),
         }
-        fill_snapshots(map, &mut out, jobs, prices);
-        out
     }
 
     /// Evaluates every account (at start, after [`Monitor::restore`]).
@@ -464,15 +453,63 @@ impl Monitor {
         now_ms: TimestampMs,
     ) -> Vec<Emitted> {
         keys.sort_unstable();
-        self.step_prices = None;
-        let mut out = Vec::new();
-        let mut jobs = Vec::new();
-        for k in keys {
-            if let Some(t) = map.materialise(k) {
-                self.evaluate_one(map, &t, prices, now_ms, &mut out, &mut jobs);
-            }
+        let reports: Vec<Touched> = keys
+            .into_iter()
+            .filter_map(|k| map.materialise(k))
+            .collect();
+        let reports: Vec<&Touched> = reports.iter().collect();
+        self.run(map, &reports, prices, now_ms)
+    }
+
+    /// Evaluates `reports` (each key once, in this order) and builds their events' snapshots.
+    /// When there are many and their keys ascend (a step's woken accounts), the accounts are
+    /// split into runs of consecutive keys that every core takes in turn, each evaluating its
+    /// run in its own slots and building its events' snapshots; the runs' events are then put
+    /// together in key order, so the events, their order and the states are exactly those of
+    /// one thread's pass.
+    fn run(
+        &mut self,
+        map: &AccountMap,
+        reports: &[&Touched],
+        prices: &dyn PriceInfo,
+        now_ms: TimestampMs,
+    ) -> Vec<Emitted> {
+        // Every complete account gets its slot first (a restored state leaves `pending` here),
+        // so that evaluating one needs its own slot only.
+        for t in reports.iter().filter(|t| t.complete) {
+            self.slot_mut(map, t.key);
         }
-        fill_snapshots(map, &mut out, jobs, prices);
+        let pass = Pass {
+            map,
+            prices,
+            now_ms,
+            cfg: &self.cfg,
+            fast_floor: self.fast_floor,
+            fast_path: self.fast_path,
+            mark: self.after_trigger == AfterTrigger::MarkLiquidated,
+            cached_time: &self.time,
+            time: OnceLock::new(),
+            step_prices: OnceLock::new(),
+        };
+        let ascending = reports
+            .windows(2)
+            .all(|w| matches!(w, [a, b] if a.key < b.key));
+        let out = if reports.len() >= PARALLEL_STATES && ascending && par::threads() >= 2 {
+            run_parallel(&pass, &mut self.slots, reports)
+        } else {
+            let mut out = Vec::new();
+            let mut jobs = Vec::new();
+            for t in reports {
+                if let Some(slot) = self.slots.get_mut(t.key as usize) {
+                    pass.evaluate(slot, t, &mut out, &mut jobs);
+                }
+            }
+            fill_snapshots(map, &mut out, jobs, prices);
+            out
+        };
+        if let Some(text) = pass.time.into_inner() {
+            self.time = (now_ms, text);
+        }
         out
     }
 
@@ -534,230 +571,6 @@ impl Monitor {
         slot.as_mut()
     }
 
-    fn evaluate_one(
-        &mut self,
-        map: &AccountMap,
-        t: &Touched,
-        prices: &dyn PriceInfo,
-        now_ms: TimestampMs,
-        out: &mut Vec<Emitted>,
-        jobs: &mut Vec<SnapshotJob>,
-    ) {
-        if !t.complete {
-            return;
-        }
-        let custom: Option<Thresholds> = if t.custom_thresholds {
-            map.read_key(t.key, |v| v.thresholds().cloned()).flatten()
-        } else {
-            None
-        };
-        let fast_floor = self.fast_floor;
-        let slot_is_healthy = self
-            .slots
-            .get(t.key as usize)
-            .and_then(|s| s.as_ref())
-            .is_some_and(|s| s.state == AccountState::Healthy);
-        // Fast path: a healthy account far enough below the first level cannot change.
-        if custom.is_none()
-            && self.fast_path
-            && slot_is_healthy
-            && t.equity > Decimal::ZERO
-            && fast_floor
-                .checked_mul(t.equity)
-                .is_some_and(|limit| t.maintenance_margin < limit)
-        {
-            return;
-        }
-        let ratio = MarginRatio::compute(t.maintenance_margin, t.equity);
-        let policy = self.cfg.trigger_on_stale;
-        let mark = self.after_trigger == AfterTrigger::MarkLiquidated;
-        if self.slot_mut(map, t.key).is_none() {
-            return;
-        }
-        // Disjoint fields: the levels are borrowed, not cloned, while the slot changes.
-        let th = custom.as_ref().unwrap_or(&self.cfg.thresholds);
-        let Some(Some(slot)) = self.slots.get_mut(t.key as usize) else {
-            return;
-        };
-        if slot.liquidated {
-            return;
-        }
-        let previous = slot.state.clone();
-        let (mut new_state, mut crossing) = transition(&previous, ratio, th);
-        // The distance machine, only for accounts with distance levels (none by default: then
-        // nothing is computed or copied).
-        let mut shock_next: Option<AccountState> = None;
-        let mut shock_crossing = None;
-        slot.has_shock = !th.warn_within_shock.is_empty();
-        if slot.has_shock {
-            match distance::seen(map, t.key, t.maintenance_margin, ratio, th.trigger) {
-                Ok(Some(seen)) => {
-                    let (next, c) = distance::transition(&slot.shock, seen, th);
-                    shock_next = Some(next);
-                    shock_crossing = c;
-                }
-                // Not valued (cannot happen for a complete account): the state stays.
-                Ok(None) => {}
-                Err(error) => {
-                    metrics::counter!("liqwatch_monitor_shock_errors_total").increment(1);
-                    tracing::warn!(key = t.key, %error, "Shock distance failed; the distance state stays");
-                }
-            }
-        } else if slot.shock != AccountState::Healthy {
-            // Its distance levels were removed: clear, silently.
-            shock_next = Some(AccountState::Healthy);
-        }
-        if crossing.is_none() && shock_crossing.is_none() {
-            slot.state = new_state;
-            if let Some(s) = shock_next {
-                slot.shock = s;
-            }
-            return;
-        }
-        let shock_previous = slot.shock.clone();
-        let shock_state = shock_next.unwrap_or_else(|| shock_previous.clone());
-        let Some(account_id) = map.read_key(t.key, |v| v.id().clone()) else {
-            return;
-        };
-        let engine_prices = Arc::clone(
-            self.step_prices
-                .get_or_insert_with(|| Arc::new(map.prices())),
-        );
-        // The account and the prices it used are read with its snapshot, after this pass (on
-        // every core in a large step) — except for a trigger that stale prices may hold,
-        // which needs them now.
-        let hold_check = policy == StalePolicy::Hold
-            && crossing
-                .as_ref()
-                .is_some_and(|c| c.kind == EventKind::LiquidationTrigger);
-        let mut read: Option<(crate::model::Account, Vec<PriceUsed>)> = None;
-        if hold_check {
-            let Some(account) = map.read_key(t.key, |v| v.to_account()) else {
-                return;
-            };
-            let used = prices_used(&map.instruments(), &account, &engine_prices, prices, now_ms);
-            read = Some((account, used));
-        }
-        let stale = read
-            .as_ref()
-            .is_some_and(|(_, used)| used.iter().any(|p| p.stale));
-        if hold_check && stale {
-            metrics::counter!("liqwatch_monitor_held_triggers_total").increment(1);
-            tracing::info!(account = %account_id, "Trigger held: a price it depends on is stale");
-            let k = th.warning_levels.len();
-            let r = rank_of(&previous, th);
-            if k == 0 || r >= k {
-                new_state = state_of(r, th);
-                crossing = None;
-            } else {
-                crossing = Some(Crossing {
-                    kind: EventKind::LiquidationWarning,
-                    level: level_at(th, k).unwrap_or(th.trigger),
-                    crossed_levels: levels(th).skip(r).take(k - r).collect(),
-                });
-                new_state = state_of(k, th);
-            }
-        }
-        slot.state = new_state.clone();
-        slot.shock = shock_state.clone();
-        if crossing
-            .as_ref()
-            .is_some_and(|c| c.kind == EventKind::LiquidationTrigger)
-        {
-            slot.liquidated = mark;
-        }
-        // The ratio's event first (its stored state still has the old distance state), then the
-        // distance's: a crash between the two journal writes loses neither.
-        let mut steps = Vec::with_capacity(2);
-        if let Some(c) = crossing {
-            slot.seq += 1;
-            let stored = MonitorState {
-                state: new_state.clone(),
-                seq: slot.seq,
-                shock_state: shock_previous.clone(),
-                funding_warned: slot.funding_warned,
-            };
-            steps.push((
-                c,
-                crate::model::LevelType::MarginRatio,
-                previous,
-                new_state.clone(),
-                stored,
-            ));
-        }
-        if let Some(c) = shock_crossing {
-            slot.seq += 1;
-            let stored = MonitorState {
-                state: new_state.clone(),
-                seq: slot.seq,
-                shock_state: shock_state.clone(),
-                funding_warned: slot.funding_warned,
-            };
-            steps.push((
-                c,
-                crate::model::LevelType::ShockDistance,
-                shock_previous,
-                shock_state,
-                stored,
-            ));
-        }
-        if self.time.0 != now_ms {
-            self.time = (now_ms, format_rfc3339_ms(now_ms));
-        }
-        let n = steps.len();
-        for (i, (crossing, level_type, previous, state, stored)) in steps.into_iter().enumerate() {
-            // One event (the usual case) takes what was read; a second gets a copy.
-            let taken = if i + 1 == n {
-                read.take()
-            } else {
-                read.clone()
-            };
-            let (account, used) = match taken {
-                Some((account, used)) => (Some(account), used),
-                None => (None, Vec::new()),
-            };
-            // The snapshot (figures, shock distance, liquidation prices) is what an event costs:
-            // it is computed after the state pass, for every event of the step at once, on all
-            // cores; the prices the account used are read with it when not read here.
-            let state_json = stored.to_json();
-            jobs.push(SnapshotJob {
-                at: out.len(),
-                key: t.key,
-                kind: crossing.kind,
-                trigger: th.trigger,
-                prices: Arc::clone(&engine_prices),
-                now_ms,
-                read: account.map(|account| Read {
-                    funding: funding::rates_for(&account, prices, now_ms),
-                    account,
-                }),
-            });
-            out.push(Emitted {
-                account_id: account_id.clone(),
-                state_json,
-                event: RiskEvent {
-                    event_id: RiskEvent::new_id(),
-                    kind: crossing.kind,
-                    time: self.time.1.clone(),
-                    time_ms: now_ms,
-                    account_id: Some(account_id.clone()),
-                    seq: stored.seq,
-                    level: Some(crossing.level),
-                    crossed_levels: crossing.crossed_levels,
-                    level_type: Some(level_type),
-                    previous_state: Some(previous),
-                    state: Some(state),
-                    snapshot: None,
-                    stale_prices: used.iter().any(|p| p.stale),
-                    prices: used,
-                    instrument_change: None,
-                    feed: None,
-                    risk: None,
-                },
-            });
-        }
-    }
-
     /// The distance levels that bound the account's distance state where it stands, for the
     /// distance index ([`distance::ShockQuiet`]); `None` when the account has no distance
     /// levels (or is marked liquidated, or was not evaluated yet: [`Monitor::quiet_range`] is
@@ -773,7 +586,102 @@ impl Monitor {
     }
 }
 
+/// Accounts in one evaluation from which the state pass runs on every core.
+const PARALLEL_STATES: usize = crate::engine::par::PARALLEL_MIN;
+
+/// Runs of consecutive accounts per thread in a parallel pass: enough for the threads to even
+/// out (the events cluster where the thin accounts are), few enough to cost nothing.
+const RUNS_PER_THREAD: usize = 8;
+
+/// Parallel passes run so far (the tests check that a large step takes that path).
+#[cfg(test)]
+static PARALLEL_PASSES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One run of a parallel pass: its reports, its slots (from its first key to its last) and its
+/// first key.
+type Run<'r, 's> = (&'r [&'r Touched], &'s mut [Option<Slot>], usize);
+
+/// The parallel state pass of [`Monitor::run`]: `reports` (keys ascending) split into runs,
+/// each run evaluated in its own slots and its events' snapshots built by the thread that took
+/// it; the events come back in key order.
+fn run_parallel(pass: &Pass<'_>, slots: &mut [Option<Slot>], reports: &[&Touched]) -> Vec<Emitted> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    #[cfg(test)]
+    PARALLEL_PASSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let threads = par::threads();
+    let run_len = reports.len().div_ceil(threads * RUNS_PER_THREAD).max(1);
+    // Each run's slots: the slice from its first key to its last (keys ascend, so the slices
+    // are disjoint).
+    let mut runs: Vec<Mutex<Option<Run<'_, '_>>>> = Vec::new();
+    let mut rest = slots;
+    let mut base = 0usize;
+    for run in reports.chunks(run_len) {
+        let (Some(first), Some(last)) = (run.first(), run.last()) else {
+            continue;
+        };
+        let (lo, hi) = (first.key as usize, last.key as usize);
+        let taken = std::mem::take(&mut rest);
+        let Some((_, from_lo)) = taken.split_at_mut_checked(lo.saturating_sub(base)) else {
+            break;
+        };
+        let (mine, after) = from_lo.split_at_mut(from_lo.len().min(hi + 1 - lo));
+        rest = after;
+        base = hi + 1;
+        runs.push(Mutex::new(Some((run, mine, lo))));
+    }
+    // Read once for every run: the engine's prices and what the board says of them.
+    let step_prices = Arc::clone(pass.step_prices.get_or_init(|| Arc::new(pass.map.prices())));
+    let info = snapshots::StepInfo::read(pass.prices, &step_prices);
+    let table = pass.map.instruments();
+    let done: Vec<Mutex<Vec<Emitted>>> = runs.iter().map(|_| Mutex::new(Vec::new())).collect();
+    let next = AtomicUsize::new(0);
+    let work = || {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(run) = runs.get(i) else { break };
+            let Some((run, mine, lo)) = run.lock().ok().and_then(|mut r| r.take()) else {
+                continue;
+            };
+            let (mut out, mut jobs) = (Vec::new(), Vec::new());
+            for t in run {
+                if let Some(slot) = mine.get_mut(t.key as usize - lo) {
+                    pass.evaluate(slot, t, &mut out, &mut jobs);
+                }
+            }
+            snapshots::fill_here(pass.map, &table, &mut out, jobs, &info);
+            if let Some(d) = done.get(i)
+                && let Ok(mut d) = d.lock()
+            {
+                *d = out;
+            }
+        }
+    };
+    std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        work();
+        for h in helpers {
+            // A panic in the state pass is a bug: surface it as the single-threaded pass would.
+            if let Err(panic) = h.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    });
+    let mut out = Vec::with_capacity(
+        done.iter()
+            .filter_map(|d| d.lock().ok())
+            .map(|d| d.len())
+            .sum(),
+    );
+    for d in done {
+        out.append(&mut d.into_inner().unwrap_or_else(|p| p.into_inner()));
+    }
+    out
+}
+
 pub mod funding;
+mod pass; // the state pass over one account's slot
+use pass::Pass;
 mod snapshots; // what an event carries: its snapshot (on every core) and the prices it used
 use snapshots::{Read, SnapshotJob, fill_snapshots, prices_used};
 #[cfg(test)]

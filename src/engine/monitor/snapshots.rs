@@ -36,15 +36,16 @@ pub(super) struct SnapshotJob {
     pub(super) read: Option<Read>,
 }
 
-/// What the snapshot stage adds to one event.
+/// What the snapshot stage adds to one event (boxed where it is built, so that moving it to
+/// its event is a pointer's move).
 struct Built {
-    snapshot: Option<crate::model::RiskSnapshot>,
+    snapshot: Option<Box<crate::model::RiskSnapshot>>,
     /// The prices the account used, when read here.
     used: Option<Vec<PriceUsed>>,
 }
 
 /// Events in one step from which snapshots are built on more than one core.
-const PARALLEL_SNAPSHOTS: usize = 64;
+pub(super) const PARALLEL_SNAPSHOTS: usize = 64;
 
 /// Computes each job's snapshot (pure: the account at the prices it was valued at) into its
 /// event, with what only the snapshot needs (the account, the prices it used, its funding
@@ -71,95 +72,124 @@ pub(super) fn fill_snapshots(
         }
         _ => info,
     };
-    let one = |job: &SnapshotJob| -> Built {
-        let fresh;
-        let (account, funding, used) = match &job.read {
-            Some(r) => (&r.account, &r.funding, None),
-            None => {
-                let Some(account) = map.read_key_in(table, job.key, |v| v.to_account()) else {
-                    metrics::counter!("liqwatch_monitor_snapshot_errors_total").increment(1);
-                    tracing::error!(
-                        key = job.key,
-                        "Snapshot failed: the account is gone; the event goes out without it"
-                    );
-                    return Built {
-                        snapshot: None,
-                        used: None,
-                    };
-                };
-                let used = prices_used(table, &account, &job.prices, info, job.now_ms);
-                let funding = funding::rates_for(&account, info, job.now_ms);
-                fresh = (account, funding);
-                (&fresh.0, &fresh.1, Some(used))
-            }
-        };
-        // A panic in the margin model is a bug; it costs this event its snapshot, never the
-        // event, its prices or another account's snapshot.
-        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            #[cfg(test)]
-            inject::maybe_panic(&account.id);
-            margin::account_snapshot(account, table, &*job.prices, job.trigger).map(|mut s| {
-                funding::attach(&mut s, table, funding);
-                if job.kind == EventKind::LiquidationTrigger {
-                    margin::attach_liquidation_cost_to(&mut s, table, &account.id);
-                }
-                s
-            })
-        }));
-        let snapshot = match built {
-            Ok(Ok(s)) => Some(s),
-            Ok(Err(error)) => {
-                metrics::counter!("liqwatch_monitor_snapshot_errors_total").increment(1);
-                tracing::error!(account = %account.id, %error, "Snapshot failed; the event goes out without it");
-                None
-            }
-            Err(_) => {
-                metrics::counter!("liqwatch_monitor_snapshot_errors_total").increment(1);
-                tracing::error!(account = %account.id, "Snapshot panicked (a bug in the margin model); the event goes out without it");
-                None
-            }
-        };
-        Built { snapshot, used }
-    };
     // The core count is asked once per process (`par::threads`), not once per step.
     let threads = if jobs.len() < PARALLEL_SNAPSHOTS {
         1
     } else {
         crate::engine::par::threads()
     };
-    let built: Vec<Built> = if jobs.len() < PARALLEL_SNAPSHOTS || threads < 2 {
-        jobs.iter().map(one).collect()
-    } else {
-        let chunk = jobs.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = jobs
-                .chunks(chunk)
-                .map(|c| scope.spawn(move || c.iter().map(one).collect::<Vec<_>>()))
-                .collect();
-            handles
-                .into_iter()
-                .zip(jobs.chunks(chunk))
-                .flat_map(|(h, c)| match h.join() {
-                    Ok(v) => v,
-                    // Each snapshot is guarded on its own (above); a panic outside one (in
-                    // reading an account back) keeps the chunk's events, without snapshots,
-                    // rather than lose them.
-                    Err(_) => c
-                        .iter()
-                        .map(|_| Built {
-                            snapshot: None,
-                            used: None,
-                        })
-                        .collect(),
+    if threads < 2 {
+        fill_here(map, table, out, jobs, info);
+        return;
+    }
+    let chunk = jobs.len().div_ceil(threads);
+    let mut built: Vec<Built> = Vec::with_capacity(jobs.len());
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .chunks(chunk)
+            .map(|c| {
+                scope.spawn(move || {
+                    c.iter()
+                        .map(|j| build(map, table, j, info))
+                        .collect::<Vec<_>>()
                 })
-                .collect()
-        })
+            })
+            .collect();
+        for (h, c) in handles.into_iter().zip(jobs.chunks(chunk)) {
+            match h.join() {
+                Ok(v) => built.extend(v),
+                // Each snapshot is guarded on its own (`build`); a panic outside one (in
+                // reading an account back) keeps the chunk's events, without snapshots,
+                // rather than lose them.
+                Err(_) => built.extend(c.iter().map(|_| Built {
+                    snapshot: None,
+                    used: None,
+                })),
+            }
+        }
+    });
+    place(out, &jobs, built);
+}
+
+/// [`fill_snapshots`] on the calling thread, with the batch's instrument table and price
+/// information already read (each thread of a parallel state pass builds its own accounts'
+/// snapshots: see [`super::Monitor::evaluate`]).
+pub(super) fn fill_here(
+    map: &AccountMap,
+    table: &InstrumentTable,
+    out: &mut [Emitted],
+    jobs: Vec<SnapshotJob>,
+    info: &dyn PriceInfo,
+) {
+    let built = jobs.iter().map(|j| build(map, table, j, info)).collect();
+    place(out, &jobs, built);
+}
+
+/// One job's snapshot and what only it needs: the account (read here unless the state pass
+/// read it), the prices it used, its funding rates, a trigger's liquidation cost.
+fn build(
+    map: &AccountMap,
+    table: &InstrumentTable,
+    job: &SnapshotJob,
+    info: &dyn PriceInfo,
+) -> Built {
+    let fresh;
+    let (account, funding, used) = match &job.read {
+        Some(r) => (&r.account, &r.funding, None),
+        None => {
+            let Some(account) = map.read_key_in(table, job.key, |v| v.to_account()) else {
+                metrics::counter!("liqwatch_monitor_snapshot_errors_total").increment(1);
+                tracing::error!(
+                    key = job.key,
+                    "Snapshot failed: the account is gone; the event goes out without it"
+                );
+                return Built {
+                    snapshot: None,
+                    used: None,
+                };
+            };
+            let used = prices_used(table, &account, &job.prices, info, job.now_ms);
+            let funding = funding::rates_for(&account, info, job.now_ms);
+            fresh = (account, funding);
+            (&fresh.0, &fresh.1, Some(used))
+        }
     };
-    // Events per kind, counted once per step rather than once per event.
+    // A panic in the margin model is a bug; it costs this event its snapshot, never the
+    // event, its prices or another account's snapshot.
+    let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        #[cfg(test)]
+        inject::maybe_panic(&account.id);
+        margin::account_snapshot(account, table, &*job.prices, job.trigger).map(|mut s| {
+            funding::attach(&mut s, table, funding);
+            if job.kind == EventKind::LiquidationTrigger {
+                margin::attach_liquidation_cost_to(&mut s, table, &account.id);
+            }
+            Box::new(s)
+        })
+    }));
+    let snapshot = match built {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(error)) => {
+            metrics::counter!("liqwatch_monitor_snapshot_errors_total").increment(1);
+            tracing::error!(account = %account.id, %error, "Snapshot failed; the event goes out without it");
+            None
+        }
+        Err(_) => {
+            metrics::counter!("liqwatch_monitor_snapshot_errors_total").increment(1);
+            tracing::error!(account = %account.id, "Snapshot panicked (a bug in the margin model); the event goes out without it");
+            None
+        }
+    };
+    Built { snapshot, used }
+}
+
+/// Puts each built snapshot (and the prices used, when read with it) into its job's event, and
+/// counts the events per kind (once per batch, not once per event).
+fn place(out: &mut [Emitted], jobs: &[SnapshotJob], built: Vec<Built>) {
     let mut counts: Vec<(EventKind, u64)> = Vec::new();
     for (job, b) in jobs.iter().zip(built) {
         if let Some(e) = out.get_mut(job.at) {
-            e.event.snapshot = b.snapshot.map(Box::new);
+            e.event.snapshot = b.snapshot;
             if let Some(used) = b.used {
                 e.event.stale_prices = used.iter().any(|p| p.stale);
                 e.event.prices = used;
@@ -181,7 +211,7 @@ pub(super) fn fill_snapshots(
 /// board (which the feed tasks lock for every frame) from every core, and each seeing the board
 /// at a slightly different moment. Read here, every event of the step describes the board at
 /// one moment. Instruments outside the step's prices are asked of the board directly.
-struct StepInfo<'a> {
+pub(super) struct StepInfo<'a> {
     board: &'a dyn PriceInfo,
     prices: HashMap<InstrumentId, Option<PriceUsed>, foldhash::fast::RandomState>,
     funding:
@@ -189,7 +219,7 @@ struct StepInfo<'a> {
 }
 
 impl<'a> StepInfo<'a> {
-    fn read(board: &'a dyn PriceInfo, step: &PriceSnapshot) -> Self {
+    pub(super) fn read(board: &'a dyn PriceInfo, step: &PriceSnapshot) -> Self {
         let mut prices = HashMap::with_capacity_and_hasher(step.0.len(), Default::default());
         let mut funding = HashMap::with_capacity_and_hasher(step.0.len(), Default::default());
         for id in step.0.keys() {

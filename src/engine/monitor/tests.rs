@@ -480,6 +480,92 @@ mod with_map {
         }
     }
 
+    /// A large step runs the state pass on every core, each thread on its own runs of accounts
+    /// and their snapshots; its events — kinds, levels, seq, states, snapshots, prices, order —
+    /// and the states after it are exactly those of the same accounts evaluated a few at a
+    /// time on one thread (the single-threaded pass), through a warning, a trigger and a
+    /// recovery, with some accounts restored from stored states first.
+    #[test]
+    fn a_large_step_evaluates_on_every_core_as_on_one() {
+        assert!(
+            crate::engine::par::threads() >= 2,
+            "this test needs two cores to run the parallel pass"
+        );
+        let n = 3 * PARALLEL_STATES / 2;
+        let book = || {
+            let m = AccountMap::new(w3_instruments());
+            for i in 0..n {
+                let mut a = w3_account(&format!("par-{i:05}"));
+                // Thin, middling and thick accounts, interleaved unevenly across the keys.
+                let usdt = match (i * 7) % 11 {
+                    0..=4 => dec!(60500),
+                    5..=7 => dec!(64000),
+                    _ => dec!(250000),
+                };
+                a.collateral.insert("USDT".into(), usdt);
+                m.apply_update(AccountUpdate::Replace { account: a }).unwrap();
+            }
+            let mut mon = Monitor::new(MonitorConfig::default()).unwrap();
+            // Every 13th account comes back from a stored warning (it may recover at once).
+            mon.restore((0..n).step_by(13).map(|i| {
+                (
+                    AccountId::from(format!("par-{i:05}")),
+                    r#"{"state":"warning","level":"0.8","seq":4}"#.to_string(),
+                )
+            }));
+            (m, mon)
+        };
+        let (m1, mut whole) = book();
+        let (m2, mut few) = book();
+        let info = stale_btc(false);
+        let without_id = |e: &Emitted| {
+            let mut v = serde_json::to_value(&e.event).unwrap();
+            v.as_object_mut().unwrap().remove("event_id");
+            (v, e.state_json.clone())
+        };
+        for p in [W3, WARN, W4, WARN, W3] {
+            let reports = |m: &AccountMap| -> Vec<Touched> {
+                for (id, price) in [
+                    ("BTCUSDT-PERP", p[0]),
+                    ("BTC", p[0]),
+                    ("ETHUSDT-PERP", p[1]),
+                    ("SOLUSDT-PERP", p[2]),
+                ] {
+                    m.apply_price(&id.into(), price, &mut Vec::new()).unwrap();
+                }
+                let mut keys = m.keys();
+                keys.sort_unstable();
+                keys.into_iter().filter_map(|k| m.materialise(k)).collect()
+            };
+            let before = PARALLEL_PASSES.load(std::sync::atomic::Ordering::Relaxed);
+            let one_step = whole.evaluate(&m1, &reports(&m1), &info, NOW);
+            assert!(
+                PARALLEL_PASSES.load(std::sync::atomic::Ordering::Relaxed) > before,
+                "the large step took the parallel pass"
+            );
+            let r2 = reports(&m2);
+            let mut a_few: Vec<Emitted> = Vec::new();
+            for part in r2.chunks(PARALLEL_STATES / 8) {
+                a_few.extend(few.evaluate(&m2, part, &info, NOW));
+            }
+            assert!(!one_step.is_empty() || p == W3, "prices {p:?} move some accounts");
+            assert_eq!(one_step.len(), a_few.len(), "prices {p:?}");
+            for (a, b) in one_step.iter().zip(&a_few) {
+                assert!(a.event.snapshot.is_some(), "{}", a.account_id);
+                assert_eq!(without_id(a), without_id(b), "prices {p:?}");
+            }
+        }
+        assert!(
+            whole.slots.iter().flatten().any(|s| s.state == AccountState::Triggered)
+                || whole.slots.iter().flatten().any(|s| s.seq > 4),
+            "the book went through its levels"
+        );
+        for i in 0..n {
+            let id = AccountId::from(format!("par-{i:05}"));
+            assert_eq!(whole.state(&m1, &id), few.state(&m2, &id), "{id}");
+        }
+    }
+
     /// The prices an event carries: each instrument the account uses once (hedge-mode legs
     /// share one), sorted by id, stables at 1 from `stable`, the rest at the engine's price.
     #[test]
@@ -492,7 +578,7 @@ mod with_map {
         )
         .unwrap();
         let table = crate::engine::map::InstrumentTable::new(w3_instruments());
-        let engine = PriceSnapshot(
+        let engine = crate::engine::map::PriceSnapshot(
             [
                 ("BTCUSDT-PERP", dec!(60000)),
                 ("BTC", dec!(60010)),
