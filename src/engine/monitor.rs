@@ -657,16 +657,7 @@ fn run_parallel(pass: &Pass<'_>, slots: &mut [Option<Slot>], reports: &[&Touched
             }
         }
     };
-    std::thread::scope(|scope| {
-        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
-        work();
-        for h in helpers {
-            // A panic in the state pass is a bug: surface it as the single-threaded pass would.
-            if let Err(panic) = h.join() {
-                std::panic::resume_unwind(panic);
-            }
-        }
-    });
+    par::on_threads(threads, work);
     let mut out = Vec::with_capacity(
         done.iter()
             .filter_map(|d| d.lock().ok())

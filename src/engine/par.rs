@@ -79,17 +79,22 @@ pub fn for_each_balanced<T: Send>(
     items.sort_by_key(|i| cost(i));
     let queue = std::sync::Mutex::new(items);
     let next = || queue.lock().ok().and_then(|mut q| q.pop());
-    let work = || {
+    on_threads(threads, || {
         while let Some(item) = next() {
             f(item);
         }
-    };
+    });
+}
+
+/// Runs `work` on `threads` threads at once, the calling thread one of them (each takes its
+/// share of a common queue). A panic in `work` is a bug: it is raised again here, where it
+/// would have been raised without the split.
+pub fn on_threads(threads: usize, work: impl Fn() + Sync) {
+    let work = &work;
     std::thread::scope(|scope| {
         let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
         work();
         for h in helpers {
-            // A panic in `f` is a bug: surface it where it would have been raised without
-            // the split.
             if let Err(panic) = h.join() {
                 std::panic::resume_unwind(panic);
             }

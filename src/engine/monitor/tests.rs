@@ -503,7 +503,8 @@ mod with_map {
                     _ => dec!(250000),
                 };
                 a.collateral.insert("USDT".into(), usdt);
-                m.apply_update(AccountUpdate::Replace { account: a }).unwrap();
+                m.apply_update(AccountUpdate::Replace { account: a })
+                    .unwrap();
             }
             let mut mon = Monitor::new(MonitorConfig::default()).unwrap();
             // Every 13th account comes back from a stored warning (it may recover at once).
@@ -548,7 +549,10 @@ mod with_map {
             for part in r2.chunks(PARALLEL_STATES / 8) {
                 a_few.extend(few.evaluate(&m2, part, &info, NOW));
             }
-            assert!(!one_step.is_empty() || p == W3, "prices {p:?} move some accounts");
+            assert!(
+                !one_step.is_empty() || p == W3,
+                "prices {p:?} move some accounts"
+            );
             assert_eq!(one_step.len(), a_few.len(), "prices {p:?}");
             for (a, b) in one_step.iter().zip(&a_few) {
                 assert!(a.event.snapshot.is_some(), "{}", a.account_id);
@@ -556,7 +560,11 @@ mod with_map {
             }
         }
         assert!(
-            whole.slots.iter().flatten().any(|s| s.state == AccountState::Triggered)
+            whole
+                .slots
+                .iter()
+                .flatten()
+                .any(|s| s.state == AccountState::Triggered)
                 || whole.slots.iter().flatten().any(|s| s.seq > 4),
             "the book went through its levels"
         );
