@@ -453,9 +453,11 @@ impl Monitor {
         now_ms: TimestampMs,
     ) -> Vec<Emitted> {
         keys.sort_unstable();
-        let reports: Vec<Touched> = keys
+        // Valued on every core when there are many (the first step after a start values the
+        // whole book), in key order.
+        let reports: Vec<Touched> = par::map_in_order(&keys, |k| map.materialise(*k))
             .into_iter()
-            .filter_map(|k| map.materialise(k))
+            .flatten()
             .collect();
         let reports: Vec<&Touched> = reports.iter().collect();
         self.run(map, &reports, prices, now_ms)
