@@ -313,7 +313,20 @@ impl Runner {
             .map(|(i, e)| (i, e.rate));
         let due = tracker.due(observed, now);
         for s in due {
-            let updates = crate::engine::settlement::settlement_updates(self.engine.map(), &s);
+            let Some(updates) =
+                crate::engine::settlement::settlement_updates(self.engine.map(), &s)
+            else {
+                // No price of the instrument in the engine yet: due again at the next check.
+                let (instrument, funding_ms) = (s.instrument.clone(), s.funding_ms);
+                let waits = (self.settlements.as_mut()).is_some_and(|t| t.wait_for_price(s, now));
+                if waits {
+                    tracing::debug!(%instrument, funding_ms, "Funding settlement waits for a price");
+                } else {
+                    metrics::counter!("liqwatch_engine_funding_failed_total").increment(1);
+                    tracing::warn!(%instrument, funding_ms, "Funding not applied: no price of the instrument for 5 minutes after the settlement was due");
+                }
+                continue;
+            };
             if updates.is_empty() {
                 continue;
             }

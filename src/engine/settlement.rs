@@ -6,7 +6,10 @@
 //!
 //! **When.** The tracker remembers the last funding time announced for each instrument; a time
 //! at or before `now` is due once (the feeds announce the next time right after a settlement,
-//! so a time is settled even when the announcement moved on before the runner looked).
+//! so a time is settled even when the announcement moved on before the runner looked). A due
+//! settlement whose instrument has no price in the engine yet (a daemon started at a funding
+//! time hears the time with the first price) waits for one, due again at every check, for up
+//! to [`WAIT_FOR_PRICE_MS`]; only then is it given up, with a warning.
 //!
 //! **How much.** The payment of [`crate::margin::funding::position_funding`] at the engine's
 //! price of the instrument at settlement, with the rate announced for that time:
@@ -46,11 +49,19 @@ pub struct DueSettlement {
     pub funding_ms: TimestampMs,
 }
 
+/// How long a due settlement waits for its instrument's price before it is given up
+/// ([`SettlementTracker::wait_for_price`]).
+pub const WAIT_FOR_PRICE_MS: i64 = 5 * 60_000;
+
 /// Tracks announced funding times and says which are due.
 #[derive(Debug, Default)]
 pub struct SettlementTracker {
     last_seen: HashMap<InstrumentId, FundingRate>,
     settled: HashSet<(InstrumentId, TimestampMs)>,
+    /// Due settlements waiting for their instrument's price: due again at every call.
+    waiting: Vec<DueSettlement>,
+    /// When each waiting settlement first waited.
+    waiting_since: HashMap<(InstrumentId, TimestampMs), TimestampMs>,
 }
 
 impl SettlementTracker {
@@ -70,7 +81,12 @@ impl SettlementTracker {
             }
             candidates.push((inst, f));
         }
-        let mut out = Vec::new();
+        // What waits for a price is due again, first.
+        let mut out = std::mem::take(&mut self.waiting);
+        self.waiting_since.retain(|(inst, t), _| {
+            out.iter()
+                .any(|s| s.instrument == *inst && s.funding_ms == *t)
+        });
         for (inst, f) in candidates {
             let Some(t) = f.next_funding_ts.filter(|t| *t <= now_ms) else {
                 continue;
@@ -88,6 +104,23 @@ impl SettlementTracker {
         out.sort_by(|a, b| (a.funding_ms, &a.instrument).cmp(&(b.funding_ms, &b.instrument)));
         out
     }
+
+    /// `s`, returned by [`SettlementTracker::due`], could not be applied: its instrument has
+    /// no price yet ([`settlement_updates`] returned `None`). It is due again at every call
+    /// until it has waited [`WAIT_FOR_PRICE_MS`]; then it is given up and this returns false
+    /// (the caller says so: the payment is not applied).
+    pub fn wait_for_price(&mut self, s: DueSettlement, now_ms: TimestampMs) -> bool {
+        let since = *self
+            .waiting_since
+            .entry((s.instrument.clone(), s.funding_ms))
+            .or_insert(now_ms);
+        if now_ms.saturating_sub(since) >= WAIT_FOR_PRICE_MS {
+            self.waiting_since.remove(&(s.instrument, s.funding_ms));
+            return false;
+        }
+        self.waiting.push(s);
+        true
+    }
 }
 
 /// The update id of one account's payment for one settlement.
@@ -96,34 +129,42 @@ pub fn settlement_id(s: &DueSettlement, account: &AccountId) -> String {
 }
 
 /// The collateral update of every holder of `s.instrument` (positions only), in account order,
-/// with its update id. Holders whose price or payment cannot be computed, and zero payments,
-/// are skipped (and logged).
-pub fn settlement_updates(map: &AccountMap, s: &DueSettlement) -> Vec<(String, AccountUpdate)> {
+/// with its update id. Payments that cannot be computed are skipped (and logged), zero payments
+/// too. `None` when some holder is to be paid but the engine has no price of the instrument
+/// yet (a daemon that just started hears the funding time in the same frame as the first
+/// price, and may look before that price is applied): the settlement is due again later
+/// ([`SettlementTracker::wait_for_price`]).
+pub fn settlement_updates(
+    map: &AccountMap,
+    s: &DueSettlement,
+) -> Option<Vec<(String, AccountUpdate)>> {
     let table = map.instruments();
     let Some(inst) = table.index(&s.instrument).and_then(|i| table.get(i)) else {
-        return Vec::new();
+        return Some(Vec::new());
     };
     if !matches!(
         inst.kind,
         InstrumentKind::LinearPerpetual | InstrumentKind::InversePerpetual
     ) {
-        return Vec::new();
+        return Some(Vec::new());
     }
-    let Some(price) = map.price(&s.instrument) else {
-        tracing::warn!(instrument = %s.instrument, "Funding not applied: no price");
-        return Vec::new();
-    };
+    // Only accounts whose balances do not include funding (set by the account or its source):
+    // a balance-reporting account would count it twice. Checked before the account is
+    // materialised, so a book of balance-reporting accounts costs a look-up each.
+    let payees: Vec<AccountId> = map
+        .holders(&s.instrument)
+        .into_iter()
+        .filter(|id| map.read(id, |v| v.apply_funding()) == Some(true))
+        .collect();
+    if payees.is_empty() {
+        return Some(Vec::new());
+    }
+    let price = map.price(&s.instrument)?;
     let mut stables: Vec<&InstrumentId> =
         table.iter().filter(|i| i.stable).map(|i| &i.id).collect();
     stables.sort();
     let mut out = Vec::new();
-    for id in map.holders(&s.instrument) {
-        // Only accounts whose balances do not include funding (set by the account or its
-        // source): a balance-reporting account would count it twice. Checked before the
-        // account is materialised, so a book of balance-reporting accounts costs a look-up each.
-        if map.read(&id, |v| v.apply_funding()) != Some(true) {
-            continue;
-        }
+    for id in payees {
         let Some(account) = map.account(&id) else {
             continue;
         };
@@ -173,7 +214,7 @@ pub fn settlement_updates(map: &AccountMap, s: &DueSettlement) -> Vec<(String, A
             },
         ));
     }
-    out
+    Some(out)
 }
 
 #[cfg(test)]
@@ -225,6 +266,80 @@ mod tests {
         );
     }
 
+    /// A settlement whose instrument has no price yet waits: due again at every call (also
+    /// after the feed announced the next time), until it is applied or has waited five
+    /// minutes; then it is given up.
+    #[test]
+    fn a_settlement_waits_for_a_price() {
+        let btc = InstrumentId::from("BTCUSDT-PERP");
+        let mut t = SettlementTracker::default();
+        let d = t.due([(btc.clone(), rate(dec!(0.0001), 1000))], 1000);
+        assert_eq!(d.len(), 1);
+        let s = d[0].clone();
+        assert!(t.wait_for_price(s.clone(), 1000));
+        // Due again, though the announcement moved on to the next time meanwhile.
+        let again = t.due([(btc.clone(), rate(dec!(0.0002), 2000))], 1500);
+        assert_eq!(again, vec![s.clone()]);
+        // Still no price: it waits on; applied now (not handed back): never due again.
+        assert!(t.wait_for_price(s.clone(), 1500));
+        assert_eq!(
+            t.due([(btc.clone(), rate(dec!(0.0002), 2000))], 1600),
+            vec![s.clone()]
+        );
+        assert!(
+            t.due([(btc.clone(), rate(dec!(0.0002), 2000))], 1700)
+                .is_empty()
+        );
+        // Another time that never gets a price is given up after five minutes.
+        let d = t.due([(btc.clone(), rate(dec!(0.0002), 2000))], 2000);
+        assert_eq!(d.len(), 1);
+        let s = d[0].clone();
+        assert!(t.wait_for_price(s.clone(), 2000));
+        let d = t.due(
+            [(btc.clone(), rate(dec!(0.0002), 2000))],
+            2000 + WAIT_FOR_PRICE_MS - 1,
+        );
+        assert_eq!(d, vec![s.clone()]);
+        assert!(t.wait_for_price(s.clone(), 2000 + WAIT_FOR_PRICE_MS - 1));
+        let d = t.due(
+            [(btc.clone(), rate(dec!(0.0002), 2000))],
+            2000 + WAIT_FOR_PRICE_MS,
+        );
+        assert_eq!(d, vec![s.clone()]);
+        assert!(!t.wait_for_price(s, 2000 + WAIT_FOR_PRICE_MS));
+        assert!(
+            t.due([(btc, rate(dec!(0.0002), 2000))], 2000 + WAIT_FOR_PRICE_MS)
+                .is_empty()
+        );
+    }
+
+    /// Without a price a settlement cannot be computed when someone is to be paid (`None`:
+    /// it waits); when nobody is (every holder reports its balances), there is nothing to wait
+    /// for.
+    #[test]
+    fn no_price_waits_only_when_someone_is_paid() {
+        let s = DueSettlement {
+            instrument: "BTCUSDT-PERP".into(),
+            rate: dec!(0.0001),
+            funding_ms: 1000,
+        };
+        for (apply, expected) in [(true, None), (false, Some(Vec::new()))] {
+            let map = Arc::new(AccountMap::new(w3_instruments()));
+            let a: crate::model::Account = serde_json::from_str(&format!(
+                r#"{{"id":"a","collateral":{{"USDT":"10000"}},"apply_funding":{apply},"positions":[
+                {{"instrument":"BTCUSDT-PERP","quantity":"2","entry_price":"60000"}}]}}"#
+            ))
+            .unwrap();
+            map.apply_update(AccountUpdate::Replace { account: a })
+                .unwrap();
+            assert_eq!(
+                settlement_updates(&map, &s),
+                expected,
+                "apply_funding {apply}"
+            );
+        }
+    }
+
     /// Longs pay and shorts receive at a positive rate, in the stable they hold; the id names
     /// the instrument, the time and the account; an account without `apply_funding` (its
     /// source reports balances) gets nothing.
@@ -252,7 +367,7 @@ mod tests {
             rate: dec!(0.0001),
             funding_ms: 1000,
         };
-        let u = settlement_updates(&map, &s);
+        let u = settlement_updates(&map, &s).expect("the instrument has a price");
         assert_eq!(
             u,
             vec![
