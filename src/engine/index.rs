@@ -866,7 +866,7 @@ pub fn wake_and_value<'a>(
     wake.sort_unstable();
     wake.dedup();
     // Valued on every core when many are woken (a correlated move), in key order.
-    let valued = crate::engine::par::map_in_order(wake, |k| map.materialise(*k));
+    let valued = map.materialise_many(wake);
     touched.extend(valued.into_iter().flatten());
     metrics::counter!("liqwatch_engine_woken_accounts_total").increment(touched.len() as u64);
 }

@@ -811,6 +811,13 @@ impl AccountMap {
         })
     }
 
+    /// The account's id; `None` when there is no such account. Reads no instrument table (see
+    /// [`AccountMap::read_key_in`]): the state pass asks it of every emitting account, from
+    /// every core.
+    pub fn id_of(&self, key: AccountKey) -> Option<AccountId> {
+        self.accounts.with(key, |e| e.id.clone())
+    }
+
     /// The account's own levels (`None` inside: the defaults); `None` when there is no such
     /// account. Reads no instrument table (see [`AccountMap::read_key_in`]).
     pub fn thresholds_of(&self, key: AccountKey) -> Option<Option<Thresholds>> {
@@ -1123,33 +1130,40 @@ impl AccountMap {
             {
                 continue; // the account changed between the two looks: look again
             }
-            for i in 0..e.slots.len() {
-                let Some(slot) = e.slots.get(i) else { break };
-                let Some(inst) = table.get(slot.instr) else {
-                    continue;
-                };
-                let price = if inst.stable {
-                    Some(Decimal::ONE)
-                } else {
-                    price_of(slot.instr)
-                };
-                let Some(price) = price else {
-                    continue; // still unpriced: stays invalid
-                };
-                if slot.valid && slot.at == price {
-                    continue;
-                }
-                let new = match value_slot(inst, slot, Some(price)) {
-                    Ok(v) => v,
-                    Err(error) => {
-                        tracing::debug!(account = %e.id, instrument = %inst.id, %error, "Slot not valued");
-                        None
-                    }
-                };
-                e.set_slot(i, new, price);
-            }
+            revalue(e, &table, price_of);
             return Some(e.touched(key));
         }
+    }
+
+    /// [`AccountMap::materialise`] for many accounts, in order; on every core when there are
+    /// many (a correlated move's woken accounts, the first step after a start), and then each thread
+    /// takes every instrument's read lock and loads the instrument table once for its share:
+    /// per account, the threads would otherwise write the same locks and reference count from
+    /// every core, which costs more than valuing the account. No account's slots change
+    /// meanwhile (an update write-locks the instruments of the slots it changes), so each
+    /// account is read and valued under one lock of its own.
+    pub fn materialise_many(&self, keys: &[AccountKey]) -> Vec<Option<Touched>> {
+        if keys.len() < crate::engine::par::PARALLEL_MIN {
+            // A few accounts: their own instruments' locks, not every instrument's.
+            return keys.iter().map(|&k| self.materialise(k)).collect();
+        }
+        crate::engine::par::map_chunks_in_order(keys, |chunk| {
+            // Lock order: instrument locks (ascending), then each account's cell.
+            let guards: Vec<RwLockReadGuard<'_, InstrState>> =
+                self.instr.iter().map(|l| l.read()).collect();
+            // Loaded under the instrument locks (see `table`).
+            let table = self.table();
+            let price_of = |idx: InstrumentIdx| guards.get(idx as usize).and_then(|g| g.price);
+            chunk
+                .iter()
+                .map(|&key| {
+                    let mut g = self.accounts.cell(key)?.lock();
+                    let e = g.as_mut()?;
+                    revalue(e, &table, price_of);
+                    Some(e.touched(key))
+                })
+                .collect()
+        })
     }
 
     /// [`AccountMap::materialise`] for every account (an O(accounts) pass for queries that
@@ -1158,6 +1172,40 @@ impl AccountMap {
         for key in self.keys() {
             let _ = self.materialise(key);
         }
+    }
+}
+
+/// Brings every slot of `e` to the price `price_of` gives its instrument (stables at 1); a slot
+/// still unpriced stays invalid. The account's instrument locks must be held.
+fn revalue(
+    e: &mut Entry,
+    table: &InstrumentTable,
+    price_of: impl Fn(InstrumentIdx) -> Option<Decimal>,
+) {
+    for i in 0..e.slots.len() {
+        let Some(slot) = e.slots.get(i) else { break };
+        let Some(inst) = table.get(slot.instr) else {
+            continue;
+        };
+        let price = if inst.stable {
+            Some(Decimal::ONE)
+        } else {
+            price_of(slot.instr)
+        };
+        let Some(price) = price else {
+            continue; // still unpriced: stays invalid
+        };
+        if slot.valid && slot.at == price {
+            continue;
+        }
+        let new = match value_slot(inst, slot, Some(price)) {
+            Ok(v) => v,
+            Err(error) => {
+                tracing::debug!(account = %e.id, instrument = %inst.id, %error, "Slot not valued");
+                None
+            }
+        };
+        e.set_slot(i, new, price);
     }
 }
 

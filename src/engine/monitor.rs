@@ -455,10 +455,7 @@ impl Monitor {
         keys.sort_unstable();
         // Valued on every core when there are many (the first step after a start values the
         // whole book), in key order.
-        let reports: Vec<Touched> = par::map_in_order(&keys, |k| map.materialise(*k))
-            .into_iter()
-            .flatten()
-            .collect();
+        let reports: Vec<Touched> = map.materialise_many(&keys).into_iter().flatten().collect();
         let reports: Vec<&Touched> = reports.iter().collect();
         self.run(map, &reports, prices, now_ms)
     }

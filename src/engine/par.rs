@@ -29,12 +29,22 @@ pub fn threads() -> usize {
 
 /// `f` over `items`, in order; split over the available cores when there are many items.
 pub fn map_in_order<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    map_chunks_in_order(items, |chunk| chunk.iter().map(&f).collect())
+}
+
+/// `f` over consecutive chunks of `items` — one chunk per core when there are many items,
+/// else all of them in one — each returning one result per item, concatenated in order. For
+/// work that takes something once per chunk (locks, a table) rather than once per item.
+pub fn map_chunks_in_order<T: Sync, R: Send>(
+    items: &[T],
+    f: impl Fn(&[T]) -> Vec<R> + Sync,
+) -> Vec<R> {
     if items.len() < PARALLEL_MIN {
-        return items.iter().map(f).collect();
+        return f(items);
     }
     let threads = threads();
     if threads < 2 {
-        return items.iter().map(f).collect();
+        return f(items);
     }
     let chunk = items.len().div_ceil(threads);
     let f = &f;
@@ -42,10 +52,10 @@ pub fn map_in_order<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -
         let handles: Vec<_> = items
             .chunks(chunk)
             .skip(1)
-            .map(|c| scope.spawn(move || c.iter().map(f).collect::<Vec<R>>()))
+            .map(|c| scope.spawn(move || f(c)))
             .collect();
         // The calling thread takes the first chunk.
-        let mut out: Vec<R> = items.iter().take(chunk).map(f).collect();
+        let mut out: Vec<R> = f(items.get(..chunk).unwrap_or(items));
         out.reserve(items.len().saturating_sub(chunk));
         for h in handles {
             match h.join() {

@@ -51,7 +51,7 @@ impl Pass<'_> {
             return;
         }
         let custom: Option<Thresholds> = if t.custom_thresholds {
-            map.read_key(t.key, |v| v.thresholds().cloned()).flatten()
+            map.thresholds_of(t.key).flatten()
         } else {
             None
         };
@@ -114,7 +114,7 @@ impl Pass<'_> {
         }
         let shock_previous = slot.shock.clone();
         let shock_state = shock_next.unwrap_or_else(|| shock_previous.clone());
-        let Some(account_id) = map.read_key(t.key, |v| v.id().clone()) else {
+        let Some(account_id) = map.id_of(t.key) else {
             return;
         };
         let engine_prices = Arc::clone(self.step_prices.get_or_init(|| Arc::new(map.prices())));
