@@ -228,13 +228,14 @@ pub fn allowed_move_with(
             return None;
         }
         let mut weight = Decimal::ZERO;
+        let slack_f = margin::fast_f64(slack);
         for (j, t) in terms.iter().enumerate() {
             let w = level
                 .checked_mul(t.a)?
                 .checked_add(t.b)?
                 .checked_mul(t.price)?;
             weight = weight.checked_add(w)?;
-            raise(coef, j, w, slack);
+            raise(coef, j, w, slack_f);
         }
         if weight <= Decimal::ZERO {
             return Some(MAX_MOVE);
@@ -279,11 +280,12 @@ pub fn band(price: Decimal, delta: Decimal) -> Option<(Decimal, Decimal)> {
     (lo < price && price < hi).then_some((lo, hi))
 }
 
-/// Raises `coef[j]` to `w / slack` rounded up (infinite when a figure has no `f64`).
-pub(crate) fn raise(coef: &mut [f64], j: usize, w: Decimal, slack: Decimal) {
+/// Raises `coef[j]` to `w / slack` rounded up (infinite when a figure has no `f64`); `slack`
+/// is converted once by the caller ([`margin::fast_f64`]).
+pub(crate) fn raise(coef: &mut [f64], j: usize, w: Decimal, slack: Option<f64>) {
     let Some(c) = coef.get_mut(j) else { return };
-    let q = match (w.to_f64(), slack.to_f64()) {
-        // Each conversion and the division err by ≤ 2⁻⁵³ relative: 10⁻⁹ covers them.
+    let q = match (margin::fast_f64(w), slack) {
+        // Each conversion errs by at most 8 ulps and the division by one: 10⁻⁹ covers them.
         (Some(w), Some(s)) if s > 0.0 && w.is_finite() => w / s * (1.0 + 1e-9),
         _ => f64::INFINITY,
     };
@@ -735,7 +737,8 @@ impl DistanceIndex {
                 *p += c;
             }
         }
-        let half = delta.to_f64()?.min(MAX_HALF);
+        // A few ulps off at most: the band is shrunk by 10⁻¹² of the anchor (`band_around`).
+        let half = margin::fast_f64(delta)?.min(MAX_HALF);
         at.into_iter()
             .zip(per)
             .map(|(p, coef)| {

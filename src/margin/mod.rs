@@ -107,6 +107,28 @@ pub fn normalise(d: Decimal) -> Decimal {
     r
 }
 
+/// `d` as `f64`, to within a few ulps (at most 8: the property test
+/// `fast_conversion_is_within_ulps`), for the `f64` filters in front of exact work — the shock
+/// solver's (tolerance ~10⁷ ulps) and the distance index's bands (10⁻⁹) — where `rust_decimal`'s
+/// correctly rounded `to_f64` costs several hundred instructions: the mantissa over a power of
+/// ten. The mantissa's 96 bits
+/// are converted as two 64-bit halves: an `i128` to `f64` cast is a slow runtime call
+/// (`__floattidf`, ~5 % of an event's snapshot), and the compiler turns a "fits `i64`?" branch
+/// back into that call.
+pub fn fast_f64(d: Decimal) -> Option<f64> {
+    const POW10: [f64; 29] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+        1e17, 1e18, 1e19, 1e20, 1e21, 1e22, 1e23, 1e24, 1e25, 1e26, 1e27, 1e28,
+    ];
+    const TWO64: f64 = 18_446_744_073_709_551_616.0;
+    let u = d.unpack();
+    let low = (u64::from(u.mid) << 32) | u64::from(u.lo);
+    // Each half is exact or rounded once; their sum rounds once more: a few ulps at most.
+    let mag = f64::from(u.hi) * TWO64 + low as f64;
+    let v = if u.negative { -mag } else { mag } / POW10.get(u.scale as usize)?;
+    v.is_finite().then_some(v)
+}
+
 /// Rounds half-up to 2 places, for display and comparisons "to the cent".
 pub fn to_cents(d: Decimal) -> Decimal {
     d.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero)

@@ -66,8 +66,9 @@ pub fn allowed_move(
             return None;
         }
         let grow = Decimal::ONE.checked_add(reach)?;
+        let slack_f = crate::margin::fast_f64(slack);
         for (j, w) in weights.iter().enumerate() {
-            super::raise(coef, j, w.checked_mul(grow)?, slack);
+            super::raise(coef, j, w.checked_mul(grow)?, slack_f);
         }
         let w = weight.checked_mul(grow)?;
         if w <= Decimal::ZERO {

@@ -380,9 +380,11 @@ fn materialise_many_equals_one_by_one() {
             a.positions[0].quantity = Decimal::new(10 + (i as i64 % 17), 1);
             if i % 5 == 0 {
                 // Without the SOL leg, which nobody prices in this test: complete.
-                a.positions.retain(|p| p.instrument.as_str() != "SOLUSDT-PERP");
+                a.positions
+                    .retain(|p| p.instrument.as_str() != "SOLUSDT-PERP");
             }
-            m.apply_update(AccountUpdate::Replace { account: a }).unwrap();
+            m.apply_update(AccountUpdate::Replace { account: a })
+                .unwrap();
         }
         m.apply_update(AccountUpdate::Remove {
             account_id: "many-7".into(),
@@ -401,8 +403,14 @@ fn materialise_many_equals_one_by_one() {
     let one: Vec<Option<Touched>> = keys.iter().map(|&k| b.materialise(k)).collect();
     assert_eq!(many, one);
     assert_eq!(many.len(), keys.len());
-    assert!(many.iter().flatten().any(|t| !t.complete), "some wait for a price");
-    assert_eq!(many.iter().flatten().filter(|t| t.complete).count(), n / 5 + 1);
+    assert!(
+        many.iter().flatten().any(|t| !t.complete),
+        "some wait for a price"
+    );
+    assert_eq!(
+        many.iter().flatten().filter(|t| t.complete).count(),
+        n / 5 + 1
+    );
     assert_eq!(many.last(), Some(&None), "a key that never existed");
     for t in many.iter().flatten().filter(|t| t.complete).take(50) {
         let id = a.id_of(t.key).unwrap();

@@ -31,24 +31,8 @@ use crate::model::Instrument;
 /// Relative width of "uncertain" around 0, and the minimum relative gap between breakpoints.
 const REL: f64 = 1e-9;
 
-/// `d` as `f64`, to within a few ulps (the filter's tolerance is ~10⁷ ulps): the mantissa
-/// over a power of ten, cheaper than a correctly rounded conversion. The mantissa's 96 bits
-/// are converted as two 64-bit halves: an `i128` to `f64` cast is a slow runtime call
-/// (`__floattidf`, ~5 % of an event's snapshot), and the compiler turns a "fits `i64`?" branch
-/// back into that call.
-fn f(d: Decimal) -> Option<f64> {
-    const POW10: [f64; 29] = [
-        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
-        1e17, 1e18, 1e19, 1e20, 1e21, 1e22, 1e23, 1e24, 1e25, 1e26, 1e27, 1e28,
-    ];
-    const TWO64: f64 = 18_446_744_073_709_551_616.0;
-    let u = d.unpack();
-    let low = (u64::from(u.mid) << 32) | u64::from(u.lo);
-    // Each half is exact or rounded once; their sum rounds once more: a few ulps at most.
-    let mag = f64::from(u.hi) * TWO64 + low as f64;
-    let v = if u.negative { -mag } else { mag } / POW10.get(u.scale as usize)?;
-    v.is_finite().then_some(v)
-}
+/// `Decimal` to `f64` within a few ulps ([`crate::margin::fast_f64`]).
+use crate::margin::fast_f64 as f;
 
 /// An instrument's tiers in `f64`, as the filter reads them: each floor, and each tier's
 /// `(mmr, cum)`. Converting them is most of what building a filter costs, so a lookup that
