@@ -115,6 +115,7 @@ pub fn normalise(d: Decimal) -> Decimal {
 /// are converted as two 64-bit halves: an `i128` to `f64` cast is a slow runtime call
 /// (`__floattidf`, ~5 % of an event's snapshot), and the compiler turns a "fits `i64`?" branch
 /// back into that call.
+#[inline]
 pub fn fast_f64(d: Decimal) -> Option<f64> {
     const POW10: [f64; 29] = [
         1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
