@@ -24,6 +24,7 @@
 
 use rust_decimal::Decimal;
 
+use super::snapshots::{Change, push_event};
 use super::{
     Emitted, Monitor, MonitorState, PriceInfo, Read, SnapshotJob, fill_snapshots, level_at, levels,
     prices_used, rank_of,
@@ -33,7 +34,7 @@ use crate::margin;
 use crate::margin::funding::{FundingRate, position_funding};
 use crate::model::{
     Account, AccountState, EventKind, InstrumentId, InstrumentKind, LevelType, MarginRatio,
-    RiskEvent, RiskSnapshot, Thresholds, TimestampMs, format_rfc3339_ms,
+    RiskSnapshot, Thresholds, TimestampMs, format_rfc3339_ms,
 };
 
 /// The known funding rates of an account's perpetual positions (each instrument once). A rate
@@ -182,10 +183,9 @@ impl Monitor {
             tracing::info!(account = %account.id, funding_ms = funding_ts, ratio_after = %after, "Funding payment would cross a level");
             let engine_prices = map.prices_for(&account);
             let used = prices_used(&map.instruments(), &account, &engine_prices, prices, now_ms);
-            let stale = used.iter().any(|p| p.stale);
             let account_id = account.id.clone();
-            jobs.push(SnapshotJob {
-                at: out.len(),
+            let job = SnapshotJob {
+                at: 0, // `push_event` points it at the event
                 key,
                 kind: EventKind::LiquidationWarning,
                 trigger: th.trigger,
@@ -195,30 +195,21 @@ impl Monitor {
                     funding: rates_for(&account, prices, now_ms),
                     account,
                 }),
-            });
-            out.push(Emitted {
-                account_id: account_id.clone(),
-                state_json,
-                event: RiskEvent {
-                    event_id: RiskEvent::new_id(),
+            };
+            let change = Change {
+                crossing: super::Crossing {
                     kind: EventKind::LiquidationWarning,
-                    time: format_rfc3339_ms(now_ms),
-                    time_ms: now_ms,
-                    account_id: Some(account_id),
-                    seq,
-                    level: Some(level_at(&th, up).unwrap_or(th.trigger)),
+                    level: level_at(&th, up).unwrap_or(th.trigger),
                     crossed_levels: levels(&th).skip(r).take(up - r).collect(),
-                    level_type: Some(LevelType::Funding),
-                    previous_state: Some(state.clone()),
-                    state: Some(state),
-                    snapshot: None,
-                    prices: used,
-                    stale_prices: stale,
-                    feed: None,
-                    instrument_change: None,
-                    risk: None,
                 },
-            });
+                level_type: LevelType::Funding,
+                previous: state.clone(),
+                state,
+                seq,
+                state_json,
+            };
+            let time = format_rfc3339_ms(now_ms);
+            push_event(&mut out, &mut jobs, &account_id, change, time, job, used);
         }
         fill_snapshots(map, &mut out, jobs, prices);
         out

@@ -8,13 +8,13 @@ use std::sync::{Arc, OnceLock};
 use rust_decimal::Decimal;
 
 use super::machine::{level_at, levels, rank_of, state_of};
-use super::snapshots::{Read, SnapshotJob, prices_used};
+use super::snapshots::{Change, Read, SnapshotJob, prices_used, push_event};
 use super::{
     AccountState, Crossing, Emitted, EventKind, MarginRatio, MonitorConfig, MonitorState,
     PriceInfo, Slot, StalePolicy, Thresholds, distance, funding, transition,
 };
 use crate::engine::map::{AccountMap, PriceSnapshot, Touched};
-use crate::model::{PriceUsed, RiskEvent, TimestampMs, format_rfc3339_ms};
+use crate::model::{PriceUsed, TimestampMs, format_rfc3339_ms};
 
 /// What every account of one evaluation shares: the levels and policies, the clock, and — made
 /// once, at the first event, by whichever thread gets there — the event time's text and the
@@ -163,45 +163,50 @@ impl Pass<'_> {
         }
         // The ratio's event first (its stored state still has the old distance state), then the
         // distance's: a crash between the two journal writes loses neither.
-        let mut steps = Vec::with_capacity(2);
-        if let Some(c) = crossing {
+        let mut changes = Vec::with_capacity(2);
+        let mut change = |crossing, level_type, previous, state, shock_state| {
             slot.seq += 1;
             let stored = MonitorState {
                 state: new_state.clone(),
                 seq: slot.seq,
-                shock_state: shock_previous.clone(),
+                shock_state,
                 funding_warned: slot.funding_warned,
             };
-            steps.push((
+            changes.push(Change {
+                crossing,
+                level_type,
+                previous,
+                state,
+                seq: slot.seq,
+                state_json: stored.to_json(),
+            });
+        };
+        if let Some(c) = crossing {
+            let ratio = crate::model::LevelType::MarginRatio;
+            change(
                 c,
-                crate::model::LevelType::MarginRatio,
+                ratio,
                 previous,
                 new_state.clone(),
-                stored,
-            ));
+                shock_previous.clone(),
+            );
         }
         if let Some(c) = shock_crossing {
-            slot.seq += 1;
-            let stored = MonitorState {
-                state: new_state.clone(),
-                seq: slot.seq,
-                shock_state: shock_state.clone(),
-                funding_warned: slot.funding_warned,
-            };
-            steps.push((
+            let distance = crate::model::LevelType::ShockDistance;
+            change(
                 c,
-                crate::model::LevelType::ShockDistance,
+                distance,
                 shock_previous,
+                shock_state.clone(),
                 shock_state,
-                stored,
-            ));
+            );
         }
         let time = self.time.get_or_init(|| match self.cached_time {
             (at, text) if *at == now_ms => text.clone(),
             _ => format_rfc3339_ms(now_ms),
         });
-        let n = steps.len();
-        for (i, (crossing, level_type, previous, state, stored)) in steps.into_iter().enumerate() {
+        let n = changes.len();
+        for (i, change) in changes.into_iter().enumerate() {
             // One event (the usual case) takes what was read; a second gets a copy.
             let taken = if i + 1 == n {
                 read.take()
@@ -215,11 +220,10 @@ impl Pass<'_> {
             // The snapshot (figures, shock distance, liquidation prices) is what an event costs:
             // it is computed after the state pass, for every event of the step at once, on all
             // cores; the prices the account used are read with it when not read here.
-            let state_json = stored.to_json();
-            jobs.push(SnapshotJob {
-                at: out.len(),
+            let job = SnapshotJob {
+                at: 0, // `push_event` points it at the event
                 key: t.key,
-                kind: crossing.kind,
+                kind: change.crossing.kind,
                 trigger: th.trigger,
                 prices: Arc::clone(&engine_prices),
                 now_ms,
@@ -227,30 +231,8 @@ impl Pass<'_> {
                     funding: funding::rates_for(&account, prices, now_ms),
                     account,
                 }),
-            });
-            out.push(Emitted {
-                account_id: account_id.clone(),
-                state_json,
-                event: RiskEvent {
-                    event_id: RiskEvent::new_id(),
-                    kind: crossing.kind,
-                    time: time.clone(),
-                    time_ms: now_ms,
-                    account_id: Some(account_id.clone()),
-                    seq: stored.seq,
-                    level: Some(crossing.level),
-                    crossed_levels: crossing.crossed_levels,
-                    level_type: Some(level_type),
-                    previous_state: Some(previous),
-                    state: Some(state),
-                    snapshot: None,
-                    stale_prices: used.iter().any(|p| p.stale),
-                    prices: used,
-                    instrument_change: None,
-                    feed: None,
-                    risk: None,
-                },
-            });
+            };
+            push_event(out, jobs, &account_id, change, time.clone(), job, used);
         }
     }
 }

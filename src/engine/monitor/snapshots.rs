@@ -36,6 +36,58 @@ pub(super) struct SnapshotJob {
     pub(super) read: Option<Read>,
 }
 
+/// One account's crossing as its event says it: what the state machines decided.
+pub(super) struct Change {
+    pub(super) crossing: super::Crossing,
+    pub(super) level_type: crate::model::LevelType,
+    pub(super) previous: crate::model::AccountState,
+    pub(super) state: crate::model::AccountState,
+    pub(super) seq: u64,
+    /// The account's monitor state after the event, as JSON (stored with it).
+    pub(super) state_json: String,
+}
+
+/// Appends `change`'s event (without its snapshot, with the prices it used when they were
+/// already read) to `out`, and its snapshot job to `jobs`: the job points at the event.
+pub(super) fn push_event(
+    out: &mut Vec<Emitted>,
+    jobs: &mut Vec<SnapshotJob>,
+    account_id: &crate::model::AccountId,
+    change: Change,
+    time: String,
+    job: SnapshotJob,
+    used: Vec<PriceUsed>,
+) {
+    let time_ms = job.now_ms;
+    jobs.push(SnapshotJob {
+        at: out.len(),
+        ..job
+    });
+    out.push(Emitted {
+        account_id: account_id.clone(),
+        state_json: change.state_json,
+        event: crate::model::RiskEvent {
+            event_id: crate::model::RiskEvent::new_id(),
+            kind: change.crossing.kind,
+            time,
+            time_ms,
+            account_id: Some(account_id.clone()),
+            seq: change.seq,
+            level: Some(change.crossing.level),
+            crossed_levels: change.crossing.crossed_levels,
+            level_type: Some(change.level_type),
+            previous_state: Some(change.previous),
+            state: Some(change.state),
+            snapshot: None,
+            stale_prices: used.iter().any(|p| p.stale),
+            prices: used,
+            instrument_change: None,
+            feed: None,
+            risk: None,
+        },
+    });
+}
+
 /// What the snapshot stage adds to one event (boxed where it is built, so that moving it to
 /// its event is a pointer's move).
 struct Built {
