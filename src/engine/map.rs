@@ -95,7 +95,7 @@ use rust_decimal::Decimal;
 
 use crate::margin::fixed::{exact_add, exact_sub, fast_delta};
 use crate::margin::{
-    self, ACCOUNTING_SCALE, InstrumentLookup, MarginError, PriceLookup, TierFloats,
+    self, ACCOUNTING_SCALE, InstrumentLookup, MarginError, PositionPricer, PriceLookup, TierFloats,
 };
 use crate::model::{
     Account, AccountId, AccountUpdate, Fill, Instrument, InstrumentId, MarginRatio, Position,
@@ -673,12 +673,11 @@ fn guard_of<'a, 'g>(guards: &'a Guards<'g>, idx: InstrumentIdx) -> Option<&'a In
         .map(|(_, g)| &**g)
 }
 
+/// A slot's `(equity, MM)` contributions, `None` when unpriced.
+type SlotResult = Result<Option<(Decimal, Decimal)>, MarginError>;
+
 /// Values one slot at `price` (stables at 1). `Ok(None)` when the price is unknown.
-fn value_slot(
-    inst: &Instrument,
-    slot: &Slot,
-    price: Option<Decimal>,
-) -> Result<Option<(Decimal, Decimal)>, MarginError> {
+fn value_slot(inst: &Instrument, slot: &Slot, price: Option<Decimal>) -> SlotResult {
     let price = if inst.stable {
         Decimal::ONE
     } else {
@@ -695,6 +694,15 @@ fn value_slot(
         SlotKind::Position(_) => {
             margin::position_pnl_mm(inst, slot.quantity, slot.entry, price).map(Some)
         }
+    }
+}
+
+/// [`value_slot`] at the pricer's price, for the many slots of one instrument a tick revalues.
+#[inline]
+fn value_slot_at(pricer: &mut PositionPricer<'_>, inst: &Instrument, slot: &Slot) -> SlotResult {
+    match slot.kind {
+        SlotKind::Position(_) if !inst.stable => pricer.pnl_mm(slot.quantity, slot.entry).map(Some),
+        _ => value_slot(inst, slot, Some(pricer.price())),
     }
 }
 
@@ -1007,6 +1015,7 @@ impl AccountMap {
             // Stables are valued at 1 whatever the feed says.
             return Ok(summary);
         }
+        let mut pricer = PositionPricer::new(inst, price);
         for &key in state.holders.iter() {
             let Some(cell) = self.accounts.cell(key) else {
                 continue;
@@ -1021,7 +1030,7 @@ impl AccountMap {
                     continue;
                 }
                 summary.slots += 1;
-                let new = match value_slot(inst, slot, Some(price)) {
+                let new = match value_slot_at(&mut pricer, inst, slot) {
                     Ok(v) => v,
                     Err(error) => {
                         summary.errors += 1;
@@ -1130,7 +1139,7 @@ impl AccountMap {
             {
                 continue; // the account changed between the two looks: look again
             }
-            revalue(e, &table, price_of);
+            revalue(e, &table, price_of, value_slot);
             return Some(e.touched(key));
         }
     }
@@ -1154,12 +1163,15 @@ impl AccountMap {
             // Loaded under the instrument locks (see `table`).
             let table = self.table();
             let price_of = |idx: InstrumentIdx| guards.get(idx as usize).and_then(|g| g.price);
+            // Each instrument's price and tiers decoded once for the chunk (the prices hold
+            // while the locks are held).
+            let mut pricers = Pricers::new(&table);
             chunk
                 .iter()
                 .map(|&key| {
                     let mut g = self.accounts.cell(key)?.lock();
                     let e = g.as_mut()?;
-                    revalue(e, &table, price_of);
+                    revalue(e, &table, price_of, |i, s, p| pricers.value(i, s, p));
                     Some(e.touched(key))
                 })
                 .collect()
@@ -1175,12 +1187,42 @@ impl AccountMap {
     }
 }
 
+/// Each instrument's [`PositionPricer`] at the price it was last asked for, for valuing many
+/// accounts' slots under the same instrument locks.
+struct Pricers<'t> {
+    by_instr: Vec<Option<PositionPricer<'t>>>,
+}
+
+impl<'t> Pricers<'t> {
+    fn new(table: &InstrumentTable) -> Self {
+        Pricers {
+            by_instr: (0..table.len()).map(|_| None).collect(),
+        }
+    }
+
+    /// [`value_slot`], positions through their instrument's pricer.
+    fn value(&mut self, inst: &'t Instrument, slot: &Slot, price: Option<Decimal>) -> SlotResult {
+        let (Some(price), SlotKind::Position(_), false) = (price, slot.kind, inst.stable) else {
+            return value_slot(inst, slot, price);
+        };
+        let Some(cached) = self.by_instr.get_mut(slot.instr as usize) else {
+            return value_slot(inst, slot, Some(price));
+        };
+        let pricer = match cached {
+            Some(p) if p.price() == price && p.price().scale() == price.scale() => p,
+            _ => cached.insert(PositionPricer::new(inst, price)),
+        };
+        pricer.pnl_mm(slot.quantity, slot.entry).map(Some)
+    }
+}
+
 /// Brings every slot of `e` to the price `price_of` gives its instrument (stables at 1); a slot
 /// still unpriced stays invalid. The account's instrument locks must be held.
-fn revalue(
+fn revalue<'t>(
     e: &mut Entry,
-    table: &InstrumentTable,
+    table: &'t InstrumentTable,
     price_of: impl Fn(InstrumentIdx) -> Option<Decimal>,
+    mut value: impl FnMut(&'t Instrument, &Slot, Option<Decimal>) -> SlotResult,
 ) {
     for i in 0..e.slots.len() {
         let Some(slot) = e.slots.get(i) else { break };
@@ -1198,7 +1240,7 @@ fn revalue(
         if slot.valid && slot.at == price {
             continue;
         }
-        let new = match value_slot(inst, slot, Some(price)) {
+        let new = match value(inst, slot, Some(price)) {
             Ok(v) => v,
             Err(error) => {
                 tracing::debug!(account = %e.id, instrument = %inst.id, %error, "Slot not valued");

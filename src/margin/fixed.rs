@@ -93,7 +93,7 @@ fn fixed_normalise(v: (i128, u32)) -> Option<Decimal> {
 }
 
 /// The linear, contract-size-1 figures in fixed point; `None` to fall back to `Decimal`.
-pub(super) fn linear_unit_fast(
+pub(crate) fn linear_unit_fast(
     tiers: &[MarginTier],
     quantity: Decimal,
     entry: Decimal,
@@ -159,5 +159,190 @@ pub fn fast_delta(total: Decimal, old: Decimal, new: Decimal) -> Option<Decimal>
     if r == 0 || r.unsigned_abs() > MAX {
         return None;
     }
-    Decimal::try_from_i128_with_scale(r, ACCOUNTING_SCALE).ok()
+    Some(from_magnitude(r.unsigned_abs(), r < 0, ACCOUNTING_SCALE))
+}
+
+// One price of one instrument, decoded once for all its positions.
+
+/// A tier of a [`LinearTick`], decoded for positions whose notional has one scale.
+#[derive(Clone, Copy, Debug)]
+struct TierAt {
+    /// The tier applies from this notional mantissa on (`floor ≤ notional` exactly, as
+    /// [`linear_unit_fast`] compares: a floor with more places is rounded up, one out of range
+    /// becomes `i128::MAX` or `i128::MIN`).
+    from: i128,
+    /// The rate's mantissa (`gross = notional × mmr` at the notional's scale plus the rate's).
+    mmr: i128,
+    /// `gross` aligned to `mm_scale` is `gross × gross_mul`.
+    gross_mul: i128,
+    /// `−cum` at `mm_scale`.
+    neg_cum: i128,
+    mm_scale: u32,
+    /// False when `linear_unit_fast` could not use the tier at this scale (its aligned `cum` or
+    /// its scale out of range, a zero rate): positions in it take the `Decimal` path.
+    usable: bool,
+}
+
+/// Positions of one notional scale of a [`LinearTick`].
+type TiersAt = Box<[TierAt]>;
+
+/// One price of one linear, contract-size-1, plain-bracket instrument, with the price and the
+/// tiers decoded once for every position it values (a tick revalues all of an instrument's
+/// holders at one price). [`LinearTick::value`] returns exactly what [`linear_unit_fast`]
+/// returns for the same position and price, or `None` where that is `None` — and so exactly
+/// what the `Decimal` definition gives (the property tests `linear_tick_matches_decimal` and
+/// `pnl_mm_fast_path_matches_decimal` check both).
+#[derive(Debug)]
+pub struct LinearTick<'a> {
+    tiers: &'a [MarginTier],
+    /// The price (mantissa, scale), non-zero.
+    price: (i128, u32),
+    /// By an entry's scale: the price aligned to `max(price scale, entry scale)` (`None`: it
+    /// does not fit, as `fixed_add` refuses).
+    price_at: [Option<i128>; SCALE_MAX as usize + 1],
+    /// By a notional's scale (`0..=28`): the tiers decoded for it, on first use.
+    tiers_at: Vec<Option<TiersAt>>,
+}
+
+impl<'a> LinearTick<'a> {
+    /// The decoded price, or `None` when `price` cannot take the fast path at all.
+    pub fn new(tiers: &'a [MarginTier], price: Decimal) -> Option<Self> {
+        let p = (fits(price.mantissa())?, price.scale());
+        let mut price_at = [None; SCALE_MAX as usize + 1];
+        for (es, slot) in (0u32..).zip(price_at.iter_mut()) {
+            let s = p.1.max(es);
+            *slot = mul_i(p.0, pow10(s - p.1)?).filter(|m| m.unsigned_abs() <= MANTISSA_MAX);
+        }
+        Some(LinearTick {
+            tiers,
+            price: p,
+            price_at,
+            tiers_at: vec![None; SCALE_MAX as usize + 1],
+        })
+    }
+
+    /// The tiers for notionals at scale `ns` (`ns ≤ 28`).
+    fn tiers_at(&mut self, ns: u32) -> Option<&[TierAt]> {
+        let slot = self.tiers_at.get_mut(ns as usize)?;
+        let tiers = self.tiers;
+        Some(slot.get_or_insert_with(|| tiers.iter().map(|t| decode_tier(t, ns)).collect()))
+    }
+
+    /// `(uPnL, MM)` of `quantity` entered at `entry`, normalised: exactly
+    /// `linear_unit_fast(tiers, quantity, entry, price)`.
+    #[inline]
+    pub fn value(&mut self, quantity: Decimal, entry: Decimal) -> Option<(Decimal, Decimal)> {
+        let q = (fits(quantity.mantissa())?, quantity.scale());
+        let (pm, ps) = self.price;
+        // notional = |q| × p
+        let ns = q.1 + ps;
+        if ns > SCALE_MAX {
+            return None;
+        }
+        let nm = fits(mul_i(q.0.abs(), pm)?)?;
+        let (upnl, upnl_scale) = {
+            // diff = p − e at max(ps, es), then upnl = q × diff
+            let (em, es) = (entry.mantissa(), entry.scale());
+            let s = ps.max(es);
+            let a = (*self.price_at.get(es as usize)?)?;
+            let b = mul_i(-em, pow10(s - es)?)?;
+            if b.unsigned_abs() > MANTISSA_MAX {
+                return None;
+            }
+            let diff = fits(a.checked_add(b)?)?;
+            let us = q.1 + s;
+            if us > SCALE_MAX {
+                return None;
+            }
+            (fits(mul_i(q.0, diff)?)?, us)
+        };
+        let tiers = self.tiers_at(ns)?;
+        let idx = tiers.partition_point(|t| t.from <= nm);
+        let t = tiers.get(idx.saturating_sub(1))?;
+        if !t.usable {
+            return None;
+        }
+        let gross = fits(mul_i(nm, t.mmr)?)?;
+        let am = mul_i(gross, t.gross_mul)?;
+        if am.unsigned_abs() > MANTISSA_MAX {
+            return None;
+        }
+        let mm = fits(am.checked_add(t.neg_cum)?)?;
+        Some((
+            normalise_fast(upnl, upnl_scale)?,
+            normalise_fast(mm, t.mm_scale)?,
+        ))
+    }
+}
+
+/// `t` for notionals at scale `ns`, as `linear_unit_fast` uses it.
+fn decode_tier(t: &MarginTier, ns: u32) -> TierAt {
+    let (fm, fs) = (t.notional_floor.mantissa(), t.notional_floor.scale());
+    // floor ≤ n·10^-ns  ⇔  fm·10^(ns−fs) ≤ n  (fs ≤ ns)  ⇔  ⌈fm / 10^(fs−ns)⌉ ≤ n  (fs > ns)
+    let from = if fs <= ns {
+        pow10(ns - fs)
+            .and_then(|p| mul_i(fm, p))
+            .unwrap_or(if fm < 0 { i128::MIN } else { i128::MAX })
+    } else {
+        match pow10(fs - ns) {
+            Some(d) => fm / d + i128::from(fm % d > 0),
+            None => i128::from(fm > 0),
+        }
+    };
+    let (mmr, mmr_s) = (t.mmr.mantissa(), t.mmr.scale());
+    let (cum, cum_s) = (t.cum.mantissa(), t.cum.scale());
+    let gross_scale = ns + mmr_s;
+    let mm_scale = gross_scale.max(cum_s);
+    let gross_mul = pow10(mm_scale - gross_scale);
+    let neg_cum = pow10(mm_scale - cum_s)
+        .and_then(|p| mul_i(-cum, p))
+        .filter(|m| m.unsigned_abs() <= MANTISSA_MAX);
+    let usable = gross_scale <= SCALE_MAX && mmr != 0 && gross_mul.is_some() && neg_cum.is_some();
+    TierAt {
+        from,
+        mmr,
+        gross_mul: gross_mul.unwrap_or(1),
+        neg_cum: neg_cum.unwrap_or(0),
+        mm_scale,
+        usable,
+    }
+}
+
+/// [`fixed_normalise`] on magnitudes, building the `Decimal` from its parts.
+#[inline]
+fn normalise_fast(m: i128, s: u32) -> Option<Decimal> {
+    let mag = m.unsigned_abs();
+    let r = if s <= ACCOUNTING_SCALE {
+        let k = POW10_U64[(ACCOUNTING_SCALE - s) as usize];
+        mul_mag(mag, u128::from(k))?
+    } else {
+        let d = pow10(s - ACCOUNTING_SCALE)?.unsigned_abs();
+        let (q, rem) = (mag / d, mag % d);
+        if rem * 2 >= d { q + 1 } else { q }
+    };
+    (r != 0 && r <= MANTISSA_MAX).then(|| from_magnitude(r, m < 0, ACCOUNTING_SCALE))
+}
+
+/// `10^k` for `k ≤ ACCOUNTING_SCALE`.
+const POW10_U64: [u64; ACCOUNTING_SCALE as usize + 1] = {
+    let mut t = [1u64; ACCOUNTING_SCALE as usize + 1];
+    let mut k = 1;
+    while k < t.len() {
+        t[k] = t[k - 1] * 10;
+        k += 1;
+    }
+    t
+};
+
+/// The `Decimal` of a magnitude `≤ MANTISSA_MAX` (what `try_from_i128_with_scale` builds,
+/// without its checks).
+#[inline]
+fn from_magnitude(mag: u128, negative: bool, scale: u32) -> Decimal {
+    Decimal::from_parts(
+        mag as u32,
+        (mag >> 32) as u32,
+        (mag >> 64) as u32,
+        negative,
+        scale,
+    )
 }

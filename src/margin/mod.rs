@@ -267,6 +267,51 @@ pub fn position_pnl_mm(
     Ok((normalise(f.unrealized_pnl), normalise(f.maintenance_margin)))
 }
 
+/// One price of one instrument, for valuing many of its positions: [`position_pnl_mm`] of
+/// each, exactly, with the price and the tiers decoded once (a tick revalues every holder of
+/// an instrument at one price). Linear contracts of size 1 on plain brackets go through
+/// [`fixed::LinearTick`]; anything it declines takes [`position_pnl_mm`].
+#[derive(Debug)]
+pub struct PositionPricer<'a> {
+    instrument: &'a Instrument,
+    price: Decimal,
+    fast: Option<fixed::LinearTick<'a>>,
+}
+
+impl<'a> PositionPricer<'a> {
+    /// `instrument` at `price`.
+    pub fn new(instrument: &'a Instrument, price: Decimal) -> Self {
+        let linear_unit = !instrument.kind.is_inverse()
+            && instrument.contract_size == Decimal::ONE
+            && instrument.margin.is_plain();
+        PositionPricer {
+            instrument,
+            price,
+            fast: linear_unit
+                .then(|| fixed::LinearTick::new(&instrument.tiers, price))
+                .flatten(),
+        }
+    }
+
+    /// The price.
+    pub fn price(&self) -> Decimal {
+        self.price
+    }
+
+    /// `position_pnl_mm(instrument, quantity, entry, price)`.
+    #[inline]
+    pub fn pnl_mm(
+        &mut self,
+        quantity: Decimal,
+        entry: Decimal,
+    ) -> Result<(Decimal, Decimal), MarginError> {
+        if let Some(v) = self.fast.as_mut().and_then(|f| f.value(quantity, entry)) {
+            return Ok(v);
+        }
+        position_pnl_mm(self.instrument, quantity, entry, self.price)
+    }
+}
+
 /// The same figures as [`position_figures`] without normalisation: exact up to `Decimal`'s 28
 /// significant digits. Used where a root is re-priced (distances, tests), never for the cached
 /// totals.

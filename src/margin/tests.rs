@@ -200,6 +200,104 @@ proptest::proptest! {
     }
 }
 
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1500))]
+    /// A tick's pricer gives every position exactly `position_figures`' uPnL and MM, bit for
+    /// bit: one price, many positions of mixed scales (so the tiers are decoded at several
+    /// notional scales, each once), over tiers whose floors, rates and amounts have their own
+    /// scales (a floor with more places than the notional is rounded up when decoded).
+    #[test]
+    fn linear_tick_matches_decimal(
+        rows in proptest::collection::vec((0i64..5_000_000, 0u32..4, 1i64..500, 2u32..6, 0i64..5_000_000, 0u32..5), 1..6),
+        pm in 1i64..10_000_000_000, ps in 0u32..8,
+        positions in proptest::collection::vec((-100_000_000i64..100_000_000, 0u32..10, 0i64..10_000_000_000, 0u32..12), 1..24),
+        big in proptest::bool::ANY,
+    ) {
+        // Floors ascending (the order `select_tier` expects), each with its own scale.
+        let mut floor = Decimal::ZERO;
+        let mut tiers = Vec::new();
+        for (k, &(f, fs, m, ms, c, cs)) in rows.iter().enumerate() {
+            if k > 0 {
+                floor += Decimal::new(f.max(1), fs);
+            }
+            tiers.push(tier(floor, floor + dec!(1e12), Decimal::new(m, ms), Decimal::new(c, cs)));
+        }
+        let i = contract("XUSDT-PERP", "X", tiers);
+        let p = Decimal::new(pm, ps);
+        let mut pricer = PositionPricer::new(&i, p);
+        let mut fast = fixed::LinearTick::new(&i.tiers, p);
+        proptest::prop_assert!(fast.is_some());
+        for &(qm, qs, em, es) in &positions {
+            let mut q = Decimal::new(qm, qs);
+            if big {
+                q *= Decimal::from(10_000_000_000i64);
+            }
+            let e = Decimal::new(em, es);
+            let slow = position_figures(&i, q, e, p).map(|f| (f.unrealized_pnl, f.maintenance_margin));
+            let priced = pricer.pnl_mm(q, e);
+            proptest::prop_assert_eq!(format!("{slow:?}"), format!("{priced:?}"));
+            if let (Ok(a), Ok(b)) = (slow, priced) {
+                proptest::prop_assert_eq!((a.0.serialize(), a.1.serialize()), (b.0.serialize(), b.1.serialize()));
+            }
+            // The decoded tick declines exactly where the per-position fast path does.
+            let tick = fast.as_mut().and_then(|t| t.value(q, e));
+            let one = fixed::linear_unit_fast(&i.tiers, q, e, p);
+            proptest::prop_assert_eq!(
+                tick.map(|(a, b)| (a.serialize(), b.serialize())),
+                one.map(|(a, b)| (a.serialize(), b.serialize()))
+            );
+        }
+    }
+}
+
+/// The decoded tick takes the book's ordinary positions (so the property test above compares
+/// values, not two fallbacks): a BTC position at a tick price, both tiers' sides.
+#[test]
+fn linear_tick_takes_ordinary_positions() {
+    let i = btcusdt();
+    let mut t = fixed::LinearTick::new(&i.tiers, dec!(60012.5)).unwrap();
+    for (q, e) in [
+        (dec!(0.5), dec!(60000)),
+        (dec!(-0.25), dec!(59871.3)),
+        (dec!(12), dec!(61000.25)),
+        (dec!(-400), dec!(58000)),
+    ] {
+        let (upnl, mm) = t.value(q, e).expect("fast path");
+        let f = position_figures(&i, q, e, dec!(60012.5)).unwrap();
+        assert_eq!((upnl, mm), (f.unrealized_pnl, f.maintenance_margin));
+        assert_eq!(upnl.scale(), ACCOUNTING_SCALE);
+    }
+    // p = e: a zero uPnL takes the Decimal path (its sign), as `linear_unit_fast` does.
+    assert!(t.value(dec!(1), dec!(60012.5)).is_none());
+}
+
+/// A floor with more places than the notional (1,000.5 against whole notionals): 1,000 is still
+/// below it, 1,001 above; and a floor the notional equals exactly is in its tier.
+#[test]
+fn linear_tick_floor_with_more_places_than_the_notional() {
+    let i = contract(
+        "XUSDT-PERP",
+        "X",
+        vec![
+            tier(dec!(0), dec!(1000.5), dec!(0.01), dec!(0)),
+            tier(dec!(1000.5), dec!(2000), dec!(0.02), dec!(10.005)),
+            tier(dec!(2000), dec!(1e9), dec!(0.05), dec!(70.005)),
+        ],
+    );
+    let mut t = fixed::LinearTick::new(&i.tiers, dec!(1)).unwrap();
+    for (q, tier) in [
+        (dec!(1000), 0),
+        (dec!(1001), 1),
+        (dec!(1999), 1),
+        (dec!(2000), 2),
+    ] {
+        let f = position_figures(&i, q, dec!(2), dec!(1)).unwrap();
+        assert_eq!(f.tier, tier, "{q}");
+        let (upnl, mm) = t.value(q, dec!(2)).expect("fast path");
+        assert_eq!((upnl, mm), (f.unrealized_pnl, f.maintenance_margin), "{q}");
+    }
+}
+
 /// W1 (Binance's own cross example): LP 1,153.26 from the published inputs, exact to the
 /// Decimal precision of the published formula.
 #[test]

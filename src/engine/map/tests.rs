@@ -393,6 +393,14 @@ fn materialise_many_equals_one_by_one() {
         tick(&m, "BTCUSDT-PERP", dec!(54321.5));
         tick(&m, "BTC", dec!(54321.5));
         tick(&m, "ETHUSDT-PERP", dec!(2701.25));
+        // Moved without revaluing anyone: materialising values the slots afresh.
+        for (id, p) in [
+            ("BTCUSDT-PERP", dec!(51234.75)),
+            ("BTC", dec!(51234.75)),
+            ("ETHUSDT-PERP", dec!(2650.5)),
+        ] {
+            assert!(m.set_price(&id.into(), p).unwrap());
+        }
         m
     };
     let (a, b) = (build(), build());
