@@ -261,12 +261,8 @@ impl<'a> PriceMove<'a> {
     pub fn crossings(&self, start: Decimal) -> Result<Crossings, MarginError> {
         // The filter proves most intervals quiet in `f64` and runs the exact step on the
         // rest; where it declines, the plain walk below runs (the same result either way).
-        if let Some(fl) = filter::Filter::new(self)? {
-            let down = fl.walk(start, false)?;
-            let up = fl.walk(start, true)?;
-            if let (Some(down), Some(up)) = (down, up) {
-                return Ok(Crossings { down, up });
-            }
+        if let Some(c) = filter::Filter::crossings(self, start)? {
+            return Ok(c);
         }
         self.crossings_exact(start)
     }
@@ -405,11 +401,14 @@ impl<'a> PriceMove<'a> {
         let at = |d: Option<Decimal>| -> Result<Option<Decimal>, MarginError> {
             d.map(|d| add(start, d, "liquidation price")).transpose()
         };
-        Ok(LiquidationPrices {
-            down: at(c.down)?,
-            up: at(c.up)?,
-            nearest: at(c.nearest())?,
-        })
+        let (down, up) = (at(c.down)?, at(c.up)?);
+        // `Crossings::nearest`, reusing the sum already taken.
+        let nearest = match (c.down, c.up) {
+            (Some(d), Some(u)) if u.abs() < d.abs() => up,
+            (Some(_), _) => down,
+            (None, _) => up,
+        };
+        Ok(LiquidationPrices { down, up, nearest })
     }
 
     /// The nearest liquidation price (a value of `z`, either direction, the fall winning a

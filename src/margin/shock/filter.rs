@@ -23,6 +23,7 @@
 use std::borrow::Cow;
 
 use rust_decimal::Decimal;
+use smallvec::SmallVec;
 
 use super::PriceMove;
 use crate::margin::{MarginError, haircut_weighted_amount};
@@ -122,20 +123,29 @@ struct Parts {
 #[derive(Clone, Copy)]
 struct Bp {
     z: f64,
-    leg: usize,
-    tier: usize,
+    leg: u32,
+    tier: u32,
 }
+
+/// Legs kept inline: a liquidation-price problem has one (an account's shock, with more, spills).
+const INLINE_LEGS: usize = 2;
+
+/// Breakpoints kept inline: a tier table has a dozen or so.
+const INLINE_BPS: usize = 16;
+
+/// Each leg's tier, inline for up to 16 legs.
+type LegTiers = SmallVec<[usize; 16]>;
 
 /// The filter's view of one [`PriceMove`].
 pub(super) struct Filter<'p, 'a> {
     pm: &'p PriceMove<'a>,
-    legs: Vec<FLeg<'p>>,
+    legs: SmallVec<[FLeg<'p>; INLINE_LEGS]>,
     fixed_a: f64,
     fixed_d: f64,
     coll_b: f64,
     coll_mb: f64,
     trigger: f64,
-    bps: Vec<Bp>,
+    bps: SmallVec<[Bp; INLINE_BPS]>,
 }
 
 /// The breakpoints beyond a walk's start, in walking order: `bps[at..]` upwards (every `z`
@@ -178,13 +188,55 @@ impl<'b> Ends<'b> {
 impl<'p, 'a> Filter<'p, 'a> {
     /// The filter for `pm`, or `None` when it cannot certify anything (the caller walks
     /// exactly).
+    #[cfg(test)]
     pub(super) fn new(pm: &'p PriceMove<'a>) -> Result<Option<Self>, MarginError> {
-        if pm.legs.len() > 64 {
+        let mut fl = Self::empty(pm);
+        Ok(fl.fill()?.then_some(fl))
+    }
+
+    /// Both walks of [`PriceMove::crossings`] from `start` with the filter built in place (it
+    /// keeps its legs and breakpoints inline: not moved, not allocated); `None` when the filter
+    /// declines either.
+    pub(super) fn crossings(
+        pm: &'p PriceMove<'a>,
+        start: Decimal,
+    ) -> Result<Option<super::Crossings>, MarginError> {
+        let mut fl = Self::empty(pm);
+        if !fl.fill()? {
             return Ok(None);
         }
-        let mut legs = Vec::with_capacity(pm.legs.len());
+        let down = fl.walk(start, false)?;
+        let up = fl.walk(start, true)?;
+        Ok(match (down, up) {
+            (Some(down), Some(up)) => Some(super::Crossings { down, up }),
+            _ => None,
+        })
+    }
+
+    fn empty(pm: &'p PriceMove<'a>) -> Self {
+        Filter {
+            pm,
+            legs: SmallVec::new(),
+            fixed_a: 0.0,
+            fixed_d: 0.0,
+            coll_b: 0.0,
+            coll_mb: 0.0,
+            trigger: 0.0,
+            bps: SmallVec::new(),
+        }
+    }
+
+    /// Converts `pm` into the filter's terms; `false` when it cannot certify anything.
+    fn fill(&mut self) -> Result<bool, MarginError> {
+        let pm = self.pm;
+        if pm.legs.len() > 64 {
+            return Ok(false);
+        }
+        let legs = &mut self.legs;
+        legs.reserve(pm.legs.len());
         // Sized once: a breakpoint per tier but each leg's first.
-        let mut bps = Vec::with_capacity(pm.legs.iter().map(|l| l.instrument.tiers.len()).sum());
+        let bps = &mut self.bps;
+        bps.reserve(pm.legs.iter().map(|l| l.instrument.tiers.len()).sum());
         for (li, leg) in pm.legs.iter().enumerate() {
             let inst = leg.instrument;
             // Cached tiers must be this instrument's (every test run checks it); a cache that
@@ -199,7 +251,7 @@ impl<'p, 'a> Filter<'p, 'a> {
                 Some(t) => Cow::Borrowed(t),
                 None => match TierFloats::new(inst) {
                     Some(t) => Cow::Owned(t),
-                    None => return Ok(None),
+                    None => return Ok(false),
                 },
             };
             let (Some(q), Some(cs), Some(k), Some(entry)) = (
@@ -208,10 +260,10 @@ impl<'p, 'a> Filter<'p, 'a> {
                 f(leg.price_factor),
                 f(leg.entry_price),
             ) else {
-                return Ok(None);
+                return Ok(false);
             };
             if k <= 0.0 || (inst.kind.is_inverse() && entry <= 0.0) {
-                return Ok(None);
+                return Ok(false);
             }
             let signed = q * cs;
             let size = signed.abs();
@@ -228,13 +280,12 @@ impl<'p, 'a> Filter<'p, 'a> {
                         fl / (size * k)
                     };
                     if !z.is_finite() || z <= 0.0 {
-                        return Ok(None);
+                        return Ok(false);
                     }
-                    bps.push(Bp {
-                        z,
-                        leg: li,
-                        tier: ti,
-                    });
+                    let (Ok(leg), Ok(tier)) = (u32::try_from(li), u32::try_from(ti)) else {
+                        return Ok(false);
+                    };
+                    bps.push(Bp { z, leg, tier });
                 }
             }
             legs.push(FLeg {
@@ -249,13 +300,13 @@ impl<'p, 'a> Filter<'p, 'a> {
         let (Some(fixed_a), Some(fixed_d), Some(trigger)) =
             (f(pm.fixed_equity), f(pm.fixed_mm), f(pm.trigger))
         else {
-            return Ok(None);
+            return Ok(false);
         };
         let (mut coll_b, mut coll_mb) = (0.0, 0.0);
         for col in &pm.collateral {
             let w = haircut_weighted_amount(col.instrument, col.amount)?;
             let (Some(w), Some(k)) = (f(w), f(col.price_factor)) else {
-                return Ok(None);
+                return Ok(false);
             };
             coll_b += w * k;
             coll_mb += (w * k).abs();
@@ -265,19 +316,15 @@ impl<'p, 'a> Filter<'p, 'a> {
             if let [x, y] = pair
                 && y.z - x.z <= REL * y.z
             {
-                return Ok(None);
+                return Ok(false);
             }
         }
-        Ok(Some(Self {
-            pm,
-            legs,
-            fixed_a,
-            fixed_d: -fixed_d,
-            coll_b,
-            coll_mb,
-            trigger,
-            bps,
-        }))
+        self.fixed_a = fixed_a;
+        self.fixed_d = -fixed_d;
+        self.coll_b = coll_b;
+        self.coll_mb = coll_mb;
+        self.trigger = trigger;
+        Ok(true)
     }
 
     /// Leg `li`'s tier at `z` (strictly inside an interval, so certain).
@@ -297,7 +344,7 @@ impl<'p, 'a> Filter<'p, 'a> {
     }
 
     /// Each leg's tier at `z`.
-    fn tiers_at(&self, z: f64, out: &mut Vec<usize>) {
+    fn tiers_at(&self, z: f64, out: &mut LegTiers) {
         out.clear();
         out.extend((0..self.legs.len()).map(|li| self.leg_tier(li, z)));
     }
@@ -365,13 +412,17 @@ impl<'p, 'a> Filter<'p, 'a> {
     /// The exact breakpoint `bp` (the formula of [`PriceMove::breakpoints`]).
     fn exact_bp(&self, bp: &Bp) -> Result<Decimal, MarginError> {
         use crate::margin::{div, mul};
-        let leg = self.pm.legs.get(bp.leg).ok_or(MarginError::Overflow {
-            context: "breakpoint",
-        })?;
+        let leg = self
+            .pm
+            .legs
+            .get(bp.leg as usize)
+            .ok_or(MarginError::Overflow {
+                context: "breakpoint",
+            })?;
         let t = leg
             .instrument
             .tiers
-            .get(bp.tier)
+            .get(bp.tier as usize)
             .ok_or(MarginError::Overflow {
                 context: "breakpoint",
             })?;
@@ -411,10 +462,10 @@ impl<'p, 'a> Filter<'p, 'a> {
         // The breakpoints are sorted, so those beyond `start` are one run of them: indexed in
         // place rather than collected.
         let ends = Ends::new(&self.bps, s, upwards);
-        let mut tiers = Vec::with_capacity(self.legs.len());
+        let mut tiers = LegTiers::with_capacity(self.legs.len());
         let mut parts: Option<Parts> = None;
         let mut prev_far_sign = 0i8; // sign of the previous line at this interval's near end
-        let mut prev_tiers: Vec<usize> = Vec::new();
+        let mut prev_tiers = LegTiers::new();
         let mut near_f = s;
         let mut near_exact: Option<Decimal> = Some(start);
         for j in 0..=ends.len() {
@@ -429,7 +480,7 @@ impl<'p, 'a> Filter<'p, 'a> {
             let crossed = j.checked_sub(1).and_then(|i| ends.get(i));
             match (parts.as_mut(), crossed) {
                 (Some(p), Some(b)) => {
-                    let li = b.leg;
+                    let li = b.leg as usize;
                     let (Some(&old), new) = (tiers.get(li), self.leg_tier(li, mid)) else {
                         return Ok(None);
                     };
@@ -504,7 +555,8 @@ impl<'p, 'a> Filter<'p, 'a> {
             if far.is_none() {
                 break;
             }
-            prev_tiers.clone_from(&tiers);
+            prev_tiers.clear();
+            prev_tiers.extend_from_slice(&tiers);
             if let Some(b) = far {
                 near_f = b.z;
             }
