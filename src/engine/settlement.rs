@@ -129,8 +129,9 @@ pub fn settlement_id(s: &DueSettlement, account: &AccountId) -> String {
 }
 
 /// The collateral update of every holder of `s.instrument` (positions only), in account order,
-/// with its update id. Payments that cannot be computed are skipped (and logged), zero payments
-/// too. `None` when some holder is to be paid but the engine has no price of the instrument
+/// with its update id. Zero payments are skipped; an account whose payment cannot be computed
+/// (a figure overflows, no stable asset to pay it in) gets none of it — no partial payment —
+/// and is logged and counted (`liqwatch_engine_funding_failed_total`). `None` when some holder is to be paid but the engine has no price of the instrument
 /// yet (a daemon that just started hears the funding time in the same frame as the first
 /// price, and may look before that price is applied): the settlement is due again later
 /// ([`SettlementTracker::wait_for_price`]).
@@ -166,55 +167,78 @@ pub fn settlement_updates(
     let mut out = Vec::new();
     for id in payees {
         let Some(account) = map.account(&id) else {
-            continue;
+            continue; // removed since it was listed: nobody to pay
         };
-        let mut payment = Decimal::ZERO;
-        for p in account
-            .positions
-            .iter()
-            .filter(|p| p.instrument == s.instrument)
-        {
-            match position_funding(inst.kind, inst.contract_size, p.quantity, price, s.rate) {
-                Ok(v) => payment = payment.checked_add(v).unwrap_or(payment),
-                Err(error) => {
-                    tracing::warn!(account = %id, instrument = %s.instrument, %error, "Funding not applied");
-                }
+        match account_payment(inst, &account, s, price, &stables) {
+            Ok(Some((asset, delta))) => out.push((
+                settlement_id(s, &id),
+                AccountUpdate::Collateral {
+                    account_id: id,
+                    asset,
+                    delta,
+                },
+            )),
+            Ok(None) => {} // nothing to pay
+            Err(reason) => {
+                // All or nothing: a partly computed payment is not applied either.
+                metrics::counter!("liqwatch_engine_funding_failed_total").increment(1);
+                tracing::warn!(account = %id, instrument = %s.instrument, funding_ms = s.funding_ms, %reason, "Funding not applied");
             }
         }
-        if payment.is_zero() {
-            continue;
-        }
-        let (asset, delta) = if inst.kind == InstrumentKind::InversePerpetual {
-            let Some(coin) = payment.checked_div(price) else {
-                continue;
-            };
-            (
-                InstrumentId::from(inst.underlying.as_str()),
-                crate::margin::normalise(coin),
-            )
-        } else {
-            let held = account
-                .collateral
-                .iter()
-                .filter(|(a, _)| stables.contains(a))
-                .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
-                .map(|(a, _)| a.clone());
-            let Some(asset) = held.or_else(|| stables.first().map(|a| (*a).clone())) else {
-                tracing::warn!(account = %id, instrument = %s.instrument, "Funding not applied: no stable asset configured");
-                continue;
-            };
-            (asset, payment)
-        };
-        out.push((
-            settlement_id(s, &id),
-            AccountUpdate::Collateral {
-                account_id: id,
-                asset,
-                delta,
-            },
-        ));
     }
     Some(out)
+}
+
+/// Why one account's funding payment was not computed.
+#[derive(Debug, thiserror::Error)]
+enum PaymentError {
+    #[error("{0}")]
+    Figures(#[from] crate::margin::MarginError),
+    #[error("the payment overflows")]
+    Overflow,
+    #[error("no stable asset configured to pay it in")]
+    NoStable,
+}
+
+/// The asset and amount `account` pays or receives at settlement `s` (every leg of the
+/// instrument together), `None` when that is zero.
+fn account_payment(
+    inst: &crate::model::Instrument,
+    account: &crate::model::Account,
+    s: &DueSettlement,
+    price: Decimal,
+    stables: &[&InstrumentId],
+) -> Result<Option<(InstrumentId, Decimal)>, PaymentError> {
+    let mut payment = Decimal::ZERO;
+    for p in account
+        .positions
+        .iter()
+        .filter(|p| p.instrument == s.instrument)
+    {
+        let v = position_funding(inst.kind, inst.contract_size, p.quantity, price, s.rate)?;
+        payment = payment.checked_add(v).ok_or(PaymentError::Overflow)?;
+    }
+    if payment.is_zero() {
+        return Ok(None);
+    }
+    if inst.kind == InstrumentKind::InversePerpetual {
+        let coin = payment.checked_div(price).ok_or(PaymentError::Overflow)?;
+        return Ok(Some((
+            InstrumentId::from(inst.underlying.as_str()),
+            crate::margin::normalise(coin),
+        )));
+    }
+    // The stable the account holds most of (ties: the first id), else the first configured.
+    let held = account
+        .collateral
+        .iter()
+        .filter(|(a, _)| stables.contains(a))
+        .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+        .map(|(a, _)| a.clone());
+    let asset = held
+        .or_else(|| stables.first().map(|a| (*a).clone()))
+        .ok_or(PaymentError::NoStable)?;
+    Ok(Some((asset, payment)))
 }
 
 #[cfg(test)]
@@ -338,6 +362,44 @@ mod tests {
                 "apply_funding {apply}"
             );
         }
+    }
+
+    /// A payment that cannot be computed is not applied, not even in part, and does not pass
+    /// silently: the failure is counted. The other holders are paid as usual.
+    #[test]
+    fn a_payment_that_cannot_be_computed_is_counted_not_applied() {
+        let map = Arc::new(AccountMap::new(w3_instruments()));
+        for (id, q) in [("big", "2"), ("tiny", "0.000001")] {
+            let a: crate::model::Account = serde_json::from_str(&format!(
+                r#"{{"id":"{id}","collateral":{{"USDT":"10000"}},"apply_funding":true,"positions":[
+                {{"instrument":"BTCUSDT-PERP","quantity":"{q}","entry_price":"60000"}}]}}"#
+            ))
+            .unwrap();
+            map.apply_update(AccountUpdate::Replace { account: a })
+                .unwrap();
+        }
+        map.apply_price(&"BTCUSDT-PERP".into(), dec!(50000), &mut Vec::new())
+            .unwrap();
+        // 2 × 50,000 × 10^27 does not fit a `Decimal`; 10^-6 × 50,000 × 10^27 does.
+        let s = DueSettlement {
+            instrument: "BTCUSDT-PERP".into(),
+            rate: dec!(1000000000000000000000000000),
+            funding_ms: 1000,
+        };
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let u = metrics::with_local_recorder(&recorder, || settlement_updates(&map, &s))
+            .expect("the instrument has a price");
+        let ids: Vec<&str> = u.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["funding:BTCUSDT-PERP:1000:tiny"]);
+        assert!(
+            handle
+                .render()
+                .lines()
+                .any(|l| l == "liqwatch_engine_funding_failed_total 1"),
+            "{}",
+            handle.render()
+        );
     }
 
     /// Longs pay and shorts receive at a positive rate, in the stable they hold; the id names
