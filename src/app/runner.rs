@@ -426,6 +426,7 @@ impl Runner {
         engine.set_after_trigger(self.engine.after_trigger());
         engine.set_warn_before_funding(self.engine.warn_before_funding());
         engine.restore(states);
+        engine.restore_feed_seqs(self.engine.feed_seqs().clone());
         let emitted = engine.evaluate_all(&*self.board, now_ms());
         self.engine = engine;
         let fired = emitted.len();

@@ -184,6 +184,11 @@ pub(crate) fn engine(
         }
     }
     let report = engine.restore(stored_states);
+    engine.restore_feed_seqs(
+        journal
+            .load_feed_seqs()
+            .map_err(|e| AppError::Startup(e.to_string()))?,
+    );
     Ok((engine, states, report))
 }
 
@@ -241,4 +246,84 @@ pub(crate) fn load_accounts(
     }
     tracing::info!(snapshot = %path.display(), accounts = rows.len(), "Accounts seeded from the snapshot");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::model::{EventKind, FeedEventInfo, InstrumentId, PriceUsed};
+    use crate::prices::StaleTransition;
+
+    fn transition(kind: EventKind, instrument: &str) -> StaleTransition {
+        StaleTransition {
+            kind,
+            seq: 1,
+            info: FeedEventInfo {
+                instrument: instrument.into(),
+                venues: Vec::new(),
+                last_price: None,
+                age_ms: None,
+                stale_after_ms: 30_000,
+            },
+        }
+    }
+
+    /// Feed events are numbered per instrument; a restart (the engine built again from the
+    /// journal) continues the numbering instead of starting again at 1, as a config reload
+    /// does (the runner hands the numbers over).
+    #[test]
+    fn feed_event_numbering_continues_across_a_restart() {
+        let cfg = crate::config::parse(
+            include_str!("../../feeds/demo/liqwatch.toml"),
+            std::path::Path::new("/nonexistent/liqwatch.toml"),
+            &|_| None,
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.db");
+        let no_prices = std::collections::HashMap::<InstrumentId, PriceUsed>::new();
+        let seqs_of = |step: crate::engine::FeedStep| -> Vec<(String, u64)> {
+            step.feed_events
+                .iter()
+                .map(|e| (e.feed.as_ref().unwrap().instrument.to_string(), e.seq))
+                .collect()
+        };
+        {
+            let journal = Journal::create(&path).unwrap();
+            let map = Arc::new(AccountMap::new(Vec::new()));
+            let (mut engine, _, _) = engine(&cfg, &map, &journal).unwrap();
+            let step = engine.on_feed(
+                &[
+                    transition(EventKind::FeedStale, "BTCUSDT-PERP"),
+                    transition(EventKind::FeedRestored, "BTCUSDT-PERP"),
+                    transition(EventKind::FeedStale, "ETHUSDT-PERP"),
+                ],
+                &no_prices,
+                1_000,
+            );
+            journal.append(&step.feed_events, &[]).unwrap();
+        }
+        let journal = Journal::open(&path).unwrap();
+        let map = Arc::new(AccountMap::new(Vec::new()));
+        let (mut engine, _, _) = engine(&cfg, &map, &journal).unwrap();
+        let step = engine.on_feed(
+            &[
+                transition(EventKind::FeedStale, "BTCUSDT-PERP"),
+                transition(EventKind::FeedRestored, "ETHUSDT-PERP"),
+                transition(EventKind::FeedStale, "SOLUSDT-PERP"),
+            ],
+            &no_prices,
+            2_000,
+        );
+        assert_eq!(
+            seqs_of(step),
+            [
+                ("BTCUSDT-PERP".to_string(), 3),
+                ("ETHUSDT-PERP".to_string(), 2),
+                ("SOLUSDT-PERP".to_string(), 1)
+            ]
+        );
+    }
 }

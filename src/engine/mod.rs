@@ -242,6 +242,20 @@ impl Engine {
         self.monitor.restore(states)
     }
 
+    /// The last `seq` of each instrument's feed and instrument events.
+    pub fn feed_seqs(&self) -> &HashMap<InstrumentId, u64> {
+        &self.feed_seq
+    }
+
+    /// Continues each instrument's feed and instrument event numbering after `seq` (from the
+    /// journal at start, or from the engine a config reload replaces); never moves one back.
+    pub fn restore_feed_seqs(&mut self, seqs: impl IntoIterator<Item = (InstrumentId, u64)>) {
+        for (instrument, seq) in seqs {
+            let e = self.feed_seq.entry(instrument).or_insert(0);
+            *e = (*e).max(seq);
+        }
+    }
+
     /// Values and evaluates every account at the current prices and bands each (the daemon's
     /// first step, and the benches' set-up). Accounts the monitor already knows are evaluated
     /// from their state, as on any other step.

@@ -44,7 +44,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{AccountId, RiskEvent, TimestampMs, now_ms};
+use crate::model::{AccountId, InstrumentId, RiskEvent, TimestampMs, now_ms};
 
 /// One journaled event as a sink sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -299,6 +299,22 @@ struct PendingEvent {
     account_id: Option<String>,
     time_ms: TimestampMs,
     json: String,
+    /// A feed or instrument event's instrument and per-instrument `seq` (kept in `meta`, so the
+    /// numbering continues after a restart).
+    instrument_seq: Option<(String, u64)>,
+}
+
+/// `meta` key prefix of an instrument's last feed / instrument event `seq`.
+const FEED_SEQ_KEY: &str = "feed_seq:";
+
+/// The instrument and per-instrument `seq` of a feed or instrument event.
+fn instrument_seq(e: &RiskEvent) -> Option<(String, u64)> {
+    let instrument = match (&e.feed, &e.instrument_change) {
+        (Some(f), _) => &f.instrument,
+        (None, Some(c)) => &c.instrument,
+        (None, None) => return None,
+    };
+    Some((instrument.as_str().to_owned(), e.seq))
 }
 
 struct Writer {
@@ -651,6 +667,7 @@ impl Journal {
                 account_id: e.account_id.as_ref().map(|a| a.as_str().to_owned()),
                 time_ms: e.time_ms,
                 json,
+                instrument_seq: instrument_seq(e),
             });
         }
         let started = std::time::Instant::now();
@@ -857,6 +874,40 @@ impl Journal {
         Ok(out
             .into_iter()
             .map(|(a, s)| (AccountId::from(a), s))
+            .collect())
+    }
+
+    /// The last `seq` of each instrument's feed and instrument events (`feed_stale`,
+    /// `feed_restored`, `instrument_changed`), journaled or still buffered: the engine continues
+    /// the numbering from them after a restart.
+    pub fn load_feed_seqs(&self) -> Result<Vec<(InstrumentId, u64)>, JournalError> {
+        let mut out: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+        {
+            let r = self.reader.lock();
+            let mut st = r.prepare_cached("SELECT key, value FROM meta WHERE key LIKE ?1")?;
+            let rows = st.query_map([format!("{FEED_SEQ_KEY}%")], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })?;
+            for row in rows {
+                let (key, value) = row?;
+                let (Some(instrument), Ok(seq)) =
+                    (key.strip_prefix(FEED_SEQ_KEY), value.parse::<u64>())
+                else {
+                    tracing::warn!(%key, %value, "Unreadable feed event sequence in the journal; ignored");
+                    continue;
+                };
+                out.insert(instrument.to_owned(), seq);
+            }
+        }
+        for p in &self.writer.lock().pending {
+            if let Some((instrument, seq)) = &p.instrument_seq {
+                let e = out.entry(instrument.clone()).or_insert(0);
+                *e = (*e).max(*seq);
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|(i, s)| (InstrumentId::from(i), s))
             .collect())
     }
 
@@ -1067,6 +1118,17 @@ impl Writer {
                 if n == 1 {
                     seq = next;
                     seqs.push(next);
+                    if let Some((instrument, event_seq)) = &p.instrument_seq {
+                        tx.prepare_cached(
+                            "INSERT INTO meta(key, value) VALUES (?1, ?2)
+                             ON CONFLICT(key) DO UPDATE SET value = excluded.value
+                             WHERE CAST(excluded.value AS INTEGER) > CAST(meta.value AS INTEGER)",
+                        )?
+                        .execute(params![
+                            format!("{FEED_SEQ_KEY}{instrument}"),
+                            event_seq.to_string()
+                        ])?;
+                    }
                 } else {
                     let existing: i64 = tx
                         .prepare_cached("SELECT seq FROM events WHERE event_id = ?1")?

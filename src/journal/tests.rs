@@ -339,3 +339,36 @@ fn never_started_afresh_silently() {
         .unwrap();
     assert_eq!(id, APPLICATION_ID);
 }
+
+/// Each instrument's last feed-event `seq` is kept with the events and read back after a
+/// reopen; a lower one journaled later does not move it back; account events do not count.
+#[test]
+fn feed_event_seqs_survive_a_reopen() {
+    let feed = |instrument: &str, seq: u64| {
+        let mut e = event("x", seq, 1000);
+        e.kind = EventKind::FeedStale;
+        e.account_id = None;
+        e.feed = Some(crate::model::FeedEventInfo {
+            instrument: instrument.into(),
+            venues: Vec::new(),
+            last_price: None,
+            age_ms: None,
+            stale_after_ms: 30_000,
+        });
+        e
+    };
+    let (dir, j) = open_tmp();
+    j.append(&[feed("BTC", 1), feed("BTC", 2), feed("ETH", 5)], &[])
+        .unwrap();
+    j.append(&[feed("BTC", 1), event("a", 9, 1000)], &[])
+        .unwrap();
+    drop(j);
+    let j = Journal::open(dir.path().join("journal.db")).unwrap();
+    assert_eq!(
+        j.load_feed_seqs().unwrap(),
+        vec![
+            (InstrumentId::from("BTC"), 2),
+            (InstrumentId::from("ETH"), 5)
+        ]
+    );
+}
