@@ -88,11 +88,12 @@ fn fixed_normalise(v: (i128, u32)) -> Option<Decimal> {
             q
         }
     };
-    fits(r)?;
-    Decimal::try_from_i128_with_scale(r, ACCOUNTING_SCALE).ok()
+    let mag = fits(r)?.unsigned_abs();
+    Some(from_magnitude(mag, r < 0, ACCOUNTING_SCALE))
 }
 
 /// The linear, contract-size-1 figures in fixed point; `None` to fall back to `Decimal`.
+#[inline]
 pub(crate) fn linear_unit_fast(
     tiers: &[MarginTier],
     quantity: Decimal,
