@@ -250,6 +250,17 @@ mod tests {
     use super::*;
     use crate::engine::map::tests::w3_instruments;
 
+    /// Adds an account with 10,000 USDT and `q` BTCUSDT-PERP entered at 60,000.
+    fn holder(map: &AccountMap, id: &str, q: &str, apply_funding: bool) {
+        let a: crate::model::Account = serde_json::from_str(&format!(
+            r#"{{"id":"{id}","collateral":{{"USDT":"10000"}},"apply_funding":{apply_funding},"positions":[
+            {{"instrument":"BTCUSDT-PERP","quantity":"{q}","entry_price":"60000"}}]}}"#
+        ))
+        .unwrap();
+        map.apply_update(AccountUpdate::Replace { account: a })
+            .unwrap();
+    }
+
     fn rate(r: Decimal, t: i64) -> FundingRate {
         FundingRate {
             rate: r,
@@ -349,13 +360,7 @@ mod tests {
         };
         for (apply, expected) in [(true, None), (false, Some(Vec::new()))] {
             let map = Arc::new(AccountMap::new(w3_instruments()));
-            let a: crate::model::Account = serde_json::from_str(&format!(
-                r#"{{"id":"a","collateral":{{"USDT":"10000"}},"apply_funding":{apply},"positions":[
-                {{"instrument":"BTCUSDT-PERP","quantity":"2","entry_price":"60000"}}]}}"#
-            ))
-            .unwrap();
-            map.apply_update(AccountUpdate::Replace { account: a })
-                .unwrap();
+            holder(&map, "a", "2", apply);
             assert_eq!(
                 settlement_updates(&map, &s),
                 expected,
@@ -369,15 +374,8 @@ mod tests {
     #[test]
     fn a_payment_that_cannot_be_computed_is_counted_not_applied() {
         let map = Arc::new(AccountMap::new(w3_instruments()));
-        for (id, q) in [("big", "2"), ("tiny", "0.000001")] {
-            let a: crate::model::Account = serde_json::from_str(&format!(
-                r#"{{"id":"{id}","collateral":{{"USDT":"10000"}},"apply_funding":true,"positions":[
-                {{"instrument":"BTCUSDT-PERP","quantity":"{q}","entry_price":"60000"}}]}}"#
-            ))
-            .unwrap();
-            map.apply_update(AccountUpdate::Replace { account: a })
-                .unwrap();
-        }
+        holder(&map, "big", "2", true);
+        holder(&map, "tiny", "0.000001", true);
         map.apply_price(&"BTCUSDT-PERP".into(), dec!(50000), &mut Vec::new())
             .unwrap();
         // 2 × 50,000 × 10^27 does not fit a `Decimal`; 10^-6 × 50,000 × 10^27 does.
@@ -413,13 +411,7 @@ mod tests {
             ("reports-balances", "3", false),
             ("short", "-1", true),
         ] {
-            let a: crate::model::Account = serde_json::from_str(&format!(
-                r#"{{"id":"{id}","collateral":{{"USDT":"10000"}},"apply_funding":{apply},"positions":[
-                {{"instrument":"BTCUSDT-PERP","quantity":"{q}","entry_price":"60000"}}]}}"#
-            ))
-            .unwrap();
-            map.apply_update(AccountUpdate::Replace { account: a })
-                .unwrap();
+            holder(&map, id, q, apply);
         }
         let mut touched = Vec::new();
         map.apply_price(&"BTCUSDT-PERP".into(), dec!(50000), &mut touched)

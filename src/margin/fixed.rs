@@ -75,21 +75,9 @@ fn fixed_mul(a: (i128, u32), b: (i128, u32)) -> Option<(i128, u32)> {
 
 /// [`normalise`] of a non-zero exact fixed-point value: half away from zero to
 /// [`ACCOUNTING_SCALE`] places, or widened to it.
+#[inline]
 fn fixed_normalise(v: (i128, u32)) -> Option<Decimal> {
-    let (m, s) = v;
-    let r = if s <= ACCOUNTING_SCALE {
-        mul_i(m, pow10(ACCOUNTING_SCALE - s)?)?
-    } else {
-        let d = pow10(s - ACCOUNTING_SCALE)?;
-        let (q, rem) = (m / d, m % d);
-        if rem.unsigned_abs() * 2 >= d.unsigned_abs() {
-            q + m.signum()
-        } else {
-            q
-        }
-    };
-    let mag = fits(r)?.unsigned_abs();
-    Some(from_magnitude(mag, r < 0, ACCOUNTING_SCALE))
+    normalise_fast(v.0, v.1)
 }
 
 /// The linear, contract-size-1 figures in fixed point; `None` to fall back to `Decimal`.

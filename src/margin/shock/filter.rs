@@ -415,20 +415,15 @@ impl<'p, 'a> Filter<'p, 'a> {
     /// The exact breakpoint `bp` (the formula of [`PriceMove::breakpoints`]).
     fn exact_bp(&self, bp: &Bp) -> Result<Decimal, MarginError> {
         use crate::margin::{div, mul};
-        let leg = self
-            .pm
-            .legs
-            .get(bp.leg as usize)
-            .ok_or(MarginError::Overflow {
-                context: "breakpoint",
-            })?;
+        let missing = || MarginError::Overflow {
+            context: "breakpoint",
+        };
+        let leg = self.pm.legs.get(bp.leg as usize).ok_or_else(missing)?;
         let t = leg
             .instrument
             .tiers
             .get(bp.tier as usize)
-            .ok_or(MarginError::Overflow {
-                context: "breakpoint",
-            })?;
+            .ok_or_else(missing)?;
         let size = mul(leg.quantity.abs(), leg.instrument.contract_size, "leg size")?;
         if leg.instrument.kind.is_inverse() {
             div(
