@@ -29,7 +29,17 @@ pub fn threads() -> usize {
 
 /// `f` over `items`, in order; split over the available cores when there are many items.
 pub fn map_in_order<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    map_chunks_in_order(items, |chunk| chunk.iter().map(&f).collect())
+    map_in_order_from(PARALLEL_MIN, items, f)
+}
+
+/// [`map_in_order`] split from `min` items on (dear work, such as an event's snapshot, pays for
+/// the threads sooner).
+pub fn map_in_order_from<T: Sync, R: Send>(
+    min: usize,
+    items: &[T],
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    map_chunks_in_order_from(min, items, |chunk| chunk.iter().map(&f).collect())
 }
 
 /// `f` over consecutive chunks of `items` — one chunk per core when there are many items,
@@ -39,7 +49,16 @@ pub fn map_chunks_in_order<T: Sync, R: Send>(
     items: &[T],
     f: impl Fn(&[T]) -> Vec<R> + Sync,
 ) -> Vec<R> {
-    if items.len() < PARALLEL_MIN {
+    map_chunks_in_order_from(PARALLEL_MIN, items, f)
+}
+
+/// [`map_chunks_in_order`] split from `min` items on.
+pub fn map_chunks_in_order_from<T: Sync, R: Send>(
+    min: usize,
+    items: &[T],
+    f: impl Fn(&[T]) -> Vec<R> + Sync,
+) -> Vec<R> {
+    if items.len() < min.max(2) {
         return f(items);
     }
     let threads = threads();
@@ -124,6 +143,19 @@ mod tests {
             let out = map_in_order(&items, |x| x * 3 + 1);
             let expected: Vec<u64> = items.iter().map(|x| x * 3 + 1).collect();
             assert_eq!(out, expected, "n = {n}");
+            for min in [0, 2, 64] {
+                let out = map_in_order_from(min, &items, |x| x * 3 + 1);
+                assert_eq!(out, expected, "n = {n}, min = {min}");
+            }
+        }
+        for n in [63, 64, 65, 129] {
+            let items: Vec<u64> = (0..n).collect();
+            let expected: Vec<u64> = items.iter().map(|x| x * 3 + 1).collect();
+            assert_eq!(
+                map_in_order_from(64, &items, |x| x * 3 + 1),
+                expected,
+                "n = {n}"
+            );
         }
     }
 

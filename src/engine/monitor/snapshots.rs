@@ -124,41 +124,10 @@ pub(super) fn fill_snapshots(
         }
         _ => info,
     };
-    // The core count is asked once per process (`par::threads`), not once per step.
-    let threads = if jobs.len() < PARALLEL_SNAPSHOTS {
-        1
-    } else {
-        crate::engine::par::threads()
-    };
-    if threads < 2 {
-        fill_here(map, table, out, jobs, info);
-        return;
-    }
-    let chunk = jobs.len().div_ceil(threads);
-    let mut built: Vec<Built> = Vec::with_capacity(jobs.len());
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = jobs
-            .chunks(chunk)
-            .map(|c| {
-                scope.spawn(move || {
-                    c.iter()
-                        .map(|j| build(map, table, j, info))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        for (h, c) in handles.into_iter().zip(jobs.chunks(chunk)) {
-            match h.join() {
-                Ok(v) => built.extend(v),
-                // Each snapshot is guarded on its own (`build`); a panic outside one (in
-                // reading an account back) keeps the chunk's events, without snapshots,
-                // rather than lose them.
-                Err(_) => built.extend(c.iter().map(|_| Built {
-                    snapshot: None,
-                    used: None,
-                })),
-            }
-        }
+    // Split over the cores from `PARALLEL_SNAPSHOTS` events on; `build` never panics, so a
+    // worker's chunk is never lost.
+    let built = crate::engine::par::map_in_order_from(PARALLEL_SNAPSHOTS, &jobs, |j| {
+        build(map, table, j, info)
     });
     place(out, &jobs, built);
 }
@@ -178,8 +147,33 @@ pub(super) fn fill_here(
 }
 
 /// One job's snapshot and what only it needs: the account (read here unless the state pass
-/// read it), the prices it used, its funding rates, a trigger's liquidation cost.
+/// read it), the prices it used, its funding rates, a trigger's liquidation cost. A panic
+/// anywhere in it (a bug) costs the event its snapshot, never the event or another one's.
 fn build(
+    map: &AccountMap,
+    table: &InstrumentTable,
+    job: &SnapshotJob,
+    info: &dyn PriceInfo,
+) -> Built {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        build_guarded(map, table, job, info)
+    }))
+    .unwrap_or_else(|_| {
+        metrics::counter!("liqwatch_monitor_snapshot_errors_total").increment(1);
+        tracing::error!(
+            key = job.key,
+            "Snapshot stage panicked reading the account back (a bug); the event goes out without it"
+        );
+        Built {
+            snapshot: None,
+            used: None,
+        }
+    })
+}
+
+/// [`build`] inside its guard; the margin model has a guard of its own, so its panics are
+/// reported as such.
+fn build_guarded(
     map: &AccountMap,
     table: &InstrumentTable,
     job: &SnapshotJob,
@@ -206,6 +200,8 @@ fn build(
             (&fresh.0, &fresh.1, Some(used))
         }
     };
+    #[cfg(test)]
+    inject::maybe_panic_outside(&account.id);
     // A panic in the margin model is a bug; it costs this event its snapshot, never the
     // event, its prices or another account's snapshot.
     let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -373,12 +369,35 @@ pub(super) mod inject {
             .push(id.to_owned());
     }
 
-    pub(super) fn maybe_panic(id: &AccountId) {
-        let hit = PANICS_FOR
+    /// Ids whose snapshot stage panics outside the margin model (as reading it back could).
+    static PANICS_OUTSIDE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    /// Makes the snapshot stage of `id` panic outside the margin model from now on.
+    pub(in crate::engine) fn panic_outside_for(id: &str) {
+        PANICS_OUTSIDE
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .push(id.to_owned());
+    }
+
+    fn listed(list: &Mutex<Vec<String>>, id: &AccountId) -> bool {
+        list.lock()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .any(|p| p == id.as_str());
-        assert!(!hit, "injected panic in the snapshot of {id}");
+            .any(|p| p == id.as_str())
+    }
+
+    pub(super) fn maybe_panic(id: &AccountId) {
+        assert!(
+            !listed(&PANICS_FOR, id),
+            "injected panic in the snapshot of {id}"
+        );
+    }
+
+    pub(super) fn maybe_panic_outside(id: &AccountId) {
+        assert!(
+            !listed(&PANICS_OUTSIDE, id),
+            "injected panic in the snapshot stage of {id}"
+        );
     }
 }
