@@ -1200,19 +1200,17 @@ impl<'t> Pricers<'t> {
         }
     }
 
-    /// [`value_slot`], positions through their instrument's pricer.
+    /// [`value_slot`] through the slot's instrument's pricer ([`value_slot_at`]).
     fn value(&mut self, inst: &'t Instrument, slot: &Slot, price: Option<Decimal>) -> SlotResult {
-        let (Some(price), SlotKind::Position(_), false) = (price, slot.kind, inst.stable) else {
+        let (Some(price), Some(cached)) = (price, self.by_instr.get_mut(slot.instr as usize))
+        else {
             return value_slot(inst, slot, price);
-        };
-        let Some(cached) = self.by_instr.get_mut(slot.instr as usize) else {
-            return value_slot(inst, slot, Some(price));
         };
         let pricer = match cached {
             Some(p) if p.price() == price && p.price().scale() == price.scale() => p,
             _ => cached.insert(PositionPricer::new(inst, price)),
         };
-        pricer.pnl_mm(slot.quantity, slot.entry).map(Some)
+        value_slot_at(pricer, inst, slot)
     }
 }
 
