@@ -131,9 +131,10 @@ pub fn settlement_id(s: &DueSettlement, account: &AccountId) -> String {
 /// The collateral update of every holder of `s.instrument` (positions only), in account order,
 /// with its update id. Zero payments are skipped; an account whose payment cannot be computed
 /// (a figure overflows, no stable asset to pay it in) gets none of it — no partial payment —
-/// and is logged and counted (`liqwatch_engine_funding_failed_total`). `None` when some holder is to be paid but the engine has no price of the instrument
-/// yet (a daemon that just started hears the funding time in the same frame as the first
-/// price, and may look before that price is applied): the settlement is due again later
+/// and is logged and counted (`liqwatch_engine_funding_failed_total`). `None` when some
+/// holder is to be paid but the engine has no price of the instrument yet (a daemon that just
+/// started hears the funding time in the same frame as the first price, and may look before
+/// that price is applied): the settlement is due again later
 /// ([`SettlementTracker::wait_for_price`]).
 pub fn settlement_updates(
     map: &AccountMap,
@@ -261,6 +262,20 @@ mod tests {
             .unwrap();
     }
 
+    /// `f`'s result and how many funding payments it counted as failed.
+    fn counting_failures<R>(f: impl FnOnce() -> R) -> (R, u64) {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let r = metrics::with_local_recorder(&recorder, f);
+        let failed = handle
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix("liqwatch_engine_funding_failed_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        (r, failed)
+    }
+
     fn rate(r: Decimal, t: i64) -> FundingRate {
         FundingRate {
             rate: r,
@@ -384,20 +399,36 @@ mod tests {
             rate: dec!(1000000000000000000000000000),
             funding_ms: 1000,
         };
-        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-        let handle = recorder.handle();
-        let u = metrics::with_local_recorder(&recorder, || settlement_updates(&map, &s))
-            .expect("the instrument has a price");
+        let (u, failed) = counting_failures(|| settlement_updates(&map, &s));
+        let u = u.expect("the instrument has a price");
         let ids: Vec<&str> = u.iter().map(|(id, _)| id.as_str()).collect();
         assert_eq!(ids, ["funding:BTCUSDT-PERP:1000:tiny"]);
-        assert!(
-            handle
-                .render()
-                .lines()
-                .any(|l| l == "liqwatch_engine_funding_failed_total 1"),
-            "{}",
-            handle.render()
-        );
+        assert_eq!(failed, 1);
+    }
+
+    /// With no stable asset configured a linear payment has nothing to be paid in: none is
+    /// made, and the failure is counted.
+    #[test]
+    fn no_stable_asset_is_counted_not_paid() {
+        let no_stables: Vec<_> = w3_instruments().into_iter().filter(|i| !i.stable).collect();
+        let map = Arc::new(AccountMap::new(no_stables));
+        let a: crate::model::Account = serde_json::from_str(
+            r#"{"id":"coin-only","collateral":{"BTC":"1"},"apply_funding":true,"positions":[
+            {"instrument":"BTCUSDT-PERP","quantity":"2","entry_price":"60000"}]}"#,
+        )
+        .unwrap();
+        map.apply_update(AccountUpdate::Replace { account: a })
+            .unwrap();
+        map.apply_price(&"BTCUSDT-PERP".into(), dec!(50000), &mut Vec::new())
+            .unwrap();
+        let s = DueSettlement {
+            instrument: "BTCUSDT-PERP".into(),
+            rate: dec!(0.0001),
+            funding_ms: 1000,
+        };
+        let (u, failed) = counting_failures(|| settlement_updates(&map, &s));
+        assert_eq!(u, Some(Vec::new()));
+        assert_eq!(failed, 1);
     }
 
     /// Longs pay and shorts receive at a positive rate, in the stable they hold; the id names
