@@ -283,42 +283,42 @@ mod tests {
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.db");
-        let no_prices = std::collections::HashMap::<InstrumentId, PriceUsed>::new();
-        let seqs_of = |step: crate::engine::FeedStep| -> Vec<(String, u64)> {
+        // One run of the daemon: the engine as startup builds it from the journal, fed these
+        // transitions, its events journaled; the (instrument, seq) of each.
+        let run = |journal: &Journal, feeds: &[(EventKind, &str)], now: i64| {
+            let map = Arc::new(AccountMap::new(Vec::new()));
+            let (mut engine, _, _) = engine(&cfg, &map, journal).unwrap();
+            let transitions: Vec<StaleTransition> =
+                feeds.iter().map(|&(k, i)| transition(k, i)).collect();
+            let no_prices = std::collections::HashMap::<InstrumentId, PriceUsed>::new();
+            let step = engine.on_feed(&transitions, &no_prices, now);
+            journal.append(&step.feed_events, &[]).unwrap();
             step.feed_events
                 .iter()
                 .map(|e| (e.feed.as_ref().unwrap().instrument.to_string(), e.seq))
-                .collect()
+                .collect::<Vec<_>>()
         };
-        {
-            let journal = Journal::create(&path).unwrap();
-            let map = Arc::new(AccountMap::new(Vec::new()));
-            let (mut engine, _, _) = engine(&cfg, &map, &journal).unwrap();
-            let step = engine.on_feed(
-                &[
-                    transition(EventKind::FeedStale, "BTCUSDT-PERP"),
-                    transition(EventKind::FeedRestored, "BTCUSDT-PERP"),
-                    transition(EventKind::FeedStale, "ETHUSDT-PERP"),
-                ],
-                &no_prices,
-                1_000,
-            );
-            journal.append(&step.feed_events, &[]).unwrap();
-        }
-        let journal = Journal::open(&path).unwrap();
-        let map = Arc::new(AccountMap::new(Vec::new()));
-        let (mut engine, _, _) = engine(&cfg, &map, &journal).unwrap();
-        let step = engine.on_feed(
+        let first = run(
+            &Journal::create(&path).unwrap(),
             &[
-                transition(EventKind::FeedStale, "BTCUSDT-PERP"),
-                transition(EventKind::FeedRestored, "ETHUSDT-PERP"),
-                transition(EventKind::FeedStale, "SOLUSDT-PERP"),
+                (EventKind::FeedStale, "BTCUSDT-PERP"),
+                (EventKind::FeedRestored, "BTCUSDT-PERP"),
+                (EventKind::FeedStale, "ETHUSDT-PERP"),
             ],
-            &no_prices,
+            1_000,
+        );
+        assert_eq!(first.iter().map(|(_, s)| *s).collect::<Vec<_>>(), [1, 2, 1]);
+        let step = run(
+            &Journal::open(&path).unwrap(),
+            &[
+                (EventKind::FeedStale, "BTCUSDT-PERP"),
+                (EventKind::FeedRestored, "ETHUSDT-PERP"),
+                (EventKind::FeedStale, "SOLUSDT-PERP"),
+            ],
             2_000,
         );
         assert_eq!(
-            seqs_of(step),
+            step,
             [
                 ("BTCUSDT-PERP".to_string(), 3),
                 ("ETHUSDT-PERP".to_string(), 2),

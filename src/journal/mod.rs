@@ -884,8 +884,11 @@ impl Journal {
         let mut out: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
         {
             let r = self.reader.lock();
-            let mut st = r.prepare_cached("SELECT key, value FROM meta WHERE key LIKE ?1")?;
-            let rows = st.query_map([format!("{FEED_SEQ_KEY}%")], |row| {
+            // The keys that start with the prefix (`LIKE` would read its `_` as a wildcard).
+            let mut st =
+                r.prepare_cached("SELECT key, value FROM meta WHERE key >= ?1 AND key < ?2")?;
+            let end = FEED_SEQ_KEY.replace(':', ";"); // the next string after every `feed_seq:…`
+            let rows = st.query_map([FEED_SEQ_KEY, end.as_str()], |row| {
                 Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
             })?;
             for row in rows {

@@ -371,4 +371,19 @@ fn feed_event_seqs_survive_a_reopen() {
             (InstrumentId::from("ETH"), 5)
         ]
     );
+    // Held in memory by a full disk: counted all the same, and journaled once it frees.
+    j.simulate_disk_full(true).unwrap();
+    let mut burst: Vec<RiskEvent> = (0..200).map(|i| event(&format!("f{i}"), 1, 1000)).collect();
+    burst.push(feed("BTC", 3));
+    assert!(j.append(&burst, &[]).is_err(), "the disk is full");
+    let expected = vec![
+        (InstrumentId::from("BTC"), 3),
+        (InstrumentId::from("ETH"), 5),
+    ];
+    assert_eq!(j.load_feed_seqs().unwrap(), expected);
+    j.simulate_disk_full(false).unwrap();
+    assert_eq!(j.retry_pending().unwrap(), 201);
+    drop(j);
+    let j = Journal::open(dir.path().join("journal.db")).unwrap();
+    assert_eq!(j.load_feed_seqs().unwrap(), expected);
 }
