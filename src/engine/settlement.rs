@@ -262,6 +262,15 @@ mod tests {
             .unwrap();
     }
 
+    /// The BTCUSDT-PERP settlement at time 1000 at `rate`.
+    fn btc_due(rate: Decimal) -> DueSettlement {
+        DueSettlement {
+            instrument: "BTCUSDT-PERP".into(),
+            rate,
+            funding_ms: 1000,
+        }
+    }
+
     /// `f`'s result and how many funding payments it counted as failed.
     fn counting_failures<R>(f: impl FnOnce() -> R) -> (R, u64) {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
@@ -368,11 +377,7 @@ mod tests {
     /// for.
     #[test]
     fn no_price_waits_only_when_someone_is_paid() {
-        let s = DueSettlement {
-            instrument: "BTCUSDT-PERP".into(),
-            rate: dec!(0.0001),
-            funding_ms: 1000,
-        };
+        let s = btc_due(dec!(0.0001));
         for (apply, expected) in [(true, None), (false, Some(Vec::new()))] {
             let map = Arc::new(AccountMap::new(w3_instruments()));
             holder(&map, "a", "2", apply);
@@ -394,11 +399,7 @@ mod tests {
         map.apply_price(&"BTCUSDT-PERP".into(), dec!(50000), &mut Vec::new())
             .unwrap();
         // 2 × 50,000 × 10^27 does not fit a `Decimal`; 10^-6 × 50,000 × 10^27 does.
-        let s = DueSettlement {
-            instrument: "BTCUSDT-PERP".into(),
-            rate: dec!(1000000000000000000000000000),
-            funding_ms: 1000,
-        };
+        let s = btc_due(dec!(1000000000000000000000000000));
         let (u, failed) = counting_failures(|| settlement_updates(&map, &s));
         let u = u.expect("the instrument has a price");
         let ids: Vec<&str> = u.iter().map(|(id, _)| id.as_str()).collect();
@@ -421,11 +422,7 @@ mod tests {
             .unwrap();
         map.apply_price(&"BTCUSDT-PERP".into(), dec!(50000), &mut Vec::new())
             .unwrap();
-        let s = DueSettlement {
-            instrument: "BTCUSDT-PERP".into(),
-            rate: dec!(0.0001),
-            funding_ms: 1000,
-        };
+        let s = btc_due(dec!(0.0001));
         let (u, failed) = counting_failures(|| settlement_updates(&map, &s));
         assert_eq!(u, Some(Vec::new()));
         assert_eq!(failed, 1);
@@ -447,11 +444,7 @@ mod tests {
         let mut touched = Vec::new();
         map.apply_price(&"BTCUSDT-PERP".into(), dec!(50000), &mut touched)
             .unwrap();
-        let s = DueSettlement {
-            instrument: "BTCUSDT-PERP".into(),
-            rate: dec!(0.0001),
-            funding_ms: 1000,
-        };
+        let s = btc_due(dec!(0.0001));
         let u = settlement_updates(&map, &s).expect("the instrument has a price");
         assert_eq!(
             u,
