@@ -196,7 +196,7 @@ impl Composite {
         PriceUsed {
             instrument: instrument.clone(),
             price: self.price,
-            source: self.source.clone(),
+            source: self.source.clone().into(),
             received_ts: self.received_ts,
             age_ms: self.age_ms,
             stale: self.stale,

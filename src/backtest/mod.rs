@@ -122,7 +122,7 @@ impl PriceInfo for Recorded {
             instrument: instrument.clone(),
             // Replaced by the engine's price.
             price: Decimal::ZERO,
-            source: venue.as_str().to_string(),
+            source: venue.as_str().to_string().into(),
             received_ts: *at,
             age_ms: self.now.saturating_sub(*at),
             stale: false,

@@ -450,7 +450,9 @@ impl InstrumentTable {
     /// Builds the table; a later duplicate id replaces an earlier one.
     pub fn new(instruments: impl IntoIterator<Item = Instrument>) -> Self {
         let mut t = InstrumentTable::default();
-        for i in instruments {
+        for mut i in instruments {
+            // Interned: every account read back and every event clones these ids.
+            i.id = i.id.interned();
             if let Some(&idx) = t.by_id.get(&i.id) {
                 t.set(idx, i);
                 continue;
@@ -464,7 +466,8 @@ impl InstrumentTable {
     }
     /// Replaces the instrument at `idx` (same id), with its tiers in `f64`: the only way the
     /// list changes after it is built, so the two never disagree.
-    pub(super) fn set(&mut self, idx: InstrumentIdx, instrument: Instrument) {
+    pub(super) fn set(&mut self, idx: InstrumentIdx, mut instrument: Instrument) {
+        instrument.id = instrument.id.interned();
         if let (Some(slot), Some(floats)) = (
             self.list.get_mut(idx as usize),
             self.floats.get_mut(idx as usize),

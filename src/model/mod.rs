@@ -45,30 +45,113 @@ pub fn format_rfc3339_ms(ts: TimestampMs) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// What an id holds: its text, shared. `Arc<str>` for account ids (each account's own, and
+/// accounts come and go); [`IdText`] for instrument ids, which the instrument table interns so
+/// that the clones every event makes of them are copies, not reference-count writes to one
+/// cache line from every core.
+trait IdRepr: Clone {
+    fn from_str(s: &str) -> Self;
+    fn from_string(s: String) -> Self;
+    fn text(&self) -> &str;
+}
+
+impl IdRepr for Arc<str> {
+    fn from_str(s: &str) -> Self {
+        Arc::from(s)
+    }
+    fn from_string(s: String) -> Self {
+        Arc::from(s)
+    }
+    fn text(&self) -> &str {
+        self
+    }
+}
+
+/// An instrument id's text: shared like any id, or interned for the life of the process
+/// ([`InstrumentId::interned`]).
+#[derive(Clone)]
+enum IdText {
+    Shared(Arc<str>),
+    Interned(&'static str),
+}
+
+impl IdRepr for IdText {
+    fn from_str(s: &str) -> Self {
+        IdText::Shared(Arc::from(s))
+    }
+    fn from_string(s: String) -> Self {
+        IdText::Shared(Arc::from(s))
+    }
+    fn text(&self) -> &str {
+        match self {
+            IdText::Shared(s) => s,
+            IdText::Interned(s) => s,
+        }
+    }
+}
+
+/// `s` kept for the life of the process, once per distinct text: what may be interned is
+/// bounded by configuration (instrument ids, price sources), never by input.
+pub fn intern(s: &str) -> &'static str {
+    static TEXTS: std::sync::LazyLock<parking_lot::Mutex<std::collections::HashSet<&'static str>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut texts = TEXTS.lock();
+    match texts.get(s) {
+        Some(t) => t,
+        None => {
+            let t: &'static str = Box::leak(Box::<str>::from(s));
+            texts.insert(t);
+            t
+        }
+    }
+}
+
 macro_rules! string_id {
-    ($(#[$doc:meta])* $name:ident) => {
+    ($(#[$doc:meta])* $name:ident, $repr:ty) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(Arc<str>);
+        #[derive(Clone)]
+        pub struct $name($repr);
 
         impl $name {
             /// Creates the id from any string.
             pub fn new(s: impl AsRef<str>) -> Self {
-                Self(Arc::from(s.as_ref()))
+                Self(<$repr as IdRepr>::from_str(s.as_ref()))
             }
             /// The id as a string slice.
             pub fn as_str(&self) -> &str {
-                &self.0
+                self.0.text()
+            }
+        }
+        // Compared, hashed and ordered as its text (as `Borrow<str>` requires).
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                self.as_str() == other.as_str()
+            }
+        }
+        impl Eq for $name {}
+        impl std::hash::Hash for $name {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.as_str().hash(state)
+            }
+        }
+        impl PartialOrd for $name {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+        impl Ord for $name {
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                self.as_str().cmp(other.as_str())
             }
         }
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.write_str(self.as_str())
             }
         }
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{:?}", &*self.0)
+                write!(f, "{:?}", self.as_str())
             }
         }
         impl From<&str> for $name {
@@ -78,17 +161,17 @@ macro_rules! string_id {
         }
         impl From<String> for $name {
             fn from(s: String) -> Self {
-                Self(Arc::from(s))
+                Self(<$repr as IdRepr>::from_string(s))
             }
         }
         impl std::borrow::Borrow<str> for $name {
             fn borrow(&self) -> &str {
-                &self.0
+                self.as_str()
             }
         }
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(&self.0)
+                s.serialize_str(self.as_str())
             }
         }
         impl<'de> Deserialize<'de> for $name {
@@ -105,12 +188,31 @@ macro_rules! string_id {
 
 string_id!(
     /// Canonical instrument id, e.g. `BTCUSDT-PERP`, or a collateral asset such as `BTC`, `USDT`.
-    InstrumentId
+    InstrumentId,
+    IdText
 );
 string_id!(
     /// Account id as given by the account source (exchange sub-account, client id, …).
-    AccountId
+    AccountId,
+    Arc<str>
 );
+
+impl InstrumentId {
+    /// The same id, its text kept for the life of the process ([`intern`]): its clones copy
+    /// a pointer and its drops do nothing. The instrument table interns every instrument's
+    /// id, so the ids events carry are these (configured ids only, a bounded set).
+    pub fn interned(&self) -> Self {
+        match &self.0 {
+            IdText::Interned(_) => self.clone(),
+            IdText::Shared(s) => InstrumentId(IdText::Interned(intern(s))),
+        }
+    }
+
+    /// Whether the id's text is interned.
+    pub fn is_interned(&self) -> bool {
+        matches!(self.0, IdText::Interned(_))
+    }
+}
 
 /// Generates [`Venue`] from the venue table, `venues!` in `crate::venues`, which is the one
 /// list of venues (see "Adding a venue" there).
@@ -202,8 +304,10 @@ pub struct PriceUsed {
     pub instrument: InstrumentId,
     /// The price.
     pub price: Decimal,
-    /// Where it came from: a venue name, `median(binance-usdm,okx)`, `scenario`, `stable`.
-    pub source: String,
+    /// Where it came from: a venue name, `median(binance-usdm,okx)`, `scenario`, `stable`
+    /// (borrowed when it is one of a fixed set, so that copying it into every event of a
+    /// correlated move allocates nothing).
+    pub source: std::borrow::Cow<'static, str>,
     /// When it was received (ms since epoch).
     pub received_ts: TimestampMs,
     /// Its age when the snapshot was taken, in milliseconds.
@@ -281,6 +385,47 @@ pub mod decimal_map_str {
 mod tests {
     use super::*;
     use rust_decimal_macros::dec;
+
+    /// An interned instrument id is the same id as its shared form: equal, hashed, ordered,
+    /// printed and serialised alike, found by either in a map, and interned once per text.
+    #[test]
+    fn an_interned_instrument_id_is_the_same_id() {
+        use std::collections::{BTreeSet, HashMap};
+        use std::hash::BuildHasher;
+        let shared = InstrumentId::new("ETHUSDT-PERP");
+        let interned = shared.interned();
+        assert!(interned.is_interned() && !shared.is_interned());
+        assert_eq!(shared, interned);
+        let h = std::hash::RandomState::new();
+        assert_eq!(h.hash_one(&shared), h.hash_one(&interned));
+        assert_eq!(h.hash_one(&shared), h.hash_one("ETHUSDT-PERP"));
+        let other = InstrumentId::new("BTCUSDT-PERP").interned();
+        assert!(other < interned && other < shared);
+        let set: BTreeSet<InstrumentId> = [interned.clone(), shared.clone(), other].into();
+        assert_eq!(set.len(), 2);
+        let map: HashMap<InstrumentId, u8> = [(interned.clone(), 7)].into();
+        assert_eq!(map.get(&shared), Some(&7));
+        assert_eq!(map.get("ETHUSDT-PERP"), Some(&7));
+        assert_eq!(
+            format!("{interned} {interned:?}"),
+            r#"ETHUSDT-PERP "ETHUSDT-PERP""#
+        );
+        assert_eq!(
+            serde_json::to_string(&interned).unwrap(),
+            serde_json::to_string(&shared).unwrap()
+        );
+        // One text per distinct id, however often it is interned.
+        assert!(std::ptr::eq(
+            intern("ETHUSDT-PERP"),
+            InstrumentId::from(String::from("ETHUSDT-PERP"))
+                .interned()
+                .as_str()
+        ));
+        assert_eq!(
+            interned.interned().as_str().as_ptr(),
+            interned.as_str().as_ptr()
+        );
+    }
 
     /// Decimals in accounts are read from strings and a JSON float is rejected.
     #[test]

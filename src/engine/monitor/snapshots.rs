@@ -271,7 +271,14 @@ impl<'a> StepInfo<'a> {
         let mut prices = HashMap::with_capacity_and_hasher(step.0.len(), Default::default());
         let mut funding = HashMap::with_capacity_and_hasher(step.0.len(), Default::default());
         for id in step.0.keys() {
-            prices.insert(id.clone(), board.price_info(id));
+            // Interned, as the instrument table's ids are: each event copies these, and a
+            // shared text's reference count would be written from every core for each copy.
+            let used = board.price_info(id).map(|mut p| {
+                p.instrument = p.instrument.interned();
+                p.source = std::borrow::Cow::Borrowed(crate::model::intern(&p.source));
+                p
+            });
+            prices.insert(id.clone(), used);
             funding.insert(id.clone(), board.funding(id));
         }
         StepInfo {

@@ -472,6 +472,22 @@ mod with_map {
             for em in &e {
                 assert_stale_btc_used(em);
                 assert_eq!(em.event.prices.len(), 5, "{:?}", em.event.prices);
+                // The ids an event copies are the table's interned ones (no reference count
+                // written per copy); so are a large step's prices, their sources borrowed.
+                let snapshot = em.event.snapshot.as_ref().expect("a snapshot");
+                assert!(
+                    snapshot
+                        .positions
+                        .iter()
+                        .all(|p| p.instrument.is_interned())
+                );
+                assert!(snapshot.collateral.iter().all(|c| c.asset.is_interned()));
+                if n >= 64 {
+                    for p in &em.event.prices {
+                        assert!(p.instrument.is_interned(), "{p:?}");
+                        assert!(matches!(p.source, std::borrow::Cow::Borrowed(_)), "{p:?}");
+                    }
+                }
             }
             let (asked, funding) = (
                 info.prices.load(std::sync::atomic::Ordering::Relaxed),
@@ -612,7 +628,7 @@ mod with_map {
         );
         let got: Vec<(&str, Decimal, &str)> = used
             .iter()
-            .map(|p| (p.instrument.as_str(), p.price, p.source.as_str()))
+            .map(|p| (p.instrument.as_str(), p.price, p.source.as_ref()))
             .collect();
         assert_eq!(
             got,
@@ -633,7 +649,7 @@ mod with_map {
             PriceUsed {
                 instrument: "BTCUSDT-PERP".into(),
                 price: dec!(0),
-                source: Venue::BinanceUsdm.to_string(),
+                source: Venue::BinanceUsdm.to_string().into(),
                 received_ts: NOW - 90_000,
                 age_ms: 90_000,
                 stale,

@@ -105,7 +105,7 @@ fn info(prices: [Decimal; 3], now: i64) -> HashMap<InstrumentId, PriceUsed> {
             PriceUsed {
                 instrument: id.into(),
                 price: p,
-                source: Venue::BinanceUsdm.to_string(),
+                source: Venue::BinanceUsdm.to_string().into(),
                 received_ts: now - 250,
                 age_ms: 250,
                 stale: false,

@@ -68,7 +68,7 @@ fn example() -> liqwatch::model::RiskEvent {
             PriceUsed {
                 instrument: "BTCUSDT-PERP".into(),
                 price: dec!(60000),
-                source: Venue::BinanceUsdm.to_string(),
+                source: Venue::BinanceUsdm.to_string().into(),
                 received_ts: now - 250,
                 age_ms: 250,
                 stale: false,

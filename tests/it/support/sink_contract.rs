@@ -109,7 +109,7 @@ pub fn sample_event(account: &str, account_seq: u64, kind: EventKind) -> RiskEve
     let price = |inst: &str, p: &str| PriceUsed {
         instrument: InstrumentId::from(inst),
         price: d(p),
-        source: "binance-usdm".to_owned(),
+        source: "binance-usdm".into(),
         received_ts: time_ms - 120,
         age_ms: 120,
         stale: false,
