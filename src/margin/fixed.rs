@@ -335,3 +335,38 @@ fn from_magnitude(mag: u128, negative: bool, scale: u32) -> Decimal {
         scale,
     )
 }
+
+// Exact arithmetic on `Decimal`s taken apart, for the distance solver's linear pieces.
+
+/// A `Decimal` as its signed mantissa and scale.
+pub(crate) type Fx = (i128, u32);
+
+/// `d` taken apart.
+#[inline]
+pub(crate) fn fx(d: Decimal) -> Fx {
+    (d.mantissa(), d.scale())
+}
+
+/// `a + b` as `Decimal` computes it when exact and non-zero; `None` otherwise.
+#[inline]
+pub(crate) fn fx_add(a: Fx, b: Fx) -> Option<Fx> {
+    fixed_add(a, b)
+}
+
+/// `a − b` as `Decimal` computes it when exact and non-zero; `None` otherwise.
+#[inline]
+pub(crate) fn fx_sub(a: Fx, b: Fx) -> Option<Fx> {
+    fixed_add(a, (-b.0, b.1))
+}
+
+/// `a × b` as `Decimal` computes it when exact and non-zero; `None` otherwise.
+#[inline]
+pub(crate) fn fx_mul(a: Fx, b: Fx) -> Option<Fx> {
+    fixed_mul(a, b)
+}
+
+/// The `Decimal` of a result of [`fx_add`], [`fx_sub`] or [`fx_mul`] (its mantissa fits).
+#[inline]
+pub(crate) fn fx_decimal(v: Fx) -> Decimal {
+    from_magnitude(v.0.unsigned_abs(), v.0 < 0, v.1)
+}
