@@ -88,6 +88,31 @@ pub(crate) fn linear_unit_fast(
     entry: Decimal,
     price: Decimal,
 ) -> Option<(Decimal, Decimal)> {
+    let (_, upnl, mm, _) = linear_unit_parts(tiers, quantity, entry, price)?;
+    Some((fixed_normalise(upnl)?, fixed_normalise(mm)?))
+}
+
+/// The linear, contract-size-1 figures before normalising: `(notional, uPnL, MM, tier)`
+/// exactly as `position_figures_exact` computes them, or `None`.
+pub(crate) fn linear_unit_exact(
+    tiers: &[MarginTier],
+    quantity: Decimal,
+    entry: Decimal,
+    price: Decimal,
+) -> Option<(Decimal, Decimal, Decimal, usize)> {
+    let (notional, upnl, mm, tier) = linear_unit_parts(tiers, quantity, entry, price)?;
+    Some((fx_decimal(notional), fx_decimal(upnl), fx_decimal(mm), tier))
+}
+
+/// The steps both of the above share: `N = |q|·P`, the tier of `N`, `MM = N·mmr − cum`,
+/// `uPnL = q·(P − EP)`, each as `Decimal` computes it when exact and non-zero.
+#[inline]
+fn linear_unit_parts(
+    tiers: &[MarginTier],
+    quantity: Decimal,
+    entry: Decimal,
+    price: Decimal,
+) -> Option<(Fx, Fx, Fx, usize)> {
     let q = (fits(quantity.mantissa())?, quantity.scale());
     let p = (fits(price.mantissa())?, price.scale());
     let e = (entry.mantissa(), entry.scale());
@@ -104,12 +129,13 @@ pub(crate) fn linear_unit_fast(
             Decimal::try_from_i128_with_scale(notional.0, notional.1).is_ok_and(|n| f <= n)
         }
     });
-    let t = tiers.get(idx.saturating_sub(1))?;
+    let tier = idx.saturating_sub(1);
+    let t = tiers.get(tier)?;
     let gross = fixed_mul(notional, (t.mmr.mantissa(), t.mmr.scale()))?;
     let mm = fixed_add(gross, (-t.cum.mantissa(), t.cum.scale()))?;
     let diff = fixed_add(p, (-e.0, e.1))?;
     let upnl = fixed_mul(q, diff)?;
-    Some((fixed_normalise(upnl)?, fixed_normalise(mm)?))
+    Some((notional, upnl, mm, tier))
 }
 
 // Cached account totals: `total − old + new`, exactly.

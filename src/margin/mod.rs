@@ -321,6 +321,31 @@ pub fn position_figures_exact(
     entry: Decimal,
     price: Decimal,
 ) -> Result<PositionFigures, MarginError> {
+    // Linear contracts of size 1 on plain brackets on mantissas when every step is exact: bit
+    // for bit the steps of the definition (`exact_figures_fast_path_matches_decimal`).
+    if !instrument.kind.is_inverse()
+        && instrument.contract_size == Decimal::ONE
+        && instrument.margin.is_plain()
+        && let Some((notional, upnl, mm, tier)) =
+            fixed::linear_unit_exact(&instrument.tiers, quantity, entry, price)
+    {
+        return Ok(PositionFigures {
+            notional,
+            unrealized_pnl: upnl,
+            maintenance_margin: mm,
+            tier,
+        });
+    }
+    position_figures_decimal(instrument, quantity, entry, price)
+}
+
+/// [`position_figures_exact`] in `Decimal`: the definition the fast paths are checked against.
+pub(crate) fn position_figures_decimal(
+    instrument: &Instrument,
+    quantity: Decimal,
+    entry: Decimal,
+    price: Decimal,
+) -> Result<PositionFigures, MarginError> {
     if instrument.tiers.is_empty() {
         return Err(MarginError::NoTiers(instrument.id.clone()));
     }

@@ -191,12 +191,63 @@ proptest::proptest! {
             q *= Decimal::from(1_000_000_000_000i64);
         }
         let (p, e) = (Decimal::new(pm, ps), Decimal::new(em, es));
-        let slow = position_figures(&i, q, e, p).map(|f| (f.unrealized_pnl, f.maintenance_margin));
+        let slow = definition(&i, q, e, p);
         let fast = position_pnl_mm(&i, q, e, p);
         proptest::prop_assert_eq!(format!("{slow:?}"), format!("{fast:?}"));
         if let (Ok(a), Ok(b)) = (slow, fast) {
             proptest::prop_assert_eq!((a.0.serialize(), a.1.serialize()), (b.0.serialize(), b.1.serialize()));
         }
+    }
+}
+
+/// `(uPnL, MM)` normalised from the `Decimal` definition alone (no fast path on the way).
+fn definition(
+    i: &Instrument,
+    q: Decimal,
+    e: Decimal,
+    p: Decimal,
+) -> Result<(Decimal, Decimal), MarginError> {
+    position_figures_decimal(i, q, e, p)
+        .map(|f| (normalise(f.unrealized_pnl), normalise(f.maintenance_margin)))
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1500))]
+    /// The exact figures (what the snapshot and the distances are solved on) are the
+    /// definition's bit for bit — notional, uPnL, MM and tier — on every path, fixed point
+    /// or not: contract sizes 1 and 0.001, tiers with their own scales, mantissas that
+    /// overflow.
+    #[test]
+    fn exact_figures_fast_path_matches_decimal(
+        rows in proptest::collection::vec((0i64..5_000_000, 0u32..4, 1i64..500, 2u32..6, 0i64..5_000_000, 0u32..5), 1..6),
+        qm in -10_000_000_000i64..10_000_000_000, qs in 0u32..12,
+        pm in 1i64..1_000_000_000_000, ps in 0u32..16,
+        em in 0i64..1_000_000_000_000, es in 0u32..16,
+        big in proptest::bool::ANY, size_one in proptest::bool::ANY,
+    ) {
+        let mut floor = Decimal::ZERO;
+        let mut tiers = Vec::new();
+        for (k, &(f, fs, m, ms, c, cs)) in rows.iter().enumerate() {
+            if k > 0 {
+                floor += Decimal::new(f.max(1), fs);
+            }
+            tiers.push(tier(floor, floor + dec!(1e12), Decimal::new(m, ms), Decimal::new(c, cs)));
+        }
+        let mut i = contract("XUSDT-PERP", "X", tiers);
+        if !size_one {
+            i.contract_size = dec!(0.001);
+        }
+        let mut q = Decimal::new(qm, qs);
+        if big {
+            q *= Decimal::from(1_000_000_000_000i64);
+        }
+        let (p, e) = (Decimal::new(pm, ps), Decimal::new(em, es));
+        let bits = |f: PositionFigures| {
+            (f.notional.serialize(), f.unrealized_pnl.serialize(), f.maintenance_margin.serialize(), f.tier)
+        };
+        let exact = position_figures_exact(&i, q, e, p).map(bits);
+        let defined = position_figures_decimal(&i, q, e, p).map(bits);
+        proptest::prop_assert_eq!(format!("{exact:?}"), format!("{defined:?}"));
     }
 }
 
@@ -233,7 +284,7 @@ proptest::proptest! {
                 q *= Decimal::from(10_000_000_000i64);
             }
             let e = Decimal::new(em, es);
-            let slow = position_figures(&i, q, e, p).map(|f| (f.unrealized_pnl, f.maintenance_margin));
+            let slow = definition(&i, q, e, p);
             let priced = pricer.pnl_mm(q, e);
             proptest::prop_assert_eq!(format!("{slow:?}"), format!("{priced:?}"));
             if let (Ok(a), Ok(b)) = (slow, priced) {
