@@ -89,7 +89,11 @@ pub(crate) fn linear_unit_fast(
     price: Decimal,
 ) -> Option<(Decimal, Decimal)> {
     let (_, upnl, mm, _) = linear_unit_parts(tiers, quantity, entry, price)?;
-    Some((fixed_normalise(upnl)?, fixed_normalise(mm)?))
+    let upnl = match upnl {
+        Upnl::Fixed(v) => fixed_normalise(v)?,
+        Upnl::AtEntry(d) => super::normalise(d),
+    };
+    Some((upnl, fixed_normalise(mm)?))
 }
 
 /// The linear, contract-size-1 figures before normalising: `(notional, uPnL, MM, tier)`
@@ -101,7 +105,20 @@ pub(crate) fn linear_unit_exact(
     price: Decimal,
 ) -> Option<(Decimal, Decimal, Decimal, usize)> {
     let (notional, upnl, mm, tier) = linear_unit_parts(tiers, quantity, entry, price)?;
-    Some((fx_decimal(notional), fx_decimal(upnl), fx_decimal(mm), tier))
+    let upnl = match upnl {
+        Upnl::Fixed(v) => fx_decimal(v),
+        Upnl::AtEntry(d) => d,
+    };
+    Some((fx_decimal(notional), upnl, fx_decimal(mm), tier))
+}
+
+/// A position's uPnL from [`linear_unit_parts`].
+enum Upnl {
+    /// On mantissas.
+    Fixed(Fx),
+    /// At its entry price: the zero `Decimal`'s own steps give it (its sign and scale), without
+    /// giving up the rest of the position's figures.
+    AtEntry(Decimal),
 }
 
 /// The steps both of the above share: `N = |q|·P`, the tier of `N`, `MM = N·mmr − cum`,
@@ -112,7 +129,7 @@ fn linear_unit_parts(
     quantity: Decimal,
     entry: Decimal,
     price: Decimal,
-) -> Option<(Fx, Fx, Fx, usize)> {
+) -> Option<(Fx, Upnl, Fx, usize)> {
     let q = (fits(quantity.mantissa())?, quantity.scale());
     let p = (fits(price.mantissa())?, price.scale());
     let e = (entry.mantissa(), entry.scale());
@@ -133,8 +150,12 @@ fn linear_unit_parts(
     let t = tiers.get(tier)?;
     let gross = fixed_mul(notional, (t.mmr.mantissa(), t.mmr.scale()))?;
     let mm = fixed_add(gross, (-t.cum.mantissa(), t.cum.scale()))?;
-    let diff = fixed_add(p, (-e.0, e.1))?;
-    let upnl = fixed_mul(q, diff)?;
+    let upnl = match fixed_add(p, (-e.0, e.1)) {
+        Some(diff) => Upnl::Fixed(fixed_mul(q, diff)?),
+        // The definition's two steps, in `Decimal`.
+        None if price == entry => Upnl::AtEntry(quantity.checked_mul(price.checked_sub(entry)?)?),
+        None => return None,
+    };
     Some((notional, upnl, mm, tier))
 }
 

@@ -180,7 +180,7 @@ proptest::proptest! {
         qm in -10_000_000_000i64..10_000_000_000, qs in 0u32..12,
         pm in 1i64..1_000_000_000_000, ps in 0u32..16,
         em in 0i64..1_000_000_000_000, es in 0u32..16,
-        big in proptest::bool::ANY, size_one in proptest::bool::ANY,
+        big in proptest::bool::ANY, size_one in proptest::bool::ANY, at_entry in proptest::bool::ANY,
     ) {
         let mut i = btcusdt();
         if !size_one {
@@ -190,7 +190,8 @@ proptest::proptest! {
         if big {
             q *= Decimal::from(1_000_000_000_000i64);
         }
-        let (p, e) = (Decimal::new(pm, ps), Decimal::new(em, es));
+        let p = Decimal::new(pm, ps);
+        let e = if at_entry { at_places(p, es % 4) } else { Decimal::new(em, es) };
         let slow = definition(&i, q, e, p);
         let fast = position_pnl_mm(&i, q, e, p);
         proptest::prop_assert_eq!(format!("{slow:?}"), format!("{fast:?}"));
@@ -198,6 +199,13 @@ proptest::proptest! {
             proptest::prop_assert_eq!((a.0.serialize(), a.1.serialize()), (b.0.serialize(), b.1.serialize()));
         }
     }
+}
+
+/// `d` written with `more` extra places (the same number).
+fn at_places(d: Decimal, more: u32) -> Decimal {
+    let mut e = d;
+    e.rescale((d.scale() + more).min(28));
+    e
 }
 
 /// `(uPnL, MM)` normalised from the `Decimal` definition alone (no fast path on the way).
@@ -223,7 +231,7 @@ proptest::proptest! {
         qm in -10_000_000_000i64..10_000_000_000, qs in 0u32..12,
         pm in 1i64..1_000_000_000_000, ps in 0u32..16,
         em in 0i64..1_000_000_000_000, es in 0u32..16,
-        big in proptest::bool::ANY, size_one in proptest::bool::ANY,
+        big in proptest::bool::ANY, size_one in proptest::bool::ANY, at_entry in proptest::bool::ANY,
     ) {
         let mut floor = Decimal::ZERO;
         let mut tiers = Vec::new();
@@ -241,7 +249,10 @@ proptest::proptest! {
         if big {
             q *= Decimal::from(1_000_000_000_000i64);
         }
-        let (p, e) = (Decimal::new(pm, ps), Decimal::new(em, es));
+        let p = Decimal::new(pm, ps);
+        // At its entry (written with its own places): uPnL is a zero, signed and scaled as
+        // the definition's steps leave it.
+        let e = if at_entry { at_places(p, es % 4) } else { Decimal::new(em, es) };
         let bits = |f: PositionFigures| {
             (f.notional.serialize(), f.unrealized_pnl.serialize(), f.maintenance_margin.serialize(), f.tier)
         };
