@@ -149,8 +149,8 @@ fn linear_unit_parts(
     let tier = idx.saturating_sub(1);
     let t = tiers.get(tier)?;
     let gross = fixed_mul(notional, (t.mmr.mantissa(), t.mmr.scale()))?;
-    let mm = fixed_add(gross, (-t.cum.mantissa(), t.cum.scale()))?;
-    let upnl = match fixed_add(p, (-e.0, e.1)) {
+    let mm = fx_add(gross, (-t.cum.mantissa(), t.cum.scale()))?;
+    let upnl = match fx_add(p, (-e.0, e.1)) {
         Some(diff) => Upnl::Fixed(fixed_mul(q, diff)?),
         // The definition's two steps, in `Decimal`.
         None if price == entry => Upnl::AtEntry(quantity.checked_mul(price.checked_sub(entry)?)?),
@@ -394,16 +394,24 @@ pub(crate) fn fx(d: Decimal) -> Fx {
     (d.mantissa(), d.scale())
 }
 
-/// `a + b` as `Decimal` computes it when exact and non-zero; `None` otherwise.
+/// `a + b` as `Decimal` computes it when exact and non-zero; `None` otherwise. A zero operand
+/// gives the other operand as it is — its scale, not the wider one — as `Decimal` does (a
+/// `0.000` tier amount added to `1.5` leaves `1.5`).
 #[inline]
 pub(crate) fn fx_add(a: Fx, b: Fx) -> Option<Fx> {
+    if a.0 == 0 {
+        return fits(b.0).map(|m| (m, b.1));
+    }
+    if b.0 == 0 {
+        return Some(a);
+    }
     fixed_add(a, b)
 }
 
 /// `a − b` as `Decimal` computes it when exact and non-zero; `None` otherwise.
 #[inline]
 pub(crate) fn fx_sub(a: Fx, b: Fx) -> Option<Fx> {
-    fixed_add(a, (-b.0, b.1))
+    fx_add(a, (-b.0, b.1))
 }
 
 /// `a × b` as `Decimal` computes it when exact and non-zero; `None` otherwise.

@@ -64,9 +64,13 @@ proptest::proptest! {
         collateral in proptest::collection::vec((-1_000_000i64..10_000_000, 0u32..9, 1i64..1_000_000, 0u32..9), 0..2),
         trigger in (1i64..2_000, 0u32..4),
         big in proptest::bool::ANY,
+        zeros in (proptest::bool::ANY, proptest::bool::ANY, 0u32..20, 0u32..6),
     ) {
+        // Zeros written with places (`0.000`) where the line adds them: `Decimal` adds a zero
+        // by returning the other operand as it is, not at the wider scale.
+        let (zero_equity, zero_mm, zero_scale, cum_scale) = zeros;
         let table = tiers(&[
-            (dec!(0), dec!(0.004), dec!(0)),
+            (dec!(0), dec!(0.004), Decimal::new(0, cum_scale)),
             (dec!(50000), dec!(0.005), dec!(50)),
             (dec!(250000.5), dec!(0.0125), dec!(1925.00625)),
         ]);
@@ -77,8 +81,8 @@ proptest::proptest! {
             .collect();
         let collateral_coin = coin(dec!(0.95));
         let mut pm = PriceMove {
-            fixed_equity: Decimal::new(fixed.0, fixed.1),
-            fixed_mm: Decimal::new(fixed.2, fixed.3),
+            fixed_equity: Decimal::new(if zero_equity { 0 } else { fixed.0 }, if zero_equity { zero_scale } else { fixed.1 }),
+            fixed_mm: Decimal::new(if zero_mm { 0 } else { fixed.2 }, if zero_mm { zero_scale } else { fixed.3 }),
             trigger: Decimal::new(trigger.0, trigger.1),
             ..PriceMove::default()
         };
