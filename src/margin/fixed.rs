@@ -344,6 +344,13 @@ fn decode_tier(t: &MarginTier, ns: u32) -> TierAt {
     }
 }
 
+/// [`super::normalise`] of the `Decimal` with this mantissa and scale, when it is non-zero and
+/// its result fits; `None` otherwise.
+#[inline]
+pub(crate) fn normalise_parts(m: i128, s: u32) -> Option<Decimal> {
+    normalise_fast(m, s)
+}
+
 /// [`fixed_normalise`] on magnitudes, building the `Decimal` from its parts.
 #[inline]
 fn normalise_fast(m: i128, s: u32) -> Option<Decimal> {

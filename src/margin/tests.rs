@@ -201,6 +201,35 @@ proptest::proptest! {
     }
 }
 
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+    /// Normalising on the magnitude is the `Decimal` definition bit for bit: every scale,
+    /// mantissas up to 96 bits, zeros, negatives and exact midpoints at the 13th place (which
+    /// round away from zero).
+    #[test]
+    fn normalise_fast_is_normalise(
+        hi in 0u32..=u32::MAX, mid in 0u32..=u32::MAX, lo in 0u32..=u32::MAX,
+        width in 0u32..4, scale in 0u32..=28, negative in proptest::bool::ANY, midpoint in proptest::bool::ANY,
+    ) {
+        let (hi, mid) = match width {
+            0 => (0, 0),
+            1 => (0, mid),
+            2 => (hi >> 16, mid),
+            _ => (hi, mid),
+        };
+        let mut d = Decimal::from_parts(lo, mid, hi, negative, scale);
+        if midpoint && scale > ACCOUNTING_SCALE {
+            // …5 followed by zeros at the 13th place: a tie.
+            let m = (d.mantissa() / 10i128.pow(scale - ACCOUNTING_SCALE)) * 10i128.pow(scale - ACCOUNTING_SCALE)
+                + 5 * 10i128.pow(scale - ACCOUNTING_SCALE - 1);
+            if let Ok(t) = Decimal::try_from_i128_with_scale(m, scale) {
+                d = t;
+            }
+        }
+        proptest::prop_assert_eq!(normalise(d).serialize(), normalise_decimal(d).serialize(), "{}", d);
+    }
+}
+
 /// `d` written with `more` extra places (the same number).
 fn at_places(d: Decimal, more: u32) -> Decimal {
     let mut e = d;
