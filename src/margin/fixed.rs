@@ -344,16 +344,10 @@ fn decode_tier(t: &MarginTier, ns: u32) -> TierAt {
     }
 }
 
-/// [`super::normalise`] of the `Decimal` with this mantissa and scale, when it is non-zero and
-/// its result fits; `None` otherwise.
+/// [`super::normalise`] of the `Decimal` with this mantissa and scale, on its magnitude,
+/// building the result from its parts: `None` when it is zero or does not fit.
 #[inline]
-pub(crate) fn normalise_parts(m: i128, s: u32) -> Option<Decimal> {
-    normalise_fast(m, s)
-}
-
-/// [`fixed_normalise`] on magnitudes, building the `Decimal` from its parts.
-#[inline]
-fn normalise_fast(m: i128, s: u32) -> Option<Decimal> {
+pub(crate) fn normalise_fast(m: i128, s: u32) -> Option<Decimal> {
     let mag = m.unsigned_abs();
     let r = if s <= ACCOUNTING_SCALE {
         let k = POW10_U64[(ACCOUNTING_SCALE - s) as usize];

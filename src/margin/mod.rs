@@ -86,7 +86,7 @@ pub fn div(a: Decimal, b: Decimal, context: &'static str) -> Result<Decimal, Mar
 pub fn normalise(d: Decimal) -> Decimal {
     // On the magnitude (one 64×64 multiplication, or one division), for every non-zero value
     // whose result fits; bit for bit the definition below (`normalise_fast_is_normalise`).
-    if let Some(n) = fixed::normalise_parts(d.mantissa(), d.scale()) {
+    if let Some(n) = fixed::normalise_fast(d.mantissa(), d.scale()) {
         return n;
     }
     normalise_decimal(d)

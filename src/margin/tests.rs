@@ -16,7 +16,7 @@ fn tier(floor: Decimal, cap: Decimal, mmr: Decimal, cum: Decimal) -> MarginTier 
 }
 
 /// Tiers from `(floor, mmr, cum)` rows; each cap is the next floor (the last: 10 × floor).
-fn table(rows: &[(Decimal, Decimal, Decimal)]) -> Vec<MarginTier> {
+pub(super) fn table(rows: &[(Decimal, Decimal, Decimal)]) -> Vec<MarginTier> {
     rows.iter()
         .enumerate()
         .map(|(i, &(f, m, c))| {
@@ -29,7 +29,7 @@ fn table(rows: &[(Decimal, Decimal, Decimal)]) -> Vec<MarginTier> {
         .collect()
 }
 
-fn contract(id: &str, underlying: &str, tiers: Vec<MarginTier>) -> Instrument {
+pub(super) fn contract(id: &str, underlying: &str, tiers: Vec<MarginTier>) -> Instrument {
     Instrument {
         id: id.into(),
         kind: InstrumentKind::LinearPerpetual,
@@ -46,7 +46,7 @@ fn contract(id: &str, underlying: &str, tiers: Vec<MarginTier>) -> Instrument {
     }
 }
 
-fn coin(id: &str, ratio: Decimal, stable: bool) -> Instrument {
+pub(super) fn coin(id: &str, ratio: Decimal, stable: bool) -> Instrument {
     Instrument {
         id: id.into(),
         kind: InstrumentKind::Collateral,
@@ -186,10 +186,7 @@ proptest::proptest! {
         if !size_one {
             i.contract_size = dec!(0.001);
         }
-        let mut q = Decimal::new(qm, qs);
-        if big {
-            q *= Decimal::from(1_000_000_000_000i64);
-        }
+        let q = quantity(qm, qs, big);
         let p = Decimal::new(pm, ps);
         let e = if at_entry { at_places(p, es % 4) } else { Decimal::new(em, es) };
         let slow = definition(&i, q, e, p);
@@ -230,6 +227,38 @@ proptest::proptest! {
     }
 }
 
+/// Ascending tiers from random `(floor step, scale, mmr, scale, cum, scale)` rows, each
+/// amount with its own places; a third of the amounts are a zero written with places
+/// (`0.000`: `Decimal` adds a zero by returning the other operand as it is, not at the wider
+/// scale).
+fn random_tiers(rows: &[(i64, u32, i64, u32, i64, u32)]) -> Vec<MarginTier> {
+    let mut floor = Decimal::ZERO;
+    let mut tiers = Vec::new();
+    for (k, &(f, fs, m, ms, c, cs)) in rows.iter().enumerate() {
+        if k > 0 {
+            floor += Decimal::new(f.max(1), fs);
+        }
+        let c = if c % 3 == 0 { 0 } else { c };
+        tiers.push(tier(
+            floor,
+            floor + dec!(1e12),
+            Decimal::new(m, ms),
+            Decimal::new(c, cs),
+        ));
+    }
+    tiers
+}
+
+/// A random quantity, or the same times 10¹² (mantissas past 64 bits).
+fn quantity(m: i64, scale: u32, big: bool) -> Decimal {
+    let q = Decimal::new(m, scale);
+    if big {
+        q * Decimal::from(1_000_000_000_000i64)
+    } else {
+        q
+    }
+}
+
 /// `d` written with `more` extra places (the same number).
 fn at_places(d: Decimal, more: u32) -> Decimal {
     let mut e = d;
@@ -263,25 +292,11 @@ proptest::proptest! {
         big in proptest::bool::ANY, size_one in proptest::bool::ANY, at_entry in proptest::bool::ANY,
         zero_entry in proptest::bool::ANY,
     ) {
-        let mut floor = Decimal::ZERO;
-        let mut tiers = Vec::new();
-        for (k, &(f, fs, m, ms, c, cs)) in rows.iter().enumerate() {
-            if k > 0 {
-                floor += Decimal::new(f.max(1), fs);
-            }
-            // Often a zero amount written with places (`0.000`): `Decimal` adds a zero by
-            // returning the other operand as it is, not at the wider scale.
-            let c = if c % 3 == 0 { 0 } else { c };
-            tiers.push(tier(floor, floor + dec!(1e12), Decimal::new(m, ms), Decimal::new(c, cs)));
-        }
-        let mut i = contract("XUSDT-PERP", "X", tiers);
+        let mut i = contract("XUSDT-PERP", "X", random_tiers(&rows));
         if !size_one {
             i.contract_size = dec!(0.001);
         }
-        let mut q = Decimal::new(qm, qs);
-        if big {
-            q *= Decimal::from(1_000_000_000_000i64);
-        }
+        let q = quantity(qm, qs, big);
         let p = Decimal::new(pm, ps);
         // At its entry (written with its own places): uPnL is a zero, signed and scaled as
         // the definition's steps leave it.
@@ -313,15 +328,7 @@ proptest::proptest! {
         big in proptest::bool::ANY,
     ) {
         // Floors ascending (the order `select_tier` expects), each with its own scale.
-        let mut floor = Decimal::ZERO;
-        let mut tiers = Vec::new();
-        for (k, &(f, fs, m, ms, c, cs)) in rows.iter().enumerate() {
-            if k > 0 {
-                floor += Decimal::new(f.max(1), fs);
-            }
-            tiers.push(tier(floor, floor + dec!(1e12), Decimal::new(m, ms), Decimal::new(c, cs)));
-        }
-        let i = contract("XUSDT-PERP", "X", tiers);
+        let i = contract("XUSDT-PERP", "X", random_tiers(&rows));
         let p = Decimal::new(pm, ps);
         let mut pricer = PositionPricer::new(&i, p);
         let mut fast = fixed::LinearTick::new(&i.tiers, p);

@@ -3,45 +3,15 @@
 use rust_decimal_macros::dec;
 
 use super::*;
-use crate::model::{InstrumentKind, MarginTier};
+use crate::margin::tests::{coin, contract, table as tiers};
+use crate::model::MarginTier;
 
+/// A linear perpetual with this contract size (the margin tests' fixture).
 fn linear(id: &str, contract_size: Decimal, tiers: Vec<MarginTier>) -> Instrument {
     Instrument {
-        id: id.into(),
-        kind: InstrumentKind::LinearPerpetual,
-        underlying: id.into(),
         contract_size,
-        tiers,
-        liquidation_fee_rate: dec!(0.005),
-        margin: Default::default(),
-        collateral_ratio: Decimal::ONE,
-        haircut_tiers: vec![],
-        stable: false,
-        sources: vec![],
-        source_note: None,
+        ..contract(id, id, tiers)
     }
-}
-
-fn coin(ratio: Decimal) -> Instrument {
-    Instrument {
-        kind: InstrumentKind::Collateral,
-        collateral_ratio: ratio,
-        tiers: vec![],
-        ..linear("BTC", Decimal::ONE, vec![])
-    }
-}
-
-/// Tiers from `(floor, mmr, cum)`; every cap is the next floor.
-fn tiers(rows: &[(Decimal, Decimal, Decimal)]) -> Vec<MarginTier> {
-    rows.iter()
-        .enumerate()
-        .map(|(i, &(floor, mmr, cum))| MarginTier {
-            notional_floor: floor,
-            notional_cap: rows.get(i + 1).map_or(floor * dec!(10) + dec!(1), |r| r.0),
-            mmr,
-            cum,
-        })
-        .collect()
 }
 
 /// A line's two `Decimal`s as their 16 bytes each: equal only when bit for bit the same.
@@ -79,7 +49,7 @@ proptest::proptest! {
             .iter()
             .map(|&cs| linear("XUSDT-PERP", cs, table.clone()))
             .collect();
-        let collateral_coin = coin(dec!(0.95));
+        let collateral_coin = coin("BTC", dec!(0.95), false);
         let mut pm = PriceMove {
             fixed_equity: Decimal::new(if zero_equity { 0 } else { fixed.0 }, if zero_equity { zero_scale } else { fixed.1 }),
             fixed_mm: Decimal::new(if zero_mm { 0 } else { fixed.2 }, if zero_mm { zero_scale } else { fixed.3 }),
