@@ -19,7 +19,8 @@
 //! always equal a recomputation at the prices its slots were valued at, and at the current
 //! prices once materialised. The distance index ([`crate::engine::index`]) uses this to revalue only
 //! the accounts a tick can move across a level; [`AccountMap::riskiest`] materialises every
-//! account before it ranks them. [`AccountMap::apply_price`] still revalues every holder.
+//! account before it ranks them. [`AccountMap::apply_price`] still revalues every holder — on
+//! every core from [`TICK_PARALLEL_MIN`] holders on, reported in key order all the same.
 //!
 //! # Incomplete accounts
 //! An account with a slot whose instrument has no price yet (or whose figures overflowed) is
@@ -109,6 +110,14 @@ pub type AccountKey = u32;
 pub type InstrumentIdx = u32;
 
 const UPDATE_STRIPES: usize = 64;
+
+/// Holders from which a tick is valued on every core. A tick streams its holders' accounts
+/// through memory, so a second core adds memory traffic more than it adds valuing: on the
+/// engine bench (2 cores) the 1M-account tick fell from 118 to 86 ms of wall time for 15 % more
+/// CPU, the 100k one from 12.2 to 7.6 ms for ~5 % more; at 10k (9,000 holders) it saved 170 µs
+/// for 23 % more CPU, the thread's start-up included — below this the tick stays on its
+/// thread, leaving the other core to the feeds.
+pub(crate) const TICK_PARALLEL_MIN: usize = 16_384;
 const CHUNK_SHIFT: u32 = 12;
 const CHUNK_LEN: usize = 1 << CHUNK_SHIFT;
 const MAX_CHUNKS: usize = 1 << 16;
@@ -994,8 +1003,10 @@ impl AccountMap {
         self.apply_price_with(instrument, price, |t| out.push(t))
     }
 
-    /// [`AccountMap::apply_price`] reporting each touched account to a callback instead.
-    /// The callback runs under the instrument's lock: keep it short and do not call the map.
+    /// [`AccountMap::apply_price`] reporting each touched account to a callback instead, in
+    /// key order (a tick of [`TICK_PARALLEL_MIN`] holders or more values them on every core
+    /// first, then reports them). The callback runs under the instrument's lock: keep it short
+    /// and do not call the map.
     pub fn apply_price_with(
         &self,
         instrument: &InstrumentId,
@@ -1018,33 +1029,37 @@ impl AccountMap {
             // Stables are valued at 1 whatever the feed says.
             return Ok(summary);
         }
-        let mut pricer = PositionPricer::new(inst, price);
-        for &key in state.holders.iter() {
-            let Some(cell) = self.accounts.cell(key) else {
-                continue;
-            };
-            let mut guard = cell.lock();
-            let Some(e) = guard.as_mut() else {
-                continue;
-            };
-            for i in 0..e.slots.len() {
-                let Some(slot) = e.slots.get(i) else { break };
-                if slot.instr != idx {
-                    continue;
-                }
-                summary.slots += 1;
-                let new = match value_slot_at(&mut pricer, inst, slot) {
-                    Ok(v) => v,
-                    Err(error) => {
-                        summary.errors += 1;
-                        tracing::debug!(account = %e.id, %instrument, %error, "Slot not valued");
-                        None
-                    }
-                };
-                e.set_slot(i, new, price);
+        if state.holders.len() >= TICK_PARALLEL_MIN && crate::engine::par::threads() > 1 {
+            // A big move on a big book: every core values its share of the holders (each
+            // account under its own lock, each thread with its own pricer), and the accounts
+            // are reported in key order as below. Holders cannot change meanwhile: an update
+            // write-locks the instruments whose holders it changes, and this lock is held.
+            let keys: Vec<AccountKey> = state.holders.iter().copied().collect();
+            let valued = crate::engine::par::map_chunks_in_order(&keys, |chunk| {
+                let mut pricer = PositionPricer::new(inst, price);
+                chunk
+                    .iter()
+                    .map(|&key| self.revalue_holder(key, idx, inst, price, &mut pricer))
+                    .collect()
+            });
+            for (touched, slots, errors) in valued.into_iter().flatten() {
+                summary.accounts += 1;
+                summary.slots += slots;
+                summary.errors += errors;
+                on_touched(touched);
             }
-            summary.accounts += 1;
-            on_touched(e.touched(key));
+        } else {
+            let mut pricer = PositionPricer::new(inst, price);
+            for &key in state.holders.iter() {
+                if let Some((touched, slots, errors)) =
+                    self.revalue_holder(key, idx, inst, price, &mut pricer)
+                {
+                    summary.accounts += 1;
+                    summary.slots += slots;
+                    summary.errors += errors;
+                    on_touched(touched);
+                }
+            }
         }
         drop(state);
         metrics::counter!("liqwatch_accounts_ticks_total", "instrument" => instrument.to_string())
@@ -1055,6 +1070,40 @@ impl AccountMap {
             tracing::warn!(%instrument, %price, errors = summary.errors, "Positions could not be valued at this price (overflow); their accounts are incomplete");
         }
         Ok(summary)
+    }
+
+    /// Revalues the slots of holder `key` on instrument `idx` at `price` (the tick's pricer),
+    /// returning its new figures with the slots valued and how many of them failed; `None`
+    /// when the account is gone. The instrument's lock must be held.
+    #[inline]
+    fn revalue_holder(
+        &self,
+        key: AccountKey,
+        idx: InstrumentIdx,
+        inst: &Instrument,
+        price: Decimal,
+        pricer: &mut PositionPricer<'_>,
+    ) -> Option<(Touched, usize, usize)> {
+        let mut guard = self.accounts.cell(key)?.lock();
+        let e = guard.as_mut()?;
+        let (mut slots, mut errors) = (0, 0);
+        for i in 0..e.slots.len() {
+            let Some(slot) = e.slots.get(i) else { break };
+            if slot.instr != idx {
+                continue;
+            }
+            slots += 1;
+            let new = match value_slot_at(pricer, inst, slot) {
+                Ok(v) => v,
+                Err(error) => {
+                    errors += 1;
+                    tracing::debug!(account = %e.id, instrument = %inst.id, %error, "Slot not valued");
+                    None
+                }
+            };
+            e.set_slot(i, new, price);
+        }
+        Some((e.touched(key), slots, errors))
     }
 
     /// The instrument's index and lock, once `price` is known to be usable.

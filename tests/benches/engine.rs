@@ -5,8 +5,10 @@
 //! `cargo bench --bench engine` (all sizes) or `LIQWATCH_BENCH_MAX=100000 cargo bench --bench engine`.
 //!
 //! Two clocks: the `tick` and `update` groups measure wall time; `tick-cpu` measures the time
-//! the benchmark thread was actually on a CPU (`/proc/thread-self/schedstat`), which is what a
-//! tick costs when the machine is not shared — the project machine runs many builds at once.
+//! the process was actually on a CPU, every thread summed (`CLOCK_PROCESS_CPUTIME_ID`): a tick
+//! with more than `engine::par::PARALLEL_MIN` holders runs on every core, so its wall time is
+//! what it costs on this machine and its CPU time what it costs per core (its throughput is
+//! position revaluations per second of one core).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -18,7 +20,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 #[allow(dead_code)] // each bench uses only some of the book's helpers
 #[path = "support/book.rs"]
 mod book;
-use book::{Lcg, account, build, thread_cpu_ns, vm_rss_kib};
+use book::{Lcg, account, build, process_cpu_ns, vm_rss_kib};
 
 use std::sync::Arc;
 
@@ -30,7 +32,7 @@ use rust_decimal_macros::dec;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Criterion measurement of on-CPU time of the benchmark thread.
+/// Criterion measurement of on-CPU time of the process (every thread).
 struct CpuTime;
 static WALL: WallTime = WallTime;
 
@@ -38,10 +40,10 @@ impl Measurement for CpuTime {
     type Intermediate = u64;
     type Value = Duration;
     fn start(&self) -> u64 {
-        thread_cpu_ns()
+        process_cpu_ns()
     }
     fn end(&self, i: u64) -> Duration {
-        Duration::from_nanos(thread_cpu_ns().saturating_sub(i))
+        Duration::from_nanos(process_cpu_ns().saturating_sub(i))
     }
     fn add(&self, a: &Duration, b: &Duration) -> Duration {
         *a + *b

@@ -425,3 +425,49 @@ fn materialise_many_equals_one_by_one() {
         assert_matches_oracle(&a, id.as_str());
     }
 }
+
+/// A tick with more holders than `TICK_PARALLEL_MIN` is valued on every core: each holder is
+/// reported once, in key order, with the figures a from-scratch recomputation gives, and the
+/// summary counts every account and slot (the small tick's contract).
+#[test]
+fn a_large_tick_on_every_core_equals_from_scratch() {
+    let n = super::TICK_PARALLEL_MIN * 7 / 6 + 200;
+    let m = AccountMap::new(w3_instruments());
+    for i in 0..n {
+        let mut a = w3_account(&format!("big-{i}"));
+        a.positions[0].quantity = Decimal::new(-40 + (i as i64 % 83), 1);
+        if i % 7 == 0 {
+            // Without the BTC perp: not a holder.
+            a.positions
+                .retain(|p| p.instrument.as_str() != "BTCUSDT-PERP");
+        }
+        m.apply_update(AccountUpdate::Replace { account: a })
+            .unwrap();
+    }
+    w3_prices(&m, dec!(60000), dec!(3000), dec!(150));
+    let holders = m.holder_keys(&"BTCUSDT-PERP".into());
+    assert!(holders.len() > super::TICK_PARALLEL_MIN);
+    for p in [dec!(54321.5), dec!(61234.25), dec!(48000)] {
+        let mut out = Vec::new();
+        let s = m.apply_price(&"BTCUSDT-PERP".into(), p, &mut out).unwrap();
+        assert_eq!(s.accounts, holders.len());
+        assert_eq!(s.slots, holders.len());
+        assert_eq!(s.errors, 0);
+        assert_eq!(out.iter().map(|t| t.key).collect::<Vec<_>>(), holders);
+        let prices = m.prices();
+        let table = m.instruments();
+        for t in &out {
+            let a = m.account(&m.id_of(t.key).unwrap()).unwrap();
+            let want = margin::account_totals(&a, &*table, &prices).unwrap();
+            assert!(t.complete);
+            assert_eq!(
+                (t.equity, t.maintenance_margin),
+                (want.equity, want.maintenance_margin)
+            );
+            assert_eq!(
+                (t.equity.scale(), t.maintenance_margin.scale()),
+                (want.equity.scale(), want.maintenance_margin.scale())
+            );
+        }
+    }
+}

@@ -136,6 +136,11 @@ pub fn thread_cpu_ns() -> u64 {
     u64::try_from(cpu_time::ThreadTime::now().as_duration().as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// On-CPU time of the whole process, every thread (ended ones included), in ns.
+pub fn process_cpu_ns() -> u64 {
+    u64::try_from(cpu_time::ProcessTime::now().as_duration().as_nanos()).unwrap_or(u64::MAX)
+}
+
 pub fn vm_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
