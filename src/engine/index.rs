@@ -366,28 +366,33 @@ fn band_around(anchor: f64, h: f64) -> Option<FixedBand> {
     FixedBand::from_units(lo.ceil(), hi.floor())
 }
 
-/// One instrument's band, `anchor·(1 ± half)` (through [`band_around`], so the same fixed-point
-/// ends every time: the store's entries are found again from these 24 bytes), and its share of
-/// the account's budget.
+/// One instrument's band, `anchor·(1 ± half)` (through [`band_around`], once), kept as the
+/// codes of its ends ([`FixedBand::codes`]: the store's entries are found again from them, and
+/// the band is not converted from `f64` again each time it is looked at — a woken account's
+/// bands are read four or five times a step), and its share of the account's budget.
 #[derive(Clone, Copy, Debug)]
 struct Banded {
     /// The price the account was valued at (`f64`: within 2⁻⁵³ of it).
     anchor: f64,
-    /// The band's half-width, a fraction of `anchor`.
-    half: f64,
     /// See [`Budgeted::coef`].
     coef: f64,
+    /// The band's ends, coded.
+    codes: (u32, u32),
 }
 
 impl Banded {
-    /// A band for `price` strictly inside it; `None` when there is none.
+    /// The band `anchor·(1 ± half)` for `price` strictly inside it; `None` when there is none.
     fn new(anchor: f64, half: f64, coef: f64, price: PriceKey) -> Option<Self> {
-        let b = Banded { anchor, half, coef };
-        b.band().filter(|band| band.holds(price)).map(|_| b)
+        let band = band_around(anchor, half).filter(|band| band.holds(price))?;
+        Some(Banded {
+            anchor,
+            coef,
+            codes: band.codes(),
+        })
     }
 
-    fn band(&self) -> Option<FixedBand> {
-        band_around(self.anchor, self.half)
+    fn band(&self) -> FixedBand {
+        FixedBand::from_codes(self.codes)
     }
 }
 
@@ -465,7 +470,7 @@ impl DistanceIndex {
     ) -> Option<(Decimal, Decimal)> {
         let t = self.accounts.get(key as usize)?.as_ref()?;
         let i = t.instrs.binary_search(&instrument).ok()?;
-        t.bands.as_ref()?.get(i)?.band().map(FixedBand::to_decimal)
+        Some(t.bands.as_ref()?.get(i)?.band().to_decimal())
     }
 
     /// (Re)registers an account after it was created or changed: it becomes eager on the
@@ -510,9 +515,7 @@ impl DistanceIndex {
                 Some(bands) => {
                     self.banded = self.banded.saturating_sub(1);
                     for (idx, b) in old.instrs.iter().zip(bands.iter()) {
-                        if let Some(band) = b.band() {
-                            self.store.band(*idx, key, band, false);
-                        }
+                        self.store.band_coded(*idx, key, b.codes, false);
                     }
                 }
                 None => {
@@ -529,9 +532,7 @@ impl DistanceIndex {
             Some(b) => {
                 self.banded += 1;
                 for (idx, b) in new.instrs.iter().zip(b.iter()) {
-                    if let Some(band) = b.band() {
-                        self.store.band(*idx, key, band, true);
-                    }
+                    self.store.band_coded(*idx, key, b.codes, true);
                 }
             }
             None => {
@@ -618,7 +619,7 @@ impl DistanceIndex {
                 anchor: b.anchor,
                 coef: b.coef,
                 price,
-                left: !b.band().is_some_and(|band| band.holds(key)),
+                left: !b.band().holds(key),
             });
         }
         let h = respread(&slots)?;
@@ -638,10 +639,8 @@ impl DistanceIndex {
         };
         if let Some(bands) = t.bands.as_ref() {
             for ((idx, old), new) in t.instrs.iter().zip(bands.iter()).zip(new.iter()) {
-                if let (Some(old), Some(new)) = (old.band(), new.band()) {
-                    self.store.band(*idx, key, old, false);
-                    self.store.band(*idx, key, new, true);
-                }
+                self.store.band_coded(*idx, key, old.codes, false);
+                self.store.band_coded(*idx, key, new.codes, true);
             }
         }
         t.bands = Some(new.into_boxed_slice());
@@ -657,9 +656,7 @@ impl DistanceIndex {
         };
         self.banded = self.banded.saturating_sub(1);
         for (idx, b) in t.instrs.iter().zip(bands.iter()) {
-            if let Some(band) = b.band() {
-                self.store.band(*idx, key, band, false);
-            }
+            self.store.band_coded(*idx, key, b.codes, false);
             self.store.eager(*idx, key, true);
         }
     }

@@ -138,6 +138,19 @@ impl FixedBand {
         coded(lo as u128, hi as u128)
     }
 
+    /// The codes of the ends (exact: every band's ends are codes' values).
+    pub fn codes(self) -> (u32, u32) {
+        (Code::up(self.lo).0, Code::down(self.hi).0)
+    }
+
+    /// The band whose ends are these codes' values (of [`FixedBand::codes`]).
+    pub fn from_codes((lo, hi): (u32, u32)) -> Self {
+        FixedBand {
+            lo: Code(lo).value(),
+            hi: Code(hi).value(),
+        }
+    }
+
     /// Whether a price is strictly inside the band (what keeps its holder asleep; the store
     /// answers the same question with range queries).
     pub fn holds(self, price: PriceKey) -> bool {
@@ -350,11 +363,24 @@ impl Store {
         }
     }
 
-    /// Queues the account's band on `idx` in (`add`) or out.
+    /// Queues the account's band on `idx` in (`add`) or out (tests; the index keeps its bands
+    /// coded and queues them with [`Store::band_coded`]).
+    #[cfg(test)]
     pub fn band(&mut self, idx: InstrumentIdx, key: AccountKey, band: FixedBand, add: bool) {
+        self.band_coded(idx, key, band.codes(), add);
+    }
+
+    /// Queues the account's band on `idx` — the band whose ends have these codes
+    /// ([`FixedBand::codes`]) — in (`add`) or out.
+    pub fn band_coded(
+        &mut self,
+        idx: InstrumentIdx,
+        key: AccountKey,
+        codes: (u32, u32),
+        add: bool,
+    ) {
         if let Some(ib) = self.queue(idx) {
-            // The ends are codes' values, so either rounding gives their code.
-            let (lo, hi) = (pack(Code::up(band.lo), key), pack(Code::down(band.hi), key));
+            let (lo, hi) = (pack(Code(codes.0), key), pack(Code(codes.1), key));
             if add {
                 ib.lo_ops.add.push(lo);
                 ib.hi_ops.add.push(hi);

@@ -76,6 +76,10 @@ proptest! {
         prop_assert_eq!(Code::down(small).value(), small);
         let (lo, hi) = (a.min(b), a.max(b));
         prop_assert!(Code::down(lo) <= Code::down(hi) && Code::up(lo) <= Code::up(hi));
+        // A band kept as its ends' codes (as the index keeps it) is the same band.
+        if let Some(band) = coded(lo, hi) {
+            prop_assert_eq!(FixedBand::from_codes(band.codes()), band);
+        }
     }
 
     /// The store's range queries wake exactly the holders whose stored band the price is not
