@@ -496,8 +496,10 @@ impl Monitor {
         let out = if reports.len() >= PARALLEL_STATES && ascending && par::threads() >= 2 {
             run_parallel(&pass, &mut self.slots, reports)
         } else {
-            let mut out = Vec::new();
-            let mut jobs = Vec::new();
+            // Sized for an event per report (a crash: growing a vector of events copies them),
+            // up to a bound (a big eager tick reports every holder and emits few events).
+            let mut out = Vec::with_capacity(reports.len().min(EVENTS_RESERVED));
+            let mut jobs = Vec::with_capacity(reports.len().min(EVENTS_RESERVED));
             for t in reports {
                 if let Some(slot) = self.slots.get_mut(t.key as usize) {
                     pass.evaluate(slot, t, &mut out, &mut jobs);
@@ -600,6 +602,9 @@ static PARALLEL_PASSES: std::sync::atomic::AtomicUsize = std::sync::atomic::Atom
 /// first key.
 type Run<'r, 's> = (&'r [&'r Touched], &'s mut [Option<Slot>], usize);
 
+/// Events a state pass makes room for at once (see [`Monitor::run`]).
+const EVENTS_RESERVED: usize = 4_096;
+
 /// The parallel state pass of [`Monitor::run`]: `reports` (keys ascending) split into runs,
 /// each run evaluated in its own slots and its events' snapshots built by the thread that took
 /// it; the events come back in key order.
@@ -642,7 +647,8 @@ fn run_parallel(pass: &Pass<'_>, slots: &mut [Option<Slot>], reports: &[&Touched
             let Some((run, mine, lo)) = run.lock().ok().and_then(|mut r| r.take()) else {
                 continue;
             };
-            let (mut out, mut jobs) = (Vec::new(), Vec::new());
+            let (mut out, mut jobs) =
+                (Vec::with_capacity(run.len()), Vec::with_capacity(run.len()));
             for t in run {
                 if let Some(slot) = mine.get_mut(t.key as usize - lo) {
                     pass.evaluate(slot, t, &mut out, &mut jobs);
