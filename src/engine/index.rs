@@ -766,12 +766,19 @@ impl DistanceIndex {
         // stored in key order. The instrument table is loaded once, not per account (see
         // `AccountMap::read_key_in`).
         let table = map.instruments();
+        // Many accounts valued at the step's prices: each price's keys read once, not per
+        // account and instrument (two `Decimal` roundings each).
+        let prices = if keys.len() >= PRICES_READ_MIN {
+            Prices::all(map)
+        } else {
+            Prices::default()
+        };
         let found = crate::engine::par::map_in_order(&keys, |key| {
             let range = monitor.quiet_range(map, *key);
             let shock = monitor.shock_quiet(map, *key);
             map.read_key_in(&table, *key, |v| {
                 let instrs = self.moving_instruments(v);
-                let bands = range.and_then(|r| self.bands_for(v, &instrs, r, shock));
+                let bands = range.and_then(|r| self.bands_for(v, &instrs, r, shock, &prices));
                 Tracked { instrs, bands }
             })
         });
@@ -788,6 +795,7 @@ impl DistanceIndex {
         instrs: &[InstrumentIdx],
         range: QuietRange,
         shock: Option<ShockQuiet>,
+        prices: &Prices,
     ) -> Option<Box<[Banded]>> {
         if !v.complete() {
             return None;
@@ -829,19 +837,24 @@ impl DistanceIndex {
         let half = half.min(MAX_HALF);
         at.into_iter()
             .zip(per)
-            .map(|(p, coef)| {
-                let p = p?;
+            .zip(instrs)
+            .map(|((p, coef), idx)| {
+                let (key, anchor) = prices.keys_of(*idx, p?)?;
                 // The sum of rounded-up terms, rounded up once more.
-                Banded::new(p.to_f64()?, half, coef * (1.0 + 1e-12), PriceKey::new(p))
+                Banded::new(anchor, half, coef * (1.0 + 1e-12), key)
             })
             .collect::<Option<Vec<_>>>()
             .map(Vec::into_boxed_slice)
     }
 }
 
+/// Accounts re-banded together from which [`DistanceIndex::rebuild_many`] reads every price's
+/// keys first.
+const PRICES_READ_MIN: usize = 64;
+
 /// The step's current prices, read from the map once per instrument.
 #[derive(Default)]
-struct Prices(Vec<Option<Option<(PriceKey, f64)>>>);
+struct Prices(Vec<Option<Option<(Decimal, PriceKey, f64)>>>);
 
 impl Prices {
     /// Every instrument's price, read at once (for reads shared between threads).
@@ -857,7 +870,16 @@ impl Prices {
 
     /// A price read by [`Prices::all`] (or an earlier [`Prices::get`]).
     fn peek(&self, idx: InstrumentIdx) -> Option<(PriceKey, f64)> {
-        (*self.0.get(idx as usize)?)?
+        (*self.0.get(idx as usize)?)?.map(|(_, k, f)| (k, f))
+    }
+
+    /// The keys of `price` for instrument `idx`: read from what [`Prices::all`] read when that
+    /// is the same `Decimal` (same value and scale, so the same keys and `f64`), else computed.
+    fn keys_of(&self, idx: InstrumentIdx, price: Decimal) -> Option<(PriceKey, f64)> {
+        match self.0.get(idx as usize).copied().flatten().flatten() {
+            Some((p, k, f)) if p == price && p.scale() == price.scale() => Some((k, f)),
+            _ => Some((PriceKey::new(price), price.to_f64()?)),
+        }
     }
 
     fn get(&mut self, map: &AccountMap, idx: InstrumentIdx) -> Option<(PriceKey, f64)> {
@@ -869,10 +891,10 @@ impl Prices {
         if slot.is_none() {
             *slot = Some(map.price_at(idx).and_then(|p| {
                 let f = p.to_f64()?;
-                Some((PriceKey::new(p), f))
+                Some((p, PriceKey::new(p), f))
             }));
         }
-        (*slot)?
+        (*slot)?.map(|(_, k, f)| (k, f))
     }
 }
 

@@ -763,6 +763,40 @@ fn small_moves_wake_nobody_and_a_crash_wakes_the_crossers() {
     pair.same_figures().unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// Re-banding many accounts at once (the first step, a crash) reads each price's keys once for
+/// all of them; the bands are the ones each account gets on its own. 500 calm accounts banded
+/// one by one (by their updates), then all together by `evaluate_all`: every band is the same,
+/// and a 0.1 % move still wakes nobody.
+#[test]
+fn bulk_rebanding_gives_each_account_its_own_bands() {
+    let mut pair = calm_book(500, false);
+    let bands = |pair: &Pair| -> Vec<Option<(Decimal, Decimal)>> {
+        let m = pair.lazy.map();
+        let table = m.instruments();
+        let instrs: Vec<u32> = ["BTCUSDT-PERP", "ETHUSDT-PERP"]
+            .iter()
+            .map(|i| table.index(&(*i).into()).unwrap_or(u32::MAX))
+            .collect();
+        m.keys()
+            .into_iter()
+            .flat_map(|k| instrs.iter().map(move |i| (k, *i)))
+            .map(|(k, i)| pair.lazy.index().and_then(|x| x.band_of(k, i)))
+            .collect()
+    };
+    let one_by_one = bands(&pair);
+    assert_eq!(one_by_one.len(), 1_000);
+    assert!(
+        one_by_one.iter().all(Option::is_some),
+        "every calm account is banded on both"
+    );
+    let info = pair.info.clone();
+    let _ = pair.lazy.evaluate_all(&info, pair.now);
+    assert_eq!(bands(&pair), one_by_one);
+    let m = pair.moved(0, -10);
+    pair.prices(vec![m]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(pair.lazy.last_valued(), 0, "accounts woken by a 0.1 % move");
+}
+
 /// A price that leaves an account's band having used only part of the account's budget
 /// re-spreads the budget (new bands around the same anchors, no valuation); once the budget is
 /// spent the account is valued. Through a slow BTC climb both engines keep the same states and
