@@ -267,8 +267,8 @@ pub fn allowed_move_with(
 /// and levels are ≥ 0), so `f64` is within a few ulps of them; the slack may cancel, and its
 /// error is at most a few ulps of `scale·magnitude + jumps`. The slack is lowered by 10⁻¹² of
 /// that and the weight raised by 10⁻¹², thousands of times the rounding (inputs within 8 ulps,
-/// [`margin::fast_f64`]) — so this `δ` is at most the `Decimal` one, at most ~10⁻¹¹ below it,
-/// and costs no `Decimal` arithmetic (about a fifth of a woken account's re-banding was). The
+/// [`margin::fast_f64`]) — so this `δ` is at most the `Decimal` one, below it by at most a
+/// thousandth of the definition's own safety margin, and costs no `Decimal` arithmetic (about a fifth of a woken account's re-banding was). The
 /// coefficients are raised as [`allowed_move_with`] raises them, from the same conservative
 /// slack and weights.
 pub fn allowed_move_f64(
@@ -336,10 +336,12 @@ pub fn allowed_move_f64(
 /// [`MAX_MOVE`] in `f64` (exact: one half).
 const MAX_MOVE_F64: f64 = 0.5;
 
-/// [`raise`] of a weight already in `f64`.
+/// [`raise`] of a weight already in `f64` (infinite when `w` is not finite or `slack` is not
+/// positive).
 fn raise_f64(coef: &mut [f64], j: usize, w: f64, slack: f64) {
     let Some(c) = coef.get_mut(j) else { return };
     let q = if slack > 0.0 && w.is_finite() {
+        // Each conversion errs by at most 8 ulps and the division by one: 10⁻⁹ covers them.
         w / slack * (1.0 + 1e-9)
     } else {
         f64::INFINITY
@@ -372,16 +374,13 @@ pub fn band(price: Decimal, delta: Decimal) -> Option<(Decimal, Decimal)> {
 /// Raises `coef[j]` to `w / slack` rounded up (infinite when a figure has no `f64`); `slack`
 /// is converted once by the caller ([`margin::fast_f64`]).
 pub(crate) fn raise(coef: &mut [f64], j: usize, w: Decimal, slack: Option<f64>) {
-    let Some(c) = coef.get_mut(j) else { return };
-    let q = match (margin::fast_f64(w), slack) {
-        // Each conversion errs by at most 8 ulps and the division by one: 10⁻⁹ covers them.
-        (Some(w), Some(s)) if s > 0.0 && w.is_finite() => w / s * (1.0 + 1e-9),
-        _ => f64::INFINITY,
-    };
-    let q = if q.is_nan() { f64::INFINITY } else { q };
-    if q > *c {
-        *c = q;
-    }
+    // A figure without an `f64` (NaN, or no slack) raises the coefficient to infinity.
+    raise_f64(
+        coef,
+        j,
+        margin::fast_f64(w).unwrap_or(f64::NAN),
+        slack.unwrap_or(0.0),
+    );
 }
 
 /// The widest half-width (a fraction of the anchor) a band may have.

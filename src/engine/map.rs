@@ -113,8 +113,8 @@ const UPDATE_STRIPES: usize = 64;
 
 /// Holders from which a tick is valued on every core. A tick streams its holders' accounts
 /// through memory, so a second core adds memory traffic more than it adds valuing: on the
-/// engine bench (2 cores) the 1M-account tick fell from 118 to 86 ms of wall time for 15 % more
-/// CPU, the 100k one from 12.2 to 7.6 ms for ~5 % more; at 10k (9,000 holders) it saved 170 µs
+/// engine bench (2 cores) the 1M-account tick fell from 115 to 82–93 ms of wall time for 15–30 %
+/// more CPU, the 100k one from 12.4 to 8.6 ms for ~10 % more; at 10k (9,000 holders) it saved 170 µs
 /// for 23 % more CPU, the thread's start-up included — below this the tick stays on its
 /// thread, leaving the other core to the feeds.
 pub(crate) const TICK_PARALLEL_MIN: usize = 16_384;

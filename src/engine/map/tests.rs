@@ -428,7 +428,8 @@ fn materialise_many_equals_one_by_one() {
 
 /// A tick with more holders than `TICK_PARALLEL_MIN` is valued on every core: each holder is
 /// reported once, in key order, with the figures a from-scratch recomputation gives, and the
-/// summary counts every account and slot (the small tick's contract).
+/// summary counts every account, slot and failed slot (the small tick's contract) — a whale
+/// whose figures overflow is counted from the second thread's share.
 #[test]
 fn a_large_tick_on_every_core_equals_from_scratch() {
     let n = super::TICK_PARALLEL_MIN * 7 / 6 + 200;
@@ -444,6 +445,13 @@ fn a_large_tick_on_every_core_equals_from_scratch() {
         m.apply_update(AccountUpdate::Replace { account: a })
             .unwrap();
     }
+    // One holder (in the second thread's half) whose BTC figures overflow at any of these
+    // prices: counted as an error and reported incomplete, like any other tick's.
+    let mut whale = w3_account("big-whale");
+    whale.positions[0].quantity = Decimal::from_str_exact("10000000000000000000000000").unwrap();
+    m.apply_update(AccountUpdate::Replace { account: whale })
+        .unwrap();
+    let whale = m.key_of(&"big-whale".into()).unwrap();
     w3_prices(&m, dec!(60000), dec!(3000), dec!(150));
     let holders = m.holder_keys(&"BTCUSDT-PERP".into());
     assert!(holders.len() > super::TICK_PARALLEL_MIN);
@@ -452,11 +460,11 @@ fn a_large_tick_on_every_core_equals_from_scratch() {
         let s = m.apply_price(&"BTCUSDT-PERP".into(), p, &mut out).unwrap();
         assert_eq!(s.accounts, holders.len());
         assert_eq!(s.slots, holders.len());
-        assert_eq!(s.errors, 0);
+        assert_eq!(s.errors, 1, "the whale's BTC position");
         assert_eq!(out.iter().map(|t| t.key).collect::<Vec<_>>(), holders);
         let prices = m.prices();
         let table = m.instruments();
-        for t in &out {
+        for t in out.iter().filter(|t| t.key != whale) {
             let a = m.account(&m.id_of(t.key).unwrap()).unwrap();
             let want = margin::account_totals(&a, &*table, &prices).unwrap();
             assert!(t.complete);
@@ -469,5 +477,6 @@ fn a_large_tick_on_every_core_equals_from_scratch() {
                 (want.equity.scale(), want.maintenance_margin.scale())
             );
         }
+        assert!(out.iter().any(|t| t.key == whale && !t.complete));
     }
 }
