@@ -59,13 +59,13 @@
 //!   after every account update and [`DistanceIndex::forget`] after a removal.
 //!
 //! # Storage
-//! Per account and instrument, 24 bytes: the anchor, the half-width and the budget coefficient
-//! (`f64`; the band's fixed-point ends are recomputed from them, the same every time). Per
-//! instrument, the eager holders and the banded holders ordered by their band ends as
-//! fixed-point integers (`index/store.rs`). A step's changes are
-//! queued and applied at once: when they touch a large share of an instrument's holders (a
-//! correlated move, the first build), its ordered sets are rebuilt from sorted input rather than
-//! edited key by key.
+//! Per account and instrument, 24 bytes: the anchor and the budget coefficient (`f64`) and the
+//! codes of the band's two fixed-point ends. Per instrument, the eager holders and the banded
+//! holders ordered by their band ends as fixed-point integers (`index/store.rs`), each set a
+//! sorted run with small edits beside it (`index/runs.rs`). A step's changes are queued and
+//! applied at once: when they touch a large share of an instrument's holders (a correlated
+//! move, the first build), its runs are rebuilt in one linear merge rather than edited key by
+//! key.
 //!
 //! # Metrics
 //! `liqwatch_engine_woken_accounts_total` (accounts revalued by ticks),
@@ -73,6 +73,7 @@
 //! `liqwatch_engine_banded_accounts` (accounts with a band; the rest are revalued on every tick
 //! of their instruments).
 
+mod runs;
 mod store;
 
 use rust_decimal::Decimal;

@@ -20,14 +20,14 @@
 //!
 //! # Bulk changes
 //! Changes are queued per instrument ([`Store::flush`] applies them: removals, then
-//! insertions). When one flush changes a large share of an instrument's entries — a correlated
-//! move re-bands most of the book, or the index is built — the ordered set is rebuilt from
-//! sorted input (O(n), nodes filled) instead of O(k log n) node-by-node edits.
-
-use std::collections::BTreeSet;
+//! insertions). Each set is a [`RunSet`]: a sorted run read by binary search, with small edits
+//! kept beside it. When one flush changes a large share of an instrument's entries — a
+//! correlated move re-bands most of the book, or the index is built — the run is rebuilt in
+//! one linear merge instead of O(k log n) edits.
 
 use rust_decimal::{Decimal, RoundingStrategy};
 
+use super::runs::RunSet;
 use crate::engine::map::{AccountKey, InstrumentIdx};
 
 /// Decimal places of the fixed-point band ends.
@@ -95,13 +95,6 @@ fn coded(lo: u128, hi: u128) -> Option<FixedBand> {
     let (lo, hi) = (Code::up(lo).value(), Code::down(hi).value());
     (lo < hi).then_some(FixedBand { lo, hi })
 }
-
-/// A flush with at least this many changes to a set, and at least one per
-/// [`BULK_SHARE`] of its entries, rebuilds it instead of editing it.
-const BULK_MIN: usize = 256;
-
-/// See [`BULK_MIN`]: one change in 32 entries (~3 %).
-const BULK_SHARE: usize = 32;
 
 /// Queued changes kept allocated between flushes, per set and direction.
 const OPS_KEEP: usize = 4_096;
@@ -230,33 +223,12 @@ impl<T> Default for Ops<T> {
 }
 
 impl<T: Ord + Copy> Ops<T> {
-    /// Applies the removals, then the insertions; rebuilds the set when they are many.
-    fn apply(&mut self, set: &mut BTreeSet<T>) {
-        let k = self.rm.len() + self.add.len();
-        if k >= BULK_MIN && k.saturating_mul(BULK_SHARE) >= set.len() {
-            self.rm.sort_unstable();
-            let old = std::mem::take(set);
-            let mut rm = self.rm.iter().copied().peekable();
-            let kept = old.into_iter().filter(|x| {
-                while rm.next_if(|r| r < x).is_some() {}
-                rm.next_if(|r| r == x).is_none()
-            });
-            // Two sorted runs (`kept`, then `add` sorted): `collect` sorts them with a stable
-            // sort, which merges runs in linear time, and bulk-builds full nodes.
-            self.add.sort_unstable();
-            *set = kept.chain(self.add.iter().copied()).collect();
-        } else {
-            for r in &self.rm {
-                set.remove(r);
-            }
-            for a in &self.add {
-                set.insert(*a);
-            }
-        }
+    /// Applies the removals, then the insertions ([`RunSet::apply`]).
+    fn apply(&mut self, set: &mut RunSet<T>) {
+        set.apply(&mut self.rm, &mut self.add);
         // A bulk step (a crash, the first build) queues up to every holder: do not keep that
         // much capacity around for the small steps that follow.
         for v in [&mut self.rm, &mut self.add] {
-            v.clear();
             if v.capacity() > OPS_KEEP {
                 *v = Vec::new();
             }
@@ -273,21 +245,17 @@ const PARALLEL_FLUSH: usize = 16_384;
 
 /// One set and its queued changes, for [`Store::flush`].
 enum Flush<'a> {
-    Keys(&'a mut Ops<AccountKey>, &'a mut BTreeSet<AccountKey>),
-    Ends(&'a mut Ops<u64>, &'a mut BTreeSet<u64>),
+    Keys(&'a mut Ops<AccountKey>, &'a mut RunSet<AccountKey>),
+    Ends(&'a mut Ops<u64>, &'a mut RunSet<u64>),
 }
 
 impl Flush<'_> {
-    /// What applying costs, roughly: the changes, or the set's size when it is rebuilt.
+    /// What applying costs, roughly: the changes and the set's size (a large batch rebuilds
+    /// the set, a small one may merge its edits).
     fn cost(&self) -> usize {
-        let (k, n) = match self {
-            Flush::Keys(ops, set) => (ops.rm.len() + ops.add.len(), set.len()),
-            Flush::Ends(ops, set) => (ops.rm.len() + ops.add.len(), set.len()),
-        };
-        if k >= BULK_MIN && k.saturating_mul(BULK_SHARE) >= n {
-            k + n
-        } else {
-            k
+        match self {
+            Flush::Keys(ops, set) => ops.rm.len() + ops.add.len() + set.len(),
+            Flush::Ends(ops, set) => ops.rm.len() + ops.add.len() + set.len(),
         }
     }
 
@@ -303,11 +271,11 @@ impl Flush<'_> {
 #[derive(Default)]
 struct InstrBands {
     /// Holders without a band: woken by every tick.
-    eager: BTreeSet<AccountKey>,
+    eager: RunSet<AccountKey>,
     /// Banded holders by the low end of their band (`code(lo) << 32 | key`).
-    lo: BTreeSet<u64>,
+    lo: RunSet<u64>,
     /// Banded holders by the high end of their band (`code(hi) << 32 | key`).
-    hi: BTreeSet<u64>,
+    hi: RunSet<u64>,
     eager_ops: Ops<AccountKey>,
     lo_ops: Ops<u64>,
     hi_ops: Ops<u64>,
@@ -435,12 +403,12 @@ impl Store {
         let Some(ib) = self.instr.get(idx as usize) else {
             return;
         };
-        eager.extend(ib.eager.iter().copied());
+        ib.eager.extend_all(eager, |k| k);
         // `p ≤ lo`: every entry with `lo ≥ ⌈p⌉`, i.e. `code(lo) ≥ code⌈p⌉` rounded up (none
         // when `⌈p⌉` saturated above every end).
         if price.ceil < FIXED_LIMIT {
             let from = pack(Code::up(price.ceil), 0);
-            leaving.extend(ib.lo.range(from..).map(|e| key_of(*e)));
+            ib.lo.extend_from(from, leaving, key_of);
         }
         // `p ≥ hi`: every entry with `hi ≤ ⌊p⌋`, i.e. `code(hi) ≤ code⌊p⌋` rounded down (none
         // when `⌊p⌋` is 0: every end is ≥ 1).
@@ -452,7 +420,7 @@ impl Store {
             Some(pack(Code::down(price.floor), AccountKey::MAX))
         };
         if let Some(to) = to {
-            leaving.extend(ib.hi.range(..=to).map(|e| key_of(*e)));
+            ib.hi.extend_to(to, leaving, key_of);
         }
     }
 
