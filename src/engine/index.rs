@@ -61,11 +61,10 @@
 //! # Storage
 //! Per account and instrument, 24 bytes: the anchor and the budget coefficient (`f64`) and the
 //! codes of the band's two fixed-point ends. Per instrument, the eager holders and the banded
-//! holders ordered by their band ends as fixed-point integers (`index/store.rs`), each set a
-//! sorted run with small edits beside it (`index/runs.rs`). A step's changes are queued and
-//! applied at once: when they touch a large share of an instrument's holders (a correlated
-//! move, the first build), its runs are rebuilt in one linear merge rather than edited key by
-//! key.
+//! holders ordered by their band ends as fixed-point integers (`index/store.rs`), each set kept
+//! as sorted blocks (`index/blocks.rs`). A step's changes are queued and applied at once: when
+//! they touch a large share of an instrument's holders (a correlated move, the first build),
+//! its sets are rebuilt in one linear merge rather than edited key by key.
 //!
 //! # Metrics
 //! `liqwatch_engine_woken_accounts_total` (accounts revalued by ticks),
@@ -73,7 +72,7 @@
 //! `liqwatch_engine_banded_accounts` (accounts with a band; the rest are revalued on every tick
 //! of their instruments).
 
-mod runs;
+mod blocks;
 mod store;
 
 use rust_decimal::Decimal;

@@ -20,14 +20,14 @@
 //!
 //! # Bulk changes
 //! Changes are queued per instrument ([`Store::flush`] applies them: removals, then
-//! insertions). Each set is a [`RunSet`]: a sorted run read by binary search, with small edits
-//! kept beside it. When one flush changes a large share of an instrument's entries — a
-//! correlated move re-bands most of the book, or the index is built — the run is rebuilt in
-//! one linear merge instead of O(k log n) edits.
+//! insertions). Each set is [`Blocks`]: sorted blocks read by binary search and slices. When
+//! one flush changes a large share of an instrument's entries — a correlated move re-bands most
+//! of the book, or the index is built — the blocks are rebuilt in one linear merge instead of
+//! O(k log n) edits.
 
 use rust_decimal::{Decimal, RoundingStrategy};
 
-use super::runs::RunSet;
+use super::blocks::Blocks;
 use crate::engine::map::{AccountKey, InstrumentIdx};
 
 /// Decimal places of the fixed-point band ends.
@@ -223,8 +223,8 @@ impl<T> Default for Ops<T> {
 }
 
 impl<T: Ord + Copy> Ops<T> {
-    /// Applies the removals, then the insertions ([`RunSet::apply`]).
-    fn apply(&mut self, set: &mut RunSet<T>) {
+    /// Applies the removals, then the insertions ([`Blocks::apply`]).
+    fn apply(&mut self, set: &mut Blocks<T>) {
         set.apply(&mut self.rm, &mut self.add);
         // A bulk step (a crash, the first build) queues up to every holder: do not keep that
         // much capacity around for the small steps that follow.
@@ -245,8 +245,8 @@ const PARALLEL_FLUSH: usize = 16_384;
 
 /// One set and its queued changes, for [`Store::flush`].
 enum Flush<'a> {
-    Keys(&'a mut Ops<AccountKey>, &'a mut RunSet<AccountKey>),
-    Ends(&'a mut Ops<u64>, &'a mut RunSet<u64>),
+    Keys(&'a mut Ops<AccountKey>, &'a mut Blocks<AccountKey>),
+    Ends(&'a mut Ops<u64>, &'a mut Blocks<u64>),
 }
 
 impl Flush<'_> {
@@ -271,11 +271,11 @@ impl Flush<'_> {
 #[derive(Default)]
 struct InstrBands {
     /// Holders without a band: woken by every tick.
-    eager: RunSet<AccountKey>,
+    eager: Blocks<AccountKey>,
     /// Banded holders by the low end of their band (`code(lo) << 32 | key`).
-    lo: RunSet<u64>,
+    lo: Blocks<u64>,
     /// Banded holders by the high end of their band (`code(hi) << 32 | key`).
-    hi: RunSet<u64>,
+    hi: Blocks<u64>,
     eager_ops: Ops<AccountKey>,
     lo_ops: Ops<u64>,
     hi_ops: Ops<u64>,

@@ -161,7 +161,7 @@ proptest! {
             expected.remove(r);
         }
         expected.extend(add.iter().copied());
-        let mut set = RunSet::default();
+        let mut set = Blocks::default();
         set.apply(&mut Vec::new(), &mut start.iter().copied().collect());
         let mut ops = Ops {
             rm: rm.iter().rev().copied().collect(),

@@ -1,8 +1,9 @@
 use super::*;
 use proptest::prelude::*;
+use std::collections::BTreeSet;
 
 /// One batch of changes: removals, then insertions (values from a small range, so batches
-/// remove what is there, re-add what was removed and insert what is present).
+/// remove what is there and what is not, re-add what they remove and insert what is present).
 fn batch() -> impl Strategy<Value = (Vec<u16>, Vec<u16>)> {
     let small = (
         proptest::collection::vec(0u16..600, 0..12),
@@ -16,28 +17,26 @@ fn batch() -> impl Strategy<Value = (Vec<u16>, Vec<u16>)> {
 }
 
 /// What a set answers, read every way it can be read.
-fn reads(set: &RunSet<u16>, at: u16) -> (Vec<u16>, Vec<u16>, Vec<u16>, usize) {
+fn reads(set: &Blocks<u16>, at: u16) -> (Vec<u16>, Vec<u16>, Vec<u16>, usize) {
     let (mut from, mut to) = (Vec::new(), Vec::new());
     set.extend_from(at, &mut from, |x| x);
     set.extend_to(at, &mut to, |x| x);
-    from.sort_unstable();
-    to.sort_unstable();
     (set.to_vec(), from, to, set.len())
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2_000))]
 
-    /// A run set holds exactly what a `BTreeSet` given the same batches holds, and reads the
-    /// same ranges, whether its batches are edited beside the run, merged into it when the
-    /// edits grow, or rebuild it.
+    /// Blocks hold exactly what a `BTreeSet` given the same batches holds, and read the same
+    /// ranges in the same order, whether a batch edits them (splitting and dropping blocks) or
+    /// rebuilds them.
     #[test]
-    fn run_set_equals_btree_set(
+    fn blocks_equal_a_btree_set(
         batches in proptest::collection::vec(batch(), 1..12),
-        edits_min in 0usize..40,
+        block in 1usize..40,
         probes in proptest::collection::vec(0u16..620, 1..6),
     ) {
-        let mut set = RunSet::with_edits_min(edits_min);
+        let mut set = Blocks::with_block(block);
         let mut model = BTreeSet::new();
         for (rm, add) in batches {
             for r in &rm {
@@ -47,8 +46,9 @@ proptest! {
             let (mut rm, mut add) = (rm, add);
             set.apply(&mut rm, &mut add);
             prop_assert!(rm.is_empty() && add.is_empty());
-            // Edits never pile up past the bound that merges them.
-            prop_assert!(set.edits() <= edits_min.max(set.len() / EDITS_SHARE) + 2 * 12);
+            if let Err(e) = set.check() {
+                prop_assert!(false, "{}", e);
+            }
             for &at in &probes {
                 let from: Vec<u16> = model.range(at..).copied().collect();
                 let to: Vec<u16> = model.range(..=at).copied().collect();
@@ -59,41 +59,45 @@ proptest! {
     }
 }
 
-/// Small batches stay beside the run until they outgrow it, then merge into it; a large batch
-/// rebuilds the run at once. Every read in between is the set's.
+/// A large batch rebuilds the blocks at the block size; edits split a block that doubles and
+/// drop one that empties; every read in between is the set's.
 #[test]
-fn edits_merge_when_they_outgrow_the_run() {
-    let mut set = RunSet::with_edits_min(4);
-    set.apply(&mut Vec::new(), &mut (0u32..300).collect());
+fn edits_split_and_drop_blocks() {
+    let mut set = Blocks::with_block(4);
+    set.apply(&mut Vec::new(), &mut (0u32..300).rev().collect());
     assert_eq!(
-        set.edits(),
-        0,
-        "300 insertions are a bulk batch: one rebuild"
+        set.blocks.len(),
+        75,
+        "300 insertions are a bulk batch: blocks of 4"
     );
     assert_eq!(set.to_vec(), (0..300).collect::<Vec<_>>());
+    // 5 removed, 7 removed and re-added, 1,000 added at the end.
     set.apply(&mut vec![5, 7], &mut vec![1_000, 7]);
-    // 5 removed, 7 removed and re-added (back in the run), 1,000 added beside it.
-    assert_eq!(set.edits(), 2);
     assert_eq!(set.len(), 300);
+    set.check().unwrap();
     let mut above = Vec::new();
     set.extend_from(298, &mut above, |x| x);
-    above.sort_unstable();
     assert_eq!(above, vec![298, 299, 1_000]);
     let mut below = Vec::new();
     set.extend_to(6, &mut below, |x| x * 10);
-    below.sort_unstable();
     assert_eq!(below, vec![0, 10, 20, 30, 40, 60]);
-    // 300 / 16 = 18 edits kept beside the run; the 19th merges them all.
-    for x in 2_000..2_016 {
+    // The last block (296..=299, 1,000) takes three more and splits at 8.
+    for x in 2_000..2_003 {
         set.apply(&mut Vec::new(), &mut vec![x]);
     }
-    assert_eq!(set.edits(), 18);
-    set.apply(&mut Vec::new(), &mut vec![3_000]);
-    assert_eq!(set.edits(), 0);
-    assert_eq!(set.len(), 300 + 17);
-    assert!(set.to_vec().windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(set.blocks.len(), 76);
+    set.check().unwrap();
+    // Emptying the first block drops it.
+    set.apply(&mut vec![0, 1, 2, 3], &mut Vec::new());
+    assert_eq!(set.blocks.len(), 75);
+    set.check().unwrap();
     // Removing what is absent and inserting what is present change nothing.
-    set.apply(&mut vec![5, 9_999], &mut vec![0, 1_000]);
-    assert_eq!(set.edits(), 0);
-    assert_eq!(set.len(), 317);
+    set.apply(&mut vec![5, 9_999], &mut vec![4, 1_000]);
+    assert_eq!(set.len(), 299);
+    set.check().unwrap();
+    // A quiet read (a price inside every band) reads two blocks at most.
+    let mut none = Vec::new();
+    set.extend_from(5_000, &mut none, |x| x);
+    set.extend_to(3, &mut none, |x| x);
+    assert!(none.is_empty());
 }
