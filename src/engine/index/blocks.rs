@@ -7,9 +7,11 @@
 //! the set is a list of sorted blocks of up to [`BLOCK`]·2 entries, each a `Vec`, with each
 //! block's last entry kept beside the list for the search: a large batch rebuilds every block
 //! in one linear merge, a small one edits the block an entry falls in (a binary search and a
-//! `memmove` of at most a few kilobytes), and a range is read as slices. Entries take 8 bytes
-//! and a block keeps at most an eighth of its length spare, against ~15 bytes per entry in a
-//! `BTreeSet` of `u64`.
+//! `memmove` of at most a few kilobytes), and a range is read as slices. Entries take 8 bytes;
+//! a block grows by an eighth of [`BLOCK`] at a time and gives memory back when removals leave
+//! it three quarters empty, so a block never holds memory for more than four times its entries
+//! and an eighth of a block (a `BTreeSet` of `u64` takes ~9.5 bytes per entry when bulk-built and
+//! more once edited).
 
 /// Entries per block after a rebuild; a block that grows to twice this is split.
 const BLOCK: usize = 512;
@@ -133,6 +135,9 @@ impl<T: Ord + Copy> Blocks<T> {
         };
         block.remove(at);
         self.len -= 1;
+        if block.capacity() > 4 * block.len() + self.block / 8 {
+            block.shrink_to(block.len() + self.block / 8);
+        }
         match block.last() {
             Some(&last) => {
                 if let Some(l) = self.lasts.get_mut(b) {
@@ -222,7 +227,8 @@ impl<T: Ord + Copy> Blocks<T> {
     }
 
     /// Checks the blocks' invariants (tests): non-empty, sorted, ordered, their lasts and the
-    /// length right, none of twice the block size.
+    /// length right, none of twice the block size, none holding memory for more than four
+    /// times its entries (and an eighth of a block).
     #[cfg(test)]
     pub fn check(&self) -> Result<(), String> {
         if self.blocks.len() != self.lasts.len() {
@@ -240,6 +246,13 @@ impl<T: Ord + Copy> Blocks<T> {
                 return Err(format!(
                     "block of {} entries, last wrong or too long",
                     b.len()
+                ));
+            }
+            if b.capacity() > 4 * b.len() + self.block / 8 {
+                return Err(format!(
+                    "{} entries hold {} of memory",
+                    b.len(),
+                    b.capacity()
                 ));
             }
         }
