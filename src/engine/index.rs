@@ -510,6 +510,12 @@ pub struct DistanceIndex {
     leaving: Vec<AccountKey>,
     /// Accounts re-spread (given new bands without a valuation) by the last settle.
     last_respread: usize,
+    /// Accounts [`DistanceIndex::settle`] made eager, with the bands the store still holds for
+    /// them: their entries are changed once, when the step re-bands them (out of the old bands,
+    /// into the new), not twice (out of the bands into the eager set, then out of it again) —
+    /// one rebuild of the sets per correlated step instead of two. Queued before any flush.
+    /// In key order; an entry is taken (`None`) when its account is re-banded.
+    unbanded: Vec<(AccountKey, Option<Box<[Banded]>>)>,
 }
 
 impl DistanceIndex {
@@ -522,6 +528,7 @@ impl DistanceIndex {
             banded: 0,
             leaving: Vec::new(),
             last_respread: 0,
+            unbanded: Vec::new(),
         }
     }
 
@@ -532,8 +539,22 @@ impl DistanceIndex {
             let instrs = map.read_key(key, |v| index.moving_instruments(v));
             index.replace(key, instrs.map(Tracked::eager));
         }
-        index.store.flush();
+        index.flush();
         index
+    }
+
+    /// Applies every queued change to the store: first queues the changes of the accounts
+    /// settled eager and not re-banded since (out of their bands, into the eager set).
+    fn flush(&mut self) {
+        for (key, bands) in std::mem::take(&mut self.unbanded) {
+            if let (Some(bands), Some(Some(t))) = (bands, self.accounts.get(key as usize)) {
+                for (idx, b) in t.instrs.iter().zip(bands.iter()) {
+                    self.store.band_coded(*idx, key, b.codes, false);
+                    self.store.eager(*idx, key, true);
+                }
+            }
+        }
+        self.store.flush();
     }
 
     /// Takes the new terms of the instrument at `idx` (its tiers set the bound; see
@@ -564,17 +585,17 @@ impl DistanceIndex {
     /// (Re)registers an account after it was created or changed: it becomes eager on the
     /// moving instruments it now holds until it is re-banded. Forgets it when it is gone.
     pub fn track(&mut self, map: &AccountMap, key: AccountKey) {
-        self.store.flush();
+        self.flush();
         let instrs = map.read_key(key, |v| self.moving_instruments(v));
         self.replace(key, instrs.map(Tracked::eager));
-        self.store.flush();
+        self.flush();
     }
 
     /// Drops an account (after it was removed from the map).
     pub fn forget(&mut self, key: AccountKey) {
-        self.store.flush();
+        self.flush();
         self.replace(key, None);
-        self.store.flush();
+        self.flush();
     }
 
     fn moving_instruments(&self, v: &AccountView<'_>) -> Box<[InstrumentIdx]> {
@@ -598,7 +619,17 @@ impl DistanceIndex {
         let Some(slot) = self.accounts.get_mut(i) else {
             return;
         };
-        if let Some(old) = slot.take() {
+        if let Some(mut old) = slot.take() {
+            // Settled eager this step: the store still holds its bands (in key order: settle
+            // unbands in key order, and re-banding visits accounts in key order).
+            if old.bands.is_none()
+                && let Ok(at) = self.unbanded.binary_search_by_key(&key, |(k, _)| *k)
+                && let Some((_, stored)) = self.unbanded.get_mut(at)
+                && let Some(stored) = stored.take()
+            {
+                old.bands = Some(stored);
+                self.banded += 1;
+            }
             match &old.bands {
                 Some(bands) => {
                     self.banded = self.banded.saturating_sub(1);
@@ -637,6 +668,7 @@ impl DistanceIndex {
     /// band the price leaves are kept for [`DistanceIndex::settle`], which must follow the
     /// step's last `wake`, before anything else.
     pub fn wake(&mut self, instrument: InstrumentIdx, price: Decimal, out: &mut Vec<AccountKey>) {
+        self.flush();
         self.store
             .wake(instrument, PriceKey::new(price), out, &mut self.leaving);
     }
@@ -679,9 +711,37 @@ impl DistanceIndex {
         }
         leaving.clear();
         self.leaving = leaving;
-        self.store.flush();
+        // Not flushed here: the step re-bands the accounts it made eager and flushes once
+        // (`unbanded`); the next `wake` flushes what is left.
         self.last_respread = respread;
         respread
+    }
+
+    /// Applies what is queued, then checks that the store holds exactly what the accounts'
+    /// records say: each banded account's bands, each eager account in the eager sets (tests).
+    #[cfg(test)]
+    pub(crate) fn check_store(&mut self) -> Result<(), String> {
+        self.flush();
+        for idx in 0..self.sens.len() as InstrumentIdx {
+            let (mut eager, mut banded) = (Vec::new(), Vec::new());
+            for (key, t) in self.accounts.iter().enumerate() {
+                let Some(t) = t else { continue };
+                let Ok(at) = t.instrs.binary_search(&idx) else {
+                    continue;
+                };
+                let key = key as AccountKey;
+                match t.bands.as_ref().and_then(|b| b.get(at)) {
+                    Some(b) => banded.push((key, b.codes)),
+                    None => eager.push(key),
+                }
+            }
+            if !self.store.holds_exactly(idx, eager, &banded) {
+                return Err(format!(
+                    "instrument {idx}: the store is not the accounts' records"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Accounts re-spread by the last [`DistanceIndex::settle`].
@@ -734,7 +794,8 @@ impl DistanceIndex {
         t.bands = Some(new.into_boxed_slice());
     }
 
-    /// Queues a banded account's band out and makes it eager; nothing when it is not banded.
+    /// Makes a banded account eager; nothing when it is not banded. Its store entries change
+    /// when it is re-banded or at the next flush, whichever comes first (`unbanded`).
     fn unband(&mut self, key: AccountKey) {
         let Some(Some(t)) = self.accounts.get_mut(key as usize) else {
             return;
@@ -743,9 +804,13 @@ impl DistanceIndex {
             return;
         };
         self.banded = self.banded.saturating_sub(1);
-        for (idx, b) in t.instrs.iter().zip(bands.iter()) {
-            self.store.band_coded(*idx, key, b.codes, false);
-            self.store.eager(*idx, key, true);
+        // Settle unbands in key order; kept in key order whatever the caller.
+        match self.unbanded.last() {
+            Some((last, _)) if *last > key => {
+                let at = self.unbanded.partition_point(|(k, _)| *k < key);
+                self.unbanded.insert(at, (key, Some(bands)));
+            }
+            _ => self.unbanded.push((key, Some(bands))),
         }
     }
 
@@ -758,6 +823,9 @@ impl DistanceIndex {
     /// [`DistanceIndex::rebuild`] for many accounts at once: their sets are edited once, in
     /// bulk when the accounts are a large share of an instrument's holders.
     pub fn rebuild_many(&mut self, map: &AccountMap, monitor: &Monitor, mut keys: Vec<AccountKey>) {
+        // What settle queued (re-spread bands) is applied first, so that each account's
+        // entries change once per flush; the accounts it made eager keep their stored bands
+        // until `replace` moves them out (`unbanded`).
         self.store.flush();
         keys.sort_unstable();
         keys.dedup();
@@ -784,7 +852,7 @@ impl DistanceIndex {
         for (key, found) in keys.into_iter().zip(found) {
             self.replace(key, found);
         }
-        self.store.flush();
+        self.flush();
     }
 
     /// The bands of a complete account, one per moving instrument (`instrs` order).

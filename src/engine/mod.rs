@@ -550,6 +550,74 @@ pub(crate) mod tests {
         }
     }
 
+    /// Through crashes, bounces and small moves, the index's store always holds exactly what
+    /// its records say — each account's bands, or the account in the eager sets — although a
+    /// step makes eager the accounts a price leaves and re-bands them with one flush.
+    #[test]
+    fn the_index_store_follows_its_records_through_a_crash() {
+        let info = HashMap::<InstrumentId, PriceUsed>::new();
+        let map = Arc::new(AccountMap::new(w3_instruments()));
+        let mut e = Engine::new(
+            Arc::clone(&map),
+            EngineConfig {
+                monitor: MonitorConfig::default(),
+                distance_index: true,
+            },
+        )
+        .unwrap();
+        // 400 accounts (a bulk re-band: more than 256 changes per set) of varied leverage.
+        for i in 0..400u32 {
+            let mut account = w3_account(&format!("w3-{i:03}"));
+            account
+                .collateral
+                .insert("USDT".into(), Decimal::from(30_000 + 250 * i));
+            e.on_update(AccountUpdate::Replace { account }, &info, NOW)
+                .unwrap();
+        }
+        let moves = [
+            [dec!(60000), dec!(3000), dec!(150)],
+            [dec!(54000), dec!(2700), dec!(135)], // −10 %: the crash
+            [dec!(60000), dec!(3000), dec!(150)], // the bounce
+            [dec!(60010), dec!(3000.5), dec!(150.02)],
+            [dec!(57000), dec!(2850), dec!(142.5)],
+            [dec!(48000), dec!(2400), dec!(120)],
+            [dec!(48001), dec!(2400), dec!(120)],
+            [dec!(66000), dec!(3300), dec!(165)],
+        ];
+        let mut woken = 0;
+        for p in moves {
+            let b = burst(p);
+            e.on_prices(b.iter().map(|(i, p)| (i, *p)), &info, NOW);
+            woken += e.last_valued();
+            let index = e.index.as_mut().unwrap();
+            index.check_store().unwrap();
+            assert_eq!(index.counts().0, 400);
+        }
+        assert!(
+            woken > 800,
+            "the crash steps wake most of the book ({woken})"
+        );
+        // Woken and valued but not re-banded (the step stopped after valuing): the accounts
+        // settled eager are moved out of their bands into the eager sets by the next flush.
+        let b = burst([dec!(52000), dec!(2600), dec!(130)]);
+        let (mut wake, mut touched) = (Vec::new(), Vec::new());
+        let index = e.index.as_mut().unwrap();
+        index::wake_and_value(
+            &map,
+            index,
+            b.iter().map(|(i, p)| (i, *p)),
+            &mut wake,
+            &mut touched,
+        );
+        assert!(touched.len() > 100, "{}", touched.len());
+        let (tracked, banded) = index.counts();
+        assert!(
+            banded < tracked,
+            "{banded} of {tracked} banded: some were made eager"
+        );
+        index.check_store().unwrap();
+    }
+
     /// A step with many events (a correlated move) builds their snapshots on several cores:
     /// every event carries exactly the snapshot a from-scratch `margin::account_snapshot` gives,
     /// and the events come out in account-key order.

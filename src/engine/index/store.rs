@@ -424,6 +424,26 @@ impl Store {
         }
     }
 
+    /// Whether the sets of `idx` hold exactly these eager holders and these banded holders
+    /// (key, band codes), as of the last flush (tests).
+    #[cfg(test)]
+    pub fn holds_exactly(
+        &self,
+        idx: InstrumentIdx,
+        mut eager: Vec<AccountKey>,
+        banded: &[(AccountKey, (u32, u32))],
+    ) -> bool {
+        let Some(ib) = self.instr.get(idx as usize) else {
+            return false;
+        };
+        eager.sort_unstable();
+        let mut lo: Vec<u64> = banded.iter().map(|(k, c)| pack(Code(c.0), *k)).collect();
+        let mut hi: Vec<u64> = banded.iter().map(|(k, c)| pack(Code(c.1), *k)).collect();
+        lo.sort_unstable();
+        hi.sort_unstable();
+        ib.eager.to_vec() == eager && ib.lo.to_vec() == lo && ib.hi.to_vec() == hi
+    }
+
     /// Entries per instrument (eager, lo, hi), as of the last flush.
     #[cfg(test)]
     pub fn sizes(&self, idx: InstrumentIdx) -> Option<(usize, usize, usize)> {
