@@ -366,8 +366,8 @@ fn table_floats_follow_the_instruments() {
     );
 }
 
-/// Valuing many accounts at once — every instrument locked once per thread, on every core —
-/// gives exactly what valuing each on its own gives, in order: complete accounts, accounts
+/// Valuing many accounts at once — every instrument locked once per thread, on one thread or
+/// on every core — gives exactly what valuing each on its own gives, in order: complete accounts, accounts
 /// still waiting for a price, a removed account, a key that never existed; and each account's
 /// figures equal the from-scratch oracle.
 #[test]
@@ -403,6 +403,14 @@ fn materialise_many_equals_one_by_one() {
         }
         m
     };
+    // A few hundred (one thread, the locks shared) and all of them (every core).
+    let (a, b) = (build(), build());
+    let mut keys: Vec<AccountKey> = a.keys().into_iter().take(300).collect();
+    keys.push(AccountKey::MAX - 1);
+    let many = a.materialise_many(&keys);
+    let one: Vec<Option<Touched>> = keys.iter().map(|&k| b.materialise(k)).collect();
+    assert_eq!(many, one);
+    assert!(many.iter().flatten().filter(|t| t.complete).count() >= 300 / 5);
     let (a, b) = (build(), build());
     let mut keys = a.keys();
     keys.push(AccountKey::MAX - 1);
