@@ -460,17 +460,23 @@ pub(crate) mod tests {
 
     pub(crate) const NOW: TimestampMs = 1_621_428_600_000;
 
-    /// An engine over the W3 instruments holding the W3 account (no prices yet).
-    pub(crate) fn engine(distance_index: bool) -> Engine {
+    /// An engine over the W3 instruments holding no account, with its map.
+    fn empty_engine(distance_index: bool) -> (Arc<AccountMap>, Engine) {
         let map = Arc::new(AccountMap::new(w3_instruments()));
-        let mut e = Engine::new(
-            map,
+        let e = Engine::new(
+            Arc::clone(&map),
             EngineConfig {
                 monitor: MonitorConfig::default(),
                 distance_index,
             },
         )
         .unwrap();
+        (map, e)
+    }
+
+    /// An engine over the W3 instruments holding the W3 account (no prices yet).
+    pub(crate) fn engine(distance_index: bool) -> Engine {
+        let (_, mut e) = empty_engine(distance_index);
         let info = HashMap::<InstrumentId, PriceUsed>::new();
         e.on_update(
             AccountUpdate::Replace {
@@ -556,15 +562,7 @@ pub(crate) mod tests {
     #[test]
     fn the_index_store_follows_its_records_through_a_crash() {
         let info = HashMap::<InstrumentId, PriceUsed>::new();
-        let map = Arc::new(AccountMap::new(w3_instruments()));
-        let mut e = Engine::new(
-            Arc::clone(&map),
-            EngineConfig {
-                monitor: MonitorConfig::default(),
-                distance_index: true,
-            },
-        )
-        .unwrap();
+        let (map, mut e) = empty_engine(true);
         // 400 accounts (a bulk re-band: more than 256 changes per set) of varied leverage.
         for i in 0..400u32 {
             let mut account = w3_account(&format!("w3-{i:03}"));
@@ -624,15 +622,7 @@ pub(crate) mod tests {
     #[test]
     fn many_events_in_one_step() {
         let info = HashMap::<InstrumentId, PriceUsed>::new();
-        let map = Arc::new(AccountMap::new(w3_instruments()));
-        let mut e = Engine::new(
-            Arc::clone(&map),
-            EngineConfig {
-                monitor: MonitorConfig::default(),
-                distance_index: true,
-            },
-        )
-        .unwrap();
+        let (map, mut e) = empty_engine(true);
         let n = 300;
         for i in 0..n {
             e.on_update(

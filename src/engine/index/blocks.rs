@@ -65,8 +65,7 @@ impl<T: Ord + Copy> Blocks<T> {
     /// (present ones are ignored); both are left empty. A batch that is large for the set
     /// rebuilds it in one merge; a small one edits it entry by entry.
     pub fn apply(&mut self, rm: &mut Vec<T>, add: &mut Vec<T>) {
-        let k = rm.len() + add.len();
-        if k >= BULK_MIN && k.saturating_mul(BULK_SHARE) >= self.len {
+        if self.rebuilds_for(rm.len() + add.len()) {
             rm.sort_unstable();
             add.sort_unstable();
             add.dedup();
@@ -81,6 +80,12 @@ impl<T: Ord + Copy> Blocks<T> {
         }
         rm.clear();
         add.clear();
+    }
+
+    /// Whether a batch of `changes` rebuilds the set ([`BULK_MIN`], [`BULK_SHARE`]) rather
+    /// than editing it entry by entry.
+    pub fn rebuilds_for(&self, changes: usize) -> bool {
+        changes >= BULK_MIN && changes.saturating_mul(BULK_SHARE) >= self.len
     }
 
     /// The block `x` falls in: the first whose last entry is `≥ x`, else the last block.

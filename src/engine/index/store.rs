@@ -235,6 +235,10 @@ impl<T: Ord + Copy> Ops<T> {
         }
     }
 
+    fn len(&self) -> usize {
+        self.rm.len() + self.add.len()
+    }
+
     fn is_empty(&self) -> bool {
         self.rm.is_empty() && self.add.is_empty()
     }
@@ -250,13 +254,13 @@ enum Flush<'a> {
 }
 
 impl Flush<'_> {
-    /// What applying costs, roughly: the changes and the set's size (a large batch rebuilds
-    /// the set, a small one may merge its edits).
+    /// What applying costs, roughly: the changes, and the set's size when it is rebuilt.
     fn cost(&self) -> usize {
-        match self {
-            Flush::Keys(ops, set) => ops.rm.len() + ops.add.len() + set.len(),
-            Flush::Ends(ops, set) => ops.rm.len() + ops.add.len() + set.len(),
-        }
+        let (k, n, rebuilds) = match self {
+            Flush::Keys(ops, set) => (ops.len(), set.len(), set.rebuilds_for(ops.len())),
+            Flush::Ends(ops, set) => (ops.len(), set.len(), set.rebuilds_for(ops.len())),
+        };
+        if rebuilds { k + n } else { k }
     }
 
     fn run(self) {
@@ -284,12 +288,7 @@ struct InstrBands {
 impl InstrBands {
     /// Changes queued for this instrument's sets.
     fn queued(&self) -> usize {
-        self.eager_ops.rm.len()
-            + self.eager_ops.add.len()
-            + self.lo_ops.rm.len()
-            + self.lo_ops.add.len()
-            + self.hi_ops.rm.len()
-            + self.hi_ops.add.len()
+        self.eager_ops.len() + self.lo_ops.len() + self.hi_ops.len()
     }
 }
 
