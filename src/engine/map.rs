@@ -102,6 +102,7 @@ use crate::model::{
     Account, AccountId, AccountUpdate, Fill, Instrument, InstrumentId, MarginRatio, Position,
     PositionSide, RiskSnapshot, Thresholds,
 };
+use slot::Slot;
 
 /// The small integer an account is known by inside the engine (stable while it exists).
 pub type AccountKey = u32;
@@ -331,24 +332,6 @@ enum SlotKind {
     Position(PositionSide),
 }
 
-/// One position or collateral balance with its cached contributions.
-#[derive(Clone, Debug)]
-struct Slot {
-    instr: InstrumentIdx,
-    kind: SlotKind,
-    valid: bool,
-    /// Position quantity or collateral amount.
-    quantity: Decimal,
-    /// Entry price (positions).
-    entry: Decimal,
-    /// The price the contributions below were computed at (1 for stables); zero when not valid.
-    at: Decimal,
-    /// Contribution to equity (uPnL or haircut value), normalised; zero when not valid.
-    equity: Decimal,
-    /// Contribution to MM, normalised; zero when not valid.
-    mm: Decimal,
-}
-
 struct Entry {
     id: AccountId,
     slots: Box<[Slot]>,
@@ -384,7 +367,7 @@ impl Entry {
                 self.invalid = self.invalid.saturating_add(1);
                 continue;
             }
-            match (exact_add(eq, s.equity), exact_add(mm, s.mm)) {
+            match (exact_add(eq, s.equity()), exact_add(mm, s.mm())) {
                 (Some(e), Some(m)) => {
                     eq = e;
                     mm = m;
@@ -408,12 +391,9 @@ impl Entry {
         let Some(s) = self.slots.get_mut(i) else {
             return;
         };
-        let (old_eq, old_mm, was_valid) = (s.equity, s.mm, s.valid);
+        let (old_eq, old_mm, was_valid) = (s.equity(), s.mm(), s.valid);
         let (new_eq, new_mm) = new.unwrap_or_else(|| (zero_scaled(), zero_scaled()));
-        s.equity = new_eq;
-        s.mm = new_mm;
-        s.valid = new.is_some();
-        s.at = if s.valid { at } else { Decimal::ZERO };
+        s.set_value(new, at);
         match (was_valid, s.valid) {
             (true, false) => self.invalid = self.invalid.saturating_add(1),
             (false, true) => self.invalid = self.invalid.saturating_sub(1),
@@ -611,11 +591,11 @@ impl AccountView<'_> {
         self.entry.slots.iter().map(|s| SlotValuation {
             instrument: s.instr,
             collateral: s.kind == SlotKind::Collateral,
-            quantity: s.quantity,
-            entry: s.entry,
-            at: s.valid.then_some(s.at),
-            equity: s.equity,
-            maintenance_margin: s.mm,
+            quantity: s.quantity(),
+            entry: s.entry(),
+            at: s.valid.then(|| s.at()),
+            equity: s.equity(),
+            maintenance_margin: s.mm(),
         })
     }
     /// The account as a model value (balances, positions, thresholds).
@@ -633,13 +613,13 @@ impl AccountView<'_> {
             };
             match s.kind {
                 SlotKind::Collateral => {
-                    a.collateral.insert(inst.id.clone(), s.quantity);
+                    a.collateral.insert(inst.id.clone(), s.quantity());
                 }
                 SlotKind::Position(side) => a.positions.push(Position {
                     instrument: inst.id.clone(),
                     side,
-                    quantity: s.quantity,
-                    entry_price: s.entry,
+                    quantity: s.quantity(),
+                    entry_price: s.entry(),
                 }),
             }
         }
@@ -706,11 +686,11 @@ fn value_slot(inst: &Instrument, slot: &Slot, price: Option<Decimal>) -> SlotRes
     };
     match slot.kind {
         SlotKind::Collateral => {
-            let v = margin::collateral_value(inst, slot.quantity, price)?;
+            let v = margin::collateral_value(inst, slot.quantity(), price)?;
             Ok(Some((v, zero_scaled())))
         }
         SlotKind::Position(_) => {
-            margin::position_pnl_mm(inst, slot.quantity, slot.entry, price).map(Some)
+            margin::position_pnl_mm(inst, slot.quantity(), slot.entry(), price).map(Some)
         }
     }
 }
@@ -719,7 +699,9 @@ fn value_slot(inst: &Instrument, slot: &Slot, price: Option<Decimal>) -> SlotRes
 #[inline]
 fn value_slot_at(pricer: &mut PositionPricer<'_>, inst: &Instrument, slot: &Slot) -> SlotResult {
     match slot.kind {
-        SlotKind::Position(_) if !inst.stable => pricer.pnl_mm(slot.quantity, slot.entry).map(Some),
+        SlotKind::Position(_) if !inst.stable => {
+            pricer.pnl_mm(slot.quantity(), slot.entry()).map(Some)
+        }
         _ => value_slot(inst, slot, Some(pricer.price())),
     }
 }
@@ -1304,7 +1286,7 @@ fn revalue<'t>(
         let Some(price) = price else {
             continue; // still unpriced: stays invalid
         };
-        if slot.valid && slot.at == price {
+        if slot.valid && slot.at() == price {
             continue;
         }
         let new = match value(inst, slot, Some(price)) {
@@ -1318,6 +1300,7 @@ fn revalue<'t>(
     }
 }
 
+mod slot; // a slot's five values in 56 bytes
 mod terms; // replacing instruments' margin terms live
 mod update; // account updates and fills: validation, slots, the commit under locks
 

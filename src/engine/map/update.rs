@@ -188,7 +188,7 @@ impl AccountMap {
         let mut slots = Vec::with_capacity(account.collateral.len() + account.positions.len());
         for (asset, amount) in &account.collateral {
             let idx = self.collateral_idx(&account.id, asset)?;
-            slots.push(new_slot(idx, SlotKind::Collateral, *amount, Decimal::ZERO));
+            slots.push(Slot::new(idx, SlotKind::Collateral, *amount, Decimal::ZERO));
         }
         let mut seen = HashSet::new();
         for p in &account.positions {
@@ -200,7 +200,7 @@ impl AccountMap {
                     p.instrument, p.side
                 )));
             }
-            slots.push(new_slot(
+            slots.push(Slot::new(
                 idx,
                 SlotKind::Position(p.side),
                 p.quantity,
@@ -257,7 +257,7 @@ impl AccountMap {
         let pos = slots.iter().position(|s| s.instr == idx && s.kind == kind);
         let (q, ep) = pos
             .and_then(|p| slots.get(p))
-            .map(|s| (s.quantity, s.entry))
+            .map(|s| (s.quantity(), s.entry()))
             .unwrap_or((Decimal::ZERO, Decimal::ZERO));
         let dq = fill.quantity;
         let p = fill.price;
@@ -323,11 +323,11 @@ impl AccountMap {
             }
             Some(i) => {
                 if let Some(s) = slots.get_mut(i) {
-                    s.quantity = new_q;
-                    s.entry = new_entry;
+                    s.set_quantity(new_q);
+                    s.set_entry(new_entry);
                 }
             }
-            None => slots.push(new_slot(idx, kind, new_q, new_entry)),
+            None => slots.push(Slot::new(idx, kind, new_q, new_entry)),
         }
         if !cash.is_zero() || !slots.iter().any(|s| s.instr == settle) {
             credit(&mut slots, settle, cash).ok_or_else(|| overflow("settle balance"))?;
@@ -375,15 +375,12 @@ impl AccountMap {
                         account: id.clone(),
                         source,
                     })?;
-                    let (eq, mm) = v.unwrap_or((zero_scaled(), zero_scaled()));
-                    s.valid = v.is_some();
-                    s.equity = eq;
-                    s.mm = mm;
-                    s.at = match (s.valid, inst.stable) {
-                        (false, _) => Decimal::ZERO,
-                        (true, true) => Decimal::ONE,
-                        (true, false) => price.unwrap_or(Decimal::ZERO),
+                    let at = if inst.stable {
+                        Decimal::ONE
+                    } else {
+                        price.unwrap_or(Decimal::ZERO)
                     };
+                    s.set_value(v, at);
                 }
                 let mut e = Entry {
                     id: id.clone(),
@@ -421,26 +418,13 @@ impl AccountMap {
     }
 }
 
-fn new_slot(instr: InstrumentIdx, kind: SlotKind, quantity: Decimal, entry: Decimal) -> Slot {
-    Slot {
-        instr,
-        kind,
-        valid: false,
-        quantity,
-        entry,
-        at: Decimal::ZERO,
-        equity: zero_scaled(),
-        mm: zero_scaled(),
-    }
-}
-
 /// Adds `delta` to the balance of `asset`, creating it. `None` on overflow.
 fn credit(slots: &mut Vec<Slot>, asset: InstrumentIdx, delta: Decimal) -> Option<()> {
     match slots
         .iter_mut()
         .find(|s| s.instr == asset && s.kind == SlotKind::Collateral)
     {
-        Some(s) => s.quantity = s.quantity.checked_add(delta)?,
+        Some(s) => s.set_quantity(s.quantity().checked_add(delta)?),
         None => {
             // Balances come first, like the BTreeMap order of `Account::collateral` is kept
             // when listing them.
@@ -450,7 +434,7 @@ fn credit(slots: &mut Vec<Slot>, asset: InstrumentIdx, delta: Decimal) -> Option
                 .unwrap_or(slots.len());
             slots.insert(
                 at,
-                new_slot(asset, SlotKind::Collateral, delta, Decimal::ZERO),
+                Slot::new(asset, SlotKind::Collateral, delta, Decimal::ZERO),
             );
         }
     }

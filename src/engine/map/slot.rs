@@ -1,0 +1,292 @@
+//! One position or collateral balance with its cached contributions, in 56 bytes.
+//!
+//! A slot holds five `Decimal`s: quantity, entry price, the price it was valued at, and its
+//! equity and MM contributions. Kept as `Decimal`s they took 80 of the slot's 88 bytes, most of
+//! it zeros: a `Decimal` is a 96-bit mantissa and a flags word, and a quantity, a price or a
+//! contribution of any account this daemon will watch has a mantissa that fits 64 bits. So a
+//! slot keeps each value as its 64-bit magnitude and one byte for its sign and scale — the same
+//! value, scale and sign of zero, bit for bit (`narrow_values_are_the_decimal_bit_for_bit`) — and
+//! a slot with a value that does not fit keeps all five as `Decimal`s in a box. Nothing is
+//! rounded either way; only the storage differs.
+//!
+//! Smaller slots are fewer bytes per position (issue 10's ≤ 128 B target) and fewer cache lines
+//! for a tick to stream through (an eager tick reads every slot of each holder).
+
+use rust_decimal::Decimal;
+
+use super::{InstrumentIdx, SlotKind, zero_scaled};
+
+/// The five values, in this order.
+const QUANTITY: usize = 0;
+const ENTRY: usize = 1;
+const AT: usize = 2;
+const EQUITY: usize = 3;
+const MM: usize = 4;
+
+/// The sign bit of a flags byte; the low five bits are the scale (0–28).
+const NEGATIVE: u8 = 0x80;
+
+#[derive(Clone, Debug)]
+enum Values {
+    /// Each value's 64-bit magnitude and its sign-and-scale byte.
+    Narrow { mag: [u64; 5], flags: [u8; 5] },
+    /// At least one value's mantissa needs more than 64 bits.
+    Wide(Box<[Decimal; 5]>),
+}
+
+/// A `Decimal` as its 64-bit magnitude and sign-and-scale byte, when the mantissa fits.
+#[inline(always)]
+fn narrow(d: Decimal) -> Option<(u64, u8)> {
+    let u = d.unpack();
+    if u.hi != 0 {
+        return None;
+    }
+    // The scale is 0–28: five bits.
+    let flags = (u.scale & 0x1F) as u8 | if u.negative { NEGATIVE } else { 0 };
+    Some((u64::from(u.mid) << 32 | u64::from(u.lo), flags))
+}
+
+/// The `Decimal` [`narrow`] took apart.
+#[inline(always)]
+fn widen(mag: u64, flags: u8) -> Decimal {
+    let negative = flags & NEGATIVE != 0;
+    if mag == 0 && negative {
+        return negative_zero(flags);
+    }
+    // `min`: a scale [`narrow`] stored is at most 28 already.
+    let scale = u32::from(flags & 0x1F).min(28);
+    Decimal::from_parts(mag as u32, (mag >> 32) as u32, 0, negative, scale)
+}
+
+/// Zero with its sign bit set, as arithmetic can leave it (`from_parts` would clear the sign).
+#[cold]
+fn negative_zero(flags: u8) -> Decimal {
+    Decimal::deserialize([
+        0,
+        0,
+        flags & !NEGATIVE,
+        NEGATIVE,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ])
+}
+
+/// One position or collateral balance with its cached contributions.
+#[derive(Clone, Debug)]
+pub(super) struct Slot {
+    pub(super) instr: InstrumentIdx,
+    pub(super) kind: SlotKind,
+    /// Valued: the contributions are those at [`Slot::at`].
+    pub(super) valid: bool,
+    values: Values,
+}
+
+impl Slot {
+    /// A slot not yet valued (price zero, contributions zero at the accounting scale).
+    pub(super) fn new(
+        instr: InstrumentIdx,
+        kind: SlotKind,
+        quantity: Decimal,
+        entry: Decimal,
+    ) -> Slot {
+        let mut s = Slot {
+            instr,
+            kind,
+            valid: false,
+            values: Values::Narrow {
+                mag: [0; 5],
+                flags: [0; 5],
+            },
+        };
+        let z = zero_scaled();
+        for (i, v) in [quantity, entry, Decimal::ZERO, z, z]
+            .into_iter()
+            .enumerate()
+        {
+            s.set(i, v);
+        }
+        s
+    }
+
+    #[inline(always)]
+    fn get(&self, i: usize) -> Decimal {
+        match &self.values {
+            Values::Narrow { mag, flags } => match (mag.get(i), flags.get(i)) {
+                (Some(&m), Some(&f)) => widen(m, f),
+                _ => Decimal::ZERO,
+            },
+            Values::Wide(w) => w.get(i).copied().unwrap_or_default(),
+        }
+    }
+
+    #[inline(always)]
+    fn set(&mut self, i: usize, v: Decimal) {
+        match (&mut self.values, narrow(v)) {
+            (Values::Narrow { mag, flags }, Some((m, f))) => {
+                if let (Some(ms), Some(fs)) = (mag.get_mut(i), flags.get_mut(i)) {
+                    *ms = m;
+                    *fs = f;
+                }
+            }
+            (Values::Narrow { .. }, None) => {
+                let mut wide = [Decimal::ZERO; 5];
+                for (k, w) in wide.iter_mut().enumerate() {
+                    *w = if k == i { v } else { self.get(k) };
+                }
+                self.values = Values::Wide(Box::new(wide));
+            }
+            (Values::Wide(w), _) => {
+                if let Some(s) = w.get_mut(i) {
+                    *s = v;
+                }
+            }
+        }
+    }
+
+    /// Position quantity or collateral amount.
+    #[inline(always)]
+    pub(super) fn quantity(&self) -> Decimal {
+        self.get(QUANTITY)
+    }
+    /// Entry price (positions; zero for balances).
+    #[inline(always)]
+    pub(super) fn entry(&self) -> Decimal {
+        self.get(ENTRY)
+    }
+    /// The price the contributions were computed at (1 for stables); zero when not valid.
+    #[inline(always)]
+    pub(super) fn at(&self) -> Decimal {
+        self.get(AT)
+    }
+    /// Contribution to equity (uPnL or haircut value), normalised; zero when not valid.
+    #[inline(always)]
+    pub(super) fn equity(&self) -> Decimal {
+        self.get(EQUITY)
+    }
+    /// Contribution to MM, normalised; zero when not valid.
+    #[inline(always)]
+    pub(super) fn mm(&self) -> Decimal {
+        self.get(MM)
+    }
+
+    pub(super) fn set_quantity(&mut self, v: Decimal) {
+        self.set(QUANTITY, v);
+    }
+    pub(super) fn set_entry(&mut self, v: Decimal) {
+        self.set(ENTRY, v);
+    }
+
+    /// Stores a valuation: `Some((equity, MM))` at price `at`, or not valued (zeros).
+    #[inline(always)]
+    pub(super) fn set_value(&mut self, new: Option<(Decimal, Decimal)>, at: Decimal) {
+        let (eq, mm) = new.unwrap_or_else(|| (zero_scaled(), zero_scaled()));
+        self.valid = new.is_some();
+        self.set(AT, if self.valid { at } else { Decimal::ZERO });
+        self.set(EQUITY, eq);
+        self.set(MM, mm);
+    }
+
+    /// The slot's values are kept narrow (no box).
+    #[cfg(test)]
+    pub(super) fn is_narrow(&self) -> bool {
+        matches!(self.values, Values::Narrow { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn decimal(hi: u32, mid: u32, lo: u32, negative: bool, scale: u32) -> Decimal {
+        // `from_parts` clears the sign of zero; keep it, as arithmetic can leave it.
+        let mut b = Decimal::from_parts(lo, mid, hi, false, scale).serialize();
+        if negative {
+            b[3] |= NEGATIVE;
+        }
+        Decimal::deserialize(b)
+    }
+
+    #[test]
+    fn a_slot_is_56_bytes() {
+        assert_eq!(std::mem::size_of::<Slot>(), 56);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+        /// Every value a slot is given reads back bit for bit (flags and mantissa), narrow or
+        /// wide, whichever field it is and whatever the other fields hold; a value needing more
+        /// than 64 bits makes the slot wide without changing the others.
+        #[test]
+        fn narrow_values_are_the_decimal_bit_for_bit(
+            values in proptest::collection::vec(
+                (0u32..4, any::<u32>(), any::<u32>(), any::<u32>(), any::<bool>(), 0u32..=28),
+                1..12,
+            ),
+            fields in proptest::collection::vec(0usize..5, 12),
+        ) {
+            let mut slot = Slot::new(3, SlotKind::Collateral, Decimal::ZERO, Decimal::ZERO);
+            let mut expected = [Decimal::ZERO, Decimal::ZERO, Decimal::ZERO, zero_scaled(), zero_scaled()];
+            for (&(width, hi, mid, lo, negative, scale), &field) in values.iter().zip(&fields) {
+                let (hi, mid, lo) = match width {
+                    0 => (0, 0, 0),
+                    1 => (0, 0, lo),
+                    2 => (0, mid, lo),
+                    _ => (hi.max(1), mid, lo),
+                };
+                let v = decimal(hi, mid, lo, negative, scale);
+                let was_narrow = slot.is_narrow();
+                slot.set(field, v);
+                expected[field] = v;
+                prop_assert_eq!(slot.is_narrow(), was_narrow && hi == 0);
+                for (k, e) in expected.iter().enumerate() {
+                    prop_assert_eq!(slot.get(k).serialize(), e.serialize());
+                }
+            }
+            prop_assert_eq!(slot.instr, 3);
+        }
+    }
+
+    #[test]
+    fn a_valuation_is_stored_and_cleared() {
+        let mut s = Slot::new(
+            0,
+            SlotKind::Collateral,
+            Decimal::new(-15, 1),
+            Decimal::new(60_000, 0),
+        );
+        assert!(!s.valid);
+        assert_eq!(s.quantity().serialize(), Decimal::new(-15, 1).serialize());
+        assert_eq!(s.entry().serialize(), Decimal::new(60_000, 0).serialize());
+        assert_eq!(s.equity().serialize(), zero_scaled().serialize());
+        let eq = Decimal::new(-1_234_567, 4);
+        let mm = Decimal::MAX; // 96 bits: the slot goes wide
+        s.set_value(Some((eq, mm)), Decimal::new(59_000, 1));
+        assert!(s.valid && !s.is_narrow());
+        assert_eq!(
+            (s.at(), s.equity().serialize(), s.mm()),
+            (Decimal::new(59_000, 1), eq.serialize(), Decimal::MAX)
+        );
+        assert_eq!(s.quantity().serialize(), Decimal::new(-15, 1).serialize());
+        s.set_value(None, Decimal::ONE);
+        assert!(!s.valid);
+        assert_eq!(
+            (s.at(), s.equity().serialize(), s.mm().serialize()),
+            (
+                Decimal::ZERO,
+                zero_scaled().serialize(),
+                zero_scaled().serialize()
+            )
+        );
+    }
+}
