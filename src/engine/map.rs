@@ -94,7 +94,7 @@ use dashmap::mapref::entry::Entry as DirEntry;
 use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use rust_decimal::Decimal;
 
-use crate::margin::fixed::{exact_add, exact_sub, fast_delta};
+use crate::margin::fixed::{exact_add, exact_sub, fast_delta, fast_delta_m};
 use crate::margin::{
     self, ACCOUNTING_SCALE, InstrumentLookup, MarginError, PositionPricer, PriceLookup, TierFloats,
 };
@@ -102,7 +102,7 @@ use crate::model::{
     Account, AccountId, AccountUpdate, Fill, Instrument, InstrumentId, MarginRatio, Position,
     PositionSide, RiskSnapshot, Thresholds,
 };
-use slot::Slot;
+use slot::{Narrowed, Slot};
 
 /// The small integer an account is known by inside the engine (stable while it exists).
 pub type AccountKey = u32;
@@ -417,6 +417,36 @@ impl Entry {
             }
         }
         self.recompute_totals();
+    }
+
+    /// [`Entry::set_slot`] of a valued slot revalued on the integer path: `eq` and `mm` are the
+    /// new contributions' mantissas at the accounting scale, `at` the price. Does exactly
+    /// what `set_slot` does with those figures when the slot was valued, its old figures and
+    /// the new ones are narrow at the accounting scale and the totals' `fast_delta` holds;
+    /// otherwise changes nothing and returns `false` (call `set_slot`).
+    #[inline(always)]
+    fn set_slot_m(&mut self, i: usize, eq: i128, mm: i128, at: Narrowed) -> bool {
+        if !self.totals_ok {
+            return false;
+        }
+        let Some(s) = self.slots.get_mut(i) else {
+            return false;
+        };
+        let Some((old_eq, old_mm)) = s.contributions_m() else {
+            return false;
+        };
+        let (Some(e), Some(m)) = (
+            fast_delta_m(self.equity, old_eq, eq),
+            fast_delta_m(self.mm, old_mm, mm),
+        ) else {
+            return false;
+        };
+        if !s.set_value_m(eq, mm, at) {
+            return false;
+        }
+        self.equity = e;
+        self.mm = m;
+        true
     }
 
     fn touched(&self, key: AccountKey) -> Touched {
@@ -1017,6 +1047,8 @@ impl AccountMap {
             // Stables are valued at 1 whatever the feed says.
             return Ok(summary);
         }
+        // The price as the slots keep it, once for every holder (the integer path's `at`).
+        let at = Narrowed::of(price);
         if state.holders.len() >= TICK_PARALLEL_MIN && crate::engine::par::threads() > 1 {
             // A big move on a big book: every core values its share of the holders (each
             // account under its own lock, each thread with its own pricer), and the accounts
@@ -1029,7 +1061,7 @@ impl AccountMap {
                 let mut part = TickSummary::default();
                 let touched = chunk
                     .iter()
-                    .map(|&key| self.revalue_holder(key, idx, inst, price, &mut pricer, &mut part))
+                    .map(|&key| self.revalue_holder(key, idx, inst, at, &mut pricer, &mut part))
                     .collect();
                 slots.fetch_add(part.slots, Ordering::Relaxed);
                 errors.fetch_add(part.errors, Ordering::Relaxed);
@@ -1045,7 +1077,7 @@ impl AccountMap {
             let mut pricer = PositionPricer::new(inst, price);
             for &key in state.holders.iter() {
                 if let Some(touched) =
-                    self.revalue_holder(key, idx, inst, price, &mut pricer, &mut summary)
+                    self.revalue_holder(key, idx, inst, at, &mut pricer, &mut summary)
                 {
                     summary.accounts += 1;
                     on_touched(touched);
@@ -1063,8 +1095,9 @@ impl AccountMap {
         Ok(summary)
     }
 
-    /// Revalues the slots of holder `key` on instrument `idx` at `price` (the tick's pricer)
-    /// and returns its new figures, counting the slots valued and failed in `summary`; `None`
+    /// Revalues the slots of holder `key` on instrument `idx` at the tick's price (`pricer`'s;
+    /// `at` is that price as a slot keeps it) — a position on the integer path
+    /// ([`Entry::set_slot_m`]), anything it declines on `Decimal` — and returns its new figures, counting the slots valued and failed in `summary`; `None`
     /// when the account is gone. The instrument's lock must be held. (Inlined into both loops
     /// of [`AccountMap::apply_price_with`]: a call per holder costs ~4 % of a tick.)
     #[inline(always)]
@@ -1073,10 +1106,11 @@ impl AccountMap {
         key: AccountKey,
         idx: InstrumentIdx,
         inst: &Instrument,
-        price: Decimal,
+        at: Option<Narrowed>,
         pricer: &mut PositionPricer<'_>,
         summary: &mut TickSummary,
     ) -> Option<Touched> {
+        let price = pricer.price();
         let mut guard = self.accounts.cell(key)?.lock();
         let e = guard.as_mut()?;
         for i in 0..e.slots.len() {
@@ -1085,6 +1119,15 @@ impl AccountMap {
                 continue;
             }
             summary.slots += 1;
+            // The integer path: a position's figures on mantissas, straight into the slot.
+            if let (Some(at), SlotKind::Position(_)) = (at, slot.kind)
+                && let Some((q, entry)) = slot.position_fx()
+                && let Some((eq, mm)) = pricer.value_fx(q, entry)
+                && e.set_slot_m(i, eq, mm, at)
+            {
+                continue;
+            }
+            let Some(slot) = e.slots.get(i) else { break };
             let new = match value_slot_at(pricer, inst, slot) {
                 Ok(v) => v,
                 Err(error) => {

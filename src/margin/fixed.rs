@@ -179,23 +179,29 @@ pub fn exact_sub(a: Decimal, b: Decimal) -> Option<Decimal> {
 /// or is zero (whose `Decimal` sign could differ).
 #[inline]
 pub fn fast_delta(total: Decimal, old: Decimal, new: Decimal) -> Option<Decimal> {
-    const MAX: u128 = (1u128 << 96) - 1;
-    if total.scale() != ACCOUNTING_SCALE
-        || old.scale() != ACCOUNTING_SCALE
-        || new.scale() != ACCOUNTING_SCALE
-    {
+    if old.scale() != ACCOUNTING_SCALE || new.scale() != ACCOUNTING_SCALE {
+        return None;
+    }
+    fast_delta_m(total, old.mantissa(), new.mantissa())
+}
+
+/// [`fast_delta`] with `old` and `new` given as their mantissas at [`ACCOUNTING_SCALE`] (each
+/// below 2^96 in magnitude).
+#[inline]
+pub fn fast_delta_m(total: Decimal, old: i128, new: i128) -> Option<Decimal> {
+    if total.scale() != ACCOUNTING_SCALE {
         return None;
     }
     // Mantissas are < 2^96, so neither step overflows an i128.
-    let mid = total.mantissa() - old.mantissa();
-    if mid == 0 || mid.unsigned_abs() > MAX {
+    let mid = total.mantissa() - old;
+    if mid == 0 || mid.unsigned_abs() > MANTISSA_MAX {
         return None;
     }
-    let r = mid + new.mantissa();
-    if r == 0 || r.unsigned_abs() > MAX {
+    let r = mid + new;
+    if r == 0 || r.unsigned_abs() > MANTISSA_MAX {
         return None;
     }
-    Some(from_magnitude(r.unsigned_abs(), r < 0, ACCOUNTING_SCALE))
+    Some(accounting(r))
 }
 
 // One price of one instrument, decoded once for all its positions.
@@ -268,7 +274,15 @@ impl<'a> LinearTick<'a> {
     /// `linear_unit_fast(tiers, quantity, entry, price)`.
     #[inline]
     pub fn value(&mut self, quantity: Decimal, entry: Decimal) -> Option<(Decimal, Decimal)> {
-        let q = (fits(quantity.mantissa())?, quantity.scale());
+        let (upnl, mm) = self.value_fx(fx(quantity), fx(entry))?;
+        Some((accounting(upnl), accounting(mm)))
+    }
+
+    /// [`LinearTick::value`] of a quantity and an entry taken apart, as the mantissas of the
+    /// results at [`ACCOUNTING_SCALE`] (non-zero: a zero result is `None`, like the rest).
+    #[inline]
+    pub fn value_fx(&mut self, quantity: Fx, entry: Fx) -> Option<(i128, i128)> {
+        let q = (fits(quantity.0)?, quantity.1);
         let (pm, ps) = self.price;
         // notional = |q| × p
         let ns = q.1 + ps;
@@ -278,7 +292,7 @@ impl<'a> LinearTick<'a> {
         let nm = fits(mul_i(q.0.abs(), pm)?)?;
         let (upnl, upnl_scale) = {
             // diff = p − e at max(ps, es), then upnl = q × diff
-            let (em, es) = (entry.mantissa(), entry.scale());
+            let (em, es) = entry;
             let s = ps.max(es);
             let a = (*self.price_at.get(es as usize)?)?;
             let b = mul_i(-em, pow10(s - es)?)?;
@@ -304,10 +318,7 @@ impl<'a> LinearTick<'a> {
             return None;
         }
         let mm = fits(am.checked_add(t.neg_cum)?)?;
-        Some((
-            normalise_fast(upnl, upnl_scale)?,
-            normalise_fast(mm, t.mm_scale)?,
-        ))
+        Some((normalise_m(upnl, upnl_scale)?, normalise_m(mm, t.mm_scale)?))
     }
 }
 
@@ -348,16 +359,34 @@ fn decode_tier(t: &MarginTier, ns: u32) -> TierAt {
 /// building the result from its parts: `None` when it is zero or does not fit.
 #[inline]
 pub(crate) fn normalise_fast(m: i128, s: u32) -> Option<Decimal> {
+    normalise_m(m, s).map(accounting)
+}
+
+/// [`normalise_fast`] as the result's mantissa at [`ACCOUNTING_SCALE`] (non-zero, below 2^96 in
+/// magnitude, with the sign of `m`).
+#[inline(always)]
+fn normalise_m(m: i128, s: u32) -> Option<i128> {
     let mag = m.unsigned_abs();
     let r = if s <= ACCOUNTING_SCALE {
         let k = POW10_U64[(ACCOUNTING_SCALE - s) as usize];
         mul_mag(mag, u128::from(k))?
     } else {
         let d = pow10(s - ACCOUNTING_SCALE)?.unsigned_abs();
-        let (q, rem) = (mag / d, mag % d);
+        // A 64-bit division when both fit (the usual case): a 128-bit one is a runtime call.
+        let (q, rem) = match (u64::try_from(mag), u64::try_from(d)) {
+            (Ok(m), Ok(d)) => (u128::from(m / d), u128::from(m % d)),
+            _ => (mag / d, mag % d),
+        };
         if rem * 2 >= d { q + 1 } else { q }
     };
-    (r != 0 && r <= MANTISSA_MAX).then(|| from_magnitude(r, m < 0, ACCOUNTING_SCALE))
+    // `r ≤ MANTISSA_MAX < 2^127`: the cast keeps it.
+    (r != 0 && r <= MANTISSA_MAX).then(|| if m < 0 { -(r as i128) } else { r as i128 })
+}
+
+/// The `Decimal` at [`ACCOUNTING_SCALE`] of a mantissa below 2^96 in magnitude.
+#[inline]
+fn accounting(m: i128) -> Decimal {
+    from_magnitude(m.unsigned_abs(), m < 0, ACCOUNTING_SCALE)
 }
 
 /// `10^k` for `k ≤ ACCOUNTING_SCALE`.

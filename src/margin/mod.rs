@@ -320,6 +320,19 @@ impl<'a> PositionPricer<'a> {
         }
         position_pnl_mm(self.instrument, quantity, entry, self.price)
     }
+
+    /// The integer fast path of [`PositionPricer::pnl_mm`] on a quantity and an entry taken
+    /// apart (signed mantissa, scale): the mantissas of `(uPnL, MM)` at [`ACCOUNTING_SCALE`],
+    /// exactly what `pnl_mm` returns, or `None` where the fast path declines (`pnl_mm` then
+    /// takes the `Decimal` definition).
+    #[inline]
+    pub(crate) fn value_fx(
+        &mut self,
+        quantity: fixed::Fx,
+        entry: fixed::Fx,
+    ) -> Option<(i128, i128)> {
+        self.fast.as_mut()?.value_fx(quantity, entry)
+    }
 }
 
 /// The same figures as [`position_figures`] without normalisation: exact up to `Decimal`'s 28

@@ -15,6 +15,8 @@
 use rust_decimal::Decimal;
 
 use super::{InstrumentIdx, SlotKind, zero_scaled};
+use crate::margin::ACCOUNTING_SCALE;
+use crate::margin::fixed::Fx;
 
 /// The five values, in this order.
 const QUANTITY: usize = 0;
@@ -79,6 +81,28 @@ fn negative_zero(flags: u8) -> Decimal {
         0,
         0,
     ])
+}
+
+/// A value taken apart as a slot keeps it (a tick's price, narrowed once for all its slots).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Narrowed(u64, u8);
+
+impl Narrowed {
+    /// `d` as a slot keeps it; `None` when its mantissa needs more than 64 bits.
+    #[inline]
+    pub(super) fn of(d: Decimal) -> Option<Self> {
+        narrow(d).map(|(m, f)| Narrowed(m, f))
+    }
+}
+
+/// A narrow value as `Decimal::mantissa` and `Decimal::scale` give it.
+#[inline(always)]
+fn fx_of(mag: u64, flags: u8) -> Fx {
+    let m = i128::from(mag);
+    (
+        if flags & NEGATIVE != 0 { -m } else { m },
+        u32::from(flags & 0x1F),
+    )
 }
 
 /// One position or collateral balance with its cached contributions.
@@ -194,6 +218,57 @@ impl Slot {
         self.set(AT, if self.valid { at } else { Decimal::ZERO });
         self.set(EQUITY, eq);
         self.set(MM, mm);
+    }
+
+    /// Quantity and entry taken apart (`Decimal::mantissa`, `Decimal::scale`), when narrow.
+    #[inline(always)]
+    pub(super) fn position_fx(&self) -> Option<(Fx, Fx)> {
+        match &self.values {
+            Values::Narrow { mag, flags } => {
+                let ([q, e, ..], [qf, ef, ..]) = (*mag, *flags);
+                Some((fx_of(q, qf), fx_of(e, ef)))
+            }
+            Values::Wide(_) => None,
+        }
+    }
+
+    /// The equity and MM contributions' mantissas when the slot is valued and both are narrow
+    /// at [`ACCOUNTING_SCALE`] (as every valuation leaves them).
+    #[inline(always)]
+    pub(super) fn contributions_m(&self) -> Option<(i128, i128)> {
+        match &self.values {
+            Values::Narrow { mag, flags } if self.valid => {
+                let ([.., eq, mm], [.., eqf, mmf]) = (*mag, *flags);
+                let (eq, eqs) = fx_of(eq, eqf);
+                let (mm, mms) = fx_of(mm, mmf);
+                (eqs == ACCOUNTING_SCALE && mms == ACCOUNTING_SCALE).then_some((eq, mm))
+            }
+            _ => None,
+        }
+    }
+
+    /// [`Slot::set_value`] of a valuation given as non-zero mantissas at [`ACCOUNTING_SCALE`]
+    /// at a narrowed price, when both fit narrow; `false` (nothing changed) when one does not
+    /// or the slot is wide.
+    #[inline(always)]
+    pub(super) fn set_value_m(&mut self, eq: i128, mm: i128, at: Narrowed) -> bool {
+        let (Ok(eqm), Ok(mmm)) = (
+            u64::try_from(eq.unsigned_abs()),
+            u64::try_from(mm.unsigned_abs()),
+        ) else {
+            return false;
+        };
+        let Values::Narrow { mag, flags } = &mut self.values else {
+            return false;
+        };
+        let sign = |m: i128| if m < 0 { NEGATIVE } else { 0 };
+        let scale = ACCOUNTING_SCALE as u8;
+        let ([.., a, e, m], [.., af, ef, mf]) = (mag, flags);
+        (*a, *af) = (at.0, at.1);
+        (*e, *ef) = (eqm, scale | sign(eq));
+        (*m, *mf) = (mmm, scale | sign(mm));
+        self.valid = true;
+        true
     }
 
     /// The slot's values are kept narrow (no box).
