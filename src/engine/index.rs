@@ -600,8 +600,7 @@ impl DistanceIndex {
 
     fn moving_instruments(&self, v: &AccountView<'_>) -> Box<[InstrumentIdx]> {
         let mut instrs: Vec<InstrumentIdx> = v
-            .valuation()
-            .map(|s| s.instrument)
+            .slot_instruments()
             .filter(|i| self.sens.get(*i as usize) != Some(&Sensitivity::Fixed))
             .collect();
         instrs.sort_unstable();
@@ -872,7 +871,9 @@ impl DistanceIndex {
         // Per term, its instrument's position in `instrs`.
         let mut of: Vec<usize> = Vec::with_capacity(instrs.len() + 2);
         let mut at: Vec<Option<Decimal>> = vec![None; instrs.len()];
-        for s in v.valuation() {
+        // Taken out of the slots once for the terms and the shock's move.
+        let slots: Vec<SlotValuation> = v.valuation().collect();
+        for s in &slots {
             let sens = self.sens.get(s.instrument as usize)?;
             if *sens == Sensitivity::Fixed {
                 continue;
@@ -883,7 +884,7 @@ impl DistanceIndex {
                 Some(p) if *p != price => return None,
                 slot => *slot = Some(price),
             }
-            terms.push(term(sens, table.get(s.instrument)?, &s, price)?);
+            terms.push(term(sens, table.get(s.instrument)?, s, price)?);
             of.push(i);
         }
         let mut coef = vec![0.0; terms.len()];
@@ -891,7 +892,7 @@ impl DistanceIndex {
             allowed_move_f64(v.equity(), v.maintenance_margin(), &terms, range, &mut coef)?;
         if let Some(q) = shock {
             half = half.min(margin::fast_f64(distance::allowed_move(
-                v, &terms, q, &mut coef,
+                v, &slots, &terms, q, &mut coef,
             )?)?);
         }
         let mut per = vec![0.0f64; instrs.len()];

@@ -612,6 +612,11 @@ impl AccountView<'_> {
             .iter()
             .filter_map(|s| self.table.get(s.instr).map(|i| &i.id))
     }
+    /// The instrument of every position and balance, in slot order (without valuing anything
+    /// out of the slots, unlike [`AccountView::valuation`]).
+    pub fn slot_instruments(&self) -> impl Iterator<Item = InstrumentIdx> + '_ {
+        self.entry.slots.iter().map(|s| s.instr)
+    }
     /// The map's instrument table (to resolve [`SlotValuation::instrument`]).
     pub fn instruments_table(&self) -> &InstrumentTable {
         self.table
@@ -1226,7 +1231,7 @@ impl AccountMap {
             {
                 continue; // the account changed between the two looks: look again
             }
-            revalue(e, &table, price_of, value_slot);
+            revalue(e, &table, price_of, None);
             return Some(e.touched(key));
         }
     }
@@ -1266,7 +1271,7 @@ impl AccountMap {
             .map(|&key| {
                 let mut g = self.accounts.cell(key)?.lock();
                 let e = g.as_mut()?;
-                revalue(e, &table, price_of, |i, s, p| pricers.value(i, s, p));
+                revalue(e, &table, price_of, Some(&mut pricers));
                 Some(e.touched(key))
             })
             .collect()
@@ -1281,10 +1286,10 @@ impl AccountMap {
     }
 }
 
-/// Each instrument's [`PositionPricer`] at the price it was last asked for, for valuing many
-/// accounts' slots under the same instrument locks.
+/// Each instrument's [`PositionPricer`] at the price it was last asked for (with that price as
+/// a slot keeps it), for valuing many accounts' slots under the same instrument locks.
 struct Pricers<'t> {
-    by_instr: Vec<Option<PositionPricer<'t>>>,
+    by_instr: Vec<Option<(PositionPricer<'t>, Option<Narrowed>)>>,
 }
 
 impl<'t> Pricers<'t> {
@@ -1294,27 +1299,31 @@ impl<'t> Pricers<'t> {
         }
     }
 
-    /// [`value_slot`] through the slot's instrument's pricer ([`value_slot_at`]).
-    fn value(&mut self, inst: &'t Instrument, slot: &Slot, price: Option<Decimal>) -> SlotResult {
-        let (Some(price), Some(cached)) = (price, self.by_instr.get_mut(slot.instr as usize))
-        else {
-            return value_slot(inst, slot, price);
-        };
-        let pricer = match cached {
-            Some(p) if p.price() == price && p.price().scale() == price.scale() => p,
-            _ => cached.insert(PositionPricer::new(inst, price)),
-        };
-        value_slot_at(pricer, inst, slot)
+    /// The pricer of the slot's instrument at `price` and `price` narrowed, made on first use.
+    fn at(
+        &mut self,
+        inst: &'t Instrument,
+        slot: &Slot,
+        price: Decimal,
+    ) -> Option<&mut (PositionPricer<'t>, Option<Narrowed>)> {
+        let cached = self.by_instr.get_mut(slot.instr as usize)?;
+        let current = matches!(cached, Some(p) if p.0.price() == price && p.0.price().scale() == price.scale());
+        if !current {
+            *cached = Some((PositionPricer::new(inst, price), Narrowed::of(price)));
+        }
+        cached.as_mut()
     }
 }
 
 /// Brings every slot of `e` to the price `price_of` gives its instrument (stables at 1); a slot
-/// still unpriced stays invalid. The account's instrument locks must be held.
+/// still unpriced stays invalid. The account's instrument locks must be held. With `pricers`,
+/// each instrument's price is decoded once for all the accounts valued with them, and a valued
+/// narrow position takes the integer path of a tick ([`Entry::set_slot_m`]).
 fn revalue<'t>(
     e: &mut Entry,
     table: &'t InstrumentTable,
     price_of: impl Fn(InstrumentIdx) -> Option<Decimal>,
-    mut value: impl FnMut(&'t Instrument, &Slot, Option<Decimal>) -> SlotResult,
+    mut pricers: Option<&mut Pricers<'t>>,
 ) {
     for i in 0..e.slots.len() {
         let Some(slot) = e.slots.get(i) else { break };
@@ -1332,7 +1341,25 @@ fn revalue<'t>(
         if slot.valid && slot.at() == price {
             continue;
         }
-        let new = match value(inst, slot, Some(price)) {
+        let cached = match pricers.as_deref_mut() {
+            Some(pricers) if !inst.stable => pricers.at(inst, slot, price),
+            _ => None,
+        };
+        let new = match cached {
+            Some((pricer, at)) => {
+                if let (Some(at), SlotKind::Position(_)) = (*at, slot.kind)
+                    && let Some((q, entry)) = slot.position_fx()
+                    && let Some((eq, mm)) = pricer.value_fx(q, entry)
+                    && e.set_slot_m(i, eq, mm, at)
+                {
+                    continue;
+                }
+                let Some(slot) = e.slots.get(i) else { break };
+                value_slot_at(pricer, inst, slot)
+            }
+            None => value_slot(inst, slot, Some(price)),
+        };
+        let new = match new {
             Ok(v) => v,
             Err(error) => {
                 tracing::debug!(account = %e.id, instrument = %inst.id, %error, "Slot not valued");

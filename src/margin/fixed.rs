@@ -231,7 +231,8 @@ type TiersAt = Box<[TierAt]>;
 /// One price of one linear, contract-size-1, plain-bracket instrument, with the price and the
 /// tiers decoded once for every position it values (a tick revalues all of an instrument's
 /// holders at one price). [`LinearTick::value`] returns exactly what [`linear_unit_fast`]
-/// returns for the same position and price, or `None` where that is `None` — and so exactly
+/// returns for the same position and price, or `None` where that is `None` or where a position
+/// at its entry price has a zero uPnL of more places than the accounting scale — and so exactly
 /// what the `Decimal` definition gives (the property tests `linear_tick_matches_decimal` and
 /// `pnl_mm_fast_path_matches_decimal` check both).
 #[derive(Debug)]
@@ -279,7 +280,8 @@ impl<'a> LinearTick<'a> {
     }
 
     /// [`LinearTick::value`] of a quantity and an entry taken apart, as the mantissas of the
-    /// results at [`ACCOUNTING_SCALE`] (non-zero: a zero result is `None`, like the rest).
+    /// results at [`ACCOUNTING_SCALE`] (a zero uPnL is `+0` at that scale, as the definition
+    /// gives it at the entry price; the MM is never zero).
     #[inline]
     pub fn value_fx(&mut self, quantity: Fx, entry: Fx) -> Option<(i128, i128)> {
         let q = (fits(quantity.0)?, quantity.1);
@@ -290,7 +292,7 @@ impl<'a> LinearTick<'a> {
             return None;
         }
         let nm = fits(mul_i(q.0.abs(), pm)?)?;
-        let (upnl, upnl_scale) = {
+        let upnl = {
             // diff = p − e at max(ps, es), then upnl = q × diff
             let (em, es) = entry;
             let s = ps.max(es);
@@ -299,12 +301,18 @@ impl<'a> LinearTick<'a> {
             if b.unsigned_abs() > MANTISSA_MAX {
                 return None;
             }
-            let diff = fits(a.checked_add(b)?)?;
             let us = q.1 + s;
             if us > SCALE_MAX {
                 return None;
             }
-            (fits(mul_i(q.0, diff)?)?, us)
+            match a.checked_add(b)? {
+                // At the entry price the definition's zero (`q × (P − EP)`, `Decimal`) has
+                // `us` places, and normalising a zero with fewer than the accounting scale's
+                // widens it to `+0` at that scale, whatever its sign. With more, its sign is
+                // `Decimal`'s: declined.
+                0 if us < ACCOUNTING_SCALE => 0,
+                diff => normalise_m(fits(mul_i(q.0, fits(diff)?)?)?, us)?,
+            }
         };
         let tiers = self.tiers_at(ns)?;
         let idx = tiers.partition_point(|t| t.from <= nm);
@@ -318,7 +326,7 @@ impl<'a> LinearTick<'a> {
             return None;
         }
         let mm = fits(am.checked_add(t.neg_cum)?)?;
-        Some((normalise_m(upnl, upnl_scale)?, normalise_m(mm, t.mm_scale)?))
+        Some((upnl, normalise_m(mm, t.mm_scale)?))
     }
 }
 

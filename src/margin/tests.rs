@@ -324,7 +324,7 @@ proptest::proptest! {
     fn linear_tick_matches_decimal(
         rows in proptest::collection::vec((0i64..5_000_000, 0u32..4, 1i64..500, 2u32..6, 0i64..5_000_000, 0u32..5), 1..6),
         pm in 1i64..10_000_000_000, ps in 0u32..8,
-        positions in proptest::collection::vec((-100_000_000i64..100_000_000, 0u32..10, 0i64..10_000_000_000, 0u32..12), 1..24),
+        positions in proptest::collection::vec((-100_000_000i64..100_000_000, 0u32..10, 0i64..10_000_000_000, 0u32..12, 0u8..4), 1..24),
         big in proptest::bool::ANY,
     ) {
         // Floors ascending (the order `select_tier` expects), each with its own scale.
@@ -333,25 +333,33 @@ proptest::proptest! {
         let mut pricer = PositionPricer::new(&i, p);
         let mut fast = fixed::LinearTick::new(&i.tiers, p);
         proptest::prop_assert!(fast.is_some());
-        for &(qm, qs, em, es) in &positions {
+        for &(qm, qs, em, es, at) in &positions {
             let mut q = Decimal::new(qm, qs);
             if big {
                 q *= Decimal::from(10_000_000_000i64);
             }
-            let e = Decimal::new(em, es);
+            // One in four at the entry price, written with 0–3 more places.
+            let e = if at == 0 { at_places(p, es % 4) } else { Decimal::new(em, es) };
             let slow = definition(&i, q, e, p);
             let priced = pricer.pnl_mm(q, e);
             proptest::prop_assert_eq!(format!("{slow:?}"), format!("{priced:?}"));
             if let (Ok(a), Ok(b)) = (slow, priced) {
                 proptest::prop_assert_eq!((a.0.serialize(), a.1.serialize()), (b.0.serialize(), b.1.serialize()));
             }
-            // The decoded tick declines exactly where the per-position fast path does.
+            // The decoded tick declines exactly where the per-position fast path does, and at
+            // the entry price also where the zero uPnL has more places than the accounting
+            // scale (its sign is then `Decimal`'s).
             let tick = fast.as_mut().and_then(|t| t.value(q, e));
             let one = fixed::linear_unit_fast(&i.tiers, q, e, p);
-            proptest::prop_assert_eq!(
-                tick.map(|(a, b)| (a.serialize(), b.serialize())),
-                one.map(|(a, b)| (a.serialize(), b.serialize()))
-            );
+            let zero_places = q.scale() + p.scale().max(e.scale());
+            if p == e && zero_places >= ACCOUNTING_SCALE {
+                proptest::prop_assert!(tick.is_none());
+            } else {
+                proptest::prop_assert_eq!(
+                    tick.map(|(a, b)| (a.serialize(), b.serialize())),
+                    one.map(|(a, b)| (a.serialize(), b.serialize()))
+                );
+            }
         }
     }
 }
@@ -367,14 +375,22 @@ fn linear_tick_takes_ordinary_positions() {
         (dec!(-0.25), dec!(59871.3)),
         (dec!(12), dec!(61000.25)),
         (dec!(-400), dec!(58000)),
+        // At the entry price (the zero uPnL at the accounting scale).
+        (dec!(-0.25), dec!(60012.50)),
     ] {
         let (upnl, mm) = t.value(q, e).expect("fast path");
         let f = position_figures(&i, q, e, dec!(60012.5)).unwrap();
         assert_eq!((upnl, mm), (f.unrealized_pnl, f.maintenance_margin));
         assert_eq!(upnl.scale(), ACCOUNTING_SCALE);
     }
-    // p = e: a zero uPnL takes the Decimal path (its sign), as `linear_unit_fast` does.
-    assert!(t.value(dec!(1), dec!(60012.5)).is_none());
+    // p = e with a zero of the accounting scale's 12 places or more (11 + 1 here): its sign is
+    // `Decimal`'s, declined; with 11 (10 + 1), `+0` at the accounting scale.
+    assert!(t.value(dec!(-0.00000000001), dec!(60012.5)).is_none());
+    let (zero, _) = t.value(dec!(-0.0000000001), dec!(60012.5)).unwrap();
+    assert_eq!(
+        zero.serialize(),
+        Decimal::new(0, ACCOUNTING_SCALE).serialize()
+    );
 }
 
 /// A floor with more places than the notional (1,000.5 against whole notionals): 1,000 is still

@@ -22,7 +22,7 @@
 use rust_decimal::Decimal;
 
 use super::{MAX_MOVE, Term};
-use crate::engine::map::AccountView;
+use crate::engine::map::{AccountView, SlotValuation};
 use crate::engine::monitor::distance::{ShockQuiet, shock_move};
 
 /// The fractional move `δ` every price may make without the distance state leaving `quiet`;
@@ -30,14 +30,14 @@ use crate::engine::monitor::distance::{ShockQuiet, shock_move};
 /// Raises `coef` (one per term) like [`super::allowed_move_with`].
 pub fn allowed_move(
     v: &AccountView<'_>,
+    slots: &[SlotValuation],
     terms: &[Term],
     quiet: ShockQuiet,
     coef: &mut [f64],
 ) -> Option<Decimal> {
     let equity = v.equity();
     let mm = v.maintenance_margin();
-    let slots: Vec<_> = v.valuation().collect();
-    let pm = shock_move(v.instruments_table(), &slots, quiet.trigger).ok()??;
+    let pm = shock_move(v.instruments_table(), slots, quiet.trigger).ok()??;
     let t = quiet.trigger;
     let mut magnitude = equity.abs().checked_add(mm.abs())?;
     let mut jumps = Decimal::ZERO;

@@ -410,6 +410,10 @@ fn materialise_many_equals_one_by_one() {
     let many = a.materialise_many(&keys);
     let one: Vec<Option<Touched>> = keys.iter().map(|&k| b.materialise(k)).collect();
     assert_eq!(many, one);
+    // The shared path values on mantissas, one by one on `Decimal`: the same bits.
+    for &k in &keys {
+        assert_eq!(slot_bits(&a, k), slot_bits(&b, k));
+    }
     assert!(many.iter().flatten().filter(|t| t.complete).count() >= 300 / 5);
     let (a, b) = (build(), build());
     let mut keys = a.keys();
@@ -418,6 +422,10 @@ fn materialise_many_equals_one_by_one() {
     let many = a.materialise_many(&keys);
     let one: Vec<Option<Touched>> = keys.iter().map(|&k| b.materialise(k)).collect();
     assert_eq!(many, one);
+    // The shared path values on mantissas, one by one on `Decimal`: the same bits.
+    for &k in &keys {
+        assert_eq!(slot_bits(&a, k), slot_bits(&b, k));
+    }
     assert_eq!(many.len(), keys.len());
     assert!(
         many.iter().flatten().any(|t| !t.complete),
