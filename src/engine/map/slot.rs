@@ -218,6 +218,25 @@ impl Slot {
         self.set(AT, if self.valid { at } else { Decimal::ZERO });
         self.set(EQUITY, eq);
         self.set(MM, mm);
+        self.narrow_again();
+    }
+
+    /// A wide slot whose values all fit again (a whale's uPnL back under 2⁶⁴ units of the
+    /// accounting scale, ~18.4 million) goes back to narrow, so one large swing does not keep
+    /// it on the `Decimal` path for good.
+    fn narrow_again(&mut self) {
+        let Values::Wide(w) = &self.values else {
+            return;
+        };
+        let mut mag = [0u64; 5];
+        let mut flags = [0u8; 5];
+        for ((v, m), f) in w.iter().zip(&mut mag).zip(&mut flags) {
+            let Some((vm, vf)) = narrow(*v) else {
+                return;
+            };
+            (*m, *f) = (vm, vf);
+        }
+        self.values = Values::Narrow { mag, flags };
     }
 
     /// Quantity and entry taken apart (`Decimal::mantissa`, `Decimal::scale`), when narrow.
@@ -355,6 +374,14 @@ mod tests {
         assert_eq!(s.quantity().serialize(), Decimal::new(-15, 1).serialize());
         s.set_value(None, Decimal::ONE);
         assert!(!s.valid);
+        // Every value fits again: narrow again, the same values.
+        assert!(s.is_narrow());
+        assert_eq!(s.quantity().serialize(), Decimal::new(-15, 1).serialize());
+        // A quantity of 96 bits keeps its slot wide whatever its figures.
+        let mut whale = Slot::new(0, SlotKind::Collateral, Decimal::MAX, Decimal::ONE);
+        whale.set_value(Some((eq, eq)), Decimal::ONE);
+        assert!(!whale.is_narrow());
+        assert_eq!((whale.quantity(), whale.mm()), (Decimal::MAX, eq));
         assert_eq!(
             (s.at(), s.equity().serialize(), s.mm().serialize()),
             (
