@@ -72,7 +72,6 @@
 //! `liqwatch_engine_banded_accounts` (accounts with a band; the rest are revalued on every tick
 //! of their instruments).
 
-mod blocks;
 mod store;
 
 use rust_decimal::Decimal;

@@ -23,6 +23,7 @@
 //! Events of one account come out in the order they happened; across accounts within one step
 //! the order is by account key (deterministic for a given book).
 
+mod blocks; // ordered sets as sorted blocks (the index's band ends, the map's holders)
 pub mod index;
 pub mod instruments; // replacing instrument terms live (Engine::replace_instruments)
 pub mod map;

@@ -27,7 +27,7 @@
 
 use rust_decimal::{Decimal, RoundingStrategy};
 
-use super::blocks::Blocks;
+use crate::engine::blocks::Blocks;
 use crate::engine::map::{AccountKey, InstrumentIdx};
 
 /// Decimal places of the fixed-point band ends.

@@ -1,5 +1,5 @@
 //! An ordered set kept as sorted blocks: the distance index's sets (every band end of every
-//! holder, one set per instrument and side).
+//! holder, one set per instrument and side) and the account map's holders of each instrument.
 //!
 //! A correlated move re-bands much of the book at once. A `BTreeSet` rebuilt from sorted input
 //! walks its old nodes one by one to free them, re-sorts the two runs it is given and allocates
@@ -61,6 +61,16 @@ impl<T: Ord + Copy> Blocks<T> {
         self.len
     }
 
+    /// No entries.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Every entry, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &T> + '_ {
+        self.blocks.iter().flatten()
+    }
+
     /// Removes every entry of `rm` (absent ones are ignored), then inserts every entry of `add`
     /// (present ones are ignored); both are left empty. A batch that is large for the set
     /// rebuilds it in one merge; a small one edits it entry by entry.
@@ -95,7 +105,8 @@ impl<T: Ord + Copy> Blocks<T> {
             .min(self.blocks.len().saturating_sub(1))
     }
 
-    fn insert(&mut self, x: T) {
+    /// Inserts `x` (present: nothing changes).
+    pub fn insert(&mut self, x: T) {
         let b = self.block_of(&x);
         let Some(block) = self.blocks.get_mut(b) else {
             self.blocks.push(vec![x]);
@@ -130,7 +141,8 @@ impl<T: Ord + Copy> Blocks<T> {
         }
     }
 
-    fn remove(&mut self, x: &T) {
+    /// Removes `x` (absent: nothing changes).
+    pub fn remove(&mut self, x: &T) {
         let b = self.block_of(x);
         let Some(block) = self.blocks.get_mut(b) else {
             return;
