@@ -62,7 +62,7 @@
 //! Per account and instrument, 24 bytes: the anchor and the budget coefficient (`f64`) and the
 //! codes of the band's two fixed-point ends. Per instrument, the eager holders and the banded
 //! holders ordered by their band ends as fixed-point integers (`index/store.rs`), each set kept
-//! as sorted blocks (`index/blocks.rs`). A step's changes are queued and applied at once: when
+//! as sorted blocks (`engine/blocks.rs`). A step's changes are queued and applied at once: when
 //! they touch a large share of an instrument's holders (a correlated move, the first build),
 //! its sets are rebuilt in one linear merge rather than edited key by key.
 //!
