@@ -450,6 +450,32 @@ impl Entry {
         true
     }
 
+    /// Slot `i` revalued on the integer path at `pricer`'s price (`at`: that price narrowed;
+    /// the pricer is the slot's instrument's, not a stable's): a narrow position whose figures
+    /// and totals take that path ([`Entry::set_slot_m`]). `false` when it declines: nothing
+    /// changed, value the slot on `Decimal`.
+    #[inline(always)]
+    fn revalue_integer(
+        &mut self,
+        i: usize,
+        pricer: &mut PositionPricer<'_>,
+        at: Option<Narrowed>,
+    ) -> bool {
+        let (Some(at), Some(slot)) = (at, self.slots.get(i)) else {
+            return false;
+        };
+        if !matches!(slot.kind, SlotKind::Position(_)) {
+            return false;
+        }
+        let Some((eq, mm)) = slot
+            .position_fx()
+            .and_then(|(q, entry)| pricer.value_fx(q, entry))
+        else {
+            return false;
+        };
+        self.set_slot_m(i, eq, mm, at)
+    }
+
     fn touched(&self, key: AccountKey) -> Touched {
         Touched {
             key,
@@ -1104,8 +1130,9 @@ impl AccountMap {
 
     /// Revalues the slots of holder `key` on instrument `idx` at the tick's price (`pricer`'s;
     /// `at` is that price as a slot keeps it) — a position on the integer path
-    /// ([`Entry::set_slot_m`]), anything it declines on `Decimal` — and returns its new figures, counting the slots valued and failed in `summary`; `None`
-    /// when the account is gone. The instrument's lock must be held. (Inlined into both loops
+    /// ([`Entry::revalue_integer`]), anything it declines on `Decimal` — and returns its new
+    /// figures, counting the slots valued and failed in `summary`; `None` when the account is
+    /// gone. The instrument's lock must be held. (Inlined into both loops
     /// of [`AccountMap::apply_price_with`]: a call per holder costs ~4 % of a tick.)
     #[inline(always)]
     fn revalue_holder(
@@ -1126,12 +1153,7 @@ impl AccountMap {
                 continue;
             }
             summary.slots += 1;
-            // The integer path: a position's figures on mantissas, straight into the slot.
-            if let (Some(at), SlotKind::Position(_)) = (at, slot.kind)
-                && let Some((q, entry)) = slot.position_fx()
-                && let Some((eq, mm)) = pricer.value_fx(q, entry)
-                && e.set_slot_m(i, eq, mm, at)
-            {
+            if e.revalue_integer(i, pricer, at) {
                 continue;
             }
             let Some(slot) = e.slots.get(i) else { break };
@@ -1320,7 +1342,7 @@ impl<'t> Pricers<'t> {
 /// Brings every slot of `e` to the price `price_of` gives its instrument (stables at 1); a slot
 /// still unpriced stays invalid. The account's instrument locks must be held. With `pricers`,
 /// each instrument's price is decoded once for all the accounts valued with them, and a valued
-/// narrow position takes the integer path of a tick ([`Entry::set_slot_m`]).
+/// narrow position takes the integer path of a tick ([`Entry::revalue_integer`]).
 fn revalue<'t>(
     e: &mut Entry,
     table: &'t InstrumentTable,
@@ -1349,11 +1371,7 @@ fn revalue<'t>(
         };
         let new = match cached {
             Some((pricer, at)) => {
-                if let (Some(at), SlotKind::Position(_)) = (*at, slot.kind)
-                    && let Some((q, entry)) = slot.position_fx()
-                    && let Some((eq, mm)) = pricer.value_fx(q, entry)
-                    && e.set_slot_m(i, eq, mm, at)
-                {
+                if e.revalue_integer(i, pricer, *at) {
                     continue;
                 }
                 let Some(slot) = e.slots.get(i) else { break };
