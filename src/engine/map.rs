@@ -1089,23 +1089,42 @@ impl AccountMap {
             // write-locks the instruments whose holders it changes, and this lock is held.
             let keys: Vec<AccountKey> = state.holders.iter().copied().collect();
             let (slots, errors) = (AtomicUsize::new(0), AtomicUsize::new(0));
-            let valued = crate::engine::par::map_chunks_in_order(&keys, |chunk| {
-                let mut pricer = PositionPricer::new(inst, price);
-                let mut part = TickSummary::default();
-                let touched = chunk
-                    .iter()
-                    .map(|&key| self.revalue_holder(key, idx, inst, at, &mut pricer, &mut part))
-                    .collect();
-                slots.fetch_add(part.slots, Ordering::Relaxed);
-                errors.fetch_add(part.errors, Ordering::Relaxed);
-                touched
-            });
-            summary.slots = slots.into_inner();
-            summary.errors = errors.into_inner();
-            for touched in valued.into_iter().flatten() {
-                summary.accounts += 1;
-                on_touched(touched);
-            }
+            // The calling thread values the first share and reports it as it goes (collecting
+            // it first would copy tens of MB at a million holders); the others' come after.
+            crate::engine::par::split_first_here(
+                &keys,
+                &mut (&mut summary, &mut on_touched),
+                |chunk| {
+                    let mut pricer = PositionPricer::new(inst, price);
+                    let mut part = TickSummary::default();
+                    let touched = chunk
+                        .iter()
+                        .filter_map(|&key| {
+                            self.revalue_holder(key, idx, inst, at, &mut pricer, &mut part)
+                        })
+                        .collect();
+                    slots.fetch_add(part.slots, Ordering::Relaxed);
+                    errors.fetch_add(part.errors, Ordering::Relaxed);
+                    touched
+                },
+                |(summary, on_touched), chunk| {
+                    let mut pricer = PositionPricer::new(inst, price);
+                    for &key in chunk {
+                        if let Some(touched) =
+                            self.revalue_holder(key, idx, inst, at, &mut pricer, summary)
+                        {
+                            summary.accounts += 1;
+                            on_touched(touched);
+                        }
+                    }
+                },
+                |(summary, on_touched), touched| {
+                    summary.accounts += 1;
+                    on_touched(touched);
+                },
+            );
+            summary.slots += slots.into_inner();
+            summary.errors += errors.into_inner();
         } else {
             let mut pricer = PositionPricer::new(inst, price);
             for &key in state.holders.iter() {
