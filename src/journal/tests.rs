@@ -387,3 +387,53 @@ fn feed_event_seqs_survive_a_reopen() {
     let j = Journal::open(dir.path().join("journal.db")).unwrap();
     assert_eq!(j.load_feed_seqs().unwrap(), expected);
 }
+
+/// The WAL header's checkpoint sequence number: SQLite raises it each time a commit starts the
+/// WAL over, which it does only after a checkpoint has copied the whole WAL back.
+fn wal_restarts(db: &Path) -> u32 {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    let head = std::fs::read(std::path::PathBuf::from(wal)).unwrap();
+    u32::from_be_bytes(head[12..16].try_into().unwrap())
+}
+
+/// Small commits do not wake the checkpoint (each checkpoint that empties the WAL makes the next
+/// commit start it over — under `synchronous = normal` with an fsync); once the WAL holds
+/// `checkpoint_pages`, the background checkpoint runs and the WAL starts over. Dropping the
+/// journal stops the thread although the writer's hook holds a waker (no hang).
+#[test]
+fn the_wal_is_checkpointed_by_size_not_per_commit() {
+    let run = |pages: u32| -> (u32, u32) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.db");
+        let j = Journal::create_with(
+            &path,
+            JournalOptions {
+                synchronous: Synchronous::Normal,
+                checkpoint_pages: pages,
+                ..JournalOptions::default()
+            },
+        )
+        .unwrap();
+        j.append(&[event("a", 1, 1)], &[]).unwrap();
+        let before = wal_restarts(&path);
+        for i in 2..=40 {
+            let state = (AccountId::from(format!("s{i}")), "{}".to_owned());
+            j.append(&[event("a", i, i as i64)], &[state]).unwrap();
+            // Past the checkpointer's 50 ms gathering now and then.
+            if i % 10 == 0 {
+                std::thread::sleep(Duration::from_millis(120));
+            }
+        }
+        let after = wal_restarts(&path);
+        drop(j);
+        (before, after)
+    };
+    let (before, after) = run(CHECKPOINT_PAGES);
+    assert_eq!(after, before, "40 small commits started the WAL over");
+    let (before, after) = run(2);
+    assert!(
+        after > before,
+        "a WAL past its pages was never checkpointed"
+    );
+}
