@@ -217,7 +217,11 @@ impl Runner {
         // the last account of the step is evaluated.
         // The writer is started by the step's first events (a step without any costs nothing).
         type Batch = (Vec<RiskEvent>, Vec<(AccountId, String)>);
-        let mut pipe: Option<(std::sync::mpsc::Sender<Batch>, tokio::task::JoinHandle<u64>)> = None;
+        type Writer = (
+            std::sync::mpsc::Sender<Batch>,
+            tokio::task::JoinHandle<(u64, Option<CommitTimes>)>,
+        );
+        let mut pipe: Option<Writer> = None;
         {
             let states = &*self.states;
             let counts = &mut self.state_counts;
@@ -234,24 +238,12 @@ impl Runner {
                         let journal = Arc::clone(journal);
                         let writer = tokio::task::spawn_blocking(move || {
                             let mut written = 0u64;
-                            for (events, states) in rx {
-                                if let Err(error) = journal.append(&events, &states) {
-                                    // Buffered in memory by the journal and retried; nothing
-                                    // is lost.
-                                    tracing::error!(%error, "Journal append failed; events held in memory and retried");
-                                }
-                                written += events.len() as u64;
+                            let mut last = None;
+                            for batch in rx {
+                                written += append_logged(&journal, &batch);
+                                last = Some(CommitTimes::since(oldest_rx, woke));
                             }
-                            // Timed here, at the step's last commit: the events are durable
-                            // and the sinks woken. The engine task's own wake-up after this
-                            // (behind the feed tasks on a busy runtime) delays no event.
-                            if let Some(rx) = oldest_rx {
-                                metrics::histogram!("liqwatch_engine_tick_to_event_seconds")
-                                    .record(rx.elapsed().as_secs_f64());
-                            }
-                            metrics::histogram!("liqwatch_engine_wake_to_commit_seconds")
-                                .record(woke.elapsed().as_secs_f64());
-                            written
+                            (written, last)
                         });
                         (tx, writer)
                     });
@@ -265,12 +257,24 @@ impl Runner {
             return;
         };
         drop(tx);
-        match writer.await {
-            Ok(n) => {
-                self.events.fetch_add(n, Ordering::Relaxed);
+        let (written, last) = match writer.await {
+            Ok(done) => done,
+            Err(error) => {
+                tracing::error!(%error, "Journal append task failed");
+                return;
             }
-            Err(error) => tracing::error!(%error, "Journal append task failed"),
+        };
+        // Timed at the step's last commit (when its events were durable and the sinks woken),
+        // not at the engine task's own wake-up after it.
+        let Some(last) = last else {
+            return;
+        };
+        if let Some(rx) = last.rx {
+            metrics::histogram!("liqwatch_engine_tick_to_event_seconds").record(rx.as_secs_f64());
         }
+        metrics::histogram!("liqwatch_engine_wake_to_commit_seconds")
+            .record(last.woke.as_secs_f64());
+        self.events.fetch_add(written, Ordering::Relaxed);
         self.state_counts.publish(self.engine.map().len());
     }
 
@@ -595,6 +599,35 @@ impl Runner {
 /// many): each chunk's events are journaled while the engine evaluates the next
 /// ([`Engine::on_prices_chunked`]).
 const COMMIT_CHUNK: usize = 4_096;
+
+/// When a step's commit finished: since the oldest price of the step was accepted by the
+/// board, and since the engine woke for it.
+#[derive(Clone, Copy)]
+struct CommitTimes {
+    rx: Option<Duration>,
+    woke: Duration,
+}
+
+impl CommitTimes {
+    fn since(rx: Option<tokio::time::Instant>, woke: std::time::Instant) -> Self {
+        CommitTimes {
+            rx: rx.map(|r| r.elapsed()),
+            woke: woke.elapsed(),
+        }
+    }
+}
+
+/// Appends one batch, logging a failure (the journal holds the events in memory and retries
+/// them: nothing is lost). Returns how many events the batch had.
+fn append_logged(
+    journal: &Journal,
+    (events, states): &(Vec<RiskEvent>, Vec<(AccountId, String)>),
+) -> u64 {
+    if let Err(error) = journal.append(events, states) {
+        tracing::error!(%error, "Journal append failed; events held in memory and retried");
+    }
+    events.len() as u64
+}
 
 /// One journal transaction: account events with their monitor states (the shared state view
 /// and its counts follow the ratio's state), then feed events.
