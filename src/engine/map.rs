@@ -314,6 +314,15 @@ pub struct TickSummary {
     pub errors: usize,
 }
 
+impl TickSummary {
+    /// Adds the counts of `other` (another share of the same tick).
+    fn add(&mut self, other: TickSummary) {
+        self.accounts += other.accounts;
+        self.slots += other.slots;
+        self.errors += other.errors;
+    }
+}
+
 /// One row of [`AccountMap::riskiest`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RiskRow {
@@ -1087,54 +1096,38 @@ impl AccountMap {
             // account under its own lock, each thread with its own pricer), and the accounts
             // are reported in key order as below. Holders cannot change meanwhile: an update
             // write-locks the instruments whose holders it changes, and this lock is held.
+            // The calling thread reports its share as it values it (collecting it first would
+            // copy tens of MB at a million holders); the others' shares come after.
             let keys: Vec<AccountKey> = state.holders.iter().copied().collect();
-            let (slots, errors) = (AtomicUsize::new(0), AtomicUsize::new(0));
-            // The calling thread values the first share and reports it as it goes (collecting
-            // it first would copy tens of MB at a million holders); the others' come after.
+            let parts = parking_lot::Mutex::new(TickSummary::default());
             crate::engine::par::split_first_here(
                 &keys,
                 &mut (&mut summary, &mut on_touched),
                 |chunk| {
-                    let mut pricer = PositionPricer::new(inst, price);
-                    let mut part = TickSummary::default();
-                    let touched = chunk
-                        .iter()
-                        .filter_map(|&key| {
-                            self.revalue_holder(key, idx, inst, at, &mut pricer, &mut part)
-                        })
-                        .collect();
-                    slots.fetch_add(part.slots, Ordering::Relaxed);
-                    errors.fetch_add(part.errors, Ordering::Relaxed);
+                    let (mut part, mut touched) = (TickSummary::default(), Vec::new());
+                    touched.reserve(chunk.len());
+                    self.revalue_holders(chunk, idx, inst, at, price, &mut part, &mut |t| {
+                        touched.push(t)
+                    });
+                    parts.lock().add(part);
                     touched
                 },
                 |(summary, on_touched), chunk| {
-                    let mut pricer = PositionPricer::new(inst, price);
-                    for &key in chunk {
-                        if let Some(touched) =
-                            self.revalue_holder(key, idx, inst, at, &mut pricer, summary)
-                        {
-                            summary.accounts += 1;
-                            on_touched(touched);
-                        }
-                    }
+                    self.revalue_holders(chunk, idx, inst, at, price, summary, on_touched)
                 },
-                |(summary, on_touched), touched| {
-                    summary.accounts += 1;
-                    on_touched(touched);
-                },
+                |(_, on_touched), touched| on_touched(touched),
             );
-            summary.slots += slots.into_inner();
-            summary.errors += errors.into_inner();
+            summary.add(parts.into_inner());
         } else {
-            let mut pricer = PositionPricer::new(inst, price);
-            for &key in state.holders.iter() {
-                if let Some(touched) =
-                    self.revalue_holder(key, idx, inst, at, &mut pricer, &mut summary)
-                {
-                    summary.accounts += 1;
-                    on_touched(touched);
-                }
-            }
+            self.revalue_holders(
+                state.holders.iter(),
+                idx,
+                inst,
+                at,
+                price,
+                &mut summary,
+                &mut on_touched,
+            );
         }
         drop(state);
         metrics::counter!("liqwatch_accounts_ticks_total", "instrument" => instrument.to_string())
@@ -1145,6 +1138,30 @@ impl AccountMap {
             tracing::warn!(%instrument, %price, errors = summary.errors, "Positions could not be valued at this price (overflow); their accounts are incomplete");
         }
         Ok(summary)
+    }
+
+    /// Revalues holders `keys` of instrument `idx` at `price` (`at`: as slots keep it) with one
+    /// pricer, in order, reporting each to `on_touched` and counting it in `summary`. The
+    /// instrument's lock must be held.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn revalue_holders<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k AccountKey>,
+        idx: InstrumentIdx,
+        inst: &Instrument,
+        at: Option<Narrowed>,
+        price: Decimal,
+        summary: &mut TickSummary,
+        on_touched: &mut impl FnMut(Touched),
+    ) {
+        let mut pricer = PositionPricer::new(inst, price);
+        for &key in keys {
+            if let Some(touched) = self.revalue_holder(key, idx, inst, at, &mut pricer, summary) {
+                summary.accounts += 1;
+                on_touched(touched);
+            }
+        }
     }
 
     /// Revalues the slots of holder `key` on instrument `idx` at the tick's price (`pricer`'s;

@@ -101,31 +101,18 @@ pub fn map_chunks_in_order_from<T: Sync, R: Send>(
     if items.len() < min.max(2) {
         return f(items);
     }
-    let threads = threads();
-    if threads < 2 {
-        return f(items);
-    }
-    let chunk = items.len().div_ceil(threads);
-    let f = &f;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = items
-            .chunks(chunk)
-            .skip(1)
-            .map(|c| scope.spawn(move || f(c)))
-            .collect();
-        // The calling thread takes the first chunk.
-        let mut out: Vec<R> = f(items.get(..chunk).unwrap_or(items));
-        out.reserve(items.len().saturating_sub(chunk));
-        for h in handles {
-            match h.join() {
-                Ok(part) => out.extend(part),
-                // A panic in a worker is a bug in `f`: surface it where it would have been
-                // raised without the split.
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        out
-    })
+    let mut out = Vec::new();
+    split_first_here(
+        items,
+        &mut out,
+        &f,
+        |out, first| {
+            *out = f(first);
+            out.reserve(items.len().saturating_sub(first.len()));
+        },
+        |out, r| out.push(r),
+    );
+    out
 }
 
 /// Runs `f` on every item, split over the available cores when the items' total `cost` is at

@@ -242,6 +242,33 @@ async fn warning_trigger_crash_restart() {
         !hook.bodies().iter().any(|b| b["account_id"] == "calm"),
         "the calm account never alerts"
     );
+    // Each step that journaled events (the warning's, the trigger's) is timed once, from the
+    // price to its commit and from the engine's wake to it, in the 0.75 ms-resolution buckets.
+    let metrics = client
+        .get(format!("{api}/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}_count ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name}_count missing:\n{metrics}"))
+    };
+    let timed = count("liqwatch_engine_tick_to_event_seconds");
+    assert!(timed >= 2, "{timed} steps timed:\n{metrics}");
+    assert_eq!(count("liqwatch_engine_wake_to_commit_seconds"), timed);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with(r#"liqwatch_engine_tick_to_event_seconds_bucket{le="0.00075"}"#)),
+        "{metrics}"
+    );
 
     // Webhook outage: the recovery is journaled but cannot be delivered.
     hook.down.store(true, Ordering::SeqCst);
