@@ -4,7 +4,9 @@
 //! - an **exact from-scratch rescan** — what a watcher without incremental state does (the peers'
 //!   method, written plainly): `margin::account_totals` for every account at the new prices,
 //!   the ratio against the levels, an event where the level changed; on 1 core and split
-//!   over 2 cores;
+//!   over 2 cores; and, on 2 cores, the same rescan asked for the engine's output: each account
+//!   that changes level also gets its event's snapshot (`margin::account_snapshot`, a trigger's
+//!   liquidation cost), so the engine's step is also seen beside a rescan that does its work;
 //! - the one `Engine` with the index off (**eager**: every holder of a changed instrument is
 //!   revalued incrementally);
 //! - the one `Engine` with the distance index on (**indexed**, the default).
@@ -36,7 +38,8 @@ use liqwatch::engine::monitor::transition;
 use liqwatch::engine::{AccountMap, Engine, EngineConfig, MonitorConfig};
 use liqwatch::margin;
 use liqwatch::model::{
-    Account, AccountState, Instrument, InstrumentId, MarginRatio, PriceTick, Thresholds, Venue,
+    Account, AccountState, EventKind, Instrument, InstrumentId, MarginRatio, PriceTick, Thresholds,
+    Venue,
 };
 use liqwatch::prices::{PriceBoard, PriceBoardConfig, PublishOutcome};
 use rust_decimal::Decimal;
@@ -76,14 +79,22 @@ fn census<'a>(states: impl Iterator<Item = &'a AccountState>) -> Census {
     c
 }
 
+/// What a rescan pays per event besides the state change, when it is asked for the events the
+/// engine emits: the engine's instrument table (each contract's tiers in `f64`) and the trigger
+/// level for `margin::account_snapshot`.
+type Snapshots<'t> = Option<(&'t InstrumentTable, Decimal)>;
+
 /// The rescan: every account from scratch at `prices`, its new state from its old one.
-/// Returns the number of level changes (events).
+/// Returns the number of level changes (events). With `snapshots`, each account that changes
+/// level also gets the snapshot its event would carry — the same `margin::account_snapshot`
+/// the engine builds (a trigger's liquidation cost too), so the two produce the same output.
 fn rescan(
     accounts: &[Account],
     states: &mut [AccountState],
     table: &HashMap<InstrumentId, Instrument>,
     prices: &HashMap<InstrumentId, Decimal>,
     levels: &Thresholds,
+    snapshots: Snapshots<'_>,
 ) -> usize {
     let mut events = 0;
     for (a, s) in accounts.iter().zip(states.iter_mut()) {
@@ -92,8 +103,16 @@ fn rescan(
         };
         let ratio = MarginRatio::compute(t.maintenance_margin, t.equity);
         let (next, crossing) = transition(s, ratio, levels);
-        if crossing.is_some() {
+        if let Some(c) = crossing {
             events += 1;
+            if let Some((lookup, trigger)) = snapshots
+                && let Ok(mut snap) = margin::account_snapshot(a, lookup, prices, trigger)
+            {
+                if c.kind == EventKind::LiquidationTrigger {
+                    margin::attach_liquidation_cost_to(&mut snap, lookup, &a.id);
+                }
+                std::hint::black_box(snap);
+            }
         }
         *s = next;
     }
@@ -107,14 +126,15 @@ fn rescan_2(
     table: &HashMap<InstrumentId, Instrument>,
     prices: &HashMap<InstrumentId, Decimal>,
     levels: &Thresholds,
+    snapshots: Snapshots<'_>,
 ) -> (usize, Duration) {
     let mid = accounts.len() / 2;
     let (a1, a2) = accounts.split_at(mid);
     let (s1, s2) = states.split_at_mut(mid);
     let t0 = Instant::now();
     let (e1, e2) = std::thread::scope(|sc| {
-        let h = sc.spawn(|| rescan(a2, s2, table, prices, levels));
-        let e1 = rescan(a1, s1, table, prices, levels);
+        let h = sc.spawn(|| rescan(a2, s2, table, prices, levels, snapshots));
+        let e1 = rescan(a1, s1, table, prices, levels, snapshots);
         (e1, h.join().unwrap())
     });
     (e1 + e2, t0.elapsed())
@@ -275,8 +295,12 @@ fn main() {
     let mut states1 = vec![AccountState::Healthy; n];
     let mut states2 = vec![AccountState::Healthy; n];
     let p0 = as_map(&base);
-    rescan(&plain, &mut states1, &table, &p0, &levels);
-    rescan(&plain, &mut states2, &table, &p0, &levels);
+    let mut states3 = vec![AccountState::Healthy; n];
+    rescan(&plain, &mut states1, &table, &p0, &levels, None);
+    rescan(&plain, &mut states2, &table, &p0, &levels, None);
+    rescan(&plain, &mut states3, &table, &p0, &levels, None);
+    // The engine's own lookup, for the rescan that also builds the events' snapshots.
+    let lookup = InstrumentTable::new(table.values().cloned());
     let start = census(states1.iter());
     if run_eager {
         assert_eq!(start, engine_states(&eager, &ids), "eager at start");
@@ -285,24 +309,33 @@ fn main() {
     println!("crash: at start (healthy, warning, triggered) = {start:?}");
 
     println!(
-        "\n| step | rescan, 1 core | rescan, 2 cores | eager Engine | indexed Engine | valued (eager / indexed) | events |"
+        "\n| step | rescan, 1 core | rescan, 2 cores | rescan + the events' snapshots, 2 cores | eager Engine | indexed Engine | valued (eager / indexed) | events |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for round in 0..rounds {
         for (name, step) in [("crash −10 %", &crashed), ("bounce +11.1 %", &base)] {
             publish(step);
             let prices = as_map(step);
-            let (ev1, t1, ev2, t2) = if run_rescan {
-                let (ev1, t1) = cpu(|| rescan(&plain, &mut states1, &table, &prices, &levels));
-                let (ev2, t2) = rescan_2(&plain, &mut states2, &table, &prices, &levels);
+            let (ev1, t1, ev2, t2, t3) = if run_rescan {
+                let (ev1, t1) =
+                    cpu(|| rescan(&plain, &mut states1, &table, &prices, &levels, None));
+                let (ev2, t2) = rescan_2(&plain, &mut states2, &table, &prices, &levels, None);
+                let with = Some((&lookup, levels.trigger));
+                let (ev3, t3) = rescan_2(&plain, &mut states3, &table, &prices, &levels, with);
                 assert_eq!(
                     census(states1.iter()),
                     census(states2.iter()),
                     "2-core rescan"
                 );
-                (Some(ev1), Some(t1), Some(ev2), Some(t2))
+                assert_eq!(
+                    census(states1.iter()),
+                    census(states3.iter()),
+                    "rescan with snapshots"
+                );
+                assert_eq!(ev2, ev3, "rescan with snapshots: event count");
+                (Some(ev1), Some(t1), Some(ev2), Some(t2), Some(t3))
             } else {
-                (None, None, None, None)
+                (None, None, None, None, None)
             };
             let (ee, te, ce) = if run_eager {
                 let (ee, te, ce) =
@@ -326,10 +359,11 @@ fn main() {
             let opt = |d: Option<Duration>| d.map_or_else(|| "–".to_string(), ms);
             let ev1 = el.len();
             println!(
-                "| {name} (round {}) | {} | {} | {} (CPU {}) | {} (CPU {}) | {valued_e} / {valued_l} | {ev1} |",
+                "| {name} (round {}) | {} | {} | {} | {} (CPU {}) | {} (CPU {}) | {valued_e} / {valued_l} | {ev1} |",
                 round + 1,
                 opt(t1),
                 opt(t2),
+                opt(t3),
                 opt(te),
                 opt(ce),
                 ms(tl),
