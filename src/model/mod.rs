@@ -399,6 +399,10 @@ mod tests {
         let interned = shared.interned();
         assert!(interned.is_interned() && !shared.is_interned());
         assert_eq!(shared, interned);
+        // Two copies of one text are equal without comparing it; other texts never are.
+        assert_eq!(interned, interned.clone());
+        assert_ne!(interned, InstrumentId::new("ETHUSDT-PERQ").interned());
+        assert_ne!(shared, InstrumentId::new("ETHUSDT"));
         let h = std::hash::RandomState::new();
         assert_eq!(h.hash_one(&shared), h.hash_one(&interned));
         assert_eq!(h.hash_one(&shared), h.hash_one("ETHUSDT-PERP"));
