@@ -234,7 +234,7 @@ impl StaleTransition {
             prices: Vec::new(),
             stale_prices: self.kind == EventKind::FeedStale,
             instrument_change: None,
-            feed: Some(self.info.clone()),
+            feed: Some(Box::new(self.info.clone())),
             risk: None,
         }
     }

@@ -348,13 +348,13 @@ fn feed_event_seqs_survive_a_reopen() {
         let mut e = event("x", seq, 1000);
         e.kind = EventKind::FeedStale;
         e.account_id = None;
-        e.feed = Some(crate::model::FeedEventInfo {
+        e.feed = Some(Box::new(crate::model::FeedEventInfo {
             instrument: instrument.into(),
             venues: Vec::new(),
             last_price: None,
             age_ms: None,
             stale_after_ms: 30_000,
-        });
+        }));
         e
     };
     let (dir, j) = open_tmp();

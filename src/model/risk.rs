@@ -472,7 +472,7 @@ pub struct RiskEvent {
     #[serde(default)]
     pub stale_prices: bool,
     /// Feed events only.
-    pub feed: Option<FeedEventInfo>,
+    pub feed: Option<Box<FeedEventInfo>>,
     /// `instrument_changed` events only (absent on every other kind).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instrument_change: Option<Box<InstrumentChangeInfo>>,
