@@ -375,16 +375,19 @@ fn main() {
         "\ncrash: {n} accounts; per valued account, indexed: see the table (time ÷ valued); states agree after every step"
     );
     for _ in 0..env_usize("LIQWATCH_CRASH_EVENT_COST_RUNS", 1) {
-        event_costs(&plain, &table, &as_map(&crashed), &levels);
+        event_costs(&plain, lazy.map(), &table, &as_map(&crashed), &levels);
     }
 }
 
 /// What one event's snapshot costs, on one thread, for the accounts the crash takes across a
 /// level (those that emit), at the crash's prices: one valuation from scratch
 /// (`margin::account_totals`, what the rescan pays per account) beside the uniform-shock solve,
-/// the liquidation prices of every position and the whole `margin::account_snapshot`.
+/// the liquidation prices of every position and the whole `margin::account_snapshot` — and the
+/// same snapshot of each account as the engine reads it: out of its map, in key order, and kept
+/// (as a step keeps its events) rather than dropped at once.
 fn event_costs(
     accounts: &[Account],
+    map: &AccountMap,
     table: &HashMap<InstrumentId, Instrument>,
     prices: &HashMap<InstrumentId, Decimal>,
     levels: &Thresholds,
@@ -432,12 +435,49 @@ fn event_costs(
             std::hint::black_box(margin::account_snapshot(a, table, prices, trigger).unwrap());
         }
     });
+    // As the engine's snapshot stage reads them: each account read back out of the map (its
+    // positions and balances; its figures are not used), in key order, then its snapshot.
+    let mut keys: Vec<_> = emitting.iter().filter_map(|a| map.key_of(&a.id)).collect();
+    keys.sort_unstable();
+    let map_table = map.instruments();
+    let (_, read_back) = cpu(|| {
+        for k in &keys {
+            std::hint::black_box(map.read_key_in(&map_table, *k, |v| v.to_account()));
+        }
+    });
+    let (_, from_map) = cpu(|| {
+        for k in &keys {
+            let a = map.read_key_in(&map_table, *k, |v| v.to_account()).unwrap();
+            std::hint::black_box(margin::account_snapshot(&a, table, prices, trigger).unwrap());
+        }
+    });
+    // The same, keeping every snapshot (boxed, as an event holds it): the engine keeps a step's
+    // events until it hands them on, so each snapshot is written into memory not used since.
+    let (kept, retained) = cpu(|| {
+        let mut kept = Vec::with_capacity(keys.len());
+        for k in &keys {
+            let a = map.read_key_in(&map_table, *k, |v| v.to_account()).unwrap();
+            kept.push(Box::new(
+                margin::account_snapshot(&a, table, prices, trigger).unwrap(),
+            ));
+        }
+        kept
+    });
+    drop(kept);
+    assert_eq!(
+        keys.len(),
+        emitting.len(),
+        "every emitting account is in the map"
+    );
     println!(
-        "crash: per emitting account at the crash prices ({} accounts, 1 thread, CPU): valuation {}; shock distance {}; liquidation prices of every position {}; whole snapshot {}",
+        "crash: per emitting account at the crash prices ({} accounts, 1 thread, CPU): valuation {}; shock distance {}; liquidation prices of every position {}; whole snapshot {}; read back from the map {}; read back and snapshot, key order {}; the same, every snapshot kept {}",
         emitting.len(),
         per(valuation),
         per(shock),
         per(liq),
-        per(snapshot)
+        per(snapshot),
+        per(read_back),
+        per(from_map),
+        per(retained)
     );
 }
