@@ -219,7 +219,7 @@ pub fn account_report(
         worst_ratio: worst,
         liquidation_cost: first_trigger
             .and_then(|t| t.snapshot.as_ref())
-            .and_then(|s| s.liquidation_cost.clone()),
+            .and_then(|s| s.liquidation_cost.as_deref().cloned()),
         points: points.len(),
         chart,
         events: events

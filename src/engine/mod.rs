@@ -657,8 +657,9 @@ pub(crate) mod tests {
                 crate::margin::account_snapshot(&account, &*map.instruments(), &prices, dec!(1))
                     .unwrap();
             // A trigger carries what the liquidation would cost.
-            expected.liquidation_cost =
-                Some(crate::margin::liquidation_cost(&expected, &*map.instruments()).unwrap());
+            expected.liquidation_cost = Some(Box::new(
+                crate::margin::liquidation_cost(&expected, &*map.instruments()).unwrap(),
+            ));
             assert_eq!(
                 em.event.snapshot.as_deref(),
                 Some(&expected),

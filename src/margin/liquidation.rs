@@ -121,7 +121,7 @@ pub fn attach_liquidation_cost(event: &mut RiskEvent, instruments: &dyn Instrume
         return;
     };
     match liquidation_cost(snapshot, instruments) {
-        Ok(cost) => snapshot.liquidation_cost = Some(cost),
+        Ok(cost) => snapshot.liquidation_cost = Some(Box::new(cost)),
         Err(error) => {
             tracing::warn!(account = ?event.account_id, %error, "Liquidation cost not computed")
         }
@@ -136,7 +136,7 @@ pub fn attach_liquidation_cost_to(
     account: &crate::model::AccountId,
 ) {
     match liquidation_cost(snapshot, instruments) {
-        Ok(cost) => snapshot.liquidation_cost = Some(cost),
+        Ok(cost) => snapshot.liquidation_cost = Some(Box::new(cost)),
         Err(error) => {
             tracing::warn!(%account, %error, "Liquidation cost not computed")
         }

@@ -183,11 +183,11 @@ pub struct RiskSnapshot {
     /// What liquidating the account at these prices would cost (`liquidation_trigger` events
     /// and `stress`; absent elsewhere). See [`LiquidationCost`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub liquidation_cost: Option<LiquidationCost>,
+    pub liquidation_cost: Option<Box<LiquidationCost>>,
     /// The next funding payment per perpetual position, in total, and the margin ratio after
     /// it (events and account reads, when a funding rate is known; absent elsewhere).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub funding: Option<FundingSnapshot>,
+    pub funding: Option<Box<FundingSnapshot>>,
 }
 
 /// What a liquidation costs at one set of prices (`crate::margin::liquidation_cost`): the

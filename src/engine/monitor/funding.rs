@@ -71,7 +71,7 @@ pub fn attach(
     }
     let rate_of = |id: &InstrumentId| rates.iter().find(|(i, _)| i == id).map(|(_, f)| *f);
     match margin::funding::funding_snapshot(snapshot, instruments, &rate_of) {
-        Ok(f) => snapshot.funding = f,
+        Ok(f) => snapshot.funding = f.map(Box::new),
         Err(error) => {
             metrics::counter!("liqwatch_monitor_snapshot_errors_total").increment(1);
             tracing::warn!(%error, "Funding payment not computed; the snapshot goes out without it");
