@@ -9,7 +9,7 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-use crate::support::daemon_env::{Daemon, MockBinance, http_client, poll_until};
+use crate::support::daemon_env::{Daemon, MockBinance, http_client, poll_until, scrape_metrics};
 
 fn dec(v: &Value) -> Option<Decimal> {
     v.as_str()?.parse().ok()
@@ -276,14 +276,7 @@ async fn api_against_the_real_daemon() {
             .any(|f| f["venue"] == "binance-usdm"),
         "{feeds}"
     );
-    let metrics = client
-        .get(format!("{api}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape_metrics(&client, &api, None).await;
     assert!(metrics.contains("liqwatch_api_requests_total"), "{metrics}");
     assert!(
         metrics.contains("liqwatch_ingest_updates_total"),

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-use crate::support::daemon_env::{Daemon, MockBinance, binance_config, http_client, poll_until};
+use crate::support::daemon_env::{
+    Daemon, MockBinance, binance_config, http_client, poll_until, scrape_metrics,
+};
 
 const TOKEN: &str = "risk-daemon-token";
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -253,14 +255,7 @@ warn_es_to_equity = ["50%"]"#,
     );
 
     // The gauges.
-    let text = http_client()
-        .get(format!("{api}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape_metrics(&http_client(), &api, None).await;
     assert!(
         text.contains("liqwatch_risk_accounts_p_liquidation_above{level=\"0.05\"} 1"),
         "{text}"

@@ -11,7 +11,9 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use serde_json::Value;
 
-use crate::support::daemon_env::{Daemon, MockBinance, WebhookReceiver, http_client, poll_until};
+use crate::support::daemon_env::{
+    Daemon, MockBinance, WebhookReceiver, http_client, poll_until, scrape_metrics,
+};
 
 const SECRET: &str = "e2e-webhook-secret";
 const TOKEN: &str = "e2e-api-token";
@@ -244,15 +246,7 @@ async fn warning_trigger_crash_restart() {
     );
     // Each step that journaled events (the warning's, the trigger's) is timed once, from the
     // price to its commit and from the engine's wake to it, in the 0.75 ms-resolution buckets.
-    let metrics = client
-        .get(format!("{api}/metrics"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape_metrics(&client, &api, Some(TOKEN)).await;
     let count = |name: &str| -> u64 {
         metrics
             .lines()

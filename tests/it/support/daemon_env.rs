@@ -510,6 +510,22 @@ pub fn http_client() -> reqwest::Client {
         .unwrap()
 }
 
+/// The daemon's `/metrics` page (with `token` as bearer when given); panics unless it is served.
+pub async fn scrape_metrics(client: &reqwest::Client, api: &str, token: Option<&str>) -> String {
+    let mut req = client.get(format!("{api}/metrics"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET /metrics: {e}"));
+    assert_eq!(r.status(), 200, "GET /metrics");
+    r.text()
+        .await
+        .unwrap_or_else(|e| panic!("GET /metrics body: {e}"))
+}
+
 /// `text` without ANSI escape sequences (the text log colours its levels and field names).
 fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
