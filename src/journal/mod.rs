@@ -258,6 +258,9 @@ pub struct JournalOptions {
     /// The background checkpoint runs once the WAL holds this many pages
     /// ([`CHECKPOINT_PAGES`] by default).
     pub checkpoint_pages: u32,
+    /// WAL pages past which the committing connection checkpoints itself ([`BACKSTOP_PAGES`]
+    /// by default): the backstop should the background checkpoint fall behind.
+    pub backstop_pages: u32,
 }
 
 /// WAL pages after which the background checkpoint runs (16 MiB with the journal's 16 KiB pages;
@@ -273,7 +276,7 @@ pub const CHECKPOINT_PAGES: u32 = 1_024;
 /// WAL pages past which the committing connection checkpoints itself (SQLite's automatic
 /// checkpoint, which the journal's WAL hook replaces): a backstop should the background
 /// checkpoint fall behind (readers holding old snapshots, a stuck thread).
-const BACKSTOP_PAGES: i32 = 65_536;
+pub const BACKSTOP_PAGES: u32 = 65_536;
 
 impl Default for JournalOptions {
     fn default() -> Self {
@@ -282,6 +285,7 @@ impl Default for JournalOptions {
             verify_on_open: true,
             busy_timeout: Duration::from_secs(5),
             checkpoint_pages: CHECKPOINT_PAGES,
+            backstop_pages: BACKSTOP_PAGES,
         }
     }
 }
@@ -629,9 +633,16 @@ impl Journal {
         {
             let wake = checkpointer.waker();
             let pages = i32::try_from(options.checkpoint_pages).unwrap_or(i32::MAX);
+            let backstop = i32::try_from(options.backstop_pages).unwrap_or(i32::MAX);
             conn.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, in_wal: i32| {
-                if in_wal >= BACKSTOP_PAGES {
-                    wal.checkpoint()?;
+                if in_wal >= backstop {
+                    // The commit has happened by now: an error returned here would be reported
+                    // as the commit's, and the journal would write the committed events again
+                    // (SQLite's own automatic checkpoint ignores its result the same way). A
+                    // busy checkpoint (the background one running) is retried next commit.
+                    if let Err(error) = wal.checkpoint() {
+                        tracing::debug!(%error, in_wal, "Journal backstop checkpoint deferred");
+                    }
                 } else if in_wal >= pages {
                     // Full: a wake is already pending.
                     let _ = wake.try_send(());
@@ -1046,7 +1057,8 @@ impl Journal {
 
 /// Decodes rows in order. An unreadable row ends the batch before it, so every good row ahead
 /// of it is still returned; only when the first row is unreadable is it an error.
-/// A thread with its own connection that runs passive WAL checkpoints shortly after commits.
+/// A thread with its own connection that runs a passive WAL checkpoint when the writer's WAL
+/// hook wakes it (the WAL has reached [`JournalOptions::checkpoint_pages`]).
 /// It stops (after a last checkpoint) when the journal is dropped.
 struct Checkpointer {
     wake: std::sync::mpsc::SyncSender<()>,

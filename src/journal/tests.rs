@@ -450,3 +450,63 @@ fn the_wal_is_checkpointed_by_size_not_per_commit() {
         "a WAL past its pages was never checkpointed"
     );
 }
+
+/// The backstop checkpoint runs inside the commit that grew the WAL past it. It can fail — the
+/// background checkpoint (here: another connection's, in a loop) holds the checkpoint lock —
+/// but the commit has happened by then: the append must report success, or the journal would
+/// keep the events to write them again (a doubled event).
+#[test]
+fn a_busy_backstop_checkpoint_does_not_fail_a_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    let j = Journal::create_with(
+        &path,
+        JournalOptions {
+            synchronous: Synchronous::Normal,
+            checkpoint_pages: u32::MAX,
+            backstop_pages: 1,
+            ..JournalOptions::default()
+        },
+    )
+    .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rival = {
+        let (path, stop) = (path.clone(), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            let mut busy = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let r: (i64, i64, i64) = c
+                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .unwrap_or((1, 0, 0));
+                busy += u32::from(r.0 != 0);
+            }
+            busy
+        })
+    };
+    let mut failed = Vec::new();
+    for seq in 1..=400u64 {
+        if let Err(e) = j.append(&[event("a", seq, seq as i64)], &[]) {
+            failed.push((seq, e.to_string()));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let rival_busy = rival.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} commits reported failed, first {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert_eq!(j.last_seq(), 400, "every event journaled once");
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let rows: i64 = c
+        .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        rows, 400,
+        "no event written twice (rival busy {rival_busy} times)"
+    );
+}
