@@ -3,7 +3,7 @@
 //! `sinks::webhook_contract`.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -129,25 +129,20 @@ impl SinkFixture for JsonlFixture {
         Box::new(JsonlSink::new(name, config))
     }
     async fn received(&mut self) -> Vec<Uuid> {
+        // The sink rotates while we read: `events.jsonl.1` may be renamed to `.2` between
+        // finding it and opening it, or read twice under two names. A read counts only if
+        // the files' names pointed at the same inodes before and after it (no rotation in
+        // between); otherwise it is retried.
         let path = self.path();
-        let mut text = String::new();
-        let mut n = 1;
-        let mut rotated = Vec::new();
-        while rotated_path(&path, n).exists() {
-            rotated.push(std::fs::read_to_string(rotated_path(&path, n)).unwrap());
-            n += 1;
+        loop {
+            let before = file_inodes(&path);
+            let Some(text) = read_rotated(&path, before.len()) else {
+                continue;
+            };
+            if file_inodes(&path) == before {
+                return ids_of_lines(&text);
+            }
         }
-        for r in rotated.iter().rev() {
-            text.push_str(r);
-        }
-        if path.is_file() {
-            // The sink may be appending right now: only complete lines (ending in a newline)
-            // have been delivered; a half-written last line is not a malformed one.
-            let current = std::fs::read_to_string(&path).unwrap_or_default();
-            let complete = current.rfind('\n').map_or("", |i| &current[..=i]);
-            text.push_str(complete);
-        }
-        ids_of_lines(&text)
     }
     async fn fail(&mut self) {
         // The file's directory disappears: every append fails (the sink never creates
@@ -163,3 +158,32 @@ impl SinkFixture for JsonlFixture {
 }
 
 contract_tests!(jsonl, JsonlFixture::new());
+
+/// The inode behind `path.N`, `path.N-1`, …, `path.1`, then `path` itself (0 if absent),
+/// stopping at the first missing rotated name.
+fn file_inodes(path: &Path) -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut inodes = Vec::new();
+    let mut n = 1;
+    while let Ok(meta) = std::fs::metadata(rotated_path(path, n)) {
+        inodes.push(meta.ino());
+        n += 1;
+    }
+    inodes.reverse();
+    inodes.push(std::fs::metadata(path).map_or(0, |m| m.ino()));
+    inodes
+}
+
+/// The rotated files oldest first, then the complete lines of the current one; `None` if a
+/// rotated file vanished under us.
+fn read_rotated(path: &Path, names: usize) -> Option<String> {
+    let mut text = String::new();
+    for n in (1..names).rev() {
+        text.push_str(&std::fs::read_to_string(rotated_path(path, n)).ok()?);
+    }
+    // The sink may be appending right now: only complete lines (ending in a newline) have
+    // been delivered; a half-written last line is not a malformed one.
+    let current = std::fs::read_to_string(path).unwrap_or_default();
+    text.push_str(current.rfind('\n').map_or("", |i| &current[..=i]));
+    Some(text)
+}
