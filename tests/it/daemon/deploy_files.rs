@@ -220,3 +220,27 @@ fn systemd_unit_is_hardened_and_verifies() {
     // Verify prints problems of this unit as "liqwatch.service:LINE: …".
     assert!(!stderr.contains("liqwatch.service:"), "{stderr}");
 }
+
+/// The shipped unit and image give mimalloc the same purge delay, and the operations guide
+/// states that value (a cascade's consecutive steps reuse their pages; docs/operations.md).
+#[test]
+fn deploy_files_set_one_allocator_purge_delay() {
+    let unit = read("deploy/systemd/liqwatch.service");
+    let unit_delay = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("Environment=MIMALLOC_PURGE_DELAY="))
+        .expect("Environment=MIMALLOC_PURGE_DELAY= in the systemd unit");
+    let docker = read("deploy/Dockerfile");
+    let docker_delay = docker
+        .lines()
+        .find_map(|l| l.strip_prefix("ENV MIMALLOC_PURGE_DELAY="))
+        .expect("ENV MIMALLOC_PURGE_DELAY= in the Dockerfile");
+    assert_eq!(unit_delay, docker_delay, "unit and image disagree");
+    let ms: i64 = unit_delay.parse().expect("milliseconds");
+    assert!(ms >= 1000, "shorter than mimalloc's own default (1 s): {ms}");
+    let ops = read("docs/operations.md");
+    assert!(
+        ops.contains(&format!("`MIMALLOC_PURGE_DELAY={unit_delay}`")),
+        "docs/operations.md does not state the shipped value {unit_delay}"
+    );
+}
