@@ -237,7 +237,10 @@ fn deploy_files_set_one_allocator_purge_delay() {
         .expect("ENV MIMALLOC_PURGE_DELAY= in the Dockerfile");
     assert_eq!(unit_delay, docker_delay, "unit and image disagree");
     let ms: i64 = unit_delay.parse().expect("milliseconds");
-    assert!(ms >= 1000, "shorter than mimalloc's own default (1 s): {ms}");
+    assert!(
+        ms >= 1000,
+        "shorter than mimalloc's own default (1 s): {ms}"
+    );
     let ops = read("docs/operations.md");
     assert!(
         ops.contains(&format!("`MIMALLOC_PURGE_DELAY={unit_delay}`")),
