@@ -1055,8 +1055,6 @@ impl Journal {
     }
 }
 
-/// Decodes rows in order. An unreadable row ends the batch before it, so every good row ahead
-/// of it is still returned; only when the first row is unreadable is it an error.
 /// A thread with its own connection that runs a passive WAL checkpoint when the writer's WAL
 /// hook wakes it (the WAL has reached [`JournalOptions::checkpoint_pages`]).
 /// It stops (after a last checkpoint) when the journal is dropped.
@@ -1130,6 +1128,8 @@ impl Drop for Checkpointer {
     }
 }
 
+/// Decodes rows in order. An unreadable row ends the batch before it, so every good row ahead
+/// of it is still returned; only when the first row is unreadable is it an error.
 fn decode_rows(rows: Vec<(i64, String)>) -> Result<Vec<JournalEntry>, JournalError> {
     let mut out = Vec::with_capacity(rows.len());
     for (seq, json) in rows {
