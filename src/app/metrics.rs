@@ -28,6 +28,8 @@ use crate::runtime::telemetry::{self, MetricDoc, MetricType};
 
 /// Account update kinds counted by `liqwatch_accounts_{updates,rejected}_total`.
 const UPDATE_KINDS: [&str; 4] = ["replace", "fill", "collateral", "remove"];
+/// `liqwatch_engine_step_seconds{phase}`: the phases of [`crate::engine::StepTimes`].
+pub(super) const STEP_PHASES: [&str; 3] = ["value", "evaluate", "reband"];
 /// Delivery outcomes of the webhook and NATS request counters.
 const OUTCOMES: [&str; 3] = ["ok", "retriable", "permanent"];
 /// `liqwatch_ingest_updates_total{outcome}`.
@@ -111,6 +113,9 @@ pub(super) fn register_zeros(cfg: &Config, instruments: &[Instrument], sinks: &[
     for k in UPDATE_KINDS {
         z.zero("liqwatch_accounts_updates_total", &[("kind", k)]);
         z.zero("liqwatch_accounts_rejected_total", &[("kind", k)]);
+    }
+    for phase in STEP_PHASES {
+        z.zero("liqwatch_engine_step_seconds", &[("phase", phase)]);
     }
     for k in ["instruments", "accounts", "prices"] {
         z.zero("liqwatch_inputs_rejected_total", &[("kind", k)]);

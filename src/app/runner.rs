@@ -253,6 +253,7 @@ impl Runner {
                 },
             );
         }
+        record_step(self.engine.last_step());
         let Some((tx, writer)) = pipe else {
             return;
         };
@@ -593,6 +594,21 @@ impl Runner {
         }
         self.state_counts.publish(self.engine.map().len());
     }
+}
+
+/// Records a price step's phases (`liqwatch_engine_step_seconds{phase}`) when it valued at
+/// least one account: a step that valued none is a quiet tick, recorded by nothing here.
+fn record_step(step: crate::engine::StepTimes) {
+    if step.valued == 0 {
+        return;
+    }
+    let [value, evaluate, reband] = super::metrics::STEP_PHASES;
+    metrics::histogram!("liqwatch_engine_step_seconds", "phase" => value)
+        .record(step.value.as_secs_f64());
+    metrics::histogram!("liqwatch_engine_step_seconds", "phase" => evaluate)
+        .record(step.evaluate.as_secs_f64());
+    metrics::histogram!("liqwatch_engine_step_seconds", "phase" => reband)
+        .record(step.reband.as_secs_f64());
 }
 
 /// Accounts evaluated in the first chunk of a large price step (each next chunk twice as

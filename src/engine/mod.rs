@@ -102,14 +102,29 @@ pub struct Engine {
     touched: Vec<Touched>,
     /// Per-instrument sequence of feed and instrument events.
     feed_seq: HashMap<InstrumentId, u64>,
-    /// Accounts valued by the last [`Engine::on_prices`].
-    last_valued: usize,
+    /// What the last [`Engine::on_prices`] valued, and how long its phases took.
+    last_step: StepTimes,
     /// `warn_before_funding` in ms ([`Engine::on_funding_clock`]); `None`: off.
     funding_window_ms: Option<i64>,
     /// When the last funding check ran (at most one per [`FUNDING_CHECK_EVERY_MS`]).
     funding_checked_ms: Option<TimestampMs>,
     /// The settlements in the window at the last funding check.
     funding_due: Vec<(InstrumentId, TimestampMs)>,
+}
+
+/// The phases of one price step ([`Engine::last_step`]), wall clock. A step that valued no
+/// account (a quiet tick) reports zero throughout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepTimes {
+    /// Accounts valued: woken by the index, or every holder of a changed instrument when eager.
+    pub valued: usize,
+    /// Setting the prices, waking the accounts they may move and valuing them.
+    pub value: std::time::Duration,
+    /// Deciding each valued account's level and building its events with their snapshots. In
+    /// [`Engine::on_prices_chunked`] this includes the time its `emit` took.
+    pub evaluate: std::time::Duration,
+    /// Re-banding the evaluated accounts in the distance index (zero when eager).
+    pub reband: std::time::Duration,
 }
 
 /// How often the funding step re-checks the holders of a perpetual in its window (engine
@@ -129,7 +144,7 @@ impl Engine {
             wake: Vec::new(),
             touched: Vec::with_capacity(1024),
             feed_seq: HashMap::new(),
-            last_valued: 0,
+            last_step: StepTimes::default(),
             funding_window_ms: None,
             funding_checked_ms: None,
             funding_due: Vec::new(),
@@ -224,7 +239,13 @@ impl Engine {
     /// How many accounts the last [`Engine::on_prices`] valued (woken by the index, or every
     /// holder of a changed instrument when eager).
     pub fn last_valued(&self) -> usize {
-        self.last_valued
+        self.last_step.valued
+    }
+
+    /// What the last [`Engine::on_prices`] (or [`Engine::on_prices_chunked`]) valued and how
+    /// long each of its phases took (wall clock).
+    pub fn last_step(&self) -> StepTimes {
+        self.last_step
     }
 
     /// How many accounts the last [`Engine::on_prices`] re-spread: a price left their band
@@ -306,6 +327,7 @@ impl Engine {
         chunk: usize,
         emit: &mut dyn FnMut(Vec<Emitted>),
     ) {
+        let started = std::time::Instant::now();
         let mut touched = std::mem::take(&mut self.touched);
         touched.clear();
         match self.index.as_mut() {
@@ -326,8 +348,12 @@ impl Engine {
         touched.reverse();
         touched.sort_by_key(|t| t.key);
         touched.dedup_by_key(|t| t.key);
-        self.last_valued = touched.len();
+        // A quiet tick (nobody valued) reads the clock once, and reports nothing.
+        let mut step = StepTimes::default();
         if !touched.is_empty() {
+            let valued = std::time::Instant::now();
+            step.valued = touched.len();
+            step.value = valued - started;
             let mut rest: &[crate::engine::map::Touched] = &touched;
             let mut size = chunk.max(1);
             while !rest.is_empty() {
@@ -339,10 +365,14 @@ impl Engine {
                     emit(out);
                 }
             }
+            let evaluated = std::time::Instant::now();
+            step.evaluate = evaluated - valued;
             if let Some(index) = self.index.as_mut() {
                 index::rebuild_touched(&self.map, &self.monitor, index, &touched);
+                step.reband = evaluated.elapsed();
             }
         }
+        self.last_step = step;
         touched.clear();
         self.touched = touched;
     }
@@ -566,6 +596,48 @@ pub(crate) mod tests {
     /// Through crashes, bounces and small moves, the index's store always holds exactly what
     /// its records say — each account's bands, or the account in the eager sets — although a
     /// step makes eager the accounts a price leaves and re-bands them with one flush.
+    /// `last_step` reports what the step valued and times its phases within the step's own
+    /// wall time: an eager engine never re-bands, an indexed one re-bands what it valued, and a
+    /// step that values nobody has nothing to evaluate or re-band.
+    #[test]
+    fn last_step_times_the_phases_of_a_step() {
+        let info = HashMap::<InstrumentId, PriceUsed>::new();
+        for indexed in [false, true] {
+            let mut e = engine(indexed);
+            assert_eq!(e.last_step(), StepTimes::default(), "no step yet");
+            for p in [
+                [dec!(60000), dec!(3000), dec!(150)],
+                [dec!(38000), dec!(2000), dec!(100)],
+            ] {
+                let b = burst(p);
+                let started = std::time::Instant::now();
+                let events = e.on_prices(b.iter().map(|(i, p)| (i, *p)), &info, NOW);
+                let wall = started.elapsed();
+                let step = e.last_step();
+                assert_eq!(step.valued, 1, "indexed {indexed}: the one account");
+                assert_eq!(step.valued, e.last_valued());
+                assert!(
+                    step.value + step.evaluate + step.reband <= wall,
+                    "{step:?} > {wall:?}"
+                );
+                assert!(step.evaluate > std::time::Duration::ZERO, "{step:?}");
+                assert_eq!(
+                    step.reband > std::time::Duration::ZERO,
+                    indexed,
+                    "indexed {indexed}: {step:?}"
+                );
+                let _ = events;
+            }
+            // The same prices again: nothing moves, nobody is valued.
+            let b = burst([dec!(38000), dec!(2000), dec!(100)]);
+            let events = e.on_prices(b.iter().map(|(i, p)| (i, *p)), &info, NOW);
+            assert!(events.is_empty());
+            let step = e.last_step();
+            assert_eq!(step.valued, 0, "indexed {indexed}: {step:?}");
+            assert_eq!(step, StepTimes::default(), "a quiet tick reports nothing");
+        }
+    }
+
     #[test]
     fn the_index_store_follows_its_records_through_a_crash() {
         let info = HashMap::<InstrumentId, PriceUsed>::new();

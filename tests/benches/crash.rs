@@ -309,9 +309,9 @@ fn main() {
     println!("crash: at start (healthy, warning, triggered) = {start:?}");
 
     println!(
-        "\n| step | rescan, 1 core | rescan, 2 cores | rescan + the events' snapshots, 2 cores | eager Engine | indexed Engine | valued (eager / indexed) | events |"
+        "\n| step | rescan, 1 core | rescan, 2 cores | rescan + the events' snapshots, 2 cores | eager Engine | indexed Engine | indexed: value / evaluate / reband | valued (eager / indexed) | events |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for round in 0..rounds {
         for (name, step) in [("crash −10 %", &crashed), ("bounce +11.1 %", &base)] {
             publish(step);
@@ -347,6 +347,8 @@ fn main() {
             let valued_e = eager.last_valued();
             let (el, tl, cl) = wall(|| lazy.on_prices(step.iter().map(|(i, p)| (i, *p)), &info, 1));
             let valued_l = lazy.last_valued();
+            let phases = lazy.last_step();
+            assert_eq!(phases.valued, valued_l);
             let cl_census = engine_states(&lazy, &ids);
             if run_rescan {
                 assert_eq!(census(states1.iter()), cl_census, "indexed after {name}");
@@ -359,7 +361,7 @@ fn main() {
             let opt = |d: Option<Duration>| d.map_or_else(|| "–".to_string(), ms);
             let ev1 = el.len();
             println!(
-                "| {name} (round {}) | {} | {} | {} | {} (CPU {}) | {} (CPU {}) | {valued_e} / {valued_l} | {ev1} |",
+                "| {name} (round {}) | {} | {} | {} | {} (CPU {}) | {} (CPU {}) | {} / {} / {} | {valued_e} / {valued_l} | {ev1} |",
                 round + 1,
                 opt(t1),
                 opt(t2),
@@ -368,6 +370,9 @@ fn main() {
                 opt(ce),
                 ms(tl),
                 ms(cl),
+                ms(phases.value),
+                ms(phases.evaluate),
+                ms(phases.reband),
             );
         }
     }

@@ -263,6 +263,21 @@ async fn warning_trigger_crash_restart() {
             .any(|l| l.starts_with(r#"liqwatch_engine_tick_to_event_seconds_bucket{le="0.00075"}"#)),
         "{metrics}"
     );
+    // Every step that valued an account is timed by phase, once per phase; the steps that
+    // journaled events are among them.
+    let phases: Vec<u64> = ["value", "evaluate", "reband"]
+        .iter()
+        .map(|p| {
+            let series = format!(r#"liqwatch_engine_step_seconds_count{{phase="{p}"}} "#);
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&series))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{series} missing:\n{metrics}"))
+        })
+        .collect();
+    assert!(phases[0] >= timed, "{phases:?} < {timed}:\n{metrics}");
+    assert!(phases.iter().all(|&n| n == phases[0]), "{phases:?}");
 
     // Webhook outage: the recovery is journaled but cannot be delivered.
     hook.down.store(true, Ordering::SeqCst);

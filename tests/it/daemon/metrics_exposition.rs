@@ -102,6 +102,7 @@ async fn live_metrics_pass_promtool_with_zero_series_issue_11_item_1() {
         r#"liqwatch_ingest_updates_total{source="http",outcome="malformed"} 0"#,
         "liqwatch_journal_write_failures_total 0",
         "liqwatch_engine_tick_to_event_seconds_count 0",
+        r#"liqwatch_engine_step_seconds_count{phase="evaluate"} 0"#,
     ] {
         assert!(
             text.lines().any(|l| l == series),
