@@ -397,6 +397,22 @@ fn wal_restarts(db: &Path) -> u32 {
     u32::from_be_bytes(head[12..16].try_into().unwrap())
 }
 
+/// A new journal in a temporary directory with `options` at `synchronous = normal` (the
+/// checkpoint tests' setting), its path, and the directory that must outlive it.
+fn normal_journal(options: JournalOptions) -> (tempfile::TempDir, std::path::PathBuf, Journal) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    let j = Journal::create_with(
+        &path,
+        JournalOptions {
+            synchronous: Synchronous::Normal,
+            ..options
+        },
+    )
+    .unwrap();
+    (dir, path, j)
+}
+
 /// Small commits do not wake the checkpoint (each checkpoint that empties the WAL makes the next
 /// commit start it over — under `synchronous = normal` with an fsync); once the WAL holds
 /// `checkpoint_pages`, the background checkpoint runs and the WAL starts over. Dropping the
@@ -404,17 +420,10 @@ fn wal_restarts(db: &Path) -> u32 {
 #[test]
 fn the_wal_is_checkpointed_by_size_not_per_commit() {
     let run = |pages: u32, until_restart: bool| -> (u32, u32) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal.db");
-        let j = Journal::create_with(
-            &path,
-            JournalOptions {
-                synchronous: Synchronous::Normal,
-                checkpoint_pages: pages,
-                ..JournalOptions::default()
-            },
-        )
-        .unwrap();
+        let (_dir, path, j) = normal_journal(JournalOptions {
+            checkpoint_pages: pages,
+            ..JournalOptions::default()
+        });
         j.append(&[event("a", 1, 1)], &[]).unwrap();
         let before = wal_restarts(&path);
         let mut seq = 1;
@@ -457,18 +466,11 @@ fn the_wal_is_checkpointed_by_size_not_per_commit() {
 /// keep the events to write them again (a doubled event).
 #[test]
 fn a_busy_backstop_checkpoint_does_not_fail_a_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("journal.db");
-    let j = Journal::create_with(
-        &path,
-        JournalOptions {
-            synchronous: Synchronous::Normal,
-            checkpoint_pages: u32::MAX,
-            backstop_pages: 1,
-            ..JournalOptions::default()
-        },
-    )
-    .unwrap();
+    let (_dir, path, j) = normal_journal(JournalOptions {
+        checkpoint_pages: u32::MAX,
+        backstop_pages: 1,
+        ..JournalOptions::default()
+    });
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let rival = {
         let (path, stop) = (path.clone(), std::sync::Arc::clone(&stop));

@@ -247,16 +247,18 @@ async fn warning_trigger_crash_restart() {
     // Each step that journaled events (the warning's, the trigger's) is timed once, from the
     // price to its commit and from the engine's wake to it, in the 0.75 ms-resolution buckets.
     let metrics = scrape_metrics(&client, &api, Some(TOKEN)).await;
-    let count = |name: &str| -> u64 {
+    // A histogram's `_count` series: `name` and its labels (`{...}`, or empty).
+    let count = |name: &str, labels: &str| -> u64 {
+        let series = format!("{name}_count{labels} ");
         metrics
             .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}_count ")))
+            .find_map(|l| l.strip_prefix(&series))
             .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name}_count missing:\n{metrics}"))
+            .unwrap_or_else(|| panic!("{series} missing:\n{metrics}"))
     };
-    let timed = count("liqwatch_engine_tick_to_event_seconds");
+    let timed = count("liqwatch_engine_tick_to_event_seconds", "");
     assert!(timed >= 2, "{timed} steps timed:\n{metrics}");
-    assert_eq!(count("liqwatch_engine_wake_to_commit_seconds"), timed);
+    assert_eq!(count("liqwatch_engine_wake_to_commit_seconds", ""), timed);
     assert!(
         metrics
             .lines()
@@ -268,12 +270,10 @@ async fn warning_trigger_crash_restart() {
     let phases: Vec<u64> = ["value", "evaluate", "reband"]
         .iter()
         .map(|p| {
-            let series = format!(r#"liqwatch_engine_step_seconds_count{{phase="{p}"}} "#);
-            metrics
-                .lines()
-                .find_map(|l| l.strip_prefix(&series))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{series} missing:\n{metrics}"))
+            count(
+                "liqwatch_engine_step_seconds",
+                &format!(r#"{{phase="{p}"}}"#),
+            )
         })
         .collect();
     assert!(phases[0] >= timed, "{phases:?} < {timed}:\n{metrics}");
