@@ -14,6 +14,14 @@
 //! jump at its near end), the root is strictly inside: the exact line's root is taken at once,
 //! computed as the exact step computes it, without the interval's ends in `Decimal`.
 //!
+//! Where `g` is monotone in `z` — every leg linear on a table whose MM is continuous across its
+//! floors, all on one side (longs on rates below the trigger, or shorts), the moving collateral
+//! on the same side — it has at most one root, on the side towards which it moves to 0 from
+//! `g(start)`; with that sign certain, the walk away from 0 (through every breakpoint down to
+//! 0, or beyond the last one) is skipped: the exact walk finds nothing there either
+//! (`monotone_books_skip_one_walk_and_equal_the_exact_walk`). An all-long book's account-wide
+//! shock and each of its positions' liquidation prices are such problems.
+//!
 //! The filter declines (and the caller runs the plain walk) whenever its premises are not
 //! certain: two breakpoints, or a breakpoint and the start, within 1e-9 of each other (their
 //! order or a leg's tier could differ from `Decimal`'s), a leg with a non-positive price factor
@@ -44,6 +52,10 @@ use crate::margin::fast_f64 as f;
 pub struct TierFloats {
     floors: Vec<f64>,
     rates: Vec<(f64, f64)>,
+    /// The highest `mmr` of the table, exact, when MM is continuous across every floor
+    /// ([`continuous_max_mmr`]); `None` otherwise. It decides whether `g` is monotone
+    /// ([`Filter::slope`]).
+    max_mmr: Option<Decimal>,
 }
 
 impl TierFloats {
@@ -61,8 +73,34 @@ impl TierFloats {
             floors.push(f(t.notional_floor)?);
             rates.push((f(t.mmr)?, f(t.cum)?));
         }
-        Some(TierFloats { floors, rates })
+        Some(TierFloats {
+            floors,
+            rates,
+            max_mmr: continuous_max_mmr(&instrument.tiers),
+        })
     }
+}
+
+/// The highest `mmr` of `tiers` when a linear position's MM (`N·mmr − cum`) is continuous in
+/// the notional `N`: floors strictly ascending, every floor but the first positive, and at each
+/// floor `f` the two tiers' MM equal exactly — `(mmr₁ − mmr₀)·f = cum₁ − cum₀` in `Decimal`
+/// (Binance's `cum` is defined so). `None` when any of it fails or overflows. With MM
+/// continuous, `g` cannot jump at a breakpoint, so its slope alone says where it can reach 0.
+fn continuous_max_mmr(tiers: &[crate::model::MarginTier]) -> Option<Decimal> {
+    let first = tiers.first()?;
+    let mut max = first.mmr;
+    for pair in tiers.windows(2) {
+        let [lo, hi] = pair else { return None };
+        if hi.notional_floor <= lo.notional_floor || hi.notional_floor <= Decimal::ZERO {
+            return None;
+        }
+        let mm_step = hi.mmr.checked_sub(lo.mmr)?.checked_mul(hi.notional_floor)?;
+        if mm_step != hi.cum.checked_sub(lo.cum)? {
+            return None;
+        }
+        max = max.max(hi.mmr);
+    }
+    Some(max)
 }
 
 /// One leg in `f64`: its size and factor, and its tiers.
@@ -149,6 +187,9 @@ pub(super) struct Filter<'p, 'a> {
     coll_mb: f64,
     trigger: f64,
     bps: SmallVec<[Bp; INLINE_BPS]>,
+    /// `-1` when `g` is strictly decreasing in `z` on all of `z > 0` and continuous, `+1`
+    /// when strictly increasing, `0` when neither is certain ([`Filter::slope`]).
+    slope: i8,
 }
 
 /// The breakpoints beyond a walk's start, in walking order: `bps[at..]` upwards (every `z`
@@ -208,8 +249,17 @@ impl<'p, 'a> Filter<'p, 'a> {
         if !fl.fill()? {
             return Ok(None);
         }
-        let down = fl.walk(start, false)?;
-        let up = fl.walk(start, true)?;
+        // A monotone `g` has at most one root, on the side `g` moves towards 0: the other
+        // side's walk (through every breakpoint to 0 or beyond the last) proves nothing new.
+        let away = fl.no_crossing_upwards(start);
+        let down = match away {
+            Some(false) => Some(None),
+            _ => fl.walk(start, false)?,
+        };
+        let up = match away {
+            Some(true) => Some(None),
+            _ => fl.walk(start, true)?,
+        };
         Ok(match (down, up) {
             (Some(down), Some(up)) => Some(super::Crossings { down, up }),
             _ => None,
@@ -226,7 +276,85 @@ impl<'p, 'a> Filter<'p, 'a> {
             coll_mb: 0.0,
             trigger: 0.0,
             bps: SmallVec::new(),
+            slope: 0,
         }
+    }
+
+    /// The sign of `g`'s slope when it is the same on every tier of every leg and `g` has no
+    /// jump: every leg linear on a table with continuous MM ([`continuous_max_mmr`]), every
+    /// term of the slope of one sign. With every leg in some tier, `g`'s slope is
+    /// `Σ size·k·(mmr − t)` over longs, `Σ size·k·(mmr + t)` over shorts and `−t·Σ w·k` over
+    /// the moving collateral (`k > 0`, `t > 0`): longs with every `mmr < t` and collateral
+    /// held (`w > 0`) only lower it; shorts and borrowed collateral only raise it. Mixed
+    /// books, inverse legs and tables with jumps are `0` (both walks run). Exact: signs and
+    /// `mmr < t` are read off the `Decimal`s.
+    fn slope(&self) -> i8 {
+        let pm = self.pm;
+        let t = pm.trigger;
+        if t <= Decimal::ZERO {
+            return 0;
+        }
+        let (mut down, mut up) = (false, false);
+        for (leg, fl) in pm.legs.iter().zip(&self.legs) {
+            if leg.quantity.is_zero() {
+                continue; // no slope, no breakpoint
+            }
+            let Some(max_mmr) = fl.tiers.max_mmr else {
+                return 0;
+            };
+            if leg.instrument.kind.is_inverse()
+                || leg.price_factor <= Decimal::ZERO
+                || leg.instrument.contract_size <= Decimal::ZERO
+            {
+                return 0;
+            }
+            if leg.quantity.is_sign_negative() {
+                up = true;
+            } else if max_mmr < t {
+                down = true;
+            } else {
+                return 0;
+            }
+        }
+        for col in &pm.collateral {
+            let Ok(w) = haircut_weighted_amount(col.instrument, col.amount) else {
+                return 0;
+            };
+            if w.is_zero() {
+                continue;
+            }
+            if col.price_factor <= Decimal::ZERO {
+                return 0;
+            }
+            if w.is_sign_negative() {
+                up = true;
+            } else {
+                down = true;
+            }
+        }
+        match (down, up) {
+            (true, false) => -1,
+            (false, true) => 1,
+            _ => 0,
+        }
+    }
+
+    /// With `g` monotone ([`Filter::slope`]): `Some(true)` when no crossing lies above `start`
+    /// (`g` moves away from 0 upwards), `Some(false)` when none lies below; `None` when `g` is
+    /// not monotone, `start` is too near a breakpoint, or the sign of `g(start)` is not
+    /// certain (both walks run).
+    fn no_crossing_upwards(&self, start: Decimal) -> Option<bool> {
+        if self.slope == 0 {
+            return None;
+        }
+        let s = f(start)?;
+        if s <= 0.0 || self.bps.iter().any(|b| (b.z - s).abs() <= REL * b.z.max(s)) {
+            return None;
+        }
+        let mut tiers = LegTiers::with_capacity(self.legs.len());
+        self.tiers_at(s, &mut tiers);
+        let sign = self.line(&self.parts(&tiers)?).sign_at(s);
+        (sign != 0).then_some(sign == self.slope)
     }
 
     /// Converts `pm` into the filter's terms; `false` when it cannot certify anything.
@@ -327,6 +455,7 @@ impl<'p, 'a> Filter<'p, 'a> {
         self.coll_b = coll_b;
         self.coll_mb = coll_mb;
         self.trigger = trigger;
+        self.slope = self.slope();
         Ok(true)
     }
 

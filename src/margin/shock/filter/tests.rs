@@ -62,6 +62,12 @@ fn universe() -> Vec<Instrument> {
         (dec!(5), dec!(0.005), dec!(0.005)),
         (dec!(50), dec!(0.01), dec!(0.255)),
     ]);
+    // Continuous, with a last tier's `mmr` (0.6) above some triggers: a long there raises `g`.
+    let steep = tiers(&[
+        (dec!(0), dec!(0.01), dec!(0)),
+        (dec!(100000), dec!(0.1), dec!(9000)),
+        (dec!(1000000), dec!(0.6), dec!(509000)),
+    ]);
     let mut c = instrument("BTC", InstrumentKind::Collateral, Decimal::ONE, vec![]);
     c.tiers.clear();
     vec![
@@ -69,6 +75,7 @@ fn universe() -> Vec<Instrument> {
         instrument("B", InstrumentKind::LinearPerpetual, dec!(0.001), jumpy),
         instrument("C", InstrumentKind::InversePerpetual, dec!(100), coin),
         c,
+        instrument("D", InstrumentKind::LinearPerpetual, dec!(0.01), steep),
     ]
 }
 
@@ -217,6 +224,124 @@ fn filter_declines_ties() {
     let f = Filter::new(&one).unwrap().expect("one leg");
     // 50,000 is the tier-2 floor of a 1-BTC position: a start on it is declined.
     assert_eq!(f.walk(dec!(50000), true).unwrap(), None);
+}
+
+/// MM is continuous on Binance's brackets and on the steep table, not on the one whose `cum`
+/// jumps nor on floors out of order; the highest `mmr` is read exactly.
+#[test]
+fn continuity_and_highest_rate_of_a_table() {
+    let u = universe();
+    let max = |i: usize| TierFloats::new(&u[i]).and_then(|t| t.max_mmr);
+    assert_eq!(max(0), Some(dec!(0.05)));
+    assert_eq!(max(1), None, "cum jumps at the second floor");
+    assert_eq!(max(4), Some(dec!(0.6)));
+    let mut unsorted = u[0].clone();
+    unsorted.tiers.swap(2, 3);
+    assert_eq!(TierFloats::new(&unsorted).and_then(|t| t.max_mmr), None);
+}
+
+/// Which books are monotone: longs below the trigger's rate fall, shorts rise; a mixed book, a
+/// long on a rate at the trigger, an inverse leg, a table with a jump and a book where nothing
+/// moves are neither.
+#[test]
+fn slope_of_a_book() {
+    let u = universe();
+    let leg = |i: usize, q: Decimal| MovingLeg {
+        instrument: &u[i],
+        quantity: q,
+        entry_price: dec!(60000),
+        price_factor: Decimal::ONE,
+        floats: None,
+    };
+    let slope = |legs: Vec<MovingLeg<'_>>, trigger: Decimal, coll: Option<Decimal>| {
+        let pm = PriceMove {
+            fixed_equity: dec!(5000),
+            legs,
+            collateral: coll
+                .map(|amount| MovingCollateral {
+                    instrument: &u[3],
+                    amount,
+                    price_factor: Decimal::ONE,
+                })
+                .into_iter()
+                .collect(),
+            trigger,
+            ..PriceMove::default()
+        };
+        Filter::new(&pm).unwrap().expect("taken").slope
+    };
+    let one = Decimal::ONE;
+    assert_eq!(slope(vec![leg(0, dec!(1)), leg(4, dec!(2))], one, None), -1);
+    assert_eq!(slope(vec![leg(0, dec!(1))], one, Some(dec!(0.5))), -1);
+    assert_eq!(
+        slope(vec![leg(0, dec!(-1)), leg(4, dec!(-2))], one, None),
+        1
+    );
+    assert_eq!(slope(vec![leg(0, dec!(-1))], one, Some(dec!(-0.5))), 1);
+    assert_eq!(slope(vec![leg(0, dec!(1))], one, Some(dec!(-0.5))), 0);
+    assert_eq!(slope(vec![leg(0, dec!(1)), leg(4, dec!(-3))], one, None), 0);
+    assert_eq!(slope(vec![leg(4, dec!(1))], dec!(0.6), None), 0, "mmr = t");
+    assert_eq!(slope(vec![leg(4, dec!(1))], dec!(0.61), None), -1);
+    assert_eq!(slope(vec![leg(1, dec!(1))], one, None), 0, "cum jumps");
+    assert_eq!(slope(vec![leg(2, dec!(1))], one, None), 0, "inverse");
+    assert_eq!(slope(vec![leg(0, dec!(0))], one, None), 0, "nothing moves");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// On books whose `g` may be monotone (every leg on a continuous table, one side, the
+    /// moving collateral held or borrowed, triggers on both sides of the steep table's top
+    /// rate) the filter, which skips the walk away from 0 there, returns exactly what the
+    /// exact walk returns; and it finds them monotone exactly when they are.
+    #[test]
+    fn monotone_books_skip_one_walk_and_equal_the_exact_walk(
+        legs in proptest::collection::vec(
+            (proptest::bool::ANY, 1i64..5_000_000, 0u32..4, 1_000i64..10_000_000, 50i64..200),
+            1..5,
+        ),
+        short in proptest::bool::ANY,
+        fixed in -2_000_000i64..20_000_000,
+        fixed_mm in 0i64..200_000,
+        coll in -500i64..500,
+        trigger_pct in 50i64..120,
+        price_start in proptest::bool::ANY,
+    ) {
+        let u = universe();
+        let start = if price_start { dec!(60000) } else { Decimal::ONE };
+        let mut pm = PriceMove {
+            fixed_equity: Decimal::from(fixed),
+            fixed_mm: Decimal::from(fixed_mm),
+            trigger: Decimal::new(trigger_pct, 2),
+            ..PriceMove::default()
+        };
+        for &(steep, q, qs, entry, pct) in &legs {
+            let price = Decimal::new(60000 * pct, 2);
+            let q = Decimal::new(if short { -q } else { q }, qs + 2);
+            pm.legs.push(MovingLeg {
+                instrument: &u[if steep { 4 } else { 0 }],
+                quantity: q,
+                entry_price: Decimal::new(entry, 2),
+                price_factor: price / start,
+                floats: None,
+            });
+        }
+        if coll != 0 {
+            pm.collateral.push(MovingCollateral {
+                instrument: &u[3],
+                amount: Decimal::new(coll, 1),
+                price_factor: dec!(60000) / start,
+            });
+        }
+        if let Ok(exact) = pm.crossings_exact(start) {
+            prop_assert_eq!(pm.crossings(start).ok(), Some(exact));
+        }
+        let collateral_agrees = coll == 0 || (coll < 0) == short;
+        let steep_at_trigger = !short && legs.iter().any(|l| l.0) && trigger_pct <= 60;
+        if let Some(f) = Filter::new(&pm).unwrap() {
+            prop_assert_eq!(f.slope != 0, collateral_agrees && !steep_at_trigger);
+        }
+    }
 }
 
 proptest! {
