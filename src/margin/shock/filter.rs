@@ -56,6 +56,8 @@ pub struct TierFloats {
     /// ([`continuous_max_mmr`]); `None` otherwise. It decides whether `g` is monotone
     /// ([`Filter::slope`]).
     max_mmr: Option<Decimal>,
+    /// `max_mmr` in `f64` (compared first, [`below`]).
+    max_mmr_f: Option<f64>,
 }
 
 impl TierFloats {
@@ -73,11 +75,27 @@ impl TierFloats {
             floors.push(f(t.notional_floor)?);
             rates.push((f(t.mmr)?, f(t.cum)?));
         }
+        let max_mmr = continuous_max_mmr(&instrument.tiers);
         Some(TierFloats {
             floors,
             rates,
-            max_mmr: continuous_max_mmr(&instrument.tiers),
+            max_mmr,
+            max_mmr_f: max_mmr.and_then(f),
         })
+    }
+}
+
+/// `a < b` exactly, for `a` and `b` with their `f64` values `af` and `bf` (each within a few
+/// ulps): decided on the `f64`s when they are further apart than any such error, else on the
+/// `Decimal`s.
+fn below(a: Decimal, af: f64, b: Decimal, bf: f64) -> bool {
+    let tol = REL * (af.abs() + bf.abs());
+    if af < bf - tol {
+        true
+    } else if af > bf + tol {
+        false
+    } else {
+        a < b
     }
 }
 
@@ -291,26 +309,25 @@ impl<'p, 'a> Filter<'p, 'a> {
     fn slope(&self) -> i8 {
         let pm = self.pm;
         let t = pm.trigger;
-        if t <= Decimal::ZERO {
+        // `f` keeps the sign and maps only 0 to 0.0, so the `f64` signs below are the exact
+        // ones: `trigger > 0`, each leg's `k > 0` (checked by `fill`) and `q·cs`'s sign.
+        if self.trigger <= 0.0 {
             return 0;
         }
         let (mut down, mut up) = (false, false);
-        for (leg, fl) in pm.legs.iter().zip(&self.legs) {
-            if leg.quantity.is_zero() {
+        for fl in &self.legs {
+            if fl.signed == 0.0 {
                 continue; // no slope, no breakpoint
             }
-            let Some(max_mmr) = fl.tiers.max_mmr else {
+            let Some((max_mmr, max_f)) = fl.tiers.max_mmr.zip(fl.tiers.max_mmr_f) else {
                 return 0;
             };
-            if leg.instrument.kind.is_inverse()
-                || leg.price_factor <= Decimal::ZERO
-                || leg.instrument.contract_size <= Decimal::ZERO
-            {
+            if fl.inverse {
                 return 0;
             }
-            if leg.quantity.is_sign_negative() {
+            if fl.signed < 0.0 {
                 up = true;
-            } else if max_mmr < t {
+            } else if below(max_mmr, max_f, t, self.trigger) {
                 down = true;
             } else {
                 return 0;
@@ -323,7 +340,7 @@ impl<'p, 'a> Filter<'p, 'a> {
             if w.is_zero() {
                 continue;
             }
-            if col.price_factor <= Decimal::ZERO {
+            if col.price_factor.is_zero() || col.price_factor.is_sign_negative() {
                 return 0;
             }
             if w.is_sign_negative() {

@@ -282,6 +282,13 @@ fn slope_of_a_book() {
     assert_eq!(slope(vec![leg(0, dec!(1)), leg(4, dec!(-3))], one, None), 0);
     assert_eq!(slope(vec![leg(4, dec!(1))], dec!(0.6), None), 0, "mmr = t");
     assert_eq!(slope(vec![leg(4, dec!(1))], dec!(0.61), None), -1);
+    // Closer than `f64` can tell apart: decided on the `Decimal`s.
+    let just_above = dec!(0.6000000000000000000001);
+    assert_eq!(slope(vec![leg(4, dec!(1))], just_above, None), -1);
+    assert_eq!(
+        slope(vec![leg(4, dec!(1))], dec!(0.5999999999999999999999), None),
+        0
+    );
     assert_eq!(slope(vec![leg(1, dec!(1))], one, None), 0, "cum jumps");
     assert_eq!(slope(vec![leg(2, dec!(1))], one, None), 0, "inverse");
     assert_eq!(slope(vec![leg(0, dec!(0))], one, None), 0, "nothing moves");
