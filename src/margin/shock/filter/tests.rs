@@ -89,8 +89,46 @@ fn leg_strategy() -> impl Strategy<Value = (usize, i64, u32, i64, i64)> {
     )
 }
 
+/// A book for the property tests: each leg `(instrument, quantity, entry in cents, price as a %
+/// of 60,000)` priced per unit of `z` from `start` (so factors differ between legs), the fixed
+/// equity and MM, `coll` tenths of the collateral coin moving with `z` (none when 0), the
+/// trigger in %.
+fn book<'u>(
+    u: &'u [Instrument],
+    legs: &[(usize, Decimal, i64, i64)],
+    fixed: (i64, i64),
+    coll: i64,
+    trigger_pct: i64,
+    start: Decimal,
+) -> PriceMove<'u> {
+    let mut pm = PriceMove {
+        fixed_equity: Decimal::from(fixed.0),
+        fixed_mm: Decimal::from(fixed.1),
+        trigger: Decimal::new(trigger_pct, 2),
+        ..PriceMove::default()
+    };
+    for &(which, quantity, entry, pct) in legs {
+        pm.legs.push(MovingLeg {
+            instrument: &u[which],
+            quantity,
+            entry_price: Decimal::new(entry, 2),
+            price_factor: Decimal::new(60000 * pct, 2) / start,
+            floats: None,
+        });
+    }
+    if coll != 0 {
+        pm.collateral.push(MovingCollateral {
+            instrument: &u[3],
+            amount: Decimal::new(coll, 1),
+            price_factor: dec!(60000) / start,
+        });
+    }
+    pm
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(3000))]
+
     /// `crossings` (filtered) returns exactly `crossings_exact` whenever the latter succeeds,
     /// for the uniform shock (start 1) and for a price variable (start = the leg's price);
     /// and exactly the same with each leg's tiers converted beforehand (as the engine's
@@ -106,31 +144,11 @@ proptest! {
     ) {
         let u = universe();
         let start = if price_start { dec!(60000) } else { Decimal::ONE };
-        let mut pm = PriceMove {
-            fixed_equity: Decimal::from(fixed),
-            fixed_mm: Decimal::from(fixed_mm),
-            trigger: Decimal::new(trigger_pct, 2),
-            ..PriceMove::default()
-        };
-        for &(which, q, qs, entry, pct) in &legs {
-            let i = &u[which];
-            // The leg's price today: 60,000 × pct % (so factors differ between legs).
-            let price = Decimal::new(60000 * pct, 2);
-            pm.legs.push(MovingLeg {
-                instrument: i,
-                quantity: Decimal::new(q, qs + 2),
-                entry_price: Decimal::new(entry, 2),
-                price_factor: price / start,
-                floats: None,
-            });
-        }
-        if coll > 0 {
-            pm.collateral.push(MovingCollateral {
-                instrument: &u[3],
-                amount: Decimal::new(coll, 1),
-                price_factor: dec!(60000) / start,
-            });
-        }
+        let legs: Vec<_> = legs
+            .iter()
+            .map(|&(which, q, qs, entry, pct)| (which, Decimal::new(q, qs + 2), entry, pct))
+            .collect();
+        let pm = book(&u, &legs, (fixed, fixed_mm), coll, trigger_pct, start);
         if let Ok(exact) = pm.crossings_exact(start) {
             prop_assert_eq!(pm.crossings(start).ok(), Some(exact));
         }
@@ -316,30 +334,14 @@ proptest! {
     ) {
         let u = universe();
         let start = if price_start { dec!(60000) } else { Decimal::ONE };
-        let mut pm = PriceMove {
-            fixed_equity: Decimal::from(fixed),
-            fixed_mm: Decimal::from(fixed_mm),
-            trigger: Decimal::new(trigger_pct, 2),
-            ..PriceMove::default()
-        };
-        for &(steep, q, qs, entry, pct) in &legs {
-            let price = Decimal::new(60000 * pct, 2);
-            let q = Decimal::new(if short { -q } else { q }, qs + 2);
-            pm.legs.push(MovingLeg {
-                instrument: &u[if steep { 4 } else { 0 }],
-                quantity: q,
-                entry_price: Decimal::new(entry, 2),
-                price_factor: price / start,
-                floats: None,
-            });
-        }
-        if coll != 0 {
-            pm.collateral.push(MovingCollateral {
-                instrument: &u[3],
-                amount: Decimal::new(coll, 1),
-                price_factor: dec!(60000) / start,
-            });
-        }
+        let signed: Vec<_> = legs
+            .iter()
+            .map(|&(steep, q, qs, entry, pct)| {
+                let q = Decimal::new(if short { -q } else { q }, qs + 2);
+                (if steep { 4 } else { 0 }, q, entry, pct)
+            })
+            .collect();
+        let pm = book(&u, &signed, (fixed, fixed_mm), coll, trigger_pct, start);
         if let Ok(exact) = pm.crossings_exact(start) {
             prop_assert_eq!(pm.crossings(start).ok(), Some(exact));
         }
