@@ -86,7 +86,7 @@ use crate::engine::monitor::distance::ShockQuiet;
 use crate::engine::monitor::{Monitor, QuietRange};
 
 pub mod distance; // bands for the distance levels (`warn_within_shock`)
-use crate::margin;
+use crate::margin::{self, TierFloats};
 use crate::model::{Instrument, InstrumentId, MarginTier};
 
 /// The largest fractional move a band allows, whatever the slack.
@@ -883,7 +883,8 @@ impl DistanceIndex {
                 Some(p) if *p != price => return None,
                 slot => *slot = Some(price),
             }
-            terms.push(term(sens, table.get(s.instrument)?, s, price)?);
+            let floats = table.floats(s.instrument);
+            terms.push(term(sens, table.get(s.instrument)?, floats, s, price)?);
             of.push(i);
         }
         let mut coef = vec![0.0; terms.len()];
@@ -976,7 +977,40 @@ fn reachable_mmr(tiers: &[MarginTier], notional: Decimal) -> Option<Decimal> {
     tiers.get(i..=j)?.iter().map(|t| t.mmr).max()
 }
 
-fn term(sens: &Sensitivity, inst: &Instrument, s: &SlotValuation, price: Decimal) -> Option<Term> {
+/// [`reachable_mmr`] of a position of `size` at `price`, read off the tiers in `f64` where
+/// they are kept: the highest `mmr` over [`TierFloats::tier_range`], which holds every tier
+/// the exact selection reaches, so the rate is never lower than [`reachable_mmr`]'s (a band
+/// never wider) and the same unless a floor lies within 10⁻⁹ of a move's end. The rate is a
+/// `Decimal` of the table either way; only the two `Decimal` products and tier selections are
+/// saved (~a sixth of a woken account's re-banding). `None` as [`reachable_mmr`] (the exact
+/// one runs wherever the `f64`s cannot decide, overflow included).
+fn reachable_mmr_at(
+    tiers: &[MarginTier],
+    floats: Option<&TierFloats>,
+    size: Decimal,
+    price: Decimal,
+) -> Option<Decimal> {
+    let range = floats.and_then(|fl| {
+        let n = margin::fast_f64(size)? * margin::fast_f64(price)?;
+        // Far from `Decimal`'s range: the exact product decides (and may overflow).
+        if n.is_nan() || n >= 1e27 {
+            return None;
+        }
+        fl.tier_range(n * (1.0 - MAX_MOVE_F64), n * (1.0 + MAX_MOVE_F64))
+    });
+    match range {
+        Some((i, j)) => tiers.get(i..=j)?.iter().map(|t| t.mmr).max(),
+        None => reachable_mmr(tiers, size.checked_mul(price)?),
+    }
+}
+
+fn term(
+    sens: &Sensitivity,
+    inst: &Instrument,
+    floats: Option<&TierFloats>,
+    s: &SlotValuation,
+    price: Decimal,
+) -> Option<Term> {
     let q = s.quantity.abs();
     let (a, b, b_any, c) = match sens {
         Sensitivity::Fixed => (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO, Decimal::ZERO),
@@ -988,7 +1022,7 @@ fn term(sens: &Sensitivity, inst: &Instrument, s: &SlotValuation, price: Decimal
         Sensitivity::Linear { cs, max_mmr, jumps } => {
             let size = q.checked_mul(*cs)?;
             let c = if q.is_zero() { Decimal::ZERO } else { *jumps };
-            let near = reachable_mmr(&inst.tiers, size.checked_mul(price)?).unwrap_or(*max_mmr);
+            let near = reachable_mmr_at(&inst.tiers, floats, size, price).unwrap_or(*max_mmr);
             (
                 size,
                 size.checked_mul(near)?,
@@ -1352,6 +1386,109 @@ mod tests {
         // 400k: up to 600k, the last.
         assert_eq!(reachable_mmr(&tiers, dec!(400000)), Some(dec!(0.5)));
         assert_eq!(reachable_mmr(&[], dec!(1)), None);
+    }
+
+    /// Binance's BTCUSDT brackets (floors, `mmr`, `cum`), as the instrument presets carry them.
+    fn btcusdt() -> Instrument {
+        let rows = [
+            (dec!(0), dec!(0.004), dec!(0)),
+            (dec!(50000), dec!(0.005), dec!(50)),
+            (dec!(600000), dec!(0.0065), dec!(950)),
+            (dec!(3000000), dec!(0.01), dec!(11450)),
+            (dec!(12000000), dec!(0.02), dec!(131450)),
+            (dec!(70000000), dec!(0.025), dec!(481450)),
+            (dec!(100000000), dec!(0.05), dec!(2981450)),
+            (dec!(230000000), dec!(0.1), dec!(14481450)),
+            (dec!(480000000), dec!(0.125), dec!(26481450)),
+            (dec!(600000000), dec!(0.15), dec!(41481450)),
+            (dec!(800000000), dec!(0.25), dec!(121481450)),
+            (dec!(1200000000), dec!(0.5), dec!(421481450)),
+        ];
+        let tiers = rows
+            .iter()
+            .enumerate()
+            .map(|(i, &(floor, mmr, cum))| {
+                let cap = rows.get(i + 1).map_or(dec!(1800000000), |r| r.0);
+                t(floor, cap, mmr, cum)
+            })
+            .collect();
+        Instrument {
+            id: "BTCUSDT-PERP".into(),
+            kind: crate::model::InstrumentKind::LinearPerpetual,
+            underlying: "BTC".into(),
+            contract_size: Decimal::ONE,
+            tiers,
+            liquidation_fee_rate: dec!(0.005),
+            collateral_ratio: Decimal::ONE,
+            haircut_tiers: vec![],
+            stable: false,
+            sources: vec![],
+            source_note: None,
+            margin: Default::default(),
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4_000))]
+        /// The rate read off the `f64` tiers is never below the exact one (a band is never
+        /// wider), and equal unless a floor lies within 10⁻⁸ of a move's end; sizes and prices
+        /// are drawn around every floor of the table (`near_floor`).
+        #[test]
+        fn reachable_rate_in_f64_is_never_below_the_exact_one(
+            qty in 1i64..=10_000_000_000,
+            qty_places in 0u32..=8,
+            price in 1i64..=20_000_000,
+            price_places in 0u32..=4,
+            near_floor in proptest::option::of((1usize..12, -3i64..=3, proptest::bool::ANY)),
+        ) {
+            let inst = btcusdt();
+            let floats = TierFloats::new(&inst).expect("a plain table");
+            let price = Decimal::new(price, price_places);
+            // Either any size, or one whose move ends on (or an ulp-sized step off) a floor.
+            let size = match near_floor {
+                None => Decimal::new(qty, qty_places),
+                Some((k, step, up)) => {
+                    let floor = inst.tiers[k].notional_floor;
+                    let end = if up { dec!(1.5) } else { dec!(0.5) };
+                    (floor / (price * end) + Decimal::new(step, 20)).max(Decimal::new(1, 20))
+                }
+            };
+            let exact = reachable_mmr(&inst.tiers, size * price);
+            let fast = reachable_mmr_at(&inst.tiers, Some(&floats), size, price);
+            proptest::prop_assert!(fast >= exact, "{fast:?} < {exact:?} for {size} at {price}");
+            let n = size * price;
+            let near = |edge: Decimal| {
+                inst.tiers.iter().any(|t| {
+                    t.notional_floor > Decimal::ZERO
+                        && ((t.notional_floor - edge) / t.notional_floor).abs() < Decimal::new(1, 8)
+                })
+            };
+            if !near(n * dec!(0.5)) && !near(n * dec!(1.5)) {
+                proptest::prop_assert_eq!(fast, exact, "{} at {}", size, price);
+            }
+        }
+    }
+
+    /// Floors out of order (or nothing kept in `f64`) leave the rate to the exact selection.
+    #[test]
+    fn reachable_rate_without_ordered_floats_is_the_exact_one() {
+        let mut inst = btcusdt();
+        inst.tiers.swap(3, 4);
+        let floats = TierFloats::new(&inst).expect("a plain table");
+        assert_eq!(floats.tier_range(1.0, 2.0), None);
+        for (size, price) in [(dec!(1), dec!(60000)), (dec!(200), dec!(60000))] {
+            let exact = reachable_mmr(&inst.tiers, size * price);
+            assert_eq!(
+                reachable_mmr_at(&inst.tiers, Some(&floats), size, price),
+                exact
+            );
+            assert_eq!(reachable_mmr_at(&inst.tiers, None, size, price), exact);
+        }
+        // In order, a 1-BTC position at 60,000 (30k–90k) reaches the second bracket.
+        let inst = btcusdt();
+        let floats = TierFloats::new(&inst).expect("a plain table");
+        let fast = reachable_mmr_at(&inst.tiers, Some(&floats), dec!(1), dec!(60000));
+        assert_eq!(fast, Some(dec!(0.005)));
     }
 
     /// Venue tier tables are continuous (no jumps); a table with a gap is measured.

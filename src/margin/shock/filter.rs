@@ -58,6 +58,8 @@ pub struct TierFloats {
     max_mmr: Option<Decimal>,
     /// `max_mmr` in `f64` (compared first, [`below`]).
     max_mmr_f: Option<f64>,
+    /// The floors are in order both as `Decimal`s and as `f64`s ([`TierFloats::tier_range`]).
+    sorted: bool,
 }
 
 impl TierFloats {
@@ -76,12 +78,41 @@ impl TierFloats {
             rates.push((f(t.mmr)?, f(t.cum)?));
         }
         let max_mmr = continuous_max_mmr(&instrument.tiers);
+        let sorted = instrument
+            .tiers
+            .windows(2)
+            .all(|w| matches!(w, [a, b] if a.notional_floor <= b.notional_floor))
+            && floors.windows(2).all(|w| matches!(w, [a, b] if a <= b));
         Some(TierFloats {
             floors,
             rates,
             max_mmr,
             max_mmr_f: max_mmr.and_then(f),
+            sorted,
         })
+    }
+
+    /// The tiers `i..=j` that [`crate::margin::select_tier`] can pick for a notional anywhere
+    /// in `[lo, hi]`, given as `f64`s within a few ulps of the exact bounds (`0 < lo ≤ hi`): a
+    /// range that holds every tier the exact selection picks in that interval. Each bound is
+    /// widened by `REL` (10⁻⁹, millions of times the conversions' error), so a floor that the
+    /// exact bound reaches is reached here too; a floor just beyond it may be taken as well.
+    /// `None` when the floors are out of order or a bound is not a positive finite number
+    /// (the caller selects exactly).
+    pub fn tier_range(&self, lo: f64, hi: f64) -> Option<(usize, usize)> {
+        if !(self.sorted && lo > 0.0 && lo <= hi && hi.is_finite()) {
+            return None;
+        }
+        let (lo, hi) = (lo * (1.0 - REL), hi * (1.0 + REL));
+        let i = self
+            .floors
+            .partition_point(|&fl| fl <= lo)
+            .saturating_sub(1);
+        let j = self
+            .floors
+            .partition_point(|&fl| fl <= hi)
+            .saturating_sub(1);
+        Some((i, j))
     }
 }
 
