@@ -599,6 +599,8 @@ pub fn account_snapshot(
     let totals = r.totals()?;
     let mut positions = Vec::with_capacity(account.positions.len());
     let mut penalty = Decimal::ZERO;
+    // One liquidation problem at a time, in the same vectors.
+    let mut pm = PriceMove::default();
     for (index, (p, &(i, price, exact))) in account.positions.iter().zip(&r.positions).enumerate() {
         let f = PositionFigures {
             notional: normalise(exact.notional),
@@ -606,8 +608,8 @@ pub fn account_snapshot(
             maintenance_margin: normalise(exact.maintenance_margin),
             tier: exact.tier,
         };
-        let lp = match r.liquidation_problem(account, index, trigger)? {
-            Some((pm, p0)) => pm.liquidation_prices(p0)?,
+        let lp = match r.liquidation_problem_in(account, index, trigger, &mut pm)? {
+            Some(p0) => pm.liquidation_prices(p0)?,
             None => LiquidationPrices::default(),
         };
         penalty = add(

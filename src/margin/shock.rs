@@ -588,6 +588,27 @@ impl<'a> ResolvedAccount<'a> {
         index: usize,
         trigger: Decimal,
     ) -> Result<Option<(PriceMove<'a>, Decimal)>, MarginError> {
+        let mut pm = PriceMove::default();
+        Ok(self
+            .liquidation_problem_in(account, index, trigger, &mut pm)?
+            .map(|p0| (pm, p0)))
+    }
+
+    /// [`ResolvedAccount::liquidation_problem`] written into `pm` (its vectors reused: a
+    /// snapshot solves one problem per position), returning the position's price; `None` (and
+    /// `pm` left empty) as there.
+    pub fn liquidation_problem_in(
+        &self,
+        account: &Account,
+        index: usize,
+        trigger: Decimal,
+        pm: &mut PriceMove<'a>,
+    ) -> Result<Option<Decimal>, MarginError> {
+        pm.fixed_equity = Decimal::ZERO;
+        pm.fixed_mm = Decimal::ZERO;
+        pm.legs.clear();
+        pm.collateral.clear();
+        pm.trigger = trigger;
         let Some(&(own, p0, _)) = self.positions.get(index) else {
             return Ok(None);
         };
@@ -600,10 +621,6 @@ impl<'a> ResolvedAccount<'a> {
             } else {
                 div(pj, p0, "price factor")
             }
-        };
-        let mut pm = PriceMove {
-            trigger,
-            ..PriceMove::default()
         };
         for &(i, amount, price, v) in &self.collateral {
             if !i.stable && i.underlying == own.underlying {
@@ -635,7 +652,7 @@ impl<'a> ResolvedAccount<'a> {
                 pm.fixed_mm = add(pm.fixed_mm, f.maintenance_margin, "fixed MM")?;
             }
         }
-        Ok(Some((pm, p0)))
+        Ok(Some(p0))
     }
 }
 
