@@ -1388,67 +1388,59 @@ mod tests {
         assert_eq!(reachable_mmr(&[], dec!(1)), None);
     }
 
-    /// Binance's BTCUSDT brackets (floors, `mmr`, `cum`), as the instrument presets carry them.
+    /// The shipped presets' linear contracts with plain margin (the tables bands are built
+    /// on), in id order; read once.
+    fn preset_linears() -> &'static [Instrument] {
+        static PRESETS: std::sync::OnceLock<Vec<Instrument>> = std::sync::OnceLock::new();
+        PRESETS.get_or_init(|| {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("feeds/presets.toml");
+            let mut v: Vec<Instrument> = crate::sources::files::load_instruments(&path)
+                .expect("the shipped presets load")
+                .into_values()
+                .filter(|i| {
+                    i.kind.is_contract()
+                        && !i.kind.is_inverse()
+                        && i.tiers.len() > 1
+                        && i.margin.is_plain()
+                })
+                .collect();
+            v.sort_by(|a, b| a.id.cmp(&b.id));
+            v
+        })
+    }
+
     fn btcusdt() -> Instrument {
-        let rows = [
-            (dec!(0), dec!(0.004), dec!(0)),
-            (dec!(50000), dec!(0.005), dec!(50)),
-            (dec!(600000), dec!(0.0065), dec!(950)),
-            (dec!(3000000), dec!(0.01), dec!(11450)),
-            (dec!(12000000), dec!(0.02), dec!(131450)),
-            (dec!(70000000), dec!(0.025), dec!(481450)),
-            (dec!(100000000), dec!(0.05), dec!(2981450)),
-            (dec!(230000000), dec!(0.1), dec!(14481450)),
-            (dec!(480000000), dec!(0.125), dec!(26481450)),
-            (dec!(600000000), dec!(0.15), dec!(41481450)),
-            (dec!(800000000), dec!(0.25), dec!(121481450)),
-            (dec!(1200000000), dec!(0.5), dec!(421481450)),
-        ];
-        let tiers = rows
+        preset_linears()
             .iter()
-            .enumerate()
-            .map(|(i, &(floor, mmr, cum))| {
-                let cap = rows.get(i + 1).map_or(dec!(1800000000), |r| r.0);
-                t(floor, cap, mmr, cum)
-            })
-            .collect();
-        Instrument {
-            id: "BTCUSDT-PERP".into(),
-            kind: crate::model::InstrumentKind::LinearPerpetual,
-            underlying: "BTC".into(),
-            contract_size: Decimal::ONE,
-            tiers,
-            liquidation_fee_rate: dec!(0.005),
-            collateral_ratio: Decimal::ONE,
-            haircut_tiers: vec![],
-            stable: false,
-            sources: vec![],
-            source_note: None,
-            margin: Default::default(),
-        }
+            .find(|i| i.id.as_str() == "BTCUSDT-PERP")
+            .expect("Binance's BTCUSDT in the presets")
+            .clone()
     }
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4_000))]
         /// The rate read off the `f64` tiers is never below the exact one (a band is never
-        /// wider), and equal unless a floor lies within 10⁻⁸ of a move's end; sizes and prices
-        /// are drawn around every floor of the table (`near_floor`).
+        /// wider), and equal unless a floor lies within 10⁻⁸ of a move's end, on every linear
+        /// table of the shipped presets; sizes and prices are drawn anywhere and onto (or an
+        /// ulp-sized step off) every floor (`near_floor`).
         #[test]
         fn reachable_rate_in_f64_is_never_below_the_exact_one(
+            which in proptest::prelude::any::<proptest::sample::Index>(),
             qty in 1i64..=10_000_000_000,
             qty_places in 0u32..=8,
             price in 1i64..=20_000_000,
             price_places in 0u32..=4,
-            near_floor in proptest::option::of((1usize..12, -3i64..=3, proptest::bool::ANY)),
+            near_floor in proptest::option::of((proptest::prelude::any::<proptest::sample::Index>(), -3i64..=3, proptest::bool::ANY)),
         ) {
-            let inst = btcusdt();
-            let floats = TierFloats::new(&inst).expect("a plain table");
+            let inst = which.get(preset_linears());
+            let floats = TierFloats::new(inst).expect("a plain table");
             let price = Decimal::new(price, price_places);
             // Either any size, or one whose move ends on (or an ulp-sized step off) a floor.
             let size = match near_floor {
                 None => Decimal::new(qty, qty_places),
                 Some((k, step, up)) => {
-                    let floor = inst.tiers[k].notional_floor;
+                    // A floor above the first (which is 0).
+                    let floor = inst.tiers[1 + k.index(inst.tiers.len() - 1)].notional_floor;
                     let end = if up { dec!(1.5) } else { dec!(0.5) };
                     (floor / (price * end) + Decimal::new(step, 20)).max(Decimal::new(1, 20))
                 }
