@@ -990,6 +990,10 @@ fn reachable_mmr_at(
     size: Decimal,
     price: Decimal,
 ) -> Option<Decimal> {
+    // Cached tiers are the table's own (the instrument table sets both together, and the
+    // shock filter checks the same cache against its table in every test run); a cache
+    // without the table's tier count is not used.
+    let floats = floats.filter(|fl| fl.len() == tiers.len());
     let range = floats.and_then(|fl| {
         let n = margin::fast_f64(size)? * margin::fast_f64(price)?;
         // Far from `Decimal`'s range: the exact product decides (and may overflow).
@@ -1476,6 +1480,15 @@ mod tests {
             );
             assert_eq!(reachable_mmr_at(&inst.tiers, None, size, price), exact);
         }
+        // A cache of another table's length is not used.
+        let mut short = btcusdt();
+        short.tiers.truncate(3);
+        let other = TierFloats::new(&short).expect("a plain table");
+        let (tiers, size, price) = (&btcusdt().tiers, dec!(20000), dec!(60000));
+        assert_eq!(
+            reachable_mmr_at(tiers, Some(&other), size, price),
+            reachable_mmr(tiers, size * price)
+        );
         // In order, a 1-BTC position at 60,000 (30k–90k) reaches the second bracket.
         let inst = btcusdt();
         let floats = TierFloats::new(&inst).expect("a plain table");

@@ -92,6 +92,17 @@ impl TierFloats {
         })
     }
 
+    /// How many tiers the table has (a cache that does not match its instrument's count is
+    /// not used).
+    pub fn len(&self) -> usize {
+        self.floors.len()
+    }
+
+    /// True when the table has no tiers (never for a table [`TierFloats::new`] built).
+    pub fn is_empty(&self) -> bool {
+        self.floors.is_empty()
+    }
+
     /// The tiers `i..=j` that [`crate::margin::select_tier`] can pick for a notional anywhere
     /// in `[lo, hi]`, given as `f64`s within a few ulps of the exact bounds (`0 < lo ≤ hi`): a
     /// range that holds every tier the exact selection picks in that interval. Each bound is
