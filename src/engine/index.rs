@@ -114,19 +114,6 @@ enum Sensitivity {
     Unbounded,
 }
 
-/// `Σ |MM just below floor − MM at floor|` over the tier boundaries (`None` on overflow).
-fn tier_jumps(tiers: &[MarginTier]) -> Option<Decimal> {
-    let mut total = Decimal::ZERO;
-    for w in tiers.windows(2) {
-        let (lo, hi) = (&w[0], &w[1]);
-        let f = hi.notional_floor;
-        let left = f.checked_mul(lo.mmr)?.checked_sub(lo.cum)?;
-        let right = f.checked_mul(hi.mmr)?.checked_sub(hi.cum)?;
-        total = total.checked_add(left.checked_sub(right)?.abs())?;
-    }
-    Some(total)
-}
-
 fn sensitivity(inst: &Instrument) -> Sensitivity {
     if inst.stable {
         return Sensitivity::Fixed;
@@ -145,7 +132,7 @@ fn sensitivity(inst: &Instrument) -> Sensitivity {
         .map(|t| t.cum.abs())
         .max()
         .unwrap_or_default();
-    match tier_jumps(&inst.tiers) {
+    match margin::tier_jumps(&inst.tiers) {
         None => Sensitivity::Unbounded,
         Some(j) if inst.kind.is_inverse() => {
             if j.is_zero() {
@@ -1504,11 +1491,11 @@ mod tests {
             t(dec!(0), dec!(50000), dec!(0.004), dec!(0)),
             t(dec!(50000), dec!(500000), dec!(0.005), dec!(50)),
         ];
-        assert_eq!(tier_jumps(&cont), Some(dec!(0)));
+        assert_eq!(margin::tier_jumps(&cont), Some(dec!(0)));
         let gap = [
             t(dec!(0), dec!(50000), dec!(0.004), dec!(0)),
             t(dec!(50000), dec!(500000), dec!(0.005), dec!(0)),
         ];
-        assert_eq!(tier_jumps(&gap), Some(dec!(50)));
+        assert_eq!(margin::tier_jumps(&gap), Some(dec!(50)));
     }
 }

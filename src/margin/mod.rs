@@ -163,6 +163,22 @@ pub fn select_tier(tiers: &[MarginTier], notional: Decimal) -> Option<(usize, &M
     tiers.get(i).map(|t| (i, t))
 }
 
+/// `Σ |MM just below floor − MM at floor|` of a linear position over the tier boundaries
+/// (`MM = N·mmr − cum`; `None` on overflow): 0 when `cum` makes MM continuous, as venues define
+/// it. The distance index pays these jumps in its bands; the shock filter needs 0 to call a
+/// book monotone.
+pub fn tier_jumps(tiers: &[MarginTier]) -> Option<Decimal> {
+    let mut total = Decimal::ZERO;
+    for w in tiers.windows(2) {
+        let [lo, hi] = w else { continue };
+        let f = hi.notional_floor;
+        let left = f.checked_mul(lo.mmr)?.checked_sub(lo.cum)?;
+        let right = f.checked_mul(hi.mmr)?.checked_sub(hi.cum)?;
+        total = total.checked_add(left.checked_sub(right)?.abs())?;
+    }
+    Some(total)
+}
+
 /// The bracket of a position of `abs_q` contracts with this notional: by notional, or by
 /// contract count for `tier_basis = "contracts"` (OKX).
 pub fn select_tier_of(

@@ -52,8 +52,8 @@ use crate::margin::fast_f64 as f;
 pub struct TierFloats {
     floors: Vec<f64>,
     rates: Vec<(f64, f64)>,
-    /// The highest `mmr` of the table, exact, when MM is continuous across every floor
-    /// ([`continuous_max_mmr`]); `None` otherwise. It decides whether `g` is monotone
+    /// The highest `mmr` of the table, exact, when its floors are in order and MM is
+    /// continuous across every floor ([`crate::margin::tier_jumps`] 0); `None` otherwise. It decides whether `g` is monotone
     /// ([`Filter::slope`]).
     max_mmr: Option<Decimal>,
     /// `max_mmr` in `f64` (compared first, [`below`]).
@@ -77,12 +77,18 @@ impl TierFloats {
             floors.push(f(t.notional_floor)?);
             rates.push((f(t.mmr)?, f(t.cum)?));
         }
-        let max_mmr = continuous_max_mmr(&instrument.tiers);
         let sorted = instrument
             .tiers
             .windows(2)
             .all(|w| matches!(w, [a, b] if a.notional_floor <= b.notional_floor))
             && floors.windows(2).all(|w| matches!(w, [a, b] if a <= b));
+        // With floors in order and MM continuous across them (`tier_jumps` 0), `g` cannot
+        // jump at a breakpoint, so its slope alone says where it can reach 0.
+        let continuous =
+            sorted && crate::margin::tier_jumps(&instrument.tiers).is_some_and(|j| j.is_zero());
+        let max_mmr = continuous
+            .then(|| instrument.tiers.iter().map(|t| t.mmr).max())
+            .flatten();
         Some(TierFloats {
             floors,
             rates,
@@ -139,28 +145,6 @@ fn below(a: Decimal, af: f64, b: Decimal, bf: f64) -> bool {
     } else {
         a < b
     }
-}
-
-/// The highest `mmr` of `tiers` when a linear position's MM (`N·mmr − cum`) is continuous in
-/// the notional `N`: floors strictly ascending, every floor but the first positive, and at each
-/// floor `f` the two tiers' MM equal exactly — `(mmr₁ − mmr₀)·f = cum₁ − cum₀` in `Decimal`
-/// (Binance's `cum` is defined so). `None` when any of it fails or overflows. With MM
-/// continuous, `g` cannot jump at a breakpoint, so its slope alone says where it can reach 0.
-fn continuous_max_mmr(tiers: &[crate::model::MarginTier]) -> Option<Decimal> {
-    let first = tiers.first()?;
-    let mut max = first.mmr;
-    for pair in tiers.windows(2) {
-        let [lo, hi] = pair else { return None };
-        if hi.notional_floor <= lo.notional_floor || hi.notional_floor <= Decimal::ZERO {
-            return None;
-        }
-        let mm_step = hi.mmr.checked_sub(lo.mmr)?.checked_mul(hi.notional_floor)?;
-        if mm_step != hi.cum.checked_sub(lo.cum)? {
-            return None;
-        }
-        max = max.max(hi.mmr);
-    }
-    Some(max)
 }
 
 /// One leg in `f64`: its size and factor, and its tiers.
@@ -341,16 +325,15 @@ impl<'p, 'a> Filter<'p, 'a> {
     }
 
     /// The sign of `g`'s slope when it is the same on every tier of every leg and `g` has no
-    /// jump: every leg linear on a table with continuous MM ([`continuous_max_mmr`]), every
+    /// jump: every leg linear on a table with continuous MM ([`crate::margin::tier_jumps`] 0), every
     /// term of the slope of one sign. With every leg in some tier, `g`'s slope is
     /// `Σ size·k·(mmr − t)` over longs, `Σ size·k·(mmr + t)` over shorts and `−t·Σ w·k` over
     /// the moving collateral (`k > 0`, `t > 0`): longs with every `mmr < t` and collateral
     /// held (`w > 0`) only lower it; shorts and borrowed collateral only raise it. Mixed
     /// books, inverse legs and tables with jumps are `0` (both walks run). Exact: signs and
     /// `mmr < t` are read off the `Decimal`s.
-    fn slope(&self) -> i8 {
-        let pm = self.pm;
-        let t = pm.trigger;
+    fn slope(&self, coll: (bool, bool, bool)) -> i8 {
+        let t = self.pm.trigger;
         // `f` keeps the sign and maps only 0 to 0.0, so the `f64` signs below are the exact
         // ones: `trigger > 0`, each leg's `k > 0` (checked by `fill`) and `q·cs`'s sign.
         if self.trigger <= 0.0 {
@@ -375,22 +358,13 @@ impl<'p, 'a> Filter<'p, 'a> {
                 return 0;
             }
         }
-        for col in &pm.collateral {
-            let Ok(w) = haircut_weighted_amount(col.instrument, col.amount) else {
-                return 0;
-            };
-            if w.is_zero() {
-                continue;
-            }
-            if col.price_factor.is_zero() || col.price_factor.is_sign_negative() {
-                return 0;
-            }
-            if w.is_sign_negative() {
-                up = true;
-            } else {
-                down = true;
-            }
+        // Held collateral (`w > 0`) lowers `g`'s slope, borrowed raises it.
+        let (held, borrowed, unknown) = coll;
+        if unknown {
+            return 0;
         }
+        down |= held;
+        up |= borrowed;
         match (down, up) {
             (true, false) => -1,
             (false, true) => 1,
@@ -406,14 +380,18 @@ impl<'p, 'a> Filter<'p, 'a> {
         if self.slope == 0 {
             return None;
         }
-        let s = f(start)?;
-        if s <= 0.0 || self.bps.iter().any(|b| (b.z - s).abs() <= REL * b.z.max(s)) {
-            return None;
-        }
+        let s = self.clear_start(start)?;
         let mut tiers = LegTiers::with_capacity(self.legs.len());
         self.tiers_at(s, &mut tiers);
         let sign = self.line(&self.parts(&tiers)?).sign_at(s);
         (sign != 0).then_some(sign == self.slope)
+    }
+
+    /// `start` in `f64` when the filter can start there: positive, and not within `REL` of a
+    /// breakpoint (where a leg's tier could differ from `Decimal`'s).
+    fn clear_start(&self, start: Decimal) -> Option<f64> {
+        let s = f(start)?;
+        (s > 0.0 && !self.bps.iter().any(|b| (b.z - s).abs() <= REL * b.z.max(s))).then_some(s)
     }
 
     /// Converts `pm` into the filter's terms; `false` when it cannot certify anything.
@@ -493,6 +471,9 @@ impl<'p, 'a> Filter<'p, 'a> {
             return Ok(false);
         };
         let (mut coll_b, mut coll_mb) = (0.0, 0.0);
+        // The signs of the moving collateral's slope terms `w·k` (`f` keeps signs exactly):
+        // whether any falls, any rises, any is of unknown sign (`k ≤ 0`), for `slope`.
+        let mut coll_slopes = (false, false, false);
         for col in &pm.collateral {
             let w = haircut_weighted_amount(col.instrument, col.amount)?;
             let (Some(w), Some(k)) = (f(w), f(col.price_factor)) else {
@@ -500,6 +481,15 @@ impl<'p, 'a> Filter<'p, 'a> {
             };
             coll_b += w * k;
             coll_mb += (w * k).abs();
+            if w != 0.0 {
+                if k <= 0.0 {
+                    coll_slopes.2 = true;
+                } else if w > 0.0 {
+                    coll_slopes.0 = true;
+                } else {
+                    coll_slopes.1 = true;
+                }
+            }
         }
         bps.sort_unstable_by(|x, y| x.z.total_cmp(&y.z));
         for pair in bps.windows(2) {
@@ -514,7 +504,7 @@ impl<'p, 'a> Filter<'p, 'a> {
         self.coll_b = coll_b;
         self.coll_mb = coll_mb;
         self.trigger = trigger;
-        self.slope = self.slope();
+        self.slope = self.slope(coll_slopes);
         Ok(true)
     }
 
@@ -635,15 +625,9 @@ impl<'p, 'a> Filter<'p, 'a> {
         start: Decimal,
         upwards: bool,
     ) -> Result<Option<Option<Decimal>>, MarginError> {
-        let Some(s) = f(start) else {
+        let Some(s) = self.clear_start(start) else {
             return Ok(None);
         };
-        if s <= 0.0 {
-            return Ok(None);
-        }
-        if self.bps.iter().any(|b| (b.z - s).abs() <= REL * b.z.max(s)) {
-            return Ok(None);
-        }
         // Interval ends beyond `start` in walking order; `None` = unbounded (up) or 0 (down).
         // The breakpoints are sorted, so those beyond `start` are one run of them: indexed in
         // place rather than collected.

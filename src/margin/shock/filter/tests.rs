@@ -310,6 +310,19 @@ fn slope_of_a_book() {
     assert_eq!(slope(vec![leg(1, dec!(1))], one, None), 0, "cum jumps");
     assert_eq!(slope(vec![leg(2, dec!(1))], one, None), 0, "inverse");
     assert_eq!(slope(vec![leg(0, dec!(0))], one, None), 0, "nothing moves");
+    // Collateral whose price falls as `z` rises: its term's sign is not the balance's.
+    let pm = PriceMove {
+        fixed_equity: dec!(5000),
+        legs: vec![leg(0, dec!(1))],
+        collateral: vec![MovingCollateral {
+            instrument: &u[3],
+            amount: dec!(0.5),
+            price_factor: dec!(-1),
+        }],
+        trigger: one,
+        ..PriceMove::default()
+    };
+    assert_eq!(Filter::new(&pm).unwrap().expect("taken").slope, 0);
 }
 
 proptest! {
