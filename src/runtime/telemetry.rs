@@ -5,6 +5,7 @@
 //! [`catalog`] parses it and [`describe_all`] gives every family its type, unit and `# HELP`
 //! text (the table's meaning column), so the documentation and the exposition cannot disagree.
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -43,12 +44,23 @@ pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
         .map_err(|e| format!("log filter {filter:?}: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").is_some(),
+        ))
         .with_writer(std::io::stderr);
     let r = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     r.map_err(|e| e.to_string())
+}
+
+/// Whether text logs are coloured: only on a terminal, and not when `NO_COLOR` is set. Under
+/// systemd, Kubernetes or a log file stderr is not a terminal, and escape codes would land in
+/// journald and the log shippers as text.
+fn colour(stderr_is_terminal: bool, no_color: bool) -> bool {
+    stderr_is_terminal && !no_color
 }
 
 /// Cancels `token` on the first SIGINT/SIGTERM; exits the process with code 1 on the second.
@@ -213,6 +225,16 @@ pub fn describe_all() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Colour only on a terminal, and never with `NO_COLOR` (the daemon tests check the other
+    /// half: a log written to a file has no escape codes).
+    #[test]
+    fn text_logs_are_coloured_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, false));
+        assert!(!colour(true, true), "NO_COLOR");
+        assert!(!colour(false, false), "not a terminal");
+        assert!(!colour(false, true));
+    }
 
     /// Every table row parses, names are unique, and the types agree with the naming rule.
     #[test]

@@ -442,7 +442,13 @@ impl Daemon {
         let end = Instant::now() + deadline;
         loop {
             let exited = !self.alive();
-            let log = strip_ansi(&self.log_text());
+            let log = self.log_text();
+            // Written to a file, not a terminal: plain text, as journald and log shippers
+            // need it (the daemon colours its text log only on a terminal).
+            assert!(
+                !log.contains('\u{1b}'),
+                "escape codes in a log written to a file:\n{log}"
+            );
             let addr = log
                 .lines()
                 .filter(|l| l.contains("HTTP API listening"))
@@ -524,27 +530,6 @@ pub async fn scrape_metrics(client: &reqwest::Client, api: &str, token: Option<&
     r.text()
         .await
         .unwrap_or_else(|e| panic!("GET /metrics body: {e}"))
-}
-
-/// `text` without ANSI escape sequences (the text log colours its levels and field names).
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ parameters… final byte in '@'..='~'.
-            if chars.next() == Some('[') {
-                for c in chars.by_ref() {
-                    if ('@'..='~').contains(&c) {
-                        break;
-                    }
-                }
-            }
-            continue;
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// A daemon config on the shipped presets: one Binance feed at `venue_url` (a [`MockBinance`]),
