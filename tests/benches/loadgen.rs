@@ -169,8 +169,10 @@ bind = "127.0.0.1:0"
 token_env = "LOADGEN_API_TOKEN"
 
 [log]
-# `liqwatch::api` at INFO for its `HTTP API listening addr=…` line (the port is picked at bind).
-level = "warn,liqwatch::api=info"
+# `liqwatch::api` at INFO for its `HTTP API listening addr=…` line (the port is picked at bind);
+# `liqwatch::app` for the start's milestones (accounts seeded, loaded, running), printed with
+# the start-up time.
+level = "warn,liqwatch::api=info,liqwatch::app=info"
 
 [shutdown]
 grace = "5s"
@@ -354,6 +356,19 @@ async fn run(o: Opts) {
         started.elapsed().as_secs_f64(),
         rss_kib(pid) / 1024
     );
+    // Where the start went: the daemon's own milestones, with its timestamps.
+    for line in daemon.log_text().lines().filter(|l| {
+        [
+            "Accounts seeded",
+            "Accounts restored",
+            "Accounts loaded",
+            "liqwatch running",
+        ]
+        .iter()
+        .any(|m| l.contains(m))
+    }) {
+        println!("    daemon: {}", line.chars().take(160).collect::<String>());
+    }
     // Base prices; wait until the probes are priced (their state is known: healthy).
     venue.push_mark("BTCUSDT", "60000");
     venue.push_mark("SOLUSDT", "151");
