@@ -118,6 +118,16 @@ impl HistoryStore {
         }
     }
 
+    /// The most accounts it keeps a history for.
+    pub fn max_accounts(&self) -> usize {
+        self.max_accounts
+    }
+
+    /// The accounts it keeps a history for, in no order.
+    pub fn accounts(&self) -> Vec<AccountId> {
+        self.inner.lock().keys().cloned().collect()
+    }
+
     /// From now on queues kept points for the journal ([`HistoryStore::take_unsaved`]): an
     /// account's point when at least `spacing_ms` has passed since its last queued one, and
     /// every point an event carried.

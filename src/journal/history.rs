@@ -23,6 +23,19 @@ CREATE INDEX IF NOT EXISTS history_points_time ON history_points(t_ms);
 CREATE INDEX IF NOT EXISTS events_account ON events(account_id, seq);
 ";
 
+/// The fields of a journaled event that the risk page's accounts table shows
+/// ([`Journal::last_account_event`]); every other field of the event is skipped unread.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct EventHead {
+    /// What happened.
+    pub kind: crate::model::EventKind,
+    /// When it was detected, ms since the epoch.
+    pub time_ms: crate::model::TimestampMs,
+    /// The level crossed, if any (as [`crate::model::RiskEvent::level`]).
+    #[serde(default)]
+    pub level: Option<rust_decimal::Decimal>,
+}
+
 /// One stored history point of an account.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HistoryRow {
@@ -145,17 +158,27 @@ impl Journal {
         Ok(n)
     }
 
-    /// The newest `max_total` stored points, ordered by account and time (for the daemon to
-    /// restore its in-memory history at start).
-    pub fn load_history(&self, max_total: usize) -> Result<Vec<HistoryRow>, JournalError> {
+    /// The newest `max_total` stored points of the `max_accounts` accounts whose newest point
+    /// is the most recent, ordered by account and time (for the daemon to restore its
+    /// in-memory history at start, which keeps that many accounts: the others' points would
+    /// only be read to be evicted again — a 1M-account cascade leaves 160,000 accounts here).
+    pub fn load_history(
+        &self,
+        max_total: usize,
+        max_accounts: usize,
+    ) -> Result<Vec<HistoryRow>, JournalError> {
         let r = self.reader.lock();
         let mut st = r.prepare_cached(
             "SELECT account_id, t_ms, json FROM (
-               SELECT account_id, t_ms, json FROM history_points ORDER BY t_ms DESC LIMIT ?1)
+               SELECT account_id, t_ms, json FROM history_points
+               WHERE account_id IN (
+                 SELECT account_id FROM history_points
+                 GROUP BY account_id ORDER BY MAX(t_ms) DESC, account_id LIMIT ?2)
+               ORDER BY t_ms DESC LIMIT ?1)
              ORDER BY account_id, t_ms",
         )?;
         let rows = st
-            .query_map([limit_of(max_total)], |row| {
+            .query_map([limit_of(max_total), limit_of(max_accounts)], |row| {
                 Ok(HistoryRow {
                     account_id: AccountId::from(row.get::<_, String>(0)?),
                     t_ms: row.get(1)?,
@@ -164,6 +187,36 @@ impl Journal {
             })?
             .collect::<Result<_, _>>()?;
         Ok(rows)
+    }
+
+    /// The newest committed event of `account` as the risk page shows it — its seq, kind,
+    /// time and level — read without decoding the rest of the event (its snapshot and prices:
+    /// most of its bytes). `None` when it has none; an unreadable row is
+    /// [`JournalError::CorruptRow`].
+    pub fn last_account_event(
+        &self,
+        account: &AccountId,
+    ) -> Result<Option<(u64, EventHead)>, JournalError> {
+        let r = self.reader.lock();
+        let mut st = r.prepare_cached(
+            "SELECT seq, json FROM events WHERE account_id = ?1 ORDER BY seq DESC LIMIT 1",
+        )?;
+        let row: Option<(i64, String)> = st
+            .query_map([account.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .next()
+            .transpose()?;
+        drop(st);
+        drop(r);
+        let Some((seq, json)) = row else {
+            return Ok(None);
+        };
+        let seq = u64_of(seq);
+        serde_json::from_str::<EventHead>(&json)
+            .map(|head| Some((seq, head)))
+            .map_err(|e| JournalError::CorruptRow {
+                seq,
+                reason: e.to_string(),
+            })
     }
 
     /// Up to `limit` committed events of `account` with seq < `before_seq` (all when `None`),
@@ -226,7 +279,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         drop(j);
         let j = Journal::open(dir.path().join("j.sqlite")).unwrap_or_else(|e| panic!("{e}"));
-        let got = j.load_history(100).unwrap_or_else(|e| panic!("{e}"));
+        let got = j.load_history(100, 100).unwrap_or_else(|e| panic!("{e}"));
         let a: Vec<i64> = got
             .iter()
             .filter(|r| r.account_id.as_str() == "a")
@@ -249,7 +302,101 @@ mod tests {
             vec![replaced]
         );
         // The newest `max_total` only.
-        assert_eq!(j.load_history(2).unwrap_or_default().len(), 2);
+        assert_eq!(j.load_history(2, 100).unwrap_or_default().len(), 2);
+    }
+
+    /// The store keeps `max_accounts` accounts: only theirs are read, those with the newest
+    /// points, each with all of its points (within the total).
+    #[test]
+    fn load_reads_the_accounts_with_the_newest_points() {
+        let (_dir, j) = open();
+        let now = now_ms();
+        let rows = vec![
+            row("old", now - 5_000),
+            row("old", now - 100),
+            row("mid", now - 3_000),
+            row("mid", now - 2_000),
+            row("new", now - 4_000),
+            row("new", now - 1_000),
+        ];
+        j.write_history(&rows, 100)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let got: Vec<(String, i64)> = j
+            .load_history(100, 2)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .map(|r| (r.account_id.as_str().to_owned(), now - r.t_ms))
+            .collect();
+        // `old` has the newest point of all (100 ms ago) and `new` the next (1 s): `mid`'s
+        // newest is 2 s old.
+        assert_eq!(
+            got,
+            vec![
+                ("new".to_owned(), 4_000),
+                ("new".to_owned(), 1_000),
+                ("old".to_owned(), 5_000),
+                ("old".to_owned(), 100),
+            ]
+        );
+        assert_eq!(j.load_history(100, 3).unwrap_or_default().len(), 6);
+    }
+
+    /// The head of an account's newest event — kind, time, level — and nothing for an account
+    /// without events; a row that is not an event is an error, not a silent skip.
+    #[test]
+    fn last_account_event_is_the_head_of_the_newest() {
+        let (_dir, j) = open();
+        let mut first = crate::journal::tests::event("a", 1, 1_000);
+        first.level = Some(rust_decimal::Decimal::new(8, 1));
+        let mut second = crate::journal::tests::event("a", 2, 2_000);
+        second.kind = crate::model::EventKind::LiquidationTrigger;
+        second.level = Some(rust_decimal::Decimal::ONE);
+        second.crossed_levels = vec![rust_decimal::Decimal::new(8, 1), rust_decimal::Decimal::ONE];
+        let other = crate::journal::tests::event("b", 1, 3_000);
+        let seqs = j
+            .append(&[first, second, other], &[])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (Some(&a_seq), Some(&b_seq)) = (seqs.get(1), seqs.get(2)) else {
+            panic!("{seqs:?}");
+        };
+        assert_eq!(
+            j.last_account_event(&AccountId::from("a"))
+                .unwrap_or_else(|e| panic!("{e}")),
+            Some((
+                a_seq,
+                EventHead {
+                    kind: crate::model::EventKind::LiquidationTrigger,
+                    time_ms: 2_000,
+                    level: Some(rust_decimal::Decimal::ONE),
+                }
+            ))
+        );
+        assert_eq!(
+            j.last_account_event(&AccountId::from("b"))
+                .unwrap_or_else(|e| panic!("{e}")),
+            Some((
+                b_seq,
+                EventHead {
+                    kind: crate::model::EventKind::LiquidationWarning,
+                    time_ms: 3_000,
+                    level: None,
+                }
+            ))
+        );
+        assert_eq!(
+            j.last_account_event(&AccountId::from("c"))
+                .unwrap_or_else(|e| panic!("{e}")),
+            None
+        );
+        j.writer
+            .lock()
+            .conn
+            .execute("UPDATE events SET json = '{}' WHERE account_id = 'b'", [])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            j.last_account_event(&AccountId::from("b")),
+            Err(JournalError::CorruptRow { seq, .. }) if seq == b_seq
+        ));
     }
 
     /// Pruning drops points past the age and, past the total, the oldest.
@@ -268,7 +415,7 @@ mod tests {
         };
         assert_eq!(j.prune_history(&bounds).unwrap_or(0), 3);
         let left: Vec<String> = j
-            .load_history(100)
+            .load_history(100, 100)
             .unwrap_or_default()
             .into_iter()
             .map(|r| r.account_id.as_str().to_owned())

@@ -3,7 +3,7 @@
 use super::*;
 use crate::model::EventKind;
 
-fn event(account: &str, seq: u64, time_ms: i64) -> RiskEvent {
+pub(super) fn event(account: &str, seq: u64, time_ms: i64) -> RiskEvent {
     RiskEvent {
         event_id: RiskEvent::new_id(),
         kind: EventKind::LiquidationWarning,
