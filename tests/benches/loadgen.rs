@@ -320,55 +320,16 @@ async fn run(o: Opts) {
         ("LOADGEN_API_TOKEN", TOKEN),
     ];
     Daemon::init_journal(env!("CARGO_BIN_EXE_liqwatch"), &cfg, &env);
-    let started = Instant::now();
-    let mut daemon = Daemon::start(
-        env!("CARGO_BIN_EXE_liqwatch"),
+    let (mut daemon, api) = start_and_load(
+        &o,
         &cfg,
         &env,
-        dir.path().join("daemon.log"),
-    );
-    let pid = daemon.child.id();
-    // The API binds after the accounts are loaded: allow the same 300 s as below.
-    let api = format!("http://{}", daemon.api_addr(Duration::from_secs(300)).await);
-    let want = (o.accounts + PROBES) as f64;
-    let mut last = 0.0;
-    let end = Instant::now() + Duration::from_secs(300);
-    loop {
-        let m = scrape(&client, &api).await;
-        last = metric(&m, "liqwatch_accounts_loaded").max(last);
-        if last >= want {
-            break;
-        }
-        if Instant::now() > end || !daemon.alive() {
-            let log = daemon.log_text();
-            let tail = &log[log.len().saturating_sub(3000)..];
-            panic!("accounts not loaded ({last} of {want}); daemon log tail:\n{tail}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    wait_for("subscription", Duration::from_secs(30), async || {
-        (venue.subscribes.load(Ordering::SeqCst) > 0).then_some(())
-    })
+        &dir.path().join("daemon.log"),
+        &venue,
+        "startup (load",
+    )
     .await;
-    println!(
-        "  startup (load {} accounts, subscribe): {:.2} s, RSS {} MiB",
-        o.accounts + PROBES,
-        started.elapsed().as_secs_f64(),
-        rss_kib(pid) / 1024
-    );
-    // Where the start went: the daemon's own milestones, with its timestamps.
-    for line in daemon.log_text().lines().filter(|l| {
-        [
-            "Accounts seeded",
-            "Accounts restored",
-            "Accounts loaded",
-            "liqwatch running",
-        ]
-        .iter()
-        .any(|m| l.contains(m))
-    }) {
-        println!("    daemon: {}", line.chars().take(160).collect::<String>());
-    }
+    let pid = daemon.child.id();
     // Base prices; wait until the probes are priced (their state is known: healthy).
     venue.push_mark("BTCUSDT", "60000");
     venue.push_mark("SOLUSDT", "151");
@@ -540,4 +501,80 @@ async fn run(o: Opts) {
     println!("  RSS at the end: {} MiB", rss_kib(pid) / 1024);
     let code = daemon.terminate(Duration::from_secs(30));
     println!("  daemon exit on SIGTERM: {code:?}");
+    // A restart: every account and monitor state comes back from the journal's store.
+    let (mut daemon, _) = start_and_load(
+        &o,
+        &cfg,
+        &env,
+        &dir.path().join("daemon-restart.log"),
+        &venue,
+        "restart (restore",
+    )
+    .await;
+    let code = daemon.terminate(Duration::from_secs(30));
+    println!("  restarted daemon exit on SIGTERM: {code:?}");
+}
+
+/// Starts the daemon and waits until every account is loaded and the feed subscribed (a new
+/// subscription on `venue`), printing the time it took (`what`: how the line starts) and the
+/// daemon's own start milestones with its timestamps.
+async fn start_and_load(
+    o: &Opts,
+    cfg: &Path,
+    env: &[(&str, &str)],
+    log: &Path,
+    venue: &MockBinance,
+    what: &str,
+) -> (Daemon, String) {
+    let client = http_client();
+    let subscribed = venue.subscribes.load(Ordering::SeqCst);
+    let started = Instant::now();
+    let started_utc = liqwatch::model::format_rfc3339_ms(now_ms());
+    let mut daemon = Daemon::start(env!("CARGO_BIN_EXE_liqwatch"), cfg, env, log.to_path_buf());
+    let pid = daemon.child.id();
+    // The API binds after the accounts are loaded: allow the same 300 s as below.
+    let api = format!("http://{}", daemon.api_addr(Duration::from_secs(300)).await);
+    let want = (o.accounts + PROBES) as f64;
+    let mut last = 0.0;
+    let end = Instant::now() + Duration::from_secs(300);
+    loop {
+        let m = scrape(&client, &api).await;
+        last = metric(&m, "liqwatch_accounts_loaded").max(last);
+        if last >= want {
+            break;
+        }
+        if Instant::now() > end || !daemon.alive() {
+            let log = daemon.log_text();
+            let tail = &log[log.len().saturating_sub(3000)..];
+            panic!("accounts not loaded ({last} of {want}); daemon log tail:\n{tail}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for("subscription", Duration::from_secs(30), async || {
+        (venue.subscribes.load(Ordering::SeqCst) > subscribed).then_some(())
+    })
+    .await;
+    println!(
+        "  {what} {} accounts, subscribe): {:.2} s, RSS {} MiB",
+        o.accounts + PROBES,
+        started.elapsed().as_secs_f64(),
+        rss_kib(pid) / 1024
+    );
+    // Where the start went: the daemon's own milestones, with its timestamps.
+    println!("    daemon started {started_utc}");
+    for line in daemon.log_text().lines().filter(|l| {
+        [
+            "Accounts seeded",
+            "Accounts restored",
+            "Accounts loaded",
+            "liqwatch running",
+            "HTTP API listening",
+            "Page history restored",
+        ]
+        .iter()
+        .any(|m| l.contains(m))
+    }) {
+        println!("    daemon: {}", line.chars().take(160).collect::<String>());
+    }
+    (daemon, api)
 }
