@@ -9,7 +9,9 @@
 //!   `synchronous = full` each ends in an fsync, so the disk's share is visible),
 //! - the time for a correlated crash that moves every account into warning or trigger to be fully
 //!   delivered to the webhook receiver,
-//! - the daemon's RSS at the end.
+//! - the daemon's RSS at the end,
+//! - the time to start (accounts from the snapshot file) and to restart on the same journal
+//!   (accounts and monitor states from its store), each with the daemon's own start milestones.
 //!
 //! `cargo bench --bench loadgen` runs a small default (10,000 accounts, 10,000 frames/s, 3 s).
 //! The full run: `cargo bench --bench loadgen -- --accounts 100000 --rate 100000 --secs 10`
