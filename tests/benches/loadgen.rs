@@ -245,6 +245,16 @@ fn bucket_delta(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(f64, f64)> 
         .collect()
 }
 
+/// The mean of histogram `name` from its `_sum` and `_count` (of what was recorded between two
+/// scrapes when `before` is given): exact, where the quantiles are bucket bounds.
+fn mean(before: Option<&str>, after: &str, name: &str) -> Option<f64> {
+    let (sum, count) = (format!("{name}_sum"), format!("{name}_count"));
+    let at = |text: &str| (metric(text, &sum), metric(text, &count));
+    let (s1, c1) = at(after);
+    let (s0, c0) = before.map(at).unwrap_or((0.0, 0.0));
+    (c1 > c0).then(|| (s1 - s0) / (c1 - c0))
+}
+
 /// The upper bound of the highest bucket that holds a sample.
 fn top_bucket(b: &[(f64, f64)]) -> Option<f64> {
     let mut prev = 0.0;
@@ -285,6 +295,11 @@ async fn wait_for<T>(what: &str, deadline: Duration, mut f: impl AsyncFnMut() ->
         assert!(Instant::now() < end, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A mean in ms (exact, unlike a bucket bound).
+fn fmt_mean(v: Option<f64>) -> String {
+    v.map_or_else(|| "no samples".into(), |s| format!("{:.3} ms", s * 1000.0))
 }
 
 fn fmt_s(v: Option<f64>) -> String {
@@ -383,8 +398,9 @@ async fn run(o: Opts) {
         frames / took.as_secs_f64()
     );
     println!(
-        "  tick-to-event (frame receive → journal commit), {} commits: p50 {}, p99 {}, max bucket {}",
+        "  tick-to-event (frame receive → journal commit), {} commits: mean {}, p50 {}, p99 {}, max bucket {}",
         lat.last().map(|b| b.1).unwrap_or(0.0),
+        fmt_mean(mean(None, &after, "liqwatch_engine_tick_to_event_seconds")),
         fmt_s(quantile(&lat, 0.5)),
         fmt_s(quantile(&lat, 0.99)),
         fmt_s(max_bucket)
@@ -396,8 +412,13 @@ async fn run(o: Opts) {
         &buckets(&after, "liqwatch_engine_wake_to_commit_seconds"),
     );
     println!(
-        "  engine wake → journal commit, {} steps with events in the load phase: p50 {}, p99 {}, max bucket {}",
+        "  engine wake → journal commit, {} steps with events in the load phase: mean {}, p50 {}, p99 {}, max bucket {}",
         wake.last().map(|b| b.1).unwrap_or(0.0),
+        fmt_mean(mean(
+            Some(&before),
+            &after,
+            "liqwatch_engine_wake_to_commit_seconds"
+        )),
         fmt_s(quantile(&wake, 0.5)),
         fmt_s(quantile(&wake, 0.99)),
         fmt_s(top_bucket(&wake))
