@@ -178,20 +178,8 @@ mod tests {
     }
 
     fn event(id: &str, kind: EventKind, time_ms: TimestampMs, level: Decimal) -> RiskEvent {
-        let mut e: RiskEvent = serde_json::from_value(serde_json::json!({
-            "event_id": RiskEvent::new_id(),
-            "kind": kind,
-            "time": crate::model::format_rfc3339_ms(time_ms),
-            "time_ms": time_ms,
-            "account_id": id,
-            "seq": 1,
-            "level": null,
-            "previous_state": null,
-            "state": null,
-            "prices": [],
-            "stale_prices": false,
-        }))
-        .unwrap_or_else(|e| panic!("{e}"));
+        let mut e = crate::journal::tests::event(id, 1, time_ms);
+        e.kind = kind;
         e.level = Some(level);
         e
     }
@@ -253,5 +241,17 @@ mod tests {
             Some(seqs[3])
         );
         assert_eq!(store.last_event(&AccountId::from("x")), None);
+
+        // An unreadable event costs its account the "last event" (with a warning), nothing
+        // else: the other accounts and every point are restored.
+        j.corrupt_account_events_for_tests("y");
+        let store = HistoryStore::new(2, 720, 1_000);
+        assert_eq!(restore(&j, &store, &HistoryBounds::default()), 3);
+        assert_eq!(store.points(&AccountId::from("y")).len(), 2);
+        assert_eq!(store.last_event(&AccountId::from("y")), None);
+        assert_eq!(
+            store.last_event(&AccountId::from("z")).map(|e| e.seq),
+            Some(seqs[3])
+        );
     }
 }

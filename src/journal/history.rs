@@ -388,11 +388,7 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}")),
             None
         );
-        j.writer
-            .lock()
-            .conn
-            .execute("UPDATE events SET json = '{}' WHERE account_id = 'b'", [])
-            .unwrap_or_else(|e| panic!("{e}"));
+        j.corrupt_account_events_for_tests("b");
         assert!(matches!(
             j.last_account_event(&AccountId::from("b")),
             Err(JournalError::CorruptRow { seq, .. }) if seq == b_seq

@@ -1234,4 +1234,4 @@ use update_ids::SCHEMA_V2;
 pub use update_ids::{AccountWrite, SeenUpdate, UpdateIdRecord, UpdateIdWindow};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests; // and `event`, a journaled event for other modules' tests

@@ -3,7 +3,22 @@
 use super::*;
 use crate::model::EventKind;
 
-pub(super) fn event(account: &str, seq: u64, time_ms: i64) -> RiskEvent {
+impl Journal {
+    /// Overwrites every event of `account` with JSON that is not an event (a corrupt row).
+    pub(crate) fn corrupt_account_events_for_tests(&self, account: &str) {
+        self.writer
+            .lock()
+            .conn
+            .execute(
+                "UPDATE events SET json = '{}' WHERE account_id = ?1",
+                [account],
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// A warning of `account` (no level, no snapshot): tests set what they need on it.
+pub(crate) fn event(account: &str, seq: u64, time_ms: i64) -> RiskEvent {
     RiskEvent {
         event_id: RiskEvent::new_id(),
         kind: EventKind::LiquidationWarning,
