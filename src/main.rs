@@ -61,13 +61,17 @@ enum Command {
     /// Replay the 2021-05-19 crash against sample accounts, with no network and no config.
     Demo(liqwatch::cli::demo::DemoArgs),
     /// Validate a config file and exit: 0 valid, 2 invalid (every problem is listed).
+    #[command(group(clap::ArgGroup::new("input").required(true).args(["file", "config"])))]
     CheckConfig {
         /// Read no environment variable and do not look for the journal: secrets must be
         /// named, not set (for CI, cf. Vector's `validate --no-environment`).
         #[arg(long)]
         no_env: bool,
         /// The TOML config file.
-        file: PathBuf,
+        file: Option<PathBuf>,
+        /// The TOML config file, named as `run` and `journal init` name it.
+        #[arg(short, long, value_name = "CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Apply price shocks to accounts from files and print their risk.
     Stress(liqwatch::cli::stress::StressArgs),
@@ -100,7 +104,15 @@ fn main() -> ExitCode {
         Command::Instruments(cmd) => liqwatch::cli::instruments::main(cmd),
         Command::Backtest(args) => liqwatch::cli::backtest::main(args),
         Command::Risk(args) => liqwatch::cli::risk::main(args),
-        Command::CheckConfig { file, no_env } => {
+        Command::CheckConfig {
+            file,
+            config,
+            no_env,
+        } => {
+            // Clap requires exactly one of the two.
+            let Some(file) = file.or(config) else {
+                return ExitCode::from(2);
+            };
             match liqwatch::cli::check::check_config(&file, no_env) {
                 Ok(summary) => {
                     println!("{}: OK\n{summary}", file.display());

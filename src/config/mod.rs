@@ -362,7 +362,34 @@ struct RawFeed {
     #[serde(default, with = "humantime_serde")]
     stale_after: Option<Duration>,
     file: Option<String>,
-    speed: Option<String>,
+    speed: Option<RawSpeed>,
+}
+
+/// A replay's `speed`: a factor of real time is not money, so a TOML integer is taken as well as
+/// a string (`speed = 600`, `speed = "600"`, `speed = "2.5"`, `speed = "max"`; floats are refused
+/// for every key); parsed by [`ReplaySpeed`].
+struct RawSpeed(String);
+
+impl<'de> Deserialize<'de> for RawSpeed {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RawSpeed;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a factor of real time (600, \"2.5\" or \"max\")")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawSpeed, E> {
+                Ok(RawSpeed(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawSpeed, E> {
+                Ok(RawSpeed(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawSpeed, E> {
+                Ok(RawSpeed(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -865,7 +892,7 @@ impl Cx<'_, '_> {
                         PathBuf::new()
                     }
                 };
-                let speed = match raw.speed.as_deref() {
+                let speed = match raw.speed.as_ref().map(|s| s.0.as_str()) {
                     None => ReplaySpeed::Factor(1.0),
                     Some(s) => match s.parse::<ReplaySpeed>() {
                         Ok(sp) => sp,

@@ -236,6 +236,38 @@ fn feeds_replay_disabled_and_knobs() {
     );
 }
 
+/// A replay's speed is a factor, not money: a TOML integer is taken as well as a string; a
+/// negative integer, a boolean or a float is a problem at the key.
+#[test]
+fn replay_speed_takes_numbers_and_strings() {
+    for (raw, want) in [
+        ("600", ReplaySpeed::Factor(600.0)),
+        ("\"600\"", ReplaySpeed::Factor(600.0)),
+        ("\"2.5\"", ReplaySpeed::Factor(2.5)),
+        ("\"max\"", ReplaySpeed::Max),
+        ("0", ReplaySpeed::Max),
+    ] {
+        let text = MIN.replace(
+            "venue = \"binance-usdm\"",
+            &format!("venue = \"replay\"\nfile = \"r.jsonl\"\nspeed = {raw}"),
+        );
+        let c = ok(&text);
+        match &c.feeds[0].source {
+            FeedSource::Replay { speed, .. } => assert_eq!(*speed, want, "{raw}"),
+            other => panic!("{raw}: {other:?}"),
+        }
+    }
+    // A TOML float is refused everywhere (money must not pass through binary floating point).
+    for raw in ["-3", "true", "2.5"] {
+        let text = MIN.replace(
+            "venue = \"binance-usdm\"",
+            &format!("venue = \"replay\"\nfile = \"r.jsonl\"\nspeed = {raw}"),
+        );
+        let p = problems(&text);
+        assert!(p.iter().any(|p| p.key.ends_with("speed")), "{raw}: {p:?}");
+    }
+}
+
 /// Shorthands: filter keys at the top of a sink, and `stream = "NAME"` for NATS.
 #[test]
 fn sink_shorthands() {

@@ -165,6 +165,44 @@ fn check_config_missing_presets_exits_2() {
     );
 }
 
+/// `check-config` takes the file as `run` and `journal init` do (`--config FILE`, `-c FILE`)
+/// as well as positionally; naming none, or two, is a usage error (exit 2).
+#[test]
+fn check_config_takes_the_file_as_run_does() {
+    for form in [
+        &["--no-env"][..],
+        &["--no-env", "--config"],
+        &["--no-env", "-c"],
+    ] {
+        let out = bin()
+            .arg("check-config")
+            .args(form)
+            .arg(example())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{form:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("liqwatch.example.toml: OK"),
+            "{form:?}: {stdout}"
+        );
+    }
+    let out = bin().args(["check-config", "--no-env"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
+    let out = bin()
+        .args(["check-config", "--no-env", "a.toml", "--config", "b.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+}
+
 /// A config file that does not exist, and `run` with one, exit 2.
 #[test]
 fn missing_config_file_exits_2() {
