@@ -77,8 +77,31 @@ pub(super) fn feeds(
                     .map_err(AppError::Startup)?;
             }
             FeedSource::Replay { file, speed } => {
+                // Only the venues the recording holds: an instrument no line can price would
+                // never be ready and would raise `feed_stale`. A file that cannot be read is
+                // the replay task's error, as before.
+                let only = match replay::recorded_venues(file) {
+                    Ok(venues) => {
+                        let routed = replay::routes_for(&wanted);
+                        let mut absent: Vec<&str> = routed
+                            .keys()
+                            .filter(|v| !venues.contains(v))
+                            .map(|v| v.as_str())
+                            .collect();
+                        absent.sort_unstable();
+                        if !absent.is_empty() {
+                            tracing::info!(
+                                file = %file.display(),
+                                absent = %absent.join(", "),
+                                "Replay: instruments of venues with no line in the recording are not tracked"
+                            );
+                        }
+                        Some(venues)
+                    }
+                    Err(_) => None,
+                };
                 // Registered now, so `/v1/feeds` lists the replayed venues from the start.
-                let routes = replay::prepare(&wanted, board, registry);
+                let routes = replay::prepare(&wanted, only.as_ref(), board, registry);
                 if let Some(tx) = replay_started.take() {
                     let _ = tx.send(now_ms());
                 }

@@ -32,7 +32,7 @@
 //! keeps the recorded times unchanged (backtests).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -503,14 +503,45 @@ pub fn routes_for(instruments: &[Instrument]) -> HashMap<Venue, SymbolRoutes> {
         .collect()
 }
 
+/// The venues a recording holds: those of the lines the replay would play ([`parse_line`];
+/// blank, comment and unreadable lines are skipped here as there).
+pub fn recorded_venues(path: &Path) -> Result<BTreeSet<Venue>, ReplayError> {
+    use std::io::BufRead;
+    let io_err = |source| ReplayError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut reader = std::io::BufReader::new(std::fs::File::open(path).map_err(io_err)?);
+    let mut venues = BTreeSet::new();
+    let mut line = String::new();
+    let mut line_no = 0;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).map_err(io_err)? == 0 {
+            return Ok(venues);
+        }
+        line_no += 1;
+        if let Ok(Some(l)) = parse_line(&line, line_no) {
+            venues.insert(l.venue);
+        }
+    }
+}
+
 /// Tracks every routed instrument on the board and registers each venue of the replay in
 /// `registry` (so `GET /feeds` lists its instruments, prices, ages and staleness at once).
+/// With `only`, just those venues are routed: the daemon passes the venues its recording holds
+/// ([`recorded_venues`]), so an instrument no line can price is neither tracked (no
+/// `feed_stale` event, no "no price yet" keeping `/readyz` false) nor listed.
 pub fn prepare(
     instruments: &[Instrument],
+    only: Option<&BTreeSet<Venue>>,
     board: &PriceBoard,
     registry: &FeedRegistry,
 ) -> HashMap<Venue, SymbolRoutes> {
-    let routes = routes_for(instruments);
+    let mut routes = routes_for(instruments);
+    if let Some(only) = only {
+        routes.retain(|v, _| only.contains(v));
+    }
     for (venue, r) in &routes {
         for (_, inst, _) in r.iter() {
             board.track(inst, &[*venue]);
@@ -534,7 +565,7 @@ pub async fn run_replay(
     registry: &FeedRegistry,
     cancel: CancellationToken,
 ) -> Result<ReplayStats, ReplayError> {
-    let routes = prepare(instruments, &board, registry);
+    let routes = prepare(instruments, None, &board, registry);
     play_routed(path, opts, routes, board, cancel).await
 }
 
@@ -549,7 +580,7 @@ pub fn spawn_replay(
     registry: &FeedRegistry,
     cancel: CancellationToken,
 ) -> JoinHandle<Result<ReplayStats, ReplayError>> {
-    let routes = prepare(instruments, &board, registry);
+    let routes = prepare(instruments, None, &board, registry);
     let span = tracing::info_span!("replay", file = %path.display());
     tokio::spawn(
         async move { play_routed(&path, &opts, routes, board, cancel).await }.instrument(span),
@@ -880,6 +911,34 @@ mod tests {
         .unwrap();
         assert_eq!(n, 1);
         assert!(stats.cancelled);
+    }
+
+    /// A recording's venues are those of the lines the replay plays: keys in any order, and
+    /// nothing from blank, comment, unreadable or unknown-venue lines (nor from a venue named
+    /// only inside a frame).
+    #[test]
+    fn recorded_venues_reads_each_line_as_the_replay_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.jsonl");
+        let lines = [
+            "# a comment naming okx",
+            "",
+            r#"{"venue":"binance-usdm","received_ms":1,"frame":"{\"venue\":\"deribit\"}"}"#,
+            r#"  { "received_ms": 2, "frame": "{}", "venue": "hyperliquid" }"#,
+            r#"{"venue":"bybit-linear","received_ms":3}"#,
+            r#"{"venue":"nowhere","received_ms":4,"frame":"{}"}"#,
+            r#"{"received_ms":5,"venue":"okx""#,
+        ];
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let venues = recorded_venues(&path).unwrap();
+        assert_eq!(
+            venues.into_iter().collect::<Vec<_>>(),
+            [Venue::BinanceUsdm, Venue::Hyperliquid]
+        );
+        assert!(matches!(
+            recorded_venues(&dir.path().join("missing.jsonl")),
+            Err(ReplayError::Io { .. })
+        ));
     }
 
     /// The demo recording is well formed: 2304 Binance USD-M lines in time order, three symbols,

@@ -394,7 +394,12 @@ id = "BTCUSDT-PERP"
 kind = "linear_perpetual"
 underlying = "BTC"
 contract_size = "1"
-sources = [{ venue = "binance-usdm", symbol = "BTCUSDT", field = "mark" }]
+# OKX also prices it, but the recordings here hold Binance lines only: the replay must not
+# wait for (or list) a venue its recording cannot price.
+sources = [
+    { venue = "binance-usdm", symbol = "BTCUSDT", field = "mark" },
+    { venue = "okx", symbol = "BTC-USDT-SWAP", field = "mark" },
+]
 tiers = [{ notional_floor = "0", notional_cap = "1000000000", mmr = "0.004", cum = "0" }]
 
 [[instrument]]
@@ -498,7 +503,9 @@ async fn wait_readyz(
 /// Issue 11 item 10: a replay-only daemon is not ready (503) while an instrument its replay
 /// serves has no price yet, and the detail names it; it becomes ready once every instrument is
 /// priced (it used to report ready with "0 feed(s) connected and fresh", then never ready
-/// because a replay has no connection).
+/// because a replay has no connection). A venue that also prices an instrument but has no
+/// line in the recording is neither waited for nor listed (it used to keep the daemon
+/// unready for good).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_daemon_is_ready_only_when_every_instrument_is_priced() {
     let client = http_client();
@@ -536,5 +543,26 @@ async fn replay_daemon_is_ready_only_when_every_instrument_is_priced() {
     })
     .await;
     assert_eq!(body["ready"], true, "{body}");
+    // The replay routes only the venue its recording holds, and says which it left out.
+    let feeds: Value = client
+        .get(format!("{api}/v1/feeds"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let venues: Vec<&str> = feeds["feeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["venue"].as_str())
+        .collect();
+    assert_eq!(venues, ["binance-usdm"], "{feeds}");
+    let log = daemon.log_text();
+    assert!(
+        log.contains("no line in the recording are not tracked") && log.contains("absent=okx"),
+        "{log}"
+    );
     assert_eq!(daemon.terminate(DEADLINE), Some(0), "{}", daemon.log_text());
 }
