@@ -56,6 +56,10 @@ pub enum ApiError {
     /// 503: the daemon cannot serve this now (not stored, shutting down, no metrics recorder).
     #[error("{0}")]
     Unavailable(String),
+    /// 503: the account exists but cannot be valued now (an instrument it holds has no price,
+    /// or a figure overflowed).
+    #[error("{0}")]
+    AccountIncomplete(String),
     /// 500: an unexpected backend failure.
     #[error("{0}")]
     Internal(String),
@@ -74,7 +78,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::AccountIncomplete(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -91,13 +97,17 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Conflict(_) => "update_id_conflict",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::AccountIncomplete(_) => "account_incomplete",
             ApiError::Internal(_) => "internal",
         }
     }
 
     /// True when the client may retry the same request later.
     pub fn is_retriable(&self) -> bool {
-        matches!(self, ApiError::Unavailable(_) | ApiError::Internal(_))
+        matches!(
+            self,
+            ApiError::Unavailable(_) | ApiError::AccountIncomplete(_) | ApiError::Internal(_)
+        )
     }
 
     pub(super) fn invalid(details: Vec<FieldError>) -> ApiError {

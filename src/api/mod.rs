@@ -78,8 +78,9 @@ pub use error::{ApiError, ErrorBody, ErrorDetail, FieldErrorBody};
 pub use history::{HistoryPoint, HistoryStore, LastEvent};
 use rejected::RejectedLog;
 pub use risk::{
-    AccountSort, AccountsBody, AccountsPage, AccountsPageQuery, HistoryBody, SortFields,
-    StateFilter, StressBody, StressPrice, StressQuery, compare_distance, distance_rank, page_views,
+    AccountSort, AccountsBody, AccountsPage, AccountsPageQuery, HistoryBody, INCOMPLETE_LISTED,
+    Incomplete, IncompleteAccount, SortFields, StateFilter, StressBody, StressPrice, StressQuery,
+    compare_distance, distance_rank, page_views,
 };
 pub use serve::{ServeLimits, open_files_soft_limit, serve, serve_on, serve_on_with};
 use sse::events_stream;
@@ -174,8 +175,14 @@ pub trait ApiBackend: AccountWriter {
     /// Every readiness check; the daemon is ready when all are ok.
     fn readiness(&self) -> Vec<ReadinessCheck>;
 
-    /// The current view of one account, `None` when unknown.
+    /// The current view of one account, `None` when unknown or when it cannot be valued now.
     fn account(&self, id: &AccountId) -> Option<AccountView>;
+
+    /// Why a known account has no view now ([`ApiBackend::account`] is `None`: an instrument it
+    /// holds has no price, or a figure overflowed); `None` when it is unknown or has a view.
+    fn account_incomplete(&self, _id: &AccountId) -> Option<String> {
+        None
+    }
 
     /// `GET /v1/accounts/{id}/risk`: historical VaR, ES, P(liquidation) and component ES at
     /// the current prices (`docs/risk.md`). The default answers 404: `[risk]` not configured.
@@ -600,11 +607,16 @@ async fn get_account(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<AccountView>, ApiError> {
-    state
-        .backend
-        .account(&path_account_id(&id)?)
-        .map(axum::Json)
-        .ok_or_else(|| ApiError::NotFound(format!("account {id} not found")))
+    let id = path_account_id(&id)?;
+    if let Some(view) = state.backend.account(&id) {
+        return Ok(axum::Json(view));
+    }
+    Err(match state.backend.account_incomplete(&id) {
+        Some(reason) => {
+            ApiError::AccountIncomplete(format!("account {id} cannot be valued now: {reason}"))
+        }
+        None => ApiError::NotFound(format!("account {id} not found")),
+    })
 }
 
 /// The 404 of `GET /v1/accounts/{id}/risk` when the daemon has no `[risk]` section.

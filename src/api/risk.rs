@@ -158,7 +158,33 @@ pub struct AccountsPage {
     pub accounts: Vec<AccountView>,
     /// Accounts matching the filters (all pages).
     pub total: usize,
+    /// Accounts matching the id filter that cannot be valued now, so are on no page.
+    pub incomplete: Incomplete,
 }
+
+/// The accounts the listing cannot rank: an instrument they hold has no price (or a figure
+/// overflowed), so they have no margin ratio. Counted, and the first [`INCOMPLETE_LISTED`] named
+/// with the reason, so that an account the daemon cannot value is never silently missing from
+/// the page.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incomplete {
+    /// How many.
+    pub count: u64,
+    /// The first of them (in the map's order), each with why it cannot be valued.
+    pub accounts: Vec<IncompleteAccount>,
+}
+
+/// One account that cannot be valued now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncompleteAccount {
+    /// The account.
+    pub account_id: AccountId,
+    /// Why (`no price for instrument BYBIT-BTCUSDT-PERP`).
+    pub reason: String,
+}
+
+/// How many incomplete accounts a listing names ([`Incomplete::accounts`]).
+pub const INCOMPLETE_LISTED: usize = 20;
 
 /// How close an account is to its trigger under a uniform move of every non-stable price: 0
 /// when it is triggered, else the size of `shock_distance.nearest`; `None` when no move reaches
@@ -201,7 +227,11 @@ pub fn page_views(mut views: Vec<AccountView>, q: &AccountsPageQuery) -> Account
     });
     let total = views.len();
     let accounts = views.into_iter().skip(q.offset).take(q.limit).collect();
-    AccountsPage { accounts, total }
+    AccountsPage {
+        accounts,
+        total,
+        incomplete: Incomplete::default(),
+    }
 }
 
 /// Query of `GET /v1/accounts`.
@@ -313,6 +343,9 @@ pub struct AccountsBody {
     /// The `offset` of the first row.
     #[serde(default)]
     pub offset: u64,
+    /// Accounts matching the id filter that cannot be valued now (on no page).
+    #[serde(default)]
+    pub incomplete: Incomplete,
 }
 
 pub(super) async fn list_accounts(
@@ -327,6 +360,7 @@ pub(super) async fn list_accounts(
         accounts: page.accounts,
         total: Some(page.total as u64),
         offset,
+        incomplete: page.incomplete,
     }))
 }
 

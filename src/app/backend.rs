@@ -264,6 +264,14 @@ impl ApiBackend for Backend {
         Some(view)
     }
 
+    fn account_incomplete(&self, id: &AccountId) -> Option<String> {
+        let trigger = self.map.trigger_for(id, *self.default_trigger.read());
+        match self.map.snapshot(id, trigger) {
+            Err(crate::engine::AccountError::Margin { source, .. }) => Some(source.to_string()),
+            _ => None,
+        }
+    }
+
     fn accounts_page(
         &self,
         query: AccountsPageQuery,
@@ -271,7 +279,7 @@ impl ApiBackend for Backend {
         Box::pin(async move {
             let (map, states) = (Arc::clone(&self.map), Arc::clone(&self.states));
             let trigger = *self.default_trigger.read();
-            let (ids, total) = tokio::task::spawn_blocking(move || {
+            let page = tokio::task::spawn_blocking(move || {
                 if query.sort == api::AccountSort::Distance {
                     super::distance_sort::distance_page_ids(&map, &states, &query, trigger)
                 } else {
@@ -280,8 +288,27 @@ impl ApiBackend for Backend {
             })
             .await
             .map_err(|e| BackendError(e.to_string()))?;
-            let accounts = ids.iter().filter_map(|id| self.view(id)).collect();
-            Ok(AccountsPage { accounts, total })
+            let accounts = page.ids.iter().filter_map(|id| self.view(id)).collect();
+            let incomplete = api::Incomplete {
+                count: page.incomplete.count,
+                accounts: page
+                    .incomplete
+                    .first
+                    .into_iter()
+                    .map(|account_id| api::IncompleteAccount {
+                        // Priced again since the ranking: say so rather than invent a reason.
+                        reason: self
+                            .account_incomplete(&account_id)
+                            .unwrap_or_else(|| "valued again since the listing was ranked".into()),
+                        account_id,
+                    })
+                    .collect(),
+            };
+            Ok(AccountsPage {
+                accounts,
+                total: page.total,
+                incomplete,
+            })
         })
     }
 
@@ -505,6 +532,60 @@ mod tests {
             .filter(|c| c["ok"] == false)
             .map(|c| format!("{}: {}", c["name"], c["detail"]))
             .collect()
+    }
+
+    async fn get(backend: &Arc<Backend>, uri: &str) -> (u16, serde_json::Value) {
+        let (events, _) = tokio::sync::broadcast::channel(4);
+        let router = api::router(api::ApiState::new(backend.clone(), events));
+        let request = Request::get(uri)
+            .body(Body::empty())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let response = router.oneshot(request).await.unwrap_or_else(|e| match e {});
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let body = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}"));
+        (status, body)
+    }
+
+    /// An account the daemon cannot value (its instrument has no price yet) is not "not
+    /// found": its view answers 503 `account_incomplete` saying why, and the listing counts and
+    /// names it although no page can rank it. An unknown account stays a 404.
+    #[tokio::test]
+    async fn an_account_that_cannot_be_valued_is_reported_not_hidden() {
+        let f = fixture();
+        let account: crate::model::Account = serde_json::from_str(
+            r#"{"id":"unpriced","collateral":{},"positions":[
+                {"instrument":"BTCUSDT-PERP","quantity":"1","entry_price":"50000"}]}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        f.backend
+            .map
+            .apply_update(crate::model::AccountUpdate::Replace { account })
+            .unwrap_or_else(|e| panic!("{e}"));
+
+        let (status, body) = get(&f.backend, "/v1/accounts/unpriced").await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"]["code"], "account_incomplete", "{body}");
+        assert_eq!(
+            body["error"]["message"],
+            "account unpriced cannot be valued now: no price for BTCUSDT-PERP",
+            "{body}"
+        );
+        let (status, body) = get(&f.backend, "/v1/accounts/nobody").await;
+        assert_eq!((status, &body["error"]["code"]), (404, &"not_found".into()));
+
+        let (status, body) = get(&f.backend, "/v1/accounts").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["total"], 0, "{body}");
+        assert_eq!(
+            body["incomplete"],
+            serde_json::json!({"count": 1, "accounts": [
+                {"account_id": "unpriced", "reason": "no price for BTCUSDT-PERP"}
+            ]}),
+            "{body}"
+        );
     }
 
     /// Not ready until the replayed instrument has a price; then ready; then each of "engine

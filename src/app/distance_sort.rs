@@ -27,7 +27,7 @@ pub(super) fn distance_page_ids(
     states: &DashMap<AccountId, AccountState>,
     q: &AccountsPageQuery,
     default_trigger: Decimal,
-) -> (Vec<AccountId>, usize) {
+) -> super::risk_queries::PageIds {
     let by_ratio = AccountsPageQuery {
         sort: AccountSort::Ratio,
         descending: true,
@@ -35,7 +35,11 @@ pub(super) fn distance_page_ids(
         limit: DISTANCE_SORT_DEPTH.max(q.offset.saturating_add(q.limit)),
         ..q.clone()
     };
-    let (ids, total) = super::risk_queries::page_ids(map, states, &by_ratio);
+    let super::risk_queries::PageIds {
+        ids,
+        total,
+        incomplete,
+    } = super::risk_queries::page_ids(map, states, &by_ratio);
     let split = ids.len().min(DISTANCE_SORT_DEPTH);
     let (head, tail) = ids.split_at(split);
     let mut ranked: Vec<(Option<Decimal>, &AccountId)> = head
@@ -62,7 +66,11 @@ pub(super) fn distance_page_ids(
         .take(q.limit)
         .cloned()
         .collect();
-    (page, total)
+    super::risk_queries::PageIds {
+        ids: page,
+        total,
+        incomplete,
+    }
 }
 
 #[cfg(test)]
@@ -124,14 +132,15 @@ mod tests {
         let states = DashMap::new();
         states.insert(AccountId::from("t"), AccountState::Triggered);
         let names = |v: Vec<AccountId>| v.iter().map(|i| i.as_str().to_owned()).collect::<Vec<_>>();
-        let (ids, total) = distance_page_ids(&map, &states, &query(true, 0, 10), dec!(1));
+        let page = distance_page_ids(&map, &states, &query(true, 0, 10), dec!(1));
+        let (ids, total) = (page.ids, page.total);
         assert_eq!(
             (names(ids), total),
             (vec!["t".into(), "b".into(), "a".into(), "c".into()], 4)
         );
-        let (ids, _) = distance_page_ids(&map, &states, &query(false, 0, 10), dec!(1));
+        let ids = distance_page_ids(&map, &states, &query(false, 0, 10), dec!(1)).ids;
         assert_eq!(names(ids), vec!["c", "a", "b", "t"]);
-        let (ids, _) = distance_page_ids(&map, &states, &query(true, 1, 2), dec!(1));
+        let ids = distance_page_ids(&map, &states, &query(true, 1, 2), dec!(1)).ids;
         assert_eq!(names(ids), vec!["b", "a"]);
         let d = |id: &str| {
             map.snapshot(&AccountId::from(id), dec!(1))

@@ -43,22 +43,48 @@ impl Row {
     }
 }
 
+/// One page of the book: the ids in the query's order, how many accounts matched, and the
+/// accounts matching the filters that could not be ranked (no ratio: incomplete).
+pub(super) struct PageIds {
+    pub(super) ids: Vec<AccountId>,
+    pub(super) total: usize,
+    pub(super) incomplete: IncompleteIds,
+}
+
+/// The incomplete accounts a listing met: how many, and the first
+/// [`crate::api::INCOMPLETE_LISTED`] of them.
+#[derive(Default)]
+pub(super) struct IncompleteIds {
+    pub(super) count: u64,
+    pub(super) first: Vec<AccountId>,
+}
+
+impl IncompleteIds {
+    fn note(&mut self, id: &AccountId) {
+        self.count += 1;
+        if self.first.len() < crate::api::INCOMPLETE_LISTED {
+            self.first.push(id.clone());
+        }
+    }
+}
+
 /// The ids of one page of the book in the query's order, and how many accounts matched.
 /// Ranks every complete account from the map's cached figures (brought to the current prices
-/// first) without building a view for any; only the page's rows are viewed afterwards.
+/// first) without building a view for any; only the page's rows are viewed afterwards. An
+/// incomplete account that passes the filters is counted in [`PageIds::incomplete`] instead.
 pub(super) fn page_ids(
     map: &AccountMap,
     states: &DashMap<AccountId, AccountState>,
     q: &AccountsPageQuery,
-) -> (Vec<AccountId>, usize) {
+) -> PageIds {
     let keep = q.offset.saturating_add(q.limit);
     let mut top = TopRows::new(q, keep);
+    let mut incomplete = IncompleteIds::default();
     if q.states.healthy {
         // Healthy accounts are the book: rank all of it.
         map.materialise_all();
         for key in map.keys() {
             map.read_key(key, |v| {
-                let Some(ratio) = v.ratio() else { return };
                 if !q.id_matches(v.id().as_str()) {
                     return;
                 }
@@ -71,6 +97,10 @@ pub(super) fn page_ids(
                         return;
                     }
                 }
+                let Some(ratio) = v.ratio() else {
+                    incomplete.note(v.id());
+                    return;
+                };
                 top.offer(SortFields {
                     id: v.id(),
                     ratio,
@@ -93,20 +123,29 @@ pub(super) fn page_ids(
             let Some(key) = map.key_of(&id) else { continue };
             map.materialise(key);
             map.read_key(key, |v| {
-                let Some(ratio) = v.ratio() else { return };
-                if q.id_matches(v.id().as_str()) {
-                    top.offer(SortFields {
-                        id: v.id(),
-                        ratio,
-                        equity: v.equity(),
-                        maintenance_margin: v.maintenance_margin(),
-                    });
+                if !q.id_matches(v.id().as_str()) {
+                    return;
                 }
+                let Some(ratio) = v.ratio() else {
+                    incomplete.note(v.id());
+                    return;
+                };
+                top.offer(SortFields {
+                    id: v.id(),
+                    ratio,
+                    equity: v.equity(),
+                    maintenance_margin: v.maintenance_margin(),
+                });
             });
             top.prune_if_full();
         }
     }
-    top.page()
+    let (ids, total) = top.page();
+    PageIds {
+        ids,
+        total,
+        incomplete,
+    }
 }
 
 /// The best `keep` rows of a stream in a query's order, without cloning the id of a row that
@@ -458,10 +497,10 @@ mod tests {
             eprintln!(
                 "{name}: {:?} ({} rows of {})",
                 t.elapsed(),
-                out.0.len(),
-                out.1
+                out.ids.len(),
+                out.total
             );
-            out
+            (out.ids, out.total)
         };
         let t = std::time::Instant::now();
         let riskiest: Vec<AccountId> = map.riskiest(50).into_iter().map(|r| r.id).collect();
@@ -520,10 +559,62 @@ mod tests {
             ),
         ];
         for (q, want, total) in cases {
-            let (ids, n) = page_ids(&map, &states, &q);
-            let got: Vec<&str> = ids.iter().map(|i| i.as_str()).collect();
-            assert_eq!((got, n), (want, total), "{q:?}");
+            let page = page_ids(&map, &states, &q);
+            let got: Vec<&str> = page.ids.iter().map(|i| i.as_str()).collect();
+            assert_eq!((got, page.total), (want, total), "{q:?}");
+            assert_eq!(page.incomplete.count, 0, "{q:?}");
         }
+    }
+
+    /// An account the map cannot value (it holds an instrument with no price) is on no page
+    /// but counted and named, under the same id and state filters as the ranked rows; only
+    /// the first `INCOMPLETE_LISTED` are named.
+    #[test]
+    fn incomplete_accounts_are_counted_and_named() {
+        let map = book(&[("a", "400"), ("b", "1000")]);
+        let n = crate::api::INCOMPLETE_LISTED + 5;
+        for i in 0..n {
+            let account: Account = serde_json::from_str(&format!(
+                r#"{{"id":"eth-{i:02}","collateral":{{"USDT":"100"}},"positions":[
+                {{"instrument":"ETHUSDT-PERP","quantity":"1","entry_price":"3000"}}]}}"#
+            ))
+            .unwrap_or_else(|e| panic!("{e}"));
+            map.apply_update(AccountUpdate::Replace { account })
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let states = DashMap::new();
+        states.insert(
+            AccountId::from("eth-03"),
+            AccountState::Warning { level: dec!(0.8) },
+        );
+        let all = StateFilter::default();
+        let page = page_ids(&map, &states, &query(all, "", 0, 10));
+        let got: Vec<&str> = page.ids.iter().map(|i| i.as_str()).collect();
+        assert_eq!((got, page.total), (vec!["a", "b"], 2));
+        assert_eq!(page.incomplete.count, n as u64);
+        let named: Vec<&str> = page.incomplete.first.iter().map(|i| i.as_str()).collect();
+        let want: Vec<String> = (0..crate::api::INCOMPLETE_LISTED)
+            .map(|i| format!("eth-{i:02}"))
+            .collect();
+        assert_eq!(named, want);
+        // The id filter and the state filters apply to them too.
+        let page = page_ids(&map, &states, &query(all, "eth-1", 0, 10));
+        assert_eq!((page.total, page.incomplete.count), (0, 10));
+        let healthy_only = StateFilter {
+            healthy: true,
+            warning: false,
+            triggered: false,
+        };
+        let page = page_ids(&map, &states, &query(healthy_only, "", 0, 10));
+        assert_eq!(page.incomplete.count, n as u64 - 1);
+        let at_risk = StateFilter {
+            healthy: false,
+            warning: true,
+            triggered: true,
+        };
+        let page = page_ids(&map, &states, &query(at_risk, "", 0, 10));
+        let named: Vec<&str> = page.incomplete.first.iter().map(|i| i.as_str()).collect();
+        assert_eq!((page.total, named), (0, vec!["eth-03"]));
     }
 
     /// A uniform −10 % by hand; one underlying named by an instrument id; an asset the account

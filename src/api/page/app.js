@@ -230,6 +230,7 @@ async function refreshAccounts() {
     const body = await api(accountsQuery());
     ui.total = body.total || 0;
     renderAccounts(body.accounts);
+    renderIncomplete(body.incomplete);
   } catch (e) {
     $("#page-info").textContent = "accounts unavailable: " + e.message;
   } finally {
@@ -289,6 +290,22 @@ function renderAccounts(rows) {
   $("#page-info").textContent = `rows ${first}–${last} of ${ui.total}`;
   $("#prev").disabled = ui.offset === 0;
   $("#next").disabled = ui.offset + ui.limit >= ui.total;
+}
+
+// Accounts the daemon cannot value now (an instrument without a price): on no page, so named
+// under the table rather than silently missing.
+function renderIncomplete(inc) {
+  const p = $("#incomplete");
+  const count = (inc && inc.count) || 0;
+  if (!count) {
+    p.hidden = true;
+    p.textContent = "";
+    return;
+  }
+  const named = inc.accounts.map((a) => `${a.account_id} (${a.reason})`).join(", ");
+  const more = count > inc.accounts.length ? ` and ${count - inc.accounts.length} more` : "";
+  p.textContent = `${count} account${count === 1 ? "" : "s"} cannot be valued now and ${count === 1 ? "is" : "are"} not ranked: ${named}${more}.`;
+  p.hidden = false;
 }
 
 function setSort(key) {

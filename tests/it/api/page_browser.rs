@@ -163,6 +163,18 @@ async fn risk_page_in_a_real_browser() {
             .unwrap();
         assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     }
+    // An account in an instrument the mock never prices: it cannot be valued, so it is on no
+    // page, and the page must say so rather than leave it out silently.
+    let body = json!({"id": "sol-only", "collateral": {"USDT": "1000"},
+        "positions": [{"instrument":"SOLUSDT-PERP","quantity":"10","entry_price":"100"}]});
+    let r = client
+        .put(format!("{api}/v1/accounts/sol-only"))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     let mut listed = Value::Null;
     let end = Instant::now() + DEADLINE;
     while listed["total"] != 4 {
@@ -198,6 +210,24 @@ async fn risk_page_in_a_real_browser() {
         )
         .await;
     assert_eq!(order, json!(["hot", "warm", "calm", "flat"]));
+    assert_eq!(
+        listed["incomplete"],
+        json!({"count": 1, "accounts": [{"account_id": "sol-only", "reason": "no price for SOLUSDT-PERP"}]})
+    );
+    let note = browser
+        .wait_js(
+            "the unvalued account named under the table",
+            DEADLINE,
+            "const p=document.querySelector('#incomplete');
+             return p && !p.hidden ? p.textContent : null;",
+        )
+        .await;
+    assert_eq!(
+        note,
+        json!(
+            "1 account cannot be valued now and is not ranked: sol-only (no price for SOLUSDT-PERP)."
+        )
+    );
     // The page asks for pages, never the whole book.
     let limits = browser
         .js("return performance.getEntriesByType('resource').map(e=>new URL(e.name))
