@@ -97,6 +97,11 @@ pub struct InstrumentFeedStatus {
 pub struct FeedStatus {
     /// The venue.
     pub venue: Venue,
+    /// A replay of a recording, not a live connection: `connected`, `connected_since`,
+    /// `frames` and `reconnects` stay at zero and no symbol is subscribed; its prices are the
+    /// recording's.
+    #[serde(default)]
+    pub replay: bool,
     /// True while the socket is up.
     pub connected: bool,
     /// When the current (or last) connection opened, ms since the epoch; `null` before the
@@ -260,6 +265,7 @@ impl FeedStatusHandle {
             .collect();
         FeedStatus {
             venue: self.venue,
+            replay: self.replay,
             connected,
             connected_since: self.connected_since(),
             last_frame: self.last_frame(),

@@ -399,8 +399,12 @@ async function refreshFeeds() {
           : rejected ? "REJECTED by the venue (retried)"
           : unconfirmed ? "not subscribed (no first price; retried)"
           : "subscribing (waiting for a first price)";
-        status = !i.subscribed ? waiting : i.stale ? (i.last_price ? "STALE" : "STALE (no price yet)") : "fresh";
-        cls = !i.subscribed || i.stale ? "stale" : "fresh";
+        // A replay has no connection and subscribes nothing: only its prices' age counts.
+        const live = f.replay || i.subscribed;
+        status = !live ? waiting
+          : i.stale ? (i.last_price ? "STALE" : f.replay ? "no price yet in the recording" : "STALE (no price yet)")
+          : f.replay ? "fresh (replayed)" : "fresh";
+        cls = !live || i.stale ? "stale" : "fresh";
         if (i.held_price) {
           status += ", HELD " + price(i.held_price) + " (possible spike, awaiting confirmation)";
           cls = "stale";
@@ -408,7 +412,7 @@ async function refreshFeeds() {
       }
       frag.append(el("tr", { class: "feed " + cls, "data-venue": f.venue, "data-instrument": i ? i.instrument : "" },
         el("th", { scope: "row", "data-label": "Venue" }, f.venue),
-        el("td", { "data-label": "Connection" }, f.connected ? "connected" : "DISCONNECTED"),
+        el("td", { "data-label": "Connection" }, f.replay ? "replay" : f.connected ? "connected" : "DISCONNECTED"),
         el("td", { "data-label": "Reconnects", class: "num" }, f.reconnects),
         el("td", { "data-label": "Instrument" }, i ? i.instrument : "–"),
         el("td", { "data-label": "Symbol" }, i ? i.symbol : "–"),

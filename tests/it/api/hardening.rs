@@ -559,6 +559,7 @@ async fn replay_daemon_is_ready_only_when_every_instrument_is_priced() {
         .filter_map(|f| f["venue"].as_str())
         .collect();
     assert_eq!(venues, ["binance-usdm"], "{feeds}");
+    assert_eq!(feeds["feeds"][0]["replay"], true, "{feeds}");
     let log = daemon.log_text();
     assert!(
         log.contains("no line in the recording are not tracked") && log.contains("absent=okx"),

@@ -596,3 +596,75 @@ fn stress_cli(dir: &Path, btc: &str, shock: &str) -> Value {
         .cloned()
         .unwrap_or_else(|| panic!("no {shock} row: {doc}"))
 }
+
+/// A replay feed on the page: its connection reads `replay` and its replayed prices `fresh
+/// (replayed)` — not `DISCONNECTED` / `not subscribed (feed disconnected)` on every row, as if a
+/// live feed were down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_feed_is_shown_as_a_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = 1_621_382_400_000i64;
+    let line = |symbol: &str, price: &str| {
+        let frame = json!({
+            "stream": format!("{}@markPrice@1s", symbol.to_lowercase()),
+            "data": {"e":"markPriceUpdate","E":t0,"s":symbol,"p":price,"i":price,"P":price,"r":"0","T":t0},
+        });
+        json!({"venue":"binance-usdm","received_ms":t0,"frame":frame.to_string()}).to_string()
+    };
+    let recording = [line("BTCUSDT", "42849.78"), line("ETHUSDT", "3375.08")].join("\n");
+    std::fs::write(dir.path().join("recording.jsonl"), recording + "\n").unwrap();
+    let presets = Path::new(env!("CARGO_MANIFEST_DIR")).join("feeds/presets.toml");
+    let cfg = format!(
+        r#"
+[engine]
+instruments = ["{presets}"]
+
+[[feeds]]
+venue = "replay"
+file = "recording.jsonl"
+speed = "max"
+
+[prices]
+stale_after = "1h"
+
+[journal]
+path = "journal.sqlite"
+
+[api]
+bind = "127.0.0.1:0"
+
+[shutdown]
+grace = "3s"
+"#,
+        presets = presets.display()
+    );
+    let path = dir.path().join("liqwatch.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let bin = env!("CARGO_BIN_EXE_liqwatch");
+    Daemon::init_journal(bin, &path, &[]);
+    let mut daemon = Daemon::start(bin, &path, &[], dir.path().join("daemon.log"));
+    let api = format!("http://{}", daemon.api_addr(DEADLINE).await);
+
+    let browser = Browser::start(dir.path()).await;
+    browser.client.goto(&format!("{api}/")).await.unwrap();
+    let row = browser
+        .wait_js(
+            "BTCUSDT-PERP replayed and fresh",
+            DEADLINE,
+            "const r=document.querySelector('#feeds-body tr[data-instrument=\"BTCUSDT-PERP\"]');
+             if (!r) return null;
+             const t=[...r.querySelectorAll('td')].map(c=>c.textContent);
+             return t[0]==='replay' && t.includes('fresh (replayed)') ? t : null;",
+        )
+        .await;
+    assert!(row.to_string().contains("42,849.78"), "{row}");
+    let texts = browser
+        .js("return document.querySelector('#feeds-body').textContent;")
+        .await;
+    let texts = texts.as_str().unwrap();
+    assert!(
+        !texts.contains("DISCONNECTED") && !texts.contains("feed disconnected"),
+        "{texts}"
+    );
+    assert_eq!(daemon.terminate(DEADLINE), Some(0), "{}", daemon.log_text());
+}

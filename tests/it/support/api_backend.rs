@@ -230,6 +230,7 @@ impl ApiBackend for MemBackend {
     fn feeds(&self) -> Vec<FeedStatus> {
         vec![FeedStatus {
             venue: Venue::BinanceUsdm,
+            replay: false,
             connected: true,
             connected_since: Some(1_621_427_000_000),
             last_frame: Some(1_621_428_000_000),
