@@ -178,6 +178,10 @@ pub trait ApiBackend: AccountWriter {
     /// The current view of one account, `None` when unknown or when it cannot be valued now.
     fn account(&self, id: &AccountId) -> Option<AccountView>;
 
+    /// Brings the gauges that are computed rather than kept up to date (a scan of the book)
+    /// to now, before `GET /metrics` renders them. Called on the blocking pool.
+    fn refresh_gauges(&self) {}
+
     /// Why a known account has no view now ([`ApiBackend::account`] is `None`: an instrument it
     /// holds has no price, or a figure overflowed); `None` when it is unknown or has a view.
     fn account_incomplete(&self, _id: &AccountId) -> Option<String> {
@@ -558,6 +562,10 @@ async fn metrics_text(State(state): State<ApiState>) -> Result<Response, ApiErro
         .metrics
         .as_ref()
         .ok_or_else(|| ApiError::Unavailable("no metrics recorder is installed".to_string()))?;
+    let backend = Arc::clone(&state.backend);
+    tokio::task::spawn_blocking(move || backend.refresh_gauges())
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok((
         [(
             header::CONTENT_TYPE,

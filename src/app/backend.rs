@@ -51,7 +51,13 @@ pub(crate) struct Backend {
     pub history: Arc<HistoryStore>,
     /// The instrument sources' refresh state, for `/readyz`.
     pub instruments: crate::instruments::source::InstrumentHealth,
+    /// When `liqwatch_accounts_incomplete` was last counted (a scan of the book: at most once
+    /// per [`GAUGE_SCAN_EVERY`], however often `/metrics` is scraped).
+    pub gauges_at: parking_lot::Mutex<Option<std::time::Instant>>,
 }
+
+/// The shortest time between two scans of the book for the computed gauges.
+pub(crate) const GAUGE_SCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Backend {
     fn view(&self, id: &AccountId) -> Option<api::AccountView> {
@@ -262,6 +268,16 @@ impl ApiBackend for Backend {
         let view = self.view(id)?;
         self.history.watch(id, view.as_of_ms);
         Some(view)
+    }
+
+    fn refresh_gauges(&self) {
+        // Held across the scan: concurrent scrapes wait for it rather than scan again.
+        let mut at = self.gauges_at.lock();
+        if at.is_some_and(|t| t.elapsed() < GAUGE_SCAN_EVERY) {
+            return;
+        }
+        metrics::gauge!("liqwatch_accounts_incomplete").set(self.map.count_incomplete() as f64);
+        *at = Some(std::time::Instant::now());
     }
 
     fn account_incomplete(&self, id: &AccountId) -> Option<String> {
@@ -500,6 +516,7 @@ mod tests {
             risk_changes: None,
             history: Arc::default(),
             instruments: Default::default(),
+            gauges_at: Default::default(),
         });
         Fixture {
             backend,

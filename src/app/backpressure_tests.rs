@@ -163,6 +163,7 @@ async fn disk_full_stops_prices_at_the_limit_issue_11_item_7() {
         risk_changes: None,
         history: Arc::default(),
         instruments: Default::default(),
+        gauges_at: Default::default(),
     };
     let check = backend
         .readiness()

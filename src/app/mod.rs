@@ -372,6 +372,7 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
         risk_changes,
         history: Arc::clone(&history),
         instruments: instrument_health,
+        gauges_at: Default::default(),
     });
     let token = api_token(&cfg)?;
     let mut api_token_handle = None;

@@ -915,6 +915,19 @@ impl AccountMap {
         self.ids.iter().map(|r| r.key().clone()).collect()
     }
 
+    /// How many accounts cannot be valued as of their last valuation (*incomplete*: an
+    /// instrument they hold has no price, or a figure overflowed). Scans the map (one lock per
+    /// account, no valuation): for `liqwatch_accounts_incomplete`, set at each scrape.
+    pub fn count_incomplete(&self) -> usize {
+        let mut n = 0;
+        self.accounts.for_each(|_, e| {
+            if !e.complete() {
+                n += 1;
+            }
+        });
+        n
+    }
+
     /// Keys of every account.
     pub fn keys(&self) -> Vec<AccountKey> {
         let mut keys = Vec::with_capacity(self.len());

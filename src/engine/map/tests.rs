@@ -328,6 +328,39 @@ fn riskiest_orders_by_ratio() {
     assert_eq!(snap.equity, dec!(90000));
 }
 
+/// `count_incomplete` counts the accounts an unpriced instrument leaves without a value, and
+/// follows them as prices arrive (one instrument at a time) and as accounts come and go.
+#[test]
+fn count_incomplete_follows_prices_and_accounts() {
+    let m = AccountMap::new(w3_instruments());
+    assert_eq!(m.count_incomplete(), 0);
+    for id in ["a", "b"] {
+        m.apply_update(AccountUpdate::Replace {
+            account: w3_account(id),
+        })
+        .unwrap();
+    }
+    // Positions cleared and stablecoin collateral only: always valued (stables are priced at 1).
+    let mut flat = w3_account("flat");
+    flat.positions.clear();
+    flat.collateral.clear();
+    flat.collateral.insert("USDT".into(), dec!(1000));
+    m.apply_update(AccountUpdate::Replace { account: flat })
+        .unwrap();
+    // The w3 account holds BTC, ETH and SOL perps: unvalued until all three have a price.
+    assert_eq!(m.count_incomplete(), 2);
+    tick(&m, "BTCUSDT-PERP", dec!(60000));
+    tick(&m, "ETHUSDT-PERP", dec!(3000));
+    assert_eq!(m.count_incomplete(), 2);
+    w3_prices(&m, dec!(60000), dec!(3000), dec!(150));
+    assert_eq!(m.count_incomplete(), 0);
+    m.apply_update(AccountUpdate::Remove {
+        account_id: "a".into(),
+    })
+    .unwrap();
+    assert_eq!(m.count_incomplete(), 0);
+}
+
 /// The instrument table keeps each contract's tiers in `f64` for the shock filter, and they are
 /// always those of the instrument it holds now: after a later duplicate id replaced an earlier
 /// one, and after new terms. Collateral has none.

@@ -214,6 +214,21 @@ async fn risk_page_in_a_real_browser() {
         listed["incomplete"],
         json!({"count": 1, "accounts": [{"account_id": "sol-only", "reason": "no price for SOLUSDT-PERP"}]})
     );
+    // And the gauge an alert watches counts it (computed at the scrape).
+    let metrics = client
+        .get(format!("{api}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "liqwatch_accounts_incomplete 1"),
+        "{metrics}"
+    );
     let note = browser
         .wait_js(
             "the unvalued account named under the table",
