@@ -214,21 +214,26 @@ async fn risk_page_in_a_real_browser() {
         listed["incomplete"],
         json!({"count": 1, "accounts": [{"account_id": "sol-only", "reason": "no price for SOLUSDT-PERP"}]})
     );
-    // And the gauge an alert watches counts it (computed at the scrape).
-    let metrics = client
-        .get(format!("{api}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics
+    // And the gauge an alert watches counts it (computed at a scrape, at most every 5 s).
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let metrics = client
+            .get(format!("{api}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics
             .lines()
-            .any(|l| l == "liqwatch_accounts_incomplete 1"),
-        "{metrics}"
-    );
+            .any(|l| l == "liqwatch_accounts_incomplete 1")
+        {
+            break;
+        }
+        assert!(Instant::now() < end, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let note = browser
         .wait_js(
             "the unvalued account named under the table",
