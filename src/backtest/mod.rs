@@ -94,6 +94,10 @@ pub struct Run {
     pub counts: ReplayCounts,
     /// Accounts the engine refused (id, reason).
     pub rejected: Vec<(AccountId, String)>,
+    /// Accounts never valued in the whole run (an instrument they hold had no price in the
+    /// recording, or a figure overflowed), with why, as at the end: no event could fire for
+    /// them, which an empty row must not hide.
+    pub never_valued: Vec<(AccountId, String)>,
 }
 
 /// Errors that stop a backtest.
@@ -265,11 +269,24 @@ pub fn run(setup: &Setup, replay: impl BufRead) -> Result<Run, BacktestError> {
     for (n, e) in events.iter_mut().enumerate() {
         e.event_id = Uuid::from_u128(n as u128 + 1);
     }
+    let never_valued = series
+        .iter()
+        .filter(|(_, points)| points.is_empty())
+        .map(|(id, _)| {
+            let reason = match map.snapshot(id, Decimal::ONE) {
+                Err(crate::engine::AccountError::Margin { source, .. }) => source.to_string(),
+                Err(e) => e.to_string(),
+                Ok(_) => "valued only after the last price of the recording".to_string(),
+            };
+            (id.clone(), reason)
+        })
+        .collect();
     Ok(Run {
         series,
         events,
         counts,
         rejected,
+        never_valued,
     })
 }
 
@@ -387,6 +404,39 @@ mod tests {
         let w4 = points.iter().find(|p| p.equity == dec!(3450)).unwrap();
         assert_eq!((w4.time_ms, w4.maintenance_margin), (2_000, dec!(7080)));
         assert!(points.windows(2).all(|p| p[0] != p[1]));
+    }
+
+    /// An account holding an instrument the recording never prices is never valued: the run
+    /// names it with the reason (no event could fire for it), and a valued one is not named.
+    #[test]
+    fn an_account_the_recording_never_prices_is_named() {
+        let mut s = setup();
+        let mut eth_only = w3_account("eth-only");
+        eth_only
+            .positions
+            .retain(|p| p.instrument.as_str() == "ETHUSDT-PERP");
+        s.accounts.push(eth_only);
+        let mut lines = vec![frame(1_000, "BTCUSDT", "60000")];
+        lines.push(frame(1_000, "SOLUSDT", "150"));
+        let text = lines.join("\n");
+        let first = run(&s, text.as_bytes()).unwrap();
+        let named: Vec<(&str, &str)> = first
+            .never_valued
+            .iter()
+            .map(|(id, r)| (id.as_str(), r.as_str()))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("w3", "no price for ETHUSDT-PERP"),
+                ("eth-only", "no price for ETHUSDT-PERP")
+            ]
+        );
+        let text = [lines, vec![frame(2_000, "ETHUSDT", "3000")]]
+            .concat()
+            .join("\n");
+        let priced = run(&s, text.as_bytes()).unwrap();
+        assert!(priced.never_valued.is_empty(), "{:?}", priced.never_valued);
     }
 
     /// Issue 13's story in small: W3 → W4 jumps straight to the trigger (lead time 0 on the

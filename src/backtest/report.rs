@@ -118,11 +118,14 @@ pub struct Report {
     pub counts: ReplayCounts,
     /// Accounts the engine refused.
     pub rejected: Vec<Rejected>,
+    /// Accounts never valued in the run (an instrument they hold had no price in the
+    /// recording), with why: no event could fire for them.
+    pub never_valued: Vec<Rejected>,
     /// Per account, in the accounts file's order.
     pub accounts: Vec<AccountReport>,
 }
 
-/// An account the engine refused.
+/// An account the engine refused, or never valued, and why.
 #[derive(Clone, Debug, Serialize)]
 pub struct Rejected {
     /// The account.
@@ -335,6 +338,15 @@ pub fn render_table(report: &Report) -> String {
     let mut out = line(&header.map(String::from));
     for r in &rows {
         out.push_str(&line(r));
+    }
+    for r in &report.rejected {
+        out.push_str(&format!("refused: {}: {}\n", r.account, r.reason));
+    }
+    for r in &report.never_valued {
+        out.push_str(&format!(
+            "never valued (no event could fire): {}: {}\n",
+            r.account, r.reason
+        ));
     }
     out.push('\n');
     out.push_str(&events_table(report));

@@ -377,6 +377,14 @@ pub fn index_html(report: &Report) -> String {
             escape(&r.reason)
         );
     }
+    for r in &report.never_valued {
+        let _ = writeln!(
+            s,
+            "<p>Account <code>{}</code> never valued (no event could fire): {}</p>",
+            escape(&r.account.to_string()),
+            escape(&r.reason)
+        );
+    }
     for a in &report.accounts {
         let _ = writeln!(
             s,

@@ -121,6 +121,14 @@ pub fn build(
                 reason: reason.clone(),
             })
             .collect(),
+        never_valued: run
+            .never_valued
+            .iter()
+            .map(|(account, reason)| Rejected {
+                account: account.clone(),
+                reason: reason.clone(),
+            })
+            .collect(),
         accounts,
     };
     let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())? + "\n";

@@ -118,6 +118,9 @@ fn crash_report() {
     assert!(b["first_warning"]["time"].is_string());
     let g = account(&r, "mm-gamma");
     assert_eq!(g["events"].as_array().unwrap().len(), 0);
+    // Quiet because it was valued and stayed far from its levels, not because it was never
+    // valued.
+    assert_eq!(r["never_valued"], serde_json::json!([]));
 
     // events.jsonl holds every account event, numbered in order.
     let lines = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
@@ -143,6 +146,47 @@ fn crash_report() {
             "desk-alpha  2021-05-19 11:17:30.100  liquidation_trigger    1.0      inf  -23,794.95"
         ),
         "{table}"
+    );
+}
+
+/// The sample accounts over the Binance-only crash recording: the three that hold other venues'
+/// instruments are never valued. Their rows would read like quiet accounts ("-", 0 events), so
+/// the report names them with the instrument that had no price — in `report.json`, the printed
+/// table and `index.html`.
+#[test]
+fn accounts_the_recording_never_prices_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(
+        &[
+            "--replay",
+            "feeds/replay/crash-2021-05-19.jsonl",
+            "--accounts",
+            "feeds/sample/accounts.json",
+        ],
+        dir.path(),
+    );
+    let r = report(dir.path());
+    assert_eq!(
+        r["never_valued"],
+        serde_json::json!([
+            {"account": "coinm-inverse-long", "reason": "no price for BTCUSD-INV-PERP"},
+            {"account": "hyperliquid-vault", "reason": "no price for HL-BTC-PERP"},
+            {"account": "bybit-uta", "reason": "no price for BYBIT-BTC"},
+        ])
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains(
+            "never valued (no event could fire): hyperliquid-vault: no price for HL-BTC-PERP"
+        ),
+        "{stdout}"
+    );
+    let html = std::fs::read_to_string(dir.path().join("index.html")).unwrap();
+    assert!(
+        html.contains(
+            "<code>bybit-uta</code> never valued (no event could fire): no price for BYBIT-BTC"
+        ),
+        "{html}"
     );
 }
 
