@@ -658,7 +658,12 @@ impl Journal {
         metrics::gauge!("liqwatch_journal_write_failing").set(0.0);
         metrics::gauge!("liqwatch_journal_buffered_events").set(0.0);
         metrics::gauge!("liqwatch_journal_last_seq").set(last_seq as f64);
-        tracing::info!(path = %path.display(), last_seq, synchronous = sync, "Journal opened");
+        if fresh {
+            // `create_with` says "New journal created" for it.
+            tracing::debug!(path = %path.display(), synchronous = sync, "New journal opened");
+        } else {
+            tracing::info!(path = %path.display(), last_seq, synchronous = sync, "Journal opened");
+        }
         let (committed, _) = watch::channel(last_seq);
         Ok(Journal {
             path,
