@@ -298,7 +298,14 @@ pub(super) fn stress(
         unprocessable("overflow", "shock", "the moved prices overflow".to_string())
     })?;
     let snapshot = crate::margin::account_snapshot(&account, &*table, &shocked, levels.trigger)
-        .map_err(|e| unprocessable("margin_error", "shock", e.to_string()))?;
+        .map_err(|e| match e {
+            // A shock moves the prices there are: a missing one is the account's state now,
+            // as `GET /v1/accounts/{id}` reports it, not the query's fault.
+            crate::margin::MarginError::MissingPrice(_) => {
+                ApiError::AccountIncomplete(format!("account {id} cannot be valued now: {e}"))
+            }
+            e => unprocessable("margin_error", "shock", e.to_string()),
+        })?;
     let (state, _) = transition(&AccountState::Healthy, snapshot.margin_ratio, &levels);
     let mut moved: Vec<StressPrice> = prices
         .iter()
@@ -651,5 +658,24 @@ mod tests {
         );
         let unknown = stress(&map, &levels, &AccountId::from("zz"), &q(dec!(0), None));
         assert!(matches!(unknown, Err(ApiError::NotFound(_))), "{unknown:?}");
+        // An account holding an instrument with no price cannot be valued, moved or not: 503
+        // `account_incomplete` naming it, as its view answers.
+        let account: Account = serde_json::from_str(
+            r#"{"id":"eth","collateral":{"USDT":"100"},"positions":[
+            {"instrument":"ETHUSDT-PERP","quantity":"1","entry_price":"3000"}]}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        map.apply_update(AccountUpdate::Replace { account })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let unpriced = stress(&map, &levels, &AccountId::from("eth"), &q(dec!(-0.1), None));
+        match unpriced {
+            Err(ApiError::AccountIncomplete(m)) => {
+                assert_eq!(
+                    m,
+                    "account eth cannot be valued now: no price for ETHUSDT-PERP"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
