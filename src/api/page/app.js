@@ -612,6 +612,13 @@ function init() {
     ui.acked = true;
     $("#alarm").hidden = true;
   });
+  // A link to an account (`#account=ID`) opens it, at load and when the address changes.
+  const fromHash = () => {
+    const id = accountInHash();
+    if (id && id !== ui.selected) select(id);
+  };
+  window.addEventListener("hashchange", fromHash);
+  fromHash();
   accountsLoop();
   every(2000, refreshTriggered);
   every(2000, refreshFeeds);

@@ -7,8 +7,21 @@
 // Drill-down
 // ------------------------------------------------------------------------------------------
 
+// The open account is in the address (`#account=ID`): a link to it opens it, and reloading
+// the page keeps it open.
+function accountInHash() {
+  const m = /^#account=(.+)$/.exec(location.hash);
+  if (!m) return null;
+  try {
+    return decodeURIComponent(m[1]);
+  } catch (e) {
+    return null;
+  }
+}
+
 function select(id) {
   ui.selected = id;
+  if (accountInHash() !== id) history.replaceState(null, "", "#account=" + encodeURIComponent(id));
   $("#detail").hidden = false;
   $("#detail-id").textContent = id;
   $("#whatif-shock").value = "0";
@@ -32,6 +45,7 @@ function select(id) {
 function closeDetail() {
   const id = ui.selected;
   ui.selected = null;
+  if (location.hash) history.replaceState(null, "", location.pathname + location.search);
   $("#detail").hidden = true;
   const row = id && document.querySelector(`#accounts-body tr[data-account="${CSS.escape(id)}"]`);
   if (row) row.focus();

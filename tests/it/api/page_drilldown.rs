@@ -208,6 +208,14 @@ async fn drilldown_risk_events_and_history_survive_restart() {
 
     // VaR, ES, P(liquidation) and component ES on the drill-down equal the endpoint's.
     open_row(&browser, "hot").await;
+    // The open account is in the address, to share or reload.
+    browser
+        .wait_js(
+            "the account in the address",
+            DEADLINE,
+            "return location.hash==='#account=hot';",
+        )
+        .await;
     let shown = browser
         .wait_js(
             "the VaR panel",
@@ -360,8 +368,8 @@ async fn drilldown_risk_events_and_history_survive_restart() {
     assert_eq!(hot["last_event"]["kind"], "liquidation_warning", "{hot}");
     // The page on the restarted daemon: the chart spans from the first stored point, and the
     // journal's events are still listed.
-    browser.client.goto(&format!("{api}/")).await.unwrap();
-    open_row(&browser, "hot").await;
+    // Opened by its link this time (`#account=hot`), not by a click.
+    browser.client.goto(&format!("{api}/#account=hot")).await.unwrap();
     browser
         .wait_js(
             "the chart from before the restart",
