@@ -176,6 +176,31 @@ fn secrets_from_env_redacted() {
     }
 }
 
+/// A chat webhook's `page_url` reaches its settings from the config file, and a bad one is a
+/// problem at the sink.
+#[test]
+fn webhook_page_url_from_the_file() {
+    let sink = |url: &str| {
+        format!(
+            "{MIN}\n[[sinks]]\ntype = \"webhook\"\nname = \"chat\"\nurl = \"http://127.0.0.1:1/h\"\nformat = \"slack\"\npage_url = \"{url}\"\n"
+        )
+    };
+    let c = ok(&sink("https://risk.example.com/"));
+    match c.sinks[0].settings_as::<crate::sinks::webhook::WebhookSettings>() {
+        Some(s) => assert_eq!(
+            s.account_link("acct-1").as_deref(),
+            Some("https://risk.example.com/#account=acct-1")
+        ),
+        None => panic!("{:?}", c.sinks[0]),
+    }
+    let p = problems(&sink("https://risk.example.com/#top"));
+    assert!(
+        p.iter()
+            .any(|p| p.key.starts_with("sinks[0]") && p.message.contains("page_url")),
+        "{p:?}"
+    );
+}
+
 /// Sink entries: component keys go to the sink's own config, filters parse, duplicate
 /// names, unknown keys and unknown types are rejected.
 #[test]

@@ -339,6 +339,12 @@ fn custom_details(ev: &RiskEvent) -> Value {
     })
 }
 
+/// The link to an account event's account on the risk page (`page_url` set); `None` for
+/// events without an account (feeds, instruments).
+fn link_of(settings: &WebhookSettings, ev: &RiskEvent) -> Option<String> {
+    settings.account_link(ev.account_id.as_ref()?.as_str())
+}
+
 /// Renders one batched request (generic format, `batch_max > 1`): the body is
 /// `{"events":[<event JSON>,…]}` with each event's JSON byte for byte as journaled, in the
 /// given (journal) order; the `Idempotency-Key` is `batch:<first event_id>:<last event_id>:<count>`,
@@ -393,13 +399,18 @@ pub fn render_single(
                 .take(10)
                 .map(|(k, v)| json!({"type": "mrkdwn", "text": format!("*{k}*\n{}", slack_escape(v))}))
                 .collect();
+            let mut blocks = vec![
+                json!({"type": "header", "text": {"type": "plain_text", "text": truncate(&title, 150), "emoji": true}}),
+                json!({"type": "section", "text": {"type": "mrkdwn", "text": slack_escape(&t.summary)}, "fields": fields}),
+            ];
+            if let Some(link) = link_of(settings, ev) {
+                blocks.push(json!({"type": "section", "text": {"type": "mrkdwn",
+                    "text": format!("<{link}|Open {} on the risk page>", slack_escape(&account_of(ev)))}}));
+            }
+            blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("event `{}` · seq {} · {}", ev.event_id, ev.seq, ev.time)}]}));
             let v = json!({
                 "text": format!("{title} — {}", slack_escape(&t.details)),
-                "blocks": [
-                    {"type": "header", "text": {"type": "plain_text", "text": truncate(&title, 150), "emoji": true}},
-                    {"type": "section", "text": {"type": "mrkdwn", "text": slack_escape(&t.summary)}, "fields": fields},
-                    {"type": "context", "elements": [{"type": "mrkdwn", "text": format!("event `{}` · seq {} · {}", ev.event_id, ev.seq, ev.time)}]}
-                ]
+                "blocks": blocks,
             });
             Ok(one(body(&v)?))
         }
@@ -411,16 +422,21 @@ pub fn render_single(
                 .take(25)
                 .map(|(k, v)| json!({"name": k, "value": truncate(v, 1024), "inline": true}))
                 .collect();
+            let mut embed = json!({
+                "title": truncate(&t.title, 256),
+                "description": truncate(&t.summary, 4096),
+                "color": discord_color(ev.kind),
+                "fields": fields,
+                "timestamp": ev.time,
+                "footer": {"text": format!("event {} · seq {}", ev.event_id, ev.seq)}
+            });
+            if let Some(link) = link_of(settings, ev) {
+                // The embed's title links to the account on the risk page.
+                embed["url"] = Value::String(link);
+            }
             let v = json!({
                 "content": truncate(&format!("{} {}", emoji(ev.kind), t.title), 2000),
-                "embeds": [{
-                    "title": truncate(&t.title, 256),
-                    "description": truncate(&t.summary, 4096),
-                    "color": discord_color(ev.kind),
-                    "fields": fields,
-                    "timestamp": ev.time,
-                    "footer": {"text": format!("event {} · seq {}", ev.event_id, ev.seq)}
-                }],
+                "embeds": [embed],
                 "allowed_mentions": {"parse": []}
             });
             Ok(one(body(&v)?))
@@ -491,7 +507,7 @@ pub fn render_single(
                         pd_key(&[&account, &level_key(ev, &fmt_level(ev.level))])
                     };
                     let t = alert_text(ev);
-                    let v = json!({
+                    let mut v = json!({
                         "routing_key": rk,
                         "event_action": "trigger",
                         "dedup_key": dedup,
@@ -506,6 +522,10 @@ pub fn render_single(
                             "custom_details": custom_details(ev),
                         }
                     });
+                    if let Some(link) = link_of(settings, ev) {
+                        v["links"] =
+                            json!([{"href": link, "text": format!("{account} on the risk page")}]);
+                    }
                     Ok(one(body(&v)?))
                 }
             }
@@ -525,7 +545,9 @@ pub fn render_group(
         .map(|e| e.event.event_id.to_string())
         .unwrap_or_default();
     let key = format!("group-{first_id}-{}", entries.len());
-    let v = match settings.format {
+    // A cascade's group links to the riskiest accounts listing of the risk page.
+    let page = settings.page_url.as_ref().map(|u| format!("{u}/"));
+    let mut v = match settings.format {
         WebhookFormat::Slack => {
             let list: String = g
                 .worst
@@ -580,6 +602,26 @@ pub fn render_group(
             });
         }
     };
+    if let Some(page) = page {
+        match settings.format {
+            WebhookFormat::Slack => {
+                if let Some(blocks) = v["blocks"].as_array_mut() {
+                    let at = blocks.len().saturating_sub(1);
+                    blocks.insert(
+                        at,
+                        json!({"type": "section", "text": {"type": "mrkdwn",
+                            "text": format!("<{page}|Open the riskiest accounts on the risk page>")}}),
+                    );
+                }
+            }
+            WebhookFormat::Discord => v["embeds"][0]["url"] = Value::String(page),
+            WebhookFormat::Pagerduty => {
+                v["links"] =
+                    json!([{"href": page, "text": "the riskiest accounts on the risk page"}])
+            }
+            WebhookFormat::Generic => {}
+        }
+    }
     Ok(OutgoingRequest {
         idempotency_key: key,
         body: body(&v)?,
@@ -607,7 +649,73 @@ mod tests {
             concurrency: 1,
             max_batch_time: Duration::from_secs(15),
             batch_max: 1,
+            page_url: None,
         }
+    }
+
+    /// With `page_url`, every chat and incident body of an account event links to the account
+    /// on the risk page (its id encoded as the page decodes it), a feed event links nowhere, a
+    /// group links to the listing; without it, no link anywhere.
+    #[test]
+    fn page_links() {
+        let linked = |format| WebhookSettings {
+            page_url: Some("https://risk.example.com".to_string()),
+            ..settings(format)
+        };
+        let w = entry(1, EventKind::LiquidationTrigger, "desk 7/β", 0, dec!(1.2));
+        let href = "https://risk.example.com/#account=desk%207%2F%CE%B2";
+        let one = |s: &WebhookSettings| -> Value {
+            serde_json::from_slice(&render_single(s, &w).unwrap()[0].body).unwrap()
+        };
+        let slack = one(&linked(WebhookFormat::Slack));
+        assert_eq!(
+            slack["blocks"][2]["text"]["text"],
+            format!("<{href}|Open desk 7/β on the risk page>")
+        );
+        let discord = one(&linked(WebhookFormat::Discord));
+        assert_eq!(discord["embeds"][0]["url"], href);
+        let pd = one(&linked(WebhookFormat::Pagerduty));
+        assert_eq!(
+            pd["links"],
+            json!([{"href": href, "text": "desk 7/β on the risk page"}])
+        );
+        for format in [
+            WebhookFormat::Slack,
+            WebhookFormat::Discord,
+            WebhookFormat::Pagerduty,
+        ] {
+            let plain = one(&settings(format)).to_string();
+            assert!(!plain.contains("risk page"), "{plain}");
+        }
+        // A feed event has no account to link.
+        let mut feed = entry(2, EventKind::FeedStale, "x", 0, dec!(0));
+        feed.event.account_id = None;
+        let body: Value = serde_json::from_slice(
+            &render_single(&linked(WebhookFormat::Pagerduty), &feed).unwrap()[0].body,
+        )
+        .unwrap();
+        assert!(body.get("links").is_none(), "{body}");
+        // A cascade's group links to the listing.
+        let a = entry(3, EventKind::LiquidationWarning, "a", 0, dec!(0.85));
+        let b = entry(4, EventKind::LiquidationWarning, "b", 0, dec!(0.9));
+        let group = |format| -> Value {
+            serde_json::from_slice(&render_group(&linked(format), &[&a, &b], 5).unwrap().body)
+                .unwrap()
+        };
+        let slack = group(WebhookFormat::Slack);
+        assert_eq!(
+            slack["blocks"][2]["text"]["text"],
+            "<https://risk.example.com/|Open the riskiest accounts on the risk page>"
+        );
+        assert_eq!(slack["blocks"][3]["type"], "context");
+        assert_eq!(
+            group(WebhookFormat::Discord)["embeds"][0]["url"],
+            "https://risk.example.com/"
+        );
+        assert_eq!(
+            group(WebhookFormat::Pagerduty)["links"][0]["href"],
+            "https://risk.example.com/"
+        );
     }
 
     /// The readable text carries account, kind, level, ratio, equity, MM and shock distance.

@@ -139,6 +139,11 @@ pub struct WebhookConfig {
     /// [`render_batch`](super::render_batch)). The driver's batch size (256) also bounds it.
     #[serde(default = "default_batch_max")]
     pub batch_max: usize,
+    /// Chat and incident formats: the risk page's address as the alert's readers reach it
+    /// (`https://risk.example.com/`); each account alert then links to the account on it
+    /// (`…/#account=ID`).
+    #[serde(default)]
+    pub page_url: Option<String>,
 }
 
 impl WebhookConfig {
@@ -157,6 +162,7 @@ impl WebhookConfig {
             concurrency: 1,
             max_batch_time: default_batch_time(),
             batch_max: default_batch_max(),
+            page_url: None,
         }
     }
 
@@ -228,6 +234,30 @@ impl WebhookConfig {
                 self.batch_max
             ));
         }
+        let page_url = self.page_url.as_deref().and_then(|u| {
+            if !chat {
+                errors.push(
+                    "page_url applies to slack, discord and pagerduty only (the generic body is the event as journaled)"
+                        .to_string(),
+                );
+                return None;
+            }
+            match reqwest::Url::parse(u) {
+                Ok(p) if (p.scheme() == "http" || p.scheme() == "https") && p.fragment().is_none() => {
+                    Some(u.trim_end_matches('/').to_string())
+                }
+                Ok(_) => {
+                    errors.push(format!(
+                        "page_url {u:?}: expected an http or https address without a #fragment"
+                    ));
+                    None
+                }
+                Err(e) => {
+                    errors.push(format!("page_url {u:?}: not a valid URL ({e})"));
+                    None
+                }
+            }
+        });
         if chat && self.batch_max > 1 {
             errors.push("batch_max applies to format generic only".to_string());
         }
@@ -283,6 +313,7 @@ impl WebhookConfig {
                 .source
                 .clone()
                 .unwrap_or_else(|| "liqwatch".to_string()),
+            page_url,
         })
     }
 }
@@ -332,6 +363,9 @@ pub struct WebhookSettings {
     pub max_batch_time: Duration,
     /// Events per request (generic only; 1 = one event per request).
     pub batch_max: usize,
+    /// The risk page's address, without a trailing `/` (chat and incident formats): account
+    /// alerts link to `{page_url}/#account={id}`.
+    pub page_url: Option<String>,
 }
 
 impl WebhookSettings {
@@ -350,7 +384,26 @@ impl WebhookSettings {
             concurrency: 1,
             max_batch_time: default_batch_time(),
             batch_max: default_batch_max(),
+            page_url: None,
         }
+    }
+
+    /// The link to `account` on the risk page, when [`WebhookSettings::page_url`] is set.
+    pub fn account_link(&self, account: &str) -> Option<String> {
+        let base = self.page_url.as_deref()?;
+        // As the page's `encodeURIComponent` writes it, so its `decodeURIComponent` reads it.
+        const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+            .remove(b'-')
+            .remove(b'_')
+            .remove(b'.')
+            .remove(b'!')
+            .remove(b'~')
+            .remove(b'*')
+            .remove(b'\'')
+            .remove(b'(')
+            .remove(b')');
+        let id = percent_encoding::utf8_percent_encode(account, COMPONENT);
+        Some(format!("{base}/#account={id}"))
     }
 }
 
@@ -382,6 +435,7 @@ impl fmt::Debug for WebhookSettings {
             .field("concurrency", &self.concurrency)
             .field("max_batch_time", &self.max_batch_time)
             .field("batch_max", &self.batch_max)
+            .field("page_url", &self.page_url)
             .finish()
     }
 }
@@ -389,6 +443,55 @@ impl fmt::Debug for WebhookSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `page_url`: an http(s) address for the chat and incident formats, kept without its
+    /// trailing `/`; a fragment, another scheme, garbage or a generic webhook is refused.
+    #[test]
+    fn page_url_is_checked() {
+        let env = |_: &str| Some("rk".to_string());
+        let with = |format, url: &str| WebhookConfig {
+            format,
+            routing_key_env: (format == WebhookFormat::Pagerduty).then(|| "PD".to_string()),
+            page_url: Some(url.to_string()),
+            ..WebhookConfig::generic("https://hooks.example.com/x")
+        };
+        let s = with(WebhookFormat::Slack, "https://risk.example.com/")
+            .resolve(&env)
+            .unwrap();
+        assert_eq!(s.page_url.as_deref(), Some("https://risk.example.com"));
+        assert_eq!(
+            s.account_link("a b").as_deref(),
+            Some("https://risk.example.com/#account=a%20b")
+        );
+        let s = with(WebhookFormat::Pagerduty, "http://10.0.0.5:9477/risk")
+            .resolve(&env)
+            .unwrap();
+        assert_eq!(
+            s.account_link("x").as_deref(),
+            Some("http://10.0.0.5:9477/risk/#account=x")
+        );
+        for (format, url, says) in [
+            (
+                WebhookFormat::Slack,
+                "https://risk.example.com/#x",
+                "#fragment",
+            ),
+            (
+                WebhookFormat::Discord,
+                "ftp://risk.example.com/",
+                "#fragment",
+            ),
+            (WebhookFormat::Slack, "not a url", "not a valid URL"),
+            (
+                WebhookFormat::Generic,
+                "https://risk.example.com/",
+                "slack, discord and pagerduty only",
+            ),
+        ] {
+            let errors = with(format, url).resolve(&env).unwrap_err();
+            assert!(errors.iter().any(|e| e.contains(says)), "{url}: {errors:?}");
+        }
+    }
 
     /// Config resolution reads named env vars, reports every problem at once, and never prints
     /// secrets.

@@ -369,7 +369,11 @@ async fn drilldown_risk_events_and_history_survive_restart() {
     // The page on the restarted daemon: the chart spans from the first stored point, and the
     // journal's events are still listed.
     // Opened by its link this time (`#account=hot`), not by a click.
-    browser.client.goto(&format!("{api}/#account=hot")).await.unwrap();
+    browser
+        .client
+        .goto(&format!("{api}/#account=hot"))
+        .await
+        .unwrap();
     browser
         .wait_js(
             "the chart from before the restart",
