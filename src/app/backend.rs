@@ -527,18 +527,7 @@ mod tests {
     }
 
     async fn readyz(backend: &Arc<Backend>) -> (u16, serde_json::Value) {
-        let (events, _) = tokio::sync::broadcast::channel(4);
-        let router = api::router(api::ApiState::new(backend.clone(), events));
-        let request = Request::get("/readyz")
-            .body(Body::empty())
-            .unwrap_or_else(|e| panic!("{e}"));
-        let response = router.oneshot(request).await.unwrap_or_else(|e| match e {});
-        let status = response.status().as_u16();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let body = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}"));
-        (status, body)
+        get(backend, "/readyz").await
     }
 
     fn failing(body: &serde_json::Value) -> Vec<String> {

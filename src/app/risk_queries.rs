@@ -17,6 +17,7 @@ use crate::api::{
     StressPrice, StressQuery,
 };
 use crate::engine::AccountMap;
+use crate::engine::map::AccountView;
 use crate::engine::monitor::transition;
 use crate::model::{
     AccountId, AccountState, Instrument, InstrumentId, MarginRatio, Thresholds, now_ms,
@@ -97,16 +98,7 @@ pub(super) fn page_ids(
                         return;
                     }
                 }
-                let Some(ratio) = v.ratio() else {
-                    incomplete.note(v.id());
-                    return;
-                };
-                top.offer(SortFields {
-                    id: v.id(),
-                    ratio,
-                    equity: v.equity(),
-                    maintenance_margin: v.maintenance_margin(),
-                });
+                rank(v, &mut top, &mut incomplete);
             });
             top.prune_if_full();
         }
@@ -123,19 +115,9 @@ pub(super) fn page_ids(
             let Some(key) = map.key_of(&id) else { continue };
             map.materialise(key);
             map.read_key(key, |v| {
-                if !q.id_matches(v.id().as_str()) {
-                    return;
+                if q.id_matches(v.id().as_str()) {
+                    rank(v, &mut top, &mut incomplete);
                 }
-                let Some(ratio) = v.ratio() else {
-                    incomplete.note(v.id());
-                    return;
-                };
-                top.offer(SortFields {
-                    id: v.id(),
-                    ratio,
-                    equity: v.equity(),
-                    maintenance_margin: v.maintenance_margin(),
-                });
             });
             top.prune_if_full();
         }
@@ -145,6 +127,19 @@ pub(super) fn page_ids(
         ids,
         total,
         incomplete,
+    }
+}
+
+/// Offers a complete account to the page; counts an incomplete one (it has no ratio to rank).
+fn rank(v: &AccountView<'_>, top: &mut TopRows<'_>, incomplete: &mut IncompleteIds) {
+    match v.ratio() {
+        Some(ratio) => top.offer(SortFields {
+            id: v.id(),
+            ratio,
+            equity: v.equity(),
+            maintenance_margin: v.maintenance_margin(),
+        }),
+        None => incomplete.note(v.id()),
     }
 }
 
