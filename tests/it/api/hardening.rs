@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::api_backend::MemBackend;
-use crate::support::daemon_env::{Daemon, http_client};
+use crate::support::daemon_env::{Daemon, binance_mark_line, http_client};
 
 const TOKEN: &str = "hardening-token";
 /// Upper bound for anything to happen; a hang fails the test instead of blocking CI.
@@ -411,22 +411,13 @@ sources = [{ venue = "binance-usdm", symbol = "ETHUSDT", field = "mark" }]
 tiers = [{ notional_floor = "0", notional_cap = "1000000000", mmr = "0.004", cum = "0" }]
 "#;
 
-fn mark_line(symbol: &str, ms: i64, price: &str) -> String {
-    let frame = serde_json::json!({
-        "stream": format!("{}@markPrice@1s", symbol.to_lowercase()),
-        "data": {"e":"markPriceUpdate","E":ms,"s":symbol,"p":price,"i":price,"P":price,"r":"0","T":ms},
-    });
-    serde_json::json!({"venue":"binance-usdm","received_ms":ms,"frame":frame.to_string()})
-        .to_string()
-}
-
 /// A replay-only daemon: BTC is priced at once, ETH only `eth_after_ms` later (recorded time).
 async fn replay_daemon(dir: &Path, eth_after_ms: i64, speed: &str) -> (Daemon, String) {
     std::fs::write(dir.join("instruments.toml"), INSTRUMENTS).unwrap();
     let t0 = 1_621_382_400_000;
     let recording = [
-        mark_line("BTCUSDT", t0, "42849.78"),
-        mark_line("ETHUSDT", t0 + eth_after_ms, "3375.08"),
+        binance_mark_line("BTCUSDT", t0, "42849.78"),
+        binance_mark_line("ETHUSDT", t0 + eth_after_ms, "3375.08"),
     ]
     .join("\n");
     std::fs::write(dir.join("recording.jsonl"), recording + "\n").unwrap();

@@ -16,7 +16,7 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
 use crate::support::browser::Browser;
-use crate::support::daemon_env::{Daemon, MockBinance, http_client};
+use crate::support::daemon_env::{Daemon, MockBinance, binance_mark_line, http_client};
 
 const TOKEN: &str = "page-test-token";
 /// Generous: the page polls once a second and reacts to the event stream at once.
@@ -624,14 +624,11 @@ fn stress_cli(dir: &Path, btc: &str, shock: &str) -> Value {
 async fn a_replay_feed_is_shown_as_a_replay() {
     let dir = tempfile::tempdir().unwrap();
     let t0 = 1_621_382_400_000i64;
-    let line = |symbol: &str, price: &str| {
-        let frame = json!({
-            "stream": format!("{}@markPrice@1s", symbol.to_lowercase()),
-            "data": {"e":"markPriceUpdate","E":t0,"s":symbol,"p":price,"i":price,"P":price,"r":"0","T":t0},
-        });
-        json!({"venue":"binance-usdm","received_ms":t0,"frame":frame.to_string()}).to_string()
-    };
-    let recording = [line("BTCUSDT", "42849.78"), line("ETHUSDT", "3375.08")].join("\n");
+    let recording = [
+        binance_mark_line("BTCUSDT", t0, "42849.78"),
+        binance_mark_line("ETHUSDT", t0, "3375.08"),
+    ]
+    .join("\n");
     std::fs::write(dir.path().join("recording.jsonl"), recording + "\n").unwrap();
     let presets = Path::new(env!("CARGO_MANIFEST_DIR")).join("feeds/presets.toml");
     let cfg = format!(

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::daemon_env::{Daemon, http_client, poll_until};
+use crate::support::daemon_env::{Daemon, binance_mark_line, http_client, poll_until};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -33,15 +33,6 @@ sources = [{ venue = "binance-usdm", symbol = "BTCUSDT", field = "mark" }]
 tiers = [{ notional_floor = "0", notional_cap = "1000000000", mmr = "0.004", cum = "0" }]
 "#;
 
-fn mark_line(ms: i64, price: &str) -> String {
-    let frame = serde_json::json!({
-        "stream": "btcusdt@markPrice@1s",
-        "data": {"e":"markPriceUpdate","E":ms,"s":"BTCUSDT","p":price,"i":price,"P":price,"r":"0","T":ms},
-    });
-    serde_json::json!({"venue":"binance-usdm","received_ms":ms,"frame":frame.to_string()})
-        .to_string()
-}
-
 fn config(dir: &Path) -> PathBuf {
     std::fs::write(dir.join("instruments.toml"), INSTRUMENTS).unwrap();
     std::fs::write(
@@ -51,7 +42,7 @@ fn config(dir: &Path) -> PathBuf {
     .unwrap();
     std::fs::write(
         dir.join("recording.jsonl"),
-        mark_line(1_722_816_000_000, "48000") + "\n",
+        binance_mark_line("BTCUSDT", 1_722_816_000_000, "48000") + "\n",
     )
     .unwrap();
     let cfg = r#"

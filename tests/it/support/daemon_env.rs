@@ -532,6 +532,17 @@ pub async fn scrape_metrics(client: &reqwest::Client, api: &str, token: Option<&
         .unwrap_or_else(|e| panic!("GET /metrics body: {e}"))
 }
 
+/// One line of a replay recording: a Binance USD-M mark price frame for `symbol` (`BTCUSDT`)
+/// received at `ms`, the venue's own JSON in the replay format (`docs/feeds.md#replay`).
+pub fn binance_mark_line(symbol: &str, ms: i64, price: &str) -> String {
+    let frame = serde_json::json!({
+        "stream": format!("{}@markPrice@1s", symbol.to_lowercase()),
+        "data": {"e":"markPriceUpdate","E":ms,"s":symbol,"p":price,"i":price,"P":price,"r":"0","T":ms},
+    });
+    serde_json::json!({"venue":"binance-usdm","received_ms":ms,"frame":frame.to_string()})
+        .to_string()
+}
+
 /// A daemon config on the shipped presets: one Binance feed at `venue_url` (a [`MockBinance`]),
 /// a JSONL sink, the API on `127.0.0.1:0` with its token read from `token_env`. Written to
 /// `<dir>/liqwatch.toml`; the journal is `<dir>/journal.sqlite` (create it with
