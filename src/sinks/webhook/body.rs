@@ -339,10 +339,20 @@ fn custom_details(ev: &RiskEvent) -> Value {
     })
 }
 
-/// The link to an account event's account on the risk page (`page_url` set); `None` for
-/// events without an account (feeds, instruments).
-fn link_of(settings: &WebhookSettings, ev: &RiskEvent) -> Option<String> {
-    settings.account_link(ev.account_id.as_ref()?.as_str())
+/// Where an alert links on the risk page (`page_url` set), and what to call it: an account
+/// event to its account's drill-down, a feed or instrument event to the page itself (its feeds
+/// table).
+fn link_of(settings: &WebhookSettings, ev: &RiskEvent) -> Option<(String, String)> {
+    match &ev.account_id {
+        Some(a) => Some((
+            settings.account_link(a.as_str())?,
+            format!("{a} on the risk page"),
+        )),
+        None => Some((
+            format!("{}/", settings.page_url.as_ref()?),
+            "the feeds on the risk page".to_string(),
+        )),
+    }
 }
 
 /// Renders one batched request (generic format, `batch_max > 1`): the body is
@@ -403,9 +413,9 @@ pub fn render_single(
                 json!({"type": "header", "text": {"type": "plain_text", "text": truncate(&title, 150), "emoji": true}}),
                 json!({"type": "section", "text": {"type": "mrkdwn", "text": slack_escape(&t.summary)}, "fields": fields}),
             ];
-            if let Some(link) = link_of(settings, ev) {
+            if let Some((link, what)) = link_of(settings, ev) {
                 blocks.push(json!({"type": "section", "text": {"type": "mrkdwn",
-                    "text": format!("<{link}|Open {} on the risk page>", slack_escape(&account_of(ev)))}}));
+                    "text": format!("<{link}|Open {}>", slack_escape(&what))}}));
             }
             blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("event `{}` · seq {} · {}", ev.event_id, ev.seq, ev.time)}]}));
             let v = json!({
@@ -430,8 +440,8 @@ pub fn render_single(
                 "timestamp": ev.time,
                 "footer": {"text": format!("event {} · seq {}", ev.event_id, ev.seq)}
             });
-            if let Some(link) = link_of(settings, ev) {
-                // The embed's title links to the account on the risk page.
+            if let Some((link, _)) = link_of(settings, ev) {
+                // The embed's title links to the account (or the feeds) on the risk page.
                 embed["url"] = Value::String(link);
             }
             let v = json!({
@@ -522,9 +532,8 @@ pub fn render_single(
                             "custom_details": custom_details(ev),
                         }
                     });
-                    if let Some(link) = link_of(settings, ev) {
-                        v["links"] =
-                            json!([{"href": link, "text": format!("{account} on the risk page")}]);
+                    if let Some((link, what)) = link_of(settings, ev) {
+                        v["links"] = json!([{"href": link, "text": what}]);
                     }
                     Ok(one(body(&v)?))
                 }
@@ -687,14 +696,17 @@ mod tests {
             let plain = one(&settings(format)).to_string();
             assert!(!plain.contains("risk page"), "{plain}");
         }
-        // A feed event has no account to link.
+        // A feed event has no account: it links to the page (its feeds table).
         let mut feed = entry(2, EventKind::FeedStale, "x", 0, dec!(0));
         feed.event.account_id = None;
         let body: Value = serde_json::from_slice(
             &render_single(&linked(WebhookFormat::Pagerduty), &feed).unwrap()[0].body,
         )
         .unwrap();
-        assert!(body.get("links").is_none(), "{body}");
+        assert_eq!(
+            body["links"],
+            json!([{"href": "https://risk.example.com/", "text": "the feeds on the risk page"}])
+        );
         // A cascade's group links to the listing.
         let a = entry(3, EventKind::LiquidationWarning, "a", 0, dec!(0.85));
         let b = entry(4, EventKind::LiquidationWarning, "b", 0, dec!(0.9));
