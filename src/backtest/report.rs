@@ -105,6 +105,21 @@ pub struct AccountReport {
     pub events: Vec<EventLine>,
 }
 
+impl AccountReport {
+    /// The warning the tables show beside the trigger: the one its lead time runs from (the
+    /// episode's), or for an account that never triggered its first warning. `None` for a
+    /// trigger straight from healthy, even when a warning of an earlier, recovered episode or a
+    /// later one exists (`first_warning` in the JSON has that one): a table must not show a
+    /// warning that did not lead to the trigger beside it.
+    pub fn lead_warning(&self) -> Option<&Mark> {
+        if self.first_trigger.is_some() {
+            self.episode_warning.as_ref()
+        } else {
+            self.first_warning.as_ref()
+        }
+    }
+}
+
 /// The whole report (`report.json`).
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -276,7 +291,7 @@ pub fn clock_text(ms: TimestampMs, full: bool) -> String {
 pub fn render_table(report: &Report) -> String {
     let header = [
         "account",
-        "first warning",
+        "warning",
         "trigger",
         "lead time",
         "worst ratio",
@@ -300,8 +315,7 @@ pub fn render_table(report: &Report) -> String {
             });
             [
                 a.account.to_string(),
-                a.first_warning
-                    .as_ref()
+                a.lead_warning()
                     .map_or("-".into(), |m| clock_text(m.time_ms, true)),
                 a.first_trigger
                     .as_ref()

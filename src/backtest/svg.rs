@@ -114,9 +114,8 @@ pub fn chart(a: &AccountReport, points: &[Point]) -> String {
         escape(&a.account.to_string())
     );
     let summary = format!(
-        "first warning {} · trigger {} · lead time {} · worst ratio {}",
-        a.first_warning
-            .as_ref()
+        "warning {} · trigger {} · lead time {} · worst ratio {}",
+        a.lead_warning()
             .map_or("none".into(), |m| clock_text(m.time_ms, true)),
         a.first_trigger
             .as_ref()
@@ -343,7 +342,7 @@ pub fn index_html(report: &Report) -> String {
             crate::engine::AfterTrigger::MarkLiquidated => "mark liquidated",
         }
     );
-    s.push_str("<table>\n<tr><th>account</th><th>first warning</th><th>trigger</th><th>lead time</th><th>worst ratio</th><th>penalty</th><th>surplus</th><th>shortfall</th><th>events</th></tr>\n");
+    s.push_str("<table>\n<tr><th>account</th><th>warning</th><th>trigger</th><th>lead time</th><th>worst ratio</th><th>penalty</th><th>surplus</th><th>shortfall</th><th>events</th></tr>\n");
     for a in &report.accounts {
         let cost = a.liquidation_cost.as_ref();
         let cell = |d: Option<rust_decimal::Decimal>| d.map_or("-".into(), money);
@@ -352,8 +351,7 @@ pub fn index_html(report: &Report) -> String {
             "<tr><td><a href=\"{}\">{}</a></td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
             escape(&a.chart),
             escape(&a.account.to_string()),
-            a.first_warning
-                .as_ref()
+            a.lead_warning()
                 .map_or("-".into(), |m| clock_text(m.time_ms, true)),
             a.first_trigger
                 .as_ref()

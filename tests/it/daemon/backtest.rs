@@ -188,6 +188,26 @@ fn accounts_the_recording_never_prices_are_named() {
         ),
         "{html}"
     );
+    // w3-cross-desk jumps from healthy straight to its trigger at 11:17:30 and first warns
+    // later, at 11:38:45: the table shows no warning beside that trigger (lead time 0), not
+    // the later one; the JSON keeps both.
+    let w3 = account(&r, "w3-cross-desk");
+    assert_eq!(w3["first_trigger"]["time"], "2021-05-19T11:17:30.100Z");
+    assert_eq!(w3["first_warning"]["time"], "2021-05-19T11:38:45.200Z");
+    assert_eq!(w3["episode_warning"], Value::Null);
+    let row: Vec<&str> = stdout
+        .lines()
+        .find(|l| l.starts_with("w3-cross-desk "))
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        row[..4],
+        ["w3-cross-desk", "-", "2021-05-19 11:17:30", "0s"],
+        "{stdout}"
+    );
 }
 
 /// Two runs of the same inputs write the same files, byte for byte; the eager engine (no
