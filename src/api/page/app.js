@@ -302,9 +302,16 @@ function renderIncomplete(inc) {
     p.textContent = "";
     return;
   }
-  const named = inc.accounts.map((a) => `${a.account_id} (${a.reason})`).join(", ");
-  const more = count > inc.accounts.length ? ` and ${count - inc.accounts.length} more` : "";
-  p.textContent = `${count} account${count === 1 ? "" : "s"} cannot be valued now and ${count === 1 ? "is" : "are"} not ranked: ${named}${more}.`;
+  // Each name links to the account's drill-down (`#account=ID`), which says why.
+  const parts = [`${count} account${count === 1 ? "" : "s"} cannot be valued now and ${count === 1 ? "is" : "are"} not ranked: `];
+  inc.accounts.forEach((a, i) => {
+    if (i) parts.push(", ");
+    parts.push(el("a", { href: "#account=" + encodeURIComponent(a.account_id), "data-account": a.account_id, text: a.account_id }));
+    parts.push(` (${a.reason})`);
+  });
+  if (count > inc.accounts.length) parts.push(` and ${count - inc.accounts.length} more`);
+  parts.push(".");
+  p.replaceChildren(...parts);
   p.hidden = false;
 }
 

@@ -248,6 +248,21 @@ async fn risk_page_in_a_real_browser() {
             "1 account cannot be valued now and is not ranked: sol-only (no price for SOLUSDT-PERP)."
         )
     );
+    // Its name opens its drill-down, which says why it has no figures.
+    browser
+        .click("#incomplete a[data-account='sol-only']", DEADLINE)
+        .await;
+    browser
+        .wait_js(
+            "the unvalued account's drill-down",
+            DEADLINE,
+            "return !document.querySelector('#detail').hidden
+                && document.querySelector('#detail-id').textContent==='sol-only'
+                && document.querySelector('#detail-summary').textContent
+                   .includes('account sol-only cannot be valued now: no price for SOLUSDT-PERP');",
+        )
+        .await;
+    browser.click("#detail-close", DEADLINE).await;
     // The page asks for pages, never the whole book.
     let limits = browser
         .js("return performance.getEntriesByType('resource').map(e=>new URL(e.name))
