@@ -193,7 +193,10 @@ async fn run_init_journal_creates_an_absent_journal() {
     );
     daemon.api_addr(DEADLINE).await;
     assert!(dir.path().join("journal.sqlite").exists());
-    assert!(daemon.log_text().contains("New journal created"));
+    // Said once each: created, then opened by the daemon (not also "opened" by the creation).
+    let log = daemon.log_text();
+    assert_eq!(log.matches("New journal created").count(), 1, "{log}");
+    assert_eq!(log.matches("Journal opened").count(), 1, "{log}");
     assert_eq!(daemon.terminate(DEADLINE), Some(0), "{}", daemon.log_text());
 }
 
