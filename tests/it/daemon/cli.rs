@@ -285,6 +285,33 @@ fn demo_warns_then_triggers_the_story_account() {
     );
 }
 
+/// `liqwatch demo --speed max` says in its header that it skips steps (its events differ from a
+/// timed replay's), and names the speed that shows every step; a timed run says only its speed.
+#[test]
+fn demo_at_max_says_it_skips_steps() {
+    let header = |speed: &str| {
+        let out = bin()
+            .args(["demo", "--speed", speed, "--no-color"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        stdout
+            .lines()
+            .find(|l| l.starts_with("Binance BTC/ETH/SOL prices"))
+            .unwrap_or_else(|| panic!("{stdout}"))
+            .to_string()
+    };
+    let max = header("max");
+    assert!(
+        max.contains("speed max: the engine sees only the latest prices")
+            && max.contains("--speed 20000 shows every step"),
+        "{max}"
+    );
+    let timed = header("100000");
+    assert!(timed.ends_with("speed ×100000."), "{timed}");
+}
+
 /// `check-config` on the shipped example with its secrets in the environment finds one
 /// problem: its journal (/var/lib/liqwatch/journal.db) does not exist on this machine. With
 /// `--no-env` it exits 0, and the presets and the sample snapshot it names load too.
