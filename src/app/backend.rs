@@ -555,6 +555,32 @@ mod tests {
         (status, body)
     }
 
+    /// The computed gauges scan the book at most once per `GAUGE_SCAN_EVERY`, however often
+    /// `/metrics` is scraped: a second scrape at once leaves the last scan's time alone.
+    #[tokio::test]
+    async fn the_gauge_scan_is_throttled() {
+        let f = fixture();
+        assert!(f.backend.gauges_at.lock().is_none());
+        f.backend.refresh_gauges();
+        let first = *f.backend.gauges_at.lock();
+        assert!(first.is_some());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        f.backend.refresh_gauges();
+        assert_eq!(
+            *f.backend.gauges_at.lock(),
+            first,
+            "scanned again within the interval"
+        );
+        // Once the interval has passed, the next scrape scans again.
+        *f.backend.gauges_at.lock() = first.and_then(|t| t.checked_sub(GAUGE_SCAN_EVERY));
+        f.backend.refresh_gauges();
+        let again = *f.backend.gauges_at.lock();
+        assert!(
+            again.is_some_and(|t| Some(t) > first),
+            "{again:?} {first:?}"
+        );
+    }
+
     /// An account the daemon cannot value (its instrument has no price yet) is not "not
     /// found": its view answers 503 `account_incomplete` saying why, and the listing counts and
     /// names it although no page can rank it. An unknown account stays a 404.

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::api_backend::MemBackend;
-use crate::support::daemon_env::{Daemon, binance_mark_line, http_client};
+use crate::support::daemon_env::{Daemon, binance_mark_line, get_ok, http_client};
 
 const TOKEN: &str = "hardening-token";
 /// Upper bound for anything to happen; a hang fails the test instead of blocking CI.
@@ -535,14 +535,7 @@ async fn replay_daemon_is_ready_only_when_every_instrument_is_priced() {
     .await;
     assert_eq!(body["ready"], true, "{body}");
     // The replay routes only the venue its recording holds, and says which it left out.
-    let feeds: Value = client
-        .get(format!("{api}/v1/feeds"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let feeds = get_ok(&client, format!("{api}/v1/feeds")).await;
     let venues: Vec<&str> = feeds["feeds"]
         .as_array()
         .unwrap()

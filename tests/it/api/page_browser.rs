@@ -16,7 +16,9 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
 use crate::support::browser::Browser;
-use crate::support::daemon_env::{Daemon, MockBinance, binance_mark_line, http_client};
+use crate::support::daemon_env::{
+    Daemon, MockBinance, binance_mark_line, http_client, scrape_metrics,
+};
 
 const TOKEN: &str = "page-test-token";
 /// Generous: the page polls once a second and reacts to the event stream at once.
@@ -147,34 +149,32 @@ async fn risk_page_in_a_real_browser() {
         ("calm", "10000"),
         ("flat", "5000"),
     ];
-    for (id, usdt) in accounts {
-        let positions = if id == "flat" {
-            json!([])
-        } else {
-            json!([{"instrument":"BTCUSDT-PERP","quantity":"1","entry_price":"50000"}])
-        };
-        let body = json!({"id": id, "collateral": {"USDT": usdt}, "positions": positions});
+    let mut bodies: Vec<Value> = accounts
+        .iter()
+        .map(|(id, usdt)| {
+            let positions = if *id == "flat" {
+                json!([])
+            } else {
+                json!([{"instrument":"BTCUSDT-PERP","quantity":"1","entry_price":"50000"}])
+            };
+            json!({"id": id, "collateral": {"USDT": usdt}, "positions": positions})
+        })
+        .collect();
+    // An account in an instrument the mock never prices: it cannot be valued, so it is on no
+    // page, and the page must say so rather than leave it out silently.
+    bodies.push(json!({"id": "sol-only", "collateral": {"USDT": "1000"},
+        "positions": [{"instrument":"SOLUSDT-PERP","quantity":"10","entry_price":"100"}]}));
+    for body in &bodies {
+        let id = body["id"].as_str().unwrap();
         let r = client
             .put(format!("{api}/v1/accounts/{id}"))
             .bearer_auth(TOKEN)
-            .json(&body)
+            .json(body)
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     }
-    // An account in an instrument the mock never prices: it cannot be valued, so it is on no
-    // page, and the page must say so rather than leave it out silently.
-    let body = json!({"id": "sol-only", "collateral": {"USDT": "1000"},
-        "positions": [{"instrument":"SOLUSDT-PERP","quantity":"10","entry_price":"100"}]});
-    let r = client
-        .put(format!("{api}/v1/accounts/sol-only"))
-        .bearer_auth(TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     let mut listed = Value::Null;
     let end = Instant::now() + DEADLINE;
     while listed["total"] != 4 {
@@ -217,14 +217,7 @@ async fn risk_page_in_a_real_browser() {
     // And the gauge an alert watches counts it (computed at a scrape, at most every 5 s).
     let end = Instant::now() + DEADLINE;
     loop {
-        let metrics = client
-            .get(format!("{api}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = scrape_metrics(&client, &api, None).await;
         if metrics
             .lines()
             .any(|l| l == "liqwatch_accounts_incomplete 1")

@@ -15,7 +15,9 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
 use crate::support::browser::Browser;
-use crate::support::daemon_env::{Daemon, MockBinance, binance_config, http_client, poll_until};
+use crate::support::daemon_env::{
+    Daemon, MockBinance, binance_config, get_ok, http_client, poll_until,
+};
 
 const TOKEN: &str = "drilldown-test-token";
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -27,12 +29,6 @@ fn write_config(dir: &Path, venue_url: &str) -> PathBuf {
         + "\n[risk]\nhistory = [\"episode:crash-2021-05-19\"]\nhorizon = \"1h\"\nalpha = \"0.99\"\n";
     std::fs::write(&cfg, text).unwrap();
     cfg
-}
-
-async fn get(client: &reqwest::Client, url: String) -> Value {
-    let r = client.get(&url).send().await.unwrap();
-    assert_eq!(r.status(), 200, "{url}");
-    r.json().await.unwrap()
 }
 
 fn ids(body: &Value) -> Vec<String> {
@@ -139,7 +135,7 @@ async fn drilldown_risk_events_and_history_survive_restart() {
     }
     let end = std::time::Instant::now() + DEADLINE;
     loop {
-        let b = get(&client, format!("{api}/v1/accounts?limit=10")).await;
+        let b = get_ok(&client, format!("{api}/v1/accounts?limit=10")).await;
         if b["total"] == 3 {
             break;
         }
@@ -152,9 +148,9 @@ async fn drilldown_risk_events_and_history_survive_restart() {
 
     // The API: ratio order and distance order differ, and the distance order is the order of
     // |shock_distance.nearest| in the accounts' own snapshots.
-    let by_ratio = get(&client, format!("{api}/v1/accounts?limit=10")).await;
+    let by_ratio = get_ok(&client, format!("{api}/v1/accounts?limit=10")).await;
     assert_eq!(ids(&by_ratio), ["pair", "hot", "calm"], "{by_ratio}");
-    let by_distance = get(&client, format!("{api}/v1/accounts?sort=distance&limit=10")).await;
+    let by_distance = get_ok(&client, format!("{api}/v1/accounts?sort=distance&limit=10")).await;
     assert_eq!(ids(&by_distance), ["hot", "pair", "calm"], "{by_distance}");
     let mut nearest: Vec<(Decimal, String)> = by_ratio["accounts"]
         .as_array()
@@ -170,7 +166,7 @@ async fn drilldown_risk_events_and_history_survive_restart() {
     nearest.sort();
     let want: Vec<String> = nearest.into_iter().map(|(_, id)| id).collect();
     assert_eq!(ids(&by_distance), want);
-    let far_first = get(
+    let far_first = get_ok(
         &client,
         format!("{api}/v1/accounts?sort=distance&order=asc&limit=10"),
     )
@@ -229,7 +225,7 @@ async fn drilldown_risk_events_and_history_survive_restart() {
              return {var:x('risk-var'), es:x('risk-es'), p:x('risk-pliq'), comps};",
         )
         .await;
-    let risk = get(&client, format!("{api}/v1/accounts/hot/risk")).await;
+    let risk = get_ok(&client, format!("{api}/v1/accounts/hot/risk")).await;
     assert_eq!(shown["var"], risk["var"], "{risk}");
     assert_eq!(shown["es"], risk["es"], "{risk}");
     assert_eq!(shown["p"], risk["p_liquidation"], "{risk}");
@@ -293,9 +289,9 @@ async fn drilldown_risk_events_and_history_survive_restart() {
     );
     let warning_seq = seqs[0];
     // Paging backwards: one per page, then an empty last page.
-    let first = get(&client, format!("{api}/v1/accounts/hot/events?limit=1")).await;
+    let first = get_ok(&client, format!("{api}/v1/accounts/hot/events?limit=1")).await;
     assert_eq!(first["next_before_seq"], json!(warning_seq), "{first}");
-    let rest = get(
+    let rest = get_ok(
         &client,
         format!("{api}/v1/accounts/hot/events?limit=1&before_seq={warning_seq}"),
     )

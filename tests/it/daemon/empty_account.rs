@@ -7,14 +7,12 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::daemon_env::{Daemon, MockBinance, binance_config, http_client, poll_until};
+use crate::support::daemon_env::{
+    Daemon, MockBinance, binance_config, get_json, http_client, poll_until,
+};
 
 const TOKEN: &str = "empty-account-token";
 const DEADLINE: Duration = Duration::from_secs(20);
-
-async fn get_json(client: &reqwest::Client, url: &str) -> Option<Value> {
-    client.get(url).send().await.ok()?.json().await.ok()
-}
 
 /// Empty and collateral-only (negative balance) accounts put over HTTP journal no event and
 /// read back healthy with ratio 0; an account with a position and negative equity triggers.

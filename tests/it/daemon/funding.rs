@@ -10,7 +10,9 @@ use rust_decimal::Decimal;
 use rust_decimal_macros::dec;
 use serde_json::{Value, json};
 
-use crate::support::daemon_env::{Daemon, MockBinance, binance_config, http_client, now_ms};
+use crate::support::daemon_env::{
+    Daemon, MockBinance, binance_config, get_json, http_client, now_ms,
+};
 
 const TOKEN: &str = "funding-token";
 const TOKEN_ENV: &str = "FUNDING_TOKEN";
@@ -22,10 +24,6 @@ fn frame(price: &str, r: &str, t: i64) -> String {
         "{{\"stream\":\"btcusdt@markPrice@1s\",\"data\":{{\"e\":\"markPriceUpdate\",\"E\":{e},\"s\":\"BTCUSDT\",\"p\":\"{price}\",\"i\":\"{price}\",\"P\":\"{price}\",\"r\":\"{r}\",\"T\":{t}}}}}",
         e = now_ms()
     )
-}
-
-async fn get_json(client: &reqwest::Client, url: &str) -> Option<Value> {
-    client.get(url).send().await.ok()?.json().await.ok()
 }
 
 fn dec_of(v: &Value) -> Option<Decimal> {

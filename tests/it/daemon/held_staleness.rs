@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::daemon_env::{Daemon, MockBinance, http_client};
+use crate::support::daemon_env::{Daemon, MockBinance, get_json, http_client};
 
 const TOKEN: &str = "held-staleness-token";
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -61,10 +61,6 @@ grace = "3s"
     let p = dir.join("liqwatch.toml");
     std::fs::write(&p, cfg).unwrap();
     p
-}
-
-async fn get_json(client: &reqwest::Client, url: &str) -> Option<Value> {
-    client.get(url).send().await.ok()?.json().await.ok()
 }
 
 /// Issue 12 item 5: only the held BTCUSDT-PERP goes `feed_stale` (the other instruments the

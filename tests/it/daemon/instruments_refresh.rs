@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
 use serde_json::Value;
 
-use crate::support::daemon_env::{Daemon, MockBinance, http_client};
+use crate::support::daemon_env::{Daemon, MockBinance, get_json, http_client};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const FIXTURE: &str = "feeds/binance-usdm/rest/leverage_tiers_freqtrade_2024-10-24.json";
@@ -130,10 +130,6 @@ grace = "3s"
     let p = dir.join("liqwatch.toml");
     std::fs::write(&p, cfg).unwrap();
     p
-}
-
-async fn get_json(client: &reqwest::Client, url: &str) -> Option<Value> {
-    client.get(url).send().await.ok()?.json().await.ok()
 }
 
 /// The `instruments` check of `/readyz`.

@@ -5,22 +5,13 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use crate::support::daemon_env::{Daemon, MockBinance, binance_config, http_client, poll_until};
+use crate::support::daemon_env::{
+    Daemon, MockBinance, binance_config, get_ok, http_client, poll_until,
+};
 
 const DEADLINE: Duration = Duration::from_secs(20);
-
-async fn get(client: &reqwest::Client, url: String) -> Value {
-    client
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_moves_a_feed_to_a_new_url() {
@@ -53,7 +44,7 @@ async fn sighup_moves_a_feed_to_a_new_url() {
         .status();
     assert_eq!(st.as_u16(), 200);
     poll_until("the account to be valued healthy", DEADLINE, || {
-        let v = futures::executor::block_on(get(&client, format!("{api}/v1/accounts/a")));
+        let v = futures::executor::block_on(get_ok(&client, format!("{api}/v1/accounts/a")));
         (v["state"] == json!({"state":"healthy"})).then_some(())
     })
     .await;
@@ -82,7 +73,7 @@ async fn sighup_moves_a_feed_to_a_new_url() {
     let end = std::time::Instant::now() + DEADLINE;
     loop {
         b.push_mark("BTCUSDT", "49800");
-        let v = get(&client, format!("{api}/v1/accounts/a")).await;
+        let v = get_ok(&client, format!("{api}/v1/accounts/a")).await;
         if v["state"]["state"] == "warning" {
             break;
         }
@@ -94,7 +85,7 @@ async fn sighup_moves_a_feed_to_a_new_url() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The venue is listed once: the old feed's status left with it.
-    let feeds = get(&client, format!("{api}/v1/feeds")).await;
+    let feeds = get_ok(&client, format!("{api}/v1/feeds")).await;
     let list = feeds
         .as_array()
         .or_else(|| feeds["feeds"].as_array())

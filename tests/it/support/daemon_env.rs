@@ -532,6 +532,24 @@ pub async fn scrape_metrics(client: &reqwest::Client, api: &str, token: Option<&
         .unwrap_or_else(|e| panic!("GET /metrics body: {e}"))
 }
 
+/// `GET url` as JSON; `None` on a transport error or a body that is not JSON (for polling).
+pub async fn get_json(client: &reqwest::Client, url: &str) -> Option<serde_json::Value> {
+    client.get(url).send().await.ok()?.json().await.ok()
+}
+
+/// `GET url`, which must answer 200 with JSON.
+pub async fn get_ok(client: &reqwest::Client, url: String) -> serde_json::Value {
+    let r = client
+        .get(&url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(r.status(), 200, "GET {url}");
+    r.json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
+}
+
 /// One line of a replay recording: a Binance USD-M mark price frame for `symbol` (`BTCUSDT`)
 /// received at `ms`, the venue's own JSON in the replay format (`docs/feeds.md#replay`).
 pub fn binance_mark_line(symbol: &str, ms: i64, price: &str) -> String {
