@@ -29,13 +29,11 @@ fn fmt_money(d: Decimal) -> String {
     r.to_string()
 }
 
+/// A margin ratio in percent, as the risk page and `liqwatch stress` show it (`101.23 %`).
 fn fmt_ratio(r: &MarginRatio) -> String {
     match r {
-        MarginRatio::Finite(d) => d
-            .round_dp_with_strategy(4, RoundingStrategy::MidpointAwayFromZero)
-            .normalize()
-            .to_string(),
-        MarginRatio::Infinite => "inf (equity ≤ 0)".to_string(),
+        MarginRatio::Finite(d) => fmt_pct(Some(*d)),
+        MarginRatio::Infinite => "∞ (equity ≤ 0)".to_string(),
     }
 }
 
@@ -46,9 +44,19 @@ fn fmt_pct(d: Option<Decimal>) -> String {
     }
 }
 
+/// A level as a key part (PagerDuty's `dedup_key`): the bare number, so incidents keep their keys.
 fn fmt_level(d: Option<Decimal>) -> String {
     d.map(|d| d.normalize().to_string())
         .unwrap_or_else(|| "-".to_string())
+}
+
+/// A level for people: every level type is a fraction (a ratio, a move, a probability, ES over
+/// equity), shown in percent without trailing zeros (`level 80 %`).
+fn fmt_level_pct(d: Option<Decimal>) -> String {
+    match d.and_then(|d| d.checked_mul(Decimal::ONE_HUNDRED)) {
+        Some(p) => format!("{} %", round2(p).normalize()),
+        None => "-".to_string(),
+    }
 }
 
 /// The level as a key part: the bare level for the margin ratio (as before distance levels),
@@ -135,7 +143,7 @@ pub fn alert_text(ev: &RiskEvent) -> AlertText {
     let details = if let Some(r) = &ev.risk {
         // Scenario risk (`risk_warning` and its `recovered`): the figures that crossed.
         let level_type = ev.level_type.map(|t| t.as_str()).unwrap_or("-");
-        let level = fmt_level(ev.level);
+        let level = fmt_level_pct(ev.level);
         let p = fmt_pct(Some(r.p_liquidation));
         let es = fmt_money(r.es);
         let ratio = fmt_pct(r.es_to_equity);
@@ -152,7 +160,7 @@ pub fn alert_text(ev: &RiskEvent) -> AlertText {
         let equity = fmt_money(s.equity);
         let mm = fmt_money(s.maintenance_margin);
         let shock = fmt_pct(s.shock_distance.nearest);
-        let level = fmt_level(ev.level);
+        let level = fmt_level_pct(ev.level);
         fields.push(("Level", level.clone()));
         fields.push(("Margin ratio", ratio.clone()));
         fields.push(("Equity", equity.clone()));
@@ -161,9 +169,8 @@ pub fn alert_text(ev: &RiskEvent) -> AlertText {
         if ev.level_type == Some(crate::model::LevelType::ShockDistance) {
             // A distance level: the move to the trigger is what crossed it.
             format!(
-                "shock distance {shock} (level {} move), margin ratio {ratio}, \
-                 equity {equity}, MM {mm}{stale}",
-                fmt_pct(ev.level)
+                "shock distance {shock} (level {level} move), margin ratio {ratio}, \
+                 equity {equity}, MM {mm}{stale}"
             )
         } else {
             format!(
@@ -196,7 +203,7 @@ pub fn alert_text(ev: &RiskEvent) -> AlertText {
             c.holders_revalued
         )
     } else {
-        format!("level {}", fmt_level(ev.level))
+        format!("level {}", fmt_level_pct(ev.level))
     };
     let subject = match (&ev.feed, &ev.instrument_change) {
         (Some(f), _) if ev.account_id.is_none() => f.instrument.to_string(),
@@ -744,9 +751,38 @@ mod tests {
         assert_eq!(t.title, "LIQUIDATION TRIGGER: acct-7");
         assert_eq!(
             t.summary,
-            "liquidation_trigger acct-7: margin ratio 1.0123 (level 1), equity 10000.00, \
+            "liquidation_trigger acct-7: margin ratio 101.23 % (level 100 %), equity 10000.00, \
              MM 10123.45, shock distance -5.12 %"
         );
+        // A warning reads in percent like the risk page; an account at or below zero equity
+        // reads as ∞. The incident key keeps the bare level (keys of open incidents stay put).
+        let mut w = entry(2, EventKind::LiquidationWarning, "acct-7", 0, dec!(0.85));
+        assert!(
+            alert_text(&w.event)
+                .summary
+                .starts_with("liquidation_warning acct-7: margin ratio 85.00 % (level 80 %),"),
+            "{}",
+            alert_text(&w.event).summary
+        );
+        if let Some(s) = w.event.snapshot.as_mut() {
+            s.margin_ratio = MarginRatio::Infinite;
+        }
+        let t = alert_text(&w.event);
+        assert!(
+            t.summary
+                .contains("margin ratio ∞ (equity ≤ 0) (level 80 %)"),
+            "{}",
+            t.summary
+        );
+        assert!(
+            t.fields
+                .contains(&("Margin ratio", "∞ (equity ≤ 0)".to_string()))
+        );
+        let p: Value = serde_json::from_slice(
+            &render_single(&settings(WebhookFormat::Pagerduty), &w).unwrap()[0].body,
+        )
+        .unwrap();
+        assert_eq!(p["dedup_key"], "liqwatch:acct-7:0.8");
     }
 
     /// A batched body is `{"events":[…]}` of the journaled JSON in order, parses back to the
@@ -829,7 +865,7 @@ mod tests {
         let t = alert_text(&w.event);
         assert!(
             t.summary.starts_with(
-                "liquidation_warning acct-1: shock distance -5.12 % (level 10.0 % move)"
+                "liquidation_warning acct-1: shock distance -5.12 % (level 10 % move)"
             ),
             "{}",
             t.summary
@@ -905,7 +941,7 @@ mod tests {
         assert_eq!(t.title, "Risk warning: acct-9");
         assert_eq!(
             t.summary,
-            "risk_warning acct-9: p_liquidation level 0.05: P(liquidation) 10.0 %, \
+            "risk_warning acct-9: p_liquidation level 5 %: P(liquidation) 10.0 %, \
              ES 10000.00 (100 % of equity) over 1h"
         );
         let p: Value = serde_json::from_slice(
