@@ -97,6 +97,9 @@ function pct(s, dp) {
   const n = num(s);
   if (n === Infinity) return "∞";
   if (!isFinite(n)) return "–";
+  // A hedged book's trigger can sit at prices ×5,000; past +1,000 % the digits say nothing a
+  // desk acts on (the exact figure stays in the cell's title).
+  if (n > 10) return "> +1,000 %";
   const v = (n * 100).toFixed(dp === undefined ? 2 : dp);
   return (n > 0 ? "+" : "") + v + " %";
 }

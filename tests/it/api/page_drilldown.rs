@@ -201,6 +201,18 @@ async fn drilldown_risk_events_and_history_survive_restart() {
         )
         .await;
     assert_eq!(sorted, "ascending", "closest first = distances ascending");
+    // A move past +1,000 % (a hedged book's trigger at prices ×5,000) is not spelt out.
+    let shown = browser
+        .wait_js(
+            "the page's percent format",
+            DEADLINE,
+            "return [pct('5358.6115'), pct('10'), pct('-0.1158'), pct('0.0123')];",
+        )
+        .await;
+    assert_eq!(
+        shown,
+        json!(["> +1,000 %", "+1000.00 %", "-11.58 %", "+1.23 %"])
+    );
 
     // VaR, ES, P(liquidation) and component ES on the drill-down equal the endpoint's.
     open_row(&browser, "hot").await;
