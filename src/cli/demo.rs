@@ -485,8 +485,8 @@ impl Summary {
         out.push_str(&style.paint("1", "Summary"));
         out.push('\n');
         out.push_str(&format!(
-            "  {:<14} {:>11}  {:<12} {}\n",
-            "account", "worst ratio", "final state", "events"
+            "  {:<14} {:>13}  {:<12} {}\n",
+            "account", "peak at event", "final state", "events"
         ));
         for (id, a) in &self.accounts {
             let state = match &a.last_state {
@@ -508,7 +508,7 @@ impl Summary {
                 })
                 .collect();
             out.push_str(&format!(
-                "  {:<14} {:>11}  {:<12} {}\n",
+                "  {:<14} {:>13}  {:<12} {}\n",
                 id,
                 a.worst_ratio.map(ratio_pct).unwrap_or_else(|| "-".into()),
                 state,
@@ -658,6 +658,14 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("TRIGGERED"), "{table}");
+        // The ratio column says what it is: the peak among the account's events.
+        assert!(table.contains("peak at event"), "{table}");
+        assert!(
+            table
+                .lines()
+                .any(|l| l.contains("desk-alpha") && l.contains("205.2%")),
+            "{table}"
+        );
     }
 
     fn sample_event() -> RiskEvent {
