@@ -161,6 +161,12 @@ pub fn main(args: BacktestArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             eprintln!("liqwatch backtest: {e}");
+            if args.config.is_none()
+                && let Some(h) =
+                    super::missing_default_hint(&[("--instruments", &args.instruments)])
+            {
+                eprintln!("{h}");
+            }
             return ExitCode::from(2);
         }
     };

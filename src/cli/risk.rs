@@ -179,6 +179,13 @@ pub fn main(args: RiskArgs) -> ExitCode {
         Ok(i) => i,
         Err(e) => {
             eprintln!("liqwatch risk: {e}");
+            if let Some(h) = super::missing_default_hint(&[
+                ("--instruments", &args.instruments),
+                ("--accounts", &args.accounts),
+                ("--prices", &args.prices),
+            ]) {
+                eprintln!("{h}");
+            }
             return ExitCode::from(2);
         }
     };

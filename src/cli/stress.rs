@@ -441,6 +441,13 @@ pub fn main(args: StressArgs) -> ExitCode {
         Ok(i) => i,
         Err(e) => {
             eprintln!("liqwatch stress: {e}");
+            if let Some(h) = super::missing_default_hint(&[
+                ("--instruments", &args.instruments),
+                ("--accounts", &args.accounts),
+                ("--prices", &args.prices),
+            ]) {
+                eprintln!("{h}");
+            }
             return ExitCode::from(2);
         }
     };

@@ -332,3 +332,70 @@ fn warn_within_shock_marks_the_rows() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+/// Run outside the checkout with the defaults, `stress`, `risk` and `backtest` exit 2 with the
+/// missing file and a hint naming the flags whose default is absent; a file the user named is
+/// not blamed on a default.
+#[test]
+fn defaults_missing_outside_the_checkout_name_their_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_liqwatch"))
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .expect("run liqwatch")
+    };
+    // (The history is read after the presets, which fail first.)
+    let history = dir.path().join("history.csv");
+    for args in [
+        vec!["stress"],
+        vec!["risk", "--history", history.to_str().unwrap()],
+    ] {
+        let cmd = args[0];
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {err}");
+        assert!(
+            err.contains("feeds/presets.toml: cannot read"),
+            "{cmd}: {err}"
+        );
+        assert!(
+            err.contains("--instruments (default feeds/presets.toml)")
+                && err.contains("--accounts (default feeds/sample/accounts.json)")
+                && err.contains("--prices (default feeds/sample/prices.toml)"),
+            "{cmd}: {err}"
+        );
+    }
+    // The presets named, the rest at their defaults: the hint names only those.
+    let presets = repo().join("feeds/presets.toml");
+    let out = run(&["stress", "--instruments", presets.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--accounts (default") && !err.contains("--instruments (default"),
+        "{err}"
+    );
+    let replay = repo().join("feeds/replay/crash-2021-05-19.jsonl");
+    let accounts = repo().join("feeds/demo/accounts.json");
+    let out = run(&[
+        "backtest",
+        "--replay",
+        replay.to_str().unwrap(),
+        "--accounts",
+        accounts.to_str().unwrap(),
+        "--out",
+        "out",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--instruments (default feeds/presets.toml)"),
+        "{err}"
+    );
+    // A missing file the user named gets the error alone.
+    let out = run(&["stress", "--instruments", "mine.toml"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mine.toml: cannot read"), "{err}");
+    assert!(!err.contains("--instruments (default"), "{err}");
+}
