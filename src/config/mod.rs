@@ -859,7 +859,10 @@ impl Cx<'_, '_> {
     }
 
     /// Reads every `[[feeds]]` entry; each venue feed's `stale_after` goes into the price
-    /// board's per-venue limits.
+    /// board's per-venue limits. A replay's `stale_after` is the limit of the venues its
+    /// recording plays, which only the file knows: it goes to every venue whose limit neither a
+    /// live feed nor `[prices] venue_stale_after` sets (the shortest, with several replays),
+    /// so the key is never silently ignored.
     fn feeds(&mut self, mut prices: Option<&mut PriceBoardConfig>) -> Vec<FeedEntry> {
         let items = self.entries("feeds");
         if items.is_empty() && !self.problems.iter().any(|p| p.key.starts_with("feeds")) {
@@ -870,6 +873,7 @@ impl Cx<'_, '_> {
         }
         let mut out = Vec::new();
         let mut venues = HashSet::new();
+        let mut replay_limit: Option<Duration> = None;
         for (i, item) in items.into_iter().enumerate() {
             let at = |k: &'static str| [P::K("feeds"), P::I(i), P::K(k)];
             let Some((mine, rest)) = split_table(&item, FEED_KEYS) else {
@@ -902,6 +906,11 @@ impl Cx<'_, '_> {
                         }
                     },
                 };
+                if raw.enabled != Some(false)
+                    && let Some(sa) = raw.stale_after
+                {
+                    replay_limit = Some(replay_limit.map_or(sa, |r| r.min(sa)));
+                }
                 FeedSource::Replay { file, speed }
             } else {
                 if raw.file.is_some() || raw.speed.is_some() {
@@ -951,6 +960,13 @@ impl Cx<'_, '_> {
                 instruments: raw.instruments.unwrap_or_default(),
                 driver,
             });
+        }
+        if let (Some(sa), Some(p)) = (replay_limit, prices) {
+            for v in Venue::ALL {
+                p.venue_stale_after
+                    .entry(v)
+                    .or_insert(humantime_serde::Serde::from(sa));
+            }
         }
         out
     }

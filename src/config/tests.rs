@@ -261,6 +261,28 @@ fn feeds_replay_disabled_and_knobs() {
     );
 }
 
+/// A replay's `stale_after` becomes the limit of every venue it may play (its recording's venues
+/// are only known from the file), unless a live feed or `[prices] venue_stale_after` sets that
+/// venue; with two replays the shorter wins. Without it nothing changes.
+#[test]
+fn replay_stale_after_applies_to_the_venues_it_plays() {
+    let text = MIN.replace(
+        "venue = \"binance-usdm\"",
+        "venue = \"binance-usdm\"\nenabled = false\n\n[[feeds]]\nvenue = \"replay\"\nfile = \"r.jsonl\"\nstale_after = \"90s\"\n\n[[feeds]]\nvenue = \"replay\"\nfile = \"s.jsonl\"\nstale_after = \"60s\"\n\n[[feeds]]\nvenue = \"okx\"\nstale_after = \"3s\"",
+    ) + "\n[prices]\nvenue_stale_after = { deribit = \"7s\" }\n";
+    let c = ok(&text);
+    let limit = |v: Venue| c.prices.venue_stale_after.get(&v).map(|d| **d);
+    assert_eq!(limit(Venue::BinanceUsdm), Some(Duration::from_secs(60)));
+    assert_eq!(limit(Venue::Hyperliquid), Some(Duration::from_secs(60)));
+    assert_eq!(limit(Venue::Okx), Some(Duration::from_secs(3)));
+    assert_eq!(limit(Venue::Deribit), Some(Duration::from_secs(7)));
+    let plain = ok(&MIN.replace(
+        "venue = \"binance-usdm\"",
+        "venue = \"binance-usdm\"\nenabled = false\n\n[[feeds]]\nvenue = \"replay\"\nfile = \"r.jsonl\"",
+    ));
+    assert!(plain.prices.venue_stale_after.is_empty());
+}
+
 /// A replay's speed is a factor, not money: a TOML integer is taken as well as a string; a
 /// negative integer, a boolean or a float is a problem at the key.
 #[test]
