@@ -26,6 +26,40 @@ enum JournalCommand {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Events retained, accounts, and each sink's cursor, lag and dead letters; read-only, with
+    /// or without the daemon running.
+    Status {
+        #[command(flatten)]
+        at: liqwatch::cli::journal::JournalAt,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: liqwatch::cli::journal::Format,
+    },
+    /// The events sinks gave up on (permanent failures), with the reason and the event; read-only.
+    DeadLetters {
+        #[command(flatten)]
+        at: liqwatch::cli::journal::JournalAt,
+        /// Only this sink's.
+        #[arg(long)]
+        sink: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: liqwatch::cli::journal::Format,
+    },
+    /// The retained events as journaled, one JSON object per line, in journal order; read-only.
+    Events {
+        #[command(flatten)]
+        at: liqwatch::cli::journal::JournalAt,
+        /// Only events after this seq.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// Only this account's.
+        #[arg(long)]
+        account: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
 }
 
 /// Cross-margin liquidation watcher.
@@ -140,6 +174,18 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Journal(JournalCommand::Status { at, format }) => {
+            liqwatch::cli::journal::status(&at, format)
+        }
+        Command::Journal(JournalCommand::DeadLetters { at, sink, format }) => {
+            liqwatch::cli::journal::dead_letters(&at, sink.as_deref(), format)
+        }
+        Command::Journal(JournalCommand::Events {
+            at,
+            since,
+            account,
+            limit,
+        }) => liqwatch::cli::journal::events(&at, since, account.as_deref(), limit),
         Command::Run {
             config,
             init_journal,

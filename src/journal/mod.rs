@@ -1231,6 +1231,7 @@ mod cursors; // per-sink cursors, history reads and dead letters
 pub mod history; // v3: the risk page's per-account history and per-account event reads
 use history::SCHEMA_V3_HISTORY;
 mod handle; // the async handle: journal calls on tokio's blocking pool
+pub mod inspect; // read-only views for `liqwatch journal status | dead-letters | events`
 pub mod prices; // schema 3: recorded price samples and risk-warning states
 pub mod update_ids; // ids of applied account updates, committed with the account write
 pub use handle::JournalHandle;

@@ -13,6 +13,7 @@ mod held_staleness;
 mod idempotent_updates;
 mod instruments_import;
 mod instruments_refresh;
+mod journal_cli;
 mod journal_init;
 mod metrics_exposition;
 mod reload;
