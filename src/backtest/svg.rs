@@ -313,7 +313,9 @@ pub fn chart(a: &AccountReport, points: &[Point]) -> String {
             H - 18,
             escape(text)
         );
-        lx += 40 + 6 * i64::try_from(text.len()).unwrap_or(20);
+        // ~7 px a character at 12 px sans-serif (6 let "maintenance margin" run into the next
+        // swatch); the five entries end near x = 890, inside the 960 px chart.
+        lx += 36 + 7 * i64::try_from(text.len()).unwrap_or(20);
     }
     s.push_str("</svg>\n");
     s

@@ -395,6 +395,36 @@ fn charts_are_well_formed_and_linked() {
             .unwrap();
         let vertices = eq.matches(" L").count() + 1;
         assert_eq!(vertices as u64, a["points"].as_u64().unwrap(), "{chart}");
+        // The legend's entries do not run into each other or off the chart: each text (12 px
+        // sans-serif, about 7 px a character) ends before the next entry's swatch starts.
+        let attr = |l: &str, name: &str| -> f64 {
+            let at = l.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
+            l[at..l[at..].find('"').unwrap() + at].parse().unwrap()
+        };
+        let width = attr(
+            svg.lines().find(|l| l.starts_with("<svg")).unwrap(),
+            "width",
+        );
+        let entries: Vec<(f64, f64, usize)> = svg
+            .lines()
+            .filter(|l| l.starts_with("<line") && l.contains("<text"))
+            .map(|l| {
+                let text = &l[l.find("<text").unwrap()..];
+                let chars = text[text.find('>').unwrap() + 1..text.find("</text>").unwrap()]
+                    .chars()
+                    .count();
+                (attr(l, "x1"), attr(text, "x"), chars)
+            })
+            .collect();
+        assert_eq!(entries.len(), 5, "{chart}: five legend entries");
+        for (i, (_, text_x, chars)) in entries.iter().enumerate() {
+            let end = text_x + 7.0 * *chars as f64;
+            let next = entries.get(i + 1).map_or(width, |e| e.0);
+            assert!(
+                end < next,
+                "{chart}: legend entry {i} ends at {end}, next at {next}"
+            );
+        }
     }
 }
 
