@@ -250,7 +250,7 @@ impl WebhookSink {
                     "request failed"
                 };
                 return Err(SinkError::Retriable {
-                    reason: format!("{what}: {e}"),
+                    reason: format!("{what}: {}", error_chain(&e)),
                     retry_after: None,
                 });
             }
@@ -613,6 +613,25 @@ impl Sink for WebhookSink {
     ) -> BoxFuture<'a, (usize, Option<SinkError>)> {
         Box::pin(self.deliver_batch(batch))
     }
+}
+
+/// An error and its causes, `: `-separated, so a log line or `/v1/sinks` says *why* ("error
+/// sending request: client error (Connect): tcp connect error: Connection refused (os error
+/// 111)"), not only that a request failed. A cause that repeats its parent's text is skipped.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut last = out.clone();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !text.is_empty() && !last.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        last = text;
+        cause = c.source();
+    }
+    out
 }
 
 #[cfg(test)]
