@@ -211,6 +211,11 @@ pub trait ApiBackend: AccountWriter {
     /// Every venue and instrument the daemon prices.
     fn feeds(&self) -> Vec<FeedStatus>;
 
+    /// Every sink's delivery status, by name. A backend without sinks has none.
+    fn sinks(&self) -> Vec<crate::sinks::SinkHealth> {
+        Vec::new()
+    }
+
     /// Up to `limit` journaled events from `since`, in journal order.
     fn events(
         &self,
@@ -390,6 +395,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/accounts/{id}/risk"),
     ("get", "/v1/risk/riskiest"),
     ("get", "/v1/feeds"),
+    ("get", "/v1/sinks"),
     ("get", "/v1/events"),
     ("get", "/v1/events/stream"),
     ("get", "/"),
@@ -421,6 +427,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/accounts/{id}/risk", get(get_risk))
         .route("/v1/risk/riskiest", get(riskiest::riskiest))
         .route("/v1/feeds", get(feeds))
+        .route("/v1/sinks", get(sinks))
         .route("/v1/events", get(events))
         .route("/v1/events/stream", get(events_stream))
         .fallback(not_found)
@@ -880,6 +887,19 @@ pub struct FeedsBody {
 async fn feeds(State(state): State<ApiState>) -> axum::Json<FeedsBody> {
     axum::Json(FeedsBody {
         feeds: state.backend.feeds(),
+    })
+}
+
+/// Body of `GET /v1/sinks`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SinksBody {
+    /// One entry per configured sink, by name.
+    pub sinks: Vec<crate::sinks::SinkHealth>,
+}
+
+async fn sinks(State(state): State<ApiState>) -> axum::Json<SinksBody> {
+    axum::Json(SinksBody {
+        sinks: state.backend.sinks(),
     })
 }
 

@@ -418,6 +418,17 @@ impl ApiBackend for Backend {
         self.registry.snapshot(&self.board)
     }
 
+    fn sinks(&self) -> Vec<crate::sinks::SinkHealth> {
+        let mut all: Vec<crate::sinks::SinkHealth> = self
+            .sinks
+            .healths()
+            .iter()
+            .map(|h| h.borrow().clone())
+            .collect();
+        all.sort_by(|a, b| a.sink.cmp(&b.sink));
+        all
+    }
+
     fn events(
         &self,
         since: EventsSince,

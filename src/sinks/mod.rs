@@ -294,7 +294,7 @@ impl Default for DriverOptions {
 }
 
 /// What a sink's driver is doing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SinkState {
     /// Not started yet.
@@ -311,8 +311,9 @@ pub enum SinkState {
     Stopped,
 }
 
-/// A sink's health snapshot, for `/readyz` and logs.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// A sink's health snapshot, for `/readyz`, `GET /v1/sinks` (the `SinkList` schema of
+/// `src/api/openapi.json`), the risk page and logs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct SinkHealth {
     /// The sink's name.
     pub sink: String,

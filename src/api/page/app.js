@@ -444,6 +444,44 @@ async function refreshFeeds() {
 }
 
 // ------------------------------------------------------------------------------------------
+// Delivery: each sink's state, lag and failures (is the desk's Slack or pager still fed?)
+// ------------------------------------------------------------------------------------------
+
+const SINK_STATE_TEXT = {
+  starting: "starting", idle: "up to date", delivering: "delivering a backlog",
+  retrying: "RETRYING", stuck: "STUCK", stopped: "stopped",
+};
+
+async function refreshSinks() {
+  let body;
+  try {
+    body = await api("/v1/sinks");
+  } catch (e) {
+    $("#sinks-body").replaceChildren(el("tr", {}, el("td", { colspan: "8", text: "sinks unavailable: " + e.message })));
+    return;
+  }
+  const frag = document.createDocumentFragment();
+  for (const k of body.sinks) {
+    const cls = k.state === "stuck" ? "triggered"
+      : k.state === "retrying" || k.dead_letters > 0 ? "warning" : "fresh";
+    const since = k.last_delivery_ms ? ago(Date.now() - k.last_delivery_ms) + " ago" : "never";
+    frag.append(el("tr", { class: "sink " + cls, "data-sink": k.sink, "data-state": k.state, "data-lag": String(k.lag) },
+      el("th", { scope: "row", "data-label": "Sink" }, k.sink),
+      el("td", { "data-label": "State" }, el("span", { class: "badge " + cls, text: SINK_STATE_TEXT[k.state] || k.state })),
+      el("td", { "data-label": "Lag", class: "num" }, k.lag),
+      el("td", { "data-label": "Delivered", class: "num" }, k.delivered),
+      el("td", { "data-label": "Retries", class: "num" }, k.retries),
+      el("td", { "data-label": "Dead letters", class: "num" }, k.dead_letters),
+      el("td", { "data-label": "Last delivery" }, since),
+      el("td", { "data-label": "Last error" }, k.last_error || "–")));
+  }
+  if (!body.sinks.length) {
+    frag.append(el("tr", {}, el("td", { colspan: "8", text: "No sinks configured: events are journaled only." })));
+  }
+  $("#sinks-body").replaceChildren(frag);
+}
+
+// ------------------------------------------------------------------------------------------
 // Live events: SSE over fetch() (headers allowed, so a token works), resumed by Last-Event-ID
 // ------------------------------------------------------------------------------------------
 
@@ -632,6 +670,7 @@ function init() {
   accountsLoop();
   every(2000, refreshTriggered);
   every(2000, refreshFeeds);
+  every(2000, refreshSinks);
   every(3000, refreshDetail);
   setInterval(() => {
     $("#clock").textContent = new Date().toISOString().slice(11, 19) + "Z";

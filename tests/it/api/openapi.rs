@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use liqwatch::api::{
     self, AccountEventsBody, AccountView, AccountsBody, ApiState, ErrorBody, EventsBody, FeedsBody,
-    HistoryBody, MutationBody, ReadyBody, ResyncBody, StressBody,
+    HistoryBody, MutationBody, ReadyBody, ResyncBody, SinksBody, StressBody,
 };
 use liqwatch::model::{Account, Fill, RiskEvent};
 use liqwatch::sources::parse_update;
@@ -103,6 +103,7 @@ fn check_example(schema: &str, example: &Value) -> bool {
         "AccountView" => ok(de::<AccountView>(example)),
         "AccountList" => ok(de::<AccountsBody>(example)),
         "FeedList" => ok(de::<FeedsBody>(example)),
+        "SinkList" => ok(de::<SinksBody>(example)),
         "RiskEvent" => ok(de::<RiskEvent>(example)),
         "EventPage" => {
             ok(de::<EventsBody>(example));

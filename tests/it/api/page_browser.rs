@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::support::browser::Browser;
 use crate::support::daemon_env::{
-    Daemon, MockBinance, binance_mark_line, http_client, scrape_metrics,
+    Daemon, MockBinance, binance_mark_line, http_client, poll_until_json, scrape_metrics,
 };
 
 const TOKEN: &str = "page-test-token";
@@ -51,6 +51,12 @@ path = "journal.sqlite"
 type = "jsonl"
 name = "archive"
 path = "events.jsonl"
+
+# Nothing listens on port 9: this sink retries every event (the Delivery table shows it).
+[[sinks]]
+type = "webhook"
+name = "pager"
+url = "http://127.0.0.1:9/hook"
 
 [api]
 bind = "127.0.0.1:0"
@@ -375,6 +381,57 @@ async fn risk_page_in_a_real_browser() {
             "return !!document.querySelector('#events li.liquidation_warning');",
         )
         .await;
+    // Delivery: the JSONL archive is up to date, the webhook with no receiver retries the
+    // warning; the page shows what `GET /v1/sinks` says.
+    let sinks = poll_until_json(&client, format!("{api}/v1/sinks"), DEADLINE, |b| {
+        b["sinks"].as_array().is_some_and(|s| {
+            s.iter()
+                .any(|k| k["sink"] == "pager" && k["state"] == "retrying")
+        })
+    })
+    .await;
+    let names: Vec<&str> = sinks["sinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["sink"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["archive", "pager"], "{sinks}");
+    let pager = &sinks["sinks"][1];
+    assert!(pager["lag"].as_u64().unwrap() >= 1, "{sinks}");
+    // The error names its cause, not only that the request failed.
+    assert!(
+        pager["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("cannot connect: ") && e.contains("refused")),
+        "{sinks}"
+    );
+    let shown = browser
+        .wait_js(
+            "the Delivery table",
+            DEADLINE,
+            "const row=(n)=>document.querySelector(`#sinks-body tr[data-sink=\"${n}\"]`);
+             const a=row('archive'), p=row('pager');
+             if (!a || !p || a.dataset.state!=='idle' || p.dataset.state!=='retrying') return null;
+             return {archive: a.textContent, pager: p.textContent, lag: Number(p.dataset.lag),
+                     badge: p.querySelector('.badge').className};",
+        )
+        .await;
+    assert!(
+        shown["archive"].as_str().unwrap().contains("up to date"),
+        "{shown}"
+    );
+    assert!(
+        shown["pager"].as_str().unwrap().contains("RETRYING"),
+        "{shown}"
+    );
+    assert!(shown["lag"].as_u64().unwrap() >= 1, "{shown}");
+    assert_eq!(shown["badge"], "badge warning", "{shown}");
+    browser
+        .js("document.querySelector('#feeds').scrollIntoView(); return true;")
+        .await;
+    shoot(&browser, &shots, "page-delivery.png").await;
+    browser.js("window.scrollTo(0, 0); return true;").await;
     shoot(&browser, &shots, "page-overview.png").await;
 
     // Drill-down with the keyboard: focus hot's row, press Enter.

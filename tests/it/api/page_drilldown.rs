@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::support::browser::Browser;
 use crate::support::daemon_env::{
-    Daemon, MockBinance, binance_config, get_ok, http_client, poll_until,
+    Daemon, MockBinance, binance_config, get_ok, http_client, poll_until, poll_until_json,
 };
 
 const TOKEN: &str = "drilldown-test-token";
@@ -273,13 +273,18 @@ async fn drilldown_risk_events_and_history_survive_restart() {
 
     // A warning for hot and pair: the drill-down's list is the journal's, for hot only.
     *btc.lock() = "49840".to_string();
-    let warned = poll_until_json(&client, format!("{api}/v1/accounts/hot/events"), |b| {
-        b["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["event"]["kind"] == "liquidation_warning")
-    })
+    let warned = poll_until_json(
+        &client,
+        format!("{api}/v1/accounts/hot/events"),
+        DEADLINE,
+        |b| {
+            b["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["event"]["kind"] == "liquidation_warning")
+        },
+    )
     .await;
     let seqs: Vec<u64> = warned["events"]
         .as_array()
@@ -343,9 +348,12 @@ async fn drilldown_risk_events_and_history_survive_restart() {
     let killed_at = stored[stored.len() - 1];
     let mut daemon = Daemon::start(bin, &cfg, &env, dir.path().join("daemon-2.log"));
     let api = format!("http://{}", daemon.api_addr(DEADLINE).await);
-    let restored = poll_until_json(&client, format!("{api}/v1/accounts/hot/history"), |b| {
-        b["points"].as_array().is_some_and(|p| !p.is_empty())
-    })
+    let restored = poll_until_json(
+        &client,
+        format!("{api}/v1/accounts/hot/history"),
+        DEADLINE,
+        |b| b["points"].as_array().is_some_and(|p| !p.is_empty()),
+    )
     .await;
     let times: Vec<i64> = restored["points"]
         .as_array()
@@ -362,9 +370,12 @@ async fn drilldown_risk_events_and_history_survive_restart() {
         "{times:?} vs {stored:?}"
     );
     // The accounts table's "last event" of hot is still the warning.
-    let listed = poll_until_json(&client, format!("{api}/v1/accounts?limit=10"), |b| {
-        b["total"] == 3
-    })
+    let listed = poll_until_json(
+        &client,
+        format!("{api}/v1/accounts?limit=10"),
+        DEADLINE,
+        |b| b["total"] == 3,
+    )
     .await;
     let hot = listed["accounts"]
         .as_array()
@@ -413,27 +424,4 @@ async fn drilldown_risk_events_and_history_survive_restart() {
     }
     browser.close().await;
     assert_eq!(daemon.terminate(Duration::from_secs(10)), Some(0));
-}
-
-/// GETs `url` until `ok` holds for the body, or panics after [`DEADLINE`] with the last body.
-async fn poll_until_json(
-    client: &reqwest::Client,
-    url: String,
-    ok: impl Fn(&Value) -> bool,
-) -> Value {
-    let end = std::time::Instant::now() + DEADLINE;
-    loop {
-        let r = client.get(&url).send().await;
-        if let Ok(r) = r {
-            if r.status() == 200 {
-                let b: Value = r.json().await.unwrap();
-                if ok(&b) {
-                    return b;
-                }
-                assert!(std::time::Instant::now() < end, "{url}: {b}");
-            }
-        }
-        assert!(std::time::Instant::now() < end, "{url}: no answer");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

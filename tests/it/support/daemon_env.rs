@@ -537,6 +537,30 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> Option<serde_json:
     client.get(url).send().await.ok()?.json().await.ok()
 }
 
+/// GETs `url` until `ok` holds for the body, or panics after `deadline` with the last body.
+pub async fn poll_until_json(
+    client: &reqwest::Client,
+    url: String,
+    deadline: Duration,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let end = std::time::Instant::now() + deadline;
+    loop {
+        let r = client.get(&url).send().await;
+        if let Ok(r) = r {
+            if r.status() == 200 {
+                let b: serde_json::Value = r.json().await.unwrap();
+                if ok(&b) {
+                    return b;
+                }
+                assert!(std::time::Instant::now() < end, "{url}: {b}");
+            }
+        }
+        assert!(std::time::Instant::now() < end, "{url}: no answer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// `GET url`, which must answer 200 with JSON.
 pub async fn get_ok(client: &reqwest::Client, url: String) -> serde_json::Value {
     let r = client
