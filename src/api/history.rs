@@ -308,7 +308,7 @@ fn push_point(
         let half = points.len() / 2;
         let mut idx = 0usize;
         points.retain(|_| {
-            let keep = idx >= half || idx % 2 == 0;
+            let keep = idx >= half || idx.is_multiple_of(2);
             idx += 1;
             keep
         });

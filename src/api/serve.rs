@@ -478,14 +478,13 @@ async fn connection(
             }
             _ = changed => {}
             _ = sleep_until(deadline) => {
-                if let Some((at, reason)) = state.deadline(&limits) {
-                    if at <= Instant::now() {
+                if let Some((at, reason)) = state.deadline(&limits)
+                    && at <= Instant::now() {
                         // Nothing is in flight: dropping the connection closes the socket.
                         closed(reason);
                         tracing::debug!(reason, "HTTP connection closed");
                         return;
                     }
-                }
             }
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;

@@ -170,10 +170,10 @@ impl<'q> TopRows<'q> {
         if self.keep == 0 {
             return;
         }
-        if let Some(bar) = &self.bar {
-            if self.q.compare(&f, &bar.fields()) != std::cmp::Ordering::Less {
-                return;
-            }
+        if let Some(bar) = &self.bar
+            && self.q.compare(&f, &bar.fields()) != std::cmp::Ordering::Less
+        {
+            return;
         }
         self.rows.push(Row {
             id: f.id.clone(),

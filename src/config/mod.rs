@@ -929,10 +929,10 @@ impl Cx<'_, '_> {
                     );
                     continue;
                 };
-                if let Some(u) = &driver.url {
-                    if !(u.starts_with("ws://") || u.starts_with("wss://")) {
-                        self.problem(&at("url"), format!("{u:?}: expected a ws:// or wss:// URL"));
-                    }
+                if let Some(u) = &driver.url
+                    && !(u.starts_with("ws://") || u.starts_with("wss://"))
+                {
+                    self.problem(&at("url"), format!("{u:?}: expected a ws:// or wss:// URL"));
                 }
                 if raw.enabled != Some(false) && !venues.insert(venue) {
                     self.problem(

@@ -118,10 +118,8 @@ impl Journal {
             tx.commit()?;
             Ok(rows.len())
         })();
-        if relax {
-            if let Err(error) = w.conn.pragma_update(None, "synchronous", "FULL") {
-                tracing::error!(%error, "Cannot restore synchronous=FULL on the journal");
-            }
+        if relax && let Err(error) = w.conn.pragma_update(None, "synchronous", "FULL") {
+            tracing::error!(%error, "Cannot restore synchronous=FULL on the journal");
         }
         Ok(result?)
     }

@@ -147,10 +147,10 @@ impl OpenGroup {
 }
 
 fn close(open: &mut Option<OpenGroup>, out: &mut [PlannedMessage]) {
-    if let Some(g) = open.take() {
-        if let Some(slot) = out.get_mut(g.slot) {
-            slot.members = g.members;
-        }
+    if let Some(g) = open.take()
+        && let Some(slot) = out.get_mut(g.slot)
+    {
+        slot.members = g.members;
     }
 }
 

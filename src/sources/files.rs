@@ -537,16 +537,16 @@ pub fn check_instrument(i: &Instrument) -> (Findings, Findings) {
                     format!("the first slice must start at 0, got {}", h.amount_floor),
                 ));
             }
-            if let Some(prev) = k.checked_sub(1).and_then(|p| i.haircut_tiers.get(p)) {
-                if h.amount_floor <= prev.amount_floor {
-                    errs.push((
-                        format!("{f}.amount_floor"),
-                        format!(
-                            "slices must be sorted by floor: {} after {}",
-                            h.amount_floor, prev.amount_floor
-                        ),
-                    ));
-                }
+            if let Some(prev) = k.checked_sub(1).and_then(|p| i.haircut_tiers.get(p))
+                && h.amount_floor <= prev.amount_floor
+            {
+                errs.push((
+                    format!("{f}.amount_floor"),
+                    format!(
+                        "slices must be sorted by floor: {} after {}",
+                        h.amount_floor, prev.amount_floor
+                    ),
+                ));
             }
         }
     }

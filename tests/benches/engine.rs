@@ -183,7 +183,7 @@ fn indexed(m: &Arc<AccountMap>, n: usize) {
     let mut walk = Counted::default();
     g.bench_function(BenchmarkId::new("walk-0.05%", n), |b| {
         b.iter(|| {
-            let step = if rng.next() % 2 == 0 {
+            let step = if rng.next().is_multiple_of(2) {
                 dec!(1.0005)
             } else {
                 dec!(0.9995)
@@ -285,7 +285,11 @@ fn updates(m: &AccountMap, n: usize) {
     g.bench_function(BenchmarkId::new("fill", n), |b| {
         b.iter(|| {
             k += 1;
-            let q = if k % 2 == 0 { dec!(0.01) } else { dec!(-0.01) };
+            let q = if k.is_multiple_of(2) {
+                dec!(0.01)
+            } else {
+                dec!(-0.01)
+            };
             m.apply_update(AccountUpdate::Fill {
                 account_id: format!("acct-{:08}", (k * 7919) % n).into(),
                 fill: Fill {

@@ -369,13 +369,21 @@ async fn run(o: Opts) {
                 let due = (t0.elapsed().as_secs_f64() * rate as f64) as u64;
                 let ms = now_ms();
                 while sent < due {
-                    let p = if sent % 2 == 0 { "59990.5" } else { "60010.5" };
+                    let p = if sent.is_multiple_of(2) {
+                        "59990.5"
+                    } else {
+                        "60010.5"
+                    };
                     venue.push_raw(mark_frame("BTCUSDT", p, ms));
                     sent += 1;
                 }
                 let due_probes = (t0.elapsed().as_secs_f64() * 20.0) as u64;
                 while probes < due_probes {
-                    let p = if probes % 2 == 0 { "149.9" } else { "151" };
+                    let p = if probes.is_multiple_of(2) {
+                        "149.9"
+                    } else {
+                        "151"
+                    };
                     venue.push_raw(mark_frame("SOLUSDT", p, ms));
                     probes += 1;
                 }

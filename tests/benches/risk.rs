@@ -95,7 +95,7 @@ fn book(n: usize) -> Vec<Account> {
             let positions = legs
                 .iter()
                 .map(|(id, px, max)| {
-                    let q = rng.range(1, *max) * if rng.next() % 2 == 0 { 1 } else { -1 };
+                    let q = rng.range(1, *max) * if rng.next().is_multiple_of(2) { 1 } else { -1 };
                     Position {
                         instrument: InstrumentId::from(*id),
                         side: PositionSide::Both,

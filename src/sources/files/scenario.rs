@@ -104,15 +104,15 @@ pub fn parse_scenario(
             if k.is_empty() {
                 return Err(err(format!("{part:?} has no underlying before =")));
             }
-            if let Some(known) = known_underlyings {
-                if !known.contains(k) {
-                    let mut names: Vec<_> = known.iter().map(String::as_str).collect();
-                    names.sort_unstable();
-                    return Err(err(format!(
-                        "unknown underlying {k:?}; known: {}",
-                        names.join(", ")
-                    )));
-                }
+            if let Some(known) = known_underlyings
+                && !known.contains(k)
+            {
+                let mut names: Vec<_> = known.iter().map(String::as_str).collect();
+                names.sort_unstable();
+                return Err(err(format!(
+                    "unknown underlying {k:?}; known: {}",
+                    names.join(", ")
+                )));
             }
             if sc.moves.insert(k.to_string(), frac).is_some() {
                 return Err(err(format!("{k} given twice")));

@@ -102,7 +102,7 @@ pub fn account(i: usize, rng: &mut Lcg) -> Account {
             // Notional between ~100 and ~100,000 USDT; entry within ±10 % of the price.
             let notional = 100 + (rng.next() % 100_000) as i64;
             let q = Decimal::new(notional * 1000 / price.max(1), 3);
-            let q = if rng.next() % 3 == 0 { -q } else { q };
+            let q = if rng.next().is_multiple_of(3) { -q } else { q };
             let entry = Decimal::new(
                 price * 1000 + (rng.next() % 200) as i64 * price - 100 * price,
                 3,

@@ -80,10 +80,10 @@ fn start(cfg: &Path, dir: &Path, n: u32) -> Daemon {
 async fn wait_healthy(client: &reqwest::Client, api: &str) {
     let end = std::time::Instant::now() + DEADLINE;
     loop {
-        if let Ok(r) = client.get(format!("{api}/healthz")).send().await {
-            if r.status() == 200 {
-                return;
-            }
+        if let Ok(r) = client.get(format!("{api}/healthz")).send().await
+            && r.status() == 200
+        {
+            return;
         }
         assert!(std::time::Instant::now() < end, "API never became healthy");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -104,12 +104,11 @@ async fn wait_json(
 ) -> Value {
     let end = std::time::Instant::now() + DEADLINE;
     loop {
-        if let Ok(r) = client.get(url).send().await {
-            if let Ok(v) = r.json::<Value>().await {
-                if check(&v) {
-                    return v;
-                }
-            }
+        if let Ok(r) = client.get(url).send().await
+            && let Ok(v) = r.json::<Value>().await
+            && check(&v)
+        {
+            return v;
         }
         assert!(
             std::time::Instant::now() < end,

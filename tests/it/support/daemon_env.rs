@@ -547,14 +547,14 @@ pub async fn poll_until_json(
     let end = std::time::Instant::now() + deadline;
     loop {
         let r = client.get(&url).send().await;
-        if let Ok(r) = r {
-            if r.status() == 200 {
-                let b: serde_json::Value = r.json().await.unwrap();
-                if ok(&b) {
-                    return b;
-                }
-                assert!(std::time::Instant::now() < end, "{url}: {b}");
+        if let Ok(r) = r
+            && r.status() == 200
+        {
+            let b: serde_json::Value = r.json().await.unwrap();
+            if ok(&b) {
+                return b;
             }
+            assert!(std::time::Instant::now() < end, "{url}: {b}");
         }
         assert!(std::time::Instant::now() < end, "{url}: no answer");
         tokio::time::sleep(Duration::from_millis(50)).await;
