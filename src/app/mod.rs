@@ -165,7 +165,17 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
     };
 
     // Journal first: a missing, empty, foreign, corrupt or unwritable journal is a startup
-    // error (exit 2); it is never created here.
+    // error (exit 2); it is never created here. One daemon per journal: its lock is taken
+    // before the journal is opened and held until this returns (a missing journal is left to
+    // `open_journal`'s message).
+    let _journal_lock = if cfg.journal.path.exists() {
+        Some(
+            crate::journal::lock::JournalLock::acquire(&cfg.journal.path)
+                .map_err(|e| AppError::Startup(e.to_string()))?,
+        )
+    } else {
+        None
+    };
     let journal = Arc::new(startup::open_journal(&cfg)?);
     journal.set_buffer_limit(cfg.journal.max_buffered_events);
 

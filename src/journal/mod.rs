@@ -154,6 +154,18 @@ pub enum JournalError {
         /// Its `PRAGMA user_version`.
         user_version: i64,
     },
+    /// Another process (another liqwatch daemon) holds the journal's lock ([`lock`]).
+    #[error(
+        "journal {path} is in use by {holder}: two daemons on one journal would number events \
+         over each other and deliver them twice; stop the other one, or give this one its own \
+         [journal] path"
+    )]
+    InUse {
+        /// The journal.
+        path: PathBuf,
+        /// Who holds it, as its lock file says (`liqwatch pid 1234 since …`).
+        holder: String,
+    },
     /// The file could not be inspected or created (permissions, I/O).
     #[error("cannot access journal {path}: {source}")]
     Io {
@@ -1232,6 +1244,7 @@ pub mod history; // v3: the risk page's per-account history and per-account even
 use history::SCHEMA_V3_HISTORY;
 mod handle; // the async handle: journal calls on tokio's blocking pool
 pub mod inspect; // read-only views for `liqwatch journal status | dead-letters | events`
+pub mod lock; // one daemon per journal: an exclusive lock on `<journal>.lock` while it runs
 pub mod prices; // schema 3: recorded price samples and risk-warning states
 pub mod update_ids; // ids of applied account updates, committed with the account write
 pub use handle::JournalHandle;

@@ -223,3 +223,40 @@ fn journal_init_needs_no_secrets() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("LIQWATCH_TEST_UNSET_INIT_TOKEN"));
 }
+
+/// One daemon per journal: while one runs, a second `run` on the same journal (here through a
+/// second config naming it) exits 2 naming the first one's pid, without opening the journal;
+/// the first keeps running, and once it has stopped the second starts. A kill -9'd daemon's
+/// lock goes with its process: the next start is not blocked by the lock file left behind.
+#[tokio::test]
+async fn a_second_daemon_on_one_journal_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "journal.sqlite");
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let journal = dir.path().join("journal.sqlite");
+    let cfg2 = write_config(&other, journal.to_str().unwrap());
+    assert_eq!(liqwatch(&["journal", "init"], &cfg).status.code(), Some(0));
+
+    let mut first = Daemon::start(BIN, &cfg, &[], dir.path().join("first.log"));
+    first.api_addr(DEADLINE).await;
+    let out = liqwatch(&["run"], &cfg2);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("is in use by liqwatch pid")
+            && err.contains(&format!("pid {}", first.child.id())),
+        "{err}"
+    );
+    assert!(first.alive(), "the first daemon stopped");
+    // The refused one stopped before opening the journal.
+    assert!(!err.contains("Journal opened"), "{err}");
+
+    // After a kill -9 the lock is free; the second one starts.
+    first.kill9();
+    let mut second = Daemon::start(BIN, &cfg2, &[], dir.path().join("second.log"));
+    second.api_addr(DEADLINE).await;
+    assert!(second.alive());
+    assert!(dir.path().join("journal.sqlite.lock").exists());
+    assert_eq!(second.terminate(DEADLINE), Some(0));
+}
