@@ -216,6 +216,13 @@ pub trait ApiBackend: AccountWriter {
         Vec::new()
     }
 
+    /// Asks sink `name` to redeliver its dead letters; answers how many it holds now. A backend
+    /// without sinks knows none.
+    fn redeliver_dead_letters(&self, name: &str) -> BoxFuture<'_, Result<u64, ApiError>> {
+        let e = ApiError::NotFound(format!("no sink named {name:?}"));
+        Box::pin(async move { Err(e) })
+    }
+
     /// Up to `limit` journaled events from `since`, in journal order.
     fn events(
         &self,
@@ -396,6 +403,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/risk/riskiest"),
     ("get", "/v1/feeds"),
     ("get", "/v1/sinks"),
+    ("post", "/v1/sinks/{name}/redeliver"),
     ("get", "/v1/events"),
     ("get", "/v1/events/stream"),
     ("get", "/"),
@@ -428,6 +436,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/risk/riskiest", get(riskiest::riskiest))
         .route("/v1/feeds", get(feeds))
         .route("/v1/sinks", get(sinks))
+        .route(
+            "/v1/sinks/{name}/redeliver",
+            axum::routing::post(redeliver_dead_letters),
+        )
         .route("/v1/events", get(events))
         .route("/v1/events/stream", get(events_stream))
         .fallback(not_found)
@@ -901,6 +913,30 @@ async fn sinks(State(state): State<ApiState>) -> axum::Json<SinksBody> {
     axum::Json(SinksBody {
         sinks: state.backend.sinks(),
     })
+}
+
+/// Body of `POST /v1/sinks/{name}/redeliver`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RedeliverBody {
+    /// The sink.
+    pub sink: String,
+    /// Its dead letters when asked: what the driver will try to deliver again.
+    pub dead_letters: u64,
+}
+
+async fn redeliver_dead_letters(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, axum::Json<RedeliverBody>), ApiError> {
+    let n = state.backend.redeliver_dead_letters(&name).await?;
+    tracing::info!(sink = %name, dead_letters = n, "Dead letters redelivery requested over HTTP");
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(RedeliverBody {
+            sink: name,
+            dead_letters: n,
+        }),
+    ))
 }
 
 /// Query of `/v1/events` and `/v1/events/stream`.

@@ -418,6 +418,23 @@ impl ApiBackend for Backend {
         self.registry.snapshot(&self.board)
     }
 
+    fn redeliver_dead_letters(&self, name: &str) -> BoxFuture<'_, Result<u64, api::ApiError>> {
+        let name = name.to_string();
+        Box::pin(async move {
+            if !self.sinks.healths().iter().any(|h| h.borrow().sink == name) {
+                return Err(api::ApiError::NotFound(format!("no sink named {name:?}")));
+            }
+            let (n, journal) = (name.clone(), Arc::clone(&self.journal));
+            let held = tokio::task::spawn_blocking(move || journal.dead_letters(&n))
+                .await
+                .map_err(|e| api::ApiError::Internal(e.to_string()))?
+                .map_err(|e| api::ApiError::Internal(e.to_string()))?
+                .len() as u64;
+            self.sinks.redeliver_dead_letters(&name);
+            Ok(held)
+        })
+    }
+
     fn sinks(&self) -> Vec<crate::sinks::SinkHealth> {
         let mut all: Vec<crate::sinks::SinkHealth> = self
             .sinks

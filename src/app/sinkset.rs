@@ -76,11 +76,23 @@ impl SinkSet {
                 name: name.to_string(),
                 join: tokio::spawn(async {}),
                 health,
+                redeliver: Default::default(),
             },
             stop: CancellationToken::new(),
             entry: None,
         });
         set
+    }
+
+    /// Asks the driver of sink `name` to redeliver its dead letters; false when no sink of
+    /// that name runs.
+    pub fn redeliver_dead_letters(&self, name: &str) -> bool {
+        let set = self.0.lock();
+        let Some(s) = set.iter().find(|s| s.task.name == name) else {
+            return false;
+        };
+        s.task.redeliver_dead_letters();
+        true
     }
 
     /// Every driver's live health.

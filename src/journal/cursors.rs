@@ -167,4 +167,14 @@ impl Journal {
             .collect::<Result<_, _>>()?;
         Ok(rows)
     }
+
+    /// Forgets the sink's dead letter of `seq` (it was redelivered); false when there was none.
+    pub fn remove_dead_letter(&self, sink: &str, seq: u64) -> Result<bool, JournalError> {
+        let w = self.writer.lock();
+        let n = w.conn.execute(
+            "DELETE FROM dead_letters WHERE sink = ?1 AND seq = ?2",
+            params![sink, i64_of(seq)],
+        )?;
+        Ok(n == 1)
+    }
 }

@@ -331,7 +331,8 @@ pub struct SinkHealth {
     pub filtered: u64,
     /// Retries since start.
     pub retries: u64,
-    /// Events dead-lettered since start.
+    /// Dead letters this sink holds in the journal: counted at start, one more for each event
+    /// a receiver refuses for good, one less for each redelivered.
     pub dead_letters: u64,
     /// Failed attempts in a row.
     pub consecutive_failures: u32,
@@ -377,12 +378,43 @@ pub struct SinkTask {
     pub join: JoinHandle<()>,
     /// Live health; `borrow()` for a snapshot.
     pub health: watch::Receiver<SinkHealth>,
+    /// Asks the driver to deliver its dead letters again ([`SinkTask::redeliver_dead_letters`]).
+    pub redeliver: Arc<RedeliverRequest>,
 }
 
 impl SinkTask {
     /// A snapshot of the sink's health.
     pub fn health(&self) -> SinkHealth {
         self.health.borrow().clone()
+    }
+
+    /// Asks the driver to deliver this sink's dead letters again, oldest first, between two
+    /// batches (the driver owns the sink, so nothing is sent twice at once). Each one delivered
+    /// leaves the dead-letter table; one refused again stays with the new reason; a retriable
+    /// failure ends the pass, leaving the rest for the next request.
+    pub fn redeliver_dead_letters(&self) {
+        self.redeliver.request();
+    }
+}
+
+/// A pending request to redeliver a sink's dead letters.
+#[derive(Debug, Default)]
+pub struct RedeliverRequest {
+    requested: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl RedeliverRequest {
+    /// Sets the request and wakes an idle driver.
+    pub fn request(&self) {
+        self.requested
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> bool {
+        self.requested
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -407,6 +439,7 @@ pub fn spawn_sink_with(
 ) -> SinkTask {
     let name = sink.name().to_owned();
     let (health_tx, health) = watch::channel(SinkHealth::new(&name));
+    let redeliver = Arc::new(RedeliverRequest::default());
     let driver = Driver {
         name: name.clone(),
         filter,
@@ -415,10 +448,16 @@ pub fn spawn_sink_with(
         cancel,
         health: health_tx,
         stuck: false,
+        redeliver: Arc::clone(&redeliver),
     };
     let span = tracing::info_span!("sink", sink = %name);
     let join = tokio::spawn(tracing::Instrument::instrument(driver.run(sink), span));
-    SinkTask { name, join, health }
+    SinkTask {
+        name,
+        join,
+        health,
+        redeliver,
+    }
 }
 
 struct Driver {
@@ -429,6 +468,7 @@ struct Driver {
     cancel: CancellationToken,
     health: watch::Sender<SinkHealth>,
     stuck: bool,
+    redeliver: Arc<RedeliverRequest>,
 }
 
 enum Wait {
@@ -571,6 +611,11 @@ impl Driver {
             }
         };
         backoff.reset();
+        let n = name.clone();
+        if let Ok(held) = self.journal.run(move |j| j.dead_letters(&n)).await {
+            self.health
+                .send_modify(|h| h.dead_letters = held.len() as u64);
+        }
         tracing::info!(sink = %name, cursor, "Sink driver started");
         self.set_state(SinkState::Delivering, cursor);
 
@@ -583,6 +628,9 @@ impl Driver {
                 tracing::warn!(sink = %name, cursor, lag = self.journal.journal().last_seq().saturating_sub(cursor),
                     "Sink drain grace period over; the rest is delivered after restart");
                 break;
+            }
+            if deadline.is_none() && self.redeliver.take() {
+                self.redeliver_dead_letters(sink.as_mut()).await;
             }
             // Mark what we've seen before reading so a commit racing the read wakes us again.
             committed.borrow_and_update();
@@ -628,6 +676,7 @@ impl Driver {
                 tokio::select! {
                     _ = self.cancel.cancelled() => {}
                     _ = committed.changed() => {}
+                    _ = self.redeliver.wake.notified() => {}
                     _ = tokio::time::sleep(self.options.idle_recheck) => {}
                 }
                 continue;
@@ -772,6 +821,83 @@ impl Driver {
         }
         self.set_state(SinkState::Stopped, cursor);
         tracing::info!(sink = %name, cursor, "Sink driver stopped");
+    }
+
+    /// One pass over the sink's dead letters, oldest first ([`SinkTask::redeliver_dead_letters`]).
+    async fn redeliver_dead_letters(&self, sink: &mut dyn Sink) {
+        let name = self.name.clone();
+        let n = name.clone();
+        let letters = match self.journal.run(move |j| j.dead_letters(&n)).await {
+            Ok(l) => l,
+            Err(error) => {
+                tracing::error!(sink = %name, %error, "Cannot read the dead letters to redeliver them");
+                return;
+            }
+        };
+        tracing::info!(sink = %name, dead_letters = letters.len(), "Redelivering dead letters");
+        let (mut delivered, mut refused, mut unreadable) = (0u64, 0u64, 0u64);
+        let mut left = letters.len();
+        for dl in letters {
+            let entry = match serde_json::from_str::<RiskEvent>(&dl.json) {
+                Ok(event) => JournalEntry {
+                    seq: dl.seq,
+                    event,
+                    json: dl.json,
+                },
+                Err(e) => {
+                    // An unreadable journal row has no event to send: it stays listed.
+                    tracing::warn!(sink = %name, seq = dl.seq, error = %e, "Dead letter has no readable event; kept");
+                    unreadable += 1;
+                    left -= 1;
+                    continue;
+                }
+            };
+            let attempt = tokio::time::timeout(
+                self.options.deliver_timeout,
+                sink.deliver(std::slice::from_ref(&entry)),
+            )
+            .await;
+            match attempt {
+                Ok((1, None)) => {
+                    let (n, seq) = (name.clone(), dl.seq);
+                    if let Err(error) = self
+                        .journal
+                        .run(move |j| j.remove_dead_letter(&n, seq))
+                        .await
+                    {
+                        tracing::error!(sink = %name, seq, %error, "Redelivered, but cannot remove the dead letter: it may be sent again");
+                    }
+                    metrics::counter!("liqwatch_sink_redelivered_total", "sink" => name.clone())
+                        .increment(1);
+                    self.health.send_modify(|h| {
+                        h.delivered += 1;
+                        h.dead_letters = h.dead_letters.saturating_sub(1);
+                    });
+                    delivered += 1;
+                    left -= 1;
+                }
+                Ok((_, Some(SinkError::Permanent { reason }))) => {
+                    tracing::warn!(sink = %name, seq = dl.seq, %reason, "Dead letter refused again; kept");
+                    let (n, seq, r) = (name.clone(), dl.seq, reason);
+                    let _ = self.journal.run(move |j| j.dead_letter(&n, seq, &r)).await;
+                    refused += 1;
+                    left -= 1;
+                }
+                Ok((_, error)) => {
+                    let reason = match error {
+                        Some(e) => e.to_string(),
+                        None => "the sink delivered nothing without an error".to_string(),
+                    };
+                    tracing::warn!(sink = %name, seq = dl.seq, %reason, left, "Redelivery stopped by a retriable failure; the rest stay dead letters (ask again)");
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(sink = %name, seq = dl.seq, left, "Redelivery timed out; the rest stay dead letters (ask again)");
+                    break;
+                }
+            }
+        }
+        tracing::info!(sink = %name, delivered, refused, unreadable, left, "Dead letters redelivered");
     }
 
     /// Moves the cursor to `to` (when ahead) and persists it; a failed write is logged and

@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use liqwatch::api::{
     self, AccountEventsBody, AccountView, AccountsBody, ApiState, ErrorBody, EventsBody, FeedsBody,
-    HistoryBody, MutationBody, ReadyBody, ResyncBody, SinksBody, StressBody,
+    HistoryBody, MutationBody, ReadyBody, RedeliverBody, ResyncBody, SinksBody, StressBody,
 };
 use liqwatch::model::{Account, Fill, RiskEvent};
 use liqwatch::sources::parse_update;
@@ -104,6 +104,7 @@ fn check_example(schema: &str, example: &Value) -> bool {
         "AccountList" => ok(de::<AccountsBody>(example)),
         "FeedList" => ok(de::<FeedsBody>(example)),
         "SinkList" => ok(de::<SinksBody>(example)),
+        "RedeliverResult" => ok(de::<RedeliverBody>(example)),
         "RiskEvent" => ok(de::<RiskEvent>(example)),
         "EventPage" => {
             ok(de::<EventsBody>(example));

@@ -7,6 +7,7 @@ mod lag;
 mod nats_contract;
 mod nats_jetstream;
 mod nats_metrics;
+mod redeliver;
 mod webhook_batch;
 mod webhook_contract;
 mod webhook_delivery;
