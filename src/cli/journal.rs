@@ -84,6 +84,10 @@ pub fn render_status(s: &JournalStatus) -> String {
         s.bytes as f64 / (1024.0 * 1024.0),
         s.schema_version
     );
+    out.push_str(&match &s.daemon {
+        Some(holder) => format!("daemon    running: {holder}\n"),
+        None => "daemon    not running\n".to_string(),
+    });
     match (s.first_seq, s.last_seq) {
         (Some(first), Some(last)) => out.push_str(&format!(
             "events    {} retained, seq {first}–{last}, last detected {}\n",

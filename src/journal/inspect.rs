@@ -40,6 +40,9 @@ pub struct JournalStatus {
     pub states: std::collections::BTreeMap<String, u64>,
     /// Every sink with a cursor, by name.
     pub sinks: Vec<SinkStatus>,
+    /// The daemon running on this journal, as its lock says (`liqwatch pid 4242 since …`);
+    /// `null` when none is.
+    pub daemon: Option<String>,
 }
 
 /// One sink's place in the journal.
@@ -233,6 +236,7 @@ pub fn status(path: &Path) -> Result<JournalStatus, JournalError> {
         accounts,
         states,
         sinks,
+        daemon: super::lock::JournalLock::holder(path),
     })
 }
 

@@ -80,6 +80,27 @@ impl JournalLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Who holds the lock of the journal at `journal` now (`liqwatch pid 1234 since …`), or
+    /// `None` when no daemon runs on it. Creates nothing and takes the lock for no longer
+    /// than the check: a shared lock that succeeds means nobody holds the exclusive one.
+    pub fn holder(journal: &Path) -> Option<String> {
+        let mut file = File::open(Self::path_for(journal)).ok()?;
+        match file.try_lock_shared() {
+            Ok(()) => None,
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                Some(if holder.is_empty() {
+                    "another process".to_string()
+                } else {
+                    holder.to_string()
+                })
+            }
+            Err(TryLockError::Error(_)) => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -101,9 +122,17 @@ mod tests {
             text.contains(&format!("liqwatch pid {}", std::process::id())),
             "{text}"
         );
+        assert!(JournalLock::holder(&journal).is_some_and(|h| {
+            h.starts_with(&format!("liqwatch pid {} since ", std::process::id()))
+        }),);
         drop(first);
+        assert_eq!(JournalLock::holder(&journal), None);
         let again = JournalLock::acquire(&journal).unwrap();
         drop(again);
+        // No lock file at all: nobody holds it, and checking creates none.
+        let other = dir.path().join("other.sqlite");
+        assert_eq!(JournalLock::holder(&other), None);
+        assert!(!JournalLock::path_for(&other).exists());
     }
 
     /// A missing directory is an I/O error naming the lock file, not a panic.

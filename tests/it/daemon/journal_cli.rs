@@ -181,6 +181,19 @@ fn status_dead_letters_and_events_read_the_journal_as_it_is() {
     let live: Value =
         serde_json::from_str(&stdout(&journal(&["status", "--format", "json"], &path))).unwrap();
     assert_eq!(live["events"], 6, "{live}");
+    // With a daemon's lock held (here by the test process), status names the holder.
+    assert_eq!(s["daemon"], Value::Null, "{s}");
+    let lock = liqwatch::journal::lock::JournalLock::acquire(&path).unwrap();
+    let held = stdout(&journal(&["status"], &path));
+    assert!(
+        held.contains(&format!(
+            "daemon    running: liqwatch pid {} since ",
+            std::process::id()
+        )),
+        "{held}"
+    );
+    drop(lock);
+    assert!(stdout(&journal(&["status"], &path)).contains("daemon    not running"));
     let last = stdout(&journal(&["events", "--since", "5"], &path));
     assert!(last.contains("\"account_id\":\"acct-3\""), "{last}");
     drop(j);
