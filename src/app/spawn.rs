@@ -101,7 +101,7 @@ pub(super) fn feeds(
                     Err(_) => None,
                 };
                 // Registered now, so `/v1/feeds` lists the replayed venues from the start.
-                let routes = replay::prepare(&wanted, only.as_ref(), board, registry);
+                let prepared = replay::prepare(&wanted, only.as_ref(), board, registry);
                 if let Some(tx) = replay_started.take() {
                     let _ = tx.send(now_ms());
                 }
@@ -112,7 +112,7 @@ pub(super) fn feeds(
                 replays.done.push(done.clone());
                 tasks.spawn("feed replay", async move {
                     let opts = replay::ReplayOptions { speed, clock };
-                    let r = replay::play_routed(&file, &opts, routes, board, cancel).await;
+                    let r = replay::play_routed(&file, &opts, prepared, board, cancel).await;
                     done.cancel();
                     let stats = r.map_err(|e| e.to_string())?;
                     ticks.fetch_add(stats.ticks, Ordering::Relaxed);

@@ -537,18 +537,30 @@ pub fn prepare(
     only: Option<&BTreeSet<Venue>>,
     board: &PriceBoard,
     registry: &FeedRegistry,
-) -> HashMap<Venue, SymbolRoutes> {
+) -> Prepared {
     let mut routes = routes_for(instruments);
     if let Some(only) = only {
         routes.retain(|v, _| only.contains(v));
     }
+    let mut status = HashMap::new();
     for (venue, r) in &routes {
         for (_, inst, _) in r.iter() {
             board.track(inst, &[*venue]);
         }
-        registry.register_replay(*venue, r);
+        status.insert(*venue, registry.register_replay(*venue, r));
     }
-    routes
+    Prepared { routes, status }
+}
+
+/// What [`prepare`] made ready for [`play_routed`]: the routes per venue, and each venue's
+/// status handle, whose `frames`, `last_frame` and `unknown_symbols` the replay counts as it
+/// plays (`GET /v1/feeds`).
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// Symbol routes per venue.
+    pub routes: HashMap<Venue, SymbolRoutes>,
+    /// Status handles per venue (none in tests that play without a registry).
+    pub status: HashMap<Venue, std::sync::Arc<super::status::FeedStatusHandle>>,
 }
 
 /// Plays a recording into the price board exactly as the live feeds do: each venue tick is
@@ -565,8 +577,8 @@ pub async fn run_replay(
     registry: &FeedRegistry,
     cancel: CancellationToken,
 ) -> Result<ReplayStats, ReplayError> {
-    let routes = prepare(instruments, None, &board, registry);
-    play_routed(path, opts, routes, board, cancel).await
+    let prepared = prepare(instruments, None, &board, registry);
+    play_routed(path, opts, prepared, board, cancel).await
 }
 
 /// Spawns a replay as a task, like [`super::spawn_feed`] spawns a live feed: the venues are
@@ -580,10 +592,10 @@ pub fn spawn_replay(
     registry: &FeedRegistry,
     cancel: CancellationToken,
 ) -> JoinHandle<Result<ReplayStats, ReplayError>> {
-    let routes = prepare(instruments, None, &board, registry);
+    let prepared = prepare(instruments, None, &board, registry);
     let span = tracing::info_span!("replay", file = %path.display());
     tokio::spawn(
-        async move { play_routed(&path, &opts, routes, board, cancel).await }.instrument(span),
+        async move { play_routed(&path, &opts, prepared, board, cancel).await }.instrument(span),
     )
 }
 
@@ -591,13 +603,15 @@ pub fn spawn_replay(
 pub async fn play_routed(
     path: &Path,
     opts: &ReplayOptions,
-    routes: HashMap<Venue, SymbolRoutes>,
+    prepared: Prepared,
     board: Arc<PriceBoard>,
     cancel: CancellationToken,
 ) -> Result<ReplayStats, ReplayError> {
+    let Prepared { routes, status } = prepared;
     tracing::info!(file = %path.display(), speed = %opts.speed, venues = routes.len(), "Replay starting");
     let funding_board = Arc::clone(&board);
     let funding_routes = routes.clone();
+    let unknown_status = status.clone();
     play_with(
         path,
         opts,
@@ -607,6 +621,10 @@ pub async fn play_routed(
             let Some(targets) = routes.get(&venue).and_then(|r| r.get(tick.symbol)) else {
                 metrics::counter!("liqwatch_replay_unknown_symbols_total", "venue" => venue.as_str())
                     .increment(1);
+                if let Some(h) = unknown_status.get(&venue) {
+                    h.unknown_symbols
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 tracing::trace!(%venue, symbol = tick.symbol, "Replayed tick for a symbol with no route");
                 return;
             };
@@ -630,6 +648,11 @@ pub async fn play_routed(
             }
         },
         |venue, frame, received_ts, map_ts| {
+            if let Some(h) = status.get(&venue) {
+                h.frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                h.last_frame
+                    .store(received_ts, std::sync::atomic::Ordering::Relaxed);
+            }
             let Some(r) = funding_routes.get(&venue) else {
                 return;
             };
@@ -767,7 +790,10 @@ mod tests {
             play_routed(
                 &path,
                 &opts,
-                routes.clone(),
+                Prepared {
+                    routes: routes.clone(),
+                    status: HashMap::new(),
+                },
                 Arc::clone(&board),
                 CancellationToken::new(),
             )

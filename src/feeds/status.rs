@@ -97,8 +97,9 @@ pub struct InstrumentFeedStatus {
 pub struct FeedStatus {
     /// The venue.
     pub venue: Venue,
-    /// A replay of a recording, not a live connection: `connected`, `connected_since`,
-    /// `frames` and `reconnects` stay at zero and no symbol is subscribed; its prices are the
+    /// A replay of a recording, not a live connection: `connected`, `connected_since` and
+    /// `reconnects` stay at zero and no symbol is subscribed; `frames`, `last_frame` and
+    /// `unknown_symbols` count the recording's frames as they are played; its prices are the
     /// recording's.
     #[serde(default)]
     pub replay: bool,

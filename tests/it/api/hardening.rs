@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use liqwatch::api::{self, ApiState, ServeLimits};
 use metrics_exporter_prometheus::PrometheusBuilder;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -544,6 +544,14 @@ async fn replay_daemon_is_ready_only_when_every_instrument_is_priced() {
         .collect();
     assert_eq!(venues, ["binance-usdm"], "{feeds}");
     assert_eq!(feeds["feeds"][0]["replay"], true, "{feeds}");
+    // The recording's two frames are counted as played; a replay has no connection.
+    let f = &feeds["feeds"][0];
+    assert_eq!(f["frames"], 2, "{feeds}");
+    assert!(f["last_frame"].as_i64().is_some(), "{feeds}");
+    assert_eq!(
+        (f["connected"].clone(), f["reconnects"].clone()),
+        (json!(false), json!(0))
+    );
     let log = daemon.log_text();
     assert!(
         log.contains("no line in the recording are not tracked") && log.contains("absent=okx"),
