@@ -1028,17 +1028,28 @@ impl Journal {
     pub fn prune(&self, max_age: Duration) -> Result<usize, JournalError> {
         let age_ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
         let cutoff = now_ms().saturating_sub(age_ms);
-        let w = self.writer.lock();
+        let mut w = self.writer.lock();
         let min_cursor: Option<i64> =
             w.conn
                 .query_row("SELECT MIN(seq) FROM cursors", [], |r| r.get(0))?;
         let Some(min_cursor) = min_cursor else {
             return Ok(0);
         };
-        let n = w.conn.execute(
+        // Deleting rows may delete the newest: the last seq is kept in `meta` first, in the
+        // same transaction, so a reopened journal never numbers an event twice.
+        let last = w.last_seq;
+        let tx = w.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO meta(key, value) VALUES ('last_seq', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value
+             WHERE CAST(excluded.value AS INTEGER) > CAST(meta.value AS INTEGER)",
+            [last.to_string()],
+        )?;
+        let n = tx.execute(
             "DELETE FROM events WHERE seq <= ?1 AND time_ms < ?2",
             params![min_cursor, cutoff],
         )?;
+        tx.commit()?;
         drop(w);
         if n > 0 {
             metrics::counter!("liqwatch_journal_pruned_total").increment(n as u64);
@@ -1222,13 +1233,8 @@ impl Writer {
                 up.execute(params![a, s, now])?;
             }
             prices::write_risk_states(&tx, &self.pending_risk, now)?;
-            if seq != self.last_seq {
-                tx.prepare_cached(
-                    "INSERT INTO meta(key, value) VALUES ('last_seq', ?1)
-                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                )?
-                .execute([seq.to_string()])?;
-            }
+            // The last seq is the events' own MAX(seq): `meta.last_seq` is written only when
+            // retention deletes rows ([`Journal::prune`]), so a commit dirties one page fewer.
         }
         tx.commit()?;
         self.last_seq = seq;

@@ -175,6 +175,37 @@ fn retention_prunes_delivered_old_only() {
     assert_eq!(j.append(&[event("a", 6, now_ms())], &[]).unwrap(), vec![6]);
 }
 
+/// Retention may delete every row, the newest included: the journal still numbers on from
+/// its last seq after a reopen. Commits themselves leave `meta.last_seq` alone (the events'
+/// MAX(seq) is the last seq; one page fewer per commit); only a prune writes it.
+#[test]
+fn prune_of_every_row_keeps_the_numbering() {
+    let (dir, j) = open_tmp();
+    let old = now_ms() - 3_600_000;
+    let evs: Vec<RiskEvent> = (1..=3).map(|i| event("a", i, old)).collect();
+    assert_eq!(j.append(&evs, &[]).unwrap(), vec![1, 2, 3]);
+    let meta = |j: &Journal| -> Option<String> {
+        j.writer
+            .lock()
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'last_seq'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .unwrap()
+    };
+    assert_eq!(meta(&j), None, "a commit wrote meta.last_seq");
+    j.register_sink("only").unwrap();
+    j.advance("only", 3).unwrap();
+    assert_eq!(j.prune(Duration::from_secs(60)).unwrap(), 3);
+    assert!(j.read_after(0, 10).unwrap().is_empty());
+    assert_eq!(meta(&j).as_deref(), Some("3"));
+    drop(j);
+    let j = Journal::open(dir.path().join("journal.db")).unwrap();
+    assert_eq!(j.last_seq(), 3);
+    assert_eq!(j.append(&[event("a", 4, now_ms())], &[]).unwrap(), vec![4]);
+}
+
 /// A full database holds the burst in memory (alarm on), keeps order, and commits it all
 /// once space returns.
 #[test]

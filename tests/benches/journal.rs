@@ -114,6 +114,30 @@ fn cpu_cost_report(_c: &mut Criterion) {
             encode_ns += c1 - c0;
             append_ns += c2 - c1;
         }
+        // One-event commits, the quiet market's path to a sink (a probe's warning): on-CPU
+        // cost and the wall-time distribution of each commit.
+        let one = sink_contract::burst(1, 1, 1);
+        let commits = 2_000;
+        let mut walls = Vec::with_capacity(commits);
+        let c0 = thread_cpu_ns().unwrap_or(0);
+        for _ in 0..commits {
+            let (events, states) = fresh(&one);
+            let t = std::time::Instant::now();
+            journal.append(&events, &states).unwrap();
+            walls.push(t.elapsed());
+        }
+        let cpu = thread_cpu_ns().unwrap_or(0) - c0;
+        walls.sort();
+        let q = |f: f64| walls[((walls.len() - 1) as f64 * f) as usize].as_secs_f64() * 1e6;
+        println!(
+            "journal_cpu_{label}/burst_1: {commits} one-event commits, on-CPU {:.1} us each \
+             (event copy included); wall p50 {:.0} us, p90 {:.0} us, p99 {:.0} us, max {:.0} us",
+            cpu as f64 / commits as f64 / 1000.0,
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            q(1.0),
+        );
         let n = (rounds * 10_000) as f64;
         println!(
             "journal_cpu_{label}/burst_10000: append on-CPU {:.2} us/event (JSON encoding {:.2}) \
