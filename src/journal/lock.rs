@@ -48,16 +48,9 @@ impl JournalLock {
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
                 return Err(JournalError::InUse {
                     path: journal.to_path_buf(),
-                    holder: if holder.is_empty() {
-                        "another process".to_string()
-                    } else {
-                        holder.to_string()
-                    },
+                    holder: holder_text(&mut file),
                 });
             }
             Err(TryLockError::Error(e)) => return Err(io(e)),
@@ -88,18 +81,19 @@ impl JournalLock {
         let mut file = File::open(Self::path_for(journal)).ok()?;
         match file.try_lock_shared() {
             Ok(()) => None,
-            Err(TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
-                Some(if holder.is_empty() {
-                    "another process".to_string()
-                } else {
-                    holder.to_string()
-                })
-            }
+            Err(TryLockError::WouldBlock) => Some(holder_text(&mut file)),
             Err(TryLockError::Error(_)) => None,
         }
+    }
+}
+
+/// What the holder wrote into its lock file (`liqwatch pid 1234 since …`).
+fn holder_text(file: &mut File) -> String {
+    let mut text = String::new();
+    let _ = file.read_to_string(&mut text);
+    match text.trim() {
+        "" => "another process".to_string(),
+        t => t.to_string(),
     }
 }
 

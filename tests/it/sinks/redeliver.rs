@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::daemon_env::{Daemon, MockBinance, http_client, poll_until};
+use crate::support::daemon_env::{
+    Daemon, MockBinance, binance_config, get_ok, http_client, poll_until,
+};
 use crate::support::webhook_receiver::{Receiver, Scripted};
 
 const BIN: &str = env!("CARGO_BIN_EXE_liqwatch");
@@ -31,6 +33,18 @@ fn dead_letters(journal: &std::path::Path) -> Vec<Value> {
     v["dead_letters"].as_array().unwrap().clone()
 }
 
+/// The `hook` sink's entry of `GET /v1/sinks`.
+async fn hook_health(client: &reqwest::Client, api: &str) -> Value {
+    let sinks = get_ok(client, format!("{api}/v1/sinks")).await;
+    sinks["sinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["sink"] == "hook")
+        .unwrap_or_else(|| panic!("no hook sink: {sinks}"))
+        .clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_redelivered_on_request() {
     let dir = tempfile::tempdir().unwrap();
@@ -38,45 +52,13 @@ async fn dead_letters_are_redelivered_on_request() {
     let rx = Receiver::start(Some(b"redeliver-secret")).await;
     // The first two requests are refused for good; later ones are accepted.
     rx.script([Scripted::status(410), Scripted::status(410)]);
-    let presets = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("feeds/presets.toml");
-    let cfg = dir.path().join("liqwatch.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[engine]
-instruments = ["{presets}"]
-
-[[feeds]]
-venue = "binance-usdm"
-url = "{venue}"
-
-[prices]
-composite = "binance-usdm"
-stale_after = "1h"
-
-[journal]
-path = "journal.sqlite"
-
-[[sinks]]
-type = "webhook"
-name = "hook"
-url = "{hook}"
-secret_env = "HOOK_SECRET"
-
-[api]
-bind = "127.0.0.1:0"
-token_env = "REDELIVER_TOKEN"
-
-[shutdown]
-grace = "3s"
-"#,
-            presets = presets.display(),
-            venue = venue.url,
-            hook = rx.url,
-        ),
-    )
-    .unwrap();
+    // The shared daemon config (a JSONL archive beside it), plus the webhook under test.
+    let cfg = binance_config(dir.path(), &venue.url, "REDELIVER_TOKEN");
+    let hook = format!(
+        "\n[[sinks]]\ntype = \"webhook\"\nname = \"hook\"\nurl = \"{}\"\nsecret_env = \"HOOK_SECRET\"\n",
+        rx.url
+    );
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap() + &hook).unwrap();
     let env = [
         ("REDELIVER_TOKEN", TOKEN),
         ("HOOK_SECRET", "redeliver-secret"),
@@ -118,15 +100,7 @@ grace = "3s"
     let first_reason = first[0]["reason"].as_str().unwrap().to_string();
     assert!(first_reason.contains("410"), "{first_reason}");
 
-    let sinks: Value = client
-        .get(format!("{api}/v1/sinks"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(sinks["sinks"][0]["dead_letters"], 1, "{sinks}");
+    assert_eq!(hook_health(&client, &api).await["dead_letters"], 1);
 
     let redeliver = |auth: bool, sink: &str| {
         let mut req = client.post(format!("{api}/v1/sinks/{sink}/redeliver"));
@@ -170,20 +144,9 @@ grace = "3s"
     })
     .await;
     // The sink's health counts what the table holds: none now.
-    let sinks: Value = client
-        .get(format!("{api}/v1/sinks"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(sinks["sinks"][0]["sink"], "hook", "{sinks}");
-    assert_eq!(sinks["sinks"][0]["dead_letters"], 0, "{sinks}");
-    assert!(
-        sinks["sinks"][0]["delivered"].as_u64() >= Some(1),
-        "{sinks}"
-    );
+    let health = hook_health(&client, &api).await;
+    assert_eq!(health["dead_letters"], 0, "{health}");
+    assert!(health["delivered"].as_u64() >= Some(1), "{health}");
     // Nothing else was sent: three requests in all, one event.
     assert_eq!(rx.received().len(), 3);
     assert_eq!(daemon.terminate(DEADLINE), Some(0));
