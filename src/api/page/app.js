@@ -479,6 +479,18 @@ async function refreshSinks() {
     frag.append(el("tr", {}, el("td", { colspan: "8", text: "No sinks configured: events are journaled only." })));
   }
   $("#sinks-body").replaceChildren(frag);
+  // What to do about dead letters: list them, then send them again once the receiver is fixed.
+  const notes = document.createDocumentFragment();
+  for (const k of body.sinks) {
+    if (k.dead_letters > 0) {
+      const n = k.dead_letters === 1 ? "1 dead letter" : `${k.dead_letters} dead letters`;
+      notes.append(el("li", { class: "rejected", "data-sink": k.sink,
+        text: `${k.sink} holds ${n} (events its receiver refused for good): ` +
+          `liqwatch journal dead-letters --sink ${k.sink} lists them; once the receiver is fixed, ` +
+          `POST /v1/sinks/${k.sink}/redeliver sends them again.` }));
+    }
+  }
+  $("#sinks-notes").replaceChildren(notes);
 }
 
 // ------------------------------------------------------------------------------------------

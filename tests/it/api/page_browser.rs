@@ -19,12 +19,13 @@ use crate::support::browser::Browser;
 use crate::support::daemon_env::{
     Daemon, MockBinance, binance_mark_line, http_client, poll_until_json, scrape_metrics,
 };
+use crate::support::webhook_receiver::{Receiver, Scripted};
 
 const TOKEN: &str = "page-test-token";
 /// Generous: the page polls once a second and reacts to the event stream at once.
 const DEADLINE: Duration = Duration::from_secs(20);
 
-fn write_config(dir: &Path, venue_url: &str) -> PathBuf {
+fn write_config(dir: &Path, venue_url: &str, refusing_url: &str) -> PathBuf {
     let presets = Path::new(env!("CARGO_MANIFEST_DIR")).join("feeds/presets.toml");
     let cfg = format!(
         r#"
@@ -58,6 +59,12 @@ type = "webhook"
 name = "pager"
 url = "http://127.0.0.1:9/hook"
 
+# A receiver that refuses every event for good (HTTP 410): dead letters.
+[[sinks]]
+type = "webhook"
+name = "refusing"
+url = "{refusing_url}"
+
 [api]
 bind = "127.0.0.1:0"
 token_env = "PAGE_TEST_TOKEN"
@@ -65,7 +72,8 @@ token_env = "PAGE_TEST_TOKEN"
 [shutdown]
 grace = "3s"
 "#,
-        presets = presets.display()
+        presets = presets.display(),
+        refusing_url = refusing_url,
     );
     let p = dir.join("liqwatch.toml");
     std::fs::write(&p, cfg).unwrap();
@@ -132,7 +140,9 @@ async fn risk_page_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
     let shots = screenshot_dirs(dir.path());
     let venue = Arc::new(MockBinance::start().await);
-    let cfg = write_config(dir.path(), &venue.url);
+    let refusing = Receiver::start(None).await;
+    refusing.script((0..1000).map(|_| Scripted::status(410)));
+    let cfg = write_config(dir.path(), &venue.url, &refusing.url);
     let bin = env!("CARGO_BIN_EXE_liqwatch");
     let env = [("PAGE_TEST_TOKEN", TOKEN)];
     let (mut daemon, api) = Daemon::init_and_start_subscribed(
@@ -396,7 +406,7 @@ async fn risk_page_in_a_real_browser() {
         .iter()
         .map(|k| k["sink"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["archive", "pager"], "{sinks}");
+    assert_eq!(names, ["archive", "pager", "refusing"], "{sinks}");
     let pager = &sinks["sinks"][1];
     assert!(pager["lag"].as_u64().unwrap() >= 1, "{sinks}");
     // The error names its cause, not only that the request failed.
@@ -427,6 +437,27 @@ async fn risk_page_in_a_real_browser() {
     );
     assert!(shown["lag"].as_u64().unwrap() >= 1, "{shown}");
     assert_eq!(shown["badge"], "badge warning", "{shown}");
+    // The sink whose receiver refuses for good holds a dead letter; the page says what to do.
+    let note = browser
+        .wait_js(
+            "the dead-letter note",
+            DEADLINE,
+            "const n=document.querySelector('#sinks-notes li[data-sink=\"refusing\"]');
+             return n ? n.textContent : null;",
+        )
+        .await;
+    let note = note.as_str().unwrap();
+    assert!(
+        note.starts_with("refusing holds ")
+            && note.contains(" dead letter")
+            && note.contains("liqwatch journal dead-letters --sink refusing")
+            && note.contains("POST /v1/sinks/refusing/redeliver"),
+        "{note}"
+    );
+    assert!(
+        !refusing.received().is_empty() && refusing.accepted().is_empty(),
+        "the refusing receiver saw the warning and accepted nothing"
+    );
     browser
         .js("document.querySelector('#feeds').scrollIntoView(); return true;")
         .await;
