@@ -388,8 +388,9 @@ impl SinkTask {
         self.health.borrow().clone()
     }
 
-    /// Asks the driver to deliver this sink's dead letters again, oldest first, between two
-    /// batches (the driver owns the sink, so nothing is sent twice at once). Each one delivered
+    /// Asks the driver to deliver this sink's dead letters again, oldest first, each as a batch
+    /// of one, between two batches (the driver owns the sink, so nothing is sent twice at
+    /// once). Each one delivered
     /// leaves the dead-letter table; one refused again stays with the new reason; a retriable
     /// failure ends the pass, leaving the rest for the next request.
     pub fn redeliver_dead_letters(&self) {

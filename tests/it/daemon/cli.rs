@@ -76,6 +76,19 @@ fn example_config_covers_every_section() {
     }
 }
 
+/// `liqwatch check-config <args>`, which must exit 0: its stdout.
+fn check_ok(args: &[&std::ffi::OsStr]) -> String {
+    let out = bin().arg("check-config").args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
@@ -99,14 +112,7 @@ fn check_config_ok_exits_0() {
         .output()
         .unwrap();
     assert_eq!(init.status.code(), Some(0), "{init:?}");
-    let out = bin().arg("check-config").arg(&cfg).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = check_ok(&[cfg.as_os_str()]);
     assert!(stdout.contains("OK"), "{stdout}");
     assert!(stdout.contains("feeds: okx"), "{stdout}");
     assert!(stdout.contains("stdout (stdout)"), "{stdout}");
@@ -174,19 +180,10 @@ fn check_config_takes_the_file_as_run_does() {
         &["--no-env", "--config"],
         &["--no-env", "-c"],
     ] {
-        let out = bin()
-            .arg("check-config")
-            .args(form)
-            .arg(example())
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{form:?}: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let example = example();
+        let mut args: Vec<&std::ffi::OsStr> = form.iter().map(std::ffi::OsStr::new).collect();
+        args.push(example.as_os_str());
+        let stdout = check_ok(&args);
         assert!(
             stdout.contains("liqwatch.example.toml: OK"),
             "{form:?}: {stdout}"
@@ -343,18 +340,8 @@ fn check_config_example_exits_0() {
             "only the journal: {stderr}"
         );
     }
-    let out = bin()
-        .args(["check-config", "--no-env"])
-        .arg(example())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let example = example();
+    let stdout = check_ok(&["--no-env".as_ref(), example.as_os_str()]);
     assert!(stdout.contains("feeds: binance-usdm, okx"), "{stdout}");
     assert!(stdout.contains("snapshot accounts: 5"), "{stdout}");
 }
