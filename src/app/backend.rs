@@ -525,6 +525,7 @@ mod tests {
             last_error: None,
             failing_since_ms: None,
             last_delivery_ms: None,
+            last_dead_letter_ms: None,
         };
         let (sink_tx, sink_rx) = watch::channel(health);
         let (engine_tx, engine_rx) = mpsc::channel(4);

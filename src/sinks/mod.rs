@@ -340,8 +340,14 @@ pub struct SinkHealth {
     pub last_error: Option<String>,
     /// When the current failure streak began (ms since the epoch).
     pub failing_since_ms: Option<TimestampMs>,
-    /// When the sink last delivered something (ms since the epoch).
+    /// When the sink last delivered something (ms since the epoch): a receiver accepted at
+    /// least one event (a redelivered dead letter counts). Refusals do not move it.
     pub last_delivery_ms: Option<TimestampMs>,
+    /// When an event was last dead-lettered (a receiver refused it for good, or its journal
+    /// row was unreadable) or a redelivery was refused again, ms since the epoch; `None` until
+    /// that happens after start.
+    #[serde(default)]
+    pub last_dead_letter_ms: Option<TimestampMs>,
 }
 
 impl SinkHealth {
@@ -360,6 +366,7 @@ impl SinkHealth {
             last_error: None,
             failing_since_ms: None,
             last_delivery_ms: None,
+            last_dead_letter_ms: None,
         }
     }
 
@@ -571,7 +578,9 @@ impl Driver {
         self.set_state(SinkState::Retrying, cursor);
     }
 
-    fn record_success(&mut self, cursor: u64) {
+    /// The attempt ended without an error; `delivered`: a receiver accepted at least one event
+    /// (a permanent refusal dead-lettered with nothing before it is not a delivery).
+    fn record_success(&mut self, cursor: u64, delivered: bool) {
         let was_failing = self.health.borrow().consecutive_failures > 0;
         if self.stuck {
             self.stuck = false;
@@ -584,7 +593,9 @@ impl Driver {
             h.consecutive_failures = 0;
             h.last_error = None;
             h.failing_since_ms = None;
-            h.last_delivery_ms = Some(now_ms());
+            if delivered {
+                h.last_delivery_ms = Some(now_ms());
+            }
         });
     }
 
@@ -653,7 +664,10 @@ impl Driver {
                         .is_ok()
                     {
                         cursor = cursor.max(seq);
-                        self.health.send_modify(|h| h.dead_letters += 1);
+                        self.health.send_modify(|h| {
+                            h.dead_letters += 1;
+                            h.last_dead_letter_ms = Some(now_ms());
+                        });
                     }
                     continue;
                 }
@@ -759,7 +773,7 @@ impl Driver {
             match error {
                 None => {
                     backoff.reset();
-                    self.record_success(cursor);
+                    self.record_success(cursor, n > 0);
                 }
                 Some(SinkError::Permanent { reason }) => {
                     // n < wanted.len() here, so the entry exists.
@@ -777,9 +791,12 @@ impl Driver {
                     {
                         Ok(()) => {
                             cursor = cursor.max(seq);
-                            self.health.send_modify(|h| h.dead_letters += 1);
+                            self.health.send_modify(|h| {
+                                h.dead_letters += 1;
+                                h.last_dead_letter_ms = Some(now_ms());
+                            });
                             backoff.reset();
-                            self.record_success(cursor);
+                            self.record_success(cursor, n > 0);
                         }
                         Err(error) => {
                             tracing::error!(sink = %name, seq, %error, "Cannot record dead letter; will retry the event");
@@ -873,6 +890,7 @@ impl Driver {
                     self.health.send_modify(|h| {
                         h.delivered += 1;
                         h.dead_letters = h.dead_letters.saturating_sub(1);
+                        h.last_delivery_ms = Some(now_ms());
                     });
                     delivered += 1;
                     left -= 1;
@@ -881,6 +899,8 @@ impl Driver {
                     tracing::warn!(sink = %name, seq = dl.seq, %reason, "Dead letter refused again; kept");
                     let (n, seq, r) = (name.clone(), dl.seq, reason);
                     let _ = self.journal.run(move |j| j.dead_letter(&n, seq, &r)).await;
+                    self.health
+                        .send_modify(|h| h.last_dead_letter_ms = Some(now_ms()));
                     refused += 1;
                     left -= 1;
                 }

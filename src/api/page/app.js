@@ -484,8 +484,9 @@ async function refreshSinks() {
   for (const k of body.sinks) {
     if (k.dead_letters > 0) {
       const n = k.dead_letters === 1 ? "1 dead letter" : `${k.dead_letters} dead letters`;
+      const last = k.last_dead_letter_ms ? `, the last ${ago(Date.now() - k.last_dead_letter_ms)} ago` : "";
       notes.append(el("li", { class: "rejected", "data-sink": k.sink,
-        text: `${k.sink} holds ${n} (events its receiver refused for good): ` +
+        text: `${k.sink} holds ${n} (events its receiver refused for good${last}): ` +
           `liqwatch journal dead-letters --sink ${k.sink} lists them; once the receiver is fixed, ` +
           `POST /v1/sinks/${k.sink}/redeliver sends them again.` }));
     }

@@ -421,12 +421,20 @@ async fn risk_page_in_a_real_browser() {
             "the Delivery table",
             DEADLINE,
             "const row=(n)=>document.querySelector(`#sinks-body tr[data-sink=\"${n}\"]`);
-             const a=row('archive'), p=row('pager');
-             if (!a || !p || a.dataset.state!=='idle' || p.dataset.state!=='retrying') return null;
+             const a=row('archive'), p=row('pager'), r=row('refusing');
+             if (!a || !p || !r || a.dataset.state!=='idle' || p.dataset.state!=='retrying') return null;
+             const cell=(tr, l)=>tr.querySelector(`td[data-label=\"${l}\"]`).textContent;
              return {archive: a.textContent, pager: p.textContent, lag: Number(p.dataset.lag),
-                     badge: p.querySelector('.badge').className};",
+                     badge: p.querySelector('.badge').className,
+                     archive_last: cell(a, 'Last delivery'), refusing_last: cell(r, 'Last delivery')};",
         )
         .await;
+    // A refusal is not a delivery: the sink that only ever dead-lettered never delivered.
+    assert_eq!(shown["refusing_last"], "never", "{shown}");
+    assert!(
+        shown["archive_last"].as_str().unwrap().ends_with(" ago"),
+        "{shown}"
+    );
     assert!(
         shown["archive"].as_str().unwrap().contains("up to date"),
         "{shown}"
@@ -450,6 +458,7 @@ async fn risk_page_in_a_real_browser() {
     assert!(
         note.starts_with("refusing holds ")
             && note.contains(" dead letter")
+            && note.contains("for good, the last ")
             && note.contains("liqwatch journal dead-letters --sink refusing")
             && note.contains("POST /v1/sinks/refusing/redeliver"),
         "{note}"

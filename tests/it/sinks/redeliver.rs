@@ -100,7 +100,12 @@ async fn dead_letters_are_redelivered_on_request() {
     let first_reason = first[0]["reason"].as_str().unwrap().to_string();
     assert!(first_reason.contains("410"), "{first_reason}");
 
-    assert_eq!(hook_health(&client, &api).await["dead_letters"], 1);
+    // A refusal is not a delivery: nothing delivered yet, one dead letter just now.
+    let health = hook_health(&client, &api).await;
+    assert_eq!(health["dead_letters"], 1, "{health}");
+    assert!(health["last_delivery_ms"].is_null(), "{health}");
+    let refused_at = health["last_dead_letter_ms"].as_u64().unwrap_or(0);
+    assert!(refused_at > 0, "{health}");
 
     let redeliver = |auth: bool, sink: &str| {
         let mut req = client.post(format!("{api}/v1/sinks/{sink}/redeliver"));
@@ -128,6 +133,20 @@ async fn dead_letters_are_redelivered_on_request() {
     })
     .await;
     assert_eq!(kept[0]["event_id"], event_id.as_str());
+    // The second refusal moves the sink's dead-letter time, and it still delivered nothing.
+    let end = std::time::Instant::now() + DEADLINE;
+    let health = loop {
+        let h = hook_health(&client, &api).await;
+        if h["last_dead_letter_ms"].as_u64() > Some(refused_at) {
+            break h;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "no second refusal time: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(health["last_delivery_ms"].is_null(), "{health}");
 
     // Accepted: delivered once more, signed, and gone from the table.
     assert_eq!(redeliver(true, "hook").await.unwrap().status(), 202);
@@ -147,6 +166,10 @@ async fn dead_letters_are_redelivered_on_request() {
     let health = hook_health(&client, &api).await;
     assert_eq!(health["dead_letters"], 0, "{health}");
     assert!(health["delivered"].as_u64() >= Some(1), "{health}");
+    assert!(
+        health["last_delivery_ms"].as_u64() >= Some(refused_at),
+        "the redelivery is a delivery: {health}"
+    );
     // Nothing else was sent: three requests in all, one event.
     assert_eq!(rx.received().len(), 3);
     assert_eq!(daemon.terminate(DEADLINE), Some(0));
