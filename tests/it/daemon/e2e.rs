@@ -333,6 +333,59 @@ async fn warning_trigger_crash_restart() {
     let subscribed_before = venue.subscribes.load(Ordering::SeqCst);
     daemon.kill9();
 
+    // What an operator reads right after the crash, before restarting: the journal as the
+    // killed daemon left it — its last commits still in the WAL, no daemon holding it — read
+    // by `liqwatch journal`, which changes nothing the restart below depends on.
+    let wal = dir.path().join("journal.sqlite-wal");
+    assert!(
+        std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) > 0,
+        "the killed daemon leaves its WAL behind"
+    );
+    let read = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_liqwatch"))
+            .arg("journal")
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "journal {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let status: Value = serde_json::from_str(&read(&["status", "--format", "json"])).unwrap();
+    assert_eq!(status["events"], ids_before.len(), "{status}");
+    assert!(
+        status["daemon"].is_null(),
+        "the lock died with the daemon: {status}"
+    );
+    let hook_status = status["sinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["sink"] == "desk-hook")
+        .unwrap_or_else(|| panic!("no desk-hook sink: {status}"));
+    assert!(
+        hook_status["lag"].as_u64() > Some(0),
+        "undelivered: {status}"
+    );
+    let listed: Vec<String> = read(&["events"])
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["event_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        listed, ids_before,
+        "every event journaled before the kill, in order"
+    );
+
     // Restart with the receiver healthy: everything journaled is delivered, nothing is lost.
     hook.down.store(false, Ordering::SeqCst);
     let mut daemon = start(&cfg, dir.path(), 2);
