@@ -55,12 +55,13 @@ use tracing::{debug, warn};
 pub use crate::feeds::{FeedStatus, InstrumentFeedStatus};
 use crate::journal::JournalEntry;
 use crate::model::{
-    Account, AccountId, AccountState, AccountUpdate, Fill, PriceUsed, RiskSnapshot, TimestampMs,
+    Account, AccountId, AccountState, AccountUpdate, Fill, InstrumentId, PriceUsed, RiskSnapshot,
+    TimestampMs,
 };
 use crate::sources::{
     AccountWriter, Applied, ApplyError, FieldError, UpdateKey, UpdateOrigin, check_account_id,
     count_update, explain_json_error, merge_ids, parse_json, take_update_id, validate_account,
-    validate_fill,
+    validate_fill, validate_update,
 };
 
 mod account_events; // one account's journaled events, newest first
@@ -399,6 +400,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("put", "/v1/accounts/{id}"),
     ("delete", "/v1/accounts/{id}"),
     ("post", "/v1/accounts/{id}/fills"),
+    ("post", "/v1/accounts/{id}/collateral"),
     ("get", "/v1/accounts/{id}/risk"),
     ("get", "/v1/risk/riskiest"),
     ("get", "/v1/feeds"),
@@ -432,6 +434,10 @@ pub fn router(state: ApiState) -> Router {
             get(get_account).put(put_account).delete(delete_account),
         )
         .route("/v1/accounts/{id}/fills", axum::routing::post(post_fill))
+        .route(
+            "/v1/accounts/{id}/collateral",
+            axum::routing::post(post_collateral),
+        )
         .route("/v1/accounts/{id}/risk", get(get_risk))
         .route("/v1/risk/riskiest", get(riskiest::riskiest))
         .route("/v1/feeds", get(feeds))
@@ -877,6 +883,46 @@ async fn post_fill(
         return Err(ApiError::invalid(errors));
     }
     apply(&state, AccountUpdate::Fill { account_id, fill }, key).await
+}
+
+/// Body of `POST /v1/accounts/{id}/collateral`: a deposit (positive `delta`) or a withdrawal
+/// (negative) of one collateral asset, as NATS's `{"type":"collateral"}` update carries it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollateralChange {
+    /// A collateral asset of the presets (`USDT`, `BTC`, …).
+    pub asset: InstrumentId,
+    /// The signed change of the balance, a decimal string.
+    #[serde(with = "crate::model::exact_str")]
+    pub delta: rust_decimal::Decimal,
+}
+
+async fn post_collateral(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<axum::Json<MutationBody>, ApiError> {
+    let account_id = path_account_id(&id).inspect_err(|_| count_update("http", "invalid"))?;
+    let bytes = body_bytes(&state, &headers, body)?;
+    let mut value: serde_json::Value = parse_body(&bytes)?;
+    let key = request_key(
+        &headers,
+        take_update_id(&mut value, None).map_err(id_error)?,
+    )?;
+    let change: CollateralChange = parse_value(value)?;
+    let update = AccountUpdate::Collateral {
+        account_id,
+        asset: change.asset,
+        delta: change.delta,
+    };
+    // The rules NATS applies to the same update (the asset known and a collateral asset).
+    let errors = validate_update(&update, &|i| state.backend.instrument_kind(i));
+    if !errors.is_empty() {
+        count_update("http", "invalid");
+        return Err(ApiError::invalid(errors));
+    }
+    apply(&state, update, key).await
 }
 
 async fn delete_account(

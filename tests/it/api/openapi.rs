@@ -100,6 +100,7 @@ fn check_example(schema: &str, example: &Value) -> bool {
     match schema {
         "Account" => ok(de::<Account>(example)),
         "Fill" => ok(de::<Fill>(example)),
+        "CollateralChange" => ok(de::<api::CollateralChange>(example)),
         "AccountView" => ok(de::<AccountView>(example)),
         "AccountList" => ok(de::<AccountsBody>(example)),
         "FeedList" => ok(de::<FeedsBody>(example)),

@@ -447,6 +447,117 @@ async fn fills() {
     assert_eq!(backend.applied.lock().unwrap().len(), 2);
 }
 
+/// Deposits and withdrawals go to the backend as `AccountUpdate::Collateral`, by the rules NATS
+/// applies to the same update: an unknown account is 404, a float or missing delta 400, an
+/// unknown asset or a contract 422, an unknown field 400; an id in the body or the header is
+/// the update's id.
+#[tokio::test]
+async fn collateral_changes() {
+    let backend = MemBackend::new(16);
+    let app = app(&backend);
+    call(
+        &app,
+        mutate("PUT", "/v1/accounts/acct-1", Some(TOKEN), ACCOUNT_A),
+    )
+    .await;
+    let path = "/v1/accounts/acct-1/collateral";
+    let (status, body) = call(
+        &app,
+        mutate(
+            "POST",
+            path,
+            Some(TOKEN),
+            r#"{"asset":"USDT","delta":"-250.50","update_id":"wd-7"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"account_id":"acct-1","result":"updated","update_id":"wd-7"})
+    );
+    {
+        let applied = backend.applied.lock().unwrap();
+        let (
+            AccountUpdate::Collateral {
+                account_id,
+                asset,
+                delta,
+            },
+            _,
+        ) = &applied[1]
+        else {
+            panic!("expected a collateral change, got {:?}", applied[1]);
+        };
+        assert_eq!(account_id.as_str(), "acct-1");
+        assert_eq!(asset.as_str(), "USDT");
+        // Exactly as sent, scale included.
+        assert_eq!(delta.to_string(), "-250.50");
+    }
+
+    let refused = [
+        // (path, body, status, code, field)
+        (
+            "/v1/accounts/ghost/collateral",
+            r#"{"asset":"USDT","delta":"1"}"#,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            None,
+        ),
+        (
+            path,
+            r#"{"asset":"USDT","delta":1.5}"#,
+            StatusCode::BAD_REQUEST,
+            "number_not_string",
+            Some("delta"),
+        ),
+        (
+            path,
+            r#"{"asset":"USDT"}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            None,
+        ),
+        (
+            path,
+            r#"{"asset":"DOGE","delta":"1"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_instrument",
+            Some("asset"),
+        ),
+        (
+            path,
+            r#"{"asset":"BTCUSDT-PERP","delta":"1"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_value",
+            Some("asset"),
+        ),
+        (
+            path,
+            r#"{"asset":"USDT","delta":"1","amount":"5"}"#,
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            Some("amount"),
+        ),
+    ];
+    for (path, body, status, code, field) in refused {
+        let (got, answer) = call(&app, mutate("POST", path, Some(TOKEN), body)).await;
+        assert_eq!(got, status, "{body}: {answer}");
+        assert_eq!(answer["error"]["code"], code, "{body}: {answer}");
+        if let Some(f) = field {
+            assert_eq!(answer["error"]["field"], f, "{body}: {answer}");
+        }
+    }
+    // A mutation: no token, no change.
+    let (status, _) = call(
+        &app,
+        mutate("POST", path, None, r#"{"asset":"USDT","delta":"1"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(backend.applied.lock().unwrap().len(), 2);
+}
+
 /// DELETE removes an account; deleting it again is 404.
 #[tokio::test]
 async fn delete_account() {

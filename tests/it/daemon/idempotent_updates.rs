@@ -2,6 +2,7 @@
 //! update that carries an id (`Idempotency-Key`, `fill_id`, `update_id`, `Nats-Msg-Id`) is
 //! applied once however often it is delivered, across a kill -9 and restart too; an id reused
 //! for another update is refused with 409; a `PUT` without `positions` is refused with 422.
+//! Deposits and withdrawals (`POST …/collateral`) likewise.
 
 use std::time::Duration;
 
@@ -46,6 +47,24 @@ async fn post_fill(
 ) -> (u16, Value) {
     let mut req = client
         .post(format!("{api}/v1/accounts/f/fills"))
+        .bearer_auth(TOKEN)
+        .json(body);
+    if let Some(k) = key {
+        req = req.header("Idempotency-Key", k);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn post_collateral(
+    client: &reqwest::Client,
+    api: &str,
+    key: Option<&str>,
+    body: &Value,
+) -> (u16, Value) {
+    let mut req = client
+        .post(format!("{api}/v1/accounts/f/collateral"))
         .bearer_auth(TOKEN)
         .json(body);
     if let Some(k) = key {
@@ -242,6 +261,28 @@ durable = "idem"
     // 1 + 0.5 + 0.125, one fee each.
     assert_eq!(holdings(&client, &api).await, (dec!(1.625), dec!(9997)));
 
+    // Deposits and withdrawals over HTTP: a retried one is applied once (header or body id).
+    let deposit = json!({"asset":"USDT","delta":"2500"});
+    for want in ["updated", "duplicate"] {
+        let (status, body) = post_collateral(&client, &api, Some("dep-1"), &deposit).await;
+        assert_eq!((status, &body["result"]), (200, &json!(want)), "{body}");
+    }
+    let withdrawal = json!({"asset":"USDT","delta":"-497","update_id":"wd-1"});
+    for want in ["updated", "duplicate"] {
+        let (status, body) = post_collateral(&client, &api, None, &withdrawal).await;
+        assert_eq!((status, &body["result"]), (200, &json!(want)), "{body}");
+    }
+    // The same id for another amount: refused, nothing applied.
+    let (status, body) = post_collateral(
+        &client,
+        &api,
+        Some("dep-1"),
+        &json!({"asset":"USDT","delta":"25000"}),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(holdings(&client, &api).await, (dec!(1.625), dec!(12000)));
+
     // kill -9, restart: the ids are still known.
     daemon.kill9();
     let (mut daemon, api) = start(&cfg, dir.path(), &venue, 2).await;
@@ -257,7 +298,13 @@ durable = "idem"
     );
     publish(&js, None, f4).await;
     nats_drained(&js).await;
-    assert_eq!(holdings(&client, &api).await, (dec!(1.625), dec!(9997)));
+    let (status, body) = post_collateral(&client, &api, Some("dep-1"), &deposit).await;
+    assert_eq!(
+        (status, &body["result"]),
+        (200, &json!("duplicate")),
+        "{body}"
+    );
+    assert_eq!(holdings(&client, &api).await, (dec!(1.625), dec!(12000)));
     // A new id still applies.
     let (status, body) = post_fill(&client, &api, Some("fill-5"), &fill("0.375")).await;
     assert_eq!(
@@ -265,6 +312,6 @@ durable = "idem"
         (200, &json!("updated")),
         "{body}"
     );
-    assert_eq!(holdings(&client, &api).await, (dec!(2), dec!(9996)));
+    assert_eq!(holdings(&client, &api).await, (dec!(2), dec!(11999)));
     assert_eq!(daemon.terminate(DEADLINE), Some(0), "{}", daemon.log_text());
 }
