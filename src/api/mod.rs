@@ -817,19 +817,43 @@ async fn apply(
     }
 }
 
+/// What a mutation with a body reads first: the path's account id, the JSON body, and the
+/// update's id (`Idempotency-Key`, or the body's `update_id` — and `fill_id` at `fill_id`'s
+/// path for a fill — taken out of the body, [`take_update_id`]).
+fn mutation_body(
+    state: &ApiState,
+    id: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    fill_id: Option<&str>,
+) -> Result<(AccountId, serde_json::Value, Option<UpdateKey>), ApiError> {
+    let account_id = path_account_id(id).inspect_err(|_| count_update("http", "invalid"))?;
+    let bytes = body_bytes(state, headers, body)?;
+    let mut value: serde_json::Value = parse_body(&bytes)?;
+    let key = request_key(
+        headers,
+        take_update_id(&mut value, fill_id).map_err(id_error)?,
+    )?;
+    Ok((account_id, value, key))
+}
+
+/// `Ok` when validation found nothing; otherwise the 422 listing every problem (counted as
+/// `invalid`).
+fn valid(errors: Vec<FieldError>) -> Result<(), ApiError> {
+    if errors.is_empty() {
+        return Ok(());
+    }
+    count_update("http", "invalid");
+    Err(ApiError::invalid(errors))
+}
+
 async fn put_account(
     State(state): State<ApiState>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<MutationBody>, ApiError> {
-    let id = path_account_id(&id).inspect_err(|_| count_update("http", "invalid"))?;
-    let bytes = body_bytes(&state, &headers, body)?;
-    let mut value: serde_json::Value = parse_body(&bytes)?;
-    let key = request_key(
-        &headers,
-        take_update_id(&mut value, None).map_err(id_error)?,
-    )?;
+    let (id, value, key) = mutation_body(&state, &id, &headers, body, None)?;
     // A PUT replaces the whole account: a body without `positions` would silently close every
     // position, so the field is required (`[]` clears them).
     let has_positions = value.get("positions").is_some();
@@ -855,11 +879,9 @@ async fn put_account(
             details: Vec::new(),
         });
     }
-    let errors = validate_account(&account, "", &|i| state.backend.instrument_kind(i));
-    if !errors.is_empty() {
-        count_update("http", "invalid");
-        return Err(ApiError::invalid(errors));
-    }
+    valid(validate_account(&account, "", &|i| {
+        state.backend.instrument_kind(i)
+    }))?;
     apply(&state, AccountUpdate::Replace { account }, key).await
 }
 
@@ -869,19 +891,11 @@ async fn post_fill(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<MutationBody>, ApiError> {
-    let account_id = path_account_id(&id).inspect_err(|_| count_update("http", "invalid"))?;
-    let bytes = body_bytes(&state, &headers, body)?;
-    let mut value: serde_json::Value = parse_body(&bytes)?;
-    let key = request_key(
-        &headers,
-        take_update_id(&mut value, Some("")).map_err(id_error)?,
-    )?;
+    let (account_id, value, key) = mutation_body(&state, &id, &headers, body, Some(""))?;
     let fill: Fill = parse_value(value)?;
-    let errors = validate_fill(&fill, "", &|i| state.backend.instrument_kind(i));
-    if !errors.is_empty() {
-        count_update("http", "invalid");
-        return Err(ApiError::invalid(errors));
-    }
+    valid(validate_fill(&fill, "", &|i| {
+        state.backend.instrument_kind(i)
+    }))?;
     apply(&state, AccountUpdate::Fill { account_id, fill }, key).await
 }
 
@@ -903,13 +917,7 @@ async fn post_collateral(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<MutationBody>, ApiError> {
-    let account_id = path_account_id(&id).inspect_err(|_| count_update("http", "invalid"))?;
-    let bytes = body_bytes(&state, &headers, body)?;
-    let mut value: serde_json::Value = parse_body(&bytes)?;
-    let key = request_key(
-        &headers,
-        take_update_id(&mut value, None).map_err(id_error)?,
-    )?;
+    let (account_id, value, key) = mutation_body(&state, &id, &headers, body, None)?;
     let change: CollateralChange = parse_value(value)?;
     let update = AccountUpdate::Collateral {
         account_id,
@@ -917,11 +925,9 @@ async fn post_collateral(
         delta: change.delta,
     };
     // The rules NATS applies to the same update (the asset known and a collateral asset).
-    let errors = validate_update(&update, &|i| state.backend.instrument_kind(i));
-    if !errors.is_empty() {
-        count_update("http", "invalid");
-        return Err(ApiError::invalid(errors));
-    }
+    valid(validate_update(&update, &|i| {
+        state.backend.instrument_kind(i)
+    }))?;
     apply(&state, update, key).await
 }
 

@@ -376,6 +376,19 @@ async fn oversized_body_is_413() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 }
 
+/// A backend and its router holding `acct-1` (`ACCOUNT_A`), created through the API.
+async fn with_acct_1() -> (Arc<MemBackend>, axum::Router) {
+    let backend = MemBackend::new(16);
+    let app = app(&backend);
+    let (status, body) = call(
+        &app,
+        mutate("PUT", "/v1/accounts/acct-1", Some(TOKEN), ACCOUNT_A),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    (backend, app)
+}
+
 fn app_default(backend: &Arc<MemBackend>) -> axum::Router {
     api::router(ApiState::new(backend.clone(), backend.events_tx.clone()).with_token(TOKEN))
 }
@@ -384,13 +397,7 @@ fn app_default(backend: &Arc<MemBackend>) -> axum::Router {
 /// float price is 400 and an unknown instrument is 422.
 #[tokio::test]
 async fn fills() {
-    let backend = MemBackend::new(16);
-    let app = app(&backend);
-    call(
-        &app,
-        mutate("PUT", "/v1/accounts/acct-1", Some(TOKEN), ACCOUNT_A),
-    )
-    .await;
+    let (backend, app) = with_acct_1().await;
     let fill = r#"{"instrument":"BTCUSDT-PERP","quantity":"-0.2","price":"43000.5","fee":"1.72"}"#;
     let (status, body) = call(
         &app,
@@ -453,13 +460,7 @@ async fn fills() {
 /// the update's id.
 #[tokio::test]
 async fn collateral_changes() {
-    let backend = MemBackend::new(16);
-    let app = app(&backend);
-    call(
-        &app,
-        mutate("PUT", "/v1/accounts/acct-1", Some(TOKEN), ACCOUNT_A),
-    )
-    .await;
+    let (backend, app) = with_acct_1().await;
     let path = "/v1/accounts/acct-1/collateral";
     let (status, body) = call(
         &app,
@@ -561,13 +562,7 @@ async fn collateral_changes() {
 /// DELETE removes an account; deleting it again is 404.
 #[tokio::test]
 async fn delete_account() {
-    let backend = MemBackend::new(16);
-    let app = app(&backend);
-    call(
-        &app,
-        mutate("PUT", "/v1/accounts/acct-1", Some(TOKEN), ACCOUNT_A),
-    )
-    .await;
+    let (backend, app) = with_acct_1().await;
     let (status, body) = call(
         &app,
         mutate("DELETE", "/v1/accounts/acct-1", Some(TOKEN), ""),

@@ -39,14 +39,16 @@ async fn start(
     (daemon, api)
 }
 
-async fn post_fill(
+/// `POST /v1/accounts/f/{what}` (`fills` or `collateral`), with an `Idempotency-Key` if given.
+async fn post(
     client: &reqwest::Client,
     api: &str,
+    what: &str,
     key: Option<&str>,
     body: &Value,
 ) -> (u16, Value) {
     let mut req = client
-        .post(format!("{api}/v1/accounts/f/fills"))
+        .post(format!("{api}/v1/accounts/f/{what}"))
         .bearer_auth(TOKEN)
         .json(body);
     if let Some(k) = key {
@@ -57,22 +59,22 @@ async fn post_fill(
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+async fn post_fill(
+    client: &reqwest::Client,
+    api: &str,
+    key: Option<&str>,
+    body: &Value,
+) -> (u16, Value) {
+    post(client, api, "fills", key, body).await
+}
+
 async fn post_collateral(
     client: &reqwest::Client,
     api: &str,
     key: Option<&str>,
     body: &Value,
 ) -> (u16, Value) {
-    let mut req = client
-        .post(format!("{api}/v1/accounts/f/collateral"))
-        .bearer_auth(TOKEN)
-        .json(body);
-    if let Some(k) = key {
-        req = req.header("Idempotency-Key", k);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    post(client, api, "collateral", key, body).await
 }
 
 fn fill(quantity: &str) -> Value {
