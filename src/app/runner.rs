@@ -286,8 +286,9 @@ impl Runner {
         if transitions.is_empty() {
             return;
         }
+        // The board logged each transition already (WARN stale, INFO restored).
         for t in &transitions {
-            tracing::warn!(instrument = %t.info.instrument, kind = %t.kind, "Feed staleness changed");
+            tracing::debug!(instrument = %t.info.instrument, kind = %t.kind, "Feed staleness changed");
         }
         let step = self.engine.on_feed(&transitions, &*self.board, now_ms());
         self.commit(step.emitted, step.feed_events).await;
