@@ -115,6 +115,9 @@ enum Command {
     /// Replay a recording against accounts in recorded time and write a report and charts.
     Backtest(liqwatch::cli::backtest::BacktestArgs),
     /// Historical VaR, expected shortfall, P(liquidation) and component ES from price history.
+    #[command(
+        after_help = "Example (the sample accounts, the shipped 2021-05-19 episode, every 4-hour window):\n  liqwatch risk --history episode:crash-2021-05-19 --horizon 4h"
+    )]
     Risk(liqwatch::cli::risk::RiskArgs),
 }
 

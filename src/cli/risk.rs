@@ -36,7 +36,7 @@ pub struct RiskArgs {
     pub prices: PathBuf,
     /// Price history: `*.csv` (ts,symbol,price), `*.json` (freqtrade candles), `*.jsonl`
     /// (replay recording), or `episode:NAME` (a shipped episode). Repeat or list several.
-    #[arg(long, value_name = "FILE", num_args = 1.., required = true)]
+    #[arg(long, value_name = "FILE|episode:NAME", num_args = 1.., required = true)]
     pub history: Vec<String>,
     /// Map a history symbol to an underlying (`BTC_USDT=BTC`); needed when a symbol does not
     /// name its underlying by itself, or two symbols could.
