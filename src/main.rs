@@ -113,6 +113,9 @@ enum Command {
     #[command(subcommand)]
     Instruments(liqwatch::cli::instruments::InstrumentsCommand),
     /// Replay a recording against accounts in recorded time and write a report and charts.
+    #[command(
+        after_help = "Example (the demo's recording, accounts and levels):\n  liqwatch backtest --replay feeds/replay/crash-2021-05-19.jsonl --accounts feeds/demo/accounts.json \\\n      --config feeds/demo/liqwatch.toml --out backtest-out"
+    )]
     Backtest(liqwatch::cli::backtest::BacktestArgs),
     /// Historical VaR, expected shortfall, P(liquidation) and component ES from price history.
     #[command(
