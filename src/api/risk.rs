@@ -504,6 +504,7 @@ mod tests {
         AccountView {
             account_id: AccountId::from(id),
             state,
+            margin_call: None,
             snapshot: RiskSnapshot {
                 equity,
                 maintenance_margin: mm,

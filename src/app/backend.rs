@@ -89,13 +89,20 @@ impl Backend {
             .read(id, |v| v.thresholds().cloned())
             .flatten()
             .unwrap_or_else(|| self.default_levels.read().clone());
+        let state = self
+            .states
+            .get(id)
+            .map(|s| s.clone())
+            .unwrap_or(AccountState::Healthy);
+        let margin_call = if state == AccountState::Healthy {
+            None
+        } else {
+            crate::margin::call::margin_call(snapshot.maintenance_margin, snapshot.equity, &levels)
+        };
         Some(api::AccountView {
             account_id: id.clone(),
-            state: self
-                .states
-                .get(id)
-                .map(|s| s.clone())
-                .unwrap_or(AccountState::Healthy),
+            state,
+            margin_call,
             snapshot,
             prices,
             stale_prices,

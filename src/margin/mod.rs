@@ -14,6 +14,7 @@ use rust_decimal::{Decimal, RoundingStrategy};
 
 use std::collections::HashMap;
 
+pub mod call; // the margin call: the deposit that makes an account healthy again
 pub mod fixed; // the one i128 fast path, bit-for-bit equal to Decimal
 pub mod funding; // next funding payments and the margin ratio after them
 mod liquidation; // what a liquidation costs: penalty, surplus or shortfall, venue procedure

@@ -142,6 +142,21 @@ pub struct CollateralRisk {
     pub value: Decimal,
 }
 
+/// What an account in warning (or triggered) must gain in equity to be healthy again
+/// ([`crate::margin::call`]): a deposit of collateral counted at 100 %, or the same in
+/// realised profit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarginCall {
+    /// The margin ratio to fall strictly below: the account's first level less its hysteresis,
+    /// where it recovers.
+    #[serde(with = "crate::model::exact_str")]
+    pub below_ratio: Decimal,
+    /// The smallest such gain in whole cents of the quote currency (USD): with it the ratio is
+    /// below `below_ratio`, with one cent less it is not.
+    #[serde(with = "crate::model::exact_str")]
+    pub deposit: Decimal,
+}
+
 /// The uniform-shock distance to the trigger: the single fractional move of all non-stable
 /// prices together at which the margin ratio reaches the trigger (−0.0957 = a 9.57 % fall).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -507,6 +507,25 @@ async fn risk_page_in_a_real_browser() {
         funding.as_str().is_some_and(|t| t.starts_with('-')),
         "{funding}"
     );
+    // hot is in warning: the margin call is the deposit that brings 199.36 / (240 + x) under
+    // 0.8 − 0.05 — 25.82 (with 25.81 the ratio is 0.750009…).
+    let call = browser
+        .wait_js(
+            "the margin call row",
+            DEADLINE,
+            "const dt=[...document.querySelectorAll('#detail-summary dt')]
+               .find(d => d.textContent === 'Margin call');
+             return dt ? {exact: dt.nextElementSibling.dataset.exact,
+                          text: dt.nextElementSibling.textContent} : null;",
+        )
+        .await;
+    assert_eq!(call["exact"], "25.82", "{call}");
+    assert!(
+        call["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("deposit 25.82") && t.contains("75")),
+        "{call}"
+    );
 
     // Without `[risk]` the drill-down says VaR is not configured (the figures are tested in
     // `page_drilldown`); its events come from the journal, the warning among them.

@@ -15,6 +15,7 @@ mod instruments_import;
 mod instruments_refresh;
 mod journal_cli;
 mod journal_init;
+mod margin_call;
 mod metrics_exposition;
 mod reload;
 mod reload_feeds;

@@ -117,6 +117,7 @@ pub fn view(id: &str, ratio: Decimal) -> AccountView {
         } else {
             AccountState::Healthy
         },
+        margin_call: None,
         snapshot: RiskSnapshot {
             equity,
             maintenance_margin: mm,
