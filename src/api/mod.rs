@@ -124,10 +124,6 @@ pub struct AccountView {
     pub account_id: AccountId,
     /// Where the account stands against its levels (`{"state":"warning","level":"0.8"}`).
     pub state: AccountState,
-    /// In warning or triggered: the equity it must gain (a deposit counted at 100 %) for its
-    /// ratio to fall below its recovery level, at the current prices (`margin::call`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub margin_call: Option<crate::model::MarginCall>,
     /// Risk at the engine's current prices.
     pub snapshot: RiskSnapshot,
     /// Every price used, with source and age.

@@ -504,7 +504,6 @@ mod tests {
         AccountView {
             account_id: AccountId::from(id),
             state,
-            margin_call: None,
             snapshot: RiskSnapshot {
                 equity,
                 maintenance_margin: mm,
@@ -514,6 +513,7 @@ mod tests {
                 liquidation_penalty: Decimal::ZERO,
                 liquidation_cost: None,
                 funding: None,
+                margin_call: None,
                 positions: vec![],
                 collateral: vec![],
             },

@@ -94,15 +94,16 @@ impl Backend {
             .get(id)
             .map(|s| s.clone())
             .unwrap_or(AccountState::Healthy);
-        let margin_call = if state == AccountState::Healthy {
-            None
-        } else {
-            crate::margin::call::margin_call(snapshot.maintenance_margin, snapshot.equity, &levels)
-        };
+        if state != AccountState::Healthy {
+            snapshot.margin_call = crate::margin::call::margin_call(
+                snapshot.maintenance_margin,
+                snapshot.equity,
+                &levels,
+            );
+        }
         Some(api::AccountView {
             account_id: id.clone(),
             state,
-            margin_call,
             snapshot,
             prices,
             stale_prices,

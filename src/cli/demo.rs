@@ -696,6 +696,7 @@ mod tests {
                 collateral: vec![],
                 liquidation_cost: None,
                 funding: None,
+                margin_call: None,
             })),
             prices: vec![],
             stale_prices: false,

@@ -733,6 +733,13 @@ pub(crate) mod tests {
             expected.liquidation_cost = Some(Box::new(
                 crate::margin::liquidation_cost(&expected, &*map.instruments()).unwrap(),
             ));
+            // And the deposit that would bring it back under 0.8 − 0.05 (the default levels).
+            expected.margin_call = crate::margin::call::margin_call(
+                expected.maintenance_margin,
+                expected.equity,
+                &crate::model::Thresholds::default(),
+            );
+            assert!(expected.margin_call.is_some());
             assert_eq!(
                 em.event.snapshot.as_deref(),
                 Some(&expected),

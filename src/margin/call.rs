@@ -25,7 +25,11 @@ pub fn recovery_ratio(t: &Thresholds) -> Option<Decimal> {
 /// no equity can bring it there (a recovery level ≤ 0), or when the amount does not fit a
 /// `Decimal`.
 pub fn margin_call(mm: Decimal, equity: Decimal, t: &Thresholds) -> Option<MarginCall> {
-    let below = recovery_ratio(t)?;
+    margin_call_below(mm, equity, recovery_ratio(t)?)
+}
+
+/// [`margin_call`] for the recovery level `below` ([`recovery_ratio`]).
+pub fn margin_call_below(mm: Decimal, equity: Decimal, below: Decimal) -> Option<MarginCall> {
     if mm <= Decimal::ZERO || below <= Decimal::ZERO {
         return None;
     }

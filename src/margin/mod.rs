@@ -670,6 +670,7 @@ pub fn account_snapshot(
         collateral,
         liquidation_cost: None,
         funding: None,
+        margin_call: None,
     })
 }
 

@@ -203,6 +203,12 @@ pub struct RiskSnapshot {
     /// it (events and account reads, when a funding rate is known; absent elsewhere).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub funding: Option<Box<FundingSnapshot>>,
+    /// In warning or triggered: the equity the account must gain (a deposit counted at
+    /// 100 %) for its ratio to fall below its recovery level, at these prices
+    /// (`liquidation_warning` and `liquidation_trigger` events, account reads; absent
+    /// elsewhere). See [`MarginCall`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin_call: Option<MarginCall>,
 }
 
 /// What a liquidation costs at one set of prices (`crate::margin::liquidation_cost`): the

@@ -312,6 +312,7 @@ pub(crate) mod tests {
                 collateral: vec![],
                 liquidation_cost: None,
                 funding: None,
+                margin_call: None,
             })),
             prices: vec![],
             stale_prices: false,

@@ -61,6 +61,7 @@ fn entry(seq: u64, kind: EventKind) -> JournalEntry {
             collateral: vec![],
             liquidation_cost: None,
             funding: None,
+            margin_call: None,
         })),
         prices: vec![],
         stale_prices: false,

@@ -83,7 +83,7 @@ async function refreshDetail() {
     ["Margin ratio", ratioPct(s.margin_ratio), s.margin_ratio],
     ["Free margin", money(s.free_margin), s.free_margin],
     // In warning or triggered: what the client must deposit (counted at 100 %) to recover.
-    ...(v.margin_call ? [["Margin call", `deposit ${money(v.margin_call.deposit)} to bring the ratio under ${ratioPct(v.margin_call.below_ratio)}`, v.margin_call.deposit]] : []),
+    ...(s.margin_call ? [["Margin call", `deposit ${money(s.margin_call.deposit)} to bring the ratio under ${ratioPct(s.margin_call.below_ratio)}`, s.margin_call.deposit]] : []),
     ["Shock to trigger (down / up)", `${sd.down ? pct(sd.down) : "–"} / ${sd.up ? pct(sd.up) : "–"}`, sd.nearest || ""],
     // The next funding payment and the ratio once paid (only when a funding rate is known).
     ...(s.funding ? [["Next funding → ratio after", `${money(s.funding.total)} → ${ratioPct(s.funding.margin_ratio_after)}`, s.funding.total]] : []),

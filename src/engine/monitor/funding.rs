@@ -189,6 +189,8 @@ impl Monitor {
                 key,
                 kind: EventKind::LiquidationWarning,
                 trigger: th.trigger,
+                // The account stays healthy: a funding warning carries no margin call.
+                recovery: None,
                 prices: std::sync::Arc::new(engine_prices),
                 now_ms,
                 read: Some(Read {

@@ -225,6 +225,11 @@ impl Pass<'_> {
                 key: t.key,
                 kind: change.crossing.kind,
                 trigger: th.trigger,
+                // A margin call answers a margin-ratio crossing (a distance warning leaves the
+                // ratio's state alone).
+                recovery: (change.level_type == crate::model::LevelType::MarginRatio)
+                    .then(|| crate::margin::call::recovery_ratio(th))
+                    .flatten(),
                 prices: Arc::clone(&engine_prices),
                 now_ms,
                 read: account.map(|account| Read {

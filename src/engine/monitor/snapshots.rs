@@ -28,6 +28,10 @@ pub(super) struct SnapshotJob {
     pub(super) key: AccountKey,
     pub(super) kind: EventKind,
     pub(super) trigger: Decimal,
+    /// The ratio the account must fall below to recover (its first level less the
+    /// hysteresis), for a margin-ratio warning or trigger: its margin call is computed
+    /// against it. `None` for other events.
+    pub(super) recovery: Option<Decimal>,
     pub(super) prices: Arc<PriceSnapshot>,
     pub(super) now_ms: TimestampMs,
     /// The account and its funding rates when the state pass read them (its event then
@@ -211,6 +215,14 @@ fn build_guarded(
             funding::attach(&mut s, table, funding);
             if job.kind == EventKind::LiquidationTrigger {
                 margin::attach_liquidation_cost_to(&mut s, table, &account.id);
+            }
+            if matches!(
+                job.kind,
+                EventKind::LiquidationWarning | EventKind::LiquidationTrigger
+            ) {
+                s.margin_call = job.recovery.and_then(|below| {
+                    margin::call::margin_call_below(s.maintenance_margin, s.equity, below)
+                });
             }
             Box::new(s)
         })

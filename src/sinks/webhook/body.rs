@@ -173,9 +173,22 @@ pub fn alert_text(ev: &RiskEvent) -> AlertText {
                  equity {equity}, MM {mm}{stale}"
             )
         } else {
+            // A desk's next step: what the client must deposit to be healthy again.
+            let call = match &s.margin_call {
+                Some(c) => {
+                    let deposit = fmt_money(c.deposit);
+                    let under = fmt_level_pct(Some(c.below_ratio));
+                    fields.push((
+                        "Margin call",
+                        format!("deposit {deposit} (ratio under {under})"),
+                    ));
+                    format!(", margin call: deposit {deposit} to bring the ratio under {under}")
+                }
+                None => String::new(),
+            };
             format!(
                 "margin ratio {ratio} (level {level}), equity {equity}, MM {mm}, \
-                 shock distance {shock}{stale}"
+                 shock distance {shock}{call}{stale}"
             )
         }
     } else if let Some(f) = &ev.feed {
@@ -340,6 +353,7 @@ fn custom_details(ev: &RiskEvent) -> Value {
         "equity": s.map(|s| s.equity),
         "maintenance_margin": s.map(|s| s.maintenance_margin),
         "shock_distance": s.map(|s| s.shock_distance.nearest),
+        "margin_call": s.and_then(|s| s.margin_call.as_ref()),
         "stale_prices": ev.stale_prices,
         "feed": ev.feed,
         "time": ev.time,
@@ -783,6 +797,34 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p["dedup_key"], "liqwatch:acct-7:0.8");
+
+        // With a margin call, the text says what to deposit, and PagerDuty's details carry it.
+        if let Some(s) = w.event.snapshot.as_mut() {
+            s.margin_call = Some(crate::model::MarginCall {
+                below_ratio: dec!(0.75),
+                deposit: dec!(1234.56),
+            });
+        }
+        let t = alert_text(&w.event);
+        assert!(
+            t.summary
+                .ends_with(", margin call: deposit 1234.56 to bring the ratio under 75 %"),
+            "{}",
+            t.summary
+        );
+        assert!(t.fields.contains(&(
+            "Margin call",
+            "deposit 1234.56 (ratio under 75 %)".to_string()
+        )));
+        let p: Value = serde_json::from_slice(
+            &render_single(&settings(WebhookFormat::Pagerduty), &w).unwrap()[0].body,
+        )
+        .unwrap();
+        assert_eq!(
+            p["payload"]["custom_details"]["margin_call"],
+            json!({"below_ratio": "0.75", "deposit": "1234.56"}),
+            "{p}"
+        );
     }
 
     /// A batched body is `{"events":[…]}` of the journaled JSON in order, parses back to the

@@ -57,7 +57,10 @@ async fn depositing_the_margin_call_recovers_the_account_and_a_cent_less_does_no
     // Healthy (ratio 0.5 under the default levels 0.8 / 1, hysteresis 0.05): no margin call.
     let healthy = get_ok(&client, account.clone()).await;
     assert_eq!(healthy["state"]["state"], "healthy", "{healthy}");
-    assert!(healthy.get("margin_call").is_none(), "{healthy}");
+    assert!(
+        healthy["snapshot"].get("margin_call").is_none(),
+        "{healthy}"
+    );
 
     // At 49,840: equity 240, MM 199.36, ratio 0.83 — a warning. Back under 0.75 takes
     // 199.36 / 0.75 − 240 = 25.8133… of equity: 25.82.
@@ -67,7 +70,7 @@ async fn depositing_the_margin_call_recovers_the_account_and_a_cent_less_does_no
     })
     .await;
     assert_eq!(
-        warned["margin_call"],
+        warned["snapshot"]["margin_call"],
         json!({"below_ratio": "0.75", "deposit": "25.82"}),
         "{warned}"
     );
@@ -82,7 +85,7 @@ async fn depositing_the_margin_call_recovers_the_account_and_a_cent_less_does_no
     .await;
     assert_eq!(short["state"]["state"], "warning", "{short}");
     assert_eq!(
-        short["margin_call"],
+        short["snapshot"]["margin_call"],
         json!({"below_ratio": "0.75", "deposit": "0.01"}),
         "{short}"
     );
@@ -93,7 +96,10 @@ async fn depositing_the_margin_call_recovers_the_account_and_a_cent_less_does_no
         v["state"]["state"] == "healthy"
     })
     .await;
-    assert!(recovered.get("margin_call").is_none(), "{recovered}");
+    assert!(
+        recovered["snapshot"].get("margin_call").is_none(),
+        "{recovered}"
+    );
     let events = poll_until_json(
         &client,
         format!("{api}/v1/accounts/hot/events"),

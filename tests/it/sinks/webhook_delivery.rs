@@ -52,6 +52,7 @@ fn entry(seq: u64, kind: EventKind, account: &str, ratio: Decimal) -> JournalEnt
             collateral: vec![],
             liquidation_cost: None,
             funding: None,
+            margin_call: None,
         })),
         prices: vec![],
         stale_prices: false,

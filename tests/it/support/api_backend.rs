@@ -117,7 +117,6 @@ pub fn view(id: &str, ratio: Decimal) -> AccountView {
         } else {
             AccountState::Healthy
         },
-        margin_call: None,
         snapshot: RiskSnapshot {
             equity,
             maintenance_margin: mm,
@@ -129,6 +128,7 @@ pub fn view(id: &str, ratio: Decimal) -> AccountView {
             collateral: vec![],
             liquidation_cost: None,
             funding: None,
+            margin_call: None,
         },
         prices: vec![],
         stale_prices: false,

@@ -163,6 +163,7 @@ pub fn sample_event(account: &str, account_seq: u64, kind: EventKind) -> RiskEve
             ],
             liquidation_cost: None,
             funding: None,
+            margin_call: None,
         })),
         prices: vec![
             price("BTCUSDT-PERP", "37215.32"),
