@@ -33,19 +33,20 @@ pub fn margin_call_below(mm: Decimal, equity: Decimal, below: Decimal) -> Option
     if mm <= Decimal::ZERO || below <= Decimal::ZERO {
         return None;
     }
+    let near = near_of(mm);
     let recovers = |deposit: Decimal| {
         equity
             .checked_add(deposit)
-            .is_some_and(|e| MarginRatio::compute(mm, e).below(below))
+            .is_some_and(|e| below_at(mm, near, e, below))
     };
-    if recovers(Decimal::ZERO) {
-        return None;
-    }
     let cent = Decimal::new(1, 2);
     let needed = mm.checked_div(below)?.checked_sub(equity)?;
     let mut deposit = needed
         .max(Decimal::ZERO)
         .round_dp_with_strategy(2, RoundingStrategy::ToNegativeInfinity);
+    if deposit.is_zero() && recovers(Decimal::ZERO) {
+        return None;
+    }
     // `needed` is exact or within 10⁻²⁰ of it: at most a step or two either way.
     for _ in 0..3 {
         if recovers(deposit) {
@@ -64,6 +65,32 @@ pub fn margin_call_below(mm: Decimal, equity: Decimal, below: Decimal) -> Option
         below_ratio: below,
         deposit,
     })
+}
+
+/// How close `below · equity` may come to `mm` before the comparison is left to the monitor's
+/// own division: 10⁻¹⁶ of `mm` (rounded; at least 10⁻²⁸), eight orders of magnitude wider than
+/// a `Decimal` quotient's rounding (~10⁻²⁷ of it, 28 significant digits).
+fn near_of(mm: Decimal) -> Decimal {
+    (mm * Decimal::new(1, 16)).max(Decimal::new(1, 28))
+}
+
+/// `MarginRatio::compute(mm, equity).below(below)` (`mm > 0`, `below > 0`), decided on the
+/// exact product `below · equity` against `mm` — a multiplication, where the monitor's ratio is
+/// a division — unless the two are within `near` ([`near_of`]) of each other: then by the
+/// monitor's division itself. A warning's margin call makes two to four such checks, on the
+/// crash path's events.
+fn below_at(mm: Decimal, near: Decimal, equity: Decimal, below: Decimal) -> bool {
+    if equity <= Decimal::ZERO {
+        return false; // the ratio is ∞
+    }
+    match below.checked_mul(equity) {
+        // Beyond `Decimal`: far above `mm`, so the ratio is far below.
+        None => true,
+        Some(product) => match product.checked_sub(mm) {
+            Some(gap) if gap.abs() > near => gap > Decimal::ZERO,
+            _ => MarginRatio::compute(mm, equity).below(below),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -122,6 +149,27 @@ mod tests {
     }
 
     proptest! {
+        /// The product test decides as the monitor's division does, at the boundary too:
+        /// equity drawn at `mm / below` to 2–20 places, nudged by a few units of the last.
+        #[test]
+        fn product_check_is_the_monitors_division(
+            mm in 1i64..10_000_000_000_000_000,
+            mm_scale in 0u32..13,
+            below in 1i64..100_000,
+            places in 2u32..21,
+            nudge in -3i64..4,
+            far in proptest::bool::ANY,
+        ) {
+            let (mm, below) = (Decimal::new(mm, mm_scale), Decimal::new(below, 4));
+            let at = (mm / below).round_dp(places) + Decimal::new(nudge, places);
+            let equity = if far { at * dec!(2) - dec!(1) } else { at };
+            prop_assert_eq!(
+                below_at(mm, near_of(mm), equity, below),
+                MarginRatio::compute(mm, equity).below(below),
+                "mm {} equity {} below {}", mm, equity, below
+            );
+        }
+
         /// The deposit recovers the account by the monitor's own comparison, one cent less
         /// does not, and it is whole cents.
         #[test]
