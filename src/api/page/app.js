@@ -500,7 +500,8 @@ async function refreshSinks() {
 
 function eventItem(e) {
   const who = e.account_id ? "account " + e.account_id : e.feed ? "feed " + (e.feed.instrument || JSON.stringify(e.feed)) : "";
-  const detail = e.snapshot ? ", ratio " + ratioPct(e.snapshot.margin_ratio) : "";
+  const call = e.snapshot && e.snapshot.margin_call ? ", margin call " + money(e.snapshot.margin_call.deposit) : "";
+  const detail = e.snapshot ? ", ratio " + ratioPct(e.snapshot.margin_ratio) + call : "";
   const kind = KIND_TEXT[e.kind] || e.kind;
   return el("li", { class: "ev " + e.kind, "data-seq": e.seq },
     el("span", { class: "badge " + e.kind, text: kind }), ` ${who}${detail} — ${e.time || ""}`);

@@ -384,13 +384,20 @@ async fn risk_page_in_a_real_browser() {
         journaled_at.elapsed(),
         committed.as_ref().unwrap()
     );
-    browser
+    let line = browser
         .wait_js(
             "the warning in the live events",
             DEADLINE,
-            "return !!document.querySelector('#events li.liquidation_warning');",
+            "const li=document.querySelector('#events li.liquidation_warning');
+             return li ? li.textContent : null;",
         )
         .await;
+    // The line says what to ask the client for (the event's margin call, 25.82).
+    assert!(
+        line.as_str()
+            .is_some_and(|t| t.contains("account hot, ratio ") && t.contains(", margin call 25.82")),
+        "{line}"
+    );
     // Delivery: the JSONL archive is up to date, the webhook with no receiver retries the
     // warning; the page shows what `GET /v1/sinks` says.
     let sinks = poll_until_json(&client, format!("{api}/v1/sinks"), DEADLINE, |b| {
