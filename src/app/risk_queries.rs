@@ -292,7 +292,7 @@ pub(super) fn stress(
     let shocked = scenario.apply(&instruments, &prices).ok_or_else(|| {
         unprocessable("overflow", "shock", "the moved prices overflow".to_string())
     })?;
-    let snapshot = crate::margin::account_snapshot(&account, &*table, &shocked, levels.trigger)
+    let mut snapshot = crate::margin::account_snapshot(&account, &*table, &shocked, levels.trigger)
         .map_err(|e| match e {
             // A shock moves the prices there are: a missing one is the account's state now,
             // as `GET /v1/accounts/{id}` reports it, not the query's fault.
@@ -302,6 +302,11 @@ pub(super) fn stress(
             e => unprocessable("margin_error", "shock", e.to_string()),
         })?;
     let (state, _) = transition(&AccountState::Healthy, snapshot.margin_ratio, &levels);
+    // In warning or triggered at the moved prices: the deposit that would make it healthy.
+    if state != AccountState::Healthy {
+        snapshot.margin_call =
+            crate::margin::call::margin_call(snapshot.maintenance_margin, snapshot.equity, &levels);
+    }
     let mut moved: Vec<StressPrice> = prices
         .iter()
         .map(|(i, p)| StressPrice {

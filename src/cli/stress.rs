@@ -214,7 +214,7 @@ fn stress_row(engine: &Engine, id: &AccountId, scenario: &str) -> Result<StressR
         .read(id, |v| v.thresholds().cloned())
         .ok_or_else(|| AccountError::UnknownAccount(id.clone()))?
         .unwrap_or_else(|| engine.monitor().config().thresholds.clone());
-    let snap = map.snapshot(id, levels.trigger)?;
+    let mut snap = map.snapshot(id, levels.trigger)?;
     let pct = match snap.margin_ratio {
         MarginRatio::Finite(r) => match r.checked_mul(Decimal::ONE_HUNDRED) {
             Some(p) => to_cents(p).to_string(),
@@ -227,6 +227,11 @@ fn stress_row(engine: &Engine, id: &AccountId, scenario: &str) -> Result<StressR
     };
     let monitored = engine.monitor().state(map, id).unwrap_or_default();
     let (state, shock_state) = (monitored.state, monitored.shock_state);
+    // In warning or triggered under the scenario: what the client would have to deposit.
+    if state != AccountState::Healthy {
+        snap.margin_call =
+            crate::margin::call::margin_call(snap.maintenance_margin, snap.equity, &levels);
+    }
     let liquidation_cost = cost_of_row(engine, id, &snap, &state, levels.trigger);
     Ok(StressRow {
         account: id.clone(),
@@ -617,17 +622,21 @@ fn is_healthy(s: &AccountState) -> bool {
 
 /// The state, and the distance level the account is within (`healthy, within 10% move`).
 fn states_text(r: &StressRow) -> String {
-    match &r.shock_state {
-        AccountState::Warning { level } => format!(
-            "{}, within {}% move",
-            state_text(&r.state),
+    let mut text = state_text(&r.state);
+    if let AccountState::Warning { level } = &r.shock_state {
+        text.push_str(&format!(
+            ", within {}% move",
             level
                 .checked_mul(Decimal::ONE_HUNDRED)
                 .unwrap_or(*level)
                 .normalize()
-        ),
-        _ => state_text(&r.state),
+        ));
     }
+    // The margin call: the deposit that would bring it back under its recovery level.
+    if let Some(c) = &r.snapshot.margin_call {
+        text.push_str(&format!(", call {}", money(c.deposit)));
+    }
+    text
 }
 
 fn state_text(s: &AccountState) -> String {

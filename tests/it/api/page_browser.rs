@@ -596,6 +596,13 @@ async fn risk_page_in_a_real_browser() {
     assert_eq!(dec(&s["maintenance_margin"]), Decimal::new(1953728, 4));
     assert_eq!(s["margin_ratio"], "inf");
     assert_eq!(shown["state"], "triggered");
+    // Triggered at the moved prices: the margin call covers the deficit and 195.3728 / 0.75
+    // more (1017.2970…, up to the cent).
+    assert_eq!(
+        s["margin_call"],
+        json!({"below_ratio": "0.75", "deposit": "1017.30"}),
+        "{stress}"
+    );
     // And `liqwatch stress` on the same account and prices agrees exactly.
     let cli = stress_cli(dir.path(), "49840", "all=-2%");
     assert_eq!(

@@ -81,7 +81,10 @@ fn readme_command_prints_table() {
         "{}",
         w3[1]
     );
-    assert!(w3[1].contains("TRIGGERED"), "{}", w3[1]);
+    // Triggered at −10 %: the margin call (7,080 / 0.75 − 3,450 = 5,990, and a cent to be
+    // strictly under 0.75).
+    assert!(w3[1].contains("TRIGGERED, call 5,990.01"), "{}", w3[1]);
+    assert!(!w3[0].contains("call"), "{}", w3[0]);
 }
 
 /// JSON output carries W3 (none) and W4 (all −10 %, and −5 %) to the cent, the exact W5
@@ -115,6 +118,11 @@ fn json_w3_w4_figures_to_the_cent() {
     assert_eq!(w4["maintenance_margin"], "7080.00");
     assert_eq!(w4["margin_ratio_pct"], "205.22");
     assert_eq!(w4["state"]["state"], "triggered");
+    assert_eq!(
+        w4["snapshot"]["margin_call"],
+        serde_json::json!({"below_ratio": "0.75", "deposit": "5990.01"})
+    );
+    assert!(w3["snapshot"].get("margin_call").is_none(), "healthy: none");
     let mms: Vec<&str> = w4["snapshot"]["positions"]
         .as_array()
         .expect("positions")
