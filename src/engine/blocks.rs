@@ -79,7 +79,15 @@ impl<T: Ord + Copy> Blocks<T> {
             rm.sort_unstable();
             add.sort_unstable();
             add.dedup();
-            self.rebuild(rm, add);
+            // The set without `rm`, in order (both sorted: one pass).
+            let mut rm = rm.iter().peekable();
+            self.rebuild(
+                |x| {
+                    while rm.next_if(|r| *r < x).is_some() {}
+                    rm.next_if(|r| *r == x).is_some()
+                },
+                add,
+            );
         } else {
             for r in rm.iter() {
                 self.remove(r);
@@ -88,6 +96,47 @@ impl<T: Ord + Copy> Blocks<T> {
                 self.insert(*a);
             }
         }
+        rm.clear();
+        add.clear();
+    }
+
+    /// [`Blocks::apply`] for a set that holds at most one entry per key (`key_of`), where each
+    /// entry of `rm` is the set's entry for its key (the distance index's sets: one band end
+    /// per account, instrument and side, replaced as a whole). A batch that rebuilds the set
+    /// drops the removed keys through a bitmap as it merges, instead of sorting `rm` first —
+    /// on a correlated move `rm` is as long as `add`, and sorting both was most of the merge.
+    /// A small batch edits the set as [`Blocks::apply`] does.
+    pub fn apply_keyed(&mut self, rm: &mut Vec<T>, add: &mut Vec<T>, key_of: impl Fn(&T) -> u32) {
+        if !self.rebuilds_for(rm.len() + add.len()) {
+            return self.apply(rm, add);
+        }
+        let words = rm
+            .iter()
+            .map(|x| key_of(x) as usize / 64 + 1)
+            .max()
+            .unwrap_or(0);
+        let mut gone = vec![0u64; words];
+        for x in rm.iter() {
+            let k = key_of(x) as usize;
+            if let Some(w) = gone.get_mut(k / 64) {
+                *w |= 1 << (k % 64);
+            }
+        }
+        add.sort_unstable();
+        add.dedup();
+        let dropped = self.rebuild(
+            |x| {
+                let k = key_of(x) as usize;
+                gone.get(k / 64).is_some_and(|w| (w >> (k % 64)) & 1 == 1)
+            },
+            add,
+        );
+        // Each removed key had its entry in the set (the contract above).
+        debug_assert_eq!(
+            dropped,
+            gone.iter().map(|w| w.count_ones() as usize).sum::<usize>(),
+            "apply_keyed: a removed key had no entry in the set"
+        );
         rm.clear();
         add.clear();
     }
@@ -168,9 +217,10 @@ impl<T: Ord + Copy> Blocks<T> {
         }
     }
 
-    /// The blocks become the set without `rm` (sorted) and with `add` (sorted, no duplicates):
-    /// one merge into blocks of [`BLOCK`] entries.
-    fn rebuild(&mut self, rm: &[T], add: &[T]) {
+    /// The blocks become the set without the entries `drop` says (asked of each entry once, in
+    /// order) and with `add` (sorted, no duplicates): one merge into blocks of [`BLOCK`]
+    /// entries. Returns how many entries were dropped.
+    fn rebuild(&mut self, mut drop: impl FnMut(&T) -> bool, add: &[T]) -> usize {
         let cap = self.block + self.block / 8;
         let mut out = Out {
             blocks: Vec::with_capacity((self.len + add.len()) / self.block + 1),
@@ -179,11 +229,11 @@ impl<T: Ord + Copy> Blocks<T> {
             cap,
             len: 0,
         };
-        // The set without `rm`, in order (both sorted: one pass).
-        let mut rm = rm.iter().peekable();
+        let mut dropped = 0;
         let kept = self.blocks.iter().flatten().copied().filter(|x| {
-            while rm.next_if(|r| *r < x).is_some() {}
-            rm.next_if(|r| *r == x).is_none()
+            let d = drop(x);
+            dropped += usize::from(d);
+            !d
         });
         // Merged with `add` (an entry in both is kept once).
         let mut add = add.iter().copied().peekable();
@@ -201,6 +251,7 @@ impl<T: Ord + Copy> Blocks<T> {
         self.blocks = blocks;
         self.lasts = lasts;
         self.len = len;
+        dropped
     }
 
     /// Appends `f` of every entry `≥ from` to `out`, in order.

@@ -223,9 +223,10 @@ impl<T> Default for Ops<T> {
 }
 
 impl<T: Ord + Copy> Ops<T> {
-    /// Applies the removals, then the insertions ([`Blocks::apply`]).
-    fn apply(&mut self, set: &mut Blocks<T>) {
-        set.apply(&mut self.rm, &mut self.add);
+    /// Applies the removals, then the insertions ([`Blocks::apply_keyed`]: each set holds one
+    /// entry per account, `key` of it, and a removal is that entry).
+    fn apply(&mut self, set: &mut Blocks<T>, key: impl Fn(&T) -> u32) {
+        set.apply_keyed(&mut self.rm, &mut self.add, key);
         // A bulk step (a crash, the first build) queues up to every holder: do not keep that
         // much capacity around for the small steps that follow.
         for v in [&mut self.rm, &mut self.add] {
@@ -265,8 +266,8 @@ impl Flush<'_> {
 
     fn run(self) {
         match self {
-            Flush::Keys(ops, set) => ops.apply(set),
-            Flush::Ends(ops, set) => ops.apply(set),
+            Flush::Keys(ops, set) => ops.apply(set, |k| *k),
+            Flush::Ends(ops, set) => ops.apply(set, |p| key_of(*p)),
         }
     }
 }
@@ -368,9 +369,9 @@ impl Store {
         if queued < PARALLEL_FLUSH {
             for idx in self.dirty.drain(..) {
                 if let Some(ib) = self.instr.get_mut(idx as usize) {
-                    ib.eager_ops.apply(&mut ib.eager);
-                    ib.lo_ops.apply(&mut ib.lo);
-                    ib.hi_ops.apply(&mut ib.hi);
+                    ib.eager_ops.apply(&mut ib.eager, |k| *k);
+                    ib.lo_ops.apply(&mut ib.lo, |p| key_of(*p));
+                    ib.hi_ops.apply(&mut ib.hi, |p| key_of(*p));
                 }
             }
             return;
