@@ -131,12 +131,20 @@ impl<T: Ord + Copy> Blocks<T> {
             },
             add,
         );
-        // Each removed key had its entry in the set (the contract above).
+        // Each removed key had its entry in the set (the contract above): tests fail, and a
+        // release build says so, if a caller ever breaks it.
+        let removed = gone.iter().map(|w| w.count_ones() as usize).sum::<usize>();
         debug_assert_eq!(
-            dropped,
-            gone.iter().map(|w| w.count_ones() as usize).sum::<usize>(),
+            dropped, removed,
             "apply_keyed: a removed key had no entry in the set"
         );
+        if dropped != removed {
+            tracing::error!(
+                dropped,
+                removed,
+                "Distance index: a removal named an account with no entry in the set (a bug)"
+            );
+        }
         rm.clear();
         add.clear();
     }
