@@ -608,6 +608,7 @@ pub async fn play_routed(
     cancel: CancellationToken,
 ) -> Result<ReplayStats, ReplayError> {
     let Prepared { routes, status } = prepared;
+    let finished = status.clone();
     tracing::info!(file = %path.display(), speed = %opts.speed, venues = routes.len(), "Replay starting");
     let funding_board = Arc::clone(&board);
     let funding_routes = routes.clone();
@@ -671,6 +672,16 @@ pub async fn play_routed(
         },
     )
     .await
+    .inspect(|stats| {
+        // Played to its end (not stopped by shutdown): the feeds say so.
+        if !stats.cancelled {
+            let now = crate::model::now_ms();
+            for h in finished.values() {
+                h.replay_finished
+                    .store(now, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    })
 }
 
 #[cfg(test)]

@@ -103,6 +103,10 @@ pub struct FeedStatus {
     /// recording's.
     #[serde(default)]
     pub replay: bool,
+    /// A replay that has played its whole recording: when it ended, ms since the epoch. Its
+    /// prices then age like a stopped feed's; `null` while it plays (and for live feeds).
+    #[serde(default)]
+    pub replay_finished_ms: Option<TimestampMs>,
     /// True while the socket is up.
     pub connected: bool,
     /// When the current (or last) connection opened, ms since the epoch; `null` before the
@@ -159,6 +163,8 @@ pub struct FeedStatusHandle {
     pub(super) connections: AtomicU64,
     pub(super) parse_errors: AtomicU64,
     pub(super) unknown_symbols: AtomicU64,
+    /// A replay's end (ms since the epoch; 0 while it plays).
+    pub(super) replay_finished: AtomicI64,
     pub(super) text: Mutex<StatusText>,
 }
 
@@ -175,6 +181,7 @@ impl FeedStatusHandle {
             connections: AtomicU64::new(0),
             parse_errors: AtomicU64::new(0),
             unknown_symbols: AtomicU64::new(0),
+            replay_finished: AtomicI64::new(0),
             text: Mutex::new(StatusText::default()),
         }
     }
@@ -267,6 +274,8 @@ impl FeedStatusHandle {
         FeedStatus {
             venue: self.venue,
             replay: self.replay,
+            replay_finished_ms: Some(self.replay_finished.load(Ordering::Relaxed))
+                .filter(|t| *t > 0),
             connected,
             connected_since: self.connected_since(),
             last_frame: self.last_frame(),

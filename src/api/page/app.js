@@ -422,7 +422,7 @@ async function refreshFeeds() {
       }
       frag.append(el("tr", { class: "feed " + cls, "data-venue": f.venue, "data-instrument": i ? i.instrument : "" },
         el("th", { scope: "row", "data-label": "Venue" }, f.venue),
-        el("td", { "data-label": "Connection" }, f.replay ? "replay" : f.connected ? "connected" : "DISCONNECTED"),
+        el("td", { "data-label": "Connection" }, f.replay ? (f.replay_finished_ms ? "replay, finished" : "replay") : f.connected ? "connected" : "DISCONNECTED"),
         el("td", { "data-label": "Reconnects", class: "num" }, f.reconnects),
         el("td", { "data-label": "Instrument" }, i ? i.instrument : "–"),
         el("td", { "data-label": "Symbol" }, i ? i.symbol : "–"),

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::support::browser::Browser;
 use crate::support::daemon_env::{
-    Daemon, MockBinance, binance_mark_line, http_client, poll_until_json, scrape_metrics,
+    Daemon, MockBinance, binance_mark_line, get_ok, http_client, poll_until_json, scrape_metrics,
 };
 use crate::support::webhook_receiver::{Receiver, Scripted};
 
@@ -809,9 +809,15 @@ grace = "3s"
             "const r=document.querySelector('#feeds-body tr[data-instrument=\"BTCUSDT-PERP\"]');
              if (!r) return null;
              const t=[...r.querySelectorAll('td')].map(c=>c.textContent);
-             return t[0]==='replay' && t.includes('fresh (replayed)') ? t : null;",
+             return t[0]==='replay, finished' && t.includes('fresh (replayed)') ? t : null;",
         )
         .await;
+    // The two-line recording has played to its end: the feed says when.
+    let feeds = get_ok(&http_client(), format!("{api}/v1/feeds")).await;
+    assert!(
+        feeds["feeds"][0]["replay_finished_ms"].as_i64() > Some(1_700_000_000_000),
+        "{feeds}"
+    );
     assert!(row.to_string().contains("42,849.78"), "{row}");
     let texts = browser
         .js("return document.querySelector('#feeds-body').textContent;")

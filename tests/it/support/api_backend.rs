@@ -232,6 +232,7 @@ impl ApiBackend for MemBackend {
         vec![FeedStatus {
             venue: Venue::BinanceUsdm,
             replay: false,
+            replay_finished_ms: None,
             connected: true,
             connected_since: Some(1_621_427_000_000),
             last_frame: Some(1_621_428_000_000),
