@@ -104,8 +104,8 @@ pub struct FeedStatus {
     #[serde(default)]
     pub replay: bool,
     /// A replay that has played its whole recording: when it ended, ms since the epoch. Its
-    /// prices then age like a stopped feed's; `null` while it plays (and for live feeds).
-    #[serde(default)]
+    /// prices then age like a stopped feed's; left out while it plays (and for live feeds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_finished_ms: Option<TimestampMs>,
     /// True while the socket is up.
     pub connected: bool,
