@@ -578,6 +578,14 @@ impl Driver {
         self.set_state(SinkState::Retrying, cursor);
     }
 
+    /// One more dead letter held, refused just now.
+    fn count_dead_letter(&self) {
+        self.health.send_modify(|h| {
+            h.dead_letters += 1;
+            h.last_dead_letter_ms = Some(now_ms());
+        });
+    }
+
     /// The attempt ended without an error; `delivered`: a receiver accepted at least one event
     /// (a permanent refusal dead-lettered with nothing before it is not a delivery).
     fn record_success(&mut self, cursor: u64, delivered: bool) {
@@ -664,10 +672,7 @@ impl Driver {
                         .is_ok()
                     {
                         cursor = cursor.max(seq);
-                        self.health.send_modify(|h| {
-                            h.dead_letters += 1;
-                            h.last_dead_letter_ms = Some(now_ms());
-                        });
+                        self.count_dead_letter();
                     }
                     continue;
                 }
@@ -791,10 +796,7 @@ impl Driver {
                     {
                         Ok(()) => {
                             cursor = cursor.max(seq);
-                            self.health.send_modify(|h| {
-                                h.dead_letters += 1;
-                                h.last_dead_letter_ms = Some(now_ms());
-                            });
+                            self.count_dead_letter();
                             backoff.reset();
                             self.record_success(cursor, n > 0);
                         }

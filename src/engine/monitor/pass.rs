@@ -225,9 +225,10 @@ impl Pass<'_> {
                 key: t.key,
                 kind: change.crossing.kind,
                 trigger: th.trigger,
-                // A margin call answers a margin-ratio crossing (a distance warning leaves the
-                // ratio's state alone).
-                recovery: (change.level_type == crate::model::LevelType::MarginRatio)
+                // A margin call answers a margin-ratio warning or trigger (a distance warning
+                // leaves the ratio's state alone; a recovery needs none).
+                recovery: (change.level_type == crate::model::LevelType::MarginRatio
+                    && change.crossing.kind != EventKind::Recovered)
                     .then(|| crate::margin::call::recovery_ratio(th))
                     .flatten(),
                 prices: Arc::clone(&engine_prices),

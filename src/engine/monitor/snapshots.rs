@@ -28,9 +28,9 @@ pub(super) struct SnapshotJob {
     pub(super) key: AccountKey,
     pub(super) kind: EventKind,
     pub(super) trigger: Decimal,
-    /// The ratio the account must fall below to recover (its first level less the
-    /// hysteresis), for a margin-ratio warning or trigger: its margin call is computed
-    /// against it. `None` for other events.
+    /// For a margin-ratio warning or trigger, the ratio the account must fall below to
+    /// recover (its first level less the hysteresis): the event's margin call is computed
+    /// against it. `None` for every other event, which carries no margin call.
     pub(super) recovery: Option<Decimal>,
     pub(super) prices: Arc<PriceSnapshot>,
     pub(super) now_ms: TimestampMs,
@@ -216,14 +216,9 @@ fn build_guarded(
             if job.kind == EventKind::LiquidationTrigger {
                 margin::attach_liquidation_cost_to(&mut s, table, &account.id);
             }
-            if matches!(
-                job.kind,
-                EventKind::LiquidationWarning | EventKind::LiquidationTrigger
-            ) {
-                s.margin_call = job.recovery.and_then(|below| {
-                    margin::call::margin_call_below(s.maintenance_margin, s.equity, below)
-                });
-            }
+            s.margin_call = job.recovery.and_then(|below| {
+                margin::call::margin_call_below(s.maintenance_margin, s.equity, below)
+            });
             Box::new(s)
         })
     }));

@@ -12,7 +12,7 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 
 use crate::support::daemon_env::{
-    Daemon, MockBinance, WebhookReceiver, http_client, poll_until, scrape_metrics,
+    Daemon, MockBinance, WebhookReceiver, http_client, journal_cli, poll_until, scrape_metrics,
 };
 
 const SECRET: &str = "e2e-webhook-secret";
@@ -341,21 +341,7 @@ async fn warning_trigger_crash_restart() {
         std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) > 0,
         "the killed daemon leaves its WAL behind"
     );
-    let read = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_liqwatch"))
-            .arg("journal")
-            .args(args)
-            .arg("--config")
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "journal {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let read = |args: &[&str]| journal_cli(env!("CARGO_BIN_EXE_liqwatch"), args, "--config", &cfg);
     let status: Value = serde_json::from_str(&read(&["status", "--format", "json"])).unwrap();
     assert_eq!(status["events"], ids_before.len(), "{status}");
     assert!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::daemon_env::{
-    Daemon, MockBinance, binance_config, get_ok, http_client, poll_until_json,
+    Daemon, MockBinance, binance_config, get_ok, http_client, poll_until_json, put_one_btc_long,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_liqwatch");
@@ -44,15 +44,7 @@ async fn depositing_the_margin_call_recovers_the_account_and_a_cent_less_does_no
     .await;
     let client = http_client();
     venue.push_mark("BTCUSDT", "50000");
-    let r = client
-        .put(format!("{api}/v1/accounts/hot"))
-        .bearer_auth(TOKEN)
-        .json(&json!({"id": "hot", "collateral": {"USDT": "400"},
-            "positions": [{"instrument": "BTCUSDT-PERP", "quantity": "1", "entry_price": "50000"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(put_one_btc_long(&client, &api, TOKEN, "hot").await, 200);
     let account = format!("{api}/v1/accounts/hot");
     // Healthy (ratio 0.5 under the default levels 0.8 / 1, hysteresis 0.05): no margin call.
     let healthy = get_ok(&client, account.clone()).await;

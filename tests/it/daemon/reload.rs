@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::daemon_env::{Daemon, MockBinance, binance_config, http_client, poll_until};
+use crate::support::daemon_env::{
+    Daemon, MockBinance, binance_config, http_client, poll_until, put_one_btc_long,
+};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -59,16 +61,7 @@ async fn wait_metric(
 }
 
 async fn put(client: &reqwest::Client, api: &str, token: &str) -> u16 {
-    client
-        .put(format!("{api}/v1/accounts/a"))
-        .bearer_auth(token)
-        .json(&json!({"id":"a","collateral":{"USDT":"400"},
-            "positions":[{"instrument":"BTCUSDT-PERP","quantity":"1","entry_price":"50000"}]}))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    put_one_btc_long(client, api, token, "a").await
 }
 
 async fn state(client: &reqwest::Client, api: &str) -> Value {

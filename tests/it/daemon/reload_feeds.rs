@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::support::daemon_env::{
-    Daemon, MockBinance, binance_config, get_ok, http_client, poll_until,
+    Daemon, MockBinance, binance_config, get_ok, http_client, poll_until, put_one_btc_long,
 };
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -33,16 +33,7 @@ async fn sighup_moves_a_feed_to_a_new_url() {
     .await;
     a.push_mark("BTCUSDT", "50000");
     // 1 BTC long from 50,000 with 400 USDT: ratio 0.5 at 50,000, healthy.
-    let st = client
-        .put(format!("{api}/v1/accounts/a"))
-        .bearer_auth("t")
-        .json(&json!({"id":"a","collateral":{"USDT":"400"},
-            "positions":[{"instrument":"BTCUSDT-PERP","quantity":"1","entry_price":"50000"}]}))
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(st.as_u16(), 200);
+    assert_eq!(put_one_btc_long(&client, &api, "t", "a").await, 200);
     poll_until("the account to be valued healthy", DEADLINE, || {
         let v = futures::executor::block_on(get_ok(&client, format!("{api}/v1/accounts/a")));
         (v["state"] == json!({"state":"healthy"})).then_some(())

@@ -10,7 +10,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::daemon_env::{
-    Daemon, MockBinance, binance_config, get_ok, http_client, poll_until,
+    Daemon, MockBinance, binance_config, get_ok, http_client, journal_cli, poll_until,
+    put_one_btc_long,
 };
 use crate::support::webhook_receiver::{Receiver, Scripted};
 
@@ -19,17 +20,13 @@ const TOKEN: &str = "redeliver-token";
 const DEADLINE: Duration = Duration::from_secs(20);
 
 fn dead_letters(journal: &std::path::Path) -> Vec<Value> {
-    let out = std::process::Command::new(BIN)
-        .args(["journal", "dead-letters", "--format", "json", "--file"])
-        .arg(journal)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = journal_cli(
+        BIN,
+        &["dead-letters", "--format", "json"],
+        "--file",
+        journal,
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: Value = serde_json::from_str(&out).unwrap();
     v["dead_letters"].as_array().unwrap().clone()
 }
 
@@ -77,15 +74,7 @@ async fn dead_letters_are_redelivered_on_request() {
     // 1 BTC long from 50,000 on 400 USDT: ratio 0.5 at 50,000; at 49,840 MM 199.36 over
     // equity 240 = 0.83, past the 0.8 warning.
     venue.push_mark("BTCUSDT", "50000");
-    let r = client
-        .put(format!("{api}/v1/accounts/hot"))
-        .bearer_auth(TOKEN)
-        .json(&json!({"id": "hot", "collateral": {"USDT": "400"},
-            "positions": [{"instrument": "BTCUSDT-PERP", "quantity": "1", "entry_price": "50000"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(put_one_btc_long(&client, &api, TOKEN, "hot").await, 200);
     venue.push_mark("BTCUSDT", "49840");
     let journal = dir.path().join("journal.sqlite");
     let first = poll_until("the warning dead-lettered", DEADLINE, || {

@@ -561,6 +561,41 @@ pub async fn poll_until_json(
     }
 }
 
+/// `PUT {api}/v1/accounts/{id}` of the account many daemon tests drive: 1 BTC long
+/// BTCUSDT-PERP from 50,000 on 400 USDT (MM 0.4 % of the notional: ratio 0.5 at 50,000; at
+/// 49,840 equity 240 and MM 199.36, ratio 0.83 — past a 0.8 warning; at 49,790, 1.048 — past a
+/// trigger at 1). Returns the answer's status.
+pub async fn put_one_btc_long(client: &reqwest::Client, api: &str, token: &str, id: &str) -> u16 {
+    client
+        .put(format!("{api}/v1/accounts/{id}"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"id": id, "collateral": {"USDT": "400"},
+            "positions": [{"instrument": "BTCUSDT-PERP", "quantity": "1", "entry_price": "50000"}]}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// `liqwatch journal <args…> <flag> <path>` on the real binary — `flag` is `--config` or
+/// `--file` — which must exit 0; its standard output.
+pub fn journal_cli(bin: &str, args: &[&str], flag: &str, path: &Path) -> String {
+    let out = std::process::Command::new(bin)
+        .arg("journal")
+        .args(args)
+        .arg(flag)
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "journal {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// `GET url`, which must answer 200 with JSON.
 pub async fn get_ok(client: &reqwest::Client, url: String) -> serde_json::Value {
     let r = client
