@@ -70,6 +70,11 @@ async fn demo_recording_replays_into_the_board() {
         .find(|i| i.instrument.as_str() == "BTCUSDT-PERP")
         .unwrap();
     assert_eq!(btc.last_price, Some(dec!(37318.52)));
+    // Played to its end: the feed says when.
+    assert!(
+        status.replay_finished_ms.is_some_and(|t| t > 0),
+        "{status:?}"
+    );
 }
 
 fn inst(json: &str) -> Instrument {
@@ -222,4 +227,12 @@ async fn cancelled_replay_reports_it() {
     assert!(stats.cancelled);
     assert_eq!(stats.ticks, 1);
     assert_eq!(price(&board, "BTCUSDT-PERP"), Some(dec!(100)));
+    // Stopped, not finished: the feed does not say it played to its end.
+    let status = registry.snapshot(&board);
+    assert!(
+        status
+            .iter()
+            .all(|f| f.replay && f.replay_finished_ms.is_none()),
+        "{status:?}"
+    );
 }
