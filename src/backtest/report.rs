@@ -13,8 +13,8 @@ use super::{Point, ReplayCounts, Run};
 use crate::cli::stress::money;
 use crate::engine::AfterTrigger;
 use crate::model::{
-    AccountId, AccountState, EventKind, LevelType, LiquidationCost, MarginRatio, RiskEvent,
-    Thresholds, TimestampMs, format_rfc3339_ms,
+    AccountId, AccountState, EventKind, LevelType, LiquidationCost, MarginCall, MarginRatio,
+    RiskEvent, Thresholds, TimestampMs, format_rfc3339_ms,
 };
 
 /// A moment in an account's run.
@@ -71,6 +71,9 @@ pub struct EventLine {
     pub equity: Option<Decimal>,
     /// MM.
     pub maintenance_margin: Option<Decimal>,
+    /// The margin call a warning or trigger carried (`snapshot.margin_call`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub margin_call: Option<MarginCall>,
 }
 
 /// One account's backtest.
@@ -253,6 +256,7 @@ pub fn account_report(
                 margin_ratio: e.snapshot.as_ref().map(|s| s.margin_ratio),
                 equity: e.snapshot.as_ref().map(|s| s.equity),
                 maintenance_margin: e.snapshot.as_ref().map(|s| s.maintenance_margin),
+                margin_call: e.snapshot.as_ref().and_then(|s| s.margin_call.clone()),
             })
             .collect(),
     }
@@ -377,8 +381,9 @@ fn events_table(report: &Report) -> String {
         "ratio",
         "equity",
         "maint. margin",
+        "margin call",
     ];
-    let mut rows: Vec<[String; 7]> = Vec::new();
+    let mut rows: Vec<[String; 8]> = Vec::new();
     for a in &report.accounts {
         for e in &a.events {
             rows.push([
@@ -397,6 +402,9 @@ fn events_table(report: &Report) -> String {
                 e.margin_ratio.map_or("-".into(), ratio_text),
                 e.equity.map_or("-".into(), money),
                 e.maintenance_margin.map_or("-".into(), money),
+                e.margin_call
+                    .as_ref()
+                    .map_or("-".into(), |c| money(c.deposit)),
             ]);
         }
     }
@@ -410,7 +418,7 @@ fn events_table(report: &Report) -> String {
         }
     }
     // Numbers right-aligned.
-    let right = [false, false, false, true, true, true, true];
+    let right = [false, false, false, true, true, true, true, true];
     let line = |cells: &[String]| {
         let mut s = String::new();
         for (k, c) in cells.iter().enumerate() {

@@ -423,6 +423,15 @@ pub fn format_event(ev: &RiskEvent, style: &Style) -> String {
     if ev.stale_prices {
         line.push_str(&style.paint("35", "  (stale prices)"));
     }
+    // What to ask the client for: on a line of its own, under the account's column.
+    if let Some(call) = ev.snapshot.as_ref().and_then(|s| s.margin_call.as_ref()) {
+        line.push_str(&format!(
+            "\n{:<25}margin call: deposit {} to bring the ratio below {}",
+            "",
+            money(call.deposit, 2),
+            level_pct(call.below_ratio)
+        ));
+    }
     line
 }
 
@@ -646,6 +655,7 @@ mod tests {
         let ev = sample_event();
         let line = format_event(&ev, &Style { color: false });
         assert!(line.starts_with("13:00:00  desk-alpha"), "{line}");
+        assert!(!line.contains("margin call"), "{line}");
         for part in ["TRIGGER", "≥ 100%", "205.2%", "3,450.00", "7,080.00"] {
             assert!(line.contains(part), "{part} in {line}");
         }
@@ -666,6 +676,29 @@ mod tests {
                 .any(|l| l.contains("desk-alpha") && l.contains("205.2%")),
             "{table}"
         );
+    }
+
+    /// A warning with a margin call says, on a second line, what deposit makes it healthy.
+    #[test]
+    fn warning_line_carries_the_margin_call() {
+        let mut ev = sample_event();
+        ev.kind = EventKind::LiquidationWarning;
+        ev.state = Some(AccountState::Warning { level: dec!(0.3) });
+        if let Some(s) = ev.snapshot.as_mut() {
+            s.margin_call = Some(crate::model::MarginCall {
+                below_ratio: dec!(0.1),
+                deposit: dec!(6612.4),
+            });
+        }
+        let text = format_event(&ev, &Style { color: false });
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].contains("WARNING"), "{text}");
+        assert_eq!(
+            lines[1].trim_start(),
+            "margin call: deposit 6,612.40 to bring the ratio below 10%"
+        );
+        assert_eq!(lines[1].find('m'), Some(25), "{text}");
     }
 
     fn sample_event() -> RiskEvent {

@@ -147,6 +147,51 @@ fn crash_report() {
         ),
         "{table}"
     );
+    // Each warning and trigger carries its margin call: the deposit in whole cents that brings
+    // the ratio under the recovery ratio (0.3 − 0.2), where one cent less would not.
+    for e in a["events"].as_array().unwrap() {
+        let call = &e["margin_call"];
+        assert_eq!(call["below_ratio"], "0.1", "{e}");
+        let (mm, equity, deposit) = (
+            d(&e["maintenance_margin"]),
+            d(&e["equity"]),
+            d(&call["deposit"]),
+        );
+        let ratio = |gain: rust_decimal::Decimal| mm / (equity + gain);
+        assert!(ratio(deposit) < rust_decimal_macros::dec!(0.1), "{e}");
+        assert!(
+            ratio(deposit - rust_decimal_macros::dec!(0.01)) >= rust_decimal_macros::dec!(0.1),
+            "{e}"
+        );
+        assert!(
+            table
+                .lines()
+                .any(|l| l.contains(&e["time"].as_str().unwrap()[11..19])
+                    && l.ends_with(&cli_money(deposit))),
+            "{table}"
+        );
+    }
+    // A recovery carries none.
+    let recovered = &b["events"].as_array().unwrap()[1];
+    assert_eq!(recovered["kind"], "recovered");
+    assert!(recovered.get("margin_call").is_none(), "{recovered}");
+}
+
+/// `1234567.8` as the report prints money: `1,234,567.80`.
+fn cli_money(v: rust_decimal::Decimal) -> String {
+    let s = format!("{:.2}", v.abs());
+    let (int, frac) = s.split_once('.').unwrap();
+    let mut grouped = String::new();
+    for (i, c) in int.chars().enumerate() {
+        if i > 0 && (int.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    format!(
+        "{}{grouped}.{frac}",
+        if v.is_sign_negative() { "-" } else { "" }
+    )
 }
 
 /// The sample accounts over the Binance-only crash recording: the three that hold other venues'

@@ -257,6 +257,14 @@ fn demo_warns_then_triggers_the_story_account() {
     let trigger = pos("TRIGGER ");
     assert!(warning < trigger, "warning must come first:\n{stdout}");
     assert!(lines[warning].contains("ratio") && lines[warning].contains("equity"));
+    // The warning says what deposit would make the account healthy again.
+    assert!(
+        lines[warning + 1]
+            .trim_start()
+            .starts_with("margin call: deposit ")
+            && lines[warning + 1].ends_with("to bring the ratio below 10%"),
+        "{stdout}"
+    );
     assert!(
         !lines
             .iter()
