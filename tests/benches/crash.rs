@@ -285,7 +285,7 @@ fn main() {
     let rss_index = vm_rss_kib().saturating_sub(rss1);
     let positions = (n * 4) as f64;
     println!(
-        "crash: map {:.0} B/position; index + monitor state {:.0} B/position (index built in {} wall, {} process CPU)",
+        "crash: map {:.0} B/position; index + monitor state {:.0} B/position (RSS growth: with MIMALLOC_PURGE_DELAY > 0 it counts the build's freed scratch the allocator still holds; index built in {} wall, {} process CPU)",
         rss_map as f64 * 1024.0 / positions,
         rss_index as f64 * 1024.0 / positions,
         ms(built_wall),
