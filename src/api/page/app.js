@@ -52,9 +52,9 @@ function authHeaders(extra) {
   return h;
 }
 
-async function api(path) {
+async function api(path, method) {
   for (let attempt = 0; attempt < 3; attempt++) {
-    const r = await fetch(path, { headers: authHeaders({ Accept: "application/json" }) });
+    const r = await fetch(path, { method: method || "GET", headers: authHeaders({ Accept: "application/json" }) });
     if (r.status === 401) {
       sessionStorage.removeItem(TOKEN_KEY);
       await askToken();
@@ -485,13 +485,38 @@ async function refreshSinks() {
     if (k.dead_letters > 0) {
       const n = k.dead_letters === 1 ? "1 dead letter" : `${k.dead_letters} dead letters`;
       const last = k.last_dead_letter_ms ? `, the last ${ago(Date.now() - k.last_dead_letter_ms)} ago` : "";
+      const asked = redeliverAsked[k.sink];
       notes.append(el("li", { class: "rejected", "data-sink": k.sink,
         text: `${k.sink} holds ${n} (events its receiver refused for good${last}): ` +
           `liqwatch journal dead-letters --sink ${k.sink} lists them; once the receiver is fixed, ` +
-          `POST /v1/sinks/${k.sink}/redeliver sends them again.` }));
+          `POST /v1/sinks/${k.sink}/redeliver sends them again. ` },
+        el("button", { type: "button", class: "redeliver", "data-sink": k.sink, text: "Send again",
+          disabled: asked === REDELIVER_PENDING, onclick: () => redeliver(k.sink) }),
+        asked ? el("span", { class: "redeliver-status", role: "status", text: " " + asked }) : null));
     }
   }
   $("#sinks-notes").replaceChildren(notes);
+}
+
+// What the last "Send again" of each sink answered, kept across the table's refreshes.
+const redeliverAsked = {};
+const REDELIVER_PENDING = "asking…";
+
+// Asks the sink to deliver its dead letters again (a mutation: the daemon's token is asked for
+// if it wants one). The answer is how many it holds now; the driver sends them between two
+// batches, and the next refreshes show what is left.
+async function redeliver(sink) {
+  redeliverAsked[sink] = REDELIVER_PENDING;
+  refreshSinks();
+  try {
+    const r = await api(`/v1/sinks/${encodeURIComponent(sink)}/redeliver`, "POST");
+    const n = r.dead_letters === 1 ? "its 1 dead letter" : `its ${r.dead_letters} dead letters`;
+    redeliverAsked[sink] = `Asked at ${new Date().toISOString().slice(11, 19)}Z: the sink sends ${n} again, ` +
+      "oldest first; one its receiver refuses again stays here.";
+  } catch (e) {
+    redeliverAsked[sink] = "Not asked: " + e.message;
+  }
+  refreshSinks();
 }
 
 // ------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 //! The live risk page in a real headless Chromium (chromedriver + fantoccini) against the real
 //! `liqwatch` binary on a loopback mock Binance feed: the riskiest table's order, a warning row
 //! after its journal commit, a trigger in the title, the what-if figures equal to the stress
-//! endpoint's (and to `liqwatch stress`), a stalled feed shown as stale, the stream's own
-//! disconnection shown, and the phone layout. Screenshots go to the test's temp dir, and to
+//! endpoint's (and to `liqwatch stress`), a stalled feed shown as stale, dead letters sent again
+//! with the Delivery table's button (token asked for), the stream's own disconnection shown, and
+//! the phone layout. Screenshots go to the test's temp dir, and to
 //! `$LIQWATCH_PAGE_SCREENSHOTS` when set (that is how `docs/img/page-*.png` were made).
 
 use std::path::{Path, PathBuf};
@@ -473,6 +474,61 @@ async fn risk_page_in_a_real_browser() {
     assert!(
         !refusing.received().is_empty() && refusing.accepted().is_empty(),
         "the refusing receiver saw the warning and accepted nothing"
+    );
+    // "Send again" asks the daemon to redeliver: a mutation, so the page asks for the token
+    // first. The receiver then gets a dead letter again: a request with the idempotency key of
+    // one it refused before.
+    let refused_keys: Vec<String> = refusing
+        .received()
+        .into_iter()
+        .filter_map(|r| r.idempotency_key)
+        .collect();
+    browser
+        .click(
+            "#sinks-notes button.redeliver[data-sink='refusing']",
+            DEADLINE,
+        )
+        .await;
+    browser.press("#auth-token", TOKEN, DEADLINE).await;
+    browser.click("#auth button[type='submit']", DEADLINE).await;
+    let asked = browser
+        .wait_js(
+            "the redelivery's answer",
+            DEADLINE,
+            "const s=document.querySelector('#sinks-notes li[data-sink=\"refusing\"] .redeliver-status');
+             return s && s.textContent.includes('Asked at') ? s.textContent : null;",
+        )
+        .await;
+    let asked = asked.as_str().unwrap();
+    assert!(
+        asked.contains("the sink sends its ") && asked.contains(" dead letter"),
+        "{asked}"
+    );
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let keys: Vec<String> = refusing
+            .received()
+            .into_iter()
+            .filter_map(|r| r.idempotency_key)
+            .collect();
+        let again = refused_keys
+            .iter()
+            .any(|k| keys.iter().filter(|x| *x == k).count() >= 2);
+        if again {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "no dead letter sent again after the click: {refused_keys:?} then {keys:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        daemon
+            .log_text()
+            .contains("Dead letters redelivery requested over HTTP"),
+        "{}",
+        daemon.log_text()
     );
     browser
         .js("document.querySelector('#feeds').scrollIntoView(); return true;")
