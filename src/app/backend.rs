@@ -61,6 +61,15 @@ pub(crate) const GAUGE_SCAN_EVERY: std::time::Duration = std::time::Duration::fr
 
 impl Backend {
     fn view(&self, id: &AccountId) -> Option<api::AccountView> {
+        // The state first: the engine sets it after valuing the account at the step's prices,
+        // so the snapshot read next is at those prices or newer. Read the other way round, a
+        // step landing between the two reads would pair its state with the step before's
+        // figures (a warning shown beside a healthy ratio, and no margin call).
+        let state = self
+            .states
+            .get(id)
+            .map(|s| s.clone())
+            .unwrap_or(AccountState::Healthy);
         let trigger = self.map.trigger_for(id, *self.default_trigger.read());
         let mut snapshot = self.map.snapshot(id, trigger).ok()?;
         let account = self.map.account(id)?;
@@ -89,11 +98,6 @@ impl Backend {
             .read(id, |v| v.thresholds().cloned())
             .flatten()
             .unwrap_or_else(|| self.default_levels.read().clone());
-        let state = self
-            .states
-            .get(id)
-            .map(|s| s.clone())
-            .unwrap_or(AccountState::Healthy);
         if state != AccountState::Healthy {
             snapshot.margin_call = crate::margin::call::margin_call(
                 snapshot.maintenance_margin,
