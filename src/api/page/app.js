@@ -249,7 +249,7 @@ function renderAccounts(rows) {
   const tb = $("#accounts-body");
   const frag = document.createDocumentFragment();
   if (!rows.length) {
-    frag.append(el("tr", {}, el("td", { colspan: "8", text: "No account matches." })));
+    frag.append(el("tr", {}, el("td", { colspan: "9", text: "No account matches." })));
   }
   for (const v of rows) {
     const s = v.snapshot;
@@ -259,7 +259,8 @@ function renderAccounts(rows) {
       "data-account": v.account_id,
       "data-state": kind,
       tabindex: "0",
-      "aria-label": `Account ${v.account_id}, ${stateText(v.state)}, margin ratio ${ratioPct(s.margin_ratio)}; press Enter for details`,
+      "aria-label": `Account ${v.account_id}, ${stateText(v.state)}, margin ratio ${ratioPct(s.margin_ratio)}` +
+        (s.margin_call ? `, margin call ${money(s.margin_call.deposit)}` : "") + "; press Enter for details",
     });
     tr.append(el("th", { scope: "row", "data-label": "Account" }, v.account_id));
     tr.append(el("td", { "data-label": "State", class: "state " + kind },
@@ -275,6 +276,9 @@ function renderAccounts(rows) {
       nl ? nl.p.liquidation_price : ""));
     tr.append(exactCell("Equity", money(s.equity), s.equity, "num"));
     tr.append(exactCell("Maint. margin", money(s.maintenance_margin), s.maintenance_margin, "num"));
+    // In warning or triggered: what to ask the client for (the API's `snapshot.margin_call`).
+    const mc = s.margin_call;
+    tr.append(exactCell("Margin call", mc ? money(mc.deposit) : "–", mc ? mc.deposit : "", "num"));
     const le = v.last_event;
     tr.append(el("td", { "data-label": "Last event" },
       le ? `${KIND_TEXT[le.kind] || le.kind} ${timeText(le.time_ms)}` : "–"));

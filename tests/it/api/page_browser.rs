@@ -378,6 +378,23 @@ async fn risk_page_in_a_real_browser() {
              return r && r.dataset.state==='warning' && r.textContent.includes('WARNING');",
         )
         .await;
+    // The row says what to ask the client for: the margin call (MM 199.36 at 49,840, back
+    // under 0.75 with 25.82 more equity); a healthy row has none.
+    let calls = browser
+        .wait_js(
+            "the warning row's margin call",
+            DEADLINE,
+            "const cell=(a)=>{const r=document.querySelector(`#accounts-body tr[data-account=\"${a}\"]`);
+               return r ? r.querySelector('td[data-label=\"Margin call\"]') : null;};
+             const h=cell('hot'), c=cell('calm');
+             return h && c && h.textContent!=='–' ? {hot: h.textContent, exact: h.dataset.exact, calm: c.textContent} : null;",
+        )
+        .await;
+    assert_eq!(
+        calls,
+        json!({"hot": "25.82", "exact": "25.82", "calm": "–"}),
+        "{calls}"
+    );
     // Reported, not asserted (no timing assertions in tests): how long after the commit was
     // seen the page showed the row.
     eprintln!(
