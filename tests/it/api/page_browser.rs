@@ -493,13 +493,17 @@ async fn risk_page_in_a_real_browser() {
         "the refusing receiver saw the warning and accepted nothing"
     );
     // "Send again" asks the daemon to redeliver: a mutation, so the page asks for the token
-    // first. The receiver then gets a dead letter again: a request with the idempotency key of
-    // one it refused before.
-    let refused_keys: Vec<String> = refusing
-        .received()
-        .into_iter()
-        .filter_map(|r| r.idempotency_key)
-        .collect();
+    // first. The receiver then gets a dead letter again: one more request with the idempotency
+    // key of one it refused before.
+    let keys_now = || -> Vec<String> {
+        refusing
+            .received()
+            .into_iter()
+            .filter_map(|r| r.idempotency_key)
+            .collect()
+    };
+    let refused_keys = keys_now();
+    let count = |keys: &[String], k: &String| keys.iter().filter(|x| *x == k).count();
     browser
         .click(
             "#sinks-notes button.redeliver[data-sink='refusing']",
@@ -523,14 +527,10 @@ async fn risk_page_in_a_real_browser() {
     );
     let end = Instant::now() + DEADLINE;
     loop {
-        let keys: Vec<String> = refusing
-            .received()
-            .into_iter()
-            .filter_map(|r| r.idempotency_key)
-            .collect();
+        let keys = keys_now();
         let again = refused_keys
             .iter()
-            .any(|k| keys.iter().filter(|x| *x == k).count() >= 2);
+            .any(|k| count(&keys, k) > count(&refused_keys, k));
         if again {
             break;
         }

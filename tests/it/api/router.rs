@@ -229,15 +229,7 @@ async fn mutations_require_token() {
 /// PUT creates then replaces an account through the backend, tagged as an HTTP update.
 #[tokio::test]
 async fn put_creates_then_replaces() {
-    let backend = MemBackend::new(16);
-    let app = app(&backend);
-    let (status, body) = call(
-        &app,
-        mutate("PUT", "/v1/accounts/acct-1", Some(TOKEN), ACCOUNT_A),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body, json!({"account_id":"acct-1","result":"created"}));
+    let (backend, app) = with_acct_1().await;
     let (status, body) = call(
         &app,
         mutate("PUT", "/v1/accounts/acct-1", Some(TOKEN), ACCOUNT_A),
@@ -386,6 +378,7 @@ async fn with_acct_1() -> (Arc<MemBackend>, axum::Router) {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"account_id":"acct-1","result":"created"}));
     (backend, app)
 }
 
