@@ -47,8 +47,10 @@
 
 pub mod distance;
 mod machine; // the pure ratio state machine: levels, ranks, `transition`
+mod slot; // one account's state machine in 32 bytes
 pub use machine::{Crossing, transition};
 use machine::{level_at, levels, rank_of};
+use slot::{Fields, Slot};
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -214,21 +216,6 @@ pub struct RestoreReport {
     pub rejected: Vec<(AccountId, String)>,
 }
 
-#[derive(Clone, Debug)]
-struct Slot {
-    state: AccountState,
-    seq: u64,
-    /// The distance state ([`distance`]).
-    shock: AccountState,
-    /// The account had distance levels when last evaluated (the index asks for its bounds).
-    has_shock: bool,
-    /// Marked liquidated by its trigger ([`AfterTrigger::MarkLiquidated`]): silent until the
-    /// account's next update.
-    liquidated: bool,
-    /// The funding time last warned about ([`MonitorState::funding_warned`]).
-    funding_warned: Option<TimestampMs>,
-}
-
 /// The monitor. Owned by the engine task (`&mut self`); states are indexed by account key.
 pub struct Monitor {
     cfg: MonitorConfig,
@@ -327,11 +314,12 @@ impl Monitor {
             .and_then(|k| self.slots.get(k as usize))
             .and_then(|s| s.as_ref())
         {
+            let f = s.fields();
             return Some(MonitorState {
-                state: s.state.clone(),
-                seq: s.seq,
-                shock_state: s.shock.clone(),
-                funding_warned: s.funding_warned,
+                state: f.state,
+                seq: f.seq,
+                shock_state: f.shock,
+                funding_warned: f.funding_warned,
             });
         }
         self.pending.get(id).cloned()
@@ -413,8 +401,10 @@ impl Monitor {
         now_ms: TimestampMs,
     ) -> Vec<Emitted> {
         // An account update ends a liquidated mark.
-        if let Some(Some(slot)) = self.slots.get_mut(key as usize) {
-            slot.liquidated = false;
+        if let Some(Some(slot)) = self.slots.get_mut(key as usize)
+            && slot.liquidated()
+        {
+            slot.update(|f| f.liquidated = false);
         }
         match map.materialise(key) {
             Some(t) => self.run(map, &[&t], prices, now_ms),
@@ -521,7 +511,7 @@ impl Monitor {
     /// known. The distance index ([`crate::engine::index`]) turns it into price bands.
     pub fn quiet_range(&self, map: &AccountMap, key: AccountKey) -> Option<QuietRange> {
         let slot = self.slots.get(key as usize)?.as_ref()?;
-        if slot.liquidated {
+        if slot.liquidated() {
             // Silent until its next update, whatever the ratio: no bound to wake it for.
             return Some(QuietRange {
                 floor: None,
@@ -530,7 +520,7 @@ impl Monitor {
         }
         let custom = map.thresholds_of(key)?;
         let th = custom.as_ref().unwrap_or(&self.cfg.thresholds);
-        let r = rank_of(&slot.state, th);
+        let r = rank_of(&slot.state(), th);
         let floor = if r == 0 {
             None
         } else {
@@ -560,14 +550,14 @@ impl Monitor {
         };
         let slot = self.slots.get_mut(i)?;
         if let Some(s) = restored {
-            *slot = Some(Slot {
+            *slot = Some(Slot::new(Fields {
                 state: s.state,
                 seq: s.seq,
                 shock: s.shock_state,
                 has_shock: false,
                 liquidated: false,
                 funding_warned: s.funding_warned,
-            });
+            }));
         }
         slot.as_mut()
     }
@@ -578,12 +568,12 @@ impl Monitor {
     /// `None` then, and the account gets no band anyway).
     pub fn shock_quiet(&self, map: &AccountMap, key: AccountKey) -> Option<distance::ShockQuiet> {
         let slot = self.slots.get(key as usize)?.as_ref()?;
-        if !slot.has_shock || slot.liquidated {
+        if !slot.has_shock() || slot.liquidated() {
             return None;
         }
         let custom = map.thresholds_of(key)?;
         let th = custom.as_ref().unwrap_or(&self.cfg.thresholds);
-        distance::quiet(&slot.shock, th)
+        distance::quiet(&slot.shock(), th)
     }
 }
 

@@ -153,9 +153,9 @@ impl Monitor {
             let Some(slot) = self.slot_mut(map, key) else {
                 continue;
             };
-            if slot.liquidated
-                || slot.state == AccountState::Triggered
-                || slot.funding_warned == Some(funding_ts)
+            if slot.liquidated()
+                || slot.state() == AccountState::Triggered
+                || slot.funding_warned() == Some(funding_ts)
             {
                 continue;
             }
@@ -163,19 +163,22 @@ impl Monitor {
                 continue;
             };
             let after = MarginRatio::compute(t.maintenance_margin, equity_after);
-            let r = rank_of(&slot.state, &th);
+            let r = rank_of(&slot.state(), &th);
             let up = levels(&th).filter(|l| after.at_or_above(*l)).count();
             if up <= r {
                 continue;
             }
-            slot.seq += 1;
-            slot.funding_warned = Some(funding_ts);
-            let seq = slot.seq;
-            let state = slot.state.clone();
+            let f = slot.update(|f| {
+                f.seq += 1;
+                f.funding_warned = Some(funding_ts);
+                f.clone()
+            });
+            let seq = f.seq;
+            let state = f.state;
             let state_json = serde_json::to_string(&MonitorState {
                 state: state.clone(),
                 seq,
-                shock_state: slot.shock.clone(),
+                shock_state: f.shock,
                 funding_warned: Some(funding_ts),
             })
             .unwrap_or_default();

@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use rust_decimal::Decimal;
 
 use super::machine::{level_at, levels, rank_of, state_of};
+use super::slot::Fields;
 use super::snapshots::{Change, Read, SnapshotJob, prices_used, push_event};
 use super::{
     AccountState, Crossing, Emitted, EventKind, MarginRatio, MonitorConfig, MonitorState,
@@ -46,7 +47,7 @@ impl Pass<'_> {
         out: &mut Vec<Emitted>,
         jobs: &mut Vec<SnapshotJob>,
     ) {
-        let (map, prices, now_ms) = (self.map, self.prices, self.now_ms);
+        let map = self.map;
         if !t.complete {
             return;
         }
@@ -56,9 +57,7 @@ impl Pass<'_> {
             None
         };
         let fast_floor = self.fast_floor;
-        let slot_is_healthy = slot
-            .as_ref()
-            .is_some_and(|s| s.state == AccountState::Healthy);
+        let slot_is_healthy = slot.as_ref().is_some_and(|s| s.is_healthy());
         // Fast path: a healthy account far enough below the first level cannot change.
         if custom.is_none()
             && self.fast_path
@@ -71,15 +70,30 @@ impl Pass<'_> {
             return;
         }
         let ratio = MarginRatio::compute(t.maintenance_margin, t.equity);
-        let policy = self.cfg.trigger_on_stale;
-        let mark = self.mark;
         let th = custom.as_ref().unwrap_or(&self.cfg.thresholds);
         let Some(slot) = slot.as_mut() else {
             return;
         };
-        if slot.liquidated {
+        if slot.liquidated() {
             return;
         }
+        // The slot's fields, changed in place and packed again once (`monitor/slot.rs`).
+        slot.update(|slot| self.transitions(slot, t, ratio, th, out, jobs));
+    }
+
+    /// [`Pass::evaluate`]'s transitions and events, on the slot's fields.
+    fn transitions(
+        &self,
+        slot: &mut Fields,
+        t: &Touched,
+        ratio: MarginRatio,
+        th: &Thresholds,
+        out: &mut Vec<Emitted>,
+        jobs: &mut Vec<SnapshotJob>,
+    ) {
+        let (map, prices, now_ms) = (self.map, self.prices, self.now_ms);
+        let policy = self.cfg.trigger_on_stale;
+        let mark = self.mark;
         let previous = slot.state.clone();
         let (mut new_state, mut crossing) = transition(&previous, ratio, th);
         // The distance machine, only for accounts with distance levels (none by default: then

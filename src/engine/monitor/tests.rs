@@ -587,8 +587,8 @@ mod with_map {
                 .slots
                 .iter()
                 .flatten()
-                .any(|s| s.state == AccountState::Triggered)
-                || whole.slots.iter().flatten().any(|s| s.seq > 4),
+                .any(|s| s.state() == AccountState::Triggered)
+                || whole.slots.iter().flatten().any(|s| s.seq() > 4),
             "the book went through its levels"
         );
         for i in 0..n {
