@@ -478,7 +478,7 @@ impl Entry {
         let (Some(at), Some(slot)) = (at, self.slots.get(i)) else {
             return false;
         };
-        if !matches!(slot.kind(), SlotKind::Position(_)) {
+        if !slot.is_position() {
             return false;
         }
         let Some((eq, mm)) = slot
@@ -1444,7 +1444,7 @@ fn revalue<'t>(
     }
 }
 
-mod slot; // a slot's five values in 56 bytes
+mod slot; // a slot's five values, its instrument and kind in 48 bytes
 mod terms; // replacing instruments' margin terms live
 mod update; // account updates and fills: validation, slots, the commit under locks
 

@@ -36,19 +36,23 @@ const MM: usize = 4;
 const NEGATIVE: u8 = 0x80;
 
 /// A slot's kind and whether it is valued, in one byte; its unused values are the niche that
-/// tells [`Slot`]'s two layouts apart.
+/// tells [`Slot`]'s two layouts apart. The low two bits are the kind, [`VALUED`] the valuation,
+/// so a tick reads both with a mask.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 enum Meta {
-    Collateral,
-    Both,
-    Long,
-    Short,
-    CollateralValued,
-    BothValued,
-    LongValued,
-    ShortValued,
+    Collateral = 0,
+    Both = 1,
+    Long = 2,
+    Short = 3,
+    CollateralValued = 4,
+    BothValued = 5,
+    LongValued = 6,
+    ShortValued = 7,
 }
+
+/// [`Meta`]'s valuation bit.
+const VALUED: u8 = 4;
 
 impl Meta {
     fn new(kind: SlotKind, valued: bool) -> Meta {
@@ -73,11 +77,25 @@ impl Meta {
         }
     }
 
+    #[inline(always)]
     fn valued(self) -> bool {
-        matches!(
-            self,
-            Meta::CollateralValued | Meta::BothValued | Meta::LongValued | Meta::ShortValued
-        )
+        self as u8 & VALUED != 0
+    }
+
+    #[inline(always)]
+    fn is_position(self) -> bool {
+        self as u8 & 3 != 0
+    }
+
+    /// The same kind, valued.
+    #[inline(always)]
+    fn with_value(self) -> Meta {
+        match self {
+            Meta::Collateral | Meta::CollateralValued => Meta::CollateralValued,
+            Meta::Both | Meta::BothValued => Meta::BothValued,
+            Meta::Long | Meta::LongValued => Meta::LongValued,
+            Meta::Short | Meta::ShortValued => Meta::ShortValued,
+        }
     }
 }
 
@@ -224,6 +242,12 @@ impl Slot {
     #[inline(always)]
     pub(super) fn kind(&self) -> SlotKind {
         self.meta().kind()
+    }
+
+    /// A position (not a balance).
+    #[inline(always)]
+    pub(super) fn is_position(&self) -> bool {
+        self.meta().is_position()
     }
 
     /// Valued: the contributions are those at [`Slot::at`].
@@ -397,7 +421,7 @@ impl Slot {
         (*a, *af) = (at.0, at.1);
         (*e, *ef) = (eqm, scale | sign(eq));
         (*m, *mf) = (mmm, scale | sign(mm));
-        *meta = Meta::new(meta.kind(), true);
+        *meta = meta.with_value();
         true
     }
 
@@ -441,6 +465,7 @@ mod tests {
             let instr = [0, 1, 40_000, u32::from(u16::MAX)][i];
             let mut s = Slot::new(instr, kind, Decimal::ONE, Decimal::TWO).unwrap();
             assert_eq!((s.instr(), s.kind(), s.valid()), (instr, kind, false));
+            assert_eq!(s.is_position(), kind != SlotKind::Collateral);
             s.set_value(Some((Decimal::ONE, Decimal::MAX)), Decimal::TEN);
             assert!(!s.is_narrow());
             assert_eq!((s.instr(), s.kind(), s.valid()), (instr, kind, true));
