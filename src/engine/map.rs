@@ -111,11 +111,6 @@ pub type AccountKey = u32;
 /// Index of an interned instrument.
 pub type InstrumentIdx = u32;
 
-/// The most instruments the engine holds: a slot keeps its instrument's index in 16 bits
-/// (`map/slot.rs`). The daemon refuses a configuration with more at start; venues list a few
-/// thousand at most.
-pub const MAX_INSTRUMENTS: usize = 1 << 16;
-
 const UPDATE_STRIPES: usize = 64;
 
 /// Holders from which a tick is valued on every core. A tick streams its holders' accounts
@@ -378,7 +373,7 @@ impl Entry {
         let mut ok = true;
         self.invalid = 0;
         for s in self.slots.iter() {
-            if !s.valid() {
+            if !s.valid {
                 self.invalid = self.invalid.saturating_add(1);
                 continue;
             }
@@ -406,10 +401,10 @@ impl Entry {
         let Some(s) = self.slots.get_mut(i) else {
             return;
         };
-        let (old_eq, old_mm, was_valid) = (s.equity(), s.mm(), s.valid());
+        let (old_eq, old_mm, was_valid) = (s.equity(), s.mm(), s.valid);
         let (new_eq, new_mm) = new.unwrap_or_else(|| (zero_scaled(), zero_scaled()));
         s.set_value(new, at);
-        match (was_valid, s.valid()) {
+        match (was_valid, s.valid) {
             (true, false) => self.invalid = self.invalid.saturating_add(1),
             (false, true) => self.invalid = self.invalid.saturating_sub(1),
             _ => {}
@@ -478,7 +473,7 @@ impl Entry {
         let (Some(at), Some(slot)) = (at, self.slots.get(i)) else {
             return false;
         };
-        if !slot.is_position() {
+        if !matches!(slot.kind, SlotKind::Position(_)) {
             return false;
         }
         let Some((eq, mm)) = slot
@@ -652,12 +647,12 @@ impl AccountView<'_> {
         self.entry
             .slots
             .iter()
-            .filter_map(|s| self.table.get(s.instr()).map(|i| &i.id))
+            .filter_map(|s| self.table.get(s.instr).map(|i| &i.id))
     }
     /// The instrument of every position and balance, in slot order (without valuing anything
     /// out of the slots, unlike [`AccountView::valuation`]).
     pub fn slot_instruments(&self) -> impl Iterator<Item = InstrumentIdx> + '_ {
-        self.entry.slots.iter().map(|s| s.instr())
+        self.entry.slots.iter().map(|s| s.instr)
     }
     /// The map's instrument table (to resolve [`SlotValuation::instrument`]).
     pub fn instruments_table(&self) -> &InstrumentTable {
@@ -666,11 +661,11 @@ impl AccountView<'_> {
     /// Every position and balance as it is valued in the caches, in slot order.
     pub fn valuation(&self) -> impl Iterator<Item = SlotValuation> + '_ {
         self.entry.slots.iter().map(|s| SlotValuation {
-            instrument: s.instr(),
-            collateral: s.kind() == SlotKind::Collateral,
+            instrument: s.instr,
+            collateral: s.kind == SlotKind::Collateral,
             quantity: s.quantity(),
             entry: s.entry(),
-            at: s.valid().then(|| s.at()),
+            at: s.valid.then(|| s.at()),
             equity: s.equity(),
             maintenance_margin: s.mm(),
         })
@@ -685,10 +680,10 @@ impl AccountView<'_> {
             apply_funding: self.entry.apply_funding,
         };
         for s in self.entry.slots.iter() {
-            let Some(inst) = self.table.get(s.instr()) else {
+            let Some(inst) = self.table.get(s.instr) else {
                 continue;
             };
-            match s.kind() {
+            match s.kind {
                 SlotKind::Collateral => {
                     a.collateral.insert(inst.id.clone(), s.quantity());
                 }
@@ -761,7 +756,7 @@ fn value_slot(inst: &Instrument, slot: &Slot, price: Option<Decimal>) -> SlotRes
             None => return Ok(None),
         }
     };
-    match slot.kind() {
+    match slot.kind {
         SlotKind::Collateral => {
             let v = margin::collateral_value(inst, slot.quantity(), price)?;
             Ok(Some((v, zero_scaled())))
@@ -775,7 +770,7 @@ fn value_slot(inst: &Instrument, slot: &Slot, price: Option<Decimal>) -> SlotRes
 /// [`value_slot`] at the pricer's price, for the many slots of one instrument a tick revalues.
 #[inline]
 fn value_slot_at(pricer: &mut PositionPricer<'_>, inst: &Instrument, slot: &Slot) -> SlotResult {
-    match slot.kind() {
+    match slot.kind {
         SlotKind::Position(_) if !inst.stable => {
             pricer.pnl_mm(slot.quantity(), slot.entry()).map(Some)
         }
@@ -1203,7 +1198,7 @@ impl AccountMap {
         let e = guard.as_mut()?;
         for i in 0..e.slots.len() {
             let Some(slot) = e.slots.get(i) else { break };
-            if slot.instr() != idx {
+            if slot.instr != idx {
                 continue;
             }
             summary.slots += 1;
@@ -1283,7 +1278,7 @@ impl AccountMap {
         loop {
             let mut instrs: Vec<InstrumentIdx> = {
                 let g = cell.lock();
-                g.as_ref()?.slots.iter().map(|s| s.instr()).collect()
+                g.as_ref()?.slots.iter().map(|s| s.instr).collect()
             };
             instrs.sort_unstable();
             instrs.dedup();
@@ -1305,7 +1300,7 @@ impl AccountMap {
             let e = g.as_mut()?;
             if e.slots
                 .iter()
-                .any(|s| instrs.binary_search(&s.instr()).is_err())
+                .any(|s| instrs.binary_search(&s.instr).is_err())
             {
                 continue; // the account changed between the two looks: look again
             }
@@ -1384,7 +1379,7 @@ impl<'t> Pricers<'t> {
         slot: &Slot,
         price: Decimal,
     ) -> Option<&mut (PositionPricer<'t>, Option<Narrowed>)> {
-        let cached = self.by_instr.get_mut(slot.instr() as usize)?;
+        let cached = self.by_instr.get_mut(slot.instr as usize)?;
         let current = matches!(cached, Some(p) if p.0.price() == price && p.0.price().scale() == price.scale());
         if !current {
             *cached = Some((PositionPricer::new(inst, price), Narrowed::of(price)));
@@ -1405,18 +1400,18 @@ fn revalue<'t>(
 ) {
     for i in 0..e.slots.len() {
         let Some(slot) = e.slots.get(i) else { break };
-        let Some(inst) = table.get(slot.instr()) else {
+        let Some(inst) = table.get(slot.instr) else {
             continue;
         };
         let price = if inst.stable {
             Some(Decimal::ONE)
         } else {
-            price_of(slot.instr())
+            price_of(slot.instr)
         };
         let Some(price) = price else {
             continue; // still unpriced: stays invalid
         };
-        if slot.valid() && slot.at() == price {
+        if slot.valid && slot.at() == price {
             continue;
         }
         let cached = match pricers.as_deref_mut() {
@@ -1444,7 +1439,7 @@ fn revalue<'t>(
     }
 }
 
-mod slot; // a slot's five values, its instrument and kind in 48 bytes
+mod slot; // a slot's five values in 56 bytes
 mod terms; // replacing instruments' margin terms live
 mod update; // account updates and fills: validation, slots, the commit under locks
 

@@ -1,4 +1,4 @@
-//! One position or collateral balance with its cached contributions, in 48 bytes.
+//! One position or collateral balance with its cached contributions, in 56 bytes.
 //!
 //! A slot holds five `Decimal`s: quantity, entry price, the price it was valued at, and its
 //! equity and MM contributions. Kept as `Decimal`s they took 80 of the slot's 88 bytes, most of
@@ -9,12 +9,6 @@
 //! a slot with a value that does not fit keeps all five as `Decimal`s in a box. Nothing is
 //! rounded either way; only the storage differs.
 //!
-//! The instrument (a `u16`: the engine holds at most [`super::MAX_INSTRUMENTS`]) and one byte
-//! for the kind and whether the slot is valued fill the last three bytes of the 48, and that
-//! byte's unused values tell the narrow slot from the boxed one, so the slot needs no tag of its
-//! own: 48 bytes, not 56. An account of four positions and a balance is 240 bytes of slots,
-//! which the allocator serves from its 256-byte class (280 went to the 320-byte one).
-//!
 //! Smaller slots are fewer bytes per position (issue 10's ≤ 128 B target) and fewer cache lines
 //! for a tick to stream through (an eager tick reads every slot of each holder).
 
@@ -23,7 +17,6 @@ use rust_decimal::Decimal;
 use super::{InstrumentIdx, SlotKind, zero_scaled};
 use crate::margin::ACCOUNTING_SCALE;
 use crate::margin::fixed::Fx;
-use crate::model::PositionSide;
 
 /// The five values, in this order.
 const QUANTITY: usize = 0;
@@ -35,89 +28,12 @@ const MM: usize = 4;
 /// The sign bit of a flags byte; the low five bits are the scale (0–28).
 const NEGATIVE: u8 = 0x80;
 
-/// A slot's kind and whether it is valued, in one byte; its unused values are the niche that
-/// tells [`Slot`]'s two layouts apart. The low two bits are the kind, [`VALUED`] the valuation,
-/// so a tick reads both with a mask.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-enum Meta {
-    Collateral = 0,
-    Both = 1,
-    Long = 2,
-    Short = 3,
-    CollateralValued = 4,
-    BothValued = 5,
-    LongValued = 6,
-    ShortValued = 7,
-}
-
-/// [`Meta`]'s valuation bit.
-const VALUED: u8 = 4;
-
-impl Meta {
-    fn new(kind: SlotKind, valued: bool) -> Meta {
-        match (kind, valued) {
-            (SlotKind::Collateral, false) => Meta::Collateral,
-            (SlotKind::Position(PositionSide::Both), false) => Meta::Both,
-            (SlotKind::Position(PositionSide::Long), false) => Meta::Long,
-            (SlotKind::Position(PositionSide::Short), false) => Meta::Short,
-            (SlotKind::Collateral, true) => Meta::CollateralValued,
-            (SlotKind::Position(PositionSide::Both), true) => Meta::BothValued,
-            (SlotKind::Position(PositionSide::Long), true) => Meta::LongValued,
-            (SlotKind::Position(PositionSide::Short), true) => Meta::ShortValued,
-        }
-    }
-
-    fn kind(self) -> SlotKind {
-        match self {
-            Meta::Collateral | Meta::CollateralValued => SlotKind::Collateral,
-            Meta::Both | Meta::BothValued => SlotKind::Position(PositionSide::Both),
-            Meta::Long | Meta::LongValued => SlotKind::Position(PositionSide::Long),
-            Meta::Short | Meta::ShortValued => SlotKind::Position(PositionSide::Short),
-        }
-    }
-
-    #[inline(always)]
-    fn valued(self) -> bool {
-        self as u8 & VALUED != 0
-    }
-
-    #[inline(always)]
-    fn is_position(self) -> bool {
-        self as u8 & 3 != 0
-    }
-
-    /// The same kind, valued.
-    #[inline(always)]
-    fn with_value(self) -> Meta {
-        match self {
-            Meta::Collateral | Meta::CollateralValued => Meta::CollateralValued,
-            Meta::Both | Meta::BothValued => Meta::BothValued,
-            Meta::Long | Meta::LongValued => Meta::LongValued,
-            Meta::Short | Meta::ShortValued => Meta::ShortValued,
-        }
-    }
-}
-
-/// One position or collateral balance with its cached contributions (see the module docs).
 #[derive(Clone, Debug)]
-pub(super) struct Slot(Repr);
-
-#[derive(Clone, Debug)]
-enum Repr {
+enum Values {
     /// Each value's 64-bit magnitude and its sign-and-scale byte.
-    Narrow {
-        mag: [u64; 5],
-        flags: [u8; 5],
-        instr: u16,
-        meta: Meta,
-    },
+    Narrow { mag: [u64; 5], flags: [u8; 5] },
     /// At least one value's mantissa needs more than 64 bits.
-    Wide {
-        values: Box<[Decimal; 5]>,
-        instr: u16,
-        meta: Meta,
-    },
+    Wide(Box<[Decimal; 5]>),
 }
 
 /// A `Decimal` as its 64-bit magnitude and sign-and-scale byte, when the mantissa fits.
@@ -189,21 +105,33 @@ fn fx_of(mag: u64, flags: u8) -> Fx {
     )
 }
 
+/// One position or collateral balance with its cached contributions.
+#[derive(Clone, Debug)]
+pub(super) struct Slot {
+    pub(super) instr: InstrumentIdx,
+    pub(super) kind: SlotKind,
+    /// Valued: the contributions are those at [`Slot::at`].
+    pub(super) valid: bool,
+    values: Values,
+}
+
 impl Slot {
-    /// A slot not yet valued (price zero, contributions zero at the accounting scale); `None`
-    /// when `instr` is beyond [`super::MAX_INSTRUMENTS`].
+    /// A slot not yet valued (price zero, contributions zero at the accounting scale).
     pub(super) fn new(
         instr: InstrumentIdx,
         kind: SlotKind,
         quantity: Decimal,
         entry: Decimal,
-    ) -> Option<Slot> {
-        let mut s = Slot(Repr::Narrow {
-            mag: [0; 5],
-            flags: [0; 5],
-            instr: u16::try_from(instr).ok()?,
-            meta: Meta::new(kind, false),
-        });
+    ) -> Slot {
+        let mut s = Slot {
+            instr,
+            kind,
+            valid: false,
+            values: Values::Narrow {
+                mag: [0; 5],
+                flags: [0; 5],
+            },
+        };
         let z = zero_scaled();
         for (i, v) in [quantity, entry, Decimal::ZERO, z, z]
             .into_iter()
@@ -211,85 +139,38 @@ impl Slot {
         {
             s.set(i, v);
         }
-        Some(s)
-    }
-
-    /// The instrument's index.
-    #[inline(always)]
-    pub(super) fn instr(&self) -> InstrumentIdx {
-        match &self.0 {
-            Repr::Narrow { instr, .. } | Repr::Wide { instr, .. } => InstrumentIdx::from(*instr),
-        }
-    }
-
-    #[inline(always)]
-    fn meta(&self) -> Meta {
-        match &self.0 {
-            Repr::Narrow { meta, .. } | Repr::Wide { meta, .. } => *meta,
-        }
-    }
-
-    #[inline(always)]
-    fn set_valued(&mut self, valued: bool) {
-        match &mut self.0 {
-            Repr::Narrow { meta, .. } | Repr::Wide { meta, .. } => {
-                *meta = Meta::new(meta.kind(), valued);
-            }
-        }
-    }
-
-    /// A balance or a position (and its side).
-    #[inline(always)]
-    pub(super) fn kind(&self) -> SlotKind {
-        self.meta().kind()
-    }
-
-    /// A position (not a balance).
-    #[inline(always)]
-    pub(super) fn is_position(&self) -> bool {
-        self.meta().is_position()
-    }
-
-    /// Valued: the contributions are those at [`Slot::at`].
-    #[inline(always)]
-    pub(super) fn valid(&self) -> bool {
-        self.meta().valued()
+        s
     }
 
     #[inline(always)]
     fn get(&self, i: usize) -> Decimal {
-        match &self.0 {
-            Repr::Narrow { mag, flags, .. } => match (mag.get(i), flags.get(i)) {
+        match &self.values {
+            Values::Narrow { mag, flags } => match (mag.get(i), flags.get(i)) {
                 (Some(&m), Some(&f)) => widen(m, f),
                 _ => Decimal::ZERO,
             },
-            Repr::Wide { values, .. } => values.get(i).copied().unwrap_or_default(),
+            Values::Wide(w) => w.get(i).copied().unwrap_or_default(),
         }
     }
 
     #[inline(always)]
     fn set(&mut self, i: usize, v: Decimal) {
-        match (&mut self.0, narrow(v)) {
-            (Repr::Narrow { mag, flags, .. }, Some((m, f))) => {
+        match (&mut self.values, narrow(v)) {
+            (Values::Narrow { mag, flags }, Some((m, f))) => {
                 if let (Some(ms), Some(fs)) = (mag.get_mut(i), flags.get_mut(i)) {
                     *ms = m;
                     *fs = f;
                 }
             }
-            (Repr::Narrow { instr, meta, .. }, None) => {
-                let (instr, meta) = (*instr, *meta);
+            (Values::Narrow { .. }, None) => {
                 let mut wide = [Decimal::ZERO; 5];
                 for (k, w) in wide.iter_mut().enumerate() {
                     *w = if k == i { v } else { self.get(k) };
                 }
-                self.0 = Repr::Wide {
-                    values: Box::new(wide),
-                    instr,
-                    meta,
-                };
+                self.values = Values::Wide(Box::new(wide));
             }
-            (Repr::Wide { values, .. }, _) => {
-                if let Some(s) = values.get_mut(i) {
+            (Values::Wide(w), _) => {
+                if let Some(s) = w.get_mut(i) {
                     *s = v;
                 }
             }
@@ -333,9 +214,8 @@ impl Slot {
     #[inline(always)]
     pub(super) fn set_value(&mut self, new: Option<(Decimal, Decimal)>, at: Decimal) {
         let (eq, mm) = new.unwrap_or_else(|| (zero_scaled(), zero_scaled()));
-        let valued = new.is_some();
-        self.set_valued(valued);
-        self.set(AT, if valued { at } else { Decimal::ZERO });
+        self.valid = new.is_some();
+        self.set(AT, if self.valid { at } else { Decimal::ZERO });
         self.set(EQUITY, eq);
         self.set(MM, mm);
         self.narrow_again();
@@ -345,39 +225,29 @@ impl Slot {
     /// accounting scale, ~18.4 million) goes back to narrow, so one large swing does not keep
     /// it on the `Decimal` path for good.
     fn narrow_again(&mut self) {
-        let Repr::Wide {
-            values,
-            instr,
-            meta,
-        } = &self.0
-        else {
+        let Values::Wide(w) = &self.values else {
             return;
         };
         let mut mag = [0u64; 5];
         let mut flags = [0u8; 5];
-        for ((v, m), f) in values.iter().zip(&mut mag).zip(&mut flags) {
+        for ((v, m), f) in w.iter().zip(&mut mag).zip(&mut flags) {
             let Some((vm, vf)) = narrow(*v) else {
                 return;
             };
             (*m, *f) = (vm, vf);
         }
-        self.0 = Repr::Narrow {
-            mag,
-            flags,
-            instr: *instr,
-            meta: *meta,
-        };
+        self.values = Values::Narrow { mag, flags };
     }
 
     /// Quantity and entry taken apart (`Decimal::mantissa`, `Decimal::scale`), when narrow.
     #[inline(always)]
     pub(super) fn position_fx(&self) -> Option<(Fx, Fx)> {
-        match &self.0 {
-            Repr::Narrow { mag, flags, .. } => {
+        match &self.values {
+            Values::Narrow { mag, flags } => {
                 let ([q, e, ..], [qf, ef, ..]) = (*mag, *flags);
                 Some((fx_of(q, qf), fx_of(e, ef)))
             }
-            Repr::Wide { .. } => None,
+            Values::Wide(_) => None,
         }
     }
 
@@ -385,10 +255,8 @@ impl Slot {
     /// at [`ACCOUNTING_SCALE`] (as every valuation leaves them).
     #[inline(always)]
     pub(super) fn contributions_m(&self) -> Option<(i128, i128)> {
-        match &self.0 {
-            Repr::Narrow {
-                mag, flags, meta, ..
-            } if meta.valued() => {
+        match &self.values {
+            Values::Narrow { mag, flags } if self.valid => {
                 let ([.., eq, mm], [.., eqf, mmf]) = (*mag, *flags);
                 let (eq, eqs) = fx_of(eq, eqf);
                 let (mm, mms) = fx_of(mm, mmf);
@@ -409,10 +277,7 @@ impl Slot {
         ) else {
             return false;
         };
-        let Repr::Narrow {
-            mag, flags, meta, ..
-        } = &mut self.0
-        else {
+        let Values::Narrow { mag, flags } = &mut self.values else {
             return false;
         };
         let sign = |m: i128| if m < 0 { NEGATIVE } else { 0 };
@@ -421,14 +286,14 @@ impl Slot {
         (*a, *af) = (at.0, at.1);
         (*e, *ef) = (eqm, scale | sign(eq));
         (*m, *mf) = (mmm, scale | sign(mm));
-        *meta = meta.with_value();
+        self.valid = true;
         true
     }
 
     /// The slot's values are kept narrow (no box).
     #[cfg(test)]
     pub(super) fn is_narrow(&self) -> bool {
-        matches!(self.0, Repr::Narrow { .. })
+        matches!(self.values, Values::Narrow { .. })
     }
 }
 
@@ -447,38 +312,8 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_is_48_bytes() {
-        assert_eq!(std::mem::size_of::<Slot>(), 48);
-        // Five slots (four positions and a balance) fit the allocator's 256-byte class.
-        assert_eq!(std::mem::size_of::<[Slot; 5]>(), 240);
-    }
-
-    #[test]
-    fn kind_and_valuation_survive_every_change_of_layout() {
-        let kinds = [
-            SlotKind::Collateral,
-            SlotKind::Position(PositionSide::Both),
-            SlotKind::Position(PositionSide::Long),
-            SlotKind::Position(PositionSide::Short),
-        ];
-        for (i, kind) in kinds.into_iter().enumerate() {
-            let instr = [0, 1, 40_000, u32::from(u16::MAX)][i];
-            let mut s = Slot::new(instr, kind, Decimal::ONE, Decimal::TWO).unwrap();
-            assert_eq!((s.instr(), s.kind(), s.valid()), (instr, kind, false));
-            assert_eq!(s.is_position(), kind != SlotKind::Collateral);
-            s.set_value(Some((Decimal::ONE, Decimal::MAX)), Decimal::TEN);
-            assert!(!s.is_narrow());
-            assert_eq!((s.instr(), s.kind(), s.valid()), (instr, kind, true));
-            s.set_value(Some((Decimal::ONE, Decimal::ONE)), Decimal::TEN);
-            assert!(s.is_narrow());
-            assert_eq!((s.instr(), s.kind(), s.valid()), (instr, kind, true));
-            s.set_value(None, Decimal::TEN);
-            assert_eq!((s.instr(), s.kind(), s.valid()), (instr, kind, false));
-            assert!(s.set_value_m(5, -7, Narrowed::of(Decimal::TEN).unwrap()));
-            assert_eq!((s.instr(), s.kind(), s.valid()), (instr, kind, true));
-        }
-        // An instrument index a `u16` cannot hold is refused, not wrapped.
-        assert!(Slot::new(1 << 16, SlotKind::Collateral, Decimal::ONE, Decimal::ONE).is_none());
+    fn a_slot_is_56_bytes() {
+        assert_eq!(std::mem::size_of::<Slot>(), 56);
     }
 
     proptest! {
@@ -494,7 +329,7 @@ mod tests {
             ),
             fields in proptest::collection::vec(0usize..5, 12),
         ) {
-            let mut slot = Slot::new(3, SlotKind::Collateral, Decimal::ZERO, Decimal::ZERO).unwrap();
+            let mut slot = Slot::new(3, SlotKind::Collateral, Decimal::ZERO, Decimal::ZERO);
             let mut expected = [Decimal::ZERO, Decimal::ZERO, Decimal::ZERO, zero_scaled(), zero_scaled()];
             for (&(width, hi, mid, lo, negative, scale), &field) in values.iter().zip(&fields) {
                 let (hi, mid, lo) = match width {
@@ -512,7 +347,7 @@ mod tests {
                     prop_assert_eq!(slot.get(k).serialize(), e.serialize());
                 }
             }
-            prop_assert_eq!(slot.instr(), 3);
+            prop_assert_eq!(slot.instr, 3);
         }
     }
 
@@ -523,28 +358,27 @@ mod tests {
             SlotKind::Collateral,
             Decimal::new(-15, 1),
             Decimal::new(60_000, 0),
-        )
-        .unwrap();
-        assert!(!s.valid());
+        );
+        assert!(!s.valid);
         assert_eq!(s.quantity().serialize(), Decimal::new(-15, 1).serialize());
         assert_eq!(s.entry().serialize(), Decimal::new(60_000, 0).serialize());
         assert_eq!(s.equity().serialize(), zero_scaled().serialize());
         let eq = Decimal::new(-1_234_567, 4);
         let mm = Decimal::MAX; // 96 bits: the slot goes wide
         s.set_value(Some((eq, mm)), Decimal::new(59_000, 1));
-        assert!(s.valid() && !s.is_narrow());
+        assert!(s.valid && !s.is_narrow());
         assert_eq!(
             (s.at(), s.equity().serialize(), s.mm()),
             (Decimal::new(59_000, 1), eq.serialize(), Decimal::MAX)
         );
         assert_eq!(s.quantity().serialize(), Decimal::new(-15, 1).serialize());
         s.set_value(None, Decimal::ONE);
-        assert!(!s.valid());
+        assert!(!s.valid);
         // Every value fits again: narrow again, the same values.
         assert!(s.is_narrow());
         assert_eq!(s.quantity().serialize(), Decimal::new(-15, 1).serialize());
         // A quantity of 96 bits keeps its slot wide whatever its figures.
-        let mut whale = Slot::new(0, SlotKind::Collateral, Decimal::MAX, Decimal::ONE).unwrap();
+        let mut whale = Slot::new(0, SlotKind::Collateral, Decimal::MAX, Decimal::ONE);
         whale.set_value(Some((eq, eq)), Decimal::ONE);
         assert!(!whale.is_narrow());
         assert_eq!((whale.quantity(), whale.mm()), (Decimal::MAX, eq));

@@ -241,63 +241,6 @@ fn bad_input_is_rejected_without_change() {
     ));
 }
 
-/// A slot keeps its instrument's index in 16 bits: a map given more instruments refuses,
-/// with a clear error and no change, an account or a fill on one past the 65,536th, and
-/// values the one at index 65,535 as any other.
-#[test]
-fn an_instrument_past_the_slots_reach_is_refused() {
-    let mut instruments = w3_instruments();
-    while instruments.len() < MAX_INSTRUMENTS + 1 {
-        let n = instruments.len();
-        instruments.push(collateral(&format!("C{n}"), Decimal::ONE, true));
-    }
-    let last = instruments.len() - 1;
-    instruments.push(contract(
-        "FARUSDT-PERP",
-        "FAR",
-        vec![tier(dec!(0), dec!(1000000), dec!(0.01), dec!(0))],
-    ));
-    let m = AccountMap::new(instruments);
-    let (edge, past) = (format!("C{}", MAX_INSTRUMENTS - 1), format!("C{last}"));
-    let account = |asset: &str| -> Account {
-        serde_json::from_str(&format!(
-            r#"{{"id":"a","collateral":{{"{asset}":"100"}},"positions":[]}}"#
-        ))
-        .unwrap()
-    };
-    m.apply_update(AccountUpdate::Replace {
-        account: account(&edge),
-    })
-    .unwrap();
-    assert_eq!(m.account(&"a".into()).unwrap().collateral.len(), 1);
-    let before = m.account(&"a".into());
-    for u in [
-        AccountUpdate::Replace {
-            account: account(&past),
-        },
-        AccountUpdate::Collateral {
-            account_id: "a".into(),
-            asset: past.as_str().into(),
-            delta: dec!(1),
-        },
-        AccountUpdate::Fill {
-            account_id: "a".into(),
-            fill: Fill {
-                instrument: "FARUSDT-PERP".into(),
-                side: PositionSide::Both,
-                quantity: dec!(1),
-                price: dec!(1),
-                fee: dec!(0),
-                settle_asset: Some(edge.as_str().into()),
-            },
-        },
-    ] {
-        let err = m.apply_update(u.clone()).unwrap_err().to_string();
-        assert!(err.contains("beyond the 65536 instruments"), "{u:?}: {err}");
-        assert_eq!(m.account(&"a".into()), before);
-    }
-}
-
 /// Fill rules: weighted entry on increase, realised PnL and fee into USDT on reduce, flip.
 #[test]
 fn fills_follow_the_documented_rules() {

@@ -145,7 +145,6 @@ impl AccountMap {
         let idx = table
             .index(asset)
             .ok_or_else(|| AccountError::UnknownInstrument(asset.clone()))?;
-        slot_index(account, idx)?;
         match table.get(idx) {
             Some(i) if !i.kind.is_contract() => Ok(idx),
             _ => Err(AccountError::Invalid {
@@ -166,7 +165,6 @@ impl AccountMap {
         let idx = table
             .index(id)
             .ok_or_else(|| AccountError::UnknownInstrument(id.clone()))?;
-        slot_index(account, idx)?;
         match table.get(idx) {
             Some(i) if i.kind.is_contract() => Ok((idx, Arc::clone(&table))),
             _ => Err(AccountError::Invalid {
@@ -190,13 +188,7 @@ impl AccountMap {
         let mut slots = Vec::with_capacity(account.collateral.len() + account.positions.len());
         for (asset, amount) in &account.collateral {
             let idx = self.collateral_idx(&account.id, asset)?;
-            slots.push(new_slot(
-                &account.id,
-                idx,
-                SlotKind::Collateral,
-                *amount,
-                Decimal::ZERO,
-            )?);
+            slots.push(Slot::new(idx, SlotKind::Collateral, *amount, Decimal::ZERO));
         }
         let mut seen = HashSet::new();
         for p in &account.positions {
@@ -208,13 +200,12 @@ impl AccountMap {
                     p.instrument, p.side
                 )));
             }
-            slots.push(new_slot(
-                &account.id,
+            slots.push(Slot::new(
                 idx,
                 SlotKind::Position(p.side),
                 p.quantity,
                 p.entry_price,
-            )?);
+            ));
         }
         if slots.len() > usize::from(u16::MAX) {
             return Err(invalid(format!("{} slots is too many", slots.len())));
@@ -263,9 +254,7 @@ impl AccountMap {
         };
         let settle = self.collateral_idx(account, &settle_id)?;
         let kind = SlotKind::Position(fill.side);
-        let pos = slots
-            .iter()
-            .position(|s| s.instr() == idx && s.kind() == kind);
+        let pos = slots.iter().position(|s| s.instr == idx && s.kind == kind);
         let (q, ep) = pos
             .and_then(|p| slots.get(p))
             .map(|s| (s.quantity(), s.entry()))
@@ -338,9 +327,9 @@ impl AccountMap {
                     s.set_entry(new_entry);
                 }
             }
-            None => slots.push(new_slot(account, idx, kind, new_q, new_entry)?),
+            None => slots.push(Slot::new(idx, kind, new_q, new_entry)),
         }
-        if !cash.is_zero() || !slots.iter().any(|s| s.instr() == settle) {
+        if !cash.is_zero() || !slots.iter().any(|s| s.instr == settle) {
             credit(&mut slots, settle, cash).ok_or_else(|| overflow("settle balance"))?;
         }
         Ok(slots)
@@ -356,11 +345,11 @@ impl AccountMap {
     ) -> Result<(), AccountError> {
         let old_instrs: Vec<InstrumentIdx> = self
             .accounts
-            .with(key, |e| e.slots.iter().map(|s| s.instr()).collect())
+            .with(key, |e| e.slots.iter().map(|s| s.instr).collect())
             .unwrap_or_default();
         let mut new_instrs: Vec<InstrumentIdx> = new
             .as_ref()
-            .map(|(s, _)| s.iter().map(|s| s.instr()).collect())
+            .map(|(s, _)| s.iter().map(|s| s.instr).collect())
             .unwrap_or_default();
         new_instrs.sort_unstable();
         new_instrs.dedup();
@@ -378,10 +367,10 @@ impl AccountMap {
         let entry = match new {
             Some((mut slots, meta)) => {
                 for s in slots.iter_mut() {
-                    let Some(inst) = table.get(s.instr()) else {
+                    let Some(inst) = table.get(s.instr) else {
                         continue;
                     };
-                    let price = guard_of(&guards, s.instr()).and_then(|g| g.price);
+                    let price = guard_of(&guards, s.instr).and_then(|g| g.price);
                     let v = value_slot(inst, s, price).map_err(|source| AccountError::Margin {
                         account: id.clone(),
                         source,
@@ -429,41 +418,11 @@ impl AccountMap {
     }
 }
 
-/// Refuses an instrument index a slot cannot hold (beyond [`super::MAX_INSTRUMENTS`]; the
-/// daemon refuses such a configuration at start, so this guards direct users of the map).
-fn slot_index(account: &AccountId, idx: InstrumentIdx) -> Result<(), AccountError> {
-    if (idx as usize) < super::MAX_INSTRUMENTS {
-        return Ok(());
-    }
-    Err(AccountError::Invalid {
-        account: account.clone(),
-        message: format!(
-            "instrument index {idx} is beyond the {} instruments the engine holds",
-            super::MAX_INSTRUMENTS
-        ),
-    })
-}
-
-/// [`Slot::new`] with [`slot_index`]'s error.
-fn new_slot(
-    account: &AccountId,
-    idx: InstrumentIdx,
-    kind: SlotKind,
-    quantity: Decimal,
-    entry: Decimal,
-) -> Result<Slot, AccountError> {
-    slot_index(account, idx)?;
-    Slot::new(idx, kind, quantity, entry).ok_or_else(|| AccountError::Invalid {
-        account: account.clone(),
-        message: format!("instrument index {idx} does not fit a slot"),
-    })
-}
-
 /// Adds `delta` to the balance of `asset`, creating it. `None` on overflow.
 fn credit(slots: &mut Vec<Slot>, asset: InstrumentIdx, delta: Decimal) -> Option<()> {
     match slots
         .iter_mut()
-        .find(|s| s.instr() == asset && s.kind() == SlotKind::Collateral)
+        .find(|s| s.instr == asset && s.kind == SlotKind::Collateral)
     {
         Some(s) => s.set_quantity(s.quantity().checked_add(delta)?),
         None => {
@@ -471,12 +430,11 @@ fn credit(slots: &mut Vec<Slot>, asset: InstrumentIdx, delta: Decimal) -> Option
             // when listing them.
             let at = slots
                 .iter()
-                .position(|s| s.kind() != SlotKind::Collateral)
+                .position(|s| s.kind != SlotKind::Collateral)
                 .unwrap_or(slots.len());
-            // `asset` came from `collateral_idx`, which refuses an index a slot cannot hold.
             slots.insert(
                 at,
-                Slot::new(asset, SlotKind::Collateral, delta, Decimal::ZERO)?,
+                Slot::new(asset, SlotKind::Collateral, delta, Decimal::ZERO),
             );
         }
     }
