@@ -104,6 +104,7 @@ use crate::model::{
     PositionSide, RiskSnapshot, Thresholds,
 };
 use slot::{Narrowed, Slot};
+pub(in crate::engine) use slot::{narrow, widen};
 
 /// The small integer an account is known by inside the engine (stable while it exists).
 pub type AccountKey = u32;

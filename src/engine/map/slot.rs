@@ -36,9 +36,10 @@ enum Values {
     Wide(Box<[Decimal; 5]>),
 }
 
-/// A `Decimal` as its 64-bit magnitude and sign-and-scale byte, when the mantissa fits.
+/// A `Decimal` as its 64-bit magnitude and sign-and-scale byte, when the mantissa fits (the
+/// monitor's slots keep their levels this way too).
 #[inline(always)]
-fn narrow(d: Decimal) -> Option<(u64, u8)> {
+pub(in crate::engine) fn narrow(d: Decimal) -> Option<(u64, u8)> {
     let u = d.unpack();
     if u.hi != 0 {
         return None;
@@ -48,9 +49,9 @@ fn narrow(d: Decimal) -> Option<(u64, u8)> {
     Some((u64::from(u.mid) << 32 | u64::from(u.lo), flags))
 }
 
-/// The `Decimal` [`narrow`] took apart.
+/// The `Decimal` [`narrow`] took apart, bit for bit.
 #[inline(always)]
-fn widen(mag: u64, flags: u8) -> Decimal {
+pub(in crate::engine) fn widen(mag: u64, flags: u8) -> Decimal {
     let negative = flags & NEGATIVE != 0;
     if mag == 0 && negative {
         return negative_zero(flags);

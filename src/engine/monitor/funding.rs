@@ -325,6 +325,26 @@ mod tests {
                 .contains(&format!("\"funding_warned\":{T}"))
         );
 
+        // A crossing in the state pass keeps the funding time already warned about (the slot
+        // holds it boxed): 59,990 is ratio 2,949.5 / 3,600 ≈ 0.819, across 0.8.
+        let btc = InstrumentId::from("BTCUSDT-PERP");
+        let moved = e.on_prices([(&btc, dec!(59990))], &Info(HashMap::new()), T - 8 * MIN);
+        assert_eq!(moved.len(), 1);
+        assert_eq!(moved[0].event.kind, EventKind::LiquidationWarning);
+        assert_eq!(moved[0].event.seq, w.seq + 1);
+        assert!(
+            moved[0]
+                .state_json
+                .contains(&format!("\"funding_warned\":{T}")),
+            "{}",
+            moved[0].state_json
+        );
+        // Back to 60,000 (0.797: inside the hysteresis, no event) for the restart below.
+        assert!(
+            e.on_prices([(&btc, dec!(60000))], &Info(HashMap::new()), T - 8 * MIN)
+                .is_empty()
+        );
+
         assert!(
             e.on_funding_clock(&i, T - 5 * MIN).is_empty(),
             "once per funding time"

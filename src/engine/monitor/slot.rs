@@ -9,12 +9,8 @@
 //! and keeps the rest of the rare cases — a level wider than 64 bits, a funding time — in a
 //! box. The tag's unused values tell the two layouts apart, so `Option<Slot>` is 32 bytes too.
 
-use rust_decimal::Decimal;
-
+use crate::engine::map::{narrow, widen};
 use crate::model::{AccountState, TimestampMs};
-
-/// The sign bit of a flags byte; the low five bits are the scale (0–28).
-const NEGATIVE: u8 = 0x80;
 
 /// What `bits` holds.
 const HAS_SHOCK: u8 = 1;
@@ -64,23 +60,13 @@ enum Repr {
     Boxed(Box<Fields>),
 }
 
-/// A state as its tag, magnitude and flags, when its level's mantissa fits 64 bits.
+/// A state as its tag, magnitude and flags, when its level's mantissa fits 64 bits (the map's
+/// slots narrow their values the same way).
 fn pack(s: &AccountState) -> Option<(Tag, u64, u8)> {
     match s {
         AccountState::Healthy => Some((Tag::Healthy, 0, 0)),
         AccountState::Triggered => Some((Tag::Triggered, 0, 0)),
-        AccountState::Warning { level } => {
-            let u = level.unpack();
-            if u.hi != 0 {
-                return None;
-            }
-            let flags = (u.scale & 0x1F) as u8 | if u.negative { NEGATIVE } else { 0 };
-            Some((
-                Tag::Warning,
-                u64::from(u.mid) << 32 | u64::from(u.lo),
-                flags,
-            ))
-        }
+        AccountState::Warning { level } => narrow(*level).map(|(m, f)| (Tag::Warning, m, f)),
     }
 }
 
@@ -89,19 +75,9 @@ fn unpack(tag: Tag, mag: u64, flags: u8) -> AccountState {
     match tag {
         Tag::Healthy => AccountState::Healthy,
         Tag::Triggered => AccountState::Triggered,
-        Tag::Warning => {
-            let scale = u32::from(flags & 0x1F).min(28);
-            let mut bytes =
-                Decimal::from_parts(mag as u32, (mag >> 32) as u32, 0, false, scale).serialize();
-            // Set the sign by hand: `from_parts` clears it on zero, and the level reads back
-            // bit for bit.
-            if flags & NEGATIVE != 0 {
-                bytes[3] |= NEGATIVE;
-            }
-            AccountState::Warning {
-                level: Decimal::deserialize(bytes),
-            }
-        }
+        Tag::Warning => AccountState::Warning {
+            level: widen(mag, flags),
+        },
     }
 }
 
@@ -239,6 +215,7 @@ impl Slot {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use rust_decimal::Decimal;
 
     #[test]
     fn a_slot_is_32_bytes_and_so_is_an_empty_one() {
@@ -247,9 +224,10 @@ mod tests {
     }
 
     fn decimal(hi: u32, mid: u32, lo: u32, negative: bool, scale: u32) -> Decimal {
+        // `from_parts` clears the sign of zero; keep it, as arithmetic can leave it.
         let mut b = Decimal::from_parts(lo, mid, hi, false, scale).serialize();
         if negative {
-            b[3] |= NEGATIVE;
+            b[3] |= 0x80;
         }
         Decimal::deserialize(b)
     }
