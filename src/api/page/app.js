@@ -69,7 +69,7 @@ async function api(path, method) {
     }
     return body;
   }
-  throw new Error("unauthorized");
+  throw new Error("401: the token was refused three times");
 }
 
 // ------------------------------------------------------------------------------------------

@@ -504,6 +504,39 @@ async fn risk_page_in_a_real_browser() {
     };
     let refused_keys = keys_now();
     let count = |keys: &[String], k: &String| keys.iter().filter(|x| *x == k).count();
+    // A wrong token, at each of the page's three asks: it gives up and says the sink was not
+    // asked (the daemon refused the request; nothing is sent again).
+    browser
+        .click(
+            "#sinks-notes button.redeliver[data-sink='refusing']",
+            DEADLINE,
+        )
+        .await;
+    for _ in 0..3 {
+        browser
+            .press("#auth-token", "not-the-token", DEADLINE)
+            .await;
+        browser.click("#auth button[type='submit']", DEADLINE).await;
+    }
+    let refused = browser
+        .wait_js(
+            "the refused redelivery's answer",
+            DEADLINE,
+            "const s=document.querySelector('#sinks-notes li[data-sink=\"refusing\"] .redeliver-status');
+             return s && s.textContent.includes('Not asked') ? s.textContent : null;",
+        )
+        .await;
+    assert_eq!(
+        refused.as_str().unwrap().trim(),
+        "Not asked: 401: the token was refused three times"
+    );
+    assert!(
+        !daemon
+            .log_text()
+            .contains("Dead letters redelivery requested over HTTP"),
+        "a refused token asked for a redelivery: {}",
+        daemon.log_text()
+    );
     browser
         .click(
             "#sinks-notes button.redeliver[data-sink='refusing']",
