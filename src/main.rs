@@ -12,7 +12,7 @@ use liqwatch::config::{self, LogFormat};
 /// mimalloc: in a correlated move the engine allocates and frees an event, its snapshot and
 /// its JSON per crossing account on two cores at once; glibc's allocator spent ~15 % of that
 /// step in its own locks and free-list upkeep, mimalloc's thread-local heaps a fraction of it
-/// (BENCHMARKS.md, the crash path).
+/// (docs/benchmarks-history.md, "the crash path with mimalloc").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -6,10 +6,11 @@
 /// `madvise` or `always` mode the first touch of any byte of a fresh 2 MiB region faults in and
 /// zeroes all of it. A crash step builds hundreds of thousands of event snapshots in freshly
 /// committed memory (mimalloc gives idle memory back after its 1 s purge delay), and that
-/// zeroing was ~17 % of the step: the first crash after a quiet spell on the crash bench's
-/// 100k book took 367–434 ms with huge pages and 247–253 ms without (BENCHMARKS.md), and the
-/// index's resident size at 1M fell from 137 to 106 B per position. Returns what the kernel
-/// said; failing (an old kernel, a seccomp filter) only costs that speed.
+/// zeroing was a large share of the step: the first crash step of a process on the crash
+/// bench's 100k book took 365–438 ms with huge pages and 224–284 ms without, and the index and
+/// monitor state at 1M fell from 136 to 125 B per position (docs/benchmarks-history.md,
+/// "Transparent huge pages off"). Returns what the kernel said; failing (an old kernel, a
+/// seccomp filter) only costs that speed.
 pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {
