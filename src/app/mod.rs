@@ -182,6 +182,10 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
     // Accounts: the store, or the snapshot on the first start.
     let map = Arc::new(AccountMap::new(instrument_list.clone()));
     load_accounts(&cfg, &journal, &map, &instruments)?;
+    // The slots in the order ticks read them (`AccountMap::relayout`).
+    let started = std::time::Instant::now();
+    let moved = map.relayout();
+    tracing::debug!(accounts = moved, took = ?started.elapsed(), "Account slots laid out in key order");
 
     // The engine with its restored monitor states; the shared view of states for the API.
     let (engine, states, report) = startup::engine(&cfg, &map, &journal)?;

@@ -1,4 +1,4 @@
-//! One position or collateral balance with its cached contributions, in 56 bytes.
+//! One position or collateral balance with its cached contributions, in 48 bytes.
 //!
 //! A slot holds five `Decimal`s: quantity, entry price, the price it was valued at, and its
 //! equity and MM contributions. Kept as `Decimal`s they took 80 of the slot's 88 bytes, most of
@@ -6,17 +6,32 @@
 //! contribution of any account this daemon will watch has a mantissa that fits 64 bits. So a
 //! slot keeps each value as its 64-bit magnitude and one byte for its sign and scale — the same
 //! value, scale and sign of zero, bit for bit (`narrow_values_are_the_decimal_bit_for_bit`) — and
-//! a slot with a value that does not fit keeps all five as `Decimal`s in a box. Nothing is
-//! rounded either way; only the storage differs.
+//! a slot with a value that does not fit keeps all five as `Decimal`s in a side table (below).
+//! Nothing is rounded either way; only the storage differs.
+//!
+//! The instrument, the kind and the "valued" bit sit at fixed offsets after the values, in
+//! what would otherwise be padding: a tick reads every holder's slots and compares each one's
+//! instrument, so that field must not move with the layout (a 48-byte enum layout tried at
+//! stop 31 put it at a tag-dependent offset and cost the eager tick a fifth).
+//!
+//! # Wide values
+//! A slot whose values do not all fit 64 bits (a whale: a contribution past 2⁶⁴ units of the
+//! accounting scale, ~18.4 million) keeps its five `Decimal`s in a process-wide table, under a
+//! key held in its first magnitude; the slot owns that row (cloning copies it under a new key,
+//! dropping removes it). Such slots are rare, and every read of them goes through the table.
 //!
 //! Smaller slots are fewer bytes per position (issue 10's ≤ 128 B target) and fewer cache lines
 //! for a tick to stream through (an eager tick reads every slot of each holder).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
 use rust_decimal::Decimal;
 
 use super::{InstrumentIdx, SlotKind, zero_scaled};
 use crate::margin::ACCOUNTING_SCALE;
 use crate::margin::fixed::Fx;
+use crate::model::PositionSide;
 
 /// The five values, in this order.
 const QUANTITY: usize = 0;
@@ -28,13 +43,17 @@ const MM: usize = 4;
 /// The sign bit of a flags byte; the low five bits are the scale (0–28).
 const NEGATIVE: u8 = 0x80;
 
-#[derive(Clone, Debug)]
-enum Values {
-    /// Each value's 64-bit magnitude and its sign-and-scale byte.
-    Narrow { mag: [u64; 5], flags: [u8; 5] },
-    /// At least one value's mantissa needs more than 64 bits.
-    Wide(Box<[Decimal; 5]>),
-}
+/// The rows of the wide slots, by key (see the module docs).
+static WIDE: std::sync::LazyLock<DashMap<u64, [Decimal; 5]>> =
+    std::sync::LazyLock::new(DashMap::new);
+
+/// The next wide row's key (never reused).
+static NEXT_WIDE: AtomicU64 = AtomicU64::new(0);
+
+/// `meta`: the kind in the low two bits, then the valued bit and the wide bit.
+const KIND_BITS: u8 = 0b11;
+const VALID: u8 = 0b100;
+const WIDE_BIT: u8 = 0b1000;
 
 /// A `Decimal` as its 64-bit magnitude and sign-and-scale byte, when the mantissa fits (the
 /// monitor's slots keep their levels this way too).
@@ -107,31 +126,82 @@ fn fx_of(mag: u64, flags: u8) -> Fx {
 }
 
 /// One position or collateral balance with its cached contributions.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(super) struct Slot {
-    pub(super) instr: InstrumentIdx,
-    pub(super) kind: SlotKind,
-    /// Valued: the contributions are those at [`Slot::at`].
-    pub(super) valid: bool,
-    values: Values,
+    /// Each value's 64-bit magnitude; a wide slot's key in its table at `[0]`.
+    mag: [u64; 5],
+    /// Each value's sign-and-scale byte (unused when wide).
+    flags: [u8; 5],
+    /// Kind, valued, wide ([`KIND_BITS`], [`VALID`], [`WIDE_BIT`]).
+    meta: u8,
+    /// The instrument (the map holds at most 65,536: [`slot_instrument`]).
+    instr: u16,
+}
+
+/// The index a slot keeps for instrument `idx`, when it has one (at most 65,536 instruments).
+pub(super) fn slot_instrument(idx: InstrumentIdx) -> Option<u16> {
+    u16::try_from(idx).ok()
+}
+
+fn kind_bits(kind: SlotKind) -> u8 {
+    match kind {
+        SlotKind::Collateral => 0,
+        SlotKind::Position(PositionSide::Both) => 1,
+        SlotKind::Position(PositionSide::Long) => 2,
+        SlotKind::Position(PositionSide::Short) => 3,
+    }
+}
+
+impl Clone for Slot {
+    fn clone(&self) -> Self {
+        let mut c = Slot {
+            mag: self.mag,
+            flags: self.flags,
+            meta: self.meta,
+            instr: self.instr,
+        };
+        if let Some(row) = self.wide_row() {
+            c.mag[0] = new_wide(row);
+        }
+        c
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.is_wide() {
+            WIDE.remove(&self.mag[0]);
+        }
+    }
+}
+
+/// Stores a wide row under a new key.
+fn new_wide(row: [Decimal; 5]) -> u64 {
+    let key = NEXT_WIDE.fetch_add(1, Ordering::Relaxed);
+    WIDE.insert(key, row);
+    key
 }
 
 impl Slot {
-    /// A slot not yet valued (price zero, contributions zero at the accounting scale).
+    /// A slot not yet valued (price zero, contributions zero at the accounting scale) of
+    /// instrument `instr`, which the map resolved and checked ([`slot_instrument`]: an update
+    /// naming an instrument past the 65,536th is refused with an error before any slot is
+    /// made).
     pub(super) fn new(
         instr: InstrumentIdx,
         kind: SlotKind,
         quantity: Decimal,
         entry: Decimal,
     ) -> Slot {
+        debug_assert!(
+            slot_instrument(instr).is_some(),
+            "instrument {instr} unchecked"
+        );
         let mut s = Slot {
-            instr,
-            kind,
-            valid: false,
-            values: Values::Narrow {
-                mag: [0; 5],
-                flags: [0; 5],
-            },
+            mag: [0; 5],
+            flags: [0; 5],
+            meta: kind_bits(kind),
+            instr: slot_instrument(instr).unwrap_or(u16::MAX),
         };
         let z = zero_scaled();
         for (i, v) in [quantity, entry, Decimal::ZERO, z, z]
@@ -143,37 +213,94 @@ impl Slot {
         s
     }
 
+    /// The instrument.
+    #[inline(always)]
+    pub(super) fn instr(&self) -> InstrumentIdx {
+        InstrumentIdx::from(self.instr)
+    }
+
+    /// Position (and its side) or collateral balance.
+    #[inline(always)]
+    pub(super) fn kind(&self) -> SlotKind {
+        match self.meta & KIND_BITS {
+            0 => SlotKind::Collateral,
+            1 => SlotKind::Position(PositionSide::Both),
+            2 => SlotKind::Position(PositionSide::Long),
+            _ => SlotKind::Position(PositionSide::Short),
+        }
+    }
+
+    /// Valued: the contributions are those at [`Slot::at`].
+    #[inline(always)]
+    pub(super) fn valid(&self) -> bool {
+        self.meta & VALID != 0
+    }
+
+    fn set_valid(&mut self, valid: bool) {
+        if valid {
+            self.meta |= VALID;
+        } else {
+            self.meta &= !VALID;
+        }
+    }
+
+    #[inline(always)]
+    fn is_wide(&self) -> bool {
+        self.meta & WIDE_BIT != 0
+    }
+
+    /// A copy of the wide row, when the slot is wide.
+    #[cold]
+    fn wide_row(&self) -> Option<[Decimal; 5]> {
+        if !self.is_wide() {
+            return None;
+        }
+        Some(
+            WIDE.get(&self.mag[0])
+                .map(|r| *r)
+                .unwrap_or([Decimal::ZERO; 5]),
+        )
+    }
+
     #[inline(always)]
     fn get(&self, i: usize) -> Decimal {
-        match &self.values {
-            Values::Narrow { mag, flags } => match (mag.get(i), flags.get(i)) {
-                (Some(&m), Some(&f)) => widen(m, f),
-                _ => Decimal::ZERO,
-            },
-            Values::Wide(w) => w.get(i).copied().unwrap_or_default(),
+        if self.is_wide() {
+            return self
+                .wide_row()
+                .and_then(|r| r.get(i).copied())
+                .unwrap_or_default();
+        }
+        match (self.mag.get(i), self.flags.get(i)) {
+            (Some(&m), Some(&f)) => widen(m, f),
+            _ => Decimal::ZERO,
         }
     }
 
     #[inline(always)]
     fn set(&mut self, i: usize, v: Decimal) {
-        match (&mut self.values, narrow(v)) {
-            (Values::Narrow { mag, flags }, Some((m, f))) => {
-                if let (Some(ms), Some(fs)) = (mag.get_mut(i), flags.get_mut(i)) {
+        if self.is_wide() {
+            if let Some(mut row) = WIDE.get_mut(&self.mag[0])
+                && let Some(s) = row.get_mut(i)
+            {
+                *s = v;
+            }
+            return;
+        }
+        match narrow(v) {
+            Some((m, f)) => {
+                if let (Some(ms), Some(fs)) = (self.mag.get_mut(i), self.flags.get_mut(i)) {
                     *ms = m;
                     *fs = f;
                 }
             }
-            (Values::Narrow { .. }, None) => {
-                let mut wide = [Decimal::ZERO; 5];
-                for (k, w) in wide.iter_mut().enumerate() {
+            None => {
+                let mut row = [Decimal::ZERO; 5];
+                for (k, w) in row.iter_mut().enumerate() {
                     *w = if k == i { v } else { self.get(k) };
                 }
-                self.values = Values::Wide(Box::new(wide));
-            }
-            (Values::Wide(w), _) => {
-                if let Some(s) = w.get_mut(i) {
-                    *s = v;
-                }
+                self.mag = [new_wide(row), 0, 0, 0, 0];
+                self.flags = [0; 5];
+                self.meta |= WIDE_BIT;
             }
         }
     }
@@ -215,8 +342,8 @@ impl Slot {
     #[inline(always)]
     pub(super) fn set_value(&mut self, new: Option<(Decimal, Decimal)>, at: Decimal) {
         let (eq, mm) = new.unwrap_or_else(|| (zero_scaled(), zero_scaled()));
-        self.valid = new.is_some();
-        self.set(AT, if self.valid { at } else { Decimal::ZERO });
+        self.set_valid(new.is_some());
+        self.set(AT, if self.valid() { at } else { Decimal::ZERO });
         self.set(EQUITY, eq);
         self.set(MM, mm);
         self.narrow_again();
@@ -226,45 +353,45 @@ impl Slot {
     /// accounting scale, ~18.4 million) goes back to narrow, so one large swing does not keep
     /// it on the `Decimal` path for good.
     fn narrow_again(&mut self) {
-        let Values::Wide(w) = &self.values else {
+        let Some(row) = self.wide_row() else {
             return;
         };
         let mut mag = [0u64; 5];
         let mut flags = [0u8; 5];
-        for ((v, m), f) in w.iter().zip(&mut mag).zip(&mut flags) {
+        for ((v, m), f) in row.iter().zip(&mut mag).zip(&mut flags) {
             let Some((vm, vf)) = narrow(*v) else {
                 return;
             };
             (*m, *f) = (vm, vf);
         }
-        self.values = Values::Narrow { mag, flags };
+        WIDE.remove(&self.mag[0]);
+        self.meta &= !WIDE_BIT;
+        self.mag = mag;
+        self.flags = flags;
     }
 
     /// Quantity and entry taken apart (`Decimal::mantissa`, `Decimal::scale`), when narrow.
     #[inline(always)]
     pub(super) fn position_fx(&self) -> Option<(Fx, Fx)> {
-        match &self.values {
-            Values::Narrow { mag, flags } => {
-                let ([q, e, ..], [qf, ef, ..]) = (*mag, *flags);
-                Some((fx_of(q, qf), fx_of(e, ef)))
-            }
-            Values::Wide(_) => None,
+        if self.is_wide() {
+            return None;
         }
+        let ([q, e, ..], [qf, ef, ..]) = (self.mag, self.flags);
+        Some((fx_of(q, qf), fx_of(e, ef)))
     }
 
     /// The equity and MM contributions' mantissas when the slot is valued and both are narrow
     /// at [`ACCOUNTING_SCALE`] (as every valuation leaves them).
     #[inline(always)]
     pub(super) fn contributions_m(&self) -> Option<(i128, i128)> {
-        match &self.values {
-            Values::Narrow { mag, flags } if self.valid => {
-                let ([.., eq, mm], [.., eqf, mmf]) = (*mag, *flags);
-                let (eq, eqs) = fx_of(eq, eqf);
-                let (mm, mms) = fx_of(mm, mmf);
-                (eqs == ACCOUNTING_SCALE && mms == ACCOUNTING_SCALE).then_some((eq, mm))
-            }
-            _ => None,
+        // Valued and not wide: one test of both bits.
+        if self.meta & (VALID | WIDE_BIT) != VALID {
+            return None;
         }
+        let ([.., eq, mm], [.., eqf, mmf]) = (self.mag, self.flags);
+        let (eq, eqs) = fx_of(eq, eqf);
+        let (mm, mms) = fx_of(mm, mmf);
+        (eqs == ACCOUNTING_SCALE && mms == ACCOUNTING_SCALE).then_some((eq, mm))
     }
 
     /// [`Slot::set_value`] of a valuation given as non-zero mantissas at [`ACCOUNTING_SCALE`]
@@ -278,23 +405,23 @@ impl Slot {
         ) else {
             return false;
         };
-        let Values::Narrow { mag, flags } = &mut self.values else {
+        if self.is_wide() {
             return false;
-        };
+        }
         let sign = |m: i128| if m < 0 { NEGATIVE } else { 0 };
         let scale = ACCOUNTING_SCALE as u8;
-        let ([.., a, e, m], [.., af, ef, mf]) = (mag, flags);
+        let ([.., a, e, m], [.., af, ef, mf]) = (&mut self.mag, &mut self.flags);
         (*a, *af) = (at.0, at.1);
         (*e, *ef) = (eqm, scale | sign(eq));
         (*m, *mf) = (mmm, scale | sign(mm));
-        self.valid = true;
+        self.meta |= VALID;
         true
     }
 
     /// The slot's values are kept narrow (no box).
     #[cfg(test)]
     pub(super) fn is_narrow(&self) -> bool {
-        matches!(self.values, Values::Narrow { .. })
+        !self.is_wide()
     }
 }
 
@@ -313,8 +440,56 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_is_56_bytes() {
-        assert_eq!(std::mem::size_of::<Slot>(), 56);
+    fn a_slot_is_48_bytes() {
+        assert_eq!(std::mem::size_of::<Slot>(), 48);
+    }
+
+    /// Kind, instrument and "valued" read back through every change, narrow and wide; a wide
+    /// slot owns its row of the table: a clone gets a row of its own, dropping the clone
+    /// removes only that one, and going narrow again removes the slot's.
+    #[test]
+    fn kind_instrument_and_wide_rows_are_the_slot_s_own() {
+        assert_eq!(slot_instrument(65_535), Some(u16::MAX));
+        assert_eq!(slot_instrument(65_536), None);
+        let kinds = [
+            (SlotKind::Collateral, 0),
+            (SlotKind::Position(PositionSide::Both), 1),
+            (SlotKind::Position(PositionSide::Long), 65_535),
+            (SlotKind::Position(PositionSide::Short), 300),
+        ];
+        let eq = Decimal::new(-1_234_567, 4);
+        for (kind, instr) in kinds {
+            let mut s = Slot::new(instr, kind, Decimal::new(-15, 1), Decimal::ONE);
+            assert_eq!(
+                (s.instr(), s.kind(), s.valid(), s.is_narrow()),
+                (instr, kind, false, true)
+            );
+            s.set_value(Some((eq, Decimal::MAX)), Decimal::TWO);
+            assert_eq!(
+                (s.instr(), s.kind(), s.valid(), s.is_narrow()),
+                (instr, kind, true, false)
+            );
+            let row = s.mag[0];
+            assert!(WIDE.contains_key(&row));
+            let c = s.clone();
+            let copy = c.mag[0];
+            assert_ne!(copy, row);
+            assert_eq!((c.instr(), c.kind(), c.valid()), (instr, kind, true));
+            assert_eq!(
+                (c.mm(), c.equity().serialize()),
+                (Decimal::MAX, eq.serialize())
+            );
+            drop(c);
+            assert!(!WIDE.contains_key(&copy) && WIDE.contains_key(&row));
+            assert_eq!((s.mm(), s.quantity()), (Decimal::MAX, Decimal::new(-15, 1)));
+            s.set_value(None, Decimal::ONE);
+            assert!(!WIDE.contains_key(&row));
+            assert_eq!(
+                (s.instr(), s.kind(), s.valid(), s.is_narrow()),
+                (instr, kind, false, true)
+            );
+            assert_eq!(s.quantity().serialize(), Decimal::new(-15, 1).serialize());
+        }
     }
 
     proptest! {
@@ -348,7 +523,7 @@ mod tests {
                     prop_assert_eq!(slot.get(k).serialize(), e.serialize());
                 }
             }
-            prop_assert_eq!(slot.instr, 3);
+            prop_assert_eq!(slot.instr(), 3);
         }
     }
 
@@ -360,21 +535,21 @@ mod tests {
             Decimal::new(-15, 1),
             Decimal::new(60_000, 0),
         );
-        assert!(!s.valid);
+        assert!(!s.valid());
         assert_eq!(s.quantity().serialize(), Decimal::new(-15, 1).serialize());
         assert_eq!(s.entry().serialize(), Decimal::new(60_000, 0).serialize());
         assert_eq!(s.equity().serialize(), zero_scaled().serialize());
         let eq = Decimal::new(-1_234_567, 4);
         let mm = Decimal::MAX; // 96 bits: the slot goes wide
         s.set_value(Some((eq, mm)), Decimal::new(59_000, 1));
-        assert!(s.valid && !s.is_narrow());
+        assert!(s.valid() && !s.is_narrow());
         assert_eq!(
             (s.at(), s.equity().serialize(), s.mm()),
             (Decimal::new(59_000, 1), eq.serialize(), Decimal::MAX)
         );
         assert_eq!(s.quantity().serialize(), Decimal::new(-15, 1).serialize());
         s.set_value(None, Decimal::ONE);
-        assert!(!s.valid);
+        assert!(!s.valid());
         // Every value fits again: narrow again, the same values.
         assert!(s.is_narrow());
         assert_eq!(s.quantity().serialize(), Decimal::new(-15, 1).serialize());

@@ -154,7 +154,7 @@ impl AccountMap {
                 let Some(e) = g.as_mut() else { continue };
                 for i in 0..e.slots.len() {
                     let Some(slot) = e.slots.get(i) else { break };
-                    if slot.instr != *idx {
+                    if slot.instr() != *idx {
                         continue;
                     }
                     let new = match value_slot(inst, slot, price) {

@@ -578,6 +578,12 @@ proptest::proptest! {
                 all.push(a);
             }
         }
+        // Laying the slots out again changes no bit of any account, wide slots included.
+        let keys: Vec<AccountKey> = all.iter().map(|a| m.key_of(&a.id).unwrap()).collect();
+        let before: Vec<_> = keys.iter().map(|&k| slot_bits(&m, k)).collect();
+        proptest::prop_assert_eq!(m.relayout(), all.len());
+        let after: Vec<_> = keys.iter().map(|&k| slot_bits(&m, k)).collect();
+        proptest::prop_assert_eq!(before, after);
         for &(pm, ps) in &prices {
             let p = Decimal::new(pm, ps);
             let mut out = Vec::new();
@@ -605,4 +611,42 @@ proptest::proptest! {
             }
         }
     }
+}
+
+/// A slot keeps its instrument in 16 bits: an account naming one past the 65,536th of the
+/// table is refused with an error that says so, and nothing is stored; the 65,536th is fine.
+#[test]
+fn an_instrument_past_the_65536th_is_refused_clearly() {
+    let mut list = w3_instruments();
+    while list.len() < 65_537 {
+        list.push(collateral(
+            &format!("COIN{}", list.len()),
+            Decimal::ONE,
+            true,
+        ));
+    }
+    let last = list.last().map(|i| i.id.clone()).unwrap();
+    let inside = list.get(65_535).map(|i| i.id.clone()).unwrap();
+    let m = AccountMap::new(list);
+    let with = |id: &str, asset: &InstrumentId| {
+        let mut a = w3_account(id);
+        a.collateral.insert(asset.clone(), dec!(5));
+        a
+    };
+    m.apply_update(AccountUpdate::Replace {
+        account: with("inside", &inside),
+    })
+    .unwrap();
+    let err = m
+        .apply_update(AccountUpdate::Replace {
+            account: with("past", &last),
+        })
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("instrument 65537 of the table")
+            && err.to_string().contains("only the first 65,536"),
+        "{err}"
+    );
+    assert!(m.key_of(&"past".into()).is_none());
+    assert_eq!(m.len(), 1);
 }

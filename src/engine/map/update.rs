@@ -145,6 +145,7 @@ impl AccountMap {
         let idx = table
             .index(asset)
             .ok_or_else(|| AccountError::UnknownInstrument(asset.clone()))?;
+        slot_checked(account, asset, idx)?;
         match table.get(idx) {
             Some(i) if !i.kind.is_contract() => Ok(idx),
             _ => Err(AccountError::Invalid {
@@ -165,6 +166,7 @@ impl AccountMap {
         let idx = table
             .index(id)
             .ok_or_else(|| AccountError::UnknownInstrument(id.clone()))?;
+        slot_checked(account, id, idx)?;
         match table.get(idx) {
             Some(i) if i.kind.is_contract() => Ok((idx, Arc::clone(&table))),
             _ => Err(AccountError::Invalid {
@@ -254,7 +256,9 @@ impl AccountMap {
         };
         let settle = self.collateral_idx(account, &settle_id)?;
         let kind = SlotKind::Position(fill.side);
-        let pos = slots.iter().position(|s| s.instr == idx && s.kind == kind);
+        let pos = slots
+            .iter()
+            .position(|s| s.instr() == idx && s.kind() == kind);
         let (q, ep) = pos
             .and_then(|p| slots.get(p))
             .map(|s| (s.quantity(), s.entry()))
@@ -329,7 +333,7 @@ impl AccountMap {
             }
             None => slots.push(Slot::new(idx, kind, new_q, new_entry)),
         }
-        if !cash.is_zero() || !slots.iter().any(|s| s.instr == settle) {
+        if !cash.is_zero() || !slots.iter().any(|s| s.instr() == settle) {
             credit(&mut slots, settle, cash).ok_or_else(|| overflow("settle balance"))?;
         }
         Ok(slots)
@@ -345,11 +349,11 @@ impl AccountMap {
     ) -> Result<(), AccountError> {
         let old_instrs: Vec<InstrumentIdx> = self
             .accounts
-            .with(key, |e| e.slots.iter().map(|s| s.instr).collect())
+            .with(key, |e| e.slots.iter().map(|s| s.instr()).collect())
             .unwrap_or_default();
         let mut new_instrs: Vec<InstrumentIdx> = new
             .as_ref()
-            .map(|(s, _)| s.iter().map(|s| s.instr).collect())
+            .map(|(s, _)| s.iter().map(|s| s.instr()).collect())
             .unwrap_or_default();
         new_instrs.sort_unstable();
         new_instrs.dedup();
@@ -367,10 +371,10 @@ impl AccountMap {
         let entry = match new {
             Some((mut slots, meta)) => {
                 for s in slots.iter_mut() {
-                    let Some(inst) = table.get(s.instr) else {
+                    let Some(inst) = table.get(s.instr()) else {
                         continue;
                     };
-                    let price = guard_of(&guards, s.instr).and_then(|g| g.price);
+                    let price = guard_of(&guards, s.instr()).and_then(|g| g.price);
                     let v = value_slot(inst, s, price).map_err(|source| AccountError::Margin {
                         account: id.clone(),
                         source,
@@ -422,7 +426,7 @@ impl AccountMap {
 fn credit(slots: &mut Vec<Slot>, asset: InstrumentIdx, delta: Decimal) -> Option<()> {
     match slots
         .iter_mut()
-        .find(|s| s.instr == asset && s.kind == SlotKind::Collateral)
+        .find(|s| s.instr() == asset && s.kind() == SlotKind::Collateral)
     {
         Some(s) => s.set_quantity(s.quantity().checked_add(delta)?),
         None => {
@@ -430,7 +434,7 @@ fn credit(slots: &mut Vec<Slot>, asset: InstrumentIdx, delta: Decimal) -> Option
             // when listing them.
             let at = slots
                 .iter()
-                .position(|s| s.kind != SlotKind::Collateral)
+                .position(|s| s.kind() != SlotKind::Collateral)
                 .unwrap_or(slots.len());
             slots.insert(
                 at,
@@ -457,4 +461,23 @@ fn check_leg(side: PositionSide, q: Decimal) -> Result<(), String> {
 pub(super) struct Meta {
     thresholds: Option<Box<Thresholds>>,
     apply_funding: bool,
+}
+
+/// A slot keeps its instrument in 16 bits: an update naming an instrument past the 65,536th of
+/// the table is refused, naming it, before any slot is made.
+fn slot_checked(
+    account: &AccountId,
+    instrument: &InstrumentId,
+    idx: InstrumentIdx,
+) -> Result<(), AccountError> {
+    match slot::slot_instrument(idx) {
+        Some(_) => Ok(()),
+        None => Err(AccountError::Invalid {
+            account: account.clone(),
+            message: format!(
+                "{instrument} is instrument {} of the table; an account can hold only the first 65,536",
+                u64::from(idx) + 1
+            ),
+        }),
+    }
 }

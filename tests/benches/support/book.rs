@@ -167,6 +167,8 @@ pub fn build(n: usize) -> AccountMap {
         })
         .unwrap();
     }
+    // As the daemon does after loading its accounts.
+    m.relayout();
     m
 }
 
@@ -219,6 +221,8 @@ pub fn build_with(n: usize, gen_account: fn(usize, &mut Lcg) -> Account) -> Acco
         })
         .unwrap();
     }
+    // As the daemon does after loading its accounts.
+    m.relayout();
     m
 }
 
