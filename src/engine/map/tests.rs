@@ -650,3 +650,102 @@ fn an_instrument_past_the_65536th_is_refused_clearly() {
     assert!(m.key_of(&"past".into()).is_none());
     assert_eq!(m.len(), 1);
 }
+
+/// `relayout` beside updates and ticks on other threads loses nothing: every account ends as
+/// its last update left it (a swap from a copy taken before an update would bring the old
+/// position back, one taken before a tick its old figures), and its slots and totals equal a
+/// fresh valuation at the final prices. Updates and ticks stop when the passes do, so nothing
+/// after them mends what a pass broke.
+#[test]
+fn relayout_beside_updates_and_ticks_loses_nothing() {
+    const N: usize = 2_000;
+    let m = AccountMap::new(w3_instruments());
+    w3_prices(&m, dec!(60000), dec!(3000), dec!(150));
+    for i in 0..N {
+        m.apply_update(AccountUpdate::Replace {
+            account: w3_account(&format!("r-{i}")),
+        })
+        .unwrap();
+    }
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+    let (stop, done) = (AtomicBool::new(false), AtomicUsize::new(0));
+    let (last, rounds) = std::thread::scope(|s| {
+        let updates = s.spawn(|| {
+            let mut last: Vec<Account> = (0..N).map(|i| w3_account(&format!("r-{i}"))).collect();
+            let mut round = 0i64;
+            // Only while the passes run: an update after them would mend what they broke.
+            while !stop.load(Relaxed) {
+                round += 1;
+                let i = (round as usize * 7919) % N;
+                let mut a = w3_account(&format!("r-{i}"));
+                // The same slot count (a new quantity), or one slot fewer.
+                if round % 5 == 0 {
+                    a.positions.pop();
+                }
+                if let Some(p) = a.positions.first_mut() {
+                    p.quantity = Decimal::new(round, 2);
+                }
+                m.apply_update(AccountUpdate::Replace { account: a.clone() })
+                    .unwrap();
+                if let Some(l) = last.get_mut(i) {
+                    *l = a;
+                }
+                done.fetch_add(1, Relaxed);
+            }
+            (last, round)
+        });
+        let ticks = s.spawn(|| {
+            let mut k = 0i64;
+            while !stop.load(Relaxed) {
+                k += 1;
+                tick(&m, "BTCUSDT-PERP", Decimal::new(60_000 + k % 50, 0));
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        });
+        // Passes until a few hundred updates have landed among them (and a few more passes).
+        let (mut moved, mut passes, mut after) = (0, 0, 0);
+        while after < 5 {
+            moved += m.relayout();
+            passes += 1;
+            if done.load(Relaxed) >= 600 {
+                after += 1;
+            }
+            assert!(passes < 100_000, "the updates did not progress");
+        }
+        stop.store(true, Relaxed);
+        ticks.join().unwrap();
+        assert!(moved > 0);
+        updates.join().unwrap()
+    });
+    assert!(rounds >= 600, "only {rounds} updates beside the passes");
+    let prices = m.prices();
+    let fresh = AccountMap::new(w3_instruments());
+    for (id, p) in &prices.0 {
+        tick(&fresh, id.as_str(), *p);
+    }
+    for a in &last {
+        let got = m.account(&a.id).unwrap();
+        assert_eq!(
+            (&got.positions, &got.collateral),
+            (&a.positions, &a.collateral),
+            "{}",
+            a.id
+        );
+        fresh
+            .apply_update(AccountUpdate::Replace { account: a.clone() })
+            .unwrap();
+        let (k, fk) = (m.key_of(&a.id).unwrap(), fresh.key_of(&a.id).unwrap());
+        assert_eq!(slot_bits(&m, k), slot_bits(&fresh, fk), "{}", a.id);
+        let totals = |m: &AccountMap, k| {
+            m.read_key(k, |v| {
+                let t = v.as_touched();
+                (
+                    t.equity.serialize(),
+                    t.maintenance_margin.serialize(),
+                    t.complete,
+                )
+            })
+        };
+        assert_eq!(totals(&m, k), totals(&fresh, fk), "{}", a.id);
+    }
+}
