@@ -20,7 +20,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 #[allow(dead_code)] // each bench uses only some of the book's helpers
 #[path = "support/book.rs"]
 mod book;
-use book::{Lcg, account, build, process_cpu_ns, vm_rss_kib};
+use book::{Lcg, account, build, build_unlaid, process_cpu_ns, vm_rss_kib};
 
 use std::sync::Arc;
 
@@ -76,9 +76,16 @@ fn engine(c: &mut Criterion) {
     for n in sizes() {
         let before = vm_rss_kib();
         let t0 = std::time::Instant::now();
-        let m = Arc::new(build(n));
+        let m = Arc::new(build_unlaid(n));
         let built = t0.elapsed();
         let after = vm_rss_kib();
+        // As the daemon does after loading (RSS read before: see `build_unlaid`).
+        let t1 = std::time::Instant::now();
+        m.relayout();
+        println!(
+            "engine: {n} accounts' slots laid out in key order in {:.2?}",
+            t1.elapsed()
+        );
         let holders = m.holder_keys(&"BTCUSDT-PERP".into()).len();
         let per_account = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
         println!(
