@@ -75,6 +75,18 @@ pub(crate) fn api_token(cfg: &Config) -> Result<Option<String>, AppError> {
     Ok(Some(token.to_string()))
 }
 
+/// Refuses more instruments than the engine holds ([`crate::engine::map::MAX_INSTRUMENTS`]).
+fn check_instrument_count(n: usize) -> Result<(), AppError> {
+    let max = crate::engine::map::MAX_INSTRUMENTS;
+    if n > max {
+        return Err(AppError::Startup(format!(
+            "{n} instruments are configured; the engine holds at most {max}: list fewer in \
+             engine.instruments and [[instruments.sources]] (a source's `instruments` filter)"
+        )));
+    }
+    Ok(())
+}
+
 /// Loads and merges every instrument preset file; an id defined in two files is an error.
 pub(crate) fn load_instruments(
     cfg: &Config,
@@ -97,6 +109,7 @@ pub(crate) fn load_instruments(
     }
     crate::instruments::source::load_sources(&cfg.instruments, &mut all)
         .map_err(AppError::Startup)?;
+    check_instrument_count(all.len())?;
     Ok(all)
 }
 
@@ -268,6 +281,17 @@ mod tests {
                 stale_after_ms: 30_000,
             },
         }
+    }
+
+    #[test]
+    fn more_instruments_than_the_engine_holds_are_refused_at_start() {
+        let max = crate::engine::map::MAX_INSTRUMENTS;
+        assert!(check_instrument_count(max).is_ok());
+        let err = check_instrument_count(max + 1).unwrap_err().to_string();
+        assert!(
+            err.contains("65537 instruments") && err.contains("at most 65536"),
+            "{err}"
+        );
     }
 
     /// Feed events are numbered per instrument; a restart (the engine built again from the

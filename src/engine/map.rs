@@ -112,6 +112,11 @@ pub type AccountKey = u32;
 /// Index of an interned instrument.
 pub type InstrumentIdx = u32;
 
+/// The most instruments the engine holds: a slot keeps its instrument's index in 16 bits
+/// (`map/slot.rs`). The daemon refuses a configuration with more at start; venues list a few
+/// thousand at most.
+pub const MAX_INSTRUMENTS: usize = 1 << 16;
+
 const UPDATE_STRIPES: usize = 64;
 
 /// Holders from which a tick is valued on every core. A tick streams its holders' accounts

@@ -138,8 +138,10 @@ pub(super) struct Slot {
     instr: u16,
 }
 
-/// The index a slot keeps for instrument `idx`, when it has one (at most 65,536 instruments).
+/// The index a slot keeps for instrument `idx`, when it has one (below
+/// [`super::MAX_INSTRUMENTS`]).
 pub(super) fn slot_instrument(idx: InstrumentIdx) -> Option<u16> {
+    const _: () = assert!(super::MAX_INSTRUMENTS == 1 << u16::BITS);
     u16::try_from(idx).ok()
 }
 

@@ -644,7 +644,7 @@ fn an_instrument_past_the_65536th_is_refused_clearly() {
         .unwrap_err();
     assert!(
         err.to_string().contains("instrument 65537 of the table")
-            && err.to_string().contains("only the first 65,536"),
+            && err.to_string().contains("only the first 65536"),
         "{err}"
     );
     assert!(m.key_of(&"past".into()).is_none());

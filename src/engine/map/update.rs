@@ -475,8 +475,9 @@ fn slot_checked(
         None => Err(AccountError::Invalid {
             account: account.clone(),
             message: format!(
-                "{instrument} is instrument {} of the table; an account can hold only the first 65,536",
-                u64::from(idx) + 1
+                "{instrument} is instrument {} of the table; an account can hold only the first {}",
+                u64::from(idx) + 1,
+                super::MAX_INSTRUMENTS
             ),
         }),
     }

@@ -504,30 +504,36 @@ async fn risk_page_in_a_real_browser() {
     };
     let refused_keys = keys_now();
     let count = |keys: &[String], k: &String| keys.iter().filter(|x| *x == k).count();
+    // "Send again", answering the page's token asks with `tokens`: the sink's status line once
+    // it includes `want`.
+    let send_again = async |tokens: &[&str], want: &str| -> String {
+        browser
+            .click(
+                "#sinks-notes button.redeliver[data-sink='refusing']",
+                DEADLINE,
+            )
+            .await;
+        for token in tokens {
+            browser.press("#auth-token", token, DEADLINE).await;
+            browser.click("#auth button[type='submit']", DEADLINE).await;
+        }
+        let status = browser
+            .wait_js(
+                "the redelivery's answer",
+                DEADLINE,
+                &format!(
+                    "const s=document.querySelector('#sinks-notes li[data-sink=\"refusing\"] .redeliver-status');
+                     return s && s.textContent.includes('{want}') ? s.textContent : null;"
+                ),
+            )
+            .await;
+        status.as_str().unwrap().trim().to_string()
+    };
     // A wrong token, at each of the page's three asks: it gives up and says the sink was not
     // asked (the daemon refused the request; nothing is sent again).
-    browser
-        .click(
-            "#sinks-notes button.redeliver[data-sink='refusing']",
-            DEADLINE,
-        )
-        .await;
-    for _ in 0..3 {
-        browser
-            .press("#auth-token", "not-the-token", DEADLINE)
-            .await;
-        browser.click("#auth button[type='submit']", DEADLINE).await;
-    }
-    let refused = browser
-        .wait_js(
-            "the refused redelivery's answer",
-            DEADLINE,
-            "const s=document.querySelector('#sinks-notes li[data-sink=\"refusing\"] .redeliver-status');
-             return s && s.textContent.includes('Not asked') ? s.textContent : null;",
-        )
-        .await;
+    let wrong = ["not-the-token"; 3];
     assert_eq!(
-        refused.as_str().unwrap().trim(),
+        send_again(&wrong, "Not asked").await,
         "Not asked: 401: the token was refused three times"
     );
     assert!(
@@ -537,23 +543,7 @@ async fn risk_page_in_a_real_browser() {
         "a refused token asked for a redelivery: {}",
         daemon.log_text()
     );
-    browser
-        .click(
-            "#sinks-notes button.redeliver[data-sink='refusing']",
-            DEADLINE,
-        )
-        .await;
-    browser.press("#auth-token", TOKEN, DEADLINE).await;
-    browser.click("#auth button[type='submit']", DEADLINE).await;
-    let asked = browser
-        .wait_js(
-            "the redelivery's answer",
-            DEADLINE,
-            "const s=document.querySelector('#sinks-notes li[data-sink=\"refusing\"] .redeliver-status');
-             return s && s.textContent.includes('Asked at') ? s.textContent : null;",
-        )
-        .await;
-    let asked = asked.as_str().unwrap();
+    let asked = send_again(&[TOKEN], "Asked at").await;
     assert!(
         asked.contains("the sink sends its ") && asked.contains(" dead letter"),
         "{asked}"
