@@ -59,8 +59,9 @@
 //!   after every account update and [`DistanceIndex::forget`] after a removal.
 //!
 //! # Storage
-//! Per account and instrument, 24 bytes: the anchor and the budget coefficient (`f64`) and the
-//! codes of the band's two fixed-point ends. Per instrument, the eager holders and the banded
+//! Per account, one array and one bit (banded or eager); per instrument in it, 24 bytes: the
+//! instrument, the anchor (`f64`), the budget coefficient (an `f32` rounded up: it only ever
+//! narrows a re-spread band) and the codes of the band's two fixed-point ends. Per instrument, the eager holders and the banded
 //! holders ordered by their band ends as fixed-point integers (`index/store.rs`), each set kept
 //! as sorted blocks (`engine/blocks.rs`). A step's changes are queued and applied at once: when
 //! they touch a large share of an instrument's holders (a correlated move, the first build),
@@ -448,8 +449,8 @@ fn band_around(anchor: f64, h: f64) -> Option<FixedBand> {
 struct Banded {
     /// The price the account was valued at (`f64`: within 2⁻⁵³ of it).
     anchor: f64,
-    /// See [`Budgeted::coef`].
-    coef: f64,
+    /// See [`Budgeted::coef`], rounded up to an `f32` ([`f32_up`]).
+    coef: f32,
     /// The band's ends, coded.
     codes: (u32, u32),
 }
@@ -460,9 +461,53 @@ impl Banded {
         let band = band_around(anchor, half).filter(|band| band.holds(price))?;
         Some(Banded {
             anchor,
-            coef,
+            coef: f32_up(coef),
             codes: band.codes(),
         })
+    }
+}
+
+/// `x` as the nearest `f32` not below it. A budget coefficient rounded up only narrows the
+/// bands [`respread`] gives (each instrument's share of the move is counted as a little
+/// larger), so an account wakes earlier, never later; it costs half the bytes of an `f64`.
+/// Infinite past `f32::MAX` and NaN for NaN: [`respread`] then declines and the account is
+/// valued.
+fn f32_up(x: f64) -> f32 {
+    let c = x as f32;
+    if f64::from(c) < x { c.next_up() } else { c }
+}
+
+/// One moving instrument of a tracked account and, while the account is banded, its band
+/// ([`Banded`] flattened: 24 bytes, one array per account; an eager account's band fields are
+/// zero, or the old band's, which the store still holds until the account is re-banded or the
+/// next flush — see `DistanceIndex::unbanded`).
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    anchor: f64,
+    codes: (u32, u32),
+    coef: f32,
+    instr: InstrumentIdx,
+}
+
+const _: () = assert!(std::mem::size_of::<Held>() == 24);
+
+impl Held {
+    fn eager(instr: InstrumentIdx) -> Self {
+        Held {
+            anchor: 0.0,
+            codes: (0, 0),
+            coef: 0.0,
+            instr,
+        }
+    }
+
+    fn with(instr: InstrumentIdx, b: &Banded) -> Self {
+        Held {
+            anchor: b.anchor,
+            codes: b.codes,
+            coef: b.coef,
+            instr,
+        }
     }
 
     fn band(&self) -> FixedBand {
@@ -470,18 +515,18 @@ impl Banded {
     }
 }
 
+/// An account as [`DistanceIndex::replace`] takes it: its moving instruments (ascending) and
+/// whether they carry bands.
 struct Tracked {
-    /// The moving instruments the account holds, ascending.
-    instrs: Box<[InstrumentIdx]>,
-    /// Per instrument (same order), the band and its budget; `None` while eager.
-    bands: Option<Box<[Banded]>>,
+    held: Box<[Held]>,
+    banded: bool,
 }
 
 impl Tracked {
-    fn eager(instrs: Box<[InstrumentIdx]>) -> Self {
+    fn eager(instrs: &[InstrumentIdx]) -> Self {
         Tracked {
-            instrs,
-            bands: None,
+            held: instrs.iter().map(|i| Held::eager(*i)).collect(),
+            banded: false,
         }
     }
 }
@@ -490,18 +535,22 @@ impl Tracked {
 pub struct DistanceIndex {
     sens: Vec<Sensitivity>,
     store: Store,
-    accounts: Vec<Option<Tracked>>,
+    /// Per account key, its moving instruments and their bands (one allocation per account).
+    accounts: Vec<Option<Box<[Held]>>>,
+    /// Per account key, one bit: banded (its bands are in the store) or eager.
+    banded_bits: Vec<u64>,
     banded: usize,
     /// The accounts whose band a price of this step left, until [`DistanceIndex::settle`].
     leaving: Vec<AccountKey>,
     /// Accounts re-spread (given new bands without a valuation) by the last settle.
     last_respread: usize,
-    /// Accounts [`DistanceIndex::settle`] made eager, with the bands the store still holds for
-    /// them: their entries are changed once, when the step re-bands them (out of the old bands,
-    /// into the new), not twice (out of the bands into the eager set, then out of it again) —
-    /// one rebuild of the sets per correlated step instead of two. Queued before any flush.
-    /// In key order; an entry is taken (`None`) when its account is re-banded.
-    unbanded: Vec<(AccountKey, Option<Box<[Banded]>>)>,
+    /// Accounts [`DistanceIndex::settle`] made eager whose bands the store still holds (their
+    /// [`Held`] keep the codes): their entries are changed once, when the step re-bands them
+    /// (out of the old bands, into the new), not twice (out of the bands into the eager set,
+    /// then out of it again) — one rebuild of the sets per correlated step instead of two.
+    /// Queued before any flush. In key order; an entry is taken (`false`) when its account is
+    /// re-banded.
+    unbanded: Vec<(AccountKey, bool)>,
 }
 
 impl DistanceIndex {
@@ -511,6 +560,7 @@ impl DistanceIndex {
             sens: table.iter().map(sensitivity).collect(),
             store: Store::new(table.len()),
             accounts: Vec::new(),
+            banded_bits: Vec::new(),
             banded: 0,
             leaving: Vec::new(),
             last_respread: 0,
@@ -523,20 +573,44 @@ impl DistanceIndex {
         let mut index = DistanceIndex::new(&map.instruments());
         for key in map.keys() {
             let instrs = map.read_key(key, |v| index.moving_instruments(v));
-            index.replace(key, instrs.map(Tracked::eager));
+            index.replace(key, instrs.map(|i| Tracked::eager(&i)));
         }
         index.flush();
         index
     }
 
+    fn is_banded(&self, key: AccountKey) -> bool {
+        let k = key as usize;
+        self.banded_bits
+            .get(k / 64)
+            .is_some_and(|w| (w >> (k % 64)) & 1 == 1)
+    }
+
+    fn set_banded(&mut self, key: AccountKey, banded: bool) {
+        let k = key as usize;
+        if self.banded_bits.len() <= k / 64 {
+            if !banded {
+                return;
+            }
+            self.banded_bits.resize(k / 64 + 1, 0);
+        }
+        if let Some(w) = self.banded_bits.get_mut(k / 64) {
+            if banded {
+                *w |= 1 << (k % 64);
+            } else {
+                *w &= !(1 << (k % 64));
+            }
+        }
+    }
+
     /// Applies every queued change to the store: first queues the changes of the accounts
     /// settled eager and not re-banded since (out of their bands, into the eager set).
     fn flush(&mut self) {
-        for (key, bands) in std::mem::take(&mut self.unbanded) {
-            if let (Some(bands), Some(Some(t))) = (bands, self.accounts.get(key as usize)) {
-                for (idx, b) in t.instrs.iter().zip(bands.iter()) {
-                    self.store.band_coded(*idx, key, b.codes, false);
-                    self.store.eager(*idx, key, true);
+        for (key, stored) in std::mem::take(&mut self.unbanded) {
+            if let (true, Some(Some(held))) = (stored, self.accounts.get(key as usize)) {
+                for h in held.iter() {
+                    self.store.band_coded(h.instr, key, h.codes, false);
+                    self.store.eager(h.instr, key, true);
                 }
             }
         }
@@ -563,9 +637,12 @@ impl DistanceIndex {
         key: AccountKey,
         instrument: InstrumentIdx,
     ) -> Option<(Decimal, Decimal)> {
-        let t = self.accounts.get(key as usize)?.as_ref()?;
-        let i = t.instrs.binary_search(&instrument).ok()?;
-        Some(t.bands.as_ref()?.get(i)?.band().to_decimal())
+        if !self.is_banded(key) {
+            return None;
+        }
+        let held = self.accounts.get(key as usize)?.as_ref()?;
+        let i = held.binary_search_by_key(&instrument, |h| h.instr).ok()?;
+        Some(held.get(i)?.band().to_decimal())
     }
 
     /// (Re)registers an account after it was created or changed: it becomes eager on the
@@ -573,7 +650,7 @@ impl DistanceIndex {
     pub fn track(&mut self, map: &AccountMap, key: AccountKey) {
         self.flush();
         let instrs = map.read_key(key, |v| self.moving_instruments(v));
-        self.replace(key, instrs.map(Tracked::eager));
+        self.replace(key, instrs.map(|i| Tracked::eager(&i)));
         self.flush();
     }
 
@@ -584,14 +661,14 @@ impl DistanceIndex {
         self.flush();
     }
 
-    fn moving_instruments(&self, v: &AccountView<'_>) -> Box<[InstrumentIdx]> {
+    fn moving_instruments(&self, v: &AccountView<'_>) -> Vec<InstrumentIdx> {
         let mut instrs: Vec<InstrumentIdx> = v
             .slot_instruments()
             .filter(|i| self.sens.get(*i as usize) != Some(&Sensitivity::Fixed))
             .collect();
         instrs.sort_unstable();
         instrs.dedup();
-        instrs.into_boxed_slice()
+        instrs
     }
 
     /// Queues the account's entries out and its new ones (`None`: forgotten) in. Between two
@@ -604,48 +681,46 @@ impl DistanceIndex {
         let Some(slot) = self.accounts.get_mut(i) else {
             return;
         };
-        if let Some(mut old) = slot.take() {
+        if let Some(old) = slot.take() {
+            let was_banded = self.is_banded(key);
             // Settled eager this step: the store still holds its bands (in key order: settle
             // unbands in key order, and re-banding visits accounts in key order).
-            if old.bands.is_none()
-                && let Ok(at) = self.unbanded.binary_search_by_key(&key, |(k, _)| *k)
-                && let Some((_, stored)) = self.unbanded.get_mut(at)
-                && let Some(stored) = stored.take()
-            {
-                old.bands = Some(stored);
-                self.banded += 1;
+            let stored = !was_banded
+                && self
+                    .unbanded
+                    .binary_search_by_key(&key, |(k, _)| *k)
+                    .ok()
+                    .and_then(|at| self.unbanded.get_mut(at))
+                    .is_some_and(|(_, stored)| std::mem::take(stored));
+            if was_banded {
+                self.banded = self.banded.saturating_sub(1);
+                self.set_banded(key, false);
             }
-            match &old.bands {
-                Some(bands) => {
-                    self.banded = self.banded.saturating_sub(1);
-                    for (idx, b) in old.instrs.iter().zip(bands.iter()) {
-                        self.store.band_coded(*idx, key, b.codes, false);
-                    }
-                }
-                None => {
-                    for idx in old.instrs.iter() {
-                        self.store.eager(*idx, key, false);
-                    }
+            for h in old.iter() {
+                if was_banded || stored {
+                    self.store.band_coded(h.instr, key, h.codes, false);
+                } else {
+                    self.store.eager(h.instr, key, false);
                 }
             }
         }
         let Some(new) = new else {
             return;
         };
-        match &new.bands {
-            Some(b) => {
-                self.banded += 1;
-                for (idx, b) in new.instrs.iter().zip(b.iter()) {
-                    self.store.band_coded(*idx, key, b.codes, true);
-                }
-            }
-            None => {
-                for idx in new.instrs.iter() {
-                    self.store.eager(*idx, key, true);
-                }
+        for h in new.held.iter() {
+            if new.banded {
+                self.store.band_coded(h.instr, key, h.codes, true);
+            } else {
+                self.store.eager(h.instr, key, true);
             }
         }
-        *slot = Some(new);
+        if new.banded {
+            self.banded += 1;
+            self.set_banded(key, true);
+        }
+        if let Some(slot) = self.accounts.get_mut(i) {
+            *slot = Some(new.held);
+        }
     }
 
     /// The accounts a new `price` of `instrument` may change: every eager holder is appended
@@ -709,15 +784,15 @@ impl DistanceIndex {
         self.flush();
         for idx in 0..self.sens.len() as InstrumentIdx {
             let (mut eager, mut banded) = (Vec::new(), Vec::new());
-            for (key, t) in self.accounts.iter().enumerate() {
-                let Some(t) = t else { continue };
-                let Ok(at) = t.instrs.binary_search(&idx) else {
+            for (key, held) in self.accounts.iter().enumerate() {
+                let Some(held) = held else { continue };
+                let Ok(at) = held.binary_search_by_key(&idx, |h| h.instr) else {
                     continue;
                 };
                 let key = key as AccountKey;
-                match t.bands.as_ref().and_then(|b| b.get(at)) {
-                    Some(b) => banded.push((key, b.codes)),
-                    None => eager.push(key),
+                match held.get(at) {
+                    Some(h) if self.is_banded(key) => banded.push((key, h.codes)),
+                    _ => eager.push(key),
                 }
             }
             if !self.store.holds_exactly(idx, eager, &banded) {
@@ -742,60 +817,61 @@ impl DistanceIndex {
         mut price: impl FnMut(InstrumentIdx) -> Option<(PriceKey, f64)>,
         key: AccountKey,
     ) -> Option<Vec<Banded>> {
-        let t = self.accounts.get(key as usize)?.as_ref()?;
         // Only banded accounts leave; an eager one cannot get here.
-        let bands = t.bands.as_ref()?;
-        let mut slots = Vec::with_capacity(bands.len());
-        for (idx, b) in t.instrs.iter().zip(bands.iter()) {
-            let (key, price) = price(*idx)?;
+        if !self.is_banded(key) {
+            return None;
+        }
+        let held = self.accounts.get(key as usize)?.as_ref()?;
+        let mut slots = Vec::with_capacity(held.len());
+        for b in held.iter() {
+            let (key, price) = price(b.instr)?;
             slots.push(Budgeted {
                 anchor: b.anchor,
-                coef: b.coef,
+                coef: f64::from(b.coef),
                 price,
                 left: !b.band().holds(key),
             });
         }
         let h = respread(&slots)?;
-        let mut new = Vec::with_capacity(bands.len());
-        for ((idx, b), h) in t.instrs.iter().zip(bands.iter()).zip(h) {
+        let mut new = Vec::with_capacity(held.len());
+        for (b, h) in held.iter().zip(h) {
             // The current price must be strictly inside its new band, exactly.
-            let (price, _) = price(*idx)?;
-            new.push(Banded::new(b.anchor, h, b.coef, price)?);
+            let (price, _) = price(b.instr)?;
+            new.push(Banded::new(b.anchor, h, f64::from(b.coef), price)?);
         }
         Some(new)
     }
 
     /// Queues the re-spread bands of [`DistanceIndex::respread_bands`] in place of the old.
     fn rebanded(&mut self, key: AccountKey, new: Vec<Banded>) {
-        let Some(Some(t)) = self.accounts.get_mut(key as usize) else {
+        if !self.is_banded(key) {
+            return;
+        }
+        let Some(Some(held)) = self.accounts.get_mut(key as usize) else {
             return;
         };
-        if let Some(bands) = t.bands.as_ref() {
-            for ((idx, old), new) in t.instrs.iter().zip(bands.iter()).zip(new.iter()) {
-                self.store.band_coded(*idx, key, old.codes, false);
-                self.store.band_coded(*idx, key, new.codes, true);
-            }
+        for (old, new) in held.iter_mut().zip(new.iter()) {
+            self.store.band_coded(old.instr, key, old.codes, false);
+            self.store.band_coded(old.instr, key, new.codes, true);
+            *old = Held::with(old.instr, new);
         }
-        t.bands = Some(new.into_boxed_slice());
     }
 
     /// Makes a banded account eager; nothing when it is not banded. Its store entries change
     /// when it is re-banded or at the next flush, whichever comes first (`unbanded`).
     fn unband(&mut self, key: AccountKey) {
-        let Some(Some(t)) = self.accounts.get_mut(key as usize) else {
+        if !self.is_banded(key) || !matches!(self.accounts.get(key as usize), Some(Some(_))) {
             return;
-        };
-        let Some(bands) = t.bands.take() else {
-            return;
-        };
+        }
+        self.set_banded(key, false);
         self.banded = self.banded.saturating_sub(1);
         // Settle unbands in key order; kept in key order whatever the caller.
         match self.unbanded.last() {
             Some((last, _)) if *last > key => {
                 let at = self.unbanded.partition_point(|(k, _)| *k < key);
-                self.unbanded.insert(at, (key, Some(bands)));
+                self.unbanded.insert(at, (key, true));
             }
-            _ => self.unbanded.push((key, Some(bands))),
+            _ => self.unbanded.push((key, true)),
         }
     }
 
@@ -830,8 +906,17 @@ impl DistanceIndex {
             let shock = monitor.shock_quiet(map, *key);
             map.read_key_in(&table, *key, |v| {
                 let instrs = self.moving_instruments(v);
-                let bands = range.and_then(|r| self.bands_for(v, &instrs, r, shock, &prices));
-                Tracked { instrs, bands }
+                match range.and_then(|r| self.bands_for(v, &instrs, r, shock, &prices)) {
+                    Some(bands) => Tracked {
+                        held: instrs
+                            .iter()
+                            .zip(bands.iter())
+                            .map(|(i, b)| Held::with(*i, b))
+                            .collect(),
+                        banded: true,
+                    },
+                    None => Tracked::eager(&instrs),
+                }
             })
         });
         for (key, found) in keys.into_iter().zip(found) {
@@ -848,7 +933,7 @@ impl DistanceIndex {
         range: QuietRange,
         shock: Option<ShockQuiet>,
         prices: &Prices,
-    ) -> Option<Box<[Banded]>> {
+    ) -> Option<Vec<Banded>> {
         if !v.complete() {
             return None;
         }
@@ -899,7 +984,6 @@ impl DistanceIndex {
                 Banded::new(anchor, half, coef * (1.0 + 1e-12), key)
             })
             .collect::<Option<Vec<_>>>()
-            .map(Vec::into_boxed_slice)
     }
 }
 
@@ -1202,6 +1286,38 @@ mod tests {
             price,
             left,
         }
+    }
+
+    proptest::proptest! {
+        /// A budget coefficient kept as an `f32` is the nearest one not below the `f64` (so a
+        /// re-spread counts each instrument's move as at least what it is); past `f32::MAX`
+        /// it is infinite and [`respread`] declines.
+        #[test]
+        fn coefficients_round_up_to_the_nearest_f32(
+            m in 1u64..(1 << 53),
+            e in -140i32..128,
+        ) {
+            let x = m as f64 * 2f64.powi(e - 52);
+            let c = f32_up(x);
+            proptest::prop_assert!(f64::from(c) >= x, "{c} below {x}");
+            proptest::prop_assert!(
+                f64::from(c.next_down()) < x,
+                "{c} is not the nearest f32 at or above {x}"
+            );
+        }
+    }
+
+    #[test]
+    fn coefficients_past_f32_decline_a_respread() {
+        assert_eq!(f32_up(1.0), 1.0);
+        assert_eq!(f32_up(0.0), 0.0);
+        assert!(f32_up(f64::from(f32::MAX) * 2.0).is_infinite());
+        assert!(f32_up(f64::NAN).is_nan());
+        let huge = Budgeted {
+            coef: f64::from(f32_up(1e300)),
+            ..slot(100.0, 1.0, 100.0, true)
+        };
+        assert_eq!(respread(&[huge]), None);
     }
 
     /// A re-spread covers every current deviation, stays within the budget, gives the
