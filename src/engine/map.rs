@@ -29,8 +29,10 @@
 //! evaluate it until every price is known. Stablecoins are always priced at 1.
 //!
 //! # Layout and locking
-//! - `ids: DashMap<AccountId, AccountKey>` — the directory; an account keeps its small integer
-//!   key for as long as it exists (keys are never reused).
+//! - `ids` — the directory (`map/directory.rs`): per id, its key and 32 bits of the id's hash
+//!   in a sharded hash table, the id itself kept once, in the account's cell; an account keeps
+//!   its small integer key for as long as it exists (keys are never reused). A key reserved for
+//!   an account being created holds a *pending* entry (its id only) that readers do not see.
 //! - a slab of accounts indexed by key (chunks of 4,096 `Mutex<Option<Entry>>`, allocated on
 //!   demand): each entry holds the id, the slots (instrument interned to a `u32`) and caches.
 //!   Keys are handed out in order, so a bulk load lays accounts out in memory in key order.
@@ -89,8 +91,6 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry as DirEntry;
 use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use rust_decimal::Decimal;
 
@@ -103,6 +103,7 @@ use crate::model::{
     Account, AccountId, AccountUpdate, Fill, Instrument, InstrumentId, MarginRatio, Position,
     PositionSide, RiskSnapshot, Thresholds,
 };
+use directory::Directory;
 use slot::{Narrowed, Slot};
 pub(in crate::engine) use slot::{narrow, widen};
 
@@ -137,6 +138,16 @@ const CHUNK_LEN: usize = 1 << CHUNK_SHIFT;
 const MAX_CHUNKS: usize = 1 << 16;
 
 type Cell = Mutex<Option<Entry>>;
+
+/// A cell's account, unless there is none or it is still being created ([`Entry::pending`]).
+fn live(cell: &Option<Entry>) -> Option<&Entry> {
+    cell.as_ref().filter(|e| !e.pending)
+}
+
+/// [`live`], to change it.
+fn live_mut(cell: &mut Option<Entry>) -> Option<&mut Entry> {
+    cell.as_mut().filter(|e| !e.pending)
+}
 type Chunk = Box<[Cell]>;
 
 /// Accounts by key: lazily allocated fixed-size chunks, so cells never move.
@@ -180,7 +191,34 @@ impl Slab {
 
     fn with<R>(&self, key: AccountKey, f: impl FnOnce(&Entry) -> R) -> Option<R> {
         let g = self.cell(key)?.lock();
-        g.as_ref().map(f)
+        live(&g).map(f)
+    }
+
+    /// Whether the account with this key, or the one being created under it, has this id.
+    fn is(&self, key: AccountKey, id: &AccountId) -> bool {
+        self.cell(key)
+            .is_some_and(|c| c.lock().as_ref().is_some_and(|e| e.id == *id))
+    }
+
+    /// Files `id` in the cell of a new key (an empty, *pending* entry: no reader sees it until
+    /// the account is committed, or [`Slab::unreserve`]d), so that the directory can compare it.
+    fn reserve(&self, key: AccountKey, id: &AccountId) {
+        if let Some(cell) = self.cell_or_init(key) {
+            let mut g = cell.lock();
+            if g.is_none() {
+                *g = Some(Entry::pending(id.clone()));
+            }
+        }
+    }
+
+    /// Empties a cell that is still pending (its account was not created).
+    fn unreserve(&self, key: AccountKey) {
+        if let Some(cell) = self.cell(key) {
+            let mut g = cell.lock();
+            if g.as_ref().is_some_and(|e| e.pending) {
+                *g = None;
+            }
+        }
     }
 
     fn put(&self, key: AccountKey, e: Option<Entry>) {
@@ -188,7 +226,7 @@ impl Slab {
             return;
         };
         let mut g = cell.lock();
-        match (g.is_some(), e.is_some()) {
+        match (live(&g).is_some(), e.is_some()) {
             (false, true) => {
                 self.len.fetch_add(1, Ordering::Relaxed);
             }
@@ -213,7 +251,7 @@ impl Slab {
             let Some(chunk) = chunk.get() else { continue };
             for (i, cell) in chunk.iter().enumerate() {
                 let g = cell.lock();
-                if let Some(e) = g.as_ref() {
+                if let Some(e) = live(&g) {
                     f(((c << CHUNK_SHIFT) + i) as AccountKey, e);
                 }
             }
@@ -360,6 +398,9 @@ struct Entry {
     thresholds: Option<Box<Thresholds>>,
     /// `Account::apply_funding` (fits in the padding beside `invalid` and `totals_ok`).
     apply_funding: bool,
+    /// The key is reserved for a new account that is not committed yet: only its id is set,
+    /// for the directory to compare; every reader treats the cell as empty ([`live`]).
+    pending: bool,
 }
 
 fn zero_scaled() -> Decimal {
@@ -369,6 +410,20 @@ fn zero_scaled() -> Decimal {
 }
 
 impl Entry {
+    fn pending(id: AccountId) -> Self {
+        Entry {
+            id,
+            slots: Box::default(),
+            equity: zero_scaled(),
+            mm: zero_scaled(),
+            invalid: 0,
+            totals_ok: true,
+            thresholds: None,
+            apply_funding: false,
+            pending: true,
+        }
+    }
+
     fn complete(&self) -> bool {
         self.invalid == 0 && self.totals_ok
     }
@@ -732,7 +787,7 @@ pub struct AccountMap {
     /// table *after* taking the slot's instrument lock and sees the terms its slot caches use.
     table: RwLock<Arc<InstrumentTable>>,
     instr: Vec<RwLock<InstrState>>,
-    ids: DashMap<AccountId, AccountKey>,
+    ids: Directory,
     accounts: Slab,
     /// Per-account update serialisation (striped by key).
     stripes: Box<[Mutex<()>]>,
@@ -799,7 +854,7 @@ impl AccountMap {
         AccountMap {
             table: RwLock::new(Arc::new(table)),
             instr,
-            ids: DashMap::new(),
+            ids: Directory::new(),
             accounts: Slab::new(),
             stripes: (0..UPDATE_STRIPES).map(|_| Mutex::new(())).collect(),
             fallback_stripe: Mutex::new(()),
@@ -855,7 +910,7 @@ impl AccountMap {
 
     /// The key of an account id.
     pub fn key_of(&self, id: &AccountId) -> Option<AccountKey> {
-        self.ids.get(id).map(|k| *k)
+        self.ids.get(id, |k| self.accounts.is(k, id))
     }
 
     /// Runs `f` on the account, if it exists. `f` must not call the map.
@@ -918,7 +973,9 @@ impl AccountMap {
 
     /// Ids of every account.
     pub fn account_ids(&self) -> Vec<AccountId> {
-        self.ids.iter().map(|r| r.key().clone()).collect()
+        let mut ids = Vec::with_capacity(self.len());
+        self.accounts.for_each(|_, e| ids.push(e.id.clone()));
+        ids
     }
 
     /// How many accounts cannot be valued as of their last valuation (*incomplete*: an
@@ -960,7 +1017,7 @@ impl AccountMap {
                 continue;
             };
             let mut g = cell.lock();
-            let Some(e) = g.as_mut() else {
+            let Some(e) = live_mut(&mut g) else {
                 continue;
             };
             if e.slots.len() != new.len() {
@@ -1239,7 +1296,7 @@ impl AccountMap {
     ) -> Option<Touched> {
         let price = pricer.price();
         let mut guard = self.accounts.cell(key)?.lock();
-        let e = guard.as_mut()?;
+        let e = live_mut(&mut guard)?;
         for i in 0..e.slots.len() {
             let Some(slot) = e.slots.get(i) else { break };
             if slot.instr() != idx {
@@ -1322,7 +1379,7 @@ impl AccountMap {
         loop {
             let mut instrs: Vec<InstrumentIdx> = {
                 let g = cell.lock();
-                g.as_ref()?.slots.iter().map(|s| s.instr()).collect()
+                live(&g)?.slots.iter().map(|s| s.instr()).collect()
             };
             instrs.sort_unstable();
             instrs.dedup();
@@ -1341,7 +1398,7 @@ impl AccountMap {
             // Loaded under the instrument locks (see `table`).
             let table = self.table();
             let mut g = cell.lock();
-            let e = g.as_mut()?;
+            let e = live_mut(&mut g)?;
             if e.slots
                 .iter()
                 .any(|s| instrs.binary_search(&s.instr()).is_err())
@@ -1387,7 +1444,7 @@ impl AccountMap {
         keys.iter()
             .map(|&key| {
                 let mut g = self.accounts.cell(key)?.lock();
-                let e = g.as_mut()?;
+                let e = live_mut(&mut g)?;
                 revalue(e, &table, price_of, Some(&mut pricers));
                 Some(e.touched(key))
             })
@@ -1483,6 +1540,7 @@ fn revalue<'t>(
     }
 }
 
+mod directory; // account id to key, 8 bytes a bucket
 mod slot; // a slot's five values, instrument and kind in 48 bytes
 mod terms; // replacing instruments' margin terms live
 mod update; // account updates and fills: validation, slots, the commit under locks

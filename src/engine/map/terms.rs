@@ -151,7 +151,9 @@ impl AccountMap {
                     continue;
                 };
                 let mut g = cell.lock();
-                let Some(e) = g.as_mut() else { continue };
+                let Some(e) = super::live_mut(&mut g) else {
+                    continue;
+                };
                 for i in 0..e.slots.len() {
                     let Some(slot) = e.slots.get(i) else { break };
                     if slot.instr() != *idx {

@@ -38,10 +38,15 @@ impl AccountMap {
                 let id = &account.id;
                 loop {
                     // The directory is locked only for this lookup/insert, never while waiting.
-                    let key = match self.ids.entry(id.clone()) {
-                        DirEntry::Occupied(o) => *o.get(),
-                        DirEntry::Vacant(v) => *v.insert(self.alloc_key()?),
-                    };
+                    let key = self.ids.get_or_insert(
+                        id,
+                        |k| self.accounts.is(k, id),
+                        || {
+                            let key = self.alloc_key()?;
+                            self.accounts.reserve(key, id);
+                            Ok(key)
+                        },
+                    )?;
                     let _stripe = self.stripe(key);
                     if self.key_of(id) != Some(key) {
                         continue; // removed meanwhile: start again
@@ -52,7 +57,8 @@ impl AccountMap {
                         Ok(()) => Ok(UpdateOutcome::Created(key)),
                         Err(e) => {
                             if !existed {
-                                self.ids.remove_if(id, |_, k| *k == key);
+                                self.ids.remove(id, key);
+                                self.accounts.unreserve(key);
                             }
                             Err(e)
                         }
@@ -62,7 +68,7 @@ impl AccountMap {
             AccountUpdate::Remove { account_id } => {
                 let (key, _stripe) = self.lock_existing(&account_id)?;
                 self.commit(&account_id, key, None)?;
-                self.ids.remove_if(&account_id, |_, k| *k == key);
+                self.ids.remove(&account_id, key);
                 Ok(UpdateOutcome::Removed(key))
             }
             AccountUpdate::Fill { account_id, fill } => {
@@ -387,6 +393,7 @@ impl AccountMap {
                     s.set_value(v, at);
                 }
                 let mut e = Entry {
+                    pending: false,
                     id: id.clone(),
                     slots: slots.into_boxed_slice(),
                     equity: zero_scaled(),

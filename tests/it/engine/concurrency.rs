@@ -333,6 +333,22 @@ fn replace_remove_races_stay_consistent() {
         });
         let ids = m.account_ids();
         assert_eq!(ids.len(), m.len());
+        // One account per id, and the directory finds exactly the listed ones, each at its key.
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len(), "an id created twice: {ids:?}");
+        for i in 0..8 {
+            let id: AccountId = format!("r{i}").into();
+            assert_eq!(m.key_of(&id).is_some(), ids.contains(&id), "{id}");
+            if let Some(k) = m.key_of(&id) {
+                assert_eq!(
+                    m.id_of(k),
+                    Some(id.clone()),
+                    "{id} filed under another's key"
+                );
+            }
+        }
         let prices = m.prices();
         for id in &ids {
             let a = m.account(id).expect("listed id has an account");
@@ -351,6 +367,45 @@ fn replace_remove_races_stay_consistent() {
                 .collect();
             want.sort();
             assert_eq!(m.holders(&inst.id), want, "{}", inst.id);
+        }
+    });
+}
+
+/// Threads creating the same new accounts at the same moment create each one once: one key
+/// per id, found again by the directory, and every other create an update of it.
+#[test]
+fn concurrent_creates_of_one_id_make_one_account() {
+    with_deadline(120, || {
+        let m = map();
+        let n = 3_000;
+        let start = std::sync::Barrier::new(4);
+        std::thread::scope(|s| {
+            for t in 0..4usize {
+                let (m, start) = (&m, &start);
+                s.spawn(move || {
+                    start.wait();
+                    for i in 0..n {
+                        let mut a = account(i % 8);
+                        a.id = format!("c{i}").into();
+                        // Half the threads walk the ids backwards, so pairs meet at every id.
+                        if t % 2 == 1 {
+                            a.id = format!("c{}", n - 1 - i).into();
+                        }
+                        m.apply_update(AccountUpdate::Replace { account: a })
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(m.len(), n, "an id was created more than once");
+        let mut ids = m.account_ids();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), n);
+        for i in 0..n {
+            let id: AccountId = format!("c{i}").into();
+            let k = m.key_of(&id).expect("created");
+            assert_eq!(m.id_of(k), Some(id));
         }
     });
 }
