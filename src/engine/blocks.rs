@@ -8,10 +8,10 @@
 //! block's last entry kept beside the list for the search: a large batch rebuilds every block
 //! in one linear merge, a small one edits the block an entry falls in (a binary search and a
 //! `memmove` of at most a few kilobytes), and a range is read as slices. Entries take 8 bytes;
-//! a block grows by an eighth of [`BLOCK`] at a time and gives memory back when removals leave
-//! it three quarters empty, so a block never holds memory for more than four times its entries
-//! and an eighth of a block (a `BTreeSet` of `u64` takes ~9.5 bytes per entry when bulk-built and
-//! more once edited).
+//! a rebuilt block is exactly full, grows by an eighth of [`BLOCK`] at a time and gives memory
+//! back when removals leave it three quarters empty, so a block never holds memory for more
+//! than four times its entries and an eighth of a block (a `BTreeSet` of `u64` takes ~9.5
+//! bytes per entry when bulk-built and more once edited).
 
 /// Entries per block after a rebuild; a block that grows to twice this is split.
 const BLOCK: usize = 512;
@@ -229,7 +229,10 @@ impl<T: Ord + Copy> Blocks<T> {
     /// order) and with `add` (sorted, no duplicates): one merge into blocks of [`BLOCK`]
     /// entries. Returns how many entries were dropped.
     fn rebuild(&mut self, mut drop: impl FnMut(&T) -> bool, add: &[T]) -> usize {
-        let cap = self.block + self.block / 8;
+        // Exactly full: a block that is edited later grows by an eighth at its first insert
+        // ([`Blocks::insert`]); one that is not (most, between two correlated moves) holds no
+        // spare room — an eighth of the index's band entries at 1M accounts, 2 B/position.
+        let cap = self.block;
         let mut out = Out {
             blocks: Vec::with_capacity((self.len + add.len()) / self.block + 1),
             cur: Vec::with_capacity(cap),

@@ -101,3 +101,16 @@ fn edits_split_and_drop_blocks() {
     set.extend_to(3, &mut none, |x| x);
     assert!(none.is_empty());
 }
+
+/// A rebuilt block holds no spare room; its first insert grows it by an eighth of a block.
+#[test]
+fn rebuilt_blocks_are_exactly_full() {
+    let mut set = Blocks::with_block(64);
+    set.apply(&mut Vec::new(), &mut (0u32..1_000).map(|x| x * 2).collect());
+    let caps: Vec<usize> = set.blocks.iter().map(Vec::capacity).collect();
+    assert_eq!(caps.len(), 16);
+    assert!(caps[..15].iter().all(|c| *c == 64), "{caps:?}");
+    set.apply(&mut Vec::new(), &mut vec![3]);
+    assert_eq!(set.blocks[0].capacity(), 64 + 8);
+    set.check().unwrap();
+}
