@@ -47,7 +47,7 @@
 
 pub mod distance;
 mod machine; // the pure ratio state machine: levels, ranks, `transition`
-mod slot; // one account's state machine in 32 bytes
+mod slot; // one account's state machine in 24 bytes
 pub use machine::{Crossing, transition};
 use machine::{level_at, levels, rank_of};
 use slot::{Fields, Slot};

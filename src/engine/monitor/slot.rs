@@ -1,20 +1,23 @@
-//! One account's state machine as the monitor holds it, in 32 bytes.
+//! One account's state machine as the monitor holds it, in 24 bytes.
 //!
 //! The monitor keeps one slot per account key. Held as plain fields — two [`AccountState`]s
 //! (a warning carries its level, a 16-byte `Decimal`), the event sequence and an optional
 //! funding time — a slot took 72 bytes. Almost every account is healthy or warned at a level
-//! whose `Decimal` mantissa fits 64 bits, and has never been warned about a funding payment, so
-//! a slot keeps each state as a one-byte tag and its level as the 64-bit magnitude and a
-//! sign-and-scale byte (the same `Decimal`, bit for bit: `a_slot_reads_back_what_it_was_given`),
-//! and keeps the rest of the rare cases — a level wider than 64 bits, a funding time — in a
-//! box. The tag's unused values tell the two layouts apart, so `Option<Slot>` is 32 bytes too.
+//! whose `Decimal` mantissa fits 64 bits, has had fewer than 2³² events and has never been
+//! warned about a funding payment, so a slot keeps each state as a two-bit tag and its level as
+//! the 64-bit magnitude and a sign-and-scale byte (the same `Decimal`, bit for bit:
+//! `a_slot_reads_back_what_it_was_given`), its sequence as a `u32`, and keeps the rest of the
+//! rare cases — a level wider than 64 bits, a later event, a funding time — in a box. The
+//! ratio's tag's unused values tell the two layouts apart, so `Option<Slot>` is 24 bytes too
+//! (32 until stop 33, with a 64-bit sequence and a byte per tag).
 
 use crate::engine::map::{narrow, widen};
 use crate::model::{AccountState, TimestampMs};
 
-/// What `bits` holds.
+/// What `bits` holds: two flags, and the distance state's tag in bits 2–3.
 const HAS_SHOCK: u8 = 1;
 const LIQUIDATED: u8 = 2;
+const SHOCK_SHIFT: u8 = 2;
 
 /// An [`AccountState`]'s variant (its level kept beside it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,13 +51,12 @@ pub(super) struct Slot(Repr);
 #[derive(Clone, Debug)]
 enum Repr {
     Compact {
-        seq: u64,
+        seq: u32,
         state_mag: u64,
         shock_mag: u64,
         state_flags: u8,
         shock_flags: u8,
         state: Tag,
-        shock: Tag,
         bits: u8,
     },
     Boxed(Box<Fields>),
@@ -67,6 +69,15 @@ fn pack(s: &AccountState) -> Option<(Tag, u64, u8)> {
         AccountState::Healthy => Some((Tag::Healthy, 0, 0)),
         AccountState::Triggered => Some((Tag::Triggered, 0, 0)),
         AccountState::Warning { level } => narrow(*level).map(|(m, f)| (Tag::Warning, m, f)),
+    }
+}
+
+/// The distance state's tag, kept in `bits`.
+fn shock_tag(bits: u8) -> Tag {
+    match (bits >> SHOCK_SHIFT) & 3 {
+        0 => Tag::Healthy,
+        1 => Tag::Warning,
+        _ => Tag::Triggered,
     }
 }
 
@@ -84,21 +95,23 @@ fn unpack(tag: Tag, mag: u64, flags: u8) -> AccountState {
 impl Slot {
     /// A slot holding `f`.
     pub(super) fn new(f: Fields) -> Slot {
-        let compact = match (pack(&f.state), pack(&f.shock), f.funding_warned) {
+        let seq = u32::try_from(f.seq).ok();
+        let compact = match (pack(&f.state), pack(&f.shock), f.funding_warned, seq) {
             (
                 Some((state, state_mag, state_flags)),
                 Some((shock, shock_mag, shock_flags)),
                 None,
+                Some(seq),
             ) => Some(Repr::Compact {
-                seq: f.seq,
+                seq,
                 state_mag,
                 shock_mag,
                 state_flags,
                 shock_flags,
                 state,
-                shock,
                 bits: if f.has_shock { HAS_SHOCK } else { 0 }
-                    | if f.liquidated { LIQUIDATED } else { 0 },
+                    | if f.liquidated { LIQUIDATED } else { 0 }
+                    | (shock as u8) << SHOCK_SHIFT,
             }),
             _ => None,
         };
@@ -115,12 +128,11 @@ impl Slot {
                 state_flags,
                 shock_flags,
                 state,
-                shock,
                 bits,
             } => Fields {
                 state: unpack(*state, *state_mag, *state_flags),
-                seq: *seq,
-                shock: unpack(*shock, *shock_mag, *shock_flags),
+                seq: u64::from(*seq),
+                shock: unpack(shock_tag(*bits), *shock_mag, *shock_flags),
                 has_shock: bits & HAS_SHOCK != 0,
                 liquidated: bits & LIQUIDATED != 0,
                 funding_warned: None,
@@ -164,9 +176,9 @@ impl Slot {
             Repr::Compact {
                 shock_mag,
                 shock_flags,
-                shock,
+                bits,
                 ..
-            } => unpack(*shock, *shock_mag, *shock_flags),
+            } => unpack(shock_tag(*bits), *shock_mag, *shock_flags),
             Repr::Boxed(f) => f.shock.clone(),
         }
     }
@@ -175,7 +187,7 @@ impl Slot {
     #[cfg(test)]
     pub(super) fn seq(&self) -> u64 {
         match &self.0 {
-            Repr::Compact { seq, .. } => *seq,
+            Repr::Compact { seq, .. } => u64::from(*seq),
             Repr::Boxed(f) => f.seq,
         }
     }
@@ -218,9 +230,9 @@ mod tests {
     use rust_decimal::Decimal;
 
     #[test]
-    fn a_slot_is_32_bytes_and_so_is_an_empty_one() {
-        assert_eq!(std::mem::size_of::<Slot>(), 32);
-        assert_eq!(std::mem::size_of::<Option<Slot>>(), 32);
+    fn a_slot_is_24_bytes_and_so_is_an_empty_one() {
+        assert_eq!(std::mem::size_of::<Slot>(), 24);
+        assert_eq!(std::mem::size_of::<Option<Slot>>(), 24);
     }
 
     fn decimal(hi: u32, mid: u32, lo: u32, negative: bool, scale: u32) -> Decimal {
@@ -268,13 +280,13 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(2000))]
         /// Whatever a slot is given it reads back, levels bit for bit (scale and sign of zero
         /// included), through either layout and every accessor; it is compact exactly when
-        /// both levels fit 64 bits and no funding time is held, and an update that clears what
-        /// made it boxed makes it compact again.
+        /// both levels fit 64 bits, the sequence fits 32 and no funding time is held, and an
+        /// update that clears what made it boxed makes it compact again.
         #[test]
         fn a_slot_reads_back_what_it_was_given(
             st in state(),
             sh in state(),
-            seq in any::<u64>(),
+            seq in prop_oneof![0..=u64::from(u32::MAX), any::<u64>()],
             has_shock in any::<bool>(),
             liquidated in any::<bool>(),
             funding in proptest::option::of(any::<i64>()),
@@ -282,7 +294,10 @@ mod tests {
             let f = Fields { state: st.clone(), seq, shock: sh.clone(), has_shock, liquidated, funding_warned: funding };
             let mut s = Slot::new(f.clone());
             let wide = |a: &AccountState| pack(a).is_none();
-            prop_assert_eq!(s.is_compact(), !wide(&st) && !wide(&sh) && funding.is_none());
+            prop_assert_eq!(
+                s.is_compact(),
+                !wide(&st) && !wide(&sh) && funding.is_none() && seq <= u64::from(u32::MAX)
+            );
             let back = s.fields();
             prop_assert_eq!(&back, &f);
             prop_assert_eq!(bits(&back.state), bits(&st));
@@ -299,11 +314,21 @@ mod tests {
                 f.funding_warned = None;
                 f.seq = f.seq.wrapping_add(1);
             });
-            prop_assert!(s.is_compact());
+            prop_assert_eq!(s.is_compact(), seq.wrapping_add(1) <= u64::from(u32::MAX));
             prop_assert_eq!(
                 (s.state(), s.shock(), s.seq(), s.has_shock(), s.liquidated(), s.funding_warned()),
                 (AccountState::Healthy, AccountState::Triggered, seq.wrapping_add(1), has_shock, liquidated, None)
             );
+            // Every distance state through the two bits that keep its tag.
+            for shock in [AccountState::Healthy, AccountState::Triggered, st.clone()] {
+                s.update(|f| {
+                    f.shock = shock.clone();
+                    f.seq = 7;
+                });
+                prop_assert_eq!(s.shock(), shock.clone());
+                prop_assert_eq!(s.fields().shock, shock);
+                prop_assert_eq!((s.has_shock(), s.liquidated()), (has_shock, liquidated));
+            }
         }
     }
 }
