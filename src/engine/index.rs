@@ -61,11 +61,12 @@
 //! # Storage
 //! Per account, one array and one bit (banded or eager); per instrument in it, 24 bytes: the
 //! instrument, the anchor (`f64`), the budget coefficient (an `f32` rounded up: it only ever
-//! narrows a re-spread band) and the codes of the band's two fixed-point ends. Per instrument, the eager holders and the banded
-//! holders ordered by their band ends as fixed-point integers (`index/store.rs`), each set kept
-//! as sorted blocks (`engine/blocks.rs`). A step's changes are queued and applied at once: when
-//! they touch a large share of an instrument's holders (a correlated move, the first build),
-//! its sets are rebuilt in one linear merge rather than edited key by key.
+//! narrows a re-spread band) and the codes of the band's two fixed-point ends. Per instrument,
+//! the eager holders and the banded holders ordered by their band ends as fixed-point integers
+//! (`index/store.rs`), each set kept as sorted blocks (`engine/blocks.rs`). A step's changes
+//! are queued and applied at once: when they touch a large share of an instrument's holders (a
+//! correlated move, the first build), its sets are rebuilt in one linear merge rather than
+//! edited key by key.
 //!
 //! # Metrics
 //! `liqwatch_engine_woken_accounts_total` (accounts revalued by ticks),
