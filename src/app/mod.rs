@@ -39,6 +39,7 @@ mod feedset;
 mod history_persist; // the page's history in the journal: restore at start, batched writes
 mod instruments; // the instrument refresh tasks ([[instruments.sources]] urls)
 mod metrics;
+mod relayout; // the account map laid out again as it changes
 mod reload;
 mod risk;
 mod risk_queries;
@@ -213,6 +214,10 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<RunReport, AppErro
         .map(Ok::<(), String>),
     );
     let (engine_tx, engine_rx) = mpsc::channel::<EngineRequest>(1024);
+    tasks.spawn(
+        "relayout",
+        relayout::relayout_when_due(Arc::clone(&map), relayout::CHECK_EVERY, sources.clone()),
+    );
 
     // The API binds now so a bad address is a startup error.
     let listener = if cfg.api.enabled {

@@ -4,6 +4,11 @@
 //!
 //! `cargo bench --bench engine` (all sizes) or `LIQWATCH_BENCH_MAX=100000 cargo bench --bench engine`.
 //!
+//! `LIQWATCH_BENCH_CHURN=0.2` replaces that share of the accounts (picked at random, with the
+//! same contents) after the book is laid out, as a day of account updates does: each gets a
+//! new slot array wherever the allocator puts it. `LIQWATCH_BENCH_RELAYOUT_AFTER_CHURN=1` then
+//! lays the book out again.
+//!
 //! Two clocks: the `tick` and `update` groups measure wall time; `tick-cpu` measures the time
 //! the process was actually on a CPU, every thread summed (`CLOCK_PROCESS_CPUTIME_ID`): a tick
 //! with more than `engine::par::PARALLEL_MIN` holders runs on every core, so its wall time is
@@ -59,6 +64,36 @@ impl Measurement for CpuTime {
     }
 }
 
+/// See the module docs: `LIQWATCH_BENCH_CHURN`, `LIQWATCH_BENCH_RELAYOUT_AFTER_CHURN`.
+fn churn(m: &AccountMap, n: usize) {
+    let share: f64 = std::env::var("LIQWATCH_BENCH_CHURN")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    if share <= 0.0 {
+        return;
+    }
+    let mut rng = Lcg(7);
+    let t = std::time::Instant::now();
+    let mut replaced = 0;
+    for a in book::accounts(n) {
+        if (rng.next() % 1_000_000) as f64 / 1e6 < share {
+            m.apply_update(AccountUpdate::Replace { account: a })
+                .unwrap();
+            replaced += 1;
+        }
+    }
+    println!(
+        "engine: {replaced} of {n} accounts replaced after the layout (LIQWATCH_BENCH_CHURN={share}) in {:.2?}",
+        t.elapsed()
+    );
+    if std::env::var("LIQWATCH_BENCH_RELAYOUT_AFTER_CHURN").as_deref() == Ok("1") {
+        let t = std::time::Instant::now();
+        m.relayout();
+        println!("engine: laid out again in {:.2?}", t.elapsed());
+    }
+}
+
 fn sizes() -> Vec<usize> {
     let max: usize = std::env::var("LIQWATCH_BENCH_MAX")
         .ok()
@@ -86,6 +121,7 @@ fn engine(c: &mut Criterion) {
             "engine: {n} accounts' slots laid out in key order in {:.2?}",
             t1.elapsed()
         );
+        churn(&m, n);
         let holders = m.holder_keys(&"BTCUSDT-PERP".into()).len();
         let per_account = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
         println!(

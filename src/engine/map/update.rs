@@ -20,6 +20,7 @@ impl AccountMap {
         let r = self.apply_update_inner(update);
         match &r {
             Ok(_) => {
+                self.changed_since_layout.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("liqwatch_accounts_updates_total", "kind" => kind).increment(1);
                 metrics::gauge!("liqwatch_accounts_loaded").set(self.len() as f64);
             }
