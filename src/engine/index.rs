@@ -908,14 +908,7 @@ impl DistanceIndex {
             map.read_key_in(&table, *key, |v| {
                 let instrs = self.moving_instruments(v);
                 match range.and_then(|r| self.bands_for(v, &instrs, r, shock, &prices)) {
-                    Some(bands) => Tracked {
-                        held: instrs
-                            .iter()
-                            .zip(bands.iter())
-                            .map(|(i, b)| Held::with(*i, b))
-                            .collect(),
-                        banded: true,
-                    },
+                    Some(held) => Tracked { held, banded: true },
                     None => Tracked::eager(&instrs),
                 }
             })
@@ -926,7 +919,7 @@ impl DistanceIndex {
         self.flush();
     }
 
-    /// The bands of a complete account, one per moving instrument (`instrs` order).
+    /// The bands of a complete account, one record per moving instrument (`instrs` order).
     fn bands_for(
         &self,
         v: &AccountView<'_>,
@@ -934,7 +927,7 @@ impl DistanceIndex {
         range: QuietRange,
         shock: Option<ShockQuiet>,
         prices: &Prices,
-    ) -> Option<Vec<Banded>> {
+    ) -> Option<Box<[Held]>> {
         if !v.complete() {
             return None;
         }
@@ -976,15 +969,14 @@ impl DistanceIndex {
         }
         // A few ulps off at most: the band is shrunk by 10⁻¹² of the anchor (`band_around`).
         let half = half.min(MAX_HALF);
-        at.into_iter()
-            .zip(per)
-            .zip(instrs)
-            .map(|((p, coef), idx)| {
-                let (key, anchor) = prices.keys_of(*idx, p?)?;
-                // The sum of rounded-up terms, rounded up once more.
-                Banded::new(anchor, half, coef * (1.0 + 1e-12), key)
-            })
-            .collect::<Option<Vec<_>>>()
+        let mut held = Vec::with_capacity(instrs.len());
+        for ((p, coef), idx) in at.into_iter().zip(per).zip(instrs) {
+            let (key, anchor) = prices.keys_of(*idx, p?)?;
+            // The sum of rounded-up terms, rounded up once more.
+            let band = Banded::new(anchor, half, coef * (1.0 + 1e-12), key)?;
+            held.push(Held::with(*idx, &band));
+        }
+        Some(held.into_boxed_slice())
     }
 }
 

@@ -47,8 +47,10 @@
 //! a time. A tick takes its instrument's lock, then each holder's cell in turn; an account
 //! update takes its account's update stripe (one of 64 mutexes chosen by key: this serialises
 //! updates of one account), the locks of every instrument the account holds before and after,
-//! then writes the cell. The directory is locked only for a lookup or insert, never while
-//! waiting for anything, so reads stay fast while an update waits for a long tick. Nothing ever
+//! then writes the cell. A directory shard is locked only for one lookup, insert or removal, and
+//! under it only the cells of the candidates whose hash bits match (one, almost always) — it
+//! never waits for a stripe or an instrument lock, so reads stay fast while an update waits for
+//! a long tick. Nothing ever
 //! waits for a lock while holding an account cell, and no guard is ever returned: access is
 //! closure-style ([`AccountMap::read`]). Do not call the map from inside a `read` closure.
 //!
@@ -1022,21 +1024,20 @@ impl AccountMap {
     /// the order it reads them in: after a bulk load, the arrays lie wherever the allocator
     /// put them among the load's temporaries — at 1M accounts only 5 % of the engine bench's
     /// arrays followed the previous account's (the rest 256 B to 3 KiB away, backwards a third
-    /// of the time) — and the eager tick stalled on each account's first slot. Run once after loading
-    /// (the daemon does, at start); it holds one more copy of every array until it is done
+    /// of the time) — and each account update since puts its new array wherever the allocator
+    /// has room. The daemon runs it after loading, and again when [`AccountMap::relayout_due`]
+    /// (`app/relayout.rs`); it holds one more copy of every array until it is done
     /// (~0.25 GB at 1M accounts of five slots), then frees the old ones. Safe beside updates
     /// and ticks: each account is copied and swapped under its own lock, from what it holds
     /// then, so nothing written meanwhile is lost; an account whose slots were replaced by a
     /// different number of them in between keeps its new ones where they are.
     pub fn relayout(&self) -> usize {
         self.changed_since_layout.store(0, Ordering::Relaxed);
-        let keys = self.keys();
         // First every new array, in key order, while the old ones are still held (so the
         // allocator cannot hand an old one back)...
-        let fresh: Vec<(AccountKey, Box<[Slot]>)> = keys
-            .iter()
-            .filter_map(|&k| self.accounts.with(k, |e| (k, e.slots.clone())))
-            .collect();
+        let mut fresh: Vec<(AccountKey, Box<[Slot]>)> = Vec::with_capacity(self.len());
+        self.accounts
+            .for_each(|k, e| fresh.push((k, e.slots.clone())));
         // ...then each account's current slots copied into its new array and swapped in.
         let mut old = Vec::with_capacity(fresh.len());
         for (key, mut new) in fresh {

@@ -38,7 +38,8 @@ impl AccountMap {
                 let (slots, thresholds) = self.build_slots(&account)?;
                 let id = &account.id;
                 loop {
-                    // The directory is locked only for this lookup/insert, never while waiting.
+                    // One shard of the directory is locked for this lookup/insert (see the
+                    // lock order in the module docs of `map.rs`).
                     let key = self.ids.get_or_insert(
                         id,
                         |k| self.accounts.is(k, id),
